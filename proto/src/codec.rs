@@ -1,0 +1,268 @@
+//! Length-delimited framing: `varint(len) ++ message`, as protobuf's
+//! `writeDelimitedTo` / `parseDelimitedFrom` produce and consume it.
+//!
+//! Decoding is incremental: [`next_frame`] returns `Ok(None)` until a whole frame
+//! is buffered, checks the declared length against the limit *before* anything is
+//! allocated for it, and hands the frame body back as a `Bytes` that shares the
+//! read buffer (no copy).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message;
+
+/// Default bound on one frame's body, in bytes (1 MiB).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;
+
+/// Longest varint that can encode a 64-bit value.
+const MAX_VARINT_LEN: usize = 10;
+
+/// Why a byte stream is not a valid sequence of frames. Any of these ends the
+/// connection: the stream cannot be resynchronised.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix is longer than 10 bytes or overflows 64 bits.
+    #[error("malformed frame length prefix")]
+    BadLength,
+    /// The declared body length is over the configured limit.
+    #[error("frame of {len} bytes exceeds max_frame_bytes {max}")]
+    TooLarge {
+        /// The declared length.
+        len: u64,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The body is not a valid protobuf message of the expected type.
+    #[error("frame does not decode: {0}")]
+    Malformed(String),
+}
+
+impl From<prost::DecodeError> for FrameError {
+    fn from(e: prost::DecodeError) -> Self {
+        FrameError::Malformed(e.to_string())
+    }
+}
+
+/// Reads a varint from the start of `buf`.
+///
+/// Returns `Ok(Some((value, bytes_used)))`, `Ok(None)` if `buf` ends inside the
+/// varint, or `Err(BadLength)` if it runs past 10 bytes or overflows.
+pub fn peek_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, FrameError> {
+    let mut value: u64 = 0;
+    for (i, &b) in buf.iter().enumerate().take(MAX_VARINT_LEN) {
+        if i == MAX_VARINT_LEN - 1 && b > 1 {
+            return Err(FrameError::BadLength);
+        }
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(Some((value, i + 1)));
+        }
+    }
+    if buf.len() >= MAX_VARINT_LEN {
+        Err(FrameError::BadLength)
+    } else {
+        Ok(None)
+    }
+}
+
+/// Splits the next complete frame body off the front of `buf`.
+///
+/// `Ok(None)` means more bytes are needed (nothing is consumed). On success the
+/// length prefix and body are removed from `buf` and the body is returned as a
+/// `Bytes` sharing `buf`'s allocation. A declared length over `max_frame_bytes`
+/// is an error as soon as the prefix is complete, before the body arrives.
+pub fn next_frame(buf: &mut BytesMut, max_frame_bytes: usize) -> Result<Option<Bytes>, FrameError> {
+    let Some((len, prefix)) = peek_varint(buf)? else {
+        return Ok(None);
+    };
+    if len > max_frame_bytes as u64 {
+        return Err(FrameError::TooLarge {
+            len,
+            max: max_frame_bytes,
+        });
+    }
+    // `len <= max_frame_bytes: usize`, so the cast is lossless.
+    let len = len as usize;
+    if buf.len() - prefix < len {
+        return Ok(None);
+    }
+    let _ = buf.split_to(prefix);
+    Ok(Some(buf.split_to(len).freeze()))
+}
+
+/// Bytes still needed before `buf` holds a complete frame, if that is known yet
+/// (the length prefix is complete). Lets a reader size its next read.
+pub fn frame_bytes_needed(buf: &[u8]) -> Option<usize> {
+    match peek_varint(buf) {
+        Ok(Some((len, prefix))) => Some((prefix + len as usize).saturating_sub(buf.len())),
+        _ => None,
+    }
+}
+
+/// Appends `msg` to `out` as one length-delimited frame.
+pub fn encode_frame<M: Message>(msg: &M, out: &mut BytesMut) {
+    let len = msg.encoded_len();
+    out.reserve(len + MAX_VARINT_LEN);
+    put_varint(out, len as u64);
+    // `reserve` above guarantees capacity, and BytesMut grows anyway: cannot fail.
+    msg.encode_raw(out);
+}
+
+/// Encodes `msg` as one length-delimited frame into a fresh buffer.
+pub fn frame_to_vec<M: Message>(msg: &M) -> Vec<u8> {
+    msg.encode_length_delimited_to_vec()
+}
+
+/// Appends `v` as a protobuf varint.
+pub fn put_varint(out: &mut impl BufMut, mut v: u64) {
+    while v >= 0x80 {
+        out.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.put_u8(v as u8);
+}
+
+/// Number of bytes `v` takes as a varint.
+pub const fn varint_len(v: u64) -> usize {
+    // 1 + floor(log2(v|1)) / 7
+    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+}
+
+/// Decodes one client frame body (after [`next_frame`]).
+pub fn decode_client(body: Bytes) -> Result<crate::v1::ClientFrame, FrameError> {
+    Ok(crate::v1::ClientFrame::decode(body)?)
+}
+
+/// Decodes one server frame body (after [`next_frame`]).
+pub fn decode_server(body: Bytes) -> Result<crate::v1::ServerFrame, FrameError> {
+    Ok(crate::v1::ServerFrame::decode(body)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::{client_frame, ClientFrame, Ping, Send};
+
+    fn sample_frames() -> Vec<ClientFrame> {
+        vec![
+            ClientFrame {
+                kind: Some(client_frame::Kind::Ping(Ping { nonce: 7 })),
+            },
+            ClientFrame {
+                kind: Some(client_frame::Kind::Send(Send {
+                    request_id: 1,
+                    to_user: "bob".into(),
+                    payload: Bytes::from(vec![0xAB; 300]),
+                    want_result: true,
+                    ..Default::default()
+                })),
+            },
+            ClientFrame { kind: None },
+            ClientFrame {
+                kind: Some(client_frame::Kind::Send(Send {
+                    to_user: "zoë".into(),
+                    payload: Bytes::from_static(b"hi"),
+                    msg_id: u64::MAX,
+                    ..Default::default()
+                })),
+            },
+        ]
+    }
+
+    #[test]
+    fn varint_len_matches_encoding() {
+        for v in [0u64, 1, 127, 128, 16383, 16384, u32::MAX as u64, u64::MAX] {
+            let mut b = BytesMut::new();
+            put_varint(&mut b, v);
+            assert_eq!(b.len(), varint_len(v), "v={v}");
+            assert_eq!(peek_varint(&b).unwrap(), Some((v, b.len())));
+        }
+    }
+
+    #[test]
+    fn every_split_point_of_a_stream_decodes_the_same_frames() {
+        let frames = sample_frames();
+        let mut stream = BytesMut::new();
+        for f in &frames {
+            encode_frame(f, &mut stream);
+        }
+        let stream = stream.freeze();
+        for split in 0..=stream.len() {
+            for second_split in [split, (split + stream.len()) / 2] {
+                let mut buf = BytesMut::new();
+                let mut got = Vec::new();
+                for chunk in [
+                    &stream[..split],
+                    &stream[split..second_split.max(split)],
+                    &stream[second_split.max(split)..],
+                ] {
+                    buf.extend_from_slice(chunk);
+                    while let Some(body) = next_frame(&mut buf, DEFAULT_MAX_FRAME_BYTES).unwrap() {
+                        got.push(decode_client(body).unwrap());
+                    }
+                }
+                assert_eq!(got, frames, "split at {split}/{second_split}");
+                assert!(buf.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn incomplete_frame_consumes_nothing() {
+        let mut full = BytesMut::new();
+        encode_frame(&sample_frames()[1], &mut full);
+        for cut in 0..full.len() {
+            let mut buf = BytesMut::from(&full[..cut]);
+            assert_eq!(next_frame(&mut buf, DEFAULT_MAX_FRAME_BYTES).unwrap(), None);
+            assert_eq!(buf.len(), cut);
+        }
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_the_body_arrives() {
+        let mut buf = BytesMut::new();
+        put_varint(&mut buf, 1025);
+        buf.extend_from_slice(b"x");
+        assert_eq!(
+            next_frame(&mut buf, 1024),
+            Err(FrameError::TooLarge {
+                len: 1025,
+                max: 1024
+            })
+        );
+        // A prefix at exactly the limit waits for its body.
+        let mut buf = BytesMut::new();
+        put_varint(&mut buf, 1024);
+        assert_eq!(next_frame(&mut buf, 1024), Ok(None));
+    }
+
+    #[test]
+    fn overlong_varint_is_bad_length() {
+        let mut buf = BytesMut::from(&[0xFFu8; 11][..]);
+        assert_eq!(next_frame(&mut buf, usize::MAX), Err(FrameError::BadLength));
+        let mut buf = BytesMut::from(&[0xFFu8; 9][..]);
+        assert_eq!(next_frame(&mut buf, usize::MAX), Ok(None));
+        // 10th byte may only carry the top bit of a u64.
+        let mut ten = vec![0xFFu8; 9];
+        ten.push(0x02);
+        assert_eq!(peek_varint(&ten), Err(FrameError::BadLength));
+    }
+
+    #[test]
+    fn garbage_body_is_malformed() {
+        // field 1, wire type LEN, length 200 but only 2 bytes follow.
+        let body = Bytes::from_static(&[0x0A, 0xC8, 0x01, 1, 2]);
+        assert!(matches!(decode_client(body), Err(FrameError::Malformed(_))));
+    }
+
+    #[test]
+    fn body_shares_the_read_buffer() {
+        let mut buf = BytesMut::new();
+        encode_frame(&sample_frames()[1], &mut buf);
+        let base = buf.as_ptr() as usize;
+        let end = base + buf.len();
+        let body = next_frame(&mut buf, DEFAULT_MAX_FRAME_BYTES)
+            .unwrap()
+            .unwrap();
+        let p = body.as_ptr() as usize;
+        assert!(p > base && p + body.len() <= end);
+    }
+}

@@ -1,0 +1,424 @@
+//! Allocation-free encode/decode of the hot frames.
+//!
+//! [`parse_client`] turns a client frame body into [`Inbound`]: a `Send` is parsed
+//! by hand into a [`SendView`] whose names and payload are slices of the read
+//! buffer (no allocation, no copy); every other frame goes through prost.
+//!
+//! [`put_deliver_header`] writes everything of a length-delimited
+//! `ServerFrame{deliver}` except the payload bytes, which the caller appends from
+//! their own buffer (a `writev` iovec), so a payload goes from the sender's read
+//! buffer to the recipient's socket untouched. Every router-owned field is
+//! written by the router: nothing of the sender's frame is forwarded but the payload.
+
+use bytes::{BufMut, Bytes};
+
+use crate::codec::{put_varint, varint_len, FrameError};
+use crate::v1::{client_frame, ClientFrame};
+use prost::Message;
+
+/// A parsed `Send` whose strings and payload share the frame's buffer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SendView {
+    /// Echoed in the SendResult.
+    pub request_id: u64,
+    /// Recipient user name, valid UTF-8 (may be empty: the caller rejects it).
+    pub to_user: Bytes,
+    /// Recipient room, valid UTF-8 (may be empty).
+    pub to_room: Bytes,
+    /// The payload, a slice of the read buffer.
+    pub payload: Bytes,
+    /// Whether the sender asked for a SendResult.
+    pub want_result: bool,
+    /// Client-chosen message id (0: let the router choose).
+    pub msg_id: u64,
+}
+
+impl SendView {
+    /// `to_user` as text (validated UTF-8 at parse time).
+    pub fn to_user_str(&self) -> &str {
+        // Parse-time validation guarantees UTF-8; fall back to "" rather than panic.
+        std::str::from_utf8(&self.to_user).unwrap_or("")
+    }
+}
+
+/// One decoded client frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    /// The hot path: a Send, parsed without allocating.
+    Send(SendView),
+    /// Any other frame, decoded by prost.
+    Other(client_frame::Kind),
+    /// A frame with no kind set (empty body, or an unknown kind from a newer client).
+    Empty,
+}
+
+const WT_VARINT: u8 = 0;
+const WT_I64: u8 = 1;
+const WT_LEN: u8 = 2;
+const WT_I32: u8 = 5;
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl Cursor<'_> {
+    fn varint(&mut self) -> Result<u64, FrameError> {
+        match crate::codec::peek_varint(&self.buf[self.pos..]) {
+            Ok(Some((v, n))) => {
+                self.pos += n;
+                Ok(v)
+            }
+            _ => Err(FrameError::Malformed("bad varint".into())),
+        }
+    }
+
+    /// Returns the range of a length-delimited field's content.
+    fn len_delimited(&mut self) -> Result<std::ops::Range<usize>, FrameError> {
+        let len = self.varint()?;
+        let start = self.pos;
+        let end = (start as u64)
+            .checked_add(len)
+            .filter(|&e| e <= self.buf.len() as u64)
+            .ok_or_else(|| FrameError::Malformed("field runs past the end of the frame".into()))?
+            as usize;
+        self.pos = end;
+        Ok(start..end)
+    }
+
+    fn skip(&mut self, wire_type: u8) -> Result<(), FrameError> {
+        let n = match wire_type {
+            WT_VARINT => {
+                self.varint()?;
+                0
+            }
+            WT_I64 => 8,
+            WT_LEN => {
+                self.len_delimited()?;
+                0
+            }
+            WT_I32 => 4,
+            _ => {
+                return Err(FrameError::Malformed(format!(
+                    "unsupported wire type {wire_type}"
+                )))
+            }
+        };
+        if self.pos + n > self.buf.len() {
+            return Err(FrameError::Malformed(
+                "field runs past the end of the frame".into(),
+            ));
+        }
+        self.pos += n;
+        Ok(())
+    }
+
+    fn key(&mut self) -> Result<(u32, u8), FrameError> {
+        let key = self.varint()?;
+        let field = key >> 3;
+        if field == 0 || field > u64::from(u32::MAX >> 3) {
+            return Err(FrameError::Malformed(format!(
+                "invalid field number {field}"
+            )));
+        }
+        Ok((field as u32, (key & 7) as u8))
+    }
+}
+
+fn utf8(body: &Bytes, r: std::ops::Range<usize>) -> Result<Bytes, FrameError> {
+    std::str::from_utf8(&body[r.clone()])
+        .map_err(|_| FrameError::Malformed("string is not UTF-8".into()))?;
+    Ok(body.slice(r))
+}
+
+/// Parses the body of a `Send` message located at `range` inside `body`.
+fn parse_send(body: &Bytes, range: std::ops::Range<usize>) -> Result<SendView, FrameError> {
+    let mut c = Cursor {
+        buf: &body[..range.end],
+        pos: range.start,
+    };
+    let mut s = SendView::default();
+    while c.pos < range.end {
+        let (field, wt) = c.key()?;
+        match (field, wt) {
+            (1, WT_VARINT) => s.request_id = c.varint()?,
+            (2, WT_LEN) => s.to_user = utf8(body, c.len_delimited()?)?,
+            (3, WT_LEN) => s.to_room = utf8(body, c.len_delimited()?)?,
+            (4, WT_LEN) => s.payload = body.slice(c.len_delimited()?),
+            (5, WT_VARINT) => s.want_result = c.varint()? != 0,
+            (6, WT_VARINT) => s.msg_id = c.varint()?,
+            (1..=6, _) => {
+                return Err(FrameError::Malformed(format!(
+                    "field {field} has wrong wire type {wt}"
+                )))
+            }
+            _ => c.skip(wt)?,
+        }
+    }
+    Ok(s)
+}
+
+/// Decodes a client frame body. A frame whose only field is `send` takes the
+/// allocation-free path; anything else (including repeated or merged kinds) is
+/// decoded by prost with full protobuf semantics.
+pub fn parse_client(body: Bytes) -> Result<Inbound, FrameError> {
+    {
+        let mut c = Cursor { buf: &body, pos: 0 };
+        if !body.is_empty() {
+            let (field, wt) = c.key()?;
+            if field == 2 && wt == WT_LEN {
+                let r = c.len_delimited()?;
+                if c.pos == body.len() {
+                    return Ok(Inbound::Send(parse_send(&body, r)?));
+                }
+            }
+        }
+    }
+    let frame = ClientFrame::decode(body)?;
+    Ok(match frame.kind {
+        Some(client_frame::Kind::Send(s)) => Inbound::Send(SendView {
+            request_id: s.request_id,
+            to_user: Bytes::from(s.to_user),
+            to_room: Bytes::from(s.to_room),
+            payload: s.payload,
+            want_result: s.want_result,
+            msg_id: s.msg_id,
+        }),
+        Some(k) => Inbound::Other(k),
+        None => Inbound::Empty,
+    })
+}
+
+/// The router-owned fields of one delivery.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliverStamp<'a> {
+    /// Per-session sequence number.
+    pub seq: u64,
+    /// Authenticated sender.
+    pub from_user: &'a [u8],
+    /// Room, or empty for a direct message.
+    pub to_room: &'a [u8],
+    /// Router clock at acceptance, µs since the Unix epoch.
+    pub server_ts_us: u64,
+    /// Message id.
+    pub msg_id: u64,
+}
+
+/// ServerFrame field number of `deliver`.
+const SERVER_FRAME_DELIVER: u64 = 3;
+
+fn len_field_size(field: u64, len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        varint_len(field << 3) + varint_len(len as u64) + len
+    }
+}
+
+fn varint_field_size(field: u64, v: u64) -> usize {
+    if v == 0 {
+        0
+    } else {
+        varint_len(field << 3) + varint_len(v)
+    }
+}
+
+fn put_len_field(out: &mut impl BufMut, field: u64, data: &[u8]) {
+    if !data.is_empty() {
+        put_varint(out, (field << 3) | u64::from(WT_LEN));
+        put_varint(out, data.len() as u64);
+        out.put_slice(data);
+    }
+}
+
+fn put_varint_field(out: &mut impl BufMut, field: u64, v: u64) {
+    if v != 0 {
+        put_varint(out, field << 3);
+        put_varint(out, v);
+    }
+}
+
+/// Size of the header [`put_deliver_header`] writes (everything but the payload).
+pub fn deliver_header_len(stamp: &DeliverStamp<'_>, payload_len: usize) -> usize {
+    let (inner, _) = deliver_sizes(stamp, payload_len);
+    let outer = varint_len(SERVER_FRAME_DELIVER << 3) + varint_len(inner as u64) + inner;
+    varint_len(outer as u64) + outer - payload_len
+}
+
+fn deliver_sizes(stamp: &DeliverStamp<'_>, payload_len: usize) -> (usize, usize) {
+    let inner = varint_field_size(1, stamp.seq)
+        + len_field_size(2, stamp.from_user.len())
+        + len_field_size(3, stamp.to_room.len())
+        + len_field_size(4, payload_len)
+        + varint_field_size(5, stamp.server_ts_us)
+        + varint_field_size(6, stamp.msg_id);
+    (inner, 0)
+}
+
+/// Writes a length-delimited `ServerFrame{deliver: Deliver{..}}` up to and
+/// including the payload's tag and length. The caller must follow it with exactly
+/// `payload_len` payload bytes. Field order differs from prost's (payload last),
+/// which protobuf decoders accept.
+pub fn put_deliver_header(out: &mut impl BufMut, stamp: &DeliverStamp<'_>, payload_len: usize) {
+    let (inner, _) = deliver_sizes(stamp, payload_len);
+    let outer = varint_len(SERVER_FRAME_DELIVER << 3) + varint_len(inner as u64) + inner;
+    put_varint(out, outer as u64);
+    put_varint(out, (SERVER_FRAME_DELIVER << 3) | u64::from(WT_LEN));
+    put_varint(out, inner as u64);
+    put_varint_field(out, 1, stamp.seq);
+    put_len_field(out, 2, stamp.from_user);
+    put_len_field(out, 3, stamp.to_room);
+    put_varint_field(out, 5, stamp.server_ts_us);
+    put_varint_field(out, 6, stamp.msg_id);
+    if payload_len != 0 {
+        put_varint(out, (4 << 3) | u64::from(WT_LEN));
+        put_varint(out, payload_len as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode_server, encode_frame, next_frame};
+    use crate::v1::{server_frame, Deliver, Login, Send, ServerFrame};
+    use bytes::BytesMut;
+
+    fn send_frame(s: Send) -> Bytes {
+        ClientFrame {
+            kind: Some(client_frame::Kind::Send(s)),
+        }
+        .encode_to_vec()
+        .into()
+    }
+
+    #[test]
+    fn fast_send_matches_prost() {
+        let s = Send {
+            request_id: 99,
+            to_user: "bob".into(),
+            to_room: String::new(),
+            payload: Bytes::from_static(b"hello"),
+            want_result: true,
+            msg_id: 1234567,
+        };
+        let body = send_frame(s.clone());
+        let Inbound::Send(v) = parse_client(body.clone()).unwrap() else {
+            panic!("not a send")
+        };
+        assert_eq!(v.request_id, 99);
+        assert_eq!(&v.to_user[..], b"bob");
+        assert_eq!(&v.payload[..], b"hello");
+        assert!(v.want_result);
+        assert_eq!(v.msg_id, 1234567);
+        // payload is a slice of the frame body: no copy.
+        let p = v.payload.as_ptr() as usize;
+        assert!(p >= body.as_ptr() as usize && p + 5 <= body.as_ptr() as usize + body.len());
+    }
+
+    #[test]
+    fn unknown_fields_in_send_are_skipped_and_never_forwarded() {
+        // A client appends Deliver.from_user (field 2 of Deliver) under an unused
+        // Send field number 9, plus fixed32/fixed64 junk.
+        let mut inner = Send {
+            to_user: "bob".into(),
+            payload: Bytes::from_static(b"p"),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        inner.extend_from_slice(&[(9 << 3) | 2, 3, b'e', b'v', b'e']);
+        inner.extend_from_slice(&[(10 << 3) | 5, 1, 2, 3, 4]);
+        inner.extend_from_slice(&[(11 << 3) | 1, 1, 2, 3, 4, 5, 6, 7, 8]);
+        let mut body = vec![(2 << 3) | 2];
+        put_varint(&mut body, inner.len() as u64);
+        body.extend_from_slice(&inner);
+        let Inbound::Send(v) = parse_client(body.into()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(&v.to_user[..], b"bob");
+        assert_eq!(&v.payload[..], b"p");
+    }
+
+    #[test]
+    fn malformed_send_is_an_error_not_a_panic() {
+        let good = send_frame(Send {
+            to_user: "bob".into(),
+            payload: Bytes::from_static(b"xyz"),
+            ..Default::default()
+        });
+        // Every truncation of a valid frame either decodes or errors, never panics.
+        for cut in 0..good.len() {
+            let _ = parse_client(good.slice(..cut));
+        }
+        // Invalid UTF-8 in to_user.
+        let mut inner = vec![(2 << 3) | 2, 2, 0xff, 0xfe];
+        let mut body = vec![(2 << 3) | 2, inner.len() as u8];
+        body.append(&mut inner);
+        assert!(parse_client(body.into()).is_err());
+        // Field number 0.
+        assert!(parse_client(Bytes::from_static(&[0x02, 0x00])).is_err());
+    }
+
+    #[test]
+    fn other_frames_go_through_prost() {
+        let f = ClientFrame {
+            kind: Some(client_frame::Kind::Login(Login {
+                user: "a".into(),
+                ..Default::default()
+            })),
+        };
+        let got = parse_client(f.encode_to_vec().into()).unwrap();
+        assert_eq!(got, Inbound::Other(f.kind.unwrap()));
+        assert_eq!(parse_client(Bytes::new()).unwrap(), Inbound::Empty);
+    }
+
+    #[test]
+    fn deliver_header_plus_payload_decodes_as_deliver() {
+        for (payload_len, seq, room, ts, id) in [
+            (0usize, 1u64, &b""[..], 0u64, 0u64),
+            (64, 2, b"", 1_700_000_000_000_000, 42),
+            (1024, 300, b"lobby", 5, u64::MAX),
+            (200_000, u64::MAX, b"r", u64::MAX, 1),
+        ] {
+            let payload: Vec<u8> = (0..payload_len).map(|i| i as u8).collect();
+            let stamp = DeliverStamp {
+                seq,
+                from_user: b"alice",
+                to_room: room,
+                server_ts_us: ts,
+                msg_id: id,
+            };
+            let mut out = BytesMut::new();
+            put_deliver_header(&mut out, &stamp, payload.len());
+            assert_eq!(out.len(), deliver_header_len(&stamp, payload.len()));
+            out.extend_from_slice(&payload);
+            let body = next_frame(&mut out, usize::MAX).unwrap().unwrap();
+            assert!(out.is_empty());
+            let want = Deliver {
+                seq,
+                from_user: "alice".into(),
+                to_room: String::from_utf8(room.to_vec()).unwrap(),
+                payload: payload.into(),
+                server_ts_us: ts,
+                msg_id: id,
+            };
+            assert_eq!(
+                decode_server(body).unwrap(),
+                ServerFrame {
+                    kind: Some(server_frame::Kind::Deliver(want.clone()))
+                }
+            );
+            // and prost's own encoding has the same length
+            let mut viaprost = BytesMut::new();
+            encode_frame(
+                &ServerFrame {
+                    kind: Some(server_frame::Kind::Deliver(want)),
+                },
+                &mut viaprost,
+            );
+            assert_eq!(
+                viaprost.len(),
+                deliver_header_len(&stamp, payload_len) + payload_len
+            );
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Router configuration: every limit the router enforces has a value here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How clients prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Any user name logs in (loopback only unless explicitly allowed).
+    Open,
+    /// An HS256 JWT whose `sub` is the user, checked against `--jwt-secret-file`.
+    Jwt,
+}
+
+/// Everything the router needs to start. `Config::default()` is the embedded
+/// default the bare `ringrouter` command runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address every shard listens on (SO_REUSEPORT); port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Number of shards (threads); 0 means one per available core.
+    pub shards: usize,
+    /// Largest frame body accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// Largest message payload accepted, in bytes.
+    pub max_payload_bytes: usize,
+    /// Bound on a session's outbound queue, in bytes.
+    pub max_pending_bytes: usize,
+    /// How long a session may stay over `max_pending_bytes` before it is closed as a slow consumer.
+    pub slow_consumer_timeout: Duration,
+    /// A session idle this long is pinged.
+    pub heartbeat_interval: Duration,
+    /// A pinged session that stays silent this long is closed.
+    pub heartbeat_timeout: Duration,
+    /// A connection must log in within this time.
+    pub login_timeout: Duration,
+    /// Longest a graceful shutdown waits for queues to flush.
+    pub shutdown_timeout: Duration,
+    /// Most connections open at once (logged in or not), over all shards.
+    pub max_connections: usize,
+    /// Most sessions (devices) one user may have at once.
+    pub max_sessions_per_user: usize,
+    /// Longest user name, in bytes.
+    pub max_user_bytes: usize,
+    /// Payloads up to this size are copied into the session's contiguous write
+    /// buffer; larger ones are written from the sender's read buffer (writev).
+    pub inline_payload_max: usize,
+    /// Authentication mode.
+    pub auth: AuthMode,
+    /// HS256 secret file for `AuthMode::Jwt`.
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Allow open auth on a non-loopback address.
+    pub allow_open_auth_on_public: bool,
+    /// Pin each shard thread to a core.
+    pub pin_threads: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+            shards: 0,
+            max_frame_bytes: ringrouter_proto::DEFAULT_MAX_FRAME_BYTES,
+            max_payload_bytes: ringrouter_proto::DEFAULT_MAX_FRAME_BYTES - 1024,
+            max_pending_bytes: 8 << 20,
+            slow_consumer_timeout: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_secs(15),
+            heartbeat_timeout: Duration::from_secs(30),
+            login_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(5),
+            max_connections: 100_000,
+            max_sessions_per_user: 64,
+            max_user_bytes: 64,
+            inline_payload_max: 0,
+            auth: AuthMode::Open,
+            jwt_secret_file: None,
+            allow_open_auth_on_public: false,
+            pin_threads: true,
+        }
+    }
+}
+
+impl Config {
+    /// The shard count to run: `shards`, or one per available core when 0.
+    pub fn effective_shards(&self) -> usize {
+        if self.shards > 0 {
+            self.shards
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+}
+
+/// Parses a duration: `250ms`, `2s`, `1m`, `1.5` (seconds), `100us`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mul) = if let Some(v) = s.strip_suffix("ms") {
+        (v, 1e-3)
+    } else if let Some(v) = s.strip_suffix("us") {
+        (v, 1e-6)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1.0)
+    } else if let Some(v) = s.strip_suffix('m') {
+        (v, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (examples: 250ms, 2s, 1.5)"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("invalid duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(v * mul))
+}
+
+/// Parses a byte size: `1048576`, `64k`, `8MiB`, `1M`.
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.trim_end_matches('b').trim_end_matches('i');
+    let (num, mul) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1usize << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let v: usize = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid size {s:?} (examples: 1048576, 64k, 8MiB)"))?;
+    v.checked_mul(mul)
+        .ok_or_else(|| format!("size {s:?} overflows"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("100us").unwrap(), Duration::from_micros(100));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_bytes("64k").unwrap(), 64 << 10);
+        assert_eq!(parse_bytes("8MiB").unwrap(), 8 << 20);
+        assert_eq!(parse_bytes("1M").unwrap(), 1 << 20);
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("99999999999999999999g").is_err());
+    }
+}

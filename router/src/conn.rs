@@ -1,0 +1,514 @@
+//! Connection tasks: accept, the pre-login loop, handing a connection to its
+//! user's home shard, and a session's reader and writer.
+//!
+//! A session's reader follows the nats-server rhythm: read a buffer, decode every
+//! frame in it, route each one (queue Delivers on local sessions, append to the
+//! outgoing batch of other shards), and only then await: the woken writers and
+//! the flusher run after it, so each dirty session is flushed by one writev per
+//! loop turn and each target shard gets one batch.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::net::{TcpListener, TcpStream};
+
+use ringrouter_proto::codec::{encode_frame, frame_bytes_needed, next_frame};
+use ringrouter_proto::fast::{parse_client, Inbound};
+use ringrouter_proto::v1::{
+    client_frame, server_frame, Error as ErrorFrame, Login, LoginResult, Pong, ServerFrame,
+};
+use ringrouter_proto::Status;
+
+use crate::server::{ConnGuard, LocalSignal, Shared};
+use crate::shard::{
+    now_us, CloseReason, Flow, Handover, Mail, SessionKey, Shard, OUTBOX_HIGH_WATER,
+};
+
+/// Size of a fresh read buffer.
+const READ_BUF: usize = 64 * 1024;
+/// Smallest free space worth a read call.
+const MIN_READ: usize = 4 * 1024;
+
+/// Accepts connections until the shard shuts down.
+pub(crate) async fn accept_loop(
+    shard: Rc<RefCell<Shard>>,
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    local: Rc<LocalSignal>,
+) {
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => Some(r),
+            _ = local.wait() => None,
+        };
+        let Some(res) = accepted else { break };
+        match res {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                match ConnGuard::try_new(&shared) {
+                    Some(guard) => {
+                        monoio::spawn(serve(shard.clone(), shared.clone(), stream, guard));
+                    }
+                    None => {
+                        monoio::spawn(refuse(stream, Status::Unavailable, "too many connections"));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                // EMFILE and friends: do not spin.
+                monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+fn error_frame(code: Status, reason: &str, request_id: u64) -> ServerFrame {
+    ServerFrame {
+        kind: Some(server_frame::Kind::Error(ErrorFrame {
+            code: code as i32,
+            reason: reason.to_owned(),
+            request_id,
+        })),
+    }
+}
+
+async fn refuse(mut stream: TcpStream, code: Status, reason: &str) {
+    let mut out = BytesMut::new();
+    encode_frame(&error_frame(code, reason, 0), &mut out);
+    let _ = stream.write_all(out).await;
+    let _ = stream.shutdown().await;
+}
+
+fn login_result(request_id: u64, status: Status, reason: &str) -> LoginResult {
+    LoginResult {
+        request_id,
+        status: status as i32,
+        reason: reason.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// Serves a new connection until it logs in (then hands it to its home shard or
+/// runs the session here), or until it fails to within the login timeout.
+pub(crate) async fn serve(
+    shard: Rc<RefCell<Shard>>,
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    guard: ConnGuard,
+) {
+    let cfg = shared.cfg.clone();
+    let deadline = Instant::now() + cfg.login_timeout;
+    let mut buf = BytesMut::with_capacity(MIN_READ);
+    let mut out = BytesMut::new();
+    loop {
+        let mut close = false;
+        let mut login: Option<Login> = None;
+        loop {
+            match next_frame(&mut buf, cfg.max_frame_bytes) {
+                Ok(Some(body)) => match parse_client(body) {
+                    Ok(Inbound::Other(client_frame::Kind::Login(l))) => {
+                        login = Some(l);
+                        break;
+                    }
+                    Ok(Inbound::Other(client_frame::Kind::Ping(p))) => {
+                        encode_frame(
+                            &ServerFrame {
+                                kind: Some(server_frame::Kind::Pong(Pong { nonce: p.nonce })),
+                            },
+                            &mut out,
+                        );
+                    }
+                    Ok(Inbound::Send(s)) => encode_frame(
+                        &error_frame(Status::Unauthorized, "log in first", s.request_id),
+                        &mut out,
+                    ),
+                    Ok(_) => encode_frame(
+                        &error_frame(Status::Unauthorized, "log in first", 0),
+                        &mut out,
+                    ),
+                    Err(e) => {
+                        encode_frame(&error_frame(Status::BadFrame, &e.to_string(), 0), &mut out);
+                        close = true;
+                        break;
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    encode_frame(&error_frame(Status::BadFrame, &e.to_string(), 0), &mut out);
+                    close = true;
+                    break;
+                }
+            }
+        }
+        if let Some(l) = login {
+            match shared.auth.login(&l.user, &l.token, cfg.max_user_bytes) {
+                Ok(user) => {
+                    if !out.is_empty() {
+                        let (r, _) = stream.write_all(std::mem::take(&mut out)).await;
+                        if r.is_err() {
+                            return;
+                        }
+                    }
+                    let home = shard.borrow().home(user.as_bytes());
+                    let me = shard.borrow().id;
+                    if home == me {
+                        run_session(shard, stream, user, l.device, l.request_id, buf, guard).await;
+                    } else {
+                        hand_over(
+                            &shard,
+                            home,
+                            stream,
+                            user,
+                            l.device,
+                            l.request_id,
+                            buf,
+                            guard,
+                        );
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let f = ServerFrame {
+                        kind: Some(server_frame::Kind::LoginResult(login_result(
+                            l.request_id,
+                            e.status,
+                            &e.reason,
+                        ))),
+                    };
+                    encode_frame(&f, &mut out);
+                    // The client may retry on the same connection: look at what else it sent.
+                    if !out.is_empty() {
+                        let (r, _) = stream.write_all(std::mem::take(&mut out)).await;
+                        if r.is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+            }
+        }
+        if !out.is_empty() {
+            let (r, _) = stream.write_all(std::mem::take(&mut out)).await;
+            if r.is_err() {
+                return;
+            }
+        }
+        if close || shared.shutdown.load(std::sync::atomic::Ordering::Acquire) {
+            let _ = stream.shutdown().await;
+            return;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            encode_frame(
+                &error_frame(Status::Timeout, "no login within the login timeout", 0),
+                &mut out,
+            );
+            let _ = stream.write_all(std::mem::take(&mut out)).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+        let need = frame_bytes_needed(&buf).unwrap_or(0).max(MIN_READ);
+        buf.reserve(need);
+        let (len, cap) = (buf.len(), buf.capacity());
+        // Dropping the read on timeout is fine: the connection is closed right after.
+        match monoio::time::timeout(
+            deadline - now,
+            stream.read(monoio::buf::IoBufMut::slice_mut(buf, len..cap)),
+        )
+        .await
+        {
+            Ok((Ok(n), b)) if n > 0 => buf = b.into_inner(),
+            Ok(_) => return,
+            Err(_) => {
+                encode_frame(
+                    &error_frame(Status::Timeout, "no login within the login timeout", 0),
+                    &mut out,
+                );
+                let _ = stream.write_all(std::mem::take(&mut out)).await;
+                let _ = stream.shutdown().await;
+                return;
+            }
+        }
+    }
+}
+
+/// Moves a logged-in connection to its user's home shard. The fd is duplicated
+/// and the original closed here, so no in-flight op of this runtime keeps it.
+#[allow(clippy::too_many_arguments)]
+fn hand_over(
+    shard: &Rc<RefCell<Shard>>,
+    home: usize,
+    stream: TcpStream,
+    user: String,
+    device: String,
+    request_id: u64,
+    leftover: BytesMut,
+    guard: ConnGuard,
+) {
+    // Safety: dup of an fd we own; the result is owned by the OwnedFd below.
+    let dup = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    drop(stream);
+    if dup < 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot hand a connection over");
+        return;
+    }
+    // Safety: `dup` is a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+    let h = Handover {
+        fd,
+        user,
+        device,
+        request_id,
+        leftover,
+        guard,
+    };
+    shard.borrow_mut().post(home, Mail::Handover(Box::new(h)));
+}
+
+/// Runs a connection handed over by another shard.
+pub(crate) async fn adopt(shard: Rc<RefCell<Shard>>, _shared: Arc<Shared>, h: Box<Handover>) {
+    let Handover {
+        fd,
+        user,
+        device,
+        request_id,
+        leftover,
+        guard,
+    } = *h;
+    let std_stream = std::net::TcpStream::from(fd);
+    if let Err(e) = std_stream.set_nonblocking(true) {
+        tracing::warn!(error = %e, "adopting a connection failed");
+        return;
+    }
+    let stream = match TcpStream::from_std(std_stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "adopting a connection failed");
+            return;
+        }
+    };
+    shard.borrow_mut().counters.handovers_in += 1;
+    run_session(shard, stream, user, device, request_id, leftover, guard).await;
+}
+
+/// Registers the session on this (home) shard, answers the Login, and runs the
+/// reader until the connection ends; then waits for the writer and forgets the session.
+async fn run_session(
+    shard: Rc<RefCell<Shard>>,
+    mut stream: TcpStream,
+    user: String,
+    device: String,
+    request_id: u64,
+    buf: BytesMut,
+    _guard: ConnGuard,
+) {
+    let fd = stream.as_raw_fd();
+    let registered = shard.borrow_mut().register(&user, device.clone(), fd);
+    let key = match registered {
+        Ok(k) => k,
+        Err((status, reason)) => {
+            let f = ServerFrame {
+                kind: Some(server_frame::Kind::LoginResult(login_result(
+                    request_id, status, &reason,
+                ))),
+            };
+            let mut out = BytesMut::new();
+            encode_frame(&f, &mut out);
+            let _ = stream.write_all(out).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+    };
+    {
+        let mut sh = shard.borrow_mut();
+        let session_id = sh.session_id(key).map_or(0, |id| id.to_u64());
+        let lr = LoginResult {
+            request_id,
+            status: Status::Ok as i32,
+            reason: String::new(),
+            session_id,
+            user,
+            shard: sh.id as u32,
+            device,
+            heartbeat_ms: sh.cfg.heartbeat_interval.as_millis().min(u32::MAX as u128) as u32,
+            max_frame_bytes: sh.cfg.max_frame_bytes.min(u32::MAX as usize) as u32,
+        };
+        sh.push_frame(
+            key,
+            &ServerFrame {
+                kind: Some(server_frame::Kind::LoginResult(lr)),
+            },
+        );
+    }
+    let (reader, writer) = stream.into_split();
+    let writer = monoio::spawn(write_loop(shard.clone(), key, writer));
+    read_loop(&shard, key, reader, buf).await;
+    shard.borrow_mut().close(key, CloseReason::PeerClosed, None);
+    let _ = writer.await;
+    shard.borrow_mut().remove(key);
+}
+
+async fn read_loop<R: AsyncReadRent>(
+    shard: &Rc<RefCell<Shard>>,
+    key: SessionKey,
+    mut reader: R,
+    mut buf: BytesMut,
+) {
+    let max_frame = shard.borrow().cfg.max_frame_bytes;
+    let mut blocked: Vec<SessionKey> = Vec::new();
+    loop {
+        let flow = {
+            let mut sh = shard.borrow_mut();
+            let now = Instant::now();
+            let ts = now_us();
+            let mut flow = Flow::Continue;
+            loop {
+                match next_frame(&mut buf, max_frame)
+                    .map_err(|e| e.to_string())
+                    .and_then(|f| match f {
+                        Some(body) => parse_client(body).map(Some).map_err(|e| e.to_string()),
+                        None => Ok(None),
+                    }) {
+                    Ok(Some(frame)) => {
+                        if sh.on_frame(key, frame, now, ts, &mut blocked) == Flow::Stop {
+                            flow = Flow::Stop;
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(reason) => {
+                        sh.counters.frames_rejected += 1;
+                        sh.close(
+                            key,
+                            CloseReason::BadFrame,
+                            Some((Status::BadFrame, &reason)),
+                        );
+                        flow = Flow::Stop;
+                        break;
+                    }
+                }
+            }
+            if sh.sessions.get(key).is_none_or(|s| s.closing.is_some()) {
+                flow = Flow::Stop;
+            }
+            flow
+        };
+        if flow == Flow::Stop {
+            return;
+        }
+        // Backpressure: stop reading while a local recipient is over its bound,
+        // or while the outgoing batches to other shards are piling up.
+        if !blocked.is_empty() {
+            poll_fn(|cx| {
+                let mut sh = shard.borrow_mut();
+                blocked.retain(|&k| !sh.drained(k));
+                match blocked.last() {
+                    None => Poll::Ready(()),
+                    Some(&k) => {
+                        sh.wait_drain(k, cx.waker());
+                        Poll::Pending
+                    }
+                }
+            })
+            .await;
+        }
+        poll_fn(|cx| {
+            let mut sh = shard.borrow_mut();
+            if sh.outbox_len <= OUTBOX_HIGH_WATER
+                || sh.sessions.get(key).is_none_or(|s| s.closing.is_some())
+            {
+                Poll::Ready(())
+            } else {
+                sh.outbox_waiters.push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        let want = frame_bytes_needed(&buf).unwrap_or(0).max(MIN_READ);
+        if buf.capacity() - buf.len() < want {
+            buf.reserve(want.max(READ_BUF));
+        }
+        let (len, cap) = (buf.len(), buf.capacity());
+        let (res, slice) = reader
+            .read(monoio::buf::IoBufMut::slice_mut(buf, len..cap))
+            .await;
+        buf = slice.into_inner();
+        match res {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWriteRent>(shard: Rc<RefCell<Shard>>, key: SessionKey, mut writer: W) {
+    loop {
+        let next = poll_fn(|cx| {
+            let mut sh = shard.borrow_mut();
+            let sh = &mut *sh;
+            let Some(s) = sh.sessions.get_mut(key) else {
+                return Poll::Ready(None);
+            };
+            if !s.out.is_empty() {
+                let spare = s.spare.take();
+                let batch = s.out.take(spare);
+                s.inflight += batch.total();
+                sh.counters.payload_zero_copy_bytes += std::mem::take(&mut s.out.zero_copy_bytes);
+                sh.counters.payload_copied_bytes += std::mem::take(&mut s.out.copied_bytes);
+                Poll::Ready(Some(batch))
+            } else if s.closing.is_some() {
+                Poll::Ready(None)
+            } else {
+                s.writer = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        let Some(mut batch) = next else { break };
+        let total = batch.total();
+        let mut ok = true;
+        let mut writes = 0u64;
+        while batch.remaining() > 0 {
+            let (res, b) = writer.writev(batch).await;
+            batch = b;
+            writes += 1;
+            match res {
+                Ok(n) if n > 0 => batch.advance(n),
+                _ => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        let mut sh = shard.borrow_mut();
+        sh.counters.bytes_out += total as u64;
+        sh.counters.writes += writes;
+        let max = sh.cfg.max_pending_bytes;
+        if let Some(s) = sh.sessions.get_mut(key) {
+            s.inflight -= total;
+            s.out.recycle(&mut batch);
+            s.spare = Some(batch);
+            if s.pending() <= max {
+                s.over_since = None;
+                s.wake_drain_waiters();
+            }
+        }
+        if !ok {
+            sh.close(key, CloseReason::PeerClosed, None);
+            break;
+        }
+    }
+    let sh = shard.borrow();
+    if let Some(s) = sh.sessions.get(key) {
+        // Wakes the reader if the peer is still connected.
+        // Safety: the session's socket stays open until the session is removed.
+        unsafe { libc::shutdown(s.fd, libc::SHUT_RDWR) };
+    }
+}

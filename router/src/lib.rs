@@ -1,0 +1,27 @@
+//! ringrouter: a thread-per-core chat / IM message router on io_uring (monoio).
+//!
+//! # Layout
+//! - [`config`]: every setting and limit, with the embedded defaults.
+//! - [`auth`]: user-name rules, `open` and `jwt` login.
+//! - [`server`]: [`Router::start`]: listeners, shard threads, shutdown.
+//! - `conn`: per-connection tasks: accept, pre-login, handover, reader, writer.
+//! - [`shard`]: a shard's state and routing decisions (no I/O, no await).
+//! - [`mailbox`]: lock-free SPSC rings between shards, with a doorbell.
+//! - [`outbuf`]: a session's outbound queue and its writev batches.
+//! - [`stats`]: counters.
+//! - [`cli`]: the `ringrouter` command line.
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+mod conn;
+pub mod mailbox;
+pub mod outbuf;
+pub mod server;
+pub mod shard;
+pub mod stats;
+
+pub use config::{AuthMode, Config};
+pub use server::{driver_name, Router, RouterHandle, StartError};
+pub use stats::StatsSnapshot;

@@ -1,0 +1,317 @@
+//! A session's outbound queue and the iovec batch handed to `writev`.
+//!
+//! Frames are appended to one contiguous buffer, except payloads larger than the
+//! inline threshold: those are kept as the sender's own `Bytes` (a slice of the
+//! sender's read buffer) and written by their own iovec, never copied.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message;
+use ringrouter_proto::codec::encode_frame;
+use ringrouter_proto::fast::{put_deliver_header, DeliverStamp};
+
+/// Most iovecs passed to one writev (Linux IOV_MAX).
+const IOV_MAX: usize = 1024;
+
+/// Where one iovec of a batch comes from.
+#[derive(Debug)]
+enum Seg {
+    /// `data[prev_end..end]`.
+    Local(usize),
+    /// A shared payload.
+    Shared(Bytes),
+}
+
+/// Outbound queue of one session. Appending never blocks; the writer task takes
+/// everything queued at once ([`OutBuf::take`]) for one writev.
+#[derive(Debug, Default)]
+pub struct OutBuf {
+    data: BytesMut,
+    segs: Vec<Seg>,
+    len: usize,
+    /// Payload bytes queued by reference (never copied).
+    pub zero_copy_bytes: u64,
+    /// Payload bytes copied into the contiguous buffer (at or below the inline threshold).
+    pub copied_bytes: u64,
+}
+
+impl OutBuf {
+    /// Queued bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends a protobuf frame (length-delimited).
+    pub fn push_frame<M: Message>(&mut self, msg: &M) {
+        let before = self.data.len();
+        encode_frame(msg, &mut self.data);
+        self.len += self.data.len() - before;
+    }
+
+    /// Appends a Deliver. A payload longer than `inline_max` is queued by
+    /// reference; shorter ones are copied next to their header.
+    pub fn push_deliver(&mut self, stamp: &DeliverStamp<'_>, payload: &Bytes, inline_max: usize) {
+        let before = self.data.len();
+        put_deliver_header(&mut self.data, stamp, payload.len());
+        self.len += self.data.len() - before + payload.len();
+        if payload.len() <= inline_max {
+            self.data.put_slice(payload);
+            self.copied_bytes += payload.len() as u64;
+        } else {
+            self.segs.push(Seg::Local(self.data.len()));
+            self.segs.push(Seg::Shared(payload.clone()));
+            self.zero_copy_bytes += payload.len() as u64;
+        }
+    }
+
+    /// Takes everything queued as one write batch, leaving the queue empty.
+    /// `spare` is a previously written batch whose allocations are reused.
+    pub fn take(&mut self, spare: Option<WriteBatch>) -> WriteBatch {
+        let mut batch = spare.unwrap_or_default();
+        batch.reset();
+        let data = self.data.split().freeze();
+        let mut prev = 0usize;
+        for seg in self.segs.drain(..) {
+            match seg {
+                Seg::Local(end) => {
+                    if end > prev {
+                        batch.push(data.slice(prev..end));
+                    }
+                    prev = end;
+                }
+                Seg::Shared(b) => batch.push(b),
+            }
+        }
+        if data.len() > prev {
+            batch.push(data.slice(prev..));
+        }
+        batch.total = self.len;
+        self.len = 0;
+        batch.reclaim = Some(data);
+        batch
+    }
+
+    /// Gives the contiguous buffer of a written batch back for reuse, if no one else holds it.
+    pub fn recycle(&mut self, batch: &mut WriteBatch) {
+        batch.parts.clear();
+        batch.iov.clear();
+        if let Some(data) = batch.reclaim.take() {
+            if self.data.is_empty() {
+                if let Ok(mut m) = data.try_into_mut() {
+                    if m.capacity() > self.data.capacity() {
+                        m.clear();
+                        self.data = m;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Buffers handed to the kernel by one writev, with the iovec array pointing into
+/// them. The `Bytes` are heap allocations that do not move while the batch is
+/// alive, so the iovec pointers stay valid however the batch itself is moved.
+#[derive(Default)]
+pub struct WriteBatch {
+    parts: Vec<Bytes>,
+    iov: Vec<libc::iovec>,
+    /// First iovec not yet fully written.
+    start: usize,
+    total: usize,
+    written: usize,
+    reclaim: Option<Bytes>,
+}
+
+impl std::fmt::Debug for WriteBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteBatch")
+            .field("parts", &self.parts.len())
+            .field("total", &self.total)
+            .finish()
+    }
+}
+
+impl WriteBatch {
+    fn reset(&mut self) {
+        self.parts.clear();
+        self.iov.clear();
+        self.start = 0;
+        self.total = 0;
+        self.written = 0;
+        self.reclaim = None;
+    }
+
+    fn push(&mut self, b: Bytes) {
+        self.iov.push(libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        });
+        self.parts.push(b);
+    }
+
+    /// Bytes in the batch.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Bytes not yet written.
+    pub fn remaining(&self) -> usize {
+        self.total - self.written
+    }
+
+    /// Records that the kernel took `n` more bytes.
+    pub fn advance(&mut self, mut n: usize) {
+        self.written += n;
+        while n > 0 && self.start < self.iov.len() {
+            let v = &mut self.iov[self.start];
+            if n >= v.iov_len {
+                n -= v.iov_len;
+                self.start += 1;
+            } else {
+                // Safety: n < iov_len, so the new base stays inside the same buffer.
+                v.iov_base = unsafe { (v.iov_base as *mut u8).add(n) } as *mut libc::c_void;
+                v.iov_len -= n;
+                n = 0;
+            }
+        }
+    }
+
+    /// The parts of the batch, for tests.
+    pub fn parts(&self) -> &[Bytes] {
+        &self.parts
+    }
+}
+
+// Safety: the iovecs point into `parts`, heap buffers owned by the batch that
+// neither move nor change while the runtime holds the batch; the pointer and
+// length stay fixed until `advance`, which is only called once the op returned.
+unsafe impl monoio::buf::IoVecBuf for WriteBatch {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        self.iov[self.start..].as_ptr()
+    }
+
+    fn read_iovec_len(&self) -> usize {
+        (self.iov.len() - self.start).min(IOV_MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringrouter_proto::codec::{decode_server, next_frame};
+    use ringrouter_proto::v1::{server_frame, Pong, ServerFrame};
+
+    fn gather(b: &WriteBatch) -> Vec<u8> {
+        let mut v = Vec::new();
+        for i in b.start..b.iov.len() {
+            let io = b.iov[i];
+            // Safety: test-only read of the live iovecs.
+            v.extend_from_slice(unsafe {
+                std::slice::from_raw_parts(io.iov_base as *const u8, io.iov_len)
+            });
+        }
+        v
+    }
+
+    #[test]
+    fn large_payloads_are_written_from_the_senders_buffer() {
+        let read_buf = Bytes::from(vec![7u8; 4096]);
+        let payload = read_buf.slice(100..1100);
+        let mut q = OutBuf::default();
+        q.push_frame(&ServerFrame {
+            kind: Some(server_frame::Kind::Pong(Pong { nonce: 5 })),
+        });
+        let stamp = DeliverStamp {
+            seq: 1,
+            from_user: b"a",
+            to_room: b"",
+            server_ts_us: 9,
+            msg_id: 3,
+        };
+        q.push_deliver(&stamp, &payload, 64);
+        q.push_deliver(
+            &DeliverStamp { seq: 2, ..stamp },
+            &Bytes::from_static(b"tiny"),
+            64,
+        );
+        assert_eq!(q.zero_copy_bytes, 1000);
+        assert_eq!(q.copied_bytes, 4);
+        let total = q.len();
+        let batch = q.take(None);
+        assert!(q.is_empty());
+        assert_eq!(batch.total(), total);
+        // The payload part is the very same memory as the read buffer.
+        assert!(batch
+            .parts()
+            .iter()
+            .any(|p| p.as_ptr() == payload.as_ptr() && p.len() == 1000));
+        let mut stream = BytesMut::from(&gather(&batch)[..]);
+        assert_eq!(stream.len(), total);
+        let mut frames = Vec::new();
+        while let Some(f) = next_frame(&mut stream, 1 << 20).unwrap() {
+            frames.push(decode_server(f).unwrap());
+        }
+        assert_eq!(frames.len(), 3);
+        match &frames[1].kind {
+            Some(server_frame::Kind::Deliver(d)) => assert_eq!(&d.payload[..], &payload[..]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn partial_writes_advance_through_iovecs() {
+        let mut q = OutBuf::default();
+        let big = Bytes::from(vec![1u8; 300]);
+        let stamp = DeliverStamp {
+            seq: 1,
+            from_user: b"a",
+            to_room: b"",
+            server_ts_us: 0,
+            msg_id: 0,
+        };
+        for i in 0..5 {
+            q.push_deliver(
+                &DeliverStamp {
+                    seq: i + 1,
+                    ..stamp
+                },
+                &big,
+                0,
+            );
+        }
+        let mut batch = q.take(None);
+        let full = gather(&batch);
+        let mut seen = Vec::new();
+        for step in [1usize, 7, 300, 2, 500] {
+            let chunk = gather(&batch);
+            let n = step.min(batch.remaining());
+            seen.extend_from_slice(&chunk[..n]);
+            batch.advance(n);
+        }
+        seen.extend_from_slice(&gather(&batch));
+        assert_eq!(seen, full);
+    }
+
+    #[test]
+    fn iovec_count_is_capped() {
+        let mut q = OutBuf::default();
+        let p = Bytes::from(vec![0u8; 10]);
+        let stamp = DeliverStamp {
+            seq: 1,
+            from_user: b"a",
+            to_room: b"",
+            server_ts_us: 0,
+            msg_id: 0,
+        };
+        for _ in 0..2000 {
+            q.push_deliver(&stamp, &p, 0);
+        }
+        let b = q.take(None);
+        use monoio::buf::IoVecBuf;
+        assert_eq!(b.read_iovec_len(), IOV_MAX);
+    }
+}

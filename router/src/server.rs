@@ -1,0 +1,557 @@
+//! Starting and stopping the router: one pinned thread per shard, each running
+//! its own monoio runtime (io_uring, or epoll where io_uring is missing), its own
+//! SO_REUSEPORT listener, and four kinds of task: the accept loop, the connection
+//! tasks (`conn`), the mailbox consumer and flusher, and a ticker.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::mailbox::{mesh, Doorbell, Inbox, Outboxes};
+use crate::shard::{Mail, SessionKey, Shard, OUTBOX_HIGH_WATER};
+use crate::stats::{ShardStats, StatsSnapshot};
+
+/// Batches per cross-shard ring.
+const RING_CAPACITY: usize = 512;
+
+/// Why the router did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is refused (e.g. open auth on a public address).
+    #[error("{0}")]
+    Config(String),
+    /// Binding the listen address failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A shard thread failed to start.
+    #[error("shard {0} failed to start: {1}")]
+    Shard(usize, String),
+}
+
+/// State shared by every shard thread (read-mostly).
+pub struct Shared {
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) auth: Authenticator,
+    connections: AtomicUsize,
+    pub(crate) shutdown: AtomicBool,
+    bells: Vec<Arc<Doorbell>>,
+}
+
+/// Counts one open connection; dropping it frees the slot.
+pub struct ConnGuard(Arc<Shared>);
+
+impl ConnGuard {
+    /// Takes a connection slot, or `None` when `max_connections` are open.
+    pub(crate) fn try_new(shared: &Arc<Shared>) -> Option<Self> {
+        let prev = shared.connections.fetch_add(1, Ordering::AcqRel);
+        if prev >= shared.cfg.max_connections {
+            shared.connections.fetch_sub(1, Ordering::AcqRel);
+            None
+        } else {
+            Some(ConnGuard(shared.clone()))
+        }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A one-shot local event (shard shutdown), awaited by several tasks.
+#[derive(Default)]
+pub(crate) struct LocalSignal {
+    fired: Cell<bool>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl LocalSignal {
+    pub(crate) fn fire(&self) {
+        self.fired.set(true);
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    pub(crate) fn fired(&self) -> bool {
+        self.fired.get()
+    }
+
+    pub(crate) async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.fired.get() {
+                Poll::Ready(())
+            } else {
+                self.waiters.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Entry point of the router as a library.
+pub struct Router;
+
+/// A running router.
+pub struct RouterHandle {
+    addr: SocketAddr,
+    shards: usize,
+    driver: &'static str,
+    threads: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    stats: Vec<Arc<ShardStats>>,
+}
+
+/// Name of the I/O driver monoio will use on this machine: `io_uring` or `epoll`.
+pub fn driver_name() -> &'static str {
+    if monoio::utils::detect_uring() {
+        "io_uring"
+    } else {
+        "epoll"
+    }
+}
+
+fn bind_listeners(
+    addr: SocketAddr,
+    n: usize,
+) -> Result<(SocketAddr, Vec<std::net::TcpListener>), StartError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let err = |source| StartError::Bind { addr, source };
+    // SO_REUSEPORT would let a second router silently share a port already in
+    // use; a plain bind first finds out.
+    if addr.port() != 0 {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(err)?;
+        probe.set_reuse_address(true).map_err(err)?;
+        probe.bind(&addr.into()).map_err(err)?;
+    }
+    let mut bound = addr;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let s = Socket::new(
+            Domain::for_address(bound),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )
+        .map_err(err)?;
+        s.set_reuse_address(true).map_err(err)?;
+        s.set_reuse_port(true).map_err(err)?;
+        s.set_nonblocking(true).map_err(err)?;
+        s.set_nodelay(true).map_err(err)?;
+        s.bind(&bound.into()).map_err(err)?;
+        s.listen(4096).map_err(err)?;
+        if i == 0 {
+            bound = s
+                .local_addr()
+                .map_err(err)?
+                .as_socket()
+                .ok_or_else(|| err(std::io::Error::other("listener has no IP address")))?;
+        }
+        out.push(s.into());
+    }
+    Ok((bound, out))
+}
+
+impl Router {
+    /// Validates `cfg`, binds the listeners, starts every shard, and returns once
+    /// all of them accept connections.
+    pub fn start(cfg: Config) -> Result<RouterHandle, StartError> {
+        if cfg.auth == crate::config::AuthMode::Open
+            && !cfg.listen.ip().is_loopback()
+            && !cfg.allow_open_auth_on_public
+        {
+            return Err(StartError::Config(format!(
+                "refusing to listen on non-loopback address {} with --auth open (anyone could log in as anyone); \
+                 use --auth jwt, or pass --allow-open-auth-on-public",
+                cfg.listen
+            )));
+        }
+        if cfg.max_payload_bytes >= cfg.max_frame_bytes {
+            return Err(StartError::Config(
+                "max_payload_bytes must be smaller than max_frame_bytes".into(),
+            ));
+        }
+        let auth = Authenticator::from_config(&cfg).map_err(StartError::Config)?;
+        let n = cfg.effective_shards();
+        if n > 256 {
+            return Err(StartError::Config("at most 256 shards".into()));
+        }
+        let (addr, listeners) = bind_listeners(cfg.listen, n)?;
+        let meshes = mesh::<Vec<Mail>>(n, RING_CAPACITY);
+        let bells = meshes
+            .first()
+            .map(|(o, _)| o.bells().to_vec())
+            .unwrap_or_default();
+        let cfg = Arc::new(cfg);
+        let shared = Arc::new(Shared {
+            cfg: cfg.clone(),
+            auth,
+            connections: AtomicUsize::new(0),
+            shutdown: AtomicBool::new(false),
+            bells,
+        });
+        let stats: Vec<Arc<ShardStats>> = (0..n).map(|_| Arc::new(ShardStats::default())).collect();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, (usize, String)>>();
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let mut threads = Vec::with_capacity(n);
+        for (id, ((outs, inbox), listener)) in meshes.into_iter().zip(listeners).enumerate() {
+            let shared = shared.clone();
+            let st = stats[id].clone();
+            let ready = ready_tx.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("shard-{id}"))
+                .spawn(move || {
+                    if shared.cfg.pin_threads {
+                        let _ = monoio::utils::bind_to_cpu_set([id % cores]);
+                    }
+                    if let Err(e) =
+                        run_shard(id, n, shared.clone(), st, listener, outs, inbox, &ready)
+                    {
+                        let _ = ready.send(Err((id, e)));
+                    }
+                })
+                .map_err(|e| StartError::Shard(id, e.to_string()))?;
+            threads.push(t);
+        }
+        drop(ready_tx);
+        for _ in 0..n {
+            match ready_rx.recv() {
+                Ok(Ok(_)) => {}
+                Ok(Err((id, e))) => {
+                    shared.shutdown.store(true, Ordering::SeqCst);
+                    shared.bells.iter().for_each(|b| b.force());
+                    return Err(StartError::Shard(id, e));
+                }
+                Err(_) => {
+                    return Err(StartError::Shard(
+                        usize::MAX,
+                        "a shard thread exited".into(),
+                    ))
+                }
+            }
+        }
+        Ok(RouterHandle {
+            addr,
+            shards: n,
+            driver: driver_name(),
+            threads,
+            shared,
+            stats,
+        })
+    }
+}
+
+impl RouterHandle {
+    /// The bound address (the real port when the config asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Number of shards running.
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// `io_uring` or `epoll`.
+    pub fn driver(&self) -> &'static str {
+        self.driver
+    }
+
+    /// Counters summed over shards (published every tick, at most ~100 ms old).
+    pub fn stats(&self) -> StatsSnapshot {
+        let mut s = StatsSnapshot::default();
+        for st in &self.stats {
+            st.add_to(&mut s);
+        }
+        s
+    }
+
+    /// Asks every shard to stop: no new connections, sessions told UNAVAILABLE,
+    /// queues flushed. Returns at once; see [`RouterHandle::join`].
+    pub fn trigger_shutdown(&self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        for b in &self.shared.bells {
+            b.force();
+        }
+    }
+
+    /// True once every shard thread has finished.
+    pub fn is_finished(&self) -> bool {
+        self.threads.iter().all(|t| t.is_finished())
+    }
+
+    /// Waits up to `timeout` for the shard threads; returns true if all finished.
+    pub fn join(self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.is_finished() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+        true
+    }
+
+    /// Graceful shutdown: trigger, then wait up to `shutdown_timeout` plus a margin.
+    pub fn shutdown(self) -> bool {
+        self.trigger_shutdown();
+        let t = self.shared.cfg.shutdown_timeout + Duration::from_secs(1);
+        self.join(t)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_shard(
+    id: usize,
+    n: usize,
+    shared: Arc<Shared>,
+    stats: Arc<ShardStats>,
+    listener: std::net::TcpListener,
+    outs: Outboxes<Vec<Mail>>,
+    inbox: Inbox<Vec<Mail>>,
+    ready: &std::sync::mpsc::Sender<Result<usize, (usize, String)>>,
+) -> Result<(), String> {
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .with_entries(4096)
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    rt.block_on(async move {
+        let listener =
+            monoio::net::TcpListener::from_std(listener).map_err(|e| format!("listener: {e}"))?;
+        let shard = Rc::new(RefCell::new(Shard::new(id, n, shared.cfg.clone(), stats)));
+        let local = Rc::new(LocalSignal::default());
+        monoio::spawn(flusher(shard.clone(), outs));
+        monoio::spawn(consumer(
+            shard.clone(),
+            shared.clone(),
+            inbox,
+            local.clone(),
+        ));
+        monoio::spawn(ticker(shard.clone(), local.clone()));
+        monoio::spawn(crate::conn::accept_loop(
+            shard.clone(),
+            shared.clone(),
+            listener,
+            local.clone(),
+        ));
+        let _ = ready.send(Ok(id));
+        local.wait().await;
+        let timeout = shared.cfg.shutdown_timeout;
+        let _ = monoio::time::timeout(timeout, wait_idle(&shard)).await;
+        shard.borrow_mut().publish();
+        tracing::debug!(shard = id, "shard stopped");
+        Ok::<(), String>(())
+    })
+}
+
+async fn wait_idle(shard: &Rc<RefCell<Shard>>) {
+    poll_fn(|cx| {
+        let mut sh = shard.borrow_mut();
+        if sh.sessions.is_empty() {
+            Poll::Ready(())
+        } else {
+            sh.idle_waiters.push(cx.waker().clone());
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Yields once to the other ready tasks of this shard.
+pub(crate) async fn yield_now() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Moves the shard's outgoing batches into the rings. Woken by `Shard::post`;
+/// runs after the readers of the current loop turn, so one batch carries what
+/// every reader produced in that turn.
+async fn flusher(shard: Rc<RefCell<Shard>>, mut outs: Outboxes<Vec<Mail>>) {
+    loop {
+        poll_fn(|cx| {
+            let mut sh = shard.borrow_mut();
+            if sh.outbox_len > 0 {
+                Poll::Ready(())
+            } else {
+                sh.flusher = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        let stuck = {
+            let mut sh = shard.borrow_mut();
+            let mut stuck = false;
+            for to in 0..sh.n {
+                if sh.outbox[to].is_empty() {
+                    continue;
+                }
+                let batch = std::mem::take(&mut sh.outbox[to]);
+                let len = batch.len();
+                match outs.push(to, batch) {
+                    Ok(()) => {
+                        sh.outbox_len -= len;
+                        outs.ring(to);
+                    }
+                    Err(back) => {
+                        // Nothing was appended meanwhile (no await since the take).
+                        sh.outbox[to] = back;
+                        stuck = true;
+                    }
+                }
+            }
+            if sh.outbox_len <= OUTBOX_HIGH_WATER {
+                for w in sh.outbox_waiters.drain(..) {
+                    w.wake();
+                }
+            }
+            stuck
+        };
+        if stuck {
+            // The target shard is behind (or stalled on a slow consumer): back off briefly.
+            monoio::time::sleep(Duration::from_micros(100)).await;
+        }
+    }
+}
+
+/// Drains the inbound rings, delivers, adopts handed-over connections, and
+/// sleeps on the doorbell when there is nothing to do.
+async fn consumer(
+    shard: Rc<RefCell<Shard>>,
+    shared: Arc<Shared>,
+    mut inbox: Inbox<Vec<Mail>>,
+    local: Rc<LocalSignal>,
+) {
+    let rings = inbox.len();
+    let mut stalled: Vec<Option<SessionKey>> = vec![None; rings];
+    let mut blocked = Vec::new();
+    let mut handovers = Vec::new();
+    loop {
+        if shared.shutdown.load(Ordering::Acquire) && !local.fired() {
+            shard.borrow_mut().begin_shutdown();
+            local.fire();
+        }
+        let mut got = 0usize;
+        {
+            let mut sh = shard.borrow_mut();
+            for (i, stall) in stalled.iter_mut().enumerate() {
+                if let Some(k) = *stall {
+                    if sh.drained(k) {
+                        *stall = None;
+                    } else {
+                        continue;
+                    }
+                }
+                let from = inbox.source(i);
+                for _ in 0..64 {
+                    let Some(batch) = inbox.pop(i) else { break };
+                    got += 1;
+                    for mail in batch {
+                        if let Some(h) = sh.on_mail(from, mail, &mut blocked) {
+                            handovers.push(h);
+                        }
+                    }
+                    if let Some(&k) = blocked.last() {
+                        // A recipient is over its bound: stop taking from this
+                        // ring until it drains or is closed (the sender shard's
+                        // ring fills and its readers pause: TCP backpressure).
+                        *stall = Some(k);
+                        blocked.clear();
+                        break;
+                    }
+                }
+            }
+        }
+        for h in handovers.drain(..) {
+            monoio::spawn(crate::conn::adopt(shard.clone(), shared.clone(), h));
+        }
+        if got > 0 {
+            yield_now().await;
+            continue;
+        }
+        poll_fn(|cx| {
+            if shared.shutdown.load(Ordering::Acquire) && !local.fired() {
+                return Poll::Ready(());
+            }
+            {
+                let mut sh = shard.borrow_mut();
+                for k in stalled.iter().flatten() {
+                    if sh.drained(*k) {
+                        return Poll::Ready(());
+                    }
+                    sh.wait_drain(*k, cx.waker());
+                }
+            }
+            if inbox.park(cx.waker(), |i| stalled[i].is_none()) {
+                if shared.shutdown.load(Ordering::Acquire) && !local.fired() {
+                    inbox.unpark();
+                    return Poll::Ready(());
+                }
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        inbox.unpark();
+    }
+}
+
+/// Heartbeats, slow consumers, counters.
+async fn ticker(shard: Rc<RefCell<Shard>>, local: Rc<LocalSignal>) {
+    let period = {
+        let sh = shard.borrow();
+        let c = &sh.cfg;
+        (c.heartbeat_interval.min(c.slow_consumer_timeout) / 4)
+            .clamp(Duration::from_millis(10), Duration::from_millis(100))
+    };
+    let mut shutdown_seen: Option<Instant> = None;
+    loop {
+        monoio::time::sleep(period).await;
+        let now = Instant::now();
+        let mut sh = shard.borrow_mut();
+        sh.tick(now);
+        if local.fired() {
+            let since = *shutdown_seen.get_or_insert(now);
+            // Sessions that cannot flush within the timeout are cut.
+            if now.duration_since(since)
+                >= sh
+                    .cfg
+                    .shutdown_timeout
+                    .saturating_sub(Duration::from_millis(200))
+            {
+                for (_, s) in sh.sessions.iter() {
+                    // Safety: fd belongs to a live session.
+                    unsafe { libc::shutdown(s.fd, libc::SHUT_RDWR) };
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,941 @@
+//! One shard's state and its routing decisions. Everything here runs on the
+//! owning shard's thread only (the state sits in an `Rc<RefCell<Shard>>`), and no
+//! method awaits: the connection tasks in `conn` drive it.
+//!
+//! Ownership: a shard owns the sessions of the users whose home it is, their
+//! outbound queues and sequence numbers, and its outgoing batches to other shards.
+
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use rustc_hash::FxHashMap;
+use slab::Slab;
+
+use ringrouter_proto::fast::{DeliverStamp, SendView};
+use ringrouter_proto::v1::{
+    client_frame, server_frame, Error as ErrorFrame, Ping, Pong, SendResult, ServerFrame,
+};
+use ringrouter_proto::Status;
+
+use crate::config::Config;
+use crate::outbuf::{OutBuf, WriteBatch};
+use crate::stats::{Counters, ShardStats};
+
+/// Slab key of a session inside its shard.
+pub type SessionKey = usize;
+
+/// A session's identity across shards: (shard, slab key, generation), so a stale
+/// id never reaches a recycled slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId {
+    /// Owning shard.
+    pub shard: u16,
+    /// Generation of the slab slot when the session was created.
+    pub gen: u32,
+    /// Slab key.
+    pub key: u32,
+}
+
+impl SessionId {
+    /// Packs the id into the u64 sent to clients.
+    pub fn to_u64(self) -> u64 {
+        (u64::from(self.shard) << 48) | (u64::from(self.gen & 0xFFFF) << 32) | u64::from(self.key)
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed the connection (or it broke).
+    PeerClosed,
+    /// The client sent Logout.
+    Logout,
+    /// The client sent bytes that are not frames.
+    BadFrame,
+    /// The outbound queue stayed over its bound too long.
+    SlowConsumer,
+    /// No answer to heartbeats.
+    HeartbeatTimeout,
+    /// The router is shutting down.
+    Shutdown,
+    /// The account was removed or the session replaced.
+    Kicked,
+}
+
+impl CloseReason {
+    /// Whether the socket should be cut at once rather than after a flush.
+    fn hard(self) -> bool {
+        matches!(
+            self,
+            CloseReason::SlowConsumer | CloseReason::HeartbeatTimeout | CloseReason::PeerClosed
+        )
+    }
+}
+
+/// One logged-in connection (a device of a user).
+pub struct Session {
+    /// Slab slot generation.
+    pub gen: u32,
+    /// Authenticated user.
+    pub user: Bytes,
+    /// Device name from Login.
+    pub device: String,
+    /// The socket, for shutdown(2) when the session is closed.
+    pub fd: RawFd,
+    /// Frames waiting for the writer.
+    pub out: OutBuf,
+    /// Bytes handed to the writer and not yet written.
+    pub inflight: usize,
+    /// Last sequence number assigned to a Deliver.
+    pub last_seq: u64,
+    /// Highest sequence number acked by the client.
+    pub acked: u64,
+    /// The writer task, parked until something is queued.
+    pub writer: Option<Waker>,
+    /// Tasks waiting for this session's queue to fall under its bound.
+    pub drain_waiters: Vec<Waker>,
+    /// Set once the session is closing.
+    pub closing: Option<CloseReason>,
+    /// Since when the queue has been over its bound.
+    pub over_since: Option<Instant>,
+    /// Last time a frame arrived.
+    pub last_rx: Instant,
+    /// When an unanswered heartbeat ping was sent.
+    pub ping_sent: Option<Instant>,
+    /// A written batch kept for its allocations.
+    pub spare: Option<WriteBatch>,
+    /// When closing began.
+    pub closed_at: Option<Instant>,
+}
+
+impl Session {
+    /// Bytes queued or being written.
+    pub fn pending(&self) -> usize {
+        self.out.len() + self.inflight
+    }
+
+    fn wake_writer(&mut self) {
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// Wakes every task waiting for this session to drain.
+    pub fn wake_drain_waiters(&mut self) {
+        for w in self.drain_waiters.drain(..) {
+            w.wake();
+        }
+    }
+
+    fn push_frame(&mut self, f: &ServerFrame) {
+        self.out.push_frame(f);
+        self.wake_writer();
+    }
+}
+
+/// A direct message on its way to the recipient's home shard.
+#[derive(Debug)]
+pub struct Routed {
+    /// Recipient user (a slice of the sender's read buffer).
+    pub to_user: Bytes,
+    /// Authenticated sender.
+    pub from_user: Bytes,
+    /// The payload (a slice of the sender's read buffer).
+    pub payload: Bytes,
+    /// Message id.
+    pub msg_id: u64,
+    /// Router clock at acceptance, µs since the epoch.
+    pub ts_us: u64,
+    /// Sender session and request id, when the sender asked for a SendResult.
+    pub reply: Option<(SessionId, u64)>,
+}
+
+/// A connection logged in on a shard that is not its user's home, moving there.
+pub struct Handover {
+    /// The socket.
+    pub fd: OwnedFd,
+    /// Authenticated user.
+    pub user: String,
+    /// Device name.
+    pub device: String,
+    /// Login request id, echoed in LoginResult.
+    pub request_id: u64,
+    /// Bytes read after the Login frame (pipelined frames).
+    pub leftover: BytesMut,
+    /// Keeps the connection counted.
+    pub guard: crate::server::ConnGuard,
+}
+
+/// What travels between shards.
+pub enum Mail {
+    /// A direct message for a user homed on the receiving shard.
+    Deliver(Routed),
+    /// The outcome of a routed message, for a sender who asked.
+    Result {
+        /// The sender's session.
+        to: SessionId,
+        /// The Send's request id.
+        request_id: u64,
+        /// The message id.
+        msg_id: u64,
+        /// OK or NOT_FOUND.
+        status: Status,
+    },
+    /// A connection moving to its user's home shard.
+    Handover(Box<Handover>),
+}
+
+/// One shard's state.
+pub struct Shard {
+    /// This shard's index.
+    pub id: usize,
+    /// Number of shards.
+    pub n: usize,
+    /// Configuration.
+    pub cfg: Arc<Config>,
+    /// Live sessions.
+    pub sessions: Slab<Session>,
+    users: FxHashMap<Bytes, Vec<SessionKey>>,
+    /// Pending outgoing batches, per target shard.
+    pub outbox: Vec<Vec<Mail>>,
+    /// Items in `outbox`.
+    pub outbox_len: usize,
+    /// The task that moves `outbox` into the rings.
+    pub flusher: Option<Waker>,
+    /// Readers waiting for `outbox` to drain.
+    pub outbox_waiters: Vec<Waker>,
+    /// Tasks waiting for the last session to end (shutdown).
+    pub idle_waiters: Vec<Waker>,
+    next_gen: u32,
+    next_msg_id: u64,
+    /// Hot-path counters, published to `stats` by the ticker.
+    pub counters: Counters,
+    /// Shared, readable from other threads.
+    pub stats: Arc<ShardStats>,
+    /// Set when shutdown began.
+    pub shutting_down: bool,
+}
+
+/// Most items an outbox holds before readers feeding it pause.
+pub const OUTBOX_HIGH_WATER: usize = 64 * 1024;
+
+/// FNV-1a, fixed seed: the home shard of a user or room never changes while the shard count does not.
+pub fn home_shard(name: &[u8], shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ 0x9e37_79b9_7f4a_7c15;
+    for &b in name {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // final avalanche so that similar names spread over shards
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    (h % shards.max(1) as u64) as usize
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn error_frame(code: Status, reason: impl Into<String>, request_id: u64) -> ServerFrame {
+    ServerFrame {
+        kind: Some(server_frame::Kind::Error(ErrorFrame {
+            code: code as i32,
+            reason: reason.into(),
+            request_id,
+        })),
+    }
+}
+
+fn send_result(request_id: u64, status: Status, reason: &str, msg_id: u64) -> ServerFrame {
+    ServerFrame {
+        kind: Some(server_frame::Kind::SendResult(SendResult {
+            request_id,
+            status: status as i32,
+            reason: reason.to_owned(),
+            msg_id,
+        })),
+    }
+}
+
+/// What the reader should do after a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep reading.
+    Continue,
+    /// Stop reading: the session is closing.
+    Stop,
+}
+
+impl Shard {
+    /// A fresh shard.
+    pub fn new(id: usize, n: usize, cfg: Arc<Config>, stats: Arc<ShardStats>) -> Self {
+        Shard {
+            id,
+            n,
+            cfg,
+            sessions: Slab::new(),
+            users: FxHashMap::default(),
+            outbox: (0..n).map(|_| Vec::new()).collect(),
+            outbox_len: 0,
+            flusher: None,
+            outbox_waiters: Vec::new(),
+            idle_waiters: Vec::new(),
+            next_gen: 1,
+            next_msg_id: 1,
+            counters: Counters::default(),
+            stats,
+            shutting_down: false,
+        }
+    }
+
+    /// Home shard of a user or room.
+    pub fn home(&self, name: &[u8]) -> usize {
+        home_shard(name, self.n)
+    }
+
+    /// The cross-shard id of a live session.
+    pub fn session_id(&self, key: SessionKey) -> Option<SessionId> {
+        self.sessions.get(key).map(|s| SessionId {
+            shard: self.id as u16,
+            gen: s.gen,
+            key: key as u32,
+        })
+    }
+
+    fn resolve(&self, id: SessionId) -> Option<SessionKey> {
+        let key = id.key as usize;
+        match self.sessions.get(key) {
+            Some(s) if s.gen == id.gen && id.shard as usize == self.id && s.closing.is_none() => {
+                Some(key)
+            }
+            _ => None,
+        }
+    }
+
+    /// Number of live sessions of `user` on this shard.
+    pub fn user_sessions(&self, user: &[u8]) -> usize {
+        self.users.get(user).map_or(0, Vec::len)
+    }
+
+    /// Registers a logged-in session of `user` (this must be its home shard).
+    pub fn register(
+        &mut self,
+        user: &str,
+        device: String,
+        fd: RawFd,
+    ) -> Result<SessionKey, (Status, String)> {
+        if self.shutting_down {
+            return Err((Status::Unavailable, "shutting down".into()));
+        }
+        let count = self.user_sessions(user.as_bytes());
+        if count >= self.cfg.max_sessions_per_user {
+            return Err((
+                Status::RateLimited,
+                format!(
+                    "user has {count} sessions, the limit is {}",
+                    self.cfg.max_sessions_per_user
+                ),
+            ));
+        }
+        let gen = self.next_gen;
+        self.next_gen = self.next_gen.wrapping_add(1).max(1);
+        let user = Bytes::copy_from_slice(user.as_bytes());
+        let key = self.sessions.insert(Session {
+            gen,
+            user: user.clone(),
+            device,
+            fd,
+            out: OutBuf::default(),
+            inflight: 0,
+            last_seq: 0,
+            acked: 0,
+            writer: None,
+            drain_waiters: Vec::new(),
+            closing: None,
+            over_since: None,
+            last_rx: Instant::now(),
+            ping_sent: None,
+            spare: None,
+            closed_at: None,
+        });
+        self.users.entry(user).or_default().push(key);
+        self.counters.logins += 1;
+        Ok(key)
+    }
+
+    /// Queues a frame on a session and wakes its writer.
+    pub fn push_frame(&mut self, key: SessionKey, f: &ServerFrame) {
+        if let Some(s) = self.sessions.get_mut(key) {
+            s.push_frame(f);
+        }
+    }
+
+    /// Queues an Error frame.
+    pub fn push_error(
+        &mut self,
+        key: SessionKey,
+        code: Status,
+        reason: impl Into<String>,
+        request_id: u64,
+    ) {
+        self.counters.frames_rejected += 1;
+        self.push_frame(key, &error_frame(code, reason, request_id));
+    }
+
+    /// Handles one decoded frame from session `key`. `blocked` collects local
+    /// sessions pushed over their bound (the reader waits for them to drain).
+    pub fn on_frame(
+        &mut self,
+        key: SessionKey,
+        frame: ringrouter_proto::fast::Inbound,
+        now: Instant,
+        ts_us: u64,
+        blocked: &mut Vec<SessionKey>,
+    ) -> Flow {
+        use ringrouter_proto::fast::Inbound;
+        if let Some(s) = self.sessions.get_mut(key) {
+            s.last_rx = now;
+            s.ping_sent = None;
+        }
+        match frame {
+            Inbound::Send(v) => {
+                self.on_send(key, v, ts_us, blocked);
+                Flow::Continue
+            }
+            Inbound::Other(kind) => self.on_other(key, kind),
+            Inbound::Empty => {
+                self.push_error(key, Status::BadRequest, "empty or unknown frame kind", 0);
+                Flow::Continue
+            }
+        }
+    }
+
+    fn on_other(&mut self, key: SessionKey, kind: client_frame::Kind) -> Flow {
+        use client_frame::Kind;
+        match kind {
+            Kind::Login(l) => {
+                self.push_error(key, Status::BadRequest, "already logged in", l.request_id);
+            }
+            Kind::Send(_) => unreachable!("parse_client returns Send as Inbound::Send"),
+            Kind::Ack(a) => {
+                let Some(s) = self.sessions.get_mut(key) else {
+                    return Flow::Stop;
+                };
+                if a.up_to_seq > s.last_seq {
+                    let reason = format!(
+                        "ack of seq {} beyond the last delivered seq {}",
+                        a.up_to_seq, s.last_seq
+                    );
+                    self.push_error(key, Status::BadRequest, reason, 0);
+                } else if a.up_to_seq > s.acked {
+                    s.acked = a.up_to_seq;
+                }
+            }
+            Kind::Ping(p) => {
+                self.push_frame(
+                    key,
+                    &ServerFrame {
+                        kind: Some(server_frame::Kind::Pong(Pong { nonce: p.nonce })),
+                    },
+                );
+            }
+            Kind::Pong(_) => {}
+            Kind::Logout(_) => {
+                self.close(key, CloseReason::Logout, None);
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    }
+
+    fn next_msg_id(&mut self) -> u64 {
+        let id = ((self.id as u64 + 1) << 48) | (self.next_msg_id & 0xFFFF_FFFF_FFFF);
+        self.next_msg_id += 1;
+        id
+    }
+
+    fn on_send(&mut self, key: SessionKey, v: SendView, ts_us: u64, blocked: &mut Vec<SessionKey>) {
+        self.counters.msgs_in += 1;
+        let reject = if !v.to_room.is_empty() {
+            Some((
+                Status::BadRequest,
+                "rooms are not available in this version".to_owned(),
+            ))
+        } else if v.to_user.is_empty() {
+            Some((Status::BadRequest, "to_user is empty".to_owned()))
+        } else if v.to_user.len() > self.cfg.max_user_bytes {
+            Some((
+                Status::BadRequest,
+                format!("to_user is longer than {} bytes", self.cfg.max_user_bytes),
+            ))
+        } else if v.payload.len() > self.cfg.max_payload_bytes {
+            Some((
+                Status::TooLarge,
+                format!(
+                    "payload of {} bytes exceeds max_payload_bytes {}",
+                    v.payload.len(),
+                    self.cfg.max_payload_bytes
+                ),
+            ))
+        } else {
+            None
+        };
+        if let Some((status, reason)) = reject {
+            self.counters.frames_rejected += 1;
+            let f = if v.want_result {
+                send_result(v.request_id, status, &reason, v.msg_id)
+            } else {
+                error_frame(status, reason, v.request_id)
+            };
+            self.push_frame(key, &f);
+            return;
+        }
+        let Some(sender) = self.sessions.get(key) else {
+            return;
+        };
+        let from_user = sender.user.clone();
+        let msg_id = if v.msg_id != 0 {
+            v.msg_id
+        } else {
+            self.next_msg_id()
+        };
+        let home = self.home(&v.to_user);
+        if home == self.id {
+            let n = self.deliver_local(&v.to_user, &from_user, &v.payload, msg_id, ts_us, blocked);
+            if v.want_result {
+                let (status, reason) = if n > 0 {
+                    (Status::Ok, "")
+                } else {
+                    (Status::NotFound, "user has no session")
+                };
+                self.push_frame(key, &send_result(v.request_id, status, reason, msg_id));
+            }
+        } else {
+            let reply = if v.want_result {
+                self.session_id(key).map(|id| (id, v.request_id))
+            } else {
+                None
+            };
+            self.post(
+                home,
+                Mail::Deliver(Routed {
+                    to_user: v.to_user,
+                    from_user,
+                    payload: v.payload,
+                    msg_id,
+                    ts_us,
+                    reply,
+                }),
+            );
+        }
+    }
+
+    /// Appends a mail item to the outgoing batch for shard `to` and wakes the flusher.
+    pub fn post(&mut self, to: usize, mail: Mail) {
+        self.outbox[to].push(mail);
+        self.outbox_len += 1;
+        if let Some(w) = self.flusher.take() {
+            w.wake();
+        }
+    }
+
+    /// Delivers a message to every live session of `to_user` homed here.
+    /// Returns how many sessions got it.
+    pub fn deliver_local(
+        &mut self,
+        to_user: &[u8],
+        from_user: &[u8],
+        payload: &Bytes,
+        msg_id: u64,
+        ts_us: u64,
+        blocked: &mut Vec<SessionKey>,
+    ) -> usize {
+        let Some(keys) = self.users.get(to_user) else {
+            return 0;
+        };
+        let max_pending = self.cfg.max_pending_bytes;
+        let inline_max = self.cfg.inline_payload_max;
+        let mut n = 0;
+        for &k in keys {
+            let Some(s) = self.sessions.get_mut(k) else {
+                continue;
+            };
+            if s.closing.is_some() {
+                continue;
+            }
+            s.last_seq += 1;
+            let stamp = DeliverStamp {
+                seq: s.last_seq,
+                from_user,
+                to_room: b"",
+                server_ts_us: ts_us,
+                msg_id,
+            };
+            s.out.push_deliver(&stamp, payload, inline_max);
+            s.wake_writer();
+            if s.pending() > max_pending && blocked.last() != Some(&k) {
+                blocked.push(k);
+            }
+            n += 1;
+        }
+        self.counters.delivered += n as u64;
+        n
+    }
+
+    /// Handles one item that arrived from shard `from`.
+    pub fn on_mail(
+        &mut self,
+        from: usize,
+        mail: Mail,
+        blocked: &mut Vec<SessionKey>,
+    ) -> Option<Box<Handover>> {
+        match mail {
+            Mail::Deliver(r) => {
+                let n = self.deliver_local(
+                    &r.to_user,
+                    &r.from_user,
+                    &r.payload,
+                    r.msg_id,
+                    r.ts_us,
+                    blocked,
+                );
+                if let Some((to, request_id)) = r.reply {
+                    let status = if n > 0 { Status::Ok } else { Status::NotFound };
+                    self.post(
+                        from,
+                        Mail::Result {
+                            to,
+                            request_id,
+                            msg_id: r.msg_id,
+                            status,
+                        },
+                    );
+                }
+                None
+            }
+            Mail::Result {
+                to,
+                request_id,
+                msg_id,
+                status,
+            } => {
+                if let Some(key) = self.resolve(to) {
+                    let reason = if status == Status::Ok {
+                        ""
+                    } else {
+                        "user has no session"
+                    };
+                    self.push_frame(key, &send_result(request_id, status, reason, msg_id));
+                }
+                None
+            }
+            Mail::Handover(h) => Some(h),
+        }
+    }
+
+    /// True when session `key` is gone or back under its bound.
+    pub fn drained(&self, key: SessionKey) -> bool {
+        match self.sessions.get(key) {
+            Some(s) => s.closing.is_some() || s.pending() <= self.cfg.max_pending_bytes,
+            None => true,
+        }
+    }
+
+    /// Registers `waker` to run when session `key` drains or closes.
+    pub fn wait_drain(&mut self, key: SessionKey, waker: &Waker) {
+        if let Some(s) = self.sessions.get_mut(key) {
+            if !s.drain_waiters.iter().any(|w| w.will_wake(waker)) {
+                s.drain_waiters.push(waker.clone());
+            }
+        }
+    }
+
+    /// Starts closing a session: it leaves the user's session list at once (no
+    /// new deliveries), an optional final error is queued, and the socket is shut
+    /// down now (hard reasons) or once the writer has flushed.
+    pub fn close(&mut self, key: SessionKey, reason: CloseReason, error: Option<(Status, &str)>) {
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if s.closing.is_some() {
+            return;
+        }
+        s.closing = Some(reason);
+        s.closed_at = Some(Instant::now());
+        if let Some((code, msg)) = error {
+            s.out.push_frame(&error_frame(code, msg, 0));
+        }
+        let user = s.user.clone();
+        let fd = s.fd;
+        s.wake_writer();
+        s.wake_drain_waiters();
+        if reason.hard() {
+            // Safety: fd is the session's open socket (closed only after the session is removed).
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+        match reason {
+            CloseReason::SlowConsumer => self.counters.slow_consumer_closes += 1,
+            CloseReason::HeartbeatTimeout => self.counters.heartbeat_closes += 1,
+            _ => {}
+        }
+        if let Some(list) = self.users.get_mut(&user) {
+            list.retain(|&k| k != key);
+            if list.is_empty() {
+                self.users.remove(&user);
+            }
+        }
+        tracing::debug!(shard = self.id, user = %String::from_utf8_lossy(&user), ?reason, "session closing");
+    }
+
+    /// Forgets a session whose reader and writer have both finished.
+    pub fn remove(&mut self, key: SessionKey) {
+        if self.sessions.contains(key) {
+            self.close(key, CloseReason::PeerClosed, None);
+            let mut s = self.sessions.remove(key);
+            s.wake_drain_waiters();
+        }
+        if self.sessions.is_empty() {
+            for w in self.idle_waiters.drain(..) {
+                w.wake();
+            }
+        }
+    }
+
+    /// Periodic duties: heartbeats, slow consumers, publishing counters.
+    pub fn tick(&mut self, now: Instant) {
+        let cfg = self.cfg.clone();
+        let mut to_close = Vec::new();
+        for (k, s) in self.sessions.iter_mut() {
+            if let Some(at) = s.closed_at {
+                // A closing session whose peer stopped reading cannot flush: cut it.
+                if now.duration_since(at) >= cfg.shutdown_timeout {
+                    // Safety: fd belongs to this live session.
+                    unsafe { libc::shutdown(s.fd, libc::SHUT_RDWR) };
+                }
+                continue;
+            }
+            if s.pending() > cfg.max_pending_bytes {
+                let since = *s.over_since.get_or_insert(now);
+                if now.duration_since(since) >= cfg.slow_consumer_timeout {
+                    to_close.push((k, CloseReason::SlowConsumer));
+                    continue;
+                }
+            } else {
+                s.over_since = None;
+            }
+            match s.ping_sent {
+                Some(sent) if now.duration_since(sent) >= cfg.heartbeat_timeout => {
+                    to_close.push((k, CloseReason::HeartbeatTimeout));
+                }
+                None if now.duration_since(s.last_rx) >= cfg.heartbeat_interval => {
+                    s.ping_sent = Some(now);
+                    let nonce = now_us();
+                    s.push_frame(&ServerFrame {
+                        kind: Some(server_frame::Kind::Ping(Ping { nonce })),
+                    });
+                }
+                _ => {}
+            }
+        }
+        for (k, reason) in to_close {
+            let msg = match reason {
+                CloseReason::SlowConsumer => (
+                    Status::SlowConsumer,
+                    "slow consumer: outbound queue over its bound too long",
+                ),
+                _ => (Status::Timeout, "heartbeat timeout"),
+            };
+            tracing::info!(shard = self.id, ?reason, "closing session");
+            self.close(k, reason, Some(msg));
+        }
+        self.publish();
+    }
+
+    /// Copies the counters into the shared stats.
+    pub fn publish(&mut self) {
+        self.stats.publish(&self.counters, self.sessions.len());
+    }
+
+    /// Begins a graceful shutdown: every session is told UNAVAILABLE and closed after its queue flushes.
+    pub fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+        let keys: Vec<SessionKey> = self.sessions.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            self.close(
+                k,
+                CloseReason::Shutdown,
+                Some((Status::Unavailable, "shutting down")),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringrouter_proto::codec::{decode_server, next_frame};
+    use ringrouter_proto::fast::Inbound;
+
+    fn shard(n: usize) -> Shard {
+        Shard::new(
+            0,
+            n,
+            Arc::new(Config::default()),
+            Arc::new(ShardStats::default()),
+        )
+    }
+
+    fn drain(s: &mut Shard, key: SessionKey) -> Vec<ServerFrame> {
+        let sess = s.sessions.get_mut(key).unwrap();
+        let batch = sess.out.take(None);
+        let mut buf = BytesMut::new();
+        for p in batch.parts() {
+            buf.extend_from_slice(p);
+        }
+        let mut out = Vec::new();
+        while let Some(f) = next_frame(&mut buf, 1 << 20).unwrap() {
+            out.push(decode_server(f).unwrap());
+        }
+        out
+    }
+
+    fn send(to: &str, payload: &'static [u8], want: bool) -> Inbound {
+        Inbound::Send(SendView {
+            request_id: 5,
+            to_user: Bytes::copy_from_slice(to.as_bytes()),
+            payload: Bytes::from_static(payload),
+            want_result: want,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn home_shard_is_stable_and_spreads() {
+        assert_eq!(home_shard(b"alice", 4), home_shard(b"alice", 4));
+        let mut seen = [0usize; 4];
+        for i in 0..1000 {
+            seen[home_shard(format!("user{i}").as_bytes(), 4)] += 1;
+        }
+        assert!(seen.iter().all(|&c| c > 150), "{seen:?}");
+    }
+
+    #[test]
+    fn local_dm_reaches_every_device_with_router_stamped_sender() {
+        let mut s = shard(1);
+        let a = s.register("alice", "phone".into(), -1).unwrap();
+        let b1 = s.register("bob", "phone".into(), -1).unwrap();
+        let b2 = s.register("bob", "laptop".into(), -1).unwrap();
+        let mut blocked = Vec::new();
+        s.on_frame(a, send("bob", b"hi", true), Instant::now(), 7, &mut blocked);
+        s.on_frame(
+            a,
+            send("bob", b"again", false),
+            Instant::now(),
+            8,
+            &mut blocked,
+        );
+        for b in [b1, b2] {
+            let frames = drain(&mut s, b);
+            assert_eq!(frames.len(), 2);
+            for (i, f) in frames.iter().enumerate() {
+                let Some(server_frame::Kind::Deliver(d)) = &f.kind else {
+                    panic!("{f:?}")
+                };
+                assert_eq!(d.from_user, "alice");
+                assert_eq!(d.seq, i as u64 + 1);
+                assert_ne!(d.msg_id, 0);
+            }
+        }
+        let res = drain(&mut s, a);
+        assert_eq!(res.len(), 1);
+        let Some(server_frame::Kind::SendResult(r)) = &res[0].kind else {
+            panic!()
+        };
+        assert_eq!((r.request_id, r.status), (5, Status::Ok as i32));
+    }
+
+    #[test]
+    fn send_to_nobody_is_not_found_and_bad_sends_are_refused() {
+        let mut s = shard(1);
+        let a = s.register("alice", "d".into(), -1).unwrap();
+        let mut blocked = Vec::new();
+        s.on_frame(
+            a,
+            send("ghost", b"x", true),
+            Instant::now(),
+            1,
+            &mut blocked,
+        );
+        s.on_frame(a, send("", b"x", false), Instant::now(), 1, &mut blocked);
+        let f = drain(&mut s, a);
+        let Some(server_frame::Kind::SendResult(r)) = &f[0].kind else {
+            panic!()
+        };
+        assert_eq!(r.status, Status::NotFound as i32);
+        let Some(server_frame::Kind::Error(e)) = &f[1].kind else {
+            panic!()
+        };
+        assert_eq!(e.code, Status::BadRequest as i32);
+    }
+
+    #[test]
+    fn remote_recipient_goes_to_the_outbox_of_its_home() {
+        let mut s = shard(4);
+        let a = s.register("alice", "d".into(), -1).unwrap();
+        let name = (0..)
+            .map(|i| format!("u{i}"))
+            .find(|u| home_shard(u.as_bytes(), 4) == 2)
+            .unwrap();
+        let mut blocked = Vec::new();
+        s.on_frame(a, send(&name, b"x", true), Instant::now(), 1, &mut blocked);
+        assert_eq!(s.outbox_len, 1);
+        assert_eq!(s.outbox[2].len(), 1);
+        let Mail::Deliver(r) = &s.outbox[2][0] else {
+            panic!()
+        };
+        assert_eq!(&r.from_user[..], b"alice");
+        assert!(r.reply.is_some());
+    }
+
+    #[test]
+    fn session_limit_per_user() {
+        let mut s = Shard::new(
+            0,
+            1,
+            Arc::new(Config {
+                max_sessions_per_user: 2,
+                ..Config::default()
+            }),
+            Arc::new(ShardStats::default()),
+        );
+        s.register("a", "1".into(), -1).unwrap();
+        s.register("a", "2".into(), -1).unwrap();
+        assert_eq!(
+            s.register("a", "3".into(), -1).unwrap_err().0,
+            Status::RateLimited
+        );
+    }
+
+    #[test]
+    fn ack_beyond_delivered_is_refused() {
+        let mut s = shard(1);
+        let a = s.register("a", "1".into(), -1).unwrap();
+        let mut blocked = Vec::new();
+        let ack = Inbound::Other(client_frame::Kind::Ack(ringrouter_proto::v1::Ack {
+            up_to_seq: 3,
+        }));
+        s.on_frame(a, ack, Instant::now(), 0, &mut blocked);
+        let f = drain(&mut s, a);
+        let Some(server_frame::Kind::Error(e)) = &f[0].kind else {
+            panic!()
+        };
+        assert_eq!(e.code, Status::BadRequest as i32);
+    }
+}
