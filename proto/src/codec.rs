@@ -123,7 +123,7 @@ pub fn put_varint(out: &mut impl BufMut, mut v: u64) {
 /// Number of bytes `v` takes as a varint.
 pub const fn varint_len(v: u64) -> usize {
     // 1 + floor(log2(v|1)) / 7
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Decodes one client frame body (after [`next_frame`]).

@@ -49,6 +49,7 @@ struct Claims {
 }
 
 /// Decides who a Login is.
+#[allow(clippy::large_enum_variant)] // built once at start-up
 pub enum Authenticator {
     /// Any valid user name.
     Open,

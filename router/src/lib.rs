@@ -8,7 +8,7 @@
 //! - [`shard`]: a shard's state and routing decisions (no I/O, no await).
 //! - [`mailbox`]: lock-free SPSC rings between shards, with a doorbell.
 //! - [`outbuf`]: a session's outbound queue and its writev batches.
-//! - [`stats`]: counters.
+//! - [`stats`]: counters published by the shards.
 //! - [`cli`]: the `ringrouter` command line.
 #![warn(missing_docs)]
 
