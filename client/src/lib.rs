@@ -8,6 +8,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod client;
+pub mod load;
 
 pub use client::{Client, ClientConfig, ClientError, Event, Message};
 pub use ringrouter_proto::Status;

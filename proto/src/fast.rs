@@ -276,6 +276,89 @@ pub fn put_deliver_header(out: &mut impl BufMut, stamp: &DeliverStamp<'_>, paylo
     }
 }
 
+/// A server frame seen without allocating: Delivers are parsed in place (the
+/// load engine's receive path); anything else is left for prost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerView<'a> {
+    /// A Deliver, fields borrowed from the frame body.
+    Deliver {
+        /// Per-session sequence number.
+        seq: u64,
+        /// Sender.
+        from_user: &'a [u8],
+        /// Room, empty for direct messages.
+        to_room: &'a [u8],
+        /// Payload.
+        payload: &'a [u8],
+        /// Router timestamp.
+        server_ts_us: u64,
+        /// Message id.
+        msg_id: u64,
+    },
+    /// Any other frame: decode `body` with prost if needed.
+    Other,
+}
+
+/// Looks at a server frame body; parses a Deliver in place.
+pub fn parse_server(body: &[u8]) -> Result<ServerView<'_>, FrameError> {
+    let mut c = Cursor { buf: body, pos: 0 };
+    if body.is_empty() {
+        return Ok(ServerView::Other);
+    }
+    let (field, wt) = c.key()?;
+    if field != SERVER_FRAME_DELIVER as u32 || wt != WT_LEN {
+        return Ok(ServerView::Other);
+    }
+    let r = c.len_delimited()?;
+    if c.pos != body.len() {
+        return Ok(ServerView::Other);
+    }
+    let mut d = Cursor {
+        buf: &body[..r.end],
+        pos: r.start,
+    };
+    let (mut seq, mut ts, mut id) = (0, 0, 0);
+    let (mut from, mut room, mut payload): (&[u8], &[u8], &[u8]) = (b"", b"", b"");
+    while d.pos < r.end {
+        let (f, wt) = d.key()?;
+        match (f, wt) {
+            (1, WT_VARINT) => seq = d.varint()?,
+            (2, WT_LEN) => from = &body[d.len_delimited()?],
+            (3, WT_LEN) => room = &body[d.len_delimited()?],
+            (4, WT_LEN) => payload = &body[d.len_delimited()?],
+            (5, WT_VARINT) => ts = d.varint()?,
+            (6, WT_VARINT) => id = d.varint()?,
+            _ => d.skip(wt)?,
+        }
+    }
+    Ok(ServerView::Deliver {
+        seq,
+        from_user: from,
+        to_room: room,
+        payload,
+        server_ts_us: ts,
+        msg_id: id,
+    })
+}
+
+/// Writes a complete length-delimited `ClientFrame{send: Send{to_user, payload}}`
+/// header up to the payload bytes, which the caller appends (exactly `payload_len`).
+pub fn put_send_header(out: &mut impl BufMut, to_user: &[u8], payload_len: usize, msg_id: u64) {
+    let inner = len_field_size(2, to_user.len())
+        + len_field_size(4, payload_len)
+        + varint_field_size(6, msg_id);
+    let outer = 1 + varint_len(inner as u64) + inner;
+    put_varint(out, outer as u64);
+    put_varint(out, (2 << 3) | u64::from(WT_LEN));
+    put_varint(out, inner as u64);
+    put_len_field(out, 2, to_user);
+    put_varint_field(out, 6, msg_id);
+    if payload_len != 0 {
+        put_varint(out, (4 << 3) | u64::from(WT_LEN));
+        put_varint(out, payload_len as u64);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,6 +442,25 @@ mod tests {
     }
 
     #[test]
+    fn send_header_plus_payload_is_a_send() {
+        let mut out = BytesMut::new();
+        put_send_header(&mut out, b"bob", 3, 77);
+        out.extend_from_slice(b"xyz");
+        let body = next_frame(&mut out, 1 << 20).unwrap().unwrap();
+        let Inbound::Send(v) = parse_client(body).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (&v.to_user[..], &v.payload[..], v.msg_id),
+            (&b"bob"[..], &b"xyz"[..], 77)
+        );
+        assert!(matches!(
+            parse_server(b"\x2a\x00").unwrap(),
+            ServerView::Other
+        ));
+    }
+
+    #[test]
     fn other_frames_go_through_prost() {
         let f = ClientFrame {
             kind: Some(client_frame::Kind::Login(Login {
@@ -407,6 +509,27 @@ mod tests {
                     kind: Some(server_frame::Kind::Deliver(want.clone()))
                 }
             );
+            let mut again = BytesMut::new();
+            put_deliver_header(&mut again, &stamp, payload_len);
+            again.extend_from_slice(&(0..payload_len).map(|i| i as u8).collect::<Vec<u8>>());
+            let body2 = next_frame(&mut again, usize::MAX).unwrap().unwrap();
+            match parse_server(&body2).unwrap() {
+                ServerView::Deliver {
+                    seq: s2,
+                    from_user,
+                    to_room,
+                    payload: p2,
+                    server_ts_us,
+                    msg_id,
+                } => {
+                    assert_eq!(
+                        (s2, from_user, to_room, server_ts_us, msg_id),
+                        (seq, &b"alice"[..], room, ts, id)
+                    );
+                    assert_eq!(p2.len(), payload_len);
+                }
+                ServerView::Other => panic!("not a deliver"),
+            }
             // and prost's own encoding has the same length
             let mut viaprost = BytesMut::new();
             encode_frame(

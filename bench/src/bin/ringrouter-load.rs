@@ -1,0 +1,105 @@
+//! `ringrouter-load`: drives the load engine of `ringrouter-client` at a router
+//! and prints delivered msgs/s, MB/s and latency percentiles (or one JSON object).
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::Parser;
+use ringrouter_client::load::{run_with_progress, LoadConfig};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Load generator for ringrouter.
+#[derive(Debug, Parser)]
+#[command(name = "ringrouter-load", version)]
+struct Args {
+    /// Router address.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    addr: String,
+    /// Sender/receiver pairs.
+    #[arg(long, default_value_t = 16)]
+    pairs: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Total messages to send.
+    #[arg(long, conflicts_with = "duration")]
+    messages: Option<u64>,
+    /// Or: seconds to send for.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// One sender to M receivers.
+    #[arg(long)]
+    fanout: Option<usize>,
+    /// Paced total rate, msgs/s.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// In-flight window per pair.
+    #[arg(long, default_value_t = 1000)]
+    window: usize,
+    /// Engine threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let a = Args::parse();
+    let messages = match (a.messages, a.duration) {
+        (None, None) => Some(1_000_000),
+        (m, _) => m,
+    };
+    if let Some(d) = a.duration {
+        if !(d.is_finite() && d > 0.0) {
+            eprintln!("ringrouter-load: --duration must be a positive number of seconds");
+            std::process::exit(2);
+        }
+    }
+    let cfg = LoadConfig {
+        addr: a.addr,
+        pairs: a.pairs,
+        size: a.size,
+        messages,
+        duration: a.duration.map(Duration::from_secs_f64),
+        fanout: a.fanout,
+        rate: a.rate,
+        window: a.window,
+        threads: a.threads,
+        ..LoadConfig::default()
+    };
+    let quiet = a.json;
+    let res = run_with_progress(&cfg, Duration::from_secs(1), |p| {
+        if !quiet {
+            let rate = if p.elapsed > 0.0 {
+                p.delivered as f64 / p.elapsed
+            } else {
+                0.0
+            };
+            eprint!(
+                "\r{:6.1} s  sent {:>12}  delivered {:>12}  {:>12.0} msgs/s",
+                p.elapsed, p.sent, p.delivered, rate
+            );
+            let _ = std::io::stderr().flush();
+        }
+    });
+    match res {
+        Ok(r) => {
+            if a.json {
+                println!("{}", r.to_json());
+            } else {
+                eprintln!();
+                println!("{}", r.table());
+            }
+            if r.lost > 0 {
+                std::process::exit(1);
+            }
+        }
+        Err(e) => {
+            eprintln!("ringrouter-load: {e}");
+            std::process::exit(2);
+        }
+    }
+}

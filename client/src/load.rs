@@ -1,0 +1,851 @@
+//! The load engine: P sender/receiver pairs (1:1), or one sender fanning out to
+//! M receivers, driven thread-per-core on monoio with a bounded in-flight window
+//! per pair so nothing is dropped. Used by `ringrouter-load`, the criterion
+//! end-to-end benchmarks and `python -m ringrouter.load`.
+
+use std::time::Duration;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// Router address, `host:port`.
+    pub addr: String,
+    /// Sender/receiver pairs (ignored with `fanout`).
+    pub pairs: usize,
+    /// Payload size in bytes (at least 16 carries a timestamp for latency).
+    pub size: usize,
+    /// Messages to send in total (over all pairs; with fanout, sent by the one sender).
+    pub messages: Option<u64>,
+    /// Or: send for this long.
+    pub duration: Option<Duration>,
+    /// One sender to this many receivers instead of pairs.
+    pub fanout: Option<usize>,
+    /// Paced total send rate in msgs/s (None: as fast as the window allows).
+    pub rate: Option<f64>,
+    /// Most messages in flight per pair (sent, not yet delivered).
+    pub window: usize,
+    /// Engine threads (0: one per core).
+    pub threads: usize,
+    /// Give up waiting for stragglers after this long once sending stopped.
+    pub drain_timeout: Duration,
+    /// Prefix of the user names the engine logs in as.
+    pub user_prefix: String,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LoadReport {
+    /// Deliveries expected (messages x recipients).
+    pub sent: u64,
+    /// Deliveries received.
+    pub delivered: u64,
+    /// `sent - delivered`.
+    pub lost: u64,
+    /// Deliveries out of order or duplicated.
+    pub out_of_order: u64,
+    /// Wall time from first send to last delivery.
+    pub seconds: f64,
+    /// Delivered messages per second.
+    pub msgs_per_sec: f64,
+    /// Delivered payload MB (10^6 bytes) per second.
+    pub mb_per_sec: f64,
+    /// One-way latency percentiles, µs.
+    pub p50_us: f64,
+    /// 90th percentile.
+    pub p90_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Max latency.
+    pub max_us: f64,
+    /// Receivers.
+    pub receivers: usize,
+    /// Slowest receiver, msgs/s.
+    pub receiver_min_msgs_per_sec: f64,
+    /// Mean over receivers, msgs/s.
+    pub receiver_avg_msgs_per_sec: f64,
+    /// Fastest receiver, msgs/s.
+    pub receiver_max_msgs_per_sec: f64,
+    /// CPU seconds the engine's process used (user + system) during the run.
+    pub engine_cpu_seconds: f64,
+    /// (seconds since start, deliveries so far), sampled every 100 ms.
+    pub timeline: Vec<(f64, u64)>,
+    /// (latency µs upper bound, count) buckets of the latency histogram.
+    pub latency_buckets: Vec<(f64, u64)>,
+}
+
+use std::cell::Cell;
+use std::future::poll_fn;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::task::Poll;
+use std::time::Instant;
+
+use atomic_waker::AtomicWaker;
+use bytes::{Buf, BytesMut};
+use hdrhistogram::Histogram;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
+use monoio::net::TcpStream;
+use ringrouter_proto::codec::{decode_server, encode_frame, peek_varint};
+use ringrouter_proto::fast::{parse_server, put_send_header, ServerView};
+use ringrouter_proto::v1::{client_frame, server_frame, Ack, ClientFrame, Login, Pong};
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        LoadConfig {
+            addr: "127.0.0.1:7878".into(),
+            pairs: 16,
+            size: 64,
+            messages: Some(1_000_000),
+            duration: None,
+            fanout: None,
+            rate: None,
+            window: 1000,
+            threads: 0,
+            drain_timeout: Duration::from_secs(10),
+            user_prefix: format!("load{}-", std::process::id()),
+        }
+    }
+}
+
+/// Why a run could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Bad configuration.
+    #[error("invalid load config: {0}")]
+    Config(String),
+    /// Could not connect or log in.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// Router address.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// An engine thread failed.
+    #[error("load engine failed: {0}")]
+    Engine(String),
+}
+
+/// A progress sample, passed to the callback of [`run_with_progress`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    /// Seconds since sending began.
+    pub elapsed: f64,
+    /// Deliveries expected so far (messages sent x recipients).
+    pub sent: u64,
+    /// Deliveries so far.
+    pub delivered: u64,
+}
+
+/// Smallest payload that carries a send timestamp and a sequence number.
+const STAMP: usize = 16;
+/// Frames written per write call, at most.
+const MAX_BATCH: usize = 512;
+
+/// Counters shared between a sender and its receivers (possibly other threads).
+struct Flow {
+    /// Messages sent (per recipient).
+    sent: AtomicU64,
+    /// Deliveries, summed over the flow's receivers.
+    delivered: AtomicU64,
+    /// Recipients per message.
+    fan: u64,
+    sender_done: AtomicBool,
+    sender: AtomicWaker,
+}
+
+struct Shared {
+    cfg: LoadConfig,
+    addr: SocketAddr,
+    epoch: Instant,
+    start: Mutex<Option<Instant>>,
+    delivered: AtomicU64,
+    sent: AtomicU64,
+    failed: Mutex<Option<String>>,
+    senders_left: AtomicU64,
+    /// Receiver sockets, cut by the watchdog when deliveries stop coming.
+    receiver_fds: Mutex<Vec<i32>>,
+}
+
+/// What one receiver measured.
+struct RecvResult {
+    delivered: u64,
+    out_of_order: u64,
+    last: Option<Instant>,
+}
+
+/// Runs the load described by `cfg` and reports what it measured.
+pub fn run(cfg: &LoadConfig) -> Result<LoadReport, LoadError> {
+    run_with_progress(cfg, Duration::from_secs(3600), |_| {})
+}
+
+/// Like [`run`], calling `progress` every `every` while it runs.
+pub fn run_with_progress(
+    cfg: &LoadConfig,
+    every: Duration,
+    mut progress: impl FnMut(&Progress),
+) -> Result<LoadReport, LoadError> {
+    if cfg.messages.is_none() && cfg.duration.is_none() {
+        return Err(LoadError::Config("give messages or duration".into()));
+    }
+    if cfg.size == 0 {
+        return Err(LoadError::Config(
+            "size must be at least 1 byte (an empty payload is the end marker)".into(),
+        ));
+    }
+    if cfg.window == 0 {
+        return Err(LoadError::Config("window must be at least 1".into()));
+    }
+    let (senders, fan) = match cfg.fanout {
+        Some(0) => return Err(LoadError::Config("fanout must be at least 1".into())),
+        Some(m) => (1usize, m),
+        None if cfg.pairs == 0 => return Err(LoadError::Config("pairs must be at least 1".into())),
+        None => (cfg.pairs, 1usize),
+    };
+    if let Some(r) = cfg.rate {
+        if !(r.is_finite() && r > 0.0) {
+            return Err(LoadError::Config("rate must be a positive number".into()));
+        }
+    }
+    let addr = cfg
+        .addr
+        .to_socket_addrs()
+        .map_err(|e| LoadError::Connect {
+            addr: cfg.addr.clone(),
+            reason: e.to_string(),
+        })?
+        .next()
+        .ok_or_else(|| LoadError::Connect {
+            addr: cfg.addr.clone(),
+            reason: "no address".into(),
+        })?;
+    let threads = if cfg.threads > 0 {
+        cfg.threads
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    };
+    let threads = threads.min(senders * fan).max(1);
+
+    // Flows and their quotas (messages per sender).
+    let flows: Vec<Arc<Flow>> = (0..senders)
+        .map(|_| {
+            Arc::new(Flow {
+                sent: AtomicU64::new(0),
+                delivered: AtomicU64::new(0),
+                fan: fan as u64,
+                sender_done: AtomicBool::new(false),
+                sender: AtomicWaker::new(),
+            })
+        })
+        .collect();
+    let quota = |i: usize| -> Option<u64> {
+        cfg.messages
+            .map(|m| m / senders as u64 + u64::from((i as u64) < m % senders as u64))
+    };
+
+    // Assign work: senders round-robin, receivers round-robin (pairs: with their sender).
+    struct SenderJob {
+        flow: Arc<Flow>,
+        user: String,
+        to: Vec<String>,
+        quota: Option<u64>,
+    }
+    struct RecvJob {
+        flow: Arc<Flow>,
+        user: String,
+    }
+    let mut sender_jobs: Vec<Vec<SenderJob>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut recv_jobs: Vec<Vec<RecvJob>> = (0..threads).map(|_| Vec::new()).collect();
+    let p = &cfg.user_prefix;
+    for (i, flow) in flows.iter().enumerate() {
+        let to: Vec<String> = (0..fan).map(|j| format!("{p}r{i}-{j}")).collect();
+        for (j, user) in to.iter().enumerate() {
+            let t = if fan == 1 { i % threads } else { j % threads };
+            recv_jobs[t].push(RecvJob {
+                flow: flow.clone(),
+                user: user.clone(),
+            });
+        }
+        sender_jobs[i % threads].push(SenderJob {
+            flow: flow.clone(),
+            user: format!("{p}s{i}"),
+            to,
+            quota: quota(i),
+        });
+    }
+
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        addr,
+        epoch: Instant::now(),
+        start: Mutex::new(None),
+        delivered: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
+        failed: Mutex::new(None),
+        senders_left: AtomicU64::new(senders as u64),
+        receiver_fds: Mutex::new(Vec::new()),
+    });
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let cpu0 = cpu_seconds();
+    let mut handles = Vec::new();
+    for (t, (sj, rj)) in sender_jobs.into_iter().zip(recv_jobs).enumerate() {
+        let shared = shared.clone();
+        let barrier = barrier.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("load-{t}"))
+            .spawn(
+                move || -> Result<(Vec<RecvResult>, Histogram<u64>), String> {
+                    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                        .enable_timer()
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    rt.block_on(async move {
+                        // Connect and log in everyone first: receivers, then senders.
+                        let mut receivers = Vec::new();
+                        let mut err = None;
+                        for j in &rj {
+                            match connect_login(shared.addr, &j.user).await {
+                                Ok(s) => receivers.push(s),
+                                Err(e) => {
+                                    err = Some(e);
+                                    break;
+                                }
+                            }
+                        }
+                        let mut senders = Vec::new();
+                        if err.is_none() {
+                            for j in &sj {
+                                match connect_login(shared.addr, &j.user).await {
+                                    Ok(s) => senders.push(s),
+                                    Err(e) => {
+                                        err = Some(e);
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        if let Some(e) = &err {
+                            shared.failed.lock().map(|mut f| *f = Some(e.clone())).ok();
+                        }
+                        barrier.wait();
+                        // second barrier: the caller checked for failures and set the start
+                        barrier.wait();
+                        if err.is_some()
+                            || shared.failed.lock().map(|f| f.is_some()).unwrap_or(true)
+                        {
+                            return Err(
+                                err.unwrap_or_else(|| "another engine thread failed".into())
+                            );
+                        }
+                        let hist = Rc::new(std::cell::RefCell::new(new_hist()));
+                        let mut tasks = Vec::new();
+                        if let Ok(mut fds) = shared.receiver_fds.lock() {
+                            fds.extend(receivers.iter().map(std::os::fd::AsRawFd::as_raw_fd));
+                        }
+                        for (job, stream) in rj.into_iter().zip(receivers) {
+                            tasks.push(monoio::spawn(receiver(
+                                shared.clone(),
+                                job.flow,
+                                stream,
+                                hist.clone(),
+                            )));
+                        }
+                        let mut send_tasks = Vec::new();
+                        for (job, stream) in sj.into_iter().zip(senders) {
+                            send_tasks.push(monoio::spawn(sender(
+                                shared.clone(),
+                                job.flow,
+                                stream,
+                                job.to,
+                                job.quota,
+                            )));
+                        }
+                        for s in send_tasks {
+                            s.await;
+                        }
+                        let mut results = Vec::new();
+                        for t in tasks {
+                            results.push(t.await);
+                        }
+                        let h = hist.borrow().clone();
+                        Ok((results, h))
+                    })
+                },
+            )
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        handles.push(h);
+    }
+    barrier.wait();
+    if let Some(e) = shared.failed.lock().ok().and_then(|f| f.clone()) {
+        barrier.wait();
+        for h in handles {
+            let _ = h.join();
+        }
+        return Err(LoadError::Connect {
+            addr: cfg.addr.clone(),
+            reason: e,
+        });
+    }
+    let start = Instant::now();
+    if let Ok(mut s) = shared.start.lock() {
+        *s = Some(start);
+    }
+    barrier.wait();
+
+    // Sample progress until the engine threads finish.
+    let mut timeline = Vec::new();
+    let mut next_progress = start + every;
+    let sample = Duration::from_millis(100);
+    let mut next_sample = start + sample;
+    let mut last_progress = (0u64, Instant::now());
+    let mut cut = false;
+    while !handles.iter().all(|h| h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(5));
+        let now = Instant::now();
+        // Watchdog: once every sender is done, receivers that stop getting
+        // anything for drain_timeout are cut loose (what they miss is lost).
+        let d = shared.delivered.load(Ordering::Relaxed);
+        if d != last_progress.0 {
+            last_progress = (d, now);
+        } else if !cut
+            && shared.senders_left.load(Ordering::Acquire) == 0
+            && now.duration_since(last_progress.1) >= cfg.drain_timeout
+        {
+            cut = true;
+            if let Ok(fds) = shared.receiver_fds.lock() {
+                for &fd in fds.iter() {
+                    // Safety: shutdown(2) on a socket the engine still owns; it only wakes the reader.
+                    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                }
+            }
+        }
+        if now >= next_sample {
+            next_sample += sample;
+            timeline.push((
+                now.duration_since(start).as_secs_f64(),
+                shared.delivered.load(Ordering::Relaxed),
+            ));
+        }
+        if now >= next_progress {
+            next_progress += every;
+            progress(&Progress {
+                elapsed: now.duration_since(start).as_secs_f64(),
+                sent: shared.sent.load(Ordering::Relaxed),
+                delivered: shared.delivered.load(Ordering::Relaxed),
+            });
+        }
+    }
+    let cpu = cpu_seconds() - cpu0;
+    let mut hist = new_hist();
+    let mut results = Vec::new();
+    for h in handles {
+        match h.join() {
+            Ok(Ok((r, hh))) => {
+                results.extend(r);
+                let _ = hist.add(&hh);
+            }
+            Ok(Err(e)) => return Err(LoadError::Engine(e)),
+            Err(_) => return Err(LoadError::Engine("an engine thread panicked".into())),
+        }
+    }
+    let sent: u64 = flows
+        .iter()
+        .map(|f| f.sent.load(Ordering::Relaxed) * f.fan)
+        .sum();
+    let delivered: u64 = results.iter().map(|r| r.delivered).sum();
+    let out_of_order: u64 = results.iter().map(|r| r.out_of_order).sum();
+    let end = results.iter().filter_map(|r| r.last).max().unwrap_or(start);
+    let seconds = end.duration_since(start).as_secs_f64().max(1e-9);
+    let rates: Vec<f64> = results
+        .iter()
+        .map(|r| {
+            r.last.map_or(0.0, |l| {
+                r.delivered as f64 / l.duration_since(start).as_secs_f64().max(1e-9)
+            })
+        })
+        .collect();
+    let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
+    let mut latency_buckets = Vec::new();
+    if !hist.is_empty() {
+        for v in hist.iter_log(1000, 1.5) {
+            if v.count_since_last_iteration() > 0 {
+                latency_buckets.push((
+                    v.value_iterated_to() as f64 / 1000.0,
+                    v.count_since_last_iteration(),
+                ));
+            }
+        }
+    }
+    timeline.push((seconds, delivered));
+    Ok(LoadReport {
+        sent,
+        delivered,
+        lost: sent.saturating_sub(delivered),
+        out_of_order,
+        seconds,
+        msgs_per_sec: delivered as f64 / seconds,
+        mb_per_sec: delivered as f64 * cfg.size as f64 / 1e6 / seconds,
+        p50_us: q(0.5),
+        p90_us: q(0.9),
+        p99_us: q(0.99),
+        p999_us: q(0.999),
+        max_us: hist.max() as f64 / 1000.0,
+        receivers: results.len(),
+        receiver_min_msgs_per_sec: rates
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min)
+            .min(f64::MAX),
+        receiver_avg_msgs_per_sec: rates.iter().sum::<f64>() / rates.len().max(1) as f64,
+        receiver_max_msgs_per_sec: rates.iter().copied().fold(0.0, f64::max),
+        engine_cpu_seconds: cpu,
+        timeline,
+        latency_buckets,
+    })
+}
+
+impl LoadReport {
+    /// The report as one JSON object.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// A human-readable table (the shape `nats bench` prints).
+    pub fn table(&self) -> String {
+        format!(
+            "delivered {} of {} (lost {}, out of order {}) in {:.3} s\n\
+             {:>12.0} msgs/s  {:>9.2} MB/s\n\
+             latency us: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}\n\
+             receivers {}: min {:.0}  avg {:.0}  max {:.0} msgs/s\n\
+             engine CPU {:.2} s (router and engine share this machine's cores)",
+            self.delivered,
+            self.sent,
+            self.lost,
+            self.out_of_order,
+            self.seconds,
+            self.msgs_per_sec,
+            self.mb_per_sec,
+            self.p50_us,
+            self.p90_us,
+            self.p99_us,
+            self.p999_us,
+            self.max_us,
+            self.receivers,
+            self.receiver_min_msgs_per_sec,
+            self.receiver_avg_msgs_per_sec,
+            self.receiver_max_msgs_per_sec,
+            self.engine_cpu_seconds,
+        )
+    }
+}
+
+fn new_hist() -> Histogram<u64> {
+    // 1 ns .. 100 s at 3 significant figures; bounds are constants, so this cannot fail.
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+fn cpu_seconds() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // Safety: getrusage writes into the struct we own.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+async fn connect_login(addr: SocketAddr, user: &str) -> Result<TcpStream, String> {
+    let mut s = TcpStream::connect_addr(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = s.set_nodelay(true);
+    let mut out = BytesMut::new();
+    let login = Login {
+        user: user.to_owned(),
+        device: "load".into(),
+        request_id: 1,
+        ..Default::default()
+    };
+    encode_frame(
+        &ClientFrame {
+            kind: Some(client_frame::Kind::Login(login)),
+        },
+        &mut out,
+    );
+    let (r, _) = s.write_all(out).await;
+    r.map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        if let Some((len, n)) = peek_varint(&buf).map_err(|e| e.to_string())? {
+            if buf.len() >= n + len as usize {
+                buf.advance(n);
+                let body = buf.split_to(len as usize).freeze();
+                let f = decode_server(body).map_err(|e| e.to_string())?;
+                match f.kind {
+                    Some(server_frame::Kind::LoginResult(r))
+                        if r.status == ringrouter_proto::Status::Ok as i32 =>
+                    {
+                        return Ok(s)
+                    }
+                    Some(server_frame::Kind::LoginResult(r)) => {
+                        return Err(format!("login {user}: {}", r.reason))
+                    }
+                    Some(server_frame::Kind::Error(e)) => {
+                        return Err(format!("login {user}: {}", e.reason))
+                    }
+                    _ => continue,
+                }
+            }
+        }
+        buf.reserve(4096);
+        let (len, cap) = (buf.len(), buf.capacity());
+        let (r, b) = monoio::time::timeout(
+            Duration::from_secs(10),
+            s.read(monoio::buf::IoBufMut::slice_mut(buf, len..cap)),
+        )
+        .await
+        .map_err(|_| format!("login {user}: timed out"))?;
+        buf = b.into_inner();
+        match r {
+            Ok(0) => return Err(format!("login {user}: connection closed")),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+fn nanos_since(epoch: Instant) -> u64 {
+    epoch.elapsed().as_nanos() as u64
+}
+
+async fn sender(
+    shared: Arc<Shared>,
+    flow: Arc<Flow>,
+    stream: TcpStream,
+    to: Vec<String>,
+    quota: Option<u64>,
+) {
+    let cfg = &shared.cfg;
+    let (mut rd, mut wr) = stream.into_split();
+    // Drain whatever the router sends the sender (pings, errors) so its socket never fills.
+    let stop = Rc::new(Cell::new(false));
+    let stop2 = stop.clone();
+    monoio::spawn(async move {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        while !stop2.get() {
+            buf.clear();
+            let (r, b) = rd.read(buf).await;
+            buf = b;
+            match r {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+    });
+    let size = cfg.size;
+    let window = cfg.window as u64;
+    let started = Instant::now();
+    let deadline = cfg.duration.map(|d| started + d);
+    let per_sender_rate = cfg.rate.map(|r| r / shared_senders(cfg) as f64);
+    let filler = vec![0x5Au8; size.saturating_sub(STAMP)];
+    let mut buf = BytesMut::with_capacity(MAX_BATCH * (size + 64) * to.len());
+    let mut sent: u64 = 0;
+    loop {
+        if quota.is_some_and(|q| sent >= q) || deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        // Window: messages sent but not yet delivered to every recipient.
+        let in_flight = |f: &Flow| {
+            let delivered = f.delivered.load(Ordering::Acquire) / f.fan;
+            sent.saturating_sub(delivered)
+        };
+        if in_flight(&flow) >= window {
+            poll_fn(|cx| {
+                flow.sender.register(cx.waker());
+                if in_flight(&flow) < window {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+            continue;
+        }
+        let mut n = (window - in_flight(&flow)).min(MAX_BATCH as u64);
+        if let Some(q) = quota {
+            n = n.min(q - sent);
+        }
+        if let Some(rate) = per_sender_rate {
+            let allowed = (started.elapsed().as_secs_f64() * rate) as u64 + 1;
+            if allowed <= sent {
+                let wait = Duration::from_secs_f64(
+                    ((sent + 1) as f64 / rate - started.elapsed().as_secs_f64()).max(0.0),
+                );
+                monoio::time::sleep(wait.max(Duration::from_micros(20))).await;
+                continue;
+            }
+            n = n.min(allowed - sent);
+        }
+        buf.clear();
+        let ts = nanos_since(shared.epoch);
+        for k in 0..n {
+            let seq = sent + k + 1;
+            for user in &to {
+                put_send_header(&mut buf, user.as_bytes(), size, 0);
+                if size >= STAMP {
+                    buf.extend_from_slice(&ts.to_le_bytes());
+                    buf.extend_from_slice(&seq.to_le_bytes());
+                    buf.extend_from_slice(&filler);
+                } else {
+                    buf.extend_from_slice(&vec![0u8; size]);
+                }
+            }
+        }
+        sent += n;
+        flow.sent.store(sent, Ordering::Release);
+        shared.sent.fetch_add(n * flow.fan, Ordering::Relaxed);
+        let (r, b) = wr.write_all(buf).await;
+        buf = b;
+        if r.is_err() {
+            break;
+        }
+    }
+    // End marker: an empty payload to every recipient, after everything else.
+    buf.clear();
+    for user in &to {
+        put_send_header(&mut buf, user.as_bytes(), 0, 0);
+    }
+    let (_, _) = wr.write_all(buf).await;
+    flow.sender_done.store(true, Ordering::Release);
+    shared.senders_left.fetch_sub(1, Ordering::AcqRel);
+    stop.set(true);
+}
+
+fn shared_senders(cfg: &LoadConfig) -> usize {
+    if cfg.fanout.is_some() {
+        1
+    } else {
+        cfg.pairs.max(1)
+    }
+}
+
+async fn receiver(
+    shared: Arc<Shared>,
+    flow: Arc<Flow>,
+    stream: TcpStream,
+    hist: Rc<std::cell::RefCell<Histogram<u64>>>,
+) -> RecvResult {
+    let mut stream = stream;
+    let mut buf = BytesMut::with_capacity(256 * 1024);
+    let mut out = BytesMut::new();
+    let mut res = RecvResult {
+        delivered: 0,
+        out_of_order: 0,
+        last: None,
+    };
+    let mut expect_seq = 1u64;
+    let mut last_seq = 0u64;
+    let mut acked = 0u64;
+    let mut done = false;
+    while !done {
+        if buf.capacity() - buf.len() < 64 * 1024 {
+            buf.reserve(256 * 1024);
+        }
+        let (len, cap) = (buf.len(), buf.capacity());
+        let (r, b) = stream
+            .read(monoio::buf::IoBufMut::slice_mut(buf, len..cap))
+            .await;
+        buf = b.into_inner();
+        match r {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+        let now_ns = nanos_since(shared.epoch);
+        let mut pos = 0usize;
+        let mut got = 0u64;
+        {
+            let mut h = hist.borrow_mut();
+            while let Ok(Some((flen, n))) = peek_varint(&buf[pos..]) {
+                let end = pos + n + flen as usize;
+                if end > buf.len() {
+                    break;
+                }
+                let body = &buf[pos + n..end];
+                pos = end;
+                match parse_server(body) {
+                    Ok(ServerView::Deliver { payload: [], .. }) => {
+                        // The sender's end marker: everything it sent before has arrived.
+                        done = true;
+                    }
+                    Ok(ServerView::Deliver { seq, payload, .. }) => {
+                        got += 1;
+                        last_seq = seq;
+                        if payload.len() >= STAMP {
+                            let mut ts = [0u8; 8];
+                            ts.copy_from_slice(&payload[..8]);
+                            let mut sq = [0u8; 8];
+                            sq.copy_from_slice(&payload[8..16]);
+                            let (ts, sq) = (u64::from_le_bytes(ts), u64::from_le_bytes(sq));
+                            if sq != expect_seq {
+                                res.out_of_order += 1;
+                            }
+                            expect_seq = sq + 1;
+                            let _ = h.record(now_ns.saturating_sub(ts).max(1));
+                        }
+                    }
+                    Ok(ServerView::Other) => {
+                        if let Ok(f) = decode_server(bytes::Bytes::copy_from_slice(body)) {
+                            match f.kind {
+                                Some(server_frame::Kind::Ping(p)) => encode_frame(
+                                    &ClientFrame {
+                                        kind: Some(client_frame::Kind::Pong(Pong {
+                                            nonce: p.nonce,
+                                        })),
+                                    },
+                                    &mut out,
+                                ),
+                                Some(server_frame::Kind::Error(e)) => {
+                                    if let Ok(mut fl) = shared.failed.lock() {
+                                        fl.get_or_insert(format!("router error: {}", e.reason));
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        buf.advance(pos);
+        if got > 0 {
+            res.delivered += got;
+            res.last = Some(Instant::now());
+            flow.delivered.fetch_add(got, Ordering::AcqRel);
+            shared.delivered.fetch_add(got, Ordering::Relaxed);
+            flow.sender.wake();
+        }
+        if last_seq >= acked + 1024 {
+            acked = last_seq;
+            encode_frame(
+                &ClientFrame {
+                    kind: Some(client_frame::Kind::Ack(Ack { up_to_seq: acked })),
+                },
+                &mut out,
+            );
+        }
+        if !out.is_empty() {
+            let (r, b) = stream.write_all(std::mem::take(&mut out)).await;
+            out = b;
+            out.clear();
+            if r.is_err() {
+                break;
+            }
+        }
+    }
+    res
+}
