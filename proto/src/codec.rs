@@ -88,6 +88,54 @@ pub fn next_frame(buf: &mut BytesMut, max_frame_bytes: usize) -> Result<Option<B
     Ok(Some(buf.split_to(len).freeze()))
 }
 
+/// Splits every complete frame off the front of `buf` at once, as one `Bytes`
+/// chunk (a single reference-count operation however many frames it holds);
+/// iterate it with [`frames`]. An error found after the complete frames is
+/// returned beside them: the frames before it are still valid and should be
+/// handled before the connection is closed.
+pub fn split_frames(buf: &mut BytesMut, max_frame_bytes: usize) -> (Bytes, Option<FrameError>) {
+    let mut end = 0usize;
+    let mut err = None;
+    loop {
+        match peek_varint(&buf[end..]) {
+            Ok(Some((len, prefix))) => {
+                if len > max_frame_bytes as u64 {
+                    err = Some(FrameError::TooLarge {
+                        len,
+                        max: max_frame_bytes,
+                    });
+                    break;
+                }
+                let next = end + prefix + len as usize;
+                if next > buf.len() {
+                    break;
+                }
+                end = next;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                err = Some(e);
+                break;
+            }
+        }
+    }
+    (buf.split_to(end).freeze(), err)
+}
+
+/// Iterates the frame bodies of a chunk made by [`split_frames`], as ranges.
+pub fn frames(chunk: &[u8]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut pos = 0usize;
+    std::iter::from_fn(move || {
+        let (len, prefix) = peek_varint(&chunk[pos..]).ok().flatten()?;
+        let start = pos + prefix;
+        let end = start
+            .checked_add(len as usize)
+            .filter(|&e| e <= chunk.len())?;
+        pos = end;
+        Some(start..end)
+    })
+}
+
 /// Bytes still needed before `buf` holds a complete frame, if that is known yet
 /// (the length prefix is complete). Lets a reader size its next read.
 pub fn frame_bytes_needed(buf: &[u8]) -> Option<usize> {
@@ -203,6 +251,44 @@ mod tests {
                 assert!(buf.is_empty());
             }
         }
+    }
+
+    #[test]
+    fn split_frames_at_every_split_point() {
+        let frames_in = sample_frames();
+        let mut stream = BytesMut::new();
+        for f in &frames_in {
+            encode_frame(f, &mut stream);
+        }
+        for split in 0..=stream.len() {
+            let mut buf = BytesMut::from(&stream[..split]);
+            let mut got = Vec::new();
+            let (chunk, err) = split_frames(&mut buf, DEFAULT_MAX_FRAME_BYTES);
+            assert!(err.is_none());
+            got.extend(frames(&chunk).map(|r| decode_client(chunk.slice(r)).unwrap()));
+            buf.extend_from_slice(&stream[split..]);
+            let (chunk, err) = split_frames(&mut buf, DEFAULT_MAX_FRAME_BYTES);
+            assert!(err.is_none());
+            got.extend(frames(&chunk).map(|r| decode_client(chunk.slice(r)).unwrap()));
+            assert_eq!(got, frames_in, "split at {split}");
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn split_frames_returns_good_frames_before_an_error() {
+        let mut buf = BytesMut::new();
+        encode_frame(&sample_frames()[0], &mut buf);
+        put_varint(&mut buf, 5000);
+        let (chunk, err) = split_frames(&mut buf, 1024);
+        assert_eq!(frames(&chunk).count(), 1);
+        assert_eq!(
+            err,
+            Some(FrameError::TooLarge {
+                len: 5000,
+                max: 1024
+            })
+        );
     }
 
     #[test]

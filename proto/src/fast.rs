@@ -131,7 +131,8 @@ fn utf8(body: &Bytes, r: std::ops::Range<usize>) -> Result<Bytes, FrameError> {
     Ok(body.slice(r))
 }
 
-/// Parses the body of a `Send` message located at `range` inside `body`.
+/// Parses the body of a `Send` message located at `range` inside `body`
+/// (`body` may be a whole chunk of frames: only `range` is read).
 fn parse_send(body: &Bytes, range: std::ops::Range<usize>) -> Result<SendView, FrameError> {
     let mut c = Cursor {
         buf: &body[..range.end],
@@ -162,19 +163,32 @@ fn parse_send(body: &Bytes, range: std::ops::Range<usize>) -> Result<SendView, F
 /// allocation-free path; anything else (including repeated or merged kinds) is
 /// decoded by prost with full protobuf semantics.
 pub fn parse_client(body: Bytes) -> Result<Inbound, FrameError> {
+    let len = body.len();
+    parse_client_at(&body, 0..len)
+}
+
+/// Like [`parse_client`] for the frame body at `range` inside `chunk` (see
+/// `codec::split_frames`): a Send's names and payload become slices of `chunk`.
+pub fn parse_client_at(
+    chunk: &Bytes,
+    range: std::ops::Range<usize>,
+) -> Result<Inbound, FrameError> {
     {
-        let mut c = Cursor { buf: &body, pos: 0 };
-        if !body.is_empty() {
+        let mut c = Cursor {
+            buf: &chunk[..range.end],
+            pos: range.start,
+        };
+        if !range.is_empty() {
             let (field, wt) = c.key()?;
             if field == 2 && wt == WT_LEN {
                 let r = c.len_delimited()?;
-                if c.pos == body.len() {
-                    return Ok(Inbound::Send(parse_send(&body, r)?));
+                if c.pos == range.end {
+                    return Ok(Inbound::Send(parse_send(chunk, r)?));
                 }
             }
         }
     }
-    let frame = ClientFrame::decode(body)?;
+    let frame = ClientFrame::decode(chunk.slice(range))?;
     Ok(match frame.kind {
         Some(client_frame::Kind::Send(s)) => Inbound::Send(SendView {
             request_id: s.request_id,

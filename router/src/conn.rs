@@ -19,8 +19,8 @@ use bytes::BytesMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::{TcpListener, TcpStream};
 
-use ringrouter_proto::codec::{encode_frame, frame_bytes_needed, next_frame};
-use ringrouter_proto::fast::{parse_client, Inbound};
+use ringrouter_proto::codec::{encode_frame, frame_bytes_needed, frames, next_frame, split_frames};
+use ringrouter_proto::fast::{parse_client, parse_client_at, Inbound};
 use ringrouter_proto::v1::{
     client_frame, server_frame, Error as ErrorFrame, Login, LoginResult, Pong, ServerFrame,
 };
@@ -78,6 +78,10 @@ fn error_frame(code: Status, reason: &str, request_id: u64) -> ServerFrame {
             request_id,
         })),
     }
+}
+
+fn truncated_reason(buffered: usize) -> String {
+    format!("connection closed inside a frame ({buffered} bytes of an incomplete frame)")
 }
 
 async fn refuse(mut stream: TcpStream, code: Status, reason: &str) {
@@ -226,6 +230,17 @@ pub(crate) async fn serve(
         .await
         {
             Ok((Ok(n), b)) if n > 0 => buf = b.into_inner(),
+            Ok((Ok(_), b)) => {
+                // EOF. Inside a frame, the client is told why nothing happened.
+                let rest = b.into_inner();
+                if !rest.is_empty() {
+                    let reason = truncated_reason(rest.len());
+                    encode_frame(&error_frame(Status::BadFrame, &reason, 0), &mut out);
+                    let _ = stream.write_all(std::mem::take(&mut out)).await;
+                    let _ = stream.shutdown().await;
+                }
+                return;
+            }
             Ok(_) => return,
             Err(_) => {
                 encode_frame(
@@ -370,30 +385,33 @@ async fn read_loop<R: AsyncReadRent>(
             let now = Instant::now();
             let ts = now_us();
             let mut flow = Flow::Continue;
-            loop {
-                match next_frame(&mut buf, max_frame)
-                    .map_err(|e| e.to_string())
-                    .and_then(|f| match f {
-                        Some(body) => parse_client(body).map(Some).map_err(|e| e.to_string()),
-                        None => Ok(None),
-                    }) {
-                    Ok(Some(frame)) => {
+            // Every complete frame in one chunk: one reference count for all of
+            // them; payloads become slices of it.
+            let (chunk, framing_error) = split_frames(&mut buf, max_frame);
+            let mut bad = framing_error.map(|e| e.to_string());
+            for range in frames(&chunk) {
+                match parse_client_at(&chunk, range) {
+                    Ok(frame) => {
                         if sh.on_frame(key, frame, now, ts, &mut blocked) == Flow::Stop {
                             flow = Flow::Stop;
                             break;
                         }
                     }
-                    Ok(None) => break,
-                    Err(reason) => {
-                        sh.counters.frames_rejected += 1;
-                        sh.close(
-                            key,
-                            CloseReason::BadFrame,
-                            Some((Status::BadFrame, &reason)),
-                        );
-                        flow = Flow::Stop;
+                    Err(e) => {
+                        bad = Some(e.to_string());
                         break;
                     }
+                }
+            }
+            if let Some(reason) = bad {
+                if flow == Flow::Continue {
+                    sh.counters.frames_rejected += 1;
+                    sh.close(
+                        key,
+                        CloseReason::BadFrame,
+                        Some((Status::BadFrame, &reason)),
+                    );
+                    flow = Flow::Stop;
                 }
             }
             if sh.sessions.get(key).is_none_or(|s| s.closing.is_some()) {
@@ -442,6 +460,19 @@ async fn read_loop<R: AsyncReadRent>(
             .await;
         buf = slice.into_inner();
         match res {
+            Ok(0) if !buf.is_empty() => {
+                // The peer closed its sending side inside a frame: a truncated
+                // frame is a BAD_FRAME like any other (it may still read it).
+                let mut sh = shard.borrow_mut();
+                sh.counters.frames_rejected += 1;
+                let reason = truncated_reason(buf.len());
+                sh.close(
+                    key,
+                    CloseReason::BadFrame,
+                    Some((Status::BadFrame, &reason)),
+                );
+                return;
+            }
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }

@@ -413,7 +413,9 @@ async fn flusher(shard: Rc<RefCell<Shard>>, mut outs: Outboxes<Vec<Mail>>) {
                 if sh.outbox[to].is_empty() {
                     continue;
                 }
-                let batch = std::mem::take(&mut sh.outbox[to]);
+                // The next batch starts with room for as many items as this one.
+                let cap = sh.outbox[to].len();
+                let batch = std::mem::replace(&mut sh.outbox[to], Vec::with_capacity(cap));
                 let len = batch.len();
                 match outs.push(to, batch) {
                     Ok(()) => {

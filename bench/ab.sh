@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# A/B: alternate two router binaries under the same load, print msgs/s per run.
+# usage: bench/ab.sh BIN_A BIN_B [runs] [load args...]
+set -euo pipefail
+A=$1; B=$2; RUNS=${3:-3}; shift 3 || true
+LOAD=${LOAD:-target/release/ringrouter-load}
+ARGS=("$@"); [ ${#ARGS[@]} -eq 0 ] && ARGS=(--pairs 16 --size 64 --messages 3000000)
+run() {
+  local bin=$1 port
+  port=$((20000 + RANDOM % 20000))
+  "$bin" --listen 127.0.0.1:$port $ROUTER_ARGS >/dev/null 2>&1 &
+  local pid=$!
+  sleep 0.3
+  "$LOAD" --addr 127.0.0.1:$port "${ARGS[@]}" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["msgs_per_sec"]), "lost", d["lost"], "p50", round(d["p50_us"]), "p99", round(d["p99_us"]))'
+  kill $pid; wait $pid 2>/dev/null || true
+}
+ROUTER_ARGS=${ROUTER_ARGS:-}
+for i in $(seq "$RUNS"); do
+  echo "A $(run "$A")"
+  echo "B $(run "$B")"
+done
