@@ -30,6 +30,18 @@ pub struct LoadConfig {
     pub drain_timeout: Duration,
     /// Prefix of the user names the engine logs in as.
     pub user_prefix: String,
+    /// Wire protocol of the server under test.
+    pub protocol: Protocol,
+}
+
+/// The server the engine drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// ringrouter: Login, Send{to_user}, Deliver.
+    #[default]
+    Ringrouter,
+    /// NATS core protocol (for comparisons): one subject per receiver, PUB/SUB over plain TCP.
+    Nats,
 }
 
 /// What a run measured.
@@ -107,6 +119,7 @@ impl Default for LoadConfig {
             threads: 0,
             drain_timeout: Duration::from_secs(10),
             user_prefix: format!("load{}-", std::process::id()),
+            protocol: Protocol::Ringrouter,
         }
     }
 }
@@ -308,7 +321,7 @@ pub fn run_with_progress(
                         let mut receivers = Vec::new();
                         let mut err = None;
                         for j in &rj {
-                            match connect_login(shared.addr, &j.user).await {
+                            match connect(shared.cfg.protocol, shared.addr, &j.user, true).await {
                                 Ok(s) => receivers.push(s),
                                 Err(e) => {
                                     err = Some(e);
@@ -319,7 +332,9 @@ pub fn run_with_progress(
                         let mut senders = Vec::new();
                         if err.is_none() {
                             for j in &sj {
-                                match connect_login(shared.addr, &j.user).await {
+                                match connect(shared.cfg.protocol, shared.addr, &j.user, false)
+                                    .await
+                                {
                                     Ok(s) => senders.push(s),
                                     Err(e) => {
                                         err = Some(e);
@@ -452,6 +467,9 @@ pub fn run_with_progress(
             Err(_) => return Err(LoadError::Engine("an engine thread panicked".into())),
         }
     }
+    if let Some(e) = shared.failed.lock().ok().and_then(|f| f.clone()) {
+        return Err(LoadError::Engine(e));
+    }
     let sent: u64 = flows
         .iter()
         .map(|f| f.sent.load(Ordering::Relaxed) * f.fan)
@@ -558,6 +576,164 @@ fn cpu_seconds() -> f64 {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
+async fn connect(
+    protocol: Protocol,
+    addr: SocketAddr,
+    user: &str,
+    receiver: bool,
+) -> Result<TcpStream, String> {
+    match protocol {
+        Protocol::Ringrouter => connect_login(addr, user).await,
+        Protocol::Nats => connect_nats(addr, receiver.then_some(user)).await,
+    }
+}
+
+/// NATS handshake: INFO, CONNECT, optional SUB, then PING until PONG (which
+/// proves the subscription is registered).
+async fn connect_nats(addr: SocketAddr, subscribe: Option<&str>) -> Result<TcpStream, String> {
+    let mut s = TcpStream::connect_addr(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = s.set_nodelay(true);
+    let mut hello =
+        String::from("CONNECT {\"verbose\":false,\"pedantic\":false,\"echo\":true}\r\n");
+    if let Some(subj) = subscribe {
+        hello.push_str(&format!("SUB {subj} 1\r\n"));
+    }
+    hello.push_str("PING\r\n");
+    let (r, _) = s.write_all(hello.into_bytes()).await;
+    r.map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::with_capacity(8192);
+    loop {
+        if let Some(i) = buf.windows(6).position(|w| w == b"PONG\r\n") {
+            buf.advance(i + 6);
+            return Ok(s);
+        }
+        if let Some(i) = buf.windows(4).position(|w| w == b"-ERR") {
+            return Err(String::from_utf8_lossy(&buf[i..]).into_owned());
+        }
+        buf.reserve(4096);
+        let (len, cap) = (buf.len(), buf.capacity());
+        let (r, b) = monoio::time::timeout(
+            Duration::from_secs(10),
+            s.read(monoio::buf::IoBufMut::slice_mut(buf, len..cap)),
+        )
+        .await
+        .map_err(|_| "NATS handshake timed out".to_string())?;
+        buf = b.into_inner();
+        match r {
+            Ok(0) => return Err("NATS server closed the connection".into()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// One item scanned from a receiver's buffer.
+enum Item<'a> {
+    /// A delivered payload (empty: the sender's end marker), with the router's seq (0 for NATS).
+    Msg(&'a [u8], u64),
+    /// Anything else (already answered if it needed an answer).
+    Control,
+}
+
+/// Scans the next item at `*pos`; `Ok(None)` when it is not complete yet.
+fn next_item<'a>(
+    protocol: Protocol,
+    buf: &'a [u8],
+    pos: &mut usize,
+    out: &mut BytesMut,
+) -> Result<Option<Item<'a>>, String> {
+    let rest = &buf[*pos..];
+    match protocol {
+        Protocol::Ringrouter => {
+            let Some((flen, n)) = peek_varint(rest).map_err(|e| e.to_string())? else {
+                return Ok(None);
+            };
+            let end = n + flen as usize;
+            if end > rest.len() {
+                return Ok(None);
+            }
+            let body = &rest[n..end];
+            *pos += end;
+            match parse_server(body).map_err(|e| e.to_string())? {
+                ServerView::Deliver { seq, payload, .. } => Ok(Some(Item::Msg(payload, seq))),
+                ServerView::Other => {
+                    let f = decode_server(bytes::Bytes::copy_from_slice(body))
+                        .map_err(|e| e.to_string())?;
+                    match f.kind {
+                        Some(server_frame::Kind::Ping(p)) => encode_frame(
+                            &ClientFrame {
+                                kind: Some(client_frame::Kind::Pong(Pong { nonce: p.nonce })),
+                            },
+                            out,
+                        ),
+                        Some(server_frame::Kind::Error(e)) => {
+                            return Err(format!("router error: {}", e.reason))
+                        }
+                        _ => {}
+                    }
+                    Ok(Some(Item::Control))
+                }
+            }
+        }
+        Protocol::Nats => {
+            let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+                return Ok(None);
+            };
+            let line = &rest[..eol];
+            if let Some(hdr) = line.strip_prefix(b"MSG ") {
+                let len: usize = hdr
+                    .rsplit(|&b| b == b' ')
+                    .next()
+                    .and_then(|t| std::str::from_utf8(t).ok())
+                    .and_then(|t| t.parse().ok())
+                    .ok_or_else(|| format!("bad MSG line {:?}", String::from_utf8_lossy(line)))?;
+                let total = eol + 2 + len + 2;
+                if rest.len() < total {
+                    return Ok(None);
+                }
+                *pos += total;
+                return Ok(Some(Item::Msg(&rest[eol + 2..eol + 2 + len], 0)));
+            }
+            *pos += eol + 2;
+            if line == b"PING" {
+                out.extend_from_slice(b"PONG\r\n");
+            } else if line.starts_with(b"-ERR") {
+                return Err(String::from_utf8_lossy(line).into_owned());
+            }
+            Ok(Some(Item::Control))
+        }
+    }
+}
+
+/// Appends one message for `to` to `out` in the protocol's framing, header first;
+/// the caller appends `len` payload bytes, then calls [`end_message`].
+fn begin_message(protocol: Protocol, out: &mut BytesMut, to: &str, len: usize) {
+    match protocol {
+        Protocol::Ringrouter => put_send_header(out, to.as_bytes(), len, 0),
+        Protocol::Nats => {
+            use std::fmt::Write as _;
+            let _ = write!(NatsLine(out), "PUB {to} {len}\r\n");
+        }
+    }
+}
+
+fn end_message(protocol: Protocol, out: &mut BytesMut) {
+    if protocol == Protocol::Nats {
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+struct NatsLine<'a>(&'a mut BytesMut);
+
+impl std::fmt::Write for NatsLine<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
 async fn connect_login(addr: SocketAddr, user: &str) -> Result<TcpStream, String> {
     let mut s = TcpStream::connect_addr(addr)
         .await
@@ -630,6 +806,7 @@ async fn sender(
     quota: Option<u64>,
 ) {
     let cfg = &shared.cfg;
+    let protocol = cfg.protocol;
     let (mut rd, mut wr) = stream.into_split();
     // Drain whatever the router sends the sender (pings, errors) so its socket never fills.
     let stop = Rc::new(Cell::new(false));
@@ -695,7 +872,7 @@ async fn sender(
         for k in 0..n {
             let seq = sent + k + 1;
             for user in &to {
-                put_send_header(&mut buf, user.as_bytes(), size, 0);
+                begin_message(protocol, &mut buf, user, size);
                 if size >= STAMP {
                     buf.extend_from_slice(&ts.to_le_bytes());
                     buf.extend_from_slice(&seq.to_le_bytes());
@@ -703,6 +880,7 @@ async fn sender(
                 } else {
                     buf.extend_from_slice(&vec![0u8; size]);
                 }
+                end_message(protocol, &mut buf);
             }
         }
         sent += n;
@@ -717,7 +895,8 @@ async fn sender(
     // End marker: an empty payload to every recipient, after everything else.
     buf.clear();
     for user in &to {
-        put_send_header(&mut buf, user.as_bytes(), 0, 0);
+        begin_message(protocol, &mut buf, user, 0);
+        end_message(protocol, &mut buf);
     }
     let (_, _) = wr.write_all(buf).await;
     flow.sender_done.store(true, Ordering::Release);
@@ -750,6 +929,7 @@ async fn receiver(
     let mut expect_seq = 1u64;
     let mut last_seq = 0u64;
     let mut acked = 0u64;
+    let protocol = shared.cfg.protocol;
     let mut done = false;
     while !done {
         if buf.capacity() - buf.len() < 64 * 1024 {
@@ -769,19 +949,13 @@ async fn receiver(
         let mut got = 0u64;
         {
             let mut h = hist.borrow_mut();
-            while let Ok(Some((flen, n))) = peek_varint(&buf[pos..]) {
-                let end = pos + n + flen as usize;
-                if end > buf.len() {
-                    break;
-                }
-                let body = &buf[pos + n..end];
-                pos = end;
-                match parse_server(body) {
-                    Ok(ServerView::Deliver { payload: [], .. }) => {
+            loop {
+                match next_item(protocol, &buf, &mut pos, &mut out) {
+                    Ok(Some(Item::Msg([], _))) => {
                         // The sender's end marker: everything it sent before has arrived.
                         done = true;
                     }
-                    Ok(ServerView::Deliver { seq, payload, .. }) => {
+                    Ok(Some(Item::Msg(payload, seq))) => {
                         got += 1;
                         last_seq = seq;
                         if payload.len() >= STAMP {
@@ -797,27 +971,15 @@ async fn receiver(
                             let _ = h.record(now_ns.saturating_sub(ts).max(1));
                         }
                     }
-                    Ok(ServerView::Other) => {
-                        if let Ok(f) = decode_server(bytes::Bytes::copy_from_slice(body)) {
-                            match f.kind {
-                                Some(server_frame::Kind::Ping(p)) => encode_frame(
-                                    &ClientFrame {
-                                        kind: Some(client_frame::Kind::Pong(Pong {
-                                            nonce: p.nonce,
-                                        })),
-                                    },
-                                    &mut out,
-                                ),
-                                Some(server_frame::Kind::Error(e)) => {
-                                    if let Ok(mut fl) = shared.failed.lock() {
-                                        fl.get_or_insert(format!("router error: {}", e.reason));
-                                    }
-                                }
-                                _ => {}
-                            }
+                    Ok(Some(Item::Control)) => {}
+                    Ok(None) => break,
+                    Err(e) => {
+                        if let Ok(mut fl) = shared.failed.lock() {
+                            fl.get_or_insert(e);
                         }
+                        done = true;
+                        break;
                     }
-                    Err(_) => break,
                 }
             }
         }
@@ -829,7 +991,7 @@ async fn receiver(
             shared.delivered.fetch_add(got, Ordering::Relaxed);
             flow.sender.wake();
         }
-        if last_seq >= acked + 1024 {
+        if protocol == Protocol::Ringrouter && last_seq >= acked + 1024 {
             acked = last_seq;
             encode_frame(
                 &ClientFrame {

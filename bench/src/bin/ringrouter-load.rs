@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::Parser;
-use ringrouter_client::load::{run_with_progress, LoadConfig};
+use ringrouter_client::load::{run_with_progress, LoadConfig, Protocol};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -41,9 +41,18 @@ struct Args {
     /// Engine threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Server protocol: ringrouter, or nats (for side-by-side comparisons).
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Ringrouter)]
+    protocol: ProtocolArg,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ProtocolArg {
+    Ringrouter,
+    Nats,
 }
 
 fn main() {
@@ -68,6 +77,10 @@ fn main() {
         rate: a.rate,
         window: a.window,
         threads: a.threads,
+        protocol: match a.protocol {
+            ProtocolArg::Ringrouter => Protocol::Ringrouter,
+            ProtocolArg::Nats => Protocol::Nats,
+        },
         ..LoadConfig::default()
     };
     let quiet = a.json;
