@@ -46,12 +46,16 @@ impl Doorbell {
 /// Producer side held by shard `from`: one ring to every other shard.
 pub struct Outboxes<T> {
     rings: Vec<Option<rtrb::Producer<T>>>,
+    /// Emptied batches coming back from each consumer, for reuse.
+    returns: Vec<Option<rtrb::Consumer<T>>>,
     bells: Vec<Arc<Doorbell>>,
 }
 
 /// Consumer side held by one shard: one ring from every other shard.
 pub struct Inbox<T> {
     rings: Vec<(usize, rtrb::Consumer<T>)>,
+    /// Per inbound ring: where its emptied batches go back to the producer.
+    returns: Vec<rtrb::Producer<T>>,
     bell: Arc<Doorbell>,
 }
 
@@ -61,27 +65,36 @@ pub fn mesh<T>(n: usize, capacity: usize) -> Vec<(Outboxes<T>, Inbox<T>)> {
     let bells: Vec<Arc<Doorbell>> = (0..n).map(|_| Arc::new(Doorbell::default())).collect();
     let mut outs: Vec<Vec<Option<rtrb::Producer<T>>>> =
         (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut backs: Vec<Vec<Option<rtrb::Consumer<T>>>> =
+        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
     let mut ins: Vec<Vec<(usize, rtrb::Consumer<T>)>> = (0..n).map(|_| Vec::new()).collect();
-    for (from, out) in outs.iter_mut().enumerate() {
-        for (to, inbox) in ins.iter_mut().enumerate() {
+    let mut in_returns: Vec<Vec<rtrb::Producer<T>>> = (0..n).map(|_| Vec::new()).collect();
+    for from in 0..n {
+        for to in 0..n {
             if from != to {
                 let (p, c) = rtrb::RingBuffer::new(capacity);
-                out[to] = Some(p);
-                inbox.push((from, c));
+                outs[from][to] = Some(p);
+                ins[to].push((from, c));
+                let (rp, rc) = rtrb::RingBuffer::new(capacity);
+                backs[from][to] = Some(rc);
+                in_returns[to].push(rp);
             }
         }
     }
     outs.into_iter()
-        .zip(ins)
+        .zip(backs)
+        .zip(ins.into_iter().zip(in_returns))
         .enumerate()
-        .map(|(i, (rings, inrings))| {
+        .map(|(i, ((rings, returns), (inrings, inreturns)))| {
             (
                 Outboxes {
                     rings,
+                    returns,
                     bells: bells.clone(),
                 },
                 Inbox {
                     rings: inrings,
+                    returns: inreturns,
                     bell: bells[i].clone(),
                 },
             )
@@ -97,6 +110,14 @@ impl<T> Outboxes<T> {
             Some(p) => p.push(batch).map_err(|rtrb::PushError::Full(b)| b),
             None => Err(batch),
         }
+    }
+
+    /// An emptied batch that shard `to` gave back, to fill again (saves an allocation).
+    pub fn reuse(&mut self, to: usize) -> Option<T> {
+        self.returns
+            .get_mut(to)
+            .and_then(Option::as_mut)
+            .and_then(|c| c.pop().ok())
     }
 
     /// Rings shard `to`'s doorbell (wakes it only if parked).
@@ -124,6 +145,14 @@ impl<T> Inbox<T> {
     /// Pops the next batch from inbound ring `idx` (an index, not a shard id).
     pub fn pop(&mut self, idx: usize) -> Option<T> {
         self.rings.get_mut(idx).and_then(|(_, c)| c.pop().ok())
+    }
+
+    /// Hands an emptied batch back to the producer of ring `idx` for reuse
+    /// (dropped if the return ring is full).
+    pub fn give_back(&mut self, idx: usize, batch: T) {
+        if let Some(p) = self.returns.get_mut(idx) {
+            let _ = p.push(batch);
+        }
     }
 
     /// The shard that feeds inbound ring `idx`.
@@ -182,6 +211,7 @@ mod tests {
     fn full_ring_hands_the_batch_back() {
         let mut m = mesh::<Vec<u32>>(2, 2);
         let (mut out0, _) = m.remove(0);
+        assert_eq!(out0.reuse(1), None);
         assert!(out0.push(1, vec![1]).is_ok());
         assert!(out0.push(1, vec![2]).is_ok());
         assert_eq!(out0.push(1, vec![3]), Err(vec![3]));
@@ -216,6 +246,10 @@ mod tests {
         assert_eq!(in1.pop(0), Some(2));
         assert_eq!(in1.pop(0), Some(3));
         assert_eq!(in1.source(0), 0);
+        // emptied batches travel back for reuse
+        in1.give_back(0, 9);
+        assert_eq!(out0.reuse(1), Some(9));
+        assert_eq!(out0.reuse(1), None);
     }
 
     #[test]

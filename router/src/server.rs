@@ -413,9 +413,12 @@ async fn flusher(shard: Rc<RefCell<Shard>>, mut outs: Outboxes<Vec<Mail>>) {
                 if sh.outbox[to].is_empty() {
                     continue;
                 }
-                // The next batch starts with room for as many items as this one.
-                let cap = sh.outbox[to].len();
-                let batch = std::mem::replace(&mut sh.outbox[to], Vec::with_capacity(cap));
+                // The next batch reuses a Vec the target shard emptied and gave
+                // back: no allocation (and no fresh pages) per batch.
+                let next = outs
+                    .reuse(to)
+                    .unwrap_or_else(|| Vec::with_capacity(sh.outbox[to].len()));
+                let batch = std::mem::replace(&mut sh.outbox[to], next);
                 let len = batch.len();
                 match outs.push(to, batch) {
                     Ok(()) => {
@@ -473,13 +476,14 @@ async fn consumer(
                 }
                 let from = inbox.source(i);
                 for _ in 0..64 {
-                    let Some(batch) = inbox.pop(i) else { break };
+                    let Some(mut batch) = inbox.pop(i) else { break };
                     got += 1;
-                    for mail in batch {
+                    for mail in batch.drain(..) {
                         if let Some(h) = sh.on_mail(from, mail, &mut blocked) {
                             handovers.push(h);
                         }
                     }
+                    inbox.give_back(i, batch);
                     if let Some(&k) = blocked.last() {
                         // A recipient is over its bound: stop taking from this
                         // ring until it drains or is closed (the sender shard's

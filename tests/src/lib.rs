@@ -1,12 +1,52 @@
 //! Harness for the black-box tests: starts the real router binary on a free
 //! port, waits for its `listening on` line, and kills it when dropped.
+//!
+//! Besides [`RouterProc`] it offers [`Raw`], a bare socket speaking the wire
+//! protocol frame by frame (for malformed input and for looking at the exact
+//! bytes the router sends), [`Pair`], two clients that prove the router still
+//! routes, and small helpers (JWT minting, temporary files).
+//!
+//! Every read here has a deadline: a test never blocks forever.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ringrouter_client::{Client, ClientConfig};
+use bytes::{Bytes, BytesMut};
+use prost::Message as _;
+use ringrouter_client::{Client, ClientConfig, Status};
+use ringrouter_proto::codec::{decode_server, next_frame};
+use ringrouter_proto::v1::{
+    client_frame, server_frame, ClientFrame, Error as ErrorFrame, Login, LoginResult, ServerFrame,
+};
+
+/// Default bound on any single wait for the router in these tests.
+pub const T: Duration = Duration::from_secs(5);
+
+/// Longest wait for the router to print its banner (or exit).
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a router process ended when it did not start listening.
+#[derive(Debug, Clone)]
+pub struct Exited {
+    /// Exit code (None: killed by a signal, or killed by the harness after [`START_TIMEOUT`]).
+    pub code: Option<i32>,
+    /// First stdout line, if any.
+    pub first_line: Option<String>,
+    /// Everything written to stderr.
+    pub stderr: String,
+}
+
+impl std::fmt::Display for Exited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit code {:?}, first line {:?}, stderr: {}",
+            self.code, self.first_line, self.stderr
+        )
+    }
+}
 
 /// Path of the router binary built for these tests: `ringrouter-blackbox`, a
 /// build of `router/src/main.rs` that cargo places beside the test executables
@@ -55,6 +95,12 @@ impl RouterProc {
 
     /// Starts the router; returns its exit status and stderr if it exits before listening.
     pub fn try_start(args: &[&str], driver: Driver) -> Result<RouterProc, String> {
+        Self::launch(args, driver).map_err(|e| e.to_string())
+    }
+
+    /// Starts the router. If it exits (or prints something else) instead of
+    /// listening, returns how it ended. Never waits more than [`START_TIMEOUT`].
+    pub fn launch(args: &[&str], driver: Driver) -> Result<RouterProc, Exited> {
         let mut cmd = Command::new(router_bin());
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
@@ -76,7 +122,11 @@ impl RouterProc {
                 cmd.env_remove("MONOIO_FORCE_LEGACY_DRIVER");
             }
         }
-        let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+        let mut child = cmd.spawn().map_err(|e| Exited {
+            code: None,
+            first_line: None,
+            stderr: format!("cannot spawn {}: {e}", router_bin().display()),
+        })?;
         let stdout = child.stdout.take().expect("stdout was piped");
         let stderr = child.stderr.take().expect("stderr was piped");
         let err_thread = std::thread::spawn(move || {
@@ -87,43 +137,112 @@ impl RouterProc {
             }
             s
         });
-        let mut lines = BufReader::new(stdout).lines();
-        match lines.next() {
+        // The first stdout line, read on a thread so a router that hangs at
+        // start-up cannot hang the test; the rest is drained so the child never
+        // blocks on a full pipe.
+        let (line_tx, line_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = line_tx.send(lines.next());
+            for _ in lines {}
+        });
+        let first = line_rx.recv_timeout(START_TIMEOUT).ok().flatten();
+        match first {
             Some(Ok(line)) if line.starts_with("ringrouter listening on ") => {
                 let addr = line["ringrouter listening on ".len()..]
                     .split(' ')
                     .next()
                     .unwrap_or("")
-                    .parse()
-                    .map_err(|e| format!("bad banner {line:?}: {e}"))?;
-                // keep draining stdout so the child never blocks on a full pipe
-                std::thread::spawn(move || for _ in lines {});
-                Ok(RouterProc {
-                    child: Some(child),
-                    addr,
-                    banner: line,
-                    stderr: Some(err_thread),
-                })
+                    .parse();
+                match addr {
+                    Ok(addr) => Ok(RouterProc {
+                        child: Some(child),
+                        addr,
+                        banner: line,
+                        stderr: Some(err_thread),
+                    }),
+                    Err(e) => {
+                        let _ = child.kill();
+                        let code = child.wait().ok().and_then(|s| s.code());
+                        Err(Exited {
+                            code,
+                            first_line: Some(line.clone()),
+                            stderr: format!("bad banner {line:?}: {e}"),
+                        })
+                    }
+                }
             }
             other => {
-                let status = child.wait().map_err(|e| e.to_string())?;
-                let err = err_thread.join().unwrap_or_default();
-                Err(format!(
-                    "exit {status:?}, first line {other:?}, stderr: {err}"
-                ))
+                // Not listening: wait (bounded) for the exit.
+                let deadline = Instant::now() + START_TIMEOUT;
+                let code = loop {
+                    match child.try_wait() {
+                        Ok(Some(st)) => break st.code(),
+                        Ok(None) if Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(10))
+                        }
+                        _ => {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            break None;
+                        }
+                    }
+                };
+                let stderr = err_thread.join().unwrap_or_default();
+                Err(Exited {
+                    code,
+                    first_line: other.and_then(Result::ok),
+                    stderr,
+                })
             }
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The listen address to connect to: the banner's, with an unspecified IP
+    /// (`0.0.0.0`, `::`) replaced by loopback.
+    pub fn connect_addr(&self) -> SocketAddr {
+        let mut a = self.addr;
+        if a.ip().is_unspecified() {
+            a.set_ip(if a.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        a
+    }
+
+    /// A raw connection (not logged in).
+    pub fn raw(&self) -> Raw {
+        Raw::connect(self.connect_addr())
+    }
+
+    /// A raw connection logged in as `user` (its LoginResult already read).
+    pub fn raw_login(&self, user: &str) -> Raw {
+        let mut r = self.raw();
+        let lr = r.login(user);
+        assert_eq!(
+            lr.status,
+            Status::Ok as i32,
+            "raw login of {user} refused: {lr:?}"
+        );
+        r
+    }
+
     /// Connects and logs in as `user`.
     pub fn client(&self, user: &str) -> Client {
-        Client::connect(self.addr, ClientConfig::new(user))
+        Client::connect(self.connect_addr(), ClientConfig::new(user))
             .unwrap_or_else(|e| panic!("login {user}: {e}"))
     }
 
     /// Connects with a custom config.
     pub fn client_with(&self, cfg: ClientConfig) -> Result<Client, ringrouter_client::ClientError> {
-        Client::connect(self.addr, cfg)
+        Client::connect(self.connect_addr(), cfg)
     }
 
     /// Sends SIGTERM and waits up to `timeout` for the exit; returns the exit code and stderr.
@@ -172,4 +291,374 @@ pub fn users_on_shards(prefix: &str, shards: usize) -> Vec<String> {
                 .expect("some name lands on every shard")
         })
         .collect()
+}
+
+/// How a [`Raw`] read ended without a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadEnd {
+    /// Nothing complete arrived before the deadline.
+    Timeout,
+    /// The router closed the connection (EOF or reset) and every complete frame was read.
+    Closed(String),
+    /// The bytes from the router are not frames.
+    Bad(String),
+}
+
+/// A bare connection speaking the wire protocol frame by frame.
+pub struct Raw {
+    /// The socket.
+    pub stream: TcpStream,
+    buf: BytesMut,
+    scratch: Vec<u8>,
+    closed: Option<String>,
+}
+
+impl std::fmt::Debug for Raw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Raw")
+            .field("peer", &self.stream.peer_addr().ok())
+            .finish()
+    }
+}
+
+/// Largest frame [`Raw`] accepts from the router.
+const RAW_MAX_FRAME: usize = 64 << 20;
+
+impl Raw {
+    /// Connects (no login).
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let s = TcpStream::connect_timeout(&addr, T)
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        s.set_nodelay(true).expect("TCP_NODELAY");
+        Raw::from_stream(s)
+    }
+
+    /// Wraps a connected socket.
+    pub fn from_stream(stream: TcpStream) -> Raw {
+        Raw {
+            stream,
+            buf: BytesMut::with_capacity(64 * 1024),
+            scratch: vec![0; 64 * 1024],
+            closed: None,
+        }
+    }
+
+    /// Writes raw bytes.
+    pub fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Encodes and writes one frame; panics if the write fails.
+    pub fn send(&mut self, kind: client_frame::Kind) {
+        let f = ClientFrame { kind: Some(kind) };
+        let bytes = f.encode_length_delimited_to_vec();
+        self.write(&bytes)
+            .unwrap_or_else(|e| panic!("writing {f:?}: {e}"));
+    }
+
+    /// Writes one frame whose body is `body` (any bytes), with a correct length prefix.
+    pub fn send_body(&mut self, body: &[u8]) {
+        let mut out = Vec::with_capacity(body.len() + 10);
+        ringrouter_proto::codec::put_varint(&mut out, body.len() as u64);
+        out.extend_from_slice(body);
+        self.write(&out).expect("writing a raw frame");
+    }
+
+    /// Sends Login{user} and reads up to the LoginResult (whatever its status).
+    pub fn login(&mut self, user: &str) -> LoginResult {
+        self.login_with(Login {
+            request_id: 1,
+            user: user.into(),
+            device: "raw".into(),
+            ..Default::default()
+        })
+    }
+
+    /// Sends `login` and reads up to the LoginResult (whatever its status).
+    /// An Error frame instead of a LoginResult panics.
+    pub fn login_with(&mut self, login: Login) -> LoginResult {
+        self.send(client_frame::Kind::Login(login));
+        match self.next(T) {
+            Ok(ServerFrame {
+                kind: Some(server_frame::Kind::LoginResult(r)),
+            }) => r,
+            Ok(other) => panic!("waiting for LoginResult, got {other:?}"),
+            Err(e) => panic!("waiting for LoginResult: {e:?}"),
+        }
+    }
+
+    /// The next frame body as sent by the router (raw bytes, not decoded).
+    pub fn next_body(&mut self, timeout: Duration) -> Result<Bytes, ReadEnd> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match next_frame(&mut self.buf, RAW_MAX_FRAME) {
+                Ok(Some(body)) => return Ok(body),
+                Ok(None) => {}
+                Err(e) => return Err(ReadEnd::Bad(e.to_string())),
+            }
+            if let Some(why) = &self.closed {
+                return Err(if self.buf.is_empty() {
+                    ReadEnd::Closed(why.clone())
+                } else {
+                    ReadEnd::Bad(format!(
+                        "connection closed ({why}) inside a frame, {} bytes buffered",
+                        self.buf.len()
+                    ))
+                });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ReadEnd::Timeout);
+            }
+            self.stream
+                .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))
+                .expect("set_read_timeout");
+            match self.stream.read(&mut self.scratch) {
+                Ok(0) => self.closed = Some("EOF".into()),
+                Ok(n) => self.buf.extend_from_slice(&self.scratch[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(ReadEnd::Timeout)
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => self.closed = Some(e.to_string()),
+            }
+        }
+    }
+
+    /// The next frame, decoded.
+    pub fn next(&mut self, timeout: Duration) -> Result<ServerFrame, ReadEnd> {
+        let body = self.next_body(timeout)?;
+        decode_server(body).map_err(|e| ReadEnd::Bad(e.to_string()))
+    }
+
+    /// The next frame's kind; panics on timeout, close, or an empty frame.
+    pub fn next_kind(&mut self, timeout: Duration) -> server_frame::Kind {
+        match self.next(timeout) {
+            Ok(ServerFrame { kind: Some(k) }) => k,
+            Ok(f) => panic!("frame without a kind: {f:?}"),
+            Err(e) => panic!("expected a frame, got {e:?}"),
+        }
+    }
+
+    /// The next frame, which must be an Error; skips heartbeat Pings.
+    pub fn expect_error(&mut self, timeout: Duration) -> ErrorFrame {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.next_kind(deadline.saturating_duration_since(Instant::now())) {
+                server_frame::Kind::Error(e) => return e,
+                server_frame::Kind::Ping(_) => continue,
+                other => panic!("expected an Error frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the router closes the connection; returns the frames seen on
+    /// the way. Panics if it is still open after `timeout`.
+    pub fn read_until_closed(&mut self, timeout: Duration) -> Vec<ServerFrame> {
+        let deadline = Instant::now() + timeout;
+        let mut frames = Vec::new();
+        loop {
+            match self.next(deadline.saturating_duration_since(Instant::now())) {
+                Ok(f) => frames.push(f),
+                Err(ReadEnd::Closed(_)) => return frames,
+                Err(ReadEnd::Timeout) => panic!(
+                    "connection still open after {timeout:?} (frames seen: {})",
+                    frames.len()
+                ),
+                Err(ReadEnd::Bad(e)) => panic!("bad bytes from the router: {e}"),
+            }
+        }
+    }
+
+    /// Reads until the connection ends; returns the frames seen and how it
+    /// ended: `Closed`, or `Bad` when the router cut it inside a frame (a
+    /// partially written frame before a hard close). Panics if it is still open
+    /// after `timeout` or on bytes that are not frames.
+    pub fn read_until_end(&mut self, timeout: Duration) -> (Vec<ServerFrame>, ReadEnd) {
+        let deadline = Instant::now() + timeout;
+        let mut frames = Vec::new();
+        loop {
+            match self.next(deadline.saturating_duration_since(Instant::now())) {
+                Ok(f) => frames.push(f),
+                Err(ReadEnd::Timeout) => panic!(
+                    "connection still open after {timeout:?} (frames seen: {})",
+                    frames.len()
+                ),
+                Err(e @ ReadEnd::Closed(_)) => return (frames, e),
+                Err(ReadEnd::Bad(e)) if self.closed.is_some() => return (frames, ReadEnd::Bad(e)),
+                Err(ReadEnd::Bad(e)) => panic!("bad bytes from the router: {e}"),
+            }
+        }
+    }
+
+    /// Half-closes the connection (no more writes; reads still work).
+    pub fn shutdown_write(&self) {
+        self.stream
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown(SHUT_WR)");
+    }
+}
+
+/// Panics unless `e` carries `code` and a non-empty reason.
+pub fn assert_error(e: &ErrorFrame, code: Status) {
+    assert_eq!(
+        e.code,
+        code as i32,
+        "expected {}, got {:?}: {:?}",
+        code.short_name(),
+        Status::try_from(e.code),
+        e.reason
+    );
+    assert!(!e.reason.is_empty(), "error {code:?} without a reason");
+}
+
+/// Two clients on different shards (when there are two), used to show that the
+/// router keeps routing while a test abuses other connections.
+pub struct Pair {
+    /// First user.
+    pub a: Client,
+    /// Second user.
+    pub b: Client,
+    n: u64,
+}
+
+impl Pair {
+    /// Logs in two users named after `prefix`, homed on shards 0 and 1 when `shards >= 2`.
+    pub fn new(r: &RouterProc, prefix: &str, shards: usize) -> Pair {
+        let (ua, ub) = if shards >= 2 {
+            let u = users_on_shards(prefix, shards);
+            (u[0].clone(), u[1].clone())
+        } else {
+            (format!("{prefix}-a"), format!("{prefix}-b"))
+        };
+        Pair {
+            a: r.client(&ua),
+            b: r.client(&ub),
+            n: 0,
+        }
+    }
+
+    /// One message each way, each confirmed by a SendResult and received with
+    /// the right sender and payload. Panics (with `context`) otherwise.
+    pub fn exchange(&mut self, context: &str) {
+        self.n += 1;
+        let n = self.n;
+        one_way(&mut self.a, &mut self.b, n, context);
+        one_way(&mut self.b, &mut self.a, n, context);
+    }
+}
+
+fn one_way(from: &mut Client, to: &mut Client, n: u64, context: &str) {
+    let payload = format!("pair message {n} from {}", from.user());
+    let to_user = to.user().to_owned();
+    from.send_wait(&to_user, payload.as_bytes())
+        .unwrap_or_else(|e| panic!("[{context}] pair send {n}: {e}"));
+    let m = to
+        .recv(Some(T))
+        .unwrap_or_else(|e| panic!("[{context}] pair recv {n}: {e}"))
+        .unwrap_or_else(|| panic!("[{context}] pair message {n} not received"));
+    assert_eq!(m.sender, from.user(), "[{context}]");
+    assert_eq!(&m.payload[..], payload.as_bytes(), "[{context}]");
+}
+
+/// An HS256 JWT with `sub` and `exp = now + exp_in_secs` (negative: expired).
+pub fn jwt(secret: &[u8], sub: &str, exp_in_secs: i64) -> String {
+    jwt_with(jsonwebtoken::Algorithm::HS256, secret, sub, exp_in_secs)
+}
+
+/// Like [`jwt`], signed with another HMAC algorithm.
+pub fn jwt_with(
+    alg: jsonwebtoken::Algorithm,
+    secret: &[u8],
+    sub: &str,
+    exp_in_secs: i64,
+) -> String {
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        sub: &'a str,
+        exp: i64,
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(alg),
+        &Claims {
+            sub,
+            exp: now + exp_in_secs,
+        },
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .expect("encoding a JWT")
+}
+
+/// A file in the temp directory, removed on drop.
+#[derive(Debug)]
+pub struct TempFile {
+    /// Its path.
+    pub path: std::path::PathBuf,
+}
+
+impl TempFile {
+    /// Creates a uniquely named file holding `contents`.
+    pub fn new(name: &str, contents: &[u8]) -> TempFile {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "ringrouter-test-{}-{}-{name}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, contents)
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        TempFile { path }
+    }
+
+    /// The path as a &str (for command-line flags).
+    pub fn as_str(&self) -> &str {
+        self.path.to_str().expect("temp path is UTF-8")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Connects with a small receive buffer (set before connect, so the advertised
+/// window stays small): a peer that does not read backs up quickly.
+pub fn connect_small_rcvbuf(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).expect("socket");
+    s.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
+    s.connect_timeout(&addr.into(), T)
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    s.set_nodelay(true).expect("TCP_NODELAY");
+    s.into()
+}
+
+/// A client config for `user` with the usual test timeout.
+pub fn cfg(user: &str) -> ClientConfig {
+    let mut c = ClientConfig::new(user);
+    c.timeout = T;
+    c
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.
+/// For waiting on a state change the router makes asynchronously (a freed slot),
+/// never as an assertion by itself.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -23,7 +23,12 @@ fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn payloads_are_never_copied_by_default() {
-    let cfg = Config { listen: "127.0.0.1:0".parse().unwrap(), shards: 2, pin_threads: false, ..Config::default() };
+    let cfg = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards: 2,
+        pin_threads: false,
+        ..Config::default()
+    };
     let router = Router::start(cfg).expect("router starts");
     let users = users_on_shards("zc", 2);
     let mut a = Client::connect(router.local_addr(), ClientConfig::new(&users[0])).unwrap();
@@ -33,10 +38,16 @@ fn payloads_are_never_copied_by_default() {
     for size in [1usize, 64, 1024, 64 * 1024] {
         let payload = vec![7u8; size];
         a.send_wait(&users[1], &payload).unwrap();
-        let m = b.recv(Some(Duration::from_secs(5))).unwrap().expect("delivered");
+        let m = b
+            .recv(Some(Duration::from_secs(5)))
+            .unwrap()
+            .expect("delivered");
         assert_eq!(m.payload.len(), size);
         b.send_wait(&users[1], &payload).unwrap(); // to self: same shard
-        let m = b.recv(Some(Duration::from_secs(5))).unwrap().expect("delivered to self");
+        let m = b
+            .recv(Some(Duration::from_secs(5)))
+            .unwrap()
+            .expect("delivered to self");
         assert_eq!(m.payload.len(), size);
         expected += 2 * size as u64;
     }
@@ -64,8 +75,11 @@ fn inline_threshold_copies_only_small_payloads() {
     a.send_wait("inl", &[1u8; 50]).unwrap();
     a.send_wait("inl", &[1u8; 500]).unwrap();
     for _ in 0..2 {
-        a.recv(Some(Duration::from_secs(5))).unwrap().expect("delivered");
+        a.recv(Some(Duration::from_secs(5)))
+            .unwrap()
+            .expect("delivered");
     }
-    assert!(wait_for(|| router.stats().payload_copied_bytes == 50 && router.stats().payload_zero_copy_bytes == 500));
+    assert!(wait_for(|| router.stats().payload_copied_bytes == 50
+        && router.stats().payload_zero_copy_bytes == 500));
     assert!(router.shutdown());
 }

@@ -1,0 +1,204 @@
+//! Slow consumers: a session that stops reading while a sender floods it is
+//! closed after `--slow-consumer-timeout` over `--max-pending-bytes`; meanwhile
+//! and afterwards everyone else keeps exchanging messages, the flooding sender
+//! included.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ringrouter_client::{Client, Status};
+use ringrouter_proto::v1::server_frame;
+use ringrouter_tests::{cfg, connect_small_rcvbuf, users_on_shards, Pair, Raw, RouterProc, T};
+
+/// Bound on the whole flood; the router closes the slow consumer after ~300 ms.
+const FLOOD_LIMIT: Duration = Duration::from_secs(20);
+/// Messages per round between two confirmed probes.
+const ROUND: usize = 64;
+
+/// Floods `to` with 1 KiB messages, each round followed by a confirmed probe,
+/// until a probe says `to` has no session any more (NOT_FOUND).
+fn flood(mut f: Client, to: String, sent: Arc<AtomicU64>) -> Result<Client, String> {
+    let payload = [0x55u8; 1024];
+    let deadline = Instant::now() + FLOOD_LIMIT;
+    loop {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{to} still has a session after {} messages",
+                sent.load(Ordering::Relaxed)
+            ));
+        }
+        f.send_many(&to, std::iter::repeat_n(&payload[..], ROUND))
+            .map_err(|e| format!("flooding: {e}"))?;
+        sent.fetch_add(ROUND as u64, Ordering::Relaxed);
+        match f.send_wait(&to, b"probe") {
+            Ok(_) => sent.fetch_add(1, Ordering::Relaxed),
+            Err(e) if e.code() == Some(Status::NotFound) => return Ok(f),
+            Err(e) => return Err(format!("probe: {e}")),
+        };
+    }
+}
+
+fn slow_consumer_is_cut(shards: usize) {
+    let shard_arg = shards.to_string();
+    let r = RouterProc::start(&[
+        "--shards",
+        &shard_arg,
+        "--max-pending-bytes",
+        "64k",
+        "--slow-consumer-timeout",
+        "300ms",
+    ]);
+    let p = format!("slow{shards}-");
+    // Flooder on shard 0, slow consumer on shard 1 when there are two.
+    let (flooder, slow_user) = if shards >= 2 {
+        let homes = users_on_shards(&p, shards);
+        (homes[0].clone(), homes[1].clone())
+    } else {
+        (format!("{p}flooder"), format!("{p}slow"))
+    };
+    let healthy_user = format!("{p}healthy");
+
+    // The slow consumer: logs in, then never reads. A small receive buffer makes
+    // its kernel buffers fill after a few KiB instead of megabytes.
+    let mut slow = Raw::from_stream(connect_small_rcvbuf(r.connect_addr(), 8 * 1024));
+    let lr = slow.login(&slow_user);
+    assert_eq!(lr.status, Status::Ok as i32, "{lr:?}");
+    let mut healthy = r.client(&healthy_user);
+    let mut pair = Pair::new(&r, &format!("{p}pair"), shards);
+    pair.exchange("before the flood");
+
+    let f = r.client_with(cfg(&flooder)).expect("flooder login");
+    // A router that never lets the flooder's writes through fails the test
+    // instead of hanging it.
+    f.stream()
+        .set_write_timeout(Some(FLOOD_LIMIT))
+        .expect("set_write_timeout");
+    let sent = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let flood_thread = {
+        let (to, sent) = (slow_user.clone(), sent.clone());
+        thread::spawn(move || flood(f, to, sent))
+    };
+
+    // Meanwhile: the pair keeps exchanging (each exchange bounded by T).
+    let mut during = 0;
+    let mut slowest = Duration::ZERO;
+    while !flood_thread.is_finished() {
+        assert!(
+            started.elapsed() < FLOOD_LIMIT + T,
+            "the flood did not end (sent {})",
+            sent.load(Ordering::Relaxed)
+        );
+        let t = Instant::now();
+        pair.exchange("during the flood");
+        slowest = slowest.max(t.elapsed());
+        during += 1;
+    }
+    let mut f = flood_thread
+        .join()
+        .expect("flood thread")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sent = sent.load(Ordering::Relaxed);
+    eprintln!(
+        "{shards} shard(s): slow consumer cut after {sent} messages, {:?}; \
+         {during} pair exchanges meanwhile, slowest {slowest:?}",
+        started.elapsed()
+    );
+    assert!(during >= 1);
+
+    // Afterwards: the pair, and the flooder towards a healthy user.
+    pair.exchange("after the flood");
+    f.send_wait(&healthy_user, b"to a healthy user")
+        .expect("the flooder can still send");
+    let m = healthy.recv(Some(T)).expect("recv").expect("message");
+    assert_eq!(
+        (m.sender.as_str(), &m.payload[..]),
+        (flooder.as_str(), &b"to a healthy user"[..])
+    );
+
+    // The slow consumer, reading at last: what fitted in the socket buffers, in
+    // order, maybe a SLOW_CONSUMER error, then the end of the connection.
+    // A hard cut can land inside a frame that was being written: a truncated
+    // last frame is part of being cut.
+    let (frames, _end) = slow.read_until_end(T);
+    let mut delivered = 0u64;
+    for fr in &frames {
+        match &fr.kind {
+            Some(server_frame::Kind::Deliver(d)) => {
+                delivered += 1;
+                assert_eq!(d.seq, delivered, "Delivers to the slow consumer in order");
+            }
+            Some(server_frame::Kind::Error(e)) => {
+                assert_eq!(e.code, Status::SlowConsumer as i32, "{e:?}")
+            }
+            other => panic!("unexpected frame for the slow consumer: {other:?}"),
+        }
+    }
+    assert!(
+        delivered < sent,
+        "the slow consumer was cut, not drained ({delivered} of {sent})"
+    );
+
+    // The user can come back with a new session.
+    let mut back = r.client(&slow_user);
+    f.send_wait(&slow_user, b"welcome back")
+        .expect("send to the new session");
+    let m = back.recv(Some(T)).expect("recv").expect("message");
+    assert_eq!((m.seq, &m.payload[..]), (1, &b"welcome back"[..]));
+}
+
+#[test]
+fn slow_consumer_is_cut_same_shard() {
+    slow_consumer_is_cut(1);
+}
+
+#[test]
+fn slow_consumer_is_cut_across_shards() {
+    slow_consumer_is_cut(2);
+}
+
+#[test]
+fn a_reader_that_keeps_up_is_not_cut() {
+    // Same limits, but the receiver reads: far more than max-pending-bytes goes
+    // through without a slow-consumer close.
+    let r = RouterProc::start(&[
+        "--shards",
+        "2",
+        "--max-pending-bytes",
+        "64k",
+        "--slow-consumer-timeout",
+        "300ms",
+    ]);
+    let u = users_on_shards("keepup", 2);
+    let mut tx = r.client_with(cfg(&u[0])).expect("login");
+    let mut rx = r.client_with(cfg(&u[1])).expect("login");
+    tx.stream()
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .expect("set_write_timeout");
+    const N: u64 = 4096; // 4 MiB of 1 KiB messages
+    let reader = thread::spawn(move || -> Result<Client, String> {
+        for i in 1..=N {
+            match rx.recv(Some(T)) {
+                Ok(Some(m)) if m.seq == i => {}
+                Ok(Some(m)) => return Err(format!("seq {} instead of {i}", m.seq)),
+                Ok(None) => return Err(format!("message {i} missing")),
+                Err(e) => return Err(format!("message {i}: {e}")),
+            }
+        }
+        Ok(rx)
+    });
+    let payload = [1u8; 1024];
+    let to = u[1].clone();
+    tx.send_many(&to, std::iter::repeat_n(&payload[..], N as usize))
+        .expect("send");
+    let mut rx = reader
+        .join()
+        .expect("reader")
+        .unwrap_or_else(|e| panic!("{e}"));
+    tx.send_wait(&to, b"still there")
+        .expect("the reader still has its session");
+    let m = rx.recv(Some(T)).expect("recv").expect("message");
+    assert_eq!((m.seq, &m.payload[..]), (N + 1, &b"still there"[..]));
+}

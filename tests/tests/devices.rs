@@ -1,0 +1,150 @@
+//! Multi-device delivery: every session of a user gets every message, each
+//! session numbers its Delivers 1, 2, 3, ... on its own.
+
+use ringrouter_client::{Client, ClientConfig};
+use ringrouter_tests::{users_on_shards, RouterProc, T};
+
+fn device(r: &RouterProc, user: &str, name: &str) -> Client {
+    let mut cfg = ClientConfig::new(user);
+    cfg.device = name.into();
+    cfg.timeout = T;
+    r.client_with(cfg)
+        .unwrap_or_else(|e| panic!("login {user}/{name}: {e}"))
+}
+
+/// Receives the next message on `c` and checks it.
+fn expect_msg(c: &mut Client, who: &str, sender: &str, payload: &[u8], seq: u64) {
+    let m = c
+        .recv(Some(T))
+        .unwrap_or_else(|e| panic!("{who}: {e}"))
+        .unwrap_or_else(|| panic!("{who}: no message {payload:?} (seq {seq})"));
+    assert_eq!(m.sender, sender, "{who}: sender");
+    assert_eq!(
+        &m.payload[..],
+        payload,
+        "{who}: payload (seq {} expected {seq})",
+        m.seq
+    );
+    assert_eq!(m.seq, seq, "{who}: per-session seq");
+    assert_ne!(m.msg_id, 0, "{who}: msg_id");
+}
+
+#[test]
+fn every_device_gets_every_message_with_its_own_seq() {
+    // Two shards, sender and recipient homed apart: the recipient's devices may
+    // be accepted on either shard and are handed over to the home shard.
+    let r = RouterProc::start(&["--shards", "2"]);
+    let u = users_on_shards("dev", 2);
+    let (alice, carol) = (&u[0], &u[1]);
+    let mut a = r.client(alice);
+    let mut devs: Vec<Client> = ["phone", "laptop", "tablet"]
+        .iter()
+        .map(|d| device(&r, carol, d))
+        .collect();
+    for d in &devs {
+        assert_eq!(d.user(), carol);
+        assert_eq!(
+            d.shard(),
+            1,
+            "all of carol's sessions live on her home shard"
+        );
+    }
+    let ids: std::collections::HashSet<u64> = devs.iter().map(Client::session_id).collect();
+    assert_eq!(ids.len(), 3, "three distinct sessions");
+
+    // alice -> carol: each of carol's three sessions gets all three, seq 1, 2, 3.
+    let mut msg_ids = Vec::new();
+    for i in 1..=3u64 {
+        msg_ids.push(
+            a.send_wait(carol, format!("to carol {i}").as_bytes())
+                .expect("send to carol"),
+        );
+    }
+    for (k, d) in devs.iter_mut().enumerate() {
+        for i in 1..=3u64 {
+            let who = format!("carol device {k}");
+            let m = d
+                .recv(Some(T))
+                .unwrap_or_else(|e| panic!("{who}: {e}"))
+                .unwrap_or_else(|| panic!("{who}: message {i} missing"));
+            assert_eq!(m.sender, *alice);
+            assert_eq!(&m.payload[..], format!("to carol {i}").as_bytes());
+            assert_eq!(m.seq, i, "{who}: per-session seq");
+            assert_eq!(
+                m.msg_id,
+                msg_ids[i as usize - 1],
+                "same msg_id on every device"
+            );
+        }
+    }
+
+    // carol (phone) -> carol: every session of carol gets it, the other devices
+    // and the sending one; seq 4 on each.
+    devs[0]
+        .send_wait(carol, b"note to self")
+        .expect("send to self");
+    for (k, d) in devs.iter_mut().enumerate() {
+        expect_msg(d, &format!("carol device {k}"), carol, b"note to self", 4);
+    }
+
+    // A device logging in now starts its own numbering at 1, while the others go on at 5.
+    let mut late = device(&r, carol, "watch");
+    a.send_wait(carol, b"after the watch joined")
+        .expect("send to carol");
+    expect_msg(
+        &mut late,
+        "carol watch",
+        alice,
+        b"after the watch joined",
+        1,
+    );
+    for (k, d) in devs.iter_mut().enumerate() {
+        expect_msg(
+            d,
+            &format!("carol device {k}"),
+            alice,
+            b"after the watch joined",
+            5,
+        );
+    }
+
+    // A device that leaves gets nothing more; the others still get everything.
+    let gone = devs.pop().expect("three devices");
+    gone.close().expect("logout");
+    a.send_wait(carol, b"after logout").expect("send to carol");
+    expect_msg(&mut late, "carol watch", alice, b"after logout", 2);
+    for (k, d) in devs.iter_mut().enumerate() {
+        expect_msg(d, &format!("carol device {k}"), alice, b"after logout", 6);
+    }
+    // alice got nothing of carol's own traffic.
+    assert!(
+        a.recv(Some(std::time::Duration::from_millis(50)))
+            .expect("alice recv")
+            .is_none(),
+        "the sender does not get copies of what it sends to others"
+    );
+}
+
+#[test]
+fn sending_to_self_reaches_every_device_on_one_shard() {
+    let r = RouterProc::start(&["--shards", "1"]);
+    let mut devs: Vec<Client> = (0..3)
+        .map(|i| device(&r, "solo", &format!("d{i}")))
+        .collect();
+    for round in 1..=3u64 {
+        // Each device in turn sends to its own user.
+        let from = (round as usize - 1) % 3;
+        devs[from]
+            .send_wait("solo", format!("self {round}").as_bytes())
+            .expect("send to self");
+        for (k, d) in devs.iter_mut().enumerate() {
+            expect_msg(
+                d,
+                &format!("solo d{k}"),
+                "solo",
+                format!("self {round}").as_bytes(),
+                round,
+            );
+        }
+    }
+}
