@@ -25,7 +25,8 @@ pub struct Args {
     /// Largest message payload accepted (default: max-frame-bytes minus 1 KiB).
     #[arg(long, value_parser = parse_bytes)]
     pub max_payload_bytes: Option<usize>,
-    /// Bound on one session's outbound queue.
+    /// Bound on one session's outbound queue: past it, local senders pause (TCP backpressure);
+    /// at twice it, or after --slow-consumer-timeout over it, the session is closed as a slow consumer.
     #[arg(long, value_parser = parse_bytes, default_value = "8MiB")]
     pub max_pending_bytes: usize,
     /// How long a session may stay over --max-pending-bytes before it is closed as a slow consumer.

@@ -82,6 +82,20 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Hard cap on a session's outbound queue. Past `max_pending_bytes`, every
+    /// sender feeding the session stops being read (same shard: at once; other
+    /// shards: when their Pause arrives), while the rings between shards keep
+    /// flowing for everyone else. What was already in flight still lands, up to
+    /// this cap (twice the bound, and at least the bound plus 32 MiB: a Pause
+    /// reaches a busy sender shard after a few milliseconds, and a loopback sender
+    /// moves several MB in that time); past it the session is closed as a slow
+    /// consumer.
+    pub fn hard_pending_bytes(&self) -> usize {
+        self.max_pending_bytes
+            .saturating_mul(2)
+            .max(self.max_pending_bytes.saturating_add(32 << 20))
+    }
+
     /// The shard count to run: `shards`, or one per available core when 0.
     pub fn effective_shards(&self) -> usize {
         if self.shards > 0 {

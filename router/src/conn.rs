@@ -27,9 +27,7 @@ use ringrouter_proto::v1::{
 use ringrouter_proto::Status;
 
 use crate::server::{ConnGuard, LocalSignal, Shared};
-use crate::shard::{
-    now_us, CloseReason, Flow, Handover, Mail, SessionKey, Shard, OUTBOX_HIGH_WATER,
-};
+use crate::shard::{now_us, CloseReason, Flow, Handover, Mail, SessionKey, Shard};
 
 /// Size of a fresh read buffer.
 const READ_BUF: usize = 64 * 1024;
@@ -424,25 +422,28 @@ async fn read_loop<R: AsyncReadRent>(
         }
         // Backpressure: stop reading while a local recipient is over its bound,
         // or while the outgoing batches to other shards are piling up.
-        if !blocked.is_empty() {
+        // Remote recipients pause this reader through Mail::Pause / Resume.
+        if !blocked.is_empty() || shard.borrow().paused(key) {
             poll_fn(|cx| {
                 let mut sh = shard.borrow_mut();
                 blocked.retain(|&k| !sh.drained(k));
                 match blocked.last() {
-                    None => Poll::Ready(()),
                     Some(&k) => {
                         sh.wait_drain(k, cx.waker());
                         Poll::Pending
                     }
+                    None if sh.paused(key) => {
+                        sh.wait_drain(key, cx.waker());
+                        Poll::Pending
+                    }
+                    None => Poll::Ready(()),
                 }
             })
             .await;
         }
         poll_fn(|cx| {
             let mut sh = shard.borrow_mut();
-            if sh.outbox_len <= OUTBOX_HIGH_WATER
-                || sh.sessions.get(key).is_none_or(|s| s.closing.is_some())
-            {
+            if !sh.pipeline_full() || sh.sessions.get(key).is_none_or(|s| s.closing.is_some()) {
                 Poll::Ready(())
             } else {
                 sh.outbox_waiters.push(cx.waker().clone());
@@ -529,6 +530,7 @@ async fn write_loop<W: AsyncWriteRent>(shard: Rc<RefCell<Shard>>, key: SessionKe
             if s.pending() <= max {
                 s.over_since = None;
                 s.wake_drain_waiters();
+                sh.release_throttles(key);
             }
         }
         if !ok {

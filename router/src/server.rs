@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::mailbox::{mesh, Doorbell, Inbox, Outboxes};
-use crate::shard::{Mail, SessionKey, Shard, OUTBOX_HIGH_WATER};
+use crate::shard::{Mail, Shard};
 use crate::stats::{ShardStats, StatsSnapshot};
 
 /// Batches per cross-shard ring.
@@ -206,6 +206,11 @@ impl Router {
             bells,
         });
         let stats: Vec<Arc<ShardStats>> = (0..n).map(|_| Arc::new(ShardStats::default())).collect();
+        let flights: Arc<Vec<Vec<Arc<AtomicUsize>>>> = Arc::new(
+            (0..n)
+                .map(|_| (0..n).map(|_| Arc::new(AtomicUsize::new(0))).collect())
+                .collect(),
+        );
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, (usize, String)>>();
         let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
         let mut threads = Vec::with_capacity(n);
@@ -213,15 +218,24 @@ impl Router {
             let shared = shared.clone();
             let st = stats[id].clone();
             let ready = ready_tx.clone();
+            let flights = flights.clone();
             let t = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
                 .spawn(move || {
                     if shared.cfg.pin_threads {
                         let _ = monoio::utils::bind_to_cpu_set([id % cores]);
                     }
-                    if let Err(e) =
-                        run_shard(id, n, shared.clone(), st, listener, outs, inbox, &ready)
-                    {
+                    if let Err(e) = run_shard(
+                        id,
+                        n,
+                        shared.clone(),
+                        st,
+                        listener,
+                        outs,
+                        inbox,
+                        flights,
+                        &ready,
+                    ) {
                         let _ = ready.send(Err((id, e)));
                     }
                 })
@@ -327,8 +341,14 @@ fn run_shard(
     listener: std::net::TcpListener,
     outs: Outboxes<Vec<Mail>>,
     inbox: Inbox<Vec<Mail>>,
+    flights: Arc<Vec<Vec<Arc<AtomicUsize>>>>,
     ready: &std::sync::mpsc::Sender<Result<usize, (usize, String)>>,
 ) -> Result<(), String> {
+    // flights[from][to]: weight in the pipeline from shard `from` to shard `to`.
+    let flight_out: Vec<Arc<AtomicUsize>> = (0..n).map(|to| flights[id][to].clone()).collect();
+    let flight_in: Vec<Arc<AtomicUsize>> = (0..inbox.len())
+        .map(|i| flights[inbox.source(i)][id].clone())
+        .collect();
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .with_entries(4096)
@@ -337,7 +357,14 @@ fn run_shard(
     rt.block_on(async move {
         let listener =
             monoio::net::TcpListener::from_std(listener).map_err(|e| format!("listener: {e}"))?;
-        let shard = Rc::new(RefCell::new(Shard::new(id, n, shared.cfg.clone(), stats)));
+        let shard = Rc::new(RefCell::new(Shard::with_pipeline(
+            id,
+            n,
+            shared.cfg.clone(),
+            stats,
+            flight_out,
+            flight_in,
+        )));
         let local = Rc::new(LocalSignal::default());
         monoio::spawn(flusher(shard.clone(), outs));
         monoio::spawn(consumer(
@@ -398,7 +425,7 @@ async fn flusher(shard: Rc<RefCell<Shard>>, mut outs: Outboxes<Vec<Mail>>) {
     loop {
         poll_fn(|cx| {
             let mut sh = shard.borrow_mut();
-            if sh.outbox_len > 0 {
+            if sh.outbox_len > 0 || !sh.outbox_waiters.is_empty() {
                 Poll::Ready(())
             } else {
                 sh.flusher = Some(cx.waker().clone());
@@ -423,6 +450,8 @@ async fn flusher(shard: Rc<RefCell<Shard>>, mut outs: Outboxes<Vec<Mail>>) {
                 match outs.push(to, batch) {
                     Ok(()) => {
                         sh.outbox_len -= len;
+                        let w = std::mem::take(&mut sh.outbox_bytes[to]);
+                        sh.flight_out[to].fetch_add(w, Ordering::AcqRel);
                         outs.ring(to);
                     }
                     Err(back) => {
@@ -432,12 +461,14 @@ async fn flusher(shard: Rc<RefCell<Shard>>, mut outs: Outboxes<Vec<Mail>>) {
                     }
                 }
             }
-            if sh.outbox_len <= OUTBOX_HIGH_WATER {
+            let full = sh.pipeline_full();
+            if !full {
                 for w in sh.outbox_waiters.drain(..) {
                     w.wake();
                 }
             }
-            stuck
+            // Readers wait on a full pipeline: look again shortly.
+            stuck || (full && !sh.outbox_waiters.is_empty())
         };
         if stuck {
             // The target shard is behind (or stalled on a slow consumer): back off briefly.
@@ -455,7 +486,9 @@ async fn consumer(
     local: Rc<LocalSignal>,
 ) {
     let rings = inbox.len();
-    let mut stalled: Vec<Option<SessionKey>> = vec![None; rings];
+    // Sessions pushed over their bound by cross-shard traffic are not waited for:
+    // stalling a ring would hold up every other user behind one slow reader. The
+    // session's hard cap and the slow-consumer timeout bound what it can pile up.
     let mut blocked = Vec::new();
     let mut handovers = Vec::new();
     loop {
@@ -466,32 +499,20 @@ async fn consumer(
         let mut got = 0usize;
         {
             let mut sh = shard.borrow_mut();
-            for (i, stall) in stalled.iter_mut().enumerate() {
-                if let Some(k) = *stall {
-                    if sh.drained(k) {
-                        *stall = None;
-                    } else {
-                        continue;
-                    }
-                }
+            for i in 0..rings {
                 let from = inbox.source(i);
                 for _ in 0..64 {
                     let Some(mut batch) = inbox.pop(i) else { break };
                     got += 1;
+                    let weight: usize = batch.iter().map(Mail::weight).sum();
                     for mail in batch.drain(..) {
                         if let Some(h) = sh.on_mail(from, mail, &mut blocked) {
                             handovers.push(h);
                         }
                     }
                     inbox.give_back(i, batch);
-                    if let Some(&k) = blocked.last() {
-                        // A recipient is over its bound: stop taking from this
-                        // ring until it drains or is closed (the sender shard's
-                        // ring fills and its readers pause: TCP backpressure).
-                        *stall = Some(k);
-                        blocked.clear();
-                        break;
-                    }
+                    sh.flight_in[i].fetch_sub(weight, Ordering::AcqRel);
+                    blocked.clear();
                 }
             }
         }
@@ -506,16 +527,7 @@ async fn consumer(
             if shared.shutdown.load(Ordering::Acquire) && !local.fired() {
                 return Poll::Ready(());
             }
-            {
-                let mut sh = shard.borrow_mut();
-                for k in stalled.iter().flatten() {
-                    if sh.drained(*k) {
-                        return Poll::Ready(());
-                    }
-                    sh.wait_drain(*k, cx.waker());
-                }
-            }
-            if inbox.park(cx.waker(), |i| stalled[i].is_none()) {
+            if inbox.park(cx.waker(), |_| true) {
                 if shared.shutdown.load(Ordering::Acquire) && !local.fired() {
                     inbox.unpark();
                     return Poll::Ready(());

@@ -6,6 +6,7 @@
 //! outbound queues and sequence numbers, and its outgoing batches to other shards.
 
 use std::os::fd::{OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Instant;
@@ -109,6 +110,10 @@ pub struct Session {
     pub spare: Option<WriteBatch>,
     /// When closing began.
     pub closed_at: Option<Instant>,
+    /// Remote recipients over their bound that asked this session's reader to pause.
+    pub paused: u32,
+    /// Remote senders this session paused while over its bound; resumed when it drains.
+    pub throttled: Vec<SessionId>,
 }
 
 impl Session {
@@ -151,6 +156,8 @@ pub struct Routed {
     pub ts_us: u64,
     /// Sender session and request id, when the sender asked for a SendResult.
     pub reply: Option<(SessionId, u64)>,
+    /// The sending session, so the recipient's shard can pause it (backpressure).
+    pub sender: SessionId,
 }
 
 /// A connection logged in on a shard that is not its user's home, moving there.
@@ -186,6 +193,16 @@ pub enum Mail {
     },
     /// A connection moving to its user's home shard.
     Handover(Box<Handover>),
+    /// Stop reading from this sender: a recipient on the posting shard is over its bound.
+    Pause {
+        /// The sending session.
+        sender: SessionId,
+    },
+    /// The recipient that paused this sender drained (or closed): read again.
+    Resume {
+        /// The sending session.
+        sender: SessionId,
+    },
 }
 
 /// One shard's state.
@@ -203,6 +220,12 @@ pub struct Shard {
     pub outbox: Vec<Vec<Mail>>,
     /// Items in `outbox`.
     pub outbox_len: usize,
+    /// Weight (see [`Mail::weight`]) waiting in `outbox`, per target shard.
+    pub outbox_bytes: Vec<usize>,
+    /// Weight pushed into the ring to each target shard and not yet processed there.
+    pub flight_out: Vec<Arc<AtomicUsize>>,
+    /// Per inbound ring (index as in the Inbox): the sender's `flight_out` counter.
+    pub flight_in: Vec<Arc<AtomicUsize>>,
     /// The task that moves `outbox` into the rings.
     pub flusher: Option<Waker>,
     /// Readers waiting for `outbox` to drain.
@@ -219,8 +242,15 @@ pub struct Shard {
     pub shutting_down: bool,
 }
 
-/// Most items an outbox holds before readers feeding it pause.
-pub const OUTBOX_HIGH_WATER: usize = 64 * 1024;
+const SLOW_CONSUMER: (Status, &str) = (
+    Status::SlowConsumer,
+    "slow consumer: outbound queue over its bound too long",
+);
+
+/// Most weight (≈ bytes) queued for one other shard, in the outbox plus its ring,
+/// before the readers feeding it pause. It bounds what can land on a remote slow
+/// consumer before its Pause arrives (see `Config::hard_pending_bytes`).
+pub const PIPELINE_HIGH_WATER: usize = 1 << 20;
 
 /// FNV-1a, fixed seed: the home shard of a user or room never changes while the shard count does not.
 pub fn home_shard(name: &[u8], shards: usize) -> usize {
@@ -273,9 +303,40 @@ pub enum Flow {
     Stop,
 }
 
+impl Mail {
+    /// What this item counts for in the cross-shard pipeline bound: payload bytes
+    /// plus a fixed overhead.
+    pub fn weight(&self) -> usize {
+        match self {
+            Mail::Deliver(r) => r.payload.len() + 64,
+            _ => 64,
+        }
+    }
+}
+
 impl Shard {
-    /// A fresh shard.
+    /// A fresh shard (no pipeline counters: for tests and single-shard use).
     pub fn new(id: usize, n: usize, cfg: Arc<Config>, stats: Arc<ShardStats>) -> Self {
+        let counters = |k: usize| (0..k).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+        Self::with_pipeline(
+            id,
+            n,
+            cfg,
+            stats,
+            counters(n),
+            counters(n.saturating_sub(1)),
+        )
+    }
+
+    /// A fresh shard sharing its cross-shard pipeline counters with the others.
+    pub fn with_pipeline(
+        id: usize,
+        n: usize,
+        cfg: Arc<Config>,
+        stats: Arc<ShardStats>,
+        flight_out: Vec<Arc<AtomicUsize>>,
+        flight_in: Vec<Arc<AtomicUsize>>,
+    ) -> Self {
         Shard {
             id,
             n,
@@ -284,6 +345,9 @@ impl Shard {
             users: FxHashMap::default(),
             outbox: (0..n).map(|_| Vec::new()).collect(),
             outbox_len: 0,
+            outbox_bytes: vec![0; n],
+            flight_out,
+            flight_in,
             flusher: None,
             outbox_waiters: Vec::new(),
             idle_waiters: Vec::new(),
@@ -364,6 +428,8 @@ impl Shard {
             ping_sent: None,
             spare: None,
             closed_at: None,
+            paused: 0,
+            throttled: Vec::new(),
         });
         self.users.entry(user).or_default().push(key);
         self.counters.logins += 1;
@@ -508,7 +574,9 @@ impl Shard {
         };
         let home = self.home(&v.to_user);
         if home == self.id {
-            let n = self.deliver_local(&v.to_user, &from_user, &v.payload, msg_id, ts_us, blocked);
+            let n = self.deliver_local(
+                &v.to_user, &from_user, &v.payload, msg_id, ts_us, None, blocked,
+            );
             if v.want_result {
                 let (status, reason) = if n > 0 {
                     (Status::Ok, "")
@@ -518,11 +586,10 @@ impl Shard {
                 self.push_frame(key, &send_result(v.request_id, status, reason, msg_id));
             }
         } else {
-            let reply = if v.want_result {
-                self.session_id(key).map(|id| (id, v.request_id))
-            } else {
-                None
+            let Some(sender) = self.session_id(key) else {
+                return;
             };
+            let reply = v.want_result.then_some((sender, v.request_id));
             self.post(
                 home,
                 Mail::Deliver(Routed {
@@ -532,6 +599,7 @@ impl Shard {
                     msg_id,
                     ts_us,
                     reply,
+                    sender,
                 }),
             );
         }
@@ -539,6 +607,7 @@ impl Shard {
 
     /// Appends a mail item to the outgoing batch for shard `to` and wakes the flusher.
     pub fn post(&mut self, to: usize, mail: Mail) {
+        self.outbox_bytes[to] += mail.weight();
         self.outbox[to].push(mail);
         self.outbox_len += 1;
         if let Some(w) = self.flusher.take() {
@@ -548,6 +617,7 @@ impl Shard {
 
     /// Delivers a message to every live session of `to_user` homed here.
     /// Returns how many sessions got it.
+    #[allow(clippy::too_many_arguments)] // hot path: plain arguments, no struct to build per message
     pub fn deliver_local(
         &mut self,
         to_user: &[u8],
@@ -555,14 +625,18 @@ impl Shard {
         payload: &Bytes,
         msg_id: u64,
         ts_us: u64,
+        remote_sender: Option<SessionId>,
         blocked: &mut Vec<SessionKey>,
     ) -> usize {
         let Some(keys) = self.users.get(to_user) else {
             return 0;
         };
+        let mut pause: Option<SessionId> = None;
         let max_pending = self.cfg.max_pending_bytes;
+        let hard_cap = self.cfg.hard_pending_bytes();
         let inline_max = self.cfg.inline_payload_max;
         let mut n = 0;
+        let mut overflowed: Option<SessionKey> = None;
         for &k in keys {
             let Some(s) = self.sessions.get_mut(k) else {
                 continue;
@@ -580,12 +654,36 @@ impl Shard {
             };
             s.out.push_deliver(&stamp, payload, inline_max);
             s.wake_writer();
-            if s.pending() > max_pending && blocked.last() != Some(&k) {
-                blocked.push(k);
+            if s.pending() > max_pending {
+                match remote_sender {
+                    // A sender on another shard: ask its shard to stop reading it
+                    // until this session drains (once per sender and episode).
+                    Some(id) => {
+                        if !s.throttled.contains(&id) {
+                            s.throttled.push(id);
+                            pause = Some(id);
+                        }
+                    }
+                    None => {
+                        if blocked.last() != Some(&k) {
+                            blocked.push(k);
+                        }
+                    }
+                }
+            }
+            if s.pending() > hard_cap {
+                overflowed = Some(k);
             }
             n += 1;
         }
         self.counters.delivered += n as u64;
+        if let Some(id) = pause {
+            self.post(id.shard as usize, Mail::Pause { sender: id });
+        }
+        if let Some(k) = overflowed {
+            // Past the hard cap the queue may not grow at all: a slow consumer now.
+            self.close(k, CloseReason::SlowConsumer, Some(SLOW_CONSUMER));
+        }
         n
     }
 
@@ -604,6 +702,7 @@ impl Shard {
                     &r.payload,
                     r.msg_id,
                     r.ts_us,
+                    Some(r.sender),
                     blocked,
                 );
                 if let Some((to, request_id)) = r.reply {
@@ -637,7 +736,56 @@ impl Shard {
                 None
             }
             Mail::Handover(h) => Some(h),
+            Mail::Pause { sender } => {
+                if let Some(key) = self.resolve(sender) {
+                    if let Some(s) = self.sessions.get_mut(key) {
+                        s.paused += 1;
+                    }
+                }
+                None
+            }
+            Mail::Resume { sender } => {
+                if let Some(key) = self.resolve(sender) {
+                    if let Some(s) = self.sessions.get_mut(key) {
+                        s.paused = s.paused.saturating_sub(1);
+                        if s.paused == 0 {
+                            s.wake_drain_waiters();
+                        }
+                    }
+                }
+                None
+            }
         }
+    }
+
+    /// True when the pipeline to some other shard (outbox plus ring) is over its
+    /// high-water mark: readers wait before reading more.
+    pub fn pipeline_full(&self) -> bool {
+        self.outbox_bytes
+            .iter()
+            .zip(&self.flight_out)
+            .any(|(q, f)| q + f.load(Ordering::Acquire) > PIPELINE_HIGH_WATER)
+    }
+
+    /// Resumes every remote sender session `key` paused (it drained or is closing).
+    pub fn release_throttles(&mut self, key: SessionKey) {
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if s.throttled.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut s.throttled);
+        for id in ids {
+            self.post(id.shard as usize, Mail::Resume { sender: id });
+        }
+    }
+
+    /// True when the reader of session `key` must wait: remote recipients paused it.
+    pub fn paused(&self, key: SessionKey) -> bool {
+        self.sessions
+            .get(key)
+            .is_some_and(|s| s.paused > 0 && s.closing.is_none())
     }
 
     /// True when session `key` is gone or back under its bound.
@@ -676,6 +824,7 @@ impl Shard {
         let fd = s.fd;
         s.wake_writer();
         s.wake_drain_waiters();
+        self.release_throttles(key);
         if reason.hard() {
             // Safety: fd is the session's open socket (closed only after the session is removed).
             unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };

@@ -202,3 +202,72 @@ fn a_reader_that_keeps_up_is_not_cut() {
     let m = rx.recv(Some(T)).expect("recv").expect("message");
     assert_eq!((m.seq, &m.payload[..]), (N + 1, &b"still there"[..]));
 }
+
+#[test]
+fn one_slow_reader_pauses_its_sender_not_the_other_shards_traffic() {
+    // The slow consumer stays over its bound for the whole test (the timeout is
+    // long): its remote sender must be paused, and cross-shard traffic of
+    // everyone else must keep flowing meanwhile.
+    let r = RouterProc::start(&[
+        "--shards",
+        "2",
+        "--max-pending-bytes",
+        "64k",
+        "--slow-consumer-timeout",
+        "60s",
+    ]);
+    let homes = users_on_shards("hol-", 2);
+    let (flooder, slow_user) = (homes[0].clone(), homes[1].clone());
+    let mut slow = Raw::from_stream(connect_small_rcvbuf(r.connect_addr(), 8 * 1024));
+    assert_eq!(slow.login(&slow_user).status, Status::Ok as i32);
+    let mut pair = Pair::new(&r, "hol-pair", 2);
+
+    let f = r.client_with(cfg(&flooder)).expect("flooder login");
+    // A paused sender's writes block once its socket buffers fill: that is the
+    // backpressure; the timeout ends the flood thread.
+    f.stream()
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .expect("set_write_timeout");
+    let sent = Arc::new(AtomicU64::new(0));
+    let flood_thread = {
+        let (to, sent) = (slow_user.clone(), sent.clone());
+        thread::spawn(move || {
+            let mut f = f;
+            let payload = [0x55u8; 1024];
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if f.send_many(&to, std::iter::repeat_n(&payload[..], ROUND))
+                    .is_err()
+                {
+                    return true; // blocked: paused by the router
+                }
+                sent.fetch_add(ROUND as u64, Ordering::Relaxed);
+            }
+            false
+        })
+    };
+    let mut slowest = Duration::ZERO;
+    for i in 0..10 {
+        let t = Instant::now();
+        pair.exchange(&format!("exchange {i}"));
+        slowest = slowest.max(t.elapsed());
+    }
+    let paused = flood_thread.join().expect("flood thread");
+    let sent = sent.load(Ordering::Relaxed);
+    eprintln!("flooder sent {sent} KiB before blocking; slowest exchange {slowest:?}");
+    assert!(
+        paused,
+        "the flooder was never paused ({sent} messages went in)"
+    );
+    // Far less than the 10 s a blocked ring would cost; generous for CI noise.
+    assert!(
+        slowest < Duration::from_secs(2),
+        "cross-shard traffic stalled for {slowest:?}"
+    );
+    // Not cut: the slow consumer stayed under the hard cap thanks to the pause.
+    assert!(
+        sent < 64 * 1024,
+        "the sender was not held back: {sent} KiB accepted"
+    );
+    pair.exchange("after");
+}
