@@ -250,7 +250,7 @@ const SLOW_CONSUMER: (Status, &str) = (
 /// Most weight (≈ bytes) queued for one other shard, in the outbox plus its ring,
 /// before the readers feeding it pause. It bounds what can land on a remote slow
 /// consumer before its Pause arrives (see `Config::hard_pending_bytes`).
-pub const PIPELINE_HIGH_WATER: usize = 1 << 20;
+pub const PIPELINE_HIGH_WATER: usize = 8 << 20;
 
 /// FNV-1a, fixed seed: the home shard of a user or room never changes while the shard count does not.
 pub fn home_shard(name: &[u8], shards: usize) -> usize {
