@@ -8,9 +8,11 @@ ARGS=("$@"); [ ${#ARGS[@]} -eq 0 ] && ARGS=(--pairs 16 --size 64 --messages 3000
 run() {
   local bin=$1 port
   port=$((20000 + RANDOM % 20000))
-  "$bin" --listen 127.0.0.1:$port $ROUTER_ARGS >/dev/null 2>&1 &
+  local out; out=$(mktemp)
+  "$bin" --listen 127.0.0.1:$port $ROUTER_ARGS >"$out" 2>&1 &
   local pid=$!
-  sleep 0.3
+  for _ in $(seq 200); do grep -q "listening on" "$out" && break; sleep 0.02; done
+  rm -f "$out"
   "$LOAD" --addr 127.0.0.1:$port "${ARGS[@]}" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["msgs_per_sec"]), "lost", d["lost"], "p50", round(d["p50_us"]), "p99", round(d["p99_us"]))'
   kill $pid; wait $pid 2>/dev/null || true
 }

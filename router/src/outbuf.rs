@@ -9,6 +9,9 @@ use prost::Message;
 use ringrouter_proto::codec::encode_frame;
 use ringrouter_proto::fast::{put_deliver_header, DeliverStamp};
 
+/// Smallest allocation of the contiguous write buffer.
+const CHUNK: usize = 64 * 1024;
+
 /// Most iovecs passed to one writev (Linux IOV_MAX).
 const IOV_MAX: usize = 1024;
 
@@ -26,6 +29,8 @@ enum Seg {
 #[derive(Debug, Default)]
 pub struct OutBuf {
     data: BytesMut,
+    /// A written-out buffer, uniquely owned again, kept for reuse.
+    spare: Option<BytesMut>,
     segs: Vec<Seg>,
     len: usize,
     /// Payload bytes queued by reference (never copied).
@@ -47,6 +52,7 @@ impl OutBuf {
 
     /// Appends a protobuf frame (length-delimited).
     pub fn push_frame<M: Message>(&mut self, msg: &M) {
+        self.ensure(msg.encoded_len() + 10);
         let before = self.data.len();
         encode_frame(msg, &mut self.data);
         self.len += self.data.len() - before;
@@ -55,6 +61,12 @@ impl OutBuf {
     /// Appends a Deliver. A payload longer than `inline_max` is queued by
     /// reference; shorter ones are copied next to their header.
     pub fn push_deliver(&mut self, stamp: &DeliverStamp<'_>, payload: &Bytes, inline_max: usize) {
+        let inline = if payload.len() <= inline_max {
+            payload.len()
+        } else {
+            0
+        };
+        self.ensure(64 + stamp.from_user.len() + stamp.to_room.len() + inline);
         let before = self.data.len();
         put_deliver_header(&mut self.data, stamp, payload.len());
         self.len += self.data.len() - before + payload.len();
@@ -66,6 +78,24 @@ impl OutBuf {
             self.segs.push(Seg::Shared(payload.clone()));
             self.zero_copy_bytes += payload.len() as u64;
         }
+    }
+
+    /// Makes room for `n` more bytes in the contiguous buffer: a buffer given back
+    /// by the writer if there is one, else one allocation of at least
+    /// [`CHUNK`] bytes (never a chain of doubling reallocations).
+    fn ensure(&mut self, n: usize) {
+        if self.data.capacity() - self.data.len() >= n {
+            return;
+        }
+        if self.data.is_empty() {
+            if let Some(spare) = self.spare.take() {
+                if spare.capacity() >= n {
+                    self.data = spare;
+                    return;
+                }
+            }
+        }
+        self.data.reserve(n.max(CHUNK));
     }
 
     /// Takes everything queued as one write batch, leaving the queue empty.
@@ -100,12 +130,16 @@ impl OutBuf {
         batch.parts.clear();
         batch.iov.clear();
         if let Some(data) = batch.reclaim.take() {
-            if self.data.is_empty() {
-                if let Ok(mut m) = data.try_into_mut() {
-                    if m.capacity() > self.data.capacity() {
-                        m.clear();
-                        self.data = m;
-                    }
+            if let Ok(mut m) = data.try_into_mut() {
+                m.clear();
+                if self.data.is_empty() && m.capacity() > self.data.capacity() {
+                    self.data = m;
+                } else if self
+                    .spare
+                    .as_ref()
+                    .is_none_or(|s| s.capacity() < m.capacity())
+                {
+                    self.spare = Some(m);
                 }
             }
         }
