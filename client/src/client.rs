@@ -615,6 +615,14 @@ impl Client {
         }
     }
 
+    /// Takes the logged-in client apart: its socket, and the bytes already read
+    /// from it but not yet decoded (frames that arrived right behind the
+    /// LoginResult). [`crate::threaded::ThreadedClient`] logs in through
+    /// [`Client::connect`] and then reads and writes the socket itself.
+    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+        (self.stream, self.rbuf)
+    }
+
     /// Sends Logout and closes the connection.
     pub fn close(mut self) -> Result<(), ClientError> {
         let _ = self.ack_all();

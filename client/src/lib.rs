@@ -9,6 +9,7 @@
 
 mod client;
 pub mod load;
+pub mod threaded;
 
 pub use client::{Client, ClientConfig, ClientError, Event, Message};
 pub use ringrouter_proto::Status;

@@ -1,0 +1,1329 @@
+//! A thread-safe client with a background writer and a background reader.
+//!
+//! [`ThreadedClient`] is what the Python binding uses. A caller that sends one small
+//! message per call (a Python loop) cannot afford a syscall per message, and a
+//! caller that blocks in `recv` on one thread must still be able to send from another.
+//!
+//! - **Sending** encodes the frame into a shared buffer (`Mutex<BytesMut>`) and
+//!   returns. A writer thread swaps the buffer out and writes all of it with one
+//!   `write`. An idle client therefore sends at once (the writer is woken), and a
+//!   busy one batches: whatever accumulated while the previous write ran goes out
+//!   in the next. The buffer is bounded (`max_buffer_bytes`); when it is full a
+//!   send waits (or [`ThreadedClient::try_send`] reports it), which is how the
+//!   router's backpressure reaches the caller.
+//! - **Receiving**: a reader thread reads and decodes everything the router sends,
+//!   answers heartbeat pings at once (so a client that never calls `recv` is not
+//!   taken for a ghost), hands SendResults to the `send_wait` callers waiting for
+//!   them, and queues messages for [`ThreadedClient::recv`] (bounded by
+//!   `max_queued_bytes`; past it the reader stops reading and the router's
+//!   slow-consumer handling applies).
+//! - **Acks** are cumulative and cover only messages handed to the caller by
+//!   `recv`: every `ack_every` messages, and from the writer thread once
+//!   `ack_interval` passed with something unacked.
+//!
+//! Login goes through [`Client::connect`], so addresses, timeouts and login
+//! errors behave exactly as for the blocking client.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use prost::Message as _;
+use ringrouter_proto::codec::{decode_server, encode_frame, next_frame, put_varint, varint_len};
+use ringrouter_proto::fast::{parse_server, put_send_header, ServerView};
+use ringrouter_proto::v1::{client_frame, server_frame, Ack, ClientFrame, Logout, Pong, Send};
+use ringrouter_proto::Status;
+
+use crate::{Client, ClientConfig, ClientError, Message};
+
+/// Limits of a [`ThreadedClient`]'s two queues.
+#[derive(Debug, Clone, Copy)]
+pub struct ThreadedLimits {
+    /// Encoded frames waiting for the writer; a send past this waits.
+    pub max_buffer_bytes: usize,
+    /// Received messages waiting for `recv` (payload bytes plus 64 per message);
+    /// past this the reader stops reading the socket.
+    pub max_queued_bytes: usize,
+}
+
+impl Default for ThreadedLimits {
+    /// 4 MiB of outgoing frames, 64 MiB of received messages.
+    fn default() -> Self {
+        ThreadedLimits {
+            max_buffer_bytes: 4 << 20,
+            max_queued_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Accounting overhead per queued message.
+const EVENT_OVERHEAD: usize = 64;
+
+/// A connection to the router, logged in, usable from many threads at once.
+///
+/// See the [module documentation](self) for how sending, receiving and acks work.
+pub struct ThreadedClient {
+    inner: Arc<Inner>,
+    /// Kept for `shutdown`.
+    stream: TcpStream,
+    user: String,
+    session_id: u64,
+    shard: u32,
+    timeout: Duration,
+    next_request_id: AtomicU64,
+    /// Messages taken from the shared queue in one go, handed out one by one.
+    local: Mutex<VecDeque<InEvent>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    closed_by_caller: AtomicBool,
+}
+
+impl std::fmt::Debug for ThreadedClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThreadedClient")
+            .field("user", &self.user)
+            .field("session_id", &self.session_id)
+            .finish()
+    }
+}
+
+struct Inner {
+    out: Mutex<Out>,
+    /// The writer waits here for frames (or for the ack interval to pass).
+    out_cv: Condvar,
+    /// Senders wait here for room, flushers for their bytes to be written.
+    space_cv: Condvar,
+    inq: Mutex<In>,
+    /// `recv` and `send_wait` callers wait here.
+    ev_cv: Condvar,
+    /// The reader waits here for the caller to make room.
+    room_cv: Condvar,
+    /// Highest seq handed to the caller.
+    handed_seq: AtomicU64,
+    /// Highest seq acked (or queued to be).
+    acked_seq: AtomicU64,
+    ack_every: u64,
+    ack_interval: Duration,
+    max_frame_bytes: usize,
+    limits: ThreadedLimits,
+}
+
+struct Out {
+    buf: BytesMut,
+    writer_idle: bool,
+    /// Callers blocked on `space_cv`.
+    waiters: usize,
+    /// Bytes ever queued / written (for `flush`).
+    queued: u64,
+    written: u64,
+    /// `close` was called: write what is queued (ending in Logout), then stop.
+    closing: bool,
+    /// The writer has stopped.
+    writer_done: bool,
+    /// Why the connection can no longer send.
+    dead: Option<String>,
+    last_ack: Instant,
+}
+
+enum InEvent {
+    Message(Message),
+    Error {
+        code: Status,
+        reason: String,
+        request_id: u64,
+    },
+}
+
+/// What the reader decoded from one frame.
+enum Decoded {
+    Event(InEvent),
+    /// A SendResult.
+    Result(u64, Outcome),
+}
+
+/// How a `send_wait` ended.
+#[derive(Clone)]
+enum Outcome {
+    Ok(u64),
+    Failed(Status, String),
+}
+
+struct In {
+    events: VecDeque<InEvent>,
+    queued_bytes: usize,
+    /// request id -> answer, for `send_wait` callers (None: not answered yet).
+    results: HashMap<u64, Option<Outcome>>,
+    /// Why the read side ended (EOF, error).
+    closed: Option<String>,
+    /// Last Error frame seen, for the close reason.
+    last_error: Option<String>,
+    consumers: usize,
+    /// The reader waits on `room_cv`.
+    reader_waiting: bool,
+    /// `close` was called: drop whatever still arrives.
+    discard: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind; carry on.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn wait_until<'a, T>(
+    cv: &Condvar,
+    g: MutexGuard<'a, T>,
+    deadline: Option<Instant>,
+) -> (MutexGuard<'a, T>, bool) {
+    match deadline {
+        None => (cv.wait(g).unwrap_or_else(|e| e.into_inner()), false),
+        Some(d) => {
+            let now = Instant::now();
+            if now >= d {
+                return (g, true);
+            }
+            let (g, r) = cv
+                .wait_timeout(g, d - now)
+                .unwrap_or_else(|e| e.into_inner());
+            (g, r.timed_out())
+        }
+    }
+}
+
+fn status(v: i32) -> Status {
+    Status::try_from(v).unwrap_or(Status::Unspecified)
+}
+
+fn is_disconnect(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::BrokenPipe
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::NotConnected
+            | ErrorKind::UnexpectedEof
+    )
+}
+
+impl ThreadedClient {
+    /// Connects to `addr`, logs in with `cfg` and starts the reader and writer threads.
+    pub fn connect(
+        addr: impl ToSocketAddrs,
+        cfg: ClientConfig,
+    ) -> Result<ThreadedClient, ClientError> {
+        Self::connect_with(addr, cfg, ThreadedLimits::default())
+    }
+
+    /// [`ThreadedClient::connect`] with explicit queue limits.
+    pub fn connect_with(
+        addr: impl ToSocketAddrs,
+        cfg: ClientConfig,
+        limits: ThreadedLimits,
+    ) -> Result<ThreadedClient, ClientError> {
+        let client = Client::connect(addr, cfg.clone())?;
+        let user = client.user().to_owned();
+        let session_id = client.session_id();
+        let shard = client.shard();
+        let (stream, rbuf) = client.into_parts();
+        // The login used read timeouts; the reader blocks for as long as it takes.
+        stream.set_read_timeout(None)?;
+        let reader_stream = stream.try_clone()?;
+        let writer_stream = stream.try_clone()?;
+        let inner = Arc::new(Inner {
+            out: Mutex::new(Out {
+                buf: BytesMut::with_capacity(64 * 1024),
+                writer_idle: false,
+                waiters: 0,
+                queued: 0,
+                written: 0,
+                closing: false,
+                writer_done: false,
+                dead: None,
+                last_ack: Instant::now(),
+            }),
+            out_cv: Condvar::new(),
+            space_cv: Condvar::new(),
+            inq: Mutex::new(In {
+                events: VecDeque::new(),
+                queued_bytes: 0,
+                results: HashMap::new(),
+                closed: None,
+                last_error: None,
+                consumers: 0,
+                reader_waiting: false,
+                discard: false,
+            }),
+            ev_cv: Condvar::new(),
+            room_cv: Condvar::new(),
+            handed_seq: AtomicU64::new(0),
+            acked_seq: AtomicU64::new(0),
+            ack_every: cfg.ack_every,
+            ack_interval: cfg.ack_interval,
+            max_frame_bytes: cfg.max_frame_bytes,
+            limits,
+        });
+        let mut threads = Vec::with_capacity(2);
+        let w = Arc::clone(&inner);
+        threads.push(
+            std::thread::Builder::new()
+                .name("ringrouter-writer".into())
+                .spawn(move || writer_loop(&w, writer_stream))?,
+        );
+        let r = Arc::clone(&inner);
+        let spawned = std::thread::Builder::new()
+            .name("ringrouter-reader".into())
+            .spawn(move || reader_loop(&r, reader_stream, rbuf));
+        match spawned {
+            Ok(h) => threads.push(h),
+            Err(e) => {
+                let _ = stream.shutdown(Shutdown::Both);
+                stop_writer(&inner);
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(e.into());
+            }
+        }
+        Ok(ThreadedClient {
+            inner,
+            stream,
+            user,
+            session_id,
+            shard,
+            timeout: cfg.timeout,
+            next_request_id: AtomicU64::new(1 << 32),
+            local: Mutex::new(VecDeque::new()),
+            threads: Mutex::new(threads),
+            closed_by_caller: AtomicBool::new(false),
+        })
+    }
+
+    /// The authenticated user name.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The router's id for this session.
+    pub fn session_id(&self) -> u64 {
+        self.session_id
+    }
+
+    /// The user's home shard.
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    /// The configured request timeout (used by [`ThreadedClient::send_wait`]).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    // ------------------------------------------------------------------ sending
+
+    /// Queues `frame_len` bytes written by `encode` if there is room (or the buffer
+    /// is empty). `Ok(false)`: full, nothing queued.
+    fn try_queue(
+        &self,
+        frame_len: usize,
+        encode: impl FnOnce(&mut BytesMut),
+    ) -> Result<bool, ClientError> {
+        let mut g = lock(&self.inner.out);
+        Self::check_open(&g)?;
+        if !g.buf.is_empty() && g.buf.len() + frame_len > self.inner.limits.max_buffer_bytes {
+            return Ok(false);
+        }
+        encode(&mut g.buf);
+        g.queued += frame_len as u64;
+        if g.writer_idle {
+            g.writer_idle = false;
+            self.inner.out_cv.notify_one();
+        }
+        Ok(true)
+    }
+
+    fn check_open(g: &Out) -> Result<(), ClientError> {
+        if let Some(why) = &g.dead {
+            return Err(ClientError::Closed(why.clone()));
+        }
+        if g.closing {
+            return Err(ClientError::Closed("client closed".into()));
+        }
+        Ok(())
+    }
+
+    /// Waits until `frame_len` more bytes fit (or the deadline passes: `Ok(false)`).
+    fn wait_room(&self, frame_len: usize, deadline: Option<Instant>) -> Result<bool, ClientError> {
+        let mut g = lock(&self.inner.out);
+        loop {
+            Self::check_open(&g)?;
+            if g.buf.is_empty() || g.buf.len() + frame_len <= self.inner.limits.max_buffer_bytes {
+                return Ok(true);
+            }
+            g.waiters += 1;
+            let (g2, timed_out) = wait_until(&self.inner.space_cv, g, deadline);
+            g = g2;
+            g.waiters -= 1;
+            if timed_out {
+                return Ok(false);
+            }
+        }
+    }
+
+    fn queue_blocking(
+        &self,
+        frame_len: usize,
+        encode: impl Fn(&mut BytesMut),
+        deadline: Option<Instant>,
+    ) -> Result<bool, ClientError> {
+        loop {
+            if self.try_queue(frame_len, &encode)? {
+                return Ok(true);
+            }
+            if !self.wait_room(frame_len, deadline)? {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Queues a fire-and-forget Send to every session of user `to` without ever
+    /// blocking. `Ok(false)`: the send buffer is full and nothing was queued.
+    pub fn try_send(&self, to: &str, payload: &[u8]) -> Result<bool, ClientError> {
+        let len = send_frame_len(to, payload.len());
+        self.try_queue(len, |b| put_send(b, to, payload))
+    }
+
+    /// Queues a fire-and-forget Send, waiting up to `timeout` (None: as long as it
+    /// takes) for room in the send buffer. `Ok(false)`: timed out, nothing queued.
+    pub fn send_timeout(
+        &self,
+        to: &str,
+        payload: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<bool, ClientError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let len = send_frame_len(to, payload.len());
+        self.queue_blocking(len, |b| put_send(b, to, payload), deadline)
+    }
+
+    /// Queues a fire-and-forget Send, waiting for room in the send buffer if needed.
+    /// It is written by the writer thread shortly after; see [`ThreadedClient::flush`].
+    pub fn send(&self, to: &str, payload: &[u8]) -> Result<(), ClientError> {
+        self.send_timeout(to, payload, None).map(|_| ())
+    }
+
+    /// Queues many fire-and-forget Sends to `to`, taking the buffer lock once per
+    /// batch rather than once per message. Returns how many were queued (all of
+    /// them unless an error is returned).
+    pub fn send_many<'a>(
+        &self,
+        to: &str,
+        payloads: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<usize, ClientError> {
+        let mut it = payloads.into_iter().peekable();
+        let mut n = 0;
+        while it.peek().is_some() {
+            {
+                let mut g = lock(&self.inner.out);
+                Self::check_open(&g)?;
+                while let Some(p) = it.peek() {
+                    let len = send_frame_len(to, p.len());
+                    if !g.buf.is_empty() && g.buf.len() + len > self.inner.limits.max_buffer_bytes {
+                        break;
+                    }
+                    put_send(&mut g.buf, to, p);
+                    g.queued += len as u64;
+                    n += 1;
+                    it.next();
+                }
+                if g.writer_idle {
+                    g.writer_idle = false;
+                    self.inner.out_cv.notify_one();
+                }
+            }
+            if let Some(p) = it.peek() {
+                self.wait_room(send_frame_len(to, p.len()), None)?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Sends and waits (up to the configured timeout) for the router's SendResult.
+    /// Returns the message id; a non-OK status is [`ClientError::Router`].
+    /// Messages that arrive meanwhile stay queued for [`ThreadedClient::recv`].
+    pub fn send_wait(&self, to: &str, payload: &[u8]) -> Result<u64, ClientError> {
+        let deadline = Instant::now() + self.timeout;
+        let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        lock(&self.inner.inq).results.insert(request_id, None);
+        let res = self.send_wait_inner(request_id, to, payload, deadline);
+        lock(&self.inner.inq).results.remove(&request_id);
+        res
+    }
+
+    fn send_wait_inner(
+        &self,
+        request_id: u64,
+        to: &str,
+        payload: &[u8],
+        deadline: Instant,
+    ) -> Result<u64, ClientError> {
+        let send = Send {
+            request_id,
+            to_user: to.to_owned(),
+            to_room: String::new(),
+            payload: Bytes::new(),
+            want_result: true,
+            msg_id: 0,
+        };
+        let inner_len = send.encoded_len() + 1 + varint_len(payload.len() as u64) + payload.len();
+        let outer = 1 + varint_len(inner_len as u64) + inner_len;
+        let frame_len = varint_len(outer as u64) + outer;
+        let encode = |b: &mut BytesMut| {
+            b.reserve(frame_len);
+            put_varint(b, outer as u64);
+            b.extend_from_slice(&[(2 << 3) | 2]);
+            put_varint(b, inner_len as u64);
+            send.encode_raw(b);
+            b.extend_from_slice(&[(4 << 3) | 2]);
+            put_varint(b, payload.len() as u64);
+            b.extend_from_slice(payload);
+        };
+        if !self.queue_blocking(frame_len, encode, Some(deadline))? {
+            return Err(ClientError::Timeout);
+        }
+        let mut g = lock(&self.inner.inq);
+        loop {
+            match g.results.get(&request_id) {
+                Some(Some(Outcome::Ok(msg_id))) => return Ok(*msg_id),
+                Some(Some(Outcome::Failed(code, reason))) => {
+                    return Err(ClientError::Router {
+                        code: *code,
+                        reason: reason.clone(),
+                        request_id,
+                    })
+                }
+                _ => {}
+            }
+            if let Some(why) = &g.closed {
+                return Err(ClientError::Closed(why.clone()));
+            }
+            let (g2, timed_out) = wait_until(&self.inner.ev_cv, g, Some(deadline));
+            g = g2;
+            if timed_out && matches!(g.results.get(&request_id), Some(None) | None) {
+                return Err(ClientError::Timeout);
+            }
+        }
+    }
+
+    /// Waits until everything queued so far is written to the socket (up to
+    /// `timeout`; None: as long as it takes). `Ok(false)` on timeout.
+    pub fn flush(&self, timeout: Option<Duration>) -> Result<bool, ClientError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut g = lock(&self.inner.out);
+        let target = g.queued;
+        loop {
+            if g.written >= target {
+                return Ok(true);
+            }
+            if let Some(why) = &g.dead {
+                return Err(ClientError::Closed(why.clone()));
+            }
+            if g.writer_done {
+                return Err(ClientError::Closed("client closed".into()));
+            }
+            g.waiters += 1;
+            let (g2, timed_out) = wait_until(&self.inner.space_cv, g, deadline);
+            g = g2;
+            g.waiters -= 1;
+            if timed_out && g.written < target {
+                return Ok(false);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- receiving
+
+    /// The next message if one is already here; never blocks.
+    /// An Error frame from the router is returned as [`ClientError::Router`];
+    /// once everything received was handed out, a closed connection is
+    /// [`ClientError::Closed`].
+    pub fn try_recv(&self) -> Result<Option<Message>, ClientError> {
+        self.recv_until(Some(Instant::now()))
+    }
+
+    /// The next message, waiting up to `timeout` (None: forever). `Ok(None)` on
+    /// timeout. Errors as for [`ThreadedClient::try_recv`].
+    pub fn recv(&self, timeout: Option<Duration>) -> Result<Option<Message>, ClientError> {
+        self.recv_until(timeout.map(|t| Instant::now() + t))
+    }
+
+    fn recv_until(&self, deadline: Option<Instant>) -> Result<Option<Message>, ClientError> {
+        loop {
+            // Lock order: `local`, then `inq`; never wait while holding `local`,
+            // so that a polling caller is not held up by a blocked one.
+            {
+                let mut local = lock(&self.local);
+                if local.is_empty() {
+                    let mut g = lock(&self.inner.inq);
+                    if !g.events.is_empty() {
+                        // `local` is empty: the queue keeps its allocation.
+                        std::mem::swap(&mut *local, &mut g.events);
+                        g.queued_bytes = 0;
+                        if g.reader_waiting {
+                            self.inner.room_cv.notify_one();
+                        }
+                    }
+                }
+                match local.pop_front() {
+                    Some(InEvent::Message(m)) => {
+                        drop(local);
+                        self.handed(m.seq);
+                        return Ok(Some(m));
+                    }
+                    Some(InEvent::Error {
+                        code,
+                        reason,
+                        request_id,
+                    }) => {
+                        return Err(ClientError::Router {
+                            code,
+                            reason,
+                            request_id,
+                        })
+                    }
+                    None => {}
+                }
+            }
+            let mut g = lock(&self.inner.inq);
+            if g.events.is_empty() {
+                if self.closed_by_caller.load(Ordering::Relaxed) {
+                    return Err(ClientError::Closed("client closed".into()));
+                }
+                if let Some(why) = &g.closed {
+                    return Err(ClientError::Closed(why.clone()));
+                }
+                g.consumers += 1;
+                let (g2, timed_out) = wait_until(&self.inner.ev_cv, g, deadline);
+                g = g2;
+                g.consumers -= 1;
+                if timed_out && g.events.is_empty() {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Records that the caller got message `seq`; acks every `ack_every`.
+    fn handed(&self, seq: u64) {
+        let inner = &self.inner;
+        inner.handed_seq.fetch_max(seq, Ordering::Relaxed);
+        let acked = inner.acked_seq.load(Ordering::Relaxed);
+        if inner.ack_every > 0 && seq.saturating_sub(acked) >= inner.ack_every {
+            let mut g = lock(&inner.out);
+            if g.dead.is_none() && !g.closing && queue_ack(inner, &mut g) && g.writer_idle {
+                g.writer_idle = false;
+                inner.out_cv.notify_one();
+            }
+        }
+    }
+
+    /// Whether the connection is closed (by the caller, the router or the network).
+    pub fn is_closed(&self) -> bool {
+        if self.closed_by_caller.load(Ordering::Relaxed) {
+            return true;
+        }
+        let dead = lock(&self.inner.out).dead.is_some();
+        dead || lock(&self.inner.inq).closed.is_some()
+    }
+
+    // ------------------------------------------------------------------ closing
+
+    /// Acks what was handed out, sends everything queued and a Logout, waits (up
+    /// to the configured timeout) for the router to close the connection, and
+    /// stops the threads. Idempotent; messages not yet received are dropped.
+    pub fn close(&self) -> Result<(), ClientError> {
+        if self.closed_by_caller.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.timeout;
+        let inner = &self.inner;
+        {
+            let mut g = lock(&inner.out);
+            if g.dead.is_none() {
+                queue_ack(inner, &mut g);
+                let before = g.buf.len();
+                encode_frame(
+                    &ClientFrame {
+                        kind: Some(client_frame::Kind::Logout(Logout {})),
+                    },
+                    &mut g.buf,
+                );
+                g.queued += (g.buf.len() - before) as u64;
+            }
+            g.closing = true;
+            inner.out_cv.notify_one();
+            // The writer writes what is queued, shuts the write side, and stops.
+            while !g.writer_done {
+                let (g2, timed_out) = wait_until(&inner.space_cv, g, Some(deadline));
+                g = g2;
+                if timed_out && !g.writer_done {
+                    // The router does not read: give up on it.
+                    let _ = self.stream.shutdown(Shutdown::Both);
+                    break;
+                }
+            }
+        }
+        {
+            let mut g = lock(&inner.inq);
+            g.discard = true;
+            g.events.clear();
+            g.queued_bytes = 0;
+            inner.room_cv.notify_all();
+            // The router closes its side once it has read the Logout.
+            while g.closed.is_none() {
+                let (g2, timed_out) = wait_until(&inner.ev_cv, g, Some(deadline));
+                g = g2;
+                if timed_out {
+                    break;
+                }
+            }
+            if g.closed.is_none() {
+                let _ = self.stream.shutdown(Shutdown::Both);
+            }
+        }
+        lock(&self.local).clear();
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        for t in threads {
+            let _ = t.join();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ThreadedClient {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+fn stop_writer(inner: &Inner) {
+    let mut g = lock(&inner.out);
+    g.closing = true;
+    inner.out_cv.notify_one();
+}
+
+/// Appends an Ack for everything handed out, if anything is unacked. Returns
+/// whether one was queued.
+fn queue_ack(inner: &Inner, g: &mut Out) -> bool {
+    let handed = inner.handed_seq.load(Ordering::Relaxed);
+    if handed <= inner.acked_seq.load(Ordering::Relaxed) {
+        return false;
+    }
+    inner.acked_seq.fetch_max(handed, Ordering::Relaxed);
+    g.last_ack = Instant::now();
+    let before = g.buf.len();
+    encode_frame(
+        &ClientFrame {
+            kind: Some(client_frame::Kind::Ack(Ack { up_to_seq: handed })),
+        },
+        &mut g.buf,
+    );
+    g.queued += (g.buf.len() - before) as u64;
+    true
+}
+
+fn send_frame_len(to: &str, payload_len: usize) -> usize {
+    // Send{to_user=2, payload=4} inside ClientFrame{send=2}, length-delimited.
+    let field = |len: usize| {
+        if len == 0 {
+            0
+        } else {
+            1 + varint_len(len as u64) + len
+        }
+    };
+    let inner = field(to.len()) + field(payload_len);
+    let outer = 1 + varint_len(inner as u64) + inner;
+    varint_len(outer as u64) + outer
+}
+
+fn put_send(b: &mut BytesMut, to: &str, payload: &[u8]) {
+    put_send_header(b, to.as_bytes(), payload.len(), 0);
+    b.extend_from_slice(payload);
+}
+
+// ------------------------------------------------------------------- threads
+
+fn writer_loop(inner: &Inner, mut stream: TcpStream) {
+    let mut batch = BytesMut::with_capacity(64 * 1024);
+    let mut g = lock(&inner.out);
+    loop {
+        // Wait for frames, a due ack, or close.
+        loop {
+            let handed = inner.handed_seq.load(Ordering::Relaxed);
+            if handed > inner.acked_seq.load(Ordering::Relaxed)
+                && g.last_ack.elapsed() >= inner.ack_interval
+            {
+                queue_ack(inner, &mut g);
+            }
+            if !g.buf.is_empty() || g.closing || g.dead.is_some() {
+                break;
+            }
+            g.writer_idle = true;
+            let (g2, _) = inner
+                .out_cv
+                .wait_timeout(g, inner.ack_interval)
+                .unwrap_or_else(|e| e.into_inner());
+            g = g2;
+            g.writer_idle = false;
+        }
+        if g.buf.is_empty() || g.dead.is_some() {
+            // Closing and everything is written, or the connection is gone.
+            g.buf.clear();
+            break;
+        }
+        std::mem::swap(&mut g.buf, &mut batch);
+        drop(g);
+        let r = stream.write_all(&batch);
+        let n = batch.len() as u64;
+        batch.clear();
+        if batch.capacity() > 8 << 20 {
+            batch = BytesMut::with_capacity(64 * 1024);
+        }
+        g = lock(&inner.out);
+        g.written += n;
+        if g.waiters > 0 {
+            inner.space_cv.notify_all();
+        }
+        if let Err(e) = r {
+            g.dead = Some(if is_disconnect(&e) {
+                format!("connection lost: {e}")
+            } else {
+                format!("write failed: {e}")
+            });
+            g.buf.clear();
+            break;
+        }
+    }
+    g.writer_done = true;
+    inner.space_cv.notify_all();
+    drop(g);
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+fn reader_loop(inner: &Inner, mut stream: TcpStream, mut rbuf: BytesMut) {
+    let mut scratch = vec![0u8; 256 * 1024];
+    let mut batch: Vec<Decoded> = Vec::new();
+    let why = 'outer: loop {
+        // Decode everything buffered.
+        let mut protocol_error = None;
+        loop {
+            match next_frame(&mut rbuf, inner.max_frame_bytes) {
+                Ok(Some(body)) => {
+                    if let Err(e) = handle_frame(inner, body, &mut batch) {
+                        protocol_error = Some(e);
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    protocol_error = Some(format!("protocol error: {e}"));
+                    break;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let mut g = lock(&inner.inq);
+            let mut answered = false;
+            let mut pushed = false;
+            for d in batch.drain(..) {
+                let ev = match d {
+                    Decoded::Event(ev) => ev,
+                    Decoded::Result(id, o) => {
+                        if let Some(slot) = g.results.get_mut(&id) {
+                            *slot = Some(o);
+                            answered = true;
+                            continue;
+                        }
+                        match o {
+                            // Nobody waits for it (timed out): report a failure to recv.
+                            Outcome::Failed(code, reason) => InEvent::Error {
+                                code,
+                                reason,
+                                request_id: id,
+                            },
+                            Outcome::Ok(_) => continue,
+                        }
+                    }
+                };
+                if let InEvent::Error {
+                    code,
+                    reason,
+                    request_id,
+                } = &ev
+                {
+                    g.last_error = Some(format!("{}: {reason}", code.short_name()));
+                    if let Some(slot) = g.results.get_mut(request_id) {
+                        *slot = Some(Outcome::Failed(*code, reason.clone()));
+                        answered = true;
+                        continue;
+                    }
+                }
+                if g.discard {
+                    continue;
+                }
+                g.queued_bytes += match &ev {
+                    InEvent::Message(m) => m.payload.len() + EVENT_OVERHEAD,
+                    InEvent::Error { .. } => EVENT_OVERHEAD,
+                };
+                g.events.push_back(ev);
+                pushed = true;
+            }
+            if answered || (pushed && g.consumers > 0) {
+                inner.ev_cv.notify_all();
+            }
+            // Backpressure: stop reading while the caller is behind.
+            while g.queued_bytes > inner.limits.max_queued_bytes && !g.discard {
+                g.reader_waiting = true;
+                g = inner.room_cv.wait(g).unwrap_or_else(|e| e.into_inner());
+                g.reader_waiting = false;
+            }
+        }
+        if let Some(e) = protocol_error {
+            let _ = stream.shutdown(Shutdown::Both);
+            break 'outer e;
+        }
+        let n = match stream.read(&mut scratch) {
+            Ok(0) => break 'outer "closed by the router".to_string(),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if is_disconnect(&e) => break 'outer format!("connection lost: {e}"),
+            Err(e) => break 'outer format!("read failed: {e}"),
+        };
+        rbuf.extend_from_slice(&scratch[..n]);
+    };
+    let last_error = lock(&inner.inq).last_error.clone();
+    let why = match last_error {
+        Some(err) if why == "closed by the router" => format!("closed by the router ({err})"),
+        _ => why,
+    };
+    // Nothing can be sent on a connection the router closed. Mark the send side
+    // first, so that whoever sees `recv` report the close also sees `send` fail.
+    {
+        let mut o = lock(&inner.out);
+        if o.dead.is_none() && !o.closing {
+            o.dead = Some(why.clone());
+        }
+        if o.waiters > 0 {
+            inner.space_cv.notify_all();
+        }
+        // Wake the writer so that it stops.
+        inner.out_cv.notify_one();
+    }
+    let mut g = lock(&inner.inq);
+    g.closed = Some(why);
+    inner.ev_cv.notify_all();
+}
+
+/// Turns one frame into an event, a SendResult answer, or a Pong to send.
+fn handle_frame(inner: &Inner, body: Bytes, batch: &mut Vec<Decoded>) -> Result<(), String> {
+    if let ServerView::Deliver {
+        seq,
+        from_user,
+        to_room,
+        payload,
+        server_ts_us,
+        msg_id,
+    } = parse_server(&body).map_err(|e| format!("protocol error: {e}"))?
+    {
+        batch.push(Decoded::Event(InEvent::Message(Message {
+            sender: String::from_utf8_lossy(from_user).into_owned(),
+            room: if to_room.is_empty() {
+                None
+            } else {
+                Some(String::from_utf8_lossy(to_room).into_owned())
+            },
+            payload: body.slice_ref(payload),
+            seq,
+            msg_id,
+            timestamp_us: server_ts_us,
+        })));
+        return Ok(());
+    }
+    let f = decode_server(body).map_err(|e| format!("protocol error: {e}"))?;
+    match f.kind {
+        Some(server_frame::Kind::SendResult(r)) => {
+            let st = status(r.status);
+            batch.push(Decoded::Result(
+                r.request_id,
+                if st == Status::Ok {
+                    Outcome::Ok(r.msg_id)
+                } else {
+                    Outcome::Failed(st, r.reason)
+                },
+            ));
+        }
+        Some(server_frame::Kind::Error(e)) => {
+            batch.push(Decoded::Event(InEvent::Error {
+                code: status(e.code),
+                reason: e.reason,
+                request_id: e.request_id,
+            }));
+        }
+        Some(server_frame::Kind::Ping(p)) => {
+            let mut g = lock(&inner.out);
+            if g.dead.is_none() && !g.closing {
+                let before = g.buf.len();
+                encode_frame(
+                    &ClientFrame {
+                        kind: Some(client_frame::Kind::Pong(Pong { nonce: p.nonce })),
+                    },
+                    &mut g.buf,
+                );
+                g.queued += (g.buf.len() - before) as u64;
+                if g.writer_idle {
+                    g.writer_idle = false;
+                    inner.out_cv.notify_one();
+                }
+            }
+        }
+        Some(server_frame::Kind::Pong(_))
+        | Some(server_frame::Kind::LoginResult(_))
+        | Some(server_frame::Kind::Deliver(_))
+        | None => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against a scripted fake router on loopback: what the client writes, byte
+    //! for byte, and how it reacts to what the router sends.
+
+    use super::*;
+    use ringrouter_proto::codec::decode_client;
+    use ringrouter_proto::v1::{Deliver, LoginResult, Ping, SendResult, ServerFrame};
+    use std::net::TcpListener;
+
+    const T: Duration = Duration::from_secs(5);
+
+    /// The router side of one connection.
+    struct Fake {
+        stream: TcpStream,
+        rbuf: BytesMut,
+        /// read() calls that returned data.
+        reads: usize,
+        /// Most frames one read() completed.
+        most_frames_per_read: usize,
+    }
+
+    impl Fake {
+        fn frame(&mut self) -> Option<ClientFrame> {
+            let mut frames_this_read = 0;
+            loop {
+                if let Some(body) = next_frame(&mut self.rbuf, 1 << 20).expect("framing") {
+                    return Some(decode_client(body).expect("client frame"));
+                }
+                let mut buf = [0u8; 65536];
+                let n = self.stream.read(&mut buf).expect("read");
+                if n == 0 {
+                    return None;
+                }
+                self.reads += 1;
+                self.rbuf.extend_from_slice(&buf[..n]);
+                // Count the complete frames this read brought in.
+                let mut probe = self.rbuf.clone();
+                while let Ok(Some(_)) = next_frame(&mut probe, 1 << 20) {
+                    frames_this_read += 1;
+                }
+                self.most_frames_per_read = self.most_frames_per_read.max(frames_this_read);
+            }
+        }
+
+        fn write(&mut self, frames: &[server_frame::Kind]) {
+            let mut out = BytesMut::new();
+            for k in frames {
+                encode_frame(
+                    &ServerFrame {
+                        kind: Some(k.clone()),
+                    },
+                    &mut out,
+                );
+            }
+            self.stream.write_all(&out).expect("write");
+        }
+    }
+
+    fn login_ok(user: &str) -> server_frame::Kind {
+        server_frame::Kind::LoginResult(LoginResult {
+            status: Status::Ok as i32,
+            user: user.into(),
+            session_id: 42,
+            ..Default::default()
+        })
+    }
+
+    fn deliver(seq: u64, payload: &'static [u8]) -> server_frame::Kind {
+        server_frame::Kind::Deliver(Deliver {
+            seq,
+            from_user: "bob".into(),
+            payload: Bytes::from_static(payload),
+            msg_id: 1000 + seq,
+            server_ts_us: 7,
+            ..Default::default()
+        })
+    }
+
+    /// Starts a fake router running `script` after answering the Login with
+    /// `after_login` (in the same write), and connects a client as "alice".
+    fn start(
+        after_login: Vec<server_frame::Kind>,
+        script: impl FnOnce(&mut Fake) + std::marker::Send + 'static,
+    ) -> (ThreadedClient, std::thread::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("accept");
+            let mut f = Fake {
+                stream,
+                rbuf: BytesMut::new(),
+                reads: 0,
+                most_frames_per_read: 0,
+            };
+            match f.frame().and_then(|f| f.kind) {
+                Some(client_frame::Kind::Login(l)) => assert_eq!(l.user, "alice"),
+                other => panic!("expected Login, got {other:?}"),
+            }
+            let mut first = vec![login_ok("alice")];
+            first.extend(after_login);
+            f.write(&first);
+            script(&mut f);
+        });
+        let mut cfg = ClientConfig::new("alice");
+        cfg.timeout = T;
+        let c = ThreadedClient::connect(addr, cfg).expect("connect");
+        (c, server)
+    }
+
+    #[test]
+    fn frames_right_behind_the_login_result_are_not_lost() {
+        let (c, server) = start(vec![deliver(1, b"early")], |f| while f.frame().is_some() {});
+        assert_eq!(c.user(), "alice");
+        assert_eq!(c.session_id(), 42);
+        let m = c.recv(Some(T)).expect("recv").expect("a message");
+        assert_eq!(
+            (m.sender.as_str(), &m.payload[..], m.seq),
+            ("bob", &b"early"[..], 1)
+        );
+        assert_eq!((m.msg_id, m.timestamp_us, m.room), (1001, 7, None));
+        c.close().expect("close");
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn sends_arrive_in_order_and_batched() {
+        const N: u32 = 20_000;
+        let (c, server) = start(vec![], |f| {
+            for i in 0..N {
+                match f.frame().and_then(|f| f.kind) {
+                    Some(client_frame::Kind::Send(s)) => {
+                        assert_eq!(s.to_user, "bob");
+                        assert_eq!(&s.payload[..], &i.to_le_bytes()[..], "message {i}");
+                        assert!(!s.want_result);
+                    }
+                    other => panic!("expected Send {i}, got {other:?}"),
+                }
+            }
+            assert!(
+                f.most_frames_per_read > 1,
+                "one frame per write: the sends were not batched"
+            );
+            assert!(matches!(
+                f.frame().and_then(|f| f.kind),
+                Some(client_frame::Kind::Logout(_))
+            ));
+        });
+        for i in 0..N {
+            c.send("bob", &i.to_le_bytes()).expect("send");
+        }
+        assert!(c.flush(Some(T)).expect("flush"));
+        c.close().expect("close");
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn send_many_is_one_stream_of_sends() {
+        let (c, server) = start(vec![], |f| {
+            for i in 0..1000u32 {
+                match f.frame().and_then(|f| f.kind) {
+                    Some(client_frame::Kind::Send(s)) => {
+                        assert_eq!(&s.payload[..], &i.to_le_bytes()[..])
+                    }
+                    other => panic!("expected Send {i}, got {other:?}"),
+                }
+            }
+        });
+        let payloads: Vec<[u8; 4]> = (0..1000u32).map(|i| i.to_le_bytes()).collect();
+        assert_eq!(
+            c.send_many("bob", payloads.iter().map(|p| &p[..]))
+                .expect("send_many"),
+            1000
+        );
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn pings_are_answered_without_recv() {
+        let (c, server) = start(vec![], |f| {
+            f.write(&[server_frame::Kind::Ping(Ping { nonce: 77 })]);
+            match f.frame().and_then(|f| f.kind) {
+                Some(client_frame::Kind::Pong(p)) => assert_eq!(p.nonce, 77),
+                other => panic!("expected Pong, got {other:?}"),
+            }
+        });
+        server.join().expect("server");
+        drop(c);
+    }
+
+    #[test]
+    fn acks_cover_only_messages_handed_out() {
+        let (c, server) = start(vec![], |f| {
+            f.write(&[deliver(1, b"a"), deliver(2, b"b"), deliver(3, b"c")]);
+            // The client hands out one message; the writer acks it within the interval.
+            match f.frame().and_then(|f| f.kind) {
+                Some(client_frame::Kind::Ack(a)) => assert_eq!(a.up_to_seq, 1),
+                other => panic!("expected Ack 1, got {other:?}"),
+            }
+            match f.frame().and_then(|f| f.kind) {
+                Some(client_frame::Kind::Ack(a)) => assert_eq!(a.up_to_seq, 3),
+                other => panic!("expected Ack 3, got {other:?}"),
+            }
+        });
+        let m = c.recv(Some(T)).expect("recv").expect("message 1");
+        assert_eq!(m.seq, 1);
+        std::thread::sleep(Duration::from_millis(400));
+        for seq in [2, 3] {
+            assert_eq!(c.recv(Some(T)).expect("recv").expect("message").seq, seq);
+        }
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn send_wait_reports_the_routers_answer() {
+        let (c, server) = start(vec![], |f| {
+            let mut answer = |status: Status, msg_id: u64| match f.frame().and_then(|f| f.kind) {
+                Some(client_frame::Kind::Send(s)) => {
+                    assert!(s.want_result);
+                    assert_ne!(s.request_id, 0);
+                    f.write(&[
+                        deliver(1, b"meanwhile"),
+                        server_frame::Kind::SendResult(SendResult {
+                            request_id: s.request_id,
+                            status: status as i32,
+                            reason: "user has no session".into(),
+                            msg_id,
+                        }),
+                    ]);
+                }
+                other => panic!("expected Send, got {other:?}"),
+            };
+            answer(Status::NotFound, 0);
+            answer(Status::Ok, 99);
+        });
+        match c.send_wait("nobody", b"x") {
+            Err(ClientError::Router { code, reason, .. }) => {
+                assert_eq!(code, Status::NotFound);
+                assert_eq!(reason, "user has no session");
+            }
+            other => panic!("expected NOT_FOUND, got {other:?}"),
+        }
+        assert_eq!(c.send_wait("bob", b"y").expect("send_wait"), 99);
+        // Messages that arrived while waiting are still there.
+        let m = c.recv(Some(T)).expect("recv").expect("message");
+        assert_eq!(&m.payload[..], b"meanwhile");
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn a_router_error_frame_is_raised_by_recv() {
+        let (c, server) = start(vec![], |f| {
+            f.write(&[server_frame::Kind::Error(ringrouter_proto::v1::Error {
+                code: Status::TooLarge as i32,
+                reason: "payload too large".into(),
+                request_id: 0,
+            })]);
+            while f.frame().is_some() {}
+        });
+        match c.recv(Some(T)) {
+            Err(ClientError::Router { code, .. }) => assert_eq!(code, Status::TooLarge),
+            other => panic!("expected TOO_LARGE, got {other:?}"),
+        }
+        c.close().expect("close");
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn the_router_closing_is_closed_everywhere() {
+        let (c, server) = start(vec![deliver(1, b"last words")], |f| {
+            f.stream.shutdown(Shutdown::Both).expect("shutdown");
+        });
+        server.join().expect("server");
+        // What arrived first is still handed out, then Closed.
+        let m = c.recv(Some(T)).expect("recv").expect("message");
+        assert_eq!(&m.payload[..], b"last words");
+        assert!(matches!(c.recv(Some(T)), Err(ClientError::Closed(_))));
+        assert!(c.is_closed());
+        assert!(matches!(c.send("bob", b"x"), Err(ClientError::Closed(_))));
+        assert!(matches!(
+            c.send_wait("bob", b"x"),
+            Err(ClientError::Closed(_))
+        ));
+        c.close().expect("close");
+    }
+
+    #[test]
+    fn closed_by_the_caller() {
+        let (c, server) = start(vec![], |f| {
+            assert!(matches!(
+                f.frame().and_then(|f| f.kind),
+                Some(client_frame::Kind::Logout(_))
+            ));
+            // The router closes after a Logout.
+        });
+        c.close().expect("close");
+        c.close().expect("close twice");
+        server.join().expect("server");
+        assert!(c.is_closed());
+        assert!(matches!(c.try_recv(), Err(ClientError::Closed(_))));
+        assert!(matches!(
+            c.try_send("bob", b"x"),
+            Err(ClientError::Closed(_))
+        ));
+    }
+
+    #[test]
+    fn a_full_buffer_makes_try_send_say_so() {
+        // The fake router never reads after the login: the socket buffers fill,
+        // then the client's send buffer.
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let (c, server) = start(vec![], move |_f| {
+            let _ = done_rx.recv_timeout(T);
+        });
+        let payload = vec![0u8; 64 * 1024];
+        let deadline = Instant::now() + T;
+        let mut full = false;
+        while Instant::now() < deadline {
+            if !c.try_send("bob", &payload).expect("try_send") {
+                full = true;
+                break;
+            }
+        }
+        assert!(full, "the send buffer never filled");
+        assert!(!c
+            .send_timeout("bob", &payload, Some(Duration::from_millis(50)))
+            .expect("send_timeout"));
+        let _ = done_tx.send(());
+        server.join().expect("server");
+    }
+}

@@ -1,0 +1,534 @@
+//! `ringrouter._native`: the Python binding of the ringrouter client.
+//!
+//! Thin wrappers only. The Python package `ringrouter` (python_client/) re-exports
+//! these classes and adds the typed load driver; see its `_native.pyi` for the
+//! Python-side documentation of every name here.
+//!
+//! - [`PyClient`] wraps [`ThreadedClient`]: `send` queues the encoded frame and a
+//!   writer thread batches the writes, so a Python loop is not limited by one
+//!   syscall per message. Calls that can block release the GIL (`py.detach`) and
+//!   wait in slices of [`SLICE`], checking for signals (Ctrl-C) in between.
+//! - Errors map to `RouterError` (attributes `code`, `reason`) and its subclasses
+//!   `AuthError` and `ConnectionClosed`; timeouts to the builtin `TimeoutError`,
+//!   socket errors to the builtin `OSError` subclasses.
+//! - [`load_run`] runs the Rust load engine with the GIL released.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use pyo3::create_exception;
+use pyo3::exceptions::{
+    PyConnectionError, PyException, PyRuntimeError, PyTimeoutError, PyValueError,
+};
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::{PyBytes, PyString, PyTuple};
+
+use ringrouter_client::load::{self, LoadConfig, LoadError, Progress};
+use ringrouter_client::threaded::ThreadedClient;
+use ringrouter_client::{ClientConfig, ClientError, Message};
+
+create_exception!(
+    ringrouter,
+    RouterError,
+    PyException,
+    "The router refused a request or reported an error.\n\n\
+     Attributes: `code`, the status name (e.g. \"NOT_FOUND\"), and `reason`, the router's text."
+);
+create_exception!(
+    ringrouter,
+    AuthError,
+    RouterError,
+    "The router refused the login (bad credentials, invalid token, ...)."
+);
+create_exception!(
+    ringrouter,
+    ConnectionClosed,
+    RouterError,
+    "The connection is closed: by `close()`, by the router, or by the network. `code` is \"CLOSED\"."
+);
+
+/// Longest time a blocking call waits without the GIL before checking for signals.
+const SLICE: Duration = Duration::from_millis(100);
+
+fn router_error<T: pyo3::PyTypeInfo>(py: Python<'_>, code: &str, reason: &str) -> PyErr {
+    let err = PyErr::new::<T, _>(format!("{code}: {reason}"));
+    let value = err.value(py);
+    // Exception instances have a __dict__: these cannot fail short of memory errors.
+    let _ = value.setattr("code", code);
+    let _ = value.setattr("reason", reason);
+    err
+}
+
+fn to_pyerr(py: Python<'_>, e: ClientError) -> PyErr {
+    match e {
+        ClientError::Auth { code, reason } => {
+            router_error::<AuthError>(py, code.short_name(), &reason)
+        }
+        ClientError::Router { code, reason, .. } => {
+            router_error::<RouterError>(py, code.short_name(), &reason)
+        }
+        ClientError::Closed(why) => router_error::<ConnectionClosed>(py, "CLOSED", &why),
+        ClientError::Timeout => PyTimeoutError::new_err("timed out waiting for the router"),
+        ClientError::Io(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ) =>
+        {
+            PyTimeoutError::new_err(format!("timed out connecting to the router: {e}"))
+        }
+        ClientError::Io(e) => e.into(),
+        ClientError::Protocol(why) => router_error::<RouterError>(py, "PROTOCOL", &why),
+    }
+}
+
+fn duration(what: &str, secs: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(secs).map_err(|_| {
+        PyValueError::new_err(format!(
+            "{what} must be a non-negative number of seconds, got {secs}"
+        ))
+    })
+}
+
+/// A message delivered to this session.
+#[pyclass(frozen, module = "ringrouter", name = "Message")]
+struct PyMessage {
+    m: Message,
+}
+
+#[pymethods]
+impl PyMessage {
+    /// The authenticated sender (stamped by the router, never chosen by a client).
+    #[getter]
+    fn sender(&self) -> &str {
+        &self.m.sender
+    }
+
+    /// The room, or None for a direct message.
+    #[getter]
+    fn room(&self) -> Option<&str> {
+        self.m.room.as_deref()
+    }
+
+    /// The payload.
+    #[getter]
+    fn payload<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.m.payload)
+    }
+
+    /// Per-session sequence number (1, 2, 3, ... in delivery order).
+    #[getter]
+    fn seq(&self) -> u64 {
+        self.m.seq
+    }
+
+    /// Message id: the same for every recipient and every redelivery (dedupe key).
+    #[getter]
+    fn msg_id(&self) -> u64 {
+        self.m.msg_id
+    }
+
+    /// Router clock when it accepted the message, microseconds since the Unix epoch.
+    #[getter]
+    fn timestamp_us(&self) -> u64 {
+        self.m.timestamp_us
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let shown = &self.m.payload[..self.m.payload.len().min(32)];
+        let mut payload = PyBytes::new(py, shown).repr()?.to_string();
+        if shown.len() < self.m.payload.len() {
+            payload.push_str(&format!("... ({} bytes)", self.m.payload.len()));
+        }
+        let room = match &self.m.room {
+            Some(r) => PyString::new(py, r).repr()?.to_string(),
+            None => "None".into(),
+        };
+        Ok(format!(
+            "Message(sender={}, room={}, payload={}, seq={}, msg_id={}, timestamp_us={})",
+            PyString::new(py, &self.m.sender).repr()?,
+            room,
+            payload,
+            self.m.seq,
+            self.m.msg_id,
+            self.m.timestamp_us
+        ))
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other
+            .cast::<PyMessage>()
+            .map(|o| o.get().m == self.m)
+            .unwrap_or(false)
+    }
+
+    fn __hash__(&self) -> u64 {
+        self.m.msg_id ^ self.m.seq.rotate_left(32)
+    }
+}
+
+/// A connection to the router, logged in as one user.
+///
+/// Client(addr, user, *, password=None, token=None, device="python", timeout=5.0)
+/// connects to addr ("host:port") and logs in. Raises AuthError if the login is
+/// refused, TimeoutError if connecting or logging in takes longer than timeout
+/// seconds, OSError (e.g. ConnectionRefusedError) if the router cannot be reached.
+///
+/// Thread-safe: one thread may block in recv() while others send(). A context
+/// manager; close() when done. send() queues the message for a writer thread
+/// that batches writes; a reader thread receives, acks and answers heartbeats.
+#[pyclass(frozen, module = "ringrouter", name = "Client")]
+struct PyClient {
+    c: ThreadedClient,
+    /// The last `to` string object and its UTF-8 text: a send loop passes the same
+    /// object every time, and abi3 on Python 3.9 cannot borrow a str's UTF-8.
+    to_cache: Mutex<Option<(Py<PyString>, String)>>,
+}
+
+impl PyClient {
+    /// `f` with the UTF-8 text of `to` (cached by object identity).
+    fn with_to<R>(&self, to: &Bound<'_, PyString>, f: impl FnOnce(&str) -> R) -> PyResult<R> {
+        let mut cache = self.to_cache.lock().unwrap_or_else(|e| e.into_inner());
+        match &*cache {
+            Some((obj, text)) if to.is(obj) => Ok(f(text)),
+            _ => {
+                let text = to.to_cow()?.into_owned();
+                let r = f(&text);
+                *cache = Some((to.clone().unbind(), text));
+                Ok(r)
+            }
+        }
+    }
+
+    fn to_text(&self, to: &Bound<'_, PyString>) -> PyResult<String> {
+        self.with_to(to, |t| t.to_owned())
+    }
+
+    /// Waits for the next message without the GIL, in slices, checking signals.
+    fn recv_blocking(
+        &self,
+        py: Python<'_>,
+        timeout: Option<Duration>,
+    ) -> PyResult<Option<PyMessage>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let slice = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()).min(SLICE),
+                None => SLICE,
+            };
+            match py.detach(|| self.c.recv(Some(slice))) {
+                Ok(Some(m)) => return Ok(Some(PyMessage { m })),
+                Ok(None) => {}
+                Err(e) => return Err(to_pyerr(py, e)),
+            }
+            py.check_signals()?;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+impl Drop for PyClient {
+    fn drop(&mut self) {
+        // An unclosed client is closed (queued sends written, Logout) when collected;
+        // that may wait for the router, so not with the GIL held.
+        if !self.c.is_closed() {
+            let c = &self.c;
+            Python::attach(|py| py.detach(|| c.close())).ok();
+        }
+    }
+}
+
+#[pymethods]
+impl PyClient {
+    #[new]
+    #[pyo3(
+        signature = (addr, user, *, password=None, token=None, device=String::from("python"), timeout=5.0),
+        text_signature = "(addr, user, *, password=None, token=None, device='python', timeout=5.0)"
+    )]
+    fn new(
+        py: Python<'_>,
+        addr: String,
+        user: String,
+        password: Option<String>,
+        token: Option<String>,
+        device: String,
+        timeout: f64,
+    ) -> PyResult<Self> {
+        let mut cfg = ClientConfig::new(user);
+        cfg.password = password;
+        cfg.token = token;
+        cfg.device = device;
+        cfg.timeout = duration("timeout", timeout)?;
+        let c = py
+            .detach(|| ThreadedClient::connect(addr.as_str(), cfg))
+            .map_err(|e| to_pyerr(py, e))?;
+        Ok(PyClient {
+            c,
+            to_cache: Mutex::new(None),
+        })
+    }
+
+    /// The authenticated user name (for jwt logins: the token's subject).
+    #[getter]
+    fn user(&self) -> &str {
+        self.c.user()
+    }
+
+    /// The router's id for this session.
+    #[getter]
+    fn session_id(&self) -> u64 {
+        self.c.session_id()
+    }
+
+    /// Whether the connection is closed.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.c.is_closed()
+    }
+
+    /// Sends payload (bytes) to every session of user `to`.
+    ///
+    /// Without wait the message is queued and written shortly after by the writer
+    /// thread; the call blocks only while the 4 MiB send buffer is full. With
+    /// wait=True it waits for the router's answer: RouterError if it is not OK
+    /// (e.g. code "NOT_FOUND": `to` has no session), TimeoutError if none comes
+    /// within the client's timeout. ConnectionClosed once the connection is closed.
+    #[pyo3(signature = (to, payload, *, wait=false))]
+    fn send(
+        &self,
+        py: Python<'_>,
+        to: &Bound<'_, PyString>,
+        payload: &[u8],
+        wait: bool,
+    ) -> PyResult<()> {
+        if wait {
+            let to = self.to_text(to)?;
+            return py
+                .detach(|| self.c.send_wait(&to, payload))
+                .map(|_| ())
+                .map_err(|e| to_pyerr(py, e));
+        }
+        // Fast path, GIL held: queue the frame if the buffer has room.
+        match self.with_to(to, |t| self.c.try_send(t, payload))? {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => return Err(to_pyerr(py, e)),
+        }
+        // The buffer is full: the router (or the network) is behind. Wait for room.
+        let to = self.to_text(to)?;
+        loop {
+            match py.detach(|| self.c.send_timeout(&to, payload, Some(SLICE))) {
+                Ok(true) => return Ok(()),
+                Ok(false) => py.check_signals()?,
+                Err(e) => return Err(to_pyerr(py, e)),
+            }
+        }
+    }
+
+    /// Sends every payload (bytes) of the iterable `payloads` to `to`, in order
+    /// (fire and forget); faster than a send() loop. Returns how many were queued.
+    fn send_many(
+        &self,
+        py: Python<'_>,
+        to: &Bound<'_, PyString>,
+        payloads: &Bound<'_, PyAny>,
+    ) -> PyResult<usize> {
+        const CHUNK: usize = 4096;
+        let to = self.to_text(to)?;
+        let mut chunk: Vec<PyBackedBytes> = Vec::with_capacity(CHUNK);
+        let mut n = 0;
+        let mut flush = |chunk: &mut Vec<PyBackedBytes>| -> PyResult<()> {
+            let r = py.detach(|| self.c.send_many(&to, chunk.iter().map(|b| &b[..])));
+            chunk.clear();
+            n += r.map_err(|e| to_pyerr(py, e))?;
+            py.check_signals()
+        };
+        for p in payloads.try_iter()? {
+            chunk.push(p?.extract::<PyBackedBytes>()?);
+            if chunk.len() == CHUNK {
+                flush(&mut chunk)?;
+            }
+        }
+        if !chunk.is_empty() {
+            flush(&mut chunk)?;
+        }
+        Ok(n)
+    }
+
+    /// Waits until everything sent so far is written to the socket; False if
+    /// `timeout` seconds passed first (None: no limit).
+    #[pyo3(signature = (timeout=None))]
+    fn flush(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let deadline = match timeout {
+            Some(t) => Some(Instant::now() + duration("timeout", t)?),
+            None => None,
+        };
+        loop {
+            let slice = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()).min(SLICE),
+                None => SLICE,
+            };
+            match py.detach(|| self.c.flush(Some(slice))) {
+                Ok(true) => return Ok(true),
+                Ok(false) => {}
+                Err(e) => return Err(to_pyerr(py, e)),
+            }
+            py.check_signals()?;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// The next Message, waiting up to `timeout` seconds (None: forever; 0: poll).
+    ///
+    /// Returns None on timeout. Raises RouterError when the router reports an
+    /// error about this session, ConnectionClosed once the connection is closed
+    /// and every message received before it was returned.
+    #[pyo3(signature = (timeout=None))]
+    fn recv(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<PyMessage>> {
+        let timeout = match timeout {
+            Some(t) => Some(duration("timeout", t)?),
+            None => None,
+        };
+        // Fast path, GIL held: a message already received.
+        match self.c.try_recv() {
+            Ok(Some(m)) => return Ok(Some(PyMessage { m })),
+            Ok(None) => {}
+            Err(e) => return Err(to_pyerr(py, e)),
+        }
+        if timeout == Some(Duration::ZERO) {
+            return Ok(None);
+        }
+        self.recv_blocking(py, timeout)
+    }
+
+    /// Sends what is queued and a Logout, and closes the connection. Messages
+    /// received but not yet returned by recv() are dropped (and, unacknowledged,
+    /// redelivered by the router at the next login). Idempotent.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.c.close()).map_err(|e| to_pyerr(py, e))
+    }
+
+    fn __enter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
+        self.close(py)?;
+        Ok(false)
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    /// The next message; iteration stops when the connection closes.
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<PyMessage>> {
+        let r = match self.c.try_recv() {
+            Ok(Some(m)) => return Ok(Some(PyMessage { m })),
+            Ok(None) => self.recv_blocking(py, None),
+            Err(e) => Err(to_pyerr(py, e)),
+        };
+        match r {
+            Err(e) if e.is_instance_of::<ConnectionClosed>(py) => Ok(None),
+            other => other,
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<ringrouter.Client user={:?} session_id={}{}>",
+            self.c.user(),
+            self.c.session_id(),
+            if self.c.is_closed() { " closed" } else { "" }
+        )
+    }
+}
+
+/// Runs the Rust load engine; returns the report as a JSON string.
+#[pyfunction]
+#[pyo3(signature = (addr, *, pairs, size, messages, duration, fanout, rate, window=None, threads=None, progress=None, every=1.0))]
+#[allow(clippy::too_many_arguments)]
+fn load_run(
+    py: Python<'_>,
+    addr: String,
+    pairs: usize,
+    size: usize,
+    messages: Option<u64>,
+    duration: Option<f64>,
+    fanout: Option<usize>,
+    rate: Option<f64>,
+    window: Option<usize>,
+    threads: Option<usize>,
+    progress: Option<Py<PyAny>>,
+    every: f64,
+) -> PyResult<String> {
+    let d = LoadConfig::default();
+    let cfg = LoadConfig {
+        addr,
+        pairs,
+        size,
+        messages,
+        duration: match duration {
+            Some(s) => Some(self::duration("duration", s)?),
+            None => None,
+        },
+        fanout,
+        rate,
+        window: window.unwrap_or(d.window),
+        threads: threads.unwrap_or(d.threads),
+        ..d
+    };
+    let every = self::duration("every", every)?;
+    // The callback runs on this thread while the engine runs without the GIL; the
+    // first exception it raises (Ctrl-C included) is raised once the run ends.
+    let mut failed: Option<PyErr> = None;
+    let report = py.detach(|| {
+        load::run_with_progress(&cfg, every, |p: &Progress| {
+            if failed.is_some() {
+                return;
+            }
+            if let Some(cb) = &progress {
+                Python::attach(|py| {
+                    let r = py
+                        .check_signals()
+                        .and_then(|_| cb.call1(py, (p.elapsed, p.sent, p.delivered)));
+                    if let Err(e) = r {
+                        failed = Some(e);
+                    }
+                });
+            }
+        })
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    match report {
+        Ok(r) => Ok(r.to_json()),
+        Err(e @ LoadError::Config(_)) => Err(PyValueError::new_err(e.to_string())),
+        Err(e @ LoadError::Connect { .. }) => Err(PyConnectionError::new_err(e.to_string())),
+        Err(e) => Err(PyRuntimeError::new_err(e.to_string())),
+    }
+}
+
+/// The native part of the `ringrouter` package.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<PyClient>()?;
+    m.add_class::<PyMessage>()?;
+    let router_error = py.get_type::<RouterError>();
+    // Class-level defaults, so that instances raised from Python code have them too.
+    router_error.setattr("code", "")?;
+    router_error.setattr("reason", "")?;
+    m.add("RouterError", router_error)?;
+    m.add("AuthError", py.get_type::<AuthError>())?;
+    m.add("ConnectionClosed", py.get_type::<ConnectionClosed>())?;
+    m.add_function(wrap_pyfunction!(load_run, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Two users chatting through a ringrouter.
+
+Demo (default): alice and bob log in and exchange a few lines; each side receives
+on its own thread while it sends, the way a chat program would.
+
+    python examples/chat.py [--addr 127.0.0.1:7878]
+
+Interactive: type lines to send them to --to; received lines are printed.
+
+    python examples/chat.py --user alice --to bob      # in one terminal
+    python examples/chat.py --user bob --to alice      # in another
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from typing import Dict, List, Optional
+
+import ringrouter
+
+
+def receive_loop(
+    client: ringrouter.Client, name: str, log: List[str], names: Optional[Dict[str, str]] = None
+) -> None:
+    """Prints every message until the connection closes."""
+    for msg in client:
+        sender = (names or {}).get(msg.sender, msg.sender)
+        line = f"{name} got from {sender}: {msg.payload.decode(errors='replace')}"
+        log.append(line)
+        print(line, flush=True)
+
+
+def demo(addr: str) -> int:
+    suffix = f"-{os.getpid()}"
+    alice_name, bob_name = "alice" + suffix, "bob" + suffix
+    script = [
+        ("alice", "hi bob"),
+        ("bob", "hi alice! how are you?"),
+        ("alice", "fine, testing this router"),
+        ("bob", "it is fast"),
+    ]
+    log: List[str] = []
+    # The demo's user names carry the pid (runs on a shared router never mix);
+    # the transcript shows the plain names.
+    names = {alice_name: "alice", bob_name: "bob"}
+    with ringrouter.Client(addr, alice_name) as alice, ringrouter.Client(addr, bob_name) as bob:
+        threads = [
+            threading.Thread(target=receive_loop, args=(alice, "alice", log, names)),
+            threading.Thread(target=receive_loop, args=(bob, "bob", log, names)),
+        ]
+        for t in threads:
+            t.start()
+        for who, text in script:
+            sender, to = (alice, bob_name) if who == "alice" else (bob, alice_name)
+            sender.send(to, text.encode(), wait=True)  # raises if the router refuses it
+            # Wait for the line to arrive before the next one, like people do.
+            deadline = time.monotonic() + 5
+            while not any(l.endswith(": " + text) for l in log) and time.monotonic() < deadline:
+                time.sleep(0.01)
+    # Leaving the `with` closed both clients, which ends both receive loops.
+    for t in threads:
+        t.join(5)
+    ok = len(log) == len(script)
+    print(f"{len(log)} of {len(script)} lines delivered" + ("" if ok else " (incomplete)"))
+    return 0 if ok else 1
+
+
+def interactive(addr: str, user: str, to: str) -> int:
+    with ringrouter.Client(addr, user) as me:
+        t = threading.Thread(target=receive_loop, args=(me, user, []), daemon=True)
+        t.start()
+        print(f"logged in as {me.user}; lines you type go to {to} (Ctrl-D to quit)")
+        for line in sys.stdin:
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            try:
+                me.send(to, line.encode(), wait=True)
+            except ringrouter.RouterError as e:
+                print(f"not delivered: {e.code} {e.reason}")
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="Two users chatting through a ringrouter.")
+    p.add_argument("--addr", default="127.0.0.1:7878", help="router address (default %(default)s)")
+    p.add_argument("--user", help="interactive mode: log in as this user")
+    p.add_argument("--to", help="interactive mode: chat with this user")
+    args = p.parse_args()
+    if args.user or args.to:
+        if not (args.user and args.to):
+            p.error("interactive mode needs both --user and --to")
+        return interactive(args.addr, args.user, args.to)
+    return demo(args.addr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Load runs against a ringrouter, driven by the Rust load engine.
+
+The engine (crate ``ringrouter-client``, module ``load``) is the same one the
+``ringrouter-load`` binary and ``cargo bench`` use, so the figures agree. It runs
+on its own threads with the GIL released; Python only starts it and reads the
+report.
+
+Two shapes of load:
+
+- ``pairs`` sender/receiver pairs, each sender sending to its own receiver (1:1);
+- ``fanout=M``: one sender, each message delivered to ``M`` receivers.
+
+Example::
+
+    from ringrouter import load
+
+    report = load.run("127.0.0.1:7878", pairs=16, size=64, messages=1_000_000)
+    print(f"{report.msgs_per_sec:,.0f} msgs/s, p99 {report.p99_us:.0f} us, lost {report.lost}")
+
+From the command line: ``python -m ringrouter.load --help``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .._native import load_run as _load_run
+
+__all__ = ["LoadReport", "ProgressCallback", "run"]
+
+#: ``progress(elapsed_seconds, sent, delivered)``, called while a run lasts.
+ProgressCallback = Callable[[float, int, int], None]
+
+
+class LoadReport:
+    """What a load run measured.
+
+    Every field of the engine's report is an attribute; the ones below are always
+    there. ``sent`` and ``delivered`` count deliveries (messages x recipients).
+    Latencies are one-way, sender to receiver, in microseconds.
+    """
+
+    sent: int
+    """Deliveries expected (messages sent x recipients)."""
+    delivered: int
+    """Deliveries received."""
+    lost: int
+    """``sent - delivered``: must be 0."""
+    out_of_order: int
+    """Deliveries received out of order or twice."""
+    seconds: float
+    """Wall time from the first send to the last delivery."""
+    msgs_per_sec: float
+    """Delivered messages per second."""
+    mb_per_sec: float
+    """Delivered payload megabytes (10^6 bytes) per second."""
+    p50_us: float
+    """Median latency, microseconds."""
+    p90_us: float
+    """90th percentile latency."""
+    p99_us: float
+    """99th percentile latency."""
+    p999_us: float
+    """99.9th percentile latency."""
+    max_us: float
+    """Largest latency."""
+    receivers: int
+    """Receiving sessions."""
+    receiver_min_msgs_per_sec: float
+    """Slowest receiver, msgs/s."""
+    receiver_avg_msgs_per_sec: float
+    """Mean over receivers, msgs/s."""
+    receiver_max_msgs_per_sec: float
+    """Fastest receiver, msgs/s."""
+    engine_cpu_seconds: float
+    """CPU time (user + system) the engine's process used during the run."""
+    timeline: List[Tuple[float, int]]
+    """``(seconds since start, deliveries so far)``, sampled every 100 ms."""
+    latency_buckets: List[Tuple[float, int]]
+    """``(latency upper bound in microseconds, count)`` buckets of the latency histogram."""
+
+    def __init__(self, fields: Dict[str, Any]) -> None:
+        """Builds a report from the engine's JSON object (see :meth:`from_json`)."""
+        for key, value in fields.items():
+            if key in ("timeline", "latency_buckets") and isinstance(value, list):
+                value = [tuple(v) for v in value]
+            setattr(self, key, value)
+
+    @classmethod
+    def from_json(cls, text: str) -> "LoadReport":
+        """Parses the engine's JSON report."""
+        fields = json.loads(text)
+        if not isinstance(fields, dict):
+            raise ValueError("a load report is a JSON object")
+        return cls(fields)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Every field, as plain Python values (tuples become lists)."""
+        out: Dict[str, Any] = {}
+        for key, value in vars(self).items():
+            if isinstance(value, list):
+                value = [list(v) if isinstance(v, tuple) else v for v in value]
+            out[key] = value
+        return out
+
+    def to_json(self) -> str:
+        """The report as one JSON object, with the engine's field names."""
+        return json.dumps(self.to_dict())
+
+    def __repr__(self) -> str:
+        return (
+            f"LoadReport(delivered={self.delivered}, sent={self.sent}, lost={self.lost}, "
+            f"seconds={self.seconds:.3f}, msgs_per_sec={self.msgs_per_sec:.0f}, "
+            f"mb_per_sec={self.mb_per_sec:.2f}, p50_us={self.p50_us:.1f}, "
+            f"p99_us={self.p99_us:.1f}, p999_us={self.p999_us:.1f}, max_us={self.max_us:.1f})"
+        )
+
+
+def run(
+    addr: str,
+    *,
+    pairs: int = 16,
+    size: int = 64,
+    messages: Optional[int] = 1_000_000,
+    fanout: Optional[int] = None,
+    duration: Optional[float] = None,
+    rate: Optional[float] = None,
+    window: Optional[int] = None,
+    threads: Optional[int] = None,
+    progress: Optional[ProgressCallback] = None,
+    progress_every: float = 1.0,
+) -> LoadReport:
+    """Runs a load against the router at ``addr`` and returns what it measured.
+
+    Args:
+        addr: router address, ``"host:port"``.
+        pairs: sender/receiver pairs (ignored with ``fanout``).
+        size: payload bytes per message (16 or more carry a timestamp for latency).
+        messages: messages to send in total (with ``fanout``: sent by the one sender).
+        fanout: one sender to this many receivers, instead of pairs.
+        duration: send for this many seconds instead of a number of messages
+            (``messages`` is then ignored).
+        rate: paced total send rate, messages per second (``None``: as fast as the
+            in-flight window allows).
+        window: most messages in flight per pair (engine default if ``None``).
+        threads: engine threads (``None`` or 0: one per core).
+        progress: called as ``progress(elapsed_seconds, sent, delivered)`` every
+            ``progress_every`` seconds while the run lasts. An exception it raises
+            (``KeyboardInterrupt`` too) is re-raised when the run ends.
+        progress_every: seconds between progress calls.
+
+    Raises:
+        ValueError: an invalid combination of arguments.
+        ConnectionError: the engine could not connect or log in.
+        RuntimeError: the engine failed while running.
+    """
+    report = _load_run(
+        addr,
+        pairs=pairs,
+        size=size,
+        messages=None if duration is not None else messages,
+        duration=duration,
+        fanout=fanout,
+        rate=rate,
+        window=window,
+        threads=threads,
+        progress=progress,
+        every=progress_every,
+    )
+    return LoadReport.from_json(report)

@@ -1,0 +1,171 @@
+"""``python -m ringrouter.load``: run a load against a router and report it.
+
+Prints a progress line while running (on stderr) and a table at the end; with
+``--json`` prints exactly one JSON object on stdout instead of the table; with
+``--plot out.png`` also draws throughput over time and the latency distribution
+(needs matplotlib: ``pip install 'ringrouter[plot]'``).
+
+Exit status: 0, or 1 if any message was lost, 2 on bad arguments or a failed run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional, TextIO
+
+from . import LoadReport, run
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m ringrouter.load",
+        description="Drive a ringrouter with the Rust load engine: P sender/receiver "
+        "pairs (1:1), or one sender fanning out to M receivers.",
+    )
+    p.add_argument("--addr", default="127.0.0.1:7878", help="router address (default %(default)s)")
+    p.add_argument("--pairs", type=int, default=16, help="sender/receiver pairs (default %(default)s)")
+    p.add_argument("--size", type=int, default=64, help="payload bytes (default %(default)s)")
+    p.add_argument(
+        "--messages",
+        type=int,
+        default=None,
+        help="messages to send in total (default 1000000, or unlimited with --duration)",
+    )
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="send for S seconds instead of a message count (--messages is ignored)")
+    p.add_argument("--fanout", type=int, default=None, metavar="M", help="one sender to M receivers")
+    p.add_argument("--rate", type=float, default=None, metavar="R", help="paced total send rate, msgs/s")
+    p.add_argument("--window", type=int, default=None, help="most messages in flight per pair")
+    p.add_argument("--threads", type=int, default=None, help="engine threads (default: one per core)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--plot", metavar="OUT.png", default=None, help="write a PNG of msgs/s over time and latencies")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    return p
+
+
+def _fmt_int(n: float) -> str:
+    return f"{n:,.0f}"
+
+
+def format_table(r: LoadReport, title: str) -> str:
+    """The end-of-run table."""
+    rows = [
+        ("delivered", f"{_fmt_int(r.delivered)} of {_fmt_int(r.sent)}"
+         f"  (lost {_fmt_int(r.lost)}, out of order {_fmt_int(getattr(r, 'out_of_order', 0))})"),
+        ("time", f"{r.seconds:.3f} s"),
+        ("throughput", f"{_fmt_int(r.msgs_per_sec)} msgs/s   {r.mb_per_sec:.2f} MB/s"),
+        ("latency p50", f"{r.p50_us:10.1f} us"),
+        ("latency p90", f"{r.p90_us:10.1f} us"),
+        ("latency p99", f"{r.p99_us:10.1f} us"),
+        ("latency p99.9", f"{r.p999_us:10.1f} us"),
+        ("latency max", f"{r.max_us:10.1f} us"),
+    ]
+    if hasattr(r, "receivers"):
+        rows.append((
+            "receivers",
+            f"{r.receivers}: min {_fmt_int(r.receiver_min_msgs_per_sec)}"
+            f"  avg {_fmt_int(r.receiver_avg_msgs_per_sec)}"
+            f"  max {_fmt_int(r.receiver_max_msgs_per_sec)} msgs/s",
+        ))
+    if hasattr(r, "engine_cpu_seconds"):
+        rows.append((
+            "engine CPU",
+            f"{r.engine_cpu_seconds:.2f} s (router and engine share this machine's cores)",
+        ))
+    width = max(len(k) for k, _ in rows)
+    lines = [title, "-" * len(title)]
+    lines += [f"{k:<{width}}  {v}" for k, v in rows]
+    return "\n".join(lines)
+
+
+class _Progress:
+    """Writes one progress line, redrawn in place on a terminal."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.last = (0.0, 0)
+        self.drawn = False
+
+    def __call__(self, elapsed: float, sent: int, delivered: int) -> None:
+        t0, d0 = self.last
+        rate = (delivered - d0) / (elapsed - t0) if elapsed > t0 else 0.0
+        self.last = (elapsed, delivered)
+        line = (
+            f"[{elapsed:7.1f} s] sent {_fmt_int(sent):>13}  delivered {_fmt_int(delivered):>13}"
+            f"  {_fmt_int(rate):>11} msgs/s"
+        )
+        if self.tty:
+            self.out.write("\r" + line)
+            self.drawn = True
+        else:
+            self.out.write(line + "\n")
+        self.out.flush()
+
+    def done(self) -> None:
+        if self.drawn:
+            self.out.write("\n")
+            self.out.flush()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Runs the CLI; returns the exit status."""
+    args = _parser().parse_args(argv)
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print(
+                "error: --plot needs matplotlib, which is not installed; "
+                "install it with: pip install 'ringrouter[plot]'",
+                file=sys.stderr,
+            )
+            return 2
+    messages = args.messages
+    if messages is None and args.duration is None:
+        messages = 1_000_000
+    show_progress = not args.quiet and (not args.json or sys.stderr.isatty())
+    progress = _Progress(sys.stderr) if show_progress else None
+    try:
+        report = run(
+            args.addr,
+            pairs=args.pairs,
+            size=args.size,
+            messages=messages,
+            fanout=args.fanout,
+            duration=args.duration,
+            rate=args.rate,
+            window=args.window,
+            threads=args.threads,
+            progress=progress,
+        )
+    except (ValueError, OverflowError, ConnectionError, RuntimeError) as e:
+        if progress is not None:
+            progress.done()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if progress is not None:
+        progress.done()
+    if args.json:
+        print(report.to_json())
+    else:
+        shape = (
+            f"1 sender -> {args.fanout} receivers" if args.fanout else f"{args.pairs} pairs"
+        )
+        amount = f"{args.duration:g} s" if args.duration is not None else f"{_fmt_int(messages or 0)} messages"
+        print(format_table(report, f"ringrouter load @ {args.addr}: {shape}, {args.size}-byte payloads, {amount}"))
+    if args.plot is not None:
+        from .plot import plot_report
+
+        plot_report(report, args.plot)
+        if not args.json:
+            print(f"plot written to {args.plot}")
+    if report.lost:
+        print(f"error: {report.lost} messages lost", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

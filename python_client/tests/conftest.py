@@ -1,0 +1,203 @@
+"""Fixtures: a real ringrouter process per test session (and one with --auth jwt).
+
+The router binary is ``$RINGROUTER_BIN``, else ``target/debug/ringrouter`` or
+``target/release/ringrouter`` under the repository root (the newer of the two).
+It is started with ``--listen 127.0.0.1:0 --no-pin``; its first stdout line,
+``ringrouter listening on ADDR (N shards, DRIVER)``, gives the address.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional
+
+import pytest
+
+import ringrouter
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON_CLIENT = REPO / "python_client"
+BANNER = re.compile(r"^ringrouter listening on (\S+) \((\d+) shards?, ([^)]*)\)")
+JWT_SECRET = b"python-client-test-secret"
+
+
+def router_bin() -> Path:
+    env = os.environ.get("RINGROUTER_BIN")
+    if env:
+        p = Path(env)
+        if not p.is_file():
+            pytest.exit(f"RINGROUTER_BIN={env} is not a file", returncode=2)
+        return p
+    found = [REPO / "target" / prof / "ringrouter" for prof in ("debug", "release")]
+    found = [p for p in found if p.is_file()]
+    if not found:
+        pytest.exit(
+            "no router binary: run `cargo build -p ringrouter` or set RINGROUTER_BIN",
+            returncode=2,
+        )
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+class Router:
+    """A running router process."""
+
+    def __init__(self, args: List[str]) -> None:
+        cmd = [str(router_bin()), "--listen", "127.0.0.1:0", "--no-pin", *args]
+        env = dict(os.environ)
+        env.setdefault("RUST_LOG", "warn")
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            text=True,
+        )
+        self.stderr_lines: List[str] = []
+        assert self.proc.stderr is not None and self.proc.stdout is not None
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        line = self.proc.stdout.readline()
+        m = BANNER.match(line)
+        if not m:
+            self.proc.kill()
+            self.proc.wait(5)
+            time.sleep(0.1)
+            raise RuntimeError(
+                f"router did not start: first line {line!r}, stderr: {''.join(self.stderr_lines)}"
+            )
+        self.addr: str = m.group(1)
+        self.shards = int(m.group(2))
+        self.driver = m.group(3)
+        # Keep reading stdout so the router never blocks on a full pipe.
+        threading.Thread(target=self._drain_stdout, daemon=True).start()
+
+    def _drain_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for _ in self.proc.stdout:
+            pass
+
+    def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line)
+
+    def terminate(self, timeout: float = 10.0) -> Optional[int]:
+        """SIGTERM, wait, SIGKILL if needed; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def router() -> Iterator[Router]:
+    """A router with open auth, shared by the whole session."""
+    r = Router([])
+    yield r
+    r.terminate()
+
+
+@pytest.fixture
+def own_router() -> Iterator[Callable[..., Router]]:
+    """Starts routers private to one test (terminated at its end)."""
+    started: List[Router] = []
+
+    def start(*args: str) -> Router:
+        r = Router(list(args))
+        started.append(r)
+        return r
+
+    yield start
+    for r in started:
+        r.terminate()
+
+
+@pytest.fixture
+def closed_port_addr() -> Iterator[str]:
+    """An address where nothing listens: a port held bound (not listening) by the test."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    host, port = s.getsockname()
+    yield f"{host}:{port}"
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def jwt_secret_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    p = tmp_path_factory.mktemp("jwt") / "secret"
+    p.write_bytes(JWT_SECRET + b"\n")
+    return p
+
+
+@pytest.fixture(scope="session")
+def jwt_router(jwt_secret_file: Path) -> Iterator[Router]:
+    """A router with --auth jwt (secret: JWT_SECRET)."""
+    r = Router(["--auth", "jwt", "--jwt-secret-file", str(jwt_secret_file)])
+    yield r
+    r.terminate()
+
+
+def make_jwt(secret: bytes, sub: str, ttl: int = 300) -> str:
+    """An HS256 JWT with ``sub`` and ``exp`` (no third-party library needed)."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    claims = b64(json.dumps({"sub": sub, "exp": int(time.time()) + ttl}).encode())
+    signing_input = f"{header}.{claims}".encode()
+    sig = b64(hmac.new(secret, signing_input, hashlib.sha256).digest())
+    return f"{header}.{claims}.{sig}"
+
+
+@pytest.fixture
+def user() -> Callable[[str], str]:
+    """Unique user names, so tests sharing a router never see each other's messages."""
+
+    def make(prefix: str = "u") -> str:
+        return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+    return make
+
+
+@pytest.fixture
+def connect(router: Router) -> Iterator[Callable[..., ringrouter.Client]]:
+    """Connects clients to the session router; closes them at the end of the test."""
+    clients: List[ringrouter.Client] = []
+
+    def make(user: str, **kw: object) -> ringrouter.Client:
+        c = ringrouter.Client(router.addr, user, **kw)  # type: ignore[arg-type]
+        clients.append(c)
+        return c
+
+    yield make
+    for c in clients:
+        c.close()
+
+
+def run_python(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    """Runs this interpreter with ``args`` (a module, an example), capturing output."""
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(PYTHON_CLIENT),
+    )
