@@ -21,6 +21,7 @@ pub mod outbuf;
 pub mod server;
 pub mod shard;
 pub mod stats;
+pub mod store;
 
 pub use config::{AuthMode, Config};
 pub use server::{driver_name, Router, RouterHandle, StartError};

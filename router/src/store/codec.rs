@@ -1,0 +1,261 @@
+//! On-disk layout of the store: record encodings, key layouts, name checks and the glob matcher.
+//! Pure functions, no I/O.
+//!
+//! Every value starts with a one-byte format tag (1) followed by a protobuf
+//! encoding, so a value written by something else (or damaged) is refused with an error
+//! instead of being misread. Keys:
+//! - `offline`: `user bytes, 0x00, seq u64 big-endian`: a prefix scan of `user 0x00` is one
+//!   user's queue in seq order (user names never contain NUL).
+//! - `accounts`: `user bytes` → an account record (the Argon2id PHC string).
+//! - `rooms`: `"room:" name` → [`RoomRecord`], and `"code:" join_code` → room name (UTF-8).
+
+use bytes::Bytes;
+use prost::Message;
+
+use super::StoreError;
+
+/// Format tag of every value written by this version.
+pub(crate) const FORMAT_V1: u8 = 1;
+
+/// Longest user name, room name, join code or glob pattern the store accepts, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// Longest password the store hashes, in bytes.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// Key prefix of room records in the `rooms` keyspace.
+pub(crate) const ROOM_PREFIX: &[u8] = b"room:";
+/// Key prefix of the join-code index in the `rooms` keyspace.
+pub(crate) const CODE_PREFIX: &[u8] = b"code:";
+
+/// One queued message for an offline user.
+///
+/// The field tags are those of the wire `Deliver` (from_user 2, to_room 3, payload 4,
+/// server_ts_us 5, msg_id 6), so the encoded record is a `Deliver` without its per-session `seq`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct StoredMsg {
+    /// The authenticated sender.
+    #[prost(string, tag = "2")]
+    pub from_user: String,
+    /// The room the message was sent to; empty for a direct message.
+    #[prost(string, tag = "3")]
+    pub to_room: String,
+    /// The opaque payload.
+    #[prost(bytes = "bytes", tag = "4")]
+    pub payload: Bytes,
+    /// Router clock when the message was accepted, microseconds since the Unix epoch.
+    #[prost(uint64, tag = "5")]
+    pub server_ts_us: u64,
+    /// The router-unique message id (clients dedupe by it).
+    #[prost(uint64, tag = "6")]
+    pub msg_id: u64,
+}
+
+/// A room: its owner, optional password hash (PHC string), join code and members.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RoomRecord {
+    /// Unique room name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// The user who created it; only the owner may add/remove members or delete it.
+    #[prost(string, tag = "2")]
+    pub owner: String,
+    /// Argon2id PHC string of the room password, if the room has one
+    /// (see [`StoreHandle::hash_password`](super::StoreHandle::hash_password)).
+    #[prost(string, optional, tag = "3")]
+    pub password_hash: Option<String>,
+    /// Short code that also finds the room; unique across rooms.
+    #[prost(string, tag = "4")]
+    pub join_code: String,
+    /// Member user names (the owner included when the owner is a member).
+    #[prost(string, repeated, tag = "5")]
+    pub members: Vec<String>,
+}
+
+/// An account: the Argon2id PHC string of its password.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub(crate) struct AccountRecord {
+    /// `$argon2id$v=19$m=..,t=..,p=..$salt$hash`.
+    #[prost(string, tag = "1")]
+    pub phc: String,
+    /// When the account was created, microseconds since the Unix epoch.
+    #[prost(uint64, tag = "2")]
+    pub created_us: u64,
+}
+
+/// Encodes `msg` as a tagged value.
+pub(crate) fn encode<M: Message>(msg: &M) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + msg.encoded_len());
+    out.push(FORMAT_V1);
+    // Encoding into a Vec cannot run out of space.
+    let _ = msg.encode(&mut out);
+    out
+}
+
+/// Decodes a tagged value; `what` names the record in the error.
+pub(crate) fn decode<M: Message + Default>(value: &[u8], what: &str) -> Result<M, StoreError> {
+    match value.split_first() {
+        Some((&FORMAT_V1, rest)) => {
+            M::decode(rest).map_err(|e| StoreError::Io(format!("corrupt {what} record: {e}")))
+        }
+        Some((tag, _)) => Err(StoreError::Io(format!(
+            "corrupt {what} record: unknown format tag {tag}"
+        ))),
+        None => Err(StoreError::Io(format!(
+            "corrupt {what} record: empty value"
+        ))),
+    }
+}
+
+/// Checks a user name, room name or join code: 1..=[`MAX_NAME_BYTES`] bytes, no NUL.
+pub(crate) fn validate_name(kind: &str, name: &str) -> Result<(), StoreError> {
+    if name.is_empty() {
+        return Err(StoreError::Invalid(format!("{kind} is empty")));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(StoreError::Invalid(format!(
+            "{kind} is {} bytes, longer than {MAX_NAME_BYTES}",
+            name.len()
+        )));
+    }
+    if name.contains('\0') {
+        return Err(StoreError::Invalid(format!("{kind} contains NUL")));
+    }
+    Ok(())
+}
+
+/// Checks a password: at most [`MAX_PASSWORD_BYTES`] bytes.
+pub(crate) fn validate_password(password: &str) -> Result<(), StoreError> {
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(StoreError::Invalid(format!(
+            "password is longer than {MAX_PASSWORD_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// `user 0x00`: the prefix of every key of `user`'s offline queue.
+pub(crate) fn queue_prefix(user: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(user.len() + 9);
+    k.extend_from_slice(user.as_bytes());
+    k.push(0);
+    k
+}
+
+/// `user 0x00 seq(BE)`.
+pub(crate) fn queue_key(prefix: &[u8], seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 8);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The seq of an offline key that starts with `prefix`.
+pub(crate) fn parse_queue_key(prefix: &[u8], key: &[u8]) -> Result<u64, StoreError> {
+    let tail = key
+        .strip_prefix(prefix)
+        .ok_or_else(|| StoreError::Io("offline key outside its queue".into()))?;
+    let seq: [u8; 8] = tail
+        .try_into()
+        .map_err(|_| StoreError::Io(format!("corrupt offline key of {} bytes", key.len())))?;
+    Ok(u64::from_be_bytes(seq))
+}
+
+/// `prefix name`.
+pub(crate) fn prefixed(prefix: &[u8], name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + name.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// The literal part of a glob before its first wildcard (for a prefix scan).
+pub(crate) fn glob_literal_prefix(pattern: &str) -> &str {
+    match pattern.find(['*', '?']) {
+        Some(i) => &pattern[..i],
+        None => pattern,
+    }
+}
+
+/// Glob match over characters: `*` matches any run (empty included), `?` exactly one
+/// character, everything else itself. No escapes. Linear-time with one backtrack point.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    let (mut pi, mut ni) = (0usize, 0usize);
+    // Position after the last `*` seen, and the name position it is matched up to.
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi + 1, ni));
+                pi += 1;
+            }
+            Some(&c) if c == '?' || c == n[ni] => {
+                pi += 1;
+                ni += 1;
+            }
+            _ => match star {
+                Some((sp, sn)) => {
+                    pi = sp;
+                    ni = sn + 1;
+                    star = Some((sp, sn + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi.min(p.len())..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*", ""));
+        assert!(glob_match("*", "alice"));
+        assert!(glob_match("al*", "alice"));
+        assert!(glob_match("al*", "al"));
+        assert!(!glob_match("al*", "bob"));
+        assert!(glob_match("a?ice", "alice"));
+        assert!(!glob_match("a?ice", "aice"));
+        assert!(glob_match("*ce", "alice"));
+        assert!(glob_match("a*c*e", "abcde"));
+        assert!(!glob_match("a*c*f", "abcde"));
+        assert!(glob_match("??", "éé"));
+        assert!(!glob_match("alice", "alic"));
+        assert!(glob_match("", ""));
+        assert!(!glob_match("", "a"));
+        assert_eq!(glob_literal_prefix("al*x"), "al");
+        assert_eq!(glob_literal_prefix("a?"), "a");
+        assert_eq!(glob_literal_prefix("bob"), "bob");
+    }
+
+    #[test]
+    fn keys_sort_by_user_then_seq() {
+        let a = queue_prefix("al");
+        let b = queue_prefix("al\u{1}");
+        assert!(queue_key(&a, u64::MAX) < queue_key(&b, 0));
+        assert!(queue_key(&a, 255) < queue_key(&a, 256));
+        assert_eq!(parse_queue_key(&a, &queue_key(&a, 77)).ok(), Some(77));
+        assert!(parse_queue_key(&a, b"al\0abc").is_err());
+    }
+
+    #[test]
+    fn records_round_trip_and_refuse_garbage() {
+        let m = StoredMsg {
+            from_user: "a".into(),
+            to_room: String::new(),
+            payload: Bytes::from_static(b"hi"),
+            server_ts_us: 5,
+            msg_id: 9,
+        };
+        let v = encode(&m);
+        assert_eq!(decode::<StoredMsg>(&v, "x").ok(), Some(m));
+        assert!(decode::<StoredMsg>(&[], "x").is_err());
+        assert!(decode::<StoredMsg>(&[7, 1, 2], "x").is_err());
+        assert!(decode::<StoredMsg>(&[FORMAT_V1, 0xff, 0xff, 0xff], "x").is_err());
+    }
+}

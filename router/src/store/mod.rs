@@ -1,0 +1,770 @@
+//! The embedded store: accounts, rooms and offline queues in one fjall database, written by
+//! one storage thread so that a shard thread never blocks on disk.
+//!
+//! # Model
+//! - [`Store::open`] opens (creates) the database in a directory, with the keyspaces
+//!   `offline`, `accounts` and `rooms`, and starts the storage thread that owns it (plus a
+//!   1–2 thread pool for Argon2id). It returns a [`StoreHandle`] (`Clone + Send + Sync`).
+//! - Every [`StoreHandle`] method only queues a request and returns. Its completion callback
+//!   runs later, **always on the storage thread** (never on the caller's thread, never on a
+//!   hashing thread), exactly once — unless the method returns `Err(StoreError::Closed)`,
+//!   in which case the callback is dropped without being called. So a callback may push into
+//!   an SPSC ring whose producer is the storage thread.
+//! - Group commit: the storage thread takes every queued request (up to
+//!   [`StoreOptions::max_round`]), applies their writes as few fjall write batches as
+//!   read-your-writes allows (a request that reads first commits what is pending, without
+//!   fsync), persists once — `fdatasync` in [`Durability::Sync`] — and only then runs the
+//!   round's completions, in request order. A callback therefore never sees a write that is
+//!   not yet as durable as the mode promises. [`StoreHandle::stats`] counts rounds and fsyncs.
+//! - A completion callback must be quick: it holds up every other completion of the round.
+//!   [`StoreOptions::round_hook`] runs once after each round's completions (ring doorbells
+//!   there, once, instead of in every callback).
+//!
+//! # Layout
+//! See [`codec`] for keys and record encodings. Offline seqs start at 1 and increase per user
+//! for the life of the process; after a restart they continue after the highest stored seq
+//! (a queue emptied before the restart starts again at 1).
+
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::{JoinHandle, ThreadId};
+
+pub mod codec;
+mod hash;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+pub use codec::{glob_match, RoomRecord, StoredMsg, MAX_NAME_BYTES, MAX_PASSWORD_BYTES};
+
+/// Why a store request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The user, account or room does not exist.
+    #[error("not found")]
+    NotFound,
+    /// The name (or join code) is already taken.
+    #[error("already exists")]
+    Conflict,
+    /// The request itself is invalid (bad name, bad pattern, ...).
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// The user's offline queue is at the limit given to [`StoreHandle::append_capped`].
+    #[error("offline queue full")]
+    Full,
+    /// Disk, engine or hashing failure, or a corrupt record read from disk.
+    #[error("storage error: {0}")]
+    Io(String),
+    /// The store is shut down (or its storage thread is gone).
+    #[error("store closed")]
+    Closed,
+}
+
+impl From<fjall::Error> for StoreError {
+    fn from(e: fjall::Error) -> Self {
+        StoreError::Io(e.to_string())
+    }
+}
+
+/// Result of a store request.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A completion callback, run on the storage thread.
+pub type Callback<T> = Box<dyn FnOnce(StoreResult<T>) + Send + 'static>;
+
+/// How durable a write is when its completion runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Written to the journal and handed to the OS (survives a router crash, not a power
+    /// loss or kernel crash); no fsync.
+    #[default]
+    Memory,
+    /// Every round of writes is persisted with `fdatasync` before its completions run
+    /// (group commit: one fsync per round, however many requests it holds).
+    Sync,
+}
+
+/// Runs after every round's completions, on the storage thread.
+pub type RoundHook = Arc<dyn Fn() + Send + Sync + 'static>;
+
+/// Tuning for [`Store::open_with`].
+#[derive(Clone)]
+pub struct StoreOptions {
+    /// Use the smallest legal Argon2id parameters (for tests): ≈0.1 ms instead of ≈35 ms a
+    /// hash. Default `false` (Argon2id, m = 19 MiB, t = 2, p = 1). Existing hashes keep
+    /// verifying either way (the PHC string carries its parameters).
+    pub argon2_cheap: bool,
+    /// Hashing threads; 0 = automatic (1 on machines with fewer than 4 cores, else 2).
+    pub hash_threads: usize,
+    /// Most requests handled in one round before it is committed (a bound on latency
+    /// under a flood). Default 65 536.
+    pub max_round: usize,
+    /// Called once after each round's completions, on the storage thread.
+    pub round_hook: Option<RoundHook>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            argon2_cheap: false,
+            hash_threads: 0,
+            max_round: 65_536,
+            round_hook: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("argon2_cheap", &self.argon2_cheap)
+            .field("hash_threads", &self.hash_threads)
+            .field("max_round", &self.max_round)
+            .field("round_hook", &self.round_hook.is_some())
+            .finish()
+    }
+}
+
+/// What to do when [`StoreHandle::append_capped`] would pass the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Store nothing; the callback gets [`StoreError::Full`].
+    Reject,
+    /// Drop the oldest queued messages to make room.
+    DropOldest,
+}
+
+/// Counters published by the storage thread (monotonic unless noted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Rounds (drain → commit → persist → completions).
+    pub rounds: u64,
+    /// Requests handled (password-hash answers included).
+    pub requests: u64,
+    /// Messages appended to offline queues.
+    pub appended: u64,
+    /// fjall write batches committed.
+    pub commits: u64,
+    /// fsyncs (one per round with writes, in `Sync` mode).
+    pub fsyncs: u64,
+    /// Largest number of requests in one round.
+    pub max_round: u64,
+    /// Time spent committing batches, µs.
+    pub commit_us: u64,
+    /// Time spent in fsync, µs.
+    pub fsync_us: u64,
+    /// Password hashing jobs queued or running (a gauge).
+    pub hash_jobs: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct StatCells {
+    rounds: AtomicU64,
+    requests: AtomicU64,
+    appended: AtomicU64,
+    commits: AtomicU64,
+    fsyncs: AtomicU64,
+    max_round: AtomicU64,
+    commit_us: AtomicU64,
+    fsync_us: AtomicU64,
+}
+
+thread_local! {
+    /// Set while a request that could not be queued is dropped on its caller's thread:
+    /// its callback must then be dropped without being called.
+    static DISARMED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A callback that answers [`StoreError::Closed`] if it is dropped unanswered (a request
+/// left in the queue at shutdown, a storage-thread panic), so no request is ever lost
+/// silently.
+pub(crate) struct Cb<T: 'static>(Option<Callback<T>>);
+
+impl<T: 'static> Cb<T> {
+    fn new(f: impl FnOnce(StoreResult<T>) + Send + 'static) -> Self {
+        Cb(Some(Box::new(f)))
+    }
+
+    /// Runs the callback with `r`; a panicking callback is logged, not propagated.
+    pub(crate) fn call(mut self, r: StoreResult<T>) {
+        if let Some(f) = self.0.take() {
+            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || f(r)));
+            if res.is_err() {
+                tracing::error!("a store completion callback panicked");
+            }
+        }
+    }
+}
+
+impl<T: 'static> Drop for Cb<T> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            if !DISARMED.with(Cell::get) {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                    f(Err(StoreError::Closed))
+                }));
+            }
+        }
+    }
+}
+
+/// Drops `v` without calling any callback inside it.
+fn drop_disarmed<V>(v: V) {
+    DISARMED.with(|d| d.set(true));
+    drop(v);
+    DISARMED.with(|d| d.set(false));
+}
+
+/// A request to the storage thread.
+pub(crate) enum Msg {
+    Append {
+        user: String,
+        msgs: Vec<StoredMsg>,
+        cap: Option<(u64, Overflow)>,
+        cb: Cb<u64>,
+    },
+    Load {
+        user: String,
+        from_seq: u64,
+        limit: usize,
+        cb: Cb<Vec<(u64, StoredMsg)>>,
+    },
+    RemoveUpTo {
+        user: String,
+        seq: u64,
+        cb: Cb<u64>,
+    },
+    Count {
+        user: String,
+        cb: Cb<u64>,
+    },
+    Clear {
+        user: String,
+        cb: Cb<u64>,
+    },
+    Register {
+        user: String,
+        password: String,
+        cb: Cb<()>,
+    },
+    Verify {
+        user: String,
+        password: String,
+        cb: Cb<bool>,
+    },
+    UserExists {
+        user: String,
+        cb: Cb<bool>,
+    },
+    DeleteAccount {
+        user: String,
+        cb: Cb<()>,
+    },
+    ListUsers {
+        pattern: String,
+        limit: usize,
+        cb: Cb<Vec<String>>,
+    },
+    HashPassword {
+        password: String,
+        cb: Cb<String>,
+    },
+    CheckPassword {
+        password: String,
+        phc: String,
+        cb: Cb<bool>,
+    },
+    CreateRoom {
+        record: RoomRecord,
+        cb: Cb<()>,
+    },
+    GetRoom {
+        key: String,
+        cb: Cb<Option<RoomRecord>>,
+    },
+    PutRoom {
+        record: RoomRecord,
+        cb: Cb<()>,
+    },
+    DeleteRoom {
+        name: String,
+        cb: Cb<()>,
+    },
+    RoomsOf {
+        user: String,
+        cb: Cb<Vec<String>>,
+    },
+    Flush {
+        cb: Cb<()>,
+    },
+    /// An answer from the hashing pool.
+    Hashed {
+        id: u64,
+        result: StoreResult<hash::HashOutcome>,
+    },
+    Shutdown,
+}
+
+/// Opens stores.
+#[derive(Debug)]
+pub struct Store;
+
+impl Store {
+    /// Opens (creates) the database in `dir` with default [`StoreOptions`] and starts its
+    /// storage thread.
+    pub fn open(dir: &Path, durability: Durability) -> StoreResult<StoreHandle> {
+        Store::open_with(dir, durability, StoreOptions::default())
+    }
+
+    /// Opens (creates) the database in `dir` and starts its storage thread and hashing pool.
+    /// Fails with [`StoreError::Io`] if the directory cannot be created, is locked by
+    /// another process, or holds an unreadable database.
+    pub fn open_with(
+        dir: &Path,
+        durability: Durability,
+        options: StoreOptions,
+    ) -> StoreResult<StoreHandle> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
+        let dbs = worker::Dbs::open(dir)?;
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let stats = Arc::new(StatCells::default());
+        let hash_queued = Arc::new(AtomicUsize::new(0));
+        let threads = match options.hash_threads {
+            0 => {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                if cores >= 4 {
+                    2
+                } else {
+                    1
+                }
+            }
+            n => n,
+        };
+        let pool = hash::HashPool::start(
+            threads,
+            options.argon2_cheap,
+            tx.clone(),
+            Arc::clone(&hash_queued),
+        )
+        .map_err(|e| StoreError::Io(format!("cannot start hashing threads: {e}")))?;
+        let mut w = worker::Worker::new(dbs, durability, options, pool, Arc::clone(&stats));
+        let thread = std::thread::Builder::new()
+            .name("rr-store".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| StoreError::Io(format!("cannot start the storage thread: {e}")))?;
+        let thread_id = thread.thread().id();
+        Ok(StoreHandle {
+            inner: Arc::new(Inner {
+                tx,
+                closed: AtomicBool::new(false),
+                thread: Mutex::new(Some(thread)),
+                thread_id,
+                stats,
+                hash_queued,
+                dir: dir.to_path_buf(),
+                durability,
+            }),
+        })
+    }
+}
+
+struct Inner {
+    tx: Sender<Msg>,
+    closed: AtomicBool,
+    thread: Mutex<Option<JoinHandle<StoreResult<()>>>>,
+    thread_id: ThreadId,
+    stats: Arc<StatCells>,
+    hash_queued: Arc<AtomicUsize>,
+    dir: PathBuf,
+    durability: Durability,
+}
+
+impl Inner {
+    fn shutdown(&self) -> StoreResult<()> {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            let _ = self.tx.send(Msg::Shutdown);
+        }
+        if std::thread::current().id() == self.thread_id {
+            // Called from a completion callback: the thread exits after this round.
+            return Ok(());
+        }
+        let handle = match self.thread.lock() {
+            Ok(mut g) => g.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        match handle {
+            Some(h) => match h.join() {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Io("the storage thread panicked".into())),
+            },
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::warn!("store shutdown: {e}");
+        }
+    }
+}
+
+/// The way to the storage thread: cheap to clone, usable from any thread.
+///
+/// Every request method returns at once. `Ok(())` means the request was queued and its
+/// callback will run exactly once, on the storage thread. `Err(StoreError::Closed)` means
+/// the store is shut down; the callback is then dropped without being called. Names are
+/// checked on the storage thread (the callback gets [`StoreError::Invalid`]).
+///
+/// When the last handle is dropped the store shuts down as [`StoreHandle::shutdown`] does.
+#[derive(Clone)]
+pub struct StoreHandle {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for StoreHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreHandle")
+            .field("dir", &self.inner.dir)
+            .field("durability", &self.inner.durability)
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl StoreHandle {
+    fn send(&self, msg: Msg) -> StoreResult<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            drop_disarmed(msg);
+            return Err(StoreError::Closed);
+        }
+        self.inner.tx.send(msg).map_err(|mpsc::SendError(msg)| {
+            drop_disarmed(msg);
+            StoreError::Closed
+        })
+    }
+
+    /// The directory the store was opened in.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The durability mode the store was opened with.
+    pub fn durability(&self) -> Durability {
+        self.inner.durability
+    }
+
+    /// Whether [`StoreHandle::shutdown`] has been called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// A snapshot of the storage thread's counters.
+    pub fn stats(&self) -> StoreStats {
+        let s = &self.inner.stats;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StoreStats {
+            rounds: l(&s.rounds),
+            requests: l(&s.requests),
+            appended: l(&s.appended),
+            commits: l(&s.commits),
+            fsyncs: l(&s.fsyncs),
+            max_round: l(&s.max_round),
+            commit_us: l(&s.commit_us),
+            fsync_us: l(&s.fsync_us),
+            hash_jobs: self.inner.hash_queued.load(Ordering::Relaxed) as u64,
+        }
+    }
+
+    // ----- offline queues -----
+
+    /// Appends `msgs` to `user`'s offline queue, assigning each the next per-user seq.
+    /// Answers the queue length after the append.
+    pub fn append(
+        &self,
+        user: &str,
+        msgs: Vec<StoredMsg>,
+        cb: impl FnOnce(StoreResult<u64>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::Append {
+            user: user.to_owned(),
+            msgs,
+            cap: None,
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// Like [`StoreHandle::append`], but keeps the queue at most `max` long: past it,
+    /// either nothing is stored and the callback gets [`StoreError::Full`]
+    /// ([`Overflow::Reject`]), or the oldest messages are removed ([`Overflow::DropOldest`];
+    /// if `msgs` alone is longer than `max`, only its last `max` are kept).
+    pub fn append_capped(
+        &self,
+        user: &str,
+        msgs: Vec<StoredMsg>,
+        max: u64,
+        overflow: Overflow,
+        cb: impl FnOnce(StoreResult<u64>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::Append {
+            user: user.to_owned(),
+            msgs,
+            cap: Some((max, overflow)),
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// The first `limit` messages of `user`'s queue, in order, with their seqs.
+    pub fn load(
+        &self,
+        user: &str,
+        limit: usize,
+        cb: impl FnOnce(StoreResult<Vec<(u64, StoredMsg)>>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.load_from(user, 0, limit, cb)
+    }
+
+    /// Up to `limit` messages of `user`'s queue with seq ≥ `from_seq`, in order (paging
+    /// through a long queue before the earlier pages are removed).
+    pub fn load_from(
+        &self,
+        user: &str,
+        from_seq: u64,
+        limit: usize,
+        cb: impl FnOnce(StoreResult<Vec<(u64, StoredMsg)>>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::Load {
+            user: user.to_owned(),
+            from_seq,
+            limit,
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// Removes every message of `user`'s queue with seq ≤ `seq` (acked). Answers the queue
+    /// length after the removal.
+    pub fn remove_up_to(
+        &self,
+        user: &str,
+        seq: u64,
+        cb: impl FnOnce(StoreResult<u64>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::RemoveUpTo {
+            user: user.to_owned(),
+            seq,
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// The length of `user`'s queue (0 for an unknown user).
+    pub fn count(
+        &self,
+        user: &str,
+        cb: impl FnOnce(StoreResult<u64>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::Count {
+            user: user.to_owned(),
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// Empties `user`'s queue. Answers how many messages were removed.
+    pub fn clear(
+        &self,
+        user: &str,
+        cb: impl FnOnce(StoreResult<u64>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::Clear {
+            user: user.to_owned(),
+            cb: Cb::new(cb),
+        })
+    }
+
+    // ----- accounts -----
+
+    /// Creates an account: the password is hashed with Argon2id on the hashing pool and its
+    /// PHC string stored. [`StoreError::Conflict`] if the user exists (or is being
+    /// registered right now), [`StoreError::Invalid`] for a bad name or an over-long password.
+    pub fn register(
+        &self,
+        user: &str,
+        password: &str,
+        cb: impl FnOnce(StoreResult<()>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::Register {
+            user: user.to_owned(),
+            password: password.to_owned(),
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// Checks `password` against `user`'s account (on the hashing pool): `Ok(true)` if it
+    /// matches, `Ok(false)` if not, [`StoreError::NotFound`] if there is no such account.
+    pub fn verify(
+        &self,
+        user: &str,
+        password: &str,
+        cb: impl FnOnce(StoreResult<bool>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::Verify {
+            user: user.to_owned(),
+            password: password.to_owned(),
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// Whether `user` has an account.
+    pub fn user_exists(
+        &self,
+        user: &str,
+        cb: impl FnOnce(StoreResult<bool>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::UserExists {
+            user: user.to_owned(),
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// Removes `user`'s account and offline queue in one atomic batch (room memberships are
+    /// the caller's, through [`StoreHandle::put_room`]). [`StoreError::NotFound`] if there
+    /// was neither an account nor a queued message.
+    pub fn delete_account(
+        &self,
+        user: &str,
+        cb: impl FnOnce(StoreResult<()>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::DeleteAccount {
+            user: user.to_owned(),
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// Account names matching the glob `pattern` (`*` any run, `?` one character), in byte
+    /// order, at most `limit` of them. The literal part before the first wildcard is a
+    /// prefix scan, so `al*` reads only names starting with `al`.
+    pub fn list_users(
+        &self,
+        pattern: &str,
+        limit: usize,
+        cb: impl FnOnce(StoreResult<Vec<String>>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::ListUsers {
+            pattern: pattern.to_owned(),
+            limit,
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// Hashes `password` on the hashing pool (for room passwords): answers a PHC string.
+    pub fn hash_password(
+        &self,
+        password: &str,
+        cb: impl FnOnce(StoreResult<String>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::HashPassword {
+            password: password.to_owned(),
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// Checks `password` against a PHC string on the hashing pool (for room passwords).
+    pub fn check_password(
+        &self,
+        password: &str,
+        phc: &str,
+        cb: impl FnOnce(StoreResult<bool>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::CheckPassword {
+            password: password.to_owned(),
+            phc: phc.to_owned(),
+            cb: Cb::new(cb),
+        })
+    }
+
+    // ----- rooms -----
+
+    /// Creates a room. [`StoreError::Conflict`] if the name or the join code is taken.
+    pub fn create_room(
+        &self,
+        record: RoomRecord,
+        cb: impl FnOnce(StoreResult<()>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::CreateRoom {
+            record,
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// Finds a room by name, or else by join code.
+    pub fn get_room(
+        &self,
+        name_or_code: &str,
+        cb: impl FnOnce(StoreResult<Option<RoomRecord>>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::GetRoom {
+            key: name_or_code.to_owned(),
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// Replaces an existing room's record (members, owner, password, join code).
+    /// [`StoreError::NotFound`] if there is no room of that name, [`StoreError::Conflict`]
+    /// if a new join code belongs to another room.
+    pub fn put_room(
+        &self,
+        record: RoomRecord,
+        cb: impl FnOnce(StoreResult<()>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::PutRoom {
+            record,
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// Deletes a room and its join code. [`StoreError::NotFound`] if there is none.
+    pub fn delete_room(
+        &self,
+        name: &str,
+        cb: impl FnOnce(StoreResult<()>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::DeleteRoom {
+            name: name.to_owned(),
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// Names of the rooms `user` owns or is a member of, in name order (a full scan).
+    pub fn rooms_of(
+        &self,
+        user: &str,
+        cb: impl FnOnce(StoreResult<Vec<String>>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::RoomsOf {
+            user: user.to_owned(),
+            cb: Cb::new(cb),
+        })
+    }
+
+    // ----- lifecycle -----
+
+    /// Persists everything written so far with fsync (whatever the durability mode), then
+    /// answers.
+    pub fn flush(&self, cb: impl FnOnce(StoreResult<()>) + Send + 'static) -> StoreResult<()> {
+        self.send(Msg::Flush { cb: Cb::new(cb) })
+    }
+
+    /// Stops the store: new requests get `Err(Closed)`; requests already queued are done,
+    /// queued password hashes are answered `Closed`, everything is persisted with fsync, and
+    /// the storage thread is joined. Idempotent; the first call reports a failure of the
+    /// final persist. Called from a completion callback, it returns at once and the thread
+    /// stops after the current round.
+    pub fn shutdown(&self) -> StoreResult<()> {
+        self.inner.shutdown()
+    }
+}

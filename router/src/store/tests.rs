@@ -1,0 +1,690 @@
+//! Store tests: real fjall databases in temporary directories.
+
+use super::*;
+use bytes::Bytes;
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn cheap() -> StoreOptions {
+    StoreOptions {
+        argon2_cheap: true,
+        ..StoreOptions::default()
+    }
+}
+
+fn open(dir: &Path, d: Durability) -> StoreHandle {
+    Store::open_with(dir, d, cheap()).expect("open store")
+}
+
+/// Runs one request and waits for its answer (tests only: never block a shard like this).
+fn call<T: Send + 'static>(f: impl FnOnce(Callback<T>) -> StoreResult<()>) -> StoreResult<T> {
+    let (tx, rx) = mpsc::channel();
+    f(Box::new(move |r| {
+        let _ = tx.send(r);
+    }))?;
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("no answer from the store")
+}
+
+fn msg(id: u64) -> StoredMsg {
+    StoredMsg {
+        from_user: "sender".into(),
+        to_room: if id & 1 == 0 {
+            String::new()
+        } else {
+            "room".into()
+        },
+        payload: Bytes::from(format!("payload {id}")),
+        server_ts_us: 1_700_000_000_000_000 + id,
+        msg_id: id,
+    }
+}
+
+fn room(name: &str, code: &str, owner: &str, members: &[&str]) -> RoomRecord {
+    RoomRecord {
+        name: name.into(),
+        owner: owner.into(),
+        password_hash: None,
+        join_code: code.into(),
+        members: members.iter().map(|m| m.to_string()).collect(),
+    }
+}
+
+#[test]
+fn handle_is_clone_send_sync_and_dir_is_exclusive() {
+    fn assert_traits<T: Clone + Send + Sync + 'static>() {}
+    assert_traits::<StoreHandle>();
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(dir.path(), Durability::Memory);
+    assert!(matches!(
+        Store::open(dir.path(), Durability::Memory),
+        Err(StoreError::Io(_))
+    ));
+    assert_eq!(h.dir(), dir.path());
+    assert_eq!(h.durability(), Durability::Memory);
+}
+
+#[test]
+fn ten_thousand_appends_keep_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(dir.path(), Durability::Memory);
+    // 10k messages in requests of 1..=7, all queued without waiting.
+    let (tx, rx) = mpsc::channel();
+    let mut id = 0u64;
+    let mut requests = 0;
+    while id < 10_000 {
+        let n = (requests % 7 + 1).min(10_000 - id as usize) as u64;
+        let batch: Vec<_> = (id..id + n).map(msg).collect();
+        id += n;
+        let tx = tx.clone();
+        h.append("bob", batch, move |r| tx.send(r).unwrap())
+            .unwrap();
+        requests += 1;
+    }
+    drop(tx);
+    let counts: Vec<u64> = rx.iter().map(|r| r.unwrap()).collect();
+    assert_eq!(counts.len(), requests);
+    assert!(
+        counts.windows(2).all(|w| w[0] < w[1]),
+        "completions in order"
+    );
+    assert_eq!(counts.last(), Some(&10_000));
+    let all = call(|cb| h.load("bob", 20_000, cb)).unwrap();
+    assert_eq!(all.len(), 10_000);
+    for (i, (seq, m)) in all.iter().enumerate() {
+        assert_eq!(*seq, i as u64 + 1);
+        assert_eq!(*m, msg(i as u64));
+    }
+    // Another user's queue is separate.
+    assert_eq!(call(|cb| h.count("bo", cb)).unwrap(), 0);
+    assert!(call(|cb| h.load("bobb", 10, cb)).unwrap().is_empty());
+    let s = h.stats();
+    assert_eq!(s.appended, 10_000);
+    assert!(s.rounds >= 1 && s.commits >= 1);
+    h.shutdown().unwrap();
+}
+
+#[test]
+fn load_remove_count_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(dir.path(), Durability::Memory);
+    assert_eq!(
+        call(|cb| h.append("u", (0..10).map(msg).collect(), cb)).unwrap(),
+        10
+    );
+    let first = call(|cb| h.load("u", 3, cb)).unwrap();
+    assert_eq!(
+        first.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    let page = call(|cb| h.load_from("u", 4, 3, cb)).unwrap();
+    assert_eq!(
+        page.iter().map(|(s, m)| (*s, m.msg_id)).collect::<Vec<_>>(),
+        vec![(4, 3), (5, 4), (6, 5)]
+    );
+    assert_eq!(call(|cb| h.remove_up_to("u", 5, cb)).unwrap(), 5);
+    assert_eq!(call(|cb| h.count("u", cb)).unwrap(), 5);
+    assert_eq!(call(|cb| h.load("u", 1, cb)).unwrap()[0].0, 6);
+    // Removing again, or below what is left, removes nothing.
+    assert_eq!(call(|cb| h.remove_up_to("u", 5, cb)).unwrap(), 5);
+    assert_eq!(call(|cb| h.remove_up_to("nobody", 5, cb)).unwrap(), 0);
+    assert_eq!(call(|cb| h.clear("u", cb)).unwrap(), 5);
+    assert_eq!(call(|cb| h.count("u", cb)).unwrap(), 0);
+    assert!(call(|cb| h.load("u", 10, cb)).unwrap().is_empty());
+    // Seqs keep increasing after a clear.
+    call(|cb| h.append("u", vec![msg(99)], cb)).unwrap();
+    assert_eq!(call(|cb| h.load("u", 10, cb)).unwrap()[0].0, 11);
+    // Append, load and remove in one round: the load sees the append.
+    let (tx, rx) = mpsc::channel::<String>();
+    let t = tx.clone();
+    h.append("v", vec![msg(1), msg(2)], move |r| {
+        t.send(format!("append {r:?}")).unwrap()
+    })
+    .unwrap();
+    let t = tx.clone();
+    h.load("v", 10, move |r| {
+        t.send(format!("load {}", r.unwrap().len())).unwrap()
+    })
+    .unwrap();
+    let t = tx.clone();
+    h.remove_up_to("v", 1, move |r| t.send(format!("remove {r:?}")).unwrap())
+        .unwrap();
+    drop(tx);
+    let got: Vec<String> = rx.iter().collect();
+    assert_eq!(got, vec!["append Ok(2)", "load 2", "remove Ok(1)"]);
+    // Names with NUL are refused.
+    assert!(matches!(
+        call(|cb| h.append("a\0b", vec![msg(1)], cb)),
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        call(|cb| h.count("", cb)),
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+#[test]
+fn append_capped_rejects_or_drops_oldest() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(dir.path(), Durability::Memory);
+    let cap = |user: &str, ids: std::ops::Range<u64>, o: Overflow| {
+        call(|cb| h.append_capped(user, ids.map(msg).collect(), 5, o, cb))
+    };
+    assert_eq!(cap("r", 0..4, Overflow::Reject), Ok(4));
+    assert_eq!(cap("r", 4..6, Overflow::Reject), Err(StoreError::Full));
+    assert_eq!(cap("r", 4..5, Overflow::Reject), Ok(5));
+    assert_eq!(call(|cb| h.count("r", cb)), Ok(5));
+
+    assert_eq!(cap("d", 0..4, Overflow::DropOldest), Ok(4));
+    assert_eq!(cap("d", 4..7, Overflow::DropOldest), Ok(5));
+    let ids: Vec<u64> = call(|cb| h.load("d", 10, cb))
+        .unwrap()
+        .into_iter()
+        .map(|(_, m)| m.msg_id)
+        .collect();
+    assert_eq!(ids, vec![2, 3, 4, 5, 6]);
+    // A batch longer than the cap keeps its newest.
+    assert_eq!(cap("d", 10..18, Overflow::DropOldest), Ok(5));
+    let ids: Vec<u64> = call(|cb| h.load("d", 10, cb))
+        .unwrap()
+        .into_iter()
+        .map(|(_, m)| m.msg_id)
+        .collect();
+    assert_eq!(ids, vec![13, 14, 15, 16, 17]);
+}
+
+#[test]
+fn seqs_continue_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let h = open(dir.path(), Durability::Memory);
+        call(|cb| h.append("u", (0..5).map(msg).collect(), cb)).unwrap();
+        call(|cb| h.remove_up_to("u", 2, cb)).unwrap();
+        call(|cb| h.register("alice", "pw", cb)).unwrap();
+        call(|cb| h.create_room(room("r", "C0DE", "alice", &["alice"]), cb)).unwrap();
+        h.shutdown().unwrap();
+        // A second shutdown is a no-op.
+        h.shutdown().unwrap();
+    }
+    let h = open(dir.path(), Durability::Memory);
+    assert_eq!(call(|cb| h.count("u", cb)), Ok(3));
+    assert_eq!(call(|cb| h.append("u", vec![msg(5)], cb)), Ok(4));
+    let seqs: Vec<u64> = call(|cb| h.load("u", 10, cb))
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(seqs, vec![3, 4, 5, 6]);
+    assert_eq!(call(|cb| h.verify("alice", "pw", cb)), Ok(true));
+    assert!(call(|cb| h.get_room("C0DE", cb)).unwrap().is_some());
+}
+
+#[test]
+fn sync_mode_group_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(dir.path(), Durability::Sync);
+    let (tx, rx) = mpsc::channel();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let h = h.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for i in 0..500u64 {
+                    let tx = tx.clone();
+                    h.append(&format!("u{t}"), vec![msg(i)], move |r| {
+                        tx.send(r.map(|_| (t, i))).unwrap()
+                    })
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    drop(tx);
+    let acked: Vec<(usize, u64)> = rx.iter().map(|r| r.unwrap()).collect();
+    assert_eq!(acked.len(), 2000);
+    let s = h.stats();
+    assert!(s.fsyncs >= 1);
+    assert!(
+        s.fsyncs < 2000,
+        "group commit: {} fsyncs for 2000 appends",
+        s.fsyncs
+    );
+    h.shutdown().unwrap();
+    let h = open(dir.path(), Durability::Sync);
+    for t in 0..4 {
+        let ids: Vec<u64> = call(|cb| h.load(&format!("u{t}"), 1000, cb))
+            .unwrap()
+            .into_iter()
+            .map(|(_, m)| m.msg_id)
+            .collect();
+        assert_eq!(ids, (0..500).collect::<Vec<_>>());
+    }
+}
+
+const CRASH_ENV: &str = "RINGROUTER_STORE_CRASH_CHILD_DIR";
+
+/// Not a test on its own: the child process of `sync_mode_survives_kill_9`. Appends in
+/// `Sync` mode from 4 threads forever and prints `ACKED <user> <msg_id>` for every
+/// completion, until it is killed.
+#[test]
+fn crash_child() {
+    let Ok(dir) = std::env::var(CRASH_ENV) else {
+        return;
+    };
+    let h = open(Path::new(&dir), Durability::Sync);
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let h = h.clone();
+            std::thread::spawn(move || {
+                let inflight = Arc::new(AtomicUsize::new(0));
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let mut i = 0u64;
+                while Instant::now() < deadline {
+                    if inflight.load(Ordering::Acquire) >= 64 {
+                        std::thread::yield_now();
+                        continue;
+                    }
+                    inflight.fetch_add(1, Ordering::AcqRel);
+                    let inflight = Arc::clone(&inflight);
+                    h.append(&format!("u{t}"), vec![msg(i)], move |r| {
+                        if r.is_ok() {
+                            let mut out = std::io::stdout().lock();
+                            let _ = writeln!(out, "ACKED u{t} {i}");
+                            let _ = out.flush();
+                        }
+                        inflight.fetch_sub(1, Ordering::AcqRel);
+                    })
+                    .unwrap();
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+#[test]
+fn sync_mode_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "store::tests::crash_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CRASH_ENV, dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut acked: Vec<(String, u64)> = Vec::new();
+    let mut lines = BufReader::new(stdout).lines();
+    while acked.len() < 3000 {
+        let Some(Ok(line)) = lines.next() else { break };
+        let mut parts = line.split_whitespace();
+        if parts.next() == Some("ACKED") {
+            let user = parts.next().unwrap().to_string();
+            let id: u64 = parts.next().unwrap().parse().unwrap();
+            acked.push((user, id));
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    let _ = child.wait();
+    // Whatever the pipe still held was acked too.
+    for line in lines.map_while(Result::ok) {
+        let mut parts = line.split_whitespace();
+        if parts.next() == Some("ACKED") {
+            if let (Some(u), Some(Some(id))) = (parts.next(), parts.next().map(|s| s.parse().ok()))
+            {
+                acked.push((u.to_string(), id));
+            }
+        }
+    }
+    assert!(acked.len() >= 3000, "child acked only {}", acked.len());
+    let h = open(dir.path(), Durability::Sync);
+    for t in 0..4 {
+        let user = format!("u{t}");
+        let stored = call(|cb| h.load(&user, usize::MAX, cb)).unwrap();
+        let ids: Vec<u64> = stored.iter().map(|(_, m)| m.msg_id).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "order kept for {user}");
+        let have: HashSet<u64> = ids.into_iter().collect();
+        for (u, id) in acked.iter().filter(|(u, _)| *u == user) {
+            assert!(have.contains(id), "acked {u} {id} lost after kill -9");
+        }
+    }
+}
+
+#[test]
+fn accounts_register_verify_conflict_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(dir.path(), Durability::Memory);
+    assert_eq!(call(|cb| h.register("alice", "secret", cb)), Ok(()));
+    assert_eq!(
+        call(|cb| h.register("alice", "other", cb)),
+        Err(StoreError::Conflict)
+    );
+    assert_eq!(call(|cb| h.verify("alice", "secret", cb)), Ok(true));
+    assert_eq!(call(|cb| h.verify("alice", "Secret", cb)), Ok(false));
+    assert_eq!(
+        call(|cb| h.verify("bob", "secret", cb)),
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(call(|cb| h.user_exists("alice", cb)), Ok(true));
+    assert_eq!(call(|cb| h.user_exists("bob", cb)), Ok(false));
+    assert!(matches!(
+        call(|cb| h.register("a\0b", "x", cb)),
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        call(|cb| h.register("long", &"x".repeat(MAX_PASSWORD_BYTES + 1), cb)),
+        Err(StoreError::Invalid(_))
+    ));
+    // Two registrations of one name racing: exactly one wins.
+    let (tx, rx) = mpsc::channel();
+    for pw in ["one", "two"] {
+        let tx = tx.clone();
+        h.register("carol", pw, move |r| tx.send(r).unwrap())
+            .unwrap();
+    }
+    drop(tx);
+    let mut results: Vec<_> = rx.iter().collect();
+    results.sort_by_key(|r| r.is_err());
+    assert_eq!(results, vec![Ok(()), Err(StoreError::Conflict)]);
+
+    // delete_account removes the account and the offline queue.
+    call(|cb| h.append("alice", vec![msg(1), msg(2)], cb)).unwrap();
+    assert_eq!(call(|cb| h.delete_account("alice", cb)), Ok(()));
+    assert_eq!(
+        call(|cb| h.verify("alice", "secret", cb)),
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(call(|cb| h.count("alice", cb)), Ok(0));
+    assert!(call(|cb| h.load("alice", 10, cb)).unwrap().is_empty());
+    assert_eq!(
+        call(|cb| h.delete_account("alice", cb)),
+        Err(StoreError::NotFound)
+    );
+    // The name is free again.
+    assert_eq!(call(|cb| h.register("alice", "new", cb)), Ok(()));
+    assert_eq!(call(|cb| h.verify("alice", "new", cb)), Ok(true));
+
+    // Room passwords go through the same pool.
+    let phc = call(|cb| h.hash_password("roompw", cb)).unwrap();
+    assert!(phc.starts_with("$argon2id$"));
+    assert_eq!(call(|cb| h.check_password("roompw", &phc, cb)), Ok(true));
+    assert_eq!(call(|cb| h.check_password("nope", &phc, cb)), Ok(false));
+    assert!(matches!(
+        call(|cb| h.check_password("x", "not a phc", cb)),
+        Err(StoreError::Io(_))
+    ));
+}
+
+#[test]
+fn real_argon2_parameters_are_the_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Store::open(dir.path(), Durability::Memory).unwrap();
+    let phc = call(|cb| h.hash_password("pw", cb)).unwrap();
+    assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
+    // Drop without shutdown does not hang.
+    drop(h);
+}
+
+#[test]
+fn list_users_globs_and_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(dir.path(), Durability::Memory);
+    let (tx, rx) = mpsc::channel();
+    for u in ["carol", "alice", "bob", "al", "alicia", "bobby", "ålice"] {
+        let tx = tx.clone();
+        h.register(u, "pw", move |r| tx.send(r).unwrap()).unwrap();
+    }
+    drop(tx);
+    assert!(rx.iter().all(|r| r.is_ok()));
+    let list = |p: &str, limit: usize| call(|cb| h.list_users(p, limit, cb)).unwrap();
+    assert_eq!(list("al*", 100), vec!["al", "alice", "alicia"]);
+    assert_eq!(list("*", 2), vec!["al", "alice"]);
+    assert_eq!(list("*", 100).len(), 7);
+    assert_eq!(list("b?b", 100), vec!["bob"]);
+    assert_eq!(list("*o*", 100), vec!["bob", "bobby", "carol"]);
+    assert_eq!(list("?lice", 100), vec!["alice", "ålice"]);
+    assert_eq!(list("ali*a", 100), vec!["alicia"]);
+    assert_eq!(list("bob", 100), vec!["bob"]);
+    assert!(list("zz*", 100).is_empty());
+    assert!(list("", 100).is_empty());
+    assert!(list("*", 0).is_empty());
+}
+
+#[test]
+fn rooms_create_get_put_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(dir.path(), Durability::Memory);
+    let r1 = room("general", "K7Q2", "alice", &["alice"]);
+    assert_eq!(call(|cb| h.create_room(r1.clone(), cb)), Ok(()));
+    assert_eq!(
+        call(|cb| h.create_room(room("general", "OTHER", "bob", &[]), cb)),
+        Err(StoreError::Conflict)
+    );
+    assert_eq!(
+        call(|cb| h.create_room(room("random", "K7Q2", "bob", &[]), cb)),
+        Err(StoreError::Conflict),
+        "join code taken"
+    );
+    assert_eq!(call(|cb| h.get_room("general", cb)), Ok(Some(r1.clone())));
+    assert_eq!(call(|cb| h.get_room("K7Q2", cb)), Ok(Some(r1.clone())));
+    assert_eq!(call(|cb| h.get_room("nope", cb)), Ok(None));
+
+    let mut r1b = r1.clone();
+    r1b.members.push("bob".into());
+    r1b.join_code = "ZZ99".into();
+    r1b.password_hash = Some("$argon2id$fake".into());
+    assert_eq!(call(|cb| h.put_room(r1b.clone(), cb)), Ok(()));
+    assert_eq!(call(|cb| h.get_room("K7Q2", cb)), Ok(None));
+    assert_eq!(call(|cb| h.get_room("ZZ99", cb)), Ok(Some(r1b.clone())));
+    assert_eq!(
+        call(|cb| h.put_room(room("ghost", "G", "x", &[]), cb)),
+        Err(StoreError::NotFound)
+    );
+    call(|cb| h.create_room(room("random", "R1", "bob", &["bob"]), cb)).unwrap();
+    call(|cb| h.create_room(room("solo", "S1", "carol", &["carol"]), cb)).unwrap();
+    assert_eq!(
+        call(|cb| h.put_room(room("random", "ZZ99", "bob", &["bob"]), cb)),
+        Err(StoreError::Conflict),
+        "join code of another room"
+    );
+    assert_eq!(
+        call(|cb| h.rooms_of("bob", cb)),
+        Ok(vec!["general".to_string(), "random".to_string()])
+    );
+    assert_eq!(
+        call(|cb| h.rooms_of("alice", cb)),
+        Ok(vec!["general".to_string()])
+    );
+    assert_eq!(call(|cb| h.rooms_of("nobody", cb)), Ok(vec![]));
+    assert_eq!(call(|cb| h.delete_room("general", cb)), Ok(()));
+    assert_eq!(call(|cb| h.get_room("general", cb)), Ok(None));
+    assert_eq!(call(|cb| h.get_room("ZZ99", cb)), Ok(None));
+    assert_eq!(
+        call(|cb| h.delete_room("general", cb)),
+        Err(StoreError::NotFound)
+    );
+    // The freed code can be reused.
+    assert_eq!(
+        call(|cb| h.create_room(room("new", "ZZ99", "dan", &[]), cb)),
+        Ok(())
+    );
+    assert!(matches!(
+        call(|cb| h.create_room(room("bad\0name", "C", "dan", &[]), cb)),
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+#[test]
+fn corrupt_values_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let h = open(dir.path(), Durability::Memory);
+        call(|cb| h.append("u", vec![msg(1)], cb)).unwrap();
+        call(|cb| h.register("alice", "pw", cb)).unwrap();
+        call(|cb| h.create_room(room("r", "C", "alice", &["alice"]), cb)).unwrap();
+        h.shutdown().unwrap();
+    }
+    {
+        // Damage the records behind the store's back.
+        let db = fjall::Database::builder(dir.path()).open().unwrap();
+        let ks = |n: &str| {
+            db.keyspace(n, fjall::KeyspaceCreateOptions::default)
+                .unwrap()
+        };
+        let offline = ks("offline");
+        offline
+            .insert(
+                codec::queue_key(&codec::queue_prefix("u"), 2),
+                [0xffu8, 0xff],
+            )
+            .unwrap();
+        offline
+            .insert(
+                codec::queue_key(&codec::queue_prefix("u"), 3),
+                [1u8, 0xff, 0xff, 0xff],
+            )
+            .unwrap();
+        // A key of the right prefix but the wrong length.
+        offline.insert(b"w\0short".as_slice(), [1u8]).unwrap();
+        ks("accounts").insert("alice", "not a record").unwrap();
+        ks("accounts")
+            .insert("bob", [1u8, 10, 3, b'x', b'y', b'z'])
+            .unwrap();
+        ks("rooms").insert("room:r", [1u8, 0x0a, 0x7f]).unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let h = open(dir.path(), Durability::Memory);
+    assert!(matches!(
+        call(|cb| h.load("u", 10, cb)),
+        Err(StoreError::Io(_))
+    ));
+    // The intact first record is still readable on its own.
+    assert_eq!(call(|cb| h.load("u", 1, cb)).unwrap().len(), 1);
+    assert!(matches!(
+        call(|cb| h.count("w", cb)),
+        Err(StoreError::Io(_))
+    ));
+    assert!(matches!(
+        call(|cb| h.append("w", vec![msg(1)], cb)),
+        Err(StoreError::Io(_))
+    ));
+    assert!(matches!(
+        call(|cb| h.verify("alice", "pw", cb)),
+        Err(StoreError::Io(_))
+    ));
+    // A well-formed record with a bad hash string.
+    assert!(matches!(
+        call(|cb| h.verify("bob", "pw", cb)),
+        Err(StoreError::Io(_))
+    ));
+    assert!(matches!(
+        call(|cb| h.get_room("r", cb)),
+        Err(StoreError::Io(_))
+    ));
+    assert!(matches!(
+        call(|cb| h.get_room("C", cb)),
+        Err(StoreError::Io(_))
+    ));
+    assert!(matches!(
+        call(|cb| h.rooms_of("alice", cb)),
+        Err(StoreError::Io(_))
+    ));
+    // A corrupt room can still be deleted.
+    assert_eq!(call(|cb| h.delete_room("r", cb)), Ok(()));
+    assert_eq!(call(|cb| h.get_room("r", cb)), Ok(None));
+    // The store keeps working.
+    assert_eq!(call(|cb| h.append("x", vec![msg(1)], cb)), Ok(1));
+}
+
+#[test]
+fn closed_store_refuses_requests_and_never_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(dir.path(), Durability::Sync);
+    let h2 = h.clone();
+    // Queued before shutdown: still done.
+    let (tx, rx) = mpsc::channel();
+    h.append("u", vec![msg(1)], move |r| tx.send(r).unwrap())
+        .unwrap();
+    h.shutdown().unwrap();
+    assert_eq!(rx.recv().unwrap(), Ok(1));
+    assert!(h2.is_closed());
+    // After: refused at once, callback never called.
+    let called = Arc::new(AtomicBool::new(false));
+    let c = Arc::clone(&called);
+    assert_eq!(
+        h2.count("u", move |_| c.store(true, Ordering::SeqCst)),
+        Err(StoreError::Closed)
+    );
+    assert!(!called.load(Ordering::SeqCst));
+    assert_eq!(call(|cb| h2.flush(cb)), Err(StoreError::Closed));
+
+    // The last handle dropped inside a completion (on the storage thread) does not hang,
+    // nor does shutdown called from there.
+    let dir2 = tempfile::tempdir().unwrap();
+    let h = open(dir2.path(), Durability::Memory);
+    let (tx, rx) = mpsc::channel();
+    let inner = h.clone();
+    h.count("u", move |r| {
+        inner.shutdown().unwrap();
+        drop(inner);
+        tx.send(r).unwrap();
+    })
+    .unwrap();
+    drop(h);
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), Ok(0));
+
+    // Shutdown with password hashes queued answers them Closed (or done) quickly.
+    let dir3 = tempfile::tempdir().unwrap();
+    let h = Store::open(dir3.path(), Durability::Memory).unwrap();
+    let (tx, rx) = mpsc::channel();
+    for i in 0..50 {
+        let tx = tx.clone();
+        h.register(&format!("user{i}"), "pw", move |r| tx.send(r).unwrap())
+            .unwrap();
+    }
+    drop(tx);
+    let t = Instant::now();
+    h.shutdown().unwrap();
+    let results: Vec<_> = rx.iter().collect();
+    assert_eq!(results.len(), 50);
+    assert!(results.contains(&Err(StoreError::Closed)));
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn round_hook_and_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let rounds = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&rounds);
+    let h = Store::open_with(
+        dir.path(),
+        Durability::Memory,
+        StoreOptions {
+            argon2_cheap: true,
+            round_hook: Some(Arc::new(move || {
+                r.fetch_add(1, Ordering::SeqCst);
+            })),
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    call(|cb| h.append("u", vec![msg(1)], cb)).unwrap();
+    assert_eq!(call(|cb| h.flush(cb)), Ok(()));
+    let s = h.stats();
+    assert!(s.fsyncs >= 1, "flush fsyncs even in Memory mode");
+    h.shutdown().unwrap();
+    assert!(rounds.load(Ordering::SeqCst) >= 2);
+}
