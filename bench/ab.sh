@@ -7,7 +7,7 @@ LOAD=${LOAD:-target/release/ringrouter-load}
 ARGS=("$@"); [ ${#ARGS[@]} -eq 0 ] && ARGS=(--pairs 16 --size 64 --messages 3000000)
 run() {
   local bin=$1 port
-  port=$((20000 + RANDOM % 20000))
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   local out; out=$(mktemp)
   "$bin" --listen 127.0.0.1:$port $ROUTER_ARGS >"$out" 2>&1 &
   local pid=$!
