@@ -47,6 +47,10 @@ struct Args {
     /// Server protocol: ringrouter, or nats (for side-by-side comparisons).
     #[arg(long, value_enum, default_value_t = ProtocolArg::Ringrouter)]
     protocol: ProtocolArg,
+    /// Prefix of the engine's user names (default: per process); fixing it fixes
+    /// which shards the senders and receivers live on.
+    #[arg(long)]
+    user_prefix: Option<String>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -85,6 +89,10 @@ fn main() {
             ProtocolArg::Nats => Protocol::Nats,
         },
         ..LoadConfig::default()
+    };
+    let cfg = match a.user_prefix {
+        Some(p) => LoadConfig { user_prefix: p, ..cfg },
+        None => cfg,
     };
     let quiet = a.json;
     let res = run_with_progress(&cfg, Duration::from_secs(1), |p| {
