@@ -612,20 +612,7 @@ async fn connect_nats(addr: SocketAddr, subscribe: Option<&str>) -> Result<TcpSt
         if let Some(i) = buf.windows(4).position(|w| w == b"-ERR") {
             return Err(String::from_utf8_lossy(&buf[i..]).into_owned());
         }
-        buf.reserve(4096);
-        let (len, cap) = (buf.len(), buf.capacity());
-        let (r, b) = monoio::time::timeout(
-            Duration::from_secs(10),
-            s.read(monoio::buf::IoBufMut::slice_mut(buf, len..cap)),
-        )
-        .await
-        .map_err(|_| "NATS handshake timed out".to_string())?;
-        buf = b.into_inner();
-        match r {
-            Ok(0) => return Err("NATS server closed the connection".into()),
-            Ok(_) => {}
-            Err(e) => return Err(e.to_string()),
-        }
+        buf = read_more(&mut s, buf, "NATS handshake").await?;
     }
 }
 
@@ -734,6 +721,24 @@ impl std::fmt::Write for NatsLine<'_> {
     }
 }
 
+/// Reads more bytes onto the end of `buf` during a handshake (10 s limit; the
+/// connection is dropped on failure, so cancelling the read is harmless).
+async fn read_more(s: &mut TcpStream, mut buf: BytesMut, what: &str) -> Result<BytesMut, String> {
+    buf.reserve(4096);
+    let (len, cap) = (buf.len(), buf.capacity());
+    let (r, b) = monoio::time::timeout(
+        Duration::from_secs(10),
+        s.read(monoio::buf::IoBufMut::slice_mut(buf, len..cap)),
+    )
+    .await
+    .map_err(|_| format!("{what}: timed out"))?;
+    match r {
+        Ok(0) => Err(format!("{what}: connection closed")),
+        Ok(_) => Ok(b.into_inner()),
+        Err(e) => Err(format!("{what}: {e}")),
+    }
+}
+
 async fn connect_login(addr: SocketAddr, user: &str) -> Result<TcpStream, String> {
     let mut s = TcpStream::connect_addr(addr)
         .await
@@ -777,20 +782,7 @@ async fn connect_login(addr: SocketAddr, user: &str) -> Result<TcpStream, String
                 }
             }
         }
-        buf.reserve(4096);
-        let (len, cap) = (buf.len(), buf.capacity());
-        let (r, b) = monoio::time::timeout(
-            Duration::from_secs(10),
-            s.read(monoio::buf::IoBufMut::slice_mut(buf, len..cap)),
-        )
-        .await
-        .map_err(|_| format!("login {user}: timed out"))?;
-        buf = b.into_inner();
-        match r {
-            Ok(0) => return Err(format!("login {user}: connection closed")),
-            Ok(_) => {}
-            Err(e) => return Err(e.to_string()),
-        }
+        buf = read_more(&mut s, buf, &format!("login {user}")).await?;
     }
 }
 
