@@ -91,7 +91,10 @@ fn main() {
         ..LoadConfig::default()
     };
     let cfg = match a.user_prefix {
-        Some(p) => LoadConfig { user_prefix: p, ..cfg },
+        Some(p) => LoadConfig {
+            user_prefix: p,
+            ..cfg
+        },
         None => cfg,
     };
     let quiet = a.json;
