@@ -101,6 +101,7 @@ impl Args {
 
 /// Runs the router from the command line; returns the process exit code.
 pub fn main() -> i32 {
+    crate::alloc::tune_mimalloc();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -1,6 +1,7 @@
 //! ringrouter: a thread-per-core chat / IM message router on io_uring (monoio).
 //!
 //! # Layout
+//! - [`alloc`]: mimalloc options the binary sets (measured).
 //! - [`config`]: every setting and limit, with the embedded defaults.
 //! - [`auth`]: user-name rules, `open` and `jwt` login.
 //! - [`server`]: [`Router::start`]: listeners, shard threads, shutdown.
@@ -12,6 +13,7 @@
 //! - [`cli`]: the `ringrouter` command line.
 #![warn(missing_docs)]
 
+pub mod alloc;
 pub mod auth;
 pub mod cli;
 pub mod config;
