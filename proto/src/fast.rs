@@ -63,8 +63,21 @@ struct Cursor<'a> {
 }
 
 impl Cursor<'_> {
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64, FrameError> {
-        match crate::codec::peek_varint(&self.buf[self.pos..]) {
+        // One-byte varints (tags, short lengths, small numbers) without a call.
+        if let Some(&b0) = self.buf.get(self.pos) {
+            if b0 < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b0));
+            }
+        }
+        self.varint_slow()
+    }
+
+    #[inline(never)]
+    fn varint_slow(&mut self) -> Result<u64, FrameError> {
+        match crate::codec::peek_varint(self.buf.get(self.pos..).unwrap_or_default()) {
             Ok(Some((v, n))) => {
                 self.pos += n;
                 Ok(v)
@@ -74,6 +87,7 @@ impl Cursor<'_> {
     }
 
     /// Returns the range of a length-delimited field's content.
+    #[inline(always)]
     fn len_delimited(&mut self) -> Result<std::ops::Range<usize>, FrameError> {
         let len = self.varint()?;
         let start = self.pos;
@@ -113,6 +127,7 @@ impl Cursor<'_> {
         Ok(())
     }
 
+    #[inline(always)]
     fn key(&mut self) -> Result<(u32, u8), FrameError> {
         let key = self.varint()?;
         let field = key >> 3;
