@@ -24,11 +24,16 @@ extern "C" {
     fn mi_option_get(option: c_int) -> c_long;
 }
 
-/// Applies the router's mimalloc options, unless the environment already sets them.
+/// Turns transparent huge pages off for this process (mimalloc's option only
+/// covers memory it maps later; the prctl also covers the arena it reserved
+/// before `main`), unless the environment sets `MIMALLOC_ALLOW_THP`.
 pub fn tune_mimalloc() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
         // Safety: a plain option setter of the linked mimalloc; 0 is a valid value.
         unsafe { mi_option_set(MI_OPTION_ALLOW_THP, 0) };
+        // Safety: PR_SET_THP_DISABLE takes plain integers and only sets a flag
+        // on this process; failure (old kernel) leaves THP as it was.
+        unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     }
 }
 
