@@ -450,6 +450,7 @@ async fn flusher(shard: Rc<RefCell<Shard>>, mut outs: Outboxes<Vec<Mail>>) {
                 match outs.push(to, batch) {
                     Ok(()) => {
                         sh.outbox_len -= len;
+                        sh.outbox_last[to] = None;
                         let w = std::mem::take(&mut sh.outbox_bytes[to]);
                         sh.flight_out[to].fetch_add(w, Ordering::AcqRel);
                         outs.ring(to);
@@ -505,6 +506,7 @@ async fn consumer(
                     let Some(mut batch) = inbox.pop(i) else { break };
                     got += 1;
                     let weight: usize = batch.iter().map(Mail::weight).sum();
+                    sh.begin_batch();
                     for mail in batch.drain(..) {
                         if let Some(h) = sh.on_mail(from, mail, &mut blocked) {
                             handovers.push(h);

@@ -144,10 +144,13 @@ impl Session {
 /// A direct message on its way to the recipient's home shard.
 #[derive(Debug)]
 pub struct Routed {
-    /// Recipient user (a slice of the sender's read buffer).
-    pub to_user: Bytes,
-    /// Authenticated sender.
-    pub from_user: Bytes,
+    /// Recipient user (a slice of the sender's read buffer); `None`: the same as
+    /// the previous Deliver of this batch.
+    pub to_user: Option<Bytes>,
+    /// Authenticated sender; `None`: the same as the previous Deliver of this
+    /// batch. Eliding repeats saves two reference-count updates per message on a
+    /// counter both shards would otherwise keep pulling across cores.
+    pub from_user: Option<Bytes>,
     /// The payload (a slice of the sender's read buffer).
     pub payload: Bytes,
     /// Message id.
@@ -220,6 +223,12 @@ pub struct Shard {
     pub outbox: Vec<Vec<Mail>>,
     /// Items in `outbox`.
     pub outbox_len: usize,
+    /// Per target shard: sender session and recipient of the last Deliver put in
+    /// its outbox batch (what the next one may elide); cleared when the batch leaves.
+    pub outbox_last: Vec<Option<(SessionId, Bytes)>>,
+    /// Recipient and sender of the previous Deliver of the batch being handled.
+    batch_to: Bytes,
+    batch_from: Bytes,
     /// Weight (see [`Mail::weight`]) waiting in `outbox`, per target shard.
     pub outbox_bytes: Vec<usize>,
     /// Weight pushed into the ring to each target shard and not yet processed there.
@@ -346,6 +355,9 @@ impl Shard {
             outbox: (0..n).map(|_| Vec::new()).collect(),
             outbox_len: 0,
             outbox_bytes: vec![0; n],
+            outbox_last: vec![None; n],
+            batch_to: Bytes::new(),
+            batch_from: Bytes::new(),
             flight_out,
             flight_in,
             flusher: None,
@@ -590,11 +602,26 @@ impl Shard {
                 return;
             };
             let reply = v.want_result.then_some((sender, v.request_id));
+            let (same_from, same_to) = match &self.outbox_last[home] {
+                Some((id, to)) => (*id == sender, *to == v.to_user),
+                None => (false, false),
+            };
+            let to_user = if same_to {
+                None
+            } else {
+                self.outbox_last[home] = Some((sender, v.to_user.clone()));
+                Some(v.to_user)
+            };
+            if !same_from {
+                if let Some((id, _)) = &mut self.outbox_last[home] {
+                    *id = sender;
+                }
+            }
             self.post(
                 home,
                 Mail::Deliver(Routed {
-                    to_user: v.to_user,
-                    from_user,
+                    to_user,
+                    from_user: (!same_from).then_some(from_user),
                     payload: v.payload,
                     msg_id,
                     ts_us,
@@ -696,15 +723,26 @@ impl Shard {
     ) -> Option<Box<Handover>> {
         match mail {
             Mail::Deliver(r) => {
+                if let Some(t) = r.to_user {
+                    self.batch_to = t;
+                }
+                if let Some(f) = r.from_user {
+                    self.batch_from = f;
+                }
+                // Moved out and back: no reference-count update per message.
+                let to_user = std::mem::take(&mut self.batch_to);
+                let from_user = std::mem::take(&mut self.batch_from);
                 let n = self.deliver_local(
-                    &r.to_user,
-                    &r.from_user,
+                    &to_user,
+                    &from_user,
                     &r.payload,
                     r.msg_id,
                     r.ts_us,
                     Some(r.sender),
                     blocked,
                 );
+                self.batch_to = to_user;
+                self.batch_from = from_user;
                 if let Some((to, request_id)) = r.reply {
                     let status = if n > 0 { Status::Ok } else { Status::NotFound };
                     self.post(
@@ -756,6 +794,13 @@ impl Shard {
                 None
             }
         }
+    }
+
+    /// Starts handling a batch from another shard (elided names refer back only
+    /// within one batch).
+    pub fn begin_batch(&mut self) {
+        self.batch_to = Bytes::new();
+        self.batch_from = Bytes::new();
     }
 
     /// True when the pipeline to some other shard (outbox plus ring) is over its
@@ -1049,8 +1094,73 @@ mod tests {
         let Mail::Deliver(r) = &s.outbox[2][0] else {
             panic!()
         };
-        assert_eq!(&r.from_user[..], b"alice");
+        assert_eq!(r.from_user.as_deref(), Some(&b"alice"[..]));
         assert!(r.reply.is_some());
+    }
+
+    #[test]
+    fn repeated_names_are_elided_within_a_batch_and_restored() {
+        let mut a = shard(2);
+        let mut b = Shard::new(
+            1,
+            2,
+            Arc::new(Config::default()),
+            Arc::new(ShardStats::default()),
+        );
+        let remote = |i: usize| {
+            (0..)
+                .map(|k| format!("r{i}-{k}"))
+                .find(|u| home_shard(u.as_bytes(), 2) == 1)
+                .unwrap()
+        };
+        let (bob, dave) = (remote(0), remote(1));
+        let alice = a.register("alice", "d".into(), -1).unwrap();
+        let carol = a.register("carol", "d".into(), -1).unwrap();
+        let rb = b.register(&bob, "d".into(), -1).unwrap();
+        let rd = b.register(&dave, "d".into(), -1).unwrap();
+        let mut blocked = Vec::new();
+        for (from, to) in [
+            (alice, &bob),
+            (alice, &bob),
+            (carol, &bob),
+            (alice, &dave),
+            (alice, &dave),
+        ] {
+            a.on_frame(from, send(to, b"x", false), Instant::now(), 1, &mut blocked);
+        }
+        let batch = std::mem::take(&mut a.outbox[1]);
+        let shape: Vec<(bool, bool)> = batch
+            .iter()
+            .map(|m| match m {
+                Mail::Deliver(r) => (r.to_user.is_some(), r.from_user.is_some()),
+                _ => panic!("not a deliver"),
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (true, true),
+                (false, false),
+                (false, true),
+                (true, true),
+                (false, false)
+            ]
+        );
+        b.begin_batch();
+        for m in batch {
+            b.on_mail(0, m, &mut blocked);
+        }
+        let senders = |b: &mut Shard, k| -> Vec<String> {
+            drain(b, k)
+                .into_iter()
+                .map(|f| match f.kind {
+                    Some(server_frame::Kind::Deliver(d)) => d.from_user,
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        };
+        assert_eq!(senders(&mut b, rb), ["alice", "alice", "carol"]);
+        assert_eq!(senders(&mut b, rd), ["alice", "alice"]);
     }
 
     #[test]
