@@ -52,7 +52,13 @@ pub(crate) async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 match ConnGuard::try_new(&shared) {
                     Some(guard) => {
-                        monoio::spawn(serve(shard.clone(), shared.clone(), stream, guard));
+                        monoio::spawn(serve(
+                            shard.clone(),
+                            shared.clone(),
+                            stream,
+                            guard,
+                            local.clone(),
+                        ));
                     }
                     None => {
                         monoio::spawn(refuse(stream, Status::Unavailable, "too many connections"));
@@ -83,11 +89,17 @@ fn truncated_reason(buffered: usize) -> String {
 }
 
 async fn refuse(mut stream: TcpStream, code: Status, reason: &str) {
-    let mut out = BytesMut::new();
+    close_with(&mut stream, BytesMut::new(), code, reason).await;
+}
+
+/// Writes what is pending in `out`, then an Error frame, then half-closes.
+async fn close_with(stream: &mut TcpStream, mut out: BytesMut, code: Status, reason: &str) {
     encode_frame(&error_frame(code, reason, 0), &mut out);
     let _ = stream.write_all(out).await;
     let _ = stream.shutdown().await;
 }
+
+const LOGIN_TIMEOUT: &str = "no login within the login timeout";
 
 fn login_result(request_id: u64, status: Status, reason: &str) -> LoginResult {
     LoginResult {
@@ -98,6 +110,25 @@ fn login_result(request_id: u64, status: Status, reason: &str) -> LoginResult {
     }
 }
 
+/// Counts a connection that is not a session yet, so a shutting-down shard
+/// waits for it to be told UNAVAILABLE.
+struct PreLogin(Rc<RefCell<Shard>>);
+
+impl PreLogin {
+    fn new(shard: &Rc<RefCell<Shard>>) -> Self {
+        shard.borrow_mut().prelogin += 1;
+        PreLogin(shard.clone())
+    }
+}
+
+impl Drop for PreLogin {
+    fn drop(&mut self) {
+        let mut sh = self.0.borrow_mut();
+        sh.prelogin -= 1;
+        sh.wake_if_idle();
+    }
+}
+
 /// Serves a new connection until it logs in (then hands it to its home shard or
 /// runs the session here), or until it fails to within the login timeout.
 pub(crate) async fn serve(
@@ -105,7 +136,9 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     mut stream: TcpStream,
     guard: ConnGuard,
+    local: Rc<LocalSignal>,
 ) {
+    let _counted = PreLogin::new(&shard);
     let cfg = shared.cfg.clone();
     let deadline = Instant::now() + cfg.login_timeout;
     let mut buf = BytesMut::with_capacity(MIN_READ);
@@ -203,50 +236,49 @@ pub(crate) async fn serve(
                 return;
             }
         }
-        if close || shared.shutdown.load(std::sync::atomic::Ordering::Acquire) {
+        if close {
             let _ = stream.shutdown().await;
+            return;
+        }
+        if shared.shutdown.load(std::sync::atomic::Ordering::Acquire) || local.fired() {
+            close_with(&mut stream, out, Status::Unavailable, "shutting down").await;
             return;
         }
         let now = Instant::now();
         if now >= deadline {
-            encode_frame(
-                &error_frame(Status::Timeout, "no login within the login timeout", 0),
-                &mut out,
-            );
-            let _ = stream.write_all(std::mem::take(&mut out)).await;
-            let _ = stream.shutdown().await;
+            close_with(&mut stream, out, Status::Timeout, LOGIN_TIMEOUT).await;
             return;
         }
         let need = frame_bytes_needed(&buf).unwrap_or(0).max(MIN_READ);
         buf.reserve(need);
         let (len, cap) = (buf.len(), buf.capacity());
-        // Dropping the read on timeout is fine: the connection is closed right after.
-        match monoio::time::timeout(
-            deadline - now,
-            stream.read(monoio::buf::IoBufMut::slice_mut(buf, len..cap)),
-        )
-        .await
-        {
+        // Dropping the read on timeout or shutdown is fine: the connection is
+        // closed right after.
+        let read = monoio::select! {
+            r = monoio::time::timeout(
+                deadline - now,
+                stream.read(monoio::buf::IoBufMut::slice_mut(buf, len..cap)),
+            ) => Some(r),
+            _ = local.wait() => None,
+        };
+        let Some(read) = read else {
+            close_with(&mut stream, out, Status::Unavailable, "shutting down").await;
+            return;
+        };
+        match read {
             Ok((Ok(n), b)) if n > 0 => buf = b.into_inner(),
             Ok((Ok(_), b)) => {
                 // EOF. Inside a frame, the client is told why nothing happened.
                 let rest = b.into_inner();
                 if !rest.is_empty() {
                     let reason = truncated_reason(rest.len());
-                    encode_frame(&error_frame(Status::BadFrame, &reason, 0), &mut out);
-                    let _ = stream.write_all(std::mem::take(&mut out)).await;
-                    let _ = stream.shutdown().await;
+                    close_with(&mut stream, out, Status::BadFrame, &reason).await;
                 }
                 return;
             }
             Ok(_) => return,
             Err(_) => {
-                encode_frame(
-                    &error_frame(Status::Timeout, "no login within the login timeout", 0),
-                    &mut out,
-                );
-                let _ = stream.write_all(std::mem::take(&mut out)).await;
-                let _ = stream.shutdown().await;
+                close_with(&mut stream, out, Status::Timeout, LOGIN_TIMEOUT).await;
                 return;
             }
         }

@@ -393,7 +393,7 @@ fn run_shard(
 async fn wait_idle(shard: &Rc<RefCell<Shard>>) {
     poll_fn(|cx| {
         let mut sh = shard.borrow_mut();
-        if sh.sessions.is_empty() {
+        if sh.idle() {
             Poll::Ready(())
         } else {
             sh.idle_waiters.push(cx.waker().clone());

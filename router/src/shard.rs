@@ -239,8 +239,10 @@ pub struct Shard {
     pub flusher: Option<Waker>,
     /// Readers waiting for `outbox` to drain.
     pub outbox_waiters: Vec<Waker>,
-    /// Tasks waiting for the last session to end (shutdown).
+    /// Tasks waiting for the last session and connection to end (shutdown).
     pub idle_waiters: Vec<Waker>,
+    /// Connections accepted here that have not become sessions yet.
+    pub prelogin: usize,
     next_gen: u32,
     next_msg_id: u64,
     /// Hot-path counters, published to `stats` by the ticker.
@@ -363,6 +365,7 @@ impl Shard {
             flusher: None,
             outbox_waiters: Vec::new(),
             idle_waiters: Vec::new(),
+            prelogin: 0,
             next_gen: 1,
             next_msg_id: 1,
             counters: Counters::default(),
@@ -895,7 +898,17 @@ impl Shard {
             let mut s = self.sessions.remove(key);
             s.wake_drain_waiters();
         }
-        if self.sessions.is_empty() {
+        self.wake_if_idle();
+    }
+
+    /// True when no session and no pre-login connection is left.
+    pub fn idle(&self) -> bool {
+        self.sessions.is_empty() && self.prelogin == 0
+    }
+
+    /// Wakes the shutdown wait once the shard is idle.
+    pub fn wake_if_idle(&mut self) {
+        if self.idle() {
             for w in self.idle_waiters.drain(..) {
                 w.wake();
             }

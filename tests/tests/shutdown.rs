@@ -73,13 +73,13 @@ fn graceful_shutdown(driver: Driver) {
     let (got, reason) = drain_to_error(&mut a, "a");
     assert!(got.is_empty());
     assert!(reason.contains("shutting down"), "{reason}");
-    // The connection that never logged in is closed too (today without a
-    // word; an UNAVAILABLE error first would be fine).
+    // The connection that never logged in is told UNAVAILABLE too, then closed.
     let (frames, end) = pre.read_until_end(T);
     assert!(
         matches!(end, ReadEnd::Closed(_)),
         "pre-login connection: {end:?}"
     );
+    assert_eq!(frames.len(), 1, "pre-login connection: {frames:?} {end:?}");
     for f in frames {
         match f.kind {
             Some(server_frame::Kind::Error(e)) => assert_error(&e, Status::Unavailable),
