@@ -319,7 +319,7 @@ fn hand_over(
 }
 
 /// Runs a connection handed over by another shard.
-pub(crate) async fn adopt(shard: Rc<RefCell<Shard>>, _shared: Arc<Shared>, h: Box<Handover>) {
+pub(crate) async fn adopt(shard: Rc<RefCell<Shard>>, h: Box<Handover>) {
     let Handover {
         fd,
         user,

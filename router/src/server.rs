@@ -519,7 +519,7 @@ async fn consumer(
             }
         }
         for h in handovers.drain(..) {
-            monoio::spawn(crate::conn::adopt(shard.clone(), shared.clone(), h));
+            monoio::spawn(crate::conn::adopt(shard.clone(), h));
         }
         if got > 0 {
             yield_now().await;
