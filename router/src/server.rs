@@ -211,6 +211,7 @@ impl Router {
                 .map(|_| (0..n).map(|_| Arc::new(AtomicUsize::new(0))).collect())
                 .collect(),
         );
+        let pause = crate::shard::pause_tables(n, cfg.max_connections);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, (usize, String)>>();
         let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
         let mut threads = Vec::with_capacity(n);
@@ -219,6 +220,7 @@ impl Router {
             let st = stats[id].clone();
             let ready = ready_tx.clone();
             let flights = flights.clone();
+            let pause = pause.clone();
             let t = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
                 .spawn(move || {
@@ -234,6 +236,7 @@ impl Router {
                         outs,
                         inbox,
                         flights,
+                        pause,
                         &ready,
                     ) {
                         let _ = ready.send(Err((id, e)));
@@ -342,6 +345,7 @@ fn run_shard(
     outs: Outboxes<Vec<Mail>>,
     inbox: Inbox<Vec<Mail>>,
     flights: Arc<Vec<Vec<Arc<AtomicUsize>>>>,
+    pause: crate::shard::PauseTables,
     ready: &std::sync::mpsc::Sender<Result<usize, (usize, String)>>,
 ) -> Result<(), String> {
     // flights[from][to]: weight in the pipeline from shard `from` to shard `to`.
@@ -364,6 +368,7 @@ fn run_shard(
             stats,
             flight_out,
             flight_in,
+            pause,
         )));
         let local = Rc::new(LocalSignal::default());
         monoio::spawn(flusher(shard.clone(), outs));

@@ -6,7 +6,7 @@
 //! outbound queues and sequence numbers, and its outgoing batches to other shards.
 
 use std::os::fd::{OwnedFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Instant;
@@ -110,8 +110,6 @@ pub struct Session {
     pub spare: Option<WriteBatch>,
     /// When closing began.
     pub closed_at: Option<Instant>,
-    /// Remote recipients over their bound that asked this session's reader to pause.
-    pub paused: u32,
     /// Remote senders this session paused while over its bound; resumed when it drains.
     pub throttled: Vec<SessionId>,
 }
@@ -196,11 +194,6 @@ pub enum Mail {
     },
     /// A connection moving to its user's home shard.
     Handover(Box<Handover>),
-    /// Stop reading from this sender: a recipient on the posting shard is over its bound.
-    Pause {
-        /// The sending session.
-        sender: SessionId,
-    },
     /// The recipient that paused this sender drained (or closed): read again.
     Resume {
         /// The sending session.
@@ -226,6 +219,8 @@ pub struct Shard {
     /// Per target shard: sender session and recipient of the last Deliver put in
     /// its outbox batch (what the next one may elide); cleared when the batch leaves.
     pub outbox_last: Vec<Option<(SessionId, Bytes)>>,
+    /// Every shard's pause table (this one's at index `id`).
+    pub pause: PauseTables,
     /// Recipient and sender of the previous Deliver of the batch being handled.
     batch_to: Bytes,
     batch_from: Bytes,
@@ -262,6 +257,62 @@ const SLOW_CONSUMER: (Status, &str) = (
 /// before the readers feeding it pause. It bounds what can land on a remote slow
 /// consumer before its Pause arrives (see `Config::hard_pending_bytes`).
 pub const PIPELINE_HIGH_WATER: usize = 8 << 20;
+
+/// Per shard, one pause counter per session slot, shared by all shards:
+/// `(generation << 32) | count`. A recipient's shard adds to a remote sender's
+/// counter directly (its reader checks it before every read), and takes back
+/// through a `Mail::Resume` on the sender's own shard, which wakes the reader.
+/// The generation keeps a late update from touching a recycled slot.
+#[derive(Debug)]
+pub struct PauseTable(Box<[AtomicU64]>);
+
+/// Every shard's pause table, indexed by shard.
+pub type PauseTables = Arc<Vec<PauseTable>>;
+
+/// Pause tables for `n` shards, each with a slot per possible session.
+pub fn pause_tables(n: usize, max_connections: usize) -> PauseTables {
+    let slots = max_connections.clamp(1, 1 << 20);
+    Arc::new(
+        (0..n)
+            .map(|_| PauseTable((0..slots).map(|_| AtomicU64::new(0)).collect()))
+            .collect(),
+    )
+}
+
+impl PauseTable {
+    /// A new session took slot `key`: no pauses yet.
+    fn reset(&self, key: SessionKey, gen: u32) {
+        if let Some(a) = self.0.get(key) {
+            a.store(u64::from(gen) << 32, Ordering::Release);
+        }
+    }
+
+    /// Adds `delta` to the count of `id` if the slot still belongs to it;
+    /// returns the new count.
+    fn add(&self, id: SessionId, delta: i64) -> Option<u32> {
+        let a = self.0.get(id.key as usize)?;
+        let mut cur = a.load(Ordering::Acquire);
+        loop {
+            if (cur >> 32) as u32 != id.gen {
+                return None;
+            }
+            let count = (i64::from(cur as u32) + delta).clamp(0, i64::from(u32::MAX)) as u32;
+            let next = (cur & !0xFFFF_FFFF) | u64::from(count);
+            match a.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(count),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Current count of slot `key` for generation `gen`.
+    fn count(&self, key: SessionKey, gen: u32) -> u32 {
+        match self.0.get(key).map(|a| a.load(Ordering::Acquire)) {
+            Some(v) if (v >> 32) as u32 == gen => v as u32,
+            _ => 0,
+        }
+    }
+}
 
 /// FNV-1a, fixed seed: the home shard of a user or room never changes while the shard count does not.
 pub fn home_shard(name: &[u8], shards: usize) -> usize {
@@ -329,6 +380,7 @@ impl Shard {
     /// A fresh shard (no pipeline counters: for tests and single-shard use).
     pub fn new(id: usize, n: usize, cfg: Arc<Config>, stats: Arc<ShardStats>) -> Self {
         let counters = |k: usize| (0..k).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+        let pause = pause_tables(n, cfg.max_connections);
         Self::with_pipeline(
             id,
             n,
@@ -336,6 +388,7 @@ impl Shard {
             stats,
             counters(n),
             counters(n.saturating_sub(1)),
+            pause,
         )
     }
 
@@ -347,6 +400,7 @@ impl Shard {
         stats: Arc<ShardStats>,
         flight_out: Vec<Arc<AtomicUsize>>,
         flight_in: Vec<Arc<AtomicUsize>>,
+        pause: PauseTables,
     ) -> Self {
         Shard {
             id,
@@ -362,6 +416,7 @@ impl Shard {
             batch_from: Bytes::new(),
             flight_out,
             flight_in,
+            pause,
             flusher: None,
             outbox_waiters: Vec::new(),
             idle_waiters: Vec::new(),
@@ -443,10 +498,12 @@ impl Shard {
             ping_sent: None,
             spare: None,
             closed_at: None,
-            paused: 0,
             throttled: Vec::new(),
         });
         self.users.entry(user).or_default().push(key);
+        if let Some(t) = self.pause.get(self.id) {
+            t.reset(key, gen);
+        }
         self.counters.logins += 1;
         Ok(key)
     }
@@ -708,7 +765,11 @@ impl Shard {
         }
         self.counters.delivered += n as u64;
         if let Some(id) = pause {
-            self.post(id.shard as usize, Mail::Pause { sender: id });
+            // Straight into the sender shard's table: its reader sees it before
+            // its next read, whatever that shard's mailbox latency.
+            if let Some(t) = self.pause.get(id.shard as usize) {
+                t.add(id, 1);
+            }
         }
         if let Some(k) = overflowed {
             // Past the hard cap the queue may not grow at all: a slow consumer now.
@@ -777,21 +838,11 @@ impl Shard {
                 None
             }
             Mail::Handover(h) => Some(h),
-            Mail::Pause { sender } => {
-                if let Some(key) = self.resolve(sender) {
-                    if let Some(s) = self.sessions.get_mut(key) {
-                        s.paused += 1;
-                    }
-                }
-                None
-            }
             Mail::Resume { sender } => {
-                if let Some(key) = self.resolve(sender) {
-                    if let Some(s) = self.sessions.get_mut(key) {
-                        s.paused = s.paused.saturating_sub(1);
-                        if s.paused == 0 {
-                            s.wake_drain_waiters();
-                        }
+                let left = self.pause.get(self.id).and_then(|t| t.add(sender, -1));
+                if left == Some(0) {
+                    if let Some(s) = self.resolve(sender).and_then(|k| self.sessions.get_mut(k)) {
+                        s.wake_drain_waiters();
                     }
                 }
                 None
@@ -831,9 +882,14 @@ impl Shard {
 
     /// True when the reader of session `key` must wait: remote recipients paused it.
     pub fn paused(&self, key: SessionKey) -> bool {
-        self.sessions
-            .get(key)
-            .is_some_and(|s| s.paused > 0 && s.closing.is_none())
+        let Some(s) = self.sessions.get(key) else {
+            return false;
+        };
+        s.closing.is_none()
+            && self
+                .pause
+                .get(self.id)
+                .is_some_and(|t| t.count(key, s.gen) > 0)
     }
 
     /// True when session `key` is gone or back under its bound.
@@ -1174,6 +1230,31 @@ mod tests {
         };
         assert_eq!(senders(&mut b, rb), ["alice", "alice", "carol"]);
         assert_eq!(senders(&mut b, rd), ["alice", "alice"]);
+    }
+
+    #[test]
+    fn pause_counts_belong_to_one_generation_of_a_slot() {
+        let tables = pause_tables(1, 8);
+        let t = &tables[0];
+        let old = SessionId {
+            shard: 0,
+            gen: 7,
+            key: 3,
+        };
+        t.reset(3, 7);
+        assert_eq!(t.add(old, 1), Some(1));
+        assert_eq!(t.add(old, 1), Some(2));
+        assert_eq!(t.count(3, 7), 2);
+        // The slot is recycled: the old session's late updates touch nothing.
+        t.reset(3, 8);
+        assert_eq!(t.add(old, -1), None);
+        assert_eq!(t.add(old, 1), None);
+        assert_eq!(t.count(3, 8), 0);
+        assert_eq!(t.count(3, 7), 0);
+        let new = SessionId { gen: 8, ..old };
+        assert_eq!(t.add(new, -1), Some(0), "never below zero");
+        // Out of range slots are ignored, not a panic.
+        assert_eq!(t.add(SessionId { key: 99, ..new }, 1), None);
     }
 
     #[test]
