@@ -187,18 +187,7 @@ fn unknown_frame_kind_is_bad_request_and_connection_stays_usable() {
         pair.exchange(case);
     }
     // Still a working session: it can send to the pair.
-    let to = pair.b.user().to_owned();
-    c.write(&frame(send(&to, b"still here", 1, true)))
-        .expect("write");
-    match c.next_kind(T) {
-        server_frame::Kind::SendResult(res) => assert_eq!(res.status, Status::Ok as i32),
-        other => panic!("expected a SendResult, got {other:?}"),
-    }
-    let m = pair.b.recv(Some(T)).expect("recv").expect("message");
-    assert_eq!(
-        (&m.payload[..], m.sender.as_str()),
-        (&b"still here"[..], "unknown-user")
-    );
+    sends_to_pair(&mut c, &mut pair, b"still here", 1, "unknown-user");
 }
 
 #[test]
@@ -283,17 +272,21 @@ fn send_or_ack_before_login_is_unauthorized() {
     // The connection can still log in and then send.
     let lr = c.login("early-bird");
     assert_eq!(lr.status, Status::Ok as i32, "{lr:?}");
-    c.write(&frame(send(&to, b"after login", 10, true)))
+    sends_to_pair(&mut c, &mut pair, b"after login", 10, "early-bird");
+}
+
+/// `c` sends `payload` to the pair's receiver with a SendResult, gets OK, and
+/// the receiver sees it from `sender`.
+fn sends_to_pair(c: &mut Raw, pair: &mut Pair, payload: &[u8], request_id: u64, sender: &str) {
+    let to = pair.b.user().to_owned();
+    c.write(&frame(send(&to, payload, request_id, true)))
         .expect("write");
     match c.next_kind(T) {
         server_frame::Kind::SendResult(res) => assert_eq!(res.status, Status::Ok as i32),
         other => panic!("expected a SendResult, got {other:?}"),
     }
     let m = pair.b.recv(Some(T)).expect("recv").expect("message");
-    assert_eq!(
-        (&m.payload[..], m.sender.as_str()),
-        (&b"after login"[..], "early-bird")
-    );
+    assert_eq!((&m.payload[..], m.sender.as_str()), (payload, sender));
 }
 
 #[test]
