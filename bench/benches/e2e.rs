@@ -99,7 +99,7 @@ fn stop(router: Option<RouterHandle>) {
 
 fn pairs(c: &mut Criterion) {
     let mut router = None;
-    for (size, name, deliveries) in [(64, "64B", 400_000), (1024, "1KiB", 200_000)] {
+    for (size, name, deliveries) in [(64, "64B", 2_000_000), (1024, "1KiB", 1_000_000)] {
         bench_case(
             c,
             &mut router,
