@@ -635,10 +635,9 @@ impl Shard {
             self.push_frame(key, &f);
             return;
         }
-        let Some(sender) = self.sessions.get(key) else {
+        if !self.sessions.contains(key) {
             return;
-        };
-        let from_user = sender.user.clone();
+        }
         let msg_id = if v.msg_id != 0 {
             v.msg_id
         } else {
@@ -646,9 +645,13 @@ impl Shard {
         };
         let home = self.home(&v.to_user);
         if home == self.id {
-            let n = self.deliver_local(
+            // The sender's name is lent by move, not cloned: no refcount per message.
+            let from_user = std::mem::take(&mut self.sessions[key].user);
+            let (n, overflowed) = self.deliver_local(
                 &v.to_user, &from_user, &v.payload, msg_id, ts_us, None, blocked,
             );
+            self.sessions[key].user = from_user;
+            self.close_overflowed(overflowed);
             if v.want_result {
                 let (status, reason) = if n > 0 {
                     (Status::Ok, "")
@@ -681,7 +684,7 @@ impl Shard {
                 home,
                 Mail::Deliver(Routed {
                     to_user,
-                    from_user: (!same_from).then_some(from_user),
+                    from_user: (!same_from).then(|| self.sessions[key].user.clone()),
                     payload: v.payload,
                     msg_id,
                     ts_us,
@@ -703,7 +706,9 @@ impl Shard {
     }
 
     /// Delivers a message to every live session of `to_user` homed here.
-    /// Returns how many sessions got it.
+    /// Returns how many sessions got it, and a session pushed past its hard cap,
+    /// which the caller closes with [`Shard::close_overflowed`] once the names it
+    /// lent (`to_user`, `from_user`) are back in place.
     #[allow(clippy::too_many_arguments)] // hot path: plain arguments, no struct to build per message
     pub fn deliver_local(
         &mut self,
@@ -714,9 +719,9 @@ impl Shard {
         ts_us: u64,
         remote_sender: Option<SessionId>,
         blocked: &mut Vec<SessionKey>,
-    ) -> usize {
+    ) -> (usize, Option<SessionKey>) {
         let Some(keys) = self.users.get(to_user) else {
-            return 0;
+            return (0, None);
         };
         let mut pause: Option<SessionId> = None;
         let max_pending = self.cfg.max_pending_bytes;
@@ -771,11 +776,15 @@ impl Shard {
                 t.add(id, 1);
             }
         }
+        (n, overflowed)
+    }
+
+    /// Closes a session [`Shard::deliver_local`] pushed past its hard cap: its
+    /// queue may not grow any further, it is a slow consumer now.
+    pub fn close_overflowed(&mut self, overflowed: Option<SessionKey>) {
         if let Some(k) = overflowed {
-            // Past the hard cap the queue may not grow at all: a slow consumer now.
             self.close(k, CloseReason::SlowConsumer, Some(SLOW_CONSUMER));
         }
-        n
     }
 
     /// Handles one item that arrived from shard `from`.
@@ -796,7 +805,7 @@ impl Shard {
                 // Moved out and back: no reference-count update per message.
                 let to_user = std::mem::take(&mut self.batch_to);
                 let from_user = std::mem::take(&mut self.batch_from);
-                let n = self.deliver_local(
+                let (n, overflowed) = self.deliver_local(
                     &to_user,
                     &from_user,
                     &r.payload,
@@ -807,6 +816,7 @@ impl Shard {
                 );
                 self.batch_to = to_user;
                 self.batch_from = from_user;
+                self.close_overflowed(overflowed);
                 if let Some((to, request_id)) = r.reply {
                     let status = if n > 0 { Status::Ok } else { Status::NotFound };
                     self.post(
