@@ -547,7 +547,11 @@ impl Client {
                     self.flush()?;
                     continue;
                 }
-                Some(server_frame::Kind::LoginResult(_)) | None => continue,
+                Some(server_frame::Kind::LoginResult(_))
+                | Some(server_frame::Kind::RoomResult(_))
+                | Some(server_frame::Kind::RoomEvent(_))
+                | Some(server_frame::Kind::AccountResult(_))
+                | None => continue,
             };
             return Ok(ev);
         }

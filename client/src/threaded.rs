@@ -991,6 +991,9 @@ fn handle_frame(inner: &Inner, body: Bytes, batch: &mut Vec<Decoded>) -> Result<
         Some(server_frame::Kind::Pong(_))
         | Some(server_frame::Kind::LoginResult(_))
         | Some(server_frame::Kind::Deliver(_))
+        | Some(server_frame::Kind::RoomResult(_))
+        | Some(server_frame::Kind::RoomEvent(_))
+        | Some(server_frame::Kind::AccountResult(_))
         | None => {}
     }
     Ok(())

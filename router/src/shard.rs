@@ -356,6 +356,26 @@ fn send_result(request_id: u64, status: Status, reason: &str, msg_id: u64) -> Se
     }
 }
 
+/// The request id of a client request (0 for frames without one).
+pub fn request_id_of(kind: &client_frame::Kind) -> u64 {
+    use client_frame::Kind;
+    match kind {
+        Kind::Login(f) => f.request_id,
+        Kind::Send(f) => f.request_id,
+        Kind::CreateRoom(f) => f.request_id,
+        Kind::JoinRoom(f) => f.request_id,
+        Kind::LeaveRoom(f) => f.request_id,
+        Kind::AddMember(f) => f.request_id,
+        Kind::RemoveMember(f) => f.request_id,
+        Kind::DeleteRoom(f) => f.request_id,
+        Kind::ListRooms(f) => f.request_id,
+        Kind::Register(f) => f.request_id,
+        Kind::DeleteAccount(f) => f.request_id,
+        Kind::ListUsers(f) => f.request_id,
+        Kind::Ack(_) | Kind::Ping(_) | Kind::Pong(_) | Kind::Logout(_) => 0,
+    }
+}
+
 /// What the reader should do after a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
@@ -588,6 +608,10 @@ impl Shard {
             Kind::Logout(_) => {
                 self.close(key, CloseReason::Logout, None);
                 return Flow::Stop;
+            }
+            other => {
+                let rid = request_id_of(&other);
+                self.push_error(key, Status::BadRequest, "not available in this version", rid);
             }
         }
         Flow::Continue
