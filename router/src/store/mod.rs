@@ -129,6 +129,18 @@ impl std::fmt::Debug for StoreOptions {
     }
 }
 
+/// What [`StoreHandle::enqueue`] stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Appended {
+    /// Seq of the first stored message (the stored ones have consecutive seqs).
+    pub first_seq: u64,
+    /// How many of the given messages were stored: all of them, or with
+    /// [`Overflow::DropOldest`] and more messages than the cap, the last `stored`.
+    pub stored: u64,
+    /// Queue length after the append.
+    pub queued: u64,
+}
+
 /// What to do when [`StoreHandle::append_capped`] would pass the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overflow {
@@ -226,6 +238,17 @@ pub(crate) enum Msg {
         msgs: Vec<StoredMsg>,
         cap: Option<(u64, Overflow)>,
         cb: Cb<u64>,
+    },
+    Enqueue {
+        user: String,
+        msgs: Vec<StoredMsg>,
+        cap: Option<(u64, Overflow)>,
+        require_account: bool,
+        cb: Cb<Appended>,
+    },
+    EnsureUser {
+        user: String,
+        cb: Cb<bool>,
     },
     Load {
         user: String,
@@ -516,6 +539,40 @@ impl StoreHandle {
             user: user.to_owned(),
             msgs,
             cap: Some((max, overflow)),
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// Appends `msgs` to `user`'s queue like [`StoreHandle::append_capped`] (no cap when
+    /// `cap` is `None`) and answers the seqs they got. With `require_account`, a user
+    /// without an account record gets [`StoreError::NotFound`] and nothing is stored.
+    pub fn enqueue(
+        &self,
+        user: &str,
+        msgs: Vec<StoredMsg>,
+        cap: Option<(u64, Overflow)>,
+        require_account: bool,
+        cb: impl FnOnce(StoreResult<Appended>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::Enqueue {
+            user: user.to_owned(),
+            msgs,
+            cap,
+            require_account,
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// Records that `user` exists (an account without a password, for `open` and `jwt`
+    /// auth, where a user exists from their first login). Answers whether it was created;
+    /// an existing account is left as it is.
+    pub fn ensure_user(
+        &self,
+        user: &str,
+        cb: impl FnOnce(StoreResult<bool>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::EnsureUser {
+            user: user.to_owned(),
             cb: Cb::new(cb),
         })
     }

@@ -688,3 +688,51 @@ fn round_hook_and_flush() {
     h.shutdown().unwrap();
     assert!(rounds.load(Ordering::SeqCst) >= 2);
 }
+
+#[test]
+fn enqueue_answers_seqs_and_can_require_an_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(dir.path(), Durability::Memory);
+    // No account yet: refused and nothing stored.
+    assert_eq!(
+        call(|cb| h.enqueue("amy", vec![msg(1)], None, true, cb)),
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(call(|cb| h.count("amy", cb)), Ok(0));
+    // A first login under open auth makes the user exist, once.
+    assert_eq!(call(|cb| h.ensure_user("amy", cb)), Ok(true));
+    assert_eq!(call(|cb| h.ensure_user("amy", cb)), Ok(false));
+    // ... without a password that accounts mode would accept.
+    assert_eq!(call(|cb| h.verify("amy", "", cb)), Ok(false));
+    let a = call(|cb| h.enqueue("amy", vec![msg(1), msg(2)], None, true, cb)).unwrap();
+    assert_eq!((a.first_seq, a.stored, a.queued), (1, 2, 2));
+    let b = call(|cb| h.enqueue("amy", vec![msg(3)], Some((3, Overflow::Reject)), true, cb))
+        .unwrap();
+    assert_eq!((b.first_seq, b.stored, b.queued), (3, 1, 3));
+    assert_eq!(
+        call(|cb| h.enqueue("amy", vec![msg(4)], Some((3, Overflow::Reject)), true, cb)),
+        Err(StoreError::Full)
+    );
+    // Drop-oldest with more messages than the cap keeps the last ones.
+    let c = call(|cb| {
+        h.enqueue(
+            "amy",
+            (5..10).map(msg).collect(),
+            Some((3, Overflow::DropOldest)),
+            false,
+            cb,
+        )
+    })
+    .unwrap();
+    assert_eq!((c.first_seq, c.stored, c.queued), (4, 3, 3));
+    let ids: Vec<u64> = call(|cb| h.load("amy", 10, cb))
+        .unwrap()
+        .into_iter()
+        .map(|(_, m)| m.msg_id)
+        .collect();
+    assert_eq!(ids, [7, 8, 9]);
+    assert_eq!(
+        call(|cb| h.list_users("*", 10, cb)),
+        Ok(vec!["amy".to_string()])
+    );
+}

@@ -14,7 +14,7 @@ use super::codec::{
 };
 use super::hash::{HashJob, HashOutcome, HashPool};
 use super::{
-    Cb, Durability, Msg, Overflow, RoomRecord, StatCells, StoreError, StoreOptions, StoreResult,
+    Appended, Cb, Durability, Msg, Overflow, RoomRecord, StatCells, StoreError, StoreOptions, StoreResult,
     StoredMsg,
 };
 
@@ -295,8 +295,42 @@ impl Worker {
                 cb,
             } => {
                 let n = msgs.len();
-                let r = self.append(&user, msgs, cap);
+                let r = self.append(&user, msgs, cap).map(|a| a.queued);
                 let wrote = r.is_ok() && n > 0;
+                self.done(cb, r, wrote);
+            }
+            Msg::Enqueue {
+                user,
+                msgs,
+                cap,
+                require_account,
+                cb,
+            } => {
+                let n = msgs.len();
+                let r = if require_account {
+                    self.account_exists(&user).and_then(|exists| {
+                        if exists {
+                            Ok(())
+                        } else {
+                            Err(StoreError::NotFound)
+                        }
+                    })
+                } else {
+                    Ok(())
+                };
+                let r = r.and_then(|()| self.append(&user, msgs, cap));
+                let wrote = r.is_ok() && n > 0;
+                self.done(cb, r, wrote);
+            }
+            Msg::EnsureUser { user, cb } => {
+                let r = self.account_exists(&user).and_then(|exists| {
+                    if exists {
+                        Ok(false)
+                    } else {
+                        self.insert_account(&user, String::new()).map(|()| true)
+                    }
+                });
+                let wrote = matches!(r, Ok(true));
                 self.done(cb, r, wrote);
             }
             Msg::Load {
@@ -328,6 +362,8 @@ impl Worker {
             Msg::Verify { user, password, cb } => {
                 let r = self.account_phc(&user);
                 match r {
+                    // An account made by a first login under open or jwt auth has no password.
+                    Ok(phc) if phc.is_empty() => self.done(cb, Ok(false), false),
                     Ok(phc) => {
                         self.submit(Waiting::Verify { cb }, |id| HashJob::Verify {
                             id,
@@ -432,7 +468,7 @@ impl Worker {
         user: &str,
         mut msgs: Vec<StoredMsg>,
         cap: Option<(u64, Overflow)>,
-    ) -> StoreResult<u64> {
+    ) -> StoreResult<Appended> {
         validate_name("user", user)?;
         let prefix = queue_prefix(user);
         let mut st = self.queue_state(user, &prefix)?;
@@ -460,6 +496,7 @@ impl Worker {
             }
         }
         let n = msgs.len() as u64;
+        let first_seq = st.next_seq;
         for m in &msgs {
             self.ops.push(Op::Put(
                 Ks::Offline,
@@ -471,7 +508,17 @@ impl Worker {
         st.count += n;
         self.set_queue_state(user, st);
         self.stats.appended.fetch_add(n, Ordering::Relaxed);
-        Ok(st.count)
+        Ok(Appended {
+            first_seq,
+            stored: n,
+            queued: st.count,
+        })
+    }
+
+    fn account_exists(&mut self, user: &str) -> StoreResult<bool> {
+        validate_name("user", user)?;
+        self.commit()?;
+        Ok(self.dbs.accounts.contains_key(user.as_bytes())?)
     }
 
     fn load(
