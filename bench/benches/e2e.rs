@@ -28,14 +28,19 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 static RUN: AtomicU64 = AtomicU64::new(0);
 
-fn start_router() -> RouterHandle {
+/// A router and its store directory (removed when the router is dropped).
+type Running = (RouterHandle, tempfile::TempDir);
+
+fn start_router() -> Running {
+    let data = tempfile::tempdir().expect("a store directory");
     let cfg = Config {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         shards: 2,
         pin_threads: false,
+        data_dir: data.path().to_path_buf(),
         ..Config::default()
     };
-    Router::start(cfg).expect("router starts")
+    (Router::start(cfg).expect("router starts"), data)
 }
 
 /// One scenario: `deliveries` per run, `fanout` receivers per message (None: pairs).
@@ -66,7 +71,7 @@ fn load_config(addr: SocketAddr, case: &Case) -> LoadConfig {
 }
 
 /// Runs one scenario; the router is started on first use (not when filtered out or listing).
-fn bench_case(c: &mut Criterion, router: &mut Option<RouterHandle>, case: &Case) {
+fn bench_case(c: &mut Criterion, router: &mut Option<Running>, case: &Case) {
     let mut g = c.benchmark_group(case.group);
     g.sample_size(10)
         .sampling_mode(SamplingMode::Flat)
@@ -74,7 +79,7 @@ fn bench_case(c: &mut Criterion, router: &mut Option<RouterHandle>, case: &Case)
         .measurement_time(Duration::from_secs(8))
         .throughput(Throughput::Elements(case.deliveries));
     g.bench_function(BenchmarkId::from_parameter(case.name), |b| {
-        let addr = router.get_or_insert_with(start_router).local_addr();
+        let addr = router.get_or_insert_with(start_router).0.local_addr();
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
@@ -91,8 +96,8 @@ fn bench_case(c: &mut Criterion, router: &mut Option<RouterHandle>, case: &Case)
     g.finish();
 }
 
-fn stop(router: Option<RouterHandle>) {
-    if let Some(r) = router {
+fn stop(router: Option<Running>) {
+    if let Some((r, _data)) = router {
         assert!(r.shutdown(), "router shuts down");
     }
 }

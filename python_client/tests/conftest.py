@@ -14,10 +14,12 @@ import hmac
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -55,7 +57,12 @@ class Router:
     """A running router process."""
 
     def __init__(self, args: List[str]) -> None:
-        cmd = [str(router_bin()), "--listen", "127.0.0.1:0", "--no-pin", *args]
+        # Each router gets its own store unless the test names one (restarts).
+        self.data_dir: Optional[str] = None
+        if "--data-dir" not in args:
+            self.data_dir = tempfile.mkdtemp(prefix="ringrouter-test-")
+            args = [*args, "--data-dir", self.data_dir]
+        cmd = [str(router_bin()), "--listen", "127.0.0.1:0", "--no-pin", "--argon2-cheap", *args]
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "warn")
         self.proc = subprocess.Popen(
@@ -103,6 +110,9 @@ class Router:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self.data_dir is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            self.data_dir = None
         return self.proc.returncode
 
 

@@ -53,6 +53,8 @@ struct Claims {
 pub enum Authenticator {
     /// Any valid user name.
     Open,
+    /// A registered user; the password is checked against the store by the caller.
+    Accounts,
     /// HS256 JWT, `sub` = user, `exp` required and checked.
     Jwt {
         /// The verification key.
@@ -66,6 +68,7 @@ impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Authenticator::Open => f.write_str("Open"),
+            Authenticator::Accounts => f.write_str("Accounts"),
             Authenticator::Jwt { .. } => f.write_str("Jwt"),
         }
     }
@@ -76,6 +79,7 @@ impl Authenticator {
     pub fn from_config(cfg: &Config) -> Result<Self, String> {
         match cfg.auth {
             AuthMode::Open => Ok(Authenticator::Open),
+            AuthMode::Accounts => Ok(Authenticator::Accounts),
             AuthMode::Jwt => {
                 let path = cfg
                     .jwt_secret_file
@@ -112,7 +116,7 @@ impl Authenticator {
         max_user_bytes: usize,
     ) -> Result<String, AuthError> {
         let name = match self {
-            Authenticator::Open => user.to_owned(),
+            Authenticator::Open | Authenticator::Accounts => user.to_owned(),
             Authenticator::Jwt { key, validation } => {
                 if token.is_empty() {
                     return Err(AuthError::new(

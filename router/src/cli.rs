@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::config::{parse_bytes, parse_duration, AuthMode, Config};
+use crate::config::{
+    parse_bytes, parse_duration, AuthMode, Config, DurabilityMode, OfflineOverflow,
+};
 
 /// ringrouter: a thread-per-core io_uring message router for chat / IM.
 #[derive(Debug, Parser)]
@@ -54,7 +56,7 @@ pub struct Args {
     /// larger ones are written straight from the sender's read buffer (writev).
     #[arg(long, value_parser = parse_bytes, default_value = "0")]
     pub inline_payload_max: usize,
-    /// Authentication: open (any user name; loopback only) or jwt.
+    /// Authentication: open (any user name; loopback only), jwt, or accounts (Register + password).
     #[arg(long, value_enum, default_value_t = AuthMode::Open)]
     pub auth: AuthMode,
     /// File holding the HS256 secret for --auth jwt.
@@ -66,6 +68,35 @@ pub struct Args {
     /// Do not pin shard threads to cores.
     #[arg(long)]
     pub no_pin: bool,
+    /// Directory of the embedded store (accounts, rooms, offline queues); created if missing.
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// memory: unacked deliveries in memory, offline queues written without fsync;
+    /// sync: every message group-committed with fsync before SendResult OK.
+    #[arg(long, value_enum, default_value_t = DurabilityMode::Memory)]
+    pub durability: DurabilityMode,
+    /// Most messages queued for one offline user.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_offline_per_user: u64,
+    /// A full offline queue rejects new messages (the sender gets RATE_LIMITED) or drops its oldest.
+    #[arg(long, value_enum, default_value_t = OfflineOverflow::Reject)]
+    pub offline_overflow: OfflineOverflow,
+    /// Most delivered-but-unacked messages per session; past it the session is closed as a
+    /// slow consumer and its unacked messages are queued for its next login.
+    #[arg(long, default_value_t = 262_144)]
+    pub max_unacked_per_session: usize,
+    /// Most rooms one user may be a member of.
+    #[arg(long, default_value_t = 1_000)]
+    pub max_rooms_per_user: usize,
+    /// Most members in one room.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_members_per_room: usize,
+    /// Most names one ListUsers answers.
+    #[arg(long, default_value_t = 1_000)]
+    pub list_users_page: usize,
+    /// Cheapest Argon2id parameters (for tests and benchmarks; never in production).
+    #[arg(long, hide = true)]
+    pub argon2_cheap: bool,
 }
 
 impl Args {
@@ -95,6 +126,15 @@ impl Args {
             jwt_secret_file: self.jwt_secret_file,
             allow_open_auth_on_public: self.allow_open_auth_on_public,
             pin_threads: !self.no_pin,
+            data_dir: self.data_dir,
+            durability: self.durability,
+            max_offline_per_user: self.max_offline_per_user,
+            offline_overflow: self.offline_overflow,
+            max_unacked_per_session: self.max_unacked_per_session,
+            max_rooms_per_user: self.max_rooms_per_user,
+            max_members_per_room: self.max_members_per_room,
+            list_users_page: self.list_users_page,
+            argon2_cheap: self.argon2_cheap,
         }
     }
 }

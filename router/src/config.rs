@@ -11,6 +11,30 @@ pub enum AuthMode {
     Open,
     /// An HS256 JWT whose `sub` is the user, checked against `--jwt-secret-file`.
     Jwt,
+    /// Registered accounts with passwords (Argon2id hashes in the store).
+    Accounts,
+}
+
+/// When a SendResult OK may be sent (`--durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DurabilityMode {
+    /// Live deliveries stay in memory until acked; offline messages are written to the
+    /// store without fsync. Survives disconnects and restarts, not a crash of the machine.
+    #[default]
+    Memory,
+    /// Every message is in the store, group-committed with fsync, before SendResult OK
+    /// (survives `kill -9`); removed once the recipient acks it.
+    Sync,
+}
+
+/// What happens when an offline queue is full (`--offline-overflow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OfflineOverflow {
+    /// The sender gets RATE_LIMITED; nothing is stored.
+    #[default]
+    Reject,
+    /// The oldest queued messages are dropped to make room.
+    DropOldest,
 }
 
 /// Everything the router needs to start. `Config::default()` is the embedded
@@ -54,6 +78,25 @@ pub struct Config {
     pub allow_open_auth_on_public: bool,
     /// Pin each shard thread to a core.
     pub pin_threads: bool,
+    /// Directory of the embedded store (accounts, rooms, offline queues).
+    pub data_dir: PathBuf,
+    /// When SendResult OK is sent: see [`DurabilityMode`].
+    pub durability: DurabilityMode,
+    /// Most messages in one user's offline queue.
+    pub max_offline_per_user: u64,
+    /// What a full offline queue does.
+    pub offline_overflow: OfflineOverflow,
+    /// Most delivered-but-unacked messages one session may hold; past it the session is
+    /// closed as a slow consumer (its unacked messages go to the offline queue).
+    pub max_unacked_per_session: usize,
+    /// Most rooms one user may be a member of.
+    pub max_rooms_per_user: usize,
+    /// Most members in one room.
+    pub max_members_per_room: usize,
+    /// Most names one ListUsers answers.
+    pub list_users_page: usize,
+    /// Cheapest legal Argon2id parameters (tests and benchmarks only).
+    pub argon2_cheap: bool,
 }
 
 impl Default for Config {
@@ -77,6 +120,15 @@ impl Default for Config {
             jwt_secret_file: None,
             allow_open_auth_on_public: false,
             pin_threads: true,
+            data_dir: PathBuf::from("./data"),
+            durability: DurabilityMode::Memory,
+            max_offline_per_user: 100_000,
+            offline_overflow: OfflineOverflow::Reject,
+            max_unacked_per_session: 262_144,
+            max_rooms_per_user: 1_000,
+            max_members_per_room: 10_000,
+            list_users_page: 1_000,
+            argon2_cheap: false,
         }
     }
 }

@@ -22,12 +22,17 @@ use monoio::net::{TcpListener, TcpStream};
 use ringrouter_proto::codec::{encode_frame, frame_bytes_needed, frames, next_frame, split_frames};
 use ringrouter_proto::fast::{parse_client, parse_client_at, Inbound};
 use ringrouter_proto::v1::{
-    client_frame, server_frame, Error as ErrorFrame, Login, LoginResult, Pong, ServerFrame,
+    client_frame, server_frame, AccountResult, Error as ErrorFrame, Login, LoginResult, Pong,
+    Register, ServerFrame,
 };
 use ringrouter_proto::Status;
 
+use crate::auth::{validate_user, AuthError};
+use crate::config::AuthMode;
+use crate::oneshot;
 use crate::server::{ConnGuard, LocalSignal, Shared};
-use crate::shard::{now_us, CloseReason, Flow, Handover, Mail, SessionKey, Shard};
+use crate::shard::{now_us, request_id_of, CloseReason, Flow, Handover, Mail, SessionKey, Shard};
+use crate::store::StoreError;
 
 /// Size of a fresh read buffer.
 const READ_BUF: usize = 64 * 1024;
@@ -146,11 +151,16 @@ pub(crate) async fn serve(
     loop {
         let mut close = false;
         let mut login: Option<Login> = None;
+        let mut register: Option<Register> = None;
         loop {
             match next_frame(&mut buf, cfg.max_frame_bytes) {
                 Ok(Some(body)) => match parse_client(body) {
                     Ok(Inbound::Other(client_frame::Kind::Login(l))) => {
                         login = Some(l);
+                        break;
+                    }
+                    Ok(Inbound::Other(client_frame::Kind::Register(r))) => {
+                        register = Some(r);
                         break;
                     }
                     Ok(Inbound::Other(client_frame::Kind::Ping(p))) => {
@@ -163,6 +173,10 @@ pub(crate) async fn serve(
                     }
                     Ok(Inbound::Send(s)) => encode_frame(
                         &error_frame(Status::Unauthorized, "log in first", s.request_id),
+                        &mut out,
+                    ),
+                    Ok(Inbound::Other(kind)) => encode_frame(
+                        &error_frame(Status::Unauthorized, "log in first", request_id_of(&kind)),
                         &mut out,
                     ),
                     Ok(_) => encode_frame(
@@ -183,8 +197,25 @@ pub(crate) async fn serve(
                 }
             }
         }
+        if let Some(r) = register {
+            let result = register_account(&shared, &r).await;
+            encode_frame(
+                &ServerFrame {
+                    kind: Some(server_frame::Kind::AccountResult(result)),
+                },
+                &mut out,
+            );
+        }
         if let Some(l) = login {
-            match shared.auth.login(&l.user, &l.token, cfg.max_user_bytes) {
+            let checked = match shared.auth.login(&l.user, &l.token, cfg.max_user_bytes) {
+                Ok(user) if cfg.auth == AuthMode::Accounts => {
+                    check_password(&shared, &user, &l.password)
+                        .await
+                        .map(|()| user)
+                }
+                other => other,
+            };
+            match checked {
                 Ok(user) => {
                     if !out.is_empty() {
                         let (r, _) = stream.write_all(std::mem::take(&mut out)).await;
@@ -282,6 +313,111 @@ pub(crate) async fn serve(
                 return;
             }
         }
+    }
+}
+
+/// Most password hashes queued or running before new Register / Login requests are
+/// refused (RATE_LIMITED) instead of queued: Argon2id is deliberately slow.
+const MAX_HASH_JOBS: u64 = 256;
+
+/// Register (accounts mode): hashes the password off the shard threads and stores the
+/// account.
+async fn register_account(shared: &Shared, r: &Register) -> AccountResult {
+    let answer = |status: Status, reason: &str| AccountResult {
+        request_id: r.request_id,
+        status: status as i32,
+        reason: reason.to_owned(),
+        user: if status == Status::Ok {
+            r.user.clone()
+        } else {
+            String::new()
+        },
+        users: Vec::new(),
+    };
+    if shared.cfg.auth != AuthMode::Accounts {
+        return answer(
+            Status::BadRequest,
+            "registration needs --auth accounts (this router runs another auth mode)",
+        );
+    }
+    if let Err(e) = validate_user(&r.user, shared.cfg.max_user_bytes) {
+        return answer(e.status, &e.reason);
+    }
+    if r.password.is_empty() {
+        return answer(Status::BadRequest, "password is empty");
+    }
+    if shared.store.stats().hash_jobs >= MAX_HASH_JOBS {
+        return answer(
+            Status::RateLimited,
+            "too many password operations in progress",
+        );
+    }
+    let (tx, rx) = oneshot::channel();
+    if shared
+        .store
+        .register(&r.user, &r.password, move |res| tx.send(res))
+        .is_err()
+    {
+        return answer(Status::Unavailable, "the store is shut down");
+    }
+    match rx.await {
+        Some(Ok(())) => answer(Status::Ok, ""),
+        Some(Err(StoreError::Conflict)) => answer(Status::Conflict, "user already exists"),
+        Some(Err(StoreError::Invalid(why))) => answer(Status::BadRequest, &why),
+        Some(Err(StoreError::Closed)) | None => {
+            answer(Status::Unavailable, "the store is shut down")
+        }
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "register failed");
+            answer(Status::Internal, "storage error")
+        }
+    }
+}
+
+/// Login in accounts mode: the password must match the stored Argon2id hash.
+async fn check_password(shared: &Shared, user: &str, password: &str) -> Result<(), AuthError> {
+    let refused = || AuthError {
+        status: Status::Unauthorized,
+        reason: "wrong user name or password".into(),
+    };
+    if password.is_empty() {
+        return Err(AuthError {
+            status: Status::Unauthorized,
+            reason: "a password is required (--auth accounts)".into(),
+        });
+    }
+    if shared.store.stats().hash_jobs >= MAX_HASH_JOBS {
+        return Err(AuthError {
+            status: Status::RateLimited,
+            reason: "too many password operations in progress".into(),
+        });
+    }
+    let (tx, rx) = oneshot::channel();
+    if shared
+        .store
+        .verify(user, password, move |res| tx.send(res))
+        .is_err()
+    {
+        return Err(AuthError {
+            status: Status::Unavailable,
+            reason: "the store is shut down".into(),
+        });
+    }
+    match rx.await {
+        Some(Ok(true)) => Ok(()),
+        Some(Ok(false)) | Some(Err(StoreError::NotFound)) => Err(refused()),
+        Some(Err(StoreError::Invalid(_))) => Err(refused()),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "password check failed");
+            Err(AuthError {
+                status: Status::Unavailable,
+                reason: "cannot check the password now".into(),
+            })
+        }
+        None => Err(AuthError {
+            status: Status::Unavailable,
+            reason: "the store is shut down".into(),
+        }),
     }
 }
 
@@ -392,6 +528,7 @@ async fn run_session(
                 kind: Some(server_frame::Kind::LoginResult(lr)),
             },
         );
+        sh.start_backlog(key);
     }
     let (reader, writer) = stream.into_split();
     let writer = monoio::spawn(write_loop(shard.clone(), key, writer));
@@ -475,7 +612,9 @@ async fn read_loop<R: AsyncReadRent>(
         }
         poll_fn(|cx| {
             let mut sh = shard.borrow_mut();
-            if !sh.pipeline_full() || sh.sessions.get(key).is_none_or(|s| s.closing.is_some()) {
+            if (!sh.pipeline_full() && !sh.store_full())
+                || sh.sessions.get(key).is_none_or(|s| s.closing.is_some())
+            {
                 Poll::Ready(())
             } else {
                 sh.outbox_waiters.push(cx.waker().clone());
@@ -563,6 +702,7 @@ async fn write_loop<W: AsyncWriteRent>(shard: Rc<RefCell<Shard>>, key: SessionKe
                 s.over_since = None;
                 s.wake_drain_waiters();
                 sh.release_throttles(key);
+                sh.continue_loading(key);
             }
         }
         if !ok {

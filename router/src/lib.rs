@@ -6,6 +6,7 @@
 //! - [`auth`]: user-name rules, `open` and `jwt` login.
 //! - [`server`]: [`Router::start`]: listeners, shard threads, shutdown.
 //! - `conn`: per-connection tasks: accept, pre-login, handover, reader, writer.
+//! - [`delivery`]: store round trips, offline queues, unacked retention, login backlog.
 //! - [`shard`]: a shard's state and routing decisions (no I/O, no await).
 //! - [`mailbox`]: lock-free SPSC rings between shards, with a doorbell.
 //! - [`outbuf`]: a session's outbound queue and its writev batches.
@@ -18,7 +19,9 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 mod conn;
+pub mod delivery;
 pub mod mailbox;
+mod oneshot;
 pub mod outbuf;
 pub mod server;
 pub mod shard;

@@ -14,10 +14,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::auth::Authenticator;
-use crate::config::Config;
+use crate::config::{Config, DurabilityMode};
+use crate::delivery::{Done, DoneQueue, StoreLink};
 use crate::mailbox::{mesh, Doorbell, Inbox, Outboxes};
 use crate::shard::{Mail, Shard};
 use crate::stats::{ShardStats, StatsSnapshot};
+use crate::store::{Durability, Store, StoreHandle, StoreOptions};
 
 /// Batches per cross-shard ring.
 const RING_CAPACITY: usize = 512;
@@ -39,6 +41,14 @@ pub enum StartError {
     /// A shard thread failed to start.
     #[error("shard {0} failed to start: {1}")]
     Shard(usize, String),
+    /// The embedded store could not be opened.
+    #[error("cannot open the store in {dir}: {source}")]
+    Store {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: crate::store::StoreError,
+    },
 }
 
 /// State shared by every shard thread (read-mostly).
@@ -48,6 +58,9 @@ pub struct Shared {
     connections: AtomicUsize,
     pub(crate) shutdown: AtomicBool,
     bells: Vec<Arc<Doorbell>>,
+    pub(crate) store: StoreHandle,
+    /// Per shard: where store completions for it land.
+    pub(crate) done: Vec<Arc<DoneQueue>>,
 }
 
 /// Counts one open connection; dropping it frees the slot.
@@ -115,6 +128,7 @@ pub struct RouterHandle {
     threads: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
     stats: Vec<Arc<ShardStats>>,
+    store: StoreHandle,
 }
 
 /// Name of the I/O driver monoio will use on this machine: `io_uring` or `epoll`.
@@ -192,18 +206,40 @@ impl Router {
             return Err(StartError::Config("at most 256 shards".into()));
         }
         let (addr, listeners) = bind_listeners(cfg.listen, n)?;
+        let durability = match cfg.durability {
+            DurabilityMode::Memory => Durability::Memory,
+            DurabilityMode::Sync => Durability::Sync,
+        };
+        let store = Store::open_with(
+            &cfg.data_dir,
+            durability,
+            StoreOptions {
+                argon2_cheap: cfg.argon2_cheap,
+                ..StoreOptions::default()
+            },
+        )
+        .map_err(|source| StartError::Store {
+            dir: cfg.data_dir.clone(),
+            source,
+        })?;
         let meshes = mesh::<Vec<Mail>>(n, RING_CAPACITY);
         let bells = meshes
             .first()
             .map(|(o, _)| o.bells().to_vec())
             .unwrap_or_default();
         let cfg = Arc::new(cfg);
+        let done = bells
+            .iter()
+            .map(|b| Arc::new(DoneQueue::new(b.clone())))
+            .collect();
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
             auth,
             connections: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             bells,
+            store: store.clone(),
+            done,
         });
         let stats: Vec<Arc<ShardStats>> = (0..n).map(|_| Arc::new(ShardStats::default())).collect();
         let flights: Arc<Vec<Vec<Arc<AtomicUsize>>>> = Arc::new(
@@ -252,6 +288,7 @@ impl Router {
                 Ok(Err((id, e))) => {
                     shared.shutdown.store(true, Ordering::SeqCst);
                     shared.bells.iter().for_each(|b| b.force());
+                    let _ = store.shutdown();
                     return Err(StartError::Shard(id, e));
                 }
                 Err(_) => {
@@ -269,6 +306,7 @@ impl Router {
             threads,
             shared,
             stats,
+            store,
         })
     }
 }
@@ -324,7 +362,16 @@ impl RouterHandle {
         for t in self.threads {
             let _ = t.join();
         }
+        // The shards queued the unacked messages of their sessions: persist them.
+        if let Err(e) = self.store.shutdown() {
+            tracing::error!(error = %e, "store shutdown failed");
+        }
         true
+    }
+
+    /// The embedded store (for tests and tools).
+    pub fn store(&self) -> &StoreHandle {
+        &self.store
     }
 
     /// Graceful shutdown: trigger, then wait up to `shutdown_timeout` plus a margin.
@@ -361,7 +408,7 @@ fn run_shard(
     rt.block_on(async move {
         let listener =
             monoio::net::TcpListener::from_std(listener).map_err(|e| format!("listener: {e}"))?;
-        let shard = Rc::new(RefCell::new(Shard::with_pipeline(
+        let mut sh = Shard::with_pipeline(
             id,
             n,
             shared.cfg.clone(),
@@ -369,7 +416,13 @@ fn run_shard(
             flight_out,
             flight_in,
             pause,
-        )));
+        );
+        sh.store = Some(StoreLink {
+            handle: shared.store.clone(),
+            done: shared.done[id].clone(),
+        });
+        sh.bell = Some(inbox.bell().clone());
+        let shard = Rc::new(RefCell::new(sh));
         let local = Rc::new(LocalSignal::default());
         monoio::spawn(flusher(shard.clone(), outs));
         monoio::spawn(consumer(
@@ -497,6 +550,9 @@ async fn consumer(
     // session's hard cap and the slow-consumer timeout bound what it can pile up.
     let mut blocked = Vec::new();
     let mut handovers = Vec::new();
+    let mut dones: Vec<Done> = Vec::new();
+    let mut local_mail = Vec::new();
+    let done_q = shared.done[shard.borrow().id].clone();
     loop {
         if shared.shutdown.load(Ordering::Acquire) && !local.fired() {
             shard.borrow_mut().begin_shutdown();
@@ -522,6 +578,31 @@ async fn consumer(
                     blocked.clear();
                 }
             }
+            done_q.take_into(&mut dones);
+            if !dones.is_empty() {
+                got += 1;
+                let was_full = sh.store_full();
+                for d in dones.drain(..) {
+                    d(&mut sh);
+                }
+                if was_full && !sh.store_full() {
+                    for w in sh.outbox_waiters.drain(..) {
+                        w.wake();
+                    }
+                }
+            }
+            std::mem::swap(&mut local_mail, &mut sh.local_mail);
+            if !local_mail.is_empty() {
+                got += 1;
+                let me = sh.id;
+                sh.begin_batch();
+                for mail in local_mail.drain(..) {
+                    if let Some(h) = sh.on_mail(me, mail, &mut blocked) {
+                        handovers.push(h);
+                    }
+                }
+                blocked.clear();
+            }
         }
         for h in handovers.drain(..) {
             monoio::spawn(crate::conn::adopt(shard.clone(), h));
@@ -535,7 +616,10 @@ async fn consumer(
                 return Poll::Ready(());
             }
             if inbox.park(cx.waker(), |_| true) {
-                if shared.shutdown.load(Ordering::Acquire) && !local.fired() {
+                if (shared.shutdown.load(Ordering::Acquire) && !local.fired())
+                    || !done_q.is_empty()
+                    || !shard.borrow().local_mail.is_empty()
+                {
                     inbox.unpark();
                     return Poll::Ready(());
                 }

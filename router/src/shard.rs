@@ -5,6 +5,7 @@
 //! Ownership: a shard owns the sessions of the users whose home it is, their
 //! outbound queues and sequence numbers, and its outgoing batches to other shards.
 
+use std::collections::VecDeque;
 use std::os::fd::{OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use ringrouter_proto::v1::{
 use ringrouter_proto::Status;
 
 use crate::config::Config;
+use crate::delivery::{status_reason, Held, Outgoing, StoreLink, Unacked};
 use crate::outbuf::{OutBuf, WriteBatch};
 use crate::stats::{Counters, ShardStats};
 
@@ -64,6 +66,9 @@ pub enum CloseReason {
     Shutdown,
     /// The account was removed or the session replaced.
     Kicked,
+    /// The client let more deliveries go unacked than `max_unacked_per_session`
+    /// (a slow consumer whose socket still drains: its error is flushed first).
+    Unacked,
 }
 
 impl CloseReason {
@@ -112,15 +117,32 @@ pub struct Session {
     pub closed_at: Option<Instant>,
     /// Remote senders this session paused while over its bound; resumed when it drains.
     pub throttled: Vec<SessionId>,
+    /// Delivered and not yet acked, in seq order.
+    pub unacked: VecDeque<Unacked>,
+    /// A private copy of the last sender name kept in `unacked` (clones of it touch
+    /// no counter shared with another core).
+    pub name_cache: Bytes,
+    /// Same for the last room name.
+    pub room_cache: Bytes,
+    /// The login backlog (offline queue) is being delivered.
+    pub loading: bool,
+    /// The next backlog page to load, once the session has drained.
+    pub load_next: Option<u64>,
+    /// Live messages that arrived during the backlog, delivered after it (memory mode).
+    pub held: Vec<Held>,
+    /// Payload bytes in `held`.
+    pub held_bytes: usize,
+    /// The account was deleted: what is unacked is dropped, not queued.
+    pub discard_unacked: bool,
 }
 
 impl Session {
     /// Bytes queued or being written.
     pub fn pending(&self) -> usize {
-        self.out.len() + self.inflight
+        self.out.len() + self.inflight + self.held_bytes
     }
 
-    fn wake_writer(&mut self) {
+    pub(crate) fn wake_writer(&mut self) {
         if let Some(w) = self.writer.take() {
             w.wake();
         }
@@ -246,6 +268,14 @@ pub struct Shard {
     pub stats: Arc<ShardStats>,
     /// Set when shutdown began.
     pub shutting_down: bool,
+    /// The embedded store (None only in unit tests).
+    pub store: Option<StoreLink>,
+    /// Store requests made and not yet answered.
+    pub store_inflight: usize,
+    /// Mail this shard posted to itself (a room homed here, a store completion).
+    pub local_mail: Vec<Mail>,
+    /// This shard's doorbell (wakes its mailbox consumer).
+    pub bell: Option<Arc<crate::mailbox::Doorbell>>,
 }
 
 const SLOW_CONSUMER: (Status, &str) = (
@@ -446,6 +476,10 @@ impl Shard {
             counters: Counters::default(),
             stats,
             shutting_down: false,
+            store: None,
+            store_inflight: 0,
+            local_mail: Vec::new(),
+            bell: None,
         }
     }
 
@@ -463,7 +497,8 @@ impl Shard {
         })
     }
 
-    fn resolve(&self, id: SessionId) -> Option<SessionKey> {
+    /// The live session `id` refers to, if it is still there and not closing.
+    pub fn resolve(&self, id: SessionId) -> Option<SessionKey> {
         let key = id.key as usize;
         match self.sessions.get(key) {
             Some(s) if s.gen == id.gen && id.shard as usize == self.id && s.closing.is_none() => {
@@ -519,6 +554,14 @@ impl Shard {
             spare: None,
             closed_at: None,
             throttled: Vec::new(),
+            unacked: VecDeque::new(),
+            name_cache: Bytes::new(),
+            room_cache: Bytes::new(),
+            loading: false,
+            load_next: None,
+            held: Vec::new(),
+            held_bytes: 0,
+            discard_unacked: false,
         });
         self.users.entry(user).or_default().push(key);
         if let Some(t) = self.pause.get(self.id) {
@@ -594,6 +637,19 @@ impl Shard {
                     self.push_error(key, Status::BadRequest, reason, 0);
                 } else if a.up_to_seq > s.acked {
                     s.acked = a.up_to_seq;
+                    let mut top = 0;
+                    while let Some(u) = s.unacked.front() {
+                        if u.seq > a.up_to_seq {
+                            break;
+                        }
+                        top = top.max(u.store_seq);
+                        s.unacked.pop_front();
+                    }
+                    if top > 0 {
+                        let user = s.user.clone();
+                        self.remove_stored(&user, top);
+                    }
+                    self.continue_loading(key);
                 }
             }
             Kind::Ping(p) => {
@@ -611,7 +667,12 @@ impl Shard {
             }
             other => {
                 let rid = request_id_of(&other);
-                self.push_error(key, Status::BadRequest, "not available in this version", rid);
+                self.push_error(
+                    key,
+                    Status::BadRequest,
+                    "not available in this version",
+                    rid,
+                );
             }
         }
         Flow::Continue
@@ -669,19 +730,44 @@ impl Shard {
         };
         let home = self.home(&v.to_user);
         if home == self.id {
+            if self.journaled() {
+                let Some(sender) = self.session_id(key) else {
+                    return;
+                };
+                let msg = Held {
+                    from_user: self.sessions[key].user.clone(),
+                    to_room: Bytes::new(),
+                    payload: v.payload,
+                    msg_id,
+                    ts_us,
+                };
+                let reply = v.want_result.then_some((sender, v.request_id));
+                self.journal(v.to_user, msg, reply, sender);
+                return;
+            }
             // The sender's name is lent by move, not cloned: no refcount per message.
             let from_user = std::mem::take(&mut self.sessions[key].user);
-            let (n, overflowed) = self.deliver_local(
-                &v.to_user, &from_user, &v.payload, msg_id, ts_us, None, blocked,
-            );
+            let m = Outgoing {
+                from_user: &from_user,
+                to_room: b"",
+                payload: &v.payload,
+                msg_id,
+                ts_us,
+                store_seq: 0,
+            };
+            let (n, overflowed) = self.deliver_local(&v.to_user, m, None, blocked);
+            if n == 0 && self.has_store() {
+                let reply = self
+                    .session_id(key)
+                    .filter(|_| v.want_result)
+                    .map(|id| (id, v.request_id));
+                self.store_offline(&v.to_user, m, reply);
+            }
             self.sessions[key].user = from_user;
             self.close_overflowed(overflowed);
-            if v.want_result {
-                let (status, reason) = if n > 0 {
-                    (Status::Ok, "")
-                } else {
-                    (Status::NotFound, "user has no session")
-                };
+            if v.want_result && (n > 0 || !self.has_store()) {
+                let status = if n > 0 { Status::Ok } else { Status::NotFound };
+                let reason = if n > 0 { "" } else { "user has no session" };
                 self.push_frame(key, &send_result(v.request_id, status, reason, msg_id));
             }
         } else {
@@ -721,6 +807,14 @@ impl Shard {
 
     /// Appends a mail item to the outgoing batch for shard `to` and wakes the flusher.
     pub fn post(&mut self, to: usize, mail: Mail) {
+        if to == self.id {
+            // No ring to itself: the consumer picks it up on its next turn.
+            self.local_mail.push(mail);
+            if let Some(b) = &self.bell {
+                b.force();
+            }
+            return;
+        }
         self.outbox_bytes[to] += mail.weight();
         self.outbox[to].push(mail);
         self.outbox_len += 1;
@@ -733,20 +827,36 @@ impl Shard {
     /// Returns how many sessions got it, and a session pushed past its hard cap,
     /// which the caller closes with [`Shard::close_overflowed`] once the names it
     /// lent (`to_user`, `from_user`) are back in place.
-    #[allow(clippy::too_many_arguments)] // hot path: plain arguments, no struct to build per message
+    /// Every session keeps what it was given until acked (when there is a store);
+    /// a session whose backlog is being delivered holds live messages back instead.
     pub fn deliver_local(
         &mut self,
         to_user: &[u8],
-        from_user: &[u8],
-        payload: &Bytes,
-        msg_id: u64,
-        ts_us: u64,
+        m: Outgoing<'_>,
         remote_sender: Option<SessionId>,
+        blocked: &mut Vec<SessionKey>,
+    ) -> (usize, Option<SessionKey>) {
+        self.deliver_to_sessions(to_user, m, remote_sender, None, blocked)
+    }
+
+    /// [`Shard::deliver_local`], skipping the session `skip` (a room message is not
+    /// echoed to the device that sent it).
+    pub fn deliver_to_sessions(
+        &mut self,
+        to_user: &[u8],
+        m: Outgoing<'_>,
+        remote_sender: Option<SessionId>,
+        skip: Option<SessionId>,
         blocked: &mut Vec<SessionKey>,
     ) -> (usize, Option<SessionKey>) {
         let Some(keys) = self.users.get(to_user) else {
             return (0, None);
         };
+        let retain = self.store.is_some();
+        let max_unacked = self.cfg.max_unacked_per_session;
+        let skip_key = skip
+            .filter(|id| id.shard as usize == self.id)
+            .map(|id| (id.key as usize, id.gen));
         let mut pause: Option<SessionId> = None;
         let max_pending = self.cfg.max_pending_bytes;
         let hard_cap = self.cfg.hard_pending_bytes();
@@ -757,19 +867,62 @@ impl Shard {
             let Some(s) = self.sessions.get_mut(k) else {
                 continue;
             };
-            if s.closing.is_some() {
+            if s.closing.is_some() || skip_key == Some((k, s.gen)) {
+                continue;
+            }
+            if s.loading {
+                // The backlog goes first. In sync mode this message is in the queue
+                // behind it already; otherwise it waits here.
+                if m.store_seq == 0 {
+                    s.held_bytes += m.payload.len();
+                    s.held.push(Held {
+                        from_user: Bytes::copy_from_slice(m.from_user),
+                        to_room: Bytes::copy_from_slice(m.to_room),
+                        payload: m.payload.clone(),
+                        msg_id: m.msg_id,
+                        ts_us: m.ts_us,
+                    });
+                }
+                n += 1;
                 continue;
             }
             s.last_seq += 1;
             let stamp = DeliverStamp {
                 seq: s.last_seq,
-                from_user,
-                to_room: b"",
-                server_ts_us: ts_us,
-                msg_id,
+                from_user: m.from_user,
+                to_room: m.to_room,
+                server_ts_us: m.ts_us,
+                msg_id: m.msg_id,
             };
-            s.out.push_deliver(&stamp, payload, inline_max);
+            s.out.push_deliver(&stamp, m.payload, inline_max);
             s.wake_writer();
+            if retain {
+                let msg = if m.store_seq != 0 {
+                    Held::default()
+                } else {
+                    if s.name_cache[..] != *m.from_user {
+                        s.name_cache = Bytes::copy_from_slice(m.from_user);
+                    }
+                    if s.room_cache[..] != *m.to_room {
+                        s.room_cache = Bytes::copy_from_slice(m.to_room);
+                    }
+                    Held {
+                        from_user: s.name_cache.clone(),
+                        to_room: s.room_cache.clone(),
+                        payload: m.payload.clone(),
+                        msg_id: m.msg_id,
+                        ts_us: m.ts_us,
+                    }
+                };
+                s.unacked.push_back(Unacked {
+                    seq: s.last_seq,
+                    store_seq: m.store_seq,
+                    msg,
+                });
+                if s.unacked.len() > max_unacked {
+                    overflowed = Some(k);
+                }
+            }
             if s.pending() > max_pending {
                 match remote_sender {
                     // A sender on another shard: ask its shard to stop reading it
@@ -806,8 +959,24 @@ impl Shard {
     /// Closes a session [`Shard::deliver_local`] pushed past its hard cap: its
     /// queue may not grow any further, it is a slow consumer now.
     pub fn close_overflowed(&mut self, overflowed: Option<SessionKey>) {
-        if let Some(k) = overflowed {
+        let Some(k) = overflowed else {
+            return;
+        };
+        let over_bytes = self
+            .sessions
+            .get(k)
+            .is_some_and(|s| s.pending() > self.cfg.hard_pending_bytes());
+        if over_bytes {
             self.close(k, CloseReason::SlowConsumer, Some(SLOW_CONSUMER));
+        } else {
+            self.close(
+                k,
+                CloseReason::Unacked,
+                Some((
+                    Status::SlowConsumer,
+                    "slow consumer: too many deliveries not acked (max_unacked_per_session)",
+                )),
+            );
         }
     }
 
@@ -826,22 +995,37 @@ impl Shard {
                 if let Some(f) = r.from_user {
                     self.batch_from = f;
                 }
+                if self.journaled() {
+                    let msg = Held {
+                        from_user: self.batch_from.clone(),
+                        to_room: Bytes::new(),
+                        payload: r.payload,
+                        msg_id: r.msg_id,
+                        ts_us: r.ts_us,
+                    };
+                    self.journal(self.batch_to.clone(), msg, r.reply, r.sender);
+                    return None;
+                }
                 // Moved out and back: no reference-count update per message.
                 let to_user = std::mem::take(&mut self.batch_to);
                 let from_user = std::mem::take(&mut self.batch_from);
-                let (n, overflowed) = self.deliver_local(
-                    &to_user,
-                    &from_user,
-                    &r.payload,
-                    r.msg_id,
-                    r.ts_us,
-                    Some(r.sender),
-                    blocked,
-                );
+                let m = Outgoing {
+                    from_user: &from_user,
+                    to_room: b"",
+                    payload: &r.payload,
+                    msg_id: r.msg_id,
+                    ts_us: r.ts_us,
+                    store_seq: 0,
+                };
+                let (n, overflowed) = self.deliver_local(&to_user, m, Some(r.sender), blocked);
+                let offline = n == 0 && self.has_store();
+                if offline {
+                    self.store_offline(&to_user, m, r.reply);
+                }
                 self.batch_to = to_user;
                 self.batch_from = from_user;
                 self.close_overflowed(overflowed);
-                if let Some((to, request_id)) = r.reply {
+                if let Some((to, request_id)) = r.reply.filter(|_| !offline) {
                     let status = if n > 0 { Status::Ok } else { Status::NotFound };
                     self.post(
                         from,
@@ -862,10 +1046,9 @@ impl Shard {
                 status,
             } => {
                 if let Some(key) = self.resolve(to) {
-                    let reason = if status == Status::Ok {
-                        ""
-                    } else {
-                        "user has no session"
+                    let reason = match status {
+                        Status::NotFound if !self.has_store() => "user has no session",
+                        other => status_reason(other),
                     };
                     self.push_frame(key, &send_result(request_id, status, reason, msg_id));
                 }
@@ -873,13 +1056,18 @@ impl Shard {
             }
             Mail::Handover(h) => Some(h),
             Mail::Resume { sender } => {
-                let left = self.pause.get(self.id).and_then(|t| t.add(sender, -1));
-                if left == Some(0) {
-                    if let Some(s) = self.resolve(sender).and_then(|k| self.sessions.get_mut(k)) {
-                        s.wake_drain_waiters();
-                    }
-                }
+                self.resume_sender(sender);
                 None
+            }
+        }
+    }
+
+    /// Takes back one pause of a sender session of this shard; wakes its reader at zero.
+    fn resume_sender(&mut self, sender: SessionId) {
+        let left = self.pause.get(self.id).and_then(|t| t.add(sender, -1));
+        if left == Some(0) {
+            if let Some(s) = self.resolve(sender).and_then(|k| self.sessions.get_mut(k)) {
+                s.wake_drain_waiters();
             }
         }
     }
@@ -910,7 +1098,12 @@ impl Shard {
         }
         let ids = std::mem::take(&mut s.throttled);
         for id in ids {
-            self.post(id.shard as usize, Mail::Resume { sender: id });
+            if id.shard as usize == self.id {
+                // Paused by a delivery made from a store completion on this shard.
+                self.resume_sender(id);
+            } else {
+                self.post(id.shard as usize, Mail::Resume { sender: id });
+            }
         }
     }
 
@@ -963,12 +1156,15 @@ impl Shard {
         s.wake_writer();
         s.wake_drain_waiters();
         self.release_throttles(key);
+        self.requeue(key);
         if reason.hard() {
             // Safety: fd is the session's open socket (closed only after the session is removed).
             unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
         }
         match reason {
-            CloseReason::SlowConsumer => self.counters.slow_consumer_closes += 1,
+            CloseReason::SlowConsumer | CloseReason::Unacked => {
+                self.counters.slow_consumer_closes += 1
+            }
             CloseReason::HeartbeatTimeout => self.counters.heartbeat_closes += 1,
             _ => {}
         }

@@ -28,6 +28,16 @@ pub struct Counters {
     pub payload_copied_bytes: u64,
     /// writev calls.
     pub writes: u64,
+    /// Messages appended to an offline queue because the recipient had no session.
+    pub offline_stored: u64,
+    /// Messages appended to the store before delivery (sync durability).
+    pub journaled: u64,
+    /// Messages delivered from an offline queue at login.
+    pub offline_delivered: u64,
+    /// Unacked messages moved to the offline queue when their session ended.
+    pub requeued: u64,
+    /// Room messages accepted (each fans out to the members' sessions).
+    pub room_msgs: u64,
 }
 
 macro_rules! shard_stats {
@@ -76,4 +86,9 @@ shard_stats!(
     payload_zero_copy_bytes,
     payload_copied_bytes,
     writes,
+    offline_stored,
+    journaled,
+    offline_delivered,
+    requeued,
+    room_msgs,
 );

@@ -18,7 +18,8 @@ use prost::Message as _;
 use ringrouter_client::{Client, ClientConfig, Status};
 use ringrouter_proto::codec::{decode_server, next_frame};
 use ringrouter_proto::v1::{
-    client_frame, server_frame, ClientFrame, Error as ErrorFrame, Login, LoginResult, ServerFrame,
+    client_frame, server_frame, ClientFrame, Deliver, Error as ErrorFrame, Login, LoginResult,
+    ServerFrame,
 };
 
 /// Default bound on any single wait for the router in these tests.
@@ -80,6 +81,8 @@ pub struct RouterProc {
     /// The whole `listening on` line.
     pub banner: String,
     stderr: Option<std::thread::JoinHandle<String>>,
+    /// The store directory made for this router when the args named none.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl RouterProc {
@@ -105,8 +108,21 @@ impl RouterProc {
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
+        // Every router gets its own store unless the test names one (restarts).
+        let data = if args.contains(&"--data-dir") {
+            None
+        } else {
+            let d = tempfile::tempdir().map_err(|e| Exited {
+                code: None,
+                first_line: None,
+                stderr: format!("cannot make a data dir: {e}"),
+            })?;
+            cmd.arg("--data-dir").arg(d.path());
+            Some(d)
+        };
         cmd.args(args)
             .arg("--no-pin")
+            .arg("--argon2-cheap")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .stdin(Stdio::null());
@@ -160,6 +176,7 @@ impl RouterProc {
                         addr,
                         banner: line,
                         stderr: Some(err_thread),
+                        _data: data,
                     }),
                     Err(e) => {
                         let _ = child.kill();
@@ -487,6 +504,52 @@ impl Raw {
                 Err(e @ ReadEnd::Closed(_)) => return (frames, e),
                 Err(ReadEnd::Bad(e)) if self.closed.is_some() => return (frames, ReadEnd::Bad(e)),
                 Err(ReadEnd::Bad(e)) => panic!("bad bytes from the router: {e}"),
+            }
+        }
+    }
+
+    /// Reads the next `n` Delivers, skipping heartbeat Pings; panics on anything else.
+    pub fn delivers(&mut self, n: usize, timeout: Duration) -> Vec<Deliver> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            match self.next_kind(deadline.saturating_duration_since(Instant::now())) {
+                server_frame::Kind::Deliver(d) => out.push(d),
+                server_frame::Kind::Ping(_) => {}
+                other => panic!(
+                    "expected a Deliver ({} of {n} so far), got {other:?}",
+                    out.len()
+                ),
+            }
+        }
+        out
+    }
+
+    /// Acks every Deliver up to `seq`.
+    pub fn ack(&mut self, seq: u64) {
+        self.send(client_frame::Kind::Ack(ringrouter_proto::v1::Ack {
+            up_to_seq: seq,
+        }));
+    }
+
+    /// Sends a message to `to` asking for a SendResult with `request_id`.
+    pub fn send_to(&mut self, to: &str, payload: &[u8], request_id: u64) {
+        self.send(client_frame::Kind::Send(ringrouter_proto::v1::Send {
+            request_id,
+            to_user: to.into(),
+            payload: payload.to_vec().into(),
+            want_result: true,
+            ..Default::default()
+        }));
+    }
+
+    /// The next frame that is not a Ping (Delivers included); panics on timeout or close.
+    pub fn next_non_ping(&mut self, timeout: Duration) -> server_frame::Kind {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.next_kind(deadline.saturating_duration_since(Instant::now())) {
+                server_frame::Kind::Ping(_) => {}
+                other => return other,
             }
         }
     }

@@ -1,7 +1,8 @@
 //! Slow consumers: a session that stops reading while a sender floods it is
 //! closed after `--slow-consumer-timeout` over `--max-pending-bytes`; meanwhile
 //! and afterwards everyone else keeps exchanging messages, the flooding sender
-//! included.
+//! included. Nothing is lost: what the cut session had not acked, and what was sent
+//! after the cut, is delivered at the user's next login, in order.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,11 +18,31 @@ const FLOOD_LIMIT: Duration = Duration::from_secs(20);
 /// Messages per round between two confirmed probes.
 const ROUND: usize = 64;
 
-/// Floods `to` with 1 KiB messages, each round followed by a confirmed probe,
-/// until a probe says `to` has no session any more (NOT_FOUND).
-fn flood(mut f: Client, to: String, sent: Arc<AtomicU64>) -> Result<Client, String> {
-    let payload = [0x55u8; 1024];
+/// Offline queue bound of these routers: once the slow consumer is cut, its
+/// messages are queued until this many, then senders get RATE_LIMITED.
+const MAX_OFFLINE: &str = "1000";
+
+/// A 1 KiB payload numbered `i`.
+fn numbered(i: u64) -> Vec<u8> {
+    let mut p = i.to_be_bytes().to_vec();
+    p.resize(1024, 0x55);
+    p
+}
+
+fn number_of(payload: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&payload[..8]);
+    u64::from_be_bytes(b)
+}
+
+/// Floods `to` with numbered 1 KiB messages, each round followed by a confirmed
+/// probe (numbered too), until a probe says the offline queue `to` was moved to
+/// when it was cut is full (RATE_LIMITED). Returns the client and the number of the
+/// last confirmed probe.
+fn flood(mut f: Client, to: String, sent: Arc<AtomicU64>) -> Result<(Client, u64), String> {
     let deadline = Instant::now() + FLOOD_LIMIT;
+    let mut next = 0u64;
+    let mut confirmed = 0u64;
     loop {
         if Instant::now() >= deadline {
             return Err(format!(
@@ -29,12 +50,22 @@ fn flood(mut f: Client, to: String, sent: Arc<AtomicU64>) -> Result<Client, Stri
                 sent.load(Ordering::Relaxed)
             ));
         }
-        f.send_many(&to, std::iter::repeat_n(&payload[..], ROUND))
-            .map_err(|e| format!("flooding: {e}"))?;
+        let round: Vec<Vec<u8>> = (next..next + ROUND as u64).map(numbered).collect();
+        next += ROUND as u64;
+        let sent_round = f.send_many(&to, round.iter().map(|p| &p[..]));
+        match sent_round {
+            Ok(_) => {}
+            Err(e) if e.code() == Some(Status::RateLimited) => return Ok((f, confirmed)),
+            Err(e) => return Err(format!("flooding: {e}")),
+        }
         sent.fetch_add(ROUND as u64, Ordering::Relaxed);
-        match f.send_wait(&to, b"probe") {
-            Ok(_) => sent.fetch_add(1, Ordering::Relaxed),
-            Err(e) if e.code() == Some(Status::NotFound) => return Ok(f),
+        match f.send_wait(&to, &numbered(next)) {
+            Ok(_) => {
+                confirmed = next;
+                next += 1;
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) if e.code() == Some(Status::RateLimited) => return Ok((f, confirmed)),
             Err(e) => return Err(format!("probe: {e}")),
         };
     }
@@ -49,6 +80,8 @@ fn slow_consumer_is_cut(shards: usize) {
         "64k",
         "--slow-consumer-timeout",
         "300ms",
+        "--max-offline-per-user",
+        MAX_OFFLINE,
     ]);
     let p = format!("slow{shards}-");
     // Flooder on shard 0, slow consumer on shard 1 when there are two.
@@ -96,7 +129,7 @@ fn slow_consumer_is_cut(shards: usize) {
         slowest = slowest.max(t.elapsed());
         during += 1;
     }
-    let mut f = flood_thread
+    let (mut f, confirmed) = flood_thread
         .join()
         .expect("flood thread")
         .unwrap_or_else(|e| panic!("{e}"));
@@ -141,12 +174,23 @@ fn slow_consumer_is_cut(shards: usize) {
         "the slow consumer was cut, not drained ({delivered} of {sent})"
     );
 
-    // The user can come back with a new session.
+    // The user comes back with a new session: it gets every message that was
+    // accepted (none acked: the cut session never acked), in order, from the first
+    // one, at least up to the last confirmed probe; then live messages again.
     let mut back = r.client(&slow_user);
+    let mut expect = 0u64;
+    while let Some(m) = back.recv(Some(Duration::from_secs(2))).expect("recv") {
+        assert_eq!(number_of(&m.payload), expect, "backlog in order, no gap");
+        expect += 1;
+    }
+    assert!(
+        expect > confirmed,
+        "every confirmed message came back: {expect} received, last confirmed {confirmed}"
+    );
     f.send_wait(&slow_user, b"welcome back")
         .expect("send to the new session");
     let m = back.recv(Some(T)).expect("recv").expect("message");
-    assert_eq!((m.seq, &m.payload[..]), (1, &b"welcome back"[..]));
+    assert_eq!((m.seq, &m.payload[..]), (expect + 1, &b"welcome back"[..]));
 }
 
 #[test]

@@ -59,12 +59,21 @@ fn silent_session_is_closed() {
         took >= INTERVAL + TIMEOUT,
         "closed after {took:?}, before interval + timeout"
     );
-    // The user is gone: a message to it is NOT_FOUND.
+    // The session is gone, the user is not: a message to it is stored and comes
+    // with the next login.
     let mut other = r.client_with(cfg("witness")).expect("login");
-    let err = other
+    other
         .send_wait("ghost", b"anyone?")
-        .expect_err("ghost is gone");
-    assert_eq!(err.code(), Some(Status::NotFound), "{err}");
+        .expect("stored for the ghost's next login");
+    let mut back = r.client_with(cfg("ghost")).expect("login again");
+    let m = back
+        .recv(Some(T))
+        .expect("recv")
+        .expect("the stored message");
+    assert_eq!(
+        (m.sender.as_str(), &m.payload[..]),
+        ("witness", &b"anyone?"[..])
+    );
 }
 
 #[test]

@@ -23,10 +23,12 @@ fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn payloads_are_never_copied_by_default() {
+    let data = tempfile::tempdir().expect("data dir");
     let cfg = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         shards: 2,
         pin_threads: false,
+        data_dir: data.path().to_path_buf(),
         ..Config::default()
     };
     let router = Router::start(cfg).expect("router starts");
@@ -63,11 +65,13 @@ fn payloads_are_never_copied_by_default() {
 
 #[test]
 fn inline_threshold_copies_only_small_payloads() {
+    let data = tempfile::tempdir().expect("data dir");
     let cfg = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         shards: 1,
         pin_threads: false,
         inline_payload_max: 100,
+        data_dir: data.path().to_path_buf(),
         ..Config::default()
     };
     let router = Router::start(cfg).expect("router starts");

@@ -14,8 +14,8 @@ use super::codec::{
 };
 use super::hash::{HashJob, HashOutcome, HashPool};
 use super::{
-    Appended, Cb, Durability, Msg, Overflow, RoomRecord, StatCells, StoreError, StoreOptions, StoreResult,
-    StoredMsg,
+    Appended, Cb, Durability, Msg, Overflow, RoomRecord, StatCells, StoreError, StoreOptions,
+    StoreResult, StoredMsg,
 };
 
 /// How long shutdown waits for outstanding password-hash answers before giving up on them

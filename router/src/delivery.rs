@@ -1,0 +1,539 @@
+//! What makes delivery at-least-once: the way from a shard to the store and back,
+//! offline queues, the unacked messages each session keeps, and the offline backlog
+//! delivered at login.
+//!
+//! # Store round trips
+//! A shard never waits for the disk. [`Shard::store_req`] queues a request on the
+//! storage thread; its completion comes back as a [`Done`] closure pushed onto the
+//! shard's [`DoneQueue`] (ringing the shard's doorbell), and the mailbox consumer runs
+//! it on the shard thread with the shard borrowed. Requests are answered in the order
+//! they were made, which is what keeps a user's messages in order across the store.
+//!
+//! # Rules (see DESIGN.md "Delivery guarantees")
+//! - A message for a user with no live session is appended to the user's offline queue
+//!   (bounded, `max_offline_per_user`); the sender's SendResult waits for the store.
+//! - In `sync` durability every message is appended first and delivered from the
+//!   completion, with its store seq: the ack that covers it removes it.
+//! - A session keeps every delivery until the client's cumulative Ack. When it ends,
+//!   the unacked live deliveries (and any that were held back, below) are appended to the
+//!   offline queue; deliveries that came from the store are still there.
+//! - At login the offline queue is delivered page by page before anything live: live
+//!   messages that arrive meanwhile are held and delivered after the backlog (memory
+//!   mode), or are already in the queue behind it (sync mode).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use ringrouter_proto::fast::DeliverStamp;
+use ringrouter_proto::v1::{server_frame, SendResult, ServerFrame};
+use ringrouter_proto::Status;
+
+use crate::config::{AuthMode, DurabilityMode, OfflineOverflow};
+use crate::mailbox::Doorbell;
+use crate::shard::{Mail, SessionId, SessionKey, Shard};
+use crate::store::{Overflow, StoreError, StoreHandle, StoreResult, StoredMsg};
+
+/// Offline messages loaded per store round trip at login.
+pub const LOAD_PAGE: usize = 1024;
+
+/// Store requests one shard may have outstanding before its readers pause.
+pub const STORE_HIGH_WATER: usize = 16 * 1024;
+
+/// A store completion, run on the shard that made the request.
+pub type Done = Box<dyn FnOnce(&mut Shard) + Send>;
+
+/// Completions waiting for one shard (filled by the storage thread).
+pub struct DoneQueue {
+    q: Mutex<Vec<Done>>,
+    bell: Arc<Doorbell>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl DoneQueue {
+    /// A queue that rings `bell` (the shard's mailbox doorbell) on every push.
+    pub fn new(bell: Arc<Doorbell>) -> Self {
+        DoneQueue {
+            q: Mutex::new(Vec::new()),
+            bell,
+        }
+    }
+
+    /// Queues a completion and wakes the shard's consumer if it is parked.
+    pub fn push(&self, d: Done) {
+        lock(&self.q).push(d);
+        self.bell.ring();
+    }
+
+    /// Moves every queued completion into `out` (in order).
+    pub fn take_into(&self, out: &mut Vec<Done>) {
+        out.append(&mut lock(&self.q));
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        lock(&self.q).is_empty()
+    }
+}
+
+/// The store as one shard sees it.
+pub struct StoreLink {
+    /// The storage thread.
+    pub handle: StoreHandle,
+    /// Where this shard's completions land.
+    pub done: Arc<DoneQueue>,
+}
+
+/// A message kept by a session: held back during a login backlog, or delivered and
+/// not yet acked. Names and payload are shared, not copied.
+#[derive(Debug, Clone, Default)]
+pub struct Held {
+    /// Authenticated sender.
+    pub from_user: Bytes,
+    /// Room, empty for a direct message.
+    pub to_room: Bytes,
+    /// Payload.
+    pub payload: Bytes,
+    /// Message id.
+    pub msg_id: u64,
+    /// Router clock at acceptance.
+    pub ts_us: u64,
+}
+
+impl Held {
+    fn to_stored(&self) -> StoredMsg {
+        StoredMsg {
+            from_user: String::from_utf8_lossy(&self.from_user).into_owned(),
+            to_room: String::from_utf8_lossy(&self.to_room).into_owned(),
+            payload: self.payload.clone(),
+            server_ts_us: self.ts_us,
+            msg_id: self.msg_id,
+        }
+    }
+}
+
+/// One delivered, unacked message of a session.
+#[derive(Debug)]
+pub struct Unacked {
+    /// The session seq it was delivered with.
+    pub seq: u64,
+    /// Its seq in the user's offline queue when it is stored there (0: live only; its
+    /// content is then in `msg`, to be stored if the session ends before the ack).
+    pub store_seq: u64,
+    /// The message (empty when `store_seq` is set).
+    pub msg: Held,
+}
+
+/// A message on its way into sessions, borrowed from wherever it is.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// Authenticated sender.
+    pub from_user: &'a [u8],
+    /// Room, empty for a direct message.
+    pub to_room: &'a [u8],
+    /// Payload.
+    pub payload: &'a Bytes,
+    /// Message id.
+    pub msg_id: u64,
+    /// Router clock at acceptance.
+    pub ts_us: u64,
+    /// Its seq in the recipient's offline queue (sync mode), 0 if not stored.
+    pub store_seq: u64,
+}
+
+impl Outgoing<'_> {
+    fn to_stored(self) -> StoredMsg {
+        StoredMsg {
+            from_user: String::from_utf8_lossy(self.from_user).into_owned(),
+            to_room: String::from_utf8_lossy(self.to_room).into_owned(),
+            payload: self.payload.clone(),
+            server_ts_us: self.ts_us,
+            msg_id: self.msg_id,
+        }
+    }
+}
+
+/// The reason that goes with a SendResult status.
+pub fn status_reason(status: Status) -> &'static str {
+    match status {
+        Status::Ok => "",
+        Status::NotFound => "no such user",
+        Status::RateLimited => "the recipient's offline queue is full",
+        Status::Unavailable => "the store is shut down",
+        Status::Forbidden => "not a member of the room",
+        _ => "storage error",
+    }
+}
+
+/// The SendResult status for a failed store request.
+pub fn store_status(e: &StoreError) -> Status {
+    match e {
+        StoreError::NotFound => Status::NotFound,
+        StoreError::Full => Status::RateLimited,
+        StoreError::Closed => Status::Unavailable,
+        StoreError::Invalid(_) => Status::BadRequest,
+        StoreError::Conflict => Status::Conflict,
+        StoreError::Io(_) => Status::Internal,
+    }
+}
+
+pub(crate) fn send_result_frame(request_id: u64, status: Status, msg_id: u64) -> ServerFrame {
+    ServerFrame {
+        kind: Some(server_frame::Kind::SendResult(SendResult {
+            request_id,
+            status: status as i32,
+            reason: status_reason(status).to_owned(),
+            msg_id,
+        })),
+    }
+}
+
+impl Shard {
+    /// True when this shard has a store (always, in a running router).
+    pub fn has_store(&self) -> bool {
+        self.store.is_some()
+    }
+
+    /// True in `sync` durability: every message goes through the store first.
+    pub fn journaled(&self) -> bool {
+        self.store.is_some() && self.cfg.durability == DurabilityMode::Sync
+    }
+
+    /// True when readers should wait for the store to catch up.
+    pub fn store_full(&self) -> bool {
+        self.store_inflight >= STORE_HIGH_WATER
+    }
+
+    /// Makes a store request: `submit` queues it with the given callback; `then` runs
+    /// later on this shard with the answer (at once, with `Closed`, if there is no store
+    /// or it is shut down).
+    pub fn store_req<T: Send + 'static>(
+        &mut self,
+        submit: impl FnOnce(
+            &StoreHandle,
+            Box<dyn FnOnce(StoreResult<T>) + Send + 'static>,
+        ) -> StoreResult<()>,
+        then: impl FnOnce(&mut Shard, StoreResult<T>) + Send + 'static,
+    ) {
+        let Some(link) = &self.store else {
+            then(self, Err(StoreError::Closed));
+            return;
+        };
+        let done = link.done.clone();
+        let slot = Arc::new(Mutex::new(Some(then)));
+        let cb_slot = slot.clone();
+        let cb = Box::new(move |r: StoreResult<T>| {
+            if let Some(then) = lock(&cb_slot).take() {
+                done.push(Box::new(move |sh: &mut Shard| {
+                    sh.store_inflight -= 1;
+                    then(sh, r);
+                }));
+            }
+        });
+        self.store_inflight += 1;
+        if let Err(e) = submit(&link.handle, cb) {
+            self.store_inflight -= 1;
+            let then = lock(&slot).take();
+            if let Some(then) = then {
+                then(self, Err(e));
+            }
+        }
+    }
+
+    /// Answers a sender (on this shard or another) about a message.
+    pub fn reply_send(&mut self, reply: Option<(SessionId, u64)>, msg_id: u64, status: Status) {
+        let Some((to, request_id)) = reply else {
+            return;
+        };
+        if to.shard as usize == self.id {
+            if let Some(key) = self.resolve(to) {
+                self.push_frame(key, &send_result_frame(request_id, status, msg_id));
+            }
+        } else {
+            self.post(
+                to.shard as usize,
+                Mail::Result {
+                    to,
+                    request_id,
+                    msg_id,
+                    status,
+                },
+            );
+        }
+    }
+
+    fn offline_cap(&self) -> Option<(u64, Overflow)> {
+        let overflow = match self.cfg.offline_overflow {
+            OfflineOverflow::Reject => Overflow::Reject,
+            OfflineOverflow::DropOldest => Overflow::DropOldest,
+        };
+        Some((self.cfg.max_offline_per_user, overflow))
+    }
+
+    /// Stores a message for `to_user`, who has no live session, and answers the sender
+    /// once it is stored (OK), or why not (NOT_FOUND: no such user; RATE_LIMITED: the
+    /// queue is full).
+    pub fn store_offline(
+        &mut self,
+        to_user: &[u8],
+        m: Outgoing<'_>,
+        reply: Option<(SessionId, u64)>,
+    ) {
+        if !self.has_store() {
+            self.reply_send(reply, m.msg_id, Status::NotFound);
+            return;
+        }
+        self.counters.offline_stored += 1;
+        let user = String::from_utf8_lossy(to_user).into_owned();
+        let msg_id = m.msg_id;
+        let stored = m.to_stored();
+        let cap = self.offline_cap();
+        self.store_req(
+            |s, cb| s.enqueue(&user, vec![stored], cap, true, cb),
+            move |sh, r| {
+                let status = match r {
+                    Ok(_) => Status::Ok,
+                    Err(e) => {
+                        if !matches!(e, StoreError::NotFound | StoreError::Full) {
+                            tracing::warn!(error = %e, "offline append failed");
+                        }
+                        store_status(&e)
+                    }
+                };
+                sh.reply_send(reply, msg_id, status);
+            },
+        );
+    }
+
+    /// Sync durability: appends the message to `to_user`'s queue, then delivers it to
+    /// the user's live sessions (with its store seq, so the ack removes it) and answers
+    /// the sender.
+    pub fn journal(
+        &mut self,
+        to_user: Bytes,
+        msg: Held,
+        reply: Option<(SessionId, u64)>,
+        sender: SessionId,
+    ) {
+        let user = String::from_utf8_lossy(&to_user).into_owned();
+        let stored = msg.to_stored();
+        let cap = self.offline_cap();
+        self.counters.journaled += 1;
+        self.store_req(
+            |s, cb| s.enqueue(&user, vec![stored], cap, true, cb),
+            move |sh, r| match r {
+                Ok(a) => {
+                    let m = Outgoing {
+                        from_user: &msg.from_user,
+                        to_room: &msg.to_room,
+                        payload: &msg.payload,
+                        msg_id: msg.msg_id,
+                        ts_us: msg.ts_us,
+                        store_seq: a.first_seq,
+                    };
+                    let mut blocked = Vec::new();
+                    let (_, overflowed) = sh.deliver_local(&to_user, m, Some(sender), &mut blocked);
+                    sh.close_overflowed(overflowed);
+                    sh.reply_send(reply, msg.msg_id, Status::Ok);
+                }
+                Err(e) => {
+                    if !matches!(e, StoreError::NotFound | StoreError::Full) {
+                        tracing::warn!(error = %e, "journal append failed");
+                    }
+                    sh.reply_send(reply, msg.msg_id, store_status(&e));
+                }
+            },
+        );
+    }
+}
+
+impl Shard {
+    /// Removes `user`'s stored messages up to `store_seq` (acked). Nothing waits for it.
+    pub(crate) fn remove_stored(&mut self, user: &[u8], store_seq: u64) {
+        if let Some(link) = &self.store {
+            let user = String::from_utf8_lossy(user);
+            let r = link.handle.remove_up_to(&user, store_seq, |r| {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "removing acked messages failed");
+                }
+            });
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "removing acked messages failed");
+            }
+        }
+    }
+
+    /// A session is ending: its unacked live deliveries and held-back messages go to
+    /// the user's offline queue, in order (no cap: they were accepted already).
+    pub(crate) fn requeue(&mut self, key: SessionKey) {
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let unacked = std::mem::take(&mut s.unacked);
+        let held = std::mem::take(&mut s.held);
+        s.held_bytes = 0;
+        s.load_next = None;
+        if s.discard_unacked || self.store.is_none() {
+            return;
+        }
+        let msgs: Vec<StoredMsg> = unacked
+            .iter()
+            .filter(|u| u.store_seq == 0)
+            .map(|u| u.msg.to_stored())
+            .chain(held.iter().map(Held::to_stored))
+            .collect();
+        if msgs.is_empty() {
+            return;
+        }
+        self.counters.requeued += msgs.len() as u64;
+        let user = String::from_utf8_lossy(&s.user).into_owned();
+        self.store_req(
+            |st, cb| st.enqueue(&user, msgs, None, false, cb),
+            |_, r| {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "requeueing unacked messages failed");
+                }
+            },
+        );
+    }
+
+    /// A session just logged in: records the user (open and jwt auth: a user exists from
+    /// the first login) and starts delivering the offline queue.
+    pub fn start_backlog(&mut self, key: SessionKey) {
+        if self.store.is_none() {
+            return;
+        }
+        let Some(id) = self.session_id(key) else {
+            return;
+        };
+        let user = String::from_utf8_lossy(&self.sessions[key].user).into_owned();
+        if self.cfg.auth != AuthMode::Accounts {
+            let u = user.clone();
+            self.store_req(
+                |st, cb| st.ensure_user(&u, cb),
+                |_, r| {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "recording a user failed");
+                    }
+                },
+            );
+        }
+        self.sessions[key].loading = true;
+        self.load_page(id, user, 0);
+    }
+
+    fn load_page(&mut self, id: SessionId, user: String, from: u64) {
+        self.store_req(
+            |st, cb| st.load_from(&user, from, LOAD_PAGE, cb),
+            move |sh, r| sh.on_backlog_page(id, r),
+        );
+    }
+
+    fn on_backlog_page(&mut self, id: SessionId, r: StoreResult<Vec<(u64, StoredMsg)>>) {
+        let Some(key) = self.resolve(id) else {
+            // Gone: the messages stay queued for the next login.
+            return;
+        };
+        let page = match r {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "loading an offline queue failed");
+                self.finish_backlog(key);
+                return;
+            }
+        };
+        let full = page.len() >= LOAD_PAGE;
+        let inline_max = self.cfg.inline_payload_max;
+        let s = &mut self.sessions[key];
+        let mut last = 0;
+        for (store_seq, m) in &page {
+            s.last_seq += 1;
+            s.out
+                .push_deliver(&stamp_of(s.last_seq, m), &m.payload, inline_max);
+            s.unacked.push_back(Unacked {
+                seq: s.last_seq,
+                store_seq: *store_seq,
+                msg: Held::default(),
+            });
+            last = *store_seq;
+        }
+        s.wake_writer();
+        self.counters.offline_delivered += page.len() as u64;
+        self.counters.delivered += page.len() as u64;
+        if full {
+            self.sessions[key].load_next = Some(last + 1);
+            self.continue_loading(key);
+        } else {
+            self.finish_backlog(key);
+        }
+    }
+
+    /// Loads the next backlog page of session `key` once it has room for it (called
+    /// after its writer drained and after each ack).
+    pub fn continue_loading(&mut self, key: SessionKey) {
+        let max_pending = self.cfg.max_pending_bytes / 2;
+        let max_unacked = self.cfg.max_unacked_per_session / 2;
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if s.closing.is_some()
+            || !s.loading
+            || s.pending() > max_pending
+            || s.unacked.len() > max_unacked
+        {
+            return;
+        }
+        let Some(from) = s.load_next.take() else {
+            return;
+        };
+        let user = String::from_utf8_lossy(&s.user).into_owned();
+        if let Some(id) = self.session_id(key) {
+            self.load_page(id, user, from);
+        }
+    }
+
+    /// The backlog is out: what was held back follows it, then live delivery resumes.
+    fn finish_backlog(&mut self, key: SessionKey) {
+        let inline_max = self.cfg.inline_payload_max;
+        let max_unacked = self.cfg.max_unacked_per_session;
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        s.loading = false;
+        s.load_next = None;
+        let held = std::mem::take(&mut s.held);
+        s.held_bytes = 0;
+        for h in held {
+            s.last_seq += 1;
+            let stamp = DeliverStamp {
+                seq: s.last_seq,
+                from_user: &h.from_user,
+                to_room: &h.to_room,
+                server_ts_us: h.ts_us,
+                msg_id: h.msg_id,
+            };
+            s.out.push_deliver(&stamp, &h.payload, inline_max);
+            s.unacked.push_back(Unacked {
+                seq: s.last_seq,
+                store_seq: 0,
+                msg: h,
+            });
+        }
+        s.wake_writer();
+        let over = s.unacked.len() > max_unacked;
+        self.close_overflowed(over.then_some(key));
+    }
+}
+
+/// A Deliver stamp for a stored message.
+pub fn stamp_of<'a>(seq: u64, m: &'a StoredMsg) -> DeliverStamp<'a> {
+    DeliverStamp {
+        seq,
+        from_user: m.from_user.as_bytes(),
+        to_room: m.to_room.as_bytes(),
+        server_ts_us: m.server_ts_us,
+        msg_id: m.msg_id,
+    }
+}
