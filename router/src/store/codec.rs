@@ -7,7 +7,8 @@
 //! - `offline`: `user bytes, 0x00, seq u64 big-endian`: a prefix scan of `user 0x00` is one
 //!   user's queue in seq order (user names never contain NUL).
 //! - `accounts`: `user bytes` → an account record (the Argon2id PHC string).
-//! - `rooms`: `"room:" name` → [`RoomRecord`], and `"code:" join_code` → room name (UTF-8).
+//! - `rooms`: `"room:" name` → [`RoomRecord`], `"code:" join_code` → room name (UTF-8), and
+//!   `"mem:" user 0x00 room` → empty (the rooms a user owns or is a member of).
 
 use bytes::Bytes;
 use prost::Message;
@@ -27,6 +28,8 @@ pub const MAX_PASSWORD_BYTES: usize = 1024;
 pub(crate) const ROOM_PREFIX: &[u8] = b"room:";
 /// Key prefix of the join-code index in the `rooms` keyspace.
 pub(crate) const CODE_PREFIX: &[u8] = b"code:";
+/// Key prefix of the membership index in the `rooms` keyspace (`mem:` user 0x00 room).
+pub(crate) const MEMBER_PREFIX: &[u8] = b"mem:";
 
 /// One queued message for an offline user.
 ///

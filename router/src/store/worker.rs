@@ -10,7 +10,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::codec::{
     self, decode, encode, parse_queue_key, prefixed, queue_key, queue_prefix, validate_name,
-    validate_password, AccountRecord, CODE_PREFIX, ROOM_PREFIX,
+    validate_password, AccountRecord, CODE_PREFIX, MEMBER_PREFIX, ROOM_PREFIX,
 };
 use super::hash::{HashJob, HashOutcome, HashPool};
 use super::{
@@ -111,6 +111,24 @@ fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Key of the membership index entry "`user` is in `room`" (owner included):
+/// `mem:` user 0x00 room, so a prefix scan lists one user's rooms in name order.
+fn member_key(user: &str, room: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(MEMBER_PREFIX.len() + user.len() + 1 + room.len());
+    k.extend_from_slice(MEMBER_PREFIX);
+    k.extend_from_slice(user.as_bytes());
+    k.push(0);
+    k.extend_from_slice(room.as_bytes());
+    k
+}
+
+/// The owner and the members of a room.
+fn people(r: &RoomRecord) -> std::collections::BTreeSet<&str> {
+    std::iter::once(r.owner.as_str())
+        .chain(r.members.iter().map(String::as_str))
+        .collect()
 }
 
 fn validate_room(r: &RoomRecord) -> StoreResult<()> {
@@ -732,6 +750,10 @@ impl Worker {
             record.name.as_bytes().to_vec(),
         ));
         self.ops.push(Op::Put(Ks::Rooms, room_key, encode(&record)));
+        for u in people(&record) {
+            self.ops
+                .push(Op::Put(Ks::Rooms, member_key(u, &record.name), Vec::new()));
+        }
         Ok(())
     }
 
@@ -773,6 +795,15 @@ impl Worker {
             prefixed(ROOM_PREFIX, &record.name),
             encode(&record),
         ));
+        let (before, after) = (people(&old), people(&record));
+        for u in before.difference(&after) {
+            self.ops
+                .push(Op::Del(Ks::Rooms, member_key(u, &record.name)));
+        }
+        for u in after.difference(&before) {
+            self.ops
+                .push(Op::Put(Ks::Rooms, member_key(u, &record.name), Vec::new()));
+        }
         Ok(())
     }
 
@@ -789,6 +820,9 @@ impl Worker {
                 if self.dbs.rooms.get(&code_key)?.as_deref() == Some(name.as_bytes()) {
                     self.ops.push(Op::Del(Ks::Rooms, code_key));
                 }
+                for u in people(&old) {
+                    self.ops.push(Op::Del(Ks::Rooms, member_key(u, name)));
+                }
             }
             Err(e) => tracing::warn!("deleting room {name:?}: {e}"),
         }
@@ -799,13 +833,13 @@ impl Worker {
     fn rooms_of(&mut self, user: &str) -> StoreResult<Vec<String>> {
         validate_name("user", user)?;
         self.commit()?;
+        let prefix = member_key(user, "");
         let mut out = Vec::new();
-        for g in self.dbs.rooms.prefix(ROOM_PREFIX) {
-            let (_, v) = g.into_inner()?;
-            let r = decode::<RoomRecord>(&v, "room")?;
-            if r.owner == user || r.members.iter().any(|m| m == user) {
-                out.push(r.name);
-            }
+        for g in self.dbs.rooms.prefix(&prefix) {
+            let k = g.key()?;
+            let name = std::str::from_utf8(&k[prefix.len()..])
+                .map_err(|_| StoreError::Io("corrupt membership key (not UTF-8)".into()))?;
+            out.push(name.to_owned());
         }
         Ok(out)
     }
