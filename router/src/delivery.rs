@@ -159,7 +159,7 @@ impl Outgoing<'_> {
 pub fn status_reason(status: Status) -> &'static str {
     match status {
         Status::Ok => "",
-        Status::NotFound => "no such user",
+        Status::NotFound => "no such user or room",
         Status::RateLimited => "the recipient's offline queue is full",
         Status::Unavailable => "the store is shut down",
         Status::Forbidden => "not a member of the room",
@@ -316,6 +316,7 @@ impl Shard {
         msg: Held,
         reply: Option<(SessionId, u64)>,
         sender: SessionId,
+        skip: Option<SessionId>,
     ) {
         let user = String::from_utf8_lossy(&to_user).into_owned();
         let stored = msg.to_stored();
@@ -334,7 +335,8 @@ impl Shard {
                         store_seq: a.first_seq,
                     };
                     let mut blocked = Vec::new();
-                    let (_, overflowed) = sh.deliver_local(&to_user, m, Some(sender), &mut blocked);
+                    let (_, overflowed) =
+                        sh.deliver_to_sessions(&to_user, m, Some(sender), skip, &mut blocked);
                     sh.close_overflowed(overflowed);
                     sh.reply_send(reply, msg.msg_id, Status::Ok);
                 }

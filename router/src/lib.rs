@@ -7,6 +7,8 @@
 //! - [`server`]: [`Router::start`]: listeners, shard threads, shutdown.
 //! - `conn`: per-connection tasks: accept, pre-login, handover, reader, writer.
 //! - [`delivery`]: store round trips, offline queues, unacked retention, login backlog.
+//! - [`rooms`]: rooms on their home shard: owners, members, join codes, events, fan-out.
+//! - [`accounts`]: DeleteAccount and ListUsers.
 //! - [`shard`]: a shard's state and routing decisions (no I/O, no await).
 //! - [`mailbox`]: lock-free SPSC rings between shards, with a doorbell.
 //! - [`outbuf`]: a session's outbound queue and its writev batches.
@@ -14,6 +16,7 @@
 //! - [`cli`]: the `ringrouter` command line.
 #![warn(missing_docs)]
 
+pub mod accounts;
 pub mod alloc;
 pub mod auth;
 pub mod cli;
@@ -23,6 +26,7 @@ pub mod delivery;
 pub mod mailbox;
 mod oneshot;
 pub mod outbuf;
+pub mod rooms;
 pub mod server;
 pub mod shard;
 pub mod stats;

@@ -221,6 +221,21 @@ pub enum Mail {
         /// The sending session.
         sender: SessionId,
     },
+    /// A request about a room homed on the receiving shard.
+    Room(Box<crate::rooms::RoomReq>),
+    /// A message to a room homed on the receiving shard.
+    RoomSend(crate::rooms::RoomSend),
+    /// A room message for members homed on the receiving shard.
+    RoomDeliver(crate::rooms::RoomFan),
+    /// A room event for users homed on the receiving shard.
+    RoomNotice(Box<crate::rooms::RoomNotice>),
+    /// A frame for a session of the receiving shard (answers to room requests).
+    Reply {
+        /// The session.
+        to: SessionId,
+        /// The frame.
+        frame: Box<ServerFrame>,
+    },
 }
 
 /// One shard's state.
@@ -276,6 +291,8 @@ pub struct Shard {
     pub local_mail: Vec<Mail>,
     /// This shard's doorbell (wakes its mailbox consumer).
     pub bell: Option<Arc<crate::mailbox::Doorbell>>,
+    /// Rooms homed here (loaded, or being looked up).
+    pub rooms: FxHashMap<Bytes, crate::rooms::RoomSlot>,
 }
 
 const SLOW_CONSUMER: (Status, &str) = (
@@ -421,6 +438,8 @@ impl Mail {
     pub fn weight(&self) -> usize {
         match self {
             Mail::Deliver(r) => r.payload.len() + 64,
+            Mail::RoomSend(r) => r.payload.len() + 64,
+            Mail::RoomDeliver(r) => r.payload.len() + 64,
             _ => 64,
         }
     }
@@ -480,6 +499,7 @@ impl Shard {
             store_inflight: 0,
             local_mail: Vec::new(),
             bell: None,
+            rooms: FxHashMap::default(),
         }
     }
 
@@ -506,6 +526,11 @@ impl Shard {
             }
             _ => None,
         }
+    }
+
+    /// The live sessions of `user` (homed here).
+    pub fn live_sessions(&self, user: &[u8]) -> Vec<SessionKey> {
+        self.users.get(user).cloned().unwrap_or_default()
     }
 
     /// Number of live sessions of `user` on this shard.
@@ -665,15 +690,23 @@ impl Shard {
                 self.close(key, CloseReason::Logout, None);
                 return Flow::Stop;
             }
-            other => {
-                let rid = request_id_of(&other);
+            k @ (Kind::CreateRoom(_)
+            | Kind::JoinRoom(_)
+            | Kind::LeaveRoom(_)
+            | Kind::AddMember(_)
+            | Kind::RemoveMember(_)
+            | Kind::DeleteRoom(_)
+            | Kind::ListRooms(_)) => self.on_room_request(key, k),
+            Kind::Register(r) => {
                 self.push_error(
                     key,
                     Status::BadRequest,
-                    "not available in this version",
-                    rid,
+                    "register on a connection that is not logged in",
+                    r.request_id,
                 );
             }
+            Kind::DeleteAccount(d) => self.on_delete_account(key, d.request_id),
+            Kind::ListUsers(l) => self.on_list_users(key, l),
         }
         Flow::Continue
     }
@@ -686,12 +719,17 @@ impl Shard {
 
     fn on_send(&mut self, key: SessionKey, v: SendView, ts_us: u64, blocked: &mut Vec<SessionKey>) {
         self.counters.msgs_in += 1;
-        let reject = if !v.to_room.is_empty() {
+        let reject = if !v.to_room.is_empty() && !v.to_user.is_empty() {
             Some((
                 Status::BadRequest,
-                "rooms are not available in this version".to_owned(),
+                "set to_user or to_room, not both".to_owned(),
             ))
-        } else if v.to_user.is_empty() {
+        } else if v.to_room.len() > self.cfg.max_user_bytes {
+            Some((
+                Status::BadRequest,
+                format!("to_room is longer than {} bytes", self.cfg.max_user_bytes),
+            ))
+        } else if v.to_user.is_empty() && v.to_room.is_empty() {
             Some((Status::BadRequest, "to_user is empty".to_owned()))
         } else if v.to_user.len() > self.cfg.max_user_bytes {
             Some((
@@ -728,6 +766,11 @@ impl Shard {
         } else {
             self.next_msg_id()
         };
+        if !v.to_room.is_empty() {
+            let want = v.want_result.then_some(v.request_id);
+            self.send_to_room(key, v.to_room, v.payload, msg_id, ts_us, want);
+            return;
+        }
         let home = self.home(&v.to_user);
         if home == self.id {
             if self.journaled() {
@@ -742,7 +785,7 @@ impl Shard {
                     ts_us,
                 };
                 let reply = v.want_result.then_some((sender, v.request_id));
-                self.journal(v.to_user, msg, reply, sender);
+                self.journal(v.to_user, msg, reply, sender, None);
                 return;
             }
             // The sender's name is lent by move, not cloned: no refcount per message.
@@ -862,12 +905,18 @@ impl Shard {
         let hard_cap = self.cfg.hard_pending_bytes();
         let inline_max = self.cfg.inline_payload_max;
         let mut n = 0;
+        let mut skipped = 0;
         let mut overflowed: Option<SessionKey> = None;
         for &k in keys {
             let Some(s) = self.sessions.get_mut(k) else {
                 continue;
             };
-            if s.closing.is_some() || skip_key == Some((k, s.gen)) {
+            if s.closing.is_some() {
+                continue;
+            }
+            if skip_key == Some((k, s.gen)) {
+                // The sending device has it: it counts as a live session of the user.
+                skipped += 1;
                 continue;
             }
             if s.loading {
@@ -953,7 +1002,7 @@ impl Shard {
                 t.add(id, 1);
             }
         }
-        (n, overflowed)
+        (n + skipped, overflowed)
     }
 
     /// Closes a session [`Shard::deliver_local`] pushed past its hard cap: its
@@ -1003,7 +1052,7 @@ impl Shard {
                         msg_id: r.msg_id,
                         ts_us: r.ts_us,
                     };
-                    self.journal(self.batch_to.clone(), msg, r.reply, r.sender);
+                    self.journal(self.batch_to.clone(), msg, r.reply, r.sender, None);
                     return None;
                 }
                 // Moved out and back: no reference-count update per message.
@@ -1057,6 +1106,28 @@ impl Shard {
             Mail::Handover(h) => Some(h),
             Mail::Resume { sender } => {
                 self.resume_sender(sender);
+                None
+            }
+            Mail::Room(req) => {
+                self.on_room_work(crate::rooms::RoomWork::Req(req));
+                None
+            }
+            Mail::RoomSend(s) => {
+                self.on_room_work(crate::rooms::RoomWork::Send(s));
+                None
+            }
+            Mail::RoomDeliver(f) => {
+                self.on_room_fan(&f);
+                None
+            }
+            Mail::RoomNotice(n) => {
+                self.on_room_notice(&n);
+                None
+            }
+            Mail::Reply { to, frame } => {
+                if let Some(k) = self.resolve(to) {
+                    self.push_frame(k, &frame);
+                }
                 None
             }
         }

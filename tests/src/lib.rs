@@ -554,6 +554,32 @@ impl Raw {
         }
     }
 
+    /// Sends a request and reads up to the RoomResult, AccountResult, SendResult or
+    /// Error that answers `request_id`; returns it and the other frames seen on the
+    /// way (events, deliveries), Pings excepted.
+    pub fn call(
+        &mut self,
+        kind: client_frame::Kind,
+        request_id: u64,
+    ) -> (server_frame::Kind, Vec<server_frame::Kind>) {
+        self.send(kind);
+        let mut others = Vec::new();
+        loop {
+            let k = self.next_non_ping(T);
+            let id = match &k {
+                server_frame::Kind::RoomResult(r) => Some(r.request_id),
+                server_frame::Kind::AccountResult(r) => Some(r.request_id),
+                server_frame::Kind::SendResult(r) => Some(r.request_id),
+                server_frame::Kind::Error(e) => Some(e.request_id),
+                _ => None,
+            };
+            if id == Some(request_id) {
+                return (k, others);
+            }
+            others.push(k);
+        }
+    }
+
     /// Half-closes the connection (no more writes; reads still work).
     pub fn shutdown_write(&self) {
         self.stream

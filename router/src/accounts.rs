@@ -1,0 +1,127 @@
+//! Account requests of a logged-in session: DeleteAccount and ListUsers. (Register and
+//! password Login happen before a session exists, in `conn`.)
+
+use ringrouter_proto::v1::{server_frame, AccountResult, ListUsers, ServerFrame};
+use ringrouter_proto::Status;
+
+use crate::delivery::store_status;
+use crate::rooms::{RoomOp, RoomReq};
+use crate::shard::{CloseReason, Mail, SessionId, SessionKey, Shard};
+
+fn account_result(
+    request_id: u64,
+    status: Status,
+    reason: &str,
+    users: Vec<String>,
+) -> ServerFrame {
+    ServerFrame {
+        kind: Some(server_frame::Kind::AccountResult(AccountResult {
+            request_id,
+            status: status as i32,
+            reason: reason.to_owned(),
+            user: String::new(),
+            users,
+        })),
+    }
+}
+
+impl Shard {
+    /// ListUsers: names matching a glob, at most `list_users_page` of them.
+    pub fn on_list_users(&mut self, key: SessionKey, l: ListUsers) {
+        let Some(from) = self.session_id(key) else {
+            return;
+        };
+        let page = self.cfg.list_users_page;
+        let limit = match l.limit as usize {
+            0 => page,
+            n => n.min(page),
+        };
+        let pattern = if l.pattern.is_empty() {
+            "*".to_owned()
+        } else {
+            l.pattern
+        };
+        let request_id = l.request_id;
+        self.store_req(
+            |st, cb| st.list_users(&pattern, limit, cb),
+            move |sh, r| {
+                let frame = match r {
+                    Ok(users) => account_result(request_id, Status::Ok, "", users),
+                    Err(e) => {
+                        account_result(request_id, store_status(&e), &e.to_string(), Vec::new())
+                    }
+                };
+                sh.send_to_session(from, frame);
+            },
+        );
+    }
+
+    /// DeleteAccount: leaves every room (deleting the ones the user owns), removes the
+    /// account and its offline queue, answers, then ends every session of the user (what
+    /// they had not acked is dropped with the account).
+    pub fn on_delete_account(&mut self, key: SessionKey, request_id: u64) {
+        let Some(from) = self.session_id(key) else {
+            return;
+        };
+        let user = String::from_utf8_lossy(&self.sessions[key].user).into_owned();
+        let u = user.clone();
+        self.store_req(
+            |st, cb| st.rooms_of(&u, cb),
+            move |sh, r| match r {
+                Ok(rooms) => {
+                    for room in rooms {
+                        let home = sh.home(room.as_bytes());
+                        let req = RoomReq {
+                            user: user.clone(),
+                            from,
+                            request_id: 0,
+                            op: RoomOp::Purge { room },
+                        };
+                        sh.post(home, Mail::Room(Box::new(req)));
+                    }
+                    sh.delete_account_record(from, request_id, user);
+                }
+                Err(e) => {
+                    let frame =
+                        account_result(request_id, store_status(&e), &e.to_string(), Vec::new());
+                    sh.send_to_session(from, frame);
+                }
+            },
+        );
+    }
+
+    fn delete_account_record(&mut self, from: SessionId, request_id: u64, user: String) {
+        let u = user.clone();
+        self.store_req(
+            |st, cb| st.delete_account(&u, cb),
+            move |sh, r| {
+                let status = match &r {
+                    // Nothing stored (no account record, no queue) is still "deleted".
+                    Ok(()) | Err(crate::store::StoreError::NotFound) => Status::Ok,
+                    Err(e) => store_status(e),
+                };
+                let reason = match &r {
+                    Err(e) if status != Status::Ok => e.to_string(),
+                    _ => String::new(),
+                };
+                sh.send_to_session(
+                    from,
+                    account_result(request_id, status, &reason, Vec::new()),
+                );
+                if status != Status::Ok {
+                    return;
+                }
+                for k in sh.live_sessions(user.as_bytes()) {
+                    if let Some(s) = sh.sessions.get_mut(k) {
+                        s.discard_unacked = true;
+                    }
+                    sh.close(
+                        k,
+                        CloseReason::Kicked,
+                        Some((Status::Unauthorized, "account deleted")),
+                    );
+                }
+            },
+        );
+    }
+}

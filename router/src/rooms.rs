@@ -1,0 +1,1080 @@
+//! Rooms: owners, members, join codes, events, and room messages fanned out to every
+//! member's sessions with the payload shared, not copied.
+//!
+//! # Ownership
+//! A room lives on its home shard (`home_shard(name)`), which keeps it in memory once
+//! loaded from the store and is the only writer of its record. Every request about a
+//! room (and every message to it) is mailed there and handled in arrival order: while a
+//! request waits for the store (loading the record, checking a password, writing), later
+//! work for the same room queues behind it, so a message sent after a Join is checked
+//! against the new member list.
+//!
+//! A request by join code goes to the home of the code string first; that shard looks the
+//! code up in the store and forwards the request, by name, to the room's home.
+//!
+//! # Fan-out
+//! The room keeps its members grouped by their home shard (`Arc<[Bytes]>` per shard). A
+//! message becomes one `Mail::RoomDeliver` per shard with members (and a direct call for
+//! this shard); the member's shard hands the same payload `Bytes` to every session of
+//! every member on it (the sending device excepted), and stores it for members with no
+//! session.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rustc_hash::FxHashSet;
+
+use ringrouter_proto::v1::{
+    client_frame, server_frame, RoomEvent, RoomEventKind, RoomResult, ServerFrame,
+};
+use ringrouter_proto::Status;
+
+use crate::auth::validate_user;
+use crate::delivery::{Held, Outgoing};
+use crate::shard::{Mail, SessionId, SessionKey, Shard};
+use crate::store::{RoomRecord, StoreError, StoreResult, MAX_PASSWORD_BYTES};
+
+/// Join codes start with this character, which room names may not start with: a room
+/// can never be named like another room's code.
+pub const CODE_MARK: char = '#';
+
+/// A request about one room, on its way to the room's home shard.
+#[derive(Debug)]
+pub struct RoomReq {
+    /// The authenticated user asking.
+    pub user: String,
+    /// The session asking (answers go there).
+    pub from: SessionId,
+    /// Echoed in the RoomResult (0 with `Purge`: nobody to answer).
+    pub request_id: u64,
+    /// What to do.
+    pub op: RoomOp,
+}
+
+/// The room operations.
+#[derive(Debug)]
+pub enum RoomOp {
+    /// Create a room owned by the user.
+    Create {
+        /// Room name.
+        name: String,
+        /// Optional password (empty: none).
+        password: String,
+    },
+    /// Join by name or join code.
+    Join {
+        /// Name or code.
+        key: String,
+        /// The room's password, if it has one.
+        password: String,
+    },
+    /// Leave a room.
+    Leave {
+        /// Room name.
+        room: String,
+    },
+    /// Owner only: add a user.
+    Add {
+        /// Room name.
+        room: String,
+        /// The user to add.
+        user: String,
+    },
+    /// Owner only: remove a member.
+    Remove {
+        /// Room name.
+        room: String,
+        /// The member to remove.
+        user: String,
+    },
+    /// Owner only: delete the room.
+    Delete {
+        /// Room name.
+        room: String,
+    },
+    /// The user's account is being deleted: leave the room, or delete it if owned.
+    Purge {
+        /// Room name.
+        room: String,
+    },
+}
+
+impl RoomOp {
+    fn key(&self) -> &str {
+        match self {
+            RoomOp::Create { name, .. } => name,
+            RoomOp::Join { key, .. } => key,
+            RoomOp::Leave { room }
+            | RoomOp::Add { room, .. }
+            | RoomOp::Remove { room, .. }
+            | RoomOp::Delete { room }
+            | RoomOp::Purge { room } => room,
+        }
+    }
+
+    fn rename(&mut self, name: &str) {
+        match self {
+            RoomOp::Create { name: n, .. } => *n = name.to_owned(),
+            RoomOp::Join { key, .. } => *key = name.to_owned(),
+            RoomOp::Leave { room }
+            | RoomOp::Add { room, .. }
+            | RoomOp::Remove { room, .. }
+            | RoomOp::Delete { room }
+            | RoomOp::Purge { room } => *room = name.to_owned(),
+        }
+    }
+}
+
+/// A message to a room, on its way to the room's home shard.
+#[derive(Debug)]
+pub struct RoomSend {
+    /// Room name or join code, as the sender gave it.
+    pub room: Bytes,
+    /// Authenticated sender.
+    pub from_user: Bytes,
+    /// Payload (a slice of the sender's read buffer).
+    pub payload: Bytes,
+    /// Message id.
+    pub msg_id: u64,
+    /// Router clock at acceptance.
+    pub ts_us: u64,
+    /// Sender session and request id, when the sender asked for a SendResult.
+    pub reply: Option<(SessionId, u64)>,
+    /// The sending session (not echoed to; paused if members read too slowly).
+    pub sender: SessionId,
+}
+
+/// A room message for the members homed on one shard.
+#[derive(Debug)]
+pub struct RoomFan {
+    /// Room name.
+    pub room: Bytes,
+    /// Authenticated sender.
+    pub from_user: Bytes,
+    /// Payload, shared by every delivery.
+    pub payload: Bytes,
+    /// Message id.
+    pub msg_id: u64,
+    /// Router clock at acceptance.
+    pub ts_us: u64,
+    /// The members homed on the receiving shard.
+    pub users: Arc<[Bytes]>,
+    /// The sending session.
+    pub sender: SessionId,
+}
+
+/// A room event for the live sessions of some users homed on one shard.
+#[derive(Debug)]
+pub struct RoomNotice {
+    /// Who gets it.
+    pub users: Vec<Bytes>,
+    /// The event.
+    pub event: RoomEvent,
+}
+
+/// Work queued on a room.
+#[derive(Debug)]
+pub enum RoomWork {
+    /// A request.
+    Req(Box<RoomReq>),
+    /// A message.
+    Send(RoomSend),
+}
+
+impl RoomWork {
+    fn key(&self) -> Bytes {
+        match self {
+            RoomWork::Req(r) => Bytes::copy_from_slice(r.op.key().as_bytes()),
+            RoomWork::Send(s) => s.room.clone(),
+        }
+    }
+}
+
+/// A loaded room.
+#[derive(Debug)]
+pub struct Room {
+    rec: RoomRecord,
+    members: FxHashSet<Bytes>,
+    /// Members grouped by home shard.
+    fan: Vec<(usize, Arc<[Bytes]>)>,
+}
+
+impl Room {
+    fn new(rec: RoomRecord, shards: usize) -> Box<Room> {
+        let members: FxHashSet<Bytes> = rec
+            .members
+            .iter()
+            .map(|m| Bytes::copy_from_slice(m.as_bytes()))
+            .collect();
+        let mut groups: Vec<Vec<Bytes>> = (0..shards).map(|_| Vec::new()).collect();
+        let mut sorted: Vec<&Bytes> = members.iter().collect();
+        sorted.sort();
+        for m in sorted {
+            groups[crate::shard::home_shard(m, shards)].push(m.clone());
+        }
+        let fan = groups
+            .into_iter()
+            .enumerate()
+            .filter(|(_, g)| !g.is_empty())
+            .map(|(i, g)| (i, Arc::from(g)))
+            .collect();
+        Box::new(Room { rec, members, fan })
+    }
+
+    fn is_member(&self, user: &str) -> bool {
+        self.members.contains(user.as_bytes())
+    }
+}
+
+#[derive(Debug)]
+enum RoomState {
+    Loading,
+    Missing,
+    Ready(Box<Room>),
+}
+
+/// A room (or a name being looked up) on its home shard.
+#[derive(Debug)]
+pub struct RoomSlot {
+    state: RoomState,
+    /// A request is waiting for the store: queue the rest.
+    busy: bool,
+    queue: VecDeque<RoomWork>,
+}
+
+/// What a finished room operation leaves behind.
+enum After {
+    /// The room is unchanged.
+    Same,
+    /// The room now has this record.
+    Record(RoomRecord),
+    /// The room is gone.
+    Gone,
+}
+
+fn room_result(
+    request_id: u64,
+    status: Status,
+    reason: &str,
+    room: &str,
+    join_code: &str,
+) -> ServerFrame {
+    ServerFrame {
+        kind: Some(server_frame::Kind::RoomResult(RoomResult {
+            request_id,
+            status: status as i32,
+            reason: reason.to_owned(),
+            room: room.to_owned(),
+            join_code: join_code.to_owned(),
+            rooms: Vec::new(),
+        })),
+    }
+}
+
+/// Checks a room name: 1..=max bytes, no control characters, not starting with
+/// [`CODE_MARK`].
+pub fn validate_room_name(name: &str, max_bytes: usize) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("room name is empty".into());
+    }
+    if name.len() > max_bytes {
+        return Err(format!(
+            "room name is {} bytes, longer than {max_bytes}",
+            name.len()
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("room name contains control characters".into());
+    }
+    if name.starts_with(CODE_MARK) {
+        return Err(format!("room names may not start with {CODE_MARK:?}"));
+    }
+    Ok(())
+}
+
+/// A fresh join code: [`CODE_MARK`] and 8 characters (40 bits) from the kernel's CSPRNG.
+pub fn new_join_code() -> String {
+    const ALPHABET: &[u8; 32] = b"23456789abcdefghjkmnpqrstuvwxyzA";
+    let mut raw = [0u8; 8];
+    // Safety: getrandom(2) writes at most raw.len() bytes into raw.
+    let n = unsafe { libc::getrandom(raw.as_mut_ptr().cast(), raw.len(), 0) };
+    if n != raw.len() as isize {
+        // Never seen on Linux >= 3.17; fall back to the clock (codes stay unique by the
+        // store's check, just guessable).
+        let t = crate::shard::now_us().to_le_bytes();
+        raw.copy_from_slice(&t);
+    }
+    let mut code = String::with_capacity(9);
+    code.push(CODE_MARK);
+    for b in raw {
+        code.push(ALPHABET[(b & 31) as usize] as char);
+    }
+    code
+}
+
+/// What a request to a loaded room needs.
+enum Plan {
+    /// Nothing more.
+    Done,
+    /// An answer right away: (request, status, reason, join code).
+    Answer(Box<RoomReq>, Status, String, String),
+    /// Check the password and the joiner's room count, then write.
+    Join(Box<RoomReq>, RoomRecord, Option<String>, String),
+    /// Check that the user exists and its room count, then write.
+    Add(Box<RoomReq>, RoomRecord, String),
+    /// Write the new record and send the event.
+    Write(Box<RoomReq>, RoomRecord, RoomEventKind),
+    /// Delete the room.
+    Delete(Box<RoomReq>),
+}
+
+/// Decides a request against a loaded room (no side effects).
+fn plan_for(room: &Room, req: Box<RoomReq>, cfg: &crate::config::Config) -> Plan {
+    let owner = room.rec.owner == req.user;
+    let code = room.rec.join_code.clone();
+    let answer = |req, status, reason: &str, code: &str| {
+        Plan::Answer(req, status, reason.to_owned(), code.to_owned())
+    };
+    let without = |user: &str| {
+        let mut rec = room.rec.clone();
+        rec.members.retain(|m| m != user);
+        rec
+    };
+    let with = |user: &str| {
+        let mut rec = room.rec.clone();
+        rec.members.push(user.to_owned());
+        rec
+    };
+    match &req.op {
+        RoomOp::Create { .. } => answer(req, Status::Conflict, "room already exists", ""),
+        RoomOp::Join { password, .. } => {
+            if room.is_member(&req.user) {
+                answer(req, Status::Ok, "", &code)
+            } else if room.members.len() >= cfg.max_members_per_room {
+                answer(req, Status::RateLimited, "the room is full", "")
+            } else {
+                let rec = with(&req.user);
+                let (phc, password) = (room.rec.password_hash.clone(), password.clone());
+                Plan::Join(req, rec, phc, password)
+            }
+        }
+        RoomOp::Leave { .. } => {
+            if !room.is_member(&req.user) {
+                answer(req, Status::NotFound, "not a member of the room", "")
+            } else if owner {
+                answer(
+                    req,
+                    Status::BadRequest,
+                    "the owner cannot leave the room; delete it instead",
+                    "",
+                )
+            } else {
+                let rec = without(&req.user);
+                Plan::Write(req, rec, RoomEventKind::RoomEventLeft)
+            }
+        }
+        RoomOp::Add { user, .. } => {
+            if !owner {
+                answer(req, Status::Forbidden, "only the owner may add members", "")
+            } else if room.is_member(user) {
+                answer(req, Status::Ok, "", &code)
+            } else if room.members.len() >= cfg.max_members_per_room {
+                answer(req, Status::RateLimited, "the room is full", "")
+            } else {
+                let (rec, target) = (with(user), user.clone());
+                Plan::Add(req, rec, target)
+            }
+        }
+        RoomOp::Remove { user, .. } => {
+            if !owner {
+                answer(
+                    req,
+                    Status::Forbidden,
+                    "only the owner may remove members",
+                    "",
+                )
+            } else if *user == req.user {
+                answer(
+                    req,
+                    Status::BadRequest,
+                    "the owner cannot be removed; delete the room instead",
+                    "",
+                )
+            } else if !room.is_member(user) {
+                answer(req, Status::NotFound, "not a member of the room", "")
+            } else {
+                let rec = without(user);
+                Plan::Write(req, rec, RoomEventKind::RoomEventRemoved)
+            }
+        }
+        RoomOp::Delete { .. } => {
+            if owner {
+                Plan::Delete(req)
+            } else {
+                answer(
+                    req,
+                    Status::Forbidden,
+                    "only the owner may delete the room",
+                    "",
+                )
+            }
+        }
+        RoomOp::Purge { .. } => {
+            if owner {
+                Plan::Delete(req)
+            } else if room.is_member(&req.user) {
+                let rec = without(&req.user);
+                Plan::Write(req, rec, RoomEventKind::RoomEventRemoved)
+            } else {
+                Plan::Done
+            }
+        }
+    }
+}
+
+impl Shard {
+    /// A room request from session `key` (CreateRoom .. ListRooms).
+    pub fn on_room_request(&mut self, key: SessionKey, kind: client_frame::Kind) {
+        use client_frame::Kind;
+        let Some(from) = self.session_id(key) else {
+            return;
+        };
+        let user = String::from_utf8_lossy(&self.sessions[key].user).into_owned();
+        let max = self.cfg.max_user_bytes;
+        let (request_id, op) = match kind {
+            Kind::CreateRoom(c) => (
+                c.request_id,
+                RoomOp::Create {
+                    name: c.name,
+                    password: c.password,
+                },
+            ),
+            Kind::JoinRoom(j) => (
+                j.request_id,
+                RoomOp::Join {
+                    key: j.room,
+                    password: j.password,
+                },
+            ),
+            Kind::LeaveRoom(l) => (l.request_id, RoomOp::Leave { room: l.room }),
+            Kind::AddMember(a) => (
+                a.request_id,
+                RoomOp::Add {
+                    room: a.room,
+                    user: a.user,
+                },
+            ),
+            Kind::RemoveMember(r) => (
+                r.request_id,
+                RoomOp::Remove {
+                    room: r.room,
+                    user: r.user,
+                },
+            ),
+            Kind::DeleteRoom(d) => (d.request_id, RoomOp::Delete { room: d.room }),
+            Kind::ListRooms(l) => {
+                self.list_rooms(from, l.request_id, user);
+                return;
+            }
+            _ => return,
+        };
+        let bad = match &op {
+            RoomOp::Create { name, password } => {
+                validate_room_name(name, max).err().or_else(|| {
+                    (password.len() > MAX_PASSWORD_BYTES)
+                        .then(|| format!("password longer than {MAX_PASSWORD_BYTES} bytes"))
+                })
+            }
+            RoomOp::Join { key, password } => {
+                if key.is_empty() || key.len() > max {
+                    Some("room name or join code is empty or too long".into())
+                } else if password.len() > MAX_PASSWORD_BYTES {
+                    Some(format!("password longer than {MAX_PASSWORD_BYTES} bytes"))
+                } else {
+                    None
+                }
+            }
+            RoomOp::Add { room, user } | RoomOp::Remove { room, user } => {
+                validate_room_name(room, max)
+                    .err()
+                    .or_else(|| validate_user(user, max).err().map(|e| e.reason))
+            }
+            RoomOp::Leave { room } | RoomOp::Delete { room } | RoomOp::Purge { room } => {
+                validate_room_name(room, max).err()
+            }
+        };
+        if let Some(reason) = bad {
+            self.counters.frames_rejected += 1;
+            self.push_frame(
+                key,
+                &room_result(request_id, Status::BadRequest, &reason, op.key(), ""),
+            );
+            return;
+        }
+        let req = RoomReq {
+            user,
+            from,
+            request_id,
+            op,
+        };
+        let home = self.home(req.op.key().as_bytes());
+        self.post(home, Mail::Room(Box::new(req)));
+    }
+
+    fn list_rooms(&mut self, from: SessionId, request_id: u64, user: String) {
+        self.store_req(
+            |st, cb| st.rooms_of(&user, cb),
+            move |sh, r| {
+                let frame = match r {
+                    Ok(rooms) => ServerFrame {
+                        kind: Some(server_frame::Kind::RoomResult(RoomResult {
+                            request_id,
+                            status: Status::Ok as i32,
+                            rooms,
+                            ..Default::default()
+                        })),
+                    },
+                    Err(e) => room_result(
+                        request_id,
+                        crate::delivery::store_status(&e),
+                        &e.to_string(),
+                        "",
+                        "",
+                    ),
+                };
+                sh.send_to_session(from, frame);
+            },
+        );
+    }
+
+    /// Queues a frame on session `to`, on this shard or another.
+    pub fn send_to_session(&mut self, to: SessionId, frame: ServerFrame) {
+        if to.shard as usize == self.id {
+            if let Some(k) = self.resolve(to) {
+                self.push_frame(k, &frame);
+            }
+        } else {
+            self.post(
+                to.shard as usize,
+                Mail::Reply {
+                    to,
+                    frame: Box::new(frame),
+                },
+            );
+        }
+    }
+
+    /// A message to a room from session `key` (already validated by `on_send`).
+    pub fn send_to_room(
+        &mut self,
+        key: SessionKey,
+        room: Bytes,
+        payload: Bytes,
+        msg_id: u64,
+        ts_us: u64,
+        want: Option<u64>,
+    ) {
+        let Some(sender) = self.session_id(key) else {
+            return;
+        };
+        let home = self.home(&room);
+        let work = RoomSend {
+            room,
+            from_user: self.sessions[key].user.clone(),
+            payload,
+            msg_id,
+            ts_us,
+            reply: want.map(|rid| (sender, rid)),
+            sender,
+        };
+        if home == self.id {
+            self.on_room_work(RoomWork::Send(work));
+        } else {
+            self.post(home, Mail::RoomSend(work));
+        }
+    }
+
+    /// Work for a room homed here.
+    pub fn on_room_work(&mut self, work: RoomWork) {
+        let key = work.key();
+        match self.rooms.get_mut(&key[..]) {
+            Some(slot) => {
+                if !slot.busy && slot.queue.is_empty() {
+                    self.process_room_work(&key, work);
+                    self.pump_room(&key);
+                } else {
+                    slot.queue.push_back(work);
+                }
+            }
+            None => {
+                let mut queue = VecDeque::new();
+                queue.push_back(work);
+                self.rooms.insert(
+                    key.clone(),
+                    RoomSlot {
+                        state: RoomState::Loading,
+                        busy: true,
+                        queue,
+                    },
+                );
+                let k = String::from_utf8_lossy(&key).into_owned();
+                self.store_req(
+                    |st, cb| st.get_room(&k, cb),
+                    move |sh, r| sh.on_room_loaded(key, r),
+                );
+            }
+        }
+    }
+
+    fn on_room_loaded(&mut self, key: Bytes, r: StoreResult<Option<RoomRecord>>) {
+        match r {
+            Ok(Some(rec)) if rec.name.as_bytes() != &key[..] => {
+                // Found by join code: the work goes to the room's own home, by name.
+                let Some(slot) = self.rooms.remove(&key[..]) else {
+                    return;
+                };
+                let home = self.home(rec.name.as_bytes());
+                let name = Bytes::copy_from_slice(rec.name.as_bytes());
+                for w in slot.queue {
+                    match w {
+                        RoomWork::Req(mut req) => {
+                            req.op.rename(&rec.name);
+                            self.post(home, Mail::Room(req));
+                        }
+                        RoomWork::Send(mut s) => {
+                            s.room = name.clone();
+                            self.post(home, Mail::RoomSend(s));
+                        }
+                    }
+                }
+            }
+            Ok(found) => {
+                let n = self.n;
+                if let Some(slot) = self.rooms.get_mut(&key[..]) {
+                    slot.state = match found {
+                        Some(rec) => RoomState::Ready(Room::new(rec, n)),
+                        None => RoomState::Missing,
+                    };
+                    slot.busy = false;
+                }
+                self.pump_room(&key);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "loading a room failed");
+                let Some(slot) = self.rooms.remove(&key[..]) else {
+                    return;
+                };
+                let status = crate::delivery::store_status(&e);
+                for w in slot.queue {
+                    self.fail_room_work(w, status, "cannot load the room now");
+                }
+            }
+        }
+    }
+
+    fn fail_room_work(&mut self, w: RoomWork, status: Status, reason: &str) {
+        match w {
+            RoomWork::Req(req) => self.answer(&req, status, reason, ""),
+            RoomWork::Send(s) => self.reply_send(s.reply, s.msg_id, status),
+        }
+    }
+
+    /// Runs queued work until the room is busy again or its queue is empty.
+    fn pump_room(&mut self, key: &Bytes) {
+        loop {
+            let Some(slot) = self.rooms.get_mut(&key[..]) else {
+                return;
+            };
+            if slot.busy {
+                return;
+            }
+            let Some(w) = slot.queue.pop_front() else {
+                // Unknown names are not cached: probing names costs no memory.
+                if matches!(slot.state, RoomState::Missing) {
+                    self.rooms.remove(&key[..]);
+                }
+                return;
+            };
+            self.process_room_work(key, w);
+        }
+    }
+
+    /// Answers a room request (nobody to answer for a purge).
+    fn answer(&mut self, req: &RoomReq, status: Status, reason: &str, code: &str) {
+        if req.request_id == 0 && matches!(req.op, RoomOp::Purge { .. }) {
+            return;
+        }
+        let frame = room_result(req.request_id, status, reason, req.op.key(), code);
+        self.send_to_session(req.from, frame);
+    }
+
+    fn process_room_work(&mut self, key: &Bytes, w: RoomWork) {
+        let Some(slot) = self.rooms.get_mut(&key[..]) else {
+            return;
+        };
+        let room = match std::mem::replace(&mut slot.state, RoomState::Loading) {
+            RoomState::Ready(room) => room,
+            RoomState::Missing => {
+                slot.state = RoomState::Missing;
+                match w {
+                    RoomWork::Req(req) if matches!(req.op, RoomOp::Create { .. }) => {
+                        slot.busy = true;
+                        self.create_room(key.clone(), req);
+                    }
+                    RoomWork::Req(req) if matches!(req.op, RoomOp::Purge { .. }) => {}
+                    other => self.fail_room_work(other, Status::NotFound, "no such room"),
+                }
+                return;
+            }
+            RoomState::Loading => {
+                slot.queue.push_front(w);
+                return;
+            }
+        };
+        // The room is out of its slot (owned here) while this work is decided.
+        let plan = match w {
+            RoomWork::Send(s) => {
+                self.room_message(key, &room, s);
+                Plan::Done
+            }
+            RoomWork::Req(req) => plan_for(&room, req, &self.cfg),
+        };
+        let Some(slot) = self.rooms.get_mut(&key[..]) else {
+            return;
+        };
+        let members: Vec<Bytes> = match &plan {
+            Plan::Delete(_) => room.members.iter().cloned().collect(),
+            _ => Vec::new(),
+        };
+        slot.state = RoomState::Ready(room);
+        let key = key.clone();
+        match plan {
+            Plan::Done => {}
+            Plan::Answer(req, status, reason, code) => self.answer(&req, status, &reason, &code),
+            Plan::Join(req, rec, phc, password) => {
+                slot.busy = true;
+                let user = req.user.clone();
+                self.check_room_password(password, phc, req, move |sh, req| {
+                    sh.check_room_limit(user, req, move |sh, req| {
+                        sh.write_room(key, req, rec, RoomEventKind::RoomEventJoined);
+                    });
+                });
+            }
+            Plan::Add(req, rec, target) => {
+                slot.busy = true;
+                self.check_user_exists(target.clone(), req, move |sh, req| {
+                    sh.check_room_limit(target, req, move |sh, req| {
+                        sh.write_room(key, req, rec, RoomEventKind::RoomEventJoined);
+                    });
+                });
+            }
+            Plan::Write(req, rec, kind) => {
+                slot.busy = true;
+                self.write_room(key, req, rec, kind);
+            }
+            Plan::Delete(req) => {
+                slot.busy = true;
+                self.delete_room(key, req, members);
+            }
+        }
+    }
+
+    /// A message to a loaded room: members only; one fan-out per shard with members.
+    fn room_message(&mut self, key: &Bytes, room: &Room, s: RoomSend) {
+        if !room.members.contains(&s.from_user[..]) {
+            self.reply_send(s.reply, s.msg_id, Status::Forbidden);
+            return;
+        }
+        self.counters.room_msgs += 1;
+        for (shard, users) in &room.fan {
+            let f = RoomFan {
+                room: key.clone(),
+                from_user: s.from_user.clone(),
+                payload: s.payload.clone(),
+                msg_id: s.msg_id,
+                ts_us: s.ts_us,
+                users: users.clone(),
+                sender: s.sender,
+            };
+            if *shard == self.id {
+                self.on_room_fan(&f);
+            } else {
+                self.post(*shard, Mail::RoomDeliver(f));
+            }
+        }
+        self.reply_send(s.reply, s.msg_id, Status::Ok);
+    }
+
+    /// Ends a busy room operation: applies its outcome and runs the queued work.
+    fn room_done(&mut self, key: &Bytes, after: After) {
+        let n = self.n;
+        if let Some(slot) = self.rooms.get_mut(&key[..]) {
+            match after {
+                After::Same => {}
+                After::Record(rec) => slot.state = RoomState::Ready(Room::new(rec, n)),
+                After::Gone => slot.state = RoomState::Missing,
+            }
+            slot.busy = false;
+        }
+        self.pump_room(key);
+    }
+
+    /// A failed step: answers the request and frees the room.
+    fn room_failed(&mut self, key: &Bytes, req: &RoomReq, e: &StoreError) {
+        let (status, reason) = match e {
+            StoreError::Conflict => (Status::Conflict, "room already exists".to_owned()),
+            StoreError::NotFound => (Status::NotFound, "no such room".to_owned()),
+            other => {
+                tracing::warn!(error = %other, "room operation failed");
+                (crate::delivery::store_status(other), other.to_string())
+            }
+        };
+        self.answer(req, status, &reason, "");
+        self.room_done(key, After::Same);
+    }
+
+    fn check_room_password(
+        &mut self,
+        password: String,
+        phc: Option<String>,
+        req: Box<RoomReq>,
+        then: impl FnOnce(&mut Shard, Box<RoomReq>) + Send + 'static,
+    ) {
+        let Some(phc) = phc else {
+            then(self, req);
+            return;
+        };
+        let key = Bytes::copy_from_slice(req.op.key().as_bytes());
+        self.store_req(
+            |st, cb| st.check_password(&password, &phc, cb),
+            move |sh, r| match r {
+                Ok(true) => then(sh, req),
+                Ok(false) => {
+                    sh.answer(&req, Status::Forbidden, "wrong room password", "");
+                    sh.room_done(&key, After::Same);
+                }
+                Err(e) => sh.room_failed(&key, &req, &e),
+            },
+        );
+    }
+
+    /// Refuses (RATE_LIMITED) when `user` is in `max_rooms_per_user` rooms already.
+    fn check_room_limit(
+        &mut self,
+        user: String,
+        req: Box<RoomReq>,
+        then: impl FnOnce(&mut Shard, Box<RoomReq>) + Send + 'static,
+    ) {
+        let key = Bytes::copy_from_slice(req.op.key().as_bytes());
+        let max = self.cfg.max_rooms_per_user;
+        let u = user.clone();
+        self.store_req(
+            |st, cb| st.rooms_of(&u, cb),
+            move |sh, r| match r {
+                Ok(rooms) if rooms.len() >= max => {
+                    let reason = format!("{user} is in {} rooms, the limit is {max}", rooms.len());
+                    sh.answer(&req, Status::RateLimited, &reason, "");
+                    sh.room_done(&key, After::Same);
+                }
+                Ok(_) => then(sh, req),
+                Err(e) => sh.room_failed(&key, &req, &e),
+            },
+        );
+    }
+
+    fn check_user_exists(
+        &mut self,
+        user: String,
+        req: Box<RoomReq>,
+        then: impl FnOnce(&mut Shard, Box<RoomReq>) + Send + 'static,
+    ) {
+        let key = Bytes::copy_from_slice(req.op.key().as_bytes());
+        self.store_req(
+            |st, cb| st.user_exists(&user, cb),
+            move |sh, r| match r {
+                Ok(true) => then(sh, req),
+                Ok(false) => {
+                    sh.answer(&req, Status::NotFound, "no such user", "");
+                    sh.room_done(&key, After::Same);
+                }
+                Err(e) => sh.room_failed(&key, &req, &e),
+            },
+        );
+    }
+
+    fn create_room(&mut self, key: Bytes, req: Box<RoomReq>) {
+        let RoomOp::Create { name, password } = &req.op else {
+            return;
+        };
+        let (name, password) = (name.clone(), password.clone());
+        let owner = req.user.clone();
+        self.check_room_limit(owner.clone(), req, move |sh, req| {
+            let rec = RoomRecord {
+                name,
+                owner: owner.clone(),
+                password_hash: None,
+                join_code: new_join_code(),
+                members: vec![owner],
+            };
+            if password.is_empty() {
+                sh.insert_room(key, req, rec, 3);
+            } else {
+                sh.store_req(
+                    |st, cb| st.hash_password(&password, cb),
+                    move |sh, r| match r {
+                        Ok(phc) => {
+                            let rec = RoomRecord {
+                                password_hash: Some(phc),
+                                ..rec
+                            };
+                            sh.insert_room(key, req, rec, 3);
+                        }
+                        Err(e) => sh.room_failed(&key, &req, &e),
+                    },
+                );
+            }
+        });
+    }
+
+    /// Writes a new room; a join code already taken gets a fresh one (`tries` times).
+    fn insert_room(&mut self, key: Bytes, req: Box<RoomReq>, rec: RoomRecord, tries: u32) {
+        let record = rec.clone();
+        self.store_req(
+            |st, cb| st.create_room(record, cb),
+            move |sh, r| match r {
+                Ok(()) => {
+                    sh.answer(&req, Status::Ok, "", &rec.join_code);
+                    sh.room_done(&key, After::Record(rec));
+                }
+                // The name is known to be free here (the room was Missing): the code clashed.
+                Err(StoreError::Conflict) if tries > 1 => {
+                    let rec = RoomRecord {
+                        join_code: new_join_code(),
+                        ..rec
+                    };
+                    sh.insert_room(key, req, rec, tries - 1);
+                }
+                Err(e) => sh.room_failed(&key, &req, &e),
+            },
+        );
+    }
+
+    /// Writes a changed member list, then tells the members (old and new) what happened.
+    fn write_room(&mut self, key: Bytes, req: Box<RoomReq>, rec: RoomRecord, kind: RoomEventKind) {
+        let record = rec.clone();
+        self.store_req(
+            |st, cb| st.put_room(record, cb),
+            move |sh, r| match r {
+                Ok(()) => {
+                    let subject = match &req.op {
+                        RoomOp::Add { user, .. } | RoomOp::Remove { user, .. } => user.clone(),
+                        _ => req.user.clone(),
+                    };
+                    let mut told: Vec<Bytes> = rec
+                        .members
+                        .iter()
+                        .map(|m| Bytes::copy_from_slice(m.as_bytes()))
+                        .collect();
+                    if !rec.members.contains(&subject) {
+                        told.push(Bytes::copy_from_slice(subject.as_bytes()));
+                    }
+                    sh.answer(&req, Status::Ok, "", &rec.join_code);
+                    sh.room_event(told, kind, &rec.name, &subject);
+                    sh.room_done(&key, After::Record(rec));
+                }
+                Err(e) => sh.room_failed(&key, &req, &e),
+            },
+        );
+    }
+
+    fn delete_room(&mut self, key: Bytes, req: Box<RoomReq>, members: Vec<Bytes>) {
+        let name = String::from_utf8_lossy(&key).into_owned();
+        let n = name.clone();
+        self.store_req(
+            |st, cb| st.delete_room(&n, cb),
+            move |sh, r| match r {
+                Ok(()) => {
+                    sh.answer(&req, Status::Ok, "", "");
+                    sh.room_event(members, RoomEventKind::RoomEventDeleted, &name, &req.user);
+                    sh.room_done(&key, After::Gone);
+                }
+                Err(e) => sh.room_failed(&key, &req, &e),
+            },
+        );
+    }
+
+    /// Sends a room event to the live sessions of `users`, wherever they are homed.
+    fn room_event(&mut self, users: Vec<Bytes>, kind: RoomEventKind, room: &str, user: &str) {
+        let event = RoomEvent {
+            kind: kind as i32,
+            room: room.to_owned(),
+            user: user.to_owned(),
+        };
+        let mut groups: Vec<Vec<Bytes>> = (0..self.n).map(|_| Vec::new()).collect();
+        for u in users {
+            let h = self.home(&u);
+            groups[h].push(u);
+        }
+        for (shard, users) in groups.into_iter().enumerate() {
+            if users.is_empty() {
+                continue;
+            }
+            let notice = RoomNotice {
+                users,
+                event: event.clone(),
+            };
+            if shard == self.id {
+                self.on_room_notice(&notice);
+            } else {
+                self.post(shard, Mail::RoomNotice(Box::new(notice)));
+            }
+        }
+    }
+
+    /// A room event for users homed here.
+    pub fn on_room_notice(&mut self, n: &RoomNotice) {
+        let frame = ServerFrame {
+            kind: Some(server_frame::Kind::RoomEvent(n.event.clone())),
+        };
+        for u in &n.users {
+            for k in self.live_sessions(u) {
+                self.push_frame(k, &frame);
+            }
+        }
+    }
+
+    /// A room message for members homed here: every session of every member (not the
+    /// sending device), or the member's offline queue.
+    pub fn on_room_fan(&mut self, f: &RoomFan) {
+        let journaled = self.journaled();
+        let mut blocked = Vec::new();
+        for user in f.users.iter() {
+            if journaled {
+                let msg = Held {
+                    from_user: f.from_user.clone(),
+                    to_room: f.room.clone(),
+                    payload: f.payload.clone(),
+                    msg_id: f.msg_id,
+                    ts_us: f.ts_us,
+                };
+                self.journal(user.clone(), msg, None, f.sender, Some(f.sender));
+                continue;
+            }
+            let m = Outgoing {
+                from_user: &f.from_user,
+                to_room: &f.room,
+                payload: &f.payload,
+                msg_id: f.msg_id,
+                ts_us: f.ts_us,
+                store_seq: 0,
+            };
+            let (n, overflowed) =
+                self.deliver_to_sessions(user, m, Some(f.sender), Some(f.sender), &mut blocked);
+            if n == 0 {
+                self.store_offline(user, m, None);
+            }
+            self.close_overflowed(overflowed);
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Accounts (`--auth accounts`): Register before login, password login, ListUsers,
+//! DeleteAccount (account, offline queue, rooms and sessions all go).
+
+use ringrouter_client::Status;
+use ringrouter_proto::v1::{
+    client_frame::Kind as C, server_frame::Kind as S, AccountResult, CreateRoom, DeleteAccount,
+    JoinRoom, ListRooms, ListUsers, Login, LoginResult, Register, RoomEventKind,
+};
+use ringrouter_tests::{Raw, RouterProc, T};
+
+fn accounts_router() -> RouterProc {
+    RouterProc::start(&["--shards", "2", "--auth", "accounts"])
+}
+
+fn register(r: &RouterProc, user: &str, password: &str) -> AccountResult {
+    let mut c = r.raw();
+    let k = C::Register(Register {
+        request_id: 3,
+        user: user.into(),
+        password: password.into(),
+    });
+    match c.call(k, 3).0 {
+        S::AccountResult(a) => a,
+        other => panic!("expected an AccountResult, got {other:?}"),
+    }
+}
+
+fn login(r: &RouterProc, user: &str, password: &str) -> (Raw, LoginResult) {
+    let mut c = r.raw();
+    let lr = c.login_with(Login {
+        request_id: 1,
+        user: user.into(),
+        password: password.into(),
+        ..Default::default()
+    });
+    (c, lr)
+}
+
+fn account_call(c: &mut Raw, k: C) -> AccountResult {
+    match c.call(k, 0).0 {
+        S::AccountResult(a) => a,
+        other => panic!("expected an AccountResult, got {other:?}"),
+    }
+}
+
+#[test]
+fn register_then_log_in_with_the_password() {
+    let r = accounts_router();
+    assert_eq!(register(&r, "alice", "pw-alice").status, Status::Ok as i32);
+    let dup = register(&r, "alice", "other");
+    assert_eq!(dup.status, Status::Conflict as i32, "{dup:?}");
+    for (user, pw) in [("bad name", "x"), ("", "x"), ("bob", "")] {
+        let a = register(&r, user, pw);
+        assert_eq!(a.status, Status::BadRequest as i32, "{user:?}: {a:?}");
+    }
+    let (_c, ok) = login(&r, "alice", "pw-alice");
+    assert_eq!(ok.status, Status::Ok as i32, "{ok:?}");
+    for (user, pw) in [("alice", "wrong"), ("alice", ""), ("nobody", "pw")] {
+        let (_c, lr) = login(&r, user, pw);
+        assert_eq!(
+            lr.status,
+            Status::Unauthorized as i32,
+            "{user}/{pw}: {lr:?}"
+        );
+    }
+    // The connection may register and then log in.
+    let mut c = r.raw();
+    let k = C::Register(Register {
+        request_id: 9,
+        user: "carol".into(),
+        password: "pw-carol".into(),
+    });
+    assert!(matches!(c.call(k, 9).0, S::AccountResult(a) if a.status == Status::Ok as i32));
+    let lr = c.login_with(Login {
+        request_id: 1,
+        user: "carol".into(),
+        password: "pw-carol".into(),
+        ..Default::default()
+    });
+    assert_eq!(lr.status, Status::Ok as i32);
+}
+
+#[test]
+fn register_needs_accounts_mode() {
+    let r = RouterProc::start(&[]);
+    let a = register(&r, "dora", "pw");
+    assert_eq!(a.status, Status::BadRequest as i32);
+    assert!(a.reason.contains("accounts"), "{a:?}");
+}
+
+#[test]
+fn registered_users_get_messages_before_their_first_login_and_unknown_users_do_not_exist() {
+    let r = accounts_router();
+    for u in ["erik", "fay"] {
+        assert_eq!(register(&r, u, "pw").status, Status::Ok as i32);
+    }
+    let (mut e, _) = login(&r, "erik", "pw");
+    e.send_to("fay", b"hello fay", 2);
+    match e.next_non_ping(T) {
+        S::SendResult(s) => assert_eq!(s.status, Status::Ok as i32),
+        other => panic!("{other:?}"),
+    }
+    e.send_to("ghost", b"?", 3);
+    match e.next_non_ping(T) {
+        S::SendResult(s) => assert_eq!(s.status, Status::NotFound as i32),
+        other => panic!("{other:?}"),
+    }
+    let (mut f, _) = login(&r, "fay", "pw");
+    let d = f.delivers(1, T).remove(0);
+    assert_eq!(
+        (d.from_user.as_str(), &d.payload[..]),
+        ("erik", &b"hello fay"[..])
+    );
+}
+
+#[test]
+fn list_users_globs() {
+    let r = accounts_router();
+    for u in ["al", "alan", "alice", "bob"] {
+        assert_eq!(register(&r, u, "pw").status, Status::Ok as i32);
+    }
+    let (mut c, _) = login(&r, "bob", "pw");
+    let list = |c: &mut Raw, pattern: &str, limit: u32| {
+        account_call(
+            c,
+            C::ListUsers(ListUsers {
+                request_id: 0,
+                pattern: pattern.into(),
+                limit,
+            }),
+        )
+        .users
+    };
+    assert_eq!(list(&mut c, "al*", 0), ["al", "alan", "alice"]);
+    assert_eq!(list(&mut c, "al?", 0), Vec::<String>::new());
+    assert_eq!(list(&mut c, "*", 2), ["al", "alan"]);
+    assert_eq!(list(&mut c, "", 0), ["al", "alan", "alice", "bob"]);
+}
+
+#[test]
+fn list_users_is_bounded_by_the_page_size() {
+    let r = RouterProc::start(&["--list-users-page", "3"]);
+    for i in 0..5 {
+        drop(r.raw_login(&format!("p{i}")));
+    }
+    let mut c = r.raw_login("q");
+    let a = account_call(
+        &mut c,
+        C::ListUsers(ListUsers {
+            request_id: 0,
+            pattern: "*".into(),
+            limit: 100,
+        }),
+    );
+    assert_eq!(a.users, ["p0", "p1", "p2"]);
+}
+
+#[test]
+fn delete_account_removes_its_data_rooms_and_sessions() {
+    let r = accounts_router();
+    for u in ["gus", "hana", "ike"] {
+        assert_eq!(register(&r, u, "pw").status, Status::Ok as i32);
+    }
+    let (mut g1, _) = login(&r, "gus", "pw");
+    let (mut g2, _) = login(&r, "gus", "pw");
+    let (mut h, _) = login(&r, "hana", "pw");
+    // gus owns "owned" (hana is in it) and is a member of hana's "hers".
+    let k = C::CreateRoom(CreateRoom {
+        request_id: 1,
+        name: "owned".into(),
+        password: String::new(),
+    });
+    assert!(matches!(g1.call(k, 1).0, S::RoomResult(x) if x.status == Status::Ok as i32));
+    let k = C::CreateRoom(CreateRoom {
+        request_id: 2,
+        name: "hers".into(),
+        password: String::new(),
+    });
+    assert!(matches!(h.call(k, 2).0, S::RoomResult(x) if x.status == Status::Ok as i32));
+    for (c, room) in [(&mut h, "owned"), (&mut g1, "hers")] {
+        let k = C::JoinRoom(JoinRoom {
+            request_id: 3,
+            room: room.into(),
+            password: String::new(),
+        });
+        assert!(matches!(c.call(k, 3).0, S::RoomResult(x) if x.status == Status::Ok as i32));
+    }
+    let a = account_call(&mut g1, C::DeleteAccount(DeleteAccount { request_id: 0 }));
+    assert_eq!(a.status, Status::Ok as i32, "{a:?}");
+    // Both sessions end with UNAUTHORIZED "account deleted".
+    for c in [&mut g1, &mut g2] {
+        let frames = c.read_until_closed(T);
+        assert!(
+            frames.iter().any(
+                |f| matches!(&f.kind, Some(S::Error(e)) if e.code == Status::Unauthorized as i32)
+            ),
+            "{frames:?}"
+        );
+    }
+    // hana: "owned" was deleted, gus left "hers".
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        if let S::RoomEvent(e) = h.next_non_ping(T) {
+            if e.kind != RoomEventKind::RoomEventJoined as i32 {
+                seen.push((e.kind, e.room, e.user));
+            }
+        }
+    }
+    seen.sort();
+    assert!(
+        seen.contains(&(
+            RoomEventKind::RoomEventDeleted as i32,
+            "owned".into(),
+            "gus".into()
+        )),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&(
+            RoomEventKind::RoomEventRemoved as i32,
+            "hers".into(),
+            "gus".into()
+        )),
+        "{seen:?}"
+    );
+    match h.call(C::ListRooms(ListRooms { request_id: 5 }), 5).0 {
+        S::RoomResult(x) => assert_eq!(x.rooms, ["hers"]),
+        other => panic!("{other:?}"),
+    }
+    // gus is gone: no login, messages to it are NOT_FOUND, the name can be registered anew.
+    let (_c, lr) = login(&r, "gus", "pw");
+    assert_eq!(lr.status, Status::Unauthorized as i32);
+    let (mut i, _) = login(&r, "ike", "pw");
+    i.send_to("gus", b"?", 4);
+    match i.next_non_ping(T) {
+        S::SendResult(s) => assert_eq!(s.status, Status::NotFound as i32),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(register(&r, "gus", "new").status, Status::Ok as i32);
+}
