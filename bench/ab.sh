@@ -9,12 +9,17 @@ run() {
   local bin=$1 port
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   local out; out=$(mktemp)
-  "$bin" --listen 127.0.0.1:$port $ROUTER_ARGS >"$out" 2>&1 &
+  # A fresh store per run (binaries from before the store have no --data-dir).
+  local data=(); local dir=""
+  if "$bin" --help 2>/dev/null | grep -q -- --data-dir; then dir=$(mktemp -d); data=(--data-dir "$dir"); fi
+  "$bin" --listen 127.0.0.1:$port "${data[@]}" $ROUTER_ARGS >"$out" 2>&1 &
   local pid=$!
   for _ in $(seq 200); do grep -q "listening on" "$out" && break; sleep 0.02; done
   rm -f "$out"
   "$LOAD" --addr 127.0.0.1:$port "${ARGS[@]}" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["msgs_per_sec"]), "lost", d["lost"], "p50", round(d["p50_us"]), "p99", round(d["p99_us"]))'
   kill $pid; wait $pid 2>/dev/null || true
+  [ -n "$dir" ] && rm -rf "$dir"
+  return 0
 }
 ROUTER_ARGS=${ROUTER_ARGS:-}
 for i in $(seq "$RUNS"); do

@@ -38,7 +38,7 @@ trap cleanup EXIT
 
 RR_PORT=$(free_port)
 # shellcheck disable=SC2086
-"$RR" --listen 127.0.0.1:"$RR_PORT" --shards "$SHARDS" $ROUTER_ARGS >"$TMP/rr.out" 2>"$TMP/rr.err" &
+"$RR" --listen 127.0.0.1:"$RR_PORT" --shards "$SHARDS" --data-dir "$TMP/data" $ROUTER_ARGS >"$TMP/rr.out" 2>"$TMP/rr.err" &
 RR_PID=$!
 for _ in $(seq 100); do grep -q "listening on" "$TMP/rr.out" 2>/dev/null && break; sleep 0.05; done
 grep -q "listening on" "$TMP/rr.out" || { cat "$TMP/rr.err" >&2; exit 1; }

@@ -72,6 +72,10 @@ enum Op {
 struct QueueState {
     next_seq: u64,
     count: u64,
+    /// No message below this seq is left: scans start here, so they seek past the
+    /// tombstones of acked messages instead of walking them (which made each removal
+    /// and each backlog page cost O(messages removed so far)).
+    head: u64,
 }
 
 /// A request waiting for the hashing pool.
@@ -461,13 +465,17 @@ impl Worker {
         }
         let mut count = 0u64;
         let mut last = 0u64;
+        let mut first = None;
         for g in self.dbs.offline.prefix(prefix) {
             last = parse_queue_key(prefix, &g.key()?)?;
+            first.get_or_insert(last);
             count += 1;
         }
+        let next_seq = last.saturating_add(1);
         let st = QueueState {
-            next_seq: last.saturating_add(1),
+            next_seq,
             count,
+            head: first.unwrap_or(next_seq),
         };
         self.queues.insert(user.to_owned(), st);
         Ok(st)
@@ -503,9 +511,11 @@ impl Worker {
                 if excess > 0 {
                     self.commit()?;
                     let mut dropped = 0u64;
-                    for g in self.dbs.offline.prefix(&prefix).take(excess as usize) {
+                    let start = queue_key(&prefix, st.head);
+                    let end = queue_key(&prefix, u64::MAX);
+                    for g in self.dbs.offline.range(start..=end).take(excess as usize) {
                         let k = g.key()?;
-                        parse_queue_key(&prefix, &k)?;
+                        st.head = parse_queue_key(&prefix, &k)?.saturating_add(1);
                         self.ops.push(Op::Del(Ks::Offline, k.to_vec()));
                         dropped += 1;
                     }
@@ -548,7 +558,8 @@ impl Worker {
         validate_name("user", user)?;
         self.commit()?;
         let prefix = queue_prefix(user);
-        let start = queue_key(&prefix, from_seq);
+        let head = self.queue_state(user, &prefix)?.head;
+        let start = queue_key(&prefix, from_seq.max(head));
         let end = queue_key(&prefix, u64::MAX);
         let mut out = Vec::with_capacity(limit.min(1024));
         for g in self.dbs.offline.range(start..=end).take(limit) {
@@ -565,7 +576,10 @@ impl Worker {
         self.commit()?;
         let prefix = queue_prefix(user);
         let mut st = self.queue_state(user, &prefix)?;
-        let start = queue_key(&prefix, 0);
+        if up_to < st.head {
+            return Ok((0, st.count));
+        }
+        let start = queue_key(&prefix, st.head);
         let end = queue_key(&prefix, up_to);
         let mut removed = 0u64;
         for g in self.dbs.offline.range(start..=end) {
@@ -575,6 +589,10 @@ impl Worker {
             removed += 1;
         }
         st.count = st.count.saturating_sub(removed);
+        st.head = st.head.max(up_to.saturating_add(1));
+        if st.count == 0 {
+            st.head = st.next_seq;
+        }
         self.set_queue_state(user, st);
         Ok((removed, st.count))
     }
