@@ -2,16 +2,18 @@
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use prost::Message as _;
 use ringrouter_proto::codec::{decode_server, encode_frame, next_frame};
 use ringrouter_proto::v1::{
-    client_frame, server_frame, Ack, ClientFrame, Login, Logout, Ping, Pong, Send,
+    client_frame, server_frame, Ack, AddMember, ClientFrame, CreateRoom, DeleteAccount, DeleteRoom,
+    JoinRoom, LeaveRoom, ListRooms, ListUsers, Login, Logout, Ping, Pong, Register, RemoveMember,
 };
 use ringrouter_proto::Status;
+
+use crate::frames::{put_send, SendHeader, Target};
 
 /// How a client logs in and behaves.
 #[derive(Debug, Clone)]
@@ -139,9 +141,197 @@ pub enum Event {
     },
     /// A Pong (answer to [`Client::ping`]).
     Pong(u64),
+    /// Something happened to a room this user is (or was) a member of (pushed
+    /// by the router, unsolicited).
+    Room {
+        /// What happened.
+        kind: RoomEventKind,
+        /// The room.
+        room: String,
+        /// The user who joined, left or was removed; the owner for
+        /// [`RoomEventKind::Deleted`].
+        user: String,
+    },
+    /// The answer to a room request ([`Client::create_room`], ...).
+    RoomResult {
+        /// Request id.
+        request_id: u64,
+        /// Status.
+        status: Status,
+        /// Reason when not OK.
+        reason: String,
+        /// The room's name (also when it was joined by join code).
+        room: String,
+        /// The join code (CreateRoom, JoinRoom).
+        join_code: String,
+        /// The rooms (ListRooms).
+        rooms: Vec<String>,
+    },
+    /// The answer to an account request ([`Client::register`], ...).
+    AccountResult {
+        /// Request id.
+        request_id: u64,
+        /// Status.
+        status: Status,
+        /// Reason when not OK.
+        reason: String,
+        /// The user (Register).
+        user: String,
+        /// The users (ListUsers).
+        users: Vec<String>,
+    },
 }
 
-fn status(v: i32) -> Status {
+impl Event {
+    /// The request this event answers, if it is an answer (0 and None: not one).
+    fn answers(&self) -> Option<u64> {
+        match self {
+            Event::SendResult { request_id, .. }
+            | Event::RoomResult { request_id, .. }
+            | Event::AccountResult { request_id, .. }
+            | Event::Error { request_id, .. }
+                if *request_id != 0 =>
+            {
+                Some(*request_id)
+            }
+            _ => None,
+        }
+    }
+
+    /// For an answer: its status and reason (an Error frame is never OK).
+    fn outcome(&self) -> Option<(Status, &str)> {
+        match self {
+            Event::SendResult { status, reason, .. }
+            | Event::RoomResult { status, reason, .. }
+            | Event::AccountResult { status, reason, .. } => Some((*status, reason)),
+            Event::Error { code, reason, .. } => {
+                // An Error frame reporting OK would be a router bug; still a failure.
+                Some((
+                    if *code == Status::Ok {
+                        Status::Unspecified
+                    } else {
+                        *code
+                    },
+                    reason,
+                ))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What a [`Event::Room`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RoomEventKind {
+    /// A user joined (or was added).
+    Joined,
+    /// A user left.
+    Left,
+    /// A user was removed by the owner.
+    Removed,
+    /// The owner deleted the room.
+    Deleted,
+    /// A kind this client does not know (a newer router): the wire value.
+    Other(i32),
+}
+
+impl RoomEventKind {
+    /// From the wire value of `RoomEvent.kind`.
+    pub fn from_wire(v: i32) -> RoomEventKind {
+        use ringrouter_proto::v1::RoomEventKind as K;
+        match K::try_from(v) {
+            Ok(K::RoomEventJoined) => RoomEventKind::Joined,
+            Ok(K::RoomEventLeft) => RoomEventKind::Left,
+            Ok(K::RoomEventRemoved) => RoomEventKind::Removed,
+            Ok(K::RoomEventDeleted) => RoomEventKind::Deleted,
+            Ok(K::RoomEventUnspecified) | Err(_) => RoomEventKind::Other(v),
+        }
+    }
+
+    /// "joined", "left", "removed", "deleted" (or "unknown").
+    pub fn name(self) -> &'static str {
+        match self {
+            RoomEventKind::Joined => "joined",
+            RoomEventKind::Left => "left",
+            RoomEventKind::Removed => "removed",
+            RoomEventKind::Deleted => "deleted",
+            RoomEventKind::Other(_) => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for RoomEventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An OK answer to a room request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RoomReply {
+    pub(crate) room: String,
+    pub(crate) join_code: String,
+    pub(crate) rooms: Vec<String>,
+}
+
+/// An OK answer to an account request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct AccountReply {
+    pub(crate) user: String,
+    pub(crate) users: Vec<String>,
+}
+
+/// Turns one decoded server frame into an [`Event`], except Deliver (the
+/// callers have their own fast paths for it), Ping (answered by the caller) and
+/// LoginResult; those come back as `Err(frame kind)`.
+pub(crate) fn event_of(kind: server_frame::Kind) -> Result<Event, server_frame::Kind> {
+    Ok(match kind {
+        server_frame::Kind::SendResult(r) => Event::SendResult {
+            request_id: r.request_id,
+            status: status(r.status),
+            reason: r.reason,
+            msg_id: r.msg_id,
+        },
+        server_frame::Kind::Error(e) => Event::Error {
+            code: status(e.code),
+            reason: e.reason,
+            request_id: e.request_id,
+        },
+        server_frame::Kind::Pong(p) => Event::Pong(p.nonce),
+        server_frame::Kind::RoomResult(r) => Event::RoomResult {
+            request_id: r.request_id,
+            status: status(r.status),
+            reason: r.reason,
+            room: r.room,
+            join_code: r.join_code,
+            rooms: r.rooms,
+        },
+        server_frame::Kind::RoomEvent(e) => Event::Room {
+            kind: RoomEventKind::from_wire(e.kind),
+            room: e.room,
+            user: e.user,
+        },
+        server_frame::Kind::AccountResult(r) => Event::AccountResult {
+            request_id: r.request_id,
+            status: status(r.status),
+            reason: r.reason,
+            user: r.user,
+            users: r.users,
+        },
+        other @ (server_frame::Kind::Deliver(_)
+        | server_frame::Kind::Ping(_)
+        | server_frame::Kind::LoginResult(_)) => return Err(other),
+    })
+}
+
+/// An answer of the wrong kind for a request id (a router bug).
+pub(crate) fn unexpected_answer(what: &str, request_id: u64) -> ClientError {
+    ClientError::Protocol(format!(
+        "request {request_id}: the router answered a {what} request with another kind of result"
+    ))
+}
+
+pub(crate) fn status(v: i32) -> Status {
     Status::try_from(v).unwrap_or(Status::Unspecified)
 }
 
@@ -175,31 +365,52 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// Connects to `addr` and logs in with `cfg`.
     pub fn connect(addr: impl ToSocketAddrs, cfg: ClientConfig) -> Result<Client, ClientError> {
-        let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
-        let mut last = None;
-        let mut stream = None;
-        for a in addrs {
-            match TcpStream::connect_timeout(&a, cfg.timeout) {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        let stream = match stream {
-            Some(s) => s,
-            None => {
-                return Err(last.map_or(
-                    ClientError::Closed("no address to connect to".into()),
-                    ClientError::Io,
-                ))
-            }
-        };
-        stream.set_nodelay(true)?;
+        let stream = connect_stream(addr, cfg.timeout)?;
         let mut c = Client::from_stream(stream, cfg);
         c.login()?;
         Ok(c)
+    }
+
+    /// Creates the account `user` with `password` (routers with `--auth accounts`)
+    /// on a fresh connection, which is closed again; log in with
+    /// [`ClientConfig::password`] afterwards. Returns the user name as registered.
+    ///
+    /// A refusal is [`ClientError::Router`]: CONFLICT if the user exists,
+    /// BAD_REQUEST for a name or password the router does not accept.
+    pub fn register(
+        addr: impl ToSocketAddrs,
+        user: &str,
+        password: &str,
+    ) -> Result<String, ClientError> {
+        Self::register_timeout(addr, user, password, ClientConfig::new(user).timeout)
+    }
+
+    /// [`Client::register`] with a connect / request timeout.
+    pub fn register_timeout(
+        addr: impl ToSocketAddrs,
+        user: &str,
+        password: &str,
+        timeout: Duration,
+    ) -> Result<String, ClientError> {
+        let mut cfg = ClientConfig::new(user);
+        cfg.timeout = timeout;
+        let stream = connect_stream(addr, timeout)?;
+        let mut c = Client::from_stream(stream, cfg);
+        let request_id = c.request_id();
+        c.queue(client_frame::Kind::Register(Register {
+            request_id,
+            user: user.to_owned(),
+            password: password.to_owned(),
+        }));
+        // Not logged in: whatever Error frame comes is the answer to this.
+        let res = c.flush().and_then(|()| c.wait_answer(request_id, true));
+        let _ = c.stream.shutdown(std::net::Shutdown::Both);
+        match res? {
+            Event::AccountResult { user: u, .. } => {
+                Ok(if u.is_empty() { user.to_owned() } else { u })
+            }
+            _ => Err(unexpected_answer("Register", request_id)),
+        }
     }
 
     /// Wraps a connected stream without logging in (see [`Client::login`]).
@@ -294,25 +505,37 @@ impl Client {
 
     /// Queues a Send without writing it (see [`Client::flush`]). Returns the request id.
     pub fn queue_send(&mut self, to: &str, payload: &[u8], want_result: bool, msg_id: u64) -> u64 {
+        self.queue_send_to(Target::User(to), payload, want_result, msg_id)
+    }
+
+    /// Queues a Send to every member of `room` without writing it (see
+    /// [`Client::flush`]). Returns the request id.
+    pub fn queue_send_room(
+        &mut self,
+        room: &str,
+        payload: &[u8],
+        want_result: bool,
+        msg_id: u64,
+    ) -> u64 {
+        self.queue_send_to(Target::Room(room), payload, want_result, msg_id)
+    }
+
+    fn queue_send_to(
+        &mut self,
+        to: Target<'_>,
+        payload: &[u8],
+        want_result: bool,
+        msg_id: u64,
+    ) -> u64 {
         let request_id = if want_result { self.request_id() } else { 0 };
-        // Encode by hand to avoid copying the payload into a Bytes first.
-        let send = Send {
+        // Encoded by hand: the payload is not copied into a Bytes first.
+        let h = SendHeader {
+            to,
             request_id,
-            to_user: to.to_owned(),
-            to_room: String::new(),
-            payload: Bytes::new(),
             want_result,
             msg_id,
         };
-        let inner_len = send.encoded_len() + 1 + varint_len(payload.len() as u64) + payload.len();
-        let outer = 1 + varint_len(inner_len as u64) + inner_len;
-        ringrouter_proto::codec::put_varint(&mut self.wbuf, outer as u64);
-        self.wbuf.extend_from_slice(&[(2 << 3) | 2]);
-        ringrouter_proto::codec::put_varint(&mut self.wbuf, inner_len as u64);
-        send.encode_raw(&mut self.wbuf);
-        self.wbuf.extend_from_slice(&[(4 << 3) | 2]);
-        ringrouter_proto::codec::put_varint(&mut self.wbuf, payload.len() as u64);
-        self.wbuf.extend_from_slice(payload);
+        put_send(&mut self.wbuf, &h, payload);
         request_id
     }
 
@@ -369,6 +592,18 @@ impl Client {
     }
 
     fn wait_result(&mut self, request_id: u64) -> Result<u64, ClientError> {
+        match self.wait_answer(request_id, false)? {
+            Event::SendResult { msg_id, .. } => Ok(msg_id),
+            _ => Err(unexpected_answer("Send", request_id)),
+        }
+    }
+
+    /// Waits for the answer to `request_id`: the OK result, or the refusal as
+    /// [`ClientError::Router`]. Everything else that arrives meanwhile is kept,
+    /// in order, for [`Client::recv`] / [`Client::next_event`]. With
+    /// `any_error`, an Error frame without a request id answers too (before
+    /// Login the router does not say which request it refuses).
+    fn wait_answer(&mut self, request_id: u64, any_error: bool) -> Result<Event, ClientError> {
         let deadline = Instant::now() + self.cfg.timeout;
         let mut stash = Vec::new();
         let res = loop {
@@ -376,41 +611,219 @@ impl Client {
                 Ok(ev) => ev,
                 Err(e) => break Err(e),
             };
-            match ev {
-                Event::SendResult {
-                    request_id: r,
-                    status,
-                    reason,
-                    msg_id,
-                } if r == request_id => {
-                    break if status == Status::Ok {
-                        Ok(msg_id)
-                    } else {
-                        Err(ClientError::Router {
-                            code: status,
-                            reason,
-                            request_id,
-                        })
-                    };
-                }
-                Event::Error {
-                    code,
-                    reason,
-                    request_id: r,
-                } if r == request_id => {
+            let is_answer = ev.answers() == Some(request_id)
+                || (any_error && matches!(ev, Event::Error { request_id: 0, .. }));
+            if !is_answer {
+                stash.push(ev);
+                continue;
+            }
+            match ev.outcome() {
+                Some((Status::Ok, _)) => break Ok(ev),
+                Some((code, reason)) => {
                     break Err(ClientError::Router {
                         code,
-                        reason,
+                        reason: reason.to_owned(),
                         request_id,
-                    });
+                    })
                 }
-                other => stash.push(other),
+                None => stash.push(ev),
             }
         };
         for ev in stash.into_iter().rev() {
             self.events.push_front(ev);
         }
         res
+    }
+
+    /// Sends a request built for a fresh request id and waits for its answer.
+    fn request(
+        &mut self,
+        build: impl FnOnce(u64) -> client_frame::Kind,
+    ) -> Result<(u64, Event), ClientError> {
+        let request_id = self.request_id();
+        self.queue(build(request_id));
+        self.flush()?;
+        Ok((request_id, self.wait_answer(request_id, false)?))
+    }
+
+    fn room_request(
+        &mut self,
+        what: &str,
+        build: impl FnOnce(u64) -> client_frame::Kind,
+    ) -> Result<RoomReply, ClientError> {
+        match self.request(build)? {
+            (
+                _,
+                Event::RoomResult {
+                    room,
+                    join_code,
+                    rooms,
+                    ..
+                },
+            ) => Ok(RoomReply {
+                room,
+                join_code,
+                rooms,
+            }),
+            (request_id, _) => Err(unexpected_answer(what, request_id)),
+        }
+    }
+
+    fn account_request(
+        &mut self,
+        what: &str,
+        build: impl FnOnce(u64) -> client_frame::Kind,
+    ) -> Result<AccountReply, ClientError> {
+        match self.request(build)? {
+            (_, Event::AccountResult { user, users, .. }) => Ok(AccountReply { user, users }),
+            (request_id, _) => Err(unexpected_answer(what, request_id)),
+        }
+    }
+
+    // -------------------------------------------------------------------- rooms
+
+    /// Creates room `name`, owned by this user (who becomes its first member),
+    /// optionally protected by `password`. Returns its join code.
+    /// CONFLICT if the name is taken.
+    pub fn create_room(
+        &mut self,
+        name: &str,
+        password: Option<&str>,
+    ) -> Result<String, ClientError> {
+        let r = self.room_request("CreateRoom", |request_id| {
+            client_frame::Kind::CreateRoom(CreateRoom {
+                request_id,
+                name: name.to_owned(),
+                password: password.unwrap_or_default().to_owned(),
+            })
+        })?;
+        Ok(r.join_code)
+    }
+
+    /// Joins a room by its name or its join code (and its password, if it has
+    /// one). Returns the room's name. NOT_FOUND for an unknown room or code,
+    /// FORBIDDEN for a wrong password.
+    pub fn join_room(
+        &mut self,
+        name_or_code: &str,
+        password: Option<&str>,
+    ) -> Result<String, ClientError> {
+        let r = self.room_request("JoinRoom", |request_id| {
+            client_frame::Kind::JoinRoom(JoinRoom {
+                request_id,
+                room: name_or_code.to_owned(),
+                password: password.unwrap_or_default().to_owned(),
+            })
+        })?;
+        Ok(if r.room.is_empty() {
+            name_or_code.to_owned()
+        } else {
+            r.room
+        })
+    }
+
+    /// Leaves `room`.
+    pub fn leave_room(&mut self, room: &str) -> Result<(), ClientError> {
+        self.room_request("LeaveRoom", |request_id| {
+            client_frame::Kind::LeaveRoom(LeaveRoom {
+                request_id,
+                room: room.to_owned(),
+            })
+        })
+        .map(drop)
+    }
+
+    /// Adds `user` to `room` (owner only, else FORBIDDEN).
+    pub fn add_member(&mut self, room: &str, user: &str) -> Result<(), ClientError> {
+        self.room_request("AddMember", |request_id| {
+            client_frame::Kind::AddMember(AddMember {
+                request_id,
+                room: room.to_owned(),
+                user: user.to_owned(),
+            })
+        })
+        .map(drop)
+    }
+
+    /// Removes `user` from `room` (owner only, else FORBIDDEN).
+    pub fn remove_member(&mut self, room: &str, user: &str) -> Result<(), ClientError> {
+        self.room_request("RemoveMember", |request_id| {
+            client_frame::Kind::RemoveMember(RemoveMember {
+                request_id,
+                room: room.to_owned(),
+                user: user.to_owned(),
+            })
+        })
+        .map(drop)
+    }
+
+    /// Deletes `room` (owner only, else FORBIDDEN); its members get
+    /// [`RoomEventKind::Deleted`].
+    pub fn delete_room(&mut self, room: &str) -> Result<(), ClientError> {
+        self.room_request("DeleteRoom", |request_id| {
+            client_frame::Kind::DeleteRoom(DeleteRoom {
+                request_id,
+                room: room.to_owned(),
+            })
+        })
+        .map(drop)
+    }
+
+    /// The rooms this user is a member of.
+    pub fn rooms(&mut self) -> Result<Vec<String>, ClientError> {
+        self.room_request("ListRooms", |request_id| {
+            client_frame::Kind::ListRooms(ListRooms { request_id })
+        })
+        .map(|r| r.rooms)
+    }
+
+    /// Sends `payload` to every member of `room` (fire and forget).
+    pub fn send_room(&mut self, room: &str, payload: &[u8]) -> Result<(), ClientError> {
+        self.queue_send_room(room, payload, false, 0);
+        self.flush()
+    }
+
+    /// Sends to `room` and waits for the SendResult; a non-OK status is an
+    /// error. Returns the message id. Messages that arrive meanwhile are kept
+    /// for [`Client::recv`].
+    pub fn send_room_wait(&mut self, room: &str, payload: &[u8]) -> Result<u64, ClientError> {
+        let request_id = self.queue_send_room(room, payload, true, 0);
+        self.flush()?;
+        self.wait_result(request_id)
+    }
+
+    // ----------------------------------------------------------------- accounts
+
+    /// User names matching the glob `pattern` (`*` any run, `?` one character),
+    /// in byte order, at most the router's page size of them.
+    pub fn list_users(&mut self, pattern: &str) -> Result<Vec<String>, ClientError> {
+        self.list_users_limit(pattern, 0)
+    }
+
+    /// [`Client::list_users`], at most `limit` names (0: the router's page size).
+    pub fn list_users_limit(
+        &mut self,
+        pattern: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, ClientError> {
+        self.account_request("ListUsers", |request_id| {
+            client_frame::Kind::ListUsers(ListUsers {
+                request_id,
+                pattern: pattern.to_owned(),
+                limit,
+            })
+        })
+        .map(|r| r.users)
+    }
+
+    /// Deletes this user's account, offline queue and room memberships (rooms it
+    /// owns are deleted). The router then ends every session of the user, this
+    /// one included.
+    pub fn delete_account(&mut self) -> Result<(), ClientError> {
+        self.account_request("DeleteAccount", |request_id| {
+            client_frame::Kind::DeleteAccount(DeleteAccount { request_id })
+        })
+        .map(drop)
     }
 
     /// Writes raw bytes to the socket (tests use it to send malformed input).
@@ -530,28 +943,17 @@ impl Client {
                         timestamp_us: d.server_ts_us,
                     })
                 }
-                Some(server_frame::Kind::SendResult(r)) => Event::SendResult {
-                    request_id: r.request_id,
-                    status: status(r.status),
-                    reason: r.reason,
-                    msg_id: r.msg_id,
-                },
-                Some(server_frame::Kind::Error(e)) => Event::Error {
-                    code: status(e.code),
-                    reason: e.reason,
-                    request_id: e.request_id,
-                },
-                Some(server_frame::Kind::Pong(p)) => Event::Pong(p.nonce),
                 Some(server_frame::Kind::Ping(p)) => {
                     self.queue(client_frame::Kind::Pong(Pong { nonce: p.nonce }));
                     self.flush()?;
                     continue;
                 }
-                Some(server_frame::Kind::LoginResult(_))
-                | Some(server_frame::Kind::RoomResult(_))
-                | Some(server_frame::Kind::RoomEvent(_))
-                | Some(server_frame::Kind::AccountResult(_))
-                | None => continue,
+                Some(kind) => match event_of(kind) {
+                    Ok(ev) => ev,
+                    // A stray LoginResult.
+                    Err(_) => continue,
+                },
+                None => continue,
             };
             return Ok(ev);
         }
@@ -640,6 +1042,20 @@ impl Client {
     }
 }
 
-fn varint_len(v: u64) -> usize {
-    ringrouter_proto::codec::varint_len(v)
+/// Connects to the first address of `addr` that answers within `timeout`.
+fn connect_stream(addr: impl ToSocketAddrs, timeout: Duration) -> Result<TcpStream, ClientError> {
+    let mut last = None;
+    for a in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&a, timeout) {
+            Ok(s) => {
+                s.set_nodelay(true)?;
+                return Ok(s);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map_or(
+        ClientError::Closed("no address to connect to".into()),
+        ClientError::Io,
+    ))
 }

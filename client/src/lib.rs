@@ -2,14 +2,18 @@
 //!
 //! # Layout
 //! - [`Client`]: a blocking client (connect + login, send, recv with timeout,
-//!   automatic cumulative acks and heartbeat answers, close). Used by the tests,
-//!   the benchmarks and the Python binding.
+//!   automatic cumulative acks and heartbeat answers, close; rooms, accounts).
+//!   Used by the tests and the benchmarks.
+//! - [`threaded::ThreadedClient`]: the same operations, thread-safe, with a
+//!   background reader and writer; used by the Python binding.
+//! - [`load`]: the load engine (`ringrouter-load`, `python -m ringrouter.load`).
 //! - [`ClientError`]: every way a call can fail, router answers included.
 #![warn(missing_docs, unreachable_pub)]
 
 mod client;
+mod frames;
 pub mod load;
 pub mod threaded;
 
-pub use client::{Client, ClientConfig, ClientError, Event, Message};
+pub use client::{Client, ClientConfig, ClientError, Event, Message, RoomEventKind};
 pub use ringrouter_proto::Status;
