@@ -13,10 +13,11 @@
 //!   router's backpressure reaches the caller.
 //! - **Receiving**: a reader thread reads and decodes everything the router sends,
 //!   answers heartbeat pings at once (so a client that never calls `recv` is not
-//!   taken for a ghost), hands SendResults to the `send_wait` callers waiting for
-//!   them, and queues messages for [`ThreadedClient::recv`] (bounded by
-//!   `max_queued_bytes`; past it the reader stops reading and the router's
-//!   slow-consumer handling applies).
+//!   taken for a ghost), hands SendResults, RoomResults and AccountResults to the
+//!   callers waiting for them (matched by request id), and queues messages and
+//!   room events for [`ThreadedClient::recv`] / [`ThreadedClient::recv_event`]
+//!   (bounded by `max_queued_bytes`; past it the reader stops reading and the
+//!   router's slow-consumer handling applies).
 //! - **Acks** are cumulative and cover only messages handed to the caller by
 //!   `recv`: every `ack_every` messages, and from the writer thread once
 //!   `ack_interval` passed with something unacked.
@@ -33,13 +34,17 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use prost::Message as _;
-use ringrouter_proto::codec::{decode_server, encode_frame, next_frame, put_varint, varint_len};
+use ringrouter_proto::codec::{decode_server, encode_frame, next_frame, varint_len};
 use ringrouter_proto::fast::{parse_server, put_send_header, ServerView};
-use ringrouter_proto::v1::{client_frame, server_frame, Ack, ClientFrame, Logout, Pong, Send};
+use ringrouter_proto::v1::{
+    client_frame, server_frame, Ack, AddMember, ClientFrame, CreateRoom, DeleteAccount, DeleteRoom,
+    JoinRoom, LeaveRoom, ListRooms, ListUsers, Logout, Pong, RemoveMember,
+};
 use ringrouter_proto::Status;
 
-use crate::{Client, ClientConfig, ClientError, Message};
+use crate::client::{event_of, unexpected_answer, AccountReply, RoomReply};
+use crate::frames::{self, SendHeader, Target};
+use crate::{Client, ClientConfig, ClientError, Event, Message, RoomEventKind};
 
 /// Limits of a [`ThreadedClient`]'s two queues.
 #[derive(Debug, Clone, Copy)]
@@ -131,6 +136,11 @@ struct Out {
 
 enum InEvent {
     Message(Message),
+    Room {
+        kind: RoomEventKind,
+        room: String,
+        user: String,
+    },
     Error {
         code: Status,
         reason: String,
@@ -141,21 +151,28 @@ enum InEvent {
 /// What the reader decoded from one frame.
 enum Decoded {
     Event(InEvent),
-    /// A SendResult.
+    /// The answer to a request (SendResult, RoomResult, AccountResult).
     Result(u64, Outcome),
 }
 
-/// How a `send_wait` ended.
-#[derive(Clone)]
+/// How a request ended.
 enum Outcome {
-    Ok(u64),
+    Ok(Reply),
     Failed(Status, String),
+}
+
+/// An OK answer.
+enum Reply {
+    /// SendResult: the message id.
+    Sent(u64),
+    Room(RoomReply),
+    Account(AccountReply),
 }
 
 struct In {
     events: VecDeque<InEvent>,
     queued_bytes: usize,
-    /// request id -> answer, for `send_wait` callers (None: not answered yet).
+    /// request id -> answer, for `send_wait` and request callers (None: not answered yet).
     results: HashMap<u64, Option<Outcome>>,
     /// Why the read side ended (EOF, error).
     closed: Option<String>,
@@ -191,10 +208,6 @@ fn wait_until<'a, T>(
             (g, r.timed_out())
         }
     }
-}
-
-fn status(v: i32) -> Status {
-    Status::try_from(v).unwrap_or(Status::Unspecified)
 }
 
 fn is_disconnect(e: &std::io::Error) -> bool {
@@ -391,8 +404,7 @@ impl ThreadedClient {
     /// Queues a fire-and-forget Send to every session of user `to` without ever
     /// blocking. `Ok(false)`: the send buffer is full and nothing was queued.
     pub fn try_send(&self, to: &str, payload: &[u8]) -> Result<bool, ClientError> {
-        let len = send_frame_len(to, payload.len());
-        self.try_queue(len, |b| put_send(b, to, payload))
+        self.try_send_to(Target::User(to), payload)
     }
 
     /// Queues a fire-and-forget Send, waiting up to `timeout` (None: as long as it
@@ -403,15 +415,50 @@ impl ThreadedClient {
         payload: &[u8],
         timeout: Option<Duration>,
     ) -> Result<bool, ClientError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let len = send_frame_len(to, payload.len());
-        self.queue_blocking(len, |b| put_send(b, to, payload), deadline)
+        self.send_to_timeout(Target::User(to), payload, timeout)
     }
 
     /// Queues a fire-and-forget Send, waiting for room in the send buffer if needed.
     /// It is written by the writer thread shortly after; see [`ThreadedClient::flush`].
     pub fn send(&self, to: &str, payload: &[u8]) -> Result<(), ClientError> {
         self.send_timeout(to, payload, None).map(|_| ())
+    }
+
+    /// [`ThreadedClient::try_send`] to every member of `room`.
+    pub fn try_send_room(&self, room: &str, payload: &[u8]) -> Result<bool, ClientError> {
+        self.try_send_to(Target::Room(room), payload)
+    }
+
+    /// [`ThreadedClient::send_timeout`] to every member of `room`.
+    pub fn send_room_timeout(
+        &self,
+        room: &str,
+        payload: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<bool, ClientError> {
+        self.send_to_timeout(Target::Room(room), payload, timeout)
+    }
+
+    /// [`ThreadedClient::send`] to every member of `room`.
+    pub fn send_room(&self, room: &str, payload: &[u8]) -> Result<(), ClientError> {
+        self.send_to_timeout(Target::Room(room), payload, None)
+            .map(|_| ())
+    }
+
+    fn try_send_to(&self, to: Target<'_>, payload: &[u8]) -> Result<bool, ClientError> {
+        let len = target_frame_len(to, payload.len());
+        self.try_queue(len, |b| put_to(b, to, payload))
+    }
+
+    fn send_to_timeout(
+        &self,
+        to: Target<'_>,
+        payload: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<bool, ClientError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let len = target_frame_len(to, payload.len());
+        self.queue_blocking(len, |b| put_to(b, to, payload), deadline)
     }
 
     /// Queues many fire-and-forget Sends to `to`, taking the buffer lock once per
@@ -454,57 +501,86 @@ impl ThreadedClient {
     /// Returns the message id; a non-OK status is [`ClientError::Router`].
     /// Messages that arrive meanwhile stay queued for [`ThreadedClient::recv`].
     pub fn send_wait(&self, to: &str, payload: &[u8]) -> Result<u64, ClientError> {
+        self.send_wait_to(Target::User(to), payload)
+    }
+
+    /// [`ThreadedClient::send_wait`] to every member of `room`.
+    pub fn send_room_wait(&self, room: &str, payload: &[u8]) -> Result<u64, ClientError> {
+        self.send_wait_to(Target::Room(room), payload)
+    }
+
+    fn send_wait_to(&self, to: Target<'_>, payload: &[u8]) -> Result<u64, ClientError> {
+        let reply = self.request_with(|request_id| {
+            let h = SendHeader {
+                to,
+                request_id,
+                want_result: true,
+                msg_id: 0,
+            };
+            let len = frames::send_frame_len(&h, payload.len());
+            (len, move |b: &mut BytesMut| {
+                frames::put_send(b, &h, payload)
+            })
+        })?;
+        match reply {
+            (_, Reply::Sent(msg_id)) => Ok(msg_id),
+            (request_id, _) => Err(unexpected_answer("Send", request_id)),
+        }
+    }
+
+    /// Queues the frame `build` returns for a fresh request id (its length and
+    /// its encoder) and waits, up to the configured timeout, for the answer.
+    fn request_with<F: Fn(&mut BytesMut)>(
+        &self,
+        build: impl FnOnce(u64) -> (usize, F),
+    ) -> Result<(u64, Reply), ClientError> {
         let deadline = Instant::now() + self.timeout;
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         lock(&self.inner.inq).results.insert(request_id, None);
-        let res = self.send_wait_inner(request_id, to, payload, deadline);
+        let (len, encode) = build(request_id);
+        let res = match self.queue_blocking(len, encode, Some(deadline)) {
+            Ok(true) => self.wait_answer(request_id, deadline),
+            Ok(false) => Err(ClientError::Timeout),
+            Err(e) => Err(e),
+        };
         lock(&self.inner.inq).results.remove(&request_id);
-        res
+        res.map(|r| (request_id, r))
     }
 
-    fn send_wait_inner(
+    /// Sends the request `build` makes for a fresh request id and waits for the answer.
+    fn request(
         &self,
-        request_id: u64,
-        to: &str,
-        payload: &[u8],
-        deadline: Instant,
-    ) -> Result<u64, ClientError> {
-        let send = Send {
-            request_id,
-            to_user: to.to_owned(),
-            to_room: String::new(),
-            payload: Bytes::new(),
-            want_result: true,
-            msg_id: 0,
-        };
-        let inner_len = send.encoded_len() + 1 + varint_len(payload.len() as u64) + payload.len();
-        let outer = 1 + varint_len(inner_len as u64) + inner_len;
-        let frame_len = varint_len(outer as u64) + outer;
-        let encode = |b: &mut BytesMut| {
-            b.reserve(frame_len);
-            put_varint(b, outer as u64);
-            b.extend_from_slice(&[(2 << 3) | 2]);
-            put_varint(b, inner_len as u64);
-            send.encode_raw(b);
-            b.extend_from_slice(&[(4 << 3) | 2]);
-            put_varint(b, payload.len() as u64);
-            b.extend_from_slice(payload);
-        };
-        if !self.queue_blocking(frame_len, encode, Some(deadline))? {
-            return Err(ClientError::Timeout);
-        }
+        build: impl FnOnce(u64) -> client_frame::Kind,
+    ) -> Result<(u64, Reply), ClientError> {
+        self.request_with(|request_id| {
+            let mut frame = BytesMut::new();
+            encode_frame(
+                &ClientFrame {
+                    kind: Some(build(request_id)),
+                },
+                &mut frame,
+            );
+            (frame.len(), move |b: &mut BytesMut| {
+                b.extend_from_slice(&frame)
+            })
+        })
+    }
+
+    fn wait_answer(&self, request_id: u64, deadline: Instant) -> Result<Reply, ClientError> {
         let mut g = lock(&self.inner.inq);
         loop {
-            match g.results.get(&request_id) {
-                Some(Some(Outcome::Ok(msg_id))) => return Ok(*msg_id),
-                Some(Some(Outcome::Failed(code, reason))) => {
-                    return Err(ClientError::Router {
-                        code: *code,
-                        reason: reason.clone(),
-                        request_id,
-                    })
+            if let Some(slot) = g.results.get_mut(&request_id) {
+                match slot.take() {
+                    Some(Outcome::Ok(reply)) => return Ok(reply),
+                    Some(Outcome::Failed(code, reason)) => {
+                        return Err(ClientError::Router {
+                            code,
+                            reason,
+                            request_id,
+                        })
+                    }
+                    None => {}
                 }
-                _ => {}
             }
             if let Some(why) = &g.closed {
                 return Err(ClientError::Closed(why.clone()));
@@ -515,6 +591,157 @@ impl ThreadedClient {
                 return Err(ClientError::Timeout);
             }
         }
+    }
+
+    fn room_request(
+        &self,
+        what: &str,
+        build: impl FnOnce(u64) -> client_frame::Kind,
+    ) -> Result<RoomReply, ClientError> {
+        match self.request(build)? {
+            (_, Reply::Room(r)) => Ok(r),
+            (request_id, _) => Err(unexpected_answer(what, request_id)),
+        }
+    }
+
+    fn account_request(
+        &self,
+        what: &str,
+        build: impl FnOnce(u64) -> client_frame::Kind,
+    ) -> Result<AccountReply, ClientError> {
+        match self.request(build)? {
+            (_, Reply::Account(r)) => Ok(r),
+            (request_id, _) => Err(unexpected_answer(what, request_id)),
+        }
+    }
+
+    // -------------------------------------------------------- rooms and accounts
+
+    /// Creates room `name`, owned by this user (who becomes its first member),
+    /// optionally protected by `password`. Returns its join code. CONFLICT if
+    /// the name is taken. Like every request, it waits up to the configured
+    /// timeout; room events and messages that arrive meanwhile stay queued.
+    pub fn create_room(&self, name: &str, password: Option<&str>) -> Result<String, ClientError> {
+        self.room_request("CreateRoom", |request_id| {
+            client_frame::Kind::CreateRoom(CreateRoom {
+                request_id,
+                name: name.to_owned(),
+                password: password.unwrap_or_default().to_owned(),
+            })
+        })
+        .map(|r| r.join_code)
+    }
+
+    /// Joins a room by its name or its join code (and its password, if it has
+    /// one). Returns the room's name. NOT_FOUND for an unknown room or code,
+    /// FORBIDDEN for a wrong password.
+    pub fn join_room(
+        &self,
+        name_or_code: &str,
+        password: Option<&str>,
+    ) -> Result<String, ClientError> {
+        let r = self.room_request("JoinRoom", |request_id| {
+            client_frame::Kind::JoinRoom(JoinRoom {
+                request_id,
+                room: name_or_code.to_owned(),
+                password: password.unwrap_or_default().to_owned(),
+            })
+        })?;
+        Ok(if r.room.is_empty() {
+            name_or_code.to_owned()
+        } else {
+            r.room
+        })
+    }
+
+    /// Leaves `room`.
+    pub fn leave_room(&self, room: &str) -> Result<(), ClientError> {
+        self.room_request("LeaveRoom", |request_id| {
+            client_frame::Kind::LeaveRoom(LeaveRoom {
+                request_id,
+                room: room.to_owned(),
+            })
+        })
+        .map(drop)
+    }
+
+    /// Adds `user` to `room` (owner only, else FORBIDDEN).
+    pub fn add_member(&self, room: &str, user: &str) -> Result<(), ClientError> {
+        self.room_request("AddMember", |request_id| {
+            client_frame::Kind::AddMember(AddMember {
+                request_id,
+                room: room.to_owned(),
+                user: user.to_owned(),
+            })
+        })
+        .map(drop)
+    }
+
+    /// Removes `user` from `room` (owner only, else FORBIDDEN).
+    pub fn remove_member(&self, room: &str, user: &str) -> Result<(), ClientError> {
+        self.room_request("RemoveMember", |request_id| {
+            client_frame::Kind::RemoveMember(RemoveMember {
+                request_id,
+                room: room.to_owned(),
+                user: user.to_owned(),
+            })
+        })
+        .map(drop)
+    }
+
+    /// Deletes `room` (owner only, else FORBIDDEN); members get a Deleted event.
+    pub fn delete_room(&self, room: &str) -> Result<(), ClientError> {
+        self.room_request("DeleteRoom", |request_id| {
+            client_frame::Kind::DeleteRoom(DeleteRoom {
+                request_id,
+                room: room.to_owned(),
+            })
+        })
+        .map(drop)
+    }
+
+    /// The rooms this user is a member of.
+    pub fn rooms(&self) -> Result<Vec<String>, ClientError> {
+        self.room_request("ListRooms", |request_id| {
+            client_frame::Kind::ListRooms(ListRooms { request_id })
+        })
+        .map(|r| r.rooms)
+    }
+
+    /// Creates an account on a fresh connection; see [`Client::register`].
+    pub fn register(
+        addr: impl ToSocketAddrs,
+        user: &str,
+        password: &str,
+    ) -> Result<String, ClientError> {
+        Client::register(addr, user, password)
+    }
+
+    /// User names matching the glob `pattern` (`*` any run, `?` one character),
+    /// in byte order, at most the router's page size of them.
+    pub fn list_users(&self, pattern: &str) -> Result<Vec<String>, ClientError> {
+        self.list_users_limit(pattern, 0)
+    }
+
+    /// [`ThreadedClient::list_users`], at most `limit` names (0: the router's page size).
+    pub fn list_users_limit(&self, pattern: &str, limit: u32) -> Result<Vec<String>, ClientError> {
+        self.account_request("ListUsers", |request_id| {
+            client_frame::Kind::ListUsers(ListUsers {
+                request_id,
+                pattern: pattern.to_owned(),
+                limit,
+            })
+        })
+        .map(|r| r.users)
+    }
+
+    /// Deletes this user's account (see [`Client::delete_account`]); the router
+    /// then ends every session of the user, this one included.
+    pub fn delete_account(&self) -> Result<(), ClientError> {
+        self.account_request("DeleteAccount", |request_id| {
+            client_frame::Kind::DeleteAccount(DeleteAccount { request_id })
+        })
+        .map(drop)
     }
 
     /// Waits until everything queued so far is written to the socket (up to
@@ -545,21 +772,49 @@ impl ThreadedClient {
 
     // ---------------------------------------------------------------- receiving
 
-    /// The next message if one is already here; never blocks.
+    /// The next message if one is already here; never blocks. Room events are
+    /// skipped (see [`ThreadedClient::try_recv_event`]).
     /// An Error frame from the router is returned as [`ClientError::Router`];
     /// once everything received was handed out, a closed connection is
     /// [`ClientError::Closed`].
     pub fn try_recv(&self) -> Result<Option<Message>, ClientError> {
-        self.recv_until(Some(Instant::now()))
+        self.recv_message_until(Some(Instant::now()))
     }
 
     /// The next message, waiting up to `timeout` (None: forever). `Ok(None)` on
-    /// timeout. Errors as for [`ThreadedClient::try_recv`].
+    /// timeout. Room events are skipped (see [`ThreadedClient::recv_event`]).
+    /// Errors as for [`ThreadedClient::try_recv`].
     pub fn recv(&self, timeout: Option<Duration>) -> Result<Option<Message>, ClientError> {
+        self.recv_message_until(timeout.map(|t| Instant::now() + t))
+    }
+
+    /// The next message ([`Event::Message`]) or room event ([`Event::Room`]) if one
+    /// is already here; never blocks. Errors as for [`ThreadedClient::try_recv`].
+    pub fn try_recv_event(&self) -> Result<Option<Event>, ClientError> {
+        self.recv_until(Some(Instant::now()))
+    }
+
+    /// The next message ([`Event::Message`]) or room event ([`Event::Room`]),
+    /// in the order the router sent them, waiting up to `timeout` (None:
+    /// forever). `Ok(None)` on timeout. Errors as for [`ThreadedClient::try_recv`].
+    pub fn recv_event(&self, timeout: Option<Duration>) -> Result<Option<Event>, ClientError> {
         self.recv_until(timeout.map(|t| Instant::now() + t))
     }
 
-    fn recv_until(&self, deadline: Option<Instant>) -> Result<Option<Message>, ClientError> {
+    fn recv_message_until(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Message>, ClientError> {
+        loop {
+            match self.recv_until(deadline)? {
+                Some(Event::Message(m)) => return Ok(Some(m)),
+                Some(_) => continue,
+                None => return Ok(None),
+            }
+        }
+    }
+
+    fn recv_until(&self, deadline: Option<Instant>) -> Result<Option<Event>, ClientError> {
         loop {
             // Lock order: `local`, then `inq`; never wait while holding `local`,
             // so that a polling caller is not held up by a blocked one.
@@ -580,7 +835,10 @@ impl ThreadedClient {
                     Some(InEvent::Message(m)) => {
                         drop(local);
                         self.handed(m.seq);
-                        return Ok(Some(m));
+                        return Ok(Some(Event::Message(m)));
+                    }
+                    Some(InEvent::Room { kind, room, user }) => {
+                        return Ok(Some(Event::Room { kind, room, user }))
                     }
                     Some(InEvent::Error {
                         code,
@@ -753,6 +1011,20 @@ fn put_send(b: &mut BytesMut, to: &str, payload: &[u8]) {
     b.extend_from_slice(payload);
 }
 
+fn target_frame_len(to: Target<'_>, payload_len: usize) -> usize {
+    match to {
+        Target::User(u) => send_frame_len(u, payload_len),
+        Target::Room(_) => frames::send_frame_len(&SendHeader::to(to), payload_len),
+    }
+}
+
+fn put_to(b: &mut BytesMut, to: Target<'_>, payload: &[u8]) {
+    match to {
+        Target::User(u) => put_send(b, u, payload),
+        Target::Room(_) => frames::put_send(b, &SendHeader::to(to), payload),
+    }
+}
+
 // ------------------------------------------------------------------- threads
 
 fn writer_loop(inner: &Inner, mut stream: TcpStream) {
@@ -875,6 +1147,7 @@ fn reader_loop(inner: &Inner, mut stream: TcpStream, mut rbuf: BytesMut) {
                 }
                 g.queued_bytes += match &ev {
                     InEvent::Message(m) => m.payload.len() + EVENT_OVERHEAD,
+                    InEvent::Room { room, user, .. } => room.len() + user.len() + EVENT_OVERHEAD,
                     InEvent::Error { .. } => EVENT_OVERHEAD,
                 };
                 g.events.push_back(ev);
@@ -952,25 +1225,7 @@ fn handle_frame(inner: &Inner, body: Bytes, batch: &mut Vec<Decoded>) -> Result<
         return Ok(());
     }
     let f = decode_server(body).map_err(|e| format!("protocol error: {e}"))?;
-    match f.kind {
-        Some(server_frame::Kind::SendResult(r)) => {
-            let st = status(r.status);
-            batch.push(Decoded::Result(
-                r.request_id,
-                if st == Status::Ok {
-                    Outcome::Ok(r.msg_id)
-                } else {
-                    Outcome::Failed(st, r.reason)
-                },
-            ));
-        }
-        Some(server_frame::Kind::Error(e)) => {
-            batch.push(Decoded::Event(InEvent::Error {
-                code: status(e.code),
-                reason: e.reason,
-                request_id: e.request_id,
-            }));
-        }
+    let kind = match f.kind {
         Some(server_frame::Kind::Ping(p)) => {
             let mut g = lock(&inner.out);
             if g.dead.is_none() && !g.closing {
@@ -987,14 +1242,72 @@ fn handle_frame(inner: &Inner, body: Bytes, batch: &mut Vec<Decoded>) -> Result<
                     inner.out_cv.notify_one();
                 }
             }
+            return Ok(());
         }
-        Some(server_frame::Kind::Pong(_))
-        | Some(server_frame::Kind::LoginResult(_))
-        | Some(server_frame::Kind::Deliver(_))
-        | Some(server_frame::Kind::RoomResult(_))
-        | Some(server_frame::Kind::RoomEvent(_))
-        | Some(server_frame::Kind::AccountResult(_))
-        | None => {}
+        Some(k) => k,
+        None => return Ok(()),
+    };
+    let answer = |request_id: u64, status: Status, reason: String, reply: Reply| {
+        Decoded::Result(
+            request_id,
+            if status == Status::Ok {
+                Outcome::Ok(reply)
+            } else {
+                Outcome::Failed(status, reason)
+            },
+        )
+    };
+    match event_of(kind) {
+        Ok(Event::SendResult {
+            request_id,
+            status,
+            reason,
+            msg_id,
+        }) => batch.push(answer(request_id, status, reason, Reply::Sent(msg_id))),
+        Ok(Event::RoomResult {
+            request_id,
+            status,
+            reason,
+            room,
+            join_code,
+            rooms,
+        }) => batch.push(answer(
+            request_id,
+            status,
+            reason,
+            Reply::Room(RoomReply {
+                room,
+                join_code,
+                rooms,
+            }),
+        )),
+        Ok(Event::AccountResult {
+            request_id,
+            status,
+            reason,
+            user,
+            users,
+        }) => batch.push(answer(
+            request_id,
+            status,
+            reason,
+            Reply::Account(AccountReply { user, users }),
+        )),
+        Ok(Event::Room { kind, room, user }) => {
+            batch.push(Decoded::Event(InEvent::Room { kind, room, user }))
+        }
+        Ok(Event::Error {
+            code,
+            reason,
+            request_id,
+        }) => batch.push(Decoded::Event(InEvent::Error {
+            code,
+            reason,
+            request_id,
+        })),
+        // Pongs (nobody pings through this client), a stray LoginResult, and a
+        // Deliver the fast parser did not take (it takes every one).
+        Ok(Event::Pong(_)) | Ok(Event::Message(_)) | Err(_) => {}
     }
     Ok(())
 }
