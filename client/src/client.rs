@@ -1059,3 +1059,333 @@ fn connect_stream(addr: impl ToSocketAddrs, timeout: Duration) -> Result<TcpStre
         ClientError::Io,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The blocking client against a scripted fake router.
+
+    use super::*;
+    use crate::testing::{
+        account, deliver, error, room_deliver, room_event, room_list, room_ok, room_refused, serve,
+        serve_logged_in, Fake, T,
+    };
+    use ringrouter_proto::v1::RoomEventKind as K;
+
+    fn alice(addr: std::net::SocketAddr) -> Client {
+        let mut cfg = ClientConfig::new("alice");
+        cfg.timeout = T;
+        Client::connect(addr, cfg).expect("connect")
+    }
+
+    fn expect_code<T: std::fmt::Debug>(r: Result<T, ClientError>, want: Status) -> String {
+        match r {
+            Err(ClientError::Router { code, reason, .. }) if code == want => reason,
+            other => panic!("expected a router error {want:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn room_event_kinds_from_the_wire() {
+        assert_eq!(
+            RoomEventKind::from_wire(K::RoomEventJoined as i32),
+            RoomEventKind::Joined
+        );
+        assert_eq!(
+            RoomEventKind::from_wire(K::RoomEventLeft as i32),
+            RoomEventKind::Left
+        );
+        assert_eq!(
+            RoomEventKind::from_wire(K::RoomEventRemoved as i32),
+            RoomEventKind::Removed
+        );
+        assert_eq!(
+            RoomEventKind::from_wire(K::RoomEventDeleted as i32),
+            RoomEventKind::Deleted
+        );
+        assert_eq!(RoomEventKind::from_wire(0), RoomEventKind::Other(0));
+        assert_eq!(RoomEventKind::from_wire(99), RoomEventKind::Other(99));
+        let names: Vec<&str> = [
+            RoomEventKind::Joined,
+            RoomEventKind::Left,
+            RoomEventKind::Removed,
+            RoomEventKind::Deleted,
+            RoomEventKind::Other(7),
+        ]
+        .iter()
+        .map(|k| k.name())
+        .collect();
+        assert_eq!(names, ["joined", "left", "removed", "deleted", "unknown"]);
+    }
+
+    #[test]
+    fn room_requests_send_their_fields_and_return_the_answers() {
+        let (addr, server) = serve_logged_in("alice", vec![], |f: &mut Fake| {
+            match f.request() {
+                client_frame::Kind::CreateRoom(c) => {
+                    assert_eq!((c.name.as_str(), c.password.as_str()), ("lobby", "pw"));
+                    // Things that arrive before the answer must not be lost.
+                    f.write(&[
+                        deliver(1, b"before"),
+                        room_event(K::RoomEventJoined, "lobby", "alice"),
+                        room_ok(c.request_id, "lobby", "AB12CD"),
+                    ]);
+                }
+                other => panic!("expected CreateRoom, got {other:?}"),
+            }
+            match f.request() {
+                client_frame::Kind::JoinRoom(j) => {
+                    assert_eq!((j.room.as_str(), j.password.as_str()), ("XY34ZW", ""));
+                    f.write(&[room_ok(j.request_id, "other", "XY34ZW")]);
+                }
+                other => panic!("expected JoinRoom, got {other:?}"),
+            }
+            match f.request() {
+                client_frame::Kind::ListRooms(l) => {
+                    f.write(&[room_list(l.request_id, &["lobby", "other"])])
+                }
+                other => panic!("expected ListRooms, got {other:?}"),
+            }
+            match f.request() {
+                client_frame::Kind::AddMember(a) => {
+                    assert_eq!((a.room.as_str(), a.user.as_str()), ("lobby", "carol"));
+                    f.write(&[room_ok(a.request_id, "lobby", "")]);
+                }
+                other => panic!("expected AddMember, got {other:?}"),
+            }
+            match f.request() {
+                client_frame::Kind::RemoveMember(r) => {
+                    assert_eq!((r.room.as_str(), r.user.as_str()), ("lobby", "carol"));
+                    f.write(&[room_ok(r.request_id, "lobby", "")]);
+                }
+                other => panic!("expected RemoveMember, got {other:?}"),
+            }
+            match f.request() {
+                client_frame::Kind::LeaveRoom(l) => {
+                    assert_eq!(l.room, "other");
+                    f.write(&[room_ok(l.request_id, "other", "")]);
+                }
+                other => panic!("expected LeaveRoom, got {other:?}"),
+            }
+            match f.request() {
+                client_frame::Kind::Send(s) => {
+                    assert_eq!((s.to_room.as_str(), s.to_user.as_str()), ("lobby", ""));
+                    assert_eq!(&s.payload[..], b"hello room");
+                    assert!(!s.want_result);
+                }
+                other => panic!("expected Send, got {other:?}"),
+            }
+            match f.request() {
+                client_frame::Kind::Send(s) => {
+                    assert_eq!(s.to_room, "lobby");
+                    assert!(s.want_result);
+                    f.write(&[
+                        room_deliver(2, "lobby", b"echo"),
+                        server_frame::Kind::SendResult(ringrouter_proto::v1::SendResult {
+                            request_id: s.request_id,
+                            status: Status::Ok as i32,
+                            reason: String::new(),
+                            msg_id: 77,
+                        }),
+                    ]);
+                }
+                other => panic!("expected Send, got {other:?}"),
+            }
+            match f.request() {
+                client_frame::Kind::DeleteRoom(d) => {
+                    assert_eq!(d.room, "lobby");
+                    f.write(&[room_ok(d.request_id, "lobby", "")]);
+                }
+                other => panic!("expected DeleteRoom, got {other:?}"),
+            }
+            f.drain();
+        });
+        let mut c = alice(addr);
+        assert_eq!(
+            c.create_room("lobby", Some("pw")).expect("create"),
+            "AB12CD"
+        );
+        assert_eq!(c.join_room("XY34ZW", None).expect("join"), "other");
+        assert_eq!(c.rooms().expect("rooms"), ["lobby", "other"]);
+        c.add_member("lobby", "carol").expect("add");
+        c.remove_member("lobby", "carol").expect("remove");
+        c.leave_room("other").expect("leave");
+        c.send_room("lobby", b"hello room").expect("send_room");
+        assert_eq!(c.send_room_wait("lobby", b"x").expect("send_room_wait"), 77);
+        c.delete_room("lobby").expect("delete");
+        // What arrived while waiting, in order: a message, the event, a room message.
+        match c.next_event(Some(T)).expect("event") {
+            Some(Event::Message(m)) => assert_eq!(&m.payload[..], b"before"),
+            other => panic!("expected the first message, got {other:?}"),
+        }
+        assert_eq!(
+            c.next_event(Some(T)).expect("event"),
+            Some(Event::Room {
+                kind: RoomEventKind::Joined,
+                room: "lobby".into(),
+                user: "alice".into()
+            })
+        );
+        // recv skips room events and returns messages only.
+        let m = c.recv(Some(T)).expect("recv").expect("room message");
+        assert_eq!(
+            (m.room.as_deref(), &m.payload[..]),
+            (Some("lobby"), &b"echo"[..])
+        );
+        c.close().expect("close");
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn refusals_are_router_errors_with_their_status() {
+        let (addr, server) = serve_logged_in("alice", vec![], |f: &mut Fake| {
+            let id = |k: &client_frame::Kind| match k {
+                client_frame::Kind::CreateRoom(r) => r.request_id,
+                client_frame::Kind::JoinRoom(r) => r.request_id,
+                client_frame::Kind::DeleteRoom(r) => r.request_id,
+                client_frame::Kind::ListUsers(r) => r.request_id,
+                other => panic!("unexpected {other:?}"),
+            };
+            let k = f.request();
+            f.write(&[room_refused(id(&k), Status::Conflict, "room exists")]);
+            let k = f.request();
+            f.write(&[room_refused(id(&k), Status::Forbidden, "wrong password")]);
+            // An Error frame for the request, and one for another request first.
+            let k = f.request();
+            f.write(&[
+                error(Status::NotFound, "not this one", 9999),
+                error(Status::NotFound, "no such room", id(&k)),
+            ]);
+            let k = f.request();
+            f.write(&[account(id(&k), Status::Unauthorized, "", &[])]);
+            f.drain();
+        });
+        let mut c = alice(addr);
+        assert_eq!(
+            expect_code(c.create_room("taken", None), Status::Conflict),
+            "room exists"
+        );
+        expect_code(c.join_room("lobby", Some("bad")), Status::Forbidden);
+        assert_eq!(
+            expect_code(c.delete_room("nope"), Status::NotFound),
+            "no such room"
+        );
+        expect_code(c.list_users("*"), Status::Unauthorized);
+        // The unrelated Error frame is still there for recv.
+        match c.recv(Some(T)) {
+            Err(ClientError::Router {
+                code: Status::NotFound,
+                request_id: 9999,
+                ..
+            }) => {}
+            other => panic!("expected the stray error, got {other:?}"),
+        }
+        c.close().expect("close");
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn register_is_the_first_frame_of_a_fresh_connection() {
+        let (addr, server) = serve(|f: &mut Fake| match f.request() {
+            client_frame::Kind::Register(r) => {
+                assert_eq!((r.user.as_str(), r.password.as_str()), ("dora", "s3cret"));
+                f.write(&[account(r.request_id, Status::Ok, "dora", &[])]);
+                assert!(
+                    f.frame().is_none(),
+                    "the connection is closed after Register"
+                );
+            }
+            other => panic!("expected Register, got {other:?}"),
+        });
+        assert_eq!(
+            Client::register(addr, "dora", "s3cret").expect("register"),
+            "dora"
+        );
+        server.join().expect("server");
+
+        let (addr, server) = serve(|f: &mut Fake| match f.request() {
+            client_frame::Kind::Register(r) => {
+                f.write(&[account(r.request_id, Status::Conflict, "", &[])])
+            }
+            other => panic!("expected Register, got {other:?}"),
+        });
+        expect_code(Client::register(addr, "dora", "x"), Status::Conflict);
+        server.join().expect("server");
+
+        // Before Login the router may answer with an Error frame without a request id.
+        let (addr, server) = serve(|f: &mut Fake| {
+            let _ = f.request();
+            f.write(&[error(Status::Unauthorized, "accounts are off", 0)]);
+        });
+        expect_code(Client::register(addr, "dora", "x"), Status::Unauthorized);
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn list_users_and_delete_account() {
+        let (addr, server) = serve_logged_in("alice", vec![], |f: &mut Fake| {
+            match f.request() {
+                client_frame::Kind::ListUsers(l) => {
+                    assert_eq!((l.pattern.as_str(), l.limit), ("a*", 0));
+                    f.write(&[account(l.request_id, Status::Ok, "", &["alice", "anna"])]);
+                }
+                other => panic!("expected ListUsers, got {other:?}"),
+            }
+            match f.request() {
+                client_frame::Kind::ListUsers(l) => {
+                    assert_eq!((l.pattern.as_str(), l.limit), ("*", 1));
+                    f.write(&[account(l.request_id, Status::Ok, "", &["alice"])]);
+                }
+                other => panic!("expected ListUsers, got {other:?}"),
+            }
+            match f.request() {
+                client_frame::Kind::DeleteAccount(d) => {
+                    f.write(&[
+                        account(d.request_id, Status::Ok, "alice", &[]),
+                        error(Status::Unauthorized, "account deleted", 0),
+                    ]);
+                    let _ = f.stream.shutdown(std::net::Shutdown::Both);
+                }
+                other => panic!("expected DeleteAccount, got {other:?}"),
+            }
+        });
+        let mut c = alice(addr);
+        assert_eq!(c.list_users("a*").expect("list"), ["alice", "anna"]);
+        assert_eq!(c.list_users_limit("*", 1).expect("list"), ["alice"]);
+        c.delete_account().expect("delete_account");
+        server.join().expect("server");
+        // The router ends the session: its Error, then the close.
+        assert!(matches!(
+            c.recv(Some(T)),
+            Err(ClientError::Router {
+                code: Status::Unauthorized,
+                ..
+            })
+        ));
+        assert!(matches!(c.recv(Some(T)), Err(ClientError::Closed(_))));
+    }
+
+    #[test]
+    fn an_unanswered_request_times_out_and_a_late_answer_is_ignored() {
+        let (addr, server) = serve_logged_in("alice", vec![], |f: &mut Fake| {
+            let k = f.request();
+            let client_frame::Kind::ListRooms(l) = k else {
+                panic!("expected ListRooms, got {k:?}")
+            };
+            match f.request() {
+                client_frame::Kind::ListRooms(l2) => f.write(&[
+                    room_list(l.request_id, &["stale"]),
+                    room_list(l2.request_id, &["fresh"]),
+                ]),
+                other => panic!("expected ListRooms, got {other:?}"),
+            }
+            f.drain();
+        });
+        let mut cfg = ClientConfig::new("alice");
+        cfg.timeout = Duration::from_millis(200);
+        let mut c = Client::connect(addr, cfg).expect("connect");
+        assert!(matches!(c.rooms(), Err(ClientError::Timeout)));
+        assert_eq!(c.rooms().expect("rooms"), ["fresh"]);
+        c.close().expect("close");
+        server.join().expect("server");
+    }
+}

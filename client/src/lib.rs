@@ -13,6 +13,8 @@
 mod client;
 mod frames;
 pub mod load;
+#[cfg(test)]
+mod testing;
 pub mod threaded;
 
 pub use client::{Client, ClientConfig, ClientError, Event, Message, RoomEventKind};

@@ -1318,78 +1318,11 @@ mod tests {
     //! for byte, and how it reacts to what the router sends.
 
     use super::*;
-    use ringrouter_proto::codec::decode_client;
-    use ringrouter_proto::v1::{Deliver, LoginResult, Ping, SendResult, ServerFrame};
-    use std::net::TcpListener;
-
-    const T: Duration = Duration::from_secs(5);
-
-    /// The router side of one connection.
-    struct Fake {
-        stream: TcpStream,
-        rbuf: BytesMut,
-        /// read() calls that returned data.
-        reads: usize,
-        /// Most frames one read() completed.
-        most_frames_per_read: usize,
-    }
-
-    impl Fake {
-        fn frame(&mut self) -> Option<ClientFrame> {
-            let mut frames_this_read = 0;
-            loop {
-                if let Some(body) = next_frame(&mut self.rbuf, 1 << 20).expect("framing") {
-                    return Some(decode_client(body).expect("client frame"));
-                }
-                let mut buf = [0u8; 65536];
-                let n = self.stream.read(&mut buf).expect("read");
-                if n == 0 {
-                    return None;
-                }
-                self.reads += 1;
-                self.rbuf.extend_from_slice(&buf[..n]);
-                // Count the complete frames this read brought in.
-                let mut probe = self.rbuf.clone();
-                while let Ok(Some(_)) = next_frame(&mut probe, 1 << 20) {
-                    frames_this_read += 1;
-                }
-                self.most_frames_per_read = self.most_frames_per_read.max(frames_this_read);
-            }
-        }
-
-        fn write(&mut self, frames: &[server_frame::Kind]) {
-            let mut out = BytesMut::new();
-            for k in frames {
-                encode_frame(
-                    &ServerFrame {
-                        kind: Some(k.clone()),
-                    },
-                    &mut out,
-                );
-            }
-            self.stream.write_all(&out).expect("write");
-        }
-    }
-
-    fn login_ok(user: &str) -> server_frame::Kind {
-        server_frame::Kind::LoginResult(LoginResult {
-            status: Status::Ok as i32,
-            user: user.into(),
-            session_id: 42,
-            ..Default::default()
-        })
-    }
-
-    fn deliver(seq: u64, payload: &'static [u8]) -> server_frame::Kind {
-        server_frame::Kind::Deliver(Deliver {
-            seq,
-            from_user: "bob".into(),
-            payload: Bytes::from_static(payload),
-            msg_id: 1000 + seq,
-            server_ts_us: 7,
-            ..Default::default()
-        })
-    }
+    use crate::testing::{
+        account, deliver, error, room_deliver, room_event, room_list, room_ok, room_refused,
+        serve_logged_in, Fake, T,
+    };
+    use ringrouter_proto::v1::{Ping, RoomEventKind as K, SendResult};
 
     /// Starts a fake router running `script` after answering the Login with
     /// `after_login` (in the same write), and connects a client as "alice".
@@ -1397,25 +1330,7 @@ mod tests {
         after_login: Vec<server_frame::Kind>,
         script: impl FnOnce(&mut Fake) + std::marker::Send + 'static,
     ) -> (ThreadedClient, std::thread::JoinHandle<()>) {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let server = std::thread::spawn(move || {
-            let (stream, _) = listener.accept().expect("accept");
-            let mut f = Fake {
-                stream,
-                rbuf: BytesMut::new(),
-                reads: 0,
-                most_frames_per_read: 0,
-            };
-            match f.frame().and_then(|f| f.kind) {
-                Some(client_frame::Kind::Login(l)) => assert_eq!(l.user, "alice"),
-                other => panic!("expected Login, got {other:?}"),
-            }
-            let mut first = vec![login_ok("alice")];
-            first.extend(after_login);
-            f.write(&first);
-            script(&mut f);
-        });
+        let (addr, server) = serve_logged_in("alice", after_login, script);
         let mut cfg = ClientConfig::new("alice");
         cfg.timeout = T;
         let c = ThreadedClient::connect(addr, cfg).expect("connect");
@@ -1650,6 +1565,249 @@ mod tests {
         }
         assert!(timed_out, "send_timeout never reported a full buffer");
         let _ = done_tx.send(());
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn room_requests_are_matched_by_request_id_from_many_threads() {
+        const N: usize = 8;
+        let (c, server) = start(vec![], |f| {
+            // Answer in reverse order, with events and messages in between.
+            let mut ids = Vec::new();
+            while ids.len() < N {
+                match f.request() {
+                    client_frame::Kind::CreateRoom(r) => ids.push((r.request_id, r.name)),
+                    other => panic!("expected CreateRoom, got {other:?}"),
+                }
+            }
+            let mut out = Vec::new();
+            for (i, (id, name)) in ids.into_iter().rev().enumerate() {
+                out.push(room_event(K::RoomEventJoined, &name, "alice"));
+                out.push(room_deliver(i as u64 + 1, &name, b"m"));
+                out.push(room_ok(id, &name, &format!("code-{name}")));
+            }
+            f.write(&out);
+            f.drain();
+        });
+        std::thread::scope(|s| {
+            for i in 0..N {
+                let c = &c;
+                s.spawn(move || {
+                    let name = format!("room{i}");
+                    assert_eq!(
+                        c.create_room(&name, None).expect("create"),
+                        format!("code-{name}")
+                    );
+                });
+            }
+        });
+        // Every event and message is still there, in the order sent.
+        let mut events = 0;
+        let mut messages = 0;
+        while events + messages < 2 * N {
+            match c.recv_event(Some(T)).expect("recv_event") {
+                Some(Event::Room { kind, room, user }) => {
+                    assert_eq!((kind, user.as_str()), (RoomEventKind::Joined, "alice"));
+                    assert!(room.starts_with("room"));
+                    assert_eq!(events, messages, "event before its message");
+                    events += 1;
+                }
+                Some(Event::Message(m)) => {
+                    assert_eq!(m.seq, messages as u64 + 1);
+                    messages += 1;
+                    assert_eq!(events, messages);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        c.close().expect("close");
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn every_room_and_account_request() {
+        let (c, server) = start(vec![], |f| {
+            match f.request() {
+                client_frame::Kind::CreateRoom(r) => {
+                    assert_eq!((r.name.as_str(), r.password.as_str()), ("lobby", "pw"));
+                    f.write(&[room_ok(r.request_id, "lobby", "C0DE")]);
+                }
+                other => panic!("expected CreateRoom, got {other:?}"),
+            }
+            match f.request() {
+                client_frame::Kind::JoinRoom(r) => {
+                    assert_eq!((r.room.as_str(), r.password.as_str()), ("C0DE", "pw"));
+                    f.write(&[room_ok(r.request_id, "lobby", "C0DE")]);
+                }
+                other => panic!("expected JoinRoom, got {other:?}"),
+            }
+            match f.request() {
+                client_frame::Kind::JoinRoom(r) => f.write(&[room_refused(
+                    r.request_id,
+                    Status::Forbidden,
+                    "wrong password",
+                )]),
+                other => panic!("expected JoinRoom, got {other:?}"),
+            }
+            match f.request() {
+                client_frame::Kind::AddMember(r) => {
+                    assert_eq!((r.room.as_str(), r.user.as_str()), ("lobby", "bob"));
+                    f.write(&[room_ok(r.request_id, "lobby", "")]);
+                }
+                other => panic!("expected AddMember, got {other:?}"),
+            }
+            match f.request() {
+                client_frame::Kind::RemoveMember(r) => {
+                    assert_eq!((r.room.as_str(), r.user.as_str()), ("lobby", "bob"));
+                    f.write(&[error(Status::Forbidden, "not the owner", r.request_id)]);
+                }
+                other => panic!("expected RemoveMember, got {other:?}"),
+            }
+            match f.request() {
+                client_frame::Kind::ListRooms(r) => f.write(&[room_list(r.request_id, &["lobby"])]),
+                other => panic!("expected ListRooms, got {other:?}"),
+            }
+            match f.request() {
+                client_frame::Kind::Send(s) => {
+                    assert_eq!((s.to_room.as_str(), &s.payload[..]), ("lobby", &b"hi"[..]));
+                    assert!(!s.want_result);
+                }
+                other => panic!("expected Send, got {other:?}"),
+            }
+            match f.request() {
+                client_frame::Kind::Send(s) => {
+                    assert_eq!(
+                        (s.to_room.as_str(), &s.payload[..]),
+                        ("lobby", &b"sure"[..])
+                    );
+                    assert!(s.want_result);
+                    f.write(&[server_frame::Kind::SendResult(SendResult {
+                        request_id: s.request_id,
+                        status: Status::Ok as i32,
+                        reason: String::new(),
+                        msg_id: 5,
+                    })]);
+                }
+                other => panic!("expected Send, got {other:?}"),
+            }
+            match f.request() {
+                client_frame::Kind::LeaveRoom(r) => {
+                    assert_eq!(r.room, "lobby");
+                    f.write(&[room_ok(r.request_id, "lobby", "")]);
+                }
+                other => panic!("expected LeaveRoom, got {other:?}"),
+            }
+            match f.request() {
+                client_frame::Kind::DeleteRoom(r) => {
+                    assert_eq!(r.room, "lobby");
+                    f.write(&[
+                        room_ok(r.request_id, "lobby", ""),
+                        room_event(K::RoomEventDeleted, "lobby", "alice"),
+                    ]);
+                }
+                other => panic!("expected DeleteRoom, got {other:?}"),
+            }
+            match f.request() {
+                client_frame::Kind::ListUsers(r) => {
+                    assert_eq!((r.pattern.as_str(), r.limit), ("a?ice", 0));
+                    f.write(&[account(r.request_id, Status::Ok, "", &["alice"])]);
+                }
+                other => panic!("expected ListUsers, got {other:?}"),
+            }
+            match f.request() {
+                client_frame::Kind::DeleteAccount(r) => {
+                    f.write(&[
+                        account(r.request_id, Status::Ok, "alice", &[]),
+                        error(Status::Unauthorized, "account deleted", 0),
+                    ]);
+                    let _ = f.stream.shutdown(Shutdown::Both);
+                }
+                other => panic!("expected DeleteAccount, got {other:?}"),
+            }
+        });
+        let code = |r: Result<(), ClientError>| match r {
+            Err(ClientError::Router { code, .. }) => code,
+            other => panic!("expected a router error, got {other:?}"),
+        };
+        assert_eq!(c.create_room("lobby", Some("pw")).expect("create"), "C0DE");
+        assert_eq!(c.join_room("C0DE", Some("pw")).expect("join"), "lobby");
+        assert_eq!(
+            code(c.join_room("lobby", None).map(drop)),
+            Status::Forbidden
+        );
+        c.add_member("lobby", "bob").expect("add");
+        assert_eq!(code(c.remove_member("lobby", "bob")), Status::Forbidden);
+        assert_eq!(c.rooms().expect("rooms"), ["lobby"]);
+        assert!(c.try_send_room("lobby", b"hi").expect("try_send_room"));
+        assert_eq!(
+            c.send_room_wait("lobby", b"sure").expect("send_room_wait"),
+            5
+        );
+        c.leave_room("lobby").expect("leave");
+        c.delete_room("lobby").expect("delete");
+        assert_eq!(c.list_users("a?ice").expect("list_users"), ["alice"]);
+        c.delete_account().expect("delete_account");
+        // recv skips the room event; recv_event would have returned it.
+        match c.recv(Some(T)) {
+            Err(ClientError::Router { code, .. }) => assert_eq!(code, Status::Unauthorized),
+            other => panic!("expected the router's Error, got {other:?}"),
+        }
+        assert!(matches!(c.recv(Some(T)), Err(ClientError::Closed(_))));
+        // A request on a closed connection fails at once.
+        assert!(matches!(c.rooms(), Err(ClientError::Closed(_))));
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn a_request_the_router_never_answers_times_out() {
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let listener_script = move |f: &mut Fake| {
+            assert!(matches!(f.request(), client_frame::Kind::ListRooms(_)));
+            let _ = done_rx.recv_timeout(T);
+        };
+        let (addr, server) = serve_logged_in("alice", vec![], listener_script);
+        let mut cfg = ClientConfig::new("alice");
+        cfg.timeout = Duration::from_millis(200);
+        let c = ThreadedClient::connect(addr, cfg).expect("connect");
+        let t0 = Instant::now();
+        assert!(matches!(c.rooms(), Err(ClientError::Timeout)));
+        assert!(t0.elapsed() < T);
+        let _ = done_tx.send(());
+        server.join().expect("server");
+        drop(c);
+    }
+
+    #[test]
+    fn room_events_queue_with_messages_in_order() {
+        let (c, server) = start(
+            vec![
+                deliver(1, b"a"),
+                room_event(K::RoomEventJoined, "lobby", "bob"),
+                room_event(K::RoomEventRemoved, "lobby", "carol"),
+                deliver(2, b"b"),
+                room_event(K::RoomEventLeft, "lobby", "bob"),
+            ],
+            |f| f.drain(),
+        );
+        let got: Vec<String> = (0..5)
+            .map(|_| match c.recv_event(Some(T)).expect("recv_event") {
+                Some(Event::Message(m)) => String::from_utf8_lossy(&m.payload).into_owned(),
+                Some(Event::Room { kind, room, user }) => format!("{kind} {room} {user}"),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "a",
+                "joined lobby bob",
+                "removed lobby carol",
+                "b",
+                "left lobby bob"
+            ]
+        );
+        assert!(c.try_recv_event().expect("try_recv_event").is_none());
+        c.close().expect("close");
         server.join().expect("server");
     }
 }
