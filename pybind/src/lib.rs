@@ -9,8 +9,10 @@
 //!   syscall per message. Calls that can block release the GIL (`py.detach`) and
 //!   wait in slices of [`SLICE`], checking for signals (Ctrl-C) in between.
 //! - Errors map to `RouterError` (attributes `code`, `reason`) and its subclasses
-//!   `AuthError` and `ConnectionClosed`; timeouts to the builtin `TimeoutError`,
-//!   socket errors to the builtin `OSError` subclasses.
+//!   `AuthError` (a refused login, and any UNAUTHORIZED answer) and
+//!   `ConnectionClosed`; timeouts to the builtin `TimeoutError`, socket errors to
+//!   the builtin `OSError` subclasses.
+//! - `recv()` returns a [`PyMessage`] or, for a room event, a [`PyEvent`].
 //! - [`load_run`] runs the Rust load engine with the GIL released.
 
 use std::sync::Mutex;
@@ -26,7 +28,7 @@ use pyo3::types::{PyBytes, PyString, PyTuple};
 
 use ringrouter_client::load::{self, LoadConfig, LoadError, Progress};
 use ringrouter_client::threaded::ThreadedClient;
-use ringrouter_client::{ClientConfig, ClientError, Message};
+use ringrouter_client::{ClientConfig, ClientError, Event, Message, RoomEventKind, Status};
 
 create_exception!(
     ringrouter,
@@ -62,9 +64,12 @@ fn router_error<T: pyo3::PyTypeInfo>(py: Python<'_>, code: &str, reason: &str) -
 
 fn to_pyerr(py: Python<'_>, e: ClientError) -> PyErr {
     match e {
-        ClientError::Auth { code, reason } => {
-            router_error::<AuthError>(py, code.short_name(), &reason)
-        }
+        ClientError::Auth { code, reason }
+        | ClientError::Router {
+            code: code @ Status::Unauthorized,
+            reason,
+            ..
+        } => router_error::<AuthError>(py, code.short_name(), &reason),
         ClientError::Router { code, reason, .. } => {
             router_error::<RouterError>(py, code.short_name(), &reason)
         }
@@ -168,6 +173,74 @@ impl PyMessage {
     }
 }
 
+/// Something happened to a room this user is (or was) a member of.
+#[pyclass(frozen, module = "ringrouter", name = "Event")]
+struct PyEvent {
+    kind: RoomEventKind,
+    room: String,
+    user: String,
+}
+
+#[pymethods]
+impl PyEvent {
+    /// "joined", "left", "removed" or "deleted" ("unknown" for a kind this client
+    /// does not know).
+    #[getter]
+    fn kind(&self) -> &'static str {
+        self.kind.name()
+    }
+
+    /// The room.
+    #[getter]
+    fn room(&self) -> &str {
+        &self.room
+    }
+
+    /// The user who joined, left or was removed; the owner for "deleted".
+    #[getter]
+    fn user(&self) -> &str {
+        &self.user
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
+            "Event(kind={}, room={}, user={})",
+            PyString::new(py, self.kind.name()).repr()?,
+            PyString::new(py, &self.room).repr()?,
+            PyString::new(py, &self.user).repr()?,
+        ))
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other
+            .cast::<PyEvent>()
+            .map(|o| {
+                let o = o.get();
+                (o.kind, &o.room, &o.user) == (self.kind, &self.room, &self.user)
+            })
+            .unwrap_or(false)
+    }
+
+    fn __hash__(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.kind, &self.room, &self.user).hash(&mut h);
+        h.finish()
+    }
+}
+
+/// A message or a room event, as Python objects.
+fn incoming(py: Python<'_>, ev: Event) -> PyResult<Option<Py<PyAny>>> {
+    Ok(match ev {
+        Event::Message(m) => Some(Py::new(py, PyMessage { m })?.into_any()),
+        Event::Room { kind, room, user } => {
+            Some(Py::new(py, PyEvent { kind, room, user })?.into_any())
+        }
+        // recv_event hands out nothing else.
+        _ => None,
+    })
+}
+
 /// A connection to the router, logged in as one user.
 ///
 /// Client(addr, user, *, password=None, token=None, device="python", timeout=5.0)
@@ -205,20 +278,25 @@ impl PyClient {
         self.with_to(to, |t| t.to_owned())
     }
 
-    /// Waits for the next message without the GIL, in slices, checking signals.
+    /// Waits for the next message or room event without the GIL, in slices,
+    /// checking signals.
     fn recv_blocking(
         &self,
         py: Python<'_>,
         timeout: Option<Duration>,
-    ) -> PyResult<Option<PyMessage>> {
+    ) -> PyResult<Option<Py<PyAny>>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let slice = match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()).min(SLICE),
                 None => SLICE,
             };
-            match py.detach(|| self.c.recv(Some(slice))) {
-                Ok(Some(m)) => return Ok(Some(PyMessage { m })),
+            match py.detach(|| self.c.recv_event(Some(slice))) {
+                Ok(Some(ev)) => {
+                    if let Some(obj) = incoming(py, ev)? {
+                        return Ok(Some(obj));
+                    }
+                }
                 Ok(None) => {}
                 Err(e) => return Err(to_pyerr(py, e)),
             }
@@ -227,6 +305,54 @@ impl PyClient {
                 return Ok(None);
             }
         }
+    }
+
+    /// Queues a fire-and-forget Send to `to` (a user or a room): at once if the
+    /// buffer has room (GIL held), else waiting for room without the GIL.
+    fn send_queued(
+        &self,
+        py: Python<'_>,
+        to: &Bound<'_, PyString>,
+        payload: &[u8],
+        room: bool,
+    ) -> PyResult<()> {
+        let try_send = |t: &str| {
+            if room {
+                self.c.try_send_room(t, payload)
+            } else {
+                self.c.try_send(t, payload)
+            }
+        };
+        match self.with_to(to, try_send)? {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => return Err(to_pyerr(py, e)),
+        }
+        // The buffer is full: the router (or the network) is behind. Wait for room.
+        let to = self.to_text(to)?;
+        loop {
+            let r = py.detach(|| {
+                if room {
+                    self.c.send_room_timeout(&to, payload, Some(SLICE))
+                } else {
+                    self.c.send_timeout(&to, payload, Some(SLICE))
+                }
+            });
+            match r {
+                Ok(true) => return Ok(()),
+                Ok(false) => py.check_signals()?,
+                Err(e) => return Err(to_pyerr(py, e)),
+            }
+        }
+    }
+
+    /// Runs a request without the GIL and maps its error.
+    fn call<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&ThreadedClient) -> Result<T, ClientError> + Send,
+    ) -> PyResult<T> {
+        py.detach(|| f(&self.c)).map_err(|e| to_pyerr(py, e))
     }
 }
 
@@ -306,26 +432,111 @@ impl PyClient {
     ) -> PyResult<()> {
         if wait {
             let to = self.to_text(to)?;
-            return py
-                .detach(|| self.c.send_wait(&to, payload))
-                .map(|_| ())
-                .map_err(|e| to_pyerr(py, e));
+            return self.call(py, |c| c.send_wait(&to, payload)).map(drop);
         }
-        // Fast path, GIL held: queue the frame if the buffer has room.
-        match self.with_to(to, |t| self.c.try_send(t, payload))? {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => return Err(to_pyerr(py, e)),
+        self.send_queued(py, to, payload, false)
+    }
+
+    /// Sends payload (bytes) to every member of `room` (every session of each
+    /// member, the sender's other devices included).
+    ///
+    /// Like send(): queued without wait; with wait=True it waits for the
+    /// router's answer and raises RouterError if it is not OK (e.g. "NOT_FOUND":
+    /// no such room, "FORBIDDEN": not a member).
+    #[pyo3(signature = (room, payload, *, wait=false))]
+    fn send_room(
+        &self,
+        py: Python<'_>,
+        room: &Bound<'_, PyString>,
+        payload: &[u8],
+        wait: bool,
+    ) -> PyResult<()> {
+        if wait {
+            let room = self.to_text(room)?;
+            return self
+                .call(py, |c| c.send_room_wait(&room, payload))
+                .map(drop);
         }
-        // The buffer is full: the router (or the network) is behind. Wait for room.
-        let to = self.to_text(to)?;
-        loop {
-            match py.detach(|| self.c.send_timeout(&to, payload, Some(SLICE))) {
-                Ok(true) => return Ok(()),
-                Ok(false) => py.check_signals()?,
-                Err(e) => return Err(to_pyerr(py, e)),
-            }
-        }
+        self.send_queued(py, room, payload, true)
+    }
+
+    /// Creates the account `user` with `password` on a router started with
+    /// `--auth accounts`, over a connection of its own (closed again). Log in
+    /// afterwards with Client(addr, user, password=password).
+    ///
+    /// RouterError "CONFLICT" if the user exists, "BAD_REQUEST" for a name or
+    /// password the router refuses.
+    #[staticmethod]
+    fn register(py: Python<'_>, addr: String, user: String, password: String) -> PyResult<()> {
+        py.detach(|| ThreadedClient::register(addr.as_str(), &user, &password))
+            .map(drop)
+            .map_err(|e| to_pyerr(py, e))
+    }
+
+    /// Creates room `name` owned by this user (its first member), protected by
+    /// `password` if given. Returns the room's join code. RouterError "CONFLICT"
+    /// if the name is taken.
+    #[pyo3(signature = (name, password=None))]
+    fn create_room(
+        &self,
+        py: Python<'_>,
+        name: String,
+        password: Option<String>,
+    ) -> PyResult<String> {
+        self.call(py, |c| c.create_room(&name, password.as_deref()))
+    }
+
+    /// Joins a room by its name or its join code; returns the room's name.
+    /// RouterError "NOT_FOUND" for an unknown room or code, "FORBIDDEN" for a
+    /// wrong (or missing) password.
+    #[pyo3(signature = (name_or_code, password=None))]
+    fn join_room(
+        &self,
+        py: Python<'_>,
+        name_or_code: String,
+        password: Option<String>,
+    ) -> PyResult<String> {
+        self.call(py, |c| c.join_room(&name_or_code, password.as_deref()))
+    }
+
+    /// Leaves `room`.
+    fn leave_room(&self, py: Python<'_>, room: String) -> PyResult<()> {
+        self.call(py, |c| c.leave_room(&room))
+    }
+
+    /// Adds `user` to `room` (owner only: else RouterError "FORBIDDEN").
+    fn add_member(&self, py: Python<'_>, room: String, user: String) -> PyResult<()> {
+        self.call(py, |c| c.add_member(&room, &user))
+    }
+
+    /// Removes `user` from `room` (owner only: else RouterError "FORBIDDEN").
+    fn remove_member(&self, py: Python<'_>, room: String, user: String) -> PyResult<()> {
+        self.call(py, |c| c.remove_member(&room, &user))
+    }
+
+    /// Deletes `room` (owner only: else RouterError "FORBIDDEN"); its members
+    /// get an Event "deleted".
+    fn delete_room(&self, py: Python<'_>, room: String) -> PyResult<()> {
+        self.call(py, |c| c.delete_room(&room))
+    }
+
+    /// The names of the rooms this user is a member of.
+    fn rooms(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        self.call(py, |c| c.rooms())
+    }
+
+    /// User names matching the glob `pattern` ("*" any run, "?" one
+    /// character), in byte order, at most the router's page size of them.
+    #[pyo3(signature = (pattern=String::from("*")))]
+    fn list_users(&self, py: Python<'_>, pattern: String) -> PyResult<Vec<String>> {
+        self.call(py, |c| c.list_users(&pattern))
+    }
+
+    /// Deletes this user's account, offline messages and room memberships
+    /// (rooms it owns are deleted). The router then ends every session of the
+    /// user, this one included.
+    fn delete_account(&self, py: Python<'_>) -> PyResult<()> {
+        self.call(py, |c| c.delete_account())
     }
 
     /// Sends every payload (bytes) of the iterable `payloads` to `to`, in order
@@ -383,22 +594,29 @@ impl PyClient {
         }
     }
 
-    /// The next Message, waiting up to `timeout` seconds (None: forever; 0: poll).
+    /// The next Message, or Event for a room event, waiting up to `timeout`
+    /// seconds (None: forever; 0: poll).
     ///
     /// Returns None on timeout. Raises RouterError when the router reports an
     /// error about this session, ConnectionClosed once the connection is closed
     /// and every message received before it was returned.
     #[pyo3(signature = (timeout=None))]
-    fn recv(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<PyMessage>> {
+    fn recv(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<PyAny>>> {
         let timeout = match timeout {
             Some(t) => Some(duration("timeout", t)?),
             None => None,
         };
-        // Fast path, GIL held: a message already received.
-        match self.c.try_recv() {
-            Ok(Some(m)) => return Ok(Some(PyMessage { m })),
-            Ok(None) => {}
-            Err(e) => return Err(to_pyerr(py, e)),
+        // Fast path, GIL held: something already received.
+        loop {
+            match self.c.try_recv_event() {
+                Ok(Some(ev)) => {
+                    if let Some(obj) = incoming(py, ev)? {
+                        return Ok(Some(obj));
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return Err(to_pyerr(py, e)),
+            }
         }
         if timeout == Some(Duration::ZERO) {
             return Ok(None);
@@ -427,10 +645,13 @@ impl PyClient {
         slf
     }
 
-    /// The next message; iteration stops when the connection closes.
-    fn __next__(&self, py: Python<'_>) -> PyResult<Option<PyMessage>> {
-        let r = match self.c.try_recv() {
-            Ok(Some(m)) => return Ok(Some(PyMessage { m })),
+    /// The next message or room event; iteration stops when the connection closes.
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let r = match self.c.try_recv_event() {
+            Ok(Some(ev)) => match incoming(py, ev)? {
+                Some(obj) => return Ok(Some(obj)),
+                None => self.recv_blocking(py, None),
+            },
             Ok(None) => self.recv_blocking(py, None),
             Err(e) => Err(to_pyerr(py, e)),
         };
@@ -522,6 +743,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<PyClient>()?;
     m.add_class::<PyMessage>()?;
+    m.add_class::<PyEvent>()?;
     let router_error = py.get_type::<RouterError>();
     // Class-level defaults, so that instances raised from Python code have them too.
     router_error.setattr("code", "")?;

@@ -27,8 +27,11 @@ import ringrouter
 def receive_loop(
     client: ringrouter.Client, name: str, log: List[str], names: Optional[Dict[str, str]] = None
 ) -> None:
-    """Prints every message until the connection closes."""
+    """Prints every message (and room event) until the connection closes."""
     for msg in client:
+        if isinstance(msg, ringrouter.Event):
+            print(f"{name}: {msg.user} {msg.kind} {msg.room}", flush=True)
+            continue
         sender = (names or {}).get(msg.sender, msg.sender)
         line = f"{name} got from {sender}: {msg.payload.decode(errors='replace')}"
         log.append(line)

@@ -7,17 +7,22 @@ Quick start::
     with ringrouter.Client("127.0.0.1:7878", "alice") as alice:
         alice.send("bob", b"hello")                 # queued, written at once by a writer thread
         alice.send("bob", b"are you there?", wait=True)  # waits for the router's answer
+        code = alice.create_room("lobby")           # a room; others join by name or code
+        alice.send_room("lobby", b"hi all")
         for msg in alice:                           # blocks; stops when the connection closes
-            print(msg.sender, msg.payload)
+            print(msg)                              # a Message, or an Event for a room event
 
 Names:
 
 - :class:`Client` -- a connection logged in as one user (thread-safe: one thread
   may block in :meth:`Client.recv` while others send).
 - :class:`Message` -- a received message.
+- :class:`Event` -- a room event (``kind`` "joined", "left", "removed" or
+  "deleted", ``room``, ``user``), also returned by :meth:`Client.recv`.
 - :class:`RouterError` (``code``, ``reason``) and its subclasses :class:`AuthError`
-  and :class:`ConnectionClosed`. Timeouts raise the builtin :class:`TimeoutError`;
-  socket errors (e.g. connection refused) the builtin :class:`OSError` subclasses.
+  (a refused login, or any ``UNAUTHORIZED`` answer) and :class:`ConnectionClosed`.
+  Timeouts raise the builtin :class:`TimeoutError`; socket errors (e.g. connection
+  refused) the builtin :class:`OSError` subclasses.
 - :mod:`ringrouter.load` -- the Rust load engine (``python -m ringrouter.load``).
 
 The heavy lifting is done in Rust (module ``ringrouter._native``): sending
@@ -25,13 +30,14 @@ appends the encoded frame to a buffer that a background thread writes in
 batches, and a background reader thread decodes, acks and answers heartbeats.
 """
 
-from ._native import AuthError, Client, ConnectionClosed, Message, RouterError
+from ._native import AuthError, Client, ConnectionClosed, Event, Message, RouterError
 from . import load
 
 __all__ = [
     "AuthError",
     "Client",
     "ConnectionClosed",
+    "Event",
     "Message",
     "RouterError",
     "load",

@@ -4,14 +4,23 @@ Everything here is re-exported by :mod:`ringrouter`; import it from there.
 """
 
 from types import TracebackType
-from typing import Callable, Iterable, Iterator, Optional, Type, final
+from typing import Callable, Iterable, Iterator, List, Optional, Type, Union, final
 
-__all__ = ["Client", "Message", "RouterError", "AuthError", "ConnectionClosed", "load_run"]
+__all__ = [
+    "Client",
+    "Message",
+    "Event",
+    "RouterError",
+    "AuthError",
+    "ConnectionClosed",
+    "load_run",
+]
 
 class RouterError(Exception):
     """The router refused a request or reported an error.
 
-    ``code`` is the status name, e.g. ``"NOT_FOUND"``, ``"UNAUTHORIZED"``,
+    ``code`` is the status name, e.g. ``"NOT_FOUND"``, ``"FORBIDDEN"``,
+    ``"CONFLICT"``, ``"RATE_LIMITED"``, ``"BAD_REQUEST"``, ``"UNAUTHORIZED"``,
     ``"TOO_LARGE"``, ``"SLOW_CONSUMER"`` (``"CLOSED"`` for :class:`ConnectionClosed`,
     ``"PROTOCOL"`` if the router sent bytes that are not a valid frame);
     ``reason`` is the router's human-readable text. ``str(err)`` is ``"CODE: reason"``.
@@ -21,7 +30,8 @@ class RouterError(Exception):
     reason: str
 
 class AuthError(RouterError):
-    """The router refused the login (unknown user, bad password, invalid or expired token)."""
+    """The router refused the login (unknown user, bad password, invalid or expired
+    token), or answered a request with ``UNAUTHORIZED``. ``code`` says which status."""
 
 class ConnectionClosed(RouterError):
     """The connection is closed: by :meth:`Client.close`, by the router, or by the network.
@@ -53,6 +63,25 @@ class Message:
         """Router clock when it accepted the message, microseconds since the Unix epoch."""
 
 @final
+class Event:
+    """A room event, returned by :meth:`Client.recv` among the messages.
+
+    Sent by the router to every live session of every member of the room (the
+    user concerned included). Immutable; equal when all fields are equal.
+    """
+
+    @property
+    def kind(self) -> str:
+        """``"joined"``, ``"left"``, ``"removed"`` or ``"deleted"`` (``"unknown"`` for
+        a kind this client does not know)."""
+    @property
+    def room(self) -> str:
+        """The room."""
+    @property
+    def user(self) -> str:
+        """The user who joined, left or was removed; the owner for ``"deleted"``."""
+
+@final
 class Client:
     """A connection to the router, logged in as one user.
 
@@ -62,8 +91,9 @@ class Client:
     in takes longer than ``timeout`` seconds, and :class:`OSError` (e.g.
     :class:`ConnectionRefusedError`) if the router cannot be reached. Under
     ``--auth jwt`` pass ``token``; ``user`` may then be ``""`` (the token's subject
-    is used). ``device`` names this session; a user may have several at once, and
-    each of them receives every message sent to the user.
+    is used); under ``--auth accounts`` pass ``password`` (create the account
+    first with :meth:`register`). ``device`` names this session; a user may have
+    several at once, and each of them receives every message sent to the user.
 
     A client is thread-safe: one thread may block in :meth:`recv` (or iterate)
     while others :meth:`send`. Use it as a context manager, or call :meth:`close`.
@@ -112,13 +142,68 @@ class Client:
 
         Faster than calling :meth:`send` in a loop. Returns how many were queued.
         """
+    def send_room(self, room: str, payload: bytes, *, wait: bool = False) -> None:
+        """Sends ``payload`` to every member of ``room`` (every session of each
+        member, the sender's other devices included).
+
+        As :meth:`send`: queued without ``wait``; with ``wait=True`` it waits for the
+        router's answer and raises :class:`RouterError` if it is not OK (e.g.
+        ``"NOT_FOUND"``: no such room, ``"FORBIDDEN"``: not a member).
+        """
+    @staticmethod
+    def register(addr: str, user: str, password: str) -> None:
+        """Creates the account ``user`` on a router started with ``--auth accounts``.
+
+        Uses a connection of its own, closed again; log in afterwards with
+        ``Client(addr, user, password=password)``. Raises :class:`RouterError` with
+        ``code == "CONFLICT"`` if the user exists, ``"BAD_REQUEST"`` for a name or
+        password the router does not accept.
+        """
+    def create_room(self, name: str, password: Optional[str] = None) -> str:
+        """Creates room ``name``, owned by this user (its first member), protected
+        by ``password`` if given. Returns the room's join code.
+
+        Raises :class:`RouterError` ``"CONFLICT"`` if the name is taken.
+        """
+    def join_room(self, name_or_code: str, password: Optional[str] = None) -> str:
+        """Joins a room by its name or its join code; returns the room's name.
+
+        Raises :class:`RouterError` ``"NOT_FOUND"`` for an unknown room or code,
+        ``"FORBIDDEN"`` for a wrong (or missing) password.
+        """
+    def leave_room(self, room: str) -> None:
+        """Leaves ``room``."""
+    def add_member(self, room: str, user: str) -> None:
+        """Adds ``user`` to ``room``; owner only (else :class:`RouterError` ``"FORBIDDEN"``)."""
+    def remove_member(self, room: str, user: str) -> None:
+        """Removes ``user`` from ``room``; owner only (else :class:`RouterError` ``"FORBIDDEN"``)."""
+    def delete_room(self, room: str) -> None:
+        """Deletes ``room``; owner only (else :class:`RouterError` ``"FORBIDDEN"``).
+
+        Every member gets an :class:`Event` with ``kind == "deleted"``.
+        """
+    def rooms(self) -> List[str]:
+        """The names of the rooms this user is a member of."""
+    def list_users(self, pattern: str = "*") -> List[str]:
+        """User names matching the glob ``pattern`` (``*`` any run, ``?`` one
+        character), in byte order, at most the router's page size of them."""
+    def delete_account(self) -> None:
+        """Deletes this user's account, offline messages and room memberships (rooms
+        it owns are deleted).
+
+        The router then ends every session of the user, this one included: what
+        follows on this client is a :class:`RouterError` from :meth:`recv`, then
+        :class:`ConnectionClosed`.
+        """
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Waits until everything sent so far is written to the socket.
 
         Returns ``False`` if ``timeout`` seconds passed first (``None``: no limit).
         """
-    def recv(self, timeout: Optional[float] = None) -> Optional[Message]:
-        """The next message, waiting up to ``timeout`` seconds (``None``: forever).
+    def recv(self, timeout: Optional[float] = None) -> Optional[Union[Message, Event]]:
+        """The next message, or :class:`Event` for a room event, waiting up to
+        ``timeout`` seconds (``None``: forever). Both come in the order the router
+        sent them.
 
         Returns ``None`` on timeout (``timeout=0`` polls). Raises
         :class:`RouterError` when the router reports an error about this session
@@ -138,9 +223,9 @@ class Client:
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> bool: ...
-    def __iter__(self) -> Iterator[Message]:
-        """Yields messages as they arrive; stops when the connection closes."""
-    def __next__(self) -> Message: ...
+    def __iter__(self) -> Iterator[Union[Message, Event]]:
+        """Yields messages and room events as they arrive; stops when the connection closes."""
+    def __next__(self) -> Union[Message, Event]: ...
 
 def load_run(
     addr: str,
