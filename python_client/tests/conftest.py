@@ -1,8 +1,11 @@
-"""Fixtures: a real ringrouter process per test session (and one with --auth jwt).
+"""Fixtures: a real ringrouter process per test session (and one with --auth jwt,
+one with --auth accounts).
 
 The router binary is ``$RINGROUTER_BIN``, else ``target/debug/ringrouter`` or
 ``target/release/ringrouter`` under the repository root (the newer of the two).
-It is started with ``--listen 127.0.0.1:0 --no-pin``; its first stdout line,
+It is started with ``--listen 127.0.0.1:0 --no-pin --data-dir DIR`` (a fresh
+temporary store per router, removed when it is terminated, unless the test gives
+its own ``--data-dir``); its first stdout line,
 ``ringrouter listening on ADDR (N shards, DRIVER)``, gives the address.
 """
 
@@ -82,6 +85,8 @@ class Router:
             self.proc.kill()
             self.proc.wait(5)
             time.sleep(0.1)
+            if self.data_dir is not None:
+                shutil.rmtree(self.data_dir, ignore_errors=True)
             raise RuntimeError(
                 f"router did not start: first line {line!r}, stderr: {''.join(self.stderr_lines)}"
             )
@@ -164,6 +169,14 @@ def jwt_router(jwt_secret_file: Path) -> Iterator[Router]:
     r.terminate()
 
 
+@pytest.fixture(scope="session")
+def accounts_router() -> Iterator[Router]:
+    """A router with --auth accounts, shared by the whole session."""
+    r = Router(["--auth", "accounts"])
+    yield r
+    r.terminate()
+
+
 def make_jwt(secret: bytes, sub: str, ttl: int = 300) -> str:
     """An HS256 JWT with ``sub`` and ``exp`` (no third-party library needed)."""
 
@@ -202,6 +215,21 @@ def connect(router: Router) -> Iterator[Callable[..., ringrouter.Client]]:
         c.close()
 
 
+@pytest.fixture
+def accounts_connect(accounts_router: Router) -> Iterator[Callable[..., ringrouter.Client]]:
+    """Connects clients to the --auth accounts router; closes them at the end of the test."""
+    clients: List[ringrouter.Client] = []
+
+    def make(user: str, password: str, **kw: object) -> ringrouter.Client:
+        c = ringrouter.Client(accounts_router.addr, user, password=password, **kw)  # type: ignore[arg-type]
+        clients.append(c)
+        return c
+
+    yield make
+    for c in clients:
+        c.close()
+
+
 def run_python(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
     """Runs this interpreter with ``args`` (a module, an example), capturing output."""
     return subprocess.run(
@@ -211,3 +239,45 @@ def run_python(*args: str, timeout: float = 120.0) -> subprocess.CompletedProces
         timeout=timeout,
         cwd=str(PYTHON_CLIENT),
     )
+
+
+def recv_messages(
+    c: ringrouter.Client, n: int, timeout: float = 5.0, events: Optional[List[ringrouter.Event]] = None
+) -> List[ringrouter.Message]:
+    """The next ``n`` messages of ``c``; room events met on the way go to ``events``."""
+    out: List[ringrouter.Message] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        left = deadline - time.monotonic()
+        assert left > 0, f"got {len(out)} of {n} messages"
+        m = c.recv(timeout=left)
+        if isinstance(m, ringrouter.Message):
+            out.append(m)
+        elif isinstance(m, ringrouter.Event) and events is not None:
+            events.append(m)
+    return out
+
+
+def wait_event(
+    c: ringrouter.Client, kind: str, room: str, user: str, timeout: float = 5.0
+) -> ringrouter.Event:
+    """Reads ``c`` until the room event (kind, room, user) comes; other events and
+    messages met on the way are dropped."""
+    seen: List[object] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {kind} event for {user} in {room}; got {seen!r}"
+        ev = c.recv(timeout=left)
+        if isinstance(ev, ringrouter.Event) and (ev.kind, ev.room, ev.user) == (kind, room, user):
+            return ev
+        if ev is not None:
+            seen.append(ev)
+
+
+def assert_quiet(c: ringrouter.Client, wait: float = 0.3) -> None:
+    """Nothing but room events arrives on ``c`` for ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while (left := deadline - time.monotonic()) > 0:
+        m = c.recv(timeout=left)
+        assert not isinstance(m, ringrouter.Message), f"unexpected {m!r}"
