@@ -2,6 +2,16 @@
 //! M receivers, driven thread-per-core on monoio with a bounded in-flight window
 //! per pair so nothing is dropped. Used by `ringrouter-load`, the criterion
 //! end-to-end benchmarks and `python -m ringrouter.load`.
+//!
+//! Fan-out (M > 1) against ringrouter goes through a real room: before the run
+//! the sender's user creates a room named after the user prefix (so concurrent
+//! runs do not collide), each receiver joins it by its join code right after
+//! logging in, and the sender sends each message once, to the room. The room is
+//! deleted when the run ends. Against NATS, fan-out is M direct subjects.
+//!
+//! Every ringrouter connection acks what it received, cumulatively (every 1024
+//! messages or 100 ms, and at the end), since the router keeps every unacked
+//! delivery and closes a session that never acks as a slow consumer.
 
 use std::time::Duration;
 
@@ -18,7 +28,8 @@ pub struct LoadConfig {
     pub messages: Option<u64>,
     /// Or: send for this long.
     pub duration: Option<Duration>,
-    /// One sender to this many receivers instead of pairs.
+    /// One sender to this many receivers instead of pairs (more than one:
+    /// through a room, against ringrouter).
     pub fanout: Option<usize>,
     /// Paced total send rate in msgs/s (None: as fast as the window allows).
     pub rate: Option<f64>,
@@ -37,7 +48,7 @@ pub struct LoadConfig {
 /// The server the engine drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Protocol {
-    /// ringrouter: Login, Send{to_user}, Deliver.
+    /// ringrouter: Login, Send{to_user} (or to_room for fan-out), Deliver.
     #[default]
     Ringrouter,
     /// NATS core protocol (for comparisons): one subject per receiver, PUB/SUB over plain TCP.
@@ -103,7 +114,12 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 use ringrouter_proto::codec::{decode_server, encode_frame, peek_varint};
 use ringrouter_proto::fast::{parse_server, put_send_header, ServerView};
-use ringrouter_proto::v1::{client_frame, server_frame, Ack, ClientFrame, Login, Pong};
+use ringrouter_proto::v1::{
+    client_frame, server_frame, Ack, ClientFrame, JoinRoom, Login, Logout, Pong,
+};
+
+use crate::frames::{self, SendHeader, Target};
+use crate::{Client, ClientConfig, ClientError, Status};
 
 impl Default for LoadConfig {
     fn default() -> Self {
@@ -156,6 +172,14 @@ pub struct Progress {
 
 /// Smallest payload that carries a send timestamp and a sequence number.
 const STAMP: usize = 16;
+/// Ack after this many unacked deliveries...
+const ACK_EVERY: u64 = 1024;
+/// ... or once the oldest unacked one is this old (checked after each read).
+const ACK_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a sender waits, after its end marker, for its own copy of room
+/// messages (the router delivers them to the sender's session too) so that it
+/// can ack them before it logs out.
+const ECHO_GRACE: Duration = Duration::from_secs(2);
 /// Frames written per write call, at most.
 const MAX_BATCH: usize = 512;
 
@@ -169,6 +193,8 @@ struct Flow {
     fan: u64,
     sender_done: AtomicBool,
     sender: AtomicWaker,
+    /// Receivers that finished (end marker seen, or gave up).
+    receivers_done: AtomicU64,
 }
 
 struct Shared {
@@ -252,6 +278,7 @@ pub fn run_with_progress(
                 fan: fan as u64,
                 sender_done: AtomicBool::new(false),
                 sender: AtomicWaker::new(),
+                receivers_done: AtomicU64::new(0),
             })
         })
         .collect();
@@ -260,32 +287,64 @@ pub fn run_with_progress(
             .map(|m| m / senders as u64 + u64::from((i as u64) < m % senders as u64))
     };
 
+    // Fan-out through rooms: create them now (deleted when `rooms` is dropped,
+    // however the run ends).
+    let use_rooms = fan > 1 && cfg.protocol == Protocol::Ringrouter;
+    let mut rooms = Rooms {
+        addr,
+        timeout: cfg.drain_timeout,
+        created: Vec::new(),
+    };
+    let mut join_codes = Vec::new();
+    if use_rooms {
+        for i in 0..senders {
+            let owner = sender_name(&cfg.user_prefix, i);
+            let room = room_name(&cfg.user_prefix, i);
+            let code = rooms
+                .create(&owner, &room)
+                .map_err(|reason| LoadError::Connect {
+                    addr: cfg.addr.clone(),
+                    reason,
+                })?;
+            join_codes.push(code);
+        }
+    }
+
     // Assign work: senders round-robin, receivers round-robin (pairs: with their sender).
     struct SenderJob {
         flow: Arc<Flow>,
         user: String,
-        to: Vec<String>,
+        to: Vec<Dest>,
         quota: Option<u64>,
     }
     struct RecvJob {
         flow: Arc<Flow>,
         user: String,
+        /// Join this room (by its join code) after logging in.
+        join: Option<String>,
     }
     let mut sender_jobs: Vec<Vec<SenderJob>> = (0..threads).map(|_| Vec::new()).collect();
     let mut recv_jobs: Vec<Vec<RecvJob>> = (0..threads).map(|_| Vec::new()).collect();
     let p = &cfg.user_prefix;
     for (i, flow) in flows.iter().enumerate() {
-        let to: Vec<String> = (0..fan).map(|j| format!("{p}r{i}-{j}")).collect();
-        for (j, user) in to.iter().enumerate() {
+        let receivers: Vec<String> = (0..fan).map(|j| format!("{p}r{i}-{j}")).collect();
+        let join = join_codes.get(i).cloned();
+        for (j, user) in receivers.iter().enumerate() {
             let t = if fan == 1 { i % threads } else { j % threads };
             recv_jobs[t].push(RecvJob {
                 flow: flow.clone(),
                 user: user.clone(),
+                join: join.clone(),
             });
         }
+        let to = if use_rooms {
+            vec![Dest::Room(room_name(p, i))]
+        } else {
+            receivers.into_iter().map(Dest::User).collect()
+        };
         sender_jobs[i % threads].push(SenderJob {
             flow: flow.clone(),
-            user: format!("{p}s{i}"),
+            user: sender_name(p, i),
             to,
             quota: quota(i),
         });
@@ -321,7 +380,10 @@ pub fn run_with_progress(
                         let mut receivers = Vec::new();
                         let mut err = None;
                         for j in &rj {
-                            match connect(shared.cfg.protocol, shared.addr, &j.user, true).await {
+                            let join = j.join.as_deref();
+                            match connect(shared.cfg.protocol, shared.addr, &j.user, true, join)
+                                .await
+                            {
                                 Ok(s) => receivers.push(s),
                                 Err(e) => {
                                     err = Some(e);
@@ -332,8 +394,14 @@ pub fn run_with_progress(
                         let mut senders = Vec::new();
                         if err.is_none() {
                             for j in &sj {
-                                match connect(shared.cfg.protocol, shared.addr, &j.user, false)
-                                    .await
+                                match connect(
+                                    shared.cfg.protocol,
+                                    shared.addr,
+                                    &j.user,
+                                    false,
+                                    None,
+                                )
+                                .await
                                 {
                                     Ok(s) => senders.push(s),
                                     Err(e) => {
@@ -359,7 +427,11 @@ pub fn run_with_progress(
                         let hist = Rc::new(std::cell::RefCell::new(new_hist()));
                         let mut tasks = Vec::new();
                         if let Ok(mut fds) = shared.receiver_fds.lock() {
-                            fds.extend(receivers.iter().map(std::os::fd::AsRawFd::as_raw_fd));
+                            fds.extend(
+                                receivers
+                                    .iter()
+                                    .map(|c| std::os::fd::AsRawFd::as_raw_fd(&c.stream)),
+                            );
                         }
                         for (job, stream) in rj.into_iter().zip(receivers) {
                             tasks.push(monoio::spawn(receiver(
@@ -576,21 +648,95 @@ fn cpu_seconds() -> f64 {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
+/// Where a sender sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Dest {
+    /// A user (ringrouter), or a subject (NATS).
+    User(String),
+    /// A room (ringrouter fan-out).
+    Room(String),
+}
+
+fn sender_name(prefix: &str, i: usize) -> String {
+    format!("{prefix}s{i}")
+}
+
+/// The fan-out room of sender `i`: named after the user prefix, so that
+/// concurrent runs (each with its own prefix) never share one.
+fn room_name(prefix: &str, i: usize) -> String {
+    format!("{prefix}room{i}")
+}
+
+/// The fan-out rooms of a run, created before it and deleted (best effort)
+/// when this is dropped, however the run ends.
+struct Rooms {
+    addr: SocketAddr,
+    timeout: Duration,
+    /// (owner, room).
+    created: Vec<(String, String)>,
+}
+
+impl Rooms {
+    fn owner_client(&self, owner: &str) -> Result<Client, ClientError> {
+        let mut cfg = ClientConfig::new(owner);
+        cfg.device = "load-setup".into();
+        cfg.timeout = self.timeout;
+        Client::connect(self.addr, cfg)
+    }
+
+    /// Creates `room` owned by `owner`; returns its join code. A room of that
+    /// name left behind by an earlier run with the same prefix (same owner) is
+    /// deleted and created afresh.
+    fn create(&mut self, owner: &str, room: &str) -> Result<String, String> {
+        let what = |e: ClientError| format!("creating fan-out room {room} as {owner}: {e}");
+        let mut c = self.owner_client(owner).map_err(what)?;
+        let code = match c.create_room(room, None) {
+            Err(e) if e.code() == Some(Status::Conflict) => {
+                c.delete_room(room).map_err(what)?;
+                c.create_room(room, None)
+            }
+            other => other,
+        }
+        .map_err(what)?;
+        self.created.push((owner.to_owned(), room.to_owned()));
+        let _ = c.close();
+        Ok(code)
+    }
+}
+
+impl Drop for Rooms {
+    fn drop(&mut self) {
+        for (owner, room) in std::mem::take(&mut self.created) {
+            if let Ok(mut c) = self.owner_client(&owner) {
+                let _ = c.delete_room(&room);
+                let _ = c.close();
+            }
+        }
+    }
+}
+
+/// A logged-in connection and the bytes read past its handshake.
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
 async fn connect(
     protocol: Protocol,
     addr: SocketAddr,
     user: &str,
     receiver: bool,
-) -> Result<TcpStream, String> {
+    join: Option<&str>,
+) -> Result<Conn, String> {
     match protocol {
-        Protocol::Ringrouter => connect_login(addr, user).await,
+        Protocol::Ringrouter => connect_login(addr, user, join).await,
         Protocol::Nats => connect_nats(addr, receiver.then_some(user)).await,
     }
 }
 
 /// NATS handshake: INFO, CONNECT, optional SUB, then PING until PONG (which
 /// proves the subscription is registered).
-async fn connect_nats(addr: SocketAddr, subscribe: Option<&str>) -> Result<TcpStream, String> {
+async fn connect_nats(addr: SocketAddr, subscribe: Option<&str>) -> Result<Conn, String> {
     let mut s = TcpStream::connect_addr(addr)
         .await
         .map_err(|e| e.to_string())?;
@@ -607,7 +753,7 @@ async fn connect_nats(addr: SocketAddr, subscribe: Option<&str>) -> Result<TcpSt
     loop {
         if let Some(i) = buf.windows(6).position(|w| w == b"PONG\r\n") {
             buf.advance(i + 6);
-            return Ok(s);
+            return Ok(Conn { stream: s, buf });
         }
         if let Some(i) = buf.windows(4).position(|w| w == b"-ERR") {
             return Err(String::from_utf8_lossy(&buf[i..]).into_owned());
@@ -696,12 +842,15 @@ fn next_item<'a>(
 
 /// Appends one message for `to` to `out` in the protocol's framing, header first;
 /// the caller appends `len` payload bytes, then calls [`end_message`].
-fn begin_message(protocol: Protocol, out: &mut BytesMut, to: &str, len: usize) {
-    match protocol {
-        Protocol::Ringrouter => put_send_header(out, to.as_bytes(), len, 0),
-        Protocol::Nats => {
+fn begin_message(protocol: Protocol, out: &mut BytesMut, to: &Dest, len: usize) {
+    match (protocol, to) {
+        (Protocol::Ringrouter, Dest::User(u)) => put_send_header(out, u.as_bytes(), len, 0),
+        (Protocol::Ringrouter, Dest::Room(r)) => {
+            frames::put_send_header(out, &SendHeader::to(Target::Room(r)), len)
+        }
+        (Protocol::Nats, Dest::User(subject) | Dest::Room(subject)) => {
             use std::fmt::Write as _;
-            let _ = write!(NatsLine(out), "PUB {to} {len}\r\n");
+            let _ = write!(NatsLine(out), "PUB {subject} {len}\r\n");
         }
     }
 }
@@ -739,50 +888,85 @@ async fn read_more(s: &mut TcpStream, mut buf: BytesMut, what: &str) -> Result<B
     }
 }
 
-async fn connect_login(addr: SocketAddr, user: &str) -> Result<TcpStream, String> {
+/// Logs in as `user` (and joins the room with join code `join`), returning the
+/// connection with whatever arrived behind the answers (room events of other
+/// receivers joining, say), which belongs to the stream that follows.
+async fn connect_login(addr: SocketAddr, user: &str, join: Option<&str>) -> Result<Conn, String> {
     let mut s = TcpStream::connect_addr(addr)
         .await
         .map_err(|e| e.to_string())?;
     let _ = s.set_nodelay(true);
-    let mut out = BytesMut::new();
-    let login = Login {
+    let login = client_frame::Kind::Login(Login {
         user: user.to_owned(),
         device: "load".into(),
         request_id: 1,
         ..Default::default()
-    };
-    encode_frame(
-        &ClientFrame {
-            kind: Some(client_frame::Kind::Login(login)),
-        },
-        &mut out,
-    );
-    let (r, _) = s.write_all(out).await;
-    r.map_err(|e| e.to_string())?;
+    });
     let mut buf = BytesMut::with_capacity(4096);
+    buf = request(&mut s, buf, login, &format!("login {user}"), |k| match k {
+        server_frame::Kind::LoginResult(r) => Some((r.status, r.reason)),
+        _ => None,
+    })
+    .await?;
+    if let Some(code) = join {
+        let join = client_frame::Kind::JoinRoom(JoinRoom {
+            request_id: 2,
+            room: code.to_owned(),
+            password: String::new(),
+        });
+        let what = format!("{user} joining the fan-out room");
+        buf = request(&mut s, buf, join, &what, |k| match k {
+            server_frame::Kind::RoomResult(r) if r.request_id == 2 => Some((r.status, r.reason)),
+            _ => None,
+        })
+        .await?;
+    }
+    Ok(Conn { stream: s, buf })
+}
+
+/// Sends `req` and reads until `answer` recognises the answer (its status and
+/// reason); frames before it are skipped, an Error frame is a failure. Returns
+/// the bytes read past the answer.
+async fn request(
+    s: &mut TcpStream,
+    mut buf: BytesMut,
+    req: client_frame::Kind,
+    what: &str,
+    answer: impl Fn(server_frame::Kind) -> Option<(i32, String)>,
+) -> Result<BytesMut, String> {
+    let mut out = BytesMut::new();
+    encode_frame(&ClientFrame { kind: Some(req) }, &mut out);
+    let (r, _) = s.write_all(out).await;
+    r.map_err(|e| format!("{what}: {e}"))?;
     loop {
-        if let Some((len, n)) = peek_varint(&buf).map_err(|e| e.to_string())? {
-            if buf.len() >= n + len as usize {
-                buf.advance(n);
-                let body = buf.split_to(len as usize).freeze();
-                let f = decode_server(body).map_err(|e| e.to_string())?;
-                match f.kind {
-                    Some(server_frame::Kind::LoginResult(r))
-                        if r.status == ringrouter_proto::Status::Ok as i32 =>
-                    {
-                        return Ok(s)
-                    }
-                    Some(server_frame::Kind::LoginResult(r)) => {
-                        return Err(format!("login {user}: {}", r.reason))
-                    }
-                    Some(server_frame::Kind::Error(e)) => {
-                        return Err(format!("login {user}: {}", e.reason))
-                    }
-                    _ => continue,
+        while let Some((len, n)) = peek_varint(&buf).map_err(|e| format!("{what}: {e}"))? {
+            if buf.len() < n + len as usize {
+                break;
+            }
+            buf.advance(n);
+            let body = buf.split_to(len as usize).freeze();
+            let f = decode_server(body).map_err(|e| format!("{what}: {e}"))?;
+            match f.kind {
+                Some(server_frame::Kind::Error(e)) => {
+                    return Err(format!(
+                        "{what}: {}: {}",
+                        crate::client::status(e.code).short_name(),
+                        e.reason
+                    ))
                 }
+                Some(k) => {
+                    if let Some((status, reason)) = answer(k) {
+                        let st = crate::client::status(status);
+                        if st != Status::Ok {
+                            return Err(format!("{what}: {}: {reason}", st.short_name()));
+                        }
+                        return Ok(buf);
+                    }
+                }
+                None => {}
             }
         }
-        buf = read_more(&mut s, buf, &format!("login {user}")).await?;
+        buf = read_more(s, buf, what).await?;
     }
 }
 
@@ -790,31 +974,135 @@ fn nanos_since(epoch: Instant) -> u64 {
     epoch.elapsed().as_nanos() as u64
 }
 
+/// What a sender's connection receives, shared between its reader task and
+/// the sending loop (one thread).
+#[derive(Default)]
+struct Echo {
+    /// Highest seq delivered to the sender (its own room messages).
+    last_seq: Cell<u64>,
+    /// The sender's own end marker came back.
+    saw_end: Cell<bool>,
+    /// The read side ended.
+    closed: Cell<bool>,
+    /// Frames to send back (pongs).
+    control: std::cell::RefCell<BytesMut>,
+}
+
+/// Reads everything the router sends a sender: answers pings, tracks the
+/// deliveries of its own room messages (to ack them), reports router errors.
+async fn sender_reader(
+    shared: Arc<Shared>,
+    mut rd: monoio::net::tcp::TcpOwnedReadHalf,
+    mut buf: BytesMut,
+    echo: Rc<Echo>,
+) {
+    let protocol = shared.cfg.protocol;
+    let mut out = BytesMut::new();
+    loop {
+        let mut pos = 0usize;
+        loop {
+            match next_item(protocol, &buf, &mut pos, &mut out) {
+                Ok(Some(Item::Msg(payload, seq))) => {
+                    echo.last_seq.set(echo.last_seq.get().max(seq));
+                    if payload.is_empty() {
+                        echo.saw_end.set(true);
+                    }
+                }
+                Ok(Some(Item::Control)) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    if let Ok(mut fl) = shared.failed.lock() {
+                        fl.get_or_insert(format!("sender: {e}"));
+                    }
+                    echo.closed.set(true);
+                    return;
+                }
+            }
+        }
+        buf.advance(pos);
+        if !out.is_empty() {
+            echo.control.borrow_mut().extend_from_slice(&out);
+            out.clear();
+        }
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        let (len, cap) = (buf.len(), buf.capacity());
+        let (r, b) = rd
+            .read(monoio::buf::IoBufMut::slice_mut(buf, len..cap))
+            .await;
+        buf = b.into_inner();
+        match r {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+    echo.closed.set(true);
+}
+
+/// Cumulative acks of a connection's deliveries: every [`ACK_EVERY`] or
+/// after [`ACK_INTERVAL`].
+struct Acker {
+    acked: u64,
+    last_ack: Instant,
+}
+
+impl Acker {
+    fn new() -> Self {
+        Acker {
+            acked: 0,
+            last_ack: Instant::now(),
+        }
+    }
+
+    /// Appends an Ack to `out` if one is due for deliveries up to `last_seq`
+    /// (or, with `force`, if anything is unacked).
+    fn maybe_ack(&mut self, last_seq: u64, now: Instant, force: bool, out: &mut BytesMut) {
+        if last_seq <= self.acked {
+            return;
+        }
+        if force
+            || last_seq - self.acked >= ACK_EVERY
+            || now.duration_since(self.last_ack) >= ACK_INTERVAL
+        {
+            self.acked = last_seq;
+            self.last_ack = now;
+            encode_frame(
+                &ClientFrame {
+                    kind: Some(client_frame::Kind::Ack(Ack {
+                        up_to_seq: last_seq,
+                    })),
+                },
+                out,
+            );
+        }
+    }
+}
+
+fn put_logout(out: &mut BytesMut) {
+    encode_frame(
+        &ClientFrame {
+            kind: Some(client_frame::Kind::Logout(Logout {})),
+        },
+        out,
+    );
+}
+
 async fn sender(
     shared: Arc<Shared>,
     flow: Arc<Flow>,
-    stream: TcpStream,
-    to: Vec<String>,
+    conn: Conn,
+    to: Vec<Dest>,
     quota: Option<u64>,
 ) {
     let cfg = &shared.cfg;
     let protocol = cfg.protocol;
-    let (mut rd, mut wr) = stream.into_split();
-    // Drain whatever the router sends the sender (pings, errors) so its socket never fills.
-    let stop = Rc::new(Cell::new(false));
-    let stop2 = stop.clone();
-    monoio::spawn(async move {
-        let mut buf = Vec::with_capacity(16 * 1024);
-        while !stop2.get() {
-            buf.clear();
-            let (r, b) = rd.read(buf).await;
-            buf = b;
-            match r {
-                Ok(n) if n > 0 => {}
-                _ => break,
-            }
-        }
-    });
+    let (rd, mut wr) = conn.stream.into_split();
+    // Read whatever the router sends the sender (pings, errors, its own room
+    // messages) so that its socket never fills.
+    let echo = Rc::new(Echo::default());
+    monoio::spawn(sender_reader(shared.clone(), rd, conn.buf, echo.clone()));
+    let mut acker = Acker::new();
     let size = cfg.size;
     let window = cfg.window as u64;
     let started = Instant::now();
@@ -823,6 +1111,7 @@ async fn sender(
     let filler = vec![0x5Au8; size.saturating_sub(STAMP)];
     let mut buf = BytesMut::with_capacity(MAX_BATCH * (size + 64) * to.len());
     let mut sent: u64 = 0;
+    let mut write_failed = false;
     loop {
         if quota.is_some_and(|q| sent >= q) || deadline.is_some_and(|d| Instant::now() >= d) {
             break;
@@ -860,11 +1149,12 @@ async fn sender(
             n = n.min(allowed - sent);
         }
         buf.clear();
+        put_control(&echo, &mut acker, false, &mut buf);
         let ts = nanos_since(shared.epoch);
         for k in 0..n {
             let seq = sent + k + 1;
-            for user in &to {
-                begin_message(protocol, &mut buf, user, size);
+            for dest in &to {
+                begin_message(protocol, &mut buf, dest, size);
                 if size >= STAMP {
                     buf.extend_from_slice(&ts.to_le_bytes());
                     buf.extend_from_slice(&seq.to_le_bytes());
@@ -881,19 +1171,56 @@ async fn sender(
         let (r, b) = wr.write_all(buf).await;
         buf = b;
         if r.is_err() {
+            write_failed = true;
             break;
         }
     }
     // End marker: an empty payload to every recipient, after everything else.
     buf.clear();
-    for user in &to {
-        begin_message(protocol, &mut buf, user, 0);
+    for dest in &to {
+        begin_message(protocol, &mut buf, dest, 0);
         end_message(protocol, &mut buf);
     }
-    let (_, _) = wr.write_all(buf).await;
+    let (r, b) = wr.write_all(buf).await;
+    buf = b;
+    write_failed |= r.is_err();
     flow.sender_done.store(true, Ordering::Release);
     shared.senders_left.fetch_sub(1, Ordering::AcqRel);
-    stop.set(true);
+    if protocol != Protocol::Ringrouter || write_failed {
+        return;
+    }
+    // The router delivers room messages to the sender's own session too: ack
+    // them all before logging out, or the router would keep them for the
+    // sender's next login. Wait for the end marker to come back (if anything
+    // came back at all) once the receivers have theirs.
+    if to.iter().any(|d| matches!(d, Dest::Room(_))) {
+        let mut receivers_finished_at = None;
+        while !echo.saw_end.get() && !echo.closed.get() {
+            if flow.receivers_done.load(Ordering::Acquire) >= flow.fan {
+                let since = *receivers_finished_at.get_or_insert_with(Instant::now);
+                if echo.last_seq.get() == 0 || since.elapsed() >= ECHO_GRACE {
+                    break;
+                }
+            }
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    buf.clear();
+    put_control(&echo, &mut acker, true, &mut buf);
+    put_logout(&mut buf);
+    let _ = wr.write_all(buf).await;
+}
+
+/// Appends the sender's pending pongs and a due ack to `out`.
+fn put_control(echo: &Echo, acker: &mut Acker, force: bool, out: &mut BytesMut) {
+    {
+        let mut control = echo.control.borrow_mut();
+        if !control.is_empty() {
+            out.extend_from_slice(&control);
+            control.clear();
+        }
+    }
+    acker.maybe_ack(echo.last_seq.get(), Instant::now(), force, out);
 }
 
 fn shared_senders(cfg: &LoadConfig) -> usize {
@@ -907,11 +1234,24 @@ fn shared_senders(cfg: &LoadConfig) -> usize {
 async fn receiver(
     shared: Arc<Shared>,
     flow: Arc<Flow>,
-    stream: TcpStream,
+    conn: Conn,
     hist: Rc<std::cell::RefCell<Histogram<u64>>>,
 ) -> RecvResult {
-    let mut stream = stream;
-    let mut buf = BytesMut::with_capacity(256 * 1024);
+    let res = receive(&shared, &flow, conn, &hist).await;
+    flow.receivers_done.fetch_add(1, Ordering::AcqRel);
+    res
+}
+
+async fn receive(
+    shared: &Shared,
+    flow: &Flow,
+    conn: Conn,
+    hist: &std::cell::RefCell<Histogram<u64>>,
+) -> RecvResult {
+    let Conn {
+        mut stream,
+        mut buf,
+    } = conn;
     let mut out = BytesMut::new();
     let mut res = RecvResult {
         delivered: 0,
@@ -920,22 +1260,27 @@ async fn receiver(
     };
     let mut expect_seq = 1u64;
     let mut last_seq = 0u64;
-    let mut acked = 0u64;
+    let mut acker = Acker::new();
     let protocol = shared.cfg.protocol;
     let mut done = false;
+    // Bytes that arrived behind the handshake are scanned before the first read.
+    let mut read_first = buf.is_empty();
     while !done {
-        if buf.capacity() - buf.len() < 64 * 1024 {
-            buf.reserve(256 * 1024);
+        if read_first {
+            if buf.capacity() - buf.len() < 64 * 1024 {
+                buf.reserve(256 * 1024);
+            }
+            let (len, cap) = (buf.len(), buf.capacity());
+            let (r, b) = stream
+                .read(monoio::buf::IoBufMut::slice_mut(buf, len..cap))
+                .await;
+            buf = b.into_inner();
+            match r {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
         }
-        let (len, cap) = (buf.len(), buf.capacity());
-        let (r, b) = stream
-            .read(monoio::buf::IoBufMut::slice_mut(buf, len..cap))
-            .await;
-        buf = b.into_inner();
-        match r {
-            Ok(n) if n > 0 => {}
-            _ => break,
-        }
+        read_first = true;
         let now_ns = nanos_since(shared.epoch);
         let mut pos = 0usize;
         let mut got = 0u64;
@@ -943,13 +1288,14 @@ async fn receiver(
             let mut h = hist.borrow_mut();
             loop {
                 match next_item(protocol, &buf, &mut pos, &mut out) {
-                    Ok(Some(Item::Msg([], _))) => {
+                    Ok(Some(Item::Msg([], seq))) => {
                         // The sender's end marker: everything it sent before has arrived.
+                        last_seq = last_seq.max(seq);
                         done = true;
                     }
                     Ok(Some(Item::Msg(payload, seq))) => {
                         got += 1;
-                        last_seq = seq;
+                        last_seq = last_seq.max(seq);
                         if payload.len() >= STAMP {
                             let mut ts = [0u8; 8];
                             ts.copy_from_slice(&payload[..8]);
@@ -983,14 +1329,13 @@ async fn receiver(
             shared.delivered.fetch_add(got, Ordering::Relaxed);
             flow.sender.wake();
         }
-        if protocol == Protocol::Ringrouter && last_seq >= acked + 1024 {
-            acked = last_seq;
-            encode_frame(
-                &ClientFrame {
-                    kind: Some(client_frame::Kind::Ack(Ack { up_to_seq: acked })),
-                },
-                &mut out,
-            );
+        if protocol == Protocol::Ringrouter {
+            // Everything received is acked before this connection goes away, so
+            // the router keeps nothing of the run for the receiver's next login.
+            acker.maybe_ack(last_seq, Instant::now(), done, &mut out);
+            if done {
+                put_logout(&mut out);
+            }
         }
         if !out.is_empty() {
             let (r, b) = stream.write_all(std::mem::take(&mut out)).await;
@@ -1002,4 +1347,134 @@ async fn receiver(
         }
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringrouter_proto::codec::{decode_client, next_frame};
+
+    fn frames_in(mut b: BytesMut) -> Vec<client_frame::Kind> {
+        let mut out = Vec::new();
+        while let Some(body) = next_frame(&mut b, 1 << 20).expect("framing") {
+            out.extend(decode_client(body).expect("decodes").kind);
+        }
+        assert!(b.is_empty(), "a partial frame left over");
+        out
+    }
+
+    #[test]
+    fn acks_are_cumulative_every_1024_or_100ms_and_forced_at_the_end() {
+        let t0 = Instant::now();
+        let mut a = Acker {
+            acked: 0,
+            last_ack: t0,
+        };
+        let mut out = BytesMut::new();
+        a.maybe_ack(0, t0, true, &mut out);
+        assert!(out.is_empty(), "nothing received, nothing to ack");
+        a.maybe_ack(ACK_EVERY - 1, t0, false, &mut out);
+        assert!(out.is_empty(), "not due yet");
+        a.maybe_ack(ACK_EVERY, t0, false, &mut out);
+        a.maybe_ack(ACK_EVERY + 5, t0 + ACK_INTERVAL / 2, false, &mut out);
+        // 100 ms after the last ack: due.
+        a.maybe_ack(ACK_EVERY + 6, t0 + ACK_INTERVAL, false, &mut out);
+        // Forced (the end): whatever is unacked.
+        a.maybe_ack(ACK_EVERY + 7, t0 + ACK_INTERVAL, true, &mut out);
+        a.maybe_ack(ACK_EVERY + 7, t0 + 10 * ACK_INTERVAL, true, &mut out);
+        let acks: Vec<u64> = frames_in(out)
+            .into_iter()
+            .map(|k| match k {
+                client_frame::Kind::Ack(a) => a.up_to_seq,
+                other => panic!("expected an Ack, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(acks, [ACK_EVERY, ACK_EVERY + 6, ACK_EVERY + 7]);
+        // By time: 100 ms after the last ack, one more message is enough.
+        let mut a = Acker {
+            acked: 10,
+            last_ack: t0,
+        };
+        let mut out = BytesMut::new();
+        a.maybe_ack(11, t0 + ACK_INTERVAL, false, &mut out);
+        assert!(matches!(
+            frames_in(out).as_slice(),
+            [client_frame::Kind::Ack(Ack { up_to_seq: 11 })]
+        ));
+    }
+
+    #[test]
+    fn room_and_user_messages_are_sends_with_the_right_target() {
+        let mut b = BytesMut::new();
+        for (dest, payload) in [
+            (Dest::User("bob".into()), &b"12345678abcdefgh"[..]),
+            (Dest::Room("load1-room0".into()), &b"12345678abcdefgh"[..]),
+            (Dest::Room("load1-room0".into()), &b""[..]),
+        ] {
+            begin_message(Protocol::Ringrouter, &mut b, &dest, payload.len());
+            b.extend_from_slice(payload);
+            end_message(Protocol::Ringrouter, &mut b);
+        }
+        let sends: Vec<(String, String, usize)> = frames_in(b)
+            .into_iter()
+            .map(|k| match k {
+                client_frame::Kind::Send(s) => (s.to_user, s.to_room, s.payload.len()),
+                other => panic!("expected a Send, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            sends,
+            [
+                ("bob".into(), "".into(), 16),
+                ("".into(), "load1-room0".into(), 16),
+                ("".into(), "load1-room0".into(), 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn fan_out_rooms_are_named_after_the_prefix() {
+        assert_eq!(room_name("load42-", 0), "load42-room0");
+        assert_ne!(room_name("load42-", 0), room_name("load43-", 0));
+        assert_ne!(room_name("p-", 1), sender_name("p-", 1));
+    }
+
+    #[test]
+    fn a_receivers_deliveries_and_room_events_are_told_apart() {
+        use ringrouter_proto::v1::{Deliver, RoomEvent, ServerFrame};
+        let mut b = BytesMut::new();
+        for kind in [
+            server_frame::Kind::RoomEvent(RoomEvent {
+                kind: 1,
+                room: "r".into(),
+                user: "u".into(),
+            }),
+            server_frame::Kind::Deliver(Deliver {
+                seq: 3,
+                to_room: "r".into(),
+                payload: bytes::Bytes::from_static(b"hi"),
+                ..Default::default()
+            }),
+            server_frame::Kind::Ping(ringrouter_proto::v1::Ping { nonce: 9 }),
+        ] {
+            encode_frame(&ServerFrame { kind: Some(kind) }, &mut b);
+        }
+        let mut pos = 0;
+        let mut out = BytesMut::new();
+        let mut items = Vec::new();
+        while let Some(item) =
+            next_item(Protocol::Ringrouter, &b, &mut pos, &mut out).expect("parses")
+        {
+            items.push(match item {
+                Item::Msg(p, seq) => format!("msg {} {seq}", String::from_utf8_lossy(p)),
+                Item::Control => "control".into(),
+            });
+        }
+        assert_eq!(items, ["control", "msg hi 3", "control"]);
+        assert_eq!(pos, b.len());
+        assert!(matches!(
+            frames_in(out).as_slice(),
+            [client_frame::Kind::Pong(Pong { nonce: 9 })]
+        ));
+    }
 }
