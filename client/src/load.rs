@@ -692,7 +692,15 @@ impl Rooms {
         let mut c = self.owner_client(owner).map_err(what)?;
         let code = match c.create_room(room, None) {
             Err(e) if e.code() == Some(Status::Conflict) => {
-                c.delete_room(room).map_err(what)?;
+                match c.delete_room(room) {
+                    Err(e) if e.code() == Some(Status::Forbidden) => {
+                        return Err(format!(
+                            "creating fan-out room {room}: the name is taken by another \
+                             user's room (choose another user prefix)"
+                        ))
+                    }
+                    other => other.map_err(what)?,
+                }
                 c.create_room(room, None)
             }
             other => other,
