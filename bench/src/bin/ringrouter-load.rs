@@ -32,7 +32,8 @@ struct Args {
     /// Or: seconds to send for.
     #[arg(long)]
     duration: Option<f64>,
-    /// One sender to M receivers.
+    /// One sender to M receivers (M > 1: through a room the sender creates and
+    /// the receivers join; deleted at the end).
     #[arg(long)]
     fanout: Option<usize>,
     /// Paced total rate, msgs/s.

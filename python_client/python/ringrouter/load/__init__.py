@@ -8,7 +8,9 @@ report.
 Two shapes of load:
 
 - ``pairs`` sender/receiver pairs, each sender sending to its own receiver (1:1);
-- ``fanout=M``: one sender, each message delivered to ``M`` receivers.
+- ``fanout=M``: one sender, each message delivered to ``M`` receivers (for M > 1
+  through a real room: the sender creates it, the receivers join it, the sender
+  sends each message once to the room; the room is deleted at the end).
 
 Example::
 
