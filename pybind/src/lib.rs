@@ -527,7 +527,7 @@ impl PyClient {
 
     /// User names matching the glob `pattern` ("*" any run, "?" one
     /// character), in byte order, at most the router's page size of them.
-    #[pyo3(signature = (pattern=String::from("*")))]
+    #[pyo3(signature = (pattern=String::from("*")), text_signature = "($self, pattern='*')")]
     fn list_users(&self, py: Python<'_>, pattern: String) -> PyResult<Vec<String>> {
         self.call(py, |c| c.list_users(&pattern))
     }

@@ -194,3 +194,36 @@ def test_iteration_yields_events_and_messages(connect, user) -> None:
             break
     assert ("event", "joined", b_name) in kinds
     assert kinds[-1] == ("message", b"hello")
+
+
+def test_api_contract() -> None:
+    """The names and signatures of the room and account API, as promised."""
+    import inspect
+
+    def params(fn: object) -> list:
+        sig = inspect.signature(fn)  # type: ignore[arg-type]
+        return [
+            (p.name, p.kind.name, None if p.default is inspect.Parameter.empty else p.default)
+            for p in sig.parameters.values()
+            if p.name != "self"
+        ]
+
+    C = ringrouter.Client
+    pos = "POSITIONAL_OR_KEYWORD"
+    assert isinstance(inspect.getattr_static(C, "register"), staticmethod)
+    assert params(C.register) == [("addr", pos, None), ("user", pos, None), ("password", pos, None)]
+    assert params(C.create_room) == [("name", pos, None), ("password", pos, None)]
+    assert params(C.join_room) == [("name_or_code", pos, None), ("password", pos, None)]
+    assert params(C.leave_room) == [("room", pos, None)]
+    assert params(C.add_member) == [("room", pos, None), ("user", pos, None)]
+    assert params(C.remove_member) == [("room", pos, None), ("user", pos, None)]
+    assert params(C.delete_room) == [("room", pos, None)]
+    assert params(C.rooms) == []
+    assert params(C.send_room) == [
+        ("room", pos, None), ("payload", pos, None), ("wait", "KEYWORD_ONLY", False),
+    ]
+    assert params(C.list_users) == [("pattern", pos, "*")]
+    assert params(C.delete_account) == []
+    assert "password" in inspect.signature(C).parameters or "password" in (C.__doc__ or "")
+    assert ringrouter.Event is ringrouter._native.Event
+    assert "Event" in ringrouter.__all__
