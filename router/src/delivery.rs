@@ -21,6 +21,7 @@
 //!   messages that arrive meanwhile are held and delivered after the backlog (memory
 //!   mode), or are already in the queue behind it (sync mode).
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -116,23 +117,179 @@ impl Held {
 
 /// One delivered, unacked message of a session.
 #[derive(Debug)]
-pub struct Unacked {
+struct Unacked {
     /// The session seq it was delivered with.
-    pub seq: u64,
+    seq: u64,
     /// Its seq in the user's offline queue when it is stored there (0: live only; its
-    /// content is then in `msg`, to be stored if the session ends before the ack).
-    pub store_seq: u64,
-    /// The message (empty when `store_seq` is set).
-    pub msg: Held,
+    /// content is kept here, to be stored if the session ends before the ack).
+    store_seq: u64,
+    /// Payload (empty when stored).
+    payload: Kept,
+    msg_id: u64,
+    ts_us: u64,
+    /// Absolute index of its (sender, room) in [`Retained::names`].
+    name: u64,
+}
+
+/// What a session delivered and the client has not acked yet, in seq order.
+///
+/// Per message this costs one queue entry and one payload reference: the sender and room
+/// names live once per run of messages from the same sender in `names`, pinned there, so
+/// a delivery recognises the previous sender by pointer (no byte comparison, no
+/// reference count on a name another core owns).
+#[derive(Debug, Default)]
+pub struct Retained {
+    q: VecDeque<Unacked>,
+    names: VecDeque<(Bytes, Bytes)>,
+    /// Absolute index of `names[0]`.
+    names_base: u64,
+}
+
+/// Payloads up to this size are copied into the retained entry instead of referenced:
+/// 64 bytes cost less to copy than a reference count on the sender's read buffer (which
+/// would also keep that whole buffer alive until the ack).
+const KEEP_INLINE: usize = 64;
+
+/// A retained payload.
+#[derive(Debug)]
+enum Kept {
+    Inline(u8, [u8; KEEP_INLINE]),
+    Shared(Bytes),
+}
+
+impl Kept {
+    #[inline]
+    fn of(payload: &Bytes) -> Kept {
+        if payload.len() <= KEEP_INLINE {
+            let mut buf = [0u8; KEEP_INLINE];
+            buf[..payload.len()].copy_from_slice(payload);
+            Kept::Inline(payload.len() as u8, buf)
+        } else {
+            Kept::Shared(payload.clone())
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Kept::Inline(n, buf) => Bytes::copy_from_slice(&buf[..n as usize]),
+            Kept::Shared(b) => b,
+        }
+    }
+}
+
+fn same(a: &Bytes, b: &Bytes) -> bool {
+    a.as_ptr() == b.as_ptr() && a.len() == b.len()
+}
+
+impl Retained {
+    /// Messages kept.
+    pub fn len(&self) -> usize {
+        self.q.len()
+    }
+
+    /// True when nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+
+    fn name_of(&mut self, from_user: &Bytes, to_room: &Bytes) -> u64 {
+        let hit = self
+            .names
+            .back()
+            .is_some_and(|(f, r)| same(f, from_user) && same(r, to_room));
+        if !hit {
+            self.names.push_back((from_user.clone(), to_room.clone()));
+        }
+        self.names_base + self.names.len() as u64 - 1
+    }
+
+    /// Keeps a live delivery (seq `seq`) until acked.
+    #[inline]
+    pub fn push(&mut self, seq: u64, m: &Outgoing<'_>) {
+        let name = self.name_of(m.from_user, m.to_room);
+        let payload = if m.store_seq == 0 {
+            Kept::of(m.payload)
+        } else {
+            Kept::Inline(0, [0; KEEP_INLINE])
+        };
+        self.q.push_back(Unacked {
+            seq,
+            store_seq: m.store_seq,
+            payload,
+            msg_id: m.msg_id,
+            ts_us: m.ts_us,
+            name,
+        });
+    }
+
+    /// Keeps a delivery that is in the store (`store_seq`) until acked.
+    pub fn push_stored(&mut self, seq: u64, store_seq: u64) {
+        self.q.push_back(Unacked {
+            seq,
+            store_seq,
+            payload: Kept::Inline(0, [0; KEEP_INLINE]),
+            msg_id: 0,
+            ts_us: 0,
+            name: u64::MAX,
+        });
+    }
+
+    /// Forgets everything up to `seq` (a cumulative ack). Returns the highest store seq
+    /// among them (0: none was stored), to remove from the store.
+    pub fn ack(&mut self, seq: u64) -> u64 {
+        let mut top = 0;
+        while let Some(u) = self.q.front() {
+            if u.seq > seq {
+                break;
+            }
+            top = top.max(u.store_seq);
+            self.q.pop_front();
+        }
+        // Names no kept message refers to any more (the last one stays: the next
+        // message is most likely from the same sender).
+        let keep_from = self
+            .q
+            .iter()
+            .map(|u| u.name)
+            .find(|&n| n != u64::MAX)
+            .unwrap_or(self.names_base + self.names.len().saturating_sub(1) as u64);
+        while self.names_base < keep_from && self.names.len() > 1 {
+            self.names.pop_front();
+            self.names_base += 1;
+        }
+        top
+    }
+
+    /// Empties the queue; returns the live (not stored) messages as store records, in order.
+    pub fn take_unstored(&mut self) -> Vec<StoredMsg> {
+        let q = std::mem::take(&mut self.q);
+        let out = q
+            .into_iter()
+            .filter(|u| u.store_seq == 0)
+            .map(|u| {
+                let idx = u.name.saturating_sub(self.names_base) as usize;
+                let (from_user, to_room) = self.names.get(idx).cloned().unwrap_or_default();
+                StoredMsg {
+                    from_user: String::from_utf8_lossy(&from_user).into_owned(),
+                    to_room: String::from_utf8_lossy(&to_room).into_owned(),
+                    payload: u.payload.into_bytes(),
+                    server_ts_us: u.ts_us,
+                    msg_id: u.msg_id,
+                }
+            })
+            .collect();
+        self.names.clear();
+        out
+    }
 }
 
 /// A message on its way into sessions, borrowed from wherever it is.
 #[derive(Debug, Clone, Copy)]
 pub struct Outgoing<'a> {
     /// Authenticated sender.
-    pub from_user: &'a [u8],
+    pub from_user: &'a Bytes,
     /// Room, empty for a direct message.
-    pub to_room: &'a [u8],
+    pub to_room: &'a Bytes,
     /// Payload.
     pub payload: &'a Bytes,
     /// Message id.
@@ -373,19 +530,14 @@ impl Shard {
         let Some(s) = self.sessions.get_mut(key) else {
             return;
         };
-        let unacked = std::mem::take(&mut s.unacked);
+        let mut msgs = s.unacked.take_unstored();
         let held = std::mem::take(&mut s.held);
         s.held_bytes = 0;
         s.load_next = None;
         if s.discard_unacked || self.store.is_none() {
             return;
         }
-        let msgs: Vec<StoredMsg> = unacked
-            .iter()
-            .filter(|u| u.store_seq == 0)
-            .map(|u| u.msg.to_stored())
-            .chain(held.iter().map(Held::to_stored))
-            .collect();
+        msgs.extend(held.iter().map(Held::to_stored));
         if msgs.is_empty() {
             return;
         }
@@ -454,11 +606,7 @@ impl Shard {
             s.last_seq += 1;
             s.out
                 .push_deliver(&stamp_of(s.last_seq, m), &m.payload, inline_max);
-            s.unacked.push_back(Unacked {
-                seq: s.last_seq,
-                store_seq: *store_seq,
-                msg: Held::default(),
-            });
+            s.unacked.push_stored(s.last_seq, *store_seq);
             last = *store_seq;
         }
         s.wake_writer();
@@ -517,11 +665,15 @@ impl Shard {
                 msg_id: h.msg_id,
             };
             s.out.push_deliver(&stamp, &h.payload, inline_max);
-            s.unacked.push_back(Unacked {
-                seq: s.last_seq,
+            let m = Outgoing {
+                from_user: &h.from_user,
+                to_room: &h.to_room,
+                payload: &h.payload,
+                msg_id: h.msg_id,
+                ts_us: h.ts_us,
                 store_seq: 0,
-                msg: h,
-            });
+            };
+            s.unacked.push(s.last_seq, &m);
         }
         s.wake_writer();
         let over = s.unacked.len() > max_unacked;

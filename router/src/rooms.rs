@@ -598,6 +598,12 @@ impl Shard {
     /// Work for a room homed here.
     pub fn on_room_work(&mut self, work: RoomWork) {
         let key = work.key();
+        // The map's own copy of the name: one pointer for every message of the room
+        // (members' shards recognise it without comparing bytes).
+        let key = match self.rooms.get_key_value(&key[..]) {
+            Some((k, _)) => k.clone(),
+            None => key,
+        };
         match self.rooms.get_mut(&key[..]) {
             Some(slot) => {
                 if !slot.busy && slot.queue.is_empty() {

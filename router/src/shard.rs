@@ -5,7 +5,6 @@
 //! Ownership: a shard owns the sessions of the users whose home it is, their
 //! outbound queues and sequence numbers, and its outgoing batches to other shards.
 
-use std::collections::VecDeque;
 use std::os::fd::{OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,9 +22,12 @@ use ringrouter_proto::v1::{
 use ringrouter_proto::Status;
 
 use crate::config::Config;
-use crate::delivery::{status_reason, Held, Outgoing, StoreLink, Unacked};
+use crate::delivery::{status_reason, Held, Outgoing, Retained, StoreLink};
 use crate::outbuf::{OutBuf, WriteBatch};
 use crate::stats::{Counters, ShardStats};
+
+/// The room of a direct message (none).
+static NO_ROOM: Bytes = Bytes::new();
 
 /// Slab key of a session inside its shard.
 pub type SessionKey = usize;
@@ -118,12 +120,7 @@ pub struct Session {
     /// Remote senders this session paused while over its bound; resumed when it drains.
     pub throttled: Vec<SessionId>,
     /// Delivered and not yet acked, in seq order.
-    pub unacked: VecDeque<Unacked>,
-    /// A private copy of the last sender name kept in `unacked` (clones of it touch
-    /// no counter shared with another core).
-    pub name_cache: Bytes,
-    /// Same for the last room name.
-    pub room_cache: Bytes,
+    pub unacked: Retained,
     /// The login backlog (offline queue) is being delivered.
     pub loading: bool,
     /// The next backlog page to load, once the session has drained.
@@ -579,9 +576,7 @@ impl Shard {
             spare: None,
             closed_at: None,
             throttled: Vec::new(),
-            unacked: VecDeque::new(),
-            name_cache: Bytes::new(),
-            room_cache: Bytes::new(),
+            unacked: Retained::default(),
             loading: false,
             load_next: None,
             held: Vec::new(),
@@ -662,14 +657,7 @@ impl Shard {
                     self.push_error(key, Status::BadRequest, reason, 0);
                 } else if a.up_to_seq > s.acked {
                     s.acked = a.up_to_seq;
-                    let mut top = 0;
-                    while let Some(u) = s.unacked.front() {
-                        if u.seq > a.up_to_seq {
-                            break;
-                        }
-                        top = top.max(u.store_seq);
-                        s.unacked.pop_front();
-                    }
+                    let top = s.unacked.ack(a.up_to_seq);
                     if top > 0 {
                         let user = s.user.clone();
                         self.remove_stored(&user, top);
@@ -792,7 +780,7 @@ impl Shard {
             let from_user = std::mem::take(&mut self.sessions[key].user);
             let m = Outgoing {
                 from_user: &from_user,
-                to_room: b"",
+                to_room: &NO_ROOM,
                 payload: &v.payload,
                 msg_id,
                 ts_us,
@@ -925,8 +913,8 @@ impl Shard {
                 if m.store_seq == 0 {
                     s.held_bytes += m.payload.len();
                     s.held.push(Held {
-                        from_user: Bytes::copy_from_slice(m.from_user),
-                        to_room: Bytes::copy_from_slice(m.to_room),
+                        from_user: m.from_user.clone(),
+                        to_room: m.to_room.clone(),
                         payload: m.payload.clone(),
                         msg_id: m.msg_id,
                         ts_us: m.ts_us,
@@ -946,28 +934,7 @@ impl Shard {
             s.out.push_deliver(&stamp, m.payload, inline_max);
             s.wake_writer();
             if retain {
-                let msg = if m.store_seq != 0 {
-                    Held::default()
-                } else {
-                    if s.name_cache[..] != *m.from_user {
-                        s.name_cache = Bytes::copy_from_slice(m.from_user);
-                    }
-                    if s.room_cache[..] != *m.to_room {
-                        s.room_cache = Bytes::copy_from_slice(m.to_room);
-                    }
-                    Held {
-                        from_user: s.name_cache.clone(),
-                        to_room: s.room_cache.clone(),
-                        payload: m.payload.clone(),
-                        msg_id: m.msg_id,
-                        ts_us: m.ts_us,
-                    }
-                };
-                s.unacked.push_back(Unacked {
-                    seq: s.last_seq,
-                    store_seq: m.store_seq,
-                    msg,
-                });
+                s.unacked.push(s.last_seq, &m);
                 if s.unacked.len() > max_unacked {
                     overflowed = Some(k);
                 }
@@ -1060,7 +1027,7 @@ impl Shard {
                 let from_user = std::mem::take(&mut self.batch_from);
                 let m = Outgoing {
                     from_user: &from_user,
-                    to_room: b"",
+                    to_room: &NO_ROOM,
                     payload: &r.payload,
                     msg_id: r.msg_id,
                     ts_us: r.ts_us,
