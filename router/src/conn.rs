@@ -522,16 +522,29 @@ async fn run_session(
             heartbeat_ms: sh.cfg.heartbeat_interval.as_millis().min(u32::MAX as u128) as u32,
             max_frame_bytes: sh.cfg.max_frame_bytes.min(u32::MAX as usize) as u32,
         };
-        sh.push_frame(
+        // The LoginResult goes out with the first page of the offline backlog: once a
+        // client holds it, what it missed is already on its way, ahead of anything new.
+        sh.start_backlog(
             key,
-            &ServerFrame {
+            ServerFrame {
                 kind: Some(server_frame::Kind::LoginResult(lr)),
             },
         );
-        sh.start_backlog(key);
     }
     let (reader, writer) = stream.into_split();
     let writer = monoio::spawn(write_loop(shard.clone(), key, writer));
+    // Frames pipelined after the Login are answered after the LoginResult.
+    poll_fn(|cx| {
+        let mut sh = shard.borrow_mut();
+        match sh.sessions.get_mut(key) {
+            Some(s) if s.login_frame.is_some() && s.closing.is_none() => {
+                s.drain_waiters.push(cx.waker().clone());
+                Poll::Pending
+            }
+            _ => Poll::Ready(()),
+        }
+    })
+    .await;
     read_loop(&shard, key, reader, buf).await;
     shard.borrow_mut().close(key, CloseReason::PeerClosed, None);
     let _ = writer.await;

@@ -554,14 +554,17 @@ impl Shard {
     }
 
     /// A session just logged in: records the user (open and jwt auth: a user exists from
-    /// the first login) and starts delivering the offline queue.
-    pub fn start_backlog(&mut self, key: SessionKey) {
-        if self.store.is_none() {
-            return;
-        }
+    /// the first login) and starts delivering the offline queue. `login` (the
+    /// LoginResult) is queued with the first page, ahead of it.
+    pub fn start_backlog(&mut self, key: SessionKey, login: ServerFrame) {
         let Some(id) = self.session_id(key) else {
             return;
         };
+        if self.store.is_none() {
+            self.push_frame(key, &login);
+            return;
+        }
+        self.sessions[key].login_frame = Some(login);
         let user = String::from_utf8_lossy(&self.sessions[key].user).into_owned();
         if self.cfg.auth != AuthMode::Accounts {
             let u = user.clone();
@@ -590,6 +593,7 @@ impl Shard {
             // Gone: the messages stay queued for the next login.
             return;
         };
+        self.send_login_frame(key);
         let page = match r {
             Ok(p) => p,
             Err(e) => {
@@ -617,6 +621,17 @@ impl Shard {
             self.continue_loading(key);
         } else {
             self.finish_backlog(key);
+        }
+    }
+
+    /// Queues the LoginResult held for the first backlog page, and lets the session's
+    /// reader start.
+    fn send_login_frame(&mut self, key: SessionKey) {
+        if let Some(s) = self.sessions.get_mut(key) {
+            if let Some(f) = s.login_frame.take() {
+                s.push_frame(&f);
+                s.wake_drain_waiters();
+            }
         }
     }
 

@@ -131,6 +131,8 @@ pub struct Session {
     pub held_bytes: usize,
     /// The account was deleted: what is unacked is dropped, not queued.
     pub discard_unacked: bool,
+    /// The LoginResult, until the first backlog page goes out with it.
+    pub login_frame: Option<ServerFrame>,
 }
 
 impl Session {
@@ -152,7 +154,7 @@ impl Session {
         }
     }
 
-    fn push_frame(&mut self, f: &ServerFrame) {
+    pub(crate) fn push_frame(&mut self, f: &ServerFrame) {
         self.out.push_frame(f);
         self.wake_writer();
     }
@@ -582,6 +584,7 @@ impl Shard {
             held: Vec::new(),
             held_bytes: 0,
             discard_unacked: false,
+            login_frame: None,
         });
         self.users.entry(user).or_default().push(key);
         if let Some(t) = self.pause.get(self.id) {
