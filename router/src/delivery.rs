@@ -22,6 +22,7 @@
 //!   mode), or are already in the queue behind it (sync mode).
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -155,12 +156,16 @@ const KEEP_INLINE: usize = 64;
 enum Kept {
     Inline(u8, [u8; KEEP_INLINE]),
     Shared(Bytes),
+    Fanned(Rc<Bytes>),
 }
 
 impl Kept {
     #[inline]
-    fn of(payload: &Bytes) -> Kept {
-        if payload.len() <= KEEP_INLINE {
+    fn of(payload: &Bytes, fanned: Option<&Rc<Bytes>>) -> Kept {
+        if let Some(rc) = fanned {
+            // A plain increment on a count this shard owns, whatever the size.
+            Kept::Fanned(rc.clone())
+        } else if payload.len() <= KEEP_INLINE {
             let mut buf = [0u8; KEEP_INLINE];
             buf[..payload.len()].copy_from_slice(payload);
             Kept::Inline(payload.len() as u8, buf)
@@ -173,6 +178,7 @@ impl Kept {
         match self {
             Kept::Inline(n, buf) => Bytes::copy_from_slice(&buf[..n as usize]),
             Kept::Shared(b) => b,
+            Kept::Fanned(b) => Bytes::clone(&b),
         }
     }
 }
@@ -208,7 +214,7 @@ impl Retained {
     pub fn push(&mut self, seq: u64, m: &Outgoing<'_>) {
         let name = self.name_of(m.from_user, m.to_room);
         let payload = if m.store_seq == 0 {
-            Kept::of(m.payload)
+            Kept::of(m.payload, m.fanned)
         } else {
             Kept::Inline(0, [0; KEEP_INLINE])
         };
@@ -298,6 +304,8 @@ pub struct Outgoing<'a> {
     pub ts_us: u64,
     /// Its seq in the recipient's offline queue (sync mode), 0 if not stored.
     pub store_seq: u64,
+    /// The same payload as a reference the sessions of this shard share (room fan-out).
+    pub fanned: Option<&'a Rc<Bytes>>,
 }
 
 impl Outgoing<'_> {
@@ -490,6 +498,7 @@ impl Shard {
                         msg_id: msg.msg_id,
                         ts_us: msg.ts_us,
                         store_seq: a.first_seq,
+                        fanned: None,
                     };
                     let mut blocked = Vec::new();
                     let (_, overflowed) =
@@ -687,6 +696,7 @@ impl Shard {
                 msg_id: h.msg_id,
                 ts_us: h.ts_us,
                 store_seq: 0,
+                fanned: None,
             };
             s.unacked.push(s.last_seq, &m);
         }

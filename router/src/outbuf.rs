@@ -4,6 +4,8 @@
 //! inline threshold: those are kept as the sender's own `Bytes` (a slice of the
 //! sender's read buffer) and written by their own iovec, never copied.
 
+use std::rc::Rc;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use ringrouter_proto::codec::encode_frame;
@@ -22,6 +24,24 @@ enum Seg {
     Local(usize),
     /// A shared payload.
     Shared(Bytes),
+    /// A payload shared by the sessions of this shard (a room fan-out): taking a
+    /// reference is a plain increment, not an atomic one on a counter other cores use.
+    Fanned(Rc<Bytes>),
+}
+
+/// One iovec's buffer.
+enum Part {
+    Bytes(Bytes),
+    Fanned(Rc<Bytes>),
+}
+
+impl Part {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Part::Bytes(b) => b,
+            Part::Fanned(b) => b,
+        }
+    }
 }
 
 /// Outbound queue of one session. Appending never blocks; the writer task takes
@@ -61,6 +81,19 @@ impl OutBuf {
     /// Appends a Deliver. A payload longer than `inline_max` is queued by
     /// reference; shorter ones are copied next to their header.
     pub fn push_deliver(&mut self, stamp: &DeliverStamp<'_>, payload: &Bytes, inline_max: usize) {
+        self.push_deliver_with(stamp, payload, inline_max, None)
+    }
+
+    /// [`OutBuf::push_deliver`] for a payload this shard's sessions share through `fanned`
+    /// (which holds the same bytes as `payload`).
+    #[inline]
+    pub fn push_deliver_with(
+        &mut self,
+        stamp: &DeliverStamp<'_>,
+        payload: &Bytes,
+        inline_max: usize,
+        fanned: Option<&Rc<Bytes>>,
+    ) {
         let inline = if payload.len() <= inline_max {
             payload.len()
         } else {
@@ -75,7 +108,10 @@ impl OutBuf {
             self.copied_bytes += payload.len() as u64;
         } else {
             self.segs.push(Seg::Local(self.data.len()));
-            self.segs.push(Seg::Shared(payload.clone()));
+            self.segs.push(match fanned {
+                Some(rc) => Seg::Fanned(rc.clone()),
+                None => Seg::Shared(payload.clone()),
+            });
             self.zero_copy_bytes += payload.len() as u64;
         }
     }
@@ -109,15 +145,16 @@ impl OutBuf {
             match seg {
                 Seg::Local(end) => {
                     if end > prev {
-                        batch.push(data.slice(prev..end));
+                        batch.push(Part::Bytes(data.slice(prev..end)));
                     }
                     prev = end;
                 }
-                Seg::Shared(b) => batch.push(b),
+                Seg::Shared(b) => batch.push(Part::Bytes(b)),
+                Seg::Fanned(b) => batch.push(Part::Fanned(b)),
             }
         }
         if data.len() > prev {
-            batch.push(data.slice(prev..));
+            batch.push(Part::Bytes(data.slice(prev..)));
         }
         batch.total = self.len;
         self.len = 0;
@@ -151,7 +188,7 @@ impl OutBuf {
 /// alive, so the iovec pointers stay valid however the batch itself is moved.
 #[derive(Default)]
 pub struct WriteBatch {
-    parts: Vec<Bytes>,
+    parts: Vec<Part>,
     iov: Vec<libc::iovec>,
     /// First iovec not yet fully written.
     start: usize,
@@ -179,10 +216,11 @@ impl WriteBatch {
         self.reclaim = None;
     }
 
-    fn push(&mut self, b: Bytes) {
+    fn push(&mut self, b: Part) {
+        let s = b.as_slice();
         self.iov.push(libc::iovec {
-            iov_base: b.as_ptr() as *mut libc::c_void,
-            iov_len: b.len(),
+            iov_base: s.as_ptr() as *mut libc::c_void,
+            iov_len: s.len(),
         });
         self.parts.push(b);
     }
@@ -215,8 +253,8 @@ impl WriteBatch {
     }
 
     /// The parts of the batch, for tests.
-    pub fn parts(&self) -> &[Bytes] {
-        &self.parts
+    pub fn parts(&self) -> Vec<&[u8]> {
+        self.parts.iter().map(Part::as_slice).collect()
     }
 }
 

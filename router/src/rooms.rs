@@ -1055,6 +1055,8 @@ impl Shard {
     pub fn on_room_fan(&mut self, f: &RoomFan) {
         let journaled = self.journaled();
         let mut blocked = Vec::new();
+        // One reference for this shard; each session then takes a non-atomic one.
+        let fanned = std::rc::Rc::new(f.payload.clone());
         for user in f.users.iter() {
             if journaled {
                 let msg = Held {
@@ -1074,6 +1076,7 @@ impl Shard {
                 msg_id: f.msg_id,
                 ts_us: f.ts_us,
                 store_seq: 0,
+                fanned: Some(&fanned),
             };
             let (n, overflowed) =
                 self.deliver_to_sessions(user, m, Some(f.sender), Some(f.sender), &mut blocked);

@@ -788,6 +788,7 @@ impl Shard {
                 msg_id,
                 ts_us,
                 store_seq: 0,
+                fanned: None,
             };
             let (n, overflowed) = self.deliver_local(&v.to_user, m, None, blocked);
             if n == 0 && self.has_store() {
@@ -934,7 +935,8 @@ impl Shard {
                 server_ts_us: m.ts_us,
                 msg_id: m.msg_id,
             };
-            s.out.push_deliver(&stamp, m.payload, inline_max);
+            s.out
+                .push_deliver_with(&stamp, m.payload, inline_max, m.fanned);
             s.wake_writer();
             if retain {
                 s.unacked.push(s.last_seq, &m);
@@ -1035,6 +1037,7 @@ impl Shard {
                     msg_id: r.msg_id,
                     ts_us: r.ts_us,
                     store_seq: 0,
+                    fanned: None,
                 };
                 let (n, overflowed) = self.deliver_local(&to_user, m, Some(r.sender), blocked);
                 let offline = n == 0 && self.has_store();
