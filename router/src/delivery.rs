@@ -23,6 +23,7 @@
 
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -320,6 +321,102 @@ impl Outgoing<'_> {
     }
 }
 
+/// Who waits for a message to be stored.
+#[derive(Debug)]
+pub enum Answer {
+    /// Nobody (the sender did not ask for a SendResult).
+    Nobody,
+    /// The sending session and its request id.
+    Sender(SessionId, u64),
+    /// One shard's share of a room message (see [`RoomAck`]).
+    Part(Arc<FanPart>),
+}
+
+impl From<Option<(SessionId, u64)>> for Answer {
+    fn from(r: Option<(SessionId, u64)>) -> Self {
+        match r {
+            Some((id, request_id)) => Answer::Sender(id, request_id),
+            None => Answer::Nobody,
+        }
+    }
+}
+
+/// The SendResult of a room message whose sender asked for one: it is sent once every
+/// shard with members has delivered or stored its members' copies (so OK means what it
+/// means for a direct message: delivered or stored, on disk in sync mode). The worst
+/// outcome wins (a member's full offline queue makes it RATE_LIMITED).
+#[derive(Debug)]
+pub struct RoomAck {
+    shards_left: AtomicUsize,
+    worst: AtomicI32,
+    reply: (SessionId, u64),
+    msg_id: u64,
+}
+
+impl RoomAck {
+    /// Waits for `shards` shards.
+    pub fn new(shards: usize, reply: (SessionId, u64), msg_id: u64) -> Arc<RoomAck> {
+        Arc::new(RoomAck {
+            shards_left: AtomicUsize::new(shards),
+            worst: AtomicI32::new(Status::Ok as i32),
+            reply,
+            msg_id,
+        })
+    }
+
+    fn record(&self, status: Status) {
+        if status != Status::Ok {
+            self.worst.store(status as i32, Ordering::Relaxed);
+        }
+    }
+
+    /// One shard is done.
+    pub fn shard_done(&self, sh: &mut Shard, status: Status) {
+        self.record(status);
+        if self.shards_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let worst =
+                Status::try_from(self.worst.load(Ordering::Relaxed)).unwrap_or(Status::Internal);
+            sh.reply_send(Some(self.reply), self.msg_id, worst);
+        }
+    }
+}
+
+/// One shard's share of a [`RoomAck`]: the store steps of its members still running.
+#[derive(Debug)]
+pub struct FanPart {
+    pending: AtomicUsize,
+    worst: AtomicI32,
+    ack: Arc<RoomAck>,
+}
+
+impl FanPart {
+    /// A share with one step (the fan-out itself) pending.
+    pub fn new(ack: Arc<RoomAck>) -> Arc<FanPart> {
+        Arc::new(FanPart {
+            pending: AtomicUsize::new(1),
+            worst: AtomicI32::new(Status::Ok as i32),
+            ack,
+        })
+    }
+
+    /// One more step to wait for.
+    pub fn add(&self) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A step finished.
+    pub fn finish(&self, sh: &mut Shard, status: Status) {
+        if status != Status::Ok {
+            self.worst.store(status as i32, Ordering::Relaxed);
+        }
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let worst =
+                Status::try_from(self.worst.load(Ordering::Relaxed)).unwrap_or(Status::Internal);
+            self.ack.shard_done(sh, worst);
+        }
+    }
+}
+
 /// The reason that goes with a SendResult status.
 pub fn status_reason(status: Status) -> &'static str {
     match status {
@@ -407,6 +504,17 @@ impl Shard {
         }
     }
 
+    /// Reports the outcome of one store step of a message to whoever waits for it.
+    pub fn answer_send(&mut self, a: Answer, msg_id: u64, status: Status) {
+        match a {
+            Answer::Nobody => {}
+            Answer::Sender(id, request_id) => {
+                self.reply_send(Some((id, request_id)), msg_id, status)
+            }
+            Answer::Part(p) => p.finish(self, status),
+        }
+    }
+
     /// Answers a sender (on this shard or another) about a message.
     pub fn reply_send(&mut self, reply: Option<(SessionId, u64)>, msg_id: u64, status: Status) {
         let Some((to, request_id)) = reply else {
@@ -440,14 +548,9 @@ impl Shard {
     /// Stores a message for `to_user`, who has no live session, and answers the sender
     /// once it is stored (OK), or why not (NOT_FOUND: no such user; RATE_LIMITED: the
     /// queue is full).
-    pub fn store_offline(
-        &mut self,
-        to_user: &[u8],
-        m: Outgoing<'_>,
-        reply: Option<(SessionId, u64)>,
-    ) {
+    pub fn store_offline(&mut self, to_user: &[u8], m: Outgoing<'_>, reply: Answer) {
         if !self.has_store() {
-            self.reply_send(reply, m.msg_id, Status::NotFound);
+            self.answer_send(reply, m.msg_id, Status::NotFound);
             return;
         }
         self.counters.offline_stored += 1;
@@ -467,7 +570,7 @@ impl Shard {
                         store_status(&e)
                     }
                 };
-                sh.reply_send(reply, msg_id, status);
+                sh.answer_send(reply, msg_id, status);
             },
         );
     }
@@ -479,7 +582,7 @@ impl Shard {
         &mut self,
         to_user: Bytes,
         msg: Held,
-        reply: Option<(SessionId, u64)>,
+        reply: Answer,
         sender: SessionId,
         skip: Option<SessionId>,
     ) {
@@ -504,13 +607,13 @@ impl Shard {
                     let (_, overflowed) =
                         sh.deliver_to_sessions(&to_user, m, Some(sender), skip, &mut blocked);
                     sh.close_overflowed(overflowed);
-                    sh.reply_send(reply, msg.msg_id, Status::Ok);
+                    sh.answer_send(reply, msg.msg_id, Status::Ok);
                 }
                 Err(e) => {
                     if !matches!(e, StoreError::NotFound | StoreError::Full) {
                         tracing::warn!(error = %e, "journal append failed");
                     }
-                    sh.reply_send(reply, msg.msg_id, store_status(&e));
+                    sh.answer_send(reply, msg.msg_id, store_status(&e));
                 }
             },
         );

@@ -31,7 +31,7 @@ use ringrouter_proto::v1::{
 use ringrouter_proto::Status;
 
 use crate::auth::validate_user;
-use crate::delivery::{Held, Outgoing};
+use crate::delivery::{Answer, FanPart, Held, Outgoing, RoomAck};
 use crate::shard::{Mail, SessionId, SessionKey, Shard};
 use crate::store::{RoomRecord, StoreError, StoreResult, MAX_PASSWORD_BYTES};
 
@@ -162,6 +162,8 @@ pub struct RoomFan {
     pub users: Arc<[Bytes]>,
     /// The sending session.
     pub sender: SessionId,
+    /// Set when the sender waits for a SendResult.
+    pub ack: Option<Arc<RoomAck>>,
 }
 
 /// A room event for the live sessions of some users homed on one shard.
@@ -793,6 +795,13 @@ impl Shard {
             return;
         }
         self.counters.room_msgs += 1;
+        if room.fan.is_empty() {
+            self.reply_send(s.reply, s.msg_id, Status::Ok);
+            return;
+        }
+        let ack = s
+            .reply
+            .map(|reply| RoomAck::new(room.fan.len(), reply, s.msg_id));
         for (shard, users) in &room.fan {
             let f = RoomFan {
                 room: key.clone(),
@@ -802,6 +811,7 @@ impl Shard {
                 ts_us: s.ts_us,
                 users: users.clone(),
                 sender: s.sender,
+                ack: ack.clone(),
             };
             if *shard == self.id {
                 self.on_room_fan(&f);
@@ -809,7 +819,6 @@ impl Shard {
                 self.post(*shard, Mail::RoomDeliver(f));
             }
         }
-        self.reply_send(s.reply, s.msg_id, Status::Ok);
     }
 
     /// Ends a busy room operation: applies its outcome and runs the queued work.
@@ -1057,6 +1066,14 @@ impl Shard {
         let mut blocked = Vec::new();
         // One reference for this shard; each session then takes a non-atomic one.
         let fanned = std::rc::Rc::new(f.payload.clone());
+        let part = f.ack.clone().map(FanPart::new);
+        let answer = |part: &Option<Arc<FanPart>>| match part {
+            Some(p) => {
+                p.add();
+                Answer::Part(p.clone())
+            }
+            None => Answer::Nobody,
+        };
         for user in f.users.iter() {
             if journaled {
                 let msg = Held {
@@ -1066,7 +1083,7 @@ impl Shard {
                     msg_id: f.msg_id,
                     ts_us: f.ts_us,
                 };
-                self.journal(user.clone(), msg, None, f.sender, Some(f.sender));
+                self.journal(user.clone(), msg, answer(&part), f.sender, Some(f.sender));
                 continue;
             }
             let m = Outgoing {
@@ -1081,9 +1098,12 @@ impl Shard {
             let (n, overflowed) =
                 self.deliver_to_sessions(user, m, Some(f.sender), Some(f.sender), &mut blocked);
             if n == 0 {
-                self.store_offline(user, m, None);
+                self.store_offline(user, m, answer(&part));
             }
             self.close_overflowed(overflowed);
+        }
+        if let Some(p) = part {
+            p.finish(self, Status::Ok);
         }
     }
 }

@@ -776,7 +776,7 @@ impl Shard {
                     ts_us,
                 };
                 let reply = v.want_result.then_some((sender, v.request_id));
-                self.journal(v.to_user, msg, reply, sender, None);
+                self.journal(v.to_user, msg, reply.into(), sender, None);
                 return;
             }
             // The sender's name is lent by move, not cloned: no refcount per message.
@@ -796,7 +796,7 @@ impl Shard {
                     .session_id(key)
                     .filter(|_| v.want_result)
                     .map(|id| (id, v.request_id));
-                self.store_offline(&v.to_user, m, reply);
+                self.store_offline(&v.to_user, m, reply.into());
             }
             self.sessions[key].user = from_user;
             self.close_overflowed(overflowed);
@@ -1024,7 +1024,7 @@ impl Shard {
                         msg_id: r.msg_id,
                         ts_us: r.ts_us,
                     };
-                    self.journal(self.batch_to.clone(), msg, r.reply, r.sender, None);
+                    self.journal(self.batch_to.clone(), msg, r.reply.into(), r.sender, None);
                     return None;
                 }
                 // Moved out and back: no reference-count update per message.
@@ -1042,7 +1042,7 @@ impl Shard {
                 let (n, overflowed) = self.deliver_local(&to_user, m, Some(r.sender), blocked);
                 let offline = n == 0 && self.has_store();
                 if offline {
-                    self.store_offline(&to_user, m, r.reply);
+                    self.store_offline(&to_user, m, r.reply.into());
                 }
                 self.batch_to = to_user;
                 self.batch_from = from_user;

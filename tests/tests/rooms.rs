@@ -380,3 +380,55 @@ fn rooms_survive_a_restart() {
     let mut x = r.raw_login("xena");
     assert_eq!(join(&mut x, &c.join_code, "pw").status, Status::Ok as i32);
 }
+
+#[test]
+fn room_send_result_waits_for_offline_members_and_reports_a_full_queue() {
+    let r = RouterProc::start(&["--shards", "2", "--max-offline-per-user", "2"]);
+    let mut o = r.raw_login("yara");
+    let mut z = r.raw_login("zed");
+    assert_eq!(create(&mut o, "small", "").status, Status::Ok as i32);
+    assert_eq!(join(&mut z, "small", "").status, Status::Ok as i32);
+    drop(z);
+    assert_eq!(send_room(&mut o, "small", b"1", 1), Status::Ok as i32);
+    assert_eq!(send_room(&mut o, "small", b"2", 2), Status::Ok as i32);
+    // zed's queue is full: not a silent loss, the sender is told.
+    assert_eq!(
+        send_room(&mut o, "small", b"3", 3),
+        Status::RateLimited as i32
+    );
+    let mut z = r.raw_login("zed");
+    let got: Vec<Vec<u8>> = z
+        .delivers(2, T)
+        .into_iter()
+        .map(|d| d.payload.to_vec())
+        .collect();
+    assert_eq!(got, [b"1".to_vec(), b"2".to_vec()]);
+}
+
+#[test]
+fn sync_mode_room_messages_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let args = ["--shards", "2", "--durability", "sync", "--data-dir", d];
+    let r = RouterProc::start(&args);
+    let mut o = r.raw_login("abe");
+    let mut on = r.raw_login("bea");
+    let mut off = r.raw_login("cy");
+    assert_eq!(create(&mut o, "journal", "").status, Status::Ok as i32);
+    assert_eq!(join(&mut on, "journal", "").status, Status::Ok as i32);
+    assert_eq!(join(&mut off, "journal", "").status, Status::Ok as i32);
+    drop(off);
+    for i in 0..20u8 {
+        assert_eq!(
+            send_room(&mut o, "journal", &[i], 100 + u64::from(i)),
+            Status::Ok as i32
+        );
+    }
+    drop(r); // kill -9: bea never acked, cy was offline
+    let r = RouterProc::start(&args);
+    for user in ["bea", "cy"] {
+        let mut c = r.raw_login(user);
+        let got: Vec<u8> = c.delivers(20, T).iter().map(|d| d.payload[0]).collect();
+        assert_eq!(got, (0..20).collect::<Vec<u8>>(), "{user}");
+    }
+}
