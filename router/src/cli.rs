@@ -97,6 +97,10 @@ pub struct Args {
     /// Cheapest Argon2id parameters (for tests and benchmarks; never in production).
     #[arg(long, hide = true)]
     pub argon2_cheap: bool,
+    /// Most password hashes (Register, password Login, room passwords) queued or running;
+    /// past it those requests are refused with RATE_LIMITED.
+    #[arg(long, default_value_t = 256)]
+    pub max_password_jobs: u64,
 }
 
 impl Args {
@@ -135,6 +139,7 @@ impl Args {
             max_members_per_room: self.max_members_per_room,
             list_users_page: self.list_users_page,
             argon2_cheap: self.argon2_cheap,
+            max_password_jobs: self.max_password_jobs,
         }
     }
 }

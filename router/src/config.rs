@@ -97,6 +97,9 @@ pub struct Config {
     pub list_users_page: usize,
     /// Cheapest legal Argon2id parameters (tests and benchmarks only).
     pub argon2_cheap: bool,
+    /// Most password hashes (Register, password Login, room passwords) queued or running;
+    /// past it such requests get RATE_LIMITED instead of queueing.
+    pub max_password_jobs: u64,
 }
 
 impl Default for Config {
@@ -129,6 +132,7 @@ impl Default for Config {
             max_members_per_room: 10_000,
             list_users_page: 1_000,
             argon2_cheap: false,
+            max_password_jobs: 256,
         }
     }
 }

@@ -316,10 +316,6 @@ pub(crate) async fn serve(
     }
 }
 
-/// Most password hashes queued or running before new Register / Login requests are
-/// refused (RATE_LIMITED) instead of queued: Argon2id is deliberately slow.
-const MAX_HASH_JOBS: u64 = 256;
-
 /// Register (accounts mode): hashes the password off the shard threads and stores the
 /// account.
 async fn register_account(shared: &Shared, r: &Register) -> AccountResult {
@@ -346,7 +342,7 @@ async fn register_account(shared: &Shared, r: &Register) -> AccountResult {
     if r.password.is_empty() {
         return answer(Status::BadRequest, "password is empty");
     }
-    if shared.store.stats().hash_jobs >= MAX_HASH_JOBS {
+    if shared.store.stats().hash_jobs >= shared.cfg.max_password_jobs {
         return answer(
             Status::RateLimited,
             "too many password operations in progress",
@@ -386,7 +382,7 @@ async fn check_password(shared: &Shared, user: &str, password: &str) -> Result<(
             reason: "a password is required (--auth accounts)".into(),
         });
     }
-    if shared.store.stats().hash_jobs >= MAX_HASH_JOBS {
+    if shared.store.stats().hash_jobs >= shared.cfg.max_password_jobs {
         return Err(AuthError {
             status: Status::RateLimited,
             reason: "too many password operations in progress".into(),

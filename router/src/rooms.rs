@@ -435,7 +435,17 @@ fn plan_for(room: &Room, req: Box<RoomReq>, cfg: &crate::config::Config) -> Plan
     }
 }
 
+const BUSY_HASHING: &str = "too many password operations in progress";
+
 impl Shard {
+    /// True when the password hashing pool has as much queued as it should take
+    /// (Argon2id is slow on purpose: a flood of guesses must not queue without bound).
+    fn hashing_busy(&self) -> bool {
+        self.store
+            .as_ref()
+            .is_some_and(|l| l.handle.stats().hash_jobs >= self.cfg.max_password_jobs)
+    }
+
     /// A room request from session `key` (CreateRoom .. ListRooms).
     pub fn on_room_request(&mut self, key: SessionKey, kind: client_frame::Kind) {
         use client_frame::Kind;
@@ -861,6 +871,11 @@ impl Shard {
             return;
         };
         let key = Bytes::copy_from_slice(req.op.key().as_bytes());
+        if self.hashing_busy() {
+            self.answer(&req, Status::RateLimited, BUSY_HASHING, "");
+            self.room_done(&key, After::Same);
+            return;
+        }
         self.store_req(
             |st, cb| st.check_password(&password, &phc, cb),
             move |sh, r| match r {
@@ -934,6 +949,9 @@ impl Shard {
             };
             if password.is_empty() {
                 sh.insert_room(key, req, rec, 3);
+            } else if sh.hashing_busy() {
+                sh.answer(&req, Status::RateLimited, BUSY_HASHING, "");
+                sh.room_done(&key, After::Same);
             } else {
                 sh.store_req(
                     |st, cb| st.hash_password(&password, cb),

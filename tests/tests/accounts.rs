@@ -238,3 +238,25 @@ fn delete_account_removes_its_data_rooms_and_sessions() {
     }
     assert_eq!(register(&r, "gus", "new").status, Status::Ok as i32);
 }
+
+#[test]
+fn password_work_past_its_limit_is_rate_limited() {
+    // With no room for password jobs, Register, password Login and room passwords
+    // are refused instead of queued.
+    let r = RouterProc::start(&["--auth", "accounts", "--max-password-jobs", "0"]);
+    let a = register(&r, "lim", "pw");
+    assert_eq!(a.status, Status::RateLimited as i32, "{a:?}");
+    let (_c, lr) = login(&r, "lim", "pw");
+    assert_eq!(lr.status, Status::RateLimited as i32, "{lr:?}");
+    let r = RouterProc::start(&["--max-password-jobs", "0"]);
+    let mut c = r.raw_login("owner");
+    let k = C::CreateRoom(CreateRoom {
+        request_id: 1,
+        name: "locked".into(),
+        password: "pw".into(),
+    });
+    match c.call(k, 1).0 {
+        S::RoomResult(x) => assert_eq!(x.status, Status::RateLimited as i32, "{x:?}"),
+        other => panic!("{other:?}"),
+    }
+}
