@@ -8,12 +8,17 @@
 //! runs do not collide), each receiver joins it by its join code right after
 //! logging in, and the sender sends each message once, to the room. The room is
 //! deleted when the run ends. Against NATS, fan-out is M direct subjects.
+//! Against Redis (pub/sub, RESP2), 1:1 pairs use one channel per receiver and
+//! fan-out uses one channel per sender that all its receivers subscribe to (the
+//! equivalent of a room): the sender publishes each message once.
 //!
 //! Every ringrouter connection acks what it received, cumulatively (every 1024
 //! messages or 100 ms, and at the end), since the router keeps every unacked
 //! delivery and closes a session that never acks as a slow consumer.
 
 use std::time::Duration;
+
+mod resp;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -29,7 +34,7 @@ pub struct LoadConfig {
     /// Or: send for this long.
     pub duration: Option<Duration>,
     /// One sender to this many receivers instead of pairs (more than one:
-    /// through a room, against ringrouter).
+    /// through a room against ringrouter, one channel against Redis).
     pub fanout: Option<usize>,
     /// Paced total send rate in msgs/s (None: as fast as the window allows).
     pub rate: Option<f64>,
@@ -53,6 +58,9 @@ pub enum Protocol {
     Ringrouter,
     /// NATS core protocol (for comparisons): one subject per receiver, PUB/SUB over plain TCP.
     Nats,
+    /// Redis pub/sub (for comparisons), RESP2 over plain TCP: PUBLISH/SUBSCRIBE,
+    /// one channel per receiver, or per sender with fan-out (like a room).
+    Redis,
 }
 
 /// What a run measured.
@@ -290,6 +298,8 @@ pub fn run_with_progress(
     // Fan-out through rooms: create them now (deleted when `rooms` is dropped,
     // however the run ends).
     let use_rooms = fan > 1 && cfg.protocol == Protocol::Ringrouter;
+    // Fan-out through one Redis channel per sender (the equivalent of a room).
+    let shared_channel = fan > 1 && cfg.protocol == Protocol::Redis;
     let mut rooms = Rooms {
         addr,
         timeout: cfg.drain_timeout,
@@ -322,6 +332,8 @@ pub fn run_with_progress(
         user: String,
         /// Join this room (by its join code) after logging in.
         join: Option<String>,
+        /// NATS subject or Redis channel to subscribe to.
+        channel: String,
     }
     let mut sender_jobs: Vec<Vec<SenderJob>> = (0..threads).map(|_| Vec::new()).collect();
     let mut recv_jobs: Vec<Vec<RecvJob>> = (0..threads).map(|_| Vec::new()).collect();
@@ -335,9 +347,14 @@ pub fn run_with_progress(
                 flow: flow.clone(),
                 user: user.clone(),
                 join: join.clone(),
+                channel: if shared_channel {
+                    room_name(p, i)
+                } else {
+                    user.clone()
+                },
             });
         }
-        let to = if use_rooms {
+        let to = if use_rooms || shared_channel {
             vec![Dest::Room(room_name(p, i))]
         } else {
             receivers.into_iter().map(Dest::User).collect()
@@ -381,7 +398,8 @@ pub fn run_with_progress(
                         let mut err = None;
                         for j in &rj {
                             let join = j.join.as_deref();
-                            match connect(shared.cfg.protocol, shared.addr, &j.user, true, join)
+                            let sub = Some(j.channel.as_str());
+                            match connect(shared.cfg.protocol, shared.addr, &j.user, sub, join)
                                 .await
                             {
                                 Ok(s) => receivers.push(s),
@@ -394,14 +412,8 @@ pub fn run_with_progress(
                         let mut senders = Vec::new();
                         if err.is_none() {
                             for j in &sj {
-                                match connect(
-                                    shared.cfg.protocol,
-                                    shared.addr,
-                                    &j.user,
-                                    false,
-                                    None,
-                                )
-                                .await
+                                match connect(shared.cfg.protocol, shared.addr, &j.user, None, None)
+                                    .await
                                 {
                                     Ok(s) => senders.push(s),
                                     Err(e) => {
@@ -651,9 +663,10 @@ fn cpu_seconds() -> f64 {
 /// Where a sender sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Dest {
-    /// A user (ringrouter), or a subject (NATS).
+    /// A user (ringrouter), a subject (NATS) or a channel (Redis).
     User(String),
-    /// A room (ringrouter fan-out).
+    /// A room (ringrouter fan-out), or the channel all of a sender's receivers
+    /// subscribe to (Redis fan-out).
     Room(String),
 }
 
@@ -729,16 +742,20 @@ struct Conn {
     buf: BytesMut,
 }
 
+/// Connects as `user` (ringrouter: logs in, joins the room of join code
+/// `join`) and, for a receiver, subscribes to `subscribe` (NATS subject or
+/// Redis channel), waiting until the server confirmed the subscription.
 async fn connect(
     protocol: Protocol,
     addr: SocketAddr,
     user: &str,
-    receiver: bool,
+    subscribe: Option<&str>,
     join: Option<&str>,
 ) -> Result<Conn, String> {
     match protocol {
         Protocol::Ringrouter => connect_login(addr, user, join).await,
-        Protocol::Nats => connect_nats(addr, receiver.then_some(user)).await,
+        Protocol::Nats => connect_nats(addr, subscribe).await,
+        Protocol::Redis => connect_redis(addr, subscribe).await,
     }
 }
 
@@ -770,10 +787,59 @@ async fn connect_nats(addr: SocketAddr, subscribe: Option<&str>) -> Result<Conn,
     }
 }
 
+/// Redis handshake: a receiver SUBSCRIBEs and waits for the confirmation (only
+/// then is it sure to get what is published next); a sender PINGs and waits for
+/// the PONG (proving it talks to a Redis server).
+async fn connect_redis(addr: SocketAddr, subscribe: Option<&str>) -> Result<Conn, String> {
+    let mut s = TcpStream::connect_addr(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = s.set_nodelay(true);
+    let mut hello = BytesMut::new();
+    match subscribe {
+        Some(channel) => resp::put_command(&mut hello, &[b"SUBSCRIBE", channel.as_bytes()]),
+        None => resp::put_command(&mut hello, &[b"PING"]),
+    }
+    let (r, _) = s.write_all(hello).await;
+    r.map_err(|e| e.to_string())?;
+    let what = match subscribe {
+        Some(channel) => format!("Redis SUBSCRIBE {channel}"),
+        None => "Redis PING".to_owned(),
+    };
+    let mut buf = BytesMut::with_capacity(8192);
+    loop {
+        // (bytes used, whether it was the answer), or not complete yet.
+        let step = match resp::next(&buf).map_err(|e| format!("{what}: {e}"))? {
+            None => None,
+            Some((resp::Resp::Error(e), _)) => {
+                return Err(format!("{what}: {}", String::from_utf8_lossy(e)))
+            }
+            Some((resp::Resp::Subscribed { channel, .. }, n)) => {
+                Some((n, subscribe.is_some_and(|c| c.as_bytes() == channel)))
+            }
+            Some((resp::Resp::Simple(b"PONG"), n)) => Some((n, subscribe.is_none())),
+            Some((_, n)) => Some((n, false)),
+        };
+        match step {
+            Some((n, answered)) => {
+                buf.advance(n);
+                if answered {
+                    return Ok(Conn { stream: s, buf });
+                }
+            }
+            None => buf = read_more(&mut s, buf, &what).await?,
+        }
+    }
+}
+
 /// One item scanned from a receiver's buffer.
 enum Item<'a> {
-    /// A delivered payload (empty: the sender's end marker), with the router's seq (0 for NATS).
+    /// A delivered payload (empty: the sender's end marker), with the router's
+    /// seq (0 for NATS and Redis).
     Msg(&'a [u8], u64),
+    /// Redis' answer to a PUBLISH (how many subscribers got the message: not
+    /// needed, the receivers count what they get).
+    Published,
     /// Anything else (already answered if it needed an answer).
     Control,
 }
@@ -845,6 +911,18 @@ fn next_item<'a>(
             }
             Ok(Some(Item::Control))
         }
+        Protocol::Redis => {
+            let Some((r, n)) = resp::next(rest)? else {
+                return Ok(None);
+            };
+            *pos += n;
+            match r {
+                resp::Resp::Message { payload, .. } => Ok(Some(Item::Msg(payload, 0))),
+                resp::Resp::Int(_) => Ok(Some(Item::Published)),
+                resp::Resp::Error(e) => Err(format!("redis: {}", String::from_utf8_lossy(e))),
+                _ => Ok(Some(Item::Control)),
+            }
+        }
     }
 }
 
@@ -860,12 +938,17 @@ fn begin_message(protocol: Protocol, out: &mut BytesMut, to: &Dest, len: usize) 
             use std::fmt::Write as _;
             let _ = write!(NatsLine(out), "PUB {subject} {len}\r\n");
         }
+        (Protocol::Redis, Dest::User(channel) | Dest::Room(channel)) => {
+            resp::put_publish_header(out, channel.as_bytes(), len)
+        }
     }
 }
 
 fn end_message(protocol: Protocol, out: &mut BytesMut) {
-    if protocol == Protocol::Nats {
-        out.extend_from_slice(b"\r\n");
+    match protocol {
+        Protocol::Ringrouter => {}
+        Protocol::Nats => out.extend_from_slice(b"\r\n"),
+        Protocol::Redis => out.extend_from_slice(resp::END),
     }
 }
 
@@ -992,6 +1075,8 @@ struct Echo {
     saw_end: Cell<bool>,
     /// The read side ended.
     closed: Cell<bool>,
+    /// Redis: PUBLISH replies read (one per message and destination).
+    published: Cell<u64>,
     /// Frames to send back (pongs).
     control: std::cell::RefCell<BytesMut>,
 }
@@ -1000,6 +1085,7 @@ struct Echo {
 /// deliveries of its own room messages (to ack them), reports router errors.
 async fn sender_reader(
     shared: Arc<Shared>,
+    flow: Arc<Flow>,
     mut rd: monoio::net::tcp::TcpOwnedReadHalf,
     mut buf: BytesMut,
     echo: Rc<Echo>,
@@ -1008,6 +1094,7 @@ async fn sender_reader(
     let mut out = BytesMut::new();
     loop {
         let mut pos = 0usize;
+        let published = echo.published.get();
         loop {
             match next_item(protocol, &buf, &mut pos, &mut out) {
                 Ok(Some(Item::Msg(payload, seq))) => {
@@ -1016,6 +1103,7 @@ async fn sender_reader(
                         echo.saw_end.set(true);
                     }
                 }
+                Ok(Some(Item::Published)) => echo.published.set(echo.published.get() + 1),
                 Ok(Some(Item::Control)) => {}
                 Ok(None) => break,
                 Err(e) => {
@@ -1028,6 +1116,10 @@ async fn sender_reader(
             }
         }
         buf.advance(pos);
+        if echo.published.get() != published {
+            // The sending loop's window counts these too.
+            flow.sender.wake();
+        }
         if !out.is_empty() {
             echo.control.borrow_mut().extend_from_slice(&out);
             out.clear();
@@ -1109,7 +1201,13 @@ async fn sender(
     // Read whatever the router sends the sender (pings, errors, its own room
     // messages) so that its socket never fills.
     let echo = Rc::new(Echo::default());
-    monoio::spawn(sender_reader(shared.clone(), rd, conn.buf, echo.clone()));
+    monoio::spawn(sender_reader(
+        shared.clone(),
+        flow.clone(),
+        rd,
+        conn.buf,
+        echo.clone(),
+    ));
     let mut acker = Acker::new();
     let size = cfg.size;
     let window = cfg.window as u64;
@@ -1124,10 +1222,14 @@ async fn sender(
         if quota.is_some_and(|q| sent >= q) || deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        // Window: messages sent but not yet delivered to every recipient.
+        // Window: messages sent but not yet delivered to every recipient (and,
+        // with Redis, not yet answered: its PUBLISH replies count too).
         let in_flight = |f: &Flow| {
-            let delivered = f.delivered.load(Ordering::Acquire) / f.fan;
-            sent.saturating_sub(delivered)
+            let mut done = f.delivered.load(Ordering::Acquire) / f.fan;
+            if protocol == Protocol::Redis {
+                done = done.min(echo.published.get() / to.len() as u64);
+            }
+            sent.saturating_sub(done)
         };
         if in_flight(&flow) >= window {
             poll_fn(|cx| {
@@ -1194,6 +1296,19 @@ async fn sender(
     write_failed |= r.is_err();
     flow.sender_done.store(true, Ordering::Release);
     shared.senders_left.fetch_sub(1, Ordering::AcqRel);
+    if protocol == Protocol::Redis && !write_failed {
+        // Every PUBLISH, end markers included, is answered before the
+        // connection goes away (unread replies would make closing it a reset).
+        let expect = (sent + 1) * to.len() as u64;
+        let since = Instant::now();
+        while echo.published.get() < expect
+            && !echo.closed.get()
+            && since.elapsed() < cfg.drain_timeout
+        {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+        return;
+    }
     if protocol != Protocol::Ringrouter || write_failed {
         return;
     }
@@ -1317,7 +1432,7 @@ async fn receive(
                             let _ = h.record(now_ns.saturating_sub(ts).max(1));
                         }
                     }
-                    Ok(Some(Item::Control)) => {}
+                    Ok(Some(Item::Control | Item::Published)) => {}
                     Ok(None) => break,
                     Err(e) => {
                         if let Ok(mut fl) = shared.failed.lock() {
@@ -1441,6 +1556,49 @@ mod tests {
     }
 
     #[test]
+    fn redis_messages_are_publishes_to_the_channel() {
+        let mut b = BytesMut::new();
+        for (dest, payload) in [
+            (
+                Dest::User("load1-r0-0".into()),
+                &b"12345678\r\n345678abc"[..],
+            ),
+            (Dest::Room("load1-room0".into()), &b""[..]),
+        ] {
+            begin_message(Protocol::Redis, &mut b, &dest, payload.len());
+            b.extend_from_slice(payload);
+            end_message(Protocol::Redis, &mut b);
+        }
+        assert_eq!(
+            &b[..],
+            &b"*3\r\n$7\r\nPUBLISH\r\n$10\r\nload1-r0-0\r\n$19\r\n12345678\r\n345678abc\r\n\
+               *3\r\n$7\r\nPUBLISH\r\n$11\r\nload1-room0\r\n$0\r\n\r\n"[..]
+        );
+    }
+
+    #[test]
+    fn redis_pushes_replies_and_errors_are_told_apart() {
+        let b = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n:64\r\n\
+                  *3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$0\r\n\r\n+OK\r\n*3\r\n$7\r\nmess";
+        let mut pos = 0;
+        let mut out = BytesMut::new();
+        let mut items = Vec::new();
+        while let Some(item) = next_item(Protocol::Redis, b, &mut pos, &mut out).expect("parses") {
+            items.push(match item {
+                Item::Msg(p, seq) => format!("msg {} {seq}", String::from_utf8_lossy(p)),
+                Item::Published => "published".into(),
+                Item::Control => "control".into(),
+            });
+        }
+        assert_eq!(items, ["msg hi 0", "published", "msg  0", "control"]);
+        assert_eq!(&b[pos..], b"*3\r\n$7\r\nmess", "the partial push waits");
+        assert!(out.is_empty(), "nothing to answer");
+        let mut pos = 0;
+        let err = next_item(Protocol::Redis, b"-OOM no\r\n", &mut pos, &mut out);
+        assert!(matches!(err, Err(e) if e.contains("OOM no")));
+    }
+
+    #[test]
     fn fan_out_rooms_are_named_after_the_prefix() {
         assert_eq!(room_name("load42-", 0), "load42-room0");
         assert_ne!(room_name("load42-", 0), room_name("load43-", 0));
@@ -1475,6 +1633,7 @@ mod tests {
         {
             items.push(match item {
                 Item::Msg(p, seq) => format!("msg {} {seq}", String::from_utf8_lossy(p)),
+                Item::Published => "published".into(),
                 Item::Control => "control".into(),
             });
         }

@@ -33,7 +33,8 @@ struct Args {
     #[arg(long)]
     duration: Option<f64>,
     /// One sender to M receivers (M > 1: through a room the sender creates and
-    /// the receivers join; deleted at the end).
+    /// the receivers join, deleted at the end; with redis, through one channel
+    /// they all subscribe to; with nats, M subjects).
     #[arg(long)]
     fanout: Option<usize>,
     /// Paced total rate, msgs/s.
@@ -45,7 +46,8 @@ struct Args {
     /// Engine threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Server protocol: ringrouter, or nats (for side-by-side comparisons).
+    /// Server protocol: ringrouter, or nats or redis (pub/sub) for side-by-side
+    /// comparisons.
     #[arg(long, value_enum, default_value_t = ProtocolArg::Ringrouter)]
     protocol: ProtocolArg,
     /// Prefix of the engine's user names (default: per process); fixing it fixes
@@ -61,6 +63,7 @@ struct Args {
 enum ProtocolArg {
     Ringrouter,
     Nats,
+    Redis,
 }
 
 fn main() {
@@ -88,6 +91,7 @@ fn main() {
         protocol: match a.protocol {
             ProtocolArg::Ringrouter => Protocol::Ringrouter,
             ProtocolArg::Nats => Protocol::Nats,
+            ProtocolArg::Redis => Protocol::Redis,
         },
         ..LoadConfig::default()
     };
