@@ -32,6 +32,9 @@ static RUN: AtomicU64 = AtomicU64::new(0);
 type Running = (RouterHandle, tempfile::TempDir);
 
 fn start_router() -> Running {
+    // The process-wide allocator tuning the `ringrouter` binary applies at start (THP off),
+    // so this measures the configuration users run.
+    ringrouter::alloc::tune_mimalloc();
     let data = tempfile::tempdir().expect("a store directory");
     let cfg = Config {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),

@@ -94,6 +94,10 @@ pub struct Args {
     /// Most names one ListUsers answers.
     #[arg(long, default_value_t = 1_000)]
     pub list_users_page: usize,
+    /// Leave transparent huge pages on for the router's memory (default: off, see
+    /// BENCHMARKS.md: THP page zeroing cost 10-40% of CPU with many sessions).
+    #[arg(long, hide = true)]
+    pub allow_thp: bool,
     /// Cheapest Argon2id parameters (for tests and benchmarks; never in production).
     #[arg(long, hide = true)]
     pub argon2_cheap: bool,
@@ -146,7 +150,6 @@ impl Args {
 
 /// Runs the router from the command line; returns the process exit code.
 pub fn main() -> i32 {
-    crate::alloc::tune_mimalloc();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -155,6 +158,9 @@ pub fn main() -> i32 {
         .with_writer(std::io::stderr)
         .try_init();
     let args = Args::parse();
+    if !args.allow_thp {
+        crate::alloc::tune_mimalloc();
+    }
     let cfg = args.into_config();
     let handle = match crate::Router::start(cfg) {
         Ok(h) => h,
