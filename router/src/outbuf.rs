@@ -17,21 +17,20 @@ const CHUNK: usize = 64 * 1024;
 /// Most iovecs passed to one writev (Linux IOV_MAX).
 const IOV_MAX: usize = 1024;
 
-/// Where one iovec of a batch comes from.
+/// A payload written by reference, after `data[..local_end]`.
 #[derive(Debug)]
-enum Seg {
-    /// `data[prev_end..end]`.
-    Local(usize),
-    /// A shared payload.
-    Shared(Bytes),
-    /// A payload shared by the sessions of this shard (a room fan-out): taking a
-    /// reference is a plain increment, not an atomic one on a counter other cores use.
-    Fanned(Rc<Bytes>),
+struct Seg {
+    local_end: usize,
+    payload: Part,
 }
 
-/// One iovec's buffer.
+/// A payload buffer an iovec points into.
+#[derive(Debug)]
 enum Part {
+    /// The sender's buffer.
     Bytes(Bytes),
+    /// A payload shared by the sessions of this shard (a room fan-out): taking a
+    /// reference is a plain increment, not an atomic one on a counter other cores use.
     Fanned(Rc<Bytes>),
 }
 
@@ -107,10 +106,12 @@ impl OutBuf {
             self.data.put_slice(payload);
             self.copied_bytes += payload.len() as u64;
         } else {
-            self.segs.push(Seg::Local(self.data.len()));
-            self.segs.push(match fanned {
-                Some(rc) => Seg::Fanned(rc.clone()),
-                None => Seg::Shared(payload.clone()),
+            self.segs.push(Seg {
+                local_end: self.data.len(),
+                payload: match fanned {
+                    Some(rc) => Part::Fanned(rc.clone()),
+                    None => Part::Bytes(payload.clone()),
+                },
             });
             self.zero_copy_bytes += payload.len() as u64;
         }
@@ -140,21 +141,18 @@ impl OutBuf {
         let mut batch = spare.unwrap_or_default();
         batch.reset();
         let data = self.data.split().freeze();
+        // Headers are written straight from `data` (kept alive by `reclaim`): no
+        // reference count per slice.
         let mut prev = 0usize;
         for seg in self.segs.drain(..) {
-            match seg {
-                Seg::Local(end) => {
-                    if end > prev {
-                        batch.push(Part::Bytes(data.slice(prev..end)));
-                    }
-                    prev = end;
-                }
-                Seg::Shared(b) => batch.push(Part::Bytes(b)),
-                Seg::Fanned(b) => batch.push(Part::Fanned(b)),
+            if seg.local_end > prev {
+                batch.push_local(&data[prev..seg.local_end]);
             }
+            prev = seg.local_end;
+            batch.push(seg.payload);
         }
         if data.len() > prev {
-            batch.push(Part::Bytes(data.slice(prev..)));
+            batch.push_local(&data[prev..]);
         }
         batch.total = self.len;
         self.len = 0;
@@ -188,6 +186,7 @@ impl OutBuf {
 /// alive, so the iovec pointers stay valid however the batch itself is moved.
 #[derive(Default)]
 pub struct WriteBatch {
+    /// Owners of the payload iovecs (header iovecs point into `reclaim`).
     parts: Vec<Part>,
     iov: Vec<libc::iovec>,
     /// First iovec not yet fully written.
@@ -225,6 +224,14 @@ impl WriteBatch {
         self.parts.push(b);
     }
 
+    /// An iovec over part of the header buffer, which `reclaim` keeps alive.
+    fn push_local(&mut self, s: &[u8]) {
+        self.iov.push(libc::iovec {
+            iov_base: s.as_ptr() as *mut libc::c_void,
+            iov_len: s.len(),
+        });
+    }
+
     /// Bytes in the batch.
     pub fn total(&self) -> usize {
         self.total
@@ -252,14 +259,19 @@ impl WriteBatch {
         }
     }
 
-    /// The parts of the batch, for tests.
+    /// The buffers of the batch in write order (before any `advance`), for tests.
     pub fn parts(&self) -> Vec<&[u8]> {
-        self.parts.iter().map(Part::as_slice).collect()
+        self.iov
+            .iter()
+            // Safety: every iovec points into `parts` or `reclaim`, owned by the batch
+            // and unchanged while it is borrowed.
+            .map(|v| unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) })
+            .collect()
     }
 }
 
-// Safety: the iovecs point into `parts`, heap buffers owned by the batch that
-// neither move nor change while the runtime holds the batch; the pointer and
+// Safety: the iovecs point into `parts` and `reclaim`, heap buffers owned by the batch
+// that neither move nor change while the runtime holds the batch; the pointer and
 // length stay fixed until `advance`, which is only called once the op returned.
 unsafe impl monoio::buf::IoVecBuf for WriteBatch {
     fn read_iovec_ptr(&self) -> *const libc::iovec {
