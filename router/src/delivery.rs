@@ -33,6 +33,7 @@ use ringrouter_proto::Status;
 
 use crate::config::{AuthMode, DurabilityMode, OfflineOverflow};
 use crate::mailbox::Doorbell;
+use crate::outbuf::FanMsg;
 use crate::shard::{Mail, SessionId, SessionKey, Shard};
 use crate::store::{Overflow, StoreError, StoreHandle, StoreResult, StoredMsg};
 
@@ -135,13 +136,16 @@ struct Unacked {
 
 /// What a session delivered and the client has not acked yet, in seq order.
 ///
-/// Per message this costs one queue entry and one payload reference: the sender and room
-/// names live once per run of messages from the same sender in `names`, pinned there, so
-/// a delivery recognises the previous sender by pointer (no byte comparison, no
-/// reference count on a name another core owns).
+/// Per direct message this costs one queue entry and one payload reference (small
+/// payloads are copied into the entry): the sender and room names live once per run of
+/// messages from the same sender in `names`, pinned there, so a delivery recognises the
+/// previous sender by pointer (no byte comparison, no reference count on a name another
+/// core owns). A room message costs 16 bytes: its seq and a reference to the shard's one
+/// [`FanMsg`] for it.
 #[derive(Debug, Default)]
 pub struct Retained {
     q: VecDeque<Unacked>,
+    fan: VecDeque<(u64, Rc<FanMsg>)>,
     names: VecDeque<(Bytes, Bytes)>,
     /// Absolute index of `names[0]`.
     names_base: u64,
@@ -157,16 +161,12 @@ const KEEP_INLINE: usize = 64;
 enum Kept {
     Inline(u8, [u8; KEEP_INLINE]),
     Shared(Bytes),
-    Fanned(Rc<Bytes>),
 }
 
 impl Kept {
     #[inline]
-    fn of(payload: &Bytes, fanned: Option<&Rc<Bytes>>) -> Kept {
-        if let Some(rc) = fanned {
-            // A plain increment on a count this shard owns, whatever the size.
-            Kept::Fanned(rc.clone())
-        } else if payload.len() <= KEEP_INLINE {
+    fn of(payload: &Bytes) -> Kept {
+        if payload.len() <= KEEP_INLINE {
             let mut buf = [0u8; KEEP_INLINE];
             buf[..payload.len()].copy_from_slice(payload);
             Kept::Inline(payload.len() as u8, buf)
@@ -179,7 +179,6 @@ impl Kept {
         match self {
             Kept::Inline(n, buf) => Bytes::copy_from_slice(&buf[..n as usize]),
             Kept::Shared(b) => b,
-            Kept::Fanned(b) => Bytes::clone(&b),
         }
     }
 }
@@ -191,12 +190,12 @@ fn same(a: &Bytes, b: &Bytes) -> bool {
 impl Retained {
     /// Messages kept.
     pub fn len(&self) -> usize {
-        self.q.len()
+        self.q.len() + self.fan.len()
     }
 
     /// True when nothing is kept.
     pub fn is_empty(&self) -> bool {
-        self.q.is_empty()
+        self.q.is_empty() && self.fan.is_empty()
     }
 
     fn name_of(&mut self, from_user: &Bytes, to_room: &Bytes) -> u64 {
@@ -213,9 +212,13 @@ impl Retained {
     /// Keeps a live delivery (seq `seq`) until acked.
     #[inline]
     pub fn push(&mut self, seq: u64, m: &Outgoing<'_>) {
+        if let (Some(fm), 0) = (m.fanned, m.store_seq) {
+            self.fan.push_back((seq, fm.clone()));
+            return;
+        }
         let name = self.name_of(m.from_user, m.to_room);
         let payload = if m.store_seq == 0 {
-            Kept::of(m.payload, m.fanned)
+            Kept::of(m.payload)
         } else {
             Kept::Inline(0, [0; KEEP_INLINE])
         };
@@ -252,11 +255,16 @@ impl Retained {
             top = top.max(u.store_seq);
             self.q.pop_front();
         }
+        while self.fan.front().is_some_and(|(s, _)| *s <= seq) {
+            self.fan.pop_front();
+        }
         // Names no kept message refers to any more (the last one stays: the next
-        // message is most likely from the same sender).
+        // message is most likely from the same sender). Entries without a name (loaded
+        // from the store) only come at the front, from a login backlog.
         let keep_from = self
             .q
             .iter()
+            .take(LOAD_PAGE + 1)
             .map(|u| u.name)
             .find(|&n| n != u64::MAX)
             .unwrap_or(self.names_base + self.names.len().saturating_sub(1) as u64);
@@ -270,21 +278,34 @@ impl Retained {
     /// Empties the queue; returns the live (not stored) messages as store records, in order.
     pub fn take_unstored(&mut self) -> Vec<StoredMsg> {
         let q = std::mem::take(&mut self.q);
-        let out = q
-            .into_iter()
-            .filter(|u| u.store_seq == 0)
-            .map(|u| {
-                let idx = u.name.saturating_sub(self.names_base) as usize;
-                let (from_user, to_room) = self.names.get(idx).cloned().unwrap_or_default();
-                StoredMsg {
-                    from_user: String::from_utf8_lossy(&from_user).into_owned(),
-                    to_room: String::from_utf8_lossy(&to_room).into_owned(),
-                    payload: u.payload.into_bytes(),
-                    server_ts_us: u.ts_us,
-                    msg_id: u.msg_id,
-                }
-            })
-            .collect();
+        let mut fan = std::mem::take(&mut self.fan).into_iter().peekable();
+        let mut out = Vec::with_capacity(q.len() + fan.len());
+        let fanned = |(_, m): (u64, Rc<FanMsg>)| StoredMsg {
+            from_user: String::from_utf8_lossy(&m.from_user).into_owned(),
+            to_room: String::from_utf8_lossy(&m.to_room).into_owned(),
+            payload: m.payload.clone(),
+            server_ts_us: m.ts_us,
+            msg_id: m.msg_id,
+        };
+        for u in q {
+            // The two queues merge by seq.
+            while let Some(f) = fan.next_if(|(s, _)| *s < u.seq) {
+                out.push(fanned(f));
+            }
+            if u.store_seq != 0 {
+                continue;
+            }
+            let idx = u.name.saturating_sub(self.names_base) as usize;
+            let (from_user, to_room) = self.names.get(idx).cloned().unwrap_or_default();
+            out.push(StoredMsg {
+                from_user: String::from_utf8_lossy(&from_user).into_owned(),
+                to_room: String::from_utf8_lossy(&to_room).into_owned(),
+                payload: u.payload.into_bytes(),
+                server_ts_us: u.ts_us,
+                msg_id: u.msg_id,
+            });
+        }
+        out.extend(fan.map(fanned));
         self.names.clear();
         out
     }
@@ -306,7 +327,7 @@ pub struct Outgoing<'a> {
     /// Its seq in the recipient's offline queue (sync mode), 0 if not stored.
     pub store_seq: u64,
     /// The same payload as a reference the sessions of this shard share (room fan-out).
-    pub fanned: Option<&'a Rc<Bytes>>,
+    pub fanned: Option<&'a Rc<FanMsg>>,
 }
 
 impl Outgoing<'_> {
@@ -817,5 +838,103 @@ pub fn stamp_of<'a>(seq: u64, m: &'a StoredMsg) -> DeliverStamp<'a> {
         to_room: m.to_room.as_bytes(),
         server_ts_us: m.server_ts_us,
         msg_id: m.msg_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fan(id: u64) -> Rc<FanMsg> {
+        Rc::new(FanMsg {
+            payload: Bytes::from(format!("room {id}")),
+            from_user: Bytes::from_static(b"ann"),
+            to_room: Bytes::from_static(b"lobby"),
+            msg_id: id,
+            ts_us: id,
+        })
+    }
+
+    #[test]
+    fn retained_keeps_direct_and_room_messages_in_seq_order_until_acked() {
+        let mut r = Retained::default();
+        let (bob, empty) = (Bytes::from_static(b"bob"), Bytes::new());
+        let big = Bytes::from(vec![7u8; 300]);
+        let direct = |payload: &Bytes, id: u64| {
+            let m = Outgoing {
+                from_user: &bob,
+                to_room: &empty,
+                payload,
+                msg_id: id,
+                ts_us: id,
+                store_seq: 0,
+                fanned: None,
+            };
+            StoredMsg {
+                from_user: "bob".into(),
+                to_room: String::new(),
+                payload: m.payload.clone(),
+                server_ts_us: id,
+                msg_id: id,
+            }
+        };
+        let small = Bytes::from_static(b"hi");
+        let push_direct = |r: &mut Retained, seq: u64, p: &Bytes| {
+            let m = Outgoing {
+                from_user: &bob,
+                to_room: &empty,
+                payload: p,
+                msg_id: seq,
+                ts_us: seq,
+                store_seq: 0,
+                fanned: None,
+            };
+            r.push(seq, &m);
+        };
+        push_direct(&mut r, 1, &small);
+        let f2 = fan(2);
+        let m2 = Outgoing {
+            from_user: &f2.from_user,
+            to_room: &f2.to_room,
+            payload: &f2.payload,
+            msg_id: 2,
+            ts_us: 2,
+            store_seq: 0,
+            fanned: Some(&f2),
+        };
+        r.push(2, &m2);
+        push_direct(&mut r, 3, &big);
+        r.push_stored(4, 17);
+        let f5 = fan(5);
+        r.push(
+            5,
+            &Outgoing {
+                fanned: Some(&f5),
+                msg_id: 5,
+                ts_us: 5,
+                ..m2
+            },
+        );
+        assert_eq!(r.len(), 5);
+        // Acking 2 drops one of each kind; nothing stored among them.
+        assert_eq!(r.ack(2), 0);
+        assert_eq!(r.len(), 3);
+        // What is left and not in the store comes back in seq order: 3 (direct), 5 (room).
+        let rest = r.take_unstored();
+        assert_eq!(rest.len(), 2);
+        assert_eq!(rest[0], direct(&big, 3));
+        assert_eq!(
+            (
+                rest[1].msg_id,
+                rest[1].to_room.as_str(),
+                rest[1].from_user.as_str()
+            ),
+            (5, "lobby", "ann")
+        );
+        assert!(r.is_empty());
+        // A stored entry is reported by the ack that covers it.
+        r.push_stored(6, 40);
+        r.push_stored(7, 41);
+        assert_eq!(r.ack(7), 41);
     }
 }

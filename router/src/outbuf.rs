@@ -17,6 +17,23 @@ const CHUNK: usize = 64 * 1024;
 /// Most iovecs passed to one writev (Linux IOV_MAX).
 const IOV_MAX: usize = 1024;
 
+/// A room message as the sessions of one shard share it: one allocation per shard and
+/// message, referenced (a plain, non-atomic increment) by every member session's write
+/// queue and unacked queue.
+#[derive(Debug)]
+pub struct FanMsg {
+    /// The payload (the sender's buffer).
+    pub payload: Bytes,
+    /// Authenticated sender.
+    pub from_user: Bytes,
+    /// The room.
+    pub to_room: Bytes,
+    /// Message id.
+    pub msg_id: u64,
+    /// Router clock at acceptance.
+    pub ts_us: u64,
+}
+
 /// A payload written by reference, after `data[..local_end]`.
 #[derive(Debug)]
 struct Seg {
@@ -31,14 +48,14 @@ enum Part {
     Bytes(Bytes),
     /// A payload shared by the sessions of this shard (a room fan-out): taking a
     /// reference is a plain increment, not an atomic one on a counter other cores use.
-    Fanned(Rc<Bytes>),
+    Fanned(Rc<FanMsg>),
 }
 
 impl Part {
     fn as_slice(&self) -> &[u8] {
         match self {
             Part::Bytes(b) => b,
-            Part::Fanned(b) => b,
+            Part::Fanned(m) => &m.payload,
         }
     }
 }
@@ -91,7 +108,7 @@ impl OutBuf {
         stamp: &DeliverStamp<'_>,
         payload: &Bytes,
         inline_max: usize,
-        fanned: Option<&Rc<Bytes>>,
+        fanned: Option<&Rc<FanMsg>>,
     ) {
         let inline = if payload.len() <= inline_max {
             payload.len()
