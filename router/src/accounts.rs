@@ -76,6 +76,7 @@ impl Shard {
                             from,
                             request_id: 0,
                             op: RoomOp::Purge { room },
+                            quota: false,
                         };
                         sh.post(home, Mail::Room(Box::new(req)));
                     }

@@ -205,6 +205,9 @@ pub(crate) async fn serve(
                 },
                 &mut out,
             );
+            // Frames pipelined after the Register are still in `buf`: parse them
+            // before waiting for more bytes.
+            continue;
         }
         if let Some(l) = login {
             let checked = match shared.auth.login(&l.user, &l.token, cfg.max_user_bytes) {

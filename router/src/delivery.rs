@@ -676,12 +676,13 @@ impl Shard {
         }
         self.counters.requeued += msgs.len() as u64;
         let user = String::from_utf8_lossy(&s.user).into_owned();
+        // An account deleted meanwhile gets nothing back (NOT_FOUND): its messages must
+        // not wait for whoever registers the name next.
         self.store_req(
-            |st, cb| st.enqueue(&user, msgs, None, false, cb),
-            |_, r| {
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "requeueing unacked messages failed");
-                }
+            |st, cb| st.enqueue(&user, msgs, None, true, cb),
+            |_, r| match r {
+                Ok(_) | Err(StoreError::NotFound) => {}
+                Err(e) => tracing::warn!(error = %e, "requeueing unacked messages failed"),
             },
         );
     }
@@ -776,9 +777,10 @@ impl Shard {
         let Some(s) = self.sessions.get_mut(key) else {
             return;
         };
+        // Held-back live messages do not count: they only drain once the backlog is out.
         if s.closing.is_some()
             || !s.loading
-            || s.pending() > max_pending
+            || s.out.len() + s.inflight > max_pending
             || s.unacked.len() > max_unacked
         {
             return;

@@ -50,6 +50,9 @@ pub struct RoomReq {
     pub request_id: u64,
     /// What to do.
     pub op: RoomOp,
+    /// The user's own Create or Join, admitted by the user's home shard against
+    /// `max_rooms_per_user`; its answer lets the user's next one through.
+    pub quota: bool,
 }
 
 /// The room operations.
@@ -173,6 +176,15 @@ pub struct RoomNotice {
     pub users: Vec<Bytes>,
     /// The event.
     pub event: RoomEvent,
+}
+
+/// A room request or message of a user, waiting behind the user's Create or Join.
+#[derive(Debug)]
+pub enum OwnItem {
+    /// A request.
+    Req(RoomReq),
+    /// A message.
+    Send(RoomSend),
 }
 
 /// Work queued on a room.
@@ -529,9 +541,97 @@ impl Shard {
             from,
             request_id,
             op,
+            quota: false,
         };
-        let home = self.home(req.op.key().as_bytes());
-        self.post(home, Mail::Room(Box::new(req)));
+        let user = Bytes::copy_from_slice(req.user.as_bytes());
+        if let Some(waiting) = self.room_quota.get_mut(&user) {
+            // Behind the user's Create or Join in flight, in order.
+            waiting.push_back(OwnItem::Req(req));
+        } else if matches!(req.op, RoomOp::Create { .. } | RoomOp::Join { .. }) {
+            self.room_quota.insert(user, VecDeque::new());
+            self.admit_own(req);
+        } else {
+            let home = self.home(req.op.key().as_bytes());
+            self.post(home, Mail::Room(Box::new(req)));
+        }
+    }
+
+    fn admit_own(&mut self, mut req: RoomReq) {
+        let max = self.cfg.max_rooms_per_user;
+        let user = req.user.clone();
+        self.store_req(
+            |st, cb| st.rooms_of(&user, cb),
+            move |sh, r| match r {
+                // Joining a room one is in already is answered by the room (OK).
+                Ok(rooms) if rooms.len() >= max && !rooms.iter().any(|n| n == req.op.key()) => {
+                    let reason = format!(
+                        "{} is in {} rooms, the limit is {max}",
+                        req.user,
+                        rooms.len()
+                    );
+                    let frame = room_result(
+                        req.request_id,
+                        Status::RateLimited,
+                        &reason,
+                        req.op.key(),
+                        "",
+                    );
+                    sh.send_to_session(req.from, frame);
+                    sh.next_own(req.user.as_bytes());
+                }
+                Ok(_) => {
+                    req.quota = true;
+                    let home = sh.home(req.op.key().as_bytes());
+                    sh.post(home, Mail::Room(Box::new(req)));
+                }
+                Err(e) => {
+                    let frame = room_result(
+                        req.request_id,
+                        crate::delivery::store_status(&e),
+                        &e.to_string(),
+                        req.op.key(),
+                        "",
+                    );
+                    sh.send_to_session(req.from, frame);
+                    sh.next_own(req.user.as_bytes());
+                }
+            },
+        );
+    }
+
+    /// The user's Create or Join was answered: what the user sent after it goes on, in
+    /// order, up to the next Create or Join (admitted in turn).
+    pub fn next_own(&mut self, user: &[u8]) {
+        loop {
+            let next = match self.room_quota.get_mut(user) {
+                Some(waiting) => waiting.pop_front(),
+                None => return,
+            };
+            match next {
+                Some(OwnItem::Req(req))
+                    if matches!(req.op, RoomOp::Create { .. } | RoomOp::Join { .. }) =>
+                {
+                    self.admit_own(req);
+                    return;
+                }
+                Some(OwnItem::Req(req)) => {
+                    let home = self.home(req.op.key().as_bytes());
+                    self.post(home, Mail::Room(Box::new(req)));
+                }
+                Some(OwnItem::Send(work)) => {
+                    let home = self.home(&work.room);
+                    if home == self.id {
+                        self.on_room_work(RoomWork::Send(work));
+                    } else {
+                        self.post(home, Mail::RoomSend(work));
+                    }
+                }
+                None => {
+                    self.room_quota.remove(user);
+                    return;
+                }
+            }
+        }
     }
 
     fn list_rooms(&mut self, from: SessionId, request_id: u64, user: String) {
@@ -600,6 +700,13 @@ impl Shard {
             reply: want.map(|rid| (sender, rid)),
             sender,
         };
+        if !self.room_quota.is_empty() {
+            if let Some(waiting) = self.room_quota.get_mut(&work.from_user[..]) {
+                // Sent after a Create or Join still in flight: checked after it.
+                waiting.push_back(OwnItem::Send(work));
+                return;
+            }
+        }
         if home == self.id {
             self.on_room_work(RoomWork::Send(work));
         } else {
@@ -725,6 +832,14 @@ impl Shard {
         }
         let frame = room_result(req.request_id, status, reason, req.op.key(), code);
         self.send_to_session(req.from, frame);
+        if req.quota {
+            let user = Bytes::copy_from_slice(req.user.as_bytes());
+            if req.from.shard as usize == self.id {
+                self.next_own(&user);
+            } else {
+                self.post(req.from.shard as usize, Mail::RoomQuota { user });
+            }
+        }
     }
 
     fn process_room_work(&mut self, key: &Bytes, w: RoomWork) {
@@ -772,11 +887,16 @@ impl Shard {
             Plan::Answer(req, status, reason, code) => self.answer(&req, status, &reason, &code),
             Plan::Join(req, rec, phc, password) => {
                 slot.busy = true;
-                let user = req.user.clone();
                 self.check_room_password(password, phc, req, move |sh, req| {
-                    sh.check_room_limit(user, req, move |sh, req| {
+                    if req.quota {
+                        // The joiner's room count was checked on its home shard.
                         sh.write_room(key, req, rec, RoomEventKind::RoomEventJoined);
-                    });
+                    } else {
+                        let user = req.user.clone();
+                        sh.check_room_limit(user, req, move |sh, req| {
+                            sh.write_room(key, req, rec, RoomEventKind::RoomEventJoined);
+                        });
+                    }
                 });
             }
             Plan::Add(req, rec, target) => {
@@ -939,7 +1059,9 @@ impl Shard {
         };
         let (name, password) = (name.clone(), password.clone());
         let owner = req.user.clone();
-        self.check_room_limit(owner.clone(), req, move |sh, req| {
+        let owner_for_check = owner.clone();
+        // Admitted on the owner's home shard (quota), or checked here.
+        let admitted = move |sh: &mut Shard, req: Box<RoomReq>| {
             let rec = RoomRecord {
                 name,
                 owner: owner.clone(),
@@ -967,7 +1089,12 @@ impl Shard {
                     },
                 );
             }
-        });
+        };
+        if req.quota {
+            admitted(self, req);
+        } else {
+            self.check_room_limit(owner_for_check, req, admitted);
+        }
     }
 
     /// Writes a new room; a join code already taken gets a fresh one (`tries` times).
@@ -1065,6 +1192,13 @@ impl Shard {
         }
     }
 
+    /// True when `user` has a live session here other than `except`.
+    fn has_other_session(&self, user: &[u8], except: SessionId) -> bool {
+        self.live_sessions(user)
+            .into_iter()
+            .any(|k| self.session_id(k) != Some(except))
+    }
+
     /// A room event for users homed here.
     pub fn on_room_notice(&mut self, n: &RoomNotice) {
         let frame = ServerFrame {
@@ -1100,6 +1234,11 @@ impl Shard {
         };
         for user in f.users.iter() {
             if journaled {
+                // The sender's own copy is only for the sender's other devices: with
+                // none online it is not stored (it would come back at the next login).
+                if *user == f.from_user && !self.has_other_session(user, f.sender) {
+                    continue;
+                }
                 let msg = Held {
                     from_user: f.from_user.clone(),
                     to_room: f.room.clone(),

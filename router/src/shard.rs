@@ -26,6 +26,9 @@ use crate::delivery::{status_reason, Held, Outgoing, Retained, StoreLink};
 use crate::outbuf::{OutBuf, WriteBatch};
 use crate::stats::{Counters, ShardStats};
 
+/// Bytes a held-back message counts for besides its payload (its entry and names).
+const HELD_OVERHEAD: usize = 128;
+
 /// The room of a direct message (none).
 static NO_ROOM: Bytes = Bytes::new();
 
@@ -228,6 +231,11 @@ pub enum Mail {
     RoomDeliver(crate::rooms::RoomFan),
     /// A room event for users homed on the receiving shard.
     RoomNotice(Box<crate::rooms::RoomNotice>),
+    /// A user's own Create or Join homed on the receiving shard was answered.
+    RoomQuota {
+        /// The user.
+        user: Bytes,
+    },
     /// A frame for a session of the receiving shard (answers to room requests).
     Reply {
         /// The session.
@@ -292,6 +300,8 @@ pub struct Shard {
     pub bell: Option<Arc<crate::mailbox::Doorbell>>,
     /// Rooms homed here (loaded, or being looked up).
     pub rooms: FxHashMap<Bytes, crate::rooms::RoomSlot>,
+    /// Users homed here with a Create or Join in flight, and their next ones.
+    pub room_quota: FxHashMap<Bytes, std::collections::VecDeque<crate::rooms::OwnItem>>,
 }
 
 const SLOW_CONSUMER: (Status, &str) = (
@@ -499,6 +509,7 @@ impl Shard {
             local_mail: Vec::new(),
             bell: None,
             rooms: FxHashMap::default(),
+            room_quota: FxHashMap::default(),
         }
     }
 
@@ -663,7 +674,17 @@ impl Shard {
                     let top = s.unacked.ack(a.up_to_seq);
                     if top > 0 {
                         let user = s.user.clone();
-                        self.remove_stored(&user, top);
+                        // A device of the same user still paging through the queue must
+                        // find these too: the removal waits for a later ack (acks are
+                        // cumulative, so that one removes these as well).
+                        let paging = self.users.get(&user).is_some_and(|keys| {
+                            keys.iter().any(|&k| {
+                                k != key && self.sessions.get(k).is_some_and(|o| o.loading)
+                            })
+                        });
+                        if !paging {
+                            self.remove_stored(&user, top);
+                        }
                     }
                     self.continue_loading(key);
                 }
@@ -719,6 +740,11 @@ impl Shard {
             Some((
                 Status::BadRequest,
                 format!("to_room is longer than {} bytes", self.cfg.max_user_bytes),
+            ))
+        } else if v.to_room.starts_with(&[crate::rooms::CODE_MARK as u8]) {
+            Some((
+                Status::BadRequest,
+                "send to the room's name; a join code is only for joining".to_owned(),
             ))
         } else if v.to_user.is_empty() && v.to_room.is_empty() {
             Some((Status::BadRequest, "to_user is empty".to_owned()))
@@ -915,7 +941,9 @@ impl Shard {
                 // The backlog goes first. In sync mode this message is in the queue
                 // behind it already; otherwise it waits here.
                 if m.store_seq == 0 {
-                    s.held_bytes += m.payload.len();
+                    // Counted with its bookkeeping, so that even empty payloads meet
+                    // the session's bounds (backpressure, then slow consumer).
+                    s.held_bytes += m.payload.len() + HELD_OVERHEAD;
                     s.held.push(Held {
                         from_user: m.from_user.clone(),
                         to_room: m.to_room.clone(),
@@ -923,6 +951,9 @@ impl Shard {
                         msg_id: m.msg_id,
                         ts_us: m.ts_us,
                     });
+                    if s.held.len() > max_unacked {
+                        overflowed = Some(k);
+                    }
                 }
                 n += 1;
                 continue;
@@ -1095,6 +1126,10 @@ impl Shard {
             }
             Mail::RoomNotice(n) => {
                 self.on_room_notice(&n);
+                None
+            }
+            Mail::RoomQuota { user } => {
+                self.next_own(&user);
                 None
             }
             Mail::Reply { to, frame } => {
