@@ -715,9 +715,16 @@ impl Shard {
         self.load_page(id, user, 0);
     }
 
+    /// Messages per backlog page: at most half the unacked limit, so a page never
+    /// overflows a session by itself (the next one waits for the client's acks).
+    fn backlog_page(&self) -> usize {
+        LOAD_PAGE.min((self.cfg.max_unacked_per_session / 2).max(1))
+    }
+
     fn load_page(&mut self, id: SessionId, user: String, from: u64) {
+        let page = self.backlog_page();
         self.store_req(
-            |st, cb| st.load_from(&user, from, LOAD_PAGE, cb),
+            |st, cb| st.load_from(&user, from, page, cb),
             move |sh, r| sh.on_backlog_page(id, r),
         );
     }
@@ -736,7 +743,7 @@ impl Shard {
                 return;
             }
         };
-        let full = page.len() >= LOAD_PAGE;
+        let full = page.len() >= self.backlog_page();
         let inline_max = self.cfg.inline_payload_max;
         let s = &mut self.sessions[key];
         let mut last = 0;
@@ -797,7 +804,6 @@ impl Shard {
     /// The backlog is out: what was held back follows it, then live delivery resumes.
     fn finish_backlog(&mut self, key: SessionKey) {
         let inline_max = self.cfg.inline_payload_max;
-        let max_unacked = self.cfg.max_unacked_per_session;
         let Some(s) = self.sessions.get_mut(key) else {
             return;
         };
@@ -827,8 +833,8 @@ impl Shard {
             s.unacked.push(s.last_seq, &m);
         }
         s.wake_writer();
-        let over = s.unacked.len() > max_unacked;
-        self.close_overflowed(over.then_some(key));
+        // Not closed here for being over `max_unacked`: the backlog pages are bounded
+        // by it and what was held back was bounded when it was held.
     }
 }
 
