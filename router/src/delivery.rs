@@ -260,11 +260,14 @@ impl Retained {
         }
         // Names no kept message refers to any more (the last one stays: the next
         // message is most likely from the same sender). Entries without a name (loaded
-        // from the store) only come at the front, from a login backlog.
+        // from the store) only come at the front, from a login backlog, so the scan
+        // stops at the first named entry.
+        if self.names.len() <= 1 {
+            return top;
+        }
         let keep_from = self
             .q
             .iter()
-            .take(LOAD_PAGE + 1)
             .map(|u| u.name)
             .find(|&n| n != u64::MAX)
             .unwrap_or(self.names_base + self.names.len().saturating_sub(1) as u64);

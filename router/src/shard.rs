@@ -158,6 +158,11 @@ impl Session {
     }
 
     pub(crate) fn push_frame(&mut self, f: &ServerFrame) {
+        // Nothing goes out before the LoginResult (held for the first backlog page).
+        if let Some(login) = self.login_frame.take() {
+            self.out.push_frame(&login);
+            self.wake_drain_waiters();
+        }
         self.out.push_frame(f);
         self.wake_writer();
     }

@@ -1,0 +1,454 @@
+//! Regression tests from the review of offline delivery, rooms and accounts: offline backlog, held messages, sync-mode journal.
+
+use std::time::Duration;
+
+use prost::Message as _;
+use ringrouter_client::Status;
+use ringrouter_proto::v1::{
+    client_frame::Kind as C, server_frame::Kind as S, ClientFrame, CreateRoom, Deliver, JoinRoom,
+    RoomResult, Send,
+};
+use ringrouter_tests::{Raw, ReadEnd, RouterProc, T};
+
+fn visit(r: &RouterProc, user: &str) {
+    let c = r.raw_login(user);
+    drop(c);
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+fn frame(kind: C) -> Vec<u8> {
+    ClientFrame { kind: Some(kind) }.encode_length_delimited_to_vec()
+}
+
+fn send_frame(to: &str, payload: &[u8], want: bool, request_id: u64) -> Vec<u8> {
+    frame(C::Send(Send {
+        request_id,
+        to_user: to.into(),
+        payload: payload.to_vec().into(),
+        want_result: want,
+        ..Default::default()
+    }))
+}
+
+fn wait_send_result(c: &mut Raw, request_id: u64) -> i32 {
+    loop {
+        match c.next_non_ping(T) {
+            S::SendResult(r) if r.request_id == request_id => return r.status,
+            S::SendResult(r) => assert_eq!(r.status, Status::Ok as i32, "{r:?}"),
+            _ => {}
+        }
+    }
+}
+
+fn wait_send_result_any(c: &mut Raw, request_id: u64) -> i32 {
+    loop {
+        if let S::SendResult(r) = c.next_non_ping(T) {
+            if r.request_id == request_id {
+                return r.status;
+            }
+        }
+    }
+}
+
+/// Reads Delivers (skipping pings) until `n` arrived or `timeout` passed.
+fn collect_delivers(c: &mut Raw, n: usize, timeout: Duration) -> Vec<Deliver> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < n {
+        match c.next(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Ok(f) => match f.kind {
+                Some(S::Deliver(d)) => out.push(d),
+                Some(S::Ping(_)) | Some(S::RoomEvent(_)) => {}
+                other => panic!("unexpected {other:?}"),
+            },
+            Err(ReadEnd::Timeout) => break,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    out
+}
+
+/// A login backlog longer than one page (1024) pauses after the first page until the
+/// client acks (unacked > max_unacked/2). Live messages that arrive meanwhile are held.
+/// Once held payload bytes pass max_pending_bytes/2, `continue_loading` never loads the
+/// next page again (`pending()` counts `held_bytes`, which only `finish_backlog` clears):
+/// the rest of the backlog and every held message are stuck for good.
+fn backlog_then_held(live_msgs: usize) -> (usize, usize) {
+    let r = RouterProc::start(&[
+        "--shards",
+        "1",
+        "--max-unacked-per-session",
+        "1500",
+        "--max-pending-bytes",
+        "64k",
+    ]);
+    visit(&r, "bob");
+    let mut a = r.raw_login("alice");
+    const BACKLOG: usize = 1100;
+    let mut bytes = Vec::new();
+    for i in 0..BACKLOG {
+        bytes.extend(send_frame("bob", &(i as u32).to_be_bytes(), false, 0));
+    }
+    bytes.extend(send_frame("bob", b"fence", true, 99));
+    a.write(&bytes).unwrap();
+    assert_eq!(wait_send_result(&mut a, 99), Status::Ok as i32);
+
+    let mut b = r.raw_login("bob");
+    let first = collect_delivers(&mut b, 1024, T);
+    assert_eq!(first.len(), 1024, "first backlog page");
+    // bob does not ack yet: live messages are held behind the backlog.
+    for i in 0..live_msgs {
+        let mut p = vec![0xEE; 1000];
+        p[..4].copy_from_slice(&(i as u32).to_be_bytes());
+        a.send_to("bob", &p, 1000 + i as u64);
+        assert_eq!(wait_send_result(&mut a, 1000 + i as u64), Status::Ok as i32);
+    }
+    b.ack(first.last().unwrap().seq);
+    let want = BACKLOG + 1 - 1024 + live_msgs;
+    let rest = collect_delivers(&mut b, want, Duration::from_secs(4));
+    (rest.len(), want)
+}
+
+#[test]
+fn review_backlog_resumes_after_ack_with_few_held_bytes() {
+    // Control: 20 KB held (< 32 KiB = max_pending/2) — works.
+    let (got, want) = backlog_then_held(20);
+    assert_eq!(got, want);
+}
+
+#[test]
+fn review_backlog_resumes_after_ack_with_many_held_bytes() {
+    // 40 KB held (> 32 KiB, < 64 KiB): the backlog never resumes.
+    let (got, want) = backlog_then_held(40);
+    assert_eq!(
+        got, want,
+        "rest of the backlog + held live messages never delivered after the ack"
+    );
+}
+
+fn room_result(k: S) -> RoomResult {
+    match k {
+        S::RoomResult(r) => r,
+        other => panic!("expected RoomResult, got {other:?}"),
+    }
+}
+
+fn room_send(c: &mut Raw, room: &str, payload: &[u8], request_id: u64) -> i32 {
+    let k = C::Send(Send {
+        request_id,
+        to_room: room.into(),
+        payload: payload.to_vec().into(),
+        want_result: true,
+        ..Default::default()
+    });
+    match c.call(k, request_id).0 {
+        S::SendResult(r) => r.status,
+        other => panic!("expected SendResult, got {other:?}"),
+    }
+}
+
+fn setup_room(r: &RouterProc) -> (Raw, Raw) {
+    let mut a = r.raw_login("alice");
+    let mut b = r.raw_login("bob");
+    let c = room_result(
+        a.call(
+            C::CreateRoom(CreateRoom {
+                request_id: 1,
+                name: "syncroom".into(),
+                password: String::new(),
+            }),
+            1,
+        )
+        .0,
+    );
+    assert_eq!(c.status, Status::Ok as i32, "{c:?}");
+    let j = room_result(
+        b.call(
+            C::JoinRoom(JoinRoom {
+                request_id: 2,
+                room: "syncroom".into(),
+                password: String::new(),
+            }),
+            2,
+        )
+        .0,
+    );
+    assert_eq!(j.status, Status::Ok as i32, "{j:?}");
+    (a, b)
+}
+
+/// Sync mode: a room message is journaled for every member, the sender's own user
+/// included (`on_room_fan` -> `journal(user, .., skip = sender)`); the sending device is
+/// skipped for live delivery, so that entry is never delivered/acked. It fills the
+/// sender's own offline queue: after max_offline_per_user room messages, the sender's
+/// own sends are RATE_LIMITED even though every real recipient acked.
+#[test]
+fn review_sync_room_sender_fills_own_offline_queue() {
+    let r = RouterProc::start(&[
+        "--shards",
+        "1",
+        "--durability",
+        "sync",
+        "--max-offline-per-user",
+        "3",
+    ]);
+    let (mut a, mut b) = setup_room(&r);
+    let mut statuses = Vec::new();
+    for i in 0..6u8 {
+        let st = room_send(&mut a, "syncroom", &[i], 10 + u64::from(i));
+        statuses.push(st);
+        if st == Status::Ok as i32 {
+            let d = collect_delivers(&mut b, 1, T);
+            assert_eq!(d.len(), 1);
+            b.ack(d[0].seq);
+        }
+    }
+    assert!(
+        statuses.iter().all(|&s| s == Status::Ok as i32),
+        "room sends: {statuses:?} (1 = OK, 9 = RATE_LIMITED: the sender's own offline queue filled up)"
+    );
+}
+
+/// Sync mode: the sender gets its own room message back at its next login.
+#[test]
+fn review_sync_room_message_echoed_to_sender_at_next_login() {
+    let r = RouterProc::start(&["--shards", "1", "--durability", "sync"]);
+    let (mut a, mut b) = setup_room(&r);
+    assert_eq!(
+        room_send(&mut a, "syncroom", b"hello", 10),
+        Status::Ok as i32
+    );
+    let d = collect_delivers(&mut b, 1, T);
+    b.ack(d[0].seq);
+    drop(a);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut a = r.raw_login("alice");
+    let echoed = collect_delivers(&mut a, 1, Duration::from_secs(1));
+    assert!(
+        echoed.is_empty(),
+        "alice got her own room message back: {echoed:?}"
+    );
+}
+
+/// Sync mode, two devices of bob. S1 is live (1100 journaled messages, not acked yet);
+/// S2 logs in and pauses after its first backlog page (1024 > max_unacked/2). A new
+/// message m is journaled: S1 gets it live, S2 is `loading` so it is skipped ("already in
+/// the queue behind it"). S1 acks everything -> `remove_up_to(top)` deletes m from the
+/// queue. S2 acks its page, loads the next one from 1025: m is gone. S2 was connected
+/// when m was sent and never receives it (in memory mode it would be held and delivered).
+#[test]
+fn review_sync_loading_device_misses_live_message_acked_by_other_device() {
+    let r = RouterProc::start(&[
+        "--shards",
+        "1",
+        "--durability",
+        "sync",
+        "--max-unacked-per-session",
+        "1500",
+    ]);
+    let mut s1 = r.raw_login("bob");
+    let mut a = r.raw_login("alice");
+    let mut bytes = Vec::new();
+    for i in 0..1100u32 {
+        bytes.extend(send_frame("bob", &i.to_be_bytes(), false, 0));
+    }
+    bytes.extend(send_frame("bob", b"fence", true, 99));
+    a.write(&bytes).unwrap();
+    assert_eq!(wait_send_result(&mut a, 99), Status::Ok as i32);
+    let got1 = collect_delivers(&mut s1, 1101, T);
+    assert_eq!(got1.len(), 1101);
+    let mut s2 = r.raw_login("bob");
+    let page = collect_delivers(&mut s2, 1024, T);
+    assert_eq!(page.len(), 1024);
+    a.send_to("bob", b"MMMM", 100);
+    assert_eq!(wait_send_result(&mut a, 100), Status::Ok as i32);
+    let m1 = collect_delivers(&mut s1, 1, T);
+    assert_eq!(&m1[0].payload[..], b"MMMM");
+    s1.ack(m1[0].seq);
+    // Let the removal reach the store before S2 asks for its next page.
+    s1.send(C::Ping(ringrouter_proto::v1::Ping { nonce: 1 }));
+    loop {
+        if let S::Pong(_) = s1.next_non_ping(T) {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    s2.ack(page.last().unwrap().seq);
+    let rest = collect_delivers(&mut s2, 200, Duration::from_secs(2));
+    assert!(
+        rest.iter().any(|d| &d.payload[..] == b"MMMM"),
+        "S2 never got the message sent while it was logged in ({} others after its first page)",
+        rest.len()
+    );
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// While a session is `loading`, live messages go to `held` with no count bound and no
+/// backpressure; only `held_bytes` (payload bytes) is counted, so empty payloads cost
+/// ~100 B of router memory each and never trip the slow-consumer check.
+#[test]
+fn review_held_messages_grow_without_bound() {
+    let r = RouterProc::start(&["--shards", "1", "--max-unacked-per-session", "1500"]);
+    visit(&r, "bob");
+    let mut a = r.raw_login("alice");
+    let mut bytes = Vec::new();
+    for i in 0..1100u32 {
+        bytes.extend(send_frame("bob", &i.to_be_bytes(), false, 0));
+    }
+    bytes.extend(send_frame("bob", b"fence", true, 99));
+    a.write(&bytes).unwrap();
+    assert_eq!(wait_send_result(&mut a, 99), Status::Ok as i32);
+    let mut b = r.raw_login("bob");
+    assert_eq!(collect_delivers(&mut b, 1024, T).len(), 1024);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss_kb(r.pid());
+    let one = send_frame("bob", b"", false, 0);
+    for fence in 1000..1010 {
+        let mut chunk = Vec::with_capacity(one.len() * 50_000);
+        for _ in 0..50_000 {
+            chunk.extend_from_slice(&one);
+        }
+        chunk.extend(send_frame("bob", b"", true, fence));
+        a.write(&chunk).unwrap();
+        // OK while held; RATE_LIMITED once bob is cut and his offline queue is full.
+        let _ = wait_send_result_any(&mut a, fence);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let after = rss_kb(r.pid());
+    // bob's session is still open (never closed as a slow consumer).
+    let _ = b.write(&frame(C::Ping(ringrouter_proto::v1::Ping { nonce: 1 })));
+    let mut open = false;
+    while let Ok(f) = b.next(Duration::from_secs(2)) {
+        if let Some(S::Pong(_)) = f.kind {
+            open = true;
+            break;
+        }
+    }
+    assert!(
+        !open || after.saturating_sub(before) < 16 * 1024,
+        "router RSS grew {} MiB holding 500k empty messages for one session (still open: {open})",
+        (after - before) / 1024
+    );
+}
+
+/// With --max-unacked-per-session below a backlog page, a backlog longer than the limit
+/// (but shorter than a page) goes out in one page and `finish_backlog` then closes the
+/// session at once (unacked > max): the client cannot ack in time, the stored messages
+/// stay, and every later login is cut the same way. The user can never get a session.
+#[test]
+fn review_small_unacked_limit_and_short_backlog_kick_every_login() {
+    let r = RouterProc::start(&["--shards", "1", "--max-unacked-per-session", "20"]);
+    visit(&r, "ivy");
+    let mut a = r.raw_login("jack");
+    let mut bytes = Vec::new();
+    for i in 0..30u8 {
+        bytes.extend(send_frame("ivy", &[i], false, 0));
+    }
+    bytes.extend(send_frame("ivy", b"fence", true, 99));
+    a.write(&bytes).unwrap();
+    assert_eq!(wait_send_result(&mut a, 99), Status::Ok as i32);
+    let mut cut = Vec::new();
+    for attempt in 0..3 {
+        let mut b = r.raw_login("ivy");
+        let got = collect_delivers(&mut b, 31, Duration::from_millis(500));
+        let mut out = Vec::new();
+        if let Some(last) = got.last() {
+            out.extend(frame(C::Ack(ringrouter_proto::v1::Ack {
+                up_to_seq: last.seq,
+            })));
+        }
+        out.extend(frame(C::Ping(ringrouter_proto::v1::Ping { nonce: 1 })));
+        let _ = b.write(&out);
+        let mut closed = false;
+        loop {
+            match b.next(Duration::from_secs(2)) {
+                Ok(f) => match f.kind {
+                    Some(S::Pong(_)) => break,
+                    Some(S::Error(e)) => {
+                        cut.push((attempt, got.len(), e.code, e.reason));
+                    }
+                    _ => {}
+                },
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        if !closed {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        cut.is_empty(),
+        "logins cut right after their backlog: {cut:?}"
+    );
+}
+
+/// `Retained::ack` (HEAD 4764937) only looks at the first LOAD_PAGE+1 entries for the
+/// oldest name still referenced. With more backlog entries than that still unacked at
+/// the front, it drops every name but the last, so the live messages behind the backlog
+/// lose their (sender, room); `take_unstored` then maps them (saturating_sub -> index 0)
+/// to the wrong sender. At the next login alice's message arrives as sent by carol.
+#[test]
+fn review_requeued_messages_keep_their_sender_after_a_partial_ack() {
+    let r = RouterProc::start(&["--shards", "1"]);
+    visit(&r, "bob");
+    let mut d = r.raw_login("dave");
+    let mut bytes = Vec::new();
+    for i in 0..1100u32 {
+        bytes.extend(send_frame("bob", &i.to_be_bytes(), false, 0));
+    }
+    bytes.extend(send_frame("bob", b"fence", true, 99));
+    d.write(&bytes).unwrap();
+    assert_eq!(wait_send_result(&mut d, 99), Status::Ok as i32);
+
+    let mut b = r.raw_login("bob");
+    let backlog = collect_delivers(&mut b, 1101, T);
+    assert_eq!(backlog.len(), 1101);
+    let mut alice = r.raw_login("alice");
+    let mut carol = r.raw_login("carol");
+    alice.send_to("bob", b"from-alice", 1);
+    assert_eq!(wait_send_result(&mut alice, 1), Status::Ok as i32);
+    carol.send_to("bob", b"from-carol", 1);
+    assert_eq!(wait_send_result(&mut carol, 1), Status::Ok as i32);
+    let live = collect_delivers(&mut b, 2, T);
+    assert_eq!(live[0].from_user, "alice");
+    assert_eq!(live[1].from_user, "carol");
+    // Ack only the first backlog message, then go away.
+    b.ack(backlog[0].seq);
+    b.send(C::Ping(ringrouter_proto::v1::Ping { nonce: 1 }));
+    while !matches!(b.next_non_ping(T), S::Pong(_)) {}
+    drop(b);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut b = r.raw_login("bob");
+    let again = collect_delivers(&mut b, 1102, T);
+    let requeued: Vec<(String, String)> = again
+        .iter()
+        .filter(|d| d.payload.starts_with(b"from-"))
+        .map(|d| {
+            (
+                d.from_user.clone(),
+                String::from_utf8_lossy(&d.payload).into_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        requeued,
+        vec![
+            ("alice".to_owned(), "from-alice".to_owned()),
+            ("carol".to_owned(), "from-carol".to_owned())
+        ],
+        "requeued live messages must keep their authenticated sender"
+    );
+}
