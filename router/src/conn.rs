@@ -624,13 +624,17 @@ async fn read_loop<R: AsyncReadRent>(
         }
         poll_fn(|cx| {
             let mut sh = shard.borrow_mut();
-            if (!sh.pipeline_full() && !sh.store_full())
-                || sh.sessions.get(key).is_none_or(|s| s.closing.is_some())
-            {
+            if sh.sessions.get(key).is_none_or(|s| s.closing.is_some()) {
                 Poll::Ready(())
-            } else {
+            } else if sh.store_full() {
+                // Woken by the consumer once store completions bring it down.
+                sh.store_waiters.push(cx.waker().clone());
+                Poll::Pending
+            } else if sh.pipeline_full() {
                 sh.outbox_waiters.push(cx.waker().clone());
                 Poll::Pending
+            } else {
+                Poll::Ready(())
             }
         })
         .await;

@@ -561,6 +561,10 @@ async fn consumer(
         let mut got = 0usize;
         {
             let mut sh = shard.borrow_mut();
+            // While this shard's store requests are over their mark, mail from other
+            // shards waits in the rings: their pipeline fills and their readers pause,
+            // so senders on any shard are held back by a store that cannot keep up.
+            let rings = if sh.store_full() { 0 } else { rings };
             for i in 0..rings {
                 let from = inbox.source(i);
                 for _ in 0..64 {
@@ -586,7 +590,7 @@ async fn consumer(
                     d(&mut sh);
                 }
                 if was_full && !sh.store_full() {
-                    for w in sh.outbox_waiters.drain(..) {
+                    for w in sh.store_waiters.drain(..) {
                         w.wake();
                     }
                 }
@@ -615,7 +619,10 @@ async fn consumer(
             if shared.shutdown.load(Ordering::Acquire) && !local.fired() {
                 return Poll::Ready(());
             }
-            if inbox.park(cx.waker(), |_| true) {
+            // Rings are not work while the store is over its mark (see above): the
+            // completions ring the doorbell.
+            let store_full = shard.borrow().store_full();
+            if inbox.park(cx.waker(), |_| !store_full) {
                 if (shared.shutdown.load(Ordering::Acquire) && !local.fired())
                     || !done_q.is_empty()
                     || !shard.borrow().local_mail.is_empty()

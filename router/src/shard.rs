@@ -283,6 +283,8 @@ pub struct Shard {
     pub flusher: Option<Waker>,
     /// Readers waiting for `outbox` to drain.
     pub outbox_waiters: Vec<Waker>,
+    /// Readers waiting for the store requests in flight to fall under their mark.
+    pub store_waiters: Vec<Waker>,
     /// Tasks waiting for the last session and connection to end (shutdown).
     pub idle_waiters: Vec<Waker>,
     /// Connections accepted here that have not become sessions yet.
@@ -502,6 +504,7 @@ impl Shard {
             pause,
             flusher: None,
             outbox_waiters: Vec::new(),
+            store_waiters: Vec::new(),
             idle_waiters: Vec::new(),
             prelogin: 0,
             next_gen: 1,
