@@ -18,8 +18,8 @@ use prost::Message as _;
 use ringrouter_client::{Client, ClientConfig, Status};
 use ringrouter_proto::codec::{decode_server, next_frame};
 use ringrouter_proto::v1::{
-    client_frame, server_frame, ClientFrame, Deliver, Error as ErrorFrame, Login, LoginResult,
-    ServerFrame,
+    client_frame, server_frame, AccountResult, ClientFrame, CreateRoom, Deliver,
+    Error as ErrorFrame, JoinRoom, Login, LoginResult, Register, RoomResult, Send, ServerFrame,
 };
 
 /// Default bound on any single wait for the router in these tests.
@@ -251,6 +251,43 @@ impl RouterProc {
         r
     }
 
+    /// Logs `user` in once on a raw connection and out again, so it exists (open
+    /// auth: from the first login). Does not wait for the router to notice the close.
+    pub fn visit(&self, user: &str) {
+        let c = self.raw_login(user);
+        drop(c);
+    }
+
+    /// Like [`RouterProc::visit`], then sleeps `wait` so the router has handled the
+    /// end of the session before the test goes on.
+    pub fn visit_and_wait(&self, user: &str, wait: Duration) {
+        self.visit(user);
+        std::thread::sleep(wait);
+    }
+
+    /// Registers `user` with `password` (`--auth accounts`) on a fresh connection,
+    /// request id [`REGISTER_REQUEST_ID`]; returns the AccountResult whatever its status.
+    pub fn register(&self, user: &str, password: &str) -> AccountResult {
+        let mut c = self.raw();
+        let k = client_frame::Kind::Register(Register {
+            request_id: REGISTER_REQUEST_ID,
+            user: user.into(),
+            password: password.into(),
+        });
+        match c.call(k, REGISTER_REQUEST_ID).0 {
+            server_frame::Kind::AccountResult(a) => a,
+            other => panic!("expected an AccountResult, got {other:?}"),
+        }
+    }
+
+    /// A fresh connection that sent a password Login for `user` (no device name);
+    /// returns it with its LoginResult, whatever the status (see [`Raw::login_password`]).
+    pub fn login_password(&self, user: &str, password: &str) -> (Raw, LoginResult) {
+        let mut c = self.raw();
+        let lr = c.login_password(user, password, "");
+        (c, lr)
+    }
+
     /// Connects and logs in as `user`.
     pub fn client(&self, user: &str) -> Client {
         Client::connect(self.connect_addr(), ClientConfig::new(user))
@@ -341,6 +378,15 @@ impl std::fmt::Debug for Raw {
 /// Largest frame [`Raw`] accepts from the router.
 const RAW_MAX_FRAME: usize = 64 << 20;
 
+/// Request id of the Register sent by [`RouterProc::register`].
+pub const REGISTER_REQUEST_ID: u64 = 3;
+
+/// Request id of the CreateRoom sent by [`Raw::create_room`].
+pub const CREATE_ROOM_REQUEST_ID: u64 = 11;
+
+/// Request id of the JoinRoom sent by [`Raw::join_room`].
+pub const JOIN_ROOM_REQUEST_ID: u64 = 12;
+
 impl Raw {
     /// Connects (no login).
     pub fn connect(addr: SocketAddr) -> Raw {
@@ -387,6 +433,18 @@ impl Raw {
             request_id: 1,
             user: user.into(),
             device: "raw".into(),
+            ..Default::default()
+        })
+    }
+
+    /// Sends a password Login{user, password, device} (request id 1) and reads up to
+    /// the LoginResult (whatever its status).
+    pub fn login_password(&mut self, user: &str, password: &str, device: &str) -> LoginResult {
+        self.login_with(Login {
+            request_id: 1,
+            user: user.into(),
+            password: password.into(),
+            device: device.into(),
             ..Default::default()
         })
     }
@@ -525,6 +583,27 @@ impl Raw {
         out
     }
 
+    /// Reads Delivers until `n` arrived or `timeout` passed, skipping Pings and
+    /// RoomEvents; returns what arrived (fewer than `n` on timeout). Unlike
+    /// [`Raw::delivers`], running out of time is not a failure; any other frame, a
+    /// close or bad bytes panic.
+    pub fn collect_delivers(&mut self, n: usize, timeout: Duration) -> Vec<Deliver> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < n {
+            match self.next(deadline.saturating_duration_since(Instant::now())) {
+                Ok(f) => match f.kind {
+                    Some(server_frame::Kind::Deliver(d)) => out.push(d),
+                    Some(server_frame::Kind::Ping(_)) | Some(server_frame::Kind::RoomEvent(_)) => {}
+                    other => panic!("unexpected {other:?}"),
+                },
+                Err(ReadEnd::Timeout) => break,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        out
+    }
+
     /// Acks every Deliver up to `seq`.
     pub fn ack(&mut self, seq: u64) {
         self.send(client_frame::Kind::Ack(ringrouter_proto::v1::Ack {
@@ -534,13 +613,65 @@ impl Raw {
 
     /// Sends a message to `to` asking for a SendResult with `request_id`.
     pub fn send_to(&mut self, to: &str, payload: &[u8], request_id: u64) {
-        self.send(client_frame::Kind::Send(ringrouter_proto::v1::Send {
-            request_id,
-            to_user: to.into(),
-            payload: payload.to_vec().into(),
-            want_result: true,
-            ..Default::default()
-        }));
+        self.send(send_kind(to, "", payload, true, request_id));
+    }
+
+    /// Reads up to the SendResult for `request_id` (after pipelined Sends) and
+    /// returns its status. Other frames are skipped, but an earlier SendResult
+    /// that is not OK panics.
+    pub fn wait_send_result(&mut self, request_id: u64) -> i32 {
+        loop {
+            match self.next_non_ping(T) {
+                server_frame::Kind::SendResult(r) if r.request_id == request_id => return r.status,
+                server_frame::Kind::SendResult(r) => {
+                    assert_eq!(r.status, Status::Ok as i32, "{r:?}")
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Like [`Raw::wait_send_result`], but earlier SendResults may have any status.
+    pub fn wait_send_result_any(&mut self, request_id: u64) -> i32 {
+        loop {
+            if let server_frame::Kind::SendResult(r) = self.next_non_ping(T) {
+                if r.request_id == request_id {
+                    return r.status;
+                }
+            }
+        }
+    }
+
+    /// Creates room `name` with `password` (empty: none), request id
+    /// [`CREATE_ROOM_REQUEST_ID`]; returns the RoomResult whatever its status.
+    pub fn create_room(&mut self, name: &str, password: &str) -> RoomResult {
+        let k = client_frame::Kind::CreateRoom(CreateRoom {
+            request_id: CREATE_ROOM_REQUEST_ID,
+            name: name.into(),
+            password: password.into(),
+        });
+        room_result(self.call(k, CREATE_ROOM_REQUEST_ID).0)
+    }
+
+    /// Joins `room` (a name or a join code) with `password`, request id
+    /// [`JOIN_ROOM_REQUEST_ID`]; returns the RoomResult whatever its status.
+    pub fn join_room(&mut self, room: &str, password: &str) -> RoomResult {
+        let k = client_frame::Kind::JoinRoom(JoinRoom {
+            request_id: JOIN_ROOM_REQUEST_ID,
+            room: room.into(),
+            password: password.into(),
+        });
+        room_result(self.call(k, JOIN_ROOM_REQUEST_ID).0)
+    }
+
+    /// Sends a message to `room` asking for a SendResult with `request_id`; returns
+    /// its status.
+    pub fn send_room(&mut self, room: &str, payload: &[u8], request_id: u64) -> i32 {
+        let k = send_kind("", room, payload, true, request_id);
+        match self.call(k, request_id).0 {
+            server_frame::Kind::SendResult(r) => r.status,
+            other => panic!("expected a SendResult, got {other:?}"),
+        }
     }
 
     /// The next frame that is not a Ping (Delivers included); panics on timeout or close.
@@ -585,6 +716,52 @@ impl Raw {
         self.stream
             .shutdown(std::net::Shutdown::Write)
             .expect("shutdown(SHUT_WR)");
+    }
+}
+
+/// The bytes of one client frame, length prefix included (for pipelining several
+/// frames in one write with [`Raw::write`]).
+pub fn client_frame_bytes(kind: client_frame::Kind) -> Vec<u8> {
+    ClientFrame { kind: Some(kind) }.encode_length_delimited_to_vec()
+}
+
+/// The bytes of a Send of `payload` to user `to` (see [`client_frame_bytes`]).
+pub fn send_frame_bytes(to: &str, payload: &[u8], want_result: bool, request_id: u64) -> Vec<u8> {
+    client_frame_bytes(send_kind(to, "", payload, want_result, request_id))
+}
+
+/// The bytes of a Send of `payload` to `room` (see [`client_frame_bytes`]).
+pub fn room_send_frame_bytes(
+    room: &str,
+    payload: &[u8],
+    want_result: bool,
+    request_id: u64,
+) -> Vec<u8> {
+    client_frame_bytes(send_kind("", room, payload, want_result, request_id))
+}
+
+fn send_kind(
+    to_user: &str,
+    to_room: &str,
+    payload: &[u8],
+    want_result: bool,
+    request_id: u64,
+) -> client_frame::Kind {
+    client_frame::Kind::Send(Send {
+        request_id,
+        to_user: to_user.into(),
+        to_room: to_room.into(),
+        payload: payload.to_vec().into(),
+        want_result,
+        ..Default::default()
+    })
+}
+
+/// The RoomResult in `kind`; panics on any other frame.
+pub fn room_result(kind: server_frame::Kind) -> RoomResult {
+    match kind {
+        server_frame::Kind::RoomResult(r) => r,
+        other => panic!("expected a RoomResult, got {other:?}"),
     }
 }
 

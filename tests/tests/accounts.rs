@@ -4,36 +4,12 @@
 use ringrouter_client::Status;
 use ringrouter_proto::v1::{
     client_frame::Kind as C, server_frame::Kind as S, AccountResult, CreateRoom, DeleteAccount,
-    JoinRoom, ListRooms, ListUsers, Login, LoginResult, Register, RoomEventKind,
+    JoinRoom, ListRooms, ListUsers, Login, Register, RoomEventKind,
 };
 use ringrouter_tests::{Raw, RouterProc, T};
 
 fn accounts_router() -> RouterProc {
     RouterProc::start(&["--shards", "2", "--auth", "accounts"])
-}
-
-fn register(r: &RouterProc, user: &str, password: &str) -> AccountResult {
-    let mut c = r.raw();
-    let k = C::Register(Register {
-        request_id: 3,
-        user: user.into(),
-        password: password.into(),
-    });
-    match c.call(k, 3).0 {
-        S::AccountResult(a) => a,
-        other => panic!("expected an AccountResult, got {other:?}"),
-    }
-}
-
-fn login(r: &RouterProc, user: &str, password: &str) -> (Raw, LoginResult) {
-    let mut c = r.raw();
-    let lr = c.login_with(Login {
-        request_id: 1,
-        user: user.into(),
-        password: password.into(),
-        ..Default::default()
-    });
-    (c, lr)
 }
 
 fn account_call(c: &mut Raw, k: C) -> AccountResult {
@@ -46,17 +22,17 @@ fn account_call(c: &mut Raw, k: C) -> AccountResult {
 #[test]
 fn register_then_log_in_with_the_password() {
     let r = accounts_router();
-    assert_eq!(register(&r, "alice", "pw-alice").status, Status::Ok as i32);
-    let dup = register(&r, "alice", "other");
+    assert_eq!(r.register("alice", "pw-alice").status, Status::Ok as i32);
+    let dup = r.register("alice", "other");
     assert_eq!(dup.status, Status::Conflict as i32, "{dup:?}");
     for (user, pw) in [("bad name", "x"), ("", "x"), ("bob", "")] {
-        let a = register(&r, user, pw);
+        let a = r.register(user, pw);
         assert_eq!(a.status, Status::BadRequest as i32, "{user:?}: {a:?}");
     }
-    let (_c, ok) = login(&r, "alice", "pw-alice");
+    let (_c, ok) = r.login_password("alice", "pw-alice");
     assert_eq!(ok.status, Status::Ok as i32, "{ok:?}");
     for (user, pw) in [("alice", "wrong"), ("alice", ""), ("nobody", "pw")] {
-        let (_c, lr) = login(&r, user, pw);
+        let (_c, lr) = r.login_password(user, pw);
         assert_eq!(
             lr.status,
             Status::Unauthorized as i32,
@@ -83,7 +59,7 @@ fn register_then_log_in_with_the_password() {
 #[test]
 fn register_needs_accounts_mode() {
     let r = RouterProc::start(&[]);
-    let a = register(&r, "dora", "pw");
+    let a = r.register("dora", "pw");
     assert_eq!(a.status, Status::BadRequest as i32);
     assert!(a.reason.contains("accounts"), "{a:?}");
 }
@@ -92,9 +68,9 @@ fn register_needs_accounts_mode() {
 fn registered_users_get_messages_before_their_first_login_and_unknown_users_do_not_exist() {
     let r = accounts_router();
     for u in ["erik", "fay"] {
-        assert_eq!(register(&r, u, "pw").status, Status::Ok as i32);
+        assert_eq!(r.register(u, "pw").status, Status::Ok as i32);
     }
-    let (mut e, _) = login(&r, "erik", "pw");
+    let (mut e, _) = r.login_password("erik", "pw");
     e.send_to("fay", b"hello fay", 2);
     match e.next_non_ping(T) {
         S::SendResult(s) => assert_eq!(s.status, Status::Ok as i32),
@@ -105,7 +81,7 @@ fn registered_users_get_messages_before_their_first_login_and_unknown_users_do_n
         S::SendResult(s) => assert_eq!(s.status, Status::NotFound as i32),
         other => panic!("{other:?}"),
     }
-    let (mut f, _) = login(&r, "fay", "pw");
+    let (mut f, _) = r.login_password("fay", "pw");
     let d = f.delivers(1, T).remove(0);
     assert_eq!(
         (d.from_user.as_str(), &d.payload[..]),
@@ -117,9 +93,9 @@ fn registered_users_get_messages_before_their_first_login_and_unknown_users_do_n
 fn list_users_globs() {
     let r = accounts_router();
     for u in ["al", "alan", "alice", "bob"] {
-        assert_eq!(register(&r, u, "pw").status, Status::Ok as i32);
+        assert_eq!(r.register(u, "pw").status, Status::Ok as i32);
     }
-    let (mut c, _) = login(&r, "bob", "pw");
+    let (mut c, _) = r.login_password("bob", "pw");
     let list = |c: &mut Raw, pattern: &str, limit: u32| {
         account_call(
             c,
@@ -159,11 +135,11 @@ fn list_users_is_bounded_by_the_page_size() {
 fn delete_account_removes_its_data_rooms_and_sessions() {
     let r = accounts_router();
     for u in ["gus", "hana", "ike"] {
-        assert_eq!(register(&r, u, "pw").status, Status::Ok as i32);
+        assert_eq!(r.register(u, "pw").status, Status::Ok as i32);
     }
-    let (mut g1, _) = login(&r, "gus", "pw");
-    let (mut g2, _) = login(&r, "gus", "pw");
-    let (mut h, _) = login(&r, "hana", "pw");
+    let (mut g1, _) = r.login_password("gus", "pw");
+    let (mut g2, _) = r.login_password("gus", "pw");
+    let (mut h, _) = r.login_password("hana", "pw");
     // gus owns "owned" (hana is in it) and is a member of hana's "hers".
     let k = C::CreateRoom(CreateRoom {
         request_id: 1,
@@ -228,15 +204,15 @@ fn delete_account_removes_its_data_rooms_and_sessions() {
         other => panic!("{other:?}"),
     }
     // gus is gone: no login, messages to it are NOT_FOUND, the name can be registered anew.
-    let (_c, lr) = login(&r, "gus", "pw");
+    let (_c, lr) = r.login_password("gus", "pw");
     assert_eq!(lr.status, Status::Unauthorized as i32);
-    let (mut i, _) = login(&r, "ike", "pw");
+    let (mut i, _) = r.login_password("ike", "pw");
     i.send_to("gus", b"?", 4);
     match i.next_non_ping(T) {
         S::SendResult(s) => assert_eq!(s.status, Status::NotFound as i32),
         other => panic!("{other:?}"),
     }
-    assert_eq!(register(&r, "gus", "new").status, Status::Ok as i32);
+    assert_eq!(r.register("gus", "new").status, Status::Ok as i32);
 }
 
 #[test]
@@ -244,9 +220,9 @@ fn password_work_past_its_limit_is_rate_limited() {
     // With no room for password jobs, Register, password Login and room passwords
     // are refused instead of queued.
     let r = RouterProc::start(&["--auth", "accounts", "--max-password-jobs", "0"]);
-    let a = register(&r, "lim", "pw");
+    let a = r.register("lim", "pw");
     assert_eq!(a.status, Status::RateLimited as i32, "{a:?}");
-    let (_c, lr) = login(&r, "lim", "pw");
+    let (_c, lr) = r.login_password("lim", "pw");
     assert_eq!(lr.status, Status::RateLimited as i32, "{lr:?}");
     let r = RouterProc::start(&["--max-password-jobs", "0"]);
     let mut c = r.raw_login("owner");

@@ -5,11 +5,10 @@
 //! Frame-level errors (the bytes are not frames: BAD_FRAME) close the connection;
 //! request-level errors (a well-formed frame with bad content) leave it usable.
 
-use prost::Message as _;
 use ringrouter_client::{ClientError, Status};
 use ringrouter_proto::codec::put_varint;
-use ringrouter_proto::v1::{client_frame, server_frame, Ack, ClientFrame, Login, Ping, Send};
-use ringrouter_tests::{assert_error, cfg, Pair, Raw, RouterProc, T};
+use ringrouter_proto::v1::{client_frame, server_frame, Ack, Login, Ping};
+use ringrouter_tests::{assert_error, cfg, send_frame_bytes, Pair, Raw, RouterProc, T};
 
 const MAX_FRAME: usize = 64 * 1024;
 const MAX_PAYLOAD: usize = 1024;
@@ -56,20 +55,6 @@ fn expect_usable(c: &mut Raw, case: &str) {
         server_frame::Kind::Pong(p) => assert_eq!(p.nonce, 4711, "{case}"),
         other => panic!("{case}: expected Pong, got {other:?}"),
     }
-}
-
-fn frame(kind: client_frame::Kind) -> Vec<u8> {
-    ClientFrame { kind: Some(kind) }.encode_length_delimited_to_vec()
-}
-
-fn send(to: &str, payload: &[u8], request_id: u64, want_result: bool) -> client_frame::Kind {
-    client_frame::Kind::Send(Send {
-        request_id,
-        to_user: to.into(),
-        payload: bytes::Bytes::copy_from_slice(payload),
-        want_result,
-        ..Default::default()
-    })
 }
 
 #[test]
@@ -215,7 +200,7 @@ fn send_to_empty_user_is_bad_request() {
     pair.exchange("empty user, send_wait");
     // Fire and forget: an Error frame echoing the request id.
     let mut raw = r.raw_login("empty-raw");
-    raw.write(&frame(send("", b"to nobody", 31, false)))
+    raw.write(&send_frame_bytes("", b"to nobody", false, 31))
         .expect("write");
     let e = raw.expect_error(T);
     assert_error(&e, Status::BadRequest);
@@ -260,7 +245,7 @@ fn send_or_ack_before_login_is_unauthorized() {
     let (r, mut pair) = setup("early");
     let to = pair.b.user().to_owned();
     let mut c = r.raw();
-    c.write(&frame(send(&to, b"before login", 9, true)))
+    c.write(&send_frame_bytes(&to, b"before login", true, 9))
         .expect("write");
     let e = c.expect_error(T);
     assert_error(&e, Status::Unauthorized);
@@ -279,7 +264,7 @@ fn send_or_ack_before_login_is_unauthorized() {
 /// the receiver sees it from `sender`.
 fn sends_to_pair(c: &mut Raw, pair: &mut Pair, payload: &[u8], request_id: u64, sender: &str) {
     let to = pair.b.user().to_owned();
-    c.write(&frame(send(&to, payload, request_id, true)))
+    c.write(&send_frame_bytes(&to, payload, true, request_id))
         .expect("write");
     match c.next_kind(T) {
         server_frame::Kind::SendResult(res) => assert_eq!(res.status, Status::Ok as i32),

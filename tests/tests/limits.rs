@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use ringrouter_client::{Client, ClientConfig, ClientError, Status};
 use ringrouter_proto::v1::{client_frame, server_frame, Ping};
-use ringrouter_tests::{assert_error, cfg, wait_until, ReadEnd, RouterProc, T};
+use ringrouter_tests::{assert_error, cfg, client_frame_bytes, wait_until, ReadEnd, RouterProc, T};
 
 #[test]
 fn connection_over_max_connections_is_refused() {
@@ -167,9 +167,5 @@ fn connection_that_never_logs_in_is_closed() {
 }
 
 fn ping(nonce: u64) -> Vec<u8> {
-    use prost::Message as _;
-    ringrouter_proto::v1::ClientFrame {
-        kind: Some(client_frame::Kind::Ping(Ping { nonce })),
-    }
-    .encode_length_delimited_to_vec()
+    client_frame_bytes(client_frame::Kind::Ping(Ping { nonce }))
 }

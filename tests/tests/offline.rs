@@ -10,12 +10,6 @@ use ringrouter_client::Status;
 use ringrouter_proto::v1::server_frame;
 use ringrouter_tests::{users_on_shards, RouterProc, T};
 
-/// Logs `user` in once and out again, so it exists (open auth: from the first login).
-fn visit(r: &RouterProc, user: &str) {
-    let c = r.raw_login(user);
-    drop(c);
-}
-
 fn send_result(k: server_frame::Kind) -> (u64, i32) {
     match k {
         server_frame::Kind::SendResult(s) => (s.request_id, s.status),
@@ -28,7 +22,7 @@ fn offline_message_is_delivered_at_next_login(shards: &str) {
     let n: usize = shards.parse().unwrap();
     let u = users_on_shards(&format!("off{n}-"), n.max(2));
     let (alice, bob) = (&u[0], &u[1]);
-    visit(&r, bob);
+    r.visit(bob);
     let mut a = r.client(alice);
     for i in 0..5u8 {
         a.send_wait(bob, &[i]).expect("stored: OK");
@@ -65,7 +59,7 @@ fn offline_message_is_delivered_at_next_login_across_shards() {
 fn ten_thousand_queued_messages_arrive_in_order() {
     let r = RouterProc::start(&["--shards", "2"]);
     let u = users_on_shards("order10k-", 2);
-    visit(&r, &u[1]);
+    r.visit(&u[1]);
     let mut a = r.client(&u[0]);
     const N: u32 = 10_000;
     let payloads: Vec<[u8; 4]> = (0..N).map(u32::to_be_bytes).collect();
@@ -127,7 +121,7 @@ fn queued_messages_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let r = RouterProc::start(&["--shards", "2", "--data-dir", d]);
-    visit(&r, "carol");
+    r.visit("carol");
     let mut a = r.client("dave");
     for i in 0..3u8 {
         a.send_wait("carol", &[i]).unwrap();
@@ -165,7 +159,7 @@ fn sessions_cut_by_shutdown_get_their_unacked_messages_after_restart() {
 fn full_offline_queue_rejects_and_drop_oldest_keeps_the_newest() {
     for (mode, expect_reject) in [("reject", true), ("drop-oldest", false)] {
         let r = RouterProc::start(&["--max-offline-per-user", "5", "--offline-overflow", mode]);
-        visit(&r, "gina");
+        r.visit("gina");
         let mut a = r.raw_login("hal");
         for i in 1..=6u8 {
             a.send_to("gina", &[i], u64::from(i));
@@ -237,7 +231,7 @@ fn sync_mode_kill_9_loses_nothing_that_was_confirmed() {
     let d = dir.path().to_str().unwrap();
     let args = ["--shards", "2", "--durability", "sync", "--data-dir", d];
     let r = RouterProc::start(&args);
-    visit(&r, "kim");
+    r.visit("kim");
     // One recipient offline, one online that never acks.
     let mut online = r.raw_login("lee");
     let mut s = r.raw_login("max");

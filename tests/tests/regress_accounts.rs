@@ -3,33 +3,13 @@
 use std::time::{Duration, Instant};
 
 use ringrouter_client::Status;
-use ringrouter_proto::v1::{
-    client_frame::Kind as C, server_frame::Kind as S, DeleteAccount, Login, Register,
-};
+use ringrouter_proto::v1::{client_frame::Kind as C, server_frame::Kind as S, DeleteAccount};
 use ringrouter_tests::{Raw, ReadEnd, RouterProc, T};
 
-fn register(r: &RouterProc, user: &str, password: &str) -> i32 {
-    let mut c = r.raw();
-    let k = C::Register(Register {
-        request_id: 3,
-        user: user.into(),
-        password: password.into(),
-    });
-    match c.call(k, 3).0 {
-        S::AccountResult(a) => a.status,
-        other => panic!("expected an AccountResult, got {other:?}"),
-    }
-}
-
+/// A password login as device "d" that must succeed.
 fn login(r: &RouterProc, user: &str, password: &str) -> Raw {
     let mut c = r.raw();
-    let lr = c.login_with(Login {
-        request_id: 1,
-        user: user.into(),
-        password: password.into(),
-        device: "d".into(),
-        ..Default::default()
-    });
+    let lr = c.login_password(user, password, "d");
     assert_eq!(lr.status, Status::Ok as i32, "{lr:?}");
     c
 }
@@ -47,12 +27,12 @@ fn spin(d: Duration) {
 #[test]
 fn review_delete_account_racing_a_disconnect_leaves_an_orphan_queue() {
     let r = RouterProc::start(&["--shards", "1", "--auth", "accounts"]);
-    assert_eq!(register(&r, "sender", "pw"), Status::Ok as i32);
+    assert_eq!(r.register("sender", "pw").status, Status::Ok as i32);
     let mut y = login(&r, "sender", "pw");
     let mut leaked = Vec::new();
     for trial in 0..150u32 {
         let x = format!("victim{trial}");
-        assert_eq!(register(&r, &x, "old-pw"), Status::Ok as i32);
+        assert_eq!(r.register(&x, "old-pw").status, Status::Ok as i32);
         let mut s1 = login(&r, &x, "old-pw");
         let mut s2 = login(&r, &x, "old-pw");
         y.send_to(&x, format!("secret for {x}").as_bytes(), 10);
@@ -80,7 +60,7 @@ fn review_delete_account_racing_a_disconnect_leaves_an_orphan_queue() {
         }
         std::thread::sleep(Duration::from_millis(20));
         // Someone else takes the name.
-        assert_eq!(register(&r, &x, "new-owner"), Status::Ok as i32);
+        assert_eq!(r.register(&x, "new-owner").status, Status::Ok as i32);
         let mut n = login(&r, &x, "new-owner");
         if let Ok(f) = n.next(Duration::from_millis(100)) {
             if let Some(S::Deliver(d)) = f.kind {

@@ -1,16 +1,11 @@
 //! Regression tests from the review of offline delivery, rooms and accounts: the pre-login loop.
 
-use prost::Message as _;
 use ringrouter_client::Status;
 use ringrouter_proto::v1::{
-    client_frame::Kind as C, server_frame::Kind as S, ClientFrame, Login, Ping, Register,
+    client_frame::Kind as C, server_frame::Kind as S, Login, Ping, Register,
 };
-use ringrouter_tests::RouterProc;
+use ringrouter_tests::{client_frame_bytes, RouterProc};
 use std::time::Duration;
-
-fn frame(kind: C) -> Vec<u8> {
-    ClientFrame { kind: Some(kind) }.encode_length_delimited_to_vec()
-}
 
 /// Register followed by Login in one write: after handling Register, `serve` falls
 /// through to a socket read instead of parsing what is already buffered, so the
@@ -19,12 +14,12 @@ fn frame(kind: C) -> Vec<u8> {
 fn review_register_then_pipelined_login() {
     let r = RouterProc::start(&["--auth", "accounts", "--login-timeout", "4s"]);
     let mut c = r.raw();
-    let mut bytes = frame(C::Register(Register {
+    let mut bytes = client_frame_bytes(C::Register(Register {
         request_id: 1,
         user: "pipe".into(),
         password: "pw".into(),
     }));
-    bytes.extend(frame(C::Login(Login {
+    bytes.extend(client_frame_bytes(C::Login(Login {
         request_id: 2,
         user: "pipe".into(),
         password: "pw".into(),
@@ -50,12 +45,12 @@ fn review_register_then_pipelined_login() {
 fn review_register_then_pipelined_ping() {
     let r = RouterProc::start(&["--auth", "accounts"]);
     let mut c = r.raw();
-    let mut bytes = frame(C::Register(Register {
+    let mut bytes = client_frame_bytes(C::Register(Register {
         request_id: 1,
         user: "pipe2".into(),
         password: "pw".into(),
     }));
-    bytes.extend(frame(C::Ping(Ping { nonce: 5 })));
+    bytes.extend(client_frame_bytes(C::Ping(Ping { nonce: 5 })));
     c.write(&bytes).unwrap();
     assert!(matches!(
         c.next_kind(Duration::from_secs(2)),

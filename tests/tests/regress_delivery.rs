@@ -2,71 +2,9 @@
 
 use std::time::Duration;
 
-use prost::Message as _;
 use ringrouter_client::Status;
-use ringrouter_proto::v1::{
-    client_frame::Kind as C, server_frame::Kind as S, ClientFrame, CreateRoom, Deliver, JoinRoom,
-    RoomResult, Send,
-};
-use ringrouter_tests::{Raw, ReadEnd, RouterProc, T};
-
-fn visit(r: &RouterProc, user: &str) {
-    let c = r.raw_login(user);
-    drop(c);
-    std::thread::sleep(Duration::from_millis(200));
-}
-
-fn frame(kind: C) -> Vec<u8> {
-    ClientFrame { kind: Some(kind) }.encode_length_delimited_to_vec()
-}
-
-fn send_frame(to: &str, payload: &[u8], want: bool, request_id: u64) -> Vec<u8> {
-    frame(C::Send(Send {
-        request_id,
-        to_user: to.into(),
-        payload: payload.to_vec().into(),
-        want_result: want,
-        ..Default::default()
-    }))
-}
-
-fn wait_send_result(c: &mut Raw, request_id: u64) -> i32 {
-    loop {
-        match c.next_non_ping(T) {
-            S::SendResult(r) if r.request_id == request_id => return r.status,
-            S::SendResult(r) => assert_eq!(r.status, Status::Ok as i32, "{r:?}"),
-            _ => {}
-        }
-    }
-}
-
-fn wait_send_result_any(c: &mut Raw, request_id: u64) -> i32 {
-    loop {
-        if let S::SendResult(r) = c.next_non_ping(T) {
-            if r.request_id == request_id {
-                return r.status;
-            }
-        }
-    }
-}
-
-/// Reads Delivers (skipping pings) until `n` arrived or `timeout` passed.
-fn collect_delivers(c: &mut Raw, n: usize, timeout: Duration) -> Vec<Deliver> {
-    let deadline = std::time::Instant::now() + timeout;
-    let mut out = Vec::new();
-    while out.len() < n {
-        match c.next(deadline.saturating_duration_since(std::time::Instant::now())) {
-            Ok(f) => match f.kind {
-                Some(S::Deliver(d)) => out.push(d),
-                Some(S::Ping(_)) | Some(S::RoomEvent(_)) => {}
-                other => panic!("unexpected {other:?}"),
-            },
-            Err(ReadEnd::Timeout) => break,
-            Err(e) => panic!("{e:?}"),
-        }
-    }
-    out
-}
+use ringrouter_proto::v1::{client_frame::Kind as C, server_frame::Kind as S};
+use ringrouter_tests::{client_frame_bytes, send_frame_bytes, Raw, RouterProc, T};
 
 /// A login backlog longer than one page (1024) pauses after the first page until the
 /// client acks (unacked > max_unacked/2). Live messages that arrive meanwhile are held.
@@ -82,30 +20,30 @@ fn backlog_then_held(live_msgs: usize) -> (usize, usize) {
         "--max-pending-bytes",
         "64k",
     ]);
-    visit(&r, "bob");
+    r.visit_and_wait("bob", Duration::from_millis(200));
     let mut a = r.raw_login("alice");
     const BACKLOG: usize = 1100;
     let mut bytes = Vec::new();
     for i in 0..BACKLOG {
-        bytes.extend(send_frame("bob", &(i as u32).to_be_bytes(), false, 0));
+        bytes.extend(send_frame_bytes("bob", &(i as u32).to_be_bytes(), false, 0));
     }
-    bytes.extend(send_frame("bob", b"fence", true, 99));
+    bytes.extend(send_frame_bytes("bob", b"fence", true, 99));
     a.write(&bytes).unwrap();
-    assert_eq!(wait_send_result(&mut a, 99), Status::Ok as i32);
+    assert_eq!(a.wait_send_result(99), Status::Ok as i32);
 
     let mut b = r.raw_login("bob");
-    let first = collect_delivers(&mut b, 1024, T);
+    let first = b.collect_delivers(1024, T);
     assert_eq!(first.len(), 1024, "first backlog page");
     // bob does not ack yet: live messages are held behind the backlog.
     for i in 0..live_msgs {
         let mut p = vec![0xEE; 1000];
         p[..4].copy_from_slice(&(i as u32).to_be_bytes());
         a.send_to("bob", &p, 1000 + i as u64);
-        assert_eq!(wait_send_result(&mut a, 1000 + i as u64), Status::Ok as i32);
+        assert_eq!(a.wait_send_result(1000 + i as u64), Status::Ok as i32);
     }
     b.ack(first.last().unwrap().seq);
     let want = BACKLOG + 1 - 1024 + live_msgs;
-    let rest = collect_delivers(&mut b, want, Duration::from_secs(4));
+    let rest = b.collect_delivers(want, Duration::from_secs(4));
     (rest.len(), want)
 }
 
@@ -126,53 +64,12 @@ fn review_backlog_resumes_after_ack_with_many_held_bytes() {
     );
 }
 
-fn room_result(k: S) -> RoomResult {
-    match k {
-        S::RoomResult(r) => r,
-        other => panic!("expected RoomResult, got {other:?}"),
-    }
-}
-
-fn room_send(c: &mut Raw, room: &str, payload: &[u8], request_id: u64) -> i32 {
-    let k = C::Send(Send {
-        request_id,
-        to_room: room.into(),
-        payload: payload.to_vec().into(),
-        want_result: true,
-        ..Default::default()
-    });
-    match c.call(k, request_id).0 {
-        S::SendResult(r) => r.status,
-        other => panic!("expected SendResult, got {other:?}"),
-    }
-}
-
 fn setup_room(r: &RouterProc) -> (Raw, Raw) {
     let mut a = r.raw_login("alice");
     let mut b = r.raw_login("bob");
-    let c = room_result(
-        a.call(
-            C::CreateRoom(CreateRoom {
-                request_id: 1,
-                name: "syncroom".into(),
-                password: String::new(),
-            }),
-            1,
-        )
-        .0,
-    );
+    let c = a.create_room("syncroom", "");
     assert_eq!(c.status, Status::Ok as i32, "{c:?}");
-    let j = room_result(
-        b.call(
-            C::JoinRoom(JoinRoom {
-                request_id: 2,
-                room: "syncroom".into(),
-                password: String::new(),
-            }),
-            2,
-        )
-        .0,
-    );
+    let j = b.join_room("syncroom", "");
     assert_eq!(j.status, Status::Ok as i32, "{j:?}");
     (a, b)
 }
@@ -195,10 +92,10 @@ fn review_sync_room_sender_fills_own_offline_queue() {
     let (mut a, mut b) = setup_room(&r);
     let mut statuses = Vec::new();
     for i in 0..6u8 {
-        let st = room_send(&mut a, "syncroom", &[i], 10 + u64::from(i));
+        let st = a.send_room("syncroom", &[i], 10 + u64::from(i));
         statuses.push(st);
         if st == Status::Ok as i32 {
-            let d = collect_delivers(&mut b, 1, T);
+            let d = b.collect_delivers(1, T);
             assert_eq!(d.len(), 1);
             b.ack(d[0].seq);
         }
@@ -214,16 +111,13 @@ fn review_sync_room_sender_fills_own_offline_queue() {
 fn review_sync_room_message_echoed_to_sender_at_next_login() {
     let r = RouterProc::start(&["--shards", "1", "--durability", "sync"]);
     let (mut a, mut b) = setup_room(&r);
-    assert_eq!(
-        room_send(&mut a, "syncroom", b"hello", 10),
-        Status::Ok as i32
-    );
-    let d = collect_delivers(&mut b, 1, T);
+    assert_eq!(a.send_room("syncroom", b"hello", 10), Status::Ok as i32);
+    let d = b.collect_delivers(1, T);
     b.ack(d[0].seq);
     drop(a);
     std::thread::sleep(Duration::from_millis(200));
     let mut a = r.raw_login("alice");
-    let echoed = collect_delivers(&mut a, 1, Duration::from_secs(1));
+    let echoed = a.collect_delivers(1, Duration::from_secs(1));
     assert!(
         echoed.is_empty(),
         "alice got her own room message back: {echoed:?}"
@@ -250,19 +144,19 @@ fn review_sync_loading_device_misses_live_message_acked_by_other_device() {
     let mut a = r.raw_login("alice");
     let mut bytes = Vec::new();
     for i in 0..1100u32 {
-        bytes.extend(send_frame("bob", &i.to_be_bytes(), false, 0));
+        bytes.extend(send_frame_bytes("bob", &i.to_be_bytes(), false, 0));
     }
-    bytes.extend(send_frame("bob", b"fence", true, 99));
+    bytes.extend(send_frame_bytes("bob", b"fence", true, 99));
     a.write(&bytes).unwrap();
-    assert_eq!(wait_send_result(&mut a, 99), Status::Ok as i32);
-    let got1 = collect_delivers(&mut s1, 1101, T);
+    assert_eq!(a.wait_send_result(99), Status::Ok as i32);
+    let got1 = s1.collect_delivers(1101, T);
     assert_eq!(got1.len(), 1101);
     let mut s2 = r.raw_login("bob");
-    let page = collect_delivers(&mut s2, 1024, T);
+    let page = s2.collect_delivers(1024, T);
     assert_eq!(page.len(), 1024);
     a.send_to("bob", b"MMMM", 100);
-    assert_eq!(wait_send_result(&mut a, 100), Status::Ok as i32);
-    let m1 = collect_delivers(&mut s1, 1, T);
+    assert_eq!(a.wait_send_result(100), Status::Ok as i32);
+    let m1 = s1.collect_delivers(1, T);
     assert_eq!(&m1[0].payload[..], b"MMMM");
     s1.ack(m1[0].seq);
     // Let the removal reach the store before S2 asks for its next page.
@@ -274,7 +168,7 @@ fn review_sync_loading_device_misses_live_message_acked_by_other_device() {
     }
     std::thread::sleep(Duration::from_millis(100));
     s2.ack(page.last().unwrap().seq);
-    let rest = collect_delivers(&mut s2, 200, Duration::from_secs(2));
+    let rest = s2.collect_delivers(200, Duration::from_secs(2));
     assert!(
         rest.iter().any(|d| &d.payload[..] == b"MMMM"),
         "S2 never got the message sent while it was logged in ({} others after its first page)",
@@ -297,34 +191,36 @@ fn rss_kb(pid: u32) -> u64 {
 #[test]
 fn review_held_messages_grow_without_bound() {
     let r = RouterProc::start(&["--shards", "1", "--max-unacked-per-session", "1500"]);
-    visit(&r, "bob");
+    r.visit_and_wait("bob", Duration::from_millis(200));
     let mut a = r.raw_login("alice");
     let mut bytes = Vec::new();
     for i in 0..1100u32 {
-        bytes.extend(send_frame("bob", &i.to_be_bytes(), false, 0));
+        bytes.extend(send_frame_bytes("bob", &i.to_be_bytes(), false, 0));
     }
-    bytes.extend(send_frame("bob", b"fence", true, 99));
+    bytes.extend(send_frame_bytes("bob", b"fence", true, 99));
     a.write(&bytes).unwrap();
-    assert_eq!(wait_send_result(&mut a, 99), Status::Ok as i32);
+    assert_eq!(a.wait_send_result(99), Status::Ok as i32);
     let mut b = r.raw_login("bob");
-    assert_eq!(collect_delivers(&mut b, 1024, T).len(), 1024);
+    assert_eq!(b.collect_delivers(1024, T).len(), 1024);
     std::thread::sleep(Duration::from_millis(300));
     let before = rss_kb(r.pid());
-    let one = send_frame("bob", b"", false, 0);
+    let one = send_frame_bytes("bob", b"", false, 0);
     for fence in 1000..1010 {
         let mut chunk = Vec::with_capacity(one.len() * 50_000);
         for _ in 0..50_000 {
             chunk.extend_from_slice(&one);
         }
-        chunk.extend(send_frame("bob", b"", true, fence));
+        chunk.extend(send_frame_bytes("bob", b"", true, fence));
         a.write(&chunk).unwrap();
         // OK while held; RATE_LIMITED once bob is cut and his offline queue is full.
-        let _ = wait_send_result_any(&mut a, fence);
+        let _ = a.wait_send_result_any(fence);
     }
     std::thread::sleep(Duration::from_millis(300));
     let after = rss_kb(r.pid());
     // bob's session is still open (never closed as a slow consumer).
-    let _ = b.write(&frame(C::Ping(ringrouter_proto::v1::Ping { nonce: 1 })));
+    let _ = b.write(&client_frame_bytes(C::Ping(ringrouter_proto::v1::Ping {
+        nonce: 1,
+    })));
     let mut open = false;
     while let Ok(f) = b.next(Duration::from_secs(2)) {
         if let Some(S::Pong(_)) = f.kind {
@@ -346,26 +242,28 @@ fn review_held_messages_grow_without_bound() {
 #[test]
 fn review_small_unacked_limit_and_short_backlog_kick_every_login() {
     let r = RouterProc::start(&["--shards", "1", "--max-unacked-per-session", "20"]);
-    visit(&r, "ivy");
+    r.visit_and_wait("ivy", Duration::from_millis(200));
     let mut a = r.raw_login("jack");
     let mut bytes = Vec::new();
     for i in 0..30u8 {
-        bytes.extend(send_frame("ivy", &[i], false, 0));
+        bytes.extend(send_frame_bytes("ivy", &[i], false, 0));
     }
-    bytes.extend(send_frame("ivy", b"fence", true, 99));
+    bytes.extend(send_frame_bytes("ivy", b"fence", true, 99));
     a.write(&bytes).unwrap();
-    assert_eq!(wait_send_result(&mut a, 99), Status::Ok as i32);
+    assert_eq!(a.wait_send_result(99), Status::Ok as i32);
     let mut cut = Vec::new();
     for attempt in 0..3 {
         let mut b = r.raw_login("ivy");
-        let got = collect_delivers(&mut b, 31, Duration::from_millis(500));
+        let got = b.collect_delivers(31, Duration::from_millis(500));
         let mut out = Vec::new();
         if let Some(last) = got.last() {
-            out.extend(frame(C::Ack(ringrouter_proto::v1::Ack {
+            out.extend(client_frame_bytes(C::Ack(ringrouter_proto::v1::Ack {
                 up_to_seq: last.seq,
             })));
         }
-        out.extend(frame(C::Ping(ringrouter_proto::v1::Ping { nonce: 1 })));
+        out.extend(client_frame_bytes(C::Ping(ringrouter_proto::v1::Ping {
+            nonce: 1,
+        })));
         let _ = b.write(&out);
         let mut closed = false;
         loop {
@@ -402,26 +300,26 @@ fn review_small_unacked_limit_and_short_backlog_kick_every_login() {
 #[test]
 fn review_requeued_messages_keep_their_sender_after_a_partial_ack() {
     let r = RouterProc::start(&["--shards", "1"]);
-    visit(&r, "bob");
+    r.visit_and_wait("bob", Duration::from_millis(200));
     let mut d = r.raw_login("dave");
     let mut bytes = Vec::new();
     for i in 0..1100u32 {
-        bytes.extend(send_frame("bob", &i.to_be_bytes(), false, 0));
+        bytes.extend(send_frame_bytes("bob", &i.to_be_bytes(), false, 0));
     }
-    bytes.extend(send_frame("bob", b"fence", true, 99));
+    bytes.extend(send_frame_bytes("bob", b"fence", true, 99));
     d.write(&bytes).unwrap();
-    assert_eq!(wait_send_result(&mut d, 99), Status::Ok as i32);
+    assert_eq!(d.wait_send_result(99), Status::Ok as i32);
 
     let mut b = r.raw_login("bob");
-    let backlog = collect_delivers(&mut b, 1101, T);
+    let backlog = b.collect_delivers(1101, T);
     assert_eq!(backlog.len(), 1101);
     let mut alice = r.raw_login("alice");
     let mut carol = r.raw_login("carol");
     alice.send_to("bob", b"from-alice", 1);
-    assert_eq!(wait_send_result(&mut alice, 1), Status::Ok as i32);
+    assert_eq!(alice.wait_send_result(1), Status::Ok as i32);
     carol.send_to("bob", b"from-carol", 1);
-    assert_eq!(wait_send_result(&mut carol, 1), Status::Ok as i32);
-    let live = collect_delivers(&mut b, 2, T);
+    assert_eq!(carol.wait_send_result(1), Status::Ok as i32);
+    let live = b.collect_delivers(2, T);
     assert_eq!(live[0].from_user, "alice");
     assert_eq!(live[1].from_user, "carol");
     // Ack only the first backlog message, then go away.
@@ -432,7 +330,7 @@ fn review_requeued_messages_keep_their_sender_after_a_partial_ack() {
     std::thread::sleep(Duration::from_millis(300));
 
     let mut b = r.raw_login("bob");
-    let again = collect_delivers(&mut b, 1102, T);
+    let again = b.collect_delivers(1102, T);
     let requeued: Vec<(String, String)> = again
         .iter()
         .filter(|d| d.payload.starts_with(b"from-"))

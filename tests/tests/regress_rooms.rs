@@ -2,38 +2,13 @@
 
 use std::time::Duration;
 
-use prost::Message as _;
 use ringrouter_client::Status;
 use ringrouter_proto::v1::{
-    client_frame::Kind as C, server_frame::Kind as S, ClientFrame, CreateRoom, JoinRoom, ListRooms,
-    RoomResult, Send,
+    client_frame::Kind as C, server_frame::Kind as S, CreateRoom, JoinRoom, ListRooms, RoomResult,
 };
-use ringrouter_tests::{Raw, RouterProc, T};
-
-fn frame(kind: C) -> Vec<u8> {
-    ClientFrame { kind: Some(kind) }.encode_length_delimited_to_vec()
-}
-
-fn room_result(k: S) -> RoomResult {
-    match k {
-        S::RoomResult(r) => r,
-        other => panic!("expected RoomResult, got {other:?}"),
-    }
-}
-
-fn create(c: &mut Raw, name: &str) -> RoomResult {
-    room_result(
-        c.call(
-            C::CreateRoom(CreateRoom {
-                request_id: 1,
-                name: name.into(),
-                password: String::new(),
-            }),
-            1,
-        )
-        .0,
-    )
-}
+use ringrouter_tests::{
+    client_frame_bytes, room_result, room_send_frame_bytes, Raw, RouterProc, T,
+};
 
 /// Reads RoomResults (skipping events and pings) until `n` arrived.
 fn room_results(c: &mut Raw, n: usize) -> Vec<RoomResult> {
@@ -61,7 +36,7 @@ fn review_pipelined_creates_pass_max_rooms_per_user() {
     let mut a = r.raw_login("alice");
     let mut bytes = Vec::new();
     for i in 0..8u64 {
-        bytes.extend(frame(C::CreateRoom(CreateRoom {
+        bytes.extend(client_frame_bytes(C::CreateRoom(CreateRoom {
             request_id: 100 + i,
             name: format!("lim{i}"),
             password: String::new(),
@@ -87,7 +62,7 @@ fn review_pipelined_joins_pass_max_rooms_per_user() {
     for (k, o) in ["o1", "o2", "o3"].iter().enumerate() {
         let mut c = r.raw_login(o);
         for j in 0..2 {
-            let res = create(&mut c, &format!("j{k}{j}"));
+            let res = c.create_room(&format!("j{k}{j}"), "");
             assert_eq!(res.status, Status::Ok as i32, "{res:?}");
         }
         owners.push(c);
@@ -98,7 +73,7 @@ fn review_pipelined_joins_pass_max_rooms_per_user() {
     let mut i = 0;
     for k in 0..3 {
         for j in 0..2 {
-            bytes.extend(frame(C::JoinRoom(JoinRoom {
+            bytes.extend(client_frame_bytes(C::JoinRoom(JoinRoom {
                 request_id: 200 + i,
                 room: format!("j{k}{j}"),
                 password: String::new(),
@@ -116,16 +91,6 @@ fn review_pipelined_joins_pass_max_rooms_per_user() {
     );
 }
 
-fn room_send_frame(room: &str, payload: &[u8], want: bool, request_id: u64) -> Vec<u8> {
-    frame(C::Send(Send {
-        request_id,
-        to_room: room.into(),
-        payload: payload.to_vec().into(),
-        want_result: want,
-        ..Default::default()
-    }))
-}
-
 /// A room message addressed by join code takes a detour (a store lookup on the code's
 /// home shard, then a forward by name); one addressed by name goes straight to the room.
 /// Messages from one sender to one room then arrive out of send order.
@@ -134,25 +99,15 @@ fn review_room_messages_by_code_and_name_keep_send_order() {
     let r = RouterProc::start(&["--shards", "1"]);
     let mut a = r.raw_login("alice");
     let mut b = r.raw_login("bob");
-    let created = create(&mut a, "ord");
+    let created = a.create_room("ord", "");
     assert_eq!(created.status, Status::Ok as i32);
-    let j = room_result(
-        b.call(
-            C::JoinRoom(JoinRoom {
-                request_id: 5,
-                room: "ord".into(),
-                password: String::new(),
-            }),
-            5,
-        )
-        .0,
-    );
+    let j = b.join_room("ord", "");
     assert_eq!(j.status, Status::Ok as i32);
     let mut bytes = Vec::new();
-    bytes.extend(room_send_frame(&created.join_code, b"1", true, 1));
-    bytes.extend(room_send_frame("ord", b"2", true, 2));
-    bytes.extend(room_send_frame(&created.join_code, b"3", true, 3));
-    bytes.extend(room_send_frame("ord", b"4", true, 4));
+    bytes.extend(room_send_frame_bytes(&created.join_code, b"1", true, 1));
+    bytes.extend(room_send_frame_bytes("ord", b"2", true, 2));
+    bytes.extend(room_send_frame_bytes(&created.join_code, b"3", true, 3));
+    bytes.extend(room_send_frame_bytes("ord", b"4", true, 4));
     a.write(&bytes).unwrap();
     // Which sends the router took (a router may refuse sends by code outright).
     let mut accepted = Vec::new();
@@ -195,14 +150,14 @@ fn review_room_messages_by_code_and_name_keep_send_order() {
 fn review_send_pipelined_after_join_is_checked_after_the_join() {
     let r = RouterProc::start(&["--shards", "1"]);
     let mut o = r.raw_login("owner");
-    assert_eq!(create(&mut o, "pj").status, Status::Ok as i32);
+    assert_eq!(o.create_room("pj", "").status, Status::Ok as i32);
     let mut b = r.raw_login("bob");
-    let mut bytes = frame(C::JoinRoom(JoinRoom {
+    let mut bytes = client_frame_bytes(C::JoinRoom(JoinRoom {
         request_id: 1,
         room: "pj".into(),
         password: String::new(),
     }));
-    bytes.extend(room_send_frame("pj", b"hi", true, 2));
+    bytes.extend(room_send_frame_bytes("pj", b"hi", true, 2));
     b.write(&bytes).unwrap();
     let mut join = None;
     let mut send = None;
@@ -227,12 +182,12 @@ fn review_send_pipelined_after_join_is_checked_after_the_join() {
 fn review_send_pipelined_after_create_reaches_the_room() {
     let r = RouterProc::start(&["--shards", "1"]);
     let mut o = r.raw_login("owner");
-    let mut bytes = frame(C::CreateRoom(CreateRoom {
+    let mut bytes = client_frame_bytes(C::CreateRoom(CreateRoom {
         request_id: 1,
         name: "pc".into(),
         password: String::new(),
     }));
-    bytes.extend(room_send_frame("pc", b"hi", true, 2));
+    bytes.extend(room_send_frame_bytes("pc", b"hi", true, 2));
     o.write(&bytes).unwrap();
     let mut create = None;
     let mut send = None;
@@ -297,22 +252,12 @@ fn raw_login_at(addr: std::net::SocketAddr, user: &str) -> Raw {
 fn review_wrong_password_joins_stall_room_messages() {
     let (mut child, addr, _data) = start_real_argon(&["--shards", "1"]);
     let mut o = raw_login_at(addr, "owner");
-    let c = room_result(
-        o.call(
-            C::CreateRoom(CreateRoom {
-                request_id: 1,
-                name: "locked".into(),
-                password: "right".into(),
-            }),
-            1,
-        )
-        .0,
-    );
+    let c = o.create_room("locked", "right");
     assert_eq!(c.status, Status::Ok as i32, "{c:?}");
     let mut eve = raw_login_at(addr, "eve");
     let mut bytes = Vec::new();
     for i in 0..100 {
-        bytes.extend(frame(C::JoinRoom(JoinRoom {
+        bytes.extend(client_frame_bytes(C::JoinRoom(JoinRoom {
             request_id: 1000 + i,
             room: "locked".into(),
             password: "wrong".into(),
@@ -321,7 +266,8 @@ fn review_wrong_password_joins_stall_room_messages() {
     eve.write(&bytes).unwrap();
     std::thread::sleep(Duration::from_millis(50));
     let t0 = std::time::Instant::now();
-    o.write(&room_send_frame("locked", b"x", true, 7)).unwrap();
+    o.write(&room_send_frame_bytes("locked", b"x", true, 7))
+        .unwrap();
     let status = loop {
         match o.next_non_ping(Duration::from_secs(30)) {
             S::SendResult(s) if s.request_id == 7 => break s.status,
@@ -346,19 +292,9 @@ fn review_wrong_password_joins_stall_room_messages() {
 fn review_room_event_can_precede_login_result() {
     let r = RouterProc::start(&["--shards", "1"]);
     let mut o = r.raw_login("owner");
-    assert_eq!(create(&mut o, "busy").status, Status::Ok as i32);
+    assert_eq!(o.create_room("busy", "").status, Status::Ok as i32);
     let mut b = r.raw_login("bob");
-    let j = room_result(
-        b.call(
-            C::JoinRoom(JoinRoom {
-                request_id: 2,
-                room: "busy".into(),
-                password: String::new(),
-            }),
-            2,
-        )
-        .0,
-    );
+    let j = b.join_room("busy", "");
     assert_eq!(j.status, Status::Ok as i32);
     drop(b);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -370,15 +306,17 @@ fn review_room_event_can_precede_login_result() {
             assert_eq!(c.login("carol").status, Status::Ok as i32);
             let mut id = 10u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let mut bytes = frame(C::JoinRoom(JoinRoom {
+                let mut bytes = client_frame_bytes(C::JoinRoom(JoinRoom {
                     request_id: id,
                     room: "busy".into(),
                     password: String::new(),
                 }));
-                bytes.extend(frame(C::LeaveRoom(ringrouter_proto::v1::LeaveRoom {
-                    request_id: id + 1,
-                    room: "busy".into(),
-                })));
+                bytes.extend(client_frame_bytes(C::LeaveRoom(
+                    ringrouter_proto::v1::LeaveRoom {
+                        request_id: id + 1,
+                        room: "busy".into(),
+                    },
+                )));
                 c.write(&bytes).unwrap();
                 // Read the two answers (and events) back.
                 let mut answers = 0;

@@ -5,53 +5,14 @@
 
 use ringrouter_client::Status;
 use ringrouter_proto::v1::{
-    client_frame::Kind as C, server_frame::Kind as S, AddMember, CreateRoom, DeleteRoom, JoinRoom,
-    LeaveRoom, ListRooms, RemoveMember, RoomEvent, RoomEventKind, RoomResult, Send,
+    client_frame::Kind as C, server_frame::Kind as S, AddMember, DeleteRoom, LeaveRoom, ListRooms,
+    RemoveMember, RoomEvent, RoomEventKind, RoomResult,
 };
-use ringrouter_tests::{users_on_shards, Raw, RouterProc, T};
-
-fn result(k: S) -> RoomResult {
-    match k {
-        S::RoomResult(r) => r,
-        other => panic!("expected a RoomResult, got {other:?}"),
-    }
-}
-
-fn create(c: &mut Raw, name: &str, password: &str) -> RoomResult {
-    let k = C::CreateRoom(CreateRoom {
-        request_id: 11,
-        name: name.into(),
-        password: password.into(),
-    });
-    result(c.call(k, 11).0)
-}
-
-fn join(c: &mut Raw, room: &str, password: &str) -> RoomResult {
-    let k = C::JoinRoom(JoinRoom {
-        request_id: 12,
-        room: room.into(),
-        password: password.into(),
-    });
-    result(c.call(k, 12).0)
-}
+use ringrouter_tests::{room_result, users_on_shards, Raw, RouterProc, T};
 
 fn op(c: &mut Raw, k: C) -> (RoomResult, Vec<S>) {
     let (r, others) = c.call(k, 0);
-    (result(r), others)
-}
-
-fn send_room(c: &mut Raw, room: &str, payload: &[u8], request_id: u64) -> i32 {
-    let k = C::Send(Send {
-        request_id,
-        to_room: room.into(),
-        payload: payload.to_vec().into(),
-        want_result: true,
-        ..Default::default()
-    });
-    match c.call(k, request_id).0 {
-        S::SendResult(r) => r.status,
-        other => panic!("expected a SendResult, got {other:?}"),
-    }
+    (room_result(r), others)
 }
 
 fn next_event(c: &mut Raw) -> RoomEvent {
@@ -70,14 +31,14 @@ fn room_message_reaches_every_member_device(shards: &str) {
     let mut o2 = r.raw_login(owner);
     let mut a = r.raw_login(ann);
     let mut b = r.raw_login(bob);
-    let created = create(&mut o1, "lobby", "");
+    let created = o1.create_room("lobby", "");
     assert_eq!(created.status, Status::Ok as i32, "{created:?}");
     assert!(created.join_code.starts_with('#'), "{created:?}");
     assert_eq!(created.room, "lobby");
     // Join by name and by code.
-    let j = join(&mut a, "lobby", "");
+    let j = a.join_room("lobby", "");
     assert_eq!((j.status, j.room.as_str()), (Status::Ok as i32, "lobby"));
-    let j = join(&mut b, &created.join_code, "");
+    let j = b.join_room(&created.join_code, "");
     assert_eq!((j.status, j.room.as_str()), (Status::Ok as i32, "lobby"));
     // Everyone in the room hears about the joins.
     for c in [&mut o1, &mut o2] {
@@ -103,10 +64,7 @@ fn room_message_reaches_every_member_device(shards: &str) {
     assert_eq!(next_event(&mut b).user, *bob);
     // A message from the owner's first device: the second device and every member get
     // it once, with the room set; the sending device does not.
-    assert_eq!(
-        send_room(&mut o1, "lobby", b"hello room", 5),
-        Status::Ok as i32
-    );
+    assert_eq!(o1.send_room("lobby", b"hello room", 5), Status::Ok as i32);
     for c in [&mut o2, &mut a, &mut b] {
         let d = c.delivers(1, T).remove(0);
         assert_eq!(
@@ -115,10 +73,7 @@ fn room_message_reaches_every_member_device(shards: &str) {
         );
     }
     // Members send too.
-    assert_eq!(
-        send_room(&mut a, "lobby", b"from ann", 6),
-        Status::Ok as i32
-    );
+    assert_eq!(a.send_room("lobby", b"from ann", 6), Status::Ok as i32);
     for c in [&mut o1, &mut o2, &mut b] {
         let d = c.delivers(1, T).remove(0);
         assert_eq!(
@@ -129,11 +84,11 @@ fn room_message_reaches_every_member_device(shards: &str) {
     // A non-member is refused; nothing is delivered.
     let mut x = r.raw_login(&format!("{owner}-outsider"));
     assert_eq!(
-        send_room(&mut x, "lobby", b"let me in", 7),
+        x.send_room("lobby", b"let me in", 7),
         Status::Forbidden as i32
     );
     assert_eq!(
-        send_room(&mut x, "no-such-room", b"?", 8),
+        x.send_room("no-such-room", b"?", 8),
         Status::NotFound as i32
     );
     // Leave: the others are told; the leaver no longer gets messages.
@@ -154,13 +109,10 @@ fn room_message_reaches_every_member_device(shards: &str) {
         next_event(&mut o1).kind,
         RoomEventKind::RoomEventLeft as i32
     );
-    assert_eq!(
-        send_room(&mut a, "lobby", b"bob left", 9),
-        Status::Ok as i32
-    );
+    assert_eq!(a.send_room("lobby", b"bob left", 9), Status::Ok as i32);
     assert_eq!(&o1.delivers(1, T)[0].payload[..], b"bob left");
     assert_eq!(
-        send_room(&mut b, "lobby", b"still here?", 10),
+        b.send_room("lobby", b"still here?", 10),
         Status::Forbidden as i32
     );
     // Listing: ann is in lobby.
@@ -184,8 +136,8 @@ fn owner_only_operations_are_refused_to_others() {
     let mut o = r.raw_login("olga");
     let mut m = r.raw_login("mel");
     let _ = r.raw_login("nina");
-    assert_eq!(create(&mut o, "club", "").status, Status::Ok as i32);
-    assert_eq!(join(&mut m, "club", "").status, Status::Ok as i32);
+    assert_eq!(o.create_room("club", "").status, Status::Ok as i32);
+    assert_eq!(m.join_room("club", "").status, Status::Ok as i32);
     let refused = [
         C::AddMember(AddMember {
             request_id: 0,
@@ -250,7 +202,7 @@ fn owner_only_operations_are_refused_to_others() {
             (RoomEventKind::RoomEventRemoved as i32, "mel".to_string())
         ]
     );
-    assert_eq!(send_room(&mut m, "club", b"x", 3), Status::Forbidden as i32);
+    assert_eq!(m.send_room("club", b"x", 3), Status::Forbidden as i32);
     let (res, _) = op(
         &mut o,
         C::DeleteRoom(DeleteRoom {
@@ -259,10 +211,10 @@ fn owner_only_operations_are_refused_to_others() {
         }),
     );
     assert_eq!(res.status, Status::Ok as i32);
-    assert_eq!(send_room(&mut o, "club", b"x", 4), Status::NotFound as i32);
+    assert_eq!(o.send_room("club", b"x", 4), Status::NotFound as i32);
     // The name is free again.
-    assert_eq!(create(&mut m, "club", "").status, Status::Ok as i32);
-    assert_eq!(create(&mut o, "club", "").status, Status::Conflict as i32);
+    assert_eq!(m.create_room("club", "").status, Status::Ok as i32);
+    assert_eq!(o.create_room("club", "").status, Status::Conflict as i32);
 }
 
 #[test]
@@ -270,33 +222,33 @@ fn join_with_wrong_password_or_code_is_refused() {
     let r = RouterProc::start(&["--shards", "2"]);
     let mut o = r.raw_login("pam");
     let mut q = r.raw_login("quinn");
-    let c = create(&mut o, "vault", "s3cret");
+    let c = o.create_room("vault", "s3cret");
     assert_eq!(c.status, Status::Ok as i32);
-    assert_eq!(join(&mut q, "vault", "").status, Status::Forbidden as i32);
+    assert_eq!(q.join_room("vault", "").status, Status::Forbidden as i32);
     assert_eq!(
-        join(&mut q, "vault", "guess").status,
+        q.join_room("vault", "guess").status,
         Status::Forbidden as i32
     );
     assert_eq!(
-        join(&mut q, &c.join_code, "guess").status,
+        q.join_room(&c.join_code, "guess").status,
         Status::Forbidden as i32
     );
     assert_eq!(
-        join(&mut q, "#nosuchcode", "s3cret").status,
+        q.join_room("#nosuchcode", "s3cret").status,
         Status::NotFound as i32
     );
     assert_eq!(
-        join(&mut q, &c.join_code, "s3cret").status,
+        q.join_room(&c.join_code, "s3cret").status,
         Status::Ok as i32
     );
     // Bad names are refused before anything happens.
-    assert_eq!(create(&mut o, "", "").status, Status::BadRequest as i32);
+    assert_eq!(o.create_room("", "").status, Status::BadRequest as i32);
     assert_eq!(
-        create(&mut o, "#looks-like-a-code", "").status,
+        o.create_room("#looks-like-a-code", "").status,
         Status::BadRequest as i32
     );
     assert_eq!(
-        create(&mut o, &"x".repeat(65), "").status,
+        o.create_room(&"x".repeat(65), "").status,
         Status::BadRequest as i32
     );
 }
@@ -306,12 +258,12 @@ fn offline_members_get_room_messages_at_next_login() {
     let r = RouterProc::start(&["--shards", "2"]);
     let mut o = r.raw_login("ruth");
     let mut s = r.raw_login("sam");
-    assert_eq!(create(&mut o, "news", "").status, Status::Ok as i32);
-    assert_eq!(join(&mut s, "news", "").status, Status::Ok as i32);
+    assert_eq!(o.create_room("news", "").status, Status::Ok as i32);
+    assert_eq!(s.join_room("news", "").status, Status::Ok as i32);
     drop(s);
     for i in 0..3u8 {
         assert_eq!(
-            send_room(&mut o, "news", &[i], u64::from(i) + 20),
+            o.send_room("news", &[i], u64::from(i) + 20),
             Status::Ok as i32
         );
     }
@@ -338,20 +290,20 @@ fn room_limits_are_enforced() {
         "2",
     ]);
     let mut o = r.raw_login("tom");
-    assert_eq!(create(&mut o, "r1", "").status, Status::Ok as i32);
-    assert_eq!(create(&mut o, "r2", "").status, Status::Ok as i32);
-    let c = create(&mut o, "r3", "");
+    assert_eq!(o.create_room("r1", "").status, Status::Ok as i32);
+    assert_eq!(o.create_room("r2", "").status, Status::Ok as i32);
+    let c = o.create_room("r3", "");
     assert_eq!(c.status, Status::RateLimited as i32, "{c:?}");
     let mut users: Vec<Raw> = (0..3).map(|i| r.raw_login(&format!("u{i}"))).collect();
-    assert_eq!(join(&mut users[0], "r1", "").status, Status::Ok as i32);
-    assert_eq!(join(&mut users[1], "r1", "").status, Status::Ok as i32);
-    let full = join(&mut users[2], "r1", "");
+    assert_eq!(users[0].join_room("r1", "").status, Status::Ok as i32);
+    assert_eq!(users[1].join_room("r1", "").status, Status::Ok as i32);
+    let full = users[2].join_room("r1", "");
     assert_eq!(full.status, Status::RateLimited as i32, "{full:?}");
     // u0 is in r1; r2 makes two; a third room is refused.
-    assert_eq!(join(&mut users[0], "r2", "").status, Status::Ok as i32);
+    assert_eq!(users[0].join_room("r2", "").status, Status::Ok as i32);
     let mut v = r.raw_login("vic");
-    assert_eq!(create(&mut v, "r4", "").status, Status::Ok as i32);
-    let over = join(&mut users[0], "r4", "");
+    assert_eq!(v.create_room("r4", "").status, Status::Ok as i32);
+    let over = users[0].join_room("r4", "");
     assert_eq!(over.status, Status::RateLimited as i32, "{over:?}");
 }
 
@@ -362,8 +314,8 @@ fn rooms_survive_a_restart() {
     let r = RouterProc::start(&["--shards", "2", "--data-dir", d]);
     let mut o = r.raw_login("uma");
     let mut w = r.raw_login("walt");
-    let c = create(&mut o, "persist", "pw");
-    assert_eq!(join(&mut w, "persist", "pw").status, Status::Ok as i32);
+    let c = o.create_room("persist", "pw");
+    assert_eq!(w.join_room("persist", "pw").status, Status::Ok as i32);
     drop((o, w));
     let (code, _) = r.terminate(std::time::Duration::from_secs(10));
     assert_eq!(code, Some(0));
@@ -372,13 +324,10 @@ fn rooms_survive_a_restart() {
     let mut w = r.raw_login("walt");
     let (res, _) = op(&mut w, C::ListRooms(ListRooms { request_id: 0 }));
     assert_eq!(res.rooms, ["persist"]);
-    assert_eq!(
-        send_room(&mut o, "persist", b"still here", 1),
-        Status::Ok as i32
-    );
+    assert_eq!(o.send_room("persist", b"still here", 1), Status::Ok as i32);
     assert_eq!(&w.delivers(1, T)[0].payload[..], b"still here");
     let mut x = r.raw_login("xena");
-    assert_eq!(join(&mut x, &c.join_code, "pw").status, Status::Ok as i32);
+    assert_eq!(x.join_room(&c.join_code, "pw").status, Status::Ok as i32);
 }
 
 #[test]
@@ -386,16 +335,13 @@ fn room_send_result_waits_for_offline_members_and_reports_a_full_queue() {
     let r = RouterProc::start(&["--shards", "2", "--max-offline-per-user", "2"]);
     let mut o = r.raw_login("yara");
     let mut z = r.raw_login("zed");
-    assert_eq!(create(&mut o, "small", "").status, Status::Ok as i32);
-    assert_eq!(join(&mut z, "small", "").status, Status::Ok as i32);
+    assert_eq!(o.create_room("small", "").status, Status::Ok as i32);
+    assert_eq!(z.join_room("small", "").status, Status::Ok as i32);
     drop(z);
-    assert_eq!(send_room(&mut o, "small", b"1", 1), Status::Ok as i32);
-    assert_eq!(send_room(&mut o, "small", b"2", 2), Status::Ok as i32);
+    assert_eq!(o.send_room("small", b"1", 1), Status::Ok as i32);
+    assert_eq!(o.send_room("small", b"2", 2), Status::Ok as i32);
     // zed's queue is full: not a silent loss, the sender is told.
-    assert_eq!(
-        send_room(&mut o, "small", b"3", 3),
-        Status::RateLimited as i32
-    );
+    assert_eq!(o.send_room("small", b"3", 3), Status::RateLimited as i32);
     let mut z = r.raw_login("zed");
     let got: Vec<Vec<u8>> = z
         .delivers(2, T)
@@ -414,13 +360,13 @@ fn sync_mode_room_messages_survive_kill_9() {
     let mut o = r.raw_login("abe");
     let mut on = r.raw_login("bea");
     let mut off = r.raw_login("cy");
-    assert_eq!(create(&mut o, "journal", "").status, Status::Ok as i32);
-    assert_eq!(join(&mut on, "journal", "").status, Status::Ok as i32);
-    assert_eq!(join(&mut off, "journal", "").status, Status::Ok as i32);
+    assert_eq!(o.create_room("journal", "").status, Status::Ok as i32);
+    assert_eq!(on.join_room("journal", "").status, Status::Ok as i32);
+    assert_eq!(off.join_room("journal", "").status, Status::Ok as i32);
     drop(off);
     for i in 0..20u8 {
         assert_eq!(
-            send_room(&mut o, "journal", &[i], 100 + u64::from(i)),
+            o.send_room("journal", &[i], 100 + u64::from(i)),
             Status::Ok as i32
         );
     }
