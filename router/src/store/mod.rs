@@ -704,7 +704,9 @@ impl StoreHandle {
 
     /// Account names matching the glob `pattern` (`*` any run, `?` one character), in byte
     /// order, at most `limit` of them. The literal part before the first wildcard is a
-    /// prefix scan, so `al*` reads only names starting with `al`.
+    /// prefix scan, so `al*` reads only names starting with `al`. At most
+    /// `max(64 × limit, 65 536)` names are examined per request, so a pattern that matches
+    /// little answers a partial page instead of holding the storage thread.
     pub fn list_users(
         &self,
         pattern: &str,

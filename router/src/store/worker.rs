@@ -117,6 +117,9 @@ fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// Fewest account names a ListUsers request may scan (see `list_users`).
+const LIST_SCAN_MIN: usize = 65_536;
+
 /// Key of the membership index entry "`user` is in `room`" (owner included):
 /// `mem:` user 0x00 room, so a prefix scan lists one user's rooms in name order.
 fn member_key(user: &str, room: &str) -> Vec<u8> {
@@ -731,7 +734,10 @@ impl Worker {
             return Ok(out);
         }
         let prefix = codec::glob_literal_prefix(pattern);
-        for g in self.dbs.accounts.prefix(prefix.as_bytes()) {
+        // A pattern that matches little (`*zz`) must not hold the storage thread for a
+        // scan of every account: at most this many names are looked at per request.
+        let budget = limit.saturating_mul(64).max(LIST_SCAN_MIN);
+        for g in self.dbs.accounts.prefix(prefix.as_bytes()).take(budget) {
             let k = g.key()?;
             let name = std::str::from_utf8(&k)
                 .map_err(|_| StoreError::Io("corrupt account key (not UTF-8)".into()))?;
