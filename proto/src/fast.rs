@@ -305,6 +305,67 @@ pub fn put_deliver_header(out: &mut impl BufMut, stamp: &DeliverStamp<'_>, paylo
     }
 }
 
+/// Bytes of the seq slot in a [`DeliverTemplate`]: a varint padded to 5 bytes, which
+/// holds any seq below 2^35.
+pub const SEQ_SLOT: usize = 5;
+
+/// Largest seq a [`DeliverTemplate`] can carry.
+pub const TEMPLATE_MAX_SEQ: u64 = (1 << 35) - 1;
+
+/// The header of one Deliver for many sessions (a room message on one shard): encoded
+/// once, copied per session with its `seq` written into a fixed-width slot. The seq is
+/// a non-minimal (padded) varint, which protobuf decoders accept; every other byte is
+/// the same for every session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliverTemplate {
+    /// The header bytes (length prefix up to and including the payload's length).
+    pub bytes: Vec<u8>,
+    /// Where the seq slot starts in `bytes`.
+    pub seq_at: usize,
+}
+
+impl DeliverTemplate {
+    /// The header for `stamp` (its `seq` is ignored) followed by `payload_len` bytes.
+    pub fn new(stamp: &DeliverStamp<'_>, payload_len: usize) -> Self {
+        let inner = 1
+            + SEQ_SLOT
+            + len_field_size(2, stamp.from_user.len())
+            + len_field_size(3, stamp.to_room.len())
+            + len_field_size(4, payload_len)
+            + varint_field_size(5, stamp.server_ts_us)
+            + varint_field_size(6, stamp.msg_id);
+        let outer = varint_len(SERVER_FRAME_DELIVER << 3) + varint_len(inner as u64) + inner;
+        let mut out = Vec::with_capacity(outer + 10);
+        put_varint(&mut out, outer as u64);
+        put_varint(&mut out, (SERVER_FRAME_DELIVER << 3) | u64::from(WT_LEN));
+        put_varint(&mut out, inner as u64);
+        put_len_field(&mut out, 2, stamp.from_user);
+        put_len_field(&mut out, 3, stamp.to_room);
+        put_varint_field(&mut out, 5, stamp.server_ts_us);
+        put_varint_field(&mut out, 6, stamp.msg_id);
+        out.push(1 << 3);
+        let seq_at = out.len();
+        out.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x00]);
+        if payload_len != 0 {
+            put_varint(&mut out, (4 << 3) | u64::from(WT_LEN));
+            put_varint(&mut out, payload_len as u64);
+        }
+        DeliverTemplate { bytes: out, seq_at }
+    }
+
+    /// Writes `seq` into the slot of a copy of the template (`header` starts where the
+    /// copy starts). `seq` must be at most [`TEMPLATE_MAX_SEQ`].
+    #[inline]
+    pub fn put_seq(&self, header: &mut [u8], seq: u64) {
+        debug_assert!(seq <= TEMPLATE_MAX_SEQ);
+        let slot = &mut header[self.seq_at..self.seq_at + SEQ_SLOT];
+        for (i, b) in slot.iter_mut().enumerate() {
+            let part = ((seq >> (7 * i)) & 0x7f) as u8;
+            *b = if i + 1 < SEQ_SLOT { part | 0x80 } else { part };
+        }
+    }
+}
+
 /// A server frame seen without allocating: Delivers are parsed in place (the
 /// load engine's receive path); anything else is left for prost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -571,6 +632,58 @@ mod tests {
                 viaprost.len(),
                 deliver_header_len(&stamp, payload_len) + payload_len
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod template_tests {
+    use super::*;
+    use crate::codec::{decode_server, next_frame};
+    use crate::v1::server_frame;
+    use bytes::BytesMut;
+
+    #[test]
+    fn a_template_with_its_seq_decodes_like_a_deliver() {
+        let stamp = DeliverStamp {
+            seq: 0,
+            from_user: b"ann",
+            to_room: b"lobby",
+            server_ts_us: 1_700_000_000_123_456,
+            msg_id: 77,
+        };
+        for payload in [&b""[..], b"hi", &[9u8; 300][..]] {
+            let t = DeliverTemplate::new(&stamp, payload.len());
+            for seq in [1u64, 127, 128, 300_000, TEMPLATE_MAX_SEQ] {
+                let mut frame = t.bytes.clone();
+                t.put_seq(&mut frame, seq);
+                frame.extend_from_slice(payload);
+                let mut buf = BytesMut::from(&frame[..]);
+                let body = next_frame(&mut buf, 1 << 20).unwrap().unwrap();
+                assert!(buf.is_empty(), "the length prefix covers the frame exactly");
+                // prost and the in-place parser both read it.
+                let Some(server_frame::Kind::Deliver(d)) =
+                    decode_server(body.clone()).unwrap().kind
+                else {
+                    panic!("not a deliver")
+                };
+                assert_eq!(
+                    (
+                        d.seq,
+                        d.from_user.as_str(),
+                        d.to_room.as_str(),
+                        &d.payload[..]
+                    ),
+                    (seq, "ann", "lobby", payload)
+                );
+                assert_eq!((d.server_ts_us, d.msg_id), (stamp.server_ts_us, 77));
+                match parse_server(&body).unwrap() {
+                    ServerView::Deliver {
+                        seq: s, payload: p, ..
+                    } => assert_eq!((s, p), (seq, payload)),
+                    ServerView::Other => panic!("not parsed in place"),
+                }
+            }
         }
     }
 }

@@ -857,13 +857,13 @@ mod tests {
     use super::*;
 
     fn fan(id: u64) -> Rc<FanMsg> {
-        Rc::new(FanMsg {
-            payload: Bytes::from(format!("room {id}")),
-            from_user: Bytes::from_static(b"ann"),
-            to_room: Bytes::from_static(b"lobby"),
-            msg_id: id,
-            ts_us: id,
-        })
+        Rc::new(FanMsg::new(
+            Bytes::from(format!("room {id}")),
+            Bytes::from_static(b"ann"),
+            Bytes::from_static(b"lobby"),
+            id,
+            id,
+        ))
     }
 
     #[test]

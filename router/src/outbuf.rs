@@ -9,7 +9,7 @@ use std::rc::Rc;
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use ringrouter_proto::codec::encode_frame;
-use ringrouter_proto::fast::{put_deliver_header, DeliverStamp};
+use ringrouter_proto::fast::{put_deliver_header, DeliverStamp, DeliverTemplate, TEMPLATE_MAX_SEQ};
 
 /// Smallest allocation of the contiguous write buffer.
 const CHUNK: usize = 64 * 1024;
@@ -32,6 +32,30 @@ pub struct FanMsg {
     pub msg_id: u64,
     /// Router clock at acceptance.
     pub ts_us: u64,
+    /// Its Deliver header, encoded once for every session of the shard.
+    pub header: DeliverTemplate,
+}
+
+impl FanMsg {
+    /// The shard's record of a room message (its header encoded here, once).
+    pub fn new(payload: Bytes, from_user: Bytes, to_room: Bytes, msg_id: u64, ts_us: u64) -> Self {
+        let stamp = DeliverStamp {
+            seq: 0,
+            from_user: &from_user,
+            to_room: &to_room,
+            server_ts_us: ts_us,
+            msg_id,
+        };
+        let header = DeliverTemplate::new(&stamp, payload.len());
+        FanMsg {
+            payload,
+            from_user,
+            to_room,
+            msg_id,
+            ts_us,
+            header,
+        }
+    }
 }
 
 /// A payload written by reference, after `data[..local_end]`.
@@ -131,6 +155,40 @@ impl OutBuf {
                 },
             });
             self.zero_copy_bytes += payload.len() as u64;
+        }
+    }
+
+    /// Appends the Deliver of a room message with this session's `seq`: the shard's
+    /// header copied and its seq slot filled in (no per-field encoding), the payload
+    /// by reference (or copied when at most `inline_max` bytes).
+    #[inline]
+    pub fn push_fanned(&mut self, m: &Rc<FanMsg>, seq: u64, inline_max: usize) {
+        if seq > TEMPLATE_MAX_SEQ {
+            let stamp = DeliverStamp {
+                seq,
+                from_user: &m.from_user,
+                to_room: &m.to_room,
+                server_ts_us: m.ts_us,
+                msg_id: m.msg_id,
+            };
+            return self.push_deliver_with(&stamp, &m.payload, inline_max, Some(m));
+        }
+        let header = &m.header.bytes;
+        let inline = m.payload.len() <= inline_max;
+        self.ensure(header.len() + if inline { m.payload.len() } else { 0 });
+        let start = self.data.len();
+        self.data.put_slice(header);
+        m.header.put_seq(&mut self.data[start..], seq);
+        self.len += header.len() + m.payload.len();
+        if inline {
+            self.data.put_slice(&m.payload);
+            self.copied_bytes += m.payload.len() as u64;
+        } else {
+            self.segs.push(Seg {
+                local_end: self.data.len(),
+                payload: Part::Fanned(m.clone()),
+            });
+            self.zero_copy_bytes += m.payload.len() as u64;
         }
     }
 
@@ -414,5 +472,47 @@ mod tests {
         let b = q.take(None);
         use monoio::buf::IoVecBuf;
         assert_eq!(b.read_iovec_len(), IOV_MAX);
+    }
+
+    #[test]
+    fn fanned_deliveries_share_the_payload_and_carry_each_sessions_seq() {
+        let payload = Bytes::from(vec![3u8; 200]);
+        let m = Rc::new(FanMsg::new(
+            payload.clone(),
+            Bytes::from_static(b"ann"),
+            Bytes::from_static(b"lobby"),
+            9,
+            1234,
+        ));
+        let mut q = OutBuf::default();
+        q.push_fanned(&m, 1, 0);
+        q.push_fanned(&m, 300, 0);
+        q.push_fanned(&m, TEMPLATE_MAX_SEQ + 1, 0); // past the slot: encoded in full
+        assert_eq!(Rc::strong_count(&m), 4, "one plain reference per delivery");
+        let batch = q.take(None);
+        assert!(
+            batch
+                .parts()
+                .iter()
+                .filter(|p| p.as_ptr() == payload.as_ptr())
+                .count()
+                == 3
+        );
+        let mut stream = BytesMut::from(&gather(&batch)[..]);
+        let mut seqs = Vec::new();
+        while let Some(f) = next_frame(&mut stream, 1 << 20).unwrap() {
+            let Some(server_frame::Kind::Deliver(d)) = decode_server(f).unwrap().kind else {
+                panic!("not a deliver")
+            };
+            assert_eq!(
+                (d.from_user.as_str(), d.to_room.as_str(), d.msg_id),
+                ("ann", "lobby", 9)
+            );
+            assert_eq!(d.payload, payload);
+            seqs.push(d.seq);
+        }
+        assert_eq!(seqs, [1, 300, TEMPLATE_MAX_SEQ + 1]);
+        drop(batch);
+        assert_eq!(Rc::strong_count(&m), 1);
     }
 }

@@ -1217,13 +1217,13 @@ impl Shard {
         let journaled = self.journaled();
         let mut blocked = Vec::new();
         // One reference for this shard; each session then takes a non-atomic one.
-        let fanned = std::rc::Rc::new(crate::outbuf::FanMsg {
-            payload: f.payload.clone(),
-            from_user: f.from_user.clone(),
-            to_room: f.room.clone(),
-            msg_id: f.msg_id,
-            ts_us: f.ts_us,
-        });
+        let fanned = std::rc::Rc::new(crate::outbuf::FanMsg::new(
+            f.payload.clone(),
+            f.from_user.clone(),
+            f.room.clone(),
+            f.msg_id,
+            f.ts_us,
+        ));
         let part = f.ack.clone().map(FanPart::new);
         let answer = |part: &Option<Arc<FanPart>>| match part {
             Some(p) => {

@@ -974,8 +974,10 @@ impl Shard {
                 server_ts_us: m.ts_us,
                 msg_id: m.msg_id,
             };
-            s.out
-                .push_deliver_with(&stamp, m.payload, inline_max, m.fanned);
+            match m.fanned {
+                Some(fm) => s.out.push_fanned(fm, s.last_seq, inline_max),
+                None => s.out.push_deliver(&stamp, m.payload, inline_max),
+            }
             s.wake_writer();
             if retain {
                 s.unacked.push(s.last_seq, &m);
