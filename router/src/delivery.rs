@@ -17,9 +17,15 @@
 //! - A session keeps every delivery until the client's cumulative Ack. When it ends,
 //!   the unacked live deliveries (and any that were held back, below) are appended to the
 //!   offline queue; deliveries that came from the store are still there.
-//! - At login the offline queue is delivered page by page before anything live: live
-//!   messages that arrive meanwhile are held and delivered after the backlog (memory
-//!   mode), or are already in the queue behind it (sync mode).
+//! - At login the LoginResult goes out with the first page of the offline queue, which is
+//!   delivered page by page (at most half of `max_unacked_per_session` per page) before
+//!   anything live: live messages that arrive meanwhile are held (counted against the
+//!   session's bounds) and delivered after the backlog (memory mode), or are already in
+//!   the queue behind it (sync mode).
+//! - An ack removes the stored messages it covers, unless another device of the same
+//!   user is still paging through the queue (its later ack removes them).
+//! - Store backpressure: past [`STORE_HIGH_WATER`] requests in flight a shard's readers
+//!   pause and it leaves other shards' mail in the rings.
 
 use std::collections::VecDeque;
 use std::rc::Rc;

@@ -9,15 +9,23 @@
 //! work for the same room queues behind it, so a message sent after a Join is checked
 //! against the new member list.
 //!
-//! A request by join code goes to the home of the code string first; that shard looks the
-//! code up in the store and forwards the request, by name, to the room's home.
+//! A JoinRoom by join code (`#…`) goes to the home of the code string first; that shard
+//! looks the code up in the store and forwards the request, by name, to the room's home.
+//! Every other request, and every message, names the room.
+//!
+//! A user's own CreateRoom and JoinRoom run one at a time: the user's home shard admits
+//! each against `max_rooms_per_user` and holds the user's later room requests and
+//! messages until it is answered, so they keep their order.
 //!
 //! # Fan-out
 //! The room keeps its members grouped by their home shard (`Arc<[Bytes]>` per shard). A
 //! message becomes one `Mail::RoomDeliver` per shard with members (and a direct call for
-//! this shard); the member's shard hands the same payload `Bytes` to every session of
-//! every member on it (the sending device excepted), and stores it for members with no
-//! session.
+//! this shard). There it becomes one [`FanMsg`](crate::outbuf::FanMsg): the payload
+//! (never copied) and a Deliver header encoded once; every session of every member on that
+//! shard (the sending device excepted) copies the header with its own seq and takes a
+//! plain `Rc` reference to the record, for its write queue and its unacked queue. Members
+//! with no session get it in their offline queue; the sender's SendResult waits for those
+//! appends (one [`RoomAck`](crate::delivery::RoomAck) step per shard).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
