@@ -25,7 +25,7 @@
 //! shard (the sending device excepted) copies the header with its own seq and takes a
 //! plain `Rc` reference to the record, for its write queue and its unacked queue. Members
 //! with no session get it in their offline queue; the sender's SendResult waits for those
-//! appends (one [`RoomAck`](crate::delivery::RoomAck) step per shard).
+//! appends (one [`RoomAck`] step per shard).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
