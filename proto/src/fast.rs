@@ -39,6 +39,11 @@ impl SendView {
         // Parse-time validation guarantees UTF-8; fall back to "" rather than panic.
         std::str::from_utf8(&self.to_user).unwrap_or("")
     }
+
+    /// `to_room` as text (validated UTF-8 at parse time).
+    pub fn to_room_str(&self) -> &str {
+        std::str::from_utf8(&self.to_room).unwrap_or("")
+    }
 }
 
 /// One decoded client frame.
@@ -335,7 +340,8 @@ impl DeliverTemplate {
             + varint_field_size(5, stamp.server_ts_us)
             + varint_field_size(6, stamp.msg_id);
         let outer = varint_len(SERVER_FRAME_DELIVER << 3) + varint_len(inner as u64) + inner;
-        let mut out = Vec::with_capacity(outer + 10);
+        // The header only: `outer` counts the payload too.
+        let mut out = Vec::with_capacity(outer - payload_len + 10);
         put_varint(&mut out, outer as u64);
         put_varint(&mut out, (SERVER_FRAME_DELIVER << 3) | u64::from(WT_LEN));
         put_varint(&mut out, inner as u64);

@@ -29,7 +29,7 @@
 
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -55,6 +55,8 @@ pub type Done = Box<dyn FnOnce(&mut Shard) + Send>;
 /// Completions waiting for one shard (filled by the storage thread).
 pub struct DoneQueue {
     q: Mutex<Vec<Done>>,
+    /// Set with every push: the consumer looks here, not at the lock, on every turn.
+    queued: AtomicBool,
     bell: Arc<Doorbell>,
 }
 
@@ -67,6 +69,7 @@ impl DoneQueue {
     pub fn new(bell: Arc<Doorbell>) -> Self {
         DoneQueue {
             q: Mutex::new(Vec::new()),
+            queued: AtomicBool::new(false),
             bell,
         }
     }
@@ -74,17 +77,20 @@ impl DoneQueue {
     /// Queues a completion and wakes the shard's consumer if it is parked.
     pub fn push(&self, d: Done) {
         lock(&self.q).push(d);
+        self.queued.store(true, Ordering::Release);
         self.bell.ring();
     }
 
     /// Moves every queued completion into `out` (in order).
     pub fn take_into(&self, out: &mut Vec<Done>) {
-        out.append(&mut lock(&self.q));
+        if self.queued.swap(false, Ordering::AcqRel) {
+            out.append(&mut lock(&self.q));
+        }
     }
 
     /// True when nothing is queued.
     pub fn is_empty(&self) -> bool {
-        lock(&self.q).is_empty()
+        !self.queued.load(Ordering::Acquire)
     }
 }
 

@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`alloc`]: mimalloc options the binary sets (measured).
 //! - [`config`]: every setting and limit, with the embedded defaults.
-//! - [`auth`]: user-name rules, `open` and `jwt` login.
+//! - [`auth`]: user-name rules; `open`, `jwt` and `accounts` login (passwords are checked
+//!   against the store in `conn`).
 //! - [`server`]: [`Router::start`]: listeners, shard threads, shutdown.
 //! - `conn`: per-connection tasks: accept, pre-login, handover, reader, writer.
 //! - [`delivery`]: store round trips, offline queues, unacked retention, login backlog.

@@ -952,7 +952,7 @@ impl Shard {
                 ack: ack.clone(),
             };
             if *shard == self.id {
-                self.on_room_fan(&f);
+                self.on_room_fan(f);
             } else {
                 self.post(*shard, Mail::RoomDeliver(f));
             }
@@ -1202,9 +1202,9 @@ impl Shard {
 
     /// True when `user` has a live session here other than `except`.
     fn has_other_session(&self, user: &[u8], except: SessionId) -> bool {
-        self.live_sessions(user)
-            .into_iter()
-            .any(|k| self.session_id(k) != Some(except))
+        self.user_session_keys(user)
+            .iter()
+            .any(|&k| self.session_id(k) != Some(except))
     }
 
     /// A room event for users homed here.
@@ -1221,17 +1221,7 @@ impl Shard {
 
     /// A room message for members homed here: every session of every member (not the
     /// sending device), or the member's offline queue.
-    pub fn on_room_fan(&mut self, f: &RoomFan) {
-        let journaled = self.journaled();
-        let mut blocked = Vec::new();
-        // One reference for this shard; each session then takes a non-atomic one.
-        let fanned = std::rc::Rc::new(crate::outbuf::FanMsg::new(
-            f.payload.clone(),
-            f.from_user.clone(),
-            f.room.clone(),
-            f.msg_id,
-            f.ts_us,
-        ));
+    pub fn on_room_fan(&mut self, f: RoomFan) {
         let part = f.ack.clone().map(FanPart::new);
         let answer = |part: &Option<Arc<FanPart>>| match part {
             Some(p) => {
@@ -1240,8 +1230,8 @@ impl Shard {
             }
             None => Answer::Nobody,
         };
-        for user in f.users.iter() {
-            if journaled {
+        if self.journaled() {
+            for user in f.users.iter() {
                 // The sender's own copy is only for the sender's other devices: with
                 // none online it is not stored (it would come back at the next login).
                 if *user == f.from_user && !self.has_other_session(user, f.sender) {
@@ -1255,23 +1245,41 @@ impl Shard {
                     ts_us: f.ts_us,
                 };
                 self.journal(user.clone(), msg, answer(&part), f.sender, Some(f.sender));
-                continue;
             }
-            let m = Outgoing {
-                from_user: &f.from_user,
-                to_room: &f.room,
-                payload: &f.payload,
-                msg_id: f.msg_id,
-                ts_us: f.ts_us,
-                store_seq: 0,
-                fanned: Some(&fanned),
-            };
-            let (n, overflowed) =
-                self.deliver_to_sessions(user, m, Some(f.sender), Some(f.sender), &mut blocked);
-            if n == 0 {
-                self.store_offline(user, m, answer(&part));
+        } else {
+            let RoomFan {
+                room,
+                from_user,
+                payload,
+                msg_id,
+                ts_us,
+                users,
+                sender,
+                ack: _,
+            } = f;
+            // One record for this shard (moved in, not cloned); each session then takes
+            // a non-atomic reference to it.
+            let fanned = std::rc::Rc::new(crate::outbuf::FanMsg::new(
+                payload, from_user, room, msg_id, ts_us,
+            ));
+            let mut blocked = Vec::new();
+            for user in users.iter() {
+                let m = Outgoing {
+                    from_user: &fanned.from_user,
+                    to_room: &fanned.to_room,
+                    payload: &fanned.payload,
+                    msg_id,
+                    ts_us,
+                    store_seq: 0,
+                    fanned: Some(&fanned),
+                };
+                let (n, overflowed) =
+                    self.deliver_to_sessions(user, m, Some(sender), Some(sender), &mut blocked);
+                if n == 0 {
+                    self.store_offline(user, m, answer(&part));
+                }
+                self.close_overflowed(overflowed);
             }
-            self.close_overflowed(overflowed);
         }
         if let Some(p) = part {
             p.finish(self, Status::Ok);

@@ -551,6 +551,11 @@ impl Shard {
         self.users.get(user).cloned().unwrap_or_default()
     }
 
+    /// The live sessions of `user` (homed here), borrowed.
+    pub fn user_session_keys(&self, user: &[u8]) -> &[SessionKey] {
+        self.users.get(user).map_or(&[], Vec::as_slice)
+    }
+
     /// Number of live sessions of `user` on this shard.
     pub fn user_sessions(&self, user: &[u8]) -> usize {
         self.users.get(user).map_or(0, Vec::len)
@@ -744,16 +749,14 @@ impl Shard {
                 Status::BadRequest,
                 "set to_user or to_room, not both".to_owned(),
             ))
-        } else if v.to_room.len() > self.cfg.max_user_bytes {
-            Some((
-                Status::BadRequest,
-                format!("to_room is longer than {} bytes", self.cfg.max_user_bytes),
-            ))
-        } else if v.to_room.starts_with(&[crate::rooms::CODE_MARK as u8]) {
-            Some((
-                Status::BadRequest,
-                "send to the room's name; a join code is only for joining".to_owned(),
-            ))
+        } else if let Some(why) = (!v.to_room.is_empty())
+            .then(|| {
+                crate::rooms::validate_room_name(v.to_room_str(), self.cfg.max_user_bytes).err()
+            })
+            .flatten()
+        {
+            // A join code (`#…`) is refused here too: codes are only for joining.
+            Some((Status::BadRequest, format!("to_room: {why}")))
         } else if v.to_user.is_empty() && v.to_room.is_empty() {
             Some((Status::BadRequest, "to_user is empty".to_owned()))
         } else if v.to_user.len() > self.cfg.max_user_bytes {
@@ -893,9 +896,9 @@ impl Shard {
     }
 
     /// Delivers a message to every live session of `to_user` homed here.
-    /// Returns how many sessions got it, and a session pushed past its hard cap,
-    /// which the caller closes with [`Shard::close_overflowed`] once the names it
-    /// lent (`to_user`, `from_user`) are back in place.
+    /// Returns how many sessions got it, and a session pushed past one of its bounds
+    /// (hard cap on pending bytes, unacked or held-back count), which the caller closes
+    /// with [`Shard::close_overflowed`] once the names it lent are back in place.
     /// Every session keeps what it was given until acked (when there is a store);
     /// a session whose backlog is being delivered holds live messages back instead.
     pub fn deliver_local(
@@ -950,7 +953,7 @@ impl Shard {
                 // behind it already; otherwise it waits here.
                 if m.store_seq == 0 {
                     // Counted with its bookkeeping, so that even empty payloads meet
-                    // the session's bounds (backpressure, then slow consumer).
+                    // the session's bounds (backpressure and the hard cap below).
                     s.held_bytes += m.payload.len() + HELD_OVERHEAD;
                     s.held.push(Held {
                         from_user: m.from_user.clone(),
@@ -963,26 +966,27 @@ impl Shard {
                         overflowed = Some(k);
                     }
                 }
-                n += 1;
-                continue;
-            }
-            s.last_seq += 1;
-            let stamp = DeliverStamp {
-                seq: s.last_seq,
-                from_user: m.from_user,
-                to_room: m.to_room,
-                server_ts_us: m.ts_us,
-                msg_id: m.msg_id,
-            };
-            match m.fanned {
-                Some(fm) => s.out.push_fanned(fm, s.last_seq, inline_max),
-                None => s.out.push_deliver(&stamp, m.payload, inline_max),
-            }
-            s.wake_writer();
-            if retain {
-                s.unacked.push(s.last_seq, &m);
-                if s.unacked.len() > max_unacked {
-                    overflowed = Some(k);
+            } else {
+                s.last_seq += 1;
+                match m.fanned {
+                    Some(fm) => s.out.push_fanned(fm, s.last_seq, inline_max),
+                    None => {
+                        let stamp = DeliverStamp {
+                            seq: s.last_seq,
+                            from_user: m.from_user,
+                            to_room: m.to_room,
+                            server_ts_us: m.ts_us,
+                            msg_id: m.msg_id,
+                        };
+                        s.out.push_deliver(&stamp, m.payload, inline_max);
+                    }
+                }
+                s.wake_writer();
+                if retain {
+                    s.unacked.push(s.last_seq, &m);
+                    if s.unacked.len() > max_unacked {
+                        overflowed = Some(k);
+                    }
                 }
             }
             if s.pending() > max_pending {
@@ -1131,7 +1135,7 @@ impl Shard {
                 None
             }
             Mail::RoomDeliver(f) => {
-                self.on_room_fan(&f);
+                self.on_room_fan(f);
                 None
             }
             Mail::RoomNotice(n) => {

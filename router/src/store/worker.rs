@@ -107,6 +107,9 @@ pub(crate) struct Worker {
     queues: FxHashMap<String, QueueState>,
     waiting: FxHashMap<u64, Waiting>,
     registering: FxHashSet<String>,
+    /// Accounts known to exist (looked up or written by this thread, not deleted since):
+    /// an offline append for one of them needs no commit-then-read.
+    known: FxHashSet<String>,
     next_job: u64,
     shutting_down: bool,
 }
@@ -170,6 +173,7 @@ impl Worker {
             queues: FxHashMap::default(),
             waiting: FxHashMap::default(),
             registering: FxHashSet::default(),
+            known: FxHashSet::default(),
             next_job: 0,
             shutting_down: false,
         }
@@ -547,9 +551,16 @@ impl Worker {
     }
 
     fn account_exists(&mut self, user: &str) -> StoreResult<bool> {
+        if self.known.contains(user) {
+            return Ok(true);
+        }
         validate_name("user", user)?;
         self.commit()?;
-        Ok(self.dbs.accounts.contains_key(user.as_bytes())?)
+        let exists = self.dbs.accounts.contains_key(user.as_bytes())?;
+        if exists {
+            self.known.insert(user.to_owned());
+        }
+        Ok(exists)
     }
 
     fn load(
@@ -706,11 +717,13 @@ impl Worker {
             user.as_bytes().to_vec(),
             encode(&rec),
         ));
+        self.known.insert(user.to_owned());
         Ok(())
     }
 
     fn delete_account(&mut self, user: &str) -> StoreResult<()> {
         validate_name("user", user)?;
+        self.known.remove(user);
         self.commit()?;
         let had_account = self.dbs.accounts.contains_key(user.as_bytes())?;
         let (removed, _) = self.remove_range(user, u64::MAX)?;
