@@ -165,7 +165,7 @@ fn remote_deliver(c: &mut Criterion) {
                 let batch = std::mem::take(&mut s0.outbox[1]);
                 s0.outbox_len = 0;
                 for mail in batch {
-                    let h = s1.on_mail(0, mail, &mut blocked);
+                    let h = s1.on_mail(mail, &mut blocked);
                     debug_assert!(h.is_none());
                 }
                 blocked.clear();

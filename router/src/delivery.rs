@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use ringrouter_proto::fast::DeliverStamp;
-use ringrouter_proto::v1::{server_frame, SendResult, ServerFrame};
+use ringrouter_proto::v1::ServerFrame;
 use ringrouter_proto::Status;
 
 use crate::config::{AuthMode, DurabilityMode, OfflineOverflow};
@@ -379,8 +379,8 @@ impl From<Option<(SessionId, u64)>> for Answer {
 
 /// The SendResult of a room message whose sender asked for one: it is sent once every
 /// shard with members has delivered or stored its members' copies (so OK means what it
-/// means for a direct message: delivered or stored, on disk in sync mode). The worst
-/// outcome wins (a member's full offline queue makes it RATE_LIMITED).
+/// means for a direct message: delivered or stored, on disk in sync mode). Any failure
+/// wins over OK (the last one reported, e.g. RATE_LIMITED for a member's full queue).
 #[derive(Debug)]
 pub struct RoomAck {
     shards_left: AtomicUsize,
@@ -478,14 +478,7 @@ pub fn store_status(e: &StoreError) -> Status {
 }
 
 pub(crate) fn send_result_frame(request_id: u64, status: Status, msg_id: u64) -> ServerFrame {
-    ServerFrame {
-        kind: Some(server_frame::Kind::SendResult(SendResult {
-            request_id,
-            status: status as i32,
-            reason: status_reason(status).to_owned(),
-            msg_id,
-        })),
-    }
+    crate::shard::send_result(request_id, status, status_reason(status), msg_id)
 }
 
 impl Shard {

@@ -58,6 +58,15 @@ impl FanMsg {
     }
 }
 
+/// Bytes of `payload` that go into the contiguous buffer.
+fn inline_len(payload: &[u8], inline: bool) -> usize {
+    if inline {
+        payload.len()
+    } else {
+        0
+    }
+}
+
 /// A payload written by reference, after `data[..local_end]`.
 #[derive(Debug)]
 struct Seg {
@@ -121,41 +130,12 @@ impl OutBuf {
     /// Appends a Deliver. A payload longer than `inline_max` is queued by
     /// reference; shorter ones are copied next to their header.
     pub fn push_deliver(&mut self, stamp: &DeliverStamp<'_>, payload: &Bytes, inline_max: usize) {
-        self.push_deliver_with(stamp, payload, inline_max, None)
-    }
-
-    /// [`OutBuf::push_deliver`] for a payload this shard's sessions share through `fanned`
-    /// (which holds the same bytes as `payload`).
-    #[inline]
-    pub fn push_deliver_with(
-        &mut self,
-        stamp: &DeliverStamp<'_>,
-        payload: &Bytes,
-        inline_max: usize,
-        fanned: Option<&Rc<FanMsg>>,
-    ) {
-        let inline = if payload.len() <= inline_max {
-            payload.len()
-        } else {
-            0
-        };
-        self.ensure(64 + stamp.from_user.len() + stamp.to_room.len() + inline);
+        let inline = payload.len() <= inline_max;
+        self.ensure(64 + stamp.from_user.len() + stamp.to_room.len() + inline_len(payload, inline));
         let before = self.data.len();
         put_deliver_header(&mut self.data, stamp, payload.len());
-        self.len += self.data.len() - before + payload.len();
-        if payload.len() <= inline_max {
-            self.data.put_slice(payload);
-            self.copied_bytes += payload.len() as u64;
-        } else {
-            self.segs.push(Seg {
-                local_end: self.data.len(),
-                payload: match fanned {
-                    Some(rc) => Part::Fanned(rc.clone()),
-                    None => Part::Bytes(payload.clone()),
-                },
-            });
-            self.zero_copy_bytes += payload.len() as u64;
-        }
+        self.len += self.data.len() - before;
+        self.push_payload(payload, inline, || Part::Bytes(payload.clone()));
     }
 
     /// Appends the Deliver of a room message with this session's `seq`: the shard's
@@ -171,24 +151,31 @@ impl OutBuf {
                 server_ts_us: m.ts_us,
                 msg_id: m.msg_id,
             };
-            return self.push_deliver_with(&stamp, &m.payload, inline_max, Some(m));
+            return self.push_deliver(&stamp, &m.payload, inline_max);
         }
         let header = &m.header.bytes;
         let inline = m.payload.len() <= inline_max;
-        self.ensure(header.len() + if inline { m.payload.len() } else { 0 });
+        self.ensure(header.len() + inline_len(&m.payload, inline));
         let start = self.data.len();
         self.data.put_slice(header);
         m.header.put_seq(&mut self.data[start..], seq);
-        self.len += header.len() + m.payload.len();
+        self.len += header.len();
+        self.push_payload(&m.payload, inline, || Part::Fanned(m.clone()));
+    }
+
+    /// The payload after its header: copied (`inline`), or queued by reference.
+    #[inline]
+    fn push_payload(&mut self, payload: &[u8], inline: bool, by_ref: impl FnOnce() -> Part) {
+        self.len += payload.len();
         if inline {
-            self.data.put_slice(&m.payload);
-            self.copied_bytes += m.payload.len() as u64;
+            self.data.put_slice(payload);
+            self.copied_bytes += payload.len() as u64;
         } else {
             self.segs.push(Seg {
                 local_end: self.data.len(),
-                payload: Part::Fanned(m.clone()),
+                payload: by_ref(),
             });
-            self.zero_copy_bytes += m.payload.len() as u64;
+            self.zero_copy_bytes += payload.len() as u64;
         }
     }
 
@@ -488,7 +475,9 @@ mod tests {
         q.push_fanned(&m, 1, 0);
         q.push_fanned(&m, 300, 0);
         q.push_fanned(&m, TEMPLATE_MAX_SEQ + 1, 0); // past the slot: encoded in full
-        assert_eq!(Rc::strong_count(&m), 4, "one plain reference per delivery");
+        // One plain reference per templated delivery; the one past the slot references
+        // the payload's own buffer.
+        assert_eq!(Rc::strong_count(&m), 3);
         let batch = q.take(None);
         assert!(
             batch

@@ -566,14 +566,13 @@ async fn consumer(
             // so senders on any shard are held back by a store that cannot keep up.
             let rings = if sh.store_full() { 0 } else { rings };
             for i in 0..rings {
-                let from = inbox.source(i);
                 for _ in 0..64 {
                     let Some(mut batch) = inbox.pop(i) else { break };
                     got += 1;
                     let weight: usize = batch.iter().map(Mail::weight).sum();
                     sh.begin_batch();
                     for mail in batch.drain(..) {
-                        if let Some(h) = sh.on_mail(from, mail, &mut blocked) {
+                        if let Some(h) = sh.on_mail(mail, &mut blocked) {
                             handovers.push(h);
                         }
                     }
@@ -598,10 +597,9 @@ async fn consumer(
             std::mem::swap(&mut local_mail, &mut sh.local_mail);
             if !local_mail.is_empty() {
                 got += 1;
-                let me = sh.id;
                 sh.begin_batch();
                 for mail in local_mail.drain(..) {
-                    if let Some(h) = sh.on_mail(me, mail, &mut blocked) {
+                    if let Some(h) = sh.on_mail(mail, &mut blocked) {
                         handovers.push(h);
                     }
                 }

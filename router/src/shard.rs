@@ -408,7 +408,12 @@ fn error_frame(code: Status, reason: impl Into<String>, request_id: u64) -> Serv
     }
 }
 
-fn send_result(request_id: u64, status: Status, reason: &str, msg_id: u64) -> ServerFrame {
+pub(crate) fn send_result(
+    request_id: u64,
+    status: Status,
+    reason: &str,
+    msg_id: u64,
+) -> ServerFrame {
     ServerFrame {
         kind: Some(server_frame::Kind::SendResult(SendResult {
             request_id,
@@ -1046,13 +1051,8 @@ impl Shard {
         }
     }
 
-    /// Handles one item that arrived from shard `from`.
-    pub fn on_mail(
-        &mut self,
-        from: usize,
-        mail: Mail,
-        blocked: &mut Vec<SessionKey>,
-    ) -> Option<Box<Handover>> {
+    /// Handles one item that arrived from another shard (or this one).
+    pub fn on_mail(&mut self, mail: Mail, blocked: &mut Vec<SessionKey>) -> Option<Box<Handover>> {
         match mail {
             Mail::Deliver(r) => {
                 if let Some(t) = r.to_user {
@@ -1092,17 +1092,9 @@ impl Shard {
                 self.batch_to = to_user;
                 self.batch_from = from_user;
                 self.close_overflowed(overflowed);
-                if let Some((to, request_id)) = r.reply.filter(|_| !offline) {
+                if !offline {
                     let status = if n > 0 { Status::Ok } else { Status::NotFound };
-                    self.post(
-                        from,
-                        Mail::Result {
-                            to,
-                            request_id,
-                            msg_id: r.msg_id,
-                            status,
-                        },
-                    );
+                    self.reply_send(r.reply, r.msg_id, status);
                 }
                 None
             }
@@ -1540,7 +1532,7 @@ mod tests {
         );
         b.begin_batch();
         for m in batch {
-            b.on_mail(0, m, &mut blocked);
+            b.on_mail(m, &mut blocked);
         }
         let senders = |b: &mut Shard, k| -> Vec<String> {
             drain(b, k)
