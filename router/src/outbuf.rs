@@ -475,8 +475,8 @@ mod tests {
         q.push_fanned(&m, 1, 0);
         q.push_fanned(&m, 300, 0);
         q.push_fanned(&m, TEMPLATE_MAX_SEQ + 1, 0); // past the slot: encoded in full
-        // One plain reference per templated delivery; the one past the slot references
-        // the payload's own buffer.
+                                                    // One plain reference per templated delivery; the one past the slot references
+                                                    // the payload's own buffer.
         assert_eq!(Rc::strong_count(&m), 3);
         let batch = q.take(None);
         assert!(

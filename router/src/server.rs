@@ -57,6 +57,8 @@ pub struct Shared {
     pub(crate) auth: Authenticator,
     connections: AtomicUsize,
     pub(crate) shutdown: AtomicBool,
+    /// Shards whose sessions have all ended during shutdown.
+    quiesced: AtomicUsize,
     bells: Vec<Arc<Doorbell>>,
     pub(crate) store: StoreHandle,
     /// Per shard: where store completions for it land.
@@ -237,6 +239,7 @@ impl Router {
             auth,
             connections: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
+            quiesced: AtomicUsize::new(0),
             bells,
             store: store.clone(),
             done,
@@ -441,7 +444,11 @@ fn run_shard(
         let _ = ready.send(Ok(id));
         local.wait().await;
         let timeout = shared.cfg.shutdown_timeout;
-        let _ = monoio::time::timeout(timeout, wait_idle(&shard)).await;
+        let _ = monoio::time::timeout(timeout, async {
+            wait_idle(&shard).await;
+            drain_in_flight(&shard, &shared, n).await;
+        })
+        .await;
         shard.borrow_mut().publish();
         tracing::debug!(shard = id, "shard stopped");
         Ok::<(), String>(())
@@ -459,6 +466,26 @@ async fn wait_idle(shard: &Rc<RefCell<Shard>>) {
         }
     })
     .await
+}
+
+/// Shutdown, after this shard's sessions ended: other shards may still be handing it
+/// mail (messages in flight, room fan-outs, their sessions' last sends). It keeps
+/// running its consumer, flusher and store completions until every shard is idle and
+/// nothing is in flight to or from it, so those messages are stored, not dropped.
+async fn drain_in_flight(shard: &Rc<RefCell<Shard>>, shared: &Shared, n: usize) {
+    shared.quiesced.fetch_add(1, Ordering::SeqCst);
+    let mut calm = 0;
+    while calm < 3 {
+        monoio::time::sleep(Duration::from_millis(2)).await;
+        let sh = shard.borrow();
+        let quiet = shared.quiesced.load(Ordering::SeqCst) == n
+            && sh.outbox_len == 0
+            && sh.local_mail.is_empty()
+            && sh.store_inflight == 0
+            && sh.flight_in.iter().all(|f| f.load(Ordering::Acquire) == 0)
+            && sh.flight_out.iter().all(|f| f.load(Ordering::Acquire) == 0);
+        calm = if quiet { calm + 1 } else { 0 };
+    }
 }
 
 /// Yields once to the other ready tasks of this shard.
