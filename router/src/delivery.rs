@@ -40,7 +40,7 @@ use ringrouter_proto::Status;
 use crate::config::{AuthMode, DurabilityMode, OfflineOverflow};
 use crate::mailbox::Doorbell;
 use crate::outbuf::FanMsg;
-use crate::shard::{Mail, SessionId, SessionKey, Shard};
+use crate::shard::{CloseReason, Mail, SessionId, SessionKey, Shard};
 use crate::store::{Overflow, StoreError, StoreHandle, StoreResult, StoredMsg};
 
 /// Offline messages loaded per store round trip at login.
@@ -715,6 +715,23 @@ impl Shard {
                 |_, r| {
                     if let Err(e) = r {
                         tracing::warn!(error = %e, "recording a user failed");
+                    }
+                },
+            );
+        } else {
+            // The password was checked before the session existed: an account deleted in
+            // between must not keep a session (a DeleteAccount that comes later ends it).
+            let u = user.clone();
+            self.store_req(
+                |st, cb| st.user_exists(&u, cb),
+                move |sh, r| {
+                    if let (Ok(false), Some(key)) = (r, sh.resolve(id)) {
+                        sh.sessions[key].discard_unacked = true;
+                        sh.close(
+                            key,
+                            CloseReason::Kicked,
+                            Some((Status::Unauthorized, "account deleted")),
+                        );
                     }
                 },
             );
