@@ -1,4 +1,6 @@
 //! Regression tests from the review of offline delivery, rooms and accounts: the pre-login loop.
+//!
+//! Each test's comment describes the bug it was written against; all of them are fixed.
 
 use ringrouter_client::Status;
 use ringrouter_proto::v1::{
