@@ -979,6 +979,24 @@ async fn read_more(s: &mut TcpStream, mut buf: BytesMut, what: &str) -> Result<B
     }
 }
 
+/// Reads onto the end of `buf`, first growing it by `grow` when less than `min_free`
+/// is free. Returns the buffer and whether bytes arrived (false: closed or failed).
+async fn read_into<R: AsyncReadRent>(
+    rd: &mut R,
+    mut buf: BytesMut,
+    min_free: usize,
+    grow: usize,
+) -> (BytesMut, bool) {
+    if buf.capacity() - buf.len() < min_free {
+        buf.reserve(grow);
+    }
+    let (len, cap) = (buf.len(), buf.capacity());
+    let (r, b) = rd
+        .read(monoio::buf::IoBufMut::slice_mut(buf, len..cap))
+        .await;
+    (b.into_inner(), matches!(r, Ok(n) if n > 0))
+}
+
 /// Logs in as `user` (and joins the room with join code `join`), returning the
 /// connection with whatever arrived behind the answers (room events of other
 /// receivers joining, say), which belongs to the stream that follows.
@@ -1124,17 +1142,10 @@ async fn sender_reader(
             echo.control.borrow_mut().extend_from_slice(&out);
             out.clear();
         }
-        if buf.capacity() - buf.len() < 16 * 1024 {
-            buf.reserve(64 * 1024);
-        }
-        let (len, cap) = (buf.len(), buf.capacity());
-        let (r, b) = rd
-            .read(monoio::buf::IoBufMut::slice_mut(buf, len..cap))
-            .await;
-        buf = b.into_inner();
-        match r {
-            Ok(n) if n > 0 => {}
-            _ => break,
+        let (b, more) = read_into(&mut rd, buf, 16 * 1024, 64 * 1024).await;
+        buf = b;
+        if !more {
+            break;
         }
     }
     echo.closed.set(true);
@@ -1390,17 +1401,10 @@ async fn receive(
     let mut read_first = buf.is_empty();
     while !done {
         if read_first {
-            if buf.capacity() - buf.len() < 64 * 1024 {
-                buf.reserve(256 * 1024);
-            }
-            let (len, cap) = (buf.len(), buf.capacity());
-            let (r, b) = stream
-                .read(monoio::buf::IoBufMut::slice_mut(buf, len..cap))
-                .await;
-            buf = b.into_inner();
-            match r {
-                Ok(n) if n > 0 => {}
-                _ => break,
+            let (b, more) = read_into(&mut stream, buf, 64 * 1024, 256 * 1024).await;
+            buf = b;
+            if !more {
+                break;
             }
         }
         read_first = true;
