@@ -94,6 +94,37 @@ impl DoneQueue {
     }
 }
 
+/// Carries a store request's continuation to the shard that made it: called, or
+/// dropped uncalled (the store refused or lost the request), it queues the continuation
+/// on the shard's [`DoneQueue`] exactly once.
+struct Completion<T, F: FnOnce(&mut Shard, StoreResult<T>) + Send + 'static> {
+    then: Option<F>,
+    done: Arc<DoneQueue>,
+    _answer: std::marker::PhantomData<fn(T)>,
+}
+
+impl<T: Send + 'static, F: FnOnce(&mut Shard, StoreResult<T>) + Send + 'static> Completion<T, F> {
+    fn complete(&mut self, r: StoreResult<T>) {
+        if let Some(then) = self.then.take() {
+            self.done.push(Box::new(move |sh: &mut Shard| {
+                sh.store_inflight -= 1;
+                then(sh, r);
+            }));
+        }
+    }
+}
+
+impl<T, F: FnOnce(&mut Shard, StoreResult<T>) + Send + 'static> Drop for Completion<T, F> {
+    fn drop(&mut self) {
+        if let Some(then) = self.then.take() {
+            self.done.push(Box::new(move |sh: &mut Shard| {
+                sh.store_inflight -= 1;
+                then(sh, Err(StoreError::Closed));
+            }));
+        }
+    }
+}
+
 /// The store as one shard sees it.
 pub struct StoreLink {
     /// The storage thread.
@@ -512,25 +543,16 @@ impl Shard {
             then(self, Err(StoreError::Closed));
             return;
         };
-        let done = link.done.clone();
-        let slot = Arc::new(Mutex::new(Some(then)));
-        let cb_slot = slot.clone();
-        let cb = Box::new(move |r: StoreResult<T>| {
-            if let Some(then) = lock(&cb_slot).take() {
-                done.push(Box::new(move |sh: &mut Shard| {
-                    sh.store_inflight -= 1;
-                    then(sh, r);
-                }));
-            }
-        });
+        let mut guard = Completion {
+            then: Some(then),
+            done: link.done.clone(),
+            _answer: std::marker::PhantomData,
+        };
+        let cb = Box::new(move |r: StoreResult<T>| guard.complete(r));
         self.store_inflight += 1;
-        if let Err(e) = submit(&link.handle, cb) {
-            self.store_inflight -= 1;
-            let then = lock(&slot).take();
-            if let Some(then) = then {
-                then(self, Err(e));
-            }
-        }
+        // A request the store refuses (shut down) drops `cb` uncalled: the guard's drop
+        // then queues `then` with `Closed`, like any other answer.
+        let _ = submit(&link.handle, cb);
     }
 
     /// Reports the outcome of one store step of a message to whoever waits for it.
