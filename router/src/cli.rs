@@ -105,6 +105,29 @@ pub struct Args {
     /// past it those requests are refused with RATE_LIMITED.
     #[arg(long, default_value_t = 256)]
     pub max_password_jobs: u64,
+    /// Most payload bytes one session may hold delivered and not acked; past it the session
+    /// is closed as a slow consumer and what it holds is queued for its next login.
+    #[arg(long, value_parser = parse_bytes, default_value = "64MiB")]
+    pub max_unacked_bytes_per_session: usize,
+    /// Most bytes of store requests one shard may have queued for the storage thread;
+    /// past it the readers feeding it pause (TCP backpressure).
+    #[arg(long, value_parser = parse_bytes, default_value = "64MiB")]
+    pub max_store_queue_bytes: usize,
+    /// Most payload bytes queued for one offline user (--offline-overflow applies).
+    #[arg(long, value_parser = parse_bytes, default_value = "256MiB")]
+    pub max_offline_bytes_per_user: usize,
+    /// Open/jwt auth: a user with nothing queued and no rooms, not seen this long, is forgotten.
+    #[arg(long, value_parser = parse_duration, default_value = "30d")]
+    pub forget_idle_users_after: Duration,
+    /// Largest frame accepted before Login; a larger one gets TOO_LARGE and the connection closes.
+    #[arg(long, value_parser = parse_bytes, default_value = "16KiB")]
+    pub max_prelogin_frame_bytes: usize,
+    /// Failed logins allowed on one connection; the next failure closes it.
+    #[arg(long, default_value_t = 3)]
+    pub max_failed_logins: u32,
+    /// Clock skew allowed when checking a JWT's exp, nbf and iat.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub jwt_leeway: Duration,
 }
 
 impl Args {
@@ -144,6 +167,13 @@ impl Args {
             list_users_page: self.list_users_page,
             argon2_cheap: self.argon2_cheap,
             max_password_jobs: self.max_password_jobs,
+            max_unacked_bytes_per_session: self.max_unacked_bytes_per_session,
+            max_store_queue_bytes: self.max_store_queue_bytes,
+            max_offline_bytes_per_user: self.max_offline_bytes_per_user as u64,
+            forget_idle_users_after: self.forget_idle_users_after,
+            max_prelogin_frame_bytes: self.max_prelogin_frame_bytes,
+            max_failed_logins: self.max_failed_logins,
+            jwt_leeway: self.jwt_leeway,
         }
     }
 }

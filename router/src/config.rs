@@ -100,6 +100,23 @@ pub struct Config {
     /// Most password hashes (Register, password Login, room passwords) queued or running;
     /// past it such requests get RATE_LIMITED instead of queueing.
     pub max_password_jobs: u64,
+    /// Most payload bytes one session may hold delivered and not yet acked; past it the
+    /// session is closed as a slow consumer (what it holds goes to its offline queue).
+    pub max_unacked_bytes_per_session: usize,
+    /// Most bytes of store requests (payloads included) one shard may have queued for the
+    /// storage thread; past it the shard's readers pause.
+    pub max_store_queue_bytes: usize,
+    /// Most payload bytes in one user's offline queue (same overflow policy as the count).
+    pub max_offline_bytes_per_user: u64,
+    /// A user record of open/jwt auth with nothing queued and no rooms, not seen for this
+    /// long, is forgotten.
+    pub forget_idle_users_after: Duration,
+    /// Largest frame accepted before Login (Login, Register, Ping), in bytes.
+    pub max_prelogin_frame_bytes: usize,
+    /// Failed logins one connection may make; the next one closes it.
+    pub max_failed_logins: u32,
+    /// Clock skew allowed when checking a JWT's `exp`, `nbf` and `iat`.
+    pub jwt_leeway: Duration,
 }
 
 impl Default for Config {
@@ -133,6 +150,13 @@ impl Default for Config {
             list_users_page: 1_000,
             argon2_cheap: false,
             max_password_jobs: 256,
+            max_unacked_bytes_per_session: 64 << 20,
+            max_store_queue_bytes: 64 << 20,
+            max_offline_bytes_per_user: 256 << 20,
+            forget_idle_users_after: Duration::from_secs(30 * 24 * 3600),
+            max_prelogin_frame_bytes: 16 << 10,
+            max_failed_logins: 3,
+            jwt_leeway: Duration::from_secs(30),
         }
     }
 }
@@ -164,7 +188,7 @@ impl Config {
     }
 }
 
-/// Parses a duration: `250ms`, `2s`, `1m`, `1.5` (seconds), `100us`.
+/// Parses a duration: `250ms`, `2s`, `1m`, `1h`, `30d`, `1.5` (seconds), `100us`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, mul) = if let Some(v) = s.strip_suffix("ms") {
@@ -175,6 +199,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         (v, 1.0)
     } else if let Some(v) = s.strip_suffix('m') {
         (v, 60.0)
+    } else if let Some(v) = s.strip_suffix('h') {
+        (v, 3600.0)
+    } else if let Some(v) = s.strip_suffix('d') {
+        (v, 86400.0)
     } else {
         (s, 1.0)
     };
