@@ -19,7 +19,9 @@ use bytes::BytesMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::{TcpListener, TcpStream};
 
-use ringrouter_proto::codec::{encode_frame, frame_bytes_needed, frames, next_frame, split_frames};
+use ringrouter_proto::codec::{
+    encode_frame, frame_bytes_needed, frames, next_frame, split_frames, FrameError,
+};
 use ringrouter_proto::fast::{parse_client, parse_client_at, Inbound};
 use ringrouter_proto::v1::{
     client_frame, server_frame, AccountResult, Error as ErrorFrame, Login, LoginResult, Pong,
@@ -567,7 +569,14 @@ async fn read_loop<R: AsyncReadRent>(
             // Every complete frame in one chunk: one reference count for all of
             // them; payloads become slices of it.
             let (chunk, framing_error) = split_frames(&mut buf, max_frame);
-            let mut bad = framing_error.map(|e| e.to_string());
+            // A frame over the size limit is TOO_LARGE; bytes that are not frames, BAD_FRAME.
+            let mut bad = framing_error.map(|e| {
+                let code = match e {
+                    FrameError::TooLarge { .. } => Status::TooLarge,
+                    _ => Status::BadFrame,
+                };
+                (code, e.to_string())
+            });
             for range in frames(&chunk) {
                 match parse_client_at(&chunk, range) {
                     Ok(frame) => {
@@ -577,21 +586,29 @@ async fn read_loop<R: AsyncReadRent>(
                         }
                     }
                     Err(e) => {
-                        bad = Some(e.to_string());
+                        bad = Some((Status::BadFrame, e.to_string()));
                         break;
                     }
                 }
             }
-            if let Some(reason) = bad {
+            if let Some((code, reason)) = bad {
                 if flow == Flow::Continue {
                     sh.counters.frames_rejected += 1;
-                    sh.close(
-                        key,
-                        CloseReason::BadFrame,
-                        Some((Status::BadFrame, &reason)),
-                    );
+                    sh.close(key, CloseReason::BadFrame, Some((code, &reason)));
                     flow = Flow::Stop;
                 }
+            }
+            // The session's own answers (errors, Pongs, results) count against its
+            // budget like deliveries do: over it, this client is not read until its
+            // queue drains (or it is closed as a slow consumer).
+            let max_pending = sh.cfg.max_pending_bytes;
+            if sh
+                .sessions
+                .get(key)
+                .is_some_and(|s| s.pending() > max_pending)
+                && !blocked.contains(&key)
+            {
+                blocked.push(key);
             }
             if sh.sessions.get(key).is_none_or(|s| s.closing.is_some()) {
                 flow = Flow::Stop;

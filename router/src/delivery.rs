@@ -41,13 +41,17 @@ use crate::config::{AuthMode, DurabilityMode, OfflineOverflow};
 use crate::mailbox::Doorbell;
 use crate::outbuf::FanMsg;
 use crate::shard::{CloseReason, Mail, SessionId, SessionKey, Shard};
-use crate::store::{Overflow, StoreError, StoreHandle, StoreResult, StoredMsg};
+use crate::store::{Overflow, QueueCap, StoreError, StoreHandle, StoreResult, StoredMsg};
 
 /// Offline messages loaded per store round trip at login.
 pub const LOAD_PAGE: usize = 1024;
 
-/// Store requests one shard may have outstanding before its readers pause.
+/// Store requests one shard may have outstanding before its readers pause (besides
+/// `max_store_queue_bytes`, which bounds their bytes).
 pub const STORE_HIGH_WATER: usize = 16 * 1024;
+
+/// What a store request counts for in `max_store_queue_bytes` besides its payloads.
+const STORE_REQ_OVERHEAD: usize = 128;
 
 /// A store completion, run on the shard that made the request.
 pub type Done = Box<dyn FnOnce(&mut Shard) + Send>;
@@ -99,6 +103,8 @@ impl DoneQueue {
 /// on the shard's [`DoneQueue`] exactly once.
 struct Completion<T, F: FnOnce(&mut Shard, StoreResult<T>) + Send + 'static> {
     then: Option<F>,
+    /// What the request counts for in the shard's `store_bytes`.
+    bytes: usize,
     done: Arc<DoneQueue>,
     _answer: std::marker::PhantomData<fn(T)>,
 }
@@ -106,8 +112,10 @@ struct Completion<T, F: FnOnce(&mut Shard, StoreResult<T>) + Send + 'static> {
 impl<T: Send + 'static, F: FnOnce(&mut Shard, StoreResult<T>) + Send + 'static> Completion<T, F> {
     fn complete(&mut self, r: StoreResult<T>) {
         if let Some(then) = self.then.take() {
+            let bytes = self.bytes;
             self.done.push(Box::new(move |sh: &mut Shard| {
                 sh.store_inflight -= 1;
+                sh.store_bytes -= bytes;
                 then(sh, r);
             }));
         }
@@ -117,8 +125,10 @@ impl<T: Send + 'static, F: FnOnce(&mut Shard, StoreResult<T>) + Send + 'static> 
 impl<T, F: FnOnce(&mut Shard, StoreResult<T>) + Send + 'static> Drop for Completion<T, F> {
     fn drop(&mut self) {
         if let Some(then) = self.then.take() {
+            let bytes = self.bytes;
             self.done.push(Box::new(move |sh: &mut Shard| {
                 sh.store_inflight -= 1;
+                sh.store_bytes -= bytes;
                 then(sh, Err(StoreError::Closed));
             }));
         }
@@ -192,6 +202,9 @@ pub struct Retained {
     names: VecDeque<(Bytes, Bytes)>,
     /// Absolute index of `names[0]`.
     names_base: u64,
+    /// Payload bytes kept (what `max_unacked_bytes_per_session` bounds); entries whose
+    /// payload is in the store count nothing.
+    bytes: usize,
 }
 
 /// Payloads up to this size are copied into the retained entry instead of referenced:
@@ -207,6 +220,13 @@ enum Kept {
 }
 
 impl Kept {
+    fn len(&self) -> usize {
+        match self {
+            Kept::Inline(n, _) => *n as usize,
+            Kept::Shared(b) => b.len(),
+        }
+    }
+
     #[inline]
     fn of(payload: &Bytes) -> Kept {
         if payload.len() <= KEEP_INLINE {
@@ -241,6 +261,20 @@ impl Retained {
         self.q.is_empty() && self.fan.is_empty()
     }
 
+    /// Payload bytes kept in memory.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The lowest offline-queue seq among the kept messages that are in the store (0:
+    /// none). Store seqs grow with session seqs, so the first stored entry has it.
+    pub fn lowest_store_seq(&self) -> u64 {
+        self.q
+            .iter()
+            .find(|u| u.store_seq != 0)
+            .map_or(0, |u| u.store_seq)
+    }
+
     fn name_of(&mut self, from_user: &Bytes, to_room: &Bytes) -> u64 {
         let hit = self
             .names
@@ -256,6 +290,7 @@ impl Retained {
     #[inline]
     pub fn push(&mut self, seq: u64, m: &Outgoing<'_>) {
         if let (Some(fm), 0) = (m.fanned, m.store_seq) {
+            self.bytes += fm.payload.len();
             self.fan.push_back((seq, fm.clone()));
             return;
         }
@@ -265,6 +300,7 @@ impl Retained {
         } else {
             Kept::Inline(0, [0; KEEP_INLINE])
         };
+        self.bytes += payload.len();
         self.q.push_back(Unacked {
             seq,
             store_seq: m.store_seq,
@@ -296,10 +332,13 @@ impl Retained {
                 break;
             }
             top = top.max(u.store_seq);
+            self.bytes -= u.payload.len();
             self.q.pop_front();
         }
         while self.fan.front().is_some_and(|(s, _)| *s <= seq) {
-            self.fan.pop_front();
+            if let Some((_, m)) = self.fan.pop_front() {
+                self.bytes -= m.payload.len();
+            }
         }
         // Names no kept message refers to any more (the last one stays: the next
         // message is most likely from the same sender). Entries without a name (loaded
@@ -325,6 +364,7 @@ impl Retained {
     pub fn take_unstored(&mut self) -> Vec<StoredMsg> {
         let q = std::mem::take(&mut self.q);
         let mut fan = std::mem::take(&mut self.fan).into_iter().peekable();
+        self.bytes = 0;
         let mut out = Vec::with_capacity(q.len() + fan.len());
         let fanned = |(_, m): (u64, Rc<FanMsg>)| StoredMsg {
             from_user: String::from_utf8_lossy(&m.from_user).into_owned(),
@@ -526,6 +566,7 @@ impl Shard {
     /// True when readers should wait for the store to catch up.
     pub fn store_full(&self) -> bool {
         self.store_inflight >= STORE_HIGH_WATER
+            || self.store_bytes >= self.cfg.max_store_queue_bytes
     }
 
     /// Makes a store request: `submit` queues it with the given callback; `then` runs
@@ -539,17 +580,34 @@ impl Shard {
         ) -> StoreResult<()>,
         then: impl FnOnce(&mut Shard, StoreResult<T>) + Send + 'static,
     ) {
+        self.store_req_sized(0, submit, then)
+    }
+
+    /// [`Shard::store_req`] for a request carrying `payload` bytes: until it is answered
+    /// they count in the shard's `store_bytes` (bounded by `max_store_queue_bytes`).
+    pub fn store_req_sized<T: Send + 'static>(
+        &mut self,
+        payload: usize,
+        submit: impl FnOnce(
+            &StoreHandle,
+            Box<dyn FnOnce(StoreResult<T>) + Send + 'static>,
+        ) -> StoreResult<()>,
+        then: impl FnOnce(&mut Shard, StoreResult<T>) + Send + 'static,
+    ) {
         let Some(link) = &self.store else {
             then(self, Err(StoreError::Closed));
             return;
         };
+        let bytes = payload + STORE_REQ_OVERHEAD;
         let mut guard = Completion {
             then: Some(then),
+            bytes,
             done: link.done.clone(),
             _answer: std::marker::PhantomData,
         };
         let cb = Box::new(move |r: StoreResult<T>| guard.complete(r));
         self.store_inflight += 1;
+        self.store_bytes += bytes;
         // A request the store refuses (shut down) drops `cb` uncalled: the guard's drop
         // then queues `then` with `Closed`, like any other answer.
         let _ = submit(&link.handle, cb);
@@ -588,12 +646,33 @@ impl Shard {
         }
     }
 
-    fn offline_cap(&self) -> Option<(u64, Overflow)> {
+    fn offline_cap(&self) -> Option<QueueCap> {
         let overflow = match self.cfg.offline_overflow {
             OfflineOverflow::Reject => Overflow::Reject,
             OfflineOverflow::DropOldest => Overflow::DropOldest,
         };
-        Some((self.cfg.max_offline_per_user, overflow))
+        Some(QueueCap {
+            max_msgs: self.cfg.max_offline_per_user,
+            max_bytes: self.cfg.max_offline_bytes_per_user,
+            overflow,
+        })
+    }
+
+    /// The ceiling for messages a session gives back when it ends (accepted already, so
+    /// never refused): the offline cap plus what one session may hold unacked. Only a
+    /// user whose devices keep taking messages without acking them reaches it; the
+    /// oldest are then dropped.
+    fn requeue_cap(&self) -> QueueCap {
+        let c = &self.cfg;
+        QueueCap {
+            max_msgs: c
+                .max_offline_per_user
+                .saturating_add(c.max_unacked_per_session as u64),
+            max_bytes: c
+                .max_offline_bytes_per_user
+                .saturating_add(c.max_unacked_bytes_per_session as u64),
+            overflow: Overflow::DropOldest,
+        }
     }
 
     /// Stores a message for `to_user`, who has no live session, and answers the sender
@@ -609,7 +688,8 @@ impl Shard {
         let msg_id = m.msg_id;
         let stored = m.to_stored();
         let cap = self.offline_cap();
-        self.store_req(
+        self.store_req_sized(
+            stored.payload.len(),
             |s, cb| s.enqueue(&user, vec![stored], cap, true, cb),
             move |sh, r| {
                 let status = match r {
@@ -641,7 +721,8 @@ impl Shard {
         let stored = msg.to_stored();
         let cap = self.offline_cap();
         self.counters.journaled += 1;
-        self.store_req(
+        self.store_req_sized(
+            stored.payload.len(),
             |s, cb| s.enqueue(&user, vec![stored], cap, true, cb),
             move |sh, r| match r {
                 Ok(a) => {
@@ -688,7 +769,8 @@ impl Shard {
     }
 
     /// A session is ending: its unacked live deliveries and held-back messages go to
-    /// the user's offline queue, in order (no cap: they were accepted already).
+    /// the user's offline queue, in order (they were accepted already: only the ceiling of
+    /// [`Shard::requeue_cap`] applies).
     pub(crate) fn requeue(&mut self, key: SessionKey) {
         let Some(s) = self.sessions.get_mut(key) else {
             return;
@@ -708,8 +790,11 @@ impl Shard {
         let user = String::from_utf8_lossy(&s.user).into_owned();
         // An account deleted meanwhile gets nothing back (NOT_FOUND): its messages must
         // not wait for whoever registers the name next.
-        self.store_req(
-            |st, cb| st.enqueue(&user, msgs, None, true, cb),
+        let bytes = msgs.iter().map(|m| m.payload.len()).sum();
+        let cap = Some(self.requeue_cap());
+        self.store_req_sized(
+            bytes,
+            |st, cb| st.enqueue(&user, msgs, cap, true, cb),
             |_, r| match r {
                 Ok(_) | Err(StoreError::NotFound) => {}
                 Err(e) => tracing::warn!(error = %e, "requeueing unacked messages failed"),
@@ -759,6 +844,8 @@ impl Shard {
             );
         }
         self.sessions[key].loading = true;
+        // This backlog delivers again what a closed device of the user left unacked.
+        self.stored_floor.remove(self.sessions[key].user.as_ref());
         self.load_page(id, user, 0);
     }
 
@@ -768,10 +855,17 @@ impl Shard {
         LOAD_PAGE.min((self.cfg.max_unacked_per_session / 2).max(1))
     }
 
+    /// Payload bytes per backlog page: half the session's outbound bound (the next page
+    /// is loaded once the queue is under the other half).
+    fn backlog_page_bytes(&self) -> usize {
+        (self.cfg.max_pending_bytes / 2).max(1)
+    }
+
     fn load_page(&mut self, id: SessionId, user: String, from: u64) {
         let page = self.backlog_page();
+        let max_bytes = self.backlog_page_bytes();
         self.store_req(
-            |st, cb| st.load_from(&user, from, page, cb),
+            |st, cb| st.load_page(&user, from, page, max_bytes, cb),
             move |sh, r| sh.on_backlog_page(id, r),
         );
     }
@@ -790,7 +884,8 @@ impl Shard {
                 return;
             }
         };
-        let full = page.len() >= self.backlog_page();
+        let bytes: usize = page.iter().map(|(_, m)| m.payload.len()).sum();
+        let full = page.len() >= self.backlog_page() || bytes >= self.backlog_page_bytes();
         let inline_max = self.cfg.inline_payload_max;
         let s = &mut self.sessions[key];
         let mut last = 0;

@@ -119,6 +119,14 @@ impl OutBuf {
         self.len == 0
     }
 
+    /// Drops everything queued (a session cut as a slow consumer: what it was sent is
+    /// in its unacked queue, and goes back to the store).
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.segs.clear();
+        self.len = 0;
+    }
+
     /// Appends a protobuf frame (length-delimited).
     pub fn push_frame<M: Message>(&mut self, msg: &M) {
         self.ensure(msg.encoded_len() + 10);

@@ -30,8 +30,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::shard::NameSet;
 use bytes::Bytes;
-use rustc_hash::FxHashSet;
 
 use ringrouter_proto::v1::{
     client_frame, server_frame, RoomEvent, RoomEventKind, RoomResult, ServerFrame,
@@ -217,14 +217,14 @@ impl RoomWork {
 #[derive(Debug)]
 pub struct Room {
     rec: RoomRecord,
-    members: FxHashSet<Bytes>,
+    members: NameSet<Bytes>,
     /// Members grouped by home shard.
     fan: Vec<(usize, Arc<[Bytes]>)>,
 }
 
 impl Room {
     fn new(rec: RoomRecord, shards: usize) -> Box<Room> {
-        let members: FxHashSet<Bytes> = rec
+        let members: NameSet<Bytes> = rec
             .members
             .iter()
             .map(|m| Bytes::copy_from_slice(m.as_bytes()))

@@ -217,6 +217,9 @@ impl Router {
             durability,
             StoreOptions {
                 argon2_cheap: cfg.argon2_cheap,
+                // Accounts mode has no passwordless records to forget.
+                forget_idle_after: (cfg.auth != crate::config::AuthMode::Accounts)
+                    .then_some(cfg.forget_idle_users_after),
                 ..StoreOptions::default()
             },
         )

@@ -12,7 +12,6 @@ use std::task::Waker;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use rustc_hash::FxHashMap;
 use slab::Slab;
 
 use ringrouter_proto::fast::{DeliverStamp, SendView};
@@ -31,6 +30,13 @@ const HELD_OVERHEAD: usize = 128;
 
 /// The room of a direct message (none).
 static NO_ROOM: Bytes = Bytes::new();
+
+/// A map keyed by names clients choose: seeded per process (foldhash), so nobody can
+/// precompute colliding names (hash flooding).
+pub type NameMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A set of names clients choose (see [`NameMap`]).
+pub type NameSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// Slab key of a session inside its shard.
 pub type SessionKey = usize;
@@ -76,12 +82,23 @@ pub enum CloseReason {
     Unacked,
 }
 
+/// How long a session cut for not reading (slow consumer, heartbeat timeout) has to take
+/// its closing Error frame before its socket is shut.
+pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl CloseReason {
     /// Whether the socket should be cut at once rather than after a flush.
     fn hard(self) -> bool {
+        matches!(self, CloseReason::PeerClosed)
+    }
+
+    /// Whether the peer is not reading: what is queued for it is dropped (it is in its
+    /// unacked queue, which goes back to the store), only the closing Error frame is
+    /// written, and the socket is shut after [`CLOSE_GRACE`] at most.
+    fn stalled(self) -> bool {
         matches!(
             self,
-            CloseReason::SlowConsumer | CloseReason::HeartbeatTimeout | CloseReason::PeerClosed
+            CloseReason::SlowConsumer | CloseReason::HeartbeatTimeout
         )
     }
 }
@@ -260,7 +277,7 @@ pub struct Shard {
     pub cfg: Arc<Config>,
     /// Live sessions.
     pub sessions: Slab<Session>,
-    users: FxHashMap<Bytes, Vec<SessionKey>>,
+    users: NameMap<Bytes, Vec<SessionKey>>,
     /// Pending outgoing batches, per target shard.
     pub outbox: Vec<Vec<Mail>>,
     /// Items in `outbox`.
@@ -301,14 +318,25 @@ pub struct Shard {
     pub store: Option<StoreLink>,
     /// Store requests made and not yet answered.
     pub store_inflight: usize,
+    /// What those requests count for (payloads plus a fixed overhead each), bounded by
+    /// `max_store_queue_bytes`.
+    pub store_bytes: usize,
     /// Mail this shard posted to itself (a room homed here, a store completion).
     pub local_mail: Vec<Mail>,
     /// This shard's doorbell (wakes its mailbox consumer).
     pub bell: Option<Arc<crate::mailbox::Doorbell>>,
     /// Rooms homed here (loaded, or being looked up).
-    pub rooms: FxHashMap<Bytes, crate::rooms::RoomSlot>,
+    pub rooms: NameMap<Bytes, crate::rooms::RoomSlot>,
+    /// Per user with live sessions here: the lowest store seq a closed device of the user
+    /// left unacked while another device stayed. Acks of the others do not remove it or
+    /// what follows; the next backlog delivers it again. Dropped when the user's last
+    /// session ends or a new one starts its backlog.
+    pub stored_floor: NameMap<Bytes, u64>,
+    /// When the users with live sessions here were last marked seen in the store (open
+    /// and jwt auth: a user not seen for `forget_idle_users_after` is forgotten).
+    pub touched_at: Instant,
     /// Users homed here with a Create or Join in flight, and their next ones.
-    pub room_quota: FxHashMap<Bytes, std::collections::VecDeque<crate::rooms::OwnItem>>,
+    pub room_quota: NameMap<Bytes, std::collections::VecDeque<crate::rooms::OwnItem>>,
 }
 
 const SLOW_CONSUMER: (Status, &str) = (
@@ -497,7 +525,7 @@ impl Shard {
             n,
             cfg,
             sessions: Slab::new(),
-            users: FxHashMap::default(),
+            users: NameMap::default(),
             outbox: (0..n).map(|_| Vec::new()).collect(),
             outbox_len: 0,
             outbox_bytes: vec![0; n],
@@ -519,10 +547,13 @@ impl Shard {
             shutting_down: false,
             store: None,
             store_inflight: 0,
+            store_bytes: 0,
             local_mail: Vec::new(),
             bell: None,
-            rooms: FxHashMap::default(),
-            room_quota: FxHashMap::default(),
+            rooms: NameMap::default(),
+            stored_floor: NameMap::default(),
+            touched_at: Instant::now(),
+            room_quota: NameMap::default(),
         }
     }
 
@@ -692,15 +723,8 @@ impl Shard {
                     let top = s.unacked.ack(a.up_to_seq);
                     if top > 0 {
                         let user = s.user.clone();
-                        // A device of the same user still paging through the queue must
-                        // find these too: the removal waits for a later ack (acks are
-                        // cumulative, so that one removes these as well).
-                        let paging = self.users.get(&user).is_some_and(|keys| {
-                            keys.iter().any(|&k| {
-                                k != key && self.sessions.get(k).is_some_and(|o| o.loading)
-                            })
-                        });
-                        if !paging {
+                        let top = self.removable_up_to(&user, key, top);
+                        if top > 0 {
                             self.remove_stored(&user, top);
                         }
                     }
@@ -739,6 +763,32 @@ impl Shard {
             Kind::ListUsers(l) => self.on_list_users(key, l),
         }
         Flow::Continue
+    }
+
+    /// How far an ack of session `key` that covers store seqs up to `top` may remove
+    /// from `user`'s queue: not what another device of the user still holds unacked
+    /// (its close must find it there, as a memory-mode close requeues it), nor what a
+    /// closed device left unacked while others stayed ([`Shard::stored_floor`]); and
+    /// nothing while another device is paging through the queue (acks are cumulative:
+    /// a later one removes these as well). 0: nothing.
+    fn removable_up_to(&self, user: &Bytes, key: SessionKey, top: u64) -> u64 {
+        let mut limit = top;
+        if let Some(&floor) = self.stored_floor.get(user) {
+            limit = limit.min(floor.saturating_sub(1));
+        }
+        for &k in self.user_session_keys(user) {
+            let Some(o) = self.sessions.get(k).filter(|_| k != key) else {
+                continue;
+            };
+            if o.loading {
+                return 0;
+            }
+            let low = o.unacked.lowest_store_seq();
+            if low > 0 {
+                limit = limit.min(low - 1);
+            }
+        }
+        limit
     }
 
     fn next_msg_id(&mut self) -> u64 {
@@ -931,6 +981,7 @@ impl Shard {
         };
         let retain = self.store.is_some();
         let max_unacked = self.cfg.max_unacked_per_session;
+        let max_unacked_bytes = self.cfg.max_unacked_bytes_per_session;
         let skip_key = skip
             .filter(|id| id.shard as usize == self.id)
             .map(|id| (id.key as usize, id.gen));
@@ -967,7 +1018,7 @@ impl Shard {
                         msg_id: m.msg_id,
                         ts_us: m.ts_us,
                     });
-                    if s.held.len() > max_unacked {
+                    if s.held.len() > max_unacked || s.held_bytes > max_unacked_bytes {
                         overflowed = Some(k);
                     }
                 }
@@ -989,7 +1040,7 @@ impl Shard {
                 s.wake_writer();
                 if retain {
                     s.unacked.push(s.last_seq, &m);
-                    if s.unacked.len() > max_unacked {
+                    if s.unacked.len() > max_unacked || s.unacked.bytes() > max_unacked_bytes {
                         overflowed = Some(k);
                     }
                 }
@@ -1045,7 +1096,8 @@ impl Shard {
                 CloseReason::Unacked,
                 Some((
                     Status::SlowConsumer,
-                    "slow consumer: too many deliveries not acked (max_unacked_per_session)",
+                    "slow consumer: too many deliveries not acked \
+                     (max_unacked_per_session / max_unacked_bytes_per_session)",
                 )),
             );
         }
@@ -1233,11 +1285,15 @@ impl Shard {
         }
         s.closing = Some(reason);
         s.closed_at = Some(Instant::now());
+        if reason.stalled() {
+            s.out.clear();
+        }
         if let Some((code, msg)) = error {
             s.out.push_frame(&error_frame(code, msg, 0));
         }
         let user = s.user.clone();
         let fd = s.fd;
+        let left_stored = s.unacked.lowest_store_seq();
         s.wake_writer();
         s.wake_drain_waiters();
         self.release_throttles(key);
@@ -1257,6 +1313,10 @@ impl Shard {
             list.retain(|&k| k != key);
             if list.is_empty() {
                 self.users.remove(&user);
+                self.stored_floor.remove(&user);
+            } else if left_stored > 0 {
+                let floor = self.stored_floor.entry(user.clone()).or_insert(u64::MAX);
+                *floor = (*floor).min(left_stored);
             }
         }
         tracing::debug!(shard = self.id, user = %String::from_utf8_lossy(&user), ?reason, "session closing");
@@ -1293,7 +1353,11 @@ impl Shard {
         for (k, s) in self.sessions.iter_mut() {
             if let Some(at) = s.closed_at {
                 // A closing session whose peer stopped reading cannot flush: cut it.
-                if now.duration_since(at) >= cfg.shutdown_timeout {
+                let grace = match s.closing {
+                    Some(r) if r.stalled() => CLOSE_GRACE,
+                    _ => cfg.shutdown_timeout,
+                };
+                if now.duration_since(at) >= grace {
                     // Safety: fd belongs to this live session.
                     unsafe { libc::shutdown(s.fd, libc::SHUT_RDWR) };
                 }
@@ -1322,6 +1386,7 @@ impl Shard {
                 _ => {}
             }
         }
+        self.touch_live_users(now);
         for (k, reason) in to_close {
             let msg = match reason {
                 CloseReason::SlowConsumer => (
@@ -1334,6 +1399,37 @@ impl Shard {
             self.close(k, reason, Some(msg));
         }
         self.publish();
+    }
+
+    /// Open and jwt auth: marks every user with a live session here as seen, a few times
+    /// per `forget_idle_users_after`, so a user logged in for longer is not forgotten.
+    fn touch_live_users(&mut self, now: Instant) {
+        if self.store.is_none() || self.cfg.auth == crate::config::AuthMode::Accounts {
+            return;
+        }
+        let every = (self.cfg.forget_idle_users_after / 4).clamp(
+            std::time::Duration::from_millis(50),
+            std::time::Duration::from_secs(3600),
+        );
+        if now.duration_since(self.touched_at) < every {
+            return;
+        }
+        self.touched_at = now;
+        let users: Vec<String> = self
+            .users
+            .keys()
+            .map(|u| String::from_utf8_lossy(u).into_owned())
+            .collect();
+        for u in users {
+            self.store_req(
+                |st, cb| st.ensure_user(&u, cb),
+                |_, r| {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "marking a user seen failed");
+                    }
+                },
+            );
+        }
     }
 
     /// Copies the counters into the shared stats.

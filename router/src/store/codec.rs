@@ -84,6 +84,11 @@ pub(crate) struct AccountRecord {
     /// When the account was created, microseconds since the Unix epoch.
     #[prost(uint64, tag = "2")]
     pub created_us: u64,
+    /// Last login of a passwordless (open/jwt) user, µs since the epoch (0: `created_us`);
+    /// refreshed while the user has sessions. Such a user with nothing queued and no
+    /// rooms is forgotten once this is older than `forget_idle_after`.
+    #[prost(uint64, tag = "3")]
+    pub seen_us: u64,
 }
 
 /// Encodes `msg` as a tagged value.

@@ -105,6 +105,9 @@ pub struct StoreOptions {
     pub max_round: usize,
     /// Called once after each round's completions, on the storage thread.
     pub round_hook: Option<RoundHook>,
+    /// Passwordless users (open/jwt auth) not seen for this long, with nothing queued and
+    /// no rooms, are deleted by a sweep of the storage thread. `None`: never.
+    pub forget_idle_after: Option<std::time::Duration>,
 }
 
 impl Default for StoreOptions {
@@ -114,6 +117,7 @@ impl Default for StoreOptions {
             hash_threads: 0,
             max_round: 65_536,
             round_hook: None,
+            forget_idle_after: None,
         }
     }
 }
@@ -125,6 +129,7 @@ impl std::fmt::Debug for StoreOptions {
             .field("hash_threads", &self.hash_threads)
             .field("max_round", &self.max_round)
             .field("round_hook", &self.round_hook.is_some())
+            .field("forget_idle_after", &self.forget_idle_after)
             .finish()
     }
 }
@@ -139,6 +144,29 @@ pub struct Appended {
     pub stored: u64,
     /// Queue length after the append.
     pub queued: u64,
+}
+
+/// The bound of one offline queue: most messages and most bytes (encoded records, as
+/// stored), and what an append past either does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCap {
+    /// Most messages.
+    pub max_msgs: u64,
+    /// Most bytes (the stored records' encoded size).
+    pub max_bytes: u64,
+    /// What an append past the cap does.
+    pub overflow: Overflow,
+}
+
+impl QueueCap {
+    /// A cap on the message count only.
+    pub fn msgs(max_msgs: u64, overflow: Overflow) -> Self {
+        QueueCap {
+            max_msgs,
+            max_bytes: u64::MAX,
+            overflow,
+        }
+    }
 }
 
 /// What to do when [`StoreHandle::append_capped`] would pass the limit.
@@ -171,6 +199,8 @@ pub struct StoreStats {
     pub fsync_us: u64,
     /// Password hashing jobs queued or running (a gauge).
     pub hash_jobs: u64,
+    /// Idle passwordless users forgotten (see [`StoreOptions::forget_idle_after`]).
+    pub forgotten: u64,
 }
 
 #[derive(Default)]
@@ -183,6 +213,7 @@ pub(crate) struct StatCells {
     max_round: AtomicU64,
     commit_us: AtomicU64,
     fsync_us: AtomicU64,
+    forgotten: AtomicU64,
 }
 
 thread_local! {
@@ -236,13 +267,13 @@ pub(crate) enum Msg {
     Append {
         user: String,
         msgs: Vec<StoredMsg>,
-        cap: Option<(u64, Overflow)>,
+        cap: Option<QueueCap>,
         cb: Cb<u64>,
     },
     Enqueue {
         user: String,
         msgs: Vec<StoredMsg>,
-        cap: Option<(u64, Overflow)>,
+        cap: Option<QueueCap>,
         require_account: bool,
         cb: Cb<Appended>,
     },
@@ -254,6 +285,7 @@ pub(crate) enum Msg {
         user: String,
         from_seq: u64,
         limit: usize,
+        max_bytes: usize,
         cb: Cb<Vec<(u64, StoredMsg)>>,
     },
     RemoveUpTo {
@@ -501,6 +533,7 @@ impl StoreHandle {
             max_round: l(&s.max_round),
             commit_us: l(&s.commit_us),
             fsync_us: l(&s.fsync_us),
+            forgotten: l(&s.forgotten),
             hash_jobs: self.inner.hash_queued.load(Ordering::Relaxed) as u64,
         }
     }
@@ -538,7 +571,7 @@ impl StoreHandle {
         self.send(Msg::Append {
             user: user.to_owned(),
             msgs,
-            cap: Some((max, overflow)),
+            cap: Some(QueueCap::msgs(max, overflow)),
             cb: Cb::new(cb),
         })
     }
@@ -550,7 +583,7 @@ impl StoreHandle {
         &self,
         user: &str,
         msgs: Vec<StoredMsg>,
-        cap: Option<(u64, Overflow)>,
+        cap: Option<QueueCap>,
         require_account: bool,
         cb: impl FnOnce(StoreResult<Appended>) + Send + 'static,
     ) -> StoreResult<()> {
@@ -596,10 +629,24 @@ impl StoreHandle {
         limit: usize,
         cb: impl FnOnce(StoreResult<Vec<(u64, StoredMsg)>>) + Send + 'static,
     ) -> StoreResult<()> {
+        self.load_page(user, from_seq, limit, usize::MAX, cb)
+    }
+
+    /// Like [`StoreHandle::load_from`], but the page also stops once its payloads reach
+    /// `max_bytes` (it holds at least one message when the queue has one).
+    pub fn load_page(
+        &self,
+        user: &str,
+        from_seq: u64,
+        limit: usize,
+        max_bytes: usize,
+        cb: impl FnOnce(StoreResult<Vec<(u64, StoredMsg)>>) + Send + 'static,
+    ) -> StoreResult<()> {
         self.send(Msg::Load {
             user: user.to_owned(),
             from_seq,
             limit,
+            max_bytes,
             cb: Cb::new(cb),
         })
     }

@@ -704,11 +704,25 @@ fn enqueue_answers_seqs_and_can_require_an_account() {
     assert_eq!(call(|cb| h.verify("amy", "", cb)), Ok(false));
     let a = call(|cb| h.enqueue("amy", vec![msg(1), msg(2)], None, true, cb)).unwrap();
     assert_eq!((a.first_seq, a.stored, a.queued), (1, 2, 2));
-    let b =
-        call(|cb| h.enqueue("amy", vec![msg(3)], Some((3, Overflow::Reject)), true, cb)).unwrap();
+    let b = call(|cb| {
+        h.enqueue(
+            "amy",
+            vec![msg(3)],
+            Some(QueueCap::msgs(3, Overflow::Reject)),
+            true,
+            cb,
+        )
+    })
+    .unwrap();
     assert_eq!((b.first_seq, b.stored, b.queued), (3, 1, 3));
     assert_eq!(
-        call(|cb| h.enqueue("amy", vec![msg(4)], Some((3, Overflow::Reject)), true, cb)),
+        call(|cb| h.enqueue(
+            "amy",
+            vec![msg(4)],
+            Some(QueueCap::msgs(3, Overflow::Reject)),
+            true,
+            cb
+        )),
         Err(StoreError::Full)
     );
     // Drop-oldest with more messages than the cap keeps the last ones.
@@ -716,7 +730,7 @@ fn enqueue_answers_seqs_and_can_require_an_account() {
         h.enqueue(
             "amy",
             (5..10).map(msg).collect(),
-            Some((3, Overflow::DropOldest)),
+            Some(QueueCap::msgs(3, Overflow::DropOldest)),
             false,
             cb,
         )

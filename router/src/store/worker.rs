@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
+
+use crate::shard::{NameMap, NameSet};
 
 use super::codec::{
     self, decode, encode, parse_queue_key, prefixed, queue_key, queue_prefix, validate_name,
@@ -14,8 +16,8 @@ use super::codec::{
 };
 use super::hash::{HashJob, HashOutcome, HashPool};
 use super::{
-    Appended, Cb, Durability, Msg, Overflow, RoomRecord, StatCells, StoreError, StoreOptions,
-    StoreResult, StoredMsg,
+    Appended, Cb, Durability, Msg, Overflow, QueueCap, RoomRecord, StatCells, StoreError,
+    StoreOptions, StoreResult, StoredMsg,
 };
 
 /// How long shutdown waits for outstanding password-hash answers before giving up on them
@@ -72,6 +74,8 @@ enum Op {
 struct QueueState {
     next_seq: u64,
     count: u64,
+    /// Bytes of the queued records (encoded, as stored).
+    bytes: u64,
     /// No message below this seq is left: scans start here, so they seek past the
     /// tombstones of acked messages instead of walking them (which made each removal
     /// and each backlog page cost O(messages removed so far)).
@@ -104,12 +108,19 @@ pub(crate) struct Worker {
     /// A `Flush` asked for an fsync this round.
     flush_requested: bool,
     deferred: Vec<Deferred>,
-    queues: FxHashMap<String, QueueState>,
+    queues: NameMap<String, QueueState>,
     waiting: FxHashMap<u64, Waiting>,
-    registering: FxHashSet<String>,
+    registering: NameSet<String>,
     /// Accounts known to exist (looked up or written by this thread, not deleted since):
     /// an offline append for one of them needs no commit-then-read.
-    known: FxHashSet<String>,
+    known: NameSet<String>,
+    /// The highest `next_seq` of the queue states dropped from `queues` (see
+    /// [`CACHE_MAX`]): a queue read again never reuses a seq.
+    evicted_next_seq: u64,
+    /// Where the idle-user sweep goes on (the next account key), mid-pass.
+    sweep_cursor: Option<Vec<u8>>,
+    /// When the next sweep step is due.
+    next_sweep: Instant,
     next_job: u64,
     shutting_down: bool,
 }
@@ -119,6 +130,14 @@ fn now_us() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
 }
+
+/// Most entries in each of the storage thread's caches (queue states, accounts known to
+/// exist): past it a cache is emptied after a commit and refilled from disk on demand, so
+/// a storm of unique user names cannot grow the thread's memory.
+const CACHE_MAX: usize = 100_000;
+
+/// Accounts one idle-user sweep step looks at (steps run between rounds).
+const SWEEP_BATCH: usize = 1024;
 
 /// Fewest account names a ListUsers request may scan (see `list_users`).
 const LIST_SCAN_MIN: usize = 65_536;
@@ -170,10 +189,13 @@ impl Worker {
             round_err: None,
             flush_requested: false,
             deferred: Vec::new(),
-            queues: FxHashMap::default(),
+            queues: NameMap::default(),
             waiting: FxHashMap::default(),
-            registering: FxHashSet::default(),
-            known: FxHashSet::default(),
+            registering: NameSet::default(),
+            known: NameSet::default(),
+            evicted_next_seq: 0,
+            sweep_cursor: None,
+            next_sweep: Instant::now(),
             next_job: 0,
             shutting_down: false,
         }
@@ -184,9 +206,20 @@ impl Worker {
         let max_round = self.opts.max_round.max(1);
         loop {
             let first = if !self.shutting_down {
-                match rx.recv() {
-                    Ok(m) => m,
-                    Err(_) => break,
+                match self.opts.forget_idle_after {
+                    None => match rx.recv() {
+                        Ok(m) => m,
+                        Err(_) => break,
+                    },
+                    Some(forget) => {
+                        self.maybe_sweep(forget);
+                        let wait = self.next_sweep.saturating_duration_since(Instant::now());
+                        match rx.recv_timeout(wait) {
+                            Ok(m) => m,
+                            Err(RecvTimeoutError::Timeout) => continue,
+                            Err(RecvTimeoutError::Disconnected) => break,
+                        }
+                    }
                 }
             } else if self.waiting.is_empty() {
                 // Shutting down: finish what is queued, then stop.
@@ -234,6 +267,28 @@ impl Worker {
         commit.and(persist)
     }
 
+    /// Runs a sweep step if one is due, and schedules the next: soon while a pass is
+    /// under way, else after a quarter of the expiry period (at most a minute).
+    fn maybe_sweep(&mut self, forget: Duration) {
+        let now = Instant::now();
+        if now < self.next_sweep {
+            return;
+        }
+        let finished = match self.sweep_step(forget) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "idle-user sweep failed");
+                true
+            }
+        };
+        self.next_sweep = now
+            + if finished {
+                (forget / 4).clamp(Duration::from_millis(50), Duration::from_secs(60))
+            } else {
+                Duration::from_millis(10)
+            };
+    }
+
     /// Queues `cb`'s answer for the end of the round. A request that wrote (`wrote`) gets
     /// the round's commit error instead of `r` if a commit fails.
     fn done<T: Send + 'static>(&mut self, cb: Cb<T>, r: StoreResult<T>, wrote: bool) {
@@ -274,9 +329,26 @@ impl Worker {
         })
     }
 
+    /// Empties a cache that passed [`CACHE_MAX`]. Only with every write committed: a user
+    /// without a cached queue state must have no uncommitted queue writes.
+    fn trim_caches(&mut self) {
+        if !self.ops.is_empty() {
+            return;
+        }
+        if self.queues.len() > CACHE_MAX {
+            let top = self.queues.values().map(|q| q.next_seq).max().unwrap_or(0);
+            self.evicted_next_seq = self.evicted_next_seq.max(top);
+            self.queues = NameMap::default();
+        }
+        if self.known.len() > CACHE_MAX {
+            self.known = NameSet::default();
+        }
+    }
+
     /// Commit, fsync if the mode (or a `Flush`) asks for it, then run the completions.
     fn finish_round(&mut self, n: usize) {
         let _ = self.commit();
+        self.trim_caches();
         let want_sync =
             self.flush_requested || (self.round_wrote && self.durability == Durability::Sync);
         if want_sync && self.round_err.is_none() {
@@ -352,13 +424,7 @@ impl Worker {
                 self.done(cb, r, wrote);
             }
             Msg::EnsureUser { user, cb } => {
-                let r = self.account_exists(&user).and_then(|exists| {
-                    if exists {
-                        Ok(false)
-                    } else {
-                        self.insert_account(&user, String::new()).map(|()| true)
-                    }
-                });
+                let r = self.ensure_user(&user);
                 let wrote = matches!(r, Ok(true));
                 self.done(cb, r, wrote);
             }
@@ -366,9 +432,10 @@ impl Worker {
                 user,
                 from_seq,
                 limit,
+                max_bytes,
                 cb,
             } => {
-                let r = self.load(&user, from_seq, limit);
+                let r = self.load(&user, from_seq, limit, max_bytes);
                 self.done(cb, r, false);
             }
             Msg::RemoveUpTo { user, seq, cb } => {
@@ -471,18 +538,24 @@ impl Worker {
             return Ok(*st);
         }
         let mut count = 0u64;
+        let mut bytes = 0u64;
         let mut last = 0u64;
         let mut first = None;
         for g in self.dbs.offline.prefix(prefix) {
-            last = parse_queue_key(prefix, &g.key()?)?;
+            let (k, v) = g.into_inner()?;
+            last = parse_queue_key(prefix, &k)?;
             first.get_or_insert(last);
             count += 1;
+            bytes += v.len() as u64;
         }
-        let next_seq = last.saturating_add(1);
+        // Seqs never go back, even for a queue whose state was evicted from the cache
+        // while empty (a session may still hold store seqs of it).
+        let next_seq = last.saturating_add(1).max(self.evicted_next_seq);
         let st = QueueState {
             next_seq,
             count,
-            head: first.unwrap_or(next_seq),
+            bytes,
+            head: first.map_or(next_seq, |f| f),
         };
         self.queues.insert(user.to_owned(), st);
         Ok(st)
@@ -499,45 +572,45 @@ impl Worker {
     fn append(
         &mut self,
         user: &str,
-        mut msgs: Vec<StoredMsg>,
-        cap: Option<(u64, Overflow)>,
+        msgs: Vec<StoredMsg>,
+        cap: Option<QueueCap>,
     ) -> StoreResult<Appended> {
         validate_name("user", user)?;
         let prefix = queue_prefix(user);
         let mut st = self.queue_state(user, &prefix)?;
-        if let Some((max, overflow)) = cap {
-            let n = msgs.len() as u64;
-            if st.count.saturating_add(n) > max {
-                if overflow == Overflow::Reject {
+        let mut records: Vec<Vec<u8>> = msgs.iter().map(encode).collect();
+        drop(msgs);
+        if let Some(cap) = cap {
+            let n = records.len() as u64;
+            let new_bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
+            if st.count.saturating_add(n) > cap.max_msgs
+                || st.bytes.saturating_add(new_bytes) > cap.max_bytes
+            {
+                if cap.overflow == Overflow::Reject {
                     return Err(StoreError::Full);
                 }
-                if n > max {
-                    msgs.drain(..(n - max) as usize);
-                }
-                let excess = (st.count + msgs.len() as u64).saturating_sub(max);
-                if excess > 0 {
-                    self.commit()?;
-                    let mut dropped = 0u64;
-                    let start = queue_key(&prefix, st.head);
-                    let end = queue_key(&prefix, u64::MAX);
-                    for g in self.dbs.offline.range(start..=end).take(excess as usize) {
-                        let k = g.key()?;
-                        st.head = parse_queue_key(&prefix, &k)?.saturating_add(1);
-                        self.ops.push(Op::Del(Ks::Offline, k.to_vec()));
-                        dropped += 1;
+                // The newest that fit on their own (at least none, at most all).
+                let mut keep = 0usize;
+                let mut kept_bytes = 0u64;
+                for r in records.iter().rev() {
+                    let b = kept_bytes + r.len() as u64;
+                    if keep as u64 >= cap.max_msgs || b > cap.max_bytes {
+                        break;
                     }
-                    st.count -= dropped.min(st.count);
+                    keep += 1;
+                    kept_bytes = b;
                 }
+                let excess = records.len() - keep;
+                records.drain(..excess);
+                self.drop_oldest(&prefix, &mut st, records.len() as u64, kept_bytes, cap)?;
             }
         }
-        let n = msgs.len() as u64;
+        let n = records.len() as u64;
         let first_seq = st.next_seq;
-        for m in &msgs {
-            self.ops.push(Op::Put(
-                Ks::Offline,
-                queue_key(&prefix, st.next_seq),
-                encode(m),
-            ));
+        for r in records {
+            st.bytes += r.len() as u64;
+            self.ops
+                .push(Op::Put(Ks::Offline, queue_key(&prefix, st.next_seq), r));
             st.next_seq += 1;
         }
         st.count += n;
@@ -548,6 +621,38 @@ impl Worker {
             stored: n,
             queued: st.count,
         })
+    }
+
+    /// Removes the oldest messages of a queue until `n` more messages of `bytes` fit
+    /// under `cap`.
+    fn drop_oldest(
+        &mut self,
+        prefix: &[u8],
+        st: &mut QueueState,
+        n: u64,
+        bytes: u64,
+        cap: QueueCap,
+    ) -> StoreResult<()> {
+        let fits = |st: &QueueState| {
+            st.count + n <= cap.max_msgs && st.bytes.saturating_add(bytes) <= cap.max_bytes
+        };
+        if fits(st) {
+            return Ok(());
+        }
+        self.commit()?;
+        let start = queue_key(prefix, st.head);
+        let end = queue_key(prefix, u64::MAX);
+        for g in self.dbs.offline.range(start..=end) {
+            let (k, v) = g.into_inner()?;
+            st.head = parse_queue_key(prefix, &k)?.saturating_add(1);
+            self.ops.push(Op::Del(Ks::Offline, k.to_vec()));
+            st.count = st.count.saturating_sub(1);
+            st.bytes = st.bytes.saturating_sub(v.len() as u64);
+            if fits(st) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn account_exists(&mut self, user: &str) -> StoreResult<bool> {
@@ -568,6 +673,7 @@ impl Worker {
         user: &str,
         from_seq: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> StoreResult<Vec<(u64, StoredMsg)>> {
         validate_name("user", user)?;
         self.commit()?;
@@ -576,10 +682,16 @@ impl Worker {
         let start = queue_key(&prefix, from_seq.max(head));
         let end = queue_key(&prefix, u64::MAX);
         let mut out = Vec::with_capacity(limit.min(1024));
+        let mut bytes = 0usize;
         for g in self.dbs.offline.range(start..=end).take(limit) {
             let (k, v) = g.into_inner()?;
             let seq = parse_queue_key(&prefix, &k)?;
-            out.push((seq, decode::<StoredMsg>(&v, "offline message")?));
+            let m = decode::<StoredMsg>(&v, "offline message")?;
+            bytes += m.payload.len();
+            out.push((seq, m));
+            if bytes >= max_bytes {
+                break;
+            }
         }
         Ok(out)
     }
@@ -596,13 +708,16 @@ impl Worker {
         let start = queue_key(&prefix, st.head);
         let end = queue_key(&prefix, up_to);
         let mut removed = 0u64;
+        let mut removed_bytes = 0u64;
         for g in self.dbs.offline.range(start..=end) {
-            let k = g.key()?;
+            let (k, v) = g.into_inner()?;
             parse_queue_key(&prefix, &k)?;
             self.ops.push(Op::Del(Ks::Offline, k.to_vec()));
             removed += 1;
+            removed_bytes += v.len() as u64;
         }
         st.count = st.count.saturating_sub(removed);
+        st.bytes = st.bytes.saturating_sub(removed_bytes);
         st.head = st.head.max(up_to.saturating_add(1));
         if st.count == 0 {
             st.head = st.next_seq;
@@ -703,6 +818,96 @@ impl Worker {
         }
     }
 
+    /// Makes `user` exist (a passwordless record, open/jwt auth) and marks it seen now;
+    /// answers whether it was created.
+    fn ensure_user(&mut self, user: &str) -> StoreResult<bool> {
+        let Some(forget) = self.opts.forget_idle_after else {
+            let exists = self.account_exists(user)?;
+            if !exists {
+                self.insert_account(user, String::new())?;
+            }
+            return Ok(!exists);
+        };
+        validate_name("user", user)?;
+        self.commit()?;
+        let Some(v) = self.dbs.accounts.get(user.as_bytes())? else {
+            self.insert_account(user, String::new())?;
+            return Ok(true);
+        };
+        let mut rec = decode::<AccountRecord>(&v, "account")?;
+        let now = now_us();
+        // Written at most a few times per expiry period, not at every login.
+        let every = (forget.as_micros() as u64 / 4).min(3_600_000_000);
+        if rec.phc.is_empty() && now.saturating_sub(rec.seen_us.max(rec.created_us)) >= every {
+            rec.seen_us = now;
+            self.ops.push(Op::Put(
+                Ks::Accounts,
+                user.as_bytes().to_vec(),
+                encode(&rec),
+            ));
+        }
+        self.known.insert(user.to_owned());
+        Ok(false)
+    }
+
+    /// One step of the idle-user sweep: looks at up to [`SWEEP_BATCH`] accounts from the
+    /// cursor and deletes the passwordless ones not seen for `forget_idle_after` that have
+    /// nothing queued and no rooms. Returns true when the pass reached the end.
+    fn sweep_step(&mut self, forget: Duration) -> StoreResult<bool> {
+        self.commit()?;
+        let now = now_us();
+        let cutoff = now.saturating_sub(forget.as_micros() as u64);
+        let start = self.sweep_cursor.take().unwrap_or_default();
+        let mut seen = 0usize;
+        let mut last: Option<Vec<u8>> = None;
+        let mut doomed: Vec<Vec<u8>> = Vec::new();
+        for g in self.dbs.accounts.range(start..) {
+            let (k, v) = g.into_inner()?;
+            seen += 1;
+            last = Some(k.to_vec());
+            let Ok(rec) = decode::<AccountRecord>(&v, "account") else {
+                continue;
+            };
+            if !rec.phc.is_empty() || rec.seen_us.max(rec.created_us) > cutoff {
+                continue;
+            }
+            let Ok(user) = std::str::from_utf8(&k) else {
+                continue;
+            };
+            let queued = self.queues.get(user).map(|q| q.count > 0);
+            let queued = match queued {
+                Some(q) => q,
+                None => self.dbs.offline.prefix(queue_prefix(user)).next().is_some(),
+            };
+            let in_rooms = self.dbs.rooms.prefix(member_key(user, "")).next().is_some();
+            if !queued && !in_rooms {
+                doomed.push(k.to_vec());
+            }
+            if seen >= SWEEP_BATCH {
+                break;
+            }
+        }
+        for k in doomed {
+            if let Ok(user) = std::str::from_utf8(&k) {
+                self.known.remove(user);
+                if let Some(q) = self.queues.remove(user) {
+                    self.evicted_next_seq = self.evicted_next_seq.max(q.next_seq);
+                }
+            }
+            self.ops.push(Op::Del(Ks::Accounts, k));
+            self.stats.forgotten.fetch_add(1, Ordering::Relaxed);
+        }
+        self.commit()?;
+        if seen >= SWEEP_BATCH {
+            if let Some(mut k) = last {
+                k.push(0);
+                self.sweep_cursor = Some(k);
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     fn insert_account(&mut self, user: &str, phc: String) -> StoreResult<()> {
         self.commit()?;
         if self.dbs.accounts.contains_key(user.as_bytes())? {
@@ -711,6 +916,7 @@ impl Worker {
         let rec = AccountRecord {
             phc,
             created_us: now_us(),
+            seen_us: 0,
         };
         self.ops.push(Op::Put(
             Ks::Accounts,
