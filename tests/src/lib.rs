@@ -220,6 +220,11 @@ impl RouterProc {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// The router's resident memory (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+
     /// The listen address to connect to: the banner's, with an unspecified IP
     /// (`0.0.0.0`, `::`) replaced by loopback.
     pub fn connect_addr(&self) -> SocketAddr {
@@ -776,6 +781,16 @@ pub fn assert_error(e: &ErrorFrame, code: Status) {
         e.reason
     );
     assert!(!e.reason.is_empty(), "error {code:?} without a reason");
+}
+
+/// Resident memory (VmRSS) of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status")
 }
 
 /// Two clients on different shards (when there are two), used to show that the

@@ -1,0 +1,407 @@
+//! Bounds: every byte a client can make the router hold has a limit. Each test plays
+//! one hostile pattern against the real binary, reads the router's RSS from /proc while
+//! it runs, and checks that a well-behaved pair beside it keeps delivering.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ringrouter_proto::v1::{client_frame, server_frame, Ping};
+use ringrouter_proto::Status;
+use ringrouter_tests::{
+    assert_error, cfg, client_frame_bytes, connect_small_rcvbuf, Pair, Raw, RouterProc, T,
+};
+
+const MIB: u64 = 1024;
+
+/// Samples a process's RSS every 20 ms in a thread until stopped; gives the peak.
+struct RssPeak {
+    busy: Arc<AtomicBool>,
+    sampler: thread::JoinHandle<u64>,
+}
+
+impl RssPeak {
+    fn start(pid: u32) -> RssPeak {
+        let busy = Arc::new(AtomicBool::new(true));
+        let b = busy.clone();
+        let sampler = thread::spawn(move || {
+            let mut peak = ringrouter_tests::rss_kib(pid);
+            while b.load(Ordering::Relaxed) {
+                peak = peak.max(ringrouter_tests::rss_kib(pid));
+                thread::sleep(Duration::from_millis(20));
+            }
+            peak.max(ringrouter_tests::rss_kib(pid))
+        });
+        RssPeak { busy, sampler }
+    }
+
+    /// The highest RSS seen, in KiB.
+    fn stop(self) -> u64 {
+        self.busy.store(false, Ordering::Relaxed);
+        self.sampler.join().expect("RSS sampler")
+    }
+}
+
+/// Writes `chunk` over and over until the router stops reading (a write blocks for
+/// `stall`) or closes the connection; returns the bytes written and whether it stalled.
+fn write_until_stalled(mut s: TcpStream, chunk: &[u8], stall: Duration, limit: u64) -> (u64, bool) {
+    s.set_write_timeout(Some(stall)).expect("write timeout");
+    let mut written = 0u64;
+    while written < limit {
+        match s.write(chunk) {
+            Ok(0) => return (written, false),
+            Ok(n) => written += n as u64,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return (written, true)
+            }
+            Err(_) => return (written, false),
+        }
+    }
+    (written, false)
+}
+
+/// A logged-in client that sends requests which each get an answer (Pings, or empty
+/// frames that get BAD_REQUEST) and never reads: its answers count against its own
+/// budget, the router stops reading it, memory stays flat and the pair next to it
+/// keeps exchanging. (Before: +1.35 GiB RSS in 2 s from one such client.)
+#[test]
+fn answers_to_a_client_that_never_reads_are_bounded() {
+    let r = RouterProc::start(&[
+        "--shards",
+        "2",
+        "--max-pending-bytes",
+        "1MiB",
+        "--slow-consumer-timeout",
+        "1s",
+    ]);
+    let mut pair = Pair::new(&r, "answers-", 2);
+    pair.exchange("before");
+    let ping = client_frame_bytes(client_frame::Kind::Ping(Ping { nonce: 7 }));
+    let empty = vec![0u8]; // a frame with an empty body: "empty or unknown frame kind"
+    for (name, one) in [("pings", ping), ("empty frames", empty)] {
+        let base = r.rss_kib();
+        let mut hostile = Raw::from_stream(connect_small_rcvbuf(r.connect_addr(), 4096));
+        hostile.login(&format!("answers-{}", name.len()));
+        let chunk: Vec<u8> = one.iter().copied().cycle().take(one.len() * 4096).collect();
+        let rss = RssPeak::start(r.pid());
+        let started = Instant::now();
+        let stream = hostile.stream.try_clone().expect("clone the socket");
+        let writer = thread::spawn(move || {
+            write_until_stalled(stream, &chunk, Duration::from_secs(3), 2 << 30)
+        });
+        while !writer.is_finished() {
+            pair.exchange(name);
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{name}: no end"
+            );
+        }
+        let (written, _stalled) = writer.join().expect("writer");
+        pair.exchange(name);
+        let peak = rss.stop();
+        eprintln!(
+            "{name}: {} KiB written before the router stopped reading or cut it; \
+             RSS {base} -> peak {peak} KiB",
+            written / 1024
+        );
+        // The router stopped reading: what one client got in is a few socket buffers
+        // and one read buffer of requests, not gigabytes.
+        assert!(written < 256 << 20, "{name}: {written} bytes accepted");
+        assert!(
+            peak < base + 64 * MIB,
+            "{name}: RSS grew from {base} to {peak} KiB"
+        );
+        // Over its bound for --slow-consumer-timeout: the client is cut.
+        let (_, end) = hostile.read_until_end(Duration::from_secs(10));
+        assert!(
+            !matches!(end, ringrouter_tests::ReadEnd::Timeout),
+            "{name}: the client that never reads is still connected"
+        );
+    }
+}
+
+/// A client that reads every delivery and never acks is cut once it holds
+/// `--max-unacked-bytes-per-session` (it reads, so it learns why), and nothing is lost:
+/// what it held comes back at its next login, in order. (Before: retention was bounded
+/// by count only, 262 144 × up to 1 MiB.)
+#[test]
+fn unacked_bytes_per_session_are_bounded_and_nothing_is_lost() {
+    let r = RouterProc::start(&[
+        "--shards",
+        "2",
+        "--max-unacked-bytes-per-session",
+        "4MiB",
+        "--max-pending-bytes",
+        "16MiB",
+    ]);
+    let mut greedy = r.raw_login("greedy");
+    let mut sender = r.client("feeder");
+    const N: u64 = 40;
+    const SIZE: usize = 256 << 10;
+    let payload = |i: u64| {
+        let mut p = i.to_be_bytes().to_vec();
+        p.resize(SIZE, b'x');
+        p
+    };
+    let base = r.rss_kib();
+    let rss = RssPeak::start(r.pid());
+    let reader = thread::spawn(move || {
+        let (frames, _) = greedy.read_until_end(Duration::from_secs(20));
+        frames
+    });
+    for i in 0..N {
+        sender.send_wait("greedy", &payload(i)).expect("send");
+    }
+    let frames = reader.join().expect("reader");
+    let delivered = frames
+        .iter()
+        .filter(|f| matches!(f.kind, Some(server_frame::Kind::Deliver(_))))
+        .count() as u64;
+    let err = frames
+        .iter()
+        .find_map(|f| match &f.kind {
+            Some(server_frame::Kind::Error(e)) => Some(e.clone()),
+            _ => None,
+        })
+        .expect("the cut client is told why");
+    assert_error(&err, Status::SlowConsumer);
+    assert!(err.reason.contains("acked"), "{err:?}");
+    // 4 MiB of 256 KiB payloads: the 17th delivery passes the bound.
+    assert!(
+        (16..=18).contains(&delivered),
+        "{delivered} deliveries before the cut"
+    );
+    let peak = rss.stop();
+    assert!(peak < base + 64 * MIB, "RSS grew from {base} to {peak} KiB");
+    // Its next login gets all of them, in order (the cut session never acked).
+    let mut back = r.client("greedy");
+    for i in 0..N {
+        let m = back.recv(Some(T)).expect("recv").expect("a message");
+        assert_eq!(&m.payload[..8], &i.to_be_bytes(), "message {i} in order");
+    }
+}
+
+/// Floods an offline user with 256 KiB messages: the store queue of the shard is
+/// bounded in bytes (`--max-store-queue-bytes`: senders pause), and so is the user's
+/// queue on disk (`--max-offline-bytes-per-user`: RATE_LIMITED past it). (Before: +0.95
+/// GiB RSS from 1.5 GiB sent at an offline user.)
+#[test]
+fn a_flood_at_an_offline_user_is_bounded_in_memory_and_on_disk() {
+    let r = RouterProc::start(&[
+        "--shards",
+        "2",
+        "--max-store-queue-bytes",
+        "4MiB",
+        "--max-offline-bytes-per-user",
+        "96MiB",
+    ]);
+    r.visit_and_wait("sleeper", Duration::from_millis(200));
+    let mut pair = Pair::new(&r, "flood-", 2);
+    let base = r.rss_kib();
+    let rss = RssPeak::start(r.pid());
+    let sent = Arc::new(AtomicU64::new(0));
+    let flooder = {
+        let (addr, sent) = (r.connect_addr(), sent.clone());
+        thread::spawn(move || {
+            let mut c = ringrouter_client::Client::connect(addr, cfg("flooder")).expect("login");
+            let payload = vec![b'f'; 256 << 10];
+            loop {
+                // 16 unconfirmed, then one confirmed: stops at the first refusal.
+                let round = (0..16).map(|_| &payload[..]);
+                if let Err(e) = c.send_many("sleeper", round) {
+                    return e;
+                }
+                sent.fetch_add(16, Ordering::Relaxed);
+                match c.send_wait("sleeper", &payload) {
+                    Ok(_) => sent.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => return e,
+                };
+            }
+        })
+    };
+    let started = Instant::now();
+    while !flooder.is_finished() {
+        pair.exchange("during the flood");
+        assert!(started.elapsed() < Duration::from_secs(120), "no end");
+    }
+    let refused = flooder.join().expect("flooder");
+    let peak = rss.stop();
+    let sent = sent.load(Ordering::Relaxed);
+    eprintln!(
+        "{} MiB accepted for the offline user; RSS {base} -> peak {peak} KiB",
+        sent / 4
+    );
+    assert_eq!(refused.code(), Some(Status::RateLimited), "{refused}");
+    // 96 MiB of 256 KiB messages is 384; the stored records are a little bigger.
+    assert!((360..=400).contains(&sent), "{sent} messages accepted");
+    assert!(
+        peak < base + 160 * MIB,
+        "RSS grew from {base} to {peak} KiB"
+    );
+    pair.exchange("after the flood");
+}
+
+/// The offline cap in bytes: past it the sender gets RATE_LIMITED (reject), or the
+/// oldest messages make room (drop-oldest).
+#[test]
+fn offline_bytes_per_user_cap_rejects_or_drops_the_oldest() {
+    for policy in ["reject", "drop-oldest"] {
+        let r = RouterProc::start(&[
+            "--max-offline-bytes-per-user",
+            "64KiB",
+            "--offline-overflow",
+            policy,
+        ]);
+        r.visit_and_wait("away", Duration::from_millis(200));
+        let mut s = r.client("sender");
+        let mut accepted = 0u64;
+        for i in 0..100u64 {
+            let mut p = i.to_be_bytes().to_vec();
+            p.resize(1024, b'.');
+            match s.send_wait("away", &p) {
+                Ok(_) => accepted += 1,
+                Err(e) => {
+                    assert_eq!(e.code(), Some(Status::RateLimited), "{policy}: {e}");
+                    break;
+                }
+            }
+        }
+        let mut back = r.client("away");
+        let mut got = Vec::new();
+        while let Some(m) = back.recv(Some(Duration::from_millis(500))).expect("recv") {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&m.payload[..8]);
+            got.push(u64::from_be_bytes(b));
+        }
+        eprintln!("{policy}: {accepted} accepted, {} stored", got.len());
+        // 64 KiB holds fewer than 64 records of 1 KiB plus their names.
+        assert!(
+            (50..64).contains(&got.len()),
+            "{policy}: {} stored",
+            got.len()
+        );
+        match policy {
+            "reject" => {
+                assert_eq!(
+                    accepted,
+                    got.len() as u64,
+                    "reject: what was accepted is stored"
+                );
+                assert_eq!(got, (0..accepted).collect::<Vec<_>>());
+            }
+            _ => {
+                assert_eq!(accepted, 100, "drop-oldest never refuses");
+                let first = 100 - got.len() as u64;
+                assert_eq!(got, (first..100).collect::<Vec<_>>(), "the newest are kept");
+            }
+        }
+    }
+}
+
+/// Open auth: a user with nothing queued and no rooms, not seen for
+/// `--forget-idle-users-after`, is forgotten (a storm of unique names does not grow the
+/// store for ever); a user with queued messages, and one still logged in, are kept.
+#[test]
+fn idle_users_are_forgotten() {
+    let r = RouterProc::start(&["--forget-idle-users-after", "1s"]);
+    r.visit_and_wait("mailbox", Duration::from_millis(100));
+    let mut online = r.client("online");
+    let mut s = r.client("sender");
+    s.send_wait("mailbox", b"kept for later").expect("stored");
+    r.visit_and_wait("ghost", Duration::from_millis(100));
+    s.send_wait("ghost", b"hello").expect("ghost exists");
+    let mut g = r.client("ghost");
+    assert_eq!(
+        &g.recv(Some(T)).expect("recv").expect("msg").payload[..],
+        b"hello"
+    );
+    g.ack_all().expect("ack");
+    g.close().expect("logout");
+    thread::sleep(Duration::from_millis(300));
+    // Idle for longer than the expiry (a sweep runs every quarter of it). Watched by
+    // name, not by sending: a message would give the user a queue.
+    let forgotten = ringrouter_tests::wait_until(Duration::from_secs(10), || {
+        s.list_users("ghost").expect("list users").is_empty()
+    });
+    assert!(
+        forgotten,
+        "an idle user with nothing queued was not forgotten"
+    );
+    let e = s.send_wait("ghost", b"anyone?").expect_err("ghost is gone");
+    assert_eq!(e.code(), Some(Status::NotFound), "{e}");
+    // Kept: the user with a queue, and the one still logged in.
+    s.send_wait("mailbox", b"still there")
+        .expect("a user with a queue is kept");
+    s.send_wait("online", b"still online")
+        .expect("a logged-in user is kept");
+    let m = online.recv(Some(T)).expect("recv").expect("msg");
+    assert_eq!(&m.payload[..], b"still online");
+    online.close().expect("logout");
+    s.send_wait("online", b"stored for the next login")
+        .expect("a user seen a moment ago is kept");
+}
+
+/// Two devices of a user get a message; one acks it, the other leaves without acking:
+/// its next login gets it again. The same in memory and in sync durability (in sync
+/// mode the ack of the first device used to remove it from the store).
+#[test]
+fn an_ack_of_one_device_keeps_what_another_device_holds_unacked() {
+    for durability in ["memory", "sync"] {
+        let r = RouterProc::start(&["--durability", durability, "--shards", "2"]);
+        let mut a = r.raw_login("twin");
+        let mut b = r.raw_login("twin");
+        let mut s = r.client("writer");
+        s.send_wait("twin", b"for both").expect("send");
+        let da = a.delivers(1, T);
+        let db = b.delivers(1, T);
+        assert_eq!(
+            (&da[0].payload[..], &db[0].payload[..]),
+            (&b"for both"[..], &b"for both"[..])
+        );
+        a.ack(da[0].seq);
+        // The ack is handled before the other device leaves.
+        a.send(client_frame::Kind::Ping(Ping { nonce: 1 }));
+        assert!(matches!(a.next_kind(T), server_frame::Kind::Pong(_)));
+        drop(b);
+        // Device a is still online; the unacked copy of b waits for b's next login.
+        thread::sleep(Duration::from_millis(200));
+        let mut b2 = r.raw_login("twin");
+        let again = b2.collect_delivers(1, Duration::from_secs(3));
+        assert_eq!(
+            again.iter().map(|d| &d.payload[..]).collect::<Vec<_>>(),
+            vec![&b"for both"[..]],
+            "{durability}: the device that did not ack gets it again"
+        );
+        assert_eq!(
+            again[0].msg_id, db[0].msg_id,
+            "{durability}: same msg_id (dedupe)"
+        );
+    }
+}
+
+/// A client cut for not answering heartbeats reads its TIMEOUT error before the end of
+/// the connection (the error used to be queued and the socket shut at once).
+#[test]
+fn the_reason_of_a_heartbeat_close_arrives() {
+    let r = RouterProc::start(&[
+        "--heartbeat-interval",
+        "200ms",
+        "--heartbeat-timeout",
+        "400ms",
+    ]);
+    let mut silent = r.raw_login("silent");
+    let (frames, _) = silent.read_until_end(Duration::from_secs(5));
+    let last = frames.last().and_then(|f| f.kind.clone());
+    match last {
+        Some(server_frame::Kind::Error(e)) => assert_error(&e, Status::Timeout),
+        other => panic!("expected a TIMEOUT error last, got {other:?} ({frames:?})"),
+    }
+}
