@@ -643,7 +643,7 @@ async fn read_loop<R: AsyncReadRent>(
             let mut sh = shard.borrow_mut();
             if sh.sessions.get(key).is_none_or(|s| s.closing.is_some()) {
                 Poll::Ready(())
-            } else if sh.store_full() {
+            } else if sh.store_full() || sh.parked_full() {
                 // Woken by the consumer once store completions bring it down.
                 sh.store_waiters.push(cx.waker().clone());
                 Poll::Pending

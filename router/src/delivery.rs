@@ -566,7 +566,46 @@ impl Shard {
     /// True when readers should wait for the store to catch up.
     pub fn store_full(&self) -> bool {
         self.store_inflight >= STORE_HIGH_WATER
-            || self.store_bytes >= self.cfg.max_store_queue_bytes
+            || self.store_bytes + self.parked_bytes >= self.cfg.max_store_queue_bytes
+    }
+
+    /// True when room work parked behind store round trips (see `Shard::parked_bytes`)
+    /// is over `max_store_queue_bytes`: this shard's readers wait.
+    pub fn parked_full(&self) -> bool {
+        self.parked_bytes >= self.cfg.max_store_queue_bytes
+    }
+
+    /// A message from `sender` was parked on a busy room: over the bound, a sender on
+    /// another shard is paused (like a recipient over its bound pauses it) until
+    /// [`Shard::release_parked`]; a local sender's reader waits on `parked_full` itself.
+    pub fn throttle_parked(&mut self, sender: SessionId) {
+        if !self.parked_full()
+            || sender.shard as usize == self.id
+            || self.parked_throttled.contains(&sender)
+        {
+            return;
+        }
+        if let Some(t) = self.pause.get(sender.shard as usize) {
+            if t.add(sender, 1).is_some() {
+                self.parked_throttled.push(sender);
+            }
+        }
+    }
+
+    /// Once parked room work is under half its bound: wakes the readers waiting for it
+    /// and resumes the remote senders it paused. Called after every consumer turn.
+    pub fn release_parked(&mut self) {
+        if self.parked_bytes >= self.cfg.max_store_queue_bytes / 2 {
+            return;
+        }
+        if !self.store_full() {
+            for w in self.store_waiters.drain(..) {
+                w.wake();
+            }
+        }
+        for id in std::mem::take(&mut self.parked_throttled) {
+            self.post(id.shard as usize, Mail::Resume { sender: id });
+        }
     }
 
     /// Makes a store request: `submit` queues it with the given callback; `then` runs

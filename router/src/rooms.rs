@@ -204,7 +204,28 @@ pub enum RoomWork {
     Send(RoomSend),
 }
 
+/// What a request waiting in a room's queue or behind its user's Create/Join counts for
+/// in the shard's `parked_bytes`.
+const PARKED_REQ: usize = 256;
+
+impl OwnItem {
+    fn weight(&self) -> usize {
+        match self {
+            OwnItem::Req(_) => PARKED_REQ,
+            OwnItem::Send(s) => s.payload.len() + PARKED_REQ,
+        }
+    }
+}
+
 impl RoomWork {
+    /// What it counts for in the shard's `parked_bytes` while it waits.
+    fn weight(&self) -> usize {
+        match self {
+            RoomWork::Req(_) => PARKED_REQ,
+            RoomWork::Send(s) => s.payload.len() + PARKED_REQ,
+        }
+    }
+
     fn key(&self) -> Bytes {
         match self {
             RoomWork::Req(r) => Bytes::copy_from_slice(r.op.key().as_bytes()),
@@ -555,6 +576,7 @@ impl Shard {
         if let Some(waiting) = self.room_quota.get_mut(&user) {
             // Behind the user's Create or Join in flight, in order.
             waiting.push_back(OwnItem::Req(req));
+            self.parked_bytes += PARKED_REQ;
         } else if matches!(req.op, RoomOp::Create { .. } | RoomOp::Join { .. }) {
             self.room_quota.insert(user, VecDeque::new());
             self.admit_own(req);
@@ -615,6 +637,9 @@ impl Shard {
                 Some(waiting) => waiting.pop_front(),
                 None => return,
             };
+            if let Some(item) = &next {
+                self.parked_bytes -= item.weight();
+            }
             match next {
                 Some(OwnItem::Req(req))
                     if matches!(req.op, RoomOp::Create { .. } | RoomOp::Join { .. }) =>
@@ -711,7 +736,9 @@ impl Shard {
         if !self.room_quota.is_empty() {
             if let Some(waiting) = self.room_quota.get_mut(&work.from_user[..]) {
                 // Sent after a Create or Join still in flight: checked after it.
-                waiting.push_back(OwnItem::Send(work));
+                let item = OwnItem::Send(work);
+                self.parked_bytes += item.weight();
+                waiting.push_back(item);
                 return;
             }
         }
@@ -737,11 +764,20 @@ impl Shard {
                     self.process_room_work(&key, work);
                     self.pump_room(&key);
                 } else {
+                    self.parked_bytes += work.weight();
+                    let sender = match &work {
+                        RoomWork::Send(s) => Some(s.sender),
+                        RoomWork::Req(_) => None,
+                    };
                     slot.queue.push_back(work);
+                    if let Some(sender) = sender {
+                        self.throttle_parked(sender);
+                    }
                 }
             }
             None => {
                 let mut queue = VecDeque::new();
+                self.parked_bytes += work.weight();
                 queue.push_back(work);
                 self.rooms.insert(
                     key.clone(),
@@ -770,6 +806,7 @@ impl Shard {
                 let home = self.home(rec.name.as_bytes());
                 let name = Bytes::copy_from_slice(rec.name.as_bytes());
                 for w in slot.queue {
+                    self.parked_bytes -= w.weight();
                     match w {
                         RoomWork::Req(mut req) => {
                             req.op.rename(&rec.name);
@@ -800,6 +837,7 @@ impl Shard {
                 };
                 let status = crate::delivery::store_status(&e);
                 for w in slot.queue {
+                    self.parked_bytes -= w.weight();
                     self.fail_room_work(w, status, "cannot load the room now");
                 }
             }
@@ -813,6 +851,24 @@ impl Shard {
         }
     }
 
+    /// What every parked room work item weighs, summed (must equal `parked_bytes`;
+    /// checked by the ticker in debug builds).
+    pub(crate) fn parked_total(&self) -> usize {
+        let rooms: usize = self
+            .rooms
+            .values()
+            .flat_map(|slot| slot.queue.iter())
+            .map(RoomWork::weight)
+            .sum();
+        let own: usize = self
+            .room_quota
+            .values()
+            .flat_map(|q| q.iter())
+            .map(OwnItem::weight)
+            .sum();
+        rooms + own
+    }
+
     /// Runs queued work until the room is busy again or its queue is empty.
     fn pump_room(&mut self, key: &Bytes) {
         loop {
@@ -822,7 +878,11 @@ impl Shard {
             if slot.busy {
                 return;
             }
-            let Some(w) = slot.queue.pop_front() else {
+            let Some(w) = slot
+                .queue
+                .pop_front()
+                .inspect(|w| self.parked_bytes -= w.weight())
+            else {
                 // Unknown names are not cached: probing names costs no memory.
                 if matches!(slot.state, RoomState::Missing) {
                     self.rooms.remove(&key[..]);
@@ -869,6 +929,7 @@ impl Shard {
                 return;
             }
             RoomState::Loading => {
+                self.parked_bytes += w.weight();
                 slot.queue.push_front(w);
                 return;
             }

@@ -635,6 +635,9 @@ async fn consumer(
                 }
                 blocked.clear();
             }
+            if got > 0 {
+                sh.release_parked();
+            }
         }
         for h in handovers.drain(..) {
             monoio::spawn(crate::conn::adopt(shard.clone(), h));

@@ -321,6 +321,12 @@ pub struct Shard {
     /// What those requests count for (payloads plus a fixed overhead each), bounded by
     /// `max_store_queue_bytes`.
     pub store_bytes: usize,
+    /// Room work parked behind a store round trip: messages and requests queued on a busy
+    /// room of this shard, or behind a user's Create/Join in flight. Counts with
+    /// `store_bytes` against `max_store_queue_bytes`.
+    pub parked_bytes: usize,
+    /// Senders on other shards paused while `parked_bytes` is over its bound.
+    pub parked_throttled: Vec<SessionId>,
     /// Mail this shard posted to itself (a room homed here, a store completion).
     pub local_mail: Vec<Mail>,
     /// This shard's doorbell (wakes its mailbox consumer).
@@ -380,7 +386,7 @@ impl PauseTable {
 
     /// Adds `delta` to the count of `id` if the slot still belongs to it;
     /// returns the new count.
-    fn add(&self, id: SessionId, delta: i64) -> Option<u32> {
+    pub(crate) fn add(&self, id: SessionId, delta: i64) -> Option<u32> {
         let a = self.0.get(id.key as usize)?;
         let mut cur = a.load(Ordering::Acquire);
         loop {
@@ -548,6 +554,8 @@ impl Shard {
             store: None,
             store_inflight: 0,
             store_bytes: 0,
+            parked_bytes: 0,
+            parked_throttled: Vec::new(),
             local_mail: Vec::new(),
             bell: None,
             rooms: NameMap::default(),
@@ -1387,6 +1395,7 @@ impl Shard {
             }
         }
         self.touch_live_users(now);
+        debug_assert_eq!(self.parked_total(), self.parked_bytes, "parked room work");
         for (k, reason) in to_close {
             let msg = match reason {
                 CloseReason::SlowConsumer => (
