@@ -204,6 +204,9 @@ pub enum RoomWork {
     Send(RoomSend),
 }
 
+/// Most rooms kept loaded on one shard (see [`Shard::trim_room_cache`]).
+pub const ROOM_CACHE_MAX: usize = 100_000;
+
 /// What a request waiting in a room's queue or behind its user's Create/Join counts for
 /// in the shard's `parked_bytes`.
 const PARKED_REQ: usize = 256;
@@ -848,6 +851,16 @@ impl Shard {
         match w {
             RoomWork::Req(req) => self.answer(&req, status, reason, ""),
             RoomWork::Send(s) => self.reply_send(s.reply, s.msg_id, status),
+        }
+    }
+
+    /// Keeps the rooms loaded on this shard at most [`ROOM_CACHE_MAX`]: past it, every
+    /// idle room (nothing queued, no store request in flight) is dropped from memory; its
+    /// record is in the store and is loaded again by the next request. Called by the ticker.
+    pub(crate) fn trim_room_cache(&mut self) {
+        if self.rooms.len() > ROOM_CACHE_MAX {
+            self.rooms
+                .retain(|_, slot| slot.busy || !slot.queue.is_empty());
         }
     }
 

@@ -1395,6 +1395,7 @@ impl Shard {
             }
         }
         self.touch_live_users(now);
+        self.trim_room_cache();
         debug_assert_eq!(self.parked_total(), self.parked_bytes, "parked room work");
         for (k, reason) in to_close {
             let msg = match reason {
