@@ -27,7 +27,7 @@ use ringrouter_proto::v1::{
 };
 use ringrouter_proto::Status;
 
-use crate::auth::{validate_user, AuthError};
+use crate::auth::{check_user, AuthError};
 use crate::config::AuthMode;
 use crate::oneshot;
 use crate::server::{ConnGuard, LocalSignal, Shared};
@@ -210,7 +210,7 @@ pub(crate) async fn serve(
             continue;
         }
         if let Some(l) = login {
-            let checked = match shared.auth.login(&l.user, &l.token, cfg.max_user_bytes) {
+            let checked = match shared.auth.login(&l.user, &l.token) {
                 Ok(user) if cfg.auth == AuthMode::Accounts => {
                     check_password(&shared, &user, &l.password)
                         .await
@@ -339,7 +339,7 @@ async fn register_account(shared: &Shared, r: &Register) -> AccountResult {
             "registration needs --auth accounts (this router runs another auth mode)",
         );
     }
-    if let Err(e) = validate_user(&r.user, shared.cfg.max_user_bytes) {
+    if let Err(e) = check_user("user", &r.user) {
         return answer(e.status, &e.reason);
     }
     if r.password.is_empty() {
