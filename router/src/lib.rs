@@ -7,6 +7,7 @@
 //!   against the store in `conn`).
 //! - [`server`]: [`Router::start`]: listeners, shard threads, shutdown.
 //! - `conn`: per-connection tasks: accept, pre-login, handover, reader, writer.
+//! - `prelogin`: the pre-login state machine `conn` drives (bytes in, actions out).
 //! - [`refusal`]: the result frame that refuses a request (bad name, not logged in).
 //! - [`delivery`]: store round trips, offline queues, unacked retention, login backlog.
 //! - [`rooms`]: rooms on their home shard: owners, members, join codes, events, fan-out.
@@ -28,6 +29,7 @@ pub mod delivery;
 pub mod mailbox;
 mod oneshot;
 pub mod outbuf;
+mod prelogin;
 pub mod refusal;
 pub mod rooms;
 pub mod server;
