@@ -38,13 +38,19 @@ fn conn(r: &RouterProc, logged_in: bool, user: &str) -> Raw {
 
 /// The router answers BAD_FRAME, then closes the connection.
 fn expect_bad_frame_and_close(c: &mut Raw, case: &str) {
+    expect_error_and_close(c, Status::BadFrame, case);
+}
+
+/// The router answers an Error with `code`, then closes the connection.
+fn expect_error_and_close(c: &mut Raw, code: Status, case: &str) {
     let e = c.expect_error(T);
-    assert_error(&e, Status::BadFrame);
+    assert_error(&e, code);
     eprintln!("{case}: {:?}", e.reason);
     let rest = c.read_until_closed(T);
     assert!(
         rest.is_empty(),
-        "{case}: frames after the BAD_FRAME error: {rest:?}"
+        "{case}: frames after the {} error: {rest:?}",
+        code.short_name()
     );
 }
 
@@ -65,9 +71,15 @@ fn oversized_length_prefix_is_bad_frame_and_closes() {
         let mut c = conn(&r, logged_in, "big-victim");
         let mut bytes = Vec::new();
         put_varint(&mut bytes, MAX_FRAME as u64 + 1);
-        // The body never comes: the prefix alone must be refused.
+        // The body never comes: the prefix alone must be refused. Before login the
+        // bound is --max-prelogin-frame-bytes (16 KiB), and over it is TOO_LARGE.
         c.write(&bytes).expect("write");
-        expect_bad_frame_and_close(&mut c, &case);
+        let code = if logged_in {
+            Status::BadFrame
+        } else {
+            Status::TooLarge
+        };
+        expect_error_and_close(&mut c, code, &case);
         pair.exchange(&case);
 
         // A length prefix that is not even a valid varint (11 bytes of 0xFF).
