@@ -6,12 +6,15 @@
 //! - [`fast`]: allocation-free paths for the two hot frames: parsing a client `Send`
 //!   (payload and names stay slices of the read buffer) and writing a `Deliver` header
 //!   so the payload can follow from its own buffer (writev, no copy).
+//! - [`names`]: the one rule for user, device and room names, applied to every name
+//!   field of a decoded frame.
 //!
 //! Nothing here touches a socket; every function is tested byte for byte.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod codec;
 pub mod fast;
+pub mod names;
 
 /// Types generated from `router.proto` (package `ringrouter.v1`).
 #[allow(missing_docs, unreachable_pub, clippy::all)]

@@ -122,7 +122,8 @@ pub struct Args {
     /// Largest frame accepted before Login; a larger one gets TOO_LARGE and the connection closes.
     #[arg(long, value_parser = parse_bytes, default_value = "16KiB")]
     pub max_prelogin_frame_bytes: usize,
-    /// Failed logins allowed on one connection; the next failure closes it.
+    /// Most failed logins on one connection: the last one is answered, then the connection
+    /// gets Error UNAUTHORIZED and is closed.
     #[arg(long, default_value_t = 3)]
     pub max_failed_logins: u32,
     /// Clock skew allowed when checking a JWT's exp, nbf and iat.
@@ -133,7 +134,6 @@ pub struct Args {
 impl Args {
     /// The configuration these flags describe.
     pub fn into_config(self) -> Config {
-        let d = Config::default();
         Config {
             listen: self.listen,
             shards: self.shards,
@@ -151,7 +151,6 @@ impl Args {
             shutdown_timeout: self.shutdown_timeout,
             max_connections: self.max_connections,
             max_sessions_per_user: self.max_sessions_per_user,
-            max_user_bytes: d.max_user_bytes,
             inline_payload_max: self.inline_payload_max,
             auth: self.auth,
             jwt_secret_file: self.jwt_secret_file,

@@ -65,8 +65,6 @@ pub struct Config {
     pub max_connections: usize,
     /// Most sessions (devices) one user may have at once.
     pub max_sessions_per_user: usize,
-    /// Longest user name, in bytes.
-    pub max_user_bytes: usize,
     /// Payloads up to this size are copied into the session's contiguous write
     /// buffer; larger ones are written from the sender's read buffer (writev).
     pub inline_payload_max: usize,
@@ -111,9 +109,11 @@ pub struct Config {
     /// A user record of open/jwt auth with nothing queued and no rooms, not seen for this
     /// long, is forgotten.
     pub forget_idle_users_after: Duration,
-    /// Largest frame accepted before Login (Login, Register, Ping), in bytes.
+    /// Largest frame accepted before Login (Login, Register, Ping), in bytes; a larger
+    /// one is answered TOO_LARGE and closes the connection.
     pub max_prelogin_frame_bytes: usize,
-    /// Failed logins one connection may make; the next one closes it.
+    /// Most failed logins on one connection: the last one's LoginResult is followed by
+    /// Error UNAUTHORIZED and the connection is closed.
     pub max_failed_logins: u32,
     /// Clock skew allowed when checking a JWT's `exp`, `nbf` and `iat`.
     pub jwt_leeway: Duration,
@@ -134,7 +134,6 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             max_connections: 100_000,
             max_sessions_per_user: 64,
-            max_user_bytes: 64,
             inline_payload_max: 0,
             auth: AuthMode::Open,
             jwt_secret_file: None,

@@ -13,27 +13,25 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::{TcpListener, TcpStream};
 
-use ringrouter_proto::codec::{
-    encode_frame, frame_bytes_needed, frames, next_frame, split_frames, FrameError,
-};
-use ringrouter_proto::fast::{parse_client, parse_client_at, Inbound};
+use ringrouter_proto::codec::{encode_frame, frame_bytes_needed, frames, split_frames, FrameError};
+use ringrouter_proto::fast::parse_client_at;
 use ringrouter_proto::v1::{
-    client_frame, server_frame, AccountResult, Error as ErrorFrame, Login, LoginResult, Pong,
-    Register, ServerFrame,
+    server_frame, AccountResult, Error as ErrorFrame, Login, LoginResult, Register, ServerFrame,
 };
 use ringrouter_proto::Status;
 
-use crate::auth::{validate_user, AuthError};
+use crate::auth::AuthError;
 use crate::config::AuthMode;
 use crate::oneshot;
+use crate::prelogin::{truncated_reason, Action, Limits, PreLogin};
 use crate::server::{ConnGuard, LocalSignal, Shared};
-use crate::shard::{now_us, request_id_of, CloseReason, Flow, Handover, Mail, SessionKey, Shard};
+use crate::shard::{now_us, CloseReason, Flow, Handover, Mail, SessionKey, Shard};
 use crate::store::StoreError;
 
 /// Size of a fresh read buffer.
@@ -91,22 +89,23 @@ fn error_frame(code: Status, reason: &str, request_id: u64) -> ServerFrame {
     }
 }
 
-fn truncated_reason(buffered: usize) -> String {
-    format!("connection closed inside a frame ({buffered} bytes of an incomplete frame)")
-}
-
 async fn refuse(mut stream: TcpStream, code: Status, reason: &str) {
-    close_with(&mut stream, BytesMut::new(), code, reason).await;
+    let mut out = BytesMut::new();
+    encode_frame(&error_frame(code, reason, 0), &mut out);
+    close_bounded(&mut stream, out).await;
 }
 
-/// Writes what is pending in `out`, then an Error frame, then half-closes.
-async fn close_with(stream: &mut TcpStream, mut out: BytesMut, code: Status, reason: &str) {
-    encode_frame(&error_frame(code, reason, 0), &mut out);
-    let _ = stream.write_all(out).await;
+/// Longest wait for a closing frame to be written: the peer may not be reading.
+const CLOSE_FLUSH: Duration = Duration::from_millis(100);
+
+/// Writes `out` (usually ending in an Error frame) with a bounded wait, then shuts the
+/// socket down.
+async fn close_bounded(stream: &mut TcpStream, out: BytesMut) {
+    if !out.is_empty() {
+        let _ = monoio::time::timeout(CLOSE_FLUSH, stream.write_all(out)).await;
+    }
     let _ = stream.shutdown().await;
 }
-
-const LOGIN_TIMEOUT: &str = "no login within the login timeout";
 
 fn login_result(request_id: u64, status: Status, reason: &str) -> LoginResult {
     LoginResult {
@@ -119,16 +118,16 @@ fn login_result(request_id: u64, status: Status, reason: &str) -> LoginResult {
 
 /// Counts a connection that is not a session yet, so a shutting-down shard
 /// waits for it to be told UNAVAILABLE.
-struct PreLogin(Rc<RefCell<Shard>>);
+struct Counted(Rc<RefCell<Shard>>);
 
-impl PreLogin {
+impl Counted {
     fn new(shard: &Rc<RefCell<Shard>>) -> Self {
         shard.borrow_mut().prelogin += 1;
-        PreLogin(shard.clone())
+        Counted(shard.clone())
     }
 }
 
-impl Drop for PreLogin {
+impl Drop for Counted {
     fn drop(&mut self) {
         let mut sh = self.0.borrow_mut();
         sh.prelogin -= 1;
@@ -137,7 +136,10 @@ impl Drop for PreLogin {
 }
 
 /// Serves a new connection until it logs in (then hands it to its home shard or
-/// runs the session here), or until it fails to within the login timeout.
+/// runs the session here), or until it fails to within the login timeout: drives the
+/// [`PreLogin`] state machine with the socket. The login deadline bounds every wait
+/// (reads, writes of answers, password checks), so a client that sends and never reads
+/// cannot hold a connection slot past it.
 pub(crate) async fn serve(
     shard: Rc<RefCell<Shard>>,
     shared: Arc<Shared>,
@@ -145,180 +147,113 @@ pub(crate) async fn serve(
     guard: ConnGuard,
     local: Rc<LocalSignal>,
 ) {
-    let _counted = PreLogin::new(&shard);
-    let cfg = shared.cfg.clone();
-    let deadline = Instant::now() + cfg.login_timeout;
-    let mut buf = BytesMut::with_capacity(MIN_READ);
-    let mut out = BytesMut::new();
+    let _counted = Counted::new(&shard);
+    let deadline = Instant::now() + shared.cfg.login_timeout;
+    let mut pl = PreLogin::new(Limits::from_config(&shared.cfg));
     loop {
-        let mut close = false;
-        let mut login: Option<Login> = None;
-        let mut register: Option<Register> = None;
-        loop {
-            match next_frame(&mut buf, cfg.max_frame_bytes) {
-                Ok(Some(body)) => match parse_client(body) {
-                    Ok(Inbound::Other(client_frame::Kind::Login(l))) => {
-                        login = Some(l);
-                        break;
-                    }
-                    Ok(Inbound::Other(client_frame::Kind::Register(r))) => {
-                        register = Some(r);
-                        break;
-                    }
-                    Ok(Inbound::Other(client_frame::Kind::Ping(p))) => {
-                        encode_frame(
-                            &ServerFrame {
-                                kind: Some(server_frame::Kind::Pong(Pong { nonce: p.nonce })),
-                            },
-                            &mut out,
-                        );
-                    }
-                    Ok(Inbound::Send(s)) => encode_frame(
-                        &error_frame(Status::Unauthorized, "log in first", s.request_id),
-                        &mut out,
-                    ),
-                    Ok(Inbound::Other(kind)) => encode_frame(
-                        &error_frame(Status::Unauthorized, "log in first", request_id_of(&kind)),
-                        &mut out,
-                    ),
-                    Ok(_) => encode_frame(
-                        &error_frame(Status::Unauthorized, "log in first", 0),
-                        &mut out,
-                    ),
-                    Err(e) => {
-                        encode_frame(&error_frame(Status::BadFrame, &e.to_string(), 0), &mut out);
-                        close = true;
-                        break;
-                    }
-                },
-                Ok(None) => break,
-                Err(e) => {
-                    encode_frame(&error_frame(Status::BadFrame, &e.to_string(), 0), &mut out);
-                    close = true;
-                    break;
-                }
-            }
-        }
-        if let Some(r) = register {
-            let result = register_account(&shared, &r).await;
-            encode_frame(
-                &ServerFrame {
-                    kind: Some(server_frame::Kind::AccountResult(result)),
-                },
-                &mut out,
-            );
-            // Frames pipelined after the Register are still in `buf`: parse them
-            // before waiting for more bytes.
-            continue;
-        }
-        if let Some(l) = login {
-            let checked = match shared.auth.login(&l.user, &l.token, cfg.max_user_bytes) {
-                Ok(user) if cfg.auth == AuthMode::Accounts => {
-                    check_password(&shared, &user, &l.password)
-                        .await
-                        .map(|()| user)
-                }
-                other => other,
-            };
-            match checked {
-                Ok(user) => {
-                    if !out.is_empty() {
-                        let (r, _) = stream.write_all(std::mem::take(&mut out)).await;
-                        if r.is_err() {
-                            return;
-                        }
-                    }
-                    let home = shard.borrow().home(user.as_bytes());
-                    let me = shard.borrow().id;
-                    if home == me {
-                        run_session(shard, stream, user, l.device, l.request_id, buf, guard).await;
-                    } else {
-                        hand_over(
-                            &shard,
-                            home,
-                            stream,
-                            user,
-                            l.device,
-                            l.request_id,
-                            buf,
-                            guard,
-                        );
-                    }
-                    return;
-                }
-                Err(e) => {
-                    let f = ServerFrame {
-                        kind: Some(server_frame::Kind::LoginResult(login_result(
-                            l.request_id,
-                            e.status,
-                            &e.reason,
-                        ))),
-                    };
-                    encode_frame(&f, &mut out);
-                    // The client may retry on the same connection: look at what else it sent.
-                    if !out.is_empty() {
-                        let (r, _) = stream.write_all(std::mem::take(&mut out)).await;
-                        if r.is_err() {
-                            return;
-                        }
-                    }
-                    continue;
-                }
-            }
-        }
-        if !out.is_empty() {
-            let (r, _) = stream.write_all(std::mem::take(&mut out)).await;
-            if r.is_err() {
-                return;
-            }
-        }
-        if close {
-            let _ = stream.shutdown().await;
-            return;
-        }
         if shared.shutdown.load(std::sync::atomic::Ordering::Acquire) || local.fired() {
-            close_with(&mut stream, out, Status::Unavailable, "shutting down").await;
-            return;
+            pl.shutting_down();
         }
-        let now = Instant::now();
-        if now >= deadline {
-            close_with(&mut stream, out, Status::Timeout, LOGIN_TIMEOUT).await;
-            return;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            pl.timed_out();
         }
-        let need = frame_bytes_needed(&buf).unwrap_or(0).max(MIN_READ);
-        buf.reserve(need);
-        let (len, cap) = (buf.len(), buf.capacity());
-        // Dropping the read on timeout or shutdown is fine: the connection is
-        // closed right after.
-        let read = monoio::select! {
-            r = monoio::time::timeout(
-                deadline - now,
-                stream.read(monoio::buf::IoBufMut::slice_mut(buf, len..cap)),
-            ) => Some(r),
-            _ = local.wait() => None,
-        };
-        let Some(read) = read else {
-            close_with(&mut stream, out, Status::Unavailable, "shutting down").await;
-            return;
-        };
-        match read {
-            Ok((Ok(n), b)) if n > 0 => buf = b.into_inner(),
-            Ok((Ok(_), b)) => {
-                // EOF. Inside a frame, the client is told why nothing happened.
-                let rest = b.into_inner();
-                if !rest.is_empty() {
-                    let reason = truncated_reason(rest.len());
-                    close_with(&mut stream, out, Status::BadFrame, &reason).await;
+        // Dropping a read, a write or a password check on timeout or shutdown is fine:
+        // the connection is closed right after (after a dropped write, without writing).
+        match pl.next_action() {
+            Action::Write(out) => {
+                let res = monoio::select! {
+                    r = monoio::time::timeout(left, stream.write_all(out)) => Some(r),
+                    _ = local.wait() => None,
+                };
+                match res {
+                    Some(Ok((Ok(_), _))) => pl.written(),
+                    _ => pl.write_failed(),
+                }
+            }
+            Action::Read { buf, max } => {
+                let len = buf.len();
+                let res = monoio::select! {
+                    r = monoio::time::timeout(
+                        left,
+                        stream.read(monoio::buf::IoBufMut::slice_mut(buf, len..len + max)),
+                    ) => Some(r),
+                    _ = local.wait() => None,
+                };
+                match res {
+                    Some(Ok((Ok(0), b))) => pl.eof(b.into_inner()),
+                    Some(Ok((Ok(_), b))) => pl.read(b.into_inner()),
+                    Some(Ok((Err(_), _))) => pl.read_failed(),
+                    Some(Err(_)) => pl.timed_out(),
+                    None => pl.shutting_down(),
+                }
+            }
+            Action::Authenticate(l) => {
+                let res = monoio::select! {
+                    r = monoio::time::timeout(left, authenticate(&shared, &l)) => Some(r),
+                    _ = local.wait() => None,
+                };
+                match res {
+                    Some(Ok(checked)) => pl.authenticated(checked),
+                    Some(Err(_)) => pl.timed_out(),
+                    None => pl.shutting_down(),
+                }
+            }
+            Action::Register(r) => {
+                let res = monoio::select! {
+                    r = monoio::time::timeout(left, register_account(&shared, &r)) => Some(r),
+                    _ = local.wait() => None,
+                };
+                match res {
+                    Some(Ok(result)) => pl.registered(result),
+                    Some(Err(_)) => pl.timed_out(),
+                    None => pl.shutting_down(),
+                }
+            }
+            Action::Start(s) => {
+                let home = shard.borrow().home(s.user.as_bytes());
+                let me = shard.borrow().id;
+                if home == me {
+                    run_session(
+                        shard,
+                        stream,
+                        s.user,
+                        s.device,
+                        s.request_id,
+                        s.leftover,
+                        guard,
+                    )
+                    .await;
+                } else {
+                    hand_over(
+                        &shard,
+                        home,
+                        stream,
+                        s.user,
+                        s.device,
+                        s.request_id,
+                        s.leftover,
+                        guard,
+                    );
                 }
                 return;
             }
-            Ok(_) => return,
-            Err(_) => {
-                close_with(&mut stream, out, Status::Timeout, LOGIN_TIMEOUT).await;
+            Action::Close(out) => {
+                close_bounded(&mut stream, out).await;
                 return;
             }
         }
     }
+}
+
+/// Checks a Login's credentials (the name rule, the token, the password); returns the
+/// user the session will carry.
+async fn authenticate(shared: &Shared, l: &Login) -> Result<String, AuthError> {
+    let user = shared.auth.login(&l.user, &l.token)?;
+    if shared.cfg.auth == AuthMode::Accounts {
+        check_password(shared, &user, &l.password).await?;
+    }
+    Ok(user)
 }
 
 /// Register (accounts mode): hashes the password off the shard threads and stores the
@@ -341,9 +276,7 @@ async fn register_account(shared: &Shared, r: &Register) -> AccountResult {
             "registration needs --auth accounts (this router runs another auth mode)",
         );
     }
-    if let Err(e) = validate_user(&r.user, shared.cfg.max_user_bytes) {
-        return answer(e.status, &e.reason);
-    }
+    // The name was checked where the frame was decoded (`prelogin`).
     if r.password.is_empty() {
         return answer(Status::BadRequest, "password is empty");
     }
@@ -504,8 +437,7 @@ async fn run_session(
             };
             let mut out = BytesMut::new();
             encode_frame(&f, &mut out);
-            let _ = stream.write_all(out).await;
-            let _ = stream.shutdown().await;
+            close_bounded(&mut stream, out).await;
             return;
         }
     };

@@ -3,10 +3,12 @@
 //! # Layout
 //! - [`alloc`]: mimalloc options the binary sets (measured).
 //! - [`config`]: every setting and limit, with the embedded defaults.
-//! - [`auth`]: user-name rules; `open`, `jwt` and `accounts` login (passwords are checked
+//! - [`auth`]: `open`, `jwt` and `accounts` login (passwords are checked
 //!   against the store in `conn`).
 //! - [`server`]: [`Router::start`]: listeners, shard threads, shutdown.
 //! - `conn`: per-connection tasks: accept, pre-login, handover, reader, writer.
+//! - `prelogin`: the pre-login state machine `conn` drives (bytes in, actions out).
+//! - [`refusal`]: the result frame that refuses a request (bad name, not logged in).
 //! - [`delivery`]: store round trips, offline queues, unacked retention, login backlog.
 //! - [`rooms`]: rooms on their home shard: owners, members, join codes, events, fan-out.
 //! - [`accounts`]: DeleteAccount and ListUsers.
@@ -27,6 +29,8 @@ pub mod delivery;
 pub mod mailbox;
 mod oneshot;
 pub mod outbuf;
+mod prelogin;
+pub mod refusal;
 pub mod rooms;
 pub mod server;
 pub mod shard;

@@ -38,14 +38,13 @@ use ringrouter_proto::v1::{
 };
 use ringrouter_proto::Status;
 
-use crate::auth::validate_user;
 use crate::delivery::{Answer, FanPart, Held, Outgoing, RoomAck};
 use crate::shard::{Mail, SessionId, SessionKey, Shard};
 use crate::store::{RoomRecord, StoreError, StoreResult, MAX_PASSWORD_BYTES};
 
 /// Join codes start with this character, which room names may not start with: a room
-/// can never be named like another room's code.
-pub const CODE_MARK: char = '#';
+/// can never be named like another room's code (see [`ringrouter_proto::names`]).
+pub const CODE_MARK: char = ringrouter_proto::names::CODE_MARK;
 
 /// A request about one room, on its way to the room's home shard.
 #[derive(Debug)]
@@ -318,23 +317,15 @@ fn room_result(
     }
 }
 
-/// Checks a room name: 1..=max bytes, no control characters, not starting with
-/// [`CODE_MARK`].
-pub fn validate_room_name(name: &str, max_bytes: usize) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("room name is empty".into());
-    }
-    if name.len() > max_bytes {
+/// Checks a join code (`JoinRoom.room` starting with [`CODE_MARK`]): the mark and 1 to
+/// 32 ASCII letters or digits. (Room and user names follow the name rule, checked where
+/// frames are decoded: [`ringrouter_proto::names`].)
+pub fn check_join_code(code: &str) -> Result<(), String> {
+    let body = code.strip_prefix(CODE_MARK).unwrap_or("");
+    if body.is_empty() || body.len() > 32 || !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(format!(
-            "room name is {} bytes, longer than {max_bytes}",
-            name.len()
+            "room: {code:?} is not a join code ({CODE_MARK} and up to 32 letters or digits)"
         ));
-    }
-    if name.chars().any(char::is_control) {
-        return Err("room name contains control characters".into());
-    }
-    if name.starts_with(CODE_MARK) {
-        return Err(format!("room names may not start with {CODE_MARK:?}"));
     }
     Ok(())
 }
@@ -497,7 +488,6 @@ impl Shard {
             return;
         };
         let user = String::from_utf8_lossy(&self.sessions[key].user).into_owned();
-        let max = self.cfg.max_user_bytes;
         let (request_id, op) = match kind {
             Kind::CreateRoom(c) => (
                 c.request_id,
@@ -535,30 +525,15 @@ impl Shard {
             }
             _ => return,
         };
+        // Names were checked where the frame was decoded (`names::check_frame`).
         let bad = match &op {
-            RoomOp::Create { name, password } => {
-                validate_room_name(name, max).err().or_else(|| {
-                    (password.len() > MAX_PASSWORD_BYTES)
-                        .then(|| format!("password longer than {MAX_PASSWORD_BYTES} bytes"))
-                })
+            RoomOp::Create { password, .. } | RoomOp::Join { password, .. }
+                if password.len() > MAX_PASSWORD_BYTES =>
+            {
+                Some(format!("password longer than {MAX_PASSWORD_BYTES} bytes"))
             }
-            RoomOp::Join { key, password } => {
-                if key.is_empty() || key.len() > max {
-                    Some("room name or join code is empty or too long".into())
-                } else if password.len() > MAX_PASSWORD_BYTES {
-                    Some(format!("password longer than {MAX_PASSWORD_BYTES} bytes"))
-                } else {
-                    None
-                }
-            }
-            RoomOp::Add { room, user } | RoomOp::Remove { room, user } => {
-                validate_room_name(room, max)
-                    .err()
-                    .or_else(|| validate_user(user, max).err().map(|e| e.reason))
-            }
-            RoomOp::Leave { room } | RoomOp::Delete { room } | RoomOp::Purge { room } => {
-                validate_room_name(room, max).err()
-            }
+            RoomOp::Join { key, .. } if key.starts_with(CODE_MARK) => check_join_code(key).err(),
+            _ => None,
         };
         if let Some(reason) = bad {
             self.counters.frames_rejected += 1;

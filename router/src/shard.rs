@@ -696,6 +696,12 @@ impl Shard {
             s.last_rx = now;
             s.ping_sent = None;
         }
+        if let Err(e) = ringrouter_proto::names::check_inbound(&frame) {
+            self.counters.frames_rejected += 1;
+            let f = crate::refusal::refusal(&frame, Status::BadRequest, &e.to_string());
+            self.push_frame(key, &f);
+            return Flow::Continue;
+        }
         match frame {
             Inbound::Send(v) => {
                 self.on_send(key, v, ts_us, blocked);
@@ -811,21 +817,6 @@ impl Shard {
             Some((
                 Status::BadRequest,
                 "set to_user or to_room, not both".to_owned(),
-            ))
-        } else if let Some(why) = (!v.to_room.is_empty())
-            .then(|| {
-                crate::rooms::validate_room_name(v.to_room_str(), self.cfg.max_user_bytes).err()
-            })
-            .flatten()
-        {
-            // A join code (`#…`) is refused here too: codes are only for joining.
-            Some((Status::BadRequest, format!("to_room: {why}")))
-        } else if v.to_user.is_empty() && v.to_room.is_empty() {
-            Some((Status::BadRequest, "to_user is empty".to_owned()))
-        } else if v.to_user.len() > self.cfg.max_user_bytes {
-            Some((
-                Status::BadRequest,
-                format!("to_user is longer than {} bytes", self.cfg.max_user_bytes),
             ))
         } else if v.payload.len() > self.cfg.max_payload_bytes {
             Some((

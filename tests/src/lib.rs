@@ -104,6 +104,22 @@ impl RouterProc {
     /// Starts the router. If it exits (or prints something else) instead of
     /// listening, returns how it ended. Never waits more than [`START_TIMEOUT`].
     pub fn launch(args: &[&str], driver: Driver) -> Result<RouterProc, Exited> {
+        Self::launch_with(args, driver, true)
+    }
+
+    /// Starts the router with the real Argon2id parameters (≈35 ms a hash) instead of
+    /// `--argon2-cheap`: for tests about the cost of password checks.
+    pub fn start_real_argon2(args: &[&str]) -> RouterProc {
+        Self::launch_with(args, Driver::Default, false)
+            .unwrap_or_else(|e| panic!("router did not start: {e}"))
+    }
+
+    /// [`RouterProc::launch`], with `--argon2-cheap` or not.
+    pub fn launch_with(
+        args: &[&str],
+        driver: Driver,
+        cheap_argon2: bool,
+    ) -> Result<RouterProc, Exited> {
         let mut cmd = Command::new(router_bin());
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
@@ -120,10 +136,11 @@ impl RouterProc {
             cmd.arg("--data-dir").arg(d.path());
             Some(d)
         };
-        cmd.args(args)
-            .arg("--no-pin")
-            .arg("--argon2-cheap")
-            .stdout(Stdio::piped())
+        cmd.args(args).arg("--no-pin");
+        if cheap_argon2 {
+            cmd.arg("--argon2-cheap");
+        }
+        cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .stdin(Stdio::null());
         cmd.env(

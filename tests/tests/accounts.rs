@@ -25,7 +25,7 @@ fn register_then_log_in_with_the_password() {
     assert_eq!(r.register("alice", "pw-alice").status, Status::Ok as i32);
     let dup = r.register("alice", "other");
     assert_eq!(dup.status, Status::Conflict as i32, "{dup:?}");
-    for (user, pw) in [("bad name", "x"), ("", "x"), ("bob", "")] {
+    for (user, pw) in [("bad name ", "x"), ("", "x"), ("bob", "")] {
         let a = r.register(user, pw);
         assert_eq!(a.status, Status::BadRequest as i32, "{user:?}: {a:?}");
     }

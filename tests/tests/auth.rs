@@ -160,3 +160,77 @@ fn jwt_refused_login_can_retry_on_the_same_connection() {
     c.login().expect("fresh token on the same connection");
     assert_eq!(c.user(), "carol");
 }
+
+/// A token for `sub` with `exp`, and `nbf` / `iat` when given, each in seconds from now.
+fn token_with(sub: &str, exp: i64, nbf: Option<i64>, iat: Option<i64>) -> String {
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        sub: &'a str,
+        exp: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        nbf: Option<i64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        iat: Option<i64>,
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &Claims {
+            sub,
+            exp: now + exp,
+            nbf: nbf.map(|n| now + n),
+            iat: iat.map(|i| now + i),
+        },
+        &jsonwebtoken::EncodingKey::from_secret(SECRET),
+    )
+    .expect("encoding a JWT")
+}
+
+/// Before: `nbf` and `iat` were not looked at (a token minted for later worked at once),
+/// and `exp` had no leeway for clock skew.
+#[test]
+fn jwt_not_yet_valid_or_issued_in_the_future_is_refused_within_the_leeway() {
+    let secret = TempFile::new("jwt-secret", SECRET);
+    let r = RouterProc::start(&[
+        "--auth",
+        "jwt",
+        "--jwt-secret-file",
+        secret.as_str(),
+        "--jwt-leeway",
+        "30s",
+    ]);
+    expect_unauthorized(
+        &r,
+        "nbf 5 minutes ahead",
+        with_token("", Some(token_with("nina", 600, Some(300), None))),
+    );
+    expect_unauthorized(
+        &r,
+        "iat 5 minutes ahead",
+        with_token("", Some(token_with("nina", 600, None, Some(300)))),
+    );
+    // Within the leeway (clock skew), each is accepted.
+    for (what, token) in [
+        ("nbf 5 s ahead", token_with("nina", 600, Some(5), None)),
+        ("iat 5 s ahead", token_with("nina", 600, None, Some(5))),
+        ("expired 5 s ago", token_with("nina", -5, None, None)),
+        (
+            "nbf and iat in the past",
+            token_with("nina", 600, Some(-60), Some(-60)),
+        ),
+    ] {
+        let c = r
+            .client_with(with_token("", Some(token)))
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(c.user(), "nina", "{what}");
+    }
+    // Past the leeway, expired is expired.
+    expect_unauthorized(
+        &r,
+        "expired 60 s ago",
+        with_token("", Some(token_with("nina", -60, None, None))),
+    );
+}

@@ -18,7 +18,8 @@ use super::StoreError;
 /// Format tag of every value written by this version.
 pub(crate) const FORMAT_V1: u8 = 1;
 
-/// Longest user name, room name, join code or glob pattern the store accepts, in bytes.
+/// Longest glob pattern the store accepts, in bytes (names follow
+/// [`ringrouter_proto::names`]: at most 64 bytes).
 pub const MAX_NAME_BYTES: usize = 256;
 
 /// Longest password the store hashes, in bytes.
@@ -115,21 +116,11 @@ pub(crate) fn decode<M: Message + Default>(value: &[u8], what: &str) -> Result<M
     }
 }
 
-/// Checks a user name, room name or join code: 1..=[`MAX_NAME_BYTES`] bytes, no NUL.
-pub(crate) fn validate_name(kind: &str, name: &str) -> Result<(), StoreError> {
-    if name.is_empty() {
-        return Err(StoreError::Invalid(format!("{kind} is empty")));
-    }
-    if name.len() > MAX_NAME_BYTES {
-        return Err(StoreError::Invalid(format!(
-            "{kind} is {} bytes, longer than {MAX_NAME_BYTES}",
-            name.len()
-        )));
-    }
-    if name.contains('\0') {
-        return Err(StoreError::Invalid(format!("{kind} contains NUL")));
-    }
-    Ok(())
+/// Checks a user name, room name or join code by the one name rule
+/// ([`ringrouter_proto::names::check_name`]): a defensive check, the router refuses bad
+/// names where it decodes them.
+pub(crate) fn validate_name(kind: &'static str, name: &str) -> Result<(), StoreError> {
+    ringrouter_proto::names::check_name(kind, name).map_err(|e| StoreError::Invalid(e.to_string()))
 }
 
 /// Checks a password: at most [`MAX_PASSWORD_BYTES`] bytes.

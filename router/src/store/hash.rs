@@ -29,7 +29,7 @@ pub(crate) enum HashJob {
         id: u64,
         /// The password.
         password: String,
-        /// The stored hash.
+        /// The stored hash; empty: the pool's dummy hash (same work, never a match).
         phc: String,
     },
 }
@@ -164,6 +164,9 @@ fn worker(
     cheap: bool,
 ) {
     let argon = hasher(cheap);
+    // Made once, with the parameters of every new hash: a login for a user without a
+    // password hash is checked against it, so it costs what a wrong password costs.
+    let dummy = hash_password(&argon, "ringrouter: no such account").ok();
     loop {
         let job = {
             let guard = match rx.lock() {
@@ -180,6 +183,12 @@ fn worker(
             }
             HashJob::Hash { id, password } => {
                 (id, hash_password(&argon, &password).map(HashOutcome::Phc))
+            }
+            HashJob::Verify { id, password, phc } if phc.is_empty() => {
+                if let Some(d) = &dummy {
+                    let _ = verify_password(&argon, &password, d);
+                }
+                (id, Ok(HashOutcome::Verified(false)))
             }
             HashJob::Verify { id, password, phc } => (
                 id,

@@ -82,10 +82,12 @@ struct QueueState {
     head: u64,
 }
 
-/// A request waiting for the hashing pool.
+/// A request waiting for the hashing pool (`Unknown`: a Verify for a user with no
+/// account, answered NotFound after the dummy hash).
 enum Waiting {
     Register { user: String, cb: Cb<()> },
     Verify { cb: Cb<bool> },
+    Unknown { cb: Cb<bool> },
     Hash { cb: Cb<String> },
     Check { cb: Cb<bool> },
 }
@@ -456,16 +458,21 @@ impl Worker {
             }
             Msg::Register { user, password, cb } => self.register(user, password, cb),
             Msg::Verify { user, password, cb } => {
-                let r = self.account_phc(&user);
-                match r {
-                    // An account made by a first login under open or jwt auth has no password.
-                    Ok(phc) if phc.is_empty() => self.done(cb, Ok(false), false),
-                    Ok(phc) => {
-                        self.submit(Waiting::Verify { cb }, |id| HashJob::Verify {
+                // No account, or one made by a first login under open or jwt auth (no
+                // password, `phc` empty): the same Argon2id work against the pool's dummy
+                // hash, so that the answer's timing does not tell which users exist.
+                match self.account_phc(&user) {
+                    Ok(phc) => self.submit(Waiting::Verify { cb }, |id| HashJob::Verify {
+                        id,
+                        password,
+                        phc,
+                    }),
+                    Err(StoreError::NotFound) => {
+                        self.submit(Waiting::Unknown { cb }, |id| HashJob::Verify {
                             id,
                             password,
-                            phc,
-                        });
+                            phc: String::new(),
+                        })
                     }
                     Err(e) => self.done(cb, Err(e), false),
                 }
@@ -741,7 +748,7 @@ impl Worker {
                 self.registering.remove(&user);
                 self.done(cb, Err(StoreError::Closed), false);
             }
-            Waiting::Verify { cb } | Waiting::Check { cb } => {
+            Waiting::Verify { cb } | Waiting::Check { cb } | Waiting::Unknown { cb } => {
                 self.done(cb, Err(StoreError::Closed), false)
             }
             Waiting::Hash { cb } => self.done(cb, Err(StoreError::Closed), false),
@@ -805,6 +812,10 @@ impl Worker {
                     Ok(HashOutcome::Phc(_)) => Err(unexpected()),
                     Err(e) => Err(e),
                 };
+                self.done(cb, r, false);
+            }
+            Waiting::Unknown { cb } => {
+                let r = result.and(Err(StoreError::NotFound));
                 self.done(cb, r, false);
             }
             Waiting::Hash { cb } => {
