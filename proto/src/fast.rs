@@ -146,8 +146,12 @@ impl Cursor<'_> {
 }
 
 fn utf8(body: &Bytes, r: std::ops::Range<usize>) -> Result<Bytes, FrameError> {
-    std::str::from_utf8(&body[r.clone()])
-        .map_err(|_| FrameError::Malformed("string is not UTF-8".into()))?;
+    let text = &body[r.clone()];
+    // Printable ASCII (most names) is UTF-8: one word-wide pass instead of a decode.
+    if !crate::names::printable_ascii(text) {
+        std::str::from_utf8(text)
+            .map_err(|_| FrameError::Malformed("string is not UTF-8".into()))?;
+    }
     Ok(body.slice(r))
 }
 

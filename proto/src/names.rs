@@ -116,6 +116,49 @@ pub fn check_name(field: &'static str, value: &str) -> Result<(), NameError> {
     }
 }
 
+/// True when every byte of `v` is printable ASCII (0x20..=0x7E), tested eight bytes at a
+/// time: no byte with the high bit, none below 0x20, none equal to 0x7F.
+#[inline]
+pub(crate) fn printable_ascii(v: &[u8]) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = v.chunks_exact(8);
+    for c in &mut chunks {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(c);
+        let w = u64::from_le_bytes(b);
+        // Some byte < 0x20 (exact as a whole-word test for bounds up to 0x80).
+        let below = w.wrapping_sub(LO * 0x20) & !w & HI;
+        // Some byte == 0x7F.
+        let x = w ^ (LO * 0x7F);
+        let del = x.wrapping_sub(LO) & !x & HI;
+        if (w & HI) | below | del != 0 {
+            return false;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .all(|&b| (0x20..0x7F).contains(&b))
+}
+
+/// [`check_name`] for a name given as bytes (a field of a Send parsed in place). The
+/// common name, printable ASCII without a space at either end, is accepted after one
+/// pass of word-wide tests; anything else gets the full check (and its exact reason).
+#[inline]
+pub fn check_name_bytes(field: &'static str, value: &[u8]) -> Result<(), NameError> {
+    let n = value.len();
+    if (1..=MAX_NAME_BYTES).contains(&n)
+        && value[0] != b' '
+        && value[n - 1] != b' '
+        && printable_ascii(value)
+    {
+        return Ok(());
+    }
+    // Text the parser already validated as UTF-8; bytes that are not text are no name.
+    check_name(field, std::str::from_utf8(value).unwrap_or("\0"))
+}
+
 /// Checks a room name: [`check_name`], and no leading [`CODE_MARK`].
 pub fn check_room_name(field: &'static str, value: &str) -> Result<(), NameError> {
     check_name(field, value)?;
@@ -184,10 +227,21 @@ pub fn check_inbound(frame: &Inbound) -> Result<(), NameError> {
     match frame {
         Inbound::Send(SendView {
             to_user, to_room, ..
-        }) => check_send(
-            std::str::from_utf8(to_user).unwrap_or(""),
-            std::str::from_utf8(to_room).unwrap_or(""),
-        ),
+        }) => {
+            if to_room.is_empty() {
+                check_name_bytes("to_user", to_user)
+            } else if to_user.is_empty() {
+                check_name_bytes("to_room", to_room)?;
+                match to_room.first() {
+                    Some(&b) if char::from(b) == CODE_MARK => {
+                        Err(NameError::CodeMark { field: "to_room" })
+                    }
+                    _ => Ok(()),
+                }
+            } else {
+                Ok(())
+            }
+        }
         Inbound::Other(kind) => check_frame(kind),
         Inbound::Empty => Ok(()),
     }
@@ -221,6 +275,44 @@ mod tests {
             assert_eq!(check_name("user", n), Ok(()), "{n:?}");
         }
         assert_eq!(check_room_name("name", "lobby"), Ok(()));
+    }
+
+    #[test]
+    fn bytes_and_text_agree() {
+        let cases = [
+            "alice",
+            "",
+            " a",
+            "a ",
+            "a b",
+            "a\tb",
+            "nul\0",
+            "x\u{7f}",
+            "zoë",
+            "a\u{200b}",
+            " ",
+            "#code",
+        ];
+        let long = "y".repeat(65);
+        let mid: String = (0u8..0x80).map(char::from).collect();
+        let mut all: Vec<String> = cases.iter().map(|s| s.to_string()).collect();
+        all.push(long);
+        // Every ASCII byte, at every position of a 16-byte name (both word lanes).
+        for b in 0u8..0x80 {
+            for at in 0..16 {
+                let mut v = vec![b'n'; 16];
+                v[at] = b;
+                all.push(String::from_utf8(v).expect("ASCII"));
+            }
+        }
+        all.push(mid);
+        for v in all.iter().map(String::as_str) {
+            assert_eq!(
+                check_name_bytes("f", v.as_bytes()),
+                check_name("f", v),
+                "{v:?}"
+            );
+        }
     }
 
     #[test]

@@ -166,7 +166,9 @@ fn worker(
     let argon = hasher(cheap);
     // Made once, with the parameters of every new hash: a login for a user without a
     // password hash is checked against it, so it costs what a wrong password costs.
-    let dummy = hash_password(&argon, "ringrouter: no such account").ok();
+    // Made before this thread's first job of any kind (not at start: a router that
+    // never hashes, e.g. with open auth, never pays for it).
+    let mut dummy: Option<Option<String>> = None;
     loop {
         let job = {
             let guard = match rx.lock() {
@@ -176,6 +178,8 @@ fn worker(
             guard.recv()
         };
         let Ok(job) = job else { return };
+        let dummy =
+            dummy.get_or_insert_with(|| hash_password(&argon, "ringrouter: no such account").ok());
         let cancelled = cancel.load(Ordering::Acquire);
         let (id, result) = match job {
             HashJob::Hash { id, .. } | HashJob::Verify { id, .. } if cancelled => {
@@ -185,7 +189,7 @@ fn worker(
                 (id, hash_password(&argon, &password).map(HashOutcome::Phc))
             }
             HashJob::Verify { id, password, phc } if phc.is_empty() => {
-                if let Some(d) = &dummy {
+                if let Some(d) = dummy.as_deref() {
                     let _ = verify_password(&argon, &password, d);
                 }
                 (id, Ok(HashOutcome::Verified(false)))
