@@ -7,11 +7,15 @@
 //!   (payload and names stay slices of the read buffer) and writing a `Deliver` header
 //!   so the payload can follow from its own buffer (writev, no copy).
 //!
+//! - `fuzzing` (tests and the `fuzzing` feature): the checks the fuzz targets run.
+//!
 //! Nothing here touches a socket; every function is tested byte for byte.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod codec;
 pub mod fast;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 
 /// Types generated from `router.proto` (package `ringrouter.v1`).
 #[allow(missing_docs, unreachable_pub, clippy::all)]
