@@ -346,3 +346,26 @@ pub fn replay_dir(dir: &std::path::Path, check: fn(&[u8])) -> usize {
     }
     n
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_frame_decode_corpus_passes() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/frame_decode");
+        let n = replay_dir(&dir, check_frame);
+        eprintln!("{n} frame_decode corpus files");
+    }
+
+    #[test]
+    fn pseudo_random_inputs_pass_the_checks() {
+        for seed in 0..500u32 {
+            let data: Vec<u8> = (0..(seed % 97))
+                .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed * 97) >> 13) as u8)
+                .collect();
+            check_frame(&data);
+        }
+    }
+}
