@@ -3,6 +3,7 @@
 # other, and prints the executions and crashes of each.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     # SECONDS defaults to 60; default: every target
+#   FUZZ_ARGS="-runs=10000000" scripts/fuzz.sh 3600 shard_frames   # extra libFuzzer flags
 #
 # Needs the nightly toolchain (`cargo +nightly`); installs cargo-fuzz if it is missing.
 # Each run starts from the committed corpus fuzz/corpus/<target>/ (read only) plus a
@@ -42,7 +43,7 @@ for t in "${TARGETS[@]}"; do
     echo "==> $t: ${SECONDS_EACH}s"
     set +e
     cargo +nightly fuzz run "$t" "$work" "corpus/$t" -- \
-        -max_total_time="$SECONDS_EACH" -print_final_stats=1 >"$log" 2>&1
+        -max_total_time="$SECONDS_EACH" -print_final_stats=1 ${FUZZ_ARGS:-} >"$log" 2>&1
     rc=$?
     set -e
     execs=$(grep -oE '^stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' | tail -1)

@@ -26,7 +26,7 @@ use ringrouter_proto::Status;
 
 use crate::config::Config;
 use crate::outbuf::WriteBatch;
-use crate::shard::{pause_tables, CloseReason, Flow, Mail, SessionKey, Shard};
+use crate::shard::{pause_tables, request_id_of, CloseReason, Flow, Mail, SessionKey, Shard};
 use crate::stats::ShardStats;
 use crate::store::codec::{
     decode, encode, glob_literal_prefix, glob_match, parse_queue_key, queue_key, queue_prefix,
@@ -139,6 +139,9 @@ const MAGIC: u8 = 0xf7;
 const RING_BATCHES: usize = 4;
 /// Bytes a held-back message counts for besides its payload (`shard::HELD_OVERHEAD`).
 const HELD_OVERHEAD: usize = 128;
+/// Bit set in the request ids of the frames the simulation makes, whose answers it
+/// counts (a raw frame carrying such an id is not sent: it would be counted too).
+const OWN_REQUEST: u64 = 1 << 63;
 
 #[derive(Arbitrary, Debug)]
 struct Setup {
@@ -287,16 +290,31 @@ struct Sim {
 /// reader is paused, nothing is queued anywhere, and every live session got every
 /// answer it was owed.
 pub fn check_shard_frames(data: &[u8]) {
+    run_shard_frames(data, false);
+}
+
+/// [`check_shard_frames`], printing each step (to debug a crash).
+pub fn trace_shard_frames(data: &[u8]) {
+    run_shard_frames(data, true);
+}
+
+fn run_shard_frames(data: &[u8], trace: bool) {
     let mut u = Unstructured::new(data);
     let Ok(setup) = Setup::arbitrary(&mut u) else {
         return;
     };
+    if trace {
+        eprintln!("{setup:?}");
+    }
     let mut sim = Sim::new(&setup);
     let mut steps = 0;
     while !u.is_empty() && steps < 256 {
         let Ok(op) = Op::arbitrary(&mut u) else {
             break;
         };
+        if trace {
+            eprintln!("{op:?}");
+        }
         sim.step(op);
         sim.check();
         steps += 1;
@@ -379,7 +397,11 @@ impl Sim {
             }
             Op::Raw { slot, body } => {
                 let slot = usize::from(slot) % SLOTS;
-                if self.readable(slot) {
+                let own = matches!(
+                    ClientFrame::decode(&body[..]),
+                    Ok(ClientFrame { kind: Some(ref k) }) if request_id_of(k) & OWN_REQUEST != 0
+                );
+                if !own && self.readable(slot) {
                     self.read_chunk(slot, vec![Bytes::from(body)]);
                 }
             }
@@ -459,7 +481,7 @@ impl Sim {
         let Some(c) = self.slots[slot].as_mut() else {
             return Bytes::new();
         };
-        let request_id = c.next_request;
+        let request_id = OWN_REQUEST | c.next_request;
         c.next_request += 1;
         let room = |r: u8| ROOMS[usize::from(r) % ROOMS.len()].to_owned();
         let user = |u: u8| USERS[usize::from(u) % USERS.len()].to_owned();
@@ -669,7 +691,13 @@ impl Sim {
             }
         }
         if !ok {
+            // The connection is broken: the writer ends, so does the reader, and the
+            // session goes (the client gets nothing more).
             sh.close(c.key, CloseReason::PeerClosed, None);
+            sh.remove(c.key);
+            self.slots[slot] = None;
+            self.reap();
+            return;
         }
         Self::receive(c, &self.uids);
         self.reap();
@@ -712,19 +740,19 @@ impl Sim {
                         assert!(n > last, "messages of one sender out of order");
                     }
                 }
-                server_frame::Kind::SendResult(r) => {
+                server_frame::Kind::SendResult(r) if r.request_id & OWN_REQUEST != 0 => {
                     assert!(
                         c.want_send.remove(&r.request_id),
                         "a SendResult nobody asked for (or a second one): {r:?}"
                     );
                 }
-                server_frame::Kind::RoomResult(r) => {
+                server_frame::Kind::RoomResult(r) if r.request_id & OWN_REQUEST != 0 => {
                     assert!(
                         c.want_other.remove(&r.request_id),
                         "an unexpected RoomResult {r:?}"
                     );
                 }
-                server_frame::Kind::AccountResult(r) => {
+                server_frame::Kind::AccountResult(r) if r.request_id & OWN_REQUEST != 0 => {
                     assert!(
                         c.want_other.remove(&r.request_id),
                         "an unexpected AccountResult {r:?}"
@@ -977,6 +1005,15 @@ pub fn replay_corpus(target: &str, check: fn(&[u8])) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[ignore = "debugging aid: FUZZ_INPUT=path cargo test -p ringrouter --lib trace_input -- --ignored --nocapture"]
+    fn trace_input() {
+        if let Ok(path) = std::env::var("FUZZ_INPUT") {
+            let data = std::fs::read(path).expect("FUZZ_INPUT");
+            trace_shard_frames(&data);
+        }
+    }
 
     #[test]
     fn committed_shard_frames_corpus_passes() {
