@@ -115,11 +115,12 @@ pub fn split_frames(buf: &mut BytesMut, max_frame_bytes: usize) -> (Bytes, Optio
                     });
                     break;
                 }
-                let next = end + prefix + len as usize;
-                if next > buf.len() {
-                    break;
+                // `len <= max_frame_bytes: usize`; the sum can still overflow with a
+                // limit near usize::MAX, and such a frame is never complete.
+                match (end + prefix).checked_add(len as usize) {
+                    Some(next) if next <= buf.len() => end = next,
+                    _ => break,
                 }
-                end = next;
             }
             Ok(None) => break,
             Err(e) => {
@@ -149,7 +150,13 @@ pub fn frames(chunk: &[u8]) -> impl Iterator<Item = std::ops::Range<usize>> + '_
 /// (the length prefix is complete). Lets a reader size its next read.
 pub fn frame_bytes_needed(buf: &[u8]) -> Option<usize> {
     match peek_varint(buf) {
-        Ok(Some((len, prefix))) => Some((prefix + len as usize).saturating_sub(buf.len())),
+        // A declared length near u64::MAX saturates (it is over any frame limit anyway).
+        Ok(Some((len, prefix))) => Some(
+            usize::try_from(len)
+                .unwrap_or(usize::MAX)
+                .saturating_add(prefix)
+                .saturating_sub(buf.len()),
+        ),
         _ => None,
     }
 }
@@ -339,6 +346,24 @@ mod tests {
         let mut ten = vec![0xFFu8; 9];
         ten.push(0x02);
         assert_eq!(peek_varint(&ten), Err(FrameError::BadLength));
+    }
+
+    #[test]
+    fn huge_declared_lengths_do_not_overflow() {
+        // Fuzzing (frame_decode): a length near u64::MAX overflowed `prefix + len` in
+        // frame_bytes_needed, and in split_frames with a limit of usize::MAX.
+        let mut buf = BytesMut::new();
+        put_varint(&mut buf, u64::MAX - 3);
+        buf.extend_from_slice(b"xy");
+        assert_eq!(frame_bytes_needed(&buf), Some(usize::MAX - buf.len()));
+        let mut one = BytesMut::new();
+        encode_frame(&sample_frames()[0], &mut one);
+        let mut stream = one.clone();
+        stream.extend_from_slice(&buf);
+        let (chunk, err) = split_frames(&mut stream, usize::MAX);
+        assert_eq!((chunk, err), (one.clone().freeze().slice(..), None));
+        assert_eq!(stream, buf, "the incomplete frame stays");
+        assert_eq!(next_frame(&mut stream, usize::MAX), Ok(None));
     }
 
     #[test]

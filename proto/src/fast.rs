@@ -60,7 +60,18 @@ pub enum Inbound {
 const WT_VARINT: u8 = 0;
 const WT_I64: u8 = 1;
 const WT_LEN: u8 = 2;
+const WT_START_GROUP: u8 = 3;
+const WT_END_GROUP: u8 = 4;
 const WT_I32: u8 = 5;
+
+/// prost's recursion limit (`prost::RECURSION_LIMIT`): a decode starts with this budget
+/// and every nested message or group takes one from it.
+const PROST_RECURSION_LIMIT: u32 = 100;
+
+/// The budget prost has left when it skips an unknown field of a message one level
+/// down from the frame (a `Send` in a `ClientFrame`, a `Deliver` in a `ServerFrame`):
+/// entering the nested message took one.
+const NESTED_FIELD_BUDGET: u32 = PROST_RECURSION_LIMIT - 1;
 
 struct Cursor<'a> {
     buf: &'a [u8],
@@ -105,25 +116,51 @@ impl Cursor<'_> {
         Ok(start..end)
     }
 
-    fn skip(&mut self, wire_type: u8) -> Result<(), FrameError> {
+    /// Skips the value of an unknown field `field` of wire type `wire_type`, exactly as
+    /// prost's `skip_field` does (so both accept and refuse the same frames): groups
+    /// (wire type 3) are skipped up to their matching end-group tag, nested groups
+    /// included; an end-group tag of another field number, a stray end-group, wire types
+    /// 6 and 7 and a value past the end are errors. `budget` is prost's recursion budget
+    /// at this field: at 0 the field is refused, and each enclosing group takes one.
+    fn skip(&mut self, field: u32, wire_type: u8, budget: u32) -> Result<(), FrameError> {
+        if budget == 0 {
+            return Err(FrameError::Malformed("groups nested too deep".into()));
+        }
         let n = match wire_type {
             WT_VARINT => {
                 self.varint()?;
                 0
             }
             WT_I64 => 8,
+            WT_I32 => 4,
             WT_LEN => {
                 self.len_delimited()?;
                 0
             }
-            WT_I32 => 4,
+            WT_START_GROUP => loop {
+                let (inner, inner_wt) = self.key()?;
+                if inner_wt == WT_END_GROUP {
+                    if inner != field {
+                        return Err(FrameError::Malformed(format!(
+                            "group {field} ended by the end-group tag of field {inner}"
+                        )));
+                    }
+                    break 0;
+                }
+                self.skip(inner, inner_wt, budget - 1)?;
+            },
+            WT_END_GROUP => {
+                return Err(FrameError::Malformed(format!(
+                    "end-group tag of field {field} outside a group"
+                )))
+            }
             _ => {
                 return Err(FrameError::Malformed(format!(
                     "unsupported wire type {wire_type}"
                 )))
             }
         };
-        if self.pos + n > self.buf.len() {
+        if n > self.buf.len() - self.pos {
             return Err(FrameError::Malformed(
                 "field runs past the end of the frame".into(),
             ));
@@ -177,7 +214,7 @@ fn parse_send(body: &Bytes, range: std::ops::Range<usize>) -> Result<SendView, F
                     "field {field} has wrong wire type {wt}"
                 )))
             }
-            _ => c.skip(wt)?,
+            _ => c.skip(field, wt, NESTED_FIELD_BUDGET)?,
         }
     }
     Ok(s)
@@ -428,7 +465,7 @@ pub fn parse_server(body: &[u8]) -> Result<ServerView<'_>, FrameError> {
             (4, WT_LEN) => payload = &body[d.len_delimited()?],
             (5, WT_VARINT) => ts = d.varint()?,
             (6, WT_VARINT) => id = d.varint()?,
-            _ => d.skip(wt)?,
+            _ => d.skip(f, wt, NESTED_FIELD_BUDGET)?,
         }
     }
     Ok(ServerView::Deliver {
@@ -695,5 +732,327 @@ mod template_tests {
                 }
             }
         }
+    }
+}
+
+/// The fast parser against prost on unknown fields of every wire type, groups, the
+/// recursion limit and merged fields (issue 9: both accept the same frames, with the
+/// same content, or both refuse them).
+#[cfg(test)]
+mod conformance_tests {
+    use super::*;
+    use crate::fuzzing::assert_agree;
+    use crate::v1::{Ping, Send};
+
+    /// Field number of the unknown field every test adds (unused in Send and Ping).
+    const F: u64 = 9;
+
+    fn key(field: u64, wt: u8) -> Vec<u8> {
+        let mut v = Vec::new();
+        put_varint(&mut v, (field << 3) | u64::from(wt));
+        v
+    }
+
+    /// `ClientFrame{field: message}` where the message is `inner`.
+    fn wrap(field: u64, inner: &[u8]) -> Bytes {
+        let mut body = key(field, WT_LEN);
+        put_varint(&mut body, inner.len() as u64);
+        body.extend_from_slice(inner);
+        body.into()
+    }
+
+    fn send_bytes() -> Vec<u8> {
+        Send {
+            request_id: 3,
+            to_user: "bob".into(),
+            payload: Bytes::from_static(b"hi"),
+            want_result: true,
+            msg_id: 11,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    /// A Send with `extra` appended inside it, checked against prost; returns the parse.
+    fn send_with(extra: &[u8]) -> Result<Inbound, FrameError> {
+        let mut inner = send_bytes();
+        inner.extend_from_slice(extra);
+        let body = wrap(2, &inner);
+        let got = parse_client(body.clone());
+        assert_agree(&got, &body, &body);
+        got
+    }
+
+    /// A Ping with `extra` appended inside it: prost's verdict on the same unknown bytes.
+    fn ping_with(extra: &[u8]) -> bool {
+        let mut inner = Ping { nonce: 5 }.encode_to_vec();
+        inner.extend_from_slice(extra);
+        let body = wrap(4, &inner);
+        let got = parse_client(body.clone());
+        assert_agree(&got, &body, &body);
+        got.is_ok()
+    }
+
+    fn assert_accepted(extra: &[u8]) {
+        let Ok(Inbound::Send(v)) = send_with(extra) else {
+            panic!("refused a Send with unknown field {extra:02x?}");
+        };
+        assert_eq!(
+            (
+                v.request_id,
+                &v.to_user[..],
+                &v.payload[..],
+                v.want_result,
+                v.msg_id
+            ),
+            (3, &b"bob"[..], &b"hi"[..], true, 11)
+        );
+        assert!(ping_with(extra), "prost refuses a Ping with {extra:02x?}");
+    }
+
+    fn assert_refused(extra: &[u8]) {
+        assert!(send_with(extra).is_err(), "accepted {extra:02x?}");
+        assert!(!ping_with(extra), "prost accepts a Ping with {extra:02x?}");
+    }
+
+    /// `depth` groups of field `F` nested in one another, the innermost holding `content`.
+    fn nested_groups(depth: usize, content: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for _ in 0..depth {
+            v.extend(key(F, WT_START_GROUP));
+        }
+        v.extend_from_slice(content);
+        for _ in 0..depth {
+            v.extend(key(F, WT_END_GROUP));
+        }
+        v
+    }
+
+    #[test]
+    fn unknown_varint_is_skipped() {
+        assert_accepted(&[key(F, WT_VARINT), vec![0x96, 0x01]].concat());
+        // The longest varint (10 bytes), and one byte too long.
+        let mut ten = key(F, WT_VARINT);
+        ten.extend_from_slice(&[0xff; 9]);
+        ten.push(0x01);
+        assert_accepted(&ten);
+        let mut bad = key(F, WT_VARINT);
+        bad.extend_from_slice(&[0xff; 9]);
+        bad.push(0x02);
+        assert_refused(&bad);
+        assert_refused(&[key(F, WT_VARINT), vec![0x80]].concat());
+    }
+
+    #[test]
+    fn unknown_fixed64_and_fixed32_are_skipped() {
+        assert_accepted(&[key(F, WT_I64), vec![1; 8]].concat());
+        assert_accepted(&[key(F, WT_I32), vec![1; 4]].concat());
+        assert_refused(&[key(F, WT_I64), vec![1; 7]].concat());
+        assert_refused(&[key(F, WT_I32), vec![1; 3]].concat());
+    }
+
+    #[test]
+    fn unknown_length_delimited_is_skipped() {
+        assert_accepted(&[key(F, WT_LEN), vec![3, 1, 2, 3]].concat());
+        assert_accepted(&[key(F, WT_LEN), vec![0]].concat());
+        assert_refused(&[key(F, WT_LEN), vec![4, 1, 2, 3]].concat());
+    }
+
+    #[test]
+    fn unknown_groups_are_skipped_like_prost() {
+        // Empty, with a field of every wire type, nested, and a large field number.
+        assert_accepted(&nested_groups(1, &[]));
+        let mut content = Vec::new();
+        content.extend([key(1, WT_VARINT), vec![7]].concat());
+        content.extend([key(2, WT_I64), vec![0; 8]].concat());
+        content.extend([key(3, WT_LEN), vec![1, b'x']].concat());
+        content.extend([key(4, WT_I32), vec![0; 4]].concat());
+        content.extend(nested_groups(2, &[key(5, WT_VARINT), vec![1]].concat()));
+        assert_accepted(&nested_groups(1, &content));
+        assert_accepted(&nested_groups(3, &content));
+        let big = (1u64 << 29) - 1;
+        assert_accepted(&[key(big, WT_START_GROUP), key(big, WT_END_GROUP)].concat());
+        // Two groups in a row, and a known field after a group: still read.
+        let after = [
+            nested_groups(1, &[]),
+            nested_groups(2, &[]),
+            key(2, WT_LEN),
+            vec![3, b'e', b'v', b'e'],
+        ]
+        .concat();
+        let Ok(Inbound::Send(v)) = send_with(&after) else {
+            panic!("refused")
+        };
+        assert_eq!(
+            &v.to_user[..],
+            b"eve",
+            "a field after a group is read (last wins)"
+        );
+    }
+
+    #[test]
+    fn bad_groups_are_refused_like_prost() {
+        // Unterminated (at the end of the frame), also when nested.
+        assert_refused(&key(F, WT_START_GROUP));
+        assert_refused(&[key(F, WT_START_GROUP), key(1, WT_VARINT), vec![1]].concat());
+        assert_refused(&[nested_groups(2, &[]), key(F, WT_START_GROUP)].concat());
+        let mut unclosed = nested_groups(3, &[]);
+        unclosed.truncate(unclosed.len() - 1);
+        assert_refused(&unclosed);
+        // Ended by another field's end-group tag (prost: UnexpectedEndGroupTag).
+        assert_refused(&[key(F, WT_START_GROUP), key(F + 1, WT_END_GROUP)].concat());
+        assert_refused(
+            &[
+                key(F, WT_START_GROUP),
+                key(F + 1, WT_START_GROUP),
+                key(F, WT_END_GROUP),
+                key(F + 1, WT_END_GROUP),
+            ]
+            .concat(),
+        );
+        // A stray end-group tag.
+        assert_refused(&key(F, WT_END_GROUP));
+        // Invalid content: wire types 6 and 7, field 0, a truncated field.
+        assert_refused(&nested_groups(1, &key(1, 6)));
+        assert_refused(&nested_groups(1, &key(1, 7)));
+        assert_refused(&nested_groups(1, &[0x00, 0x00]));
+        assert_refused(&nested_groups(1, &[key(1, WT_LEN), vec![5]].concat()));
+        // The group's own field number must fit the tag (prost: key over u32::MAX).
+        let mut huge = Vec::new();
+        put_varint(&mut huge, (1u64 << 32) | u64::from(WT_START_GROUP));
+        assert_refused(&[huge, key(F, WT_END_GROUP)].concat());
+    }
+
+    #[test]
+    fn a_group_running_past_the_send_is_refused_even_with_bytes_after_it() {
+        // The Send ends inside the group; the frame goes on (prost path: more fields).
+        let mut inner = send_bytes();
+        inner.extend(key(F, WT_START_GROUP));
+        let mut body = wrap(2, &inner).to_vec();
+        body.extend(key(F, WT_END_GROUP));
+        let body = Bytes::from(body);
+        let got = parse_client(body.clone());
+        assert_agree(&got, &body, &body);
+        assert!(got.is_err());
+    }
+
+    #[test]
+    fn nesting_depth_limit_is_prosts() {
+        // prost allows 100 levels of recursion, the Send itself is one: the fast parser
+        // must accept and refuse exactly the same depths, with and without content.
+        let mut accepted = [0usize; 2];
+        for (i, content) in [vec![], [key(1, WT_VARINT), vec![1]].concat()]
+            .iter()
+            .enumerate()
+        {
+            for depth in 90..=101 {
+                let extra = nested_groups(depth, content);
+                let ok = send_with(&extra).is_ok();
+                assert_eq!(ok, ping_with(&extra), "depth {depth}");
+                if ok {
+                    accepted[i] = depth;
+                }
+            }
+        }
+        assert_eq!(
+            accepted,
+            [99, 98],
+            "deepest accepted groups (empty, with a field)"
+        );
+    }
+
+    #[test]
+    fn merged_and_repeated_fields_follow_prost() {
+        // Last scalar wins inside one Send.
+        let mut inner = send_bytes();
+        inner.extend(
+            Send {
+                request_id: 4,
+                to_user: "carol".into(),
+                payload: Bytes::from_static(b"second"),
+                msg_id: 12,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        // want_result: true then false.
+        inner.extend([key(5, WT_VARINT), vec![0]].concat());
+        let Ok(Inbound::Send(v)) = send_with(&inner[send_bytes().len()..]) else {
+            panic!("refused")
+        };
+        assert_eq!(
+            (
+                v.request_id,
+                &v.to_user[..],
+                &v.payload[..],
+                v.want_result,
+                v.msg_id
+            ),
+            (4, &b"carol"[..], &b"second"[..], false, 12)
+        );
+        // Two `send` fields in one frame are merged by prost (the fast path steps aside).
+        let mut two = wrap(2, &send_bytes()).to_vec();
+        two.extend_from_slice(&wrap(2, &[key(6, WT_VARINT), vec![99]].concat()));
+        let two = Bytes::from(two);
+        let got = parse_client(two.clone());
+        assert_agree(&got, &two, &two);
+        let Ok(Inbound::Send(v)) = got else { panic!() };
+        assert_eq!((&v.to_user[..], v.msg_id), (&b"bob"[..], 99));
+        // A Send then a Ping: the last kind wins.
+        let mut mixed = wrap(2, &send_bytes()).to_vec();
+        mixed.extend_from_slice(&wrap(4, &Ping { nonce: 1 }.encode_to_vec()));
+        let mixed = Bytes::from(mixed);
+        let got = parse_client(mixed.clone());
+        assert_agree(&got, &mixed, &mixed);
+        assert!(matches!(
+            got,
+            Ok(Inbound::Other(client_frame::Kind::Ping(_)))
+        ));
+        // A group at the frame level, after the Send (prost path).
+        let mut grouped = wrap(2, &send_bytes()).to_vec();
+        grouped.extend(nested_groups(2, &[]));
+        let grouped = Bytes::from(grouped);
+        let got = parse_client(grouped.clone());
+        assert_agree(&got, &grouped, &grouped);
+        assert!(matches!(got, Ok(Inbound::Send(_))));
+    }
+
+    #[test]
+    fn wrong_wire_type_for_a_known_field_is_refused_by_both() {
+        for field in 1..=6u64 {
+            for wt in [
+                WT_VARINT,
+                WT_I64,
+                WT_LEN,
+                WT_START_GROUP,
+                WT_END_GROUP,
+                WT_I32,
+            ] {
+                let mut extra = key(field, wt);
+                extra.extend_from_slice(&[0; 9]);
+                extra.extend(key(field, WT_END_GROUP));
+                // Agreement is what is checked; the right wire type may well decode.
+                let _ = send_with(&extra);
+            }
+        }
+    }
+
+    #[test]
+    fn parse_server_skips_groups_in_a_deliver() {
+        let mut inner = crate::v1::Deliver {
+            seq: 4,
+            from_user: "a".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        inner.extend(nested_groups(2, &[key(1, WT_VARINT), vec![1]].concat()));
+        let body = wrap(3, &inner);
+        match parse_server(&body).unwrap() {
+            ServerView::Deliver { seq, from_user, .. } => {
+                assert_eq!((seq, from_user), (4, &b"a"[..]))
+            }
+            ServerView::Other => panic!("not a deliver"),
+        }
+        assert!(crate::codec::decode_server(body).is_ok());
     }
 }

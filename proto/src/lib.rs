@@ -9,11 +9,15 @@
 //! - [`names`]: the one rule for user, device and room names, applied to every name
 //!   field of a decoded frame.
 //!
+//! - `fuzzing` (tests and the `fuzzing` feature): the checks the fuzz targets run.
+//!
 //! Nothing here touches a socket; every function is tested byte for byte.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod codec;
 pub mod fast;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod names;
 
 /// Types generated from `router.proto` (package `ringrouter.v1`).

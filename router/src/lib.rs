@@ -17,6 +17,7 @@
 //! - [`outbuf`]: a session's outbound queue and its writev batches.
 //! - [`stats`]: counters published by the shards.
 //! - [`cli`]: the `ringrouter` command line.
+//! - `fuzzing` (tests and the `fuzzing` feature): the checks the fuzz targets run.
 #![warn(missing_docs)]
 
 pub mod accounts;
@@ -26,6 +27,8 @@ pub mod cli;
 pub mod config;
 mod conn;
 pub mod delivery;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod mailbox;
 mod oneshot;
 pub mod outbuf;

@@ -106,6 +106,9 @@ pub struct OutBuf {
     pub zero_copy_bytes: u64,
     /// Payload bytes copied into the contiguous buffer (at or below the inline threshold).
     pub copied_bytes: u64,
+    /// A writer has taken a batch (so the session's first frame, its LoginResult, is
+    /// on its way).
+    taken: bool,
 }
 
 impl OutBuf {
@@ -117,6 +120,11 @@ impl OutBuf {
     /// True when nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// True once a writer has taken a batch from this queue.
+    pub fn taken(&self) -> bool {
+        self.taken
     }
 
     /// Drops everything queued (a session cut as a slow consumer: what it was sent is
@@ -208,6 +216,7 @@ impl OutBuf {
     /// Takes everything queued as one write batch, leaving the queue empty.
     /// `spare` is a previously written batch whose allocations are reused.
     pub fn take(&mut self, spare: Option<WriteBatch>) -> WriteBatch {
+        self.taken = true;
         let mut batch = spare.unwrap_or_default();
         batch.reset();
         let data = self.data.split().freeze();

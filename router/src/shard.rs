@@ -1284,7 +1284,8 @@ impl Shard {
         }
         s.closing = Some(reason);
         s.closed_at = Some(Instant::now());
-        if reason.stalled() {
+        // Dropped only behind the LoginResult: a client must see it before anything else.
+        if reason.stalled() && s.out.taken() {
             s.out.clear();
         }
         if let Some((code, msg)) = error {
