@@ -9,6 +9,7 @@
 //!   arbitrary sequence of logins, client frames, partial writes, mailbox flushes, clock
 //!   ticks and disconnects, with the router's invariants checked after every step.
 //! - [`check_store_codec`]: the store's record and key encodings on arbitrary bytes.
+//! - [`check_prelogin`]: the pre-login state machine under an arbitrary driver.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -978,6 +979,197 @@ impl Sim {
     }
 }
 
+// --------------------------------------------------------------------------- pre-login
+
+/// The `prelogin` target: the pre-login state machine (`crate::prelogin`) driven by an
+/// arbitrary driver: bytes arrive in arbitrary pieces (ASCII frames built from the input,
+/// or raw bytes), writes finish or fail, logins are accepted or refused, registers
+/// answered, deadlines and shutdowns come at any point. Checked after every step: no
+/// panic; a Read never lends a buffer past the frame bound plus one read; every Write and
+/// Close carries whole, decodable ServerFrames of bounded size; no more than
+/// `max_failed_logins` refused LoginResults, and a close right after the last one; a Start
+/// only after an accepted login; once done, the machine stays done.
+pub fn check_prelogin(data: &[u8]) {
+    use crate::auth::AuthError;
+    use crate::prelogin::{Action, Limits, PreLogin, MIN_READ};
+    let mut u = Unstructured::new(data);
+    let limits = Limits {
+        max_frame_bytes: [64usize, 1024, 16 << 10]
+            [usize::from(u.arbitrary::<u8>().unwrap_or(0) % 3)],
+        max_failed_logins: u32::from(u.arbitrary::<u8>().unwrap_or(0) % 5),
+        max_queued_bytes: [16usize, 512, 64 << 10]
+            [usize::from(u.arbitrary::<u8>().unwrap_or(0) % 3)],
+    };
+    let mut pl = PreLogin::new(limits);
+    let mut refused_logins = 0u32;
+    let mut accepted = false;
+    let mut done = false;
+    for _ in 0..256 {
+        let action = pl.next_action();
+        if done {
+            assert!(
+                matches!(&action, Action::Close(b) if b.is_empty()),
+                "the machine acted after it was done: {action:?}"
+            );
+            return;
+        }
+        match action {
+            Action::Read { mut buf, max } => {
+                assert!(
+                    buf.len() <= limits.max_frame_bytes + 10 + MIN_READ,
+                    "read buffer of {} bytes past the bound {}",
+                    buf.len(),
+                    limits.max_frame_bytes
+                );
+                assert!(
+                    max <= limits.max_frame_bytes + 10 + MIN_READ,
+                    "read of {max}"
+                );
+                match u.arbitrary::<u8>().unwrap_or(255) % 16 {
+                    0 => pl.eof(buf),
+                    1 => pl.read_failed(),
+                    2 => pl.timed_out(),
+                    3 => pl.shutting_down(),
+                    k => {
+                        let bytes = prelogin_input(&mut u, k);
+                        if bytes.is_empty() {
+                            pl.eof(buf);
+                        } else {
+                            let take = bytes.len().min(max);
+                            buf.extend_from_slice(&bytes[..take]);
+                            pl.read(buf);
+                        }
+                    }
+                }
+            }
+            Action::Write(bytes) => {
+                let frames = whole_frames(&bytes, "Write");
+                assert!(
+                    bytes.len() <= limits.max_queued_bytes + 4096,
+                    "a write of {} bytes past the answer bound",
+                    bytes.len()
+                );
+                refused_logins += count_refused_logins(&frames);
+                assert!(refused_logins <= limits.max_failed_logins.max(1));
+                match u.arbitrary::<u8>().unwrap_or(0) % 8 {
+                    0 => pl.write_failed(),
+                    1 => pl.timed_out(),
+                    _ => pl.written(),
+                }
+            }
+            Action::Authenticate(login) => {
+                accepted = false;
+                match u.arbitrary::<u8>().unwrap_or(0) % 4 {
+                    0 => pl.timed_out(),
+                    1 => {
+                        accepted = true;
+                        pl.authenticated(Ok(login.user.clone()));
+                    }
+                    _ => pl.authenticated(Err(AuthError {
+                        status: Status::Unauthorized,
+                        reason: "wrong user name or password".into(),
+                    })),
+                }
+            }
+            Action::Register(r) => pl.registered(v1::AccountResult {
+                request_id: r.request_id,
+                status: Status::Ok as i32,
+                ..Default::default()
+            }),
+            Action::Start(start) => {
+                assert!(accepted, "a Start without an accepted login");
+                done = true;
+                drop(start);
+            }
+            Action::Close(bytes) => {
+                let frames = whole_frames(&bytes, "Close");
+                let refused = count_refused_logins(&frames);
+                refused_logins += refused;
+                assert!(refused_logins <= limits.max_failed_logins.max(1));
+                done = true;
+            }
+        }
+    }
+}
+
+/// Bytes for one read of the pre-login target: well-formed frames (Ping, Login, Register,
+/// Send, a frame with an unknown kind), a frame over the bound, or raw bytes.
+fn prelogin_input(u: &mut Unstructured<'_>, k: u8) -> Vec<u8> {
+    let name = |u: &mut Unstructured<'_>| -> String {
+        let n = u.int_in_range(0..=8u8).unwrap_or(1);
+        (0..n)
+            .map(|_| char::from(b'a' + u.int_in_range(0..=25u8).unwrap_or(0)))
+            .collect()
+    };
+    let kind = match k {
+        4..=6 => client_frame::Kind::Ping(v1::Ping {
+            nonce: u.arbitrary().unwrap_or(0),
+        }),
+        7..=9 => client_frame::Kind::Login(v1::Login {
+            request_id: u.arbitrary().unwrap_or(0),
+            user: name(u),
+            device: name(u),
+            ..Default::default()
+        }),
+        10 => client_frame::Kind::Register(v1::Register {
+            request_id: u.arbitrary().unwrap_or(0),
+            user: name(u),
+            password: name(u),
+        }),
+        11 => client_frame::Kind::Send(v1::Send {
+            request_id: u.arbitrary().unwrap_or(0),
+            to_user: name(u),
+            payload: vec![0u8; u.int_in_range(0..=2048u16).unwrap_or(0).into()].into(),
+            ..Default::default()
+        }),
+        12 => {
+            // A length prefix over any bound, then some bytes.
+            let mut b = Vec::new();
+            ringrouter_proto::codec::put_varint(&mut b, u.arbitrary::<u32>().unwrap_or(0).into());
+            let n = u.int_in_range(0..=16usize).unwrap_or(0);
+            b.extend_from_slice(u.bytes(n).unwrap_or(&[]));
+            return b;
+        }
+        _ => {
+            let n = u.int_in_range(0..=64usize).unwrap_or(0);
+            return u.bytes(n).unwrap_or(&[]).to_vec();
+        }
+    };
+    ClientFrame { kind: Some(kind) }.encode_length_delimited_to_vec()
+}
+
+/// Decodes `bytes` as whole ServerFrames (the machine never writes half a frame).
+fn whole_frames(bytes: &[u8], what: &str) -> Vec<server_frame::Kind> {
+    let mut buf = BytesMut::from(bytes);
+    let mut out = Vec::new();
+    loop {
+        match next_frame(&mut buf, 1 << 20) {
+            Ok(Some(body)) => {
+                let f = ServerFrame::decode(body)
+                    .unwrap_or_else(|e| panic!("{what}: an undecodable frame: {e}"));
+                out.push(
+                    f.kind
+                        .unwrap_or_else(|| panic!("{what}: a frame with no kind")),
+                );
+            }
+            Ok(None) => {
+                assert!(buf.is_empty(), "{what}: half a frame ({} bytes)", buf.len());
+                return out;
+            }
+            Err(e) => panic!("{what}: a bad frame length: {e}"),
+        }
+    }
+}
+
+fn count_refused_logins(frames: &[server_frame::Kind]) -> u32 {
+    frames
+        .iter()
+        .filter(
+            |k| matches!(k, server_frame::Kind::LoginResult(r) if r.status != Status::Ok as i32),
+        )
+        .count() as u32
+}
+
 /// Runs `check` on every file of the committed corpus of `target` (`fuzz/corpus/<target>`);
 /// returns how many there were.
 pub fn replay_corpus(target: &str, check: fn(&[u8])) -> usize {
@@ -1022,6 +1214,12 @@ mod tests {
     }
 
     #[test]
+    fn committed_prelogin_corpus_passes() {
+        let n = replay_corpus("prelogin", check_prelogin);
+        eprintln!("{n} prelogin corpus files");
+    }
+
+    #[test]
     fn committed_store_codec_corpus_passes() {
         let n = replay_corpus("store_codec", check_store_codec);
         eprintln!("{n} store_codec corpus files");
@@ -1036,6 +1234,7 @@ mod tests {
                 .collect();
             check_shard_frames(&data);
             check_store_codec(&data);
+            check_prelogin(&data);
         }
     }
 }
