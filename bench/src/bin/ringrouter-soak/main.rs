@@ -704,7 +704,12 @@ fn run(args: Args) -> Result<bool, String> {
         baseline.as_ref().map_or("-".into(), |r| format!("{:.1}", mib(r.rss_kib))),
         rss_min.map_or("-".into(), |v| format!("{:.1}", mib(v))),
         rss_max.map_or("-".into(), |v| format!("{:.1}", mib(v))),
-        load_end.as_ref().map_or("-".into(), |r| format!("{:.1}", mib(r.rss_kib))),
+        load_end.as_ref().map_or("-".into(), |r| format!(
+            "{:.1} (anonymous {:.1}, file-backed {:.1})",
+            mib(r.rss_kib),
+            mib(r.rss_anon_kib),
+            mib(r.rss_file_kib)
+        )),
         rss_growth.map_or("-".into(), |g| format!("{:+.1}% vs the reference", g * 100.0)),
         settled.as_ref().map_or("-".into(), |r| format!("{:.1}", mib(r.rss_kib))),
         baseline.as_ref().map_or("-".into(), |r| r.fds.to_string()),
@@ -810,6 +815,8 @@ fn run(args: Args) -> Result<bool, String> {
             "min": rss_min,
             "max": rss_max,
             "end": load_end.as_ref().map(|r| r.rss_kib),
+            "end_anon": load_end.as_ref().map(|r| r.rss_anon_kib),
+            "end_file": load_end.as_ref().map(|r| r.rss_file_kib),
             "settled": settled.as_ref().map(|r| r.rss_kib),
             "growth": rss_growth,
         },

@@ -13,6 +13,9 @@ use crate::shared::Shared;
 pub struct Row {
     pub time_s: f64,
     pub rss_kib: u64,
+    /// Of the RSS: anonymous memory (heap) and file-backed pages.
+    pub rss_anon_kib: u64,
+    pub rss_file_kib: u64,
     pub fds: u64,
     /// Of the fds: sockets, and files under the router's data dir.
     pub sockets: u64,
@@ -27,6 +30,8 @@ pub struct Row {
 #[derive(Debug, Clone, Copy)]
 pub struct Proc {
     pub rss_kib: u64,
+    pub rss_anon_kib: u64,
+    pub rss_file_kib: u64,
     pub fds: u64,
     pub sockets: u64,
     pub store_fds: u64,
@@ -35,14 +40,17 @@ pub struct Proc {
 /// VmRSS (KiB) and the open fds of `pid` (with `data_dir`: which are its store's files).
 pub fn proc_sample(pid: u32, data_dir: Option<&Path>) -> Option<Proc> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
+    let kib = |field: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    let rss = kib("VmRSS:")?;
     let (mut fds, mut sockets, mut store_fds) = (0, 0, 0);
     for e in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
         fds += 1;
@@ -57,6 +65,8 @@ pub fn proc_sample(pid: u32, data_dir: Option<&Path>) -> Option<Proc> {
     }
     Some(Proc {
         rss_kib: rss,
+        rss_anon_kib: kib("RssAnon:").unwrap_or(0),
+        rss_file_kib: kib("RssFile:").unwrap_or(0),
         fds,
         sockets,
         store_fds,
@@ -80,7 +90,7 @@ impl Samples {
         let mut f = BufWriter::new(File::create(path)?);
         writeln!(
             f,
-            "time_s,rss_kib,fds,sockets,store_fds,sent,delivered,phase"
+            "time_s,rss_kib,fds,sent,delivered,rss_anon_kib,rss_file_kib,sockets,store_fds,phase"
         )?;
         f.flush()?;
         // /proc shows the fds' targets as absolute paths.
@@ -115,6 +125,8 @@ impl Samples {
         let row = Row {
             time_s,
             rss_kib: p.rss_kib,
+            rss_anon_kib: p.rss_anon_kib,
+            rss_file_kib: p.rss_file_kib,
             fds: p.fds,
             sockets: p.sockets,
             store_fds: p.store_fds,
@@ -126,14 +138,16 @@ impl Samples {
         if let Some(f) = g.0.as_mut() {
             let _ = writeln!(
                 f,
-                "{:.1},{},{},{},{},{},{},{}",
+                "{:.1},{},{},{},{},{},{},{},{},{}",
                 row.time_s,
                 row.rss_kib,
                 row.fds,
-                row.sockets,
-                row.store_fds,
                 row.sent,
                 row.delivered,
+                row.rss_anon_kib,
+                row.rss_file_kib,
+                row.sockets,
+                row.store_fds,
                 row.phase
             );
             let _ = f.flush();
