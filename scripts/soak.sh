@@ -127,6 +127,9 @@ if wait "$RPID"; then ROUTER_RC=0; else ROUTER_RC=$?; fi
 RPID=""
 STOP_SECS=$(awk -v a="$STOP_START" -v b="$(date +%s%N)" 'BEGIN { printf "%.1f", (b - a) / 1e9 }')
 PANICS=$(grep -c 'panicked' "$OUT/router.stderr" || true)
+# The router's own counters, logged as it stops (colour codes stripped).
+STATS=$(sed 's/\x1b\[[0-9;]*m//g' "$OUT/router.stderr" | grep -o 'stopped stats=.*' | tail -n 1 || true)
+[ -n "$STATS" ] && echo "router: $STATS"
 
 step "plotting $OUT/samples.csv"
 PLOT="not made"

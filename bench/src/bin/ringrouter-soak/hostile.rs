@@ -353,6 +353,11 @@ pub fn hostile(sh: Arc<Shared>) {
         }
         held.retain_mut(|h| poll_held(&sh, h));
     }
+    let open = held
+        .iter()
+        .filter(|h| h.kind.starts_with("garbage"))
+        .count();
+    sh.ev.garbage_open_at_end.fetch_add(open as u64, Relaxed);
 }
 
 /// Looks at one held connection; false when it is done with.

@@ -661,6 +661,35 @@ fn run(args: Args) -> Result<bool, String> {
     }
     let passed = checks.iter().all(|c| c.1);
 
+    // Worth a look, but not pass criteria.
+    let notes_now = sh.notes.counts();
+    let note = |k: &str| notes_now.get(k).copied().unwrap_or(0);
+    let mut warnings: Vec<String> = Vec::new();
+    if note("good-session-closed") > 0 {
+        warnings.push(format!(
+            "{} well-behaved sessions were closed by the router or failed (see the anomalies)",
+            note("good-session-closed")
+        ));
+    }
+    if note("hostile-not-closed") > 0 {
+        warnings.push(format!(
+            "{} misbehaving connections were not closed by the router within their bound",
+            note("hostile-not-closed")
+        ));
+    }
+    if late > 0 {
+        warnings.push(format!(
+            "{late} messages arrived only at a login after the one that should have brought them"
+        ));
+    }
+    let outlived = sh.ev.nonreader_outlived.load(Relaxed);
+    if outlived > 0 {
+        warnings.push(format!(
+            "{outlived} never-readers were neither paused nor closed within their {:.0} s life (at {:.0} pings/s the router may rightly hold their Pongs; raise --nonreader-pings to go past its bounds)",
+            args.nonreader_life, args.nonreader_pings
+        ));
+    }
+
     // The summary.
     let ev: Vec<(&str, u64)> = sh.ev.snapshot();
     let evm: HashMap<&str, u64> = ev.iter().copied().collect();
@@ -688,7 +717,7 @@ fn run(args: Args) -> Result<bool, String> {
          {} offline periods, {} second devices, {} logouts, {} drops without logout, {} unexpected closes of well-behaved \
          sessions; {} room visits, {} temporary rooms, {} slow-reader stalls. Never-readers: {} sessions, {} closed by \
          the router (after {}), {} paused (after {}), {} outlived their {:.0} s life; {} of {} self-sent messages came \
-         back at the next login. Garbage: {} connections, {} closed in time, {} Error frames. Churn: {} login+drop, {} \
+         back at the next login. Garbage: {} connections, {} closed in time ({} still within their bound at the end), {} Error frames. Churn: {} login+drop, {} \
          never logged in ({} of them pinging), {} of which closed by the router while held.",
         args.minutes,
         load_secs,
@@ -735,6 +764,7 @@ fn run(args: Args) -> Result<bool, String> {
         e("nonreader_self_sent"),
         e("garbage_conns"),
         e("garbage_closed_in_time"),
+        e("garbage_open_at_end"),
         e("garbage_error_frames"),
         e("churn_login_drops"),
         e("churn_prelogin"),
@@ -782,6 +812,9 @@ fn run(args: Args) -> Result<bool, String> {
     println!("Driver checks:");
     for (name, ok, what) in &checks {
         println!("  {} {name}: {what}", if *ok { "PASS" } else { "FAIL" });
+    }
+    for w in &warnings {
+        println!("  WARN {w}");
     }
 
     let summary = json!({
@@ -832,6 +865,7 @@ fn run(args: Args) -> Result<bool, String> {
         "events": ev.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "anomalies": notes.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "checks": checks.iter().map(|(n, ok, what)| json!({"name": n, "pass": ok, "detail": what})).collect::<Vec<_>>(),
+        "warnings": warnings,
         "pass": passed,
         "summary": para,
     });

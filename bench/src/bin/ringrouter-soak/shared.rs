@@ -66,6 +66,8 @@ events! {
     garbage_conns,
     /// ... closed by the router within their bound.
     garbage_closed_in_time,
+    /// ... still open (and within their bound) when the run ended.
+    garbage_open_at_end,
     /// Error frames the garbage connections got.
     garbage_error_frames,
     /// Connect + login + drop without Logout.
