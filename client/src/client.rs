@@ -347,6 +347,7 @@ pub struct Client {
     session_id: u64,
     shard: u32,
     next_request_id: u64,
+    /// Highest seq handed to the application (what an ack may cover).
     last_seq: u64,
     acked_seq: u64,
     last_ack: Instant,
@@ -914,7 +915,16 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<Option<Event>, ClientError> {
         match self.read_event(deadline) {
-            Ok(ev) => Ok(Some(ev)),
+            Ok(ev) => {
+                // Acked once handed to the application, not when read: a message read
+                // while a request waited for its answer is kept for recv, and must come
+                // back at the next login if this client is dropped before that.
+                if let Event::Message(m) = &ev {
+                    self.last_seq = self.last_seq.max(m.seq);
+                    self.maybe_ack()?;
+                }
+                Ok(Some(ev))
+            }
             Err(ClientError::Timeout) => Ok(None),
             Err(e) => Err(e),
         }
@@ -927,22 +937,18 @@ impl Client {
         loop {
             let f = self.read_frame(deadline)?;
             let ev = match f.kind {
-                Some(server_frame::Kind::Deliver(d)) => {
-                    self.last_seq = self.last_seq.max(d.seq);
-                    self.maybe_ack()?;
-                    Event::Message(Message {
-                        sender: d.from_user,
-                        room: if d.to_room.is_empty() {
-                            None
-                        } else {
-                            Some(d.to_room)
-                        },
-                        payload: d.payload,
-                        seq: d.seq,
-                        msg_id: d.msg_id,
-                        timestamp_us: d.server_ts_us,
-                    })
-                }
+                Some(server_frame::Kind::Deliver(d)) => Event::Message(Message {
+                    sender: d.from_user,
+                    room: if d.to_room.is_empty() {
+                        None
+                    } else {
+                        Some(d.to_room)
+                    },
+                    payload: d.payload,
+                    seq: d.seq,
+                    msg_id: d.msg_id,
+                    timestamp_us: d.server_ts_us,
+                }),
                 Some(server_frame::Kind::Ping(p)) => {
                     self.queue(client_frame::Kind::Pong(Pong { nonce: p.nonce }));
                     self.flush()?;
@@ -1115,6 +1121,35 @@ mod tests {
         .map(|k| k.name())
         .collect();
         assert_eq!(names, ["joined", "left", "removed", "deleted", "unknown"]);
+    }
+
+    #[test]
+    fn messages_set_aside_during_a_request_are_acked_only_once_handed_out() {
+        let (addr, server) = serve_logged_in("alice", vec![], |f: &mut Fake| {
+            let nonce = match f.frame().and_then(|f| f.kind) {
+                Some(client_frame::Kind::Ping(p)) => p.nonce,
+                other => panic!("expected Ping, got {other:?}"),
+            };
+            // Arrives while the ping waits: set aside for recv, not acked yet.
+            f.write(&[
+                deliver(1, b"kept"),
+                server_frame::Kind::Pong(Pong { nonce }),
+            ]);
+            // The client leaves without calling recv: nothing may have been acked.
+            while let Some(fr) = f.frame() {
+                if let Some(client_frame::Kind::Ack(a)) = fr.kind {
+                    panic!("acked {} before handing it out", a.up_to_seq);
+                }
+            }
+        });
+        let cfg = ClientConfig {
+            ack_every: 1,
+            ..ClientConfig::new("alice")
+        };
+        let mut c = Client::connect(addr, cfg).expect("login");
+        c.ping().expect("pong");
+        c.close().expect("close");
+        server.join().expect("fake router");
     }
 
     #[test]
