@@ -35,6 +35,17 @@ pub enum FrameError {
     Malformed(String),
 }
 
+impl FrameError {
+    /// The status a peer is told: TOO_LARGE for a frame over the size limit, BAD_FRAME for
+    /// bytes that are not frames.
+    pub fn status(&self) -> crate::Status {
+        match self {
+            FrameError::TooLarge { .. } => crate::Status::TooLarge,
+            _ => crate::Status::BadFrame,
+        }
+    }
+}
+
 impl From<prost::DecodeError> for FrameError {
     fn from(e: prost::DecodeError) -> Self {
         FrameError::Malformed(e.to_string())

@@ -19,7 +19,7 @@ use bytes::BytesMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::{TcpListener, TcpStream};
 
-use ringrouter_proto::codec::{encode_frame, frame_bytes_needed, frames, split_frames, FrameError};
+use ringrouter_proto::codec::{encode_frame, frame_bytes_needed, frames, split_frames};
 use ringrouter_proto::fast::parse_client_at;
 use ringrouter_proto::v1::{
     server_frame, AccountResult, Error as ErrorFrame, Login, LoginResult, Register, ServerFrame,
@@ -162,53 +162,29 @@ pub(crate) async fn serve(
         // the connection is closed right after (after a dropped write, without writing).
         match pl.next_action() {
             Action::Write(out) => {
-                let res = monoio::select! {
-                    r = monoio::time::timeout(left, stream.write_all(out)) => Some(r),
-                    _ = local.wait() => None,
-                };
-                match res {
-                    Some(Ok((Ok(_), _))) => pl.written(),
-                    _ => pl.write_failed(),
-                }
+                let w = bounded(left, &local, stream.write_all(out)).await;
+                w.then(&mut pl, |pl, (r, _)| match r {
+                    Ok(_) => pl.written(),
+                    Err(_) => pl.write_failed(),
+                });
             }
             Action::Read { buf, max } => {
                 let len = buf.len();
-                let res = monoio::select! {
-                    r = monoio::time::timeout(
-                        left,
-                        stream.read(monoio::buf::IoBufMut::slice_mut(buf, len..len + max)),
-                    ) => Some(r),
-                    _ = local.wait() => None,
-                };
-                match res {
-                    Some(Ok((Ok(0), b))) => pl.eof(b.into_inner()),
-                    Some(Ok((Ok(_), b))) => pl.read(b.into_inner()),
-                    Some(Ok((Err(_), _))) => pl.read_failed(),
-                    Some(Err(_)) => pl.timed_out(),
-                    None => pl.shutting_down(),
-                }
+                let slice = monoio::buf::IoBufMut::slice_mut(buf, len..len + max);
+                let r = bounded(left, &local, stream.read(slice)).await;
+                r.then(&mut pl, |pl, (r, b)| match r {
+                    Ok(0) => pl.eof(b.into_inner()),
+                    Ok(_) => pl.read(b.into_inner()),
+                    Err(_) => pl.read_failed(),
+                });
             }
             Action::Authenticate(l) => {
-                let res = monoio::select! {
-                    r = monoio::time::timeout(left, authenticate(&shared, &l)) => Some(r),
-                    _ = local.wait() => None,
-                };
-                match res {
-                    Some(Ok(checked)) => pl.authenticated(checked),
-                    Some(Err(_)) => pl.timed_out(),
-                    None => pl.shutting_down(),
-                }
+                let a = bounded(left, &local, authenticate(&shared, &l)).await;
+                a.then(&mut pl, PreLogin::authenticated);
             }
             Action::Register(r) => {
-                let res = monoio::select! {
-                    r = monoio::time::timeout(left, register_account(&shared, &r)) => Some(r),
-                    _ = local.wait() => None,
-                };
-                match res {
-                    Some(Ok(result)) => pl.registered(result),
-                    Some(Err(_)) => pl.timed_out(),
-                    None => pl.shutting_down(),
-                }
+                let a = bounded(left, &local, register_account(&shared, &r)).await;
+                a.then(&mut pl, PreLogin::registered);
             }
             Action::Start(s) => {
                 let home = shard.borrow().home(s.user.as_bytes());
@@ -243,6 +219,41 @@ pub(crate) async fn serve(
                 return;
             }
         }
+    }
+}
+
+/// How a wait of the pre-login driver ended: within the login deadline, past it, or
+/// cut by shutdown.
+enum Bounded<T> {
+    Done(T),
+    TimedOut,
+    ShuttingDown,
+}
+
+impl<T> Bounded<T> {
+    /// Reports the outcome to the machine: `done` with the value, else the deadline or
+    /// the shutdown.
+    fn then(self, pl: &mut PreLogin, done: impl FnOnce(&mut PreLogin, T)) {
+        match self {
+            Bounded::Done(v) => done(pl, v),
+            Bounded::TimedOut => pl.timed_out(),
+            Bounded::ShuttingDown => pl.shutting_down(),
+        }
+    }
+}
+
+/// Runs `fut` for at most `left`, or until the shard shuts down.
+async fn bounded<T>(
+    left: Duration,
+    local: &LocalSignal,
+    fut: impl std::future::Future<Output = T>,
+) -> Bounded<T> {
+    monoio::select! {
+        r = monoio::time::timeout(left, fut) => match r {
+            Ok(v) => Bounded::Done(v),
+            Err(_) => Bounded::TimedOut,
+        },
+        _ = local.wait() => Bounded::ShuttingDown,
     }
 }
 
@@ -501,14 +512,7 @@ async fn read_loop<R: AsyncReadRent>(
             // Every complete frame in one chunk: one reference count for all of
             // them; payloads become slices of it.
             let (chunk, framing_error) = split_frames(&mut buf, max_frame);
-            // A frame over the size limit is TOO_LARGE; bytes that are not frames, BAD_FRAME.
-            let mut bad = framing_error.map(|e| {
-                let code = match e {
-                    FrameError::TooLarge { .. } => Status::TooLarge,
-                    _ => Status::BadFrame,
-                };
-                (code, e.to_string())
-            });
+            let mut bad = framing_error.map(|e| (e.status(), e.to_string()));
             for range in frames(&chunk) {
                 match parse_client_at(&chunk, range) {
                     Ok(frame) => {
@@ -533,13 +537,7 @@ async fn read_loop<R: AsyncReadRent>(
             // The session's own answers (errors, Pongs, results) count against its
             // budget like deliveries do: over it, this client is not read until its
             // queue drains (or it is closed as a slow consumer).
-            let max_pending = sh.cfg.max_pending_bytes;
-            if sh
-                .sessions
-                .get(key)
-                .is_some_and(|s| s.pending() > max_pending)
-                && !blocked.contains(&key)
-            {
+            if !sh.drained(key) && !blocked.contains(&key) {
                 blocked.push(key);
             }
             if sh.sessions.get(key).is_none_or(|s| s.closing.is_some()) {

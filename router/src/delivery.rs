@@ -267,12 +267,10 @@ impl Retained {
     }
 
     /// The lowest offline-queue seq among the kept messages that are in the store (0:
-    /// none). Store seqs grow with session seqs, so the first stored entry has it.
+    /// none). O(1): stored entries come first (a login backlog, in memory mode) or are
+    /// all of them (sync mode), in store order, so the front entry has it.
     pub fn lowest_store_seq(&self) -> u64 {
-        self.q
-            .iter()
-            .find(|u| u.store_seq != 0)
-            .map_or(0, |u| u.store_seq)
+        self.q.front().map_or(0, |u| u.store_seq)
     }
 
     fn name_of(&mut self, from_user: &Bytes, to_room: &Bytes) -> u64 {
@@ -565,8 +563,10 @@ impl Shard {
 
     /// True when readers should wait for the store to catch up.
     pub fn store_full(&self) -> bool {
+        // Not `parked_bytes`: this gates the rings too, and the mail that drains parked
+        // work (a user's RoomQuota, a room's store completion) must keep flowing.
         self.store_inflight >= STORE_HIGH_WATER
-            || self.store_bytes + self.parked_bytes >= self.cfg.max_store_queue_bytes
+            || self.store_bytes >= self.cfg.max_store_queue_bytes
     }
 
     /// True when room work parked behind store round trips (see `Shard::parked_bytes`)

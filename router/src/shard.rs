@@ -1409,11 +1409,9 @@ impl Shard {
         if self.store.is_none() || self.cfg.auth == crate::config::AuthMode::Accounts {
             return;
         }
-        let every = (self.cfg.forget_idle_users_after / 4).clamp(
-            std::time::Duration::from_millis(50),
-            std::time::Duration::from_secs(3600),
-        );
-        if now.duration_since(self.touched_at) < every {
+        if now.duration_since(self.touched_at)
+            < crate::store::seen_refresh(self.cfg.forget_idle_users_after)
+        {
             return;
         }
         self.touched_at = now;

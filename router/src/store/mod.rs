@@ -134,6 +134,16 @@ impl std::fmt::Debug for StoreOptions {
     }
 }
 
+/// How often a passwordless user's `seen` mark is refreshed (by its logins, and by the
+/// shards for users who stay logged in), given `forget_idle_after`: a quarter of it, from
+/// 50 ms (tests) to an hour. The idle sweep runs at the same pace (at most every minute).
+pub fn seen_refresh(forget_idle_after: std::time::Duration) -> std::time::Duration {
+    (forget_idle_after / 4).clamp(
+        std::time::Duration::from_millis(50),
+        std::time::Duration::from_secs(3600),
+    )
+}
+
 /// What [`StoreHandle::enqueue`] stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Appended {

@@ -44,8 +44,8 @@ impl Dbs {
     pub fn open(dir: &std::path::Path) -> StoreResult<Dbs> {
         // The store's memory is bounded by these (fjall's defaults, 64 MiB a memtable per
         // keyspace and a 32 MiB cache, made the router's RSS swing by ~100 MiB under a
-        // soak's offline traffic): a memtable is sealed and flushed at its size, so at
-        // most about two per keyspace are in memory.
+        // soak's offline traffic): a memtable is sealed and flushed at its size, and fjall
+        // holds writes while a keyspace has 4 sealed ones, so at most 5 are in memory.
         let db = Database::builder(dir)
             .cache_size(STORE_CACHE_BYTES)
             .open()?;
@@ -576,7 +576,7 @@ impl Worker {
             next_seq,
             count,
             bytes,
-            head: first.map_or(next_seq, |f| f),
+            head: first.unwrap_or(next_seq),
         };
         self.queues.insert(user.to_owned(), st);
         Ok(st)
@@ -862,7 +862,7 @@ impl Worker {
         let mut rec = decode::<AccountRecord>(&v, "account")?;
         let now = now_us();
         // Written at most a few times per expiry period, not at every login.
-        let every = (forget.as_micros() as u64 / 4).min(3_600_000_000);
+        let every = super::seen_refresh(forget).as_micros() as u64;
         if rec.phc.is_empty() && now.saturating_sub(rec.seen_us.max(rec.created_us)) >= every {
             rec.seen_us = now;
             self.ops.push(Op::Put(
