@@ -19,6 +19,7 @@ def refused(code: str, fn: Callable[..., object], *args: object) -> ringrouter.R
     with pytest.raises(ringrouter.RouterError) as info:
         fn(*args)
     assert info.value.code == code, info.value
+    assert info.value.status is ringrouter.Status[code], info.value
     assert not isinstance(info.value, (ringrouter.AuthError, ringrouter.ConnectionClosed))
     return info.value
 
