@@ -38,7 +38,7 @@ def main() -> int:
     if args.size < 8:
         p.error("size must be at least 8 (the payload carries its index)")
 
-    padding = b"x" * (args.size - 8)
+    padding: bytes = b"x" * (args.size - 8)
 
     def payload(i: int) -> bytes:
         return i.to_bytes(8, "big") + padding

@@ -42,8 +42,8 @@ from ._native import (
     Message,
     RouterError,
     Status,
-    __version__,
 )
+from ._native import __version__ as __version__  # the one version: see _native.pyi
 from . import load
 
 __all__ = [
