@@ -8,12 +8,16 @@
 //!   writer thread batches the writes, so a Python loop is not limited by one
 //!   syscall per message. Calls that can block release the GIL (`py.detach`) and
 //!   wait in slices of [`SLICE`], checking for signals (Ctrl-C) in between.
-//! - Errors map to `RouterError` (attributes `code`, `reason`) and its subclasses
+//! - Errors map to `RouterError` (attributes `code`, `status`, `reason`) and its subclasses
 //!   `AuthError` (a refused login, and any UNAUTHORIZED answer) and
 //!   `ConnectionClosed`; timeouts to the builtin `TimeoutError`, socket errors to
 //!   the builtin `OSError` subclasses.
 //! - `recv()` returns a [`PyMessage`] or, for a room event, a [`PyEvent`].
 //! - [`load_run`] runs the Rust load engine with the GIL released.
+//! - `Status` ([`status`]) is the protocol's status enum as an `enum.IntEnum`;
+//!   `__version__` is this crate's version, the one version of the package.
+
+mod status;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -35,7 +39,9 @@ create_exception!(
     RouterError,
     PyException,
     "The router refused a request or reported an error.\n\n\
-     Attributes: `code`, the status name (e.g. \"NOT_FOUND\"), and `reason`, the router's text."
+     Attributes: `code`, the status name (e.g. \"NOT_FOUND\"); `status`, the same as a \
+     `Status` member (None for ConnectionClosed and protocol errors); and `reason`, the \
+     router's text."
 );
 create_exception!(
     ringrouter,
@@ -53,13 +59,31 @@ create_exception!(
 /// Longest time a blocking call waits without the GIL before checking for signals.
 const SLICE: Duration = Duration::from_millis(100);
 
-fn router_error<T: pyo3::PyTypeInfo>(py: Python<'_>, code: &str, reason: &str) -> PyErr {
+/// A `T` (RouterError or a subclass) with `code`, `status` and `reason` set. `code`
+/// is the status name, or "CLOSED" / "PROTOCOL" (then `status` is None).
+fn router_error<T: pyo3::PyTypeInfo>(
+    py: Python<'_>,
+    code: &str,
+    status: Option<Status>,
+    reason: &str,
+) -> PyErr {
     let err = PyErr::new::<T, _>(format!("{code}: {reason}"));
     let value = err.value(py);
+    let status = match status.map(|s| status::member(py, s)) {
+        Some(Ok(member)) => member,
+        Some(Err(e)) => return e,
+        None => py.None().into_bound(py),
+    };
     // Exception instances have a __dict__: these cannot fail short of memory errors.
     let _ = value.setattr("code", code);
+    let _ = value.setattr("status", status);
     let _ = value.setattr("reason", reason);
     err
+}
+
+/// `router_error` for a status the router sent.
+fn status_error<T: pyo3::PyTypeInfo>(py: Python<'_>, status: Status, reason: &str) -> PyErr {
+    router_error::<T>(py, status.short_name(), Some(status), reason)
 }
 
 fn to_pyerr(py: Python<'_>, e: ClientError) -> PyErr {
@@ -69,11 +93,9 @@ fn to_pyerr(py: Python<'_>, e: ClientError) -> PyErr {
             code: code @ Status::Unauthorized,
             reason,
             ..
-        } => router_error::<AuthError>(py, code.short_name(), &reason),
-        ClientError::Router { code, reason, .. } => {
-            router_error::<RouterError>(py, code.short_name(), &reason)
-        }
-        ClientError::Closed(why) => router_error::<ConnectionClosed>(py, "CLOSED", &why),
+        } => status_error::<AuthError>(py, code, &reason),
+        ClientError::Router { code, reason, .. } => status_error::<RouterError>(py, code, &reason),
+        ClientError::Closed(why) => router_error::<ConnectionClosed>(py, "CLOSED", None, &why),
         ClientError::Timeout => PyTimeoutError::new_err("timed out waiting for the router"),
         ClientError::Io(e)
             if matches!(
@@ -84,7 +106,7 @@ fn to_pyerr(py: Python<'_>, e: ClientError) -> PyErr {
             PyTimeoutError::new_err(format!("timed out connecting to the router: {e}"))
         }
         ClientError::Io(e) => e.into(),
-        ClientError::Protocol(why) => router_error::<RouterError>(py, "PROTOCOL", &why),
+        ClientError::Protocol(why) => router_error::<RouterError>(py, "PROTOCOL", None, &why),
     }
 }
 
@@ -747,10 +769,15 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let router_error = py.get_type::<RouterError>();
     // Class-level defaults, so that instances raised from Python code have them too.
     router_error.setattr("code", "")?;
+    router_error.setattr("status", py.None())?;
     router_error.setattr("reason", "")?;
     m.add("RouterError", router_error)?;
     m.add("AuthError", py.get_type::<AuthError>())?;
     m.add("ConnectionClosed", py.get_type::<ConnectionClosed>())?;
     m.add_function(wrap_pyfunction!(load_run, m)?)?;
+    m.add("Status", status::enum_type(py)?)?;
+    // The package's one version number: the workspace's (Cargo.toml
+    // [workspace.package]), which maturin also gives the wheel.
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

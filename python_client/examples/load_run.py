@@ -27,11 +27,12 @@ def main() -> int:
 
     report = load.run(args.addr, pairs=args.pairs, size=args.size, messages=args.messages,
                       progress=progress)
-    print(f"{report.delivered:,} delivered of {report.sent:,}, lost {report.lost}")
+    print(f"{report.delivered:,} delivered of {report.sent:,}, lost {report.lost},"
+          f" out of order {report.out_of_order}")
     print(f"{report.msgs_per_sec:,.0f} msgs/s, {report.mb_per_sec:.2f} MB/s in {report.seconds:.3f} s")
     print(f"latency us: p50 {report.p50_us:.1f}  p90 {report.p90_us:.1f}  p99 {report.p99_us:.1f}"
           f"  p99.9 {report.p999_us:.1f}  max {report.max_us:.1f}")
-    return 0 if report.lost == 0 else 1
+    return 0 if report.lost == 0 and report.out_of_order == 0 else 1
 
 
 if __name__ == "__main__":

@@ -5,12 +5,15 @@
 
 Prints:
 
+    Received N of N messages from USER, in order
     Execution time for all N messages is X seconds
     Execution time for 1 message is Y seconds
 
 A session receives what its user is sent, so the messages come back on the same
 connection. Sending and receiving are interleaved (receive whatever arrived every
-1024 sends) so the client never holds more than it must.
+1024 sends) so the client never holds more than it must. Each payload starts with
+its index (8 bytes, big-endian), and every message received is checked: sent by
+USER, a direct message, the payload sent, in the order sent (exit status 1 if not).
 """
 
 from __future__ import annotations
@@ -28,27 +31,50 @@ def main() -> int:
     p.add_argument("n", type=int, help="number of messages")
     p.add_argument("--addr", default="127.0.0.1:7878", help="router address (default %(default)s)")
     p.add_argument("--user", default=f"self-{os.getpid()}", help="user name (default self-PID)")
-    p.add_argument("--size", type=int, default=64, help="payload bytes (default %(default)s)")
+    p.add_argument("--size", type=int, default=64, help="payload bytes, 8 or more (default %(default)s)")
     args = p.parse_args()
     if args.n < 1:
         p.error("n must be at least 1")
+    if args.size < 8:
+        p.error("size must be at least 8 (the payload carries its index)")
 
-    payload = b"x" * args.size
+    padding: bytes = b"x" * (args.size - 8)
+
+    def payload(i: int) -> bytes:
+        return i.to_bytes(8, "big") + padding
+
     with ringrouter.Client(args.addr, args.user) as me:
         received = 0
+
+        def check(m: object) -> None:
+            """The next message must be message number `received`, from me, to me."""
+            ok = (
+                isinstance(m, ringrouter.Message)
+                and m.sender == me.user
+                and m.room is None
+                and m.payload == payload(received)
+            )
+            if not ok:
+                raise SystemExit(f"error: message {received} of {args.n} is wrong: {m!r}")
+
         start = time.perf_counter()
         for i in range(args.n):
-            me.send(args.user, payload)
+            me.send(args.user, payload(i))
             if i & 1023 == 1023:
-                while me.recv(timeout=0) is not None:
+                while (m := me.recv(timeout=0)) is not None:
+                    check(m)
                     received += 1
         while received < args.n:
-            if me.recv(timeout=10.0) is None:
+            m = me.recv(timeout=10.0)
+            if m is None:
                 print(f"error: received {received} of {args.n} messages", file=sys.stderr)
                 return 1
+            check(m)
             received += 1
         elapsed = time.perf_counter() - start
+        user = me.user
 
+    print(f"Received {received} of {args.n} messages from {user}, in order")
     print(f"Execution time for all {args.n} messages is {elapsed:.6f} seconds")
     print(f"Execution time for 1 message is {elapsed / args.n:.9f} seconds")
     return 0

@@ -26,6 +26,7 @@ def test_register_twice_is_conflict(accounts_router: Router, user) -> None:
     with pytest.raises(ringrouter.RouterError) as info:
         ringrouter.Client.register(accounts_router.addr, name, "another password")
     assert info.value.code == "CONFLICT"
+    assert info.value.status is ringrouter.Status.CONFLICT
     assert not isinstance(info.value, ringrouter.AuthError)
     # The first password still holds.
     with ringrouter.Client(accounts_router.addr, name, password=PW):
@@ -39,9 +40,11 @@ def test_wrong_or_missing_password_is_auth_error(accounts_router: Router, user) 
         with pytest.raises(ringrouter.AuthError) as info:
             ringrouter.Client(accounts_router.addr, name, password=password)
         assert info.value.code == "UNAUTHORIZED", info.value
+        assert info.value.status is ringrouter.Status.UNAUTHORIZED, info.value
     # An unknown user is refused the same way.
-    with pytest.raises(ringrouter.AuthError):
+    with pytest.raises(ringrouter.AuthError) as info:
         ringrouter.Client(accounts_router.addr, user("nobody"), password=PW)
+    assert info.value.status is ringrouter.Status.UNAUTHORIZED, info.value
 
 
 def test_list_users_with_a_glob(own_router, user) -> None:
@@ -69,21 +72,29 @@ def test_delete_account(accounts_router: Router, accounts_connect, user) -> None
     other = accounts_connect(other_name, PW)
     assert name in other.list_users(f"{name}*")
     phone.delete_account()
-    # Every session of the user ends: an error from the router, then the close.
+    # Every session of the user ends: the router's reason (UNAUTHORIZED, "account
+    # deleted", an AuthError), then the close. Nothing else may come.
     for c in (phone, laptop):
+        errors = []
         deadline = time.monotonic() + 5
         with pytest.raises(ringrouter.ConnectionClosed):
             while time.monotonic() < deadline:
                 try:
-                    c.recv(timeout=0.2)
+                    got = c.recv(timeout=0.2)
                 except ringrouter.ConnectionClosed:
                     raise
-                except ringrouter.RouterError:
-                    pass  # the router's reason for ending the session
+                except ringrouter.RouterError as e:
+                    errors.append(e)
+                    continue
+                assert got is None, f"unexpected {got!r} after delete_account"
+        assert [(type(e), e.status, e.reason) for e in errors] == [
+            (ringrouter.AuthError, ringrouter.Status.UNAUTHORIZED, "account deleted")
+        ], errors
         assert c.closed
     assert other.list_users(f"{name}*") == []
-    with pytest.raises(ringrouter.AuthError):
+    with pytest.raises(ringrouter.AuthError) as info:
         ringrouter.Client(addr, name, password=PW)
+    assert info.value.status is ringrouter.Status.UNAUTHORIZED, info.value
     # The name is free again.
     ringrouter.Client.register(addr, name, "a new password")
     with ringrouter.Client(addr, name, password="a new password") as again:

@@ -51,7 +51,8 @@ def test_dm_between_two_clients(connect, user) -> None:
     assert m1.payload == b"hello bob"
     assert m2.payload == b""
     assert m3.payload == bytes(range(256)) * 100
-    assert [m.seq for m in (m1, m2, m3)] == [m1.seq, m1.seq + 1, m1.seq + 2]
+    # Bob's session got nothing before: its sequence numbers start at 1.
+    assert [m.seq for m in (m1, m2, m3)] == [1, 2, 3]
     assert len({m1.msg_id, m2.msg_id, m3.msg_id}) == 3
     now_us = time.time() * 1e6
     assert abs(m1.timestamp_us - now_us) < 60e6
@@ -106,6 +107,8 @@ def test_send_to_user_without_session_raises_not_found(connect, user) -> None:
         a.send(user("nobody"), b"anyone?", wait=True)
     err = info.value
     assert err.code == "NOT_FOUND"
+    assert err.status is ringrouter.Status.NOT_FOUND
+    assert err.status == 6  # an IntEnum: the wire value
     assert err.reason
     assert "NOT_FOUND" in str(err)
     assert not isinstance(err, (ringrouter.AuthError, ringrouter.ConnectionClosed))
@@ -128,11 +131,14 @@ def test_bad_jwt_raises_auth_error(jwt_router: Router, user) -> None:
     with pytest.raises(ringrouter.AuthError) as info:
         ringrouter.Client(jwt_router.addr, "", token=make_jwt(b"not the secret", "mallory"))
     assert info.value.code == "UNAUTHORIZED"
+    assert info.value.status is ringrouter.Status.UNAUTHORIZED
     assert "token" in info.value.reason
-    with pytest.raises(ringrouter.AuthError):
+    with pytest.raises(ringrouter.AuthError) as info:
         ringrouter.Client(jwt_router.addr, "mallory")  # no token at all
-    with pytest.raises(ringrouter.AuthError):
+    assert info.value.status is ringrouter.Status.UNAUTHORIZED, info.value
+    with pytest.raises(ringrouter.AuthError) as info:
         ringrouter.Client(jwt_router.addr, "", token=make_jwt(JWT_SECRET, "alice", ttl=-60))
+    assert info.value.status is ringrouter.Status.UNAUTHORIZED, info.value
 
 
 def test_good_jwt_logs_in_as_subject(jwt_router: Router, user) -> None:
@@ -175,6 +181,7 @@ def test_closed_client_raises_connection_closed(router: Router, user) -> None:
     with pytest.raises(ringrouter.ConnectionClosed) as info:
         c.send("someone", b"x")
     assert info.value.code == "CLOSED"
+    assert info.value.status is None  # not a protocol status
     with pytest.raises(ringrouter.ConnectionClosed):
         c.send("someone", b"x", wait=True)
     with pytest.raises(ringrouter.ConnectionClosed):
@@ -202,7 +209,7 @@ def test_router_going_away_raises_connection_closed(own_router, user, tmp_path) 
             except ringrouter.ConnectionClosed:
                 raise
             except ringrouter.RouterError as e:
-                assert e.code == "UNAVAILABLE", e
+                assert (e.code, e.status) == ("UNAVAILABLE", ringrouter.Status.UNAVAILABLE), e
                 continue
             assert m is not None, "no ConnectionClosed in time"
             got.append(m.payload)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,10 +15,26 @@ import ringrouter
 from ringrouter import load
 from conftest import PYTHON_CLIENT, Router, run_python
 
+# The report's fields, in order: the keys of `python -m ringrouter.load --json` and
+# the fields of load.LoadReport (a contract: scripts read them).
 FIELDS = [
-    "sent", "delivered", "lost", "seconds", "msgs_per_sec", "mb_per_sec",
+    "sent", "delivered", "lost", "out_of_order", "seconds", "msgs_per_sec", "mb_per_sec",
     "p50_us", "p90_us", "p99_us", "p999_us", "max_us",
+    "receivers", "receiver_min_msgs_per_sec", "receiver_avg_msgs_per_sec",
+    "receiver_max_msgs_per_sec", "engine_cpu_seconds", "timeline", "latency_buckets",
 ]
+
+
+def assert_exact(report: load.LoadReport, sent: int, receivers: int) -> None:
+    """Every delivery arrived, once, in order, and the report says so consistently."""
+    assert (report.sent, report.delivered, report.lost, report.out_of_order) == (
+        sent, sent, 0, 0,
+    ), report
+    assert report.receivers == receivers, report
+    assert report.extra == {}, "the engine reports fields LoadReport does not name"
+    # The timeline counts deliveries so far: never down, never past the total.
+    counts = [n for _, n in report.timeline]
+    assert counts == sorted(counts) and all(0 <= n <= sent for n in counts), report.timeline
 
 
 def test_small_load_run_loses_nothing(router: Router) -> None:
@@ -25,9 +44,7 @@ def test_small_load_run_loses_nothing(router: Router) -> None:
         progress=lambda t, s, d: calls.append((t, s, d)), progress_every=0.05,
     )
     assert isinstance(report, load.LoadReport)
-    assert report.lost == 0, report
-    assert report.sent == 20_000
-    assert report.delivered == 20_000
+    assert_exact(report, sent=20_000, receivers=4)
     assert report.seconds > 0
     assert report.msgs_per_sec > 0
     assert report.mb_per_sec > 0
@@ -35,19 +52,37 @@ def test_small_load_run_loses_nothing(router: Router) -> None:
     assert isinstance(report.timeline, list)
     assert all(isinstance(x, tuple) and len(x) == 2 for x in report.timeline)
     assert isinstance(report.latency_buckets, list)
-    assert sum(c for _, c in report.latency_buckets) > 0
+    # Every delivery carried a timestamp (size >= 16): the histogram counts them all.
+    assert sum(c for _, c in report.latency_buckets) == 20_000
     d = json.loads(report.to_json())
-    for f in FIELDS:
-        assert f in d
+    assert list(d) == FIELDS
+    assert load.LoadReport.from_json(report.to_json()) == report
     for t, s, dl in calls:
         assert t >= 0 and s >= dl >= 0
 
 
+def test_progress_is_called_while_a_run_lasts(router: Router) -> None:
+    calls = []
+    t0 = time.monotonic()
+    report = load.run(
+        router.addr, pairs=1, size=64, duration=1.0, rate=2_000,
+        progress=lambda t, s, d: calls.append((t, s, d)), progress_every=0.1,
+    )
+    took = time.monotonic() - t0
+    assert report.lost == 0 and report.out_of_order == 0, report
+    # About one call per 0.1 s of the run (it lasted `took` s, 1.0 of them sending).
+    assert 5 <= len(calls) <= took / 0.1 + 1, (took, calls)
+    times = [t for t, _, _ in calls]
+    assert times == sorted(times) and times[0] >= 0, calls
+    for (_, s0, d0), (_, s1, d1) in zip(calls, calls[1:]):
+        assert s1 >= s0 and d1 >= d0, calls
+    assert all(s >= d >= 0 for _, s, d in calls), calls
+    assert calls[-1][1] <= report.sent
+
+
 def test_fanout_load_run(router: Router) -> None:
     report = load.run(router.addr, fanout=4, size=32, messages=2_000)
-    assert report.lost == 0, report
-    assert report.sent == 8_000
-    assert report.delivered == 8_000
+    assert_exact(report, sent=8_000, receivers=4)
 
 
 def test_load_run_bad_arguments(router: Router) -> None:
@@ -68,10 +103,9 @@ def test_cli_json(router: Router) -> None:
     assert p.returncode == 0, p.stderr
     d = json.loads(p.stdout)  # exactly one JSON object
     assert isinstance(d, dict)
-    for f in FIELDS:
-        assert f in d, f
-    assert d["lost"] == 0
-    assert d["sent"] == d["delivered"] == 10_000
+    assert list(d) == FIELDS
+    assert (d["sent"], d["delivered"], d["lost"], d["out_of_order"]) == (10_000, 10_000, 0, 0)
+    assert d["receivers"] == 2
 
 
 def test_cli_table_and_progress(router: Router) -> None:
@@ -82,7 +116,8 @@ def test_cli_table_and_progress(router: Router) -> None:
     assert p.returncode == 0, p.stderr
     assert "msgs/s" in p.stdout
     assert re.search(r"latency p99\s+[\d.]+ us", p.stdout), p.stdout
-    assert re.search(r"lost 0\b", p.stdout), p.stdout
+    assert re.search(r"\(lost 0, out of order 0\)", p.stdout), p.stdout
+    assert re.search(r"^receivers\s+2:", p.stdout, re.M), p.stdout
     assert re.search(r"\[\s*[\d.]+ s\] sent", p.stderr), p.stderr  # progress lines
 
 
@@ -104,14 +139,51 @@ def test_cli_plot(router: Router, tmp_path: Path) -> None:
 
 def test_send_to_self_example(router: Router) -> None:
     n = 2000
-    p = run_python(str(PYTHON_CLIENT / "examples" / "send_to_self.py"), str(n), "--addr", router.addr)
+    me = f"self-{time.monotonic_ns()}"
+    p = run_python(
+        str(PYTHON_CLIENT / "examples" / "send_to_self.py"), str(n), "--addr", router.addr,
+        "--user", me,
+    )
     assert p.returncode == 0, p.stderr
+    # The example checks each of the n messages (sender, payload index, order) and
+    # only then prints this line.
     lines = p.stdout.strip().splitlines()
-    m1 = re.fullmatch(rf"Execution time for all {n} messages is ([\d.e-]+) seconds", lines[-2])
-    m2 = re.fullmatch(r"Execution time for 1 message is ([\d.e-]+) seconds", lines[-1])
+    assert len(lines) == 3, p.stdout
+    assert lines[0] == f"Received {n} of {n} messages from {me}, in order"
+    m1 = re.fullmatch(rf"Execution time for all {n} messages is (\d+\.\d{{6}}) seconds", lines[1])
+    m2 = re.fullmatch(r"Execution time for 1 message is (\d+\.\d{9}) seconds", lines[2])
     assert m1 and m2, p.stdout
     assert float(m1.group(1)) > 0
-    assert float(m2.group(1)) == pytest.approx(float(m1.group(1)) / n, rel=0.01)
+
+
+def test_send_to_self_example_detects_a_wrong_message(router: Router, connect) -> None:
+    """The example's check is real: a message it did not send makes it fail."""
+    me = f"self-{time.monotonic_ns()}"
+    intruder = connect(f"intruder-{time.monotonic_ns()}")
+    proc = subprocess.Popen(
+        [sys.executable, str(PYTHON_CLIENT / "examples" / "send_to_self.py"), "200000",
+         "--addr", router.addr, "--user", me],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        # Once the example is logged in, slip it a message of someone else's.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                intruder.send(me, b"not yours", wait=True)
+                break
+            except ringrouter.RouterError as e:
+                assert e.status == ringrouter.Status.NOT_FOUND, e  # not logged in yet
+                assert time.monotonic() < deadline, "the example never logged in"
+                time.sleep(0.02)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, (out, err)
+    assert "is wrong" in err and "not yours" in err, err
+    assert "Received" not in out, out
 
 
 def test_chat_example(router: Router) -> None:
@@ -124,7 +196,7 @@ def test_load_run_example(router: Router) -> None:
     p = run_python(str(PYTHON_CLIENT / "examples" / "load_run.py"), "--addr", router.addr,
                    "--messages", "5000", "--pairs", "2")
     assert p.returncode == 0, p.stderr
-    assert "lost 0" in p.stdout, p.stdout
+    assert "delivered of 5,000, lost 0, out of order 0" in p.stdout, p.stdout
 
 
 def test_package_is_typed() -> None:

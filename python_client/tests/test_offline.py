@@ -56,6 +56,7 @@ def test_unacknowledged_messages_are_delivered_again(router: Router, connect, us
     # Bob takes 5 (acked when he closes); the other 15 reach his client but are
     # never handed to him, so never acked.
     first = recv_messages(bob, 5)
+    assert [m.payload for m in first] == [b"%d" % i for i in range(5)]
     time.sleep(0.3)
     bob.close()
     again = connect(b_name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Callable, List
 
 import pytest
@@ -19,6 +20,7 @@ def refused(code: str, fn: Callable[..., object], *args: object) -> ringrouter.R
     with pytest.raises(ringrouter.RouterError) as info:
         fn(*args)
     assert info.value.code == code, info.value
+    assert info.value.status is ringrouter.Status[code], info.value
     assert not isinstance(info.value, (ringrouter.AuthError, ringrouter.ConnectionClosed))
     return info.value
 
@@ -186,12 +188,17 @@ def test_iteration_yields_events_and_messages(connect, user) -> None:
     bob.join_room(room)
     bob.send_room(room, b"hello", wait=True)
     kinds = []
+    # Should "hello" never come, the close ends the loop (and the test fails) instead
+    # of the test hanging.
+    watchdog = threading.Timer(10.0, alice.close)
+    watchdog.start()
     for item in alice:
         if isinstance(item, ringrouter.Event):
             kinds.append(("event", item.kind, item.user))
         else:
             kinds.append(("message", item.payload))
             break
+    watchdog.cancel()
     assert ("event", "joined", b_name) in kinds
     assert kinds[-1] == ("message", b"hello")
 
@@ -224,6 +231,10 @@ def test_api_contract() -> None:
     ]
     assert params(C.list_users) == [("pattern", pos, "*")]
     assert params(C.delete_account) == []
-    assert "password" in inspect.signature(C).parameters or "password" in (C.__doc__ or "")
+    kw = "KEYWORD_ONLY"
+    assert params(C) == [
+        ("addr", pos, None), ("user", pos, None), ("password", kw, None), ("token", kw, None),
+        ("device", kw, "python"), ("timeout", kw, 5.0),
+    ]
     assert ringrouter.Event is ringrouter._native.Event
     assert "Event" in ringrouter.__all__

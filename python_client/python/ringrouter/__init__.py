@@ -19,18 +19,31 @@ Names:
 - :class:`Message` -- a received message.
 - :class:`Event` -- a room event (``kind`` "joined", "left", "removed" or
   "deleted", ``room``, ``user``), also returned by :meth:`Client.recv`.
-- :class:`RouterError` (``code``, ``reason``) and its subclasses :class:`AuthError`
-  (a refused login, or any ``UNAUTHORIZED`` answer) and :class:`ConnectionClosed`.
-  Timeouts raise the builtin :class:`TimeoutError`; socket errors (e.g. connection
-  refused) the builtin :class:`OSError` subclasses.
-- :mod:`ringrouter.load` -- the Rust load engine (``python -m ringrouter.load``).
+- :class:`RouterError` (``code``, ``status``, ``reason``) and its subclasses
+  :class:`AuthError` (a refused login, or any ``UNAUTHORIZED`` answer) and
+  :class:`ConnectionClosed`. Timeouts raise the builtin :class:`TimeoutError`;
+  socket errors (e.g. connection refused) the builtin :class:`OSError` subclasses.
+- :class:`Status` -- the protocol's status codes, an :class:`enum.IntEnum` with the
+  wire values (``err.status == Status.NOT_FOUND``; ``err.code`` is its name).
+- :mod:`ringrouter.load` -- the Rust load engine (``python -m ringrouter.load``);
+  :class:`ringrouter.load.LoadReport` is what a run measured.
+- ``__version__`` -- the package version, the same as the Rust workspace's.
 
 The heavy lifting is done in Rust (module ``ringrouter._native``): sending
 appends the encoded frame to a buffer that a background thread writes in
 batches, and a background reader thread decodes, acks and answers heartbeats.
 """
 
-from ._native import AuthError, Client, ConnectionClosed, Event, Message, RouterError
+from ._native import (
+    AuthError,
+    Client,
+    ConnectionClosed,
+    Event,
+    Message,
+    RouterError,
+    Status,
+)
+from ._native import __version__ as __version__  # the one version: see _native.pyi
 from . import load
 
 __all__ = [
@@ -40,7 +53,6 @@ __all__ = [
     "Event",
     "Message",
     "RouterError",
+    "Status",
     "load",
 ]
-
-__version__ = "0.1.0"

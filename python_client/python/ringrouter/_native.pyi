@@ -3,6 +3,7 @@
 Everything here is re-exported by :mod:`ringrouter`; import it from there.
 """
 
+from enum import IntEnum
 from types import TracebackType
 from typing import Callable, Iterable, Iterator, List, Optional, Type, Union, final
 
@@ -13,8 +14,46 @@ __all__ = [
     "RouterError",
     "AuthError",
     "ConnectionClosed",
+    "Status",
     "load_run",
 ]
+
+__version__: str
+"""The package version: the Rust workspace's (``[workspace.package] version`` in the
+root ``Cargo.toml``), compiled in; the wheel's version is the same."""
+
+class Status(IntEnum):
+    """A protocol status (``enum Status`` of ``proto/router.proto``), with its wire value.
+
+    Member names are the protobuf names without their ``STATUS_`` prefix; the
+    enum is built at import from the Rust enum generated from the ``.proto``, so
+    it always matches the router (a test checks these stubs against both).
+    Being an :class:`enum.IntEnum`, a member equals its wire value:
+    ``Status.NOT_FOUND == 6``; ``Status.NOT_FOUND.name == "NOT_FOUND"``, the
+    string :attr:`RouterError.code` holds.
+    """
+
+    UNSPECIFIED = 0
+    OK = 1
+    BAD_FRAME = 2
+    """The bytes on the wire are not a frame (bad length, truncated, undecodable)."""
+    BAD_REQUEST = 3
+    """A well-formed frame whose content is invalid (empty user name, ...)."""
+    UNAUTHORIZED = 4
+    """Not logged in, or the credentials were refused."""
+    FORBIDDEN = 5
+    NOT_FOUND = 6
+    CONFLICT = 7
+    TOO_LARGE = 8
+    """A frame or payload over a configured limit."""
+    RATE_LIMITED = 9
+    UNAVAILABLE = 10
+    """The router is shutting down or cannot take the request now."""
+    INTERNAL = 11
+    SLOW_CONSUMER = 12
+    """The session read too slowly and was closed."""
+    TIMEOUT = 13
+    """The session did not answer heartbeats and was closed."""
 
 class RouterError(Exception):
     """The router refused a request or reported an error.
@@ -23,11 +62,19 @@ class RouterError(Exception):
     ``"CONFLICT"``, ``"RATE_LIMITED"``, ``"BAD_REQUEST"``, ``"UNAUTHORIZED"``,
     ``"TOO_LARGE"``, ``"SLOW_CONSUMER"`` (``"CLOSED"`` for :class:`ConnectionClosed`,
     ``"PROTOCOL"`` if the router sent bytes that are not a valid frame);
+    ``status`` is the same as a :class:`Status` member (``None`` for ``"CLOSED"``
+    and ``"PROTOCOL"``, which are not protocol statuses), so
+    ``err.status == Status.NOT_FOUND`` and ``err.code == "NOT_FOUND"`` agree;
     ``reason`` is the router's human-readable text. ``str(err)`` is ``"CODE: reason"``.
     """
 
     code: str
+    """The status name (``Status.X.name``), or ``"CLOSED"`` / ``"PROTOCOL"``."""
+    status: Optional[Status]
+    """The status as a :class:`Status` member; ``None`` when ``code`` is ``"CLOSED"``
+    or ``"PROTOCOL"``."""
     reason: str
+    """The router's human-readable text."""
 
 class AuthError(RouterError):
     """The router refused the login (unknown user, bad password, invalid or expired
@@ -36,7 +83,7 @@ class AuthError(RouterError):
 class ConnectionClosed(RouterError):
     """The connection is closed: by :meth:`Client.close`, by the router, or by the network.
 
-    ``code`` is ``"CLOSED"`` and ``reason`` says why.
+    ``code`` is ``"CLOSED"``, ``status`` is ``None`` and ``reason`` says why.
     """
 
 @final

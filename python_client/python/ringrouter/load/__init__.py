@@ -24,8 +24,10 @@ From the command line: ``python -m ringrouter.load --help``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .._native import load_run as _load_run
 
@@ -34,13 +36,21 @@ __all__ = ["LoadReport", "ProgressCallback", "run"]
 #: ``progress(elapsed_seconds, sent, delivered)``, called while a run lasts.
 ProgressCallback = Callable[[float, int, int], None]
 
+# The two fields whose JSON value is a list of [x, y] pairs (tuples in Python).
+_PAIR_LISTS = ("timeline", "latency_buckets")
 
+
+@dataclass(frozen=True, repr=False)
 class LoadReport:
-    """What a load run measured.
+    """What a load run measured (immutable).
 
-    Every field of the engine's report is an attribute; the ones below are always
-    there. ``sent`` and ``delivered`` count deliveries (messages x recipients).
-    Latencies are one-way, sender to receiver, in microseconds.
+    The fields are the engine's report, with the engine's names (the keys of
+    :meth:`to_json` and of ``python -m ringrouter.load --json``). ``sent`` and
+    ``delivered`` count deliveries (messages x recipients). Latencies are one-way,
+    sender to receiver, in microseconds.
+
+    Build one with :meth:`from_json` or :meth:`from_dict`; :func:`run` returns one.
+    A run that lost nothing has ``lost == 0`` and ``out_of_order == 0``.
     """
 
     sent: int
@@ -50,7 +60,7 @@ class LoadReport:
     lost: int
     """``sent - delivered``: must be 0."""
     out_of_order: int
-    """Deliveries received out of order or twice."""
+    """Deliveries received out of order or twice: must be 0."""
     seconds: float
     """Wall time from the first send to the last delivery."""
     msgs_per_sec: float
@@ -77,42 +87,82 @@ class LoadReport:
     """Fastest receiver, msgs/s."""
     engine_cpu_seconds: float
     """CPU time (user + system) the engine's process used during the run."""
-    timeline: List[Tuple[float, int]]
+    timeline: List[Tuple[float, int]] = field(hash=False)
     """``(seconds since start, deliveries so far)``, sampled every 100 ms."""
-    latency_buckets: List[Tuple[float, int]]
+    latency_buckets: List[Tuple[float, int]] = field(hash=False)
     """``(latency upper bound in microseconds, count)`` buckets of the latency histogram."""
+    extra: Dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    """Fields of the engine's report that this class does not name (empty when the
+    package and its engine agree); kept so that :meth:`to_json` gives back every
+    field, and readable as attributes too."""
 
-    def __init__(self, fields: Dict[str, Any]) -> None:
-        """Builds a report from the engine's JSON object (see :meth:`from_json`)."""
-        for key, value in fields.items():
-            if key in ("timeline", "latency_buckets") and isinstance(value, list):
+    @classmethod
+    def field_names(cls) -> Tuple[str, ...]:
+        """The report's field names, in the engine's order (``extra`` excluded)."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name != "extra")
+
+    @classmethod
+    def from_dict(cls, fields: Mapping[str, Any]) -> "LoadReport":
+        """Builds a report from the engine's JSON object, parsed (see :meth:`from_json`).
+
+        Raises:
+            ValueError: a field of the report is missing.
+        """
+        names = cls.field_names()
+        missing = [n for n in names if n not in fields]
+        if missing:
+            raise ValueError(f"a load report needs the fields {', '.join(missing)}")
+        known: Dict[str, Any] = {}
+        for name in names:
+            value = fields[name]
+            if name in _PAIR_LISTS and isinstance(value, list):
                 value = [tuple(v) for v in value]
-            setattr(self, key, value)
+            known[name] = value
+        extra = {k: v for k, v in fields.items() if k not in known}
+        return cls(**known, extra=extra)
 
     @classmethod
     def from_json(cls, text: str) -> "LoadReport":
-        """Parses the engine's JSON report."""
+        """Parses the engine's JSON report.
+
+        Raises:
+            ValueError: not a JSON object, or a field of the report is missing.
+        """
         fields = json.loads(text)
         if not isinstance(fields, dict):
             raise ValueError("a load report is a JSON object")
-        return cls(fields)
+        return cls.from_dict(fields)
 
     def to_dict(self) -> Dict[str, Any]:
-        """Every field, as plain Python values (tuples become lists)."""
+        """Every field, with the engine's names, as plain Python values (the
+        ``(x, y)`` tuples become lists, as in JSON)."""
         out: Dict[str, Any] = {}
-        for key, value in vars(self).items():
-            if isinstance(value, list):
-                value = [list(v) if isinstance(v, tuple) else v for v in value]
-            out[key] = value
+        for name in self.field_names():
+            value = getattr(self, name)
+            if name in _PAIR_LISTS:
+                value = [list(v) for v in value]
+            out[name] = value
+        out.update(self.extra)
         return out
 
     def to_json(self) -> str:
         """The report as one JSON object, with the engine's field names."""
         return json.dumps(self.to_dict())
 
+    if not TYPE_CHECKING:
+        # Not seen by type checkers, so that a misspelt field is still an error there.
+        def __getattr__(self, name: str) -> Any:
+            # Only called for names that are not fields: an engine field this class
+            # does not know yet.
+            extra = self.__dict__.get("extra")
+            if extra is not None and name in extra:
+                return extra[name]
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def __repr__(self) -> str:
         return (
             f"LoadReport(delivered={self.delivered}, sent={self.sent}, lost={self.lost}, "
+            f"out_of_order={self.out_of_order}, "
             f"seconds={self.seconds:.3f}, msgs_per_sec={self.msgs_per_sec:.0f}, "
             f"mb_per_sec={self.mb_per_sec:.2f}, p50_us={self.p50_us:.1f}, "
             f"p99_us={self.p99_us:.1f}, p999_us={self.p999_us:.1f}, max_us={self.max_us:.1f})"

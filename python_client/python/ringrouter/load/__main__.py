@@ -52,7 +52,7 @@ def format_table(r: LoadReport, title: str) -> str:
     """The end-of-run table."""
     rows = [
         ("delivered", f"{_fmt_int(r.delivered)} of {_fmt_int(r.sent)}"
-         f"  (lost {_fmt_int(r.lost)}, out of order {_fmt_int(getattr(r, 'out_of_order', 0))})"),
+         f"  (lost {_fmt_int(r.lost)}, out of order {_fmt_int(r.out_of_order)})"),
         ("time", f"{r.seconds:.3f} s"),
         ("throughput", f"{_fmt_int(r.msgs_per_sec)} msgs/s   {r.mb_per_sec:.2f} MB/s"),
         ("latency p50", f"{r.p50_us:10.1f} us"),
@@ -60,19 +60,17 @@ def format_table(r: LoadReport, title: str) -> str:
         ("latency p99", f"{r.p99_us:10.1f} us"),
         ("latency p99.9", f"{r.p999_us:10.1f} us"),
         ("latency max", f"{r.max_us:10.1f} us"),
-    ]
-    if hasattr(r, "receivers"):
-        rows.append((
+        (
             "receivers",
             f"{r.receivers}: min {_fmt_int(r.receiver_min_msgs_per_sec)}"
             f"  avg {_fmt_int(r.receiver_avg_msgs_per_sec)}"
             f"  max {_fmt_int(r.receiver_max_msgs_per_sec)} msgs/s",
-        ))
-    if hasattr(r, "engine_cpu_seconds"):
-        rows.append((
+        ),
+        (
             "engine CPU",
             f"{r.engine_cpu_seconds:.2f} s (router and engine share this machine's cores)",
-        ))
+        ),
+    ]
     width = max(len(k) for k, _ in rows)
     lines = [title, "-" * len(title)]
     lines += [f"{k:<{width}}  {v}" for k, v in rows]
