@@ -339,11 +339,23 @@ impl RouterProc {
         Client::connect(self.connect_addr(), cfg)
     }
 
-    /// Sends SIGTERM and waits up to `timeout` for the exit; returns the exit code and stderr.
-    pub fn terminate(mut self, timeout: Duration) -> (Option<i32>, String) {
-        let mut child = self.child.take().expect("child present until terminate");
+    /// Sends SIGTERM and returns at once (see [`RouterProc::wait_exit`]).
+    pub fn sigterm(&self) {
+        let pid = self.child.as_ref().expect("router still running").id();
         // Safety: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit; returns the exit code and stderr.
+    pub fn terminate(self, timeout: Duration) -> (Option<i32>, String) {
+        self.sigterm();
+        self.wait_exit(timeout)
+    }
+
+    /// Waits up to `timeout` for the process to exit (then kills it); returns the exit
+    /// code (None: killed) and stderr.
+    pub fn wait_exit(mut self, timeout: Duration) -> (Option<i32>, String) {
+        let mut child = self.child.take().expect("child present until it exits");
         let deadline = Instant::now() + timeout;
         let code = loop {
             if let Ok(Some(st)) = child.try_wait() {
