@@ -1058,6 +1058,21 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// router's sockets too (same network namespace), which is how the tests tell
 /// bytes inside the router from bytes in socket buffers.
 pub fn tcp_queues(local: SocketAddr, peer: SocketAddr) -> Option<(u64, u64)> {
+    tcp_entry(local, peer).map(|(_, tx, rx)| (tx, rx))
+}
+
+/// The state of the IPv4 TCP socket bound to `local` and connected to `peer`, as
+/// `/proc/net/tcp` gives it (1 = ESTABLISHED; see [`TCP_ESTABLISHED`]); None when there
+/// is no such socket. Lets a test see that the router closed a connection without
+/// reading from it (reading would change what the router does).
+pub fn tcp_state(local: SocketAddr, peer: SocketAddr) -> Option<u8> {
+    tcp_entry(local, peer).map(|(st, _, _)| st)
+}
+
+/// `/proc/net/tcp`'s state of an established connection.
+pub const TCP_ESTABLISHED: u8 = 1;
+
+fn tcp_entry(local: SocketAddr, peer: SocketAddr) -> Option<(u8, u64, u64)> {
     fn hex(a: SocketAddr) -> Option<String> {
         match a {
             SocketAddr::V4(v4) => Some(format!(
@@ -1075,6 +1090,7 @@ pub fn tcp_queues(local: SocketAddr, peer: SocketAddr) -> Option<(u64, u64)> {
         if cols.len() > 4 && cols[1] == l && cols[2] == p {
             let (tx, rx) = cols[4].split_once(':')?;
             Some((
+                u8::from_str_radix(cols[3], 16).ok()?,
                 u64::from_str_radix(tx, 16).ok()?,
                 u64::from_str_radix(rx, 16).ok()?,
             ))
