@@ -8,15 +8,16 @@
 //!
 //! Every read here has a deadline: a test never blocks forever.
 
+pub mod wire;
+
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use prost::Message as _;
 use ringrouter_client::{Client, ClientConfig, Status};
-use ringrouter_proto::codec::{decode_server, next_frame};
+use ringrouter_proto::codec::{decode_server, encode_frame, frame_to_vec, next_frame};
 use ringrouter_proto::v1::{
     client_frame, server_frame, AccountResult, ClientFrame, CreateRoom, Deliver,
     Error as ErrorFrame, JoinRoom, Login, LoginResult, Register, RoomResult, Send, ServerFrame,
@@ -273,18 +274,35 @@ impl RouterProc {
         r
     }
 
-    /// Logs `user` in once on a raw connection and out again, so it exists (open
-    /// auth: from the first login). Does not wait for the router to notice the close.
-    pub fn visit(&self, user: &str) {
-        let c = self.raw_login(user);
-        drop(c);
+    /// A raw connection logged in as `user` with `password` from `device`
+    /// (`--auth accounts`); panics unless the LoginResult is OK.
+    pub fn raw_login_password(&self, user: &str, password: &str, device: &str) -> Raw {
+        let mut r = self.raw();
+        let lr = r.login_password(user, password, device);
+        assert_eq!(
+            lr.status,
+            Status::Ok as i32,
+            "password login of {user} refused: {lr:?}"
+        );
+        r
     }
 
-    /// Like [`RouterProc::visit`], then sleeps `wait` so the router has handled the
-    /// end of the session before the test goes on.
-    pub fn visit_and_wait(&self, user: &str, wait: Duration) {
-        self.visit(user);
-        std::thread::sleep(wait);
+    /// Kills the router with SIGKILL (no shutdown of any kind) and reaps it. Its data
+    /// directory stays while `self` lives.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Logs `user` in once on a raw connection and out again, so it exists (open
+    /// auth: from the first login) and has no session: it sends Logout and reads up
+    /// to the end of the connection. The router ends the session (drops it from the
+    /// user's sessions, gives back what it had not acked) before its writer closes the
+    /// socket, so once this returns, messages to `user` go to its offline queue.
+    pub fn visit(&self, user: &str) {
+        self.raw_login(user).logout();
     }
 
     /// Registers `user` with `password` (`--auth accounts`) on a fresh connection,
@@ -321,11 +339,23 @@ impl RouterProc {
         Client::connect(self.connect_addr(), cfg)
     }
 
-    /// Sends SIGTERM and waits up to `timeout` for the exit; returns the exit code and stderr.
-    pub fn terminate(mut self, timeout: Duration) -> (Option<i32>, String) {
-        let mut child = self.child.take().expect("child present until terminate");
+    /// Sends SIGTERM and returns at once (see [`RouterProc::wait_exit`]).
+    pub fn sigterm(&self) {
+        let pid = self.child.as_ref().expect("router still running").id();
         // Safety: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit; returns the exit code and stderr.
+    pub fn terminate(self, timeout: Duration) -> (Option<i32>, String) {
+        self.sigterm();
+        self.wait_exit(timeout)
+    }
+
+    /// Waits up to `timeout` for the process to exit (then kills it); returns the exit
+    /// code (None: killed) and stderr.
+    pub fn wait_exit(mut self, timeout: Duration) -> (Option<i32>, String) {
+        let mut child = self.child.take().expect("child present until it exits");
         let deadline = Instant::now() + timeout;
         let code = loop {
             if let Ok(Some(st)) = child.try_wait() {
@@ -436,17 +466,15 @@ impl Raw {
     /// Encodes and writes one frame; panics if the write fails.
     pub fn send(&mut self, kind: client_frame::Kind) {
         let f = ClientFrame { kind: Some(kind) };
-        let bytes = f.encode_length_delimited_to_vec();
+        let mut bytes = BytesMut::new();
+        encode_frame(&f, &mut bytes);
         self.write(&bytes)
             .unwrap_or_else(|e| panic!("writing {f:?}: {e}"));
     }
 
     /// Writes one frame whose body is `body` (any bytes), with a correct length prefix.
     pub fn send_body(&mut self, body: &[u8]) {
-        let mut out = Vec::with_capacity(body.len() + 10);
-        ringrouter_proto::codec::put_varint(&mut out, body.len() as u64);
-        out.extend_from_slice(body);
-        self.write(&out).expect("writing a raw frame");
+        self.write(&wire::frame(body)).expect("writing a raw frame");
     }
 
     /// Sends Login{user} and reads up to the LoginResult (whatever its status).
@@ -605,6 +633,23 @@ impl Raw {
         out
     }
 
+    /// Like [`Raw::delivers`], but RoomEvents (joins, leaves) are skipped too.
+    pub fn room_delivers(&mut self, n: usize, timeout: Duration) -> Vec<Deliver> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            match self.next_kind(deadline.saturating_duration_since(Instant::now())) {
+                server_frame::Kind::Deliver(d) => out.push(d),
+                server_frame::Kind::Ping(_) | server_frame::Kind::RoomEvent(_) => {}
+                other => panic!(
+                    "expected a Deliver ({} of {n} so far), got {other:?}",
+                    out.len()
+                ),
+            }
+        }
+        out
+    }
+
     /// Reads Delivers until `n` arrived or `timeout` passed, skipping Pings and
     /// RoomEvents; returns what arrived (fewer than `n` on timeout). Unlike
     /// [`Raw::delivers`], running out of time is not a failure; any other frame, a
@@ -733,6 +778,51 @@ impl Raw {
         }
     }
 
+    /// Sends a Ping with `nonce` and reads up to its Pong; returns the frames that
+    /// came before it (heartbeat Pings excepted). The router answers a connection's
+    /// frames in order, so everything sent before the Ping has been handled by the
+    /// session's shard once the Pong is back.
+    pub fn ping_pong(&mut self, nonce: u64) -> Vec<server_frame::Kind> {
+        self.send(client_frame::Kind::Ping(ringrouter_proto::v1::Ping {
+            nonce,
+        }));
+        let mut before = Vec::new();
+        loop {
+            match self.next_non_ping(T) {
+                server_frame::Kind::Pong(p) if p.nonce == nonce => return before,
+                other => before.push(other),
+            }
+        }
+    }
+
+    /// Like [`Raw::send_room`], but also returns every other frame that arrived
+    /// before the SendResult (Delivers, events), so the caller can check them.
+    pub fn send_room_seen(
+        &mut self,
+        room: &str,
+        payload: &[u8],
+        request_id: u64,
+    ) -> (i32, Vec<server_frame::Kind>) {
+        let k = send_kind("", room, payload, true, request_id);
+        match self.call(k, request_id) {
+            (server_frame::Kind::SendResult(r), others) => (r.status, others),
+            (other, _) => panic!("expected a SendResult, got {other:?}"),
+        }
+    }
+
+    /// Sends Logout and reads up to the end of the connection; returns the frames that
+    /// came before it. When it returns, the router has ended the session: it is no
+    /// longer among the user's sessions and what it had not acked is queued again.
+    pub fn logout(mut self) -> Vec<ServerFrame> {
+        self.send(client_frame::Kind::Logout(ringrouter_proto::v1::Logout {}));
+        let (frames, end) = self.read_until_end(T);
+        assert!(
+            matches!(end, ReadEnd::Closed(_)),
+            "logout ended with {end:?} after {frames:?}"
+        );
+        frames
+    }
+
     /// Half-closes the connection (no more writes; reads still work).
     pub fn shutdown_write(&self) {
         self.stream
@@ -744,7 +834,7 @@ impl Raw {
 /// The bytes of one client frame, length prefix included (for pipelining several
 /// frames in one write with [`Raw::write`]).
 pub fn client_frame_bytes(kind: client_frame::Kind) -> Vec<u8> {
-    ClientFrame { kind: Some(kind) }.encode_length_delimited_to_vec()
+    frame_to_vec(&ClientFrame { kind: Some(kind) })
 }
 
 /// The bytes of a Send of `payload` to user `to` (see [`client_frame_bytes`]).
@@ -959,4 +1049,202 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// What the kernel holds for one IPv4 TCP socket of this machine, from
+/// `/proc/net/tcp`: `(tx_queue, rx_queue)` of the socket bound to `local` and
+/// connected to `peer`. tx_queue is what it sent and the peer has not acked (or
+/// not sent yet), rx_queue what arrived and its owner has not read. It sees the
+/// router's sockets too (same network namespace), which is how the tests tell
+/// bytes inside the router from bytes in socket buffers.
+pub fn tcp_queues(local: SocketAddr, peer: SocketAddr) -> Option<(u64, u64)> {
+    tcp_entry(local, peer).map(|(_, tx, rx)| (tx, rx))
+}
+
+/// The state of the IPv4 TCP socket bound to `local` and connected to `peer`, as
+/// `/proc/net/tcp` gives it (1 = ESTABLISHED; see [`TCP_ESTABLISHED`]); None when there
+/// is no such socket. Lets a test see that the router closed a connection without
+/// reading from it (reading would change what the router does).
+pub fn tcp_state(local: SocketAddr, peer: SocketAddr) -> Option<u8> {
+    tcp_entry(local, peer).map(|(st, _, _)| st)
+}
+
+/// `/proc/net/tcp`'s state of an established connection.
+pub const TCP_ESTABLISHED: u8 = 1;
+
+fn tcp_entry(local: SocketAddr, peer: SocketAddr) -> Option<(u8, u64, u64)> {
+    fn hex(a: SocketAddr) -> Option<String> {
+        match a {
+            SocketAddr::V4(v4) => Some(format!(
+                "{:08X}:{:04X}",
+                u32::from_le_bytes(v4.ip().octets()),
+                v4.port()
+            )),
+            SocketAddr::V6(_) => None,
+        }
+    }
+    let (l, p) = (hex(local)?, hex(peer)?);
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() > 4 && cols[1] == l && cols[2] == p {
+            let (tx, rx) = cols[4].split_once(':')?;
+            Some((
+                u8::from_str_radix(cols[3], 16).ok()?,
+                u64::from_str_radix(tx, 16).ok()?,
+                u64::from_str_radix(rx, 16).ok()?,
+            ))
+        } else {
+            None
+        }
+    })
+}
+
+/// A thread that keeps up to `window` confirmed Sends in flight on one connection,
+/// forever: frame `i` (from `frame(i)`, which must ask for a SendResult with request
+/// id `i + 1`) is written, and `i` is recorded once its SendResult OK arrives. It
+/// stops when the connection ends (the router was killed) or on [`ConfirmedSender::stop`].
+/// For crash tests: kill the router while confirmed sends are in flight, then check
+/// that every confirmed message survived.
+pub struct ConfirmedSender {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    confirmed: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+    thread: std::thread::JoinHandle<Result<u64, String>>,
+}
+
+impl ConfirmedSender {
+    /// Starts sending on `c` (logged in).
+    pub fn start(
+        mut c: Raw,
+        window: u64,
+        frame: impl Fn(u64) -> Vec<u8> + std::marker::Send + 'static,
+    ) -> ConfirmedSender {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let confirmed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let thread = {
+            let (stop, confirmed) = (stop.clone(), confirmed.clone());
+            std::thread::spawn(move || {
+                let (mut sent, mut answered) = (0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let mut bytes = Vec::new();
+                    while sent - answered < window {
+                        bytes.extend(frame(sent));
+                        sent += 1;
+                    }
+                    if c.write(&bytes).is_err() {
+                        return Ok(sent);
+                    }
+                    // One answer at least, then whatever else is already there.
+                    let mut wait = T;
+                    loop {
+                        match c.next(wait) {
+                            Ok(f) => match f.kind {
+                                Some(server_frame::Kind::SendResult(r)) => {
+                                    if r.status != Status::Ok as i32 {
+                                        return Err(format!(
+                                            "send {} refused: {r:?}",
+                                            r.request_id
+                                        ));
+                                    }
+                                    answered += 1;
+                                    confirmed
+                                        .lock()
+                                        .unwrap_or_else(|e| e.into_inner())
+                                        .push(r.request_id - 1);
+                                }
+                                Some(server_frame::Kind::Ping(_))
+                                | Some(server_frame::Kind::RoomEvent(_)) => {}
+                                other => return Err(format!("sender got {other:?}")),
+                            },
+                            Err(ReadEnd::Timeout) if wait.is_zero() => break,
+                            Err(ReadEnd::Timeout) => {
+                                return Err(format!("no SendResult within {T:?}"))
+                            }
+                            Err(_) => return Ok(sent),
+                        }
+                        wait = Duration::ZERO;
+                    }
+                }
+                Ok(sent)
+            })
+        };
+        ConfirmedSender {
+            stop,
+            confirmed,
+            thread,
+        }
+    }
+
+    /// How many sends were confirmed so far.
+    pub fn confirmed(&self) -> usize {
+        self.confirmed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// True once the thread has stopped (the connection ended, or it failed).
+    pub fn finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Waits for the thread (after the router died, or after [`ConfirmedSender::stop`]);
+    /// returns the numbers of the confirmed sends and how many were written.
+    pub fn join(self) -> (Vec<u64>, u64) {
+        let sent = self
+            .thread
+            .join()
+            .expect("sender thread")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let confirmed =
+            std::mem::take(&mut *self.confirmed.lock().unwrap_or_else(|e| e.into_inner()));
+        (confirmed, sent)
+    }
+
+    /// Asks the thread to stop after its current round.
+    pub fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A number in `lo..hi` that differs from run to run (clock nanoseconds; printed by
+/// the callers, so a failing run can be told apart).
+pub fn pseudo_random(lo: u64, hi: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    lo + u64::from(nanos) % (hi - lo).max(1)
+}
+
+/// Checks what a user received after a crash and restart against what the sender had
+/// confirmed: `got` in strictly increasing order (send order, nothing twice), only
+/// numbers that were sent (`< sent`, of the `wanted` kind), and every confirmed one.
+pub fn assert_survivors(
+    who: &str,
+    got: &[u64],
+    confirmed: &[u64],
+    sent: u64,
+    wanted: impl Fn(u64) -> bool,
+) {
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "{who}: out of order or duplicated after the restart: {got:?}"
+    );
+    assert!(
+        got.iter().all(|&i| i < sent && wanted(i)),
+        "{who}: got messages that were never sent to it: {got:?}"
+    );
+    let have: std::collections::HashSet<u64> = got.iter().copied().collect();
+    let lost: Vec<u64> = confirmed
+        .iter()
+        .copied()
+        .filter(|&i| wanted(i) && !have.contains(&i))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{who}: {} confirmed messages lost by the crash: {lost:?}",
+        lost.len()
+    );
 }

@@ -137,9 +137,27 @@ fn delete_account_removes_its_data_rooms_and_sessions() {
     for u in ["gus", "hana", "ike"] {
         assert_eq!(r.register(u, "pw").status, Status::Ok as i32);
     }
-    let (mut g1, _) = r.login_password("gus", "pw");
-    let (mut g2, _) = r.login_password("gus", "pw");
-    let (mut h, _) = r.login_password("hana", "pw");
+    // Two messages wait in gus's offline queue before gus ever logs in (stored: OK).
+    let mut i = r.raw_login_password("ike", "pw", "d");
+    for (n, p) in [b"queued-1", b"queued-2"].iter().enumerate() {
+        i.send_to("gus", &p[..], 40 + n as u64);
+        assert_eq!(i.wait_send_result(40 + n as u64), Status::Ok as i32);
+    }
+    let mut g1 = r.raw_login_password("gus", "pw", "g1");
+    let mut g2 = r.raw_login_password("gus", "pw", "g2");
+    // Both devices get the backlog and one live message, and ack none of them: all
+    // three are gus's data (on disk, or given back to the queue when the sessions end).
+    i.send_to("gus", b"live-1", 42);
+    assert_eq!(i.wait_send_result(42), Status::Ok as i32);
+    for g in [&mut g1, &mut g2] {
+        let got: Vec<Vec<u8>> = g
+            .delivers(3, T)
+            .iter()
+            .map(|d| d.payload.to_vec())
+            .collect();
+        assert_eq!(got, [&b"queued-1"[..], b"queued-2", b"live-1"]);
+    }
+    let mut h = r.raw_login_password("hana", "pw", "d");
     // gus owns "owned" (hana is in it) and is a member of hana's "hers".
     let k = C::CreateRoom(CreateRoom {
         request_id: 1,
@@ -206,13 +224,23 @@ fn delete_account_removes_its_data_rooms_and_sessions() {
     // gus is gone: no login, messages to it are NOT_FOUND, the name can be registered anew.
     let (_c, lr) = r.login_password("gus", "pw");
     assert_eq!(lr.status, Status::Unauthorized as i32);
-    let (mut i, _) = r.login_password("ike", "pw");
     i.send_to("gus", b"?", 4);
     match i.next_non_ping(T) {
         S::SendResult(s) => assert_eq!(s.status, Status::NotFound as i32),
         other => panic!("{other:?}"),
     }
+    // The new owner of the name gets none of the old owner's messages: the first
+    // thing it receives is a message sent to it after it logged in.
     assert_eq!(r.register("gus", "new").status, Status::Ok as i32);
+    let mut new_gus = r.raw_login_password("gus", "new", "d");
+    i.send_to("gus", b"for the new gus", 5);
+    assert_eq!(i.wait_send_result(5), Status::Ok as i32);
+    let d = new_gus.delivers(1, T).remove(0);
+    assert_eq!(
+        (d.seq, d.from_user.as_str(), &d.payload[..]),
+        (1, "ike", &b"for the new gus"[..]),
+        "the old owner's queued messages reached the new owner"
+    );
 }
 
 #[test]
@@ -235,4 +263,64 @@ fn password_work_past_its_limit_is_rate_limited() {
         S::RoomResult(x) => assert_eq!(x.status, Status::RateLimited as i32, "{x:?}"),
         other => panic!("{other:?}"),
     }
+}
+
+fn spin(d: std::time::Duration) {
+    let t = std::time::Instant::now();
+    while t.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
+
+/// A session of the user ends while DeleteAccount is in the store: `requeue` appends its
+/// unacked messages with `require_account = false` after the account and queue were
+/// deleted. Whoever registers the name next receives the old owner's messages.
+#[test]
+fn a_deleted_accounts_messages_never_reach_the_next_owner_of_the_name() {
+    use ringrouter_tests::ReadEnd;
+    use std::time::Duration;
+    let r = RouterProc::start(&["--shards", "1", "--auth", "accounts"]);
+    assert_eq!(r.register("sender", "pw").status, Status::Ok as i32);
+    let mut y = r.raw_login_password("sender", "pw", "d");
+    let mut leaked = Vec::new();
+    for trial in 0..150u32 {
+        let x = format!("victim{trial}");
+        assert_eq!(r.register(&x, "old-pw").status, Status::Ok as i32);
+        let mut s1 = r.raw_login_password(&x, "old-pw", "d");
+        let mut s2 = r.raw_login_password(&x, "old-pw", "d");
+        y.send_to(&x, format!("secret for {x}").as_bytes(), 10);
+        assert_eq!(y.wait_send_result(10), Status::Ok as i32);
+        // Both devices got it; neither acks.
+        assert_eq!(s1.delivers(1, T).len(), 1);
+        assert_eq!(s2.delivers(1, T).len(), 1);
+        s2.send(C::DeleteAccount(DeleteAccount { request_id: 4 }));
+        spin(Duration::from_micros(u64::from(trial % 30) * 40));
+        drop(s1);
+        // Wait for the deletion to finish.
+        loop {
+            match s2.next(T) {
+                Ok(f) => {
+                    if let Some(S::AccountResult(a)) = f.kind {
+                        assert_eq!(a.status, Status::Ok as i32, "{a:?}");
+                    }
+                }
+                Err(ReadEnd::Closed(_)) | Err(ReadEnd::Bad(_)) => break,
+                Err(ReadEnd::Timeout) => panic!("session not closed after DeleteAccount"),
+            }
+        }
+        // Someone else takes the name. Its first Deliver must be the fence sent
+        // after its login: anything before it is the old owner's.
+        assert_eq!(r.register(&x, "new-owner").status, Status::Ok as i32);
+        let mut n = r.raw_login_password(&x, "new-owner", "d");
+        y.send_to(&x, b"fence", 11);
+        assert_eq!(y.wait_send_result(11), Status::Ok as i32);
+        let d = n.delivers(1, T).remove(0);
+        if &d.payload[..] != b"fence" {
+            leaked.push((trial, d));
+        }
+    }
+    assert!(
+        leaked.is_empty(),
+        "new owners of deleted names got the old owner's messages: {leaked:?}"
+    );
 }

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use ringrouter_client::Status;
-use ringrouter_proto::codec::put_varint;
-use ringrouter_proto::v1::{client_frame, server_frame, ClientFrame, Login, Ping};
+use ringrouter_proto::codec::frame_to_vec;
+use ringrouter_proto::v1::{client_frame, server_frame, ClientFrame, Login, Ping, Register};
 use ringrouter_tests::{
-    assert_error, cfg, client_frame_bytes, connect_small_rcvbuf, wait_until, RouterProc, T,
+    assert_error, cfg, client_frame_bytes, connect_small_rcvbuf, wait_until, wire, RouterProc, T,
 };
 
 /// Default `--max-prelogin-frame-bytes`.
@@ -25,9 +25,8 @@ fn prelogin_frame_over_its_bound_is_too_large_and_closes() {
     let r = RouterProc::start(&["--shards", "2"]);
     // The length prefix alone is refused: the body never comes.
     let mut c = r.raw();
-    let mut prefix = Vec::new();
-    put_varint(&mut prefix, PRELOGIN_MAX as u64 + 1);
-    c.write(&prefix).expect("write");
+    c.write(&wire::length_prefix(PRELOGIN_MAX as u64 + 1))
+        .expect("write");
     let e = c.expect_error(T);
     assert_error(&e, Status::TooLarge);
     assert!(e.reason.contains("16384"), "{e:?}");
@@ -50,14 +49,10 @@ fn prelogin_frame_over_its_bound_is_too_large_and_closes() {
     }
     // After login the bound is max_frame_bytes: a larger Ping is fine.
     c.send(client_frame::Kind::Ping(Ping { nonce: 1 }));
-    let mut body = vec![(4 << 3) | 2, 0]; // ping {}
-    put_varint(&mut body, (50 << 3) | 2); // and an unknown field, skipped
-    put_varint(&mut body, PRELOGIN_MAX as u64);
-    body.extend(vec![b'x'; PRELOGIN_MAX]);
-    let mut big_ping = Vec::new();
-    put_varint(&mut big_ping, body.len() as u64);
-    big_ping.extend(body);
-    c.write(&big_ping).expect("write");
+    let mut body = Vec::new();
+    wire::len_field(&mut body, wire::CLIENT_FRAME_PING, &[]); // ping {}
+    wire::len_field(&mut body, 50, &vec![b'x'; PRELOGIN_MAX]); // and an unknown field, skipped
+    c.write(&wire::frame(&body)).expect("write");
     for _ in 0..2 {
         assert!(matches!(c.next_kind(T), server_frame::Kind::Pong(_)));
     }
@@ -77,7 +72,7 @@ fn login_of_size(user: &str, body_len: usize) -> Vec<u8> {
             })),
         };
         match f.encoded_len() {
-            n if n == body_len => return f.encode_length_delimited_to_vec(),
+            n if n == body_len => return frame_to_vec(&f),
             n if n > body_len => password_len -= (n - body_len).min(password_len),
             _ => password_len += 1,
         }
@@ -293,5 +288,64 @@ fn unknown_user_login_costs_what_a_wrong_password_costs() {
             ms > k / 3.0 && ms < k * 3.0,
             "a login for {what} took {ms:.2} ms, a wrong password {k:.2} ms"
         );
+    }
+}
+
+/// Register followed by Login in one write: after handling Register, `serve` falls
+/// through to a socket read instead of parsing what is already buffered, so the
+/// pipelined Login sits there until more bytes come (or the login timeout fires).
+#[test]
+fn a_login_pipelined_after_register_is_answered_without_more_input() {
+    let r = RouterProc::start(&["--auth", "accounts", "--login-timeout", "4s"]);
+    let mut c = r.raw();
+    let mut bytes = client_frame_bytes(client_frame::Kind::Register(Register {
+        request_id: 1,
+        user: "pipe".into(),
+        password: "pw".into(),
+    }));
+    bytes.extend(client_frame_bytes(client_frame::Kind::Login(Login {
+        request_id: 2,
+        user: "pipe".into(),
+        password: "pw".into(),
+        device: "d".into(),
+        ..Default::default()
+    })));
+    c.write(&bytes).unwrap();
+    match c.next_kind(Duration::from_secs(2)) {
+        server_frame::Kind::AccountResult(a) => assert_eq!(a.status, Status::Ok as i32, "{a:?}"),
+        other => panic!("expected AccountResult, got {other:?}"),
+    }
+    match c.next(Duration::from_secs(2)) {
+        Ok(f) => match f.kind {
+            Some(server_frame::Kind::LoginResult(l)) => {
+                assert_eq!(l.status, Status::Ok as i32, "{l:?}")
+            }
+            other => panic!("expected LoginResult, got {other:?}"),
+        },
+        Err(e) => panic!("no LoginResult for the pipelined Login within 2 s: {e:?}"),
+    }
+}
+
+/// Same with a Ping after Register: no Pong until the client sends more.
+#[test]
+fn a_ping_pipelined_after_register_is_answered_without_more_input() {
+    let r = RouterProc::start(&["--auth", "accounts"]);
+    let mut c = r.raw();
+    let mut bytes = client_frame_bytes(client_frame::Kind::Register(Register {
+        request_id: 1,
+        user: "pipe2".into(),
+        password: "pw".into(),
+    }));
+    bytes.extend(client_frame_bytes(client_frame::Kind::Ping(Ping {
+        nonce: 5,
+    })));
+    c.write(&bytes).unwrap();
+    assert!(matches!(
+        c.next_kind(Duration::from_secs(2)),
+        server_frame::Kind::AccountResult(_)
+    ));
+    match c.next(Duration::from_secs(2)) {
+        Ok(f) => assert!(matches!(f.kind, Some(server_frame::Kind::Pong(_))), "{f:?}"),
+        Err(e) => panic!("no Pong for the pipelined Ping within 2 s: {e:?}"),
     }
 }

@@ -8,7 +8,11 @@ use std::time::Duration;
 
 use ringrouter_client::Status;
 use ringrouter_proto::v1::server_frame;
-use ringrouter_tests::{users_on_shards, RouterProc, T};
+use ringrouter_proto::v1::server_frame::Kind as S;
+use ringrouter_tests::{
+    assert_survivors, pseudo_random, send_frame_bytes, users_on_shards, wait_until,
+    ConfirmedSender, Raw, RouterProc, T,
+};
 
 fn send_result(k: server_frame::Kind) -> (u64, i32) {
     match k {
@@ -225,40 +229,42 @@ fn a_session_that_never_acks_is_cut_at_its_unacked_limit_and_loses_nothing() {
     assert_eq!(got, (0..30).collect::<Vec<u8>>());
 }
 
+/// A kill -9 while confirmed sends are in flight: a sender pipelines messages under
+/// `--durability sync` to one user who is offline and one who is online and never acks,
+/// and the router is killed at a point that differs from run to run. After the restart
+/// each gets every message whose SendResult OK arrived before the kill, in send order,
+/// once (at least once: messages not yet confirmed may be there too).
 #[test]
 fn sync_mode_kill_9_loses_nothing_that_was_confirmed() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let args = ["--shards", "2", "--durability", "sync", "--data-dir", d];
-    let r = RouterProc::start(&args);
+    let mut r = RouterProc::start(&args);
     r.visit("kim");
-    // One recipient offline, one online that never acks.
-    let mut online = r.raw_login("lee");
-    let mut s = r.raw_login("max");
-    const N: u64 = 2000;
-    for i in 0..N {
-        let to = if i % 2 == 0 { "kim" } else { "lee" };
-        s.send_to(to, &i.to_be_bytes(), i + 1);
-    }
-    let mut confirmed = Vec::new();
-    while confirmed.len() < N as usize {
-        let (id, st) = send_result(s.next_non_ping(T));
-        assert_eq!(st, Status::Ok as i32);
-        confirmed.push(id - 1);
-    }
-    assert_eq!(online.delivers((N / 2) as usize, T).len(), (N / 2) as usize);
-    // kill -9 (RouterProc's drop), then the same store again.
-    drop(r);
+    let to = |i: u64| if i.is_multiple_of(2) { "kim" } else { "lee" };
+    let online = r.raw_login("lee");
+    let sender = ConfirmedSender::start(r.raw_login("max"), 32, move |i| {
+        send_frame_bytes(to(i), &i.to_be_bytes(), true, i + 1)
+    });
+    let kill_after = pseudo_random(200, 1200) as usize;
+    assert!(
+        wait_until(Duration::from_secs(30), || sender.confirmed() >= kill_after),
+        "only {} sends confirmed",
+        sender.confirmed()
+    );
+    r.kill9();
+    let (confirmed, sent) = sender.join();
+    eprintln!("killed after {} confirmed of {sent} sent", confirmed.len());
+    drop(online);
     let r = RouterProc::start(&args);
+    let mut s = r.raw_login("max");
     for (user, parity) in [("kim", 0), ("lee", 1)] {
         let mut c = r.raw_login(user);
-        let got: Vec<u64> = c
-            .delivers((N / 2) as usize, T)
-            .iter()
-            .map(|d| u64::from_be_bytes(d.payload[..8].try_into().unwrap()))
-            .collect();
-        let want: Vec<u64> = (0..N).filter(|i| i % 2 == parity).collect();
-        assert_eq!(got, want, "{user}");
+        // A fence sent after the login: everything before it is the backlog.
+        s.send_to(user, b"fence", 1);
+        assert_eq!(s.wait_send_result(1), Status::Ok as i32);
+        let got = crate::rooms::numbers_until_fence(&mut c);
+        assert_survivors(user, &got, &confirmed, sent, |i| i % 2 == parity);
     }
 }
 
@@ -280,4 +286,179 @@ fn sync_mode_acked_messages_are_removed() {
     let mut b = r.raw_login("nan");
     let back: Vec<u8> = b.delivers(2, T).iter().map(|d| d.payload[0]).collect();
     assert_eq!(back, [3, 4]);
+}
+
+/// Queues messages numbered `0..n` (4-byte big-endian payloads) for `to` in one write,
+/// then a fence asking for a SendResult; returns once the fence is confirmed, so every
+/// one of them is delivered or stored.
+pub(crate) fn queue_numbered(c: &mut Raw, to: &str, n: u32) {
+    let mut bytes = Vec::new();
+    for i in 0..n {
+        bytes.extend(send_frame_bytes(to, &i.to_be_bytes(), false, 0));
+    }
+    bytes.extend(send_frame_bytes(to, b"fence", true, 99));
+    c.write(&bytes).unwrap();
+    assert_eq!(c.wait_send_result(99), Status::Ok as i32);
+}
+
+/// The payloads [`queue_numbered`] sends, `range` of them.
+fn numbered(range: std::ops::Range<u32>) -> Vec<Vec<u8>> {
+    range.map(|i| i.to_be_bytes().to_vec()).collect()
+}
+
+/// A 1000-byte live message numbered `i`.
+fn live(i: usize) -> Vec<u8> {
+    let mut p = vec![0xEE; 1000];
+    p[..4].copy_from_slice(&(i as u32).to_be_bytes());
+    p
+}
+
+/// A login backlog longer than one page (1024) pauses after the first page until the
+/// client acks (unacked > max_unacked/2). Live messages that arrive meanwhile are held.
+/// Once held payload bytes passed max_pending_bytes/2, `continue_loading` never loaded
+/// the next page again (`pending()` counted `held_bytes`, which only `finish_backlog`
+/// cleared): the rest of the backlog and every held message were stuck for good.
+///
+/// Checks the exact sequence bob gets: the first page, then after the ack the rest of
+/// the backlog and its fence, then the held live messages, then nothing else.
+fn backlog_then_held(live_msgs: usize) {
+    let r = RouterProc::start(&[
+        "--shards",
+        "1",
+        "--max-unacked-per-session",
+        "1500",
+        "--max-pending-bytes",
+        "64k",
+    ]);
+    r.visit("bob");
+    let mut a = r.raw_login("alice");
+    const BACKLOG: u32 = 1100;
+    queue_numbered(&mut a, "bob", BACKLOG);
+
+    let mut b = r.raw_login("bob");
+    let first: Vec<_> = b.delivers(1024, T);
+    let payloads: Vec<Vec<u8>> = first.iter().map(|d| d.payload.to_vec()).collect();
+    assert_eq!(payloads, numbered(0..1024), "first backlog page");
+    // bob does not ack yet: live messages are held behind the backlog.
+    for i in 0..live_msgs {
+        a.send_to("bob", &live(i), 1000 + i as u64);
+        assert_eq!(a.wait_send_result(1000 + i as u64), Status::Ok as i32);
+    }
+    b.ack(first.last().unwrap().seq);
+    let mut want = numbered(1024..BACKLOG);
+    want.push(b"fence".to_vec());
+    want.extend((0..live_msgs).map(live));
+    let rest: Vec<Vec<u8>> = b
+        .delivers(want.len(), Duration::from_secs(4))
+        .iter()
+        .map(|d| d.payload.to_vec())
+        .collect();
+    assert!(
+        rest == want,
+        "after the ack: {} messages, want {} (rest of the backlog, fence, {live_msgs} held)",
+        rest.len(),
+        want.len()
+    );
+    let extra = b.ping_pong(1);
+    assert!(extra.is_empty(), "more than was sent: {extra:?}");
+}
+
+#[test]
+fn a_paused_backlog_resumes_after_an_ack_with_few_live_messages_held() {
+    // 20 KB held (< 32 KiB = max_pending/2): the control case.
+    backlog_then_held(20);
+}
+
+#[test]
+fn a_paused_backlog_resumes_after_an_ack_with_many_live_messages_held() {
+    // 40 KB held (> 32 KiB, < 64 KiB): the backlog never resumed.
+    backlog_then_held(40);
+}
+
+/// With --max-unacked-per-session below a backlog page, a backlog longer than the limit
+/// (but shorter than a page) went out in one page and `finish_backlog` then closed the
+/// session at once (unacked > max): the client could not ack in time, the stored
+/// messages stayed, and every later login was cut the same way. The user could never
+/// get a session.
+///
+/// A client that acks every message as it comes gets the whole backlog, in order, with
+/// no Error and no close, and its session stays usable.
+#[test]
+fn a_backlog_over_a_small_unacked_limit_is_received_by_a_client_that_acks() {
+    let r = RouterProc::start(&["--shards", "1", "--max-unacked-per-session", "20"]);
+    r.visit("ivy");
+    let mut a = r.raw_login("jack");
+    queue_numbered(&mut a, "ivy", 30);
+    let mut b = r.raw_login("ivy");
+    let mut want = numbered(0..30);
+    want.push(b"fence".to_vec());
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        match b.next(T) {
+            Ok(f) => match f.kind {
+                Some(S::Deliver(d)) => {
+                    b.ack(d.seq);
+                    got.push(d.payload.to_vec());
+                }
+                Some(S::Ping(_)) => {}
+                other => panic!("after {} of the backlog: {other:?}", got.len()),
+            },
+            Err(e) => panic!(
+                "after {} of the backlog the session ended: {e:?}",
+                got.len()
+            ),
+        }
+    }
+    assert_eq!(got, want);
+    assert!(b.ping_pong(2).is_empty(), "the session is still usable");
+}
+
+/// `Retained::ack` (HEAD 4764937) only looked at the first LOAD_PAGE+1 entries for the
+/// oldest name still referenced. With more backlog entries than that still unacked at
+/// the front, it dropped every name but the last, so the live messages behind the
+/// backlog lost their (sender, room); `take_unstored` then mapped them (saturating_sub
+/// -> index 0) to the wrong sender. At the next login alice's message arrived as sent by
+/// carol.
+#[test]
+fn requeued_messages_keep_their_sender_after_a_partial_ack() {
+    let r = RouterProc::start(&["--shards", "1"]);
+    r.visit("bob");
+    let mut d = r.raw_login("dave");
+    queue_numbered(&mut d, "bob", 1100);
+
+    let mut b = r.raw_login("bob");
+    let backlog = b.delivers(1101, T);
+    let mut alice = r.raw_login("alice");
+    let mut carol = r.raw_login("carol");
+    alice.send_to("bob", b"from-alice", 1);
+    assert_eq!(alice.wait_send_result(1), Status::Ok as i32);
+    carol.send_to("bob", b"from-carol", 1);
+    assert_eq!(carol.wait_send_result(1), Status::Ok as i32);
+    let live = b.delivers(2, T);
+    assert_eq!(live[0].from_user, "alice");
+    assert_eq!(live[1].from_user, "carol");
+    // Ack only the first backlog message, then go away.
+    b.ack(backlog[0].seq);
+    b.ping_pong(1);
+    b.logout();
+    let mut b = r.raw_login("bob");
+    let again = b.delivers(1102, T);
+    let requeued: Vec<(String, String)> = again
+        .iter()
+        .filter(|d| d.payload.starts_with(b"from-"))
+        .map(|d| {
+            (
+                d.from_user.clone(),
+                String::from_utf8_lossy(&d.payload).into_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        requeued,
+        vec![
+            ("alice".to_owned(), "from-alice".to_owned()),
+            ("carol".to_owned(), "from-carol".to_owned())
+        ],
+        "requeued live messages must keep their authenticated sender"
+    );
 }

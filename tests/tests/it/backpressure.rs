@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use ringrouter_client::{Client, Status};
 use ringrouter_proto::v1::server_frame;
-use ringrouter_tests::{cfg, connect_small_rcvbuf, users_on_shards, Pair, Raw, RouterProc, T};
+use ringrouter_tests::{
+    cfg, connect_small_rcvbuf, send_frame_bytes, tcp_queues, users_on_shards, Pair, Raw,
+    RouterProc, T,
+};
 
 /// Bound on the whole flood; the router closes the slow consumer after ~300 ms.
 const FLOOD_LIMIT: Duration = Duration::from_secs(20);
@@ -247,71 +250,211 @@ fn a_reader_that_keeps_up_is_not_cut() {
     assert_eq!((m.seq, &m.payload[..]), (N + 1, &b"still there"[..]));
 }
 
-#[test]
-fn one_slow_reader_pauses_its_sender_not_the_other_shards_traffic() {
-    // The slow consumer stays over its bound for the whole test (the timeout is
-    // long): its remote sender must be paused, and cross-shard traffic of
-    // everyone else must keep flowing meanwhile.
+/// What the flood thread of [`one_slow_reader_pauses_its_sender`] saw.
+struct Flood {
+    raw: Raw,
+    /// Bytes of Send frames the kernel took from the flooder.
+    written: u64,
+    /// Length of one Send frame.
+    frame_len: u64,
+}
+
+/// Writes numbered 1 KiB Sends to `to` (no SendResult asked) until a write blocks for
+/// the socket's write timeout: the router stopped reading the flooder, its buffers
+/// filled. That is the pause; it must come within `limit`. Counts the bytes written
+/// exactly (a write may take part of a frame).
+fn flood_until_blocked(mut f: Raw, to: &str, limit: Duration) -> Result<Flood, String> {
+    use std::io::{ErrorKind, Write};
+    let frame_len = send_frame_bytes(to, &numbered(0), false, 0).len() as u64;
+    let deadline = Instant::now() + limit;
+    let mut written = 0u64;
+    loop {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the flooder was never paused: {written} bytes went in"
+            ));
+        }
+        // A round from the first frame not written completely, resumed where the
+        // last write stopped inside it.
+        let first = written / frame_len;
+        let mut bytes = Vec::new();
+        for i in first..first + ROUND as u64 {
+            bytes.extend(send_frame_bytes(to, &numbered(i), false, 0));
+        }
+        let mut at = (written % frame_len) as usize;
+        while at < bytes.len() {
+            match f.stream.write(&bytes[at..]) {
+                Ok(0) => return Err("the router closed the flooder".into()),
+                Ok(n) => {
+                    at += n;
+                    written += n as u64;
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Ok(Flood {
+                        raw: f,
+                        written,
+                        frame_len,
+                    });
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("flooding: {e}")),
+            }
+        }
+    }
+}
+
+/// The slow consumer stays over its bound for the whole test (the timeout is long):
+/// its sender must be paused (its writes block: the router stops reading it), the
+/// router must hold no more for it than the bound allows, the traffic of everyone else
+/// must keep flowing meanwhile, and the slow session must still work afterwards: once
+/// it reads, it gets every message, in order, and the sender is resumed.
+fn one_slow_reader_pauses_its_sender(shards: usize) {
+    const MAX_PENDING: u64 = 64 * 1024;
+    let shard_arg = shards.to_string();
     let r = RouterProc::start(&[
         "--shards",
-        "2",
+        &shard_arg,
         "--max-pending-bytes",
         "64k",
         "--slow-consumer-timeout",
         "60s",
     ]);
-    let homes = users_on_shards("hol-", 2);
-    let (flooder, slow_user) = (homes[0].clone(), homes[1].clone());
+    let p = format!("hol{shards}-");
+    let (flooder, slow_user) = if shards >= 2 {
+        let homes = users_on_shards(&p, shards);
+        (homes[0].clone(), homes[1].clone())
+    } else {
+        (format!("{p}flooder"), format!("{p}slow"))
+    };
     let mut slow = Raw::from_stream(connect_small_rcvbuf(r.connect_addr(), 8 * 1024));
     assert_eq!(slow.login(&slow_user).status, Status::Ok as i32);
-    let mut pair = Pair::new(&r, "hol-pair", 2);
+    let mut pair = Pair::new(&r, &format!("{p}pair"), shards);
 
-    let f = r.client_with(cfg(&flooder)).expect("flooder login");
-    // A paused sender's writes block once its socket buffers fill: that is the
-    // backpressure; the timeout ends the flood thread.
-    f.stream()
+    let f = r.raw_login(&flooder);
+    // A paused sender's writes block once its socket buffers fill: after 2 s blocked
+    // the write fails with a timeout, the pause observable.
+    f.stream
         .set_write_timeout(Some(Duration::from_secs(2)))
         .expect("set_write_timeout");
-    let sent = Arc::new(AtomicU64::new(0));
     let flood_thread = {
-        let (to, sent) = (slow_user.clone(), sent.clone());
+        let to = slow_user.clone();
+        thread::spawn(move || flood_until_blocked(f, &to, Duration::from_secs(20)))
+    };
+    let mut exchanges = 0;
+    let mut slowest = Duration::ZERO;
+    while !flood_thread.is_finished() || exchanges < 10 {
+        let t = Instant::now();
+        pair.exchange(&format!("exchange {exchanges}"));
+        slowest = slowest.max(t.elapsed());
+        exchanges += 1;
+    }
+    let Flood {
+        raw: mut f,
+        written,
+        frame_len,
+    } = flood_thread
+        .join()
+        .expect("flood thread")
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{shards} shard(s): {written} bytes went in before the pause; {exchanges} exchanges meanwhile, slowest {slowest:?}");
+
+    // Where the flood is now, from the kernel's socket queues: not yet taken by the
+    // router (flooder's send queue, router's receive queue), past the router (router's
+    // send queue to the slow consumer, its receive queue). The rest is inside the router.
+    let (f_local, f_router) = (
+        f.stream.local_addr().unwrap(),
+        f.stream.peer_addr().unwrap(),
+    );
+    let (s_local, s_router) = (
+        slow.stream.local_addr().unwrap(),
+        slow.stream.peer_addr().unwrap(),
+    );
+    let q = |l, p| tcp_queues(l, p).expect("socket in /proc/net/tcp");
+    let not_taken = q(f_local, f_router).0 + q(f_router, f_local).1;
+    let past = q(s_router, s_local).0 + q(s_local, s_router).1;
+    let taken = written - not_taken;
+
+    // The slow consumer reads at last: every message the flooder wrote, in order.
+    // The flooder finishes the frame it was writing (once the router reads it again)
+    // and sends a confirmed fence.
+    let messages = written.div_ceil(frame_len);
+    let finish = {
+        let rest = messages * frame_len - written;
+        let to = slow_user.clone();
         thread::spawn(move || {
-            let mut f = f;
-            let payload = [0x55u8; 1024];
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if f.send_many(&to, std::iter::repeat_n(&payload[..], ROUND))
-                    .is_err()
-                {
-                    return true; // blocked: paused by the router
-                }
-                sent.fetch_add(ROUND as u64, Ordering::Relaxed);
-            }
-            false
+            let last = send_frame_bytes(&to, &numbered(messages - 1), false, 0);
+            let tail = &last[last.len() - rest as usize..];
+            f.stream
+                .set_write_timeout(Some(T))
+                .expect("set_write_timeout");
+            f.write(tail).expect("the rest of the last frame");
+            f.send_to(&to, b"fence", 1);
+            assert_eq!(
+                f.wait_send_result(1),
+                Status::Ok as i32,
+                "the sender resumed"
+            );
         })
     };
-    let mut slowest = Duration::ZERO;
-    for i in 0..10 {
-        let t = Instant::now();
-        pair.exchange(&format!("exchange {i}"));
-        slowest = slowest.max(t.elapsed());
+    let mut deliver_len = 0u64;
+    for i in 0..messages {
+        let body = slow
+            .next_body(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("message {i} of {messages}: {e:?}"));
+        deliver_len = deliver_len.max(body.len() as u64 + 2);
+        let frame = ringrouter_proto::codec::decode_server(body).expect("a frame");
+        match frame.kind {
+            Some(server_frame::Kind::Deliver(d)) => {
+                assert_eq!(
+                    (d.seq, number_of(&d.payload)),
+                    (i + 1, i),
+                    "in order, none lost"
+                );
+                if d.seq % 1000 == 0 {
+                    slow.ack(d.seq);
+                }
+            }
+            other => panic!("message {i}: expected a Deliver, got {other:?}"),
+        }
     }
-    let paused = flood_thread.join().expect("flood thread");
-    let sent = sent.load(Ordering::Relaxed);
-    eprintln!("flooder sent {sent} KiB before blocking; slowest exchange {slowest:?}");
-    assert!(
-        paused,
-        "the flooder was never paused ({sent} messages went in)"
+    let fence = slow.delivers(1, T).remove(0);
+    assert_eq!(
+        (fence.seq, &fence.payload[..]),
+        (messages + 1, &b"fence"[..])
     );
-    // Far less than the 10 s a blocked ring would cost; generous for CI noise.
+    finish.join().expect("the flooder resumed after the drain");
+
+    // Inside the router at the pause: what it took, less what it had passed on (counted
+    // in Deliver frames, a little longer than the Send frames they came from).
+    let past_as_send_bytes = past * frame_len / deliver_len;
+    let inside = taken.saturating_sub(past_as_send_bytes);
+    // The bound: the session's queue (--max-pending-bytes), plus one read of the
+    // flooder (its reader checks the pause before each read, and a read takes at most
+    // the read buffer: 64 KiB, or one frame of up to --max-frame-bytes, 1 MiB), plus,
+    // across shards, the pipeline to the recipient's shard (PIPELINE_HIGH_WATER): what
+    // the sender's shard forwarded before the recipient's shard, handling it, could
+    // see the queue over its bound and pause the sender.
+    let read_slack = 64 * 1024 + 1024 * 1024;
+    let pipeline = if shards >= 2 {
+        ringrouter::shard::PIPELINE_HIGH_WATER as u64
+    } else {
+        0
+    };
+    let bound = MAX_PENDING + read_slack + pipeline;
+    eprintln!("inside the router at the pause: {inside} bytes (bound {bound}); taken {taken}, past {past}");
     assert!(
-        slowest < Duration::from_secs(2),
-        "cross-shard traffic stalled for {slowest:?}"
-    );
-    // Not cut: the slow consumer stayed under the hard cap thanks to the pause.
-    assert!(
-        sent < 64 * 1024,
-        "the sender was not held back: {sent} KiB accepted"
+        inside <= bound,
+        "the router held {inside} bytes for a session over its 64 KiB bound (allowed {bound})"
     );
     pair.exchange("after");
+}
+
+#[test]
+fn one_slow_reader_pauses_its_sender_not_the_other_shards_traffic() {
+    one_slow_reader_pauses_its_sender(2);
+}
+
+#[test]
+fn one_slow_reader_pauses_its_same_shard_sender_not_the_others() {
+    one_slow_reader_pauses_its_sender(1);
 }

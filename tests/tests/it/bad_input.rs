@@ -6,9 +6,8 @@
 //! request-level errors (a well-formed frame with bad content) leave it usable.
 
 use ringrouter_client::{ClientError, Status};
-use ringrouter_proto::codec::put_varint;
 use ringrouter_proto::v1::{client_frame, server_frame, Ack, Login, Ping};
-use ringrouter_tests::{assert_error, cfg, send_frame_bytes, Pair, Raw, RouterProc, T};
+use ringrouter_tests::{assert_error, cfg, send_frame_bytes, wire, Pair, Raw, RouterProc, T};
 
 const MAX_FRAME: usize = 64 * 1024;
 const MAX_PAYLOAD: usize = 1024;
@@ -69,8 +68,7 @@ fn oversized_length_prefix_is_too_large_and_closes() {
     for logged_in in [false, true] {
         let case = format!("oversized prefix, logged in: {logged_in}");
         let mut c = conn(&r, logged_in, "big-victim");
-        let mut bytes = Vec::new();
-        put_varint(&mut bytes, MAX_FRAME as u64 + 1);
+        let bytes = wire::length_prefix(MAX_FRAME as u64 + 1);
         // The body never comes: the prefix alone must be refused, as too large (before
         // login the bound is --max-prelogin-frame-bytes, 16 KiB; after, --max-frame-bytes).
         c.write(&bytes).expect("write");
@@ -153,22 +151,18 @@ fn garbage_bytes_are_bad_frame_and_close() {
 fn unknown_frame_kind_is_bad_request_and_connection_stays_usable() {
     let (r, mut pair) = setup("unknown");
     let mut c = r.raw_login("unknown-user");
-    let key = |field: u64, wire_type: u64| {
-        let mut k = Vec::new();
-        put_varint(&mut k, (field << 3) | wire_type);
-        k
-    };
+    use wire::{key, I32, LEN, VARINT};
     let cases: [(&str, Vec<u8>); 5] = [
         (
             "field 50, LEN",
-            [key(50, 2), vec![3, b'a', b'b', b'c']].concat(),
+            [key(50, LEN), vec![3, b'a', b'b', b'c']].concat(),
         ),
-        ("field 50, varint", [key(50, 0), vec![1]].concat()),
+        ("field 50, varint", [key(50, VARINT), vec![1]].concat()),
         (
             "field 1000, fixed32",
-            [key(1000, 5), vec![1, 2, 3, 4]].concat(),
+            [key(1000, I32), vec![1, 2, 3, 4]].concat(),
         ),
-        ("reserved field 17", [key(17, 2), vec![0]].concat()),
+        ("reserved field 17", [key(17, LEN), vec![0]].concat()),
         ("empty frame", vec![]),
     ];
     for (case, body) in cases {

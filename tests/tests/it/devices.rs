@@ -1,7 +1,7 @@
 //! Multi-device delivery: every session of a user gets every message, each
 //! session numbers its Delivers 1, 2, 3, ... on its own.
 
-use ringrouter_client::{Client, ClientConfig};
+use ringrouter_client::{Client, ClientConfig, Status};
 use ringrouter_tests::{users_on_shards, RouterProc, T};
 
 fn device(r: &RouterProc, user: &str, name: &str) -> Client {
@@ -147,4 +147,60 @@ fn sending_to_self_reaches_every_device_on_one_shard() {
             );
         }
     }
+}
+
+/// Sync mode, two devices of bob. S1 is live (1100 journaled messages, not acked yet);
+/// S2 logs in and pauses after its first backlog page (1024 > max_unacked/2). A new
+/// message m is journaled: S1 gets it live, S2 is `loading` so it was skipped ("already
+/// in the queue behind it"). S1 acks everything -> `remove_up_to(top)` deleted m from
+/// the queue. S2 acks its page, loads the next one from 1025: m was gone. S2 was
+/// connected when m was sent and never received it (in memory mode it would be held and
+/// delivered).
+#[test]
+fn sync_mode_a_paging_device_gets_a_live_message_another_device_acked() {
+    let r = RouterProc::start(&[
+        "--shards",
+        "1",
+        "--durability",
+        "sync",
+        "--max-unacked-per-session",
+        "1500",
+    ]);
+    r.visit("fence-user");
+    let mut s1 = r.raw_login("bob");
+    let mut a = r.raw_login("alice");
+    crate::offline::queue_numbered(&mut a, "bob", 1100);
+    let got1 = s1.delivers(1101, T);
+    assert_eq!(got1.len(), 1101);
+    let mut s2 = r.raw_login("bob");
+    let page = s2.delivers(1024, T);
+    a.send_to("bob", b"MMMM", 100);
+    assert_eq!(a.wait_send_result(100), Status::Ok as i32);
+    let m1 = s1.delivers(1, T);
+    assert_eq!(&m1[0].payload[..], b"MMMM");
+    s1.ack(m1[0].seq);
+    // The removal must reach the store before S2 asks for its next page. The Pong
+    // says the shard handled the ack (and sent the store its removal); the store
+    // takes requests in order, so a sync-mode send that it confirms after that
+    // (journaled: it went through the store) comes after the removal.
+    s1.ping_pong(1);
+    s1.send_to("fence-user", b"store fence", 101);
+    assert_eq!(s1.wait_send_result(101), Status::Ok as i32);
+    s2.ack(page.last().unwrap().seq);
+    // The rest of S2's backlog: 1024..1100, alice's fence, then m, once.
+    let rest: Vec<Vec<u8>> = s2
+        .delivers(1100 - 1024 + 2, T)
+        .iter()
+        .map(|d| d.payload.to_vec())
+        .collect();
+    let mut want: Vec<Vec<u8>> = (1024..1100u32).map(|i| i.to_be_bytes().to_vec()).collect();
+    want.push(b"fence".to_vec());
+    want.push(b"MMMM".to_vec());
+    assert!(
+        rest == want,
+        "S2 after its first page: {} messages, last {:?}; want the backlog, fence, MMMM",
+        rest.len(),
+        rest.last()
+    );
+    assert!(s2.ping_pong(2).is_empty(), "S2 got more than was sent");
 }

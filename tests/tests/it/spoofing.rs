@@ -4,30 +4,11 @@
 
 use prost::Message as _;
 use ringrouter_client::Status;
-use ringrouter_proto::codec::put_varint;
 use ringrouter_proto::v1::{server_frame, Deliver, ServerFrame};
+use ringrouter_tests::wire::{fixed32_field, len_field, varint_field};
 use ringrouter_tests::{users_on_shards, RouterProc, T};
 
 const FORGED: &[u8] = b"mallory";
-
-const LEN: u64 = 2;
-const VARINT: u64 = 0;
-const I32: u64 = 5;
-
-fn tag(out: &mut Vec<u8>, field: u64, wire_type: u64) {
-    put_varint(out, (field << 3) | wire_type);
-}
-
-fn len_field(out: &mut Vec<u8>, field: u64, data: &[u8]) {
-    tag(out, field, LEN);
-    put_varint(out, data.len() as u64);
-    out.extend_from_slice(data);
-}
-
-fn varint_field(out: &mut Vec<u8>, field: u64, v: u64) {
-    tag(out, field, VARINT);
-    put_varint(out, v);
-}
 
 /// A Deliver as the router would send it, from "mallory": what a forger would
 /// like the recipient to see.
@@ -64,8 +45,7 @@ fn send_with_junk(to: &str, payload: &[u8], request_id: u64) -> Vec<u8> {
     .encode_to_vec();
     len_field(&mut s, 13, &server);
     varint_field(&mut s, 15, 7);
-    tag(&mut s, 12, I32);
-    s.extend_from_slice(&[1, 2, 3, 4]);
+    fixed32_field(&mut s, 12, [1, 2, 3, 4]);
     len_field(&mut s, 1000, FORGED);
     s
 }

@@ -4,22 +4,11 @@
 //! iovec points into the read buffer is the unit test
 //! `outbuf::tests::large_payloads_are_written_from_the_senders_buffer`.)
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ringrouter::{Config, Router};
 use ringrouter_client::{Client, ClientConfig};
-use ringrouter_tests::users_on_shards;
-
-fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
+use ringrouter_tests::{users_on_shards, wait_until, T};
 
 #[test]
 fn payloads_are_never_copied_by_default() {
@@ -54,7 +43,7 @@ fn payloads_are_never_copied_by_default() {
         expected += 2 * size as u64;
     }
     assert!(
-        wait_for(|| router.stats().payload_zero_copy_bytes == expected),
+        wait_until(T, || router.stats().payload_zero_copy_bytes == expected),
         "zero-copy bytes {} != {expected}",
         router.stats().payload_zero_copy_bytes
     );
@@ -83,7 +72,7 @@ fn inline_threshold_copies_only_small_payloads() {
             .unwrap()
             .expect("delivered");
     }
-    assert!(wait_for(|| router.stats().payload_copied_bytes == 50
+    assert!(wait_until(T, || router.stats().payload_copied_bytes == 50
         && router.stats().payload_zero_copy_bytes == 500));
     assert!(router.shutdown());
 }

@@ -1,0 +1,42 @@
+//! The black-box tests, one binary (it links once): every module starts its own
+//! router processes (`ringrouter_tests::RouterProc`, a free port and a temporary
+//! data directory each), so the modules run side by side on the default test
+//! thread pool. Helpers live in the `ringrouter_tests` library (`tests/src/`).
+//!
+//! | module | what it covers |
+//! |---|---|
+//! | `accounts` | Register, password login, ListUsers, DeleteAccount (data, queue, rooms, sessions) |
+//! | `auth` | open auth on public addresses, JWT logins |
+//! | `backpressure` | slow consumers: pause of their senders, cut after the timeout, nothing lost |
+//! | `bad_input` | malformed frames: the right Status, closed or still usable |
+//! | `bounds` | every memory bound a client can push: answers, unacked, offline, held, idle users |
+//! | `devices` | several sessions of one user: each gets every message, acks per device |
+//! | `dm` | direct messages across shards, both drivers |
+//! | `heartbeat` | silent sessions are closed, live ones stay |
+//! | `limits` | connections, sessions per user, name length, login deadline |
+//! | `names` | the one name rule, in every field that holds a name |
+//! | `offline` | offline queue, backlog paging, at-least-once, restarts, kill -9 |
+//! | `order` | per-sender order under load, both drivers |
+//! | `prelogin` | what a connection may do before Login, pipelined Register / Login |
+//! | `rooms` | rooms: membership, fan-out (no echo to the sending device), limits, order, kill -9 |
+//! | `shutdown` | SIGTERM: queued messages flushed or kept for the next login, `--shutdown-timeout` |
+//! | `spoofing` | identity: a client cannot choose `from_user` or other router-owned fields |
+//! | `zero_copy` | payloads are written from the sender's read buffer |
+
+mod accounts;
+mod auth;
+mod backpressure;
+mod bad_input;
+mod bounds;
+mod devices;
+mod dm;
+mod heartbeat;
+mod limits;
+mod names;
+mod offline;
+mod order;
+mod prelogin;
+mod rooms;
+mod shutdown;
+mod spoofing;
+mod zero_copy;

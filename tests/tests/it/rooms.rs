@@ -1,0 +1,885 @@
+//! Rooms: create (owner, join code), join by name or code (password checked), leave,
+//! owner-only add / remove / delete, list; room messages reach every member's every
+//! session (the sender's other devices too, not the sending one), non-members are
+//! refused; events tell members what happened; limits are enforced.
+
+use std::time::Duration;
+
+use ringrouter_client::Status;
+use ringrouter_proto::v1::{
+    client_frame::Kind as C, server_frame::Kind as S, AddMember, CreateRoom, DeleteRoom, JoinRoom,
+    LeaveRoom, ListRooms, RemoveMember, RoomEvent, RoomEventKind, RoomResult,
+};
+use ringrouter_tests::{
+    assert_survivors, client_frame_bytes, pseudo_random, room_result, room_send_frame_bytes,
+    users_on_shards, wait_until, ConfirmedSender, Raw, RouterProc, T,
+};
+
+fn op(c: &mut Raw, k: C) -> (RoomResult, Vec<S>) {
+    let (r, others) = c.call(k, 0);
+    (room_result(r), others)
+}
+
+fn next_event(c: &mut Raw) -> RoomEvent {
+    match c.next_non_ping(T) {
+        S::RoomEvent(e) => e,
+        other => panic!("expected a RoomEvent, got {other:?}"),
+    }
+}
+
+/// Panics if `frames` (seen by the sending device) hold a Deliver.
+fn assert_no_deliver(frames: &[S], context: &str) {
+    let echoes: Vec<&S> = frames
+        .iter()
+        .filter(|k| matches!(k, S::Deliver(_)))
+        .collect();
+    assert!(
+        echoes.is_empty(),
+        "{context}: got its own message back: {echoes:?}"
+    );
+}
+
+fn room_message_reaches_every_member_device(shards: &str) {
+    let r = RouterProc::start(&["--shards", shards]);
+    let n: usize = shards.parse().unwrap();
+    let u = users_on_shards(&format!("rm{n}-"), n.max(3));
+    let (owner, ann, bob) = (&u[0], &u[1], &u[2]);
+    let mut o1 = r.raw_login(owner);
+    let mut o2 = r.raw_login(owner);
+    let mut a = r.raw_login(ann);
+    let mut b = r.raw_login(bob);
+    let created = o1.create_room("lobby", "");
+    assert_eq!(created.status, Status::Ok as i32, "{created:?}");
+    assert!(created.join_code.starts_with('#'), "{created:?}");
+    assert_eq!(created.room, "lobby");
+    // Join by name and by code.
+    let j = a.join_room("lobby", "");
+    assert_eq!((j.status, j.room.as_str()), (Status::Ok as i32, "lobby"));
+    let j = b.join_room(&created.join_code, "");
+    assert_eq!((j.status, j.room.as_str()), (Status::Ok as i32, "lobby"));
+    // Everyone in the room hears about the joins.
+    for c in [&mut o1, &mut o2] {
+        let e1 = next_event(c);
+        let e2 = next_event(c);
+        assert_eq!(
+            (e1.kind, e1.user.as_str(), e2.kind, e2.user.as_str()),
+            (
+                RoomEventKind::RoomEventJoined as i32,
+                ann.as_str(),
+                RoomEventKind::RoomEventJoined as i32,
+                bob.as_str()
+            )
+        );
+    }
+    let e = next_event(&mut a);
+    assert_eq!(
+        (e.kind, e.room.as_str()),
+        (RoomEventKind::RoomEventJoined as i32, "lobby")
+    );
+    let e = next_event(&mut a);
+    assert_eq!(e.user, *bob);
+    assert_eq!(next_event(&mut b).user, *bob);
+    // A message from the owner's first device: the second device and every member get
+    // it once, with the room set; the sending device does not.
+    let (st, seen) = o1.send_room_seen("lobby", b"hello room", 5);
+    assert_eq!(st, Status::Ok as i32);
+    assert_no_deliver(&seen, "the sending device, before its SendResult");
+    for c in [&mut o2, &mut a, &mut b] {
+        let d = c.delivers(1, T).remove(0);
+        assert_eq!(
+            (d.from_user.as_str(), d.to_room.as_str(), &d.payload[..]),
+            (owner.as_str(), "lobby", &b"hello room"[..])
+        );
+    }
+    // Members send too. Room messages reach a member in the room's order, so the
+    // sending device's next Deliver being ann's shows no echo came after its
+    // SendResult either.
+    assert_eq!(a.send_room("lobby", b"from ann", 6), Status::Ok as i32);
+    for c in [&mut o1, &mut o2, &mut b] {
+        let d = c.delivers(1, T).remove(0);
+        assert_eq!(
+            (d.from_user.as_str(), &d.payload[..]),
+            (ann.as_str(), &b"from ann"[..])
+        );
+    }
+    // A non-member is refused; nothing is delivered.
+    let mut x = r.raw_login(&format!("{owner}-outsider"));
+    assert_eq!(
+        x.send_room("lobby", b"let me in", 7),
+        Status::Forbidden as i32
+    );
+    assert_eq!(
+        x.send_room("no-such-room", b"?", 8),
+        Status::NotFound as i32
+    );
+    // Leave: the others are told; the leaver no longer gets messages.
+    let (res, _) = op(
+        &mut b,
+        C::LeaveRoom(LeaveRoom {
+            request_id: 0,
+            room: "lobby".into(),
+        }),
+    );
+    assert_eq!(res.status, Status::Ok as i32);
+    let e = next_event(&mut a);
+    assert_eq!(
+        (e.kind, e.user.as_str()),
+        (RoomEventKind::RoomEventLeft as i32, bob.as_str())
+    );
+    assert_eq!(
+        next_event(&mut o1).kind,
+        RoomEventKind::RoomEventLeft as i32
+    );
+    assert_eq!(a.send_room("lobby", b"bob left", 9), Status::Ok as i32);
+    assert_eq!(&o1.delivers(1, T)[0].payload[..], b"bob left");
+    assert_eq!(
+        b.send_room("lobby", b"still here?", 10),
+        Status::Forbidden as i32
+    );
+    // Listing: ann is in lobby.
+    let (res, _) = op(&mut a, C::ListRooms(ListRooms { request_id: 0 }));
+    assert_eq!(res.rooms, ["lobby"]);
+}
+
+#[test]
+fn room_message_reaches_every_member_device_one_shard() {
+    room_message_reaches_every_member_device("1");
+}
+
+#[test]
+fn room_message_reaches_every_member_device_across_shards() {
+    room_message_reaches_every_member_device("2");
+}
+
+#[test]
+fn owner_only_operations_are_refused_to_others() {
+    let r = RouterProc::start(&["--shards", "2"]);
+    let mut o = r.raw_login("olga");
+    let mut m = r.raw_login("mel");
+    let _ = r.raw_login("nina");
+    assert_eq!(o.create_room("club", "").status, Status::Ok as i32);
+    assert_eq!(m.join_room("club", "").status, Status::Ok as i32);
+    let refused = [
+        C::AddMember(AddMember {
+            request_id: 0,
+            room: "club".into(),
+            user: "nina".into(),
+        }),
+        C::RemoveMember(RemoveMember {
+            request_id: 0,
+            room: "club".into(),
+            user: "olga".into(),
+        }),
+        C::DeleteRoom(DeleteRoom {
+            request_id: 0,
+            room: "club".into(),
+        }),
+    ];
+    for k in refused {
+        let (res, _) = op(&mut m, k);
+        assert_eq!(res.status, Status::Forbidden as i32, "{res:?}");
+        assert!(!res.reason.is_empty());
+    }
+    // The owner may: add, remove, delete; members hear each step.
+    let (res, _) = op(
+        &mut o,
+        C::AddMember(AddMember {
+            request_id: 0,
+            room: "club".into(),
+            user: "nina".into(),
+        }),
+    );
+    assert_eq!(res.status, Status::Ok as i32);
+    let (res, _) = op(
+        &mut o,
+        C::AddMember(AddMember {
+            request_id: 0,
+            room: "club".into(),
+            user: "ghost-who-never-logged-in".into(),
+        }),
+    );
+    assert_eq!(res.status, Status::NotFound as i32, "{res:?}");
+    let (res, _) = op(
+        &mut o,
+        C::RemoveMember(RemoveMember {
+            request_id: 0,
+            room: "club".into(),
+            user: "mel".into(),
+        }),
+    );
+    assert_eq!(res.status, Status::Ok as i32);
+    let mut kinds = Vec::new();
+    loop {
+        let e = next_event(&mut m);
+        kinds.push((e.kind, e.user.clone()));
+        if e.kind == RoomEventKind::RoomEventRemoved as i32 {
+            break;
+        }
+    }
+    assert_eq!(
+        kinds,
+        [
+            (RoomEventKind::RoomEventJoined as i32, "nina".to_string()),
+            (RoomEventKind::RoomEventRemoved as i32, "mel".to_string())
+        ]
+    );
+    assert_eq!(m.send_room("club", b"x", 3), Status::Forbidden as i32);
+    let (res, _) = op(
+        &mut o,
+        C::DeleteRoom(DeleteRoom {
+            request_id: 0,
+            room: "club".into(),
+        }),
+    );
+    assert_eq!(res.status, Status::Ok as i32);
+    assert_eq!(o.send_room("club", b"x", 4), Status::NotFound as i32);
+    // The name is free again.
+    assert_eq!(m.create_room("club", "").status, Status::Ok as i32);
+    assert_eq!(o.create_room("club", "").status, Status::Conflict as i32);
+}
+
+#[test]
+fn join_with_wrong_password_or_code_is_refused() {
+    let r = RouterProc::start(&["--shards", "2"]);
+    let mut o = r.raw_login("pam");
+    let mut q = r.raw_login("quinn");
+    let c = o.create_room("vault", "s3cret");
+    assert_eq!(c.status, Status::Ok as i32);
+    assert_eq!(q.join_room("vault", "").status, Status::Forbidden as i32);
+    assert_eq!(
+        q.join_room("vault", "guess").status,
+        Status::Forbidden as i32
+    );
+    assert_eq!(
+        q.join_room(&c.join_code, "guess").status,
+        Status::Forbidden as i32
+    );
+    assert_eq!(
+        q.join_room("#nosuchcode", "s3cret").status,
+        Status::NotFound as i32
+    );
+    assert_eq!(
+        q.join_room(&c.join_code, "s3cret").status,
+        Status::Ok as i32
+    );
+    // Bad names are refused before anything happens.
+    assert_eq!(o.create_room("", "").status, Status::BadRequest as i32);
+    assert_eq!(
+        o.create_room("#looks-like-a-code", "").status,
+        Status::BadRequest as i32
+    );
+    assert_eq!(
+        o.create_room(&"x".repeat(65), "").status,
+        Status::BadRequest as i32
+    );
+}
+
+#[test]
+fn offline_members_get_room_messages_at_next_login() {
+    let r = RouterProc::start(&["--shards", "2"]);
+    let mut o = r.raw_login("ruth");
+    let mut s = r.raw_login("sam");
+    assert_eq!(o.create_room("news", "").status, Status::Ok as i32);
+    assert_eq!(s.join_room("news", "").status, Status::Ok as i32);
+    drop(s);
+    for i in 0..3u8 {
+        assert_eq!(
+            o.send_room("news", &[i], u64::from(i) + 20),
+            Status::Ok as i32
+        );
+    }
+    let mut s = r.raw_login("sam");
+    let got: Vec<(String, u8)> = s
+        .delivers(3, T)
+        .into_iter()
+        .map(|d| (d.to_room, d.payload[0]))
+        .collect();
+    assert_eq!(
+        got,
+        [("news".into(), 0), ("news".into(), 1), ("news".into(), 2)]
+    );
+}
+
+#[test]
+fn room_limits_are_enforced() {
+    let r = RouterProc::start(&[
+        "--shards",
+        "2",
+        "--max-members-per-room",
+        "3",
+        "--max-rooms-per-user",
+        "2",
+    ]);
+    let mut o = r.raw_login("tom");
+    assert_eq!(o.create_room("r1", "").status, Status::Ok as i32);
+    assert_eq!(o.create_room("r2", "").status, Status::Ok as i32);
+    let c = o.create_room("r3", "");
+    assert_eq!(c.status, Status::RateLimited as i32, "{c:?}");
+    let mut users: Vec<Raw> = (0..3).map(|i| r.raw_login(&format!("u{i}"))).collect();
+    assert_eq!(users[0].join_room("r1", "").status, Status::Ok as i32);
+    assert_eq!(users[1].join_room("r1", "").status, Status::Ok as i32);
+    let full = users[2].join_room("r1", "");
+    assert_eq!(full.status, Status::RateLimited as i32, "{full:?}");
+    // u0 is in r1; r2 makes two; a third room is refused.
+    assert_eq!(users[0].join_room("r2", "").status, Status::Ok as i32);
+    let mut v = r.raw_login("vic");
+    assert_eq!(v.create_room("r4", "").status, Status::Ok as i32);
+    let over = users[0].join_room("r4", "");
+    assert_eq!(over.status, Status::RateLimited as i32, "{over:?}");
+}
+
+#[test]
+fn rooms_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let r = RouterProc::start(&["--shards", "2", "--data-dir", d]);
+    let mut o = r.raw_login("uma");
+    let mut w = r.raw_login("walt");
+    let c = o.create_room("persist", "pw");
+    assert_eq!(w.join_room("persist", "pw").status, Status::Ok as i32);
+    drop((o, w));
+    let (code, _) = r.terminate(std::time::Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    let r = RouterProc::start(&["--shards", "2", "--data-dir", d]);
+    let mut o = r.raw_login("uma");
+    let mut w = r.raw_login("walt");
+    let (res, _) = op(&mut w, C::ListRooms(ListRooms { request_id: 0 }));
+    assert_eq!(res.rooms, ["persist"]);
+    assert_eq!(o.send_room("persist", b"still here", 1), Status::Ok as i32);
+    assert_eq!(&w.delivers(1, T)[0].payload[..], b"still here");
+    let mut x = r.raw_login("xena");
+    assert_eq!(x.join_room(&c.join_code, "pw").status, Status::Ok as i32);
+}
+
+#[test]
+fn room_send_result_waits_for_offline_members_and_reports_a_full_queue() {
+    let r = RouterProc::start(&["--shards", "2", "--max-offline-per-user", "2"]);
+    let mut o = r.raw_login("yara");
+    let mut z = r.raw_login("zed");
+    assert_eq!(o.create_room("small", "").status, Status::Ok as i32);
+    assert_eq!(z.join_room("small", "").status, Status::Ok as i32);
+    drop(z);
+    assert_eq!(o.send_room("small", b"1", 1), Status::Ok as i32);
+    assert_eq!(o.send_room("small", b"2", 2), Status::Ok as i32);
+    // zed's queue is full: not a silent loss, the sender is told.
+    assert_eq!(o.send_room("small", b"3", 3), Status::RateLimited as i32);
+    let mut z = r.raw_login("zed");
+    let got: Vec<Vec<u8>> = z
+        .delivers(2, T)
+        .into_iter()
+        .map(|d| d.payload.to_vec())
+        .collect();
+    assert_eq!(got, [b"1".to_vec(), b"2".to_vec()]);
+}
+
+/// A kill -9 while confirmed room sends are in flight: a sender pipelines room messages
+/// under `--durability sync` and the router is killed at a point that differs from run
+/// to run. Every message whose SendResult OK arrived before the kill reaches both
+/// members after the restart (one never acked, one was offline), in order, once.
+#[test]
+fn sync_mode_room_messages_confirmed_before_a_kill_9_survive_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let args = ["--shards", "2", "--durability", "sync", "--data-dir", d];
+    let mut r = RouterProc::start(&args);
+    let mut o = r.raw_login("abe");
+    let mut on = r.raw_login("bea");
+    let mut off = r.raw_login("cy");
+    assert_eq!(o.create_room("journal", "").status, Status::Ok as i32);
+    assert_eq!(on.join_room("journal", "").status, Status::Ok as i32);
+    assert_eq!(off.join_room("journal", "").status, Status::Ok as i32);
+    drop(off);
+    // Sends in flight at the kill: the sender always has 32 unanswered.
+    let sender = ConfirmedSender::start(o, 32, |i| {
+        room_send_frame_bytes("journal", &i.to_be_bytes(), true, i + 1)
+    });
+    let kill_after = pseudo_random(100, 600) as usize;
+    assert!(
+        wait_until(Duration::from_secs(30), || sender.confirmed() >= kill_after
+            || sender.finished()),
+        "only {} room sends confirmed",
+        sender.confirmed()
+    );
+    r.kill9(); // bea never acked, cy was offline
+    let (confirmed, sent) = sender.join();
+    eprintln!("killed after {} confirmed of {sent} sent", confirmed.len());
+    drop(on);
+    let r = RouterProc::start(&args);
+    let mut o = r.raw_login("abe");
+    for user in ["bea", "cy"] {
+        let mut c = r.raw_login(user);
+        // A fence sent after the login: everything before it is the backlog.
+        assert_eq!(o.send_room("journal", b"fence", 1), Status::Ok as i32);
+        let got = numbers_until_fence(&mut c);
+        assert_survivors(user, &got, &confirmed, sent, |_| true);
+    }
+}
+
+/// Reads Delivers up to one whose payload is `fence`, acking as it goes; returns the
+/// 8-byte big-endian numbers of the ones before it.
+pub(crate) fn numbers_until_fence(c: &mut Raw) -> Vec<u64> {
+    let mut got = Vec::new();
+    loop {
+        let d = c.room_delivers(1, T).remove(0);
+        c.ack(d.seq);
+        if &d.payload[..] == b"fence" {
+            return got;
+        }
+        got.push(u64::from_be_bytes(
+            d.payload[..].try_into().expect("8-byte number"),
+        ));
+    }
+}
+
+/// README, Wire protocol 2: a room message goes to every session of every member
+/// "except the sending device". The sending device sees its SendResult and no Deliver
+/// of its own message (neither before the SendResult nor after it: the next Deliver it
+/// gets is a later message of another member); the sender's second device gets it.
+#[test]
+fn the_sending_device_gets_no_echo_but_the_senders_other_device_does() {
+    for shards in ["1", "2"] {
+        let r = RouterProc::start(&["--shards", shards]);
+        let u = users_on_shards(&format!("echo{shards}-"), 2);
+        let (owner, member) = (&u[0], &u[1]);
+        let mut o1 = r.raw_login(owner);
+        let mut o2 = r.raw_login(owner);
+        let mut m = r.raw_login(member);
+        assert_eq!(o1.create_room("echo", "").status, Status::Ok as i32);
+        assert_eq!(m.join_room("echo", "").status, Status::Ok as i32);
+        assert_eq!(
+            next_event(&mut o1).kind,
+            RoomEventKind::RoomEventJoined as i32
+        );
+        assert_eq!(
+            next_event(&mut o2).kind,
+            RoomEventKind::RoomEventJoined as i32
+        );
+        let (st, seen) = o1.send_room_seen("echo", b"mine", 1);
+        assert_eq!(st, Status::Ok as i32, "{shards} shard(s)");
+        assert_no_deliver(&seen, "the sending device, before its SendResult");
+        assert_eq!(m.send_room("echo", b"theirs", 2), Status::Ok as i32);
+        match o1.next_non_ping(T) {
+            S::Deliver(d) => assert_eq!(
+                (d.from_user.as_str(), &d.payload[..]),
+                (member.as_str(), &b"theirs"[..]),
+                "{shards} shard(s): the sending device's next Deliver"
+            ),
+            other => panic!("{shards} shard(s): expected a Deliver, got {other:?}"),
+        }
+        let got: Vec<(String, Vec<u8>)> = o2
+            .delivers(2, T)
+            .into_iter()
+            .map(|d| (d.from_user, d.payload.to_vec()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (owner.clone(), b"mine".to_vec()),
+                (member.clone(), b"theirs".to_vec())
+            ],
+            "{shards} shard(s): the sender's other device"
+        );
+    }
+}
+
+/// Reads RoomResults (skipping events and pings) until `n` arrived; returns their
+/// statuses by request id.
+fn room_statuses(c: &mut Raw, n: usize) -> std::collections::BTreeMap<u64, i32> {
+    let mut out = std::collections::BTreeMap::new();
+    while out.len() < n {
+        match c.next_non_ping(T) {
+            S::RoomResult(r) => {
+                out.insert(r.request_id, r.status);
+            }
+            S::RoomEvent(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    out
+}
+
+fn list_rooms(c: &mut Raw) -> Vec<String> {
+    let mut rooms = room_result(c.call(C::ListRooms(ListRooms { request_id: 77 }), 77).0).rooms;
+    rooms.sort();
+    rooms
+}
+
+/// The statuses `--max-rooms-per-user 2` must give `n` pipelined requests with ids
+/// `first..`: the first two OK, every later one RATE_LIMITED.
+fn two_then_rate_limited(first: u64, n: u64) -> std::collections::BTreeMap<u64, i32> {
+    (first..first + n)
+        .map(|id| {
+            let st = if id < first + 2 {
+                Status::Ok
+            } else {
+                Status::RateLimited
+            };
+            (id, st as i32)
+        })
+        .collect()
+}
+
+/// `check_room_limit` read `rooms_of(user)` and only wrote in the completion: CreateRoom
+/// frames for different rooms pipelined in one write all saw the old count, so
+/// --max-rooms-per-user was not enforced.
+#[test]
+fn pipelined_creates_stop_exactly_at_max_rooms_per_user() {
+    let r = RouterProc::start(&["--shards", "1", "--max-rooms-per-user", "2"]);
+    let mut a = r.raw_login("alice");
+    let mut bytes = Vec::new();
+    for i in 0..8u64 {
+        bytes.extend(client_frame_bytes(C::CreateRoom(CreateRoom {
+            request_id: 100 + i,
+            name: format!("lim{i}"),
+            password: String::new(),
+        })));
+    }
+    a.write(&bytes).unwrap();
+    assert_eq!(room_statuses(&mut a, 8), two_then_rate_limited(100, 8));
+    assert_eq!(list_rooms(&mut a), ["lim0", "lim1"]);
+}
+
+/// Same for JoinRoom: pipelined joins of different rooms all passed the limit check.
+#[test]
+fn pipelined_joins_stop_exactly_at_max_rooms_per_user() {
+    let r = RouterProc::start(&["--shards", "1", "--max-rooms-per-user", "2"]);
+    // Three owners make two rooms each (their limit).
+    let mut owners = vec![];
+    for (k, o) in ["o1", "o2", "o3"].iter().enumerate() {
+        let mut c = r.raw_login(o);
+        for j in 0..2 {
+            let res = c.create_room(&format!("j{k}{j}"), "");
+            assert_eq!(res.status, Status::Ok as i32, "{res:?}");
+        }
+        owners.push(c);
+    }
+    let mut b = r.raw_login("bob");
+    let mut bytes = Vec::new();
+    let mut i = 0;
+    for k in 0..3 {
+        for j in 0..2 {
+            bytes.extend(client_frame_bytes(C::JoinRoom(JoinRoom {
+                request_id: 200 + i,
+                room: format!("j{k}{j}"),
+                password: String::new(),
+            })));
+            i += 1;
+        }
+    }
+    b.write(&bytes).unwrap();
+    assert_eq!(room_statuses(&mut b, 6), two_then_rate_limited(200, 6));
+    assert_eq!(list_rooms(&mut b), ["j00", "j01"]);
+}
+
+/// A room message addressed by join code took a detour (a store lookup on the code's
+/// home shard, then a forward by name); one addressed by name went straight to the
+/// room. Messages from one sender to one room then arrived out of send order.
+///
+/// Since then a Send names its room by name only (README, Names: room names may not
+/// start with `#`, join codes do): a Send to a join code is BAD_REQUEST and nothing
+/// of it is delivered, so no detour can reorder anything. The ones by name arrive
+/// in send order, and nothing else arrives.
+#[test]
+fn room_messages_to_a_join_code_are_refused_and_the_rest_keep_send_order() {
+    let r = RouterProc::start(&["--shards", "1"]);
+    let mut a = r.raw_login("alice");
+    let mut b = r.raw_login("bob");
+    let created = a.create_room("ord", "");
+    assert_eq!(created.status, Status::Ok as i32);
+    assert!(created.join_code.starts_with('#'), "{created:?}");
+    let j = b.join_room("ord", "");
+    assert_eq!(j.status, Status::Ok as i32);
+    let mut bytes = Vec::new();
+    bytes.extend(room_send_frame_bytes(&created.join_code, b"1", true, 1));
+    bytes.extend(room_send_frame_bytes("ord", b"2", true, 2));
+    bytes.extend(room_send_frame_bytes(&created.join_code, b"3", true, 3));
+    bytes.extend(room_send_frame_bytes("ord", b"4", true, 4));
+    bytes.extend(room_send_frame_bytes("ord", b"5", true, 5));
+    a.write(&bytes).unwrap();
+    let mut results = Vec::new();
+    while results.len() < 5 {
+        match a.next_non_ping(T) {
+            S::SendResult(r) => results.push((r.request_id, r.status)),
+            S::RoomEvent(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    results.sort();
+    let (ok, bad) = (Status::Ok as i32, Status::BadRequest as i32);
+    assert_eq!(results, [(1, bad), (2, ok), (3, bad), (4, ok), (5, ok)]);
+    let got: Vec<Vec<u8>> = b
+        .room_delivers(3, T)
+        .into_iter()
+        .map(|d| d.payload.to_vec())
+        .collect();
+    assert_eq!(
+        got,
+        [b"2".to_vec(), b"4".to_vec(), b"5".to_vec()],
+        "alice's room messages as bob saw them"
+    );
+    let extra = b.ping_pong(1);
+    assert!(
+        !extra.iter().any(|k| matches!(k, S::Deliver(_))),
+        "a message sent to the join code was delivered: {extra:?}"
+    );
+}
+
+/// On the room's home shard a room request was posted to `local_mail` (handled on the
+/// consumer's next turn), but a room message was handled at once (`send_to_room` called
+/// `on_room_work` directly). A Send pipelined after a JoinRoom was checked before the
+/// Join: FORBIDDEN, although the module doc promises "a message sent after a Join is
+/// checked against the new member list".
+#[test]
+fn a_send_pipelined_after_a_join_is_checked_against_the_new_member_list() {
+    let r = RouterProc::start(&["--shards", "1"]);
+    let mut o = r.raw_login("owner");
+    assert_eq!(o.create_room("pj", "").status, Status::Ok as i32);
+    let mut b = r.raw_login("bob");
+    let mut bytes = client_frame_bytes(C::JoinRoom(JoinRoom {
+        request_id: 1,
+        room: "pj".into(),
+        password: String::new(),
+    }));
+    bytes.extend(room_send_frame_bytes("pj", b"hi", true, 2));
+    b.write(&bytes).unwrap();
+    let mut join = None;
+    let mut send = None;
+    while join.is_none() || send.is_none() {
+        match b.next_non_ping(T) {
+            S::RoomResult(r) if r.request_id == 1 => join = Some(r.status),
+            S::SendResult(s) if s.request_id == 2 => send = Some(s.status),
+            S::RoomEvent(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(join, Some(Status::Ok as i32));
+    assert_eq!(
+        send,
+        Some(Status::Ok as i32),
+        "Send pipelined after JoinRoom (5 = FORBIDDEN)"
+    );
+    let d = o.room_delivers(1, T).remove(0);
+    assert_eq!((d.from_user.as_str(), &d.payload[..]), ("bob", &b"hi"[..]));
+}
+
+/// Same with CreateRoom then Send by the owner (it was NOT_FOUND).
+#[test]
+fn a_send_pipelined_after_a_create_reaches_the_room() {
+    let r = RouterProc::start(&["--shards", "1"]);
+    let mut o = r.raw_login("owner");
+    let mut bytes = client_frame_bytes(C::CreateRoom(CreateRoom {
+        request_id: 1,
+        name: "pc".into(),
+        password: String::new(),
+    }));
+    bytes.extend(room_send_frame_bytes("pc", b"hi", true, 2));
+    o.write(&bytes).unwrap();
+    let mut create = None;
+    let mut send = None;
+    while create.is_none() || send.is_none() {
+        match o.next_non_ping(T) {
+            S::RoomResult(r) if r.request_id == 1 => create = Some(r.status),
+            S::SendResult(s) if s.request_id == 2 => send = Some(s.status),
+            S::RoomEvent(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(create, Some(Status::Ok as i32));
+    assert_eq!(
+        send,
+        Some(Status::Ok as i32),
+        "Send pipelined after CreateRoom (6 = NOT_FOUND)"
+    );
+}
+
+/// A room with a password was `busy` for a whole Argon2id verification (~35 ms) per
+/// Join attempt, and everything for the room (members' messages too) queued behind it.
+/// Any logged-in non-member could pipeline wrong-password Joins and stall the room's
+/// traffic for as long as they liked; `hashing_busy` never tripped because the room
+/// submitted one hash at a time.
+///
+/// Checked by order, not by time: 100 wrong-password Joins cost 100 real hashes
+/// (seconds), and the owner's message must be through while most of them are still
+/// unanswered. A router that queues room messages behind the Joins answers the owner
+/// only after all 100 (eve would hold 99 or 100 answers by then).
+#[test]
+fn wrong_password_joins_do_not_hold_up_room_messages() {
+    const JOINS: u64 = 100;
+    let r = RouterProc::start_real_argon2(&["--shards", "1"]);
+    let mut o = r.raw_login("owner");
+    let c = o.create_room("locked", "right");
+    assert_eq!(c.status, Status::Ok as i32, "{c:?}");
+    let mut m = r.raw_login("member");
+    assert_eq!(m.join_room("locked", "right").status, Status::Ok as i32);
+    let mut eve = r.raw_login("eve");
+    let mut bytes = Vec::new();
+    for i in 0..JOINS {
+        bytes.extend(client_frame_bytes(C::JoinRoom(JoinRoom {
+            request_id: 1000 + i,
+            room: "locked".into(),
+            password: "wrong".into(),
+        })));
+    }
+    eve.write(&bytes).unwrap();
+    // The first refusal: the Joins are being worked on.
+    let mut refused = 0;
+    while refused == 0 {
+        if let S::RoomResult(x) = eve.next_non_ping(Duration::from_secs(30)) {
+            assert_eq!(x.status, Status::Forbidden as i32, "{x:?}");
+            refused += 1;
+        }
+    }
+    let (status, _) = o.send_room_seen("locked", b"x", 7);
+    assert_eq!(status, Status::Ok as i32);
+    let d = m.room_delivers(1, T).remove(0);
+    assert_eq!(&d.payload[..], b"x");
+    // What eve holds now is at most what was answered before the owner's message.
+    while let Ok(f) = eve.next(Duration::from_millis(1)) {
+        if let Some(S::RoomResult(_)) = f.kind {
+            refused += 1;
+        }
+    }
+    assert!(
+        refused <= JOINS / 2,
+        "the owner's room message waited behind {refused} of {JOINS} wrong-password joins"
+    );
+    // Every Join is still answered, FORBIDDEN.
+    while refused < JOINS {
+        if let S::RoomResult(x) = eve.next_non_ping(Duration::from_secs(30)) {
+            assert_eq!(x.status, Status::Forbidden as i32, "{x:?}");
+            refused += 1;
+        }
+    }
+}
+
+/// The LoginResult waited for the first backlog page (`start_backlog` kept it in
+/// `login_frame`), but the session was in the user's session list from `register` on,
+/// so a RoomEvent for the user (`on_room_notice` -> `push_frame`) was written before
+/// it: the first frame a client got after Login was not the LoginResult.
+#[test]
+fn the_first_frame_after_login_is_the_login_result() {
+    let r = RouterProc::start(&["--shards", "1"]);
+    let mut o = r.raw_login("owner");
+    assert_eq!(o.create_room("busy", "").status, Status::Ok as i32);
+    let mut b = r.raw_login("bob");
+    let j = b.join_room("busy", "");
+    assert_eq!(j.status, Status::Ok as i32);
+    drop(b);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr = r.connect_addr();
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut c = Raw::connect(addr);
+            assert_eq!(c.login("carol").status, Status::Ok as i32);
+            let mut id = 10u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut bytes = client_frame_bytes(C::JoinRoom(JoinRoom {
+                    request_id: id,
+                    room: "busy".into(),
+                    password: String::new(),
+                }));
+                bytes.extend(client_frame_bytes(C::LeaveRoom(LeaveRoom {
+                    request_id: id + 1,
+                    room: "busy".into(),
+                })));
+                c.write(&bytes).unwrap();
+                // Read the two answers (and events) back.
+                let mut answers = 0;
+                while answers < 2 {
+                    if let S::RoomResult(_) = c.next_non_ping(T) {
+                        answers += 1;
+                    }
+                }
+                id += 2;
+            }
+        })
+    };
+    let mut first_frames = Vec::new();
+    for _ in 0..300 {
+        let mut c = Raw::connect(addr);
+        c.send(C::Login(ringrouter_proto::v1::Login {
+            request_id: 1,
+            user: "bob".into(),
+            device: "d".into(),
+            ..Default::default()
+        }));
+        let f = c.next_kind(T);
+        if !matches!(f, S::LoginResult(_)) {
+            first_frames.push(f);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churn.join().unwrap();
+    assert!(
+        first_frames.is_empty(),
+        "{} of 300 logins got another frame before their LoginResult, e.g. {:?}",
+        first_frames.len(),
+        first_frames.first()
+    );
+}
+
+fn sync_room(r: &RouterProc) -> (Raw, Raw) {
+    let mut a = r.raw_login("alice");
+    let mut b = r.raw_login("bob");
+    let c = a.create_room("syncroom", "");
+    assert_eq!(c.status, Status::Ok as i32, "{c:?}");
+    let j = b.join_room("syncroom", "");
+    assert_eq!(j.status, Status::Ok as i32, "{j:?}");
+    (a, b)
+}
+
+/// Sync mode: a room message was journaled for every member, the sender's own user
+/// included (`on_room_fan` -> `journal(user, .., skip = sender)`); the sending device is
+/// skipped for live delivery, so that entry was never delivered/acked. It filled the
+/// sender's own offline queue: after max_offline_per_user room messages, the sender's
+/// own sends were RATE_LIMITED even though every real recipient acked.
+#[test]
+fn sync_mode_room_sends_do_not_fill_the_senders_own_offline_queue() {
+    let r = RouterProc::start(&[
+        "--shards",
+        "1",
+        "--durability",
+        "sync",
+        "--max-offline-per-user",
+        "3",
+    ]);
+    let (mut a, mut b) = sync_room(&r);
+    let mut statuses = Vec::new();
+    for i in 0..6u8 {
+        let st = a.send_room("syncroom", &[i], 10 + u64::from(i));
+        statuses.push(st);
+        if st == Status::Ok as i32 {
+            let d = b.room_delivers(1, T);
+            assert_eq!(&d[0].payload[..], &[i]);
+            b.ack(d[0].seq);
+        }
+    }
+    assert_eq!(
+        statuses,
+        [Status::Ok as i32; 6],
+        "room sends (9 = RATE_LIMITED: the sender's own offline queue filled up)"
+    );
+}
+
+/// Sync mode: the sender got its own room message back at its next login.
+#[test]
+fn sync_mode_room_message_is_not_echoed_to_the_sender_at_next_login() {
+    let r = RouterProc::start(&["--shards", "1", "--durability", "sync"]);
+    let (mut a, mut b) = sync_room(&r);
+    assert_eq!(a.send_room("syncroom", b"hello", 10), Status::Ok as i32);
+    let d = b.room_delivers(1, T);
+    b.ack(d[0].seq);
+    b.ping_pong(1);
+    drop(a);
+    // Her backlog comes before anything sent after her login: a fence from bob
+    // must be the first Deliver she gets.
+    let mut a = r.raw_login("alice");
+    assert_eq!(b.send_room("syncroom", b"fence", 11), Status::Ok as i32);
+    let first = a.room_delivers(1, T).remove(0);
+    assert_eq!(
+        (first.from_user.as_str(), &first.payload[..]),
+        ("bob", &b"fence"[..]),
+        "alice's first Deliver after her next login"
+    );
+}
