@@ -11,11 +11,15 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod client;
-mod frames;
+mod core;
+mod error;
+mod event;
 pub mod load;
 #[cfg(test)]
 mod testing;
 pub mod threaded;
 
-pub use client::{Client, ClientConfig, ClientError, Event, Message, RoomEventKind};
+pub use client::{Client, ClientConfig};
+pub use error::ClientError;
+pub use event::{Event, Message, RoomEventKind};
 pub use ringrouter_proto::Status;

@@ -121,12 +121,12 @@ use hdrhistogram::Histogram;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 use ringrouter_proto::codec::{decode_server, encode_frame, peek_varint};
-use ringrouter_proto::fast::{parse_server, put_send_header, ServerView};
+use ringrouter_proto::fast::{parse_server, ServerView};
+use ringrouter_proto::send::{put_send_header, SendHeader, Target};
 use ringrouter_proto::v1::{
     client_frame, server_frame, Ack, ClientFrame, JoinRoom, Login, Logout, Pong,
 };
 
-use crate::frames::{self, SendHeader, Target};
 use crate::{Client, ClientConfig, ClientError, Status};
 
 impl Default for LoadConfig {
@@ -930,9 +930,11 @@ fn next_item<'a>(
 /// the caller appends `len` payload bytes, then calls [`end_message`].
 fn begin_message(protocol: Protocol, out: &mut BytesMut, to: &Dest, len: usize) {
     match (protocol, to) {
-        (Protocol::Ringrouter, Dest::User(u)) => put_send_header(out, u.as_bytes(), len, 0),
+        (Protocol::Ringrouter, Dest::User(u)) => {
+            put_send_header(out, &SendHeader::to(Target::User(u)), len)
+        }
         (Protocol::Ringrouter, Dest::Room(r)) => {
-            frames::put_send_header(out, &SendHeader::to(Target::Room(r)), len)
+            put_send_header(out, &SendHeader::to(Target::Room(r)), len)
         }
         (Protocol::Nats, Dest::User(subject) | Dest::Room(subject)) => {
             use std::fmt::Write as _;
@@ -1059,13 +1061,13 @@ async fn request(
                 Some(server_frame::Kind::Error(e)) => {
                     return Err(format!(
                         "{what}: {}: {}",
-                        crate::client::status(e.code).short_name(),
+                        crate::core::status(e.code).short_name(),
                         e.reason
                     ))
                 }
                 Some(k) => {
                     if let Some((status, reason)) = answer(k) {
-                        let st = crate::client::status(status);
+                        let st = crate::core::status(status);
                         if st != Status::Ok {
                             return Err(format!("{what}: {}: {reason}", st.short_name()));
                         }
