@@ -411,3 +411,379 @@ pub(crate) fn put_pong(out: &mut impl BufMut, nonce: u64) {
 pub(crate) fn put_logout(out: &mut impl BufMut) {
     Frame::of(client_frame::Kind::Logout(Logout {})).put(out)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The core without sockets: frames in, events and answers out.
+
+    use super::request::{self as req, PingRequest, Register, SendWait};
+    use super::*;
+    use bytes::BytesMut;
+    use ringrouter_proto::codec::{decode_client, encode_frame, next_frame};
+    use ringrouter_proto::send::Target;
+    use ringrouter_proto::v1::{
+        AccountResult, Deliver, Error, Ping, RoomEvent, RoomResult, SendResult, ServerFrame,
+    };
+
+    fn body(kind: server_frame::Kind) -> Bytes {
+        let mut b = BytesMut::new();
+        encode_frame(&ServerFrame { kind: Some(kind) }, &mut b);
+        next_frame(&mut b, 1 << 20).unwrap().unwrap()
+    }
+
+    fn event(kind: server_frame::Kind) -> Event {
+        match decode(body(kind)).expect("decodes") {
+            Inbound::Event(ev) => ev,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+
+    fn room_result(request_id: u64, status: Status, room: &str) -> Event {
+        event(server_frame::Kind::RoomResult(RoomResult {
+            request_id,
+            status: status as i32,
+            reason: "why".into(),
+            room: room.into(),
+            join_code: "CODE".into(),
+            rooms: vec![],
+        }))
+    }
+
+    /// The frame `req` sends with request id 7, decoded; checks its length.
+    fn sent<R: Request>(req: &R) -> client_frame::Kind {
+        let f = req.frame(7);
+        let mut b = BytesMut::new();
+        f.put(&mut b);
+        assert_eq!(b.len(), f.len());
+        let body = next_frame(&mut b, 1 << 20).unwrap().unwrap();
+        assert!(b.is_empty());
+        decode_client(body).unwrap().kind.unwrap()
+    }
+
+    #[test]
+    fn frames_decode_into_messages_events_pings_and_login_results() {
+        let b = body(server_frame::Kind::Deliver(Deliver {
+            seq: 4,
+            from_user: "bob".into(),
+            to_room: "lobby".into(),
+            payload: Bytes::from_static(b"hi"),
+            server_ts_us: 9,
+            msg_id: 11,
+        }));
+        let Inbound::Event(Event::Message(m)) = decode(b.clone()).unwrap() else {
+            panic!("not a message")
+        };
+        assert_eq!(
+            (m.sender.as_str(), m.room.as_deref(), &m.payload[..]),
+            ("bob", Some("lobby"), &b"hi"[..])
+        );
+        assert_eq!((m.seq, m.msg_id, m.timestamp_us), (4, 11, 9));
+        // No copy: the payload is a slice of the frame.
+        let p = m.payload.as_ptr() as usize;
+        assert!(p >= b.as_ptr() as usize && p + 2 <= b.as_ptr() as usize + b.len());
+        assert!(matches!(
+            decode(body(server_frame::Kind::Ping(Ping { nonce: 5 }))).unwrap(),
+            Inbound::Ping(5)
+        ));
+        assert!(matches!(
+            decode(body(
+                server_frame::Kind::LoginResult(LoginResult::default())
+            ))
+            .unwrap(),
+            Inbound::Login(_)
+        ));
+        assert!(matches!(decode(Bytes::new()).unwrap(), Inbound::Nothing));
+        assert_eq!(
+            event(server_frame::Kind::RoomEvent(RoomEvent {
+                kind: 2,
+                room: "r".into(),
+                user: "u".into()
+            })),
+            Event::Room {
+                kind: RoomEventKind::Left,
+                room: "r".into(),
+                user: "u".into()
+            }
+        );
+        assert!(matches!(
+            decode(Bytes::from_static(&[0x1a, 0x05, 0x08])),
+            Err(ClientError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn answers_go_to_their_waiting_request_and_everything_else_to_the_application() {
+        let mut p = Pending::default();
+        // Nothing waits: everything is for the application.
+        let stray = room_result(3, Status::Ok, "x");
+        assert_eq!(p.offer(stray.clone()), Some(stray));
+        p.insert(3, false);
+        p.insert(4, false);
+        assert!(p.take(3).is_none(), "not answered yet");
+        assert_eq!(
+            p.offer(room_result(9, Status::Ok, "x")),
+            Some(room_result(9, Status::Ok, "x"))
+        );
+        let room = event(server_frame::Kind::RoomEvent(RoomEvent::default()));
+        assert_eq!(p.offer(room.clone()), Some(room));
+        assert_eq!(p.offer(room_result(3, Status::Ok, "lobby")), None);
+        assert_eq!(p.offer(room_result(4, Status::Forbidden, "")), None);
+        match p.take(3) {
+            Some(Ok(Reply::Room(r))) => {
+                assert_eq!((r.room.as_str(), r.join_code.as_str()), ("lobby", "CODE"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(p.take(3).is_none(), "taken once");
+        match p.take(4) {
+            Some(Err(ClientError::Router {
+                code: Status::Forbidden,
+                reason,
+                request_id: 4,
+            })) => {
+                assert_eq!(reason, "why")
+            }
+            other => panic!("{other:?}"),
+        }
+        // An Error frame naming a request answers it; a removed request gets nothing.
+        p.insert(5, false);
+        let err = |request_id| {
+            event(server_frame::Kind::Error(Error {
+                code: Status::NotFound as i32,
+                reason: "gone".into(),
+                request_id,
+            }))
+        };
+        assert_eq!(p.offer(err(5)), None);
+        assert!(matches!(
+            p.take(5),
+            Some(Err(ClientError::Router {
+                code: Status::NotFound,
+                ..
+            }))
+        ));
+        p.remove(5);
+        assert_eq!(p.offer(err(5)), Some(err(5)));
+        // Without a request id, an Error answers only a request that accepts one.
+        assert_eq!(p.offer(err(0)), Some(err(0)));
+        p.insert(6, true);
+        assert_eq!(p.offer(err(0)), None);
+        assert!(matches!(
+            p.take(6),
+            Some(Err(ClientError::Router {
+                code: Status::NotFound,
+                request_id: 6,
+                ..
+            }))
+        ));
+        // Pongs answer the ping of their nonce.
+        p.insert(8, false);
+        assert_eq!(p.offer(Event::Pong(1)), Some(Event::Pong(1)));
+        assert_eq!(p.offer(Event::Pong(8)), None);
+        assert_eq!(p.take(8).map(|a| a.ok()), Some(Some(Reply::Pong)));
+        // An Error frame that says OK is still a failure.
+        p.insert(10, false);
+        let ok_error = event(server_frame::Kind::Error(Error {
+            code: Status::Ok as i32,
+            reason: String::new(),
+            request_id: 10,
+        }));
+        assert_eq!(p.offer(ok_error), None);
+        assert!(matches!(
+            p.take(10),
+            Some(Err(ClientError::Router {
+                code: Status::Unspecified,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn acks_are_cumulative_and_cover_only_what_was_handed_out() {
+        let policy = AckPolicy {
+            every: 3,
+            interval: Duration::from_millis(100),
+        };
+        let t0 = Instant::now();
+        let mut a = Acks::new(policy, t0);
+        assert_eq!(a.poll(t0, true), None, "nothing handed out, nothing to ack");
+        a.handed(1);
+        a.handed(2);
+        assert_eq!(a.poll(t0, false), None, "not due yet");
+        a.handed(3);
+        assert_eq!(a.poll(t0, false), Some(3), "due by count");
+        a.handed(2);
+        assert_eq!(a.poll(t0, true), None, "an older seq acks nothing");
+        a.handed(4);
+        assert_eq!(a.poll(t0 + Duration::from_millis(50), false), None);
+        assert_eq!(
+            a.poll(t0 + Duration::from_millis(100), false),
+            Some(4),
+            "due by time"
+        );
+        a.handed(5);
+        assert_eq!(
+            a.poll(t0 + Duration::from_millis(101), true),
+            Some(5),
+            "forced"
+        );
+        // every = 0: never by count.
+        let p0 = AckPolicy { every: 0, ..policy };
+        assert!(!p0.due_by_count(1000, 0));
+        assert_eq!(p0.due(1000, 0, Duration::ZERO, false), None);
+        assert_eq!(p0.due(1000, 0, Duration::from_secs(1), false), Some(1000));
+    }
+
+    #[test]
+    fn every_request_sends_its_fields_and_reads_its_answer() {
+        use client_frame::Kind as K;
+        let room = |room: &str, join_code: &str, rooms: &[&str]| {
+            Reply::Room(RoomReply {
+                room: room.into(),
+                join_code: join_code.into(),
+                rooms: rooms.iter().map(|s| s.to_string()).collect(),
+            })
+        };
+        let account = |user: &str, users: &[&str]| {
+            Reply::Account(AccountReply {
+                user: user.into(),
+                users: users.iter().map(|s| s.to_string()).collect(),
+            })
+        };
+        let r = req::CreateRoom {
+            name: "lobby",
+            password: Some("pw"),
+        };
+        assert!(
+            matches!(sent(&r), K::CreateRoom(c) if (c.request_id, c.name.as_str(), c.password.as_str()) == (7, "lobby", "pw"))
+        );
+        assert_eq!(r.output(room("lobby", "AB12", &[])), Some("AB12".into()));
+        let r = req::JoinRoom {
+            name_or_code: "AB12",
+            password: None,
+        };
+        assert!(
+            matches!(sent(&r), K::JoinRoom(j) if (j.room.as_str(), j.password.as_str()) == ("AB12", ""))
+        );
+        assert_eq!(r.output(room("lobby", "", &[])), Some("lobby".into()));
+        let r = req::JoinRoom {
+            name_or_code: "lobby",
+            password: None,
+        };
+        assert_eq!(
+            r.output(room("", "", &[])),
+            Some("lobby".into()),
+            "an empty name: the one asked for"
+        );
+        assert!(matches!(sent(&req::LeaveRoom { room: "r" }), K::LeaveRoom(l) if l.room == "r"));
+        assert!(
+            matches!(sent(&req::AddMember { room: "r", user: "u" }), K::AddMember(a) if (a.room.as_str(), a.user.as_str()) == ("r", "u"))
+        );
+        assert!(
+            matches!(sent(&req::RemoveMember { room: "r", user: "u" }), K::RemoveMember(a) if (a.room.as_str(), a.user.as_str()) == ("r", "u"))
+        );
+        assert!(
+            matches!(sent(&req::DeleteRoom { room: "r" }), K::DeleteRoom(d) if d.room == "r" && d.request_id == 7)
+        );
+        assert!(matches!(sent(&req::ListRooms), K::ListRooms(l) if l.request_id == 7));
+        assert_eq!(
+            req::ListRooms.output(room("", "", &["a", "b"])),
+            Some(vec!["a".into(), "b".into()])
+        );
+        let r = req::ListUsers {
+            pattern: "a*",
+            limit: 2,
+        };
+        assert!(matches!(sent(&r), K::ListUsers(l) if (l.pattern.as_str(), l.limit) == ("a*", 2)));
+        assert_eq!(r.output(account("", &["ann"])), Some(vec!["ann".into()]));
+        assert!(matches!(sent(&req::DeleteAccount), K::DeleteAccount(d) if d.request_id == 7));
+        let r = Register {
+            user: "dora",
+            password: "s3cret",
+        };
+        assert!(
+            matches!(sent(&r), K::Register(g) if (g.user.as_str(), g.password.as_str()) == ("dora", "s3cret"))
+        );
+        assert_eq!(r.output(account("", &[])), Some("dora".into()));
+        assert!(matches!(sent(&PingRequest), K::Ping(p) if p.nonce == 7));
+        let r = SendWait {
+            to: Target::Room("lobby"),
+            payload: b"x",
+        };
+        assert!(
+            matches!(sent(&r), K::Send(s) if s.want_result && s.request_id == 7 && s.to_room == "lobby" && &s.payload[..] == b"x")
+        );
+        assert_eq!(r.output(Reply::Sent { msg_id: 5 }), Some(5));
+        // The wrong kind of answer is a protocol error naming the request.
+        let e = finish(req::ListRooms, 7, Ok(account("", &[]))).unwrap_err();
+        assert!(
+            matches!(&e, ClientError::Protocol(m) if m.contains("ListRooms") && m.contains("request 7")),
+            "{e}"
+        );
+        // A refusal is passed through.
+        let refused = Err(ClientError::Router {
+            code: Status::Conflict,
+            reason: String::new(),
+            request_id: 7,
+        });
+        assert!(matches!(
+            finish(req::DeleteAccount, 7, refused),
+            Err(ClientError::Router {
+                code: Status::Conflict,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn answers_decode_from_the_wire() {
+        let mut p = Pending::default();
+        p.insert(1, false);
+        p.insert(2, false);
+        let send_ok = event(server_frame::Kind::SendResult(SendResult {
+            request_id: 1,
+            status: Status::Ok as i32,
+            reason: String::new(),
+            msg_id: 42,
+        }));
+        assert_eq!(p.offer(send_ok), None);
+        assert_eq!(
+            p.take(1).map(|a| a.ok()),
+            Some(Some(Reply::Sent { msg_id: 42 }))
+        );
+        let acct = event(server_frame::Kind::AccountResult(AccountResult {
+            request_id: 2,
+            status: Status::Unauthorized as i32,
+            ..Default::default()
+        }));
+        assert_eq!(p.offer(acct), None);
+        assert!(matches!(
+            p.take(2),
+            Some(Err(ClientError::Router {
+                code: Status::Unauthorized,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn request_ids_count_up_from_where_they_start() {
+        let ids = RequestIds::starting_at(1 << 32);
+        assert_eq!((ids.next(), ids.next()), (1 << 32, (1 << 32) + 1));
+        let mut b = BytesMut::new();
+        put_ack(&mut b, 9);
+        put_pong(&mut b, 3);
+        put_logout(&mut b);
+        let kinds: Vec<_> = std::iter::from_fn(|| next_frame(&mut b, 1 << 20).unwrap())
+            .map(|f| decode_client(f).unwrap().kind.unwrap())
+            .collect();
+        assert!(matches!(
+            kinds.as_slice(),
+            [
+                client_frame::Kind::Ack(Ack { up_to_seq: 9 }),
+                client_frame::Kind::Pong(Pong { nonce: 3 }),
+                client_frame::Kind::Logout(_)
+            ]
+        ));
+    }
+}
