@@ -901,58 +901,7 @@ fn reader_loop(inner: &Inner, mut stream: TcpStream, mut rbuf: BytesMut) {
             }
         }
         if !batch.is_empty() {
-            let mut g = lock(&inner.inq);
-            let mut answered = false;
-            let mut pushed = false;
-            for ev in batch.drain(..) {
-                if let Event::Error { code, reason, .. } = &ev {
-                    g.last_error = Some(format!("{}: {reason}", code.short_name()));
-                }
-                let Some(ev) = g.pending.offer(ev) else {
-                    answered = true;
-                    continue;
-                };
-                let ev = match ev {
-                    ev @ (Event::Message(_) | Event::Room { .. } | Event::Error { .. }) => ev,
-                    // An answer nobody waits for (timed out): a refusal is
-                    // reported to recv, anything else dropped (and Pongs:
-                    // nobody pings through this client).
-                    answer => match core::into_answer(answer) {
-                        Some(Err(ClientError::Router {
-                            code,
-                            reason,
-                            request_id,
-                        })) => {
-                            g.last_error = Some(format!("{}: {reason}", code.short_name()));
-                            Event::Error {
-                                code,
-                                reason,
-                                request_id,
-                            }
-                        }
-                        _ => continue,
-                    },
-                };
-                if g.discard {
-                    continue;
-                }
-                g.queued_bytes += match &ev {
-                    Event::Message(m) => m.payload.len() + EVENT_OVERHEAD,
-                    Event::Room { room, user, .. } => room.len() + user.len() + EVENT_OVERHEAD,
-                    _ => EVENT_OVERHEAD,
-                };
-                g.events.push_back(ev);
-                pushed = true;
-            }
-            if answered || (pushed && g.consumers > 0) {
-                inner.ev_cv.notify_all();
-            }
-            // Backpressure: stop reading while the caller is behind.
-            while g.queued_bytes > inner.limits.max_queued_bytes && !g.discard {
-                g.reader_waiting = true;
-                g = inner.room_cv.wait(g).unwrap_or_else(|e| e.into_inner());
-                g.reader_waiting = false;
-            }
+            dispatch(inner, &mut batch);
         }
         if let Some(e) = protocol_error {
             let _ = stream.shutdown(Shutdown::Both);
@@ -988,6 +937,63 @@ fn reader_loop(inner: &Inner, mut stream: TcpStream, mut rbuf: BytesMut) {
     let mut g = lock(&inner.inq);
     g.closed = Some(why);
     inner.ev_cv.notify_all();
+}
+
+/// Hands decoded frames over: answers to the callers waiting for them, the
+/// rest to `recv`; then waits while the caller is too far behind.
+fn dispatch(inner: &Inner, batch: &mut Vec<Event>) {
+    let mut g = lock(&inner.inq);
+    let mut answered = false;
+    let mut pushed = false;
+    for ev in batch.drain(..) {
+        if let Event::Error { code, reason, .. } = &ev {
+            g.last_error = Some(format!("{}: {reason}", code.short_name()));
+        }
+        let Some(ev) = g.pending.offer(ev) else {
+            answered = true;
+            continue;
+        };
+        let ev = match ev {
+            ev @ (Event::Message(_) | Event::Room { .. } | Event::Error { .. }) => ev,
+            // An answer nobody waits for (timed out): a refusal is
+            // reported to recv, anything else dropped (and Pongs:
+            // nobody pings through this client).
+            answer => match core::into_answer(answer) {
+                Some(Err(ClientError::Router {
+                    code,
+                    reason,
+                    request_id,
+                })) => {
+                    g.last_error = Some(format!("{}: {reason}", code.short_name()));
+                    Event::Error {
+                        code,
+                        reason,
+                        request_id,
+                    }
+                }
+                _ => continue,
+            },
+        };
+        if g.discard {
+            continue;
+        }
+        g.queued_bytes += match &ev {
+            Event::Message(m) => m.payload.len() + EVENT_OVERHEAD,
+            Event::Room { room, user, .. } => room.len() + user.len() + EVENT_OVERHEAD,
+            _ => EVENT_OVERHEAD,
+        };
+        g.events.push_back(ev);
+        pushed = true;
+    }
+    if answered || (pushed && g.consumers > 0) {
+        inner.ev_cv.notify_all();
+    }
+    // Backpressure: stop reading while the caller is behind.
+    while g.queued_bytes > inner.limits.max_queued_bytes && !g.discard {
+        g.reader_waiting = true;
+        g = inner.room_cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        g.reader_waiting = false;
+    }
 }
 
 /// Decodes one frame into `batch` (an event, or an answer to a request), or
