@@ -6,7 +6,9 @@
 //!   Used by the tests and the benchmarks.
 //! - [`threaded::ThreadedClient`]: the same operations, thread-safe, with a
 //!   background reader and writer; used by the Python binding.
-//! - [`load`]: the load engine (`ringrouter-load`, `python -m ringrouter.load`).
+//! - `load` (feature `load`): the load engine (`ringrouter-load`,
+//!   `python -m ringrouter.load`); it brings monoio, hdrhistogram and serde_json,
+//!   which the clients do not need.
 //! - [`ClientError`]: every way a call can fail, router answers included.
 #![warn(missing_docs, unreachable_pub)]
 
@@ -14,6 +16,7 @@ mod client;
 mod core;
 mod error;
 mod event;
+#[cfg(feature = "load")]
 pub mod load;
 #[cfg(test)]
 mod testing;
