@@ -437,6 +437,7 @@ pub enum ServerView<'a> {
 }
 
 /// Looks at a server frame body; parses a Deliver in place.
+#[inline(always)]
 pub fn parse_server(body: &[u8]) -> Result<ServerView<'_>, FrameError> {
     let mut c = Cursor { buf: body, pos: 0 };
     if body.is_empty() {

@@ -20,7 +20,7 @@ pub enum Target<'a> {
 
 impl<'a> Target<'a> {
     /// The Send field number and the name it carries.
-    #[inline]
+    #[inline(always)]
     fn field(self) -> (u64, &'a str) {
         match self {
             Target::User(u) => (SEND_TO_USER, u),
@@ -66,7 +66,7 @@ const SEND_PAYLOAD: u64 = 4;
 const SEND_WANT_RESULT: u64 = 5;
 const SEND_MSG_ID: u64 = 6;
 
-#[inline]
+#[inline(always)]
 fn len_field_size(field: u64, len: usize) -> usize {
     if len == 0 {
         0
@@ -75,7 +75,7 @@ fn len_field_size(field: u64, len: usize) -> usize {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn varint_field_size(field: u64, v: u64) -> usize {
     if v == 0 {
         0
@@ -84,7 +84,7 @@ fn varint_field_size(field: u64, v: u64) -> usize {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn put_varint_field(out: &mut impl BufMut, field: u64, v: u64) {
     if v != 0 {
         put_varint(out, (field << 3) | WT_VARINT);
@@ -93,7 +93,7 @@ fn put_varint_field(out: &mut impl BufMut, field: u64, v: u64) {
 }
 
 /// (length of the Send message, length of the ClientFrame message).
-#[inline]
+#[inline(always)]
 fn sizes(h: &SendHeader<'_>, payload_len: usize) -> (usize, usize) {
     let (field, name) = h.to.field();
     let inner = varint_field_size(SEND_REQUEST_ID, h.request_id)
@@ -106,7 +106,7 @@ fn sizes(h: &SendHeader<'_>, payload_len: usize) -> (usize, usize) {
 }
 
 /// Length of the whole frame, payload included.
-#[inline]
+#[inline(always)]
 pub fn send_frame_len(h: &SendHeader<'_>, payload_len: usize) -> usize {
     let (_, outer) = sizes(h, payload_len);
     varint_len(outer as u64) + outer
@@ -114,7 +114,7 @@ pub fn send_frame_len(h: &SendHeader<'_>, payload_len: usize) -> usize {
 
 /// Writes the frame up to the payload bytes, which the caller appends
 /// (`payload_len` of them).
-#[inline]
+#[inline(always)]
 pub fn put_send_header(out: &mut impl BufMut, h: &SendHeader<'_>, payload_len: usize) {
     let (inner, outer) = sizes(h, payload_len);
     put_varint(out, outer as u64);

@@ -178,28 +178,21 @@ async fn connect(
 
 /// Scans the next item at `*pos`; `Ok(None)` when it is not complete yet.
 /// Whatever must be answered (pings) is answered into `out`.
-#[inline]
 pub(super) fn next_item<'a>(
     protocol: Protocol,
     buf: &'a [u8],
     pos: &mut usize,
     out: &mut BytesMut,
 ) -> Result<Option<Item<'a>>, String> {
-    let rest = &buf[*pos..];
-    let scanned = match protocol {
-        Protocol::Ringrouter => ringrouter::next_item(rest, out)?,
-        Protocol::Nats => nats::next_item(rest, out)?,
-        Protocol::Redis => resp::next_item(rest)?,
-    };
-    Ok(scanned.map(|(item, n)| {
-        *pos += n;
-        item
-    }))
+    match protocol {
+        Protocol::Ringrouter => ringrouter::next_item(buf, pos, out),
+        Protocol::Nats => nats::next_item(buf, pos, out),
+        Protocol::Redis => resp::next_item(buf, pos),
+    }
 }
 
 /// Appends one message for `to` to `out` in the protocol's framing, header first;
 /// the caller appends `len` payload bytes, then calls [`end_message`].
-#[inline]
 pub(super) fn begin_message(protocol: Protocol, out: &mut BytesMut, to: &Dest, len: usize) {
     match (protocol, to) {
         (Protocol::Ringrouter, _) => ringrouter::begin_message(out, to, len),

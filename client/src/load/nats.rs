@@ -56,14 +56,15 @@ impl std::fmt::Write for NatsLine<'_> {
     }
 }
 
-/// Scans the line (and payload) at the start of `rest`: `Ok(None)` if it is
-/// not complete; else the item and the bytes it took. PINGs are answered into
-/// `out`; `-ERR` fails the run.
+/// Scans the line (and payload) at `*pos` (and moves past it): `Ok(None)` if
+/// it is not complete. PINGs are answered into `out`; `-ERR` fails the run.
 #[inline]
 pub(super) fn next_item<'a>(
-    rest: &'a [u8],
+    buf: &'a [u8],
+    pos: &mut usize,
     out: &mut BytesMut,
-) -> Result<Option<(Item<'a>, usize)>, String> {
+) -> Result<Option<Item<'a>>, String> {
+    let rest = &buf[*pos..];
     let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
         return Ok(None);
     };
@@ -79,12 +80,14 @@ pub(super) fn next_item<'a>(
         if rest.len() < total {
             return Ok(None);
         }
-        return Ok(Some((Item::Msg(&rest[eol + 2..eol + 2 + len], 0), total)));
+        *pos += total;
+        return Ok(Some(Item::Msg(&rest[eol + 2..eol + 2 + len], 0)));
     }
+    *pos += eol + 2;
     if line == b"PING" {
         out.extend_from_slice(b"PONG\r\n");
     } else if line.starts_with(b"-ERR") {
         return Err(String::from_utf8_lossy(line).into_owned());
     }
-    Ok(Some((Item::Control, eol + 2)))
+    Ok(Some(Item::Control))
 }

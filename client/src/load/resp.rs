@@ -273,20 +273,20 @@ pub(super) async fn connect(addr: SocketAddr, subscribe: Option<&str>) -> Result
     }
 }
 
-/// Scans the reply or push at the start of `rest`: `Ok(None)` if it is not
-/// complete; else the item and the bytes it took. An error reply fails the run.
+/// Scans the reply or push at `*pos` (and moves past it): `Ok(None)` if it is
+/// not complete. An error reply fails the run.
 #[inline]
-pub(super) fn next_item(rest: &[u8]) -> Result<Option<(Item<'_>, usize)>, String> {
-    let Some((r, n)) = next(rest)? else {
+pub(super) fn next_item<'a>(buf: &'a [u8], pos: &mut usize) -> Result<Option<Item<'a>>, String> {
+    let Some((r, n)) = next(&buf[*pos..])? else {
         return Ok(None);
     };
-    let item = match r {
-        Resp::Message { payload, .. } => Item::Msg(payload, 0),
-        Resp::Int(_) => Item::Published,
-        Resp::Error(e) => return Err(format!("redis: {}", String::from_utf8_lossy(e))),
-        _ => Item::Control,
-    };
-    Ok(Some((item, n)))
+    *pos += n;
+    match r {
+        Resp::Message { payload, .. } => Ok(Some(Item::Msg(payload, 0))),
+        Resp::Int(_) => Ok(Some(Item::Published)),
+        Resp::Error(e) => Err(format!("redis: {}", String::from_utf8_lossy(e))),
+        _ => Ok(Some(Item::Control)),
+    }
 }
 
 #[cfg(test)]

@@ -32,14 +32,15 @@ pub(super) fn begin_message(out: &mut BytesMut, to: &Dest, len: usize) {
     put_send_header(out, &SendHeader::to(to), len)
 }
 
-/// Scans the frame at the start of `rest`: `Ok(None)` if it is not complete;
-/// else the item and the bytes it took. Pings are answered into `out`; an
-/// Error frame fails the run.
+/// Scans the frame at `*pos` (and moves past it): `Ok(None)` if it is not
+/// complete. Pings are answered into `out`; an Error frame fails the run.
 #[inline]
 pub(super) fn next_item<'a>(
-    rest: &'a [u8],
+    buf: &'a [u8],
+    pos: &mut usize,
     out: &mut BytesMut,
-) -> Result<Option<(Item<'a>, usize)>, String> {
+) -> Result<Option<Item<'a>>, String> {
+    let rest = &buf[*pos..];
     let Some((flen, n)) = peek_varint(rest).map_err(|e| e.to_string())? else {
         return Ok(None);
     };
@@ -48,11 +49,12 @@ pub(super) fn next_item<'a>(
         return Ok(None);
     }
     let body = &rest[n..end];
+    *pos += end;
     match parse_server(body).map_err(|e| e.to_string())? {
-        ServerView::Deliver { seq, payload, .. } => Ok(Some((Item::Msg(payload, seq), end))),
+        ServerView::Deliver { seq, payload, .. } => Ok(Some(Item::Msg(payload, seq))),
         ServerView::Other => {
             control(body, out)?;
-            Ok(Some((Item::Control, end)))
+            Ok(Some(Item::Control))
         }
     }
 }
