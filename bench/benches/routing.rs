@@ -26,7 +26,8 @@ use ringrouter::shard::{home_shard, now_us, Flow, SessionKey, Shard};
 use ringrouter::stats::ShardStats;
 use ringrouter::Config;
 use ringrouter_proto::codec::frames;
-use ringrouter_proto::fast::{parse_client_at, put_send_header};
+use ringrouter_proto::fast::parse_client_at;
+use ringrouter_proto::send::{put_send_header, SendHeader, Target};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -56,7 +57,7 @@ fn user_homed_on(home: usize, n: usize, tag: &str) -> String {
 fn send_chunk(to: &str, size: usize) -> (Bytes, Vec<std::ops::Range<usize>>) {
     let mut buf = BytesMut::new();
     for i in 0..CHUNK {
-        put_send_header(&mut buf, to.as_bytes(), size, 0);
+        put_send_header(&mut buf, &SendHeader::to(Target::User(to)), size);
         buf.extend((0..size).map(|j| (i + j) as u8));
     }
     let chunk = buf.freeze();

@@ -1,19 +1,19 @@
-//! The blocking client.
+//! The blocking client: an I/O driver around the session core ([`crate::core`]).
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use ringrouter_proto::codec::{decode_server, encode_frame, next_frame};
-use ringrouter_proto::v1::{
-    client_frame, server_frame, Ack, AddMember, ClientFrame, CreateRoom, DeleteAccount, DeleteRoom,
-    JoinRoom, LeaveRoom, ListRooms, ListUsers, Login, Logout, Ping, Pong, Register, RemoveMember,
-};
+use bytes::BytesMut;
+use ringrouter_proto::codec::next_frame;
+use ringrouter_proto::send::{put_send, SendHeader, Target};
+use ringrouter_proto::v1::{client_frame, Login};
 use ringrouter_proto::Status;
 
-use crate::frames::{put_send, SendHeader, Target};
+use crate::core::request::{self as req, PingRequest, Register, SendWait};
+use crate::core::{self, AckPolicy, Acks, Frame, Inbound, Pending, Request, RequestIds};
+use crate::{ClientError, Event, Message};
 
 /// How a client logs in and behaves.
 #[derive(Debug, Clone)]
@@ -52,287 +52,14 @@ impl ClientConfig {
     }
 }
 
-/// Why a client call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// Socket error.
-    #[error("i/o error: {0}")]
-    Io(#[from] std::io::Error),
-    /// The router refused the login.
-    #[error("login refused ({}): {reason}", code.short_name())]
-    Auth {
-        /// Status code.
-        code: Status,
-        /// Router's reason.
-        reason: String,
-    },
-    /// The router answered with an error.
-    #[error("router error {}: {reason}", code.short_name())]
-    Router {
-        /// Status code.
-        code: Status,
-        /// Router's reason.
-        reason: String,
-        /// Request id the error answers (0 if none).
-        request_id: u64,
-    },
-    /// The connection is closed (by the router or the network).
-    #[error("connection closed: {0}")]
-    Closed(String),
-    /// No answer in time.
-    #[error("timed out waiting for the router")]
-    Timeout,
-    /// The router sent bytes that are not a valid frame.
-    #[error("protocol error: {0}")]
-    Protocol(String),
-}
-
-impl ClientError {
-    /// The router's status code, for `Auth` and `Router` errors.
-    pub fn code(&self) -> Option<Status> {
-        match self {
-            ClientError::Auth { code, .. } | ClientError::Router { code, .. } => Some(*code),
-            _ => None,
+impl ClientConfig {
+    /// The ack policy this configuration asks for.
+    pub(crate) fn ack_policy(&self) -> AckPolicy {
+        AckPolicy {
+            every: self.ack_every,
+            interval: self.ack_interval,
         }
     }
-}
-
-/// A message delivered to this session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    /// Authenticated sender (stamped by the router).
-    pub sender: String,
-    /// Room, or None for a direct message.
-    pub room: Option<String>,
-    /// The payload.
-    pub payload: Bytes,
-    /// Per-session sequence number.
-    pub seq: u64,
-    /// Message id (dedupe key).
-    pub msg_id: u64,
-    /// Router clock at acceptance, µs since the Unix epoch.
-    pub timestamp_us: u64,
-}
-
-/// Anything the router sends that a caller may want to see.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// A message.
-    Message(Message),
-    /// The answer to a Send that asked for one.
-    SendResult {
-        /// Request id.
-        request_id: u64,
-        /// Status.
-        status: Status,
-        /// Reason when not OK.
-        reason: String,
-        /// Message id.
-        msg_id: u64,
-    },
-    /// An error frame.
-    Error {
-        /// Status code.
-        code: Status,
-        /// Reason.
-        reason: String,
-        /// Request id (0 if none).
-        request_id: u64,
-    },
-    /// A Pong (answer to [`Client::ping`]).
-    Pong(u64),
-    /// Something happened to a room this user is (or was) a member of (pushed
-    /// by the router, unsolicited).
-    Room {
-        /// What happened.
-        kind: RoomEventKind,
-        /// The room.
-        room: String,
-        /// The user who joined, left or was removed; the owner for
-        /// [`RoomEventKind::Deleted`].
-        user: String,
-    },
-    /// The answer to a room request ([`Client::create_room`], ...).
-    RoomResult {
-        /// Request id.
-        request_id: u64,
-        /// Status.
-        status: Status,
-        /// Reason when not OK.
-        reason: String,
-        /// The room's name (also when it was joined by join code).
-        room: String,
-        /// The join code (CreateRoom, JoinRoom).
-        join_code: String,
-        /// The rooms (ListRooms).
-        rooms: Vec<String>,
-    },
-    /// The answer to an account request ([`Client::register`], ...).
-    AccountResult {
-        /// Request id.
-        request_id: u64,
-        /// Status.
-        status: Status,
-        /// Reason when not OK.
-        reason: String,
-        /// The user (Register).
-        user: String,
-        /// The users (ListUsers).
-        users: Vec<String>,
-    },
-}
-
-impl Event {
-    /// The request this event answers, if it is an answer (0 and None: not one).
-    fn answers(&self) -> Option<u64> {
-        match self {
-            Event::SendResult { request_id, .. }
-            | Event::RoomResult { request_id, .. }
-            | Event::AccountResult { request_id, .. }
-            | Event::Error { request_id, .. }
-                if *request_id != 0 =>
-            {
-                Some(*request_id)
-            }
-            _ => None,
-        }
-    }
-
-    /// For an answer: its status and reason (an Error frame is never OK).
-    fn outcome(&self) -> Option<(Status, &str)> {
-        match self {
-            Event::SendResult { status, reason, .. }
-            | Event::RoomResult { status, reason, .. }
-            | Event::AccountResult { status, reason, .. } => Some((*status, reason)),
-            Event::Error { code, reason, .. } => {
-                // An Error frame reporting OK would be a router bug; still a failure.
-                Some((
-                    if *code == Status::Ok {
-                        Status::Unspecified
-                    } else {
-                        *code
-                    },
-                    reason,
-                ))
-            }
-            _ => None,
-        }
-    }
-}
-
-/// What a [`Event::Room`] reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RoomEventKind {
-    /// A user joined (or was added).
-    Joined,
-    /// A user left.
-    Left,
-    /// A user was removed by the owner.
-    Removed,
-    /// The owner deleted the room.
-    Deleted,
-    /// A kind this client does not know (a newer router): the wire value.
-    Other(i32),
-}
-
-impl RoomEventKind {
-    /// From the wire value of `RoomEvent.kind`.
-    pub fn from_wire(v: i32) -> RoomEventKind {
-        use ringrouter_proto::v1::RoomEventKind as K;
-        match K::try_from(v) {
-            Ok(K::RoomEventJoined) => RoomEventKind::Joined,
-            Ok(K::RoomEventLeft) => RoomEventKind::Left,
-            Ok(K::RoomEventRemoved) => RoomEventKind::Removed,
-            Ok(K::RoomEventDeleted) => RoomEventKind::Deleted,
-            Ok(K::RoomEventUnspecified) | Err(_) => RoomEventKind::Other(v),
-        }
-    }
-
-    /// "joined", "left", "removed", "deleted" (or "unknown").
-    pub fn name(self) -> &'static str {
-        match self {
-            RoomEventKind::Joined => "joined",
-            RoomEventKind::Left => "left",
-            RoomEventKind::Removed => "removed",
-            RoomEventKind::Deleted => "deleted",
-            RoomEventKind::Other(_) => "unknown",
-        }
-    }
-}
-
-impl std::fmt::Display for RoomEventKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// An OK answer to a room request.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct RoomReply {
-    pub(crate) room: String,
-    pub(crate) join_code: String,
-    pub(crate) rooms: Vec<String>,
-}
-
-/// An OK answer to an account request.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct AccountReply {
-    pub(crate) user: String,
-    pub(crate) users: Vec<String>,
-}
-
-/// Turns one decoded server frame into an [`Event`], except Deliver (the
-/// callers have their own fast paths for it), Ping (answered by the caller) and
-/// LoginResult; those come back as `Err(frame kind)`.
-pub(crate) fn event_of(kind: server_frame::Kind) -> Result<Event, server_frame::Kind> {
-    Ok(match kind {
-        server_frame::Kind::SendResult(r) => Event::SendResult {
-            request_id: r.request_id,
-            status: status(r.status),
-            reason: r.reason,
-            msg_id: r.msg_id,
-        },
-        server_frame::Kind::Error(e) => Event::Error {
-            code: status(e.code),
-            reason: e.reason,
-            request_id: e.request_id,
-        },
-        server_frame::Kind::Pong(p) => Event::Pong(p.nonce),
-        server_frame::Kind::RoomResult(r) => Event::RoomResult {
-            request_id: r.request_id,
-            status: status(r.status),
-            reason: r.reason,
-            room: r.room,
-            join_code: r.join_code,
-            rooms: r.rooms,
-        },
-        server_frame::Kind::RoomEvent(e) => Event::Room {
-            kind: RoomEventKind::from_wire(e.kind),
-            room: e.room,
-            user: e.user,
-        },
-        server_frame::Kind::AccountResult(r) => Event::AccountResult {
-            request_id: r.request_id,
-            status: status(r.status),
-            reason: r.reason,
-            user: r.user,
-            users: r.users,
-        },
-        other @ (server_frame::Kind::Deliver(_)
-        | server_frame::Kind::Ping(_)
-        | server_frame::Kind::LoginResult(_)) => return Err(other),
-    })
-}
-
-/// An answer of the wrong kind for a request id (a router bug).
-pub(crate) fn unexpected_answer(what: &str, request_id: u64) -> ClientError {
-    ClientError::Protocol(format!(
-        "request {request_id}: the router answered a {what} request with another kind of result"
-    ))
-}
-
-pub(crate) fn status(v: i32) -> Status {
-    Status::try_from(v).unwrap_or(Status::Unspecified)
 }
 
 /// A blocking connection to the router, logged in as one user.
@@ -341,16 +68,15 @@ pub struct Client {
     rbuf: BytesMut,
     scratch: Vec<u8>,
     wbuf: BytesMut,
+    /// Events for the application, in arrival order.
     events: VecDeque<Event>,
     cfg: ClientConfig,
     user: String,
     session_id: u64,
     shard: u32,
-    next_request_id: u64,
-    /// Highest seq handed to the application (what an ack may cover).
-    last_seq: u64,
-    acked_seq: u64,
-    last_ack: Instant,
+    ids: RequestIds,
+    pending: Pending,
+    acks: Acks,
     closed: Option<String>,
 }
 
@@ -397,21 +123,9 @@ impl Client {
         cfg.timeout = timeout;
         let stream = connect_stream(addr, timeout)?;
         let mut c = Client::from_stream(stream, cfg);
-        let request_id = c.request_id();
-        c.queue(client_frame::Kind::Register(Register {
-            request_id,
-            user: user.to_owned(),
-            password: password.to_owned(),
-        }));
-        // Not logged in: whatever Error frame comes is the answer to this.
-        let res = c.flush().and_then(|()| c.wait_answer(request_id, true));
+        let res = c.call(Register { user, password });
         let _ = c.stream.shutdown(std::net::Shutdown::Both);
-        match res? {
-            Event::AccountResult { user: u, .. } => {
-                Ok(if u.is_empty() { user.to_owned() } else { u })
-            }
-            _ => Err(unexpected_answer("Register", request_id)),
-        }
+        res
     }
 
     /// Wraps a connected stream without logging in (see [`Client::login`]).
@@ -423,20 +137,19 @@ impl Client {
             wbuf: BytesMut::with_capacity(64 * 1024),
             events: VecDeque::new(),
             user: cfg.user.clone(),
+            acks: Acks::new(cfg.ack_policy(), Instant::now()),
             cfg,
             session_id: 0,
             shard: 0,
-            next_request_id: 1,
-            last_seq: 0,
-            acked_seq: 0,
-            last_ack: Instant::now(),
+            ids: RequestIds::starting_at(1),
+            pending: Pending::default(),
             closed: None,
         }
     }
 
     /// Sends Login and waits for LoginResult.
     pub fn login(&mut self) -> Result<(), ClientError> {
-        let request_id = self.request_id();
+        let request_id = self.ids.next();
         let login = Login {
             request_id,
             user: self.cfg.user.clone(),
@@ -444,33 +157,21 @@ impl Client {
             token: self.cfg.token.clone().unwrap_or_default(),
             device: self.cfg.device.clone(),
         };
-        self.queue(client_frame::Kind::Login(login));
+        Frame::of(client_frame::Kind::Login(login)).put(&mut self.wbuf);
         self.flush()?;
         let deadline = Instant::now() + self.cfg.timeout;
         loop {
-            let f = self.read_frame(Some(deadline))?;
-            match f.kind {
-                Some(server_frame::Kind::LoginResult(r)) => {
-                    let st = status(r.status);
-                    if st != Status::Ok {
-                        return Err(ClientError::Auth {
-                            code: st,
-                            reason: r.reason,
-                        });
-                    }
-                    self.user = r.user;
-                    self.session_id = r.session_id;
-                    self.shard = r.shard;
-                    return Ok(());
-                }
-                Some(server_frame::Kind::Error(e)) => {
-                    return Err(ClientError::Auth {
-                        code: status(e.code),
-                        reason: e.reason,
-                    });
+            let r = match self.read_inbound(Some(deadline))? {
+                Inbound::Login(r) => core::login_outcome(r)?,
+                Inbound::Event(Event::Error { code, reason, .. }) => {
+                    return Err(ClientError::Auth { code, reason })
                 }
                 _ => continue,
-            }
+            };
+            self.user = r.user;
+            self.session_id = r.session_id;
+            self.shard = r.shard;
+            return Ok(());
         }
     }
 
@@ -492,16 +193,6 @@ impl Client {
     /// The underlying socket (for tests that need raw access).
     pub fn stream(&self) -> &TcpStream {
         &self.stream
-    }
-
-    fn request_id(&mut self) -> u64 {
-        let id = self.next_request_id;
-        self.next_request_id += 1;
-        id
-    }
-
-    fn queue(&mut self, kind: client_frame::Kind) {
-        encode_frame(&ClientFrame { kind: Some(kind) }, &mut self.wbuf);
     }
 
     /// Queues a Send without writing it (see [`Client::flush`]). Returns the request id.
@@ -528,8 +219,7 @@ impl Client {
         want_result: bool,
         msg_id: u64,
     ) -> u64 {
-        let request_id = if want_result { self.request_id() } else { 0 };
-        // Encoded by hand: the payload is not copied into a Bytes first.
+        let request_id = if want_result { self.ids.next() } else { 0 };
         let h = SendHeader {
             to,
             request_id,
@@ -587,97 +277,34 @@ impl Client {
     /// Sends and waits for the SendResult; a non-OK status is an error.
     /// Messages that arrive meanwhile are kept for [`Client::recv`].
     pub fn send_wait(&mut self, to: &str, payload: &[u8]) -> Result<u64, ClientError> {
-        let request_id = self.queue_send(to, payload, true, 0);
-        self.flush()?;
-        self.wait_result(request_id)
+        self.call(SendWait {
+            to: Target::User(to),
+            payload,
+        })
     }
 
-    fn wait_result(&mut self, request_id: u64) -> Result<u64, ClientError> {
-        match self.wait_answer(request_id, false)? {
-            Event::SendResult { msg_id, .. } => Ok(msg_id),
-            _ => Err(unexpected_answer("Send", request_id)),
-        }
-    }
-
-    /// Waits for the answer to `request_id`: the OK result, or the refusal as
+    /// Sends `req` with a fresh request id and waits (up to the configured
+    /// timeout) for its answer: the OK result's value, or the refusal as
     /// [`ClientError::Router`]. Everything else that arrives meanwhile is kept,
-    /// in order, for [`Client::recv`] / [`Client::next_event`]. With
-    /// `any_error`, an Error frame without a request id answers too (before
-    /// Login the router does not say which request it refuses).
-    fn wait_answer(&mut self, request_id: u64, any_error: bool) -> Result<Event, ClientError> {
+    /// in order, for [`Client::recv`] / [`Client::next_event`].
+    fn call<R: Request>(&mut self, req: R) -> Result<R::Output, ClientError> {
+        let request_id = self.ids.next();
+        self.pending.insert(request_id, R::ANY_ERROR);
+        req.frame(request_id).put(&mut self.wbuf);
+        let answer = self.flush().and_then(|()| self.wait_answer(request_id));
+        self.pending.remove(request_id);
+        core::finish(req, request_id, answer?)
+    }
+
+    fn wait_answer(&mut self, request_id: u64) -> Result<core::Answer, ClientError> {
         let deadline = Instant::now() + self.cfg.timeout;
-        let mut stash = Vec::new();
-        let res = loop {
-            let ev = match self.read_event(Some(deadline)) {
-                Ok(ev) => ev,
-                Err(e) => break Err(e),
-            };
-            let is_answer = ev.answers() == Some(request_id)
-                || (any_error && matches!(ev, Event::Error { request_id: 0, .. }));
-            if !is_answer {
-                stash.push(ev);
-                continue;
+        loop {
+            if let Some(answer) = self.pending.take(request_id) {
+                return Ok(answer);
             }
-            match ev.outcome() {
-                Some((Status::Ok, _)) => break Ok(ev),
-                Some((code, reason)) => {
-                    break Err(ClientError::Router {
-                        code,
-                        reason: reason.to_owned(),
-                        request_id,
-                    })
-                }
-                None => stash.push(ev),
+            if let Some(ev) = self.read_one(Some(deadline))? {
+                self.events.push_back(ev);
             }
-        };
-        for ev in stash.into_iter().rev() {
-            self.events.push_front(ev);
-        }
-        res
-    }
-
-    /// Sends a request built for a fresh request id and waits for its answer.
-    fn request(
-        &mut self,
-        build: impl FnOnce(u64) -> client_frame::Kind,
-    ) -> Result<(u64, Event), ClientError> {
-        let request_id = self.request_id();
-        self.queue(build(request_id));
-        self.flush()?;
-        Ok((request_id, self.wait_answer(request_id, false)?))
-    }
-
-    fn room_request(
-        &mut self,
-        what: &str,
-        build: impl FnOnce(u64) -> client_frame::Kind,
-    ) -> Result<RoomReply, ClientError> {
-        match self.request(build)? {
-            (
-                _,
-                Event::RoomResult {
-                    room,
-                    join_code,
-                    rooms,
-                    ..
-                },
-            ) => Ok(RoomReply {
-                room,
-                join_code,
-                rooms,
-            }),
-            (request_id, _) => Err(unexpected_answer(what, request_id)),
-        }
-    }
-
-    fn account_request(
-        &mut self,
-        what: &str,
-        build: impl FnOnce(u64) -> client_frame::Kind,
-    ) -> Result<AccountReply, ClientError> {
-        match self.request(build)? {
-            (_, Event::AccountResult { user, users, .. }) => Ok(AccountReply { user, users }),
-            (request_id, _) => Err(unexpected_answer(what, request_id)),
         }
     }
 
@@ -691,14 +318,7 @@ impl Client {
         name: &str,
         password: Option<&str>,
     ) -> Result<String, ClientError> {
-        let r = self.room_request("CreateRoom", |request_id| {
-            client_frame::Kind::CreateRoom(CreateRoom {
-                request_id,
-                name: name.to_owned(),
-                password: password.unwrap_or_default().to_owned(),
-            })
-        })?;
-        Ok(r.join_code)
+        self.call(req::CreateRoom { name, password })
     }
 
     /// Joins a room by its name or its join code (and its password, if it has
@@ -709,73 +329,36 @@ impl Client {
         name_or_code: &str,
         password: Option<&str>,
     ) -> Result<String, ClientError> {
-        let r = self.room_request("JoinRoom", |request_id| {
-            client_frame::Kind::JoinRoom(JoinRoom {
-                request_id,
-                room: name_or_code.to_owned(),
-                password: password.unwrap_or_default().to_owned(),
-            })
-        })?;
-        Ok(if r.room.is_empty() {
-            name_or_code.to_owned()
-        } else {
-            r.room
+        self.call(req::JoinRoom {
+            name_or_code,
+            password,
         })
     }
 
     /// Leaves `room`.
     pub fn leave_room(&mut self, room: &str) -> Result<(), ClientError> {
-        self.room_request("LeaveRoom", |request_id| {
-            client_frame::Kind::LeaveRoom(LeaveRoom {
-                request_id,
-                room: room.to_owned(),
-            })
-        })
-        .map(drop)
+        self.call(req::LeaveRoom { room })
     }
 
     /// Adds `user` to `room` (owner only, else FORBIDDEN).
     pub fn add_member(&mut self, room: &str, user: &str) -> Result<(), ClientError> {
-        self.room_request("AddMember", |request_id| {
-            client_frame::Kind::AddMember(AddMember {
-                request_id,
-                room: room.to_owned(),
-                user: user.to_owned(),
-            })
-        })
-        .map(drop)
+        self.call(req::AddMember { room, user })
     }
 
     /// Removes `user` from `room` (owner only, else FORBIDDEN).
     pub fn remove_member(&mut self, room: &str, user: &str) -> Result<(), ClientError> {
-        self.room_request("RemoveMember", |request_id| {
-            client_frame::Kind::RemoveMember(RemoveMember {
-                request_id,
-                room: room.to_owned(),
-                user: user.to_owned(),
-            })
-        })
-        .map(drop)
+        self.call(req::RemoveMember { room, user })
     }
 
     /// Deletes `room` (owner only, else FORBIDDEN); its members get
-    /// [`RoomEventKind::Deleted`].
+    /// [`crate::RoomEventKind::Deleted`].
     pub fn delete_room(&mut self, room: &str) -> Result<(), ClientError> {
-        self.room_request("DeleteRoom", |request_id| {
-            client_frame::Kind::DeleteRoom(DeleteRoom {
-                request_id,
-                room: room.to_owned(),
-            })
-        })
-        .map(drop)
+        self.call(req::DeleteRoom { room })
     }
 
     /// The rooms this user is a member of.
     pub fn rooms(&mut self) -> Result<Vec<String>, ClientError> {
-        self.room_request("ListRooms", |request_id| {
-            client_frame::Kind::ListRooms(ListRooms { request_id })
-        })
-        .map(|r| r.rooms)
+        self.call(req::ListRooms)
     }
 
     /// Sends `payload` to every member of `room` (fire and forget).
@@ -788,9 +371,10 @@ impl Client {
     /// error. Returns the message id. Messages that arrive meanwhile are kept
     /// for [`Client::recv`].
     pub fn send_room_wait(&mut self, room: &str, payload: &[u8]) -> Result<u64, ClientError> {
-        let request_id = self.queue_send_room(room, payload, true, 0);
-        self.flush()?;
-        self.wait_result(request_id)
+        self.call(SendWait {
+            to: Target::Room(room),
+            payload,
+        })
     }
 
     // ----------------------------------------------------------------- accounts
@@ -807,24 +391,14 @@ impl Client {
         pattern: &str,
         limit: u32,
     ) -> Result<Vec<String>, ClientError> {
-        self.account_request("ListUsers", |request_id| {
-            client_frame::Kind::ListUsers(ListUsers {
-                request_id,
-                pattern: pattern.to_owned(),
-                limit,
-            })
-        })
-        .map(|r| r.users)
+        self.call(req::ListUsers { pattern, limit })
     }
 
     /// Deletes this user's account, offline queue and room memberships (rooms it
     /// owns are deleted). The router then ends every session of the user, this
     /// one included.
     pub fn delete_account(&mut self) -> Result<(), ClientError> {
-        self.account_request("DeleteAccount", |request_id| {
-            client_frame::Kind::DeleteAccount(DeleteAccount { request_id })
-        })
-        .map(drop)
+        self.call(req::DeleteAccount)
     }
 
     /// Writes raw bytes to the socket (tests use it to send malformed input).
@@ -834,12 +408,13 @@ impl Client {
 
     /// Sends a cumulative Ack for everything received so far.
     pub fn ack_all(&mut self) -> Result<(), ClientError> {
-        if self.last_seq > self.acked_seq {
-            self.acked_seq = self.last_seq;
-            self.last_ack = Instant::now();
-            self.queue(client_frame::Kind::Ack(Ack {
-                up_to_seq: self.last_seq,
-            }));
+        self.ack(true)
+    }
+
+    /// Sends an Ack if one is due (or, with `force`, if anything is unacked).
+    fn ack(&mut self, force: bool) -> Result<(), ClientError> {
+        if let Some(seq) = self.acks.poll(Instant::now(), force) {
+            core::put_ack(&mut self.wbuf, seq);
             self.flush()?;
         }
         Ok(())
@@ -847,23 +422,9 @@ impl Client {
 
     /// Pings the router and waits for the Pong; returns the round trip time.
     pub fn ping(&mut self) -> Result<Duration, ClientError> {
-        let nonce = self.request_id();
         let start = Instant::now();
-        self.queue(client_frame::Kind::Ping(Ping { nonce }));
-        self.flush()?;
-        let deadline = start + self.cfg.timeout;
-        let mut stash = Vec::new();
-        let res = loop {
-            match self.read_event(Some(deadline)) {
-                Ok(Event::Pong(n)) if n == nonce => break Ok(start.elapsed()),
-                Ok(other) => stash.push(other),
-                Err(e) => break Err(e),
-            }
-        };
-        for ev in stash.into_iter().rev() {
-            self.events.push_front(ev);
-        }
-        res
+        self.call(PingRequest)?;
+        Ok(start.elapsed())
     }
 
     /// Next message, waiting up to `timeout` (None: forever). `Ok(None)` on timeout.
@@ -872,34 +433,33 @@ impl Client {
     pub fn recv(&mut self, timeout: Option<Duration>) -> Result<Option<Message>, ClientError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            match self.next_event_until(deadline) {
-                Ok(Some(Event::Message(m))) => return Ok(Some(m)),
-                Ok(Some(Event::Error {
+            match self.next_event_until(deadline)? {
+                Some(Event::Message(m)) => return Ok(Some(m)),
+                Some(Event::Error {
                     code,
                     reason,
                     request_id,
-                })) => {
+                }) => {
                     return Err(ClientError::Router {
                         code,
                         reason,
                         request_id,
                     })
                 }
-                Ok(Some(Event::SendResult {
+                Some(Event::SendResult {
                     status,
                     reason,
                     request_id,
                     ..
-                })) if status != Status::Ok => {
+                }) if status != Status::Ok => {
                     return Err(ClientError::Router {
                         code: status,
                         reason,
                         request_id,
                     })
                 }
-                Ok(Some(_)) => continue,
-                Ok(None) => return Ok(None),
-                Err(e) => return Err(e),
+                Some(_) => continue,
+                None => return Ok(None),
             }
         }
     }
@@ -914,117 +474,93 @@ impl Client {
         &mut self,
         deadline: Option<Instant>,
     ) -> Result<Option<Event>, ClientError> {
-        match self.read_event(deadline) {
-            Ok(ev) => {
-                // Acked once handed to the application, not when read: a message read
-                // while a request waited for its answer is kept for recv, and must come
-                // back at the next login if this client is dropped before that.
-                if let Event::Message(m) = &ev {
-                    self.last_seq = self.last_seq.max(m.seq);
-                    self.maybe_ack()?;
-                }
-                Ok(Some(ev))
-            }
-            Err(ClientError::Timeout) => Ok(None),
-            Err(e) => Err(e),
+        let ev = match self.events.pop_front() {
+            Some(ev) => ev,
+            None => match self.read_event(deadline) {
+                Ok(ev) => ev,
+                Err(ClientError::Timeout) => return Ok(None),
+                Err(e) => return Err(e),
+            },
+        };
+        // Acked once handed to the application, not when read: a message read
+        // while a request waited for its answer is kept for recv, and must come
+        // back at the next login if this client is dropped before that.
+        if let Event::Message(m) = &ev {
+            self.acks.handed(m.seq);
+            self.ack(false)?;
         }
+        Ok(Some(ev))
     }
 
+    /// Reads until an event for the application arrives (answering pings).
     fn read_event(&mut self, deadline: Option<Instant>) -> Result<Event, ClientError> {
-        if let Some(ev) = self.events.pop_front() {
-            return Ok(ev);
-        }
         loop {
-            let f = self.read_frame(deadline)?;
-            let ev = match f.kind {
-                Some(server_frame::Kind::Deliver(d)) => Event::Message(Message {
-                    sender: d.from_user,
-                    room: if d.to_room.is_empty() {
-                        None
-                    } else {
-                        Some(d.to_room)
-                    },
-                    payload: d.payload,
-                    seq: d.seq,
-                    msg_id: d.msg_id,
-                    timestamp_us: d.server_ts_us,
-                }),
-                Some(server_frame::Kind::Ping(p)) => {
-                    self.queue(client_frame::Kind::Pong(Pong { nonce: p.nonce }));
-                    self.flush()?;
-                    continue;
-                }
-                Some(kind) => match event_of(kind) {
-                    Ok(ev) => ev,
-                    // A stray LoginResult.
-                    Err(_) => continue,
-                },
-                None => continue,
-            };
-            return Ok(ev);
+            if let Some(ev) = self.read_one(deadline)? {
+                return Ok(ev);
+            }
         }
     }
 
-    fn maybe_ack(&mut self) -> Result<(), ClientError> {
-        let unacked = self.last_seq - self.acked_seq;
-        if unacked > 0
-            && ((self.cfg.ack_every > 0 && unacked >= self.cfg.ack_every)
-                || self.last_ack.elapsed() >= self.cfg.ack_interval)
-        {
-            self.ack_all()?;
+    /// Reads one frame: an event for the application, or None when it was
+    /// something else (the answer to a waiting request, kept in `pending`; a
+    /// ping, answered; a stray LoginResult).
+    fn read_one(&mut self, deadline: Option<Instant>) -> Result<Option<Event>, ClientError> {
+        match self.read_inbound(deadline)? {
+            Inbound::Event(ev) => Ok(self.pending.offer(ev)),
+            Inbound::Ping(nonce) => {
+                core::put_pong(&mut self.wbuf, nonce);
+                self.flush()?;
+                Ok(None)
+            }
+            Inbound::Login(_) | Inbound::Nothing => Ok(None),
         }
-        Ok(())
     }
 
-    /// Reads until one whole frame is buffered (or the deadline passes).
-    fn read_frame(
-        &mut self,
-        deadline: Option<Instant>,
-    ) -> Result<ringrouter_proto::v1::ServerFrame, ClientError> {
+    /// Reads and decodes one frame.
+    fn read_inbound(&mut self, deadline: Option<Instant>) -> Result<Inbound, ClientError> {
         loop {
             match next_frame(&mut self.rbuf, self.cfg.max_frame_bytes) {
-                Ok(Some(body)) => {
-                    return decode_server(body).map_err(|e| ClientError::Protocol(e.to_string()))
-                }
+                Ok(Some(body)) => return core::decode(body),
                 Ok(None) => {}
                 Err(e) => return Err(ClientError::Protocol(e.to_string())),
             }
-            if let Some(why) = &self.closed {
-                return Err(ClientError::Closed(why.clone()));
+            self.read_more(deadline)?;
+        }
+    }
+
+    /// One read from the socket onto `rbuf` (or the deadline passes).
+    fn read_more(&mut self, deadline: Option<Instant>) -> Result<(), ClientError> {
+        if let Some(why) = &self.closed {
+            return Err(ClientError::Closed(why.clone()));
+        }
+        let timeout = match deadline {
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    return Err(ClientError::Timeout);
+                }
+                Some((d - now).max(Duration::from_millis(1)))
             }
-            let timeout = match deadline {
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return Err(ClientError::Timeout);
-                    }
-                    Some((d - now).max(Duration::from_millis(1)))
-                }
-                None => None,
-            };
-            self.stream.set_read_timeout(timeout)?;
-            let r = self.stream.read(&mut self.scratch);
-            let n = match r {
-                Ok(n) => n,
-                Err(e) => {
-                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
-                        return Err(ClientError::Timeout);
-                    }
-                    if e.kind() == ErrorKind::Interrupted {
-                        continue;
-                    }
-                    return Err(self.io_closed(e));
-                }
-            };
-            self.rbuf.extend_from_slice(&self.scratch[..n]);
-            if n == 0 {
-                self.closed = Some("closed by the router".into());
-                // Frames still buffered are returned first on the next turn.
-                if self.rbuf.is_empty() {
-                    return Err(ClientError::Closed("closed by the router".into()));
-                }
+            None => None,
+        };
+        self.stream.set_read_timeout(timeout)?;
+        let n = match self.stream.read(&mut self.scratch) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err(ClientError::Timeout)
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(self.io_closed(e)),
+        };
+        self.rbuf.extend_from_slice(&self.scratch[..n]);
+        if n == 0 {
+            self.closed = Some("closed by the router".into());
+            // Frames still buffered are returned first on the next turn.
+            if self.rbuf.is_empty() {
+                return Err(ClientError::Closed("closed by the router".into()));
             }
         }
+        Ok(())
     }
 
     /// Takes the logged-in client apart: its socket, and the bytes already read
@@ -1038,7 +574,7 @@ impl Client {
     /// Sends Logout and closes the connection.
     pub fn close(mut self) -> Result<(), ClientError> {
         let _ = self.ack_all();
-        self.queue(client_frame::Kind::Logout(Logout {}));
+        core::put_logout(&mut self.wbuf);
         let r = self.flush();
         let _ = self.stream.shutdown(std::net::Shutdown::Write);
         match r {
@@ -1075,7 +611,9 @@ mod tests {
         account, deliver, error, room_deliver, room_event, room_list, room_ok, room_refused, serve,
         serve_logged_in, Fake, T,
     };
+    use crate::RoomEventKind;
     use ringrouter_proto::v1::RoomEventKind as K;
+    use ringrouter_proto::v1::{server_frame, Pong};
 
     fn alice(addr: std::net::SocketAddr) -> Client {
         let mut cfg = ClientConfig::new("alice");

@@ -6,16 +6,23 @@
 //!   Used by the tests and the benchmarks.
 //! - [`threaded::ThreadedClient`]: the same operations, thread-safe, with a
 //!   background reader and writer; used by the Python binding.
-//! - [`load`]: the load engine (`ringrouter-load`, `python -m ringrouter.load`).
+//! - `load` (feature `load`): the load engine (`ringrouter-load`,
+//!   `python -m ringrouter.load`); it brings monoio, hdrhistogram and serde_json,
+//!   which the clients do not need.
 //! - [`ClientError`]: every way a call can fail, router answers included.
 #![warn(missing_docs, unreachable_pub)]
 
 mod client;
-mod frames;
+mod core;
+mod error;
+mod event;
+#[cfg(feature = "load")]
 pub mod load;
 #[cfg(test)]
 mod testing;
 pub mod threaded;
 
-pub use client::{Client, ClientConfig, ClientError, Event, Message, RoomEventKind};
+pub use client::{Client, ClientConfig};
+pub use error::ClientError;
+pub use event::{Event, Message, RoomEventKind};
 pub use ringrouter_proto::Status;

@@ -25,7 +25,7 @@
 //! Login goes through [`Client::connect`], so addresses, timeouts and login
 //! errors behave exactly as for the blocking client.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,17 +34,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use ringrouter_proto::codec::{decode_server, encode_frame, next_frame, varint_len};
-use ringrouter_proto::fast::{parse_server, put_send_header, ServerView};
-use ringrouter_proto::v1::{
-    client_frame, server_frame, Ack, AddMember, ClientFrame, CreateRoom, DeleteAccount, DeleteRoom,
-    JoinRoom, LeaveRoom, ListRooms, ListUsers, Logout, Pong, RemoveMember,
-};
-use ringrouter_proto::Status;
+use ringrouter_proto::codec::next_frame;
+use ringrouter_proto::send::{put_send, send_frame_len, SendHeader, Target};
 
-use crate::client::{event_of, unexpected_answer, AccountReply, RoomReply};
-use crate::frames::{self, SendHeader, Target};
-use crate::{Client, ClientConfig, ClientError, Event, Message, RoomEventKind};
+use crate::core::request::{self as req, SendWait};
+use crate::core::{self, AckPolicy, Answer, Inbound, Pending, Request, RequestIds};
+use crate::{Client, ClientConfig, ClientError, Event, Message};
 
 /// Limits of a [`ThreadedClient`]'s two queues.
 #[derive(Debug, Clone, Copy)]
@@ -80,9 +75,9 @@ pub struct ThreadedClient {
     session_id: u64,
     shard: u32,
     timeout: Duration,
-    next_request_id: AtomicU64,
+    ids: RequestIds,
     /// Messages taken from the shared queue in one go, handed out one by one.
-    local: Mutex<VecDeque<InEvent>>,
+    local: Mutex<VecDeque<Event>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     closed_by_caller: AtomicBool,
 }
@@ -111,8 +106,7 @@ struct Inner {
     handed_seq: AtomicU64,
     /// Highest seq acked (or queued to be).
     acked_seq: AtomicU64,
-    ack_every: u64,
-    ack_interval: Duration,
+    acks: AckPolicy,
     max_frame_bytes: usize,
     limits: ThreadedLimits,
 }
@@ -134,46 +128,12 @@ struct Out {
     last_ack: Instant,
 }
 
-enum InEvent {
-    Message(Message),
-    Room {
-        kind: RoomEventKind,
-        room: String,
-        user: String,
-    },
-    Error {
-        code: Status,
-        reason: String,
-        request_id: u64,
-    },
-}
-
-/// What the reader decoded from one frame.
-enum Decoded {
-    Event(InEvent),
-    /// The answer to a request (SendResult, RoomResult, AccountResult).
-    Result(u64, Outcome),
-}
-
-/// How a request ended.
-enum Outcome {
-    Ok(Reply),
-    Failed(Status, String),
-}
-
-/// An OK answer.
-enum Reply {
-    /// SendResult: the message id.
-    Sent(u64),
-    Room(RoomReply),
-    Account(AccountReply),
-}
-
 struct In {
-    events: VecDeque<InEvent>,
+    /// Messages, room events and Error frames for `recv`.
+    events: VecDeque<Event>,
     queued_bytes: usize,
-    /// request id -> answer, for `send_wait` and request callers (None: not answered yet).
-    results: HashMap<u64, Option<Outcome>>,
+    /// The requests callers wait for.
+    pending: Pending,
     /// Why the read side ended (EOF, error).
     closed: Option<String>,
     /// Last Error frame seen, for the close reason.
@@ -262,7 +222,7 @@ impl ThreadedClient {
             inq: Mutex::new(In {
                 events: VecDeque::new(),
                 queued_bytes: 0,
-                results: HashMap::new(),
+                pending: Pending::default(),
                 closed: None,
                 last_error: None,
                 consumers: 0,
@@ -273,8 +233,7 @@ impl ThreadedClient {
             room_cv: Condvar::new(),
             handed_seq: AtomicU64::new(0),
             acked_seq: AtomicU64::new(0),
-            ack_every: cfg.ack_every,
-            ack_interval: cfg.ack_interval,
+            acks: cfg.ack_policy(),
             max_frame_bytes: cfg.max_frame_bytes,
             limits,
         });
@@ -307,7 +266,8 @@ impl ThreadedClient {
             session_id,
             shard,
             timeout: cfg.timeout,
-            next_request_id: AtomicU64::new(1 << 32),
+            // Above the ids the login used.
+            ids: RequestIds::starting_at(1 << 32),
             local: Mutex::new(VecDeque::new()),
             threads: Mutex::new(threads),
             closed_by_caller: AtomicBool::new(false),
@@ -446,8 +406,9 @@ impl ThreadedClient {
     }
 
     fn try_send_to(&self, to: Target<'_>, payload: &[u8]) -> Result<bool, ClientError> {
-        let len = target_frame_len(to, payload.len());
-        self.try_queue(len, |b| put_to(b, to, payload))
+        let h = SendHeader::to(to);
+        let len = send_frame_len(&h, payload.len());
+        self.try_queue(len, |b| put_send(b, &h, payload))
     }
 
     fn send_to_timeout(
@@ -457,8 +418,9 @@ impl ThreadedClient {
         timeout: Option<Duration>,
     ) -> Result<bool, ClientError> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let len = target_frame_len(to, payload.len());
-        self.queue_blocking(len, |b| put_to(b, to, payload), deadline)
+        let h = SendHeader::to(to);
+        let len = send_frame_len(&h, payload.len());
+        self.queue_blocking(len, |b| put_send(b, &h, payload), deadline)
     }
 
     /// Queues many fire-and-forget Sends to `to`, taking the buffer lock once per
@@ -469,6 +431,7 @@ impl ThreadedClient {
         to: &str,
         payloads: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<usize, ClientError> {
+        let h = SendHeader::to(Target::User(to));
         let mut it = payloads.into_iter().peekable();
         let mut n = 0;
         while it.peek().is_some() {
@@ -476,11 +439,11 @@ impl ThreadedClient {
                 let mut g = lock(&self.inner.out);
                 Self::check_open(&g)?;
                 while let Some(p) = it.peek() {
-                    let len = send_frame_len(to, p.len());
+                    let len = send_frame_len(&h, p.len());
                     if !g.buf.is_empty() && g.buf.len() + len > self.inner.limits.max_buffer_bytes {
                         break;
                     }
-                    put_send(&mut g.buf, to, p);
+                    put_send(&mut g.buf, &h, p);
                     g.queued += len as u64;
                     n += 1;
                     it.next();
@@ -491,7 +454,7 @@ impl ThreadedClient {
                 }
             }
             if let Some(p) = it.peek() {
-                self.wait_room(send_frame_len(to, p.len()), None)?;
+                self.wait_room(send_frame_len(&h, p.len()), None)?;
             }
         }
         Ok(n)
@@ -510,108 +473,42 @@ impl ThreadedClient {
     }
 
     fn send_wait_to(&self, to: Target<'_>, payload: &[u8]) -> Result<u64, ClientError> {
-        let reply = self.request_with(|request_id| {
-            let h = SendHeader {
-                to,
-                request_id,
-                want_result: true,
-                msg_id: 0,
-            };
-            let len = frames::send_frame_len(&h, payload.len());
-            (len, move |b: &mut BytesMut| {
-                frames::put_send(b, &h, payload)
-            })
-        })?;
-        match reply {
-            (_, Reply::Sent(msg_id)) => Ok(msg_id),
-            (request_id, _) => Err(unexpected_answer("Send", request_id)),
-        }
+        self.call(SendWait { to, payload })
     }
 
-    /// Queues the frame `build` returns for a fresh request id (its length and
-    /// its encoder) and waits, up to the configured timeout, for the answer.
-    fn request_with<F: Fn(&mut BytesMut)>(
-        &self,
-        build: impl FnOnce(u64) -> (usize, F),
-    ) -> Result<(u64, Reply), ClientError> {
+    /// Queues `req` with a fresh request id and waits, up to the configured
+    /// timeout, for its answer.
+    fn call<R: Request>(&self, req: R) -> Result<R::Output, ClientError> {
         let deadline = Instant::now() + self.timeout;
-        let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-        lock(&self.inner.inq).results.insert(request_id, None);
-        let (len, encode) = build(request_id);
-        let res = match self.queue_blocking(len, encode, Some(deadline)) {
+        let request_id = self.ids.next();
+        lock(&self.inner.inq)
+            .pending
+            .insert(request_id, R::ANY_ERROR);
+        let frame = req.frame(request_id);
+        let res = match self.queue_blocking(frame.len(), |b| frame.put(b), Some(deadline)) {
             Ok(true) => self.wait_answer(request_id, deadline),
             Ok(false) => Err(ClientError::Timeout),
             Err(e) => Err(e),
         };
-        lock(&self.inner.inq).results.remove(&request_id);
-        res.map(|r| (request_id, r))
+        drop(frame);
+        lock(&self.inner.inq).pending.remove(request_id);
+        core::finish(req, request_id, res?)
     }
 
-    /// Sends the request `build` makes for a fresh request id and waits for the answer.
-    fn request(
-        &self,
-        build: impl FnOnce(u64) -> client_frame::Kind,
-    ) -> Result<(u64, Reply), ClientError> {
-        self.request_with(|request_id| {
-            let mut frame = BytesMut::new();
-            encode_frame(
-                &ClientFrame {
-                    kind: Some(build(request_id)),
-                },
-                &mut frame,
-            );
-            (frame.len(), move |b: &mut BytesMut| {
-                b.extend_from_slice(&frame)
-            })
-        })
-    }
-
-    fn wait_answer(&self, request_id: u64, deadline: Instant) -> Result<Reply, ClientError> {
+    fn wait_answer(&self, request_id: u64, deadline: Instant) -> Result<Answer, ClientError> {
         let mut g = lock(&self.inner.inq);
         loop {
-            if let Some(slot) = g.results.get_mut(&request_id) {
-                match slot.take() {
-                    Some(Outcome::Ok(reply)) => return Ok(reply),
-                    Some(Outcome::Failed(code, reason)) => {
-                        return Err(ClientError::Router {
-                            code,
-                            reason,
-                            request_id,
-                        })
-                    }
-                    None => {}
-                }
+            if let Some(answer) = g.pending.take(request_id) {
+                return Ok(answer);
             }
             if let Some(why) = &g.closed {
                 return Err(ClientError::Closed(why.clone()));
             }
             let (g2, timed_out) = wait_until(&self.inner.ev_cv, g, Some(deadline));
             g = g2;
-            if timed_out && matches!(g.results.get(&request_id), Some(None) | None) {
-                return Err(ClientError::Timeout);
+            if timed_out {
+                return g.pending.take(request_id).ok_or(ClientError::Timeout);
             }
-        }
-    }
-
-    fn room_request(
-        &self,
-        what: &str,
-        build: impl FnOnce(u64) -> client_frame::Kind,
-    ) -> Result<RoomReply, ClientError> {
-        match self.request(build)? {
-            (_, Reply::Room(r)) => Ok(r),
-            (request_id, _) => Err(unexpected_answer(what, request_id)),
-        }
-    }
-
-    fn account_request(
-        &self,
-        what: &str,
-        build: impl FnOnce(u64) -> client_frame::Kind,
-    ) -> Result<AccountReply, ClientError> {
-        match self.request(build)? {
-            (_, Reply::Account(r)) => Ok(r),
-            (request_id, _) => Err(unexpected_answer(what, request_id)),
         }
     }
 
@@ -622,14 +519,7 @@ impl ThreadedClient {
     /// the name is taken. Like every request, it waits up to the configured
     /// timeout; room events and messages that arrive meanwhile stay queued.
     pub fn create_room(&self, name: &str, password: Option<&str>) -> Result<String, ClientError> {
-        self.room_request("CreateRoom", |request_id| {
-            client_frame::Kind::CreateRoom(CreateRoom {
-                request_id,
-                name: name.to_owned(),
-                password: password.unwrap_or_default().to_owned(),
-            })
-        })
-        .map(|r| r.join_code)
+        self.call(req::CreateRoom { name, password })
     }
 
     /// Joins a room by its name or its join code (and its password, if it has
@@ -640,72 +530,35 @@ impl ThreadedClient {
         name_or_code: &str,
         password: Option<&str>,
     ) -> Result<String, ClientError> {
-        let r = self.room_request("JoinRoom", |request_id| {
-            client_frame::Kind::JoinRoom(JoinRoom {
-                request_id,
-                room: name_or_code.to_owned(),
-                password: password.unwrap_or_default().to_owned(),
-            })
-        })?;
-        Ok(if r.room.is_empty() {
-            name_or_code.to_owned()
-        } else {
-            r.room
+        self.call(req::JoinRoom {
+            name_or_code,
+            password,
         })
     }
 
     /// Leaves `room`.
     pub fn leave_room(&self, room: &str) -> Result<(), ClientError> {
-        self.room_request("LeaveRoom", |request_id| {
-            client_frame::Kind::LeaveRoom(LeaveRoom {
-                request_id,
-                room: room.to_owned(),
-            })
-        })
-        .map(drop)
+        self.call(req::LeaveRoom { room })
     }
 
     /// Adds `user` to `room` (owner only, else FORBIDDEN).
     pub fn add_member(&self, room: &str, user: &str) -> Result<(), ClientError> {
-        self.room_request("AddMember", |request_id| {
-            client_frame::Kind::AddMember(AddMember {
-                request_id,
-                room: room.to_owned(),
-                user: user.to_owned(),
-            })
-        })
-        .map(drop)
+        self.call(req::AddMember { room, user })
     }
 
     /// Removes `user` from `room` (owner only, else FORBIDDEN).
     pub fn remove_member(&self, room: &str, user: &str) -> Result<(), ClientError> {
-        self.room_request("RemoveMember", |request_id| {
-            client_frame::Kind::RemoveMember(RemoveMember {
-                request_id,
-                room: room.to_owned(),
-                user: user.to_owned(),
-            })
-        })
-        .map(drop)
+        self.call(req::RemoveMember { room, user })
     }
 
     /// Deletes `room` (owner only, else FORBIDDEN); members get a Deleted event.
     pub fn delete_room(&self, room: &str) -> Result<(), ClientError> {
-        self.room_request("DeleteRoom", |request_id| {
-            client_frame::Kind::DeleteRoom(DeleteRoom {
-                request_id,
-                room: room.to_owned(),
-            })
-        })
-        .map(drop)
+        self.call(req::DeleteRoom { room })
     }
 
     /// The rooms this user is a member of.
     pub fn rooms(&self) -> Result<Vec<String>, ClientError> {
-        self.room_request("ListRooms", |request_id| {
-            client_frame::Kind::ListRooms(ListRooms { request_id })
-        })
-        .map(|r| r.rooms)
+        self.call(req::ListRooms)
     }
 
     /// Creates an account on a fresh connection; see [`Client::register`].
@@ -725,23 +578,13 @@ impl ThreadedClient {
 
     /// [`ThreadedClient::list_users`], at most `limit` names (0: the router's page size).
     pub fn list_users_limit(&self, pattern: &str, limit: u32) -> Result<Vec<String>, ClientError> {
-        self.account_request("ListUsers", |request_id| {
-            client_frame::Kind::ListUsers(ListUsers {
-                request_id,
-                pattern: pattern.to_owned(),
-                limit,
-            })
-        })
-        .map(|r| r.users)
+        self.call(req::ListUsers { pattern, limit })
     }
 
     /// Deletes this user's account (see [`Client::delete_account`]); the router
     /// then ends every session of the user, this one included.
     pub fn delete_account(&self) -> Result<(), ClientError> {
-        self.account_request("DeleteAccount", |request_id| {
-            client_frame::Kind::DeleteAccount(DeleteAccount { request_id })
-        })
-        .map(drop)
+        self.call(req::DeleteAccount)
     }
 
     /// Waits until everything queued so far is written to the socket (up to
@@ -832,15 +675,12 @@ impl ThreadedClient {
                     }
                 }
                 match local.pop_front() {
-                    Some(InEvent::Message(m)) => {
+                    Some(Event::Message(m)) => {
                         drop(local);
                         self.handed(m.seq);
                         return Ok(Some(Event::Message(m)));
                     }
-                    Some(InEvent::Room { kind, room, user }) => {
-                        return Ok(Some(Event::Room { kind, room, user }))
-                    }
-                    Some(InEvent::Error {
+                    Some(Event::Error {
                         code,
                         reason,
                         request_id,
@@ -851,6 +691,8 @@ impl ThreadedClient {
                             request_id,
                         })
                     }
+                    // Only room events besides (the reader queues nothing else).
+                    Some(ev) => return Ok(Some(ev)),
                     None => {}
                 }
             }
@@ -878,9 +720,9 @@ impl ThreadedClient {
         let inner = &self.inner;
         inner.handed_seq.fetch_max(seq, Ordering::Relaxed);
         let acked = inner.acked_seq.load(Ordering::Relaxed);
-        if inner.ack_every > 0 && seq.saturating_sub(acked) >= inner.ack_every {
+        if inner.acks.due_by_count(seq, acked) {
             let mut g = lock(&inner.out);
-            if g.dead.is_none() && !g.closing && queue_ack(inner, &mut g) && g.writer_idle {
+            if g.dead.is_none() && !g.closing && queue_ack(inner, &mut g, true) && g.writer_idle {
                 g.writer_idle = false;
                 inner.out_cv.notify_one();
             }
@@ -910,14 +752,9 @@ impl ThreadedClient {
         {
             let mut g = lock(&inner.out);
             if g.dead.is_none() {
-                queue_ack(inner, &mut g);
+                queue_ack(inner, &mut g, true);
                 let before = g.buf.len();
-                encode_frame(
-                    &ClientFrame {
-                        kind: Some(client_frame::Kind::Logout(Logout {})),
-                    },
-                    &mut g.buf,
-                );
+                core::put_logout(&mut g.buf);
                 g.queued += (g.buf.len() - before) as u64;
             }
             g.closing = true;
@@ -972,57 +809,20 @@ fn stop_writer(inner: &Inner) {
     inner.out_cv.notify_one();
 }
 
-/// Appends an Ack for everything handed out, if anything is unacked. Returns
-/// whether one was queued.
-fn queue_ack(inner: &Inner, g: &mut Out) -> bool {
+/// Appends an Ack for everything handed out if one is due (with `force`: if
+/// anything is unacked). Returns whether one was queued.
+fn queue_ack(inner: &Inner, g: &mut Out, force: bool) -> bool {
     let handed = inner.handed_seq.load(Ordering::Relaxed);
-    if handed <= inner.acked_seq.load(Ordering::Relaxed) {
+    let acked = inner.acked_seq.load(Ordering::Relaxed);
+    let Some(seq) = inner.acks.due(handed, acked, g.last_ack.elapsed(), force) else {
         return false;
-    }
-    inner.acked_seq.fetch_max(handed, Ordering::Relaxed);
+    };
+    inner.acked_seq.fetch_max(seq, Ordering::Relaxed);
     g.last_ack = Instant::now();
     let before = g.buf.len();
-    encode_frame(
-        &ClientFrame {
-            kind: Some(client_frame::Kind::Ack(Ack { up_to_seq: handed })),
-        },
-        &mut g.buf,
-    );
+    core::put_ack(&mut g.buf, seq);
     g.queued += (g.buf.len() - before) as u64;
     true
-}
-
-fn send_frame_len(to: &str, payload_len: usize) -> usize {
-    // Send{to_user=2, payload=4} inside ClientFrame{send=2}, length-delimited.
-    let field = |len: usize| {
-        if len == 0 {
-            0
-        } else {
-            1 + varint_len(len as u64) + len
-        }
-    };
-    let inner = field(to.len()) + field(payload_len);
-    let outer = 1 + varint_len(inner as u64) + inner;
-    varint_len(outer as u64) + outer
-}
-
-fn put_send(b: &mut BytesMut, to: &str, payload: &[u8]) {
-    put_send_header(b, to.as_bytes(), payload.len(), 0);
-    b.extend_from_slice(payload);
-}
-
-fn target_frame_len(to: Target<'_>, payload_len: usize) -> usize {
-    match to {
-        Target::User(u) => send_frame_len(u, payload_len),
-        Target::Room(_) => frames::send_frame_len(&SendHeader::to(to), payload_len),
-    }
-}
-
-fn put_to(b: &mut BytesMut, to: Target<'_>, payload: &[u8]) {
-    match to {
-        Target::User(u) => put_send(b, u, payload),
-        Target::Room(_) => frames::put_send(b, &SendHeader::to(to), payload),
-    }
 }
 
 // ------------------------------------------------------------------- threads
@@ -1033,19 +833,14 @@ fn writer_loop(inner: &Inner, mut stream: TcpStream) {
     loop {
         // Wait for frames, a due ack, or close.
         loop {
-            let handed = inner.handed_seq.load(Ordering::Relaxed);
-            if handed > inner.acked_seq.load(Ordering::Relaxed)
-                && g.last_ack.elapsed() >= inner.ack_interval
-            {
-                queue_ack(inner, &mut g);
-            }
+            queue_ack(inner, &mut g, false);
             if !g.buf.is_empty() || g.closing || g.dead.is_some() {
                 break;
             }
             g.writer_idle = true;
             let (g2, _) = inner
                 .out_cv
-                .wait_timeout(g, inner.ack_interval)
+                .wait_timeout(g, inner.acks.interval)
                 .unwrap_or_else(|e| e.into_inner());
             g = g2;
             g.writer_idle = false;
@@ -1086,7 +881,7 @@ fn writer_loop(inner: &Inner, mut stream: TcpStream) {
 
 fn reader_loop(inner: &Inner, mut stream: TcpStream, mut rbuf: BytesMut) {
     let mut scratch = vec![0u8; 256 * 1024];
-    let mut batch: Vec<Decoded> = Vec::new();
+    let mut batch: Vec<Event> = Vec::new();
     let why = 'outer: loop {
         // Decode everything buffered.
         let mut protocol_error = None;
@@ -1106,62 +901,7 @@ fn reader_loop(inner: &Inner, mut stream: TcpStream, mut rbuf: BytesMut) {
             }
         }
         if !batch.is_empty() {
-            let mut g = lock(&inner.inq);
-            let mut answered = false;
-            let mut pushed = false;
-            for d in batch.drain(..) {
-                let ev = match d {
-                    Decoded::Event(ev) => ev,
-                    Decoded::Result(id, o) => {
-                        if let Some(slot) = g.results.get_mut(&id) {
-                            *slot = Some(o);
-                            answered = true;
-                            continue;
-                        }
-                        match o {
-                            // Nobody waits for it (timed out): report a failure to recv.
-                            Outcome::Failed(code, reason) => InEvent::Error {
-                                code,
-                                reason,
-                                request_id: id,
-                            },
-                            Outcome::Ok(_) => continue,
-                        }
-                    }
-                };
-                if let InEvent::Error {
-                    code,
-                    reason,
-                    request_id,
-                } = &ev
-                {
-                    g.last_error = Some(format!("{}: {reason}", code.short_name()));
-                    if let Some(slot) = g.results.get_mut(request_id) {
-                        *slot = Some(Outcome::Failed(*code, reason.clone()));
-                        answered = true;
-                        continue;
-                    }
-                }
-                if g.discard {
-                    continue;
-                }
-                g.queued_bytes += match &ev {
-                    InEvent::Message(m) => m.payload.len() + EVENT_OVERHEAD,
-                    InEvent::Room { room, user, .. } => room.len() + user.len() + EVENT_OVERHEAD,
-                    InEvent::Error { .. } => EVENT_OVERHEAD,
-                };
-                g.events.push_back(ev);
-                pushed = true;
-            }
-            if answered || (pushed && g.consumers > 0) {
-                inner.ev_cv.notify_all();
-            }
-            // Backpressure: stop reading while the caller is behind.
-            while g.queued_bytes > inner.limits.max_queued_bytes && !g.discard {
-                g.reader_waiting = true;
-                g = inner.room_cv.wait(g).unwrap_or_else(|e| e.into_inner());
-                g.reader_waiting = false;
-            }
+            dispatch(inner, &mut batch);
         }
         if let Some(e) = protocol_error {
             let _ = stream.shutdown(Shutdown::Both);
@@ -1199,115 +939,82 @@ fn reader_loop(inner: &Inner, mut stream: TcpStream, mut rbuf: BytesMut) {
     inner.ev_cv.notify_all();
 }
 
-/// Turns one frame into an event, a SendResult answer, or a Pong to send.
-fn handle_frame(inner: &Inner, body: Bytes, batch: &mut Vec<Decoded>) -> Result<(), String> {
-    if let ServerView::Deliver {
-        seq,
-        from_user,
-        to_room,
-        payload,
-        server_ts_us,
-        msg_id,
-    } = parse_server(&body).map_err(|e| format!("protocol error: {e}"))?
-    {
-        batch.push(Decoded::Event(InEvent::Message(Message {
-            sender: String::from_utf8_lossy(from_user).into_owned(),
-            room: if to_room.is_empty() {
-                None
-            } else {
-                Some(String::from_utf8_lossy(to_room).into_owned())
+/// Hands decoded frames over: answers to the callers waiting for them, the
+/// rest to `recv`; then waits while the caller is too far behind.
+fn dispatch(inner: &Inner, batch: &mut Vec<Event>) {
+    let mut g = lock(&inner.inq);
+    let mut answered = false;
+    let mut pushed = false;
+    for ev in batch.drain(..) {
+        if let Event::Error { code, reason, .. } = &ev {
+            g.last_error = Some(format!("{}: {reason}", code.short_name()));
+        }
+        let Some(ev) = g.pending.offer(ev) else {
+            answered = true;
+            continue;
+        };
+        let ev = match ev {
+            ev @ (Event::Message(_) | Event::Room { .. } | Event::Error { .. }) => ev,
+            // An answer nobody waits for (timed out): a refusal is
+            // reported to recv, anything else dropped (and Pongs:
+            // nobody pings through this client).
+            answer => match core::into_answer(answer) {
+                Some(Err(ClientError::Router {
+                    code,
+                    reason,
+                    request_id,
+                })) => {
+                    g.last_error = Some(format!("{}: {reason}", code.short_name()));
+                    Event::Error {
+                        code,
+                        reason,
+                        request_id,
+                    }
+                }
+                _ => continue,
             },
-            payload: body.slice_ref(payload),
-            seq,
-            msg_id,
-            timestamp_us: server_ts_us,
-        })));
-        return Ok(());
+        };
+        if g.discard {
+            continue;
+        }
+        g.queued_bytes += match &ev {
+            Event::Message(m) => m.payload.len() + EVENT_OVERHEAD,
+            Event::Room { room, user, .. } => room.len() + user.len() + EVENT_OVERHEAD,
+            _ => EVENT_OVERHEAD,
+        };
+        g.events.push_back(ev);
+        pushed = true;
     }
-    let f = decode_server(body).map_err(|e| format!("protocol error: {e}"))?;
-    let kind = match f.kind {
-        Some(server_frame::Kind::Ping(p)) => {
+    if answered || (pushed && g.consumers > 0) {
+        inner.ev_cv.notify_all();
+    }
+    // Backpressure: stop reading while the caller is behind.
+    while g.queued_bytes > inner.limits.max_queued_bytes && !g.discard {
+        g.reader_waiting = true;
+        g = inner.room_cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        g.reader_waiting = false;
+    }
+}
+
+/// Decodes one frame into `batch` (an event, or an answer to a request), or
+/// queues the Pong a Ping asks for.
+fn handle_frame(inner: &Inner, body: Bytes, batch: &mut Vec<Event>) -> Result<(), String> {
+    match core::decode(body).map_err(|e| e.to_string())? {
+        Inbound::Event(ev) => batch.push(ev),
+        Inbound::Ping(nonce) => {
             let mut g = lock(&inner.out);
             if g.dead.is_none() && !g.closing {
                 let before = g.buf.len();
-                encode_frame(
-                    &ClientFrame {
-                        kind: Some(client_frame::Kind::Pong(Pong { nonce: p.nonce })),
-                    },
-                    &mut g.buf,
-                );
+                core::put_pong(&mut g.buf, nonce);
                 g.queued += (g.buf.len() - before) as u64;
                 if g.writer_idle {
                     g.writer_idle = false;
                     inner.out_cv.notify_one();
                 }
             }
-            return Ok(());
         }
-        Some(k) => k,
-        None => return Ok(()),
-    };
-    let answer = |request_id: u64, status: Status, reason: String, reply: Reply| {
-        Decoded::Result(
-            request_id,
-            if status == Status::Ok {
-                Outcome::Ok(reply)
-            } else {
-                Outcome::Failed(status, reason)
-            },
-        )
-    };
-    match event_of(kind) {
-        Ok(Event::SendResult {
-            request_id,
-            status,
-            reason,
-            msg_id,
-        }) => batch.push(answer(request_id, status, reason, Reply::Sent(msg_id))),
-        Ok(Event::RoomResult {
-            request_id,
-            status,
-            reason,
-            room,
-            join_code,
-            rooms,
-        }) => batch.push(answer(
-            request_id,
-            status,
-            reason,
-            Reply::Room(RoomReply {
-                room,
-                join_code,
-                rooms,
-            }),
-        )),
-        Ok(Event::AccountResult {
-            request_id,
-            status,
-            reason,
-            user,
-            users,
-        }) => batch.push(answer(
-            request_id,
-            status,
-            reason,
-            Reply::Account(AccountReply { user, users }),
-        )),
-        Ok(Event::Room { kind, room, user }) => {
-            batch.push(Decoded::Event(InEvent::Room { kind, room, user }))
-        }
-        Ok(Event::Error {
-            code,
-            reason,
-            request_id,
-        }) => batch.push(Decoded::Event(InEvent::Error {
-            code,
-            reason,
-            request_id,
-        })),
-        // Pongs (nobody pings through this client), a stray LoginResult, and a
-        // Deliver the fast parser did not take (it takes every one).
-        Ok(Event::Pong(_)) | Ok(Event::Message(_)) | Err(_) => {}
+        // A stray LoginResult; an empty frame.
+        Inbound::Login(_) | Inbound::Nothing => {}
     }
     Ok(())
 }
@@ -1322,6 +1029,8 @@ mod tests {
         account, deliver, error, room_deliver, room_event, room_list, room_ok, room_refused,
         serve_logged_in, Fake, T,
     };
+    use crate::RoomEventKind;
+    use ringrouter_proto::v1::{client_frame, server_frame, Status};
     use ringrouter_proto::v1::{Ping, RoomEventKind as K, SendResult};
 
     /// Starts a fake router running `script` after answering the Login with

@@ -437,6 +437,7 @@ pub enum ServerView<'a> {
 }
 
 /// Looks at a server frame body; parses a Deliver in place.
+#[inline(always)]
 pub fn parse_server(body: &[u8]) -> Result<ServerView<'_>, FrameError> {
     let mut c = Cursor { buf: body, pos: 0 };
     if body.is_empty() {
@@ -478,28 +479,11 @@ pub fn parse_server(body: &[u8]) -> Result<ServerView<'_>, FrameError> {
     })
 }
 
-/// Writes a complete length-delimited `ClientFrame{send: Send{to_user, payload}}`
-/// header up to the payload bytes, which the caller appends (exactly `payload_len`).
-pub fn put_send_header(out: &mut impl BufMut, to_user: &[u8], payload_len: usize, msg_id: u64) {
-    let inner = len_field_size(2, to_user.len())
-        + len_field_size(4, payload_len)
-        + varint_field_size(6, msg_id);
-    let outer = 1 + varint_len(inner as u64) + inner;
-    put_varint(out, outer as u64);
-    put_varint(out, (2 << 3) | u64::from(WT_LEN));
-    put_varint(out, inner as u64);
-    put_len_field(out, 2, to_user);
-    put_varint_field(out, 6, msg_id);
-    if payload_len != 0 {
-        put_varint(out, (4 << 3) | u64::from(WT_LEN));
-        put_varint(out, payload_len as u64);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::codec::{decode_server, encode_frame, next_frame};
+    use crate::send::{put_send_header, SendHeader, Target};
     use crate::v1::{server_frame, Deliver, Login, Send, ServerFrame};
     use bytes::BytesMut;
 
@@ -579,9 +563,13 @@ mod tests {
     }
 
     #[test]
-    fn send_header_plus_payload_is_a_send() {
+    fn a_send_from_the_encoder_parses() {
         let mut out = BytesMut::new();
-        put_send_header(&mut out, b"bob", 3, 77);
+        let h = SendHeader {
+            msg_id: 77,
+            ..SendHeader::to(Target::User("bob"))
+        };
+        put_send_header(&mut out, &h, 3);
         out.extend_from_slice(b"xyz");
         let body = next_frame(&mut out, 1 << 20).unwrap().unwrap();
         let Inbound::Send(v) = parse_client(body).unwrap() else {

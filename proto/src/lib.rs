@@ -6,6 +6,8 @@
 //! - [`fast`]: allocation-free paths for the two hot frames: parsing a client `Send`
 //!   (payload and names stay slices of the read buffer) and writing a `Deliver` header
 //!   so the payload can follow from its own buffer (writev, no copy).
+//! - [`send`]: the one encoder of the `Send` frame (header first, so the payload
+//!   can be appended from wherever it is), used by every client.
 //! - [`names`]: the one rule for user, device and room names, applied to every name
 //!   field of a decoded frame.
 //!
@@ -19,6 +21,7 @@ pub mod fast;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod names;
+pub mod send;
 
 /// Types generated from `router.proto` (package `ringrouter.v1`).
 #[allow(missing_docs, unreachable_pub, clippy::all)]

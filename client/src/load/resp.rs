@@ -1,9 +1,16 @@
 //! The little of RESP2 the load engine needs to drive Redis pub/sub: commands
 //! out (arrays of binary-safe bulk strings), replies and pushes in, parsed
 //! incrementally from a buffer that may end anywhere (a partial frame is
-//! "not yet", never an error).
+//! "not yet", never an error). Also the load engine's Redis driver (pub/sub,
+//! RESP2 over plain TCP): its handshake and what it reads.
 
-use bytes::BytesMut;
+use std::net::SocketAddr;
+
+use bytes::{Buf, BytesMut};
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+
+use super::engine::{read_more, Conn, Item};
 
 /// Longest bulk string accepted (Redis' own `proto-max-bulk-len` default).
 const MAX_BULK: i64 = 512 * 1024 * 1024;
@@ -218,6 +225,69 @@ pub(super) fn put_publish_header(out: &mut BytesMut, channel: &[u8], len: usize)
 
 /// What follows the payload of [`put_publish_header`].
 pub(super) const END: &[u8] = b"\r\n";
+
+// ------------------------------------------------------------ the Redis driver
+
+/// Redis handshake: a receiver SUBSCRIBEs and waits for the confirmation (only
+/// then is it sure to get what is published next); a sender PINGs and waits for
+/// the PONG (proving it talks to a Redis server).
+pub(super) async fn connect(addr: SocketAddr, subscribe: Option<&str>) -> Result<Conn, String> {
+    let mut s = TcpStream::connect_addr(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = s.set_nodelay(true);
+    let mut hello = BytesMut::new();
+    match subscribe {
+        Some(channel) => put_command(&mut hello, &[b"SUBSCRIBE", channel.as_bytes()]),
+        None => put_command(&mut hello, &[b"PING"]),
+    }
+    let (r, _) = s.write_all(hello).await;
+    r.map_err(|e| e.to_string())?;
+    let what = match subscribe {
+        Some(channel) => format!("Redis SUBSCRIBE {channel}"),
+        None => "Redis PING".to_owned(),
+    };
+    let mut buf = BytesMut::with_capacity(8192);
+    loop {
+        // (bytes used, whether it was the answer), or not complete yet.
+        let step = match next(&buf).map_err(|e| format!("{what}: {e}"))? {
+            None => None,
+            Some((Resp::Error(e), _)) => {
+                return Err(format!("{what}: {}", String::from_utf8_lossy(e)))
+            }
+            Some((Resp::Subscribed { channel, .. }, n)) => {
+                Some((n, subscribe.is_some_and(|c| c.as_bytes() == channel)))
+            }
+            Some((Resp::Simple(b"PONG"), n)) => Some((n, subscribe.is_none())),
+            Some((_, n)) => Some((n, false)),
+        };
+        match step {
+            Some((n, answered)) => {
+                buf.advance(n);
+                if answered {
+                    return Ok(Conn { stream: s, buf });
+                }
+            }
+            None => buf = read_more(&mut s, buf, &what).await?,
+        }
+    }
+}
+
+/// Scans the reply or push at `*pos` (and moves past it): `Ok(None)` if it is
+/// not complete. An error reply fails the run.
+#[inline]
+pub(super) fn next_item<'a>(buf: &'a [u8], pos: &mut usize) -> Result<Option<Item<'a>>, String> {
+    let Some((r, n)) = next(&buf[*pos..])? else {
+        return Ok(None);
+    };
+    *pos += n;
+    match r {
+        Resp::Message { payload, .. } => Ok(Some(Item::Msg(payload, 0))),
+        Resp::Int(_) => Ok(Some(Item::Published)),
+        Resp::Error(e) => Err(format!("redis: {}", String::from_utf8_lossy(e))),
+        _ => Ok(Some(Item::Control)),
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -1,17 +1,17 @@
-//! Hand-encoded `Send` frames, shared by the blocking client, the threaded client
-//! and the load engine.
+//! The one encoder of the `Send` frame (client → router), used by the blocking
+//! client, the threaded client, the load engine and the benchmarks.
 //!
 //! [`put_send_header`] writes a length-delimited `ClientFrame{send}` up to (and
 //! including) the payload's tag and length; the caller appends the payload bytes
 //! from wherever they are, so a payload is never copied into a `Bytes` first. The
 //! payload field is written last, so the bytes that follow the header are it.
 
+use crate::codec::{put_varint, varint_len};
 use bytes::BufMut;
-use ringrouter_proto::codec::{put_varint, varint_len};
 
 /// Where a `Send` goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Target<'a> {
+pub enum Target<'a> {
     /// Every session of a user (`Send.to_user`).
     User(&'a str),
     /// Every member of a room (`Send.to_room`).
@@ -20,6 +20,7 @@ pub(crate) enum Target<'a> {
 
 impl<'a> Target<'a> {
     /// The Send field number and the name it carries.
+    #[inline(always)]
     fn field(self) -> (u64, &'a str) {
         match self {
             Target::User(u) => (SEND_TO_USER, u),
@@ -29,19 +30,22 @@ impl<'a> Target<'a> {
 }
 
 /// The fields of a `Send` other than the payload.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SendHeader<'a> {
-    pub(crate) to: Target<'a>,
-    /// 0: none.
-    pub(crate) request_id: u64,
-    pub(crate) want_result: bool,
-    /// 0: the router assigns one.
-    pub(crate) msg_id: u64,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendHeader<'a> {
+    /// The recipient (`to_user` or `to_room`).
+    pub to: Target<'a>,
+    /// Echoed by the SendResult; 0: none.
+    pub request_id: u64,
+    /// Ask the router for a SendResult.
+    pub want_result: bool,
+    /// Client-chosen message id; 0: the router assigns one.
+    pub msg_id: u64,
 }
 
 impl<'a> SendHeader<'a> {
     /// A fire-and-forget Send to `to`.
-    pub(crate) fn to(to: Target<'a>) -> Self {
+    #[inline]
+    pub fn to(to: Target<'a>) -> Self {
         SendHeader {
             to,
             request_id: 0,
@@ -62,6 +66,7 @@ const SEND_PAYLOAD: u64 = 4;
 const SEND_WANT_RESULT: u64 = 5;
 const SEND_MSG_ID: u64 = 6;
 
+#[inline(always)]
 fn len_field_size(field: u64, len: usize) -> usize {
     if len == 0 {
         0
@@ -70,6 +75,7 @@ fn len_field_size(field: u64, len: usize) -> usize {
     }
 }
 
+#[inline(always)]
 fn varint_field_size(field: u64, v: u64) -> usize {
     if v == 0 {
         0
@@ -78,6 +84,7 @@ fn varint_field_size(field: u64, v: u64) -> usize {
     }
 }
 
+#[inline(always)]
 fn put_varint_field(out: &mut impl BufMut, field: u64, v: u64) {
     if v != 0 {
         put_varint(out, (field << 3) | WT_VARINT);
@@ -86,6 +93,7 @@ fn put_varint_field(out: &mut impl BufMut, field: u64, v: u64) {
 }
 
 /// (length of the Send message, length of the ClientFrame message).
+#[inline(always)]
 fn sizes(h: &SendHeader<'_>, payload_len: usize) -> (usize, usize) {
     let (field, name) = h.to.field();
     let inner = varint_field_size(SEND_REQUEST_ID, h.request_id)
@@ -98,14 +106,16 @@ fn sizes(h: &SendHeader<'_>, payload_len: usize) -> (usize, usize) {
 }
 
 /// Length of the whole frame, payload included.
-pub(crate) fn send_frame_len(h: &SendHeader<'_>, payload_len: usize) -> usize {
+#[inline(always)]
+pub fn send_frame_len(h: &SendHeader<'_>, payload_len: usize) -> usize {
     let (_, outer) = sizes(h, payload_len);
     varint_len(outer as u64) + outer
 }
 
 /// Writes the frame up to the payload bytes, which the caller appends
 /// (`payload_len` of them).
-pub(crate) fn put_send_header(out: &mut impl BufMut, h: &SendHeader<'_>, payload_len: usize) {
+#[inline(always)]
+pub fn put_send_header(out: &mut impl BufMut, h: &SendHeader<'_>, payload_len: usize) {
     let (inner, outer) = sizes(h, payload_len);
     put_varint(out, outer as u64);
     put_varint(out, (CLIENT_FRAME_SEND << 3) | WT_LEN);
@@ -126,7 +136,8 @@ pub(crate) fn put_send_header(out: &mut impl BufMut, h: &SendHeader<'_>, payload
 }
 
 /// Appends a whole Send frame.
-pub(crate) fn put_send(out: &mut impl BufMut, h: &SendHeader<'_>, payload: &[u8]) {
+#[inline]
+pub fn put_send(out: &mut impl BufMut, h: &SendHeader<'_>, payload: &[u8]) {
     put_send_header(out, h, payload.len());
     out.put_slice(payload);
 }
@@ -134,10 +145,13 @@ pub(crate) fn put_send(out: &mut impl BufMut, h: &SendHeader<'_>, payload: &[u8]
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::{decode_client, next_frame};
+    use crate::fast::{parse_client, Inbound};
+    use crate::v1::{client_frame, Send};
     use bytes::BytesMut;
-    use ringrouter_proto::codec::{decode_client, next_frame};
-    use ringrouter_proto::v1::{client_frame, Send};
 
+    /// Encodes, checks the announced length, and decodes with prost and with
+    /// the router's fast parser; both must see the same Send.
     fn roundtrip(h: SendHeader<'_>, payload: &[u8]) -> Send {
         let mut b = BytesMut::new();
         put_send(&mut b, &h, payload);
@@ -146,10 +160,23 @@ mod tests {
             .expect("framing")
             .expect("one whole frame");
         assert!(b.is_empty(), "bytes left after the frame");
-        match decode_client(body).expect("decodes").kind {
+        let s = match decode_client(body.clone()).expect("decodes").kind {
             Some(client_frame::Kind::Send(s)) => s,
             other => panic!("expected a Send, got {other:?}"),
+        };
+        match parse_client(body) {
+            Ok(Inbound::Send(v)) => {
+                assert_eq!(&v.to_user[..], s.to_user.as_bytes());
+                assert_eq!(&v.to_room[..], s.to_room.as_bytes());
+                assert_eq!(&v.payload[..], &s.payload[..]);
+                assert_eq!(
+                    (v.request_id, v.want_result, v.msg_id),
+                    (s.request_id, s.want_result, s.msg_id)
+                );
+            }
+            other => panic!("the fast parser disagrees: {other:?}"),
         }
+        s
     }
 
     #[test]
@@ -160,11 +187,12 @@ mod tests {
             Target::User("bob"),
             Target::Room("lobby"),
             Target::Room(&long_name),
+            Target::User(&long_name),
             Target::User(""),
         ] {
-            for (request_id, want_result) in [(0, false), (1, true), (u64::MAX, true)] {
-                for msg_id in [0, 5, 1 << 40] {
-                    for payload in [&b""[..], &b"hi"[..], &big[..]] {
+            for (request_id, want_result) in [(0, false), (1, true), (u64::MAX, true), (9, false)] {
+                for msg_id in [0, 5, 1 << 40, u64::MAX] {
+                    for payload in [&b""[..], &b"hi"[..], &[0u8; 127][..], &big[..]] {
                         let h = SendHeader {
                             to,
                             request_id,
@@ -189,14 +217,32 @@ mod tests {
     }
 
     #[test]
-    fn a_user_send_is_byte_for_byte_the_proto_fast_path() {
-        // The threaded client's hot path uses ringrouter_proto::fast; both must agree.
-        for payload_len in [0usize, 1, 127, 128, 70_000] {
+    fn the_header_then_the_payload_bytes_is_the_whole_frame() {
+        for payload_len in [0usize, 1, 127, 128, 16_383, 16_384, 70_000] {
+            let payload = vec![0xA5u8; payload_len];
+            let h = SendHeader {
+                msg_id: 77,
+                ..SendHeader::to(Target::User("bob"))
+            };
             let mut a = BytesMut::new();
-            put_send_header(&mut a, &SendHeader::to(Target::User("bob")), payload_len);
+            put_send_header(&mut a, &h, payload_len);
+            a.extend_from_slice(&payload);
             let mut b = BytesMut::new();
-            ringrouter_proto::fast::put_send_header(&mut b, b"bob", payload_len, 0);
+            put_send(&mut b, &h, &payload);
             assert_eq!(a, b, "payload_len {payload_len}");
+            let s = roundtrip(h, &payload);
+            assert_eq!((s.to_user.as_str(), s.msg_id), ("bob", 77));
         }
+    }
+
+    #[test]
+    fn a_fire_and_forget_send_is_minimal() {
+        // ClientFrame{send(2): Send{to_user(2): "bob", payload(4): "xyz"}}
+        let mut b = BytesMut::new();
+        put_send(&mut b, &SendHeader::to(Target::User("bob")), b"xyz");
+        assert_eq!(
+            &b[..],
+            &[12, 0x12, 10, 0x12, 3, b'b', b'o', b'b', 0x22, 3, b'x', b'y', b'z'][..]
+        );
     }
 }

@@ -1,0 +1,135 @@
+//! What the router sends that a caller may want to see: [`Event`], [`Message`].
+
+use bytes::Bytes;
+use ringrouter_proto::Status;
+
+/// A message delivered to this session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Authenticated sender (stamped by the router).
+    pub sender: String,
+    /// Room, or None for a direct message.
+    pub room: Option<String>,
+    /// The payload.
+    pub payload: Bytes,
+    /// Per-session sequence number.
+    pub seq: u64,
+    /// Message id (dedupe key).
+    pub msg_id: u64,
+    /// Router clock at acceptance, µs since the Unix epoch.
+    pub timestamp_us: u64,
+}
+
+/// Anything the router sends that a caller may want to see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A message.
+    Message(Message),
+    /// The answer to a Send that asked for one.
+    SendResult {
+        /// Request id.
+        request_id: u64,
+        /// Status.
+        status: Status,
+        /// Reason when not OK.
+        reason: String,
+        /// Message id.
+        msg_id: u64,
+    },
+    /// An error frame.
+    Error {
+        /// Status code.
+        code: Status,
+        /// Reason.
+        reason: String,
+        /// Request id (0 if none).
+        request_id: u64,
+    },
+    /// A Pong (answer to [`crate::Client::ping`]).
+    Pong(u64),
+    /// Something happened to a room this user is (or was) a member of (pushed
+    /// by the router, unsolicited).
+    Room {
+        /// What happened.
+        kind: RoomEventKind,
+        /// The room.
+        room: String,
+        /// The user who joined, left or was removed; the owner for
+        /// [`RoomEventKind::Deleted`].
+        user: String,
+    },
+    /// The answer to a room request ([`crate::Client::create_room`], ...).
+    RoomResult {
+        /// Request id.
+        request_id: u64,
+        /// Status.
+        status: Status,
+        /// Reason when not OK.
+        reason: String,
+        /// The room's name (also when it was joined by join code).
+        room: String,
+        /// The join code (CreateRoom, JoinRoom).
+        join_code: String,
+        /// The rooms (ListRooms).
+        rooms: Vec<String>,
+    },
+    /// The answer to an account request ([`crate::Client::register`], ...).
+    AccountResult {
+        /// Request id.
+        request_id: u64,
+        /// Status.
+        status: Status,
+        /// Reason when not OK.
+        reason: String,
+        /// The user (Register).
+        user: String,
+        /// The users (ListUsers).
+        users: Vec<String>,
+    },
+}
+
+/// What a [`Event::Room`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RoomEventKind {
+    /// A user joined (or was added).
+    Joined,
+    /// A user left.
+    Left,
+    /// A user was removed by the owner.
+    Removed,
+    /// The owner deleted the room.
+    Deleted,
+    /// A kind this client does not know (a newer router): the wire value.
+    Other(i32),
+}
+
+impl RoomEventKind {
+    /// From the wire value of `RoomEvent.kind`.
+    pub fn from_wire(v: i32) -> RoomEventKind {
+        use ringrouter_proto::v1::RoomEventKind as K;
+        match K::try_from(v) {
+            Ok(K::RoomEventJoined) => RoomEventKind::Joined,
+            Ok(K::RoomEventLeft) => RoomEventKind::Left,
+            Ok(K::RoomEventRemoved) => RoomEventKind::Removed,
+            Ok(K::RoomEventDeleted) => RoomEventKind::Deleted,
+            Ok(K::RoomEventUnspecified) | Err(_) => RoomEventKind::Other(v),
+        }
+    }
+
+    /// "joined", "left", "removed", "deleted" (or "unknown").
+    pub fn name(self) -> &'static str {
+        match self {
+            RoomEventKind::Joined => "joined",
+            RoomEventKind::Left => "left",
+            RoomEventKind::Removed => "removed",
+            RoomEventKind::Deleted => "deleted",
+            RoomEventKind::Other(_) => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for RoomEventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}

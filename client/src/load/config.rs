@@ -1,0 +1,190 @@
+//! What to run ([`LoadConfig`], [`Protocol`]) and how a run is laid out
+//! ([`Plan`]): who sends to whom, on which engine thread.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::engine::{Dest, Flow, RecvJob, SenderJob, ThreadJobs};
+use super::ringrouter::room_name;
+use super::LoadError;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// Router address, `host:port`.
+    pub addr: String,
+    /// Sender/receiver pairs (ignored with `fanout`).
+    pub pairs: usize,
+    /// Payload size in bytes (at least 16 carries a timestamp for latency).
+    pub size: usize,
+    /// Messages to send in total (over all pairs; with fanout, sent by the one sender).
+    pub messages: Option<u64>,
+    /// Or: send for this long.
+    pub duration: Option<Duration>,
+    /// One sender to this many receivers instead of pairs (more than one:
+    /// through a room against ringrouter, one channel against Redis).
+    pub fanout: Option<usize>,
+    /// Paced total send rate in msgs/s (None: as fast as the window allows).
+    pub rate: Option<f64>,
+    /// Most messages in flight per pair (sent, not yet delivered).
+    pub window: usize,
+    /// Engine threads (0: one per core).
+    pub threads: usize,
+    /// Give up waiting for stragglers after this long once sending stopped.
+    pub drain_timeout: Duration,
+    /// Prefix of the user names the engine logs in as.
+    pub user_prefix: String,
+    /// Wire protocol of the server under test.
+    pub protocol: Protocol,
+}
+
+/// The server the engine drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// ringrouter: Login, Send{to_user} (or to_room for fan-out), Deliver.
+    #[default]
+    Ringrouter,
+    /// NATS core protocol (for comparisons): one subject per receiver, PUB/SUB over plain TCP.
+    Nats,
+    /// Redis pub/sub (for comparisons), RESP2 over plain TCP: PUBLISH/SUBSCRIBE,
+    /// one channel per receiver, or per sender with fan-out (like a room).
+    Redis,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        LoadConfig {
+            addr: "127.0.0.1:7878".into(),
+            pairs: 16,
+            size: 64,
+            messages: Some(1_000_000),
+            duration: None,
+            fanout: None,
+            rate: None,
+            window: 1000,
+            threads: 0,
+            drain_timeout: Duration::from_secs(10),
+            user_prefix: format!("load{}-", std::process::id()),
+            protocol: Protocol::Ringrouter,
+        }
+    }
+}
+
+/// A checked configuration and the shape of the run.
+pub(super) struct Plan {
+    pub(super) addr: SocketAddr,
+    /// Senders (pairs, or the one fan-out sender).
+    pub(super) senders: usize,
+    /// Recipients per message.
+    pub(super) fan: usize,
+    /// Engine threads.
+    pub(super) threads: usize,
+    /// Fan-out through ringrouter rooms.
+    pub(super) use_rooms: bool,
+    /// Fan-out through one Redis channel per sender (the equivalent of a room).
+    pub(super) shared_channel: bool,
+}
+
+impl Plan {
+    /// Checks `cfg` and resolves its address.
+    pub(super) fn new(cfg: &LoadConfig) -> Result<Plan, LoadError> {
+        let invalid = |why: &str| Err(LoadError::Config(why.into()));
+        if cfg.messages.is_none() && cfg.duration.is_none() {
+            return invalid("give messages or duration");
+        }
+        if cfg.size == 0 {
+            return invalid("size must be at least 1 byte (an empty payload is the end marker)");
+        }
+        if cfg.window == 0 {
+            return invalid("window must be at least 1");
+        }
+        let (senders, fan) = match cfg.fanout {
+            Some(0) => return invalid("fanout must be at least 1"),
+            Some(m) => (1usize, m),
+            None if cfg.pairs == 0 => return invalid("pairs must be at least 1"),
+            None => (cfg.pairs, 1usize),
+        };
+        if cfg.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+            return invalid("rate must be a positive number");
+        }
+        let connect_err = |reason: String| LoadError::Connect {
+            addr: cfg.addr.clone(),
+            reason,
+        };
+        let addr = cfg
+            .addr
+            .to_socket_addrs()
+            .map_err(|e| connect_err(e.to_string()))?
+            .next()
+            .ok_or_else(|| connect_err("no address".into()))?;
+        let threads = if cfg.threads > 0 {
+            cfg.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        };
+        Ok(Plan {
+            addr,
+            senders,
+            fan,
+            threads: threads.min(senders * fan).max(1),
+            use_rooms: fan > 1 && cfg.protocol == Protocol::Ringrouter,
+            shared_channel: fan > 1 && cfg.protocol == Protocol::Redis,
+        })
+    }
+
+    /// Messages sender `i` sends (None: until the duration is over).
+    fn quota(&self, cfg: &LoadConfig, i: usize) -> Option<u64> {
+        let senders = self.senders as u64;
+        cfg.messages
+            .map(|m| m / senders + u64::from((i as u64) < m % senders))
+    }
+
+    /// Assigns the work to the engine threads: senders round-robin, receivers
+    /// round-robin (pairs: with their sender). `join_codes[i]`: the join code
+    /// of sender `i`'s fan-out room.
+    pub(super) fn jobs(
+        &self,
+        cfg: &LoadConfig,
+        flows: &[Arc<Flow>],
+        join_codes: &[String],
+    ) -> Vec<ThreadJobs> {
+        let threads = self.threads;
+        let fan = self.fan;
+        let mut jobs: Vec<ThreadJobs> = (0..threads).map(|_| ThreadJobs::default()).collect();
+        let p = &cfg.user_prefix;
+        for (i, flow) in flows.iter().enumerate() {
+            let receivers: Vec<String> = (0..fan).map(|j| format!("{p}r{i}-{j}")).collect();
+            let join = join_codes.get(i).cloned();
+            for (j, user) in receivers.iter().enumerate() {
+                let t = if fan == 1 { i % threads } else { j % threads };
+                jobs[t].receivers.push(RecvJob {
+                    flow: flow.clone(),
+                    user: user.clone(),
+                    join: join.clone(),
+                    channel: if self.shared_channel {
+                        room_name(p, i)
+                    } else {
+                        user.clone()
+                    },
+                });
+            }
+            let to = if self.use_rooms || self.shared_channel {
+                vec![Dest::Room(room_name(p, i))]
+            } else {
+                receivers.into_iter().map(Dest::User).collect()
+            };
+            jobs[i % threads].senders.push(SenderJob {
+                flow: flow.clone(),
+                user: sender_name(p, i),
+                to,
+                quota: self.quota(cfg, i),
+            });
+        }
+        jobs
+    }
+}
+
+pub(super) fn sender_name(prefix: &str, i: usize) -> String {
+    format!("{prefix}s{i}")
+}

@@ -1,0 +1,343 @@
+//! The load engine: P sender/receiver pairs (1:1), or one sender fanning out to
+//! M receivers, driven thread-per-core on monoio with a bounded in-flight window
+//! per pair so nothing is dropped. Used by `ringrouter-load`, the criterion
+//! end-to-end benchmarks and `python -m ringrouter.load`.
+//!
+//! Fan-out (M > 1) against ringrouter goes through a real room: before the run
+//! the sender's user creates a room named after the user prefix (so concurrent
+//! runs do not collide), each receiver joins it by its join code right after
+//! logging in, and the sender sends each message once, to the room. The room is
+//! deleted when the run ends. Against NATS, fan-out is M direct subjects.
+//! Against Redis (pub/sub, RESP2), 1:1 pairs use one channel per receiver and
+//! fan-out uses one channel per sender that all its receivers subscribe to (the
+//! equivalent of a room): the sender publishes each message once.
+//!
+//! Every ringrouter connection acks what it received, cumulatively (every 1024
+//! messages or 100 ms, and at the end), since the router keeps every unacked
+//! delivery and closes a session that never acks as a slow consumer.
+
+//!
+//! # Layout
+//! - [`LoadConfig`] and the run's layout (`config`), [`LoadReport`] (`report`);
+//! - `engine`: the engine threads, senders, receivers and the monitor, over
+//!   any target protocol;
+//! - one module per target protocol: `ringrouter`, `nats`, `resp` (Redis).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+mod config;
+mod engine;
+mod nats;
+mod report;
+mod resp;
+mod ringrouter;
+
+pub use config::{LoadConfig, Protocol};
+pub use report::LoadReport;
+
+use config::Plan;
+use engine::{Flow, Shared};
+use report::Measured;
+
+/// Why a run could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Bad configuration.
+    #[error("invalid load config: {0}")]
+    Config(String),
+    /// Could not connect or log in.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// Router address.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// An engine thread failed.
+    #[error("load engine failed: {0}")]
+    Engine(String),
+}
+
+/// A progress sample, passed to the callback of [`run_with_progress`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    /// Seconds since sending began.
+    pub elapsed: f64,
+    /// Deliveries expected so far (messages sent x recipients).
+    pub sent: u64,
+    /// Deliveries so far.
+    pub delivered: u64,
+}
+
+/// Runs the load described by `cfg` and reports what it measured.
+pub fn run(cfg: &LoadConfig) -> Result<LoadReport, LoadError> {
+    run_with_progress(cfg, Duration::from_secs(3600), |_| {})
+}
+
+/// Like [`run`], calling `progress` every `every` while it runs.
+pub fn run_with_progress(
+    cfg: &LoadConfig,
+    every: Duration,
+    progress: impl FnMut(&Progress),
+) -> Result<LoadReport, LoadError> {
+    let plan = Plan::new(cfg)?;
+    let flows: Vec<Arc<Flow>> = (0..plan.senders)
+        .map(|_| Arc::new(Flow::new(plan.fan as u64)))
+        .collect();
+    // Fan-out through rooms: created now, deleted when `rooms` is dropped,
+    // however the run ends.
+    let mut rooms = ringrouter::Rooms {
+        addr: plan.addr,
+        timeout: cfg.drain_timeout,
+        created: Vec::new(),
+    };
+    let mut join_codes = Vec::new();
+    if plan.use_rooms {
+        for i in 0..plan.senders {
+            let owner = config::sender_name(&cfg.user_prefix, i);
+            let room = ringrouter::room_name(&cfg.user_prefix, i);
+            let code = rooms
+                .create(&owner, &room)
+                .map_err(|reason| LoadError::Connect {
+                    addr: cfg.addr.clone(),
+                    reason,
+                })?;
+            join_codes.push(code);
+        }
+    }
+    let jobs = plan.jobs(cfg, &flows, &join_codes);
+    let shared = Arc::new(Shared::new(cfg, plan.addr, plan.senders));
+    let barrier = Arc::new(Barrier::new(plan.threads + 1));
+    let cpu0 = report::cpu_seconds();
+    let mut handles = Vec::new();
+    for (t, jobs) in jobs.into_iter().enumerate() {
+        handles.push(engine::spawn_thread(
+            t,
+            jobs,
+            shared.clone(),
+            barrier.clone(),
+        )?);
+    }
+    // Everyone connected (or failed); then the start.
+    barrier.wait();
+    if let Some(e) = shared.failure() {
+        barrier.wait();
+        for h in handles {
+            let _ = h.join();
+        }
+        return Err(LoadError::Connect {
+            addr: cfg.addr.clone(),
+            reason: e,
+        });
+    }
+    let start = Instant::now();
+    barrier.wait();
+    let timeline = engine::monitor(&handles, &shared, start, every, progress);
+    let cpu = report::cpu_seconds() - cpu0;
+    let mut hist = engine::new_hist();
+    let mut results = Vec::new();
+    for h in handles {
+        match h.join() {
+            Ok(Ok((r, hh))) => {
+                results.extend(r);
+                let _ = hist.add(&hh);
+            }
+            Ok(Err(e)) => return Err(LoadError::Engine(e)),
+            Err(_) => return Err(LoadError::Engine("an engine thread panicked".into())),
+        }
+    }
+    if let Some(e) = shared.failure() {
+        return Err(LoadError::Engine(e));
+    }
+    let sent = flows
+        .iter()
+        .map(|f| f.sent.load(Ordering::Relaxed) * f.fan)
+        .sum();
+    Ok(Measured {
+        sent,
+        results,
+        hist,
+        start,
+        timeline,
+        cpu,
+        size: cfg.size,
+    }
+    .report())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::config::sender_name;
+    use super::engine::{begin_message, end_message, next_item, Dest, Item};
+    use super::ringrouter::{room_name, Acker, ACK_EVERY, ACK_INTERVAL};
+    use super::*;
+    use bytes::BytesMut;
+    use ringrouter_proto::codec::{decode_client, encode_frame, next_frame};
+    use ringrouter_proto::v1::{client_frame, server_frame, Ack, Pong};
+
+    fn frames_in(mut b: BytesMut) -> Vec<client_frame::Kind> {
+        let mut out = Vec::new();
+        while let Some(body) = next_frame(&mut b, 1 << 20).expect("framing") {
+            out.extend(decode_client(body).expect("decodes").kind);
+        }
+        assert!(b.is_empty(), "a partial frame left over");
+        out
+    }
+
+    #[test]
+    fn acks_are_cumulative_every_1024_or_100ms_and_forced_at_the_end() {
+        let t0 = Instant::now();
+        let mut a = Acker::at(t0);
+        let mut out = BytesMut::new();
+        a.maybe_ack(0, t0, true, &mut out);
+        assert!(out.is_empty(), "nothing received, nothing to ack");
+        a.maybe_ack(ACK_EVERY - 1, t0, false, &mut out);
+        assert!(out.is_empty(), "not due yet");
+        a.maybe_ack(ACK_EVERY, t0, false, &mut out);
+        a.maybe_ack(ACK_EVERY + 5, t0 + ACK_INTERVAL / 2, false, &mut out);
+        // 100 ms after the last ack: due.
+        a.maybe_ack(ACK_EVERY + 6, t0 + ACK_INTERVAL, false, &mut out);
+        // Forced (the end): whatever is unacked.
+        a.maybe_ack(ACK_EVERY + 7, t0 + ACK_INTERVAL, true, &mut out);
+        a.maybe_ack(ACK_EVERY + 7, t0 + 10 * ACK_INTERVAL, true, &mut out);
+        let acks: Vec<u64> = frames_in(out)
+            .into_iter()
+            .map(|k| match k {
+                client_frame::Kind::Ack(a) => a.up_to_seq,
+                other => panic!("expected an Ack, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(acks, [ACK_EVERY, ACK_EVERY + 6, ACK_EVERY + 7]);
+        // By time: 100 ms after the last ack, one more message is enough.
+        let mut a = Acker::at(t0);
+        let mut out = BytesMut::new();
+        a.maybe_ack(10, t0, true, &mut out);
+        out.clear();
+        a.maybe_ack(11, t0 + ACK_INTERVAL, false, &mut out);
+        assert!(matches!(
+            frames_in(out).as_slice(),
+            [client_frame::Kind::Ack(Ack { up_to_seq: 11 })]
+        ));
+    }
+
+    #[test]
+    fn room_and_user_messages_are_sends_with_the_right_target() {
+        let mut b = BytesMut::new();
+        for (dest, payload) in [
+            (Dest::User("bob".into()), &b"12345678abcdefgh"[..]),
+            (Dest::Room("load1-room0".into()), &b"12345678abcdefgh"[..]),
+            (Dest::Room("load1-room0".into()), &b""[..]),
+        ] {
+            begin_message(Protocol::Ringrouter, &mut b, &dest, payload.len());
+            b.extend_from_slice(payload);
+            end_message(Protocol::Ringrouter, &mut b);
+        }
+        let sends: Vec<(String, String, usize)> = frames_in(b)
+            .into_iter()
+            .map(|k| match k {
+                client_frame::Kind::Send(s) => (s.to_user, s.to_room, s.payload.len()),
+                other => panic!("expected a Send, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            sends,
+            [
+                ("bob".into(), "".into(), 16),
+                ("".into(), "load1-room0".into(), 16),
+                ("".into(), "load1-room0".into(), 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn redis_messages_are_publishes_to_the_channel() {
+        let mut b = BytesMut::new();
+        for (dest, payload) in [
+            (
+                Dest::User("load1-r0-0".into()),
+                &b"12345678\r\n345678abc"[..],
+            ),
+            (Dest::Room("load1-room0".into()), &b""[..]),
+        ] {
+            begin_message(Protocol::Redis, &mut b, &dest, payload.len());
+            b.extend_from_slice(payload);
+            end_message(Protocol::Redis, &mut b);
+        }
+        assert_eq!(
+            &b[..],
+            &b"*3\r\n$7\r\nPUBLISH\r\n$10\r\nload1-r0-0\r\n$19\r\n12345678\r\n345678abc\r\n\
+               *3\r\n$7\r\nPUBLISH\r\n$11\r\nload1-room0\r\n$0\r\n\r\n"[..]
+        );
+    }
+
+    #[test]
+    fn redis_pushes_replies_and_errors_are_told_apart() {
+        let b = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n:64\r\n\
+                  *3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$0\r\n\r\n+OK\r\n*3\r\n$7\r\nmess";
+        let mut pos = 0;
+        let mut out = BytesMut::new();
+        let mut items = Vec::new();
+        while let Some(item) = next_item(Protocol::Redis, b, &mut pos, &mut out).expect("parses") {
+            items.push(match item {
+                Item::Msg(p, seq) => format!("msg {} {seq}", String::from_utf8_lossy(p)),
+                Item::Published => "published".into(),
+                Item::Control => "control".into(),
+            });
+        }
+        assert_eq!(items, ["msg hi 0", "published", "msg  0", "control"]);
+        assert_eq!(&b[pos..], b"*3\r\n$7\r\nmess", "the partial push waits");
+        assert!(out.is_empty(), "nothing to answer");
+        let mut pos = 0;
+        let err = next_item(Protocol::Redis, b"-OOM no\r\n", &mut pos, &mut out);
+        assert!(matches!(err, Err(e) if e.contains("OOM no")));
+    }
+
+    #[test]
+    fn fan_out_rooms_are_named_after_the_prefix() {
+        assert_eq!(room_name("load42-", 0), "load42-room0");
+        assert_ne!(room_name("load42-", 0), room_name("load43-", 0));
+        assert_ne!(room_name("p-", 1), sender_name("p-", 1));
+    }
+
+    #[test]
+    fn a_receivers_deliveries_and_room_events_are_told_apart() {
+        use ringrouter_proto::v1::{Deliver, RoomEvent, ServerFrame};
+        let mut b = BytesMut::new();
+        for kind in [
+            server_frame::Kind::RoomEvent(RoomEvent {
+                kind: 1,
+                room: "r".into(),
+                user: "u".into(),
+            }),
+            server_frame::Kind::Deliver(Deliver {
+                seq: 3,
+                to_room: "r".into(),
+                payload: bytes::Bytes::from_static(b"hi"),
+                ..Default::default()
+            }),
+            server_frame::Kind::Ping(ringrouter_proto::v1::Ping { nonce: 9 }),
+        ] {
+            encode_frame(&ServerFrame { kind: Some(kind) }, &mut b);
+        }
+        let mut pos = 0;
+        let mut out = BytesMut::new();
+        let mut items = Vec::new();
+        while let Some(item) =
+            next_item(Protocol::Ringrouter, &b, &mut pos, &mut out).expect("parses")
+        {
+            items.push(match item {
+                Item::Msg(p, seq) => format!("msg {} {seq}", String::from_utf8_lossy(p)),
+                Item::Published => "published".into(),
+                Item::Control => "control".into(),
+            });
+        }
+        assert_eq!(items, ["control", "msg hi 3", "control"]);
+        assert_eq!(pos, b.len());
+        assert!(matches!(
+            frames_in(out).as_slice(),
+            [client_frame::Kind::Pong(Pong { nonce: 9 })]
+        ));
+    }
+}

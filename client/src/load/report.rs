@@ -1,0 +1,179 @@
+//! What a run measured ([`LoadReport`]) and how it is computed from the
+//! receivers' results.
+
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+
+use super::engine::RecvResult;
+
+/// What a run measured.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LoadReport {
+    /// Deliveries expected (messages x recipients).
+    pub sent: u64,
+    /// Deliveries received.
+    pub delivered: u64,
+    /// `sent - delivered`.
+    pub lost: u64,
+    /// Deliveries out of order or duplicated.
+    pub out_of_order: u64,
+    /// Wall time from first send to last delivery.
+    pub seconds: f64,
+    /// Delivered messages per second.
+    pub msgs_per_sec: f64,
+    /// Delivered payload MB (10^6 bytes) per second.
+    pub mb_per_sec: f64,
+    /// One-way latency percentiles, µs.
+    pub p50_us: f64,
+    /// 90th percentile.
+    pub p90_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Max latency.
+    pub max_us: f64,
+    /// Receivers.
+    pub receivers: usize,
+    /// Slowest receiver, msgs/s.
+    pub receiver_min_msgs_per_sec: f64,
+    /// Mean over receivers, msgs/s.
+    pub receiver_avg_msgs_per_sec: f64,
+    /// Fastest receiver, msgs/s.
+    pub receiver_max_msgs_per_sec: f64,
+    /// CPU seconds the engine's process used (user + system) during the run.
+    pub engine_cpu_seconds: f64,
+    /// (seconds since start, deliveries so far), sampled every 100 ms.
+    pub timeline: Vec<(f64, u64)>,
+    /// (latency µs upper bound, count) buckets of the latency histogram.
+    pub latency_buckets: Vec<(f64, u64)>,
+}
+
+/// The raw results of a run.
+pub(super) struct Measured {
+    /// Deliveries expected (messages sent x recipients).
+    pub(super) sent: u64,
+    pub(super) results: Vec<RecvResult>,
+    pub(super) hist: Histogram<u64>,
+    pub(super) start: Instant,
+    pub(super) timeline: Vec<(f64, u64)>,
+    pub(super) cpu: f64,
+    pub(super) size: usize,
+}
+
+impl Measured {
+    /// The report.
+    pub(super) fn report(self) -> LoadReport {
+        let Measured {
+            sent,
+            results,
+            hist,
+            start,
+            mut timeline,
+            cpu,
+            size,
+        } = self;
+        let delivered: u64 = results.iter().map(|r| r.delivered).sum();
+        let out_of_order: u64 = results.iter().map(|r| r.out_of_order).sum();
+        let end = results.iter().filter_map(|r| r.last).max().unwrap_or(start);
+        let seconds = end.duration_since(start).as_secs_f64().max(1e-9);
+        let rates: Vec<f64> = results
+            .iter()
+            .map(|r| {
+                r.last.map_or(0.0, |l| {
+                    r.delivered as f64 / l.duration_since(start).as_secs_f64().max(1e-9)
+                })
+            })
+            .collect();
+        let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
+        timeline.push((seconds, delivered));
+        LoadReport {
+            sent,
+            delivered,
+            lost: sent.saturating_sub(delivered),
+            out_of_order,
+            seconds,
+            msgs_per_sec: delivered as f64 / seconds,
+            mb_per_sec: delivered as f64 * size as f64 / 1e6 / seconds,
+            p50_us: q(0.5),
+            p90_us: q(0.9),
+            p99_us: q(0.99),
+            p999_us: q(0.999),
+            max_us: hist.max() as f64 / 1000.0,
+            receivers: results.len(),
+            receiver_min_msgs_per_sec: rates
+                .iter()
+                .copied()
+                .fold(f64::INFINITY, f64::min)
+                .min(f64::MAX),
+            receiver_avg_msgs_per_sec: rates.iter().sum::<f64>() / rates.len().max(1) as f64,
+            receiver_max_msgs_per_sec: rates.iter().copied().fold(0.0, f64::max),
+            engine_cpu_seconds: cpu,
+            timeline,
+            latency_buckets: latency_buckets(&hist),
+        }
+    }
+}
+
+/// (latency µs upper bound, count) buckets of `hist`, log-spaced.
+fn latency_buckets(hist: &Histogram<u64>) -> Vec<(f64, u64)> {
+    let mut buckets = Vec::new();
+    if !hist.is_empty() {
+        for v in hist.iter_log(1000, 1.5) {
+            if v.count_since_last_iteration() > 0 {
+                buckets.push((
+                    v.value_iterated_to() as f64 / 1000.0,
+                    v.count_since_last_iteration(),
+                ));
+            }
+        }
+    }
+    buckets
+}
+
+impl LoadReport {
+    /// The report as one JSON object.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// A human-readable table (the shape `nats bench` prints).
+    pub fn table(&self) -> String {
+        format!(
+            "delivered {} of {} (lost {}, out of order {}) in {:.3} s\n\
+             {:>12.0} msgs/s  {:>9.2} MB/s\n\
+             latency us: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}\n\
+             receivers {}: min {:.0}  avg {:.0}  max {:.0} msgs/s\n\
+             engine CPU {:.2} s (router and engine share this machine's cores)",
+            self.delivered,
+            self.sent,
+            self.lost,
+            self.out_of_order,
+            self.seconds,
+            self.msgs_per_sec,
+            self.mb_per_sec,
+            self.p50_us,
+            self.p90_us,
+            self.p99_us,
+            self.p999_us,
+            self.max_us,
+            self.receivers,
+            self.receiver_min_msgs_per_sec,
+            self.receiver_avg_msgs_per_sec,
+            self.receiver_max_msgs_per_sec,
+            self.engine_cpu_seconds,
+        )
+    }
+}
+
+/// CPU seconds this process used so far (user + system).
+pub(super) fn cpu_seconds() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // Safety: getrusage writes into the struct we own.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
