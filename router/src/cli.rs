@@ -1,134 +1,215 @@
-//! The `ringrouter` command line: flags (clap) over [`Config`], then run until
-//! SIGTERM / Ctrl-C.
+//! The `ringrouter` command line: flags (clap) and a `--config` TOML file over
+//! [`Config`], then run until SIGTERM / Ctrl-C.
+//!
+//! Only with the `cli` feature (on by default): a library user who turns default
+//! features off builds neither clap nor tracing-subscriber, toml, humantime or parse-size.
+//!
+//! # One list of settings
+//! The flags of [`Args`] are the only list of settings. A `--config` file's keys are
+//! the long flag names (kebab-case, without the dashes), checked against that list;
+//! each value is handed to the flag's own parser, placed on the command line *before*
+//! the real flags, and the last occurrence of a flag wins (`args_override_self`): so
+//! a file means exactly what the same flags mean, and the command line overrides it.
+//! `--print-config` walks the same list.
+//!
+//! # Exit codes
+//! [`EXIT_OK`] (0), [`EXIT_FAILURE`] (1), [`EXIT_USAGE`] (2): see [`main`].
+#![cfg(feature = "cli")]
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Arg, ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
 
-use crate::config::{
-    parse_bytes, parse_duration, AuthMode, Config, DurabilityMode, OfflineOverflow,
-};
+use crate::config::{AuthMode, Config, DurabilityMode, OfflineOverflow};
+
+/// Exit code of a clean stop (SIGTERM / Ctrl-C, every shard finished within the
+/// shutdown timeout), and of `--help`, `--version` and `--print-config`.
+pub const EXIT_OK: i32 = 0;
+/// Exit code of a failure at run time (the address cannot be bound, the store cannot
+/// be opened, a shard does not start) or of an unclean shutdown.
+pub const EXIT_FAILURE: i32 = 1;
+/// Exit code of bad usage or configuration: a bad flag or value, a bad `--config`
+/// file (unreadable, not TOML, unknown key, bad value), a configuration the router
+/// refuses ([`crate::StartError::Config`]).
+pub const EXIT_USAGE: i32 = 2;
+
+/// The default of `--log-filter`.
+pub const DEFAULT_LOG_FILTER: &str = "info,fjall=warn,lsm_tree=warn";
+
+const NETWORK: &str = "Network";
+const AUTH: &str = "Auth";
+const LIMITS: &str = "Limits";
+const TIMEOUTS: &str = "Timeouts";
+const STORAGE: &str = "Storage";
+const LOGGING: &str = "Logging";
+
+const AFTER_HELP: &str = "\
+Configuration file:
+  --config FILE reads TOML whose keys are the long flag names above without the dashes
+  (kebab-case: max-frame-bytes = \"1MiB\", no-pin = true); a flag given on the command line
+  overrides the file. --print-config prints the effective configuration (defaults, then the
+  file, then the flags) as TOML that --config reads back.
+
+Sizes (<SIZE>):
+  1048576 (bytes), 64KiB, 8MiB, 1GiB (powers of 1024), 64KB, 1MB, 1GB (powers of 1000);
+  a bare 64k, 8M, 1G means KiB, MiB, GiB (as in GNU coreutils); case does not matter.
+
+Durations (<DURATION>):
+  250ms, 2s, 5min, 1h 30m, 30days (humantime); a plain number is seconds (1.5).
+
+Environment:
+  RUST_LOG                      log filter (tracing EnvFilter syntax, e.g. debug or
+                                info,ringrouter::conn=trace); when set it replaces
+                                --log-filter
+  MONOIO_FORCE_LEGACY_DRIVER=1  use epoll instead of io_uring (the router also falls back
+                                to epoll by itself where io_uring is unavailable)
+  MIMALLOC_ALLOW_THP            leave transparent huge pages as the system sets them
+
+Exit status:
+  0  clean stop after SIGTERM or Ctrl-C; --help, --version, --print-config
+  1  failure at run time (address in use, store cannot be opened, a shard fails to
+     start) or an unclean shutdown (shards still busy after --shutdown-timeout)
+  2  bad usage or configuration: a bad flag or value, a --config file that cannot be
+     read or parsed or has an unknown key, a refused setting (e.g. --auth jwt without
+     --jwt-secret-file)";
 
 /// ringrouter: a thread-per-core io_uring message router for chat / IM.
-#[derive(Debug, Parser)]
-#[command(name = "ringrouter", version)]
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ringrouter", version, after_help = AFTER_HELP, args_override_self = true)]
 pub struct Args {
+    /// Read settings from this TOML file (keys: the long flag names); flags given here override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (defaults, then --config, then flags) as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
     /// Address to listen on (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:7878")]
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7878", help_heading = NETWORK)]
     pub listen: SocketAddr,
     /// Number of shards (threads, one per core); 0 = one per available core.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0, help_heading = NETWORK)]
     pub shards: usize,
-    /// Largest frame accepted (bytes; 64k, 1MiB, ...).
-    #[arg(long, value_parser = parse_bytes, default_value = "1MiB")]
-    pub max_frame_bytes: usize,
-    /// Largest message payload accepted (default: max-frame-bytes minus 1 KiB).
-    #[arg(long, value_parser = parse_bytes)]
-    pub max_payload_bytes: Option<usize>,
-    /// Bound on one session's outbound queue: past it, local senders pause (TCP backpressure);
-    /// at twice it, or after --slow-consumer-timeout over it, the session is closed as a slow consumer.
-    #[arg(long, value_parser = parse_bytes, default_value = "8MiB")]
-    pub max_pending_bytes: usize,
-    /// How long a session may stay over --max-pending-bytes before it is closed as a slow consumer.
-    #[arg(long, value_parser = parse_duration, default_value = "2s")]
-    pub slow_consumer_timeout: Duration,
-    /// Idle sessions are pinged this often.
-    #[arg(long, value_parser = parse_duration, default_value = "15s")]
-    pub heartbeat_interval: Duration,
-    /// A pinged session silent this long is closed (default: 2 x heartbeat interval).
-    #[arg(long, value_parser = parse_duration)]
-    pub heartbeat_timeout: Option<Duration>,
-    /// A connection must log in within this time.
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
-    pub login_timeout: Duration,
-    /// Graceful shutdown waits at most this long for queues to flush.
-    #[arg(long, value_parser = parse_duration, default_value = "5s")]
-    pub shutdown_timeout: Duration,
-    /// Most open connections.
-    #[arg(long, default_value_t = 100_000)]
-    pub max_connections: usize,
-    /// Most sessions (devices) per user.
-    #[arg(long, default_value_t = 64)]
-    pub max_sessions_per_user: usize,
+    /// Do not pin shard threads to cores.
+    #[arg(long, help_heading = NETWORK)]
+    pub no_pin: bool,
     /// Payloads up to this size are copied into the recipient's write buffer;
     /// larger ones are written straight from the sender's read buffer (writev).
-    #[arg(long, value_parser = parse_bytes, default_value = "0")]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "0", help_heading = NETWORK)]
     pub inline_payload_max: usize,
+    /// Leave transparent huge pages on for the router's memory (default: off, see
+    /// BENCHMARKS.md: THP page zeroing cost 10-40% of CPU with many sessions).
+    #[arg(long, hide = true, help_heading = NETWORK)]
+    pub allow_thp: bool,
+
     /// Authentication: open (any user name; loopback only), jwt, or accounts (Register + password).
-    #[arg(long, value_enum, default_value_t = AuthMode::Open)]
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = AuthMode::Open, help_heading = AUTH)]
     pub auth: AuthMode,
     /// File holding the HS256 secret for --auth jwt.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE", help_heading = AUTH)]
     pub jwt_secret_file: Option<PathBuf>,
+    /// Clock skew allowed when checking a JWT's exp, nbf and iat.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s", help_heading = AUTH)]
+    pub jwt_leeway: Duration,
     /// Allow --auth open on a non-loopback address.
-    #[arg(long)]
+    #[arg(long, help_heading = AUTH)]
     pub allow_open_auth_on_public: bool,
-    /// Do not pin shard threads to cores.
-    #[arg(long)]
-    pub no_pin: bool,
+    /// Most failed logins on one connection: the last one is answered, then the connection
+    /// gets Error UNAUTHORIZED and is closed.
+    #[arg(long, value_name = "N", default_value_t = 3, help_heading = AUTH)]
+    pub max_failed_logins: u32,
+    /// Most password hashes (Register, password Login, room passwords) queued or running;
+    /// past it those requests are refused with RATE_LIMITED.
+    #[arg(long, value_name = "N", default_value_t = 256, help_heading = AUTH)]
+    pub max_password_jobs: u64,
+    /// Cheapest Argon2id parameters (for tests and benchmarks; never in production).
+    #[arg(long, hide = true, help_heading = AUTH)]
+    pub argon2_cheap: bool,
+
+    /// Largest frame accepted.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1MiB", help_heading = LIMITS)]
+    pub max_frame_bytes: usize,
+    /// Largest message payload accepted (default: max-frame-bytes minus 1 KiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = LIMITS)]
+    pub max_payload_bytes: Option<usize>,
+    /// Largest frame accepted before Login; a larger one gets TOO_LARGE and the connection closes.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16KiB", help_heading = LIMITS)]
+    pub max_prelogin_frame_bytes: usize,
+    /// Bound on one session's outbound queue: past it, local senders pause (TCP backpressure);
+    /// at twice it, or after --slow-consumer-timeout over it, the session is closed as a slow consumer.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "8MiB", help_heading = LIMITS)]
+    pub max_pending_bytes: usize,
+    /// Most open connections.
+    #[arg(long, value_name = "N", default_value_t = 100_000, help_heading = LIMITS)]
+    pub max_connections: usize,
+    /// Most sessions (devices) per user.
+    #[arg(long, value_name = "N", default_value_t = 64, help_heading = LIMITS)]
+    pub max_sessions_per_user: usize,
+    /// Most delivered-but-unacked messages per session; past it the session is closed as a
+    /// slow consumer and its unacked messages are queued for its next login.
+    #[arg(long, value_name = "N", default_value_t = 262_144, help_heading = LIMITS)]
+    pub max_unacked_per_session: usize,
+    /// Most payload bytes one session may hold delivered and not acked; past it the session
+    /// is closed as a slow consumer and what it holds is queued for its next login.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64MiB", help_heading = LIMITS)]
+    pub max_unacked_bytes_per_session: usize,
+    /// Most rooms one user may be a member of.
+    #[arg(long, value_name = "N", default_value_t = 1_000, help_heading = LIMITS)]
+    pub max_rooms_per_user: usize,
+    /// Most members in one room.
+    #[arg(long, value_name = "N", default_value_t = 10_000, help_heading = LIMITS)]
+    pub max_members_per_room: usize,
+    /// Most names one ListUsers answers.
+    #[arg(long, value_name = "N", default_value_t = 1_000, help_heading = LIMITS)]
+    pub list_users_page: usize,
+
+    /// How long a session may stay over --max-pending-bytes before it is closed as a slow consumer.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2s", help_heading = TIMEOUTS)]
+    pub slow_consumer_timeout: Duration,
+    /// Idle sessions are pinged this often.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "15s", help_heading = TIMEOUTS)]
+    pub heartbeat_interval: Duration,
+    /// A pinged session silent this long is closed (default: 2 x heartbeat interval).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = TIMEOUTS)]
+    pub heartbeat_timeout: Option<Duration>,
+    /// A connection must log in within this time.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s", help_heading = TIMEOUTS)]
+    pub login_timeout: Duration,
+    /// Graceful shutdown waits at most this long for queues to flush.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s", help_heading = TIMEOUTS)]
+    pub shutdown_timeout: Duration,
+
     /// Directory of the embedded store (accounts, rooms, offline queues); created if missing.
-    #[arg(long, default_value = "./data")]
+    #[arg(long, value_name = "DIR", default_value = "./data", help_heading = STORAGE)]
     pub data_dir: PathBuf,
     /// memory: unacked deliveries in memory, offline queues written without fsync;
     /// sync: every message group-committed with fsync before SendResult OK.
-    #[arg(long, value_enum, default_value_t = DurabilityMode::Memory)]
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = DurabilityMode::Memory, help_heading = STORAGE)]
     pub durability: DurabilityMode,
     /// Most messages queued for one offline user.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, value_name = "N", default_value_t = 100_000, help_heading = STORAGE)]
     pub max_offline_per_user: u64,
+    /// Most payload bytes queued for one offline user (--offline-overflow applies).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256MiB", help_heading = STORAGE)]
+    pub max_offline_bytes_per_user: usize,
     /// A full offline queue rejects new messages (the sender gets RATE_LIMITED) or drops its oldest.
-    #[arg(long, value_enum, default_value_t = OfflineOverflow::Reject)]
+    #[arg(long, value_name = "POLICY", value_enum, default_value_t = OfflineOverflow::Reject, help_heading = STORAGE)]
     pub offline_overflow: OfflineOverflow,
-    /// Most delivered-but-unacked messages per session; past it the session is closed as a
-    /// slow consumer and its unacked messages are queued for its next login.
-    #[arg(long, default_value_t = 262_144)]
-    pub max_unacked_per_session: usize,
-    /// Most rooms one user may be a member of.
-    #[arg(long, default_value_t = 1_000)]
-    pub max_rooms_per_user: usize,
-    /// Most members in one room.
-    #[arg(long, default_value_t = 10_000)]
-    pub max_members_per_room: usize,
-    /// Most names one ListUsers answers.
-    #[arg(long, default_value_t = 1_000)]
-    pub list_users_page: usize,
-    /// Leave transparent huge pages on for the router's memory (default: off, see
-    /// BENCHMARKS.md: THP page zeroing cost 10-40% of CPU with many sessions).
-    #[arg(long, hide = true)]
-    pub allow_thp: bool,
-    /// Cheapest Argon2id parameters (for tests and benchmarks; never in production).
-    #[arg(long, hide = true)]
-    pub argon2_cheap: bool,
-    /// Most password hashes (Register, password Login, room passwords) queued or running;
-    /// past it those requests are refused with RATE_LIMITED.
-    #[arg(long, default_value_t = 256)]
-    pub max_password_jobs: u64,
-    /// Most payload bytes one session may hold delivered and not acked; past it the session
-    /// is closed as a slow consumer and what it holds is queued for its next login.
-    #[arg(long, value_parser = parse_bytes, default_value = "64MiB")]
-    pub max_unacked_bytes_per_session: usize,
     /// Most bytes of store requests one shard may have queued for the storage thread;
     /// past it the readers feeding it pause (TCP backpressure).
-    #[arg(long, value_parser = parse_bytes, default_value = "64MiB")]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64MiB", help_heading = STORAGE)]
     pub max_store_queue_bytes: usize,
-    /// Most payload bytes queued for one offline user (--offline-overflow applies).
-    #[arg(long, value_parser = parse_bytes, default_value = "256MiB")]
-    pub max_offline_bytes_per_user: usize,
     /// Open/jwt auth: a user with nothing queued and no rooms, not seen this long, is forgotten.
-    #[arg(long, value_parser = parse_duration, default_value = "30d")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30d", help_heading = STORAGE)]
     pub forget_idle_users_after: Duration,
-    /// Largest frame accepted before Login; a larger one gets TOO_LARGE and the connection closes.
-    #[arg(long, value_parser = parse_bytes, default_value = "16KiB")]
-    pub max_prelogin_frame_bytes: usize,
-    /// Most failed logins on one connection: the last one is answered, then the connection
-    /// gets Error UNAUTHORIZED and is closed.
-    #[arg(long, default_value_t = 3)]
-    pub max_failed_logins: u32,
-    /// Clock skew allowed when checking a JWT's exp, nbf and iat.
-    #[arg(long, value_parser = parse_duration, default_value = "30s")]
-    pub jwt_leeway: Duration,
+
+    /// Log filter (tracing EnvFilter directives, e.g. debug or info,ringrouter=trace);
+    /// the RUST_LOG environment variable, when set, replaces it.
+    #[arg(long, value_name = "FILTER", default_value = DEFAULT_LOG_FILTER, help_heading = LOGGING)]
+    pub log_filter: String,
 }
 
 impl Args {
@@ -177,26 +258,401 @@ impl Args {
     }
 }
 
-/// Runs the router from the command line; returns the process exit code.
-pub fn main() -> i32 {
+/// A command line parsed and merged with its `--config` file.
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    /// The flags, file settings merged in.
+    pub args: Args,
+    /// What clap saw (the raw value of every setting, for `--print-config`).
+    pub matches: ArgMatches,
+}
+
+impl Parsed {
+    /// The router configuration.
+    pub fn config(&self) -> Config {
+        self.args.clone().into_config()
+    }
+
+    /// The effective configuration as TOML (what `--print-config` prints): every
+    /// setting under its help heading, with the value it was given (or its default);
+    /// sizes and durations also in bytes / normalised. `--config` reads it back into the
+    /// same configuration.
+    pub fn to_toml(&self) -> String {
+        let cfg = self.config();
+        let mut out = String::from(
+            "# ringrouter configuration: defaults, then --config, then flags.\n\
+             # Keys are the long flag names; ringrouter --config FILE reads this back.\n",
+        );
+        let mut heading = None;
+        for arg in Args::command().get_arguments().filter(|a| is_setting(a)) {
+            if arg.get_help_heading() != heading {
+                heading = arg.get_help_heading();
+                out.push_str(&format!("\n# {}\n", heading.unwrap_or("Other")));
+            }
+            out.push_str(&setting_line(arg, &self.matches, &cfg));
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Why the command line or its config file was refused.
+#[derive(Debug)]
+pub enum CliError {
+    /// clap's own outcome: a usage error, or `--help` / `--version` (exit code 0).
+    Clap(clap::Error),
+    /// A bad `--config` file (unreadable, not TOML, unknown key, bad value).
+    Config(String),
+}
+
+impl CliError {
+    /// The exit code: 0 for `--help` / `--version`, [`EXIT_USAGE`] otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Clap(e) => e.exit_code(),
+            CliError::Config(_) => EXIT_USAGE,
+        }
+    }
+
+    /// Prints it the way the command line does (help and version on stdout, errors on stderr).
+    pub fn print(&self) {
+        match self {
+            CliError::Clap(e) => {
+                let _ = e.print();
+            }
+            CliError::Config(msg) => eprintln!("ringrouter: {msg}"),
+        }
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliError::Clap(e) => write!(f, "{}", clap_message(e)),
+            CliError::Config(msg) => f.write_str(msg),
+        }
+    }
+}
+
+/// Parses a command line (`argv[0]` first) and the `--config` file it names.
+pub fn parse<I, T>(argv: I) -> Result<Parsed, CliError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+    let first = Args::command()
+        .try_get_matches_from(&argv)
+        .map_err(CliError::Clap)?;
+    let file_args = match first.get_one::<PathBuf>("config") {
+        Some(path) => config_file_args(path)?,
+        None => Vec::new(),
+    };
+    // The file's settings go before the real flags: the last occurrence wins.
+    let merged: Vec<OsString> = argv
+        .iter()
+        .take(1)
+        .cloned()
+        .chain(file_args)
+        .chain(argv.iter().skip(1).cloned())
+        .collect();
+    let matches = Args::command()
+        .try_get_matches_from(merged)
+        .map_err(CliError::Clap)?;
+    let args = Args::from_arg_matches(&matches).map_err(CliError::Clap)?;
+    Ok(Parsed { args, matches })
+}
+
+/// Settings are the arguments a config file may set: every flag but `--config`,
+/// `--print-config`, `--help` and `--version`.
+fn is_setting(arg: &Arg) -> bool {
+    !matches!(
+        arg.get_id().as_str(),
+        "config" | "print_config" | "help" | "version"
+    ) && arg.get_long().is_some()
+}
+
+fn is_switch(arg: &Arg) -> bool {
+    matches!(arg.get_action(), ArgAction::SetTrue)
+}
+
+/// Reads a config file and turns it into flags (`--key=value`), each one checked
+/// by the flag's own parser so that an error names the file and the key.
+fn config_file_args(path: &Path) -> Result<Vec<OsString>, CliError> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Config(format!("cannot read config file {shown}: {e}")))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| CliError::Config(format!("config file {shown}: {e}")))?;
+    let cmd = Args::command();
+    let mut out = Vec::new();
+    for (key, value) in &table {
+        let bad = |why: String| CliError::Config(format!("config file {shown}: {why}"));
+        let Some(arg) = cmd
+            .get_arguments()
+            .find(|a| is_setting(a) && a.get_long() == Some(key.as_str()))
+        else {
+            return Err(bad(unknown_key(&cmd, key)));
+        };
+        let flag = match value {
+            toml::Value::Boolean(b) if is_switch(arg) => {
+                if !*b {
+                    continue; // every switch is off unless set
+                }
+                format!("--{key}")
+            }
+            _ if is_switch(arg) => {
+                return Err(bad(format!("key `{key}` must be true or false")));
+            }
+            toml::Value::String(s) => format!("--{key}={s}"),
+            toml::Value::Integer(i) => format!("--{key}={i}"),
+            toml::Value::Float(f) => format!("--{key}={f}"),
+            other => {
+                return Err(bad(format!(
+                    "key `{key}` must be a string or a number, not {}",
+                    other.type_str()
+                )));
+            }
+        };
+        if let Err(e) = Args::command().try_get_matches_from(["ringrouter", flag.as_str()]) {
+            return Err(bad(format!("key `{key}`: {}", clap_message(&e))));
+        }
+        out.push(flag.into());
+    }
+    Ok(out)
+}
+
+fn unknown_key(cmd: &clap::Command, key: &str) -> String {
+    let kebab = key.replace('_', "-");
+    let known = |k: &str| {
+        cmd.get_arguments()
+            .any(|a| is_setting(a) && a.get_long() == Some(k))
+    };
+    if kebab != key && known(&kebab) {
+        format!("unknown key `{key}` (keys are spelled like the long flags: `{kebab}`)")
+    } else if matches!(key, "config" | "print-config") {
+        format!("unknown key `{key}` (a command-line flag only)")
+    } else {
+        format!("unknown key `{key}` (the keys are the long flags of ringrouter --help, e.g. `max-frame-bytes`)")
+    }
+}
+
+/// A clap error's message without the `error: ` prefix and the `--help` hint.
+fn clap_message(e: &clap::Error) -> String {
+    let s = e.render().to_string();
+    let s = s.split("\n\nFor more information").next().unwrap_or(&s);
+    let s = s.strip_prefix("error: ").unwrap_or(s);
+    s.trim_end().to_string()
+}
+
+/// One `key = value` line of `--print-config`.
+fn setting_line(arg: &Arg, m: &ArgMatches, cfg: &Config) -> String {
+    let key = arg.get_long().expect("settings have a long flag");
+    let value_name = arg
+        .get_value_names()
+        .and_then(|v| v.first())
+        .map(|s| s.as_str());
+    let raw = m
+        .get_raw(arg.get_id().as_str())
+        .and_then(|mut v| v.next_back())
+        .map(|v| v.to_string_lossy().into_owned());
+    let Some(raw) = raw else {
+        // No default: derived from other settings, or unset.
+        return match key {
+            "max-payload-bytes" => format!(
+                "# {key} = {}  # unset: max-frame-bytes minus 1 KiB",
+                cfg.max_payload_bytes
+            ),
+            "heartbeat-timeout" => format!(
+                "# {key} = {}  # unset: twice heartbeat-interval",
+                toml_str(&humantime::format_duration(cfg.heartbeat_timeout).to_string())
+            ),
+            _ => format!("# {key} =  # unset"),
+        };
+    };
+    if is_switch(arg) {
+        return format!("{key} = {}", raw == "true");
+    }
+    let is_int = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit());
+    match value_name {
+        Some("N") if is_int => format!("{key} = {raw}"),
+        Some("SIZE") if is_int => format!("{key} = {raw}"),
+        Some("SIZE") => match parse_size(&raw) {
+            Ok(n) => format!("{key} = {}  # {n} bytes", toml_str(&raw)),
+            Err(_) => format!("{key} = {}", toml_str(&raw)),
+        },
+        Some("DURATION") => match parse_duration(&raw) {
+            Ok(d) => {
+                let norm = humantime::format_duration(d).to_string();
+                if norm == raw {
+                    format!("{key} = {}", toml_str(&raw))
+                } else {
+                    format!("{key} = {}  # {norm}", toml_str(&raw))
+                }
+            }
+            Err(_) => format!("{key} = {}", toml_str(&raw)),
+        },
+        _ => format!("{key} = {}", toml_str(&raw)),
+    }
+}
+
+/// `s` as a TOML string (quoted and escaped).
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// Parses a duration with humantime (`250ms`, `2s`, `5min`, `1h 30m`, `30d`,
+/// `30days`); a plain number (`1.5`, `30`) is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return t
+            .parse::<f64>()
+            .ok()
+            .and_then(|v| Duration::try_from_secs_f64(v).ok())
+            .ok_or_else(|| format!("invalid duration {s:?}"));
+    }
+    humantime::parse_duration(t).map_err(|e| {
+        format!("invalid duration {s:?}: {e} (examples: 250ms, 2s, 5min, 1h 30m, 30days, 1.5 for seconds)")
+    })
+}
+
+/// Parses a size in bytes with parse-size: `1048576`; `64KiB`, `8MiB`, `1GiB` (powers
+/// of 1024); `64KB`, `1MB` (powers of 1000); a bare prefix, `64k` `8M` `1G`, means
+/// KiB / MiB / GiB as in GNU coreutils (and as this flag always did). Case does not
+/// matter; anything else after the number (`8ib`, `3 bytes`) is refused.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let unit_at = t
+        .char_indices()
+        .rev()
+        .find(|(_, c)| !c.is_ascii_alphabetic())
+        .map_or(0, |(i, c)| i + c.len_utf8());
+    let unit = t[unit_at..].to_ascii_lowercase();
+    let binary = parse_size::Config::new().with_binary();
+    let decimal = parse_size::Config::new().with_decimal();
+    let parser = match unit.as_bytes() {
+        [] | [b'b'] => decimal,
+        [p] if b"kmgtpe".contains(p) => binary,
+        [p, b'b'] if b"kmgtpe".contains(p) => decimal,
+        [p, b'i'] | [p, b'i', b'b'] if b"kmgtpe".contains(p) => decimal, // `i`: binary anyway
+        _ => {
+            return Err(format!(
+                "invalid size {s:?}: unknown unit {:?} (examples: 1048576, 64KiB, 8MiB, 1MB, 64k)",
+                &t[unit_at..]
+            ))
+        }
+    };
+    let n = parser.parse_size(t).map_err(|e| {
+        format!("invalid size {s:?}: {e} (examples: 1048576, 64KiB, 8MiB, 1MB, 64k)")
+    })?;
+    usize::try_from(n).map_err(|_| format!("size {s:?} is too large"))
+}
+
+/// Sets up logging on stderr: `RUST_LOG` if set, else `filter`; colour only when
+/// stderr is a terminal.
+fn init_logging(filter: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|e| {
+            eprintln!(
+                "ringrouter: bad --log-filter {filter:?} ({e}); using {DEFAULT_LOG_FILTER:?}"
+            );
+            tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)
+        })
+    });
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn")
-            }),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
-    let args = Args::parse();
-    if !args.allow_thp {
+}
+
+/// Logs the counters at exit as structured fields.
+fn log_stats(stats: &crate::StatsSnapshot, clean: bool) {
+    // Exhaustive: a new counter does not compile until it is logged here too.
+    let crate::StatsSnapshot {
+        msgs_in,
+        delivered,
+        bytes_out,
+        logins,
+        handovers_in,
+        frames_rejected,
+        slow_consumer_closes,
+        heartbeat_closes,
+        payload_zero_copy_bytes,
+        payload_copied_bytes,
+        writes,
+        offline_stored,
+        journaled,
+        offline_delivered,
+        requeued,
+        room_msgs,
+        sessions,
+    } = *stats;
+    tracing::info!(
+        clean,
+        msgs_in,
+        delivered,
+        bytes_out,
+        logins,
+        handovers_in,
+        frames_rejected,
+        slow_consumer_closes,
+        heartbeat_closes,
+        payload_zero_copy_bytes,
+        payload_copied_bytes,
+        writes,
+        offline_stored,
+        journaled,
+        offline_delivered,
+        requeued,
+        room_msgs,
+        sessions,
+        "stopped"
+    );
+}
+
+/// Runs the router from the command line; returns the process exit code:
+/// [`EXIT_OK`] (0) after a clean stop on SIGTERM / Ctrl-C, and for `--help`,
+/// `--version`, `--print-config`; [`EXIT_FAILURE`] (1) when the router fails at run
+/// time (cannot bind, cannot open its store, a shard does not start) or its shutdown
+/// does not finish in time; [`EXIT_USAGE`] (2) for bad usage or configuration.
+pub fn main() -> i32 {
+    let parsed = match parse(std::env::args_os()) {
+        Ok(p) => p,
+        Err(e) => {
+            e.print();
+            return e.exit_code();
+        }
+    };
+    if parsed.args.print_config {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        return match out
+            .write_all(parsed.to_toml().as_bytes())
+            .and_then(|()| out.flush())
+        {
+            Ok(()) => EXIT_OK,
+            Err(e) => {
+                eprintln!("ringrouter: cannot write the configuration: {e}");
+                EXIT_FAILURE
+            }
+        };
+    }
+    init_logging(&parsed.args.log_filter);
+    if !parsed.args.allow_thp {
         crate::alloc::tune_mimalloc();
     }
-    let cfg = args.into_config();
-    let handle = match crate::Router::start(cfg) {
+    let handle = match crate::Router::start(parsed.config()) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("ringrouter: {e}");
-            return 2;
+            return match e {
+                crate::StartError::Config(_) => EXIT_USAGE,
+                _ => EXIT_FAILURE,
+            };
         }
     };
     println!(
@@ -214,7 +670,7 @@ pub fn main() -> i32 {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ringrouter: cannot install signal handlers: {e}");
-            return 1;
+            return EXIT_FAILURE;
         }
     };
     if let Some(sig) = signals.forever().next() {
@@ -222,6 +678,308 @@ pub fn main() -> i32 {
     }
     let stats = handle.stats();
     let clean = handle.shutdown();
-    tracing::info!(?stats, clean, "stopped");
-    0
+    log_stats(&stats, clean);
+    if clean {
+        EXIT_OK
+    } else {
+        tracing::error!("shutdown did not finish within --shutdown-timeout");
+        EXIT_FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(args: &[&str]) -> Parsed {
+        let argv = std::iter::once("ringrouter").chain(args.iter().copied());
+        parse(argv).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    fn parse_err(args: &[&str]) -> CliError {
+        let argv = std::iter::once("ringrouter").chain(args.iter().copied());
+        match parse(argv) {
+            Ok(p) => panic!("{args:?} accepted: {:?}", p.args),
+            Err(e) => e,
+        }
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new()
+            .suffix(".toml")
+            .tempfile()
+            .expect("temp file");
+        std::io::Write::write_all(&mut f, text.as_bytes()).expect("write");
+        f
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("5min").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("100us").unwrap(), Duration::from_micros(100));
+        let month = Duration::from_secs(30 * 86400);
+        assert_eq!(parse_duration("30d").unwrap(), month);
+        assert_eq!(parse_duration("30days").unwrap(), month);
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_size("0").unwrap(), 0);
+        assert_eq!(parse_size("1MB").unwrap(), 1_000_000);
+        assert_eq!(parse_size("1mb").unwrap(), 1_000_000);
+        assert_eq!(parse_size("64KB").unwrap(), 64_000);
+        assert_eq!(parse_size("1MiB").unwrap(), 1_048_576);
+        assert_eq!(parse_size("8MiB").unwrap(), 8 << 20);
+        assert_eq!(parse_size("16KiB").unwrap(), 16 << 10);
+        assert_eq!(parse_size("1Gi").unwrap(), 1 << 30);
+        assert_eq!(parse_size("1.5MiB").unwrap(), 3 << 19);
+        assert_eq!(parse_size("2 KiB").unwrap(), 2048);
+        assert_eq!(parse_size("512B").unwrap(), 512);
+        // A bare prefix is binary, as it always was here (and in GNU coreutils).
+        assert_eq!(parse_size("64k").unwrap(), 64 << 10);
+        assert_eq!(parse_size("1k").unwrap(), 1 << 10);
+        assert_eq!(parse_size("1M").unwrap(), 1 << 20);
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        for bad in [
+            "8ib", "8i", "lots", "", "1 bytes", "3x", "1MBB", "-1", "1KiBB",
+        ] {
+            let e = parse_size(bad).expect_err(bad);
+            assert!(e.contains("invalid size"), "{bad}: {e}");
+        }
+        assert!(parse_size("99999999999999999999g").is_err());
+        assert!(parse_size("20EiB").is_err());
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_config() {
+        let p = parse_ok(&[]);
+        assert_eq!(p.config(), Config::default());
+        assert_eq!(p.args.log_filter, DEFAULT_LOG_FILTER);
+    }
+
+    #[test]
+    fn size_flags_keep_their_meaning() {
+        // What the black-box tests pass.
+        let c = parse_ok(&[
+            "--max-pending-bytes",
+            "64k",
+            "--max-payload-bytes",
+            "1k",
+            "--max-offline-bytes-per-user",
+            "64KiB",
+            "--max-frame-bytes",
+            "1MB",
+        ])
+        .config();
+        assert_eq!(c.max_pending_bytes, 64 << 10);
+        assert_eq!(c.max_payload_bytes, 1024);
+        assert_eq!(c.max_offline_bytes_per_user, 64 << 10);
+        assert_eq!(c.max_frame_bytes, 1_000_000);
+        let e = parse_err(&["--max-frame-bytes", "8ib"]);
+        assert_eq!(e.exit_code(), EXIT_USAGE);
+        assert!(e.to_string().contains("--max-frame-bytes"), "{e}");
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let f = file(
+            "listen = \"127.0.0.1:9000\"\nshards = 3\nmax-frame-bytes = \"64KiB\"\n\
+             max-pending-bytes = 65536\nheartbeat-interval = \"1s\"\nlogin-timeout = 2.5\n\
+             no-pin = true\nallow-open-auth-on-public = false\nauth = \"accounts\"\n\
+             durability = \"sync\"\nforget-idle-users-after = \"7days\"\n",
+        );
+        let path = f.path().to_str().unwrap();
+        let c = parse_ok(&["--config", path]).config();
+        assert_eq!(c.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(c.shards, 3);
+        assert_eq!(c.max_frame_bytes, 64 << 10);
+        assert_eq!(c.max_payload_bytes, (64 << 10) - 1024);
+        assert_eq!(c.max_pending_bytes, 65536);
+        assert_eq!(c.heartbeat_timeout, Duration::from_secs(2));
+        assert_eq!(c.login_timeout, Duration::from_millis(2500));
+        assert!(!c.pin_threads);
+        assert!(!c.allow_open_auth_on_public);
+        assert_eq!(c.auth, AuthMode::Accounts);
+        assert_eq!(c.durability, DurabilityMode::Sync);
+        assert_eq!(c.forget_idle_users_after, Duration::from_secs(7 * 86400));
+        // Flags override the file, wherever they stand.
+        let c = parse_ok(&["--shards", "5", "--config", path, "--auth", "open"]).config();
+        assert_eq!(c.shards, 5);
+        assert_eq!(c.auth, AuthMode::Open);
+        assert_eq!(c.max_frame_bytes, 64 << 10);
+    }
+
+    #[test]
+    fn bad_files_name_the_file_and_the_key() {
+        let cases = [
+            ("max-frame-bytes = \"8ib\"\n", "max-frame-bytes"),
+            ("frame-bytes = 5\n", "`frame-bytes`"),
+            ("max_frame_bytes = 5\n", "`max-frame-bytes`"),
+            ("no-pin = \"yes\"\n", "no-pin"),
+            ("shards = [1]\n", "shards"),
+            ("auth = \"ldap\"\n", "auth"),
+            ("config = \"other.toml\"\n", "`config`"),
+            ("listen = \n", "line 1"),
+        ];
+        for (text, needle) in cases {
+            let f = file(text);
+            let path = f.path().to_str().unwrap();
+            let e = parse_err(&["--config", path]);
+            assert_eq!(e.exit_code(), EXIT_USAGE, "{text}");
+            let msg = e.to_string();
+            assert!(msg.contains(path), "{text}: {msg}");
+            assert!(msg.contains(needle), "{text}: {msg}");
+        }
+        let e = parse_err(&["--config", "/nonexistent/ringrouter.toml"]);
+        assert_eq!(e.exit_code(), EXIT_USAGE);
+        assert!(e.to_string().contains("/nonexistent/ringrouter.toml"));
+    }
+
+    #[test]
+    fn print_config_roundtrips() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let secret = f.path().to_str().unwrap();
+        let every = [
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "3",
+            "--no-pin",
+            "--inline-payload-max",
+            "256",
+            "--allow-thp",
+            "--auth",
+            "jwt",
+            "--jwt-secret-file",
+            secret,
+            "--jwt-leeway",
+            "1m",
+            "--allow-open-auth-on-public",
+            "--max-failed-logins",
+            "5",
+            "--max-password-jobs",
+            "7",
+            "--argon2-cheap",
+            "--max-frame-bytes",
+            "64k",
+            "--max-payload-bytes",
+            "1KB",
+            "--max-prelogin-frame-bytes",
+            "4KiB",
+            "--max-pending-bytes",
+            "2MB",
+            "--max-connections",
+            "9",
+            "--max-sessions-per-user",
+            "2",
+            "--max-unacked-per-session",
+            "100",
+            "--max-unacked-bytes-per-session",
+            "3MiB",
+            "--max-rooms-per-user",
+            "4",
+            "--max-members-per-room",
+            "5",
+            "--list-users-page",
+            "6",
+            "--slow-consumer-timeout",
+            "300ms",
+            "--heartbeat-interval",
+            "1.5",
+            "--heartbeat-timeout",
+            "1h 2m",
+            "--login-timeout",
+            "4s",
+            "--shutdown-timeout",
+            "2s",
+            "--data-dir",
+            "/tmp/some \"dir\"",
+            "--durability",
+            "sync",
+            "--max-offline-per-user",
+            "11",
+            "--max-offline-bytes-per-user",
+            "12MiB",
+            "--offline-overflow",
+            "drop-oldest",
+            "--max-store-queue-bytes",
+            "13MiB",
+            "--forget-idle-users-after",
+            "30d",
+            "--log-filter",
+            "debug,fjall=warn",
+        ];
+        let p = parse_ok(&every);
+        // Every setting was given: none is at its default.
+        let d = Config::default();
+        let c = p.config();
+        assert_ne!(c, d);
+        // Every setting has its line.
+        let text = p.to_toml();
+        for a in Args::command().get_arguments().filter(|a| is_setting(a)) {
+            let key = a.get_long().unwrap();
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{key} = "))),
+                "{key} missing from\n{text}"
+            );
+        }
+        let toml_file = file(&text);
+        let back = parse_ok(&["--config", toml_file.path().to_str().unwrap()]);
+        assert_eq!(back.config(), c, "\n{text}");
+        assert_eq!(back.args.log_filter, p.args.log_filter);
+        assert_eq!(back.args.allow_thp, p.args.allow_thp);
+        assert_eq!(back.to_toml(), text);
+
+        // Defaults too (derived and unset values stay derived and unset).
+        let p = parse_ok(&[]);
+        let text = p.to_toml();
+        let toml_file = file(&text);
+        let back = parse_ok(&["--config", toml_file.path().to_str().unwrap()]);
+        assert_eq!(back.config(), Config::default(), "\n{text}");
+        assert_eq!(back.to_toml(), text);
+        assert!(back.args.max_payload_bytes.is_none());
+    }
+
+    #[test]
+    fn help_is_grouped_and_names_the_environment() {
+        let mut cmd = Args::command();
+        let help = cmd.render_long_help().to_string();
+        for h in [NETWORK, AUTH, LIMITS, TIMEOUTS, STORAGE, LOGGING] {
+            assert!(help.contains(&format!("{h}:")), "heading {h}:\n{help}");
+        }
+        for needle in [
+            "<SIZE>",
+            "<DURATION>",
+            "<ADDR>",
+            "<FILE>",
+            "<N>",
+            "RUST_LOG",
+            "MONOIO_FORCE_LEGACY_DRIVER=1",
+            "Exit status",
+        ] {
+            assert!(help.contains(needle), "{needle}:\n{help}");
+        }
+        // Every setting has a heading and (unless a switch) a value name.
+        for a in cmd.get_arguments().filter(|a| is_setting(a)) {
+            assert!(a.get_help_heading().is_some(), "{:?}", a.get_id());
+            assert!(
+                is_switch(a) || a.get_value_names().is_some(),
+                "{:?}",
+                a.get_id()
+            );
+        }
+        cmd.debug_assert();
+    }
 }

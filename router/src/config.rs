@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// How clients prove who they are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum AuthMode {
     /// Any user name logs in (loopback only unless explicitly allowed).
     Open,
@@ -16,7 +17,8 @@ pub enum AuthMode {
 }
 
 /// When a SendResult OK may be sent (`--durability`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum DurabilityMode {
     /// Live deliveries stay in memory until acked; offline messages are written to the
     /// store without fsync. Survives disconnects and restarts, not a crash of the machine.
@@ -28,7 +30,8 @@ pub enum DurabilityMode {
 }
 
 /// What happens when an offline queue is full (`--offline-overflow`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum OfflineOverflow {
     /// The sender gets RATE_LIMITED; nothing is stored.
     #[default]
@@ -39,7 +42,7 @@ pub enum OfflineOverflow {
 
 /// Everything the router needs to start. `Config::default()` is the embedded
 /// default the bare `ringrouter` command runs with.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Address every shard listens on (SO_REUSEPORT); port 0 picks a free port.
     pub listen: SocketAddr,
@@ -184,77 +187,5 @@ impl Config {
                 .map(|n| n.get())
                 .unwrap_or(1)
         }
-    }
-}
-
-/// Parses a duration: `250ms`, `2s`, `1m`, `1h`, `30d`, `1.5` (seconds), `100us`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, mul) = if let Some(v) = s.strip_suffix("ms") {
-        (v, 1e-3)
-    } else if let Some(v) = s.strip_suffix("us") {
-        (v, 1e-6)
-    } else if let Some(v) = s.strip_suffix('s') {
-        (v, 1.0)
-    } else if let Some(v) = s.strip_suffix('m') {
-        (v, 60.0)
-    } else if let Some(v) = s.strip_suffix('h') {
-        (v, 3600.0)
-    } else if let Some(v) = s.strip_suffix('d') {
-        (v, 86400.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (examples: 250ms, 2s, 1.5)"))?;
-    if !v.is_finite() || v < 0.0 {
-        return Err(format!("invalid duration {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(v * mul))
-}
-
-/// Parses a byte size: `1048576`, `64k`, `8MiB`, `1M`.
-pub fn parse_bytes(s: &str) -> Result<usize, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let t = t.trim_end_matches('b').trim_end_matches('i');
-    let (num, mul) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 1usize << 10),
-        Some('m') => (&t[..t.len() - 1], 1 << 20),
-        Some('g') => (&t[..t.len() - 1], 1 << 30),
-        _ => (t, 1),
-    };
-    let v: usize = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid size {s:?} (examples: 1048576, 64k, 8MiB)"))?;
-    v.checked_mul(mul)
-        .ok_or_else(|| format!("size {s:?} overflows"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
-        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
-        assert_eq!(parse_duration("100us").unwrap(), Duration::from_micros(100));
-        assert!(parse_duration("-1s").is_err());
-        assert!(parse_duration("soon").is_err());
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_bytes("1048576").unwrap(), 1 << 20);
-        assert_eq!(parse_bytes("64k").unwrap(), 64 << 10);
-        assert_eq!(parse_bytes("8MiB").unwrap(), 8 << 20);
-        assert_eq!(parse_bytes("1M").unwrap(), 1 << 20);
-        assert!(parse_bytes("lots").is_err());
-        assert!(parse_bytes("99999999999999999999g").is_err());
     }
 }
