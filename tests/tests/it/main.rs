@@ -10,6 +10,7 @@
 //! | `backpressure` | slow consumers: pause of their senders, cut after the timeout, nothing lost |
 //! | `bad_input` | malformed frames: the right Status, closed or still usable |
 //! | `bounds` | every memory bound a client can push: answers, unacked, offline, held, idle users |
+//! | `config` | `--config` (TOML), `--print-config` round trip, `--help`, exit codes 0/1/2 |
 //! | `devices` | several sessions of one user: each gets every message, acks per device |
 //! | `dm` | direct messages across shards, both drivers |
 //! | `heartbeat` | silent sessions are closed, live ones stay |
@@ -28,6 +29,7 @@ mod auth;
 mod backpressure;
 mod bad_input;
 mod bounds;
+mod config;
 mod devices;
 mod dm;
 mod heartbeat;
