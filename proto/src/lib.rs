@@ -8,6 +8,7 @@
 //!   so the payload can follow from its own buffer (writev, no copy).
 //! - [`names`]: the one rule for user, device and room names, applied to every name
 //!   field of a decoded frame.
+//! - [`reply`]: every frame the router answers with (results, errors, refusals).
 //!
 //! - `fuzzing` (tests and the `fuzzing` feature): the checks the fuzz targets run.
 //!
@@ -19,6 +20,7 @@ pub mod fast;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod names;
+pub mod reply;
 
 /// Types generated from `router.proto` (package `ringrouter.v1`).
 #[allow(missing_docs, unreachable_pub, clippy::all)]

@@ -24,10 +24,10 @@ use ringrouter_proto::codec::{encode_frame, frame_bytes_needed, next_frame, Fram
 use ringrouter_proto::fast::{parse_client, Inbound};
 use ringrouter_proto::names::check_inbound;
 use ringrouter_proto::v1::{
-    client_frame::Kind, server_frame, AccountResult, Error as ErrorFrame, Login, LoginResult, Pong,
-    Register, ServerFrame,
+    client_frame::Kind, server_frame, AccountResult, Login, LoginResult, Pong, Register,
+    ServerFrame,
 };
-use ringrouter_proto::Status;
+use ringrouter_proto::{reply, Status};
 
 use crate::auth::AuthError;
 use crate::config::Config;
@@ -139,16 +139,6 @@ pub(crate) struct PreLogin {
     /// Set when the connection is to be closed: whether `out` may still be written.
     closing: Option<bool>,
     wait: Wait,
-}
-
-fn error_frame(code: Status, reason: &str, request_id: u64) -> ServerFrame {
-    ServerFrame {
-        kind: Some(server_frame::Kind::Error(ErrorFrame {
-            code: code as i32,
-            reason: reason.to_owned(),
-            request_id,
-        })),
-    }
 }
 
 /// The reason of the BAD_FRAME error for a connection closed inside a frame.
@@ -324,7 +314,7 @@ impl PreLogin {
             self.closing = Some(false);
             return;
         }
-        encode_frame(&error_frame(code, reason, 0), &mut self.out);
+        encode_frame(&reply::error(code, reason, 0), &mut self.out);
         self.closing = Some(true);
     }
 
@@ -375,7 +365,7 @@ impl PreLogin {
             }
             Inbound::Other(Kind::Login(_) | Kind::Register(_)) => {
                 if let Err(e) = check_inbound(&frame) {
-                    let f = crate::refusal::refusal(&frame, Status::BadRequest, &e.to_string());
+                    let f = reply::refusal(&frame, Status::BadRequest, &e.to_string());
                     encode_frame(&f, &mut self.out);
                     if matches!(frame, Inbound::Other(Kind::Login(_))) {
                         self.login_failed();
@@ -390,11 +380,11 @@ impl PreLogin {
                 return;
             }
             Inbound::Send(s) => s.request_id,
-            Inbound::Other(kind) => crate::shard::request_id_of(kind),
+            Inbound::Other(kind) => reply::request_id_of(kind),
             Inbound::Empty => 0,
         };
         encode_frame(
-            &error_frame(Status::Unauthorized, "log in first", request_id),
+            &reply::error(Status::Unauthorized, "log in first", request_id),
             &mut self.out,
         );
     }
