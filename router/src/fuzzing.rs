@@ -464,7 +464,7 @@ impl Sim {
         });
     }
 
-    /// Whether the slot's reader would read now (see `conn::read_loop`).
+    /// Whether the slot's reader would read now (see `net::session::read_loop`).
     fn readable(&mut self, slot: usize) -> bool {
         let Some(c) = self.slots[slot].as_mut() else {
             return false;
@@ -606,7 +606,7 @@ impl Sim {
         ClientFrame { kind: Some(kind) }.encode_to_vec().into()
     }
 
-    /// The slot's reader handles one chunk of frame bodies (see `conn::read_loop`).
+    /// The slot's reader handles one chunk of frame bodies (see `net::session::read_loop`).
     fn read_chunk(&mut self, slot: usize, bodies: Vec<Bytes>) {
         let now = self.now();
         let ts = 1_700_000_000_000_000 + self.clock.as_micros() as u64;
@@ -639,7 +639,7 @@ impl Sim {
     }
 
     /// The slot's writer: takes a batch if it has none, the socket takes `n` bytes of it
-    /// (see `conn::write_loop`).
+    /// (see `net::session::write_loop`).
     fn write(&mut self, slot: usize, n: usize) {
         let Some(c) = self.slots[slot].as_mut() else {
             return;
@@ -770,7 +770,7 @@ impl Sim {
         }
     }
 
-    /// A shard's flusher (see `server::flusher`).
+    /// A shard's flusher (see `shard::run::flusher`).
     fn flush(&mut self, from: usize) {
         let sh = &mut self.shards[from];
         for to in 0..sh.n {
@@ -786,7 +786,7 @@ impl Sim {
         }
     }
 
-    /// A shard's consumer (see `server::consumer`).
+    /// A shard's consumer (see `shard::run::consumer`).
     fn consume(&mut self, to: usize) {
         let mut blocked = Vec::new();
         for from in 0..self.shards.len() {

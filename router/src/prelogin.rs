@@ -1,5 +1,5 @@
 //! A connection before it logs in, as a sans-IO state machine: bytes in, actions out.
-//! `conn::serve` drives it with a socket, the login deadline and the shard's shutdown
+//! `net::accept::serve` drives it with a socket, the login deadline and the shard's shutdown
 //! signal; the tests here drive it with byte strings.
 //!
 //! What it may hold is bounded:

@@ -4,7 +4,7 @@
 //! logged-in connection to its user's home shard.
 
 use std::cell::RefCell;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -336,15 +336,16 @@ fn hand_over(
     leftover: BytesMut,
     guard: ConnGuard,
 ) {
-    // Safety: dup of an fd we own; the result is owned by the OwnedFd below.
-    let dup = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    // Safety: the fd is the open socket `stream` owns, borrowed only for the dup.
+    let dup = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned();
     drop(stream);
-    if dup < 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot hand a connection over");
-        return;
-    }
-    // Safety: `dup` is a fresh descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+    let fd = match dup {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot hand a connection over");
+            return;
+        }
+    };
     let h = Handover {
         fd,
         user,

@@ -22,6 +22,7 @@ use ringrouter_proto::fast::parse_client_at;
 use ringrouter_proto::reply;
 use ringrouter_proto::v1::{server_frame, LoginResult, ServerFrame};
 use ringrouter_proto::Status;
+use tracing::Instrument;
 
 use super::close_bounded;
 use crate::prelogin::truncated_reason;
@@ -82,9 +83,18 @@ pub(super) async fn run_session(
             return;
         }
     };
-    {
+    let span = {
         let mut sh = shard.borrow_mut();
         let session_id = sh.session_id(key).map_or(0, |id| id.to_u64());
+        // One span per session around its reader and writer (level DEBUG: a disabled
+        // span costs nothing per poll, see `RUST_LOG`).
+        let span = tracing::debug_span!(
+            "session",
+            user = %user,
+            device = %device,
+            session = session_id,
+            shard = sh.id
+        );
         let lr = LoginResult {
             request_id,
             status: Status::Ok as i32,
@@ -104,25 +114,30 @@ pub(super) async fn run_session(
                 kind: Some(server_frame::Kind::LoginResult(lr)),
             },
         );
-    }
+        span
+    };
     let (reader, writer) = stream.into_split();
-    let writer = monoio::spawn(write_loop(shard.clone(), key, writer));
-    // Frames pipelined after the Login are answered after the LoginResult.
-    poll_fn(|cx| {
-        let mut sh = shard.borrow_mut();
-        match sh.sessions.get_mut(key) {
-            Some(s) if s.login_frame.is_some() && s.closing.is_none() => {
-                s.drain_waiters.push(cx.waker().clone());
-                Poll::Pending
+    let writer = monoio::spawn(write_loop(shard.clone(), key, writer).instrument(span.clone()));
+    async {
+        // Frames pipelined after the Login are answered after the LoginResult.
+        poll_fn(|cx| {
+            let mut sh = shard.borrow_mut();
+            match sh.sessions.get_mut(key) {
+                Some(s) if s.login_frame.is_some() && s.closing.is_none() => {
+                    s.drain_waiters.push(cx.waker().clone());
+                    Poll::Pending
+                }
+                _ => Poll::Ready(()),
             }
-            _ => Poll::Ready(()),
-        }
-    })
+        })
+        .await;
+        read_loop(&shard, key, reader, buf).await;
+        shard.borrow_mut().close(key, CloseReason::PeerClosed, None);
+        let _ = writer.await;
+        shard.borrow_mut().remove(key);
+    }
+    .instrument(span)
     .await;
-    read_loop(&shard, key, reader, buf).await;
-    shard.borrow_mut().close(key, CloseReason::PeerClosed, None);
-    let _ = writer.await;
-    shard.borrow_mut().remove(key);
 }
 
 async fn read_loop<R: AsyncReadRent>(
@@ -180,7 +195,8 @@ async fn read_loop<R: AsyncReadRent>(
         }
         // Backpressure: stop reading while a local recipient is over its bound,
         // or while the outgoing batches to other shards are piling up.
-        // Remote recipients pause this reader through Mail::Pause / Resume.
+        // Remote recipients pause this reader through its shard's pause table
+        // (`shard::pause`) and take the pause back with `Mail::Resume`.
         if !blocked.is_empty() || shard.borrow().paused(key) {
             poll_fn(|cx| {
                 let mut sh = shard.borrow_mut();

@@ -169,24 +169,18 @@ pub fn check_join_code(code: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A fresh join code: [`CODE_MARK`] and 8 characters (40 bits) from the kernel's CSPRNG.
-pub fn new_join_code() -> String {
+/// A fresh join code: [`CODE_MARK`] and 8 characters (40 bits) from the OS CSPRNG
+/// (`getrandom`). Fails rather than make a guessable code.
+pub fn new_join_code() -> Result<String, getrandom::Error> {
     const ALPHABET: &[u8; 32] = b"23456789abcdefghjkmnpqrstuvwxyzA";
     let mut raw = [0u8; 8];
-    // Safety: getrandom(2) writes at most raw.len() bytes into raw.
-    let n = unsafe { libc::getrandom(raw.as_mut_ptr().cast(), raw.len(), 0) };
-    if n != raw.len() as isize {
-        // Never seen on Linux >= 3.17; fall back to the clock (codes stay unique by the
-        // store's check, just guessable).
-        let t = super::now_us().to_le_bytes();
-        raw.copy_from_slice(&t);
-    }
+    getrandom::fill(&mut raw)?;
     let mut code = String::with_capacity(9);
     code.push(CODE_MARK);
     for b in raw {
         code.push(ALPHABET[(b & 31) as usize] as char);
     }
-    code
+    Ok(code)
 }
 
 /// What a request to a loaded room needs.
@@ -842,11 +836,20 @@ impl Shard {
         let owner_for_check = owner.clone();
         // Admitted on the owner's home shard (quota), or checked here.
         let admitted = move |sh: &mut Shard, req: Box<RoomReq>| {
+            let join_code = match new_join_code() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "no randomness for a join code");
+                    sh.answer(&req, Status::Internal, "cannot draw a join code", "");
+                    sh.room_done(&key, After::Same);
+                    return;
+                }
+            };
             let rec = RoomRecord {
                 name,
                 owner: owner.clone(),
                 password_hash: None,
-                join_code: new_join_code(),
+                join_code,
                 members: vec![owner],
             };
             if password.is_empty() {
@@ -888,13 +891,17 @@ impl Shard {
                     sh.room_done(&key, After::Record(rec));
                 }
                 // The name is known to be free here (the room was Missing): the code clashed.
-                Err(StoreError::Conflict) if tries > 1 => {
-                    let rec = RoomRecord {
-                        join_code: new_join_code(),
-                        ..rec
-                    };
-                    sh.insert_room(key, req, rec, tries - 1);
-                }
+                Err(StoreError::Conflict) if tries > 1 => match new_join_code() {
+                    Ok(join_code) => {
+                        let rec = RoomRecord { join_code, ..rec };
+                        sh.insert_room(key, req, rec, tries - 1);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "no randomness for a join code");
+                        sh.answer(&req, Status::Internal, "cannot draw a join code", "");
+                        sh.room_done(&key, After::Same);
+                    }
+                },
                 Err(e) => sh.room_failed(&key, &req, &e),
             },
         );
