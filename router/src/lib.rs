@@ -30,7 +30,6 @@ pub mod fuzzing;
 pub mod mailbox;
 pub mod maps;
 mod net;
-mod oneshot;
 pub mod outbuf;
 mod prelogin;
 pub mod server;

@@ -21,7 +21,6 @@ use super::close_bounded;
 use super::session::run_session;
 use crate::auth::AuthError;
 use crate::config::AuthMode;
-use crate::oneshot;
 use crate::prelogin::{Action, Limits, PreLogin};
 use crate::shard::{Handover, Mail, Shard};
 use crate::shared::{ConnGuard, LocalSignal, Shared};
@@ -257,12 +256,16 @@ async fn register_account(shared: &Shared, r: &Register) -> AccountResult {
     let (tx, rx) = oneshot::channel();
     if shared
         .store
-        .register(&r.user, &r.password, move |res| tx.send(res))
+        .register(&r.user, &r.password, move |res| {
+            // The receiver is gone only when the connection task was dropped.
+            let _ = tx.send(res);
+        })
         .is_err()
     {
         return answer(Status::Unavailable, "the store is shut down");
     }
-    match rx.await {
+    // A dropped sender (the store lost the request) reads as `None`.
+    match rx.await.ok() {
         Some(Ok(())) => answer(Status::Ok, ""),
         Some(Err(StoreError::Conflict)) => answer(Status::Conflict, "user already exists"),
         Some(Err(StoreError::Invalid(why))) => answer(Status::BadRequest, &why),
@@ -297,7 +300,10 @@ async fn check_password(shared: &Shared, user: &str, password: &str) -> Result<(
     let (tx, rx) = oneshot::channel();
     if shared
         .store
-        .verify(user, password, move |res| tx.send(res))
+        .verify(user, password, move |res| {
+            // The receiver is gone only when the connection task was dropped.
+            let _ = tx.send(res);
+        })
         .is_err()
     {
         return Err(AuthError {
@@ -305,7 +311,8 @@ async fn check_password(shared: &Shared, user: &str, password: &str) -> Result<(
             reason: "the store is shut down".into(),
         });
     }
-    match rx.await {
+    // A dropped sender (the store lost the request) reads as `None`.
+    match rx.await.ok() {
         Some(Ok(true)) => Ok(()),
         Some(Ok(false)) | Some(Err(StoreError::NotFound)) => Err(refused()),
         Some(Err(StoreError::Invalid(_))) => Err(refused()),
@@ -355,4 +362,29 @@ fn hand_over(
         guard,
     };
     shard.borrow_mut().post(home, Mail::Handover(Box::new(h)));
+}
+
+#[cfg(test)]
+mod tests {
+    /// The `oneshot` crate under monoio: a task of a shard's runtime awaits a value sent
+    /// from another thread (the storage thread), and a sender dropped unsent resolves.
+    #[test]
+    fn oneshot_wakes_a_shard_task_from_another_thread() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("a legacy runtime builds anywhere");
+        rt.block_on(async {
+            let (tx, rx) = oneshot::channel::<u32>();
+            let t = std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                let _ = tx.send(7);
+            });
+            assert_eq!(rx.await.ok(), Some(7));
+            t.join().expect("sender thread");
+            let (tx, rx) = oneshot::channel::<u32>();
+            std::thread::spawn(move || drop(tx));
+            assert_eq!(rx.await.ok(), None);
+        });
+    }
 }

@@ -978,6 +978,7 @@ impl Worker {
             return Ok(out);
         }
         let prefix = codec::glob_literal_prefix(pattern);
+        let glob = codec::Glob::new(pattern);
         // A pattern that matches little (`*zz`) must not hold the storage thread for a
         // scan of every account: at most this many names are looked at per request.
         let budget = limit.saturating_mul(64).max(LIST_SCAN_MIN);
@@ -985,7 +986,7 @@ impl Worker {
             let k = g.key()?;
             let name = std::str::from_utf8(&k)
                 .map_err(|_| StoreError::Io("corrupt account key (not UTF-8)".into()))?;
-            if codec::glob_match(pattern, name) {
+            if glob.matches(name) {
                 out.push(name.to_owned());
                 if out.len() >= limit {
                     break;
