@@ -18,7 +18,7 @@
 //! Also: [`cli`] (the `ringrouter` command line) and `fuzzing` (tests and the
 //! `fuzzing` feature: the checks the fuzz targets run). Frames the router answers
 //! with are built by `ringrouter_proto::reply`.
-#![warn(missing_docs)]
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod alloc;
 pub mod auth;

@@ -75,8 +75,8 @@ pub(super) async fn run_session(
     let registered = shard.borrow_mut().register(&user, device.clone(), fd);
     let key = match registered {
         Ok(k) => k,
-        Err((status, reason)) => {
-            let f = reply::login_result_frame(request_id, status, reason);
+        Err(e) => {
+            let f = reply::login_result_frame(request_id, e.status(), e.to_string());
             let mut out = BytesMut::new();
             encode_frame(&f, &mut out);
             close_bounded(&mut stream, out).await;

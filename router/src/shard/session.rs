@@ -80,6 +80,32 @@ impl CloseReason {
     }
 }
 
+/// Why a logged-in connection could not become a session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    /// The shard is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+    /// The user has `max_sessions_per_user` sessions already.
+    #[error("user has {count} sessions, the limit is {limit}")]
+    TooManySessions {
+        /// Sessions the user has.
+        count: usize,
+        /// `max_sessions_per_user`.
+        limit: usize,
+    },
+}
+
+impl RegisterError {
+    /// The status of the LoginResult that refuses the session.
+    pub fn status(&self) -> Status {
+        match self {
+            RegisterError::ShuttingDown => Status::Unavailable,
+            RegisterError::TooManySessions { .. } => Status::RateLimited,
+        }
+    }
+}
+
 /// One logged-in connection (a device of a user).
 pub struct Session {
     /// Slab slot generation.
@@ -184,19 +210,14 @@ impl Shard {
         user: &str,
         device: String,
         fd: RawFd,
-    ) -> Result<SessionKey, (Status, String)> {
+    ) -> Result<SessionKey, RegisterError> {
         if self.shutting_down {
-            return Err((Status::Unavailable, "shutting down".into()));
+            return Err(RegisterError::ShuttingDown);
         }
         let count = self.user_sessions(user.as_bytes());
-        if count >= self.cfg.max_sessions_per_user {
-            return Err((
-                Status::RateLimited,
-                format!(
-                    "user has {count} sessions, the limit is {}",
-                    self.cfg.max_sessions_per_user
-                ),
-            ));
+        let limit = self.cfg.max_sessions_per_user;
+        if count >= limit {
+            return Err(RegisterError::TooManySessions { count, limit });
         }
         let gen = self.next_gen;
         self.next_gen = self.next_gen.wrapping_add(1).max(1);

@@ -214,7 +214,7 @@ fn session_limit_per_user() {
     s.register("a", "1".into(), -1).unwrap();
     s.register("a", "2".into(), -1).unwrap();
     assert_eq!(
-        s.register("a", "3".into(), -1).unwrap_err().0,
+        s.register("a", "3".into(), -1).unwrap_err().status(),
         Status::RateLimited
     );
 }

@@ -41,7 +41,7 @@ pub(crate) struct Dbs {
 
 impl Dbs {
     /// Opens (creates) the database in `dir` and its three keyspaces.
-    pub fn open(dir: &std::path::Path) -> StoreResult<Dbs> {
+    pub(crate) fn open(dir: &std::path::Path) -> StoreResult<Dbs> {
         // The store's memory is bounded by these (fjall's defaults, 64 MiB a memtable per
         // keyspace and a 32 MiB cache, made the router's RSS swing by ~100 MiB under a
         // soak's offline traffic): a memtable is sealed and flushed at its size, and fjall
@@ -187,7 +187,7 @@ fn validate_room(r: &RoomRecord) -> StoreResult<()> {
 }
 
 impl Worker {
-    pub fn new(
+    pub(crate) fn new(
         dbs: Dbs,
         durability: Durability,
         opts: StoreOptions,
@@ -218,7 +218,7 @@ impl Worker {
     }
 
     /// The thread's body: rounds until shutdown, then a final fsync.
-    pub fn run(&mut self, rx: Receiver<Msg>) -> StoreResult<()> {
+    pub(crate) fn run(&mut self, rx: Receiver<Msg>) -> StoreResult<()> {
         let max_round = self.opts.max_round.max(1);
         loop {
             let first = if !self.shutting_down {
