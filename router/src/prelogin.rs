@@ -23,10 +23,7 @@ use bytes::BytesMut;
 use ringrouter_proto::codec::{encode_frame, frame_bytes_needed, next_frame, FrameError};
 use ringrouter_proto::fast::{parse_client, Inbound};
 use ringrouter_proto::names::check_inbound;
-use ringrouter_proto::v1::{
-    client_frame::Kind, server_frame, AccountResult, Login, LoginResult, Pong, Register,
-    ServerFrame,
-};
+use ringrouter_proto::v1::{client_frame::Kind, AccountResult, Login, Register};
 use ringrouter_proto::{reply, Status};
 
 use crate::auth::AuthError;
@@ -257,14 +254,7 @@ impl PreLogin {
                 }));
             }
             Err(e) => {
-                let f = ServerFrame {
-                    kind: Some(server_frame::Kind::LoginResult(LoginResult {
-                        request_id,
-                        status: e.status as i32,
-                        reason: e.reason,
-                        ..Default::default()
-                    })),
-                };
+                let f = reply::login_result_frame(request_id, e.status, e.reason);
                 encode_frame(&f, &mut self.out);
                 self.login_failed();
                 // The client may retry on the same connection: look at what else it sent.
@@ -279,10 +269,7 @@ impl PreLogin {
             return;
         }
         self.wait = Wait::Nothing;
-        let f = ServerFrame {
-            kind: Some(server_frame::Kind::AccountResult(result)),
-        };
-        encode_frame(&f, &mut self.out);
+        encode_frame(&reply::account_frame(result), &mut self.out);
         // Frames pipelined after the Register are already buffered.
         self.parse();
     }
@@ -357,10 +344,7 @@ impl PreLogin {
     fn on_frame(&mut self, frame: Inbound) {
         let request_id = match &frame {
             Inbound::Other(Kind::Ping(p)) => {
-                let pong = ServerFrame {
-                    kind: Some(server_frame::Kind::Pong(Pong { nonce: p.nonce })),
-                };
-                encode_frame(&pong, &mut self.out);
+                encode_frame(&reply::pong(p.nonce), &mut self.out);
                 return;
             }
             Inbound::Other(Kind::Login(_) | Kind::Register(_)) => {
@@ -394,7 +378,7 @@ impl PreLogin {
 mod tests {
     use super::*;
     use ringrouter_proto::codec::{decode_server, put_varint};
-    use ringrouter_proto::v1::{client_frame, ClientFrame, Ping, Send};
+    use ringrouter_proto::v1::{client_frame, server_frame, ClientFrame, Ping, Send};
 
     const LIMITS: Limits = Limits {
         max_frame_bytes: 1024,

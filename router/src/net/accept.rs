@@ -226,16 +226,13 @@ async fn authenticate(shared: &Shared, l: &Login) -> Result<String, AuthError> {
 /// Register (accounts mode): hashes the password off the shard threads and stores the
 /// account.
 async fn register_account(shared: &Shared, r: &Register) -> AccountResult {
-    let answer = |status: Status, reason: &str| AccountResult {
-        request_id: r.request_id,
-        status: status as i32,
-        reason: reason.to_owned(),
-        user: if status == Status::Ok {
+    let answer = |status: Status, reason: &str| {
+        let user = if status == Status::Ok {
             r.user.clone()
         } else {
             String::new()
-        },
-        users: Vec::new(),
+        };
+        reply::account_result(r.request_id, status, reason, user, Vec::new())
     };
     if shared.cfg.auth != AuthMode::Accounts {
         return answer(

@@ -17,7 +17,7 @@
 //!   the queue behind it (sync mode).
 //! - An ack removes the stored messages it covers, unless another device of the same
 //!   user is still paging through the queue (its later ack removes them).
-//! - Store backpressure: past [`STORE_HIGH_WATER`] requests in flight a shard's readers
+//! - Store backpressure: past [`STORE_HIGH_WATER`](super::store_link::STORE_HIGH_WATER) requests in flight a shard's readers
 //!   pause and it leaves other shards' mail in the rings.
 
 use bytes::Bytes;

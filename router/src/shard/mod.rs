@@ -19,7 +19,7 @@
 //! - [`answer`]: SendResults for messages that went through other shards or the store.
 //! - [`store_link`]: store round trips (answers come back as [`mail::Mail::Stored`]).
 //! - [`rooms`]: rooms on their home shard.
-//! - [`run`]: the run loop: consumer, flusher, ticker, shutdown drain.
+//! - `run`: the run loop: consumer, flusher, ticker, shutdown drain.
 //!
 //! Client frames are handled in `crate::frames`, connection I/O in `crate::net`.
 

@@ -1,7 +1,7 @@
 //! What a session keeps, in one vocabulary:
 //!
-//! - **retained**: delivered and not acked yet ([`Retained`], one [`RetainedEntry`]
-//!   each, with a [`RetainedPayload`]). Given back to the offline queue if the session
+//! - **retained**: delivered and not acked yet ([`Retained`], one `RetainedEntry`
+//!   each, with a `RetainedPayload`). Given back to the offline queue if the session
 //!   ends first.
 //! - **deferred**: live messages that arrived while the session's login backlog was
 //!   being delivered (memory mode); they are delivered right after it

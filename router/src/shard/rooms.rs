@@ -61,7 +61,7 @@ pub enum RoomWork {
     Send(RoomSend),
 }
 
-/// Most rooms kept loaded on one shard (see [`Shard::trim_room_cache`]).
+/// Most rooms kept loaded on one shard (see `Shard::trim_room_cache`).
 pub const ROOM_CACHE_MAX: usize = 100_000;
 
 /// What a request waiting in a room's queue or behind its user's Create/Join counts for
