@@ -10,6 +10,7 @@
 //!   can be appended from wherever it is), used by every client.
 //! - [`names`]: the one rule for user, device and room names, applied to every name
 //!   field of a decoded frame.
+//! - [`reply`]: every frame the router answers with (results, errors, refusals).
 //!
 //! - `fuzzing` (tests and the `fuzzing` feature): the checks the fuzz targets run.
 //!
@@ -21,6 +22,7 @@ pub mod fast;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod names;
+pub mod reply;
 pub mod send;
 
 /// Types generated from `router.proto` (package `ringrouter.v1`).

@@ -27,13 +27,14 @@ use ringrouter_proto::Status;
 
 use crate::config::Config;
 use crate::outbuf::WriteBatch;
-use crate::shard::{pause_tables, request_id_of, CloseReason, Flow, Mail, SessionKey, Shard};
+use crate::shard::{pause_tables, CloseReason, Flow, Mail, SessionKey, Shard};
 use crate::stats::ShardStats;
 use crate::store::codec::{
     decode, encode, glob_literal_prefix, glob_match, parse_queue_key, queue_key, queue_prefix,
     validate_name, AccountRecord,
 };
 use crate::store::{RoomRecord, StoredMsg};
+use ringrouter_proto::reply::request_id_of;
 
 // ------------------------------------------------------------------------ store codec
 
@@ -138,8 +139,8 @@ const SLOTS: usize = 8;
 const MAGIC: u8 = 0xf7;
 /// Batches a ring between two shards holds before the flusher is stuck.
 const RING_BATCHES: usize = 4;
-/// Bytes a held-back message counts for besides its payload (`shard::HELD_OVERHEAD`).
-const HELD_OVERHEAD: usize = 128;
+/// Bytes a deferred message counts for besides its payload (`shard::DEFERRED_OVERHEAD`).
+const DEFERRED_OVERHEAD: usize = 128;
 /// Bit set in the request ids of the frames the simulation makes, whose answers it
 /// counts (a raw frame carrying such an id is not sent: it would be counted too).
 const OWN_REQUEST: u64 = 1 << 63;
@@ -280,7 +281,7 @@ struct Sim {
 ///   Deliver seqs strictly increase; a Deliver's `from_user` is the sender's user and
 ///   each sender's messages arrive in order;
 /// - byte accounting: what a writer takes is exactly `out.len()` bytes; `inflight` is
-///   what the writer holds; `held_bytes` is what `held` holds; `pending()` never wraps;
+///   what the writer holds; `deferred_bytes` is what `deferred` holds; `pending()` never wraps;
 ///   outbox counts and weights, and the pipeline counters between shards, equal what
 ///   is queued;
 /// - the users map lists exactly the live sessions;
@@ -463,7 +464,7 @@ impl Sim {
         });
     }
 
-    /// Whether the slot's reader would read now (see `conn::read_loop`).
+    /// Whether the slot's reader would read now (see `net::session::read_loop`).
     fn readable(&mut self, slot: usize) -> bool {
         let Some(c) = self.slots[slot].as_mut() else {
             return false;
@@ -605,7 +606,7 @@ impl Sim {
         ClientFrame { kind: Some(kind) }.encode_to_vec().into()
     }
 
-    /// The slot's reader handles one chunk of frame bodies (see `conn::read_loop`).
+    /// The slot's reader handles one chunk of frame bodies (see `net::session::read_loop`).
     fn read_chunk(&mut self, slot: usize, bodies: Vec<Bytes>) {
         let now = self.now();
         let ts = 1_700_000_000_000_000 + self.clock.as_micros() as u64;
@@ -638,7 +639,7 @@ impl Sim {
     }
 
     /// The slot's writer: takes a batch if it has none, the socket takes `n` bytes of it
-    /// (see `conn::write_loop`).
+    /// (see `net::session::write_loop`).
     fn write(&mut self, slot: usize, n: usize) {
         let Some(c) = self.slots[slot].as_mut() else {
             return;
@@ -769,7 +770,7 @@ impl Sim {
         }
     }
 
-    /// A shard's flusher (see `server::flusher`).
+    /// A shard's flusher (see `shard::run::flusher`).
     fn flush(&mut self, from: usize) {
         let sh = &mut self.shards[from];
         for to in 0..sh.n {
@@ -785,7 +786,7 @@ impl Sim {
         }
     }
 
-    /// A shard's consumer (see `server::consumer`).
+    /// A shard's consumer (see `shard::run::consumer`).
     fn consume(&mut self, to: usize) {
         let mut blocked = Vec::new();
         for from in 0..self.shards.len() {
@@ -861,9 +862,16 @@ impl Sim {
             assert_eq!(s.user, USERS[c.user], "a session changed user");
             let held = c.batch.as_ref().map_or(0, |(b, _, _)| b.total());
             assert_eq!(s.inflight, held, "inflight is not what the writer holds");
-            let held_sum: usize = s.held.iter().map(|h| h.payload.len() + HELD_OVERHEAD).sum();
-            assert_eq!(s.held_bytes, held_sum, "held_bytes is not what is held");
-            assert_eq!(s.pending(), s.out.len() + s.inflight + s.held_bytes);
+            let deferred_sum: usize = s
+                .deferred
+                .iter()
+                .map(|h| h.payload.len() + DEFERRED_OVERHEAD)
+                .sum();
+            assert_eq!(
+                s.deferred_bytes, deferred_sum,
+                "deferred_bytes is not what is deferred"
+            );
+            assert_eq!(s.pending(), s.out.len() + s.inflight + s.deferred_bytes);
             assert!(
                 s.pending() < 1 << 40,
                 "pending bytes wrapped: {}",
@@ -874,8 +882,8 @@ impl Sim {
                 c.last_seq <= s.last_seq,
                 "the client saw a seq not assigned yet"
             );
-            // No store: nothing is retained or held back.
-            assert!(s.unacked.is_empty() && s.held.is_empty() && !s.loading);
+            // No store: nothing is retained or deferred.
+            assert!(s.unacked.is_empty() && s.deferred.is_empty() && !s.loading);
             let mut t = s.throttled.clone();
             t.dedup();
             assert_eq!(t.len(), s.throttled.len(), "a sender throttled twice");

@@ -1,5 +1,5 @@
 //! A connection before it logs in, as a sans-IO state machine: bytes in, actions out.
-//! `conn::serve` drives it with a socket, the login deadline and the shard's shutdown
+//! `net::accept::serve` drives it with a socket, the login deadline and the shard's shutdown
 //! signal; the tests here drive it with byte strings.
 //!
 //! What it may hold is bounded:
@@ -23,11 +23,8 @@ use bytes::BytesMut;
 use ringrouter_proto::codec::{encode_frame, frame_bytes_needed, next_frame, FrameError};
 use ringrouter_proto::fast::{parse_client, Inbound};
 use ringrouter_proto::names::check_inbound;
-use ringrouter_proto::v1::{
-    client_frame::Kind, server_frame, AccountResult, Error as ErrorFrame, Login, LoginResult, Pong,
-    Register, ServerFrame,
-};
-use ringrouter_proto::Status;
+use ringrouter_proto::v1::{client_frame::Kind, AccountResult, Login, Register};
+use ringrouter_proto::{reply, Status};
 
 use crate::auth::AuthError;
 use crate::config::Config;
@@ -139,16 +136,6 @@ pub(crate) struct PreLogin {
     /// Set when the connection is to be closed: whether `out` may still be written.
     closing: Option<bool>,
     wait: Wait,
-}
-
-fn error_frame(code: Status, reason: &str, request_id: u64) -> ServerFrame {
-    ServerFrame {
-        kind: Some(server_frame::Kind::Error(ErrorFrame {
-            code: code as i32,
-            reason: reason.to_owned(),
-            request_id,
-        })),
-    }
 }
 
 /// The reason of the BAD_FRAME error for a connection closed inside a frame.
@@ -267,14 +254,7 @@ impl PreLogin {
                 }));
             }
             Err(e) => {
-                let f = ServerFrame {
-                    kind: Some(server_frame::Kind::LoginResult(LoginResult {
-                        request_id,
-                        status: e.status as i32,
-                        reason: e.reason,
-                        ..Default::default()
-                    })),
-                };
+                let f = reply::login_result_frame(request_id, e.status, e.reason);
                 encode_frame(&f, &mut self.out);
                 self.login_failed();
                 // The client may retry on the same connection: look at what else it sent.
@@ -289,10 +269,7 @@ impl PreLogin {
             return;
         }
         self.wait = Wait::Nothing;
-        let f = ServerFrame {
-            kind: Some(server_frame::Kind::AccountResult(result)),
-        };
-        encode_frame(&f, &mut self.out);
+        encode_frame(&reply::account_frame(result), &mut self.out);
         // Frames pipelined after the Register are already buffered.
         self.parse();
     }
@@ -324,7 +301,7 @@ impl PreLogin {
             self.closing = Some(false);
             return;
         }
-        encode_frame(&error_frame(code, reason, 0), &mut self.out);
+        encode_frame(&reply::error(code, reason, 0), &mut self.out);
         self.closing = Some(true);
     }
 
@@ -367,15 +344,12 @@ impl PreLogin {
     fn on_frame(&mut self, frame: Inbound) {
         let request_id = match &frame {
             Inbound::Other(Kind::Ping(p)) => {
-                let pong = ServerFrame {
-                    kind: Some(server_frame::Kind::Pong(Pong { nonce: p.nonce })),
-                };
-                encode_frame(&pong, &mut self.out);
+                encode_frame(&reply::pong(p.nonce), &mut self.out);
                 return;
             }
             Inbound::Other(Kind::Login(_) | Kind::Register(_)) => {
                 if let Err(e) = check_inbound(&frame) {
-                    let f = crate::refusal::refusal(&frame, Status::BadRequest, &e.to_string());
+                    let f = reply::refusal(&frame, Status::BadRequest, &e.to_string());
                     encode_frame(&f, &mut self.out);
                     if matches!(frame, Inbound::Other(Kind::Login(_))) {
                         self.login_failed();
@@ -390,11 +364,11 @@ impl PreLogin {
                 return;
             }
             Inbound::Send(s) => s.request_id,
-            Inbound::Other(kind) => crate::shard::request_id_of(kind),
+            Inbound::Other(kind) => reply::request_id_of(kind),
             Inbound::Empty => 0,
         };
         encode_frame(
-            &error_frame(Status::Unauthorized, "log in first", request_id),
+            &reply::error(Status::Unauthorized, "log in first", request_id),
             &mut self.out,
         );
     }
@@ -404,7 +378,7 @@ impl PreLogin {
 mod tests {
     use super::*;
     use ringrouter_proto::codec::{decode_server, put_varint};
-    use ringrouter_proto::v1::{client_frame, ClientFrame, Ping, Send};
+    use ringrouter_proto::v1::{client_frame, server_frame, ClientFrame, Ping, Send};
 
     const LIMITS: Limits = Limits {
         max_frame_bytes: 1024,

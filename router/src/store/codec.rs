@@ -176,36 +176,14 @@ pub(crate) fn glob_literal_prefix(pattern: &str) -> &str {
     }
 }
 
-/// Glob match over characters: `*` matches any run (empty included), `?` exactly one
-/// character, everything else itself. No escapes. Linear-time with one backtrack point.
+/// Glob match over characters (`wildmatch`): `*` matches any run (empty included), `?`
+/// exactly one character, everything else itself. No escapes. Case-sensitive.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    let (mut pi, mut ni) = (0usize, 0usize);
-    // Position after the last `*` seen, and the name position it is matched up to.
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi + 1, ni));
-                pi += 1;
-            }
-            Some(&c) if c == '?' || c == n[ni] => {
-                pi += 1;
-                ni += 1;
-            }
-            _ => match star {
-                Some((sp, sn)) => {
-                    pi = sp;
-                    ni = sn + 1;
-                    star = Some((sp, sn + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi.min(p.len())..].iter().all(|&c| c == '*')
+    Glob::new(pattern).matches(name)
 }
+
+/// A compiled [`glob_match`] pattern, for matching many names.
+pub(crate) type Glob = wildmatch::WildMatch;
 
 #[cfg(test)]
 mod tests {

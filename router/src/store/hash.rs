@@ -97,7 +97,7 @@ pub(crate) struct HashPool {
 
 impl HashPool {
     /// Starts `n` (at least 1) threads answering to `reply`.
-    pub fn start(
+    pub(crate) fn start(
         n: usize,
         cheap: bool,
         reply: Sender<Msg>,
@@ -126,7 +126,7 @@ impl HashPool {
     }
 
     /// Queues a job; `false` if the pool is gone.
-    pub fn submit(&self, job: HashJob) -> bool {
+    pub(crate) fn submit(&self, job: HashJob) -> bool {
         match &self.tx {
             Some(tx) => {
                 self.queued.fetch_add(1, Ordering::Relaxed);
@@ -142,13 +142,13 @@ impl HashPool {
     }
 
     /// Cancels queued jobs (they are answered `Closed`) and closes the queue.
-    pub fn cancel(&mut self) {
+    pub(crate) fn cancel(&mut self) {
         self.cancel.store(true, Ordering::Release);
         self.tx = None;
     }
 
     /// Waits for the threads (after [`HashPool::cancel`], at most one hash each).
-    pub fn join(&mut self) {
+    pub(crate) fn join(&mut self) {
         self.cancel();
         for t in self.threads.drain(..) {
             let _ = t.join();

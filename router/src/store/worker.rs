@@ -41,7 +41,7 @@ pub(crate) struct Dbs {
 
 impl Dbs {
     /// Opens (creates) the database in `dir` and its three keyspaces.
-    pub fn open(dir: &std::path::Path) -> StoreResult<Dbs> {
+    pub(crate) fn open(dir: &std::path::Path) -> StoreResult<Dbs> {
         // The store's memory is bounded by these (fjall's defaults, 64 MiB a memtable per
         // keyspace and a 32 MiB cache, made the router's RSS swing by ~100 MiB under a
         // soak's offline traffic): a memtable is sealed and flushed at its size, and fjall
@@ -187,7 +187,7 @@ fn validate_room(r: &RoomRecord) -> StoreResult<()> {
 }
 
 impl Worker {
-    pub fn new(
+    pub(crate) fn new(
         dbs: Dbs,
         durability: Durability,
         opts: StoreOptions,
@@ -218,7 +218,7 @@ impl Worker {
     }
 
     /// The thread's body: rounds until shutdown, then a final fsync.
-    pub fn run(&mut self, rx: Receiver<Msg>) -> StoreResult<()> {
+    pub(crate) fn run(&mut self, rx: Receiver<Msg>) -> StoreResult<()> {
         let max_round = self.opts.max_round.max(1);
         loop {
             let first = if !self.shutting_down {
@@ -978,6 +978,7 @@ impl Worker {
             return Ok(out);
         }
         let prefix = codec::glob_literal_prefix(pattern);
+        let glob = codec::Glob::new(pattern);
         // A pattern that matches little (`*zz`) must not hold the storage thread for a
         // scan of every account: at most this many names are looked at per request.
         let budget = limit.saturating_mul(64).max(LIST_SCAN_MIN);
@@ -985,7 +986,7 @@ impl Worker {
             let k = g.key()?;
             let name = std::str::from_utf8(&k)
                 .map_err(|_| StoreError::Io("corrupt account key (not UTF-8)".into()))?;
-            if codec::glob_match(pattern, name) {
+            if glob.matches(name) {
                 out.push(name.to_owned());
                 if out.len() >= limit {
                     break;

@@ -30,160 +30,18 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::shard::NameSet;
 use bytes::Bytes;
-
-use ringrouter_proto::v1::{
-    client_frame, server_frame, RoomEvent, RoomEventKind, RoomResult, ServerFrame,
-};
+use ringrouter_proto::reply;
+use ringrouter_proto::v1::{RoomEvent, RoomEventKind};
 use ringrouter_proto::Status;
 
-use crate::delivery::{Answer, FanPart, Held, Outgoing, RoomAck};
-use crate::shard::{Mail, SessionId, SessionKey, Shard};
-use crate::store::{RoomRecord, StoreError, StoreResult, MAX_PASSWORD_BYTES};
-
-/// Join codes start with this character, which room names may not start with: a room
-/// can never be named like another room's code (see [`ringrouter_proto::names`]).
-pub const CODE_MARK: char = ringrouter_proto::names::CODE_MARK;
-
-/// A request about one room, on its way to the room's home shard.
-#[derive(Debug)]
-pub struct RoomReq {
-    /// The authenticated user asking.
-    pub user: String,
-    /// The session asking (answers go there).
-    pub from: SessionId,
-    /// Echoed in the RoomResult (0 with `Purge`: nobody to answer).
-    pub request_id: u64,
-    /// What to do.
-    pub op: RoomOp,
-    /// The user's own Create or Join, admitted by the user's home shard against
-    /// `max_rooms_per_user`; its answer lets the user's next one through.
-    pub quota: bool,
-}
-
-/// The room operations.
-#[derive(Debug)]
-pub enum RoomOp {
-    /// Create a room owned by the user.
-    Create {
-        /// Room name.
-        name: String,
-        /// Optional password (empty: none).
-        password: String,
-    },
-    /// Join by name or join code.
-    Join {
-        /// Name or code.
-        key: String,
-        /// The room's password, if it has one.
-        password: String,
-    },
-    /// Leave a room.
-    Leave {
-        /// Room name.
-        room: String,
-    },
-    /// Owner only: add a user.
-    Add {
-        /// Room name.
-        room: String,
-        /// The user to add.
-        user: String,
-    },
-    /// Owner only: remove a member.
-    Remove {
-        /// Room name.
-        room: String,
-        /// The member to remove.
-        user: String,
-    },
-    /// Owner only: delete the room.
-    Delete {
-        /// Room name.
-        room: String,
-    },
-    /// The user's account is being deleted: leave the room, or delete it if owned.
-    Purge {
-        /// Room name.
-        room: String,
-    },
-}
-
-impl RoomOp {
-    fn key(&self) -> &str {
-        match self {
-            RoomOp::Create { name, .. } => name,
-            RoomOp::Join { key, .. } => key,
-            RoomOp::Leave { room }
-            | RoomOp::Add { room, .. }
-            | RoomOp::Remove { room, .. }
-            | RoomOp::Delete { room }
-            | RoomOp::Purge { room } => room,
-        }
-    }
-
-    fn rename(&mut self, name: &str) {
-        match self {
-            RoomOp::Create { name: n, .. } => *n = name.to_owned(),
-            RoomOp::Join { key, .. } => *key = name.to_owned(),
-            RoomOp::Leave { room }
-            | RoomOp::Add { room, .. }
-            | RoomOp::Remove { room, .. }
-            | RoomOp::Delete { room }
-            | RoomOp::Purge { room } => *room = name.to_owned(),
-        }
-    }
-}
-
-/// A message to a room, on its way to the room's home shard.
-#[derive(Debug)]
-pub struct RoomSend {
-    /// Room name or join code, as the sender gave it.
-    pub room: Bytes,
-    /// Authenticated sender.
-    pub from_user: Bytes,
-    /// Payload (a slice of the sender's read buffer).
-    pub payload: Bytes,
-    /// Message id.
-    pub msg_id: u64,
-    /// Router clock at acceptance.
-    pub ts_us: u64,
-    /// Sender session and request id, when the sender asked for a SendResult.
-    pub reply: Option<(SessionId, u64)>,
-    /// The sending session (not echoed to; paused if members read too slowly).
-    pub sender: SessionId,
-}
-
-/// A room message for the members homed on one shard.
-#[derive(Debug)]
-pub struct RoomFan {
-    /// Room name.
-    pub room: Bytes,
-    /// Authenticated sender.
-    pub from_user: Bytes,
-    /// Payload, shared by every delivery.
-    pub payload: Bytes,
-    /// Message id.
-    pub msg_id: u64,
-    /// Router clock at acceptance.
-    pub ts_us: u64,
-    /// The members homed on the receiving shard.
-    pub users: Arc<[Bytes]>,
-    /// The sending session.
-    pub sender: SessionId,
-    /// Set when the sender waits for a SendResult.
-    pub ack: Option<Arc<RoomAck>>,
-}
-
-/// A room event for the live sessions of some users homed on one shard.
-#[derive(Debug)]
-pub struct RoomNotice {
-    /// Who gets it.
-    pub users: Vec<Bytes>,
-    /// The event.
-    pub event: RoomEvent,
-}
+use super::answer::{Answer, FanPart, RoomAck};
+use super::mail::{Mail, RoomFan, RoomNotice, RoomOp, RoomReq, RoomSend, CODE_MARK};
+use super::retention::{Outgoing, OwnedMsg};
+use super::session::{SessionId, SessionKey};
+use super::store_link::store_status;
+use super::{NameSet, Shard};
+use crate::store::{RoomRecord, StoreError, StoreResult};
 
 /// A room request or message of a user, waiting behind the user's Create or Join.
 #[derive(Debug)]
@@ -203,12 +61,12 @@ pub enum RoomWork {
     Send(RoomSend),
 }
 
-/// Most rooms kept loaded on one shard (see [`Shard::trim_room_cache`]).
+/// Most rooms kept loaded on one shard (see `Shard::trim_room_cache`).
 pub const ROOM_CACHE_MAX: usize = 100_000;
 
 /// What a request waiting in a room's queue or behind its user's Create/Join counts for
 /// in the shard's `parked_bytes`.
-const PARKED_REQ: usize = 256;
+pub(crate) const PARKED_REQ: usize = 256;
 
 impl OwnItem {
     fn weight(&self) -> usize {
@@ -256,7 +114,7 @@ impl Room {
         let mut sorted: Vec<&Bytes> = members.iter().collect();
         sorted.sort();
         for m in sorted {
-            groups[crate::shard::home_shard(m, shards)].push(m.clone());
+            groups[super::home_shard(m, shards)].push(m.clone());
         }
         let fan = groups
             .into_iter()
@@ -298,25 +156,6 @@ enum After {
     Gone,
 }
 
-fn room_result(
-    request_id: u64,
-    status: Status,
-    reason: &str,
-    room: &str,
-    join_code: &str,
-) -> ServerFrame {
-    ServerFrame {
-        kind: Some(server_frame::Kind::RoomResult(RoomResult {
-            request_id,
-            status: status as i32,
-            reason: reason.to_owned(),
-            room: room.to_owned(),
-            join_code: join_code.to_owned(),
-            rooms: Vec::new(),
-        })),
-    }
-}
-
 /// Checks a join code (`JoinRoom.room` starting with [`CODE_MARK`]): the mark and 1 to
 /// 32 ASCII letters or digits. (Room and user names follow the name rule, checked where
 /// frames are decoded: [`ringrouter_proto::names`].)
@@ -330,24 +169,18 @@ pub fn check_join_code(code: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A fresh join code: [`CODE_MARK`] and 8 characters (40 bits) from the kernel's CSPRNG.
-pub fn new_join_code() -> String {
+/// A fresh join code: [`CODE_MARK`] and 8 characters (40 bits) from the OS CSPRNG
+/// (`getrandom`). Fails rather than make a guessable code.
+pub fn new_join_code() -> Result<String, getrandom::Error> {
     const ALPHABET: &[u8; 32] = b"23456789abcdefghjkmnpqrstuvwxyzA";
     let mut raw = [0u8; 8];
-    // Safety: getrandom(2) writes at most raw.len() bytes into raw.
-    let n = unsafe { libc::getrandom(raw.as_mut_ptr().cast(), raw.len(), 0) };
-    if n != raw.len() as isize {
-        // Never seen on Linux >= 3.17; fall back to the clock (codes stay unique by the
-        // store's check, just guessable).
-        let t = crate::shard::now_us().to_le_bytes();
-        raw.copy_from_slice(&t);
-    }
+    getrandom::fill(&mut raw)?;
     let mut code = String::with_capacity(9);
     code.push(CODE_MARK);
     for b in raw {
         code.push(ALPHABET[(b & 31) as usize] as char);
     }
-    code
+    Ok(code)
 }
 
 /// What a request to a loaded room needs.
@@ -481,90 +314,7 @@ impl Shard {
             .is_some_and(|l| l.handle.stats().hash_jobs >= self.cfg.max_password_jobs)
     }
 
-    /// A room request from session `key` (CreateRoom .. ListRooms).
-    pub fn on_room_request(&mut self, key: SessionKey, kind: client_frame::Kind) {
-        use client_frame::Kind;
-        let Some(from) = self.session_id(key) else {
-            return;
-        };
-        let user = String::from_utf8_lossy(&self.sessions[key].user).into_owned();
-        let (request_id, op) = match kind {
-            Kind::CreateRoom(c) => (
-                c.request_id,
-                RoomOp::Create {
-                    name: c.name,
-                    password: c.password,
-                },
-            ),
-            Kind::JoinRoom(j) => (
-                j.request_id,
-                RoomOp::Join {
-                    key: j.room,
-                    password: j.password,
-                },
-            ),
-            Kind::LeaveRoom(l) => (l.request_id, RoomOp::Leave { room: l.room }),
-            Kind::AddMember(a) => (
-                a.request_id,
-                RoomOp::Add {
-                    room: a.room,
-                    user: a.user,
-                },
-            ),
-            Kind::RemoveMember(r) => (
-                r.request_id,
-                RoomOp::Remove {
-                    room: r.room,
-                    user: r.user,
-                },
-            ),
-            Kind::DeleteRoom(d) => (d.request_id, RoomOp::Delete { room: d.room }),
-            Kind::ListRooms(l) => {
-                self.list_rooms(from, l.request_id, user);
-                return;
-            }
-            _ => return,
-        };
-        // Names were checked where the frame was decoded (`names::check_frame`).
-        let bad = match &op {
-            RoomOp::Create { password, .. } | RoomOp::Join { password, .. }
-                if password.len() > MAX_PASSWORD_BYTES =>
-            {
-                Some(format!("password longer than {MAX_PASSWORD_BYTES} bytes"))
-            }
-            RoomOp::Join { key, .. } if key.starts_with(CODE_MARK) => check_join_code(key).err(),
-            _ => None,
-        };
-        if let Some(reason) = bad {
-            self.counters.frames_rejected += 1;
-            self.push_frame(
-                key,
-                &room_result(request_id, Status::BadRequest, &reason, op.key(), ""),
-            );
-            return;
-        }
-        let req = RoomReq {
-            user,
-            from,
-            request_id,
-            op,
-            quota: false,
-        };
-        let user = Bytes::copy_from_slice(req.user.as_bytes());
-        if let Some(waiting) = self.room_quota.get_mut(&user) {
-            // Behind the user's Create or Join in flight, in order.
-            waiting.push_back(OwnItem::Req(req));
-            self.parked_bytes += PARKED_REQ;
-        } else if matches!(req.op, RoomOp::Create { .. } | RoomOp::Join { .. }) {
-            self.room_quota.insert(user, VecDeque::new());
-            self.admit_own(req);
-        } else {
-            let home = self.home(req.op.key().as_bytes());
-            self.post(home, Mail::Room(Box::new(req)));
-        }
-    }
-
-    fn admit_own(&mut self, mut req: RoomReq) {
+    pub(crate) fn admit_own(&mut self, mut req: RoomReq) {
         let max = self.cfg.max_rooms_per_user;
         let user = req.user.clone();
         self.store_req(
@@ -577,7 +327,7 @@ impl Shard {
                         req.user,
                         rooms.len()
                     );
-                    let frame = room_result(
+                    let frame = reply::room_result(
                         req.request_id,
                         Status::RateLimited,
                         &reason,
@@ -593,9 +343,9 @@ impl Shard {
                     sh.post(home, Mail::Room(Box::new(req)));
                 }
                 Err(e) => {
-                    let frame = room_result(
+                    let frame = reply::room_result(
                         req.request_id,
-                        crate::delivery::store_status(&e),
+                        store_status(&e),
                         &e.to_string(),
                         req.op.key(),
                         "",
@@ -645,49 +395,6 @@ impl Shard {
         }
     }
 
-    fn list_rooms(&mut self, from: SessionId, request_id: u64, user: String) {
-        self.store_req(
-            |st, cb| st.rooms_of(&user, cb),
-            move |sh, r| {
-                let frame = match r {
-                    Ok(rooms) => ServerFrame {
-                        kind: Some(server_frame::Kind::RoomResult(RoomResult {
-                            request_id,
-                            status: Status::Ok as i32,
-                            rooms,
-                            ..Default::default()
-                        })),
-                    },
-                    Err(e) => room_result(
-                        request_id,
-                        crate::delivery::store_status(&e),
-                        &e.to_string(),
-                        "",
-                        "",
-                    ),
-                };
-                sh.send_to_session(from, frame);
-            },
-        );
-    }
-
-    /// Queues a frame on session `to`, on this shard or another.
-    pub fn send_to_session(&mut self, to: SessionId, frame: ServerFrame) {
-        if to.shard as usize == self.id {
-            if let Some(k) = self.resolve(to) {
-                self.push_frame(k, &frame);
-            }
-        } else {
-            self.post(
-                to.shard as usize,
-                Mail::Reply {
-                    to,
-                    frame: Box::new(frame),
-                },
-            );
-        }
-    }
-
     /// A message to a room from session `key` (already validated by `on_send`).
     pub fn send_to_room(
         &mut self,
@@ -725,6 +432,16 @@ impl Shard {
         } else {
             self.post(home, Mail::RoomSend(work));
         }
+    }
+
+    /// A request about a room homed here ([`Mail::Room`]).
+    pub fn on_room_req(&mut self, req: Box<RoomReq>) {
+        self.on_room_work(RoomWork::Req(req));
+    }
+
+    /// A message to a room homed here ([`Mail::RoomSend`]).
+    pub fn on_room_send(&mut self, s: RoomSend) {
+        self.on_room_work(RoomWork::Send(s));
     }
 
     /// Work for a room homed here.
@@ -813,7 +530,7 @@ impl Shard {
                 let Some(slot) = self.rooms.remove(&key[..]) else {
                     return;
                 };
-                let status = crate::delivery::store_status(&e);
+                let status = store_status(&e);
                 for w in slot.queue {
                     self.parked_bytes -= w.weight();
                     self.fail_room_work(w, status, "cannot load the room now");
@@ -886,7 +603,7 @@ impl Shard {
         if req.request_id == 0 && matches!(req.op, RoomOp::Purge { .. }) {
             return;
         }
-        let frame = room_result(req.request_id, status, reason, req.op.key(), code);
+        let frame = reply::room_result(req.request_id, status, reason, req.op.key(), code);
         self.send_to_session(req.from, frame);
         if req.quota {
             let user = Bytes::copy_from_slice(req.user.as_bytes());
@@ -1029,7 +746,7 @@ impl Shard {
             StoreError::NotFound => (Status::NotFound, "no such room".to_owned()),
             other => {
                 tracing::warn!(error = %other, "room operation failed");
-                (crate::delivery::store_status(other), other.to_string())
+                (store_status(other), other.to_string())
             }
         };
         self.answer(req, status, &reason, "");
@@ -1119,11 +836,20 @@ impl Shard {
         let owner_for_check = owner.clone();
         // Admitted on the owner's home shard (quota), or checked here.
         let admitted = move |sh: &mut Shard, req: Box<RoomReq>| {
+            let join_code = match new_join_code() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "no randomness for a join code");
+                    sh.answer(&req, Status::Internal, "cannot draw a join code", "");
+                    sh.room_done(&key, After::Same);
+                    return;
+                }
+            };
             let rec = RoomRecord {
                 name,
                 owner: owner.clone(),
                 password_hash: None,
-                join_code: new_join_code(),
+                join_code,
                 members: vec![owner],
             };
             if password.is_empty() {
@@ -1165,13 +891,17 @@ impl Shard {
                     sh.room_done(&key, After::Record(rec));
                 }
                 // The name is known to be free here (the room was Missing): the code clashed.
-                Err(StoreError::Conflict) if tries > 1 => {
-                    let rec = RoomRecord {
-                        join_code: new_join_code(),
-                        ..rec
-                    };
-                    sh.insert_room(key, req, rec, tries - 1);
-                }
+                Err(StoreError::Conflict) if tries > 1 => match new_join_code() {
+                    Ok(join_code) => {
+                        let rec = RoomRecord { join_code, ..rec };
+                        sh.insert_room(key, req, rec, tries - 1);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "no randomness for a join code");
+                        sh.answer(&req, Status::Internal, "cannot draw a join code", "");
+                        sh.room_done(&key, After::Same);
+                    }
+                },
                 Err(e) => sh.room_failed(&key, &req, &e),
             },
         );
@@ -1258,9 +988,7 @@ impl Shard {
 
     /// A room event for users homed here.
     pub fn on_room_notice(&mut self, n: &RoomNotice) {
-        let frame = ServerFrame {
-            kind: Some(server_frame::Kind::RoomEvent(n.event.clone())),
-        };
+        let frame = reply::room_event(n.event.clone());
         for u in &n.users {
             for k in self.live_sessions(u) {
                 self.push_frame(k, &frame);
@@ -1286,7 +1014,7 @@ impl Shard {
                 if *user == f.from_user && !self.has_other_session(user, f.sender) {
                     continue;
                 }
-                let msg = Held {
+                let msg = OwnedMsg {
                     from_user: f.from_user.clone(),
                     to_room: f.room.clone(),
                     payload: f.payload.clone(),

@@ -1,12 +1,13 @@
 //! Account requests of a logged-in session: DeleteAccount and ListUsers. (Register and
-//! password Login happen before a session exists, in `conn`.)
+//! password Login happen before a session exists: `prelogin`, driven by `net::accept`.)
 
-use ringrouter_proto::v1::{server_frame, AccountResult, ListUsers, ServerFrame};
+use ringrouter_proto::reply;
+use ringrouter_proto::v1::{ListUsers, ServerFrame};
 use ringrouter_proto::Status;
 
-use crate::delivery::store_status;
-use crate::rooms::{RoomOp, RoomReq};
-use crate::shard::{CloseReason, Mail, SessionId, SessionKey, Shard};
+use crate::shard::mail::{Mail, RoomOp, RoomReq};
+use crate::shard::store_link::store_status;
+use crate::shard::{CloseReason, SessionId, SessionKey, Shard};
 
 fn account_result(
     request_id: u64,
@@ -14,15 +15,13 @@ fn account_result(
     reason: &str,
     users: Vec<String>,
 ) -> ServerFrame {
-    ServerFrame {
-        kind: Some(server_frame::Kind::AccountResult(AccountResult {
-            request_id,
-            status: status as i32,
-            reason: reason.to_owned(),
-            user: String::new(),
-            users,
-        })),
-    }
+    reply::account_frame(reply::account_result(
+        request_id,
+        status,
+        reason,
+        String::new(),
+        users,
+    ))
 }
 
 impl Shard {

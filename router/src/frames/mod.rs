@@ -1,0 +1,98 @@
+//! Client frames of a logged-in session: one module per frame kind (or small family),
+//! each decoding, deciding and answering its frames, dispatched from the one match in
+//! [`Shard::on_frame`]. Answers are built by `ringrouter_proto::reply`.
+//!
+//! | frame | module |
+//! |---|---|
+//! | Send | [`send`] |
+//! | Ack | [`ack`] |
+//! | Ping, Pong | [`ping`] |
+//! | Login, Register, Logout (after login) | [`session`] |
+//! | CreateRoom, JoinRoom, LeaveRoom, AddMember, RemoveMember, DeleteRoom, ListRooms | [`rooms`] |
+//! | DeleteAccount, ListUsers | [`accounts`] |
+//!
+//! # Adding a client frame kind
+//! 1. `proto/router.proto`: the message, its field in `ClientFrame.kind` (and its result
+//!    in `ServerFrame.kind` if it has one; a builder for it in `proto/src/reply.rs`,
+//!    and its line in `reply::request_id_of` and `reply::refusal`, which the compiler
+//!    asks for).
+//! 2. One module here, `frames/<kind>.rs`: `impl Shard { pub(crate) fn on_<kind>(..) }`,
+//!    declared below. Work for another shard goes out as a `Mail` variant (a new one in
+//!    `shard/mail.rs`, with its arm in `Shard::on_mail`, only if none fits).
+//! 3. One arm in the match of [`Shard::on_frame`].
+//!
+//! Before login, frames are handled by `crate::prelogin` (Login, Register, Ping): a
+//! frame a session may also send before login gets its arm there too.
+
+use std::time::Instant;
+
+use ringrouter_proto::fast::Inbound;
+use ringrouter_proto::v1::client_frame::Kind;
+use ringrouter_proto::{reply, Status};
+
+use crate::shard::{Flow, SessionKey, Shard};
+
+pub mod accounts;
+pub mod ack;
+pub mod ping;
+pub mod rooms;
+pub mod send;
+pub mod session;
+
+impl Shard {
+    /// Handles one decoded frame from session `key`. `blocked` collects local
+    /// sessions pushed over their bound (the reader waits for them to drain).
+    pub fn on_frame(
+        &mut self,
+        key: SessionKey,
+        frame: Inbound,
+        now: Instant,
+        ts_us: u64,
+        blocked: &mut Vec<SessionKey>,
+    ) -> Flow {
+        if let Some(s) = self.sessions.get_mut(key) {
+            s.last_rx = now;
+            s.ping_sent = None;
+        }
+        if let Err(e) = ringrouter_proto::names::check_inbound(&frame) {
+            self.counters.frames_rejected += 1;
+            let f = reply::refusal(&frame, Status::BadRequest, &e.to_string());
+            self.push_frame(key, &f);
+            return Flow::Continue;
+        }
+        match frame {
+            Inbound::Send(v) => self.on_send(key, v, ts_us, blocked),
+            Inbound::Other(Kind::Ack(a)) => self.on_ack(key, a),
+            Inbound::Other(Kind::Ping(p)) => self.on_ping(key, p),
+            Inbound::Other(Kind::Pong(_)) => Flow::Continue,
+            Inbound::Other(Kind::Logout(_)) => self.on_logout(key),
+            Inbound::Other(Kind::Login(l)) => self.on_login_again(key, l),
+            Inbound::Other(Kind::Register(r)) => self.on_register_after_login(key, r),
+            Inbound::Other(
+                k @ (Kind::CreateRoom(_)
+                | Kind::JoinRoom(_)
+                | Kind::LeaveRoom(_)
+                | Kind::AddMember(_)
+                | Kind::RemoveMember(_)
+                | Kind::DeleteRoom(_)
+                | Kind::ListRooms(_)),
+            ) => {
+                self.on_room_request(key, k);
+                Flow::Continue
+            }
+            Inbound::Other(Kind::DeleteAccount(d)) => {
+                self.on_delete_account(key, d.request_id);
+                Flow::Continue
+            }
+            Inbound::Other(Kind::ListUsers(l)) => {
+                self.on_list_users(key, l);
+                Flow::Continue
+            }
+            // `parse_client` returns every Send as `Inbound::Send`.
+            Inbound::Other(Kind::Send(_)) | Inbound::Empty => {
+                self.push_error(key, Status::BadRequest, "empty or unknown frame kind", 0);
+                Flow::Continue
+            }
+        }
+    }
+}

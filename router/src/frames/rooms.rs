@@ -1,0 +1,117 @@
+//! The room family of client frames: CreateRoom, JoinRoom, LeaveRoom, AddMember,
+//! RemoveMember, DeleteRoom (decoded into a `RoomReq` mailed to the room's home shard,
+//! see `shard::rooms`) and ListRooms (answered from the store).
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use ringrouter_proto::reply;
+use ringrouter_proto::v1::client_frame;
+use ringrouter_proto::Status;
+
+use crate::shard::mail::{RoomOp, RoomReq, CODE_MARK};
+use crate::shard::rooms::{check_join_code, OwnItem, PARKED_REQ};
+use crate::shard::store_link::store_status;
+use crate::shard::{Mail, SessionId, SessionKey, Shard};
+use crate::store::MAX_PASSWORD_BYTES;
+
+impl Shard {
+    /// A room request from session `key` (CreateRoom .. ListRooms).
+    pub fn on_room_request(&mut self, key: SessionKey, kind: client_frame::Kind) {
+        use client_frame::Kind;
+        let Some(from) = self.session_id(key) else {
+            return;
+        };
+        let user = String::from_utf8_lossy(&self.sessions[key].user).into_owned();
+        let (request_id, op) = match kind {
+            Kind::CreateRoom(c) => (
+                c.request_id,
+                RoomOp::Create {
+                    name: c.name,
+                    password: c.password,
+                },
+            ),
+            Kind::JoinRoom(j) => (
+                j.request_id,
+                RoomOp::Join {
+                    key: j.room,
+                    password: j.password,
+                },
+            ),
+            Kind::LeaveRoom(l) => (l.request_id, RoomOp::Leave { room: l.room }),
+            Kind::AddMember(a) => (
+                a.request_id,
+                RoomOp::Add {
+                    room: a.room,
+                    user: a.user,
+                },
+            ),
+            Kind::RemoveMember(r) => (
+                r.request_id,
+                RoomOp::Remove {
+                    room: r.room,
+                    user: r.user,
+                },
+            ),
+            Kind::DeleteRoom(d) => (d.request_id, RoomOp::Delete { room: d.room }),
+            Kind::ListRooms(l) => {
+                self.list_rooms(from, l.request_id, user);
+                return;
+            }
+            _ => return,
+        };
+        // Names were checked where the frame was decoded (`names::check_frame`).
+        let bad = match &op {
+            RoomOp::Create { password, .. } | RoomOp::Join { password, .. }
+                if password.len() > MAX_PASSWORD_BYTES =>
+            {
+                Some(format!("password longer than {MAX_PASSWORD_BYTES} bytes"))
+            }
+            RoomOp::Join { key, .. } if key.starts_with(CODE_MARK) => check_join_code(key).err(),
+            _ => None,
+        };
+        if let Some(reason) = bad {
+            self.counters.frames_rejected += 1;
+            self.push_frame(
+                key,
+                &reply::room_result(request_id, Status::BadRequest, &reason, op.key(), ""),
+            );
+            return;
+        }
+        let req = RoomReq {
+            user,
+            from,
+            request_id,
+            op,
+            quota: false,
+        };
+        let user = Bytes::copy_from_slice(req.user.as_bytes());
+        if let Some(waiting) = self.room_quota.get_mut(&user) {
+            // Behind the user's Create or Join in flight, in order.
+            waiting.push_back(OwnItem::Req(req));
+            self.parked_bytes += PARKED_REQ;
+        } else if matches!(req.op, RoomOp::Create { .. } | RoomOp::Join { .. }) {
+            self.room_quota.insert(user, VecDeque::new());
+            self.admit_own(req);
+        } else {
+            let home = self.home(req.op.key().as_bytes());
+            self.post(home, Mail::Room(Box::new(req)));
+        }
+    }
+
+    /// ListRooms: the rooms the user is in.
+    pub(crate) fn list_rooms(&mut self, from: SessionId, request_id: u64, user: String) {
+        self.store_req(
+            |st, cb| st.rooms_of(&user, cb),
+            move |sh, r| {
+                let frame = match r {
+                    Ok(rooms) => reply::room_list(request_id, rooms),
+                    Err(e) => {
+                        reply::room_result(request_id, store_status(&e), &e.to_string(), "", "")
+                    }
+                };
+                sh.send_to_session(from, frame);
+            },
+        );
+    }
+}

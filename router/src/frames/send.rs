@@ -1,0 +1,163 @@
+//! Send{to_user | to_room, payload}: the hot path. A direct message to a user homed
+//! here goes straight into the recipient's sessions (`shard::delivery`); one homed on
+//! another shard is appended to the outgoing batch for that shard (`Mail::Deliver`,
+//! moved into the ring by the flusher); a room message goes to the room's home
+//! (`shard::rooms`).
+
+use bytes::Bytes;
+use ringrouter_proto::fast::SendView;
+use ringrouter_proto::reply;
+use ringrouter_proto::Status;
+
+use crate::shard::retention::{Outgoing, OwnedMsg, NO_ROOM};
+use crate::shard::{Flow, Mail, Routed, SessionKey, Shard};
+
+impl Shard {
+    fn next_msg_id(&mut self) -> u64 {
+        let id = ((self.id as u64 + 1) << 48) | (self.next_msg_id & 0xFFFF_FFFF_FFFF);
+        self.next_msg_id += 1;
+        id
+    }
+
+    /// Send: routes one message (see the module doc).
+    #[inline]
+    pub(crate) fn on_send(
+        &mut self,
+        key: SessionKey,
+        v: SendView,
+        ts_us: u64,
+        blocked: &mut Vec<SessionKey>,
+    ) -> Flow {
+        self.route_send(key, v, ts_us, blocked);
+        Flow::Continue
+    }
+
+    fn route_send(
+        &mut self,
+        key: SessionKey,
+        v: SendView,
+        ts_us: u64,
+        blocked: &mut Vec<SessionKey>,
+    ) {
+        self.counters.msgs_in += 1;
+        let reject = if !v.to_room.is_empty() && !v.to_user.is_empty() {
+            Some((
+                Status::BadRequest,
+                "set to_user or to_room, not both".to_owned(),
+            ))
+        } else if v.payload.len() > self.cfg.max_payload_bytes {
+            Some((
+                Status::TooLarge,
+                format!(
+                    "payload of {} bytes exceeds max_payload_bytes {}",
+                    v.payload.len(),
+                    self.cfg.max_payload_bytes
+                ),
+            ))
+        } else {
+            None
+        };
+        if let Some((status, reason)) = reject {
+            self.counters.frames_rejected += 1;
+            let f = if v.want_result {
+                reply::send_result(v.request_id, status, &reason, v.msg_id)
+            } else {
+                reply::error(status, reason, v.request_id)
+            };
+            self.push_frame(key, &f);
+            return;
+        }
+        if !self.sessions.contains(key) {
+            return;
+        }
+        let msg_id = if v.msg_id != 0 {
+            v.msg_id
+        } else {
+            self.next_msg_id()
+        };
+        if !v.to_room.is_empty() {
+            let want = v.want_result.then_some(v.request_id);
+            self.send_to_room(key, v.to_room, v.payload, msg_id, ts_us, want);
+            return;
+        }
+        let home = self.home(&v.to_user);
+        if home == self.id {
+            if self.journaled() {
+                let Some(sender) = self.session_id(key) else {
+                    return;
+                };
+                let msg = OwnedMsg {
+                    from_user: self.sessions[key].user.clone(),
+                    to_room: Bytes::new(),
+                    payload: v.payload,
+                    msg_id,
+                    ts_us,
+                };
+                let reply = v.want_result.then_some((sender, v.request_id));
+                self.journal(v.to_user, msg, reply.into(), sender, None);
+                return;
+            }
+            // The sender's name is lent by move, not cloned: no refcount per message.
+            let from_user = std::mem::take(&mut self.sessions[key].user);
+            let m = Outgoing {
+                from_user: &from_user,
+                to_room: &NO_ROOM,
+                payload: &v.payload,
+                msg_id,
+                ts_us,
+                store_seq: 0,
+                fanned: None,
+            };
+            let (n, overflowed) = self.deliver_local(&v.to_user, m, None, blocked);
+            if n == 0 && self.has_store() {
+                let reply = self
+                    .session_id(key)
+                    .filter(|_| v.want_result)
+                    .map(|id| (id, v.request_id));
+                self.store_offline(&v.to_user, m, reply.into());
+            }
+            self.sessions[key].user = from_user;
+            self.close_overflowed(overflowed);
+            if v.want_result && (n > 0 || !self.has_store()) {
+                let status = if n > 0 { Status::Ok } else { Status::NotFound };
+                let reason = if n > 0 { "" } else { "user has no session" };
+                self.push_frame(
+                    key,
+                    &reply::send_result(v.request_id, status, reason, msg_id),
+                );
+            }
+        } else {
+            let Some(sender) = self.session_id(key) else {
+                return;
+            };
+            let reply = v.want_result.then_some((sender, v.request_id));
+            let (same_from, same_to) = match &self.outbox_last[home] {
+                Some((id, to)) => (*id == sender, *to == v.to_user),
+                None => (false, false),
+            };
+            let to_user = if same_to {
+                None
+            } else {
+                self.outbox_last[home] = Some((sender, v.to_user.clone()));
+                Some(v.to_user)
+            };
+            if !same_from {
+                if let Some((id, _)) = &mut self.outbox_last[home] {
+                    *id = sender;
+                }
+            }
+            self.post(
+                home,
+                Mail::Deliver(Routed {
+                    to_user,
+                    from_user: (!same_from).then(|| self.sessions[key].user.clone()),
+                    payload: v.payload,
+                    msg_id,
+                    ts_us,
+                    reply,
+                    sender,
+                }),
+            );
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! A new connection until it is a session: the accept loop, the driver of the
+//! pre-login state machine (`crate::prelogin`: bytes in, actions out) with the socket,
+//! the store round trips it asks for (password checks, Register), and handing a
+//! logged-in connection to its user's home shard.
+
+use std::cell::RefCell;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::{TcpListener, TcpStream};
+
+use ringrouter_proto::codec::encode_frame;
+use ringrouter_proto::v1::{AccountResult, Login, Register};
+use ringrouter_proto::{reply, Status};
+
+use super::close_bounded;
+use super::session::run_session;
+use crate::auth::AuthError;
+use crate::config::AuthMode;
+use crate::prelogin::{Action, Limits, PreLogin};
+use crate::shard::{Handover, Mail, Shard};
+use crate::shared::{ConnGuard, LocalSignal, Shared};
+use crate::store::StoreError;
+
+/// Accepts connections until the shard shuts down.
+pub(crate) async fn accept_loop(
+    shard: Rc<RefCell<Shard>>,
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    local: Rc<LocalSignal>,
+) {
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => Some(r),
+            _ = local.wait() => None,
+        };
+        let Some(res) = accepted else { break };
+        match res {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                match ConnGuard::try_new(&shared) {
+                    Some(guard) => {
+                        monoio::spawn(serve(
+                            shard.clone(),
+                            shared.clone(),
+                            stream,
+                            guard,
+                            local.clone(),
+                        ));
+                    }
+                    None => {
+                        monoio::spawn(refuse(stream, Status::Unavailable, "too many connections"));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                // EMFILE and friends: do not spin.
+                monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn refuse(mut stream: TcpStream, code: Status, reason: &str) {
+    let mut out = BytesMut::new();
+    encode_frame(&reply::error(code, reason, 0), &mut out);
+    close_bounded(&mut stream, out).await;
+}
+
+/// Counts a connection that is not a session yet, so a shutting-down shard
+/// waits for it to be told UNAVAILABLE.
+struct Counted(Rc<RefCell<Shard>>);
+
+impl Counted {
+    fn new(shard: &Rc<RefCell<Shard>>) -> Self {
+        shard.borrow_mut().prelogin += 1;
+        Counted(shard.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut sh = self.0.borrow_mut();
+        sh.prelogin -= 1;
+        sh.wake_if_idle();
+    }
+}
+
+/// Serves a new connection until it logs in (then hands it to its home shard or
+/// runs the session here), or until it fails to within the login timeout: drives the
+/// [`PreLogin`] state machine with the socket. The login deadline bounds every wait
+/// (reads, writes of answers, password checks), so a client that sends and never reads
+/// cannot hold a connection slot past it.
+pub(crate) async fn serve(
+    shard: Rc<RefCell<Shard>>,
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    guard: ConnGuard,
+    local: Rc<LocalSignal>,
+) {
+    let _counted = Counted::new(&shard);
+    let deadline = Instant::now() + shared.cfg.login_timeout;
+    let mut pl = PreLogin::new(Limits::from_config(&shared.cfg));
+    loop {
+        if shared.shutdown.load(std::sync::atomic::Ordering::Acquire) || local.fired() {
+            pl.shutting_down();
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            pl.timed_out();
+        }
+        // Dropping a read, a write or a password check on timeout or shutdown is fine:
+        // the connection is closed right after (after a dropped write, without writing).
+        match pl.next_action() {
+            Action::Write(out) => {
+                let w = bounded(left, &local, stream.write_all(out)).await;
+                w.then(&mut pl, |pl, (r, _)| match r {
+                    Ok(_) => pl.written(),
+                    Err(_) => pl.write_failed(),
+                });
+            }
+            Action::Read { buf, max } => {
+                let len = buf.len();
+                let slice = monoio::buf::IoBufMut::slice_mut(buf, len..len + max);
+                let r = bounded(left, &local, stream.read(slice)).await;
+                r.then(&mut pl, |pl, (r, b)| match r {
+                    Ok(0) => pl.eof(b.into_inner()),
+                    Ok(_) => pl.read(b.into_inner()),
+                    Err(_) => pl.read_failed(),
+                });
+            }
+            Action::Authenticate(l) => {
+                let a = bounded(left, &local, authenticate(&shared, &l)).await;
+                a.then(&mut pl, PreLogin::authenticated);
+            }
+            Action::Register(r) => {
+                let a = bounded(left, &local, register_account(&shared, &r)).await;
+                a.then(&mut pl, PreLogin::registered);
+            }
+            Action::Start(s) => {
+                let home = shard.borrow().home(s.user.as_bytes());
+                let me = shard.borrow().id;
+                if home == me {
+                    run_session(
+                        shard,
+                        stream,
+                        s.user,
+                        s.device,
+                        s.request_id,
+                        s.leftover,
+                        guard,
+                    )
+                    .await;
+                } else {
+                    hand_over(
+                        &shard,
+                        home,
+                        stream,
+                        s.user,
+                        s.device,
+                        s.request_id,
+                        s.leftover,
+                        guard,
+                    );
+                }
+                return;
+            }
+            Action::Close(out) => {
+                close_bounded(&mut stream, out).await;
+                return;
+            }
+        }
+    }
+}
+
+/// How a wait of the pre-login driver ended: within the login deadline, past it, or
+/// cut by shutdown.
+enum Bounded<T> {
+    Done(T),
+    TimedOut,
+    ShuttingDown,
+}
+
+impl<T> Bounded<T> {
+    /// Reports the outcome to the machine: `done` with the value, else the deadline or
+    /// the shutdown.
+    fn then(self, pl: &mut PreLogin, done: impl FnOnce(&mut PreLogin, T)) {
+        match self {
+            Bounded::Done(v) => done(pl, v),
+            Bounded::TimedOut => pl.timed_out(),
+            Bounded::ShuttingDown => pl.shutting_down(),
+        }
+    }
+}
+
+/// Runs `fut` for at most `left`, or until the shard shuts down.
+async fn bounded<T>(
+    left: Duration,
+    local: &LocalSignal,
+    fut: impl std::future::Future<Output = T>,
+) -> Bounded<T> {
+    monoio::select! {
+        r = monoio::time::timeout(left, fut) => match r {
+            Ok(v) => Bounded::Done(v),
+            Err(_) => Bounded::TimedOut,
+        },
+        _ = local.wait() => Bounded::ShuttingDown,
+    }
+}
+
+/// Checks a Login's credentials (the name rule, the token, the password); returns the
+/// user the session will carry.
+async fn authenticate(shared: &Shared, l: &Login) -> Result<String, AuthError> {
+    let user = shared.auth.login(&l.user, &l.token)?;
+    if shared.cfg.auth == AuthMode::Accounts {
+        check_password(shared, &user, &l.password).await?;
+    }
+    Ok(user)
+}
+
+/// Register (accounts mode): hashes the password off the shard threads and stores the
+/// account.
+async fn register_account(shared: &Shared, r: &Register) -> AccountResult {
+    let answer = |status: Status, reason: &str| {
+        let user = if status == Status::Ok {
+            r.user.clone()
+        } else {
+            String::new()
+        };
+        reply::account_result(r.request_id, status, reason, user, Vec::new())
+    };
+    if shared.cfg.auth != AuthMode::Accounts {
+        return answer(
+            Status::BadRequest,
+            "registration needs --auth accounts (this router runs another auth mode)",
+        );
+    }
+    // The name was checked where the frame was decoded (`prelogin`).
+    if r.password.is_empty() {
+        return answer(Status::BadRequest, "password is empty");
+    }
+    if shared.store.stats().hash_jobs >= shared.cfg.max_password_jobs {
+        return answer(
+            Status::RateLimited,
+            "too many password operations in progress",
+        );
+    }
+    let (tx, rx) = oneshot::channel();
+    if shared
+        .store
+        .register(&r.user, &r.password, move |res| {
+            // The receiver is gone only when the connection task was dropped.
+            let _ = tx.send(res);
+        })
+        .is_err()
+    {
+        return answer(Status::Unavailable, "the store is shut down");
+    }
+    // A dropped sender (the store lost the request) reads as `None`.
+    match rx.await.ok() {
+        Some(Ok(())) => answer(Status::Ok, ""),
+        Some(Err(StoreError::Conflict)) => answer(Status::Conflict, "user already exists"),
+        Some(Err(StoreError::Invalid(why))) => answer(Status::BadRequest, &why),
+        Some(Err(StoreError::Closed)) | None => {
+            answer(Status::Unavailable, "the store is shut down")
+        }
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "register failed");
+            answer(Status::Internal, "storage error")
+        }
+    }
+}
+
+/// Login in accounts mode: the password must match the stored Argon2id hash.
+async fn check_password(shared: &Shared, user: &str, password: &str) -> Result<(), AuthError> {
+    let refused = || AuthError {
+        status: Status::Unauthorized,
+        reason: "wrong user name or password".into(),
+    };
+    if password.is_empty() {
+        return Err(AuthError {
+            status: Status::Unauthorized,
+            reason: "a password is required (--auth accounts)".into(),
+        });
+    }
+    if shared.store.stats().hash_jobs >= shared.cfg.max_password_jobs {
+        return Err(AuthError {
+            status: Status::RateLimited,
+            reason: "too many password operations in progress".into(),
+        });
+    }
+    let (tx, rx) = oneshot::channel();
+    if shared
+        .store
+        .verify(user, password, move |res| {
+            // The receiver is gone only when the connection task was dropped.
+            let _ = tx.send(res);
+        })
+        .is_err()
+    {
+        return Err(AuthError {
+            status: Status::Unavailable,
+            reason: "the store is shut down".into(),
+        });
+    }
+    // A dropped sender (the store lost the request) reads as `None`.
+    match rx.await.ok() {
+        Some(Ok(true)) => Ok(()),
+        Some(Ok(false)) | Some(Err(StoreError::NotFound)) => Err(refused()),
+        Some(Err(StoreError::Invalid(_))) => Err(refused()),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "password check failed");
+            Err(AuthError {
+                status: Status::Unavailable,
+                reason: "cannot check the password now".into(),
+            })
+        }
+        None => Err(AuthError {
+            status: Status::Unavailable,
+            reason: "the store is shut down".into(),
+        }),
+    }
+}
+
+/// Moves a logged-in connection to its user's home shard. The fd is duplicated
+/// and the original closed here, so no in-flight op of this runtime keeps it.
+#[allow(clippy::too_many_arguments)]
+fn hand_over(
+    shard: &Rc<RefCell<Shard>>,
+    home: usize,
+    stream: TcpStream,
+    user: String,
+    device: String,
+    request_id: u64,
+    leftover: BytesMut,
+    guard: ConnGuard,
+) {
+    // Safety: the fd is the open socket `stream` owns, borrowed only for the dup.
+    let dup = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned();
+    drop(stream);
+    let fd = match dup {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot hand a connection over");
+            return;
+        }
+    };
+    let h = Handover {
+        fd,
+        user,
+        device,
+        request_id,
+        leftover,
+        guard,
+    };
+    shard.borrow_mut().post(home, Mail::Handover(Box::new(h)));
+}
+
+#[cfg(test)]
+mod tests {
+    /// The `oneshot` crate under monoio: a task of a shard's runtime awaits a value sent
+    /// from another thread (the storage thread), and a sender dropped unsent resolves.
+    #[test]
+    fn oneshot_wakes_a_shard_task_from_another_thread() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("a legacy runtime builds anywhere");
+        rt.block_on(async {
+            let (tx, rx) = oneshot::channel::<u32>();
+            let t = std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                let _ = tx.send(7);
+            });
+            assert_eq!(rx.await.ok(), Some(7));
+            t.join().expect("sender thread");
+            let (tx, rx) = oneshot::channel::<u32>();
+            std::thread::spawn(move || drop(tx));
+            assert_eq!(rx.await.ok(), None);
+        });
+    }
+}

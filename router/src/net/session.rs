@@ -1,0 +1,328 @@
+//! A session's tasks on its home shard: adopting a handed-over connection, the
+//! reader and the writer, inside one tracing span per session.
+//!
+//! A session's reader follows the nats-server rhythm: read a buffer, decode every
+//! frame in it, route each one (queue Delivers on local sessions, append to the
+//! outgoing batch of other shards), and only then await: the woken writers and
+//! the flusher run after it, so each dirty session is flushed by one writev per
+//! loop turn and each target shard gets one batch.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
+use monoio::net::TcpStream;
+use ringrouter_proto::codec::{encode_frame, frame_bytes_needed, frames, split_frames};
+use ringrouter_proto::fast::parse_client_at;
+use ringrouter_proto::reply;
+use ringrouter_proto::v1::{server_frame, LoginResult, ServerFrame};
+use ringrouter_proto::Status;
+use tracing::Instrument;
+
+use super::close_bounded;
+use crate::prelogin::truncated_reason;
+use crate::shard::{now_us, CloseReason, Flow, Handover, SessionKey, Shard};
+use crate::shared::ConnGuard;
+
+/// Size of a fresh read buffer.
+const READ_BUF: usize = 64 * 1024;
+/// Smallest free space worth a read call.
+const MIN_READ: usize = 4 * 1024;
+
+/// Runs a connection handed over by another shard.
+pub(crate) async fn adopt(shard: Rc<RefCell<Shard>>, h: Box<Handover>) {
+    let Handover {
+        fd,
+        user,
+        device,
+        request_id,
+        leftover,
+        guard,
+    } = *h;
+    let std_stream = std::net::TcpStream::from(fd);
+    if let Err(e) = std_stream.set_nonblocking(true) {
+        tracing::warn!(error = %e, "adopting a connection failed");
+        return;
+    }
+    let stream = match TcpStream::from_std(std_stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "adopting a connection failed");
+            return;
+        }
+    };
+    shard.borrow_mut().counters.handovers_in += 1;
+    run_session(shard, stream, user, device, request_id, leftover, guard).await;
+}
+
+/// Registers the session on this (home) shard, answers the Login, and runs the
+/// reader until the connection ends; then waits for the writer and forgets the session.
+pub(super) async fn run_session(
+    shard: Rc<RefCell<Shard>>,
+    mut stream: TcpStream,
+    user: String,
+    device: String,
+    request_id: u64,
+    buf: BytesMut,
+    _guard: ConnGuard,
+) {
+    let fd = stream.as_raw_fd();
+    let registered = shard.borrow_mut().register(&user, device.clone(), fd);
+    let key = match registered {
+        Ok(k) => k,
+        Err(e) => {
+            let f = reply::login_result_frame(request_id, e.status(), e.to_string());
+            let mut out = BytesMut::new();
+            encode_frame(&f, &mut out);
+            close_bounded(&mut stream, out).await;
+            return;
+        }
+    };
+    let span = {
+        let mut sh = shard.borrow_mut();
+        let session_id = sh.session_id(key).map_or(0, |id| id.to_u64());
+        // One span per session around its reader and writer (level DEBUG: a disabled
+        // span costs nothing per poll, see `RUST_LOG`).
+        let span = tracing::debug_span!(
+            "session",
+            user = %user,
+            device = %device,
+            session = session_id,
+            shard = sh.id
+        );
+        let lr = LoginResult {
+            request_id,
+            status: Status::Ok as i32,
+            reason: String::new(),
+            session_id,
+            user,
+            shard: sh.id as u32,
+            device,
+            heartbeat_ms: sh.cfg.heartbeat_interval.as_millis().min(u32::MAX as u128) as u32,
+            max_frame_bytes: sh.cfg.max_frame_bytes.min(u32::MAX as usize) as u32,
+        };
+        // The LoginResult goes out with the first page of the offline backlog: once a
+        // client holds it, what it missed is already on its way, ahead of anything new.
+        sh.start_backlog(
+            key,
+            ServerFrame {
+                kind: Some(server_frame::Kind::LoginResult(lr)),
+            },
+        );
+        span
+    };
+    let (reader, writer) = stream.into_split();
+    let writer = monoio::spawn(write_loop(shard.clone(), key, writer).instrument(span.clone()));
+    async {
+        // Frames pipelined after the Login are answered after the LoginResult.
+        poll_fn(|cx| {
+            let mut sh = shard.borrow_mut();
+            match sh.sessions.get_mut(key) {
+                Some(s) if s.login_frame.is_some() && s.closing.is_none() => {
+                    s.drain_waiters.push(cx.waker().clone());
+                    Poll::Pending
+                }
+                _ => Poll::Ready(()),
+            }
+        })
+        .await;
+        read_loop(&shard, key, reader, buf).await;
+        shard.borrow_mut().close(key, CloseReason::PeerClosed, None);
+        let _ = writer.await;
+        shard.borrow_mut().remove(key);
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn read_loop<R: AsyncReadRent>(
+    shard: &Rc<RefCell<Shard>>,
+    key: SessionKey,
+    mut reader: R,
+    mut buf: BytesMut,
+) {
+    let max_frame = shard.borrow().cfg.max_frame_bytes;
+    let mut blocked: Vec<SessionKey> = Vec::new();
+    loop {
+        let flow = {
+            let mut sh = shard.borrow_mut();
+            let now = Instant::now();
+            let ts = now_us();
+            let mut flow = Flow::Continue;
+            // Every complete frame in one chunk: one reference count for all of
+            // them; payloads become slices of it.
+            let (chunk, framing_error) = split_frames(&mut buf, max_frame);
+            let mut bad = framing_error.map(|e| (e.status(), e.to_string()));
+            for range in frames(&chunk) {
+                match parse_client_at(&chunk, range) {
+                    Ok(frame) => {
+                        if sh.on_frame(key, frame, now, ts, &mut blocked) == Flow::Stop {
+                            flow = Flow::Stop;
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        bad = Some((Status::BadFrame, e.to_string()));
+                        break;
+                    }
+                }
+            }
+            if let Some((code, reason)) = bad {
+                if flow == Flow::Continue {
+                    sh.counters.frames_rejected += 1;
+                    sh.close(key, CloseReason::BadFrame, Some((code, &reason)));
+                    flow = Flow::Stop;
+                }
+            }
+            // The session's own answers (errors, Pongs, results) count against its
+            // budget like deliveries do: over it, this client is not read until its
+            // queue drains (or it is closed as a slow consumer).
+            if !sh.drained(key) && !blocked.contains(&key) {
+                blocked.push(key);
+            }
+            if sh.sessions.get(key).is_none_or(|s| s.closing.is_some()) {
+                flow = Flow::Stop;
+            }
+            flow
+        };
+        if flow == Flow::Stop {
+            return;
+        }
+        // Backpressure: stop reading while a local recipient is over its bound,
+        // or while the outgoing batches to other shards are piling up.
+        // Remote recipients pause this reader through its shard's pause table
+        // (`shard::pause`) and take the pause back with `Mail::Resume`.
+        if !blocked.is_empty() || shard.borrow().paused(key) {
+            poll_fn(|cx| {
+                let mut sh = shard.borrow_mut();
+                blocked.retain(|&k| !sh.drained(k));
+                match blocked.last() {
+                    Some(&k) => {
+                        sh.wait_drain(k, cx.waker());
+                        Poll::Pending
+                    }
+                    None if sh.paused(key) => {
+                        sh.wait_drain(key, cx.waker());
+                        Poll::Pending
+                    }
+                    None => Poll::Ready(()),
+                }
+            })
+            .await;
+        }
+        poll_fn(|cx| {
+            let mut sh = shard.borrow_mut();
+            if sh.sessions.get(key).is_none_or(|s| s.closing.is_some()) {
+                Poll::Ready(())
+            } else if sh.store_full() || sh.parked_full() {
+                // Woken by the consumer once store completions bring it down.
+                sh.store_waiters.push(cx.waker().clone());
+                Poll::Pending
+            } else if sh.pipeline_full() {
+                sh.outbox_waiters.push(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        let want = frame_bytes_needed(&buf).unwrap_or(0).max(MIN_READ);
+        if buf.capacity() - buf.len() < want {
+            buf.reserve(want.max(READ_BUF));
+        }
+        let (len, cap) = (buf.len(), buf.capacity());
+        let (res, slice) = reader
+            .read(monoio::buf::IoBufMut::slice_mut(buf, len..cap))
+            .await;
+        buf = slice.into_inner();
+        match res {
+            Ok(0) if !buf.is_empty() => {
+                // The peer closed its sending side inside a frame: a truncated
+                // frame is a BAD_FRAME like any other (it may still read it).
+                let mut sh = shard.borrow_mut();
+                sh.counters.frames_rejected += 1;
+                let reason = truncated_reason(buf.len());
+                sh.close(
+                    key,
+                    CloseReason::BadFrame,
+                    Some((Status::BadFrame, &reason)),
+                );
+                return;
+            }
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWriteRent>(shard: Rc<RefCell<Shard>>, key: SessionKey, mut writer: W) {
+    loop {
+        let next = poll_fn(|cx| {
+            let mut sh = shard.borrow_mut();
+            let sh = &mut *sh;
+            let Some(s) = sh.sessions.get_mut(key) else {
+                return Poll::Ready(None);
+            };
+            if !s.out.is_empty() {
+                let spare = s.spare.take();
+                let batch = s.out.take(spare);
+                s.inflight += batch.total();
+                sh.counters.payload_zero_copy_bytes += std::mem::take(&mut s.out.zero_copy_bytes);
+                sh.counters.payload_copied_bytes += std::mem::take(&mut s.out.copied_bytes);
+                Poll::Ready(Some(batch))
+            } else if s.closing.is_some() {
+                Poll::Ready(None)
+            } else {
+                s.writer = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        let Some(mut batch) = next else { break };
+        let total = batch.total();
+        let mut ok = true;
+        let mut writes = 0u64;
+        while batch.remaining() > 0 {
+            let (res, b) = writer.writev(batch).await;
+            batch = b;
+            writes += 1;
+            match res {
+                Ok(n) if n > 0 => batch.advance(n),
+                _ => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        let mut sh = shard.borrow_mut();
+        sh.counters.bytes_out += total as u64;
+        sh.counters.writes += writes;
+        let max = sh.cfg.max_pending_bytes;
+        if let Some(s) = sh.sessions.get_mut(key) {
+            s.inflight -= total;
+            s.out.recycle(&mut batch);
+            s.spare = Some(batch);
+            if s.pending() <= max {
+                s.over_since = None;
+                s.wake_drain_waiters();
+                sh.release_throttles(key);
+                sh.continue_loading(key);
+            }
+        }
+        if !ok {
+            sh.close(key, CloseReason::PeerClosed, None);
+            break;
+        }
+    }
+    let sh = shard.borrow();
+    if let Some(s) = sh.sessions.get(key) {
+        // Wakes the reader if the peer is still connected.
+        // Safety: the session's socket stays open until the session is removed.
+        unsafe { libc::shutdown(s.fd, libc::SHUT_RDWR) };
+    }
+}

@@ -1,0 +1,552 @@
+//! Delivery: into the sessions of a user homed here, to the offline queue, through
+//! the journal (sync durability), back to the store when a session ends, and the
+//! offline backlog delivered at login. What makes it at-least-once.
+//!
+//! # Rules (see DESIGN.md "Delivery guarantees")
+//! - A message for a user with no live session is appended to the user's offline queue
+//!   (bounded, `max_offline_per_user`); the sender's SendResult waits for the store.
+//! - In `sync` durability every message is appended first and delivered from the
+//!   completion, with its store seq: the ack that covers it removes it.
+//! - A session keeps every delivery until the client's cumulative Ack. When it ends,
+//!   the unacked live deliveries (and any deferred ones, below) are appended to the
+//!   offline queue; deliveries that came from the store are still there.
+//! - At login the LoginResult goes out with the first page of the offline queue, which is
+//!   delivered page by page (at most half of `max_unacked_per_session` per page) before
+//!   anything live: live messages that arrive meanwhile are deferred (counted against the
+//!   session's bounds) and delivered after the backlog (memory mode), or are already in
+//!   the queue behind it (sync mode).
+//! - An ack removes the stored messages it covers, unless another device of the same
+//!   user is still paging through the queue (its later ack removes them).
+//! - Store backpressure: past [`STORE_HIGH_WATER`](super::store_link::STORE_HIGH_WATER) requests in flight a shard's readers
+//!   pause and it leaves other shards' mail in the rings.
+
+use bytes::Bytes;
+use ringrouter_proto::fast::DeliverStamp;
+use ringrouter_proto::reply;
+use ringrouter_proto::v1::ServerFrame;
+use ringrouter_proto::Status;
+
+use super::answer::Answer;
+use super::mail::Mail;
+use super::retention::{Outgoing, OwnedMsg};
+use super::session::{CloseReason, SessionId, SessionKey};
+use super::store_link::store_status;
+use super::Shard;
+use crate::config::{AuthMode, OfflineOverflow};
+use crate::store::{Overflow, QueueCap, StoreError, StoreResult, StoredMsg};
+
+/// Offline messages loaded per store round trip at login.
+pub const LOAD_PAGE: usize = 1024;
+
+/// Bytes a deferred message counts for besides its payload (its entry and names).
+const DEFERRED_OVERHEAD: usize = 128;
+
+impl Shard {
+    /// Delivers a message to every live session of `to_user` homed here.
+    /// Returns how many sessions got it, and a session pushed past one of its bounds
+    /// (hard cap on pending bytes, retained or deferred count), which the caller closes
+    /// with [`Shard::close_overflowed`] once the names it lent are back in place.
+    /// Every session keeps what it was given until acked (when there is a store);
+    /// a session whose backlog is being delivered holds live messages back instead.
+    pub fn deliver_local(
+        &mut self,
+        to_user: &[u8],
+        m: Outgoing<'_>,
+        remote_sender: Option<SessionId>,
+        blocked: &mut Vec<SessionKey>,
+    ) -> (usize, Option<SessionKey>) {
+        self.deliver_to_sessions(to_user, m, remote_sender, None, blocked)
+    }
+
+    /// [`Shard::deliver_local`], skipping the session `skip` (a room message is not
+    /// echoed to the device that sent it).
+    pub(crate) fn deliver_to_sessions(
+        &mut self,
+        to_user: &[u8],
+        m: Outgoing<'_>,
+        remote_sender: Option<SessionId>,
+        skip: Option<SessionId>,
+        blocked: &mut Vec<SessionKey>,
+    ) -> (usize, Option<SessionKey>) {
+        let Some(keys) = self.users.get(to_user) else {
+            return (0, None);
+        };
+        let retain = self.store.is_some();
+        let max_unacked = self.cfg.max_unacked_per_session;
+        let max_unacked_bytes = self.cfg.max_unacked_bytes_per_session;
+        let skip_key = skip
+            .filter(|id| id.shard as usize == self.id)
+            .map(|id| (id.key as usize, id.gen));
+        let mut pause: Option<SessionId> = None;
+        let max_pending = self.cfg.max_pending_bytes;
+        let hard_cap = self.cfg.hard_pending_bytes();
+        let inline_max = self.cfg.inline_payload_max;
+        let mut n = 0;
+        let mut skipped = 0;
+        let mut overflowed: Option<SessionKey> = None;
+        for &k in keys {
+            let Some(s) = self.sessions.get_mut(k) else {
+                continue;
+            };
+            if s.closing.is_some() {
+                continue;
+            }
+            if skip_key == Some((k, s.gen)) {
+                // The sending device has it: it counts as a live session of the user.
+                skipped += 1;
+                continue;
+            }
+            if s.loading {
+                // The backlog goes first. In sync mode this message is in the queue
+                // behind it already; otherwise it waits here.
+                if m.store_seq == 0 {
+                    // Counted with its bookkeeping, so that even empty payloads meet
+                    // the session's bounds (backpressure and the hard cap below).
+                    s.deferred_bytes += m.payload.len() + DEFERRED_OVERHEAD;
+                    s.deferred.push(OwnedMsg {
+                        from_user: m.from_user.clone(),
+                        to_room: m.to_room.clone(),
+                        payload: m.payload.clone(),
+                        msg_id: m.msg_id,
+                        ts_us: m.ts_us,
+                    });
+                    if s.deferred.len() > max_unacked || s.deferred_bytes > max_unacked_bytes {
+                        overflowed = Some(k);
+                    }
+                }
+            } else {
+                s.last_seq += 1;
+                match m.fanned {
+                    Some(fm) => s.out.push_fanned(fm, s.last_seq, inline_max),
+                    None => {
+                        let stamp = DeliverStamp {
+                            seq: s.last_seq,
+                            from_user: m.from_user,
+                            to_room: m.to_room,
+                            server_ts_us: m.ts_us,
+                            msg_id: m.msg_id,
+                        };
+                        s.out.push_deliver(&stamp, m.payload, inline_max);
+                    }
+                }
+                s.wake_writer();
+                if retain {
+                    s.unacked.push(s.last_seq, &m);
+                    if s.unacked.len() > max_unacked || s.unacked.bytes() > max_unacked_bytes {
+                        overflowed = Some(k);
+                    }
+                }
+            }
+            if s.pending() > max_pending {
+                match remote_sender {
+                    // A sender on another shard: ask its shard to stop reading it
+                    // until this session drains (once per sender and episode).
+                    Some(id) => {
+                        if !s.throttled.contains(&id) {
+                            s.throttled.push(id);
+                            pause = Some(id);
+                        }
+                    }
+                    None => {
+                        if blocked.last() != Some(&k) {
+                            blocked.push(k);
+                        }
+                    }
+                }
+            }
+            if s.pending() > hard_cap {
+                overflowed = Some(k);
+            }
+            n += 1;
+        }
+        self.counters.delivered += n as u64;
+        if let Some(id) = pause {
+            // Straight into the sender shard's table: its reader sees it before
+            // its next read, whatever that shard's mailbox latency.
+            if let Some(t) = self.pause.get(id.shard as usize) {
+                t.add(id, 1);
+            }
+        }
+        (n + skipped, overflowed)
+    }
+
+    fn offline_cap(&self) -> Option<QueueCap> {
+        let overflow = match self.cfg.offline_overflow {
+            OfflineOverflow::Reject => Overflow::Reject,
+            OfflineOverflow::DropOldest => Overflow::DropOldest,
+        };
+        Some(QueueCap {
+            max_msgs: self.cfg.max_offline_per_user,
+            max_bytes: self.cfg.max_offline_bytes_per_user,
+            overflow,
+        })
+    }
+
+    /// The ceiling for messages a session gives back when it ends (accepted already, so
+    /// never refused): the offline cap plus what one session may hold unacked. Only a
+    /// user whose devices keep taking messages without acking them reaches it; the
+    /// oldest are then dropped.
+    pub(crate) fn requeue_cap(&self) -> QueueCap {
+        let c = &self.cfg;
+        QueueCap {
+            max_msgs: c
+                .max_offline_per_user
+                .saturating_add(c.max_unacked_per_session as u64),
+            max_bytes: c
+                .max_offline_bytes_per_user
+                .saturating_add(c.max_unacked_bytes_per_session as u64),
+            overflow: Overflow::DropOldest,
+        }
+    }
+
+    /// Stores a message for `to_user`, who has no live session, and answers the sender
+    /// once it is stored (OK), or why not (NOT_FOUND: no such user; RATE_LIMITED: the
+    /// queue is full).
+    pub(crate) fn store_offline(&mut self, to_user: &[u8], m: Outgoing<'_>, reply: Answer) {
+        if !self.has_store() {
+            self.answer_send(reply, m.msg_id, Status::NotFound);
+            return;
+        }
+        self.counters.offline_stored += 1;
+        let user = String::from_utf8_lossy(to_user).into_owned();
+        let msg_id = m.msg_id;
+        let stored = m.to_stored();
+        let cap = self.offline_cap();
+        self.store_req_sized(
+            stored.payload.len(),
+            |s, cb| s.enqueue(&user, vec![stored], cap, true, cb),
+            move |sh, r| {
+                let status = match r {
+                    Ok(_) => Status::Ok,
+                    Err(e) => {
+                        if !matches!(e, StoreError::NotFound | StoreError::Full) {
+                            tracing::warn!(error = %e, "offline append failed");
+                        }
+                        store_status(&e)
+                    }
+                };
+                sh.answer_send(reply, msg_id, status);
+            },
+        );
+    }
+
+    /// Sync durability: appends the message to `to_user`'s queue, then delivers it to
+    /// the user's live sessions (with its store seq, so the ack removes it) and answers
+    /// the sender.
+    pub(crate) fn journal(
+        &mut self,
+        to_user: Bytes,
+        msg: OwnedMsg,
+        reply: Answer,
+        sender: SessionId,
+        skip: Option<SessionId>,
+    ) {
+        let user = String::from_utf8_lossy(&to_user).into_owned();
+        let stored = msg.to_stored();
+        let cap = self.offline_cap();
+        self.counters.journaled += 1;
+        self.store_req_sized(
+            stored.payload.len(),
+            |s, cb| s.enqueue(&user, vec![stored], cap, true, cb),
+            move |sh, r| match r {
+                Ok(a) => {
+                    let m = Outgoing {
+                        from_user: &msg.from_user,
+                        to_room: &msg.to_room,
+                        payload: &msg.payload,
+                        msg_id: msg.msg_id,
+                        ts_us: msg.ts_us,
+                        store_seq: a.first_seq,
+                        fanned: None,
+                    };
+                    let mut blocked = Vec::new();
+                    let (_, overflowed) =
+                        sh.deliver_to_sessions(&to_user, m, Some(sender), skip, &mut blocked);
+                    sh.close_overflowed(overflowed);
+                    sh.answer_send(reply, msg.msg_id, Status::Ok);
+                }
+                Err(e) => {
+                    if !matches!(e, StoreError::NotFound | StoreError::Full) {
+                        tracing::warn!(error = %e, "journal append failed");
+                    }
+                    sh.answer_send(reply, msg.msg_id, store_status(&e));
+                }
+            },
+        );
+    }
+}
+
+impl Shard {
+    /// Removes `user`'s stored messages up to `store_seq` (acked). Nothing waits for it.
+    pub(crate) fn remove_stored(&mut self, user: &[u8], store_seq: u64) {
+        if let Some(link) = &self.store {
+            let user = String::from_utf8_lossy(user);
+            let r = link.handle.remove_up_to(&user, store_seq, |r| {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "removing acked messages failed");
+                }
+            });
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "removing acked messages failed");
+            }
+        }
+    }
+
+    /// A session is ending: its retained live deliveries and deferred messages go to
+    /// the user's offline queue, in order (they were accepted already: only the ceiling of
+    /// [`Shard::requeue_cap`] applies).
+    pub(crate) fn requeue(&mut self, key: SessionKey) {
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let mut msgs = s.unacked.take_unstored();
+        let deferred = std::mem::take(&mut s.deferred);
+        s.deferred_bytes = 0;
+        s.load_next = None;
+        if s.discard_unacked || self.store.is_none() {
+            return;
+        }
+        msgs.extend(deferred.iter().map(OwnedMsg::to_stored));
+        if msgs.is_empty() {
+            return;
+        }
+        self.counters.requeued += msgs.len() as u64;
+        let user = String::from_utf8_lossy(&s.user).into_owned();
+        // An account deleted meanwhile gets nothing back (NOT_FOUND): its messages must
+        // not wait for whoever registers the name next.
+        let bytes = msgs.iter().map(|m| m.payload.len()).sum();
+        let cap = Some(self.requeue_cap());
+        self.store_req_sized(
+            bytes,
+            |st, cb| st.enqueue(&user, msgs, cap, true, cb),
+            |_, r| match r {
+                Ok(_) | Err(StoreError::NotFound) => {}
+                Err(e) => tracing::warn!(error = %e, "requeueing unacked messages failed"),
+            },
+        );
+    }
+
+    /// A session just logged in: records the user (open and jwt auth: a user exists from
+    /// the first login) and starts delivering the offline queue. `login` (the
+    /// LoginResult) is queued with the first page, ahead of it.
+    pub(crate) fn start_backlog(&mut self, key: SessionKey, login: ServerFrame) {
+        let Some(id) = self.session_id(key) else {
+            return;
+        };
+        if self.store.is_none() {
+            self.push_frame(key, &login);
+            return;
+        }
+        self.sessions[key].login_frame = Some(login);
+        let user = String::from_utf8_lossy(&self.sessions[key].user).into_owned();
+        if self.cfg.auth != AuthMode::Accounts {
+            let u = user.clone();
+            self.store_req(
+                |st, cb| st.ensure_user(&u, cb),
+                |_, r| {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "recording a user failed");
+                    }
+                },
+            );
+        } else {
+            // The password was checked before the session existed: an account deleted in
+            // between must not keep a session (a DeleteAccount that comes later ends it).
+            let u = user.clone();
+            self.store_req(
+                |st, cb| st.user_exists(&u, cb),
+                move |sh, r| {
+                    if let (Ok(false), Some(key)) = (r, sh.resolve(id)) {
+                        sh.sessions[key].discard_unacked = true;
+                        sh.close(
+                            key,
+                            CloseReason::Kicked,
+                            Some((Status::Unauthorized, "account deleted")),
+                        );
+                    }
+                },
+            );
+        }
+        self.sessions[key].loading = true;
+        // This backlog delivers again what a closed device of the user left unacked.
+        self.stored_floor.remove(self.sessions[key].user.as_ref());
+        self.load_page(id, user, 0);
+    }
+
+    /// Messages per backlog page: at most half the unacked limit, so a page never
+    /// overflows a session by itself (the next one waits for the client's acks).
+    fn backlog_page(&self) -> usize {
+        LOAD_PAGE.min((self.cfg.max_unacked_per_session / 2).max(1))
+    }
+
+    /// Payload bytes per backlog page: half the session's outbound bound (the next page
+    /// is loaded once the queue is under the other half).
+    fn backlog_page_bytes(&self) -> usize {
+        (self.cfg.max_pending_bytes / 2).max(1)
+    }
+
+    fn load_page(&mut self, id: SessionId, user: String, from: u64) {
+        let page = self.backlog_page();
+        let max_bytes = self.backlog_page_bytes();
+        self.store_req(
+            |st, cb| st.load_page(&user, from, page, max_bytes, cb),
+            move |sh, r| sh.on_backlog_page(id, r),
+        );
+    }
+
+    fn on_backlog_page(&mut self, id: SessionId, r: StoreResult<Vec<(u64, StoredMsg)>>) {
+        let Some(key) = self.resolve(id) else {
+            // Gone: the messages stay queued for the next login.
+            return;
+        };
+        self.send_login_frame(key);
+        let page = match r {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "loading an offline queue failed");
+                self.finish_backlog(key);
+                return;
+            }
+        };
+        let bytes: usize = page.iter().map(|(_, m)| m.payload.len()).sum();
+        let full = page.len() >= self.backlog_page() || bytes >= self.backlog_page_bytes();
+        let inline_max = self.cfg.inline_payload_max;
+        let s = &mut self.sessions[key];
+        let mut last = 0;
+        for (store_seq, m) in &page {
+            s.last_seq += 1;
+            s.out
+                .push_deliver(&stamp_of(s.last_seq, m), &m.payload, inline_max);
+            s.unacked.push_stored(s.last_seq, *store_seq);
+            last = *store_seq;
+        }
+        s.wake_writer();
+        self.counters.offline_delivered += page.len() as u64;
+        self.counters.delivered += page.len() as u64;
+        if full {
+            self.sessions[key].load_next = Some(last + 1);
+            self.continue_loading(key);
+        } else {
+            self.finish_backlog(key);
+        }
+    }
+
+    /// Queues the LoginResult held for the first backlog page, and lets the session's
+    /// reader start.
+    fn send_login_frame(&mut self, key: SessionKey) {
+        if let Some(s) = self.sessions.get_mut(key) {
+            if let Some(f) = s.login_frame.take() {
+                s.push_frame(&f);
+                s.wake_drain_waiters();
+            }
+        }
+    }
+
+    /// Loads the next backlog page of session `key` once it has room for it (called
+    /// after its writer drained and after each ack).
+    pub(crate) fn continue_loading(&mut self, key: SessionKey) {
+        let max_pending = self.cfg.max_pending_bytes / 2;
+        let max_unacked = self.cfg.max_unacked_per_session / 2;
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        // OwnedMsg-back live messages do not count: they only drain once the backlog is out.
+        if s.closing.is_some()
+            || !s.loading
+            || s.out.len() + s.inflight > max_pending
+            || s.unacked.len() > max_unacked
+        {
+            return;
+        }
+        let Some(from) = s.load_next.take() else {
+            return;
+        };
+        let user = String::from_utf8_lossy(&s.user).into_owned();
+        if let Some(id) = self.session_id(key) {
+            self.load_page(id, user, from);
+        }
+    }
+
+    /// The backlog is out: what was deferred follows it, then live delivery resumes.
+    fn finish_backlog(&mut self, key: SessionKey) {
+        let inline_max = self.cfg.inline_payload_max;
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        s.loading = false;
+        s.load_next = None;
+        let deferred = std::mem::take(&mut s.deferred);
+        s.deferred_bytes = 0;
+        for h in deferred {
+            s.last_seq += 1;
+            let stamp = DeliverStamp {
+                seq: s.last_seq,
+                from_user: &h.from_user,
+                to_room: &h.to_room,
+                server_ts_us: h.ts_us,
+                msg_id: h.msg_id,
+            };
+            s.out.push_deliver(&stamp, &h.payload, inline_max);
+            let m = Outgoing {
+                from_user: &h.from_user,
+                to_room: &h.to_room,
+                payload: &h.payload,
+                msg_id: h.msg_id,
+                ts_us: h.ts_us,
+                store_seq: 0,
+                fanned: None,
+            };
+            s.unacked.push(s.last_seq, &m);
+        }
+        s.wake_writer();
+        // Not closed here for being over `max_unacked`: the backlog pages are bounded
+        // by it and what was deferred was bounded when it was deferred.
+    }
+}
+
+/// A Deliver stamp for a stored message.
+pub fn stamp_of<'a>(seq: u64, m: &'a StoredMsg) -> DeliverStamp<'a> {
+    DeliverStamp {
+        seq,
+        from_user: m.from_user.as_bytes(),
+        to_room: m.to_room.as_bytes(),
+        server_ts_us: m.server_ts_us,
+        msg_id: m.msg_id,
+    }
+}
+
+/// Answering senders.
+impl Shard {
+    /// Reports the outcome of one store step of a message to whoever waits for it.
+    pub fn answer_send(&mut self, a: Answer, msg_id: u64, status: Status) {
+        match a {
+            Answer::Nobody => {}
+            Answer::Sender(id, request_id) => {
+                self.reply_send(Some((id, request_id)), msg_id, status)
+            }
+            Answer::Part(p) => p.finish(self, status),
+        }
+    }
+
+    /// Answers a sender (on this shard or another) about a message.
+    pub fn reply_send(&mut self, reply: Option<(SessionId, u64)>, msg_id: u64, status: Status) {
+        let Some((to, request_id)) = reply else {
+            return;
+        };
+        if to.shard as usize == self.id {
+            if let Some(key) = self.resolve(to) {
+                self.push_frame(key, &reply::send_status(request_id, status, msg_id));
+            }
+        } else {
+            self.post(
+                to.shard as usize,
+                Mail::Result {
+                    to,
+                    request_id,
+                    msg_id,
+                    status,
+                },
+            );
+        }
+    }
+}

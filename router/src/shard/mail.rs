@@ -1,0 +1,424 @@
+//! Everything that travels between shards, in one type ([`Mail`]), and the one match
+//! that handles it on the receiving shard ([`Shard::on_mail`]).
+//!
+//! Mail arrives three ways, all handled by the same match in the shard's consumer
+//! (`run.rs`): the SPSC rings from the other shards (batches, see `mailbox`), this
+//! shard's own `local_mail` (work for a room or user homed here), and the [`MailQueue`]
+//! that threads outside the mesh (the storage thread) post to (store answers,
+//! [`Mail::Stored`]).
+//!
+//! Pause bookkeeping: a recipient over its bound pauses a remote sender by adding to
+//! the sender shard's pause table directly (`pause.rs`: an atomic, so the sender's
+//! reader sees it before its next read); taking the pause back is [`Mail::Resume`],
+//! which also wakes the reader.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use ringrouter_proto::reply;
+use ringrouter_proto::v1::{RoomEvent, ServerFrame};
+use ringrouter_proto::Status;
+
+use super::answer::RoomAck;
+use super::retention::{Outgoing, OwnedMsg, NO_ROOM};
+use super::session::{SessionId, SessionKey};
+use super::Shard;
+use crate::mailbox::Doorbell;
+use crate::shared::ConnGuard;
+
+/// A direct message on its way to the recipient's home shard.
+#[derive(Debug)]
+pub struct Routed {
+    /// Recipient user (a slice of the sender's read buffer); `None`: the same as
+    /// the previous Deliver of this batch.
+    pub to_user: Option<Bytes>,
+    /// Authenticated sender; `None`: the same as the previous Deliver of this
+    /// batch. Eliding repeats saves two reference-count updates per message on a
+    /// counter both shards would otherwise keep pulling across cores.
+    pub from_user: Option<Bytes>,
+    /// The payload (a slice of the sender's read buffer).
+    pub payload: Bytes,
+    /// Message id.
+    pub msg_id: u64,
+    /// Router clock at acceptance, µs since the epoch.
+    pub ts_us: u64,
+    /// Sender session and request id, when the sender asked for a SendResult.
+    pub reply: Option<(SessionId, u64)>,
+    /// The sending session, so the recipient's shard can pause it (backpressure).
+    pub sender: SessionId,
+}
+
+/// A connection logged in on a shard that is not its user's home, moving there.
+pub struct Handover {
+    /// The socket.
+    pub fd: OwnedFd,
+    /// Authenticated user.
+    pub user: String,
+    /// Device name.
+    pub device: String,
+    /// Login request id, echoed in LoginResult.
+    pub request_id: u64,
+    /// Bytes read after the Login frame (pipelined frames).
+    pub leftover: BytesMut,
+    /// Keeps the connection counted.
+    pub(crate) guard: ConnGuard,
+}
+
+/// What travels between shards.
+pub enum Mail {
+    /// A direct message for a user homed on the receiving shard.
+    Deliver(Routed),
+    /// The outcome of a routed message, for a sender who asked.
+    Result {
+        /// The sender's session.
+        to: SessionId,
+        /// The Send's request id.
+        request_id: u64,
+        /// The message id.
+        msg_id: u64,
+        /// OK or NOT_FOUND.
+        status: Status,
+    },
+    /// A connection moving to its user's home shard.
+    Handover(Box<Handover>),
+    /// The recipient that paused this sender drained (or closed): read again.
+    Resume {
+        /// The sending session.
+        sender: SessionId,
+    },
+    /// A request about a room homed on the receiving shard.
+    Room(Box<RoomReq>),
+    /// A message to a room homed on the receiving shard.
+    RoomSend(RoomSend),
+    /// A room message for members homed on the receiving shard.
+    RoomDeliver(RoomFan),
+    /// A room event for users homed on the receiving shard.
+    RoomNotice(Box<RoomNotice>),
+    /// A user's own Create or Join homed on the receiving shard was answered.
+    RoomQuota {
+        /// The user.
+        user: Bytes,
+    },
+    /// A store request of the receiving shard was answered (through its [`MailQueue`]).
+    Stored(StoreDone),
+    /// A frame for a session of the receiving shard (answers to room requests).
+    Reply {
+        /// The session.
+        to: SessionId,
+        /// The frame.
+        frame: Box<ServerFrame>,
+    },
+}
+
+/// Join codes start with this character, which room names may not start with: a room
+/// can never be named like another room's code (see [`ringrouter_proto::names`]).
+pub const CODE_MARK: char = ringrouter_proto::names::CODE_MARK;
+
+/// A request about one room, on its way to the room's home shard.
+#[derive(Debug)]
+pub struct RoomReq {
+    /// The authenticated user asking.
+    pub user: String,
+    /// The session asking (answers go there).
+    pub from: SessionId,
+    /// Echoed in the RoomResult (0 with `Purge`: nobody to answer).
+    pub request_id: u64,
+    /// What to do.
+    pub op: RoomOp,
+    /// The user's own Create or Join, admitted by the user's home shard against
+    /// `max_rooms_per_user`; its answer lets the user's next one through.
+    pub quota: bool,
+}
+
+/// The room operations.
+#[derive(Debug)]
+pub enum RoomOp {
+    /// Create a room owned by the user.
+    Create {
+        /// Room name.
+        name: String,
+        /// Optional password (empty: none).
+        password: String,
+    },
+    /// Join by name or join code.
+    Join {
+        /// Name or code.
+        key: String,
+        /// The room's password, if it has one.
+        password: String,
+    },
+    /// Leave a room.
+    Leave {
+        /// Room name.
+        room: String,
+    },
+    /// Owner only: add a user.
+    Add {
+        /// Room name.
+        room: String,
+        /// The user to add.
+        user: String,
+    },
+    /// Owner only: remove a member.
+    Remove {
+        /// Room name.
+        room: String,
+        /// The member to remove.
+        user: String,
+    },
+    /// Owner only: delete the room.
+    Delete {
+        /// Room name.
+        room: String,
+    },
+    /// The user's account is being deleted: leave the room, or delete it if owned.
+    Purge {
+        /// Room name.
+        room: String,
+    },
+}
+
+impl RoomOp {
+    pub(crate) fn key(&self) -> &str {
+        match self {
+            RoomOp::Create { name, .. } => name,
+            RoomOp::Join { key, .. } => key,
+            RoomOp::Leave { room }
+            | RoomOp::Add { room, .. }
+            | RoomOp::Remove { room, .. }
+            | RoomOp::Delete { room }
+            | RoomOp::Purge { room } => room,
+        }
+    }
+
+    pub(crate) fn rename(&mut self, name: &str) {
+        match self {
+            RoomOp::Create { name: n, .. } => *n = name.to_owned(),
+            RoomOp::Join { key, .. } => *key = name.to_owned(),
+            RoomOp::Leave { room }
+            | RoomOp::Add { room, .. }
+            | RoomOp::Remove { room, .. }
+            | RoomOp::Delete { room }
+            | RoomOp::Purge { room } => *room = name.to_owned(),
+        }
+    }
+}
+
+/// A message to a room, on its way to the room's home shard.
+#[derive(Debug)]
+pub struct RoomSend {
+    /// Room name or join code, as the sender gave it.
+    pub room: Bytes,
+    /// Authenticated sender.
+    pub from_user: Bytes,
+    /// Payload (a slice of the sender's read buffer).
+    pub payload: Bytes,
+    /// Message id.
+    pub msg_id: u64,
+    /// Router clock at acceptance.
+    pub ts_us: u64,
+    /// Sender session and request id, when the sender asked for a SendResult.
+    pub reply: Option<(SessionId, u64)>,
+    /// The sending session (not echoed to; paused if members read too slowly).
+    pub sender: SessionId,
+}
+
+/// A room message for the members homed on one shard.
+#[derive(Debug)]
+pub struct RoomFan {
+    /// Room name.
+    pub room: Bytes,
+    /// Authenticated sender.
+    pub from_user: Bytes,
+    /// Payload, shared by every delivery.
+    pub payload: Bytes,
+    /// Message id.
+    pub msg_id: u64,
+    /// Router clock at acceptance.
+    pub ts_us: u64,
+    /// The members homed on the receiving shard.
+    pub users: Arc<[Bytes]>,
+    /// The sending session.
+    pub sender: SessionId,
+    /// Set when the sender waits for a SendResult.
+    pub ack: Option<Arc<RoomAck>>,
+}
+
+/// A room event for the live sessions of some users homed on one shard.
+#[derive(Debug)]
+pub struct RoomNotice {
+    /// Who gets it.
+    pub users: Vec<Bytes>,
+    /// The event.
+    pub event: RoomEvent,
+}
+
+/// A store answer: the continuation of a store request, run on the shard that made it.
+pub type StoreDone = Box<dyn FnOnce(&mut Shard) + Send>;
+
+/// Mail for one shard from threads outside the shard mesh (the storage thread), which
+/// have no ring of their own.
+pub struct MailQueue {
+    q: Mutex<Vec<Mail>>,
+    /// Set with every push: the consumer looks here, not at the lock, on every turn.
+    queued: AtomicBool,
+    bell: Arc<Doorbell>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl MailQueue {
+    /// A queue that rings `bell` (the shard's mailbox doorbell) on every push.
+    pub fn new(bell: Arc<Doorbell>) -> Self {
+        MailQueue {
+            q: Mutex::new(Vec::new()),
+            queued: AtomicBool::new(false),
+            bell,
+        }
+    }
+
+    /// Queues mail and wakes the shard's consumer if it is parked.
+    pub fn push(&self, m: Mail) {
+        lock(&self.q).push(m);
+        self.queued.store(true, Ordering::Release);
+        self.bell.ring();
+    }
+
+    /// Moves everything queued into `out` (in order).
+    pub fn take_into(&self, out: &mut Vec<Mail>) {
+        if self.queued.swap(false, Ordering::AcqRel) {
+            out.append(&mut lock(&self.q));
+        }
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        !self.queued.load(Ordering::Acquire)
+    }
+}
+
+impl Mail {
+    /// What this item counts for in the cross-shard pipeline bound: payload bytes
+    /// plus a fixed overhead.
+    pub fn weight(&self) -> usize {
+        match self {
+            Mail::Deliver(r) => r.payload.len() + 64,
+            Mail::RoomSend(r) => r.payload.len() + 64,
+            Mail::RoomDeliver(r) => r.payload.len() + 64,
+            _ => 64,
+        }
+    }
+}
+
+impl Shard {
+    /// Handles one item that arrived from another shard (or this one).
+    pub fn on_mail(&mut self, mail: Mail, blocked: &mut Vec<SessionKey>) -> Option<Box<Handover>> {
+        match mail {
+            Mail::Deliver(r) => {
+                if let Some(t) = r.to_user {
+                    self.batch_to = t;
+                }
+                if let Some(f) = r.from_user {
+                    self.batch_from = f;
+                }
+                if self.journaled() {
+                    let msg = OwnedMsg {
+                        from_user: self.batch_from.clone(),
+                        to_room: Bytes::new(),
+                        payload: r.payload,
+                        msg_id: r.msg_id,
+                        ts_us: r.ts_us,
+                    };
+                    self.journal(self.batch_to.clone(), msg, r.reply.into(), r.sender, None);
+                    return None;
+                }
+                // Moved out and back: no reference-count update per message.
+                let to_user = std::mem::take(&mut self.batch_to);
+                let from_user = std::mem::take(&mut self.batch_from);
+                let m = Outgoing {
+                    from_user: &from_user,
+                    to_room: &NO_ROOM,
+                    payload: &r.payload,
+                    msg_id: r.msg_id,
+                    ts_us: r.ts_us,
+                    store_seq: 0,
+                    fanned: None,
+                };
+                let (n, overflowed) = self.deliver_local(&to_user, m, Some(r.sender), blocked);
+                let offline = n == 0 && self.has_store();
+                if offline {
+                    self.store_offline(&to_user, m, r.reply.into());
+                }
+                self.batch_to = to_user;
+                self.batch_from = from_user;
+                self.close_overflowed(overflowed);
+                if !offline {
+                    let status = if n > 0 { Status::Ok } else { Status::NotFound };
+                    self.reply_send(r.reply, r.msg_id, status);
+                }
+                None
+            }
+            Mail::Result {
+                to,
+                request_id,
+                msg_id,
+                status,
+            } => {
+                if let Some(key) = self.resolve(to) {
+                    let reason = match status {
+                        Status::NotFound if !self.has_store() => "user has no session",
+                        other => reply::send_status_reason(other),
+                    };
+                    self.push_frame(key, &reply::send_result(request_id, status, reason, msg_id));
+                }
+                None
+            }
+            Mail::Handover(h) => Some(h),
+            Mail::Resume { sender } => {
+                self.resume_sender(sender);
+                None
+            }
+            Mail::Room(req) => {
+                self.on_room_req(req);
+                None
+            }
+            Mail::RoomSend(s) => {
+                self.on_room_send(s);
+                None
+            }
+            Mail::RoomDeliver(f) => {
+                self.on_room_fan(f);
+                None
+            }
+            Mail::RoomNotice(n) => {
+                self.on_room_notice(&n);
+                None
+            }
+            Mail::RoomQuota { user } => {
+                self.next_own(&user);
+                None
+            }
+            Mail::Reply { to, frame } => {
+                if let Some(k) = self.resolve(to) {
+                    self.push_frame(k, &frame);
+                }
+                None
+            }
+            Mail::Stored(then) => {
+                then(self);
+                None
+            }
+        }
+    }
+
+    /// Starts handling a batch from another shard (elided names refer back only
+    /// within one batch).
+    pub fn begin_batch(&mut self) {
+        self.batch_to = Bytes::new();
+        self.batch_from = Bytes::new();
+    }
+}

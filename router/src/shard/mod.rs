@@ -1,0 +1,316 @@
+//! One shard: its state ([`Shard`]), its run loop (`run`), and the decisions it makes
+//! (no I/O and no await outside `run`: the connection tasks in `net` and the run loop
+//! drive it). Everything here runs on the owning shard's thread only (the state sits
+//! in an `Rc<RefCell<Shard>>`).
+//!
+//! # Ownership
+//! A shard owns the sessions of the users whose home it is ([`session`]), their
+//! outbound queues, sequence numbers and retained deliveries ([`retention`]), the
+//! rooms whose home it is ([`rooms`]), and its outgoing batches to other shards.
+//! It shares nothing mutable with the others: what crosses shards is [`mail::Mail`],
+//! plus the atomic pause tables ([`pause`]) and pipeline counters.
+//!
+//! # Modules (each `impl Shard` for its concern)
+//! - [`session`]: sessions, registering, close reasons, closing, heartbeats.
+//! - [`mail`]: every cross-shard message and its one match.
+//! - [`pause`]: pause tables and the pause/resume bookkeeping.
+//! - [`retention`]: what a session keeps until acked, and the messages it defers.
+//! - [`delivery`]: delivering to sessions, offline queues, journaling, login backlog.
+//! - [`answer`]: SendResults for messages that went through other shards or the store.
+//! - [`store_link`]: store round trips (answers come back as [`mail::Mail::Stored`]).
+//! - [`rooms`]: rooms on their home shard.
+//! - `run`: the run loop: consumer, flusher, ticker, shutdown drain.
+//!
+//! Client frames are handled in `crate::frames`, connection I/O in `crate::net`.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::Instant;
+
+use bytes::Bytes;
+use slab::Slab;
+
+use ringrouter_proto::reply;
+use ringrouter_proto::v1::ServerFrame;
+use ringrouter_proto::Status;
+
+use crate::config::Config;
+use crate::stats::{Counters, ShardStats};
+
+pub mod answer;
+pub mod delivery;
+pub mod mail;
+pub mod pause;
+pub mod retention;
+pub mod rooms;
+pub(crate) mod run;
+pub mod session;
+pub mod store_link;
+#[cfg(test)]
+mod tests;
+
+pub use crate::maps::{NameMap, NameSet};
+pub use mail::{Handover, Mail, Routed};
+pub use pause::{pause_tables, PauseTable, PauseTables, PIPELINE_HIGH_WATER};
+pub use session::{CloseReason, Flow, RegisterError, Session, SessionId, SessionKey, CLOSE_GRACE};
+use store_link::StoreLink;
+
+/// One shard's state.
+pub struct Shard {
+    /// This shard's index.
+    pub id: usize,
+    /// Number of shards.
+    pub n: usize,
+    /// Configuration.
+    pub cfg: Arc<Config>,
+    /// Live sessions.
+    pub sessions: Slab<Session>,
+    users: NameMap<Bytes, Vec<SessionKey>>,
+    /// Pending outgoing batches, per target shard.
+    pub outbox: Vec<Vec<Mail>>,
+    /// Items in `outbox`.
+    pub outbox_len: usize,
+    /// Per target shard: sender session and recipient of the last Deliver put in
+    /// its outbox batch (what the next one may elide); cleared when the batch leaves.
+    pub outbox_last: Vec<Option<(SessionId, Bytes)>>,
+    /// Every shard's pause table (this one's at index `id`).
+    pub pause: PauseTables,
+    /// Recipient and sender of the previous Deliver of the batch being handled.
+    batch_to: Bytes,
+    batch_from: Bytes,
+    /// Weight (see [`Mail::weight`]) waiting in `outbox`, per target shard.
+    pub outbox_bytes: Vec<usize>,
+    /// Weight pushed into the ring to each target shard and not yet processed there.
+    pub flight_out: Vec<Arc<AtomicUsize>>,
+    /// Per inbound ring (index as in the Inbox): the sender's `flight_out` counter.
+    pub flight_in: Vec<Arc<AtomicUsize>>,
+    /// The task that moves `outbox` into the rings.
+    pub flusher: Option<Waker>,
+    /// Readers waiting for `outbox` to drain.
+    pub outbox_waiters: Vec<Waker>,
+    /// Readers waiting for the store requests in flight to fall under their mark.
+    pub store_waiters: Vec<Waker>,
+    /// Tasks waiting for the last session and connection to end (shutdown).
+    pub idle_waiters: Vec<Waker>,
+    /// Connections accepted here that have not become sessions yet.
+    pub prelogin: usize,
+    next_gen: u32,
+    pub(crate) next_msg_id: u64,
+    /// Hot-path counters, published to `stats` by the ticker.
+    pub counters: Counters,
+    /// Shared, readable from other threads.
+    pub stats: Arc<ShardStats>,
+    /// Set when shutdown began.
+    pub shutting_down: bool,
+    /// The embedded store (None only in unit tests).
+    pub store: Option<StoreLink>,
+    /// Store requests made and not yet answered.
+    pub store_inflight: usize,
+    /// What those requests count for (payloads plus a fixed overhead each), bounded by
+    /// `max_store_queue_bytes`.
+    pub store_bytes: usize,
+    /// Room work parked behind a store round trip: messages and requests queued on a busy
+    /// room of this shard, or behind a user's Create/Join in flight. Counts with
+    /// `store_bytes` against `max_store_queue_bytes`.
+    pub parked_bytes: usize,
+    /// Senders on other shards paused while `parked_bytes` is over its bound.
+    pub parked_throttled: Vec<SessionId>,
+    /// Mail this shard posted to itself (a room homed here, a store completion).
+    pub local_mail: Vec<Mail>,
+    /// This shard's doorbell (wakes its mailbox consumer).
+    pub bell: Option<Arc<crate::mailbox::Doorbell>>,
+    /// Rooms homed here (loaded, or being looked up).
+    pub rooms: NameMap<Bytes, rooms::RoomSlot>,
+    /// Per user with live sessions here: the lowest store seq a closed device of the user
+    /// left unacked while another device stayed. Acks of the others do not remove it or
+    /// what follows; the next backlog delivers it again. Dropped when the user's last
+    /// session ends or a new one starts its backlog.
+    pub stored_floor: NameMap<Bytes, u64>,
+    /// When the users with live sessions here were last marked seen in the store (open
+    /// and jwt auth: a user not seen for `forget_idle_users_after` is forgotten).
+    pub touched_at: Instant,
+    /// Users homed here with a Create or Join in flight, and their next ones.
+    pub room_quota: NameMap<Bytes, std::collections::VecDeque<rooms::OwnItem>>,
+}
+
+/// FNV-1a, fixed seed: the home shard of a user or room never changes while the shard count does not.
+pub fn home_shard(name: &[u8], shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ 0x9e37_79b9_7f4a_7c15;
+    for &b in name {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // final avalanche so that similar names spread over shards
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    (h % shards.max(1) as u64) as usize
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+impl Shard {
+    /// A fresh shard (no pipeline counters: for tests and single-shard use).
+    pub fn new(id: usize, n: usize, cfg: Arc<Config>, stats: Arc<ShardStats>) -> Self {
+        let counters = |k: usize| (0..k).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+        let pause = pause_tables(n, cfg.max_connections);
+        Self::with_pipeline(
+            id,
+            n,
+            cfg,
+            stats,
+            counters(n),
+            counters(n.saturating_sub(1)),
+            pause,
+        )
+    }
+
+    /// A fresh shard sharing its cross-shard pipeline counters with the others.
+    pub fn with_pipeline(
+        id: usize,
+        n: usize,
+        cfg: Arc<Config>,
+        stats: Arc<ShardStats>,
+        flight_out: Vec<Arc<AtomicUsize>>,
+        flight_in: Vec<Arc<AtomicUsize>>,
+        pause: PauseTables,
+    ) -> Self {
+        Shard {
+            id,
+            n,
+            cfg,
+            sessions: Slab::new(),
+            users: NameMap::default(),
+            outbox: (0..n).map(|_| Vec::new()).collect(),
+            outbox_len: 0,
+            outbox_bytes: vec![0; n],
+            outbox_last: vec![None; n],
+            batch_to: Bytes::new(),
+            batch_from: Bytes::new(),
+            flight_out,
+            flight_in,
+            pause,
+            flusher: None,
+            outbox_waiters: Vec::new(),
+            store_waiters: Vec::new(),
+            idle_waiters: Vec::new(),
+            prelogin: 0,
+            next_gen: 1,
+            next_msg_id: 1,
+            counters: Counters::default(),
+            stats,
+            shutting_down: false,
+            store: None,
+            store_inflight: 0,
+            store_bytes: 0,
+            parked_bytes: 0,
+            parked_throttled: Vec::new(),
+            local_mail: Vec::new(),
+            bell: None,
+            rooms: NameMap::default(),
+            stored_floor: NameMap::default(),
+            touched_at: Instant::now(),
+            room_quota: NameMap::default(),
+        }
+    }
+
+    /// Home shard of a user or room.
+    pub fn home(&self, name: &[u8]) -> usize {
+        home_shard(name, self.n)
+    }
+
+    /// The cross-shard id of a live session.
+    pub fn session_id(&self, key: SessionKey) -> Option<SessionId> {
+        self.sessions.get(key).map(|s| SessionId {
+            shard: self.id as u16,
+            gen: s.gen,
+            key: key as u32,
+        })
+    }
+
+    /// The live session `id` refers to, if it is still there and not closing.
+    pub fn resolve(&self, id: SessionId) -> Option<SessionKey> {
+        let key = id.key as usize;
+        match self.sessions.get(key) {
+            Some(s) if s.gen == id.gen && id.shard as usize == self.id && s.closing.is_none() => {
+                Some(key)
+            }
+            _ => None,
+        }
+    }
+
+    /// The live sessions of `user` (homed here).
+    pub fn live_sessions(&self, user: &[u8]) -> Vec<SessionKey> {
+        self.users.get(user).cloned().unwrap_or_default()
+    }
+
+    /// The live sessions of `user` (homed here), borrowed.
+    pub fn user_session_keys(&self, user: &[u8]) -> &[SessionKey] {
+        self.users.get(user).map_or(&[], Vec::as_slice)
+    }
+
+    /// Number of live sessions of `user` on this shard.
+    pub fn user_sessions(&self, user: &[u8]) -> usize {
+        self.users.get(user).map_or(0, Vec::len)
+    }
+
+    /// Queues a frame on a session and wakes its writer.
+    pub fn push_frame(&mut self, key: SessionKey, f: &ServerFrame) {
+        if let Some(s) = self.sessions.get_mut(key) {
+            s.push_frame(f);
+        }
+    }
+
+    /// Queues an Error frame.
+    pub fn push_error(
+        &mut self,
+        key: SessionKey,
+        code: Status,
+        reason: impl Into<String>,
+        request_id: u64,
+    ) {
+        self.counters.frames_rejected += 1;
+        self.push_frame(key, &reply::error(code, reason, request_id));
+    }
+
+    /// Appends a mail item to the outgoing batch for shard `to` and wakes the flusher.
+    pub fn post(&mut self, to: usize, mail: Mail) {
+        if to == self.id {
+            // No ring to itself: the consumer picks it up on its next turn.
+            self.local_mail.push(mail);
+            if let Some(b) = &self.bell {
+                b.force();
+            }
+            return;
+        }
+        self.outbox_bytes[to] += mail.weight();
+        self.outbox[to].push(mail);
+        self.outbox_len += 1;
+        if let Some(w) = self.flusher.take() {
+            w.wake();
+        }
+    }
+
+    /// Queues a frame on session `to`, on this shard or another.
+    pub fn send_to_session(&mut self, to: SessionId, frame: ServerFrame) {
+        if to.shard as usize == self.id {
+            if let Some(k) = self.resolve(to) {
+                self.push_frame(k, &frame);
+            }
+        } else {
+            self.post(
+                to.shard as usize,
+                Mail::Reply {
+                    to,
+                    frame: Box::new(frame),
+                },
+            );
+        }
+    }
+}

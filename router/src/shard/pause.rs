@@ -1,0 +1,192 @@
+//! Backpressure across shards: pause tables, the pipeline bound, and the bookkeeping
+//! that pauses remote senders and resumes them (a recipient over its bound, room work
+//! parked over its bound).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::mail::Mail;
+use super::session::{SessionId, SessionKey};
+use super::Shard;
+
+/// Most weight (≈ bytes) queued for one other shard, in the outbox plus its ring,
+/// before the readers feeding it pause. It bounds what can land on a remote slow
+/// consumer before its Pause arrives (see `Config::hard_pending_bytes`).
+pub const PIPELINE_HIGH_WATER: usize = 8 << 20;
+
+/// Per shard, one pause counter per session slot, shared by all shards:
+/// `(generation << 32) | count`. A recipient's shard adds to a remote sender's
+/// counter directly (its reader checks it before every read), and takes back
+/// through a `Mail::Resume` on the sender's own shard, which wakes the reader.
+/// The generation keeps a late update from touching a recycled slot.
+#[derive(Debug)]
+pub struct PauseTable(Box<[AtomicU64]>);
+
+/// Every shard's pause table, indexed by shard.
+pub type PauseTables = Arc<Vec<PauseTable>>;
+
+/// Pause tables for `n` shards, each with a slot per possible session.
+pub fn pause_tables(n: usize, max_connections: usize) -> PauseTables {
+    let slots = max_connections.clamp(1, 1 << 20);
+    Arc::new(
+        (0..n)
+            .map(|_| PauseTable((0..slots).map(|_| AtomicU64::new(0)).collect()))
+            .collect(),
+    )
+}
+
+impl PauseTable {
+    /// A new session took slot `key`: no pauses yet.
+    pub(crate) fn reset(&self, key: SessionKey, gen: u32) {
+        if let Some(a) = self.0.get(key) {
+            a.store(u64::from(gen) << 32, Ordering::Release);
+        }
+    }
+
+    /// Adds `delta` to the count of `id` if the slot still belongs to it;
+    /// returns the new count.
+    pub(crate) fn add(&self, id: SessionId, delta: i64) -> Option<u32> {
+        let a = self.0.get(id.key as usize)?;
+        let mut cur = a.load(Ordering::Acquire);
+        loop {
+            if (cur >> 32) as u32 != id.gen {
+                return None;
+            }
+            let count = (i64::from(cur as u32) + delta).clamp(0, i64::from(u32::MAX)) as u32;
+            let next = (cur & !0xFFFF_FFFF) | u64::from(count);
+            match a.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(count),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Current count of slot `key` for generation `gen`.
+    pub(crate) fn count(&self, key: SessionKey, gen: u32) -> u32 {
+        match self.0.get(key).map(|a| a.load(Ordering::Acquire)) {
+            Some(v) if (v >> 32) as u32 == gen => v as u32,
+            _ => 0,
+        }
+    }
+}
+
+impl Shard {
+    /// Takes back one pause of a sender session of this shard; wakes its reader at zero.
+    pub(crate) fn resume_sender(&mut self, sender: SessionId) {
+        let left = self.pause.get(self.id).and_then(|t| t.add(sender, -1));
+        if left == Some(0) {
+            if let Some(s) = self.resolve(sender).and_then(|k| self.sessions.get_mut(k)) {
+                s.wake_drain_waiters();
+            }
+        }
+    }
+
+    /// True when the pipeline to some other shard (outbox plus ring) is over its
+    /// high-water mark: readers wait before reading more.
+    pub fn pipeline_full(&self) -> bool {
+        self.outbox_bytes
+            .iter()
+            .zip(&self.flight_out)
+            .any(|(q, f)| q + f.load(Ordering::Acquire) > PIPELINE_HIGH_WATER)
+    }
+
+    /// Resumes every remote sender session `key` paused (it drained or is closing).
+    pub fn release_throttles(&mut self, key: SessionKey) {
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if s.throttled.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut s.throttled);
+        for id in ids {
+            if id.shard as usize == self.id {
+                // Paused by a delivery made from a store completion on this shard.
+                self.resume_sender(id);
+            } else {
+                self.post(id.shard as usize, Mail::Resume { sender: id });
+            }
+        }
+    }
+
+    /// True when the reader of session `key` must wait: remote recipients paused it.
+    pub fn paused(&self, key: SessionKey) -> bool {
+        let Some(s) = self.sessions.get(key) else {
+            return false;
+        };
+        s.closing.is_none()
+            && self
+                .pause
+                .get(self.id)
+                .is_some_and(|t| t.count(key, s.gen) > 0)
+    }
+
+    /// True when room work parked behind store round trips (see `Shard::parked_bytes`)
+    /// is over `max_store_queue_bytes`: this shard's readers wait.
+    pub fn parked_full(&self) -> bool {
+        self.parked_bytes >= self.cfg.max_store_queue_bytes
+    }
+
+    /// A message from `sender` was parked on a busy room: over the bound, a sender on
+    /// another shard is paused (like a recipient over its bound pauses it) until
+    /// [`Shard::release_parked`]; a local sender's reader waits on `parked_full` itself.
+    pub fn throttle_parked(&mut self, sender: SessionId) {
+        if !self.parked_full()
+            || sender.shard as usize == self.id
+            || self.parked_throttled.contains(&sender)
+        {
+            return;
+        }
+        if let Some(t) = self.pause.get(sender.shard as usize) {
+            if t.add(sender, 1).is_some() {
+                self.parked_throttled.push(sender);
+            }
+        }
+    }
+
+    /// Once parked room work is under half its bound: wakes the readers waiting for it
+    /// and resumes the remote senders it paused. Called after every consumer turn.
+    pub fn release_parked(&mut self) {
+        if self.parked_bytes >= self.cfg.max_store_queue_bytes / 2 {
+            return;
+        }
+        if !self.store_full() {
+            for w in self.store_waiters.drain(..) {
+                w.wake();
+            }
+        }
+        for id in std::mem::take(&mut self.parked_throttled) {
+            self.post(id.shard as usize, Mail::Resume { sender: id });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pause_counts_belong_to_one_generation_of_a_slot() {
+        let tables = pause_tables(1, 8);
+        let t = &tables[0];
+        let old = SessionId {
+            shard: 0,
+            gen: 7,
+            key: 3,
+        };
+        t.reset(3, 7);
+        assert_eq!(t.add(old, 1), Some(1));
+        assert_eq!(t.add(old, 1), Some(2));
+        assert_eq!(t.count(3, 7), 2);
+        // The slot is recycled: the old session's late updates touch nothing.
+        t.reset(3, 8);
+        assert_eq!(t.add(old, -1), None);
+        assert_eq!(t.add(old, 1), None);
+        assert_eq!(t.count(3, 8), 0);
+        assert_eq!(t.count(3, 7), 0);
+        let new = SessionId { gen: 8, ..old };
+        assert_eq!(t.add(new, -1), Some(0), "never below zero");
+        // Out of range slots are ignored, not a panic.
+        assert_eq!(t.add(SessionId { key: 99, ..new }, 1), None);
+    }
+}

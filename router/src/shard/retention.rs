@@ -1,0 +1,404 @@
+//! What a session keeps, in one vocabulary:
+//!
+//! - **retained**: delivered and not acked yet ([`Retained`], one `RetainedEntry`
+//!   each, with a `RetainedPayload`). Given back to the offline queue if the session
+//!   ends first.
+//! - **deferred**: live messages that arrived while the session's login backlog was
+//!   being delivered (memory mode); they are delivered right after it
+//!   (`Session::deferred`, as [`OwnedMsg`]s).
+//!
+//! [`Outgoing`] is a message on its way into sessions, borrowed from wherever it is;
+//! [`OwnedMsg`] is one that owns (shares) its names and payload.
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use crate::outbuf::FanMsg;
+use crate::store::StoredMsg;
+
+/// The room of a direct message (none).
+pub(crate) static NO_ROOM: Bytes = Bytes::new();
+
+/// A message that owns its names and payload (shared, not copied): a deferred message,
+/// or one on its way to the store (sync durability).
+#[derive(Debug, Clone, Default)]
+pub struct OwnedMsg {
+    /// Authenticated sender.
+    pub from_user: Bytes,
+    /// Room, empty for a direct message.
+    pub to_room: Bytes,
+    /// Payload.
+    pub payload: Bytes,
+    /// Message id.
+    pub msg_id: u64,
+    /// Router clock at acceptance.
+    pub ts_us: u64,
+}
+
+impl OwnedMsg {
+    pub(crate) fn to_stored(&self) -> StoredMsg {
+        StoredMsg {
+            from_user: String::from_utf8_lossy(&self.from_user).into_owned(),
+            to_room: String::from_utf8_lossy(&self.to_room).into_owned(),
+            payload: self.payload.clone(),
+            server_ts_us: self.ts_us,
+            msg_id: self.msg_id,
+        }
+    }
+}
+
+/// One retained message of a session (delivered, not acked yet).
+#[derive(Debug)]
+struct RetainedEntry {
+    /// The session seq it was delivered with.
+    seq: u64,
+    /// Its seq in the user's offline queue when it is stored there (0: live only; its
+    /// content is kept here, to be stored if the session ends before the ack).
+    store_seq: u64,
+    /// Payload (empty when stored).
+    payload: RetainedPayload,
+    msg_id: u64,
+    ts_us: u64,
+    /// Absolute index of its (sender, room) in [`Retained::names`].
+    name: u64,
+}
+
+/// What a session delivered and the client has not acked yet, in seq order.
+///
+/// Per direct message this costs one queue entry and one payload reference (small
+/// payloads are copied into the entry): the sender and room names live once per run of
+/// messages from the same sender in `names`, pinned there, so a delivery recognises the
+/// previous sender by pointer (no byte comparison, no reference count on a name another
+/// core owns). A room message costs 16 bytes: its seq and a reference to the shard's one
+/// [`FanMsg`] for it.
+#[derive(Debug, Default)]
+pub struct Retained {
+    q: VecDeque<RetainedEntry>,
+    fan: VecDeque<(u64, Rc<FanMsg>)>,
+    names: VecDeque<(Bytes, Bytes)>,
+    /// Absolute index of `names[0]`.
+    names_base: u64,
+    /// Payload bytes kept (what `max_unacked_bytes_per_session` bounds); entries whose
+    /// payload is in the store count nothing.
+    bytes: usize,
+}
+
+/// Payloads up to this size are copied into the retained entry instead of referenced:
+/// 64 bytes cost less to copy than a reference count on the sender's read buffer (which
+/// would also keep that whole buffer alive until the ack).
+const RETAIN_INLINE: usize = 64;
+
+/// A retained payload: small ones copied inline, larger ones shared.
+#[derive(Debug)]
+enum RetainedPayload {
+    Inline(u8, [u8; RETAIN_INLINE]),
+    Shared(Bytes),
+}
+
+impl RetainedPayload {
+    fn len(&self) -> usize {
+        match self {
+            RetainedPayload::Inline(n, _) => *n as usize,
+            RetainedPayload::Shared(b) => b.len(),
+        }
+    }
+
+    #[inline]
+    fn of(payload: &Bytes) -> RetainedPayload {
+        if payload.len() <= RETAIN_INLINE {
+            let mut buf = [0u8; RETAIN_INLINE];
+            buf[..payload.len()].copy_from_slice(payload);
+            RetainedPayload::Inline(payload.len() as u8, buf)
+        } else {
+            RetainedPayload::Shared(payload.clone())
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            RetainedPayload::Inline(n, buf) => Bytes::copy_from_slice(&buf[..n as usize]),
+            RetainedPayload::Shared(b) => b,
+        }
+    }
+}
+
+fn same(a: &Bytes, b: &Bytes) -> bool {
+    a.as_ptr() == b.as_ptr() && a.len() == b.len()
+}
+
+impl Retained {
+    /// Messages kept.
+    pub fn len(&self) -> usize {
+        self.q.len() + self.fan.len()
+    }
+
+    /// True when nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty() && self.fan.is_empty()
+    }
+
+    /// Payload bytes kept in memory.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The lowest offline-queue seq among the kept messages that are in the store (0:
+    /// none). O(1): stored entries come first (a login backlog, in memory mode) or are
+    /// all of them (sync mode), in store order, so the front entry has it.
+    pub fn lowest_store_seq(&self) -> u64 {
+        self.q.front().map_or(0, |u| u.store_seq)
+    }
+
+    fn name_of(&mut self, from_user: &Bytes, to_room: &Bytes) -> u64 {
+        let hit = self
+            .names
+            .back()
+            .is_some_and(|(f, r)| same(f, from_user) && same(r, to_room));
+        if !hit {
+            self.names.push_back((from_user.clone(), to_room.clone()));
+        }
+        self.names_base + self.names.len() as u64 - 1
+    }
+
+    /// Keeps a live delivery (seq `seq`) until acked.
+    #[inline]
+    pub fn push(&mut self, seq: u64, m: &Outgoing<'_>) {
+        if let (Some(fm), 0) = (m.fanned, m.store_seq) {
+            self.bytes += fm.payload.len();
+            self.fan.push_back((seq, fm.clone()));
+            return;
+        }
+        let name = self.name_of(m.from_user, m.to_room);
+        let payload = if m.store_seq == 0 {
+            RetainedPayload::of(m.payload)
+        } else {
+            RetainedPayload::Inline(0, [0; RETAIN_INLINE])
+        };
+        self.bytes += payload.len();
+        self.q.push_back(RetainedEntry {
+            seq,
+            store_seq: m.store_seq,
+            payload,
+            msg_id: m.msg_id,
+            ts_us: m.ts_us,
+            name,
+        });
+    }
+
+    /// Keeps a delivery that is in the store (`store_seq`) until acked.
+    pub fn push_stored(&mut self, seq: u64, store_seq: u64) {
+        self.q.push_back(RetainedEntry {
+            seq,
+            store_seq,
+            payload: RetainedPayload::Inline(0, [0; RETAIN_INLINE]),
+            msg_id: 0,
+            ts_us: 0,
+            name: u64::MAX,
+        });
+    }
+
+    /// Forgets everything up to `seq` (a cumulative ack). Returns the highest store seq
+    /// among them (0: none was stored), to remove from the store.
+    pub fn ack(&mut self, seq: u64) -> u64 {
+        let mut top = 0;
+        while let Some(u) = self.q.front() {
+            if u.seq > seq {
+                break;
+            }
+            top = top.max(u.store_seq);
+            self.bytes -= u.payload.len();
+            self.q.pop_front();
+        }
+        while self.fan.front().is_some_and(|(s, _)| *s <= seq) {
+            if let Some((_, m)) = self.fan.pop_front() {
+                self.bytes -= m.payload.len();
+            }
+        }
+        // Names no kept message refers to any more (the last one stays: the next
+        // message is most likely from the same sender). Entries without a name (loaded
+        // from the store) only come at the front, from a login backlog, so the scan
+        // stops at the first named entry.
+        if self.names.len() <= 1 {
+            return top;
+        }
+        let keep_from = self
+            .q
+            .iter()
+            .map(|u| u.name)
+            .find(|&n| n != u64::MAX)
+            .unwrap_or(self.names_base + self.names.len().saturating_sub(1) as u64);
+        while self.names_base < keep_from && self.names.len() > 1 {
+            self.names.pop_front();
+            self.names_base += 1;
+        }
+        top
+    }
+
+    /// Empties the queue; returns the live (not stored) messages as store records, in order.
+    pub fn take_unstored(&mut self) -> Vec<StoredMsg> {
+        let q = std::mem::take(&mut self.q);
+        let mut fan = std::mem::take(&mut self.fan).into_iter().peekable();
+        self.bytes = 0;
+        let mut out = Vec::with_capacity(q.len() + fan.len());
+        let fanned = |(_, m): (u64, Rc<FanMsg>)| StoredMsg {
+            from_user: String::from_utf8_lossy(&m.from_user).into_owned(),
+            to_room: String::from_utf8_lossy(&m.to_room).into_owned(),
+            payload: m.payload.clone(),
+            server_ts_us: m.ts_us,
+            msg_id: m.msg_id,
+        };
+        for u in q {
+            // The two queues merge by seq.
+            while let Some(f) = fan.next_if(|(s, _)| *s < u.seq) {
+                out.push(fanned(f));
+            }
+            if u.store_seq != 0 {
+                continue;
+            }
+            let idx = u.name.saturating_sub(self.names_base) as usize;
+            let (from_user, to_room) = self.names.get(idx).cloned().unwrap_or_default();
+            out.push(StoredMsg {
+                from_user: String::from_utf8_lossy(&from_user).into_owned(),
+                to_room: String::from_utf8_lossy(&to_room).into_owned(),
+                payload: u.payload.into_bytes(),
+                server_ts_us: u.ts_us,
+                msg_id: u.msg_id,
+            });
+        }
+        out.extend(fan.map(fanned));
+        self.names.clear();
+        out
+    }
+}
+
+/// A message on its way into sessions, borrowed from wherever it is.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// Authenticated sender.
+    pub from_user: &'a Bytes,
+    /// Room, empty for a direct message.
+    pub to_room: &'a Bytes,
+    /// Payload.
+    pub payload: &'a Bytes,
+    /// Message id.
+    pub msg_id: u64,
+    /// Router clock at acceptance.
+    pub ts_us: u64,
+    /// Its seq in the recipient's offline queue (sync mode), 0 if not stored.
+    pub store_seq: u64,
+    /// The same payload as a reference the sessions of this shard share (room fan-out).
+    pub fanned: Option<&'a Rc<FanMsg>>,
+}
+
+impl Outgoing<'_> {
+    pub(crate) fn to_stored(self) -> StoredMsg {
+        StoredMsg {
+            from_user: String::from_utf8_lossy(self.from_user).into_owned(),
+            to_room: String::from_utf8_lossy(self.to_room).into_owned(),
+            payload: self.payload.clone(),
+            server_ts_us: self.ts_us,
+            msg_id: self.msg_id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbuf::FanMsg;
+
+    fn fan(id: u64) -> Rc<FanMsg> {
+        Rc::new(FanMsg::new(
+            Bytes::from(format!("room {id}")),
+            Bytes::from_static(b"ann"),
+            Bytes::from_static(b"lobby"),
+            id,
+            id,
+        ))
+    }
+
+    #[test]
+    fn retained_keeps_direct_and_room_messages_in_seq_order_until_acked() {
+        let mut r = Retained::default();
+        let (bob, empty) = (Bytes::from_static(b"bob"), Bytes::new());
+        let big = Bytes::from(vec![7u8; 300]);
+        let direct = |payload: &Bytes, id: u64| {
+            let m = Outgoing {
+                from_user: &bob,
+                to_room: &empty,
+                payload,
+                msg_id: id,
+                ts_us: id,
+                store_seq: 0,
+                fanned: None,
+            };
+            StoredMsg {
+                from_user: "bob".into(),
+                to_room: String::new(),
+                payload: m.payload.clone(),
+                server_ts_us: id,
+                msg_id: id,
+            }
+        };
+        let small = Bytes::from_static(b"hi");
+        let push_direct = |r: &mut Retained, seq: u64, p: &Bytes| {
+            let m = Outgoing {
+                from_user: &bob,
+                to_room: &empty,
+                payload: p,
+                msg_id: seq,
+                ts_us: seq,
+                store_seq: 0,
+                fanned: None,
+            };
+            r.push(seq, &m);
+        };
+        push_direct(&mut r, 1, &small);
+        let f2 = fan(2);
+        let m2 = Outgoing {
+            from_user: &f2.from_user,
+            to_room: &f2.to_room,
+            payload: &f2.payload,
+            msg_id: 2,
+            ts_us: 2,
+            store_seq: 0,
+            fanned: Some(&f2),
+        };
+        r.push(2, &m2);
+        push_direct(&mut r, 3, &big);
+        r.push_stored(4, 17);
+        let f5 = fan(5);
+        r.push(
+            5,
+            &Outgoing {
+                fanned: Some(&f5),
+                msg_id: 5,
+                ts_us: 5,
+                ..m2
+            },
+        );
+        assert_eq!(r.len(), 5);
+        // Acking 2 drops one of each kind; nothing stored among them.
+        assert_eq!(r.ack(2), 0);
+        assert_eq!(r.len(), 3);
+        // What is left and not in the store comes back in seq order: 3 (direct), 5 (room).
+        let rest = r.take_unstored();
+        assert_eq!(rest.len(), 2);
+        assert_eq!(rest[0], direct(&big, 3));
+        assert_eq!(
+            (
+                rest[1].msg_id,
+                rest[1].to_room.as_str(),
+                rest[1].from_user.as_str()
+            ),
+            (5, "lobby", "ann")
+        );
+        assert!(r.is_empty());
+        // A stored entry is reported by the ack that covers it.
+        r.push_stored(6, 40);
+        r.push_stored(7, 41);
+        assert_eq!(r.ack(7), 41);
+    }
+}

@@ -1,0 +1,363 @@
+//! A shard's run loop: one monoio runtime per shard thread, running the accept loop and
+//! connection tasks (`crate::net`), the mailbox consumer (the one place mail is
+//! handled: rings, local mail, store answers), the flusher (outgoing batches into the
+//! rings), a ticker (heartbeats, slow consumers, counters), and the shutdown drain.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use super::mail::{Mail, MailQueue};
+use super::pause::PauseTables;
+use super::store_link::StoreLink;
+use super::Shard;
+use crate::mailbox::{Inbox, Outboxes};
+use crate::shared::{LocalSignal, Shared};
+use crate::stats::ShardStats;
+
+/// What a shard thread starts with.
+pub(crate) struct ShardThread {
+    /// This shard's index.
+    pub(crate) id: usize,
+    /// Number of shards.
+    pub(crate) n: usize,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) stats: Arc<ShardStats>,
+    pub(crate) listener: std::net::TcpListener,
+    pub(crate) outs: Outboxes<Vec<Mail>>,
+    pub(crate) inbox: Inbox<Vec<Mail>>,
+    /// `flights[from][to]`: weight in the pipeline from shard `from` to shard `to`.
+    pub(crate) flights: Arc<Vec<Vec<Arc<AtomicUsize>>>>,
+    pub(crate) pause: PauseTables,
+    /// Where the storage thread posts this shard's store answers.
+    pub(crate) store_answers: Arc<MailQueue>,
+}
+
+/// Runs one shard on the calling thread until it has shut down; reports `Ok(id)` on
+/// `ready` once it accepts connections.
+pub(crate) fn run_shard(
+    t: ShardThread,
+    ready: &std::sync::mpsc::Sender<Result<usize, (usize, String)>>,
+) -> Result<(), String> {
+    let ShardThread {
+        id,
+        n,
+        shared,
+        stats,
+        listener,
+        outs,
+        inbox,
+        flights,
+        pause,
+        store_answers,
+    } = t;
+    // flights[from][to]: weight in the pipeline from shard `from` to shard `to`.
+    let flight_out: Vec<Arc<AtomicUsize>> = (0..n).map(|to| flights[id][to].clone()).collect();
+    let flight_in: Vec<Arc<AtomicUsize>> = (0..inbox.len())
+        .map(|i| flights[inbox.source(i)][id].clone())
+        .collect();
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .with_entries(4096)
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    rt.block_on(async move {
+        let listener =
+            monoio::net::TcpListener::from_std(listener).map_err(|e| format!("listener: {e}"))?;
+        let mut sh = Shard::with_pipeline(
+            id,
+            n,
+            shared.cfg.clone(),
+            stats,
+            flight_out,
+            flight_in,
+            pause,
+        );
+        sh.store = Some(StoreLink {
+            handle: shared.store.clone(),
+            done: store_answers.clone(),
+        });
+        sh.bell = Some(inbox.bell().clone());
+        let shard = Rc::new(RefCell::new(sh));
+        let local = Rc::new(LocalSignal::default());
+        monoio::spawn(flusher(shard.clone(), outs));
+        monoio::spawn(consumer(
+            shard.clone(),
+            shared.clone(),
+            inbox,
+            store_answers,
+            local.clone(),
+        ));
+        monoio::spawn(ticker(shard.clone(), local.clone()));
+        monoio::spawn(crate::net::accept::accept_loop(
+            shard.clone(),
+            shared.clone(),
+            listener,
+            local.clone(),
+        ));
+        let _ = ready.send(Ok(id));
+        local.wait().await;
+        let timeout = shared.cfg.shutdown_timeout;
+        let _ = monoio::time::timeout(timeout, async {
+            wait_idle(&shard).await;
+            drain_in_flight(&shard, &shared, n).await;
+        })
+        .await;
+        shard.borrow_mut().publish();
+        tracing::debug!(shard = id, "shard stopped");
+        Ok::<(), String>(())
+    })
+}
+
+async fn wait_idle(shard: &Rc<RefCell<Shard>>) {
+    poll_fn(|cx| {
+        let mut sh = shard.borrow_mut();
+        if sh.idle() {
+            Poll::Ready(())
+        } else {
+            sh.idle_waiters.push(cx.waker().clone());
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Shutdown, after this shard's sessions ended: other shards may still be handing it
+/// mail (messages in flight, room fan-outs, their sessions' last sends). It keeps
+/// running its consumer, flusher and store completions until every shard is idle and
+/// nothing is in flight to or from it, so those messages are stored, not dropped.
+async fn drain_in_flight(shard: &Rc<RefCell<Shard>>, shared: &Shared, n: usize) {
+    shared.quiesced.fetch_add(1, Ordering::SeqCst);
+    let mut calm = 0;
+    while calm < 3 {
+        monoio::time::sleep(Duration::from_millis(2)).await;
+        let sh = shard.borrow();
+        let quiet = shared.quiesced.load(Ordering::SeqCst) == n
+            && sh.outbox_len == 0
+            && sh.local_mail.is_empty()
+            && sh.store_inflight == 0
+            && sh.flight_in.iter().all(|f| f.load(Ordering::Acquire) == 0)
+            && sh.flight_out.iter().all(|f| f.load(Ordering::Acquire) == 0);
+        calm = if quiet { calm + 1 } else { 0 };
+    }
+}
+
+/// Yields once to the other ready tasks of this shard.
+pub(crate) async fn yield_now() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Moves the shard's outgoing batches into the rings. Woken by `Shard::post`;
+/// runs after the readers of the current loop turn, so one batch carries what
+/// every reader produced in that turn.
+async fn flusher(shard: Rc<RefCell<Shard>>, mut outs: Outboxes<Vec<Mail>>) {
+    loop {
+        poll_fn(|cx| {
+            let mut sh = shard.borrow_mut();
+            if sh.outbox_len > 0 || !sh.outbox_waiters.is_empty() {
+                Poll::Ready(())
+            } else {
+                sh.flusher = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        let stuck = {
+            let mut sh = shard.borrow_mut();
+            let mut stuck = false;
+            for to in 0..sh.n {
+                if sh.outbox[to].is_empty() {
+                    continue;
+                }
+                // The next batch reuses a Vec the target shard emptied and gave
+                // back: no allocation (and no fresh pages) per batch.
+                let next = outs
+                    .reuse(to)
+                    .unwrap_or_else(|| Vec::with_capacity(sh.outbox[to].len()));
+                let batch = std::mem::replace(&mut sh.outbox[to], next);
+                let len = batch.len();
+                match outs.push(to, batch) {
+                    Ok(()) => {
+                        sh.outbox_len -= len;
+                        sh.outbox_last[to] = None;
+                        let w = std::mem::take(&mut sh.outbox_bytes[to]);
+                        sh.flight_out[to].fetch_add(w, Ordering::AcqRel);
+                        outs.ring(to);
+                    }
+                    Err(back) => {
+                        // Nothing was appended meanwhile (no await since the take).
+                        sh.outbox[to] = back;
+                        stuck = true;
+                    }
+                }
+            }
+            let full = sh.pipeline_full();
+            if !full {
+                for w in sh.outbox_waiters.drain(..) {
+                    w.wake();
+                }
+            }
+            // Readers wait on a full pipeline: look again shortly.
+            stuck || (full && !sh.outbox_waiters.is_empty())
+        };
+        if stuck {
+            // The target shard is behind (or stalled on a slow consumer): back off briefly.
+            monoio::time::sleep(Duration::from_micros(100)).await;
+        }
+    }
+}
+
+/// Drains the inbound rings, delivers, adopts handed-over connections, and
+/// sleeps on the doorbell when there is nothing to do.
+async fn consumer(
+    shard: Rc<RefCell<Shard>>,
+    shared: Arc<Shared>,
+    mut inbox: Inbox<Vec<Mail>>,
+    store_answers: Arc<MailQueue>,
+    local: Rc<LocalSignal>,
+) {
+    let rings = inbox.len();
+    // Sessions pushed over their bound by cross-shard traffic are not waited for:
+    // stalling a ring would hold up every other user behind one slow reader. The
+    // session's hard cap and the slow-consumer timeout bound what it can pile up.
+    let mut blocked = Vec::new();
+    let mut handovers = Vec::new();
+    let mut answers: Vec<Mail> = Vec::new();
+    let mut local_mail = Vec::new();
+    loop {
+        if shared.shutdown.load(Ordering::Acquire) && !local.fired() {
+            shard.borrow_mut().begin_shutdown();
+            local.fire();
+        }
+        let mut got = 0usize;
+        {
+            let mut sh = shard.borrow_mut();
+            // While this shard's store requests are over their mark, mail from other
+            // shards waits in the rings: their pipeline fills and their readers pause,
+            // so senders on any shard are held back by a store that cannot keep up.
+            let rings = if sh.store_full() { 0 } else { rings };
+            for i in 0..rings {
+                for _ in 0..64 {
+                    let Some(mut batch) = inbox.pop(i) else { break };
+                    got += 1;
+                    let weight: usize = batch.iter().map(Mail::weight).sum();
+                    sh.begin_batch();
+                    for mail in batch.drain(..) {
+                        if let Some(h) = sh.on_mail(mail, &mut blocked) {
+                            handovers.push(h);
+                        }
+                    }
+                    inbox.give_back(i, batch);
+                    sh.flight_in[i].fetch_sub(weight, Ordering::AcqRel);
+                    blocked.clear();
+                }
+            }
+            store_answers.take_into(&mut answers);
+            if !answers.is_empty() {
+                got += 1;
+                let was_full = sh.store_full();
+                // Store answers (`Mail::Stored`) go through the same match as all mail.
+                for mail in answers.drain(..) {
+                    if let Some(h) = sh.on_mail(mail, &mut blocked) {
+                        handovers.push(h);
+                    }
+                }
+                blocked.clear();
+                if was_full && !sh.store_full() {
+                    for w in sh.store_waiters.drain(..) {
+                        w.wake();
+                    }
+                }
+            }
+            std::mem::swap(&mut local_mail, &mut sh.local_mail);
+            if !local_mail.is_empty() {
+                got += 1;
+                sh.begin_batch();
+                for mail in local_mail.drain(..) {
+                    if let Some(h) = sh.on_mail(mail, &mut blocked) {
+                        handovers.push(h);
+                    }
+                }
+                blocked.clear();
+            }
+            if got > 0 {
+                sh.release_parked();
+            }
+        }
+        for h in handovers.drain(..) {
+            monoio::spawn(crate::net::session::adopt(shard.clone(), h));
+        }
+        if got > 0 {
+            yield_now().await;
+            continue;
+        }
+        poll_fn(|cx| {
+            if shared.shutdown.load(Ordering::Acquire) && !local.fired() {
+                return Poll::Ready(());
+            }
+            // Rings are not work while the store is over its mark (see above): the
+            // completions ring the doorbell.
+            let store_full = shard.borrow().store_full();
+            if inbox.park(cx.waker(), |_| !store_full) {
+                if (shared.shutdown.load(Ordering::Acquire) && !local.fired())
+                    || !store_answers.is_empty()
+                    || !shard.borrow().local_mail.is_empty()
+                {
+                    inbox.unpark();
+                    return Poll::Ready(());
+                }
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        inbox.unpark();
+    }
+}
+
+/// Heartbeats, slow consumers, counters.
+async fn ticker(shard: Rc<RefCell<Shard>>, local: Rc<LocalSignal>) {
+    let period = {
+        let sh = shard.borrow();
+        let c = &sh.cfg;
+        (c.heartbeat_interval.min(c.slow_consumer_timeout) / 4)
+            .clamp(Duration::from_millis(10), Duration::from_millis(100))
+    };
+    let mut shutdown_seen: Option<Instant> = None;
+    loop {
+        monoio::time::sleep(period).await;
+        let now = Instant::now();
+        let mut sh = shard.borrow_mut();
+        sh.tick(now);
+        if local.fired() {
+            let since = *shutdown_seen.get_or_insert(now);
+            // Sessions that cannot flush within the timeout are cut.
+            if now.duration_since(since)
+                >= sh
+                    .cfg
+                    .shutdown_timeout
+                    .saturating_sub(Duration::from_millis(200))
+            {
+                for (_, s) in sh.sessions.iter() {
+                    // Safety: fd belongs to a live session.
+                    unsafe { libc::shutdown(s.fd, libc::SHUT_RDWR) };
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! Sessions: a logged-in connection's state on its user's home shard, registering
+//! one, the reasons one ends and closing it, and the periodic duties over all of them
+//! (heartbeats, slow consumers).
+
+use std::os::fd::RawFd;
+use std::task::Waker;
+use std::time::Instant;
+
+use bytes::Bytes;
+use ringrouter_proto::reply;
+use ringrouter_proto::v1::ServerFrame;
+use ringrouter_proto::Status;
+
+use super::retention::{OwnedMsg, Retained};
+use super::{now_us, Shard};
+use crate::outbuf::{OutBuf, WriteBatch};
+
+/// Slab key of a session inside its shard.
+pub type SessionKey = usize;
+
+/// A session's identity across shards: (shard, slab key, generation), so a stale
+/// id never reaches a recycled slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId {
+    /// Owning shard.
+    pub shard: u16,
+    /// Generation of the slab slot when the session was created.
+    pub gen: u32,
+    /// Slab key.
+    pub key: u32,
+}
+
+impl SessionId {
+    /// Packs the id into the u64 sent to clients.
+    pub fn to_u64(self) -> u64 {
+        (u64::from(self.shard) << 48) | (u64::from(self.gen & 0xFFFF) << 32) | u64::from(self.key)
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed the connection (or it broke).
+    PeerClosed,
+    /// The client sent Logout.
+    Logout,
+    /// The client sent bytes that are not frames.
+    BadFrame,
+    /// The outbound queue stayed over its bound too long.
+    SlowConsumer,
+    /// No answer to heartbeats.
+    HeartbeatTimeout,
+    /// The router is shutting down.
+    Shutdown,
+    /// The account was removed or the session replaced.
+    Kicked,
+    /// The client let more deliveries go unacked than `max_unacked_per_session`
+    /// (a slow consumer whose socket still drains: its error is flushed first).
+    Unacked,
+}
+
+/// How long a session cut for not reading (slow consumer, heartbeat timeout) has to take
+/// its closing Error frame before its socket is shut.
+pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl CloseReason {
+    /// Whether the socket should be cut at once rather than after a flush.
+    fn hard(self) -> bool {
+        matches!(self, CloseReason::PeerClosed)
+    }
+
+    /// Whether the peer is not reading: what is queued for it is dropped (it is in its
+    /// unacked queue, which goes back to the store), only the closing Error frame is
+    /// written, and the socket is shut after [`CLOSE_GRACE`] at most.
+    fn stalled(self) -> bool {
+        matches!(
+            self,
+            CloseReason::SlowConsumer | CloseReason::HeartbeatTimeout
+        )
+    }
+}
+
+/// Why a logged-in connection could not become a session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    /// The shard is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+    /// The user has `max_sessions_per_user` sessions already.
+    #[error("user has {count} sessions, the limit is {limit}")]
+    TooManySessions {
+        /// Sessions the user has.
+        count: usize,
+        /// `max_sessions_per_user`.
+        limit: usize,
+    },
+}
+
+impl RegisterError {
+    /// The status of the LoginResult that refuses the session.
+    pub fn status(&self) -> Status {
+        match self {
+            RegisterError::ShuttingDown => Status::Unavailable,
+            RegisterError::TooManySessions { .. } => Status::RateLimited,
+        }
+    }
+}
+
+/// One logged-in connection (a device of a user).
+pub struct Session {
+    /// Slab slot generation.
+    pub gen: u32,
+    /// Authenticated user.
+    pub user: Bytes,
+    /// Device name from Login.
+    pub device: String,
+    /// The socket, for shutdown(2) when the session is closed.
+    pub fd: RawFd,
+    /// Frames waiting for the writer.
+    pub out: OutBuf,
+    /// Bytes handed to the writer and not yet written.
+    pub inflight: usize,
+    /// Last sequence number assigned to a Deliver.
+    pub last_seq: u64,
+    /// Highest sequence number acked by the client.
+    pub acked: u64,
+    /// The writer task, parked until something is queued.
+    pub writer: Option<Waker>,
+    /// Tasks waiting for this session's queue to fall under its bound.
+    pub drain_waiters: Vec<Waker>,
+    /// Set once the session is closing.
+    pub closing: Option<CloseReason>,
+    /// Since when the queue has been over its bound.
+    pub over_since: Option<Instant>,
+    /// Last time a frame arrived.
+    pub last_rx: Instant,
+    /// When an unanswered heartbeat ping was sent.
+    pub ping_sent: Option<Instant>,
+    /// A written batch kept for its allocations.
+    pub spare: Option<WriteBatch>,
+    /// When closing began.
+    pub closed_at: Option<Instant>,
+    /// Remote senders this session paused while over its bound; resumed when it drains.
+    pub throttled: Vec<SessionId>,
+    /// Retained: delivered and not yet acked, in seq order.
+    pub unacked: Retained,
+    /// The login backlog (offline queue) is being delivered.
+    pub loading: bool,
+    /// The next backlog page to load, once the session has drained.
+    pub load_next: Option<u64>,
+    /// Deferred: live messages that arrived during the backlog, delivered after it
+    /// (memory mode).
+    pub deferred: Vec<OwnedMsg>,
+    /// What `deferred` counts for: payload bytes plus `DEFERRED_OVERHEAD` each.
+    pub deferred_bytes: usize,
+    /// The account was deleted: what is unacked is dropped, not queued.
+    pub discard_unacked: bool,
+    /// The LoginResult, until the first backlog page goes out with it.
+    pub login_frame: Option<ServerFrame>,
+}
+
+impl Session {
+    /// Bytes queued or being written.
+    pub fn pending(&self) -> usize {
+        self.out.len() + self.inflight + self.deferred_bytes
+    }
+
+    pub(crate) fn wake_writer(&mut self) {
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// Wakes every task waiting for this session to drain.
+    pub fn wake_drain_waiters(&mut self) {
+        for w in self.drain_waiters.drain(..) {
+            w.wake();
+        }
+    }
+
+    pub(crate) fn push_frame(&mut self, f: &ServerFrame) {
+        // Nothing goes out before the LoginResult (held for the first backlog page).
+        if let Some(login) = self.login_frame.take() {
+            self.out.push_frame(&login);
+            self.wake_drain_waiters();
+        }
+        self.out.push_frame(f);
+        self.wake_writer();
+    }
+}
+
+const SLOW_CONSUMER: (Status, &str) = (
+    Status::SlowConsumer,
+    "slow consumer: outbound queue over its bound too long",
+);
+
+/// What the reader should do after a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep reading.
+    Continue,
+    /// Stop reading: the session is closing.
+    Stop,
+}
+
+impl Shard {
+    /// Registers a logged-in session of `user` (this must be its home shard).
+    pub fn register(
+        &mut self,
+        user: &str,
+        device: String,
+        fd: RawFd,
+    ) -> Result<SessionKey, RegisterError> {
+        if self.shutting_down {
+            return Err(RegisterError::ShuttingDown);
+        }
+        let count = self.user_sessions(user.as_bytes());
+        let limit = self.cfg.max_sessions_per_user;
+        if count >= limit {
+            return Err(RegisterError::TooManySessions { count, limit });
+        }
+        let gen = self.next_gen;
+        self.next_gen = self.next_gen.wrapping_add(1).max(1);
+        let user = Bytes::copy_from_slice(user.as_bytes());
+        let key = self.sessions.insert(Session {
+            gen,
+            user: user.clone(),
+            device,
+            fd,
+            out: OutBuf::default(),
+            inflight: 0,
+            last_seq: 0,
+            acked: 0,
+            writer: None,
+            drain_waiters: Vec::new(),
+            closing: None,
+            over_since: None,
+            last_rx: Instant::now(),
+            ping_sent: None,
+            spare: None,
+            closed_at: None,
+            throttled: Vec::new(),
+            unacked: Retained::default(),
+            loading: false,
+            load_next: None,
+            deferred: Vec::new(),
+            deferred_bytes: 0,
+            discard_unacked: false,
+            login_frame: None,
+        });
+        self.users.entry(user).or_default().push(key);
+        if let Some(t) = self.pause.get(self.id) {
+            t.reset(key, gen);
+        }
+        self.counters.logins += 1;
+        Ok(key)
+    }
+
+    /// Closes a session [`Shard::deliver_local`] pushed past its hard cap: its
+    /// queue may not grow any further, it is a slow consumer now.
+    pub fn close_overflowed(&mut self, overflowed: Option<SessionKey>) {
+        let Some(k) = overflowed else {
+            return;
+        };
+        let over_bytes = self
+            .sessions
+            .get(k)
+            .is_some_and(|s| s.pending() > self.cfg.hard_pending_bytes());
+        if over_bytes {
+            self.close(k, CloseReason::SlowConsumer, Some(SLOW_CONSUMER));
+        } else {
+            self.close(
+                k,
+                CloseReason::Unacked,
+                Some((
+                    Status::SlowConsumer,
+                    "slow consumer: too many deliveries not acked \
+                     (max_unacked_per_session / max_unacked_bytes_per_session)",
+                )),
+            );
+        }
+    }
+
+    /// True when session `key` is gone or back under its bound.
+    pub fn drained(&self, key: SessionKey) -> bool {
+        match self.sessions.get(key) {
+            Some(s) => s.closing.is_some() || s.pending() <= self.cfg.max_pending_bytes,
+            None => true,
+        }
+    }
+
+    /// Registers `waker` to run when session `key` drains or closes.
+    pub fn wait_drain(&mut self, key: SessionKey, waker: &Waker) {
+        if let Some(s) = self.sessions.get_mut(key) {
+            if !s.drain_waiters.iter().any(|w| w.will_wake(waker)) {
+                s.drain_waiters.push(waker.clone());
+            }
+        }
+    }
+
+    /// Starts closing a session: it leaves the user's session list at once (no
+    /// new deliveries), an optional final error is queued, and the socket is shut
+    /// down now (hard reasons) or once the writer has flushed.
+    pub fn close(&mut self, key: SessionKey, reason: CloseReason, error: Option<(Status, &str)>) {
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if s.closing.is_some() {
+            return;
+        }
+        s.closing = Some(reason);
+        s.closed_at = Some(Instant::now());
+        // Dropped only behind the LoginResult: a client must see it before anything else.
+        if reason.stalled() && s.out.taken() {
+            s.out.clear();
+        }
+        if let Some((code, msg)) = error {
+            s.out.push_frame(&reply::error(code, msg, 0));
+        }
+        let user = s.user.clone();
+        let fd = s.fd;
+        let left_stored = s.unacked.lowest_store_seq();
+        s.wake_writer();
+        s.wake_drain_waiters();
+        self.release_throttles(key);
+        self.requeue(key);
+        if reason.hard() {
+            // Safety: fd is the session's open socket (closed only after the session is removed).
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+        match reason {
+            CloseReason::SlowConsumer | CloseReason::Unacked => {
+                self.counters.slow_consumer_closes += 1
+            }
+            CloseReason::HeartbeatTimeout => self.counters.heartbeat_closes += 1,
+            _ => {}
+        }
+        if let Some(list) = self.users.get_mut(&user) {
+            list.retain(|&k| k != key);
+            if list.is_empty() {
+                self.users.remove(&user);
+                self.stored_floor.remove(&user);
+            } else if left_stored > 0 {
+                let floor = self.stored_floor.entry(user.clone()).or_insert(u64::MAX);
+                *floor = (*floor).min(left_stored);
+            }
+        }
+        tracing::debug!(shard = self.id, user = %String::from_utf8_lossy(&user), ?reason, "session closing");
+    }
+
+    /// Forgets a session whose reader and writer have both finished.
+    pub fn remove(&mut self, key: SessionKey) {
+        if self.sessions.contains(key) {
+            self.close(key, CloseReason::PeerClosed, None);
+            let mut s = self.sessions.remove(key);
+            s.wake_drain_waiters();
+        }
+        self.wake_if_idle();
+    }
+
+    /// True when no session and no pre-login connection is left.
+    pub fn idle(&self) -> bool {
+        self.sessions.is_empty() && self.prelogin == 0
+    }
+
+    /// Wakes the shutdown wait once the shard is idle.
+    pub fn wake_if_idle(&mut self) {
+        if self.idle() {
+            for w in self.idle_waiters.drain(..) {
+                w.wake();
+            }
+        }
+    }
+
+    /// Periodic duties: heartbeats, slow consumers, publishing counters.
+    pub fn tick(&mut self, now: Instant) {
+        let cfg = self.cfg.clone();
+        let mut to_close = Vec::new();
+        for (k, s) in self.sessions.iter_mut() {
+            if let Some(at) = s.closed_at {
+                // A closing session whose peer stopped reading cannot flush: cut it.
+                let grace = match s.closing {
+                    Some(r) if r.stalled() => CLOSE_GRACE,
+                    _ => cfg.shutdown_timeout,
+                };
+                if now.duration_since(at) >= grace {
+                    // Safety: fd belongs to this live session.
+                    unsafe { libc::shutdown(s.fd, libc::SHUT_RDWR) };
+                }
+                continue;
+            }
+            if s.pending() > cfg.max_pending_bytes {
+                let since = *s.over_since.get_or_insert(now);
+                if now.duration_since(since) >= cfg.slow_consumer_timeout {
+                    to_close.push((k, CloseReason::SlowConsumer));
+                    continue;
+                }
+            } else {
+                s.over_since = None;
+            }
+            match s.ping_sent {
+                Some(sent) if now.duration_since(sent) >= cfg.heartbeat_timeout => {
+                    to_close.push((k, CloseReason::HeartbeatTimeout));
+                }
+                None if now.duration_since(s.last_rx) >= cfg.heartbeat_interval => {
+                    s.ping_sent = Some(now);
+                    let nonce = now_us();
+                    s.push_frame(&reply::ping(nonce));
+                }
+                _ => {}
+            }
+        }
+        self.touch_live_users(now);
+        self.trim_room_cache();
+        debug_assert_eq!(self.parked_total(), self.parked_bytes, "parked room work");
+        for (k, reason) in to_close {
+            let msg = match reason {
+                CloseReason::SlowConsumer => (
+                    Status::SlowConsumer,
+                    "slow consumer: outbound queue over its bound too long",
+                ),
+                _ => (Status::Timeout, "heartbeat timeout"),
+            };
+            tracing::info!(shard = self.id, ?reason, "closing session");
+            self.close(k, reason, Some(msg));
+        }
+        self.publish();
+    }
+
+    /// Open and jwt auth: marks every user with a live session here as seen, a few times
+    /// per `forget_idle_users_after`, so a user logged in for longer is not forgotten.
+    fn touch_live_users(&mut self, now: Instant) {
+        if self.store.is_none() || self.cfg.auth == crate::config::AuthMode::Accounts {
+            return;
+        }
+        if now.duration_since(self.touched_at)
+            < crate::store::seen_refresh(self.cfg.forget_idle_users_after)
+        {
+            return;
+        }
+        self.touched_at = now;
+        let users: Vec<String> = self
+            .users
+            .keys()
+            .map(|u| String::from_utf8_lossy(u).into_owned())
+            .collect();
+        for u in users {
+            self.store_req(
+                |st, cb| st.ensure_user(&u, cb),
+                |_, r| {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "marking a user seen failed");
+                    }
+                },
+            );
+        }
+    }
+
+    /// Copies the counters into the shared stats.
+    pub fn publish(&mut self) {
+        self.stats.publish(&self.counters, self.sessions.len());
+    }
+
+    /// Begins a graceful shutdown: every session is told UNAVAILABLE and closed after its queue flushes.
+    pub fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+        let keys: Vec<SessionKey> = self.sessions.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            self.close(
+                k,
+                CloseReason::Shutdown,
+                Some((Status::Unavailable, "shutting down")),
+            );
+        }
+    }
+}

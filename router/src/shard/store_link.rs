@@ -1,0 +1,149 @@
+//! The way from a shard to the store and back.
+//!
+//! # Store round trips
+//! A shard never waits for the disk. [`Shard::store_req`] queues a request on the
+//! storage thread; its answer comes back as [`Mail::Stored`] (a continuation) posted to the
+//! shard's [`MailQueue`] (ringing the shard's doorbell), and the consumer handles it
+//! like any other mail, on the shard thread with the shard borrowed. Requests are answered in the order
+//! they were made, which is what keeps a user's messages in order across the store.
+//!
+//! The answers are continuations (closures), not a typed enum: each request keeps its
+//! context beside the code that uses it (rooms chain several round trips), and the
+//! store is off the hot path of a live delivery.
+
+use std::sync::Arc;
+
+use ringrouter_proto::Status;
+
+use super::mail::{Mail, MailQueue};
+use super::Shard;
+use crate::config::DurabilityMode;
+use crate::store::{StoreError, StoreHandle, StoreResult};
+
+/// Store requests one shard may have outstanding before its readers pause (besides
+/// `max_store_queue_bytes`, which bounds their bytes).
+pub const STORE_HIGH_WATER: usize = 16 * 1024;
+
+/// What a store request counts for in `max_store_queue_bytes` besides its payloads.
+const STORE_REQ_OVERHEAD: usize = 128;
+
+/// Carries a store request's continuation to the shard that made it: called, or
+/// dropped uncalled (the store refused or lost the request), it queues the continuation
+/// on the shard's [`MailQueue`] exactly once.
+struct Completion<T, F: FnOnce(&mut Shard, StoreResult<T>) + Send + 'static> {
+    then: Option<F>,
+    /// What the request counts for in the shard's `store_bytes`.
+    bytes: usize,
+    done: Arc<MailQueue>,
+    _answer: std::marker::PhantomData<fn(T)>,
+}
+
+impl<T: Send + 'static, F: FnOnce(&mut Shard, StoreResult<T>) + Send + 'static> Completion<T, F> {
+    fn complete(&mut self, r: StoreResult<T>) {
+        if let Some(then) = self.then.take() {
+            let bytes = self.bytes;
+            self.done.push(Mail::Stored(Box::new(move |sh: &mut Shard| {
+                sh.store_inflight -= 1;
+                sh.store_bytes -= bytes;
+                then(sh, r);
+            })));
+        }
+    }
+}
+
+impl<T, F: FnOnce(&mut Shard, StoreResult<T>) + Send + 'static> Drop for Completion<T, F> {
+    fn drop(&mut self) {
+        if let Some(then) = self.then.take() {
+            let bytes = self.bytes;
+            self.done.push(Mail::Stored(Box::new(move |sh: &mut Shard| {
+                sh.store_inflight -= 1;
+                sh.store_bytes -= bytes;
+                then(sh, Err(StoreError::Closed));
+            })));
+        }
+    }
+}
+
+/// The store as one shard sees it.
+pub struct StoreLink {
+    /// The storage thread.
+    pub handle: StoreHandle,
+    /// Where this shard's store answers land.
+    pub done: Arc<MailQueue>,
+}
+
+/// The SendResult status for a failed store request.
+pub fn store_status(e: &StoreError) -> Status {
+    match e {
+        StoreError::NotFound => Status::NotFound,
+        StoreError::Full => Status::RateLimited,
+        StoreError::Closed => Status::Unavailable,
+        StoreError::Invalid(_) => Status::BadRequest,
+        StoreError::Conflict => Status::Conflict,
+        StoreError::Io(_) => Status::Internal,
+    }
+}
+
+impl Shard {
+    /// True when this shard has a store (always, in a running router).
+    pub fn has_store(&self) -> bool {
+        self.store.is_some()
+    }
+
+    /// True in `sync` durability: every message goes through the store first.
+    pub fn journaled(&self) -> bool {
+        self.store.is_some() && self.cfg.durability == DurabilityMode::Sync
+    }
+
+    /// True when readers should wait for the store to catch up.
+    pub fn store_full(&self) -> bool {
+        // Not `parked_bytes`: this gates the rings too, and the mail that drains parked
+        // work (a user's RoomQuota, a room's store completion) must keep flowing.
+        self.store_inflight >= STORE_HIGH_WATER
+            || self.store_bytes >= self.cfg.max_store_queue_bytes
+    }
+
+    /// Makes a store request: `submit` queues it with the given callback; `then` runs
+    /// later on this shard with the answer (at once, with `Closed`, if there is no store
+    /// or it is shut down).
+    pub fn store_req<T: Send + 'static>(
+        &mut self,
+        submit: impl FnOnce(
+            &StoreHandle,
+            Box<dyn FnOnce(StoreResult<T>) + Send + 'static>,
+        ) -> StoreResult<()>,
+        then: impl FnOnce(&mut Shard, StoreResult<T>) + Send + 'static,
+    ) {
+        self.store_req_sized(0, submit, then)
+    }
+
+    /// [`Shard::store_req`] for a request carrying `payload` bytes: until it is answered
+    /// they count in the shard's `store_bytes` (bounded by `max_store_queue_bytes`).
+    pub fn store_req_sized<T: Send + 'static>(
+        &mut self,
+        payload: usize,
+        submit: impl FnOnce(
+            &StoreHandle,
+            Box<dyn FnOnce(StoreResult<T>) + Send + 'static>,
+        ) -> StoreResult<()>,
+        then: impl FnOnce(&mut Shard, StoreResult<T>) + Send + 'static,
+    ) {
+        let Some(link) = &self.store else {
+            then(self, Err(StoreError::Closed));
+            return;
+        };
+        let bytes = payload + STORE_REQ_OVERHEAD;
+        let mut guard = Completion {
+            then: Some(then),
+            bytes,
+            done: link.done.clone(),
+            _answer: std::marker::PhantomData,
+        };
+        let cb = Box::new(move |r: StoreResult<T>| guard.complete(r));
+        self.store_inflight += 1;
+        self.store_bytes += bytes;
+        // A request the store refuses (shut down) drops `cb` uncalled: the guard's drop
+        // then queues `then` with `Closed`, like any other answer.
+        let _ = submit(&link.handle, cb);
+    }
+}

@@ -1,0 +1,236 @@
+//! Routing decisions of one shard, without I/O.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use ringrouter_proto::fast::SendView;
+use ringrouter_proto::v1::{client_frame, server_frame, ServerFrame};
+use ringrouter_proto::Status;
+
+use super::*;
+use crate::config::Config;
+use crate::stats::ShardStats;
+use ringrouter_proto::codec::{decode_server, next_frame};
+use ringrouter_proto::fast::Inbound;
+
+fn shard(n: usize) -> Shard {
+    Shard::new(
+        0,
+        n,
+        Arc::new(Config::default()),
+        Arc::new(ShardStats::default()),
+    )
+}
+
+fn drain(s: &mut Shard, key: SessionKey) -> Vec<ServerFrame> {
+    let sess = s.sessions.get_mut(key).unwrap();
+    let batch = sess.out.take(None);
+    let mut buf = BytesMut::new();
+    for p in batch.parts() {
+        buf.extend_from_slice(p);
+    }
+    let mut out = Vec::new();
+    while let Some(f) = next_frame(&mut buf, 1 << 20).unwrap() {
+        out.push(decode_server(f).unwrap());
+    }
+    out
+}
+
+fn send(to: &str, payload: &'static [u8], want: bool) -> Inbound {
+    Inbound::Send(SendView {
+        request_id: 5,
+        to_user: Bytes::copy_from_slice(to.as_bytes()),
+        payload: Bytes::from_static(payload),
+        want_result: want,
+        ..Default::default()
+    })
+}
+
+#[test]
+fn home_shard_is_stable_and_spreads() {
+    assert_eq!(home_shard(b"alice", 4), home_shard(b"alice", 4));
+    let mut seen = [0usize; 4];
+    for i in 0..1000 {
+        seen[home_shard(format!("user{i}").as_bytes(), 4)] += 1;
+    }
+    assert!(seen.iter().all(|&c| c > 150), "{seen:?}");
+}
+
+#[test]
+fn local_dm_reaches_every_device_with_router_stamped_sender() {
+    let mut s = shard(1);
+    let a = s.register("alice", "phone".into(), -1).unwrap();
+    let b1 = s.register("bob", "phone".into(), -1).unwrap();
+    let b2 = s.register("bob", "laptop".into(), -1).unwrap();
+    let mut blocked = Vec::new();
+    s.on_frame(a, send("bob", b"hi", true), Instant::now(), 7, &mut blocked);
+    s.on_frame(
+        a,
+        send("bob", b"again", false),
+        Instant::now(),
+        8,
+        &mut blocked,
+    );
+    for b in [b1, b2] {
+        let frames = drain(&mut s, b);
+        assert_eq!(frames.len(), 2);
+        for (i, f) in frames.iter().enumerate() {
+            let Some(server_frame::Kind::Deliver(d)) = &f.kind else {
+                panic!("{f:?}")
+            };
+            assert_eq!(d.from_user, "alice");
+            assert_eq!(d.seq, i as u64 + 1);
+            assert_ne!(d.msg_id, 0);
+        }
+    }
+    let res = drain(&mut s, a);
+    assert_eq!(res.len(), 1);
+    let Some(server_frame::Kind::SendResult(r)) = &res[0].kind else {
+        panic!()
+    };
+    assert_eq!((r.request_id, r.status), (5, Status::Ok as i32));
+}
+
+#[test]
+fn send_to_nobody_is_not_found_and_bad_sends_are_refused() {
+    let mut s = shard(1);
+    let a = s.register("alice", "d".into(), -1).unwrap();
+    let mut blocked = Vec::new();
+    s.on_frame(
+        a,
+        send("ghost", b"x", true),
+        Instant::now(),
+        1,
+        &mut blocked,
+    );
+    s.on_frame(a, send("", b"x", false), Instant::now(), 1, &mut blocked);
+    let f = drain(&mut s, a);
+    let Some(server_frame::Kind::SendResult(r)) = &f[0].kind else {
+        panic!()
+    };
+    assert_eq!(r.status, Status::NotFound as i32);
+    let Some(server_frame::Kind::Error(e)) = &f[1].kind else {
+        panic!()
+    };
+    assert_eq!(e.code, Status::BadRequest as i32);
+}
+
+#[test]
+fn remote_recipient_goes_to_the_outbox_of_its_home() {
+    let mut s = shard(4);
+    let a = s.register("alice", "d".into(), -1).unwrap();
+    let name = (0..)
+        .map(|i| format!("u{i}"))
+        .find(|u| home_shard(u.as_bytes(), 4) == 2)
+        .unwrap();
+    let mut blocked = Vec::new();
+    s.on_frame(a, send(&name, b"x", true), Instant::now(), 1, &mut blocked);
+    assert_eq!(s.outbox_len, 1);
+    assert_eq!(s.outbox[2].len(), 1);
+    let Mail::Deliver(r) = &s.outbox[2][0] else {
+        panic!()
+    };
+    assert_eq!(r.from_user.as_deref(), Some(&b"alice"[..]));
+    assert!(r.reply.is_some());
+}
+
+#[test]
+fn repeated_names_are_elided_within_a_batch_and_restored() {
+    let mut a = shard(2);
+    let mut b = Shard::new(
+        1,
+        2,
+        Arc::new(Config::default()),
+        Arc::new(ShardStats::default()),
+    );
+    let remote = |i: usize| {
+        (0..)
+            .map(|k| format!("r{i}-{k}"))
+            .find(|u| home_shard(u.as_bytes(), 2) == 1)
+            .unwrap()
+    };
+    let (bob, dave) = (remote(0), remote(1));
+    let alice = a.register("alice", "d".into(), -1).unwrap();
+    let carol = a.register("carol", "d".into(), -1).unwrap();
+    let rb = b.register(&bob, "d".into(), -1).unwrap();
+    let rd = b.register(&dave, "d".into(), -1).unwrap();
+    let mut blocked = Vec::new();
+    for (from, to) in [
+        (alice, &bob),
+        (alice, &bob),
+        (carol, &bob),
+        (alice, &dave),
+        (alice, &dave),
+    ] {
+        a.on_frame(from, send(to, b"x", false), Instant::now(), 1, &mut blocked);
+    }
+    let batch = std::mem::take(&mut a.outbox[1]);
+    let shape: Vec<(bool, bool)> = batch
+        .iter()
+        .map(|m| match m {
+            Mail::Deliver(r) => (r.to_user.is_some(), r.from_user.is_some()),
+            _ => panic!("not a deliver"),
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (true, true),
+            (false, false),
+            (false, true),
+            (true, true),
+            (false, false)
+        ]
+    );
+    b.begin_batch();
+    for m in batch {
+        b.on_mail(m, &mut blocked);
+    }
+    let senders = |b: &mut Shard, k| -> Vec<String> {
+        drain(b, k)
+            .into_iter()
+            .map(|f| match f.kind {
+                Some(server_frame::Kind::Deliver(d)) => d.from_user,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    assert_eq!(senders(&mut b, rb), ["alice", "alice", "carol"]);
+    assert_eq!(senders(&mut b, rd), ["alice", "alice"]);
+}
+
+#[test]
+fn session_limit_per_user() {
+    let mut s = Shard::new(
+        0,
+        1,
+        Arc::new(Config {
+            max_sessions_per_user: 2,
+            ..Config::default()
+        }),
+        Arc::new(ShardStats::default()),
+    );
+    s.register("a", "1".into(), -1).unwrap();
+    s.register("a", "2".into(), -1).unwrap();
+    assert_eq!(
+        s.register("a", "3".into(), -1).unwrap_err().status(),
+        Status::RateLimited
+    );
+}
+
+#[test]
+fn ack_beyond_delivered_is_refused() {
+    let mut s = shard(1);
+    let a = s.register("a", "1".into(), -1).unwrap();
+    let mut blocked = Vec::new();
+    let ack = Inbound::Other(client_frame::Kind::Ack(ringrouter_proto::v1::Ack {
+        up_to_seq: 3,
+    }));
+    s.on_frame(a, ack, Instant::now(), 0, &mut blocked);
+    let f = drain(&mut s, a);
+    let Some(server_frame::Kind::Error(e)) = &f[0].kind else {
+        panic!()
+    };
+    assert_eq!(e.code, Status::BadRequest as i32);
+}
