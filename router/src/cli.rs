@@ -618,7 +618,7 @@ fn log_stats(stats: &crate::StatsSnapshot, clean: bool) {
 /// [`EXIT_OK`] (0) after a clean stop on SIGTERM / Ctrl-C, and for `--help`,
 /// `--version`, `--print-config`; [`EXIT_FAILURE`] (1) when the router fails at run
 /// time (cannot bind, cannot open its store, a shard does not start) or its shutdown
-/// does not finish in time; [`EXIT_USAGE`] (2) for bad usage or configuration.
+/// is unclean (see [`RouterHandle::join`](crate::RouterHandle::join)); [`EXIT_USAGE`] (2) for bad usage or configuration.
 pub fn main() -> i32 {
     let parsed = match parse(std::env::args_os()) {
         Ok(p) => p,
@@ -682,7 +682,9 @@ pub fn main() -> i32 {
     if clean {
         EXIT_OK
     } else {
-        tracing::error!("shutdown did not finish within --shutdown-timeout");
+        tracing::error!(
+            "unclean shutdown: not finished within --shutdown-timeout, or the store failed"
+        );
         EXIT_FAILURE
     }
 }

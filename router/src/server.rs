@@ -172,6 +172,7 @@ impl Router {
             connections: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             quiesced: AtomicUsize::new(0),
+            drain_cut: AtomicBool::new(false),
             bells,
             store: store.clone(),
         });
@@ -286,7 +287,9 @@ impl RouterHandle {
         self.threads.iter().all(|t| t.is_finished())
     }
 
-    /// Waits up to `timeout` for the shard threads; returns true if all finished.
+    /// Waits up to `timeout` for the shard threads, then closes the store. True when
+    /// the stop was clean: every thread finished, no shard's drain was cut by
+    /// `--shutdown-timeout`, and the store persisted what the shards handed it.
     pub fn join(self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while !self.is_finished() {
@@ -299,10 +302,14 @@ impl RouterHandle {
             let _ = t.join();
         }
         // The shards queued the unacked messages of their sessions: persist them.
-        if let Err(e) = self.store.shutdown() {
-            tracing::error!(error = %e, "store shutdown failed");
-        }
-        true
+        let stored = match self.store.shutdown() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "store shutdown failed");
+                false
+            }
+        };
+        stored && !self.shared.drain_cut.load(Ordering::SeqCst)
     }
 
     /// The embedded store (for tests and tools).

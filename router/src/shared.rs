@@ -20,6 +20,9 @@ pub(crate) struct Shared {
     pub(crate) shutdown: AtomicBool,
     /// Shards whose sessions have all ended during shutdown.
     pub(crate) quiesced: AtomicUsize,
+    /// Set by a shard whose shutdown drain ran past `--shutdown-timeout`: mail in
+    /// flight between shards or to the store may not have been persisted.
+    pub(crate) drain_cut: AtomicBool,
     pub(crate) bells: Vec<Arc<Doorbell>>,
     pub(crate) store: StoreHandle,
 }

@@ -102,11 +102,17 @@ pub(crate) fn run_shard(
         let _ = ready.send(Ok(id));
         local.wait().await;
         let timeout = shared.cfg.shutdown_timeout;
-        let _ = monoio::time::timeout(timeout, async {
+        // Sessions that cannot be flushed are cut before the timeout (the ticker);
+        // reaching it means this shard stopped with work possibly unpersisted.
+        let drained = monoio::time::timeout(timeout, async {
             wait_idle(&shard).await;
             drain_in_flight(&shard, &shared, n).await;
         })
         .await;
+        if drained.is_err() {
+            tracing::error!(shard = id, "shutdown drain cut by --shutdown-timeout");
+            shared.drain_cut.store(true, Ordering::SeqCst);
+        }
         shard.borrow_mut().publish();
         tracing::debug!(shard = id, "shard stopped");
         Ok::<(), String>(())
