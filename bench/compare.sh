@@ -1,47 +1,90 @@
 #!/usr/bin/env bash
-# Side-by-side: the same load shape against ringrouter and nats-server (and,
-# if asked, redis-server pub/sub), in alternation, on loopback. Prints a
-# Markdown table of medians and the ratios ringrouter / nats-server (and
-# ringrouter / redis). Installs nats-server (and redis-server) from Debian if
-# missing.
+# Side-by-side: the same load shape against ringrouter, nats-server and
+# redis-server pub/sub, in alternation (rr, nats, redis; rr, nats, redis; ...),
+# on loopback. Each server is driven by the most efficient client
+# ringrouter-load has for its protocol: ringrouter Sends batched per write;
+# NATS PUBs batched into ~64 KiB writes (no flush per message, MSG frames
+# parsed in place); Redis PUBLISHes pipelined into ~64 KiB writes, with
+# `CLIENT REPLY OFF` (the publisher reads no replies; REDIS_REPLY=on: replies
+# read in bulk). Installs nats-server and redis-server from Debian if missing.
 #
-#   bench/compare.sh                # default scenarios, 3 runs each, no redis
+# Prints a Markdown table per scenario: msgs/s per server (median, min-max over
+# the runs), the ratios rr/nats and rr/redis (median of the per-run ratios and
+# their min-max, run i of ringrouter against run i of the other server), each
+# server's CPU seconds per million deliveries (utime + stime of the server
+# process from /proc/PID/stat, sampled right before and right after each load
+# run) and the load generator's (its client_cpu_s, getrusage over the run).
+# A second table has latencies.
+#
+#   bench/compare.sh                          # default scenarios, 3 runs each
 #   RUNS=5 SHARDS=2 bench/compare.sh
-#   SCENARIOS="pairs16_64" bench/compare.sh
-#   REDIS=1 SCENARIOS="fanout64 fanout1000" bench/compare.sh   # redis too
-#   SCENARIOS="redis fanout64" bench/compare.sh                # same as REDIS=1
+#   SCENARIOS="pairs16_64 fanout64" bench/compare.sh
+#   SCENARIOS="default fanout" bench/compare.sh   # the default list plus fan-out
+#   REDIS=0 bench/compare.sh                  # without redis
+#   REDIS_REPLY=on bench/compare.sh           # redis publishers read their replies
+#   WINDOW=1000 bench/compare.sh              # in-flight window per pair (pairs scenarios)
+#   LOAD_ARGS="--threads 1" bench/compare.sh  # extra ringrouter-load flags, every target
 #
-# Scenarios: pairs16_64 pairs16_1k pairs256_64 latency_10k (the default list),
-# fanout64 and fanout1000 (one sender to 64 / 1000 receivers: through a room on
-# ringrouter, one channel on redis, 64 / 1000 subjects on nats).
+# Scenarios (pairs: P sender/receiver pairs, each its own two users / subject / channel):
+#   pairs1_64 pairs1_1k pairs16_64 pairs16_1k pairs256_64 pairs256_1k
+#   latency_10k         1 pair at 10k msgs/s, 64 B: p50 / p99
+#   latency_10k_split   the same, ringrouter only, the pair's two users on different
+#                       shards (--split-shards; nats/redis have no shards: see latency_10k)
+#   fanout64 fanout1000 one sender to 64 / 1000 receivers: through a room on
+#                       ringrouter, one channel on redis, 64 / 1000 subjects on nats
+# "default" = pairs1_64 pairs16_64 pairs16_1k pairs256_64 latency_10k latency_10k_split;
+# "fanout" = fanout64 fanout1000; "all" = every scenario.
 # redis-server runs with persistence off, on a free loopback port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUNS=${RUNS:-3}
 SHARDS=${SHARDS:-2}
-DEFAULT_SCENARIOS="pairs16_64 pairs16_1k pairs256_64 latency_10k"
+DEFAULT_SCENARIOS="pairs1_64 pairs16_64 pairs16_1k pairs256_64 latency_10k latency_10k_split"
+FANOUT_SCENARIOS="fanout64 fanout1000"
+ALL_SCENARIOS="pairs1_64 pairs1_1k pairs16_64 pairs16_1k pairs256_64 pairs256_1k latency_10k latency_10k_split fanout64 fanout1000"
 SCENARIOS=${SCENARIOS:-$DEFAULT_SCENARIOS}
 ROUTER_ARGS=${ROUTER_ARGS:-}
-REDIS=${REDIS:-0}
+LOAD_ARGS=${LOAD_ARGS:-}
+REDIS=${REDIS:-1}
+REDIS_REPLY=${REDIS_REPLY:-off}
+# In-flight window per pair in the throughput scenarios, the same for every
+# server. The engine's default (1000) starves nats-server: it flushes to a
+# subscriber per read, and 1000 messages in flight make small reads (measured:
+# nats 1.7M msgs/s at 16 x 64 B with 1000, 2.1-2.5M with 16000, as much as the
+# raw reference client bench/src/bin/nats-raw.rs without any window;
+# ringrouter the same with either).
+PAIR_WINDOW="--window ${WINDOW:-16000}"
 
-# "redis" in the scenario list turns redis on; it is not a scenario itself.
+# "redis" in the scenario list turns redis on (the old spelling); "default",
+# "fanout" and "all" expand.
 scen=""
 for s in $SCENARIOS; do
-  if [ "$s" = redis ]; then REDIS=1; else scen="$scen $s"; fi
+  case "$s" in
+    redis) REDIS=1 ;;
+    default) scen="$scen $DEFAULT_SCENARIOS" ;;
+    fanout) scen="$scen $FANOUT_SCENARIOS" ;;
+    all) scen="$scen $ALL_SCENARIOS" ;;
+    *) scen="$scen $s" ;;
+  esac
 done
 SCENARIOS=${scen# }
 [ -n "$SCENARIOS" ] || SCENARIOS=$DEFAULT_SCENARIOS
 case "$REDIS" in 0|"") REDIS=0 ;; *) REDIS=1 ;; esac
+case "$REDIS_REPLY" in on|off) ;; *) echo "REDIS_REPLY is on or off" >&2; exit 2 ;; esac
 
 args_for() {
   case "$1" in
-    pairs16_64)   echo "--pairs 16 --size 64 --messages 3000000" ;;
-    pairs16_1k)   echo "--pairs 16 --size 1024 --messages 1000000" ;;
-    pairs256_64)  echo "--pairs 256 --size 64 --messages 3000000" ;;
-    latency_10k)  echo "--pairs 1 --size 64 --rate 10000 --duration 5" ;;
-    fanout64)     echo "--fanout 64 --size 64 --messages 100000" ;;
-    fanout1000)   echo "--fanout 1000 --size 64 --messages 10000" ;;
+    pairs1_64)         echo "--pairs 1 --size 64 --messages 1000000 $PAIR_WINDOW" ;;
+    pairs1_1k)         echo "--pairs 1 --size 1024 --messages 500000 $PAIR_WINDOW" ;;
+    pairs16_64)        echo "--pairs 16 --size 64 --messages 3000000 $PAIR_WINDOW" ;;
+    pairs16_1k)        echo "--pairs 16 --size 1024 --messages 1000000 $PAIR_WINDOW" ;;
+    pairs256_64)       echo "--pairs 256 --size 64 --messages 3000000 $PAIR_WINDOW" ;;
+    pairs256_1k)       echo "--pairs 256 --size 1024 --messages 1000000 $PAIR_WINDOW" ;;
+    latency_10k)       echo "--pairs 1 --size 64 --rate 10000 --duration 5" ;;
+    latency_10k_split) echo "--pairs 1 --size 64 --rate 10000 --duration 5 --split-shards $SHARDS" ;;
+    fanout64)          echo "--fanout 64 --size 64 --messages 100000" ;;
+    fanout1000)        echo "--fanout 1000 --size 64 --messages 10000" ;;
     *) return 1 ;;
   esac
 }
@@ -64,6 +107,7 @@ fi
 cargo build --release -q -p ringrouter -p ringrouter-bench
 RR=target/release/ringrouter
 LOAD=target/release/ringrouter-load
+HZ=$(getconf CLK_TCK)
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() {  # name port pid log
@@ -73,6 +117,15 @@ wait_port() {  # name port pid log
     sleep 0.05
   done
   echo "$1 did not start listening on port $2:" >&2; cat "$4" >&2; exit 1
+}
+# utime + stime of process $1 (all its threads), in clock ticks.
+cpu_ticks() {
+  local stat rest
+  stat=$(cat /proc/"$1"/stat)
+  rest=${stat##*) }           # fields from 3 on (the name may hold spaces)
+  # shellcheck disable=SC2086
+  set -- $rest
+  echo $(( ${12} + ${13} ))   # fields 14 and 15
 }
 
 RR_PID=""; NATS_PID=""; REDIS_PID=""; TMP=$(mktemp -d)
@@ -107,66 +160,94 @@ if [ "$REDIS" = 1 ]; then
   TARGETS="rr nats redis"
 fi
 
-# One run of scenario $1 against target $2; the JSON report goes to its file.
-# A failed run is reported and the table counts what it got; a lossy run
-# (exit 1) still prints its report.
+# One run of scenario $1 against target $2: its JSON report, with the server's
+# CPU seconds over the run added (server_cpu_s), is appended to its file. A
+# failed run is reported and the table counts what it got; a lossy run (exit 1)
+# still prints its report.
 run_one() {
-  local proto addr rc=0
+  local proto addr pid extra="" rc=0 t0 t1
   case "$2" in
-    rr)    proto=ringrouter; addr=127.0.0.1:$RR_PORT ;;
-    nats)  proto=nats;       addr=127.0.0.1:$NATS_PORT ;;
-    redis) proto=redis;      addr=127.0.0.1:$REDIS_PORT ;;
+    rr)    proto=ringrouter; addr=127.0.0.1:$RR_PORT;    pid=$RR_PID ;;
+    nats)  proto=nats;       addr=127.0.0.1:$NATS_PORT;  pid=$NATS_PID ;;
+    redis) proto=redis;      addr=127.0.0.1:$REDIS_PORT; pid=$REDIS_PID; extra="--redis-reply $REDIS_REPLY" ;;
   esac
-  # shellcheck disable=SC2046
-  "$LOAD" --addr "$addr" --protocol "$proto" $(args_for "$1") --json >>"$TMP/$1.$2.jsonl" 2>>"$TMP/$1.$2.err" || rc=$?
+  t0=$(cpu_ticks "$pid")
+  # shellcheck disable=SC2046,SC2086
+  "$LOAD" --addr "$addr" --protocol "$proto" $(args_for "$1") $extra $LOAD_ARGS --json >"$TMP/run.json" 2>>"$TMP/$1.$2.err" || rc=$?
+  t1=$(cpu_ticks "$pid")
+  if [ -s "$TMP/run.json" ]; then
+    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["server_cpu_s"]=(int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4]); print(json.dumps(d))' \
+      "$TMP/run.json" "$t0" "$t1" "$HZ" >>"$TMP/$1.$2.jsonl"
+  fi
   if [ "$rc" != 0 ]; then
     echo "  $1 against $proto: exit $rc: $(tail -n 1 "$TMP/$1.$2.err")" >&2
   fi
 }
 
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 for sc in $SCENARIOS; do
   for i in $(seq "$RUNS"); do
-    for t in $TARGETS; do run_one "$sc" "$t"; done
-    echo "  $sc run $i done" >&2
+    for t in $TARGETS; do
+      # The split-shards variant only means something for ringrouter.
+      if [ "$sc" = latency_10k_split ] && [ "$t" != rr ]; then continue; fi
+      run_one "$sc" "$t"
+    done
+    echo "  $sc run $i done (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
   done
 done
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
-python3 - "$TMP" "$SCENARIOS" "$SHARDS" "$RUNS" "$TARGETS" <<'PY'
+python3 - "$TMP" "$SCENARIOS" "$SHARDS" "$RUNS" "$TARGETS" "$REDIS_REPLY" "$LOAD_BEFORE" "$LOAD_AFTER" <<'PY'
 import json, statistics, sys, os
-tmp, scen, shards, runs, targets = sys.argv[1], sys.argv[2].split(), sys.argv[3], sys.argv[4], sys.argv[5].split()
+tmp, scen, shards, runs, targets, reply, lb, la = sys.argv[1:9]
+scen, targets, runs = scen.split(), targets.split(), int(runs)
 redis = "redis" in targets
 def load(sc, t):
     p = f"{tmp}/{sc}.{t}.jsonl"
-    if not os.path.exists(p):
-        return []
-    return [json.loads(l) for l in open(p) if l.strip()]
-def med(rows, k):
-    return statistics.median(r[k] for r in rows) if rows else None
+    return [json.loads(l) for l in open(p) if l.strip()] if os.path.exists(p) else []
+def m(x):
+    return f"{x/1e6:.2f}M" if x >= 1e6 else f"{x/1e3:.0f}k"
 def rate(rows):
-    m = med(rows, "msgs_per_sec")
-    return "failed" if m is None else f"{m:,.0f}"
+    if not rows:
+        return "-"
+    v = [r["msgs_per_sec"] for r in rows]
+    fail = "" if len(rows) == runs else f" ({runs-len(rows)} failed)"
+    return f"{m(statistics.median(v))} ({m(min(v))}–{m(max(v))}){fail}"
 def ratio(a, b):
-    a, b = med(a, "msgs_per_sec"), med(b, "msgs_per_sec")
-    return "-" if not a or not b else f"{a/b:.2f}x"
+    # Run i against run i: they ran back to back.
+    v = [x["msgs_per_sec"] / y["msgs_per_sec"] for x, y in zip(a, b) if y["msgs_per_sec"] > 0]
+    return "-" if not v else f"{statistics.median(v):.2f}× ({min(v):.2f}–{max(v):.2f})"
+def per_m(rows, k):
+    v = [r[k] / r["delivered"] * 1e6 for r in rows if r.get("delivered") and k in r]
+    return "-" if not v else f"{statistics.median(v):.2f}"
 def lat(rows):
-    return "-" if not rows else f"{med(rows,'p50_us'):.0f} / {med(rows,'p99_us'):.0f}"
+    if not rows:
+        return "-"
+    return f"{statistics.median(r['p50_us'] for r in rows):.0f} / {statistics.median(r['p99_us'] for r in rows):.0f}"
 def lost(rows):
-    return str(sum(r["lost"] for r in rows)) + ("" if len(rows) == int(runs) else f" ({int(runs)-len(rows)} failed)")
-vs = "nats-server and redis-server" if redis else "nats-server"
-print(f"ringrouter ({shards} shards) vs {vs}, loopback, median of {runs} runs, "
-      f"load generator on the same {os.cpu_count()}-core machine\n")
-if redis:
-    print("| scenario | ringrouter msgs/s | nats-server msgs/s | redis msgs/s | ratio rr/nats | ratio rr/redis "
-          "| ringrouter p50 / p99 µs | nats-server p50 / p99 µs | redis p50 / p99 µs | lost (rr/nats/redis) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-else:
-    print("| scenario | ringrouter msgs/s | nats-server msgs/s | ratio | ringrouter p50 / p99 µs | nats-server p50 / p99 µs | lost (rr/nats) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    return str(sum(r["lost"] for r in rows)) if rows else "-"
+names = {"rr": "ringrouter", "nats": "nats-server", "redis": "redis"}
+cols = [names[t] for t in targets]
+print(f"ringrouter ({shards} shards) vs {' and '.join(cols[1:])}, loopback, {runs} alternating runs, "
+      f"load generator on the same {os.cpu_count()}-core machine (load average {lb} before, {la} after)"
+      + (f"; redis publishers with CLIENT REPLY {reply.upper()}" if redis else "") + "\n")
+hdr = ["scenario"] + [f"{c} msgs/s" for c in cols] + [f"rr/{t}" for t in targets[1:]]
+hdr += ["server CPU-s per M deliveries (" + " / ".join(targets) + ")",
+        "generator CPU-s per M deliveries (" + " / ".join(targets) + ")",
+        "lost (" + "/".join(targets) + ")"]
+print("| " + " | ".join(hdr) + " |")
+print("|---" + "|---:" * (len(hdr) - 1) + "|")
 for sc in scen:
-    rr, na, re = load(sc, "rr"), load(sc, "nats"), load(sc, "redis")
-    if redis:
-        print(f"| {sc} | {rate(rr)} | {rate(na)} | {rate(re)} | {ratio(rr, na)} | {ratio(rr, re)} "
-              f"| {lat(rr)} | {lat(na)} | {lat(re)} | {lost(rr)}/{lost(na)}/{lost(re)} |")
-    else:
-        print(f"| {sc} | {rate(rr)} | {rate(na)} | {ratio(rr, na)} | {lat(rr)} | {lat(na)} | {lost(rr)}/{lost(na)} |")
+    rows = {t: load(sc, t) for t in targets}
+    line = [sc] + [rate(rows[t]) for t in targets]
+    line += [ratio(rows["rr"], rows[t]) for t in targets[1:]]
+    line.append(" / ".join(per_m(rows[t], "server_cpu_s") for t in targets))
+    line.append(" / ".join(per_m(rows[t], "client_cpu_s") for t in targets))
+    line.append("/".join(lost(rows[t]) for t in targets))
+    print("| " + " | ".join(line) + " |")
+print()
+print("| scenario | " + " | ".join(f"{c} p50 / p99 µs" for c in cols) + " |")
+print("|---" + "|---:" * len(cols) + "|")
+for sc in scen:
+    print(f"| {sc} | " + " | ".join(lat(load(sc, t)) for t in targets) + " |")
 PY

@@ -54,9 +54,24 @@ struct Args {
     /// which shards the senders and receivers live on.
     #[arg(long)]
     user_prefix: Option<String>,
+    /// Redis: `off` makes every sender send `CLIENT REPLY OFF` first and never
+    /// read a reply (the window then counts deliveries only); `on`: pipelined
+    /// PUBLISHes whose replies are read in bulk.
+    #[arg(long, value_enum, default_value_t = RedisReply::On)]
+    redis_reply: RedisReply,
+    /// ringrouter, pairs: the router's shard count; every pair's receiver is
+    /// then named so that it lives on another shard than its sender.
+    #[arg(long, default_value_t = 0)]
+    split_shards: usize,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RedisReply {
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -93,6 +108,8 @@ fn main() {
             ProtocolArg::Nats => Protocol::Nats,
             ProtocolArg::Redis => Protocol::Redis,
         },
+        redis_reply_off: a.redis_reply == RedisReply::Off,
+        split_shards: a.split_shards,
         ..LoadConfig::default()
     };
     let cfg = match a.user_prefix {
@@ -132,6 +149,23 @@ fn main() {
         Err(e) => {
             eprintln!("ringrouter-load: {e}");
             std::process::exit(2);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_engines_home_shard_is_the_routers() {
+        for shards in 1..=8 {
+            for i in 0..500 {
+                let name = format!("load{i}-r{}-0x{}", i % 7, i % 3);
+                assert_eq!(
+                    ringrouter_client::load::home_shard(name.as_bytes(), shards),
+                    ringrouter::shard::home_shard(name.as_bytes(), shards),
+                    "{name} on {shards} shards"
+                );
+            }
         }
     }
 }

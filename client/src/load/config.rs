@@ -37,6 +37,13 @@ pub struct LoadConfig {
     pub user_prefix: String,
     /// Wire protocol of the server under test.
     pub protocol: Protocol,
+    /// Redis: the senders turn replies off (`CLIENT REPLY OFF`) and never read
+    /// any; the window then counts deliveries only.
+    pub redis_reply_off: bool,
+    /// ringrouter, pairs: the router's shard count, to name every pair's
+    /// receiver so that it lives on another shard than its sender (0 or 1: names
+    /// as usual).
+    pub split_shards: usize,
 }
 
 /// The server the engine drives.
@@ -67,6 +74,8 @@ impl Default for LoadConfig {
             drain_timeout: Duration::from_secs(10),
             user_prefix: format!("load{}-", std::process::id()),
             protocol: Protocol::Ringrouter,
+            redis_reply_off: false,
+            split_shards: 0,
         }
     }
 }
@@ -153,8 +162,13 @@ impl Plan {
         let fan = self.fan;
         let mut jobs: Vec<ThreadJobs> = (0..threads).map(|_| ThreadJobs::default()).collect();
         let p = &cfg.user_prefix;
+        let split = fan == 1 && cfg.split_shards > 1 && cfg.protocol == Protocol::Ringrouter;
         for (i, flow) in flows.iter().enumerate() {
-            let receivers: Vec<String> = (0..fan).map(|j| format!("{p}r{i}-{j}")).collect();
+            let receivers: Vec<String> = if split {
+                vec![split_receiver(p, i, cfg.split_shards)]
+            } else {
+                (0..fan).map(|j| format!("{p}r{i}-{j}")).collect()
+            };
             let join = join_codes.get(i).cloned();
             for (j, user) in receivers.iter().enumerate() {
                 let t = if fan == 1 { i % threads } else { j % threads };
@@ -187,4 +201,34 @@ impl Plan {
 
 pub(super) fn sender_name(prefix: &str, i: usize) -> String {
     format!("{prefix}s{i}")
+}
+
+/// The receiver of pair `i` named to live on another of `shards` shards than
+/// its sender: `{prefix}r{i}-0`, or `{prefix}r{i}-0x{k}` for the first `k`
+/// that moves it.
+fn split_receiver(prefix: &str, i: usize, shards: usize) -> String {
+    let home = home_shard(sender_name(prefix, i).as_bytes(), shards);
+    let plain = format!("{prefix}r{i}-0");
+    if home_shard(plain.as_bytes(), shards) != home {
+        return plain;
+    }
+    (0..)
+        .map(|k| format!("{plain}x{k}"))
+        .find(|u| home_shard(u.as_bytes(), shards) != home)
+        .expect("some name lands on another shard")
+}
+
+/// The router's home shard of a user or room name among `shards` (a copy of
+/// `ringrouter::shard::home_shard`, checked against it by the tests of
+/// `ringrouter-load`): FNV-1a with a fixed seed and a final avalanche.
+pub fn home_shard(name: &[u8], shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ 0x9e37_79b9_7f4a_7c15;
+    for &b in name {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    (h % shards.max(1) as u64) as usize
 }

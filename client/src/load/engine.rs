@@ -27,8 +27,12 @@ pub(super) const STAMP: usize = 16;
 /// messages (the router delivers them to the sender's session too) so that it
 /// can ack them before it logs out.
 const ECHO_GRACE: Duration = Duration::from_secs(2);
-/// Frames written per write call, at most.
+/// Frames written per write call, at most (ringrouter).
 const MAX_BATCH: usize = 512;
+/// NATS and Redis: bytes per write call, about (whole messages; at least one):
+/// PUBs / PUBLISHes batched into ~64 KiB writes, the way their fastest
+/// clients pipeline them.
+const BATCH_BYTES: usize = 64 * 1024;
 
 /// Counters shared between a sender and its receivers (possibly other threads).
 pub(super) struct Flow {
@@ -168,11 +172,12 @@ async fn connect(
     user: &str,
     subscribe: Option<&str>,
     join: Option<&str>,
+    reply_off: bool,
 ) -> Result<Conn, String> {
     match protocol {
         Protocol::Ringrouter => ringrouter::connect(addr, user, join).await,
         Protocol::Nats => nats::connect(addr, subscribe).await,
-        Protocol::Redis => resp::connect(addr, subscribe).await,
+        Protocol::Redis => resp::connect(addr, subscribe, reply_off).await,
     }
 }
 
@@ -311,11 +316,12 @@ async fn connect_all(shared: &Shared, jobs: &ThreadJobs) -> Result<(Vec<Conn>, V
     for j in &jobs.receivers {
         let sub = Some(j.channel.as_str());
         let join = j.join.as_deref();
-        receivers.push(connect(protocol, shared.addr, &j.user, sub, join).await?);
+        receivers.push(connect(protocol, shared.addr, &j.user, sub, join, false).await?);
     }
     let mut senders = Vec::new();
     for j in &jobs.senders {
-        senders.push(connect(protocol, shared.addr, &j.user, None, None).await?);
+        let off = shared.cfg.redis_reply_off;
+        senders.push(connect(protocol, shared.addr, &j.user, None, None, off).await?);
     }
     Ok((receivers, senders))
 }
@@ -508,9 +514,65 @@ async fn sender(shared: Arc<Shared>, job: SenderJob, conn: Conn) {
         acker: Acker::new(),
         sent: 0,
     };
-    let buf = BytesMut::with_capacity(MAX_BATCH * (shared.cfg.size + 64) * job.to.len());
-    let (buf, write_failed) = s.send_all(&mut wr, buf, job.quota).await;
+    let t = Template::new(&shared.cfg, &job.to);
+    let buf = BytesMut::with_capacity(t.max_batch as usize * t.bytes_per_message + 4096);
+    let (buf, write_failed) = s.send_all(&mut wr, buf, job.quota, &t).await;
     s.finish(&mut wr, buf, write_failed).await;
+}
+
+/// What a sender writes per message, prepared once: every destination's
+/// header for the run's payload size (it does not change from one message to
+/// the next), what follows a payload, and how the messages are batched.
+struct Template {
+    /// Per destination: the protocol's header for a payload of the run's size.
+    heads: Vec<Vec<u8>>,
+    /// What follows each payload.
+    end: Vec<u8>,
+    /// The payload after its stamp (or all of it, below [`STAMP`] bytes).
+    filler: Vec<u8>,
+    /// Bytes of one message to every destination.
+    bytes_per_message: usize,
+    /// Messages per write, at most.
+    max_batch: u64,
+    /// The sender waits (its window full) until at least this many messages
+    /// may go: 1 for ringrouter; a whole batch (or half the window) for NATS
+    /// and Redis, so that each write carries ~[`BATCH_BYTES`].
+    min_free: u64,
+}
+
+impl Template {
+    fn new(cfg: &LoadConfig, to: &[Dest]) -> Self {
+        let protocol = cfg.protocol;
+        let size = cfg.size;
+        let heads: Vec<Vec<u8>> = to
+            .iter()
+            .map(|d| {
+                let mut h = BytesMut::new();
+                begin_message(protocol, &mut h, d, size);
+                h.to_vec()
+            })
+            .collect();
+        let mut end = BytesMut::new();
+        end_message(protocol, &mut end);
+        let filler = vec![0x5Au8; if size >= STAMP { size - STAMP } else { size }];
+        let bytes_per_message: usize = heads.iter().map(|h| h.len() + size + end.len()).sum();
+        let window = cfg.window as u64;
+        let (max_batch, min_free) = match protocol {
+            Protocol::Ringrouter => (MAX_BATCH as u64, 1),
+            Protocol::Nats | Protocol::Redis => {
+                let b = (BATCH_BYTES / bytes_per_message.max(1)).max(1) as u64;
+                (b, b.min(window / 2).max(1))
+            }
+        };
+        Template {
+            heads,
+            end: end.to_vec(),
+            filler,
+            bytes_per_message,
+            max_batch,
+            min_free,
+        }
+    }
 }
 
 /// A sender's state while it runs.
@@ -530,7 +592,7 @@ impl Sending<'_> {
     fn in_flight(&self) -> u64 {
         let f = self.flow;
         let mut done = f.delivered.load(Ordering::Acquire) / f.fan;
-        if self.shared.cfg.protocol == Protocol::Redis {
+        if self.shared.cfg.protocol == Protocol::Redis && !self.shared.cfg.redis_reply_off {
             done = done.min(self.echo.published.get() / self.to.len() as u64);
         }
         self.sent.saturating_sub(done)
@@ -543,23 +605,26 @@ impl Sending<'_> {
         wr: &mut monoio::net::tcp::TcpOwnedWriteHalf,
         mut buf: BytesMut,
         quota: Option<u64>,
+        t: &Template,
     ) -> (BytesMut, bool) {
         let cfg = &self.shared.cfg;
         let window = cfg.window as u64;
         let started = Instant::now();
         let deadline = cfg.duration.map(|d| started + d);
         let per_sender_rate = cfg.rate.map(|r| r / shared_senders(cfg) as f64);
-        let filler = vec![0x5Au8; cfg.size.saturating_sub(STAMP)];
+        // Room for at least `min_free` messages before the next write (ringrouter: 1).
+        let min_free = t.min_free.min(window);
+        let full = |s: &Self| s.in_flight() + min_free > window;
         loop {
             if quota.is_some_and(|q| self.sent >= q)
                 || deadline.is_some_and(|d| Instant::now() >= d)
             {
                 return (buf, false);
             }
-            if self.in_flight() >= window {
+            if full(self) {
                 poll_fn(|cx| {
                     self.flow.sender.register(cx.waker());
-                    if self.in_flight() < window {
+                    if !full(self) {
                         Poll::Ready(())
                     } else {
                         Poll::Pending
@@ -568,7 +633,7 @@ impl Sending<'_> {
                 .await;
                 continue;
             }
-            let mut n = (window - self.in_flight()).min(MAX_BATCH as u64);
+            let mut n = (window - self.in_flight()).min(t.max_batch);
             if let Some(q) = quota {
                 n = n.min(q - self.sent);
             }
@@ -585,7 +650,7 @@ impl Sending<'_> {
             }
             buf.clear();
             put_control(self.echo, &mut self.acker, false, &mut buf);
-            self.put_batch(&mut buf, n, &filler);
+            self.put_batch(&mut buf, n, t);
             let (r, b) = wr.write_all(buf).await;
             buf = b;
             if r.is_err() {
@@ -595,22 +660,20 @@ impl Sending<'_> {
     }
 
     /// Appends the next `n` messages to every destination and counts them sent.
-    fn put_batch(&mut self, buf: &mut BytesMut, n: u64, filler: &[u8]) {
-        let protocol = self.shared.cfg.protocol;
+    fn put_batch(&mut self, buf: &mut BytesMut, n: u64, t: &Template) {
         let size = self.shared.cfg.size;
         let ts = nanos_since(self.shared.epoch);
+        buf.reserve(n as usize * t.bytes_per_message);
         for k in 0..n {
             let seq = self.sent + k + 1;
-            for dest in self.to {
-                begin_message(protocol, buf, dest, size);
+            for head in &t.heads {
+                buf.extend_from_slice(head);
                 if size >= STAMP {
                     buf.extend_from_slice(&ts.to_le_bytes());
                     buf.extend_from_slice(&seq.to_le_bytes());
-                    buf.extend_from_slice(filler);
-                } else {
-                    buf.extend_from_slice(&vec![0u8; size]);
                 }
-                end_message(protocol, buf);
+                buf.extend_from_slice(&t.filler);
+                buf.extend_from_slice(&t.end);
             }
         }
         self.sent += n;
@@ -640,6 +703,10 @@ impl Sending<'_> {
         write_failed |= r.is_err();
         self.flow.sender_done.store(true, Ordering::Release);
         self.shared.senders_left.fetch_sub(1, Ordering::AcqRel);
+        if protocol == Protocol::Redis && cfg.redis_reply_off {
+            // Nothing comes back; closing is clean.
+            return;
+        }
         if protocol == Protocol::Redis && !write_failed {
             // Every PUBLISH, end markers included, is answered before the
             // connection goes away (unread replies would make closing it a reset).

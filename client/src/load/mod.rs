@@ -34,7 +34,7 @@ mod report;
 mod resp;
 mod ringrouter;
 
-pub use config::{LoadConfig, Protocol};
+pub use config::{home_shard, LoadConfig, Protocol};
 pub use report::LoadReport;
 
 use config::Plan;
@@ -292,6 +292,36 @@ mod tests {
         let mut pos = 0;
         let err = next_item(Protocol::Redis, b"-OOM no\r\n", &mut pos, &mut out);
         assert!(matches!(err, Err(e) if e.contains("OOM no")));
+    }
+
+    #[test]
+    fn split_pairs_put_every_receiver_on_another_shard() {
+        for shards in [2, 3, 4] {
+            let cfg = LoadConfig {
+                pairs: 20,
+                split_shards: shards,
+                user_prefix: "split-".into(),
+                ..LoadConfig::default()
+            };
+            let plan = config::Plan::new(&cfg).expect("plan");
+            let flows: Vec<Arc<Flow>> = (0..20).map(|_| Arc::new(Flow::new(1))).collect();
+            let jobs = plan.jobs(&cfg, &flows, &[]);
+            let senders: Vec<_> = jobs.iter().flat_map(|j| &j.senders).collect();
+            let receivers: Vec<_> = jobs.iter().flat_map(|j| &j.receivers).collect();
+            assert_eq!(receivers.len(), 20);
+            for s in senders {
+                let i: usize = s.user["split-s".len()..].parse().expect("index");
+                let r = receivers
+                    .iter()
+                    .find(|r| r.user.starts_with(&format!("split-r{i}-0")))
+                    .expect("its receiver");
+                assert_eq!(s.to, [engine::Dest::User(r.user.clone())]);
+                assert_ne!(
+                    home_shard(s.user.as_bytes(), shards),
+                    home_shard(r.user.as_bytes(), shards)
+                );
+            }
+        }
     }
 
     #[test]

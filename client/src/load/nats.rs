@@ -65,16 +65,12 @@ pub(super) fn next_item<'a>(
     out: &mut BytesMut,
 ) -> Result<Option<Item<'a>>, String> {
     let rest = &buf[*pos..];
-    let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+    let Some(eol) = super::resp::crlf(rest) else {
         return Ok(None);
     };
     let line = &rest[..eol];
     if let Some(hdr) = line.strip_prefix(b"MSG ") {
-        let len: usize = hdr
-            .rsplit(|&b| b == b' ')
-            .next()
-            .and_then(|t| std::str::from_utf8(t).ok())
-            .and_then(|t| t.parse().ok())
+        let len = msg_len(hdr)
             .ok_or_else(|| format!("bad MSG line {:?}", String::from_utf8_lossy(line)))?;
         let total = eol + 2 + len + 2;
         if rest.len() < total {
@@ -90,4 +86,64 @@ pub(super) fn next_item<'a>(
         return Err(String::from_utf8_lossy(line).into_owned());
     }
     Ok(Some(Item::Control))
+}
+
+/// The payload length of a MSG line (its last token), without allocating.
+#[inline]
+fn msg_len(hdr: &[u8]) -> Option<usize> {
+    let digits = &hdr[memchr::memrchr(b' ', hdr)? + 1..];
+    if digits.is_empty() || digits.len() > 12 {
+        return None;
+    }
+    let mut n = 0usize;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + usize::from(d - b'0');
+    }
+    Some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msg_frames_parse_split_anywhere_and_pings_are_answered() {
+        let mut b = Vec::new();
+        b.extend_from_slice(b"MSG load1-r0-0 1 5\r\nhe\r\no\r\n");
+        b.extend_from_slice(b"PING\r\n");
+        b.extend_from_slice(b"MSG s 1 reply.to 0\r\n\r\n");
+        b.extend_from_slice(b"+OK\r\n");
+        for split in 0..=b.len() {
+            let mut out = BytesMut::new();
+            let mut got = Vec::new();
+            let mut buf = b[..split].to_vec();
+            let mut pos = 0;
+            loop {
+                match next_item(&buf, &mut pos, &mut out).expect("parses") {
+                    Some(Item::Msg(p, _)) => got.push(String::from_utf8_lossy(p).into_owned()),
+                    Some(_) => got.push("-".into()),
+                    None => break,
+                }
+            }
+            buf.drain(..pos);
+            buf.extend_from_slice(&b[split..]);
+            let mut pos = 0;
+            while let Some(i) = next_item(&buf, &mut pos, &mut out).expect("parses") {
+                got.push(match i {
+                    Item::Msg(p, _) => String::from_utf8_lossy(p).into_owned(),
+                    _ => "-".into(),
+                });
+            }
+            assert_eq!(pos, buf.len(), "split at {split}");
+            assert_eq!(got, ["he\r\no", "-", "", "-"], "split at {split}");
+            assert_eq!(&out[..], b"PONG\r\n");
+        }
+        let mut pos = 0;
+        let mut out = BytesMut::new();
+        assert!(next_item(b"MSG a 1 x\r\n", &mut pos, &mut out).is_err());
+        assert!(next_item(b"-ERR 'Slow Consumer'\r\n", &mut 0, &mut out).is_err());
+    }
 }

@@ -44,6 +44,9 @@ pub struct LoadReport {
     pub receiver_max_msgs_per_sec: f64,
     /// CPU seconds the engine's process used (user + system) during the run.
     pub engine_cpu_seconds: f64,
+    /// The same: the load generator's CPU seconds (user + system, getrusage
+    /// RUSAGE_SELF) from the start of sending to the last delivery.
+    pub client_cpu_s: f64,
     /// (seconds since start, deliveries so far), sampled every 100 ms.
     pub timeline: Vec<(f64, u64)>,
     /// (latency µs upper bound, count) buckets of the latency histogram.
@@ -110,6 +113,7 @@ impl Measured {
             receiver_avg_msgs_per_sec: rates.iter().sum::<f64>() / rates.len().max(1) as f64,
             receiver_max_msgs_per_sec: rates.iter().copied().fold(0.0, f64::max),
             engine_cpu_seconds: cpu,
+            client_cpu_s: cpu,
             timeline,
             latency_buckets: latency_buckets(&hist),
         }

@@ -152,8 +152,23 @@ fn scalar(buf: &[u8], pos: usize) -> Result<Option<(Scalar<'_>, usize)>, String>
 /// The line at `buf[pos..]` without its CRLF, and the position past the CRLF.
 fn line(buf: &[u8], pos: usize) -> Option<(&[u8], usize)> {
     let rest = buf.get(pos..)?;
-    let i = rest.windows(2).position(|w| w == b"\r\n")?;
+    let i = crlf(rest)?;
     Some((&rest[..i], pos + i + 2))
+}
+
+/// Where the first CRLF of `b` starts.
+#[inline]
+pub(super) fn crlf(b: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = memchr::memchr(b'\r', &b[from..]) {
+        let i = from + i;
+        match b.get(i + 1) {
+            Some(b'\n') => return Some(i),
+            Some(_) => from = i + 1,
+            None => return None,
+        }
+    }
+    None
 }
 
 /// A RESP integer (`-?[0-9]+`).
@@ -230,8 +245,13 @@ pub(super) const END: &[u8] = b"\r\n";
 
 /// Redis handshake: a receiver SUBSCRIBEs and waits for the confirmation (only
 /// then is it sure to get what is published next); a sender PINGs and waits for
-/// the PONG (proving it talks to a Redis server).
-pub(super) async fn connect(addr: SocketAddr, subscribe: Option<&str>) -> Result<Conn, String> {
+/// the PONG (proving it talks to a Redis server). With `reply_off` a sender
+/// then turns replies off (`CLIENT REPLY OFF`: nothing is answered from then on).
+pub(super) async fn connect(
+    addr: SocketAddr,
+    subscribe: Option<&str>,
+    reply_off: bool,
+) -> Result<Conn, String> {
     let mut s = TcpStream::connect_addr(addr)
         .await
         .map_err(|e| e.to_string())?;
@@ -239,7 +259,12 @@ pub(super) async fn connect(addr: SocketAddr, subscribe: Option<&str>) -> Result
     let mut hello = BytesMut::new();
     match subscribe {
         Some(channel) => put_command(&mut hello, &[b"SUBSCRIBE", channel.as_bytes()]),
-        None => put_command(&mut hello, &[b"PING"]),
+        None => {
+            put_command(&mut hello, &[b"PING"]);
+            if reply_off {
+                put_command(&mut hello, &[b"CLIENT", b"REPLY", b"OFF"]);
+            }
+        }
     }
     let (r, _) = s.write_all(hello).await;
     r.map_err(|e| e.to_string())?;
@@ -277,7 +302,15 @@ pub(super) async fn connect(addr: SocketAddr, subscribe: Option<&str>) -> Result
 /// not complete. An error reply fails the run.
 #[inline]
 pub(super) fn next_item<'a>(buf: &'a [u8], pos: &mut usize) -> Result<Option<Item<'a>>, String> {
-    let Some((r, n)) = next(&buf[*pos..])? else {
+    let rest = &buf[*pos..];
+    if let Some(m) = rest.strip_prefix(MESSAGE) {
+        // The hot path, a `message` push: `$<n>\r\n<channel>\r\n$<n>\r\n<payload>\r\n`.
+        if let Some((payload, n)) = message_tail(m) {
+            *pos += MESSAGE.len() + n;
+            return Ok(Some(Item::Msg(payload, 0)));
+        }
+    }
+    let Some((r, n)) = next(rest)? else {
         return Ok(None);
     };
     *pos += n;
@@ -287,6 +320,46 @@ pub(super) fn next_item<'a>(buf: &'a [u8], pos: &mut usize) -> Result<Option<Ite
         Resp::Error(e) => Err(format!("redis: {}", String::from_utf8_lossy(e))),
         _ => Ok(Some(Item::Control)),
     }
+}
+
+/// How a `message` push starts.
+const MESSAGE: &[u8] = b"*3\r\n$7\r\nmessage\r\n";
+
+/// The payload of a `message` push after [`MESSAGE`], and the bytes it took:
+/// `None` if anything is unusual or incomplete (the general parser decides).
+#[inline]
+fn message_tail(b: &[u8]) -> Option<(&[u8], usize)> {
+    let (clen, p) = bulk_len(b, 0)?;
+    let p = p + clen;
+    if b.get(p..p + 2)? != b"\r\n" {
+        return None;
+    }
+    let (plen, q) = bulk_len(b, p + 2)?;
+    let end = q + plen;
+    if b.get(end..end + 2)? != b"\r\n" {
+        return None;
+    }
+    Some((&b[q..end], end + 2))
+}
+
+/// A short bulk header `$<digits>\r\n` at `b[at..]`: its length and where the
+/// string starts.
+#[inline]
+fn bulk_len(b: &[u8], at: usize) -> Option<(usize, usize)> {
+    if *b.get(at)? != b'$' {
+        return None;
+    }
+    let mut n = 0usize;
+    let mut i = at + 1;
+    loop {
+        match *b.get(i)? {
+            d @ b'0'..=b'9' if i - at <= 10 => n = n * 10 + usize::from(d - b'0'),
+            b'\r' if i > at + 1 => break,
+            _ => return None,
+        }
+        i += 1;
+    }
+    (*b.get(i + 1)? == b'\n').then_some((n, i + 2))
 }
 
 #[cfg(test)]
@@ -422,6 +495,29 @@ mod tests {
                 m.len()
             )))
         );
+    }
+
+    #[test]
+    fn the_message_fast_path_agrees_with_the_parser() {
+        use super::super::engine::Item;
+        for payload in [&b""[..], b"x", b"\r\n$3\r\n", &[9u8; 1500]] {
+            let mut m = message(b"load1-r0-0", payload);
+            m.extend_from_slice(b":1\r\n");
+            let one = m.len() - 4;
+            for k in 0..one {
+                assert!(matches!(next_item(&m[..k], &mut 0), Ok(None)), "prefix {k}");
+            }
+            let mut pos = 0;
+            match next_item(&m, &mut pos) {
+                Ok(Some(Item::Msg(p, 0))) => assert_eq!(p, payload),
+                _ => panic!("a message"),
+            }
+            assert_eq!(pos, one);
+            assert!(matches!(next_item(&m, &mut pos), Ok(Some(Item::Published))));
+        }
+        // Not a plain message push: the general parser's verdict stands.
+        let bad = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhiXY";
+        assert!(next_item(bad, &mut 0).is_err());
     }
 
     #[test]
