@@ -31,7 +31,7 @@
 #   latency_10k_split   the same, ringrouter only, the pair's two users on different
 #                       shards (--split-shards; nats/redis have no shards: see latency_10k)
 #   fanout64 fanout1000 one sender to 64 / 1000 receivers: through a room on
-#                       ringrouter, one channel on redis, 64 / 1000 subjects on nats
+#                       ringrouter, one channel on redis, one subject on nats
 # "default" = pairs1_64 pairs16_64 pairs16_1k pairs256_64 latency_10k latency_10k_split;
 # "fanout" = fanout64 fanout1000; "all" = every scenario.
 # redis-server runs with persistence off, on a free loopback port.

@@ -34,7 +34,7 @@ struct Args {
     duration: Option<f64>,
     /// One sender to M receivers (M > 1: through a room the sender creates and
     /// the receivers join, deleted at the end; with redis, through one channel
-    /// they all subscribe to; with nats, M subjects).
+    /// they all subscribe to; with nats, one subject likewise).
     #[arg(long)]
     fanout: Option<usize>,
     /// Paced total rate, msgs/s.

@@ -91,7 +91,8 @@ pub(super) struct Plan {
     pub(super) threads: usize,
     /// Fan-out through ringrouter rooms.
     pub(super) use_rooms: bool,
-    /// Fan-out through one Redis channel per sender (the equivalent of a room).
+    /// Fan-out through one Redis channel or NATS subject per sender (the
+    /// equivalent of a room): one publish per message.
     pub(super) shared_channel: bool,
 }
 
@@ -138,7 +139,7 @@ impl Plan {
             fan,
             threads: threads.min(senders * fan).max(1),
             use_rooms: fan > 1 && cfg.protocol == Protocol::Ringrouter,
-            shared_channel: fan > 1 && cfg.protocol == Protocol::Redis,
+            shared_channel: fan > 1 && matches!(cfg.protocol, Protocol::Redis | Protocol::Nats),
         })
     }
 

@@ -7,10 +7,10 @@
 //! the sender's user creates a room named after the user prefix (so concurrent
 //! runs do not collide), each receiver joins it by its join code right after
 //! logging in, and the sender sends each message once, to the room. The room is
-//! deleted when the run ends. Against NATS, fan-out is M direct subjects.
-//! Against Redis (pub/sub, RESP2), 1:1 pairs use one channel per receiver and
-//! fan-out uses one channel per sender that all its receivers subscribe to (the
-//! equivalent of a room): the sender publishes each message once.
+//! deleted when the run ends. Against NATS and Redis (pub/sub, RESP2), 1:1
+//! pairs use one subject / channel per receiver and fan-out uses one subject /
+//! channel per sender that all its receivers subscribe to (the equivalent of a
+//! room): the sender publishes each message once.
 //!
 //! Every ringrouter connection acks what it received, cumulatively (every 1024
 //! messages or 100 ms, and at the end), since the router keeps every unacked
