@@ -178,6 +178,24 @@ impl Session {
         }
     }
 
+    /// Frees what a drained session holds for traffic it does not have (write
+    /// buffers, empty queues' capacity), so an idle session costs little memory. Run by
+    /// the ticker: a busy session allocates them again at most once a tick.
+    fn release_idle(&mut self) {
+        self.out.release();
+        self.spare = None;
+        self.unacked.release();
+        if self.throttled.is_empty() {
+            self.throttled.shrink_to_fit();
+        }
+        if self.drain_waiters.is_empty() {
+            self.drain_waiters.shrink_to_fit();
+        }
+        if self.deferred.is_empty() {
+            self.deferred.shrink_to_fit();
+        }
+    }
+
     pub(crate) fn push_frame(&mut self, f: &ServerFrame) {
         // Nothing goes out before the LoginResult (held for the first backlog page).
         if let Some(login) = self.login_frame.take() {
@@ -397,6 +415,9 @@ impl Shard {
                 }
             } else {
                 s.over_since = None;
+            }
+            if s.inflight == 0 && s.out.is_empty() {
+                s.release_idle();
             }
             match s.ping_sent {
                 Some(sent) if now.duration_since(sent) >= cfg.heartbeat_timeout => {
