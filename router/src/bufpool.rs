@@ -24,11 +24,9 @@ thread_local! {
     static READ: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
 }
 
-/// An empty read buffer with at least [`MIN_READ`] bytes of room: the last one given
-/// back on this thread, else a fresh one of [`READ_BUF`] bytes.
-pub(crate) fn take_read() -> BytesMut {
+/// The last buffer given back on this thread, if any.
+pub(crate) fn take_pooled() -> Option<BytesMut> {
     READ.with(|p| p.borrow_mut().pop())
-        .unwrap_or_else(|| BytesMut::with_capacity(READ_BUF))
 }
 
 /// Gives an empty read buffer back (kept if it still has [`MIN_READ`] bytes of room and
@@ -56,12 +54,12 @@ mod tests {
 
     #[test]
     fn a_tail_is_reused_and_never_shared_with_live_frames() {
-        let mut b = take_read();
+        let mut b = BytesMut::with_capacity(READ_BUF);
         b.extend_from_slice(&[1u8; 100]);
         let frame = b.split().freeze();
         give_read(b);
         assert_eq!(pooled(), 1);
-        let mut again = take_read();
+        let mut again = take_pooled().expect("pooled");
         assert_eq!(pooled(), 0);
         assert!(again.capacity() >= MIN_READ);
         again.extend_from_slice(&[2u8; 100]);
@@ -69,6 +67,7 @@ mod tests {
         assert_eq!(&frame[..], &[1u8; 100][..]);
         give_read(again); // not empty: dropped
         assert_eq!(pooled(), 0);
+        assert!(take_pooled().is_none());
         give_read(BytesMut::with_capacity(16)); // too small: dropped
         assert_eq!(pooled(), 0);
         for _ in 0..2 * KEEP {

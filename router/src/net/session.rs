@@ -271,9 +271,20 @@ async fn read_loop(
 /// buffer (io_uring: a poll op; epoll: the fd's readiness), so an idle session keeps
 /// no read buffer.
 async fn read_fresh(fd: RawFd, reader: &TcpOwnedReadHalf, buf: &mut BytesMut) -> io::Result<usize> {
+    // Whether the socket was seen readable: a fresh buffer is only allocated then.
+    let mut ready = false;
     loop {
         if buf.capacity() - buf.len() < MIN_READ {
-            *buf = bufpool::take_read();
+            match bufpool::take_pooled() {
+                Some(b) => *buf = b,
+                None if ready => *buf = BytesMut::with_capacity(READ_BUF),
+                None => {
+                    *buf = BytesMut::new();
+                    wait_readable(reader).await?;
+                    ready = true;
+                    continue;
+                }
+            }
         }
         let spare = buf.spare_capacity_mut();
         // Safety: recv writes at most `spare.len()` bytes into the buffer's spare
@@ -296,16 +307,22 @@ async fn read_fresh(fd: RawFd, reader: &TcpOwnedReadHalf, buf: &mut BytesMut) ->
         match e.kind() {
             io::ErrorKind::WouldBlock => {
                 bufpool::give_read(std::mem::take(buf));
-                // Safety: a shared borrow of the stream for the poll op, as monoio's own
-                // `TcpOwnedReadHalf::peer_addr` takes it; the write half only submits
-                // its own ops on the same fd.
-                let stream = unsafe { &*reader.0.get() };
-                stream.readable(false).await?;
+                wait_readable(reader).await?;
+                ready = true;
             }
             io::ErrorKind::Interrupted => {}
             _ => return Err(e),
         }
     }
+}
+
+/// Waits until the socket is readable (or closed), holding no buffer.
+async fn wait_readable(reader: &TcpOwnedReadHalf) -> io::Result<()> {
+    // Safety: a shared borrow of the stream for the poll op, as monoio's own
+    // `TcpOwnedReadHalf::peer_addr` takes it; the write half only submits its own ops
+    // on the same fd.
+    let stream = unsafe { &*reader.0.get() };
+    stream.readable(false).await
 }
 
 async fn write_loop<W: AsyncWriteRent>(shard: Rc<RefCell<Shard>>, key: SessionKey, mut writer: W) {

@@ -156,7 +156,7 @@ pub struct Session {
     /// The account was deleted: what is unacked is dropped, not queued.
     pub discard_unacked: bool,
     /// The LoginResult, until the first backlog page goes out with it.
-    pub login_frame: Option<ServerFrame>,
+    pub login_frame: Option<Box<ServerFrame>>,
 }
 
 impl Session {
