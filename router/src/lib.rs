@@ -5,7 +5,7 @@
 //! `scripts/check-module-cycles.py`, run by the `module_graph` test).
 //!
 //! 1. Base, no router state: [`config`], [`auth`] (`open`, `jwt`, `accounts` login),
-//!    [`maps`], [`mailbox`] (lock-free SPSC rings between shards, with a doorbell),
+//!    [`maps`], `bufpool` (per-shard read buffers), [`mailbox`] (lock-free SPSC rings between shards, with a doorbell),
 //!    [`outbuf`] (a session's outbound queue and its writev batches), [`stats`],
 //!    [`store`] (the embedded store and its thread), `prelogin` (the sans-IO pre-login
 //!    state machine), `shared` (what the shard threads share), [`alloc`].
@@ -22,6 +22,7 @@
 
 pub mod alloc;
 pub mod auth;
+mod bufpool;
 pub mod cli;
 pub mod config;
 pub mod frames;

@@ -11,8 +11,13 @@ use prost::Message;
 use ringrouter_proto::codec::encode_frame;
 use ringrouter_proto::fast::{put_deliver_header, DeliverStamp, DeliverTemplate, TEMPLATE_MAX_SEQ};
 
-/// Smallest allocation of the contiguous write buffer.
+/// Smallest allocation of the contiguous write buffer of a busy session.
 const CHUNK: usize = 64 * 1024;
+
+/// Allocation of the contiguous write buffer of a session that has none (new, or idle
+/// and released): a LoginResult, a Ping, a few Delivers. A session that stays busy
+/// grows it to [`CHUNK`] at its first overflow.
+const FIRST: usize = 1024;
 
 /// Most iovecs passed to one writev (Linux IOV_MAX).
 const IOV_MAX: usize = 1024;
@@ -135,6 +140,21 @@ impl OutBuf {
         self.len = 0;
     }
 
+    /// Frees the buffers of an empty queue, so that an idle session holds none (the
+    /// next frame allocates [`FIRST`] bytes). Does nothing while something is queued.
+    pub fn release(&mut self) {
+        if self.len != 0 {
+            return;
+        }
+        if self.data.capacity() != 0 {
+            self.data = BytesMut::new();
+        }
+        self.spare = None;
+        if self.segs.capacity() != 0 {
+            self.segs = Vec::new();
+        }
+    }
+
     /// Appends a protobuf frame (length-delimited).
     pub fn push_frame<M: Message>(&mut self, msg: &M) {
         self.ensure(msg.encoded_len() + 10);
@@ -197,7 +217,8 @@ impl OutBuf {
 
     /// Makes room for `n` more bytes in the contiguous buffer: a buffer given back
     /// by the writer if there is one, else one allocation of at least
-    /// [`CHUNK`] bytes (never a chain of doubling reallocations).
+    /// [`CHUNK`] bytes (never a chain of doubling reallocations), or of [`FIRST`] bytes
+    /// when the queue holds no buffer at all (a new or released, idle session).
     fn ensure(&mut self, n: usize) {
         if self.data.capacity() - self.data.len() >= n {
             return;
@@ -210,7 +231,12 @@ impl OutBuf {
                 }
             }
         }
-        self.data.reserve(n.max(CHUNK));
+        let min = if self.data.capacity() == 0 {
+            FIRST
+        } else {
+            CHUNK
+        };
+        self.data.reserve(n.max(min));
     }
 
     /// Takes everything queued as one write batch, leaving the queue empty.
@@ -423,6 +449,35 @@ mod tests {
             Some(server_frame::Kind::Deliver(d)) => assert_eq!(&d.payload[..], &payload[..]),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_drained_queue_releases_its_buffers_and_starts_small() {
+        let mut q = OutBuf::default();
+        let pong = ServerFrame {
+            kind: Some(server_frame::Kind::Pong(Pong { nonce: 5 })),
+        };
+        q.push_frame(&pong);
+        assert!(
+            q.data.capacity() <= FIRST,
+            "a first frame takes a small buffer"
+        );
+        // Busy: the buffer grows to a chunk at its first overflow.
+        for _ in 0..1000 {
+            q.push_frame(&pong);
+        }
+        assert!(q.data.capacity() >= CHUNK);
+        let mut batch = q.take(None);
+        q.release(); // the batch is in flight: the queue is empty, the batch keeps its bytes
+        assert_eq!(q.data.capacity(), 0);
+        assert_eq!(batch.remaining(), batch.total());
+        q.recycle(&mut batch);
+        q.release();
+        assert_eq!(q.data.capacity(), 0);
+        assert!(q.spare.is_none());
+        q.push_frame(&pong);
+        q.release(); // not empty: kept
+        assert!(!q.is_empty() && q.data.capacity() > 0);
     }
 
     #[test]

@@ -143,6 +143,9 @@ pub(crate) async fn serve(
                 a.then(&mut pl, PreLogin::registered);
             }
             Action::Start(s) => {
+                // Nothing of the pre-login conversation outlives it (this task runs
+                // a home-shard session to its end).
+                drop(pl);
                 let home = shard.borrow().home(s.user.as_bytes());
                 let me = shard.borrow().id;
                 if home == me {

@@ -9,13 +9,15 @@
 
 use std::cell::RefCell;
 use std::future::poll_fn;
-use std::os::fd::AsRawFd;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::Instant;
 
 use bytes::BytesMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
+use monoio::net::tcp::TcpOwnedReadHalf;
 use monoio::net::TcpStream;
 use ringrouter_proto::codec::{encode_frame, frame_bytes_needed, frames, split_frames};
 use ringrouter_proto::fast::parse_client_at;
@@ -25,14 +27,10 @@ use ringrouter_proto::Status;
 use tracing::Instrument;
 
 use super::close_bounded;
+use crate::bufpool::{self, MIN_READ, READ_BUF};
 use crate::prelogin::truncated_reason;
 use crate::shard::{now_us, CloseReason, Flow, Handover, SessionKey, Shard};
 use crate::shared::ConnGuard;
-
-/// Size of a fresh read buffer.
-const READ_BUF: usize = 64 * 1024;
-/// Smallest free space worth a read call.
-const MIN_READ: usize = 4 * 1024;
 
 /// Runs a connection handed over by another shard.
 pub(crate) async fn adopt(shard: Rc<RefCell<Shard>>, h: Box<Handover>) {
@@ -131,7 +129,7 @@ pub(super) async fn run_session(
             }
         })
         .await;
-        read_loop(&shard, key, reader, buf).await;
+        read_loop(&shard, key, fd, reader, buf).await;
         shard.borrow_mut().close(key, CloseReason::PeerClosed, None);
         let _ = writer.await;
         shard.borrow_mut().remove(key);
@@ -140,10 +138,11 @@ pub(super) async fn run_session(
     .await;
 }
 
-async fn read_loop<R: AsyncReadRent>(
+async fn read_loop(
     shard: &Rc<RefCell<Shard>>,
     key: SessionKey,
-    mut reader: R,
+    fd: RawFd,
+    mut reader: TcpOwnedReadHalf,
     mut buf: BytesMut,
 ) {
     let max_frame = shard.borrow().cfg.max_frame_bytes;
@@ -231,15 +230,21 @@ async fn read_loop<R: AsyncReadRent>(
             }
         })
         .await;
-        let want = frame_bytes_needed(&buf).unwrap_or(0).max(MIN_READ);
-        if buf.capacity() - buf.len() < want {
-            buf.reserve(want.max(READ_BUF));
-        }
-        let (len, cap) = (buf.len(), buf.capacity());
-        let (res, slice) = reader
-            .read(monoio::buf::IoBufMut::slice_mut(buf, len..cap))
-            .await;
-        buf = slice.into_inner();
+        let res = if buf.is_empty() {
+            read_fresh(fd, &reader, &mut buf).await
+        } else {
+            // The rest of a frame: it is on its way, the buffer is needed.
+            let want = frame_bytes_needed(&buf).unwrap_or(0).max(MIN_READ);
+            if buf.capacity() - buf.len() < want {
+                buf.reserve(want.max(READ_BUF));
+            }
+            let (len, cap) = (buf.len(), buf.capacity());
+            let (res, slice) = reader
+                .read(monoio::buf::IoBufMut::slice_mut(buf, len..cap))
+                .await;
+            buf = slice.into_inner();
+            res
+        };
         match res {
             Ok(0) if !buf.is_empty() => {
                 // The peer closed its sending side inside a frame: a truncated
@@ -258,6 +263,66 @@ async fn read_loop<R: AsyncReadRent>(
             Ok(_) => {}
         }
     }
+}
+
+/// A read with no partial frame buffered (`buf` is empty). Bytes already there are
+/// read at once (one nonblocking recv into a buffer from the shard's pool); otherwise
+/// the buffer goes back to the pool and the reader waits for readability holding no
+/// buffer (io_uring: a poll op; epoll: the fd's readiness), so an idle session keeps
+/// no read buffer.
+async fn read_fresh(fd: RawFd, reader: &TcpOwnedReadHalf, buf: &mut BytesMut) -> io::Result<usize> {
+    // Whether the socket was seen readable: a fresh buffer is only allocated then.
+    let mut ready = false;
+    loop {
+        if buf.capacity() - buf.len() < MIN_READ {
+            match bufpool::take_pooled() {
+                Some(b) => *buf = b,
+                None if ready => *buf = BytesMut::with_capacity(READ_BUF),
+                None => {
+                    *buf = BytesMut::new();
+                    wait_readable(reader).await?;
+                    ready = true;
+                    continue;
+                }
+            }
+        }
+        let spare = buf.spare_capacity_mut();
+        // Safety: recv writes at most `spare.len()` bytes into the buffer's spare
+        // capacity; the socket stays open while its session's reader runs.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                spare.as_mut_ptr().cast(),
+                spare.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            let n = n as usize;
+            // Safety: the kernel initialised these `n` bytes after the buffer's length.
+            unsafe { buf.set_len(buf.len() + n) };
+            return Ok(n);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => {
+                bufpool::give_read(std::mem::take(buf));
+                wait_readable(reader).await?;
+                ready = true;
+            }
+            io::ErrorKind::Interrupted => {}
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Waits until the socket is readable (or closed), holding no buffer.
+async fn wait_readable(reader: &TcpOwnedReadHalf) -> io::Result<()> {
+    // Safety: a shared borrow of the stream for the poll op, as monoio's own
+    // `TcpOwnedReadHalf::peer_addr` takes it; the write half only submits its own ops
+    // on the same fd.
+    let stream = unsafe { &*reader.0.get() };
+    stream.readable(false).await
 }
 
 async fn write_loop<W: AsyncWriteRent>(shard: Rc<RefCell<Shard>>, key: SessionKey, mut writer: W) {

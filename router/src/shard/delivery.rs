@@ -337,7 +337,7 @@ impl Shard {
             self.push_frame(key, &login);
             return;
         }
-        self.sessions[key].login_frame = Some(login);
+        self.sessions[key].login_frame = Some(Box::new(login));
         let user = String::from_utf8_lossy(&self.sessions[key].user).into_owned();
         if self.cfg.auth != AuthMode::Accounts {
             let u = user.clone();

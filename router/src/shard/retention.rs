@@ -139,6 +139,16 @@ impl Retained {
         self.q.is_empty() && self.fan.is_empty()
     }
 
+    /// Frees the queues' memory when nothing is kept (an idle session holds none).
+    pub fn release(&mut self) {
+        if self.q.is_empty() && self.q.capacity() != 0 {
+            self.q = VecDeque::new();
+        }
+        if self.fan.is_empty() && self.fan.capacity() != 0 {
+            self.fan = VecDeque::new();
+        }
+    }
+
     /// Payload bytes kept in memory.
     pub fn bytes(&self) -> usize {
         self.bytes

@@ -156,7 +156,7 @@ pub struct Session {
     /// The account was deleted: what is unacked is dropped, not queued.
     pub discard_unacked: bool,
     /// The LoginResult, until the first backlog page goes out with it.
-    pub login_frame: Option<ServerFrame>,
+    pub login_frame: Option<Box<ServerFrame>>,
 }
 
 impl Session {
@@ -175,6 +175,24 @@ impl Session {
     pub fn wake_drain_waiters(&mut self) {
         for w in self.drain_waiters.drain(..) {
             w.wake();
+        }
+    }
+
+    /// Frees what a drained session holds for traffic it does not have (write
+    /// buffers, empty queues' capacity), so an idle session costs little memory. Run by
+    /// the ticker: a busy session allocates them again at most once a tick.
+    fn release_idle(&mut self) {
+        self.out.release();
+        self.spare = None;
+        self.unacked.release();
+        if self.throttled.is_empty() {
+            self.throttled.shrink_to_fit();
+        }
+        if self.drain_waiters.is_empty() {
+            self.drain_waiters.shrink_to_fit();
+        }
+        if self.deferred.is_empty() {
+            self.deferred.shrink_to_fit();
         }
     }
 
@@ -397,6 +415,9 @@ impl Shard {
                 }
             } else {
                 s.over_since = None;
+            }
+            if s.inflight == 0 && s.out.is_empty() {
+                s.release_idle();
             }
             match s.ping_sent {
                 Some(sent) if now.duration_since(sent) >= cfg.heartbeat_timeout => {

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use ringrouter_proto::v1::{client_frame, server_frame, Ping};
 use ringrouter_proto::Status;
 use ringrouter_tests::{
-    assert_error, cfg, client_frame_bytes, connect_small_rcvbuf, send_frame_bytes, Pair, Raw,
-    RouterProc, T,
+    assert_error, cfg, client_frame_bytes, connect_small_rcvbuf, send_frame_bytes, Driver, Pair,
+    Raw, RouterProc, T,
 };
 
 const MIB: u64 = 1024;
@@ -477,4 +477,89 @@ fn live_messages_held_behind_a_backlog_are_bounded() {
     assert_eq!(errors.len(), 1, "{errors:?} then {end:?}");
     assert_error(&errors[0], Status::SlowConsumer);
     eprintln!("fence statuses: {statuses:?}");
+}
+
+/// Opens `n` sessions of distinct users on `addr` (logins pipelined over windows of
+/// connections) and returns them once every LoginResult is in.
+fn idle_sessions(addr: std::net::SocketAddr, prefix: &str, n: usize) -> Vec<TcpStream> {
+    use ringrouter_proto::codec::{decode_server, encode_frame, next_frame};
+    use ringrouter_proto::v1::{ClientFrame, Login};
+    use std::io::Read;
+    let mut all = Vec::with_capacity(n);
+    let users: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    for window in users.chunks(100) {
+        let mut open = Vec::new();
+        for user in window {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            let mut out = bytes::BytesMut::new();
+            let login = Login {
+                request_id: 1,
+                user: user.clone(),
+                device: "idle".into(),
+                ..Default::default()
+            };
+            encode_frame(
+                &ClientFrame {
+                    kind: Some(client_frame::Kind::Login(login)),
+                },
+                &mut out,
+            );
+            s.write_all(&out).expect("login");
+            open.push(s);
+        }
+        for mut s in open {
+            s.set_read_timeout(Some(T)).expect("timeout");
+            let mut buf = bytes::BytesMut::new();
+            let mut scratch = [0u8; 512];
+            loop {
+                if let Some(body) = next_frame(&mut buf, 1 << 20).expect("frame") {
+                    if let Some(server_frame::Kind::LoginResult(r)) =
+                        decode_server(body).expect("decode").kind
+                    {
+                        assert_eq!(r.status, Status::Ok as i32, "{r:?}");
+                        break;
+                    }
+                    continue;
+                }
+                let k = s.read(&mut scratch).expect("LoginResult");
+                assert!(k > 0, "closed before its LoginResult");
+                buf.extend_from_slice(&scratch[..k]);
+            }
+            all.push(s);
+        }
+    }
+    all
+}
+
+/// Idle logged-in sessions cost little memory: no read buffer, no write buffer (issue
+/// "Lead nats-server and redis"; ringrouter-idle measures it at 10 000+ sessions).
+#[test]
+fn idle_sessions_hold_no_buffers() {
+    // Sessions opened here (this process and the router each hold one fd a session).
+    const N: usize = 2000;
+    // The bound, KiB a session. The release router measured 17-18 KiB a session before
+    // the buffers were released, ~8 after (ringrouter-idle, 10 000 sessions, both
+    // drivers); the issue's target is 4 KiB. This test runs the debug build (larger
+    // futures) at 2 000 sessions (allocator pages and table growth weigh more), so the
+    // bound is the release figure plus 50% slack: still under what one read buffer page
+    // (4 KiB) plus one write buffer page per session would add back.
+    const BOUND_KIB: f64 = 12.0;
+    for driver in [Driver::Default, Driver::Legacy] {
+        let r = RouterProc::start_with(&["--shards", "2"], driver);
+        // Warm up: the shards' first sessions grow tables and pools.
+        let warm = idle_sessions(r.connect_addr(), "warm", 50);
+        thread::sleep(Duration::from_millis(1500));
+        let before = r.rss_kib();
+        let sessions = idle_sessions(r.connect_addr(), "idle", N);
+        // The ticker (every 500 ms here) releases what the logins used.
+        thread::sleep(Duration::from_millis(2500));
+        let after = r.rss_kib();
+        let per = after.saturating_sub(before) as f64 / N as f64;
+        eprintln!("{driver:?}: {per:.2} KiB RSS per idle session ({before} -> {after} KiB)");
+        assert!(
+            per <= BOUND_KIB,
+            "{driver:?}: {per:.2} KiB per idle session, bound {BOUND_KIB}"
+        );
+        drop((sessions, warm));
+    }
 }
