@@ -645,6 +645,18 @@ pub fn main() -> i32 {
     if !parsed.args.allow_thp {
         crate::alloc::tune_mimalloc();
     }
+    // Handlers before the ready line: a SIGTERM sent as soon as it is printed must
+    // stop the router cleanly, not kill it with the default action.
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringrouter: cannot install signal handlers: {e}");
+            return EXIT_FAILURE;
+        }
+    };
     let handle = match crate::Router::start(parsed.config()) {
         Ok(h) => h,
         Err(e) => {
@@ -663,16 +675,6 @@ pub fn main() -> i32 {
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let mut signals = match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ]) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("ringrouter: cannot install signal handlers: {e}");
-            return EXIT_FAILURE;
-        }
-    };
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "shutting down");
     }
