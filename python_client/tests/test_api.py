@@ -132,7 +132,7 @@ def report_fields(**changes: object) -> Dict[str, object]:
         "msgs_per_sec": 20.0, "mb_per_sec": 0.001, "p50_us": 1.0, "p90_us": 2.0,
         "p99_us": 3.0, "p999_us": 4.0, "max_us": 5.0, "receivers": 1,
         "receiver_min_msgs_per_sec": 20.0, "receiver_avg_msgs_per_sec": 20.0,
-        "receiver_max_msgs_per_sec": 20.0, "engine_cpu_seconds": 0.1,
+        "receiver_max_msgs_per_sec": 20.0, "engine_cpu_seconds": 0.1, "client_cpu_s": 0.1,
         "timeline": [[0.1, 4], [0.2, 10]], "latency_buckets": [[1.0, 5], [5.0, 5]],
     }
     fields.update(changes)

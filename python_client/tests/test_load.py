@@ -21,7 +21,7 @@ FIELDS = [
     "sent", "delivered", "lost", "out_of_order", "seconds", "msgs_per_sec", "mb_per_sec",
     "p50_us", "p90_us", "p99_us", "p999_us", "max_us",
     "receivers", "receiver_min_msgs_per_sec", "receiver_avg_msgs_per_sec",
-    "receiver_max_msgs_per_sec", "engine_cpu_seconds", "timeline", "latency_buckets",
+    "receiver_max_msgs_per_sec", "engine_cpu_seconds", "client_cpu_s", "timeline", "latency_buckets",
 ]
 
 

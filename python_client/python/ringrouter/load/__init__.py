@@ -87,6 +87,8 @@ class LoadReport:
     """Fastest receiver, msgs/s."""
     engine_cpu_seconds: float
     """CPU time (user + system) the engine's process used during the run."""
+    client_cpu_s: float
+    """The same figure under the name ``bench/compare.sh`` uses beside ``server_cpu_s``."""
     timeline: List[Tuple[float, int]] = field(hash=False)
     """``(seconds since start, deliveries so far)``, sampled every 100 ms."""
     latency_buckets: List[Tuple[float, int]] = field(hash=False)
