@@ -25,6 +25,22 @@ pub mod names;
 pub mod reply;
 pub mod send;
 
+/// The home shard of a user or room name among `shards`: FNV-1a with a fixed seed and
+/// a final avalanche, so it never changes while the shard count does not. The router
+/// places sessions and rooms by it; clients use it to choose names on given shards.
+pub fn home_shard(name: &[u8], shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ 0x9e37_79b9_7f4a_7c15;
+    for &b in name {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // final avalanche so that similar names spread over shards
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    (h % shards.max(1) as u64) as usize
+}
+
 /// Types generated from `router.proto` (package `ringrouter.v1`).
 #[allow(missing_docs, unreachable_pub, clippy::all)]
 pub mod v1 {

@@ -569,51 +569,6 @@ fn init_logging(filter: &str) {
         .try_init();
 }
 
-/// Logs the counters at exit as structured fields.
-fn log_stats(stats: &crate::StatsSnapshot, clean: bool) {
-    // Exhaustive: a new counter does not compile until it is logged here too.
-    let crate::StatsSnapshot {
-        msgs_in,
-        delivered,
-        bytes_out,
-        logins,
-        handovers_in,
-        frames_rejected,
-        slow_consumer_closes,
-        heartbeat_closes,
-        payload_zero_copy_bytes,
-        payload_copied_bytes,
-        writes,
-        offline_stored,
-        journaled,
-        offline_delivered,
-        requeued,
-        room_msgs,
-        sessions,
-    } = *stats;
-    tracing::info!(
-        clean,
-        msgs_in,
-        delivered,
-        bytes_out,
-        logins,
-        handovers_in,
-        frames_rejected,
-        slow_consumer_closes,
-        heartbeat_closes,
-        payload_zero_copy_bytes,
-        payload_copied_bytes,
-        writes,
-        offline_stored,
-        journaled,
-        offline_delivered,
-        requeued,
-        room_msgs,
-        sessions,
-        "stopped"
-    );
-}
-
 /// Runs the router from the command line; returns the process exit code:
 /// [`EXIT_OK`] (0) after a clean stop on SIGTERM / Ctrl-C, and for `--help`,
 /// `--version`, `--print-config`; [`EXIT_FAILURE`] (1) when the router fails at run
@@ -680,7 +635,7 @@ pub fn main() -> i32 {
     }
     let stats = handle.stats();
     let clean = handle.shutdown();
-    log_stats(&stats, clean);
+    stats.log_stopped(clean);
     if clean {
         EXIT_OK
     } else {

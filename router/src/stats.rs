@@ -71,6 +71,13 @@ macro_rules! shard_stats {
                 s.sessions += self.sessions.load(Relaxed);
             }
         }
+
+        impl StatsSnapshot {
+            /// Logs every counter as a field of one `stopped` line (at exit).
+            pub fn log_stopped(&self, clean: bool) {
+                tracing::info!(clean, $($f = self.$f,)* sessions = self.sessions, "stopped");
+            }
+        }
     };
 }
 

@@ -152,20 +152,3 @@ fn main() {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_engines_home_shard_is_the_routers() {
-        for shards in 1..=8 {
-            for i in 0..500 {
-                let name = format!("load{i}-r{}-0x{}", i % 7, i % 3);
-                assert_eq!(
-                    ringrouter_client::load::home_shard(name.as_bytes(), shards),
-                    ringrouter::shard::home_shard(name.as_bytes(), shards),
-                    "{name} on {shards} shards"
-                );
-            }
-        }
-    }
-}

@@ -143,6 +143,11 @@ impl Request for JoinRoom<'_> {
     }
 }
 
+/// The answer of a room request that returns nothing but its status.
+fn room_done(reply: Reply) -> Option<()> {
+    matches!(reply, Reply::Room(_)).then_some(())
+}
+
 /// LeaveRoom.
 pub(crate) struct LeaveRoom<'a> {
     pub(crate) room: &'a str,
@@ -158,10 +163,7 @@ impl Request for LeaveRoom<'_> {
         }))
     }
     fn output(self, reply: Reply) -> Option<()> {
-        match reply {
-            Reply::Room(_) => Some(()),
-            _ => None,
-        }
+        room_done(reply)
     }
 }
 
@@ -182,10 +184,7 @@ impl Request for AddMember<'_> {
         }))
     }
     fn output(self, reply: Reply) -> Option<()> {
-        match reply {
-            Reply::Room(_) => Some(()),
-            _ => None,
-        }
+        room_done(reply)
     }
 }
 
@@ -206,10 +205,7 @@ impl Request for RemoveMember<'_> {
         }))
     }
     fn output(self, reply: Reply) -> Option<()> {
-        match reply {
-            Reply::Room(_) => Some(()),
-            _ => None,
-        }
+        room_done(reply)
     }
 }
 
@@ -228,10 +224,7 @@ impl Request for DeleteRoom<'_> {
         }))
     }
     fn output(self, reply: Reply) -> Option<()> {
-        match reply {
-            Reply::Room(_) => Some(()),
-            _ => None,
-        }
+        room_done(reply)
     }
 }
 

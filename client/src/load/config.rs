@@ -219,17 +219,5 @@ fn split_receiver(prefix: &str, i: usize, shards: usize) -> String {
         .expect("some name lands on another shard")
 }
 
-/// The router's home shard of a user or room name among `shards` (a copy of
-/// `ringrouter::shard::home_shard`, checked against it by the tests of
-/// `ringrouter-load`): FNV-1a with a fixed seed and a final avalanche.
-pub fn home_shard(name: &[u8], shards: usize) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ 0x9e37_79b9_7f4a_7c15;
-    for &b in name {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    (h % shards.max(1) as u64) as usize
-}
+/// The router's home shard of a name (one definition, in proto).
+pub use ringrouter_proto::home_shard;

@@ -134,19 +134,8 @@ pub struct Shard {
     pub room_quota: NameMap<Bytes, std::collections::VecDeque<rooms::OwnItem>>,
 }
 
-/// FNV-1a, fixed seed: the home shard of a user or room never changes while the shard count does not.
-pub fn home_shard(name: &[u8], shards: usize) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ 0x9e37_79b9_7f4a_7c15;
-    for &b in name {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    // final avalanche so that similar names spread over shards
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    (h % shards.max(1) as u64) as usize
-}
+/// The home shard of a name (defined in proto, shared with the clients).
+pub use ringrouter_proto::home_shard;
 
 /// Microseconds since the Unix epoch.
 pub fn now_us() -> u64 {
