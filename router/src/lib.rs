@@ -38,6 +38,7 @@ pub mod shard;
 mod shared;
 pub mod stats;
 pub mod store;
+mod web;
 
 pub use config::{AuthMode, Config};
 pub use server::{driver_name, Router, RouterHandle, StartError};

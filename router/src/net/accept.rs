@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 
 use ringrouter_proto::codec::encode_frame;
@@ -19,6 +18,7 @@ use ringrouter_proto::{reply, Status};
 
 use super::close_bounded;
 use super::session::run_session;
+use super::stream::Conn;
 use crate::auth::AuthError;
 use crate::config::AuthMode;
 use crate::prelogin::{Action, Limits, PreLogin};
@@ -99,7 +99,19 @@ impl Drop for Counted {
 pub(crate) async fn serve(
     shard: Rc<RefCell<Shard>>,
     shared: Arc<Shared>,
-    mut stream: TcpStream,
+    stream: TcpStream,
+    guard: ConnGuard,
+    local: Rc<LocalSignal>,
+) {
+    prelogin(shard, shared, Conn::plain(stream), guard, local).await;
+}
+
+/// The pre-login conversation over `conn` (plain TCP, TLS or WebSocket), then the
+/// session on its home shard.
+pub(crate) async fn prelogin(
+    shard: Rc<RefCell<Shard>>,
+    shared: Arc<Shared>,
+    mut conn: Conn,
     guard: ConnGuard,
     local: Rc<LocalSignal>,
 ) {
@@ -118,19 +130,17 @@ pub(crate) async fn serve(
         // the connection is closed right after (after a dropped write, without writing).
         match pl.next_action() {
             Action::Write(out) => {
-                let w = bounded(left, &local, stream.write_all(out)).await;
-                w.then(&mut pl, |pl, (r, _)| match r {
+                let w = bounded(left, &local, conn.write_all(out)).await;
+                w.then(&mut pl, |pl, r| match r {
                     Ok(_) => pl.written(),
                     Err(_) => pl.write_failed(),
                 });
             }
             Action::Read { buf, max } => {
-                let len = buf.len();
-                let slice = monoio::buf::IoBufMut::slice_mut(buf, len..len + max);
-                let r = bounded(left, &local, stream.read(slice)).await;
+                let r = bounded(left, &local, conn.read(buf, max)).await;
                 r.then(&mut pl, |pl, (r, b)| match r {
-                    Ok(0) => pl.eof(b.into_inner()),
-                    Ok(_) => pl.read(b.into_inner()),
+                    Ok(0) => pl.eof(b),
+                    Ok(_) => pl.read(b),
                     Err(_) => pl.read_failed(),
                 });
             }
@@ -146,6 +156,7 @@ pub(crate) async fn serve(
                 // Nothing of the pre-login conversation outlives it (this task runs
                 // a home-shard session to its end).
                 drop(pl);
+                let stream = conn.tcp;
                 let home = shard.borrow().home(s.user.as_bytes());
                 let me = shard.borrow().id;
                 if home == me {
@@ -174,7 +185,7 @@ pub(crate) async fn serve(
                 return;
             }
             Action::Close(out) => {
-                close_bounded(&mut stream, out).await;
+                conn.close_bounded(out).await;
                 return;
             }
         }

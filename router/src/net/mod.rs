@@ -11,6 +11,8 @@ use monoio::net::TcpStream;
 
 pub(crate) mod accept;
 pub(crate) mod session;
+pub(crate) mod stream;
+pub(crate) mod ws;
 
 /// Longest wait for a closing frame to be written: the peer may not be reading.
 const CLOSE_FLUSH: Duration = Duration::from_millis(100);
