@@ -74,6 +74,7 @@ pub(super) async fn run_session(
     let key = match registered {
         Ok(k) => k,
         Err(e) => {
+            shard.borrow_mut().counters.login_failed(e.status());
             let f = reply::login_result_frame(request_id, e.status(), e.to_string());
             let mut out = BytesMut::new();
             encode_frame(&f, &mut out);
@@ -173,7 +174,7 @@ async fn read_loop(
             }
             if let Some((code, reason)) = bad {
                 if flow == Flow::Continue {
-                    sh.counters.frames_rejected += 1;
+                    sh.counters.reject(code);
                     sh.close(key, CloseReason::BadFrame, Some((code, &reason)));
                     flow = Flow::Stop;
                 }
@@ -250,7 +251,7 @@ async fn read_loop(
                 // The peer closed its sending side inside a frame: a truncated
                 // frame is a BAD_FRAME like any other (it may still read it).
                 let mut sh = shard.borrow_mut();
-                sh.counters.frames_rejected += 1;
+                sh.counters.reject(Status::BadFrame);
                 let reason = truncated_reason(buf.len());
                 sh.close(
                     key,
@@ -260,7 +261,7 @@ async fn read_loop(
                 return;
             }
             Ok(0) | Err(_) => return,
-            Ok(_) => {}
+            Ok(n) => shard.borrow_mut().counters.bytes_in += n as u64,
         }
     }
 }
@@ -337,9 +338,10 @@ async fn write_loop<W: AsyncWriteRent>(shard: Rc<RefCell<Shard>>, key: SessionKe
                 let spare = s.spare.take();
                 let batch = s.out.take(spare);
                 s.inflight += batch.total();
+                let oldest = std::mem::take(&mut s.oldest_ts_us);
                 sh.counters.payload_zero_copy_bytes += std::mem::take(&mut s.out.zero_copy_bytes);
                 sh.counters.payload_copied_bytes += std::mem::take(&mut s.out.copied_bytes);
-                Poll::Ready(Some(batch))
+                Poll::Ready(Some((batch, oldest)))
             } else if s.closing.is_some() {
                 Poll::Ready(None)
             } else {
@@ -348,7 +350,9 @@ async fn write_loop<W: AsyncWriteRent>(shard: Rc<RefCell<Shard>>, key: SessionKe
             }
         })
         .await;
-        let Some(mut batch) = next else { break };
+        let Some((mut batch, oldest)) = next else {
+            break;
+        };
         let total = batch.total();
         let mut ok = true;
         let mut writes = 0u64;
@@ -365,6 +369,9 @@ async fn write_loop<W: AsyncWriteRent>(shard: Rc<RefCell<Shard>>, key: SessionKe
             }
         }
         let mut sh = shard.borrow_mut();
+        if ok && oldest != 0 {
+            sh.counters.latency.record(now_us().saturating_sub(oldest));
+        }
         sh.counters.bytes_out += total as u64;
         sh.counters.writes += writes;
         let max = sh.cfg.max_pending_bytes;

@@ -122,6 +122,9 @@ pub struct Session {
     pub inflight: usize,
     /// Last sequence number assigned to a Deliver.
     pub last_seq: u64,
+    /// Acceptance time (µs since the epoch) of the oldest live delivery queued since the
+    /// writer last took the queue (0: none): the delivery latency of the next writev.
+    pub oldest_ts_us: u64,
     /// Highest sequence number acked by the client.
     pub acked: u64,
     /// The writer task, parked until something is queued.
@@ -248,6 +251,7 @@ impl Shard {
             out: OutBuf::default(),
             inflight: 0,
             last_seq: 0,
+            oldest_ts_us: 0,
             acked: 0,
             writer: None,
             drain_waiters: Vec::new(),
@@ -479,7 +483,20 @@ impl Shard {
 
     /// Copies the counters into the shared stats.
     pub fn publish(&mut self) {
-        self.stats.publish(&self.counters, self.sessions.len());
+        use std::sync::atomic::Ordering;
+        let in_flight: usize = self
+            .flight_in
+            .iter()
+            .map(|f| f.load(Ordering::Relaxed))
+            .sum();
+        let local: usize = self.local_mail.iter().map(|m| m.weight()).sum();
+        let gauges = crate::stats::Gauges {
+            sessions: self.sessions.len() as u64,
+            mailbox_depth: (in_flight + local) as u64,
+            store_queue_requests: self.store_inflight as u64,
+            store_queue_bytes: self.store_bytes as u64,
+        };
+        self.stats.publish(&self.counters, gauges);
     }
 
     /// Begins a graceful shutdown: every session is told UNAVAILABLE and closed after its queue flushes.
