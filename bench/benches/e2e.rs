@@ -40,6 +40,7 @@ fn start_router() -> Running {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         shards: 2,
         pin_threads: false,
+        http_listen: None,
         data_dir: data.path().to_path_buf(),
         ..Config::default()
     };

@@ -722,8 +722,14 @@ mod tests {
             Config::default().http_listen,
             Some("127.0.0.1:7880".parse().unwrap())
         );
-        assert_eq!(parse_ok(&["--http-listen", "off"]).config().http_listen, None);
-        assert_eq!(parse_ok(&["--http-listen", "OFF"]).config().http_listen, None);
+        assert_eq!(
+            parse_ok(&["--http-listen", "off"]).config().http_listen,
+            None
+        );
+        assert_eq!(
+            parse_ok(&["--http-listen", "OFF"]).config().http_listen,
+            None
+        );
         let c = parse_ok(&["--http-listen", "127.0.0.1:0"]).config();
         assert_eq!(c.http_listen, Some("127.0.0.1:0".parse().unwrap()));
         let e = parse_err(&["--http-listen", "nowhere"]);

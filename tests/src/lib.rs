@@ -81,13 +81,17 @@ pub struct RouterProc {
     pub addr: SocketAddr,
     /// The whole `listening on` line.
     pub banner: String,
+    /// The HTTP port, from the second ready line (`ringrouter http on ADDR`); `None`
+    /// with `--http-listen off`.
+    pub http: Option<SocketAddr>,
     stderr: Option<std::thread::JoinHandle<String>>,
     /// The store directory made for this router when the args named none.
     _data: Option<tempfile::TempDir>,
 }
 
 impl RouterProc {
-    /// Starts the router with `args` (plus `--listen 127.0.0.1:0` unless given).
+    /// Starts the router with `args` (plus `--listen 127.0.0.1:0` and
+    /// `--http-listen 127.0.0.1:0` unless given).
     pub fn start(args: &[&str]) -> RouterProc {
         Self::start_with(args, Driver::Default)
     }
@@ -124,6 +128,12 @@ impl RouterProc {
         let mut cmd = Command::new(router_bin());
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        // Parallel tests must not share the default HTTP port either.
+        let http_at = args.iter().position(|a| *a == "--http-listen");
+        let http_off = http_at.is_some_and(|i| args.get(i + 1) == Some(&"off"));
+        if http_at.is_none() {
+            cmd.args(["--http-listen", "127.0.0.1:0"]);
         }
         // Every router gets its own store unless the test names one (restarts).
         let data = if args.contains(&"--data-dir") {
@@ -177,6 +187,8 @@ impl RouterProc {
         let (line_tx, line_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
+            // The ready line, then the HTTP port's.
+            let _ = line_tx.send(lines.next());
             let _ = line_tx.send(lines.next());
             for _ in lines {}
         });
@@ -188,10 +200,21 @@ impl RouterProc {
                     .next()
                     .unwrap_or("")
                     .parse();
+                let http = if http_off {
+                    None
+                } else {
+                    match line_rx.recv_timeout(START_TIMEOUT).ok().flatten() {
+                        Some(Ok(l)) => l
+                            .strip_prefix("ringrouter http on ")
+                            .and_then(|a| a.trim().parse().ok()),
+                        _ => None,
+                    }
+                };
                 match addr {
                     Ok(addr) => Ok(RouterProc {
                         child: Some(child),
                         addr,
+                        http,
                         banner: line,
                         stderr: Some(err_thread),
                         _data: data,

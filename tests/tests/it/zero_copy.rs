@@ -17,6 +17,7 @@ fn payloads_are_never_copied_by_default() {
         listen: "127.0.0.1:0".parse().unwrap(),
         shards: 2,
         pin_threads: false,
+        http_listen: None,
         data_dir: data.path().to_path_buf(),
         ..Config::default()
     };
@@ -59,6 +60,7 @@ fn inline_threshold_copies_only_small_payloads() {
         listen: "127.0.0.1:0".parse().unwrap(),
         shards: 1,
         pin_threads: false,
+        http_listen: None,
         inline_payload_max: 100,
         data_dir: data.path().to_path_buf(),
         ..Config::default()
