@@ -230,6 +230,15 @@ async fn serve_conn(
             return close_with(&mut conn, r).await;
         }
         let end = head.len + head.body_len;
+        if buf.len() < end && head.minor >= 1 && head.has_token("expect", "100-continue") {
+            // The client waits for this before it sends the body (curl, for bodies over
+            // 1 KiB): the body is within its bound.
+            let go = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]);
+            let w = monoio::time::timeout(cfg.http_idle_timeout, conn.write_all(go)).await;
+            if !matches!(w, Ok(Ok(()))) {
+                return;
+            }
+        }
         while buf.len() < end {
             match read_more(&mut conn, &mut buf, deadline).await {
                 Read::More => {}
