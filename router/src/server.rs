@@ -133,6 +133,12 @@ impl Router {
                 "max_payload_bytes must be smaller than max_frame_bytes".into(),
             ));
         }
+        if cfg.http_max_head_bytes < crate::http::MIN_HEAD_BYTES {
+            return Err(StartError::Config(format!(
+                "--http-max-head-bytes must be at least {} bytes",
+                crate::http::MIN_HEAD_BYTES
+            )));
+        }
         let auth = Authenticator::from_config(&cfg).map_err(StartError::Config)?;
         let n = cfg.effective_shards();
         if n > 256 {

@@ -433,6 +433,24 @@ async fn room_info(room: String, shared: &Arc<Shared>) -> Answer {
 mod tests {
     use super::*;
 
+    #[monoio::test(driver = "legacy", timer_enabled = true)]
+    async fn answers_not_back_within_the_api_timeout_are_503() {
+        let (tx, rx) = oneshot::channel::<u32>();
+        let resp = within(Duration::from_millis(20), rx)
+            .await
+            .expect_err("no answer came");
+        assert_eq!(resp.code, 503);
+        assert!(String::from_utf8_lossy(&resp.body).contains("UNAVAILABLE"));
+        drop(tx);
+        let (tx, rx) = oneshot::channel::<u32>();
+        tx.send(7).expect("the receiver waits");
+        assert_eq!(within(Duration::from_millis(20), rx).await.ok(), Some(7));
+        let (tx, rx) = oneshot::channel::<u32>();
+        drop(tx);
+        let dropped = within(Duration::from_secs(5), rx).await;
+        assert_eq!(dropped.map_err(|r| r.code).err(), Some(503));
+    }
+
     #[test]
     fn keys_compare_whole() {
         assert!(ct_eq(b"abc", b"abc"));

@@ -39,6 +39,10 @@ pub(crate) mod routes;
 use request::{parse_head, Head, Response};
 use routes::Route;
 
+/// The smallest `--http-max-head-bytes` the router starts with (a request line and a
+/// few headers).
+pub(crate) const MIN_HEAD_BYTES: usize = 256;
+
 /// Bytes asked of one read.
 const READ_CHUNK: usize = 16 << 10;
 
@@ -79,21 +83,16 @@ pub(crate) async fn accept_loop(
         match listener.accept().await {
             Ok((stream, _peer)) => {
                 let _ = stream.set_nodelay(true);
-                match ConnGuard::try_new(&shared) {
-                    Some(guard) => {
-                        monoio::spawn(serve(
-                            shard.clone(),
-                            shared.clone(),
-                            ctx.clone(),
-                            stream,
-                            guard,
-                            local.clone(),
-                        ));
-                    }
-                    None => {
-                        monoio::spawn(refuse(stream));
-                    }
-                }
+                // Over `--max-connections`: answered 503 (over TLS too) and closed.
+                let guard = ConnGuard::try_new(&shared);
+                monoio::spawn(serve(
+                    shard.clone(),
+                    shared.clone(),
+                    ctx.clone(),
+                    stream,
+                    guard,
+                    local.clone(),
+                ));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "http accept failed");
@@ -102,13 +101,6 @@ pub(crate) async fn accept_loop(
             }
         }
     }
-}
-
-/// Over `--max-connections`: 503 and close.
-async fn refuse(stream: TcpStream) {
-    let mut conn = Conn::plain(stream);
-    let r = Response::status(Status::Unavailable, "too many connections").closing();
-    conn.close_bounded(r.encode(false, false)).await;
 }
 
 /// How waiting for the next request's bytes ended.
@@ -147,11 +139,17 @@ async fn serve(
     shared: Arc<Shared>,
     ctx: Arc<HttpCtx>,
     stream: TcpStream,
-    guard: ConnGuard,
+    guard: Option<ConnGuard>,
     local: Rc<LocalSignal>,
 ) {
-    let conn = Conn::plain(stream);
-    serve_conn(shard, shared, ctx, conn, guard, local).await;
+    let mut conn = Conn::plain(stream);
+    match guard {
+        Some(guard) => serve_conn(shard, shared, ctx, conn, guard, local).await,
+        None => {
+            let r = Response::status(Status::Unavailable, "too many connections");
+            close_with(&mut conn, r).await;
+        }
+    }
 }
 
 /// Answers `r` and closes the connection.
@@ -285,7 +283,7 @@ async fn write_answer(
     r: Response,
     cfg: &crate::config::Config,
 ) -> bool {
-    let keep = head.keep_alive && !r.close;
+    let keep = head.keep_alive;
     let out = r.encode(keep, head.method == "HEAD");
     let w = monoio::time::timeout(cfg.http_idle_timeout, conn.write_all(out)).await;
     if !matches!(w, Ok(Ok(()))) {

@@ -207,8 +207,6 @@ pub(crate) struct Response {
     pub(crate) body: Vec<u8>,
     /// Extra headers (`allow`, `www-authenticate`, ...).
     pub(crate) headers: Vec<(&'static str, String)>,
-    /// Close the connection after it, whatever the request asked.
-    pub(crate) close: bool,
 }
 
 impl Response {
@@ -219,7 +217,6 @@ impl Response {
             content_type,
             body: body.into(),
             headers: Vec::new(),
-            close: false,
         }
     }
 
@@ -245,12 +242,6 @@ impl Response {
     /// Adds a header.
     pub(crate) fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
-        self
-    }
-
-    /// Closes the connection after it.
-    pub(crate) fn closing(mut self) -> Self {
-        self.close = true;
         self
     }
 

@@ -550,6 +550,7 @@ fn tokens_log_in_under_jwt_only() {
     tok(json!({"user": "hj-ann", "ttl_s": 0})).assert_error(400, "BAD_REQUEST");
     tok(json!({"user": "", "ttl_s": 5})).assert_error(400, "BAD_REQUEST");
     tok(json!({"user": "x"})).assert_error(400, "BAD_REQUEST");
+    tok(json!({"user": "x", "ttl_s": 366 * 86400 + 1})).assert_error(400, "BAD_REQUEST");
 
     let (open, _key) = with_api(&[]);
     api(
@@ -781,4 +782,47 @@ fn pipelined_keep_alive_requests_are_answered_in_order() {
     for _ in 0..50 {
         assert_eq!(c.request("GET", "/healthz", &[], b"").code, 200);
     }
+}
+
+#[test]
+fn bad_http_settings_exit_2() {
+    let missing = "/nonexistent/ringrouter-api.key";
+    let exit = match RouterProc::launch(
+        &["--api-key-file", missing],
+        ringrouter_tests::Driver::Default,
+    ) {
+        Ok(r) => panic!("started without its API key file: {}", r.banner),
+        Err(e) => e,
+    };
+    assert_eq!(exit.code, Some(2), "{exit}");
+    assert!(exit.stderr.contains(missing), "{exit}");
+    let empty = TempFile::new("empty.key", b" \n");
+    let exit = match RouterProc::launch(
+        &["--api-key-file", empty.as_str()],
+        ringrouter_tests::Driver::Default,
+    ) {
+        Ok(r) => panic!("started with an empty API key: {}", r.banner),
+        Err(e) => e,
+    };
+    assert_eq!(exit.code, Some(2), "{exit}");
+    let exit = match RouterProc::launch(
+        &["--http-max-head-bytes", "100"],
+        ringrouter_tests::Driver::Default,
+    ) {
+        Ok(r) => panic!("started with a 100-byte head limit: {}", r.banner),
+        Err(e) => e,
+    };
+    assert_eq!(exit.code, Some(2), "{exit}");
+    // The HTTP port is taken: exit 1, like the TCP one.
+    let first = RouterProc::start(&[]);
+    let taken = http_addr(&first).to_string();
+    let exit = match RouterProc::launch(
+        &["--http-listen", &taken],
+        ringrouter_tests::Driver::Default,
+    ) {
+        Ok(r) => panic!("a second router serves HTTP on {taken}: {}", r.banner),
+        Err(e) => e,
+    };
+    assert_eq!(exit.code, Some(1), "{exit}");
+    assert!(exit.stderr.contains(&taken), "{exit}");
 }
