@@ -85,6 +85,8 @@ pub struct Counters {
     pub room_msgs: u64,
     /// Bytes read from sessions' sockets.
     pub bytes_in: u64,
+    /// Messages published through the HTTP API (`POST /api/v1/publish`).
+    pub api_publishes: u64,
     /// Refused logins, per status code (successful ones are `logins`).
     pub login_failures: [u64; STATUS_CODES],
     /// Error answers and refusals (the frames counted in `frames_rejected`), per status code.
@@ -229,6 +231,7 @@ shard_stats!(
     requeued,
     room_msgs,
     bytes_in,
+    api_publishes,
 );
 
 #[cfg(test)]

@@ -247,6 +247,7 @@ async fn publish(body: &[u8], shard: &Rc<RefCell<Shard>>, shared: &Arc<Shared>) 
     let (tx, rx) = oneshot::channel();
     let id = {
         let mut sh = shard.borrow_mut();
+        sh.counters.api_publishes += 1;
         let id = sh.api_sender(tx);
         let msg_id = sh.next_msg_id();
         let ts_us = now_us();

@@ -24,6 +24,11 @@ type Get = fn(&StatsSnapshot) -> u64;
 const COUNTERS: &[(&str, &str, Get)] = &[
     ("messages_in", "Send frames received.", |s| s.msgs_in),
     (
+        "api_publishes",
+        "Messages published through the HTTP API.",
+        |s| s.api_publishes,
+    ),
+    (
         "room_messages",
         "Room messages accepted (before fan-out).",
         |s| s.room_msgs,

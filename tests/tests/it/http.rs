@@ -284,6 +284,7 @@ fn metrics_parse_and_move_with_traffic() {
     for name in [
         "ringrouter_messages_in_total",
         "ringrouter_deliveries_total",
+        "ringrouter_api_publishes_total",
         "ringrouter_bytes_in_total",
         "ringrouter_bytes_out_total",
         "ringrouter_sessions",
