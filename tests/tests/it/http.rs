@@ -553,6 +553,15 @@ fn tokens_log_in_under_jwt_only() {
     tok(json!({"user": "x"})).assert_error(400, "BAD_REQUEST");
     tok(json!({"user": "x", "ttl_s": 366 * 86400 + 1})).assert_error(400, "BAD_REQUEST");
 
+    // A refused login is counted by its status.
+    let mut bad = ClientConfig::new("");
+    bad.token = Some("not.a.token".into());
+    assert!(Client::connect(r.addr, bad).is_err());
+    metrics_until(&r, "the refused login", |m| {
+        sample(m, "ringrouter_logins_total{result=\"UNAUTHORIZED\"}") >= Some(1.0)
+            && sample(m, "ringrouter_logins_total{result=\"OK\"}") >= Some(1.0)
+    });
+
     let (open, _key) = with_api(&[]);
     api(
         &open,
@@ -826,4 +835,62 @@ fn bad_http_settings_exit_2() {
     };
     assert_eq!(exit.code, Some(1), "{exit}");
     assert!(exit.stderr.contains(&taken), "{exit}");
+}
+
+/// While the router drains after SIGTERM (here: a receiver that does not read holds it
+/// up to `--shutdown-timeout`), `/readyz` is 503 and `/healthz` still 200.
+#[test]
+fn readyz_is_503_while_draining() {
+    let r = RouterProc::start(&[
+        "--shards",
+        "2",
+        "--shutdown-timeout",
+        "3s",
+        "--max-pending-bytes",
+        "64m",
+    ]);
+    let users = users_on_shards("hz", 2);
+    let mut stuck = ringrouter_tests::Raw::from_stream(ringrouter_tests::connect_small_rcvbuf(
+        r.connect_addr(),
+        8 * 1024,
+    ));
+    assert_eq!(
+        stuck.login(&users[1]).status,
+        ringrouter_proto::Status::Ok as i32
+    );
+    let mut a = r.raw_login(&users[0]);
+    let payload = vec![7u8; 4096];
+    let mut bytes = Vec::new();
+    for i in 0..2000u64 {
+        bytes.extend(ringrouter_tests::send_frame_bytes(
+            &users[1],
+            &payload,
+            i == 1999,
+            i + 1,
+        ));
+    }
+    a.write(&bytes).expect("write");
+    assert_eq!(
+        a.wait_send_result(2000),
+        ringrouter_proto::Status::Ok as i32
+    );
+    assert_eq!(get(&r, "/readyz").code, 200);
+    r.sigterm();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut seen = None;
+    while Instant::now() < deadline {
+        let mut c = Http::connect(http_addr(&r));
+        c.write(b"GET /readyz HTTP/1.1\r\n\r\n");
+        match c.response() {
+            Ok(resp) if resp.code == 503 => {
+                seen = Some(resp);
+                break;
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    let resp = seen.expect("/readyz never said 503 while draining");
+    assert_eq!(resp.text(), "not ready\n");
+    assert_eq!(get(&r, "/healthz").code, 200);
+    drop(stuck);
 }
