@@ -57,7 +57,15 @@ fn router_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["build", "--release", "--quiet", "-p", "ringrouter", "--bin", "ringrouter"])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "ringrouter",
+            "--bin",
+            "ringrouter",
+        ])
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .status()
         .expect("cargo runs");
@@ -88,7 +96,14 @@ fn start_router() -> Running {
     }
     let bin = router_bin();
     let mut child = Command::new(&bin)
-        .args(["--listen", "127.0.0.1:0", "--shards", "2", "--no-pin", "--data-dir"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--no-pin",
+            "--data-dir",
+        ])
         .arg(data.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -395,6 +395,58 @@ mod tests {
         assert_eq!(&wire[..], &[0x88, 2, 0x03, 0xe9]);
     }
 
+    fn masked_text(text: &str) -> BytesMut {
+        let mut v = BytesMut::new();
+        ws::put_frame(ws::op::TEXT, text.as_bytes(), &mut v);
+        // A client frame: the mask bit and a zero mask (XOR with 0 keeps the bytes).
+        let at = if text.len() < 126 { 2 } else { 4 };
+        v[1] |= 0x80;
+        let tail = v.split_off(at);
+        v.extend_from_slice(&[0, 0, 0, 0]);
+        v.unsplit(tail);
+        v
+    }
+
+    #[test]
+    fn json_messages_become_frames_and_frames_become_json() {
+        use ringrouter_proto::codec::decode_client;
+        use ringrouter_proto::v1::{client_frame, server_frame, Pong};
+        let mut l = Layers::none();
+        l.start_ws(Protocol::Json, 1024, BytesMut::new());
+        let mut raw = masked_text(r#"{"login":{"requestId":"7","user":"ann"}}"#);
+        let mut app = BytesMut::new();
+        assert_eq!(l.ingest(&mut raw, &mut app), Ok(Ingested::More));
+        let body = next_frame(&mut app, 1024).expect("framed").expect("whole");
+        match decode_client(body).expect("decodes").kind {
+            Some(client_frame::Kind::Login(login)) => {
+                assert_eq!((login.request_id, login.user.as_str()), (7, "ann"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut out = BytesMut::new();
+        encode_frame(
+            &ServerFrame {
+                kind: Some(server_frame::Kind::Pong(Pong { nonce: 9 })),
+            },
+            &mut out,
+        );
+        let mut wire = BytesMut::new();
+        l.egress(&out, &mut wire);
+        assert_eq!(wire[0], 0x81, "one text message");
+        let text = std::str::from_utf8(&wire[2..]).expect("utf-8");
+        assert!(
+            text.contains("\"pong\"") && text.contains("\"9\""),
+            "{text}"
+        );
+        // JSON that is not a frame closes with 1007.
+        let mut raw = masked_text(r#"{"login":{"requestId":true}}"#);
+        assert!(l.ingest(&mut raw, &mut app).is_err());
+        l.end(ws::code::NORMAL);
+        let mut wire = BytesMut::new();
+        l.take_pending(&mut wire);
+        assert_eq!(&wire[2..4], &[0x03, 0xef]);
+    }
+
     #[test]
     fn a_text_message_on_the_binary_protocol_closes_with_1003() {
         let mut l = Layers::none();
