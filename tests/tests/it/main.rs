@@ -41,4 +41,5 @@ mod prelogin;
 mod rooms;
 mod shutdown;
 mod spoofing;
+mod tls;
 mod zero_copy;
