@@ -82,6 +82,9 @@ pub struct RouterProc {
     /// The whole `listening on` line.
     pub banner: String,
     stderr: Option<std::thread::JoinHandle<String>>,
+    /// The second stdout line (`ringrouter http on ADDR`), when it comes.
+    http: std::sync::mpsc::Receiver<Option<std::io::Result<String>>>,
+    http_addr: std::cell::OnceCell<SocketAddr>,
     /// The store directory made for this router when the args named none.
     _data: Option<tempfile::TempDir>,
 }
@@ -124,6 +127,10 @@ impl RouterProc {
         let mut cmd = Command::new(router_bin());
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        // Parallel tests: each router's HTTP port on a free port too.
+        if !args.contains(&"--http-listen") {
+            cmd.args(["--http-listen", "127.0.0.1:0"]);
         }
         // Every router gets its own store unless the test names one (restarts).
         let data = if args.contains(&"--data-dir") {
@@ -175,9 +182,11 @@ impl RouterProc {
         // start-up cannot hang the test; the rest is drained so the child never
         // blocks on a full pipe.
         let (line_tx, line_rx) = std::sync::mpsc::channel();
+        let (http_tx, http_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             let _ = line_tx.send(lines.next());
+            let _ = http_tx.send(lines.next());
             for _ in lines {}
         });
         let first = line_rx.recv_timeout(START_TIMEOUT).ok().flatten();
@@ -192,6 +201,8 @@ impl RouterProc {
                     Ok(addr) => Ok(RouterProc {
                         child: Some(child),
                         addr,
+                        http: http_rx,
+                        http_addr: std::cell::OnceCell::new(),
                         banner: line,
                         stderr: Some(err_thread),
                         _data: data,
@@ -231,6 +242,21 @@ impl RouterProc {
                 })
             }
         }
+    }
+
+    /// The HTTP port's address, from the second ready line `ringrouter http on ADDR`
+    /// (panics if the router prints none: `--http-listen off`).
+    pub fn http_addr(&self) -> SocketAddr {
+        *self.http_addr.get_or_init(|| {
+            let line = match self.http.recv_timeout(START_TIMEOUT) {
+                Ok(Some(Ok(line))) => line,
+                other => panic!("no `ringrouter http on` line: {other:?}"),
+            };
+            line.strip_prefix("ringrouter http on ")
+                .and_then(|a| a.split(' ').next())
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("bad http line {line:?}"))
+        })
     }
 
     /// The process id.

@@ -42,4 +42,5 @@ mod rooms;
 mod shutdown;
 mod spoofing;
 mod tls;
+mod websocket;
 mod zero_copy;
