@@ -6,8 +6,8 @@ page talks to the router over ``ws://HOST/ws``, subprotocol ``ringrouter.v1.json
 ``pip install playwright`` into the venv; never ``playwright install``). Without them
 the tests are skipped, saying why; under CI (``CI=true``) they fail instead.
 
-Each test starts its own router with ``--http-listen 127.0.0.1:0`` (the port is read
-from its ``ringrouter http on ADDR`` line). ``RINGROUTER_WEB_URL=http://HOST:PORT``
+The tests use the session's router (conftest: its HTTP port on a free port, read from
+its ``ringrouter http on ADDR`` line), or routers of their own. ``RINGROUTER_WEB_URL=http://HOST:PORT``
 runs the page-only tests against a server that is already up instead (the tests that
 need the TCP port or a restart are then skipped).
 """
@@ -15,9 +15,7 @@ need the TCP port or a restart are then skipped).
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import threading
 import time
 import uuid
 from typing import Callable, Iterator, List, Optional
@@ -38,7 +36,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-HTTP_LINE = re.compile(r"^ringrouter http on (\S+)")
 # Generous: two cores are shared by the router, Chromium and the other tests.
 TIMEOUT_MS = 15_000
 
@@ -60,30 +57,9 @@ def _skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
-class HttpRouter(Router):
-    """A router with its HTTP port on a free port; ``http_url`` is its base URL."""
-
-    def __init__(self, args: List[str]) -> None:
-        self.http_addr: Optional[str] = None
-        self._http_seen = threading.Event()
-        if "--http-listen" not in args:
-            args = ["--http-listen", "127.0.0.1:0", *args]
-        super().__init__(args)
-        if not self._http_seen.wait(15) or self.http_addr is None:
-            self.terminate()
-            raise RuntimeError(f"no 'ringrouter http on' line; stderr: {''.join(self.stderr_lines)}")
-        self.http_url = f"http://{self.http_addr}"
-
-    def _drain_stdout(self) -> None:
-        # Replaces the base class's reader (started once the first line is read): the
-        # HTTP port's line comes after it.
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            m = HTTP_LINE.match(line)
-            if m and self.http_addr is None:
-                self.http_addr = m.group(1)
-                self._http_seen.set()
-        self._http_seen.set()
+def http_url(r: Router) -> str:
+    assert r.http_addr, f"the router has no HTTP port; stderr: {''.join(r.stderr_lines)}"
+    return f"http://{r.http_addr}"
 
 
 @pytest.fixture(scope="module")
@@ -103,21 +79,19 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
-def web_router() -> Iterator[Optional[HttpRouter]]:
-    """The router under test (None when RINGROUTER_WEB_URL names a server already up)."""
+def web_router(request) -> Optional[Router]:
+    """The router under test: the session's (None when RINGROUTER_WEB_URL names a
+    server already up)."""
     if os.environ.get("RINGROUTER_WEB_URL"):
-        yield None
-        return
-    r = HttpRouter([])
-    yield r
-    r.terminate()
+        return None
+    return request.getfixturevalue("router")
 
 
 @pytest.fixture
-def base_url(web_router: Optional[HttpRouter]) -> str:
+def base_url(web_router: Optional[Router]) -> str:
     if web_router is None:
         return os.environ["RINGROUTER_WEB_URL"].rstrip("/")
-    return web_router.http_url
+    return http_url(web_router)
 
 
 @pytest.fixture
@@ -324,7 +298,7 @@ def test_page_and_python_client_exchange_messages(pages, web_router, user) -> No
     if web_router is None:
         pytest.skip("RINGROUTER_WEB_URL: no TCP port to connect a Python client to")
     a_name, py_name = uniq("alice"), user("py")
-    alice = pages(web_router.http_url)
+    alice = pages(http_url(web_router))
     login(alice, a_name)
     with ringrouter.Client(web_router.addr, py_name) as py:
         py.send(a_name, "from python ✓".encode())
@@ -358,7 +332,7 @@ def test_idle_page_answers_heartbeats(pages, own_router_http) -> None:
     stays online and still gets messages."""
     r = own_router_http("--heartbeat-interval", "300ms")
     a_name, b_name = uniq("alice"), uniq("bob")
-    alice, bob = pages(r.http_url), pages(r.http_url)
+    alice, bob = pages(http_url(r)), pages(http_url(r))
     login(alice, a_name)
     login(bob, b_name)
     time.sleep(2.5)
@@ -375,7 +349,7 @@ def test_page_reconnects_and_sends_what_waited(pages, own_router_http) -> None:
     connection closed, reconnects by itself, and a message written meanwhile goes out."""
     r = own_router_http()
     a_name, b_name = uniq("alice"), uniq("bob")
-    alice = pages(r.http_url)
+    alice = pages(http_url(r))
     login(alice, a_name)
     open_dm(alice, b_name)
     data_dir = r.data_dir
@@ -401,16 +375,7 @@ def test_page_reconnects_and_sends_what_waited(pages, own_router_http) -> None:
 
 
 @pytest.fixture
-def own_router_http() -> Iterator[Callable[..., HttpRouter]]:
+def own_router_http(own_router) -> Callable[..., Router]:
     if os.environ.get("RINGROUTER_WEB_URL"):
         pytest.skip("RINGROUTER_WEB_URL: the test starts routers of its own")
-    started: List[HttpRouter] = []
-
-    def start(*args: str) -> HttpRouter:
-        r = HttpRouter(list(args))
-        started.append(r)
-        return r
-
-    yield start
-    for r in started:
-        r.terminate()
+    return own_router
