@@ -23,7 +23,7 @@ from typing import Callable, Iterator, List, Optional
 import pytest
 
 import ringrouter
-from conftest import Router, recv_messages
+from conftest import JWT_SECRET, Router, make_jwt, recv_messages
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -292,6 +292,47 @@ def test_room_errors_are_shown(pages, base_url) -> None:
     expect(msg).to_have_attribute("data-state", "failed")
     expect(msg).to_contain_text("NOT_FOUND")
     no_js_errors(alice)
+
+
+def test_accounts_register_log_in_and_refusal(pages, accounts_router) -> None:
+    """--auth accounts: "Create account" registers and logs in on one connection; a
+    wrong password is refused on the login form, and nothing reconnects."""
+    name, password = uniq("acct"), "correct horse battery"
+    page = pages(http_url(accounts_router))
+    page.fill("#login-user", name)
+    page.fill("#login-password", password)
+    page.click("#register-btn")
+    expect(page.locator("#conn-state")).to_have_attribute("data-state", "online")
+    expect(page.locator("#me")).to_have_text(f"{name} (web)")
+
+    other = pages(http_url(accounts_router))
+    other.fill("#login-user", name)
+    other.fill("#login-password", "wrong")
+    other.click("#login-submit")
+    expect(other.locator("#login-error")).to_contain_text("UNAUTHORIZED")
+    expect(other.locator("#login-view")).to_be_visible()
+    expect(other.locator("#conn-state")).to_have_attribute("data-state", "closed")
+    expect(other.locator("#reconnect-btn")).to_be_hidden()
+    # Registering the same name again: CONFLICT.
+    other.fill("#login-password", password)
+    other.click("#register-btn")
+    expect(other.locator("#login-error")).to_contain_text("CONFLICT")
+    # And the right password logs in.
+    other.click("#login-submit")
+    expect(other.locator("#conn-state")).to_have_attribute("data-state", "online")
+    no_js_errors(page, other)
+
+
+def test_jwt_token_login(pages, jwt_router) -> None:
+    """--auth jwt: the user may be left empty; the page shows the token's subject."""
+    sub = uniq("jwt")
+    page = pages(http_url(jwt_router))
+    page.fill("#login-user", "")
+    page.fill("#login-token", make_jwt(JWT_SECRET, sub))
+    page.click("#login-submit")
+    expect(page.locator("#conn-state")).to_have_attribute("data-state", "online")
+    expect(page.locator("#me")).to_have_text(f"{sub} (web)")
+    no_js_errors(page)
 
 
 def test_page_and_python_client_exchange_messages(pages, web_router, user) -> None:
