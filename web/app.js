@@ -518,8 +518,11 @@
 
   function sendMessage(conv, text) {
     const payload = encoder.encode(text);
-    if (payload.length + 256 > state.maxFrameBytes) {
-      notice(`Message too large (${payload.length} bytes; the router takes ${state.maxFrameBytes})`, true);
+    // The router bounds the JSON text message (base64 payload and all) by maxFrameBytes,
+    // and closes the connection past it: refuse here instead.
+    const frameBytes = 4 * Math.ceil(payload.length / 3) + 512;
+    if (frameBytes > state.maxFrameBytes) {
+      notice(`Message too large (${payload.length} bytes; frames are limited to ${state.maxFrameBytes} bytes)`, true);
       return false;
     }
     const msgId = newMsgId();

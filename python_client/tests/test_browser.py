@@ -335,6 +335,28 @@ def test_jwt_token_login(pages, jwt_router) -> None:
     no_js_errors(page)
 
 
+def test_message_over_the_frame_limit_is_refused_by_the_page(pages, own_router_http) -> None:
+    """The page keeps its JSON frames under the router's maxFrameBytes (the router closes
+    a WebSocket on a bigger message): a message too large is refused with a notice, the
+    connection stays up, and one that fits goes out."""
+    r = own_router_http("--max-frame-bytes", "4096")
+    a_name, b_name = uniq("alice"), uniq("bob")
+    alice, bob = pages(http_url(r)), pages(http_url(r))
+    login(alice, a_name)
+    login(bob, b_name)
+    open_dm(alice, b_name)
+    alice.fill("#message-input", "x" * 5000)
+    alice.press("#message-input", "Enter")
+    expect(alice.locator("#notice")).to_contain_text("too large")
+    expect(messages(alice)).to_have_count(0)
+    fits = "y" * 2500
+    send(alice, fits)
+    open_conv(bob, f"dm:{a_name}")
+    expect_message(bob, a_name, fits)
+    expect(alice.locator("#conn-state")).to_have_attribute("data-state", "online")
+    no_js_errors(alice, bob)
+
+
 def test_page_and_python_client_exchange_messages(pages, web_router, user) -> None:
     if web_router is None:
         pytest.skip("RINGROUTER_WEB_URL: no TCP port to connect a Python client to")
