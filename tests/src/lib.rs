@@ -8,6 +8,7 @@
 //!
 //! Every read here has a deadline: a test never blocks forever.
 
+pub mod tls;
 pub mod wire;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -84,6 +85,9 @@ pub struct RouterProc {
     stderr: Option<std::thread::JoinHandle<String>>,
     /// The store directory made for this router when the args named none.
     _data: Option<tempfile::TempDir>,
+    /// The stdout lines after the first (see [`RouterProc::http_addr`]).
+    more_lines: std::sync::Mutex<std::sync::mpsc::Receiver<String>>,
+    http: std::sync::OnceLock<SocketAddr>,
 }
 
 impl RouterProc {
@@ -175,10 +179,13 @@ impl RouterProc {
         // start-up cannot hang the test; the rest is drained so the child never
         // blocks on a full pipe.
         let (line_tx, line_rx) = std::sync::mpsc::channel();
+        let (more_tx, more_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             let _ = line_tx.send(lines.next());
-            for _ in lines {}
+            for line in lines.map_while(Result::ok) {
+                let _ = more_tx.send(line);
+            }
         });
         let first = line_rx.recv_timeout(START_TIMEOUT).ok().flatten();
         match first {
@@ -195,6 +202,8 @@ impl RouterProc {
                         banner: line,
                         stderr: Some(err_thread),
                         _data: data,
+                        more_lines: std::sync::Mutex::new(more_rx),
+                        http: std::sync::OnceLock::new(),
                     }),
                     Err(e) => {
                         let _ = child.kill();
@@ -231,6 +240,41 @@ impl RouterProc {
                 })
             }
         }
+    }
+
+    /// Starts the router with its HTTP port on a free port (`--http-listen
+    /// 127.0.0.1:0` unless `args` name one); see [`RouterProc::http_addr`].
+    pub fn start_http(args: &[&str]) -> RouterProc {
+        let mut all: Vec<&str> = args.to_vec();
+        if !args.contains(&"--http-listen") {
+            all.extend(["--http-listen", "127.0.0.1:0"]);
+        }
+        let r = Self::start(&all);
+        r.http_addr();
+        r
+    }
+
+    /// The HTTP port's address, from the router's second ready line
+    /// `ringrouter http on ADDR` (waited for up to [`START_TIMEOUT`]).
+    pub fn http_addr(&self) -> SocketAddr {
+        *self.http.get_or_init(|| {
+            let rx = self.more_lines.lock().unwrap_or_else(|e| e.into_inner());
+            let deadline = Instant::now() + START_TIMEOUT;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(line) => {
+                        if let Some(rest) = line.strip_prefix("ringrouter http on ") {
+                            let addr = rest.split(' ').next().unwrap_or("");
+                            return addr
+                                .parse()
+                                .unwrap_or_else(|e| panic!("bad http line {line:?}: {e}"));
+                        }
+                    }
+                    Err(e) => panic!("no `ringrouter http on` line from the router: {e}"),
+                }
+            }
+        })
     }
 
     /// The process id.
