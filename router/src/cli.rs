@@ -104,6 +104,12 @@ pub struct Args {
     /// BENCHMARKS.md: THP page zeroing cost 10-40% of CPU with many sessions).
     #[arg(long, hide = true, help_heading = NETWORK)]
     pub allow_thp: bool,
+    /// TLS certificate chain (PEM): with --tls-key, TLS on the TCP listener and the HTTP port.
+    #[arg(long, value_name = "FILE", requires = "tls_key", help_heading = NETWORK)]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert", help_heading = NETWORK)]
+    pub tls_key: Option<PathBuf>,
 
     /// Authentication: open (any user name; loopback only), jwt, or accounts (Register + password).
     #[arg(long, value_name = "MODE", value_enum, default_value_t = AuthMode::Open, help_heading = AUTH)]
@@ -254,6 +260,8 @@ impl Args {
             max_prelogin_frame_bytes: self.max_prelogin_frame_bytes,
             max_failed_logins: self.max_failed_logins,
             jwt_leeway: self.jwt_leeway,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
         }
     }
 }

@@ -42,5 +42,6 @@ mod prelogin;
 mod rooms;
 mod shutdown;
 mod spoofing;
+mod tls;
 mod transports;
 mod zero_copy;
