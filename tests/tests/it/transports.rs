@@ -93,6 +93,11 @@ fn wss_login_and_exchange_with_tls_sessions() {
     let wss = Transport::websocket().with_tls(Some(cert.cert.clone()));
     let tls = Transport::tcp().with_tls(Some(cert.cert.clone()));
     exchange("wss", r.http_addr(), &wss, r.addr, &tls);
+    let other = TestCert::new();
+    expect_refused(
+        r.http_addr(),
+        &Transport::websocket().with_tls(Some(other.cert.clone())),
+    );
 }
 
 #[test]
@@ -120,17 +125,21 @@ fn threaded_clients_over_ws_and_tls() {
     assert!(a.is_closed() && b.is_closed());
 }
 
+fn expect_refused(addr: SocketAddr, t: &Transport) {
+    match Client::connect(addr, cfg("mallory", t)) {
+        Err(ClientError::Tls(why)) => assert!(why.contains("certificate"), "{why}"),
+        Err(e) => panic!("{t:?}: expected a TLS error, got {e}"),
+        Ok(_) => panic!("{t:?}: logged in with an untrusted certificate"),
+    }
+}
+
 #[test]
 fn an_untrusted_certificate_is_refused() {
     let cert = TestCert::new();
     let other = TestCert::new();
-    let r = RouterProc::start_http(&cert.args());
+    let r = RouterProc::start(&cert.args());
     let cases = [
         (r.addr, Transport::tcp().with_tls(Some(other.cert.clone()))),
-        (
-            r.http_addr(),
-            Transport::websocket().with_tls(Some(other.cert.clone())),
-        ),
         // The webpki roots do not know a self-signed certificate.
         (r.addr, Transport::tcp().with_tls(None)),
         // The right CA, the wrong name.
@@ -142,11 +151,7 @@ fn an_untrusted_certificate_is_refused() {
         ),
     ];
     for (addr, t) in cases {
-        match Client::connect(addr, cfg("mallory", &t)) {
-            Err(ClientError::Tls(why)) => assert!(why.contains("certificate"), "{why}"),
-            Err(e) => panic!("{t:?}: expected a TLS error, got {e}"),
-            Ok(_) => panic!("{t:?}: logged in with an untrusted certificate"),
-        }
+        expect_refused(addr, &t);
     }
     // The router still serves clients that trust it.
     let t = Transport::tcp().with_tls(Some(cert.cert.clone()));
