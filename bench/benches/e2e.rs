@@ -90,6 +90,7 @@ fn start_router() -> Running {
             shards: 2,
             pin_threads: false,
             data_dir: data.path().to_path_buf(),
+            http_listen: None,
             ..Config::default()
         };
         return Running::InProcess(Router::start(cfg).expect("router starts"), data);

@@ -65,6 +65,9 @@ class Router:
         if "--data-dir" not in args:
             self.data_dir = tempfile.mkdtemp(prefix="ringrouter-test-")
             args = [*args, "--data-dir", self.data_dir]
+        if "--http-listen" not in args:
+            # Each router's HTTP port on a free port (the default, 7880, is one port).
+            args = ["--http-listen", "127.0.0.1:0", *args]
         cmd = [str(router_bin()), "--listen", "127.0.0.1:0", "--no-pin", "--argon2-cheap", *args]
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "warn")
@@ -93,6 +96,12 @@ class Router:
         self.addr: str = m.group(1)
         self.shards = int(m.group(2))
         self.driver = m.group(3)
+        # The second ready line: `ringrouter http on ADDR` (none with --http-listen off).
+        self.http_addr: Optional[str] = None
+        if "off" not in args[args.index("--http-listen") + 1 : args.index("--http-listen") + 2]:
+            http = self.proc.stdout.readline()
+            if http.startswith("ringrouter http on "):
+                self.http_addr = http.split()[3]
         # Keep reading stdout so the router never blocks on a full pipe.
         threading.Thread(target=self._drain_stdout, daemon=True).start()
 

@@ -100,15 +100,19 @@ pub struct Args {
     /// larger ones are written straight from the sender's read buffer (writev).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "0", help_heading = NETWORK)]
     pub inline_payload_max: usize,
+    /// Address of the HTTP port: /healthz, /readyz, /metrics, /ws, the browser page and
+    /// the backend API (port 0 picks a free port); `off`: no HTTP port.
+    #[arg(long, value_name = "ADDR", value_parser = parse_http_listen, default_value = "127.0.0.1:7880", help_heading = NETWORK)]
+    pub http_listen: HttpListen,
     /// Leave transparent huge pages on for the router's memory (default: off, see
     /// BENCHMARKS.md: THP page zeroing cost 10-40% of CPU with many sessions).
     #[arg(long, hide = true, help_heading = NETWORK)]
     pub allow_thp: bool,
     /// TLS certificate chain (PEM): with --tls-key, TLS on the TCP listener and the HTTP port.
-    #[arg(long, value_name = "FILE", requires = "tls_key", help_heading = NETWORK)]
+    #[arg(long, value_name = "FILE", help_heading = NETWORK)]
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM) for --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert", help_heading = NETWORK)]
+    #[arg(long, value_name = "FILE", help_heading = NETWORK)]
     pub tls_key: Option<PathBuf>,
 
     /// Authentication: open (any user name; loopback only), jwt, or accounts (Register + password).
@@ -117,6 +121,9 @@ pub struct Args {
     /// File holding the HS256 secret for --auth jwt.
     #[arg(long, value_name = "FILE", help_heading = AUTH)]
     pub jwt_secret_file: Option<PathBuf>,
+    /// File holding the bearer key of the HTTP backend API (/api/v1/...); without it the API is off.
+    #[arg(long, value_name = "FILE", help_heading = AUTH)]
+    pub api_key_file: Option<PathBuf>,
     /// Clock skew allowed when checking a JWT's exp, nbf and iat.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s", help_heading = AUTH)]
     pub jwt_leeway: Duration,
@@ -171,6 +178,12 @@ pub struct Args {
     /// Most names one ListUsers answers.
     #[arg(long, value_name = "N", default_value_t = 1_000, help_heading = LIMITS)]
     pub list_users_page: usize,
+    /// Largest HTTP request head (request line and headers); past it: 431 and close.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16KiB", help_heading = LIMITS)]
+    pub http_max_head_bytes: usize,
+    /// Largest HTTP request body; past it: 413 and close.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1MiB", help_heading = LIMITS)]
+    pub http_max_body_bytes: usize,
 
     /// How long a session may stay over --max-pending-bytes before it is closed as a slow consumer.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2s", help_heading = TIMEOUTS)]
@@ -184,6 +197,13 @@ pub struct Args {
     /// A connection must log in within this time.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s", help_heading = TIMEOUTS)]
     pub login_timeout: Duration,
+    /// An HTTP connection waiting for a request must send all of it within this time:
+    /// an idle keep-alive connection is closed, a partial request gets 408.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "15s", help_heading = TIMEOUTS)]
+    pub http_idle_timeout: Duration,
+    /// Longest an HTTP API request waits for the shards and the store (503 past it).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s", help_heading = TIMEOUTS)]
+    pub http_api_timeout: Duration,
     /// Graceful shutdown waits at most this long for queues to flush.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s", help_heading = TIMEOUTS)]
     pub shutdown_timeout: Duration,
@@ -262,6 +282,12 @@ impl Args {
             jwt_leeway: self.jwt_leeway,
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
+            http_listen: self.http_listen.0,
+            api_key_file: self.api_key_file,
+            http_max_head_bytes: self.http_max_head_bytes,
+            http_max_body_bytes: self.http_max_body_bytes,
+            http_idle_timeout: self.http_idle_timeout,
+            http_api_timeout: self.http_api_timeout,
         }
     }
 }
@@ -510,6 +536,21 @@ fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
 
+/// The value of `--http-listen`: an address, or `off` (`None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpListen(pub Option<SocketAddr>);
+
+/// Parses `--http-listen`: `ADDR` or `off`.
+pub fn parse_http_listen(s: &str) -> Result<HttpListen, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("off") {
+        return Ok(HttpListen(None));
+    }
+    t.parse()
+        .map(|a| HttpListen(Some(a)))
+        .map_err(|e| format!("invalid address {s:?}: {e} (e.g. 127.0.0.1:7880, or off)"))
+}
+
 /// Parses a duration with humantime (`250ms`, `2s`, `5min`, `1h 30m`, `30d`,
 /// `30days`); a plain number (`1.5`, `30`) is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -636,6 +677,9 @@ pub fn main() -> i32 {
         handle.shards(),
         handle.driver()
     );
+    if let Some(http) = handle.http_addr() {
+        println!("ringrouter http on {http}");
+    }
     use std::io::Write;
     let _ = std::io::stdout().flush();
     if let Some(sig) = signals.forever().next() {
@@ -678,6 +722,30 @@ mod tests {
             .expect("temp file");
         std::io::Write::write_all(&mut f, text.as_bytes()).expect("write");
         f
+    }
+
+    #[test]
+    fn http_listen_takes_an_address_or_off() {
+        assert_eq!(
+            Config::default().http_listen,
+            Some("127.0.0.1:7880".parse().unwrap())
+        );
+        assert_eq!(
+            parse_ok(&["--http-listen", "off"]).config().http_listen,
+            None
+        );
+        assert_eq!(
+            parse_ok(&["--http-listen", "OFF"]).config().http_listen,
+            None
+        );
+        let c = parse_ok(&["--http-listen", "127.0.0.1:0"]).config();
+        assert_eq!(c.http_listen, Some("127.0.0.1:0".parse().unwrap()));
+        let e = parse_err(&["--http-listen", "nowhere"]);
+        assert_eq!(e.exit_code(), EXIT_USAGE);
+        assert!(e.to_string().contains("off"), "{e}");
+        let f = file("http-listen = \"off\"\n");
+        let c = parse_ok(&["--config", f.path().to_str().unwrap()]).config();
+        assert_eq!(c.http_listen, None);
     }
 
     #[test]
@@ -887,6 +955,22 @@ mod tests {
             "30d",
             "--log-filter",
             "debug,fjall=warn",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "/etc/ringrouter/cert.pem",
+            "--tls-key",
+            "/etc/ringrouter/key.pem",
+            "--api-key-file",
+            secret,
+            "--http-max-head-bytes",
+            "8KiB",
+            "--http-max-body-bytes",
+            "64KiB",
+            "--http-idle-timeout",
+            "2s",
+            "--http-api-timeout",
+            "1s",
         ];
         let p = parse_ok(&every);
         // Every setting was given: none is at its default.

@@ -124,6 +124,24 @@ pub struct Config {
     pub max_failed_logins: u32,
     /// Clock skew allowed when checking a JWT's `exp`, `nbf` and `iat`.
     pub jwt_leeway: Duration,
+    /// Address of the HTTP port (health, metrics, WebSocket, the browser page, the
+    /// backend API), one SO_REUSEPORT listener per shard; `None`: no HTTP port.
+    pub http_listen: Option<SocketAddr>,
+    /// File holding the bearer key of the backend API (`/api/v1/...`); `None`: the API
+    /// is off (its paths answer 404).
+    pub api_key_file: Option<PathBuf>,
+    /// Largest HTTP request head (request line and headers); a larger one is answered
+    /// 431 and the connection is closed.
+    pub http_max_head_bytes: usize,
+    /// Largest HTTP request body; a larger one is answered 413 and the connection is
+    /// closed.
+    pub http_max_body_bytes: usize,
+    /// An HTTP connection must send a whole request (head and body) within this time
+    /// once it is waiting for one: an idle keep-alive connection is closed, a partial
+    /// request (slowloris) is answered 408 and closed. Also bounds writing an answer.
+    pub http_idle_timeout: Duration,
+    /// Longest an API request waits for the shards and the store to answer (503 past it).
+    pub http_api_timeout: Duration,
 }
 
 impl Default for Config {
@@ -165,6 +183,12 @@ impl Default for Config {
             max_prelogin_frame_bytes: 16 << 10,
             max_failed_logins: 3,
             jwt_leeway: Duration::from_secs(30),
+            http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7880))),
+            api_key_file: None,
+            http_max_head_bytes: 16 << 10,
+            http_max_body_bytes: 1 << 20,
+            http_idle_timeout: Duration::from_secs(15),
+            http_api_timeout: Duration::from_secs(5),
         }
     }
 }

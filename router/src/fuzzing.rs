@@ -622,7 +622,7 @@ impl Sim {
                     }
                 }
                 Err(e) => {
-                    sh.counters.frames_rejected += 1;
+                    sh.counters.reject(Status::BadFrame);
                     sh.close(
                         c.key,
                         CloseReason::BadFrame,

@@ -12,7 +12,8 @@
 //! 2. [`shard`]: a shard's state and decisions (sessions, mail, pause, retention,
 //!    delivery, rooms, store round trips); `shard::run` is its run loop.
 //! 3. [`frames`]: one module per client frame kind, dispatched from one match.
-//! 4. `net`: connection I/O (accept, pre-login driver, handover, reader, writer).
+//! 4. `net`: connection I/O (accept, pre-login driver, handover, reader, writer);
+//!    `http`: the HTTP port (health, metrics, WebSocket upgrade, the page, the API).
 //! 5. [`server`]: [`Router::start`]: listeners, shard threads, shutdown.
 //!
 //! Also: [`cli`] (the `ringrouter` command line) and `fuzzing` (tests and the
@@ -28,6 +29,7 @@ pub mod config;
 pub mod frames;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+mod http;
 pub mod mailbox;
 pub mod maps;
 mod net;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::Authenticator;
 use crate::config::{Config, DurabilityMode};
+use crate::http::HttpCtx;
 use crate::mailbox::mesh;
 use crate::shard::mail::{Mail, MailQueue};
 use crate::shard::run::{run_shard, ShardThread};
@@ -54,6 +55,7 @@ pub struct Router;
 /// A running router.
 pub struct RouterHandle {
     addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     shards: usize,
     driver: &'static str,
     threads: Vec<JoinHandle<()>>,
@@ -147,7 +149,18 @@ impl Router {
         if n > 256 {
             return Err(StartError::Config("at most 256 shards".into()));
         }
+        let stats: Vec<Arc<ShardStats>> = (0..n).map(|_| Arc::new(ShardStats::default())).collect();
+        let http_ctx = Arc::new(HttpCtx::new(&cfg, stats.clone()).map_err(StartError::Config)?);
         let (addr, listeners) = bind_listeners(cfg.listen, n)?;
+        // The HTTP port like the TCP one: the first shard's listener resolves port 0,
+        // the others bind the port it got.
+        let (http_addr, http_listeners) = match cfg.http_listen {
+            Some(a) => {
+                let (a, ls) = bind_listeners(a, n)?;
+                (Some(a), ls.into_iter().map(Some).collect())
+            }
+            None => (None, (0..n).map(|_| None).collect::<Vec<_>>()),
+        };
         let durability = match cfg.durability {
             DurabilityMode::Memory => Durability::Memory,
             DurabilityMode::Sync => Durability::Sync,
@@ -188,7 +201,6 @@ impl Router {
             store: store.clone(),
             tls,
         });
-        let stats: Vec<Arc<ShardStats>> = (0..n).map(|_| Arc::new(ShardStats::default())).collect();
         let flights: Arc<Vec<Vec<Arc<AtomicUsize>>>> = Arc::new(
             (0..n)
                 .map(|_| (0..n).map(|_| Arc::new(AtomicUsize::new(0))).collect())
@@ -198,7 +210,11 @@ impl Router {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, (usize, String)>>();
         let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
         let mut threads = Vec::with_capacity(n);
-        for (id, ((outs, inbox), listener)) in meshes.into_iter().zip(listeners).enumerate() {
+        let shard_listeners = listeners.into_iter().zip(http_listeners);
+        for (id, ((outs, inbox), (listener, http))) in
+            meshes.into_iter().zip(shard_listeners).enumerate()
+        {
+            let http = http.map(|l| (l, http_ctx.clone()));
             let shared = shared.clone();
             let st = stats[id].clone();
             let ready = ready_tx.clone();
@@ -222,6 +238,7 @@ impl Router {
                         flights,
                         pause,
                         store_answers: done,
+                        http,
                     };
                     if let Err(e) = run_shard(setup, &ready) {
                         let _ = ready.send(Err((id, e)));
@@ -248,8 +265,10 @@ impl Router {
                 }
             }
         }
+        http_ctx.ready.store(true, Ordering::Release);
         Ok(RouterHandle {
             addr,
+            http_addr,
             shards: n,
             driver: driver_name(),
             threads,
@@ -264,6 +283,11 @@ impl RouterHandle {
     /// The bound address (the real port when the config asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The bound address of the HTTP port (`None`: `--http-listen off`).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// Number of shards running.

@@ -3,6 +3,51 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use ringrouter_proto::Status;
+
+/// Status codes counted per code (the values of [`Status`], 0 to 13).
+pub const STATUS_CODES: usize = 14;
+
+/// Upper bounds (µs, inclusive) of the delivery latency histogram's buckets; one more
+/// bucket counts what is above the last.
+pub const LATENCY_BOUNDS_US: [u64; 16] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000,
+];
+
+/// Buckets of [`LatencyHist`]: one per bound, and `+Inf`.
+pub const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_US.len() + 1;
+
+/// Accept-to-write delivery latency: from the Send frame read to the writev that wrote
+/// the Deliver, recorded once per writev batch (the batch's oldest live delivery).
+/// Shard-local fixed buckets, published on the tick.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LatencyHist {
+    /// Count per bucket (not cumulative); the last is above every bound.
+    pub buckets: [u64; LATENCY_BUCKETS],
+    /// Sum of the recorded values, µs.
+    pub sum_us: u64,
+    /// Values recorded.
+    pub count: u64,
+}
+
+impl LatencyHist {
+    /// Records one value.
+    #[inline]
+    pub fn record(&mut self, us: u64) {
+        let i = LATENCY_BOUNDS_US.partition_point(|&b| b < us);
+        self.buckets[i] += 1;
+        self.sum_us += us;
+        self.count += 1;
+    }
+}
+
+/// The index of a status code in the per-status counters.
+#[inline]
+fn status_index(s: Status) -> usize {
+    (s as usize).min(STATUS_CODES - 1)
+}
+
 /// A shard's counters, owned by the shard thread.
 #[derive(Debug, Default, Clone)]
 pub struct Counters {
@@ -38,6 +83,42 @@ pub struct Counters {
     pub requeued: u64,
     /// Room messages accepted (each fans out to the members' sessions).
     pub room_msgs: u64,
+    /// Bytes read from sessions' sockets.
+    pub bytes_in: u64,
+    /// Refused logins, per status code (successful ones are `logins`).
+    pub login_failures: [u64; STATUS_CODES],
+    /// Error answers and refusals (the frames counted in `frames_rejected`), per status code.
+    pub errors: [u64; STATUS_CODES],
+    /// Accept-to-write delivery latency.
+    pub latency: LatencyHist,
+}
+
+impl Counters {
+    /// Counts a refused frame (an Error or a refusal answer) with its status.
+    #[inline]
+    pub fn reject(&mut self, status: Status) {
+        self.frames_rejected += 1;
+        self.errors[status_index(status)] += 1;
+    }
+
+    /// Counts a refused login with its status.
+    pub fn login_failed(&mut self, status: Status) {
+        self.login_failures[status_index(status)] += 1;
+    }
+}
+
+/// Levels of a shard's queues, published with its counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Gauges {
+    /// Live sessions.
+    pub sessions: u64,
+    /// Mail weight (≈ bytes) in flight to this shard from the others plus its own
+    /// local mail: its mailbox depth.
+    pub mailbox_depth: u64,
+    /// Store requests made and not answered.
+    pub store_queue_requests: u64,
+    /// What they count for in bytes (see `max_store_queue_bytes`).
+    pub store_queue_bytes: u64,
 }
 
 macro_rules! shard_stats {
@@ -48,6 +129,14 @@ macro_rules! shard_stats {
         pub struct ShardStats {
             $(pub $f: AtomicU64,)*
             pub sessions: AtomicU64,
+            pub mailbox_depth: AtomicU64,
+            pub store_queue_requests: AtomicU64,
+            pub store_queue_bytes: AtomicU64,
+            pub login_failures: [AtomicU64; STATUS_CODES],
+            pub errors: [AtomicU64; STATUS_CODES],
+            pub latency_buckets: [AtomicU64; LATENCY_BUCKETS],
+            pub latency_sum_us: AtomicU64,
+            pub latency_count: AtomicU64,
         }
 
         /// A snapshot summed over shards.
@@ -56,19 +145,48 @@ macro_rules! shard_stats {
         pub struct StatsSnapshot {
             $(pub $f: u64,)*
             pub sessions: u64,
+            pub mailbox_depth: u64,
+            pub store_queue_requests: u64,
+            pub store_queue_bytes: u64,
+            pub login_failures: [u64; STATUS_CODES],
+            pub errors: [u64; STATUS_CODES],
+            pub latency: LatencyHist,
         }
 
         impl ShardStats {
-            /// Copies `c` in.
-            pub fn publish(&self, c: &Counters, sessions: usize) {
+            /// Copies `c` and `g` in.
+            pub fn publish(&self, c: &Counters, g: Gauges) {
                 $(self.$f.store(c.$f, Relaxed);)*
-                self.sessions.store(sessions as u64, Relaxed);
+                self.sessions.store(g.sessions, Relaxed);
+                self.mailbox_depth.store(g.mailbox_depth, Relaxed);
+                self.store_queue_requests.store(g.store_queue_requests, Relaxed);
+                self.store_queue_bytes.store(g.store_queue_bytes, Relaxed);
+                store_all(&self.login_failures, &c.login_failures);
+                store_all(&self.errors, &c.errors);
+                store_all(&self.latency_buckets, &c.latency.buckets);
+                self.latency_sum_us.store(c.latency.sum_us, Relaxed);
+                self.latency_count.store(c.latency.count, Relaxed);
             }
 
             /// Adds this shard's figures to `s`.
             pub fn add_to(&self, s: &mut StatsSnapshot) {
                 $(s.$f += self.$f.load(Relaxed);)*
                 s.sessions += self.sessions.load(Relaxed);
+                s.mailbox_depth += self.mailbox_depth.load(Relaxed);
+                s.store_queue_requests += self.store_queue_requests.load(Relaxed);
+                s.store_queue_bytes += self.store_queue_bytes.load(Relaxed);
+                add_all(&mut s.login_failures, &self.login_failures);
+                add_all(&mut s.errors, &self.errors);
+                add_all(&mut s.latency.buckets, &self.latency_buckets);
+                s.latency.sum_us += self.latency_sum_us.load(Relaxed);
+                s.latency.count += self.latency_count.load(Relaxed);
+            }
+
+            /// This shard's figures alone.
+            pub fn snapshot(&self) -> StatsSnapshot {
+                let mut s = StatsSnapshot::default();
+                self.add_to(&mut s);
+                s
             }
         }
 
@@ -79,6 +197,18 @@ macro_rules! shard_stats {
             }
         }
     };
+}
+
+fn store_all(to: &[AtomicU64], from: &[u64]) {
+    for (a, v) in to.iter().zip(from) {
+        a.store(*v, Relaxed);
+    }
+}
+
+fn add_all(to: &mut [u64], from: &[AtomicU64]) {
+    for (v, a) in to.iter_mut().zip(from) {
+        *v += a.load(Relaxed);
+    }
 }
 
 shard_stats!(
@@ -98,4 +228,61 @@ shard_stats!(
     offline_delivered,
     requeued,
     room_msgs,
+    bytes_in,
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_are_inclusive_upper_bounds() {
+        let mut h = LatencyHist::default();
+        for us in [0, 50, 51, 5_000_000, 5_000_001, u64::MAX / 4] {
+            h.record(us);
+        }
+        assert_eq!(h.buckets[0], 2, "0 and 50 are <= 50");
+        assert_eq!(h.buckets[1], 1);
+        assert_eq!(
+            h.buckets[LATENCY_BUCKETS - 2],
+            1,
+            "5 s is in the last bound"
+        );
+        assert_eq!(h.buckets[LATENCY_BUCKETS - 1], 2, "above every bound");
+        assert_eq!(h.count, 6);
+    }
+
+    #[test]
+    fn published_figures_add_up() {
+        let a = ShardStats::default();
+        let b = ShardStats::default();
+        let mut c = Counters::default();
+        c.reject(Status::BadRequest);
+        c.login_failed(Status::Unauthorized);
+        c.latency.record(70);
+        c.msgs_in = 3;
+        a.publish(
+            &c,
+            Gauges {
+                sessions: 2,
+                ..Gauges::default()
+            },
+        );
+        b.publish(
+            &c,
+            Gauges {
+                mailbox_depth: 5,
+                ..Gauges::default()
+            },
+        );
+        let mut s = a.snapshot();
+        b.add_to(&mut s);
+        assert_eq!(s.msgs_in, 6);
+        assert_eq!(s.frames_rejected, 2);
+        assert_eq!(s.errors[Status::BadRequest as usize], 2);
+        assert_eq!(s.login_failures[Status::Unauthorized as usize], 2);
+        assert_eq!(s.latency.buckets[1], 2);
+        assert_eq!(s.latency.sum_us, 140);
+        assert_eq!((s.sessions, s.mailbox_depth), (2, 5));
+    }
+}

@@ -83,11 +83,11 @@ pub struct RouterProc {
     /// The whole `listening on` line.
     pub banner: String,
     stderr: Option<std::thread::JoinHandle<String>>,
+    /// The second stdout line (`ringrouter http on ADDR`), when it comes.
+    http: std::sync::mpsc::Receiver<Option<std::io::Result<String>>>,
+    http_addr: std::cell::OnceCell<SocketAddr>,
     /// The store directory made for this router when the args named none.
     _data: Option<tempfile::TempDir>,
-    /// The stdout lines after the first (see [`RouterProc::http_addr`]).
-    more_lines: std::sync::Mutex<std::sync::mpsc::Receiver<String>>,
-    http: std::sync::OnceLock<SocketAddr>,
 }
 
 impl RouterProc {
@@ -128,6 +128,10 @@ impl RouterProc {
         let mut cmd = Command::new(router_bin());
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        // Parallel tests: each router's HTTP port on a free port too.
+        if !args.contains(&"--http-listen") {
+            cmd.args(["--http-listen", "127.0.0.1:0"]);
         }
         // Every router gets its own store unless the test names one (restarts).
         let data = if args.contains(&"--data-dir") {
@@ -179,13 +183,12 @@ impl RouterProc {
         // start-up cannot hang the test; the rest is drained so the child never
         // blocks on a full pipe.
         let (line_tx, line_rx) = std::sync::mpsc::channel();
-        let (more_tx, more_rx) = std::sync::mpsc::channel();
+        let (http_tx, http_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             let _ = line_tx.send(lines.next());
-            for line in lines.map_while(Result::ok) {
-                let _ = more_tx.send(line);
-            }
+            let _ = http_tx.send(lines.next());
+            for _ in lines {}
         });
         let first = line_rx.recv_timeout(START_TIMEOUT).ok().flatten();
         match first {
@@ -199,11 +202,11 @@ impl RouterProc {
                     Ok(addr) => Ok(RouterProc {
                         child: Some(child),
                         addr,
+                        http: http_rx,
+                        http_addr: std::cell::OnceCell::new(),
                         banner: line,
                         stderr: Some(err_thread),
                         _data: data,
-                        more_lines: std::sync::Mutex::new(more_rx),
-                        http: std::sync::OnceLock::new(),
                     }),
                     Err(e) => {
                         let _ = child.kill();
@@ -242,38 +245,18 @@ impl RouterProc {
         }
     }
 
-    /// Starts the router with its HTTP port on a free port (`--http-listen
-    /// 127.0.0.1:0` unless `args` name one); see [`RouterProc::http_addr`].
-    pub fn start_http(args: &[&str]) -> RouterProc {
-        let mut all: Vec<&str> = args.to_vec();
-        if !args.contains(&"--http-listen") {
-            all.extend(["--http-listen", "127.0.0.1:0"]);
-        }
-        let r = Self::start(&all);
-        r.http_addr();
-        r
-    }
-
-    /// The HTTP port's address, from the router's second ready line
-    /// `ringrouter http on ADDR` (waited for up to [`START_TIMEOUT`]).
+    /// The HTTP port's address, from the second ready line `ringrouter http on ADDR`
+    /// (panics if the router prints none: `--http-listen off`).
     pub fn http_addr(&self) -> SocketAddr {
-        *self.http.get_or_init(|| {
-            let rx = self.more_lines.lock().unwrap_or_else(|e| e.into_inner());
-            let deadline = Instant::now() + START_TIMEOUT;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(left) {
-                    Ok(line) => {
-                        if let Some(rest) = line.strip_prefix("ringrouter http on ") {
-                            let addr = rest.split(' ').next().unwrap_or("");
-                            return addr
-                                .parse()
-                                .unwrap_or_else(|e| panic!("bad http line {line:?}: {e}"));
-                        }
-                    }
-                    Err(e) => panic!("no `ringrouter http on` line from the router: {e}"),
-                }
-            }
+        *self.http_addr.get_or_init(|| {
+            let line = match self.http.recv_timeout(START_TIMEOUT) {
+                Ok(Some(Ok(line))) => line,
+                other => panic!("no `ringrouter http on` line: {other:?}"),
+            };
+            line.strip_prefix("ringrouter http on ")
+                .and_then(|a| a.split(' ').next())
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("bad http line {line:?}"))
         })
     }
 

@@ -55,7 +55,7 @@ impl Shard {
             s.ping_sent = None;
         }
         if let Err(e) = ringrouter_proto::names::check_inbound(&frame) {
-            self.counters.frames_rejected += 1;
+            self.counters.reject(Status::BadRequest);
             let f = reply::refusal(&frame, Status::BadRequest, &e.to_string());
             self.push_frame(key, &f);
             return Flow::Continue;

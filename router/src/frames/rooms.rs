@@ -71,7 +71,7 @@ impl Shard {
             _ => None,
         };
         if let Some(reason) = bad {
-            self.counters.frames_rejected += 1;
+            self.counters.reject(Status::BadRequest);
             self.push_frame(
                 key,
                 &reply::room_result(request_id, Status::BadRequest, &reason, op.key(), ""),

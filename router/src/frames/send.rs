@@ -13,7 +13,8 @@ use crate::shard::retention::{Outgoing, OwnedMsg, NO_ROOM};
 use crate::shard::{Flow, Mail, Routed, SessionKey, Shard};
 
 impl Shard {
-    fn next_msg_id(&mut self) -> u64 {
+    /// A new message id (the shard in the top 16 bits).
+    pub(crate) fn next_msg_id(&mut self) -> u64 {
         let id = ((self.id as u64 + 1) << 48) | (self.next_msg_id & 0xFFFF_FFFF_FFFF);
         self.next_msg_id += 1;
         id
@@ -58,7 +59,7 @@ impl Shard {
             None
         };
         if let Some((status, reason)) = reject {
-            self.counters.frames_rejected += 1;
+            self.counters.reject(status);
             let f = if v.want_result {
                 reply::send_result(v.request_id, status, &reason, v.msg_id)
             } else {

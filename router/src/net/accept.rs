@@ -152,6 +152,9 @@ pub(crate) async fn prelogin(
             }
             Action::Authenticate(l) => {
                 let a = bounded(left, &local, authenticate(&shared, &l)).await;
+                if let Bounded::Done(Err(e)) = &a {
+                    shard.borrow_mut().counters.login_failed(e.status);
+                }
                 a.then(&mut pl, PreLogin::authenticated);
             }
             Action::Register(r) => {

@@ -82,6 +82,7 @@ pub(super) async fn run_session(
     let key = match registered {
         Ok(k) => k,
         Err(e) => {
+            shard.borrow_mut().counters.login_failed(e.status());
             let f = reply::login_result_frame(request_id, e.status(), e.to_string());
             let mut out = BytesMut::new();
             encode_frame(&f, &mut out);
@@ -150,7 +151,13 @@ pub(super) async fn run_session(
         })
         .await;
         read_loop(&shard, key, fd, reader, buf, layers.as_ref()).await;
-        shard.borrow_mut().close(key, CloseReason::PeerClosed, None);
+        // Over TLS / WebSocket the writer answers the close (close frame, close_notify).
+        let reason = if layers.is_some() {
+            CloseReason::PeerClosing
+        } else {
+            CloseReason::PeerClosed
+        };
+        shard.borrow_mut().close(key, reason, None);
         let _ = writer.await;
         shard.borrow_mut().remove(key);
     }
@@ -194,7 +201,7 @@ async fn read_loop(
             }
             if let Some((code, reason)) = bad {
                 if flow == Flow::Continue {
-                    sh.counters.frames_rejected += 1;
+                    sh.counters.reject(code);
                     sh.close(key, CloseReason::BadFrame, Some((code, &reason)));
                     flow = Flow::Stop;
                 }
@@ -273,7 +280,7 @@ async fn read_loop(
                 // The peer closed its sending side inside a frame: a truncated
                 // frame is a BAD_FRAME like any other (it may still read it).
                 let mut sh = shard.borrow_mut();
-                sh.counters.frames_rejected += 1;
+                sh.counters.reject(Status::BadFrame);
                 let reason = truncated_reason(buf.len());
                 sh.close(
                     key,
@@ -283,7 +290,7 @@ async fn read_loop(
                 return;
             }
             Ok(0) | Err(_) => return,
-            Ok(_) => {}
+            Ok(n) => shard.borrow_mut().counters.bytes_in += n as u64,
         }
     }
 }
@@ -437,9 +444,10 @@ async fn write_loop<W: AsyncWriteRent>(
                 let spare = s.spare.take();
                 let batch = s.out.take(spare);
                 s.inflight += batch.total();
+                let oldest = std::mem::take(&mut s.oldest_ts_us);
                 sh.counters.payload_zero_copy_bytes += std::mem::take(&mut s.out.zero_copy_bytes);
                 sh.counters.payload_copied_bytes += std::mem::take(&mut s.out.copied_bytes);
-                Poll::Ready(Some(batch))
+                Poll::Ready(Some((batch, oldest)))
             } else if s.closing.is_some() {
                 Poll::Ready(None)
             } else {
@@ -448,7 +456,9 @@ async fn write_loop<W: AsyncWriteRent>(
             }
         })
         .await;
-        let Some(mut batch) = next else { break };
+        let Some((mut batch, oldest)) = next else {
+            break;
+        };
         let total = batch.total();
         let mut ok = true;
         let mut writes = 0u64;
@@ -477,6 +487,9 @@ async fn write_loop<W: AsyncWriteRent>(
             }
         }
         let mut sh = shard.borrow_mut();
+        if ok && oldest != 0 {
+            sh.counters.latency.record(now_us().saturating_sub(oldest));
+        }
         sh.counters.bytes_out += total as u64;
         sh.counters.writes += writes;
         let max = sh.cfg.max_pending_bytes;

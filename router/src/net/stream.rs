@@ -24,8 +24,7 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// A plain TCP connection.
-    #[allow(dead_code)] // the HTTP port's, until it is TLS-aware
+    /// A plain TCP connection (refusals over `--max-connections`).
     pub(crate) fn plain(tcp: TcpStream) -> Self {
         Conn { tcp, layers: None }
     }

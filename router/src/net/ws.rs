@@ -17,7 +17,6 @@ use crate::transport::ws;
 /// Takes over an HTTP connection whose request was `GET /ws`: `headers` are the
 /// request's headers (names lower-case), `rest` the bytes read past the request head.
 /// Answers the upgrade (or an HTTP error) itself.
-#[allow(dead_code)] // called by the HTTP port (next commit)
 pub(crate) async fn serve(
     shard: Rc<RefCell<Shard>>,
     shared: Arc<Shared>,

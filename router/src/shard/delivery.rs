@@ -27,6 +27,7 @@ use ringrouter_proto::v1::ServerFrame;
 use ringrouter_proto::Status;
 
 use super::answer::Answer;
+use super::api::is_api;
 use super::mail::Mail;
 use super::retention::{Outgoing, OwnedMsg};
 use super::session::{CloseReason, SessionId, SessionKey};
@@ -116,6 +117,9 @@ impl Shard {
                 }
             } else {
                 s.last_seq += 1;
+                if s.oldest_ts_us == 0 {
+                    s.oldest_ts_us = m.ts_us;
+                }
                 match m.fanned {
                     Some(fm) => s.out.push_fanned(fm, s.last_seq, inline_max),
                     None => {
@@ -534,7 +538,9 @@ impl Shard {
             return;
         };
         if to.shard as usize == self.id {
-            if let Some(key) = self.resolve(to) {
+            if is_api(to) {
+                self.answer_api(to, status, msg_id);
+            } else if let Some(key) = self.resolve(to) {
                 self.push_frame(key, &reply::send_status(request_id, status, msg_id));
             }
         } else {

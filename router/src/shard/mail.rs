@@ -22,6 +22,7 @@ use ringrouter_proto::v1::{RoomEvent, ServerFrame};
 use ringrouter_proto::Status;
 
 use super::answer::RoomAck;
+use super::api::is_api;
 use super::retention::{Outgoing, OwnedMsg, NO_ROOM};
 use super::session::{SessionId, SessionKey};
 use super::Shard;
@@ -105,6 +106,9 @@ pub enum Mail {
     },
     /// A store request of the receiving shard was answered (through its [`MailQueue`]).
     Stored(StoreDone),
+    /// Work for the receiving shard, run there with the shard borrowed (the HTTP API's
+    /// questions about a user homed there).
+    Call(StoreDone),
     /// A frame for a session of the receiving shard (answers to room requests).
     Reply {
         /// The session.
@@ -370,7 +374,9 @@ impl Shard {
                 msg_id,
                 status,
             } => {
-                if let Some(key) = self.resolve(to) {
+                if is_api(to) {
+                    self.answer_api(to, status, msg_id);
+                } else if let Some(key) = self.resolve(to) {
                     let reason = match status {
                         Status::NotFound if !self.has_store() => "user has no session",
                         other => reply::send_status_reason(other),
@@ -410,7 +416,7 @@ impl Shard {
                 }
                 None
             }
-            Mail::Stored(then) => {
+            Mail::Stored(then) | Mail::Call(then) => {
                 then(self);
                 None
             }

@@ -17,6 +17,7 @@
 //! - [`retention`]: what a session keeps until acked, and the messages it defers.
 //! - [`delivery`]: delivering to sessions, offline queues, journaling, login backlog.
 //! - [`answer`]: SendResults for messages that went through other shards or the store.
+//! - [`api`]: outcomes of messages published through the HTTP API.
 //! - [`store_link`]: store round trips (answers come back as [`mail::Mail::Stored`]).
 //! - [`rooms`]: rooms on their home shard.
 //! - `run`: the run loop: consumer, flusher, ticker, shutdown drain.
@@ -39,6 +40,7 @@ use crate::config::Config;
 use crate::stats::{Counters, ShardStats};
 
 pub mod answer;
+pub mod api;
 pub mod delivery;
 pub mod mail;
 pub mod pause;
@@ -132,6 +134,8 @@ pub struct Shard {
     pub touched_at: Instant,
     /// Users homed here with a Create or Join in flight, and their next ones.
     pub room_quota: NameMap<Bytes, std::collections::VecDeque<rooms::OwnItem>>,
+    /// HTTP API requests waiting for the outcome of a message they published.
+    pub api_waiters: api::ApiWaiters,
 }
 
 /// The home shard of a name (defined in proto, shared with the clients).
@@ -206,6 +210,7 @@ impl Shard {
             stored_floor: NameMap::default(),
             touched_at: Instant::now(),
             room_quota: NameMap::default(),
+            api_waiters: api::ApiWaiters::default(),
         }
     }
 
@@ -264,7 +269,7 @@ impl Shard {
         reason: impl Into<String>,
         request_id: u64,
     ) {
-        self.counters.frames_rejected += 1;
+        self.counters.reject(code);
         self.push_frame(key, &reply::error(code, reason, request_id));
     }
 

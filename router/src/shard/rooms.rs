@@ -36,6 +36,7 @@ use ringrouter_proto::v1::{RoomEvent, RoomEventKind};
 use ringrouter_proto::Status;
 
 use super::answer::{Answer, FanPart, RoomAck};
+use super::api::is_api;
 use super::mail::{Mail, RoomFan, RoomNotice, RoomOp, RoomReq, RoomSend, CODE_MARK};
 use super::retention::{Outgoing, OwnedMsg};
 use super::session::{SessionId, SessionKey};
@@ -694,7 +695,9 @@ impl Shard {
 
     /// A message to a loaded room: members only; one fan-out per shard with members.
     fn room_message(&mut self, key: &Bytes, room: &Room, s: RoomSend) {
-        if !room.members.contains(&s.from_user[..]) {
+        // The HTTP API (a backend with the key) may publish to any room; its members
+        // get the message as from any member.
+        if !is_api(s.sender) && !room.members.contains(&s.from_user[..]) {
             self.reply_send(s.reply, s.msg_id, Status::Forbidden);
             return;
         }

@@ -35,6 +35,8 @@ pub(crate) struct ShardThread {
     pub(crate) pause: PauseTables,
     /// Where the storage thread posts this shard's store answers.
     pub(crate) store_answers: Arc<MailQueue>,
+    /// This shard's HTTP listener and what the HTTP servers share (`--http-listen`).
+    pub(crate) http: Option<(std::net::TcpListener, Arc<crate::http::HttpCtx>)>,
 }
 
 /// Runs one shard on the calling thread until it has shut down; reports `Ok(id)` on
@@ -54,6 +56,7 @@ pub(crate) fn run_shard(
         flights,
         pause,
         store_answers,
+        http,
     } = t;
     // flights[from][to]: weight in the pipeline from shard `from` to shard `to`.
     let flight_out: Vec<Arc<AtomicUsize>> = (0..n).map(|to| flights[id][to].clone()).collect();
@@ -68,6 +71,13 @@ pub(crate) fn run_shard(
     rt.block_on(async move {
         let listener =
             monoio::net::TcpListener::from_std(listener).map_err(|e| format!("listener: {e}"))?;
+        let http = match http {
+            Some((l, ctx)) => Some((
+                monoio::net::TcpListener::from_std(l).map_err(|e| format!("http listener: {e}"))?,
+                ctx,
+            )),
+            None => None,
+        };
         let mut sh = Shard::with_pipeline(
             id,
             n,
@@ -99,6 +109,15 @@ pub(crate) fn run_shard(
             listener,
             local.clone(),
         ));
+        if let Some((listener, ctx)) = http {
+            monoio::spawn(crate::http::accept_loop(
+                shard.clone(),
+                shared.clone(),
+                ctx,
+                listener,
+                local.clone(),
+            ));
+        }
         let _ = ready.send(Ok(id));
         local.wait().await;
         let timeout = shared.cfg.shutdown_timeout;

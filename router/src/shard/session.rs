@@ -42,6 +42,10 @@ impl SessionId {
 pub enum CloseReason {
     /// The client closed the connection (or it broke).
     PeerClosed,
+    /// A TLS or WebSocket client ended the conversation (close frame, close_notify) or
+    /// broke its framing: the closing handshake is answered (close frame, alert) before
+    /// the socket is shut; what was queued for it goes back to its unacked queue.
+    PeerClosing,
     /// The client sent Logout.
     Logout,
     /// The client sent bytes that are not frames.
@@ -75,7 +79,7 @@ impl CloseReason {
     fn stalled(self) -> bool {
         matches!(
             self,
-            CloseReason::SlowConsumer | CloseReason::HeartbeatTimeout
+            CloseReason::SlowConsumer | CloseReason::HeartbeatTimeout | CloseReason::PeerClosing
         )
     }
 }
@@ -122,6 +126,9 @@ pub struct Session {
     pub inflight: usize,
     /// Last sequence number assigned to a Deliver.
     pub last_seq: u64,
+    /// Acceptance time (µs since the epoch) of the oldest live delivery queued since the
+    /// writer last took the queue (0: none): the delivery latency of the next writev.
+    pub oldest_ts_us: u64,
     /// Highest sequence number acked by the client.
     pub acked: u64,
     /// The writer task, parked until something is queued.
@@ -248,6 +255,7 @@ impl Shard {
             out: OutBuf::default(),
             inflight: 0,
             last_seq: 0,
+            oldest_ts_us: 0,
             acked: 0,
             writer: None,
             drain_waiters: Vec::new(),
@@ -479,7 +487,20 @@ impl Shard {
 
     /// Copies the counters into the shared stats.
     pub fn publish(&mut self) {
-        self.stats.publish(&self.counters, self.sessions.len());
+        use std::sync::atomic::Ordering;
+        let in_flight: usize = self
+            .flight_in
+            .iter()
+            .map(|f| f.load(Ordering::Relaxed))
+            .sum();
+        let local: usize = self.local_mail.iter().map(|m| m.weight()).sum();
+        let gauges = crate::stats::Gauges {
+            sessions: self.sessions.len() as u64,
+            mailbox_depth: (in_flight + local) as u64,
+            store_queue_requests: self.store_inflight as u64,
+            store_queue_bytes: self.store_bytes as u64,
+        };
+        self.stats.publish(&self.counters, gauges);
     }
 
     /// Begins a graceful shutdown: every session is told UNAVAILABLE and closed after its queue flushes.

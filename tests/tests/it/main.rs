@@ -44,4 +44,5 @@ mod shutdown;
 mod spoofing;
 mod tls;
 mod transports;
+mod websocket;
 mod zero_copy;

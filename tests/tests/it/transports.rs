@@ -79,7 +79,7 @@ fn tls_login_and_exchange() {
 
 #[test]
 fn ws_login_and_exchange_with_tcp_sessions() {
-    let r = RouterProc::start_http(&["--shards", "2"]);
+    let r = RouterProc::start(&["--shards", "2"]);
     let ws = Transport::websocket();
     exchange("ws", r.http_addr(), &ws, r.http_addr(), &ws);
     // A WebSocket session and a TCP session are sessions alike.
@@ -89,7 +89,7 @@ fn ws_login_and_exchange_with_tcp_sessions() {
 #[test]
 fn wss_login_and_exchange_with_tls_sessions() {
     let cert = TestCert::new();
-    let r = RouterProc::start_http(&[&cert.args()[..], &["--shards", "2"]].concat());
+    let r = RouterProc::start(&[&cert.args()[..], &["--shards", "2"]].concat());
     let wss = Transport::websocket().with_tls(Some(cert.cert.clone()));
     let tls = Transport::tcp().with_tls(Some(cert.cert.clone()));
     exchange("wss", r.http_addr(), &wss, r.addr, &tls);
@@ -103,7 +103,7 @@ fn wss_login_and_exchange_with_tls_sessions() {
 #[test]
 fn threaded_clients_over_ws_and_tls() {
     let cert = TestCert::new();
-    let r = RouterProc::start_http(&[&cert.args()[..], &["--shards", "2"]].concat());
+    let r = RouterProc::start(&[&cert.args()[..], &["--shards", "2"]].concat());
     let users = users_on_shards("thr", 2);
     let wss = Transport::websocket().with_tls(Some(cert.cert.clone()));
     let tls = Transport::tcp().with_tls(Some(cert.cert.clone()));

@@ -18,6 +18,7 @@ fn payloads_are_never_copied_by_default() {
         shards: 2,
         pin_threads: false,
         data_dir: data.path().to_path_buf(),
+        http_listen: None,
         ..Config::default()
     };
     let router = Router::start(cfg).expect("router starts");
@@ -61,6 +62,7 @@ fn inline_threshold_copies_only_small_payloads() {
         pin_threads: false,
         inline_payload_max: 100,
         data_dir: data.path().to_path_buf(),
+        http_listen: None,
         ..Config::default()
     };
     let router = Router::start(cfg).expect("router starts");

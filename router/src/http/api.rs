@@ -1,0 +1,462 @@
+//! The backend API (`/api/v1/...`): a bearer key (`--api-key-file`), JSON in and out,
+//! errors as `{"code": "<STATUS_NAME>", "reason": "..."}`.
+//!
+//! A request runs in its HTTP connection's task on the shard that accepted it. What it
+//! needs from another shard travels as mail ([`Mail::Call`] runs a closure on the
+//! user's home shard; a published message travels the normal routing as
+//! [`Mail::Deliver`] / [`Mail::RoomSend`] with a pseudo sender, `shard::api`); what it
+//! needs from the store is a store request. Every answer comes back through a
+//! `oneshot` awaited with `--http-api-timeout`: a shard thread never blocks.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+
+use ringrouter_proto::names::{check_name, check_room_name, check_send};
+use ringrouter_proto::Status;
+
+use super::request::{Head, Response};
+use super::routes::Route;
+use crate::config::{AuthMode, Config};
+use crate::shard::mail::RoomSend;
+use crate::shard::{now_us, CloseReason, Mail, Routed, Shard};
+use crate::shared::Shared;
+
+/// Longest token lifetime `POST /api/v1/tokens` issues (one year).
+pub(crate) const MAX_TOKEN_TTL_S: u64 = 366 * 24 * 3600;
+
+/// What the API needs to start: its key, and the JWT signing key in `--auth jwt`.
+pub(crate) struct ApiAuth {
+    key: Vec<u8>,
+    jwt: Option<jsonwebtoken::EncodingKey>,
+}
+
+impl std::fmt::Debug for ApiAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiAuth")
+    }
+}
+
+fn read_secret(path: &std::path::Path, what: &str) -> Result<Vec<u8>, String> {
+    let raw =
+        std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+    let s = raw.trim_ascii();
+    if s.is_empty() {
+        return Err(format!("{what} {} is empty", path.display()));
+    }
+    Ok(s.to_vec())
+}
+
+impl ApiAuth {
+    /// The API's keys from `cfg`; `None` without `--api-key-file` (the API is off).
+    pub(crate) fn from_config(cfg: &Config) -> Result<Option<ApiAuth>, String> {
+        let Some(path) = &cfg.api_key_file else {
+            return Ok(None);
+        };
+        let key = read_secret(path, "--api-key-file")?;
+        let jwt = match (&cfg.auth, &cfg.jwt_secret_file) {
+            (AuthMode::Jwt, Some(p)) => Some(jsonwebtoken::EncodingKey::from_secret(&read_secret(
+                p,
+                "--jwt-secret-file",
+            )?)),
+            _ => None,
+        };
+        Ok(Some(ApiAuth { key, jwt }))
+    }
+
+    /// True when the request carries `authorization: Bearer <the key>`.
+    pub(crate) fn allows(&self, head: &Head) -> bool {
+        let Some(v) = head.header("authorization") else {
+            return false;
+        };
+        let Some((scheme, token)) = v.split_once(' ') else {
+            return false;
+        };
+        scheme.eq_ignore_ascii_case("bearer") && ct_eq(token.trim().as_bytes(), &self.key)
+    }
+}
+
+/// Compares in a time that depends on the lengths only.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// Runs one API request (the key was checked).
+pub(crate) async fn handle(
+    route: Route,
+    body: &[u8],
+    api: &ApiAuth,
+    shard: &Rc<RefCell<Shard>>,
+    shared: &Arc<Shared>,
+) -> Response {
+    let r = match route {
+        Route::Publish => publish(body, shard, shared).await,
+        Route::Tokens => tokens(body, api),
+        Route::Disconnect(user) => disconnect(user, shard, shared).await,
+        Route::User(user) => user_info(user, shard, shared).await,
+        Route::Room(room) => room_info(room, shared).await,
+        _ => Err(Response::status(Status::NotFound, "no such API path")),
+    };
+    r.unwrap_or_else(|e| e)
+}
+
+type Answer = Result<Response, Response>;
+
+fn bad(reason: impl Into<String>) -> Response {
+    Response::status(Status::BadRequest, reason)
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| bad(format!("bad JSON body: {e}")))
+}
+
+/// Awaits an answer for at most `--http-api-timeout`.
+async fn within<T>(t: Duration, rx: oneshot::Receiver<T>) -> Result<T, Response> {
+    match monoio::time::timeout(t, rx).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(_)) => Err(Response::status(
+            Status::Unavailable,
+            "the request was dropped (the router is shutting down)",
+        )),
+        Err(_) => Err(timed_out()),
+    }
+}
+
+fn timed_out() -> Response {
+    Response::status(Status::Unavailable, "no answer within --http-api-timeout")
+}
+
+/// Runs `f` on shard `home` (this one or another, through the mailboxes).
+fn call<T: Send + 'static>(
+    shard: &Rc<RefCell<Shard>>,
+    home: usize,
+    f: impl FnOnce(&mut Shard) -> T + Send + 'static,
+) -> oneshot::Receiver<T> {
+    let (tx, rx) = oneshot::channel();
+    let job = Box::new(move |sh: &mut Shard| {
+        // The receiver is gone only when the request timed out.
+        let _ = tx.send(f(sh));
+    });
+    shard.borrow_mut().post(home, Mail::Call(job));
+    rx
+}
+
+/// A store request answered through a oneshot.
+fn store_call<T: Send + 'static>(
+    submit: impl FnOnce(Box<dyn FnOnce(T) + Send>) -> crate::store::StoreResult<()>,
+) -> Result<oneshot::Receiver<T>, Response> {
+    let (tx, rx) = oneshot::channel();
+    submit(Box::new(move |r| {
+        // The receiver is gone only when the request timed out.
+        let _ = tx.send(r);
+    }))
+    .map_err(|_| Response::status(Status::Unavailable, "the store is shut down"))?;
+    Ok(rx)
+}
+
+fn refuse_name(e: ringrouter_proto::names::NameError) -> Response {
+    bad(e.to_string())
+}
+
+fn check_serving(shared: &Shared) -> Result<(), Response> {
+    if shared.shutdown.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(Response::status(Status::Unavailable, "shutting down"));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishReq {
+    #[serde(default)]
+    to_user: Option<String>,
+    #[serde(default)]
+    to_room: Option<String>,
+    #[serde(default)]
+    payload: Option<String>,
+    #[serde(default)]
+    payload_b64: Option<String>,
+    #[serde(default)]
+    from_user: Option<String>,
+}
+
+/// `POST /api/v1/publish`: a message from `from_user` (default `system`) to a user or
+/// a room, routed like a client's Send with a result: delivered to every session, or
+/// stored for a user with none; a room's members each get it (the API may publish to
+/// any room). The answer waits for that outcome.
+async fn publish(body: &[u8], shard: &Rc<RefCell<Shard>>, shared: &Arc<Shared>) -> Answer {
+    let req: PublishReq = parse_json(body)?;
+    let to_user = req.to_user.unwrap_or_default();
+    let to_room = req.to_room.unwrap_or_default();
+    if to_user.is_empty() == to_room.is_empty() {
+        return Err(bad("give one of to_user and to_room"));
+    }
+    check_send(to_user.as_bytes(), to_room.as_bytes()).map_err(refuse_name)?;
+    let from_user = req.from_user.unwrap_or_else(|| "system".to_owned());
+    check_name("from_user", &from_user).map_err(refuse_name)?;
+    let payload = match (req.payload, req.payload_b64) {
+        (Some(p), None) => Bytes::from(p.into_bytes()),
+        (None, Some(b)) => Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(b.as_bytes())
+                .map_err(|e| bad(format!("payload_b64: {e}")))?,
+        ),
+        _ => return Err(bad("give one of payload and payload_b64")),
+    };
+    let max = shared.cfg.max_payload_bytes;
+    if payload.len() > max {
+        return Err(Response::status(
+            Status::TooLarge,
+            format!(
+                "payload of {} bytes exceeds max_payload_bytes {max}",
+                payload.len()
+            ),
+        ));
+    }
+    check_serving(shared)?;
+    let timeout = shared.cfg.http_api_timeout;
+    // Backpressure as for a session's reader: wait while the pipeline to the other
+    // shards or the store requests are over their marks.
+    let room = poll_fn(|cx| {
+        let mut sh = shard.borrow_mut();
+        if sh.store_full() || sh.parked_full() {
+            sh.store_waiters.push(cx.waker().clone());
+            Poll::Pending
+        } else if sh.pipeline_full() {
+            sh.outbox_waiters.push(cx.waker().clone());
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    });
+    if monoio::time::timeout(timeout, room).await.is_err() {
+        return Err(timed_out());
+    }
+    let (tx, rx) = oneshot::channel();
+    let id = {
+        let mut sh = shard.borrow_mut();
+        let id = sh.api_sender(tx);
+        let msg_id = sh.next_msg_id();
+        let ts_us = now_us();
+        let from_user = Bytes::from(from_user.into_bytes());
+        if to_room.is_empty() {
+            let home = sh.home(to_user.as_bytes());
+            let m = Routed {
+                to_user: Some(Bytes::from(to_user.into_bytes())),
+                from_user: Some(from_user),
+                payload,
+                msg_id,
+                ts_us,
+                reply: Some((id, 0)),
+                sender: id,
+            };
+            sh.post(home, Mail::Deliver(m));
+            // The next Deliver in that batch names its users again (elided names refer
+            // to the previous Deliver of the batch).
+            sh.outbox_last[home] = None;
+        } else {
+            let home = sh.home(to_room.as_bytes());
+            let m = RoomSend {
+                room: Bytes::from(to_room.into_bytes()),
+                from_user,
+                payload,
+                msg_id,
+                ts_us,
+                reply: Some((id, 0)),
+                sender: id,
+            };
+            sh.post(home, Mail::RoomSend(m));
+        }
+        id
+    };
+    match monoio::time::timeout(timeout, rx).await {
+        Ok(Ok((Status::Ok, msg_id))) => Ok(Response::json(
+            200,
+            &json!({ "msg_id": msg_id, "status": "OK" }),
+        )),
+        Ok(Ok((status, _))) => Err(Response::status(
+            status,
+            ringrouter_proto::reply::send_status_reason(status),
+        )),
+        Ok(Err(_)) => Err(Response::status(
+            Status::Unavailable,
+            "the request was dropped (the router is shutting down)",
+        )),
+        Err(_) => {
+            shard.borrow_mut().api_forget(id);
+            Err(timed_out())
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenReq {
+    user: String,
+    ttl_s: u64,
+}
+
+#[derive(serde::Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    iat: u64,
+    exp: u64,
+}
+
+/// `POST /api/v1/tokens`: a JWT for `user` valid `ttl_s` seconds (`--auth jwt` only).
+fn tokens(body: &[u8], api: &ApiAuth) -> Answer {
+    let req: TokenReq = parse_json(body)?;
+    let Some(key) = &api.jwt else {
+        return Err(bad(
+            "tokens are issued in --auth jwt only (this router runs another auth mode)",
+        ));
+    };
+    check_name("user", &req.user).map_err(refuse_name)?;
+    if req.ttl_s == 0 || req.ttl_s > MAX_TOKEN_TTL_S {
+        return Err(bad(format!("ttl_s must be 1 to {MAX_TOKEN_TTL_S}")));
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let exp = now + req.ttl_s;
+    let claims = Claims {
+        sub: &req.user,
+        iat: now,
+        exp,
+    };
+    let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, key)
+        .map_err(|e| Response::status(Status::Internal, format!("cannot sign: {e}")))?;
+    Ok(Response::json(
+        200,
+        &json!({ "token": token, "expires_at": exp }),
+    ))
+}
+
+/// `DELETE /api/v1/users/{user}/sessions`: closes every session of the user (each gets
+/// Error UNAUTHORIZED first); answers how many.
+async fn disconnect(user: String, shard: &Rc<RefCell<Shard>>, shared: &Arc<Shared>) -> Answer {
+    check_name("user", &user).map_err(refuse_name)?;
+    check_serving(shared)?;
+    let home = shard.borrow().home(user.as_bytes());
+    let name = user.clone();
+    let rx = call(shard, home, move |sh| {
+        let keys = sh.live_sessions(name.as_bytes());
+        for &k in &keys {
+            sh.close(
+                k,
+                CloseReason::Kicked,
+                Some((Status::Unauthorized, "disconnected by the server")),
+            );
+        }
+        keys.len()
+    });
+    let n = within(shared.cfg.http_api_timeout, rx).await?;
+    Ok(Response::json(
+        200,
+        &json!({ "user": user, "disconnected": n }),
+    ))
+}
+
+/// `GET /api/v1/users/{user}`: sessions online and messages queued offline; 404 for a
+/// user the router does not know.
+async fn user_info(user: String, shard: &Rc<RefCell<Shard>>, shared: &Arc<Shared>) -> Answer {
+    check_name("user", &user).map_err(refuse_name)?;
+    let t = shared.cfg.http_api_timeout;
+    let home = shard.borrow().home(user.as_bytes());
+    let name = user.clone();
+    let sessions = call(shard, home, move |sh| sh.user_sessions(name.as_bytes()));
+    let exists = store_call(|cb| shared.store.user_exists(&user, cb))?;
+    let queued = store_call(|cb| shared.store.count(&user, cb))?;
+    let sessions = within(t, sessions).await?;
+    let store_err = |e: crate::store::StoreError| {
+        Response::status(
+            crate::shard::store_link::store_status(&e),
+            format!("store: {e}"),
+        )
+    };
+    let exists = within(t, exists).await?.map_err(store_err)?;
+    let queued = within(t, queued).await?.map_err(store_err)?;
+    if !exists && sessions == 0 {
+        return Err(Response::status(Status::NotFound, "no such user"));
+    }
+    Ok(Response::json(
+        200,
+        &json!({ "user": user, "sessions": sessions, "queued": queued }),
+    ))
+}
+
+/// `GET /api/v1/rooms/{room}`: owner and members (from the store, which every change of
+/// a room reaches before its members hear of it).
+async fn room_info(room: String, shared: &Arc<Shared>) -> Answer {
+    check_room_name("room", &room).map_err(refuse_name)?;
+    let rx = store_call(|cb| shared.store.get_room(&room, cb))?;
+    let rec = within(shared.cfg.http_api_timeout, rx)
+        .await?
+        .map_err(|e| {
+            Response::status(
+                crate::shard::store_link::store_status(&e),
+                format!("store: {e}"),
+            )
+        })?;
+    match rec {
+        Some(rec) if rec.name == room => {
+            let mut members = rec.members.clone();
+            members.sort();
+            Ok(Response::json(
+                200,
+                &json!({
+                    "room": rec.name,
+                    "owner": rec.owner,
+                    "members": members,
+                    "join_code": rec.join_code,
+                    "has_password": rec.password_hash.is_some(),
+                }),
+            ))
+        }
+        _ => Err(Response::status(Status::NotFound, "no such room")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_compare_whole() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"abcd"));
+        assert!(!ct_eq(b"", b"a"));
+    }
+
+    #[test]
+    fn bearer_header() {
+        let auth = ApiAuth {
+            key: b"s3cret".to_vec(),
+            jwt: None,
+        };
+        let head = |v: &str| {
+            let raw = format!("GET / HTTP/1.1\r\nAuthorization: {v}\r\n\r\n");
+            super::super::request::parse_head(raw.as_bytes(), 1024)
+                .unwrap()
+                .unwrap()
+        };
+        assert!(auth.allows(&head("Bearer s3cret")));
+        assert!(auth.allows(&head("bearer s3cret")));
+        assert!(!auth.allows(&head("Bearer s3cre")));
+        assert!(!auth.allows(&head("Basic s3cret")));
+        assert!(!auth.allows(&head("s3cret")));
+    }
+}

@@ -1,0 +1,301 @@
+//! `GET /metrics`: the Prometheus exposition (OpenMetrics text, `prometheus-client`) of
+//! the counters every shard publishes on its tick (`crate::stats`) and of the store's.
+//!
+//! A scrape reads atomics only: it never waits for a shard. Each figure is given per
+//! shard (`ringrouter_shard_<name>{shard="i"}`) and in total (`ringrouter_<name>`, the
+//! sum over shards), so `sum()` over either never counts twice.
+
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use ringrouter_proto::Status;
+
+use std::sync::Arc;
+
+use crate::stats::{ShardStats, StatsSnapshot, LATENCY_BOUNDS_US, STATUS_CODES};
+use crate::store::StoreStats;
+
+/// The content type of [`render`]'s text.
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Get = fn(&StatsSnapshot) -> u64;
+
+/// Counters: (name, help, value). The exposition adds `_total`.
+const COUNTERS: &[(&str, &str, Get)] = &[
+    ("messages_in", "Send frames received.", |s| s.msgs_in),
+    (
+        "room_messages",
+        "Room messages accepted (before fan-out).",
+        |s| s.room_msgs,
+    ),
+    (
+        "deliveries",
+        "Deliver frames queued, one per recipient session.",
+        |s| s.delivered,
+    ),
+    ("bytes_in", "Bytes read from sessions' sockets.", |s| {
+        s.bytes_in
+    }),
+    ("bytes_out", "Bytes written to sessions' sockets.", |s| {
+        s.bytes_out
+    }),
+    ("writes", "writev calls of session writers.", |s| s.writes),
+    (
+        "handovers_in",
+        "Connections moved in from another shard after Login.",
+        |s| s.handovers_in,
+    ),
+    (
+        "slow_consumer_closes",
+        "Sessions closed as slow consumers.",
+        |s| s.slow_consumer_closes,
+    ),
+    (
+        "heartbeat_closes",
+        "Sessions closed for not answering heartbeats.",
+        |s| s.heartbeat_closes,
+    ),
+    (
+        "offline_stored",
+        "Messages stored for a recipient with no session.",
+        |s| s.offline_stored,
+    ),
+    (
+        "offline_delivered",
+        "Messages delivered from offline queues at login.",
+        |s| s.offline_delivered,
+    ),
+    (
+        "requeued",
+        "Unacked messages queued again when their session ended.",
+        |s| s.requeued,
+    ),
+    (
+        "journaled",
+        "Messages written to the store before delivery (sync durability).",
+        |s| s.journaled,
+    ),
+];
+
+/// Gauges: (name, help, value).
+const GAUGES: &[(&str, &str, Get)] = &[
+    ("sessions", "Live sessions.", |s| s.sessions),
+    (
+        "mailbox_depth",
+        "Mail weight (about bytes) in flight to the shard.",
+        |s| s.mailbox_depth,
+    ),
+    (
+        "store_queue_requests",
+        "Store requests made and not answered yet.",
+        |s| s.store_queue_requests,
+    ),
+    (
+        "store_queue_bytes",
+        "Bytes those store requests count for.",
+        |s| s.store_queue_bytes,
+    ),
+];
+
+/// The status name without its `STATUS_` prefix (`NOT_FOUND`), as the API spells it.
+pub(crate) fn status_name(s: Status) -> &'static str {
+    let n = s.as_str_name();
+    n.strip_prefix("STATUS_").unwrap_or(n)
+}
+
+/// The statuses a per-status counter lists (every one but UNSPECIFIED and OK).
+fn failure_statuses() -> impl Iterator<Item = (usize, &'static str)> {
+    (0..STATUS_CODES as i32)
+        .filter_map(|i| Status::try_from(i).ok())
+        .filter(|s| !matches!(s, Status::Unspecified | Status::Ok))
+        .map(|s| (s as usize, status_name(s)))
+}
+
+/// What one scrape shows: every shard's published figures and the store's.
+#[derive(Debug)]
+struct Scrape {
+    shards: Vec<StatsSnapshot>,
+    total: StatsSnapshot,
+    store: StoreStats,
+}
+
+/// Per shard (`shard_<name>{shard}`) and in total (`<name>`): each series `emit` writes
+/// for one snapshot.
+fn both(
+    enc: &mut DescriptorEncoder,
+    scrape: &Scrape,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    emit: &dyn Fn(&mut MetricEncoder, &StatsSnapshot, Option<&str>) -> std::fmt::Result,
+) -> std::fmt::Result {
+    {
+        let shard_name = format!("shard_{name}");
+        let mut m =
+            enc.encode_descriptor(&shard_name, &format!("{help} Per shard."), None, kind)?;
+        for (i, s) in scrape.shards.iter().enumerate() {
+            let id = i.to_string();
+            emit(&mut m, s, Some(&id))?;
+        }
+    }
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    emit(&mut m, &scrape.total, None)
+}
+
+fn shard_label(shard: Option<&str>) -> Vec<(&'static str, String)> {
+    shard.map(|s| ("shard", s.to_owned())).into_iter().collect()
+}
+
+fn counter(m: &mut MetricEncoder, labels: &[(&'static str, String)], v: u64) -> std::fmt::Result {
+    m.encode_family(&labels)?
+        .encode_counter::<NoLabelSet, u64, u64>(&v, None)
+}
+
+impl prometheus_client::collector::Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        for (name, help, get) in COUNTERS {
+            both(
+                &mut enc,
+                self,
+                name,
+                help,
+                MetricType::Counter,
+                &|m, s, shard| counter(m, &shard_label(shard), get(s)),
+            )?;
+        }
+        for (name, help, get) in GAUGES {
+            both(
+                &mut enc,
+                self,
+                name,
+                help,
+                MetricType::Gauge,
+                &|m, s, shard| m.encode_family(&shard_label(shard))?.encode_gauge(&get(s)),
+            )?;
+        }
+        both(
+            &mut enc,
+            self,
+            "logins",
+            "Logins by result (OK, or the status of the refusal).",
+            MetricType::Counter,
+            &|m, s, shard| {
+                let mut labels = shard_label(shard);
+                labels.push(("result", "OK".into()));
+                counter(m, &labels, s.logins)?;
+                for (i, name) in failure_statuses() {
+                    labels.pop();
+                    labels.push(("result", name.into()));
+                    counter(m, &labels, s.login_failures[i])?;
+                }
+                Ok(())
+            },
+        )?;
+        both(
+            &mut enc,
+            self,
+            "errors",
+            "Frames refused with an error, by status.",
+            MetricType::Counter,
+            &|m, s, shard| {
+                let mut labels = shard_label(shard);
+                labels.push(("status", String::new()));
+                for (i, name) in failure_statuses() {
+                    labels.pop();
+                    labels.push(("status", name.into()));
+                    counter(m, &labels, s.errors[i])?;
+                }
+                Ok(())
+            },
+        )?;
+        both(
+            &mut enc,
+            self,
+            "delivery_latency_seconds",
+            "Accept-to-write latency of live deliveries: from the Send frame read to the \
+             writev of the Deliver (one value per writev, its oldest delivery).",
+            MetricType::Histogram,
+            &|m, s, shard| {
+                let mut cumulative = 0;
+                let mut buckets: Vec<(f64, u64)> = LATENCY_BOUNDS_US
+                    .iter()
+                    .zip(&s.latency.buckets)
+                    .map(|(b, n)| {
+                        cumulative += n;
+                        (*b as f64 / 1e6, cumulative)
+                    })
+                    .collect();
+                buckets.push((f64::MAX, s.latency.count));
+                m.encode_family(&shard_label(shard))?
+                    .encode_histogram::<NoLabelSet>(
+                        s.latency.sum_us as f64 / 1e6,
+                        s.latency.count,
+                        &buckets,
+                        None,
+                    )
+            },
+        )?;
+        let st = &self.store;
+        let store_counters: [(&str, &str, f64); 5] = [
+            (
+                "store_requests",
+                "Requests handled by the storage thread.",
+                st.requests as f64,
+            ),
+            (
+                "store_commits",
+                "Write batches committed by the storage thread.",
+                st.commits as f64,
+            ),
+            (
+                "store_commit_seconds",
+                "Time spent committing batches (commit latency: divide by store_commits).",
+                st.commit_us as f64 / 1e6,
+            ),
+            (
+                "store_fsyncs",
+                "fsyncs (sync durability).",
+                st.fsyncs as f64,
+            ),
+            (
+                "store_fsync_seconds",
+                "Time spent in fsync.",
+                st.fsync_us as f64 / 1e6,
+            ),
+        ];
+        for (name, help, v) in store_counters {
+            enc.encode_descriptor(name, help, None, MetricType::Counter)?
+                .encode_counter::<NoLabelSet, f64, f64>(&v, None)?;
+        }
+        enc.encode_descriptor(
+            "store_password_jobs",
+            "Password hashes queued or running.",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&st.hash_jobs)?;
+        Ok(())
+    }
+}
+
+/// The exposition of every shard's published figures and the store's.
+pub(crate) fn render(stats: &[Arc<ShardStats>], store: StoreStats) -> String {
+    let mut total = StatsSnapshot::default();
+    let shards = stats
+        .iter()
+        .map(|st| {
+            st.add_to(&mut total);
+            st.snapshot()
+        })
+        .collect();
+    let mut reg = Registry::with_prefix("ringrouter");
+    reg.register_collector(Box::new(Scrape {
+        shards,
+        total,
+        store,
+    }));
+    let mut out = String::with_capacity(32 << 10);
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
+    out
+}

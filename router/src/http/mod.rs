@@ -1,0 +1,313 @@
+//! The HTTP port (`--http-listen`): `/healthz`, `/readyz`, `/metrics`, `/ws` (handed to
+//! `crate::net::ws`), the browser page (`crate::web`) and the backend API (`api`).
+//!
+//! Like the TCP listener, every shard has its own SO_REUSEPORT listener and accept
+//! loop; a connection is served by a task of the shard that accepted it, on
+//! `crate::net::stream::Conn` (plain TCP, or TLS). HTTP/1.1 with keep-alive and
+//! pipelining, hand-written on `httparse`; every connection holds a [`ConnGuard`]
+//! (the `--max-connections` shared with the TCP listener, carried on by a WebSocket).
+//!
+//! Bounds: the head (`--http-max-head-bytes`, 431), the body (`--http-max-body-bytes`,
+//! 413), the time to send a whole request once one is awaited, which also bounds an idle
+//! keep-alive connection and writing an answer (`--http-idle-timeout`, 408 or a
+//! silent close), the API's waits (`--http-api-timeout`, 503). Refused and malformed
+//! requests are answered and the connection closed.
+//!
+//! Modules: `request` (sans-IO parsing and answers), `routes` (which handler),
+//! `metrics` (the Prometheus exposition), `api` (the backend API).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use monoio::net::{TcpListener, TcpStream};
+use ringrouter_proto::Status;
+
+use crate::net::stream::Conn;
+use crate::shard::Shard;
+use crate::shared::{ConnGuard, LocalSignal, Shared};
+use crate::stats::ShardStats;
+
+pub(crate) mod api;
+pub(crate) mod metrics;
+pub(crate) mod request;
+pub(crate) mod routes;
+
+use request::{parse_head, Head, Response};
+use routes::Route;
+
+/// Bytes asked of one read.
+const READ_CHUNK: usize = 16 << 10;
+
+/// What every shard's HTTP server shares.
+pub(crate) struct HttpCtx {
+    /// Every shard's published counters (for `/metrics`).
+    pub(crate) stats: Vec<Arc<ShardStats>>,
+    /// Set once every shard runs (the store is open before they start).
+    pub(crate) ready: AtomicBool,
+    /// The backend API (`None`: off).
+    pub(crate) api: Option<api::ApiAuth>,
+}
+
+impl HttpCtx {
+    /// The context for `cfg` (reads the API key file).
+    pub(crate) fn new(
+        cfg: &crate::config::Config,
+        stats: Vec<Arc<ShardStats>>,
+    ) -> Result<Self, String> {
+        Ok(HttpCtx {
+            stats,
+            ready: AtomicBool::new(false),
+            api: api::ApiAuth::from_config(cfg)?,
+        })
+    }
+}
+
+/// Accepts HTTP connections for as long as the shard runs: through a shutdown's drain
+/// too, so that `/readyz` says 503 and `/metrics` can be read meanwhile.
+pub(crate) async fn accept_loop(
+    shard: Rc<RefCell<Shard>>,
+    shared: Arc<Shared>,
+    ctx: Arc<HttpCtx>,
+    listener: TcpListener,
+    local: Rc<LocalSignal>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                match ConnGuard::try_new(&shared) {
+                    Some(guard) => {
+                        monoio::spawn(serve(
+                            shard.clone(),
+                            shared.clone(),
+                            ctx.clone(),
+                            stream,
+                            guard,
+                            local.clone(),
+                        ));
+                    }
+                    // Over TLS the answer would need a handshake: just close.
+                    None if shared.tls.is_some() => drop(stream),
+                    None => {
+                        monoio::spawn(refuse(stream));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "http accept failed");
+                // EMFILE and friends: do not spin.
+                monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Over `--max-connections`: 503 and close.
+async fn refuse(stream: TcpStream) {
+    let mut conn = Conn::plain(stream);
+    let r = Response::status(Status::Unavailable, "too many connections").closing();
+    conn.close_bounded(r.encode(false, false)).await;
+}
+
+/// How waiting for the next request's bytes ended.
+enum Read {
+    /// More bytes arrived.
+    More,
+    /// The peer closed, or the read failed.
+    Ended,
+    /// The request deadline passed.
+    TimedOut,
+}
+
+async fn read_more(conn: &mut Conn, buf: &mut BytesMut, deadline: Instant) -> Read {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let b = std::mem::take(buf);
+    match monoio::time::timeout(left, conn.read(b, READ_CHUNK)).await {
+        Ok((Ok(n), b)) => {
+            *buf = b;
+            if n == 0 {
+                Read::Ended
+            } else {
+                Read::More
+            }
+        }
+        Ok((Err(_), _)) => Read::Ended,
+        // The read future was dropped with its buffer: nothing more is needed from it.
+        Err(_) => Read::TimedOut,
+    }
+}
+
+/// Serves one accepted connection (TLS with `--tls-cert`; the one place a [`Conn`] is
+/// made for the HTTP port).
+async fn serve(
+    shard: Rc<RefCell<Shard>>,
+    shared: Arc<Shared>,
+    ctx: Arc<HttpCtx>,
+    stream: TcpStream,
+    guard: ConnGuard,
+    local: Rc<LocalSignal>,
+) {
+    match Conn::accepted(stream, &shared) {
+        Ok(conn) => serve_conn(shard, shared, ctx, conn, guard, local).await,
+        Err(e) => tracing::warn!(error = %e, "cannot start TLS on an HTTP connection"),
+    }
+}
+
+/// Answers `r` and closes the connection.
+async fn close_with(conn: &mut Conn, r: Response) {
+    conn.close_bounded(r.encode(false, false)).await;
+}
+
+/// Requests on one connection, one after the other (pipelined ones included), until
+/// the peer closes, a request is refused, or the connection idles out.
+async fn serve_conn(
+    shard: Rc<RefCell<Shard>>,
+    shared: Arc<Shared>,
+    ctx: Arc<HttpCtx>,
+    mut conn: Conn,
+    guard: ConnGuard,
+    local: Rc<LocalSignal>,
+) {
+    let cfg = shared.cfg.clone();
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        let deadline = Instant::now() + cfg.http_idle_timeout;
+        let head = loop {
+            match parse_head(&buf, cfg.http_max_head_bytes) {
+                Ok(Some(h)) => break h,
+                Ok(None) => {}
+                Err(e) => {
+                    let (code, status) = e.status();
+                    let reason = e.reason(cfg.http_max_head_bytes);
+                    return close_with(&mut conn, Response::error(code, status, reason)).await;
+                }
+            }
+            match read_more(&mut conn, &mut buf, deadline).await {
+                Read::More => {}
+                Read::Ended => return conn.shutdown().await,
+                Read::TimedOut if buf.is_empty() => return conn.shutdown().await,
+                Read::TimedOut => return close_with(&mut conn, request_timeout()).await,
+            }
+        };
+        if head.body_len > cfg.http_max_body_bytes {
+            let r = Response::status(
+                Status::TooLarge,
+                format!(
+                    "body over {} bytes (--http-max-body-bytes)",
+                    cfg.http_max_body_bytes
+                ),
+            );
+            return close_with(&mut conn, r).await;
+        }
+        let end = head.len + head.body_len;
+        while buf.len() < end {
+            match read_more(&mut conn, &mut buf, deadline).await {
+                Read::More => {}
+                Read::Ended => return conn.shutdown().await,
+                Read::TimedOut => return close_with(&mut conn, request_timeout()).await,
+            }
+        }
+        let route = routes::route(&head.method, &head.path);
+        if route == Route::Ws {
+            if !head.has_token("upgrade", "websocket") {
+                let r =
+                    Response::error(426, Status::BadRequest, "GET /ws needs Upgrade: websocket")
+                        .with_header("upgrade", "websocket");
+                write_answer(&mut conn, &head, r, &cfg).await;
+                return;
+            }
+            buf.advance(head.len);
+            let Head { headers, .. } = head;
+            crate::net::ws::serve(shard, shared, conn, headers, buf, guard, local).await;
+            return;
+        }
+        let mut request = buf.split_to(end);
+        request.advance(head.len);
+        let r = answer(route, &head, &request, &shard, &shared, &ctx).await;
+        if !write_answer(&mut conn, &head, r, &cfg).await {
+            return;
+        }
+    }
+}
+
+fn request_timeout() -> Response {
+    Response::error(
+        408,
+        Status::Timeout,
+        "request not received within --http-idle-timeout",
+    )
+}
+
+/// Writes `r`; false when the connection is done (closed after it, or the write
+/// failed or timed out).
+async fn write_answer(
+    conn: &mut Conn,
+    head: &Head,
+    r: Response,
+    cfg: &crate::config::Config,
+) -> bool {
+    let keep = head.keep_alive && !r.close;
+    let out = r.encode(keep, head.method == "HEAD");
+    let w = monoio::time::timeout(cfg.http_idle_timeout, conn.write_all(out)).await;
+    if !matches!(w, Ok(Ok(()))) {
+        return false;
+    }
+    if !keep {
+        conn.shutdown().await;
+    }
+    keep
+}
+
+/// The answer to one request.
+async fn answer(
+    route: Route,
+    head: &Head,
+    body: &[u8],
+    shard: &Rc<RefCell<Shard>>,
+    shared: &Arc<Shared>,
+    ctx: &HttpCtx,
+) -> Response {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if route.is_api() {
+        let Some(api) = &ctx.api else {
+            return Response::status(Status::NotFound, "the API is off (no --api-key-file)");
+        };
+        if !api.allows(head) {
+            return Response::status(Status::Unauthorized, "missing or wrong API key")
+                .with_header("www-authenticate", "Bearer");
+        }
+        return api::handle(route, body, api, shard, shared).await;
+    }
+    match route {
+        Route::Healthz => Response::new(200, TEXT, "ok\n"),
+        Route::Readyz => {
+            if ctx.ready.load(Ordering::Acquire)
+                && !shared.shutdown.load(Ordering::Acquire)
+                && !shared.store.is_closed()
+            {
+                Response::new(200, TEXT, "ready\n")
+            } else {
+                Response::new(503, TEXT, "not ready\n")
+            }
+        }
+        Route::Metrics => Response::new(
+            200,
+            metrics::CONTENT_TYPE,
+            metrics::render(&ctx.stats, shared.store.stats()),
+        ),
+        Route::Asset(path) => match crate::web::asset(&path) {
+            Some((content_type, bytes)) => Response::new(200, content_type, bytes),
+            None => Response::status(Status::NotFound, "not found"),
+        },
+        Route::MethodNotAllowed(allow) => {
+            Response::error(405, Status::BadRequest, "method not allowed")
+                .with_header("allow", allow)
+        }
+        Route::BadPath(why) => Response::status(Status::BadRequest, why),
+        _ => Response::status(Status::NotFound, "not found"),
+    }
+}
