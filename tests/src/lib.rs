@@ -8,6 +8,7 @@
 //!
 //! Every read here has a deadline: a test never blocks forever.
 
+pub mod tls;
 pub mod wire;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
