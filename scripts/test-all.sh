@@ -3,7 +3,8 @@
 #
 #   scripts/test-all.sh
 #
-# 1. a virtualenv at .venv (python3 -m venv) with maturin and pytest (from PyPI);
+# 1. a virtualenv at .venv (python3 -m venv) with maturin, pytest and schemathesis
+#    (from PyPI; schemathesis checks the HTTP port against docs/openapi.yaml);
 # 2. cargo build --workspace --bins, cargo test --workspace;
 # 3. pip install ./python_client into the venv (maturin builds the Rust extension,
 #    crate pybind/, in release mode);
@@ -38,9 +39,9 @@ fi
 # Activate it: maturin's build backend runs `maturin` from PATH.
 export VIRTUAL_ENV="$VENV"
 export PATH="$VENV/bin:$PATH"
-if [ ! -x "$VENV/bin/maturin" ] || [ ! -x "$VENV/bin/pytest" ]; then
-    step "installing maturin and pytest into the virtualenv"
-    "$VENV/bin/python" -m pip install --quiet "maturin>=1.9.4,<2" "pytest>=7"
+if [ ! -x "$VENV/bin/maturin" ] || [ ! -x "$VENV/bin/pytest" ] || [ ! -x "$VENV/bin/schemathesis" ]; then
+    step "installing maturin, pytest and schemathesis into the virtualenv"
+    "$VENV/bin/python" -m pip install --quiet "maturin>=1.9.4,<2" "pytest>=7" "schemathesis>=4,<5"
 fi
 
 # ----------------------------------------------------------------------- Rust

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 
 use bytes::{Buf, BytesMut};
 use prost::Message;
-use ringrouter_proto::codec::{encode_frame, next_frame, put_varint};
+use ringrouter_proto::codec::{encode_frame, peek_varint, put_varint};
 use ringrouter_proto::v1::ServerFrame;
 
 mod json;
@@ -134,8 +134,12 @@ impl Layers {
             flush_tls(tls, &mut self.pending);
             end = r?;
         } else if let Some(w) = self.ws.as_mut() {
-            w.input.extend_from_slice(raw);
-            raw.clear();
+            if w.input.is_empty() {
+                std::mem::swap(&mut w.input, raw);
+            } else {
+                w.input.extend_from_slice(raw);
+                raw.clear();
+            }
         } else {
             app.extend_from_slice(raw);
             raw.clear();
@@ -221,8 +225,10 @@ impl Layers {
             return;
         }
         match self.ws.as_ref() {
+            // Plain WebSocket: framed straight onto the wire.
+            Some(w) if self.tls.is_none() => ws_frames(w.protocol, app, wire),
             Some(w) => {
-                let mut framed = BytesMut::with_capacity(app.len() + app.len() / 8 + 16);
+                let mut framed = BytesMut::new();
                 ws_frames(w.protocol, app, &mut framed);
                 seal(self.tls.as_deref_mut(), &framed, wire);
             }
@@ -273,13 +279,18 @@ fn max_message(protocol: Protocol, max_frame: usize) -> usize {
     }
 }
 
-/// Wraps each varint-framed frame of `app` in a WebSocket message.
-fn ws_frames(protocol: Protocol, app: &[u8], out: &mut BytesMut) {
-    let mut rest = BytesMut::from(app);
-    // The router wrote these frames itself: they are whole and within bounds.
-    while let Ok(Some(body)) = next_frame(&mut rest, usize::MAX) {
+/// Wraps each varint-framed frame of `app` in a WebSocket message, onto `out`.
+fn ws_frames(protocol: Protocol, mut app: &[u8], out: &mut BytesMut) {
+    out.reserve(app.len() + app.len() / 8 + 16);
+    // The router wrote these frames itself: whole, and within bounds.
+    while let Ok(Some((len, used))) = peek_varint(app) {
+        let end = used + len as usize;
+        let Some(body) = app.get(used..end) else {
+            tracing::error!("a server frame runs past its batch");
+            return;
+        };
         match protocol {
-            Protocol::Binary => ws::put_frame(ws::op::BINARY, &body, out),
+            Protocol::Binary => ws::put_frame(ws::op::BINARY, body, out),
             Protocol::Json => match ServerFrame::decode(body) {
                 Ok(f) => {
                     let text = json::server_frame_to_json(&f);
@@ -288,6 +299,7 @@ fn ws_frames(protocol: Protocol, app: &[u8], out: &mut BytesMut) {
                 Err(e) => tracing::error!(error = %e, "a server frame does not decode"),
             },
         }
+        app = &app[end..];
     }
 }
 
@@ -416,7 +428,9 @@ mod tests {
         let mut raw = masked_text(r#"{"login":{"requestId":"7","user":"ann"}}"#);
         let mut app = BytesMut::new();
         assert_eq!(l.ingest(&mut raw, &mut app), Ok(Ingested::More));
-        let body = next_frame(&mut app, 1024).expect("framed").expect("whole");
+        let body = ringrouter_proto::codec::next_frame(&mut app, 1024)
+            .expect("framed")
+            .expect("whole");
         match decode_client(body).expect("decodes").kind {
             Some(client_frame::Kind::Login(login)) => {
                 assert_eq!((login.request_id, login.user.as_str()), (7, "ann"));

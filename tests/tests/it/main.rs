@@ -13,6 +13,7 @@
 //! | `config` | `--config` (TOML), `--print-config` round trip, `--help`, exit codes 0/1/2 |
 //! | `devices` | several sessions of one user: each gets every message, acks per device |
 //! | `dm` | direct messages across shards, both drivers |
+//! | `http` | the HTTP port: health, readiness, metrics, the backend API, the HTTP server's bounds |
 //! | `heartbeat` | silent sessions are closed, live ones stay |
 //! | `limits` | connections, sessions per user, name length, login deadline |
 //! | `names` | the one name rule, in every field that holds a name |
@@ -22,6 +23,7 @@
 //! | `rooms` | rooms: membership, fan-out (no echo to the sending device), limits, order, kill -9 |
 //! | `shutdown` | SIGTERM: queued messages flushed or kept for the next login, `--shutdown-timeout` |
 //! | `spoofing` | identity: a client cannot choose `from_user` or other router-owned fields |
+//! | `transports` | the clients over TLS, WebSocket (HTTP port) and both, a certificate not trusted |
 //! | `zero_copy` | payloads are written from the sender's read buffer |
 
 mod accounts;
@@ -33,6 +35,7 @@ mod config;
 mod devices;
 mod dm;
 mod heartbeat;
+mod http;
 mod limits;
 mod names;
 mod offline;
@@ -42,5 +45,6 @@ mod rooms;
 mod shutdown;
 mod spoofing;
 mod tls;
+mod transports;
 mod websocket;
 mod zero_copy;
