@@ -794,8 +794,8 @@
   ui.registerBtn.addEventListener("click", () => startLogin(true));
 
   ui.logoutBtn.addEventListener("click", () => {
-    send({ logout: {} });
     sendAck();
+    send({ logout: {} });
     state.creds = null;
     state.loggedInOnce = false;
     clearTimeout(state.reconnectTimer);

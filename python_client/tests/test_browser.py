@@ -357,13 +357,17 @@ def test_message_over_the_frame_limit_is_refused_by_the_page(pages, own_router_h
     no_js_errors(alice, bob)
 
 
-def test_page_and_python_client_exchange_messages(pages, web_router, user) -> None:
+@pytest.mark.parametrize("transport", ["tcp", "ws"])
+def test_page_and_python_client_exchange_messages(pages, web_router, user, transport: str) -> None:
+    """The page (WebSocket, JSON) and a Python client (TCP, or WebSocket with the binary
+    subprotocol) talk, directly and in a room."""
     if web_router is None:
-        pytest.skip("RINGROUTER_WEB_URL: no TCP port to connect a Python client to")
+        pytest.skip("RINGROUTER_WEB_URL: no router of the test's own to connect a Python client to")
     a_name, py_name = uniq("alice"), user("py")
     alice = pages(http_url(web_router))
     login(alice, a_name)
-    with ringrouter.Client(web_router.addr, py_name) as py:
+    addr = web_router.addr if transport == "tcp" else web_router.http_addr
+    with ringrouter.Client(addr, py_name, transport=transport) as py:
         py.send(a_name, "from python ✓".encode())
         py.send(a_name, b"\xff\xfe\x00binary")
         open_conv(alice, f"dm:{py_name}")
