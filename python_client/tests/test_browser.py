@@ -99,8 +99,8 @@ def pages(browser) -> Iterator[Callable[[str], object]]:
     """Opens the page at a URL in a new browser context (its own storage); closed at the end."""
     contexts: List[object] = []
 
-    def open_page(url: str):
-        ctx = browser.new_context()
+    def open_page(url: str, **context_options: object):
+        ctx = browser.new_context(**context_options)
         contexts.append(ctx)
         page = ctx.new_page()
         page.set_default_timeout(TIMEOUT_MS)
@@ -408,6 +408,26 @@ def test_idle_page_answers_heartbeats(pages, own_router_http) -> None:
     send(bob, "still there?")
     open_conv(alice, f"dm:{b_name}")
     expect_message(alice, b_name, "still there?")
+    no_js_errors(alice, bob)
+
+
+def test_page_over_https_uses_wss(pages, own_router_http, tmp_path) -> None:
+    """With --tls-cert/--tls-key the page comes over https and connects with wss."""
+    from test_transports import make_cert
+
+    cert, key = make_cert(tmp_path)
+    r = own_router_http("--tls-cert", str(cert), "--tls-key", str(key))
+    url = f"https://{r.http_addr}"
+    a_name, b_name = uniq("alice"), uniq("bob")
+    # The certificate is self-signed: the browser is told to take it.
+    alice = pages(url, ignore_https_errors=True)
+    bob = pages(url, ignore_https_errors=True)
+    login(alice, a_name)
+    login(bob, b_name)
+    open_dm(alice, b_name)
+    send(alice, "over TLS")
+    open_conv(bob, f"dm:{a_name}")
+    expect_message(bob, a_name, "over TLS")
     no_js_errors(alice, bob)
 
 
