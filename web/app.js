@@ -77,6 +77,7 @@
     heartbeatMs: 15000,
     lastRx: 0,
     pingNonce: 0,
+    connects: 0,
     nextRequestId: 1,
     // requestId (string) -> function(kind, body) taking the answer frame.
     pending: new Map(),
@@ -192,6 +193,9 @@
       return;
     }
     state.ws = ws;
+    // How many connections this page opened (a test reads it: no silent reconnects).
+    state.connects++;
+    ui.connState.dataset.connects = String(state.connects);
     state.lastSeq = 0n;
     state.ackedSeq = 0n;
     ws.onopen = () => {

@@ -395,19 +395,25 @@ def test_page_and_python_client_exchange_messages(pages, web_router, user, trans
 
 
 def test_idle_page_answers_heartbeats(pages, own_router_http) -> None:
-    """Pings from the router are answered: a page idle for several heartbeat timeouts
-    stays online and still gets messages."""
-    r = own_router_http("--heartbeat-interval", "300ms")
+    """The router's pings are answered: a page idle for several heartbeat timeouts keeps
+    its one connection and still gets messages. (The router pings after 500 ms without a
+    frame from the page and closes a session silent for 1 s more; the page would ping on
+    its own only after 1 s without a frame from the router, which the router's pings
+    never let happen.)"""
+    r = own_router_http("--heartbeat-interval", "500ms")
     a_name, b_name = uniq("alice"), uniq("bob")
     alice, bob = pages(http_url(r)), pages(http_url(r))
     login(alice, a_name)
     login(bob, b_name)
-    time.sleep(2.5)
-    expect(alice.locator("#conn-state")).to_have_attribute("data-state", "online")
+    time.sleep(4)
+    for p in (alice, bob):
+        expect(p.locator("#conn-state")).to_have_attribute("data-state", "online")
+        expect(p.locator("#conn-state")).to_have_attribute("data-connects", "1")
     open_dm(bob, a_name)
     send(bob, "still there?")
     open_conv(alice, f"dm:{b_name}")
     expect_message(alice, b_name, "still there?")
+    expect(alice.locator("#conn-state")).to_have_attribute("data-connects", "1")
     no_js_errors(alice, bob)
 
 
