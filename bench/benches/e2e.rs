@@ -1,5 +1,10 @@
-//! End to end over loopback: a router started in-process (2 shards, threads not
-//! pinned) once per group, driven by the load engine of `ringrouter-client`.
+//! End to end over loopback: the `ringrouter` binary (release build, 2 shards,
+//! threads not pinned) started once per group as its own process — the same binary
+//! and flags `python -m ringrouter.load` and `ringrouter-load` are pointed at —
+//! driven by the load engine of `ringrouter-client`. `RINGROUTER_BIN=path` picks the
+//! binary; otherwise the bench builds it (`cargo build --release -p ringrouter`).
+//! `RINGROUTER_E2E=inproc` runs the router inside the bench process instead (the
+//! bench's threads and the router's then share one address space and allocator).
 //!
 //! - `e2e/pairs16/64B`, `e2e/pairs16/1KiB`: 16 sender/receiver pairs.
 //! - `e2e/fanout64/64B`: one sender, each message to 64 receivers.
@@ -13,7 +18,10 @@
 //! 2-core machine the figures are router and load generator together.
 
 use std::hint::black_box;
+use std::io::BufRead;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -28,23 +36,92 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 static RUN: AtomicU64 = AtomicU64::new(0);
 
-/// A router and its store directory (removed when the router is dropped).
-type Running = (RouterHandle, tempfile::TempDir);
+/// A running router and its store directory (removed when the router is dropped).
+enum Running {
+    InProcess(RouterHandle, tempfile::TempDir),
+    Process(Child, SocketAddr, tempfile::TempDir),
+}
+
+impl Running {
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Running::InProcess(h, _) => h.local_addr(),
+            Running::Process(_, a, _) => *a,
+        }
+    }
+}
+
+/// The release `ringrouter` binary: `RINGROUTER_BIN`, else built next to this bench.
+fn router_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("RINGROUTER_BIN") {
+        return PathBuf::from(p);
+    }
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "ringrouter",
+            "--bin",
+            "ringrouter",
+        ])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building the ringrouter binary failed");
+    // This bench runs from target/release/deps/.
+    let exe = std::env::current_exe().expect("the bench's own path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/release/deps/<bench>");
+    dir.join("ringrouter")
+}
 
 fn start_router() -> Running {
-    // The process-wide allocator tuning the `ringrouter` binary applies at start (THP off),
-    // so this measures the configuration users run.
-    ringrouter::alloc::tune_mimalloc();
     let data = tempfile::tempdir().expect("a store directory");
-    let cfg = Config {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        shards: 2,
-        pin_threads: false,
-        http_listen: None,
-        data_dir: data.path().to_path_buf(),
-        ..Config::default()
-    };
-    (Router::start(cfg).expect("router starts"), data)
+    if std::env::var("RINGROUTER_E2E").as_deref() == Ok("inproc") {
+        // The process-wide allocator tuning the `ringrouter` binary applies at start
+        // (THP off), so this measures the configuration users run.
+        ringrouter::alloc::tune_mimalloc();
+        let cfg = Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            shards: 2,
+            pin_threads: false,
+            data_dir: data.path().to_path_buf(),
+            http_listen: None,
+            ..Config::default()
+        };
+        return Running::InProcess(Router::start(cfg).expect("router starts"), data);
+    }
+    let bin = router_bin();
+    let mut child = Command::new(&bin)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--no-pin",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+    let out = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    let mut reader = std::io::BufReader::new(out);
+    reader.read_line(&mut line).expect("the ready line");
+    // Keep reading: the router prints more (and a closed pipe would fail its prints).
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    let addr = line
+        .strip_prefix("ringrouter listening on ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
+    Running::Process(child, addr, data)
 }
 
 /// One scenario: `deliveries` per run, `fanout` receivers per message (None: pairs).
@@ -83,7 +160,7 @@ fn bench_case(c: &mut Criterion, router: &mut Option<Running>, case: &Case) {
         .measurement_time(Duration::from_secs(8))
         .throughput(Throughput::Elements(case.deliveries));
     g.bench_function(BenchmarkId::from_parameter(case.name), |b| {
-        let addr = router.get_or_insert_with(start_router).0.local_addr();
+        let addr = router.get_or_insert_with(start_router).addr();
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
@@ -101,8 +178,15 @@ fn bench_case(c: &mut Criterion, router: &mut Option<Running>, case: &Case) {
 }
 
 fn stop(router: Option<Running>) {
-    if let Some((r, _data)) = router {
-        assert!(r.shutdown(), "router shuts down");
+    match router {
+        Some(Running::InProcess(r, _data)) => assert!(r.shutdown(), "router shuts down"),
+        Some(Running::Process(mut child, _, _data)) => {
+            // SIGTERM: a graceful stop.
+            // Safety: kill(2) on the child's own pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+        None => {}
     }
 }
 

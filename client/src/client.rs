@@ -13,6 +13,7 @@ use ringrouter_proto::Status;
 
 use crate::core::request::{self as req, PingRequest, Register, SendWait};
 use crate::core::{self, AckPolicy, Acks, Frame, Inbound, Pending, Request, RequestIds};
+use crate::transport::{self, RxState, Transport, Wire};
 use crate::{ClientError, Event, Message};
 
 /// How a client logs in and behaves.
@@ -34,6 +35,8 @@ pub struct ClientConfig {
     pub ack_interval: Duration,
     /// Largest frame accepted from the router.
     pub max_frame_bytes: usize,
+    /// TCP, TLS or WebSocket (default: plain TCP).
+    pub transport: Transport,
 }
 
 impl ClientConfig {
@@ -48,6 +51,7 @@ impl ClientConfig {
             ack_every: 256,
             ack_interval: Duration::from_millis(100),
             max_frame_bytes: 64 << 20,
+            transport: Transport::default(),
         }
     }
 }
@@ -65,6 +69,10 @@ impl ClientConfig {
 /// A blocking connection to the router, logged in as one user.
 pub struct Client {
     stream: TcpStream,
+    /// TLS / WebSocket between the frames and the socket (None: plain TCP).
+    wire: Option<Wire>,
+    /// What `wire` made of the frames, for the socket.
+    enc: BytesMut,
     rbuf: BytesMut,
     scratch: Vec<u8>,
     wbuf: BytesMut,
@@ -92,9 +100,18 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// Connects to `addr` and logs in with `cfg`.
     pub fn connect(addr: impl ToSocketAddrs, cfg: ClientConfig) -> Result<Client, ClientError> {
-        let stream = connect_stream(addr, cfg.timeout)?;
-        let mut c = Client::from_stream(stream, cfg);
+        let mut c = Client::open(addr, cfg)?;
         c.login()?;
+        Ok(c)
+    }
+
+    /// Connects over `cfg.transport` (handshakes done), not logged in.
+    fn open(addr: impl ToSocketAddrs, cfg: ClientConfig) -> Result<Client, ClientError> {
+        let t = &cfg.transport;
+        let conn = transport::connect(addr, t, cfg.timeout, cfg.max_frame_bytes)?;
+        let mut c = Client::from_stream(conn.stream, cfg);
+        c.wire = conn.wire;
+        c.rbuf.extend_from_slice(&conn.frames);
         Ok(c)
     }
 
@@ -121,8 +138,18 @@ impl Client {
     ) -> Result<String, ClientError> {
         let mut cfg = ClientConfig::new(user);
         cfg.timeout = timeout;
-        let stream = connect_stream(addr, timeout)?;
-        let mut c = Client::from_stream(stream, cfg);
+        Self::register_with(addr, user, password, cfg)
+    }
+
+    /// [`Client::register`] with the timeout and transport of `cfg` (its user,
+    /// password and token are not used).
+    pub fn register_with(
+        addr: impl ToSocketAddrs,
+        user: &str,
+        password: &str,
+        cfg: ClientConfig,
+    ) -> Result<String, ClientError> {
+        let mut c = Client::open(addr, cfg)?;
         let res = c.call(Register { user, password });
         let _ = c.stream.shutdown(std::net::Shutdown::Both);
         res
@@ -132,6 +159,8 @@ impl Client {
     pub fn from_stream(stream: TcpStream, cfg: ClientConfig) -> Client {
         Client {
             stream,
+            wire: None,
+            enc: BytesMut::new(),
             rbuf: BytesMut::with_capacity(64 * 1024),
             scratch: vec![0; 64 * 1024],
             wbuf: BytesMut::with_capacity(64 * 1024),
@@ -190,7 +219,8 @@ impl Client {
         self.shard
     }
 
-    /// The underlying socket (for tests that need raw access).
+    /// The underlying socket (for tests that need raw access; under TLS or
+    /// WebSocket it carries records / WebSocket frames, not frames).
     pub fn stream(&self) -> &TcpStream {
         &self.stream
     }
@@ -232,10 +262,19 @@ impl Client {
 
     /// Writes everything queued.
     pub fn flush(&mut self) -> Result<(), ClientError> {
-        if self.wbuf.is_empty() {
+        if self.wbuf.is_empty() && !self.wire.as_ref().is_some_and(|w| w.rx.wants_write()) {
             return Ok(());
         }
-        let r = self.stream.write_all(&self.wbuf);
+        let r = match self.wire.as_mut() {
+            None => self.stream.write_all(&self.wbuf),
+            Some(w) => {
+                self.enc.clear();
+                let r = w.tx.output(&self.wbuf, &mut self.enc);
+                self.wbuf.clear();
+                r?;
+                self.stream.write_all(&self.enc)
+            }
+        };
         self.wbuf.clear();
         r.map_err(|e| self.io_closed(e))
     }
@@ -402,8 +441,17 @@ impl Client {
     }
 
     /// Writes raw bytes to the socket (tests use it to send malformed input).
+    /// Under TLS they are encrypted; under WebSocket they go as one binary message.
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.stream.write_all(bytes).map_err(|e| self.io_closed(e))
+        let r = match self.wire.as_mut() {
+            None => self.stream.write_all(bytes),
+            Some(w) => {
+                self.enc.clear();
+                w.tx.output_raw(bytes, &mut self.enc)?;
+                self.stream.write_all(&self.enc)
+            }
+        };
+        r.map_err(|e| self.io_closed(e))
     }
 
     /// Sends a cumulative Ack for everything received so far.
@@ -552,7 +600,22 @@ impl Client {
             Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(self.io_closed(e)),
         };
-        self.rbuf.extend_from_slice(&self.scratch[..n]);
+        match self.wire.as_mut() {
+            None => self.rbuf.extend_from_slice(&self.scratch[..n]),
+            Some(w) => {
+                let state = w.rx.input(&self.scratch[..n], &mut self.rbuf);
+                if w.rx.wants_write() {
+                    // A pong or close answer: best effort.
+                    let _ = self.flush();
+                }
+                if let RxState::Closed(why) = state? {
+                    self.closed = Some(why.clone());
+                    if self.rbuf.is_empty() {
+                        return Err(ClientError::Closed(why));
+                    }
+                }
+            }
+        }
         if n == 0 {
             self.closed = Some("closed by the router".into());
             // Frames still buffered are returned first on the next turn.
@@ -567,39 +630,38 @@ impl Client {
     /// from it but not yet decoded (frames that arrived right behind the
     /// LoginResult). [`crate::threaded::ThreadedClient`] logs in through
     /// [`Client::connect`] and then reads and writes the socket itself.
+    /// Plain TCP only: under TLS or WebSocket the socket does not carry frames
+    /// as they are (the threaded client takes the wire along).
     pub fn into_parts(self) -> (TcpStream, BytesMut) {
         (self.stream, self.rbuf)
+    }
+
+    /// [`Client::into_parts`] with the wire (None: plain TCP).
+    pub(crate) fn into_wire_parts(self) -> (TcpStream, Option<Wire>, BytesMut) {
+        (self.stream, self.wire, self.rbuf)
     }
 
     /// Sends Logout and closes the connection.
     pub fn close(mut self) -> Result<(), ClientError> {
         let _ = self.ack_all();
         core::put_logout(&mut self.wbuf);
-        let r = self.flush();
+        let mut r = self.flush();
+        if let (Ok(()), Some(w)) = (&r, self.wire.as_mut()) {
+            self.enc.clear();
+            r = w.tx.finish(&mut self.enc).map_err(ClientError::from);
+            if r.is_ok() {
+                r = self
+                    .stream
+                    .write_all(&self.enc)
+                    .map_err(|e| self.io_closed(e));
+            }
+        }
         let _ = self.stream.shutdown(std::net::Shutdown::Write);
         match r {
             Ok(()) | Err(ClientError::Closed(_)) => Ok(()),
             Err(e) => Err(e),
         }
     }
-}
-
-/// Connects to the first address of `addr` that answers within `timeout`.
-fn connect_stream(addr: impl ToSocketAddrs, timeout: Duration) -> Result<TcpStream, ClientError> {
-    let mut last = None;
-    for a in addr.to_socket_addrs()? {
-        match TcpStream::connect_timeout(&a, timeout) {
-            Ok(s) => {
-                s.set_nodelay(true)?;
-                return Ok(s);
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.map_or(
-        ClientError::Closed("no address to connect to".into()),
-        ClientError::Io,
-    ))
 }
 
 #[cfg(test)]

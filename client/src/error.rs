@@ -32,6 +32,10 @@ pub enum ClientError {
     /// No answer in time.
     #[error("timed out waiting for the router")]
     Timeout,
+    /// TLS failed: the handshake (an untrusted or mismatched certificate, ...)
+    /// or a record later; or the TLS configuration (an unreadable CA file).
+    #[error("TLS error: {0}")]
+    Tls(String),
     /// The router sent bytes that are not a valid frame.
     #[error("protocol error: {0}")]
     Protocol(String),

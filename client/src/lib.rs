@@ -9,6 +9,8 @@
 //! - `load` (feature `load`): the load engine (`ringrouter-load`,
 //!   `python -m ringrouter.load`); it brings monoio, hdrhistogram and serde_json,
 //!   which the clients do not need.
+//! - [`transport`]: what carries the frames: TCP, TLS, WebSocket (over
+//!   either); chosen with [`ClientConfig::transport`].
 //! - [`ClientError`]: every way a call can fail, router answers included.
 #![warn(missing_docs, unreachable_pub)]
 
@@ -21,8 +23,10 @@ pub mod load;
 #[cfg(test)]
 mod testing;
 pub mod threaded;
+pub mod transport;
 
 pub use client::{Client, ClientConfig};
 pub use error::ClientError;
 pub use event::{Event, Message, RoomEventKind};
 pub use ringrouter_proto::Status;
+pub use transport::{Transport, TransportKind};

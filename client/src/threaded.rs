@@ -39,6 +39,7 @@ use ringrouter_proto::send::{put_send, send_frame_len, SendHeader, Target};
 
 use crate::core::request::{self as req, SendWait};
 use crate::core::{self, AckPolicy, Answer, Inbound, Pending, Request, RequestIds};
+use crate::transport::{RxState, Wire, WireRx, WireTx};
 use crate::{Client, ClientConfig, ClientError, Event, Message};
 
 /// Limits of a [`ThreadedClient`]'s two queues.
@@ -126,6 +127,9 @@ struct Out {
     /// Why the connection can no longer send.
     dead: Option<String>,
     last_ack: Instant,
+    /// The reader asks the writer to write what the wire owes the router
+    /// (a WebSocket pong or close answer, TLS records).
+    kick: bool,
 }
 
 struct In {
@@ -200,7 +204,8 @@ impl ThreadedClient {
         let user = client.user().to_owned();
         let session_id = client.session_id();
         let shard = client.shard();
-        let (stream, rbuf) = client.into_parts();
+        let (stream, wire, rbuf) = client.into_wire_parts();
+        let (wire_rx, wire_tx) = wire.map(Wire::split).unzip();
         // The login used read timeouts; the reader blocks for as long as it takes.
         stream.set_read_timeout(None)?;
         let reader_stream = stream.try_clone()?;
@@ -216,6 +221,7 @@ impl ThreadedClient {
                 writer_done: false,
                 dead: None,
                 last_ack: Instant::now(),
+                kick: false,
             }),
             out_cv: Condvar::new(),
             space_cv: Condvar::new(),
@@ -242,12 +248,12 @@ impl ThreadedClient {
         threads.push(
             std::thread::Builder::new()
                 .name("ringrouter-writer".into())
-                .spawn(move || writer_loop(&w, writer_stream))?,
+                .spawn(move || writer_loop(&w, writer_stream, wire_tx))?,
         );
         let r = Arc::clone(&inner);
         let spawned = std::thread::Builder::new()
             .name("ringrouter-reader".into())
-            .spawn(move || reader_loop(&r, reader_stream, rbuf));
+            .spawn(move || reader_loop(&r, reader_stream, rbuf, wire_rx));
         match spawned {
             Ok(h) => threads.push(h),
             Err(e) => {
@@ -827,14 +833,16 @@ fn queue_ack(inner: &Inner, g: &mut Out, force: bool) -> bool {
 
 // ------------------------------------------------------------------- threads
 
-fn writer_loop(inner: &Inner, mut stream: TcpStream) {
+fn writer_loop(inner: &Inner, mut stream: TcpStream, mut wire: Option<WireTx>) {
     let mut batch = BytesMut::with_capacity(64 * 1024);
+    // What the wire makes of `batch` (TLS, WebSocket).
+    let mut enc = BytesMut::new();
     let mut g = lock(&inner.out);
     loop {
-        // Wait for frames, a due ack, or close.
+        // Wait for frames, a due ack, a kick from the reader, or close.
         loop {
             queue_ack(inner, &mut g, false);
-            if !g.buf.is_empty() || g.closing || g.dead.is_some() {
+            if !g.buf.is_empty() || g.closing || g.dead.is_some() || g.kick {
                 break;
             }
             g.writer_idle = true;
@@ -845,14 +853,27 @@ fn writer_loop(inner: &Inner, mut stream: TcpStream) {
             g = g2;
             g.writer_idle = false;
         }
-        if g.buf.is_empty() || g.dead.is_some() {
+        let kicked = std::mem::take(&mut g.kick) && wire.is_some();
+        if (g.buf.is_empty() && !kicked) || g.dead.is_some() {
             // Closing and everything is written, or the connection is gone.
             g.buf.clear();
             break;
         }
         std::mem::swap(&mut g.buf, &mut batch);
         drop(g);
-        let r = stream.write_all(&batch);
+        let r = match wire.as_mut() {
+            None => stream.write_all(&batch),
+            Some(w) => {
+                enc.clear();
+                match w.output(&batch, &mut enc) {
+                    Ok(()) => stream.write_all(&enc),
+                    Err(e) => Err(std::io::Error::other(e.to_string())),
+                }
+            }
+        };
+        if enc.capacity() > 8 << 20 {
+            enc = BytesMut::new();
+        }
         let n = batch.len() as u64;
         batch.clear();
         if batch.capacity() > 8 << 20 {
@@ -873,13 +894,21 @@ fn writer_loop(inner: &Inner, mut stream: TcpStream) {
             break;
         }
     }
+    let clean = g.dead.is_none();
     g.writer_done = true;
     inner.space_cv.notify_all();
     drop(g);
+    if let (true, Some(w)) = (clean, wire.as_mut()) {
+        // WebSocket Close, TLS close_notify.
+        enc.clear();
+        if w.finish(&mut enc).is_ok() {
+            let _ = stream.write_all(&enc);
+        }
+    }
     let _ = stream.shutdown(Shutdown::Write);
 }
 
-fn reader_loop(inner: &Inner, mut stream: TcpStream, mut rbuf: BytesMut) {
+fn reader_loop(inner: &Inner, mut stream: TcpStream, mut rbuf: BytesMut, mut wire: Option<WireRx>) {
     let mut scratch = vec![0u8; 256 * 1024];
     let mut batch: Vec<Event> = Vec::new();
     let why = 'outer: loop {
@@ -914,7 +943,35 @@ fn reader_loop(inner: &Inner, mut stream: TcpStream, mut rbuf: BytesMut) {
             Err(e) if is_disconnect(&e) => break 'outer format!("connection lost: {e}"),
             Err(e) => break 'outer format!("read failed: {e}"),
         };
-        rbuf.extend_from_slice(&scratch[..n]);
+        let Some(w) = wire.as_mut() else {
+            rbuf.extend_from_slice(&scratch[..n]);
+            continue;
+        };
+        let state = w.input(&scratch[..n], &mut rbuf);
+        if w.wants_write() {
+            let mut o = lock(&inner.out);
+            o.kick = true;
+            inner.out_cv.notify_one();
+        }
+        match state {
+            Ok(RxState::Open) => {}
+            Ok(RxState::Closed(why)) => {
+                // Frames that came before the close are still handed over.
+                while let Ok(Some(body)) = next_frame(&mut rbuf, inner.max_frame_bytes) {
+                    if handle_frame(inner, body, &mut batch).is_err() {
+                        break;
+                    }
+                }
+                if !batch.is_empty() {
+                    dispatch(inner, &mut batch);
+                }
+                break 'outer why;
+            }
+            Err(e) => {
+                let _ = stream.shutdown(Shutdown::Read);
+                break 'outer format!("protocol error: {e}");
+            }
+        }
     };
     let last_error = lock(&inner.inq).last_error.clone();
     let why = match last_error {

@@ -11,6 +11,8 @@
 //! - [`names`]: the one rule for user, device and room names, applied to every name
 //!   field of a decoded frame.
 //! - [`reply`]: every frame the router answers with (results, errors, refusals).
+//! - [`json`]: the frames in the protobuf JSON mapping (WebSocket subprotocol
+//!   `ringrouter.v1.json`).
 //!
 //! - `fuzzing` (tests and the `fuzzing` feature): the checks the fuzz targets run.
 //!
@@ -21,6 +23,7 @@ pub mod codec;
 pub mod fast;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod json;
 pub mod names;
 pub mod reply;
 pub mod send;
@@ -45,6 +48,7 @@ pub fn home_shard(name: &[u8], shards: usize) -> usize {
 #[allow(missing_docs, unreachable_pub, clippy::all)]
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/ringrouter.v1.rs"));
+    include!(concat!(env!("OUT_DIR"), "/ringrouter.v1.serde.rs"));
 }
 
 pub use codec::{FrameError, DEFAULT_MAX_FRAME_BYTES};

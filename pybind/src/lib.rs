@@ -18,6 +18,7 @@
 //!   `__version__` is this crate's version, the one version of the package.
 
 mod status;
+mod transport;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -32,7 +33,7 @@ use pyo3::types::{PyBytes, PyString, PyTuple};
 
 use ringrouter_client::load::{self, LoadConfig, LoadError, Progress};
 use ringrouter_client::threaded::ThreadedClient;
-use ringrouter_client::{ClientConfig, ClientError, Event, Message, RoomEventKind, Status};
+use ringrouter_client::{Client, ClientConfig, ClientError, Event, Message, RoomEventKind, Status};
 
 create_exception!(
     ringrouter,
@@ -107,6 +108,7 @@ fn to_pyerr(py: Python<'_>, e: ClientError) -> PyErr {
         }
         ClientError::Io(e) => e.into(),
         ClientError::Protocol(why) => router_error::<RouterError>(py, "PROTOCOL", None, &why),
+        ClientError::Tls(why) => transport::tls_error(py, &why),
     }
 }
 
@@ -265,10 +267,16 @@ fn incoming(py: Python<'_>, ev: Event) -> PyResult<Option<Py<PyAny>>> {
 
 /// A connection to the router, logged in as one user.
 ///
-/// Client(addr, user, *, password=None, token=None, device="python", timeout=5.0)
+/// Client(addr, user, *, password=None, token=None, device="python", timeout=5.0,
+///        tls=False, ca_file=None, transport="tcp")
 /// connects to addr ("host:port") and logs in. Raises AuthError if the login is
 /// refused, TimeoutError if connecting or logging in takes longer than timeout
 /// seconds, OSError (e.g. ConnectionRefusedError) if the router cannot be reached.
+///
+/// tls=True: TLS, the certificate verified against ca_file (PEM) or the built-in
+/// roots, for the host of addr (ssl.SSLCertVerificationError if it does not
+/// verify). transport="ws": WebSocket (subprotocol ringrouter.v1) to the router's
+/// HTTP port, which addr then names (over TLS too with tls=True).
 ///
 /// Thread-safe: one thread may block in recv() while others send(). A context
 /// manager; close() when done. send() queues the message for a writer thread
@@ -393,9 +401,10 @@ impl Drop for PyClient {
 impl PyClient {
     #[new]
     #[pyo3(
-        signature = (addr, user, *, password=None, token=None, device=String::from("python"), timeout=5.0),
-        text_signature = "(addr, user, *, password=None, token=None, device='python', timeout=5.0)"
+        signature = (addr, user, *, password=None, token=None, device=String::from("python"), timeout=5.0, tls=false, ca_file=None, transport=String::from("tcp")),
+        text_signature = "(addr, user, *, password=None, token=None, device='python', timeout=5.0, tls=False, ca_file=None, transport='tcp')"
     )]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         addr: String,
@@ -404,8 +413,12 @@ impl PyClient {
         token: Option<String>,
         device: String,
         timeout: f64,
+        tls: bool,
+        ca_file: Option<std::path::PathBuf>,
+        transport: String,
     ) -> PyResult<Self> {
         let mut cfg = ClientConfig::new(user);
+        cfg.transport = transport::transport(&addr, tls, ca_file, &transport)?;
         cfg.password = password;
         cfg.token = token;
         cfg.device = device;
@@ -488,9 +501,22 @@ impl PyClient {
     ///
     /// RouterError "CONFLICT" if the user exists, "BAD_REQUEST" for a name or
     /// password the router refuses.
+    ///
+    /// tls, ca_file and transport as for Client().
     #[staticmethod]
-    fn register(py: Python<'_>, addr: String, user: String, password: String) -> PyResult<()> {
-        py.detach(|| ThreadedClient::register(addr.as_str(), &user, &password))
+    #[pyo3(signature = (addr, user, password, *, tls=false, ca_file=None, transport=String::from("tcp")))]
+    fn register(
+        py: Python<'_>,
+        addr: String,
+        user: String,
+        password: String,
+        tls: bool,
+        ca_file: Option<std::path::PathBuf>,
+        transport: String,
+    ) -> PyResult<()> {
+        let mut cfg = ClientConfig::new(user.as_str());
+        cfg.transport = transport::transport(&addr, tls, ca_file, &transport)?;
+        py.detach(|| Client::register_with(addr.as_str(), &user, &password, cfg))
             .map(drop)
             .map_err(|e| to_pyerr(py, e))
     }
@@ -695,7 +721,7 @@ impl PyClient {
 
 /// Runs the Rust load engine; returns the report as a JSON string.
 #[pyfunction]
-#[pyo3(signature = (addr, *, pairs, size, messages, duration, fanout, rate, window=None, threads=None, progress=None, every=1.0))]
+#[pyo3(signature = (addr, *, pairs, size, messages, duration, fanout, rate, window=None, threads=None, progress=None, every=1.0, transport=String::from("tcp"), tls=false, ca_file=None))]
 #[allow(clippy::too_many_arguments)]
 fn load_run(
     py: Python<'_>,
@@ -710,9 +736,14 @@ fn load_run(
     threads: Option<usize>,
     progress: Option<Py<PyAny>>,
     every: f64,
+    transport: String,
+    tls: bool,
+    ca_file: Option<std::path::PathBuf>,
 ) -> PyResult<String> {
     let d = LoadConfig::default();
+    let transport = transport::transport(&addr, tls, ca_file, &transport)?;
     let cfg = LoadConfig {
+        transport,
         addr,
         pairs,
         size,

@@ -105,6 +105,7 @@ class Router:
         if not http_off:
             hm = HTTP_BANNER.match(self.proc.stdout.readline().strip())
             self.http = hm.group(1) if hm else None
+        self.http_addr: Optional[str] = self.http
         # Keep reading stdout so the router never blocks on a full pipe.
         threading.Thread(target=self._drain_stdout, daemon=True).start()
 

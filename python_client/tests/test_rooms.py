@@ -218,7 +218,11 @@ def test_api_contract() -> None:
     C = ringrouter.Client
     pos = "POSITIONAL_OR_KEYWORD"
     assert isinstance(inspect.getattr_static(C, "register"), staticmethod)
-    assert params(C.register) == [("addr", pos, None), ("user", pos, None), ("password", pos, None)]
+    kw = "KEYWORD_ONLY"
+    transport_kw = [("tls", kw, False), ("ca_file", kw, None), ("transport", kw, "tcp")]
+    assert params(C.register) == [
+        ("addr", pos, None), ("user", pos, None), ("password", pos, None), *transport_kw,
+    ]
     assert params(C.create_room) == [("name", pos, None), ("password", pos, None)]
     assert params(C.join_room) == [("name_or_code", pos, None), ("password", pos, None)]
     assert params(C.leave_room) == [("room", pos, None)]
@@ -231,10 +235,9 @@ def test_api_contract() -> None:
     ]
     assert params(C.list_users) == [("pattern", pos, "*")]
     assert params(C.delete_account) == []
-    kw = "KEYWORD_ONLY"
     assert params(C) == [
         ("addr", pos, None), ("user", pos, None), ("password", kw, None), ("token", kw, None),
-        ("device", kw, "python"), ("timeout", kw, 5.0),
+        ("device", kw, "python"), ("timeout", kw, 5.0), *transport_kw,
     ]
     assert ringrouter.Event is ringrouter._native.Event
     assert "Event" in ringrouter.__all__

@@ -108,6 +108,12 @@ pub struct Args {
     /// BENCHMARKS.md: THP page zeroing cost 10-40% of CPU with many sessions).
     #[arg(long, hide = true, help_heading = NETWORK)]
     pub allow_thp: bool,
+    /// TLS certificate chain (PEM): with --tls-key, TLS on the TCP listener and the HTTP port.
+    #[arg(long, value_name = "FILE", help_heading = NETWORK)]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for --tls-cert.
+    #[arg(long, value_name = "FILE", help_heading = NETWORK)]
+    pub tls_key: Option<PathBuf>,
 
     /// Authentication: open (any user name; loopback only), jwt, or accounts (Register + password).
     #[arg(long, value_name = "MODE", value_enum, default_value_t = AuthMode::Open, help_heading = AUTH)]
@@ -274,6 +280,8 @@ impl Args {
             max_prelogin_frame_bytes: self.max_prelogin_frame_bytes,
             max_failed_logins: self.max_failed_logins,
             jwt_leeway: self.jwt_leeway,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
             http_listen: self.http_listen.0,
             api_key_file: self.api_key_file,
             http_max_head_bytes: self.http_max_head_bytes,
@@ -949,6 +957,10 @@ mod tests {
             "debug,fjall=warn",
             "--http-listen",
             "127.0.0.1:0",
+            "--tls-cert",
+            "/etc/ringrouter/cert.pem",
+            "--tls-key",
+            "/etc/ringrouter/key.pem",
             "--api-key-file",
             secret,
             "--http-max-head-bytes",

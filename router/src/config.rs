@@ -75,6 +75,10 @@ pub struct Config {
     pub auth: AuthMode,
     /// HS256 secret file for `AuthMode::Jwt`.
     pub jwt_secret_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM); with `tls_key`, TLS on every listener.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
     /// Allow open auth on a non-loopback address.
     pub allow_open_auth_on_public: bool,
     /// Pin each shard thread to a core.
@@ -158,6 +162,8 @@ impl Default for Config {
             inline_payload_max: 0,
             auth: AuthMode::Open,
             jwt_secret_file: None,
+            tls_cert: None,
+            tls_key: None,
             allow_open_auth_on_public: false,
             pin_threads: true,
             data_dir: PathBuf::from("./data"),

@@ -40,6 +40,7 @@ pub mod shard;
 mod shared;
 pub mod stats;
 pub mod store;
+pub mod transport;
 mod web;
 
 pub use config::{AuthMode, Config};

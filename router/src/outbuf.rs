@@ -364,6 +364,18 @@ impl WriteBatch {
         }
     }
 
+    /// Appends the bytes not yet written to `out` (a connection whose bytes are
+    /// encoded before writing: TLS, WebSocket).
+    pub fn gather_into(&self, out: &mut BytesMut) {
+        for v in &self.iov[self.start..] {
+            // Safety: every iovec points into `parts` or `reclaim`, owned by the batch
+            // and unchanged while it is borrowed.
+            out.extend_from_slice(unsafe {
+                std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
+            });
+        }
+    }
+
     /// The buffers of the batch in write order (before any `advance`), for tests.
     pub fn parts(&self) -> Vec<&[u8]> {
         self.iov

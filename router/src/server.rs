@@ -140,6 +140,17 @@ impl Router {
             )));
         }
         let auth = Authenticator::from_config(&cfg).map_err(StartError::Config)?;
+        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(crate::transport::tls::server_config(cert, key).map_err(StartError::Config)?)
+            }
+            (None, None) => None,
+            _ => {
+                return Err(StartError::Config(
+                    "--tls-cert and --tls-key go together".into(),
+                ))
+            }
+        };
         let n = cfg.effective_shards();
         if n > 256 {
             return Err(StartError::Config("at most 256 shards".into()));
@@ -194,6 +205,7 @@ impl Router {
             drain_cut: AtomicBool::new(false),
             bells,
             store: store.clone(),
+            tls,
         });
         let flights: Arc<Vec<Vec<Arc<AtomicUsize>>>> = Arc::new(
             (0..n)

@@ -25,6 +25,8 @@ pub(crate) struct Shared {
     pub(crate) drain_cut: AtomicBool,
     pub(crate) bells: Vec<Arc<Doorbell>>,
     pub(crate) store: StoreHandle,
+    /// TLS on every listener (`--tls-cert`).
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Counts one open connection; dropping it frees the slot.

@@ -8,6 +8,7 @@
 //!
 //! Every read here has a deadline: a test never blocks forever.
 
+pub mod tls;
 pub mod wire;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -254,6 +255,12 @@ impl RouterProc {
                 })
             }
         }
+    }
+
+    /// The HTTP port's address (panics with `--http-listen off`).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .expect("the router has an HTTP port (--http-listen not off)")
     }
 
     /// The process id.

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::engine::{Dest, Flow, RecvJob, SenderJob, ThreadJobs};
+use super::link::LinkConfig;
 use super::ringrouter::room_name;
 use super::LoadError;
+use crate::Transport;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -44,6 +46,9 @@ pub struct LoadConfig {
     /// receiver so that it lives on another shard than its sender (0 or 1: names
     /// as usual).
     pub split_shards: usize,
+    /// ringrouter: TCP (default) or WebSocket (`addr` is then the HTTP port),
+    /// with or without TLS. NATS and Redis: plain TCP only.
+    pub transport: Transport,
 }
 
 /// The server the engine drives.
@@ -76,6 +81,7 @@ impl Default for LoadConfig {
             protocol: Protocol::Ringrouter,
             redis_reply_off: false,
             split_shards: 0,
+            transport: Transport::default(),
         }
     }
 }
@@ -94,6 +100,8 @@ pub(super) struct Plan {
     /// Fan-out through one Redis channel or NATS subject per sender (the
     /// equivalent of a room): one publish per message.
     pub(super) shared_channel: bool,
+    /// How ringrouter connections are made (TLS configuration loaded).
+    pub(super) link: LinkConfig,
 }
 
 impl Plan {
@@ -118,6 +126,10 @@ impl Plan {
         if cfg.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
             return invalid("rate must be a positive number");
         }
+        if cfg.protocol != Protocol::Ringrouter && !cfg.transport.is_plain() {
+            return invalid("TLS and WebSocket transports are for ringrouter only");
+        }
+        let link = LinkConfig::new(&cfg.transport, &cfg.addr).map_err(LoadError::Config)?;
         let connect_err = |reason: String| LoadError::Connect {
             addr: cfg.addr.clone(),
             reason,
@@ -140,6 +152,7 @@ impl Plan {
             threads: threads.min(senders * fan).max(1),
             use_rooms: fan > 1 && cfg.protocol == Protocol::Ringrouter,
             shared_channel: fan > 1 && matches!(cfg.protocol, Protocol::Redis | Protocol::Nats),
+            link,
         })
     }
 

@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use atomic_waker::AtomicWaker;
 use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
+use monoio::io::{AsyncReadRent, Splitable};
 use monoio::net::TcpStream;
 
+use super::link::{self, LinkConfig, Rx, Tx};
 use super::ringrouter::Acker;
 use super::{nats, resp, ringrouter, LoadConfig, LoadError, Progress, Protocol};
 
@@ -72,12 +73,20 @@ pub(super) struct Shared {
     pub(super) senders_left: AtomicU64,
     /// Receiver sockets, cut by the watchdog when deliveries stop coming.
     pub(super) receiver_fds: Mutex<Vec<i32>>,
+    /// The transport of ringrouter connections.
+    pub(super) link: LinkConfig,
 }
 
 impl Shared {
-    pub(super) fn new(cfg: &LoadConfig, addr: SocketAddr, senders: usize) -> Self {
+    pub(super) fn new(
+        cfg: &LoadConfig,
+        addr: SocketAddr,
+        senders: usize,
+        link: LinkConfig,
+    ) -> Self {
         Shared {
             cfg: cfg.clone(),
+            link,
             addr,
             epoch: Instant::now(),
             delivered: AtomicU64::new(0),
@@ -143,10 +152,26 @@ pub(super) struct ThreadJobs {
     pub(super) receivers: Vec<RecvJob>,
 }
 
-/// A logged-in connection and the bytes read past its handshake.
+/// A logged-in connection and the frames read past its handshake.
 pub(super) struct Conn {
     pub(super) stream: TcpStream,
     pub(super) buf: BytesMut,
+    /// The transport's halves (plain TCP: pass-through).
+    pub(super) rx: Rx,
+    pub(super) tx: Tx,
+}
+
+impl Conn {
+    /// A plain TCP connection.
+    pub(super) fn plain(stream: TcpStream, buf: BytesMut) -> Conn {
+        let (rx, tx) = link::plain();
+        Conn {
+            stream,
+            buf,
+            rx,
+            tx,
+        }
+    }
 }
 
 /// One item scanned from a receiver's buffer.
@@ -167,15 +192,15 @@ pub(super) enum Item<'a> {
 /// `join`) and, for a receiver, subscribes to `subscribe` (NATS subject or
 /// Redis channel), waiting until the server confirmed the subscription.
 async fn connect(
-    protocol: Protocol,
-    addr: SocketAddr,
+    shared: &Shared,
     user: &str,
     subscribe: Option<&str>,
     join: Option<&str>,
     reply_off: bool,
 ) -> Result<Conn, String> {
-    match protocol {
-        Protocol::Ringrouter => ringrouter::connect(addr, user, join).await,
+    let addr = shared.addr;
+    match shared.cfg.protocol {
+        Protocol::Ringrouter => ringrouter::connect(addr, &shared.link, user, join).await,
         Protocol::Nats => nats::connect(addr, subscribe).await,
         Protocol::Redis => resp::connect(addr, subscribe, reply_off).await,
     }
@@ -243,22 +268,25 @@ pub(super) async fn read_more(
     }
 }
 
-/// Reads onto the end of `buf`, first growing it by `grow` when less than `min_free`
-/// is free. Returns the buffer and whether bytes arrived (false: closed or failed).
+/// Reads onto the end of `buf` through `rx`, first growing it by `grow` when
+/// less than `min_free` is free. Returns the buffer and whether bytes arrived
+/// (false: closed or failed; a transport failure fails the run).
 async fn read_into<R: AsyncReadRent>(
+    shared: &Shared,
+    rx: &mut Rx,
     rd: &mut R,
-    mut buf: BytesMut,
+    buf: BytesMut,
     min_free: usize,
     grow: usize,
 ) -> (BytesMut, bool) {
-    if buf.capacity() - buf.len() < min_free {
-        buf.reserve(grow);
+    let (buf, r) = rx.read_into(rd, buf, min_free, grow).await;
+    match r {
+        Ok(more) => (buf, more),
+        Err(e) => {
+            shared.fail(e);
+            (buf, false)
+        }
     }
-    let (len, cap) = (buf.len(), buf.capacity());
-    let (r, b) = rd
-        .read(monoio::buf::IoBufMut::slice_mut(buf, len..cap))
-        .await;
-    (b.into_inner(), matches!(r, Ok(n) if n > 0))
 }
 
 fn nanos_since(epoch: Instant) -> u64 {
@@ -311,17 +339,16 @@ pub(super) fn spawn_thread(
 
 /// Connects (and logs in) everyone first: receivers, then senders.
 async fn connect_all(shared: &Shared, jobs: &ThreadJobs) -> Result<(Vec<Conn>, Vec<Conn>), String> {
-    let protocol = shared.cfg.protocol;
     let mut receivers = Vec::new();
     for j in &jobs.receivers {
         let sub = Some(j.channel.as_str());
         let join = j.join.as_deref();
-        receivers.push(connect(protocol, shared.addr, &j.user, sub, join, false).await?);
+        receivers.push(connect(shared, &j.user, sub, join, false).await?);
     }
     let mut senders = Vec::new();
     for j in &jobs.senders {
         let off = shared.cfg.redis_reply_off;
-        senders.push(connect(protocol, shared.addr, &j.user, None, None, off).await?);
+        senders.push(connect(shared, &j.user, None, None, off).await?);
     }
     Ok((receivers, senders))
 }
@@ -448,6 +475,7 @@ async fn sender_reader(
     shared: Arc<Shared>,
     flow: Arc<Flow>,
     mut rd: monoio::net::tcp::TcpOwnedReadHalf,
+    mut rx: Rx,
     mut buf: BytesMut,
     echo: Rc<Echo>,
 ) {
@@ -483,7 +511,7 @@ async fn sender_reader(
             echo.control.borrow_mut().extend_from_slice(&out);
             out.clear();
         }
-        let (b, more) = read_into(&mut rd, buf, 16 * 1024, 64 * 1024).await;
+        let (b, more) = read_into(&shared, &mut rx, &mut rd, buf, 16 * 1024, 64 * 1024).await;
         buf = b;
         if !more {
             break;
@@ -495,7 +523,8 @@ async fn sender_reader(
 /// One sender: its messages (paced and windowed), then its end marker, then
 /// (ringrouter) the acks of its own room messages and a Logout.
 async fn sender(shared: Arc<Shared>, job: SenderJob, conn: Conn) {
-    let (rd, mut wr) = conn.stream.into_split();
+    let (rd, wr) = conn.stream.into_split();
+    let (rx, tx) = (conn.rx, conn.tx);
     // Read whatever the router sends the sender (pings, errors, its own room
     // messages) so that its socket never fills.
     let echo = Rc::new(Echo::default());
@@ -503,6 +532,7 @@ async fn sender(shared: Arc<Shared>, job: SenderJob, conn: Conn) {
         shared.clone(),
         job.flow.clone(),
         rd,
+        rx,
         conn.buf,
         echo.clone(),
     ));
@@ -514,6 +544,7 @@ async fn sender(shared: Arc<Shared>, job: SenderJob, conn: Conn) {
         acker: Acker::new(),
         sent: 0,
     };
+    let mut wr = Writer { wr, tx };
     let t = Template::new(&shared.cfg, &job.to);
     let buf = BytesMut::with_capacity(t.max_batch as usize * t.bytes_per_message + 4096);
     let (buf, write_failed) = s.send_all(&mut wr, buf, job.quota, &t).await;
@@ -602,7 +633,7 @@ impl Sending<'_> {
     /// and whether a write failed.
     async fn send_all(
         &mut self,
-        wr: &mut monoio::net::tcp::TcpOwnedWriteHalf,
+        wr: &mut Writer,
         mut buf: BytesMut,
         quota: Option<u64>,
         t: &Template,
@@ -685,12 +716,7 @@ impl Sending<'_> {
 
     /// The end marker (an empty payload to every recipient, after everything
     /// else), then what the protocol needs before the connection goes away.
-    async fn finish(
-        &mut self,
-        wr: &mut monoio::net::tcp::TcpOwnedWriteHalf,
-        mut buf: BytesMut,
-        mut write_failed: bool,
-    ) {
+    async fn finish(&mut self, wr: &mut Writer, mut buf: BytesMut, mut write_failed: bool) {
         let cfg = &self.shared.cfg;
         let protocol = cfg.protocol;
         buf.clear();
@@ -733,6 +759,7 @@ impl Sending<'_> {
         put_control(self.echo, &mut self.acker, true, &mut buf);
         crate::core::put_logout(&mut buf);
         let _ = wr.write_all(buf).await;
+        wr.tx.finish(&mut wr.wr).await;
     }
 
     /// Waits for the sender's end marker to come back (if anything came back
@@ -748,6 +775,19 @@ impl Sending<'_> {
             }
             monoio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+}
+
+/// A sender's write half and its transport.
+struct Writer {
+    wr: monoio::net::tcp::TcpOwnedWriteHalf,
+    tx: Tx,
+}
+
+impl Writer {
+    /// Writes the frames of `buf` and gives the buffer back.
+    async fn write_all(&mut self, buf: BytesMut) -> (Result<(), String>, BytesMut) {
+        self.tx.write_all(&mut self.wr, buf).await
     }
 }
 
@@ -803,6 +843,8 @@ async fn receive(
     let Conn {
         mut stream,
         mut buf,
+        mut rx,
+        mut tx,
     } = conn;
     let mut out = BytesMut::new();
     let mut r = Receiving {
@@ -821,7 +863,8 @@ async fn receive(
     let mut read_first = buf.is_empty();
     while !r.done {
         if read_first {
-            let (b, more) = read_into(&mut stream, buf, 64 * 1024, 256 * 1024).await;
+            let (b, more) =
+                read_into(shared, &mut rx, &mut stream, buf, 64 * 1024, 256 * 1024).await;
             buf = b;
             if !more {
                 break;
@@ -845,14 +888,17 @@ async fn receive(
                 crate::core::put_logout(&mut out);
             }
         }
-        if !out.is_empty() {
-            let (w, b) = stream.write_all(std::mem::take(&mut out)).await;
+        if !out.is_empty() || rx.wants_write() {
+            let (w, b) = tx.write_all(&mut stream, std::mem::take(&mut out)).await;
             out = b;
             out.clear();
             if w.is_err() {
                 break;
             }
         }
+    }
+    if r.done {
+        tx.finish(&mut stream).await;
     }
     r.res
 }

@@ -21,7 +21,8 @@
 //! - [`LoadConfig`] and the run's layout (`config`), [`LoadReport`] (`report`);
 //! - `engine`: the engine threads, senders, receivers and the monitor, over
 //!   any target protocol;
-//! - one module per target protocol: `ringrouter`, `nats`, `resp` (Redis).
+//! - one module per target protocol: `ringrouter`, `nats`, `resp` (Redis);
+//! - `link`: ringrouter over TLS or WebSocket ([`crate::transport`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};
@@ -29,6 +30,7 @@ use std::time::{Duration, Instant};
 
 mod config;
 mod engine;
+mod link;
 mod nats;
 mod report;
 mod resp;
@@ -90,6 +92,7 @@ pub fn run_with_progress(
     // however the run ends.
     let mut rooms = ringrouter::Rooms {
         addr: plan.addr,
+        transport: plan.link.room_transport(),
         timeout: cfg.drain_timeout,
         created: Vec::new(),
     };
@@ -108,7 +111,7 @@ pub fn run_with_progress(
         }
     }
     let jobs = plan.jobs(cfg, &flows, &join_codes);
-    let shared = Arc::new(Shared::new(cfg, plan.addr, plan.senders));
+    let shared = Arc::new(Shared::new(cfg, plan.addr, plan.senders, plan.link.clone()));
     let barrier = Arc::new(Barrier::new(plan.threads + 1));
     let cpu0 = report::cpu_seconds();
     let mut handles = Vec::new();

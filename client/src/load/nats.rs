@@ -28,7 +28,7 @@ pub(super) async fn connect(addr: SocketAddr, subscribe: Option<&str>) -> Result
     loop {
         if let Some(i) = buf.windows(6).position(|w| w == b"PONG\r\n") {
             buf.advance(i + 6);
-            return Ok(Conn { stream: s, buf });
+            return Ok(Conn::plain(s, buf));
         }
         if let Some(i) = buf.windows(4).position(|w| w == b"-ERR") {
             return Err(String::from_utf8_lossy(&buf[i..]).into_owned());

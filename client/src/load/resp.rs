@@ -290,7 +290,7 @@ pub(super) async fn connect(
             Some((n, answered)) => {
                 buf.advance(n);
                 if answered {
-                    return Ok(Conn { stream: s, buf });
+                    return Ok(Conn::plain(s, buf));
                 }
             }
             None => buf = read_more(&mut s, buf, &what).await?,

@@ -6,14 +6,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use ringrouter_proto::codec::{decode_server, peek_varint};
 use ringrouter_proto::fast::{parse_server, ServerView};
 use ringrouter_proto::send::{put_send_header, SendHeader, Target};
 use ringrouter_proto::v1::{client_frame, server_frame, JoinRoom, Login};
 
-use super::engine::{read_more, Conn, Dest, Item};
+use super::engine::{Conn, Dest, Item};
+use super::link::{self, LinkConfig, Rx, Tx};
 use crate::core::{self, AckPolicy, Acks, Frame};
 use crate::{Client, ClientConfig, ClientError, Status};
 
@@ -109,6 +109,7 @@ impl Acker {
 /// receivers joining, say), which belongs to the stream that follows.
 pub(super) async fn connect(
     addr: SocketAddr,
+    link_cfg: &LinkConfig,
     user: &str,
     join: Option<&str>,
 ) -> Result<Conn, String> {
@@ -116,14 +117,24 @@ pub(super) async fn connect(
         .await
         .map_err(|e| e.to_string())?;
     let _ = s.set_nodelay(true);
+    let (wire, frames) = link::handshake(&mut s, link_cfg)
+        .await
+        .map_err(|e| format!("{user}: {e}"))?;
+    let (mut rx, mut tx) = link::halves(wire);
+    let mut io = Io {
+        s: &mut s,
+        rx: &mut rx,
+        tx: &mut tx,
+    };
     let login = client_frame::Kind::Login(Login {
         user: user.to_owned(),
         device: "load".into(),
         request_id: 1,
         ..Default::default()
     });
-    let mut buf = BytesMut::with_capacity(4096);
-    buf = request(&mut s, buf, login, &format!("login {user}"), |k| match k {
+    let mut buf = frames;
+    buf.reserve(4096);
+    buf = request(&mut io, buf, login, &format!("login {user}"), |k| match k {
         server_frame::Kind::LoginResult(r) => Some((r.status, r.reason)),
         _ => None,
     })
@@ -135,20 +146,32 @@ pub(super) async fn connect(
             password: String::new(),
         });
         let what = format!("{user} joining the fan-out room");
-        buf = request(&mut s, buf, join, &what, |k| match k {
+        buf = request(&mut io, buf, join, &what, |k| match k {
             server_frame::Kind::RoomResult(r) if r.request_id == 2 => Some((r.status, r.reason)),
             _ => None,
         })
         .await?;
     }
-    Ok(Conn { stream: s, buf })
+    Ok(Conn {
+        stream: s,
+        buf,
+        rx,
+        tx,
+    })
+}
+
+/// A connection during login: the socket and its transport's halves.
+struct Io<'a> {
+    s: &'a mut TcpStream,
+    rx: &'a mut Rx,
+    tx: &'a mut Tx,
 }
 
 /// Sends `req` and reads until `answer` recognises the answer (its status and
 /// reason); frames before it are skipped, an Error frame is a failure. Returns
 /// the bytes read past the answer.
 async fn request(
-    s: &mut TcpStream,
+    io: &mut Io<'_>,
     mut buf: BytesMut,
     req: client_frame::Kind,
     what: &str,
@@ -156,7 +179,7 @@ async fn request(
 ) -> Result<BytesMut, String> {
     let mut out = BytesMut::new();
     Frame::of(req).put(&mut out);
-    let (r, _) = s.write_all(out).await;
+    let (r, _) = io.tx.write_all(io.s, out).await;
     r.map_err(|e| format!("{what}: {e}"))?;
     loop {
         while let Some((len, n)) = peek_varint(&buf).map_err(|e| format!("{what}: {e}"))? {
@@ -186,7 +209,7 @@ async fn request(
                 None => {}
             }
         }
-        buf = read_more(s, buf, what).await?;
+        buf = io.rx.read_more(io.s, buf, what).await?;
     }
 }
 
@@ -200,6 +223,8 @@ pub(super) fn room_name(prefix: &str, i: usize) -> String {
 /// when this is dropped, however the run ends.
 pub(super) struct Rooms {
     pub(super) addr: SocketAddr,
+    /// The run's transport (server name set).
+    pub(super) transport: crate::Transport,
     pub(super) timeout: Duration,
     /// (owner, room).
     pub(super) created: Vec<(String, String)>,
@@ -210,6 +235,7 @@ impl Rooms {
         let mut cfg = ClientConfig::new(owner);
         cfg.device = "load-setup".into();
         cfg.timeout = self.timeout;
+        cfg.transport = self.transport.clone();
         Client::connect(self.addr, cfg)
     }
 

@@ -12,6 +12,11 @@ Quick start::
         for msg in alice:                           # blocks; stops when the connection closes
             print(msg)                              # a Message, or an Event for a room event
 
+Over TLS, or over WebSocket to the router's HTTP port (``wss`` with both)::
+
+    ringrouter.Client("chat.example.org:7878", "alice", tls=True)   # built-in roots
+    ringrouter.Client("127.0.0.1:7880", "bob", transport="ws", tls=True, ca_file="ca.pem")
+
 Names:
 
 - :class:`Client` -- a connection logged in as one user (thread-safe: one thread

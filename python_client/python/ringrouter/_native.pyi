@@ -5,7 +5,8 @@ Everything here is re-exported by :mod:`ringrouter`; import it from there.
 
 from enum import IntEnum
 from types import TracebackType
-from typing import Callable, Iterable, Iterator, List, Optional, Type, Union, final
+from os import PathLike
+from typing import Callable, Iterable, Iterator, List, Literal, Optional, Type, Union, final
 
 __all__ = [
     "Client",
@@ -132,11 +133,24 @@ class Event:
 class Client:
     """A connection to the router, logged in as one user.
 
-    ``Client(addr, user, *, password=None, token=None, device="python", timeout=5.0)``
+    ``Client(addr, user, *, password=None, token=None, device="python", timeout=5.0,
+    tls=False, ca_file=None, transport="tcp")``
     connects to ``addr`` (``"host:port"``) and logs in; it raises :class:`AuthError`
     if the router refuses the login, :class:`TimeoutError` if connecting or logging
     in takes longer than ``timeout`` seconds, and :class:`OSError` (e.g.
-    :class:`ConnectionRefusedError`) if the router cannot be reached. Under
+    :class:`ConnectionRefusedError`) if the router cannot be reached.
+
+    Transports: ``tls=True`` connects over TLS (a router started with
+    ``--tls-cert``/``--tls-key``) and verifies the router's certificate against
+    ``ca_file`` (a PEM file, ``str`` or path), or without one against the
+    built-in roots (Mozilla's, as webpki ships them), for the host named in
+    ``addr``; a certificate that does not verify raises
+    :class:`ssl.SSLCertVerificationError`, another TLS failure
+    :class:`ssl.SSLError` (both are :class:`OSError`). ``transport="ws"`` speaks
+    WebSocket (subprotocol ``ringrouter.v1``, path ``/ws``) to the router's HTTP
+    port (``--http-listen``, default ``127.0.0.1:7880``), which ``addr`` then
+    names; with ``tls=True`` that is ``wss``. Everything else behaves the same
+    over every transport. Under
     ``--auth jwt`` pass ``token``; ``user`` may then be ``""`` (the token's subject
     is used); under ``--auth accounts`` pass ``password`` (create the account
     first with :meth:`register`). ``device`` names this session; a user may have
@@ -161,6 +175,9 @@ class Client:
         token: Optional[str] = None,
         device: str = "python",
         timeout: float = 5.0,
+        tls: bool = False,
+        ca_file: Optional[Union[str, "PathLike[str]"]] = None,
+        transport: Literal["tcp", "ws"] = "tcp",
     ) -> "Client": ...
     @property
     def user(self) -> str:
@@ -198,13 +215,22 @@ class Client:
         ``"NOT_FOUND"``: no such room, ``"FORBIDDEN"``: not a member).
         """
     @staticmethod
-    def register(addr: str, user: str, password: str) -> None:
+    def register(
+        addr: str,
+        user: str,
+        password: str,
+        *,
+        tls: bool = False,
+        ca_file: Optional[Union[str, "PathLike[str]"]] = None,
+        transport: Literal["tcp", "ws"] = "tcp",
+    ) -> None:
         """Creates the account ``user`` on a router started with ``--auth accounts``.
 
         Uses a connection of its own, closed again; log in afterwards with
         ``Client(addr, user, password=password)``. Raises :class:`RouterError` with
         ``code == "CONFLICT"`` if the user exists, ``"BAD_REQUEST"`` for a name or
-        password the router does not accept.
+        password the router does not accept. ``tls``, ``ca_file`` and ``transport``
+        as for :class:`Client`.
         """
     def create_room(self, name: str, password: Optional[str] = None) -> str:
         """Creates room ``name``, owned by this user (its first member), protected
@@ -287,9 +313,13 @@ def load_run(
     threads: Optional[int] = None,
     progress: Optional[Callable[[float, int, int], None]] = None,
     every: float = 1.0,
+    transport: Literal["tcp", "ws"] = "tcp",
+    tls: bool = False,
+    ca_file: Optional[Union[str, "PathLike[str]"]] = None,
 ) -> str:
     """Runs the Rust load engine without the GIL; returns its report as JSON.
 
     Use :func:`ringrouter.load.run` instead. ``progress(elapsed_s, sent, delivered)``
-    is called every ``every`` seconds while the run lasts.
+    is called every ``every`` seconds while the run lasts; ``transport``, ``tls``
+    and ``ca_file`` as for :class:`Client`.
     """

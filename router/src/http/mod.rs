@@ -83,16 +83,23 @@ pub(crate) async fn accept_loop(
         match listener.accept().await {
             Ok((stream, _peer)) => {
                 let _ = stream.set_nodelay(true);
-                // Over `--max-connections`: answered 503 (over TLS too) and closed.
-                let guard = ConnGuard::try_new(&shared);
-                monoio::spawn(serve(
-                    shard.clone(),
-                    shared.clone(),
-                    ctx.clone(),
-                    stream,
-                    guard,
-                    local.clone(),
-                ));
+                match ConnGuard::try_new(&shared) {
+                    Some(guard) => {
+                        monoio::spawn(serve(
+                            shard.clone(),
+                            shared.clone(),
+                            ctx.clone(),
+                            stream,
+                            guard,
+                            local.clone(),
+                        ));
+                    }
+                    // Over TLS the answer would need a handshake: just close.
+                    None if shared.tls.is_some() => drop(stream),
+                    None => {
+                        monoio::spawn(refuse(stream));
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "http accept failed");
@@ -132,24 +139,27 @@ async fn read_more(conn: &mut Conn, buf: &mut BytesMut, deadline: Instant) -> Re
     }
 }
 
-/// Serves one accepted connection (plain TCP here; the one place a [`Conn`] is made for
-/// the HTTP port).
+/// Serves one accepted connection (TLS with `--tls-cert`; the one place a [`Conn`] is
+/// made for the HTTP port).
 async fn serve(
     shard: Rc<RefCell<Shard>>,
     shared: Arc<Shared>,
     ctx: Arc<HttpCtx>,
     stream: TcpStream,
-    guard: Option<ConnGuard>,
+    guard: ConnGuard,
     local: Rc<LocalSignal>,
 ) {
-    let mut conn = Conn::plain(stream);
-    match guard {
-        Some(guard) => serve_conn(shard, shared, ctx, conn, guard, local).await,
-        None => {
-            let r = Response::status(Status::Unavailable, "too many connections");
-            close_with(&mut conn, r).await;
-        }
+    match Conn::accepted(stream, &shared) {
+        Ok(conn) => serve_conn(shard, shared, ctx, conn, guard, local).await,
+        Err(e) => tracing::warn!(error = %e, "cannot start TLS on an HTTP connection"),
     }
+}
+
+/// Over `--max-connections` (plain TCP): 503 and close.
+async fn refuse(stream: TcpStream) {
+    let mut conn = Conn::plain(stream);
+    let r = Response::status(Status::Unavailable, "too many connections");
+    close_with(&mut conn, r).await;
 }
 
 /// Answers `r` and closes the connection.

@@ -25,6 +25,7 @@ use crate::prelogin::{Action, Limits, PreLogin};
 use crate::shard::{Handover, Mail, Shard};
 use crate::shared::{ConnGuard, LocalSignal, Shared};
 use crate::store::StoreError;
+use crate::transport::Layers;
 
 /// Accepts connections until the shard shuts down.
 pub(crate) async fn accept_loop(
@@ -52,6 +53,8 @@ pub(crate) async fn accept_loop(
                             local.clone(),
                         ));
                     }
+                    // Over TLS the refusal would need a handshake: just close.
+                    None if shared.tls.is_some() => drop(stream),
                     None => {
                         monoio::spawn(refuse(stream, Status::Unavailable, "too many connections"));
                     }
@@ -103,7 +106,10 @@ pub(crate) async fn serve(
     guard: ConnGuard,
     local: Rc<LocalSignal>,
 ) {
-    prelogin(shard, shared, Conn::plain(stream), guard, local).await;
+    match Conn::accepted(stream, &shared) {
+        Ok(conn) => prelogin(shard, shared, conn, guard, local).await,
+        Err(e) => tracing::warn!(error = %e, "cannot start TLS on a connection"),
+    }
 }
 
 /// The pre-login conversation over `conn` (plain TCP, TLS or WebSocket), then the
@@ -159,7 +165,10 @@ pub(crate) async fn prelogin(
                 // Nothing of the pre-login conversation outlives it (this task runs
                 // a home-shard session to its end).
                 drop(pl);
-                let stream = conn.tcp;
+                let Conn {
+                    tcp: stream,
+                    layers,
+                } = conn;
                 let home = shard.borrow().home(s.user.as_bytes());
                 let me = shard.borrow().id;
                 if home == me {
@@ -170,6 +179,7 @@ pub(crate) async fn prelogin(
                         s.device,
                         s.request_id,
                         s.leftover,
+                        layers,
                         guard,
                     )
                     .await;
@@ -182,6 +192,7 @@ pub(crate) async fn prelogin(
                         s.device,
                         s.request_id,
                         s.leftover,
+                        layers,
                         guard,
                     );
                 }
@@ -355,6 +366,7 @@ fn hand_over(
     device: String,
     request_id: u64,
     leftover: BytesMut,
+    layers: Option<Box<Layers>>,
     guard: ConnGuard,
 ) {
     // Safety: the fd is the open socket `stream` owns, borrowed only for the dup.
@@ -373,6 +385,7 @@ fn hand_over(
         device,
         request_id,
         leftover,
+        layers,
         guard,
     };
     shard.borrow_mut().post(home, Mail::Handover(Box::new(h)));

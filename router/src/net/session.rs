@@ -16,7 +16,7 @@ use std::task::Poll;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::tcp::TcpOwnedReadHalf;
 use monoio::net::TcpStream;
 use ringrouter_proto::codec::{encode_frame, frame_bytes_needed, frames, split_frames};
@@ -26,11 +26,13 @@ use ringrouter_proto::v1::{server_frame, LoginResult, ServerFrame};
 use ringrouter_proto::Status;
 use tracing::Instrument;
 
-use super::close_bounded;
+use super::stream::Conn;
+use super::CLOSE_FLUSH;
 use crate::bufpool::{self, MIN_READ, READ_BUF};
 use crate::prelogin::truncated_reason;
 use crate::shard::{now_us, CloseReason, Flow, Handover, SessionKey, Shard};
 use crate::shared::ConnGuard;
+use crate::transport::{ws, Ingested, Layers};
 
 /// Runs a connection handed over by another shard.
 pub(crate) async fn adopt(shard: Rc<RefCell<Shard>>, h: Box<Handover>) {
@@ -40,6 +42,7 @@ pub(crate) async fn adopt(shard: Rc<RefCell<Shard>>, h: Box<Handover>) {
         device,
         request_id,
         leftover,
+        layers,
         guard,
     } = *h;
     let std_stream = std::net::TcpStream::from(fd);
@@ -55,18 +58,23 @@ pub(crate) async fn adopt(shard: Rc<RefCell<Shard>>, h: Box<Handover>) {
         }
     };
     shard.borrow_mut().counters.handovers_in += 1;
-    run_session(shard, stream, user, device, request_id, leftover, guard).await;
+    run_session(
+        shard, stream, user, device, request_id, leftover, layers, guard,
+    )
+    .await;
 }
 
 /// Registers the session on this (home) shard, answers the Login, and runs the
 /// reader until the connection ends; then waits for the writer and forgets the session.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn run_session(
     shard: Rc<RefCell<Shard>>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     user: String,
     device: String,
     request_id: u64,
     buf: BytesMut,
+    layers: Option<Box<Layers>>,
     _guard: ConnGuard,
 ) {
     let fd = stream.as_raw_fd();
@@ -78,7 +86,12 @@ pub(super) async fn run_session(
             let f = reply::login_result_frame(request_id, e.status(), e.to_string());
             let mut out = BytesMut::new();
             encode_frame(&f, &mut out);
-            close_bounded(&mut stream, out).await;
+            Conn {
+                tcp: stream,
+                layers,
+            }
+            .close_bounded(out)
+            .await;
             return;
         }
     };
@@ -115,8 +128,15 @@ pub(super) async fn run_session(
         );
         span
     };
+    let max_frame = shard.borrow().cfg.max_frame_bytes;
+    let layers = layers.map(|mut l| {
+        l.set_max_frame(max_frame);
+        Rc::new(RefCell::new(*l))
+    });
     let (reader, writer) = stream.into_split();
-    let writer = monoio::spawn(write_loop(shard.clone(), key, writer).instrument(span.clone()));
+    let writer = monoio::spawn(
+        write_loop(shard.clone(), key, writer, layers.clone()).instrument(span.clone()),
+    );
     async {
         // Frames pipelined after the Login are answered after the LoginResult.
         poll_fn(|cx| {
@@ -130,8 +150,14 @@ pub(super) async fn run_session(
             }
         })
         .await;
-        read_loop(&shard, key, fd, reader, buf).await;
-        shard.borrow_mut().close(key, CloseReason::PeerClosed, None);
+        read_loop(&shard, key, fd, reader, buf, layers.as_ref()).await;
+        // Over TLS / WebSocket the writer answers the close (close frame, close_notify).
+        let reason = if layers.is_some() {
+            CloseReason::PeerClosing
+        } else {
+            CloseReason::PeerClosed
+        };
+        shard.borrow_mut().close(key, reason, None);
         let _ = writer.await;
         shard.borrow_mut().remove(key);
     }
@@ -145,6 +171,7 @@ async fn read_loop(
     fd: RawFd,
     mut reader: TcpOwnedReadHalf,
     mut buf: BytesMut,
+    layers: Option<&Rc<RefCell<Layers>>>,
 ) {
     let max_frame = shard.borrow().cfg.max_frame_bytes;
     let mut blocked: Vec<SessionKey> = Vec::new();
@@ -231,7 +258,9 @@ async fn read_loop(
             }
         })
         .await;
-        let res = if buf.is_empty() {
+        let res = if let Some(layers) = layers {
+            read_layered(shard, key, fd, &reader, layers, &mut buf).await
+        } else if buf.is_empty() {
             read_fresh(fd, &reader, &mut buf).await
         } else {
             // The rest of a frame: it is on its way, the buffer is needed.
@@ -287,24 +316,10 @@ async fn read_fresh(fd: RawFd, reader: &TcpOwnedReadHalf, buf: &mut BytesMut) ->
                 }
             }
         }
-        let spare = buf.spare_capacity_mut();
-        // Safety: recv writes at most `spare.len()` bytes into the buffer's spare
-        // capacity; the socket stays open while its session's reader runs.
-        let n = unsafe {
-            libc::recv(
-                fd,
-                spare.as_mut_ptr().cast(),
-                spare.len(),
-                libc::MSG_DONTWAIT,
-            )
+        let e = match recv_into(fd, buf) {
+            Ok(n) => return Ok(n),
+            Err(e) => e,
         };
-        if n >= 0 {
-            let n = n as usize;
-            // Safety: the kernel initialised these `n` bytes after the buffer's length.
-            unsafe { buf.set_len(buf.len() + n) };
-            return Ok(n);
-        }
-        let e = io::Error::last_os_error();
         match e.kind() {
             io::ErrorKind::WouldBlock => {
                 bufpool::give_read(std::mem::take(buf));
@@ -317,6 +332,90 @@ async fn read_fresh(fd: RawFd, reader: &TcpOwnedReadHalf, buf: &mut BytesMut) ->
     }
 }
 
+/// A read through TLS / WebSocket layers: raw bytes into the layers' buffer, the
+/// client frames they carry appended to `buf`. Bytes the layers want written
+/// (handshake records, pongs, a close answer) wake the writer.
+async fn read_layered(
+    shard: &Rc<RefCell<Shard>>,
+    key: SessionKey,
+    fd: RawFd,
+    reader: &TcpOwnedReadHalf,
+    layers: &Rc<RefCell<Layers>>,
+    buf: &mut BytesMut,
+) -> io::Result<usize> {
+    let before = buf.len();
+    loop {
+        let step = {
+            let mut l = layers.borrow_mut();
+            let l = &mut *l;
+            let mut raw = std::mem::take(&mut l.raw);
+            if raw.capacity() - raw.len() < MIN_READ {
+                raw.reserve(READ_BUF);
+            }
+            match recv_into(fd, &mut raw) {
+                Ok(n) => {
+                    let res = l.ingest(&mut raw, buf);
+                    l.raw = raw;
+                    Ok((n == 0, res, l.has_pending()))
+                }
+                Err(e) => {
+                    l.raw = raw;
+                    Err(e)
+                }
+            }
+        };
+        let (eof, res, pending) = match step {
+            Ok(v) => v,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                wait_readable(reader).await?;
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if pending {
+            if let Some(w) = shard
+                .borrow_mut()
+                .sessions
+                .get_mut(key)
+                .and_then(|s| s.writer.take())
+            {
+                w.wake();
+            }
+        }
+        let got = buf.len() - before;
+        match res {
+            Err(reason) => return Err(io::Error::new(io::ErrorKind::InvalidData, reason)),
+            Ok(_) if got > 0 => return Ok(got),
+            Ok(Ingested::End) => return Ok(0),
+            Ok(Ingested::More) if eof => return Ok(0),
+            Ok(Ingested::More) => {}
+        }
+    }
+}
+
+/// One nonblocking recv into the spare capacity of `buf`.
+fn recv_into(fd: RawFd, buf: &mut BytesMut) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    // Safety: recv writes at most `spare.len()` bytes into the buffer's spare
+    // capacity; the socket stays open while its session's reader runs.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            spare.as_mut_ptr().cast(),
+            spare.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // Safety: the kernel initialised these `n` bytes after the buffer's length.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
 /// Waits until the socket is readable (or closed), holding no buffer.
 async fn wait_readable(reader: &TcpOwnedReadHalf) -> io::Result<()> {
     // Safety: a shared borrow of the stream for the poll op, as monoio's own
@@ -326,7 +425,13 @@ async fn wait_readable(reader: &TcpOwnedReadHalf) -> io::Result<()> {
     stream.readable(false).await
 }
 
-async fn write_loop<W: AsyncWriteRent>(shard: Rc<RefCell<Shard>>, key: SessionKey, mut writer: W) {
+async fn write_loop<W: AsyncWriteRent>(
+    shard: Rc<RefCell<Shard>>,
+    key: SessionKey,
+    mut writer: W,
+    layers: Option<Rc<RefCell<Layers>>>,
+) {
+    let mut wire = BytesMut::new();
     loop {
         let next = poll_fn(|cx| {
             let mut sh = shard.borrow_mut();
@@ -334,7 +439,8 @@ async fn write_loop<W: AsyncWriteRent>(shard: Rc<RefCell<Shard>>, key: SessionKe
             let Some(s) = sh.sessions.get_mut(key) else {
                 return Poll::Ready(None);
             };
-            if !s.out.is_empty() {
+            let control = layers.as_ref().is_some_and(|l| l.borrow().has_pending());
+            if !s.out.is_empty() || control {
                 let spare = s.spare.take();
                 let batch = s.out.take(spare);
                 s.inflight += batch.total();
@@ -356,6 +462,18 @@ async fn write_loop<W: AsyncWriteRent>(shard: Rc<RefCell<Shard>>, key: SessionKe
         let total = batch.total();
         let mut ok = true;
         let mut writes = 0u64;
+        if let Some(l) = &layers {
+            // TLS / WebSocket: the batch is encoded into one buffer.
+            wire.clear();
+            let mut app = BytesMut::with_capacity(total);
+            batch.gather_into(&mut app);
+            l.borrow_mut().egress(&app, &mut wire);
+            let (res, w) = writer.write_all(std::mem::take(&mut wire)).await;
+            wire = w;
+            writes += 1;
+            ok = res.is_ok();
+            batch.advance(batch.remaining());
+        }
         while batch.remaining() > 0 {
             let (res, b) = writer.writev(batch).await;
             batch = b;
@@ -389,6 +507,27 @@ async fn write_loop<W: AsyncWriteRent>(shard: Rc<RefCell<Shard>>, key: SessionKe
         if !ok {
             sh.close(key, CloseReason::PeerClosed, None);
             break;
+        }
+    }
+    if let Some(l) = &layers {
+        // The WebSocket close frame and TLS close_notify, best effort.
+        let going_away = shard
+            .borrow()
+            .sessions
+            .get(key)
+            .is_some_and(|s| s.closing == Some(CloseReason::Shutdown));
+        wire.clear();
+        {
+            let mut l = l.borrow_mut();
+            l.end(if going_away {
+                ws::code::GOING_AWAY
+            } else {
+                ws::code::NORMAL
+            });
+            l.take_pending(&mut wire);
+        }
+        if !wire.is_empty() {
+            let _ = monoio::time::timeout(CLOSE_FLUSH, writer.write_all(wire)).await;
         }
     }
     let sh = shard.borrow();

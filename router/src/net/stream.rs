@@ -1,48 +1,156 @@
 //! A connection's byte stream as the pre-login driver and the HTTP server see it:
-//! plain TCP, or TLS over it (`--tls-cert`). Owned buffers, monoio style.
-//! A session on its home shard does not use it on the plain path (it reads and
-//! writes the socket directly); see `net::session`.
+//! plain TCP, or with [`Layers`] (TLS with `--tls-cert`, WebSocket after an
+//! upgrade): reads give the decrypted, unframed bytes, writes take them. Owned
+//! buffers, monoio style. A session on its home shard does not use it (it reads and
+//! writes the socket itself, see `net::session`).
 
 use std::io;
-
-use super::CLOSE_FLUSH;
 
 use bytes::BytesMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+use super::CLOSE_FLUSH;
+use crate::shared::Shared;
+use crate::transport::{ws, Ingested, Layers};
+
+/// Raw bytes read at a time through layers.
+const RAW_READ: usize = 16 * 1024;
+
 /// A connection: the socket and the layers its bytes pass through.
 pub(crate) struct Conn {
     pub(crate) tcp: TcpStream,
+    pub(crate) layers: Option<Box<Layers>>,
 }
 
 impl Conn {
-    /// A plain TCP connection.
+    /// A plain TCP connection (refusals over `--max-connections`).
     pub(crate) fn plain(tcp: TcpStream) -> Self {
-        Conn { tcp }
+        Conn { tcp, layers: None }
     }
 
-    /// Reads at most `max` bytes, appended to `buf`; `Ok(0)` is the end of the stream.
+    /// A new accepted connection: TLS when the router has a certificate, else plain.
+    pub(crate) fn accepted(tcp: TcpStream, shared: &Shared) -> io::Result<Self> {
+        let layers = match &shared.tls {
+            Some(cfg) => Some(Box::new(Layers::tls(cfg).map_err(io::Error::other)?)),
+            None => None,
+        };
+        Ok(Conn { tcp, layers })
+    }
+
+    /// Frames are WebSocket messages from now on; `early` are bytes read past the
+    /// upgrade request.
+    pub(crate) fn start_ws(&mut self, protocol: ws::Protocol, max_frame: usize, early: BytesMut) {
+        self.layers
+            .get_or_insert_with(|| Box::new(Layers::none()))
+            .start_ws(protocol, max_frame, early);
+    }
+
+    /// Reads at most about `max` bytes, appended to `buf`; `Ok(0)` is the end of the
+    /// stream.
     pub(crate) async fn read(
         &mut self,
         mut buf: BytesMut,
         max: usize,
     ) -> (io::Result<usize>, BytesMut) {
-        buf.reserve(max);
-        let len = buf.len();
-        let slice = monoio::buf::IoBufMut::slice_mut(buf, len..len + max);
-        let (r, b) = self.tcp.read(slice).await;
-        (r, b.into_inner())
+        let Some(layers) = self.layers.as_deref_mut() else {
+            buf.reserve(max);
+            let len = buf.len();
+            let slice = monoio::buf::IoBufMut::slice_mut(buf, len..len + max);
+            let (r, b) = self.tcp.read(slice).await;
+            return (r, b.into_inner());
+        };
+        let before = buf.len();
+        let mut raw = std::mem::take(&mut layers.raw);
+        // What is buffered already (bytes that came with the upgrade request).
+        let early = layers.ingest(&mut raw, &mut buf);
+        layers.raw = raw;
+        match early {
+            Ok(_) if buf.len() > before => return (Ok(buf.len() - before), buf),
+            Ok(Ingested::End) => return (Ok(0), buf),
+            _ => {}
+        }
+        loop {
+            if layers.has_pending() {
+                let mut wire = BytesMut::new();
+                layers.take_pending(&mut wire);
+                if let Err(e) = self.tcp.write_all(wire).await.0 {
+                    return (Err(e), buf);
+                }
+            }
+            let mut raw = std::mem::take(&mut layers.raw);
+            let want = max.clamp(1, RAW_READ);
+            raw.reserve(want);
+            let len = raw.len();
+            let slice = monoio::buf::IoBufMut::slice_mut(raw, len..len + want);
+            let (r, b) = self.tcp.read(slice).await;
+            let mut raw = b.into_inner();
+            let eof = match r {
+                Ok(n) => n == 0,
+                Err(e) => return (Err(e), buf),
+            };
+            let res = layers.ingest(&mut raw, &mut buf);
+            layers.raw = raw;
+            let got = buf.len() - before;
+            match res {
+                Err(reason) => {
+                    layers.end(ws::code::NORMAL);
+                    let mut wire = BytesMut::new();
+                    layers.take_pending(&mut wire);
+                    let _ = monoio::time::timeout(CLOSE_FLUSH, self.tcp.write_all(wire)).await;
+                    return (Err(io::Error::new(io::ErrorKind::InvalidData, reason)), buf);
+                }
+                Ok(_) if got > 0 => return (Ok(got), buf),
+                Ok(Ingested::End) => return (Ok(0), buf),
+                Ok(Ingested::More) if eof => return (Ok(0), buf),
+                Ok(Ingested::More) => {}
+            }
+        }
     }
 
-    /// Writes all of `data`.
+    /// Writes all of `data` (whole frames when a WebSocket layer is on).
     pub(crate) async fn write_all(&mut self, data: BytesMut) -> io::Result<()> {
-        let (r, _) = self.tcp.write_all(data).await;
+        let wire = match self.layers.as_deref_mut() {
+            None => data,
+            Some(l) => {
+                let mut wire = BytesMut::new();
+                l.egress(&data, &mut wire);
+                wire
+            }
+        };
+        if wire.is_empty() {
+            return Ok(());
+        }
+        let (r, _) = self.tcp.write_all(wire).await;
         r.map(|_| ())
     }
 
-    /// Shuts the sending side down (TLS: after a close_notify).
+    /// Writes raw bytes, outside the WebSocket framing (the HTTP answer to an
+    /// upgrade); TLS still applies.
+    pub(crate) async fn write_raw(&mut self, data: &[u8]) -> io::Result<()> {
+        let wire = match self.layers.as_deref_mut() {
+            None => BytesMut::from(data),
+            Some(l) => {
+                let mut wire = BytesMut::new();
+                l.egress_raw(data, &mut wire);
+                wire
+            }
+        };
+        let (r, _) = self.tcp.write_all(wire).await;
+        r.map(|_| ())
+    }
+
+    /// Ends the conversation (WebSocket close frame, TLS close_notify) and shuts the
+    /// sending side down.
     pub(crate) async fn shutdown(&mut self) {
+        if let Some(l) = self.layers.as_deref_mut() {
+            l.end(ws::code::NORMAL);
+            let mut wire = BytesMut::new();
+            l.take_pending(&mut wire);
+            if !wire.is_empty() {
+                let _ = monoio::time::timeout(CLOSE_FLUSH, self.tcp.write_all(wire)).await;
+            }
+        }
         let _ = self.tcp.shutdown().await;
     }
 

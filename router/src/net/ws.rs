@@ -1,5 +1,6 @@
-//! WebSocket sessions (`GET /ws` on the HTTP port): the upgrade, then the pre-login
-//! conversation and the session over WebSocket messages.
+//! WebSocket sessions (`GET /ws` on the HTTP port): the upgrade, then the same
+//! pre-login conversation and session as a TCP connection, with WebSocket (and TLS)
+//! [`crate::transport::Layers`] between the socket and the frames.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -7,14 +8,15 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use super::accept::prelogin;
 use super::stream::Conn;
 use crate::shard::Shard;
 use crate::shared::{ConnGuard, LocalSignal, Shared};
+use crate::transport::ws;
 
 /// Takes over an HTTP connection whose request was `GET /ws`: `headers` are the
 /// request's headers (names lower-case), `rest` the bytes read past the request head.
 /// Answers the upgrade (or an HTTP error) itself.
-#[allow(clippy::too_many_arguments, dead_code)]
 pub(crate) async fn serve(
     shard: Rc<RefCell<Shard>>,
     shared: Arc<Shared>,
@@ -24,11 +26,32 @@ pub(crate) async fn serve(
     guard: ConnGuard,
     local: Rc<LocalSignal>,
 ) {
-    let _ = (shard, shared, headers, rest, guard, local);
-    let mut out = BytesMut::new();
-    out.extend_from_slice(
-        b"HTTP/1.1 501 Not Implemented\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-    );
-    let _ = conn.write_all(out).await;
-    conn.shutdown().await;
+    match ws::handshake(&headers) {
+        Err(r) => {
+            let mut answer = format!(
+                "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n",
+                r.status,
+                if r.status == 426 { "Upgrade Required" } else { "Bad Request" },
+                r.reason.len() + 1
+            );
+            for h in &r.headers {
+                answer.push_str(h);
+                answer.push_str("\r\n");
+            }
+            answer.push_str("\r\n");
+            answer.push_str(&r.reason);
+            answer.push('\n');
+            let _ =
+                monoio::time::timeout(super::CLOSE_FLUSH, conn.write_raw(answer.as_bytes())).await;
+            conn.shutdown().await;
+        }
+        Ok((answer, protocol)) => {
+            if conn.write_raw(&answer).await.is_err() {
+                return;
+            }
+            // Until Login, frames are bounded like a TCP connection's pre-login frames.
+            conn.start_ws(protocol, shared.cfg.max_prelogin_frame_bytes, rest);
+            prelogin(shard, shared, conn, guard, local).await;
+        }
+    }
 }

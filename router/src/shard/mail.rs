@@ -63,6 +63,8 @@ pub struct Handover {
     pub request_id: u64,
     /// Bytes read after the Login frame (pipelined frames).
     pub leftover: BytesMut,
+    /// TLS / WebSocket state (`None`: plain TCP).
+    pub(crate) layers: Option<Box<crate::transport::Layers>>,
     /// Keeps the connection counted.
     pub(crate) guard: ConnGuard,
 }

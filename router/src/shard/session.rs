@@ -42,6 +42,10 @@ impl SessionId {
 pub enum CloseReason {
     /// The client closed the connection (or it broke).
     PeerClosed,
+    /// A TLS or WebSocket client ended the conversation (close frame, close_notify) or
+    /// broke its framing: the closing handshake is answered (close frame, alert) before
+    /// the socket is shut; what was queued for it goes back to its unacked queue.
+    PeerClosing,
     /// The client sent Logout.
     Logout,
     /// The client sent bytes that are not frames.
@@ -75,7 +79,7 @@ impl CloseReason {
     fn stalled(self) -> bool {
         matches!(
             self,
-            CloseReason::SlowConsumer | CloseReason::HeartbeatTimeout
+            CloseReason::SlowConsumer | CloseReason::HeartbeatTimeout | CloseReason::PeerClosing
         )
     }
 }

@@ -23,6 +23,7 @@
 //! | `rooms` | rooms: membership, fan-out (no echo to the sending device), limits, order, kill -9 |
 //! | `shutdown` | SIGTERM: queued messages flushed or kept for the next login, `--shutdown-timeout` |
 //! | `spoofing` | identity: a client cannot choose `from_user` or other router-owned fields |
+//! | `transports` | the clients over TLS, WebSocket (HTTP port) and both, a certificate not trusted |
 //! | `zero_copy` | payloads are written from the sender's read buffer |
 
 mod accounts;
@@ -43,4 +44,7 @@ mod prelogin;
 mod rooms;
 mod shutdown;
 mod spoofing;
+mod tls;
+mod transports;
+mod websocket;
 mod zero_copy;

@@ -27,7 +27,8 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
+from os import PathLike
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from .._native import load_run as _load_run
 
@@ -184,6 +185,9 @@ def run(
     threads: Optional[int] = None,
     progress: Optional[ProgressCallback] = None,
     progress_every: float = 1.0,
+    transport: str = "tcp",
+    tls: bool = False,
+    ca_file: Optional[Union[str, "PathLike[str]"]] = None,
 ) -> LoadReport:
     """Runs a load against the router at ``addr`` and returns what it measured.
 
@@ -203,6 +207,12 @@ def run(
             ``progress_every`` seconds while the run lasts. An exception it raises
             (``KeyboardInterrupt`` too) is re-raised when the run ends.
         progress_every: seconds between progress calls.
+        transport: ``"tcp"`` (the router's TCP port), or ``"ws"``: every session
+            over WebSocket (subprotocol ``ringrouter.v1``) to the router's HTTP port,
+            which ``addr`` then names.
+        tls: connect over TLS (``wss`` with ``transport="ws"``), verifying the
+            router's certificate against ``ca_file`` or the built-in roots.
+        ca_file: PEM file of the certificates to trust (with ``tls``).
 
     Raises:
         ValueError: an invalid combination of arguments.
@@ -221,5 +231,8 @@ def run(
         threads=threads,
         progress=progress,
         every=progress_every,
+        transport=transport,
+        tls=tls,
+        ca_file=ca_file,
     )
     return LoadReport.from_json(report)

@@ -23,7 +23,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Drive a ringrouter with the Rust load engine: P sender/receiver "
         "pairs (1:1), or one sender fanning out to M receivers.",
     )
-    p.add_argument("--addr", default="127.0.0.1:7878", help="router address (default %(default)s)")
+    p.add_argument("--addr", default="127.0.0.1:7878",
+                   help="router address (default %(default)s; with --transport ws: the HTTP port)")
+    p.add_argument("--transport", choices=("tcp", "ws"), default="tcp",
+                   help="tcp: the router's TCP port; ws: WebSocket to its HTTP port (default %(default)s)")
+    p.add_argument("--tls", action="store_true",
+                   help="connect over TLS, verifying the router's certificate (--ca-file or the built-in roots)")
+    p.add_argument("--ca-file", default=None, metavar="PEM", help="with --tls: the certificates to trust")
     p.add_argument("--pairs", type=int, default=16, help="sender/receiver pairs (default %(default)s)")
     p.add_argument("--size", type=int, default=64, help="payload bytes (default %(default)s)")
     p.add_argument(
@@ -109,7 +115,10 @@ class _Progress:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Runs the CLI; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.ca_file is not None and not args.tls:
+        parser.error("--ca-file needs --tls")
     if args.plot is not None:
         try:
             import matplotlib  # noqa: F401
@@ -137,6 +146,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             window=args.window,
             threads=args.threads,
             progress=progress,
+            transport=args.transport,
+            tls=args.tls,
+            ca_file=args.ca_file,
         )
     except (ValueError, OverflowError, ConnectionError, RuntimeError) as e:
         if progress is not None:
@@ -152,7 +164,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"1 sender -> {args.fanout} receivers" if args.fanout else f"{args.pairs} pairs"
         )
         amount = f"{args.duration:g} s" if args.duration is not None else f"{_fmt_int(messages or 0)} messages"
-        print(format_table(report, f"ringrouter load @ {args.addr}: {shape}, {args.size}-byte payloads, {amount}"))
+        over = "" if args.transport == "tcp" and not args.tls else f" over {args.transport}{'+tls' if args.tls else ''}"
+        print(format_table(report, f"ringrouter load @ {args.addr}{over}: {shape}, {args.size}-byte payloads, {amount}"))
     if args.plot is not None:
         from .plot import plot_report
 

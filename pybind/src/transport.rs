@@ -1,0 +1,51 @@
+//! The `tls`, `ca_file` and `transport` arguments of `Client` and `load_run`,
+//! and TLS failures as Python's own `ssl` exceptions.
+
+use std::path::PathBuf;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use ringrouter_client::transport::{host_of, Transport, TransportKind};
+
+/// The transport for `addr` ("host:port"): `kind` "tcp" or "ws", TLS if `tls`
+/// (verified against `ca_file`, else the built-in roots, for the host of `addr`).
+pub(crate) fn transport(
+    addr: &str,
+    tls: bool,
+    ca_file: Option<PathBuf>,
+    kind: &str,
+) -> PyResult<Transport> {
+    let kind: TransportKind = kind.parse().map_err(PyValueError::new_err)?;
+    if ca_file.is_some() && !tls {
+        return Err(PyValueError::new_err("ca_file is for tls=True"));
+    }
+    let t = Transport {
+        kind,
+        ..Transport::default()
+    };
+    Ok(if tls {
+        t.with_tls(ca_file).with_server_name(host_of(addr))
+    } else {
+        t
+    })
+}
+
+/// A TLS failure as `ssl.SSLCertVerificationError` (the certificate was not
+/// trusted or not valid for the host) or `ssl.SSLError` (anything else): both
+/// are `OSError`s, as for Python's own `ssl` module.
+pub(crate) fn tls_error(py: Python<'_>, why: &str) -> PyErr {
+    let name = if why.contains("certificate") {
+        "SSLCertVerificationError"
+    } else {
+        "SSLError"
+    };
+    let msg = format!("TLS error: {why}");
+    match py
+        .import("ssl")
+        .and_then(|m| m.getattr(name))
+        .and_then(|cls| cls.call1((msg.clone(),)))
+    {
+        Ok(exc) => PyErr::from_value(exc),
+        Err(_) => pyo3::exceptions::PyOSError::new_err(msg),
+    }
+}

@@ -1,0 +1,477 @@
+//! What a connection's bytes pass through between the socket and the frame codec,
+//! sans-IO: TLS ([`tls`], rustls) and WebSocket ([`ws`]). Plain TCP has no layers
+//! (the session's fast path reads and writes the socket directly); a TLS, WebSocket
+//! or WebSocket-over-TLS connection has one [`Layers`], which turns the bytes read
+//! into varint-framed client frames (what a plain connection would have sent) and
+//! the varint-framed server frames to write into bytes for the socket. The
+//! `Layers` move with the connection when it is handed to its home shard.
+
+use std::io::{Read, Write};
+
+use bytes::{Buf, BytesMut};
+use prost::Message;
+use ringrouter_proto::codec::{encode_frame, peek_varint, put_varint};
+use ringrouter_proto::v1::ServerFrame;
+
+mod json;
+pub mod tls;
+pub mod ws;
+
+use ws::{code, Event, Protocol, Violation};
+
+/// The layers of one connection.
+pub(crate) struct Layers {
+    /// Bytes read from the socket and not yet taken by TLS.
+    pub(crate) raw: BytesMut,
+    /// The close code a violation of the peer's asks for (sent when the session ends).
+    violation: Option<(u16, String)>,
+    tls: Option<Box<rustls::ServerConnection>>,
+    ws: Option<WsLayer>,
+    /// Bytes for the socket produced while reading (TLS handshake records, pongs,
+    /// a close answer): written before anything else.
+    pending: BytesMut,
+    /// A WebSocket close frame was sent: nothing more goes out.
+    closed: bool,
+}
+
+struct WsLayer {
+    protocol: Protocol,
+    decoder: ws::Decoder,
+    /// Decrypted bytes not yet decoded into frames.
+    input: BytesMut,
+    max_frame: usize,
+}
+
+/// How reading went: bytes were added (maybe none yet), or the peer ended the stream.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Ingested {
+    /// Go on reading.
+    More,
+    /// The peer closed (TLS close_notify or a WebSocket close frame).
+    End,
+}
+
+impl Layers {
+    /// TLS on a new connection (the handshake runs as bytes arrive).
+    pub(crate) fn tls(config: &std::sync::Arc<rustls::ServerConfig>) -> Result<Self, String> {
+        let mut conn =
+            rustls::ServerConnection::new(config.clone()).map_err(|e| format!("tls: {e}"))?;
+        // The session's own bound (pending bytes) limits what is queued.
+        conn.set_buffer_limit(None);
+        Ok(Layers {
+            raw: BytesMut::new(),
+            violation: None,
+            tls: Some(Box::new(conn)),
+            ws: None,
+            pending: BytesMut::new(),
+            closed: false,
+        })
+    }
+
+    /// No layers yet (plain TCP that becomes a WebSocket).
+    pub(crate) fn none() -> Self {
+        Layers {
+            raw: BytesMut::new(),
+            violation: None,
+            tls: None,
+            ws: None,
+            pending: BytesMut::new(),
+            closed: false,
+        }
+    }
+
+    /// Frames are WebSocket messages from now on; `early` are decrypted bytes that
+    /// came after the upgrade request.
+    pub(crate) fn start_ws(&mut self, protocol: Protocol, max_frame: usize, early: BytesMut) {
+        self.ws = Some(WsLayer {
+            protocol,
+            decoder: ws::Decoder::new(max_message(protocol, max_frame)),
+            input: early,
+            max_frame,
+        });
+    }
+
+    /// The frame bound from now on (the pre-login bound is smaller).
+    pub(crate) fn set_max_frame(&mut self, max_frame: usize) {
+        if let Some(w) = self.ws.as_mut() {
+            w.max_frame = max_frame;
+            w.decoder
+                .set_max_message(max_message(w.protocol, max_frame));
+        }
+    }
+
+    /// Bytes waiting to be written.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Moves the bytes waiting to be written to the end of `wire`.
+    pub(crate) fn take_pending(&mut self, wire: &mut BytesMut) {
+        if wire.is_empty() {
+            std::mem::swap(wire, &mut self.pending);
+        } else {
+            wire.extend_from_slice(&self.pending);
+            self.pending.clear();
+        }
+    }
+
+    /// Takes bytes read from the socket (`raw`, consumed as far as possible) and
+    /// appends the client frames they carry to `app`, varint-framed. An error is a
+    /// violation of TLS (its alert is pending) or of WebSocket (its close code is kept for
+    /// [`Layers::end`]).
+    pub(crate) fn ingest(
+        &mut self,
+        raw: &mut BytesMut,
+        app: &mut BytesMut,
+    ) -> Result<Ingested, String> {
+        let mut end = false;
+        if let Some(tls) = self.tls.as_deref_mut() {
+            let plain = match self.ws.as_mut() {
+                Some(w) => &mut w.input,
+                None => &mut *app,
+            };
+            let r = tls_read(tls, raw, plain);
+            flush_tls(tls, &mut self.pending);
+            end = r?;
+        } else if let Some(w) = self.ws.as_mut() {
+            if w.input.is_empty() {
+                std::mem::swap(&mut w.input, raw);
+            } else {
+                w.input.extend_from_slice(raw);
+                raw.clear();
+            }
+        } else {
+            app.extend_from_slice(raw);
+            raw.clear();
+        }
+        if self.ws.is_some() {
+            match self.ws_decode(app) {
+                Ok(Ingested::End) => end = true,
+                Ok(Ingested::More) => {}
+                Err(v) => {
+                    let reason = v.reason.clone();
+                    self.violation = Some((v.code, v.reason));
+                    return Err(reason);
+                }
+            }
+        }
+        Ok(if end { Ingested::End } else { Ingested::More })
+    }
+
+    fn ws_decode(&mut self, app: &mut BytesMut) -> Result<Ingested, Violation> {
+        let Some(w) = self.ws.as_mut() else {
+            return Ok(Ingested::More);
+        };
+        loop {
+            match w.decoder.decode(&mut w.input)? {
+                None => return Ok(Ingested::More),
+                Some(Event::Message { text, data }) => match (w.protocol, text) {
+                    (Protocol::Binary, false) => {
+                        if data.len() > w.max_frame {
+                            return Err(Violation {
+                                code: code::TOO_BIG,
+                                reason: format!("frame over {} bytes", w.max_frame),
+                            });
+                        }
+                        put_varint(app, data.len() as u64);
+                        app.extend_from_slice(&data);
+                    }
+                    (Protocol::Json, true) => {
+                        let frame = json::client_frame_from_json(&data).map_err(|e| Violation {
+                            code: code::INVALID,
+                            reason: e.to_string(),
+                        })?;
+                        encode_frame(&frame, app);
+                    }
+                    (p, _) => {
+                        return Err(Violation {
+                            code: code::UNSUPPORTED,
+                            reason: format!(
+                                "{} takes {} messages",
+                                p.name(),
+                                if p == Protocol::Binary {
+                                    "binary"
+                                } else {
+                                    "text"
+                                }
+                            ),
+                        });
+                    }
+                },
+                Some(Event::Ping(data)) => {
+                    if !self.closed {
+                        let mut f = BytesMut::new();
+                        ws::put_frame(ws::op::PONG, &data, &mut f);
+                        let pending = &mut self.pending;
+                        seal(self.tls.as_deref_mut(), &f, pending);
+                    }
+                }
+                Some(Event::Pong) => {}
+                Some(Event::Close(c, _)) => {
+                    // Echo the peer's code (none given: a normal closure).
+                    let c = if c == 1005 { code::NORMAL } else { c };
+                    self.close(c, "");
+                    return Ok(Ingested::End);
+                }
+            }
+        }
+    }
+
+    /// Encodes `app`, whole varint-framed server frames, for the socket, after the
+    /// pending bytes, into `wire`.
+    pub(crate) fn egress(&mut self, app: &[u8], wire: &mut BytesMut) {
+        self.take_pending(wire);
+        if self.closed {
+            return;
+        }
+        match self.ws.as_ref() {
+            // Plain WebSocket: framed straight onto the wire.
+            Some(w) if self.tls.is_none() => ws_frames(w.protocol, app, wire),
+            Some(w) => {
+                let mut framed = BytesMut::new();
+                ws_frames(w.protocol, app, &mut framed);
+                seal(self.tls.as_deref_mut(), &framed, wire);
+            }
+            None => seal(self.tls.as_deref_mut(), app, wire),
+        }
+    }
+
+    /// Encodes bytes outside the WebSocket framing (the upgrade's HTTP answer).
+    pub(crate) fn egress_raw(&mut self, data: &[u8], wire: &mut BytesMut) {
+        self.take_pending(wire);
+        seal(self.tls.as_deref_mut(), data, wire);
+    }
+
+    /// Queues the end of the conversation with the close code a violation asked for,
+    /// else `code`.
+    pub(crate) fn end(&mut self, code: u16) {
+        match self.violation.take() {
+            Some((c, reason)) => self.close(c, &reason),
+            None => self.close(code, ""),
+        }
+    }
+
+    /// Queues the end of the conversation: a WebSocket close frame (once) and the TLS
+    /// close_notify.
+    pub(crate) fn close(&mut self, code: u16, reason: &str) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        if self.ws.is_some() {
+            let mut f = BytesMut::new();
+            ws::put_close(code, reason, &mut f);
+            seal(self.tls.as_deref_mut(), &f, &mut self.pending);
+        }
+        if let Some(tls) = self.tls.as_deref_mut() {
+            tls.send_close_notify();
+            flush_tls(tls, &mut self.pending);
+        }
+    }
+}
+
+/// The WebSocket message bound for a frame bound: a JSON message is longer than its
+/// frame (field names, base64).
+fn max_message(protocol: Protocol, max_frame: usize) -> usize {
+    match protocol {
+        Protocol::Binary => max_frame,
+        Protocol::Json => max_frame.saturating_mul(2).saturating_add(4096),
+    }
+}
+
+/// Wraps each varint-framed frame of `app` in a WebSocket message, onto `out`.
+fn ws_frames(protocol: Protocol, mut app: &[u8], out: &mut BytesMut) {
+    out.reserve(app.len() + app.len() / 8 + 16);
+    // The router wrote these frames itself: whole, and within bounds.
+    while let Ok(Some((len, used))) = peek_varint(app) {
+        let end = used + len as usize;
+        let Some(body) = app.get(used..end) else {
+            tracing::error!("a server frame runs past its batch");
+            return;
+        };
+        match protocol {
+            Protocol::Binary => ws::put_frame(ws::op::BINARY, body, out),
+            Protocol::Json => match ServerFrame::decode(body) {
+                Ok(f) => {
+                    let text = json::server_frame_to_json(&f);
+                    ws::put_frame(ws::op::TEXT, text.as_bytes(), out);
+                }
+                Err(e) => tracing::error!(error = %e, "a server frame does not decode"),
+            },
+        }
+        app = &app[end..];
+    }
+}
+
+/// Encrypts `plain` (no TLS: copies it) onto `wire`.
+fn seal(tls: Option<&mut rustls::ServerConnection>, plain: &[u8], wire: &mut BytesMut) {
+    match tls {
+        None => wire.extend_from_slice(plain),
+        Some(tls) => {
+            // The buffer limit is off: the writer takes everything.
+            let _ = tls.writer().write_all(plain);
+            flush_tls(tls, wire);
+        }
+    }
+}
+
+/// Moves the TLS records rustls has ready onto `wire`.
+fn flush_tls(tls: &mut rustls::ServerConnection, wire: &mut BytesMut) {
+    let mut w = BufWriter(wire);
+    while tls.wants_write() {
+        match tls.write_tls(&mut w) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
+
+struct BufWriter<'a>(&'a mut BytesMut);
+
+impl Write for BufWriter<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Feeds `raw` to rustls and appends the plaintext to `plain`; `Ok(true)` once the
+/// peer sent close_notify.
+fn tls_read(
+    tls: &mut rustls::ServerConnection,
+    raw: &mut BytesMut,
+    plain: &mut BytesMut,
+) -> Result<bool, String> {
+    let mut end = false;
+    loop {
+        let mut src: &[u8] = raw;
+        let n = match tls.read_tls(&mut src) {
+            Ok(n) => n,
+            Err(e) => return Err(format!("tls: {e}")),
+        };
+        raw.advance(n);
+        let state = tls.process_new_packets().map_err(|e| format!("tls: {e}"))?;
+        let mut avail = state.plaintext_bytes_to_read();
+        while avail > 0 {
+            let at = plain.len();
+            plain.resize(at + avail, 0);
+            match tls.reader().read(&mut plain[at..]) {
+                Ok(k) => {
+                    plain.truncate(at + k);
+                    avail -= k.min(avail);
+                    if k == 0 {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    plain.truncate(at);
+                    break;
+                }
+            }
+        }
+        if state.peer_has_closed() {
+            end = true;
+        }
+        if n == 0 || raw.is_empty() {
+            return Ok(end);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_websocket_layers_frame_both_ways() {
+        let mut l = Layers::none();
+        l.start_ws(Protocol::Binary, 1024, BytesMut::new());
+        // Client: one masked binary message with frame bytes [1,2,3] and a ping.
+        let mut raw =
+            BytesMut::from(&[0x82, 0x83, 0, 0, 0, 0, 1, 2, 3, 0x89, 0x80, 0, 0, 0, 0][..]);
+        let mut app = BytesMut::new();
+        assert_eq!(l.ingest(&mut raw, &mut app), Ok(Ingested::More));
+        assert_eq!(&app[..], &[3, 1, 2, 3]);
+        assert!(l.has_pending(), "a pong");
+        let mut wire = BytesMut::new();
+        l.egress(&[2, 9, 9, 1, 7], &mut wire);
+        assert_eq!(&wire[..], &[0x8A, 0, 0x82, 2, 9, 9, 0x82, 1, 7]);
+        // A close frame is echoed and ends the stream; nothing goes out after it.
+        let mut raw = BytesMut::from(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe9][..]);
+        assert_eq!(l.ingest(&mut raw, &mut app), Ok(Ingested::End));
+        let mut wire = BytesMut::new();
+        l.egress(&[1, 5], &mut wire);
+        assert_eq!(&wire[..], &[0x88, 2, 0x03, 0xe9]);
+    }
+
+    fn masked_text(text: &str) -> BytesMut {
+        let mut v = BytesMut::new();
+        ws::put_frame(ws::op::TEXT, text.as_bytes(), &mut v);
+        // A client frame: the mask bit and a zero mask (XOR with 0 keeps the bytes).
+        let at = if text.len() < 126 { 2 } else { 4 };
+        v[1] |= 0x80;
+        let tail = v.split_off(at);
+        v.extend_from_slice(&[0, 0, 0, 0]);
+        v.unsplit(tail);
+        v
+    }
+
+    #[test]
+    fn json_messages_become_frames_and_frames_become_json() {
+        use ringrouter_proto::codec::decode_client;
+        use ringrouter_proto::v1::{client_frame, server_frame, Pong};
+        let mut l = Layers::none();
+        l.start_ws(Protocol::Json, 1024, BytesMut::new());
+        let mut raw = masked_text(r#"{"login":{"requestId":"7","user":"ann"}}"#);
+        let mut app = BytesMut::new();
+        assert_eq!(l.ingest(&mut raw, &mut app), Ok(Ingested::More));
+        let body = ringrouter_proto::codec::next_frame(&mut app, 1024)
+            .expect("framed")
+            .expect("whole");
+        match decode_client(body).expect("decodes").kind {
+            Some(client_frame::Kind::Login(login)) => {
+                assert_eq!((login.request_id, login.user.as_str()), (7, "ann"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut out = BytesMut::new();
+        encode_frame(
+            &ServerFrame {
+                kind: Some(server_frame::Kind::Pong(Pong { nonce: 9 })),
+            },
+            &mut out,
+        );
+        let mut wire = BytesMut::new();
+        l.egress(&out, &mut wire);
+        assert_eq!(wire[0], 0x81, "one text message");
+        let text = std::str::from_utf8(&wire[2..]).expect("utf-8");
+        assert!(
+            text.contains("\"pong\"") && text.contains("\"9\""),
+            "{text}"
+        );
+        // JSON that is not a frame closes with 1007.
+        let mut raw = masked_text(r#"{"login":{"requestId":true}}"#);
+        assert!(l.ingest(&mut raw, &mut app).is_err());
+        l.end(ws::code::NORMAL);
+        let mut wire = BytesMut::new();
+        l.take_pending(&mut wire);
+        assert_eq!(&wire[2..4], &[0x03, 0xef]);
+    }
+
+    #[test]
+    fn a_text_message_on_the_binary_protocol_closes_with_1003() {
+        let mut l = Layers::none();
+        l.start_ws(Protocol::Binary, 1024, BytesMut::new());
+        let mut raw = BytesMut::from(&[0x81, 0x81, 0, 0, 0, 0, b'x'][..]);
+        let mut app = BytesMut::new();
+        assert!(l.ingest(&mut raw, &mut app).is_err());
+        // The close code is sent when the conversation ends.
+        l.end(ws::code::NORMAL);
+        let mut wire = BytesMut::new();
+        l.take_pending(&mut wire);
+        assert_eq!(&wire[..4], &[0x88, wire[1], 0x03, 0xeb]);
+    }
+}

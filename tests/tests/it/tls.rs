@@ -1,0 +1,195 @@
+//! TLS on the TCP listener (`--tls-cert`, `--tls-key`): sessions over TLS on both
+//! I/O drivers, handed to their home shard with their TLS state; a plain client and
+//! a client that does not trust the certificate are refused; bad key files exit 2.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use prost::Message;
+use ringrouter_proto::codec::{encode_frame, next_frame};
+use ringrouter_proto::v1::{client_frame, server_frame, ClientFrame, Login, Send, ServerFrame};
+use ringrouter_tests::{users_on_shards, Driver, RouterProc};
+
+/// A self-signed certificate for `localhost` / 127.0.0.1 in a temp dir: (dir, cert, key, cert DER).
+pub(crate) fn self_signed() -> (tempfile::TempDir, String, String, Vec<u8>) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("rcgen makes a certificate");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, ck.cert.pem()).expect("write cert");
+    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
+    let der = ck.cert.der().to_vec();
+    (
+        dir,
+        cert.display().to_string(),
+        key.display().to_string(),
+        der,
+    )
+}
+
+pub(crate) fn client_config(ca_der: &[u8]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(ca_der.to_vec()))
+        .expect("add root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+pub(crate) type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+pub(crate) fn connect_tls(
+    addr: std::net::SocketAddr,
+    cfg: &Arc<rustls::ClientConfig>,
+) -> TlsStream {
+    let tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(cfg.clone(), name).expect("client conn");
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+fn send(s: &mut TlsStream, kind: client_frame::Kind) {
+    let mut out = BytesMut::new();
+    encode_frame(&ClientFrame { kind: Some(kind) }, &mut out);
+    s.write_all(&out).expect("tls write");
+}
+
+fn next(s: &mut TlsStream, buf: &mut BytesMut) -> ServerFrame {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut chunk = [0u8; 16384];
+    loop {
+        if let Some(body) = next_frame(buf, 1 << 20).expect("frames") {
+            return ServerFrame::decode(body).expect("decodes");
+        }
+        assert!(Instant::now() < deadline, "no frame in time");
+        let n = s.read(&mut chunk).expect("tls read");
+        assert!(n > 0, "closed");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn login(s: &mut TlsStream, buf: &mut BytesMut, user: &str) -> u32 {
+    send(
+        s,
+        client_frame::Kind::Login(Login {
+            request_id: 1,
+            user: user.into(),
+            device: "d".into(),
+            ..Default::default()
+        }),
+    );
+    match next(s, buf).kind {
+        Some(server_frame::Kind::LoginResult(lr)) => {
+            assert_eq!(
+                lr.status,
+                ringrouter_proto::Status::Ok as i32,
+                "{}",
+                lr.reason
+            );
+            lr.shard
+        }
+        other => panic!("expected LoginResult, got {other:?}"),
+    }
+}
+
+fn sessions_over_tls(driver: Driver) {
+    let (_dir, cert, key, der) = self_signed();
+    let r = RouterProc::start_with(
+        &["--shards", "2", "--tls-cert", &cert, "--tls-key", &key],
+        driver,
+    );
+    let cfg = client_config(&der);
+    // Several connections per user: whichever shard accepts one, it ends on its home
+    // shard, so some are handed over with their TLS state.
+    for round in 0..4 {
+        let users = users_on_shards(&format!("tls{round}_"), 2);
+        let mut a = connect_tls(r.connect_addr(), &cfg);
+        let mut b = connect_tls(r.connect_addr(), &cfg);
+        let (mut ba, mut bb) = (BytesMut::new(), BytesMut::new());
+        assert_eq!(login(&mut a, &mut ba, &users[0]), 0);
+        assert_eq!(login(&mut b, &mut bb, &users[1]), 1);
+        let payload = vec![round as u8; 3000];
+        send(
+            &mut a,
+            client_frame::Kind::Send(Send {
+                to_user: users[1].clone(),
+                payload: payload.clone().into(),
+                ..Default::default()
+            }),
+        );
+        match next(&mut b, &mut bb).kind {
+            Some(server_frame::Kind::Deliver(d)) => {
+                assert_eq!(d.from_user, users[0]);
+                assert!(d.payload[..] == payload[..], "payload of round {round}");
+            }
+            other => panic!("expected Deliver, got {other:?}"),
+        }
+        // Logout ends with a TLS close_notify, not a truncation.
+        send(&mut a, client_frame::Kind::Logout(Default::default()));
+        let mut rest = Vec::new();
+        let end = a.read_to_end(&mut rest);
+        assert!(end.is_ok(), "clean TLS end: {end:?}");
+    }
+}
+
+#[test]
+fn sessions_over_tls_io_uring() {
+    sessions_over_tls(Driver::Default);
+}
+
+#[test]
+fn sessions_over_tls_epoll() {
+    sessions_over_tls(Driver::Legacy);
+}
+
+#[test]
+fn plain_and_untrusting_clients_are_refused() {
+    let (_dir, cert, key, _der) = self_signed();
+    let r = RouterProc::start(&["--tls-cert", &cert, "--tls-key", &key]);
+    // Plain protocol bytes on the TLS port: a TLS alert, then the connection ends.
+    let mut raw = TcpStream::connect(r.connect_addr()).expect("connect");
+    raw.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    raw.write_all(&[5, 0x0a, 3, 8, 1, 0x12]).expect("write");
+    let mut got = Vec::new();
+    let _ = raw.read_to_end(&mut got);
+    assert!(
+        got.len() < 16 && got.first().is_none_or(|&b| b == 21),
+        "alert or nothing: {got:?}"
+    );
+    // A client that trusts another certificate fails the handshake.
+    let (_d2, _c2, _k2, other) = self_signed();
+    let mut s = connect_tls(r.connect_addr(), &client_config(&other));
+    let mut b = [0u8; 16];
+    let e = s.read(&mut b).expect_err("untrusted certificate");
+    assert!(e.to_string().contains("certificate"), "{e}");
+}
+
+#[test]
+fn bad_tls_files_exit_2() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not pem").expect("write");
+    let j = junk.display().to_string();
+    let Err(out) = RouterProc::launch(&["--tls-cert", &j, "--tls-key", &j], Driver::Legacy) else {
+        panic!("started with a junk certificate");
+    };
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("--tls-cert"), "{}", out.stderr);
+    let Err(out) = RouterProc::launch(&["--tls-cert", &j], Driver::Legacy) else {
+        panic!("started with a certificate and no key");
+    };
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+}

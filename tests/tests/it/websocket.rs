@@ -1,0 +1,417 @@
+//! WebSocket sessions on the HTTP port (`GET /ws`): the upgrade and its refusals,
+//! sessions that are first-class (across shards, with TCP sessions), RFC 6455 ping and
+//! close, and every bound: oversize, unmasked, fragmented-forever and pre-login
+//! messages get their close code and free the connection.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use prost::Message;
+use ringrouter_proto::v1::{client_frame, server_frame, ClientFrame, Login, Send, ServerFrame};
+use ringrouter_proto::Status;
+use ringrouter_tests::{users_on_shards, Driver, RouterProc};
+
+const T: Duration = Duration::from_secs(5);
+
+/// A minimal RFC 6455 client over any byte stream.
+pub(crate) struct Ws<S: Read + Write> {
+    pub(crate) s: S,
+    buf: BytesMut,
+}
+
+/// What the client read.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Got {
+    Binary(Vec<u8>),
+    Text(String),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    Close(u16),
+    /// The connection ended without a close frame.
+    Eof,
+}
+
+pub(crate) fn upgrade_request(protocol: Option<&str>, version: &str) -> String {
+    let mut r = format!(
+        "GET /ws HTTP/1.1\r\nhost: localhost\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: {version}\r\n"
+    );
+    if let Some(p) = protocol {
+        r.push_str(&format!("sec-websocket-protocol: {p}\r\n"));
+    }
+    r.push_str("\r\n");
+    r
+}
+
+/// Reads an HTTP response head; returns it and any bytes after it.
+pub(crate) fn read_head<S: Read>(s: &mut S) -> (String, BytesMut) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            return (head, BytesMut::from(&buf[end + 4..]));
+        }
+        let n = s.read(&mut chunk).expect("read head");
+        assert!(
+            n > 0,
+            "closed before the response head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+impl<S: Read + Write> Ws<S> {
+    /// Upgrades `s`; panics unless the answer is 101 with `protocol`.
+    pub(crate) fn open(mut s: S, protocol: &str) -> Ws<S> {
+        s.write_all(upgrade_request(Some(protocol), "13").as_bytes())
+            .expect("write upgrade");
+        let (head, rest) = read_head(&mut s);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains(&format!("sec-websocket-protocol: {protocol}")),
+            "{head}"
+        );
+        assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+        Ws { s, buf: rest }
+    }
+
+    pub(crate) fn frame(&mut self, opcode: u8, fin: bool, masked: bool, payload: &[u8]) {
+        let mask = [0xa1u8, 0x07, 0x5c, 0xe3];
+        let mut v = vec![if fin { 0x80 } else { 0 } | opcode];
+        let m = if masked { 0x80 } else { 0 };
+        let n = payload.len();
+        if n < 126 {
+            v.push(m | n as u8);
+        } else if n <= 65535 {
+            v.push(m | 126);
+            v.extend_from_slice(&(n as u16).to_be_bytes());
+        } else {
+            v.push(m | 127);
+            v.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+        if masked {
+            v.extend_from_slice(&mask);
+            v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        } else {
+            v.extend_from_slice(payload);
+        }
+        // The router may close while a large frame is being written.
+        let _ = self.s.write_all(&v);
+    }
+
+    pub(crate) fn send(&mut self, kind: client_frame::Kind) {
+        let body = ClientFrame { kind: Some(kind) }.encode_to_vec();
+        self.frame(0x2, true, true, &body);
+    }
+
+    pub(crate) fn next(&mut self) -> Got {
+        let deadline = Instant::now() + T;
+        let mut chunk = vec![0u8; 65536];
+        loop {
+            if self.buf.len() >= 2 {
+                let op = self.buf[0] & 0x0f;
+                assert_eq!(self.buf[1] & 0x80, 0, "server frames are not masked");
+                let (len, at) = match self.buf[1] & 0x7f {
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
+                    127 if self.buf.len() >= 10 => {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&self.buf[2..10]);
+                        (u64::from_be_bytes(b) as usize, 10)
+                    }
+                    126 | 127 => (usize::MAX, 0),
+                    l => (l as usize, 2),
+                };
+                if len != usize::MAX && self.buf.len() >= at + len {
+                    let _ = self.buf.split_to(at);
+                    let data = self.buf.split_to(len).to_vec();
+                    return match op {
+                        0x1 => Got::Text(String::from_utf8(data).expect("utf-8 text")),
+                        0x2 => Got::Binary(data),
+                        0x8 => Got::Close(if data.len() >= 2 {
+                            u16::from_be_bytes([data[0], data[1]])
+                        } else {
+                            1005
+                        }),
+                        0x9 => Got::Ping(data),
+                        0xA => Got::Pong(data),
+                        other => panic!("opcode {other}"),
+                    };
+                }
+            }
+            assert!(Instant::now() < deadline, "nothing from the router in time");
+            match self.s.read(&mut chunk) {
+                Ok(0) => return Got::Eof,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return Got::Eof,
+            }
+        }
+    }
+
+    /// The next protocol frame (skipping pings).
+    pub(crate) fn next_frame(&mut self) -> ServerFrame {
+        loop {
+            match self.next() {
+                Got::Binary(b) => return ServerFrame::decode(&b[..]).expect("frame decodes"),
+                Got::Ping(_) | Got::Pong(_) => {}
+                other => panic!("expected a binary message, got {other:?}"),
+            }
+        }
+    }
+
+    pub(crate) fn login(&mut self, user: &str) -> u32 {
+        self.send(client_frame::Kind::Login(Login {
+            request_id: 1,
+            user: user.into(),
+            device: "ws".into(),
+            ..Default::default()
+        }));
+        match self.next_frame().kind {
+            Some(server_frame::Kind::LoginResult(lr)) => {
+                assert_eq!(lr.status, Status::Ok as i32, "{}", lr.reason);
+                lr.shard
+            }
+            other => panic!("expected LoginResult, got {other:?}"),
+        }
+    }
+
+    /// Reads until the close frame (skipping data); returns its code.
+    pub(crate) fn close_code(&mut self) -> u16 {
+        loop {
+            match self.next() {
+                Got::Close(c) => return c,
+                Got::Eof => return 1006,
+                _ => {}
+            }
+        }
+    }
+}
+
+fn tcp(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    s.set_nodelay(true).expect("nodelay");
+    s
+}
+
+pub(crate) fn open(r: &RouterProc) -> Ws<TcpStream> {
+    Ws::open(tcp(r.http_addr()), "ringrouter.v1")
+}
+
+fn deliver_of(f: ServerFrame) -> (String, Vec<u8>) {
+    match f.kind {
+        Some(server_frame::Kind::Deliver(d)) => (d.from_user, d.payload.to_vec()),
+        other => panic!("expected Deliver, got {other:?}"),
+    }
+}
+
+fn sessions_across_shards(driver: Driver) {
+    let r = RouterProc::start_with(&["--shards", "2"], driver);
+    for round in 0..3 {
+        let users = users_on_shards(&format!("ws{round}_"), 2);
+        let mut a = open(&r);
+        let mut b = open(&r);
+        assert_eq!(a.login(&users[0]), 0);
+        assert_eq!(b.login(&users[1]), 1);
+        let big = vec![round as u8; 70_000];
+        a.send(client_frame::Kind::Send(Send {
+            to_user: users[1].clone(),
+            payload: big.clone().into(),
+            ..Default::default()
+        }));
+        let (from, payload) = deliver_of(b.next_frame());
+        assert_eq!(from, users[0]);
+        assert!(payload == big, "payload of round {round}");
+        // A TCP session of the same router talks with a WebSocket one.
+        let mut c = r.client(&format!("tcp{round}"));
+        c.send(&users[0], b"from tcp").expect("send");
+        assert_eq!(
+            deliver_of(a.next_frame()),
+            (format!("tcp{round}"), b"from tcp".to_vec())
+        );
+        b.send(client_frame::Kind::Send(Send {
+            to_user: format!("tcp{round}"),
+            payload: b"from ws".to_vec().into(),
+            ..Default::default()
+        }));
+        let m = c.recv(Some(T)).expect("recv").expect("message");
+        assert_eq!(
+            (m.sender.as_str(), &m.payload[..]),
+            (users[1].as_str(), &b"from ws"[..])
+        );
+    }
+}
+
+#[test]
+fn sessions_across_shards_io_uring() {
+    sessions_across_shards(Driver::Default);
+}
+
+#[test]
+fn sessions_across_shards_epoll() {
+    sessions_across_shards(Driver::Legacy);
+}
+
+#[test]
+fn ping_is_answered_and_close_is_echoed() {
+    let r = RouterProc::start(&[]);
+    let mut ws = open(&r);
+    // Before and after login.
+    ws.frame(0x9, true, true, b"hi");
+    assert_eq!(ws.next(), Got::Pong(b"hi".to_vec()));
+    ws.login("pinger");
+    ws.frame(0x9, true, true, b"again");
+    assert_eq!(ws.next(), Got::Pong(b"again".to_vec()));
+    ws.frame(0x8, true, true, &[0x03, 0xe8]);
+    assert_eq!(ws.close_code(), 1000);
+    assert_eq!(ws.next(), Got::Eof);
+}
+
+#[test]
+fn violations_close_with_their_codes() {
+    let r = RouterProc::start(&["--max-frame-bytes", "64KiB"]);
+    // A message over --max-frame-bytes: refused from its header.
+    let mut ws = open(&r);
+    ws.login("big");
+    ws.frame(0x2, true, true, &vec![0u8; 80 * 1024]);
+    assert_eq!(ws.close_code(), 1009);
+    // Before login the bound is --max-prelogin-frame-bytes (16 KiB).
+    let mut ws = open(&r);
+    ws.frame(0x2, true, true, &vec![0u8; 20 * 1024]);
+    assert_eq!(ws.close_code(), 1009);
+    // Unmasked.
+    let mut ws = open(&r);
+    ws.login("unmasked");
+    ws.frame(0x2, true, false, b"\x0a\x00");
+    assert_eq!(ws.close_code(), 1002);
+    // Fragmented forever: empty continuations never end the message.
+    let mut ws = open(&r);
+    ws.login("frag");
+    ws.frame(0x2, false, true, b"\x12");
+    for _ in 0..1100 {
+        ws.frame(0x0, false, true, b"");
+    }
+    assert_eq!(ws.close_code(), 1008);
+    // Text on the binary subprotocol.
+    let mut ws = open(&r);
+    ws.login("text");
+    ws.frame(0x1, true, true, b"{}");
+    assert_eq!(ws.close_code(), 1003);
+    // A binary message that is not a frame: the protocol's BAD_FRAME error first.
+    let mut ws = open(&r);
+    ws.login("junk");
+    ws.frame(0x2, true, true, &[0xff, 0xff, 0xff]);
+    match ws.next_frame().kind {
+        Some(server_frame::Kind::Error(e)) => assert_eq!(e.code, Status::BadFrame as i32),
+        other => panic!("expected Error, got {other:?}"),
+    }
+    assert!(matches!(ws.close_code(), 1000 | 1006));
+    // The router still serves.
+    let mut ws = open(&r);
+    ws.login("after");
+}
+
+#[test]
+fn bad_upgrades_get_http_errors() {
+    let r = RouterProc::start(&[]);
+    for (proto, version, want) in [
+        (Some("mqtt"), "13", "HTTP/1.1 400"),
+        (Some("ringrouter.v1"), "8", "HTTP/1.1 426"),
+    ] {
+        let mut s = tcp(r.http_addr());
+        s.write_all(upgrade_request(proto, version).as_bytes())
+            .expect("write");
+        let (head, _) = read_head(&mut s);
+        assert!(head.starts_with(want), "{head}");
+    }
+    // No subprotocol named: the binary one.
+    let mut s = tcp(r.http_addr());
+    s.write_all(upgrade_request(None, "13").as_bytes())
+        .expect("write");
+    let (head, rest) = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut ws = Ws { s, buf: rest };
+    ws.login("noproto");
+}
+
+#[test]
+fn websocket_over_tls() {
+    let (_dir, cert, key, der) = crate::tls::self_signed();
+    let r = RouterProc::start(&["--tls-cert", &cert, "--tls-key", &key]);
+    let cfg = crate::tls::client_config(&der);
+    let mut ws = Ws::open(
+        crate::tls::connect_tls(r.http_addr(), &cfg),
+        "ringrouter.v1",
+    );
+    let mut other = Ws::open(
+        crate::tls::connect_tls(r.http_addr(), &cfg),
+        "ringrouter.v1",
+    );
+    ws.login("secure");
+    other.login("other");
+    other.send(client_frame::Kind::Send(Send {
+        to_user: "secure".into(),
+        payload: b"to ws".to_vec().into(),
+        ..Default::default()
+    }));
+    let (from, payload) = deliver_of(ws.next_frame());
+    assert_eq!((from.as_str(), &payload[..]), ("other", &b"to ws"[..]));
+    ws.frame(0x9, true, true, b"tls");
+    assert_eq!(ws.next(), Got::Pong(b"tls".to_vec()));
+}
+
+#[test]
+fn json_subprotocol_speaks_the_protobuf_json_mapping() {
+    let r = RouterProc::start(&["--shards", "2"]);
+    let mut ws = Ws::open(tcp(r.http_addr()), "ringrouter.v1.json");
+    ws.frame(
+        0x1,
+        true,
+        true,
+        br#"{"login":{"requestId":"5","user":"jay","device":"browser"}}"#,
+    );
+    let Got::Text(t) = ws.next() else {
+        panic!("expected a text message")
+    };
+    let f = ringrouter_proto::json::server_frame_from_json(t.as_bytes()).expect("a frame");
+    match f.kind {
+        Some(server_frame::Kind::LoginResult(lr)) => {
+            assert_eq!((lr.request_id, lr.status), (5, Status::Ok as i32), "{t}");
+        }
+        other => panic!("expected LoginResult, got {other:?}"),
+    }
+    assert!(t.contains("\"loginResult\""), "{t}");
+    // A binary peer sends to it; the payload arrives as base64.
+    let mut bin = open(&r);
+    bin.login("bin");
+    bin.send(client_frame::Kind::Send(Send {
+        to_user: "jay".into(),
+        payload: b"hi there".to_vec().into(),
+        ..Default::default()
+    }));
+    let Got::Text(t) = ws.next() else {
+        panic!("expected a text message")
+    };
+    assert!(
+        t.contains("\"deliver\"") && t.contains("aGkgdGhlcmU="),
+        "{t}"
+    );
+    // Binary on the JSON subprotocol: 1003; JSON that is not a frame: 1007.
+    ws.frame(0x2, true, true, b"\x00");
+    assert_eq!(ws.close_code(), 1003);
+    let mut ws = Ws::open(tcp(r.http_addr()), "ringrouter.v1.json");
+    ws.frame(0x1, true, true, br#"{"login":{"requestId":[]}}"#);
+    assert_eq!(ws.close_code(), 1007);
+}
