@@ -70,17 +70,15 @@ WHICH=${WHICH:-ws tls}
 results="$WORK/results"
 : >"$results"
 med() { grep "^$1 " "$results" | cut -d' ' -f2 | median; }
-if [[ " $WHICH " == *" ws "* ]]; then
+# compare WHAT A B TLS TRANSPORT SIZE MESSAGES: RUNS alternating runs of plain TCP (A)
+# and of the transport (B), and the ratio of their medians.
+compare() {
+  local what=$1 a=$2 b=$3 tls=$4 transport=$5 size=$6 messages=$7
   for _ in $(seq "$RUNS"); do
-    run tcp64 0 tcp 64 "$MSGS_SMALL" >>"$results"
-    run ws64 0 ws 64 "$MSGS_SMALL" >>"$results"
+    run "$a" 0 tcp "$size" "$messages" >>"$results"
+    run "$b" "$tls" "$transport" "$size" "$messages" >>"$results"
   done
-  python3 -c "print(f'16 x 64 B: tcp {$(med tcp64)} msgs/s, ws {$(med ws64)} msgs/s (medians): ws/tcp {$(med ws64)/$(med tcp64):.0%}')"
-fi
-if [[ " $WHICH " == *" tls "* ]]; then
-  for _ in $(seq "$RUNS"); do
-    run tcp1k 0 tcp 1024 "$MSGS_LARGE" >>"$results"
-    run tls1k 1 tcp 1024 "$MSGS_LARGE" >>"$results"
-  done
-  python3 -c "print(f'16 x 1 KiB: tcp {$(med tcp1k)} msgs/s, tls {$(med tls1k)} msgs/s (medians): tls/tcp {$(med tls1k)/$(med tcp1k):.0%}')"
-fi
+  python3 -c "print(f'$what: $a {$(med "$a")} msgs/s, $b {$(med "$b")} msgs/s (medians): $b/$a {$(med "$b")/$(med "$a"):.0%}')"
+}
+if [[ " $WHICH " == *" ws "* ]]; then compare "16 x 64 B" tcp64 ws64 0 ws 64 "$MSGS_SMALL"; fi
+if [[ " $WHICH " == *" tls "* ]]; then compare "16 x 1 KiB" tcp1k tls1k 1 tcp 1024 "$MSGS_LARGE"; fi

@@ -163,7 +163,8 @@ impl Rx {
         };
         let mut raw = std::mem::take(&mut self.raw);
         raw.clear();
-        if raw.capacity() < min_free {
+        // Reads as large as the plain path's (which grows `buf` by `grow`).
+        if raw.capacity() < grow {
             raw.reserve(grow);
         }
         let cap = raw.capacity();
