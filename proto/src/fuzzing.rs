@@ -323,6 +323,29 @@ fn by_split_frames(stream: &[u8], cuts: &[usize], max: usize) -> Found {
     }
 }
 
+/// The `frame_json` target: `data` as the protobuf JSON text of a client frame and of a
+/// server frame ([`crate::json`]). Nothing panics; a text that parses goes back to JSON
+/// and parses to the same frame, and through the binary encoding to the same frame too.
+pub fn check_json(data: &[u8]) {
+    use crate::json::*;
+    check_json_as(data, client_frame_from_json, client_frame_to_json);
+    check_json_as(data, server_frame_from_json, server_frame_to_json);
+}
+
+fn check_json_as<F>(
+    data: &[u8],
+    from: fn(&[u8]) -> Result<F, crate::json::JsonError>,
+    to: fn(&F) -> String,
+) where
+    F: Message + Default + PartialEq + std::fmt::Debug,
+{
+    if let Ok(f) = from(data) {
+        let text = to(&f);
+        assert_eq!(from(text.as_bytes()).as_ref(), Ok(&f), "{text}");
+        assert_eq!(F::decode(f.encode_to_vec().as_slice()).as_ref(), Ok(&f));
+    }
+}
+
 /// Runs `check` on every file of the corpus directory `dir` (if there is one); returns
 /// how many files it checked. For the tests that replay the committed corpora.
 pub fn replay_dir(dir: &std::path::Path, check: fn(&[u8])) -> usize {
@@ -352,11 +375,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn committed_frame_decode_corpus_passes() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/frame_decode");
-        let n = replay_dir(&dir, check_frame);
-        assert!(n > 0, "no committed frame_decode corpus");
+    fn committed_corpora_pass() {
+        let frame_decode: fn(&[u8]) = check_frame;
+        for (target, check) in [("frame_decode", frame_decode), ("frame_json", check_json)] {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../fuzz/corpus")
+                .join(target);
+            let n = replay_dir(&dir, check);
+            assert!(n > 0, "no committed {target} corpus");
+        }
     }
 
     #[test]

@@ -6,7 +6,9 @@ The router binary is ``$RINGROUTER_BIN``, else ``target/debug/ringrouter`` or
 It is started with ``--listen 127.0.0.1:0 --no-pin --data-dir DIR`` (a fresh
 temporary store per router, removed when it is terminated, unless the test gives
 its own ``--data-dir``); its first stdout line,
-``ringrouter listening on ADDR (N shards, DRIVER)``, gives the address.
+``ringrouter listening on ADDR (N shards, DRIVER)``, gives the address. Its HTTP
+port is put on a free port too (``--http-listen 127.0.0.1:0`` unless the test gives
+``--http-listen``); the second line, ``ringrouter http on ADDR``, gives it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import ringrouter
 REPO = Path(__file__).resolve().parents[2]
 PYTHON_CLIENT = REPO / "python_client"
 BANNER = re.compile(r"^ringrouter listening on (\S+) \((\d+) shards?, ([^)]*)\)")
+HTTP_BANNER = re.compile(r"^ringrouter http on (\S+)$")
 JWT_SECRET = b"python-client-test-secret"
 
 
@@ -65,9 +68,10 @@ class Router:
         if "--data-dir" not in args:
             self.data_dir = tempfile.mkdtemp(prefix="ringrouter-test-")
             args = [*args, "--data-dir", self.data_dir]
+        # Routers running side by side must not share the default HTTP port.
+        http_off = "--http-listen" in args and args[args.index("--http-listen") + 1 :][:1] == ["off"]
         if "--http-listen" not in args:
-            # Each router's HTTP port on a free port (the default, 7880, is one port).
-            args = ["--http-listen", "127.0.0.1:0", *args]
+            args = [*args, "--http-listen", "127.0.0.1:0"]
         cmd = [str(router_bin()), "--listen", "127.0.0.1:0", "--no-pin", "--argon2-cheap", *args]
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "warn")
@@ -96,12 +100,12 @@ class Router:
         self.addr: str = m.group(1)
         self.shards = int(m.group(2))
         self.driver = m.group(3)
-        # The second ready line: `ringrouter http on ADDR` (none with --http-listen off).
-        self.http_addr: Optional[str] = None
-        if "off" not in args[args.index("--http-listen") + 1 : args.index("--http-listen") + 2]:
-            http = self.proc.stdout.readline()
-            if http.startswith("ringrouter http on "):
-                self.http_addr = http.split()[3]
+        # The HTTP port's line follows at once (none with --http-listen off).
+        self.http: Optional[str] = None
+        if not http_off:
+            hm = HTTP_BANNER.match(self.proc.stdout.readline().strip())
+            self.http = hm.group(1) if hm else None
+        self.http_addr: Optional[str] = self.http
         # Keep reading stdout so the router never blocks on a full pipe.
         threading.Thread(target=self._drain_stdout, daemon=True).start()
 

@@ -82,16 +82,17 @@ pub struct RouterProc {
     pub addr: SocketAddr,
     /// The whole `listening on` line.
     pub banner: String,
+    /// The HTTP port, from the second ready line (`ringrouter http on ADDR`); `None`
+    /// with `--http-listen off`.
+    pub http: Option<SocketAddr>,
     stderr: Option<std::thread::JoinHandle<String>>,
-    /// The second stdout line (`ringrouter http on ADDR`), when it comes.
-    http: std::sync::mpsc::Receiver<Option<std::io::Result<String>>>,
-    http_addr: std::cell::OnceCell<SocketAddr>,
     /// The store directory made for this router when the args named none.
     _data: Option<tempfile::TempDir>,
 }
 
 impl RouterProc {
-    /// Starts the router with `args` (plus `--listen 127.0.0.1:0` unless given).
+    /// Starts the router with `args` (plus `--listen 127.0.0.1:0` and
+    /// `--http-listen 127.0.0.1:0` unless given).
     pub fn start(args: &[&str]) -> RouterProc {
         Self::start_with(args, Driver::Default)
     }
@@ -129,8 +130,10 @@ impl RouterProc {
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
-        // Parallel tests: each router's HTTP port on a free port too.
-        if !args.contains(&"--http-listen") {
+        // Parallel tests must not share the default HTTP port either.
+        let http_at = args.iter().position(|a| *a == "--http-listen");
+        let http_off = http_at.is_some_and(|i| args.get(i + 1) == Some(&"off"));
+        if http_at.is_none() {
             cmd.args(["--http-listen", "127.0.0.1:0"]);
         }
         // Every router gets its own store unless the test names one (restarts).
@@ -183,11 +186,11 @@ impl RouterProc {
         // start-up cannot hang the test; the rest is drained so the child never
         // blocks on a full pipe.
         let (line_tx, line_rx) = std::sync::mpsc::channel();
-        let (http_tx, http_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
+            // The ready line, then the HTTP port's.
             let _ = line_tx.send(lines.next());
-            let _ = http_tx.send(lines.next());
+            let _ = line_tx.send(lines.next());
             for _ in lines {}
         });
         let first = line_rx.recv_timeout(START_TIMEOUT).ok().flatten();
@@ -198,12 +201,21 @@ impl RouterProc {
                     .next()
                     .unwrap_or("")
                     .parse();
+                let http = if http_off {
+                    None
+                } else {
+                    match line_rx.recv_timeout(START_TIMEOUT).ok().flatten() {
+                        Some(Ok(l)) => l
+                            .strip_prefix("ringrouter http on ")
+                            .and_then(|a| a.trim().parse().ok()),
+                        _ => None,
+                    }
+                };
                 match addr {
                     Ok(addr) => Ok(RouterProc {
                         child: Some(child),
                         addr,
-                        http: http_rx,
-                        http_addr: std::cell::OnceCell::new(),
+                        http,
                         banner: line,
                         stderr: Some(err_thread),
                         _data: data,
@@ -245,19 +257,10 @@ impl RouterProc {
         }
     }
 
-    /// The HTTP port's address, from the second ready line `ringrouter http on ADDR`
-    /// (panics if the router prints none: `--http-listen off`).
+    /// The HTTP port's address (panics with `--http-listen off`).
     pub fn http_addr(&self) -> SocketAddr {
-        *self.http_addr.get_or_init(|| {
-            let line = match self.http.recv_timeout(START_TIMEOUT) {
-                Ok(Some(Ok(line))) => line,
-                other => panic!("no `ringrouter http on` line: {other:?}"),
-            };
-            line.strip_prefix("ringrouter http on ")
-                .and_then(|a| a.split(' ').next())
-                .and_then(|a| a.parse().ok())
-                .unwrap_or_else(|| panic!("bad http line {line:?}"))
-        })
+        self.http
+            .expect("the router has an HTTP port (--http-listen not off)")
     }
 
     /// The process id.

@@ -12,7 +12,6 @@ use std::cell::RefCell;
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -229,18 +228,7 @@ async fn publish(body: &[u8], shard: &Rc<RefCell<Shard>>, shared: &Arc<Shared>) 
     let timeout = shared.cfg.http_api_timeout;
     // Backpressure as for a session's reader: wait while the pipeline to the other
     // shards or the store requests are over their marks.
-    let room = poll_fn(|cx| {
-        let mut sh = shard.borrow_mut();
-        if sh.store_full() || sh.parked_full() {
-            sh.store_waiters.push(cx.waker().clone());
-            Poll::Pending
-        } else if sh.pipeline_full() {
-            sh.outbox_waiters.push(cx.waker().clone());
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    });
+    let room = poll_fn(|cx| shard.borrow_mut().poll_intake(cx.waker()));
     if monoio::time::timeout(timeout, room).await.is_err() {
         return Err(timed_out());
     }

@@ -146,9 +146,24 @@ fn shard_label(shard: Option<&str>) -> Vec<(&'static str, String)> {
     shard.map(|s| ("shard", s.to_owned())).into_iter().collect()
 }
 
+/// Runs `f` on the encoder of one series: `labels` added, or none (the family's own
+/// encoder: a series without labels is written without braces).
+fn series(
+    m: &mut MetricEncoder,
+    labels: &[(&'static str, String)],
+    f: impl FnOnce(&mut MetricEncoder) -> std::fmt::Result,
+) -> std::fmt::Result {
+    if labels.is_empty() {
+        f(m)
+    } else {
+        f(&mut m.encode_family(&labels)?)
+    }
+}
+
 fn counter(m: &mut MetricEncoder, labels: &[(&'static str, String)], v: u64) -> std::fmt::Result {
-    m.encode_family(&labels)?
-        .encode_counter::<NoLabelSet, u64, u64>(&v, None)
+    series(m, labels, |e| {
+        e.encode_counter::<NoLabelSet, u64, u64>(&v, None)
+    })
 }
 
 impl prometheus_client::collector::Collector for Scrape {
@@ -170,7 +185,7 @@ impl prometheus_client::collector::Collector for Scrape {
                 name,
                 help,
                 MetricType::Gauge,
-                &|m, s, shard| m.encode_family(&shard_label(shard))?.encode_gauge(&get(s)),
+                &|m, s, shard| series(m, &shard_label(shard), |e| e.encode_gauge(&get(s))),
             )?;
         }
         both(
@@ -216,23 +231,21 @@ impl prometheus_client::collector::Collector for Scrape {
              writev of the Deliver (one value per writev, its oldest delivery).",
             MetricType::Histogram,
             &|m, s, shard| {
-                let mut cumulative = 0;
-                let mut buckets: Vec<(f64, u64)> = LATENCY_BOUNDS_US
+                // Per bucket, not cumulative: the encoder adds them up; `f64::MAX` is
+                // its `+Inf`.
+                let bounds = LATENCY_BOUNDS_US
                     .iter()
-                    .zip(&s.latency.buckets)
-                    .map(|(b, n)| {
-                        cumulative += n;
-                        (*b as f64 / 1e6, cumulative)
-                    })
-                    .collect();
-                buckets.push((f64::MAX, s.latency.count));
-                m.encode_family(&shard_label(shard))?
-                    .encode_histogram::<NoLabelSet>(
+                    .map(|b| *b as f64 / 1e6)
+                    .chain([f64::MAX]);
+                let buckets: Vec<(f64, u64)> = bounds.zip(s.latency.buckets).collect();
+                series(m, &shard_label(shard), |e| {
+                    e.encode_histogram::<NoLabelSet>(
                         s.latency.sum_us as f64 / 1e6,
                         s.latency.count,
                         &buckets,
                         None,
                     )
+                })
             },
         )?;
         let st = &self.store;
@@ -298,4 +311,51 @@ pub(crate) fn render(stats: &[Arc<ShardStats>], store: StoreStats) -> String {
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{Counters, Gauges};
+
+    #[test]
+    fn exposition_has_shards_totals_and_a_cumulative_histogram() {
+        let stats: Vec<Arc<ShardStats>> = (0..2).map(|_| Arc::new(ShardStats::default())).collect();
+        let mut c = Counters {
+            msgs_in: 5,
+            ..Counters::default()
+        };
+        c.latency.record(70);
+        c.latency.record(10_000_000);
+        c.reject(Status::NotFound);
+        for st in &stats {
+            st.publish(&c, Gauges::default());
+        }
+        let text = render(&stats, StoreStats::default());
+        let has = |line: &str| text.lines().any(|l| l == line);
+        assert!(has("ringrouter_messages_in_total 10"), "{text}");
+        assert!(
+            has("ringrouter_shard_messages_in_total{shard=\"1\"} 5"),
+            "{text}"
+        );
+        assert!(
+            has("ringrouter_errors_total{status=\"NOT_FOUND\"} 2"),
+            "{text}"
+        );
+        assert!(
+            has("ringrouter_delivery_latency_seconds_bucket{le=\"0.0001\"} 2"),
+            "{text}"
+        );
+        assert!(
+            has("ringrouter_delivery_latency_seconds_bucket{le=\"5.0\"} 2"),
+            "{text}"
+        );
+        assert!(
+            has("ringrouter_delivery_latency_seconds_bucket{le=\"+Inf\"} 4"),
+            "{text}"
+        );
+        assert!(has("ringrouter_delivery_latency_seconds_count 4"), "{text}");
+        assert!(!text.contains("{}"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
 }

@@ -119,12 +119,13 @@ enum Read {
     More,
     /// The peer closed, or the read failed.
     Ended,
-    /// The request deadline passed.
-    TimedOut,
+    /// The request deadline passed; `partial`: part of a request had arrived.
+    TimedOut { partial: bool },
 }
 
 async fn read_more(conn: &mut Conn, buf: &mut BytesMut, deadline: Instant) -> Read {
     let left = deadline.saturating_duration_since(Instant::now());
+    let partial = !buf.is_empty();
     let b = std::mem::take(buf);
     match monoio::time::timeout(left, conn.read(b, READ_CHUNK)).await {
         Ok((Ok(n), b)) => {
@@ -136,8 +137,8 @@ async fn read_more(conn: &mut Conn, buf: &mut BytesMut, deadline: Instant) -> Re
             }
         }
         Ok((Err(_), _)) => Read::Ended,
-        // The read future was dropped with its buffer: nothing more is needed from it.
-        Err(_) => Read::TimedOut,
+        // The read future was dropped with the buffer: the connection is closed next.
+        Err(_) => Read::TimedOut { partial },
     }
 }
 
@@ -160,6 +161,33 @@ async fn serve(
 /// Answers `r` and closes the connection.
 async fn close_with(conn: &mut Conn, r: Response) {
     conn.close_bounded(r.encode(false, false)).await;
+    linger(conn).await;
+}
+
+/// How long, and how many bytes, a refused request's connection is still read (and
+/// the bytes dropped) after its answer.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(250);
+const LINGER_BYTES: usize = 256 << 10;
+
+/// Reads and drops what the peer still sends, for at most [`LINGER`] and
+/// [`LINGER_BYTES`] or until it closes: a socket closed with unread bytes is reset, and
+/// the reset can destroy the answer before the peer reads it (a client still sending
+/// the rest of an oversized or slow request).
+async fn linger(conn: &mut Conn) {
+    let deadline = Instant::now() + LINGER;
+    let mut dropped = 0;
+    let mut buf = BytesMut::new();
+    while dropped < LINGER_BYTES {
+        buf.clear();
+        let left = deadline.saturating_duration_since(Instant::now());
+        match monoio::time::timeout(left, conn.read(buf, READ_CHUNK)).await {
+            Ok((Ok(n), b)) if n > 0 => {
+                dropped += n;
+                buf = b;
+            }
+            _ => return,
+        }
+    }
 }
 
 /// Requests on one connection, one after the other (pipelined ones included), until
@@ -189,8 +217,10 @@ async fn serve_conn(
             match read_more(&mut conn, &mut buf, deadline).await {
                 Read::More => {}
                 Read::Ended => return conn.shutdown().await,
-                Read::TimedOut if buf.is_empty() => return conn.shutdown().await,
-                Read::TimedOut => return close_with(&mut conn, request_timeout()).await,
+                Read::TimedOut { partial: false } => return conn.shutdown().await,
+                Read::TimedOut { partial: true } => {
+                    return close_with(&mut conn, request_timeout()).await
+                }
             }
         };
         if head.body_len > cfg.http_max_body_bytes {
@@ -204,11 +234,20 @@ async fn serve_conn(
             return close_with(&mut conn, r).await;
         }
         let end = head.len + head.body_len;
+        if buf.len() < end && head.minor >= 1 && head.has_token("expect", "100-continue") {
+            // The client waits for this before it sends the body (curl, for bodies over
+            // 1 KiB): the body is within its bound.
+            let go = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]);
+            let w = monoio::time::timeout(cfg.http_idle_timeout, conn.write_all(go)).await;
+            if !matches!(w, Ok(Ok(()))) {
+                return;
+            }
+        }
         while buf.len() < end {
             match read_more(&mut conn, &mut buf, deadline).await {
                 Read::More => {}
                 Read::Ended => return conn.shutdown().await,
-                Read::TimedOut => return close_with(&mut conn, request_timeout()).await,
+                Read::TimedOut { .. } => return close_with(&mut conn, request_timeout()).await,
             }
         }
         let route = routes::route(&head.method, &head.path);

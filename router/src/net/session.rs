@@ -246,15 +246,8 @@ async fn read_loop(
             let mut sh = shard.borrow_mut();
             if sh.sessions.get(key).is_none_or(|s| s.closing.is_some()) {
                 Poll::Ready(())
-            } else if sh.store_full() || sh.parked_full() {
-                // Woken by the consumer once store completions bring it down.
-                sh.store_waiters.push(cx.waker().clone());
-                Poll::Pending
-            } else if sh.pipeline_full() {
-                sh.outbox_waiters.push(cx.waker().clone());
-                Poll::Pending
             } else {
-                Poll::Ready(())
+                sh.poll_intake(cx.waker())
             }
         })
         .await;

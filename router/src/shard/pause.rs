@@ -90,6 +90,22 @@ impl Shard {
             .any(|(q, f)| q + f.load(Ordering::Acquire) > PIPELINE_HIGH_WATER)
     }
 
+    /// Whether this shard may take in new work (a reader's next read, an API publish):
+    /// `Pending`, with `waker` registered, while the store requests or the parked work
+    /// (woken as store answers bring them down) or the pipeline to other shards (woken
+    /// as it drains) are over their marks.
+    pub fn poll_intake(&mut self, waker: &std::task::Waker) -> std::task::Poll<()> {
+        if self.store_full() || self.parked_full() {
+            self.store_waiters.push(waker.clone());
+            std::task::Poll::Pending
+        } else if self.pipeline_full() {
+            self.outbox_waiters.push(waker.clone());
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    }
+
     /// Resumes every remote sender session `key` paused (it drained or is closing).
     pub fn release_throttles(&mut self, key: SessionKey) {
         let Some(s) = self.sessions.get_mut(key) else {

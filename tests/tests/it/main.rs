@@ -13,6 +13,7 @@
 //! | `config` | `--config` (TOML), `--print-config` round trip, `--help`, exit codes 0/1/2 |
 //! | `devices` | several sessions of one user: each gets every message, acks per device |
 //! | `dm` | direct messages across shards, both drivers |
+//! | `http` | the HTTP port: health, readiness, metrics, the backend API, the HTTP server's bounds |
 //! | `heartbeat` | silent sessions are closed, live ones stay |
 //! | `limits` | connections, sessions per user, name length, login deadline |
 //! | `names` | the one name rule, in every field that holds a name |
@@ -34,6 +35,7 @@ mod config;
 mod devices;
 mod dm;
 mod heartbeat;
+mod http;
 mod limits;
 mod names;
 mod offline;

@@ -17,8 +17,8 @@ fn payloads_are_never_copied_by_default() {
         listen: "127.0.0.1:0".parse().unwrap(),
         shards: 2,
         pin_threads: false,
-        data_dir: data.path().to_path_buf(),
         http_listen: None,
+        data_dir: data.path().to_path_buf(),
         ..Config::default()
     };
     let router = Router::start(cfg).expect("router starts");
@@ -60,9 +60,9 @@ fn inline_threshold_copies_only_small_payloads() {
         listen: "127.0.0.1:0".parse().unwrap(),
         shards: 1,
         pin_threads: false,
+        http_listen: None,
         inline_payload_max: 100,
         data_dir: data.path().to_path_buf(),
-        http_listen: None,
         ..Config::default()
     };
     let router = Router::start(cfg).expect("router starts");
