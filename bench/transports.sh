@@ -43,7 +43,7 @@ run() {
   fi
   "$ROUTER" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --data-dir "$data" "${targs[@]}" >"$out" 2>&1 &
   local pid=$!
-  for _ in $(seq 500); do grep -q "http on" "$out" && break; sleep 0.02; done
+  for _ in $(seq 500); do grep -qs "http on" "$out" && break; sleep 0.02; done
   local addr
   if [ "$transport" = ws ]; then
     addr=$(sed -n 's/^ringrouter http on \([^ ]*\).*/\1/p' "$out")
