@@ -504,7 +504,10 @@ impl PyClient {
     ///
     /// tls, ca_file and transport as for Client().
     #[staticmethod]
-    #[pyo3(signature = (addr, user, password, *, tls=false, ca_file=None, transport=String::from("tcp")))]
+    #[pyo3(
+        signature = (addr, user, password, *, tls=false, ca_file=None, transport=String::from("tcp")),
+        text_signature = "(addr, user, password, *, tls=False, ca_file=None, transport='tcp')"
+    )]
     fn register(
         py: Python<'_>,
         addr: String,

@@ -110,7 +110,7 @@ def exchange(a: ringrouter.Client, b: ringrouter.Client) -> None:
     big = bytes(range(256)) * 1000
     a.send(b.user, big)
     assert recv_messages(b, 1)[0].payload == big
-    room = f"{a.user}-room"
+    room = f"{a.user}-{b.user}"
     a.create_room(room)
     b.join_room(room)
     a.send_room(room, b"to all", wait=True)

@@ -69,6 +69,8 @@ pub(super) struct Rx {
     wire: Option<WireRx>,
     /// Bytes read, before the wire decodes them.
     raw: BytesMut,
+    /// The router closed (WebSocket close, TLS close_notify).
+    closed: bool,
 }
 
 /// The halves of a plain TCP connection.
@@ -77,6 +79,7 @@ pub(super) fn plain() -> (Rx, Tx) {
         Rx {
             wire: None,
             raw: BytesMut::new(),
+            closed: false,
         },
         Tx {
             wire: None,
@@ -95,6 +98,7 @@ pub(super) fn halves(wire: Option<Wire>) -> (Rx, Tx) {
                 Rx {
                     wire: Some(rx),
                     raw: BytesMut::with_capacity(64 * 1024),
+                    closed: false,
                 },
                 Tx {
                     wire: Some(tx),
@@ -161,14 +165,19 @@ impl Rx {
                 .await;
             return (b.into_inner(), Ok(matches!(r, Ok(n) if n > 0)));
         };
+        if self.closed {
+            return (buf, Ok(false));
+        }
         let mut raw = std::mem::take(&mut self.raw);
         raw.clear();
-        if raw.capacity() < min_free {
+        // Reads as large as the plain path's (which grows `buf` by `grow`).
+        if raw.capacity() < grow {
             raw.reserve(grow);
         }
         let cap = raw.capacity();
         let (r, b) = rd.read(monoio::buf::IoBufMut::slice_mut(raw, 0..cap)).await;
         raw = b.into_inner();
+        let before = buf.len();
         let state = match r {
             Ok(n) if n > 0 => w.input(&raw, &mut buf),
             _ => {
@@ -179,7 +188,12 @@ impl Rx {
         self.raw = raw;
         match state {
             Ok(RxState::Open) => (buf, Ok(true)),
-            Ok(RxState::Closed(_)) => (buf, Ok(false)),
+            Ok(RxState::Closed(_)) => {
+                // Frames that came with the close are read first.
+                self.closed = true;
+                let more = buf.len() > before;
+                (buf, Ok(more))
+            }
             Err(e) => (buf, Err(e.to_string())),
         }
     }

@@ -49,6 +49,7 @@ impl<S: Read + Write + Send> Stream for S {}
 struct Seen {
     pong: Option<Vec<u8>>,
     close: Option<Vec<u8>>,
+    suite: Option<rustls::CipherSuite>,
 }
 
 /// Serves one connection: TLS if `cert`, WebSocket if `ws`; echoes frames
@@ -70,14 +71,24 @@ fn serve(cert: Option<&Cert>, ws: bool) -> (SocketAddr, JoinHandle<Seen>) {
     let h = std::thread::spawn(move || {
         let (s, _) = l.accept().expect("accept");
         s.set_read_timeout(Some(T)).expect("timeout");
+        let mut suite = None;
         let mut io: Box<dyn Stream> = match tls {
-            Some(cfg) => Box::new(rustls::StreamOwned::new(
-                rustls::ServerConnection::new(cfg).expect("server conn"),
-                s,
-            )),
+            Some(cfg) => {
+                let mut tls = rustls::StreamOwned::new(
+                    rustls::ServerConnection::new(cfg).expect("server conn"),
+                    s,
+                );
+                while tls.conn.is_handshaking() {
+                    if tls.conn.complete_io(&mut tls.sock).is_err() {
+                        return Seen::default();
+                    }
+                }
+                suite = tls.conn.negotiated_cipher_suite().map(|s| s.suite());
+                Box::new(tls)
+            }
             None => Box::new(s),
         };
-        if ws {
+        let seen = if ws {
             serve_ws(&mut *io)
         } else {
             let mut buf = [0u8; 4096];
@@ -87,7 +98,8 @@ fn serve(cert: Option<&Cert>, ws: bool) -> (SocketAddr, JoinHandle<Seen>) {
                 }
             }
             Seen::default()
-        }
+        };
+        Seen { suite, ..seen }
     });
     (addr, h)
 }
@@ -230,7 +242,12 @@ fn tls_round_trip_with_a_ca_file() {
         &Transport::tcp().with_tls(Some(cert.pem_file.clone())),
     )
     .expect("exchange");
-    server.join().expect("server");
+    let seen = server.join().expect("server");
+    // The client's first choice, which a rustls server follows.
+    assert_eq!(
+        seen.suite,
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
 }
 
 #[test]
