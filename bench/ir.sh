@@ -6,7 +6,8 @@
 #
 # Runs BIN (--shards 1, fresh store, epoll driver: valgrind does not emulate io_uring) under callgrind, drives it with ringrouter-load, stops
 # it with SIGTERM and prints total instructions / messages delivered. Compare two binaries
-# in the same run: bench/ir.sh A; bench/ir.sh B.
+# in the same run: bench/ir.sh A; bench/ir.sh B. CG_OUT=FILE keeps the callgrind output
+# (callgrind_annotate FILE: where the instructions go).
 set -euo pipefail
 BIN=$1; shift || true
 LOAD=${LOAD:-target/release/ringrouter-load}
@@ -22,4 +23,5 @@ for _ in $(seq 600); do grep -q "listening on" "$dir/out" 2>/dev/null && break; 
 msgs=$("$LOAD" --addr 127.0.0.1:"$port" "${ARGS[@]}" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["lost"]==0, d; print(d["delivered"])')
 kill -TERM "$pid"; wait "$pid" || true
 ir=$(grep -E "^(summary|totals):" "$dir/cg.out" | head -1 | awk '{print $2}')
+[ -n "${CG_OUT:-}" ] && cp "$dir/cg.out" "$CG_OUT"
 python3 -c "print(f'$(basename "$BIN"): {int($ir):,} instructions, {int($msgs):,} delivered, {int($ir)/int($msgs):.0f} per message')"

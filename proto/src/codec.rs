@@ -56,16 +56,20 @@ impl From<prost::DecodeError> for FrameError {
 ///
 /// Returns `Ok(Some((value, bytes_used)))`, `Ok(None)` if `buf` ends inside the
 /// varint, or `Err(BadLength)` if it runs past 10 bytes or overflows.
-#[inline]
+#[inline(always)]
 pub fn peek_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, FrameError> {
-    // Fast paths: most tags and lengths on the wire take one or two bytes.
+    // Fast paths, inlined at every call site: most tags and lengths on the wire take
+    // one or two bytes.
     match buf {
-        [b0, ..] if *b0 < 0x80 => return Ok(Some((u64::from(*b0), 1))),
-        [b0, b1, ..] if *b1 < 0x80 => {
-            return Ok(Some((u64::from(b0 & 0x7f) | (u64::from(*b1) << 7), 2)))
-        }
-        _ => {}
+        [b0, ..] if *b0 < 0x80 => Ok(Some((u64::from(*b0), 1))),
+        [b0, b1, ..] if *b1 < 0x80 => Ok(Some((u64::from(b0 & 0x7f) | (u64::from(*b1) << 7), 2))),
+        _ => peek_varint_long(buf),
     }
+}
+
+/// [`peek_varint`] past two bytes (out of line: rare on the hot paths).
+#[inline(never)]
+fn peek_varint_long(buf: &[u8]) -> Result<Option<(u64, usize)>, FrameError> {
     let mut value: u64 = 0;
     for (i, &b) in buf.iter().enumerate().take(MAX_VARINT_LEN) {
         if i == MAX_VARINT_LEN - 1 && b > 1 {
