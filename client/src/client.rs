@@ -219,12 +219,25 @@ impl Client {
         want_result: bool,
         msg_id: u64,
     ) -> u64 {
+        self.queue_send_with(to, payload, want_result, msg_id, false)
+    }
+
+    /// [`Client::queue_send`] to a user or a room, ephemeral or not.
+    pub(crate) fn queue_send_with(
+        &mut self,
+        to: Target<'_>,
+        payload: &[u8],
+        want_result: bool,
+        msg_id: u64,
+        ephemeral: bool,
+    ) -> u64 {
         let request_id = if want_result { self.ids.next() } else { 0 };
         let h = SendHeader {
             to,
             request_id,
             want_result,
             msg_id,
+            ephemeral,
         };
         put_send(&mut self.wbuf, &h, payload);
         request_id
@@ -280,6 +293,7 @@ impl Client {
         self.call(SendWait {
             to: Target::User(to),
             payload,
+            ephemeral: false,
         })
     }
 
@@ -287,7 +301,7 @@ impl Client {
     /// timeout) for its answer: the OK result's value, or the refusal as
     /// [`ClientError::Router`]. Everything else that arrives meanwhile is kept,
     /// in order, for [`Client::recv`] / [`Client::next_event`].
-    fn call<R: Request>(&mut self, req: R) -> Result<R::Output, ClientError> {
+    pub(crate) fn call<R: Request>(&mut self, req: R) -> Result<R::Output, ClientError> {
         let request_id = self.ids.next();
         self.pending.insert(request_id, R::ANY_ERROR);
         req.frame(request_id).put(&mut self.wbuf);
@@ -374,6 +388,7 @@ impl Client {
         self.call(SendWait {
             to: Target::Room(room),
             payload,
+            ephemeral: false,
         })
     }
 

@@ -18,6 +18,12 @@ pub struct Message {
     pub msg_id: u64,
     /// Router clock at acceptance, µs since the Unix epoch.
     pub timestamp_us: u64,
+    /// An ephemeral message (typing indicator and the like): live only, seq 0, not acked.
+    pub ephemeral: bool,
+    /// A copy of a direct message this user sent from another device (seq 0).
+    pub outgoing: bool,
+    /// The recipient of an outgoing copy; None otherwise.
+    pub to_user: Option<String>,
 }
 
 /// Anything the router sends that a caller may want to see.

@@ -18,6 +18,7 @@ mod error;
 mod event;
 #[cfg(feature = "load")]
 pub mod load;
+mod social;
 #[cfg(test)]
 mod testing;
 pub mod threaded;
@@ -25,4 +26,5 @@ pub mod threaded;
 pub use client::{Client, ClientConfig};
 pub use error::ClientError;
 pub use event::{Event, Message, RoomEventKind};
+pub use ringrouter_proto::send::Target;
 pub use ringrouter_proto::Status;

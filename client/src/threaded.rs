@@ -345,7 +345,7 @@ impl ThreadedClient {
         }
     }
 
-    fn queue_blocking(
+    pub(crate) fn queue_blocking(
         &self,
         frame_len: usize,
         encode: impl Fn(&mut BytesMut),
@@ -405,7 +405,7 @@ impl ThreadedClient {
             .map(|_| ())
     }
 
-    fn try_send_to(&self, to: Target<'_>, payload: &[u8]) -> Result<bool, ClientError> {
+    pub(crate) fn try_send_to(&self, to: Target<'_>, payload: &[u8]) -> Result<bool, ClientError> {
         let h = SendHeader::to(to);
         let len = send_frame_len(&h, payload.len());
         self.try_queue(len, |b| put_send(b, &h, payload))
@@ -473,12 +473,16 @@ impl ThreadedClient {
     }
 
     fn send_wait_to(&self, to: Target<'_>, payload: &[u8]) -> Result<u64, ClientError> {
-        self.call(SendWait { to, payload })
+        self.call(SendWait {
+            to,
+            payload,
+            ephemeral: false,
+        })
     }
 
     /// Queues `req` with a fresh request id and waits, up to the configured
     /// timeout, for its answer.
-    fn call<R: Request>(&self, req: R) -> Result<R::Output, ClientError> {
+    pub(crate) fn call<R: Request>(&self, req: R) -> Result<R::Output, ClientError> {
         let deadline = Instant::now() + self.timeout;
         let request_id = self.ids.next();
         lock(&self.inner.inq)

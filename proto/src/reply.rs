@@ -39,6 +39,13 @@ pub fn ping(nonce: u64) -> ServerFrame {
     frame(server_frame::Kind::Ping(Ping { nonce }))
 }
 
+/// A `Deliver` frame built whole (not on the hot path): an unsequenced delivery
+/// (seq 0, nothing to ack) such as an ephemeral message or a copy of one of the
+/// user's own direct messages for its other devices.
+pub fn deliver(d: crate::v1::Deliver) -> ServerFrame {
+    frame(server_frame::Kind::Deliver(d))
+}
+
 /// A `RoomEvent` frame.
 pub fn room_event(event: RoomEvent) -> ServerFrame {
     frame(server_frame::Kind::RoomEvent(event))

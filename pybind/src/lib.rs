@@ -17,6 +17,7 @@
 //! - `Status` ([`status`]) is the protocol's status enum as an `enum.IntEnum`;
 //!   `__version__` is this crate's version, the one version of the package.
 
+mod social;
 mod status;
 
 use std::sync::Mutex;
@@ -32,7 +33,7 @@ use pyo3::types::{PyBytes, PyString, PyTuple};
 
 use ringrouter_client::load::{self, LoadConfig, LoadError, Progress};
 use ringrouter_client::threaded::ThreadedClient;
-use ringrouter_client::{ClientConfig, ClientError, Event, Message, RoomEventKind, Status};
+use ringrouter_client::{ClientConfig, ClientError, Event, Message, RoomEventKind, Status, Target};
 
 create_exception!(
     ringrouter,
@@ -162,6 +163,26 @@ impl PyMessage {
         self.m.timestamp_us
     }
 
+    /// True for an ephemeral message (send(..., ephemeral=True): typing indicators
+    /// and the like): live sessions only, never stored; its seq is 0.
+    #[getter]
+    fn ephemeral(&self) -> bool {
+        self.m.ephemeral
+    }
+
+    /// True for a copy of a direct message this user sent from another device
+    /// (`sender` is this user, `to_user` the recipient; seq 0).
+    #[getter]
+    fn outgoing(&self) -> bool {
+        self.m.outgoing
+    }
+
+    /// The recipient of an outgoing copy (see `outgoing`); None otherwise.
+    #[getter]
+    fn to_user(&self) -> Option<&str> {
+        self.m.to_user.as_deref()
+    }
+
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let shown = &self.m.payload[..self.m.payload.len().min(32)];
         let mut payload = PyBytes::new(py, shown).repr()?.to_string();
@@ -172,8 +193,18 @@ impl PyMessage {
             Some(r) => PyString::new(py, r).repr()?.to_string(),
             None => "None".into(),
         };
+        let mut extra = String::new();
+        if self.m.ephemeral {
+            extra.push_str(", ephemeral=True");
+        }
+        if self.m.outgoing {
+            extra.push_str(", outgoing=True");
+        }
+        if let Some(to) = &self.m.to_user {
+            extra.push_str(&format!(", to_user={}", PyString::new(py, to).repr()?));
+        }
         Ok(format!(
-            "Message(sender={}, room={}, payload={}, seq={}, msg_id={}, timestamp_us={})",
+            "Message(sender={}, room={}, payload={}, seq={}, msg_id={}, timestamp_us={}{extra})",
             PyString::new(py, &self.m.sender).repr()?,
             room,
             payload,
@@ -444,14 +475,23 @@ impl PyClient {
     /// wait=True it waits for the router's answer: RouterError if it is not OK
     /// (e.g. code "NOT_FOUND": `to` has no session), TimeoutError if none comes
     /// within the client's timeout. ConnectionClosed once the connection is closed.
-    #[pyo3(signature = (to, payload, *, wait=false))]
+    ///
+    /// With ephemeral=True (typing indicators and the like) the message reaches
+    /// the live sessions of `to` only: never stored, never redelivered, and it
+    /// arrives as a Message with ephemeral=True and seq 0.
+    #[pyo3(signature = (to, payload, *, wait=false, ephemeral=false))]
     fn send(
         &self,
         py: Python<'_>,
         to: &Bound<'_, PyString>,
         payload: &[u8],
         wait: bool,
+        ephemeral: bool,
     ) -> PyResult<()> {
+        if ephemeral {
+            let to = self.to_text(to)?;
+            return social::send_ephemeral(py, &self.c, Target::User(&to), payload, wait);
+        }
         if wait {
             let to = self.to_text(to)?;
             return self.call(py, |c| c.send_wait(&to, payload)).map(drop);
@@ -465,14 +505,22 @@ impl PyClient {
     /// Like send(): queued without wait; with wait=True it waits for the
     /// router's answer and raises RouterError if it is not OK (e.g. "NOT_FOUND":
     /// no such room, "FORBIDDEN": not a member).
-    #[pyo3(signature = (room, payload, *, wait=false))]
+    ///
+    /// With ephemeral=True the message reaches the members' live sessions only
+    /// (see send()).
+    #[pyo3(signature = (room, payload, *, wait=false, ephemeral=false))]
     fn send_room(
         &self,
         py: Python<'_>,
         room: &Bound<'_, PyString>,
         payload: &[u8],
         wait: bool,
+        ephemeral: bool,
     ) -> PyResult<()> {
+        if ephemeral {
+            let room = self.to_text(room)?;
+            return social::send_ephemeral(py, &self.c, Target::Room(&room), payload, wait);
+        }
         if wait {
             let room = self.to_text(room)?;
             return self

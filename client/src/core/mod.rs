@@ -128,6 +128,9 @@ pub(crate) fn decode(body: Bytes) -> Result<Inbound, ClientError> {
             seq,
             msg_id,
             timestamp_us: server_ts_us,
+            ephemeral: false,
+            outgoing: false,
+            to_user: None,
         })));
     }
     let Some(kind) = decode_server(body).map_err(protocol)?.kind else {
@@ -168,7 +171,7 @@ pub(crate) fn decode(body: Bytes) -> Result<Inbound, ClientError> {
             user: r.user,
             users: r.users,
         },
-        // Taken by the fast parser above; decoded again only if it changes.
+        // Taken by the fast parser above, unless it is ephemeral or an outgoing copy.
         server_frame::Kind::Deliver(d) => Event::Message(Message {
             sender: d.from_user,
             room: Some(d.to_room).filter(|r| !r.is_empty()),
@@ -176,6 +179,9 @@ pub(crate) fn decode(body: Bytes) -> Result<Inbound, ClientError> {
             seq: d.seq,
             msg_id: d.msg_id,
             timestamp_us: d.server_ts_us,
+            ephemeral: d.ephemeral,
+            outgoing: d.outgoing,
+            to_user: Some(d.to_user).filter(|u| !u.is_empty()),
         }),
     }))
 }
@@ -469,6 +475,7 @@ mod tests {
             payload: Bytes::from_static(b"hi"),
             server_ts_us: 9,
             msg_id: 11,
+            ..Default::default()
         }));
         let Inbound::Event(Event::Message(m)) = decode(b.clone()).unwrap() else {
             panic!("not a message")
@@ -709,6 +716,7 @@ mod tests {
         let r = SendWait {
             to: Target::Room("lobby"),
             payload: b"x",
+            ephemeral: false,
         };
         assert!(
             matches!(sent(&r), K::Send(s) if s.want_result && s.request_id == 7 && s.to_room == "lobby" && &s.payload[..] == b"x")

@@ -69,6 +69,7 @@ pub(crate) trait Request {
 pub(crate) struct SendWait<'a> {
     pub(crate) to: Target<'a>,
     pub(crate) payload: &'a [u8],
+    pub(crate) ephemeral: bool,
 }
 
 impl Request for SendWait<'_> {
@@ -80,6 +81,7 @@ impl Request for SendWait<'_> {
             request_id,
             want_result: true,
             msg_id: 0,
+            ephemeral: self.ephemeral,
         };
         Frame::Send(h, self.payload)
     }

@@ -108,6 +108,19 @@ class Message:
     @property
     def timestamp_us(self) -> int:
         """Router clock when it accepted the message, microseconds since the Unix epoch."""
+    @property
+    def ephemeral(self) -> bool:
+        """``True`` for an ephemeral message (``send(..., ephemeral=True)``: typing
+        indicators and the like). It reached live sessions only, is never stored or
+        redelivered, and its ``seq`` is 0."""
+    @property
+    def outgoing(self) -> bool:
+        """``True`` for a copy of a direct message this user sent from another device:
+        ``sender`` is this user, :attr:`to_user` the recipient, ``seq`` 0 (live
+        sessions only)."""
+    @property
+    def to_user(self) -> Optional[str]:
+        """The recipient of an outgoing copy (see :attr:`outgoing`); ``None`` otherwise."""
 
 @final
 class Event:
@@ -171,8 +184,13 @@ class Client:
     @property
     def closed(self) -> bool:
         """Whether the connection is closed (by :meth:`close`, the router or the network)."""
-    def send(self, to: str, payload: bytes, *, wait: bool = False) -> None:
+    def send(
+        self, to: str, payload: bytes, *, wait: bool = False, ephemeral: bool = False
+    ) -> None:
         """Sends ``payload`` to every session (device) of user ``to``.
+
+        The user's other devices get a copy (a :class:`Message` with
+        ``outgoing=True`` and ``to_user=to``).
 
         Without ``wait`` the message is queued and written by the writer thread
         shortly after; the call only blocks when the send buffer (4 MiB) is full,
@@ -182,6 +200,11 @@ class Client:
         ``code == "NOT_FOUND"``: ``to`` has no session), :class:`TimeoutError` if
         none comes in time.
 
+        With ``ephemeral=True`` (typing indicators and the like) it reaches the live
+        sessions of ``to`` only: never stored or redelivered, no copy for the other
+        devices; it arrives as a :class:`Message` with ``ephemeral=True`` and
+        ``seq`` 0. ``wait=True`` then says OK once the router routed it.
+
         Raises :class:`ConnectionClosed` once the connection is closed.
         """
     def send_many(self, to: str, payloads: Iterable[bytes]) -> int:
@@ -189,13 +212,17 @@ class Client:
 
         Faster than calling :meth:`send` in a loop. Returns how many were queued.
         """
-    def send_room(self, room: str, payload: bytes, *, wait: bool = False) -> None:
+    def send_room(
+        self, room: str, payload: bytes, *, wait: bool = False, ephemeral: bool = False
+    ) -> None:
         """Sends ``payload`` to every member of ``room`` (every session of each
         member, the sender's other devices included).
 
         As :meth:`send`: queued without ``wait``; with ``wait=True`` it waits for the
         router's answer and raises :class:`RouterError` if it is not OK (e.g.
         ``"NOT_FOUND"``: no such room, ``"FORBIDDEN"``: not a member).
+        With ``ephemeral=True`` it reaches the members' live sessions only (see
+        :meth:`send`).
         """
     @staticmethod
     def register(addr: str, user: str, password: str) -> None:

@@ -103,6 +103,9 @@ pub enum Mail {
     },
     /// A store request of the receiving shard was answered (through its [`MailQueue`]).
     Stored(StoreDone),
+    /// A frame for the live sessions of users homed on the receiving shard, never
+    /// stored (ephemeral messages and other social notices, see `shard::social`).
+    Live(Box<LiveFrame>),
     /// A frame for a session of the receiving shard (answers to room requests).
     Reply {
         /// The session.
@@ -223,6 +226,8 @@ pub struct RoomSend {
     pub reply: Option<(SessionId, u64)>,
     /// The sending session (not echoed to; paused if members read too slowly).
     pub sender: SessionId,
+    /// Live sessions only, never stored (`Send.ephemeral`).
+    pub ephemeral: bool,
 }
 
 /// A room message for the members homed on one shard.
@@ -244,6 +249,21 @@ pub struct RoomFan {
     pub sender: SessionId,
     /// Set when the sender waits for a SendResult.
     pub ack: Option<Arc<RoomAck>>,
+    /// Live sessions only, never stored (`Send.ephemeral`).
+    pub ephemeral: bool,
+}
+
+/// A frame for the live sessions of some users homed on one shard (`Mail::Live`, see `shard::social`).
+#[derive(Debug)]
+pub struct LiveFrame {
+    /// Who gets it.
+    pub users: Vec<Bytes>,
+    /// The frame.
+    pub frame: ServerFrame,
+    /// A session that does not get it (the sending device).
+    pub skip: Option<SessionId>,
+    /// What it counts for in the cross-shard pipeline bound.
+    pub weight: usize,
 }
 
 /// A room event for the live sessions of some users homed on one shard.
@@ -309,6 +329,7 @@ impl Mail {
             Mail::Deliver(r) => r.payload.len() + 64,
             Mail::RoomSend(r) => r.payload.len() + 64,
             Mail::RoomDeliver(r) => r.payload.len() + 64,
+            Mail::Live(l) => l.weight,
             _ => 64,
         }
     }
@@ -400,6 +421,10 @@ impl Shard {
             }
             Mail::RoomQuota { user } => {
                 self.next_own(&user);
+                None
+            }
+            Mail::Live(l) => {
+                self.push_live(&l);
                 None
             }
             Mail::Reply { to, frame } => {

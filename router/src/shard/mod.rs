@@ -46,6 +46,7 @@ pub mod retention;
 pub mod rooms;
 pub(crate) mod run;
 pub mod session;
+pub mod social;
 pub mod store_link;
 #[cfg(test)]
 mod tests;
@@ -132,6 +133,8 @@ pub struct Shard {
     pub touched_at: Instant,
     /// Users homed here with a Create or Join in flight, and their next ones.
     pub room_quota: NameMap<Bytes, std::collections::VecDeque<rooms::OwnItem>>,
+    /// The social layer's state of the users homed here (see `social`).
+    pub social: social::Social,
 }
 
 /// The home shard of a name (defined in proto, shared with the clients).
@@ -206,6 +209,7 @@ impl Shard {
             stored_floor: NameMap::default(),
             touched_at: Instant::now(),
             room_quota: NameMap::default(),
+            social: social::Social::default(),
         }
     }
 

@@ -31,6 +31,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use ringrouter_proto::fast::SendView;
 use ringrouter_proto::reply;
 use ringrouter_proto::v1::{RoomEvent, RoomEventKind};
 use ringrouter_proto::Status;
@@ -396,18 +397,12 @@ impl Shard {
     }
 
     /// A message to a room from session `key` (already validated by `on_send`).
-    pub fn send_to_room(
-        &mut self,
-        key: SessionKey,
-        room: Bytes,
-        payload: Bytes,
-        msg_id: u64,
-        ts_us: u64,
-        want: Option<u64>,
-    ) {
+    pub fn send_to_room(&mut self, key: SessionKey, v: SendView, msg_id: u64, ts_us: u64) {
         let Some(sender) = self.session_id(key) else {
             return;
         };
+        let want = v.want_result.then_some(v.request_id);
+        let (room, payload, ephemeral) = (v.to_room, v.payload, v.ephemeral);
         let home = self.home(&room);
         let work = RoomSend {
             room,
@@ -417,6 +412,7 @@ impl Shard {
             ts_us,
             reply: want.map(|rid| (sender, rid)),
             sender,
+            ephemeral,
         };
         if !self.room_quota.is_empty() {
             if let Some(waiting) = self.room_quota.get_mut(&work.from_user[..]) {
@@ -699,12 +695,16 @@ impl Shard {
             return;
         }
         self.counters.room_msgs += 1;
-        if room.fan.is_empty() {
+        if room.fan.is_empty() || s.ephemeral {
+            // Ephemeral: live sessions only, nothing to wait for.
             self.reply_send(s.reply, s.msg_id, Status::Ok);
+        }
+        if room.fan.is_empty() {
             return;
         }
         let ack = s
             .reply
+            .filter(|_| !s.ephemeral)
             .map(|reply| RoomAck::new(room.fan.len(), reply, s.msg_id));
         for (shard, users) in &room.fan {
             let f = RoomFan {
@@ -716,6 +716,7 @@ impl Shard {
                 users: users.clone(),
                 sender: s.sender,
                 ack: ack.clone(),
+                ephemeral: s.ephemeral,
             };
             if *shard == self.id {
                 self.on_room_fan(f);
@@ -999,6 +1000,10 @@ impl Shard {
     /// A room message for members homed here: every session of every member (not the
     /// sending device), or the member's offline queue.
     pub fn on_room_fan(&mut self, f: RoomFan) {
+        if f.ephemeral {
+            self.fan_ephemeral(f);
+            return;
+        }
         let part = f.ack.clone().map(FanPart::new);
         let answer = |part: &Option<Arc<FanPart>>| match part {
             Some(p) => {
@@ -1033,6 +1038,7 @@ impl Shard {
                 users,
                 sender,
                 ack: _,
+                ephemeral: _,
             } = f;
             // One record for this shard (moved in, not cloned); each session then takes
             // a non-atomic reference to it.

@@ -1,0 +1,68 @@
+//! The social layer's client calls (ephemeral sends, ...), for both the blocking
+//! [`Client`] and the [`ThreadedClient`]. The frames are built in `core::request`
+//! (and `core::social` for the social requests), as for every request.
+
+use ringrouter_proto::send::Target;
+use ringrouter_proto::send::{put_send, send_frame_len, SendHeader};
+
+use crate::core::request::SendWait;
+use crate::threaded::ThreadedClient;
+use crate::{Client, ClientError};
+
+fn ephemeral(to: Target<'_>) -> SendHeader<'_> {
+    SendHeader {
+        ephemeral: true,
+        ..SendHeader::to(to)
+    }
+}
+
+impl Client {
+    /// Sends an ephemeral message (a typing indicator, ...) to `to`: delivered to the
+    /// live sessions of `to` only, never stored or acked (fire and forget).
+    pub fn send_ephemeral(&mut self, to: &str, payload: &[u8]) -> Result<(), ClientError> {
+        self.queue_send_with(Target::User(to), payload, false, 0, true);
+        self.flush()
+    }
+
+    /// [`Client::send_ephemeral`] to every member of `room` (their live sessions).
+    pub fn send_room_ephemeral(&mut self, room: &str, payload: &[u8]) -> Result<(), ClientError> {
+        self.queue_send_with(Target::Room(room), payload, false, 0, true);
+        self.flush()
+    }
+
+    /// An ephemeral send that waits for the router's SendResult (OK once routed;
+    /// NOT_FOUND / FORBIDDEN for a room). Returns the message id.
+    pub fn send_ephemeral_wait(
+        &mut self,
+        to: Target<'_>,
+        payload: &[u8],
+    ) -> Result<u64, ClientError> {
+        self.call(SendWait {
+            to,
+            payload,
+            ephemeral: true,
+        })
+    }
+}
+
+impl ThreadedClient {
+    /// Queues an ephemeral message (a typing indicator, ...) for `to` (a user or a
+    /// room): delivered to live sessions only, never stored or acked. Waits for room in
+    /// the send buffer if needed.
+    pub fn send_ephemeral(&self, to: Target<'_>, payload: &[u8]) -> Result<(), ClientError> {
+        let h = ephemeral(to);
+        let len = send_frame_len(&h, payload.len());
+        self.queue_blocking(len, |b| put_send(b, &h, payload), None)
+            .map(drop)
+    }
+
+    /// An ephemeral send that waits for the router's SendResult (OK once routed;
+    /// NOT_FOUND / FORBIDDEN for a room). Returns the message id.
+    pub fn send_ephemeral_wait(&self, to: Target<'_>, payload: &[u8]) -> Result<u64, ClientError> {
+        self.call(SendWait {
+            to,
+            payload,
+            ephemeral: true,
+        })
+    }
+}

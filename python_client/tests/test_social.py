@@ -1,0 +1,90 @@
+"""The social layer through the Python client (issue 11): ephemeral messages,
+copies of one's own direct messages for one's other devices, ..."""
+
+from __future__ import annotations
+
+import time
+
+import ringrouter
+from conftest import assert_quiet, params, recv_messages, wait_event
+
+
+def test_ephemeral_reaches_live_sessions_only(connect, user) -> None:
+    a_name, b_name = user("alice"), user("bob")
+    alice, bob = connect(a_name), connect(b_name)
+    alice.send(b_name, b"typing", ephemeral=True, wait=True)
+    (m,) = recv_messages(bob, 1)
+    assert m.ephemeral and m.seq == 0 and m.payload == b"typing"
+    assert m.sender == a_name and not m.outgoing and m.to_user is None
+    assert "ephemeral=True" in repr(m)
+    alice.send(b_name, b"hello", wait=True)
+    (m,) = recv_messages(bob, 1)
+    assert (m.ephemeral, m.seq, m.payload) == (False, 1, b"hello")
+    bob.close()
+    time.sleep(0.2)
+    # Offline: routed (OK) and dropped; never stored for the next login.
+    alice.send(b_name, b"typing again", ephemeral=True, wait=True)
+    alice.send(b_name, b"and again", ephemeral=True)
+    alice.send(b_name, b"kept", wait=True)
+    bob = connect(b_name)
+    (m,) = recv_messages(bob, 1)
+    assert (m.payload, m.ephemeral) == (b"kept", False)
+    assert_quiet(bob)
+
+
+def test_ephemeral_in_a_room(connect, user) -> None:
+    a_name, b_name = user("alice"), user("bob")
+    alice, bob, stranger = connect(a_name), connect(b_name), connect(user("eve"))
+    room = user("room")
+    alice.create_room(room)
+    bob.join_room(room)
+    wait_event(alice, "joined", room, b_name)
+    alice.send_room(room, b"...", ephemeral=True, wait=True)
+    alice.send_room(room, b"!!!", ephemeral=True)
+    ms = recv_messages(bob, 2)
+    assert [(m.payload, m.room, m.ephemeral, m.seq) for m in ms] == [
+        (b"...", room, True, 0),
+        (b"!!!", room, True, 0),
+    ]
+    assert_quiet(alice)
+    try:
+        stranger.send_room(room, b"x", ephemeral=True, wait=True)
+    except ringrouter.RouterError as e:
+        assert e.code == "FORBIDDEN"
+    else:
+        raise AssertionError("a non-member's ephemeral send was accepted")
+
+
+def test_copies_of_dms_reach_the_senders_other_devices(connect, user) -> None:
+    a_name, b_name = user("alice"), user("bob")
+    phone = connect(a_name, device="phone")
+    laptop = connect(a_name, device="laptop")
+    bob = connect(b_name)
+    phone.send(b_name, b"hi bob", wait=True)
+    (m,) = recv_messages(bob, 1)
+    assert not m.outgoing and m.to_user is None
+    (c,) = recv_messages(laptop, 1)
+    assert c.outgoing and c.to_user == b_name and c.sender == a_name
+    assert (c.payload, c.seq, c.msg_id) == (b"hi bob", 0, m.msg_id)
+    assert "outgoing=True" in repr(c)
+    assert_quiet(phone)
+    # Ephemeral messages are not copied.
+    phone.send(b_name, b"typing", ephemeral=True)
+    (m,) = recv_messages(bob, 1)
+    assert m.ephemeral
+    assert_quiet(laptop)
+
+
+def test_send_api_contract() -> None:
+    """The names and signatures the issue promises (ephemeral sends, Message fields)."""
+    import inspect
+
+    C = ringrouter.Client
+    pos, kw = "POSITIONAL_OR_KEYWORD", "KEYWORD_ONLY"
+    assert params(C.send) == [
+        ("to", pos, None), ("payload", pos, None), ("wait", kw, False), ("ephemeral", kw, False),
+    ]
+    for name in ("ephemeral", "outgoing", "to_user"):
+        assert isinstance(inspect.getattr_static(ringrouter.Message, name), property) or hasattr(
+            ringrouter.Message, name
+        ), name
