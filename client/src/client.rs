@@ -332,7 +332,11 @@ impl Client {
         name: &str,
         password: Option<&str>,
     ) -> Result<String, ClientError> {
-        self.call(req::CreateRoom { name, password })
+        self.call(req::CreateRoom {
+            name,
+            password,
+            members: &[],
+        })
     }
 
     /// Joins a room by its name or its join code (and its password, if it has
@@ -500,8 +504,14 @@ impl Client {
         // Acked once handed to the application, not when read: a message read
         // while a request waited for its answer is kept for recv, and must come
         // back at the next login if this client is dropped before that.
-        if let Event::Message(m) = &ev {
-            self.acks.handed(m.seq);
+        let seq = match &ev {
+            Event::Message(m) => m.seq,
+            // A room event from the offline queue is acked like a message.
+            Event::Room { seq, .. } => *seq,
+            _ => 0,
+        };
+        if seq != 0 {
+            self.acks.handed(seq);
             self.ack(false)?;
         }
         Ok(Some(ev))
@@ -810,7 +820,8 @@ mod tests {
             Some(Event::Room {
                 kind: RoomEventKind::Joined,
                 room: "lobby".into(),
-                user: "alice".into()
+                user: "alice".into(),
+                seq: 0,
             })
         );
         // recv skips room events and returns messages only.

@@ -63,6 +63,9 @@ pub enum Event {
         /// The user who joined, left or was removed; the owner for
         /// [`RoomEventKind::Deleted`].
         user: String,
+        /// Not 0 when the event waited in the offline queue: acked like a message's seq
+        /// once handed to the application.
+        seq: u64,
     },
     /// The answer to a room request ([`crate::Client::create_room`], ...).
     RoomResult {
@@ -78,6 +81,8 @@ pub enum Event {
         join_code: String,
         /// The rooms (ListRooms).
         rooms: Vec<String>,
+        /// The room's details (RoomInfo).
+        info: Option<RoomInfo>,
     },
     /// The answer to an account request ([`crate::Client::register`], ...).
     AccountResult {
@@ -92,6 +97,21 @@ pub enum Event {
         /// The users (ListUsers).
         users: Vec<String>,
     },
+}
+
+/// A room's details ([`crate::Client::room_info`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoomInfo {
+    /// The room's name.
+    pub name: String,
+    /// Its owner.
+    pub owner: String,
+    /// Its members, in byte order.
+    pub members: Vec<String>,
+    /// When it was created, µs since the Unix epoch (0 for rooms made before this was kept).
+    pub created_us: u64,
+    /// Its join code: only the owner is told.
+    pub join_code: Option<String>,
 }
 
 /// What a [`Event::Room`] reports.

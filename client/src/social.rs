@@ -5,9 +5,9 @@
 use ringrouter_proto::send::Target;
 use ringrouter_proto::send::{put_send, send_frame_len, SendHeader};
 
-use crate::core::request::SendWait;
+use crate::core::request::{self as req, SendWait};
 use crate::threaded::ThreadedClient;
-use crate::{Client, ClientError};
+use crate::{Client, ClientError, RoomInfo};
 
 fn ephemeral(to: Target<'_>) -> SendHeader<'_> {
     SendHeader {
@@ -17,6 +17,28 @@ fn ephemeral(to: Target<'_>) -> SendHeader<'_> {
 }
 
 impl Client {
+    /// Creates room `name` (optionally with a password) with `members` besides this
+    /// user, its owner. Returns the join code. Each member must exist and be under its
+    /// room limit (NOT_FOUND, RATE_LIMITED), and gets a Joined event naming itself.
+    pub fn create_room_with(
+        &mut self,
+        name: &str,
+        password: Option<&str>,
+        members: &[&str],
+    ) -> Result<String, ClientError> {
+        self.call(req::CreateRoom {
+            name,
+            password,
+            members,
+        })
+    }
+
+    /// The owner, members and creation time of `room` (members only, else FORBIDDEN),
+    /// and its join code when this user owns it.
+    pub fn room_info(&mut self, room: &str) -> Result<RoomInfo, ClientError> {
+        self.call(req::RoomInfo { room })
+    }
+
     /// Sends an ephemeral message (a typing indicator, ...) to `to`: delivered to the
     /// live sessions of `to` only, never stored or acked (fire and forget).
     pub fn send_ephemeral(&mut self, to: &str, payload: &[u8]) -> Result<(), ClientError> {
@@ -46,6 +68,25 @@ impl Client {
 }
 
 impl ThreadedClient {
+    /// [`Client::create_room_with`].
+    pub fn create_room_with(
+        &self,
+        name: &str,
+        password: Option<&str>,
+        members: &[&str],
+    ) -> Result<String, ClientError> {
+        self.call(req::CreateRoom {
+            name,
+            password,
+            members,
+        })
+    }
+
+    /// [`Client::room_info`].
+    pub fn room_info(&self, room: &str) -> Result<RoomInfo, ClientError> {
+        self.call(req::RoomInfo { room })
+    }
+
     /// Queues an ephemeral message (a typing indicator, ...) for `to` (a user or a
     /// room): delivered to live sessions only, never stored or acked. Waits for room in
     /// the send buffer if needed.

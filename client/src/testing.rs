@@ -206,6 +206,7 @@ pub(crate) fn room_event(
         kind: kind as i32,
         room: room.into(),
         user: user.into(),
+        seq: 0,
     })
 }
 

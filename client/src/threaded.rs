@@ -523,7 +523,11 @@ impl ThreadedClient {
     /// the name is taken. Like every request, it waits up to the configured
     /// timeout; room events and messages that arrive meanwhile stay queued.
     pub fn create_room(&self, name: &str, password: Option<&str>) -> Result<String, ClientError> {
-        self.call(req::CreateRoom { name, password })
+        self.call(req::CreateRoom {
+            name,
+            password,
+            members: &[],
+        })
     }
 
     /// Joins a room by its name or its join code (and its password, if it has
@@ -695,8 +699,17 @@ impl ThreadedClient {
                             request_id,
                         })
                     }
-                    // Only room events besides (the reader queues nothing else).
-                    Some(ev) => return Ok(Some(ev)),
+                    // Only room events besides (the reader queues nothing else); one
+                    // from the offline queue is acked like a message.
+                    Some(ev) => {
+                        drop(local);
+                        if let Event::Room { seq, .. } = &ev {
+                            if *seq != 0 {
+                                self.handed(*seq);
+                            }
+                        }
+                        return Ok(Some(ev));
+                    }
                     None => {}
                 }
             }
@@ -1319,7 +1332,9 @@ mod tests {
         let mut messages = 0;
         while events + messages < 2 * N {
             match c.recv_event(Some(T)).expect("recv_event") {
-                Some(Event::Room { kind, room, user }) => {
+                Some(Event::Room {
+                    kind, room, user, ..
+                }) => {
                     assert_eq!((kind, user.as_str()), (RoomEventKind::Joined, "alice"));
                     assert!(room.starts_with("room"));
                     assert_eq!(events, messages, "event before its message");
@@ -1505,7 +1520,9 @@ mod tests {
         let got: Vec<String> = (0..5)
             .map(|_| match c.recv_event(Some(T)).expect("recv_event") {
                 Some(Event::Message(m)) => String::from_utf8_lossy(&m.payload).into_owned(),
-                Some(Event::Room { kind, room, user }) => format!("{kind} {room} {user}"),
+                Some(Event::Room {
+                    kind, room, user, ..
+                }) => format!("{kind} {room} {user}"),
                 other => panic!("unexpected {other:?}"),
             })
             .collect();

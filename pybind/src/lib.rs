@@ -286,9 +286,9 @@ impl PyEvent {
 fn incoming(py: Python<'_>, ev: Event) -> PyResult<Option<Py<PyAny>>> {
     Ok(match ev {
         Event::Message(m) => Some(Py::new(py, PyMessage { m })?.into_any()),
-        Event::Room { kind, room, user } => {
-            Some(Py::new(py, PyEvent { kind, room, user })?.into_any())
-        }
+        Event::Room {
+            kind, room, user, ..
+        } => Some(Py::new(py, PyEvent { kind, room, user })?.into_any()),
         // recv_event hands out nothing else.
         _ => None,
     })
@@ -544,16 +544,33 @@ impl PyClient {
     }
 
     /// Creates room `name` owned by this user (its first member), protected by
-    /// `password` if given. Returns the room's join code. RouterError "CONFLICT"
-    /// if the name is taken.
-    #[pyo3(signature = (name, password=None))]
+    /// `password` if given, with `members` (user names) as members from the start.
+    /// Returns the room's join code. RouterError "CONFLICT" if the name is taken,
+    /// "NOT_FOUND" if a member does not exist, "BAD_REQUEST" for more members than
+    /// the router's --max-members-per-room. Each member gets an Event "joined".
+    #[pyo3(
+        signature = (name, *, password=None, members=Vec::new()),
+        text_signature = "(self, name, *, password=None, members=())"
+    )]
     fn create_room(
         &self,
         py: Python<'_>,
         name: String,
         password: Option<String>,
+        members: Vec<String>,
     ) -> PyResult<String> {
-        self.call(py, |c| c.create_room(&name, password.as_deref()))
+        let members: Vec<&str> = members.iter().map(String::as_str).collect();
+        self.call(py, |c| {
+            c.create_room_with(&name, password.as_deref(), &members)
+        })
+    }
+
+    /// The room's details as a RoomInfo: owner, members, creation time, and the
+    /// join code when this user owns the room. RouterError "FORBIDDEN" for a
+    /// room this user is not a member of, "NOT_FOUND" for no such room.
+    fn room_info(&self, py: Python<'_>, room: String) -> PyResult<social::PyRoomInfo> {
+        self.call(py, |c| c.room_info(&room))
+            .map(social::PyRoomInfo::from)
     }
 
     /// Joins a room by its name or its join code; returns the room's name.
@@ -814,6 +831,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyClient>()?;
     m.add_class::<PyMessage>()?;
     m.add_class::<PyEvent>()?;
+    social::add_classes(m)?;
     let router_error = py.get_type::<RouterError>();
     // Class-level defaults, so that instances raised from Python code have them too.
     router_error.setattr("code", "")?;

@@ -211,7 +211,9 @@ def test_api_contract() -> None:
     pos = "POSITIONAL_OR_KEYWORD"
     assert isinstance(inspect.getattr_static(C, "register"), staticmethod)
     assert params(C.register) == [("addr", pos, None), ("user", pos, None), ("password", pos, None)]
-    assert params(C.create_room) == [("name", pos, None), ("password", pos, None)]
+    assert params(C.create_room) == [
+        ("name", pos, None), ("password", "KEYWORD_ONLY", None), ("members", "KEYWORD_ONLY", ()),
+    ]
     assert params(C.join_room) == [("name_or_code", pos, None), ("password", pos, None)]
     assert params(C.leave_room) == [("room", pos, None)]
     assert params(C.add_member) == [("room", pos, None), ("user", pos, None)]

@@ -88,3 +88,41 @@ def test_send_api_contract() -> None:
         assert isinstance(inspect.getattr_static(ringrouter.Message, name), property) or hasattr(
             ringrouter.Message, name
         ), name
+
+
+def test_room_info_and_create_with_members(connect, user) -> None:
+    a_name, b_name, c_name = user("alice"), user("bob"), user("carol")
+    alice, bob = connect(a_name), connect(b_name)
+    connect(c_name).close()  # carol exists, and is offline
+    room = user("room")
+    code = alice.create_room(room, members=[b_name, c_name])
+    wait_event(bob, "joined", room, b_name)
+    info = alice.room_info(room)
+    assert isinstance(info, ringrouter.RoomInfo)
+    assert (info.name, info.owner, info.join_code) == (room, a_name, code)
+    assert info.members == sorted([a_name, b_name, c_name])
+    assert abs(info.created_us / 1e6 - time.time()) < 60
+    assert bob.room_info(room).join_code is None
+    # carol was offline: her "joined" waited for her.
+    carol = connect(c_name)
+    wait_event(carol, "joined", room, c_name)
+    try:
+        connect(user("eve")).room_info(room)
+    except ringrouter.RouterError as e:
+        assert e.code == "FORBIDDEN"
+    else:
+        raise AssertionError("a stranger got the room's info")
+    try:
+        alice.create_room(user("room"), members=["nobody-" + user("x")])
+    except ringrouter.RouterError as e:
+        assert e.code == "NOT_FOUND"
+    else:
+        raise AssertionError("a room with an unknown member was created")
+
+
+def test_room_api_contract() -> None:
+    C = ringrouter.Client
+    pos, kw = "POSITIONAL_OR_KEYWORD", "KEYWORD_ONLY"
+    assert params(C.create_room) == [("name", pos, None), ("password", kw, None), ("members", kw, ())]
+    assert params(C.room_info) == [("room", pos, None)]
+    assert "RoomInfo" in ringrouter.__all__

@@ -546,6 +546,7 @@ impl Sim {
                     request_id,
                     name: room(r),
                     password: if password { "pw".into() } else { String::new() },
+                    members: Vec::new(),
                 })
             }
             FrameOp::JoinRoom { room: r } => {

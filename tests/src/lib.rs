@@ -725,6 +725,7 @@ impl Raw {
             request_id: CREATE_ROOM_REQUEST_ID,
             name: name.into(),
             password: password.into(),
+            members: Vec::new(),
         });
         room_result(self.call(k, CREATE_ROOM_REQUEST_ID).0)
     }

@@ -25,7 +25,7 @@ use ringrouter_proto::Status;
 
 pub(crate) use request::{Frame, Request};
 
-use crate::{ClientError, Event, Message, RoomEventKind};
+use crate::{ClientError, Event, Message, RoomEventKind, RoomInfo};
 
 /// The router's status code from its wire value (unknown: `Unspecified`).
 pub(crate) fn status(v: i32) -> Status {
@@ -68,6 +68,7 @@ pub(crate) struct RoomReply {
     pub(crate) room: String,
     pub(crate) join_code: String,
     pub(crate) rooms: Vec<String>,
+    pub(crate) info: Option<RoomInfo>,
 }
 
 /// An OK answer to an account request.
@@ -152,6 +153,13 @@ pub(crate) fn decode(body: Bytes) -> Result<Inbound, ClientError> {
         },
         server_frame::Kind::Pong(p) => Event::Pong(p.nonce),
         server_frame::Kind::RoomResult(r) => Event::RoomResult {
+            info: (!r.owner.is_empty()).then(|| RoomInfo {
+                name: r.room.clone(),
+                owner: r.owner,
+                members: r.members,
+                created_us: r.created_us,
+                join_code: Some(r.join_code.clone()).filter(|c| !c.is_empty()),
+            }),
             request_id: r.request_id,
             status: status(r.status),
             reason: r.reason,
@@ -163,6 +171,7 @@ pub(crate) fn decode(body: Bytes) -> Result<Inbound, ClientError> {
             kind: RoomEventKind::from_wire(e.kind),
             room: e.room,
             user: e.user,
+            seq: e.seq,
         },
         server_frame::Kind::AccountResult(r) => Event::AccountResult {
             request_id: r.request_id,
@@ -225,6 +234,7 @@ pub(crate) fn into_answer(ev: Event) -> Option<Answer> {
             room,
             join_code,
             rooms,
+            info,
         } => (
             request_id,
             status,
@@ -233,6 +243,7 @@ pub(crate) fn into_answer(ev: Event) -> Option<Answer> {
                 room,
                 join_code,
                 rooms,
+                info,
             }),
         ),
         Event::AccountResult {
@@ -452,6 +463,7 @@ mod tests {
             room: room.into(),
             join_code: "CODE".into(),
             rooms: vec![],
+            ..Default::default()
         }))
     }
 
@@ -504,12 +516,14 @@ mod tests {
             event(server_frame::Kind::RoomEvent(RoomEvent {
                 kind: 2,
                 room: "r".into(),
-                user: "u".into()
+                user: "u".into(),
+                seq: 0,
             })),
             Event::Room {
                 kind: RoomEventKind::Left,
                 room: "r".into(),
-                user: "u".into()
+                user: "u".into(),
+                seq: 0,
             }
         );
         assert!(matches!(
@@ -649,6 +663,7 @@ mod tests {
                 room: room.into(),
                 join_code: join_code.into(),
                 rooms: rooms.iter().map(|s| s.to_string()).collect(),
+                info: None,
             })
         };
         let account = |user: &str, users: &[&str]| {
@@ -660,9 +675,10 @@ mod tests {
         let r = req::CreateRoom {
             name: "lobby",
             password: Some("pw"),
+            members: &["m"],
         };
         assert!(
-            matches!(sent(&r), K::CreateRoom(c) if (c.request_id, c.name.as_str(), c.password.as_str()) == (7, "lobby", "pw"))
+            matches!(sent(&r), K::CreateRoom(c) if (c.request_id, c.name.as_str(), c.password.as_str(), &c.members[..]) == (7, "lobby", "pw", &["m".to_owned()][..]))
         );
         assert_eq!(r.output(room("lobby", "AB12", &[])), Some("AB12".into()));
         let r = req::JoinRoom {

@@ -17,6 +17,8 @@ Names:
 - :class:`Client` -- a connection logged in as one user (thread-safe: one thread
   may block in :meth:`Client.recv` while others send).
 - :class:`Message` -- a received message.
+- :class:`RoomInfo` -- a room's owner, members, creation time (and join code, for
+  the owner), from :meth:`Client.room_info`.
 - :class:`Event` -- a room event (``kind`` "joined", "left", "removed" or
   "deleted", ``room``, ``user``), also returned by :meth:`Client.recv`.
 - :class:`RouterError` (``code``, ``status``, ``reason``) and its subclasses
@@ -40,6 +42,7 @@ from ._native import (
     ConnectionClosed,
     Event,
     Message,
+    RoomInfo,
     RouterError,
     Status,
 )
@@ -52,6 +55,7 @@ __all__ = [
     "ConnectionClosed",
     "Event",
     "Message",
+    "RoomInfo",
     "RouterError",
     "Status",
     "load",

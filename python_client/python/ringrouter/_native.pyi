@@ -11,6 +11,7 @@ __all__ = [
     "Client",
     "Message",
     "Event",
+    "RoomInfo",
     "RouterError",
     "AuthError",
     "ConnectionClosed",
@@ -127,7 +128,8 @@ class Event:
     """A room event, returned by :meth:`Client.recv` among the messages.
 
     Sent by the router to every live session of every member of the room (the
-    user concerned included). Immutable; equal when all fields are equal.
+    user concerned included); a member without a live session gets it at its next
+    login, in order with its messages. Immutable; equal when all fields are equal.
     """
 
     @property
@@ -140,6 +142,27 @@ class Event:
     @property
     def user(self) -> str:
         """The user who joined, left or was removed; the owner for ``"deleted"``."""
+
+@final
+class RoomInfo:
+    """A room's details, from :meth:`Client.room_info`. Immutable."""
+
+    @property
+    def name(self) -> str:
+        """The room's name."""
+    @property
+    def owner(self) -> str:
+        """The room's owner."""
+    @property
+    def members(self) -> List[str]:
+        """The members (the owner included), in byte order."""
+    @property
+    def created_us(self) -> int:
+        """When the room was created, microseconds since the Unix epoch (0 for rooms
+        created before routers kept it)."""
+    @property
+    def join_code(self) -> Optional[str]:
+        """The join code: only the owner is told (``None`` for other members)."""
 
 @final
 class Client:
@@ -233,11 +256,25 @@ class Client:
         ``code == "CONFLICT"`` if the user exists, ``"BAD_REQUEST"`` for a name or
         password the router does not accept.
         """
-    def create_room(self, name: str, password: Optional[str] = None) -> str:
+    def create_room(
+        self, name: str, *, password: Optional[str] = None, members: Iterable[str] = ()
+    ) -> str:
         """Creates room ``name``, owned by this user (its first member), protected
-        by ``password`` if given. Returns the room's join code.
+        by ``password`` if given, with ``members`` as members from the start. Returns
+        the room's join code. Each initial member gets an :class:`Event` ``"joined"``
+        naming itself (at its next login if it is offline).
 
-        Raises :class:`RouterError` ``"CONFLICT"`` if the name is taken.
+        Raises :class:`RouterError` ``"CONFLICT"`` if the name is taken,
+        ``"NOT_FOUND"`` if a member does not exist, ``"RATE_LIMITED"`` if a member is
+        in too many rooms, ``"BAD_REQUEST"`` for more members than the router's
+        ``--max-members-per-room``; nothing is created then.
+        """
+    def room_info(self, room: str) -> RoomInfo:
+        """The owner, members and creation time of ``room``, and its join code when
+        this user owns it.
+
+        Raises :class:`RouterError` ``"FORBIDDEN"`` if this user is not a member,
+        ``"NOT_FOUND"`` for no such room.
         """
     def join_room(self, name_or_code: str, password: Optional[str] = None) -> str:
         """Joins a room by its name or its join code; returns the room's name.
@@ -248,7 +285,9 @@ class Client:
     def leave_room(self, room: str) -> None:
         """Leaves ``room``."""
     def add_member(self, room: str, user: str) -> None:
-        """Adds ``user`` to ``room``; owner only (else :class:`RouterError` ``"FORBIDDEN"``)."""
+        """Adds ``user`` to ``room``; owner only (else :class:`RouterError`
+        ``"FORBIDDEN"``), or any member on a router started with
+        ``--room-add-policy members``."""
     def remove_member(self, room: str, user: str) -> None:
         """Removes ``user`` from ``room``; owner only (else :class:`RouterError` ``"FORBIDDEN"``)."""
     def delete_room(self, room: str) -> None:

@@ -8,7 +8,7 @@
 //! | Ack | [`ack`] |
 //! | Ping, Pong | [`ping`] |
 //! | Login, Register, Logout (after login) | [`session`] |
-//! | CreateRoom, JoinRoom, LeaveRoom, AddMember, RemoveMember, DeleteRoom, ListRooms | [`rooms`] |
+//! | CreateRoom, JoinRoom, LeaveRoom, AddMember, RemoveMember, DeleteRoom, ListRooms, RoomInfo | [`rooms`] |
 //! | DeleteAccount, ListUsers | [`accounts`] |
 //!
 //! # Adding a client frame kind
@@ -75,7 +75,8 @@ impl Shard {
                 | Kind::AddMember(_)
                 | Kind::RemoveMember(_)
                 | Kind::DeleteRoom(_)
-                | Kind::ListRooms(_)),
+                | Kind::ListRooms(_)
+                | Kind::RoomInfo(_)),
             ) => {
                 self.on_room_request(key, k);
                 Flow::Continue

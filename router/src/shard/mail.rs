@@ -144,6 +144,8 @@ pub enum RoomOp {
         name: String,
         /// Optional password (empty: none).
         password: String,
+        /// Initial members besides the owner.
+        members: Vec<String>,
     },
     /// Join by name or join code.
     Join {
@@ -176,6 +178,11 @@ pub enum RoomOp {
         /// Room name.
         room: String,
     },
+    /// Members only: the room's owner, members, creation time (and code, for the owner).
+    Info {
+        /// Room name.
+        room: String,
+    },
     /// The user's account is being deleted: leave the room, or delete it if owned.
     Purge {
         /// Room name.
@@ -192,6 +199,7 @@ impl RoomOp {
             | RoomOp::Add { room, .. }
             | RoomOp::Remove { room, .. }
             | RoomOp::Delete { room }
+            | RoomOp::Info { room }
             | RoomOp::Purge { room } => room,
         }
     }
@@ -204,6 +212,7 @@ impl RoomOp {
             | RoomOp::Add { room, .. }
             | RoomOp::Remove { room, .. }
             | RoomOp::Delete { room }
+            | RoomOp::Info { room }
             | RoomOp::Purge { room } => *room = name.to_owned(),
         }
     }

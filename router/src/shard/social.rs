@@ -11,18 +11,22 @@
 //! - A direct (not ephemeral) message sent from one device of a user who has other live
 //!   sessions reaches those too, as a Deliver with seq 0, `outgoing` set and `to_user`
 //!   the recipient (a message to oneself already reaches every device and gets no copy).
+//! - A room event for a member without a live session is appended to the member's
+//!   offline queue (a `StoredMsg` with `room_event` set) and delivered at its next login,
+//!   in order with its messages, as a RoomEvent with a seq, acked like a Deliver.
 //! - A live-only frame is dropped for a session over `max_pending_bytes` (it never makes
 //!   a queue grow past its bound).
 
 use bytes::Bytes;
 use ringrouter_proto::fast::SendView;
 use ringrouter_proto::reply;
-use ringrouter_proto::v1::{Deliver, ServerFrame};
+use ringrouter_proto::v1::{Deliver, RoomEvent, ServerFrame};
 use ringrouter_proto::Status;
 
 use super::mail::{LiveFrame, Mail, RoomFan};
 use super::session::{SessionId, SessionKey};
 use super::Shard;
+use crate::store::{StoreError, StoredMsg};
 
 /// Per-shard state of the social layer.
 #[derive(Debug, Default)]
@@ -161,5 +165,42 @@ impl Shard {
         };
         let sender = self.session_id(key);
         self.push_live_to(&user, &reply::deliver(d), sender);
+    }
+}
+
+/// The RoomEvent frame of a stored room event, with this session's `seq`.
+pub(crate) fn stored_event(seq: u64, m: &StoredMsg) -> ServerFrame {
+    reply::room_event(RoomEvent {
+        kind: m.room_event,
+        room: m.to_room.clone(),
+        user: m.from_user.clone(),
+        seq,
+    })
+}
+
+impl Shard {
+    /// Appends a room event to the offline queue of `user` (homed here, no live
+    /// session). Nothing waits for it; an unknown user or a full queue drops it.
+    pub(crate) fn store_room_event(&mut self, user: &[u8], ev: &RoomEvent) {
+        if !self.has_store() {
+            return;
+        }
+        let stored = StoredMsg {
+            from_user: ev.user.clone(),
+            to_room: ev.room.clone(),
+            server_ts_us: super::now_us(),
+            room_event: ev.kind,
+            ..Default::default()
+        };
+        let user = String::from_utf8_lossy(user).into_owned();
+        let cap = self.offline_cap();
+        self.store_req_sized(
+            0,
+            |s, cb| s.enqueue(&user, vec![stored], cap, true, cb),
+            |_, r| match r {
+                Ok(_) | Err(StoreError::NotFound | StoreError::Full) => {}
+                Err(e) => tracing::warn!(error = %e, "storing a room event failed"),
+            },
+        );
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ringrouter_client::{Client, Message, Status, Target};
+use ringrouter_client::{Client, Event, Message, Status, Target};
 use ringrouter_tests::{users_on_shards, Driver, RouterProc, T};
 
 const SHORT: Duration = Duration::from_millis(300);
@@ -183,4 +183,141 @@ fn copies_to_own_devices_io_uring() {
 #[test]
 fn copies_to_own_devices_epoll() {
     copies_to_own_devices(Driver::Legacy);
+}
+
+// ------------------------------------------------------------------- rooms
+
+/// The next event or message of `c`, as a short string ("joined room user",
+/// "msg payload").
+fn next_item(c: &mut Client, who: &str) -> String {
+    match c.next_event(Some(T)) {
+        Ok(Some(Event::Room {
+            kind, room, user, ..
+        })) => format!("{kind} {room} {user}"),
+        Ok(Some(Event::Message(m))) => format!("msg {}", String::from_utf8_lossy(&m.payload)),
+        other => panic!("{who}: expected an event or a message, got {other:?}"),
+    }
+}
+
+#[test]
+fn room_info_and_create_with_members() {
+    let r = RouterProc::start(&["--shards", "2", "--max-members-per-room", "4"]);
+    for u in ["ri-bob", "ri-carol", "ri-dave", "ri-erin"] {
+        r.visit(u);
+    }
+    let mut a = r.client("ri-alice");
+    let mut b = r.client("ri-bob");
+    let code = a
+        .create_room_with(
+            "ri-room",
+            None,
+            &["ri-bob", "ri-carol", "ri-bob", "ri-alice"],
+        )
+        .expect("create with members");
+    assert_eq!(next_item(&mut b, "bob"), "joined ri-room ri-bob");
+    let info = a.room_info("ri-room").expect("info");
+    assert_eq!(info.name, "ri-room");
+    assert_eq!(info.owner, "ri-alice");
+    assert_eq!(info.members, ["ri-alice", "ri-bob", "ri-carol"]);
+    let now = ringrouter::shard::now_us();
+    assert!(info.created_us > now - 60_000_000 && info.created_us <= now);
+    assert_eq!(
+        info.join_code.as_deref(),
+        Some(code.as_str()),
+        "the owner gets the code"
+    );
+    let info_b = b.room_info("ri-room").expect("info as a member");
+    assert_eq!(info_b.join_code, None, "a member does not get the code");
+    assert_eq!(info_b.members, info.members);
+    let mut stranger = r.client("ri-stranger");
+    let e = stranger.room_info("ri-room").unwrap_err();
+    assert_eq!(e.code(), Some(Status::Forbidden));
+    let e = a.room_info("ri-nothing").unwrap_err();
+    assert_eq!(e.code(), Some(Status::NotFound));
+    // Unknown initial member: NOT_FOUND, nothing created.
+    let e = a
+        .create_room_with("ri-room2", None, &["ri-bob", "nobody-ever"])
+        .unwrap_err();
+    assert_eq!(e.code(), Some(Status::NotFound));
+    assert_eq!(
+        a.room_info("ri-room2").unwrap_err().code(),
+        Some(Status::NotFound)
+    );
+    // Past --max-members-per-room (4, the owner included): refused.
+    let e = a
+        .create_room_with(
+            "ri-room3",
+            None,
+            &["ri-bob", "ri-carol", "ri-dave", "ri-erin"],
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), Some(Status::BadRequest), "{e}");
+    a.create_room_with("ri-room3", None, &["ri-bob", "ri-carol", "ri-dave"])
+        .expect("at the limit");
+}
+
+#[test]
+fn room_add_policy() {
+    for (policy, member_may_add) in [("owner", false), ("members", true)] {
+        let r = RouterProc::start(&["--room-add-policy", policy]);
+        r.visit("rp-carol");
+        let mut a = r.client("rp-alice");
+        let mut b = r.client("rp-bob");
+        let mut s = r.client("rp-stranger");
+        a.create_room_with("rp", None, &["rp-bob"]).unwrap();
+        let got = b.add_member("rp", "rp-carol");
+        if member_may_add {
+            got.expect("a member adds under --room-add-policy members");
+            let info = a.room_info("rp").unwrap();
+            assert_eq!(info.members, ["rp-alice", "rp-bob", "rp-carol"]);
+        } else {
+            assert_eq!(got.unwrap_err().code(), Some(Status::Forbidden));
+        }
+        let e = s.add_member("rp", "rp-carol").unwrap_err();
+        assert_eq!(e.code(), Some(Status::Forbidden), "{policy}: a stranger");
+    }
+}
+
+fn room_events_wait_for_offline_members(driver: Driver) {
+    let r = RouterProc::start_with(&["--shards", "2"], driver);
+    let u = users_on_shards("rev", 2);
+    let (owner, carol) = (&u[0], &u[1]);
+    r.visit(carol);
+    r.visit("rev-bob");
+    let mut a = r.client(owner);
+    let mut bob = r.client("rev-bob");
+    a.create_room_with("rev-room", None, &[carol, "rev-bob"])
+        .unwrap();
+    a.send_room_wait("rev-room", b"m1").unwrap();
+    bob.leave_room("rev-room").unwrap();
+    a.delete_room("rev-room").unwrap();
+    // carol was offline all along: everything, in order, at her login.
+    let mut c = r.client(carol);
+    let want = [
+        format!("joined rev-room {carol}"),
+        "msg m1".to_owned(),
+        "left rev-room rev-bob".to_owned(),
+        format!("deleted rev-room {owner}"),
+    ];
+    for w in &want {
+        assert_eq!(&next_item(&mut c, "carol"), w);
+    }
+    c.ack_all().unwrap();
+    c.ping().unwrap();
+    drop(c);
+    // Acked: not delivered again.
+    let mut c = r.client(carol);
+    if let Some(ev) = c.next_event(Some(SHORT)).unwrap() {
+        panic!("carol got {ev:?} again");
+    }
+}
+
+#[test]
+fn room_events_wait_for_offline_members_io_uring() {
+    room_events_wait_for_offline_members(Driver::Default);
+}
+
+#[test]
+fn room_events_wait_for_offline_members_epoll() {
+    room_events_wait_for_offline_members(Driver::Legacy);
 }
