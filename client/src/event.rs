@@ -67,6 +67,8 @@ pub enum Event {
         /// once handed to the application.
         seq: u64,
     },
+    /// A read receipt: someone read a conversation of this user (pushed by the router).
+    Receipt(Receipt),
     /// The answer to a room request ([`crate::Client::create_room`], ...).
     RoomResult {
         /// Request id.
@@ -97,6 +99,21 @@ pub enum Event {
         /// The users (ListUsers).
         users: Vec<String>,
     },
+}
+
+/// A read receipt ([`crate::Client::mark_read`]): `user` read up to `msg_id` of a room
+/// (`room`) or of the direct conversation between `user` and `to_user`. This session's
+/// user is the peer, or `user` itself (a receipt from one of its other devices).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Receipt {
+    /// Who read.
+    pub user: String,
+    /// The room read, or None for a direct conversation.
+    pub room: Option<String>,
+    /// The other side of a direct conversation; None for a room.
+    pub to_user: Option<String>,
+    /// The message read up to.
+    pub msg_id: u64,
 }
 
 /// A room's details ([`crate::Client::room_info`]).

@@ -25,6 +25,6 @@ pub mod threaded;
 
 pub use client::{Client, ClientConfig};
 pub use error::ClientError;
-pub use event::{Event, Message, RoomEventKind, RoomInfo};
+pub use event::{Event, Message, Receipt, RoomEventKind, RoomInfo};
 pub use ringrouter_proto::send::Target;
 pub use ringrouter_proto::Status;

@@ -5,9 +5,11 @@
 use ringrouter_proto::send::Target;
 use ringrouter_proto::send::{put_send, send_frame_len, SendHeader};
 
-use crate::core::request::{self as req, SendWait};
+use crate::core::request::{self as req, Frame, SendWait};
+use crate::core::{Reply, Request};
 use crate::threaded::ThreadedClient;
 use crate::{Client, ClientError, RoomInfo};
+use ringrouter_proto::v1::{self as pb, client_frame};
 
 fn ephemeral(to: Target<'_>) -> SendHeader<'_> {
     SendHeader {
@@ -16,7 +18,40 @@ fn ephemeral(to: Target<'_>) -> SendHeader<'_> {
     }
 }
 
+/// MarkRead: answered by a SendResult.
+struct MarkRead<'a> {
+    to: Target<'a>,
+    msg_id: u64,
+}
+
+impl Request for MarkRead<'_> {
+    type Output = ();
+    const NAME: &'static str = "MarkRead";
+    fn frame(&self, request_id: u64) -> Frame<'_> {
+        let (to_user, room) = match self.to {
+            Target::User(u) => (u, ""),
+            Target::Room(r) => ("", r),
+        };
+        Frame::of(client_frame::Kind::MarkRead(pb::MarkRead {
+            request_id,
+            to_user: to_user.to_owned(),
+            room: room.to_owned(),
+            msg_id: self.msg_id,
+        }))
+    }
+    fn output(self, reply: Reply) -> Option<()> {
+        matches!(reply, Reply::Sent { .. }).then_some(())
+    }
+}
+
 impl Client {
+    /// Marks the conversation with `to` (a user or a room) read up to message `msg_id`:
+    /// the peer's live devices (every member's, for a room) and this user's other live
+    /// devices get a [`crate::Receipt`]. FORBIDDEN for a room this user is not in.
+    pub fn mark_read(&mut self, to: Target<'_>, msg_id: u64) -> Result<(), ClientError> {
+        self.call(MarkRead { to, msg_id })
+    }
+
     /// Creates room `name` (optionally with a password) with `members` besides this
     /// user, its owner. Returns the join code. Each member must exist and be under its
     /// room limit (NOT_FOUND, RATE_LIMITED), and gets a Joined event naming itself.
@@ -68,6 +103,11 @@ impl Client {
 }
 
 impl ThreadedClient {
+    /// [`Client::mark_read`].
+    pub fn mark_read(&self, to: Target<'_>, msg_id: u64) -> Result<(), ClientError> {
+        self.call(MarkRead { to, msg_id })
+    }
+
     /// [`Client::create_room_with`].
     pub fn create_room_with(
         &self,

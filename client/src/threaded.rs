@@ -971,7 +971,10 @@ fn dispatch(inner: &Inner, batch: &mut Vec<Event>) {
             continue;
         };
         let ev = match ev {
-            ev @ (Event::Message(_) | Event::Room { .. } | Event::Error { .. }) => ev,
+            ev @ (Event::Message(_)
+            | Event::Room { .. }
+            | Event::Receipt(_)
+            | Event::Error { .. }) => ev,
             // An answer nobody waits for (timed out): a refusal is
             // reported to recv, anything else dropped (and Pongs:
             // nobody pings through this client).

@@ -46,6 +46,11 @@ pub fn deliver(d: crate::v1::Deliver) -> ServerFrame {
     frame(server_frame::Kind::Deliver(d))
 }
 
+/// A `Receipt` frame.
+pub fn receipt(r: crate::v1::Receipt) -> ServerFrame {
+    frame(server_frame::Kind::Receipt(r))
+}
+
 /// A `RoomEvent` frame.
 pub fn room_event(event: RoomEvent) -> ServerFrame {
     frame(server_frame::Kind::RoomEvent(event))
@@ -184,6 +189,7 @@ pub fn request_id_of(kind: &Kind) -> u64 {
         Kind::DeleteRoom(f) => f.request_id,
         Kind::ListRooms(f) => f.request_id,
         Kind::RoomInfo(f) => f.request_id,
+        Kind::MarkRead(f) => f.request_id,
         Kind::Register(f) => f.request_id,
         Kind::DeleteAccount(f) => f.request_id,
         Kind::ListUsers(f) => f.request_id,
@@ -253,6 +259,12 @@ pub fn refusal(frame: &Inbound, status: Status, reason: &str) -> ServerFrame {
             Kind::DeleteRoom(d) => room(d.request_id, &d.room),
             Kind::ListRooms(l) => room(l.request_id, ""),
             Kind::RoomInfo(i) => room(i.request_id, &i.room),
+            Kind::MarkRead(m) => server_frame::Kind::SendResult(SendResult {
+                request_id: m.request_id,
+                status: code,
+                reason: reason.clone(),
+                msg_id: m.msg_id,
+            }),
             Kind::Register(r) => account(r.request_id),
             Kind::DeleteAccount(d) => account(d.request_id),
             Kind::ListUsers(l) => account(l.request_id),

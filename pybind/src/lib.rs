@@ -289,6 +289,7 @@ fn incoming(py: Python<'_>, ev: Event) -> PyResult<Option<Py<PyAny>>> {
         Event::Room {
             kind, room, user, ..
         } => Some(Py::new(py, PyEvent { kind, room, user })?.into_any()),
+        Event::Receipt(r) => Some(Py::new(py, social::PyReceipt::from(r))?.into_any()),
         // recv_event hands out nothing else.
         _ => None,
     })
@@ -563,6 +564,22 @@ impl PyClient {
         self.call(py, |c| {
             c.create_room_with(&name, password.as_deref(), &members)
         })
+    }
+
+    /// Marks a conversation read up to message `msg_id`: the direct one with
+    /// `user`, or the room `room` (exactly one). The peer's live devices (every
+    /// member's, for a room) and this user's other live devices get a Receipt from
+    /// recv(). Waits for the router: RouterError "FORBIDDEN" for a room this user
+    /// is not in, "BAD_REQUEST" for neither or both of user and room.
+    #[pyo3(signature = (*, user=None, room=None, msg_id))]
+    fn mark_read(
+        &self,
+        py: Python<'_>,
+        user: Option<String>,
+        room: Option<String>,
+        msg_id: u64,
+    ) -> PyResult<()> {
+        social::mark_read(py, &self.c, user, room, msg_id)
     }
 
     /// The room's details as a RoomInfo: owner, members, creation time, and the

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 import ringrouter
 from conftest import assert_quiet, params, recv_messages, wait_event
 
@@ -47,12 +49,9 @@ def test_ephemeral_in_a_room(connect, user) -> None:
         (b"!!!", room, True, 0),
     ]
     assert_quiet(alice)
-    try:
+    with pytest.raises(ringrouter.RouterError) as info:
         stranger.send_room(room, b"x", ephemeral=True, wait=True)
-    except ringrouter.RouterError as e:
-        assert e.code == "FORBIDDEN"
-    else:
-        raise AssertionError("a non-member's ephemeral send was accepted")
+    assert info.value.code == "FORBIDDEN"
 
 
 def test_copies_of_dms_reach_the_senders_other_devices(connect, user) -> None:
@@ -106,18 +105,12 @@ def test_room_info_and_create_with_members(connect, user) -> None:
     # carol was offline: her "joined" waited for her.
     carol = connect(c_name)
     wait_event(carol, "joined", room, c_name)
-    try:
+    with pytest.raises(ringrouter.RouterError) as info:
         connect(user("eve")).room_info(room)
-    except ringrouter.RouterError as e:
-        assert e.code == "FORBIDDEN"
-    else:
-        raise AssertionError("a stranger got the room's info")
-    try:
+    assert info.value.code == "FORBIDDEN"
+    with pytest.raises(ringrouter.RouterError) as info:
         alice.create_room(user("room"), members=["nobody-" + user("x")])
-    except ringrouter.RouterError as e:
-        assert e.code == "NOT_FOUND"
-    else:
-        raise AssertionError("a room with an unknown member was created")
+    assert info.value.code == "NOT_FOUND"
 
 
 def test_room_api_contract() -> None:
@@ -126,3 +119,47 @@ def test_room_api_contract() -> None:
     assert params(C.create_room) == [("name", pos, None), ("password", kw, None), ("members", kw, ())]
     assert params(C.room_info) == [("room", pos, None)]
     assert "RoomInfo" in ringrouter.__all__
+
+
+def next_receipt(c: ringrouter.Client, timeout: float = 5.0) -> ringrouter.Receipt:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, "no receipt"
+        r = c.recv(timeout=left)
+        if isinstance(r, ringrouter.Receipt):
+            return r
+
+
+def test_read_receipts(connect, user) -> None:
+    a_name, b_name = user("alice"), user("bob")
+    phone, laptop = connect(a_name, device="phone"), connect(a_name, device="laptop")
+    bob = connect(b_name)
+    bob.send(a_name, b"read me", wait=True)
+    (m,) = recv_messages(phone, 1)
+    phone.mark_read(user=b_name, msg_id=m.msg_id)
+    r = next_receipt(bob)
+    assert (r.user, r.room, r.to_user, r.msg_id) == (a_name, None, b_name, m.msg_id)
+    assert next_receipt(laptop) == r
+    assert "Receipt(" in repr(r)
+    room = user("room")
+    bob.create_room(room, members=[a_name])
+    bob.send_room(room, b"hi", wait=True)
+    (m,) = recv_messages(laptop, 1)
+    laptop.mark_read(room=room, msg_id=m.msg_id)
+    r = next_receipt(bob)
+    assert (r.user, r.room, r.to_user, r.msg_id) == (a_name, room, None, m.msg_id)
+    assert next_receipt(phone) == r
+    with pytest.raises(ValueError):
+        phone.mark_read(user=b_name, room=room, msg_id=1)
+    with pytest.raises(ringrouter.RouterError) as info:
+        connect(user("eve")).mark_read(room=room, msg_id=m.msg_id)
+    assert info.value.code == "FORBIDDEN"
+
+
+def test_receipt_api_contract() -> None:
+    kw = "KEYWORD_ONLY"
+    assert params(ringrouter.Client.mark_read) == [
+        ("user", kw, None), ("room", kw, None), ("msg_id", kw, None),
+    ]
+    assert "Receipt" in ringrouter.__all__

@@ -167,6 +167,12 @@ pub(crate) fn decode(body: Bytes) -> Result<Inbound, ClientError> {
             join_code: r.join_code,
             rooms: r.rooms,
         },
+        server_frame::Kind::Receipt(r) => Event::Receipt(crate::Receipt {
+            user: r.user,
+            room: Some(r.room).filter(|x| !x.is_empty()),
+            to_user: Some(r.to_user).filter(|x| !x.is_empty()),
+            msg_id: r.msg_id,
+        }),
         server_frame::Kind::RoomEvent(e) => Event::Room {
             kind: RoomEventKind::from_wire(e.kind),
             room: e.room,
@@ -214,7 +220,7 @@ fn answer_id(ev: &Event) -> Option<u64> {
         | Event::AccountResult { request_id, .. }
         | Event::Error { request_id, .. } => Some(*request_id),
         Event::Pong(nonce) => Some(*nonce),
-        Event::Message(_) | Event::Room { .. } => None,
+        Event::Message(_) | Event::Room { .. } | Event::Receipt(_) => None,
     }
 }
 
@@ -276,7 +282,7 @@ pub(crate) fn into_answer(ev: Event) -> Option<Answer> {
             }));
         }
         Event::Pong(_) => return Some(Ok(Reply::Pong)),
-        Event::Message(_) | Event::Room { .. } => return None,
+        Event::Message(_) | Event::Room { .. } | Event::Receipt(_) => return None,
     };
     Some(if status == Status::Ok {
         Ok(reply)

@@ -11,6 +11,7 @@ __all__ = [
     "Client",
     "Message",
     "Event",
+    "Receipt",
     "RoomInfo",
     "RouterError",
     "AuthError",
@@ -144,6 +145,30 @@ class Event:
         """The user who joined, left or was removed; the owner for ``"deleted"``."""
 
 @final
+class Receipt:
+    """A read receipt, returned by :meth:`Client.recv`: ``user`` read a conversation
+    up to message ``msg_id`` (:meth:`Client.mark_read`). Immutable; equal when all
+    fields are equal.
+
+    For a room, ``room`` names it. For a direct conversation ``room`` is ``None`` and
+    ``to_user`` is its other side: this user when the peer read, or the peer when the
+    receipt comes from one of this user's other devices (``user`` is then this user).
+    """
+
+    @property
+    def user(self) -> str:
+        """Who read."""
+    @property
+    def room(self) -> Optional[str]:
+        """The room read, or ``None`` for a direct conversation."""
+    @property
+    def to_user(self) -> Optional[str]:
+        """The other side of a direct conversation; ``None`` for a room."""
+    @property
+    def msg_id(self) -> int:
+        """The message read up to."""
+
+@final
 class RoomInfo:
     """A room's details, from :meth:`Client.room_info`. Immutable."""
 
@@ -269,6 +294,17 @@ class Client:
         in too many rooms, ``"BAD_REQUEST"`` for more members than the router's
         ``--max-members-per-room``; nothing is created then.
         """
+    def mark_read(
+        self, *, user: Optional[str] = None, room: Optional[str] = None, msg_id: int
+    ) -> None:
+        """Marks a conversation read up to message ``msg_id``: the direct one with
+        ``user``, or the room ``room`` (give exactly one, else :class:`ValueError`).
+
+        The peer's live devices (every member's, for a room) and this user's other
+        live devices get a :class:`Receipt` from :meth:`recv`, so unread counts agree
+        across devices; nothing is stored for devices that are offline. Waits for the
+        router: :class:`RouterError` ``"FORBIDDEN"`` for a room this user is not in.
+        """
     def room_info(self, room: str) -> RoomInfo:
         """The owner, members and creation time of ``room``, and its join code when
         this user owns it.
@@ -313,8 +349,11 @@ class Client:
 
         Returns ``False`` if ``timeout`` seconds passed first (``None``: no limit).
         """
-    def recv(self, timeout: Optional[float] = None) -> Optional[Union[Message, Event]]:
-        """The next message, or :class:`Event` for a room event, waiting up to
+    def recv(
+        self, timeout: Optional[float] = None
+    ) -> Optional[Union[Message, Event, Receipt]]:
+        """The next message, :class:`Event` for a room event or :class:`Receipt` for a
+        read receipt, waiting up to
         ``timeout`` seconds (``None``: forever). Both come in the order the router
         sent them.
 
@@ -336,9 +375,10 @@ class Client:
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> bool: ...
-    def __iter__(self) -> Iterator[Union[Message, Event]]:
-        """Yields messages and room events as they arrive; stops when the connection closes."""
-    def __next__(self) -> Union[Message, Event]: ...
+    def __iter__(self) -> Iterator[Union[Message, Event, Receipt]]:
+        """Yields messages, room events and receipts as they arrive; stops when the
+        connection closes."""
+    def __next__(self) -> Union[Message, Event, Receipt]: ...
 
 def load_run(
     addr: str,

@@ -10,6 +10,7 @@
 //! | Login, Register, Logout (after login) | [`session`] |
 //! | CreateRoom, JoinRoom, LeaveRoom, AddMember, RemoveMember, DeleteRoom, ListRooms, RoomInfo | [`rooms`] |
 //! | DeleteAccount, ListUsers | [`accounts`] |
+//! | MarkRead | [`receipts`] |
 //!
 //! # Adding a client frame kind
 //! 1. `proto/router.proto`: the message, its field in `ClientFrame.kind` (and its result
@@ -35,6 +36,7 @@ use crate::shard::{Flow, SessionKey, Shard};
 pub mod accounts;
 pub mod ack;
 pub mod ping;
+pub mod receipts;
 pub mod rooms;
 pub mod send;
 pub mod session;
@@ -83,6 +85,10 @@ impl Shard {
             }
             Inbound::Other(Kind::DeleteAccount(d)) => {
                 self.on_delete_account(key, d.request_id);
+                Flow::Continue
+            }
+            Inbound::Other(Kind::MarkRead(m)) => {
+                self.on_mark_read(key, m, ts_us);
                 Flow::Continue
             }
             Inbound::Other(Kind::ListUsers(l)) => {

@@ -10,6 +10,7 @@ use ringrouter_proto::fast::SendView;
 use ringrouter_proto::reply;
 use ringrouter_proto::Status;
 
+use crate::shard::mail::Live;
 use crate::shard::retention::{Outgoing, OwnedMsg, NO_ROOM};
 use crate::shard::{Flow, Mail, Routed, SessionKey, Shard};
 
@@ -81,7 +82,7 @@ impl Shard {
             return;
         }
         if !v.to_room.is_empty() {
-            self.send_to_room(key, v, msg_id, ts_us);
+            self.send_to_room(key, v, msg_id, ts_us, Live::No);
             return;
         }
         if self.social.multi_device > 0 {

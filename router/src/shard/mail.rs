@@ -235,8 +235,19 @@ pub struct RoomSend {
     pub reply: Option<(SessionId, u64)>,
     /// The sending session (not echoed to; paused if members read too slowly).
     pub sender: SessionId,
-    /// Live sessions only, never stored (`Send.ephemeral`).
-    pub ephemeral: bool,
+    /// Live sessions only, never stored (an ephemeral send or a read receipt).
+    pub live: Live,
+}
+
+/// What a room "message" is: stored and acked, or for live sessions only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Live {
+    /// An ordinary message.
+    No,
+    /// An ephemeral message (`Send.ephemeral`).
+    Ephemeral,
+    /// A read receipt (MarkRead): `msg_id` is the message read up to; no payload.
+    Receipt,
 }
 
 /// A room message for the members homed on one shard.
@@ -258,8 +269,8 @@ pub struct RoomFan {
     pub sender: SessionId,
     /// Set when the sender waits for a SendResult.
     pub ack: Option<Arc<RoomAck>>,
-    /// Live sessions only, never stored (`Send.ephemeral`).
-    pub ephemeral: bool,
+    /// Live sessions only, never stored (an ephemeral send or a read receipt).
+    pub live: Live,
 }
 
 /// A frame for the live sessions of some users homed on one shard (`Mail::Live`, see `shard::social`).

@@ -37,7 +37,7 @@ use ringrouter_proto::v1::{RoomEvent, RoomEventKind, ServerFrame};
 use ringrouter_proto::Status;
 
 use super::answer::{Answer, FanPart, RoomAck};
-use super::mail::{Mail, RoomFan, RoomNotice, RoomOp, RoomReq, RoomSend, CODE_MARK};
+use super::mail::{Live, Mail, RoomFan, RoomNotice, RoomOp, RoomReq, RoomSend, CODE_MARK};
 use super::retention::{Outgoing, OwnedMsg};
 use super::session::{SessionId, SessionKey};
 use super::store_link::store_status;
@@ -430,12 +430,19 @@ impl Shard {
     }
 
     /// A message to a room from session `key` (already validated by `on_send`).
-    pub fn send_to_room(&mut self, key: SessionKey, v: SendView, msg_id: u64, ts_us: u64) {
+    pub fn send_to_room(
+        &mut self,
+        key: SessionKey,
+        v: SendView,
+        msg_id: u64,
+        ts_us: u64,
+        live: Live,
+    ) {
         let Some(sender) = self.session_id(key) else {
             return;
         };
         let want = v.want_result.then_some(v.request_id);
-        let (room, payload, ephemeral) = (v.to_room, v.payload, v.ephemeral);
+        let (room, payload) = (v.to_room, v.payload);
         let home = self.home(&room);
         let work = RoomSend {
             room,
@@ -445,7 +452,7 @@ impl Shard {
             ts_us,
             reply: want.map(|rid| (sender, rid)),
             sender,
-            ephemeral,
+            live,
         };
         if !self.room_quota.is_empty() {
             if let Some(waiting) = self.room_quota.get_mut(&work.from_user[..]) {
@@ -729,7 +736,8 @@ impl Shard {
             return;
         }
         self.counters.room_msgs += 1;
-        if room.fan.is_empty() || s.ephemeral {
+        let live = s.live != Live::No;
+        if room.fan.is_empty() || live {
             // Ephemeral: live sessions only, nothing to wait for.
             self.reply_send(s.reply, s.msg_id, Status::Ok);
         }
@@ -738,7 +746,7 @@ impl Shard {
         }
         let ack = s
             .reply
-            .filter(|_| !s.ephemeral)
+            .filter(|_| !live)
             .map(|reply| RoomAck::new(room.fan.len(), reply, s.msg_id));
         for (shard, users) in &room.fan {
             let f = RoomFan {
@@ -750,7 +758,7 @@ impl Shard {
                 users: users.clone(),
                 sender: s.sender,
                 ack: ack.clone(),
-                ephemeral: s.ephemeral,
+                live: s.live,
             };
             if *shard == self.id {
                 self.on_room_fan(f);
@@ -1088,8 +1096,8 @@ impl Shard {
     /// A room message for members homed here: every session of every member (not the
     /// sending device), or the member's offline queue.
     pub fn on_room_fan(&mut self, f: RoomFan) {
-        if f.ephemeral {
-            self.fan_ephemeral(f);
+        if f.live != Live::No {
+            self.fan_live(f);
             return;
         }
         let part = f.ack.clone().map(FanPart::new);
@@ -1126,7 +1134,7 @@ impl Shard {
                 users,
                 sender,
                 ack: _,
-                ephemeral: _,
+                live: _,
             } = f;
             // One record for this shard (moved in, not cloned); each session then takes
             // a non-atomic reference to it.

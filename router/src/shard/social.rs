@@ -20,10 +20,10 @@
 use bytes::Bytes;
 use ringrouter_proto::fast::SendView;
 use ringrouter_proto::reply;
-use ringrouter_proto::v1::{Deliver, RoomEvent, ServerFrame};
+use ringrouter_proto::v1::{Deliver, Receipt, RoomEvent, ServerFrame};
 use ringrouter_proto::Status;
 
-use super::mail::{LiveFrame, Mail, RoomFan};
+use super::mail::{Live, LiveFrame, Mail, RoomFan};
 use super::session::{SessionId, SessionKey};
 use super::Shard;
 use crate::store::{StoreError, StoredMsg};
@@ -43,7 +43,7 @@ impl Shard {
     /// An ephemeral Send from session `key` (validated by `on_send`).
     pub(crate) fn send_ephemeral(&mut self, key: SessionKey, v: SendView, msg_id: u64, ts_us: u64) {
         if !v.to_room.is_empty() {
-            self.send_to_room(key, v, msg_id, ts_us);
+            self.send_to_room(key, v, msg_id, ts_us, Live::Ephemeral);
             return;
         }
         let Some(sender) = self.session_id(key) else {
@@ -120,18 +120,30 @@ impl Shard {
         n
     }
 
-    /// A room's ephemeral message for its members homed here.
-    pub(crate) fn fan_ephemeral(&mut self, f: RoomFan) {
-        let d = Deliver {
-            from_user: String::from_utf8_lossy(&f.from_user).into_owned(),
-            to_room: String::from_utf8_lossy(&f.room).into_owned(),
-            payload: f.payload,
-            server_ts_us: f.ts_us,
-            msg_id: f.msg_id,
-            ephemeral: true,
-            ..Default::default()
+    /// A room's ephemeral message or read receipt for its members homed here.
+    pub(crate) fn fan_live(&mut self, f: RoomFan) {
+        let (from_user, room) = (
+            String::from_utf8_lossy(&f.from_user).into_owned(),
+            String::from_utf8_lossy(&f.room).into_owned(),
+        );
+        let frame = if f.live == Live::Receipt {
+            reply::receipt(Receipt {
+                user: from_user,
+                room,
+                msg_id: f.msg_id,
+                ..Default::default()
+            })
+        } else {
+            reply::deliver(Deliver {
+                from_user,
+                to_room: room,
+                payload: f.payload,
+                server_ts_us: f.ts_us,
+                msg_id: f.msg_id,
+                ephemeral: true,
+                ..Default::default()
+            })
         };
-        let frame = reply::deliver(d);
         for u in f.users.iter() {
             self.push_live_to(u, &frame, Some(f.sender));
         }

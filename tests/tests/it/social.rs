@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ringrouter_client::{Client, Event, Message, Status, Target};
+use ringrouter_client::{Client, Event, Message, Receipt, Status, Target};
 use ringrouter_tests::{users_on_shards, Driver, RouterProc, T};
 
 const SHORT: Duration = Duration::from_millis(300);
@@ -320,4 +320,77 @@ fn room_events_wait_for_offline_members_io_uring() {
 #[test]
 fn room_events_wait_for_offline_members_epoll() {
     room_events_wait_for_offline_members(Driver::Legacy);
+}
+
+// ------------------------------------------------------------------ receipts
+
+/// The next receipt of `c` (messages and room events on the way are skipped).
+fn next_receipt(c: &mut Client, who: &str) -> Receipt {
+    loop {
+        match c.next_event(Some(T)) {
+            Ok(Some(Event::Receipt(r))) => return r,
+            Ok(Some(Event::Message(_) | Event::Room { .. })) => {}
+            other => panic!("{who}: expected a receipt, got {other:?}"),
+        }
+    }
+}
+
+/// Nothing but messages and room events for a short while.
+fn no_receipt(c: &mut Client, who: &str) {
+    while let Some(ev) = c.next_event(Some(SHORT)).unwrap() {
+        assert!(!matches!(ev, Event::Receipt(_)), "{who}: unexpected {ev:?}");
+    }
+}
+
+fn read_receipts(driver: Driver) {
+    let r = RouterProc::start_with(&["--shards", "2"], driver);
+    let u = users_on_shards("rr", 2);
+    let (a, b) = (&u[0], &u[1]);
+    let mut phone = r.device(a, "phone");
+    let mut laptop = r.device(a, "laptop");
+    let mut cb = r.client(b);
+    let id = cb.send_wait(a, b"read me").unwrap();
+    // Direct: alice's phone reads bob's message.
+    phone.mark_read(Target::User(b), id).expect("mark_read");
+    let rb = next_receipt(&mut cb, "bob");
+    assert_eq!(
+        rb,
+        Receipt {
+            user: a.clone(),
+            room: None,
+            to_user: Some(b.clone()),
+            msg_id: id
+        }
+    );
+    // The reader's other device learns it too, so unread counts agree.
+    assert_eq!(next_receipt(&mut laptop, "laptop"), rb);
+    no_receipt(&mut phone, "phone (the reading device)");
+    // A room: every member's live sessions, the reading device excepted.
+    cb.create_room_with("rr-room", None, &[a]).unwrap();
+    let mid = cb.send_room_wait("rr-room", b"room msg").unwrap();
+    laptop.mark_read(Target::Room("rr-room"), mid).unwrap();
+    let want = Receipt {
+        user: a.clone(),
+        room: Some("rr-room".into()),
+        to_user: None,
+        msg_id: mid,
+    };
+    assert_eq!(next_receipt(&mut cb, "bob"), want);
+    assert_eq!(next_receipt(&mut phone, "phone"), want);
+    no_receipt(&mut laptop, "laptop (the reading device)");
+    let mut s = r.client("rr-stranger");
+    let e = s.mark_read(Target::Room("rr-room"), mid).unwrap_err();
+    assert_eq!(e.code(), Some(Status::Forbidden));
+    let e = s.mark_read(Target::User(b), 0).unwrap_err();
+    assert_eq!(e.code(), Some(Status::BadRequest));
+}
+
+#[test]
+fn read_receipts_io_uring() {
+    read_receipts(Driver::Default);
+}
+
+#[test]
+fn read_receipts_epoll() {
+    read_receipts(Driver::Legacy);
 }
