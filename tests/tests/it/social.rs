@@ -394,3 +394,77 @@ fn read_receipts_io_uring() {
 fn read_receipts_epoll() {
     read_receipts(Driver::Legacy);
 }
+
+// ---------------------------------------------------------------- benchmarks
+
+/// CPU seconds (user + system) the process `pid` used so far.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| f.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    ticks / 100.0
+}
+
+/// Benchmark row of issue 11: read receipts in a 1 000-member room. One member marks
+/// the room read `K` times; every other member's session gets each receipt. Prints
+/// receipts delivered per second and router CPU per receipt. Run against a release
+/// router:
+/// `CARGO_BIN_EXE_ringrouter-blackbox=target/release/ringrouter cargo test -p ringrouter-tests --test it social::bench_receipts -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark"]
+fn bench_receipts_in_a_1000_member_room() {
+    use ringrouter_proto::v1::{client_frame::Kind, server_frame, CreateRoom, MarkRead};
+    const MEMBERS: usize = 1000;
+    const K: u64 = 200;
+    let r = RouterProc::start(&["--shards", "2"]);
+    let names: Vec<String> = (0..MEMBERS).map(|i| format!("bm{i}")).collect();
+    let mut conns: Vec<_> = names.iter().map(|n| r.raw_login(n)).collect();
+    conns[0].send(Kind::CreateRoom(CreateRoom {
+        request_id: 1,
+        name: "bench-room".into(),
+        members: names[1..].to_vec(),
+        ..Default::default()
+    }));
+    let res = conns[0].next_non_ping(T);
+    assert!(
+        matches!(res, server_frame::Kind::RoomResult(ref x) if x.status == Status::Ok as i32),
+        "{res:?}"
+    );
+    // Every member's joined event first.
+    for c in conns.iter_mut().skip(1) {
+        let _ = c.next_non_ping(T);
+    }
+    let cpu0 = cpu_s(r.pid());
+    let t0 = std::time::Instant::now();
+    for k in 1..=K {
+        conns[1].send(Kind::MarkRead(MarkRead {
+            room: "bench-room".into(),
+            msg_id: k,
+            ..Default::default()
+        }));
+    }
+    let mut got = 0u64;
+    for (i, c) in conns.iter_mut().enumerate() {
+        if i == 1 {
+            continue;
+        }
+        for _ in 0..K {
+            match c.next_non_ping(T) {
+                server_frame::Kind::Receipt(_) => got += 1,
+                other => panic!("member {i}: {other:?}"),
+            }
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_s(r.pid()) - cpu0;
+    println!(
+        "receipts in a {MEMBERS}-member room: {got} receipts in {secs:.3} s = {:.0}/s; router CPU {cpu:.2} s = {:.2} µs/receipt (2 shards; load generator on the same 2 cores)",
+        got as f64 / secs,
+        cpu * 1e6 / got as f64
+    );
+}
