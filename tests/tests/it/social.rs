@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use ringrouter_client::{Client, Event, Message, Receipt, Status, Target};
-use ringrouter_tests::{users_on_shards, Driver, RouterProc, T};
+use ringrouter_proto::v1::server_frame;
+use ringrouter_tests::{connect_small_rcvbuf, users_on_shards, Driver, Raw, RouterProc, T};
 
 const SHORT: Duration = Duration::from_millis(300);
 
@@ -123,6 +124,51 @@ fn ephemeral_in_a_room_io_uring() {
 #[test]
 fn ephemeral_in_a_room_epoll() {
     ephemeral_in_a_room(Driver::Legacy);
+}
+
+#[test]
+fn ephemeral_never_grows_a_queue_past_its_bound() {
+    // bob reads nothing (a small receive buffer): once his outbound queue is over
+    // --max-pending-bytes, ephemeral messages for him are dropped, not queued, and
+    // their sender is never paused: every send is answered at once.
+    const PENDING: usize = 256 * 1024;
+    const SIZE: usize = 16 * 1024;
+    const N: usize = 400; // 6.4 MiB
+    let r = RouterProc::start(&[
+        "--shards",
+        "1",
+        "--max-pending-bytes",
+        "256KiB",
+        "--slow-consumer-timeout",
+        "60s",
+    ]);
+    let mut bob = Raw::from_stream(connect_small_rcvbuf(r.connect_addr(), 8 * 1024));
+    assert_eq!(bob.login("eb-bob").status, Status::Ok as i32);
+    let mut carol = r.client("eb-carol");
+    let payload = vec![7u8; SIZE];
+    for i in 0..N {
+        carol
+            .send_ephemeral_wait(Target::User("eb-bob"), &payload)
+            .unwrap_or_else(|e| panic!("ephemeral {i}: {e}"));
+    }
+    // What reached bob: at most the bound plus what the kernel buffers held.
+    let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(2).and_then(|v| v.parse().ok()))
+        .unwrap_or(4 << 20);
+    let mut got = 0;
+    while let Ok(f) = bob.next(Duration::from_secs(1)) {
+        if let Some(server_frame::Kind::Deliver(d)) = f.kind {
+            assert!(d.ephemeral && d.seq == 0);
+            got += 1;
+        }
+    }
+    let bound = PENDING + wmem_max + 64 * 1024;
+    assert!(
+        got * SIZE <= bound && got < N,
+        "bob got {got} of {N} ephemeral messages ({} bytes; bound {bound})",
+        got * SIZE
+    );
 }
 
 // ------------------------------------------------------- copies to own devices
@@ -418,7 +464,7 @@ fn cpu_s(pid: u32) -> f64 {
 #[test]
 #[ignore = "benchmark"]
 fn bench_receipts_in_a_1000_member_room() {
-    use ringrouter_proto::v1::{client_frame::Kind, server_frame, CreateRoom, MarkRead};
+    use ringrouter_proto::v1::{client_frame::Kind, CreateRoom, MarkRead};
     const MEMBERS: usize = 1000;
     const K: u64 = 200;
     let r = RouterProc::start(&["--shards", "2"]);
