@@ -42,6 +42,7 @@ fn send_frame(size: usize, i: u64) -> ClientFrame {
             payload: payload(size),
             want_result: false,
             msg_id: 0,
+            ephemeral: false,
         })),
     }
 }

@@ -249,12 +249,25 @@ impl Client {
         want_result: bool,
         msg_id: u64,
     ) -> u64 {
+        self.queue_send_with(to, payload, want_result, msg_id, false)
+    }
+
+    /// [`Client::queue_send`] to a user or a room, ephemeral or not.
+    pub(crate) fn queue_send_with(
+        &mut self,
+        to: Target<'_>,
+        payload: &[u8],
+        want_result: bool,
+        msg_id: u64,
+        ephemeral: bool,
+    ) -> u64 {
         let request_id = if want_result { self.ids.next() } else { 0 };
         let h = SendHeader {
             to,
             request_id,
             want_result,
             msg_id,
+            ephemeral,
         };
         put_send(&mut self.wbuf, &h, payload);
         request_id
@@ -319,6 +332,7 @@ impl Client {
         self.call(SendWait {
             to: Target::User(to),
             payload,
+            ephemeral: false,
         })
     }
 
@@ -326,7 +340,7 @@ impl Client {
     /// timeout) for its answer: the OK result's value, or the refusal as
     /// [`ClientError::Router`]. Everything else that arrives meanwhile is kept,
     /// in order, for [`Client::recv`] / [`Client::next_event`].
-    fn call<R: Request>(&mut self, req: R) -> Result<R::Output, ClientError> {
+    pub(crate) fn call<R: Request>(&mut self, req: R) -> Result<R::Output, ClientError> {
         let request_id = self.ids.next();
         self.pending.insert(request_id, R::ANY_ERROR);
         req.frame(request_id).put(&mut self.wbuf);
@@ -357,7 +371,11 @@ impl Client {
         name: &str,
         password: Option<&str>,
     ) -> Result<String, ClientError> {
-        self.call(req::CreateRoom { name, password })
+        self.call(req::CreateRoom {
+            name,
+            password,
+            members: &[],
+        })
     }
 
     /// Joins a room by its name or its join code (and its password, if it has
@@ -413,6 +431,7 @@ impl Client {
         self.call(SendWait {
             to: Target::Room(room),
             payload,
+            ephemeral: false,
         })
     }
 
@@ -533,8 +552,14 @@ impl Client {
         // Acked once handed to the application, not when read: a message read
         // while a request waited for its answer is kept for recv, and must come
         // back at the next login if this client is dropped before that.
-        if let Event::Message(m) = &ev {
-            self.acks.handed(m.seq);
+        let seq = match &ev {
+            Event::Message(m) => m.seq,
+            // A room event from the offline queue is acked like a message.
+            Event::Room { seq, .. } => *seq,
+            _ => 0,
+        };
+        if seq != 0 {
+            self.acks.handed(seq);
             self.ack(false)?;
         }
         Ok(Some(ev))
@@ -857,7 +882,8 @@ mod tests {
             Some(Event::Room {
                 kind: RoomEventKind::Joined,
                 room: "lobby".into(),
-                user: "alice".into()
+                user: "alice".into(),
+                seq: 0,
             })
         );
         // recv skips room events and returns messages only.

@@ -18,6 +18,12 @@ pub struct Message {
     pub msg_id: u64,
     /// Router clock at acceptance, µs since the Unix epoch.
     pub timestamp_us: u64,
+    /// An ephemeral message (typing indicator and the like): live only, seq 0, not acked.
+    pub ephemeral: bool,
+    /// A copy of a direct message this user sent from another device (seq 0).
+    pub outgoing: bool,
+    /// The recipient of an outgoing copy; None otherwise.
+    pub to_user: Option<String>,
 }
 
 /// Anything the router sends that a caller may want to see.
@@ -57,7 +63,12 @@ pub enum Event {
         /// The user who joined, left or was removed; the owner for
         /// [`RoomEventKind::Deleted`].
         user: String,
+        /// Not 0 when the event waited in the offline queue: acked like a message's seq
+        /// once handed to the application.
+        seq: u64,
     },
+    /// A read receipt: someone read a conversation of this user (pushed by the router).
+    Receipt(Receipt),
     /// The answer to a room request ([`crate::Client::create_room`], ...).
     RoomResult {
         /// Request id.
@@ -72,6 +83,8 @@ pub enum Event {
         join_code: String,
         /// The rooms (ListRooms).
         rooms: Vec<String>,
+        /// The room's details (RoomInfo).
+        info: Option<RoomInfo>,
     },
     /// The answer to an account request ([`crate::Client::register`], ...).
     AccountResult {
@@ -86,6 +99,36 @@ pub enum Event {
         /// The users (ListUsers).
         users: Vec<String>,
     },
+}
+
+/// A read receipt ([`crate::Client::mark_read`]): `user` read up to `msg_id` of a room
+/// (`room`) or of the direct conversation between `user` and `to_user`. This session's
+/// user is the peer, or `user` itself (a receipt from one of its other devices).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Receipt {
+    /// Who read.
+    pub user: String,
+    /// The room read, or None for a direct conversation.
+    pub room: Option<String>,
+    /// The other side of a direct conversation; None for a room.
+    pub to_user: Option<String>,
+    /// The message read up to.
+    pub msg_id: u64,
+}
+
+/// A room's details ([`crate::Client::room_info`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoomInfo {
+    /// The room's name.
+    pub name: String,
+    /// Its owner.
+    pub owner: String,
+    /// Its members, in byte order.
+    pub members: Vec<String>,
+    /// When it was created, µs since the Unix epoch (0 for rooms made before this was kept).
+    pub created_us: u64,
+    /// Its join code: only the owner is told.
+    pub join_code: Option<String>,
 }
 
 /// What a [`Event::Room`] reports.

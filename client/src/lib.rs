@@ -20,6 +20,7 @@ mod error;
 mod event;
 #[cfg(feature = "load")]
 pub mod load;
+mod social;
 #[cfg(test)]
 mod testing;
 pub mod threaded;
@@ -27,6 +28,7 @@ pub mod transport;
 
 pub use client::{Client, ClientConfig};
 pub use error::ClientError;
-pub use event::{Event, Message, RoomEventKind};
+pub use event::{Event, Message, Receipt, RoomEventKind, RoomInfo};
+pub use ringrouter_proto::send::Target;
 pub use ringrouter_proto::Status;
 pub use transport::{Transport, TransportKind};

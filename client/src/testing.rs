@@ -146,6 +146,7 @@ pub(crate) fn room_deliver(seq: u64, room: &str, payload: &'static [u8]) -> serv
         payload: Bytes::from_static(payload),
         msg_id: 2000 + seq,
         server_ts_us: 7,
+        ..Default::default()
     })
 }
 
@@ -205,6 +206,7 @@ pub(crate) fn room_event(
         kind: kind as i32,
         room: room.into(),
         user: user.into(),
+        seq: 0,
     })
 }
 

@@ -351,7 +351,7 @@ impl ThreadedClient {
         }
     }
 
-    fn queue_blocking(
+    pub(crate) fn queue_blocking(
         &self,
         frame_len: usize,
         encode: impl Fn(&mut BytesMut),
@@ -411,7 +411,7 @@ impl ThreadedClient {
             .map(|_| ())
     }
 
-    fn try_send_to(&self, to: Target<'_>, payload: &[u8]) -> Result<bool, ClientError> {
+    pub(crate) fn try_send_to(&self, to: Target<'_>, payload: &[u8]) -> Result<bool, ClientError> {
         let h = SendHeader::to(to);
         let len = send_frame_len(&h, payload.len());
         self.try_queue(len, |b| put_send(b, &h, payload))
@@ -479,12 +479,16 @@ impl ThreadedClient {
     }
 
     fn send_wait_to(&self, to: Target<'_>, payload: &[u8]) -> Result<u64, ClientError> {
-        self.call(SendWait { to, payload })
+        self.call(SendWait {
+            to,
+            payload,
+            ephemeral: false,
+        })
     }
 
     /// Queues `req` with a fresh request id and waits, up to the configured
     /// timeout, for its answer.
-    fn call<R: Request>(&self, req: R) -> Result<R::Output, ClientError> {
+    pub(crate) fn call<R: Request>(&self, req: R) -> Result<R::Output, ClientError> {
         let deadline = Instant::now() + self.timeout;
         let request_id = self.ids.next();
         lock(&self.inner.inq)
@@ -525,7 +529,11 @@ impl ThreadedClient {
     /// the name is taken. Like every request, it waits up to the configured
     /// timeout; room events and messages that arrive meanwhile stay queued.
     pub fn create_room(&self, name: &str, password: Option<&str>) -> Result<String, ClientError> {
-        self.call(req::CreateRoom { name, password })
+        self.call(req::CreateRoom {
+            name,
+            password,
+            members: &[],
+        })
     }
 
     /// Joins a room by its name or its join code (and its password, if it has
@@ -697,8 +705,17 @@ impl ThreadedClient {
                             request_id,
                         })
                     }
-                    // Only room events besides (the reader queues nothing else).
-                    Some(ev) => return Ok(Some(ev)),
+                    // Only room events besides (the reader queues nothing else); one
+                    // from the offline queue is acked like a message.
+                    Some(ev) => {
+                        drop(local);
+                        if let Event::Room { seq, .. } = &ev {
+                            if *seq != 0 {
+                                self.handed(*seq);
+                            }
+                        }
+                        return Ok(Some(ev));
+                    }
                     None => {}
                 }
             }
@@ -1011,7 +1028,10 @@ fn dispatch(inner: &Inner, batch: &mut Vec<Event>) {
             continue;
         };
         let ev = match ev {
-            ev @ (Event::Message(_) | Event::Room { .. } | Event::Error { .. }) => ev,
+            ev @ (Event::Message(_)
+            | Event::Room { .. }
+            | Event::Receipt(_)
+            | Event::Error { .. }) => ev,
             // An answer nobody waits for (timed out): a refusal is
             // reported to recv, anything else dropped (and Pongs:
             // nobody pings through this client).
@@ -1372,7 +1392,9 @@ mod tests {
         let mut messages = 0;
         while events + messages < 2 * N {
             match c.recv_event(Some(T)).expect("recv_event") {
-                Some(Event::Room { kind, room, user }) => {
+                Some(Event::Room {
+                    kind, room, user, ..
+                }) => {
                     assert_eq!((kind, user.as_str()), (RoomEventKind::Joined, "alice"));
                     assert!(room.starts_with("room"));
                     assert_eq!(events, messages, "event before its message");
@@ -1558,7 +1580,9 @@ mod tests {
         let got: Vec<String> = (0..5)
             .map(|_| match c.recv_event(Some(T)).expect("recv_event") {
                 Some(Event::Message(m)) => String::from_utf8_lossy(&m.payload).into_owned(),
-                Some(Event::Room { kind, room, user }) => format!("{kind} {room} {user}"),
+                Some(Event::Room {
+                    kind, room, user, ..
+                }) => format!("{kind} {room} {user}"),
                 other => panic!("unexpected {other:?}"),
             })
             .collect();

@@ -31,6 +31,8 @@ pub struct SendView {
     pub want_result: bool,
     /// Client-chosen message id (0: let the router choose).
     pub msg_id: u64,
+    /// Live sessions only, never stored (`Send.ephemeral`).
+    pub ephemeral: bool,
 }
 
 impl SendView {
@@ -209,7 +211,8 @@ fn parse_send(body: &Bytes, range: std::ops::Range<usize>) -> Result<SendView, F
             (4, WT_LEN) => s.payload = body.slice(c.len_delimited()?),
             (5, WT_VARINT) => s.want_result = c.varint()? != 0,
             (6, WT_VARINT) => s.msg_id = c.varint()?,
-            (1..=6, _) => {
+            (7, WT_VARINT) => s.ephemeral = c.varint()? != 0,
+            (1..=7, _) => {
                 return Err(FrameError::Malformed(format!(
                     "field {field} has wrong wire type {wt}"
                 )))
@@ -258,6 +261,7 @@ pub fn parse_client_at(
             payload: s.payload,
             want_result: s.want_result,
             msg_id: s.msg_id,
+            ephemeral: s.ephemeral,
         }),
         Some(k) => Inbound::Other(k),
         None => Inbound::Empty,
@@ -466,6 +470,8 @@ pub fn parse_server(body: &[u8]) -> Result<ServerView<'_>, FrameError> {
             (4, WT_LEN) => payload = &body[d.len_delimited()?],
             (5, WT_VARINT) => ts = d.varint()?,
             (6, WT_VARINT) => id = d.varint()?,
+            // Ephemeral deliveries and copies of one's own messages (rare): left to prost.
+            (7 | 8, WT_VARINT) | (9, WT_LEN) => return Ok(ServerView::Other),
             _ => d.skip(f, wt, NESTED_FIELD_BUDGET)?,
         }
     }
@@ -496,6 +502,30 @@ mod tests {
     }
 
     #[test]
+    fn ephemeral_and_outgoing_delivers_are_left_to_prost() {
+        for d in [
+            Deliver {
+                seq: 0,
+                from_user: "al".into(),
+                ephemeral: true,
+                ..Default::default()
+            },
+            Deliver {
+                from_user: "al".into(),
+                outgoing: true,
+                to_user: "bo".into(),
+                ..Default::default()
+            },
+        ] {
+            let body = ServerFrame {
+                kind: Some(server_frame::Kind::Deliver(d)),
+            }
+            .encode_to_vec();
+            assert_eq!(parse_server(&body), Ok(ServerView::Other));
+        }
+    }
+
+    #[test]
     fn fast_send_matches_prost() {
         let s = Send {
             request_id: 99,
@@ -504,11 +534,13 @@ mod tests {
             payload: Bytes::from_static(b"hello"),
             want_result: true,
             msg_id: 1234567,
+            ephemeral: true,
         };
         let body = send_frame(s.clone());
         let Inbound::Send(v) = parse_client(body.clone()).unwrap() else {
             panic!("not a send")
         };
+        assert!(v.ephemeral);
         assert_eq!(v.request_id, 99);
         assert_eq!(&v.to_user[..], b"bob");
         assert_eq!(&v.payload[..], b"hello");
@@ -627,6 +659,7 @@ mod tests {
                 payload: payload.into(),
                 server_ts_us: ts,
                 msg_id: id,
+                ..Default::default()
             };
             assert_eq!(
                 decode_server(body).unwrap(),
@@ -805,13 +838,17 @@ mod conformance_tests {
 
     /// `depth` groups of field `F` nested in one another, the innermost holding `content`.
     fn nested_groups(depth: usize, content: &[u8]) -> Vec<u8> {
+        nested_groups_at(F, depth, content)
+    }
+
+    fn nested_groups_at(field: u64, depth: usize, content: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
         for _ in 0..depth {
-            v.extend(key(F, WT_START_GROUP));
+            v.extend(key(field, WT_START_GROUP));
         }
         v.extend_from_slice(content);
         for _ in 0..depth {
-            v.extend(key(F, WT_END_GROUP));
+            v.extend(key(field, WT_END_GROUP));
         }
         v
     }
@@ -1033,7 +1070,12 @@ mod conformance_tests {
             ..Default::default()
         }
         .encode_to_vec();
-        inner.extend(nested_groups(2, &[key(1, WT_VARINT), vec![1]].concat()));
+        // Field 15: unknown to Deliver (F is one of its fields).
+        inner.extend(nested_groups_at(
+            15,
+            2,
+            &[key(1, WT_VARINT), vec![1]].concat(),
+        ));
         let body = wrap(3, &inner);
         match parse_server(&body).unwrap() {
             ServerView::Deliver { seq, from_user, .. } => {

@@ -169,6 +169,7 @@ mod tests {
                 payload: Bytes::from_static(b"\x00\xff hello \xfe"),
                 want_result: true,
                 msg_id: 1 << 60,
+                ephemeral: true,
             })),
             client(K::Ack(Ack { up_to_seq: big })),
             client(K::Ping(Ping {
@@ -180,6 +181,17 @@ mod tests {
                 request_id: 4,
                 name: "room".into(),
                 password: "secret".into(),
+                members: vec!["bob".into(), "carol".into()],
+            })),
+            client(K::RoomInfo(RoomInfo {
+                request_id: 14,
+                room: "room".into(),
+            })),
+            client(K::MarkRead(MarkRead {
+                request_id: 15,
+                to_user: "bob".into(),
+                room: String::new(),
+                msg_id: big - 1,
             })),
             client(K::JoinRoom(JoinRoom {
                 request_id: 5,
@@ -252,6 +264,9 @@ mod tests {
                 payload: Bytes::from((0..=255u8).collect::<Vec<u8>>()),
                 server_ts_us: 1_764_585_600_000_000,
                 msg_id: 77,
+                ephemeral: true,
+                outgoing: true,
+                to_user: "bob".into(),
             })),
             server(K::Pong(Pong { nonce: big })),
             server(K::Error(Error {
@@ -267,11 +282,21 @@ mod tests {
                 room: "room".into(),
                 join_code: "#abcdefgh".into(),
                 rooms: vec!["a".into(), "b".into(), "".into()],
+                owner: "alice".into(),
+                members: vec!["alice".into(), "bob".into()],
+                created_us: 1_764_585_600_000_001,
             })),
             server(K::RoomEvent(RoomEvent {
                 kind: RoomEventKind::RoomEventDeleted as i32,
                 room: "room".into(),
                 user: "alice".into(),
+                seq: 12,
+            })),
+            server(K::Receipt(Receipt {
+                user: "bob".into(),
+                room: "room".into(),
+                to_user: String::new(),
+                msg_id: 99,
             })),
             server(K::AccountResult(AccountResult {
                 request_id: 7,
@@ -352,6 +377,7 @@ mod tests {
             kind: RoomEventKind::RoomEventJoined as i32,
             room: "r".into(),
             user: "u".into(),
+            seq: 0,
         }));
         assert_eq!(
             server_frame_to_json(&event),

@@ -204,7 +204,12 @@ pub fn check_frame(kind: &Kind) -> Result<(), NameError> {
         }
         Kind::Register(r) => check_name("user", &r.user),
         Kind::Send(s) => check_send(s.to_user.as_bytes(), s.to_room.as_bytes()),
-        Kind::CreateRoom(c) => check_room_name("name", &c.name),
+        Kind::CreateRoom(c) => {
+            check_room_name("name", &c.name)?;
+            c.members.iter().try_for_each(|m| check_name("members", m))
+        }
+        Kind::RoomInfo(i) => check_room_name("room", &i.room),
+        Kind::MarkRead(m) => check_send(m.to_user.as_bytes(), m.room.as_bytes()),
         Kind::JoinRoom(j) if j.room.starts_with(CODE_MARK) => Ok(()),
         Kind::JoinRoom(j) => check_room_name("room", &j.room),
         Kind::LeaveRoom(l) => check_room_name("room", &l.room),

@@ -39,6 +39,18 @@ pub fn ping(nonce: u64) -> ServerFrame {
     frame(server_frame::Kind::Ping(Ping { nonce }))
 }
 
+/// A `Deliver` frame built whole (not on the hot path): an unsequenced delivery
+/// (seq 0, nothing to ack) such as an ephemeral message or a copy of one of the
+/// user's own direct messages for its other devices.
+pub fn deliver(d: crate::v1::Deliver) -> ServerFrame {
+    frame(server_frame::Kind::Deliver(d))
+}
+
+/// A `Receipt` frame.
+pub fn receipt(r: crate::v1::Receipt) -> ServerFrame {
+    frame(server_frame::Kind::Receipt(r))
+}
+
 /// A `RoomEvent` frame.
 pub fn room_event(event: RoomEvent) -> ServerFrame {
     frame(server_frame::Kind::RoomEvent(event))
@@ -107,7 +119,28 @@ pub fn room_result(
         reason: reason.to_owned(),
         room: room.to_owned(),
         join_code: join_code.to_owned(),
-        rooms: Vec::new(),
+        ..Default::default()
+    }))
+}
+
+/// A successful `RoomResult` of RoomInfo (`join_code`: empty unless the owner asks).
+pub fn room_info(
+    request_id: u64,
+    room: &str,
+    owner: &str,
+    members: Vec<String>,
+    created_us: u64,
+    join_code: &str,
+) -> ServerFrame {
+    frame(server_frame::Kind::RoomResult(RoomResult {
+        request_id,
+        status: Status::Ok as i32,
+        room: room.to_owned(),
+        join_code: join_code.to_owned(),
+        owner: owner.to_owned(),
+        members,
+        created_us,
+        ..Default::default()
     }))
 }
 
@@ -155,6 +188,8 @@ pub fn request_id_of(kind: &Kind) -> u64 {
         Kind::RemoveMember(f) => f.request_id,
         Kind::DeleteRoom(f) => f.request_id,
         Kind::ListRooms(f) => f.request_id,
+        Kind::RoomInfo(f) => f.request_id,
+        Kind::MarkRead(f) => f.request_id,
         Kind::Register(f) => f.request_id,
         Kind::DeleteAccount(f) => f.request_id,
         Kind::ListUsers(f) => f.request_id,
@@ -223,6 +258,13 @@ pub fn refusal(frame: &Inbound, status: Status, reason: &str) -> ServerFrame {
             Kind::RemoveMember(r) => room(r.request_id, &r.room),
             Kind::DeleteRoom(d) => room(d.request_id, &d.room),
             Kind::ListRooms(l) => room(l.request_id, ""),
+            Kind::RoomInfo(i) => room(i.request_id, &i.room),
+            Kind::MarkRead(m) => server_frame::Kind::SendResult(SendResult {
+                request_id: m.request_id,
+                status: code,
+                reason: reason.clone(),
+                msg_id: m.msg_id,
+            }),
             Kind::Register(r) => account(r.request_id),
             Kind::DeleteAccount(d) => account(d.request_id),
             Kind::ListUsers(l) => account(l.request_id),

@@ -40,6 +40,8 @@ pub struct SendHeader<'a> {
     pub want_result: bool,
     /// Client-chosen message id; 0: the router assigns one.
     pub msg_id: u64,
+    /// Live sessions only, never stored or acked (`Send.ephemeral`).
+    pub ephemeral: bool,
 }
 
 impl<'a> SendHeader<'a> {
@@ -51,6 +53,7 @@ impl<'a> SendHeader<'a> {
             request_id: 0,
             want_result: false,
             msg_id: 0,
+            ephemeral: false,
         }
     }
 }
@@ -65,6 +68,7 @@ const SEND_TO_ROOM: u64 = 3;
 const SEND_PAYLOAD: u64 = 4;
 const SEND_WANT_RESULT: u64 = 5;
 const SEND_MSG_ID: u64 = 6;
+const SEND_EPHEMERAL: u64 = 7;
 
 #[inline(always)]
 fn len_field_size(field: u64, len: usize) -> usize {
@@ -100,6 +104,7 @@ fn sizes(h: &SendHeader<'_>, payload_len: usize) -> (usize, usize) {
         + len_field_size(field, name.len())
         + varint_field_size(SEND_WANT_RESULT, u64::from(h.want_result))
         + varint_field_size(SEND_MSG_ID, h.msg_id)
+        + varint_field_size(SEND_EPHEMERAL, u64::from(h.ephemeral))
         + len_field_size(SEND_PAYLOAD, payload_len);
     let outer = varint_len((CLIENT_FRAME_SEND << 3) | WT_LEN) + varint_len(inner as u64) + inner;
     (inner, outer)
@@ -129,6 +134,7 @@ pub fn put_send_header(out: &mut impl BufMut, h: &SendHeader<'_>, payload_len: u
     }
     put_varint_field(out, SEND_WANT_RESULT, u64::from(h.want_result));
     put_varint_field(out, SEND_MSG_ID, h.msg_id);
+    put_varint_field(out, SEND_EPHEMERAL, u64::from(h.ephemeral));
     if payload_len != 0 {
         put_varint(out, (SEND_PAYLOAD << 3) | WT_LEN);
         put_varint(out, payload_len as u64);
@@ -198,6 +204,7 @@ mod tests {
                             request_id,
                             want_result,
                             msg_id,
+                            ephemeral: msg_id == 5,
                         };
                         let s = roundtrip(h, payload);
                         let (user, room) = match to {
@@ -209,6 +216,7 @@ mod tests {
                         assert_eq!(s.request_id, request_id);
                         assert_eq!(s.want_result, want_result);
                         assert_eq!(s.msg_id, msg_id);
+                        assert_eq!(s.ephemeral, msg_id == 5);
                         assert_eq!(&s.payload[..], payload);
                     }
                 }

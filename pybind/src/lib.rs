@@ -17,6 +17,7 @@
 //! - `Status` ([`status`]) is the protocol's status enum as an `enum.IntEnum`;
 //!   `__version__` is this crate's version, the one version of the package.
 
+mod social;
 mod status;
 mod transport;
 
@@ -33,7 +34,9 @@ use pyo3::types::{PyBytes, PyString, PyTuple};
 
 use ringrouter_client::load::{self, LoadConfig, LoadError, Progress};
 use ringrouter_client::threaded::ThreadedClient;
-use ringrouter_client::{Client, ClientConfig, ClientError, Event, Message, RoomEventKind, Status};
+use ringrouter_client::{
+    Client, ClientConfig, ClientError, Event, Message, RoomEventKind, Status, Target,
+};
 
 create_exception!(
     ringrouter,
@@ -164,6 +167,26 @@ impl PyMessage {
         self.m.timestamp_us
     }
 
+    /// True for an ephemeral message (send(..., ephemeral=True): typing indicators
+    /// and the like): live sessions only, never stored; its seq is 0.
+    #[getter]
+    fn ephemeral(&self) -> bool {
+        self.m.ephemeral
+    }
+
+    /// True for a copy of a direct message this user sent from another device
+    /// (`sender` is this user, `to_user` the recipient; seq 0).
+    #[getter]
+    fn outgoing(&self) -> bool {
+        self.m.outgoing
+    }
+
+    /// The recipient of an outgoing copy (see `outgoing`); None otherwise.
+    #[getter]
+    fn to_user(&self) -> Option<&str> {
+        self.m.to_user.as_deref()
+    }
+
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let shown = &self.m.payload[..self.m.payload.len().min(32)];
         let mut payload = PyBytes::new(py, shown).repr()?.to_string();
@@ -174,8 +197,18 @@ impl PyMessage {
             Some(r) => PyString::new(py, r).repr()?.to_string(),
             None => "None".into(),
         };
+        let mut extra = String::new();
+        if self.m.ephemeral {
+            extra.push_str(", ephemeral=True");
+        }
+        if self.m.outgoing {
+            extra.push_str(", outgoing=True");
+        }
+        if let Some(to) = &self.m.to_user {
+            extra.push_str(&format!(", to_user={}", PyString::new(py, to).repr()?));
+        }
         Ok(format!(
-            "Message(sender={}, room={}, payload={}, seq={}, msg_id={}, timestamp_us={})",
+            "Message(sender={}, room={}, payload={}, seq={}, msg_id={}, timestamp_us={}{extra})",
             PyString::new(py, &self.m.sender).repr()?,
             room,
             payload,
@@ -257,9 +290,10 @@ impl PyEvent {
 fn incoming(py: Python<'_>, ev: Event) -> PyResult<Option<Py<PyAny>>> {
     Ok(match ev {
         Event::Message(m) => Some(Py::new(py, PyMessage { m })?.into_any()),
-        Event::Room { kind, room, user } => {
-            Some(Py::new(py, PyEvent { kind, room, user })?.into_any())
-        }
+        Event::Room {
+            kind, room, user, ..
+        } => Some(Py::new(py, PyEvent { kind, room, user })?.into_any()),
+        Event::Receipt(r) => Some(Py::new(py, social::PyReceipt::from(r))?.into_any()),
         // recv_event hands out nothing else.
         _ => None,
     })
@@ -457,14 +491,23 @@ impl PyClient {
     /// wait=True it waits for the router's answer: RouterError if it is not OK
     /// (e.g. code "NOT_FOUND": `to` has no session), TimeoutError if none comes
     /// within the client's timeout. ConnectionClosed once the connection is closed.
-    #[pyo3(signature = (to, payload, *, wait=false))]
+    ///
+    /// With ephemeral=True (typing indicators and the like) the message reaches
+    /// the live sessions of `to` only: never stored, never redelivered, and it
+    /// arrives as a Message with ephemeral=True and seq 0.
+    #[pyo3(signature = (to, payload, *, wait=false, ephemeral=false))]
     fn send(
         &self,
         py: Python<'_>,
         to: &Bound<'_, PyString>,
         payload: &[u8],
         wait: bool,
+        ephemeral: bool,
     ) -> PyResult<()> {
+        if ephemeral {
+            let to = self.to_text(to)?;
+            return social::send_ephemeral(py, &self.c, Target::User(&to), payload, wait);
+        }
         if wait {
             let to = self.to_text(to)?;
             return self.call(py, |c| c.send_wait(&to, payload)).map(drop);
@@ -478,14 +521,22 @@ impl PyClient {
     /// Like send(): queued without wait; with wait=True it waits for the
     /// router's answer and raises RouterError if it is not OK (e.g. "NOT_FOUND":
     /// no such room, "FORBIDDEN": not a member).
-    #[pyo3(signature = (room, payload, *, wait=false))]
+    ///
+    /// With ephemeral=True the message reaches the members' live sessions only
+    /// (see send()).
+    #[pyo3(signature = (room, payload, *, wait=false, ephemeral=false))]
     fn send_room(
         &self,
         py: Python<'_>,
         room: &Bound<'_, PyString>,
         payload: &[u8],
         wait: bool,
+        ephemeral: bool,
     ) -> PyResult<()> {
+        if ephemeral {
+            let room = self.to_text(room)?;
+            return social::send_ephemeral(py, &self.c, Target::Room(&room), payload, wait);
+        }
         if wait {
             let room = self.to_text(room)?;
             return self
@@ -525,16 +576,49 @@ impl PyClient {
     }
 
     /// Creates room `name` owned by this user (its first member), protected by
-    /// `password` if given. Returns the room's join code. RouterError "CONFLICT"
-    /// if the name is taken.
-    #[pyo3(signature = (name, password=None))]
+    /// `password` if given, with `members` (user names) as members from the start.
+    /// Returns the room's join code. RouterError "CONFLICT" if the name is taken,
+    /// "NOT_FOUND" if a member does not exist, "BAD_REQUEST" for more members than
+    /// the router's --max-members-per-room. Each member gets an Event "joined".
+    #[pyo3(
+        signature = (name, *, password=None, members=Vec::new()),
+        text_signature = "(self, name, *, password=None, members=())"
+    )]
     fn create_room(
         &self,
         py: Python<'_>,
         name: String,
         password: Option<String>,
+        members: Vec<String>,
     ) -> PyResult<String> {
-        self.call(py, |c| c.create_room(&name, password.as_deref()))
+        let members: Vec<&str> = members.iter().map(String::as_str).collect();
+        self.call(py, |c| {
+            c.create_room_with(&name, password.as_deref(), &members)
+        })
+    }
+
+    /// Marks a conversation read up to message `msg_id`: the direct one with
+    /// `user`, or the room `room` (exactly one). The peer's live devices (every
+    /// member's, for a room) and this user's other live devices get a Receipt from
+    /// recv(). Waits for the router: RouterError "FORBIDDEN" for a room this user
+    /// is not in, "BAD_REQUEST" for neither or both of user and room.
+    #[pyo3(signature = (*, user=None, room=None, msg_id))]
+    fn mark_read(
+        &self,
+        py: Python<'_>,
+        user: Option<String>,
+        room: Option<String>,
+        msg_id: u64,
+    ) -> PyResult<()> {
+        social::mark_read(py, &self.c, user, room, msg_id)
+    }
+
+    /// The room's details as a RoomInfo: owner, members, creation time, and the
+    /// join code when this user owns the room. RouterError "FORBIDDEN" for a
+    /// room this user is not a member of, "NOT_FOUND" for no such room.
+    fn room_info(&self, py: Python<'_>, room: String) -> PyResult<social::PyRoomInfo> {
+        self.call(py, |c| c.room_info(&room))
+            .map(social::PyRoomInfo::from)
     }
 
     /// Joins a room by its name or its join code; returns the room's name.
@@ -800,6 +884,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyClient>()?;
     m.add_class::<PyMessage>()?;
     m.add_class::<PyEvent>()?;
+    social::add_classes(m)?;
     let router_error = py.get_type::<RouterError>();
     // Class-level defaults, so that instances raised from Python code have them too.
     router_error.setattr("code", "")?;

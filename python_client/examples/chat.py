@@ -2,7 +2,9 @@
 """Two users chatting through a ringrouter.
 
 Demo (default): alice and bob log in and exchange a few lines; each side receives
-on its own thread while it sends, the way a chat program would.
+on its own thread while it sends, the way a chat program would. Before each line
+the writer sends a typing indicator (an ephemeral message: live sessions only,
+never stored), and the reader marks what it got read (a read receipt goes back).
 
     python examples/chat.py [--addr 127.0.0.1:7878]
 
@@ -27,15 +29,32 @@ import ringrouter
 def receive_loop(
     client: ringrouter.Client, name: str, log: List[str], names: Optional[Dict[str, str]] = None
 ) -> None:
-    """Prints every message (and room event) until the connection closes."""
+    """Prints every message, typing indicator, read receipt and room event until the
+    connection closes; marks each message read."""
+    show = lambda user: (names or {}).get(user, user)  # noqa: E731
     for msg in client:
         if isinstance(msg, ringrouter.Event):
             print(f"{name}: {msg.user} {msg.kind} {msg.room}", flush=True)
             continue
-        sender = (names or {}).get(msg.sender, msg.sender)
-        line = f"{name} got from {sender}: {msg.payload.decode(errors='replace')}"
+        if isinstance(msg, ringrouter.Receipt):
+            if msg.user != client.user:  # not one of our own devices
+                print(f"{name}: {show(msg.user)} read up to message {msg.msg_id}", flush=True)
+            continue
+        if msg.ephemeral:
+            print(f"{name}: {show(msg.sender)} is typing...", flush=True)
+            continue
+        if msg.outgoing:  # a line we sent from another device
+            print(f"{name} (other device) to {show(msg.to_user or '')}: "
+                  f"{msg.payload.decode(errors='replace')}", flush=True)
+            continue
+        line = f"{name} got from {show(msg.sender)}: {msg.payload.decode(errors='replace')}"
         log.append(line)
         print(line, flush=True)
+        if msg.room is None:
+            try:
+                client.mark_read(user=msg.sender, msg_id=msg.msg_id)
+            except ringrouter.RouterError:
+                pass  # closing
 
 
 def demo(addr: str) -> int:
@@ -60,6 +79,7 @@ def demo(addr: str) -> int:
             t.start()
         for who, text in script:
             sender, to = (alice, bob_name) if who == "alice" else (bob, alice_name)
+            sender.send(to, b"typing", ephemeral=True)
             sender.send(to, text.encode(), wait=True)  # raises if the router refuses it
             # Wait for the line to arrive before the next one, like people do.
             deadline = time.monotonic() + 5
@@ -83,6 +103,7 @@ def interactive(addr: str, user: str, to: str) -> int:
             if not line:
                 continue
             try:
+                me.send(to, b"typing", ephemeral=True)
                 me.send(to, line.encode(), wait=True)
             except ringrouter.RouterError as e:
                 print(f"not delivered: {e.code} {e.reason}")

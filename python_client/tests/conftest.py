@@ -294,3 +294,16 @@ def assert_quiet(c: ringrouter.Client, wait: float = 0.3) -> None:
     while (left := deadline - time.monotonic()) > 0:
         m = c.recv(timeout=left)
         assert not isinstance(m, ringrouter.Message), f"unexpected {m!r}"
+
+
+def params(fn: object) -> list:
+    """``fn``'s parameters as (name, kind name, default or None), ``self`` left out:
+    what the API contract tests compare."""
+    import inspect
+
+    sig = inspect.signature(fn)  # type: ignore[arg-type]
+    return [
+        (p.name, p.kind.name, None if p.default is inspect.Parameter.empty else p.default)
+        for p in sig.parameters.values()
+        if p.name != "self"
+    ]

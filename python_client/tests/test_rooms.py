@@ -8,7 +8,7 @@ from typing import Callable, List
 import pytest
 
 import ringrouter
-from conftest import assert_quiet, recv_messages, wait_event
+from conftest import assert_quiet, params, recv_messages, wait_event
 
 
 def room_name(user: Callable[[str], str]) -> str:
@@ -207,14 +207,6 @@ def test_api_contract() -> None:
     """The names and signatures of the room and account API, as promised."""
     import inspect
 
-    def params(fn: object) -> list:
-        sig = inspect.signature(fn)  # type: ignore[arg-type]
-        return [
-            (p.name, p.kind.name, None if p.default is inspect.Parameter.empty else p.default)
-            for p in sig.parameters.values()
-            if p.name != "self"
-        ]
-
     C = ringrouter.Client
     pos = "POSITIONAL_OR_KEYWORD"
     assert isinstance(inspect.getattr_static(C, "register"), staticmethod)
@@ -223,7 +215,9 @@ def test_api_contract() -> None:
     assert params(C.register) == [
         ("addr", pos, None), ("user", pos, None), ("password", pos, None), *transport_kw,
     ]
-    assert params(C.create_room) == [("name", pos, None), ("password", pos, None)]
+    assert params(C.create_room) == [
+        ("name", pos, None), ("password", kw, None), ("members", kw, ()),
+    ]
     assert params(C.join_room) == [("name_or_code", pos, None), ("password", pos, None)]
     assert params(C.leave_room) == [("room", pos, None)]
     assert params(C.add_member) == [("room", pos, None), ("user", pos, None)]
@@ -232,6 +226,7 @@ def test_api_contract() -> None:
     assert params(C.rooms) == []
     assert params(C.send_room) == [
         ("room", pos, None), ("payload", pos, None), ("wait", "KEYWORD_ONLY", False),
+        ("ephemeral", "KEYWORD_ONLY", False),
     ]
     assert params(C.list_users) == [("pattern", pos, "*")]
     assert params(C.delete_account) == []

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use clap::{Arg, ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
 
-use crate::config::{AuthMode, Config, DurabilityMode, OfflineOverflow};
+use crate::config::{AuthMode, Config, DurabilityMode, OfflineOverflow, RoomAddPolicy};
 
 /// Exit code of a clean stop (SIGTERM / Ctrl-C, every shard finished within the
 /// shutdown timeout), and of `--help`, `--version` and `--print-config`.
@@ -175,6 +175,9 @@ pub struct Args {
     /// Most members in one room.
     #[arg(long, value_name = "N", default_value_t = 10_000, help_heading = LIMITS)]
     pub max_members_per_room: usize,
+    /// Who may add members to a room: the owner only, or any member.
+    #[arg(long, value_name = "POLICY", value_enum, default_value_t = RoomAddPolicy::Owner, help_heading = LIMITS)]
+    pub room_add_policy: RoomAddPolicy,
     /// Most names one ListUsers answers.
     #[arg(long, value_name = "N", default_value_t = 1_000, help_heading = LIMITS)]
     pub list_users_page: usize,
@@ -270,6 +273,7 @@ impl Args {
             max_unacked_per_session: self.max_unacked_per_session,
             max_rooms_per_user: self.max_rooms_per_user,
             max_members_per_room: self.max_members_per_room,
+            room_add_policy: self.room_add_policy,
             list_users_page: self.list_users_page,
             argon2_cheap: self.argon2_cheap,
             max_password_jobs: self.max_password_jobs,

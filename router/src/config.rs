@@ -40,6 +40,17 @@ pub enum OfflineOverflow {
     DropOldest,
 }
 
+/// Who may add members to a room (`--room-add-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum RoomAddPolicy {
+    /// The owner only.
+    #[default]
+    Owner,
+    /// Any member.
+    Members,
+}
+
 /// Everything the router needs to start. `Config::default()` is the embedded
 /// default the bare `ringrouter` command runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +109,8 @@ pub struct Config {
     pub max_rooms_per_user: usize,
     /// Most members in one room.
     pub max_members_per_room: usize,
+    /// Who may add members to a room.
+    pub room_add_policy: RoomAddPolicy,
     /// Most names one ListUsers answers.
     pub list_users_page: usize,
     /// Cheapest legal Argon2id parameters (tests and benchmarks only).
@@ -173,6 +186,7 @@ impl Default for Config {
             max_unacked_per_session: 262_144,
             max_rooms_per_user: 1_000,
             max_members_per_room: 10_000,
+            room_add_policy: RoomAddPolicy::Owner,
             list_users_page: 1_000,
             argon2_cheap: false,
             max_password_jobs: 256,

@@ -516,6 +516,7 @@ impl Sim {
                     payload: payload.into(),
                     want_result,
                     msg_id: u64::from(msg_id),
+                    ephemeral: false,
                 })
             }
             FrameOp::Ack(to) => {
@@ -545,6 +546,7 @@ impl Sim {
                     request_id,
                     name: room(r),
                     password: if password { "pw".into() } else { String::new() },
+                    members: Vec::new(),
                 })
             }
             FrameOp::JoinRoom { room: r } => {
@@ -727,6 +729,10 @@ impl Sim {
             }
             match kind {
                 server_frame::Kind::LoginResult(_) => panic!("a second LoginResult"),
+                // Live-only copies of the user's own direct messages: unsequenced.
+                server_frame::Kind::Deliver(d) if d.outgoing || d.ephemeral => {
+                    assert_eq!(d.seq, 0, "an unsequenced Deliver with a seq");
+                }
                 server_frame::Kind::Deliver(d) => {
                     assert!(d.seq > c.last_seq, "seq {} after {}", d.seq, c.last_seq);
                     c.last_seq = d.seq;

@@ -364,6 +364,15 @@ impl RouterProc {
             .unwrap_or_else(|e| panic!("login {user}: {e}"))
     }
 
+    /// Connects and logs in as device `name` of `user` (timeout [`T`]).
+    pub fn device(&self, user: &str, name: &str) -> Client {
+        let mut cfg = ClientConfig::new(user);
+        cfg.device = name.into();
+        cfg.timeout = T;
+        self.client_with(cfg)
+            .unwrap_or_else(|e| panic!("login {user}/{name}: {e}"))
+    }
+
     /// Connects with a custom config.
     pub fn client_with(&self, cfg: ClientConfig) -> Result<Client, ringrouter_client::ClientError> {
         Client::connect(self.connect_addr(), cfg)
@@ -746,6 +755,7 @@ impl Raw {
             request_id: CREATE_ROOM_REQUEST_ID,
             name: name.into(),
             password: password.into(),
+            members: Vec::new(),
         });
         room_result(self.call(k, CREATE_ROOM_REQUEST_ID).0)
     }

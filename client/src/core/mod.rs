@@ -25,7 +25,7 @@ use ringrouter_proto::Status;
 
 pub(crate) use request::{Frame, Request};
 
-use crate::{ClientError, Event, Message, RoomEventKind};
+use crate::{ClientError, Event, Message, RoomEventKind, RoomInfo};
 
 /// The router's status code from its wire value (unknown: `Unspecified`).
 pub(crate) fn status(v: i32) -> Status {
@@ -68,6 +68,7 @@ pub(crate) struct RoomReply {
     pub(crate) room: String,
     pub(crate) join_code: String,
     pub(crate) rooms: Vec<String>,
+    pub(crate) info: Option<RoomInfo>,
 }
 
 /// An OK answer to an account request.
@@ -128,6 +129,9 @@ pub(crate) fn decode(body: Bytes) -> Result<Inbound, ClientError> {
             seq,
             msg_id,
             timestamp_us: server_ts_us,
+            ephemeral: false,
+            outgoing: false,
+            to_user: None,
         })));
     }
     let Some(kind) = decode_server(body).map_err(protocol)?.kind else {
@@ -149,6 +153,13 @@ pub(crate) fn decode(body: Bytes) -> Result<Inbound, ClientError> {
         },
         server_frame::Kind::Pong(p) => Event::Pong(p.nonce),
         server_frame::Kind::RoomResult(r) => Event::RoomResult {
+            info: (!r.owner.is_empty()).then(|| RoomInfo {
+                name: r.room.clone(),
+                owner: r.owner,
+                members: r.members,
+                created_us: r.created_us,
+                join_code: Some(r.join_code.clone()).filter(|c| !c.is_empty()),
+            }),
             request_id: r.request_id,
             status: status(r.status),
             reason: r.reason,
@@ -156,10 +167,17 @@ pub(crate) fn decode(body: Bytes) -> Result<Inbound, ClientError> {
             join_code: r.join_code,
             rooms: r.rooms,
         },
+        server_frame::Kind::Receipt(r) => Event::Receipt(crate::Receipt {
+            user: r.user,
+            room: Some(r.room).filter(|x| !x.is_empty()),
+            to_user: Some(r.to_user).filter(|x| !x.is_empty()),
+            msg_id: r.msg_id,
+        }),
         server_frame::Kind::RoomEvent(e) => Event::Room {
             kind: RoomEventKind::from_wire(e.kind),
             room: e.room,
             user: e.user,
+            seq: e.seq,
         },
         server_frame::Kind::AccountResult(r) => Event::AccountResult {
             request_id: r.request_id,
@@ -168,7 +186,7 @@ pub(crate) fn decode(body: Bytes) -> Result<Inbound, ClientError> {
             user: r.user,
             users: r.users,
         },
-        // Taken by the fast parser above; decoded again only if it changes.
+        // Taken by the fast parser above, unless it is ephemeral or an outgoing copy.
         server_frame::Kind::Deliver(d) => Event::Message(Message {
             sender: d.from_user,
             room: Some(d.to_room).filter(|r| !r.is_empty()),
@@ -176,6 +194,9 @@ pub(crate) fn decode(body: Bytes) -> Result<Inbound, ClientError> {
             seq: d.seq,
             msg_id: d.msg_id,
             timestamp_us: d.server_ts_us,
+            ephemeral: d.ephemeral,
+            outgoing: d.outgoing,
+            to_user: Some(d.to_user).filter(|u| !u.is_empty()),
         }),
     }))
 }
@@ -199,7 +220,7 @@ fn answer_id(ev: &Event) -> Option<u64> {
         | Event::AccountResult { request_id, .. }
         | Event::Error { request_id, .. } => Some(*request_id),
         Event::Pong(nonce) => Some(*nonce),
-        Event::Message(_) | Event::Room { .. } => None,
+        Event::Message(_) | Event::Room { .. } | Event::Receipt(_) => None,
     }
 }
 
@@ -219,6 +240,7 @@ pub(crate) fn into_answer(ev: Event) -> Option<Answer> {
             room,
             join_code,
             rooms,
+            info,
         } => (
             request_id,
             status,
@@ -227,6 +249,7 @@ pub(crate) fn into_answer(ev: Event) -> Option<Answer> {
                 room,
                 join_code,
                 rooms,
+                info,
             }),
         ),
         Event::AccountResult {
@@ -259,7 +282,7 @@ pub(crate) fn into_answer(ev: Event) -> Option<Answer> {
             }));
         }
         Event::Pong(_) => return Some(Ok(Reply::Pong)),
-        Event::Message(_) | Event::Room { .. } => return None,
+        Event::Message(_) | Event::Room { .. } | Event::Receipt(_) => return None,
     };
     Some(if status == Status::Ok {
         Ok(reply)
@@ -446,6 +469,7 @@ mod tests {
             room: room.into(),
             join_code: "CODE".into(),
             rooms: vec![],
+            ..Default::default()
         }))
     }
 
@@ -469,6 +493,7 @@ mod tests {
             payload: Bytes::from_static(b"hi"),
             server_ts_us: 9,
             msg_id: 11,
+            ..Default::default()
         }));
         let Inbound::Event(Event::Message(m)) = decode(b.clone()).unwrap() else {
             panic!("not a message")
@@ -497,12 +522,14 @@ mod tests {
             event(server_frame::Kind::RoomEvent(RoomEvent {
                 kind: 2,
                 room: "r".into(),
-                user: "u".into()
+                user: "u".into(),
+                seq: 0,
             })),
             Event::Room {
                 kind: RoomEventKind::Left,
                 room: "r".into(),
-                user: "u".into()
+                user: "u".into(),
+                seq: 0,
             }
         );
         assert!(matches!(
@@ -642,6 +669,7 @@ mod tests {
                 room: room.into(),
                 join_code: join_code.into(),
                 rooms: rooms.iter().map(|s| s.to_string()).collect(),
+                info: None,
             })
         };
         let account = |user: &str, users: &[&str]| {
@@ -653,9 +681,10 @@ mod tests {
         let r = req::CreateRoom {
             name: "lobby",
             password: Some("pw"),
+            members: &["m"],
         };
         assert!(
-            matches!(sent(&r), K::CreateRoom(c) if (c.request_id, c.name.as_str(), c.password.as_str()) == (7, "lobby", "pw"))
+            matches!(sent(&r), K::CreateRoom(c) if (c.request_id, c.name.as_str(), c.password.as_str(), &c.members[..]) == (7, "lobby", "pw", &["m".to_owned()][..]))
         );
         assert_eq!(r.output(room("lobby", "AB12", &[])), Some("AB12".into()));
         let r = req::JoinRoom {
@@ -709,6 +738,7 @@ mod tests {
         let r = SendWait {
             to: Target::Room("lobby"),
             payload: b"x",
+            ephemeral: false,
         };
         assert!(
             matches!(sent(&r), K::Send(s) if s.want_result && s.request_id == 7 && s.to_room == "lobby" && &s.payload[..] == b"x")

@@ -69,6 +69,7 @@ pub(crate) trait Request {
 pub(crate) struct SendWait<'a> {
     pub(crate) to: Target<'a>,
     pub(crate) payload: &'a [u8],
+    pub(crate) ephemeral: bool,
 }
 
 impl Request for SendWait<'_> {
@@ -80,6 +81,7 @@ impl Request for SendWait<'_> {
             request_id,
             want_result: true,
             msg_id: 0,
+            ephemeral: self.ephemeral,
         };
         Frame::Send(h, self.payload)
     }
@@ -95,6 +97,8 @@ impl Request for SendWait<'_> {
 pub(crate) struct CreateRoom<'a> {
     pub(crate) name: &'a str,
     pub(crate) password: Option<&'a str>,
+    /// Initial members besides the owner.
+    pub(crate) members: &'a [&'a str],
 }
 
 impl Request for CreateRoom<'_> {
@@ -105,6 +109,7 @@ impl Request for CreateRoom<'_> {
             request_id,
             name: self.name.to_owned(),
             password: self.password.unwrap_or_default().to_owned(),
+            members: self.members.iter().map(|m| (*m).to_owned()).collect(),
         }))
     }
     fn output(self, reply: Reply) -> Option<String> {
@@ -326,5 +331,27 @@ impl Request for PingRequest {
     }
     fn output(self, reply: Reply) -> Option<()> {
         matches!(reply, Reply::Pong).then_some(())
+    }
+}
+
+/// RoomInfo: the room's details.
+pub(crate) struct RoomInfo<'a> {
+    pub(crate) room: &'a str,
+}
+
+impl Request for RoomInfo<'_> {
+    type Output = crate::RoomInfo;
+    const NAME: &'static str = "RoomInfo";
+    fn frame(&self, request_id: u64) -> Frame<'_> {
+        Frame::of(client_frame::Kind::RoomInfo(pb::RoomInfo {
+            request_id,
+            room: self.room.to_owned(),
+        }))
+    }
+    fn output(self, reply: Reply) -> Option<crate::RoomInfo> {
+        match reply {
+            Reply::Room(r) => r.info,
+            _ => None,
+        }
     }
 }

@@ -343,6 +343,7 @@ mod tests {
                 kind: 1,
                 room: "r".into(),
                 user: "u".into(),
+                seq: 0,
             }),
             server_frame::Kind::Deliver(Deliver {
                 seq: 3,

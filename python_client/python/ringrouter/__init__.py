@@ -22,6 +22,10 @@ Names:
 - :class:`Client` -- a connection logged in as one user (thread-safe: one thread
   may block in :meth:`Client.recv` while others send).
 - :class:`Message` -- a received message.
+- :class:`Receipt` -- a read receipt (``user``, ``room``, ``to_user``, ``msg_id``),
+  returned by :meth:`Client.recv` after someone called :meth:`Client.mark_read`.
+- :class:`RoomInfo` -- a room's owner, members, creation time (and join code, for
+  the owner), from :meth:`Client.room_info`.
 - :class:`Event` -- a room event (``kind`` "joined", "left", "removed" or
   "deleted", ``room``, ``user``), also returned by :meth:`Client.recv`.
 - :class:`RouterError` (``code``, ``status``, ``reason``) and its subclasses
@@ -45,6 +49,8 @@ from ._native import (
     ConnectionClosed,
     Event,
     Message,
+    Receipt,
+    RoomInfo,
     RouterError,
     Status,
 )
@@ -57,6 +63,8 @@ __all__ = [
     "ConnectionClosed",
     "Event",
     "Message",
+    "Receipt",
+    "RoomInfo",
     "RouterError",
     "Status",
     "load",

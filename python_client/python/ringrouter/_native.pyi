@@ -12,6 +12,8 @@ __all__ = [
     "Client",
     "Message",
     "Event",
+    "Receipt",
+    "RoomInfo",
     "RouterError",
     "AuthError",
     "ConnectionClosed",
@@ -109,13 +111,27 @@ class Message:
     @property
     def timestamp_us(self) -> int:
         """Router clock when it accepted the message, microseconds since the Unix epoch."""
+    @property
+    def ephemeral(self) -> bool:
+        """``True`` for an ephemeral message (``send(..., ephemeral=True)``: typing
+        indicators and the like). It reached live sessions only, is never stored or
+        redelivered, and its ``seq`` is 0."""
+    @property
+    def outgoing(self) -> bool:
+        """``True`` for a copy of a direct message this user sent from another device:
+        ``sender`` is this user, :attr:`to_user` the recipient, ``seq`` 0 (live
+        sessions only)."""
+    @property
+    def to_user(self) -> Optional[str]:
+        """The recipient of an outgoing copy (see :attr:`outgoing`); ``None`` otherwise."""
 
 @final
 class Event:
     """A room event, returned by :meth:`Client.recv` among the messages.
 
     Sent by the router to every live session of every member of the room (the
-    user concerned included). Immutable; equal when all fields are equal.
+    user concerned included); a member without a live session gets it at its next
+    login, in order with its messages. Immutable; equal when all fields are equal.
     """
 
     @property
@@ -128,6 +144,51 @@ class Event:
     @property
     def user(self) -> str:
         """The user who joined, left or was removed; the owner for ``"deleted"``."""
+
+@final
+class Receipt:
+    """A read receipt, returned by :meth:`Client.recv`: ``user`` read a conversation
+    up to message ``msg_id`` (:meth:`Client.mark_read`). Immutable; equal when all
+    fields are equal.
+
+    For a room, ``room`` names it. For a direct conversation ``room`` is ``None`` and
+    ``to_user`` is its other side: this user when the peer read, or the peer when the
+    receipt comes from one of this user's other devices (``user`` is then this user).
+    """
+
+    @property
+    def user(self) -> str:
+        """Who read."""
+    @property
+    def room(self) -> Optional[str]:
+        """The room read, or ``None`` for a direct conversation."""
+    @property
+    def to_user(self) -> Optional[str]:
+        """The other side of a direct conversation; ``None`` for a room."""
+    @property
+    def msg_id(self) -> int:
+        """The message read up to."""
+
+@final
+class RoomInfo:
+    """A room's details, from :meth:`Client.room_info`. Immutable."""
+
+    @property
+    def name(self) -> str:
+        """The room's name."""
+    @property
+    def owner(self) -> str:
+        """The room's owner."""
+    @property
+    def members(self) -> List[str]:
+        """The members (the owner included), in byte order."""
+    @property
+    def created_us(self) -> int:
+        """When the room was created, microseconds since the Unix epoch (0 for rooms
+        created before routers kept it)."""
+    @property
+    def join_code(self) -> Optional[str]:
+        """The join code: only the owner is told (``None`` for other members)."""
 
 @final
 class Client:
@@ -188,8 +249,13 @@ class Client:
     @property
     def closed(self) -> bool:
         """Whether the connection is closed (by :meth:`close`, the router or the network)."""
-    def send(self, to: str, payload: bytes, *, wait: bool = False) -> None:
+    def send(
+        self, to: str, payload: bytes, *, wait: bool = False, ephemeral: bool = False
+    ) -> None:
         """Sends ``payload`` to every session (device) of user ``to``.
+
+        The user's other devices get a copy (a :class:`Message` with
+        ``outgoing=True`` and ``to_user=to``).
 
         Without ``wait`` the message is queued and written by the writer thread
         shortly after; the call only blocks when the send buffer (4 MiB) is full,
@@ -199,6 +265,11 @@ class Client:
         ``code == "NOT_FOUND"``: ``to`` has no session), :class:`TimeoutError` if
         none comes in time.
 
+        With ``ephemeral=True`` (typing indicators and the like) it reaches the live
+        sessions of ``to`` only: never stored or redelivered, no copy for the other
+        devices; it arrives as a :class:`Message` with ``ephemeral=True`` and
+        ``seq`` 0. ``wait=True`` then says OK once the router routed it.
+
         Raises :class:`ConnectionClosed` once the connection is closed.
         """
     def send_many(self, to: str, payloads: Iterable[bytes]) -> int:
@@ -206,13 +277,17 @@ class Client:
 
         Faster than calling :meth:`send` in a loop. Returns how many were queued.
         """
-    def send_room(self, room: str, payload: bytes, *, wait: bool = False) -> None:
+    def send_room(
+        self, room: str, payload: bytes, *, wait: bool = False, ephemeral: bool = False
+    ) -> None:
         """Sends ``payload`` to every member of ``room`` (every session of each
         member, the sender's other devices included).
 
         As :meth:`send`: queued without ``wait``; with ``wait=True`` it waits for the
         router's answer and raises :class:`RouterError` if it is not OK (e.g.
         ``"NOT_FOUND"``: no such room, ``"FORBIDDEN"``: not a member).
+        With ``ephemeral=True`` it reaches the members' live sessions only (see
+        :meth:`send`).
         """
     @staticmethod
     def register(
@@ -232,11 +307,36 @@ class Client:
         password the router does not accept. ``tls``, ``ca_file`` and ``transport``
         as for :class:`Client`.
         """
-    def create_room(self, name: str, password: Optional[str] = None) -> str:
+    def create_room(
+        self, name: str, *, password: Optional[str] = None, members: Iterable[str] = ()
+    ) -> str:
         """Creates room ``name``, owned by this user (its first member), protected
-        by ``password`` if given. Returns the room's join code.
+        by ``password`` if given, with ``members`` as members from the start. Returns
+        the room's join code. Each initial member gets an :class:`Event` ``"joined"``
+        naming itself (at its next login if it is offline).
 
-        Raises :class:`RouterError` ``"CONFLICT"`` if the name is taken.
+        Raises :class:`RouterError` ``"CONFLICT"`` if the name is taken,
+        ``"NOT_FOUND"`` if a member does not exist, ``"RATE_LIMITED"`` if a member is
+        in too many rooms, ``"BAD_REQUEST"`` for more members than the router's
+        ``--max-members-per-room``; nothing is created then.
+        """
+    def mark_read(
+        self, *, user: Optional[str] = None, room: Optional[str] = None, msg_id: int
+    ) -> None:
+        """Marks a conversation read up to message ``msg_id``: the direct one with
+        ``user``, or the room ``room`` (give exactly one, else :class:`ValueError`).
+
+        The peer's live devices (every member's, for a room) and this user's other
+        live devices get a :class:`Receipt` from :meth:`recv`, so unread counts agree
+        across devices; nothing is stored for devices that are offline. Waits for the
+        router: :class:`RouterError` ``"FORBIDDEN"`` for a room this user is not in.
+        """
+    def room_info(self, room: str) -> RoomInfo:
+        """The owner, members and creation time of ``room``, and its join code when
+        this user owns it.
+
+        Raises :class:`RouterError` ``"FORBIDDEN"`` if this user is not a member,
+        ``"NOT_FOUND"`` for no such room.
         """
     def join_room(self, name_or_code: str, password: Optional[str] = None) -> str:
         """Joins a room by its name or its join code; returns the room's name.
@@ -247,7 +347,9 @@ class Client:
     def leave_room(self, room: str) -> None:
         """Leaves ``room``."""
     def add_member(self, room: str, user: str) -> None:
-        """Adds ``user`` to ``room``; owner only (else :class:`RouterError` ``"FORBIDDEN"``)."""
+        """Adds ``user`` to ``room``; owner only (else :class:`RouterError`
+        ``"FORBIDDEN"``), or any member on a router started with
+        ``--room-add-policy members``."""
     def remove_member(self, room: str, user: str) -> None:
         """Removes ``user`` from ``room``; owner only (else :class:`RouterError` ``"FORBIDDEN"``)."""
     def delete_room(self, room: str) -> None:
@@ -273,8 +375,11 @@ class Client:
 
         Returns ``False`` if ``timeout`` seconds passed first (``None``: no limit).
         """
-    def recv(self, timeout: Optional[float] = None) -> Optional[Union[Message, Event]]:
-        """The next message, or :class:`Event` for a room event, waiting up to
+    def recv(
+        self, timeout: Optional[float] = None
+    ) -> Optional[Union[Message, Event, Receipt]]:
+        """The next message, :class:`Event` for a room event or :class:`Receipt` for a
+        read receipt, waiting up to
         ``timeout`` seconds (``None``: forever). Both come in the order the router
         sent them.
 
@@ -296,9 +401,10 @@ class Client:
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> bool: ...
-    def __iter__(self) -> Iterator[Union[Message, Event]]:
-        """Yields messages and room events as they arrive; stops when the connection closes."""
-    def __next__(self) -> Union[Message, Event]: ...
+    def __iter__(self) -> Iterator[Union[Message, Event, Receipt]]:
+        """Yields messages, room events and receipts as they arrive; stops when the
+        connection closes."""
+    def __next__(self) -> Union[Message, Event, Receipt]: ...
 
 def load_run(
     addr: str,

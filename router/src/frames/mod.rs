@@ -8,8 +8,9 @@
 //! | Ack | [`ack`] |
 //! | Ping, Pong | [`ping`] |
 //! | Login, Register, Logout (after login) | [`session`] |
-//! | CreateRoom, JoinRoom, LeaveRoom, AddMember, RemoveMember, DeleteRoom, ListRooms | [`rooms`] |
+//! | CreateRoom, JoinRoom, LeaveRoom, AddMember, RemoveMember, DeleteRoom, ListRooms, RoomInfo | [`rooms`] |
 //! | DeleteAccount, ListUsers | [`accounts`] |
+//! | MarkRead | [`receipts`] |
 //!
 //! # Adding a client frame kind
 //! 1. `proto/router.proto`: the message, its field in `ClientFrame.kind` (and its result
@@ -35,6 +36,7 @@ use crate::shard::{Flow, SessionKey, Shard};
 pub mod accounts;
 pub mod ack;
 pub mod ping;
+pub mod receipts;
 pub mod rooms;
 pub mod send;
 pub mod session;
@@ -75,13 +77,18 @@ impl Shard {
                 | Kind::AddMember(_)
                 | Kind::RemoveMember(_)
                 | Kind::DeleteRoom(_)
-                | Kind::ListRooms(_)),
+                | Kind::ListRooms(_)
+                | Kind::RoomInfo(_)),
             ) => {
                 self.on_room_request(key, k);
                 Flow::Continue
             }
             Inbound::Other(Kind::DeleteAccount(d)) => {
                 self.on_delete_account(key, d.request_id);
+                Flow::Continue
+            }
+            Inbound::Other(Kind::MarkRead(m)) => {
+                self.on_mark_read(key, m, ts_us);
                 Flow::Continue
             }
             Inbound::Other(Kind::ListUsers(l)) => {

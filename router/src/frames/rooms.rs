@@ -1,6 +1,6 @@
 //! The room family of client frames: CreateRoom, JoinRoom, LeaveRoom, AddMember,
-//! RemoveMember, DeleteRoom (decoded into a `RoomReq` mailed to the room's home shard,
-//! see `shard::rooms`) and ListRooms (answered from the store).
+//! RemoveMember, DeleteRoom, RoomInfo (decoded into a `RoomReq` mailed to the room's home
+//! shard, see `shard::rooms`) and ListRooms (answered from the store).
 
 use std::collections::VecDeque;
 
@@ -23,12 +23,13 @@ impl Shard {
             return;
         };
         let user = String::from_utf8_lossy(&self.sessions[key].user).into_owned();
-        let (request_id, op) = match kind {
+        let (request_id, mut op) = match kind {
             Kind::CreateRoom(c) => (
                 c.request_id,
                 RoomOp::Create {
                     name: c.name,
                     password: c.password,
+                    members: c.members,
                 },
             ),
             Kind::JoinRoom(j) => (
@@ -54,12 +55,19 @@ impl Shard {
                 },
             ),
             Kind::DeleteRoom(d) => (d.request_id, RoomOp::Delete { room: d.room }),
+            Kind::RoomInfo(i) => (i.request_id, RoomOp::Info { room: i.room }),
             Kind::ListRooms(l) => {
                 self.list_rooms(from, l.request_id, user);
                 return;
             }
             _ => return,
         };
+        if let RoomOp::Create { members, .. } = &mut op {
+            // The owner is a member anyway; each name once.
+            members.retain(|m| *m != user);
+            members.sort_unstable();
+            members.dedup();
+        }
         // Names were checked where the frame was decoded (`names::check_frame`).
         let bad = match &op {
             RoomOp::Create { password, .. } | RoomOp::Join { password, .. }
@@ -68,6 +76,13 @@ impl Shard {
                 Some(format!("password longer than {MAX_PASSWORD_BYTES} bytes"))
             }
             RoomOp::Join { key, .. } if key.starts_with(CODE_MARK) => check_join_code(key).err(),
+            RoomOp::Create { members, .. } if members.len() >= self.cfg.max_members_per_room => {
+                Some(format!(
+                    "members: {} initial members and the owner exceed max_members_per_room {}",
+                    members.len(),
+                    self.cfg.max_members_per_room
+                ))
+            }
             _ => None,
         };
         if let Some(reason) = bad {

@@ -2,13 +2,15 @@
 //! here goes straight into the recipient's sessions (`shard::delivery`); one homed on
 //! another shard is appended to the outgoing batch for that shard (`Mail::Deliver`,
 //! moved into the ring by the flusher); a room message goes to the room's home
-//! (`shard::rooms`).
+//! (`shard::rooms`). Ephemeral sends and copies for the sender's other devices are
+//! live-only frames (`shard::social`).
 
 use bytes::Bytes;
 use ringrouter_proto::fast::SendView;
 use ringrouter_proto::reply;
 use ringrouter_proto::Status;
 
+use crate::shard::mail::Live;
 use crate::shard::retention::{Outgoing, OwnedMsg, NO_ROOM};
 use crate::shard::{Flow, Mail, Routed, SessionKey, Shard};
 
@@ -76,10 +78,16 @@ impl Shard {
         } else {
             self.next_msg_id()
         };
-        if !v.to_room.is_empty() {
-            let want = v.want_result.then_some(v.request_id);
-            self.send_to_room(key, v.to_room, v.payload, msg_id, ts_us, want);
+        if v.ephemeral {
+            self.send_ephemeral(key, v, msg_id, ts_us);
             return;
+        }
+        if !v.to_room.is_empty() {
+            self.send_to_room(key, v, msg_id, ts_us, Live::No);
+            return;
+        }
+        if self.social.multi_device > 0 {
+            self.copy_to_own_devices(key, &v.to_user, &v.payload, msg_id, ts_us);
         }
         let home = self.home(&v.to_user);
         if home == self.id {

@@ -265,6 +265,7 @@ async fn publish(body: &[u8], shard: &Rc<RefCell<Shard>>, shared: &Arc<Shared>) 
                 ts_us,
                 reply: Some((id, 0)),
                 sender: id,
+                live: crate::shard::mail::Live::No,
             };
             sh.post(home, Mail::RoomSend(m));
         }

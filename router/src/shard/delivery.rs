@@ -174,7 +174,7 @@ impl Shard {
         (n + skipped, overflowed)
     }
 
-    fn offline_cap(&self) -> Option<QueueCap> {
+    pub(crate) fn offline_cap(&self) -> Option<QueueCap> {
         let overflow = match self.cfg.offline_overflow {
             OfflineOverflow::Reject => Overflow::Reject,
             OfflineOverflow::DropOldest => Overflow::DropOldest,
@@ -419,8 +419,13 @@ impl Shard {
         let mut last = 0;
         for (store_seq, m) in &page {
             s.last_seq += 1;
-            s.out
-                .push_deliver(&stamp_of(s.last_seq, m), &m.payload, inline_max);
+            if m.room_event != 0 {
+                // A room event stored while the user was away (`shard::social`).
+                s.push_frame(&super::social::stored_event(s.last_seq, m));
+            } else {
+                s.out
+                    .push_deliver(&stamp_of(s.last_seq, m), &m.payload, inline_max);
+            }
             s.unacked.push_stored(s.last_seq, *store_seq);
             last = *store_seq;
         }

@@ -109,6 +109,9 @@ pub enum Mail {
     /// Work for the receiving shard, run there with the shard borrowed (the HTTP API's
     /// questions about a user homed there).
     Call(StoreDone),
+    /// A frame for the live sessions of users homed on the receiving shard, never
+    /// stored (ephemeral messages and other social notices, see `shard::social`).
+    Live(Box<LiveFrame>),
     /// A frame for a session of the receiving shard (answers to room requests).
     Reply {
         /// The session.
@@ -147,6 +150,8 @@ pub enum RoomOp {
         name: String,
         /// Optional password (empty: none).
         password: String,
+        /// Initial members besides the owner.
+        members: Vec<String>,
     },
     /// Join by name or join code.
     Join {
@@ -179,6 +184,11 @@ pub enum RoomOp {
         /// Room name.
         room: String,
     },
+    /// Members only: the room's owner, members, creation time (and code, for the owner).
+    Info {
+        /// Room name.
+        room: String,
+    },
     /// The user's account is being deleted: leave the room, or delete it if owned.
     Purge {
         /// Room name.
@@ -195,6 +205,7 @@ impl RoomOp {
             | RoomOp::Add { room, .. }
             | RoomOp::Remove { room, .. }
             | RoomOp::Delete { room }
+            | RoomOp::Info { room }
             | RoomOp::Purge { room } => room,
         }
     }
@@ -207,6 +218,7 @@ impl RoomOp {
             | RoomOp::Add { room, .. }
             | RoomOp::Remove { room, .. }
             | RoomOp::Delete { room }
+            | RoomOp::Info { room }
             | RoomOp::Purge { room } => *room = name.to_owned(),
         }
     }
@@ -229,6 +241,19 @@ pub struct RoomSend {
     pub reply: Option<(SessionId, u64)>,
     /// The sending session (not echoed to; paused if members read too slowly).
     pub sender: SessionId,
+    /// Live sessions only, never stored (an ephemeral send or a read receipt).
+    pub live: Live,
+}
+
+/// What a room "message" is: stored and acked, or for live sessions only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Live {
+    /// An ordinary message.
+    No,
+    /// An ephemeral message (`Send.ephemeral`).
+    Ephemeral,
+    /// A read receipt (MarkRead): `msg_id` is the message read up to; no payload.
+    Receipt,
 }
 
 /// A room message for the members homed on one shard.
@@ -250,6 +275,21 @@ pub struct RoomFan {
     pub sender: SessionId,
     /// Set when the sender waits for a SendResult.
     pub ack: Option<Arc<RoomAck>>,
+    /// Live sessions only, never stored (an ephemeral send or a read receipt).
+    pub live: Live,
+}
+
+/// A frame for the live sessions of some users homed on one shard (`Mail::Live`, see `shard::social`).
+#[derive(Debug)]
+pub struct LiveFrame {
+    /// Who gets it.
+    pub users: Vec<Bytes>,
+    /// The frame.
+    pub frame: ServerFrame,
+    /// A session that does not get it (the sending device).
+    pub skip: Option<SessionId>,
+    /// What it counts for in the cross-shard pipeline bound.
+    pub weight: usize,
 }
 
 /// A room event for the live sessions of some users homed on one shard.
@@ -315,6 +355,7 @@ impl Mail {
             Mail::Deliver(r) => r.payload.len() + 64,
             Mail::RoomSend(r) => r.payload.len() + 64,
             Mail::RoomDeliver(r) => r.payload.len() + 64,
+            Mail::Live(l) => l.weight,
             _ => 64,
         }
     }
@@ -408,6 +449,10 @@ impl Shard {
             }
             Mail::RoomQuota { user } => {
                 self.next_own(&user);
+                None
+            }
+            Mail::Live(l) => {
+                self.push_live(&l);
                 None
             }
             Mail::Reply { to, frame } => {

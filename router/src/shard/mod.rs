@@ -48,6 +48,7 @@ pub mod retention;
 pub mod rooms;
 pub(crate) mod run;
 pub mod session;
+pub mod social;
 pub mod store_link;
 #[cfg(test)]
 mod tests;
@@ -136,6 +137,8 @@ pub struct Shard {
     pub room_quota: NameMap<Bytes, std::collections::VecDeque<rooms::OwnItem>>,
     /// HTTP API requests waiting for the outcome of a message they published.
     pub api_waiters: api::ApiWaiters,
+    /// The social layer's state of the users homed here (see `social`).
+    pub social: social::Social,
 }
 
 /// The home shard of a name (defined in proto, shared with the clients).
@@ -211,6 +214,7 @@ impl Shard {
             touched_at: Instant::now(),
             room_quota: NameMap::default(),
             api_waiters: api::ApiWaiters::default(),
+            social: social::Social::default(),
         }
     }
 

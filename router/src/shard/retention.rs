@@ -45,6 +45,7 @@ impl OwnedMsg {
             payload: self.payload.clone(),
             server_ts_us: self.ts_us,
             msg_id: self.msg_id,
+            room_event: 0,
         }
     }
 }
@@ -258,6 +259,7 @@ impl Retained {
             payload: m.payload.clone(),
             server_ts_us: m.ts_us,
             msg_id: m.msg_id,
+            room_event: 0,
         };
         for u in q {
             // The two queues merge by seq.
@@ -275,6 +277,7 @@ impl Retained {
                 payload: u.payload.into_bytes(),
                 server_ts_us: u.ts_us,
                 msg_id: u.msg_id,
+                room_event: 0,
             });
         }
         out.extend(fan.map(fanned));
@@ -310,6 +313,7 @@ impl Outgoing<'_> {
             payload: self.payload.clone(),
             server_ts_us: self.ts_us,
             msg_id: self.msg_id,
+            room_event: 0,
         }
     }
 }
@@ -350,6 +354,7 @@ mod tests {
                 payload: m.payload.clone(),
                 server_ts_us: id,
                 msg_id: id,
+                room_event: 0,
             }
         };
         let small = Bytes::from_static(b"hi");

@@ -31,17 +31,19 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use ringrouter_proto::fast::SendView;
 use ringrouter_proto::reply;
-use ringrouter_proto::v1::{RoomEvent, RoomEventKind};
+use ringrouter_proto::v1::{RoomEvent, RoomEventKind, ServerFrame};
 use ringrouter_proto::Status;
 
 use super::answer::{Answer, FanPart, RoomAck};
 use super::api::is_api;
-use super::mail::{Mail, RoomFan, RoomNotice, RoomOp, RoomReq, RoomSend, CODE_MARK};
+use super::mail::{Live, Mail, RoomFan, RoomNotice, RoomOp, RoomReq, RoomSend, CODE_MARK};
 use super::retention::{Outgoing, OwnedMsg};
 use super::session::{SessionId, SessionKey};
 use super::store_link::store_status;
 use super::{NameSet, Shard};
+use crate::config::RoomAddPolicy;
 use crate::store::{RoomRecord, StoreError, StoreResult};
 
 /// A room request or message of a user, waiting behind the user's Create or Join.
@@ -198,6 +200,8 @@ enum Plan {
     Write(Box<RoomReq>, RoomRecord, RoomEventKind),
     /// Delete the room.
     Delete(Box<RoomReq>),
+    /// Send this answer (RoomInfo).
+    Reply(Box<RoomReq>, ServerFrame),
 }
 
 /// Decides a request against a loaded room (no side effects).
@@ -245,9 +249,39 @@ fn plan_for(room: &Room, req: Box<RoomReq>, cfg: &crate::config::Config) -> Plan
                 Plan::Write(req, rec, RoomEventKind::RoomEventLeft)
             }
         }
+        RoomOp::Info { .. } => {
+            if !room.is_member(&req.user) {
+                answer(req, Status::Forbidden, "not a member of the room", "")
+            } else {
+                let mut members = room.rec.members.clone();
+                members.sort_unstable();
+                // The join code lets anyone in: the owner's to hand out.
+                let code = if owner {
+                    room.rec.join_code.as_str()
+                } else {
+                    ""
+                };
+                let r = &room.rec;
+                let frame = reply::room_info(
+                    req.request_id,
+                    &r.name,
+                    &r.owner,
+                    members,
+                    r.created_us,
+                    code,
+                );
+                Plan::Reply(req, frame)
+            }
+        }
         RoomOp::Add { user, .. } => {
-            if !owner {
-                answer(req, Status::Forbidden, "only the owner may add members", "")
+            let may_add = owner
+                || (cfg.room_add_policy == RoomAddPolicy::Members && room.is_member(&req.user));
+            if !may_add {
+                let reason = match cfg.room_add_policy {
+                    RoomAddPolicy::Owner => "only the owner may add members",
+                    RoomAddPolicy::Members => "only members may add members",
+                };
+                answer(req, Status::Forbidden, reason, "")
             } else if room.is_member(user) {
                 answer(req, Status::Ok, "", &code)
             } else if room.members.len() >= cfg.max_members_per_room {
@@ -400,15 +434,16 @@ impl Shard {
     pub fn send_to_room(
         &mut self,
         key: SessionKey,
-        room: Bytes,
-        payload: Bytes,
+        v: SendView,
         msg_id: u64,
         ts_us: u64,
-        want: Option<u64>,
+        live: Live,
     ) {
         let Some(sender) = self.session_id(key) else {
             return;
         };
+        let want = v.want_result.then_some(v.request_id);
+        let (room, payload) = (v.to_room, v.payload);
         let home = self.home(&room);
         let work = RoomSend {
             room,
@@ -418,6 +453,7 @@ impl Shard {
             ts_us,
             reply: want.map(|rid| (sender, rid)),
             sender,
+            live,
         };
         if !self.room_quota.is_empty() {
             if let Some(waiting) = self.room_quota.get_mut(&work.from_user[..]) {
@@ -690,6 +726,7 @@ impl Shard {
                 slot.busy = true;
                 self.delete_room(key, req, members);
             }
+            Plan::Reply(req, frame) => self.send_to_session(req.from, frame),
         }
     }
 
@@ -702,12 +739,17 @@ impl Shard {
             return;
         }
         self.counters.room_msgs += 1;
-        if room.fan.is_empty() {
+        let live = s.live != Live::No;
+        if room.fan.is_empty() || live {
+            // Ephemeral: live sessions only, nothing to wait for.
             self.reply_send(s.reply, s.msg_id, Status::Ok);
+        }
+        if room.fan.is_empty() {
             return;
         }
         let ack = s
             .reply
+            .filter(|_| !live)
             .map(|reply| RoomAck::new(room.fan.len(), reply, s.msg_id));
         for (shard, users) in &room.fan {
             let f = RoomFan {
@@ -719,6 +761,7 @@ impl Shard {
                 users: users.clone(),
                 sender: s.sender,
                 ack: ack.clone(),
+                live: s.live,
             };
             if *shard == self.id {
                 self.on_room_fan(f);
@@ -831,13 +874,59 @@ impl Shard {
     }
 
     fn create_room(&mut self, key: Bytes, req: Box<RoomReq>) {
-        let RoomOp::Create { name, password } = &req.op else {
+        let RoomOp::Create {
+            name,
+            password,
+            members,
+        } = &req.op
+        else {
             return;
         };
         let (name, password) = (name.clone(), password.clone());
         let owner = req.user.clone();
         let owner_for_check = owner.clone();
-        // Admitted on the owner's home shard (quota), or checked here.
+        // Without the owner, each once (`frames::rooms`).
+        let initial = members.clone();
+        let checked: VecDeque<String> = initial.iter().cloned().collect();
+        // Admitted on the owner's home shard (quota), or checked here; then every
+        // initial member is checked as AddMember checks one.
+        let admitted = move |sh: &mut Shard, req: Box<RoomReq>| {
+            sh.check_members(checked, req, move |sh, req| {
+                sh.create_checked(key, req, name, password, owner, initial)
+            })
+        };
+        if req.quota {
+            admitted(self, req);
+        } else {
+            self.check_room_limit(owner_for_check, req, admitted);
+        }
+    }
+
+    /// Each of `members` exists and is under its room limit, in turn; then `then`.
+    fn check_members(
+        &mut self,
+        mut members: VecDeque<String>,
+        req: Box<RoomReq>,
+        then: impl FnOnce(&mut Shard, Box<RoomReq>) + Send + 'static,
+    ) {
+        let Some(m) = members.pop_front() else {
+            return then(self, req);
+        };
+        self.check_user_exists(m.clone(), req, move |sh, req| {
+            sh.check_room_limit(m, req, move |sh, req| sh.check_members(members, req, then))
+        });
+    }
+
+    /// A room checked for creation: draws its code, hashes its password, writes it.
+    fn create_checked(
+        &mut self,
+        key: Bytes,
+        req: Box<RoomReq>,
+        name: String,
+        password: String,
+        owner: String,
+        initial: Vec<String>,
+    ) {
         let admitted = move |sh: &mut Shard, req: Box<RoomReq>| {
             let join_code = match new_join_code() {
                 Ok(c) => c,
@@ -853,7 +942,8 @@ impl Shard {
                 owner: owner.clone(),
                 password_hash: None,
                 join_code,
-                members: vec![owner],
+                members: std::iter::once(owner).chain(initial).collect(),
+                created_us: super::now_us(),
             };
             if password.is_empty() {
                 sh.insert_room(key, req, rec, 3);
@@ -876,11 +966,7 @@ impl Shard {
                 );
             }
         };
-        if req.quota {
-            admitted(self, req);
-        } else {
-            self.check_room_limit(owner_for_check, req, admitted);
-        }
+        admitted(self, req);
     }
 
     /// Writes a new room; a join code already taken gets a fresh one (`tries` times).
@@ -891,6 +977,11 @@ impl Shard {
             move |sh, r| match r {
                 Ok(()) => {
                     sh.answer(&req, Status::Ok, "", &rec.join_code);
+                    // Each initial member learns it is in (the owner from the answer).
+                    for m in rec.members.iter().skip(1) {
+                        let user = Bytes::copy_from_slice(m.as_bytes());
+                        sh.room_event(vec![user], RoomEventKind::RoomEventJoined, &rec.name, m);
+                    }
                     sh.room_done(&key, After::Record(rec));
                 }
                 // The name is known to be free here (the room was Missing): the code clashed.
@@ -960,6 +1051,7 @@ impl Shard {
             kind: kind as i32,
             room: room.to_owned(),
             user: user.to_owned(),
+            seq: 0,
         };
         let mut groups: Vec<Vec<Bytes>> = (0..self.n).map(|_| Vec::new()).collect();
         for u in users {
@@ -989,11 +1081,16 @@ impl Shard {
             .any(|&k| self.session_id(k) != Some(except))
     }
 
-    /// A room event for users homed here.
+    /// A room event for users homed here: to their live sessions, or to the offline
+    /// queue of those without one.
     pub fn on_room_notice(&mut self, n: &RoomNotice) {
         let frame = reply::room_event(n.event.clone());
         for u in &n.users {
-            for k in self.live_sessions(u) {
+            let keys = self.live_sessions(u);
+            if keys.is_empty() {
+                self.store_room_event(u, &n.event);
+            }
+            for k in keys {
                 self.push_frame(k, &frame);
             }
         }
@@ -1002,6 +1099,10 @@ impl Shard {
     /// A room message for members homed here: every session of every member (not the
     /// sending device), or the member's offline queue.
     pub fn on_room_fan(&mut self, f: RoomFan) {
+        if f.live != Live::No {
+            self.fan_live(f);
+            return;
+        }
         let part = f.ack.clone().map(FanPart::new);
         let answer = |part: &Option<Arc<FanPart>>| match part {
             Some(p) => {
@@ -1036,6 +1137,7 @@ impl Shard {
                 users,
                 sender,
                 ack: _,
+                live: _,
             } = f;
             // One record for this shard (moved in, not cloned); each session then takes
             // a non-atomic reference to it.

@@ -274,7 +274,11 @@ impl Shard {
             discard_unacked: false,
             login_frame: None,
         });
-        self.users.entry(user).or_default().push(key);
+        let list = self.users.entry(user).or_default();
+        list.push(key);
+        if list.len() == 2 {
+            self.social.multi_device += 1;
+        }
         if let Some(t) = self.pause.get(self.id) {
             t.reset(key, gen);
         }
@@ -362,7 +366,11 @@ impl Shard {
             _ => {}
         }
         if let Some(list) = self.users.get_mut(&user) {
+            let before = list.len();
             list.retain(|&k| k != key);
+            if before == 2 && list.len() == 1 {
+                self.social.multi_device -= 1;
+            }
             if list.is_empty() {
                 self.users.remove(&user);
                 self.stored_floor.remove(&user);

@@ -53,6 +53,10 @@ pub struct StoredMsg {
     /// The router-unique message id (clients dedupe by it).
     #[prost(uint64, tag = "6")]
     pub msg_id: u64,
+    /// Not 0: a stored room event (`RoomEventKind`), not a message: `from_user` is the
+    /// user it names, `to_room` the room (delivered as a RoomEvent with a seq).
+    #[prost(int32, tag = "10")]
+    pub room_event: i32,
 }
 
 /// A room: its owner, optional password hash (PHC string), join code and members.
@@ -74,6 +78,9 @@ pub struct RoomRecord {
     /// Member user names (the owner included when the owner is a member).
     #[prost(string, repeated, tag = "5")]
     pub members: Vec<String>,
+    /// When it was created, microseconds since the Unix epoch (0: before this field).
+    #[prost(uint64, tag = "6")]
+    pub created_us: u64,
 }
 
 /// An account: the Argon2id PHC string of its password.
@@ -228,6 +235,7 @@ mod tests {
             payload: Bytes::from_static(b"hi"),
             server_ts_us: 5,
             msg_id: 9,
+            room_event: 0,
         };
         let v = encode(&m);
         assert_eq!(decode::<StoredMsg>(&v, "x").ok(), Some(m));

@@ -39,6 +39,7 @@ fn msg(id: u64) -> StoredMsg {
         payload: Bytes::from(format!("payload {id}")),
         server_ts_us: 1_700_000_000_000_000 + id,
         msg_id: id,
+        room_event: 0,
     }
 }
 
@@ -49,6 +50,7 @@ fn room(name: &str, code: &str, owner: &str, members: &[&str]) -> RoomRecord {
         password_hash: None,
         join_code: code.into(),
         members: members.iter().map(|m| m.to_string()).collect(),
+        created_us: 0,
     }
 }
 

@@ -163,12 +163,14 @@ fn delete_account_removes_its_data_rooms_and_sessions() {
         request_id: 1,
         name: "owned".into(),
         password: String::new(),
+        members: Vec::new(),
     });
     assert!(matches!(g1.call(k, 1).0, S::RoomResult(x) if x.status == Status::Ok as i32));
     let k = C::CreateRoom(CreateRoom {
         request_id: 2,
         name: "hers".into(),
         password: String::new(),
+        members: Vec::new(),
     });
     assert!(matches!(h.call(k, 2).0, S::RoomResult(x) if x.status == Status::Ok as i32));
     for (c, room) in [(&mut h, "owned"), (&mut g1, "hers")] {
@@ -258,6 +260,7 @@ fn password_work_past_its_limit_is_rate_limited() {
         request_id: 1,
         name: "locked".into(),
         password: "pw".into(),
+        members: Vec::new(),
     });
     match c.call(k, 1).0 {
         S::RoomResult(x) => assert_eq!(x.status, Status::RateLimited as i32, "{x:?}"),

@@ -21,6 +21,7 @@
 //! | `order` | per-sender order under load, both drivers |
 //! | `prelogin` | what a connection may do before Login, pipelined Register / Login |
 //! | `rooms` | rooms: membership, fan-out (no echo to the sending device), limits, order, kill -9 |
+//! | `social` | ephemeral messages, copies to the sender's devices (issue 11), both drivers |
 //! | `shutdown` | SIGTERM: queued messages flushed or kept for the next login, `--shutdown-timeout` |
 //! | `spoofing` | identity: a client cannot choose `from_user` or other router-owned fields |
 //! | `transports` | the clients over TLS, WebSocket (HTTP port) and both, a certificate not trusted |
@@ -43,6 +44,7 @@ mod order;
 mod prelogin;
 mod rooms;
 mod shutdown;
+mod social;
 mod spoofing;
 mod tls;
 mod transports;

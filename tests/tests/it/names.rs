@@ -140,6 +140,7 @@ fn bad_room_and_member_names_are_bad_request() {
             request_id: id,
             name: name.clone(),
             password: String::new(),
+            members: Vec::new(),
         });
         let (status, reason) = room_call(&mut owner, create, id);
         assert_refused(status, &reason, "name", want, &case);
@@ -165,6 +166,7 @@ fn bad_room_and_member_names_are_bad_request() {
             request_id: 1,
             name: "#abcdefgh".into(),
             password: String::new(),
+            members: Vec::new(),
         }),
         1,
     );

@@ -532,6 +532,7 @@ fn pipelined_creates_stop_exactly_at_max_rooms_per_user() {
             request_id: 100 + i,
             name: format!("lim{i}"),
             password: String::new(),
+            members: Vec::new(),
         })));
     }
     a.write(&bytes).unwrap();
@@ -671,6 +672,7 @@ fn a_send_pipelined_after_a_create_reaches_the_room() {
         request_id: 1,
         name: "pc".into(),
         password: String::new(),
+        members: Vec::new(),
     }));
     bytes.extend(room_send_frame_bytes("pc", b"hi", true, 2));
     o.write(&bytes).unwrap();

@@ -26,13 +26,13 @@ fn forged_deliver() -> Vec<u8> {
 
 /// Send fields to `to` carrying `payload`, surrounded by unknown fields that
 /// hold the forged name in every shape: a bare string (field 9), a whole forged
-/// Deliver (field 7), a forged ServerFrame (field 13), plus varint and fixed32 junk.
+/// Deliver (field 17), a forged ServerFrame (field 13), plus varint and fixed32 junk.
 fn send_with_junk(to: &str, payload: &[u8], request_id: u64) -> Vec<u8> {
     let mut s = Vec::new();
     len_field(&mut s, 9, FORGED);
     varint_field(&mut s, 1, request_id);
     len_field(&mut s, 2, to.as_bytes());
-    len_field(&mut s, 7, &forged_deliver());
+    len_field(&mut s, 17, &forged_deliver());
     len_field(&mut s, 4, payload);
     varint_field(&mut s, 5, 1); // want_result
     len_field(&mut s, 9, FORGED);
@@ -84,7 +84,7 @@ fn bodies(to: &str, n: u64) -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
     let mut second = Vec::new();
     len_field(&mut second, 9, FORGED);
     len_field(&mut second, 4, &p);
-    len_field(&mut second, 7, &forged_deliver());
+    len_field(&mut second, 17, &forged_deliver());
     varint_field(&mut second, 5, 1);
     let mut b = Vec::new();
     len_field(&mut b, 2, &first);

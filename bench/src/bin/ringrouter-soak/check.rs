@@ -347,6 +347,9 @@ mod tests {
             seq: counter,
             msg_id,
             timestamp_us: 0,
+            ephemeral: false,
+            outgoing: false,
+            to_user: None,
         }
     }
 

@@ -1,0 +1,218 @@
+//! The social layer's deliveries: what goes to live sessions only and is never stored,
+//! retained or acked (ephemeral messages, copies of a user's own direct messages for
+//! its other devices), and the state it keeps per user homed here.
+//!
+//! # Rules
+//! - An ephemeral Send (`Send.ephemeral`, typing indicators) reaches the live sessions of
+//!   the recipient (every member of a room, the sending device excepted) as a Deliver with
+//!   seq 0 and `ephemeral` set. Nothing is stored: a recipient without a live session
+//!   misses it, and the sender's SendResult says OK once it is routed (a room still
+//!   checks membership: FORBIDDEN, NOT_FOUND).
+//! - A direct (not ephemeral) message sent from one device of a user who has other live
+//!   sessions reaches those too, as a Deliver with seq 0, `outgoing` set and `to_user`
+//!   the recipient (a message to oneself already reaches every device and gets no copy).
+//! - A room event for a member without a live session is appended to the member's
+//!   offline queue (a `StoredMsg` with `room_event` set) and delivered at its next login,
+//!   in order with its messages, as a RoomEvent with a seq, acked like a Deliver.
+//! - A live-only frame is dropped for a session over `max_pending_bytes` (it never makes
+//!   a queue grow past its bound).
+
+use bytes::Bytes;
+use ringrouter_proto::fast::SendView;
+use ringrouter_proto::reply;
+use ringrouter_proto::v1::{Deliver, Receipt, RoomEvent, ServerFrame};
+use ringrouter_proto::Status;
+
+use super::mail::{Live, LiveFrame, Mail, RoomFan};
+use super::session::{SessionId, SessionKey};
+use super::Shard;
+use crate::store::{StoreError, StoredMsg};
+
+/// Per-shard state of the social layer.
+#[derive(Debug, Default)]
+pub struct Social {
+    /// Users homed here with two or more live sessions (copies of sent direct messages
+    /// are only looked for when there are some).
+    pub multi_device: usize,
+}
+
+/// Bytes a live frame counts for besides its payload.
+const LIVE_OVERHEAD: usize = 64;
+
+impl Shard {
+    /// An ephemeral Send from session `key` (validated by `on_send`).
+    pub(crate) fn send_ephemeral(&mut self, key: SessionKey, v: SendView, msg_id: u64, ts_us: u64) {
+        if !v.to_room.is_empty() {
+            self.send_to_room(key, v, msg_id, ts_us, Live::Ephemeral);
+            return;
+        }
+        let Some(sender) = self.session_id(key) else {
+            return;
+        };
+        let d = Deliver {
+            from_user: String::from_utf8_lossy(&self.sessions[key].user).into_owned(),
+            payload: v.payload,
+            server_ts_us: ts_us,
+            msg_id,
+            ephemeral: true,
+            ..Default::default()
+        };
+        let weight = d.payload.len() + LIVE_OVERHEAD;
+        let live = LiveFrame {
+            users: vec![v.to_user],
+            frame: reply::deliver(d),
+            skip: Some(sender),
+            weight,
+        };
+        self.route_live(live);
+        if v.want_result {
+            self.push_frame(key, &reply::send_status(v.request_id, Status::Ok, msg_id));
+        }
+    }
+
+    /// Sends `live` to the home shard of its users (all homed on one shard).
+    pub(crate) fn route_live(&mut self, live: LiveFrame) {
+        let Some(first) = live.users.first() else {
+            return;
+        };
+        let home = self.home(first);
+        if home == self.id {
+            self.push_live(&live);
+        } else {
+            self.post(home, Mail::Live(Box::new(live)));
+        }
+    }
+
+    /// Queues a live-only frame on every live session of its users homed here.
+    pub fn push_live(&mut self, live: &LiveFrame) {
+        for u in &live.users {
+            self.push_live_to(u, &live.frame, live.skip);
+        }
+    }
+
+    /// Queues `frame` on every live session of `user` homed here but `skip`, unless
+    /// the session is over its pending bound. Returns how many got it.
+    pub(crate) fn push_live_to(
+        &mut self,
+        user: &[u8],
+        frame: &ServerFrame,
+        skip: Option<SessionId>,
+    ) -> usize {
+        let max_pending = self.cfg.max_pending_bytes;
+        let mut n = 0;
+        let keys = match self.users.get(user) {
+            Some(k) => k.clone(),
+            None => return 0,
+        };
+        for k in keys {
+            if skip.is_some() && self.session_id(k) == skip {
+                continue;
+            }
+            let Some(s) = self.sessions.get_mut(k) else {
+                continue;
+            };
+            if s.closing.is_some() || s.pending() > max_pending {
+                continue;
+            }
+            s.push_frame(frame);
+            n += 1;
+        }
+        n
+    }
+
+    /// A room's ephemeral message or read receipt for its members homed here.
+    pub(crate) fn fan_live(&mut self, f: RoomFan) {
+        let (from_user, room) = (
+            String::from_utf8_lossy(&f.from_user).into_owned(),
+            String::from_utf8_lossy(&f.room).into_owned(),
+        );
+        let frame = if f.live == Live::Receipt {
+            reply::receipt(Receipt {
+                user: from_user,
+                room,
+                msg_id: f.msg_id,
+                ..Default::default()
+            })
+        } else {
+            reply::deliver(Deliver {
+                from_user,
+                to_room: room,
+                payload: f.payload,
+                server_ts_us: f.ts_us,
+                msg_id: f.msg_id,
+                ephemeral: true,
+                ..Default::default()
+            })
+        };
+        for u in f.users.iter() {
+            self.push_live_to(u, &frame, Some(f.sender));
+        }
+    }
+
+    /// A direct message from session `key` to `to_user`: a copy for the sender's
+    /// other live sessions, if it has any (see the module doc).
+    pub(crate) fn copy_to_own_devices(
+        &mut self,
+        key: SessionKey,
+        to_user: &Bytes,
+        payload: &Bytes,
+        msg_id: u64,
+        ts_us: u64,
+    ) {
+        let Some(s) = self.sessions.get(key) else {
+            return;
+        };
+        if s.user == *to_user || self.users.get(&s.user[..]).is_none_or(|k| k.len() < 2) {
+            return;
+        }
+        let user = s.user.clone();
+        let d = Deliver {
+            from_user: String::from_utf8_lossy(&user).into_owned(),
+            payload: payload.clone(),
+            server_ts_us: ts_us,
+            msg_id,
+            outgoing: true,
+            to_user: String::from_utf8_lossy(to_user).into_owned(),
+            ..Default::default()
+        };
+        let sender = self.session_id(key);
+        self.push_live_to(&user, &reply::deliver(d), sender);
+    }
+}
+
+/// The RoomEvent frame of a stored room event, with this session's `seq`.
+pub(crate) fn stored_event(seq: u64, m: &StoredMsg) -> ServerFrame {
+    reply::room_event(RoomEvent {
+        kind: m.room_event,
+        room: m.to_room.clone(),
+        user: m.from_user.clone(),
+        seq,
+    })
+}
+
+impl Shard {
+    /// Appends a room event to the offline queue of `user` (homed here, no live
+    /// session). Nothing waits for it; an unknown user or a full queue drops it.
+    pub(crate) fn store_room_event(&mut self, user: &[u8], ev: &RoomEvent) {
+        if !self.has_store() {
+            return;
+        }
+        let stored = StoredMsg {
+            from_user: ev.user.clone(),
+            to_room: ev.room.clone(),
+            server_ts_us: super::now_us(),
+            room_event: ev.kind,
+            ..Default::default()
+        };
+        let user = String::from_utf8_lossy(user).into_owned();
+        let cap = self.offline_cap();
+        self.store_req_sized(
+            0,
+            |s, cb| s.enqueue(&user, vec![stored], cap, true, cb),
+            |_, r| match r {
+                Ok(_) | Err(StoreError::NotFound | StoreError::Full) => {}
+                Err(e) => tracing::warn!(error = %e, "storing a room event failed"),
+            },
+        );
+    }
+}
