@@ -420,7 +420,10 @@
     const from = d.fromUser ?? "";
     const msgId = d.msgId ?? "0";
     if (msgId !== "0" && !remember(`${from}\u0000${msgId}`)) return;
-    const conv = d.toRoom ? conversation("room", d.toRoom) : conversation("dm", from);
+    // A copy of one's own direct message sent from another device: the conversation
+    // is the recipient's.
+    const peer = d.outgoing ? d.toUser ?? "" : from;
+    const conv = d.toRoom ? conversation("room", d.toRoom) : conversation("dm", peer);
     const { text, binary } = payloadText(d.payload);
     const ts = d.serverTsUs ? Number(BigInt(d.serverTsUs) / 1000n) : Date.now();
     addItem(conv, { type: "msg", from, text, binary, msgId, seq: d.seq ?? "0", ts, mine: from === state.me });
@@ -444,6 +447,8 @@
   };
 
   function onRoomEvent(e) {
+    // Events stored for an offline member carry a seq and are acked like messages.
+    if (e.seq) delivered(BigInt(e.seq));
     const room = e.room ?? "";
     const user = e.user ?? "";
     const kind = String(e.kind ?? "ROOM_EVENT_UNSPECIFIED");
