@@ -36,6 +36,9 @@
 # "fanout" = fanout64 fanout1000; "all" = every scenario.
 # redis-server runs with persistence off, on a free loopback port.
 set -euo pipefail
+# Routers that have an HTTP port (--http-listen, default 127.0.0.1:7880) get none here, so
+# runs never collide on it; older binaries (A/B) have no such flag.
+no_http() { if "$1" --help 2>/dev/null | grep -q -- --http-listen; then echo "--http-listen off"; fi; }
 cd "$(dirname "$0")/.."
 
 RUNS=${RUNS:-3}
@@ -138,7 +141,7 @@ trap cleanup EXIT
 
 RR_PORT=$(free_port)
 # shellcheck disable=SC2086
-"$RR" --listen 127.0.0.1:"$RR_PORT" --shards "$SHARDS" --data-dir "$TMP/data" $ROUTER_ARGS >"$TMP/rr.out" 2>"$TMP/rr.err" &
+"$RR" --listen 127.0.0.1:"$RR_PORT" $(no_http "$RR") --shards "$SHARDS" --data-dir "$TMP/data" $ROUTER_ARGS >"$TMP/rr.out" 2>"$TMP/rr.err" &
 RR_PID=$!
 for _ in $(seq 100); do grep -q "listening on" "$TMP/rr.out" 2>/dev/null && break; sleep 0.05; done
 grep -q "listening on" "$TMP/rr.out" || { cat "$TMP/rr.err" >&2; exit 1; }

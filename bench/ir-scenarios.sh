@@ -17,6 +17,9 @@
 # Scenarios: p16_64 (16 pairs x 64 B), p16_1k (16 x 1 KiB), p256_64 (256 x 64 B),
 # fan64 (1 -> 64 through a room).
 set -euo pipefail
+# Routers that have an HTTP port (--http-listen, default 127.0.0.1:7880) get none here, so
+# runs never collide on it; older binaries (A/B) have no such flag.
+no_http() { if "$1" --help 2>/dev/null | grep -q -- --http-listen; then echo "--http-listen off"; fi; }
 cd "$(dirname "$0")/.."
 BIN=${1:-target/release/ringrouter}
 LOAD=${2:-${LOAD:-target/release/ringrouter-load}}
@@ -53,7 +56,7 @@ start_router() {
   rm -rf "$dir/data" "$dir/out"
   local pre=()
   [ "${2:-}" = cg ] && pre=(valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" --dump-instr=no)
-  MONOIO_FORCE_LEGACY_DRIVER=1 "${pre[@]}" "$BIN" --listen 127.0.0.1:"$PORT" --shards "$1" --no-pin \
+  MONOIO_FORCE_LEGACY_DRIVER=1 "${pre[@]}" "$BIN" --listen 127.0.0.1:"$PORT" $(no_http "$BIN") --shards "$1" --no-pin \
     --data-dir "$dir/data" >"$dir/out" 2>"$dir/err" &
   RPID=$!
   for _ in $(seq 600); do grep -q "listening on" "$dir/out" 2>/dev/null && break; sleep 0.1; done

@@ -9,6 +9,9 @@
 # in the same run: bench/ir.sh A; bench/ir.sh B. CG_OUT=FILE keeps the callgrind output
 # (callgrind_annotate FILE: where the instructions go).
 set -euo pipefail
+# Routers that have an HTTP port (--http-listen, default 127.0.0.1:7880) get none here, so
+# runs never collide on it; older binaries (A/B) have no such flag.
+no_http() { if "$1" --help 2>/dev/null | grep -q -- --http-listen; then echo "--http-listen off"; fi; }
 BIN=$1; shift || true
 LOAD=${LOAD:-target/release/ringrouter-load}
 ARGS=("$@"); [ ${#ARGS[@]} -eq 0 ] && ARGS=(--pairs 4 --size 64 --messages 200000)
@@ -16,7 +19,7 @@ command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install va
 dir=$(mktemp -d); trap 'rm -rf "$dir"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 MONOIO_FORCE_LEGACY_DRIVER=1 valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" --dump-instr=no \
-  "$BIN" --listen 127.0.0.1:"$port" --shards 1 --no-pin --data-dir "$dir/data" \
+  "$BIN" --listen 127.0.0.1:"$port" $(no_http "$BIN") --shards 1 --no-pin --data-dir "$dir/data" \
   >"$dir/out" 2>"$dir/err" &
 pid=$!
 for _ in $(seq 600); do grep -q "listening on" "$dir/out" 2>/dev/null && break; sleep 0.1; done
