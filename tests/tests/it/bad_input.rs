@@ -162,7 +162,7 @@ fn unknown_frame_kind_is_bad_request_and_connection_stays_usable() {
             "field 1000, fixed32",
             [key(1000, I32), vec![1, 2, 3, 4]].concat(),
         ),
-        ("reserved field 17", [key(17, LEN), vec![0]].concat()),
+        ("reserved field 19", [key(19, LEN), vec![0]].concat()),
         ("empty frame", vec![]),
     ];
     for (case, body) in cases {
