@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, ThreadId};
 
 pub mod codec;
+pub mod contacts;
 mod hash;
 mod worker;
 
