@@ -16,6 +16,10 @@
 //! device behind the floor must fetch the whole list.
 //!
 //! Blocking is one-sided and silent: the blocked peer's list does not change.
+//!
+//! [`ContactCache`] is the home shard's copy of its users' lists: changes that arrive
+//! while a list is loading wait behind the load, and it counts the users whose list
+//! blocks someone, so the direct-message path can skip the lookup while that is 0.
 
 /// Where a peer stands in a user's list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
@@ -286,6 +290,126 @@ impl ContactRecord {
     }
 }
 
+/// The contact lists of users homed on one shard, in front of the store: the one copy a
+/// change is applied to, so changes that arrive while a list is being loaded (or while a
+/// write is in flight) are applied in order to the newest list, never to a stale copy.
+/// `W` is whatever waits for a list being loaded (a frame, a mail from another shard).
+#[derive(Debug)]
+pub struct ContactCache<W> {
+    lists: std::collections::HashMap<String, Slot<W>>,
+    with_blocks: usize,
+}
+
+#[derive(Debug)]
+enum Slot<W> {
+    Loading(Vec<W>),
+    Ready(ContactRecord),
+}
+
+/// What [`ContactCache::wait`] did with a waiter.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Wait<W> {
+    /// The list is here: run the waiter now.
+    Ready(W),
+    /// The caller must load the list from the store, then call [`ContactCache::loaded`].
+    Load,
+    /// A load is already under way; the waiter runs when it ends.
+    Queued,
+}
+
+impl<W> Default for ContactCache<W> {
+    fn default() -> Self {
+        Self {
+            lists: Default::default(),
+            with_blocks: 0,
+        }
+    }
+}
+
+impl<W> ContactCache<W> {
+    /// `user`'s list if it is loaded.
+    pub fn get(&self, user: &str) -> Option<&ContactRecord> {
+        match self.lists.get(user) {
+            Some(Slot::Ready(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Users here whose loaded list blocks someone: while 0, the DM path need not look.
+    pub fn with_blocks(&self) -> usize {
+        self.with_blocks
+    }
+
+    /// Runs `w` now if `user`'s list is loaded, else queues it behind the (maybe new) load.
+    pub fn wait(&mut self, user: &str, w: W) -> Wait<W> {
+        match self.lists.get_mut(user) {
+            Some(Slot::Ready(_)) => Wait::Ready(w),
+            Some(Slot::Loading(q)) => {
+                q.push(w);
+                Wait::Queued
+            }
+            None => {
+                self.lists.insert(user.to_owned(), Slot::Loading(vec![w]));
+                Wait::Load
+            }
+        }
+    }
+
+    /// The store answered a load: the list is kept and the waiters, in arrival order, are
+    /// returned to be run. A list already loaded is kept as it is (it may be newer).
+    pub fn loaded(&mut self, user: &str, rec: ContactRecord) -> Vec<W> {
+        match self.lists.get_mut(user) {
+            Some(slot @ Slot::Loading(_)) => {
+                self.with_blocks += usize::from(rec.has_blocks());
+                match std::mem::replace(slot, Slot::Ready(rec)) {
+                    Slot::Loading(q) => q,
+                    Slot::Ready(_) => Vec::new(),
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A load failed: the waiters are returned (to be refused) and the next wait loads again.
+    pub fn load_failed(&mut self, user: &str) -> Vec<W> {
+        match self.lists.remove(user) {
+            Some(Slot::Loading(q)) => q,
+            Some(ready) => {
+                self.lists.insert(user.to_owned(), ready);
+                Vec::new()
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Applies `op` to `user`'s loaded list (see [`ContactRecord::apply`]); `None` if it
+    /// is not loaded. On a change the caller writes the list back to the store.
+    pub fn apply(
+        &mut self,
+        user: &str,
+        peer: &str,
+        op: ContactOp,
+        lim: ContactLimits,
+    ) -> Option<Result<Outcome, ContactError>> {
+        let Some(Slot::Ready(rec)) = self.lists.get_mut(user) else {
+            return None;
+        };
+        let before = rec.has_blocks();
+        let r = rec.apply(user, peer, op, lim);
+        let after = rec.has_blocks();
+        self.with_blocks = self.with_blocks + usize::from(after) - usize::from(before);
+        Some(r)
+    }
+
+    /// Forgets `user`'s loaded list (its last session ended; the store has it).
+    pub fn evict(&mut self, user: &str) {
+        if let Some(Slot::Ready(r)) = self.lists.get(user) {
+            self.with_blocks -= usize::from(r.has_blocks());
+            self.lists.remove(user);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::codec::{decode, encode};
@@ -421,5 +545,29 @@ mod tests {
         assert_eq!(back, a);
         // Garbage is an error, not a panic.
         assert!(decode::<ContactRecord>(&[9, 9], "contacts").is_err());
+    }
+
+    #[test]
+    fn cache_queues_behind_a_load_and_counts_blocks() {
+        let mut c: ContactCache<u32> = ContactCache::default();
+        assert_eq!(c.wait("a", 1), Wait::Load);
+        assert_eq!(c.wait("a", 2), Wait::Queued);
+        assert_eq!(c.apply("a", "b", Block, LIM), None, "not loaded yet");
+        assert_eq!(c.loaded("a", ContactRecord::default()), vec![1, 2]);
+        assert_eq!(c.wait("a", 3), Wait::Ready(3));
+        // A late second answer does not replace the newer list.
+        c.apply("a", "b", Block, LIM).unwrap().unwrap();
+        assert_eq!(c.with_blocks(), 1);
+        assert!(c.loaded("a", ContactRecord::default()).is_empty());
+        assert!(c.get("a").is_some_and(|r| r.blocks("b")));
+        c.apply("a", "b", Unblock, LIM).unwrap().unwrap();
+        assert_eq!(c.with_blocks(), 0);
+        c.apply("a", "c", Block, LIM).unwrap().unwrap();
+        c.evict("a");
+        assert_eq!((c.with_blocks(), c.get("a")), (0, None));
+        // A failed load hands its waiters back and loads again next time.
+        assert_eq!(c.wait("x", 7), Wait::Load);
+        assert_eq!(c.load_failed("x"), vec![7]);
+        assert_eq!(c.wait("x", 8), Wait::Load);
     }
 }
