@@ -8,7 +8,8 @@
 //!   user's queue in seq order (user names never contain NUL).
 //! - `accounts`: `user bytes` → an account record (the Argon2id PHC string).
 //! - `rooms`: `"room:" name` → [`RoomRecord`], `"code:" join_code` → room name (UTF-8), and
-//!   `"mem:" user 0x00 room` → empty (the rooms a user owns or is a member of).
+//!   `"mem:" user 0x00 room` → empty (the rooms a user owns or is a member of), and
+//!   `"ctc:" user` → the user's [`ContactRecord`](super::contacts::ContactRecord).
 
 use bytes::Bytes;
 use prost::Message;
@@ -31,6 +32,9 @@ pub(crate) const ROOM_PREFIX: &[u8] = b"room:";
 pub(crate) const CODE_PREFIX: &[u8] = b"code:";
 /// Key prefix of the membership index in the `rooms` keyspace (`mem:` user 0x00 room).
 pub(crate) const MEMBER_PREFIX: &[u8] = b"mem:";
+
+/// Key prefix of contact lists in the `rooms` keyspace (`ctc:` user).
+pub(crate) const CONTACTS_PREFIX: &[u8] = b"ctc:";
 
 /// One queued message for an offline user.
 ///

@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, ThreadId};
 
 pub mod codec;
+pub mod contacts;
 mod hash;
 mod worker;
 
@@ -357,6 +358,15 @@ pub(crate) enum Msg {
     },
     DeleteRoom {
         name: String,
+        cb: Cb<()>,
+    },
+    GetContacts {
+        user: String,
+        cb: Cb<contacts::ContactRecord>,
+    },
+    PutContacts {
+        user: String,
+        record: contacts::ContactRecord,
         cb: Cb<()>,
     },
     RoomsOf {
@@ -838,6 +848,33 @@ impl StoreHandle {
         cb: impl FnOnce(StoreResult<()>) + Send + 'static,
     ) -> StoreResult<()> {
         self.send(Msg::PutRoom {
+            record,
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// `user`'s contact list (an empty record, version 0, if it has none).
+    pub fn get_contacts(
+        &self,
+        user: &str,
+        cb: impl FnOnce(StoreResult<contacts::ContactRecord>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::GetContacts {
+            user: user.to_owned(),
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// Replaces `user`'s contact list. Only the user's home shard writes it, from its
+    /// cache, so a write never races another for the same user.
+    pub fn put_contacts(
+        &self,
+        user: &str,
+        record: contacts::ContactRecord,
+        cb: impl FnOnce(StoreResult<()>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::PutContacts {
+            user: user.to_owned(),
             record,
             cb: Cb::new(cb),
         })

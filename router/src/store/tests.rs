@@ -776,3 +776,39 @@ fn membership_index_follows_create_put_and_delete() {
     call(|cb| h.create_room(room("r3", "c3", "annabel", &["annabel"]), cb)).unwrap();
     assert_eq!(call(|cb| h.rooms_of("ann", cb)), Ok(vec!["r2".into()]));
 }
+
+#[test]
+fn contacts_get_put_survive_reopen_and_go_with_the_account() {
+    use super::contacts::{ContactLimits, ContactOp, ContactRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let lim = ContactLimits {
+        max_contacts: 10,
+        max_tombstones: 10,
+    };
+    let mut rec = ContactRecord::default();
+    rec.apply("alice", "bob", ContactOp::RequestOut, lim)
+        .unwrap();
+    {
+        let h = open(dir.path(), Durability::Sync);
+        assert_eq!(
+            call(|cb| h.get_contacts("alice", cb)),
+            Ok(ContactRecord::default())
+        );
+        assert_eq!(call(|cb| h.put_contacts("alice", rec.clone(), cb)), Ok(()));
+        assert!(call(|cb| h.put_contacts("", rec.clone(), cb)).is_err());
+        h.shutdown().unwrap();
+    }
+    let h = open(dir.path(), Durability::Sync);
+    assert_eq!(call(|cb| h.get_contacts("alice", cb)), Ok(rec.clone()));
+    // A room named like the key prefix does not collide with it.
+    assert_eq!(call(|cb| h.get_room("ctc:alice", cb)), Ok(None));
+    assert_eq!(
+        call(|cb| h.append("alice", vec![msg(1)], cb)).map(|_| ()),
+        Ok(())
+    );
+    assert_eq!(call(|cb| h.delete_account("alice", cb)), Ok(()));
+    assert_eq!(
+        call(|cb| h.get_contacts("alice", cb)),
+        Ok(ContactRecord::default())
+    );
+}

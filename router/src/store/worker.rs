@@ -12,8 +12,9 @@ use crate::shard::{NameMap, NameSet};
 
 use super::codec::{
     self, decode, encode, parse_queue_key, prefixed, queue_key, queue_prefix, validate_name,
-    validate_password, AccountRecord, CODE_PREFIX, MEMBER_PREFIX, ROOM_PREFIX,
+    validate_password, AccountRecord, CODE_PREFIX, CONTACTS_PREFIX, MEMBER_PREFIX, ROOM_PREFIX,
 };
+use super::contacts::ContactRecord;
 use super::hash::{HashJob, HashOutcome, HashPool};
 use super::{
     Appended, Cb, Durability, Msg, Overflow, QueueCap, RoomRecord, StatCells, StoreError,
@@ -528,6 +529,20 @@ impl Worker {
                 let r = self.put_room(record);
                 self.done(cb, r, true);
             }
+            Msg::GetContacts { user, cb } => {
+                let r = self.get_contacts(&user);
+                self.done(cb, r, false);
+            }
+            Msg::PutContacts { user, record, cb } => {
+                let r = validate_name("user", &user).map(|()| {
+                    self.ops.push(Op::Put(
+                        Ks::Rooms,
+                        prefixed(CONTACTS_PREFIX, &user),
+                        encode(&record),
+                    ));
+                });
+                self.done(cb, r, true);
+            }
             Msg::DeleteRoom { name, cb } => {
                 let r = self.delete_room(&name);
                 self.done(cb, r, true);
@@ -965,6 +980,8 @@ impl Worker {
             self.ops
                 .push(Op::Del(Ks::Accounts, user.as_bytes().to_vec()));
         }
+        self.ops
+            .push(Op::Del(Ks::Rooms, prefixed(CONTACTS_PREFIX, user)));
         Ok(())
     }
 
@@ -1024,6 +1041,15 @@ impl Worker {
                 .push(Op::Put(Ks::Rooms, member_key(u, &record.name), Vec::new()));
         }
         Ok(())
+    }
+
+    fn get_contacts(&mut self, user: &str) -> StoreResult<ContactRecord> {
+        validate_name("user", user)?;
+        self.commit()?;
+        match self.dbs.rooms.get(prefixed(CONTACTS_PREFIX, user))? {
+            Some(v) => decode(&v, "contact list"),
+            None => Ok(ContactRecord::default()),
+        }
     }
 
     fn get_room(&mut self, key: &str) -> StoreResult<Option<RoomRecord>> {

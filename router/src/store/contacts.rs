@@ -1,0 +1,573 @@
+//! A user's contact list (issue 11, "Contacts"): the versioned record kept per user and
+//! the rules for changing it. Pure, no I/O: the router's home shard of the user owns the
+//! list (a cache of this record in front of the store), so two changes to one list are
+//! never applied to stale copies across store round trips.
+//!
+//! # Model
+//! Each user's list holds, per peer, one [`ContactState`]. A request or an answer is a
+//! two-sided exchange: the acting user's list changes on its home shard (the `*_out`
+//! side), then the peer's list on the peer's home shard (the `*_in` side). Each side is
+//! one call here and never reads the other list.
+//!
+//! Every change bumps [`ContactRecord::version`] and stamps the entry with it; an entry
+//! that goes back to [`ContactState::None`] stays as a tombstone so "what changed since
+//! version V" ([`ContactRecord::changes_since`]) reports removals too. Tombstones are
+//! bounded: past `max_tombstones` the oldest go and [`ContactRecord::floor`] rises; a
+//! device behind the floor must fetch the whole list.
+//!
+//! Blocking is one-sided and silent: the blocked peer's list does not change.
+//!
+//! [`ContactCache`] is the home shard's copy of its users' lists: changes that arrive
+//! while a list is loading wait behind the load, and it counts the users whose list
+//! blocks someone, so the direct-message path can skip the lookup while that is 0.
+
+/// Where a peer stands in a user's list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum ContactState {
+    /// Not in the list (a tombstone of an earlier entry).
+    None = 0,
+    /// Both users accepted each other.
+    Accepted = 1,
+    /// The peer asked this user; not answered yet.
+    Incoming = 2,
+    /// This user asked the peer; not answered yet.
+    Outgoing = 3,
+    /// This user blocked the peer: its messages and requests are refused.
+    Blocked = 4,
+}
+
+/// One peer in a user's list.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ContactEntry {
+    /// The peer's user name.
+    #[prost(string, tag = "1")]
+    pub user: String,
+    /// A [`ContactState`].
+    #[prost(enumeration = "ContactState", tag = "2")]
+    pub state: i32,
+    /// The list version of the entry's last change.
+    #[prost(uint64, tag = "3")]
+    pub version: u64,
+}
+
+/// A user's contact list as stored (in the store's `contacts` records, keyed by user).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ContactRecord {
+    /// Grows by one with every change; 0 for a list never changed.
+    #[prost(uint64, tag = "1")]
+    pub version: u64,
+    /// Entries sorted by user name (tombstones included).
+    #[prost(message, repeated, tag = "2")]
+    pub entries: Vec<ContactEntry>,
+    /// Changes at or below this version may have been forgotten (pruned tombstones).
+    #[prost(uint64, tag = "3")]
+    pub floor: u64,
+}
+
+/// One change to a list. `*Out` is the acting user's side, `*In` the peer's side of
+/// the same exchange (applied on the peer's home shard after the `*Out` succeeded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContactOp {
+    /// This user asks the peer; a pending request from the peer makes both contacts.
+    RequestOut,
+    /// The peer asks this user; FORBIDDEN if this user blocked it.
+    RequestIn,
+    /// This user accepts the peer's request (NOT_FOUND without one).
+    AcceptOut,
+    /// The peer accepted this user's request (ignored unless it is still out).
+    AcceptIn,
+    /// This user declines the peer's request (NOT_FOUND without one).
+    DeclineOut,
+    /// The peer declined this user's request (ignored unless it is still out).
+    DeclineIn,
+    /// This user removes an accepted peer or withdraws its request (else NOT_FOUND).
+    RemoveOut,
+    /// The peer removed this user or withdrew its request.
+    RemoveIn,
+    /// This user blocks the peer (whatever it was); the peer's list is not told.
+    Block,
+    /// This user unblocks the peer (NOT_FOUND if it was not blocked).
+    Unblock,
+}
+
+impl ContactOp {
+    /// The state after this op from `now`; `None` if nothing changes.
+    fn next(self, now: ContactState) -> Result<Option<ContactState>, ContactError> {
+        use ContactOp::*;
+        use ContactState::{Accepted as A, Blocked as B, Incoming as I, None as N, Outgoing as O};
+        Ok(Some(match (self, now) {
+            (RequestOut | RequestIn, B) => return Err(ContactError::Forbidden),
+            (RequestOut, N) => O,
+            (RequestIn, N) => I,
+            (RequestOut, I) | (RequestIn, O) | (AcceptOut, I) | (AcceptIn, O) => A,
+            (DeclineOut, I) | (DeclineIn, O) | (RemoveOut, A | O) | (RemoveIn, A | I) => N,
+            (Unblock, B) => N,
+            (Block, B) => return Ok(None),
+            (Block, _) => B,
+            (AcceptOut, A) => return Ok(None),
+            (AcceptOut | DeclineOut | RemoveOut | Unblock, _) => {
+                return Err(ContactError::NotFound)
+            }
+            _ => return Ok(None),
+        }))
+    }
+}
+
+/// Why a change was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ContactError {
+    /// A request to or from a blocked peer (answered FORBIDDEN, no further hint).
+    #[error("forbidden")]
+    Forbidden,
+    /// Nothing to answer, remove or unblock.
+    #[error("not found")]
+    NotFound,
+    /// A new entry past the list's limit.
+    #[error("contact list full")]
+    Full,
+    /// A user naming itself.
+    #[error("cannot name oneself")]
+    Oneself,
+}
+
+/// What a successful change did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The list changed; its new version.
+    Changed(u64),
+    /// Already so: nothing changed (the peer need not be told).
+    Unchanged,
+}
+
+/// Limits applied to one list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContactLimits {
+    /// Most live (not `None`) entries.
+    pub max_contacts: usize,
+    /// Most tombstones kept for "changed since".
+    pub max_tombstones: usize,
+}
+
+/// The list's entries in one state, and where it stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContactView {
+    /// The list version.
+    pub version: u64,
+    /// Accepted contacts, in byte order.
+    pub accepted: Vec<String>,
+    /// Requests waiting for this user's answer.
+    pub incoming: Vec<String>,
+    /// This user's requests waiting for the peer.
+    pub outgoing: Vec<String>,
+    /// Users this user blocked.
+    pub blocked: Vec<String>,
+}
+
+impl ContactRecord {
+    /// The state of `peer` in this list.
+    pub fn state_of(&self, peer: &str) -> ContactState {
+        match self.find(peer) {
+            Ok(i) => self.entries[i].state(),
+            Err(_) => ContactState::None,
+        }
+    }
+
+    /// True if `peer` is blocked (its DMs and requests get FORBIDDEN).
+    pub fn blocks(&self, peer: &str) -> bool {
+        self.state_of(peer) == ContactState::Blocked
+    }
+
+    /// True if the list holds anything the DM path must look at (a block).
+    pub fn has_blocks(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.state() == ContactState::Blocked)
+    }
+
+    /// The whole list, grouped by state.
+    pub fn view(&self) -> ContactView {
+        let mut v = ContactView {
+            version: self.version,
+            ..Default::default()
+        };
+        for e in &self.entries {
+            let list = match e.state() {
+                ContactState::None => continue,
+                ContactState::Accepted => &mut v.accepted,
+                ContactState::Incoming => &mut v.incoming,
+                ContactState::Outgoing => &mut v.outgoing,
+                ContactState::Blocked => &mut v.blocked,
+            };
+            list.push(e.user.clone());
+        }
+        v
+    }
+
+    /// The entries changed after version `since` (tombstones included), or `None` when
+    /// `since` is below [`floor`](Self::floor) or ahead of the list: the caller must
+    /// then take the whole list.
+    pub fn changes_since(&self, since: u64) -> Option<Vec<ContactEntry>> {
+        if since < self.floor || since > self.version {
+            return None;
+        }
+        Some(
+            self.entries
+                .iter()
+                .filter(|e| e.version > since)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Applies `op` to this list of user `me` about `peer` (see [`ContactOp`] for what
+    /// each does). A new live entry past `lim.max_contacts` is [`ContactError::Full`].
+    pub fn apply(
+        &mut self,
+        me: &str,
+        peer: &str,
+        op: ContactOp,
+        lim: ContactLimits,
+    ) -> Result<Outcome, ContactError> {
+        if me == peer {
+            return Err(ContactError::Oneself);
+        }
+        let now = self.state_of(peer);
+        let Some(next) = op.next(now)? else {
+            return Ok(Outcome::Unchanged);
+        };
+        if now == ContactState::None
+            && next != ContactState::None
+            && self.live() >= lim.max_contacts
+        {
+            return Err(ContactError::Full);
+        }
+        Ok(self.set(peer, next, lim))
+    }
+
+    fn find(&self, peer: &str) -> Result<usize, usize> {
+        self.entries.binary_search_by(|e| e.user.as_str().cmp(peer))
+    }
+
+    fn live(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| e.state() != ContactState::None)
+            .count()
+    }
+
+    /// Sets `peer`'s state, bumps the version and prunes tombstones.
+    fn set(&mut self, peer: &str, state: ContactState, lim: ContactLimits) -> Outcome {
+        self.version += 1;
+        let e = ContactEntry {
+            user: peer.to_owned(),
+            state: state as i32,
+            version: self.version,
+        };
+        match self.find(peer) {
+            Ok(i) => self.entries[i] = e,
+            Err(i) => self.entries.insert(i, e),
+        }
+        self.prune(lim.max_tombstones);
+        Outcome::Changed(self.version)
+    }
+
+    fn prune(&mut self, max_tombstones: usize) {
+        let mut dead: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|e| e.state() == ContactState::None)
+            .map(|e| e.version)
+            .collect();
+        if dead.len() <= max_tombstones {
+            return;
+        }
+        dead.sort_unstable();
+        let cut = dead[dead.len() - max_tombstones - 1];
+        self.floor = self.floor.max(cut);
+        self.entries
+            .retain(|e| e.state() != ContactState::None || e.version > cut);
+    }
+}
+
+/// The contact lists of users homed on one shard, in front of the store: the one copy a
+/// change is applied to, so changes that arrive while a list is being loaded (or while a
+/// write is in flight) are applied in order to the newest list, never to a stale copy.
+/// `W` is whatever waits for a list being loaded (a frame, a mail from another shard).
+#[derive(Debug)]
+pub struct ContactCache<W> {
+    lists: std::collections::HashMap<String, Slot<W>>,
+    with_blocks: usize,
+}
+
+#[derive(Debug)]
+enum Slot<W> {
+    Loading(Vec<W>),
+    Ready(ContactRecord),
+}
+
+/// What [`ContactCache::wait`] did with a waiter.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Wait<W> {
+    /// The list is here: run the waiter now.
+    Ready(W),
+    /// The caller must load the list from the store, then call [`ContactCache::loaded`].
+    Load,
+    /// A load is already under way; the waiter runs when it ends.
+    Queued,
+}
+
+impl<W> Default for ContactCache<W> {
+    fn default() -> Self {
+        Self {
+            lists: Default::default(),
+            with_blocks: 0,
+        }
+    }
+}
+
+impl<W> ContactCache<W> {
+    /// `user`'s list if it is loaded.
+    pub fn get(&self, user: &str) -> Option<&ContactRecord> {
+        match self.lists.get(user) {
+            Some(Slot::Ready(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Users here whose loaded list blocks someone: while 0, the DM path need not look.
+    pub fn with_blocks(&self) -> usize {
+        self.with_blocks
+    }
+
+    /// Runs `w` now if `user`'s list is loaded, else queues it behind the (maybe new) load.
+    pub fn wait(&mut self, user: &str, w: W) -> Wait<W> {
+        match self.lists.get_mut(user) {
+            Some(Slot::Ready(_)) => Wait::Ready(w),
+            Some(Slot::Loading(q)) => {
+                q.push(w);
+                Wait::Queued
+            }
+            None => {
+                self.lists.insert(user.to_owned(), Slot::Loading(vec![w]));
+                Wait::Load
+            }
+        }
+    }
+
+    /// The store answered a load: the list is kept and the waiters, in arrival order, are
+    /// returned to be run. A list already loaded is kept as it is (it may be newer).
+    pub fn loaded(&mut self, user: &str, rec: ContactRecord) -> Vec<W> {
+        match self.lists.get_mut(user) {
+            Some(slot @ Slot::Loading(_)) => {
+                self.with_blocks += usize::from(rec.has_blocks());
+                match std::mem::replace(slot, Slot::Ready(rec)) {
+                    Slot::Loading(q) => q,
+                    Slot::Ready(_) => Vec::new(),
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A load failed: the waiters are returned (to be refused) and the next wait loads again.
+    pub fn load_failed(&mut self, user: &str) -> Vec<W> {
+        match self.lists.remove(user) {
+            Some(Slot::Loading(q)) => q,
+            Some(ready) => {
+                self.lists.insert(user.to_owned(), ready);
+                Vec::new()
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Applies `op` to `user`'s loaded list (see [`ContactRecord::apply`]); `None` if it
+    /// is not loaded. On a change the caller writes the list back to the store.
+    pub fn apply(
+        &mut self,
+        user: &str,
+        peer: &str,
+        op: ContactOp,
+        lim: ContactLimits,
+    ) -> Option<Result<Outcome, ContactError>> {
+        let Some(Slot::Ready(rec)) = self.lists.get_mut(user) else {
+            return None;
+        };
+        let before = rec.has_blocks();
+        let r = rec.apply(user, peer, op, lim);
+        let after = rec.has_blocks();
+        self.with_blocks = self.with_blocks + usize::from(after) - usize::from(before);
+        Some(r)
+    }
+
+    /// Forgets `user`'s loaded list (its last session ended; the store has it).
+    pub fn evict(&mut self, user: &str) {
+        if let Some(Slot::Ready(r)) = self.lists.get(user) {
+            self.with_blocks -= usize::from(r.has_blocks());
+            self.lists.remove(user);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::codec::{decode, encode};
+    use super::*;
+    use ContactOp::*;
+
+    const LIM: ContactLimits = ContactLimits {
+        max_contacts: 3,
+        max_tombstones: 2,
+    };
+
+    #[test]
+    fn request_accept_on_both_sides() {
+        let (mut a, mut b) = (ContactRecord::default(), ContactRecord::default());
+        assert_eq!(a.apply("a", "b", RequestOut, LIM), Ok(Outcome::Changed(1)));
+        assert_eq!(b.apply("b", "a", RequestIn, LIM), Ok(Outcome::Changed(1)));
+        assert_eq!(a.state_of("b"), ContactState::Outgoing);
+        assert_eq!(b.view().incoming, vec!["a".to_owned()]);
+        assert_eq!(b.apply("b", "a", AcceptOut, LIM), Ok(Outcome::Changed(2)));
+        assert_eq!(
+            a.apply("a", "b", AcceptIn, LIM).unwrap(),
+            Outcome::Changed(2)
+        );
+        assert_eq!(a.view().accepted, vec!["b".to_owned()]);
+        assert_eq!(b.view().accepted, vec!["a".to_owned()]);
+        // Asking again changes nothing.
+        assert_eq!(a.apply("a", "b", RequestOut, LIM), Ok(Outcome::Unchanged));
+    }
+
+    #[test]
+    fn crossing_requests_make_contacts() {
+        let mut a = ContactRecord::default();
+        a.apply("a", "b", RequestIn, LIM).unwrap();
+        assert_eq!(a.apply("a", "b", RequestOut, LIM), Ok(Outcome::Changed(2)));
+        assert_eq!(a.state_of("b"), ContactState::Accepted);
+    }
+
+    #[test]
+    fn decline_and_remove() {
+        let (mut a, mut b) = (ContactRecord::default(), ContactRecord::default());
+        a.apply("a", "b", RequestOut, LIM).unwrap();
+        b.apply("b", "a", RequestIn, LIM).unwrap();
+        assert_eq!(
+            a.apply("a", "b", DeclineOut, LIM),
+            Err(ContactError::NotFound)
+        );
+        b.apply("b", "a", DeclineOut, LIM).unwrap();
+        a.apply("a", "b", DeclineIn, LIM).unwrap();
+        assert_eq!(
+            a.view(),
+            ContactView {
+                version: 2,
+                ..Default::default()
+            }
+        );
+        assert_eq!(
+            a.apply("a", "b", RemoveOut, LIM),
+            Err(ContactError::NotFound)
+        );
+        a.apply("a", "b", RequestOut, LIM).unwrap();
+        b.apply("b", "a", RequestIn, LIM).unwrap();
+        b.apply("b", "a", AcceptOut, LIM).unwrap();
+        a.apply("a", "b", AcceptIn, LIM).unwrap();
+        a.apply("a", "b", RemoveOut, LIM).unwrap();
+        b.apply("b", "a", RemoveIn, LIM).unwrap();
+        assert_eq!(a.state_of("b"), ContactState::None);
+        assert_eq!(b.state_of("a"), ContactState::None);
+    }
+
+    #[test]
+    fn block_refuses_requests_and_is_silent() {
+        let (mut a, b) = (ContactRecord::default(), ContactRecord::default());
+        a.apply("a", "b", Block, LIM).unwrap();
+        assert!(a.blocks("b") && a.has_blocks());
+        assert_eq!(
+            a.apply("a", "b", RequestIn, LIM),
+            Err(ContactError::Forbidden)
+        );
+        assert_eq!(
+            a.apply("a", "b", RequestOut, LIM),
+            Err(ContactError::Forbidden)
+        );
+        assert_eq!(b, ContactRecord::default());
+        a.apply("a", "b", Unblock, LIM).unwrap();
+        assert!(!a.has_blocks());
+        assert_eq!(a.apply("a", "b", Unblock, LIM), Err(ContactError::NotFound));
+        assert_eq!(a.apply("a", "a", Block, LIM), Err(ContactError::Oneself));
+    }
+
+    #[test]
+    fn past_the_limit_is_full() {
+        let mut a = ContactRecord::default();
+        for p in ["b", "c", "d"] {
+            a.apply("a", p, RequestOut, LIM).unwrap();
+        }
+        assert_eq!(a.apply("a", "e", RequestOut, LIM), Err(ContactError::Full));
+        assert_eq!(a.apply("a", "e", RequestIn, LIM), Err(ContactError::Full));
+        assert_eq!(a.apply("a", "e", Block, LIM), Err(ContactError::Full));
+        // Changing an existing entry is not a new one.
+        assert!(a.apply("a", "b", Block, LIM).is_ok());
+    }
+
+    #[test]
+    fn changes_since_reports_removals_and_respects_the_floor() {
+        let mut a = ContactRecord::default();
+        a.apply("a", "b", RequestOut, LIM).unwrap(); // 1
+        a.apply("a", "c", RequestOut, LIM).unwrap(); // 2
+        let v = a.version;
+        a.apply("a", "b", RemoveOut, LIM).unwrap(); // 3
+        let ch = a.changes_since(v).unwrap();
+        assert_eq!(ch.len(), 1);
+        assert_eq!(
+            (ch[0].user.as_str(), ch[0].state()),
+            ("b", ContactState::None)
+        );
+        assert_eq!(a.changes_since(a.version), Some(vec![]));
+        assert_eq!(a.changes_since(a.version + 1), None);
+        // Three tombstones with room for two: the oldest goes, the floor rises.
+        a.apply("a", "c", RemoveOut, LIM).unwrap(); // 4
+        a.apply("a", "d", RequestOut, LIM).unwrap(); // 5
+        a.apply("a", "d", RemoveOut, LIM).unwrap(); // 6
+        assert_eq!(a.floor, 3);
+        assert_eq!(a.changes_since(2), None);
+        assert_eq!(a.changes_since(3).map(|c| c.len()), Some(2));
+    }
+
+    #[test]
+    fn round_trips_through_the_store_codec() {
+        let mut a = ContactRecord::default();
+        a.apply("a", "b", RequestOut, LIM).unwrap();
+        a.apply("a", "c", Block, LIM).unwrap();
+        let back: ContactRecord = decode(&encode(&a), "contacts").unwrap();
+        assert_eq!(back, a);
+        // Garbage is an error, not a panic.
+        assert!(decode::<ContactRecord>(&[9, 9], "contacts").is_err());
+    }
+
+    #[test]
+    fn cache_queues_behind_a_load_and_counts_blocks() {
+        let mut c: ContactCache<u32> = ContactCache::default();
+        assert_eq!(c.wait("a", 1), Wait::Load);
+        assert_eq!(c.wait("a", 2), Wait::Queued);
+        assert_eq!(c.apply("a", "b", Block, LIM), None, "not loaded yet");
+        assert_eq!(c.loaded("a", ContactRecord::default()), vec![1, 2]);
+        assert_eq!(c.wait("a", 3), Wait::Ready(3));
+        // A late second answer does not replace the newer list.
+        c.apply("a", "b", Block, LIM).unwrap().unwrap();
+        assert_eq!(c.with_blocks(), 1);
+        assert!(c.loaded("a", ContactRecord::default()).is_empty());
+        assert!(c.get("a").is_some_and(|r| r.blocks("b")));
+        c.apply("a", "b", Unblock, LIM).unwrap().unwrap();
+        assert_eq!(c.with_blocks(), 0);
+        c.apply("a", "c", Block, LIM).unwrap().unwrap();
+        c.evict("a");
+        assert_eq!((c.with_blocks(), c.get("a")), (0, None));
+        // A failed load hands its waiters back and loads again next time.
+        assert_eq!(c.wait("x", 7), Wait::Load);
+        assert_eq!(c.load_failed("x"), vec![7]);
+        assert_eq!(c.wait("x", 8), Wait::Load);
+    }
+}
