@@ -326,7 +326,7 @@ impl Client {
     /// timeout) for its answer: the OK result's value, or the refusal as
     /// [`ClientError::Router`]. Everything else that arrives meanwhile is kept,
     /// in order, for [`Client::recv`] / [`Client::next_event`].
-    fn call<R: Request>(&mut self, req: R) -> Result<R::Output, ClientError> {
+    pub(crate) fn call<R: Request>(&mut self, req: R) -> Result<R::Output, ClientError> {
         let request_id = self.ids.next();
         self.pending.insert(request_id, R::ANY_ERROR);
         req.frame(request_id).put(&mut self.wbuf);

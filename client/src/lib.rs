@@ -18,6 +18,7 @@ mod client;
 mod core;
 mod error;
 mod event;
+mod history;
 #[cfg(feature = "load")]
 pub mod load;
 #[cfg(test)]
@@ -28,5 +29,6 @@ pub mod transport;
 pub use client::{Client, ClientConfig};
 pub use error::ClientError;
 pub use event::{Event, Message, RoomEventKind};
+pub use history::Conversation;
 pub use ringrouter_proto::Status;
 pub use transport::{Transport, TransportKind};

@@ -484,7 +484,7 @@ impl ThreadedClient {
 
     /// Queues `req` with a fresh request id and waits, up to the configured
     /// timeout, for its answer.
-    fn call<R: Request>(&self, req: R) -> Result<R::Output, ClientError> {
+    pub(crate) fn call<R: Request>(&self, req: R) -> Result<R::Output, ClientError> {
         let deadline = Instant::now() + self.timeout;
         let request_id = self.ids.next();
         lock(&self.inner.inq)

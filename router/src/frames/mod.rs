@@ -10,6 +10,7 @@
 //! | Login, Register, Logout (after login) | [`session`] |
 //! | CreateRoom, JoinRoom, LeaveRoom, AddMember, RemoveMember, DeleteRoom, ListRooms | [`rooms`] |
 //! | DeleteAccount, ListUsers | [`accounts`] |
+//! | History, ListConversations | [`history`] |
 //!
 //! # Adding a client frame kind
 //! 1. `proto/router.proto`: the message, its field in `ClientFrame.kind` (and its result
@@ -34,6 +35,7 @@ use crate::shard::{Flow, SessionKey, Shard};
 
 pub mod accounts;
 pub mod ack;
+pub mod history;
 pub mod ping;
 pub mod rooms;
 pub mod send;
@@ -86,6 +88,14 @@ impl Shard {
             }
             Inbound::Other(Kind::ListUsers(l)) => {
                 self.on_list_users(key, l);
+                Flow::Continue
+            }
+            Inbound::Other(Kind::History(h)) => {
+                self.on_history(key, h);
+                Flow::Continue
+            }
+            Inbound::Other(Kind::ListConversations(l)) => {
+                self.on_list_conversations(key, l);
                 Flow::Continue
             }
             // `parse_client` returns every Send as `Inbound::Send`.

@@ -42,6 +42,7 @@ use crate::stats::{Counters, ShardStats};
 pub mod answer;
 pub mod api;
 pub mod delivery;
+pub mod history;
 pub mod mail;
 pub mod pause;
 pub mod retention;
@@ -136,6 +137,8 @@ pub struct Shard {
     pub room_quota: NameMap<Bytes, std::collections::VecDeque<rooms::OwnItem>>,
     /// HTTP API requests waiting for the outcome of a message they published.
     pub api_waiters: api::ApiWaiters,
+    /// History appends of the current loop turn ([`history`]).
+    pub hist: history::HistBuf,
 }
 
 /// The home shard of a name (defined in proto, shared with the clients).
@@ -206,6 +209,7 @@ impl Shard {
             parked_throttled: Vec::new(),
             local_mail: Vec::new(),
             bell: None,
+            hist: history::HistBuf::default(),
             rooms: NameMap::default(),
             stored_floor: NameMap::default(),
             touched_at: Instant::now(),

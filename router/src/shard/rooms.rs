@@ -702,6 +702,7 @@ impl Shard {
             return;
         }
         self.counters.room_msgs += 1;
+        self.history_room(key, &s.from_user, &s.payload, s.msg_id, s.ts_us);
         if room.fan.is_empty() {
             self.reply_send(s.reply, s.msg_id, Status::Ok);
             return;

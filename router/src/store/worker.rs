@@ -15,6 +15,8 @@ use super::codec::{
     validate_password, AccountRecord, CODE_PREFIX, MEMBER_PREFIX, ROOM_PREFIX,
 };
 use super::hash::{HashJob, HashOutcome, HashPool};
+
+mod history;
 use super::{
     Appended, Cb, Durability, Msg, Overflow, QueueCap, RoomRecord, StatCells, StoreError,
     StoreOptions, StoreResult, StoredMsg,
@@ -37,6 +39,7 @@ pub(crate) struct Dbs {
     offline: Keyspace,
     accounts: Keyspace,
     rooms: Keyspace,
+    history: Keyspace,
 }
 
 impl Dbs {
@@ -53,11 +56,13 @@ impl Dbs {
         let offline = db.keyspace("offline", sized(OFFLINE_MEMTABLE_BYTES))?;
         let accounts = db.keyspace("accounts", sized(SMALL_MEMTABLE_BYTES))?;
         let rooms = db.keyspace("rooms", sized(SMALL_MEMTABLE_BYTES))?;
+        let history = db.keyspace("history", sized(OFFLINE_MEMTABLE_BYTES))?;
         Ok(Dbs {
             db,
             offline,
             accounts,
             rooms,
+            history,
         })
     }
 
@@ -66,6 +71,7 @@ impl Dbs {
             Ks::Offline => &self.offline,
             Ks::Accounts => &self.accounts,
             Ks::Rooms => &self.rooms,
+            Ks::History => &self.history,
         }
     }
 }
@@ -75,6 +81,7 @@ enum Ks {
     Offline,
     Accounts,
     Rooms,
+    History,
 }
 
 /// A write waiting for the next commit.
@@ -139,6 +146,8 @@ pub(crate) struct Worker {
     next_sweep: Instant,
     next_job: u64,
     shutting_down: bool,
+    /// Conversation history (`worker/history.rs`).
+    hist: history::HistState,
 }
 
 fn now_us() -> u64 {
@@ -194,6 +203,7 @@ impl Worker {
         pool: HashPool,
         stats: Arc<StatCells>,
     ) -> Worker {
+        let opts_history = opts.history;
         Worker {
             dbs,
             durability,
@@ -214,6 +224,7 @@ impl Worker {
             next_sweep: Instant::now(),
             next_job: 0,
             shutting_down: false,
+            hist: history::HistState::new(opts_history),
         }
     }
 
@@ -321,6 +332,7 @@ impl Worker {
 
     /// Commits pending writes as one batch (handed to the OS, no fsync).
     fn commit(&mut self) -> StoreResult<()> {
+        self.hist_flush_entries();
         if self.ops.is_empty() {
             return Ok(());
         }
@@ -359,6 +371,7 @@ impl Worker {
         if self.known.len() > CACHE_MAX {
             self.known = NameSet::default();
         }
+        self.hist_trim_cache();
     }
 
     /// Commit, fsync if the mode (or a `Flush`) asks for it, then run the completions.
@@ -534,6 +547,23 @@ impl Worker {
             }
             Msg::RoomsOf { user, cb } => {
                 let r = self.rooms_of(&user);
+                self.done(cb, r, false);
+            }
+            Msg::HistoryAppend { chunks, cb } => {
+                let r = self.hist_append(chunks);
+                self.done(cb, r, true);
+            }
+            Msg::HistoryQuery { query, cb } => {
+                let r = self.hist_query(&query);
+                self.done(cb, r, false);
+            }
+            Msg::Conversations {
+                user,
+                limit,
+                before_ts_us,
+                cb,
+            } => {
+                let r = self.hist_conversations(&user, limit, before_ts_us);
                 self.done(cb, r, false);
             }
             Msg::Flush { cb } => {
@@ -961,6 +991,7 @@ impl Worker {
         if !had_account && removed == 0 {
             return Err(StoreError::NotFound);
         }
+        self.hist_delete_user(user)?;
         if had_account {
             self.ops
                 .push(Op::Del(Ks::Accounts, user.as_bytes().to_vec()));
