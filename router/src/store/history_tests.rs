@@ -36,6 +36,8 @@ fn now() -> u64 {
 /// Appends messages `ids` from `from` to `to` as chunks of `per_chunk`.
 fn dm(h: &StoreHandle, from: &str, to: &str, ids: std::ops::Range<u64>, per_chunk: usize) {
     let ids: Vec<u64> = ids.collect();
+    call(|cb| h.ensure_user(from, cb)).unwrap();
+    call(|cb| h.ensure_user(to, cb)).unwrap();
     for part in ids.chunks(per_chunk) {
         let mut c = HistChunk {
             conv: dm_conv(from.as_bytes(), to.as_bytes()),
@@ -123,6 +125,7 @@ fn history_keeps_the_last_n_and_trims_lazily() {
 fn history_max_age_hides_old_messages() {
     let dir = tempfile::tempdir().unwrap();
     let h = open(dir.path(), 100, Some(Duration::from_secs(60)));
+    dm(&h, "a", "b", 0..0, 1);
     let mut c = HistChunk {
         conv: dm_conv(b"a", b"b"),
         ..Default::default()
@@ -180,11 +183,27 @@ fn history_of_a_room_is_for_members_and_conversations_list_it() {
     let older = call(|cb| h.conversations("alice", 10, cs[0].last.ts_us, cb)).unwrap();
     assert!(older.iter().all(|c| c.peer.is_none()), "{older:?}");
     // Deleting carol removes the direct conversation for alice too.
-    call(|cb| h.ensure_user("carol", cb)).unwrap();
     call(|cb| h.delete_account("carol", cb)).unwrap();
     assert_eq!(ids(page(&h, "alice", "carol", 0, 10)), Vec::<u64>::new());
     let cs = call(|cb| h.conversations("alice", 10, 0, cb)).unwrap();
     assert_eq!(cs.len(), 1, "{cs:?}");
+}
+
+#[test]
+fn history_of_a_user_without_account_is_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(dir.path(), 100, None);
+    call(|cb| h.ensure_user("a", cb)).unwrap();
+    let mut c = HistChunk {
+        conv: dm_conv(b"a", b"ghost"),
+        ..Default::default()
+    };
+    c.push(b"a", 1, now(), b"x");
+    call(|cb| h.history_append(vec![c], cb)).unwrap();
+    assert_eq!(ids(page(&h, "a", "ghost", 0, 10)), Vec::<u64>::new());
+    assert!(call(|cb| h.conversations("a", 10, 0, cb))
+        .unwrap()
+        .is_empty());
 }
 
 #[test]

@@ -142,6 +142,16 @@ impl Worker {
                 return Err(StoreError::Invalid("bad conversation id".into()));
             };
             let mut st = self.conv_state(&c.conv)?;
+            if let (false, ConvName::Direct(a, b)) = (st.indexed, &name) {
+                // A message to a user without an account (refused NOT_FOUND) or to one
+                // deleted meanwhile makes no conversation. Checked once per conversation
+                // and process (the check is cached; deleting an account drops the state).
+                let (a, b) = (String::from_utf8_lossy(a), String::from_utf8_lossy(b));
+                let (a, b) = (a.into_owned(), b.into_owned());
+                if !self.account_exists(&a)? || !self.account_exists(&b)? {
+                    continue;
+                }
+            }
             let first = st.next_seq;
             // The last message each sender sent in this chunk.
             let mut senders: Vec<(&[u8], u64)> = Vec::new();
