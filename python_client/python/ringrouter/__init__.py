@@ -22,6 +22,8 @@ Names:
 - :class:`Client` -- a connection logged in as one user (thread-safe: one thread
   may block in :meth:`Client.recv` while others send).
 - :class:`Message` -- a received message.
+- :class:`Conversation` -- one entry of :meth:`Client.conversations` (``user`` or
+  ``room``, ``last``, ``unread``); :meth:`Client.history` pages back through one.
 - :class:`Event` -- a room event (``kind`` "joined", "left", "removed" or
   "deleted", ``room``, ``user``), also returned by :meth:`Client.recv`.
 - :class:`RouterError` (``code``, ``status``, ``reason``) and its subclasses
@@ -43,6 +45,7 @@ from ._native import (
     AuthError,
     Client,
     ConnectionClosed,
+    Conversation,
     Event,
     Message,
     RouterError,
@@ -55,6 +58,7 @@ __all__ = [
     "AuthError",
     "Client",
     "ConnectionClosed",
+    "Conversation",
     "Event",
     "Message",
     "RouterError",
