@@ -15,6 +15,12 @@ use crate::store::HistChunk;
 /// Bytes an appended message counts for besides its payload and names.
 const RECORD_OVERHEAD: usize = 24;
 
+/// A chunk holds at most this many messages ...
+const CHUNK_MAX_MSGS: u32 = 128;
+/// ... or about this many bytes; past either the conversation starts a new chunk (a
+/// page then decodes at most a chunk or two beyond what it returns).
+const CHUNK_MAX_BYTES: usize = 32 * 1024;
+
 /// The chunks of the current loop turn.
 #[derive(Default)]
 pub struct HistBuf {
@@ -35,20 +41,22 @@ impl HistBuf {
     }
 
     fn push(&mut self, from_user: &[u8], msg_id: u64, ts_us: u64, payload: &[u8]) {
-        let i = match self.chunks.get(self.last) {
-            Some(c) if c.conv == self.scratch => self.last,
-            _ => match self.index.get(&self.scratch) {
-                Some(&i) => i,
-                None => {
-                    let i = self.chunks.len();
-                    self.chunks.push(HistChunk {
-                        conv: self.scratch.clone(),
-                        ..Default::default()
-                    });
-                    self.index.insert(self.scratch.clone(), i);
-                    i
-                }
-            },
+        let found = match self.chunks.get(self.last) {
+            Some(c) if c.conv == self.scratch => Some(self.last),
+            _ => self.index.get(&self.scratch).copied(),
+        };
+        let full = |c: &HistChunk| c.count >= CHUNK_MAX_MSGS || c.data.len() >= CHUNK_MAX_BYTES;
+        let i = match found {
+            Some(i) if !full(&self.chunks[i]) => i,
+            _ => {
+                let i = self.chunks.len();
+                self.chunks.push(HistChunk {
+                    conv: self.scratch.clone(),
+                    ..Default::default()
+                });
+                self.index.insert(self.scratch.clone(), i);
+                i
+            }
         };
         self.last = i;
         self.bytes += RECORD_OVERHEAD + from_user.len() + payload.len();

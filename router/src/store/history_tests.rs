@@ -82,6 +82,11 @@ fn history_pages_backwards_both_directions_one_conversation() {
         ids(page(&h, "bob", "alice", 56, 10)),
         (46..56).collect::<Vec<_>>()
     );
+    // A `before` no page ended at (found by scanning) and one that did (the cursor).
+    assert_eq!(ids(page(&h, "alice", "bob", 30, 3)), vec![27, 28, 29]);
+    assert_eq!(ids(page(&h, "alice", "bob", 27, 2)), vec![25, 26]);
+    assert_eq!(ids(page(&h, "alice", "bob", 2, 5)), vec![1]);
+    assert_eq!(ids(page(&h, "alice", "bob", 1, 5)), Vec::<u64>::new());
     // Walking back page by page sees every message once, in order.
     let mut all = Vec::new();
     let mut before = 0;

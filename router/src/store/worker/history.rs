@@ -38,7 +38,13 @@ pub(crate) struct HistState {
     /// Users' conversation entries to write at the next commit (key → last sent seq; 0:
     /// create if missing). Merged here so one batch never writes a key twice.
     pending: FxHashMap<Vec<u8>, u64>,
+    /// (conversation, msg_id) → seq of the oldest message of recently answered pages:
+    /// the `before` of the next page back, found without scanning for it.
+    cursors: FxHashMap<(Vec<u8>, u64), u64>,
 }
+
+/// Most entries in [`HistState::cursors`] (then it is emptied).
+const CURSORS_MAX: usize = 65_536;
 
 impl HistState {
     pub(crate) fn new(opts: HistoryOptions) -> Self {
@@ -237,8 +243,16 @@ impl Worker {
         let cutoff = self.age_cutoff();
         let prefix = chunk_prefix(&conv);
         let mut out = Vec::new();
-        let mut found = q.before == 0;
-        'chunks: for g in self.dbs.history.prefix(&prefix).rev() {
+        // The seq of `before`, when a page that ended at it was answered recently: the
+        // scan then starts at its chunk instead of looking for it from the newest.
+        let start = match q.before {
+            0 => None,
+            b => self.hist.cursors.get(&(conv.clone(), b)).copied(),
+        };
+        let mut found = q.before == 0 || start.is_some();
+        let upper = chunk_key(&conv, start.unwrap_or(u64::MAX));
+        let mut oldest_seq = 0;
+        'chunks: for g in self.dbs.history.range(prefix.clone()..=upper).rev() {
             if out.len() >= q.limit {
                 break;
             }
@@ -250,13 +264,18 @@ impl Worker {
             }
             let recs: Vec<_> = records(data).collect();
             for (i, r) in recs.iter().enumerate().rev() {
-                if seq + (i as u64) < from || r.2 < cutoff {
+                let s = seq + i as u64;
+                if start.is_some_and(|start| s >= start) {
+                    continue;
+                }
+                if s < from || r.2 < cutoff {
                     break 'chunks;
                 }
                 if !found {
                     found = r.1 == q.before;
                     continue;
                 }
+                oldest_seq = s;
                 out.push(to_msg(*r));
                 if out.len() >= q.limit {
                     break 'chunks;
@@ -265,6 +284,12 @@ impl Worker {
         }
         if !found {
             return Ok(HistPage::BeforeNotFound);
+        }
+        if let Some(m) = out.last() {
+            if self.hist.cursors.len() >= CURSORS_MAX {
+                self.hist.cursors.clear();
+            }
+            self.hist.cursors.insert((conv, m.msg_id), oldest_seq);
         }
         out.reverse();
         Ok(HistPage::Messages(out))
@@ -352,6 +377,8 @@ impl Worker {
     /// and its own conversation entries. Call with every write committed.
     pub(crate) fn hist_delete_user(&mut self, user: &str) -> StoreResult<()> {
         let prefix = user_prefix(user.as_bytes());
+        // Seqs of deleted conversations start again at 1.
+        self.hist.cursors.clear();
         let mut entries = Vec::new();
         for g in self.dbs.history.prefix(&prefix) {
             entries.push(g.key()?.to_vec());
