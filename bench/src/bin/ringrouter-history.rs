@@ -115,6 +115,9 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
             Ok(v)
         };
     let newest = percentiles(time(&mut || 0)?);
+    // Random points with at least `limit` messages before them.
+    let span = ids.len().saturating_sub(a.limit as usize).max(1);
+    let random = percentiles(time(&mut || ids[(rand() as usize) % span])?);
     // Paging back: each request's `before` is the previous page's oldest message.
     let mut paging = Vec::with_capacity(a.queries);
     let mut before = 0;
@@ -125,23 +128,6 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         before = page.first().map_or(0, |m| m.msg_id);
     }
     let paging = percentiles(paging);
-    let mut time =
-        |before: &mut dyn FnMut() -> u64| -> Result<Vec<Duration>, Box<dyn std::error::Error>> {
-            let mut v = Vec::with_capacity(a.queries);
-            for _ in 0..a.queries {
-                let b = before();
-                let t = Instant::now();
-                let page = tx.history_with(&receiver, b, a.limit)?;
-                v.push(t.elapsed());
-                if page.is_empty() {
-                    return Err("empty page".into());
-                }
-            }
-            Ok(v)
-        };
-    // Random points with at least `limit` messages before them.
-    let span = ids.len().saturating_sub(a.limit as usize).max(1);
-    let random = percentiles(time(&mut || ids[(rand() as usize) % span])?);
     if a.json {
         println!(
             "{{\"messages\":{},\"limit\":{},\"queries\":{},\"newest_p50_us\":{:.0},\"newest_p99_us\":{:.0},\"newest_max_us\":{:.0},\"paging_p50_us\":{:.0},\"paging_p99_us\":{:.0},\"paging_max_us\":{:.0},\"random_p50_us\":{:.0},\"random_p99_us\":{:.0},\"random_max_us\":{:.0}}}",

@@ -31,6 +31,9 @@ pub struct HistBuf {
     /// conversation skip the map).
     last: usize,
     scratch: Vec<u8>,
+    /// The names of the previous direct message (`scratch` is their conversation id):
+    /// the next one between the same two users skips building the id.
+    last_pair: (Vec<u8>, Vec<u8>),
     bytes: usize,
 }
 
@@ -81,7 +84,17 @@ impl Shard {
         if !self.history_on() {
             return;
         }
-        dm_conv_into(&mut self.hist.scratch, from_user, to_user);
+        let h = &mut self.hist;
+        if h.scratch.first() != Some(&b'd')
+            || h.last_pair.0 != from_user
+            || h.last_pair.1 != to_user
+        {
+            dm_conv_into(&mut h.scratch, from_user, to_user);
+            h.last_pair.0.clear();
+            h.last_pair.0.extend_from_slice(from_user);
+            h.last_pair.1.clear();
+            h.last_pair.1.extend_from_slice(to_user);
+        }
         self.history_push(from_user, payload, msg_id, ts_us);
     }
 

@@ -38,13 +38,17 @@ pub struct HistChunk {
     pub count: u32,
     /// Newest `server_ts_us` in `data`.
     pub last_ts: u64,
-    /// The records, oldest first.
+    /// Room for the stored value's header ([`CHUNK_HEADER`] bytes, filled by the storage
+    /// thread in place), then the records, oldest first; empty before the first.
     pub data: Vec<u8>,
 }
 
 impl HistChunk {
     /// Appends one message.
     pub fn push(&mut self, from_user: &[u8], msg_id: u64, ts_us: u64, payload: &[u8]) {
+        if self.data.is_empty() {
+            self.data.resize(CHUNK_HEADER, 0);
+        }
         push_record(&mut self.data, from_user, msg_id, ts_us, payload);
         self.count += 1;
         self.last_ts = self.last_ts.max(ts_us);
@@ -215,12 +219,22 @@ pub(crate) fn records(mut data: &[u8]) -> impl Iterator<Item = RawRecord<'_>> {
     })
 }
 
-/// A chunk value: header then records.
-pub(crate) fn chunk_value(c: &HistChunk) -> Vec<u8> {
-    let mut v = Vec::with_capacity(CHUNK_HEADER + c.data.len());
-    v.extend_from_slice(&c.count.to_be_bytes());
-    v.extend_from_slice(&c.last_ts.to_be_bytes());
-    v.extend_from_slice(&c.data);
+impl HistChunk {
+    /// The records.
+    pub(crate) fn records(&self) -> &[u8] {
+        self.data.get(CHUNK_HEADER..).unwrap_or_default()
+    }
+}
+
+/// A chunk value: header then records (the header written into the room `push` left
+/// for it: no copy of the records).
+pub(crate) fn chunk_value(c: HistChunk) -> Vec<u8> {
+    let mut v = c.data;
+    if v.len() < CHUNK_HEADER {
+        v.resize(CHUNK_HEADER, 0);
+    }
+    v[..4].copy_from_slice(&c.count.to_be_bytes());
+    v[4..CHUNK_HEADER].copy_from_slice(&c.last_ts.to_be_bytes());
     v
 }
 
@@ -299,7 +313,7 @@ mod tests {
         let mut c = HistChunk::default();
         c.push(b"alice", 7, 100, b"hi");
         c.push(b"bob", 8, 90, b"");
-        let v = chunk_value(&c);
+        let v = chunk_value(c);
         let (count, ts, data) = parse_chunk(&v).unwrap();
         assert_eq!((count, ts), (2, 100));
         let r: Vec<_> = records(data).collect();

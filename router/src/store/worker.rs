@@ -49,14 +49,26 @@ impl Dbs {
         // keyspace and a 32 MiB cache, made the router's RSS swing by ~100 MiB under a
         // soak's offline traffic): a memtable is sealed and flushed at its size, and fjall
         // holds writes while a keyspace has 4 sealed ones, so at most 5 are in memory.
+        // No journal compression: lz4 over every history chunk was half of the storage
+        // thread's instructions per message (callgrind, bench/ir.sh), for payloads that
+        // seldom compress.
         let db = Database::builder(dir)
             .cache_size(STORE_CACHE_BYTES)
+            .journal_compression(fjall::CompressionType::None)
             .open()?;
         let sized = |bytes: u64| move || KeyspaceCreateOptions::default().max_memtable_size(bytes);
         let offline = db.keyspace("offline", sized(OFFLINE_MEMTABLE_BYTES))?;
         let accounts = db.keyspace("accounts", sized(SMALL_MEMTABLE_BYTES))?;
         let rooms = db.keyspace("rooms", sized(SMALL_MEMTABLE_BYTES))?;
-        let history = db.keyspace("history", sized(OFFLINE_MEMTABLE_BYTES))?;
+        // History chunks (up to 32 KiB) live in blob files: compactions move their keys,
+        // not the messages (key-value separation, values over 1 KiB).
+        let history = db.keyspace("history", || {
+            KeyspaceCreateOptions::default()
+                .max_memtable_size(OFFLINE_MEMTABLE_BYTES)
+                .with_kv_separation(Some(
+                    fjall::KvSeparationOptions::default().compression(fjall::CompressionType::None),
+                ))
+        })?;
         Ok(Dbs {
             db,
             offline,

@@ -161,7 +161,7 @@ impl Worker {
             let first = st.next_seq;
             // The last message each sender sent in this chunk.
             let mut senders: Vec<(&[u8], u64)> = Vec::new();
-            for (i, (from, ..)) in records(&c.data).enumerate() {
+            for (i, (from, ..)) in records(c.records()).enumerate() {
                 let seq = first + i as u64;
                 match senders.iter_mut().find(|(f, _)| *f == from) {
                     Some(s) => s.1 = seq,
@@ -179,20 +179,18 @@ impl Worker {
                 self.note_entry(&b, &c.conv, 0);
                 st.indexed = true;
             }
-            self.ops.push(Op::Put(
-                Ks::History,
-                chunk_key(&c.conv, first),
-                chunk_value(&c),
-            ));
             st.next_seq = first + u64::from(c.count);
             st.since_trim += 1;
+            let key = chunk_key(&c.conv, first);
+            let conv = c.conv.clone();
+            self.ops.push(Op::Put(Ks::History, key, chunk_value(c)));
             let limit = self.hist.opts.per_conversation;
             let slack = (limit / 4).max(256);
             let over = st.next_seq - st.oldest > limit.saturating_add(slack);
             let aged = self.hist.opts.max_age.is_some() && st.since_trim >= AGE_TRIM_EVERY;
-            self.hist.convs.insert(c.conv.clone(), st);
+            self.hist.convs.insert(conv.clone(), st);
             if over || aged {
-                self.hist_trim(&c.conv)?;
+                self.hist_trim(&conv)?;
             }
         }
         Ok(())
