@@ -99,6 +99,28 @@ pub enum Event {
         /// The users (ListUsers).
         users: Vec<String>,
     },
+    /// The answer to a History request ([`crate::Client::history`]).
+    HistoryResult {
+        /// Request id.
+        request_id: u64,
+        /// Status.
+        status: Status,
+        /// Reason when not OK.
+        reason: String,
+        /// The messages, oldest first (`seq` 0).
+        messages: Vec<Message>,
+    },
+    /// The answer to ListConversations ([`crate::Client::conversations`]).
+    ConversationsResult {
+        /// Request id.
+        request_id: u64,
+        /// Status.
+        status: Status,
+        /// Reason when not OK.
+        reason: String,
+        /// Newest last message first.
+        conversations: Vec<crate::Conversation>,
+    },
 }
 
 /// A read receipt ([`crate::Client::mark_read`]): `user` read up to `msg_id` of a room

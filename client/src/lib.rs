@@ -18,6 +18,7 @@ mod client;
 mod core;
 mod error;
 mod event;
+mod history;
 #[cfg(feature = "load")]
 pub mod load;
 mod social;
@@ -29,6 +30,7 @@ pub mod transport;
 pub use client::{Client, ClientConfig};
 pub use error::ClientError;
 pub use event::{Event, Message, Receipt, RoomEventKind, RoomInfo};
+pub use history::Conversation;
 pub use ringrouter_proto::send::Target;
 pub use ringrouter_proto::Status;
 pub use transport::{Transport, TransportKind};

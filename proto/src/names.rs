@@ -222,7 +222,17 @@ pub fn check_frame(kind: &Kind) -> Result<(), NameError> {
             check_room_name("room", &r.room)?;
             check_name("user", &r.user)
         }
-        Kind::Ack(_)
+        Kind::History(h) => {
+            if !h.user.is_empty() {
+                check_name("user", &h.user)?;
+            }
+            if !h.room.is_empty() {
+                check_room_name("room", &h.room)?;
+            }
+            Ok(())
+        }
+        Kind::ListConversations(_)
+        | Kind::Ack(_)
         | Kind::Ping(_)
         | Kind::Pong(_)
         | Kind::Logout(_)

@@ -11,8 +11,9 @@
 
 use crate::fast::Inbound;
 use crate::v1::{
-    client_frame::Kind, server_frame, AccountResult, Error as ErrorFrame, LoginResult, Ping, Pong,
-    RoomEvent, RoomResult, SendResult, ServerFrame,
+    client_frame::Kind, server_frame, AccountResult, Conversation, ConversationsResult, Deliver,
+    Error as ErrorFrame, HistoryResult, LoginResult, Ping, Pong, RoomEvent, RoomResult, SendResult,
+    ServerFrame,
 };
 use crate::Status;
 
@@ -176,6 +177,38 @@ pub fn account_frame(result: AccountResult) -> ServerFrame {
     frame(server_frame::Kind::AccountResult(result))
 }
 
+/// A `HistoryResult` (`messages` oldest first).
+pub fn history_result(
+    request_id: u64,
+    status: Status,
+    reason: &str,
+    messages: Vec<Deliver>,
+) -> ServerFrame {
+    frame(server_frame::Kind::HistoryResult(HistoryResult {
+        request_id,
+        status: status as i32,
+        reason: reason.to_owned(),
+        messages,
+    }))
+}
+
+/// A `ConversationsResult` (newest first).
+pub fn conversations_result(
+    request_id: u64,
+    status: Status,
+    reason: &str,
+    conversations: Vec<Conversation>,
+) -> ServerFrame {
+    frame(server_frame::Kind::ConversationsResult(
+        ConversationsResult {
+            request_id,
+            status: status as i32,
+            reason: reason.to_owned(),
+            conversations,
+        },
+    ))
+}
+
 /// The request id of a client request (0 for frames without one).
 pub fn request_id_of(kind: &Kind) -> u64 {
     match kind {
@@ -193,6 +226,8 @@ pub fn request_id_of(kind: &Kind) -> u64 {
         Kind::Register(f) => f.request_id,
         Kind::DeleteAccount(f) => f.request_id,
         Kind::ListUsers(f) => f.request_id,
+        Kind::History(f) => f.request_id,
+        Kind::ListConversations(f) => f.request_id,
         Kind::Ack(_) | Kind::Ping(_) | Kind::Pong(_) | Kind::Logout(_) => 0,
     }
 }
@@ -268,6 +303,20 @@ pub fn refusal(frame: &Inbound, status: Status, reason: &str) -> ServerFrame {
             Kind::Register(r) => account(r.request_id),
             Kind::DeleteAccount(d) => account(d.request_id),
             Kind::ListUsers(l) => account(l.request_id),
+            Kind::History(h) => server_frame::Kind::HistoryResult(HistoryResult {
+                request_id: h.request_id,
+                status: code,
+                reason: reason.clone(),
+                ..Default::default()
+            }),
+            Kind::ListConversations(l) => {
+                server_frame::Kind::ConversationsResult(ConversationsResult {
+                    request_id: l.request_id,
+                    status: code,
+                    reason: reason.clone(),
+                    ..Default::default()
+                })
+            }
             Kind::Ack(_) | Kind::Ping(_) | Kind::Pong(_) | Kind::Logout(_) => error(0),
         },
     };

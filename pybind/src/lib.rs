@@ -17,6 +17,7 @@
 //! - `Status` ([`status`]) is the protocol's status enum as an `enum.IntEnum`;
 //!   `__version__` is this crate's version, the one version of the package.
 
+mod history;
 mod social;
 mod status;
 mod transport;
@@ -655,6 +656,36 @@ impl PyClient {
         self.call(py, |c| c.delete_room(&room))
     }
 
+    /// Messages of a conversation, oldest first: the direct one with `user`, or a
+    /// `room` this user is a member of (else RouterError "FORBIDDEN"); at most `limit`
+    /// (1..500; 0: 50), just before the message `before` (a msg_id or a Message; None:
+    /// the newest). Page back with `before=msgs[0]` until a page is empty. Each is a
+    /// Message with seq 0.
+    #[pyo3(signature = (*, user=None, room=None, before=None, limit=50))]
+    fn history(
+        &self,
+        py: Python<'_>,
+        user: Option<String>,
+        room: Option<String>,
+        before: Option<&Bound<'_, PyAny>>,
+        limit: u32,
+    ) -> PyResult<Vec<Py<PyMessage>>> {
+        history::history(self, py, user, room, before, limit)
+    }
+
+    /// This user's conversations with a message kept (direct ones and rooms it is a
+    /// member of), newest last message first, at most `limit` (1..500); `before_us`
+    /// pages on: only those whose last message is older (`last.timestamp_us`).
+    #[pyo3(signature = (limit=50, *, before_us=0))]
+    fn conversations(
+        &self,
+        py: Python<'_>,
+        limit: u32,
+        before_us: u64,
+    ) -> PyResult<Vec<Py<history::PyConversation>>> {
+        history::conversations(self, py, limit, before_us)
+    }
+
     /// The names of the rooms this user is a member of.
     fn rooms(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         self.call(py, |c| c.rooms())
@@ -885,6 +916,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyMessage>()?;
     m.add_class::<PyEvent>()?;
     social::add_classes(m)?;
+    m.add_class::<history::PyConversation>()?;
     let router_error = py.get_type::<RouterError>();
     // Class-level defaults, so that instances raised from Python code have them too.
     router_error.setattr("code", "")?;

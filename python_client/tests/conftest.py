@@ -136,8 +136,9 @@ class Router:
 
 @pytest.fixture(scope="session")
 def router() -> Iterator[Router]:
-    """A router with open auth, shared by the whole session."""
-    r = Router([])
+    """A router with open auth, shared by the whole session (with history, which is
+    off by default)."""
+    r = Router(["--history-per-conversation", "10000"])
     yield r
     r.terminate()
 

@@ -181,6 +181,10 @@ pub struct Args {
     /// Most names one ListUsers answers.
     #[arg(long, value_name = "N", default_value_t = 1_000, help_heading = LIMITS)]
     pub list_users_page: usize,
+    /// Most messages one History answer holds and conversations one ListConversations
+    /// answers; a request asking for more is BAD_REQUEST.
+    #[arg(long, value_name = "N", default_value_t = 500, help_heading = LIMITS)]
+    pub history_page_max: u32,
     /// Largest HTTP request head (request line and headers); past it: 431 and close.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16KiB", help_heading = LIMITS)]
     pub http_max_head_bytes: usize,
@@ -234,6 +238,14 @@ pub struct Args {
     /// Open/jwt auth: a user with nothing queued and no rooms, not seen this long, is forgotten.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30d", help_heading = STORAGE)]
     pub forget_idle_users_after: Duration,
+    /// Messages kept per conversation (a pair of users, or a room) for History; 0 (the
+    /// default): no history. 10000 is a usual value; it costs the DM path about 40% of its
+    /// msgs/s today (BENCHMARKS.md), so it is opt-in until its write path is cheaper.
+    #[arg(long, value_name = "N", default_value_t = 0, help_heading = STORAGE)]
+    pub history_per_conversation: u64,
+    /// History older than this is dropped (default: kept whatever its age).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = STORAGE)]
+    pub history_max_age: Option<Duration>,
 
     /// Log filter (tracing EnvFilter directives, e.g. debug or info,ringrouter=trace);
     /// the RUST_LOG environment variable, when set, replaces it.
@@ -292,6 +304,9 @@ impl Args {
             http_max_body_bytes: self.http_max_body_bytes,
             http_idle_timeout: self.http_idle_timeout,
             http_api_timeout: self.http_api_timeout,
+            history_per_conversation: self.history_per_conversation,
+            history_max_age: self.history_max_age,
+            history_page_max: self.history_page_max,
         }
     }
 }
@@ -957,6 +972,12 @@ mod tests {
             "13MiB",
             "--forget-idle-users-after",
             "30d",
+            "--history-per-conversation",
+            "77",
+            "--history-max-age",
+            "2days",
+            "--history-page-max",
+            "33",
             "--log-filter",
             "debug,fjall=warn",
             "--http-listen",

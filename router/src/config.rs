@@ -113,6 +113,13 @@ pub struct Config {
     pub room_add_policy: RoomAddPolicy,
     /// Most names one ListUsers answers.
     pub list_users_page: usize,
+    /// Messages kept per conversation (DM pair or room); 0: history off.
+    pub history_per_conversation: u64,
+    /// History older than this is dropped; `None`: kept whatever its age.
+    pub history_max_age: Option<Duration>,
+    /// Most messages in one History answer (and conversations in one ListConversations
+    /// answer); a larger `limit` is BAD_REQUEST.
+    pub history_page_max: u32,
     /// Cheapest legal Argon2id parameters (tests and benchmarks only).
     pub argon2_cheap: bool,
     /// Most password hashes (Register, password Login, room passwords) queued or running;
@@ -188,6 +195,9 @@ impl Default for Config {
             max_members_per_room: 10_000,
             room_add_policy: RoomAddPolicy::Owner,
             list_users_page: 1_000,
+            history_per_conversation: 0,
+            history_max_age: None,
+            history_page_max: 500,
             argon2_cheap: false,
             max_password_jobs: 256,
             max_unacked_bytes_per_session: 64 << 20,

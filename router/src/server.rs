@@ -179,6 +179,10 @@ impl Router {
                 // Accounts mode has no passwordless records to forget.
                 forget_idle_after: (cfg.auth != crate::config::AuthMode::Accounts)
                     .then_some(cfg.forget_idle_users_after),
+                history: crate::store::HistoryOptions {
+                    per_conversation: cfg.history_per_conversation,
+                    max_age: cfg.history_max_age,
+                },
                 ..StoreOptions::default()
             },
         )

@@ -60,6 +60,10 @@ pub(crate) enum Reply {
     Account(AccountReply),
     /// Pong.
     Pong,
+    /// HistoryResult.
+    History(Vec<Message>),
+    /// ConversationsResult.
+    Conversations(Vec<crate::Conversation>),
 }
 
 /// An OK answer to a room request.
@@ -187,18 +191,39 @@ pub(crate) fn decode(body: Bytes) -> Result<Inbound, ClientError> {
             users: r.users,
         },
         // Taken by the fast parser above, unless it is ephemeral or an outgoing copy.
-        server_frame::Kind::Deliver(d) => Event::Message(Message {
-            sender: d.from_user,
-            room: Some(d.to_room).filter(|r| !r.is_empty()),
-            payload: d.payload,
-            seq: d.seq,
-            msg_id: d.msg_id,
-            timestamp_us: d.server_ts_us,
-            ephemeral: d.ephemeral,
-            outgoing: d.outgoing,
-            to_user: Some(d.to_user).filter(|u| !u.is_empty()),
-        }),
+        server_frame::Kind::Deliver(d) => Event::Message(message(d)),
+        server_frame::Kind::HistoryResult(r) => Event::HistoryResult {
+            request_id: r.request_id,
+            status: status(r.status),
+            reason: r.reason,
+            messages: r.messages.into_iter().map(message).collect(),
+        },
+        server_frame::Kind::ConversationsResult(r) => Event::ConversationsResult {
+            request_id: r.request_id,
+            status: status(r.status),
+            reason: r.reason,
+            conversations: r
+                .conversations
+                .into_iter()
+                .map(crate::history::conversation)
+                .collect(),
+        },
     }))
+}
+
+/// A decoded Deliver as a [`Message`].
+pub(crate) fn message(d: ringrouter_proto::v1::Deliver) -> Message {
+    Message {
+        sender: d.from_user,
+        room: Some(d.to_room).filter(|r| !r.is_empty()),
+        payload: d.payload,
+        seq: d.seq,
+        msg_id: d.msg_id,
+        timestamp_us: d.server_ts_us,
+        ephemeral: d.ephemeral,
+        outgoing: d.outgoing,
+        to_user: Some(d.to_user).filter(|u| !u.is_empty()),
+    }
 }
 
 /// The login's outcome from its LoginResult, or from an Error frame before it.
@@ -218,6 +243,8 @@ fn answer_id(ev: &Event) -> Option<u64> {
         Event::SendResult { request_id, .. }
         | Event::RoomResult { request_id, .. }
         | Event::AccountResult { request_id, .. }
+        | Event::HistoryResult { request_id, .. }
+        | Event::ConversationsResult { request_id, .. }
         | Event::Error { request_id, .. } => Some(*request_id),
         Event::Pong(nonce) => Some(*nonce),
         Event::Message(_) | Event::Room { .. } | Event::Receipt(_) => None,
@@ -263,6 +290,23 @@ pub(crate) fn into_answer(ev: Event) -> Option<Answer> {
             status,
             reason,
             Reply::Account(AccountReply { user, users }),
+        ),
+        Event::HistoryResult {
+            request_id,
+            status,
+            reason,
+            messages,
+        } => (request_id, status, reason, Reply::History(messages)),
+        Event::ConversationsResult {
+            request_id,
+            status,
+            reason,
+            conversations,
+        } => (
+            request_id,
+            status,
+            reason,
+            Reply::Conversations(conversations),
         ),
         Event::Error {
             code,

@@ -26,6 +26,8 @@ Names:
   returned by :meth:`Client.recv` after someone called :meth:`Client.mark_read`.
 - :class:`RoomInfo` -- a room's owner, members, creation time (and join code, for
   the owner), from :meth:`Client.room_info`.
+- :class:`Conversation` -- one entry of :meth:`Client.conversations` (``user`` or
+  ``room``, ``last``, ``unread``); :meth:`Client.history` pages back through one.
 - :class:`Event` -- a room event (``kind`` "joined", "left", "removed" or
   "deleted", ``room``, ``user``), also returned by :meth:`Client.recv`.
 - :class:`RouterError` (``code``, ``status``, ``reason``) and its subclasses
@@ -47,6 +49,7 @@ from ._native import (
     AuthError,
     Client,
     ConnectionClosed,
+    Conversation,
     Event,
     Message,
     Receipt,
@@ -61,6 +64,7 @@ __all__ = [
     "AuthError",
     "Client",
     "ConnectionClosed",
+    "Conversation",
     "Event",
     "Message",
     "Receipt",

@@ -10,6 +10,7 @@ from typing import Callable, Iterable, Iterator, List, Literal, Optional, Type, 
 
 __all__ = [
     "Client",
+    "Conversation",
     "Message",
     "Event",
     "Receipt",
@@ -124,6 +125,25 @@ class Message:
     @property
     def to_user(self) -> Optional[str]:
         """The recipient of an outgoing copy (see :attr:`outgoing`); ``None`` otherwise."""
+
+@final
+class Conversation:
+    """One conversation of :meth:`Client.conversations`: a direct one (``user`` set) or
+    a room (``room`` set). Immutable."""
+
+    @property
+    def user(self) -> Optional[str]:
+        """The other user of a direct conversation, or ``None`` for a room."""
+    @property
+    def room(self) -> Optional[str]:
+        """The room, or ``None`` for a direct conversation."""
+    @property
+    def last(self) -> Message:
+        """Its newest message kept (``seq`` 0)."""
+    @property
+    def unread(self) -> int:
+        """Messages after the last one this user sent in it (all kept ones if it never
+        sent there). Read marks will replace "sent" once the router has them."""
 
 @final
 class Event:
@@ -359,6 +379,31 @@ class Client:
         """
     def rooms(self) -> List[str]:
         """The names of the rooms this user is a member of."""
+    def history(
+        self,
+        *,
+        user: Optional[str] = None,
+        room: Optional[str] = None,
+        before: Union[int, Message, None] = None,
+        limit: int = 50,
+    ) -> List[Message]:
+        """Messages of one conversation, **oldest first**: the direct conversation with
+        ``user`` (both directions), or ``room`` (this user must be a member now, else
+        :class:`RouterError` ``FORBIDDEN``). Give exactly one of the two
+        (:class:`ValueError` otherwise).
+
+        ``before``: a ``msg_id`` (or a :class:`Message`) of the conversation; the page
+        ends just before it (``None``: the newest messages). ``RouterError`` ``NOT_FOUND``
+        if it is not in the history kept. ``limit``: 1 to 500 (0: 50; more is
+        ``BAD_REQUEST``). Page back with ``before=page[0]`` until a page is empty.
+        Each is a :class:`Message` with ``seq`` 0. The router keeps the last
+        ``--history-per-conversation`` messages (10 000) per conversation."""
+    def conversations(self, limit: int = 50, *, before_us: int = 0) -> List[Conversation]:
+        """This user's conversations with a message kept (direct ones, and rooms it is a
+        member of), newest last message first, at most ``limit`` (1 to 500).
+
+        ``before_us`` pages on: only conversations whose last message is older than it
+        (pass the last one's ``last.timestamp_us``)."""
     def list_users(self, pattern: str = "*") -> List[str]:
         """User names matching the glob ``pattern`` (``*`` any run, ``?`` one
         character), in byte order, at most the router's page size of them."""

@@ -11,6 +11,7 @@
 //! | CreateRoom, JoinRoom, LeaveRoom, AddMember, RemoveMember, DeleteRoom, ListRooms, RoomInfo | [`rooms`] |
 //! | DeleteAccount, ListUsers | [`accounts`] |
 //! | MarkRead | [`receipts`] |
+//! | History, ListConversations | [`history`] |
 //!
 //! # Adding a client frame kind
 //! 1. `proto/router.proto`: the message, its field in `ClientFrame.kind` (and its result
@@ -35,6 +36,7 @@ use crate::shard::{Flow, SessionKey, Shard};
 
 pub mod accounts;
 pub mod ack;
+pub mod history;
 pub mod ping;
 pub mod receipts;
 pub mod rooms;
@@ -93,6 +95,14 @@ impl Shard {
             }
             Inbound::Other(Kind::ListUsers(l)) => {
                 self.on_list_users(key, l);
+                Flow::Continue
+            }
+            Inbound::Other(Kind::History(h)) => {
+                self.on_history(key, h);
+                Flow::Continue
+            }
+            Inbound::Other(Kind::ListConversations(l)) => {
+                self.on_list_conversations(key, l);
                 Flow::Continue
             }
             // `parse_client` returns every Send as `Inbound::Send`.

@@ -91,6 +91,9 @@ impl Shard {
         }
         let home = self.home(&v.to_user);
         if home == self.id {
+            let from = std::mem::take(&mut self.sessions[key].user);
+            self.history_dm(&from, &v.to_user, &v.payload, msg_id, ts_us);
+            self.sessions[key].user = from;
             if self.journaled() {
                 let Some(sender) = self.session_id(key) else {
                     return;

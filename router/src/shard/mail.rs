@@ -372,6 +372,12 @@ impl Shard {
                 if let Some(f) = r.from_user {
                     self.batch_from = f;
                 }
+                let (from, to) = (
+                    std::mem::take(&mut self.batch_from),
+                    std::mem::take(&mut self.batch_to),
+                );
+                self.history_dm(&from, &to, &r.payload, r.msg_id, r.ts_us);
+                (self.batch_from, self.batch_to) = (from, to);
                 if self.journaled() {
                     let msg = OwnedMsg {
                         from_user: self.batch_from.clone(),

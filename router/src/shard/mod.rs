@@ -42,6 +42,7 @@ use crate::stats::{Counters, ShardStats};
 pub mod answer;
 pub mod api;
 pub mod delivery;
+pub mod history;
 pub mod mail;
 pub mod pause;
 pub mod retention;
@@ -139,6 +140,8 @@ pub struct Shard {
     pub api_waiters: api::ApiWaiters,
     /// The social layer's state of the users homed here (see `social`).
     pub social: social::Social,
+    /// History appends of the current loop turn ([`history`]).
+    pub hist: history::HistBuf,
 }
 
 /// The home shard of a name (defined in proto, shared with the clients).
@@ -209,6 +212,7 @@ impl Shard {
             parked_throttled: Vec::new(),
             local_mail: Vec::new(),
             bell: None,
+            hist: history::HistBuf::default(),
             rooms: NameMap::default(),
             stored_floor: NameMap::default(),
             touched_at: Instant::now(),

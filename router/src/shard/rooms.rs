@@ -740,6 +740,10 @@ impl Shard {
         }
         self.counters.room_msgs += 1;
         let live = s.live != Live::No;
+        if !live {
+            // Kept in the room's history (never an ephemeral message or a receipt).
+            self.history_room(key, &s.from_user, &s.payload, s.msg_id, s.ts_us);
+        }
         if room.fan.is_empty() || live {
             // Ephemeral: live sessions only, nothing to wait for.
             self.reply_send(s.reply, s.msg_id, Status::Ok);

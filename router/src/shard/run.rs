@@ -193,7 +193,7 @@ async fn flusher(shard: Rc<RefCell<Shard>>, mut outs: Outboxes<Vec<Mail>>) {
     loop {
         poll_fn(|cx| {
             let mut sh = shard.borrow_mut();
-            if sh.outbox_len > 0 || !sh.outbox_waiters.is_empty() {
+            if sh.outbox_len > 0 || !sh.outbox_waiters.is_empty() || sh.hist.pending() {
                 Poll::Ready(())
             } else {
                 sh.flusher = Some(cx.waker().clone());
@@ -203,6 +203,7 @@ async fn flusher(shard: Rc<RefCell<Shard>>, mut outs: Outboxes<Vec<Mail>>) {
         .await;
         let stuck = {
             let mut sh = shard.borrow_mut();
+            sh.flush_history();
             let mut stuck = false;
             for to in 0..sh.n {
                 if sh.outbox[to].is_empty() {

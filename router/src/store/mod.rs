@@ -35,12 +35,14 @@ use std::thread::{JoinHandle, ThreadId};
 pub mod codec;
 pub mod contacts;
 mod hash;
+pub mod history;
 mod worker;
 
 #[cfg(test)]
 mod tests;
 
 pub use codec::{glob_match, RoomRecord, StoredMsg, MAX_NAME_BYTES, MAX_PASSWORD_BYTES};
+pub use history::{ConvSummary, HistChunk, HistMsg, HistPage, HistQuery, HistoryOptions};
 
 /// Why a store request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -109,6 +111,8 @@ pub struct StoreOptions {
     /// Passwordless users (open/jwt auth) not seen for this long, with nothing queued and
     /// no rooms, are deleted by a sweep of the storage thread. `None`: never.
     pub forget_idle_after: Option<std::time::Duration>,
+    /// Conversation history retention (default: off).
+    pub history: HistoryOptions,
 }
 
 impl Default for StoreOptions {
@@ -119,6 +123,7 @@ impl Default for StoreOptions {
             max_round: 65_536,
             round_hook: None,
             forget_idle_after: None,
+            history: HistoryOptions::default(),
         }
     }
 }
@@ -372,6 +377,20 @@ pub(crate) enum Msg {
     RoomsOf {
         user: String,
         cb: Cb<Vec<String>>,
+    },
+    HistoryAppend {
+        chunks: Vec<HistChunk>,
+        cb: Cb<()>,
+    },
+    HistoryQuery {
+        query: HistQuery,
+        cb: Cb<HistPage>,
+    },
+    Conversations {
+        user: String,
+        limit: usize,
+        before_ts_us: u64,
+        cb: Cb<Vec<ConvSummary>>,
     },
     Flush {
         cb: Cb<()>,
@@ -900,6 +919,50 @@ impl StoreHandle {
     ) -> StoreResult<()> {
         self.send(Msg::RoomsOf {
             user: user.to_owned(),
+            cb: Cb::new(cb),
+        })
+    }
+
+    // ----- history (see [`history`]) -----
+
+    /// Appends chunks of messages to their conversations (nothing when history is off).
+    pub fn history_append(
+        &self,
+        chunks: Vec<HistChunk>,
+        cb: impl FnOnce(StoreResult<()>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::HistoryAppend {
+            chunks,
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// A page of a conversation's history, oldest first (see [`HistQuery`]).
+    pub fn history_query(
+        &self,
+        query: HistQuery,
+        cb: impl FnOnce(StoreResult<HistPage>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::HistoryQuery {
+            query,
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// `user`'s conversations (direct ones, and the rooms it is a member of) with a
+    /// message kept, newest last message first, at most `limit`, only those whose last
+    /// message is older than `before_ts_us` (0: all).
+    pub fn conversations(
+        &self,
+        user: &str,
+        limit: usize,
+        before_ts_us: u64,
+        cb: impl FnOnce(StoreResult<Vec<ConvSummary>>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::Conversations {
+            user: user.to_owned(),
+            limit,
+            before_ts_us,
             cb: Cb::new(cb),
         })
     }

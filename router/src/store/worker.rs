@@ -16,6 +16,8 @@ use super::codec::{
 };
 use super::contacts::ContactRecord;
 use super::hash::{HashJob, HashOutcome, HashPool};
+
+mod history;
 use super::{
     Appended, Cb, Durability, Msg, Overflow, QueueCap, RoomRecord, StatCells, StoreError,
     StoreOptions, StoreResult, StoredMsg,
@@ -38,6 +40,7 @@ pub(crate) struct Dbs {
     offline: Keyspace,
     accounts: Keyspace,
     rooms: Keyspace,
+    history: Keyspace,
 }
 
 impl Dbs {
@@ -47,18 +50,32 @@ impl Dbs {
         // keyspace and a 32 MiB cache, made the router's RSS swing by ~100 MiB under a
         // soak's offline traffic): a memtable is sealed and flushed at its size, and fjall
         // holds writes while a keyspace has 4 sealed ones, so at most 5 are in memory.
+        // No journal compression: lz4 over every history chunk was half of the storage
+        // thread's instructions per message (callgrind, bench/ir.sh), for payloads that
+        // seldom compress.
         let db = Database::builder(dir)
             .cache_size(STORE_CACHE_BYTES)
+            .journal_compression(fjall::CompressionType::None)
             .open()?;
         let sized = |bytes: u64| move || KeyspaceCreateOptions::default().max_memtable_size(bytes);
         let offline = db.keyspace("offline", sized(OFFLINE_MEMTABLE_BYTES))?;
         let accounts = db.keyspace("accounts", sized(SMALL_MEMTABLE_BYTES))?;
         let rooms = db.keyspace("rooms", sized(SMALL_MEMTABLE_BYTES))?;
+        // History chunks (up to 32 KiB) live in blob files: compactions move their keys,
+        // not the messages (key-value separation, values over 1 KiB).
+        let history = db.keyspace("history", || {
+            KeyspaceCreateOptions::default()
+                .max_memtable_size(OFFLINE_MEMTABLE_BYTES)
+                .with_kv_separation(Some(
+                    fjall::KvSeparationOptions::default().compression(fjall::CompressionType::None),
+                ))
+        })?;
         Ok(Dbs {
             db,
             offline,
             accounts,
             rooms,
+            history,
         })
     }
 
@@ -67,6 +84,7 @@ impl Dbs {
             Ks::Offline => &self.offline,
             Ks::Accounts => &self.accounts,
             Ks::Rooms => &self.rooms,
+            Ks::History => &self.history,
         }
     }
 }
@@ -76,6 +94,7 @@ enum Ks {
     Offline,
     Accounts,
     Rooms,
+    History,
 }
 
 /// A write waiting for the next commit.
@@ -140,6 +159,8 @@ pub(crate) struct Worker {
     next_sweep: Instant,
     next_job: u64,
     shutting_down: bool,
+    /// Conversation history (`worker/history.rs`).
+    hist: history::HistState,
 }
 
 fn now_us() -> u64 {
@@ -195,6 +216,7 @@ impl Worker {
         pool: HashPool,
         stats: Arc<StatCells>,
     ) -> Worker {
+        let opts_history = opts.history;
         Worker {
             dbs,
             durability,
@@ -215,6 +237,7 @@ impl Worker {
             next_sweep: Instant::now(),
             next_job: 0,
             shutting_down: false,
+            hist: history::HistState::new(opts_history),
         }
     }
 
@@ -322,6 +345,7 @@ impl Worker {
 
     /// Commits pending writes as one batch (handed to the OS, no fsync).
     fn commit(&mut self) -> StoreResult<()> {
+        self.hist_flush_entries();
         if self.ops.is_empty() {
             return Ok(());
         }
@@ -360,6 +384,7 @@ impl Worker {
         if self.known.len() > CACHE_MAX {
             self.known = NameSet::default();
         }
+        self.hist_trim_cache();
     }
 
     /// Commit, fsync if the mode (or a `Flush`) asks for it, then run the completions.
@@ -549,6 +574,23 @@ impl Worker {
             }
             Msg::RoomsOf { user, cb } => {
                 let r = self.rooms_of(&user);
+                self.done(cb, r, false);
+            }
+            Msg::HistoryAppend { chunks, cb } => {
+                let r = self.hist_append(chunks);
+                self.done(cb, r, true);
+            }
+            Msg::HistoryQuery { query, cb } => {
+                let r = self.hist_query(&query);
+                self.done(cb, r, false);
+            }
+            Msg::Conversations {
+                user,
+                limit,
+                before_ts_us,
+                cb,
+            } => {
+                let r = self.hist_conversations(&user, limit, before_ts_us);
                 self.done(cb, r, false);
             }
             Msg::Flush { cb } => {
@@ -976,6 +1018,7 @@ impl Worker {
         if !had_account && removed == 0 {
             return Err(StoreError::NotFound);
         }
+        self.hist_delete_user(user)?;
         if had_account {
             self.ops
                 .push(Op::Del(Ks::Accounts, user.as_bytes().to_vec()));

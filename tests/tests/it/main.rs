@@ -14,6 +14,7 @@
 //! | `devices` | several sessions of one user: each gets every message, acks per device |
 //! | `dm` | direct messages across shards, both drivers |
 //! | `http` | the HTTP port: health, readiness, metrics, the backend API, the HTTP server's bounds |
+//! | `history` | History and ListConversations: paging, rooms for members, retention, restarts |
 //! | `heartbeat` | silent sessions are closed, live ones stay |
 //! | `limits` | connections, sessions per user, name length, login deadline |
 //! | `names` | the one name rule, in every field that holds a name |
@@ -36,6 +37,7 @@ mod config;
 mod devices;
 mod dm;
 mod heartbeat;
+mod history;
 mod http;
 mod limits;
 mod names;

@@ -1,0 +1,334 @@
+//! Conversation history: what the shards hand the storage thread, what queries answer,
+//! and the byte layout of the `history` keyspace.
+//!
+//! # Layout (keyspace `history`, every integer big-endian)
+//! - A conversation id ([`dm_conv`], [`room_conv`]): `d` + the two user names in byte
+//!   order (each a length byte and the name; one id for both directions), or `r` + the
+//!   room name (length byte and name). Length-prefixed, so no id is a prefix of another.
+//! - A chunk of messages: `c` + conversation id + the seq of its first message (u64).
+//!   A chunk is what one shard appended to one conversation in one loop turn (one store
+//!   request per shard per turn, one key per conversation in it, not one per message),
+//!   so a page is one reverse range scan over a few keys. Value: count (u32), newest
+//!   `server_ts_us` (u64), then the records ([`push_record`]).
+//! - A user's conversation entry: `u` + length byte + user + conversation id → the seq of
+//!   the last message the user sent in it (u64, 0: none): the conversation list, and its
+//!   unread count (TODO(read marks, issue 11): count from the user's read mark instead).
+//!
+//! Seqs are per conversation, from 1, assigned by the storage thread in arrival order.
+//! Retention: a query sees only the last `history_per_conversation` seqs (and, with
+//! `history_max_age`, nothing older); chunks past either are deleted lazily, when a
+//! conversation is over its bound by a slack (a quarter of the bound, at least 256
+//! messages) or every 64 chunks with a max age, so trimming costs no work per message.
+
+use bytes::Bytes;
+
+/// Key tag of a chunk.
+pub(crate) const CHUNK_TAG: u8 = b'c';
+/// Key tag of a user's conversation entry.
+pub(crate) const USER_TAG: u8 = b'u';
+/// Bytes of a chunk value's header (count u32, newest ts u64).
+pub(crate) const CHUNK_HEADER: usize = 12;
+
+/// Messages appended to one conversation (built by a shard, see [`push_record`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistChunk {
+    /// Conversation id ([`dm_conv`] or [`room_conv`]).
+    pub conv: Vec<u8>,
+    /// Records in `data`.
+    pub count: u32,
+    /// Newest `server_ts_us` in `data`.
+    pub last_ts: u64,
+    /// Room for the stored value's header ([`CHUNK_HEADER`] bytes, filled by the storage
+    /// thread in place), then the records, oldest first; empty before the first.
+    pub data: Vec<u8>,
+}
+
+impl HistChunk {
+    /// Appends one message.
+    pub fn push(&mut self, from_user: &[u8], msg_id: u64, ts_us: u64, payload: &[u8]) {
+        if self.data.is_empty() {
+            self.data.resize(CHUNK_HEADER, 0);
+        }
+        push_record(&mut self.data, from_user, msg_id, ts_us, payload);
+        self.count += 1;
+        self.last_ts = self.last_ts.max(ts_us);
+    }
+}
+
+/// One message of a conversation's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistMsg {
+    /// The sender.
+    pub from_user: String,
+    /// The payload.
+    pub payload: Bytes,
+    /// Message id.
+    pub msg_id: u64,
+    /// Router clock at acceptance, µs since the epoch.
+    pub ts_us: u64,
+}
+
+/// What a history query asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistQuery {
+    /// The user asking (a participant of a direct conversation; a member of a room).
+    pub user: String,
+    /// The direct conversation with this user, or ...
+    pub peer: Option<String>,
+    /// ... this room's.
+    pub room: Option<String>,
+    /// Messages before this msg_id; 0: from the newest.
+    pub before: u64,
+    /// Most messages.
+    pub limit: usize,
+}
+
+/// The answer to a history query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistPage {
+    /// The messages, oldest first.
+    Messages(Vec<HistMsg>),
+    /// A room the user is not a member of.
+    Forbidden,
+    /// `before` is not in the history kept.
+    BeforeNotFound,
+}
+
+/// One conversation of a user's list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvSummary {
+    /// The peer of a direct conversation.
+    pub peer: Option<String>,
+    /// The room.
+    pub room: Option<String>,
+    /// The newest message kept.
+    pub last: HistMsg,
+    /// Messages after the last one the user sent in it (all kept ones if none).
+    pub unread: u64,
+}
+
+/// Retention, as the storage thread applies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HistoryOptions {
+    /// Messages kept per conversation (0: history off).
+    pub per_conversation: u64,
+    /// Nothing older than this is kept.
+    pub max_age: Option<std::time::Duration>,
+}
+
+fn push_name(out: &mut Vec<u8>, name: &[u8]) {
+    // Names are at most 64 bytes (checked where frames are decoded); clamp anyway.
+    let n = name.len().min(255);
+    out.push(n as u8);
+    out.extend_from_slice(&name[..n]);
+}
+
+/// The id of the direct conversation between `a` and `b` (the same both ways).
+pub fn dm_conv(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(3 + a.len() + b.len());
+    dm_conv_into(&mut out, a, b);
+    out
+}
+
+/// [`dm_conv`] into `out` (cleared first).
+pub fn dm_conv_into(out: &mut Vec<u8>, a: &[u8], b: &[u8]) {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    out.clear();
+    out.push(b'd');
+    push_name(out, lo);
+    push_name(out, hi);
+}
+
+/// The id of a room's conversation.
+pub fn room_conv(room: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + room.len());
+    room_conv_into(&mut out, room);
+    out
+}
+
+/// [`room_conv`] into `out` (cleared first).
+pub fn room_conv_into(out: &mut Vec<u8>, room: &[u8]) {
+    out.clear();
+    out.push(b'r');
+    push_name(out, room);
+}
+
+/// What a conversation id names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConvName<'a> {
+    /// A direct conversation between two users (in byte order).
+    Direct(&'a [u8], &'a [u8]),
+    /// A room.
+    Room(&'a [u8]),
+}
+
+fn take_name(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (&n, rest) = b.split_first()?;
+    let n = n as usize;
+    (rest.len() >= n).then(|| rest.split_at(n))
+}
+
+/// Parses a conversation id (`None`: corrupt).
+pub fn parse_conv(id: &[u8]) -> Option<ConvName<'_>> {
+    let (&tag, rest) = id.split_first()?;
+    match tag {
+        b'd' => {
+            let (a, rest) = take_name(rest)?;
+            let (b, rest) = take_name(rest)?;
+            rest.is_empty().then_some(ConvName::Direct(a, b))
+        }
+        b'r' => {
+            let (r, rest) = take_name(rest)?;
+            rest.is_empty().then_some(ConvName::Room(r))
+        }
+        _ => None,
+    }
+}
+
+/// Appends one record: sender (length byte, name), msg_id, ts_us, payload length (u32),
+/// payload.
+pub fn push_record(out: &mut Vec<u8>, from_user: &[u8], msg_id: u64, ts_us: u64, payload: &[u8]) {
+    out.reserve(1 + from_user.len() + 20 + payload.len());
+    push_name(out, from_user);
+    out.extend_from_slice(&msg_id.to_be_bytes());
+    out.extend_from_slice(&ts_us.to_be_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// A record as read back: (sender, msg_id, ts_us, payload).
+pub(crate) type RawRecord<'a> = (&'a [u8], u64, u64, &'a [u8]);
+
+fn be_u64(b: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?))
+}
+
+/// The records of `data`, in order (stops at a corrupt one).
+pub(crate) fn records(mut data: &[u8]) -> impl Iterator<Item = RawRecord<'_>> {
+    std::iter::from_fn(move || {
+        if data.is_empty() {
+            return None;
+        }
+        let (from, rest) = take_name(data)?;
+        let msg_id = be_u64(rest)?;
+        let ts = be_u64(rest.get(8..)?)?;
+        let len = u32::from_be_bytes(rest.get(16..20)?.try_into().ok()?) as usize;
+        let payload = rest.get(20..20 + len)?;
+        data = &rest[20 + len..];
+        Some((from, msg_id, ts, payload))
+    })
+}
+
+impl HistChunk {
+    /// The records.
+    pub(crate) fn records(&self) -> &[u8] {
+        self.data.get(CHUNK_HEADER..).unwrap_or_default()
+    }
+}
+
+/// A chunk value: header then records (the header written into the room `push` left
+/// for it: no copy of the records).
+pub(crate) fn chunk_value(c: HistChunk) -> Vec<u8> {
+    let mut v = c.data;
+    if v.len() < CHUNK_HEADER {
+        v.resize(CHUNK_HEADER, 0);
+    }
+    v[..4].copy_from_slice(&c.count.to_be_bytes());
+    v[4..CHUNK_HEADER].copy_from_slice(&c.last_ts.to_be_bytes());
+    v
+}
+
+/// A chunk value's (count, newest ts, records) (`None`: corrupt).
+pub(crate) fn parse_chunk(v: &[u8]) -> Option<(u32, u64, &[u8])> {
+    let count = u32::from_be_bytes(v.get(..4)?.try_into().ok()?);
+    let ts = be_u64(v.get(4..)?)?;
+    Some((count, ts, v.get(CHUNK_HEADER..)?))
+}
+
+/// `c` + conversation id: the prefix of its chunks.
+pub(crate) fn chunk_prefix(conv: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + conv.len() + 8);
+    k.push(CHUNK_TAG);
+    k.extend_from_slice(conv);
+    k
+}
+
+/// The key of the chunk of `conv` starting at `seq`.
+pub(crate) fn chunk_key(conv: &[u8], seq: u64) -> Vec<u8> {
+    let mut k = chunk_prefix(conv);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The first seq of a chunk key under `prefix`.
+pub(crate) fn chunk_seq(prefix: &[u8], key: &[u8]) -> Option<u64> {
+    let rest = key.strip_prefix(prefix)?;
+    (rest.len() == 8).then(|| be_u64(rest)).flatten()
+}
+
+/// `u` + user: the prefix of a user's conversation entries.
+pub(crate) fn user_prefix(user: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + user.len() + 70);
+    k.push(USER_TAG);
+    push_name(&mut k, user);
+    k
+}
+
+/// The key of `user`'s entry for `conv`.
+pub(crate) fn user_key(user: &[u8], conv: &[u8]) -> Vec<u8> {
+    let mut k = user_prefix(user);
+    k.extend_from_slice(conv);
+    k
+}
+
+pub(crate) fn decode_u64(v: &[u8]) -> u64 {
+    be_u64(v).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dm_conv_is_the_same_both_ways_and_parses_back() {
+        assert_eq!(dm_conv(b"bob", b"alice"), dm_conv(b"alice", b"bob"));
+        let id = dm_conv(b"bob", b"alice");
+        assert_eq!(
+            parse_conv(&id),
+            Some(ConvName::Direct(&b"alice"[..], &b"bob"[..]))
+        );
+        assert_eq!(
+            parse_conv(&room_conv(b"r1")),
+            Some(ConvName::Room(&b"r1"[..]))
+        );
+        assert_eq!(parse_conv(b"d\x05ab"), None);
+        // Length-prefixed: no conversation's chunk prefix is another's.
+        assert!(
+            !chunk_prefix(&dm_conv(b"a", b"bc")).starts_with(&chunk_prefix(&dm_conv(b"a", b"b")))
+        );
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let mut c = HistChunk::default();
+        c.push(b"alice", 7, 100, b"hi");
+        c.push(b"bob", 8, 90, b"");
+        let v = chunk_value(c);
+        let (count, ts, data) = parse_chunk(&v).unwrap();
+        assert_eq!((count, ts), (2, 100));
+        let r: Vec<_> = records(data).collect();
+        assert_eq!(
+            r,
+            vec![
+                (&b"alice"[..], 7, 100, &b"hi"[..]),
+                (&b"bob"[..], 8, 90, &b""[..])
+            ]
+        );
+        // A truncated record ends the iteration instead of panicking.
+        assert_eq!(records(&data[..data.len() - 3]).count(), 1);
+    }
+}
+
+#[cfg(test)]
+#[path = "history_tests.rs"]
+mod store_tests;

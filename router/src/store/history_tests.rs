@@ -1,0 +1,221 @@
+//! History through a real store (fjall in a temporary directory).
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::*;
+use crate::store::{
+    Callback, Durability, RoomRecord, Store, StoreHandle, StoreOptions, StoreResult,
+};
+
+fn open(dir: &std::path::Path, keep: u64, max_age: Option<Duration>) -> StoreHandle {
+    let opts = StoreOptions {
+        argon2_cheap: true,
+        history: HistoryOptions {
+            per_conversation: keep,
+            max_age,
+        },
+        ..StoreOptions::default()
+    };
+    Store::open_with(dir, Durability::Memory, opts).unwrap()
+}
+
+fn call<T: Send + 'static>(f: impl FnOnce(Callback<T>) -> StoreResult<()>) -> StoreResult<T> {
+    let (tx, rx) = mpsc::channel();
+    f(Box::new(move |r| {
+        let _ = tx.send(r);
+    }))
+    .unwrap();
+    rx.recv_timeout(Duration::from_secs(30)).unwrap()
+}
+
+fn now() -> u64 {
+    crate::shard::now_us()
+}
+
+/// Appends messages `ids` from `from` to `to` as chunks of `per_chunk`.
+fn dm(h: &StoreHandle, from: &str, to: &str, ids: std::ops::Range<u64>, per_chunk: usize) {
+    let ids: Vec<u64> = ids.collect();
+    call(|cb| h.ensure_user(from, cb)).unwrap();
+    call(|cb| h.ensure_user(to, cb)).unwrap();
+    for part in ids.chunks(per_chunk) {
+        let mut c = HistChunk {
+            conv: dm_conv(from.as_bytes(), to.as_bytes()),
+            ..Default::default()
+        };
+        for &id in part {
+            c.push(from.as_bytes(), id, now(), format!("m{id}").as_bytes());
+        }
+        call(|cb| h.history_append(vec![c], cb)).unwrap();
+    }
+}
+
+fn page(h: &StoreHandle, user: &str, peer: &str, before: u64, limit: usize) -> HistPage {
+    let q = HistQuery {
+        user: user.into(),
+        peer: Some(peer.into()),
+        room: None,
+        before,
+        limit,
+    };
+    call(|cb| h.history_query(q, cb)).unwrap()
+}
+
+fn ids(p: HistPage) -> Vec<u64> {
+    match p {
+        HistPage::Messages(m) => m.iter().map(|m| m.msg_id).collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn history_pages_backwards_both_directions_one_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(dir.path(), 10_000, None);
+    dm(&h, "alice", "bob", 1..51, 7);
+    dm(&h, "bob", "alice", 51..61, 3);
+    assert_eq!(
+        ids(page(&h, "alice", "bob", 0, 5)),
+        (56..61).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        ids(page(&h, "bob", "alice", 56, 10)),
+        (46..56).collect::<Vec<_>>()
+    );
+    // A `before` no page ended at (found by scanning) and one that did (the cursor).
+    assert_eq!(ids(page(&h, "alice", "bob", 30, 3)), vec![27, 28, 29]);
+    assert_eq!(ids(page(&h, "alice", "bob", 27, 2)), vec![25, 26]);
+    assert_eq!(ids(page(&h, "alice", "bob", 2, 5)), vec![1]);
+    assert_eq!(ids(page(&h, "alice", "bob", 1, 5)), Vec::<u64>::new());
+    // Walking back page by page sees every message once, in order.
+    let mut all = Vec::new();
+    let mut before = 0;
+    loop {
+        let p = ids(page(&h, "alice", "bob", before, 9));
+        if p.is_empty() {
+            break;
+        }
+        before = p[0];
+        all.splice(0..0, p);
+    }
+    assert_eq!(all, (1..61).collect::<Vec<_>>());
+    assert_eq!(page(&h, "alice", "bob", 999, 5), HistPage::BeforeNotFound);
+    // Another pair sees nothing of it.
+    assert_eq!(ids(page(&h, "alice", "carol", 0, 5)), Vec::<u64>::new());
+}
+
+#[test]
+fn history_keeps_the_last_n_and_trims_lazily() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(dir.path(), 100, None);
+    dm(&h, "a", "b", 1..1001, 10);
+    let p = ids(page(&h, "a", "b", 0, 500));
+    assert_eq!(p, (901..1001).collect::<Vec<_>>());
+    drop(h);
+    // Trimmed on disk too: at most the bound plus the slack (256) remains.
+    let h = open(dir.path(), 100, None);
+    let p = ids(page(&h, "a", "b", 0, 500));
+    assert_eq!(p, (901..1001).collect::<Vec<_>>());
+    let q = HistQuery {
+        user: "a".into(),
+        peer: Some("b".into()),
+        room: None,
+        before: 0,
+        limit: 1,
+    };
+    let _ = call(|cb| h.history_query(q, cb)).unwrap();
+}
+
+#[test]
+fn history_max_age_hides_old_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(dir.path(), 100, Some(Duration::from_secs(60)));
+    dm(&h, "a", "b", 0..0, 1);
+    let mut c = HistChunk {
+        conv: dm_conv(b"a", b"b"),
+        ..Default::default()
+    };
+    c.push(b"a", 1, now() - 120_000_000, b"old");
+    call(|cb| h.history_append(vec![c], cb)).unwrap();
+    dm(&h, "a", "b", 2..4, 5);
+    assert_eq!(ids(page(&h, "a", "b", 0, 10)), vec![2, 3]);
+}
+
+#[test]
+fn history_of_a_room_is_for_members_and_conversations_list_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(dir.path(), 1000, None);
+    let rec = RoomRecord {
+        name: "r".into(),
+        owner: "alice".into(),
+        password_hash: None,
+        join_code: "#abcdefgh".into(),
+        members: vec!["alice".into(), "bob".into()],
+        created_us: 1,
+    };
+    call(|cb| h.create_room(rec, cb)).unwrap();
+    let mut c = HistChunk {
+        conv: room_conv(b"r"),
+        ..Default::default()
+    };
+    c.push(b"alice", 1, now(), b"hi room");
+    c.push(b"bob", 2, now(), b"yo");
+    call(|cb| h.history_append(vec![c], cb)).unwrap();
+    dm(&h, "carol", "alice", 10..13, 2);
+    let q = |user: &str| HistQuery {
+        user: user.into(),
+        peer: None,
+        room: Some("r".into()),
+        before: 0,
+        limit: 10,
+    };
+    assert_eq!(
+        ids(call(|cb| h.history_query(q("bob"), cb)).unwrap()),
+        vec![1, 2]
+    );
+    assert_eq!(
+        call(|cb| h.history_query(q("carol"), cb)).unwrap(),
+        HistPage::Forbidden
+    );
+    let cs = call(|cb| h.conversations("alice", 10, 0, cb)).unwrap();
+    assert_eq!(cs.len(), 2, "{cs:?}");
+    // Newest first: the DM with carol came last.
+    assert_eq!(cs[0].peer.as_deref(), Some("carol"));
+    assert_eq!(cs[0].last.msg_id, 12);
+    assert_eq!(cs[0].unread, 3);
+    assert_eq!(cs[1].room.as_deref(), Some("r"));
+    // alice sent seq 1, bob's seq 2 is after it.
+    assert_eq!(cs[1].unread, 1);
+    let older = call(|cb| h.conversations("alice", 10, cs[0].last.ts_us, cb)).unwrap();
+    assert!(older.iter().all(|c| c.peer.is_none()), "{older:?}");
+    // Deleting carol removes the direct conversation for alice too.
+    call(|cb| h.delete_account("carol", cb)).unwrap();
+    assert_eq!(ids(page(&h, "alice", "carol", 0, 10)), Vec::<u64>::new());
+    let cs = call(|cb| h.conversations("alice", 10, 0, cb)).unwrap();
+    assert_eq!(cs.len(), 1, "{cs:?}");
+}
+
+#[test]
+fn history_of_a_user_without_account_is_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(dir.path(), 100, None);
+    call(|cb| h.ensure_user("a", cb)).unwrap();
+    let mut c = HistChunk {
+        conv: dm_conv(b"a", b"ghost"),
+        ..Default::default()
+    };
+    c.push(b"a", 1, now(), b"x");
+    call(|cb| h.history_append(vec![c], cb)).unwrap();
+    assert_eq!(ids(page(&h, "a", "ghost", 0, 10)), Vec::<u64>::new());
+    assert!(call(|cb| h.conversations("a", 10, 0, cb))
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn history_off_keeps_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(dir.path(), 0, None);
+    dm(&h, "a", "b", 1..10, 3);
+    assert_eq!(ids(page(&h, "a", "b", 0, 10)), Vec::<u64>::new());
+}

@@ -1,0 +1,304 @@
+//! Conversation history (History) and the conversation list (ListConversations): paging
+//! backwards, both directions of a direct conversation in one history, rooms for current
+//! members only, the retention bounds (count and age), history off, restarts in memory
+//! and sync durability, deleted accounts.
+
+use std::time::Duration;
+
+use ringrouter_client::{Client, Message, Status};
+use ringrouter_tests::{users_on_shards, Driver, RouterProc};
+
+const T: Option<Duration> = Some(Duration::from_secs(5));
+
+fn payloads(ms: &[Message]) -> Vec<String> {
+    ms.iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect()
+}
+
+/// Every message of the conversation with `peer`, paging backwards `page` at a time.
+fn walk_back(c: &mut Client, peer: &str, page: u32) -> Vec<Message> {
+    let mut all: Vec<Message> = Vec::new();
+    let mut before = 0;
+    loop {
+        let p = c.history_with(peer, before, page).expect("history page");
+        assert!(p.len() <= page as usize);
+        let Some(first) = p.first() else {
+            return all;
+        };
+        before = first.msg_id;
+        all.splice(0..0, p);
+    }
+}
+
+fn sends(c: &mut Client, to: &str, prefix: &str, n: usize) {
+    let ps: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    c.send_many(to, ps.iter().map(|p| p.as_bytes())).unwrap();
+    c.send_wait(to, format!("{prefix}end").as_bytes()).unwrap();
+}
+
+fn dm_history_pages_backwards(driver: Driver, durability: &str) {
+    let r = RouterProc::start_with(
+        &[
+            "--history-per-conversation",
+            "10000",
+            "--shards",
+            "2",
+            "--durability",
+            durability,
+        ],
+        driver,
+    );
+    let u = users_on_shards(&format!("hist-{durability}-"), 2);
+    let (a, b) = (&u[0], &u[1]);
+    let mut ca = r.client(a);
+    let mut cb = r.client(b);
+    sends(&mut ca, b, "a", 30);
+    sends(&mut cb, a, "b", 5);
+    let mut want: Vec<String> = (0..30).map(|i| format!("a{i}")).collect();
+    want.push("aend".into());
+    want.extend((0..5).map(|i| format!("b{i}")));
+    want.push("bend".into());
+    // One history for both directions, the same seen from either side.
+    let last = cb.history_with(a, 0, 10).unwrap();
+    assert_eq!(payloads(&last), want[want.len() - 10..]);
+    assert!(last
+        .iter()
+        .all(|m| m.seq == 0 && m.msg_id != 0 && m.timestamp_us > 0));
+    assert_eq!(last[0].sender, *a);
+    assert_eq!(last[9].sender, *b);
+    for page in [7, 36, 500] {
+        assert_eq!(payloads(&walk_back(&mut ca, b, page)), want, "page {page}");
+    }
+    // Default page: 50.
+    assert_eq!(ca.history_with(b, 0, 0).unwrap().len(), want.len());
+    // `before` a message of another conversation: NOT_FOUND.
+    let err = ca
+        .history_with("someone-else", last[0].msg_id, 5)
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Status::NotFound), "{err}");
+    // A page over --history-page-max (500) is refused, not clamped.
+    let err = ca.history_with(b, 0, 501).unwrap_err();
+    assert_eq!(err.code(), Some(Status::BadRequest), "{err}");
+    let _ = cb.recv(T);
+}
+
+#[test]
+fn history_dm_pages_backwards_io_uring_memory() {
+    dm_history_pages_backwards(Driver::Default, "memory");
+}
+
+#[test]
+fn history_dm_pages_backwards_epoll_memory() {
+    dm_history_pages_backwards(Driver::Legacy, "memory");
+}
+
+#[test]
+fn history_dm_pages_backwards_io_uring_sync() {
+    dm_history_pages_backwards(Driver::Default, "sync");
+}
+
+#[test]
+fn history_dm_pages_backwards_epoll_sync() {
+    dm_history_pages_backwards(Driver::Legacy, "sync");
+}
+
+#[test]
+fn history_of_an_offline_recipient_and_one_shard() {
+    let r = RouterProc::start(&["--history-per-conversation", "10000", "--shards", "1"]);
+    r.visit("hoff-b");
+    let mut a = r.client("hoff-a");
+    sends(&mut a, "hoff-b", "x", 3);
+    // Sent to a user who does not exist: refused, and no conversation.
+    assert!(a.send_wait("hoff-nobody", b"?").is_err());
+    let mut b = r.client("hoff-b");
+    assert_eq!(
+        payloads(&b.history_with("hoff-a", 0, 10).unwrap()),
+        ["x0", "x1", "x2", "xend"]
+    );
+    let cs = a.conversations(0, 0).unwrap();
+    assert_eq!(cs.len(), 1, "{cs:?}");
+    assert_eq!(cs[0].user.as_deref(), Some("hoff-b"));
+}
+
+fn history_survives_a_restart(durability: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let args = [
+        "--history-per-conversation",
+        "10000",
+        "--shards",
+        "2",
+        "--durability",
+        durability,
+        "--data-dir",
+        d,
+    ];
+    let r = RouterProc::start(&args);
+    let mut a = r.client("hr-a");
+    let _b = r.client("hr-b");
+    sends(&mut a, "hr-b", "m", 20);
+    drop(a);
+    drop(_b);
+    let (code, _) = r.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    let r = RouterProc::start(&args);
+    let mut b = r.client("hr-b");
+    let h = b.history_with("hr-a", 0, 100).unwrap();
+    assert_eq!(h.len(), 21);
+    assert_eq!(payloads(&h)[..2], ["m0", "m1"]);
+    // Seqs go on after the restart: new messages come after the old ones.
+    b.send_wait("hr-a", b"after").unwrap();
+    let h = b.history_with("hr-a", 0, 2).unwrap();
+    assert_eq!(payloads(&h), ["mend", "after"]);
+}
+
+#[test]
+fn history_survives_a_restart_memory() {
+    history_survives_a_restart("memory");
+}
+
+#[test]
+fn history_survives_a_restart_sync() {
+    history_survives_a_restart("sync");
+}
+
+#[test]
+fn history_keeps_only_the_last_n_per_conversation() {
+    let r = RouterProc::start(&["--shards", "2", "--history-per-conversation", "20"]);
+    let mut a = r.client("hn-a");
+    let _b = r.client("hn-b");
+    // Well past the bound and its trimming slack (256).
+    sends(&mut a, "hn-b", "n", 700);
+    let h = a.history_with("hn-b", 0, 500).unwrap();
+    let want: Vec<String> = (681..700)
+        .map(|i| format!("n{i}"))
+        .chain(["nend".to_string()])
+        .collect();
+    assert_eq!(payloads(&h), want);
+    // Paging stops at the bound.
+    let before = a.history_with("hn-b", h[0].msg_id, 10).unwrap();
+    assert!(before.is_empty(), "{before:?}");
+}
+
+#[test]
+fn history_max_age_drops_old_messages() {
+    let r = RouterProc::start(&[
+        "--history-per-conversation",
+        "10000",
+        "--history-max-age",
+        "1s",
+    ]);
+    let mut a = r.client("ha-a");
+    let _b = r.client("ha-b");
+    sends(&mut a, "ha-b", "old", 3);
+    assert_eq!(a.history_with("ha-b", 0, 10).unwrap().len(), 4);
+    std::thread::sleep(Duration::from_millis(1300));
+    a.send_wait("ha-b", b"new").unwrap();
+    assert_eq!(payloads(&a.history_with("ha-b", 0, 10).unwrap()), ["new"]);
+}
+
+#[test]
+fn history_off_keeps_nothing() {
+    let r = RouterProc::start(&["--history-per-conversation", "0"]);
+    let mut a = r.client("h0-a");
+    let _b = r.client("h0-b");
+    sends(&mut a, "h0-b", "z", 3);
+    assert!(a.history_with("h0-b", 0, 10).unwrap().is_empty());
+    assert!(a.conversations(10, 0).unwrap().is_empty());
+}
+
+#[test]
+fn room_history_is_for_current_members_only() {
+    let r = RouterProc::start(&["--history-per-conversation", "10000", "--shards", "2"]);
+    let mut a = r.client("hroom-a");
+    let mut b = r.client("hroom-b");
+    let mut c = r.client("hroom-c");
+    a.create_room("hroom", None).unwrap();
+    b.join_room("hroom", None).unwrap();
+    for i in 0..5 {
+        a.send_room_wait("hroom", format!("r{i}").as_bytes())
+            .unwrap();
+    }
+    b.send_room_wait("hroom", b"from b").unwrap();
+    let h = b.room_history("hroom", 0, 10).unwrap();
+    assert_eq!(payloads(&h), ["r0", "r1", "r2", "r3", "r4", "from b"]);
+    assert!(h.iter().all(|m| m.room.as_deref() == Some("hroom")));
+    assert_eq!(h[5].sender, "hroom-b");
+    let page = b.room_history("hroom", h[3].msg_id, 2).unwrap();
+    assert_eq!(payloads(&page), ["r1", "r2"]);
+    // Not a member: FORBIDDEN.
+    let err = c.room_history("hroom", 0, 10).unwrap_err();
+    assert_eq!(err.code(), Some(Status::Forbidden), "{err}");
+    // Leaving ends access.
+    b.leave_room("hroom").unwrap();
+    let err = b.room_history("hroom", 0, 10).unwrap_err();
+    assert_eq!(err.code(), Some(Status::Forbidden), "{err}");
+    // A direct conversation is only ever the asker's own: c asking about a's and b's
+    // conversation gets its own (empty) one with b.
+    assert!(c.history_with("hroom-b", 0, 10).unwrap().is_empty());
+    // Messages refused as FORBIDDEN are not kept.
+    assert!(c.send_room_wait("hroom", b"intruder").is_err());
+    assert_eq!(a.room_history("hroom", 0, 10).unwrap().len(), 6);
+}
+
+#[test]
+fn conversations_newest_first_with_unread_counts_and_paging() {
+    let r = RouterProc::start(&["--history-per-conversation", "10000", "--shards", "2"]);
+    let mut a = r.client("hc-a");
+    let mut b = r.client("hc-b");
+    let mut c = r.client("hc-c");
+    a.create_room("hc-room", None).unwrap();
+    b.join_room("hc-room", None).unwrap();
+    b.send_room_wait("hc-room", b"room 1").unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    a.send_wait("hc-b", b"to b").unwrap();
+    b.send_wait("hc-a", b"b 1").unwrap();
+    b.send_wait("hc-a", b"b 2").unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    c.send_wait("hc-a", b"c 1").unwrap();
+    let cs = a.conversations(0, 0).unwrap();
+    let names: Vec<(Option<&str>, Option<&str>, u64, String)> = cs
+        .iter()
+        .map(|c| {
+            (
+                c.user.as_deref(),
+                c.room.as_deref(),
+                c.unread,
+                String::from_utf8_lossy(&c.last.payload).into_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            (Some("hc-c"), None, 1, "c 1".to_string()),
+            (Some("hc-b"), None, 2, "b 2".to_string()),
+            (None, Some("hc-room"), 1, "room 1".to_string()),
+        ]
+    );
+    // Paging by the last message's time.
+    let page = a.conversations(2, 0).unwrap();
+    assert_eq!(page.len(), 2);
+    let rest = a.conversations(2, page[1].last.timestamp_us).unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].room.as_deref(), Some("hc-room"));
+    // Answering resets the unread count (TODO read marks: issue 11).
+    a.send_wait("hc-c", b"re").unwrap();
+    let cs = a.conversations(1, 0).unwrap();
+    assert_eq!((cs[0].user.as_deref(), cs[0].unread), (Some("hc-c"), 0));
+    let err = a.conversations(501, 0).unwrap_err();
+    assert_eq!(err.code(), Some(Status::BadRequest), "{err}");
+}
+
+#[test]
+fn deleting_an_account_removes_its_direct_history() {
+    let r = RouterProc::start(&["--history-per-conversation", "10000", "--shards", "2"]);
+    let mut a = r.client("hd-a");
+    let mut b = r.client("hd-b");
+    sends(&mut a, "hd-b", "d", 3);
+    assert_eq!(a.history_with("hd-b", 0, 10).unwrap().len(), 4);
+    b.delete_account().unwrap();
+    assert!(a.history_with("hd-b", 0, 10).unwrap().is_empty());
+    assert!(a.conversations(10, 0).unwrap().is_empty());
+}
