@@ -86,12 +86,12 @@ pub(super) async fn run_session(
             let f = reply::login_result_frame(request_id, e.status(), e.to_string());
             let mut out = BytesMut::new();
             encode_frame(&f, &mut out);
-            Conn {
+            let mut conn = Conn {
                 tcp: stream,
                 layers,
-            }
-            .close_bounded(out)
-            .await;
+            };
+            // Boxed: a running session's future does not carry this state.
+            Box::pin(conn.close_bounded(out)).await;
             return;
         }
     };
@@ -252,7 +252,8 @@ async fn read_loop(
         })
         .await;
         let res = if let Some(layers) = layers {
-            read_layered(shard, key, fd, &reader, layers, &mut buf).await
+            // Boxed: a plain session's reader future does not carry its state.
+            Box::pin(read_layered(shard, key, fd, &reader, layers, &mut buf)).await
         } else if buf.is_empty() {
             read_fresh(fd, &reader, &mut buf).await
         } else {
@@ -461,7 +462,8 @@ async fn write_loop<W: AsyncWriteRent>(
             let mut app = BytesMut::with_capacity(total);
             batch.gather_into(&mut app);
             l.borrow_mut().egress(&app, &mut wire);
-            let (res, w) = writer.write_all(std::mem::take(&mut wire)).await;
+            // Boxed: a plain session's writer future does not carry this state.
+            let (res, w) = Box::pin(writer.write_all(std::mem::take(&mut wire))).await;
             wire = w;
             writes += 1;
             ok = res.is_ok();
@@ -520,7 +522,7 @@ async fn write_loop<W: AsyncWriteRent>(
             l.take_pending(&mut wire);
         }
         if !wire.is_empty() {
-            let _ = monoio::time::timeout(CLOSE_FLUSH, writer.write_all(wire)).await;
+            let _ = Box::pin(monoio::time::timeout(CLOSE_FLUSH, writer.write_all(wire))).await;
         }
     }
     let sh = shard.borrow();
