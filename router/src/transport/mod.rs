@@ -19,6 +19,9 @@ pub mod ws;
 
 use ws::{code, Event, Protocol, Violation};
 
+/// Bytes of control answers (pongs) that may wait to be written; see [`Layers::ingest`].
+const MAX_PENDING_PONGS: usize = 16 * 1024;
+
 /// The layers of one connection.
 pub(crate) struct Layers {
     /// Bytes read from the socket and not yet taken by TLS.
@@ -199,7 +202,10 @@ impl Layers {
                     }
                 },
                 Some(Event::Ping(data)) => {
-                    if !self.closed {
+                    // A client that pings and never reads would grow the pongs waiting
+                    // to be written without end: past MAX_PENDING_PONGS bytes, pings go
+                    // unanswered (RFC 6455 5.5.3 allows answering only the latest).
+                    if !self.closed && self.pending.len() < MAX_PENDING_PONGS {
                         let mut f = BytesMut::new();
                         ws::put_frame(ws::op::PONG, &data, &mut f);
                         let pending = &mut self.pending;
@@ -459,6 +465,33 @@ mod tests {
         let mut wire = BytesMut::new();
         l.take_pending(&mut wire);
         assert_eq!(&wire[2..4], &[0x03, 0xef]);
+    }
+
+    #[test]
+    fn pongs_waiting_for_a_client_that_does_not_read_are_bounded() {
+        let mut l = Layers::none();
+        l.start_ws(Protocol::Binary, 1024, BytesMut::new());
+        let ping = [0x89u8, 0xfd, 0, 0, 0, 0];
+        let mut app = BytesMut::new();
+        for _ in 0..10_000 {
+            let mut raw = BytesMut::from(&ping[..]);
+            raw.extend_from_slice(&[7u8; 125]);
+            assert_eq!(l.ingest(&mut raw, &mut app), Ok(Ingested::More));
+        }
+        // 10 000 pings of 125 bytes: the pongs stop at the bound (plus one pong).
+        assert!(
+            l.pending.len() < MAX_PENDING_PONGS + 128,
+            "{}",
+            l.pending.len()
+        );
+        assert!(l.pending.len() >= MAX_PENDING_PONGS);
+        // Once written, pings are answered again.
+        let mut wire = BytesMut::new();
+        l.take_pending(&mut wire);
+        let mut raw = BytesMut::from(&[0x89u8, 0x80, 0, 0, 0, 0][..]);
+        assert_eq!(l.ingest(&mut raw, &mut app), Ok(Ingested::More));
+        assert_eq!(&l.pending[..], &[0x8A, 0]);
+        assert!(app.is_empty());
     }
 
     #[test]
