@@ -17,7 +17,7 @@ use ringrouter_proto::v1::{AccountResult, Login, Register};
 use ringrouter_proto::{reply, Status};
 
 use super::close_bounded;
-use super::session::run_session;
+use super::session::start_session;
 use super::stream::Conn;
 use crate::auth::AuthError;
 use crate::config::AuthMode;
@@ -162,8 +162,8 @@ pub(crate) async fn prelogin(
                 a.then(&mut pl, PreLogin::registered);
             }
             Action::Start(s) => {
-                // Nothing of the pre-login conversation outlives it (this task runs
-                // a home-shard session to its end).
+                // Nothing of the pre-login conversation outlives it: this task ends
+                // here, and the session runs in tasks of its own.
                 drop(pl);
                 let Conn {
                     tcp: stream,
@@ -172,8 +172,8 @@ pub(crate) async fn prelogin(
                 let home = shard.borrow().home(s.user.as_bytes());
                 let me = shard.borrow().id;
                 if home == me {
-                    run_session(
-                        shard,
+                    start_session(
+                        &shard,
                         stream,
                         s.user,
                         s.device,
@@ -181,8 +181,7 @@ pub(crate) async fn prelogin(
                         s.leftover,
                         layers,
                         guard,
-                    )
-                    .await;
+                    );
                 } else {
                     hand_over(
                         &shard,

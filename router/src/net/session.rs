@@ -34,8 +34,9 @@ use crate::shard::{now_us, CloseReason, Flow, Handover, SessionKey, Shard};
 use crate::shared::ConnGuard;
 use crate::transport::{ws, Ingested, Layers};
 
-/// Runs a connection handed over by another shard.
-pub(crate) async fn adopt(shard: Rc<RefCell<Shard>>, h: Box<Handover>) {
+/// Starts a connection handed over by another shard: registers its session here and
+/// spawns the session's tasks (see [`start_session`]).
+pub(crate) fn adopt(shard: &Rc<RefCell<Shard>>, h: Handover) {
     let Handover {
         fd,
         user,
@@ -44,7 +45,7 @@ pub(crate) async fn adopt(shard: Rc<RefCell<Shard>>, h: Box<Handover>) {
         leftover,
         layers,
         guard,
-    } = *h;
+    } = h;
     let std_stream = std::net::TcpStream::from(fd);
     if let Err(e) = std_stream.set_nonblocking(true) {
         tracing::warn!(error = %e, "adopting a connection failed");
@@ -58,24 +59,28 @@ pub(crate) async fn adopt(shard: Rc<RefCell<Shard>>, h: Box<Handover>) {
         }
     };
     shard.borrow_mut().counters.handovers_in += 1;
-    run_session(
+    start_session(
         shard, stream, user, device, request_id, leftover, layers, guard,
-    )
-    .await;
+    );
 }
 
-/// Registers the session on this (home) shard, answers the Login, and runs the
-/// reader until the connection ends; then waits for the writer and forgets the session.
+/// Registers the session on this (home) shard and queues its LoginResult, then
+/// spawns its reader and writer as two tasks of their own.
+///
+/// Nothing here is async: the pre-login task (or the mail loop, for a handed-over
+/// connection) ends once the session is registered, so an idle session holds only
+/// its two small task futures and its [`Session`](crate::shard::Session) slot, not
+/// the pre-login conversation's state (its futures hold timers and are kilobytes).
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn run_session(
-    shard: Rc<RefCell<Shard>>,
+pub(super) fn start_session(
+    shard: &Rc<RefCell<Shard>>,
     stream: TcpStream,
     user: String,
     device: String,
     request_id: u64,
     buf: BytesMut,
     layers: Option<Box<Layers>>,
-    _guard: ConnGuard,
+    guard: ConnGuard,
 ) {
     let fd = stream.as_raw_fd();
     let registered = shard.borrow_mut().register(&user, device.clone(), fd);
@@ -90,8 +95,10 @@ pub(super) async fn run_session(
                 tcp: stream,
                 layers,
             };
-            // Boxed: a running session's future does not carry this state.
-            Box::pin(conn.close_bounded(out)).await;
+            monoio::spawn(async move {
+                conn.close_bounded(out).await;
+                drop(guard);
+            });
             return;
         }
     };
@@ -137,7 +144,44 @@ pub(super) async fn run_session(
     let writer = monoio::spawn(
         write_loop(shard.clone(), key, writer, layers.clone()).instrument(span.clone()),
     );
-    async {
+    let reader = Reader {
+        shard: shard.clone(),
+        key,
+        fd,
+        reader,
+        buf,
+        layers,
+        _guard: guard,
+    };
+    monoio::spawn(reader.run(writer).instrument(span));
+}
+
+/// What a session's reader task owns.
+struct Reader {
+    shard: Rc<RefCell<Shard>>,
+    key: SessionKey,
+    fd: RawFd,
+    reader: TcpOwnedReadHalf,
+    /// Bytes read and not parsed yet (the Login's leftover at first).
+    buf: BytesMut,
+    layers: Option<Rc<RefCell<Layers>>>,
+    /// Keeps the connection counted until the session ends.
+    _guard: ConnGuard,
+}
+
+impl Reader {
+    /// Runs the reader until the connection ends; then waits for the writer and
+    /// forgets the session.
+    async fn run(self, writer: monoio::task::JoinHandle<()>) {
+        let Reader {
+            shard,
+            key,
+            fd,
+            reader,
+            buf,
+            layers,
+            _guard,
+        } = self;
         // Frames pipelined after the Login are answered after the LoginResult.
         poll_fn(|cx| {
             let mut sh = shard.borrow_mut();
@@ -161,8 +205,6 @@ pub(super) async fn run_session(
         let _ = writer.await;
         shard.borrow_mut().remove(key);
     }
-    .instrument(span)
-    .await;
 }
 
 async fn read_loop(

@@ -325,7 +325,7 @@ async fn consumer(
             }
         }
         for h in handovers.drain(..) {
-            monoio::spawn(crate::net::session::adopt(shard.clone(), h));
+            crate::net::session::adopt(&shard, *h);
         }
         if got > 0 {
             yield_now().await;
