@@ -68,6 +68,7 @@ impl Shard {
             |st, cb| st.rooms_of(&u, cb),
             move |sh, r| match r {
                 Ok(rooms) => {
+                    sh.forget_contacts_of(&user);
                     for room in rooms {
                         let home = sh.home(room.as_bytes());
                         let req = RoomReq {

@@ -374,6 +374,7 @@ impl Shard {
             if list.is_empty() {
                 self.users.remove(&user);
                 self.stored_floor.remove(&user);
+                self.contacts.evict(&String::from_utf8_lossy(&user));
             } else if left_stored > 0 {
                 let floor = self.stored_floor.entry(user.clone()).or_insert(u64::MAX);
                 *floor = (*floor).min(left_stored);

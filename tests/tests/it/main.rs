@@ -11,6 +11,7 @@
 //! | `bad_input` | malformed frames: the right Status, closed or still usable |
 //! | `bounds` | every memory bound a client can push: answers, unacked, offline, held, idle users |
 //! | `config` | `--config` (TOML), `--print-config` round trip, `--help`, exit codes 0/1/2 |
+//! | `contacts` | contact requests, answers, blocks, `--dm-policy`, list limits, across shards, both drivers |
 //! | `devices` | several sessions of one user: each gets every message, acks per device |
 //! | `dm` | direct messages across shards, both drivers |
 //! | `http` | the HTTP port: health, readiness, metrics, the backend API, the HTTP server's bounds |
@@ -34,6 +35,7 @@ mod backpressure;
 mod bad_input;
 mod bounds;
 mod config;
+mod contacts;
 mod devices;
 mod dm;
 mod heartbeat;
