@@ -277,6 +277,10 @@ impl Shard {
             state: state as i32,
         });
         let n = self.push_live_to(user.as_bytes(), &frame, skip);
+        if state == ContactState::Accepted {
+            // New contacts see each other's presence: each side sends its own user's.
+            self.share_presence(user, peer);
+        }
         if n > 0 || !store || !self.has_store() || self.user_sessions(user.as_bytes()) > 0 {
             return;
         }

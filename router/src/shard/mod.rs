@@ -21,6 +21,7 @@
 //! - [`store_link`]: store round trips (answers come back as [`mail::Mail::Stored`]).
 //! - [`rooms`]: rooms on their home shard.
 //! - [`contacts`]: contact lists on their users' home shard.
+//! - [`presence`]: devices' presence, the users' presence and its notices to contacts.
 //! - `run`: the run loop: consumer, flusher, ticker, shutdown drain.
 //!
 //! Client frames are handled in `crate::frames`, connection I/O in `crate::net`.
@@ -47,6 +48,7 @@ pub mod delivery;
 pub mod history;
 pub mod mail;
 pub mod pause;
+pub mod presence;
 pub mod retention;
 pub mod rooms;
 pub(crate) mod run;
@@ -146,6 +148,8 @@ pub struct Shard {
     pub hist: history::HistBuf,
     /// Contact lists of users homed here ([`contacts`]).
     pub contacts: contacts::Contacts,
+    /// Presence of users homed here ([`presence`]).
+    pub presence: presence::Presences,
 }
 
 /// The home shard of a name (defined in proto, shared with the clients).
@@ -224,6 +228,7 @@ impl Shard {
             api_waiters: api::ApiWaiters::default(),
             social: social::Social::default(),
             contacts: contacts::Contacts::default(),
+            presence: presence::Presences::default(),
         }
     }
 

@@ -71,6 +71,10 @@ pub struct ContactRecord {
     /// version change): its direct messages and requests to them are refused.
     #[prost(string, repeated, tag = "4")]
     pub blocked_by: Vec<String>,
+    /// When the user's last session ended (µs since the epoch; 0: never), for its
+    /// presence while it is offline. Kept here: read with the list, by the same shard.
+    #[prost(uint64, tag = "5")]
+    pub last_seen_us: u64,
 }
 
 /// One change to a list. `*Out` is the acting user's side, `*In` the peer's side of

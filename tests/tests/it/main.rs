@@ -21,6 +21,7 @@
 //! | `names` | the one name rule, in every field that holds a name |
 //! | `offline` | offline queue, backlog paging, at-least-once, restarts, kill -9 |
 //! | `order` | per-sender order under load, both drivers |
+//! | `presence` | presence: online/offline with last seen, away/dnd/text, contacts only, coalescing, both drivers |
 //! | `prelogin` | what a connection may do before Login, pipelined Register / Login |
 //! | `rooms` | rooms: membership, fan-out (no echo to the sending device), limits, order, kill -9 |
 //! | `social` | ephemeral messages, copies to the sender's devices (issue 11), both drivers |
@@ -46,6 +47,7 @@ mod names;
 mod offline;
 mod order;
 mod prelogin;
+mod presence;
 mod rooms;
 mod shutdown;
 mod social;
