@@ -554,8 +554,9 @@ impl Client {
         // back at the next login if this client is dropped before that.
         let seq = match &ev {
             Event::Message(m) => m.seq,
-            // A room event from the offline queue is acked like a message.
+            // A room or contact event from the offline queue is acked like a message.
             Event::Room { seq, .. } => *seq,
+            Event::Contact(c) => c.seq,
             _ => 0,
         };
         if seq != 0 {

@@ -69,6 +69,32 @@ pub enum Event {
     },
     /// A read receipt: someone read a conversation of this user (pushed by the router).
     Receipt(Receipt),
+    /// This user's contact list changed (pushed by the router).
+    Contact(crate::ContactEvent),
+    /// An accepted contact's presence changed (pushed by the router).
+    Presence(crate::Presence),
+    /// The answer to a contact request ([`crate::Client::contacts`], ...).
+    ContactResult {
+        /// Request id.
+        request_id: u64,
+        /// Status.
+        status: Status,
+        /// Reason when not OK.
+        reason: String,
+        /// The list's version, and the entries the answer carries.
+        changes: crate::ContactChanges,
+    },
+    /// The answer to SetPresence / GetPresence.
+    PresenceResult {
+        /// Request id.
+        request_id: u64,
+        /// Status.
+        status: Status,
+        /// Reason when not OK.
+        reason: String,
+        /// GetPresence: the presence.
+        presence: Option<crate::Presence>,
+    },
     /// The answer to a room request ([`crate::Client::create_room`], ...).
     RoomResult {
         /// Request id.

@@ -15,6 +15,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod client;
+mod contacts;
 mod core;
 mod error;
 mod event;
@@ -28,6 +29,10 @@ pub mod threaded;
 pub mod transport;
 
 pub use client::{Client, ClientConfig};
+pub use contacts::{
+    ContactChanges, ContactEntry, ContactEvent, ContactEventKind, ContactState, Contacts, Presence,
+    PresenceStatus,
+};
 pub use error::ClientError;
 pub use event::{Event, Message, Receipt, RoomEventKind, RoomInfo};
 pub use history::Conversation;

@@ -709,10 +709,13 @@ impl ThreadedClient {
                     // from the offline queue is acked like a message.
                     Some(ev) => {
                         drop(local);
-                        if let Event::Room { seq, .. } = &ev {
-                            if *seq != 0 {
-                                self.handed(*seq);
-                            }
+                        let seq = match &ev {
+                            Event::Room { seq, .. } => *seq,
+                            Event::Contact(c) => c.seq,
+                            _ => 0,
+                        };
+                        if seq != 0 {
+                            self.handed(seq);
                         }
                         return Ok(Some(ev));
                     }
@@ -1031,6 +1034,8 @@ fn dispatch(inner: &Inner, batch: &mut Vec<Event>) {
             ev @ (Event::Message(_)
             | Event::Room { .. }
             | Event::Receipt(_)
+            | Event::Contact(_)
+            | Event::Presence(_)
             | Event::Error { .. }) => ev,
             // An answer nobody waits for (timed out): a refusal is
             // reported to recv, anything else dropped (and Pongs:

@@ -231,7 +231,11 @@ pub fn check_frame(kind: &Kind) -> Result<(), NameError> {
             }
             Ok(())
         }
+        Kind::ContactOp(c) => check_name("user", &c.user),
+        Kind::GetPresence(g) => check_name("user", &g.user),
         Kind::ListConversations(_)
+        | Kind::ListContacts(_)
+        | Kind::SetPresence(_)
         | Kind::Ack(_)
         | Kind::Ping(_)
         | Kind::Pong(_)

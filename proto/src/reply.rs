@@ -11,9 +11,9 @@
 
 use crate::fast::Inbound;
 use crate::v1::{
-    client_frame::Kind, server_frame, AccountResult, Conversation, ConversationsResult, Deliver,
-    Error as ErrorFrame, HistoryResult, LoginResult, Ping, Pong, RoomEvent, RoomResult, SendResult,
-    ServerFrame,
+    client_frame::Kind, server_frame, AccountResult, ContactEntry, ContactEvent, ContactResult,
+    Conversation, ConversationsResult, Deliver, Error as ErrorFrame, HistoryResult, LoginResult,
+    Ping, Pong, Presence, PresenceResult, RoomEvent, RoomResult, SendResult, ServerFrame,
 };
 use crate::Status;
 
@@ -209,6 +209,50 @@ pub fn conversations_result(
     ))
 }
 
+/// A `ContactResult` (`entries`: the changed entry, the whole list or the changes).
+pub fn contact_result(
+    request_id: u64,
+    status: Status,
+    reason: &str,
+    version: u64,
+    entries: Vec<ContactEntry>,
+    full: bool,
+) -> ServerFrame {
+    frame(server_frame::Kind::ContactResult(ContactResult {
+        request_id,
+        status: status as i32,
+        reason: reason.to_owned(),
+        version,
+        entries,
+        full,
+    }))
+}
+
+/// A `ContactEvent` frame.
+pub fn contact_event(event: ContactEvent) -> ServerFrame {
+    frame(server_frame::Kind::ContactEvent(event))
+}
+
+/// A pushed `Presence` frame.
+pub fn presence(p: Presence) -> ServerFrame {
+    frame(server_frame::Kind::Presence(p))
+}
+
+/// A `PresenceResult` (`presence`: GetPresence's answer).
+pub fn presence_result(
+    request_id: u64,
+    status: Status,
+    reason: &str,
+    presence: Option<Presence>,
+) -> ServerFrame {
+    frame(server_frame::Kind::PresenceResult(PresenceResult {
+        request_id,
+        status: status as i32,
+        reason: reason.to_owned(),
+        presence,
+    }))
+}
+
 /// The request id of a client request (0 for frames without one).
 pub fn request_id_of(kind: &Kind) -> u64 {
     match kind {
@@ -228,6 +272,10 @@ pub fn request_id_of(kind: &Kind) -> u64 {
         Kind::ListUsers(f) => f.request_id,
         Kind::History(f) => f.request_id,
         Kind::ListConversations(f) => f.request_id,
+        Kind::ContactOp(f) => f.request_id,
+        Kind::ListContacts(f) => f.request_id,
+        Kind::SetPresence(f) => f.request_id,
+        Kind::GetPresence(f) => f.request_id,
         Kind::Ack(_) | Kind::Ping(_) | Kind::Pong(_) | Kind::Logout(_) => 0,
     }
 }
@@ -250,6 +298,22 @@ pub fn refusal(frame: &Inbound, status: Status, reason: &str) -> ServerFrame {
     };
     let account = |request_id: u64| {
         server_frame::Kind::AccountResult(AccountResult {
+            request_id,
+            status: code,
+            reason: reason.clone(),
+            ..Default::default()
+        })
+    };
+    let contact = |request_id: u64| {
+        server_frame::Kind::ContactResult(ContactResult {
+            request_id,
+            status: code,
+            reason: reason.clone(),
+            ..Default::default()
+        })
+    };
+    let presence = |request_id: u64| {
+        server_frame::Kind::PresenceResult(PresenceResult {
             request_id,
             status: code,
             reason: reason.clone(),
@@ -317,6 +381,10 @@ pub fn refusal(frame: &Inbound, status: Status, reason: &str) -> ServerFrame {
                     ..Default::default()
                 })
             }
+            Kind::ContactOp(c) => contact(c.request_id),
+            Kind::ListContacts(l) => contact(l.request_id),
+            Kind::SetPresence(p) => presence(p.request_id),
+            Kind::GetPresence(p) => presence(p.request_id),
             Kind::Ack(_) | Kind::Ping(_) | Kind::Pong(_) | Kind::Logout(_) => error(0),
         },
     };

@@ -17,6 +17,7 @@
 //! - `Status` ([`status`]) is the protocol's status enum as an `enum.IntEnum`;
 //!   `__version__` is this crate's version, the one version of the package.
 
+mod contacts;
 mod history;
 mod social;
 mod status;
@@ -295,6 +296,8 @@ fn incoming(py: Python<'_>, ev: Event) -> PyResult<Option<Py<PyAny>>> {
             kind, room, user, ..
         } => Some(Py::new(py, PyEvent { kind, room, user })?.into_any()),
         Event::Receipt(r) => Some(Py::new(py, social::PyReceipt::from(r))?.into_any()),
+        Event::Contact(e) => Some(Py::new(py, contacts::PyContactEvent::from(e))?.into_any()),
+        Event::Presence(p) => Some(Py::new(py, contacts::PyPresence::from(p))?.into_any()),
         // recv_event hands out nothing else.
         _ => None,
     })
@@ -614,6 +617,69 @@ impl PyClient {
         social::mark_read(py, &self.c, user, room, msg_id)
     }
 
+    /// Asks `user` to become a contact (or accepts `user`'s pending request). `user`
+    /// gets a ContactEvent "request" (at its next login if it is offline). RouterError
+    /// "FORBIDDEN" if `user` blocked this user, "NOT_FOUND" for an unknown user,
+    /// "RATE_LIMITED" past the router's --max-contacts-per-user (either list) or
+    /// --max-contact-requests (requests waiting for `user`).
+    fn contact_request(&self, py: Python<'_>, user: String) -> PyResult<()> {
+        self.call(py, |c| c.contact_request(&user)).map(drop)
+    }
+
+    /// Accepts `user`'s request (RouterError "NOT_FOUND" without one); `user` gets a
+    /// ContactEvent "accepted".
+    fn contact_accept(&self, py: Python<'_>, user: String) -> PyResult<()> {
+        self.call(py, |c| c.contact_accept(&user)).map(drop)
+    }
+
+    /// Declines `user`'s request (RouterError "NOT_FOUND" without one); `user` gets a
+    /// ContactEvent "declined".
+    fn contact_decline(&self, py: Python<'_>, user: String) -> PyResult<()> {
+        self.call(py, |c| c.contact_decline(&user)).map(drop)
+    }
+
+    /// Removes the contact `user` or withdraws this user's request to it (RouterError
+    /// "NOT_FOUND" otherwise); `user` gets a ContactEvent "removed".
+    fn contact_remove(&self, py: Python<'_>, user: String) -> PyResult<()> {
+        self.call(py, |c| c.contact_remove(&user)).map(drop)
+    }
+
+    /// Blocks `user`: its direct messages and contact requests to this user get
+    /// RouterError "FORBIDDEN"; it is told nothing else.
+    fn block(&self, py: Python<'_>, user: String) -> PyResult<()> {
+        self.call(py, |c| c.block(&user)).map(drop)
+    }
+
+    /// Unblocks `user` (RouterError "NOT_FOUND" if it was not blocked).
+    fn unblock(&self, py: Python<'_>, user: String) -> PyResult<()> {
+        self.call(py, |c| c.unblock(&user)).map(drop)
+    }
+
+    /// This user's contact list as Contacts (.version, .accepted, .incoming,
+    /// .outgoing, .blocked).
+    fn contacts(&self, py: Python<'_>) -> PyResult<contacts::PyContacts> {
+        self.call(py, |c| c.contacts())
+            .map(contacts::PyContacts::from)
+    }
+
+    /// Sets this device's presence: status "online", "away", "dnd" or "offline" and a
+    /// short text (RouterError "BAD_REQUEST" past the router's
+    /// --max-presence-text-bytes). The user's accepted contacts see the most present
+    /// status of its devices.
+    #[pyo3(signature = (status="online", text=""))]
+    fn set_presence(&self, py: Python<'_>, status: &str, text: &str) -> PyResult<()> {
+        let status = contacts::status(status)?;
+        let text = text.to_owned();
+        self.call(py, |c| c.set_presence(status, &text))
+    }
+
+    /// The Presence of `user`, an accepted contact (RouterError "FORBIDDEN"
+    /// otherwise).
+    fn presence(&self, py: Python<'_>, user: String) -> PyResult<contacts::PyPresence> {
+        self.call(py, |c| c.presence(&user))
+            .map(contacts::PyPresence::from)
+    }
+
     /// The room's details as a RoomInfo: owner, members, creation time, and the
     /// join code when this user owns the room. RouterError "FORBIDDEN" for a
     /// room this user is not a member of, "NOT_FOUND" for no such room.
@@ -760,8 +826,8 @@ impl PyClient {
         }
     }
 
-    /// The next Message, or Event for a room event, waiting up to `timeout`
-    /// seconds (None: forever; 0: poll).
+    /// The next Message, or Event for a room event, Receipt, ContactEvent or
+    /// Presence, waiting up to `timeout` seconds (None: forever; 0: poll).
     ///
     /// Returns None on timeout. Raises RouterError when the router reports an
     /// error about this session, ConnectionClosed once the connection is closed
@@ -916,6 +982,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyMessage>()?;
     m.add_class::<PyEvent>()?;
     social::add_classes(m)?;
+    contacts::add_classes(m)?;
     m.add_class::<history::PyConversation>()?;
     let router_error = py.get_type::<RouterError>();
     // Class-level defaults, so that instances raised from Python code have them too.

@@ -82,6 +82,7 @@ fn append_run(h: &StoreHandle, args: &Args) -> (f64, Vec<u32>) {
                                 server_ts_us: 0,
                                 msg_id: ((p as u64) << 40) | (sent + i),
                                 room_event: 0,
+                                contact_event: 0,
                             })
                             .collect();
                         let tx = tx.clone();

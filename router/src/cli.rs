@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use clap::{Arg, ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
 
-use crate::config::{AuthMode, Config, DurabilityMode, OfflineOverflow, RoomAddPolicy};
+use crate::config::{AuthMode, Config, DmPolicy, DurabilityMode, OfflineOverflow, RoomAddPolicy};
 
 /// Exit code of a clean stop (SIGTERM / Ctrl-C, every shard finished within the
 /// shutdown timeout), and of `--help`, `--version` and `--print-config`.
@@ -178,6 +178,26 @@ pub struct Args {
     /// Who may add members to a room: the owner only, or any member.
     #[arg(long, value_name = "POLICY", value_enum, default_value_t = RoomAddPolicy::Owner, help_heading = LIMITS)]
     pub room_add_policy: RoomAddPolicy,
+    /// Who may send a user direct messages: anyone (open), or its accepted contacts
+    /// only (contacts; others get FORBIDDEN). Users a recipient blocked are refused
+    /// either way.
+    #[arg(long, value_name = "POLICY", value_enum, default_value_t = DmPolicy::Open, help_heading = LIMITS)]
+    pub dm_policy: DmPolicy,
+    /// Most entries (accepted, pending either way, blocked) in one contact list; a
+    /// request or block past it is RATE_LIMITED.
+    #[arg(long, value_name = "N", default_value_t = 5_000, help_heading = LIMITS)]
+    pub max_contacts_per_user: usize,
+    /// Most contact requests waiting for one user's answer; a request past it is
+    /// RATE_LIMITED.
+    #[arg(long, value_name = "N", default_value_t = 500, help_heading = LIMITS)]
+    pub max_contact_requests: usize,
+    /// Removed entries one contact list remembers for ListContacts "changed since";
+    /// a device behind the oldest gets the whole list.
+    #[arg(long, value_name = "N", default_value_t = 1_000, help_heading = LIMITS)]
+    pub max_contact_tombstones: usize,
+    /// Longest presence text (SetPresence.text), in bytes; longer is BAD_REQUEST.
+    #[arg(long, value_name = "BYTES", default_value_t = 256, help_heading = LIMITS)]
+    pub max_presence_text_bytes: usize,
     /// Most names one ListUsers answers.
     #[arg(long, value_name = "N", default_value_t = 1_000, help_heading = LIMITS)]
     pub list_users_page: usize,
@@ -286,6 +306,11 @@ impl Args {
             max_rooms_per_user: self.max_rooms_per_user,
             max_members_per_room: self.max_members_per_room,
             room_add_policy: self.room_add_policy,
+            dm_policy: self.dm_policy,
+            max_contacts_per_user: self.max_contacts_per_user,
+            max_contact_requests: self.max_contact_requests,
+            max_contact_tombstones: self.max_contact_tombstones,
+            max_presence_text_bytes: self.max_presence_text_bytes,
             list_users_page: self.list_users_page,
             argon2_cheap: self.argon2_cheap,
             max_password_jobs: self.max_password_jobs,

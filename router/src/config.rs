@@ -51,6 +51,17 @@ pub enum RoomAddPolicy {
     Members,
 }
 
+/// Who may send a user direct messages (`--dm-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum DmPolicy {
+    /// Anyone (but users the recipient blocked).
+    #[default]
+    Open,
+    /// Accepted contacts only; anyone else gets FORBIDDEN.
+    Contacts,
+}
+
 /// Everything the router needs to start. `Config::default()` is the embedded
 /// default the bare `ringrouter` command runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +122,17 @@ pub struct Config {
     pub max_members_per_room: usize,
     /// Who may add members to a room.
     pub room_add_policy: RoomAddPolicy,
+    /// Who may send a user direct messages.
+    pub dm_policy: DmPolicy,
+    /// Most entries (accepted, pending either way, blocked) in one contact list.
+    pub max_contacts_per_user: usize,
+    /// Most contact requests waiting for one user's answer.
+    pub max_contact_requests: usize,
+    /// Removed entries one contact list remembers for "changed since" (older ones make
+    /// a device fetch the whole list).
+    pub max_contact_tombstones: usize,
+    /// Longest presence text, in bytes.
+    pub max_presence_text_bytes: usize,
     /// Most names one ListUsers answers.
     pub list_users_page: usize,
     /// Messages kept per conversation (DM pair or room); 0: history off.
@@ -194,6 +216,11 @@ impl Default for Config {
             max_rooms_per_user: 1_000,
             max_members_per_room: 10_000,
             room_add_policy: RoomAddPolicy::Owner,
+            dm_policy: DmPolicy::Open,
+            max_contacts_per_user: 5_000,
+            max_contact_requests: 500,
+            max_contact_tombstones: 1_000,
+            max_presence_text_bytes: 256,
             list_users_page: 1_000,
             history_per_conversation: 0,
             history_max_age: None,

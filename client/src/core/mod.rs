@@ -64,6 +64,10 @@ pub(crate) enum Reply {
     History(Vec<Message>),
     /// ConversationsResult.
     Conversations(Vec<crate::Conversation>),
+    /// ContactResult.
+    Contacts(crate::ContactChanges),
+    /// PresenceResult.
+    Presence(Option<crate::Presence>),
 }
 
 /// An OK answer to a room request.
@@ -198,6 +202,20 @@ pub(crate) fn decode(body: Bytes) -> Result<Inbound, ClientError> {
             reason: r.reason,
             messages: r.messages.into_iter().map(message).collect(),
         },
+        server_frame::Kind::ContactResult(mut r) => Event::ContactResult {
+            request_id: r.request_id,
+            status: status(r.status),
+            changes: crate::contacts::changes(&mut r),
+            reason: r.reason,
+        },
+        server_frame::Kind::ContactEvent(e) => Event::Contact(e.into()),
+        server_frame::Kind::Presence(p) => Event::Presence(p.into()),
+        server_frame::Kind::PresenceResult(r) => Event::PresenceResult {
+            request_id: r.request_id,
+            status: status(r.status),
+            reason: r.reason,
+            presence: r.presence.map(Into::into),
+        },
         server_frame::Kind::ConversationsResult(r) => Event::ConversationsResult {
             request_id: r.request_id,
             status: status(r.status),
@@ -245,9 +263,15 @@ fn answer_id(ev: &Event) -> Option<u64> {
         | Event::AccountResult { request_id, .. }
         | Event::HistoryResult { request_id, .. }
         | Event::ConversationsResult { request_id, .. }
+        | Event::ContactResult { request_id, .. }
+        | Event::PresenceResult { request_id, .. }
         | Event::Error { request_id, .. } => Some(*request_id),
         Event::Pong(nonce) => Some(*nonce),
-        Event::Message(_) | Event::Room { .. } | Event::Receipt(_) => None,
+        Event::Message(_)
+        | Event::Room { .. }
+        | Event::Receipt(_)
+        | Event::Contact(_)
+        | Event::Presence(_) => None,
     }
 }
 
@@ -326,7 +350,23 @@ pub(crate) fn into_answer(ev: Event) -> Option<Answer> {
             }));
         }
         Event::Pong(_) => return Some(Ok(Reply::Pong)),
-        Event::Message(_) | Event::Room { .. } | Event::Receipt(_) => return None,
+        Event::ContactResult {
+            request_id,
+            status,
+            reason,
+            changes,
+        } => (request_id, status, reason, Reply::Contacts(changes)),
+        Event::PresenceResult {
+            request_id,
+            status,
+            reason,
+            presence,
+        } => (request_id, status, reason, Reply::Presence(presence)),
+        Event::Message(_)
+        | Event::Room { .. }
+        | Event::Receipt(_)
+        | Event::Contact(_)
+        | Event::Presence(_) => return None,
     };
     Some(if status == Status::Ok {
         Ok(reply)

@@ -68,6 +68,7 @@ impl Shard {
             |st, cb| st.rooms_of(&u, cb),
             move |sh, r| match r {
                 Ok(rooms) => {
+                    sh.forget_contacts_of(&user);
                     for room in rooms {
                         let home = sh.home(room.as_bytes());
                         let req = RoomReq {
@@ -111,6 +112,9 @@ impl Shard {
                 if status != Status::Ok {
                     return;
                 }
+                // Gone with the account: nothing may write the list back (the last
+                // session's last-seen time would).
+                sh.contacts.evict(&user);
                 for k in sh.live_sessions(user.as_bytes()) {
                     if let Some(s) = sh.sessions.get_mut(k) {
                         s.discard_unacked = true;

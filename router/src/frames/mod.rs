@@ -12,6 +12,8 @@
 //! | DeleteAccount, ListUsers | [`accounts`] |
 //! | MarkRead | [`receipts`] |
 //! | History, ListConversations | [`history`] |
+//! | ContactOp, ListContacts | [`contacts`] |
+//! | SetPresence, GetPresence | [`presence`] |
 //!
 //! # Adding a client frame kind
 //! 1. `proto/router.proto`: the message, its field in `ClientFrame.kind` (and its result
@@ -36,8 +38,10 @@ use crate::shard::{Flow, SessionKey, Shard};
 
 pub mod accounts;
 pub mod ack;
+pub mod contacts;
 pub mod history;
 pub mod ping;
+pub mod presence;
 pub mod receipts;
 pub mod rooms;
 pub mod send;
@@ -103,6 +107,22 @@ impl Shard {
             }
             Inbound::Other(Kind::ListConversations(l)) => {
                 self.on_list_conversations(key, l);
+                Flow::Continue
+            }
+            Inbound::Other(Kind::ContactOp(c)) => {
+                self.on_contact_op(key, c);
+                Flow::Continue
+            }
+            Inbound::Other(Kind::ListContacts(l)) => {
+                self.on_list_contacts(key, l);
+                Flow::Continue
+            }
+            Inbound::Other(Kind::SetPresence(p)) => {
+                self.on_set_presence(key, p);
+                Flow::Continue
+            }
+            Inbound::Other(Kind::GetPresence(g)) => {
+                self.on_get_presence(key, g);
                 Flow::Continue
             }
             // `parse_client` returns every Send as `Inbound::Send`.

@@ -78,6 +78,18 @@ impl Shard {
         } else {
             self.next_msg_id()
         };
+        if self.dm_gate() && !v.to_user.is_empty() {
+            if let Some((status, reason)) = self.dm_refusal(&self.sessions[key].user, &v.to_user) {
+                self.counters.reject(status);
+                let f = if v.want_result {
+                    reply::send_result(v.request_id, status, reason, msg_id)
+                } else {
+                    reply::error(status, reason, v.request_id)
+                };
+                self.push_frame(key, &f);
+                return;
+            }
+        }
         if v.ephemeral {
             self.send_ephemeral(key, v, msg_id, ts_us);
             return;

@@ -372,6 +372,8 @@ impl Shard {
             );
         }
         self.sessions[key].loading = true;
+        // Answered before the first page, which lets the session's reader start.
+        self.load_contacts_at_login(key);
         // This backlog delivers again what a closed device of the user left unacked.
         self.stored_floor.remove(self.sessions[key].user.as_ref());
         self.load_page(id, user, 0);
@@ -422,6 +424,9 @@ impl Shard {
             if m.room_event != 0 {
                 // A room event stored while the user was away (`shard::social`).
                 s.push_frame(&super::social::stored_event(s.last_seq, m));
+            } else if m.contact_event != 0 {
+                // A contact event stored while the user was away (`shard::contacts`).
+                s.push_frame(&super::contacts::stored_contact_event(s.last_seq, m));
             } else {
                 s.out
                     .push_deliver(&stamp_of(s.last_seq, m), &m.payload, inline_max);

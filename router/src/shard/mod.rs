@@ -20,6 +20,8 @@
 //! - [`api`]: outcomes of messages published through the HTTP API.
 //! - [`store_link`]: store round trips (answers come back as [`mail::Mail::Stored`]).
 //! - [`rooms`]: rooms on their home shard.
+//! - [`contacts`]: contact lists on their users' home shard.
+//! - [`presence`]: devices' presence, the users' presence and its notices to contacts.
 //! - `run`: the run loop: consumer, flusher, ticker, shutdown drain.
 //!
 //! Client frames are handled in `crate::frames`, connection I/O in `crate::net`.
@@ -41,10 +43,12 @@ use crate::stats::{Counters, ShardStats};
 
 pub mod answer;
 pub mod api;
+pub mod contacts;
 pub mod delivery;
 pub mod history;
 pub mod mail;
 pub mod pause;
+pub mod presence;
 pub mod retention;
 pub mod rooms;
 pub(crate) mod run;
@@ -142,6 +146,10 @@ pub struct Shard {
     pub social: social::Social,
     /// History appends of the current loop turn ([`history`]).
     pub hist: history::HistBuf,
+    /// Contact lists of users homed here ([`contacts`]).
+    pub contacts: contacts::Contacts,
+    /// Presence of users homed here ([`presence`]).
+    pub presence: presence::Presences,
 }
 
 /// The home shard of a name (defined in proto, shared with the clients).
@@ -219,6 +227,8 @@ impl Shard {
             room_quota: NameMap::default(),
             api_waiters: api::ApiWaiters::default(),
             social: social::Social::default(),
+            contacts: contacts::Contacts::default(),
+            presence: presence::Presences::default(),
         }
     }
 

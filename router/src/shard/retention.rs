@@ -46,6 +46,7 @@ impl OwnedMsg {
             server_ts_us: self.ts_us,
             msg_id: self.msg_id,
             room_event: 0,
+            contact_event: 0,
         }
     }
 }
@@ -260,6 +261,7 @@ impl Retained {
             server_ts_us: m.ts_us,
             msg_id: m.msg_id,
             room_event: 0,
+            contact_event: 0,
         };
         for u in q {
             // The two queues merge by seq.
@@ -278,6 +280,7 @@ impl Retained {
                 server_ts_us: u.ts_us,
                 msg_id: u.msg_id,
                 room_event: 0,
+                contact_event: 0,
             });
         }
         out.extend(fan.map(fanned));
@@ -314,6 +317,7 @@ impl Outgoing<'_> {
             server_ts_us: self.ts_us,
             msg_id: self.msg_id,
             room_event: 0,
+            contact_event: 0,
         }
     }
 }
@@ -355,6 +359,7 @@ mod tests {
                 server_ts_us: id,
                 msg_id: id,
                 room_event: 0,
+                contact_event: 0,
             }
         };
         let small = Bytes::from_static(b"hi");

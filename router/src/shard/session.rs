@@ -246,6 +246,7 @@ impl Shard {
         }
         let gen = self.next_gen;
         self.next_gen = self.next_gen.wrapping_add(1).max(1);
+        let name = user;
         let user = Bytes::copy_from_slice(user.as_bytes());
         let key = self.sessions.insert(Session {
             gen,
@@ -283,6 +284,7 @@ impl Shard {
             t.reset(key, gen);
         }
         self.counters.logins += 1;
+        self.presence_joined(name, key);
         Ok(key)
     }
 
@@ -371,12 +373,18 @@ impl Shard {
             if before == 2 && list.len() == 1 {
                 self.social.multi_device -= 1;
             }
-            if list.is_empty() {
+            let gone = list.is_empty();
+            if gone {
                 self.users.remove(&user);
                 self.stored_floor.remove(&user);
             } else if left_stored > 0 {
                 let floor = self.stored_floor.entry(user.clone()).or_insert(u64::MAX);
                 *floor = (*floor).min(left_stored);
+            }
+            let name = String::from_utf8_lossy(&user).into_owned();
+            self.presence_left(&name, key);
+            if gone {
+                self.contacts.evict(&name);
             }
         }
         tracing::debug!(shard = self.id, user = %String::from_utf8_lossy(&user), ?reason, "session closing");
@@ -448,6 +456,7 @@ impl Shard {
             }
         }
         self.touch_live_users(now);
+        self.presence_tick();
         self.trim_room_cache();
         debug_assert_eq!(self.parked_total(), self.parked_bytes, "parked room work");
         for (k, reason) in to_close {

@@ -61,6 +61,10 @@ pub struct StoredMsg {
     /// user it names, `to_room` the room (delivered as a RoomEvent with a seq).
     #[prost(int32, tag = "10")]
     pub room_event: i32,
+    /// Not 0: a stored contact event (`ContactEventKind`), not a message: `from_user` is
+    /// the peer, `msg_id` the list version (delivered as a ContactEvent with a seq).
+    #[prost(int32, tag = "11")]
+    pub contact_event: i32,
 }
 
 /// A room: its owner, optional password hash (PHC string), join code and members.
@@ -240,6 +244,7 @@ mod tests {
             server_ts_us: 5,
             msg_id: 9,
             room_event: 0,
+            contact_event: 0,
         };
         let v = encode(&m);
         assert_eq!(decode::<StoredMsg>(&v, "x").ok(), Some(m));

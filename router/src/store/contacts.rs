@@ -15,11 +15,15 @@
 //! bounded: past `max_tombstones` the oldest go and [`ContactRecord::floor`] rises; a
 //! device behind the floor must fetch the whole list.
 //!
-//! Blocking is one-sided and silent: the blocked peer's list does not change.
+//! Blocking is one-sided and silent: the blocked peer's visible list does not change.
+//! Its record does note who blocks it ([`ContactRecord::blocked_by`], never shown), so
+//! that its own home shard, where its sends start, can refuse its direct messages and
+//! requests without asking the blocker's shard.
 //!
 //! [`ContactCache`] is the home shard's copy of its users' lists: changes that arrive
 //! while a list is loading wait behind the load, and it counts the users whose list
-//! blocks someone, so the direct-message path can skip the lookup while that is 0.
+//! says someone blocks them, so the direct-message path can skip the lookup while that
+//! is 0.
 
 /// Where a peer stands in a user's list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
@@ -63,6 +67,14 @@ pub struct ContactRecord {
     /// Changes at or below this version may have been forgotten (pruned tombstones).
     #[prost(uint64, tag = "3")]
     pub floor: u64,
+    /// Users who block this user (sorted; not part of the list a client sees, and no
+    /// version change): its direct messages and requests to them are refused.
+    #[prost(string, repeated, tag = "4")]
+    pub blocked_by: Vec<String>,
+    /// When the user's last session ended (µs since the epoch; 0: never), for its
+    /// presence while it is offline. Kept here: read with the list, by the same shard.
+    #[prost(uint64, tag = "5")]
+    pub last_seen_us: u64,
 }
 
 /// One change to a list. `*Out` is the acting user's side, `*In` the peer's side of
@@ -89,6 +101,8 @@ pub enum ContactOp {
     Block,
     /// This user unblocks the peer (NOT_FOUND if it was not blocked).
     Unblock,
+    /// The peer's account is gone: its entry goes, whatever it was.
+    Forget,
 }
 
 impl ContactOp {
@@ -103,6 +117,8 @@ impl ContactOp {
             (RequestOut, I) | (RequestIn, O) | (AcceptOut, I) | (AcceptIn, O) => A,
             (DeclineOut, I) | (DeclineIn, O) | (RemoveOut, A | O) | (RemoveIn, A | I) => N,
             (Unblock, B) => N,
+            (Forget, N) => return Ok(None),
+            (Forget, _) => N,
             (Block, B) => return Ok(None),
             (Block, _) => B,
             (AcceptOut, A) => return Ok(None),
@@ -147,6 +163,8 @@ pub struct ContactLimits {
     pub max_contacts: usize,
     /// Most tombstones kept for "changed since".
     pub max_tombstones: usize,
+    /// Most requests waiting for this user's answer.
+    pub max_incoming: usize,
 }
 
 /// The list's entries in one state, and where it stands.
@@ -178,11 +196,66 @@ impl ContactRecord {
         self.state_of(peer) == ContactState::Blocked
     }
 
-    /// True if the list holds anything the DM path must look at (a block).
+    /// True if `peer` blocks this user (noted by [`ContactRecord::set_blocked_by`]).
+    pub fn is_blocked_by(&self, peer: &str) -> bool {
+        self.blocked_by
+            .binary_search_by(|u| u.as_str().cmp(peer))
+            .is_ok()
+    }
+
+    /// Notes that `peer` blocks (`on`) or no longer blocks this user. No version
+    /// change: the list a client sees is the same. Returns whether anything changed.
+    pub fn set_blocked_by(&mut self, peer: &str, on: bool) -> bool {
+        match (
+            self.blocked_by.binary_search_by(|u| u.as_str().cmp(peer)),
+            on,
+        ) {
+            (Err(i), true) => self.blocked_by.insert(i, peer.to_owned()),
+            (Ok(i), false) => {
+                self.blocked_by.remove(i);
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// True if the direct-message path must look at this list: someone blocks the user.
     pub fn has_blocks(&self) -> bool {
+        !self.blocked_by.is_empty()
+    }
+
+    /// `peer`'s entry (state NONE, version 0 if the list never named it).
+    pub fn entry(&self, peer: &str) -> ContactEntry {
+        match self.find(peer) {
+            Ok(i) => self.entries[i].clone(),
+            Err(_) => ContactEntry {
+                user: peer.to_owned(),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// The users this list names in any state, and those that block its user (what an
+    /// account deletion must tell).
+    pub fn peers(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|e| e.state() != ContactState::None)
+            .map(|e| e.user.clone())
+            .chain(self.blocked_by.iter().cloned())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// The accepted contacts.
+    pub fn accepted(&self) -> impl Iterator<Item = &str> {
         self.entries
             .iter()
-            .any(|e| e.state() == ContactState::Blocked)
+            .filter(|e| e.state() == ContactState::Accepted)
+            .map(|e| e.user.as_str())
     }
 
     /// The whole list, grouped by state.
@@ -233,6 +306,9 @@ impl ContactRecord {
             return Err(ContactError::Oneself);
         }
         let now = self.state_of(peer);
+        if op == ContactOp::RequestOut && self.is_blocked_by(peer) {
+            return Err(ContactError::Forbidden);
+        }
         let Some(next) = op.next(now)? else {
             return Ok(Outcome::Unchanged);
         };
@@ -242,11 +318,21 @@ impl ContactRecord {
         {
             return Err(ContactError::Full);
         }
+        if next == ContactState::Incoming && self.incoming() >= lim.max_incoming {
+            return Err(ContactError::Full);
+        }
         Ok(self.set(peer, next, lim))
     }
 
     fn find(&self, peer: &str) -> Result<usize, usize> {
         self.entries.binary_search_by(|e| e.user.as_str().cmp(peer))
+    }
+
+    fn incoming(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| e.state() == ContactState::Incoming)
+            .count()
     }
 
     fn live(&self) -> usize {
@@ -391,11 +477,17 @@ impl<W> ContactCache<W> {
         op: ContactOp,
         lim: ContactLimits,
     ) -> Option<Result<Outcome, ContactError>> {
+        self.update(user, |rec| rec.apply(user, peer, op, lim))
+    }
+
+    /// Runs `f` on `user`'s loaded list (keeping the count of lists with blocks right);
+    /// `None` if it is not loaded.
+    pub fn update<R>(&mut self, user: &str, f: impl FnOnce(&mut ContactRecord) -> R) -> Option<R> {
         let Some(Slot::Ready(rec)) = self.lists.get_mut(user) else {
             return None;
         };
         let before = rec.has_blocks();
-        let r = rec.apply(user, peer, op, lim);
+        let r = f(rec);
         let after = rec.has_blocks();
         self.with_blocks = self.with_blocks + usize::from(after) - usize::from(before);
         Some(r)
@@ -419,6 +511,7 @@ mod tests {
     const LIM: ContactLimits = ContactLimits {
         max_contacts: 3,
         max_tombstones: 2,
+        max_incoming: 2,
     };
 
     #[test]
@@ -483,7 +576,7 @@ mod tests {
     fn block_refuses_requests_and_is_silent() {
         let (mut a, b) = (ContactRecord::default(), ContactRecord::default());
         a.apply("a", "b", Block, LIM).unwrap();
-        assert!(a.blocks("b") && a.has_blocks());
+        assert!(a.blocks("b") && !a.has_blocks());
         assert_eq!(
             a.apply("a", "b", RequestIn, LIM),
             Err(ContactError::Forbidden)
@@ -494,9 +587,38 @@ mod tests {
         );
         assert_eq!(b, ContactRecord::default());
         a.apply("a", "b", Unblock, LIM).unwrap();
-        assert!(!a.has_blocks());
         assert_eq!(a.apply("a", "b", Unblock, LIM), Err(ContactError::NotFound));
         assert_eq!(a.apply("a", "a", Block, LIM), Err(ContactError::Oneself));
+    }
+
+    #[test]
+    fn blocked_by_refuses_requests_out_and_is_not_listed() {
+        let mut b = ContactRecord::default();
+        assert!(b.set_blocked_by("a", true));
+        assert!(!b.set_blocked_by("a", true));
+        assert!(b.has_blocks() && b.is_blocked_by("a"));
+        assert_eq!(
+            b.apply("b", "a", RequestOut, LIM),
+            Err(ContactError::Forbidden)
+        );
+        assert_eq!(b.view(), ContactView::default());
+        assert_eq!(b.peers(), vec!["a".to_owned()]);
+        assert!(b.set_blocked_by("a", false));
+        assert!(!b.has_blocks());
+        assert_eq!(b.apply("b", "a", RequestOut, LIM), Ok(Outcome::Changed(1)));
+        assert_eq!(b.apply("b", "a", Forget, LIM), Ok(Outcome::Changed(2)));
+        assert_eq!(b.apply("b", "a", Forget, LIM), Ok(Outcome::Unchanged));
+    }
+
+    #[test]
+    fn pending_requests_past_their_limit_are_full() {
+        let mut a = ContactRecord::default();
+        a.apply("a", "b", RequestIn, LIM).unwrap();
+        a.apply("a", "c", RequestIn, LIM).unwrap();
+        assert_eq!(a.apply("a", "d", RequestIn, LIM), Err(ContactError::Full));
+        // An answer makes room.
+        a.apply("a", "b", AcceptOut, LIM).unwrap();
+        assert!(a.apply("a", "d", RequestIn, LIM).is_ok());
     }
 
     #[test]
@@ -557,12 +679,13 @@ mod tests {
         assert_eq!(c.wait("a", 3), Wait::Ready(3));
         // A late second answer does not replace the newer list.
         c.apply("a", "b", Block, LIM).unwrap().unwrap();
+        c.update("a", |r| r.set_blocked_by("x", true)).unwrap();
         assert_eq!(c.with_blocks(), 1);
         assert!(c.loaded("a", ContactRecord::default()).is_empty());
         assert!(c.get("a").is_some_and(|r| r.blocks("b")));
-        c.apply("a", "b", Unblock, LIM).unwrap().unwrap();
+        c.update("a", |r| r.set_blocked_by("x", false)).unwrap();
         assert_eq!(c.with_blocks(), 0);
-        c.apply("a", "c", Block, LIM).unwrap().unwrap();
+        c.update("a", |r| r.set_blocked_by("y", true)).unwrap();
         c.evict("a");
         assert_eq!((c.with_blocks(), c.get("a")), (0, None));
         // A failed load hands its waiters back and loads again next time.

@@ -40,6 +40,7 @@ fn msg(id: u64) -> StoredMsg {
         server_ts_us: 1_700_000_000_000_000 + id,
         msg_id: id,
         room_event: 0,
+        contact_event: 0,
     }
 }
 
@@ -784,6 +785,7 @@ fn contacts_get_put_survive_reopen_and_go_with_the_account() {
     let lim = ContactLimits {
         max_contacts: 10,
         max_tombstones: 10,
+        max_incoming: 10,
     };
     let mut rec = ContactRecord::default();
     rec.apply("alice", "bob", ContactOp::RequestOut, lim)

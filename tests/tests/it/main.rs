@@ -11,6 +11,7 @@
 //! | `bad_input` | malformed frames: the right Status, closed or still usable |
 //! | `bounds` | every memory bound a client can push: answers, unacked, offline, held, idle users |
 //! | `config` | `--config` (TOML), `--print-config` round trip, `--help`, exit codes 0/1/2 |
+//! | `contacts` | contact requests, answers, blocks, `--dm-policy`, list limits, across shards, both drivers |
 //! | `devices` | several sessions of one user: each gets every message, acks per device |
 //! | `dm` | direct messages across shards, both drivers |
 //! | `http` | the HTTP port: health, readiness, metrics, the backend API, the HTTP server's bounds |
@@ -20,6 +21,7 @@
 //! | `names` | the one name rule, in every field that holds a name |
 //! | `offline` | offline queue, backlog paging, at-least-once, restarts, kill -9 |
 //! | `order` | per-sender order under load, both drivers |
+//! | `presence` | presence: online/offline with last seen, away/dnd/text, contacts only, coalescing, both drivers |
 //! | `prelogin` | what a connection may do before Login, pipelined Register / Login |
 //! | `rooms` | rooms: membership, fan-out (no echo to the sending device), limits, order, kill -9 |
 //! | `social` | ephemeral messages, copies to the sender's devices (issue 11), both drivers |
@@ -34,6 +36,7 @@ mod backpressure;
 mod bad_input;
 mod bounds;
 mod config;
+mod contacts;
 mod devices;
 mod dm;
 mod heartbeat;
@@ -44,6 +47,7 @@ mod names;
 mod offline;
 mod order;
 mod prelogin;
+mod presence;
 mod rooms;
 mod shutdown;
 mod social;

@@ -1,0 +1,160 @@
+//! ContactOp{user, op} and ListContacts{since_version}: a user's contact list (the
+//! exchange between the two users' home shards is in `shard::contacts`). A request,
+//! accept, decline or remove is answered once both users' lists have changed.
+//!
+//! Statuses: BAD_REQUEST (no op, oneself), FORBIDDEN (a request to a user who blocked
+//! the sender), NOT_FOUND (nothing to accept, decline, remove or unblock; a request to
+//! an unknown user), RATE_LIMITED (a list at `--max-contacts-per-user`, or the peer at
+//! `--max-contact-requests` pending requests), UNAVAILABLE (the store failed).
+
+use ringrouter_proto::reply;
+use ringrouter_proto::v1::{ContactAction, ContactOp as ContactOpFrame, ListContacts};
+use ringrouter_proto::Status;
+
+use crate::shard::contacts::{wire_entry, Asker, Then};
+use crate::shard::{SessionKey, Shard};
+use crate::store::contacts::{ContactOp, ContactState, Outcome};
+
+impl Shard {
+    /// A ContactOp from session `key`.
+    pub(crate) fn on_contact_op(&mut self, key: SessionKey, c: ContactOpFrame) {
+        let Some(id) = self.session_id(key) else {
+            return;
+        };
+        let asker: Asker = (id, c.request_id);
+        let user = String::from_utf8_lossy(&self.sessions[key].user).into_owned();
+        let op = match ContactAction::try_from(c.op) {
+            Ok(ContactAction::Request) => ContactOp::RequestOut,
+            Ok(ContactAction::Accept) => ContactOp::AcceptOut,
+            Ok(ContactAction::Decline) => ContactOp::DeclineOut,
+            Ok(ContactAction::Remove) => ContactOp::RemoveOut,
+            Ok(ContactAction::Block) => ContactOp::Block,
+            Ok(ContactAction::Unblock) => ContactOp::Unblock,
+            Ok(ContactAction::Unspecified) | Err(_) => {
+                self.refuse_contact(asker, (Status::BadRequest, "op: unknown contact action"));
+                return;
+            }
+        };
+        if c.user == user {
+            self.refuse_contact(asker, (Status::BadRequest, "user: cannot name oneself"));
+            return;
+        }
+        let peer = c.user;
+        let u = user.clone();
+        self.with_contacts(
+            &u,
+            Box::new(move |sh: &mut Shard| sh.contact_op(user, peer, op, asker)),
+        );
+    }
+
+    /// The actor's side of `op` (its list loaded).
+    fn contact_op(&mut self, user: String, peer: String, op: ContactOp, asker: Asker) {
+        let lim = self.contact_limits();
+        if op == ContactOp::RequestOut {
+            // The peer's side goes first; see what this side would do before asking.
+            let Some(rec) = self.contacts.get(&user) else {
+                self.refuse_contact(asker, (Status::Unavailable, "contact list not available"));
+                return;
+            };
+            let mut probe = rec.clone();
+            match probe.apply(&user, &peer, op, lim) {
+                Err(e) => self.refuse_contact(asker, crate::shard::contacts::contact_status(e)),
+                Ok(Outcome::Unchanged) => self.answer_contact(asker, &user, &peer),
+                Ok(Outcome::Changed(_)) => self.request_peer(user, peer, asker),
+            }
+            return;
+        }
+        match self.contact_apply(&user, &peer, op) {
+            Err(e) => self.refuse_contact(asker, e),
+            Ok(Outcome::Unchanged) => self.answer_contact(asker, &user, &peer),
+            Ok(Outcome::Changed(v)) => {
+                self.tell_contact(&user, &peer, op, v, Some(asker.0), false);
+                let home_op = match op {
+                    ContactOp::AcceptOut => Some(ContactOp::AcceptIn),
+                    ContactOp::DeclineOut => Some(ContactOp::DeclineIn),
+                    ContactOp::RemoveOut => Some(ContactOp::RemoveIn),
+                    _ => None,
+                };
+                if let Some(in_op) = home_op {
+                    self.on_home_of(
+                        &peer.clone(),
+                        Box::new(move |sh: &mut Shard| {
+                            sh.contact_in(peer, user, in_op, Then::Answer(asker))
+                        }),
+                    );
+                } else {
+                    self.answer_contact(asker, &user, &peer);
+                    let on = op == ContactOp::Block;
+                    self.on_home_of(
+                        &peer.clone(),
+                        Box::new(move |sh: &mut Shard| sh.set_blocked_by(peer, user, on)),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Takes `user`'s request to `peer`'s home shard: the peer must exist (an account,
+    /// or a user seen at login), then its side is applied there.
+    fn request_peer(&mut self, user: String, peer: String, asker: Asker) {
+        let p = peer.clone();
+        self.store_req(
+            |st, cb| st.user_exists(&p, cb),
+            move |sh, r| match r {
+                Ok(true) => sh.on_home_of(
+                    &peer.clone(),
+                    Box::new(move |sh: &mut Shard| {
+                        sh.contact_in(peer, user, ContactOp::RequestIn, Then::Request(asker))
+                    }),
+                ),
+                Ok(false) => sh.refuse_contact(asker, (Status::NotFound, "no such user")),
+                Err(e) => {
+                    let status = crate::shard::store_link::store_status(&e);
+                    sh.refuse_contact(asker, (status, "store error"));
+                }
+            },
+        );
+    }
+
+    /// A ListContacts from session `key`.
+    pub(crate) fn on_list_contacts(&mut self, key: SessionKey, l: ListContacts) {
+        let Some(id) = self.session_id(key) else {
+            return;
+        };
+        let user = String::from_utf8_lossy(&self.sessions[key].user).into_owned();
+        let u = user.clone();
+        self.with_contacts(
+            &u,
+            Box::new(move |sh: &mut Shard| {
+                let Some(rec) = sh.contacts.get(&user) else {
+                    sh.refuse_contact(
+                        (id, l.request_id),
+                        (Status::Unavailable, "contact list not available"),
+                    );
+                    return;
+                };
+                let changes = match l.since_version {
+                    0 => None,
+                    v => rec.changes_since(v),
+                };
+                let full = changes.is_none();
+                let entries = changes.unwrap_or_else(|| {
+                    rec.entries
+                        .iter()
+                        .filter(|e| e.state() != ContactState::None)
+                        .cloned()
+                        .collect()
+                });
+                let f = reply::contact_result(
+                    l.request_id,
+                    Status::Ok,
+                    "",
+                    rec.version,
+                    entries.into_iter().map(wire_entry).collect(),
+                    full,
+                );
+                sh.send_to_session(id, f);
+            }),
+        );
+    }
+}

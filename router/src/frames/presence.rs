@@ -1,0 +1,94 @@
+//! SetPresence{status, text} and GetPresence{user} (the rules are in `shard::presence`).
+//!
+//! Statuses: BAD_REQUEST (an unknown status, a text over `--max-presence-text-bytes`),
+//! FORBIDDEN (GetPresence of a user who is not an accepted contact: strangers learn
+//! nothing, not even whether the user exists), UNAVAILABLE (the store failed).
+
+use ringrouter_proto::reply;
+use ringrouter_proto::v1::{GetPresence, PresenceStatus, SetPresence};
+use ringrouter_proto::Status;
+
+use crate::shard::{SessionKey, Shard};
+use crate::store::contacts::ContactState;
+
+impl Shard {
+    /// A SetPresence from session `key`.
+    pub(crate) fn on_set_presence(&mut self, key: SessionKey, p: SetPresence) {
+        let max = self.cfg.max_presence_text_bytes;
+        let bad = match PresenceStatus::try_from(p.status) {
+            Err(_) => Some("status: unknown presence status".to_owned()),
+            Ok(_) if p.text.len() > max => Some(format!(
+                "text: is {} bytes, longer than --max-presence-text-bytes {max}",
+                p.text.len()
+            )),
+            Ok(_) => None,
+        };
+        if let Some(reason) = bad {
+            self.counters.reject(Status::BadRequest);
+            let f = reply::presence_result(p.request_id, Status::BadRequest, &reason, None);
+            self.push_frame(key, &f);
+            return;
+        }
+        let Some(s) = self.sessions.get(key) else {
+            return;
+        };
+        let user = String::from_utf8_lossy(&s.user).into_owned();
+        let status = PresenceStatus::try_from(p.status).unwrap_or(PresenceStatus::Online);
+        self.set_device_presence(&user, key, status, p.text);
+        if p.request_id != 0 {
+            let f = reply::presence_result(p.request_id, Status::Ok, "", None);
+            self.push_frame(key, &f);
+        }
+    }
+
+    /// A GetPresence from session `key`: answered by the target's home shard.
+    pub(crate) fn on_get_presence(&mut self, key: SessionKey, g: GetPresence) {
+        let Some(id) = self.session_id(key) else {
+            return;
+        };
+        let asker = String::from_utf8_lossy(&self.sessions[key].user).into_owned();
+        let target = g.user;
+        let request_id = g.request_id;
+        self.on_home_of(
+            &target.clone(),
+            Box::new(move |sh: &mut Shard| {
+                let t = target.clone();
+                sh.with_contacts(
+                    &t,
+                    Box::new(move |sh: &mut Shard| {
+                        let f = match sh.contacts.get(&target) {
+                            _ if target == asker => reply::presence_result(
+                                request_id,
+                                Status::Ok,
+                                "",
+                                Some(sh.presence_of(&target)),
+                            ),
+                            None => reply::presence_result(
+                                request_id,
+                                Status::Unavailable,
+                                "contact list not available",
+                                None,
+                            ),
+                            Some(rec) if rec.state_of(&asker) != ContactState::Accepted => {
+                                sh.counters.reject(Status::Forbidden);
+                                reply::presence_result(
+                                    request_id,
+                                    Status::Forbidden,
+                                    "not an accepted contact",
+                                    None,
+                                )
+                            }
+                            Some(_) => reply::presence_result(
+                                request_id,
+                                Status::Ok,
+                                "",
+                                Some(sh.presence_of(&target)),
+                            ),
+                        };
+                        sh.send_to_session(id, f);
+                    }),
+                );
+            }),
+        );
+    }
+}

@@ -1,0 +1,434 @@
+//! Contact lists on their users' home shards (issue 11, "Contacts").
+//!
+//! # Ownership
+//! A user's list (`store::contacts::ContactRecord`) belongs to the user's home shard,
+//! which keeps it in [`Shard::contacts`] (a `ContactCache`) while the user has a live
+//! session or a change to it is under way; the store has the rest. Every change is
+//! applied to that one copy and written back from it, so two changes never race.
+//!
+//! # An exchange between two users
+//! A request, accept, decline or remove changes both lists: the actor's on its home
+//! shard, the peer's on the peer's home shard (reached by `Mail::Call`).
+//! - A request goes to the peer's side first (it is where a block, the pending-request
+//!   limit, or an unknown user refuses it), and the actor's side and its answer follow.
+//! - Accept, decline and remove change the actor's side, then the peer's side (which
+//!   cannot refuse them), and are answered after both.
+//!
+//! Each side that changed tells its user: the peer's live sessions get a ContactEvent,
+//! or (none live) its offline queue keeps one for the next login; the actor's other
+//! live sessions get one too (never stored: its list has the change).
+//!
+//! # Blocks
+//! Blocking is silent: the blocked user's visible list does not change, but its record
+//! notes who blocks it (`blocked_by`), on its own home shard, so that its direct
+//! messages and requests are refused (FORBIDDEN) where they start, from a list that is
+//! loaded (at login, before the session's first frame is read) and without a round trip.
+//! The direct-message path looks only while some list here has such a note or
+//! `--dm-policy contacts` is on ([`Shard::dm_gate`]).
+
+use ringrouter_proto::reply;
+use ringrouter_proto::v1::{self as pb, ContactEventKind, ServerFrame};
+use ringrouter_proto::Status;
+
+use super::mail::Mail;
+use super::session::{SessionId, SessionKey};
+use super::Shard;
+use crate::config::DmPolicy;
+use crate::store::contacts::{
+    ContactError, ContactLimits, ContactOp, ContactRecord, ContactState, Outcome, Wait,
+};
+use crate::store::{StoreError, StoredMsg};
+
+/// Work waiting for a user's list to be loaded; it runs with the shard borrowed and
+/// finds the list in [`Shard::contacts`] (missing if the load failed).
+pub type ContactWaiter = Box<dyn FnOnce(&mut Shard) + Send>;
+
+/// The contact lists of the users homed on one shard.
+pub type Contacts = crate::store::contacts::ContactCache<ContactWaiter>;
+
+/// Who waits for the answer to a contact request: the session and its request id.
+pub type Asker = (SessionId, u64);
+
+/// What the actor's side does once the peer's side of an exchange is done.
+#[derive(Debug, Clone, Copy)]
+pub enum Then {
+    /// Nothing (a side effect of an account deletion, a request taken back).
+    Nothing,
+    /// A request: apply the actor's side, then answer the asker.
+    Request(Asker),
+    /// Accept, decline, remove (the actor's side done): answer the asker, so that its
+    /// answer comes once both lists agree.
+    Answer(Asker),
+}
+
+/// The status and reason a refused change is answered with.
+pub fn contact_status(e: ContactError) -> (Status, &'static str) {
+    match e {
+        ContactError::Forbidden => (Status::Forbidden, "forbidden"),
+        ContactError::NotFound => (Status::NotFound, "no such contact or request"),
+        ContactError::Full => (
+            Status::RateLimited,
+            "contact list full (--max-contacts-per-user) or too many pending requests (--max-contact-requests)",
+        ),
+        ContactError::Oneself => (Status::BadRequest, "user: cannot name oneself"),
+    }
+}
+
+/// What a change tells the users concerned, from the op and the state it left.
+pub fn event_kind(op: ContactOp, now: ContactState) -> ContactEventKind {
+    match (op, now) {
+        (_, ContactState::Accepted) => ContactEventKind::ContactEventAccepted,
+        (_, ContactState::Incoming | ContactState::Outgoing) => {
+            ContactEventKind::ContactEventRequest
+        }
+        (ContactOp::Block, _) => ContactEventKind::ContactEventBlocked,
+        (ContactOp::Unblock, _) => ContactEventKind::ContactEventUnblocked,
+        (ContactOp::DeclineOut | ContactOp::DeclineIn, _) => ContactEventKind::ContactEventDeclined,
+        _ => ContactEventKind::ContactEventRemoved,
+    }
+}
+
+/// A store entry on the wire.
+pub fn wire_entry(e: crate::store::contacts::ContactEntry) -> pb::ContactEntry {
+    pb::ContactEntry {
+        user: e.user,
+        state: e.state,
+        version: e.version,
+    }
+}
+
+/// The ContactEvent frame of a contact event kept in the offline queue, with this
+/// session's `seq`.
+pub(crate) fn stored_contact_event(seq: u64, m: &StoredMsg) -> ServerFrame {
+    let state = match ContactEventKind::try_from(m.contact_event) {
+        Ok(ContactEventKind::ContactEventRequest) => ContactState::Incoming,
+        Ok(ContactEventKind::ContactEventAccepted) => ContactState::Accepted,
+        _ => ContactState::None,
+    };
+    reply::contact_event(pb::ContactEvent {
+        kind: m.contact_event,
+        user: m.from_user.clone(),
+        version: m.msg_id,
+        seq,
+        state: state as i32,
+    })
+}
+
+impl Shard {
+    /// The limits every list of this router is kept under.
+    pub fn contact_limits(&self) -> ContactLimits {
+        ContactLimits {
+            max_contacts: self.cfg.max_contacts_per_user,
+            max_tombstones: self.cfg.max_contact_tombstones,
+            max_incoming: self.cfg.max_contact_requests,
+        }
+    }
+
+    /// True when a direct message must be checked against its sender's list: some
+    /// user here is blocked by someone, or `--dm-policy contacts`.
+    #[inline]
+    pub(crate) fn dm_gate(&self) -> bool {
+        self.contacts.with_blocks() != 0 || self.cfg.dm_policy == DmPolicy::Contacts
+    }
+
+    /// Why a direct message from `from` (homed here, live) to `to` is refused, if it is.
+    pub(crate) fn dm_refusal(&self, from: &[u8], to: &[u8]) -> Option<(Status, &'static str)> {
+        if from == to {
+            return None;
+        }
+        let (Ok(from), Ok(to)) = (std::str::from_utf8(from), std::str::from_utf8(to)) else {
+            return None;
+        };
+        let Some(rec) = self.contacts.get(from) else {
+            // Loaded at login; only a failed load leaves it missing.
+            return Some((Status::Unavailable, "contact list not loaded"));
+        };
+        if rec.is_blocked_by(to) {
+            return Some((Status::Forbidden, "forbidden"));
+        }
+        if self.cfg.dm_policy == DmPolicy::Contacts && rec.state_of(to) != ContactState::Accepted {
+            return Some((
+                Status::Forbidden,
+                "not an accepted contact (--dm-policy contacts)",
+            ));
+        }
+        None
+    }
+
+    /// Runs `then` once `user`'s list (homed here) is loaded: now, or after the load
+    /// (after any other work already waiting for it). A failed load runs it too, and it
+    /// finds the list missing.
+    pub fn with_contacts(&mut self, user: &str, then: ContactWaiter) {
+        match self.contacts.wait(user, then) {
+            Wait::Ready(w) => {
+                w(self);
+                self.release_contacts(user);
+            }
+            Wait::Queued => {}
+            Wait::Load => {
+                let (u, load) = (user.to_owned(), user.to_owned());
+                self.store_req(
+                    move |st, cb| st.get_contacts(&load, cb),
+                    move |sh, r| {
+                        let waiters = match r {
+                            Ok(rec) => sh.contacts.loaded(&u, rec),
+                            Err(e) => {
+                                tracing::warn!(error = %e, user = %u, "loading a contact list failed");
+                                sh.contacts.load_failed(&u)
+                            }
+                        };
+                        for w in waiters {
+                            w(sh);
+                        }
+                        sh.release_contacts(&u);
+                    },
+                );
+            }
+        }
+    }
+
+    /// Forgets `user`'s list if nobody here needs it (no live session): the store has it.
+    pub(crate) fn release_contacts(&mut self, user: &str) {
+        if self.user_sessions(user.as_bytes()) == 0 {
+            self.contacts.evict(user);
+        }
+    }
+
+    /// Writes `user`'s loaded list back to the store.
+    pub(crate) fn save_contacts(&mut self, user: &str) {
+        let Some(rec) = self.contacts.get(user).cloned() else {
+            return;
+        };
+        let u = user.to_owned();
+        self.store_req(
+            |st, cb| st.put_contacts(&u, rec, cb),
+            |_, r| {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "writing a contact list failed");
+                }
+            },
+        );
+    }
+
+    /// Applies `op` to `user`'s list (loaded, homed here) about `peer`; a change is
+    /// written back. `Err(UNAVAILABLE)` if the list could not be loaded.
+    pub(crate) fn contact_apply(
+        &mut self,
+        user: &str,
+        peer: &str,
+        op: ContactOp,
+    ) -> Result<Outcome, (Status, &'static str)> {
+        let lim = self.contact_limits();
+        match self.contacts.apply(user, peer, op, lim) {
+            None => Err((Status::Unavailable, "contact list not available")),
+            Some(Err(e)) => Err(contact_status(e)),
+            Some(Ok(o)) => {
+                if o != Outcome::Unchanged {
+                    self.save_contacts(user);
+                }
+                Ok(o)
+            }
+        }
+    }
+
+    /// `peer`'s entry in `user`'s loaded list, and the list's version.
+    pub(crate) fn contact_entry(&self, user: &str, peer: &str) -> (u64, pb::ContactEntry) {
+        match self.contacts.get(user) {
+            Some(rec) => (rec.version, wire_entry(rec.entry(peer))),
+            None => (0, wire_entry(ContactRecord::default().entry(peer))),
+        }
+    }
+
+    /// Answers a contact request with `user`'s list as it is now about `peer`.
+    pub(crate) fn answer_contact(&mut self, to: Asker, user: &str, peer: &str) {
+        let (version, entry) = self.contact_entry(user, peer);
+        let f = reply::contact_result(to.1, Status::Ok, "", version, vec![entry], false);
+        self.send_to_session(to.0, f);
+    }
+
+    /// Answers a contact request with a refusal.
+    pub(crate) fn refuse_contact(&mut self, to: Asker, (status, reason): (Status, &str)) {
+        self.counters.reject(status);
+        let f = reply::contact_result(to.1, status, reason, 0, Vec::new(), false);
+        self.send_to_session(to.0, f);
+    }
+
+    /// Tells `user` (homed here) that its list changed about `peer` (now at `version`):
+    /// its live sessions but `skip`; with none live and `store`, its offline queue.
+    pub(crate) fn tell_contact(
+        &mut self,
+        user: &str,
+        peer: &str,
+        op: ContactOp,
+        version: u64,
+        skip: Option<SessionId>,
+        store: bool,
+    ) {
+        let state = self
+            .contacts
+            .get(user)
+            .map_or(ContactState::None, |r| r.state_of(peer));
+        let kind = event_kind(op, state);
+        let frame = reply::contact_event(pb::ContactEvent {
+            kind: kind as i32,
+            user: peer.to_owned(),
+            version,
+            seq: 0,
+            state: state as i32,
+        });
+        let n = self.push_live_to(user.as_bytes(), &frame, skip);
+        if state == ContactState::Accepted {
+            // New contacts see each other's presence: each side sends its own user's.
+            self.share_presence(user, peer);
+        }
+        if n > 0 || !store || !self.has_store() || self.user_sessions(user.as_bytes()) > 0 {
+            return;
+        }
+        let stored = StoredMsg {
+            from_user: peer.to_owned(),
+            server_ts_us: super::now_us(),
+            msg_id: version,
+            contact_event: kind as i32,
+            ..Default::default()
+        };
+        let u = user.to_owned();
+        let cap = self.offline_cap();
+        self.store_req_sized(
+            0,
+            |s, cb| s.enqueue(&u, vec![stored], cap, true, cb),
+            |_, r| match r {
+                Ok(_) | Err(StoreError::NotFound | StoreError::Full) => {}
+                Err(e) => tracing::warn!(error = %e, "storing a contact event failed"),
+            },
+        );
+    }
+
+    /// Runs `then` on the home shard of `user` (this one or another).
+    pub(crate) fn on_home_of(&mut self, user: &str, then: ContactWaiter) {
+        let home = self.home(user.as_bytes());
+        self.post(home, Mail::Call(then));
+    }
+
+    /// The peer side of an exchange: applies `op` (an `*In` op, or `Forget`) to `user`'s
+    /// list about `peer` on `user`'s home shard (this one), tells `user`, then does
+    /// `then` on the actor's (`peer`'s) home shard.
+    pub(crate) fn contact_in(&mut self, user: String, peer: String, op: ContactOp, then: Then) {
+        let u = user.clone();
+        self.with_contacts(
+            &u,
+            Box::new(move |sh: &mut Shard| {
+                let r = sh.contact_apply(&user, &peer, op);
+                if let Ok(Outcome::Changed(v)) = r {
+                    sh.tell_contact(&user, &peer, op, v, None, true);
+                }
+                match then {
+                    Then::Nothing => {}
+                    Then::Request(asker) => {
+                        let done = r.map(drop);
+                        sh.on_home_of(
+                            &peer.clone(),
+                            Box::new(move |sh: &mut Shard| {
+                                sh.request_answered(peer, user, asker, done)
+                            }),
+                        );
+                    }
+                    Then::Answer(asker) => sh.on_home_of(
+                        &peer.clone(),
+                        Box::new(move |sh: &mut Shard| sh.answer_contact(asker, &peer, &user)),
+                    ),
+                }
+            }),
+        );
+    }
+
+    /// A request of `user` (homed here) to `peer` was taken (or refused) by the peer's
+    /// side: the asker's side follows and the asker is answered.
+    fn request_answered(
+        &mut self,
+        user: String,
+        peer: String,
+        asker: Asker,
+        done: Result<(), (Status, &'static str)>,
+    ) {
+        if let Err(e) = done {
+            self.refuse_contact(asker, e);
+            return;
+        }
+        let u = user.clone();
+        self.with_contacts(
+            &u,
+            Box::new(move |sh: &mut Shard| {
+                match sh.contact_apply(&user, &peer, ContactOp::RequestOut) {
+                    Ok(Outcome::Changed(v)) => {
+                        sh.tell_contact(
+                            &user,
+                            &peer,
+                            ContactOp::RequestOut,
+                            v,
+                            Some(asker.0),
+                            false,
+                        );
+                        sh.answer_contact(asker, &user, &peer);
+                    }
+                    Ok(Outcome::Unchanged) => sh.answer_contact(asker, &user, &peer),
+                    Err(e) => {
+                        // This side changed meanwhile (filled up): take the request back.
+                        sh.refuse_contact(asker, e);
+                        sh.on_home_of(
+                            &peer.clone(),
+                            Box::new(move |sh: &mut Shard| {
+                                sh.contact_in(peer, user, ContactOp::RemoveIn, Then::Nothing)
+                            }),
+                        );
+                    }
+                }
+            }),
+        );
+    }
+
+    /// Notes on `user`'s list (homed here) that `peer` blocks it (`on`) or not.
+    pub(crate) fn set_blocked_by(&mut self, user: String, peer: String, on: bool) {
+        let u = user.clone();
+        self.with_contacts(
+            &u,
+            Box::new(move |sh: &mut Shard| {
+                if sh.contacts.update(&user, |r| r.set_blocked_by(&peer, on)) == Some(true) {
+                    sh.save_contacts(&user);
+                }
+            }),
+        );
+    }
+
+    /// A user (homed here) is deleting its account: every peer its list names forgets it.
+    pub(crate) fn forget_contacts_of(&mut self, user: &str) {
+        let u = user.to_owned();
+        self.with_contacts(
+            user,
+            Box::new(move |sh: &mut Shard| {
+                let Some(rec) = sh.contacts.get(&u) else {
+                    return;
+                };
+                for peer in rec.peers() {
+                    let gone = u.clone();
+                    sh.on_home_of(
+                        &peer.clone(),
+                        Box::new(move |sh: &mut Shard| {
+                            sh.set_blocked_by(peer.clone(), gone.clone(), false);
+                            sh.contact_in(peer, gone, ContactOp::Forget, Then::Nothing);
+                        }),
+                    );
+                }
+            }),
+        );
+    }
+
+    /// The user's session `key` is the first of a login: loads its list, ahead of the
+    /// backlog page the session's reader waits for, so it is here before any frame.
+    pub(crate) fn load_contacts_at_login(&mut self, key: SessionKey) {
+        let Some(s) = self.sessions.get(key) else {
+            return;
+        };
+        let user = String::from_utf8_lossy(&s.user).into_owned();
+        self.with_contacts(&user, Box::new(|_| {}));
+    }
+}

@@ -1,0 +1,389 @@
+//! Contacts (issue 11): request / accept / decline / remove / block across two shards,
+//! events live and from the offline queue, versions and "changed since", blocks on the
+//! direct-message path, `--dm-policy contacts`, and the list limits. What runs through
+//! the shard loop is checked on both I/O drivers.
+
+use std::time::Duration;
+
+use ringrouter_client::{
+    Client, ClientError, ContactEvent, ContactEventKind, ContactState, Event, Status,
+};
+use ringrouter_tests::{users_on_shards, Driver, RouterProc, T};
+
+const SHORT: Duration = Duration::from_millis(300);
+
+/// The next contact event (messages and other events are skipped).
+fn contact_event(c: &mut Client, who: &str) -> ContactEvent {
+    loop {
+        match c.next_event(Some(T)) {
+            Ok(Some(Event::Contact(e))) => return e,
+            Ok(Some(Event::Message(_) | Event::Room { .. } | Event::Presence(_))) => {}
+            other => panic!("{who}: expected a contact event, got {other:?}"),
+        }
+    }
+}
+
+/// No contact event for a short while.
+fn no_contact_event(c: &mut Client, who: &str) {
+    while let Some(ev) = c.next_event(Some(SHORT)).unwrap() {
+        assert!(!matches!(ev, Event::Contact(_)), "{who}: unexpected {ev:?}");
+    }
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Status {
+    match r {
+        Err(e) => e
+            .code()
+            .unwrap_or_else(|| panic!("not a router refusal: {e}")),
+        Ok(v) => panic!("expected a refusal, got {v:?}"),
+    }
+}
+
+fn names(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+fn request_accept_remove(driver: Driver) {
+    let r = RouterProc::start_with(&["--shards", "2"], driver);
+    let u = users_on_shards("ct", 2);
+    let (a, b) = (u[0].as_str(), u[1].as_str());
+    let mut ca = r.client(a);
+    let mut ca2 = r.device(a, "phone");
+    let mut cb = r.client(b);
+
+    let ch = ca.contact_request(b).expect("request");
+    assert_eq!(ch.version, 1);
+    assert_eq!(ch.entries[0].state, ContactState::Outgoing);
+    let e = contact_event(&mut cb, "bob");
+    assert_eq!(
+        (e.kind, e.user.as_str(), e.version, e.state, e.seq),
+        (ContactEventKind::Request, a, 1, ContactState::Incoming, 0)
+    );
+    // The asker's other device hears of it too.
+    let e = contact_event(&mut ca2, "alice's phone");
+    assert_eq!(
+        (e.kind, e.user.as_str(), e.state),
+        (ContactEventKind::Request, b, ContactState::Outgoing)
+    );
+    no_contact_event(&mut ca, "alice");
+    let lb = cb.contacts().unwrap();
+    assert_eq!((lb.version, lb.incoming.clone()), (1, names(&[a])));
+    assert_eq!(ca.contacts().unwrap().outgoing, names(&[b]));
+
+    cb.contact_accept(a).expect("accept");
+    let e = contact_event(&mut ca, "alice");
+    assert_eq!(
+        (e.kind, e.user.as_str(), e.version, e.state),
+        (ContactEventKind::Accepted, b, 2, ContactState::Accepted)
+    );
+    let la = ca.contacts().unwrap();
+    assert_eq!(
+        (la.version, la.accepted.clone(), la.outgoing.len()),
+        (2, names(&[b]), 0)
+    );
+    assert_eq!(cb.contacts().unwrap().accepted, names(&[a]));
+    // Accepting again changes nothing; nothing to decline.
+    assert_eq!(cb.contact_accept(a).unwrap().version, 2);
+    assert_eq!(code(cb.contact_decline(a)), Status::NotFound);
+
+    ca.contact_remove(b).expect("remove");
+    let e = contact_event(&mut cb, "bob");
+    assert_eq!(
+        (e.kind, e.user.as_str(), e.state),
+        (ContactEventKind::Removed, a, ContactState::None)
+    );
+    assert_eq!(cb.contacts().unwrap().accepted.len(), 0);
+    assert_eq!(code(ca.contact_remove(b)), Status::NotFound);
+
+    // Decline.
+    cb.contact_request(a).unwrap();
+    assert_eq!(
+        contact_event(&mut ca, "alice").kind,
+        ContactEventKind::Request
+    );
+    ca.contact_decline(b).expect("decline");
+    let e = contact_event(&mut cb, "bob");
+    assert_eq!((e.kind, e.user.as_str()), (ContactEventKind::Declined, a));
+    assert_eq!(cb.contacts().unwrap().outgoing.len(), 0);
+
+    // Crossing requests make contacts.
+    ca.contact_request(b).unwrap();
+    let ch = cb.contact_request(a).unwrap();
+    assert_eq!(ch.entries[0].state, ContactState::Accepted);
+    assert_eq!(ca.contacts().unwrap().accepted, names(&[b]));
+
+    // Bad requests.
+    assert_eq!(code(ca.contact_request(a)), Status::BadRequest);
+    assert_eq!(code(ca.contact_request("ct-nobody-ever")), Status::NotFound);
+}
+
+#[test]
+fn request_accept_remove_io_uring() {
+    request_accept_remove(Driver::Default);
+}
+
+#[test]
+fn request_accept_remove_epoll() {
+    request_accept_remove(Driver::Legacy);
+}
+
+fn offline_request_is_stored(driver: Driver) {
+    let r = RouterProc::start_with(&["--shards", "2"], driver);
+    let u = users_on_shards("cto", 2);
+    let (a, b) = (u[0].as_str(), u[1].as_str());
+    r.visit(b);
+    let mut ca = r.client(a);
+    ca.contact_request(b).expect("request to an offline user");
+    ca.send_wait(b, b"hi").unwrap();
+    let mut cb = r.client(b);
+    let e = contact_event(&mut cb, "bob");
+    assert_eq!(
+        (e.kind, e.user.as_str(), e.version, e.state),
+        (ContactEventKind::Request, a, 1, ContactState::Incoming)
+    );
+    assert!(e.seq > 0, "a stored event has a seq: {e:?}");
+    // In order with the messages, and acked like one.
+    let m = cb
+        .recv(Some(T))
+        .unwrap()
+        .expect("the message after the event");
+    assert_eq!(&m.payload[..], b"hi");
+    cb.ack_all().unwrap();
+    drop(cb);
+    std::thread::sleep(SHORT);
+    let mut cb = r.client(b);
+    no_contact_event(&mut cb, "bob, acked");
+    // Accepted while alice is away: she finds it at her next login.
+    drop(ca);
+    std::thread::sleep(SHORT);
+    cb.contact_accept(a).unwrap();
+    let mut ca = r.client(a);
+    let e = contact_event(&mut ca, "alice back");
+    assert_eq!(
+        (e.kind, e.user.as_str(), e.version),
+        (ContactEventKind::Accepted, b, 2)
+    );
+    assert_eq!(ca.contacts().unwrap().accepted, names(&[b]));
+}
+
+#[test]
+fn offline_request_is_stored_io_uring() {
+    offline_request_is_stored(Driver::Default);
+}
+
+#[test]
+fn offline_request_is_stored_epoll() {
+    offline_request_is_stored(Driver::Legacy);
+}
+
+#[test]
+fn versions_and_changes_since() {
+    let r = RouterProc::start(&["--shards", "2", "--max-contact-tombstones", "2"]);
+    let u = users_on_shards("ctv", 2);
+    let (a, b) = (u[0].as_str(), u[1].as_str());
+    for p in ["ctv-c", "ctv-d", "ctv-e"] {
+        r.visit(p);
+    }
+    r.visit(b);
+    let mut ca = r.client(a);
+    ca.contact_request(b).unwrap(); // 1
+    ca.contact_request("ctv-c").unwrap(); // 2
+    let v = ca.contacts().unwrap().version;
+    assert_eq!(v, 2);
+    ca.block("ctv-d").unwrap(); // 3
+    ca.contact_remove(b).unwrap(); // 4
+    let ch = ca.contacts_since(v).unwrap();
+    assert!(!ch.full);
+    assert_eq!(ch.version, 4);
+    let got: Vec<(String, ContactState)> = ch
+        .entries
+        .iter()
+        .map(|e| (e.user.clone(), e.state))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("ctv-d".to_owned(), ContactState::Blocked),
+            (b.to_owned(), ContactState::None)
+        ]
+    );
+    assert!(ca.contacts_since(4).unwrap().entries.is_empty());
+    // A version ahead of the list, or behind what it remembers: the whole list.
+    let ahead = ca.contacts_since(99).unwrap();
+    assert!(ahead.full);
+    ca.contact_remove("ctv-c").unwrap(); // 5
+    ca.contact_request("ctv-e").unwrap(); // 6
+    ca.contact_remove("ctv-e").unwrap(); // 7: three removals, two remembered
+    let old = ca.contacts_since(1).unwrap();
+    assert!(old.full, "{old:?}");
+    let names: Vec<&str> = old.entries.iter().map(|e| e.user.as_str()).collect();
+    assert_eq!(names, vec!["ctv-d"]);
+    // The version survives a restart of the session (it is stored).
+    drop(ca);
+    std::thread::sleep(SHORT);
+    let mut ca = r.client(a);
+    let l = ca.contacts().unwrap();
+    assert_eq!(
+        (l.version, l.blocked.clone()),
+        (7, vec!["ctv-d".to_owned()])
+    );
+}
+
+fn block_refuses_dms_and_requests(driver: Driver) {
+    let r = RouterProc::start_with(&["--shards", "2"], driver);
+    let u = users_on_shards("ctb", 2);
+    let (a, b) = (u[0].as_str(), u[1].as_str());
+    let mut ca = r.client(a);
+    let mut cb = r.client(b);
+    ca.send_wait(b, b"before").unwrap();
+    assert_eq!(&cb.recv(Some(T)).unwrap().unwrap().payload[..], b"before");
+    cb.block(a).expect("block");
+    std::thread::sleep(SHORT);
+    // alice is told nothing but FORBIDDEN.
+    no_contact_event(&mut ca, "alice");
+    assert_eq!(code(ca.send_wait(b, b"blocked")), Status::Forbidden);
+    assert_eq!(code(ca.contact_request(b)), Status::Forbidden);
+    assert!(ca.contacts().unwrap().outgoing.is_empty());
+    // bob still writes to alice; others still write to bob.
+    cb.send_wait(a, b"from bob").unwrap();
+    assert_eq!(&ca.recv(Some(T)).unwrap().unwrap().payload[..], b"from bob");
+    let mut cc = r.client("ctb-carol");
+    cc.send_wait(b, b"from carol").unwrap();
+    assert_eq!(
+        &cb.recv(Some(T)).unwrap().unwrap().payload[..],
+        b"from carol"
+    );
+    assert_eq!(cb.contacts().unwrap().blocked, names(&[a]));
+    // Still blocked after alice logs in again (the note is stored).
+    drop(ca);
+    std::thread::sleep(SHORT);
+    let mut ca = r.client(a);
+    assert_eq!(code(ca.send_wait(b, b"again")), Status::Forbidden);
+    cb.unblock(a).expect("unblock");
+    assert_eq!(code(cb.unblock(a)), Status::NotFound);
+    std::thread::sleep(SHORT);
+    ca.send_wait(b, b"after").unwrap();
+    assert_eq!(&cb.recv(Some(T)).unwrap().unwrap().payload[..], b"after");
+    ca.contact_request(b).expect("a request after the unblock");
+}
+
+#[test]
+fn block_refuses_dms_and_requests_io_uring() {
+    block_refuses_dms_and_requests(Driver::Default);
+}
+
+#[test]
+fn block_refuses_dms_and_requests_epoll() {
+    block_refuses_dms_and_requests(Driver::Legacy);
+}
+
+#[test]
+fn block_of_an_offline_user_holds_at_its_next_login() {
+    let r = RouterProc::start(&["--shards", "2"]);
+    let u = users_on_shards("ctbo", 2);
+    let (a, b) = (u[0].as_str(), u[1].as_str());
+    r.visit(a);
+    let mut cb = r.client(b);
+    cb.block(a).unwrap();
+    std::thread::sleep(SHORT);
+    let mut ca = r.client(a);
+    assert_eq!(code(ca.send_wait(b, b"x")), Status::Forbidden);
+}
+
+fn dm_policy_contacts(driver: Driver) {
+    let r = RouterProc::start_with(&["--shards", "2", "--dm-policy", "contacts"], driver);
+    let u = users_on_shards("ctp", 2);
+    let (a, b) = (u[0].as_str(), u[1].as_str());
+    let mut ca = r.client(a);
+    let mut cb = r.client(b);
+    assert_eq!(code(ca.send_wait(b, b"stranger")), Status::Forbidden);
+    ca.send_wait(a, b"to myself")
+        .expect("a message to oneself is always fine");
+    ca.contact_request(b).unwrap();
+    assert_eq!(code(ca.send_wait(b, b"pending")), Status::Forbidden);
+    cb.contact_accept(a).unwrap();
+    ca.send_wait(b, b"contact")
+        .expect("accepted contacts may write");
+    assert_eq!(&cb.recv(Some(T)).unwrap().unwrap().payload[..], b"contact");
+    cb.send_wait(a, b"back").unwrap();
+    cb.contact_remove(a).unwrap();
+    std::thread::sleep(SHORT);
+    assert_eq!(code(ca.send_wait(b, b"removed")), Status::Forbidden);
+}
+
+#[test]
+fn dm_policy_contacts_io_uring() {
+    dm_policy_contacts(Driver::Default);
+}
+
+#[test]
+fn dm_policy_contacts_epoll() {
+    dm_policy_contacts(Driver::Legacy);
+}
+
+/// `--max-contacts-per-user` and `--max-contact-requests`: past either, RATE_LIMITED,
+/// and nothing changes.
+#[test]
+fn limits_past_their_bounds_are_rate_limited() {
+    let r = RouterProc::start(&[
+        "--shards",
+        "2",
+        "--max-contacts-per-user",
+        "3",
+        "--max-contact-requests",
+        "2",
+    ]);
+    let mut ca = r.client("ctl-a");
+    for p in [
+        "ctl-b", "ctl-c", "ctl-d", "ctl-e", "ctl-x", "ctl-y", "ctl-z",
+    ] {
+        r.visit(p);
+    }
+    for p in ["ctl-b", "ctl-c", "ctl-d"] {
+        ca.contact_request(p).unwrap();
+    }
+    assert_eq!(code(ca.contact_request("ctl-e")), Status::RateLimited);
+    assert_eq!(code(ca.block("ctl-e")), Status::RateLimited);
+    let l = ca.contacts().unwrap();
+    assert_eq!((l.version, l.outgoing.len()), (3, 3));
+    // The peer's side: ctl-z has two requests waiting; a third is refused.
+    for asker in ["ctl-x", "ctl-y"] {
+        r.client(asker).contact_request("ctl-z").unwrap();
+    }
+    let mut cb = r.client("ctl-b");
+    assert_eq!(code(cb.contact_request("ctl-z")), Status::RateLimited);
+    assert!(
+        cb.contacts().unwrap().outgoing.is_empty(),
+        "nothing changed on the asker's side"
+    );
+    let mut cz = r.client("ctl-z");
+    assert_eq!(cz.contacts().unwrap().incoming.len(), 2);
+    // An answer makes room.
+    cz.contact_decline("ctl-x").unwrap();
+    cb.contact_request("ctl-z").expect("room again");
+}
+
+#[test]
+fn account_deletion_removes_the_peers_entries() {
+    let r = RouterProc::start(&["--shards", "2"]);
+    let u = users_on_shards("ctd", 2);
+    let (a, b) = (u[0].as_str(), u[1].as_str());
+    let mut ca = r.client(a);
+    let mut cb = r.client(b);
+    ca.contact_request(b).unwrap();
+    assert_eq!(
+        contact_event(&mut cb, "bob").kind,
+        ContactEventKind::Request
+    );
+    cb.contact_accept(a).unwrap();
+    ca.delete_account().expect("delete");
+    let e = contact_event(&mut cb, "bob");
+    assert_eq!(
+        (e.kind, e.user.as_str(), e.state),
+        (ContactEventKind::Removed, a, ContactState::None)
+    );
+    assert!(cb.contacts().unwrap().accepted.is_empty());
+    // The name starts afresh.
+    let mut ca = r.client(a);
+    assert_eq!(ca.contacts().unwrap().version, 0);
+}
