@@ -288,6 +288,8 @@ impl Worker {
             if let Err(e) = r {
                 tracing::warn!(error = %e, "history write failed");
             }
+            // The one moment under steady load when no tail is held.
+            self.hist_trim_cache();
         }
     }
 
