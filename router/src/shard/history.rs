@@ -31,8 +31,17 @@ pub struct HistBuf {
     /// The names of the previous direct message (`scratch` is their conversation id):
     /// the next one between the same two users skips building the id.
     last_pair: (Vec<u8>, Vec<u8>),
+    /// `chunks[last]` is the conversation `scratch` names (no need to compare them).
+    last_is_scratch: bool,
     bytes: usize,
+    /// The most messages one conversation got in the previous turn: a new chunk's
+    /// capacity, so a busy conversation's list is not grown (copied) message by message.
+    hint: usize,
 }
+
+/// Bounds of [`HistBuf::hint`].
+const HINT_MIN: usize = 8;
+const HINT_MAX: usize = 4096;
 
 impl HistBuf {
     /// Whether messages wait for the flusher.
@@ -40,23 +49,33 @@ impl HistBuf {
         !self.chunks.is_empty()
     }
 
+    /// `scratch` now names another conversation.
+    fn renamed(&mut self) {
+        self.last_is_scratch = false;
+    }
+
     fn push(&mut self, rec: HistRec) {
-        let i = match self.chunks.get(self.last) {
-            Some(c) if c.conv == self.scratch => self.last,
-            _ => match self.index.get(&self.scratch) {
-                Some(&i) => i,
-                None => {
-                    let i = self.chunks.len();
-                    self.chunks.push(HistChunk {
-                        conv: self.scratch.clone(),
-                        recs: Vec::new(),
-                    });
-                    self.index.insert(self.scratch.clone(), i);
-                    i
-                }
-            },
+        let i = if self.last_is_scratch {
+            self.last
+        } else {
+            match self.chunks.get(self.last) {
+                Some(c) if c.conv == self.scratch => self.last,
+                _ => match self.index.get(&self.scratch) {
+                    Some(&i) => i,
+                    None => {
+                        let i = self.chunks.len();
+                        self.chunks.push(HistChunk {
+                            conv: self.scratch.clone(),
+                            recs: Vec::with_capacity(self.hint.clamp(HINT_MIN, HINT_MAX)),
+                        });
+                        self.index.insert(self.scratch.clone(), i);
+                        i
+                    }
+                },
+            }
         };
         self.last = i;
+        self.last_is_scratch = true;
         self.bytes += RECORD_OVERHEAD + rec.from_user.len() + rec.payload.len();
         self.chunks[i].recs.push(rec);
     }
@@ -85,6 +104,7 @@ impl Shard {
             || h.last_pair.1 != to_user
         {
             dm_conv_into(&mut h.scratch, from_user, to_user);
+            h.renamed();
             h.last_pair.0.clear();
             h.last_pair.0.extend_from_slice(from_user);
             h.last_pair.1.clear();
@@ -106,6 +126,7 @@ impl Shard {
             return;
         }
         room_conv_into(&mut self.hist.scratch, room);
+        self.hist.renamed();
         self.history_push(from_user, payload, msg_id, ts_us);
     }
 
@@ -156,8 +177,10 @@ impl Shard {
         }
         let chunks = std::mem::take(&mut self.hist.chunks);
         let bytes = std::mem::take(&mut self.hist.bytes);
+        self.hist.hint = chunks.iter().map(|c| c.recs.len()).max().unwrap_or(0);
         self.hist.index.clear();
         self.hist.last = 0;
+        self.hist.last_is_scratch = false;
         self.store_req_sized(
             bytes,
             |s, cb| s.history_append(chunks, cb),

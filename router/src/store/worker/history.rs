@@ -11,7 +11,7 @@ use rustc_hash::FxHashMap;
 use super::super::history::{
     chunk_key, chunk_prefix, chunk_seq, decode_u64, dm_conv, mark_key, mark_prefix, parse_chunk,
     parse_conv, records, room_conv, user_key, user_prefix, ConvName, ConvSummary, HistChunk,
-    HistMsg, HistPage, HistQuery, HistoryOptions, RawRecord, Segment,
+    HistMsg, HistPage, HistQuery, HistRec, HistoryOptions, RawRecord, Segment,
 };
 use super::{member_key, now_us, Ks, Op, Worker, CACHE_MAX};
 use crate::store::{Durability, StoreError, StoreResult};
@@ -247,16 +247,25 @@ impl Worker {
             };
             let before = tail.bytes;
             let mut seq = first;
+            let mut left: usize = recs.iter().map(HistRec::encoded_len).sum();
             for r in &recs {
                 let room = match tail.segs.back() {
                     Some(s) => s.count < SEGMENT_MAX_MSGS && s.data.len() < SEGMENT_MAX_BYTES,
                     None => false,
                 };
                 if !room {
-                    let seg = Segment::new(seq, r.encoded_len());
+                    // A segment after a full one is for a busy conversation: its full
+                    // size at once; else room for this request's messages (then it grows).
+                    let want = if tail.segs.is_empty() {
+                        left
+                    } else {
+                        SEGMENT_MAX_BYTES
+                    };
+                    let seg = Segment::new(seq, want.min(SEGMENT_MAX_BYTES) + r.encoded_len());
                     tail.bytes += seg.data.capacity();
                     tail.segs.push_back(seg);
                 }
+                left -= r.encoded_len();
                 let Some(seg) = tail.segs.back_mut() else {
                     continue; // (pushed just above)
                 };
