@@ -14,9 +14,9 @@ use super::{SessionKey, Shard};
 use crate::store::history::{dm_conv_into, room_conv_into};
 use crate::store::{HistChunk, HistRec};
 
-/// Bytes an appended message counts for against the session's store budget besides its
-/// payload and name (the record's share of the request).
-const RECORD_OVERHEAD: usize = 48;
+/// Bytes an appended message counts for against the shard's store budget besides its
+/// payload and name: the record itself.
+const RECORD_OVERHEAD: usize = std::mem::size_of::<HistRec>();
 
 /// The messages of the current loop turn, per conversation.
 #[derive(Default)]
@@ -37,11 +37,16 @@ pub struct HistBuf {
     /// The most messages one conversation got in the previous turn: a new chunk's
     /// capacity, so a busy conversation's list is not grown (copied) message by message.
     hint: usize,
+    /// Records of capacity given to this turn's chunks so far (at most [`PREALLOC_MAX`]
+    /// go by the hint: a turn of many small conversations allocates little).
+    prealloc: usize,
 }
 
 /// Bounds of [`HistBuf::hint`].
 const HINT_MIN: usize = 8;
 const HINT_MAX: usize = 4096;
+/// Records of capacity one turn's chunks get by the hint, in all.
+const PREALLOC_MAX: usize = 2 * HINT_MAX;
 
 impl HistBuf {
     /// Whether messages wait for the flusher.
@@ -64,9 +69,15 @@ impl HistBuf {
                     Some(&i) => i,
                     None => {
                         let i = self.chunks.len();
+                        let cap = self
+                            .hint
+                            .min(HINT_MAX)
+                            .min(PREALLOC_MAX.saturating_sub(self.prealloc))
+                            .max(HINT_MIN);
+                        self.prealloc += cap;
                         self.chunks.push(HistChunk {
                             conv: self.scratch.clone(),
-                            recs: Vec::with_capacity(self.hint.clamp(HINT_MIN, HINT_MAX)),
+                            recs: Vec::with_capacity(cap),
                         });
                         self.index.insert(self.scratch.clone(), i);
                         i
@@ -181,6 +192,7 @@ impl Shard {
         self.hist.index.clear();
         self.hist.last = 0;
         self.hist.last_is_scratch = false;
+        self.hist.prealloc = 0;
         self.store_req_sized(
             bytes,
             |s, cb| s.history_append(chunks, cb),
