@@ -16,7 +16,8 @@ pub struct Conversation {
     pub room: Option<String>,
     /// Its newest message kept.
     pub last: Message,
-    /// Messages after the last one this user sent in it (all kept ones if it never did).
+    /// Messages after this user's read mark in it (MarkRead); without one, after the last
+    /// one it sent there (all kept ones if it never did).
     pub unread: u64,
 }
 

@@ -35,7 +35,8 @@ impl PyConversation {
         self.last.clone_ref(py)
     }
 
-    /// Messages after the last one this user sent in it (all kept ones if it never did).
+    /// Messages after this user's read mark in it (MarkRead); without one, after the last
+    /// one it sent there (all kept ones if it never did).
     #[getter]
     fn unread(&self) -> u64 {
         self.c.unread

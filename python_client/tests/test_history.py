@@ -96,6 +96,28 @@ def test_conversations_newest_first_with_unread(connect, user) -> None:
     assert (top[0].user, top[0].unread) == (b_name, 0)
 
 
+def test_unread_counts_after_the_read_mark(connect, user) -> None:
+    a_name, b_name = user("hma"), user("hmb")
+    a, b = connect(a_name), connect(b_name)
+    for i in range(4):
+        b.send(a_name, b"m%d" % i, wait=True)
+    assert [x.unread for x in a.conversations()] == [4]
+    h = a.history(user=b_name)
+    a.mark_read(user=b_name, msg_id=h[1].msg_id)
+    assert [x.unread for x in a.conversations()] == [2]
+    # A mark of a message not kept changes nothing.
+    a.mark_read(user=b_name, msg_id=987654321)
+    assert [x.unread for x in a.conversations()] == [2]
+
+
+def test_history_is_on_by_default(own_router, user) -> None:
+    r = own_router()
+    a_name, b_name = user("hda"), user("hdb")
+    with ringrouter.Client(r.addr, a_name) as a, ringrouter.Client(r.addr, b_name):
+        a.send(b_name, b"kept", wait=True)
+        assert payloads(a.history(user=b_name)) == [b"kept"]
+
+
 def test_history_off_and_retention(own_router, user) -> None:
     r = own_router("--history-per-conversation", "3")
     a_name, b_name = user("hka"), user("hkb")

@@ -258,14 +258,21 @@ pub struct Args {
     /// Open/jwt auth: a user with nothing queued and no rooms, not seen this long, is forgotten.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30d", help_heading = STORAGE)]
     pub forget_idle_users_after: Duration,
-    /// Messages kept per conversation (a pair of users, or a room) for History; 0 (the
-    /// default): no history. 10000 is a usual value; it costs the DM path about 40% of its
-    /// msgs/s today (BENCHMARKS.md), so it is opt-in until its write path is cheaper.
-    #[arg(long, value_name = "N", default_value_t = 0, help_heading = STORAGE)]
+    /// Messages kept per conversation (a pair of users, or a room) for History; 0: no
+    /// history.
+    #[arg(long, value_name = "N", default_value_t = 10_000, help_heading = STORAGE)]
     pub history_per_conversation: u64,
     /// History older than this is dropped (default: kept whatever its age).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = STORAGE)]
     pub history_max_age: Option<Duration>,
+    /// Durability memory: bytes of history the storage thread holds in memory before it
+    /// writes them to the store (sooner than --history-flush-every); a crash loses what is
+    /// held. 0: written at once, as under durability sync.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "32MiB", help_heading = STORAGE)]
+    pub history_memory_bytes: usize,
+    /// Durability memory: history held in memory is written at least this often.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s", help_heading = STORAGE)]
+    pub history_flush_every: Duration,
 
     /// Log filter (tracing EnvFilter directives, e.g. debug or info,ringrouter=trace);
     /// the RUST_LOG environment variable, when set, replaces it.
@@ -331,6 +338,8 @@ impl Args {
             http_api_timeout: self.http_api_timeout,
             history_per_conversation: self.history_per_conversation,
             history_max_age: self.history_max_age,
+            history_memory_bytes: self.history_memory_bytes,
+            history_flush_every: self.history_flush_every,
             history_page_max: self.history_page_max,
         }
     }

@@ -139,6 +139,11 @@ pub struct Config {
     pub history_per_conversation: u64,
     /// History older than this is dropped; `None`: kept whatever its age.
     pub history_max_age: Option<Duration>,
+    /// Durability memory: bytes of history the storage thread holds before writing it
+    /// (0: written in the round that appended it).
+    pub history_memory_bytes: usize,
+    /// Durability memory: history held in memory is written at least this often.
+    pub history_flush_every: Duration,
     /// Most messages in one History answer (and conversations in one ListConversations
     /// answer); a larger `limit` is BAD_REQUEST.
     pub history_page_max: u32,
@@ -222,8 +227,10 @@ impl Default for Config {
             max_contact_tombstones: 1_000,
             max_presence_text_bytes: 256,
             list_users_page: 1_000,
-            history_per_conversation: 0,
+            history_per_conversation: 10_000,
             history_max_age: None,
+            history_memory_bytes: 32 << 20,
+            history_flush_every: Duration::from_secs(1),
             history_page_max: 500,
             argon2_cheap: false,
             max_password_jobs: 256,

@@ -182,6 +182,8 @@ impl Router {
                 history: crate::store::HistoryOptions {
                     per_conversation: cfg.history_per_conversation,
                     max_age: cfg.history_max_age,
+                    memory_bytes: cfg.history_memory_bytes,
+                    flush_every: cfg.history_flush_every,
                 },
                 ..StoreOptions::default()
             },

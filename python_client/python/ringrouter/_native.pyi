@@ -142,8 +142,9 @@ class Conversation:
         """Its newest message kept (``seq`` 0)."""
     @property
     def unread(self) -> int:
-        """Messages after the last one this user sent in it (all kept ones if it never
-        sent there). Read marks will replace "sent" once the router has them."""
+        """Messages after this user's read mark in it (the newest message it marked
+        with :meth:`Client.mark_read`); without a mark, after the last one it sent there
+        (all kept ones if it never did)."""
 
 @final
 class Event:
@@ -348,8 +349,10 @@ class Client:
 
         The peer's live devices (every member's, for a room) and this user's other
         live devices get a :class:`Receipt` from :meth:`recv`, so unread counts agree
-        across devices; nothing is stored for devices that are offline. Waits for the
-        router: :class:`RouterError` ``"FORBIDDEN"`` for a room this user is not in.
+        across devices; no receipt is stored for devices that are offline. With history
+        on, the router keeps the mark: :meth:`conversations` counts ``unread`` after it.
+        Waits for the router: :class:`RouterError` ``"FORBIDDEN"`` for a room this user
+        is not in.
         """
     def room_info(self, room: str) -> RoomInfo:
         """The owner, members and creation time of ``room``, and its join code when

@@ -2,7 +2,8 @@
 //! goes to the peer's live sessions (on the peer's home shard) and to the reader's own
 //! other live sessions (here); a room's goes through the room's home shard, which checks
 //! membership and fans it out to every member's live sessions (the reading device
-//! excepted) like an ephemeral message (`shard::social`). Nothing is stored.
+//! excepted) like an ephemeral message (`shard::social`). With history on, the store
+//! keeps the reader's mark (`shard::history`): ListConversations counts unread after it.
 
 use bytes::Bytes;
 use ringrouter_proto::fast::SendView;
@@ -28,6 +29,7 @@ impl Shard {
             self.push_frame(key, &f);
             return;
         }
+        self.history_mark(key, &m.to_user, &m.room, m.msg_id);
         if !m.room.is_empty() {
             let v = SendView {
                 request_id: m.request_id,

@@ -1,27 +1,24 @@
 //! History appends of this shard: every message accepted here for a direct conversation
 //! (on the recipient's home shard) or a room (on the room's home shard, members only) is
-//! copied into a per-conversation chunk; the flusher hands the turn's chunks to the store
-//! as one request (`store::history`). In `sync` durability the chunk goes out at once,
-//! before the message's own journal request, so it is in the same group commit or an
-//! earlier one: never behind a SendResult OK. Nothing at all when
-//! `--history-per-conversation` is 0.
+//! added to its conversation's list for this loop turn, as a [`HistRec`] that shares the
+//! sender's name and the payload (`Bytes` handles: no copy here; the storage thread
+//! encodes it). The flusher hands the turn's lists to the store as one request
+//! (`store::history`). In `sync` durability the list goes out at once, before the
+//! message's own journal request, so it is in the same group commit or an earlier one:
+//! never behind a SendResult OK. Nothing at all when `--history-per-conversation` is 0.
 
+use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
-use super::Shard;
+use super::{SessionKey, Shard};
 use crate::store::history::{dm_conv_into, room_conv_into};
-use crate::store::HistChunk;
+use crate::store::{HistChunk, HistRec};
 
-/// Bytes an appended message counts for besides its payload and names.
-const RECORD_OVERHEAD: usize = 24;
+/// Bytes an appended message counts for against the shard's store budget besides its
+/// payload and name: the record itself.
+const RECORD_OVERHEAD: usize = std::mem::size_of::<HistRec>();
 
-/// A chunk holds at most this many messages ...
-const CHUNK_MAX_MSGS: u32 = 128;
-/// ... or about this many bytes; past either the conversation starts a new chunk (a
-/// page then decodes at most a chunk or two beyond what it returns).
-const CHUNK_MAX_BYTES: usize = 32 * 1024;
-
-/// The chunks of the current loop turn.
+/// The messages of the current loop turn, per conversation.
 #[derive(Default)]
 pub struct HistBuf {
     chunks: Vec<HistChunk>,
@@ -34,36 +31,64 @@ pub struct HistBuf {
     /// The names of the previous direct message (`scratch` is their conversation id):
     /// the next one between the same two users skips building the id.
     last_pair: (Vec<u8>, Vec<u8>),
+    /// `chunks[last]` is the conversation `scratch` names (no need to compare them).
+    last_is_scratch: bool,
     bytes: usize,
+    /// The most messages one conversation got in the previous turn: a new chunk's
+    /// capacity, so a busy conversation's list is not grown (copied) message by message.
+    hint: usize,
+    /// Records of capacity given to this turn's chunks so far (at most [`PREALLOC_MAX`]
+    /// go by the hint: a turn of many small conversations allocates little).
+    prealloc: usize,
 }
 
+/// Bounds of [`HistBuf::hint`].
+const HINT_MIN: usize = 8;
+const HINT_MAX: usize = 4096;
+/// Records of capacity one turn's chunks get by the hint, in all.
+const PREALLOC_MAX: usize = 2 * HINT_MAX;
+
 impl HistBuf {
-    /// Whether chunks wait for the flusher.
+    /// Whether messages wait for the flusher.
     pub fn pending(&self) -> bool {
         !self.chunks.is_empty()
     }
 
-    fn push(&mut self, from_user: &[u8], msg_id: u64, ts_us: u64, payload: &[u8]) {
-        let found = match self.chunks.get(self.last) {
-            Some(c) if c.conv == self.scratch => Some(self.last),
-            _ => self.index.get(&self.scratch).copied(),
-        };
-        let full = |c: &HistChunk| c.count >= CHUNK_MAX_MSGS || c.data.len() >= CHUNK_MAX_BYTES;
-        let i = match found {
-            Some(i) if !full(&self.chunks[i]) => i,
-            _ => {
-                let i = self.chunks.len();
-                self.chunks.push(HistChunk {
-                    conv: self.scratch.clone(),
-                    ..Default::default()
-                });
-                self.index.insert(self.scratch.clone(), i);
-                i
+    /// `scratch` now names another conversation.
+    fn renamed(&mut self) {
+        self.last_is_scratch = false;
+    }
+
+    fn push(&mut self, rec: HistRec) {
+        let i = if self.last_is_scratch {
+            self.last
+        } else {
+            match self.chunks.get(self.last) {
+                Some(c) if c.conv == self.scratch => self.last,
+                _ => match self.index.get(&self.scratch) {
+                    Some(&i) => i,
+                    None => {
+                        let i = self.chunks.len();
+                        let cap = self
+                            .hint
+                            .min(HINT_MAX)
+                            .min(PREALLOC_MAX.saturating_sub(self.prealloc))
+                            .max(HINT_MIN);
+                        self.prealloc += cap;
+                        self.chunks.push(HistChunk {
+                            conv: self.scratch.clone(),
+                            recs: Vec::with_capacity(cap),
+                        });
+                        self.index.insert(self.scratch.clone(), i);
+                        i
+                    }
+                },
             }
         };
         self.last = i;
-        self.bytes += RECORD_OVERHEAD + from_user.len() + payload.len();
-        self.chunks[i].push(from_user, msg_id, ts_us, payload);
+        self.last_is_scratch = true;
+        self.bytes += RECORD_OVERHEAD + rec.from_user.len() + rec.payload.len();
+        self.chunks[i].recs.push(rec);
     }
 }
 
@@ -75,9 +100,9 @@ impl Shard {
     /// Keeps a direct message in the history of the conversation `from_user`–`to_user`.
     pub(crate) fn history_dm(
         &mut self,
-        from_user: &[u8],
+        from_user: &Bytes,
         to_user: &[u8],
-        payload: &[u8],
+        payload: &Bytes,
         msg_id: u64,
         ts_us: u64,
     ) {
@@ -86,10 +111,11 @@ impl Shard {
         }
         let h = &mut self.hist;
         if h.scratch.first() != Some(&b'd')
-            || h.last_pair.0 != from_user
+            || h.last_pair.0 != from_user[..]
             || h.last_pair.1 != to_user
         {
             dm_conv_into(&mut h.scratch, from_user, to_user);
+            h.renamed();
             h.last_pair.0.clear();
             h.last_pair.0.extend_from_slice(from_user);
             h.last_pair.1.clear();
@@ -102,8 +128,8 @@ impl Shard {
     pub(crate) fn history_room(
         &mut self,
         room: &[u8],
-        from_user: &[u8],
-        payload: &[u8],
+        from_user: &Bytes,
+        payload: &Bytes,
         msg_id: u64,
         ts_us: u64,
     ) {
@@ -111,12 +137,18 @@ impl Shard {
             return;
         }
         room_conv_into(&mut self.hist.scratch, room);
+        self.hist.renamed();
         self.history_push(from_user, payload, msg_id, ts_us);
     }
 
-    fn history_push(&mut self, from_user: &[u8], payload: &[u8], msg_id: u64, ts_us: u64) {
+    fn history_push(&mut self, from_user: &Bytes, payload: &Bytes, msg_id: u64, ts_us: u64) {
         let was_empty = !self.hist.pending();
-        self.hist.push(from_user, msg_id, ts_us, payload);
+        self.hist.push(HistRec {
+            from_user: from_user.clone(),
+            payload: payload.clone(),
+            msg_id,
+            ts_us,
+        });
         if self.journaled() {
             self.flush_history();
         } else if was_empty {
@@ -126,15 +158,41 @@ impl Shard {
         }
     }
 
-    /// Hands this turn's chunks to the store (one request). Called by the flusher.
+    /// Keeps `key`'s user's read mark in a conversation (MarkRead: the direct one with
+    /// `to_user`, or `room`), for the unread counts of ListConversations. The store finds
+    /// the message in the history kept (nothing if it is not there).
+    pub(crate) fn history_mark(&mut self, key: SessionKey, to_user: &str, room: &str, msg_id: u64) {
+        if !self.history_on() {
+            return;
+        }
+        let Some(s) = self.sessions.get(key) else {
+            return;
+        };
+        let user = String::from_utf8_lossy(&s.user).into_owned();
+        let peer = (!to_user.is_empty()).then(|| to_user.to_owned());
+        let room = (!room.is_empty()).then(|| room.to_owned());
+        self.store_req(
+            |s, cb| s.history_mark(&user, peer, room, msg_id, cb),
+            |_, r| {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "read mark not kept");
+                }
+            },
+        );
+    }
+
+    /// Hands this turn's messages to the store (one request). Called by the flusher.
     pub(crate) fn flush_history(&mut self) {
         if !self.hist.pending() {
             return;
         }
         let chunks = std::mem::take(&mut self.hist.chunks);
         let bytes = std::mem::take(&mut self.hist.bytes);
+        self.hist.hint = chunks.iter().map(|c| c.recs.len()).max().unwrap_or(0);
         self.hist.index.clear();
         self.hist.last = 0;
+        self.hist.last_is_scratch = false;
+        self.hist.prealloc = 0;
         self.store_req_sized(
             bytes,
             |s, cb| s.history_append(chunks, cb),

@@ -6,19 +6,36 @@
 //!   order (each a length byte and the name; one id for both directions), or `r` + the
 //!   room name (length byte and name). Length-prefixed, so no id is a prefix of another.
 //! - A chunk of messages: `c` + conversation id + the seq of its first message (u64).
-//!   A chunk is what one shard appended to one conversation in one loop turn (one store
-//!   request per shard per turn, one key per conversation in it, not one per message),
-//!   so a page is one reverse range scan over a few keys. Value: count (u32), newest
-//!   `server_ts_us` (u64), then the records ([`push_record`]).
+//!   Value: count (u32), newest `server_ts_us` (u64), then the records ([`push_record`]).
+//!   A chunk is one [`Segment`] the storage thread filled in memory: at most
+//!   `SEGMENT_MAX_MSGS` messages or about `SEGMENT_MAX_BYTES` (`worker/history.rs`), so a
+//!   page is one reverse range scan over a few keys and decodes at most a chunk or two
+//!   beyond what it returns.
 //! - A user's conversation entry: `u` + length byte + user + conversation id → the seq of
-//!   the last message the user sent in it (u64, 0: none): the conversation list, and its
-//!   unread count (TODO(read marks, issue 11): count from the user's read mark instead).
+//!   the last message the user sent in it (u64, 0: none): the conversation list.
+//! - A user's read mark: `m` + length byte + user + conversation id → the seq of the
+//!   message the user last marked read (MarkRead) in it (u64): the unread count is the
+//!   messages after it (after the user's last own message when there is no mark).
+//!
+//! # Write path
+//! Shards hand the storage thread one request per loop turn: per conversation, the
+//! messages as [`HistRec`]s (shared `Bytes`, no copy on the shard). The storage thread
+//! encodes them into the conversation's in-memory tail of segments. Under
+//! `--durability memory` the tails are written (one key per segment) once per
+//! `--history-flush-ms`, as soon as they hold `--history-memory-bytes`, before a
+//! conversation list or an account deletion, and at shutdown: fjall sees a few large
+//! writes per second instead of one per message per turn, and a router crash loses at
+//! most that interval of history. Queries read the tail and the stored chunks. Under
+//! `--durability sync` the tails are written in the round that appended them, so a
+//! message's history is in the same group commit as the message.
 //!
 //! Seqs are per conversation, from 1, assigned by the storage thread in arrival order.
 //! Retention: a query sees only the last `history_per_conversation` seqs (and, with
-//! `history_max_age`, nothing older); chunks past either are deleted lazily, when a
-//! conversation is over its bound by a slack (a quarter of the bound, at least 256
-//! messages) or every 64 chunks with a max age, so trimming costs no work per message.
+//! `history_max_age`, nothing older). In memory, whole segments past the bound are
+//! dropped before they are ever written; stored chunks past either bound are deleted
+//! lazily, when a conversation is over its bound by a slack (a quarter of the bound, at
+//! least 256 messages) or every 64 chunks with a max age, so trimming costs no work per
+//! message.
 
 use bytes::Bytes;
 
@@ -26,32 +43,111 @@ use bytes::Bytes;
 pub(crate) const CHUNK_TAG: u8 = b'c';
 /// Key tag of a user's conversation entry.
 pub(crate) const USER_TAG: u8 = b'u';
+/// Key tag of a user's read mark.
+pub(crate) const MARK_TAG: u8 = b'm';
 /// Bytes of a chunk value's header (count u32, newest ts u64).
 pub(crate) const CHUNK_HEADER: usize = 12;
 
-/// Messages appended to one conversation (built by a shard, see [`push_record`]).
+/// One message handed to the storage thread: the sender's name and the payload are
+/// shared (`Bytes` handles of the session's name and of the read buffer), not copied;
+/// the storage thread encodes the record (one copy, [`push_record`]) when it takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistRec {
+    /// The sender.
+    pub from_user: Bytes,
+    /// The payload.
+    pub payload: Bytes,
+    /// Message id.
+    pub msg_id: u64,
+    /// Router clock at acceptance, µs since the epoch.
+    pub ts_us: u64,
+}
+
+impl HistRec {
+    /// Bytes of the record once encoded.
+    pub fn encoded_len(&self) -> usize {
+        RECORD_FIXED + self.from_user.len() + self.payload.len()
+    }
+}
+
+/// Bytes of a record besides its sender's name and payload (name length, msg_id, ts,
+/// payload length).
+pub(crate) const RECORD_FIXED: usize = 21;
+
+/// Messages appended to one conversation (built by a shard in one loop turn).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HistChunk {
     /// Conversation id ([`dm_conv`] or [`room_conv`]).
     pub conv: Vec<u8>,
-    /// Records in `data`.
-    pub count: u32,
-    /// Newest `server_ts_us` in `data`.
-    pub last_ts: u64,
-    /// Room for the stored value's header ([`CHUNK_HEADER`] bytes, filled by the storage
-    /// thread in place), then the records, oldest first; empty before the first.
-    pub data: Vec<u8>,
+    /// The messages, oldest first.
+    pub recs: Vec<HistRec>,
 }
 
 impl HistChunk {
-    /// Appends one message.
+    /// Appends one message, copying its sender and payload (tests and tools; a shard
+    /// pushes [`HistRec`]s that share them).
     pub fn push(&mut self, from_user: &[u8], msg_id: u64, ts_us: u64, payload: &[u8]) {
-        if self.data.is_empty() {
-            self.data.resize(CHUNK_HEADER, 0);
+        self.recs.push(HistRec {
+            from_user: Bytes::copy_from_slice(from_user),
+            payload: Bytes::copy_from_slice(payload),
+            msg_id,
+            ts_us,
+        });
+    }
+}
+
+/// Consecutive messages of one conversation as the storage thread keeps them in memory
+/// and then writes them: one stored chunk (key: the seq of its first message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Segment {
+    /// Seq of the first message.
+    pub(crate) first_seq: u64,
+    /// Records in `data`.
+    pub(crate) count: u32,
+    /// Newest `server_ts_us` in `data`.
+    pub(crate) last_ts: u64,
+    /// Room for the stored value's header ([`CHUNK_HEADER`] bytes, filled when it is
+    /// written), then the records, oldest first.
+    pub(crate) data: Vec<u8>,
+}
+
+impl Segment {
+    /// An empty segment whose first message will have `first_seq`, with room for `bytes`.
+    pub(crate) fn new(first_seq: u64, bytes: usize) -> Segment {
+        let mut data = Vec::with_capacity(CHUNK_HEADER + bytes);
+        data.resize(CHUNK_HEADER, 0);
+        Segment {
+            first_seq,
+            count: 0,
+            last_ts: 0,
+            data,
         }
-        push_record(&mut self.data, from_user, msg_id, ts_us, payload);
+    }
+
+    /// Appends one message.
+    pub(crate) fn push(&mut self, r: &HistRec) {
+        push_record(&mut self.data, &r.from_user, r.msg_id, r.ts_us, &r.payload);
         self.count += 1;
-        self.last_ts = self.last_ts.max(ts_us);
+        self.last_ts = self.last_ts.max(r.ts_us);
+    }
+
+    /// The records.
+    pub(crate) fn records(&self) -> &[u8] {
+        &self.data[CHUNK_HEADER..]
+    }
+
+    /// Seq after its last message.
+    pub(crate) fn end_seq(&self) -> u64 {
+        self.first_seq + u64::from(self.count)
+    }
+
+    /// The stored value: header then records (the header written into the room left
+    /// for it: no copy of the records).
+    pub(crate) fn into_value(self) -> Vec<u8> {
+        let mut v = self.data;
+        v[..4].copy_from_slice(&self.count.to_be_bytes());
+        v[4..CHUNK_HEADER].copy_from_slice(&self.last_ts.to_be_bytes());
+        v
     }
 }
 
@@ -114,6 +210,11 @@ pub struct HistoryOptions {
     pub per_conversation: u64,
     /// Nothing older than this is kept.
     pub max_age: Option<std::time::Duration>,
+    /// Under `Durability::Memory`: bytes of history the storage thread holds in memory
+    /// before it writes them (0: written in the round that appended them, as in sync).
+    pub memory_bytes: usize,
+    /// Under `Durability::Memory`: history held in memory is written at least this often.
+    pub flush_every: std::time::Duration,
 }
 
 fn push_name(out: &mut Vec<u8>, name: &[u8]) {
@@ -188,11 +289,16 @@ pub fn parse_conv(id: &[u8]) -> Option<ConvName<'_>> {
 /// Appends one record: sender (length byte, name), msg_id, ts_us, payload length (u32),
 /// payload.
 pub fn push_record(out: &mut Vec<u8>, from_user: &[u8], msg_id: u64, ts_us: u64, payload: &[u8]) {
-    out.reserve(1 + from_user.len() + 20 + payload.len());
-    push_name(out, from_user);
-    out.extend_from_slice(&msg_id.to_be_bytes());
-    out.extend_from_slice(&ts_us.to_be_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    // Names are at most 64 bytes (checked where frames are decoded); clamp anyway.
+    let n = from_user.len().min(255);
+    out.reserve(RECORD_FIXED + n + payload.len());
+    out.push(n as u8);
+    out.extend_from_slice(&from_user[..n]);
+    let mut fixed = [0u8; RECORD_FIXED - 1];
+    fixed[..8].copy_from_slice(&msg_id.to_be_bytes());
+    fixed[8..16].copy_from_slice(&ts_us.to_be_bytes());
+    fixed[16..].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(&fixed);
     out.extend_from_slice(payload);
 }
 
@@ -217,25 +323,6 @@ pub(crate) fn records(mut data: &[u8]) -> impl Iterator<Item = RawRecord<'_>> {
         data = &rest[20 + len..];
         Some((from, msg_id, ts, payload))
     })
-}
-
-impl HistChunk {
-    /// The records.
-    pub(crate) fn records(&self) -> &[u8] {
-        self.data.get(CHUNK_HEADER..).unwrap_or_default()
-    }
-}
-
-/// A chunk value: header then records (the header written into the room `push` left
-/// for it: no copy of the records).
-pub(crate) fn chunk_value(c: HistChunk) -> Vec<u8> {
-    let mut v = c.data;
-    if v.len() < CHUNK_HEADER {
-        v.resize(CHUNK_HEADER, 0);
-    }
-    v[..4].copy_from_slice(&c.count.to_be_bytes());
-    v[4..CHUNK_HEADER].copy_from_slice(&c.last_ts.to_be_bytes());
-    v
 }
 
 /// A chunk value's (count, newest ts, records) (`None`: corrupt).
@@ -281,6 +368,21 @@ pub(crate) fn user_key(user: &[u8], conv: &[u8]) -> Vec<u8> {
     k
 }
 
+/// `m` + user: the prefix of a user's read marks.
+pub(crate) fn mark_prefix(user: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + user.len() + 70);
+    k.push(MARK_TAG);
+    push_name(&mut k, user);
+    k
+}
+
+/// The key of `user`'s read mark in `conv`.
+pub(crate) fn mark_key(user: &[u8], conv: &[u8]) -> Vec<u8> {
+    let mut k = mark_prefix(user);
+    k.extend_from_slice(conv);
+    k
+}
+
 pub(crate) fn decode_u64(v: &[u8]) -> u64 {
     be_u64(v).unwrap_or(0)
 }
@@ -313,7 +415,15 @@ mod tests {
         let mut c = HistChunk::default();
         c.push(b"alice", 7, 100, b"hi");
         c.push(b"bob", 8, 90, b"");
-        let v = chunk_value(c);
+        let mut seg = Segment::new(1, 0);
+        for r in &c.recs {
+            seg.push(r);
+        }
+        assert_eq!(
+            seg.data.len(),
+            CHUNK_HEADER + c.recs.iter().map(HistRec::encoded_len).sum::<usize>()
+        );
+        let v = seg.into_value();
         let (count, ts, data) = parse_chunk(&v).unwrap();
         assert_eq!((count, ts), (2, 100));
         let r: Vec<_> = records(data).collect();

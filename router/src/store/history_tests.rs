@@ -8,12 +8,26 @@ use crate::store::{
     Callback, Durability, RoomRecord, Store, StoreHandle, StoreOptions, StoreResult,
 };
 
+/// A store keeping `keep` messages per conversation, whose history stays in memory (up
+/// to 1 MiB, written every hour): queries read the tail in memory, written at shutdown.
 fn open(dir: &std::path::Path, keep: u64, max_age: Option<Duration>) -> StoreHandle {
+    open_with(dir, keep, max_age, 1 << 20, Duration::from_secs(3600))
+}
+
+fn open_with(
+    dir: &std::path::Path,
+    keep: u64,
+    max_age: Option<Duration>,
+    memory_bytes: usize,
+    flush_every: Duration,
+) -> StoreHandle {
     let opts = StoreOptions {
         argon2_cheap: true,
         history: HistoryOptions {
             per_conversation: keep,
             max_age,
+            memory_bytes,
+            flush_every,
         },
         ..StoreOptions::default()
     };
@@ -70,28 +84,48 @@ fn ids(p: HistPage) -> Vec<u64> {
 
 #[test]
 fn history_pages_backwards_both_directions_one_conversation() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = open(dir.path(), 10_000, None);
-    dm(&h, "alice", "bob", 1..51, 7);
-    dm(&h, "bob", "alice", 51..61, 3);
+    // All in memory; all written at once (as in sync mode); part written (past a 1 KiB
+    // budget), part in memory.
+    for budget in [1 << 20, 0, 1024] {
+        let dir = tempfile::tempdir().unwrap();
+        let h = open_with(dir.path(), 10_000, None, budget, Duration::from_secs(3600));
+        pages_backwards(&h);
+        let writes = h.stats().history_writes;
+        match budget {
+            0 => assert!(writes >= 10, "{writes}"),
+            1024 => assert!((1..10).contains(&writes), "{writes}"),
+            _ => assert_eq!(writes, 0),
+        }
+        drop(h);
+        // Written at shutdown: the same pages after a restart.
+        let h = open(dir.path(), 10_000, None);
+        pages_backwards(&h);
+    }
+}
+
+fn pages_backwards(h: &StoreHandle) {
+    if ids(page(h, "alice", "bob", 0, 1)).is_empty() {
+        dm(h, "alice", "bob", 1..51, 7);
+        dm(h, "bob", "alice", 51..61, 3);
+    }
     assert_eq!(
-        ids(page(&h, "alice", "bob", 0, 5)),
+        ids(page(h, "alice", "bob", 0, 5)),
         (56..61).collect::<Vec<_>>()
     );
     assert_eq!(
-        ids(page(&h, "bob", "alice", 56, 10)),
+        ids(page(h, "bob", "alice", 56, 10)),
         (46..56).collect::<Vec<_>>()
     );
     // A `before` no page ended at (found by scanning) and one that did (the cursor).
-    assert_eq!(ids(page(&h, "alice", "bob", 30, 3)), vec![27, 28, 29]);
-    assert_eq!(ids(page(&h, "alice", "bob", 27, 2)), vec![25, 26]);
-    assert_eq!(ids(page(&h, "alice", "bob", 2, 5)), vec![1]);
-    assert_eq!(ids(page(&h, "alice", "bob", 1, 5)), Vec::<u64>::new());
+    assert_eq!(ids(page(h, "alice", "bob", 30, 3)), vec![27, 28, 29]);
+    assert_eq!(ids(page(h, "alice", "bob", 27, 2)), vec![25, 26]);
+    assert_eq!(ids(page(h, "alice", "bob", 2, 5)), vec![1]);
+    assert_eq!(ids(page(h, "alice", "bob", 1, 5)), Vec::<u64>::new());
     // Walking back page by page sees every message once, in order.
     let mut all = Vec::new();
     let mut before = 0;
     loop {
-        let p = ids(page(&h, "alice", "bob", before, 9));
+        let p = ids(page(h, "alice", "bob", before, 9));
         if p.is_empty() {
             break;
         }
@@ -99,9 +133,9 @@ fn history_pages_backwards_both_directions_one_conversation() {
         all.splice(0..0, p);
     }
     assert_eq!(all, (1..61).collect::<Vec<_>>());
-    assert_eq!(page(&h, "alice", "bob", 999, 5), HistPage::BeforeNotFound);
+    assert_eq!(page(h, "alice", "bob", 999, 5), HistPage::BeforeNotFound);
     // Another pair sees nothing of it.
-    assert_eq!(ids(page(&h, "alice", "carol", 0, 5)), Vec::<u64>::new());
+    assert_eq!(ids(page(h, "alice", "carol", 0, 5)), Vec::<u64>::new());
 }
 
 #[test]
@@ -218,4 +252,120 @@ fn history_off_keeps_nothing() {
     let h = open(dir.path(), 0, None);
     dm(&h, "a", "b", 1..10, 3);
     assert_eq!(ids(page(&h, "a", "b", 0, 10)), Vec::<u64>::new());
+}
+
+#[test]
+fn history_in_memory_is_written_when_its_budget_is_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open_with(
+        dir.path(),
+        10_000,
+        None,
+        8 * 1024,
+        Duration::from_secs(3600),
+    );
+    let payload = vec![7u8; 100];
+    call(|cb| h.ensure_user("a", cb)).unwrap();
+    call(|cb| h.ensure_user("b", cb)).unwrap();
+    let mut sent = 0u64;
+    let append = |h: &StoreHandle, n: u64, sent: &mut u64| {
+        let mut c = HistChunk {
+            conv: dm_conv(b"a", b"b"),
+            ..Default::default()
+        };
+        for _ in 0..n {
+            *sent += 1;
+            c.push(b"a", *sent, now(), &payload);
+        }
+        call(|cb| h.history_append(vec![c], cb)).unwrap();
+    };
+    // 20 × ~125 B: under the budget, held in memory, yet visible.
+    append(&h, 20, &mut sent);
+    assert_eq!(h.stats().history_writes, 0);
+    assert_eq!(ids(page(&h, "a", "b", 0, 500)), (1..21).collect::<Vec<_>>());
+    // Past it: written at once, and the tail starts again.
+    let mut writes = 0;
+    for _ in 0..20 {
+        append(&h, 10, &mut sent);
+        let w = h.stats().history_writes;
+        assert!(w <= writes + 1);
+        writes = w;
+    }
+    // 220 × 125 B = 27 KiB: at least 2 writes of about 8 KiB each, not one per append.
+    assert!((2..=6).contains(&writes), "{writes}");
+    assert_eq!(
+        ids(page(&h, "a", "b", 0, 500)),
+        (1..221).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn history_in_memory_is_written_every_flush_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open_with(dir.path(), 100, None, 1 << 20, Duration::from_millis(50));
+    dm(&h, "a", "b", 1..4, 3);
+    let t = std::time::Instant::now();
+    while h.stats().history_writes == 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "never written");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(ids(page(&h, "a", "b", 0, 10)), vec![1, 2, 3]);
+}
+
+#[test]
+fn history_keeps_only_the_last_n_in_memory_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(dir.path(), 1000, None);
+    // 20 000 messages of ~30 B: whole segments past the last 1000 are dropped in memory.
+    dm(&h, "a", "b", 1..20_001, 100);
+    assert_eq!(h.stats().history_writes, 0);
+    let p = ids(page(&h, "a", "b", 0, 500));
+    assert_eq!(p, (19_501..20_001).collect::<Vec<_>>());
+    let p = ids(page(&h, "a", "b", 19_501, 500));
+    assert_eq!(p, (19_001..19_501).collect::<Vec<_>>());
+    assert_eq!(ids(page(&h, "a", "b", 19_001, 500)), Vec::<u64>::new());
+}
+
+#[test]
+fn unread_counts_from_the_read_mark_else_from_the_last_own_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(dir.path(), 1000, None);
+    dm(&h, "alice", "bob", 1..4, 3);
+    dm(&h, "bob", "alice", 4..11, 7);
+    let unread = |user: &str| {
+        let cs = call(|cb| h.conversations(user, 10, 0, cb)).unwrap();
+        assert_eq!(cs.len(), 1, "{cs:?}");
+        cs[0].unread
+    };
+    // No marks: after the last own message (alice sent 1..3; bob 4..10).
+    assert_eq!((unread("alice"), unread("bob")), (7, 0));
+    // alice read up to 6: 4 left; a mark of an unknown message, or an older one, changes
+    // nothing.
+    let mark = |user: &str, peer: &str, msg_id: u64| {
+        call(|cb| h.history_mark(user, Some(peer.into()), None, msg_id, cb)).unwrap()
+    };
+    mark("alice", "bob", 6);
+    assert_eq!(unread("alice"), 4);
+    mark("alice", "bob", 999);
+    mark("alice", "bob", 5);
+    assert_eq!(unread("alice"), 4);
+    // bob's mark at 2 counts even though bob wrote after it: 8 after it.
+    mark("bob", "alice", 2);
+    assert_eq!(unread("bob"), 8);
+    // Kept across a restart; the mark is the user's own.
+    drop(h);
+    let h = open(dir.path(), 1000, None);
+    let cs = call(|cb| h.conversations("alice", 10, 0, cb)).unwrap();
+    assert_eq!(cs[0].unread, 4);
+    // Deleting bob removes alice's mark with the conversation.
+    call(|cb| h.delete_account("bob", cb)).unwrap();
+    call(|cb| h.ensure_user("bob", cb)).unwrap();
+    let mut c = HistChunk {
+        conv: dm_conv(b"alice", b"bob"),
+        ..Default::default()
+    };
+    c.push(b"bob", 1, now(), b"again");
+    call(|cb| h.history_append(vec![c], cb)).unwrap();
+    let cs = call(|cb| h.conversations("alice", 10, 0, cb)).unwrap();
+    assert_eq!(cs[0].unread, 1);
 }

@@ -42,7 +42,7 @@ mod worker;
 mod tests;
 
 pub use codec::{glob_match, RoomRecord, StoredMsg, MAX_NAME_BYTES, MAX_PASSWORD_BYTES};
-pub use history::{ConvSummary, HistChunk, HistMsg, HistPage, HistQuery, HistoryOptions};
+pub use history::{ConvSummary, HistChunk, HistMsg, HistPage, HistQuery, HistRec, HistoryOptions};
 
 /// Why a store request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -217,6 +217,8 @@ pub struct StoreStats {
     pub hash_jobs: u64,
     /// Idle passwordless users forgotten (see [`StoreOptions::forget_idle_after`]).
     pub forgotten: u64,
+    /// Times the history held in memory was written (see [`HistoryOptions::memory_bytes`]).
+    pub history_writes: u64,
 }
 
 #[derive(Default)]
@@ -230,6 +232,7 @@ pub(crate) struct StatCells {
     commit_us: AtomicU64,
     fsync_us: AtomicU64,
     forgotten: AtomicU64,
+    history_writes: AtomicU64,
 }
 
 thread_local! {
@@ -385,6 +388,13 @@ pub(crate) enum Msg {
     HistoryQuery {
         query: HistQuery,
         cb: Cb<HistPage>,
+    },
+    HistoryMark {
+        user: String,
+        peer: Option<String>,
+        room: Option<String>,
+        msg_id: u64,
+        cb: Cb<()>,
     },
     Conversations {
         user: String,
@@ -573,6 +583,7 @@ impl StoreHandle {
             commit_us: l(&s.commit_us),
             fsync_us: l(&s.fsync_us),
             forgotten: l(&s.forgotten),
+            history_writes: l(&s.history_writes),
             hash_jobs: self.inner.hash_queued.load(Ordering::Relaxed) as u64,
         }
     }
@@ -945,6 +956,27 @@ impl StoreHandle {
     ) -> StoreResult<()> {
         self.send(Msg::HistoryQuery {
             query,
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// Records that `user` read the direct conversation with `peer` (or `room`, of which
+    /// it must be a member) up to `msg_id` (MarkRead): the unread counts of
+    /// [`Self::conversations`] start after it. Nothing if the message is not in the
+    /// history kept.
+    pub fn history_mark(
+        &self,
+        user: &str,
+        peer: Option<String>,
+        room: Option<String>,
+        msg_id: u64,
+        cb: impl FnOnce(StoreResult<()>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::HistoryMark {
+            user: user.to_owned(),
+            peer,
+            room,
+            msg_id,
             cb: Cb::new(cb),
         })
     }

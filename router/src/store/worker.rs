@@ -237,7 +237,7 @@ impl Worker {
             next_sweep: Instant::now(),
             next_job: 0,
             shutting_down: false,
-            hist: history::HistState::new(opts_history),
+            hist: history::HistState::new(opts_history, durability),
         }
     }
 
@@ -246,20 +246,26 @@ impl Worker {
         let max_round = self.opts.max_round.max(1);
         loop {
             let first = if !self.shutting_down {
-                match self.opts.forget_idle_after {
+                if let Some(forget) = self.opts.forget_idle_after {
+                    self.maybe_sweep(forget);
+                }
+                self.hist_tick();
+                let sweep = self.opts.forget_idle_after.map(|_| self.next_sweep);
+                let wake = match (sweep, self.hist.next_flush()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                match wake {
                     None => match rx.recv() {
                         Ok(m) => m,
                         Err(_) => break,
                     },
-                    Some(forget) => {
-                        self.maybe_sweep(forget);
-                        let wait = self.next_sweep.saturating_duration_since(Instant::now());
-                        match rx.recv_timeout(wait) {
-                            Ok(m) => m,
-                            Err(RecvTimeoutError::Timeout) => continue,
-                            Err(RecvTimeoutError::Disconnected) => break,
-                        }
-                    }
+                    Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now()))
+                    {
+                        Ok(m) => m,
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    },
                 }
             } else if self.waiting.is_empty() {
                 // Shutting down: finish what is queued, then stop.
@@ -295,7 +301,7 @@ impl Worker {
         }
         // Anything still waiting for the pool is answered `Closed` (Cb's drop).
         self.waiting.clear();
-        let commit = self.commit();
+        let commit = self.hist_flush().and_then(|()| self.commit());
         let persist = self
             .dbs
             .db
@@ -345,7 +351,6 @@ impl Worker {
 
     /// Commits pending writes as one batch (handed to the OS, no fsync).
     fn commit(&mut self) -> StoreResult<()> {
-        self.hist_flush_entries();
         if self.ops.is_empty() {
             return Ok(());
         }
@@ -580,6 +585,16 @@ impl Worker {
                 let r = self.hist_append(chunks);
                 self.done(cb, r, true);
             }
+            Msg::HistoryMark {
+                user,
+                peer,
+                room,
+                msg_id,
+                cb,
+            } => {
+                let r = self.hist_mark(&user, peer.as_deref(), room.as_deref(), msg_id);
+                self.done(cb, r, true);
+            }
             Msg::HistoryQuery { query, cb } => {
                 let r = self.hist_query(&query);
                 self.done(cb, r, false);
@@ -594,7 +609,7 @@ impl Worker {
                 self.done(cb, r, false);
             }
             Msg::Flush { cb } => {
-                let r = self.commit();
+                let r = self.hist_flush().and_then(|()| self.commit());
                 self.flush_requested = true;
                 self.done(cb, r, true);
             }
@@ -1012,6 +1027,7 @@ impl Worker {
     fn delete_account(&mut self, user: &str) -> StoreResult<()> {
         validate_name("user", user)?;
         self.known.remove(user);
+        self.hist_flush()?;
         self.commit()?;
         let had_account = self.dbs.accounts.contains_key(user.as_bytes())?;
         let (removed, _) = self.remove_range(user, u64::MAX)?;

@@ -430,7 +430,11 @@ fn the_reason_of_a_heartbeat_close_arrives() {
 fn live_messages_held_behind_a_backlog_are_bounded() {
     // A small offline queue: once bob is cut, the rest of the flood is refused
     // instead of growing the store's memtables (bounded on their own, see README).
+    // No history: its records in flight to the storage thread are bounded by
+    // --max-store-queue-bytes (64 MiB), not by what this test measures.
     let r = RouterProc::start(&[
+        "--history-per-conversation",
+        "0",
         "--shards",
         "1",
         "--max-unacked-per-session",

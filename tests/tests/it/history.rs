@@ -1,11 +1,12 @@
 //! Conversation history (History) and the conversation list (ListConversations): paging
 //! backwards, both directions of a direct conversation in one history, rooms for current
-//! members only, the retention bounds (count and age), history off, restarts in memory
-//! and sync durability, deleted accounts.
+//! members only, the retention bounds (count and age), history on by default and off,
+//! restarts in memory and sync durability, the memory budget of durability memory (past
+//! it history is written early), read marks and unread counts, deleted accounts.
 
 use std::time::Duration;
 
-use ringrouter_client::{Client, Message, Status};
+use ringrouter_client::{Client, Message, Status, Target};
 use ringrouter_tests::{users_on_shards, Driver, RouterProc};
 
 const T: Option<Duration> = Some(Duration::from_secs(5));
@@ -124,6 +125,7 @@ fn history_of_an_offline_recipient_and_one_shard() {
 fn history_survives_a_restart(durability: &str) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
+    // Memory durability holds history until the hour is up: written at shutdown.
     let args = [
         "--history-per-conversation",
         "10000",
@@ -133,6 +135,8 @@ fn history_survives_a_restart(durability: &str) {
         durability,
         "--data-dir",
         d,
+        "--history-flush-every",
+        "1h",
     ];
     let r = RouterProc::start(&args);
     let mut a = r.client("hr-a");
@@ -196,6 +200,61 @@ fn history_max_age_drops_old_messages() {
     std::thread::sleep(Duration::from_millis(1300));
     a.send_wait("ha-b", b"new").unwrap();
     assert_eq!(payloads(&a.history_with("ha-b", 0, 10).unwrap()), ["new"]);
+}
+
+#[test]
+fn history_is_on_by_default() {
+    let r = RouterProc::start(&[]);
+    let mut a = r.client("hdef-a");
+    let _b = r.client("hdef-b");
+    sends(&mut a, "hdef-b", "x", 2);
+    assert_eq!(
+        payloads(&a.history_with("hdef-b", 0, 10).unwrap()),
+        ["x0", "x1", "xend"]
+    );
+}
+
+/// Durability memory holds history in memory until `--history-flush-every` (here an
+/// hour) or until it holds `--history-memory-bytes`: after a crash (SIGKILL) what was
+/// written early is there, what was held is lost.
+fn history_after_a_crash(budget: &str) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let args = [
+        "--shards",
+        "2",
+        "--data-dir",
+        d,
+        "--history-flush-every",
+        "1h",
+        "--history-memory-bytes",
+        budget,
+    ];
+    let mut r = RouterProc::start(&args);
+    let mut a = r.client("hk-a");
+    let _b = r.client("hk-b");
+    let payload = [b'p'; 200];
+    for _ in 0..4 {
+        a.send_many("hk-b", std::iter::repeat_n(&payload[..], 50))
+            .unwrap();
+        a.send_wait("hk-b", b"end").unwrap();
+    }
+    assert_eq!(a.history_with("hk-b", 0, 500).unwrap().len(), 204);
+    drop(a);
+    r.kill9();
+    let r = RouterProc::start(&args);
+    let mut b = r.client("hk-b");
+    b.history_with("hk-a", 0, 500).unwrap().len()
+}
+
+#[test]
+fn history_past_its_memory_budget_is_written_early() {
+    // 204 messages of ~230 B (47 KiB): with an 8 KiB budget, at least 5 writes of 8 KiB
+    // (160 messages) before the crash.
+    let kept = history_after_a_crash("8KiB");
+    assert!((160..=204).contains(&kept), "{kept}");
+    // Under a 64 MiB budget all of it was still held.
+    assert_eq!(history_after_a_crash("64MiB"), 0);
 }
 
 #[test]
@@ -283,10 +342,38 @@ fn conversations_newest_first_with_unread_counts_and_paging() {
     let rest = a.conversations(2, page[1].last.timestamp_us).unwrap();
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].room.as_deref(), Some("hc-room"));
-    // Answering resets the unread count (TODO read marks: issue 11).
+    // Without a read mark, answering resets the unread count.
     a.send_wait("hc-c", b"re").unwrap();
     let cs = a.conversations(1, 0).unwrap();
     assert_eq!((cs[0].user.as_deref(), cs[0].unread), (Some("hc-c"), 0));
+    // A read mark (MarkRead): unread counts the messages after it.
+    let h = a.history_with("hc-b", 0, 10).unwrap();
+    assert_eq!(payloads(&h), ["to b", "b 1", "b 2"]);
+    a.mark_read(Target::User("hc-b"), h[1].msg_id).unwrap();
+    let room = a.room_history("hc-room", 0, 10).unwrap();
+    a.mark_read(Target::Room("hc-room"), room[0].msg_id)
+        .unwrap();
+    let cs = a.conversations(0, 0).unwrap();
+    let unread: Vec<(Option<&str>, Option<&str>, u64)> = cs
+        .iter()
+        .map(|c| (c.user.as_deref(), c.room.as_deref(), c.unread))
+        .collect();
+    assert_eq!(
+        unread,
+        [
+            (Some("hc-c"), None, 0),
+            (Some("hc-b"), None, 1),
+            (None, Some("hc-room"), 0)
+        ]
+    );
+    // The mark is the reader's own: b's count of its conversation with a is unchanged
+    // (b's last own message, "b 2", is the newest).
+    let cs = b.conversations(0, 0).unwrap();
+    let with_a = cs
+        .iter()
+        .find(|c| c.user.as_deref() == Some("hc-a"))
+        .unwrap();
+    assert_eq!(with_a.unread, 0);
     let err = a.conversations(501, 0).unwrap_err();
     assert_eq!(err.code(), Some(Status::BadRequest), "{err}");
 }

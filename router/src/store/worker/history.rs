@@ -1,17 +1,28 @@
-//! The storage thread's side of conversation history (layout: `store::history`).
+//! The storage thread's side of conversation history (layout and write path:
+//! `store::history`).
 
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
 use super::super::history::{
-    chunk_key, chunk_prefix, chunk_seq, chunk_value, decode_u64, parse_chunk, parse_conv, records,
-    user_key, user_prefix, ConvName, ConvSummary, HistChunk, HistMsg, HistPage, HistQuery,
-    HistoryOptions,
+    chunk_key, chunk_prefix, chunk_seq, decode_u64, dm_conv, mark_key, mark_prefix, parse_chunk,
+    parse_conv, records, room_conv, user_key, user_prefix, ConvName, ConvSummary, HistChunk,
+    HistMsg, HistPage, HistQuery, HistRec, HistoryOptions, RawRecord, Segment,
 };
 use super::{member_key, now_us, Ks, Op, Worker, CACHE_MAX};
-use crate::store::{StoreError, StoreResult};
+use crate::store::{Durability, StoreError, StoreResult};
 
 /// Chunks appended to a conversation between two age trims (with a max age).
 const AGE_TRIM_EVERY: u32 = 64;
+
+/// A segment (a stored chunk) holds at most this many messages ...
+const SEGMENT_MAX_MSGS: u32 = 512;
+/// ... or about this many bytes; past either the conversation starts a new one.
+const SEGMENT_MAX_BYTES: usize = 64 * 1024;
 
 /// Most conversation entries one ListConversations looks at (a bound on the work of one
 /// request, whatever the user's number of conversations).
@@ -22,22 +33,42 @@ pub(crate) const CONV_SCAN_MAX: usize = 10_000;
 struct ConvState {
     /// Seq of the next message.
     next_seq: u64,
-    /// First seq of the oldest chunk on disk (`next_seq` when there is none).
+    /// First seq of the oldest chunk on disk (when there is none: the first seq appended
+    /// after the state was read or the chunks trimmed, so memory's messages are visible).
     oldest: u64,
-    /// Chunks appended since the last trim.
+    /// Chunks written since the last trim.
     since_trim: u32,
     /// The participants' entries of a direct conversation are known to exist.
     indexed: bool,
 }
 
-/// History state of the storage thread.
+/// A conversation's messages not yet written, oldest segment first.
 #[derive(Default)]
+struct Tail {
+    segs: VecDeque<Segment>,
+    /// Bytes allocated by `segs`.
+    bytes: usize,
+}
+
+/// History state of the storage thread.
 pub(crate) struct HistState {
     pub(crate) opts: HistoryOptions,
+    /// Tails are written in the round that appended them (sync durability, or no memory
+    /// budget).
+    write_through: bool,
     convs: FxHashMap<Vec<u8>, ConvState>,
-    /// Users' conversation entries to write at the next commit (key → last sent seq; 0:
+    /// Messages not yet written, per conversation (every one has a `convs` entry).
+    tails: FxHashMap<Vec<u8>, Tail>,
+    /// Bytes allocated by `tails`: past `opts.memory_bytes` they are written.
+    tail_bytes: usize,
+    /// When the tails are written next (set by the first append after a write).
+    next_flush: Option<Instant>,
+    /// Users' conversation entries to write with the tails (key → last sent seq; 0:
     /// create if missing). Merged here so one batch never writes a key twice.
     pending: FxHashMap<Vec<u8>, u64>,
+    /// Read marks to write with the tails (key → seq; the larger of it and the stored
+    /// one is kept).
+    marks: FxHashMap<Vec<u8>, u64>,
     /// (conversation, msg_id) → seq of the oldest message of recently answered pages:
     /// the `before` of the next page back, found without scanning for it.
     cursors: FxHashMap<(Vec<u8>, u64), u64>,
@@ -47,11 +78,23 @@ pub(crate) struct HistState {
 const CURSORS_MAX: usize = 65_536;
 
 impl HistState {
-    pub(crate) fn new(opts: HistoryOptions) -> Self {
+    pub(crate) fn new(opts: HistoryOptions, durability: Durability) -> Self {
         HistState {
             opts,
-            ..Default::default()
+            write_through: durability == Durability::Sync || opts.memory_bytes == 0,
+            convs: FxHashMap::default(),
+            tails: FxHashMap::default(),
+            tail_bytes: 0,
+            next_flush: None,
+            pending: FxHashMap::default(),
+            marks: FxHashMap::default(),
+            cursors: FxHashMap::default(),
         }
+    }
+
+    /// When the storage thread must wake up to write the tails, if any are held.
+    pub(crate) fn next_flush(&self) -> Option<Instant> {
+        self.next_flush
     }
 }
 
@@ -59,7 +102,7 @@ fn corrupt(what: &str) -> StoreError {
     StoreError::Io(format!("corrupt history {what}"))
 }
 
-fn to_msg(r: (&[u8], u64, u64, &[u8])) -> HistMsg {
+fn to_msg(r: RawRecord<'_>) -> HistMsg {
     HistMsg {
         from_user: String::from_utf8_lossy(r.0).into_owned(),
         payload: bytes::Bytes::copy_from_slice(r.3),
@@ -111,9 +154,9 @@ impl Worker {
         Ok(st)
     }
 
-    /// Writes the merged conversation entries (called by `commit`, before the batch).
-    pub(crate) fn hist_flush_entries(&mut self) {
-        for (k, seq) in self.hist.pending.drain() {
+    /// Writes the merged conversation entries and read marks (with the tails).
+    fn hist_flush_entries(&mut self) {
+        for (k, seq) in std::mem::take(&mut self.hist.pending) {
             if seq == 0 {
                 // Only "exists": keep a value already on disk.
                 match self.dbs.history.contains_key(&k) {
@@ -128,6 +171,19 @@ impl Worker {
             self.ops
                 .push(Op::Put(Ks::History, k, seq.to_be_bytes().to_vec()));
         }
+        for (k, seq) in std::mem::take(&mut self.hist.marks) {
+            let stored = match self.dbs.history.get(&k) {
+                Ok(v) => v.map_or(0, |v| decode_u64(&v)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "read mark lookup failed");
+                    continue;
+                }
+            };
+            if seq > stored {
+                self.ops
+                    .push(Op::Put(Ks::History, k, seq.to_be_bytes().to_vec()));
+            }
+        }
     }
 
     fn note_entry(&mut self, user: &[u8], conv: &[u8], seq: u64) {
@@ -135,19 +191,20 @@ impl Worker {
         *e = (*e).max(seq);
     }
 
-    /// Appends chunks (one request per shard per loop turn).
+    /// Appends a loop turn's messages of one shard to their conversations' tails, and
+    /// writes the tails if the mode or the memory budget asks for it.
     pub(crate) fn hist_append(&mut self, chunks: Vec<HistChunk>) -> StoreResult<()> {
         if self.hist.opts.per_conversation == 0 {
             return Ok(());
         }
-        for c in chunks {
-            if c.count == 0 {
+        for HistChunk { conv, recs } in chunks {
+            if recs.is_empty() {
                 continue;
             }
-            let Some(name) = parse_conv(&c.conv) else {
+            let Some(name) = parse_conv(&conv) else {
                 return Err(StoreError::Invalid("bad conversation id".into()));
             };
-            let mut st = self.conv_state(&c.conv)?;
+            let mut st = self.conv_state(&conv)?;
             if let (false, ConvName::Direct(a, b)) = (st.indexed, &name) {
                 // A message to a user without an account (refused NOT_FOUND) or to one
                 // deleted meanwhile makes no conversation. Checked once per conversation
@@ -157,46 +214,136 @@ impl Worker {
                 if !self.account_exists(&a)? || !self.account_exists(&b)? {
                     continue;
                 }
-            }
-            let first = st.next_seq;
-            // The last message each sender sent in this chunk.
-            let mut senders: Vec<(&[u8], u64)> = Vec::new();
-            for (i, (from, ..)) in records(c.records()).enumerate() {
-                let seq = first + i as u64;
-                match senders.iter_mut().find(|(f, _)| *f == from) {
-                    Some(s) => s.1 = seq,
-                    None => senders.push((from, seq)),
-                }
-            }
-            let senders: Vec<(Vec<u8>, u64)> =
-                senders.into_iter().map(|(f, s)| (f.to_vec(), s)).collect();
-            for (from, seq) in &senders {
-                self.note_entry(from, &c.conv, *seq);
-            }
-            if let (false, ConvName::Direct(a, b)) = (st.indexed, &name) {
-                let (a, b) = (a.to_vec(), b.to_vec());
-                self.note_entry(&a, &c.conv, 0);
-                self.note_entry(&b, &c.conv, 0);
+                self.note_entry(a.as_bytes(), &conv, 0);
+                self.note_entry(b.as_bytes(), &conv, 0);
                 st.indexed = true;
             }
-            st.next_seq = first + u64::from(c.count);
-            st.since_trim += 1;
-            let key = chunk_key(&c.conv, first);
-            let conv = c.conv.clone();
-            self.ops.push(Op::Put(Ks::History, key, chunk_value(c)));
-            let limit = self.hist.opts.per_conversation;
-            let slack = (limit / 4).max(256);
-            let over = st.next_seq - st.oldest > limit.saturating_add(slack);
-            let aged = self.hist.opts.max_age.is_some() && st.since_trim >= AGE_TRIM_EVERY;
-            self.hist.convs.insert(conv.clone(), st);
-            if over || aged {
-                self.hist_trim(&conv)?;
+            let first = st.next_seq;
+            // The last message each sender sent in this chunk (one or two senders in a
+            // direct conversation; the handles of one session's name share a pointer).
+            let mut senders: Vec<(&Bytes, u64)> = Vec::new();
+            for (i, r) in recs.iter().enumerate() {
+                let seq = first + i as u64;
+                let same = |f: &Bytes| {
+                    (f.as_ptr() == r.from_user.as_ptr() && f.len() == r.from_user.len())
+                        || *f == r.from_user
+                };
+                match senders.iter_mut().find(|(f, _)| same(f)) {
+                    Some(s) => s.1 = seq,
+                    None => senders.push((&r.from_user, seq)),
+                }
             }
+            for (from, seq) in senders {
+                self.note_entry(from, &conv, seq);
+            }
+            st.next_seq = first + recs.len() as u64;
+            let keep_from = st.next_seq.saturating_sub(self.hist.opts.per_conversation);
+            if let Some(c) = self.hist.convs.get_mut(&conv) {
+                *c = st;
+            }
+            let tail = match self.hist.tails.get_mut(&conv) {
+                Some(t) => t,
+                None => self.hist.tails.entry(conv).or_default(),
+            };
+            let before = tail.bytes;
+            let mut seq = first;
+            let mut left: usize = recs.iter().map(HistRec::encoded_len).sum();
+            for r in &recs {
+                let room = match tail.segs.back() {
+                    Some(s) => s.count < SEGMENT_MAX_MSGS && s.data.len() < SEGMENT_MAX_BYTES,
+                    None => false,
+                };
+                if !room {
+                    // A segment after a full one is for a busy conversation: its full
+                    // size at once; else room for this request's messages (then it grows).
+                    let want = if tail.segs.is_empty() {
+                        left
+                    } else {
+                        SEGMENT_MAX_BYTES
+                    };
+                    let seg = Segment::new(seq, want.min(SEGMENT_MAX_BYTES) + r.encoded_len());
+                    tail.bytes += seg.data.capacity();
+                    tail.segs.push_back(seg);
+                }
+                left -= r.encoded_len();
+                let Some(seg) = tail.segs.back_mut() else {
+                    continue; // (pushed just above)
+                };
+                let cap = seg.data.capacity();
+                seg.push(r);
+                tail.bytes += seg.data.capacity() - cap;
+                seq += 1;
+            }
+            // Whole segments no query may show any more are never written.
+            while tail.segs.front().is_some_and(|s| s.end_seq() <= keep_from) {
+                if let Some(s) = tail.segs.pop_front() {
+                    tail.bytes -= s.data.capacity();
+                }
+            }
+            self.hist.tail_bytes = self.hist.tail_bytes - before + tail.bytes;
+        }
+        if self.hist.write_through || self.hist.tail_bytes >= self.hist.opts.memory_bytes {
+            self.hist_flush()?;
+        } else if self.hist.next_flush.is_none() && !self.hist.tails.is_empty() {
+            self.hist.next_flush = Some(Instant::now() + self.hist.opts.flush_every);
         }
         Ok(())
     }
 
-    /// Deletes the chunks of `conv` that no query may show any more.
+    /// Writes the tails if they are due (called between rounds).
+    pub(crate) fn hist_tick(&mut self) {
+        if self.hist.next_flush.is_some_and(|t| t <= Instant::now()) {
+            let r = self.hist_flush().and_then(|()| self.commit());
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "history write failed");
+            }
+            // The one moment under steady load when no tail is held.
+            self.hist_trim_cache();
+        }
+    }
+
+    /// Writes every conversation's tail (one key per segment), the conversation entries
+    /// and the read marks, then trims the conversations over their bounds.
+    pub(crate) fn hist_flush(&mut self) -> StoreResult<()> {
+        self.hist.next_flush = None;
+        let tails = std::mem::take(&mut self.hist.tails);
+        self.hist.tail_bytes = 0;
+        let cutoff = self.age_cutoff();
+        let limit = self.hist.opts.per_conversation;
+        let mut trim = Vec::new();
+        let wrote = !tails.is_empty();
+        for (conv, tail) in tails {
+            let Some(st) = self.hist.convs.get_mut(&conv) else {
+                continue; // (every tail has a state)
+            };
+            let keep_from = st.next_seq.saturating_sub(limit);
+            for seg in tail.segs {
+                if seg.end_seq() <= keep_from || seg.last_ts < cutoff {
+                    continue;
+                }
+                st.since_trim += 1;
+                let key = chunk_key(&conv, seg.first_seq);
+                self.ops.push(Op::Put(Ks::History, key, seg.into_value()));
+            }
+            let slack = (limit / 4).max(256);
+            let over = st.next_seq - st.oldest > limit.saturating_add(slack);
+            let aged = self.hist.opts.max_age.is_some() && st.since_trim >= AGE_TRIM_EVERY;
+            if over || aged {
+                trim.push(conv);
+            }
+        }
+        self.hist_flush_entries();
+        for conv in trim {
+            self.hist_trim(&conv)?;
+        }
+        if wrote {
+            self.stats.history_writes.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Deletes the stored chunks of `conv` that no query may show any more (its tail
+    /// is written).
     fn hist_trim(&mut self, conv: &[u8]) -> StoreResult<()> {
         self.commit()?;
         let mut st = self.conv_state(conv)?;
@@ -223,23 +370,67 @@ impl Worker {
         Ok(())
     }
 
+    /// Visits the chunks of `conv` whose first seq is at most `upper`, newest first: the
+    /// tail in memory, then the stored ones (older). `f` gets (first seq, count, newest
+    /// ts, records) and returns false to stop.
+    fn hist_chunks_rev(
+        &self,
+        conv: &[u8],
+        upper: u64,
+        mut f: impl FnMut(u64, u32, u64, &[u8]) -> bool,
+    ) -> StoreResult<()> {
+        if let Some(t) = self.hist.tails.get(conv) {
+            for s in t.segs.iter().rev().filter(|s| s.first_seq <= upper) {
+                if !f(s.first_seq, s.count, s.last_ts, s.records()) {
+                    return Ok(());
+                }
+            }
+        }
+        let prefix = chunk_prefix(conv);
+        for g in self
+            .dbs
+            .history
+            .range(prefix.clone()..=chunk_key(conv, upper))
+            .rev()
+        {
+            let (k, v) = g.into_inner()?;
+            let seq = chunk_seq(&prefix, &k).ok_or_else(|| corrupt("key"))?;
+            let (count, last_ts, data) = parse_chunk(&v).ok_or_else(|| corrupt("chunk"))?;
+            if !f(seq, count, last_ts, data) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The conversation `user` asks about (`None`: a room it is not a member of).
+    fn asked_conv(
+        &self,
+        user: &str,
+        peer: Option<&str>,
+        room: Option<&str>,
+    ) -> StoreResult<Option<Vec<u8>>> {
+        match (peer, room) {
+            (Some(p), None) => Ok(Some(dm_conv(user.as_bytes(), p.as_bytes()))),
+            (None, Some(r)) => {
+                if !self.dbs.rooms.contains_key(member_key(user, r))? {
+                    return Ok(None);
+                }
+                Ok(Some(room_conv(r.as_bytes())))
+            }
+            _ => Err(StoreError::Invalid("set user or room, not both".into())),
+        }
+    }
+
     /// A page of a conversation, oldest first.
     pub(crate) fn hist_query(&mut self, q: &HistQuery) -> StoreResult<HistPage> {
         self.commit()?;
-        let conv = match (&q.peer, &q.room) {
-            (Some(p), None) => super::super::history::dm_conv(q.user.as_bytes(), p.as_bytes()),
-            (None, Some(r)) => {
-                if !self.dbs.rooms.contains_key(member_key(&q.user, r))? {
-                    return Ok(HistPage::Forbidden);
-                }
-                super::super::history::room_conv(r.as_bytes())
-            }
-            _ => return Err(StoreError::Invalid("set user or room, not both".into())),
+        let Some(conv) = self.asked_conv(&q.user, q.peer.as_deref(), q.room.as_deref())? else {
+            return Ok(HistPage::Forbidden);
         };
         let st = self.conv_state(&conv)?;
         let from = self.visible_from(&st);
         let cutoff = self.age_cutoff();
-        let prefix = chunk_prefix(&conv);
         let mut out = Vec::new();
         // The seq of `before`, when a page that ended at it was answered recently: the
         // scan then starts at its chunk instead of looking for it from the newest.
@@ -248,38 +439,36 @@ impl Worker {
             b => self.hist.cursors.get(&(conv.clone(), b)).copied(),
         };
         let mut found = q.before == 0 || start.is_some();
-        let upper = chunk_key(&conv, start.unwrap_or(u64::MAX));
         let mut oldest_seq = 0;
-        'chunks: for g in self.dbs.history.range(prefix.clone()..=upper).rev() {
-            if out.len() >= q.limit {
-                break;
-            }
-            let (k, v) = g.into_inner()?;
-            let seq = chunk_seq(&prefix, &k).ok_or_else(|| corrupt("key"))?;
-            let (count, last_ts, data) = parse_chunk(&v).ok_or_else(|| corrupt("chunk"))?;
-            if seq + u64::from(count) <= from || last_ts < cutoff {
-                break;
-            }
-            let recs: Vec<_> = records(data).collect();
-            for (i, r) in recs.iter().enumerate().rev() {
-                let s = seq + i as u64;
-                if start.is_some_and(|start| s >= start) {
-                    continue;
+        self.hist_chunks_rev(
+            &conv,
+            start.unwrap_or(u64::MAX),
+            |seq, count, last_ts, data| {
+                if out.len() >= q.limit || seq + u64::from(count) <= from || last_ts < cutoff {
+                    return false;
                 }
-                if s < from || r.2 < cutoff {
-                    break 'chunks;
+                let recs: Vec<_> = records(data).collect();
+                for (i, r) in recs.iter().enumerate().rev() {
+                    let s = seq + i as u64;
+                    if start.is_some_and(|start| s >= start) {
+                        continue;
+                    }
+                    if s < from || r.2 < cutoff {
+                        return false;
+                    }
+                    if !found {
+                        found = r.1 == q.before;
+                        continue;
+                    }
+                    oldest_seq = s;
+                    out.push(to_msg(*r));
+                    if out.len() >= q.limit {
+                        return false;
+                    }
                 }
-                if !found {
-                    found = r.1 == q.before;
-                    continue;
-                }
-                oldest_seq = s;
-                out.push(to_msg(*r));
-                if out.len() >= q.limit {
-                    break 'chunks;
-                }
-            }
-        }
+                true
+            },
+        )?;
         if !found {
             return Ok(HistPage::BeforeNotFound);
         }
@@ -293,7 +482,54 @@ impl Worker {
         Ok(HistPage::Messages(out))
     }
 
-    /// The newest message of a conversation, if one is visible.
+    /// Records that `user` read the conversation up to `msg_id` (MarkRead): nothing if
+    /// the message is not in the history kept, or the room not the user's.
+    pub(crate) fn hist_mark(
+        &mut self,
+        user: &str,
+        peer: Option<&str>,
+        room: Option<&str>,
+        msg_id: u64,
+    ) -> StoreResult<()> {
+        if self.hist.opts.per_conversation == 0 {
+            return Ok(());
+        }
+        let Some(conv) = self.asked_conv(user, peer, room)? else {
+            return Ok(());
+        };
+        let st = self.conv_state(&conv)?;
+        let from = self.visible_from(&st);
+        let mut seq = None;
+        self.hist_chunks_rev(&conv, u64::MAX, |first, count, _, data| {
+            if first + u64::from(count) <= from {
+                return false;
+            }
+            for (i, r) in records(data).enumerate() {
+                if r.1 == msg_id && first + i as u64 >= from {
+                    seq = Some(first + i as u64);
+                }
+            }
+            seq.is_none()
+        })?;
+        let Some(seq) = seq else {
+            return Ok(());
+        };
+        let e = self
+            .hist
+            .marks
+            .entry(mark_key(user.as_bytes(), &conv))
+            .or_insert(0);
+        *e = (*e).max(seq);
+        if self.hist.write_through {
+            self.hist_flush_entries();
+        } else if self.hist.next_flush.is_none() {
+            self.hist.next_flush = Some(Instant::now() + self.hist.opts.flush_every);
+        }
+        Ok(())
+    }
+
+    /// The newest stored message of a conversation, if one is visible (its tail is
+    /// written).
     fn hist_last(&mut self, conv: &[u8]) -> StoreResult<Option<(HistMsg, ConvState)>> {
         let st = self.conv_state(conv)?;
         if st.next_seq <= self.visible_from(&st) {
@@ -312,13 +548,14 @@ impl Worker {
         Ok(records(data).last().map(|r| (to_msg(r), st)))
     }
 
-    /// `user`'s conversations, newest last message first.
+    /// `user`'s conversations, newest last message first (writes the tails first).
     pub(crate) fn hist_conversations(
         &mut self,
         user: &str,
         limit: usize,
         before_ts: u64,
     ) -> StoreResult<Vec<ConvSummary>> {
+        self.hist_flush()?;
         self.commit()?;
         // conversation id → last sent seq.
         let mut convs: Vec<(Vec<u8>, u64)> = Vec::new();
@@ -330,7 +567,7 @@ impl Worker {
         let rooms = self.rooms_of(user)?;
         let mut out = Vec::new();
         for room in rooms.iter().take(CONV_SCAN_MAX) {
-            let conv = super::super::history::room_conv(room.as_bytes());
+            let conv = room_conv(room.as_bytes());
             if !convs.iter().any(|(c, _)| *c == conv) {
                 convs.push((conv, 0));
             }
@@ -357,7 +594,10 @@ impl Worker {
             if before_ts != 0 && last.ts_us >= before_ts {
                 continue;
             }
-            let seen = sent.max(self.visible_from(&st) - 1);
+            // Read up to the read mark; without one, up to the user's last own message.
+            let mark = self.dbs.history.get(mark_key(user.as_bytes(), &conv))?;
+            let read = mark.map_or(sent, |v| decode_u64(&v));
+            let seen = read.max(self.visible_from(&st) - 1);
             let unread = (st.next_seq - 1).saturating_sub(seen);
             out.push(ConvSummary {
                 peer,
@@ -371,8 +611,9 @@ impl Worker {
         Ok(out)
     }
 
-    /// Removes `user`'s direct conversations (both sides' entries and their messages)
-    /// and its own conversation entries. Call with every write committed.
+    /// Removes `user`'s direct conversations (both sides' entries and read marks and
+    /// their messages) and its own conversation entries and read marks. Call with every
+    /// write committed and the tails written.
     pub(crate) fn hist_delete_user(&mut self, user: &str) -> StoreResult<()> {
         let prefix = user_prefix(user.as_bytes());
         // Seqs of deleted conversations start again at 1.
@@ -386,6 +627,7 @@ impl Worker {
             if let Some(ConvName::Direct(a, b)) = parse_conv(&conv) {
                 let peer = if a == user.as_bytes() { b } else { a };
                 self.ops.push(Op::Del(Ks::History, user_key(peer, &conv)));
+                self.ops.push(Op::Del(Ks::History, mark_key(peer, &conv)));
                 for g in self.dbs.history.prefix(chunk_prefix(&conv)) {
                     self.ops.push(Op::Del(Ks::History, g.key()?.to_vec()));
                 }
@@ -393,12 +635,21 @@ impl Worker {
             }
             self.ops.push(Op::Del(Ks::History, k));
         }
+        for g in self.dbs.history.prefix(mark_prefix(user.as_bytes())) {
+            self.ops.push(Op::Del(Ks::History, g.key()?.to_vec()));
+        }
         Ok(())
     }
 
-    /// Empties the conversation cache past [`CACHE_MAX`] (every write committed).
+    /// Empties the conversation cache past [`CACHE_MAX`] (every write committed, the
+    /// tails written).
     pub(crate) fn hist_trim_cache(&mut self) {
-        if self.hist.convs.len() > CACHE_MAX && self.hist.pending.is_empty() {
+        let h = &self.hist;
+        if h.convs.len() > CACHE_MAX
+            && h.pending.is_empty()
+            && h.marks.is_empty()
+            && h.tails.is_empty()
+        {
             self.hist.convs = FxHashMap::default();
         }
     }
