@@ -27,7 +27,7 @@ mod testing;
 pub mod threaded;
 pub mod transport;
 
-pub use client::{Client, ClientConfig};
+pub use client::{Client, ClientConfig, ResumeInfo};
 pub use error::ClientError;
 pub use event::{Event, Message, Receipt, RoomEventKind, RoomInfo};
 pub use history::Conversation;

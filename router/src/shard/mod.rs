@@ -45,6 +45,7 @@ pub mod delivery;
 pub mod history;
 pub mod mail;
 pub mod pause;
+pub mod resume;
 pub mod retention;
 pub mod rooms;
 pub(crate) mod run;
@@ -142,6 +143,8 @@ pub struct Shard {
     pub social: social::Social,
     /// History appends of the current loop turn ([`history`]).
     pub hist: history::HistBuf,
+    /// Sessions that ended and may be resumed ([`resume`]).
+    pub resumable: resume::Resumable,
 }
 
 /// The home shard of a name (defined in proto, shared with the clients).
@@ -213,6 +216,7 @@ impl Shard {
             local_mail: Vec::new(),
             bell: None,
             hist: history::HistBuf::default(),
+            resumable: resume::Resumable::default(),
             rooms: NameMap::default(),
             stored_floor: NameMap::default(),
             touched_at: Instant::now(),

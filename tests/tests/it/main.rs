@@ -21,6 +21,7 @@
 //! | `offline` | offline queue, backlog paging, at-least-once, restarts, kill -9 |
 //! | `order` | per-sender order under load, both drivers |
 //! | `prelogin` | what a connection may do before Login, pipelined Register / Login |
+//! | `resume` | numbered Sends, SendAck, resume tokens, random connection cuts under load (both drivers, memory and sync) |
 //! | `rooms` | rooms: membership, fan-out (no echo to the sending device), limits, order, kill -9 |
 //! | `social` | ephemeral messages, copies to the sender's devices (issue 11), both drivers |
 //! | `shutdown` | SIGTERM: queued messages flushed or kept for the next login, `--shutdown-timeout` |
@@ -44,6 +45,7 @@ mod names;
 mod offline;
 mod order;
 mod prelogin;
+mod resume;
 mod rooms;
 mod shutdown;
 mod social;
