@@ -1521,6 +1521,40 @@ mod tests {
     }
 
     #[test]
+    fn the_seen_window_drops_copies_and_forgets_the_oldest_past_its_size() {
+        let mut seen = Seen::with_capacity(3);
+        assert!(seen.first_time("ann", 1));
+        assert!(!seen.first_time("ann", 1));
+        // Same id from another sender: another message.
+        assert!(seen.first_time("bob", 1));
+        assert!(seen.first_time("ann", 2));
+        assert!(seen.first_time("ann", 3));
+        // ("ann", 1) was the oldest of four: forgotten.
+        assert!(seen.first_time("ann", 1));
+        assert!(!seen.first_time("ann", 3));
+        assert_eq!(seen.order.len(), 3);
+        assert_eq!(seen.set.len(), 3);
+    }
+
+    #[test]
+    fn a_send_ack_forgets_the_kept_sends_it_covers() {
+        let mut r = Resend::default();
+        for seq in 1..=4u64 {
+            r.frames
+                .push_back((seq, Bytes::from(vec![0u8; seq as usize])));
+            r.bytes += seq as usize;
+        }
+        r.ack(2);
+        assert_eq!(r.frames.front().map(|f| f.0), Some(3));
+        assert_eq!(r.bytes, 3 + 4);
+        r.ack(1);
+        assert_eq!(r.frames.len(), 2);
+        r.ack(9);
+        assert!(r.frames.is_empty());
+        assert_eq!(r.bytes, 0);
+    }
+
+    #[test]
     fn frames_right_behind_the_login_result_are_not_lost() {
         let (c, server) = start(vec![deliver(1, b"early")], |f| while f.frame().is_some() {});
         assert_eq!(c.user(), "alice");

@@ -15,6 +15,8 @@
 //! - [`mail`]: every cross-shard message and its one match.
 //! - [`pause`]: pause tables and the pause/resume bookkeeping.
 //! - [`retention`]: what a session keeps until acked, and the messages it defers.
+//! - [`resume`]: numbered Sends (client_seq, SendAck), resume tokens, ended sessions kept
+//!   for `--resume-window`.
 //! - [`delivery`]: delivering to sessions, offline queues, journaling, login backlog.
 //! - [`answer`]: SendResults for messages that went through other shards or the store.
 //! - [`api`]: outcomes of messages published through the HTTP API.
