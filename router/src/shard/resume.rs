@@ -4,7 +4,10 @@
 //!   number it took ([`Session::client_seq_taken`]); a Send numbered at or below it is
 //!   a copy the client sent again after a cut: it is dropped and acknowledged again.
 //!   The writer tells the client how far the router took its Sends with one `SendAck`
-//!   per write batch, only when the number moved (`net::session::write_loop`).
+//!   per write batch, only when the number moved (`net::session::write_loop`). A
+//!   session that only sends has no write batches of its own: its writer is woken for
+//!   a SendAck once [`SEND_ACK_EVERY`] Sends are unacknowledged, else by the tick
+//!   (every 100 ms at most), so acknowledgements cost one small write per 128 Sends.
 //! - A Login with `resume` gets a random, single-use token in its LoginResult. When the
 //!   session ends, its token, user, device and `client_seq_taken` are kept here for
 //!   `--resume-window` ([`Resumable`], at most `--max-resumable-sessions` per shard:
@@ -27,6 +30,10 @@ use ringrouter_proto::v1::Login;
 
 use super::session::CloseReason;
 use super::{Session, SessionKey, Shard};
+
+/// Unacknowledged Sends after which a session's writer is woken for a SendAck (below
+/// it, the SendAck rides with the next write batch or the tick).
+pub const SEND_ACK_EVERY: u64 = 128;
 
 /// A resume token: 128 random bits.
 pub type ResumeToken = [u8; 16];
@@ -221,19 +228,19 @@ impl Shard {
 
     /// Resume's part of a Send numbered `client_seq` (not 0): false when the session
     /// took it already (a copy sent again after a cut: drop it; it is acknowledged
-    /// again). Wakes the writer to send a SendAck when the number moves.
+    /// again, at once). Wakes the writer for a SendAck once [`SEND_ACK_EVERY`] Sends
+    /// wait for one.
     #[inline]
     pub(crate) fn take_client_seq(s: &mut Session, client_seq: u64) -> bool {
         if client_seq <= s.client_seq_taken {
-            // Acknowledged again with the next write batch.
             s.client_seq_acked = s.client_seq_acked.min(client_seq - 1);
             s.wake_writer();
             return false;
         }
-        if s.client_seq_acked == s.client_seq_taken {
+        s.client_seq_taken = client_seq;
+        if client_seq - s.client_seq_acked >= SEND_ACK_EVERY {
             s.wake_writer();
         }
-        s.client_seq_taken = client_seq;
         true
     }
 }

@@ -445,6 +445,10 @@ impl Shard {
             if s.inflight == 0 && s.out.is_empty() {
                 s.release_idle();
             }
+            // Resume: Sends taken since the last SendAck (fewer than SEND_ACK_EVERY).
+            if s.client_seq_acked != s.client_seq_taken {
+                s.wake_writer();
+            }
             match s.ping_sent {
                 Some(sent) if now.duration_since(sent) >= cfg.heartbeat_timeout => {
                     to_close.push((k, CloseReason::HeartbeatTimeout));
