@@ -43,6 +43,7 @@ fn send_frame(size: usize, i: u64) -> ClientFrame {
             want_result: false,
             msg_id: 0,
             ephemeral: false,
+            client_seq: 0,
         })),
     }
 }

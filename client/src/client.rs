@@ -37,6 +37,19 @@ pub struct ClientConfig {
     pub max_frame_bytes: usize,
     /// TCP, TLS or WebSocket (default: plain TCP).
     pub transport: Transport,
+    /// Resume (issue 12): ask the router for a resume token at login. A
+    /// [`crate::threaded::ThreadedClient`] then numbers its Sends, keeps those the router
+    /// has not acknowledged, and when the connection drops reconnects on its own (with
+    /// backoff) and resumes: nothing sent is lost, nothing received is handed out twice.
+    pub reconnect: bool,
+    /// Resume: the token of the previous connection's login (empty: none).
+    pub resume_token: Vec<u8>,
+    /// Resume: how long a [`crate::threaded::ThreadedClient`] keeps trying to reconnect
+    /// before it reports the connection closed.
+    pub reconnect_for: Duration,
+    /// Resume: how many recent (sender, msg_id) a [`crate::threaded::ThreadedClient`]
+    /// remembers to drop messages it already handed out.
+    pub dedupe_window: usize,
 }
 
 impl ClientConfig {
@@ -52,8 +65,23 @@ impl ClientConfig {
             ack_interval: Duration::from_millis(100),
             max_frame_bytes: 64 << 20,
             transport: Transport::default(),
+            reconnect: false,
+            resume_token: Vec::new(),
+            reconnect_for: Duration::from_secs(60),
+            dedupe_window: 100_000,
         }
     }
+}
+
+/// The resume part of a LoginResult (see [`ClientConfig::reconnect`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResumeInfo {
+    /// The token for the next connection's login (empty: resume not asked for).
+    pub token: Vec<u8>,
+    /// The login's token was taken: the client_seq numbering goes on.
+    pub resumed: bool,
+    /// The highest client_seq the router took.
+    pub client_seq_acked: u64,
 }
 
 impl ClientConfig {
@@ -86,6 +114,7 @@ pub struct Client {
     pending: Pending,
     acks: Acks,
     closed: Option<String>,
+    resume: ResumeInfo,
 }
 
 impl std::fmt::Debug for Client {
@@ -173,6 +202,7 @@ impl Client {
             ids: RequestIds::starting_at(1),
             pending: Pending::default(),
             closed: None,
+            resume: ResumeInfo::default(),
         }
     }
 
@@ -185,6 +215,8 @@ impl Client {
             password: self.cfg.password.clone().unwrap_or_default(),
             token: self.cfg.token.clone().unwrap_or_default(),
             device: self.cfg.device.clone(),
+            resume: self.cfg.reconnect,
+            resume_token: self.cfg.resume_token.clone().into(),
         };
         Frame::of(client_frame::Kind::Login(login)).put(&mut self.wbuf);
         self.flush()?;
@@ -200,6 +232,11 @@ impl Client {
             self.user = r.user;
             self.session_id = r.session_id;
             self.shard = r.shard;
+            self.resume = ResumeInfo {
+                token: r.resume_token.to_vec(),
+                resumed: r.resumed,
+                client_seq_acked: r.client_seq_acked,
+            };
             return Ok(());
         }
     }
@@ -217,6 +254,11 @@ impl Client {
     /// The user's home shard.
     pub fn shard(&self) -> u32 {
         self.shard
+    }
+
+    /// The resume part of the login's answer.
+    pub fn resume(&self) -> &ResumeInfo {
+        &self.resume
     }
 
     /// The underlying socket (for tests that need raw access; under TLS or
@@ -268,6 +310,7 @@ impl Client {
             want_result,
             msg_id,
             ephemeral,
+            client_seq: 0,
         };
         put_send(&mut self.wbuf, &h, payload);
         request_id
@@ -586,7 +629,7 @@ impl Client {
                 self.flush()?;
                 Ok(None)
             }
-            Inbound::Login(_) | Inbound::Nothing => Ok(None),
+            Inbound::Login(_) | Inbound::SendAck(_) | Inbound::Nothing => Ok(None),
         }
     }
 

@@ -28,7 +28,7 @@ mod testing;
 pub mod threaded;
 pub mod transport;
 
-pub use client::{Client, ClientConfig};
+pub use client::{Client, ClientConfig, ResumeInfo};
 pub use contacts::{
     ContactChanges, ContactEntry, ContactEvent, ContactEventKind, ContactState, Contacts, Presence,
     PresenceStatus,

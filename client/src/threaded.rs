@@ -24,10 +24,23 @@
 //!
 //! Login goes through [`Client::connect`], so addresses, timeouts and login
 //! errors behave exactly as for the blocking client.
+//!
+//! **Reconnect and resume** ([`ClientConfig::reconnect`]): fire-and-forget Sends are
+//! numbered (`Send.client_seq`, with a client-chosen `msg_id`) and kept, as written,
+//! until the router acknowledges them (`SendAck`); the kept bytes count against
+//! `max_buffer_bytes`, so a send waits (or `try_send` says full) while the router has
+//! not acknowledged that much. When the connection drops (EOF, error, a router Error
+//! that closes it), the reader thread reconnects with exponential backoff (20 ms
+//! doubling to 2 s, for `reconnect_for`), logs in with the resume token, and the
+//! writer sends again every kept Send the router did not take. Messages received and
+//! not yet handed out are dropped (the router gives them back: they were not acked),
+//! and [`ThreadedClient::recv`] never hands out the same (sender, msg_id) twice (the
+//! last `dedupe_window` of them are remembered). Requests waiting for an answer
+//! (`send_wait`, rooms, ...) across a cut are not sent again: they time out.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -70,15 +83,10 @@ const EVENT_OVERHEAD: usize = 64;
 /// See the [module documentation](self) for how sending, receiving and acks work.
 pub struct ThreadedClient {
     inner: Arc<Inner>,
-    /// Kept for `shutdown`.
-    stream: TcpStream,
     user: String,
-    session_id: u64,
     shard: u32,
     timeout: Duration,
     ids: RequestIds,
-    /// Messages taken from the shared queue in one go, handed out one by one.
-    local: Mutex<VecDeque<Event>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     closed_by_caller: AtomicBool,
 }
@@ -87,12 +95,102 @@ impl std::fmt::Debug for ThreadedClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ThreadedClient")
             .field("user", &self.user)
-            .field("session_id", &self.session_id)
+            .field("session_id", &self.session_id())
             .finish()
     }
 }
 
+/// What a reconnecting client needs (see the module doc).
+struct Reconnect {
+    /// The router's addresses, resolved once.
+    addr: Vec<SocketAddr>,
+    /// The login configuration; its `resume_token` is the last login's.
+    cfg: Mutex<ClientConfig>,
+    /// Reconnections so far.
+    count: AtomicU64,
+}
+
+/// The (sender, msg_id) of the last messages handed out, to drop copies.
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    set: HashSet<(Box<str>, u64)>,
+    order: VecDeque<(Box<str>, u64)>,
+    cap: usize,
+}
+
+impl Seen {
+    pub(crate) fn with_capacity(cap: usize) -> Seen {
+        Seen {
+            cap: cap.max(1),
+            ..Seen::default()
+        }
+    }
+
+    /// Remembers (sender, msg_id); false if it is among the last `cap` remembered.
+    pub(crate) fn first_time(&mut self, sender: &str, msg_id: u64) -> bool {
+        let key: (Box<str>, u64) = (sender.into(), msg_id);
+        if self.set.contains(&key) {
+            return false;
+        }
+        if self.order.len() >= self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.order.push_back(key.clone());
+        self.set.insert(key);
+        true
+    }
+}
+
+/// Sends kept until the router acknowledges them (reconnecting clients).
+#[derive(Debug, Default)]
+struct Resend {
+    /// (client_seq, the frame as written), in order.
+    frames: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+    /// The last client_seq given out.
+    last_seq: u64,
+    /// Added to a Send's client_seq to make its msg_id (random per client).
+    msg_id_base: u64,
+}
+
+impl Resend {
+    /// Forgets the Sends up to `client_seq`.
+    fn ack(&mut self, client_seq: u64) {
+        while self.frames.front().is_some_and(|(s, _)| *s <= client_seq) {
+            if let Some((_, f)) = self.frames.pop_front() {
+                self.bytes -= f.len();
+            }
+        }
+    }
+}
+
+fn random_u64() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        // No random source: the clock still tells two clients apart.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        return t ^ (u64::from(std::process::id()) << 40);
+    }
+    u64::from_le_bytes(b)
+}
+
 struct Inner {
+    /// The current connection's socket (for `shutdown`).
+    stream: Mutex<TcpStream>,
+    session_id: AtomicU64,
+    /// Messages taken from the shared queue in one go, handed out one by one.
+    local: Mutex<VecDeque<Event>>,
+    /// Reconnecting clients: what was handed out (lock order: `local`, then `seen`).
+    seen: Mutex<Seen>,
+    /// Set for reconnecting clients.
+    reconnect: Option<Reconnect>,
+    /// Connection generation: a seq handed out from an earlier connection is not acked.
+    gen: AtomicU64,
     out: Mutex<Out>,
     /// The writer waits here for frames (or for the ack interval to pass).
     out_cv: Condvar,
@@ -130,6 +228,23 @@ struct Out {
     /// The reader asks the writer to write what the wire owes the router
     /// (a WebSocket pong or close answer, TLS records).
     kick: bool,
+    /// Reconnecting clients: the Sends the router has not acknowledged.
+    resend: Option<Resend>,
+    /// The connection is being replaced: the writer waits.
+    reconnecting: bool,
+    /// Generation of the connection the writer should write to, and its halves once
+    /// the reader installed it.
+    conn_gen: u64,
+    next_conn: Option<(TcpStream, Option<WireTx>)>,
+}
+
+impl Out {
+    /// Bytes that count against `max_buffer_bytes`: queued, or kept for a resend.
+    fn used(&self) -> usize {
+        self.buf
+            .len()
+            .max(self.resend.as_ref().map_or(0, |r| r.bytes))
+    }
 }
 
 struct In {
@@ -200,10 +315,27 @@ impl ThreadedClient {
         cfg: ClientConfig,
         limits: ThreadedLimits,
     ) -> Result<ThreadedClient, ClientError> {
-        let client = Client::connect(addr, cfg.clone())?;
+        let (client, reconnect) = if cfg.reconnect {
+            let addr: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+            let client = Client::connect(&addr[..], cfg.clone())?;
+            let mut cfg = cfg.clone();
+            cfg.resume_token = client.resume().token.clone();
+            let rc = Reconnect {
+                addr,
+                cfg: Mutex::new(cfg),
+                count: AtomicU64::new(0),
+            };
+            (client, Some(rc))
+        } else {
+            (Client::connect(addr, cfg.clone())?, None)
+        };
         let user = client.user().to_owned();
         let session_id = client.session_id();
         let shard = client.shard();
+        let resend = reconnect.as_ref().map(|_| Resend {
+            msg_id_base: random_u64(),
+            ..Resend::default()
+        });
         let (stream, wire, rbuf) = client.into_wire_parts();
         let (wire_rx, wire_tx) = wire.map(Wire::split).unzip();
         // The login used read timeouts; the reader blocks for as long as it takes.
@@ -211,6 +343,16 @@ impl ThreadedClient {
         let reader_stream = stream.try_clone()?;
         let writer_stream = stream.try_clone()?;
         let inner = Arc::new(Inner {
+            stream: Mutex::new(stream.try_clone()?),
+            session_id: AtomicU64::new(session_id),
+            local: Mutex::new(VecDeque::new()),
+            seen: Mutex::new(Seen::with_capacity(if reconnect.is_some() {
+                cfg.dedupe_window
+            } else {
+                1
+            })),
+            reconnect,
+            gen: AtomicU64::new(0),
             out: Mutex::new(Out {
                 buf: BytesMut::with_capacity(64 * 1024),
                 writer_idle: false,
@@ -222,6 +364,10 @@ impl ThreadedClient {
                 dead: None,
                 last_ack: Instant::now(),
                 kick: false,
+                resend,
+                reconnecting: false,
+                conn_gen: 0,
+                next_conn: None,
             }),
             out_cv: Condvar::new(),
             space_cv: Condvar::new(),
@@ -267,14 +413,11 @@ impl ThreadedClient {
         }
         Ok(ThreadedClient {
             inner,
-            stream,
             user,
-            session_id,
             shard,
             timeout: cfg.timeout,
             // Above the ids the login used.
             ids: RequestIds::starting_at(1 << 32),
-            local: Mutex::new(VecDeque::new()),
             threads: Mutex::new(threads),
             closed_by_caller: AtomicBool::new(false),
         })
@@ -285,9 +428,17 @@ impl ThreadedClient {
         &self.user
     }
 
-    /// The router's id for this session.
+    /// The router's id for this session (the current connection's, after a reconnect).
     pub fn session_id(&self) -> u64 {
-        self.session_id
+        self.inner.session_id.load(Ordering::Relaxed)
+    }
+
+    /// How many times the connection was re-established ([`ClientConfig::reconnect`]).
+    pub fn reconnects(&self) -> u64 {
+        self.inner
+            .reconnect
+            .as_ref()
+            .map_or(0, |r| r.count.load(Ordering::Relaxed))
     }
 
     /// The user's home shard.
@@ -311,7 +462,7 @@ impl ThreadedClient {
     ) -> Result<bool, ClientError> {
         let mut g = lock(&self.inner.out);
         Self::check_open(&g)?;
-        if !g.buf.is_empty() && g.buf.len() + frame_len > self.inner.limits.max_buffer_bytes {
+        if g.used() != 0 && g.used() + frame_len > self.inner.limits.max_buffer_bytes {
             return Ok(false);
         }
         encode(&mut g.buf);
@@ -338,7 +489,7 @@ impl ThreadedClient {
         let mut g = lock(&self.inner.out);
         loop {
             Self::check_open(&g)?;
-            if g.buf.is_empty() || g.buf.len() + frame_len <= self.inner.limits.max_buffer_bytes {
+            if g.used() == 0 || g.used() + frame_len <= self.inner.limits.max_buffer_bytes {
                 return Ok(true);
             }
             g.waiters += 1;
@@ -412,9 +563,47 @@ impl ThreadedClient {
     }
 
     pub(crate) fn try_send_to(&self, to: Target<'_>, payload: &[u8]) -> Result<bool, ClientError> {
+        if self.inner.reconnect.is_some() {
+            let mut g = lock(&self.inner.out);
+            Self::check_open(&g)?;
+            return Ok(self.put_numbered(&mut g, to, payload));
+        }
         let h = SendHeader::to(to);
         let len = send_frame_len(&h, payload.len());
         self.try_queue(len, |b| put_send(b, &h, payload))
+    }
+
+    /// Reconnecting clients: queues a Send numbered with the next client_seq (its
+    /// msg_id made from it) and keeps it until the router acknowledges it. False: no
+    /// room (nothing queued).
+    fn put_numbered(&self, g: &mut Out, to: Target<'_>, payload: &[u8]) -> bool {
+        let Some(r) = g.resend.as_ref() else {
+            return false;
+        };
+        let client_seq = r.last_seq + 1;
+        let h = SendHeader {
+            client_seq,
+            msg_id: r.msg_id_base.wrapping_add(client_seq).max(1),
+            ..SendHeader::to(to)
+        };
+        let len = send_frame_len(&h, payload.len());
+        if g.used() != 0 && g.used() + len > self.inner.limits.max_buffer_bytes {
+            return false;
+        }
+        let at = g.buf.len();
+        put_send(&mut g.buf, &h, payload);
+        let frame = Bytes::copy_from_slice(&g.buf[at..]);
+        g.queued += len as u64;
+        if let Some(r) = g.resend.as_mut() {
+            r.last_seq = client_seq;
+            r.bytes += frame.len();
+            r.frames.push_back((client_seq, frame));
+        }
+        if g.writer_idle {
+            g.writer_idle = false;
+            self.inner.out_cv.notify_one();
+        }
+        true
     }
 
     fn send_to_timeout(
@@ -426,6 +615,17 @@ impl ThreadedClient {
         let deadline = timeout.map(|t| Instant::now() + t);
         let h = SendHeader::to(to);
         let len = send_frame_len(&h, payload.len());
+        if self.inner.reconnect.is_some() {
+            loop {
+                if self.try_send_to(to, payload)? {
+                    return Ok(true);
+                }
+                // The numbered header is a few bytes longer: ask room for them too.
+                if !self.wait_room(len + 20, deadline)? {
+                    return Ok(false);
+                }
+            }
+        }
         self.queue_blocking(len, |b| put_send(b, &h, payload), deadline)
     }
 
@@ -440,6 +640,13 @@ impl ThreadedClient {
         let h = SendHeader::to(Target::User(to));
         let mut it = payloads.into_iter().peekable();
         let mut n = 0;
+        if self.inner.reconnect.is_some() {
+            for p in it {
+                self.send_to_timeout(Target::User(to), p, None)?;
+                n += 1;
+            }
+            return Ok(n);
+        }
         while it.peek().is_some() {
             {
                 let mut g = lock(&self.inner.out);
@@ -676,7 +883,7 @@ impl ThreadedClient {
             // Lock order: `local`, then `inq`; never wait while holding `local`,
             // so that a polling caller is not held up by a blocked one.
             {
-                let mut local = lock(&self.local);
+                let mut local = lock(&self.inner.local);
                 if local.is_empty() {
                     let mut g = lock(&self.inner.inq);
                     if !g.events.is_empty() {
@@ -688,10 +895,17 @@ impl ThreadedClient {
                         }
                     }
                 }
+                let gen = self.inner.gen.load(Ordering::Relaxed);
                 match local.pop_front() {
                     Some(Event::Message(m)) => {
+                        let copy = self.inner.reconnect.is_some()
+                            && m.seq != 0
+                            && !lock(&self.inner.seen).first_time(&m.sender, m.msg_id);
                         drop(local);
-                        self.handed(m.seq);
+                        self.handed(m.seq, gen);
+                        if copy {
+                            continue;
+                        }
                         return Ok(Some(Event::Message(m)));
                     }
                     Some(Event::Error {
@@ -715,7 +929,7 @@ impl ThreadedClient {
                             _ => 0,
                         };
                         if seq != 0 {
-                            self.handed(seq);
+                            self.handed(seq, gen);
                         }
                         return Ok(Some(ev));
                     }
@@ -741,9 +955,30 @@ impl ThreadedClient {
         }
     }
 
-    /// Records that the caller got message `seq`; acks every `ack_every`.
-    fn handed(&self, seq: u64) {
+    /// Records that the caller got message `seq` of connection generation `gen`; acks
+    /// every `ack_every`.
+    fn handed(&self, seq: u64, gen: u64) {
         let inner = &self.inner;
+        if inner.reconnect.is_some() {
+            // Under the lock a reconnect resets the seqs with: a seq of the connection
+            // before must not be acked on the next one.
+            let mut g = lock(&inner.out);
+            if inner.gen.load(Ordering::Relaxed) != gen || seq == 0 {
+                return;
+            }
+            inner.handed_seq.fetch_max(seq, Ordering::Relaxed);
+            let acked = inner.acked_seq.load(Ordering::Relaxed);
+            if inner.acks.due_by_count(seq, acked)
+                && !g.closing
+                && !g.reconnecting
+                && queue_ack(inner, &mut g, true)
+                && g.writer_idle
+            {
+                g.writer_idle = false;
+                inner.out_cv.notify_one();
+            }
+            return;
+        }
         inner.handed_seq.fetch_max(seq, Ordering::Relaxed);
         let acked = inner.acked_seq.load(Ordering::Relaxed);
         if inner.acks.due_by_count(seq, acked) {
@@ -791,7 +1026,7 @@ impl ThreadedClient {
                 g = g2;
                 if timed_out && !g.writer_done {
                     // The router does not read: give up on it.
-                    let _ = self.stream.shutdown(Shutdown::Both);
+                    let _ = lock(&inner.stream).shutdown(Shutdown::Both);
                     break;
                 }
             }
@@ -811,10 +1046,10 @@ impl ThreadedClient {
                 }
             }
             if g.closed.is_none() {
-                let _ = self.stream.shutdown(Shutdown::Both);
+                let _ = lock(&inner.stream).shutdown(Shutdown::Both);
             }
         }
-        lock(&self.local).clear();
+        lock(&inner.local).clear();
         let threads = std::mem::take(&mut *lock(&self.threads));
         for t in threads {
             let _ = t.join();
@@ -858,12 +1093,27 @@ fn writer_loop(inner: &Inner, mut stream: TcpStream, mut wire: Option<WireTx>) {
     // What the wire makes of `batch` (TLS, WebSocket).
     let mut enc = BytesMut::new();
     let mut g = lock(&inner.out);
+    let mut gen = 0;
     loop {
         // Wait for frames, a due ack, a kick from the reader, or close.
         loop {
-            queue_ack(inner, &mut g, false);
-            if !g.buf.is_empty() || g.closing || g.dead.is_some() || g.kick {
-                break;
+            if g.conn_gen != gen {
+                // The reader reconnected: write to the new connection.
+                if let Some((s, w)) = g.next_conn.take() {
+                    stream = s;
+                    wire = w;
+                }
+                gen = g.conn_gen;
+            }
+            if g.reconnecting {
+                if g.closing || g.dead.is_some() {
+                    break;
+                }
+            } else {
+                queue_ack(inner, &mut g, false);
+                if !g.buf.is_empty() || g.closing || g.dead.is_some() || g.kick {
+                    break;
+                }
             }
             g.writer_idle = true;
             let (g2, _) = inner
@@ -874,7 +1124,7 @@ fn writer_loop(inner: &Inner, mut stream: TcpStream, mut wire: Option<WireTx>) {
             g.writer_idle = false;
         }
         let kicked = std::mem::take(&mut g.kick) && wire.is_some();
-        if (g.buf.is_empty() && !kicked) || g.dead.is_some() {
+        if (g.buf.is_empty() && !kicked) || g.dead.is_some() || g.reconnecting {
             // Closing and everything is written, or the connection is gone.
             g.buf.clear();
             break;
@@ -905,6 +1155,16 @@ fn writer_loop(inner: &Inner, mut stream: TcpStream, mut wire: Option<WireTx>) {
             inner.space_cv.notify_all();
         }
         if let Err(e) = r {
+            if inner.reconnect.is_some() && !g.closing {
+                // The reader sees the connection end too and reconnects; what the
+                // router did not take is sent again then (unless it already did: a
+                // newer connection is waiting for this writer).
+                if g.conn_gen == gen {
+                    g.reconnecting = true;
+                }
+                let _ = stream.shutdown(Shutdown::Both);
+                continue;
+            }
             g.dead = Some(if is_disconnect(&e) {
                 format!("connection lost: {e}")
             } else {
@@ -931,13 +1191,47 @@ fn writer_loop(inner: &Inner, mut stream: TcpStream, mut wire: Option<WireTx>) {
 fn reader_loop(inner: &Inner, mut stream: TcpStream, mut rbuf: BytesMut, mut wire: Option<WireRx>) {
     let mut scratch = vec![0u8; 256 * 1024];
     let mut batch: Vec<Event> = Vec::new();
-    let why = 'outer: loop {
+    let why = loop {
+        let why = read_connection(
+            inner,
+            &stream,
+            &mut rbuf,
+            &mut wire,
+            &mut scratch,
+            &mut batch,
+        );
+        let Some(rc) = &inner.reconnect else {
+            break why;
+        };
+        let _ = stream.shutdown(Shutdown::Both);
+        match reconnect(inner, rc) {
+            Some((s, r, w)) => {
+                stream = s;
+                rbuf = r;
+                wire = w;
+            }
+            None => break why,
+        }
+    };
+    reader_end(inner, why);
+}
+
+/// Reads one connection until it ends; returns why.
+fn read_connection(
+    inner: &Inner,
+    mut stream: &TcpStream,
+    rbuf: &mut BytesMut,
+    wire: &mut Option<WireRx>,
+    scratch: &mut [u8],
+    batch: &mut Vec<Event>,
+) -> String {
+    'outer: loop {
         // Decode everything buffered.
         let mut protocol_error = None;
         loop {
-            match next_frame(&mut rbuf, inner.max_frame_bytes) {
+            match next_frame(rbuf, inner.max_frame_bytes) {
                 Ok(Some(body)) => {
-                    if let Err(e) = handle_frame(inner, body, &mut batch) {
+                    if let Err(e) = handle_frame(inner, body, batch) {
                         protocol_error = Some(e);
                         break;
                     }
@@ -950,13 +1244,13 @@ fn reader_loop(inner: &Inner, mut stream: TcpStream, mut rbuf: BytesMut, mut wir
             }
         }
         if !batch.is_empty() {
-            dispatch(inner, &mut batch);
+            dispatch(inner, batch);
         }
         if let Some(e) = protocol_error {
             let _ = stream.shutdown(Shutdown::Both);
             break 'outer e;
         }
-        let n = match stream.read(&mut scratch) {
+        let n = match stream.read(scratch) {
             Ok(0) => break 'outer "closed by the router".to_string(),
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -967,7 +1261,7 @@ fn reader_loop(inner: &Inner, mut stream: TcpStream, mut rbuf: BytesMut, mut wir
             rbuf.extend_from_slice(&scratch[..n]);
             continue;
         };
-        let state = w.input(&scratch[..n], &mut rbuf);
+        let state = w.input(&scratch[..n], rbuf);
         if w.wants_write() {
             let mut o = lock(&inner.out);
             o.kick = true;
@@ -977,13 +1271,13 @@ fn reader_loop(inner: &Inner, mut stream: TcpStream, mut rbuf: BytesMut, mut wir
             Ok(RxState::Open) => {}
             Ok(RxState::Closed(why)) => {
                 // Frames that came before the close are still handed over.
-                while let Ok(Some(body)) = next_frame(&mut rbuf, inner.max_frame_bytes) {
-                    if handle_frame(inner, body, &mut batch).is_err() {
+                while let Ok(Some(body)) = next_frame(rbuf, inner.max_frame_bytes) {
+                    if handle_frame(inner, body, batch).is_err() {
                         break;
                     }
                 }
                 if !batch.is_empty() {
-                    dispatch(inner, &mut batch);
+                    dispatch(inner, batch);
                 }
                 break 'outer why;
             }
@@ -992,7 +1286,101 @@ fn reader_loop(inner: &Inner, mut stream: TcpStream, mut rbuf: BytesMut, mut wir
                 break 'outer format!("protocol error: {e}");
             }
         }
+    }
+}
+
+/// Connects and logs in again, with backoff, resuming the session (see the module
+/// doc); installs the new connection for the writer. None: the caller closed the
+/// client, the login was refused, or `reconnect_for` passed.
+fn reconnect(inner: &Inner, rc: &Reconnect) -> Option<(TcpStream, BytesMut, Option<WireRx>)> {
+    {
+        let mut o = lock(&inner.out);
+        if o.closing {
+            return None;
+        }
+        o.reconnecting = true;
+    }
+    let (reconnect_for, timeout) = {
+        let cfg = lock(&rc.cfg);
+        (cfg.reconnect_for, cfg.timeout)
     };
+    let give_up = Instant::now() + reconnect_for;
+    let mut backoff = Duration::from_millis(20);
+    let client = loop {
+        let cfg = lock(&rc.cfg).clone();
+        match Client::connect(&rc.addr[..], cfg) {
+            Ok(c) => break c,
+            Err(ClientError::Auth { .. }) => return None,
+            Err(_) => {}
+        }
+        // Sleep in slices, so that a close does not wait for the whole backoff.
+        let until = Instant::now() + backoff;
+        while Instant::now() < until {
+            if lock(&inner.out).closing || Instant::now() >= give_up {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10).min(timeout));
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    };
+    let info = client.resume().clone();
+    let session_id = client.session_id();
+    let (stream, wire, rbuf) = client.into_wire_parts();
+    let (wire_rx, wire_tx) = wire.map(Wire::split).unzip();
+    let (Ok(()), Ok(writer_stream), Ok(kept)) = (
+        stream.set_read_timeout(None),
+        stream.try_clone(),
+        stream.try_clone(),
+    ) else {
+        return None;
+    };
+    lock(&rc.cfg).resume_token = info.token.clone();
+    inner.session_id.store(session_id, Ordering::Relaxed);
+    *lock(&inner.stream) = kept;
+    // What was received and not handed out comes again (it was not acked).
+    {
+        let mut local = lock(&inner.local);
+        let mut g = lock(&inner.inq);
+        local.retain(|ev| matches!(ev, Event::Error { .. }));
+        g.events.retain(|ev| matches!(ev, Event::Error { .. }));
+        g.queued_bytes = 0;
+        g.last_error = None;
+    }
+    {
+        let mut o = lock(&inner.out);
+        if o.closing {
+            return None;
+        }
+        inner.gen.fetch_add(1, Ordering::Relaxed);
+        inner.handed_seq.store(0, Ordering::Relaxed);
+        inner.acked_seq.store(0, Ordering::Relaxed);
+        let mut again = BytesMut::new();
+        if let Some(r) = o.resend.as_mut() {
+            if info.resumed {
+                r.ack(info.client_seq_acked);
+            }
+            for (_, f) in &r.frames {
+                again.extend_from_slice(f);
+            }
+        }
+        // Frames queued for the old connection (acks of its seqs, requests) are not
+        // for this one; the Sends among them are in `again`.
+        o.buf = again;
+        o.written = o.queued;
+        o.queued += o.buf.len() as u64;
+        o.next_conn = Some((writer_stream, wire_tx));
+        o.conn_gen += 1;
+        o.reconnecting = false;
+        o.last_ack = Instant::now();
+        inner.out_cv.notify_one();
+        inner.space_cv.notify_all();
+    }
+    rc.count.fetch_add(1, Ordering::Relaxed);
+    Some((stream, rbuf, wire_rx))
+}
+
+/// The read side is over for good: tell senders and receivers why.
+fn reader_end(inner: &Inner, why: String) {
     let last_error = lock(&inner.inq).last_error.clone();
     let why = match last_error {
         Some(err) if why == "closed by the router" => format!("closed by the router ({err})"),
@@ -1095,6 +1483,15 @@ fn handle_frame(inner: &Inner, body: Bytes, batch: &mut Vec<Event>) -> Result<()
                 }
             }
         }
+        Inbound::SendAck(client_seq) => {
+            let mut g = lock(&inner.out);
+            if let Some(r) = g.resend.as_mut() {
+                r.ack(client_seq);
+            }
+            if g.waiters > 0 {
+                inner.space_cv.notify_all();
+            }
+        }
         // A stray LoginResult; an empty frame.
         Inbound::Login(_) | Inbound::Nothing => {}
     }
@@ -1126,6 +1523,40 @@ mod tests {
         cfg.timeout = T;
         let c = ThreadedClient::connect(addr, cfg).expect("connect");
         (c, server)
+    }
+
+    #[test]
+    fn the_seen_window_drops_copies_and_forgets_the_oldest_past_its_size() {
+        let mut seen = Seen::with_capacity(3);
+        assert!(seen.first_time("ann", 1));
+        assert!(!seen.first_time("ann", 1));
+        // Same id from another sender: another message.
+        assert!(seen.first_time("bob", 1));
+        assert!(seen.first_time("ann", 2));
+        assert!(seen.first_time("ann", 3));
+        // ("ann", 1) was the oldest of four: forgotten.
+        assert!(seen.first_time("ann", 1));
+        assert!(!seen.first_time("ann", 3));
+        assert_eq!(seen.order.len(), 3);
+        assert_eq!(seen.set.len(), 3);
+    }
+
+    #[test]
+    fn a_send_ack_forgets_the_kept_sends_it_covers() {
+        let mut r = Resend::default();
+        for seq in 1..=4u64 {
+            r.frames
+                .push_back((seq, Bytes::from(vec![0u8; seq as usize])));
+            r.bytes += seq as usize;
+        }
+        r.ack(2);
+        assert_eq!(r.frames.front().map(|f| f.0), Some(3));
+        assert_eq!(r.bytes, 3 + 4);
+        r.ack(1);
+        assert_eq!(r.frames.len(), 2);
+        r.ack(9);
+        assert!(r.frames.is_empty());
+        assert_eq!(r.bytes, 0);
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct SendView {
     pub msg_id: u64,
     /// Live sessions only, never stored (`Send.ephemeral`).
     pub ephemeral: bool,
+    /// The client's sequence number of this Send (`Send.client_seq`; 0: not numbered).
+    pub client_seq: u64,
 }
 
 impl SendView {
@@ -212,7 +214,8 @@ fn parse_send(body: &Bytes, range: std::ops::Range<usize>) -> Result<SendView, F
             (5, WT_VARINT) => s.want_result = c.varint()? != 0,
             (6, WT_VARINT) => s.msg_id = c.varint()?,
             (7, WT_VARINT) => s.ephemeral = c.varint()? != 0,
-            (1..=7, _) => {
+            (8, WT_VARINT) => s.client_seq = c.varint()?,
+            (1..=8, _) => {
                 return Err(FrameError::Malformed(format!(
                     "field {field} has wrong wire type {wt}"
                 )))
@@ -262,6 +265,7 @@ pub fn parse_client_at(
             want_result: s.want_result,
             msg_id: s.msg_id,
             ephemeral: s.ephemeral,
+            client_seq: s.client_seq,
         }),
         Some(k) => Inbound::Other(k),
         None => Inbound::Empty,
@@ -535,6 +539,7 @@ mod tests {
             want_result: true,
             msg_id: 1234567,
             ephemeral: true,
+            client_seq: 1 << 40,
         };
         let body = send_frame(s.clone());
         let Inbound::Send(v) = parse_client(body.clone()).unwrap() else {
@@ -546,6 +551,7 @@ mod tests {
         assert_eq!(&v.payload[..], b"hello");
         assert!(v.want_result);
         assert_eq!(v.msg_id, 1234567);
+        assert_eq!(v.client_seq, 1 << 40);
         // payload is a slice of the frame body: no copy.
         let p = v.payload.as_ptr() as usize;
         assert!(p >= body.as_ptr() as usize && p + 5 <= body.as_ptr() as usize + body.len());

@@ -161,6 +161,8 @@ mod tests {
                 password: "pw \"quoted\" \\ é".into(),
                 token: "a.b.c".into(),
                 device: "Ann's phone".into(),
+                resume: true,
+                resume_token: Bytes::from_static(b"\x01\x02 token \xfe"),
             })),
             client(K::Send(Send {
                 request_id: 1,
@@ -170,6 +172,7 @@ mod tests {
                 want_result: true,
                 msg_id: 1 << 60,
                 ephemeral: true,
+                client_seq: big,
             })),
             client(K::Ack(Ack { up_to_seq: big })),
             client(K::Ping(Ping {
@@ -250,6 +253,13 @@ mod tests {
                 device: "web".into(),
                 heartbeat_ms: 15_000,
                 max_frame_bytes: 1 << 20,
+                resume_token: Bytes::from_static(b"\x00\xff resume"),
+                resumed: true,
+                client_seq_acked: big - 1,
+                resume_window_ms: 60_000,
+            })),
+            server(K::SendAck(crate::v1::SendAck {
+                up_to_client_seq: big,
             })),
             server(K::SendResult(SendResult {
                 request_id: 1,

@@ -35,6 +35,14 @@ pub fn pong(nonce: u64) -> ServerFrame {
     frame(server_frame::Kind::Pong(Pong { nonce }))
 }
 
+/// A `SendAck{up_to_client_seq}`: the router took every Send of the session numbered
+/// up to it (resume).
+pub fn send_ack(up_to_client_seq: u64) -> ServerFrame {
+    frame(server_frame::Kind::SendAck(crate::v1::SendAck {
+        up_to_client_seq,
+    }))
+}
+
 /// A heartbeat `Ping` from the router.
 pub fn ping(nonce: u64) -> ServerFrame {
     frame(server_frame::Kind::Ping(Ping { nonce }))

@@ -42,6 +42,8 @@ pub struct SendHeader<'a> {
     pub msg_id: u64,
     /// Live sessions only, never stored or acked (`Send.ephemeral`).
     pub ephemeral: bool,
+    /// The client's sequence number of this Send (`Send.client_seq`; 0: not numbered).
+    pub client_seq: u64,
 }
 
 impl<'a> SendHeader<'a> {
@@ -54,6 +56,7 @@ impl<'a> SendHeader<'a> {
             want_result: false,
             msg_id: 0,
             ephemeral: false,
+            client_seq: 0,
         }
     }
 }
@@ -69,6 +72,7 @@ const SEND_PAYLOAD: u64 = 4;
 const SEND_WANT_RESULT: u64 = 5;
 const SEND_MSG_ID: u64 = 6;
 const SEND_EPHEMERAL: u64 = 7;
+const SEND_CLIENT_SEQ: u64 = 8;
 
 #[inline(always)]
 fn len_field_size(field: u64, len: usize) -> usize {
@@ -105,6 +109,7 @@ fn sizes(h: &SendHeader<'_>, payload_len: usize) -> (usize, usize) {
         + varint_field_size(SEND_WANT_RESULT, u64::from(h.want_result))
         + varint_field_size(SEND_MSG_ID, h.msg_id)
         + varint_field_size(SEND_EPHEMERAL, u64::from(h.ephemeral))
+        + varint_field_size(SEND_CLIENT_SEQ, h.client_seq)
         + len_field_size(SEND_PAYLOAD, payload_len);
     let outer = varint_len((CLIENT_FRAME_SEND << 3) | WT_LEN) + varint_len(inner as u64) + inner;
     (inner, outer)
@@ -135,6 +140,7 @@ pub fn put_send_header(out: &mut impl BufMut, h: &SendHeader<'_>, payload_len: u
     put_varint_field(out, SEND_WANT_RESULT, u64::from(h.want_result));
     put_varint_field(out, SEND_MSG_ID, h.msg_id);
     put_varint_field(out, SEND_EPHEMERAL, u64::from(h.ephemeral));
+    put_varint_field(out, SEND_CLIENT_SEQ, h.client_seq);
     if payload_len != 0 {
         put_varint(out, (SEND_PAYLOAD << 3) | WT_LEN);
         put_varint(out, payload_len as u64);
@@ -176,8 +182,8 @@ mod tests {
                 assert_eq!(&v.to_room[..], s.to_room.as_bytes());
                 assert_eq!(&v.payload[..], &s.payload[..]);
                 assert_eq!(
-                    (v.request_id, v.want_result, v.msg_id),
-                    (s.request_id, s.want_result, s.msg_id)
+                    (v.request_id, v.want_result, v.msg_id, v.client_seq),
+                    (s.request_id, s.want_result, s.msg_id, s.client_seq)
                 );
             }
             other => panic!("the fast parser disagrees: {other:?}"),
@@ -205,6 +211,7 @@ mod tests {
                             want_result,
                             msg_id,
                             ephemeral: msg_id == 5,
+                            client_seq: request_id ^ msg_id,
                         };
                         let s = roundtrip(h, payload);
                         let (user, room) = match to {
@@ -217,6 +224,7 @@ mod tests {
                         assert_eq!(s.want_result, want_result);
                         assert_eq!(s.msg_id, msg_id);
                         assert_eq!(s.ephemeral, msg_id == 5);
+                        assert_eq!(s.client_seq, request_id ^ msg_id);
                         assert_eq!(&s.payload[..], payload);
                     }
                 }

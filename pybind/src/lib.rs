@@ -306,7 +306,7 @@ fn incoming(py: Python<'_>, ev: Event) -> PyResult<Option<Py<PyAny>>> {
 /// A connection to the router, logged in as one user.
 ///
 /// Client(addr, user, *, password=None, token=None, device="python", timeout=5.0,
-///        tls=False, ca_file=None, transport="tcp")
+///        tls=False, ca_file=None, transport="tcp", reconnect=False)
 /// connects to addr ("host:port") and logs in. Raises AuthError if the login is
 /// refused, TimeoutError if connecting or logging in takes longer than timeout
 /// seconds, OSError (e.g. ConnectionRefusedError) if the router cannot be reached.
@@ -319,6 +319,11 @@ fn incoming(py: Python<'_>, ev: Event) -> PyResult<Option<Py<PyAny>>> {
 /// Thread-safe: one thread may block in recv() while others send(). A context
 /// manager; close() when done. send() queues the message for a writer thread
 /// that batches writes; a reader thread receives, acks and answers heartbeats.
+///
+/// reconnect=True: a dropped connection is resumed transparently (send() and recv()
+/// keep working; sends are kept until the router acknowledges them and sent again
+/// if it had not taken them; recv() never returns the same (sender, msg_id) twice);
+/// the reconnects property counts the reconnections.
 #[pyclass(frozen, module = "ringrouter", name = "Client")]
 struct PyClient {
     c: ThreadedClient,
@@ -439,8 +444,8 @@ impl Drop for PyClient {
 impl PyClient {
     #[new]
     #[pyo3(
-        signature = (addr, user, *, password=None, token=None, device=String::from("python"), timeout=5.0, tls=false, ca_file=None, transport=String::from("tcp")),
-        text_signature = "(addr, user, *, password=None, token=None, device='python', timeout=5.0, tls=False, ca_file=None, transport='tcp')"
+        signature = (addr, user, *, password=None, token=None, device=String::from("python"), timeout=5.0, tls=false, ca_file=None, transport=String::from("tcp"), reconnect=false),
+        text_signature = "(addr, user, *, password=None, token=None, device='python', timeout=5.0, tls=False, ca_file=None, transport='tcp', reconnect=False)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -454,8 +459,10 @@ impl PyClient {
         tls: bool,
         ca_file: Option<std::path::PathBuf>,
         transport: String,
+        reconnect: bool,
     ) -> PyResult<Self> {
         let mut cfg = ClientConfig::new(user);
+        cfg.reconnect = reconnect;
         cfg.transport = transport::transport(&addr, tls, ca_file, &transport)?;
         cfg.password = password;
         cfg.token = token;
@@ -486,6 +493,12 @@ impl PyClient {
     #[getter]
     fn closed(&self) -> bool {
         self.c.is_closed()
+    }
+
+    /// How many times a dropped connection was re-established (reconnect=True).
+    #[getter]
+    fn reconnects(&self) -> u64 {
+        self.c.reconnects()
     }
 
     /// Sends payload (bytes) to every session of user `to`.

@@ -161,6 +161,14 @@ pub struct Args {
     /// Most sessions (devices) per user.
     #[arg(long, value_name = "N", default_value_t = 64, help_heading = LIMITS)]
     pub max_sessions_per_user: usize,
+    /// Resume: how long after a session ends a client may take it back with its resume token
+    /// (same client_seq numbering, duplicates dropped); later it is a normal login.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s", help_heading = LIMITS)]
+    pub resume_window: Duration,
+    /// Resume: most ended sessions one shard keeps resumable; past it the one that ended
+    /// first is forgotten (its resume becomes a normal login).
+    #[arg(long, value_name = "N", default_value_t = 100_000, help_heading = LIMITS)]
+    pub max_resumable_sessions: usize,
     /// Most delivered-but-unacked messages per session; past it the session is closed as a
     /// slow consumer and its unacked messages are queued for its next login.
     #[arg(long, value_name = "N", default_value_t = 262_144, help_heading = LIMITS)]
@@ -300,6 +308,8 @@ impl Args {
             shutdown_timeout: self.shutdown_timeout,
             max_connections: self.max_connections,
             max_sessions_per_user: self.max_sessions_per_user,
+            resume_window: self.resume_window,
+            max_resumable_sessions: self.max_resumable_sessions,
             inline_payload_max: self.inline_payload_max,
             auth: self.auth,
             jwt_secret_file: self.jwt_secret_file,

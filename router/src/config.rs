@@ -113,6 +113,10 @@ pub struct Config {
     pub max_offline_per_user: u64,
     /// What a full offline queue does.
     pub offline_overflow: OfflineOverflow,
+    /// How long after a session ends its resume token stays valid.
+    pub resume_window: Duration,
+    /// Most ended sessions one shard keeps resumable (the one that ended first goes first).
+    pub max_resumable_sessions: usize,
     /// Most delivered-but-unacked messages one session may hold; past it the session is
     /// closed as a slow consumer (its unacked messages go to the offline queue).
     pub max_unacked_per_session: usize,
@@ -218,6 +222,8 @@ impl Default for Config {
             max_offline_per_user: 100_000,
             offline_overflow: OfflineOverflow::Reject,
             max_unacked_per_session: 262_144,
+            resume_window: Duration::from_secs(60),
+            max_resumable_sessions: 100_000,
             max_rooms_per_user: 1_000,
             max_members_per_room: 10_000,
             room_add_policy: RoomAddPolicy::Owner,

@@ -517,6 +517,7 @@ impl Sim {
                     want_result,
                     msg_id: u64::from(msg_id),
                     ephemeral: false,
+                    client_seq: 0,
                 })
             }
             FrameOp::Ack(to) => {

@@ -18,6 +18,7 @@
 //! ([`ringrouter_proto::names`]): a bad one is refused BAD_REQUEST (for a Login, that is
 //! a failed login too) before any credential is looked at.
 
+use crate::shard::resume::ResumeAsk;
 use bytes::BytesMut;
 
 use ringrouter_proto::codec::{encode_frame, frame_bytes_needed, next_frame, FrameError};
@@ -73,6 +74,8 @@ pub(crate) struct Start {
     pub device: String,
     /// The Login's request id (the session's LoginResult echoes it).
     pub request_id: u64,
+    /// What the Login asks about resuming.
+    pub resume: ResumeAsk,
     /// Bytes read after the Login frame: frames for the session.
     pub leftover: BytesMut,
 }
@@ -114,7 +117,11 @@ enum Wait {
     /// A Write.
     Write,
     /// An Authenticate of the Login with this request id and device.
-    Auth { request_id: u64, device: String },
+    Auth {
+        request_id: u64,
+        device: String,
+        resume: ResumeAsk,
+    },
     /// A Register.
     Register,
     /// Nothing ever again: Start or Close was handed out.
@@ -180,6 +187,7 @@ impl PreLogin {
                 Action::Authenticate(l) => Wait::Auth {
                     request_id: l.request_id,
                     device: l.device.clone(),
+                    resume: ResumeAsk::of(l),
                 },
                 Action::Register(_) => Wait::Register,
                 _ => Wait::Done,
@@ -240,7 +248,11 @@ impl PreLogin {
 
     /// The answer to an Authenticate: the user, or why not.
     pub(crate) fn authenticated(&mut self, result: Result<String, AuthError>) {
-        let Wait::Auth { request_id, device } = std::mem::replace(&mut self.wait, Wait::Nothing)
+        let Wait::Auth {
+            request_id,
+            device,
+            resume,
+        } = std::mem::replace(&mut self.wait, Wait::Nothing)
         else {
             return;
         };
@@ -250,6 +262,7 @@ impl PreLogin {
                     user,
                     device,
                     request_id,
+                    resume,
                     leftover: self.inbuf.take().unwrap_or_default(),
                 }));
             }

@@ -87,6 +87,10 @@ pub struct Counters {
     pub bytes_in: u64,
     /// Messages published through the HTTP API (`POST /api/v1/publish`).
     pub api_publishes: u64,
+    /// Sessions resumed with a resume token.
+    pub resumes: u64,
+    /// Sends dropped as copies of ones already taken (resume, by client_seq).
+    pub duplicate_sends: u64,
     /// Refused logins, per status code (successful ones are `logins`).
     pub login_failures: [u64; STATUS_CODES],
     /// Error answers and refusals (the frames counted in `frames_rejected`), per status code.
@@ -232,6 +236,8 @@ shard_stats!(
     room_msgs,
     bytes_in,
     api_publishes,
+    resumes,
+    duplicate_sends,
 );
 
 #[cfg(test)]

@@ -76,6 +76,10 @@ struct Args {
     /// then named so that it lives on another shard than its sender.
     #[arg(long, default_value_t = 0)]
     split_shards: usize,
+    /// ringrouter: number the Sends (Send.client_seq), as a resuming client does: the
+    /// router acknowledges them with SendAck (what resume costs).
+    #[arg(long)]
+    client_seq: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -137,6 +141,7 @@ fn main() {
         },
         redis_reply_off: a.redis_reply == RedisReply::Off,
         split_shards: a.split_shards,
+        client_seq: a.client_seq,
         ..LoadConfig::default()
     };
     let cfg = match a.user_prefix {

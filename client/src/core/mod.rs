@@ -109,6 +109,8 @@ pub(crate) enum Inbound {
     Ping(u64),
     /// The answer to Login.
     Login(LoginResult),
+    /// Resume: the router took every Send numbered up to this client_seq.
+    SendAck(u64),
     /// An empty frame (a newer router's frame kind).
     Nothing,
 }
@@ -148,6 +150,7 @@ pub(crate) fn decode(body: Bytes) -> Result<Inbound, ClientError> {
     Ok(Inbound::Event(match kind {
         server_frame::Kind::Ping(p) => return Ok(Inbound::Ping(p.nonce)),
         server_frame::Kind::LoginResult(r) => return Ok(Inbound::Login(r)),
+        server_frame::Kind::SendAck(a) => return Ok(Inbound::SendAck(a.up_to_client_seq)),
         server_frame::Kind::SendResult(r) => Event::SendResult {
             request_id: r.request_id,
             status: status(r.status),

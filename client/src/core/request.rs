@@ -82,6 +82,7 @@ impl Request for SendWait<'_> {
             want_result: true,
             msg_id: 0,
             ephemeral: self.ephemeral,
+            client_seq: 0,
         };
         Frame::Send(h, self.payload)
     }

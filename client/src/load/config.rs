@@ -49,6 +49,10 @@ pub struct LoadConfig {
     /// ringrouter: TCP (default) or WebSocket (`addr` is then the HTTP port),
     /// with or without TLS. NATS and Redis: plain TCP only.
     pub transport: Transport,
+    /// ringrouter: number the Sends (`Send.client_seq`), so that the router
+    /// acknowledges them with SendAck as it does for a resuming client (what resume
+    /// costs the router).
+    pub client_seq: bool,
 }
 
 /// The server the engine drives.
@@ -81,6 +85,7 @@ impl Default for LoadConfig {
             protocol: Protocol::Ringrouter,
             redis_reply_off: false,
             split_shards: 0,
+            client_seq: false,
             transport: Transport::default(),
         }
     }

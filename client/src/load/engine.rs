@@ -225,7 +225,7 @@ pub(super) fn next_item<'a>(
 /// the caller appends `len` payload bytes, then calls [`end_message`].
 pub(super) fn begin_message(protocol: Protocol, out: &mut BytesMut, to: &Dest, len: usize) {
     match (protocol, to) {
-        (Protocol::Ringrouter, _) => ringrouter::begin_message(out, to, len),
+        (Protocol::Ringrouter, _) => ringrouter::begin_message(out, to, len, 0),
         (Protocol::Nats, Dest::User(subject) | Dest::Room(subject)) => {
             nats::begin_message(out, subject, len)
         }
@@ -563,6 +563,8 @@ struct Template {
     filler: Vec<u8>,
     /// Bytes of one message to every destination.
     bytes_per_message: usize,
+    /// Numbered Sends: where each head's 5 client_seq bytes are.
+    client_seq_at: Option<usize>,
     /// Messages per write, at most.
     max_batch: u64,
     /// The sender waits (its window full) until at least this many messages
@@ -575,14 +577,27 @@ impl Template {
     fn new(cfg: &LoadConfig, to: &[Dest]) -> Self {
         let protocol = cfg.protocol;
         let size = cfg.size;
+        let numbered = cfg.client_seq && protocol == Protocol::Ringrouter && size > 0;
         let heads: Vec<Vec<u8>> = to
             .iter()
             .map(|d| {
                 let mut h = BytesMut::new();
-                begin_message(protocol, &mut h, d, size);
+                if numbered {
+                    ringrouter::begin_message(&mut h, d, size, ringrouter::CLIENT_SEQ_BASE);
+                } else {
+                    begin_message(protocol, &mut h, d, size);
+                }
                 h.to_vec()
             })
             .collect();
+        // Every head has the same tail (client_seq, payload tag and length).
+        let client_seq_at = numbered
+            .then(|| {
+                heads
+                    .first()
+                    .map(|h| ringrouter::client_seq_at(h.len(), size))
+            })
+            .flatten();
         let mut end = BytesMut::new();
         end_message(protocol, &mut end);
         let filler = vec![0x5Au8; if size >= STAMP { size - STAMP } else { size }];
@@ -600,6 +615,7 @@ impl Template {
             end: end.to_vec(),
             filler,
             bytes_per_message,
+            client_seq_at,
             max_batch,
             min_free,
         }
@@ -697,8 +713,13 @@ impl Sending<'_> {
         buf.reserve(n as usize * t.bytes_per_message);
         for k in 0..n {
             let seq = self.sent + k + 1;
-            for head in &t.heads {
+            for (j, head) in t.heads.iter().enumerate() {
                 buf.extend_from_slice(head);
+                if let Some(at) = t.client_seq_at {
+                    let at = buf.len() - head.len() + at;
+                    let v = (seq - 1) * t.heads.len() as u64 + j as u64 + 1;
+                    ringrouter::patch_client_seq(&mut buf[at..at + 5], v);
+                }
                 if size >= STAMP {
                     buf.extend_from_slice(&ts.to_le_bytes());
                     buf.extend_from_slice(&seq.to_le_bytes());

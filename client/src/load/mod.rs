@@ -276,6 +276,30 @@ mod tests {
     }
 
     #[test]
+    fn a_numbered_template_header_patched_in_place_is_the_send_with_that_client_seq() {
+        use ringrouter_proto::fast::{parse_client, Inbound};
+        for size in [1usize, 64, 127, 128, 70_000] {
+            let mut h = BytesMut::new();
+            let to = Dest::User("bob".into());
+            ringrouter::begin_message(&mut h, &to, size, ringrouter::CLIENT_SEQ_BASE);
+            let at = ringrouter::client_seq_at(h.len(), size);
+            for n in [1u64, 2, 300, (1 << 34) - 1] {
+                let mut f = h.clone();
+                ringrouter::patch_client_seq(&mut f[at..at + 5], n);
+                f.extend_from_slice(&vec![7u8; size]);
+                let body = ringrouter_proto::codec::next_frame(&mut f, 1 << 20)
+                    .expect("frame")
+                    .expect("whole");
+                let Ok(Inbound::Send(v)) = parse_client(body) else {
+                    panic!("not a Send");
+                };
+                assert_eq!(v.client_seq, ringrouter::CLIENT_SEQ_BASE + n, "size {size}");
+                assert_eq!((v.to_user_str(), v.payload.len()), ("bob", size));
+            }
+        }
+    }
+
+    #[test]
     fn redis_pushes_replies_and_errors_are_told_apart() {
         let b = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n:64\r\n\
                   *3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$0\r\n\r\n+OK\r\n*3\r\n$7\r\nmess";

@@ -22,14 +22,38 @@ pub(super) const ACK_EVERY: u64 = 1024;
 /// ... or once the oldest unacked one is this old (checked after each read).
 pub(super) const ACK_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Appends the Send header for `to` (`len` payload bytes follow).
+/// Appends the Send header for `to` (`len` payload bytes follow), numbered with
+/// `client_seq` (0: not numbered).
 #[inline]
-pub(super) fn begin_message(out: &mut BytesMut, to: &Dest, len: usize) {
+pub(super) fn begin_message(out: &mut BytesMut, to: &Dest, len: usize, client_seq: u64) {
     let to = match to {
         Dest::User(u) => Target::User(u),
         Dest::Room(r) => Target::Room(r),
     };
-    put_send_header(out, &SendHeader::to(to), len)
+    let h = SendHeader {
+        client_seq,
+        ..SendHeader::to(to)
+    };
+    put_send_header(out, &h, len)
+}
+
+/// Numbered Sends (`LoadConfig::client_seq`) count from here: every client_seq
+/// of a run then takes 5 varint bytes, so a template header is patched in place.
+pub(super) const CLIENT_SEQ_BASE: u64 = 1 << 28;
+
+/// Writes client_seq number `n` (from 1) into a numbered header's 5 varint bytes.
+#[inline]
+pub(super) fn patch_client_seq(slot: &mut [u8], n: u64) {
+    let v = CLIENT_SEQ_BASE + n;
+    for (i, b) in slot.iter_mut().enumerate() {
+        *b = ((v >> (7 * i)) & 0x7F) as u8 | if i < 4 { 0x80 } else { 0 };
+    }
+}
+
+/// Where the 5 client_seq bytes sit in a numbered header for a payload of `len`
+/// bytes (> 0): just before the payload's tag and length.
+pub(super) fn client_seq_at(head_len: usize, len: usize) -> usize {
+    head_len - 1 - ringrouter_proto::codec::varint_len(len as u64) - 5
 }
 
 /// Scans the frame at `*pos` (and moves past it): `Ok(None)` if it is not

@@ -216,7 +216,7 @@ class Client:
     """A connection to the router, logged in as one user.
 
     ``Client(addr, user, *, password=None, token=None, device="python", timeout=5.0,
-    tls=False, ca_file=None, transport="tcp")``
+    tls=False, ca_file=None, transport="tcp", reconnect=False)``
     connects to ``addr`` (``"host:port"``) and logs in; it raises :class:`AuthError`
     if the router refuses the login, :class:`TimeoutError` if connecting or logging
     in takes longer than ``timeout`` seconds, and :class:`OSError` (e.g.
@@ -246,6 +246,18 @@ class Client:
     when busy). A background reader thread receives messages, acknowledges the ones
     handed out by :meth:`recv` (cumulatively, every 256 messages or 100 ms) and
     answers the router's heartbeats.
+
+    With ``reconnect=True`` a dropped connection is resumed transparently:
+    :meth:`send` and :meth:`recv` keep working while the client reconnects (backoff
+    from 20 ms doubling to 2 s, for up to 60 s; then :class:`ConnectionClosed`) and
+    logs in again with the router's resume token. Messages sent without ``wait`` are
+    kept until the router acknowledges them and sent again if it had not taken them
+    (the router drops copies), so nothing is lost; up to 4 MiB of them are kept, and
+    past that :meth:`send` waits for the router. :meth:`recv` never returns the same
+    message (sender, ``msg_id``) twice (the last 100 000 are remembered).
+    Requests that wait for an answer (``wait=True``, rooms, history, ...) are not
+    sent again after a cut: they raise :class:`TimeoutError`. :attr:`reconnects`
+    counts the reconnections.
     """
 
     def __new__(
@@ -260,6 +272,7 @@ class Client:
         tls: bool = False,
         ca_file: Optional[Union[str, "PathLike[str]"]] = None,
         transport: Literal["tcp", "ws"] = "tcp",
+        reconnect: bool = False,
     ) -> "Client": ...
     @property
     def user(self) -> str:
@@ -270,6 +283,9 @@ class Client:
     @property
     def closed(self) -> bool:
         """Whether the connection is closed (by :meth:`close`, the router or the network)."""
+    @property
+    def reconnects(self) -> int:
+        """How many times a dropped connection was re-established (``reconnect=True``)."""
     def send(
         self, to: str, payload: bytes, *, wait: bool = False, ephemeral: bool = False
     ) -> None:

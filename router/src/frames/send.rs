@@ -31,6 +31,23 @@ impl Shard {
         ts_us: u64,
         blocked: &mut Vec<SessionKey>,
     ) -> Flow {
+        if v.client_seq != 0 {
+            let Some(s) = self.sessions.get_mut(key) else {
+                return Flow::Continue;
+            };
+            if s.closing.is_some() {
+                // Its resume point is taken already: the client sends it again.
+                return Flow::Continue;
+            }
+            if !Shard::take_client_seq(s, v.client_seq) {
+                self.counters.duplicate_sends += 1;
+                if v.want_result {
+                    let f = reply::send_result(v.request_id, Status::Ok, "duplicate", v.msg_id);
+                    self.push_frame(key, &f);
+                }
+                return Flow::Continue;
+            }
+        }
         self.route_send(key, v, ts_us, blocked);
         Flow::Continue
     }

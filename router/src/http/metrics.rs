@@ -28,6 +28,14 @@ const COUNTERS: &[(&str, &str, Get)] = &[
         "Messages published through the HTTP API.",
         |s| s.api_publishes,
     ),
+    ("resumes", "Sessions resumed with a resume token.", |s| {
+        s.resumes
+    }),
+    (
+        "duplicate_sends",
+        "Sends dropped as copies of ones already taken (resume, by client_seq).",
+        |s| s.duplicate_sends,
+    ),
     (
         "room_messages",
         "Room messages accepted (before fan-out).",

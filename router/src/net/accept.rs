@@ -3,6 +3,7 @@
 //! the store round trips it asks for (password checks, Register), and handing a
 //! logged-in connection to its user's home shard.
 
+use crate::shard::resume::ResumeAsk;
 use std::cell::RefCell;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::rc::Rc;
@@ -178,6 +179,7 @@ pub(crate) async fn prelogin(
                         s.user,
                         s.device,
                         s.request_id,
+                        s.resume,
                         s.leftover,
                         layers,
                         guard,
@@ -190,6 +192,7 @@ pub(crate) async fn prelogin(
                         s.user,
                         s.device,
                         s.request_id,
+                        s.resume,
                         s.leftover,
                         layers,
                         guard,
@@ -364,6 +367,7 @@ fn hand_over(
     user: String,
     device: String,
     request_id: u64,
+    resume: ResumeAsk,
     leftover: BytesMut,
     layers: Option<Box<Layers>>,
     guard: ConnGuard,
@@ -383,6 +387,7 @@ fn hand_over(
         user,
         device,
         request_id,
+        resume,
         leftover,
         layers,
         guard,

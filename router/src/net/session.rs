@@ -30,6 +30,7 @@ use super::stream::Conn;
 use super::CLOSE_FLUSH;
 use crate::bufpool::{self, MIN_READ, READ_BUF};
 use crate::prelogin::truncated_reason;
+use crate::shard::resume::ResumeAsk;
 use crate::shard::{now_us, CloseReason, Flow, Handover, SessionKey, Shard};
 use crate::shared::ConnGuard;
 use crate::transport::{ws, Ingested, Layers};
@@ -42,6 +43,7 @@ pub(crate) fn adopt(shard: &Rc<RefCell<Shard>>, h: Handover) {
         user,
         device,
         request_id,
+        resume,
         leftover,
         layers,
         guard,
@@ -60,7 +62,7 @@ pub(crate) fn adopt(shard: &Rc<RefCell<Shard>>, h: Handover) {
     };
     shard.borrow_mut().counters.handovers_in += 1;
     start_session(
-        shard, stream, user, device, request_id, leftover, layers, guard,
+        shard, stream, user, device, request_id, resume, leftover, layers, guard,
     );
 }
 
@@ -78,6 +80,7 @@ pub(super) fn start_session(
     user: String,
     device: String,
     request_id: u64,
+    resume: ResumeAsk,
     buf: BytesMut,
     layers: Option<Box<Layers>>,
     guard: ConnGuard,
@@ -114,6 +117,7 @@ pub(super) fn start_session(
             session = session_id,
             shard = sh.id
         );
+        let grant = sh.resume_login(key, resume);
         let lr = LoginResult {
             request_id,
             status: Status::Ok as i32,
@@ -124,6 +128,10 @@ pub(super) fn start_session(
             device,
             heartbeat_ms: sh.cfg.heartbeat_interval.as_millis().min(u32::MAX as u128) as u32,
             max_frame_bytes: sh.cfg.max_frame_bytes.min(u32::MAX as usize) as u32,
+            resume_token: grant.token.into(),
+            resumed: grant.resumed,
+            client_seq_acked: grant.client_seq_acked,
+            resume_window_ms: sh.cfg.resume_window.as_millis().min(u32::MAX as u128) as u32,
         };
         // The LoginResult goes out with the first page of the offline backlog: once a
         // client holds it, what it missed is already on its way, ahead of anything new.
@@ -476,6 +484,11 @@ async fn write_loop<W: AsyncWriteRent>(
                 return Poll::Ready(None);
             };
             let control = layers.as_ref().is_some_and(|l| l.borrow().has_pending());
+            // Resume: one SendAck per write batch, when the client_seq taken moved.
+            if s.client_seq_acked != s.client_seq_taken && s.login_frame.is_none() {
+                s.client_seq_acked = s.client_seq_taken;
+                s.out.push_frame(&reply::send_ack(s.client_seq_taken));
+            }
             if !s.out.is_empty() || control {
                 let spare = s.spare.take();
                 let batch = s.out.take(spare);

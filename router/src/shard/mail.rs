@@ -61,6 +61,8 @@ pub struct Handover {
     pub device: String,
     /// Login request id, echoed in LoginResult.
     pub request_id: u64,
+    /// What the Login asks about resuming.
+    pub resume: super::resume::ResumeAsk,
     /// Bytes read after the Login frame (pipelined frames).
     pub leftover: BytesMut,
     /// TLS / WebSocket state (`None`: plain TCP).

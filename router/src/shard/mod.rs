@@ -15,6 +15,8 @@
 //! - [`mail`]: every cross-shard message and its one match.
 //! - [`pause`]: pause tables and the pause/resume bookkeeping.
 //! - [`retention`]: what a session keeps until acked, and the messages it defers.
+//! - [`resume`]: numbered Sends (client_seq, SendAck), resume tokens, ended sessions kept
+//!   for `--resume-window`.
 //! - [`delivery`]: delivering to sessions, offline queues, journaling, login backlog.
 //! - [`answer`]: SendResults for messages that went through other shards or the store.
 //! - [`api`]: outcomes of messages published through the HTTP API.
@@ -49,6 +51,7 @@ pub mod history;
 pub mod mail;
 pub mod pause;
 pub mod presence;
+pub mod resume;
 pub mod retention;
 pub mod rooms;
 pub(crate) mod run;
@@ -150,6 +153,8 @@ pub struct Shard {
     pub contacts: contacts::Contacts,
     /// Presence of users homed here ([`presence`]).
     pub presence: presence::Presences,
+    /// Sessions that ended and may be resumed ([`resume`]).
+    pub resumable: resume::Resumable,
 }
 
 /// The home shard of a name (defined in proto, shared with the clients).
@@ -221,6 +226,7 @@ impl Shard {
             local_mail: Vec::new(),
             bell: None,
             hist: history::HistBuf::default(),
+            resumable: resume::Resumable::default(),
             rooms: NameMap::default(),
             stored_floor: NameMap::default(),
             touched_at: Instant::now(),

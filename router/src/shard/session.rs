@@ -164,6 +164,12 @@ pub struct Session {
     pub discard_unacked: bool,
     /// The LoginResult, until the first backlog page goes out with it.
     pub login_frame: Option<Box<ServerFrame>>,
+    /// Resume: this session's token (None: resume not asked for).
+    pub resume_token: Option<super::resume::ResumeToken>,
+    /// Resume: the highest `Send.client_seq` taken.
+    pub client_seq_taken: u64,
+    /// Resume: the highest client_seq told to the client (SendAck).
+    pub client_seq_acked: u64,
 }
 
 impl Session {
@@ -274,6 +280,9 @@ impl Shard {
             deferred_bytes: 0,
             discard_unacked: false,
             login_frame: None,
+            resume_token: None,
+            client_seq_taken: 0,
+            client_seq_acked: 0,
         });
         let list = self.users.entry(user).or_default();
         list.push(key);
@@ -355,6 +364,7 @@ impl Shard {
         s.wake_writer();
         s.wake_drain_waiters();
         self.release_throttles(key);
+        self.keep_resumable(key, reason);
         self.requeue(key);
         if reason.hard() {
             // Safety: fd is the session's open socket (closed only after the session is removed).
@@ -443,6 +453,10 @@ impl Shard {
             if s.inflight == 0 && s.out.is_empty() {
                 s.release_idle();
             }
+            // Resume: Sends taken since the last SendAck (fewer than SEND_ACK_EVERY).
+            if s.client_seq_acked != s.client_seq_taken {
+                s.wake_writer();
+            }
             match s.ping_sent {
                 Some(sent) if now.duration_since(sent) >= cfg.heartbeat_timeout => {
                     to_close.push((k, CloseReason::HeartbeatTimeout));
@@ -458,6 +472,7 @@ impl Shard {
         self.touch_live_users(now);
         self.presence_tick();
         self.trim_room_cache();
+        self.resumable.expire(now, cfg.resume_window);
         debug_assert_eq!(self.parked_total(), self.parked_bytes, "parked room work");
         for (k, reason) in to_close {
             let msg = match reason {

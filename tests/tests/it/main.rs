@@ -23,6 +23,7 @@
 //! | `order` | per-sender order under load, both drivers |
 //! | `presence` | presence: online/offline with last seen, away/dnd/text, contacts only, coalescing, both drivers |
 //! | `prelogin` | what a connection may do before Login, pipelined Register / Login |
+//! | `resume` | numbered Sends, SendAck, resume tokens, random connection cuts under load (both drivers, memory and sync) |
 //! | `rooms` | rooms: membership, fan-out (no echo to the sending device), limits, order, kill -9 |
 //! | `social` | ephemeral messages, copies to the sender's devices (issue 11), both drivers |
 //! | `shutdown` | SIGTERM: queued messages flushed or kept for the next login, `--shutdown-timeout` |
@@ -48,6 +49,7 @@ mod offline;
 mod order;
 mod prelogin;
 mod presence;
+mod resume;
 mod rooms;
 mod shutdown;
 mod social;
