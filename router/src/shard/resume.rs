@@ -28,8 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ringrouter_proto::v1::Login;
 
-use super::session::CloseReason;
-use super::{Session, SessionKey, Shard};
+use super::{CloseReason, Session, SessionKey, Shard};
 
 /// Unacknowledged Sends after which a session's writer is woken for a SendAck (below
 /// it, the SendAck rides with the next write batch or the tick).
