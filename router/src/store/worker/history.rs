@@ -11,7 +11,7 @@ use rustc_hash::FxHashMap;
 use super::super::history::{
     chunk_key, chunk_prefix, chunk_seq, decode_u64, dm_conv, mark_key, mark_prefix, parse_chunk,
     parse_conv, records, room_conv, user_key, user_prefix, ConvName, ConvSummary, HistChunk,
-    HistMsg, HistPage, HistQuery, HistRec, HistoryOptions, RawRecord, Segment,
+    HistMsg, HistPage, HistQuery, HistRec, HistoryOptions, RawRecord, Segment, RECORD_FIXED,
 };
 use super::{member_key, now_us, Ks, Op, Worker, CACHE_MAX};
 use crate::store::{Durability, StoreError, StoreResult};
@@ -447,7 +447,9 @@ impl Worker {
                 if out.len() >= q.limit || seq + u64::from(count) <= from || last_ts < cutoff {
                     return false;
                 }
-                let recs: Vec<_> = records(data).collect();
+                // Sized by the header (bounded by what the bytes can hold): no regrowth.
+                let mut recs = Vec::with_capacity((count as usize).min(data.len() / RECORD_FIXED));
+                recs.extend(records(data));
                 for (i, r) in recs.iter().enumerate().rev() {
                     let s = seq + i as u64;
                     if start.is_some_and(|start| s >= start) {
