@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use clap::Parser;
+use ringrouter_bench::percentiles;
 use ringrouter_client::{Client, ClientConfig, PresenceStatus, Target};
 use ringrouter_proto::codec::{decode_server, encode_frame, next_frame};
 use ringrouter_proto::v1::{
@@ -136,16 +137,6 @@ fn drain(peers: &mut [Peer]) -> Result<(), BoxError> {
         p.read(|_| false)?;
     }
     Ok(())
-}
-
-/// (p50, p99, max) in µs.
-fn percentiles(mut v: Vec<Duration>) -> (f64, f64, f64) {
-    v.sort();
-    let at = |q: f64| {
-        let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
-        v[i].as_secs_f64() * 1e6
-    };
-    (at(0.50), at(0.99), at(1.0))
 }
 
 fn cfg(user: &str) -> ClientConfig {
