@@ -469,3 +469,101 @@ macro_rules! contact_calls {
 
 contact_calls!(Client, &mut Self);
 contact_calls!(ThreadedClient, &Self);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{decode, into_answer, Inbound};
+    use crate::Event;
+    use bytes::BytesMut;
+    use ringrouter_proto::codec::{encode_frame, next_frame};
+    use ringrouter_proto::v1::{server_frame, ServerFrame};
+    use ringrouter_proto::Status;
+
+    fn event(kind: server_frame::Kind) -> Event {
+        let mut b = BytesMut::new();
+        encode_frame(&ServerFrame { kind: Some(kind) }, &mut b);
+        match decode(next_frame(&mut b, 1 << 20).unwrap().unwrap()).unwrap() {
+            Inbound::Event(ev) => ev,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_contact_result_answers_with_the_list_grouped_by_state() {
+        let entry = |user: &str, state: pb::ContactState| pb::ContactEntry {
+            user: user.into(),
+            state: state as i32,
+            version: 3,
+        };
+        let ev = event(server_frame::Kind::ContactResult(pb::ContactResult {
+            request_id: 4,
+            status: Status::Ok as i32,
+            version: 9,
+            full: true,
+            entries: vec![
+                entry("a", pb::ContactState::Accepted),
+                entry("b", pb::ContactState::Incoming),
+                entry("c", pb::ContactState::Outgoing),
+                entry("d", pb::ContactState::Blocked),
+                entry("e", pb::ContactState::None),
+            ],
+            ..Default::default()
+        }));
+        let Some(Ok(Reply::Contacts(ch))) = into_answer(ev) else {
+            panic!("not a contacts answer")
+        };
+        assert!(ch.full && ch.entries.len() == 5);
+        let c = Contacts::from(ch);
+        assert_eq!(
+            (c.version, c.accepted, c.incoming, c.outgoing, c.blocked),
+            (
+                9,
+                vec!["a".into()],
+                vec!["b".into()],
+                vec!["c".into()],
+                vec!["d".into()]
+            )
+        );
+    }
+
+    #[test]
+    fn contact_events_and_presence_are_events_not_answers() {
+        let ev = event(server_frame::Kind::ContactEvent(pb::ContactEvent {
+            kind: pb::ContactEventKind::ContactEventRequest as i32,
+            user: "bob".into(),
+            version: 2,
+            seq: 7,
+            state: pb::ContactState::Incoming as i32,
+        }));
+        let Event::Contact(e) = &ev else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(
+            (
+                e.kind.name(),
+                e.user.as_str(),
+                e.version,
+                e.seq,
+                e.state.name()
+            ),
+            ("request", "bob", 2, 7, "incoming")
+        );
+        assert!(into_answer(ev).is_none());
+        assert_eq!(ContactEventKind::from_wire(99), ContactEventKind::Other(99));
+        let ev = event(server_frame::Kind::Presence(pb::Presence {
+            user: "bob".into(),
+            status: pb::PresenceStatus::Dnd as i32,
+            text: "call".into(),
+            last_seen_us: 0,
+        }));
+        let Event::Presence(p) = &ev else {
+            panic!("{ev:?}")
+        };
+        assert_eq!((p.status, p.text.as_str()), (PresenceStatus::Dnd, "call"));
+        for s in ["online", "away", "dnd", "offline"] {
+            assert_eq!(PresenceStatus::parse(s).map(|p| p.name()), Some(s));
+        }
+        assert_eq!(PresenceStatus::parse("busy"), None);
+    }
+}

@@ -99,7 +99,7 @@ impl PyContactEvent {
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         Ok(format!(
-            "ContactEvent(kind={:?}, user={}, version={}, state={:?})",
+            "ContactEvent(kind='{}', user={}, version={}, state='{}')",
             self.e.kind.name(),
             PyString::new(py, &self.e.user).repr()?,
             self.e.version,
@@ -161,7 +161,7 @@ impl PyPresence {
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         Ok(format!(
-            "Presence(user={}, status={:?}, text={}, last_seen_us={})",
+            "Presence(user={}, status='{}', text={}, last_seen_us={})",
             PyString::new(py, &self.p.user).repr()?,
             self.p.status.name(),
             PyString::new(py, &self.p.text).repr()?,

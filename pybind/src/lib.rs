@@ -12,7 +12,8 @@
 //!   `AuthError` (a refused login, and any UNAUTHORIZED answer) and
 //!   `ConnectionClosed`; timeouts to the builtin `TimeoutError`, socket errors to
 //!   the builtin `OSError` subclasses.
-//! - `recv()` returns a [`PyMessage`] or, for a room event, a [`PyEvent`].
+//! - `recv()` returns a [`PyMessage`] or, for a room event, a [`PyEvent`]; the social
+//!   layer's objects (receipts in `social`, contact events and presence in `contacts`).
 //! - [`load_run`] runs the Rust load engine with the GIL released.
 //! - `Status` ([`status`]) is the protocol's status enum as an `enum.IntEnum`;
 //!   `__version__` is this crate's version, the one version of the package.

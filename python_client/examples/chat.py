@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """Two users chatting through a ringrouter.
 
-Demo (default): alice and bob log in and exchange a few lines; each side receives
+Demo (default): alice and bob log in, become contacts (alice asks, bob accepts;
+each then sees the other's presence), and exchange a few lines; each side receives
 on its own thread while it sends, the way a chat program would. Before each line
 the writer sends a typing indicator (an ephemeral message: live sessions only,
 never stored), and the reader marks what it got read (a read receipt goes back).
+At the end alice sets herself away: bob is told, and asks for it too.
 
     python examples/chat.py [--addr 127.0.0.1:7878]
 
-Interactive: type lines to send them to --to; received lines are printed.
+Interactive: type lines to send them to --to; received lines are printed. The
+first run asks --to to be a contact; lines starting with "/" are commands:
+/accept USER, /block USER, /contacts, /away TEXT, /online, /presence USER.
 
     python examples/chat.py --user alice --to bob      # in one terminal
     python examples/chat.py --user bob --to alice      # in another
@@ -29,10 +33,17 @@ import ringrouter
 def receive_loop(
     client: ringrouter.Client, name: str, log: List[str], names: Optional[Dict[str, str]] = None
 ) -> None:
-    """Prints every message, typing indicator, read receipt and room event until the
-    connection closes; marks each message read."""
+    """Prints every message, typing indicator, read receipt, contact change, presence
+    and room event until the connection closes; marks each message read."""
     show = lambda user: (names or {}).get(user, user)  # noqa: E731
     for msg in client:
+        if isinstance(msg, ringrouter.ContactEvent):
+            print(f"{name}: contact {show(msg.user)}: {msg.kind}", flush=True)
+            continue
+        if isinstance(msg, ringrouter.Presence):
+            text = f" ({msg.text})" if msg.text else ""
+            print(f"{name}: {show(msg.user)} is {msg.status}{text}", flush=True)
+            continue
         if isinstance(msg, ringrouter.Event):
             print(f"{name}: {msg.user} {msg.kind} {msg.room}", flush=True)
             continue
@@ -77,6 +88,10 @@ def demo(addr: str) -> int:
         ]
         for t in threads:
             t.start()
+        # Contacts: alice asks, bob accepts (each is told, and sees the other's presence).
+        alice.contact_request(bob_name)
+        bob.contact_accept(alice_name)
+        print(f"bob's contacts: {[names.get(u, u) for u in bob.contacts().accepted]}", flush=True)
         for who, text in script:
             sender, to = (alice, bob_name) if who == "alice" else (bob, alice_name)
             sender.send(to, b"typing", ephemeral=True)
@@ -85,6 +100,12 @@ def demo(addr: str) -> int:
             deadline = time.monotonic() + 5
             while not any(l.endswith(": " + text) for l in log) and time.monotonic() < deadline:
                 time.sleep(0.01)
+        # Presence: contacts hear of changes (at most one a second per user).
+        time.sleep(1.1)
+        alice.set_presence("away", "lunch")
+        p = bob.presence(alice_name)
+        print(f"bob asks: alice is {p.status} ({p.text})", flush=True)
+        time.sleep(0.2)
     # Leaving the `with` closed both clients, which ends both receive loops.
     for t in threads:
         t.join(5)
@@ -93,16 +114,43 @@ def demo(addr: str) -> int:
     return 0 if ok else 1
 
 
+def command(me: ringrouter.Client, line: str) -> None:
+    """Runs one "/command arg" line."""
+    cmd, _, arg = line[1:].partition(" ")
+    if cmd == "accept":
+        me.contact_accept(arg)
+    elif cmd == "block":
+        me.block(arg)
+    elif cmd == "contacts":
+        print(me.contacts())
+    elif cmd == "away":
+        me.set_presence("away", arg)
+    elif cmd == "online":
+        me.set_presence("online", arg)
+    elif cmd == "presence":
+        print(me.presence(arg))
+    else:
+        print(f"unknown command /{cmd}")
+
+
 def interactive(addr: str, user: str, to: str) -> int:
     with ringrouter.Client(addr, user) as me:
         t = threading.Thread(target=receive_loop, args=(me, user, []), daemon=True)
         t.start()
         print(f"logged in as {me.user}; lines you type go to {to} (Ctrl-D to quit)")
+        if to not in me.contacts().accepted + me.contacts().outgoing:
+            try:
+                me.contact_request(to)
+            except ringrouter.RouterError as e:
+                print(f"contact request not sent: {e.code} {e.reason}")
         for line in sys.stdin:
             line = line.rstrip("\n")
             if not line:
                 continue
             try:
+                if line.startswith("/"):
+                    command(me, line)
+                    continue
                 me.send(to, b"typing", ephemeral=True)
                 me.send(to, line.encode(), wait=True)
             except ringrouter.RouterError as e:

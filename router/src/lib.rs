@@ -10,7 +10,7 @@
 //!    [`store`] (the embedded store and its thread), `prelogin` (the sans-IO pre-login
 //!    state machine), `shared` (what the shard threads share), [`alloc`].
 //! 2. [`shard`]: a shard's state and decisions (sessions, mail, pause, retention,
-//!    resume, delivery, rooms, store round trips); `shard::run` is its run loop.
+//!    resume, delivery, rooms, contacts, presence, store round trips); `shard::run` is its run loop.
 //! 3. [`frames`]: one module per client frame kind, dispatched from one match.
 //! 4. `net`: connection I/O (accept, pre-login driver, handover, reader, writer);
 //!    `http`: the HTTP port (health, metrics, WebSocket upgrade, the page, the API).

@@ -12,6 +12,7 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use ringrouter_bench::percentiles;
 use ringrouter_client::{Client, ClientConfig};
 
 #[global_allocator]
@@ -45,16 +46,6 @@ fn cfg(user: &str) -> ClientConfig {
     c.timeout = Duration::from_secs(30);
     c.ack_every = 1024;
     c
-}
-
-/// (p50, p99, max) in µs.
-fn percentiles(mut v: Vec<Duration>) -> (f64, f64, f64) {
-    v.sort();
-    let at = |q: f64| {
-        let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
-        v[i].as_secs_f64() * 1e6
-    };
-    (at(0.50), at(0.99), at(1.0))
 }
 
 fn main() {

@@ -28,6 +28,17 @@ Names:
   the owner), from :meth:`Client.room_info`.
 - :class:`Conversation` -- one entry of :meth:`Client.conversations` (``user`` or
   ``room``, ``last``, ``unread``); :meth:`Client.history` pages back through one.
+- :class:`Contacts` -- the contact list (``version``, ``accepted``, ``incoming``,
+  ``outgoing``, ``blocked``) from :meth:`Client.contacts`; :meth:`Client.contact_request`,
+  ``contact_accept``, ``contact_decline``, ``contact_remove``, ``block``, ``unblock``
+  change it.
+- :class:`ContactEvent` -- a change to the contact list (``kind`` "request",
+  "accepted", "declined", "removed"; ``user``; ``version``), returned by
+  :meth:`Client.recv`.
+- :class:`Presence` -- a contact's presence (``user``, ``status`` "online", "away",
+  "dnd" or "offline", ``text``, ``last_seen_us``): :meth:`Client.presence`, or
+  returned by :meth:`Client.recv` when it changes; :meth:`Client.set_presence` sets
+  one's own.
 - :class:`Event` -- a room event (``kind`` "joined", "left", "removed" or
   "deleted", ``room``, ``user``), also returned by :meth:`Client.recv`.
 - :class:`RouterError` (``code``, ``status``, ``reason``) and its subclasses
@@ -49,9 +60,12 @@ from ._native import (
     AuthError,
     Client,
     ConnectionClosed,
+    ContactEvent,
+    Contacts,
     Conversation,
     Event,
     Message,
+    Presence,
     Receipt,
     RoomInfo,
     RouterError,
@@ -64,9 +78,12 @@ __all__ = [
     "AuthError",
     "Client",
     "ConnectionClosed",
+    "ContactEvent",
+    "Contacts",
     "Conversation",
     "Event",
     "Message",
+    "Presence",
     "Receipt",
     "RoomInfo",
     "RouterError",

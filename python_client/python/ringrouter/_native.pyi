@@ -10,8 +10,11 @@ from typing import Callable, Iterable, Iterator, List, Literal, Optional, Type, 
 
 __all__ = [
     "Client",
+    "Contacts",
+    "ContactEvent",
     "Conversation",
     "Message",
+    "Presence",
     "Event",
     "Receipt",
     "RoomInfo",
@@ -212,6 +215,72 @@ class RoomInfo:
         """The join code: only the owner is told (``None`` for other members)."""
 
 @final
+class Contacts:
+    """This user's contact list, from :meth:`Client.contacts`. Immutable."""
+
+    @property
+    def version(self) -> int:
+        """The list's version: it grows with every change."""
+    @property
+    def accepted(self) -> List[str]:
+        """Accepted contacts, in byte order."""
+    @property
+    def incoming(self) -> List[str]:
+        """Users whose requests wait for this user's answer."""
+    @property
+    def outgoing(self) -> List[str]:
+        """Users this user asked, waiting for their answer."""
+    @property
+    def blocked(self) -> List[str]:
+        """Users this user blocked."""
+
+@final
+class ContactEvent:
+    """A change to this user's contact list, returned by :meth:`Client.recv`.
+
+    Sent to the other user's live devices (kept in its offline queue and delivered at
+    its next login if it has none), and to the acting user's other live devices.
+    Immutable; equal when all fields are equal.
+    """
+
+    @property
+    def kind(self) -> str:
+        """``"request"``, ``"accepted"``, ``"declined"``, ``"removed"`` (and, on the
+        blocking user's other devices only, ``"blocked"``, ``"unblocked"``)."""
+    @property
+    def user(self) -> str:
+        """The other user."""
+    @property
+    def version(self) -> int:
+        """This user's list version after the change."""
+    @property
+    def state(self) -> str:
+        """Where ``user`` stands now: ``"accepted"``, ``"incoming"``, ``"outgoing"``,
+        ``"blocked"`` or ``"none"``."""
+
+@final
+class Presence:
+    """A user's presence: from :meth:`Client.presence`, or returned by
+    :meth:`Client.recv` when an accepted contact's presence changes (never stored:
+    only live devices hear of it; at most one change a second per user). Immutable;
+    equal when all fields are equal."""
+
+    @property
+    def user(self) -> str:
+        """The user."""
+    @property
+    def status(self) -> str:
+        """``"online"``, ``"away"``, ``"dnd"`` or ``"offline"``: the most present of
+        the user's devices' (online > dnd > away > offline)."""
+    @property
+    def text(self) -> str:
+        """The status text of the device that has that status."""
+    @property
+    def last_seen_us(self) -> int:
+        """When the user's last device went away, microseconds since the Unix epoch
+        (0 while online, or never seen)."""
+
+@final
 class Client:
     """A connection to the router, logged in as one user.
 
@@ -370,6 +439,45 @@ class Client:
         Waits for the router: :class:`RouterError` ``"FORBIDDEN"`` for a room this user
         is not in.
         """
+    def contact_request(self, user: str) -> None:
+        """Asks ``user`` to become a contact (or accepts ``user``'s pending request).
+
+        ``user`` gets a :class:`ContactEvent` ``"request"`` (at its next login if it is
+        offline). Raises :class:`RouterError` ``"FORBIDDEN"`` if ``user`` blocked this
+        user, ``"NOT_FOUND"`` for an unknown user, ``"RATE_LIMITED"`` past the router's
+        ``--max-contacts-per-user`` (either list) or ``--max-contact-requests``
+        (requests waiting for ``user``).
+        """
+    def contact_accept(self, user: str) -> None:
+        """Accepts ``user``'s request (``"NOT_FOUND"`` without one); ``user`` gets a
+        :class:`ContactEvent` ``"accepted"``, and each sees the other's presence."""
+    def contact_decline(self, user: str) -> None:
+        """Declines ``user``'s request (``"NOT_FOUND"`` without one); ``user`` gets a
+        :class:`ContactEvent` ``"declined"``."""
+    def contact_remove(self, user: str) -> None:
+        """Removes the contact ``user``, or withdraws this user's request to it
+        (``"NOT_FOUND"`` otherwise); ``user`` gets a :class:`ContactEvent` ``"removed"``."""
+    def block(self, user: str) -> None:
+        """Blocks ``user``: its direct messages and contact requests to this user get
+        :class:`RouterError` ``"FORBIDDEN"``, and it is told nothing else."""
+    def unblock(self, user: str) -> None:
+        """Unblocks ``user`` (``"NOT_FOUND"`` if it was not blocked)."""
+    def contacts(self) -> Contacts:
+        """This user's contact list (``version``, ``accepted``, ``incoming``,
+        ``outgoing``, ``blocked``)."""
+    def set_presence(self, status: str = "online", text: str = "") -> None:
+        """Sets this device's presence: ``status`` ``"online"``, ``"away"``, ``"dnd"``
+        or ``"offline"`` (else :class:`ValueError`) and a short ``text``
+        (:class:`RouterError` ``"BAD_REQUEST"`` past the router's
+        ``--max-presence-text-bytes``). Accepted contacts see the most present status
+        of this user's devices.
+        """
+    def presence(self, user: str) -> Presence:
+        """The :class:`Presence` of ``user``, an accepted contact (or this user).
+
+        Raises :class:`RouterError` ``"FORBIDDEN"`` for anyone else (unknown users
+        included: strangers learn nothing).
+        """
     def room_info(self, room: str) -> RoomInfo:
         """The owner, members and creation time of ``room``, and its join code when
         this user owns it.
@@ -441,9 +549,10 @@ class Client:
         """
     def recv(
         self, timeout: Optional[float] = None
-    ) -> Optional[Union[Message, Event, Receipt]]:
-        """The next message, :class:`Event` for a room event or :class:`Receipt` for a
-        read receipt, waiting up to
+    ) -> Optional[Union[Message, Event, Receipt, ContactEvent, Presence]]:
+        """The next message, :class:`Event` for a room event, :class:`Receipt` for a
+        read receipt, :class:`ContactEvent` for a change to the contact list or
+        :class:`Presence` for a contact's presence, waiting up to
         ``timeout`` seconds (``None``: forever). Both come in the order the router
         sent them.
 

@@ -3,15 +3,15 @@
 //! accept, decline or remove is answered once both users' lists have changed.
 //!
 //! Statuses: BAD_REQUEST (no op, oneself), FORBIDDEN (a request to a user who blocked
-//! the sender), NOT_FOUND (nothing to accept, decline, remove or unblock; a request to
-//! an unknown user), RATE_LIMITED (a list at `--max-contacts-per-user`, or the peer at
+//! the sender), NOT_FOUND (nothing to accept, decline, remove or unblock; a request to,
+//! or a block of, an unknown user), RATE_LIMITED (a list at `--max-contacts-per-user`, or the peer at
 //! `--max-contact-requests` pending requests), UNAVAILABLE (the store failed).
 
 use ringrouter_proto::reply;
 use ringrouter_proto::v1::{ContactAction, ContactOp as ContactOpFrame, ListContacts};
 use ringrouter_proto::Status;
 
-use crate::shard::contacts::{wire_entry, Asker, Then};
+use crate::shard::contacts::{wire_entry, Asker, ContactWaiter, Then};
 use crate::shard::{SessionKey, Shard};
 use crate::store::contacts::{ContactOp, ContactState, Outcome};
 
@@ -40,10 +40,36 @@ impl Shard {
             return;
         }
         let peer = c.user;
-        let u = user.clone();
-        self.with_contacts(
-            &u,
-            Box::new(move |sh: &mut Shard| sh.contact_op(user, peer, op, asker)),
+        let named = peer.clone();
+        let then: ContactWaiter = Box::new(move |sh: &mut Shard| {
+            let u = user.clone();
+            sh.with_contacts(
+                &u,
+                Box::new(move |sh: &mut Shard| sh.contact_op(user, peer, op, asker)),
+            )
+        });
+        if op == ContactOp::Block {
+            // A block names a user that exists: no list is written for a made-up name.
+            self.if_user_exists(&named, asker, then);
+        } else {
+            then(self);
+        }
+    }
+
+    /// Runs `then` if `user` exists (an account, or a user seen at login); else answers
+    /// `asker` NOT_FOUND.
+    fn if_user_exists(&mut self, user: &str, asker: Asker, then: ContactWaiter) {
+        let u = user.to_owned();
+        self.store_req(
+            move |st, cb| st.user_exists(&u, cb),
+            move |sh, r| match r {
+                Ok(true) => then(sh),
+                Ok(false) => sh.refuse_contact(asker, (Status::NotFound, "no such user")),
+                Err(e) => {
+                    let status = crate::shard::store_link::store_status(&e);
+                    sh.refuse_contact(asker, (status, "store error"));
+                }
+            },
         );
     }
 
@@ -98,22 +124,15 @@ impl Shard {
     /// or a user seen at login), then its side is applied there.
     fn request_peer(&mut self, user: String, peer: String, asker: Asker) {
         let p = peer.clone();
-        self.store_req(
-            |st, cb| st.user_exists(&p, cb),
-            move |sh, r| match r {
-                Ok(true) => sh.on_home_of(
-                    &peer.clone(),
-                    Box::new(move |sh: &mut Shard| {
-                        sh.contact_in(peer, user, ContactOp::RequestIn, Then::Request(asker))
-                    }),
-                ),
-                Ok(false) => sh.refuse_contact(asker, (Status::NotFound, "no such user")),
-                Err(e) => {
-                    let status = crate::shard::store_link::store_status(&e);
-                    sh.refuse_contact(asker, (status, "store error"));
-                }
-            },
-        );
+        let then: ContactWaiter = Box::new(move |sh: &mut Shard| {
+            sh.on_home_of(
+                &peer.clone(),
+                Box::new(move |sh: &mut Shard| {
+                    sh.contact_in(peer, user, ContactOp::RequestIn, Then::Request(asker))
+                }),
+            )
+        });
+        self.if_user_exists(&p, asker, then);
     }
 
     /// A ListContacts from session `key`.

@@ -234,3 +234,75 @@ fn ack_beyond_delivered_is_refused() {
     };
     assert_eq!(e.code, Status::BadRequest as i32);
 }
+
+/// Loads `rec` as `user`'s contact list, as the store's answer at login would.
+fn load_contacts(s: &mut Shard, user: &str, rec: crate::store::contacts::ContactRecord) {
+    let _ = s.contacts.wait(user, Box::new(|_| {}));
+    for w in s.contacts.loaded(user, rec) {
+        w(s);
+    }
+}
+
+#[test]
+fn blocked_senders_and_strangers_under_the_contacts_policy_are_forbidden() {
+    use crate::store::contacts::ContactRecord;
+    let mut s = shard(1);
+    let a = s.register("a", "1".into(), -1).unwrap();
+    let b = s.register("b", "1".into(), -1).unwrap();
+    load_contacts(&mut s, "a", ContactRecord::default());
+    load_contacts(&mut s, "b", ContactRecord::default());
+    assert!(
+        !s.dm_gate(),
+        "nobody blocked, open policy: the DM path does not look"
+    );
+    s.contacts
+        .update("a", |r| r.set_blocked_by("b", true))
+        .unwrap();
+    assert!(s.dm_gate());
+    let mut blocked = Vec::new();
+    s.on_frame(a, send("b", b"hi", true), Instant::now(), 0, &mut blocked);
+    let f = drain(&mut s, a);
+    let Some(server_frame::Kind::SendResult(r)) = &f[0].kind else {
+        panic!("{f:?}")
+    };
+    assert_eq!(r.status, Status::Forbidden as i32);
+    assert!(drain(&mut s, b).is_empty(), "nothing reached b");
+    // The other way is not blocked.
+    s.on_frame(b, send("a", b"yo", true), Instant::now(), 0, &mut blocked);
+    assert!(matches!(
+        &drain(&mut s, a)[0].kind,
+        Some(server_frame::Kind::Deliver(d)) if d.payload == "yo"
+    ));
+    s.contacts
+        .update("a", |r| r.set_blocked_by("b", false))
+        .unwrap();
+    assert!(!s.dm_gate());
+    // --dm-policy contacts: only accepted contacts (and oneself).
+    let mut s = Shard::new(
+        0,
+        1,
+        Arc::new(Config {
+            dm_policy: crate::config::DmPolicy::Contacts,
+            ..Config::default()
+        }),
+        Arc::new(ShardStats::default()),
+    );
+    let a = s.register("a", "1".into(), -1).unwrap();
+    load_contacts(&mut s, "a", ContactRecord::default());
+    assert_eq!(
+        s.dm_refusal(b"a", b"b").map(|r| r.0),
+        Some(Status::Forbidden)
+    );
+    assert_eq!(s.dm_refusal(b"a", b"a"), None);
+    let lim = s.contact_limits();
+    s.contacts
+        .apply("a", "b", crate::store::contacts::ContactOp::RequestIn, lim)
+        .unwrap()
+        .unwrap();
+    s.contacts
+        .apply("a", "b", crate::store::contacts::ContactOp::AcceptOut, lim)
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.dm_refusal(b"a", b"b"), None);
+    let _ = a;
+}

@@ -115,6 +115,7 @@ fn request_accept_remove(driver: Driver) {
     // Bad requests.
     assert_eq!(code(ca.contact_request(a)), Status::BadRequest);
     assert_eq!(code(ca.contact_request("ct-nobody-ever")), Status::NotFound);
+    assert_eq!(code(ca.block("ct-nobody-ever")), Status::NotFound);
 }
 
 #[test]
