@@ -1505,8 +1505,8 @@ mod tests {
 
     use super::*;
     use crate::testing::{
-        account, deliver, error, room_deliver, room_event, room_list, room_ok, room_refused,
-        serve_logged_in, Fake, T,
+        account, deliver, error, login_ok, room_deliver, room_event, room_list, room_ok,
+        room_refused, serve, serve_logged_in, Fake, T,
     };
     use crate::RoomEventKind;
     use ringrouter_proto::v1::{client_frame, server_frame, Status};
@@ -1523,6 +1523,87 @@ mod tests {
         cfg.timeout = T;
         let c = ThreadedClient::connect(addr, cfg).expect("connect");
         (c, server)
+    }
+
+    #[test]
+    fn numbered_sends_are_kept_until_acknowledged_and_past_the_bound_a_send_waits() {
+        // The fake router reads every Send and acknowledges nothing until told to.
+        let (ack_tx, ack_rx) = std::sync::mpsc::channel::<u64>();
+        let (seen_tx, seen_rx) = std::sync::mpsc::channel::<(u64, u64)>();
+        let (addr, server) = serve(move |f| {
+            match f.frame().and_then(|f| f.kind) {
+                Some(client_frame::Kind::Login(l)) => assert!(l.resume, "{l:?}"),
+                other => panic!("expected Login, got {other:?}"),
+            }
+            f.write(&[login_ok("alice")]);
+            f.stream
+                .set_read_timeout(Some(Duration::from_millis(20)))
+                .expect("timeout");
+            loop {
+                if let Ok(up_to) = ack_rx.try_recv() {
+                    if up_to == 0 {
+                        return;
+                    }
+                    f.write(
+                        &[server_frame::Kind::SendAck(ringrouter_proto::v1::SendAck {
+                            up_to_client_seq: up_to,
+                        })],
+                    );
+                }
+                let mut buf = [0u8; 65536];
+                match f.stream.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        let mut b = BytesMut::from(&buf[..n]);
+                        while let Ok(Some(body)) = next_frame(&mut b, 1 << 20) {
+                            let frame = ringrouter_proto::codec::decode_client(body);
+                            if let Ok(ringrouter_proto::v1::ClientFrame {
+                                kind: Some(client_frame::Kind::Send(s)),
+                            }) = frame
+                            {
+                                let _ = seen_tx.send((s.client_seq, s.msg_id));
+                            }
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+        let mut cfg = ClientConfig::new("alice");
+        cfg.timeout = T;
+        cfg.reconnect = true;
+        let limits = ThreadedLimits {
+            max_buffer_bytes: 4096,
+            ..ThreadedLimits::default()
+        };
+        let c = ThreadedClient::connect_with(addr, cfg, limits).expect("connect");
+        let payload = [7u8; 100];
+        let mut sent = 0u64;
+        while c.try_send("bob", &payload).expect("try_send") {
+            sent += 1;
+            assert!(sent < 100, "4 KiB never filled");
+        }
+        // Written long ago, yet kept: no room until the router acknowledges.
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!c.try_send("bob", &payload).expect("try_send"));
+        assert!(!c
+            .send_timeout("bob", &payload, Some(Duration::from_millis(50)))
+            .expect("send_timeout"));
+        let mut numbers = Vec::new();
+        while numbers.len() < sent as usize {
+            numbers.push(seen_rx.recv_timeout(T).expect("the Sends reach the router"));
+        }
+        let seqs: Vec<u64> = numbers.iter().map(|n| n.0).collect();
+        assert_eq!(seqs, (1..=sent).collect::<Vec<_>>());
+        let ids: HashSet<u64> = numbers.iter().map(|n| n.1).collect();
+        assert_eq!(ids.len(), sent as usize, "a msg_id of its own each");
+        assert!(!ids.contains(&0));
+        ack_tx.send(sent).expect("ack");
+        assert!(c
+            .send_timeout("bob", &payload, Some(T))
+            .expect("send_timeout"));
+        ack_tx.send(0).expect("stop");
+        server.join().expect("server");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use prost::Message;
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;
 
 /// Longest varint that can encode a 64-bit value.
-const MAX_VARINT_LEN: usize = 10;
+pub(crate) const MAX_VARINT_LEN: usize = 10;
 
 /// Why a byte stream is not a valid sequence of frames. Any of these ends the
 /// connection: the stream cannot be resynchronised.

@@ -95,15 +95,23 @@ impl Cursor<'_> {
         self.varint_slow()
     }
 
+    /// A varint of two bytes or more (client sequence numbers, message ids, long
+    /// lengths): one loop, no second dispatch.
     #[inline(never)]
     fn varint_slow(&mut self) -> Result<u64, FrameError> {
-        match crate::codec::peek_varint(self.buf.get(self.pos..).unwrap_or_default()) {
-            Ok(Some((v, n))) => {
-                self.pos += n;
-                Ok(v)
+        let rest = self.buf.get(self.pos..).unwrap_or_default();
+        let mut value: u64 = 0;
+        for (i, &b) in rest.iter().take(crate::codec::MAX_VARINT_LEN).enumerate() {
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                if i == crate::codec::MAX_VARINT_LEN - 1 && b > 1 {
+                    break;
+                }
+                self.pos += i + 1;
+                return Ok(value);
             }
-            _ => Err(FrameError::Malformed("bad varint".into())),
         }
+        Err(FrameError::Malformed("bad varint".into()))
     }
 
     /// Returns the range of a length-delimited field's content.

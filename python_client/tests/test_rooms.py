@@ -232,7 +232,7 @@ def test_api_contract() -> None:
     assert params(C.delete_account) == []
     assert params(C) == [
         ("addr", pos, None), ("user", pos, None), ("password", kw, None), ("token", kw, None),
-        ("device", kw, "python"), ("timeout", kw, 5.0), *transport_kw,
+        ("device", kw, "python"), ("timeout", kw, 5.0), *transport_kw, ("reconnect", kw, False),
     ]
     assert ringrouter.Event is ringrouter._native.Event
     assert "Event" in ringrouter.__all__

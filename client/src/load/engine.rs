@@ -718,7 +718,8 @@ impl Sending<'_> {
                 if let Some(at) = t.client_seq_at {
                     let at = buf.len() - head.len() + at;
                     let v = (seq - 1) * t.heads.len() as u64 + j as u64 + 1;
-                    ringrouter::patch_client_seq(&mut buf[at..at + 5], v);
+                    let end = at + ringrouter::CLIENT_SEQ_WIDTH;
+                    ringrouter::patch_client_seq(&mut buf[at..end], v);
                 }
                 if size >= STAMP {
                     buf.extend_from_slice(&ts.to_le_bytes());

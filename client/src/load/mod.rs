@@ -283,9 +283,10 @@ mod tests {
             let to = Dest::User("bob".into());
             ringrouter::begin_message(&mut h, &to, size, ringrouter::CLIENT_SEQ_BASE);
             let at = ringrouter::client_seq_at(h.len(), size);
-            for n in [1u64, 2, 300, (1 << 34) - 1] {
+            for n in [1u64, 2, 300, (1 << 28) - (1 << 21) - 1] {
                 let mut f = h.clone();
-                ringrouter::patch_client_seq(&mut f[at..at + 5], n);
+                let end = at + ringrouter::CLIENT_SEQ_WIDTH;
+                ringrouter::patch_client_seq(&mut f[at..end], n);
                 f.extend_from_slice(&vec![7u8; size]);
                 let body = ringrouter_proto::codec::next_frame(&mut f, 1 << 20)
                     .expect("frame")

@@ -38,22 +38,27 @@ pub(super) fn begin_message(out: &mut BytesMut, to: &Dest, len: usize, client_se
 }
 
 /// Numbered Sends (`LoadConfig::client_seq`) count from here: every client_seq
-/// of a run then takes 5 varint bytes, so a template header is patched in place.
-pub(super) const CLIENT_SEQ_BASE: u64 = 1 << 28;
+/// of a run (up to 2^28 - 2^21 Sends per connection) then takes 4 varint bytes, as
+/// a long-lived session's do, so a template header is patched in place.
+pub(super) const CLIENT_SEQ_BASE: u64 = 1 << 21;
 
-/// Writes client_seq number `n` (from 1) into a numbered header's 5 varint bytes.
+/// The varint bytes of a numbered header's client_seq.
+pub(super) const CLIENT_SEQ_WIDTH: usize = 4;
+
+/// Writes client_seq number `n` (from 1) into a numbered header's varint bytes.
 #[inline]
 pub(super) fn patch_client_seq(slot: &mut [u8], n: u64) {
     let v = CLIENT_SEQ_BASE + n;
     for (i, b) in slot.iter_mut().enumerate() {
-        *b = ((v >> (7 * i)) & 0x7F) as u8 | if i < 4 { 0x80 } else { 0 };
+        let more = if i + 1 < CLIENT_SEQ_WIDTH { 0x80 } else { 0 };
+        *b = ((v >> (7 * i)) & 0x7F) as u8 | more;
     }
 }
 
-/// Where the 5 client_seq bytes sit in a numbered header for a payload of `len`
+/// Where the client_seq bytes sit in a numbered header for a payload of `len`
 /// bytes (> 0): just before the payload's tag and length.
 pub(super) fn client_seq_at(head_len: usize, len: usize) -> usize {
-    head_len - 1 - ringrouter_proto::codec::varint_len(len as u64) - 5
+    head_len - 1 - ringrouter_proto::codec::varint_len(len as u64) - CLIENT_SEQ_WIDTH
 }
 
 /// Scans the frame at `*pos` (and moves past it): `Ok(None)` if it is not
