@@ -542,12 +542,13 @@ fn idle_sessions_hold_no_buffers() {
     // Sessions opened here (this process and the router each hold one fd a session).
     const N: usize = 2000;
     // The bound, KiB a session. The release router measured 17-18 KiB a session before
-    // the buffers were released, ~8 after (ringrouter-idle, 10 000 sessions, both
-    // drivers); the target is 4 KiB. This test runs the debug build (larger
-    // futures) at 2 000 sessions (allocator pages and table growth weigh more), so the
-    // bound is the release figure plus 50% slack: still under what one read buffer page
-    // (4 KiB) plus one write buffer page per session would add back.
-    const BOUND_KIB: f64 = 12.0;
+    // the buffers were released, 8-9 after, and 3.5-4.2 once finished pre-login tasks
+    // were no longer kept alive (ringrouter-idle, 10 000-19 000 sessions, both drivers;
+    // the target is 4 KiB). This test runs the debug build (larger futures:
+    // 5.5-6.5 KiB measured) at 2 000 sessions (allocator pages and table growth weigh
+    // more), so the bound leaves ~25% slack: a read buffer page (4 KiB) or a leaked
+    // pre-login task (~5 KiB) per session would cross it.
+    const BOUND_KIB: f64 = 8.0;
     for driver in [Driver::Default, Driver::Legacy] {
         let r = RouterProc::start_with(&["--shards", "2"], driver);
         // Warm up: the shards' first sessions grow tables and pools.
