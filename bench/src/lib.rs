@@ -5,6 +5,17 @@
 
 use std::time::Duration;
 
+use ringrouter_client::ClientConfig;
+
+/// The client configuration of the latency binaries: `user`, a request `timeout`, and a
+/// cumulative Ack every `ack_every` messages.
+pub fn client_config(user: &str, timeout: Duration, ack_every: u64) -> ClientConfig {
+    let mut c = ClientConfig::new(user);
+    c.timeout = timeout;
+    c.ack_every = ack_every;
+    c
+}
+
 /// (p50, p99, max) of `v` in µs (`v` not empty): what the latency binaries print.
 pub fn percentiles(mut v: Vec<Duration>) -> (f64, f64, f64) {
     v.sort();

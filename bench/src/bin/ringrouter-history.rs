@@ -42,10 +42,7 @@ struct Args {
 }
 
 fn cfg(user: &str) -> ClientConfig {
-    let mut c = ClientConfig::new(user);
-    c.timeout = Duration::from_secs(30);
-    c.ack_every = 1024;
-    c
+    ringrouter_bench::client_config(user, Duration::from_secs(30), 1024)
 }
 
 fn main() {

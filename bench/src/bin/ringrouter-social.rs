@@ -140,9 +140,7 @@ fn drain(peers: &mut [Peer]) -> Result<(), BoxError> {
 }
 
 fn cfg(user: &str) -> ClientConfig {
-    let mut c = ClientConfig::new(user);
-    c.timeout = Duration::from_secs(60);
-    c
+    ringrouter_bench::client_config(user, Duration::from_secs(60), 256)
 }
 
 fn main() {
