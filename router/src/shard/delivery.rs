@@ -316,6 +316,7 @@ impl Shard {
         }
         self.counters.requeued += msgs.len() as u64;
         let user = String::from_utf8_lossy(&s.user).into_owned();
+        let (user_bytes, gen) = (s.user.clone(), s.gen);
         // An account deleted meanwhile gets nothing back (NOT_FOUND): its messages must
         // not wait for whoever registers the name next.
         let bytes = msgs.iter().map(|m| m.payload.len()).sum();
@@ -323,11 +324,44 @@ impl Shard {
         self.store_req_sized(
             bytes,
             |st, cb| st.enqueue(&user, msgs, cap, true, cb),
-            |_, r| match r {
+            move |sh, r| match r {
+                Ok(a) if a.stored > 0 => {
+                    sh.requeued_for_later_logins(&user_bytes, gen, a.first_seq)
+                }
                 Ok(_) | Err(StoreError::NotFound) => {}
                 Err(e) => tracing::warn!(error = %e, "requeueing unacked messages failed"),
             },
         );
+    }
+
+    /// What the session of generation `gen` gave back is in `user`'s queue from
+    /// `first_seq` on. Sessions of the user that logged in after that one started are
+    /// "the next login" that gets it (a device that reconnected before the router saw
+    /// its old connection end): one whose backlog is over loads it now, like a backlog,
+    /// ahead of live messages. A session still loading gets it with its next page (store
+    /// answers come in request order, so a page asked for before the append was
+    /// answered already). Sessions older than the one that ended had their own copies.
+    fn requeued_for_later_logins(&mut self, user: &[u8], gen: u32, first_seq: u64) {
+        let later: Vec<SessionKey> = self
+            .user_session_keys(user)
+            .iter()
+            .copied()
+            .filter(|&k| {
+                let s = &self.sessions[k];
+                (s.gen.wrapping_sub(gen) as i32) > 0
+                    && s.closing.is_none()
+                    && !s.loading
+                    && s.backlog_next <= first_seq
+            })
+            .collect();
+        for key in later {
+            let Some(id) = self.session_id(key) else {
+                continue;
+            };
+            self.sessions[key].loading = true;
+            let name = String::from_utf8_lossy(user).into_owned();
+            self.load_page(id, name, first_seq);
+        }
     }
 
     /// A session just logged in: records the user (open and jwt auth: a user exists from
@@ -433,6 +467,7 @@ impl Shard {
             }
             s.unacked.push_stored(s.last_seq, *store_seq);
             last = *store_seq;
+            s.backlog_next = last + 1;
         }
         s.wake_writer();
         self.counters.offline_delivered += page.len() as u64;

@@ -155,6 +155,8 @@ pub struct Session {
     pub loading: bool,
     /// The next backlog page to load, once the session has drained.
     pub load_next: Option<u64>,
+    /// The store seq after the last backlog message this session got (0: none).
+    pub backlog_next: u64,
     /// Deferred: live messages that arrived during the backlog, delivered after it
     /// (memory mode).
     pub deferred: Vec<OwnedMsg>,
@@ -276,6 +278,7 @@ impl Shard {
             unacked: Retained::default(),
             loading: false,
             load_next: None,
+            backlog_next: 0,
             deferred: Vec::new(),
             deferred_bytes: 0,
             discard_unacked: false,

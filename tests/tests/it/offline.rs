@@ -11,7 +11,7 @@ use ringrouter_proto::v1::server_frame;
 use ringrouter_proto::v1::server_frame::Kind as S;
 use ringrouter_tests::{
     assert_survivors, pseudo_random, send_frame_bytes, users_on_shards, wait_until,
-    ConfirmedSender, Raw, RouterProc, T,
+    ConfirmedSender, Driver, Raw, RouterProc, T,
 };
 
 fn send_result(k: server_frame::Kind) -> (u64, i32) {
@@ -117,6 +117,56 @@ fn unacked_messages_come_back_and_nothing_else() {
     match again.next_non_ping(T) {
         server_frame::Kind::Deliver(d) => assert_eq!((d.seq, &d.payload[..]), (7, &b"new"[..])),
         other => panic!("{other:?}"),
+    }
+}
+
+/// The same device reconnecting before the router saw its old connection end: the new
+/// session's backlog is over by then, and what the old one left unacked still reaches
+/// it (not only the login after it). Older sessions of the user do not get it again.
+#[test]
+fn unacked_messages_reach_a_login_that_came_before_the_old_connection_ended() {
+    for driver in [Driver::Default, Driver::Legacy] {
+        let r = RouterProc::start_with(&["--shards", "2"], driver);
+        let u = users_on_shards("early-", 2);
+        let mut a = r.client(&u[0]);
+        let mut older = r.raw_login(&u[1]);
+        let mut b = r.raw_login(&u[1]);
+        for i in 1..=10u8 {
+            a.send_wait(&u[1], &[i]).unwrap();
+        }
+        let got = b.delivers(10, T);
+        let older_last = older.delivers(10, T)[9].seq;
+        older.ack(older_last);
+        b.ack(4);
+        b.send(ringrouter_proto::v1::client_frame::Kind::Ping(
+            ringrouter_proto::v1::Ping { nonce: 9 },
+        ));
+        assert!(matches!(b.next_non_ping(T), server_frame::Kind::Pong(_)));
+        // Logged in and past its (empty) backlog while `b` is still connected.
+        let mut again = r.raw_login(&u[1]);
+        again.send(ringrouter_proto::v1::client_frame::Kind::Ping(
+            ringrouter_proto::v1::Ping { nonce: 10 },
+        ));
+        assert!(matches!(
+            again.next_non_ping(T),
+            server_frame::Kind::Pong(_)
+        ));
+        drop(b);
+        let back = again.delivers(6, T);
+        let payloads: Vec<u8> = back.iter().map(|d| d.payload[0]).collect();
+        assert_eq!(payloads, [5, 6, 7, 8, 9, 10], "{driver:?}");
+        for (d, first) in back.iter().zip(&got[4..]) {
+            assert_eq!(d.msg_id, first.msg_id);
+        }
+        again.ack(back[5].seq);
+        // Then live traffic, to both; the older session got nothing twice.
+        a.send_wait(&u[1], b"new").unwrap();
+        for s in [&mut again, &mut older] {
+            match s.next_non_ping(T) {
+                server_frame::Kind::Deliver(d) => assert_eq!(&d.payload[..], b"new"),
+                other => panic!("{driver:?}: {other:?}"),
+            }
+        }
     }
 }
 
