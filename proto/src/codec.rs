@@ -191,12 +191,46 @@ pub fn frame_to_vec<M: Message>(msg: &M) -> Vec<u8> {
 }
 
 /// Appends `v` as a protobuf varint.
-pub fn put_varint(out: &mut impl BufMut, mut v: u64) {
-    while v >= 0x80 {
-        out.put_u8((v as u8) | 0x80);
-        v >>= 7;
+#[inline]
+pub fn put_varint(out: &mut impl BufMut, v: u64) {
+    // One bounds-checked append per varint, not one per byte.
+    let mut b = [0u8; 10];
+    let n = varint_into(&mut b, 0, v);
+    out.put_slice(&b[..n]);
+}
+
+/// Writes `v` as a varint into `buf` at `at`; returns the position after it. `buf` must
+/// have 10 bytes of room from `at` (the longest varint).
+#[inline(always)]
+pub(crate) fn varint_into(buf: &mut [u8], mut at: usize, mut v: u64) -> usize {
+    if v < 0x80 {
+        buf[at] = v as u8;
+        return at + 1;
     }
-    out.put_u8(v as u8);
+    if v < 1 << 56 {
+        // Up to eight 7-bit groups spread into eight bytes at once, continuation bits on
+        // all but the last used byte, and one 8-byte store (the bytes past the varint are
+        // scratch the next write covers).
+        let len = varint_len(v);
+        let spread = (v & 0x7f)
+            | ((v << 1) & 0x7f00)
+            | ((v << 2) & 0x7f_0000)
+            | ((v << 3) & 0x7f00_0000)
+            | ((v << 4) & 0x7f_0000_0000)
+            | ((v << 5) & 0x7f00_0000_0000)
+            | ((v << 6) & 0x7f_0000_0000_0000)
+            | ((v << 7) & 0x7f00_0000_0000_0000);
+        let cont = 0x8080_8080_8080_8080u64 & ((1u64 << (8 * (len - 1))) - 1);
+        buf[at..at + 8].copy_from_slice(&(spread | cont).to_le_bytes());
+        return at + len;
+    }
+    while v >= 0x80 {
+        buf[at] = (v as u8) | 0x80;
+        v >>= 7;
+        at += 1;
+    }
+    buf[at] = v as u8;
+    at + 1
 }
 
 /// Number of bytes `v` takes as a varint.
@@ -219,6 +253,28 @@ pub fn decode_server(body: Bytes) -> Result<crate::v1::ServerFrame, FrameError> 
 mod tests {
     use super::*;
     use crate::v1::{client_frame, ClientFrame, Ping, Send};
+
+    #[test]
+    fn varints_match_protobufs_encoding_at_every_length() {
+        let mut values = vec![0u64, 1, u64::MAX];
+        for bits in 1..64 {
+            let p = 1u64 << bits;
+            values.extend([p - 1, p, p + 1, p | 0x5555_5555_5555_5555 >> (63 - bits)]);
+        }
+        for v in values {
+            let mut want = Vec::new();
+            prost::encoding::encode_varint(v, &mut want);
+            let mut got = Vec::new();
+            put_varint(&mut got, v);
+            assert_eq!(got, want, "{v:#x}");
+            assert_eq!(varint_len(v), want.len(), "{v:#x}");
+            // Into a buffer at an offset, with bytes around it left alone.
+            let mut buf = [0xAAu8; 24];
+            let end = varint_into(&mut buf, 3, v);
+            assert_eq!(&buf[3..end], &want[..], "{v:#x}");
+            assert_eq!(&buf[..3], &[0xAA; 3]);
+        }
+    }
 
     fn sample_frames() -> Vec<ClientFrame> {
         vec![

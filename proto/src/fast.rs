@@ -12,7 +12,8 @@
 
 use bytes::{BufMut, Bytes};
 
-use crate::codec::{put_varint, varint_len, FrameError};
+use crate::codec::{put_varint, varint_into, varint_len, FrameError};
+use crate::names::MAX_NAME_BYTES;
 use crate::v1::{client_frame, ClientFrame};
 use prost::Message;
 
@@ -351,6 +352,55 @@ fn deliver_sizes(stamp: &DeliverStamp<'_>, payload_len: usize) -> (usize, usize)
 /// `payload_len` payload bytes. Field order differs from prost's (payload last),
 /// which protobuf decoders accept.
 pub fn put_deliver_header(out: &mut impl BufMut, stamp: &DeliverStamp<'_>, payload_len: usize) {
+    if stamp.from_user.len() > MAX_NAME_BYTES || stamp.to_room.len() > MAX_NAME_BYTES {
+        return put_deliver_header_long(out, stamp, payload_len);
+    }
+    // Built on the stack in one pass and appended with one slice: the fields first,
+    // from BODY_AT on, then the three prefix varints (whose values depend on the fields'
+    // length) right before them. No size pass over the fields.
+    const PREFIX_MAX: usize = 21; // outer length (10), the ServerFrame tag (1), inner length (10)
+    const BODY_AT: usize = PREFIX_MAX;
+    let mut b = [0u8; BODY_AT + 4 * 11 + 2 * (2 + MAX_NAME_BYTES) + 8];
+    let mut n = BODY_AT;
+    if stamp.seq != 0 {
+        b[n] = 1 << 3;
+        n = varint_into(&mut b, n + 1, stamp.seq);
+    }
+    for (tag, name) in [(2u8, stamp.from_user), (3, stamp.to_room)] {
+        if !name.is_empty() {
+            b[n] = (tag << 3) | WT_LEN;
+            b[n + 1] = name.len() as u8; // at most MAX_NAME_BYTES (< 128): one byte
+            b[n + 2..n + 2 + name.len()].copy_from_slice(name);
+            n += 2 + name.len();
+        }
+    }
+    if stamp.server_ts_us != 0 {
+        b[n] = 5 << 3;
+        n = varint_into(&mut b, n + 1, stamp.server_ts_us);
+    }
+    if stamp.msg_id != 0 {
+        b[n] = 6 << 3;
+        n = varint_into(&mut b, n + 1, stamp.msg_id);
+    }
+    if payload_len != 0 {
+        b[n] = (4 << 3) | WT_LEN;
+        n = varint_into(&mut b, n + 1, payload_len as u64);
+    }
+    let inner = (n - BODY_AT) as u64 + payload_len as u64;
+    let outer = 1 + varint_len(inner) as u64 + inner;
+    let mut p = [0u8; PREFIX_MAX + 8];
+    let mut pn = varint_into(&mut p, 0, outer);
+    p[pn] = ((SERVER_FRAME_DELIVER << 3) as u8) | WT_LEN;
+    pn = varint_into(&mut p, pn + 1, inner);
+    let from = BODY_AT - pn;
+    b[from..BODY_AT].copy_from_slice(&p[..pn]);
+    out.put_slice(&b[from..n]);
+}
+
+/// [`put_deliver_header`] for names longer than [`MAX_NAME_BYTES`] (never on the wire:
+/// names are checked when they arrive; kept for completeness).
+#[cold]
+fn put_deliver_header_long(out: &mut impl BufMut, stamp: &DeliverStamp<'_>, payload_len: usize) {
     let (inner, _) = deliver_sizes(stamp, payload_len);
     let outer = varint_len(SERVER_FRAME_DELIVER << 3) + varint_len(inner as u64) + inner;
     put_varint(out, outer as u64);
@@ -421,11 +471,17 @@ impl DeliverTemplate {
     #[inline]
     pub fn put_seq(&self, header: &mut [u8], seq: u64) {
         debug_assert!(seq <= TEMPLATE_MAX_SEQ);
-        let slot = &mut header[self.seq_at..self.seq_at + SEQ_SLOT];
-        for (i, b) in slot.iter_mut().enumerate() {
-            let part = ((seq >> (7 * i)) & 0x7f) as u8;
-            *b = if i + 1 < SEQ_SLOT { part | 0x80 } else { part };
-        }
+        // The five 7-bit groups spread into five bytes at once, continuation bits set on
+        // all but the last (a padded varint): one 5-byte store, no loop.
+        let s = seq & TEMPLATE_MAX_SEQ;
+        let spread = (s & 0x7f)
+            | ((s << 1) & 0x7f00)
+            | ((s << 2) & 0x7f_0000)
+            | ((s << 3) & 0x7f00_0000)
+            | ((s << 4) & 0x7f_0000_0000)
+            | 0x80_8080_8080;
+        let bytes = (spread & !0x80_0000_0000).to_le_bytes();
+        header[self.seq_at..self.seq_at + SEQ_SLOT].copy_from_slice(&bytes[..SEQ_SLOT]);
     }
 }
 
@@ -645,6 +701,66 @@ mod tests {
     }
 
     #[test]
+    fn one_pass_deliver_header_is_byte_for_byte_the_field_by_field_one() {
+        let long = [b'n'; MAX_NAME_BYTES + 1];
+        let names: [&[u8]; 5] = [b"", b"a", b"alice", &long[..MAX_NAME_BYTES], &long];
+        let numbers = [
+            0u64,
+            1,
+            127,
+            128,
+            1 << 35,
+            1_700_000_000_123_456,
+            1 << 56,
+            u64::MAX,
+        ];
+        for from_user in names {
+            for to_room in names {
+                for (i, &v) in numbers.iter().enumerate() {
+                    let stamp = DeliverStamp {
+                        seq: v,
+                        from_user,
+                        to_room,
+                        server_ts_us: numbers[(i + 3) % numbers.len()],
+                        msg_id: numbers[(i + 5) % numbers.len()],
+                    };
+                    for payload_len in [0usize, 1, 64, 200_000] {
+                        let (mut fast, mut slow) = (BytesMut::new(), BytesMut::new());
+                        put_deliver_header(&mut fast, &stamp, payload_len);
+                        put_deliver_header_long(&mut slow, &stamp, payload_len);
+                        assert_eq!(fast, slow, "{stamp:?} {payload_len}");
+                        assert_eq!(fast.len(), deliver_header_len(&stamp, payload_len));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn deliver_header_without_names_and_every_varint_at_its_longest() {
+        let stamp = DeliverStamp {
+            seq: u64::MAX,
+            from_user: b"",
+            to_room: b"",
+            server_ts_us: u64::MAX,
+            msg_id: u64::MAX,
+        };
+        let mut out = BytesMut::new();
+        put_deliver_header(&mut out, &stamp, 3);
+        assert_eq!(out.len(), deliver_header_len(&stamp, 3));
+        out.extend_from_slice(b"xyz");
+        let body = next_frame(&mut out, usize::MAX).unwrap().unwrap();
+        let Some(server_frame::Kind::Deliver(d)) = decode_server(body).unwrap().kind else {
+            panic!("not a deliver")
+        };
+        assert_eq!(
+            (d.seq, d.server_ts_us, d.msg_id),
+            (u64::MAX, u64::MAX, u64::MAX)
+        );
+        assert_eq!(&d.payload[..], b"xyz");
+    }
+
+    #[test]
     fn deliver_header_plus_payload_decodes_as_deliver() {
         for (payload_len, seq, room, ts, id) in [
             (0usize, 1u64, &b""[..], 0u64, 0u64),
@@ -736,7 +852,19 @@ mod template_tests {
         };
         for payload in [&b""[..], b"hi", &[9u8; 300][..]] {
             let t = DeliverTemplate::new(&stamp, payload.len());
-            for seq in [1u64, 127, 128, 300_000, TEMPLATE_MAX_SEQ] {
+            for seq in [
+                1u64,
+                127,
+                128,
+                16_383,
+                16_384,
+                300_000,
+                2_097_152,
+                (1 << 28) - 1,
+                1 << 28,
+                (1 << 34) | 12_345,
+                TEMPLATE_MAX_SEQ,
+            ] {
                 let mut frame = t.bytes.clone();
                 t.put_seq(&mut frame, seq);
                 frame.extend_from_slice(payload);

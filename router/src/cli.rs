@@ -96,9 +96,10 @@ pub struct Args {
     /// Do not pin shard threads to cores.
     #[arg(long, help_heading = NETWORK)]
     pub no_pin: bool,
-    /// Payloads up to this size are copied into the recipient's write buffer;
-    /// larger ones are written straight from the sender's read buffer (writev).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "0", help_heading = NETWORK)]
+    /// Payloads up to this size are copied into the recipient's write buffer (cheaper
+    /// than a reference and an iovec of their own); larger ones are written straight
+    /// from the sender's read buffer (writev). 0: every payload by reference.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256", help_heading = NETWORK)]
     pub inline_payload_max: usize,
     /// Address of the HTTP port: /healthz, /readyz, /metrics, /ws, the browser page and
     /// the backend API (port 0 picks a free port); `off`: no HTTP port.

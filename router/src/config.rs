@@ -91,7 +91,9 @@ pub struct Config {
     /// Most sessions (devices) one user may have at once.
     pub max_sessions_per_user: usize,
     /// Payloads up to this size are copied into the session's contiguous write
-    /// buffer; larger ones are written from the sender's read buffer (writev).
+    /// buffer; larger ones are written from the sender's read buffer (writev). Default
+    /// 256: copying a small payload costs less than a reference to it and two iovecs per
+    /// message (BENCHMARKS.md, issue 13); 0 writes every payload by reference.
     pub inline_payload_max: usize,
     /// Authentication mode.
     pub auth: AuthMode,
@@ -210,7 +212,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             max_connections: 100_000,
             max_sessions_per_user: 64,
-            inline_payload_max: 0,
+            inline_payload_max: 256,
             auth: AuthMode::Open,
             jwt_secret_file: None,
             tls_cert: None,

@@ -62,14 +62,26 @@ impl Shard {
             s.last_rx = now;
             s.ping_sent = None;
         }
-        if let Err(e) = ringrouter_proto::names::check_inbound(&frame) {
-            self.counters.reject(Status::BadRequest);
-            let f = reply::refusal(&frame, Status::BadRequest, &e.to_string());
-            self.push_frame(key, &f);
-            return Flow::Continue;
+        // A direct message to the user this session last sent to: its name was checked
+        // and its home found then (`LastDest`).
+        let known_home = match &frame {
+            Inbound::Send(v) if v.to_room.is_empty() => self
+                .sessions
+                .get(key)
+                .and_then(|s| s.last_dest.as_deref())
+                .and_then(|d| d.home_of(&v.to_user)),
+            _ => None,
+        };
+        if known_home.is_none() {
+            if let Err(e) = ringrouter_proto::names::check_inbound(&frame) {
+                self.counters.reject(Status::BadRequest);
+                let f = reply::refusal(&frame, Status::BadRequest, &e.to_string());
+                self.push_frame(key, &f);
+                return Flow::Continue;
+            }
         }
         match frame {
-            Inbound::Send(v) => self.on_send(key, v, ts_us, blocked),
+            Inbound::Send(v) => self.on_send(key, v, ts_us, known_home, blocked),
             Inbound::Other(Kind::Ack(a)) => self.on_ack(key, a),
             Inbound::Other(Kind::Ping(p)) => self.on_ping(key, p),
             Inbound::Other(Kind::Pong(_)) => Flow::Continue,

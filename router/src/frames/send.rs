@@ -12,7 +12,7 @@ use ringrouter_proto::Status;
 
 use crate::shard::mail::Live;
 use crate::shard::retention::{Outgoing, OwnedMsg, NO_ROOM};
-use crate::shard::{Flow, Mail, Routed, SessionKey, Shard};
+use crate::shard::{Flow, LastDest, Mail, Routed, SessionKey, Shard};
 
 impl Shard {
     /// A new message id (the shard in the top 16 bits).
@@ -29,6 +29,7 @@ impl Shard {
         key: SessionKey,
         v: SendView,
         ts_us: u64,
+        known_home: Option<usize>,
         blocked: &mut Vec<SessionKey>,
     ) -> Flow {
         if v.client_seq != 0 {
@@ -48,7 +49,7 @@ impl Shard {
                 return Flow::Continue;
             }
         }
-        self.route_send(key, v, ts_us, blocked);
+        self.route_send(key, v, ts_us, known_home, blocked);
         Flow::Continue
     }
 
@@ -57,6 +58,7 @@ impl Shard {
         key: SessionKey,
         v: SendView,
         ts_us: u64,
+        known_home: Option<usize>,
         blocked: &mut Vec<SessionKey>,
     ) {
         self.counters.msgs_in += 1;
@@ -118,7 +120,14 @@ impl Shard {
         if self.social.multi_device > 0 {
             self.copy_to_own_devices(key, &v.to_user, &v.payload, msg_id, ts_us);
         }
-        let home = self.home(&v.to_user);
+        let home = match known_home {
+            Some(h) => h,
+            None => {
+                let h = self.home(&v.to_user);
+                LastDest::remember(&mut self.sessions[key].last_dest, &v.to_user, h);
+                h
+            }
+        };
         if home == self.id {
             let from = std::mem::take(&mut self.sessions[key].user);
             self.history_dm(&from, &v.to_user, &v.payload, msg_id, ts_us);

@@ -64,7 +64,9 @@ mod tests;
 pub use crate::maps::{NameMap, NameSet};
 pub use mail::{Handover, Mail, Routed};
 pub use pause::{pause_tables, PauseTable, PauseTables, PIPELINE_HIGH_WATER};
-pub use session::{CloseReason, Flow, RegisterError, Session, SessionId, SessionKey, CLOSE_GRACE};
+pub use session::{
+    CloseReason, Flow, LastDest, RegisterError, Session, SessionId, SessionKey, CLOSE_GRACE,
+};
 use store_link::StoreLink;
 
 /// One shard's state.

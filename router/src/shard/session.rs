@@ -7,6 +7,7 @@ use std::task::Waker;
 use std::time::Instant;
 
 use bytes::Bytes;
+use ringrouter_proto::names::MAX_NAME_BYTES;
 use ringrouter_proto::reply;
 use ringrouter_proto::v1::ServerFrame;
 use ringrouter_proto::Status;
@@ -172,6 +173,46 @@ pub struct Session {
     pub client_seq_taken: u64,
     /// Resume: the highest client_seq told to the client (SendAck).
     pub client_seq_acked: u64,
+    /// The user this session last sent a direct message to ([`LastDest`]).
+    pub last_dest: Option<Box<LastDest>>,
+}
+
+/// The user a session last sent a direct message to, its name checked and its home
+/// shard found: the next Send to the same user skips both (a conversation is a run of
+/// Sends to one peer; like nats-server's per-client cache of subject lookups). Boxed,
+/// so an idle session holds a pointer; the ticker drops it with the idle buffers.
+pub struct LastDest {
+    len: u8,
+    home: u16,
+    name: [u8; MAX_NAME_BYTES],
+}
+
+impl LastDest {
+    /// The home shard of `to_user` if it is this destination.
+    #[inline]
+    pub fn home_of(&self, to_user: &[u8]) -> Option<usize> {
+        (self.name[..usize::from(self.len)] == *to_user).then_some(usize::from(self.home))
+    }
+
+    /// Remembers `to_user` (a name that passed the checks) and its `home`.
+    pub fn remember(slot: &mut Option<Box<LastDest>>, to_user: &[u8], home: usize) {
+        let (Ok(len), Ok(home)) = (u8::try_from(to_user.len()), u16::try_from(home)) else {
+            return;
+        };
+        if to_user.len() > MAX_NAME_BYTES {
+            return;
+        }
+        let d = slot.get_or_insert_with(|| {
+            Box::new(LastDest {
+                len: 0,
+                home: 0,
+                name: [0; MAX_NAME_BYTES],
+            })
+        });
+        d.name[..to_user.len()].copy_from_slice(to_user);
+        d.len = len;
+        d.home = home;
+    }
 }
 
 impl Session {
@@ -198,6 +239,7 @@ impl Session {
     /// the ticker: a busy session allocates them again at most once a tick.
     fn release_idle(&mut self) {
         self.out.release();
+        self.last_dest = None;
         self.spare = None;
         self.unacked.release();
         if self.throttled.is_empty() {
@@ -286,6 +328,7 @@ impl Shard {
             resume_token: None,
             client_seq_taken: 0,
             client_seq_acked: 0,
+            last_dest: None,
         });
         let list = self.users.entry(user).or_default();
         list.push(key);
@@ -549,5 +592,38 @@ impl Shard {
                 Some((Status::Unavailable, "shutting down")),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LastDest;
+    use ringrouter_proto::names::MAX_NAME_BYTES;
+
+    #[test]
+    fn last_destination_matches_only_the_same_name() {
+        let mut slot = None;
+        LastDest::remember(&mut slot, b"bob", 1);
+        let d = slot.as_deref().expect("remembered");
+        assert_eq!(d.home_of(b"bob"), Some(1));
+        for other in [&b"bo"[..], b"bobb", b"Bob", b""] {
+            assert_eq!(d.home_of(other), None, "{other:?}");
+        }
+        // A new destination replaces it, in the same allocation.
+        let before = slot.as_deref().map(std::ptr::from_ref);
+        LastDest::remember(&mut slot, b"carol", 0);
+        assert_eq!(slot.as_deref().map(std::ptr::from_ref), before);
+        let d = slot.as_deref().expect("remembered");
+        assert_eq!((d.home_of(b"carol"), d.home_of(b"bob")), (Some(0), None));
+        // Names longer than a name can be are never remembered.
+        let mut slot = None;
+        LastDest::remember(&mut slot, &[b'x'; MAX_NAME_BYTES + 1], 0);
+        assert!(slot.is_none());
+        LastDest::remember(&mut slot, &[b'x'; MAX_NAME_BYTES], 3);
+        assert_eq!(
+            slot.as_deref()
+                .and_then(|d| d.home_of(&[b'x'; MAX_NAME_BYTES])),
+            Some(3)
+        );
     }
 }

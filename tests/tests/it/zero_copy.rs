@@ -1,5 +1,6 @@
-//! Payloads go from the sender's read buffer to the recipient's socket without
-//! being copied: the router's counters say how many payload bytes it wrote by
+//! Payloads over `--inline-payload-max` (256 B by default) go from the sender's read
+//! buffer to the recipient's socket without being copied; smaller ones are copied next
+//! to their header. The router's counters say how many payload bytes it wrote by
 //! reference and how many it copied. (The byte-level proof that the queued
 //! iovec points into the read buffer is the unit test
 //! `outbuf::tests::large_payloads_are_written_from_the_senders_buffer`.)
@@ -11,7 +12,7 @@ use ringrouter_client::{Client, ClientConfig};
 use ringrouter_tests::{users_on_shards, wait_until, T};
 
 #[test]
-fn payloads_are_never_copied_by_default() {
+fn large_payloads_are_never_copied_by_default() {
     let data = tempfile::tempdir().expect("data dir");
     let cfg = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -26,8 +27,8 @@ fn payloads_are_never_copied_by_default() {
     let mut a = Client::connect(router.local_addr(), ClientConfig::new(&users[0])).unwrap();
     let mut b = Client::connect(router.local_addr(), ClientConfig::new(&users[1])).unwrap();
     // same-shard and cross-shard recipients, small and large payloads
-    let mut expected = 0u64;
-    for size in [1usize, 64, 1024, 64 * 1024] {
+    let (mut expected, mut copied) = (0u64, 0u64);
+    for size in [1usize, 64, 256, 257, 1024, 64 * 1024] {
         let payload = vec![7u8; size];
         a.send_wait(&users[1], &payload).unwrap();
         let m = b
@@ -41,14 +42,18 @@ fn payloads_are_never_copied_by_default() {
             .unwrap()
             .expect("delivered to self");
         assert_eq!(m.payload.len(), size);
-        expected += 2 * size as u64;
+        if size > 256 {
+            expected += 2 * size as u64;
+        } else {
+            copied += 2 * size as u64;
+        }
     }
     assert!(
         wait_until(T, || router.stats().payload_zero_copy_bytes == expected),
         "zero-copy bytes {} != {expected}",
         router.stats().payload_zero_copy_bytes
     );
-    assert_eq!(router.stats().payload_copied_bytes, 0);
+    assert_eq!(router.stats().payload_copied_bytes, copied);
     drop((a, b));
     assert!(router.shutdown());
 }
