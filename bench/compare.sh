@@ -24,6 +24,8 @@
 #   REDIS_REPLY=on bench/compare.sh           # redis publishers read their replies
 #   WINDOW=1000 bench/compare.sh              # in-flight window per pair (pairs scenarios)
 #   LOAD_ARGS="--threads 1" bench/compare.sh  # extra ringrouter-load flags, every target
+#   ROUTER_ARGS="--history-per-conversation 0" bench/compare.sh   # extra router flags
+#   RR=/path/ringrouter LOAD=/path/ringrouter-load bench/compare.sh   # these binaries, no build
 #
 # Scenarios (pairs: P sender/receiver pairs, each its own two users / subject / channel):
 #   pairs1_64 pairs1_1k pairs16_64 pairs16_1k pairs256_64 pairs256_1k
@@ -107,9 +109,13 @@ if [ "$REDIS" = 1 ]; then
   command -v redis-server >/dev/null 2>&1 || apt_install redis-server
 fi
 
-cargo build --release -q -p ringrouter -p ringrouter-bench
-RR=target/release/ringrouter
-LOAD=target/release/ringrouter-load
+# RR and LOAD name other binaries (an A/B, a build with other profile settings); by
+# default the release build of this checkout.
+if [ -z "${RR:-}" ] || [ -z "${LOAD:-}" ]; then
+  cargo build --release -q -p ringrouter -p ringrouter-bench
+fi
+RR=${RR:-target/release/ringrouter}
+LOAD=${LOAD:-target/release/ringrouter-load}
 HZ=$(getconf CLK_TCK)
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
