@@ -274,6 +274,11 @@ pub struct Args {
     /// History older than this is dropped (default: kept whatever its age).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = STORAGE)]
     pub history_max_age: Option<Duration>,
+    /// Most bytes of history kept per conversation on disk; past it the oldest messages
+    /// go (with large messages this bound comes before --history-per-conversation). 0: no
+    /// byte bound.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64MiB", help_heading = STORAGE)]
+    pub history_max_bytes_per_conversation: usize,
     /// Durability memory: bytes of history the storage thread holds in memory before it
     /// writes them to the store (sooner than --history-flush-every); a crash loses what is
     /// held. 0: written at once, as under durability sync.
@@ -350,6 +355,7 @@ impl Args {
             history_per_conversation: self.history_per_conversation,
             history_max_age: self.history_max_age,
             history_memory_bytes: self.history_memory_bytes,
+            history_max_bytes_per_conversation: self.history_max_bytes_per_conversation as u64,
             history_flush_every: self.history_flush_every,
             history_page_max: self.history_page_max,
         }
@@ -1021,6 +1027,8 @@ mod tests {
             "77",
             "--history-max-age",
             "2days",
+            "--history-max-bytes-per-conversation",
+            "5MiB",
             "--history-page-max",
             "33",
             "--log-filter",

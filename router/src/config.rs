@@ -145,6 +145,9 @@ pub struct Config {
     pub history_per_conversation: u64,
     /// History older than this is dropped; `None`: kept whatever its age.
     pub history_max_age: Option<Duration>,
+    /// Most bytes of history kept per conversation on disk (0: no byte bound): with
+    /// large messages this bound comes before `history_per_conversation`.
+    pub history_max_bytes_per_conversation: u64,
     /// Durability memory: bytes of history the storage thread holds before writing it
     /// (0: written in the round that appended it).
     pub history_memory_bytes: usize,
@@ -237,6 +240,7 @@ impl Default for Config {
             list_users_page: 1_000,
             history_per_conversation: 10_000,
             history_max_age: None,
+            history_max_bytes_per_conversation: 64 << 20,
             history_memory_bytes: 32 << 20,
             history_flush_every: Duration::from_secs(1),
             history_page_max: 500,

@@ -182,6 +182,7 @@ impl Router {
                 history: crate::store::HistoryOptions {
                     per_conversation: cfg.history_per_conversation,
                     max_age: cfg.history_max_age,
+                    max_bytes: cfg.history_max_bytes_per_conversation,
                     memory_bytes: cfg.history_memory_bytes,
                     flush_every: cfg.history_flush_every,
                 },

@@ -210,6 +210,9 @@ pub struct HistoryOptions {
     pub per_conversation: u64,
     /// Nothing older than this is kept.
     pub max_age: Option<std::time::Duration>,
+    /// Most bytes of stored chunks per conversation (0: no byte bound): past it the
+    /// oldest chunks go, whatever `per_conversation` allows.
+    pub max_bytes: u64,
     /// Under `Durability::Memory`: bytes of history the storage thread holds in memory
     /// before it writes them (0: written in the round that appended them, as in sync).
     pub memory_bytes: usize,

@@ -28,6 +28,7 @@ fn open_with(
             max_age,
             memory_bytes,
             flush_every,
+            max_bytes: 0,
         },
         ..StoreOptions::default()
     };
@@ -368,4 +369,46 @@ fn unread_counts_from_the_read_mark_else_from_the_last_own_message() {
     call(|cb| h.history_append(vec![c], cb)).unwrap();
     let cs = call(|cb| h.conversations("alice", 10, 0, cb)).unwrap();
     assert_eq!(cs[0].unread, 1);
+}
+
+#[test]
+fn history_past_its_byte_bound_loses_its_oldest_chunks() {
+    // 4 KiB messages, 10 000 kept by count, at most 64 KiB of chunks by bytes; every
+    // append written at once (budget 0), so each message is a chunk of its own.
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        argon2_cheap: true,
+        history: HistoryOptions {
+            per_conversation: 10_000,
+            max_age: None,
+            memory_bytes: 0,
+            flush_every: Duration::from_secs(3600),
+            max_bytes: 64 << 10,
+        },
+        ..StoreOptions::default()
+    };
+    let h = Store::open_with(dir.path(), Durability::Memory, opts).unwrap();
+    call(|cb| h.ensure_user("big-a", cb)).unwrap();
+    call(|cb| h.ensure_user("big-b", cb)).unwrap();
+    let payload = vec![b'p'; 4096];
+    for id in 1..=200u64 {
+        let mut c = HistChunk {
+            conv: dm_conv(b"big-a", b"big-b"),
+            ..Default::default()
+        };
+        c.push(b"big-a", id, now(), &payload);
+        call(|cb| h.history_append(vec![c], cb)).unwrap();
+    }
+    let mut kept = Vec::new();
+    let mut before = 0;
+    loop {
+        let got = ids(page(&h, "big-b", "big-a", before, 100));
+        let Some(&first) = got.first() else { break };
+        before = first;
+        kept.splice(0..0, got);
+    }
+    // The newest, in order, and no more than the bound (plus the chunk that crossed it).
+    let n = kept.len() as u64;
+    assert_eq!(kept, (201 - n..=200).collect::<Vec<u64>>());
+    assert!((14..=16).contains(&n), "{n} messages of 4 KiB kept");
 }

@@ -185,6 +185,35 @@ fn history_keeps_only_the_last_n_per_conversation() {
     assert!(before.is_empty(), "{before:?}");
 }
 
+/// Large messages meet the byte bound long before the count bound: the oldest go.
+#[test]
+fn history_keeps_at_most_its_bytes_per_conversation() {
+    let r = RouterProc::start(&[
+        "--shards",
+        "2",
+        "--history-max-bytes-per-conversation",
+        "256KiB",
+        // Written at once, so the bound applies before the query.
+        "--history-memory-bytes",
+        "0",
+    ]);
+    let mut a = r.client("hb-a");
+    let _b = r.client("hb-b");
+    for i in 0..100u32 {
+        let mut p = vec![b'x'; 16 << 10];
+        p[..4].copy_from_slice(&i.to_be_bytes());
+        a.send_wait("hb-b", &p).unwrap();
+    }
+    let kept = walk_back(&mut a, "hb-b", 50);
+    let n: Vec<u32> = kept
+        .iter()
+        .map(|m| u32::from_be_bytes([m.payload[0], m.payload[1], m.payload[2], m.payload[3]]))
+        .collect();
+    // The newest, in order; 16 messages of 16 KiB are the bound, 100 the count allowed.
+    assert!((10..=17).contains(&n.len()), "{} kept", n.len());
+    assert_eq!(n, (100 - n.len() as u32..100).collect::<Vec<u32>>());
+}
+
 #[test]
 fn history_max_age_drops_old_messages() {
     let r = RouterProc::start(&[

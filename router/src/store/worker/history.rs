@@ -40,6 +40,10 @@ struct ConvState {
     since_trim: u32,
     /// The participants' entries of a direct conversation are known to exist.
     indexed: bool,
+    /// Bytes of the chunks this process wrote and has not trimmed (what
+    /// `HistoryOptions::max_bytes` bounds; chunks from before a restart count once
+    /// trimming reads them).
+    bytes: u64,
 }
 
 /// A conversation's messages not yet written, oldest segment first.
@@ -149,6 +153,7 @@ impl Worker {
             oldest: oldest.unwrap_or(next_seq),
             since_trim: 0,
             indexed: false,
+            bytes: 0,
         };
         self.hist.convs.insert(conv.to_vec(), st);
         Ok(st)
@@ -323,10 +328,14 @@ impl Worker {
                 }
                 st.since_trim += 1;
                 let key = chunk_key(&conv, seg.first_seq);
-                self.ops.push(Op::Put(Ks::History, key, seg.into_value()));
+                let value = seg.into_value();
+                st.bytes += value.len() as u64;
+                self.ops.push(Op::Put(Ks::History, key, value));
             }
             let slack = (limit / 4).max(256);
-            let over = st.next_seq - st.oldest > limit.saturating_add(slack);
+            let max_bytes = self.hist.opts.max_bytes;
+            let over = st.next_seq - st.oldest > limit.saturating_add(slack)
+                || (max_bytes != 0 && st.bytes > max_bytes);
             let aged = self.hist.opts.max_age.is_some() && st.since_trim >= AGE_TRIM_EVERY;
             if over || aged {
                 trim.push(conv);
@@ -357,8 +366,11 @@ impl Worker {
                 break;
             };
             let (count, last_ts, _) = parse_chunk(&v).ok_or_else(|| corrupt("chunk"))?;
-            if seq + u64::from(count) <= keep_from || last_ts < cutoff {
+            let max_bytes = self.hist.opts.max_bytes;
+            let over_bytes = max_bytes != 0 && st.bytes > max_bytes;
+            if seq + u64::from(count) <= keep_from || last_ts < cutoff || over_bytes {
                 self.ops.push(Op::Del(Ks::History, k.to_vec()));
+                st.bytes = st.bytes.saturating_sub(v.len() as u64);
             } else {
                 oldest = seq;
                 break;
