@@ -316,7 +316,7 @@ impl Shard {
         }
         self.counters.requeued += msgs.len() as u64;
         let user = String::from_utf8_lossy(&s.user).into_owned();
-        let (user_bytes, gen) = (s.user.clone(), s.gen);
+        let (user_bytes, gen, device) = (s.user.clone(), s.gen, s.device.clone());
         // An account deleted meanwhile gets nothing back (NOT_FOUND): its messages must
         // not wait for whoever registers the name next.
         let bytes = msgs.iter().map(|m| m.payload.len()).sum();
@@ -326,7 +326,7 @@ impl Shard {
             |st, cb| st.enqueue(&user, msgs, cap, true, cb),
             move |sh, r| match r {
                 Ok(a) if a.stored > 0 => {
-                    sh.requeued_for_later_logins(&user_bytes, gen, a.first_seq)
+                    sh.requeued_for_later_logins(&user_bytes, &device, gen, a.first_seq)
                 }
                 Ok(_) | Err(StoreError::NotFound) => {}
                 Err(e) => tracing::warn!(error = %e, "requeueing unacked messages failed"),
@@ -334,14 +334,15 @@ impl Shard {
         );
     }
 
-    /// What the session of generation `gen` gave back is in `user`'s queue from
-    /// `first_seq` on. Sessions of the user that logged in after that one started are
-    /// "the next login" that gets it (a device that reconnected before the router saw
-    /// its old connection end): one whose backlog is over loads it now, like a backlog,
-    /// ahead of live messages. A session still loading gets it with its next page (store
-    /// answers come in request order, so a page asked for before the append was
-    /// answered already). Sessions older than the one that ended had their own copies.
-    fn requeued_for_later_logins(&mut self, user: &[u8], gen: u32, first_seq: u64) {
+    /// What the session of generation `gen` (from `device`) gave back is in `user`'s
+    /// queue from `first_seq` on. Sessions of the same device that logged in after that
+    /// one started are "the next login" that gets it (a device that reconnected before
+    /// the router saw its old connection end): one whose backlog is over loads it now,
+    /// like a backlog, ahead of live messages. A session still loading gets it with its
+    /// next page (store answers come in request order, so a page asked for before the
+    /// append was answered already). The user's other devices had their own live copies:
+    /// they get the queue at their next login, as before.
+    fn requeued_for_later_logins(&mut self, user: &[u8], device: &str, gen: u32, first_seq: u64) {
         let later: Vec<SessionKey> = self
             .user_session_keys(user)
             .iter()
@@ -349,6 +350,7 @@ impl Shard {
             .filter(|&k| {
                 let s = &self.sessions[k];
                 (s.gen.wrapping_sub(gen) as i32) > 0
+                    && s.device == device
                     && s.closing.is_none()
                     && !s.loading
                     && s.backlog_next <= first_seq

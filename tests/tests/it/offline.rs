@@ -122,7 +122,8 @@ fn unacked_messages_come_back_and_nothing_else() {
 
 /// The same device reconnecting before the router saw its old connection end: the new
 /// session's backlog is over by then, and what the old one left unacked still reaches
-/// it (not only the login after it). Older sessions of the user do not get it again.
+/// it (not only the login after it). The user's other sessions, older or of another
+/// device, do not get it again.
 #[test]
 fn unacked_messages_reach_a_login_that_came_before_the_old_connection_ended() {
     for driver in [Driver::Default, Driver::Legacy] {
@@ -131,12 +132,16 @@ fn unacked_messages_reach_a_login_that_came_before_the_old_connection_ended() {
         let mut a = r.client(&u[0]);
         let mut older = r.raw_login(&u[1]);
         let mut b = r.raw_login(&u[1]);
+        // Another device, logged in after `b`: it gets its own copies.
+        let mut laptop = r.raw_login_password(&u[1], "", "laptop");
         for i in 1..=10u8 {
             a.send_wait(&u[1], &[i]).unwrap();
         }
         let got = b.delivers(10, T);
         let older_last = older.delivers(10, T)[9].seq;
         older.ack(older_last);
+        let laptop_last = laptop.delivers(10, T)[9].seq;
+        laptop.ack(laptop_last);
         b.ack(4);
         b.send(ringrouter_proto::v1::client_frame::Kind::Ping(
             ringrouter_proto::v1::Ping { nonce: 9 },
@@ -161,7 +166,7 @@ fn unacked_messages_reach_a_login_that_came_before_the_old_connection_ended() {
         again.ack(back[5].seq);
         // Then live traffic, to both; the older session got nothing twice.
         a.send_wait(&u[1], b"new").unwrap();
-        for s in [&mut again, &mut older] {
+        for s in [&mut again, &mut older, &mut laptop] {
             match s.next_non_ping(T) {
                 server_frame::Kind::Deliver(d) => assert_eq!(&d.payload[..], b"new"),
                 other => panic!("{driver:?}: {other:?}"),
