@@ -199,6 +199,20 @@ pub fn put_varint(out: &mut impl BufMut, v: u64) {
     out.put_slice(&b[..n]);
 }
 
+/// The low 56 bits of `v` as eight 7-bit groups, one per byte (little-endian), high
+/// bits clear: a varint's payload bits, without continuation bits.
+#[inline(always)]
+pub(crate) fn spread7(v: u64) -> u64 {
+    (v & 0x7f)
+        | ((v << 1) & 0x7f00)
+        | ((v << 2) & 0x7f_0000)
+        | ((v << 3) & 0x7f00_0000)
+        | ((v << 4) & 0x7f_0000_0000)
+        | ((v << 5) & 0x7f00_0000_0000)
+        | ((v << 6) & 0x7f_0000_0000_0000)
+        | ((v << 7) & 0x7f00_0000_0000_0000)
+}
+
 /// Writes `v` as a varint into `buf` at `at`; returns the position after it. `buf` must
 /// have 10 bytes of room from `at` (the longest varint).
 #[inline(always)]
@@ -212,16 +226,8 @@ pub(crate) fn varint_into(buf: &mut [u8], mut at: usize, mut v: u64) -> usize {
         // all but the last used byte, and one 8-byte store (the bytes past the varint are
         // scratch the next write covers).
         let len = varint_len(v);
-        let spread = (v & 0x7f)
-            | ((v << 1) & 0x7f00)
-            | ((v << 2) & 0x7f_0000)
-            | ((v << 3) & 0x7f00_0000)
-            | ((v << 4) & 0x7f_0000_0000)
-            | ((v << 5) & 0x7f00_0000_0000)
-            | ((v << 6) & 0x7f_0000_0000_0000)
-            | ((v << 7) & 0x7f00_0000_0000_0000);
         let cont = 0x8080_8080_8080_8080u64 & ((1u64 << (8 * (len - 1))) - 1);
-        buf[at..at + 8].copy_from_slice(&(spread | cont).to_le_bytes());
+        buf[at..at + 8].copy_from_slice(&(spread7(v) | cont).to_le_bytes());
         return at + len;
     }
     while v >= 0x80 {

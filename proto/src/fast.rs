@@ -12,7 +12,7 @@
 
 use bytes::{BufMut, Bytes};
 
-use crate::codec::{put_varint, varint_into, varint_len, FrameError};
+use crate::codec::{put_varint, spread7, varint_into, varint_len, FrameError};
 use crate::names::MAX_NAME_BYTES;
 use crate::v1::{client_frame, ClientFrame};
 use prost::Message;
@@ -471,16 +471,9 @@ impl DeliverTemplate {
     #[inline]
     pub fn put_seq(&self, header: &mut [u8], seq: u64) {
         debug_assert!(seq <= TEMPLATE_MAX_SEQ);
-        // The five 7-bit groups spread into five bytes at once, continuation bits set on
-        // all but the last (a padded varint): one 5-byte store, no loop.
-        let s = seq & TEMPLATE_MAX_SEQ;
-        let spread = (s & 0x7f)
-            | ((s << 1) & 0x7f00)
-            | ((s << 2) & 0x7f_0000)
-            | ((s << 3) & 0x7f00_0000)
-            | ((s << 4) & 0x7f_0000_0000)
-            | 0x80_8080_8080;
-        let bytes = (spread & !0x80_0000_0000).to_le_bytes();
+        // The five 7-bit groups in five bytes, continuation bits on all but the last (a
+        // padded varint): one 5-byte store, no loop.
+        let bytes = (spread7(seq & TEMPLATE_MAX_SEQ) | 0x8080_8080).to_le_bytes();
         header[self.seq_at..self.seq_at + SEQ_SLOT].copy_from_slice(&bytes[..SEQ_SLOT]);
     }
 }

@@ -356,13 +356,13 @@ impl Shard {
                     && s.backlog_next <= first_seq
             })
             .collect();
+        let name = String::from_utf8_lossy(user).into_owned();
         for key in later {
             let Some(id) = self.session_id(key) else {
                 continue;
             };
             self.sessions[key].loading = true;
-            let name = String::from_utf8_lossy(user).into_owned();
-            self.load_page(id, name, first_seq);
+            self.load_page(id, name.clone(), first_seq);
         }
     }
 

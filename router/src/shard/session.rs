@@ -196,7 +196,7 @@ impl LastDest {
 
     /// Remembers `to_user` (a name that passed the checks) and its `home`.
     pub fn remember(slot: &mut Option<Box<LastDest>>, to_user: &[u8], home: usize) {
-        let (Ok(len), Ok(home)) = (u8::try_from(to_user.len()), u16::try_from(home)) else {
+        let Ok(home) = u16::try_from(home) else {
             return;
         };
         if to_user.len() > MAX_NAME_BYTES {
@@ -210,7 +210,7 @@ impl LastDest {
             })
         });
         d.name[..to_user.len()].copy_from_slice(to_user);
-        d.len = len;
+        d.len = to_user.len() as u8; // at most MAX_NAME_BYTES (64)
         d.home = home;
     }
 }

@@ -41,8 +41,10 @@ struct ConvState {
     /// The participants' entries of a direct conversation are known to exist.
     indexed: bool,
     /// Bytes of the chunks this process wrote and has not trimmed (what
-    /// `HistoryOptions::max_bytes` bounds; chunks from before a restart count once
-    /// trimming reads them).
+    /// `HistoryOptions::max_bytes` bounds). It starts at 0 when the state is read from
+    /// the store (after a restart, or after the cache of states was emptied past
+    /// `CACHE_MAX` conversations): older chunks count only once trimming reads them, so
+    /// the bound can be exceeded by what was on disk then.
     bytes: u64,
 }
 
