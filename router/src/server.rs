@@ -185,6 +185,7 @@ impl Router {
                     max_bytes: cfg.history_max_bytes_per_conversation,
                     memory_bytes: cfg.history_memory_bytes,
                     flush_every: cfg.history_flush_every,
+                    log_file_bytes: 0,
                 },
                 ..StoreOptions::default()
             },

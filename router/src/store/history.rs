@@ -6,13 +6,18 @@
 //!   order (each a length byte and the name; one id for both directions), or `r` + the
 //!   room name (length byte and name). Length-prefixed, so no id is a prefix of another.
 //! - A chunk of messages: `c` + conversation id + the seq of its first message (u64).
-//!   Value: count (u32), newest `server_ts_us` (u64), then the records ([`push_record`]).
+//!   Value: count (u32), newest `server_ts_us` (u64), then where the records are: the
+//!   count's top bit set, a pointer into the history log (`store::histlog`: file u32,
+//!   offset u64, length u32) that holds them; clear (chunks written before the log),
+//!   the records themselves ([`push_record`]).
 //!   A chunk is one [`Segment`] the storage thread filled in memory: at most
 //!   `SEGMENT_MAX_MSGS` messages or about `SEGMENT_MAX_BYTES` (`worker/history.rs`), so a
 //!   page is one reverse range scan over a few keys and decodes at most a chunk or two
 //!   beyond what it returns.
 //! - A user's conversation entry: `u` + length byte + user + conversation id → the seq of
 //!   the last message the user sent in it (u64, 0: none): the conversation list.
+//! - A history log file's live bytes: `f` + file id (u32) → bytes of chunk records in
+//!   it that a chunk still points to (u64; `store::histlog`).
 //! - A user's read mark: `m` + length byte + user + conversation id → the seq of the
 //!   message the user last marked read (MarkRead) in it (u64): the unread count is the
 //!   messages after it (after the user's last own message when there is no mark).
@@ -39,12 +44,16 @@
 
 use bytes::Bytes;
 
+use super::histlog::{Loc, LOC_BYTES};
+
 /// Key tag of a chunk.
 pub(crate) const CHUNK_TAG: u8 = b'c';
 /// Key tag of a user's conversation entry.
 pub(crate) const USER_TAG: u8 = b'u';
 /// Key tag of a user's read mark.
 pub(crate) const MARK_TAG: u8 = b'm';
+/// Key tag of a history log file's live bytes (`f` + file id u32 → u64).
+pub(crate) const FILE_TAG: u8 = b'f';
 /// Bytes of a chunk value's header (count u32, newest ts u64).
 pub(crate) const CHUNK_HEADER: usize = 12;
 
@@ -141,8 +150,9 @@ impl Segment {
         self.first_seq + u64::from(self.count)
     }
 
-    /// The stored value: header then records (the header written into the room left
-    /// for it: no copy of the records).
+    /// The value of an inline chunk (the layout before the history log, which is still
+    /// read): header then records (the header written into the room left for it).
+    #[cfg(test)]
     pub(crate) fn into_value(self) -> Vec<u8> {
         let mut v = self.data;
         v[..4].copy_from_slice(&self.count.to_be_bytes());
@@ -218,6 +228,9 @@ pub struct HistoryOptions {
     pub memory_bytes: usize,
     /// Under `Durability::Memory`: history held in memory is written at least this often.
     pub flush_every: std::time::Duration,
+    /// Size at which a history log file is closed for appends (0: 32 MiB; tests make it
+    /// small to see files roll, die and compact).
+    pub log_file_bytes: u64,
 }
 
 fn push_name(out: &mut Vec<u8>, name: &[u8]) {
@@ -328,11 +341,36 @@ pub(crate) fn records(mut data: &[u8]) -> impl Iterator<Item = RawRecord<'_>> {
     })
 }
 
-/// A chunk value's (count, newest ts, records) (`None`: corrupt).
-pub(crate) fn parse_chunk(v: &[u8]) -> Option<(u32, u64, &[u8])> {
+/// Where a stored chunk's records are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChunkBody<'a> {
+    /// In the value (chunks written before the history log).
+    Inline(&'a [u8]),
+    /// In the history log (`store::histlog`).
+    Log(Loc),
+}
+
+/// The bit of a chunk value's count that says its records are in the history log.
+const IN_LOG: u32 = 1 << 31;
+
+/// A chunk value's (count, newest ts, where its records are) (`None`: corrupt).
+pub(crate) fn parse_chunk(v: &[u8]) -> Option<(u32, u64, ChunkBody<'_>)> {
     let count = u32::from_be_bytes(v.get(..4)?.try_into().ok()?);
     let ts = be_u64(v.get(4..)?)?;
-    Some((count, ts, v.get(CHUNK_HEADER..)?))
+    let rest = v.get(CHUNK_HEADER..)?;
+    if count & IN_LOG == 0 {
+        return Some((count, ts, ChunkBody::Inline(rest)));
+    }
+    Some((count & !IN_LOG, ts, ChunkBody::Log(Loc::decode(rest)?)))
+}
+
+/// The value of a chunk whose records are in the history log at `loc`.
+pub(crate) fn log_chunk_value(count: u32, last_ts: u64, loc: Loc) -> Vec<u8> {
+    let mut v = Vec::with_capacity(CHUNK_HEADER + LOC_BYTES);
+    v.extend_from_slice(&(count | IN_LOG).to_be_bytes());
+    v.extend_from_slice(&last_ts.to_be_bytes());
+    loc.encode(&mut v);
+    v
 }
 
 /// `c` + conversation id: the prefix of its chunks.
@@ -429,6 +467,9 @@ mod tests {
         let v = seg.into_value();
         let (count, ts, data) = parse_chunk(&v).unwrap();
         assert_eq!((count, ts), (2, 100));
+        let ChunkBody::Inline(data) = data else {
+            panic!("inline")
+        };
         let r: Vec<_> = records(data).collect();
         assert_eq!(
             r,
@@ -439,6 +480,22 @@ mod tests {
         );
         // A truncated record ends the iteration instead of panicking.
         assert_eq!(records(&data[..data.len() - 3]).count(), 1);
+    }
+
+    #[test]
+    fn a_log_chunk_value_round_trips_and_is_told_from_an_inline_one() {
+        let loc = Loc {
+            file: 3,
+            offset: 1 << 40,
+            len: 65_000,
+        };
+        let v = log_chunk_value(512, 99, loc);
+        assert_eq!(parse_chunk(&v), Some((512, 99, ChunkBody::Log(loc))));
+        assert_eq!(
+            parse_chunk(&v[..v.len() - 1]),
+            None,
+            "a short pointer is corrupt"
+        );
     }
 }
 

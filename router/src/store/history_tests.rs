@@ -29,6 +29,7 @@ fn open_with(
             memory_bytes,
             flush_every,
             max_bytes: 0,
+            log_file_bytes: 0,
         },
         ..StoreOptions::default()
     };
@@ -384,6 +385,7 @@ fn history_past_its_byte_bound_loses_its_oldest_chunks() {
             memory_bytes: 0,
             flush_every: Duration::from_secs(3600),
             max_bytes: 64 << 10,
+            log_file_bytes: 0,
         },
         ..StoreOptions::default()
     };
@@ -411,4 +413,117 @@ fn history_past_its_byte_bound_loses_its_oldest_chunks() {
     let n = kept.len() as u64;
     assert_eq!(kept, (201 - n..=200).collect::<Vec<u64>>());
     assert!((14..=16).contains(&n), "{n} messages of 4 KiB kept");
+}
+
+/// A store keeping `keep` messages per conversation, every append written at once, with
+/// history log files of `file_bytes`.
+fn open_log(dir: &std::path::Path, keep: u64, file_bytes: u64, d: Durability) -> StoreHandle {
+    let opts = StoreOptions {
+        argon2_cheap: true,
+        history: HistoryOptions {
+            per_conversation: keep,
+            max_age: None,
+            memory_bytes: 0,
+            flush_every: Duration::from_secs(3600),
+            max_bytes: 0,
+            log_file_bytes: file_bytes,
+        },
+        ..StoreOptions::default()
+    };
+    Store::open_with(dir, d, opts).unwrap()
+}
+
+/// Bytes of the history log's files on disk.
+fn log_disk_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir.join("history"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+fn all_ids(h: &StoreHandle, user: &str, peer: &str) -> Vec<u64> {
+    let mut kept = Vec::new();
+    let mut before = 0;
+    loop {
+        let got = ids(page(h, user, peer, before, 100));
+        let Some(&first) = got.first() else { break };
+        before = first;
+        kept.splice(0..0, got);
+    }
+    kept
+}
+
+#[test]
+fn history_log_space_stays_bounded_while_a_quiet_conversation_pins_old_files() {
+    // A busy conversation (1 KiB messages, 50 per append) and a quiet one (one small
+    // message per append, so one chunk in nearly every file): without compaction, every
+    // file would stay for the quiet conversation's sake.
+    let dir = tempfile::tempdir().unwrap();
+    let file = 64 << 10;
+    let h = open_log(dir.path(), 300, file, Durability::Memory);
+    for u in ["busy-a", "busy-b", "quiet-a", "quiet-b"] {
+        call(|cb| h.ensure_user(u, cb)).unwrap();
+    }
+    let payload = vec![b'x'; 1024];
+    let mut quiet = 0u64;
+    for round in 0..400u64 {
+        let mut busy = HistChunk {
+            conv: dm_conv(b"busy-a", b"busy-b"),
+            ..Default::default()
+        };
+        for i in 0..50 {
+            busy.push(b"busy-a", round * 50 + i + 1, now(), &payload);
+        }
+        let mut q = HistChunk {
+            conv: dm_conv(b"quiet-a", b"quiet-b"),
+            ..Default::default()
+        };
+        if round % 4 == 0 {
+            quiet += 1;
+            q.push(b"quiet-a", quiet, now(), b"hi");
+        }
+        call(|cb| h.history_append(vec![busy, q], cb)).unwrap();
+    }
+    // 20 MB written; what the bounds keep is ~300 KiB live (busy, up to bound + slack)
+    // plus the quiet one's 100 messages.
+    let s = h.stats();
+    assert!(s.history_compactions > 0, "{s:?}");
+    let bound = 2 * s.history_log_live_bytes + 2 * file + 2 * file;
+    assert!(s.history_log_bytes <= bound, "{s:?}");
+    assert!(log_disk_bytes(dir.path()) <= bound + 2 * file, "{s:?}");
+    assert!(s.history_log_bytes < 2 << 20, "20 MB written, {s:?}");
+    let busy = all_ids(&h, "busy-b", "busy-a");
+    assert_eq!(busy, (20_001 - 300..=20_000).collect::<Vec<u64>>());
+    assert_eq!(
+        all_ids(&h, "quiet-b", "quiet-a"),
+        (1..=100).collect::<Vec<u64>>()
+    );
+    drop(h);
+    // After a restart, from the log files and the pointers alone.
+    let h = open_log(dir.path(), 300, file, Durability::Memory);
+    assert_eq!(all_ids(&h, "busy-a", "busy-b"), busy);
+    assert_eq!(
+        all_ids(&h, "quiet-a", "quiet-b"),
+        (1..=100).collect::<Vec<u64>>()
+    );
+}
+
+#[test]
+fn history_in_the_log_survives_a_restart_in_sync_mode_and_a_deleted_account_frees_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open_log(dir.path(), 10_000, 16 << 10, Durability::Sync);
+    dm(&h, "s-a", "s-b", 1..2001, 100);
+    drop(h);
+    let h = open_log(dir.path(), 10_000, 16 << 10, Durability::Sync);
+    assert_eq!(all_ids(&h, "s-b", "s-a"), (1..2001).collect::<Vec<u64>>());
+    let before = log_disk_bytes(dir.path());
+    assert!(before > 20_000, "{before}");
+    call(|cb| h.delete_account("s-a", cb)).unwrap();
+    // The conversation's chunks are gone, and with them every file but the active one.
+    dm(&h, "s-c", "s-d", 1..2, 1);
+    let after = log_disk_bytes(dir.path());
+    assert!(after < 16 << 10, "{before} → {after}");
+    drop(h);
+    let h = open_log(dir.path(), 10_000, 16 << 10, Durability::Sync);
+    assert_eq!(all_ids(&h, "s-d", "s-c"), vec![1]);
 }

@@ -35,6 +35,7 @@ use std::thread::{JoinHandle, ThreadId};
 pub mod codec;
 pub mod contacts;
 mod hash;
+mod histlog;
 pub mod history;
 mod worker;
 
@@ -219,6 +220,13 @@ pub struct StoreStats {
     pub forgotten: u64,
     /// Times the history held in memory was written (see [`HistoryOptions::memory_bytes`]).
     pub history_writes: u64,
+    /// History log files compacted (see `store::histlog`).
+    pub history_compactions: u64,
+    /// Bytes in the history log's files, and the live ones among them (gauges, as of
+    /// the last history write).
+    pub history_log_bytes: u64,
+    /// See `history_log_bytes`.
+    pub history_log_live_bytes: u64,
 }
 
 #[derive(Default)]
@@ -233,6 +241,9 @@ pub(crate) struct StatCells {
     fsync_us: AtomicU64,
     forgotten: AtomicU64,
     history_writes: AtomicU64,
+    history_compactions: AtomicU64,
+    history_log_bytes: AtomicU64,
+    history_log_live_bytes: AtomicU64,
 }
 
 thread_local! {
@@ -434,7 +445,7 @@ impl Store {
     ) -> StoreResult<StoreHandle> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
-        let dbs = worker::Dbs::open(dir)?;
+        let dbs = worker::Dbs::open(dir, options.history.log_file_bytes)?;
         let (tx, rx) = mpsc::channel::<Msg>();
         let stats = Arc::new(StatCells::default());
         let hash_queued = Arc::new(AtomicUsize::new(0));
@@ -584,6 +595,9 @@ impl StoreHandle {
             fsync_us: l(&s.fsync_us),
             forgotten: l(&s.forgotten),
             history_writes: l(&s.history_writes),
+            history_compactions: l(&s.history_compactions),
+            history_log_bytes: l(&s.history_log_bytes),
+            history_log_live_bytes: l(&s.history_log_live_bytes),
             hash_jobs: self.inner.hash_queued.load(Ordering::Relaxed) as u64,
         }
     }

@@ -16,6 +16,8 @@ use super::codec::{
 };
 use super::contacts::ContactRecord;
 use super::hash::{HashJob, HashOutcome, HashPool};
+use super::histlog::{self, HistLog};
+use super::history::FILE_TAG;
 
 mod history;
 use super::{
@@ -41,11 +43,14 @@ pub(crate) struct Dbs {
     accounts: Keyspace,
     rooms: Keyspace,
     history: Keyspace,
+    /// The records of history chunks (`store::histlog`).
+    hlog: HistLog,
 }
 
 impl Dbs {
-    /// Opens (creates) the database in `dir` and its three keyspaces.
-    pub(crate) fn open(dir: &std::path::Path) -> StoreResult<Dbs> {
+    /// Opens (creates) the database in `dir`, its keyspaces and the history log
+    /// (`dir/history`, files closed at `log_file_bytes`; 0: `histlog::FILE_MAX`).
+    pub(crate) fn open(dir: &std::path::Path, log_file_bytes: u64) -> StoreResult<Dbs> {
         // The store's memory is bounded by these (fjall's defaults, 64 MiB a memtable per
         // keyspace and a 32 MiB cache, made the router's RSS swing by ~100 MiB under a
         // soak's offline traffic): a memtable is sealed and flushed at its size, and fjall
@@ -70,12 +75,27 @@ impl Dbs {
                     fjall::KvSeparationOptions::default().compression(fjall::CompressionType::None),
                 ))
         })?;
+        // The history log's files and their live bytes (`f` + id → live, u64 BE).
+        let mut known = Vec::new();
+        for g in history.prefix([FILE_TAG]) {
+            let (k, v) = g.into_inner()?;
+            if let (Ok(id), Ok(live)) = (k[1..].try_into(), v[..].try_into()) {
+                known.push((u32::from_be_bytes(id), u64::from_be_bytes(live)));
+            }
+        }
+        let file_max = match log_file_bytes {
+            0 => histlog::FILE_MAX,
+            n => n,
+        };
+        let hlog = HistLog::open(&dir.join("history"), known, file_max)
+            .map_err(|e| StoreError::Io(format!("cannot open the history log: {e}")))?;
         Ok(Dbs {
             db,
             offline,
             accounts,
             rooms,
             history,
+            hlog,
         })
     }
 
@@ -304,9 +324,18 @@ impl Worker {
         let commit = self.hist_flush().and_then(|()| self.commit());
         let persist = self
             .dbs
-            .db
-            .persist(PersistMode::SyncAll)
-            .map_err(Into::into);
+            .hlog
+            .sync()
+            .map_err(|e| StoreError::Io(format!("history log fsync failed: {e}")))
+            .and_then(|()| {
+                self.dbs
+                    .db
+                    .persist(PersistMode::SyncAll)
+                    .map_err(Into::into)
+            });
+        if persist.is_ok() {
+            self.dbs.hlog.unlink_doomed();
+        }
         // Requests that raced with shutdown are answered `Closed` here, on this thread.
         drop(rx);
         self.pool.join();
@@ -351,6 +380,15 @@ impl Worker {
 
     /// Commits pending writes as one batch (handed to the OS, no fsync).
     fn commit(&mut self) -> StoreResult<()> {
+        // History log files' live bytes, in the batch of the pointers that changed them.
+        for (id, live) in self.dbs.hlog.take_changed() {
+            let mut k = vec![FILE_TAG];
+            k.extend_from_slice(&id.to_be_bytes());
+            self.ops.push(match live {
+                Some(l) => Op::Put(Ks::History, k, l.to_be_bytes().to_vec()),
+                None => Op::Del(Ks::History, k),
+            });
+        }
         if self.ops.is_empty() {
             return Ok(());
         }
@@ -405,7 +443,12 @@ impl Worker {
                 PersistMode::SyncData
             };
             let t = Instant::now();
-            if let Err(e) = self.dbs.db.persist(mode) {
+            // The history log's records first: the journal points into them.
+            if let Err(e) = self.dbs.hlog.sync() {
+                let e = StoreError::Io(format!("history log fsync failed: {e}"));
+                tracing::error!("{e}");
+                self.round_err = Some(e);
+            } else if let Err(e) = self.dbs.db.persist(mode) {
                 let e = StoreError::from(e);
                 tracing::error!("store fsync failed: {e}");
                 self.round_err = Some(e);
@@ -414,6 +457,11 @@ impl Worker {
             self.stats
                 .fsync_us
                 .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+        // History log files with nothing live go once the commit that said so is as
+        // durable as the mode promises.
+        if self.round_err.is_none() && (want_sync || self.durability == Durability::Memory) {
+            self.dbs.hlog.unlink_doomed();
         }
         let err = self.round_err.take();
         let mut deferred = std::mem::take(&mut self.deferred);

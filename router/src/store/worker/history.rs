@@ -1,6 +1,7 @@
 //! The storage thread's side of conversation history (layout and write path:
 //! `store::history`).
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -8,10 +9,12 @@ use std::time::Instant;
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
+use super::super::histlog;
 use super::super::history::{
-    chunk_key, chunk_prefix, chunk_seq, decode_u64, dm_conv, mark_key, mark_prefix, parse_chunk,
-    parse_conv, records, room_conv, user_key, user_prefix, ConvName, ConvSummary, HistChunk,
-    HistMsg, HistPage, HistQuery, HistRec, HistoryOptions, RawRecord, Segment, RECORD_FIXED,
+    chunk_key, chunk_prefix, chunk_seq, decode_u64, dm_conv, log_chunk_value, mark_key,
+    mark_prefix, parse_chunk, parse_conv, records, room_conv, user_key, user_prefix, ChunkBody,
+    ConvName, ConvSummary, HistChunk, HistMsg, HistPage, HistQuery, HistRec, HistoryOptions,
+    RawRecord, Segment, RECORD_FIXED,
 };
 use super::{member_key, now_us, Ks, Op, Worker, CACHE_MAX};
 use crate::store::{Durability, StoreError, StoreResult};
@@ -23,6 +26,10 @@ const AGE_TRIM_EVERY: u32 = 64;
 const SEGMENT_MAX_MSGS: u32 = 512;
 /// ... or about this many bytes; past either the conversation starts a new one.
 const SEGMENT_MAX_BYTES: usize = 64 * 1024;
+
+/// Most history log files compacted per flush (each at most about `histlog::FILE_MAX`
+/// bytes): compaction keeps up with the writes, as each byte it moves frees another.
+const COMPACT_PER_FLUSH: usize = 4;
 
 /// Most conversation entries one ListConversations looks at (a bound on the work of one
 /// request, whatever the user's number of conversations).
@@ -106,6 +113,10 @@ impl HistState {
 
 fn corrupt(what: &str) -> StoreError {
     StoreError::Io(format!("corrupt history {what}"))
+}
+
+fn log_err(e: std::io::Error) -> StoreError {
+    StoreError::Io(format!("history log: {e}"))
 }
 
 fn to_msg(r: RawRecord<'_>) -> HistMsg {
@@ -319,6 +330,7 @@ impl Worker {
         let limit = self.hist.opts.per_conversation;
         let mut trim = Vec::new();
         let wrote = !tails.is_empty();
+        let mut writes: Vec<(Vec<u8>, Segment)> = Vec::new();
         for (conv, tail) in tails {
             let Some(st) = self.hist.convs.get_mut(&conv) else {
                 continue; // (every tail has a state)
@@ -329,10 +341,8 @@ impl Worker {
                     continue;
                 }
                 st.since_trim += 1;
-                let key = chunk_key(&conv, seg.first_seq);
-                let value = seg.into_value();
-                st.bytes += value.len() as u64;
-                self.ops.push(Op::Put(Ks::History, key, value));
+                st.bytes += seg.records().len() as u64;
+                writes.push((chunk_key(&conv, seg.first_seq), seg));
             }
             let slack = (limit / 4).max(256);
             let max_bytes = self.hist.opts.max_bytes;
@@ -343,6 +353,7 @@ impl Worker {
                 trim.push(conv);
             }
         }
+        self.hist_write_chunks(writes)?;
         self.hist_flush_entries();
         for conv in trim {
             self.hist_trim(&conv)?;
@@ -350,7 +361,95 @@ impl Worker {
         if wrote {
             self.stats.history_writes.fetch_add(1, Ordering::Relaxed);
         }
+        self.hist_compact()
+    }
+
+    /// Appends the segments' records to the history log (one vectored write) and puts
+    /// their chunk keys, pointing there.
+    fn hist_write_chunks(&mut self, writes: Vec<(Vec<u8>, Segment)>) -> StoreResult<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let items: Vec<(&[u8], &[u8])> =
+            writes.iter().map(|(k, s)| (&k[..], s.records())).collect();
+        let locs = self.dbs.hlog.append(&items).map_err(log_err)?;
+        drop(items);
+        for ((key, seg), loc) in writes.into_iter().zip(locs) {
+            let value = log_chunk_value(seg.count, seg.last_ts, loc);
+            self.ops.push(Op::Put(Ks::History, key, value));
+        }
         Ok(())
+    }
+
+    /// Compacts history log files while they hold more than twice the live bytes (see
+    /// `store::histlog`): a file's entries that their keys still point to are appended
+    /// again, the keys repointed, and the file deleted after the commit.
+    fn hist_compact(&mut self) -> StoreResult<()> {
+        for _ in 0..COMPACT_PER_FLUSH {
+            let Some(id) = self.dbs.hlog.compaction_candidate() else {
+                break;
+            };
+            // The pointers as committed (a trim's deletes included).
+            self.commit()?;
+            let buf = match self.dbs.hlog.read_file(id) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(log_err(e)),
+            };
+            let mut moves: Vec<(Vec<u8>, u32, u64, &[u8])> = Vec::new();
+            for (key, offset, data) in histlog::entries(&buf) {
+                let Some(v) = self.dbs.history.get(key)? else {
+                    continue;
+                };
+                if let Some((count, ts, ChunkBody::Log(loc))) = parse_chunk(&v) {
+                    if loc.file == id && loc.offset == offset {
+                        moves.push((key.to_vec(), count, ts, data));
+                    }
+                }
+            }
+            let items: Vec<(&[u8], &[u8])> = moves.iter().map(|m| (&m.0[..], m.3)).collect();
+            let locs = self.dbs.hlog.append(&items).map_err(log_err)?;
+            drop(items);
+            for ((key, count, ts, _), loc) in moves.into_iter().zip(locs) {
+                let value = log_chunk_value(count, ts, loc);
+                self.ops.push(Op::Put(Ks::History, key, value));
+            }
+            self.dbs.hlog.retire(id);
+            self.commit()?;
+            self.stats
+                .history_compactions
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.hist_log_gauges();
+        Ok(())
+    }
+
+    /// Publishes the history log's sizes (stats gauges).
+    fn hist_log_gauges(&self) {
+        let (size, live) = self.dbs.hlog.totals();
+        self.stats.history_log_bytes.store(size, Ordering::Relaxed);
+        self.stats
+            .history_log_live_bytes
+            .store(live, Ordering::Relaxed);
+    }
+
+    /// A stored chunk's records (`None`: in a history log file that is gone or short, as
+    /// after an operating-system crash under `--durability memory`; skipped).
+    fn chunk_records<'a>(&self, body: ChunkBody<'a>) -> StoreResult<Option<Cow<'a, [u8]>>> {
+        match body {
+            ChunkBody::Inline(d) => Ok(Some(Cow::Borrowed(d))),
+            ChunkBody::Log(loc) => match self.dbs.hlog.read(loc).map_err(log_err)? {
+                Some(d) => Ok(Some(Cow::Owned(d))),
+                None => {
+                    tracing::warn!(
+                        file = loc.file,
+                        offset = loc.offset,
+                        "history chunk missing"
+                    );
+                    Ok(None)
+                }
+            },
+        }
     }
 
     /// Deletes the stored chunks of `conv` that no query may show any more (its tail
@@ -367,12 +466,19 @@ impl Worker {
             let Some(seq) = chunk_seq(&prefix, &k) else {
                 break;
             };
-            let (count, last_ts, _) = parse_chunk(&v).ok_or_else(|| corrupt("chunk"))?;
+            let (count, last_ts, body) = parse_chunk(&v).ok_or_else(|| corrupt("chunk"))?;
             let max_bytes = self.hist.opts.max_bytes;
             let over_bytes = max_bytes != 0 && st.bytes > max_bytes;
             if seq + u64::from(count) <= keep_from || last_ts < cutoff || over_bytes {
                 self.ops.push(Op::Del(Ks::History, k.to_vec()));
-                st.bytes = st.bytes.saturating_sub(v.len() as u64);
+                let len = match body {
+                    ChunkBody::Inline(d) => d.len() as u64,
+                    ChunkBody::Log(loc) => {
+                        self.dbs.hlog.release(loc);
+                        u64::from(loc.len)
+                    }
+                };
+                st.bytes = st.bytes.saturating_sub(len);
             } else {
                 oldest = seq;
                 break;
@@ -409,8 +515,11 @@ impl Worker {
         {
             let (k, v) = g.into_inner()?;
             let seq = chunk_seq(&prefix, &k).ok_or_else(|| corrupt("key"))?;
-            let (count, last_ts, data) = parse_chunk(&v).ok_or_else(|| corrupt("chunk"))?;
-            if !f(seq, count, last_ts, data) {
+            let (count, last_ts, body) = parse_chunk(&v).ok_or_else(|| corrupt("chunk"))?;
+            let Some(data) = self.chunk_records(body)? else {
+                continue;
+            };
+            if !f(seq, count, last_ts, &data) {
                 break;
             }
         }
@@ -557,11 +666,14 @@ impl Worker {
             return Ok(None);
         };
         let v = g.value()?;
-        let (_, last_ts, data) = parse_chunk(&v).ok_or_else(|| corrupt("chunk"))?;
+        let (_, last_ts, body) = parse_chunk(&v).ok_or_else(|| corrupt("chunk"))?;
         if last_ts < cutoff {
             return Ok(None);
         }
-        Ok(records(data).last().map(|r| (to_msg(r), st)))
+        let Some(data) = self.chunk_records(body)? else {
+            return Ok(None);
+        };
+        Ok(records(&data).last().map(|r| (to_msg(r), st)))
     }
 
     /// `user`'s conversations, newest last message first (writes the tails first).
@@ -645,7 +757,11 @@ impl Worker {
                 self.ops.push(Op::Del(Ks::History, user_key(peer, &conv)));
                 self.ops.push(Op::Del(Ks::History, mark_key(peer, &conv)));
                 for g in self.dbs.history.prefix(chunk_prefix(&conv)) {
-                    self.ops.push(Op::Del(Ks::History, g.key()?.to_vec()));
+                    let (k, v) = g.into_inner()?;
+                    if let Some((_, _, ChunkBody::Log(loc))) = parse_chunk(&v) {
+                        self.dbs.hlog.release(loc);
+                    }
+                    self.ops.push(Op::Del(Ks::History, k.to_vec()));
                 }
                 self.hist.convs.remove(&conv);
             }

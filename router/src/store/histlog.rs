@@ -1,0 +1,560 @@
+//! The history log: append-only files that hold the records of stored history chunks,
+//! so that a chunk's bytes are written once.
+//!
+//! Before, a chunk was a fjall value: its bytes went to fjall's journal, and again to a
+//! blob file when the memtable was flushed (twice the writes, plus both checksums), and
+//! at 16 × 1 KiB that was most of the router's CPU (measured in BENCHMARKS.md, issue 13).
+//! Now the chunk's key in the `history` keyspace holds a small pointer ([`Loc`]: file,
+//! offset, length) and the records are appended here (one `writev` per chunk).
+//!
+//! # Files
+//! `<data dir>/history/<id>.hlog` (`id`: 8 decimal digits, increasing). Appends go to the
+//! newest ("active") file until it holds [`FILE_MAX`] bytes; a new file is started at
+//! every open. Each entry is `key length (u16 BE)`, `data length (u32 BE)`, the key, the
+//! data: the file says which key each of its entries belonged to, which is what
+//! compaction needs.
+//!
+//! # Space
+//! The storage thread counts each file's live bytes (data that a key still points to)
+//! and keeps the count in the keyspace (`f` + id, written with the pointers that change
+//! it, so both agree after a crash). A file with no live bytes is deleted once the
+//! commit that dropped its last pointer is as durable as the mode promises. When the
+//! files hold more than twice the live bytes (plus two files of slack), the file with
+//! the fewest live bytes is compacted: its live entries are appended again and it is
+//! deleted. Each byte moved frees at least one, so the disk holds at most about twice
+//! what the history bounds keep.
+//!
+//! # Crashes
+//! Data is written before the pointers that name it are committed: a crash between the
+//! two leaves unreferenced bytes (a file with no `f` entry is deleted at open). Under
+//! `--durability sync` the files are fsynced before the journal. Under `memory`, an
+//! operating-system crash may leave a pointer past a file's end: that chunk reads as
+//! missing and is skipped, as memory mode may lose recent writes anyway.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, IoSlice, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use rustc_hash::FxHashMap;
+
+/// A file is closed for appends once it holds this many bytes.
+pub(crate) const FILE_MAX: u64 = 32 << 20;
+/// Bytes of an entry's header (key length u16, data length u32).
+const ENTRY_HEADER: usize = 6;
+/// Open read handles kept (past it they are closed and reopened on demand).
+const READERS_MAX: usize = 16;
+/// Extension of a log file.
+const EXT: &str = "hlog";
+
+/// Where a chunk's records are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Loc {
+    /// File id.
+    pub(crate) file: u32,
+    /// Offset of the data in the file.
+    pub(crate) offset: u64,
+    /// Bytes of data.
+    pub(crate) len: u32,
+}
+
+/// Bytes of an encoded [`Loc`].
+pub(crate) const LOC_BYTES: usize = 16;
+
+impl Loc {
+    /// File (u32 BE), offset (u64 BE), length (u32 BE).
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.file.to_be_bytes());
+        out.extend_from_slice(&self.offset.to_be_bytes());
+        out.extend_from_slice(&self.len.to_be_bytes());
+    }
+
+    /// `None`: not [`LOC_BYTES`] bytes.
+    pub(crate) fn decode(b: &[u8]) -> Option<Loc> {
+        if b.len() != LOC_BYTES {
+            return None;
+        }
+        Some(Loc {
+            file: u32::from_be_bytes(b[..4].try_into().ok()?),
+            offset: u64::from_be_bytes(b[4..12].try_into().ok()?),
+            len: u32::from_be_bytes(b[12..].try_into().ok()?),
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct FileStat {
+    /// Bytes in the file.
+    size: u64,
+    /// Bytes of data still pointed to.
+    live: u64,
+}
+
+/// The files, their live bytes, the active one. Owned by the storage thread.
+pub(crate) struct HistLog {
+    dir: PathBuf,
+    file_max: u64,
+    files: BTreeMap<u32, FileStat>,
+    /// The file appends go to (created by the first append after open or a roll).
+    active: Option<(u32, File)>,
+    next_id: u32,
+    readers: RefCell<FxHashMap<u32, File>>,
+    /// Files whose live count changed since [`HistLog::take_changed`].
+    changed: BTreeSet<u32>,
+    /// Files with nothing live: deleted by [`HistLog::unlink_doomed`].
+    doomed: Vec<u32>,
+    /// Files written since the last [`HistLog::sync`].
+    unsynced: Vec<u32>,
+}
+
+fn file_name(id: u32) -> String {
+    format!("{id:08}.{EXT}")
+}
+
+fn parse_name(name: &str) -> Option<u32> {
+    name.strip_suffix(EXT)?.strip_suffix('.')?.parse().ok()
+}
+
+/// Writes every slice (a vectored write may take only some). Called once per entry: one
+/// `writev` of a whole flush (megabytes) measured 2× the kernel time of one per entry
+/// (callgrind cannot see it; `perf`: `copy_folio_from_iter_atomic` 56% against 15% of
+/// the storage thread at 16 × 1 KiB).
+fn write_all_vectored(f: &mut File, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !slices.is_empty() {
+        match f.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl HistLog {
+    /// Opens the log in `dir` (created if missing). `known`: the live bytes of each file
+    /// as the keyspace records them; a file it does not name, or names with nothing live,
+    /// is deleted. A file it names that is missing is reported by the next
+    /// [`HistLog::take_changed`] (with `None`), so its entry goes too.
+    pub(crate) fn open(
+        dir: &Path,
+        known: impl IntoIterator<Item = (u32, u64)>,
+        file_max: u64,
+    ) -> io::Result<HistLog> {
+        fs::create_dir_all(dir)?;
+        let known: BTreeMap<u32, u64> = known.into_iter().collect();
+        let mut files = BTreeMap::new();
+        let mut next_id = known.keys().next_back().map_or(0, |&id| id + 1);
+        for e in fs::read_dir(dir)? {
+            let e = e?;
+            let Some(id) = e.file_name().to_str().and_then(parse_name) else {
+                continue;
+            };
+            next_id = next_id.max(id.saturating_add(1));
+            match known.get(&id) {
+                Some(&live) if live > 0 => {
+                    let size = e.metadata()?.len();
+                    files.insert(id, FileStat { size, live });
+                }
+                _ => fs::remove_file(e.path())?,
+            }
+        }
+        let changed = known.keys().filter(|id| !files.contains_key(id)).copied();
+        Ok(HistLog {
+            dir: dir.to_path_buf(),
+            file_max: file_max.max(1),
+            changed: changed.collect(),
+            files,
+            active: None,
+            next_id,
+            readers: RefCell::new(FxHashMap::default()),
+            doomed: Vec::new(),
+            unsynced: Vec::new(),
+        })
+    }
+
+    fn path(&self, id: u32) -> PathBuf {
+        self.dir.join(file_name(id))
+    }
+
+    /// The active file, started if there is none or the current one is full.
+    fn active(&mut self) -> io::Result<u32> {
+        if let Some((id, _)) = &self.active {
+            if self.files.get(id).is_some_and(|s| s.size < self.file_max) {
+                return Ok(*id);
+            }
+            // Full: closed for appends; deleted as soon as nothing in it is live.
+            let id = *id;
+            self.active = None;
+            if self.files.get(&id).is_some_and(|s| s.live == 0) {
+                self.doomed.push(id);
+            }
+        }
+        let id = self.next_id;
+        self.next_id = id
+            .checked_add(1)
+            .ok_or_else(|| io::Error::other("history log file ids exhausted"))?;
+        let f = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(true)
+            .open(self.path(id))?;
+        self.files.insert(id, FileStat::default());
+        self.active = Some((id, f));
+        Ok(id)
+    }
+
+    /// Appends entries (key, data) in order and returns where each one's data is. The
+    /// data counts as live at once (see [`HistLog::release`]).
+    pub(crate) fn append(&mut self, items: &[(&[u8], &[u8])]) -> io::Result<Vec<Loc>> {
+        let mut locs = Vec::with_capacity(items.len());
+        let mut heads: Vec<[u8; ENTRY_HEADER]> = Vec::with_capacity(items.len());
+        for (k, d) in items {
+            let klen = u16::try_from(k.len()).map_err(|_| io::Error::other("key too long"))?;
+            let dlen = u32::try_from(d.len()).map_err(|_| io::Error::other("chunk too long"))?;
+            let mut h = [0u8; ENTRY_HEADER];
+            h[..2].copy_from_slice(&klen.to_be_bytes());
+            h[2..].copy_from_slice(&dlen.to_be_bytes());
+            heads.push(h);
+        }
+        for (i, (k, d)) in items.iter().enumerate() {
+            let id = self.active()?;
+            let Some((_, f)) = self.active.as_mut() else {
+                return Err(io::Error::other("no active history log file"));
+            };
+            let start = self.files.get(&id).map_or(0, |s| s.size);
+            let mut slices = [IoSlice::new(&heads[i]), IoSlice::new(k), IoSlice::new(d)];
+            if let Err(e) = write_all_vectored(f, &mut slices) {
+                // What was written of the entry is garbage nothing points to; the next
+                // append starts a new file.
+                self.active = None;
+                return Err(e);
+            }
+            let offset = start + (ENTRY_HEADER + k.len()) as u64;
+            if let Some(s) = self.files.get_mut(&id) {
+                s.size = offset + d.len() as u64;
+                s.live += d.len() as u64;
+            }
+            locs.push(Loc {
+                file: id,
+                offset,
+                len: d.len() as u32,
+            });
+            self.changed.insert(id);
+            if self.unsynced.last() != Some(&id) {
+                self.unsynced.push(id);
+            }
+        }
+        Ok(locs)
+    }
+
+    /// The data at `loc` (`None`: its file is gone or shorter than `loc` says).
+    pub(crate) fn read(&self, loc: Loc) -> io::Result<Option<Vec<u8>>> {
+        let mut readers = self.readers.borrow_mut();
+        if !readers.contains_key(&loc.file) {
+            if !self.files.contains_key(&loc.file) {
+                return Ok(None);
+            }
+            let f = match File::open(self.path(loc.file)) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if readers.len() >= READERS_MAX {
+                readers.clear();
+            }
+            readers.insert(loc.file, f);
+        }
+        let Some(f) = readers.get(&loc.file) else {
+            return Ok(None);
+        };
+        let mut buf = vec![0u8; loc.len as usize];
+        match f.read_exact_at(&mut buf, loc.offset) {
+            Ok(()) => Ok(Some(buf)),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The data at `loc` is no longer pointed to.
+    pub(crate) fn release(&mut self, loc: Loc) {
+        let active = self.active.as_ref().map(|(id, _)| *id);
+        if let Some(s) = self.files.get_mut(&loc.file) {
+            s.live = s.live.saturating_sub(u64::from(loc.len));
+            self.changed.insert(loc.file);
+            if s.live == 0 && active != Some(loc.file) && !self.doomed.contains(&loc.file) {
+                self.doomed.push(loc.file);
+            }
+        }
+    }
+
+    /// Nothing in file `id` is pointed to any more (it was compacted): deleted with the
+    /// next [`HistLog::unlink_doomed`].
+    pub(crate) fn retire(&mut self, id: u32) {
+        if let Some(s) = self.files.get_mut(&id) {
+            s.live = 0;
+            self.changed.insert(id);
+            if !self.doomed.contains(&id) {
+                self.doomed.push(id);
+            }
+        }
+        if self.active.as_ref().is_some_and(|(a, _)| *a == id) {
+            self.active = None;
+        }
+    }
+
+    /// The files whose live count changed since the last call: (id, live bytes), `None`
+    /// for a file that is gone or goes (its `f` entry is deleted).
+    pub(crate) fn take_changed(&mut self) -> Vec<(u32, Option<u64>)> {
+        let changed = std::mem::take(&mut self.changed);
+        changed
+            .into_iter()
+            .map(|id| {
+                let live = self.files.get(&id).map(|s| s.live).filter(|&l| l > 0);
+                let live = if self.doomed.contains(&id) {
+                    None
+                } else {
+                    live
+                };
+                // The active file keeps its entry while empty: it is written to next.
+                let active = self.active.as_ref().is_some_and(|(a, _)| *a == id);
+                (
+                    id,
+                    if active {
+                        Some(live.unwrap_or(0))
+                    } else {
+                        live
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Deletes the files with nothing live (call once the commit that dropped their last
+    /// pointer, and their `f` entries, is as durable as the mode promises).
+    pub(crate) fn unlink_doomed(&mut self) {
+        for id in std::mem::take(&mut self.doomed) {
+            if self.active.as_ref().is_some_and(|(a, _)| *a == id) {
+                continue;
+            }
+            self.readers.borrow_mut().remove(&id);
+            self.files.remove(&id);
+            self.unsynced.retain(|&u| u != id);
+            if let Err(e) = fs::remove_file(self.path(id)) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(error = %e, file = id, "cannot delete a history log file");
+                }
+            }
+        }
+    }
+
+    /// fdatasyncs the files written since the last call (before the journal that points
+    /// into them is synced).
+    pub(crate) fn sync(&mut self) -> io::Result<()> {
+        for id in std::mem::take(&mut self.unsynced) {
+            match &self.active {
+                Some((a, f)) if *a == id => f.sync_data()?,
+                _ => match File::open(self.path(id)) {
+                    Ok(f) => f.sync_data()?,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// The file to compact, if the files hold more than twice the live bytes plus two
+    /// files: the closed one with the fewest live bytes.
+    pub(crate) fn compaction_candidate(&self) -> Option<u32> {
+        let (size, live) = self.totals();
+        if size <= live.saturating_mul(2).saturating_add(2 * self.file_max) {
+            return None;
+        }
+        let active = self.active.as_ref().map(|(id, _)| *id);
+        self.files
+            .iter()
+            .filter(|(id, _)| Some(**id) != active && !self.doomed.contains(id))
+            .min_by_key(|(_, s)| s.live)
+            .map(|(id, _)| *id)
+    }
+
+    /// Bytes in the files and live bytes (files about to be deleted left out).
+    pub(crate) fn totals(&self) -> (u64, u64) {
+        self.files
+            .iter()
+            .filter(|(id, _)| !self.doomed.contains(id))
+            .map(|(_, s)| s)
+            .fold((0, 0), |(a, b), s| (a + s.size, b + s.live))
+    }
+
+    /// Number of files.
+    #[cfg(test)]
+    pub(crate) fn file_count(&self) -> usize {
+        self.files.len()
+    }
+
+    /// The whole of file `id` (for compaction; at most about [`FILE_MAX`] bytes plus one
+    /// chunk).
+    pub(crate) fn read_file(&self, id: u32) -> io::Result<Vec<u8>> {
+        fs::read(self.path(id))
+    }
+}
+
+/// The entries of a file's bytes: (key, offset of the data, data). Stops at a torn one.
+pub(crate) fn entries(buf: &[u8]) -> impl Iterator<Item = (&[u8], u64, &[u8])> {
+    let mut at = 0usize;
+    std::iter::from_fn(move || {
+        let h = buf.get(at..at + ENTRY_HEADER)?;
+        let klen = u16::from_be_bytes([h[0], h[1]]) as usize;
+        let dlen = u32::from_be_bytes([h[2], h[3], h[4], h[5]]) as usize;
+        let kstart = at + ENTRY_HEADER;
+        let key = buf.get(kstart..kstart + klen)?;
+        let dstart = kstart + klen;
+        let data = buf.get(dstart..dstart + dlen)?;
+        at = dstart + dlen;
+        Some((key, dstart as u64, data))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
+    }
+
+    #[test]
+    fn appended_data_reads_back_and_files_roll_at_their_size() {
+        let d = dir();
+        let mut log = HistLog::open(d.path(), [], 100).unwrap();
+        let big = vec![7u8; 90];
+        let locs = log
+            .append(&[(b"k1", b"hello"), (b"k2", &big), (b"k3", b"x")])
+            .unwrap();
+        // k1 and k2 fill the first file past 100 bytes: k3 starts the second.
+        assert_eq!((locs[0].file, locs[1].file, locs[2].file), (0, 0, 1));
+        assert_eq!(log.read(locs[0]).unwrap().unwrap(), b"hello");
+        assert_eq!(log.read(locs[1]).unwrap().unwrap(), big);
+        assert_eq!(log.read(locs[2]).unwrap().unwrap(), b"x");
+        assert_eq!(log.totals().1, 96);
+        let buf = log.read_file(0).unwrap();
+        let e: Vec<_> = entries(&buf)
+            .map(|(k, o, d)| (k.to_vec(), o, d.len()))
+            .collect();
+        assert_eq!(
+            e,
+            vec![(b"k1".to_vec(), 8, 5), (b"k2".to_vec(), 21, 90)],
+            "each entry names its key"
+        );
+        // A torn entry ends the walk.
+        assert_eq!(entries(&buf[..buf.len() - 1]).count(), 1);
+    }
+
+    #[test]
+    fn a_file_with_nothing_live_is_deleted_after_the_commit_and_not_before() {
+        let d = dir();
+        let mut log = HistLog::open(d.path(), [], 10).unwrap();
+        let a = log.append(&[(b"a", b"0123456789ab")]).unwrap()[0];
+        let b = log.append(&[(b"b", b"zz")]).unwrap()[0];
+        assert_ne!(a.file, b.file, "the first file was full");
+        log.release(a);
+        assert!(log.path(a.file).exists(), "deleted only by unlink_doomed");
+        let changed = log.take_changed();
+        assert!(changed.contains(&(a.file, None)), "{changed:?}");
+        assert!(changed.contains(&(b.file, Some(2))), "{changed:?}");
+        log.unlink_doomed();
+        assert!(!log.path(a.file).exists());
+        assert_eq!(
+            log.read(a).unwrap(),
+            None,
+            "a deleted file reads as missing"
+        );
+        // The active file is never deleted, even with nothing live.
+        log.release(b);
+        log.unlink_doomed();
+        assert!(log.path(b.file).exists());
+    }
+
+    #[test]
+    fn open_keeps_known_files_and_deletes_the_others() {
+        let d = dir();
+        let mut log = HistLog::open(d.path(), [], 1 << 20).unwrap();
+        let a = log.append(&[(b"a", b"kept")]).unwrap()[0];
+        drop(log);
+        let mut log = HistLog::open(d.path(), [(a.file, 4)], 1 << 20).unwrap();
+        let b = log.append(&[(b"b", b"orphan")]).unwrap()[0];
+        assert_ne!(a.file, b.file, "a new file at every open");
+        drop(log);
+        // `b`'s pointer was never committed (no `f` entry): its file goes; a known file
+        // that is missing is reported so its entry goes too.
+        let log = HistLog::open(d.path(), [(a.file, 4), (99, 10)], 1 << 20).unwrap();
+        assert_eq!(log.read(a).unwrap().unwrap(), b"kept");
+        assert!(!log.path(b.file).exists());
+        let mut log = log;
+        assert_eq!(log.take_changed(), vec![(99, None)]);
+        let c = log.append(&[(b"c", b"new")]).unwrap()[0];
+        assert!(c.file > 99, "ids never repeat");
+    }
+
+    #[test]
+    fn a_pointer_past_the_end_of_its_file_reads_as_missing() {
+        let d = dir();
+        let mut log = HistLog::open(d.path(), [], 1 << 20).unwrap();
+        let a = log.append(&[(b"a", b"data")]).unwrap()[0];
+        let past = Loc {
+            offset: a.offset + 2,
+            ..a
+        };
+        assert_eq!(log.read(past).unwrap(), None);
+    }
+
+    #[test]
+    fn compaction_is_asked_for_only_past_twice_the_live_bytes() {
+        let d = dir();
+        let mut log = HistLog::open(d.path(), [], 100).unwrap();
+        let data = vec![1u8; 100];
+        let mut locs = Vec::new();
+        for _ in 0..8 {
+            locs.extend(log.append(&[(b"k", &data)]).unwrap());
+        }
+        assert_eq!(log.file_count(), 8);
+        assert_eq!(log.compaction_candidate(), None, "all live");
+        // Half of each closed file's data goes (files hold one entry: release some).
+        for l in &locs[..3] {
+            log.release(*l);
+        }
+        log.unlink_doomed();
+        assert_eq!(
+            log.file_count(),
+            5,
+            "empty files are deleted, not compacted"
+        );
+        assert_eq!(log.compaction_candidate(), None);
+        // Files of two entries, 150 and 40 bytes (10 in file 6); the 150s go.
+        let mut log = HistLog::open(&d.path().join("b"), [], 200).unwrap();
+        let (a, b, c) = (vec![1u8; 150], vec![2u8; 40], vec![3u8; 10]);
+        let mut locs = Vec::new();
+        for f in 0..16 {
+            let second = if f == 6 { &c } else { &b };
+            locs.push(log.append(&[(b"k", &a), (b"k", second)]).unwrap());
+        }
+        assert_eq!(log.file_count(), 16);
+        assert_eq!(log.compaction_candidate(), None, "all live");
+        for l in &locs {
+            log.release(l[0]);
+        }
+        log.release(locs[3][1]);
+        // 14 closed files of ~204 bytes with 40 live (file 3 empty, going): compact the
+        // one with the fewest, never the empty one or the active one.
+        assert_eq!(log.compaction_candidate(), Some(locs[6][1].file));
+        log.retire(locs[6][1].file);
+        log.unlink_doomed();
+        assert_eq!(log.file_count(), 14);
+        assert_eq!(log.read(locs[5][1]).unwrap().unwrap(), b);
+        assert_eq!(log.read(locs[6][1]).unwrap(), None);
+    }
+}
