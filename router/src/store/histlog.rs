@@ -107,7 +107,17 @@ pub(crate) struct HistLog {
     doomed: Vec<u32>,
     /// Files written since the last [`HistLog::sync`].
     unsynced: Vec<u32>,
+    /// Dead files kept to be overwritten by the next active ones (at most [`FREE_MAX`]).
+    free: Vec<PathBuf>,
 }
+
+/// Dead files kept for reuse. Overwriting a file whose pages are cached costs the kernel
+/// about half of what writing a new one does (no page or block allocation: `dd` of 1 GiB,
+/// 0.17 s of system time against 0.38–0.72 s).
+const FREE_MAX: usize = 2;
+
+/// Prefix of a dead file kept for reuse.
+const FREE_PREFIX: &str = "free-";
 
 fn file_name(id: u32) -> String {
     format!("{id:08}.{EXT}")
@@ -147,9 +157,20 @@ impl HistLog {
         let known: BTreeMap<u32, u64> = known.into_iter().collect();
         let mut files = BTreeMap::new();
         let mut next_id = known.keys().next_back().map_or(0, |&id| id + 1);
+        let mut free = Vec::new();
         for e in fs::read_dir(dir)? {
             let e = e?;
-            let Some(id) = e.file_name().to_str().and_then(parse_name) else {
+            let name = e.file_name();
+            let name = name.to_str().unwrap_or("");
+            if name.starts_with(FREE_PREFIX) {
+                if free.len() < FREE_MAX {
+                    free.push(e.path());
+                } else {
+                    fs::remove_file(e.path())?;
+                }
+                continue;
+            }
+            let Some(id) = parse_name(name) else {
                 continue;
             };
             next_id = next_id.max(id.saturating_add(1));
@@ -172,6 +193,7 @@ impl HistLog {
             readers: RefCell::new(FxHashMap::default()),
             doomed: Vec::new(),
             unsynced: Vec::new(),
+            free,
         })
     }
 
@@ -196,11 +218,22 @@ impl HistLog {
         self.next_id = id
             .checked_add(1)
             .ok_or_else(|| io::Error::other("history log file ids exhausted"))?;
-        let f = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create_new(true)
-            .open(self.path(id))?;
+        // Written from offset 0 on, sequentially (no O_APPEND: a recycled file is
+        // overwritten in place).
+        let f = match self.free.pop() {
+            Some(old) => {
+                fs::rename(&old, self.path(id))?;
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(self.path(id))?
+            }
+            None => OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(self.path(id))?,
+        };
         self.files.insert(id, FileStat::default());
         self.active = Some((id, f));
         Ok(id)
@@ -342,6 +375,18 @@ impl HistLog {
             self.readers.borrow_mut().remove(&id);
             self.files.remove(&id);
             self.unsynced.retain(|&u| u != id);
+            if self.free.len() < FREE_MAX {
+                let to = self.dir.join(format!("{FREE_PREFIX}{}", file_name(id)));
+                match fs::rename(self.path(id), &to) {
+                    Ok(()) => {
+                        self.free.push(to);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, file = id, "cannot keep a history log file");
+                    }
+                }
+            }
             if let Err(e) = fs::remove_file(self.path(id)) {
                 if e.kind() != io::ErrorKind::NotFound {
                     tracing::warn!(error = %e, file = id, "cannot delete a history log file");
@@ -399,7 +444,12 @@ impl HistLog {
     /// The whole of file `id` (for compaction; at most about [`FILE_MAX`] bytes plus one
     /// chunk).
     pub(crate) fn read_file(&self, id: u32) -> io::Result<Vec<u8>> {
-        fs::read(self.path(id))
+        let mut buf = fs::read(self.path(id))?;
+        // A recycled file holds its former content past what was written since.
+        if let Some(s) = self.files.get(&id) {
+            buf.truncate(s.size as usize);
+        }
+        Ok(buf)
     }
 }
 
@@ -498,6 +548,42 @@ mod tests {
         assert_eq!(log.take_changed(), vec![(99, None)]);
         let c = log.append(&[(b"c", b"new")]).unwrap()[0];
         assert!(c.file > 99, "ids never repeat");
+    }
+
+    #[test]
+    fn dead_files_are_overwritten_by_the_next_ones_and_their_old_bytes_never_read() {
+        let d = dir();
+        let mut log = HistLog::open(d.path(), [], 100).unwrap();
+        let old = log.append(&[(b"old", &[9u8; 200])]).unwrap()[0];
+        let small = log.append(&[(b"s", b"first")]).unwrap()[0];
+        log.release(old);
+        log.unlink_doomed();
+        let kept = d
+            .path()
+            .join(format!("{FREE_PREFIX}{}", file_name(old.file)));
+        assert!(kept.exists(), "kept for reuse");
+        // The second file fills up: the third one is the first one, renamed.
+        let fill = log.append(&[(b"f", &[1u8; 100])]).unwrap()[0];
+        let next = log.append(&[(b"new", b"fresh")]).unwrap()[0];
+        assert_eq!((small.file, fill.file), (1, 1));
+        assert_eq!(next.file, 2);
+        assert!(!kept.exists());
+        assert_eq!(
+            std::fs::metadata(log.path(2)).unwrap().len(),
+            209,
+            "old bytes stay"
+        );
+        assert_eq!(log.read(next).unwrap().unwrap(), b"fresh");
+        // Compaction walks only what this file's life wrote.
+        let e: Vec<_> = entries(&log.read_file(2).unwrap())
+            .map(|e| e.0.to_vec())
+            .collect();
+        assert_eq!(e, vec![b"new".to_vec()]);
+        // At open, kept files are reused or deleted, never read as live ones.
+        drop(log);
+        let log = HistLog::open(d.path(), [(2, 5)], 100).unwrap();
+        assert_eq!(log.read(next).unwrap().unwrap(), b"fresh");
+        assert_eq!(log.file_count(), 1);
     }
 
     #[test]
