@@ -262,7 +262,7 @@ impl prometheus_client::collector::Collector for Scrape {
             },
         )?;
         let st = &self.store;
-        let store_counters: [(&str, &str, f64); 5] = [
+        let store_counters: [(&str, &str, f64); 7] = [
             (
                 "store_requests",
                 "Requests handled by the storage thread.",
@@ -288,6 +288,16 @@ impl prometheus_client::collector::Collector for Scrape {
                 "Time spent in fsync.",
                 st.fsync_us as f64 / 1e6,
             ),
+            (
+                "history_writes",
+                "Times the history held in memory was written to the history log.",
+                st.history_writes as f64,
+            ),
+            (
+                "history_compactions",
+                "History log files compacted (their live chunks moved, the file freed).",
+                st.history_compactions as f64,
+            ),
         ];
         for (name, help, v) in store_counters {
             enc.encode_descriptor(name, help, None, MetricType::Counter)?
@@ -300,6 +310,22 @@ impl prometheus_client::collector::Collector for Scrape {
             MetricType::Gauge,
         )?
         .encode_gauge(&st.hash_jobs)?;
+        let gauges: [(&str, &str, u64); 2] = [
+            (
+                "history_log_bytes",
+                "Bytes in the history log's files (at most about twice the live ones).",
+                st.history_log_bytes,
+            ),
+            (
+                "history_log_live_bytes",
+                "Bytes of history chunks in the history log that a conversation still keeps.",
+                st.history_log_live_bytes,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            enc.encode_descriptor(name, help, None, MetricType::Gauge)?
+                .encode_gauge(&v)?;
+        }
         Ok(())
     }
 }

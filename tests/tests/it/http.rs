@@ -278,7 +278,7 @@ fn health_ready_and_the_ready_lines() {
 
 #[test]
 fn metrics_parse_and_move_with_traffic() {
-    let r = RouterProc::start(&["--shards", "2"]);
+    let r = RouterProc::start(&["--shards", "2", "--history-flush-every", "50ms"]);
     let m = metrics(&r);
     assert!(m.trim_end().ends_with("# EOF"), "{m}");
     for name in [
@@ -296,6 +296,10 @@ fn metrics_parse_and_move_with_traffic() {
         "ringrouter_offline_delivered_total",
         "ringrouter_store_commits_total",
         "ringrouter_store_commit_seconds_total",
+        "ringrouter_history_writes_total",
+        "ringrouter_history_compactions_total",
+        "ringrouter_history_log_bytes",
+        "ringrouter_history_log_live_bytes",
         "ringrouter_delivery_latency_seconds_count",
         "ringrouter_shard_messages_in_total{shard=\"0\"}",
         "ringrouter_shard_messages_in_total{shard=\"1\"}",
@@ -337,7 +341,16 @@ fn metrics_parse_and_move_with_traffic() {
             && sample(m, "ringrouter_delivery_latency_seconds_count") >= Some(1.0)
             && sample(m, "ringrouter_errors_total{status=\"BAD_REQUEST\"}") >= Some(1.0)
             && sample(m, "ringrouter_offline_stored_total") >= Some(1.0)
+            && sample(m, "ringrouter_history_writes_total") >= Some(1.0)
+            // The 21 direct messages' history, in the history log: 20 × (4 bytes and
+            // the sender's name and 21 bytes of record) and "later".
+            && sample(m, "ringrouter_history_log_live_bytes") >= Some(20.0 * 25.0 + 5.0)
     });
+    let live = sample(&m, "ringrouter_history_log_live_bytes").unwrap_or(0.0);
+    assert!(
+        sample(&m, "ringrouter_history_log_bytes") >= Some(live),
+        "{m}"
+    );
     assert!(
         sample(&m, "ringrouter_deliveries_total") >= Some(20.0),
         "{m}"

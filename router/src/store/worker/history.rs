@@ -358,10 +358,12 @@ impl Worker {
         for conv in trim {
             self.hist_trim(&conv)?;
         }
+        let compacted = self.hist_compact();
+        // After the gauges (`hist_compact`): a reader that sees the write sees its bytes.
         if wrote {
-            self.stats.history_writes.fetch_add(1, Ordering::Relaxed);
+            self.stats.history_writes.fetch_add(1, Ordering::Release);
         }
-        self.hist_compact()
+        compacted
     }
 
     /// Appends the segments' records to the history log (one vectored write) and puts
