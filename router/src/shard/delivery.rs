@@ -69,109 +69,68 @@ impl Shard {
         skip: Option<SessionId>,
         blocked: &mut Vec<SessionKey>,
     ) -> (usize, Option<SessionKey>) {
+        let skip = self.skip_key(skip);
         let Some(keys) = self.users.get(to_user) else {
             return (0, None);
         };
-        let retain = self.store.is_some();
-        let max_unacked = self.cfg.max_unacked_per_session;
-        let max_unacked_bytes = self.cfg.max_unacked_bytes_per_session;
-        let skip_key = skip
-            .filter(|id| id.shard as usize == self.id)
-            .map(|id| (id.key as usize, id.gen));
-        let mut pause: Option<SessionId> = None;
-        let max_pending = self.cfg.max_pending_bytes;
-        let hard_cap = self.cfg.hard_pending_bytes();
-        let inline_max = self.cfg.inline_payload_max;
-        let mut n = 0;
-        let mut skipped = 0;
-        let mut overflowed: Option<SessionKey> = None;
-        for &k in keys {
-            let Some(s) = self.sessions.get_mut(k) else {
-                continue;
-            };
-            if s.closing.is_some() {
-                continue;
-            }
-            if skip_key == Some((k, s.gen)) {
-                // The sending device has it: it counts as a live session of the user.
-                skipped += 1;
-                continue;
-            }
-            if s.loading {
-                // The backlog goes first. In sync mode this message is in the queue
-                // behind it already; otherwise it waits here.
-                if m.store_seq == 0 {
-                    // Counted with its bookkeeping, so that even empty payloads meet
-                    // the session's bounds (backpressure and the hard cap below).
-                    s.deferred_bytes += m.payload.len() + DEFERRED_OVERHEAD;
-                    s.deferred.push(OwnedMsg {
-                        from_user: m.from_user.clone(),
-                        to_room: m.to_room.clone(),
-                        payload: m.payload.clone(),
-                        msg_id: m.msg_id,
-                        ts_us: m.ts_us,
-                    });
-                    if s.deferred.len() > max_unacked || s.deferred_bytes > max_unacked_bytes {
-                        overflowed = Some(k);
-                    }
-                }
-            } else {
-                s.last_seq += 1;
-                if s.oldest_ts_us == 0 {
-                    s.oldest_ts_us = m.ts_us;
-                }
-                match m.fanned {
-                    Some(fm) => s.out.push_fanned(fm, s.last_seq, inline_max),
-                    None => {
-                        let stamp = DeliverStamp {
-                            seq: s.last_seq,
-                            from_user: m.from_user,
-                            to_room: m.to_room,
-                            server_ts_us: m.ts_us,
-                            msg_id: m.msg_id,
-                        };
-                        s.out.push_deliver(&stamp, m.payload, inline_max);
-                    }
-                }
-                s.wake_writer();
-                if retain {
-                    s.unacked.push(s.last_seq, &m);
-                    if s.unacked.len() > max_unacked || s.unacked.bytes() > max_unacked_bytes {
-                        overflowed = Some(k);
-                    }
-                }
-            }
-            if s.pending() > max_pending {
-                match remote_sender {
-                    // A sender on another shard: ask its shard to stop reading it
-                    // until this session drains (once per sender and episode).
-                    Some(id) => {
-                        if !s.throttled.contains(&id) {
-                            s.throttled.push(id);
-                            pause = Some(id);
-                        }
-                    }
-                    None => {
-                        if blocked.last() != Some(&k) {
-                            blocked.push(k);
-                        }
-                    }
-                }
-            }
-            if s.pending() > hard_cap {
-                overflowed = Some(k);
-            }
-            n += 1;
+        let d = deliver_keys(
+            &mut self.sessions,
+            &self.cfg,
+            self.store.is_some(),
+            keys,
+            m,
+            remote_sender,
+            skip,
+            blocked,
+        );
+        self.delivered(d)
+    }
+
+    /// [`Shard::deliver_to_sessions`] to sessions already looked up (`keys`: a user's
+    /// sessions here, as `users` held them; see `rooms::FanResolved`).
+    pub(crate) fn deliver_to_keys(
+        &mut self,
+        keys: &[SessionKey],
+        m: Outgoing<'_>,
+        remote_sender: Option<SessionId>,
+        skip: Option<SessionId>,
+        blocked: &mut Vec<SessionKey>,
+    ) -> (usize, Option<SessionKey>) {
+        if keys.is_empty() {
+            return (0, None);
         }
-        self.counters.delivered += n as u64;
-        if let Some(id) = pause {
+        let skip = self.skip_key(skip);
+        let retain = self.store.is_some();
+        let d = deliver_keys(
+            &mut self.sessions,
+            &self.cfg,
+            retain,
+            keys,
+            m,
+            remote_sender,
+            skip,
+            blocked,
+        );
+        self.delivered(d)
+    }
+
+    fn skip_key(&self, skip: Option<SessionId>) -> Option<(SessionKey, u32)> {
+        skip.filter(|id| id.shard as usize == self.id)
+            .map(|id| (id.key as usize, id.gen))
+    }
+
+    /// Counts a delivery and asks a remote sender's shard to pause it if a session
+    /// filled up.
+    fn delivered(&mut self, d: Delivered) -> (usize, Option<SessionKey>) {
+        self.counters.delivered += d.n as u64;
+        if let Some(id) = d.pause {
             // Straight into the sender shard's table: its reader sees it before
             // its next read, whatever that shard's mailbox latency.
             if let Some(t) = self.pause.get(id.shard as usize) {
                 t.add(id, 1);
             }
         }
-        (n + skipped, overflowed)
+        (d.n + d.skipped, d.overflowed)
     }
 
     pub(crate) fn offline_cap(&self) -> Option<QueueCap> {
@@ -601,5 +560,125 @@ impl Shard {
                 },
             );
         }
+    }
+}
+
+/// What delivering one message to a user's sessions did (see [`deliver_keys`]).
+struct Delivered {
+    /// Sessions that got it.
+    n: usize,
+    /// The sending device, which counts as having it.
+    skipped: usize,
+    /// A session past one of its bounds.
+    overflowed: Option<SessionKey>,
+    /// A remote sender to pause.
+    pause: Option<SessionId>,
+}
+
+/// The body of [`Shard::deliver_to_sessions`] over the sessions `keys` (the shard's
+/// fields it needs passed apart, so `keys` may be borrowed from the shard's user map).
+#[allow(clippy::too_many_arguments)]
+fn deliver_keys(
+    sessions: &mut slab::Slab<super::session::Session>,
+    cfg: &crate::config::Config,
+    retain: bool,
+    keys: &[SessionKey],
+    m: Outgoing<'_>,
+    remote_sender: Option<SessionId>,
+    skip_key: Option<(SessionKey, u32)>,
+    blocked: &mut Vec<SessionKey>,
+) -> Delivered {
+    let max_unacked = cfg.max_unacked_per_session;
+    let max_unacked_bytes = cfg.max_unacked_bytes_per_session;
+    let mut pause: Option<SessionId> = None;
+    let max_pending = cfg.max_pending_bytes;
+    let hard_cap = cfg.hard_pending_bytes();
+    let inline_max = cfg.inline_payload_max;
+    let mut n = 0;
+    let mut skipped = 0;
+    let mut overflowed: Option<SessionKey> = None;
+    for &k in keys {
+        let Some(s) = sessions.get_mut(k) else {
+            continue;
+        };
+        if s.closing.is_some() {
+            continue;
+        }
+        if skip_key == Some((k, s.gen)) {
+            // The sending device has it: it counts as a live session of the user.
+            skipped += 1;
+            continue;
+        }
+        if s.loading {
+            // The backlog goes first. In sync mode this message is in the queue
+            // behind it already; otherwise it waits here.
+            if m.store_seq == 0 {
+                // Counted with its bookkeeping, so that even empty payloads meet
+                // the session's bounds (backpressure and the hard cap below).
+                s.deferred_bytes += m.payload.len() + DEFERRED_OVERHEAD;
+                s.deferred.push(OwnedMsg {
+                    from_user: m.from_user.clone(),
+                    to_room: m.to_room.clone(),
+                    payload: m.payload.clone(),
+                    msg_id: m.msg_id,
+                    ts_us: m.ts_us,
+                });
+                if s.deferred.len() > max_unacked || s.deferred_bytes > max_unacked_bytes {
+                    overflowed = Some(k);
+                }
+            }
+        } else {
+            s.last_seq += 1;
+            if s.oldest_ts_us == 0 {
+                s.oldest_ts_us = m.ts_us;
+            }
+            match m.fanned {
+                Some(fm) => s.out.push_fanned(fm, s.last_seq, inline_max),
+                None => {
+                    let stamp = DeliverStamp {
+                        seq: s.last_seq,
+                        from_user: m.from_user,
+                        to_room: m.to_room,
+                        server_ts_us: m.ts_us,
+                        msg_id: m.msg_id,
+                    };
+                    s.out.push_deliver(&stamp, m.payload, inline_max);
+                }
+            }
+            s.wake_writer();
+            if retain {
+                s.unacked.push(s.last_seq, &m);
+                if s.unacked.len() > max_unacked || s.unacked.bytes() > max_unacked_bytes {
+                    overflowed = Some(k);
+                }
+            }
+        }
+        if s.pending() > max_pending {
+            match remote_sender {
+                // A sender on another shard: ask its shard to stop reading it
+                // until this session drains (once per sender and episode).
+                Some(id) => {
+                    if !s.throttled.contains(&id) {
+                        s.throttled.push(id);
+                        pause = Some(id);
+                    }
+                }
+                None => {
+                    if blocked.last() != Some(&k) {
+                        blocked.push(k);
+                    }
+                }
+            }
+        }
+        if s.pending() > hard_cap {
+            overflowed = Some(k);
+        }
+        n += 1;
+    }
+    Delivered {
+        n,
+        skipped,
+        overflowed,
+        pause,
     }
 }

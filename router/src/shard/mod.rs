@@ -80,6 +80,11 @@ pub struct Shard {
     /// Live sessions.
     pub sessions: Slab<Session>,
     users: NameMap<Bytes, Vec<SessionKey>>,
+    /// Bumped whenever `users` changes (a session registered or ended here): what
+    /// `fan_cache` resolved is valid while it has not moved.
+    users_gen: u64,
+    /// Room member lists resolved to their sessions here (see `rooms::FanResolved`).
+    fan_cache: rooms::FanCache,
     /// Pending outgoing batches, per target shard.
     pub outbox: Vec<Vec<Mail>>,
     /// Items in `outbox`.
@@ -201,6 +206,8 @@ impl Shard {
             cfg,
             sessions: Slab::new(),
             users: NameMap::default(),
+            users_gen: 0,
+            fan_cache: rooms::FanCache::default(),
             outbox: (0..n).map(|_| Vec::new()).collect(),
             outbox_len: 0,
             outbox_bytes: vec![0; n],

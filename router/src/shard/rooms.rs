@@ -97,6 +97,55 @@ impl RoomWork {
     }
 }
 
+/// A room member list (one shard's part of a room's `fan`) resolved to the members'
+/// sessions on this shard: a room message then costs no user-map lookup per member.
+/// Valid while the shard's `users_gen` is the one it was resolved at.
+pub(crate) struct FanResolved {
+    /// The list (its allocation is the cache key; held, so the address is not reused).
+    users: Arc<[Bytes]>,
+    gen: u64,
+    /// Per member, its range in `keys`.
+    spans: Vec<(u32, u32)>,
+    keys: Vec<SessionKey>,
+}
+
+/// Resolved member lists, by the address of the list.
+#[derive(Default)]
+pub(crate) struct FanCache {
+    map: rustc_hash::FxHashMap<usize, FanResolved>,
+    /// Members and keys held by `map` (what [`FAN_CACHE_MAX`] bounds).
+    held: usize,
+}
+
+/// Most members and sessions the fan cache holds (past it, it is emptied).
+const FAN_CACHE_MAX: usize = 1 << 18;
+
+fn list_id(users: &Arc<[Bytes]>) -> usize {
+    Arc::as_ptr(users) as *const Bytes as usize
+}
+
+impl FanCache {
+    /// Takes the entry of `users` out (put it back with [`FanCache::keep`]).
+    fn take(&mut self, users: &Arc<[Bytes]>) -> Option<FanResolved> {
+        let f = self.map.remove(&list_id(users))?;
+        self.held -= f.spans.len() + f.keys.len();
+        Arc::ptr_eq(&f.users, users).then_some(f)
+    }
+
+    fn keep(&mut self, f: FanResolved) {
+        let size = f.spans.len() + f.keys.len();
+        if self.held + size > FAN_CACHE_MAX {
+            self.map.clear();
+            self.held = 0;
+            if size > FAN_CACHE_MAX {
+                return;
+            }
+        }
+        self.held += size;
+        self.map.insert(list_id(&f.users), f);
+    }
+}
+
 /// A loaded room.
 #[derive(Debug)]
 pub struct Room {
@@ -1100,6 +1149,29 @@ impl Shard {
         }
     }
 
+    /// The sessions here of each member of `users` (one list of a room's `fan`), from
+    /// the cache if no session registered or ended here since it was resolved.
+    fn fan_resolved(&mut self, users: &Arc<[Bytes]>) -> FanResolved {
+        if let Some(f) = self.fan_cache.take(users) {
+            if f.gen == self.users_gen {
+                return f;
+            }
+        }
+        let mut keys = Vec::new();
+        let mut spans = Vec::with_capacity(users.len());
+        for u in users.iter() {
+            let start = keys.len() as u32;
+            keys.extend_from_slice(self.user_session_keys(u));
+            spans.push((start, keys.len() as u32));
+        }
+        FanResolved {
+            users: users.clone(),
+            gen: self.users_gen,
+            spans,
+            keys,
+        }
+    }
+
     /// A room message for members homed here: every session of every member (not the
     /// sending device), or the member's offline queue.
     pub fn on_room_fan(&mut self, f: RoomFan) {
@@ -1149,7 +1221,10 @@ impl Shard {
                 payload, from_user, room, msg_id, ts_us,
             ));
             let mut blocked = Vec::new();
-            for user in users.iter() {
+            // The members' sessions, looked up once per member list and change of the
+            // sessions here, not once per message and member.
+            let fan = self.fan_resolved(&users);
+            for (user, span) in users.iter().zip(&fan.spans) {
                 let m = Outgoing {
                     from_user: &fanned.from_user,
                     to_room: &fanned.to_room,
@@ -1159,13 +1234,17 @@ impl Shard {
                     store_seq: 0,
                     fanned: Some(&fanned),
                 };
+                let keys = &fan.keys[span.0 as usize..span.1 as usize];
                 let (n, overflowed) =
-                    self.deliver_to_sessions(user, m, Some(sender), Some(sender), &mut blocked);
+                    self.deliver_to_keys(keys, m, Some(sender), Some(sender), &mut blocked);
                 if n == 0 {
                     self.store_offline(user, m, answer(&part));
                 }
+                // (A session closed here bumps `users_gen`: the keys that follow are
+                // still checked against the sessions, and the list is not reused.)
                 self.close_overflowed(overflowed);
             }
+            self.fan_cache.keep(fan);
         }
         if let Some(p) = part {
             p.finish(self, Status::Ok);

@@ -330,6 +330,7 @@ impl Shard {
             client_seq_acked: 0,
             last_dest: None,
         });
+        self.users_gen += 1;
         let list = self.users.entry(user).or_default();
         list.push(key);
         if list.len() == 2 {
@@ -423,6 +424,7 @@ impl Shard {
             CloseReason::HeartbeatTimeout => self.counters.heartbeat_closes += 1,
             _ => {}
         }
+        self.users_gen += 1;
         if let Some(list) = self.users.get_mut(&user) {
             let before = list.len();
             list.retain(|&k| k != key);

@@ -885,3 +885,57 @@ fn sync_mode_room_message_is_not_echoed_to_the_sender_at_next_login() {
         "alice's first Deliver after her next login"
     );
 }
+
+#[test]
+fn room_messages_follow_member_sessions_that_come_and_go_between_messages() {
+    // A shard resolves a room's members to their sessions once and reuses that until
+    // a session registers or ends there: each step changes the sessions between two
+    // messages of the same room, on both shards.
+    let r = RouterProc::start(&["--shards", "2"]);
+    let owner = &users_on_shards("fco-", 2)[0];
+    let m = users_on_shards("fcm-", 2);
+    let (a, b) = (&m[0], &m[1]);
+    let mut o = r.raw_login(owner);
+    assert_eq!(o.create_room("cache", "").status, Status::Ok as i32);
+    let mut a1 = r.raw_login(a);
+    let mut b1 = r.raw_login(b);
+    assert_eq!(a1.join_room("cache", "").status, Status::Ok as i32);
+    assert_eq!(b1.join_room("cache", "").status, Status::Ok as i32);
+    let got = |c: &mut Raw, want: &[u8]| {
+        let d = c.room_delivers(1, T).remove(0);
+        assert_eq!(&d.payload[..], want);
+        c.ack(d.seq);
+    };
+    assert_eq!(o.send_room("cache", b"m1", 1), Status::Ok as i32);
+    got(&mut a1, b"m1");
+    got(&mut b1, b"m1");
+    // New devices get the next message.
+    let mut a2 = r.raw_login(a);
+    let mut b2 = r.raw_login(b);
+    assert_eq!(o.send_room("cache", b"m2", 2), Status::Ok as i32);
+    for c in [&mut a1, &mut a2, &mut b1, &mut b2] {
+        got(c, b"m2");
+    }
+    // Devices that left do not hold the others up.
+    drop(a1);
+    drop(b1);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(o.send_room("cache", b"m3", 3), Status::Ok as i32);
+    got(&mut a2, b"m3");
+    got(&mut b2, b"m3");
+    // With no device left, the message waits in the members' queues; a session of
+    // another user that took a slot of theirs gets nothing.
+    drop(a2);
+    drop(b2);
+    std::thread::sleep(Duration::from_millis(200));
+    let x = users_on_shards("fcx-", 2);
+    let mut xs: Vec<Raw> = x.iter().map(|u| r.raw_login(u)).collect();
+    assert_eq!(o.send_room("cache", b"m4", 4), Status::Ok as i32);
+    for c in &mut xs {
+        assert_eq!(c.collect_delivers(1, Duration::from_millis(300)), vec![]);
+    }
+    for user in [a, b] {
+        let mut c = r.raw_login(user);
+        got(&mut c, b"m4");
+    }
+}
