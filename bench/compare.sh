@@ -26,6 +26,8 @@
 #   LOAD_ARGS="--threads 1" bench/compare.sh  # extra ringrouter-load flags, every target
 #   ROUTER_ARGS="--history-per-conversation 0" bench/compare.sh   # extra router flags
 #   RR=/path/ringrouter LOAD=/path/ringrouter-load bench/compare.sh   # these binaries, no build
+#   RR_KEEP=1 bench/compare.sh                # one router for every scenario (default: a
+#                                             # fresh one, and data directory, per scenario)
 #
 # Scenarios (pairs: P sender/receiver pairs, each its own two users / subject / channel):
 #   pairs1_64 pairs1_1k pairs16_64 pairs16_1k pairs256_64 pairs256_1k
@@ -145,12 +147,26 @@ cleanup() {
 }
 trap cleanup EXIT
 
-RR_PORT=$(free_port)
-# shellcheck disable=SC2086
-"$RR" --listen 127.0.0.1:"$RR_PORT" $(no_http "$RR") --shards "$SHARDS" --data-dir "$TMP/data" $ROUTER_ARGS >"$TMP/rr.out" 2>"$TMP/rr.err" &
-RR_PID=$!
-for _ in $(seq 100); do grep -q "listening on" "$TMP/rr.out" 2>/dev/null && break; sleep 0.05; done
-grep -q "listening on" "$TMP/rr.out" || { cat "$TMP/rr.err" >&2; exit 1; }
+# A fresh router (and data directory) per scenario unless RR_KEEP=1: ringrouter keeps
+# history (on by default), and GBs of it from earlier scenarios (page cache, dirty pages
+# written back meanwhile) would slow the later ones down, where nats-server and redis
+# carry nothing from one scenario to the next. RR_KEEP=1 shows that steady-state cost.
+RR_KEEP=${RR_KEEP:-0}
+start_rr() {
+  if [ -n "$RR_PID" ]; then
+    kill "$RR_PID" 2>/dev/null || true
+    wait "$RR_PID" 2>/dev/null || true
+    RR_PID=""
+  fi
+  rm -rf "$TMP/data"
+  RR_PORT=$(free_port)
+  # shellcheck disable=SC2086
+  "$RR" --listen 127.0.0.1:"$RR_PORT" $(no_http "$RR") --shards "$SHARDS" --data-dir "$TMP/data" $ROUTER_ARGS >"$TMP/rr.out" 2>"$TMP/rr.err" &
+  RR_PID=$!
+  for _ in $(seq 100); do grep -q "listening on" "$TMP/rr.out" 2>/dev/null && break; sleep 0.05; done
+  grep -q "listening on" "$TMP/rr.out" || { cat "$TMP/rr.err" >&2; exit 1; }
+}
+start_rr
 
 NATS_PORT=$(free_port)
 nats-server -a 127.0.0.1 -p "$NATS_PORT" >"$TMP/nats.log" 2>&1 &
@@ -194,7 +210,10 @@ run_one() {
 }
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+FIRST=1
 for sc in $SCENARIOS; do
+  if [ "$RR_KEEP" != 1 ] && [ "$FIRST" != 1 ]; then start_rr; fi
+  FIRST=0
   for i in $(seq "$RUNS"); do
     for t in $TARGETS; do
       # The split-shards variant only means something for ringrouter.
