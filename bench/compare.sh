@@ -152,16 +152,17 @@ trap cleanup EXIT
 # written back meanwhile) would slow the later ones down, where nats-server and redis
 # carry nothing from one scenario to the next. RR_KEEP=1 shows that steady-state cost.
 RR_KEEP=${RR_KEEP:-0}
+RR_NO_HTTP=$(no_http "$RR")
 start_rr() {
   if [ -n "$RR_PID" ]; then
     kill "$RR_PID" 2>/dev/null || true
     wait "$RR_PID" 2>/dev/null || true
     RR_PID=""
   fi
-  rm -rf "$TMP/data"
+  rm -rf "$TMP/data" "$TMP/rr.out"
   RR_PORT=$(free_port)
   # shellcheck disable=SC2086
-  "$RR" --listen 127.0.0.1:"$RR_PORT" $(no_http "$RR") --shards "$SHARDS" --data-dir "$TMP/data" $ROUTER_ARGS >"$TMP/rr.out" 2>"$TMP/rr.err" &
+  "$RR" --listen 127.0.0.1:"$RR_PORT" $RR_NO_HTTP --shards "$SHARDS" --data-dir "$TMP/data" $ROUTER_ARGS >"$TMP/rr.out" 2>"$TMP/rr.err" &
   RR_PID=$!
   for _ in $(seq 100); do grep -q "listening on" "$TMP/rr.out" 2>/dev/null && break; sleep 0.05; done
   grep -q "listening on" "$TMP/rr.out" || { cat "$TMP/rr.err" >&2; exit 1; }
