@@ -20,6 +20,7 @@ const MI_OPTION_ALLOW_THP: c_int = 43;
 
 extern "C" {
     fn mi_option_set(option: c_int, value: c_long);
+    fn mi_collect(force: bool);
     #[cfg(test)]
     fn mi_option_get(option: c_int) -> c_long;
 }
@@ -37,6 +38,56 @@ pub fn tune_mimalloc() {
     }
 }
 
+/// Returns what this thread freed to the operating system now. mimalloc purges freed
+/// memory only after `purge_delay` (1 s), and only when the thread allocates or frees
+/// again: a thread that went idle keeps it. With 10 000 idle sessions that was 1.4 KiB a
+/// session (`ringrouter-idle`: 4.95 KiB with the default, 3.58 KiB with
+/// `MIMALLOC_PURGE_DELAY=0`). Called by a shard once it has been idle for a while; under
+/// load it is never called, so freed memory is reused without page faults.
+pub fn collect_idle() {
+    // Safety: a plain call into the linked mimalloc (a no-op for memory another
+    // allocator owns); `false`: only what is due, nothing forced.
+    unsafe { mi_collect(false) };
+}
+
+/// Tells when a thread has been idle long enough to return freed memory
+/// ([`collect_idle`]): once per idle stretch, after `after` without activity.
+#[derive(Debug)]
+pub struct IdleCollect {
+    after: std::time::Duration,
+    last: u64,
+    since: std::time::Instant,
+    done: bool,
+}
+
+impl IdleCollect {
+    /// Starts with no idle stretch.
+    pub fn new(after: std::time::Duration, now: std::time::Instant) -> Self {
+        IdleCollect {
+            after,
+            last: 0,
+            since: now,
+            done: false,
+        }
+    }
+
+    /// `activity`: a count that moves with any work (messages, writes, logins). True
+    /// once it has not moved for `after`, then not again until it moves and stops.
+    pub fn due(&mut self, activity: u64, now: std::time::Instant) -> bool {
+        if activity != self.last {
+            self.last = activity;
+            self.since = now;
+            self.done = false;
+            return false;
+        }
+        if self.done || now.duration_since(self.since) < self.after {
+            return false;
+        }
+        self.done = true;
+        true
+    }
+}
+
 /// Current value of a mimalloc option.
 #[cfg(test)]
 fn option(option: c_int) -> c_long {
@@ -47,6 +98,21 @@ fn option(option: c_int) -> c_long {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_collect_fires_once_per_idle_stretch() {
+        use std::time::{Duration, Instant};
+        let t = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut c = IdleCollect::new(s, t);
+        assert!(!c.due(0, t + Duration::from_millis(500)));
+        assert!(c.due(0, t + s), "idle for `after`");
+        assert!(!c.due(0, t + 3 * s), "once per stretch");
+        assert!(!c.due(5, t + 4 * s), "activity");
+        assert!(!c.due(5, t + 4 * s + Duration::from_millis(999)));
+        assert!(c.due(5, t + 5 * s), "a new stretch");
+        collect_idle();
+    }
 
     #[test]
     fn option_indices_match_mimalloc() {

@@ -356,6 +356,10 @@ async fn consumer(
     }
 }
 
+/// A shard that has done nothing for this long returns the memory it freed
+/// (`alloc::collect_idle`).
+const IDLE_COLLECT_AFTER: Duration = Duration::from_secs(1);
+
 /// Heartbeats, slow consumers, counters.
 async fn ticker(shard: Rc<RefCell<Shard>>, local: Rc<LocalSignal>) {
     let period = {
@@ -365,11 +369,16 @@ async fn ticker(shard: Rc<RefCell<Shard>>, local: Rc<LocalSignal>) {
             .clamp(Duration::from_millis(10), Duration::from_millis(100))
     };
     let mut shutdown_seen: Option<Instant> = None;
+    let mut idle = crate::alloc::IdleCollect::new(IDLE_COLLECT_AFTER, Instant::now());
     loop {
         monoio::time::sleep(period).await;
         let now = Instant::now();
         let mut sh = shard.borrow_mut();
         sh.tick(now);
+        let c = &sh.counters;
+        if idle.due(c.msgs_in + c.writes + c.logins, now) {
+            crate::alloc::collect_idle();
+        }
         if local.fired() {
             let since = *shutdown_seen.get_or_insert(now);
             // Sessions that cannot flush within the timeout are cut.

@@ -189,6 +189,10 @@ fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// The storage thread returns the memory it freed once it has handled no request for
+/// this long (`alloc::collect_idle`).
+const IDLE_COLLECT_AFTER: Duration = Duration::from_secs(1);
+
 /// Most entries in each of the storage thread's caches (queue states, accounts known to
 /// exist): past it a cache is emptied after a commit and refilled from disk on demand, so
 /// a storm of unique user names cannot grow the thread's memory.
@@ -264,6 +268,7 @@ impl Worker {
     /// The thread's body: rounds until shutdown, then a final fsync.
     pub(crate) fn run(&mut self, rx: Receiver<Msg>) -> StoreResult<()> {
         let max_round = self.opts.max_round.max(1);
+        let mut idle = crate::alloc::IdleCollect::new(IDLE_COLLECT_AFTER, Instant::now());
         loop {
             let first = if !self.shutting_down {
                 if let Some(forget) = self.opts.forget_idle_after {
@@ -275,17 +280,16 @@ impl Worker {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-                match wake {
-                    None => match rx.recv() {
-                        Ok(m) => m,
-                        Err(_) => break,
-                    },
-                    Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now()))
-                    {
-                        Ok(m) => m,
-                        Err(RecvTimeoutError::Timeout) => continue,
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    },
+                // Idle: wake up once a second to return freed memory (once per stretch).
+                if idle.due(self.stats.requests.load(Ordering::Relaxed), Instant::now()) {
+                    crate::alloc::collect_idle();
+                }
+                let idle_wake = Instant::now() + IDLE_COLLECT_AFTER;
+                let at = wake.map_or(idle_wake, |w| w.min(idle_wake));
+                match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                    Ok(m) => m,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
             } else if self.waiting.is_empty() {
                 // Shutting down: finish what is queued, then stop.
