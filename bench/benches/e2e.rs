@@ -1,6 +1,9 @@
 //! End to end over loopback: the `ringrouter` binary (release build, 2 shards,
-//! threads not pinned) started once per group as its own process — the same binary
-//! and flags `python -m ringrouter.load` and `ringrouter-load` are pointed at —
+//! threads not pinned) started afresh, with an empty data directory, for every load
+//! run as its own process — the same binary and flags `python -m ringrouter.load` and
+//! `ringrouter-load` are pointed at, and the fresh router per run `bench/compare.sh`
+//! uses: history is on by default, and GBs of it from earlier runs (written back
+//! meanwhile) slowed later runs down by up to half —
 //! driven by the load engine of `ringrouter-client`. `RINGROUTER_BIN=path` picks the
 //! binary; otherwise the bench builds it (`cargo build --release -p ringrouter`).
 //! `RINGROUTER_E2E=inproc` runs the router inside the bench process instead (the
@@ -151,8 +154,9 @@ fn load_config(addr: SocketAddr, case: &Case) -> LoadConfig {
     }
 }
 
-/// Runs one scenario; the router is started on first use (not when filtered out or listing).
-fn bench_case(c: &mut Criterion, router: &mut Option<Running>, case: &Case) {
+/// Runs one scenario: each load run on a router of its own, started (and stopped) outside
+/// the time measured.
+fn bench_case(c: &mut Criterion, case: &Case) {
     let mut g = c.benchmark_group(case.group);
     g.sample_size(10)
         .sampling_mode(SamplingMode::Flat)
@@ -160,12 +164,13 @@ fn bench_case(c: &mut Criterion, router: &mut Option<Running>, case: &Case) {
         .measurement_time(Duration::from_secs(8))
         .throughput(Throughput::Elements(case.deliveries));
     g.bench_function(BenchmarkId::from_parameter(case.name), |b| {
-        let addr = router.get_or_insert_with(start_router).addr();
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                let cfg = load_config(addr, case);
+                let router = start_router();
+                let cfg = load_config(router.addr(), case);
                 let report = run(black_box(&cfg)).expect("load run");
+                stop(Some(router));
                 assert_eq!(report.lost, 0, "{}: lost deliveries: {report:?}", case.name);
                 assert_eq!(report.delivered, case.deliveries);
                 assert_eq!(report.out_of_order, 0);
@@ -191,11 +196,9 @@ fn stop(router: Option<Running>) {
 }
 
 fn pairs(c: &mut Criterion) {
-    let mut router = None;
     for (size, name, deliveries) in [(64, "64B", 2_000_000), (1024, "1KiB", 1_000_000)] {
         bench_case(
             c,
-            &mut router,
             &Case {
                 group: "e2e/pairs16",
                 name,
@@ -206,14 +209,11 @@ fn pairs(c: &mut Criterion) {
             },
         );
     }
-    stop(router);
 }
 
 fn fanout(c: &mut Criterion) {
-    let mut router = None;
     bench_case(
         c,
-        &mut router,
         &Case {
             group: "e2e/fanout64",
             name: "64B",
@@ -223,7 +223,6 @@ fn fanout(c: &mut Criterion) {
             deliveries: 64 * 4_000,
         },
     );
-    stop(router);
 }
 
 criterion_group!(benches, pairs, fanout);

@@ -312,8 +312,12 @@ impl Worker {
     pub(crate) fn hist_tick(&mut self) {
         if self.hist.next_flush.is_some_and(|t| t <= Instant::now()) {
             let r = self.hist_flush().and_then(|()| self.commit());
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "history write failed");
+            match r {
+                // (Memory mode only: sync mode writes history in its rounds.) Files the
+                // trims and compactions emptied go now, not at the next request.
+                Ok(()) if self.durability == Durability::Memory => self.dbs.hlog.unlink_doomed(),
+                Ok(()) => {}
+                Err(e) => tracing::warn!(error = %e, "history write failed"),
             }
             // The one moment under steady load when no tail is held.
             self.hist_trim_cache();
