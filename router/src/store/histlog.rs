@@ -109,7 +109,17 @@ pub(crate) struct HistLog {
     unsynced: Vec<u32>,
     /// Dead files kept to be overwritten by the next active ones (at most [`FREE_MAX`]).
     free: Vec<PathBuf>,
+    /// Small entries of the append under way, written together (see [`STAGE_ENTRY_MAX`]).
+    stage: Vec<u8>,
 }
+
+/// Entries up to this size are copied into one buffer and written with one `write`;
+/// larger ones get a `writev` each. In sync durability every round appends a chunk of a
+/// few messages per conversation: one system call per chunk was a sixth of the storage
+/// thread's time (`perf`, 16 × 64 B).
+const STAGE_ENTRY_MAX: usize = 8 << 10;
+/// The staged bytes are written once they reach this.
+const STAGE_MAX: usize = 256 << 10;
 
 /// Dead files kept for reuse. Overwriting a file whose pages are cached costs the kernel
 /// about half of what writing a new one does (no page or block allocation: `dd` of 1 GiB,
@@ -194,6 +204,7 @@ impl HistLog {
             doomed: Vec::new(),
             unsynced: Vec::new(),
             free,
+            stage: Vec::new(),
         })
     }
 
@@ -253,17 +264,33 @@ impl HistLog {
             heads.push(h);
         }
         for (i, (k, d)) in items.iter().enumerate() {
+            // Staged bytes belong to the active file: written before it rolls.
+            if self
+                .active
+                .as_ref()
+                .is_some_and(|(id, _)| self.files.get(id).is_some_and(|s| s.size >= self.file_max))
+            {
+                self.write_stage()?;
+            }
             let id = self.active()?;
-            let Some((_, f)) = self.active.as_mut() else {
-                return Err(io::Error::other("no active history log file"));
-            };
+            // (`size` counts the staged bytes too.)
             let start = self.files.get(&id).map_or(0, |s| s.size);
-            let mut slices = [IoSlice::new(&heads[i]), IoSlice::new(k), IoSlice::new(d)];
-            if let Err(e) = write_all_vectored(f, &mut slices) {
-                // What was written of the entry is garbage nothing points to; the next
-                // append starts a new file.
-                self.active = None;
-                return Err(e);
+            if ENTRY_HEADER + k.len() + d.len() <= STAGE_ENTRY_MAX {
+                self.stage.extend_from_slice(&heads[i]);
+                self.stage.extend_from_slice(k);
+                self.stage.extend_from_slice(d);
+            } else {
+                self.write_stage()?;
+                let Some((_, f)) = self.active.as_mut() else {
+                    return Err(io::Error::other("no active history log file"));
+                };
+                let mut slices = [IoSlice::new(&heads[i]), IoSlice::new(k), IoSlice::new(d)];
+                if let Err(e) = write_all_vectored(f, &mut slices) {
+                    // What was written of the entry is garbage nothing points to; the
+                    // next append starts a new file.
+                    self.active = None;
+                    return Err(e);
+                }
             }
             let offset = start + (ENTRY_HEADER + k.len()) as u64;
             if let Some(s) = self.files.get_mut(&id) {
@@ -279,8 +306,29 @@ impl HistLog {
             if self.unsynced.last() != Some(&id) {
                 self.unsynced.push(id);
             }
+            if self.stage.len() >= STAGE_MAX {
+                self.write_stage()?;
+            }
         }
+        self.write_stage()?;
         Ok(locs)
+    }
+
+    /// Writes the staged small entries to the active file (one `write`).
+    fn write_stage(&mut self) -> io::Result<()> {
+        if self.stage.is_empty() {
+            return Ok(());
+        }
+        let r = match self.active.as_mut() {
+            Some((_, f)) => f.write_all(&self.stage),
+            None => Err(io::Error::other("no active history log file")),
+        };
+        self.stage.clear();
+        if r.is_err() {
+            // Garbage nothing points to; the next append starts a new file.
+            self.active = None;
+        }
+        r
     }
 
     /// The data at `loc` (`None`: its file is gone or shorter than `loc` says).
@@ -502,6 +550,30 @@ mod tests {
         );
         // A torn entry ends the walk.
         assert_eq!(entries(&buf[..buf.len() - 1]).count(), 1);
+    }
+
+    #[test]
+    fn small_entries_are_staged_and_big_ones_written_apart_in_order() {
+        let d = dir();
+        let mut log = HistLog::open(d.path(), [], 1 << 20).unwrap();
+        let big = vec![5u8; STAGE_ENTRY_MAX + 1];
+        let many: Vec<Vec<u8>> = (0..300u32).map(|i| vec![i as u8; 1000]).collect();
+        let mut items: Vec<(&[u8], &[u8])> = vec![(b"s1", b"small"), (b"b1", &big)];
+        items.extend(many.iter().map(|m| (&b"m"[..], &m[..])));
+        items.push((b"s2", b"tail"));
+        let locs = log.append(&items).unwrap();
+        for ((_, want), loc) in items.iter().zip(&locs) {
+            assert_eq!(log.read(*loc).unwrap().unwrap(), *want);
+        }
+        let buf = log.read_file(locs[0].file).unwrap();
+        let keys: Vec<Vec<u8>> = entries(&buf).map(|e| e.0.to_vec()).collect();
+        assert_eq!(keys.len(), items.len());
+        assert_eq!(keys[1], b"b1");
+        assert_eq!(keys.last().unwrap(), b"s2");
+        assert!(
+            log.stage.is_empty(),
+            "everything written when append returns"
+        );
     }
 
     #[test]
