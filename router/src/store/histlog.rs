@@ -111,6 +111,12 @@ pub(crate) struct HistLog {
     free: Vec<PathBuf>,
     /// Small entries of the append under way, written together (see [`STAGE_ENTRY_MAX`]).
     stage: Vec<u8>,
+    /// The `next_id` the keyspace has (see [`HistLog::take_next_id`]).
+    next_saved: u32,
+    /// A file was created, renamed or deleted since the last [`HistLog::sync`].
+    dir_dirty: bool,
+    /// Files compaction could not empty (see [`HistLog::mark_stuck`]).
+    stuck: BTreeSet<u32>,
 }
 
 /// Entries up to this size are copied into one buffer and written with one `write`;
@@ -134,7 +140,11 @@ fn file_name(id: u32) -> String {
 }
 
 fn parse_name(name: &str) -> Option<u32> {
-    name.strip_suffix(EXT)?.strip_suffix('.')?.parse().ok()
+    let digits = name.strip_suffix(EXT)?.strip_suffix('.')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// Writes every slice (a vectored write may take only some). Called once per entry: one
@@ -161,18 +171,31 @@ impl HistLog {
     pub(crate) fn open(
         dir: &Path,
         known: impl IntoIterator<Item = (u32, u64)>,
+        next_hint: u32,
         file_max: u64,
     ) -> io::Result<HistLog> {
         fs::create_dir_all(dir)?;
         let known: BTreeMap<u32, u64> = known.into_iter().collect();
         let mut files = BTreeMap::new();
-        let mut next_id = known.keys().next_back().map_or(0, |&id| id + 1);
+        // Ids never repeat: past every id known, on disk (kept dead files too) or handed
+        // out before (`next_hint`, kept in the keyspace).
+        let mut next_id = known
+            .keys()
+            .next_back()
+            .map_or(0, |&id| id.saturating_add(1))
+            .max(next_hint);
         let mut free = Vec::new();
         for e in fs::read_dir(dir)? {
             let e = e?;
+            if !e.file_type()?.is_file() {
+                continue;
+            }
             let name = e.file_name();
             let name = name.to_str().unwrap_or("");
-            if name.starts_with(FREE_PREFIX) {
+            if let Some(rest) = name.strip_prefix(FREE_PREFIX) {
+                if let Some(id) = parse_name(rest) {
+                    next_id = next_id.max(id.saturating_add(1));
+                }
                 if free.len() < FREE_MAX {
                     free.push(e.path());
                 } else {
@@ -187,6 +210,8 @@ impl HistLog {
             match known.get(&id) {
                 Some(&live) if live > 0 => {
                     let size = e.metadata()?.len();
+                    // (An unreadable count comes as u64::MAX: all of it counts as live.)
+                    let live = live.min(size);
                     files.insert(id, FileStat { size, live });
                 }
                 _ => fs::remove_file(e.path())?,
@@ -205,6 +230,9 @@ impl HistLog {
             unsynced: Vec::new(),
             free,
             stage: Vec::new(),
+            next_saved: next_id,
+            dir_dirty: false,
+            stuck: BTreeSet::new(),
         })
     }
 
@@ -223,6 +251,7 @@ impl HistLog {
             self.active = None;
             if self.files.get(&id).is_some_and(|s| s.live == 0) {
                 self.doomed.push(id);
+                self.changed.insert(id);
             }
         }
         let id = self.next_id;
@@ -247,12 +276,30 @@ impl HistLog {
         };
         self.files.insert(id, FileStat::default());
         self.active = Some((id, f));
+        self.dir_dirty = true;
         Ok(id)
     }
 
     /// Appends entries (key, data) in order and returns where each one's data is. The
     /// data counts as live at once (see [`HistLog::release`]).
     pub(crate) fn append(&mut self, items: &[(&[u8], &[u8])]) -> io::Result<Vec<Loc>> {
+        let before: Vec<(u32, u64)> = self.files.iter().map(|(id, s)| (*id, s.live)).collect();
+        let r = self.append_inner(items);
+        if r.is_err() {
+            // Nothing points to what this call wrote: its live bytes do not count.
+            self.stage.clear();
+            for (id, s) in self.files.iter_mut() {
+                s.live = before
+                    .iter()
+                    .find(|(b, _)| b == id)
+                    .map_or(0, |(_, live)| *live);
+                self.changed.insert(*id);
+            }
+        }
+        r
+    }
+
+    fn append_inner(&mut self, items: &[(&[u8], &[u8])]) -> io::Result<Vec<Loc>> {
         let mut locs = Vec::with_capacity(items.len());
         let mut heads: Vec<[u8; ENTRY_HEADER]> = Vec::with_capacity(items.len());
         for (k, d) in items {
@@ -331,13 +378,22 @@ impl HistLog {
         r
     }
 
-    /// The data at `loc` (`None`: its file is gone or shorter than `loc` says).
-    pub(crate) fn read(&self, loc: Loc) -> io::Result<Option<Vec<u8>>> {
+    /// The data of `key`'s entry at `loc` (`None`: its file is gone or shorter than
+    /// `loc` says, or the entry there is not `key`'s of that length, as when an
+    /// operating-system crash lost a write into a reused file).
+    pub(crate) fn read(&self, loc: Loc, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        let head = (ENTRY_HEADER + key.len()) as u64;
+        let Some(stat) = self.files.get(&loc.file) else {
+            return Ok(None);
+        };
+        let Some(start) = loc.offset.checked_sub(head) else {
+            return Ok(None);
+        };
+        if loc.offset.saturating_add(u64::from(loc.len)) > stat.size {
+            return Ok(None);
+        }
         let mut readers = self.readers.borrow_mut();
         if !readers.contains_key(&loc.file) {
-            if !self.files.contains_key(&loc.file) {
-                return Ok(None);
-            }
             let f = match File::open(self.path(loc.file)) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -351,12 +407,19 @@ impl HistLog {
         let Some(f) = readers.get(&loc.file) else {
             return Ok(None);
         };
-        let mut buf = vec![0u8; loc.len as usize];
-        match f.read_exact_at(&mut buf, loc.offset) {
-            Ok(()) => Ok(Some(buf)),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
-            Err(e) => Err(e),
+        let mut buf = vec![0u8; head as usize + loc.len as usize];
+        match f.read_exact_at(&mut buf, start) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
         }
+        let klen = u16::from_be_bytes([buf[0], buf[1]]) as usize;
+        let dlen = u32::from_be_bytes([buf[2], buf[3], buf[4], buf[5]]);
+        if klen != key.len() || dlen != loc.len || buf[ENTRY_HEADER..head as usize] != *key {
+            return Ok(None);
+        }
+        buf.drain(..head as usize);
+        Ok(Some(buf))
     }
 
     /// The data at `loc` is no longer pointed to.
@@ -371,19 +434,16 @@ impl HistLog {
         }
     }
 
-    /// Nothing in file `id` is pointed to any more (it was compacted): deleted with the
-    /// next [`HistLog::unlink_doomed`].
-    pub(crate) fn retire(&mut self, id: u32) {
-        if let Some(s) = self.files.get_mut(&id) {
-            s.live = 0;
-            self.changed.insert(id);
-            if !self.doomed.contains(&id) {
-                self.doomed.push(id);
-            }
-        }
-        if self.active.as_ref().is_some_and(|(a, _)| *a == id) {
-            self.active = None;
-        }
+    /// Compaction moved what it could read of file `id` and some of it is still counted
+    /// live (an unreadable stretch, or a count too high after a failed write): the file
+    /// stays until trims release the rest, and is not picked for compaction again.
+    pub(crate) fn mark_stuck(&mut self, id: u32) {
+        self.stuck.insert(id);
+    }
+
+    /// Live bytes of file `id`.
+    pub(crate) fn live(&self, id: u32) -> u64 {
+        self.files.get(&id).map_or(0, |s| s.live)
     }
 
     /// The files whose live count changed since the last call: (id, live bytes), `None`
@@ -413,6 +473,21 @@ impl HistLog {
             .collect()
     }
 
+    /// A commit failed: the pointers the doomed files held may still be on disk, so they
+    /// are kept (the counts on disk decide at the next open).
+    pub(crate) fn forget_doomed(&mut self) {
+        self.doomed.clear();
+    }
+
+    /// The next file id, if it moved since the last call (kept in the keyspace, so ids
+    /// never repeat across restarts).
+    pub(crate) fn take_next_id(&mut self) -> Option<u32> {
+        (self.next_id != self.next_saved).then(|| {
+            self.next_saved = self.next_id;
+            self.next_id
+        })
+    }
+
     /// Deletes the files with nothing live (call once the commit that dropped their last
     /// pointer, and their `f` entries, is as durable as the mode promises).
     pub(crate) fn unlink_doomed(&mut self) {
@@ -422,12 +497,14 @@ impl HistLog {
             }
             self.readers.borrow_mut().remove(&id);
             self.files.remove(&id);
+            self.stuck.remove(&id);
             self.unsynced.retain(|&u| u != id);
             if self.free.len() < FREE_MAX {
                 let to = self.dir.join(format!("{FREE_PREFIX}{}", file_name(id)));
                 match fs::rename(self.path(id), &to) {
                     Ok(()) => {
                         self.free.push(to);
+                        self.dir_dirty = true;
                         continue;
                     }
                     Err(e) => {
@@ -435,6 +512,7 @@ impl HistLog {
                     }
                 }
             }
+            self.dir_dirty = true;
             if let Err(e) = fs::remove_file(self.path(id)) {
                 if e.kind() != io::ErrorKind::NotFound {
                     tracing::warn!(error = %e, file = id, "cannot delete a history log file");
@@ -446,6 +524,11 @@ impl HistLog {
     /// fdatasyncs the files written since the last call (before the journal that points
     /// into them is synced).
     pub(crate) fn sync(&mut self) -> io::Result<()> {
+        if self.dir_dirty {
+            // New and renamed files' names.
+            File::open(&self.dir)?.sync_all()?;
+            self.dir_dirty = false;
+        }
         for id in std::mem::take(&mut self.unsynced) {
             match &self.active {
                 Some((a, f)) if *a == id => f.sync_data()?,
@@ -469,7 +552,9 @@ impl HistLog {
         let active = self.active.as_ref().map(|(id, _)| *id);
         self.files
             .iter()
-            .filter(|(id, _)| Some(**id) != active && !self.doomed.contains(id))
+            .filter(|(id, _)| {
+                Some(**id) != active && !self.doomed.contains(id) && !self.stuck.contains(id)
+            })
             .min_by_key(|(_, s)| s.live)
             .map(|(id, _)| *id)
     }
@@ -528,16 +613,21 @@ mod tests {
     #[test]
     fn appended_data_reads_back_and_files_roll_at_their_size() {
         let d = dir();
-        let mut log = HistLog::open(d.path(), [], 100).unwrap();
+        let mut log = HistLog::open(d.path(), [], 0, 100).unwrap();
         let big = vec![7u8; 90];
         let locs = log
             .append(&[(b"k1", b"hello"), (b"k2", &big), (b"k3", b"x")])
             .unwrap();
         // k1 and k2 fill the first file past 100 bytes: k3 starts the second.
         assert_eq!((locs[0].file, locs[1].file, locs[2].file), (0, 0, 1));
-        assert_eq!(log.read(locs[0]).unwrap().unwrap(), b"hello");
-        assert_eq!(log.read(locs[1]).unwrap().unwrap(), big);
-        assert_eq!(log.read(locs[2]).unwrap().unwrap(), b"x");
+        assert_eq!(log.read(locs[0], b"k1").unwrap().unwrap(), b"hello");
+        assert_eq!(log.read(locs[1], b"k2").unwrap().unwrap(), big);
+        assert_eq!(log.read(locs[2], b"k3").unwrap().unwrap(), b"x");
+        assert_eq!(
+            log.read(locs[2], b"k2").unwrap(),
+            None,
+            "another key's entry"
+        );
         assert_eq!(log.totals().1, 96);
         let buf = log.read_file(0).unwrap();
         let e: Vec<_> = entries(&buf)
@@ -555,15 +645,15 @@ mod tests {
     #[test]
     fn small_entries_are_staged_and_big_ones_written_apart_in_order() {
         let d = dir();
-        let mut log = HistLog::open(d.path(), [], 1 << 20).unwrap();
+        let mut log = HistLog::open(d.path(), [], 0, 1 << 20).unwrap();
         let big = vec![5u8; STAGE_ENTRY_MAX + 1];
         let many: Vec<Vec<u8>> = (0..300u32).map(|i| vec![i as u8; 1000]).collect();
         let mut items: Vec<(&[u8], &[u8])> = vec![(b"s1", b"small"), (b"b1", &big)];
         items.extend(many.iter().map(|m| (&b"m"[..], &m[..])));
         items.push((b"s2", b"tail"));
         let locs = log.append(&items).unwrap();
-        for ((_, want), loc) in items.iter().zip(&locs) {
-            assert_eq!(log.read(*loc).unwrap().unwrap(), *want);
+        for ((key, want), loc) in items.iter().zip(&locs) {
+            assert_eq!(log.read(*loc, key).unwrap().unwrap(), *want);
         }
         let buf = log.read_file(locs[0].file).unwrap();
         let keys: Vec<Vec<u8>> = entries(&buf).map(|e| e.0.to_vec()).collect();
@@ -579,7 +669,7 @@ mod tests {
     #[test]
     fn a_file_with_nothing_live_is_deleted_after_the_commit_and_not_before() {
         let d = dir();
-        let mut log = HistLog::open(d.path(), [], 10).unwrap();
+        let mut log = HistLog::open(d.path(), [], 0, 10).unwrap();
         let a = log.append(&[(b"a", b"0123456789ab")]).unwrap()[0];
         let b = log.append(&[(b"b", b"zz")]).unwrap()[0];
         assert_ne!(a.file, b.file, "the first file was full");
@@ -591,7 +681,7 @@ mod tests {
         log.unlink_doomed();
         assert!(!log.path(a.file).exists());
         assert_eq!(
-            log.read(a).unwrap(),
+            log.read(a, b"a").unwrap(),
             None,
             "a deleted file reads as missing"
         );
@@ -604,17 +694,17 @@ mod tests {
     #[test]
     fn open_keeps_known_files_and_deletes_the_others() {
         let d = dir();
-        let mut log = HistLog::open(d.path(), [], 1 << 20).unwrap();
+        let mut log = HistLog::open(d.path(), [], 0, 1 << 20).unwrap();
         let a = log.append(&[(b"a", b"kept")]).unwrap()[0];
         drop(log);
-        let mut log = HistLog::open(d.path(), [(a.file, 4)], 1 << 20).unwrap();
+        let mut log = HistLog::open(d.path(), [(a.file, 4)], 0, 1 << 20).unwrap();
         let b = log.append(&[(b"b", b"orphan")]).unwrap()[0];
         assert_ne!(a.file, b.file, "a new file at every open");
         drop(log);
         // `b`'s pointer was never committed (no `f` entry): its file goes; a known file
         // that is missing is reported so its entry goes too.
-        let log = HistLog::open(d.path(), [(a.file, 4), (99, 10)], 1 << 20).unwrap();
-        assert_eq!(log.read(a).unwrap().unwrap(), b"kept");
+        let log = HistLog::open(d.path(), [(a.file, 4), (99, 10)], 0, 1 << 20).unwrap();
+        assert_eq!(log.read(a, b"a").unwrap().unwrap(), b"kept");
         assert!(!log.path(b.file).exists());
         let mut log = log;
         assert_eq!(log.take_changed(), vec![(99, None)]);
@@ -625,7 +715,7 @@ mod tests {
     #[test]
     fn dead_files_are_overwritten_by_the_next_ones_and_their_old_bytes_never_read() {
         let d = dir();
-        let mut log = HistLog::open(d.path(), [], 100).unwrap();
+        let mut log = HistLog::open(d.path(), [], 0, 100).unwrap();
         let old = log.append(&[(b"old", &[9u8; 200])]).unwrap()[0];
         let small = log.append(&[(b"s", b"first")]).unwrap()[0];
         log.release(old);
@@ -645,7 +735,7 @@ mod tests {
             209,
             "old bytes stay"
         );
-        assert_eq!(log.read(next).unwrap().unwrap(), b"fresh");
+        assert_eq!(log.read(next, b"new").unwrap().unwrap(), b"fresh");
         // Compaction walks only what this file's life wrote.
         let e: Vec<_> = entries(&log.read_file(2).unwrap())
             .map(|e| e.0.to_vec())
@@ -653,27 +743,48 @@ mod tests {
         assert_eq!(e, vec![b"new".to_vec()]);
         // At open, kept files are reused or deleted, never read as live ones.
         drop(log);
-        let log = HistLog::open(d.path(), [(2, 5)], 100).unwrap();
-        assert_eq!(log.read(next).unwrap().unwrap(), b"fresh");
+        let log = HistLog::open(d.path(), [(2, 5)], 0, 100).unwrap();
+        assert_eq!(log.read(next, b"new").unwrap().unwrap(), b"fresh");
         assert_eq!(log.file_count(), 1);
+    }
+
+    #[test]
+    fn file_ids_never_repeat_across_opens() {
+        let d = dir();
+        // The id the keyspace kept, and a dead file kept for reuse, both count.
+        let mut log = HistLog::open(d.path(), [], 7, 1 << 20).unwrap();
+        assert_eq!(log.append(&[(b"a", b"x")]).unwrap()[0].file, 7);
+        assert_eq!(log.take_next_id(), Some(8));
+        assert_eq!(log.take_next_id(), None, "reported once");
+        drop(log);
+        std::fs::write(
+            d.path().join(format!("{FREE_PREFIX}{}", file_name(12))),
+            b"old",
+        )
+        .unwrap();
+        std::fs::create_dir(d.path().join("00000020.hlog")).unwrap();
+        std::fs::write(d.path().join("+5.hlog"), b"").unwrap();
+        let mut log = HistLog::open(d.path(), [], 8, 1 << 20).unwrap();
+        // (A directory or an odd name is left alone, not taken for a file.)
+        assert_eq!(log.append(&[(b"b", b"y")]).unwrap()[0].file, 13);
     }
 
     #[test]
     fn a_pointer_past_the_end_of_its_file_reads_as_missing() {
         let d = dir();
-        let mut log = HistLog::open(d.path(), [], 1 << 20).unwrap();
+        let mut log = HistLog::open(d.path(), [], 0, 1 << 20).unwrap();
         let a = log.append(&[(b"a", b"data")]).unwrap()[0];
         let past = Loc {
             offset: a.offset + 2,
             ..a
         };
-        assert_eq!(log.read(past).unwrap(), None);
+        assert_eq!(log.read(past, b"a").unwrap(), None);
     }
 
     #[test]
     fn compaction_is_asked_for_only_past_twice_the_live_bytes() {
         let d = dir();
-        let mut log = HistLog::open(d.path(), [], 100).unwrap();
+        let mut log = HistLog::open(d.path(), [], 0, 100).unwrap();
         let data = vec![1u8; 100];
         let mut locs = Vec::new();
         for _ in 0..8 {
@@ -693,7 +804,7 @@ mod tests {
         );
         assert_eq!(log.compaction_candidate(), None);
         // Files of two entries, 150 and 40 bytes (10 in file 6); the 150s go.
-        let mut log = HistLog::open(&d.path().join("b"), [], 200).unwrap();
+        let mut log = HistLog::open(&d.path().join("b"), [], 0, 200).unwrap();
         let (a, b, c) = (vec![1u8; 150], vec![2u8; 40], vec![3u8; 10]);
         let mut locs = Vec::new();
         for f in 0..16 {
@@ -709,10 +820,14 @@ mod tests {
         // 14 closed files of ~204 bytes with 40 live (file 3 empty, going): compact the
         // one with the fewest, never the empty one or the active one.
         assert_eq!(log.compaction_candidate(), Some(locs[6][1].file));
-        log.retire(locs[6][1].file);
+        log.release(locs[6][1]);
         log.unlink_doomed();
         assert_eq!(log.file_count(), 14);
-        assert_eq!(log.read(locs[5][1]).unwrap().unwrap(), b);
-        assert_eq!(log.read(locs[6][1]).unwrap(), None);
+        assert_eq!(log.read(locs[5][1], b"k").unwrap().unwrap(), b);
+        assert_eq!(log.read(locs[6][1], b"k").unwrap(), None);
+        // A file compaction could not empty is not picked again.
+        let c = log.compaction_candidate().unwrap();
+        log.mark_stuck(c);
+        assert_ne!(log.compaction_candidate(), Some(c));
     }
 }

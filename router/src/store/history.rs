@@ -18,6 +18,7 @@
 //!   the last message the user sent in it (u64, 0: none): the conversation list.
 //! - A history log file's live bytes: `f` + file id (u32) → bytes of chunk records in
 //!   it that a chunk still points to (u64; `store::histlog`).
+//! - The next history log file id: `F` → u32.
 //! - A user's read mark: `m` + length byte + user + conversation id → the seq of the
 //!   message the user last marked read (MarkRead) in it (u64): the unread count is the
 //!   messages after it (after the user's last own message when there is no mark).
@@ -54,6 +55,8 @@ pub(crate) const USER_TAG: u8 = b'u';
 pub(crate) const MARK_TAG: u8 = b'm';
 /// Key tag of a history log file's live bytes (`f` + file id u32 → u64).
 pub(crate) const FILE_TAG: u8 = b'f';
+/// Key of the next history log file id (`F` → u32): ids never repeat across restarts.
+pub(crate) const NEXT_FILE_TAG: u8 = b'F';
 /// Bytes of a chunk value's header (count u32, newest ts u64).
 pub(crate) const CHUNK_HEADER: usize = 12;
 

@@ -17,7 +17,7 @@ use super::codec::{
 use super::contacts::ContactRecord;
 use super::hash::{HashJob, HashOutcome, HashPool};
 use super::histlog::{self, HistLog};
-use super::history::FILE_TAG;
+use super::history::{FILE_TAG, NEXT_FILE_TAG};
 
 mod history;
 use super::{
@@ -79,15 +79,22 @@ impl Dbs {
         let mut known = Vec::new();
         for g in history.prefix([FILE_TAG]) {
             let (k, v) = g.into_inner()?;
-            if let (Ok(id), Ok(live)) = (k[1..].try_into(), v[..].try_into()) {
-                known.push((u32::from_be_bytes(id), u64::from_be_bytes(live)));
-            }
+            let Ok(id) = k[1..].try_into() else {
+                continue;
+            };
+            // An unreadable count keeps the whole file (it is never deleted blindly).
+            let live = v[..].try_into().map_or(u64::MAX, u64::from_be_bytes);
+            known.push((u32::from_be_bytes(id), live));
         }
+        let next_hint = match history.get([NEXT_FILE_TAG])? {
+            Some(v) => v[..].try_into().map_or(0, u32::from_be_bytes),
+            None => 0,
+        };
         let file_max = match log_file_bytes {
             0 => histlog::FILE_MAX,
             n => n,
         };
-        let hlog = HistLog::open(&dir.join("history"), known, file_max)
+        let hlog = HistLog::open(&dir.join("history"), known, next_hint, file_max)
             .map_err(|e| StoreError::Io(format!("cannot open the history log: {e}")))?;
         Ok(Dbs {
             db,
@@ -337,7 +344,7 @@ impl Worker {
                     .persist(PersistMode::SyncAll)
                     .map_err(Into::into)
             });
-        if persist.is_ok() {
+        if commit.is_ok() && persist.is_ok() {
             self.dbs.hlog.unlink_doomed();
         }
         // Requests that raced with shutdown are answered `Closed` here, on this thread.
@@ -393,6 +400,13 @@ impl Worker {
                 None => Op::Del(Ks::History, k),
             });
         }
+        if let Some(next) = self.dbs.hlog.take_next_id() {
+            self.ops.push(Op::Put(
+                Ks::History,
+                vec![NEXT_FILE_TAG],
+                next.to_be_bytes().to_vec(),
+            ));
+        }
         if self.ops.is_empty() {
             return Ok(());
         }
@@ -412,6 +426,8 @@ impl Worker {
         r.map_err(|e| {
             let e = StoreError::from(e);
             tracing::error!("store commit failed: {e}");
+            // The history log files this batch would have emptied may still be pointed to.
+            self.dbs.hlog.forget_doomed();
             self.round_err.get_or_insert_with(|| e.clone());
             e
         })

@@ -31,6 +31,9 @@ const SEGMENT_MAX_BYTES: usize = 64 * 1024;
 /// bytes): compaction keeps up with the writes, as each byte it moves frees another.
 const COMPACT_PER_FLUSH: usize = 4;
 
+/// An entry compaction moves: key, count, newest ts, where it was, its data.
+type Move<'a> = (Vec<u8>, u32, u64, histlog::Loc, &'a [u8]);
+
 /// Most conversation entries one ListConversations looks at (a bound on the work of one
 /// request, whatever the user's number of conversations).
 pub(crate) const CONV_SCAN_MAX: usize = 10_000;
@@ -402,25 +405,31 @@ impl Worker {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
                 Err(e) => return Err(log_err(e)),
             };
-            let mut moves: Vec<(Vec<u8>, u32, u64, &[u8])> = Vec::new();
+            let mut moves: Vec<Move<'_>> = Vec::new();
             for (key, offset, data) in histlog::entries(&buf) {
                 let Some(v) = self.dbs.history.get(key)? else {
                     continue;
                 };
                 if let Some((count, ts, ChunkBody::Log(loc))) = parse_chunk(&v) {
-                    if loc.file == id && loc.offset == offset {
-                        moves.push((key.to_vec(), count, ts, data));
+                    if loc.file == id && loc.offset == offset && loc.len as usize == data.len() {
+                        moves.push((key.to_vec(), count, ts, loc, data));
                     }
                 }
             }
-            let items: Vec<(&[u8], &[u8])> = moves.iter().map(|m| (&m.0[..], m.3)).collect();
+            let items: Vec<(&[u8], &[u8])> = moves.iter().map(|m| (&m.0[..], m.4)).collect();
             let locs = self.dbs.hlog.append(&items).map_err(log_err)?;
             drop(items);
-            for ((key, count, ts, _), loc) in moves.into_iter().zip(locs) {
+            for ((key, count, ts, old, _), loc) in moves.into_iter().zip(locs) {
                 let value = log_chunk_value(count, ts, loc);
                 self.ops.push(Op::Put(Ks::History, key, value));
+                self.dbs.hlog.release(old);
             }
-            self.dbs.hlog.retire(id);
+            if self.dbs.hlog.live(id) > 0 {
+                // Some of it could not be read (or was counted too high): kept, not
+                // compacted again; trims release the rest.
+                tracing::warn!(file = id, "history log file not emptied by compaction");
+                self.dbs.hlog.mark_stuck(id);
+            }
             self.commit()?;
             self.stats
                 .history_compactions
@@ -441,10 +450,14 @@ impl Worker {
 
     /// A stored chunk's records (`None`: in a history log file that is gone or short, as
     /// after an operating-system crash under `--durability memory`; skipped).
-    fn chunk_records<'a>(&self, body: ChunkBody<'a>) -> StoreResult<Option<Cow<'a, [u8]>>> {
+    fn chunk_records<'a>(
+        &self,
+        key: &[u8],
+        body: ChunkBody<'a>,
+    ) -> StoreResult<Option<Cow<'a, [u8]>>> {
         match body {
             ChunkBody::Inline(d) => Ok(Some(Cow::Borrowed(d))),
-            ChunkBody::Log(loc) => match self.dbs.hlog.read(loc).map_err(log_err)? {
+            ChunkBody::Log(loc) => match self.dbs.hlog.read(loc, key).map_err(log_err)? {
                 Some(d) => Ok(Some(Cow::Owned(d))),
                 None => {
                     tracing::warn!(
@@ -522,7 +535,7 @@ impl Worker {
             let (k, v) = g.into_inner()?;
             let seq = chunk_seq(&prefix, &k).ok_or_else(|| corrupt("key"))?;
             let (count, last_ts, body) = parse_chunk(&v).ok_or_else(|| corrupt("chunk"))?;
-            let Some(data) = self.chunk_records(body)? else {
+            let Some(data) = self.chunk_records(&k, body)? else {
                 continue;
             };
             if !f(seq, count, last_ts, &data) {
@@ -671,12 +684,12 @@ impl Worker {
         let Some(g) = self.dbs.history.prefix(&prefix).next_back() else {
             return Ok(None);
         };
-        let v = g.value()?;
+        let (k, v) = g.into_inner()?;
         let (_, last_ts, body) = parse_chunk(&v).ok_or_else(|| corrupt("chunk"))?;
         if last_ts < cutoff {
             return Ok(None);
         }
-        let Some(data) = self.chunk_records(body)? else {
+        let Some(data) = self.chunk_records(&k, body)? else {
             return Ok(None);
         };
         Ok(records(&data).last().map(|r| (to_msg(r), st)))
