@@ -66,8 +66,10 @@ impl Dbs {
         let offline = db.keyspace("offline", sized(OFFLINE_MEMTABLE_BYTES))?;
         let accounts = db.keyspace("accounts", sized(SMALL_MEMTABLE_BYTES))?;
         let rooms = db.keyspace("rooms", sized(SMALL_MEMTABLE_BYTES))?;
-        // History chunks (up to 32 KiB) live in blob files: compactions move their keys,
-        // not the messages (key-value separation, values over 1 KiB).
+        // History chunks keep a 28-byte pointer here; their records are in the history
+        // log (`store::histlog`). Chunks written inline before it (up to 64 KiB) still
+        // live in blob files: compactions move their keys, not the messages (key-value
+        // separation, values over 1 KiB).
         let history = db.keyspace("history", || {
             KeyspaceCreateOptions::default()
                 .max_memtable_size(OFFLINE_MEMTABLE_BYTES)
