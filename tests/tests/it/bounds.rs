@@ -428,7 +428,8 @@ fn the_reason_of_a_heartbeat_close_arrives() {
 /// cost ~100 B of router memory each and never tripped the slow-consumer check.
 ///
 /// 500 000 empty messages for a session paging its backlog: the router's RSS stays
-/// within 16 MiB of where it was, and the session meets its bound (the held messages
+/// within 24 MiB of where it was (unbounded it grew ~50 MiB), and the session meets
+/// its bound (the held messages
 /// count against `--max-unacked-per-session`): it is closed SLOW_CONSUMER and what it
 /// held goes back to the offline queue.
 #[test]
@@ -474,8 +475,11 @@ fn live_messages_held_behind_a_backlog_are_bounded() {
     }
     let after = r.rss_kib();
     eprintln!("router RSS {before} -> {after} KiB holding 500k empty messages");
+    // Measured: 11-13 MiB alone (both before and after the history log and idle-memory
+    // changes), 18 MiB once under a loaded CI run. Unbounded, the held messages alone
+    // were ~100 B each: ~50 MiB.
     assert!(
-        after.saturating_sub(before) < 16 * 1024,
+        after.saturating_sub(before) < 24 * 1024,
         "router RSS grew {} MiB holding 500k empty messages for one session",
         after.saturating_sub(before) / 1024
     );
