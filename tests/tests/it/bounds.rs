@@ -429,9 +429,8 @@ fn the_reason_of_a_heartbeat_close_arrives() {
 ///
 /// 500 000 empty messages for a session paging its backlog: the router's RSS stays
 /// within 24 MiB of where it was (unbounded it grew ~50 MiB), and the session meets
-/// its bound (the held messages
-/// count against `--max-unacked-per-session`): it is closed SLOW_CONSUMER and what it
-/// held goes back to the offline queue.
+/// its bound (the held messages count against `--max-unacked-per-session`): it is
+/// closed SLOW_CONSUMER and what it held goes back to the offline queue.
 #[test]
 fn live_messages_held_behind_a_backlog_are_bounded() {
     // A small offline queue: once bob is cut, the rest of the flood is refused
