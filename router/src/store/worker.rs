@@ -454,6 +454,12 @@ impl Worker {
 
     /// Commit, fsync if the mode (or a `Flush`) asks for it, then run the completions.
     fn finish_round(&mut self, n: usize) {
+        if std::mem::take(&mut self.hist.round_flush) {
+            // (A history write that fails fails no message: as when it was per request.)
+            if let Err(e) = self.hist_flush() {
+                tracing::warn!(error = %e, "history write failed");
+            }
+        }
         let _ = self.commit();
         self.trim_caches();
         let want_sync =
