@@ -213,6 +213,24 @@ pub(crate) fn spread7(v: u64) -> u64 {
         | ((v << 7) & 0x7f00_0000_0000_0000)
 }
 
+/// Decodes a varint of at most 8 bytes from the little-endian load `w` of its first 8:
+/// (value, bytes), or `None` if none of the 8 ends it. The reverse of [`spread7`].
+#[inline(always)]
+pub(crate) fn gather7(w: u64) -> Option<(u64, usize)> {
+    let stops = !w & 0x8080_8080_8080_8080;
+    if stops == 0 {
+        return None;
+    }
+    let len = (stops.trailing_zeros() / 8 + 1) as usize;
+    // Its `len` bytes, without their continuation bits; then the 7-bit groups packed:
+    // in 16-bit lanes, then 32, then 64.
+    let x = w & (u64::MAX >> (64 - 8 * len)) & 0x7f7f_7f7f_7f7f_7f7f;
+    let x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
+    let x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
+    let x = (x & 0x0000_0000_0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4);
+    Some((x, len))
+}
+
 /// Writes `v` as a varint into `buf` at `at`; returns the position after it. `buf` must
 /// have 10 bytes of room from `at` (the longest varint).
 #[inline(always)]

@@ -12,7 +12,7 @@
 
 use bytes::{BufMut, Bytes};
 
-use crate::codec::{put_varint, spread7, varint_into, varint_len, FrameError};
+use crate::codec::{gather7, put_varint, spread7, varint_into, varint_len, FrameError};
 use crate::names::MAX_NAME_BYTES;
 use crate::v1::{client_frame, ClientFrame};
 use prost::Message;
@@ -81,28 +81,6 @@ const NESTED_FIELD_BUDGET: u32 = PROST_RECURSION_LIMIT - 1;
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
-}
-
-/// Decodes a varint of at most 8 bytes from the little-endian load `w` of its first 8:
-/// (value, bytes), or `None` if none of the 8 ends it. The reverse of `codec::spread7`.
-#[inline(always)]
-fn gather7(w: u64) -> Option<(u64, usize)> {
-    let stops = !w & 0x8080_8080_8080_8080;
-    if stops == 0 {
-        return None;
-    }
-    let len = (stops.trailing_zeros() / 8 + 1) as usize;
-    let x = if len == 8 {
-        w
-    } else {
-        w & ((1u64 << (8 * len)) - 1)
-    };
-    // The 7-bit groups, packed: in 16-bit lanes, then 32, then 64.
-    let x = x & 0x7f7f_7f7f_7f7f_7f7f;
-    let x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
-    let x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
-    let x = (x & 0x0000_0000_0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4);
-    Some((x, len))
 }
 
 impl Cursor<'_> {

@@ -117,23 +117,33 @@ pub(crate) struct FanCache {
     held: usize,
 }
 
-/// Most members and sessions the fan cache holds (past it, it is emptied).
+/// Most members and sessions the fan cache holds, an entry counting for
+/// [`FAN_ENTRY_UNITS`] more (past it, it is emptied).
 const FAN_CACHE_MAX: usize = 1 << 18;
+/// What an entry counts for against [`FAN_CACHE_MAX`] besides its members and keys (its
+/// map slot, vectors and the list it holds): many one-member rooms are bounded too.
+const FAN_ENTRY_UNITS: usize = 8;
 
 fn list_id(users: &Arc<[Bytes]>) -> usize {
     Arc::as_ptr(users) as *const Bytes as usize
+}
+
+impl FanResolved {
+    fn units(&self) -> usize {
+        self.spans.len() + self.keys.len() + FAN_ENTRY_UNITS
+    }
 }
 
 impl FanCache {
     /// Takes the entry of `users` out (put it back with [`FanCache::keep`]).
     fn take(&mut self, users: &Arc<[Bytes]>) -> Option<FanResolved> {
         let f = self.map.remove(&list_id(users))?;
-        self.held -= f.spans.len() + f.keys.len();
+        self.held -= f.units();
         Arc::ptr_eq(&f.users, users).then_some(f)
     }
 
     fn keep(&mut self, f: FanResolved) {
-        let size = f.spans.len() + f.keys.len();
+        let size = f.units();
         if self.held + size > FAN_CACHE_MAX {
             self.map.clear();
             self.held = 0;
@@ -1152,13 +1162,15 @@ impl Shard {
     /// The sessions here of each member of `users` (one list of a room's `fan`), from
     /// the cache if no session registered or ended here since it was resolved.
     fn fan_resolved(&mut self, users: &Arc<[Bytes]>) -> FanResolved {
-        if let Some(f) = self.fan_cache.take(users) {
-            if f.gen == self.users_gen {
-                return f;
-            }
-        }
-        let mut keys = Vec::new();
-        let mut spans = Vec::with_capacity(users.len());
+        // A stale entry's vectors are refilled: sessions coming and going cost no
+        // allocation per room message.
+        let (mut spans, mut keys) = match self.fan_cache.take(users) {
+            Some(f) if f.gen == self.users_gen => return f,
+            Some(f) => (f.spans, f.keys),
+            None => (Vec::with_capacity(users.len()), Vec::new()),
+        };
+        spans.clear();
+        keys.clear();
         for u in users.iter() {
             let start = keys.len() as u32;
             keys.extend_from_slice(self.user_session_keys(u));

@@ -453,22 +453,11 @@ impl HistLog {
         changed
             .into_iter()
             .map(|id| {
-                let live = self.files.get(&id).map(|s| s.live).filter(|&l| l > 0);
-                let live = if self.doomed.contains(&id) {
-                    None
-                } else {
-                    live
-                };
+                let live = self.files.get(&id).map_or(0, |s| s.live);
                 // The active file keeps its entry while empty: it is written to next.
                 let active = self.active.as_ref().is_some_and(|(a, _)| *a == id);
-                (
-                    id,
-                    if active {
-                        Some(live.unwrap_or(0))
-                    } else {
-                        live
-                    },
-                )
+                let kept = active || (live > 0 && !self.doomed.contains(&id));
+                (id, kept.then_some(live))
             })
             .collect()
     }

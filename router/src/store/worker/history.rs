@@ -72,8 +72,6 @@ pub(crate) struct HistState {
     /// Tails are written in the round that appended them (sync durability, or no memory
     /// budget).
     write_through: bool,
-    /// Sync durability: write-through appends wait for the end of their round.
-    sync: bool,
     /// A write-through append of this round waits for the round's end.
     pub(crate) round_flush: bool,
     convs: FxHashMap<Vec<u8>, ConvState>,
@@ -102,7 +100,6 @@ impl HistState {
         HistState {
             opts,
             write_through: durability == Durability::Sync || opts.memory_bytes == 0,
-            sync: durability == Durability::Sync,
             round_flush: false,
             convs: FxHashMap::default(),
             tails: FxHashMap::default(),
@@ -312,7 +309,7 @@ impl Worker {
         let budget = self.hist.opts.memory_bytes;
         if budget > 0 && self.hist.tail_bytes >= budget {
             self.hist_flush()?;
-        } else if self.hist.write_through && self.hist.sync {
+        } else if self.hist.write_through && self.durability == Durability::Sync {
             // Sync durability: written once at the end of the round, before its commit
             // (`finish_round`), so in the group commit of the messages it holds. Flushing
             // per request (a message each in sync mode) cost half of sync throughput.
@@ -387,19 +384,26 @@ impl Worker {
         compacted
     }
 
-    /// Appends the segments' records to the history log (one vectored write) and puts
-    /// their chunk keys, pointing there.
+    /// Appends the segments' records to the history log and puts their chunk keys,
+    /// pointing there.
     fn hist_write_chunks(&mut self, writes: Vec<(Vec<u8>, Segment)>) -> StoreResult<()> {
-        if writes.is_empty() {
+        let chunks = writes
+            .iter()
+            .map(|(k, s)| (&k[..], s.count, s.last_ts, s.records()));
+        self.hist_put_chunks(chunks.collect())
+    }
+
+    /// Appends chunks (key, count, newest ts, records) to the history log and puts their
+    /// keys, pointing there (new segments, and what compaction moves).
+    fn hist_put_chunks(&mut self, chunks: Vec<(&[u8], u32, u64, &[u8])>) -> StoreResult<()> {
+        if chunks.is_empty() {
             return Ok(());
         }
-        let items: Vec<(&[u8], &[u8])> =
-            writes.iter().map(|(k, s)| (&k[..], s.records())).collect();
+        let items: Vec<(&[u8], &[u8])> = chunks.iter().map(|c| (c.0, c.3)).collect();
         let locs = self.dbs.hlog.append(&items).map_err(log_err)?;
-        drop(items);
-        for ((key, seg), loc) in writes.into_iter().zip(locs) {
-            let value = log_chunk_value(seg.count, seg.last_ts, loc);
-            self.ops.push(Op::Put(Ks::History, key, value));
+        for ((key, count, ts, _), loc) in chunks.into_iter().zip(locs) {
+            let value = log_chunk_value(count, ts, loc);
+            self.ops.push(Op::Put(Ks::History, key.to_vec(), value));
         }
         Ok(())
     }
@@ -430,13 +434,10 @@ impl Worker {
                     }
                 }
             }
-            let items: Vec<(&[u8], &[u8])> = moves.iter().map(|m| (&m.0[..], m.4)).collect();
-            let locs = self.dbs.hlog.append(&items).map_err(log_err)?;
-            drop(items);
-            for ((key, count, ts, old, _), loc) in moves.into_iter().zip(locs) {
-                let value = log_chunk_value(count, ts, loc);
-                self.ops.push(Op::Put(Ks::History, key, value));
-                self.dbs.hlog.release(old);
+            let chunks = moves.iter().map(|m| (&m.0[..], m.1, m.2, m.4)).collect();
+            self.hist_put_chunks(chunks)?;
+            for m in &moves {
+                self.dbs.hlog.release(m.3);
             }
             if self.dbs.hlog.live(id) > 0 {
                 // Some of it could not be read (or was counted too high): kept, not
