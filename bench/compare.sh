@@ -12,8 +12,9 @@
 # the runs), the ratios rr/nats and rr/redis (median of the per-run ratios and
 # their min-max, run i of ringrouter against run i of the other server), each
 # server's CPU seconds per million deliveries (utime + stime of the server
-# process from /proc/PID/stat, sampled right before and right after each load
-# run) and the load generator's (its client_cpu_s, getrusage over the run).
+# process from /proc/PID/stat over the measured phase, from the first send to the
+# last delivery: ringrouter-load --server-pid reads it; logins and room joins are
+# left out) and the load generator's (its client_cpu_s, getrusage over the same span).
 # A second table has latencies.
 #
 #   bench/compare.sh                          # default scenarios, 3 runs each
@@ -118,6 +119,8 @@ if [ -z "${RR:-}" ] || [ -z "${LOAD:-}" ]; then
 fi
 RR=${RR:-target/release/ringrouter}
 LOAD=${LOAD:-target/release/ringrouter-load}
+# A generator with --server-pid reads the server's CPU over the measured phase itself.
+if "$LOAD" --help 2>/dev/null | grep -q -- --server-pid; then LOAD_PID_FLAG=1; else LOAD_PID_FLAG=0; fi
 HZ=$(getconf CLK_TCK)
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -197,12 +200,15 @@ run_one() {
     nats)  proto=nats;       addr=127.0.0.1:$NATS_PORT;  pid=$NATS_PID ;;
     redis) proto=redis;      addr=127.0.0.1:$REDIS_PORT; pid=$REDIS_PID; extra="--redis-reply $REDIS_REPLY" ;;
   esac
+  if [ "$LOAD_PID_FLAG" = 1 ]; then extra="$extra --server-pid $pid"; fi
   t0=$(cpu_ticks "$pid")
   # shellcheck disable=SC2046,SC2086
   "$LOAD" --addr "$addr" --protocol "$proto" $(args_for "$1") $extra $LOAD_ARGS --json >"$TMP/run.json" 2>>"$TMP/$1.$2.err" || rc=$?
   t1=$(cpu_ticks "$pid")
   if [ -s "$TMP/run.json" ]; then
-    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["server_cpu_s"]=(int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4]); print(json.dumps(d))' \
+    # The generator's own reading spans only the measured phase (logins and room
+    # joins left out); an older generator has none: the whole run's, from here.
+    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["server_cpu_s"]=d.get("server_cpu_s") if d.get("server_cpu_s") is not None else (int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4]); print(json.dumps(d))' \
       "$TMP/run.json" "$t0" "$t1" "$HZ" >>"$TMP/$1.$2.jsonl"
   fi
   if [ "$rc" != 0 ]; then

@@ -919,7 +919,7 @@ impl PyClient {
 
 /// Runs the Rust load engine; returns the report as a JSON string.
 #[pyfunction]
-#[pyo3(signature = (addr, *, pairs, size, messages, duration, fanout, rate, window=None, threads=None, progress=None, every=1.0, transport=String::from("tcp"), tls=false, ca_file=None))]
+#[pyo3(signature = (addr, *, pairs, size, messages, duration, fanout, rate, window=None, threads=None, progress=None, every=1.0, transport=String::from("tcp"), tls=false, ca_file=None, server_pid=None))]
 #[allow(clippy::too_many_arguments)]
 fn load_run(
     py: Python<'_>,
@@ -937,6 +937,7 @@ fn load_run(
     transport: String,
     tls: bool,
     ca_file: Option<std::path::PathBuf>,
+    server_pid: Option<u32>,
 ) -> PyResult<String> {
     let d = LoadConfig::default();
     let transport = transport::transport(&addr, tls, ca_file, &transport)?;
@@ -954,6 +955,7 @@ fn load_run(
         rate,
         window: window.unwrap_or(d.window),
         threads: threads.unwrap_or(d.threads),
+        server_pid,
         ..d
     };
     let every = self::duration("every", every)?;

@@ -134,6 +134,7 @@ def report_fields(**changes: object) -> Dict[str, object]:
         "receiver_min_msgs_per_sec": 20.0, "receiver_avg_msgs_per_sec": 20.0,
         "receiver_max_msgs_per_sec": 20.0, "engine_cpu_seconds": 0.1, "client_cpu_s": 0.1,
         "timeline": [[0.1, 4], [0.2, 10]], "latency_buckets": [[1.0, 5], [5.0, 5]],
+        "server_cpu_s": 0.2,
     }
     fields.update(changes)
     return fields
@@ -189,6 +190,10 @@ def test_load_report_needs_every_field() -> None:
         load.LoadReport.from_dict(fields)
     with pytest.raises(ValueError):
         load.LoadReport.from_json("[1, 2]")
+    # server_cpu_s came later: a report from an engine without it still reads.
+    fields = report_fields()
+    del fields["server_cpu_s"]
+    assert load.LoadReport.from_dict(fields).server_cpu_s is None
 
 
 # ----------------------------------------------------------------------- typing

@@ -22,6 +22,7 @@ FIELDS = [
     "p50_us", "p90_us", "p99_us", "p999_us", "max_us",
     "receivers", "receiver_min_msgs_per_sec", "receiver_avg_msgs_per_sec",
     "receiver_max_msgs_per_sec", "engine_cpu_seconds", "client_cpu_s", "timeline", "latency_buckets",
+    "server_cpu_s",
 ]
 
 
@@ -59,6 +60,18 @@ def test_small_load_run_loses_nothing(router: Router) -> None:
     assert load.LoadReport.from_json(report.to_json()) == report
     for t, s, dl in calls:
         assert t >= 0 and s >= dl >= 0
+
+
+def test_server_cpu_is_read_over_the_measured_span_with_server_pid(router: Router) -> None:
+    report = load.run(router.addr, pairs=2, size=64, messages=200_000, server_pid=router.proc.pid)
+    assert_exact(report, sent=200_000, receivers=2)
+    # The router did the routing: it used some CPU, and no more than its two shards
+    # and its storage thread could in the run's wall time.
+    assert report.server_cpu_s is not None
+    assert 0 < report.server_cpu_s <= 4 * report.seconds + 0.05, report
+    assert load.run(router.addr, pairs=1, size=64, messages=100).server_cpu_s is None
+    # A pid that names no process: no reading rather than a wrong one.
+    assert load.run(router.addr, pairs=1, size=64, messages=100, server_pid=2**31 - 1).server_cpu_s is None
 
 
 def test_progress_is_called_while_a_run_lasts(router: Router) -> None:

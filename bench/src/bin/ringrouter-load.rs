@@ -80,6 +80,10 @@ struct Args {
     /// router acknowledges them with SendAck (what resume costs).
     #[arg(long)]
     client_seq: bool,
+    /// The server's process id (on this machine): the report then has its CPU
+    /// seconds over the measured span (`server_cpu_s`), logins and joins left out.
+    #[arg(long)]
+    server_pid: Option<u32>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -142,6 +146,7 @@ fn main() {
         redis_reply_off: a.redis_reply == RedisReply::Off,
         split_shards: a.split_shards,
         client_seq: a.client_seq,
+        server_pid: a.server_pid,
         ..LoadConfig::default()
     };
     let cfg = match a.user_prefix {

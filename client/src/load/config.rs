@@ -53,6 +53,9 @@ pub struct LoadConfig {
     /// acknowledges them with SendAck as it does for a resuming client (what resume
     /// costs the router).
     pub client_seq: bool,
+    /// The server's process id, to report its CPU over the measured span
+    /// ([`super::LoadReport::server_cpu_s`]); the server must run on this machine.
+    pub server_pid: Option<u32>,
 }
 
 /// The server the engine drives.
@@ -86,6 +89,7 @@ impl Default for LoadConfig {
             redis_reply_off: false,
             split_shards: 0,
             client_seq: false,
+            server_pid: None,
             transport: Transport::default(),
         }
     }

@@ -395,24 +395,33 @@ async fn run_tasks(
 /// Samples progress every 100 ms (and calls `progress` every `every`) until
 /// the engine threads finish. Watchdog: once every sender is done, receivers
 /// that get nothing for the drain timeout are cut loose (what they miss is
-/// lost). Returns the (seconds, deliveries) timeline.
+/// lost). Returns the (seconds, deliveries) timeline and the CPU reading taken when
+/// every sender was done and everything sent was delivered (or, failing that, when
+/// the threads finished).
 pub(super) fn monitor(
     handles: &[JoinHandle<ThreadResult>],
     shared: &Shared,
     start: Instant,
     every: Duration,
     mut progress: impl FnMut(&Progress),
-) -> Vec<(f64, u64)> {
+) -> (Vec<(f64, u64)>, super::report::Cpu) {
     let mut timeline = Vec::new();
     let mut next_progress = start + every;
     let sample = Duration::from_millis(100);
     let mut next_sample = start + sample;
     let mut last_progress = (0u64, Instant::now());
     let mut cut = false;
+    let mut end_cpu = None;
     while !handles.iter().all(|h| h.is_finished()) {
         std::thread::sleep(Duration::from_millis(5));
         let now = Instant::now();
         let d = shared.delivered.load(Ordering::Relaxed);
+        if end_cpu.is_none()
+            && shared.senders_left.load(Ordering::Acquire) == 0
+            && d >= shared.sent.load(Ordering::Acquire)
+        {
+            end_cpu = Some(super::report::Cpu::now(shared.cfg.server_pid));
+        }
         if d != last_progress.0 {
             last_progress = (d, now);
         } else if !cut
@@ -438,7 +447,8 @@ pub(super) fn monitor(
             });
         }
     }
-    timeline
+    let end_cpu = end_cpu.unwrap_or_else(|| super::report::Cpu::now(shared.cfg.server_pid));
+    (timeline, end_cpu)
 }
 
 /// Shuts every receiver socket down, which wakes their readers.

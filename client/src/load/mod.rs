@@ -113,7 +113,6 @@ pub fn run_with_progress(
     let jobs = plan.jobs(cfg, &flows, &join_codes);
     let shared = Arc::new(Shared::new(cfg, plan.addr, plan.senders, plan.link.clone()));
     let barrier = Arc::new(Barrier::new(plan.threads + 1));
-    let cpu0 = report::cpu_seconds();
     let mut handles = Vec::new();
     for (t, jobs) in jobs.into_iter().enumerate() {
         handles.push(engine::spawn_thread(
@@ -135,10 +134,12 @@ pub fn run_with_progress(
             reason: e,
         });
     }
+    // Logins and room joins are done: the measured span starts here.
+    let cpu0 = report::Cpu::now(cfg.server_pid);
     let start = Instant::now();
     barrier.wait();
-    let timeline = engine::monitor(&handles, &shared, start, every, progress);
-    let cpu = report::cpu_seconds() - cpu0;
+    let (timeline, cpu1) = engine::monitor(&handles, &shared, start, every, progress);
+    let cpu = cpu0.until(cpu1);
     let mut hist = engine::new_hist();
     let mut results = Vec::new();
     for h in handles {

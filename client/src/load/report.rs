@@ -51,6 +51,10 @@ pub struct LoadReport {
     pub timeline: Vec<(f64, u64)>,
     /// (latency µs upper bound, count) buckets of the latency histogram.
     pub latency_buckets: Vec<(f64, u64)>,
+    /// With `server_pid` set: the server process's CPU seconds (utime + stime of
+    /// all its threads, /proc/PID/stat) over the span of `client_cpu_s`, logins and room
+    /// joins before it left out. `null` without `server_pid` or off Linux.
+    pub server_cpu_s: Option<f64>,
 }
 
 /// The raw results of a run.
@@ -61,8 +65,37 @@ pub(super) struct Measured {
     pub(super) hist: Histogram<u64>,
     pub(super) start: Instant,
     pub(super) timeline: Vec<(f64, u64)>,
-    pub(super) cpu: f64,
+    pub(super) cpu: Cpu,
     pub(super) size: usize,
+}
+
+/// CPU seconds over the measured span: this process's, and the server's when its pid
+/// was given.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Cpu {
+    pub(super) client: f64,
+    pub(super) server: Option<f64>,
+}
+
+impl Cpu {
+    /// A reading now.
+    pub(super) fn now(server_pid: Option<u32>) -> Cpu {
+        Cpu {
+            client: cpu_seconds(),
+            server: server_pid.and_then(process_cpu_seconds),
+        }
+    }
+
+    /// What was used from `self` to `later`.
+    pub(super) fn until(self, later: Cpu) -> Cpu {
+        Cpu {
+            client: later.client - self.client,
+            server: match (self.server, later.server) {
+                (Some(a), Some(b)) => Some(b - a),
+                _ => None,
+            },
+        }
+    }
 }
 
 impl Measured {
@@ -112,10 +145,11 @@ impl Measured {
                 .min(f64::MAX),
             receiver_avg_msgs_per_sec: rates.iter().sum::<f64>() / rates.len().max(1) as f64,
             receiver_max_msgs_per_sec: rates.iter().copied().fold(0.0, f64::max),
-            engine_cpu_seconds: cpu,
-            client_cpu_s: cpu,
+            engine_cpu_seconds: cpu.client,
+            client_cpu_s: cpu.client,
             timeline,
             latency_buckets: latency_buckets(&hist),
+            server_cpu_s: cpu.server,
         }
     }
 }
@@ -172,7 +206,7 @@ impl LoadReport {
 }
 
 /// CPU seconds this process used so far (user + system).
-pub(super) fn cpu_seconds() -> f64 {
+fn cpu_seconds() -> f64 {
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     // Safety: getrusage writes into the struct we own.
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
@@ -180,4 +214,59 @@ pub(super) fn cpu_seconds() -> f64 {
     }
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// CPU seconds process `pid` used so far (user + system, all threads), from
+/// /proc/PID/stat; None if it cannot be read.
+pub(super) fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_ticks(&stat).map(|t| t as f64 / clock_ticks_per_second())
+}
+
+/// utime + stime (fields 14 and 15) of a /proc/PID/stat line. The name (field 2)
+/// may hold spaces and parentheses: fields are counted after its last `)`.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_ascii_whitespace().skip(11);
+    let utime: u64 = f.next()?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // Safety: sysconf only reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as f64
+    } else {
+        100.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_name() {
+        let line = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 \
+                    1234 567 0 0 20 0 3 0 100 1000 10";
+        assert_eq!(stat_cpu_ticks(line), Some(1234 + 567));
+        assert_eq!(stat_cpu_ticks("4242 (x) S 1 2"), None);
+        assert_eq!(stat_cpu_ticks("no parenthesis"), None);
+    }
+
+    #[test]
+    fn this_process_has_a_cpu_reading_that_grows() {
+        let pid = std::process::id();
+        let a = process_cpu_seconds(pid).expect("our own /proc/PID/stat reads");
+        let mut x = 0u64;
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_millis(60) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let b = process_cpu_seconds(pid).expect("our own /proc/PID/stat reads");
+        assert!(b > a, "{a} -> {b} after 60 ms of spinning");
+        assert_eq!(process_cpu_seconds(u32::MAX), None);
+    }
 }

@@ -595,6 +595,7 @@ def load_run(
     transport: Literal["tcp", "ws"] = "tcp",
     tls: bool = False,
     ca_file: Optional[Union[str, "PathLike[str]"]] = None,
+    server_pid: Optional[int] = None,
 ) -> str:
     """Runs the Rust load engine without the GIL; returns its report as JSON.
 
