@@ -104,6 +104,9 @@ pub(super) struct Plan {
     pub(super) fan: usize,
     /// Engine threads.
     pub(super) threads: usize,
+    /// A paced run (`rate`) with two threads or more: thread 0 runs every sender
+    /// and nothing else, the others the receivers.
+    pub(super) paced: bool,
     /// Fan-out through ringrouter rooms.
     pub(super) use_rooms: bool,
     /// Fan-out through one Redis channel or NATS subject per sender (the
@@ -154,11 +157,16 @@ impl Plan {
         } else {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         };
+        // Paced (--rate): the senders get a thread of their own, which sleeps between
+        // sends with a fine timer (see `Plan::jobs`), and the receivers the others.
+        let paced = cfg.rate.is_some() && threads >= 2;
+        let needed = senders * fan + usize::from(paced);
         Ok(Plan {
             addr,
             senders,
             fan,
-            threads: threads.min(senders * fan).max(1),
+            paced,
+            threads: threads.min(needed).max(1),
             use_rooms: fan > 1 && cfg.protocol == Protocol::Ringrouter,
             shared_channel: fan > 1 && matches!(cfg.protocol, Protocol::Redis | Protocol::Nats),
             link,
@@ -194,7 +202,13 @@ impl Plan {
             };
             let join = join_codes.get(i).cloned();
             for (j, user) in receivers.iter().enumerate() {
-                let t = if fan == 1 { i % threads } else { j % threads };
+                let t = if self.paced {
+                    1 + (i * fan + j) % (threads - 1)
+                } else if fan == 1 {
+                    i % threads
+                } else {
+                    j % threads
+                };
                 jobs[t].receivers.push(RecvJob {
                     flow: flow.clone(),
                     user: user.clone(),
@@ -211,7 +225,8 @@ impl Plan {
             } else {
                 receivers.into_iter().map(Dest::User).collect()
             };
-            jobs[i % threads].senders.push(SenderJob {
+            let t = if self.paced { 0 } else { i % threads };
+            jobs[t].senders.push(SenderJob {
                 flow: flow.clone(),
                 user: sender_name(p, i),
                 to,

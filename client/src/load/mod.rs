@@ -354,6 +354,49 @@ mod tests {
     }
 
     #[test]
+    fn paced_runs_give_the_senders_a_thread_of_their_own() {
+        for (pairs, threads, fanout) in [(1, 2, None), (3, 2, None), (4, 3, None), (1, 3, Some(5))]
+        {
+            let cfg = LoadConfig {
+                pairs,
+                threads,
+                fanout,
+                rate: Some(10_000.0),
+                ..LoadConfig::default()
+            };
+            let plan = config::Plan::new(&cfg).expect("plan");
+            let senders = if fanout.is_some() { 1 } else { pairs };
+            let fan = fanout.unwrap_or(1);
+            let flows: Vec<Arc<Flow>> = (0..senders)
+                .map(|_| Arc::new(Flow::new(fan as u64)))
+                .collect();
+            let jobs = plan.jobs(&cfg, &flows, &vec![String::new(); senders]);
+            assert_eq!(jobs.len(), threads, "{pairs} pairs, {threads} threads");
+            assert_eq!(jobs[0].senders.len(), senders);
+            assert!(
+                jobs[0].receivers.is_empty(),
+                "thread 0 sleeps between sends"
+            );
+            assert!(jobs[1..].iter().all(|j| j.senders.is_empty()));
+            let receivers: usize = jobs[1..].iter().map(|j| j.receivers.len()).sum();
+            assert_eq!(receivers, senders * fan);
+        }
+        // Unpaced, or on one thread: as before (pairs stay with their sender).
+        for (rate, threads) in [(None, 2), (Some(10_000.0), 1)] {
+            let cfg = LoadConfig {
+                pairs: 2,
+                threads,
+                rate,
+                ..LoadConfig::default()
+            };
+            let plan = config::Plan::new(&cfg).expect("plan");
+            let flows: Vec<Arc<Flow>> = (0..2).map(|_| Arc::new(Flow::new(1))).collect();
+            let jobs = plan.jobs(&cfg, &flows, &[]);
+            assert!(jobs.iter().all(|j| j.senders.len() == j.receivers.len()));
+        }
+    }
+
+    #[test]
     fn fan_out_rooms_are_named_after_the_prefix() {
         assert_eq!(room_name("load42-", 0), "load42-room0");
         assert_ne!(room_name("load42-", 0), room_name("load43-", 0));
