@@ -72,7 +72,8 @@ fn inline_len(payload: &[u8], inline: bool) -> usize {
     }
 }
 
-/// A payload written by reference, after `data[..local_end]`.
+/// A payload written by reference, after the local bytes up to `local_end` (of the
+/// current chunk: `data`, or the first of `closed` not yet ended).
 #[derive(Debug)]
 struct Seg {
     local_end: usize,
@@ -87,6 +88,9 @@ enum Part {
     /// A payload shared by the sessions of this shard (a room fan-out): taking a
     /// reference is a plain increment, not an atomic one on a counter other cores use.
     Fanned(Rc<FanMsg>),
+    /// Not a payload: the current chunk of local bytes ends here (it is the next of
+    /// `OutBuf::closed`), and the following offsets count in the next one.
+    ChunkEnd,
 }
 
 impl Part {
@@ -94,15 +98,23 @@ impl Part {
         match self {
             Part::Bytes(b) => b,
             Part::Fanned(m) => &m.payload,
+            Part::ChunkEnd => &[],
         }
     }
 }
+
+/// A full contiguous buffer holding at least this much is closed and a new one started,
+/// instead of growing it (which copies what it holds).
+const CLOSE_AT: usize = 4096;
 
 /// Outbound queue of one session. Appending never blocks; the writer task takes
 /// everything queued at once ([`OutBuf::take`]) for one writev.
 #[derive(Debug, Default)]
 pub struct OutBuf {
     data: BytesMut,
+    /// Full buffers of local bytes queued before `data`, oldest first (each ended by a
+    /// `Part::ChunkEnd` seg).
+    closed: Vec<Bytes>,
     /// A written-out buffer, uniquely owned again, kept for reuse.
     spare: Option<BytesMut>,
     segs: Vec<Seg>,
@@ -136,6 +148,7 @@ impl OutBuf {
     /// in its unacked queue, and goes back to the store).
     pub fn clear(&mut self) {
         self.data.clear();
+        self.closed.clear();
         self.segs.clear();
         self.len = 0;
     }
@@ -218,9 +231,25 @@ impl OutBuf {
     /// Makes room for `n` more bytes in the contiguous buffer: a buffer given back
     /// by the writer if there is one, else one allocation of at least
     /// [`CHUNK`] bytes (never a chain of doubling reallocations), or of [`FIRST`] bytes
-    /// when the queue holds no buffer at all (a new or released, idle session).
+    /// when the queue holds no buffer at all (a new or released, idle session). A full
+    /// buffer of [`CLOSE_AT`] bytes or more is closed, not grown: what it holds is
+    /// written from where it is, never copied to a bigger one.
     fn ensure(&mut self, n: usize) {
         if self.data.capacity() - self.data.len() >= n {
+            return;
+        }
+        if self.data.len() >= CLOSE_AT {
+            let full = self.data.split().freeze();
+            self.segs.push(Seg {
+                local_end: full.len(),
+                payload: Part::ChunkEnd,
+            });
+            self.closed.push(full);
+            // A busy queue: the next buffer is a chunk at once.
+            self.data = match self.spare.take() {
+                Some(spare) if spare.capacity() >= n.max(CHUNK) => spare,
+                _ => BytesMut::with_capacity(n.max(CHUNK)),
+            };
             return;
         }
         if self.data.is_empty() {
@@ -245,31 +274,40 @@ impl OutBuf {
         self.taken = true;
         let mut batch = spare.unwrap_or_default();
         batch.reset();
-        let data = self.data.split().freeze();
-        // Headers are written straight from `data` (kept alive by `reclaim`): no
-        // reference count per slice.
-        let mut prev = 0usize;
+        // Headers are written straight from the chunks of local bytes (kept alive by
+        // the batch): no reference count per slice.
+        let mut chunks = std::mem::take(&mut self.closed);
+        chunks.push(self.data.split().freeze());
+        let (mut k, mut prev) = (0usize, 0usize);
         for seg in self.segs.drain(..) {
             if seg.local_end > prev {
-                batch.push_local(&data[prev..seg.local_end]);
+                batch.push_local(&chunks[k][prev..seg.local_end]);
             }
-            prev = seg.local_end;
-            batch.push(seg.payload);
+            if let Part::ChunkEnd = seg.payload {
+                (k, prev) = (k + 1, 0);
+            } else {
+                prev = seg.local_end;
+                batch.push(seg.payload);
+            }
         }
-        if data.len() > prev {
-            batch.push_local(&data[prev..]);
+        if chunks[k].len() > prev {
+            batch.push_local(&chunks[k][prev..]);
         }
         batch.total = self.len;
         self.len = 0;
-        batch.reclaim = Some(data);
+        // The heap buffers do not move with their handles: the iovecs stay valid.
+        batch.reclaim = chunks.pop();
+        batch.held = chunks;
         batch
     }
 
-    /// Gives the contiguous buffer of a written batch back for reuse, if no one else holds it.
+    /// Gives the contiguous buffers of a written batch back for reuse, if no one else
+    /// holds them (the biggest is kept).
     pub fn recycle(&mut self, batch: &mut WriteBatch) {
         batch.parts.clear();
         batch.iov.clear();
-        if let Some(data) = batch.reclaim.take() {
+        let last = batch.reclaim.take();
+        for data in batch.held.drain(..).chain(last) {
             if let Ok(mut m) = data.try_into_mut() {
                 m.clear();
                 if self.data.is_empty() && m.capacity() > self.data.capacity() {
@@ -299,6 +337,8 @@ pub struct WriteBatch {
     total: usize,
     written: usize,
     reclaim: Option<Bytes>,
+    /// Closed chunks of local bytes before `reclaim`'s (a queue that outgrew one buffer).
+    held: Vec<Bytes>,
 }
 
 impl std::fmt::Debug for WriteBatch {
@@ -318,6 +358,7 @@ impl WriteBatch {
         self.total = 0;
         self.written = 0;
         self.reclaim = None;
+        self.held.clear();
     }
 
     fn push(&mut self, b: Part) {
@@ -329,7 +370,7 @@ impl WriteBatch {
         self.parts.push(b);
     }
 
-    /// An iovec over part of the header buffer, which `reclaim` keeps alive.
+    /// An iovec over part of a header buffer, which `reclaim` or `held` keeps alive.
     fn push_local(&mut self, s: &[u8]) {
         self.iov.push(libc::iovec {
             iov_base: s.as_ptr() as *mut libc::c_void,
@@ -368,7 +409,7 @@ impl WriteBatch {
     /// encoded before writing: TLS, WebSocket).
     pub fn gather_into(&self, out: &mut BytesMut) {
         for v in &self.iov[self.start..] {
-            // Safety: every iovec points into `parts` or `reclaim`, owned by the batch
+            // Safety: every iovec points into `parts`, `held` or `reclaim`, owned by the batch
             // and unchanged while it is borrowed.
             out.extend_from_slice(unsafe {
                 std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
@@ -380,14 +421,14 @@ impl WriteBatch {
     pub fn parts(&self) -> Vec<&[u8]> {
         self.iov
             .iter()
-            // Safety: every iovec points into `parts` or `reclaim`, owned by the batch
+            // Safety: every iovec points into `parts`, `held` or `reclaim`, owned by the batch
             // and unchanged while it is borrowed.
             .map(|v| unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) })
             .collect()
     }
 }
 
-// Safety: the iovecs point into `parts` and `reclaim`, heap buffers owned by the batch
+// Safety: the iovecs point into `parts`, `held` and `reclaim`, heap buffers owned by the batch
 // that neither move nor change while the runtime holds the batch; the pointer and
 // length stay fixed until `advance`, which is only called once the op returned.
 unsafe impl monoio::buf::IoVecBuf for WriteBatch {
@@ -490,6 +531,68 @@ mod tests {
         q.push_frame(&pong);
         q.release(); // not empty: kept
         assert!(!q.is_empty() && q.data.capacity() > 0);
+    }
+
+    #[test]
+    fn a_queue_that_outgrows_its_buffer_closes_it_and_writes_every_frame_in_order() {
+        let mut q = OutBuf::default();
+        let big = Bytes::from(vec![9u8; 100]);
+        let stamp = DeliverStamp {
+            seq: 0,
+            from_user: b"alice",
+            to_room: b"room",
+            server_ts_us: 1_764_000_000_000_000,
+            msg_id: 77,
+        };
+        let n = 10_000u64;
+        for seq in 1..=n {
+            // Small payloads copied, every third one by reference.
+            let payload = if seq.is_multiple_of(3) {
+                big.clone()
+            } else {
+                Bytes::from(seq.to_le_bytes().to_vec())
+            };
+            q.push_deliver(&DeliverStamp { seq, ..stamp }, &payload, 64);
+        }
+        assert!(q.closed.len() >= 2, "{} chunks closed", q.closed.len());
+        let total = q.len();
+        let mut batch = q.take(None);
+        assert!(q.is_empty() && q.closed.is_empty());
+        assert_eq!(batch.total(), total);
+        // Written in uneven steps, as partial writes go.
+        let mut stream = Vec::new();
+        let mut step = 1usize;
+        while batch.remaining() > 0 {
+            let rest = gather(&batch);
+            let k = step.min(rest.len());
+            stream.extend_from_slice(&rest[..k]);
+            batch.advance(k);
+            step = step * 7 % 40_009 + 1;
+        }
+        let mut stream = BytesMut::from(&stream[..]);
+        assert_eq!(stream.len(), total);
+        let mut seq = 0u64;
+        while let Some(f) = next_frame(&mut stream, 1 << 20).unwrap() {
+            let Some(server_frame::Kind::Deliver(d)) = decode_server(f).unwrap().kind else {
+                panic!("not a Deliver");
+            };
+            seq += 1;
+            assert_eq!(d.seq, seq);
+            if seq.is_multiple_of(3) {
+                assert_eq!(&d.payload[..], &big[..]);
+            } else {
+                assert_eq!(&d.payload[..], &seq.to_le_bytes()[..]);
+            }
+        }
+        assert_eq!(seq, n);
+        // Written out: the biggest buffer is kept for the next batch.
+        q.recycle(&mut batch);
+        assert!(
+            q.data
+                .capacity()
+                .max(q.spare.as_ref().map_or(0, |s| s.capacity()))
+                >= CHUNK
+        );
     }
 
     #[test]
