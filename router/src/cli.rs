@@ -184,6 +184,12 @@ pub struct Args {
     /// Most members in one room.
     #[arg(long, value_name = "N", default_value_t = 10_000, help_heading = LIMITS)]
     pub max_members_per_room: usize,
+    /// In a room of more members than this, a member joining, leaving or being removed is
+    /// told to that member and the owner only, not to everyone (as Twitch chat does above
+    /// 1 000 users): filling a room of n members then costs n events, not n²/2, and
+    /// offline members' queues do not fill with them. RoomInfo still lists everyone.
+    #[arg(long, value_name = "N", default_value_t = 1_000, help_heading = LIMITS)]
+    pub room_events_max_members: usize,
     /// Who may add members to a room: the owner only, or any member.
     #[arg(long, value_name = "POLICY", value_enum, default_value_t = RoomAddPolicy::Owner, help_heading = LIMITS)]
     pub room_add_policy: RoomAddPolicy,
@@ -328,6 +334,7 @@ impl Args {
             max_unacked_per_session: self.max_unacked_per_session,
             max_rooms_per_user: self.max_rooms_per_user,
             max_members_per_room: self.max_members_per_room,
+            room_events_max_members: self.room_events_max_members,
             room_add_policy: self.room_add_policy,
             dm_policy: self.dm_policy,
             max_contacts_per_user: self.max_contacts_per_user,

@@ -126,6 +126,9 @@ pub struct Config {
     pub max_rooms_per_user: usize,
     /// Most members in one room.
     pub max_members_per_room: usize,
+    /// Above this many members, a room's joined / left / removed events go to the
+    /// member concerned and the owner only.
+    pub room_events_max_members: usize,
     /// Who may add members to a room.
     pub room_add_policy: RoomAddPolicy,
     /// Who may send a user direct messages.
@@ -231,6 +234,7 @@ impl Default for Config {
             max_resumable_sessions: 100_000,
             max_rooms_per_user: 1_000,
             max_members_per_room: 10_000,
+            room_events_max_members: 1_000,
             room_add_policy: RoomAddPolicy::Owner,
             dm_policy: DmPolicy::Open,
             max_contacts_per_user: 5_000,

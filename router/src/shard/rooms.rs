@@ -399,6 +399,26 @@ fn plan_for(room: &Room, req: Box<RoomReq>, cfg: &crate::config::Config) -> Plan
 
 const BUSY_HASHING: &str = "too many password operations in progress";
 
+/// Who hears that `subject` joined, left or was removed from the room `rec` (as it is
+/// after the change): every member and the subject, or, in a room of more than `max`
+/// members, the subject and the owner only (each join telling everyone would cost n²/2
+/// events to fill a room of n).
+fn told_of_member_change(rec: &RoomRecord, subject: &str, max: usize) -> Vec<Bytes> {
+    let name = |m: &str| Bytes::copy_from_slice(m.as_bytes());
+    if rec.members.len() > max {
+        let mut told = vec![name(subject)];
+        if rec.owner != subject && rec.members.contains(&rec.owner) {
+            told.push(name(&rec.owner));
+        }
+        return told;
+    }
+    let mut told: Vec<Bytes> = rec.members.iter().map(|m| name(m)).collect();
+    if !rec.members.iter().any(|m| m == subject) {
+        told.push(name(subject));
+    }
+    told
+}
+
 impl Shard {
     /// True when the password hashing pool has as much queued as it should take
     /// (Argon2id is slow on purpose: a flood of guesses must not queue without bound).
@@ -1075,14 +1095,8 @@ impl Shard {
                         RoomOp::Add { user, .. } | RoomOp::Remove { user, .. } => user.clone(),
                         _ => req.user.clone(),
                     };
-                    let mut told: Vec<Bytes> = rec
-                        .members
-                        .iter()
-                        .map(|m| Bytes::copy_from_slice(m.as_bytes()))
-                        .collect();
-                    if !rec.members.contains(&subject) {
-                        told.push(Bytes::copy_from_slice(subject.as_bytes()));
-                    }
+                    let told =
+                        told_of_member_change(&rec, &subject, sh.cfg.room_events_max_members);
                     sh.answer(&req, Status::Ok, "", &rec.join_code);
                     sh.room_event(told, kind, &rec.name, &subject);
                     sh.room_done(&key, After::Record(rec));
@@ -1108,7 +1122,8 @@ impl Shard {
         );
     }
 
-    /// Sends a room event to the live sessions of `users`, wherever they are homed.
+    /// Sends a room event to the live sessions of `users`, wherever they are homed (and
+    /// to the offline queues of those without one).
     fn room_event(&mut self, users: Vec<Bytes>, kind: RoomEventKind, room: &str, user: &str) {
         let event = RoomEvent {
             kind: kind as i32,
@@ -1261,5 +1276,43 @@ impl Shard {
         if let Some(p) = part {
             p.finish(self, Status::Ok);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn room(owner: &str, members: &[&str]) -> RoomRecord {
+        RoomRecord {
+            name: "r".into(),
+            owner: owner.into(),
+            password_hash: None,
+            join_code: "#c".into(),
+            members: members.iter().map(|m| m.to_string()).collect(),
+            created_us: 0,
+        }
+    }
+
+    fn names(v: Vec<Bytes>) -> Vec<String> {
+        v.into_iter()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn member_changes_are_told_to_everyone_up_to_the_bound_then_to_subject_and_owner() {
+        // Joined: the subject is a member now.
+        let r = room("o", &["o", "a", "b"]);
+        assert_eq!(names(told_of_member_change(&r, "b", 3)), ["o", "a", "b"]);
+        assert_eq!(names(told_of_member_change(&r, "b", 2)), ["b", "o"]);
+        // Left or removed: the subject is told although no longer a member.
+        let r = room("o", &["o", "a"]);
+        assert_eq!(names(told_of_member_change(&r, "b", 2)), ["o", "a", "b"]);
+        assert_eq!(names(told_of_member_change(&r, "b", 1)), ["b", "o"]);
+        // The owner as the subject is told once; an owner who left is not told.
+        assert_eq!(names(told_of_member_change(&r, "o", 1)), ["o"]);
+        let r = room("o", &["a", "b", "c"]);
+        assert_eq!(names(told_of_member_change(&r, "c", 2)), ["c"]);
     }
 }

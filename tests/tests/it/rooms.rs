@@ -8,7 +8,7 @@ use std::time::Duration;
 use ringrouter_client::Status;
 use ringrouter_proto::v1::{
     client_frame::Kind as C, server_frame::Kind as S, AddMember, CreateRoom, DeleteRoom, JoinRoom,
-    LeaveRoom, ListRooms, RemoveMember, RoomEvent, RoomEventKind, RoomResult,
+    LeaveRoom, ListRooms, RemoveMember, RoomEvent, RoomEventKind, RoomInfo, RoomResult,
 };
 use ringrouter_tests::{
     assert_survivors, client_frame_bytes, pseudo_random, room_result, room_send_frame_bytes,
@@ -326,6 +326,76 @@ fn room_limits_are_enforced() {
     assert_eq!(v.create_room("r4", "").status, Status::Ok as i32);
     let over = users[0].join_room("r4", "");
     assert_eq!(over.status, Status::RateLimited as i32, "{over:?}");
+}
+
+/// The next frame (pings aside) is a room message with this payload: no RoomEvent came
+/// before it.
+fn next_is_room_message(c: &mut Raw, payload: &[u8], who: &str) {
+    match c.next_non_ping(T) {
+        S::Deliver(d) => assert_eq!(&d.payload[..], payload, "{who}"),
+        other => panic!("{who}: expected the room message, got {other:?}"),
+    }
+}
+
+#[test]
+fn over_the_event_bound_member_changes_reach_only_the_member_and_the_owner() {
+    let r = RouterProc::start(&["--shards", "2", "--room-events-max-members", "2"]);
+    let mut o = r.raw_login("evo");
+    let mut a = r.raw_login("eva");
+    assert_eq!(o.create_room("hall", "").status, Status::Ok as i32);
+    // Two members: at the bound, everyone hears.
+    assert_eq!(a.join_room("hall", "").status, Status::Ok as i32);
+    let joined = RoomEventKind::RoomEventJoined as i32;
+    let e = next_event(&mut o);
+    assert_eq!((e.kind, e.user.as_str()), (joined, "eva"));
+    assert_eq!(next_event(&mut a).user, "eva");
+    // An offline member, then a third and a fourth join: over the bound.
+    let mut c = r.raw_login("evc");
+    assert_eq!(c.join_room("hall", "").status, Status::Ok as i32);
+    assert_eq!(next_event(&mut c).user, "evc");
+    drop(c);
+    let mut d = r.raw_login("evd");
+    assert_eq!(d.join_room("hall", "").status, Status::Ok as i32);
+    // The joiner and the owner are told; eva (a member) is not, nor evc's queue.
+    assert_eq!(next_event(&mut d).user, "evd");
+    for (who, kind) in [("evc", joined), ("evd", joined)] {
+        let e = next_event(&mut o);
+        assert_eq!((e.kind, e.user.as_str()), (kind, who));
+    }
+    // A leave over the bound: the leaver and the owner.
+    let left = RoomEventKind::RoomEventLeft as i32;
+    let mut f = r.raw_login("evf");
+    assert_eq!(f.join_room("hall", "").status, Status::Ok as i32);
+    assert_eq!(next_event(&mut f).user, "evf");
+    assert_eq!(next_event(&mut o).user, "evf");
+    let (res, _) = op(
+        &mut f,
+        C::LeaveRoom(LeaveRoom {
+            request_id: 0,
+            room: "hall".into(),
+        }),
+    );
+    assert_eq!(res.status, Status::Ok as i32);
+    let e = next_event(&mut f);
+    assert_eq!((e.kind, e.user.as_str()), (left, "evf"));
+    let e = next_event(&mut o);
+    assert_eq!((e.kind, e.user.as_str()), (left, "evf"));
+    // A room message as a fence: eva's and d's next frame is it, and so is evc's first
+    // at its next login (its offline queue holds no event).
+    assert_eq!(o.send_room("hall", b"fence", 30), Status::Ok as i32);
+    next_is_room_message(&mut a, b"fence", "eva");
+    next_is_room_message(&mut d, b"fence", "evd");
+    let mut c = r.raw_login("evc");
+    next_is_room_message(&mut c, b"fence", "evc at its next login");
+    // Every member is still listed.
+    let (info, _) = op(
+        &mut a,
+        C::RoomInfo(RoomInfo {
+            request_id: 0,
+            room: "hall".into(),
+        }),
+    );
+    assert_eq!(info.members, ["eva", "evc", "evd", "evo"], "{info:?}");
 }
 
 #[test]
