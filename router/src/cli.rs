@@ -184,10 +184,11 @@ pub struct Args {
     /// Most members in one room.
     #[arg(long, value_name = "N", default_value_t = 10_000, help_heading = LIMITS)]
     pub max_members_per_room: usize,
-    /// In a room of more members than this, a member joining, leaving or being removed is
-    /// told to that member and the owner only, not to everyone (as Twitch chat does above
-    /// 1 000 users): filling a room of n members then costs n events, not n²/2, and
-    /// offline members' queues do not fill with them. RoomInfo still lists everyone.
+    /// In a room of more members than this (counting the member concerned), a member
+    /// joining, leaving or being removed is told to that member and the owner only, not
+    /// to everyone (as Twitch chat does above 1 000 users): filling a room of n members
+    /// then costs about 2n events, not n²/2, and only the owner's offline queue gets them.
+    /// RoomInfo still lists everyone.
     #[arg(long, value_name = "N", default_value_t = 1_000, help_heading = LIMITS)]
     pub room_events_max_members: usize,
     /// Who may add members to a room: the owner only, or any member.

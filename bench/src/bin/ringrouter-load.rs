@@ -173,6 +173,9 @@ fn main() {
     });
     match res {
         Ok(r) => {
+            if a.server_pid.is_some() && r.server_cpu_s.is_none() {
+                eprintln!("ringrouter-load: cannot read the CPU of --server-pid (no such process on this machine?)");
+            }
             if a.json {
                 println!("{}", r.to_json());
             } else {

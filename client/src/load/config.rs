@@ -181,8 +181,9 @@ impl Plan {
     }
 
     /// Assigns the work to the engine threads: senders round-robin, receivers
-    /// round-robin (pairs: with their sender). `join_codes[i]`: the join code
-    /// of sender `i`'s fan-out room.
+    /// round-robin (pairs: with their sender). A paced run (`rate`, two threads or
+    /// more) puts every sender on thread 0 and the receivers on the others.
+    /// `join_codes[i]`: the join code of sender `i`'s fan-out room.
     pub(super) fn jobs(
         &self,
         cfg: &LoadConfig,

@@ -305,8 +305,9 @@ pub(super) fn new_hist() -> Histogram<u64> {
 }
 
 thread_local! {
-    /// This engine thread runs only paced senders: they may sleep blocking, on the
-    /// fine timer.
+    /// This engine thread runs one paced sender and no receiver: it may sleep blocking,
+    /// on the fine timer (other tasks on the thread: the sender's reader only, which it
+    /// lets run after every write).
     static FINE_PACING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
@@ -319,6 +320,21 @@ fn fine_pacing() {
     FINE_PACING.set(true);
     // Safety: PR_SET_TIMERSLACK takes an integer and changes only this thread.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1_000 as libc::c_ulong) };
+}
+
+/// Lets the thread's other ready tasks run once.
+async fn yield_once() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 /// Starts engine thread `t`. It connects its jobs, meets the caller at the
@@ -336,7 +352,10 @@ pub(super) fn spawn_thread(
                 .enable_timer()
                 .build()
                 .map_err(|e| e.to_string())?;
-            if shared.cfg.rate.is_some() && jobs.receivers.is_empty() {
+            // One sender only: with several, one's blocking sleep would hold up the
+            // others (and with the epoll driver, whose writes complete without
+            // yielding, each would run to its end before the next began).
+            if shared.cfg.rate.is_some() && jobs.receivers.is_empty() && jobs.senders.len() == 1 {
                 fine_pacing();
             }
             rt.block_on(async move {
@@ -739,6 +758,11 @@ impl Sending<'_> {
             buf = b;
             if r.is_err() {
                 return (buf, true);
+            }
+            if FINE_PACING.get() {
+                // The sender's reader (pings, replies) runs between paced writes even
+                // when the write completed without yielding (the epoll driver).
+                yield_once().await;
             }
         }
     }

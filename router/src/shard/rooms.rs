@@ -401,11 +401,13 @@ const BUSY_HASHING: &str = "too many password operations in progress";
 
 /// Who hears that `subject` joined, left or was removed from the room `rec` (as it is
 /// after the change): every member and the subject, or, in a room of more than `max`
-/// members, the subject and the owner only (each join telling everyone would cost n²/2
-/// events to fill a room of n).
+/// members with the subject counted in, the subject and the owner only (each join
+/// telling everyone would cost n²/2 events to fill a room of n).
 fn told_of_member_change(rec: &RoomRecord, subject: &str, max: usize) -> Vec<Bytes> {
     let name = |m: &str| Bytes::copy_from_slice(m.as_bytes());
-    if rec.members.len() > max {
+    let is_member = rec.members.iter().any(|m| m == subject);
+    // A leave or removal is judged at the room's size before it, a join after it.
+    if rec.members.len() + usize::from(!is_member) > max {
         let mut told = vec![name(subject)];
         if rec.owner != subject && rec.members.contains(&rec.owner) {
             told.push(name(&rec.owner));
@@ -413,7 +415,7 @@ fn told_of_member_change(rec: &RoomRecord, subject: &str, max: usize) -> Vec<Byt
         return told;
     }
     let mut told: Vec<Bytes> = rec.members.iter().map(|m| name(m)).collect();
-    if !rec.members.iter().any(|m| m == subject) {
+    if !is_member {
         told.push(name(subject));
     }
     told
@@ -1306,13 +1308,15 @@ mod tests {
         let r = room("o", &["o", "a", "b"]);
         assert_eq!(names(told_of_member_change(&r, "b", 3)), ["o", "a", "b"]);
         assert_eq!(names(told_of_member_change(&r, "b", 2)), ["b", "o"]);
-        // Left or removed: the subject is told although no longer a member.
+        // Left or removed: the subject is told although no longer a member, and the
+        // room is judged at its size before (three members here).
         let r = room("o", &["o", "a"]);
-        assert_eq!(names(told_of_member_change(&r, "b", 2)), ["o", "a", "b"]);
-        assert_eq!(names(told_of_member_change(&r, "b", 1)), ["b", "o"]);
+        assert_eq!(names(told_of_member_change(&r, "b", 3)), ["o", "a", "b"]);
+        assert_eq!(names(told_of_member_change(&r, "b", 2)), ["b", "o"]);
         // The owner as the subject is told once; an owner who left is not told.
         assert_eq!(names(told_of_member_change(&r, "o", 1)), ["o"]);
         let r = room("o", &["a", "b", "c"]);
         assert_eq!(names(told_of_member_change(&r, "c", 2)), ["c"]);
+        assert_eq!(names(told_of_member_change(&r, "d", 3)), ["d"]);
     }
 }
