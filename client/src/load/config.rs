@@ -157,8 +157,8 @@ impl Plan {
         } else {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         };
-        // Paced (--rate): the senders get a thread of their own, which sleeps between
-        // sends with a fine timer (see `Plan::jobs`), and the receivers the others.
+        // Paced (--rate): the senders get a thread of their own (a lone one sleeps between
+        // sends on a fine timer, see `engine::fine_pacing`), the receivers the others.
         let paced = cfg.rate.is_some() && threads >= 2;
         let needed = senders * fan + usize::from(paced);
         Ok(Plan {
