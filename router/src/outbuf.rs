@@ -274,30 +274,37 @@ impl OutBuf {
         self.taken = true;
         let mut batch = spare.unwrap_or_default();
         batch.reset();
-        // Headers are written straight from the chunks of local bytes (kept alive by
-        // the batch): no reference count per slice.
-        let mut chunks = std::mem::take(&mut self.closed);
-        chunks.push(self.data.split().freeze());
-        let (mut k, mut prev) = (0usize, 0usize);
-        for seg in self.segs.drain(..) {
-            if seg.local_end > prev {
-                batch.push_local(&chunks[k][prev..seg.local_end]);
+        // Headers are written straight from the chunks of local bytes, which the batch
+        // keeps alive (heap buffers do not move with their handles): no reference count
+        // per slice. The closed ones move into `held`; both vectors keep their capacity,
+        // so a batch allocates nothing here.
+        batch.held.append(&mut self.closed);
+        let data = self.data.split().freeze();
+        {
+            let WriteBatch {
+                iov, parts, held, ..
+            } = &mut batch;
+            let chunk = |k: usize| held.get(k).map_or(&data[..], |c| &c[..]);
+            let (mut k, mut prev) = (0usize, 0usize);
+            for seg in self.segs.drain(..) {
+                if seg.local_end > prev {
+                    iov.push(iovec_of(&chunk(k)[prev..seg.local_end]));
+                }
+                if let Part::ChunkEnd = seg.payload {
+                    (k, prev) = (k + 1, 0);
+                } else {
+                    prev = seg.local_end;
+                    iov.push(iovec_of(seg.payload.as_slice()));
+                    parts.push(seg.payload);
+                }
             }
-            if let Part::ChunkEnd = seg.payload {
-                (k, prev) = (k + 1, 0);
-            } else {
-                prev = seg.local_end;
-                batch.push(seg.payload);
+            if chunk(k).len() > prev {
+                iov.push(iovec_of(&chunk(k)[prev..]));
             }
-        }
-        if chunks[k].len() > prev {
-            batch.push_local(&chunks[k][prev..]);
         }
         batch.total = self.len;
         self.len = 0;
-        // The heap buffers do not move with their handles: the iovecs stay valid.
-        batch.reclaim = chunks.pop();
-        batch.held = chunks;
+        batch.reclaim = Some(data);
         batch
     }
 
@@ -321,6 +328,15 @@ impl OutBuf {
                 }
             }
         }
+    }
+}
+
+/// An iovec over `s`, which the batch it goes into keeps alive (in `parts`, `held` or
+/// `reclaim`).
+fn iovec_of(s: &[u8]) -> libc::iovec {
+    libc::iovec {
+        iov_base: s.as_ptr() as *mut libc::c_void,
+        iov_len: s.len(),
     }
 }
 
@@ -359,23 +375,6 @@ impl WriteBatch {
         self.written = 0;
         self.reclaim = None;
         self.held.clear();
-    }
-
-    fn push(&mut self, b: Part) {
-        let s = b.as_slice();
-        self.iov.push(libc::iovec {
-            iov_base: s.as_ptr() as *mut libc::c_void,
-            iov_len: s.len(),
-        });
-        self.parts.push(b);
-    }
-
-    /// An iovec over part of a header buffer, which `reclaim` or `held` keeps alive.
-    fn push_local(&mut self, s: &[u8]) {
-        self.iov.push(libc::iovec {
-            iov_base: s.as_ptr() as *mut libc::c_void,
-            iov_len: s.len(),
-        });
     }
 
     /// Bytes in the batch.

@@ -740,8 +740,8 @@ impl Sending<'_> {
                         ((self.sent + 1) as f64 / rate - started.elapsed().as_secs_f64()).max(0.0),
                     );
                     if FINE_PACING.get() && wait < FINE_PACING_UNDER {
-                        // This thread runs senders only: a blocking sleep on the fine
-                        // timer. monoio's timer ticks in milliseconds, which sends 10k/s
+                        // This thread runs this sender only (and its reader): a
+                        // blocking sleep on the fine timer. monoio's timer ticks in milliseconds, which sends 10k/s
                         // in bursts of ten or twenty stamped at once.
                         std::thread::sleep(wait);
                     } else {

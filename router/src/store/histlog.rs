@@ -246,8 +246,10 @@ impl HistLog {
             if self.files.get(id).is_some_and(|s| s.size < self.file_max) {
                 return Ok(*id);
             }
-            // Full: closed for appends; deleted as soon as nothing in it is live.
+            // Full: its staged bytes written, closed for appends; deleted as soon as
+            // nothing in it is live.
             let id = *id;
+            self.write_stage()?;
             self.active = None;
             if self.files.get(&id).is_some_and(|s| s.live == 0) {
                 self.doomed.push(id);
@@ -283,24 +285,23 @@ impl HistLog {
     /// Appends entries (key, data) in order and returns where each one's data is. The
     /// data counts as live at once (see [`HistLog::release`]).
     pub(crate) fn append(&mut self, items: &[(&[u8], &[u8])]) -> io::Result<Vec<Loc>> {
-        let before: Vec<(u32, u64)> = self.files.iter().map(|(id, s)| (*id, s.live)).collect();
-        let r = self.append_inner(items);
-        if r.is_err() {
+        let mut locs = Vec::with_capacity(items.len());
+        if let Err(e) = self.append_inner(items, &mut locs) {
             // Nothing points to what this call wrote: its live bytes do not count.
             self.stage.clear();
-            for (id, s) in self.files.iter_mut() {
-                s.live = before
-                    .iter()
-                    .find(|(b, _)| b == id)
-                    .map_or(0, |(_, live)| *live);
-                self.changed.insert(*id);
+            for loc in &locs {
+                if let Some(s) = self.files.get_mut(&loc.file) {
+                    s.live = s.live.saturating_sub(u64::from(loc.len));
+                }
+                self.changed.insert(loc.file);
             }
+            return Err(e);
         }
-        r
+        Ok(locs)
     }
 
-    fn append_inner(&mut self, items: &[(&[u8], &[u8])]) -> io::Result<Vec<Loc>> {
-        let mut locs = Vec::with_capacity(items.len());
+    /// [`HistLog::append`]'s work: `locs` gets each entry counted live so far.
+    fn append_inner(&mut self, items: &[(&[u8], &[u8])], locs: &mut Vec<Loc>) -> io::Result<()> {
         let mut heads: Vec<[u8; ENTRY_HEADER]> = Vec::with_capacity(items.len());
         for (k, d) in items {
             let klen = u16::try_from(k.len()).map_err(|_| io::Error::other("key too long"))?;
@@ -311,14 +312,6 @@ impl HistLog {
             heads.push(h);
         }
         for (i, (k, d)) in items.iter().enumerate() {
-            // Staged bytes belong to the active file: written before it rolls.
-            if self
-                .active
-                .as_ref()
-                .is_some_and(|(id, _)| self.files.get(id).is_some_and(|s| s.size >= self.file_max))
-            {
-                self.write_stage()?;
-            }
             let id = self.active()?;
             // (`size` counts the staged bytes too.)
             let start = self.files.get(&id).map_or(0, |s| s.size);
@@ -357,8 +350,7 @@ impl HistLog {
                 self.write_stage()?;
             }
         }
-        self.write_stage()?;
-        Ok(locs)
+        self.write_stage()
     }
 
     /// Writes the staged small entries to the active file (one `write`).
@@ -735,6 +727,26 @@ mod tests {
         let log = HistLog::open(d.path(), [(2, 5)], 0, 100).unwrap();
         assert_eq!(log.read(next, b"new").unwrap().unwrap(), b"fresh");
         assert_eq!(log.file_count(), 1);
+    }
+
+    #[test]
+    fn a_failed_append_counts_nothing_live_and_the_next_one_starts_a_new_file() {
+        let d = dir();
+        let mut log = HistLog::open(d.path(), [], 0, 1 << 20).unwrap();
+        let a = log.append(&[(b"a", b"kept")]).unwrap()[0];
+        let big = vec![3u8; STAGE_ENTRY_MAX + 1];
+        // A staged entry, then one written apart.
+        for items in [&[(&b"s"[..], &b"staged"[..])][..], &[(b"b", &big[..])]] {
+            // The active file, as a handle that cannot write: every write fails.
+            let ro = File::open(log.path(a.file)).unwrap();
+            log.active = Some((a.file, ro));
+            assert!(log.append(items).is_err());
+            assert_eq!(log.live(a.file), 4, "only what a pointer names is live");
+        }
+        let n = log.append(&[(b"n", b"next")]).unwrap()[0];
+        assert_ne!(n.file, a.file);
+        assert_eq!(log.read(n, b"n").unwrap().unwrap(), b"next");
+        assert_eq!(log.read(a, b"a").unwrap().unwrap(), b"kept");
     }
 
     #[test]

@@ -309,7 +309,7 @@ impl Worker {
         let budget = self.hist.opts.memory_bytes;
         if budget > 0 && self.hist.tail_bytes >= budget {
             self.hist_flush()?;
-        } else if self.hist.write_through && self.durability == Durability::Sync {
+        } else if self.durability == Durability::Sync {
             // Sync durability: written once at the end of the round, before its commit
             // (`finish_round`), so in the group commit of the messages it holds. Flushing
             // per request (a message each in sync mode) cost half of sync throughput.
