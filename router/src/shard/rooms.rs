@@ -18,7 +18,9 @@
 //! messages until it is answered, so they keep their order.
 //!
 //! # Fan-out
-//! The room keeps its members grouped by their home shard (`Arc<[Bytes]>` per shard). A
+//! The room keeps its members grouped by their home shard; each group's `Arc<[Bytes]>`
+//! is built at the first message after a change of that group (a join or leave costs
+//! one key in the store and a push to one group, not a rewrite of the member list). A
 //! message becomes one `Mail::RoomDeliver` per shard with members (and a direct call for
 //! this shard). There it becomes one [`FanMsg`](crate::outbuf::FanMsg): the payload
 //! (never copied) and a Deliver header encoded once; every session of every member on that
@@ -159,37 +161,90 @@ impl FanCache {
 /// A loaded room.
 #[derive(Debug)]
 pub struct Room {
+    /// The record without its member list (that is `members`).
     rec: RoomRecord,
     members: NameSet<Bytes>,
-    /// Members grouped by home shard.
-    fan: Vec<(usize, Arc<[Bytes]>)>,
+    /// Members grouped by home shard (in no order).
+    groups: Vec<Vec<Bytes>>,
+    /// Per shard, its group as sent with a message: built at the first message after the
+    /// group changed (the list's address keys the members' shard's resolved sessions).
+    fan: Vec<std::cell::OnceCell<Arc<[Bytes]>>>,
 }
 
 impl Room {
-    fn new(rec: RoomRecord, shards: usize) -> Box<Room> {
-        let members: NameSet<Bytes> = rec
-            .members
-            .iter()
-            .map(|m| Bytes::copy_from_slice(m.as_bytes()))
-            .collect();
-        let mut groups: Vec<Vec<Bytes>> = (0..shards).map(|_| Vec::new()).collect();
-        let mut sorted: Vec<&Bytes> = members.iter().collect();
-        sorted.sort();
-        for m in sorted {
-            groups[super::home_shard(m, shards)].push(m.clone());
+    fn new(mut rec: RoomRecord, shards: usize) -> Box<Room> {
+        let mut room = Room {
+            members: NameSet::default(),
+            groups: (0..shards).map(|_| Vec::new()).collect(),
+            fan: (0..shards).map(|_| std::cell::OnceCell::new()).collect(),
+            rec: RoomRecord::default(),
+        };
+        for m in std::mem::take(&mut rec.members) {
+            room.add(m.as_bytes());
         }
-        let fan = groups
-            .into_iter()
-            .enumerate()
-            .filter(|(_, g)| !g.is_empty())
-            .map(|(i, g)| (i, Arc::from(g)))
-            .collect();
-        Box::new(Room { rec, members, fan })
+        room.rec = rec;
+        Box::new(room)
     }
 
     fn is_member(&self, user: &str) -> bool {
         self.members.contains(user.as_bytes())
     }
+
+    /// `user` is a member now (its shard's group changes; the others keep their lists).
+    fn add(&mut self, user: &[u8]) {
+        let user = Bytes::copy_from_slice(user);
+        if self.members.insert(user.clone()) {
+            let shard = super::home_shard(&user, self.groups.len());
+            self.groups[shard].push(user);
+            self.fan[shard].take();
+        }
+    }
+
+    /// `user` is no longer a member.
+    fn remove(&mut self, user: &[u8]) {
+        if self.members.remove(user) {
+            let shard = super::home_shard(user, self.groups.len());
+            let g = &mut self.groups[shard];
+            if let Some(i) = g.iter().position(|m| &m[..] == user) {
+                g.swap_remove(i);
+            }
+            self.fan[shard].take();
+        }
+    }
+
+    /// The shards with members and each one's list.
+    fn fan(&self) -> impl Iterator<Item = (usize, Arc<[Bytes]>)> + '_ {
+        self.groups
+            .iter()
+            .zip(&self.fan)
+            .enumerate()
+            .filter(|(_, (g, _))| !g.is_empty())
+            .map(|(i, (g, f))| (i, f.get_or_init(|| Arc::from(g.as_slice())).clone()))
+    }
+
+    /// How many shards have members.
+    fn fan_len(&self) -> usize {
+        self.groups.iter().filter(|g| !g.is_empty()).count()
+    }
+
+    /// Member names, sorted.
+    fn member_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| String::from_utf8_lossy(m).into_owned())
+            .collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// What the store had for a name or join code.
+enum Found {
+    /// The room of that name.
+    Record(RoomRecord),
+    /// The join code of the room of this name (homed elsewhere, perhaps).
+    Elsewhere(String),
 }
 
 #[derive(Debug)]
@@ -252,11 +307,11 @@ enum Plan {
     /// An answer right away: (request, status, reason, join code).
     Answer(Box<RoomReq>, Status, String, String),
     /// Check the password and the joiner's room count, then write.
-    Join(Box<RoomReq>, RoomRecord, Option<String>, String),
+    Join(Box<RoomReq>, Option<String>, String),
     /// Check that the user exists and its room count, then write.
-    Add(Box<RoomReq>, RoomRecord, String),
-    /// Write the new record and send the event.
-    Write(Box<RoomReq>, RoomRecord, RoomEventKind),
+    Add(Box<RoomReq>, String),
+    /// Take this member out and send the event.
+    Remove(Box<RoomReq>, String, RoomEventKind),
     /// Delete the room.
     Delete(Box<RoomReq>),
     /// Send this answer (RoomInfo).
@@ -270,16 +325,6 @@ fn plan_for(room: &Room, req: Box<RoomReq>, cfg: &crate::config::Config) -> Plan
     let answer = |req, status, reason: &str, code: &str| {
         Plan::Answer(req, status, reason.to_owned(), code.to_owned())
     };
-    let without = |user: &str| {
-        let mut rec = room.rec.clone();
-        rec.members.retain(|m| m != user);
-        rec
-    };
-    let with = |user: &str| {
-        let mut rec = room.rec.clone();
-        rec.members.push(user.to_owned());
-        rec
-    };
     match &req.op {
         RoomOp::Create { .. } => answer(req, Status::Conflict, "room already exists", ""),
         RoomOp::Join { password, .. } => {
@@ -288,9 +333,8 @@ fn plan_for(room: &Room, req: Box<RoomReq>, cfg: &crate::config::Config) -> Plan
             } else if room.members.len() >= cfg.max_members_per_room {
                 answer(req, Status::RateLimited, "the room is full", "")
             } else {
-                let rec = with(&req.user);
                 let (phc, password) = (room.rec.password_hash.clone(), password.clone());
-                Plan::Join(req, rec, phc, password)
+                Plan::Join(req, phc, password)
             }
         }
         RoomOp::Leave { .. } => {
@@ -304,16 +348,15 @@ fn plan_for(room: &Room, req: Box<RoomReq>, cfg: &crate::config::Config) -> Plan
                     "",
                 )
             } else {
-                let rec = without(&req.user);
-                Plan::Write(req, rec, RoomEventKind::RoomEventLeft)
+                let user = req.user.clone();
+                Plan::Remove(req, user, RoomEventKind::RoomEventLeft)
             }
         }
         RoomOp::Info { .. } => {
             if !room.is_member(&req.user) {
                 answer(req, Status::Forbidden, "not a member of the room", "")
             } else {
-                let mut members = room.rec.members.clone();
-                members.sort_unstable();
+                let members = room.member_names();
                 // The join code lets anyone in: the owner's to hand out.
                 let code = if owner {
                     room.rec.join_code.as_str()
@@ -346,8 +389,8 @@ fn plan_for(room: &Room, req: Box<RoomReq>, cfg: &crate::config::Config) -> Plan
             } else if room.members.len() >= cfg.max_members_per_room {
                 answer(req, Status::RateLimited, "the room is full", "")
             } else {
-                let (rec, target) = (with(user), user.clone());
-                Plan::Add(req, rec, target)
+                let target = user.clone();
+                Plan::Add(req, target)
             }
         }
         RoomOp::Remove { user, .. } => {
@@ -368,8 +411,8 @@ fn plan_for(room: &Room, req: Box<RoomReq>, cfg: &crate::config::Config) -> Plan
             } else if !room.is_member(user) {
                 answer(req, Status::NotFound, "not a member of the room", "")
             } else {
-                let rec = without(user);
-                Plan::Write(req, rec, RoomEventKind::RoomEventRemoved)
+                let user = user.clone();
+                Plan::Remove(req, user, RoomEventKind::RoomEventRemoved)
             }
         }
         RoomOp::Delete { .. } => {
@@ -388,8 +431,8 @@ fn plan_for(room: &Room, req: Box<RoomReq>, cfg: &crate::config::Config) -> Plan
             if owner {
                 Plan::Delete(req)
             } else if room.is_member(&req.user) {
-                let rec = without(&req.user);
-                Plan::Write(req, rec, RoomEventKind::RoomEventRemoved)
+                let user = req.user.clone();
+                Plan::Remove(req, user, RoomEventKind::RoomEventRemoved)
             } else {
                 Plan::Done
             }
@@ -399,22 +442,27 @@ fn plan_for(room: &Room, req: Box<RoomReq>, cfg: &crate::config::Config) -> Plan
 
 const BUSY_HASHING: &str = "too many password operations in progress";
 
-/// Who hears that `subject` joined, left or was removed from the room `rec` (as it is
-/// after the change): every member and the subject, or, in a room of more than `max`
-/// members with the subject counted in, the subject and the owner only (each join
-/// telling everyone would cost n²/2 events to fill a room of n).
-fn told_of_member_change(rec: &RoomRecord, subject: &str, max: usize) -> Vec<Bytes> {
+/// Who hears that `subject` joined, left or was removed from a room of `members` (as it
+/// is after the change) owned by `owner`: every member and the subject, or, in a room of
+/// more than `max` members with the subject counted in, the subject and the owner only
+/// (each join telling everyone would cost n²/2 events to fill a room of n).
+fn told_of_member_change(
+    members: &NameSet<Bytes>,
+    owner: &str,
+    subject: &str,
+    max: usize,
+) -> Vec<Bytes> {
     let name = |m: &str| Bytes::copy_from_slice(m.as_bytes());
-    let is_member = rec.members.iter().any(|m| m == subject);
+    let is_member = members.contains(subject.as_bytes());
     // A leave or removal is judged at the room's size before it, a join after it.
-    if rec.members.len() + usize::from(!is_member) > max {
+    if members.len() + usize::from(!is_member) > max {
         let mut told = vec![name(subject)];
-        if rec.owner != subject && rec.members.contains(&rec.owner) {
-            told.push(name(&rec.owner));
+        if owner != subject && members.contains(owner.as_bytes()) {
+            told.push(name(owner));
         }
         return told;
     }
-    let mut told: Vec<Bytes> = rec.members.iter().map(|m| name(m)).collect();
+    let mut told: Vec<Bytes> = members.iter().cloned().collect();
     if !is_member {
         told.push(name(subject));
     }
@@ -601,28 +649,42 @@ impl Shard {
                     },
                 );
                 let k = String::from_utf8_lossy(&key).into_owned();
-                self.store_req(
-                    |st, cb| st.get_room(&k, cb),
-                    move |sh, r| sh.on_room_loaded(key, r),
-                );
+                if k.starts_with(CODE_MARK) {
+                    // A join code: only the name is needed here (the room's home loads it).
+                    self.store_req(
+                        |st, cb| st.room_by_code(&k, cb),
+                        move |sh, r| sh.on_room_loaded(key, r.map(|n| n.map(Found::Elsewhere))),
+                    );
+                } else {
+                    self.store_req(
+                        |st, cb| st.get_room(&k, cb),
+                        move |sh, r| sh.on_room_loaded(key, r.map(|r| r.map(Found::Record))),
+                    );
+                }
             }
         }
     }
 
-    fn on_room_loaded(&mut self, key: Bytes, r: StoreResult<Option<RoomRecord>>) {
+    fn on_room_loaded(&mut self, key: Bytes, r: StoreResult<Option<Found>>) {
+        let r = r.map(|found| match found {
+            Some(Found::Record(rec)) if rec.name.as_bytes() != &key[..] => {
+                Some(Found::Elsewhere(rec.name))
+            }
+            other => other,
+        });
         match r {
-            Ok(Some(rec)) if rec.name.as_bytes() != &key[..] => {
+            Ok(Some(Found::Elsewhere(room))) => {
                 // Found by join code: the work goes to the room's own home, by name.
                 let Some(slot) = self.rooms.remove(&key[..]) else {
                     return;
                 };
-                let home = self.home(rec.name.as_bytes());
-                let name = Bytes::copy_from_slice(rec.name.as_bytes());
+                let home = self.home(room.as_bytes());
+                let name = Bytes::copy_from_slice(room.as_bytes());
                 for w in slot.queue {
                     self.parked_bytes -= w.weight();
                     match w {
                         RoomWork::Req(mut req) => {
-                            req.op.rename(&rec.name);
+                            req.op.rename(&room);
                             self.post(home, Mail::Room(req));
                         }
                         RoomWork::Send(mut s) => {
@@ -636,8 +698,9 @@ impl Shard {
                 let n = self.n;
                 if let Some(slot) = self.rooms.get_mut(&key[..]) {
                     slot.state = match found {
-                        Some(rec) => RoomState::Ready(Room::new(rec, n)),
-                        None => RoomState::Missing,
+                        Some(Found::Record(rec)) => RoomState::Ready(Room::new(rec, n)),
+                        // (Records of another name were turned into `Elsewhere` above.)
+                        Some(Found::Elsewhere(_)) | None => RoomState::Missing,
                     };
                     slot.busy = false;
                 }
@@ -777,31 +840,31 @@ impl Shard {
         match plan {
             Plan::Done => {}
             Plan::Answer(req, status, reason, code) => self.answer(&req, status, &reason, &code),
-            Plan::Join(req, rec, phc, password) => {
+            Plan::Join(req, phc, password) => {
                 slot.busy = true;
                 self.check_room_password(password, phc, req, move |sh, req| {
+                    let user = req.user.clone();
                     if req.quota {
                         // The joiner's room count was checked on its home shard.
-                        sh.write_room(key, req, rec, RoomEventKind::RoomEventJoined);
+                        sh.write_member(key, req, user, RoomEventKind::RoomEventJoined);
                     } else {
-                        let user = req.user.clone();
-                        sh.check_room_limit(user, req, move |sh, req| {
-                            sh.write_room(key, req, rec, RoomEventKind::RoomEventJoined);
+                        sh.check_room_limit(user.clone(), req, move |sh, req| {
+                            sh.write_member(key, req, user, RoomEventKind::RoomEventJoined);
                         });
                     }
                 });
             }
-            Plan::Add(req, rec, target) => {
+            Plan::Add(req, target) => {
                 slot.busy = true;
                 self.check_user_exists(target.clone(), req, move |sh, req| {
-                    sh.check_room_limit(target, req, move |sh, req| {
-                        sh.write_room(key, req, rec, RoomEventKind::RoomEventJoined);
+                    sh.check_room_limit(target.clone(), req, move |sh, req| {
+                        sh.write_member(key, req, target, RoomEventKind::RoomEventJoined);
                     });
                 });
             }
-            Plan::Write(req, rec, kind) => {
+            Plan::Remove(req, user, kind) => {
                 slot.busy = true;
-                self.write_room(key, req, rec, kind);
+                self.write_member(key, req, user, kind);
             }
             Plan::Delete(req) => {
                 slot.busy = true;
@@ -825,33 +888,34 @@ impl Shard {
             // Kept in the room's history (never an ephemeral message or a receipt).
             self.history_room(key, &s.from_user, &s.payload, s.msg_id, s.ts_us);
         }
-        if room.fan.is_empty() || live {
+        let shards = room.fan_len();
+        if shards == 0 || live {
             // Ephemeral: live sessions only, nothing to wait for.
             self.reply_send(s.reply, s.msg_id, Status::Ok);
         }
-        if room.fan.is_empty() {
+        if shards == 0 {
             return;
         }
         let ack = s
             .reply
             .filter(|_| !live)
-            .map(|reply| RoomAck::new(room.fan.len(), reply, s.msg_id));
-        for (shard, users) in &room.fan {
+            .map(|reply| RoomAck::new(shards, reply, s.msg_id));
+        for (shard, users) in room.fan() {
             let f = RoomFan {
                 room: key.clone(),
                 from_user: s.from_user.clone(),
                 payload: s.payload.clone(),
                 msg_id: s.msg_id,
                 ts_us: s.ts_us,
-                users: users.clone(),
+                users,
                 sender: s.sender,
                 ack: ack.clone(),
                 live: s.live,
             };
-            if *shard == self.id {
+            if shard == self.id {
                 self.on_room_fan(f);
             } else {
-                self.post(*shard, Mail::RoomDeliver(f));
+                self.post(shard, Mail::RoomDeliver(f));
             }
         }
     }
@@ -1086,22 +1150,40 @@ impl Shard {
         );
     }
 
-    /// Writes a changed member list, then tells the members (old and new) what happened.
-    fn write_room(&mut self, key: Bytes, req: Box<RoomReq>, rec: RoomRecord, kind: RoomEventKind) {
-        let record = rec.clone();
+    /// Writes one member in or out (one key, whatever the room's size), then tells the
+    /// members (old and new) what happened.
+    fn write_member(&mut self, key: Bytes, req: Box<RoomReq>, user: String, kind: RoomEventKind) {
+        let joined = kind == RoomEventKind::RoomEventJoined;
+        let room = String::from_utf8_lossy(&key).into_owned();
+        let u = user.clone();
         self.store_req(
-            |st, cb| st.put_room(record, cb),
+            |st, cb| {
+                if joined {
+                    st.add_member(&room, &u, cb)
+                } else {
+                    st.remove_member(&room, &u, cb)
+                }
+            },
             move |sh, r| match r {
                 Ok(()) => {
-                    let subject = match &req.op {
-                        RoomOp::Add { user, .. } | RoomOp::Remove { user, .. } => user.clone(),
-                        _ => req.user.clone(),
+                    let max = sh.cfg.room_events_max_members;
+                    let Some(RoomState::Ready(room)) =
+                        sh.rooms.get_mut(&key[..]).map(|slot| &mut slot.state)
+                    else {
+                        // Busy rooms stay loaded (`trim_room_cache`).
+                        sh.room_done(&key, After::Same);
+                        return;
                     };
-                    let told =
-                        told_of_member_change(&rec, &subject, sh.cfg.room_events_max_members);
-                    sh.answer(&req, Status::Ok, "", &rec.join_code);
-                    sh.room_event(told, kind, &rec.name, &subject);
-                    sh.room_done(&key, After::Record(rec));
+                    if joined {
+                        room.add(user.as_bytes());
+                    } else {
+                        room.remove(user.as_bytes());
+                    }
+                    let told = told_of_member_change(&room.members, &room.rec.owner, &user, max);
+                    let (name, code) = (room.rec.name.clone(), room.rec.join_code.clone());
+                    sh.answer(&req, Status::Ok, "", &code);
+                    sh.room_event(told, kind, &name, &user);
+                    sh.room_done(&key, After::Same);
                 }
                 Err(e) => sh.room_failed(&key, &req, &e),
             },
@@ -1285,38 +1367,86 @@ impl Shard {
 mod tests {
     use super::*;
 
-    fn room(owner: &str, members: &[&str]) -> RoomRecord {
-        RoomRecord {
-            name: "r".into(),
-            owner: owner.into(),
-            password_hash: None,
-            join_code: "#c".into(),
-            members: members.iter().map(|m| m.to_string()).collect(),
-            created_us: 0,
-        }
+    fn set(members: &[&str]) -> NameSet<Bytes> {
+        members
+            .iter()
+            .map(|m| Bytes::copy_from_slice(m.as_bytes()))
+            .collect()
     }
 
+    /// Sorted (a member set has no order).
     fn names(v: Vec<Bytes>) -> Vec<String> {
-        v.into_iter()
+        let mut v: Vec<String> = v
+            .into_iter()
             .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .collect()
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_member_change_rebuilds_only_its_shards_list() {
+        let rec = RoomRecord {
+            name: "r".into(),
+            owner: "o".into(),
+            members: (0..40).map(|i| format!("u{i}")).collect(),
+            ..RoomRecord::default()
+        };
+        let mut room = Room::new(rec, 2);
+        assert!(room.rec.members.is_empty(), "kept once, in the set");
+        let lists = |room: &Room| room.fan().collect::<Vec<_>>();
+        let before = lists(&room);
+        assert_eq!(before.len(), 2, "40 members fill both shards");
+        assert_eq!(before.iter().map(|(_, l)| l.len()).sum::<usize>(), 40);
+        // Built once per change: a second message gets the same lists.
+        for ((_, a), (_, b)) in before.iter().zip(lists(&room)) {
+            assert!(Arc::ptr_eq(a, &b));
+        }
+        let new = "newcomer";
+        let home = super::super::home_shard(new.as_bytes(), 2);
+        room.add(new.as_bytes());
+        room.add(new.as_bytes());
+        assert_eq!(room.members.len(), 41);
+        let after = lists(&room);
+        for ((s, a), (_, b)) in before.iter().zip(&after) {
+            assert_eq!(Arc::ptr_eq(a, b), *s != home, "shard {s}");
+        }
+        assert!(after[home].1.iter().any(|m| &m[..] == new.as_bytes()));
+        room.remove(new.as_bytes());
+        room.remove(b"not-a-member");
+        assert!(!room.is_member(new));
+        let total: usize = lists(&room).iter().map(|(_, l)| l.len()).sum();
+        assert_eq!(total, 40);
+        assert_eq!(room.member_names().len(), 40);
+        // The last member of a shard out: that shard gets no message.
+        let mut room = Room::new(RoomRecord::default(), 2);
+        room.add(b"solo");
+        assert_eq!(room.fan_len(), 1);
+        room.remove(b"solo");
+        assert_eq!((room.fan_len(), lists(&room).len()), (0, 0));
     }
 
     #[test]
     fn member_changes_are_told_to_everyone_up_to_the_bound_then_to_subject_and_owner() {
         // Joined: the subject is a member now.
-        let r = room("o", &["o", "a", "b"]);
-        assert_eq!(names(told_of_member_change(&r, "b", 3)), ["o", "a", "b"]);
-        assert_eq!(names(told_of_member_change(&r, "b", 2)), ["b", "o"]);
+        let r = set(&["o", "a", "b"]);
+        assert_eq!(
+            names(told_of_member_change(&r, "o", "b", 3)),
+            ["a", "b", "o"]
+        );
+        assert_eq!(names(told_of_member_change(&r, "o", "b", 2)), ["b", "o"]);
         // Left or removed: the subject is told although no longer a member, and the
         // room is judged at its size before (three members here).
-        let r = room("o", &["o", "a"]);
-        assert_eq!(names(told_of_member_change(&r, "b", 3)), ["o", "a", "b"]);
-        assert_eq!(names(told_of_member_change(&r, "b", 2)), ["b", "o"]);
+        let r = set(&["o", "a"]);
+        assert_eq!(
+            names(told_of_member_change(&r, "o", "b", 3)),
+            ["a", "b", "o"]
+        );
+        assert_eq!(names(told_of_member_change(&r, "o", "b", 2)), ["b", "o"]);
         // The owner as the subject is told once; an owner who left is not told.
-        assert_eq!(names(told_of_member_change(&r, "o", 1)), ["o"]);
-        let r = room("o", &["a", "b", "c"]);
-        assert_eq!(names(told_of_member_change(&r, "c", 2)), ["c"]);
-        assert_eq!(names(told_of_member_change(&r, "d", 3)), ["d"]);
+        assert_eq!(names(told_of_member_change(&r, "o", "o", 1)), ["o"]);
+        let r = set(&["a", "b", "c"]);
+        assert_eq!(names(told_of_member_change(&r, "o", "c", 2)), ["c"]);
+        assert_eq!(names(told_of_member_change(&r, "o", "d", 3)), ["d"]);
     }
 }

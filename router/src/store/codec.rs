@@ -32,6 +32,9 @@ pub(crate) const ROOM_PREFIX: &[u8] = b"room:";
 pub(crate) const CODE_PREFIX: &[u8] = b"code:";
 /// Key prefix of the membership index in the `rooms` keyspace (`mem:` user 0x00 room).
 pub(crate) const MEMBER_PREFIX: &[u8] = b"mem:";
+/// Key prefix of room member lists in the `rooms` keyspace (`rmem:` room 0x00 user): a
+/// member joins or leaves with one key, not a rewrite of the room's record.
+pub(crate) const ROOM_MEMBER_PREFIX: &[u8] = b"rmem:";
 
 /// Key prefix of contact lists in the `rooms` keyspace (`ctc:` user).
 pub(crate) const CONTACTS_PREFIX: &[u8] = b"ctc:";
@@ -83,7 +86,9 @@ pub struct RoomRecord {
     /// Short code that also finds the room; unique across rooms.
     #[prost(string, tag = "4")]
     pub join_code: String,
-    /// Member user names (the owner included when the owner is a member).
+    /// Member user names (the owner included when the owner is a member). Stored as keys
+    /// of their own (`rmem:`), not in the record (records written before that are moved
+    /// when the store opens); filled in when a record is read.
     #[prost(string, repeated, tag = "5")]
     pub members: Vec<String>,
     /// When it was created, microseconds since the Unix epoch (0: before this field).

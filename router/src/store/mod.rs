@@ -379,6 +379,20 @@ pub(crate) enum Msg {
         name: String,
         cb: Cb<()>,
     },
+    RoomByCode {
+        code: String,
+        cb: Cb<Option<String>>,
+    },
+    AddMember {
+        room: String,
+        user: String,
+        cb: Cb<()>,
+    },
+    RemoveMember {
+        room: String,
+        user: String,
+        cb: Cb<()>,
+    },
     GetContacts {
         user: String,
         cb: Cb<contacts::ContactRecord>,
@@ -893,6 +907,49 @@ impl StoreHandle {
     ) -> StoreResult<()> {
         self.send(Msg::PutRoom {
             record,
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// The name of the room whose join code is `code` (one index read: the room's member
+    /// list is not loaded for a join by code).
+    pub fn room_by_code(
+        &self,
+        code: &str,
+        cb: impl FnOnce(StoreResult<Option<String>>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::RoomByCode {
+            code: code.to_owned(),
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// Makes `user` a member of `room` (one key written, whatever the room's size; a
+    /// member already is one). [`StoreError::NotFound`] if there is no room of that name.
+    pub fn add_member(
+        &self,
+        room: &str,
+        user: &str,
+        cb: impl FnOnce(StoreResult<()>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::AddMember {
+            room: room.to_owned(),
+            user: user.to_owned(),
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// Takes `user` out of `room`'s members (the owner still owns it). Not a member: no
+    /// change. [`StoreError::NotFound`] if there is no room of that name.
+    pub fn remove_member(
+        &self,
+        room: &str,
+        user: &str,
+        cb: impl FnOnce(StoreResult<()>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::RemoveMember {
+            room: room.to_owned(),
+            user: user.to_owned(),
             cb: Cb::new(cb),
         })
     }

@@ -778,6 +778,121 @@ fn membership_index_follows_create_put_and_delete() {
     assert_eq!(call(|cb| h.rooms_of("ann", cb)), Ok(vec!["r2".into()]));
 }
 
+/// The `rooms` keyspace of a closed store, opened behind its back.
+fn raw_rooms(dir: &Path) -> (fjall::Database, fjall::Keyspace) {
+    let db = fjall::Database::builder(dir).open().unwrap();
+    let rooms = db
+        .keyspace("rooms", fjall::KeyspaceCreateOptions::default)
+        .unwrap();
+    (db, rooms)
+}
+
+#[test]
+fn members_join_and_leave_by_key_and_follow_the_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(dir.path(), Durability::Memory);
+    call(|cb| h.create_room(room("r1", "c1", "own", &["own", "cy"]), cb)).unwrap();
+    assert_eq!(
+        call(|cb| h.add_member("nope", "ann", cb)),
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(
+        call(|cb| h.remove_member("nope", "ann", cb)),
+        Err(StoreError::NotFound)
+    );
+    assert!(matches!(
+        call(|cb| h.add_member("r1", "bad\0name", cb)),
+        Err(StoreError::Invalid(_))
+    ));
+    call(|cb| h.add_member("r1", "ann", cb)).unwrap();
+    // Twice is once.
+    call(|cb| h.add_member("r1", "ann", cb)).unwrap();
+    // A member name that extends another room's name is not that room's member.
+    call(|cb| h.create_room(room("r", "c0", "zed", &["zed"]), cb)).unwrap();
+    let members = |name: &str| {
+        call(|cb| h.get_room(name, cb))
+            .unwrap()
+            .map(|r| r.members)
+            .unwrap_or_default()
+    };
+    // Read back in name order.
+    assert_eq!(members("r1"), vec!["ann", "cy", "own"]);
+    // A join code names its room (and nothing else does).
+    assert_eq!(call(|cb| h.room_by_code("c1", cb)), Ok(Some("r1".into())));
+    assert_eq!(call(|cb| h.room_by_code("r1", cb)), Ok(None));
+    assert_eq!(call(|cb| h.room_by_code("zz", cb)), Ok(None));
+    assert_eq!(members("r"), vec!["zed"]);
+    assert_eq!(call(|cb| h.rooms_of("ann", cb)), Ok(vec!["r1".into()]));
+    call(|cb| h.remove_member("r1", "cy", cb)).unwrap();
+    call(|cb| h.remove_member("r1", "not-in", cb)).unwrap();
+    assert_eq!(members("r1"), vec!["ann", "own"]);
+    assert_eq!(call(|cb| h.rooms_of("cy", cb)), Ok(vec![]));
+    // The owner out of the members still owns (and lists) the room.
+    call(|cb| h.remove_member("r1", "own", cb)).unwrap();
+    assert_eq!(members("r1"), vec!["ann"]);
+    assert_eq!(call(|cb| h.rooms_of("own", cb)), Ok(vec!["r1".into()]));
+    // Deleting the room takes its member keys: a new room of that name starts empty.
+    call(|cb| h.delete_room("r1", cb)).unwrap();
+    assert_eq!(call(|cb| h.rooms_of("ann", cb)), Ok(vec![]));
+    call(|cb| h.create_room(room("r1", "c9", "bo", &["bo"]), cb)).unwrap();
+    assert_eq!(members("r1"), vec!["bo"]);
+    // The metadata record holds no member list: a join writes a key, not the list.
+    h.shutdown().unwrap();
+    drop(h);
+    let (_db, rooms) = raw_rooms(dir.path());
+    let raw = rooms.get("room:r1").unwrap().expect("record");
+    let rec = codec::decode::<RoomRecord>(&raw, "room").unwrap();
+    assert!(rec.members.is_empty(), "{rec:?}");
+}
+
+#[test]
+fn inline_member_lists_move_to_keys_when_the_store_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let h = open(dir.path(), Durability::Memory);
+        h.shutdown().unwrap();
+    }
+    {
+        // Records as the store wrote them before members were keys of their own.
+        let (db, rooms) = raw_rooms(dir.path());
+        for i in 0..(worker::MIGRATE_BATCH_FOR_TESTS + 3) {
+            let name = format!("old{i}");
+            let rec = room(&name, &format!("c{i}"), "own", &["own", "ann", "bo"]);
+            rooms
+                .insert(format!("room:{name}"), codec::encode(&rec))
+                .unwrap();
+            rooms.insert(format!("code:c{i}"), name.as_bytes()).unwrap();
+            for u in ["own", "ann", "bo"] {
+                rooms.insert(format!("mem:{u}\0{name}"), b"").unwrap();
+            }
+        }
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let h = open(dir.path(), Durability::Memory);
+    let get = |name: &str| call(|cb| h.get_room(name, cb)).unwrap().expect("room");
+    assert_eq!(get("old0").members, vec!["ann", "bo", "own"]);
+    assert_eq!(get("c7").members, vec!["ann", "bo", "own"], "by join code");
+    let last = format!("old{}", worker::MIGRATE_BATCH_FOR_TESTS + 2);
+    call(|cb| h.remove_member(&last, "bo", cb)).unwrap();
+    call(|cb| h.add_member(&last, "cy", cb)).unwrap();
+    assert_eq!(get(&last).members, vec!["ann", "cy", "own"]);
+    assert_eq!(
+        call(|cb| h.rooms_of("bo", cb)).unwrap().len(),
+        worker::MIGRATE_BATCH_FOR_TESTS + 2
+    );
+    call(|cb| h.delete_room("old0", cb)).unwrap();
+    assert_eq!(call(|cb| h.get_room("old0", cb)), Ok(None));
+    h.shutdown().unwrap();
+    drop(h);
+    // Every record was rewritten without its list; a second open finds nothing to move.
+    let (_db, rooms) = raw_rooms(dir.path());
+    for g in rooms.prefix("room:") {
+        let v = g.value().unwrap();
+        let rec = codec::decode::<RoomRecord>(&v, "room").unwrap();
+        assert!(rec.members.is_empty(), "{rec:?}");
+    }
+}
+
 #[test]
 fn contacts_get_put_survive_reopen_and_go_with_the_account() {
     use super::contacts::{ContactLimits, ContactOp, ContactRecord};

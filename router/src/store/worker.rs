@@ -12,7 +12,8 @@ use crate::shard::{NameMap, NameSet};
 
 use super::codec::{
     self, decode, encode, parse_queue_key, prefixed, queue_key, queue_prefix, validate_name,
-    validate_password, AccountRecord, CODE_PREFIX, CONTACTS_PREFIX, MEMBER_PREFIX, ROOM_PREFIX,
+    validate_password, AccountRecord, CODE_PREFIX, CONTACTS_PREFIX, MEMBER_PREFIX,
+    ROOM_MEMBER_PREFIX, ROOM_PREFIX,
 };
 use super::contacts::ContactRecord;
 use super::hash::{HashJob, HashOutcome, HashPool};
@@ -224,6 +225,22 @@ fn member_key(user: &str, room: &str) -> Vec<u8> {
     k
 }
 
+/// Key of the room member entry "`room` has member `user`": `rmem:` room 0x00 user, so a
+/// prefix scan lists one room's members in name order.
+fn room_member_key(room: &str, user: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(ROOM_MEMBER_PREFIX.len() + room.len() + 1 + user.len());
+    k.extend_from_slice(ROOM_MEMBER_PREFIX);
+    k.extend_from_slice(room.as_bytes());
+    k.push(0);
+    k.extend_from_slice(user.as_bytes());
+    k
+}
+
+/// Rooms whose inline member lists one step of the open-time move rewrites.
+const MIGRATE_BATCH: usize = 256;
+#[cfg(test)]
+pub(crate) const MIGRATE_BATCH_FOR_TESTS: usize = MIGRATE_BATCH;
+
 /// The owner and the members of a room.
 fn people(r: &RoomRecord) -> std::collections::BTreeSet<&str> {
     std::iter::once(r.owner.as_str())
@@ -276,6 +293,7 @@ impl Worker {
 
     /// The thread's body: rounds until shutdown, then a final fsync.
     pub(crate) fn run(&mut self, rx: Receiver<Msg>) -> StoreResult<()> {
+        self.move_inline_members()?;
         let max_round = self.opts.max_round.max(1);
         let mut idle = crate::alloc::IdleCollect::new(IDLE_COLLECT_AFTER, Instant::now());
         loop {
@@ -651,6 +669,18 @@ impl Worker {
             }
             Msg::DeleteRoom { name, cb } => {
                 let r = self.delete_room(&name);
+                self.done(cb, r, true);
+            }
+            Msg::RoomByCode { code, cb } => {
+                let r = self.room_by_code(&code);
+                self.done(cb, r, false);
+            }
+            Msg::AddMember { room, user, cb } => {
+                let r = self.add_member(&room, &user);
+                self.done(cb, r, true);
+            }
+            Msg::RemoveMember { room, user, cb } => {
+                let r = self.remove_member(&room, &user);
                 self.done(cb, r, true);
             }
             Msg::RoomsOf { user, cb } => {
@@ -1150,11 +1180,99 @@ impl Worker {
 
     // ----- rooms -----
 
+    /// A room's record, its members read from their keys.
     fn room(&self, name: &str) -> StoreResult<Option<RoomRecord>> {
+        let Some(v) = self.dbs.rooms.get(prefixed(ROOM_PREFIX, name))? else {
+            return Ok(None);
+        };
+        let mut r = decode::<RoomRecord>(&v, "room")?;
+        // Inline members: a record the open-time move has not rewritten (never after it).
+        if r.members.is_empty() {
+            r.members = self.room_members(name)?;
+        }
+        Ok(Some(r))
+    }
+
+    /// A room's record as stored (no member list), for changes that do not need one.
+    fn room_meta(&self, name: &str) -> StoreResult<Option<RoomRecord>> {
         match self.dbs.rooms.get(prefixed(ROOM_PREFIX, name))? {
             Some(v) => Ok(Some(decode::<RoomRecord>(&v, "room")?)),
             None => Ok(None),
         }
+    }
+
+    /// The members of room `name`, in name order, from their `rmem:` keys.
+    fn room_members(&self, name: &str) -> StoreResult<Vec<String>> {
+        self.names_after(&room_member_key(name, ""), "room member")
+    }
+
+    /// The rest of every `rooms` key that starts with `prefix` (a name), in key order.
+    fn names_after(&self, prefix: &[u8], what: &str) -> StoreResult<Vec<String>> {
+        let mut out = Vec::new();
+        for g in self.dbs.rooms.prefix(prefix) {
+            let k = g.key()?;
+            let name = std::str::from_utf8(&k[prefix.len()..])
+                .map_err(|_| StoreError::Io(format!("corrupt {what} key (not UTF-8)")))?;
+            out.push(name.to_owned());
+        }
+        Ok(out)
+    }
+
+    /// Writes `record` without its members (those are keys of their own).
+    fn put_room_meta(&mut self, record: &RoomRecord) {
+        let meta = RoomRecord {
+            name: record.name.clone(),
+            owner: record.owner.clone(),
+            password_hash: record.password_hash.clone(),
+            join_code: record.join_code.clone(),
+            members: Vec::new(),
+            created_us: record.created_us,
+        };
+        self.ops.push(Op::Put(
+            Ks::Rooms,
+            prefixed(ROOM_PREFIX, &record.name),
+            encode(&meta),
+        ));
+    }
+
+    /// Moves the member lists of records written before members were keys of their own
+    /// into `rmem:` keys (once, when the store opens; a step of [`MIGRATE_BATCH`] rooms
+    /// per commit).
+    fn move_inline_members(&mut self) -> StoreResult<()> {
+        let mut moved = 0usize;
+        loop {
+            let mut batch = Vec::new();
+            for g in self.dbs.rooms.prefix(ROOM_PREFIX) {
+                let v = g.value()?;
+                match decode::<RoomRecord>(&v, "room") {
+                    Ok(r) if !r.members.is_empty() => batch.push(r),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("room record left as it is: {e}"),
+                }
+                if batch.len() == MIGRATE_BATCH {
+                    break;
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            moved += batch.len();
+            for r in &batch {
+                self.put_room_meta(r);
+                for m in &r.members {
+                    self.ops
+                        .push(Op::Put(Ks::Rooms, room_member_key(&r.name, m), Vec::new()));
+                }
+            }
+            self.commit()?;
+        }
+        if moved > 0 {
+            tracing::info!(
+                rooms = moved,
+                "room member lists moved to keys of their own"
+            );
+        }
+        Ok(())
     }
 
     fn create_room(&mut self, record: RoomRecord) -> StoreResult<()> {
@@ -1170,7 +1288,14 @@ impl Worker {
             code_key,
             record.name.as_bytes().to_vec(),
         ));
-        self.ops.push(Op::Put(Ks::Rooms, room_key, encode(&record)));
+        self.put_room_meta(&record);
+        for m in &record.members {
+            self.ops.push(Op::Put(
+                Ks::Rooms,
+                room_member_key(&record.name, m),
+                Vec::new(),
+            ));
+        }
         for u in people(&record) {
             self.ops
                 .push(Op::Put(Ks::Rooms, member_key(u, &record.name), Vec::new()));
@@ -1193,12 +1318,24 @@ impl Worker {
         if let Some(r) = self.room(key)? {
             return Ok(Some(r));
         }
-        match self.dbs.rooms.get(prefixed(CODE_PREFIX, key))? {
-            Some(name) => {
-                let name = std::str::from_utf8(&name)
-                    .map_err(|_| StoreError::Io("corrupt join code index".into()))?;
-                self.room(name)
-            }
+        match self.code_target(key)? {
+            Some(name) => self.room(&name),
+            None => Ok(None),
+        }
+    }
+
+    fn room_by_code(&mut self, code: &str) -> StoreResult<Option<String>> {
+        validate_name("join code", code)?;
+        self.commit()?;
+        self.code_target(code)
+    }
+
+    /// The room name the join code index holds for `code`.
+    fn code_target(&self, code: &str) -> StoreResult<Option<String>> {
+        match self.dbs.rooms.get(prefixed(CODE_PREFIX, code))? {
+            Some(name) => std::str::from_utf8(&name)
+                .map(|n| Some(n.to_owned()))
+                .map_err(|_| StoreError::Io("corrupt join code index".into())),
             None => Ok(None),
         }
     }
@@ -1220,11 +1357,22 @@ impl Worker {
                 record.name.as_bytes().to_vec(),
             ));
         }
-        self.ops.push(Op::Put(
-            Ks::Rooms,
-            prefixed(ROOM_PREFIX, &record.name),
-            encode(&record),
-        ));
+        self.put_room_meta(&record);
+        let before: std::collections::BTreeSet<&str> =
+            old.members.iter().map(String::as_str).collect();
+        let after: std::collections::BTreeSet<&str> =
+            record.members.iter().map(String::as_str).collect();
+        for u in before.difference(&after) {
+            self.ops
+                .push(Op::Del(Ks::Rooms, room_member_key(&record.name, u)));
+        }
+        for u in after.difference(&before) {
+            self.ops.push(Op::Put(
+                Ks::Rooms,
+                room_member_key(&record.name, u),
+                Vec::new(),
+            ));
+        }
         let (before, after) = (people(&old), people(&record));
         for u in before.difference(&after) {
             self.ops
@@ -1237,6 +1385,36 @@ impl Worker {
         Ok(())
     }
 
+    /// One member in: its two index keys, whatever the room's size.
+    fn add_member(&mut self, room: &str, user: &str) -> StoreResult<()> {
+        validate_name("room name", room)?;
+        validate_name("member", user)?;
+        self.commit()?;
+        if !self.dbs.rooms.contains_key(prefixed(ROOM_PREFIX, room))? {
+            return Err(StoreError::NotFound);
+        }
+        self.ops
+            .push(Op::Put(Ks::Rooms, room_member_key(room, user), Vec::new()));
+        self.ops
+            .push(Op::Put(Ks::Rooms, member_key(user, room), Vec::new()));
+        Ok(())
+    }
+
+    /// One member out: its member key, and its membership index key unless it owns the
+    /// room (an owner's rooms list it).
+    fn remove_member(&mut self, room: &str, user: &str) -> StoreResult<()> {
+        validate_name("room name", room)?;
+        validate_name("member", user)?;
+        self.commit()?;
+        let meta = self.room_meta(room)?.ok_or(StoreError::NotFound)?;
+        self.ops
+            .push(Op::Del(Ks::Rooms, room_member_key(room, user)));
+        if meta.owner != user {
+            self.ops.push(Op::Del(Ks::Rooms, member_key(user, room)));
+        }
+        Ok(())
+    }
+
     fn delete_room(&mut self, name: &str) -> StoreResult<()> {
         validate_name("room name", name)?;
         self.commit()?;
@@ -1245,16 +1423,23 @@ impl Worker {
         // A corrupt record can still be deleted (its join code then stays dangling and
         // finds nothing).
         match decode::<RoomRecord>(&v, "room") {
-            Ok(old) => {
+            Ok(mut old) => {
                 let code_key = prefixed(CODE_PREFIX, &old.join_code);
                 if self.dbs.rooms.get(&code_key)?.as_deref() == Some(name.as_bytes()) {
                     self.ops.push(Op::Del(Ks::Rooms, code_key));
+                }
+                if old.members.is_empty() {
+                    old.members = self.room_members(name)?;
                 }
                 for u in people(&old) {
                     self.ops.push(Op::Del(Ks::Rooms, member_key(u, name)));
                 }
             }
             Err(e) => tracing::warn!("deleting room {name:?}: {e}"),
+        }
+        // Member keys go whatever the record held.
+        for u in self.room_members(name)? {
+            self.ops.push(Op::Del(Ks::Rooms, room_member_key(name, &u)));
         }
         self.ops.push(Op::Del(Ks::Rooms, key));
         Ok(())
@@ -1263,14 +1448,6 @@ impl Worker {
     fn rooms_of(&mut self, user: &str) -> StoreResult<Vec<String>> {
         validate_name("user", user)?;
         self.commit()?;
-        let prefix = member_key(user, "");
-        let mut out = Vec::new();
-        for g in self.dbs.rooms.prefix(&prefix) {
-            let k = g.key()?;
-            let name = std::str::from_utf8(&k[prefix.len()..])
-                .map_err(|_| StoreError::Io("corrupt membership key (not UTF-8)".into()))?;
-            out.push(name.to_owned());
-        }
-        Ok(out)
+        self.names_after(&member_key(user, ""), "membership")
     }
 }

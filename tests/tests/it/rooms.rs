@@ -421,6 +421,60 @@ fn rooms_survive_a_restart() {
     assert_eq!(x.join_room(&c.join_code, "pw").status, Status::Ok as i32);
 }
 
+/// Members are keys of their own in the store: joins (by name and by code) and leaves
+/// before a restart are what the room lists, delivers to and answers after it.
+#[test]
+fn member_changes_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let r = RouterProc::start(&["--shards", "2", "--data-dir", d]);
+    let mut o = r.raw_login("rosa");
+    let mut w = r.raw_login("rolf");
+    let mut x = r.raw_login("rita");
+    let c = o.create_room("roster", "");
+    assert_eq!(w.join_room("roster", "").status, Status::Ok as i32);
+    assert_eq!(x.join_room(&c.join_code, "").status, Status::Ok as i32);
+    let (res, _) = op(
+        &mut w,
+        C::LeaveRoom(LeaveRoom {
+            request_id: 0,
+            room: "roster".into(),
+        }),
+    );
+    assert_eq!(res.status, Status::Ok as i32);
+    drop((o, w, x));
+    let (code, _) = r.terminate(std::time::Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    let r = RouterProc::start(&["--shards", "2", "--data-dir", d]);
+    let mut o = r.raw_login("rosa");
+    let mut w = r.raw_login("rolf");
+    let mut x = r.raw_login("rita");
+    let (info, _) = op(
+        &mut o,
+        C::RoomInfo(RoomInfo {
+            request_id: 0,
+            room: "roster".into(),
+        }),
+    );
+    assert_eq!(info.members, ["rita", "rosa"], "{info:?}");
+    let (res, _) = op(&mut w, C::ListRooms(ListRooms { request_id: 0 }));
+    assert!(res.rooms.is_empty(), "{res:?}");
+    let (res, _) = op(&mut x, C::ListRooms(ListRooms { request_id: 0 }));
+    assert_eq!(res.rooms, ["roster"]);
+    // rolf is out: his message is refused; rita's arrives.
+    assert_eq!(
+        w.send_room("roster", b"not a member", 1),
+        Status::Forbidden as i32
+    );
+    assert_eq!(x.send_room("roster", b"still in", 2), Status::Ok as i32);
+    assert_eq!(&o.delivers(1, T)[0].payload[..], b"still in");
+    // And rolf can come back (by code).
+    assert_eq!(w.join_room(&c.join_code, "").status, Status::Ok as i32);
+    assert_eq!(next_event(&mut o).user, "rolf");
+    assert_eq!(w.send_room("roster", b"back", 3), Status::Ok as i32);
+    assert_eq!(&o.delivers(1, T)[0].payload[..], b"back");
+}
+
 #[test]
 fn room_send_result_waits_for_offline_members_and_reports_a_full_queue() {
     let r = RouterProc::start(&["--shards", "2", "--max-offline-per-user", "2"]);
