@@ -7,12 +7,13 @@
 #   bench/rate-cpu.sh target/release/ringrouter target/release/ringrouter-load "" \
 #       "--pairs 16 --size 1024 --messages 1000000 --window 16000"      # (the default)
 #   bench/rate-cpu.sh A LOAD "--history-per-conversation 0"              # history off
+#   LEGACY=1 bench/rate-cpu.sh A LOAD         # the router on its epoll driver (the generator not)
 set -euo pipefail
 RR=$1; LOAD=$2; RA=${3:-}; LA=${4:-"--pairs 16 --size 1024 --messages 1000000 --window 16000"}
 T=$(mktemp -d)
 P=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 # shellcheck disable=SC2086
-"$RR" --listen 127.0.0.1:"$P" --http-listen off --shards "${SHARDS:-2}" --data-dir "$T/data" $RA >"$T/out" 2>"$T/err" &
+${LEGACY:+env MONOIO_FORCE_LEGACY_DRIVER=1} "$RR" --listen 127.0.0.1:"$P" --http-listen off --shards "${SHARDS:-2}" --data-dir "$T/data" $RA >"$T/out" 2>"$T/err" &
 PID=$!
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$T"' EXIT
 for _ in $(seq 100); do grep -q "listening on" "$T/out" 2>/dev/null && break; sleep 0.05; done
@@ -21,5 +22,10 @@ t0=$(awk '{print $14+$15}' /proc/$PID/stat)
 "$LOAD" --addr 127.0.0.1:"$P" --protocol ringrouter $LA --json >"$T/j"
 t1=$(awk '{print $14+$15}' /proc/$PID/stat)
 python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('rate %.0fk lost %d router cpu %.2fs' % (d['msgs_per_sec']/1e3, d['lost'], (int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4])))" "$T/j" "$t0" "$t1" "$(getconf CLK_TCK)"
-for t in /proc/$PID/task/*; do echo "$(cat "$t/comm") $(awk '{print $14+$15}' "$t/stat")"; done \
-  | awk -v hz="$(getconf CLK_TCK)" '{n=$1; sub(/-[0-9]+$/, "", n); a[n]+=$2} END {for (k in a) printf "%s=%.2fs ", k, a[k]/hz; print ""}'
+# Per thread kind: CPU seconds, user + system (system time bounds what any I/O mechanism can
+# save: io_uring against epoll), over the router's life (start-up and logins included).
+for t in /proc/$PID/task/*; do echo "$(cat "$t/comm") $(awk '{print $14, $15}' "$t/stat")"; done \
+  | awk -v hz="$(getconf CLK_TCK)" '{n=$1; sub(/-[0-9]+$/, "", n); u[n]+=$2; s[n]+=$3}
+      END {for (k in u) if (u[k] + s[k] > 0) printf "%s=%.2fs (user %.2f sys %.2f) ", k, (u[k] + s[k])/hz, u[k]/hz, s[k]/hz; print ""}'
+# Bytes the router wrote to files and sockets (write system calls), and to the disk.
+awk '/^(wchar|write_bytes)/ {printf "%s %.1f MB  ", $1, $2/1e6} END {print ""}' /proc/$PID/io

@@ -1167,22 +1167,27 @@ impl Shard {
             move |sh, r| match r {
                 Ok(()) => {
                     let max = sh.cfg.room_events_max_members;
-                    let Some(RoomState::Ready(room)) =
-                        sh.rooms.get_mut(&key[..]).map(|slot| &mut slot.state)
-                    else {
-                        // Busy rooms stay loaded (`trim_room_cache`).
-                        sh.room_done(&key, After::Same);
-                        return;
+                    // (A busy room stays loaded: `trim_room_cache`.)
+                    let changed = match sh.rooms.get_mut(&key[..]).map(|slot| &mut slot.state) {
+                        Some(RoomState::Ready(room)) => {
+                            if joined {
+                                room.add(user.as_bytes());
+                            } else {
+                                room.remove(user.as_bytes());
+                            }
+                            let r = &room.rec;
+                            let told = told_of_member_change(&room.members, &r.owner, &user, max);
+                            Some((told, r.name.clone(), r.join_code.clone()))
+                        }
+                        _ => None,
                     };
-                    if joined {
-                        room.add(user.as_bytes());
-                    } else {
-                        room.remove(user.as_bytes());
+                    match changed {
+                        Some((told, name, code)) => {
+                            sh.answer(&req, Status::Ok, "", &code);
+                            sh.room_event(told, kind, &name, &user);
+                        }
+                        None => sh.answer(&req, Status::Ok, "", ""),
                     }
-                    let told = told_of_member_change(&room.members, &room.rec.owner, &user, max);
-                    let (name, code) = (room.rec.name.clone(), room.rec.join_code.clone());
-                    sh.answer(&req, Status::Ok, "", &code);
-                    sh.room_event(told, kind, &name, &user);
                     sh.room_done(&key, After::Same);
                 }
                 Err(e) => sh.room_failed(&key, &req, &e),
