@@ -7,7 +7,7 @@
 #   bench/rate-cpu.sh target/release/ringrouter target/release/ringrouter-load "" \
 #       "--pairs 16 --size 1024 --messages 1000000 --window 16000"      # (the default)
 #   bench/rate-cpu.sh A LOAD "--history-per-conversation 0"              # history off
-#   LEGACY=1 bench/rate-cpu.sh A LOAD         # the router on its epoll driver (the generator not)
+#   LEGACY=1 bench/rate-cpu.sh A LOAD   # (any value) the router on its epoll driver, the generator not
 set -euo pipefail
 RR=$1; LOAD=$2; RA=${3:-}; LA=${4:-"--pairs 16 --size 1024 --messages 1000000 --window 16000"}
 T=$(mktemp -d)

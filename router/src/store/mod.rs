@@ -482,6 +482,7 @@ impl Store {
         )
         .map_err(|e| StoreError::Io(format!("cannot start hashing threads: {e}")))?;
         let mut w = worker::Worker::new(dbs, durability, options, pool, Arc::clone(&stats));
+        w.move_inline_members()?;
         let thread = std::thread::Builder::new()
             .name("rr-store".into())
             .spawn(move || w.run(rx))
@@ -814,7 +815,7 @@ impl StoreHandle {
     }
 
     /// Removes `user`'s account and offline queue in one atomic batch (room memberships are
-    /// the caller's, through [`StoreHandle::put_room`]). [`StoreError::NotFound`] if there
+    /// the caller's, through [`StoreHandle::remove_member`] and [`StoreHandle::delete_room`]). [`StoreError::NotFound`] if there
     /// was neither an account nor a queued message.
     pub fn delete_account(
         &self,

@@ -866,11 +866,28 @@ fn inline_member_lists_move_to_keys_when_the_store_opens() {
                 rooms.insert(format!("mem:{u}\0{name}"), b"").unwrap();
             }
         }
+        // A record that names another room (it moves under its key's name, once), and
+        // one that does not decode (left as it is).
+        let odd = room("elsewhere", "codd", "own", &["own", "cy"]);
+        rooms.insert("room:odd", codec::encode(&odd)).unwrap();
+        rooms.insert("room:broken", [1u8, 0x0a, 0x7f]).unwrap();
         db.persist(fjall::PersistMode::SyncAll).unwrap();
     }
     let h = open(dir.path(), Durability::Memory);
     let get = |name: &str| call(|cb| h.get_room(name, cb)).unwrap().expect("room");
     assert_eq!(get("old0").members, vec!["ann", "bo", "own"]);
+    let odd = get("odd");
+    assert_eq!(
+        (odd.name.as_str(), odd.members),
+        ("odd", vec!["cy".into(), "own".into()])
+    );
+    assert_eq!(call(|cb| h.get_room("elsewhere", cb)), Ok(None));
+    assert!(call(|cb| h.get_room("broken", cb)).is_err());
+    // Deleting a room whose record does not decode takes its members' index keys too.
+    call(|cb| h.add_member("broken", "dan", cb)).unwrap();
+    assert_eq!(call(|cb| h.rooms_of("dan", cb)), Ok(vec!["broken".into()]));
+    call(|cb| h.delete_room("broken", cb)).unwrap();
+    assert_eq!(call(|cb| h.rooms_of("dan", cb)), Ok(vec![]));
     assert_eq!(get("c7").members, vec!["ann", "bo", "own"], "by join code");
     let last = format!("old{}", worker::MIGRATE_BATCH_FOR_TESTS + 2);
     call(|cb| h.remove_member(&last, "bo", cb)).unwrap();

@@ -293,7 +293,6 @@ impl Worker {
 
     /// The thread's body: rounds until shutdown, then a final fsync.
     pub(crate) fn run(&mut self, rx: Receiver<Msg>) -> StoreResult<()> {
-        self.move_inline_members()?;
         let max_round = self.opts.max_round.max(1);
         let mut idle = crate::alloc::IdleCollect::new(IDLE_COLLECT_AFTER, Instant::now());
         loop {
@@ -1236,26 +1235,44 @@ impl Worker {
     }
 
     /// Moves the member lists of records written before members were keys of their own
-    /// into `rmem:` keys (once, when the store opens; a step of [`MIGRATE_BATCH`] rooms
-    /// per commit).
-    fn move_inline_members(&mut self) -> StoreResult<()> {
+    /// into `rmem:` keys: once, when the store opens (before its thread starts, so an
+    /// error fails the open), [`MIGRATE_BATCH`] rooms per commit, in one pass over the
+    /// records (each step goes on after the last key the previous one read). The room's
+    /// name is taken from its key.
+    pub(crate) fn move_inline_members(&mut self) -> StoreResult<()> {
+        use std::ops::Bound;
+        // The first key after every `room:` key.
+        let end = b"room;".to_vec();
+        let mut after: Option<Vec<u8>> = None;
         let mut moved = 0usize;
         loop {
+            let from = match after.take() {
+                Some(k) => Bound::Excluded(k),
+                None => Bound::Included(ROOM_PREFIX.to_vec()),
+            };
             let mut batch = Vec::new();
-            for g in self.dbs.rooms.prefix(ROOM_PREFIX) {
-                let v = g.value()?;
-                match decode::<RoomRecord>(&v, "room") {
+            for g in self.dbs.rooms.range((from, Bound::Excluded(end.clone()))) {
+                let (k, v) = g.into_inner()?;
+                after = Some(k.to_vec());
+                let rec = std::str::from_utf8(&k[ROOM_PREFIX.len()..])
+                    .map_err(|_| "the key is not UTF-8".to_owned())
+                    .and_then(|name| {
+                        let r = decode::<RoomRecord>(&v, "room").map_err(|e| e.to_string())?;
+                        Ok(RoomRecord {
+                            name: name.to_owned(),
+                            ..r
+                        })
+                    });
+                match rec {
                     Ok(r) if !r.members.is_empty() => batch.push(r),
                     Ok(_) => {}
-                    Err(e) => tracing::warn!("room record left as it is: {e}"),
+                    Err(e) => tracing::warn!("room record {k:?} left as it is: {e}"),
                 }
                 if batch.len() == MIGRATE_BATCH {
                     break;
                 }
             }
-            if batch.is_empty() {
-                break;
-            }
+            let last_step = batch.len() < MIGRATE_BATCH;
             moved += batch.len();
             for r in &batch {
                 self.put_room_meta(r);
@@ -1265,6 +1282,9 @@ impl Worker {
                 }
             }
             self.commit()?;
+            if last_step {
+                break;
+            }
         }
         if moved > 0 {
             tracing::info!(
@@ -1437,9 +1457,11 @@ impl Worker {
             }
             Err(e) => tracing::warn!("deleting room {name:?}: {e}"),
         }
-        // Member keys go whatever the record held.
+        // Member keys go whatever the record held (with their membership index keys: a
+        // record that does not decode names none).
         for u in self.room_members(name)? {
             self.ops.push(Op::Del(Ks::Rooms, room_member_key(name, &u)));
+            self.ops.push(Op::Del(Ks::Rooms, member_key(&u, name)));
         }
         self.ops.push(Op::Del(Ks::Rooms, key));
         Ok(())
