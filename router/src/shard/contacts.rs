@@ -194,17 +194,20 @@ impl Shard {
         }
     }
 
-    /// Writes `user`'s loaded list back to the store.
+    /// Writes what changed in `user`'s loaded list to the store (its fields and the
+    /// entries changed since the last write: not the whole list).
     pub(crate) fn save_contacts(&mut self, user: &str) {
-        let Some(rec) = self.contacts.get(user).cloned() else {
+        let Some(save) = self.contacts.take_save(user) else {
             return;
         };
-        let u = user.to_owned();
+        let (u, name) = (user.to_owned(), user.to_owned());
         self.store_req(
-            |st, cb| st.put_contacts(&u, rec, cb),
-            |_, r| {
+            |st, cb| st.save_contacts(&name, save, cb),
+            move |sh, r| {
                 if let Err(e) = r {
                     tracing::warn!(error = %e, "writing a contact list failed");
+                    // The next write (if the list is still here) writes all of it.
+                    sh.contacts.save_failed(&u);
                 }
             },
         );

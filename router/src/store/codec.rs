@@ -38,6 +38,9 @@ pub(crate) const ROOM_MEMBER_PREFIX: &[u8] = b"rmem:";
 
 /// Key prefix of contact lists in the `rooms` keyspace (`ctc:` user).
 pub(crate) const CONTACTS_PREFIX: &[u8] = b"ctc:";
+/// Key prefix of contact list entries (`cte:` user 0x00 peer): a change writes its entry,
+/// not the whole list.
+pub(crate) const CONTACT_ENTRY_PREFIX: &[u8] = b"cte:";
 
 /// One queued message for an offline user.
 ///

@@ -77,6 +77,32 @@ pub struct ContactRecord {
     pub last_seen_us: u64,
 }
 
+/// What one write of a contact list stores: the list's own fields, and its entries as
+/// keys of their own (a change writes the entries it changed, not the whole list).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContactSave {
+    /// The list without its entries (version, floor, blocked-by, last seen).
+    pub header: ContactRecord,
+    /// Entries set since the last write (tombstones included).
+    pub upserts: Vec<ContactEntry>,
+    /// Entries pruned since the last write.
+    pub removed: Vec<String>,
+    /// The whole list: every stored entry not in `upserts` goes.
+    pub replace: bool,
+}
+
+impl ContactSave {
+    /// The write of a whole list.
+    pub fn whole(rec: &ContactRecord) -> ContactSave {
+        ContactSave {
+            header: rec.header(),
+            upserts: rec.entries.clone(),
+            removed: Vec::new(),
+            replace: true,
+        }
+    }
+}
+
 /// One change to a list. `*Out` is the acting user's side, `*In` the peer's side of
 /// the same exchange (applied on the peer's home shard after the `*Out` succeeded).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,6 +209,17 @@ pub struct ContactView {
 }
 
 impl ContactRecord {
+    /// This list without its entries.
+    pub fn header(&self) -> ContactRecord {
+        ContactRecord {
+            version: self.version,
+            entries: Vec::new(),
+            floor: self.floor,
+            blocked_by: self.blocked_by.clone(),
+            last_seen_us: self.last_seen_us,
+        }
+    }
+
     /// The state of `peer` in this list.
     pub fn state_of(&self, peer: &str) -> ContactState {
         match self.find(peer) {
@@ -302,6 +339,18 @@ impl ContactRecord {
         op: ContactOp,
         lim: ContactLimits,
     ) -> Result<Outcome, ContactError> {
+        self.apply_noting(me, peer, op, lim, &mut Vec::new())
+    }
+
+    /// [`ContactRecord::apply`], adding the peers whose tombstones it pruned to `pruned`.
+    pub fn apply_noting(
+        &mut self,
+        me: &str,
+        peer: &str,
+        op: ContactOp,
+        lim: ContactLimits,
+        pruned: &mut Vec<String>,
+    ) -> Result<Outcome, ContactError> {
         if me == peer {
             return Err(ContactError::Oneself);
         }
@@ -321,7 +370,7 @@ impl ContactRecord {
         if next == ContactState::Incoming && self.incoming() >= lim.max_incoming {
             return Err(ContactError::Full);
         }
-        Ok(self.set(peer, next, lim))
+        Ok(self.set(peer, next, lim, pruned))
     }
 
     fn find(&self, peer: &str) -> Result<usize, usize> {
@@ -342,8 +391,14 @@ impl ContactRecord {
             .count()
     }
 
-    /// Sets `peer`'s state, bumps the version and prunes tombstones.
-    fn set(&mut self, peer: &str, state: ContactState, lim: ContactLimits) -> Outcome {
+    /// Sets `peer`'s state, bumps the version and prunes tombstones (noted in `pruned`).
+    fn set(
+        &mut self,
+        peer: &str,
+        state: ContactState,
+        lim: ContactLimits,
+        pruned: &mut Vec<String>,
+    ) -> Outcome {
         self.version += 1;
         let e = ContactEntry {
             user: peer.to_owned(),
@@ -354,11 +409,11 @@ impl ContactRecord {
             Ok(i) => self.entries[i] = e,
             Err(i) => self.entries.insert(i, e),
         }
-        self.prune(lim.max_tombstones);
+        self.prune(lim.max_tombstones, pruned);
         Outcome::Changed(self.version)
     }
 
-    fn prune(&mut self, max_tombstones: usize) {
+    fn prune(&mut self, max_tombstones: usize, pruned: &mut Vec<String>) {
         let mut dead: Vec<u64> = self
             .entries
             .iter()
@@ -371,8 +426,13 @@ impl ContactRecord {
         dead.sort_unstable();
         let cut = dead[dead.len() - max_tombstones - 1];
         self.floor = self.floor.max(cut);
-        self.entries
-            .retain(|e| e.state() != ContactState::None || e.version > cut);
+        self.entries.retain(|e| {
+            let keep = e.state() != ContactState::None || e.version > cut;
+            if !keep {
+                pruned.push(e.user.clone());
+            }
+            keep
+        });
     }
 }
 
@@ -389,7 +449,18 @@ pub struct ContactCache<W> {
 #[derive(Debug)]
 enum Slot<W> {
     Loading(Vec<W>),
-    Ready(ContactRecord),
+    Ready(ContactRecord, Saved),
+}
+
+/// What the store has of a loaded list.
+#[derive(Debug, Default)]
+struct Saved {
+    /// Every entry up to this version is written.
+    version: u64,
+    /// Entries pruned since the last write (their keys are still stored).
+    pruned: Vec<String>,
+    /// A write failed: the next one writes the whole list.
+    whole: bool,
 }
 
 /// What [`ContactCache::wait`] did with a waiter.
@@ -416,7 +487,7 @@ impl<W> ContactCache<W> {
     /// `user`'s list if it is loaded.
     pub fn get(&self, user: &str) -> Option<&ContactRecord> {
         match self.lists.get(user) {
-            Some(Slot::Ready(r)) => Some(r),
+            Some(Slot::Ready(r, _)) => Some(r),
             _ => None,
         }
     }
@@ -429,7 +500,7 @@ impl<W> ContactCache<W> {
     /// Runs `w` now if `user`'s list is loaded, else queues it behind the (maybe new) load.
     pub fn wait(&mut self, user: &str, w: W) -> Wait<W> {
         match self.lists.get_mut(user) {
-            Some(Slot::Ready(_)) => Wait::Ready(w),
+            Some(Slot::Ready(..)) => Wait::Ready(w),
             Some(Slot::Loading(q)) => {
                 q.push(w);
                 Wait::Queued
@@ -447,9 +518,13 @@ impl<W> ContactCache<W> {
         match self.lists.get_mut(user) {
             Some(slot @ Slot::Loading(_)) => {
                 self.with_blocks += usize::from(rec.has_blocks());
-                match std::mem::replace(slot, Slot::Ready(rec)) {
+                let saved = Saved {
+                    version: rec.version,
+                    ..Saved::default()
+                };
+                match std::mem::replace(slot, Slot::Ready(rec, saved)) {
                     Slot::Loading(q) => q,
-                    Slot::Ready(_) => Vec::new(),
+                    Slot::Ready(..) => Vec::new(),
                 }
             }
             _ => Vec::new(),
@@ -477,13 +552,51 @@ impl<W> ContactCache<W> {
         op: ContactOp,
         lim: ContactLimits,
     ) -> Option<Result<Outcome, ContactError>> {
-        self.update(user, |rec| rec.apply(user, peer, op, lim))
+        let Some(Slot::Ready(rec, saved)) = self.lists.get_mut(user) else {
+            return None;
+        };
+        // (The blocked-by list does not change here: `with_blocks` stays right.)
+        Some(rec.apply_noting(user, peer, op, lim, &mut saved.pruned))
+    }
+
+    /// What to write for `user`'s loaded list since its last write (its fields, the
+    /// entries changed and pruned since); `None` if it is not loaded. The list then
+    /// counts as written: call [`ContactCache::save_failed`] if the write fails.
+    pub fn take_save(&mut self, user: &str) -> Option<ContactSave> {
+        let Some(Slot::Ready(rec, saved)) = self.lists.get_mut(user) else {
+            return None;
+        };
+        let save = if std::mem::take(&mut saved.whole) {
+            saved.pruned.clear();
+            ContactSave::whole(rec)
+        } else {
+            ContactSave {
+                header: rec.header(),
+                upserts: rec
+                    .entries
+                    .iter()
+                    .filter(|e| e.version > saved.version)
+                    .cloned()
+                    .collect(),
+                removed: std::mem::take(&mut saved.pruned),
+                replace: false,
+            }
+        };
+        saved.version = rec.version;
+        Some(save)
+    }
+
+    /// A write of `user`'s list failed: the next one writes the whole list.
+    pub fn save_failed(&mut self, user: &str) {
+        if let Some(Slot::Ready(_, saved)) = self.lists.get_mut(user) {
+            saved.whole = true;
+        }
     }
 
     /// Runs `f` on `user`'s loaded list (keeping the count of lists with blocks right);
     /// `None` if it is not loaded.
     pub fn update<R>(&mut self, user: &str, f: impl FnOnce(&mut ContactRecord) -> R) -> Option<R> {
-        let Some(Slot::Ready(rec)) = self.lists.get_mut(user) else {
+        let Some(Slot::Ready(rec, _)) = self.lists.get_mut(user) else {
             return None;
         };
         let before = rec.has_blocks();
@@ -495,7 +608,7 @@ impl<W> ContactCache<W> {
 
     /// Forgets `user`'s loaded list (its last session ended; the store has it).
     pub fn evict(&mut self, user: &str) {
-        if let Some(Slot::Ready(r)) = self.lists.get(user) {
+        if let Some(Slot::Ready(r, _)) = self.lists.get(user) {
             self.with_blocks -= usize::from(r.has_blocks());
             self.lists.remove(user);
         }
@@ -692,5 +805,47 @@ mod tests {
         assert_eq!(c.wait("x", 7), Wait::Load);
         assert_eq!(c.load_failed("x"), vec![7]);
         assert_eq!(c.wait("x", 8), Wait::Load);
+    }
+    #[test]
+    fn a_save_names_only_what_changed_since_the_last_one() {
+        let mut c: ContactCache<u32> = ContactCache::default();
+        assert_eq!(c.take_save("a"), None, "not loaded");
+        assert_eq!(c.wait("a", 1), Wait::Load);
+        let mut stored = ContactRecord::default();
+        for p in ["p1", "p2"] {
+            stored.apply("a", p, RequestOut, LIM).unwrap();
+        }
+        c.loaded("a", stored);
+        // Nothing changed since the load: the fields only.
+        let s = c.take_save("a").unwrap();
+        assert!(s.upserts.is_empty() && s.removed.is_empty() && !s.replace);
+        assert_eq!((s.header.version, s.header.entries.len()), (2, 0));
+        // One change: that entry.
+        c.apply("a", "p3", Block, LIM).unwrap().unwrap();
+        let s = c.take_save("a").unwrap();
+        let names = |v: &[ContactEntry]| v.iter().map(|e| e.user.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&s.upserts), ["p3"]);
+        assert_eq!(s.header.version, 3);
+        // Three removals with two tombstones kept: the oldest is pruned, and named.
+        for p in ["p1", "p2"] {
+            c.apply("a", p, RemoveOut, LIM).unwrap().unwrap();
+        }
+        c.apply("a", "p3", Unblock, LIM).unwrap().unwrap();
+        let s = c.take_save("a").unwrap();
+        assert_eq!(names(&s.upserts), ["p2", "p3"]);
+        assert_eq!(s.removed, ["p1"]);
+        // Blocked-by and last seen: the fields only.
+        c.update("a", |r| r.set_blocked_by("z", true)).unwrap();
+        let s = c.take_save("a").unwrap();
+        assert!(s.upserts.is_empty() && s.removed.is_empty());
+        assert_eq!(s.header.blocked_by, ["z"]);
+        // A failed write: the next one is the whole list.
+        c.apply("a", "p4", RequestOut, LIM).unwrap().unwrap();
+        c.take_save("a").unwrap();
+        c.save_failed("a");
+        let s = c.take_save("a").unwrap();
+        assert!(s.replace);
+        assert_eq!(names(&s.upserts), ["p2", "p3", "p4"]);
+        assert!(!c.take_save("a").unwrap().replace, "once");
     }
 }

@@ -399,7 +399,7 @@ pub(crate) enum Msg {
     },
     PutContacts {
         user: String,
-        record: contacts::ContactRecord,
+        save: contacts::ContactSave,
         cb: Cb<()>,
     },
     RoomsOf {
@@ -482,7 +482,7 @@ impl Store {
         )
         .map_err(|e| StoreError::Io(format!("cannot start hashing threads: {e}")))?;
         let mut w = worker::Worker::new(dbs, durability, options, pool, Arc::clone(&stats));
-        w.move_inline_members()?;
+        w.move_inline_lists()?;
         let thread = std::thread::Builder::new()
             .name("rr-store".into())
             .spawn(move || w.run(rx))
@@ -967,17 +967,28 @@ impl StoreHandle {
         })
     }
 
-    /// Replaces `user`'s contact list. Only the user's home shard writes it, from its
-    /// cache, so a write never races another for the same user.
+    /// Replaces `user`'s contact list (every entry written).
     pub fn put_contacts(
         &self,
         user: &str,
         record: contacts::ContactRecord,
         cb: impl FnOnce(StoreResult<()>) + Send + 'static,
     ) -> StoreResult<()> {
+        self.save_contacts(user, contacts::ContactSave::whole(&record), cb)
+    }
+
+    /// Writes a change of `user`'s contact list: its fields, and only the entries the
+    /// change names (each entry is a key of its own). Only the user's home shard writes
+    /// it, from its cache, so a write never races another for the same user.
+    pub fn save_contacts(
+        &self,
+        user: &str,
+        save: contacts::ContactSave,
+        cb: impl FnOnce(StoreResult<()>) + Send + 'static,
+    ) -> StoreResult<()> {
         self.send(Msg::PutContacts {
             user: user.to_owned(),
-            record,
+            save,
             cb: Cb::new(cb),
         })
     }

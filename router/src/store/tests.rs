@@ -911,6 +911,100 @@ fn inline_member_lists_move_to_keys_when_the_store_opens() {
 }
 
 #[test]
+fn contact_entries_are_keys_written_by_change_and_moved_from_old_records() {
+    use super::contacts::{ContactEntry, ContactRecord, ContactSave};
+    let entry = |user: &str, state: i32, version: u64| ContactEntry {
+        user: user.into(),
+        state,
+        version,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // A list as older versions stored it: the entries inside the record.
+        let h = open(dir.path(), Durability::Memory);
+        h.shutdown().unwrap();
+        drop(h);
+        let (db, rooms) = raw_rooms(dir.path());
+        let old = ContactRecord {
+            version: 2,
+            entries: vec![entry("bo", 1, 1), entry("cy", 3, 2)],
+            last_seen_us: 5,
+            ..Default::default()
+        };
+        rooms.insert("ctc:al", codec::encode(&old)).unwrap();
+        rooms.insert("ctc:broken", [1u8, 0x0a, 0x7f]).unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let h = open(dir.path(), Durability::Memory);
+    let got = call(|cb| h.get_contacts("al", cb)).unwrap();
+    assert_eq!((got.version, got.last_seen_us), (2, 5));
+    assert_eq!(got.entries, vec![entry("bo", 1, 1), entry("cy", 3, 2)]);
+    // A change: one entry set, one pruned, the fields.
+    let save = ContactSave {
+        header: ContactRecord {
+            version: 3,
+            floor: 1,
+            blocked_by: vec!["zed".into()],
+            ..Default::default()
+        },
+        upserts: vec![entry("dee", 4, 3)],
+        removed: vec!["bo".into()],
+        replace: false,
+    };
+    call(|cb| h.save_contacts("al", save, cb)).unwrap();
+    let got = call(|cb| h.get_contacts("al", cb)).unwrap();
+    assert_eq!(
+        (got.version, got.floor, got.blocked_by.clone()),
+        (3, 1, vec!["zed".into()])
+    );
+    assert_eq!(got.entries, vec![entry("cy", 3, 2), entry("dee", 4, 3)]);
+    // Pruned and set again in one write: set.
+    let again = ContactSave {
+        header: got.header(),
+        upserts: vec![entry("cy", 1, 4)],
+        removed: vec!["cy".into()],
+        replace: false,
+    };
+    call(|cb| h.save_contacts("al", again, cb)).unwrap();
+    assert_eq!(
+        call(|cb| h.get_contacts("al", cb)).unwrap().entries,
+        vec![entry("cy", 1, 4), entry("dee", 4, 3)]
+    );
+    // A whole list replaces every entry; a name that extends another user's is not its.
+    call(|cb| h.put_contacts("al2", got.clone(), cb)).unwrap();
+    let whole = ContactRecord {
+        entries: vec![entry("eve", 1, 5)],
+        version: 5,
+        ..Default::default()
+    };
+    call(|cb| h.put_contacts("al", whole.clone(), cb)).unwrap();
+    assert_eq!(call(|cb| h.get_contacts("al", cb)), Ok(whole));
+    assert_eq!(
+        call(|cb| h.get_contacts("al2", cb)).unwrap().entries,
+        got.entries
+    );
+    // The account's deletion takes its entries.
+    call(|cb| h.register("al", "pw", cb)).unwrap();
+    call(|cb| h.delete_account("al", cb)).unwrap();
+    assert_eq!(
+        call(|cb| h.get_contacts("al", cb)),
+        Ok(ContactRecord::default())
+    );
+    assert!(call(|cb| h.get_contacts("broken", cb)).is_err());
+    h.shutdown().unwrap();
+    drop(h);
+    // No record keeps its entries inline; al's keys are gone, al2's stay.
+    let (_db, rooms) = raw_rooms(dir.path());
+    for g in rooms.prefix("ctc:al") {
+        let v = g.value().unwrap();
+        let rec = codec::decode::<ContactRecord>(&v, "contacts").unwrap();
+        assert!(rec.entries.is_empty(), "{rec:?}");
+    }
+    assert_eq!(rooms.prefix("cte:al\0").count(), 0);
+    assert_eq!(rooms.prefix("cte:al2\0").count(), 2);
+}
+
+#[test]
 fn contacts_get_put_survive_reopen_and_go_with_the_account() {
     use super::contacts::{ContactLimits, ContactOp, ContactRecord};
     let dir = tempfile::tempdir().unwrap();

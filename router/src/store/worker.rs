@@ -12,10 +12,10 @@ use crate::shard::{NameMap, NameSet};
 
 use super::codec::{
     self, decode, encode, parse_queue_key, prefixed, queue_key, queue_prefix, validate_name,
-    validate_password, AccountRecord, CODE_PREFIX, CONTACTS_PREFIX, MEMBER_PREFIX,
-    ROOM_MEMBER_PREFIX, ROOM_PREFIX,
+    validate_password, AccountRecord, CODE_PREFIX, CONTACTS_PREFIX, CONTACT_ENTRY_PREFIX,
+    MEMBER_PREFIX, ROOM_MEMBER_PREFIX, ROOM_PREFIX,
 };
-use super::contacts::ContactRecord;
+use super::contacts::{ContactEntry, ContactRecord, ContactSave};
 use super::hash::{HashJob, HashOutcome, HashPool};
 use super::histlog::{self, HistLog};
 use super::history::{FILE_TAG, NEXT_FILE_TAG};
@@ -214,29 +214,35 @@ const SWEEP_BATCH: usize = 1024;
 /// Fewest account names a ListUsers request may scan (see `list_users`).
 const LIST_SCAN_MIN: usize = 65_536;
 
+/// `prefix` `a` 0x00 `b`: a key of a list `a` holds (names have no 0x00, so a prefix scan
+/// of `prefix` `a` 0x00 reads `a`'s list, in name order, and no other).
+fn list_key(prefix: &[u8], a: &str, b: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + a.len() + 1 + b.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(a.as_bytes());
+    k.push(0);
+    k.extend_from_slice(b.as_bytes());
+    k
+}
+
 /// Key of the membership index entry "`user` is in `room`" (owner included):
 /// `mem:` user 0x00 room, so a prefix scan lists one user's rooms in name order.
 fn member_key(user: &str, room: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(MEMBER_PREFIX.len() + user.len() + 1 + room.len());
-    k.extend_from_slice(MEMBER_PREFIX);
-    k.extend_from_slice(user.as_bytes());
-    k.push(0);
-    k.extend_from_slice(room.as_bytes());
-    k
+    list_key(MEMBER_PREFIX, user, room)
 }
 
-/// Key of the room member entry "`room` has member `user`": `rmem:` room 0x00 user, so a
-/// prefix scan lists one room's members in name order.
+/// Key of the room member entry "`room` has member `user`": `rmem:` room 0x00 user.
 fn room_member_key(room: &str, user: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(ROOM_MEMBER_PREFIX.len() + room.len() + 1 + user.len());
-    k.extend_from_slice(ROOM_MEMBER_PREFIX);
-    k.extend_from_slice(room.as_bytes());
-    k.push(0);
-    k.extend_from_slice(user.as_bytes());
-    k
+    list_key(ROOM_MEMBER_PREFIX, room, user)
 }
 
-/// Rooms whose inline member lists one step of the open-time move rewrites.
+/// Key of `user`'s contact list entry for `peer`: `cte:` user 0x00 peer (a scan reads a
+/// list's entries in peer order, the order of [`ContactRecord::entries`]).
+fn contact_entry_key(user: &str, peer: &str) -> Vec<u8> {
+    list_key(CONTACT_ENTRY_PREFIX, user, peer)
+}
+
+/// Records whose inline lists one step of an open-time move rewrites.
 const MIGRATE_BATCH: usize = 256;
 #[cfg(test)]
 pub(crate) const MIGRATE_BATCH_FOR_TESTS: usize = MIGRATE_BATCH;
@@ -656,14 +662,8 @@ impl Worker {
                 let r = self.get_contacts(&user);
                 self.done(cb, r, false);
             }
-            Msg::PutContacts { user, record, cb } => {
-                let r = validate_name("user", &user).map(|()| {
-                    self.ops.push(Op::Put(
-                        Ks::Rooms,
-                        prefixed(CONTACTS_PREFIX, &user),
-                        encode(&record),
-                    ));
-                });
+            Msg::PutContacts { user, save, cb } => {
+                let r = self.save_contacts(&user, save);
                 self.done(cb, r, true);
             }
             Msg::DeleteRoom { name, cb } => {
@@ -1146,6 +1146,10 @@ impl Worker {
         }
         self.ops
             .push(Op::Del(Ks::Rooms, prefixed(CONTACTS_PREFIX, user)));
+        for peer in self.names_after(&contact_entry_key(user, ""), "contact entry")? {
+            self.ops
+                .push(Op::Del(Ks::Rooms, contact_entry_key(user, &peer)));
+        }
         Ok(())
     }
 
@@ -1234,39 +1238,83 @@ impl Worker {
         ));
     }
 
-    /// Moves the member lists of records written before members were keys of their own
-    /// into `rmem:` keys: once, when the store opens (before its thread starts, so an
-    /// error fails the open), [`MIGRATE_BATCH`] rooms per commit, in one pass over the
-    /// records (each step goes on after the last key the previous one read). The room's
-    /// name is taken from its key.
-    pub(crate) fn move_inline_members(&mut self) -> StoreResult<()> {
+    /// Moves the lists held inside records written by older versions to keys of their
+    /// own: room members (`rmem:`) and contact list entries (`cte:`). Once, when the store
+    /// opens, before its thread starts (an error fails the open).
+    pub(crate) fn move_inline_lists(&mut self) -> StoreResult<()> {
+        let rooms = self.move_inline(
+            ROOM_PREFIX,
+            |name, v| match decode::<RoomRecord>(v, "room") {
+                // The room's name is its key's.
+                Ok(r) if !r.members.is_empty() => Ok(Some(RoomRecord {
+                    name: name.to_owned(),
+                    ..r
+                })),
+                Ok(_) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            },
+            |w, r| {
+                w.put_room_meta(&r);
+                for m in &r.members {
+                    w.ops
+                        .push(Op::Put(Ks::Rooms, room_member_key(&r.name, m), Vec::new()));
+                }
+            },
+        )?;
+        let lists = self.move_inline(
+            CONTACTS_PREFIX,
+            |user, v| match decode::<ContactRecord>(v, "contact list") {
+                Ok(r) if !r.entries.is_empty() => Ok(Some((user.to_owned(), r))),
+                Ok(_) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            },
+            |w, (user, r)| {
+                let save = ContactSave::whole(&r);
+                if let Err(e) = w.save_contacts(&user, save) {
+                    tracing::warn!("contact list of {user:?} left as it is: {e}");
+                }
+            },
+        )?;
+        if rooms + lists > 0 {
+            tracing::info!(rooms, lists, "lists moved to keys of their own");
+        }
+        Ok(())
+    }
+
+    /// One pass over the records under `prefix`, [`MIGRATE_BATCH`] of them per commit
+    /// (each step goes on after the last key the previous one read): `pick` looks at a
+    /// record (its key's name, its value) and `write` rewrites the ones it picked.
+    /// Records that cannot be read are left as they are. Returns how many were rewritten.
+    fn move_inline<T>(
+        &mut self,
+        prefix: &[u8],
+        pick: impl Fn(&str, &[u8]) -> Result<Option<T>, String>,
+        mut write: impl FnMut(&mut Self, T),
+    ) -> StoreResult<usize> {
         use std::ops::Bound;
-        // The first key after every `room:` key.
-        let end = b"room;".to_vec();
+        // The first key after every key under `prefix` (which ends in ':').
+        let mut end = prefix.to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
         let mut after: Option<Vec<u8>> = None;
         let mut moved = 0usize;
         loop {
             let from = match after.take() {
                 Some(k) => Bound::Excluded(k),
-                None => Bound::Included(ROOM_PREFIX.to_vec()),
+                None => Bound::Included(prefix.to_vec()),
             };
             let mut batch = Vec::new();
             for g in self.dbs.rooms.range((from, Bound::Excluded(end.clone()))) {
                 let (k, v) = g.into_inner()?;
                 after = Some(k.to_vec());
-                let rec = std::str::from_utf8(&k[ROOM_PREFIX.len()..])
+                let picked = std::str::from_utf8(&k[prefix.len()..])
                     .map_err(|_| "the key is not UTF-8".to_owned())
-                    .and_then(|name| {
-                        let r = decode::<RoomRecord>(&v, "room").map_err(|e| e.to_string())?;
-                        Ok(RoomRecord {
-                            name: name.to_owned(),
-                            ..r
-                        })
-                    });
-                match rec {
-                    Ok(r) if !r.members.is_empty() => batch.push(r),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!("room record {k:?} left as it is: {e}"),
+                    .and_then(|name| pick(name, &v));
+                match picked {
+                    Ok(Some(t)) => batch.push(t),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("record {k:?} left as it is: {e}"),
                 }
                 if batch.len() == MIGRATE_BATCH {
                     break;
@@ -1274,25 +1322,15 @@ impl Worker {
             }
             let last_step = batch.len() < MIGRATE_BATCH;
             moved += batch.len();
-            for r in &batch {
-                self.put_room_meta(r);
-                for m in &r.members {
-                    self.ops
-                        .push(Op::Put(Ks::Rooms, room_member_key(&r.name, m), Vec::new()));
-                }
+            for t in batch {
+                write(self, t);
             }
             self.commit()?;
             if last_step {
                 break;
             }
         }
-        if moved > 0 {
-            tracing::info!(
-                rooms = moved,
-                "room member lists moved to keys of their own"
-            );
-        }
-        Ok(())
+        Ok(moved)
     }
 
     fn create_room(&mut self, record: RoomRecord) -> StoreResult<()> {
@@ -1326,10 +1364,64 @@ impl Worker {
     fn get_contacts(&mut self, user: &str) -> StoreResult<ContactRecord> {
         validate_name("user", user)?;
         self.commit()?;
-        match self.dbs.rooms.get(prefixed(CONTACTS_PREFIX, user))? {
-            Some(v) => decode(&v, "contact list"),
-            None => Ok(ContactRecord::default()),
+        let mut rec = match self.dbs.rooms.get(prefixed(CONTACTS_PREFIX, user))? {
+            Some(v) => decode::<ContactRecord>(&v, "contact list")?,
+            None => ContactRecord::default(),
+        };
+        // Inline entries: a record the open-time move has not rewritten (never after it).
+        if rec.entries.is_empty() {
+            let prefix = contact_entry_key(user, "");
+            for g in self.dbs.rooms.prefix(&prefix) {
+                let (k, v) = g.into_inner()?;
+                let peer = std::str::from_utf8(&k[prefix.len()..])
+                    .map_err(|_| StoreError::Io("corrupt contact entry key (not UTF-8)".into()))?;
+                let mut e = decode::<ContactEntry>(&v, "contact entry")?;
+                e.user = peer.to_owned();
+                rec.entries.push(e);
+            }
         }
+        Ok(rec)
+    }
+
+    /// Writes a change of `user`'s contact list: its fields, and the entries it names.
+    fn save_contacts(&mut self, user: &str, save: ContactSave) -> StoreResult<()> {
+        validate_name("user", user)?;
+        for e in &save.upserts {
+            validate_name("contact", &e.user)?;
+        }
+        if save.replace {
+            self.commit()?;
+            let kept: std::collections::HashSet<&str> =
+                save.upserts.iter().map(|e| e.user.as_str()).collect();
+            for peer in self.names_after(&contact_entry_key(user, ""), "contact entry")? {
+                if !kept.contains(peer.as_str()) {
+                    self.ops
+                        .push(Op::Del(Ks::Rooms, contact_entry_key(user, &peer)));
+                }
+            }
+        }
+        // Removals first: an entry pruned and set again since the last write stays.
+        for peer in &save.removed {
+            validate_name("contact", peer)?;
+            self.ops
+                .push(Op::Del(Ks::Rooms, contact_entry_key(user, peer)));
+        }
+        for e in save.upserts {
+            let key = contact_entry_key(user, &e.user);
+            let value = encode(&ContactEntry {
+                user: String::new(),
+                ..e
+            });
+            self.ops.push(Op::Put(Ks::Rooms, key, value));
+        }
+        let mut header = save.header;
+        header.entries.clear();
+        self.ops.push(Op::Put(
+            Ks::Rooms,
+            prefixed(CONTACTS_PREFIX, user),
+            encode(&header),
+        ));
+        Ok(())
     }
 
     fn get_room(&mut self, key: &str) -> StoreResult<Option<RoomRecord>> {

@@ -219,7 +219,10 @@ fn versions_and_changes_since() {
     assert!(old.full, "{old:?}");
     let names: Vec<&str> = old.entries.iter().map(|e| e.user.as_str()).collect();
     assert_eq!(names, vec!["ctv-d"]);
-    // The version survives a restart of the session (it is stored).
+    let since4 = ca.contacts_since(4).unwrap();
+    assert_eq!(since4.entries.len(), 2, "{since4:?}");
+    // The version survives a restart of the session (it is stored), and so do the
+    // changes since a version (each entry is stored by itself; the pruned one is gone).
     drop(ca);
     std::thread::sleep(SHORT);
     let mut ca = r.client(a);
@@ -228,6 +231,8 @@ fn versions_and_changes_since() {
         (l.version, l.blocked.clone()),
         (7, vec!["ctv-d".to_owned()])
     );
+    assert_eq!(ca.contacts_since(4).unwrap(), since4);
+    assert!(ca.contacts_since(3).unwrap().full, "below the floor");
 }
 
 fn block_refuses_dms_and_requests(driver: Driver) {
