@@ -114,7 +114,7 @@ impl Shard {
                 }
                 // Gone with the account: nothing may write the list back (the last
                 // session's last-seen time would).
-                sh.contacts.evict(&user);
+                sh.contacts.forget(&user);
                 for k in sh.live_sessions(user.as_bytes()) {
                     if let Some(s) = sh.sessions.get_mut(k) {
                         s.discard_unacked = true;

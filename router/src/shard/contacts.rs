@@ -204,11 +204,15 @@ impl Shard {
         self.store_req(
             |st, cb| st.save_contacts(&name, save, cb),
             move |sh, r| {
-                if let Err(e) = r {
+                if let Err(e) = &r {
                     tracing::warn!(error = %e, "writing a contact list failed");
-                    // The next write (if the list is still here) writes all of it.
-                    sh.contacts.save_failed(&u);
                 }
+                // A failed write is repaired by a whole one; the list stays loaded until
+                // its writes are stored, then goes if nobody here needs it.
+                if sh.contacts.save_done(&u, r.is_ok()) {
+                    sh.save_contacts(&u);
+                }
+                sh.release_contacts(&u);
             },
         );
     }

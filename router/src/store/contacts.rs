@@ -459,9 +459,18 @@ struct Saved {
     version: u64,
     /// Entries pruned since the last write (their keys are still stored).
     pruned: Vec<String>,
-    /// A write failed: the next one writes the whole list.
+    /// A write failed: the next one writes the whole list (until one succeeds, the list
+    /// stays loaded: the store's copy may lack entries that only this one has).
     whole: bool,
+    /// Writes not answered yet (the list stays loaded meanwhile).
+    inflight: u32,
+    /// Whole writes that failed in a row.
+    failures: u32,
 }
+
+/// Whole writes of a list tried again at once after a failed write (past it, the next
+/// change writes the whole list).
+const SAVE_RETRIES: u32 = 3;
 
 /// What [`ContactCache::wait`] did with a waiter.
 #[derive(Debug, PartialEq, Eq)]
@@ -583,14 +592,25 @@ impl<W> ContactCache<W> {
             }
         };
         saved.version = rec.version;
+        saved.inflight += 1;
         Some(save)
     }
 
-    /// A write of `user`'s list failed: the next one writes the whole list.
-    pub fn save_failed(&mut self, user: &str) {
-        if let Some(Slot::Ready(_, saved)) = self.lists.get_mut(user) {
-            saved.whole = true;
+    /// A write [`ContactCache::take_save`] made was answered (`ok`: it is stored).
+    /// Returns true when the caller should write the list again now (whole: a write
+    /// failed, and later ones may have been only what changed).
+    pub fn save_done(&mut self, user: &str, ok: bool) -> bool {
+        let Some(Slot::Ready(_, saved)) = self.lists.get_mut(user) else {
+            return false;
+        };
+        saved.inflight = saved.inflight.saturating_sub(1);
+        if ok {
+            saved.failures = 0;
+            return false;
         }
+        saved.whole = true;
+        saved.failures += 1;
+        saved.failures <= SAVE_RETRIES
     }
 
     /// Runs `f` on `user`'s loaded list (keeping the count of lists with blocks right);
@@ -606,8 +626,18 @@ impl<W> ContactCache<W> {
         Some(r)
     }
 
-    /// Forgets `user`'s loaded list (its last session ended; the store has it).
+    /// Forgets `user`'s loaded list (its last session ended; the store has it), unless a
+    /// write of it is unanswered or failed: call again once it is answered.
     pub fn evict(&mut self, user: &str) {
+        if let Some(Slot::Ready(_, saved)) = self.lists.get(user) {
+            if saved.inflight == 0 && !saved.whole {
+                self.forget(user);
+            }
+        }
+    }
+
+    /// Forgets `user`'s loaded list whatever its writes (the account is gone).
+    pub fn forget(&mut self, user: &str) {
         if let Some(Slot::Ready(r, _)) = self.lists.get(user) {
             self.with_blocks -= usize::from(r.has_blocks());
             self.lists.remove(user);
@@ -839,13 +869,43 @@ mod tests {
         let s = c.take_save("a").unwrap();
         assert!(s.upserts.is_empty() && s.removed.is_empty());
         assert_eq!(s.header.blocked_by, ["z"]);
-        // A failed write: the next one is the whole list.
+        for _ in 0..4 {
+            assert!(!c.save_done("a", true));
+        }
+        // A failed write, with a later one (only what changed) in flight: the list is
+        // written whole again, and stays loaded until that is stored.
         c.apply("a", "p4", RequestOut, LIM).unwrap().unwrap();
         c.take_save("a").unwrap();
-        c.save_failed("a");
+        c.apply("a", "p5", RequestOut, LIM).unwrap().unwrap();
+        assert_eq!(names(&c.take_save("a").unwrap().upserts), ["p5"]);
+        assert!(c.save_done("a", false), "write it again");
+        assert!(!c.save_done("a", true));
+        c.evict("a");
+        assert!(
+            c.get("a").is_some(),
+            "not evicted with a failed write unrepaired"
+        );
         let s = c.take_save("a").unwrap();
         assert!(s.replace);
-        assert_eq!(names(&s.upserts), ["p2", "p3", "p4"]);
+        assert_eq!(names(&s.upserts), ["p2", "p3", "p4", "p5"]);
+        c.evict("a");
+        assert!(c.get("a").is_some(), "not evicted with a write in flight");
+        assert!(!c.save_done("a", true));
         assert!(!c.take_save("a").unwrap().replace, "once");
+        assert!(!c.save_done("a", true));
+        c.evict("a");
+        assert!(c.get("a").is_none());
+        // Failures in a row are tried again a bounded number of times.
+        c.wait("b", 1);
+        c.loaded("b", ContactRecord::default());
+        let tries: Vec<bool> = (0..5)
+            .map(|_| {
+                c.take_save("b").unwrap();
+                c.save_done("b", false)
+            })
+            .collect();
+        assert_eq!(tries, [true, true, true, false, false]);
+        c.forget("b");
+        assert!(c.get("b").is_none());
     }
 }

@@ -933,11 +933,21 @@ fn contact_entries_are_keys_written_by_change_and_moved_from_old_records() {
         };
         rooms.insert("ctc:al", codec::encode(&old)).unwrap();
         rooms.insert("ctc:broken", [1u8, 0x0a, 0x7f]).unwrap();
+        // A list with a damaged entry beside a good one.
+        rooms.insert("cte:al3\0bad", [0xffu8, 0xff]).unwrap();
+        rooms
+            .insert("cte:al3\0ok", codec::encode(&entry("", 1, 1)))
+            .unwrap();
         db.persist(fjall::PersistMode::SyncAll).unwrap();
     }
     let h = open(dir.path(), Durability::Memory);
     let got = call(|cb| h.get_contacts("al", cb)).unwrap();
     assert_eq!((got.version, got.last_seen_us), (2, 5));
+    // The damaged entry is left out, not the list.
+    assert_eq!(
+        call(|cb| h.get_contacts("al3", cb)).unwrap().entries,
+        vec![entry("ok", 1, 1)]
+    );
     assert_eq!(got.entries, vec![entry("bo", 1, 1), entry("cy", 3, 2)]);
     // A change: one entry set, one pruned, the fields.
     let save = ContactSave {

@@ -1135,6 +1135,8 @@ impl Worker {
         self.hist_flush()?;
         self.commit()?;
         let had_account = self.dbs.accounts.contains_key(user.as_bytes())?;
+        // Read before anything is queued: a failed read leaves no deletion half done.
+        let entry_keys = self.keys_under(&contact_entry_key(user, ""))?;
         let (removed, _) = self.remove_range(user, u64::MAX)?;
         if !had_account && removed == 0 {
             return Err(StoreError::NotFound);
@@ -1146,9 +1148,8 @@ impl Worker {
         }
         self.ops
             .push(Op::Del(Ks::Rooms, prefixed(CONTACTS_PREFIX, user)));
-        for peer in self.names_after(&contact_entry_key(user, ""), "contact entry")? {
-            self.ops
-                .push(Op::Del(Ks::Rooms, contact_entry_key(user, &peer)));
+        for k in entry_keys {
+            self.ops.push(Op::Del(Ks::Rooms, k));
         }
         Ok(())
     }
@@ -1209,6 +1210,15 @@ impl Worker {
         self.names_after(&room_member_key(name, ""), "room member")
     }
 
+    /// Every `rooms` key that starts with `prefix`, in order.
+    fn keys_under(&self, prefix: &[u8]) -> StoreResult<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for g in self.dbs.rooms.prefix(prefix) {
+            out.push(g.key()?.to_vec());
+        }
+        Ok(out)
+    }
+
     /// The rest of every `rooms` key that starts with `prefix` (a name), in key order.
     fn names_after(&self, prefix: &[u8], what: &str) -> StoreResult<Vec<String>> {
         let mut out = Vec::new();
@@ -1259,6 +1269,7 @@ impl Worker {
                     w.ops
                         .push(Op::Put(Ks::Rooms, room_member_key(&r.name, m), Vec::new()));
                 }
+                Ok(())
             },
         )?;
         let lists = self.move_inline(
@@ -1268,12 +1279,8 @@ impl Worker {
                 Ok(_) => Ok(None),
                 Err(e) => Err(e.to_string()),
             },
-            |w, (user, r)| {
-                let save = ContactSave::whole(&r);
-                if let Err(e) = w.save_contacts(&user, save) {
-                    tracing::warn!("contact list of {user:?} left as it is: {e}");
-                }
-            },
+            // (A whole write: entry keys an older version left beside the record go.)
+            |w, (user, r)| w.save_contacts(&user, ContactSave::whole(&r)),
         )?;
         if rooms + lists > 0 {
             tracing::info!(rooms, lists, "lists moved to keys of their own");
@@ -1289,7 +1296,7 @@ impl Worker {
         &mut self,
         prefix: &[u8],
         pick: impl Fn(&str, &[u8]) -> Result<Option<T>, String>,
-        mut write: impl FnMut(&mut Self, T),
+        mut write: impl FnMut(&mut Self, T) -> StoreResult<()>,
     ) -> StoreResult<usize> {
         use std::ops::Bound;
         // The first key after every key under `prefix` (which ends in ':').
@@ -1323,7 +1330,7 @@ impl Worker {
             let last_step = batch.len() < MIGRATE_BATCH;
             moved += batch.len();
             for t in batch {
-                write(self, t);
+                write(self, t)?;
             }
             self.commit()?;
             if last_step {
@@ -1373,11 +1380,22 @@ impl Worker {
             let prefix = contact_entry_key(user, "");
             for g in self.dbs.rooms.prefix(&prefix) {
                 let (k, v) = g.into_inner()?;
-                let peer = std::str::from_utf8(&k[prefix.len()..])
-                    .map_err(|_| StoreError::Io("corrupt contact entry key (not UTF-8)".into()))?;
-                let mut e = decode::<ContactEntry>(&v, "contact entry")?;
-                e.user = peer.to_owned();
-                rec.entries.push(e);
+                // A damaged entry is left out (and logged), not the whole list: a list
+                // that cannot load can never be written again.
+                let entry = std::str::from_utf8(&k[prefix.len()..])
+                    .map_err(|_| "its key is not UTF-8".to_owned())
+                    .and_then(|peer| {
+                        let e = decode::<ContactEntry>(&v, "contact entry");
+                        e.map(|e| ContactEntry {
+                            user: peer.to_owned(),
+                            ..e
+                        })
+                        .map_err(|e| e.to_string())
+                    });
+                match entry {
+                    Ok(e) => rec.entries.push(e),
+                    Err(e) => tracing::warn!("contact entry {k:?} left out: {e}"),
+                }
             }
         }
         Ok(rec)
@@ -1386,23 +1404,28 @@ impl Worker {
     /// Writes a change of `user`'s contact list: its fields, and the entries it names.
     fn save_contacts(&mut self, user: &str, save: ContactSave) -> StoreResult<()> {
         validate_name("user", user)?;
+        // Everything checked and read before anything is queued.
         for e in &save.upserts {
             validate_name("contact", &e.user)?;
         }
+        for peer in &save.removed {
+            validate_name("contact", peer)?;
+        }
         if save.replace {
             self.commit()?;
-            let kept: std::collections::HashSet<&str> =
-                save.upserts.iter().map(|e| e.user.as_str()).collect();
-            for peer in self.names_after(&contact_entry_key(user, ""), "contact entry")? {
-                if !kept.contains(peer.as_str()) {
-                    self.ops
-                        .push(Op::Del(Ks::Rooms, contact_entry_key(user, &peer)));
+            let kept: std::collections::HashSet<Vec<u8>> = save
+                .upserts
+                .iter()
+                .map(|e| contact_entry_key(user, &e.user))
+                .collect();
+            for k in self.keys_under(&contact_entry_key(user, ""))? {
+                if !kept.contains(&k) {
+                    self.ops.push(Op::Del(Ks::Rooms, k));
                 }
             }
         }
         // Removals first: an entry pruned and set again since the last write stays.
         for peer in &save.removed {
-            validate_name("contact", peer)?;
             self.ops
                 .push(Op::Del(Ks::Rooms, contact_entry_key(user, peer)));
         }

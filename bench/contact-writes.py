@@ -1,0 +1,75 @@
+"""Bytes the router writes while one user sends N contact requests.
+
+    python bench/contact-writes.py ROUTER_BIN N
+
+Starts ROUTER_BIN on a free port with a fresh data directory, logs N peers in once (so they
+exist), then logs in "hub" and sends N contact requests in a loop (each waits for its
+answer). Prints the wall time of the loop, the bytes the router wrote (/proc/PID/io wchar
+and write_bytes) and its CPU seconds over it. Needs the Python client (`import ringrouter`).
+A contact list that is rewritten whole on every change writes O(N^2) bytes here; one whose
+entries are keys of their own, O(N).
+"""
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import ringrouter
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def counters(pid):
+    v = {}
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            k, x = line.split(":")
+            v[k] = int(x)
+    with open(f"/proc/{pid}/stat") as f:
+        st = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(st[11]) + int(st[12])) / os.sysconf("SC_CLK_TCK")
+    return v["wchar"], v["write_bytes"], cpu
+
+
+def main():
+    router, n = sys.argv[1], int(sys.argv[2])
+    with tempfile.TemporaryDirectory() as d:
+        port = free_port()
+        proc = subprocess.Popen(
+            [router, "--listen", f"127.0.0.1:{port}", "--http-listen", "off",
+             "--shards", "2", "--data-dir", d],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            while "listening on" not in proc.stdout.readline():
+                if proc.poll() is not None:
+                    sys.exit("the router did not start")
+            addr = f"127.0.0.1:{port}"
+            for i in range(n):
+                ringrouter.Client(addr, f"peer{i}").close()
+            hub = ringrouter.Client(addr, "hub", timeout=30)
+            time.sleep(0.5)
+            w0, b0, c0 = counters(proc.pid)
+            t0 = time.time()
+            for i in range(n):
+                hub.contact_request(f"peer{i}")
+            t1 = time.time()
+            time.sleep(1.5)  # the last writes reach the store
+            w1, b1, c1 = counters(proc.pid)
+            print(f"{n} requests: {t1 - t0:.2f} s, {(w1 - w0) / 1e6:.1f} MB written "
+                  f"(write_bytes {(b1 - b0) / 1e6:.1f} MB), router CPU {c1 - c0:.2f} s")
+            hub.close()
+        finally:
+            proc.terminate()
+            proc.wait()
+
+
+if __name__ == "__main__":
+    main()
