@@ -397,7 +397,7 @@ pub(crate) enum Msg {
         user: String,
         cb: Cb<contacts::ContactRecord>,
     },
-    PutContacts {
+    SaveContacts {
         user: String,
         save: contacts::ContactSave,
         cb: Cb<()>,
@@ -815,8 +815,9 @@ impl StoreHandle {
     }
 
     /// Removes `user`'s account and offline queue in one atomic batch (room memberships are
-    /// the caller's, through [`StoreHandle::remove_member`] and [`StoreHandle::delete_room`]). [`StoreError::NotFound`] if there
-    /// was neither an account nor a queued message.
+    /// the caller's, through [`StoreHandle::remove_member`] and
+    /// [`StoreHandle::delete_room`]). [`StoreError::NotFound`] if there was neither an
+    /// account nor a queued message.
     pub fn delete_account(
         &self,
         user: &str,
@@ -986,7 +987,7 @@ impl StoreHandle {
         save: contacts::ContactSave,
         cb: impl FnOnce(StoreResult<()>) + Send + 'static,
     ) -> StoreResult<()> {
-        self.send(Msg::PutContacts {
+        self.send(Msg::SaveContacts {
             user: user.to_owned(),
             save,
             cb: Cb::new(cb),

@@ -662,7 +662,7 @@ impl Worker {
                 let r = self.get_contacts(&user);
                 self.done(cb, r, false);
             }
-            Msg::PutContacts { user, save, cb } => {
+            Msg::SaveContacts { user, save, cb } => {
                 let r = self.save_contacts(&user, save);
                 self.done(cb, r, true);
             }
@@ -1184,16 +1184,13 @@ impl Worker {
 
     // ----- rooms -----
 
-    /// A room's record, its members read from their keys.
+    /// A room's record, its members read from their keys (the open-time move leaves no
+    /// record with members inside).
     fn room(&self, name: &str) -> StoreResult<Option<RoomRecord>> {
-        let Some(v) = self.dbs.rooms.get(prefixed(ROOM_PREFIX, name))? else {
+        let Some(mut r) = self.room_meta(name)? else {
             return Ok(None);
         };
-        let mut r = decode::<RoomRecord>(&v, "room")?;
-        // Inline members: a record the open-time move has not rewritten (never after it).
-        if r.members.is_empty() {
-            r.members = self.room_members(name)?;
-        }
+        r.members = self.room_members(name)?;
         Ok(Some(r))
     }
 
@@ -1279,8 +1276,15 @@ impl Worker {
                 Ok(_) => Ok(None),
                 Err(e) => Err(e.to_string()),
             },
-            // (A whole write: entry keys an older version left beside the record go.)
-            |w, (user, r)| w.save_contacts(&user, ContactSave::whole(&r)),
+            // (A whole write: entry keys an older version left beside the record go.) A
+            // name no longer valid is left as it is: no request can name it either.
+            |w, (user, r)| match w.save_contacts(&user, ContactSave::whole(&r)) {
+                Err(StoreError::Invalid(e)) => {
+                    tracing::warn!("contact list of {user:?} left as it is: {e}");
+                    Ok(())
+                }
+                other => other,
+            },
         )?;
         if rooms + lists > 0 {
             tracing::info!(rooms, lists, "lists moved to keys of their own");
@@ -1375,27 +1379,25 @@ impl Worker {
             Some(v) => decode::<ContactRecord>(&v, "contact list")?,
             None => ContactRecord::default(),
         };
-        // Inline entries: a record the open-time move has not rewritten (never after it).
-        if rec.entries.is_empty() {
-            let prefix = contact_entry_key(user, "");
-            for g in self.dbs.rooms.prefix(&prefix) {
-                let (k, v) = g.into_inner()?;
-                // A damaged entry is left out (and logged), not the whole list: a list
-                // that cannot load can never be written again.
-                let entry = std::str::from_utf8(&k[prefix.len()..])
-                    .map_err(|_| "its key is not UTF-8".to_owned())
-                    .and_then(|peer| {
-                        let e = decode::<ContactEntry>(&v, "contact entry");
-                        e.map(|e| ContactEntry {
-                            user: peer.to_owned(),
-                            ..e
-                        })
-                        .map_err(|e| e.to_string())
-                    });
-                match entry {
-                    Ok(e) => rec.entries.push(e),
-                    Err(e) => tracing::warn!("contact entry {k:?} left out: {e}"),
-                }
+        // The entries are keys of their own (the open-time move leaves none inside).
+        let prefix = contact_entry_key(user, "");
+        for g in self.dbs.rooms.prefix(&prefix) {
+            let (k, v) = g.into_inner()?;
+            // A damaged entry is left out (and logged), not the whole list: a list that
+            // cannot load can never be written again.
+            let entry = std::str::from_utf8(&k[prefix.len()..])
+                .map_err(|_| "its key is not UTF-8".to_owned())
+                .and_then(|peer| {
+                    let e = decode::<ContactEntry>(&v, "contact entry");
+                    e.map(|e| ContactEntry {
+                        user: peer.to_owned(),
+                        ..e
+                    })
+                    .map_err(|e| e.to_string())
+                });
+            match entry {
+                Ok(e) => rec.entries.push(e),
+                Err(e) => tracing::warn!("contact entry {k:?} left out: {e}"),
             }
         }
         Ok(rec)
@@ -1557,24 +1559,21 @@ impl Worker {
         let v = self.dbs.rooms.get(&key)?.ok_or(StoreError::NotFound)?;
         // A corrupt record can still be deleted (its join code then stays dangling and
         // finds nothing).
+        let members = self.room_members(name)?;
         match decode::<RoomRecord>(&v, "room") {
-            Ok(mut old) => {
+            Ok(old) => {
                 let code_key = prefixed(CODE_PREFIX, &old.join_code);
                 if self.dbs.rooms.get(&code_key)?.as_deref() == Some(name.as_bytes()) {
                     self.ops.push(Op::Del(Ks::Rooms, code_key));
                 }
-                if old.members.is_empty() {
-                    old.members = self.room_members(name)?;
-                }
-                for u in people(&old) {
-                    self.ops.push(Op::Del(Ks::Rooms, member_key(u, name)));
-                }
+                // The owner's index key (a member's goes below).
+                self.ops
+                    .push(Op::Del(Ks::Rooms, member_key(&old.owner, name)));
             }
             Err(e) => tracing::warn!("deleting room {name:?}: {e}"),
         }
-        // Member keys go whatever the record held (with their membership index keys: a
-        // record that does not decode names none).
-        for u in self.room_members(name)? {
+        // Member keys go whatever the record says, with their membership index keys.
+        for u in members {
             self.ops.push(Op::Del(Ks::Rooms, room_member_key(name, &u)));
             self.ops.push(Op::Del(Ks::Rooms, member_key(&u, name)));
         }
