@@ -221,10 +221,9 @@ impl Cursor<'_> {
 }
 
 fn utf8(body: &Bytes, r: std::ops::Range<usize>) -> Result<Bytes, FrameError> {
-    let text = &body[r.clone()];
     // Printable ASCII (most names) is UTF-8: one word-wide pass instead of a decode.
-    if !crate::names::printable_ascii(text) {
-        std::str::from_utf8(text)
+    if !crate::names::printable_ascii_at(body, r.clone()) {
+        std::str::from_utf8(&body[r.clone()])
             .map_err(|_| FrameError::Malformed("string is not UTF-8".into()))?;
     }
     Ok(body.slice(r))

@@ -7,6 +7,7 @@
 
 use bytes::Bytes;
 use ringrouter_proto::fast::SendView;
+use ringrouter_proto::names::name_eq;
 use ringrouter_proto::reply;
 use ringrouter_proto::Status;
 
@@ -182,7 +183,7 @@ impl Shard {
             };
             let reply = v.want_result.then_some((sender, v.request_id));
             let (same_from, same_to) = match &self.outbox_last[home] {
-                Some((id, to)) => (*id == sender, *to == v.to_user),
+                Some((id, to)) => (*id == sender, name_eq(to, &v.to_user)),
                 None => (false, false),
             };
             let to_user = if same_to {

@@ -8,6 +8,7 @@
 //! never behind a SendResult OK. Nothing at all when `--history-per-conversation` is 0.
 
 use bytes::Bytes;
+use ringrouter_proto::names::name_eq;
 use rustc_hash::FxHashMap;
 
 use super::{SessionKey, Shard};
@@ -111,8 +112,8 @@ impl Shard {
         }
         let h = &mut self.hist;
         if h.scratch.first() != Some(&b'd')
-            || h.last_pair.0 != from_user[..]
-            || h.last_pair.1 != to_user
+            || !name_eq(&h.last_pair.0, from_user)
+            || !name_eq(&h.last_pair.1, to_user)
         {
             dm_conv_into(&mut h.scratch, from_user, to_user);
             h.renamed();

@@ -191,7 +191,8 @@ impl LastDest {
     /// The home shard of `to_user` if it is this destination.
     #[inline]
     pub fn home_of(&self, to_user: &[u8]) -> Option<usize> {
-        (self.name[..usize::from(self.len)] == *to_user).then_some(usize::from(self.home))
+        ringrouter_proto::names::name_eq(&self.name[..usize::from(self.len)], to_user)
+            .then_some(usize::from(self.home))
     }
 
     /// Remembers `to_user` (a name that passed the checks) and its `home`.
