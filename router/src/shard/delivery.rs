@@ -86,32 +86,45 @@ impl Shard {
         self.delivered(d)
     }
 
-    /// [`Shard::deliver_to_sessions`] to sessions already looked up (`keys`: a user's
-    /// sessions here, as `users` held them; see `rooms::FanResolved`).
-    pub(crate) fn deliver_to_keys(
+    /// A room message to every session of its members here, `keys` (member `i`'s sessions
+    /// are `keys[spans[i]]`): one pass with the bounds read once per message, not once
+    /// per member. Members with no session here (their offline copy is the caller's)
+    /// go to `absent`, sessions past a bound to `overflowed` (the caller closes them
+    /// once the pass is done).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn deliver_fan(
         &mut self,
         keys: &[SessionKey],
+        spans: &[(u32, u32)],
         m: Outgoing<'_>,
         remote_sender: Option<SessionId>,
         skip: Option<SessionId>,
         blocked: &mut Vec<SessionKey>,
-    ) -> (usize, Option<SessionKey>) {
-        if keys.is_empty() {
-            return (0, None);
-        }
+        absent: &mut Vec<usize>,
+        overflowed: &mut Vec<SessionKey>,
+    ) {
         let skip = self.skip_key(skip);
-        let retain = self.store.is_some();
-        let d = deliver_keys(
-            &mut self.sessions,
+        let mut sink = Sink::new(
             &self.cfg,
-            retain,
-            keys,
-            m,
+            self.store.is_some(),
             remote_sender,
             skip,
             blocked,
         );
-        self.delivered(d)
+        for (i, &(a, b)) in spans.iter().enumerate() {
+            let before = sink.d.n + sink.d.skipped;
+            for &k in keys.get(a as usize..b as usize).unwrap_or_default() {
+                sink.one(&mut self.sessions, k, &m);
+            }
+            if sink.d.n + sink.d.skipped == before {
+                absent.push(i);
+            }
+            if let Some(k) = sink.d.overflowed.take() {
+                overflowed.push(k);
+            }
+        }
+        let d = sink.d;
+        self.delivered(d);
     }
 
     fn skip_key(&self, skip: Option<SessionId>) -> Option<(SessionKey, u32)> {
@@ -575,39 +588,66 @@ struct Delivered {
     pause: Option<SessionId>,
 }
 
-/// The body of [`Shard::deliver_to_sessions`] over the sessions `keys` (the shard's
-/// fields it needs passed apart, so `keys` may be borrowed from the shard's user map).
-#[allow(clippy::too_many_arguments)]
-fn deliver_keys(
-    sessions: &mut slab::Slab<super::session::Session>,
-    cfg: &crate::config::Config,
+/// One message's delivery to sessions (see [`deliver_keys`]): the bounds it checks, read
+/// from the config once per message, and what it did so far.
+struct Sink<'b> {
+    max_unacked: usize,
+    max_unacked_bytes: usize,
+    max_pending: usize,
+    hard_cap: usize,
+    inline_max: usize,
     retain: bool,
-    keys: &[SessionKey],
-    m: Outgoing<'_>,
     remote_sender: Option<SessionId>,
     skip_key: Option<(SessionKey, u32)>,
-    blocked: &mut Vec<SessionKey>,
-) -> Delivered {
-    let max_unacked = cfg.max_unacked_per_session;
-    let max_unacked_bytes = cfg.max_unacked_bytes_per_session;
-    let mut pause: Option<SessionId> = None;
-    let max_pending = cfg.max_pending_bytes;
-    let hard_cap = cfg.hard_pending_bytes();
-    let inline_max = cfg.inline_payload_max;
-    let mut n = 0;
-    let mut skipped = 0;
-    let mut overflowed: Option<SessionKey> = None;
-    for &k in keys {
+    blocked: &'b mut Vec<SessionKey>,
+    d: Delivered,
+}
+
+impl<'b> Sink<'b> {
+    fn new(
+        cfg: &crate::config::Config,
+        retain: bool,
+        remote_sender: Option<SessionId>,
+        skip_key: Option<(SessionKey, u32)>,
+        blocked: &'b mut Vec<SessionKey>,
+    ) -> Self {
+        Sink {
+            max_unacked: cfg.max_unacked_per_session,
+            max_unacked_bytes: cfg.max_unacked_bytes_per_session,
+            max_pending: cfg.max_pending_bytes,
+            hard_cap: cfg.hard_pending_bytes(),
+            inline_max: cfg.inline_payload_max,
+            retain,
+            remote_sender,
+            skip_key,
+            blocked,
+            d: Delivered {
+                n: 0,
+                skipped: 0,
+                overflowed: None,
+                pause: None,
+            },
+        }
+    }
+
+    /// The message to the session `k` (nothing if it is gone or closing).
+    #[inline(always)]
+    fn one(
+        &mut self,
+        sessions: &mut slab::Slab<super::session::Session>,
+        k: SessionKey,
+        m: &Outgoing<'_>,
+    ) {
         let Some(s) = sessions.get_mut(k) else {
-            continue;
+            return;
         };
         if s.closing.is_some() {
-            continue;
+            return;
         }
-        if skip_key == Some((k, s.gen)) {
+        if self.skip_key == Some((k, s.gen)) {
             // The sending device has it: it counts as a live session of the user.
-            skipped += 1;
-            continue;
+            self.d.skipped += 1;
+            return;
         }
         if s.loading {
             // The backlog goes first. In sync mode this message is in the queue
@@ -623,8 +663,9 @@ fn deliver_keys(
                     msg_id: m.msg_id,
                     ts_us: m.ts_us,
                 });
-                if s.deferred.len() > max_unacked || s.deferred_bytes > max_unacked_bytes {
-                    overflowed = Some(k);
+                if s.deferred.len() > self.max_unacked || s.deferred_bytes > self.max_unacked_bytes
+                {
+                    self.d.overflowed = Some(k);
                 }
             }
         } else {
@@ -633,7 +674,7 @@ fn deliver_keys(
                 s.oldest_ts_us = m.ts_us;
             }
             match m.fanned {
-                Some(fm) => s.out.push_fanned(fm, s.last_seq, inline_max),
+                Some(fm) => s.out.push_fanned(fm, s.last_seq, self.inline_max),
                 None => {
                     let stamp = DeliverStamp {
                         seq: s.last_seq,
@@ -642,43 +683,58 @@ fn deliver_keys(
                         server_ts_us: m.ts_us,
                         msg_id: m.msg_id,
                     };
-                    s.out.push_deliver(&stamp, m.payload, inline_max);
+                    s.out.push_deliver(&stamp, m.payload, self.inline_max);
                 }
             }
             s.wake_writer();
-            if retain {
-                s.unacked.push(s.last_seq, &m);
-                if s.unacked.len() > max_unacked || s.unacked.bytes() > max_unacked_bytes {
-                    overflowed = Some(k);
+            if self.retain {
+                s.unacked.push(s.last_seq, m);
+                if s.unacked.len() > self.max_unacked || s.unacked.bytes() > self.max_unacked_bytes
+                {
+                    self.d.overflowed = Some(k);
                 }
             }
         }
-        if s.pending() > max_pending {
-            match remote_sender {
+        if s.pending() > self.max_pending {
+            match self.remote_sender {
                 // A sender on another shard: ask its shard to stop reading it
                 // until this session drains (once per sender and episode).
                 Some(id) => {
                     if !s.throttled.contains(&id) {
                         s.throttled.push(id);
-                        pause = Some(id);
+                        self.d.pause = Some(id);
                     }
                 }
                 None => {
-                    if blocked.last() != Some(&k) {
-                        blocked.push(k);
+                    if self.blocked.last() != Some(&k) {
+                        self.blocked.push(k);
                     }
                 }
             }
         }
-        if s.pending() > hard_cap {
-            overflowed = Some(k);
+        if s.pending() > self.hard_cap {
+            self.d.overflowed = Some(k);
         }
-        n += 1;
+        self.d.n += 1;
     }
-    Delivered {
-        n,
-        skipped,
-        overflowed,
-        pause,
+}
+
+/// The body of [`Shard::deliver_to_sessions`] over the sessions `keys` (the shard's
+/// fields it needs passed apart, so `keys` may be borrowed from the shard's user map).
+#[allow(clippy::too_many_arguments)]
+fn deliver_keys(
+    sessions: &mut slab::Slab<super::session::Session>,
+    cfg: &crate::config::Config,
+    retain: bool,
+    keys: &[SessionKey],
+    m: Outgoing<'_>,
+    remote_sender: Option<SessionId>,
+    skip_key: Option<(SessionKey, u32)>,
+    blocked: &mut Vec<SessionKey>,
+) -> Delivered {
+    let mut sink = Sink::new(cfg, retain, remote_sender, skip_key, blocked);
+    for &k in keys {
+        sink.one(sessions, k, &m);
     }
+    sink.d
 }

@@ -1340,25 +1340,35 @@ impl Shard {
             // The members' sessions, looked up once per member list and change of the
             // sessions here, not once per message and member.
             let fan = self.fan_resolved(&users);
-            for (user, span) in users.iter().zip(&fan.spans) {
-                let m = Outgoing {
-                    from_user: &fanned.from_user,
-                    to_room: &fanned.to_room,
-                    payload: &fanned.payload,
-                    msg_id,
-                    ts_us,
-                    store_seq: 0,
-                    fanned: Some(&fanned),
-                };
-                let keys = &fan.keys[span.0 as usize..span.1 as usize];
-                let (n, overflowed) =
-                    self.deliver_to_keys(keys, m, Some(sender), Some(sender), &mut blocked);
-                if n == 0 {
+            let m = Outgoing {
+                from_user: &fanned.from_user,
+                to_room: &fanned.to_room,
+                payload: &fanned.payload,
+                msg_id,
+                ts_us,
+                store_seq: 0,
+                fanned: Some(&fanned),
+            };
+            let (mut absent, mut overflowed) = (Vec::new(), Vec::new());
+            self.deliver_fan(
+                &fan.keys,
+                &fan.spans,
+                m,
+                Some(sender),
+                Some(sender),
+                &mut blocked,
+                &mut absent,
+                &mut overflowed,
+            );
+            for i in absent {
+                if let Some(user) = users.get(i) {
                     self.store_offline(user, m, answer(&part));
                 }
-                // (A session closed here bumps `users_gen`: the keys that follow are
-                // still checked against the sessions, and the list is not reused.)
-                self.close_overflowed(overflowed);
+            }
+            // Closed after the pass: a close bumps `users_gen`, and the list is then
+            // not reused.
+            for k in overflowed {
+                self.close_overflowed(Some(k));
             }
             self.fan_cache.keep(fan);
         }
