@@ -215,6 +215,10 @@ impl Reader {
     }
 }
 
+/// A read chunk with frames left (see `read_loop`): the chunk, where its next frame
+/// starts, and the chunk's framing error (told once the frames before it are handled).
+type Held = (bytes::Bytes, usize, Option<(Status, String)>);
+
 async fn read_loop(
     shard: &Rc<RefCell<Shard>>,
     key: SessionKey,
@@ -225,6 +229,10 @@ async fn read_loop(
 ) {
     let max_frame = shard.borrow().cfg.max_frame_bytes;
     let mut blocked: Vec<SessionKey> = Vec::new();
+    // A chunk whose frames were not all handled (the session reached its budget
+    // mid-chunk): the chunk, where its next frame starts, and its framing error (told
+    // once the frames before it are handled).
+    let mut held: Option<Held> = None;
     loop {
         let flow = {
             let mut sh = shard.borrow_mut();
@@ -233,9 +241,18 @@ async fn read_loop(
             let mut flow = Flow::Continue;
             // Every complete frame in one chunk: one reference count for all of
             // them; payloads become slices of it.
-            let (chunk, framing_error) = split_frames(&mut buf, max_frame);
-            let mut bad = framing_error.map(|e| (e.status(), e.to_string()));
-            for range in frames(&chunk) {
+            let (chunk, start, framing_error) = match held.take() {
+                Some(h) => h,
+                None => {
+                    let (chunk, e) = split_frames(&mut buf, max_frame);
+                    (chunk, 0, e.map(|e| (e.status(), e.to_string())))
+                }
+            };
+            let mut bad = None;
+            let mut rest = None;
+            for r in frames(&chunk[start..]) {
+                let range = start + r.start..start + r.end;
+                let end = range.end;
                 match parse_client_at(&chunk, range) {
                     Ok(frame) => {
                         if sh.on_frame(key, frame, now, ts, &mut blocked) == Flow::Stop {
@@ -248,6 +265,22 @@ async fn read_loop(
                         break;
                     }
                 }
+                // Past its budget (its own answers queued over `max_pending_bytes`),
+                // the session's next frames wait for it to drain: a chunk of cheap
+                // requests with big answers queues at most one answer past the bound.
+                if sh.answers_over && end < chunk.len() {
+                    sh.answers_over = false;
+                    if sh.over_budget(key) {
+                        rest = Some(end);
+                        break;
+                    }
+                }
+            }
+            match rest {
+                Some(at) if flow == Flow::Continue && bad.is_none() => {
+                    held = Some((chunk, at, framing_error));
+                }
+                _ => bad = bad.or(framing_error),
             }
             if let Some((code, reason)) = bad {
                 if flow == Flow::Continue {
@@ -301,6 +334,10 @@ async fn read_loop(
             }
         })
         .await;
+        if held.is_some() {
+            // The rest of the chunk first; no read meanwhile.
+            continue;
+        }
         let res = if let Some(layers) = layers {
             // Boxed: a plain session's reader future does not carry its state.
             Box::pin(read_layered(shard, key, fd, &reader, layers, &mut buf)).await

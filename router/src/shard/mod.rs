@@ -136,6 +136,9 @@ pub struct Shard {
     pub parked_throttled: Vec<SessionId>,
     /// Mail this shard posted to itself (a room homed here, a store completion).
     pub local_mail: Vec<Mail>,
+    /// An answer took a session past `max_pending_bytes` (see `net::session`: the
+    /// reader then checks its own session's budget).
+    pub answers_over: bool,
     /// This shard's doorbell (wakes its mailbox consumer).
     pub bell: Option<Arc<crate::mailbox::Doorbell>>,
     /// Rooms homed here (loaded, or being looked up).
@@ -233,6 +236,7 @@ impl Shard {
             parked_bytes: 0,
             parked_throttled: Vec::new(),
             local_mail: Vec::new(),
+            answers_over: false,
             bell: None,
             hist: history::HistBuf::default(),
             resumable: resume::Resumable::default(),
@@ -289,8 +293,22 @@ impl Shard {
 
     /// Queues a frame on a session and wakes its writer.
     pub fn push_frame(&mut self, key: SessionKey, f: &ServerFrame) {
-        if let Some(s) = self.sessions.get_mut(key) {
-            s.push_frame(f);
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        s.push_frame(f);
+        if s.pending() > self.cfg.max_pending_bytes {
+            // Its reader stops handling the frames of the chunk it is in.
+            self.answers_over = true;
+        }
+        let Some(s) = self.sessions.get(key) else {
+            return;
+        };
+        if s.closing.is_none() && s.pending() > self.cfg.hard_pending_bytes() {
+            // Answers to requests it pipelined and does not read: past the hard cap it
+            // is closed as a slow consumer, as deliveries would close it, rather than
+            // queuing answers without end.
+            self.close_overflowed(Some(key));
         }
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ringrouter_proto::v1::{client_frame, server_frame, Ping};
+use ringrouter_proto::v1::{client_frame, server_frame, ListRooms, Ping};
 use ringrouter_proto::Status;
 use ringrouter_tests::{
     assert_error, cfg, client_frame_bytes, connect_small_rcvbuf, send_frame_bytes, Driver, Pair,
@@ -612,5 +612,90 @@ fn finished_connections_leave_no_memory_behind() {
             per <= 1024.0,
             "{driver:?}: {per:.0} B per finished connection ({before} -> {after} KiB)"
         );
+    }
+}
+
+/// A client that pipelines many cheap requests with big answers (ListRooms, ~3 KB each)
+/// and reads none. Answered at once or later (from the store), what waits for it is
+/// bounded: its frames are handled only while its answers are under
+/// `--max-pending-bytes` (the rest wait in the chunk read and in the socket), and past
+/// the hard cap (`--max-pending-bytes` + 32 MiB) it is closed as a slow consumer.
+/// Before, 60 000 such requests queued ~180 MB of answers.
+#[test]
+fn pipelined_requests_with_big_answers_are_bounded_by_the_hard_cap() {
+    let r = RouterProc::start(&[
+        "--max-pending-bytes",
+        "65536",
+        "--slow-consumer-timeout",
+        "60",
+    ]);
+    let mut a = r.raw_login("bigask");
+    let rooms = 40;
+    for i in 0..rooms {
+        let name = format!("{}-{i:02}", "r".repeat(56));
+        assert_eq!(a.create_room(&name, "").status, Status::Ok as i32);
+    }
+    let one = client_frame_bytes(client_frame::Kind::ListRooms(ListRooms { request_id: 7 }));
+    let n = 60_000usize;
+    let before = r.rss_kib();
+    let mut all = Vec::with_capacity(one.len() * n);
+    for _ in 0..n {
+        all.extend_from_slice(&one);
+    }
+    // Written from a thread: the router stops reading this client on the way.
+    let mut w = a.stream.try_clone().expect("clone the socket");
+    let writer = thread::spawn(move || {
+        let _ = w.write_all(&all);
+    });
+    thread::sleep(Duration::from_millis(2500));
+    let grown_mib = r.rss_kib().saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < 80,
+        "{grown_mib} MiB of answers queued for a client that reads nothing"
+    );
+    let (frames, _) = a.read_until_end(Duration::from_secs(20));
+    let answers = frames
+        .iter()
+        .filter(|f| matches!(&f.kind, Some(server_frame::Kind::RoomResult(res)) if res.rooms.len() == rooms))
+        .count();
+    let last = frames.last().and_then(|f| f.kind.clone());
+    match last {
+        Some(server_frame::Kind::Error(e)) => {
+            assert_eq!(e.code, Status::SlowConsumer as i32, "{e:?}");
+            // (A slow consumer's queue is dropped with the close: it gets the Error.)
+            assert!(answers < n, "{answers} answers");
+        }
+        other => panic!("not closed as a slow consumer after {answers} answers: {other:?}"),
+    }
+    drop(a);
+    let _ = writer.join();
+}
+
+/// A session that stops handling a chunk's frames at its budget (its answers over
+/// `--max-pending-bytes`) handles the rest of that chunk once it drains: thousands of
+/// pipelined pings, written at once and read afterwards, are all answered, in order.
+#[test]
+fn frames_held_at_the_budget_are_all_answered_in_order() {
+    let r = RouterProc::start(&[
+        "--max-pending-bytes",
+        "4096",
+        "--slow-consumer-timeout",
+        "60",
+    ]);
+    let mut a = r.raw_login("pinger");
+    let n = 5_000u64;
+    let mut all = Vec::new();
+    for nonce in 1..=n {
+        all.extend_from_slice(&client_frame_bytes(client_frame::Kind::Ping(Ping {
+            nonce,
+        })));
+    }
+    a.write(&all).expect("the pings fit the socket buffers");
+    thread::sleep(Duration::from_millis(300));
+    for want in 1..=n {
+        match a.next_kind(T) {
+            server_frame::Kind::Pong(p) => assert_eq!(p.nonce, want),
+            other => panic!("pong {want}: {other:?}"),
+        }
     }
 }
