@@ -259,6 +259,22 @@ fn parse_send(body: &Bytes, range: std::ops::Range<usize>) -> Result<SendView, F
     Ok(s)
 }
 
+/// Bytes a Send's body may hold besides its payload before the payload is copied out
+/// of it: its names (at most 2 × 66) and numbers (at most 5 × 11) fit well under it.
+pub const SEND_PADDING_MAX: usize = 512;
+
+/// `v` with its payload copied out of the frame when the Send's body (`body` bytes) is
+/// mostly something else (unknown fields as padding): a payload slice that is retained
+/// or queued keeps its whole buffer alive, and the bounds count only the payload's
+/// bytes. A well-formed Send is never copied here.
+#[inline]
+fn unpadded(mut v: SendView, body: usize) -> SendView {
+    if body > v.payload.len() + SEND_PADDING_MAX {
+        v.payload = Bytes::copy_from_slice(&v.payload);
+    }
+    v
+}
+
 /// Decodes a client frame body. A frame whose only field is `send` takes the
 /// allocation-free path; anything else (including repeated or merged kinds) is
 /// decoded by prost with full protobuf semantics.
@@ -283,23 +299,28 @@ pub fn parse_client_at(
             if field == 2 && wt == WT_LEN {
                 let r = c.len_delimited()?;
                 if c.pos == range.end {
-                    return Ok(Inbound::Send(parse_send(chunk, r)?));
+                    let body = r.len();
+                    return Ok(Inbound::Send(unpadded(parse_send(chunk, r)?, body)));
                 }
             }
         }
     }
+    let body = range.len();
     let frame = ClientFrame::decode(chunk.slice(range))?;
     Ok(match frame.kind {
-        Some(client_frame::Kind::Send(s)) => Inbound::Send(SendView {
-            request_id: s.request_id,
-            to_user: Bytes::from(s.to_user),
-            to_room: Bytes::from(s.to_room),
-            payload: s.payload,
-            want_result: s.want_result,
-            msg_id: s.msg_id,
-            ephemeral: s.ephemeral,
-            client_seq: s.client_seq,
-        }),
+        Some(client_frame::Kind::Send(s)) => Inbound::Send(unpadded(
+            SendView {
+                request_id: s.request_id,
+                to_user: Bytes::from(s.to_user),
+                to_room: Bytes::from(s.to_room),
+                payload: s.payload,
+                want_result: s.want_result,
+                msg_id: s.msg_id,
+                ephemeral: s.ephemeral,
+                client_seq: s.client_seq,
+            },
+            body,
+        )),
         Some(k) => Inbound::Other(k),
         None => Inbound::Empty,
     })
@@ -667,6 +688,49 @@ mod tests {
         }
         .encode_to_vec()
         .into()
+    }
+
+    #[test]
+    fn a_padded_sends_payload_is_copied_out_of_its_frame_and_a_plain_ones_is_not() {
+        let send = Send {
+            to_user: "bob".into(),
+            payload: Bytes::from(vec![7u8; 300]),
+            msg_id: 5,
+            ..Default::default()
+        };
+        // Plain: the payload is a slice of the frame.
+        let plain = send_frame(send.clone());
+        let range = 0..plain.len();
+        let Inbound::Send(v) = parse_client_at(&plain, range).unwrap() else {
+            panic!("not a send")
+        };
+        assert!(plain.as_ptr_range().contains(&v.payload.as_ptr()));
+        // The same Send with 64 KiB of an unknown field: equal, but copied out, by the
+        // hand parser (send alone in the frame) and by prost (another field after it).
+        let mut body = send.encode_to_vec();
+        put_varint(&mut body, (99 << 3) | u64::from(WT_LEN));
+        put_varint(&mut body, 65_536);
+        body.resize(body.len() + 65_536, 0xAB);
+        // Field 1000 (varint) of ClientFrame: not one this version knows.
+        let mut unknown = Vec::new();
+        put_varint(&mut unknown, 1000 << 3);
+        unknown.push(1);
+        for extra in [&[][..], &unknown[..]] {
+            let mut frame = Vec::new();
+            put_varint(&mut frame, (2 << 3) | u64::from(WT_LEN));
+            put_varint(&mut frame, body.len() as u64);
+            frame.extend_from_slice(&body);
+            frame.extend_from_slice(extra);
+            let frame = Bytes::from(frame);
+            let Inbound::Send(p) = parse_client_at(&frame, 0..frame.len()).unwrap() else {
+                panic!("not a send")
+            };
+            assert_eq!(
+                (&p.to_user[..], &p.payload, p.msg_id),
+                (&b"bob"[..], &send.payload, 5)
+            );
+            assert!(!frame.as_ptr_range().contains(&p.payload.as_ptr()));
+        }
     }
 
     #[test]

@@ -699,3 +699,43 @@ fn frames_held_at_the_budget_are_all_answered_in_order() {
         }
     }
 }
+
+/// A Send padded with an unknown field (64 KiB here) around a small payload: its payload
+/// is copied out of the frame, so the deliveries its recipient holds unacked keep 300
+/// bytes each, not the whole frame (before, 1 500 of them held ~100 MB).
+#[test]
+fn a_padded_sends_unacked_delivery_does_not_hold_its_frame() {
+    let r = RouterProc::start(&[]);
+    let mut keeper = r.raw_login("keeper");
+    let mut sender = r.raw_login("padder");
+    let send = ringrouter_proto::v1::Send {
+        to_user: "keeper".into(),
+        payload: vec![7u8; 300].into(),
+        ..Default::default()
+    };
+    let mut body = prost::Message::encode_to_vec(&send);
+    // Field 99, length-delimited, 64 KiB: unknown to the router, skipped.
+    body.extend_from_slice(&[0x9a, 0x06, 0x80, 0x80, 0x04]);
+    body.resize(body.len() + 65_536, 0xAB);
+    let mut frame = vec![0x12];
+    let mut n = body.len();
+    while n >= 0x80 {
+        frame.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    frame.push(n as u8);
+    frame.extend_from_slice(&body);
+    let count = 1_500;
+    let before = r.rss_kib();
+    for _ in 0..count {
+        sender.send_body(&frame);
+        // Read as they come (the sockets stay shallow); never acked.
+    }
+    let got = keeper.delivers(count, Duration::from_secs(30));
+    assert!(got.iter().all(|d| d.payload.len() == 300));
+    let grown_mib = r.rss_kib().saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < 48,
+        "{grown_mib} MiB held for {count} unacked 300-byte deliveries"
+    );
+}
