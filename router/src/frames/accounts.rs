@@ -63,6 +63,19 @@ impl Shard {
             return;
         };
         let user = String::from_utf8_lossy(&self.sessions[key].user).into_owned();
+        if !self.deleting.insert(user.clone()) {
+            // Pipelined again (by this device or another): each would repeat the whole
+            // fan-out to rooms and contacts.
+            self.counters.reject(Status::Conflict);
+            let frame = account_result(
+                request_id,
+                Status::Conflict,
+                "a deletion of this account is under way",
+                Vec::new(),
+            );
+            self.push_frame(key, &frame);
+            return;
+        }
         let u = user.clone();
         self.store_req(
             |st, cb| st.rooms_of(&u, cb),
@@ -83,6 +96,7 @@ impl Shard {
                     sh.delete_account_record(from, request_id, user);
                 }
                 Err(e) => {
+                    sh.deleting.remove(&user);
                     let frame =
                         account_result(request_id, store_status(&e), &e.to_string(), Vec::new());
                     sh.send_to_session(from, frame);
@@ -96,6 +110,7 @@ impl Shard {
         self.store_req(
             |st, cb| st.delete_account(&u, cb),
             move |sh, r| {
+                sh.deleting.remove(&user);
                 let status = match &r {
                     // Nothing stored (no account record, no queue) is still "deleted".
                     Ok(()) | Err(crate::store::StoreError::NotFound) => Status::Ok,

@@ -27,6 +27,13 @@ fn deliver(m: HistMsg, room: &str) -> Deliver {
 }
 
 impl Shard {
+    /// Most bytes of messages in one History or ListConversations answer: its frame
+    /// within the frame limit (its own header aside), so a page of big messages is one
+    /// frame clients can read and a bounded allocation.
+    fn page_bytes(&self) -> usize {
+        self.cfg.max_frame_bytes.saturating_sub(1024)
+    }
+
     fn page_limit(&self, limit: u32) -> Result<usize, String> {
         let max = self.cfg.history_page_max;
         match limit {
@@ -64,6 +71,7 @@ impl Shard {
             room: (!h.room.is_empty()).then_some(h.room),
             before: h.before,
             limit,
+            max_bytes: self.page_bytes(),
         };
         self.store_req(
             |s, cb| s.history_query(query, cb),
@@ -109,8 +117,9 @@ impl Shard {
             return;
         };
         let user = String::from_utf8_lossy(&self.sessions[key].user).into_owned();
+        let max_bytes = self.page_bytes();
         self.store_req(
-            |s, cb| s.conversations(&user, limit, l.before_ts_us, cb),
+            |s, cb| s.conversations(&user, limit, l.before_ts_us, max_bytes, cb),
             move |sh, r| {
                 let f = match r {
                     Ok(cs) => reply::conversations_result(

@@ -10,7 +10,7 @@ use ringrouter_proto::v1::client_frame;
 use ringrouter_proto::Status;
 
 use crate::shard::mail::{RoomOp, RoomReq, CODE_MARK};
-use crate::shard::rooms::{check_join_code, OwnItem, PARKED_REQ};
+use crate::shard::rooms::{check_join_code, OwnItem};
 use crate::shard::store_link::store_status;
 use crate::shard::{Mail, SessionId, SessionKey, Shard};
 use crate::store::MAX_PASSWORD_BYTES;
@@ -103,8 +103,8 @@ impl Shard {
         let user = Bytes::copy_from_slice(req.user.as_bytes());
         if let Some(waiting) = self.room_quota.get_mut(&user) {
             // Behind the user's Create or Join in flight, in order.
+            self.parked_bytes += req.weight();
             waiting.push_back(OwnItem::Req(req));
-            self.parked_bytes += PARKED_REQ;
         } else if matches!(req.op, RoomOp::Create { .. } | RoomOp::Join { .. }) {
             self.room_quota.insert(user, VecDeque::new());
             self.admit_own(req);

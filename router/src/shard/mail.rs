@@ -143,6 +143,19 @@ pub struct RoomReq {
     pub quota: bool,
 }
 
+impl RoomReq {
+    /// What it counts for while it waits (parked behind a room or its user's Create or
+    /// Join, or in the pipeline to another shard): a fixed part and its initial members'
+    /// names (a CreateRoom may carry thousands).
+    pub fn weight(&self) -> usize {
+        let members = match &self.op {
+            RoomOp::Create { members, .. } => members.iter().map(|m| m.len() + 24).sum(),
+            _ => 0,
+        };
+        crate::shard::rooms::PARKED_REQ + members
+    }
+}
+
 /// The room operations.
 #[derive(Debug)]
 pub enum RoomOp {
@@ -358,6 +371,7 @@ impl Mail {
             Mail::RoomSend(r) => r.payload.len() + 64,
             Mail::RoomDeliver(r) => r.payload.len() + 64,
             Mail::Live(l) => l.weight,
+            Mail::Room(r) => r.weight(),
             _ => 64,
         }
     }
@@ -481,5 +495,51 @@ impl Shard {
     pub fn begin_batch(&mut self) {
         self.batch_to = Bytes::new();
         self.batch_from = Bytes::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(op: RoomOp) -> RoomReq {
+        RoomReq {
+            user: "owner".into(),
+            from: SessionId {
+                shard: 0,
+                key: 0,
+                gen: 0,
+            },
+            request_id: 1,
+            op,
+            quota: true,
+        }
+    }
+
+    #[test]
+    fn a_create_with_members_weighs_their_names() {
+        let plain = req(RoomOp::Leave { room: "r".into() });
+        let members: Vec<String> = (0..9_999).map(|i| format!("member-{i:05}")).collect();
+        let names: usize = members.iter().map(String::len).sum();
+        let create = req(RoomOp::Create {
+            name: "r".into(),
+            password: String::new(),
+            members,
+        });
+        assert_eq!(plain.weight(), crate::shard::rooms::PARKED_REQ);
+        assert!(
+            create.weight() >= names + plain.weight(),
+            "{}",
+            create.weight()
+        );
+        assert_eq!(Mail::Room(Box::new(create)).weight(), {
+            let again: Vec<String> = (0..9_999).map(|i| format!("member-{i:05}")).collect();
+            req(RoomOp::Create {
+                name: "r".into(),
+                password: String::new(),
+                members: again,
+            })
+            .weight()
+        });
     }
 }

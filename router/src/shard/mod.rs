@@ -139,6 +139,9 @@ pub struct Shard {
     /// An answer took a session past `max_pending_bytes` (see `net::session`: the
     /// reader then checks its own session's budget).
     pub answers_over: bool,
+    /// Users homed here whose DeleteAccount is under way (one at a time: another one
+    /// meanwhile is refused CONFLICT, not run again).
+    pub(crate) deleting: NameSet<String>,
     /// This shard's doorbell (wakes its mailbox consumer).
     pub bell: Option<Arc<crate::mailbox::Doorbell>>,
     /// Rooms homed here (loaded, or being looked up).
@@ -237,6 +240,7 @@ impl Shard {
             parked_throttled: Vec::new(),
             local_mail: Vec::new(),
             answers_over: false,
+            deleting: NameSet::default(),
             bell: None,
             hist: history::HistBuf::default(),
             resumable: resume::Resumable::default(),

@@ -76,7 +76,7 @@ pub(crate) const PARKED_REQ: usize = 256;
 impl OwnItem {
     fn weight(&self) -> usize {
         match self {
-            OwnItem::Req(_) => PARKED_REQ,
+            OwnItem::Req(r) => r.weight(),
             OwnItem::Send(s) => s.payload.len() + PARKED_REQ,
         }
     }
@@ -86,7 +86,7 @@ impl RoomWork {
     /// What it counts for in the shard's `parked_bytes` while it waits.
     fn weight(&self) -> usize {
         match self {
-            RoomWork::Req(_) => PARKED_REQ,
+            RoomWork::Req(r) => r.weight(),
             RoomWork::Send(s) => s.payload.len() + PARKED_REQ,
         }
     }

@@ -190,7 +190,16 @@ pub struct HistQuery {
     pub before: u64,
     /// Most messages.
     pub limit: usize,
+    /// Most bytes of messages (their payloads and names, plus [`PAGE_MSG_OVERHEAD`]
+    /// each): a page stops before it would pass them, with at least one message. The
+    /// router sets its frame limit, so a page of big messages stays one frame that
+    /// clients can read.
+    pub max_bytes: usize,
 }
+
+/// What a message of a page counts besides its payload and sender: its Deliver's
+/// other fields (room, ids, timestamp) and framing.
+pub const PAGE_MSG_OVERHEAD: usize = 160;
 
 /// The answer to a history query.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -73,6 +73,7 @@ fn page(h: &StoreHandle, user: &str, peer: &str, before: u64, limit: usize) -> H
         room: None,
         before,
         limit,
+        max_bytes: usize::MAX,
     };
     call(|cb| h.history_query(q, cb)).unwrap()
 }
@@ -158,6 +159,7 @@ fn history_keeps_the_last_n_and_trims_lazily() {
         room: None,
         before: 0,
         limit: 1,
+        max_bytes: usize::MAX,
     };
     let _ = call(|cb| h.history_query(q, cb)).unwrap();
 }
@@ -204,6 +206,7 @@ fn history_of_a_room_is_for_members_and_conversations_list_it() {
         room: Some("r".into()),
         before: 0,
         limit: 10,
+        max_bytes: usize::MAX,
     };
     assert_eq!(
         ids(call(|cb| h.history_query(q("bob"), cb)).unwrap()),
@@ -213,7 +216,7 @@ fn history_of_a_room_is_for_members_and_conversations_list_it() {
         call(|cb| h.history_query(q("carol"), cb)).unwrap(),
         HistPage::Forbidden
     );
-    let cs = call(|cb| h.conversations("alice", 10, 0, cb)).unwrap();
+    let cs = call(|cb| h.conversations("alice", 10, 0, usize::MAX, cb)).unwrap();
     assert_eq!(cs.len(), 2, "{cs:?}");
     // Newest first: the DM with carol came last.
     assert_eq!(cs[0].peer.as_deref(), Some("carol"));
@@ -222,12 +225,12 @@ fn history_of_a_room_is_for_members_and_conversations_list_it() {
     assert_eq!(cs[1].room.as_deref(), Some("r"));
     // alice sent seq 1, bob's seq 2 is after it.
     assert_eq!(cs[1].unread, 1);
-    let older = call(|cb| h.conversations("alice", 10, cs[0].last.ts_us, cb)).unwrap();
+    let older = call(|cb| h.conversations("alice", 10, cs[0].last.ts_us, usize::MAX, cb)).unwrap();
     assert!(older.iter().all(|c| c.peer.is_none()), "{older:?}");
     // Deleting carol removes the direct conversation for alice too.
     call(|cb| h.delete_account("carol", cb)).unwrap();
     assert_eq!(ids(page(&h, "alice", "carol", 0, 10)), Vec::<u64>::new());
-    let cs = call(|cb| h.conversations("alice", 10, 0, cb)).unwrap();
+    let cs = call(|cb| h.conversations("alice", 10, 0, usize::MAX, cb)).unwrap();
     assert_eq!(cs.len(), 1, "{cs:?}");
 }
 
@@ -243,7 +246,7 @@ fn history_of_a_user_without_account_is_not_kept() {
     c.push(b"a", 1, now(), b"x");
     call(|cb| h.history_append(vec![c], cb)).unwrap();
     assert_eq!(ids(page(&h, "a", "ghost", 0, 10)), Vec::<u64>::new());
-    assert!(call(|cb| h.conversations("a", 10, 0, cb))
+    assert!(call(|cb| h.conversations("a", 10, 0, usize::MAX, cb))
         .unwrap()
         .is_empty());
 }
@@ -335,7 +338,7 @@ fn unread_counts_from_the_read_mark_else_from_the_last_own_message() {
     dm(&h, "alice", "bob", 1..4, 3);
     dm(&h, "bob", "alice", 4..11, 7);
     let unread = |user: &str| {
-        let cs = call(|cb| h.conversations(user, 10, 0, cb)).unwrap();
+        let cs = call(|cb| h.conversations(user, 10, 0, usize::MAX, cb)).unwrap();
         assert_eq!(cs.len(), 1, "{cs:?}");
         cs[0].unread
     };
@@ -357,7 +360,7 @@ fn unread_counts_from_the_read_mark_else_from_the_last_own_message() {
     // Kept across a restart; the mark is the user's own.
     drop(h);
     let h = open(dir.path(), 1000, None);
-    let cs = call(|cb| h.conversations("alice", 10, 0, cb)).unwrap();
+    let cs = call(|cb| h.conversations("alice", 10, 0, usize::MAX, cb)).unwrap();
     assert_eq!(cs[0].unread, 4);
     // Deleting bob removes alice's mark with the conversation.
     call(|cb| h.delete_account("bob", cb)).unwrap();
@@ -368,7 +371,7 @@ fn unread_counts_from_the_read_mark_else_from_the_last_own_message() {
     };
     c.push(b"bob", 1, now(), b"again");
     call(|cb| h.history_append(vec![c], cb)).unwrap();
-    let cs = call(|cb| h.conversations("alice", 10, 0, cb)).unwrap();
+    let cs = call(|cb| h.conversations("alice", 10, 0, usize::MAX, cb)).unwrap();
     assert_eq!(cs[0].unread, 1);
 }
 

@@ -425,6 +425,7 @@ pub(crate) enum Msg {
         user: String,
         limit: usize,
         before_ts_us: u64,
+        max_bytes: usize,
         cb: Cb<Vec<ConvSummary>>,
     },
     Flush {
@@ -1068,17 +1069,21 @@ impl StoreHandle {
     /// `user`'s conversations (direct ones, and the rooms it is a member of) with a
     /// message kept, newest last message first, at most `limit`, only those whose last
     /// message is older than `before_ts_us` (0: all).
+    /// `user`'s conversations, newest first: at most `limit`, and their last messages
+    /// within `max_bytes` (as [`HistQuery::max_bytes`]; at least one conversation).
     pub fn conversations(
         &self,
         user: &str,
         limit: usize,
         before_ts_us: u64,
+        max_bytes: usize,
         cb: impl FnOnce(StoreResult<Vec<ConvSummary>>) + Send + 'static,
     ) -> StoreResult<()> {
         self.send(Msg::Conversations {
             user: user.to_owned(),
             limit,
             before_ts_us,
+            max_bytes,
             cb: Cb::new(cb),
         })
     }

@@ -708,9 +708,10 @@ impl Worker {
                 user,
                 limit,
                 before_ts_us,
+                max_bytes,
                 cb,
             } => {
-                let r = self.hist_conversations(&user, limit, before_ts_us);
+                let r = self.hist_conversations(&user, limit, before_ts_us, max_bytes);
                 self.done(cb, r, false);
             }
             Msg::Flush { cb } => {

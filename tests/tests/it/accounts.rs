@@ -327,3 +327,34 @@ fn a_deleted_accounts_messages_never_reach_the_next_owner_of_the_name() {
         "new owners of deleted names got the old owner's messages: {leaked:?}"
     );
 }
+
+/// DeleteAccount pipelined: one runs, every other one meanwhile is refused CONFLICT
+/// (before, each repeated the whole fan-out to the user's rooms and contacts).
+#[test]
+fn pipelined_delete_account_runs_once() {
+    let r = accounts_router();
+    assert_eq!(r.register("ivo", "pw").status, Status::Ok as i32);
+    let mut c = r.raw_login_password("ivo", "pw", "d");
+    let n = 50;
+    let mut all = Vec::new();
+    for i in 0..n {
+        all.extend_from_slice(&ringrouter_tests::client_frame_bytes(C::DeleteAccount(
+            DeleteAccount { request_id: i },
+        )));
+    }
+    c.write(&all).expect("write the requests");
+    let frames = c.read_until_closed(T);
+    let statuses: Vec<i32> = frames
+        .iter()
+        .filter_map(|f| match &f.kind {
+            Some(S::AccountResult(a)) => Some(a.status),
+            _ => None,
+        })
+        .collect();
+    let ok = statuses.iter().filter(|&&s| s == Status::Ok as i32).count();
+    let conflict = statuses
+        .iter()
+        .filter(|&&s| s == Status::Conflict as i32)
+        .count();
+    assert_eq!((ok, conflict), (1, n as usize - 1), "{statuses:?}");
+}

@@ -418,3 +418,60 @@ fn deleting_an_account_removes_its_direct_history() {
     assert!(a.history_with("hd-b", 0, 10).unwrap().is_empty());
     assert!(a.conversations(10, 0).unwrap().is_empty());
 }
+
+/// A page of big messages stops before its frame would pass the router's frame limit
+/// (at least one message a page): asked for 10 messages of 20 KB under a 64 KiB limit,
+/// each page holds at most 3, and paging back with `before` still gives every message
+/// once, in order. Before, the page was one frame of any size (500 × max payload).
+#[test]
+fn a_page_of_big_messages_stays_within_the_frame_limit() {
+    let r = RouterProc::start(&["--max-frame-bytes", "65536", "--shards", "1"]);
+    let mut a = r.client("bigpage-a");
+    let _b = r.client("bigpage-b");
+    let ps: Vec<Vec<u8>> = (0..10u8)
+        .map(|i| {
+            let mut p = vec![b'a' + i; 20_000];
+            p[0] = b'0' + i;
+            p
+        })
+        .collect();
+    for p in &ps {
+        a.send_wait("bigpage-b", p).unwrap();
+    }
+    let first = a.history_with("bigpage-b", 0, 10).expect("history page");
+    assert!((1..=3).contains(&first.len()), "{} messages", first.len());
+    let all = walk_back(&mut a, "bigpage-b", 10);
+    let got: Vec<&[u8]> = all.iter().map(|m| &m.payload[..]).collect();
+    let want: Vec<&[u8]> = ps.iter().map(|p| &p[..]).collect();
+    assert_eq!(got, want);
+}
+
+/// ListConversations under the same bound: conversations whose last messages are big
+/// come a few a page (at least one), and paging with `before_ts_us` gives them all.
+#[test]
+fn a_conversation_list_of_big_last_messages_stays_within_the_frame_limit() {
+    let r = RouterProc::start(&["--max-frame-bytes", "65536", "--shards", "1"]);
+    let mut a = r.client("convlist-a");
+    let peers: Vec<String> = (0..10).map(|i| format!("convlist-p{i}")).collect();
+    for p in &peers {
+        let _ = r.client(p);
+        a.send_wait(p, &vec![b'x'; 20_000]).unwrap();
+    }
+    let first = a.conversations(10, 0).expect("conversations");
+    assert!(
+        (1..=3).contains(&first.len()),
+        "{} conversations",
+        first.len()
+    );
+    let mut seen = Vec::new();
+    let mut before = 0;
+    loop {
+        let page = a.conversations(10, before).expect("conversations");
+        let Some(last) = page.last() else { break };
+        before = last.last.timestamp_us;
+        seen.extend(page.iter().filter_map(|c| c.user.clone()));
+        assert!(page.iter().all(|c| c.last.payload.len() == 20_000));
+    }
+    seen.sort();
+    assert_eq!(seen, peers);
+}

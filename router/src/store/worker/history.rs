@@ -14,7 +14,7 @@ use super::super::history::{
     chunk_key, chunk_prefix, chunk_seq, decode_u64, dm_conv, log_chunk_value, mark_key,
     mark_prefix, parse_chunk, parse_conv, records, room_conv, user_key, user_prefix, ChunkBody,
     ConvName, ConvSummary, HistChunk, HistMsg, HistPage, HistQuery, HistRec, HistoryOptions,
-    RawRecord, Segment, RECORD_FIXED,
+    RawRecord, Segment, PAGE_MSG_OVERHEAD, RECORD_FIXED,
 };
 use super::{member_key, now_us, Ks, Op, Worker, CACHE_MAX};
 use crate::store::{Durability, StoreError, StoreResult};
@@ -597,6 +597,7 @@ impl Worker {
         };
         let mut found = q.before == 0 || start.is_some();
         let mut oldest_seq = 0;
+        let mut bytes = 0usize;
         self.hist_chunks_rev(
             &conv,
             start.unwrap_or(u64::MAX),
@@ -618,6 +619,10 @@ impl Worker {
                     if !found {
                         found = r.1 == q.before;
                         continue;
+                    }
+                    bytes += r.0.len() + r.3.len() + PAGE_MSG_OVERHEAD;
+                    if bytes > q.max_bytes && !out.is_empty() {
+                        return false;
                     }
                     oldest_seq = s;
                     out.push(to_msg(*r));
@@ -710,12 +715,16 @@ impl Worker {
         Ok(records(&data).last().map(|r| (to_msg(r), st)))
     }
 
-    /// `user`'s conversations, newest last message first (writes the tails first).
+    /// `user`'s conversations, newest last message first (writes the tails first): at
+    /// most `limit`, their last messages within `max_bytes` (at least one). Each one's
+    /// last message is read without its payload while they are sorted, then again for
+    /// the ones answered: what is held is one page, however many conversations there are.
     pub(crate) fn hist_conversations(
         &mut self,
         user: &str,
         limit: usize,
         before_ts: u64,
+        max_bytes: usize,
     ) -> StoreResult<Vec<ConvSummary>> {
         self.hist_flush()?;
         self.commit()?;
@@ -750,9 +759,10 @@ impl Worker {
                 }
                 None => continue,
             };
-            let Some((last, st)) = self.hist_last(&conv)? else {
+            let Some((mut last, st)) = self.hist_last(&conv)? else {
                 continue;
             };
+            last.payload = Bytes::new();
             if before_ts != 0 && last.ts_us >= before_ts {
                 continue;
             }
@@ -761,16 +771,34 @@ impl Worker {
             let read = mark.map_or(sent, |v| decode_u64(&v));
             let seen = read.max(self.visible_from(&st) - 1);
             let unread = (st.next_seq - 1).saturating_sub(seen);
-            out.push(ConvSummary {
-                peer,
-                room,
-                last,
-                unread,
-            });
+            out.push((
+                conv,
+                ConvSummary {
+                    peer,
+                    room,
+                    last,
+                    unread,
+                },
+            ));
         }
-        out.sort_by_key(|c| std::cmp::Reverse(c.last.ts_us));
+        out.sort_by_key(|(_, c)| std::cmp::Reverse(c.last.ts_us));
         out.truncate(limit);
-        Ok(out)
+        let mut page = Vec::with_capacity(out.len());
+        let mut bytes = 0usize;
+        for (conv, mut c) in out {
+            if let Some((last, _)) = self.hist_last(&conv)? {
+                c.last.payload = last.payload;
+            }
+            bytes += c.last.payload.len()
+                + c.last.from_user.len()
+                + c.peer.as_ref().or(c.room.as_ref()).map_or(0, String::len)
+                + PAGE_MSG_OVERHEAD;
+            if bytes > max_bytes && !page.is_empty() {
+                break;
+            }
+            page.push(c);
+        }
+        Ok(page)
     }
 
     /// Removes `user`'s direct conversations (both sides' entries and read marks and
