@@ -269,7 +269,7 @@ pub const SEND_PADDING_MAX: usize = 512;
 /// bytes. A well-formed Send is never copied here.
 #[inline]
 fn unpadded(mut v: SendView, body: usize) -> SendView {
-    if body > v.payload.len() + SEND_PADDING_MAX {
+    if body > v.payload.len().saturating_add(SEND_PADDING_MAX) {
         v.payload = Bytes::copy_from_slice(&v.payload);
     }
     v
@@ -289,6 +289,52 @@ pub fn parse_client_at(
     chunk: &Bytes,
     range: std::ops::Range<usize>,
 ) -> Result<Inbound, FrameError> {
+    parse_client_in(chunk, range, false)
+}
+
+/// Bytes of Send payloads in `chunk`, a run of length-prefixed frames (see
+/// `codec::frames`): a walk over the Sends' field headers, nothing decoded. A frame that
+/// does not parse counts nothing (the full parse refuses it later).
+pub fn send_payload_bytes(chunk: &[u8]) -> usize {
+    let mut total = 0;
+    for r in crate::codec::frames(chunk) {
+        let mut c = Cursor {
+            buf: &chunk[..r.end],
+            pos: r.start,
+        };
+        let Ok((2, WT_LEN)) = c.key() else { continue };
+        let Ok(send) = c.len_delimited() else {
+            continue;
+        };
+        let mut s = Cursor {
+            buf: &chunk[..send.end],
+            pos: send.start,
+        };
+        while s.pos < send.end {
+            match s.key() {
+                Ok((4, WT_LEN)) => match s.len_delimited() {
+                    Ok(p) => total += p.len(),
+                    Err(_) => break,
+                },
+                Ok((field, wt)) => {
+                    if s.skip(field, wt, NESTED_FIELD_BUDGET).is_err() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    total
+}
+
+/// [`parse_client_at`]; with `copy`, a Send's payload is copied out of `chunk` (a chunk
+/// mostly of other bytes: a payload slice kept from it would keep them all alive).
+pub fn parse_client_in(
+    chunk: &Bytes,
+    range: std::ops::Range<usize>,
+    copy: bool,
+) -> Result<Inbound, FrameError> {
     {
         let mut c = Cursor {
             buf: &chunk[..range.end],
@@ -299,13 +345,13 @@ pub fn parse_client_at(
             if field == 2 && wt == WT_LEN {
                 let r = c.len_delimited()?;
                 if c.pos == range.end {
-                    let body = r.len();
+                    let body = if copy { usize::MAX } else { r.len() };
                     return Ok(Inbound::Send(unpadded(parse_send(chunk, r)?, body)));
                 }
             }
         }
     }
-    let body = range.len();
+    let body = if copy { usize::MAX } else { range.len() };
     let frame = ClientFrame::decode(chunk.slice(range))?;
     Ok(match frame.kind {
         Some(client_frame::Kind::Send(s)) => Inbound::Send(unpadded(
@@ -688,6 +734,39 @@ mod tests {
         }
         .encode_to_vec()
         .into()
+    }
+
+    #[test]
+    fn send_payload_bytes_sums_the_payloads_of_a_chunks_sends() {
+        let mut chunk = BytesMut::new();
+        for (to, n) in [("bob", 10usize), ("al", 300), ("cy", 0)] {
+            let f = ClientFrame {
+                kind: Some(client_frame::Kind::Send(Send {
+                    to_user: to.into(),
+                    payload: Bytes::from(vec![1u8; n]),
+                    msg_id: 7,
+                    ..Default::default()
+                })),
+            };
+            encode_frame(&f, &mut chunk);
+        }
+        let ping = ClientFrame {
+            kind: Some(client_frame::Kind::Ping(crate::v1::Ping { nonce: 3 })),
+        };
+        encode_frame(&ping, &mut chunk);
+        assert_eq!(send_payload_bytes(&chunk), 310);
+        // A cut chunk counts what it can read, and never fails.
+        assert!(send_payload_bytes(&chunk[..chunk.len() / 2]) <= 310);
+        // Copied when asked, equal either way.
+        let chunk = chunk.freeze();
+        let r = crate::codec::frames(&chunk).nth(1).unwrap();
+        for copy in [false, true] {
+            let Inbound::Send(v) = parse_client_in(&chunk, r.clone(), copy).unwrap() else {
+                panic!("not a send")
+            };
+            assert_eq!(v.payload.len(), 300);
+            assert_eq!(chunk.as_ptr_range().contains(&v.payload.as_ptr()), !copy);
+        }
     }
 
     #[test]

@@ -120,6 +120,18 @@ impl Shard {
                     Err(e) if status != Status::Ok => e.to_string(),
                     _ => String::new(),
                 };
+                if status == Status::Ok {
+                    // Gone with the account: nothing may write the list back (the last
+                    // session's last-seen time would), nor requeue what its sessions
+                    // hold, even if the answer below closes the asking one (a slow
+                    // consumer past its hard cap).
+                    sh.contacts.forget(&user);
+                    for k in sh.live_sessions(user.as_bytes()) {
+                        if let Some(s) = sh.sessions.get_mut(k) {
+                            s.discard_unacked = true;
+                        }
+                    }
+                }
                 sh.send_to_session(
                     from,
                     account_result(request_id, status, &reason, Vec::new()),
@@ -127,13 +139,7 @@ impl Shard {
                 if status != Status::Ok {
                     return;
                 }
-                // Gone with the account: nothing may write the list back (the last
-                // session's last-seen time would).
-                sh.contacts.forget(&user);
                 for k in sh.live_sessions(user.as_bytes()) {
-                    if let Some(s) = sh.sessions.get_mut(k) {
-                        s.discard_unacked = true;
-                    }
                     sh.close(
                         k,
                         CloseReason::Kicked,

@@ -20,7 +20,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::tcp::TcpOwnedReadHalf;
 use monoio::net::TcpStream;
 use ringrouter_proto::codec::{encode_frame, frame_bytes_needed, frames, split_frames};
-use ringrouter_proto::fast::parse_client_at;
+use ringrouter_proto::fast::{parse_client_in, send_payload_bytes};
 use ringrouter_proto::reply;
 use ringrouter_proto::v1::{server_frame, LoginResult, ServerFrame};
 use ringrouter_proto::Status;
@@ -216,8 +216,20 @@ impl Reader {
 }
 
 /// A read chunk with frames left (see `read_loop`): the chunk, where its next frame
-/// starts, and the chunk's framing error (told once the frames before it are handled).
-type Held = (bytes::Bytes, usize, Option<(Status, String)>);
+/// starts, the chunk's framing error (told once the frames before it are handled), and
+/// whether its payloads are copied ([`sparse`]).
+type Held = (bytes::Bytes, usize, Option<(Status, String)>, bool);
+
+/// A read chunk past this size whose Send payloads are under a quarter of it has them
+/// copied (see `read_loop`).
+const SPARSE_CHUNK: usize = 8 << 10;
+
+/// Whether `chunk` holds mostly other bytes than Send payloads (padding, pings, acks):
+/// a payload slice kept from it (queued by reference, unacked) would keep the whole
+/// chunk alive while the bounds count only the payload, so its payloads are copied.
+fn sparse(chunk: &[u8]) -> bool {
+    chunk.len() > SPARSE_CHUNK && send_payload_bytes(chunk) * 4 < chunk.len()
+}
 
 async fn read_loop(
     shard: &Rc<RefCell<Shard>>,
@@ -241,11 +253,12 @@ async fn read_loop(
             let mut flow = Flow::Continue;
             // Every complete frame in one chunk: one reference count for all of
             // them; payloads become slices of it.
-            let (chunk, start, framing_error) = match held.take() {
+            let (chunk, start, framing_error, copy) = match held.take() {
                 Some(h) => h,
                 None => {
                     let (chunk, e) = split_frames(&mut buf, max_frame);
-                    (chunk, 0, e.map(|e| (e.status(), e.to_string())))
+                    let copy = sparse(&chunk);
+                    (chunk, 0, e.map(|e| (e.status(), e.to_string())), copy)
                 }
             };
             let mut bad = None;
@@ -253,7 +266,7 @@ async fn read_loop(
             for r in frames(&chunk[start..]) {
                 let range = start + r.start..start + r.end;
                 let end = range.end;
-                match parse_client_at(&chunk, range) {
+                match parse_client_in(&chunk, range, copy) {
                     Ok(frame) => {
                         if sh.on_frame(key, frame, now, ts, &mut blocked) == Flow::Stop {
                             flow = Flow::Stop;
@@ -270,6 +283,11 @@ async fn read_loop(
                 // requests with big answers queues at most one answer past the bound.
                 if sh.answers_over && end < chunk.len() {
                     sh.answers_over = false;
+                    if sh.sessions.get(key).is_none_or(|s| s.closing.is_some()) {
+                        // Closed by that answer (past its hard cap).
+                        flow = Flow::Stop;
+                        break;
+                    }
                     if sh.over_budget(key) {
                         rest = Some(end);
                         break;
@@ -278,7 +296,7 @@ async fn read_loop(
             }
             match rest {
                 Some(at) if flow == Flow::Continue && bad.is_none() => {
-                    held = Some((chunk, at, framing_error));
+                    held = Some((chunk, at, framing_error, copy));
                 }
                 _ => bad = bad.or(framing_error),
             }
@@ -335,7 +353,16 @@ async fn read_loop(
         })
         .await;
         if held.is_some() {
-            // The rest of the chunk first; no read meanwhile.
+            // The rest of the chunk first; no read meanwhile. A session closed while it
+            // waited (kicked, slow consumer, shutdown) handles none of it.
+            if shard
+                .borrow()
+                .sessions
+                .get(key)
+                .is_none_or(|s| s.closing.is_some())
+            {
+                return;
+            }
             continue;
         }
         let res = if let Some(layers) = layers {

@@ -140,7 +140,7 @@ impl Shard {
             // Straight into the sender shard's table: its reader sees it before
             // its next read, whatever that shard's mailbox latency.
             if let Some(t) = self.pause.get(id.shard as usize) {
-                t.add(id, 1);
+                t.add(id, i64::from(d.pauses));
             }
         }
         (d.n + d.skipped, d.overflowed)
@@ -586,6 +586,9 @@ struct Delivered {
     overflowed: Option<SessionKey>,
     /// A remote sender to pause.
     pause: Option<SessionId>,
+    /// Sessions that noted that sender in their `throttled` list: each one resumes it
+    /// once when it drains, so each one counts in its pause.
+    pauses: u32,
 }
 
 /// One message's delivery to sessions (see [`deliver_keys`]): the bounds it checks, read
@@ -626,6 +629,7 @@ impl<'b> Sink<'b> {
                 skipped: 0,
                 overflowed: None,
                 pause: None,
+                pauses: 0,
             },
         }
     }
@@ -703,6 +707,7 @@ impl<'b> Sink<'b> {
                     if !s.throttled.contains(&id) {
                         s.throttled.push(id);
                         self.d.pause = Some(id);
+                        self.d.pauses += 1;
                     }
                 }
                 None => {

@@ -143,6 +143,10 @@ pub struct RoomReq {
     pub quota: bool,
 }
 
+/// What a request waiting in a room's queue or behind its user's Create/Join counts for
+/// in the shard's `parked_bytes` (besides its initial members: [`RoomReq::weight`]).
+pub(crate) const PARKED_REQ: usize = 256;
+
 impl RoomReq {
     /// What it counts for while it waits (parked behind a room or its user's Create or
     /// Join, or in the pipeline to another shard): a fixed part and its initial members'
@@ -152,7 +156,7 @@ impl RoomReq {
             RoomOp::Create { members, .. } => members.iter().map(|m| m.len() + 24).sum(),
             _ => 0,
         };
-        crate::shard::rooms::PARKED_REQ + members
+        PARKED_REQ + members
     }
 }
 
@@ -526,7 +530,7 @@ mod tests {
             password: String::new(),
             members,
         });
-        assert_eq!(plain.weight(), crate::shard::rooms::PARKED_REQ);
+        assert_eq!(plain.weight(), PARKED_REQ);
         assert!(
             create.weight() >= names + plain.weight(),
             "{}",

@@ -69,9 +69,7 @@ pub enum RoomWork {
 /// Most rooms kept loaded on one shard (see `Shard::trim_room_cache`).
 pub const ROOM_CACHE_MAX: usize = 100_000;
 
-/// What a request waiting in a room's queue or behind its user's Create/Join counts for
-/// in the shard's `parked_bytes`.
-pub(crate) const PARKED_REQ: usize = 256;
+pub(crate) use super::mail::PARKED_REQ;
 
 impl OwnItem {
     fn weight(&self) -> usize {

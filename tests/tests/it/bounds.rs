@@ -731,6 +731,39 @@ fn a_padded_sends_unacked_delivery_does_not_hold_its_frame() {
         sender.send_body(&frame);
         // Read as they come (the sockets stay shallow); never acked.
     }
+    held_unacked_is_small(&r, &mut keeper, count, before);
+}
+
+/// The same through the chunk rather than the frame: each write is a Pong padded to
+/// 60 KiB followed by a plain Send of 300 bytes, so both land in one read chunk and the
+/// Send's payload is a slice of it. A chunk whose Send payloads are under a quarter of
+/// it has them copied, so the unacked deliveries keep 300 bytes each, not the chunk.
+#[test]
+fn a_send_beside_padding_in_its_read_chunk_does_not_hold_the_chunk() {
+    let r = RouterProc::start(&[]);
+    let mut keeper = r.raw_login("keeper2");
+    let mut sender = r.raw_login("padder2");
+    let mut pong = prost::Message::encode_to_vec(&ringrouter_proto::v1::ClientFrame {
+        kind: Some(client_frame::Kind::Pong(ringrouter_proto::v1::Pong {
+            nonce: 1,
+        })),
+    });
+    // Field 1000 of ClientFrame, length-delimited, 60 KiB: unknown, skipped.
+    pong.extend_from_slice(&[0xc2, 0x3e, 0x80, 0xe0, 0x03]);
+    pong.resize(pong.len() + 61_440, 0xAB);
+    let mut write = ringrouter_tests::wire::frame(&pong);
+    write.extend_from_slice(&send_frame_bytes("keeper2", &[9u8; 300], false, 0));
+    let count = 1_500;
+    let before = r.rss_kib();
+    for _ in 0..count {
+        sender.write(&write).expect("write");
+    }
+    held_unacked_is_small(&r, &mut keeper, count, before);
+}
+
+/// `keeper` gets `count` deliveries of 300 bytes and acks none: the router's RSS grew by
+/// less than 48 MiB since `before` (KiB).
+fn held_unacked_is_small(r: &RouterProc, keeper: &mut Raw, count: usize, before: u64) {
     let got = keeper.delivers(count, Duration::from_secs(30));
     assert!(got.iter().all(|d| d.payload.len() == 300));
     let grown_mib = r.rss_kib().saturating_sub(before) / 1024;
