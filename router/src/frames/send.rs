@@ -33,6 +33,7 @@ impl Shard {
         known_home: Option<usize>,
         blocked: &mut Vec<SessionKey>,
     ) -> Flow {
+        self.chunk_payload += v.payload.len();
         if v.client_seq != 0 {
             let Some(s) = self.sessions.get_mut(key) else {
                 return Flow::Continue;

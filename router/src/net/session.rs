@@ -20,7 +20,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::tcp::TcpOwnedReadHalf;
 use monoio::net::TcpStream;
 use ringrouter_proto::codec::{encode_frame, frame_bytes_needed, frames, split_frames};
-use ringrouter_proto::fast::{parse_client_in, send_payload_bytes};
+use ringrouter_proto::fast::parse_client_in;
 use ringrouter_proto::reply;
 use ringrouter_proto::v1::{server_frame, LoginResult, ServerFrame};
 use ringrouter_proto::Status;
@@ -216,20 +216,12 @@ impl Reader {
 }
 
 /// A read chunk with frames left (see `read_loop`): the chunk, where its next frame
-/// starts, the chunk's framing error (told once the frames before it are handled), and
-/// whether its payloads are copied ([`sparse`]).
-type Held = (bytes::Bytes, usize, Option<(Status, String)>, bool);
+/// starts, and the chunk's framing error (told once the frames before it are handled).
+type Held = (bytes::Bytes, usize, Option<(Status, String)>);
 
-/// A read chunk past this size whose Send payloads are under a quarter of it has them
-/// copied (see `read_loop`).
+/// A read chunk past this size whose Send payloads were under a quarter of it makes its
+/// session's payloads copied from then on (see `read_loop`).
 const SPARSE_CHUNK: usize = 8 << 10;
-
-/// Whether `chunk` holds mostly other bytes than Send payloads (padding, pings, acks):
-/// a payload slice kept from it (queued by reference, unacked) would keep the whole
-/// chunk alive while the bounds count only the payload, so its payloads are copied.
-fn sparse(chunk: &[u8]) -> bool {
-    chunk.len() > SPARSE_CHUNK && send_payload_bytes(chunk) * 4 < chunk.len()
-}
 
 async fn read_loop(
     shard: &Rc<RefCell<Shard>>,
@@ -245,6 +237,12 @@ async fn read_loop(
     // mid-chunk): the chunk, where its next frame starts, and its framing error (told
     // once the frames before it are handled).
     let mut held: Option<Held> = None;
+    // A payload slice kept from a read chunk (queued by reference, unacked) keeps the
+    // whole chunk alive while the bounds count only the payload. Once a chunk of this
+    // session held mostly other bytes (padding, pings, acks: its Send payloads under a
+    // quarter of it), its payloads are copied out of their chunks from then on: at most
+    // one chunk per session is ever kept by few payload bytes.
+    let mut copy = false;
     loop {
         let flow = {
             let mut sh = shard.borrow_mut();
@@ -253,12 +251,12 @@ async fn read_loop(
             let mut flow = Flow::Continue;
             // Every complete frame in one chunk: one reference count for all of
             // them; payloads become slices of it.
-            let (chunk, start, framing_error, copy) = match held.take() {
+            let (chunk, start, framing_error) = match held.take() {
                 Some(h) => h,
                 None => {
                     let (chunk, e) = split_frames(&mut buf, max_frame);
-                    let copy = sparse(&chunk);
-                    (chunk, 0, e.map(|e| (e.status(), e.to_string())), copy)
+                    sh.chunk_payload = 0;
+                    (chunk, 0, e.map(|e| (e.status(), e.to_string())))
                 }
             };
             let mut bad = None;
@@ -296,9 +294,14 @@ async fn read_loop(
             }
             match rest {
                 Some(at) if flow == Flow::Continue && bad.is_none() => {
-                    held = Some((chunk, at, framing_error, copy));
+                    held = Some((chunk, at, framing_error));
                 }
-                _ => bad = bad.or(framing_error),
+                _ => {
+                    bad = bad.or(framing_error);
+                    if chunk.len() > SPARSE_CHUNK && sh.chunk_payload * 4 < chunk.len() {
+                        copy = true;
+                    }
+                }
             }
             if let Some((code, reason)) = bad {
                 if flow == Flow::Continue {

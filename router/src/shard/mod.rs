@@ -139,6 +139,9 @@ pub struct Shard {
     /// An answer took a session past `max_pending_bytes` (see `net::session`: the
     /// reader then checks its own session's budget).
     pub answers_over: bool,
+    /// Payload bytes of the Sends handled since a reader took its current chunk (see
+    /// `net::session`: a chunk mostly of other bytes makes its session copy payloads).
+    pub chunk_payload: usize,
     /// Users homed here whose DeleteAccount is under way (one at a time: another one
     /// meanwhile is refused CONFLICT, not run again).
     pub(crate) deleting: NameSet<String>,
@@ -240,6 +243,7 @@ impl Shard {
             parked_throttled: Vec::new(),
             local_mail: Vec::new(),
             answers_over: false,
+            chunk_payload: 0,
             deleting: NameSet::default(),
             bell: None,
             hist: history::HistBuf::default(),
