@@ -261,10 +261,7 @@ fn parse_send(
             _ => c.skip(field, wt, NESTED_FIELD_BUDGET)?,
         }
     }
-    // In place, not through `unpadded`: the view is not moved once more on the hot path.
-    if copy || len > s.payload.len() + SEND_PADDING_MAX {
-        s.payload = Bytes::copy_from_slice(&s.payload);
-    }
+    unpad(&mut s.payload, len, copy);
     Ok(s)
 }
 
@@ -272,16 +269,16 @@ fn parse_send(
 /// of it: its names (at most 2 × 66) and numbers (at most 5 × 11) fit well under it.
 pub const SEND_PADDING_MAX: usize = 512;
 
-/// `v` with its payload copied out of the frame when the Send's body (`body` bytes) is
-/// mostly something else (unknown fields as padding): a payload slice that is retained
-/// or queued keeps its whole buffer alive, and the bounds count only the payload's
-/// bytes. A well-formed Send is never copied here.
-#[inline]
-fn unpadded(mut v: SendView, body: usize) -> SendView {
-    if body > v.payload.len().saturating_add(SEND_PADDING_MAX) {
-        v.payload = Bytes::copy_from_slice(&v.payload);
+/// Copies a Send's `payload` out of its frame when asked (`copy`: a chunk mostly of
+/// other bytes), or when the Send's body (`body` bytes) is mostly something else
+/// (unknown fields as padding): a payload slice that is retained or queued keeps its
+/// whole buffer alive, and the bounds count only the payload's bytes. A well-formed
+/// Send is never copied for its own frame. In place: the view is not moved for it.
+#[inline(always)]
+fn unpad(payload: &mut Bytes, body: usize, copy: bool) {
+    if copy || body > payload.len() + SEND_PADDING_MAX {
+        *payload = Bytes::copy_from_slice(payload);
     }
-    v
 }
 
 /// Decodes a client frame body. A frame whose only field is `send` takes the
@@ -323,22 +320,23 @@ pub fn parse_client_in(
             }
         }
     }
-    let body = if copy { usize::MAX } else { range.len() };
+    let body = range.len();
     let frame = ClientFrame::decode(chunk.slice(range))?;
     Ok(match frame.kind {
-        Some(client_frame::Kind::Send(s)) => Inbound::Send(unpadded(
-            SendView {
+        Some(client_frame::Kind::Send(s)) => {
+            let mut payload = s.payload;
+            unpad(&mut payload, body, copy);
+            Inbound::Send(SendView {
                 request_id: s.request_id,
                 to_user: Bytes::from(s.to_user),
                 to_room: Bytes::from(s.to_room),
-                payload: s.payload,
+                payload,
                 want_result: s.want_result,
                 msg_id: s.msg_id,
                 ephemeral: s.ephemeral,
                 client_seq: s.client_seq,
-            },
-            body,
-        )),
+            })
+        }
         Some(k) => Inbound::Other(k),
         None => Inbound::Empty,
     })

@@ -233,9 +233,8 @@ async fn read_loop(
 ) {
     let max_frame = shard.borrow().cfg.max_frame_bytes;
     let mut blocked: Vec<SessionKey> = Vec::new();
-    // A chunk whose frames were not all handled (the session reached its budget
-    // mid-chunk): the chunk, where its next frame starts, and its framing error (told
-    // once the frames before it are handled).
+    // A chunk whose frames were not all handled: the session reached its budget
+    // mid-chunk.
     let mut held: Option<Held> = None;
     // A payload slice kept from a read chunk (queued by reference, unacked) keeps the
     // whole chunk alive while the bounds count only the payload. Once a chunk of this
@@ -286,7 +285,7 @@ async fn read_loop(
                         flow = Flow::Stop;
                         break;
                     }
-                    if sh.over_budget(key) {
+                    if !sh.drained(key) {
                         rest = Some(end);
                         break;
                     }

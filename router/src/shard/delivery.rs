@@ -136,11 +136,11 @@ impl Shard {
     /// filled up.
     fn delivered(&mut self, d: Delivered) -> (usize, Option<SessionKey>) {
         self.counters.delivered += d.n as u64;
-        if let Some(id) = d.pause {
+        if let Some((id, n)) = d.pause {
             // Straight into the sender shard's table: its reader sees it before
             // its next read, whatever that shard's mailbox latency.
             if let Some(t) = self.pause.get(id.shard as usize) {
-                t.add(id, i64::from(d.pauses));
+                t.add(id, i64::from(n));
             }
         }
         (d.n + d.skipped, d.overflowed)
@@ -584,11 +584,9 @@ struct Delivered {
     skipped: usize,
     /// A session past one of its bounds.
     overflowed: Option<SessionKey>,
-    /// A remote sender to pause.
-    pause: Option<SessionId>,
-    /// Sessions that noted that sender in their `throttled` list: each one resumes it
-    /// once when it drains, so each one counts in its pause.
-    pauses: u32,
+    /// A remote sender to pause, and by how much: the sessions that noted it in their
+    /// `throttled` list (each one resumes it once when it drains).
+    pause: Option<(SessionId, u32)>,
 }
 
 /// One message's delivery to sessions (see [`deliver_keys`]): the bounds it checks, read
@@ -629,7 +627,6 @@ impl<'b> Sink<'b> {
                 skipped: 0,
                 overflowed: None,
                 pause: None,
-                pauses: 0,
             },
         }
     }
@@ -706,8 +703,8 @@ impl<'b> Sink<'b> {
                 Some(id) => {
                     if !s.throttled.contains(&id) {
                         s.throttled.push(id);
-                        self.d.pause = Some(id);
-                        self.d.pauses += 1;
+                        let n = self.d.pause.map_or(0, |(_, n)| n);
+                        self.d.pause = Some((id, n + 1));
                     }
                 }
                 None => {

@@ -536,14 +536,8 @@ mod tests {
             "{}",
             create.weight()
         );
-        assert_eq!(Mail::Room(Box::new(create)).weight(), {
-            let again: Vec<String> = (0..9_999).map(|i| format!("member-{i:05}")).collect();
-            req(RoomOp::Create {
-                name: "r".into(),
-                password: String::new(),
-                members: again,
-            })
-            .weight()
-        });
+        // In the pipeline between shards it weighs the same.
+        let w = create.weight();
+        assert_eq!(Mail::Room(Box::new(create)).weight(), w);
     }
 }

@@ -305,14 +305,12 @@ impl Shard {
             return;
         };
         s.push_frame(f);
-        if s.pending() > self.cfg.max_pending_bytes {
+        let (pending, open) = (s.pending(), s.closing.is_none());
+        if pending > self.cfg.max_pending_bytes {
             // Its reader stops handling the frames of the chunk it is in.
             self.answers_over = true;
         }
-        let Some(s) = self.sessions.get(key) else {
-            return;
-        };
-        if s.closing.is_none() && s.pending() > self.cfg.hard_pending_bytes() {
+        if open && pending > self.cfg.hard_pending_bytes() {
             // Answers to requests it pipelined and does not read: past the hard cap it
             // is closed as a slow consumer, as deliveries would close it, rather than
             // queuing answers without end.

@@ -90,15 +90,6 @@ impl Shard {
             .any(|(q, f)| q + f.load(Ordering::Acquire) > PIPELINE_HIGH_WATER)
     }
 
-    /// Whether the session `key` must stop handling its frames for now: its own
-    /// answers are queued past `max_pending_bytes`.
-    #[inline]
-    pub fn over_budget(&self, key: SessionKey) -> bool {
-        self.sessions
-            .get(key)
-            .is_some_and(|s| s.pending() > self.cfg.max_pending_bytes)
-    }
-
     /// Whether this shard may take in new work (a reader's next read, an API publish):
     /// `Pending`, with `waker` registered, while the store requests or the parked work
     /// (woken as store answers bring them down) or the pipeline to other shards (woken

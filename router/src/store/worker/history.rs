@@ -717,7 +717,7 @@ impl Worker {
 
     /// `user`'s conversations, newest last message first (writes the tails first): at
     /// most `limit`, their last messages within `max_bytes` (at least one). Each one's
-    /// last message is read without its payload while they are sorted, then again for
+    /// last message is kept without its payload while they are sorted, and read again for
     /// the ones answered: what is held is one page, however many conversations there are.
     pub(crate) fn hist_conversations(
         &mut self,
