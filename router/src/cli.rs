@@ -178,6 +178,11 @@ pub struct Args {
     /// is closed as a slow consumer and what it holds is queued for its next login.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64MiB", help_heading = LIMITS)]
     pub max_unacked_bytes_per_session: usize,
+    /// Most requests one session may have waiting on the store (History, ListRooms,
+    /// contacts, ...); past it the router reads nothing more from the session until one is
+    /// answered, so one client's pipeline cannot fill the shard's store queue.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), default_value_t = 64, help_heading = LIMITS)]
+    pub max_requests_in_flight: u32,
     /// Most rooms one user may be a member of.
     #[arg(long, value_name = "N", default_value_t = 1_000, help_heading = LIMITS)]
     pub max_rooms_per_user: usize,
@@ -333,6 +338,7 @@ impl Args {
             max_offline_per_user: self.max_offline_per_user,
             offline_overflow: self.offline_overflow,
             max_unacked_per_session: self.max_unacked_per_session,
+            max_requests_in_flight: self.max_requests_in_flight,
             max_rooms_per_user: self.max_rooms_per_user,
             max_members_per_room: self.max_members_per_room,
             room_events_max_members: self.room_events_max_members,
@@ -999,6 +1005,8 @@ mod tests {
             "2",
             "--max-unacked-per-session",
             "100",
+            "--max-requests-in-flight",
+            "7",
             "--max-unacked-bytes-per-session",
             "3MiB",
             "--max-rooms-per-user",

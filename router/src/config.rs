@@ -122,6 +122,8 @@ pub struct Config {
     /// Most delivered-but-unacked messages one session may hold; past it the session is
     /// closed as a slow consumer (its unacked messages go to the offline queue).
     pub max_unacked_per_session: usize,
+    /// Most requests one session may have waiting on the store; past it its reader waits.
+    pub max_requests_in_flight: u32,
     /// Most rooms one user may be a member of.
     pub max_rooms_per_user: usize,
     /// Most members in one room.
@@ -230,6 +232,7 @@ impl Default for Config {
             max_offline_per_user: 100_000,
             offline_overflow: OfflineOverflow::Reject,
             max_unacked_per_session: 262_144,
+            max_requests_in_flight: 64,
             resume_window: Duration::from_secs(60),
             max_resumable_sessions: 100_000,
             max_rooms_per_user: 1_000,

@@ -85,6 +85,20 @@ impl Shard {
             Inbound::Other(Kind::Ack(a)) => self.on_ack(key, a),
             Inbound::Other(Kind::Ping(p)) => self.on_ping(key, p),
             Inbound::Other(Kind::Pong(_)) => Flow::Continue,
+            other => {
+                // The store requests it makes count against the session's
+                // `max_requests_in_flight` (`shard::store_link`).
+                self.requester = self.session_id(key);
+                let flow = self.on_request(key, other, ts_us);
+                self.requester = None;
+                flow
+            }
+        }
+    }
+
+    /// A frame other than Send, Ack, Ping and Pong.
+    fn on_request(&mut self, key: SessionKey, frame: Inbound, ts_us: u64) -> Flow {
+        match frame {
             Inbound::Other(Kind::Logout(_)) => self.on_logout(key),
             Inbound::Other(Kind::Login(l)) => self.on_login_again(key, l),
             Inbound::Other(Kind::Register(r)) => self.on_register_after_login(key, r),
@@ -137,8 +151,11 @@ impl Shard {
                 self.on_get_presence(key, g);
                 Flow::Continue
             }
-            // `parse_client` returns every Send as `Inbound::Send`.
-            Inbound::Other(Kind::Send(_)) | Inbound::Empty => {
+            // `parse_client` returns every Send as `Inbound::Send`; Ack, Ping and Pong
+            // are handled by `on_frame`.
+            Inbound::Send(_)
+            | Inbound::Other(Kind::Send(_) | Kind::Ack(_) | Kind::Ping(_) | Kind::Pong(_))
+            | Inbound::Empty => {
                 self.push_error(key, Status::BadRequest, "empty or unknown frame kind", 0);
                 Flow::Continue
             }

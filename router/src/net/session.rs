@@ -275,9 +275,10 @@ async fn read_loop(
                         break;
                     }
                 }
-                // Past its budget (its own answers queued over `max_pending_bytes`),
-                // the session's next frames wait for it to drain: a chunk of cheap
-                // requests with big answers queues at most one answer past the bound.
+                // Past its budget (its own answers queued over `max_pending_bytes`, or
+                // `max_requests_in_flight` requests waiting on the store), the session's
+                // next frames wait for it to drain: a chunk of cheap requests with big
+                // answers queues at most one answer past the bound.
                 if sh.answers_over && end < chunk.len() {
                     sh.answers_over = false;
                     if sh.sessions.get(key).is_none_or(|s| s.closing.is_some()) {
@@ -285,7 +286,7 @@ async fn read_loop(
                         flow = Flow::Stop;
                         break;
                     }
-                    if !sh.drained(key) {
+                    if !sh.drained(key) || sh.requests_full(key) {
                         rest = Some(end);
                         break;
                     }
@@ -327,7 +328,9 @@ async fn read_loop(
         // or while the outgoing batches to other shards are piling up.
         // Remote recipients pause this reader through its shard's pause table
         // (`shard::pause`) and take the pause back with `Mail::Resume`.
-        if !blocked.is_empty() || shard.borrow().paused(key) {
+        // A session at `max_requests_in_flight` waits for a store answer the same way.
+        let waits = |sh: &Shard| sh.paused(key) || sh.requests_full(key);
+        if !blocked.is_empty() || waits(&shard.borrow()) {
             poll_fn(|cx| {
                 let mut sh = shard.borrow_mut();
                 blocked.retain(|&k| !sh.drained(k));
@@ -336,7 +339,7 @@ async fn read_loop(
                         sh.wait_drain(k, cx.waker());
                         Poll::Pending
                     }
-                    None if sh.paused(key) => {
+                    None if waits(&sh) => {
                         sh.wait_drain(key, cx.waker());
                         Poll::Pending
                     }

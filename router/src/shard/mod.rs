@@ -136,9 +136,13 @@ pub struct Shard {
     pub parked_throttled: Vec<SessionId>,
     /// Mail this shard posted to itself (a room homed here, a store completion).
     pub local_mail: Vec<Mail>,
-    /// An answer took a session past `max_pending_bytes` (see `net::session`: the
-    /// reader then checks its own session's budget).
+    /// An answer took a session past `max_pending_bytes`, or a request took it to
+    /// `max_requests_in_flight` (see `net::session`: the reader then checks its own
+    /// session's budget).
     pub answers_over: bool,
+    /// The session whose request is being handled: the store requests made meanwhile
+    /// count against its `max_requests_in_flight` (see `store_link`).
+    pub(crate) requester: Option<SessionId>,
     /// Payload bytes of the Sends handled since a reader took its current chunk (see
     /// `net::session`: a chunk mostly of other bytes makes its session copy payloads).
     pub chunk_payload: usize,
@@ -243,6 +247,7 @@ impl Shard {
             parked_throttled: Vec::new(),
             local_mail: Vec::new(),
             answers_over: false,
+            requester: None,
             chunk_payload: 0,
             deleting: NameSet::default(),
             bell: None,

@@ -136,6 +136,9 @@ pub struct Session {
     pub writer: Option<Waker>,
     /// Tasks waiting for this session's queue to fall under its bound.
     pub drain_waiters: Vec<Waker>,
+    /// Requests of this session waiting on the store (bounded by
+    /// `max_requests_in_flight`: at it, its reader waits).
+    pub requests: u32,
     /// Set once the session is closing.
     pub closing: Option<CloseReason>,
     /// Since when the queue has been over its bound.
@@ -311,6 +314,7 @@ impl Shard {
             acked: 0,
             writer: None,
             drain_waiters: Vec::new(),
+            requests: 0,
             closing: None,
             over_since: None,
             last_rx: Instant::now(),

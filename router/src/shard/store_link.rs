@@ -16,6 +16,7 @@ use std::sync::Arc;
 use ringrouter_proto::Status;
 
 use super::mail::{Mail, MailQueue};
+use super::session::{SessionId, SessionKey};
 use super::Shard;
 use crate::config::DurabilityMode;
 use crate::store::{StoreError, StoreHandle, StoreResult};
@@ -34,6 +35,8 @@ struct Completion<T, F: FnOnce(&mut Shard, StoreResult<T>) + Send + 'static> {
     then: Option<F>,
     /// What the request counts for in the shard's `store_bytes`.
     bytes: usize,
+    /// The session whose request this is (see [`Shard::requester`]).
+    requester: Option<SessionId>,
     done: Arc<MailQueue>,
     _answer: std::marker::PhantomData<fn(T)>,
 }
@@ -41,11 +44,9 @@ struct Completion<T, F: FnOnce(&mut Shard, StoreResult<T>) + Send + 'static> {
 impl<T: Send + 'static, F: FnOnce(&mut Shard, StoreResult<T>) + Send + 'static> Completion<T, F> {
     fn complete(&mut self, r: StoreResult<T>) {
         if let Some(then) = self.then.take() {
-            let bytes = self.bytes;
+            let (bytes, requester) = (self.bytes, self.requester);
             self.done.push(Mail::Stored(Box::new(move |sh: &mut Shard| {
-                sh.store_inflight -= 1;
-                sh.store_bytes -= bytes;
-                then(sh, r);
+                sh.store_answered(bytes, requester, |sh| then(sh, r));
             })));
         }
     }
@@ -54,11 +55,9 @@ impl<T: Send + 'static, F: FnOnce(&mut Shard, StoreResult<T>) + Send + 'static> 
 impl<T, F: FnOnce(&mut Shard, StoreResult<T>) + Send + 'static> Drop for Completion<T, F> {
     fn drop(&mut self) {
         if let Some(then) = self.then.take() {
-            let bytes = self.bytes;
+            let (bytes, requester) = (self.bytes, self.requester);
             self.done.push(Mail::Stored(Box::new(move |sh: &mut Shard| {
-                sh.store_inflight -= 1;
-                sh.store_bytes -= bytes;
-                then(sh, Err(StoreError::Closed));
+                sh.store_answered(bytes, requester, |sh| then(sh, Err(StoreError::Closed)));
             })));
         }
     }
@@ -103,6 +102,40 @@ impl Shard {
             || self.store_bytes >= self.cfg.max_store_queue_bytes
     }
 
+    /// A store request was answered: its counts are taken back, then `then` runs with
+    /// the request's session as the requester (the requests it chains count for it too).
+    /// The session's reader, waiting at `max_requests_in_flight`, is woken below it.
+    fn store_answered(
+        &mut self,
+        bytes: usize,
+        requester: Option<SessionId>,
+        then: impl FnOnce(&mut Shard),
+    ) {
+        self.store_inflight -= 1;
+        self.store_bytes -= bytes;
+        if let Some(id) = requester {
+            if let Some(s) = self.sessions.get_mut(id.key as usize) {
+                if s.gen == id.gen {
+                    s.requests = s.requests.saturating_sub(1);
+                    if s.requests < self.cfg.max_requests_in_flight {
+                        s.wake_drain_waiters();
+                    }
+                }
+            }
+        }
+        let outer = std::mem::replace(&mut self.requester, requester);
+        then(self);
+        self.requester = outer;
+    }
+
+    /// True when session `key` has `max_requests_in_flight` requests waiting on the
+    /// store: its reader reads nothing more until one is answered.
+    pub fn requests_full(&self, key: SessionKey) -> bool {
+        self.sessions
+            .get(key)
+            .is_some_and(|s| s.closing.is_none() && s.requests >= self.cfg.max_requests_in_flight)
+    }
+
     /// Makes a store request: `submit` queues it with the given callback; `then` runs
     /// later on this shard with the answer (at once, with `Closed`, if there is no store
     /// or it is shut down).
@@ -136,12 +169,24 @@ impl Shard {
         let mut guard = Completion {
             then: Some(then),
             bytes,
+            requester: self.requester,
             done: link.done.clone(),
             _answer: std::marker::PhantomData,
         };
         let cb = Box::new(move |r: StoreResult<T>| guard.complete(r));
         self.store_inflight += 1;
         self.store_bytes += bytes;
+        if let Some(id) = self.requester {
+            if let Some(s) = self.sessions.get_mut(id.key as usize) {
+                if s.gen == id.gen {
+                    s.requests += 1;
+                    if s.requests >= self.cfg.max_requests_in_flight {
+                        // Its reader stops at the end of this frame (`net::session`).
+                        self.answers_over = true;
+                    }
+                }
+            }
+        }
         // A request the store refuses (shut down) drops `cb` uncalled: the guard's drop
         // then queues `then` with `Closed`, like any other answer.
         let _ = submit(&link.handle, cb);

@@ -620,7 +620,8 @@ fn finished_connections_leave_no_memory_behind() {
 /// bounded: its frames are handled only while its answers are under
 /// `--max-pending-bytes` (the rest wait in the chunk read and in the socket), and past
 /// the hard cap (`--max-pending-bytes` + 32 MiB) it is closed as a slow consumer.
-/// Before, 60 000 such requests queued ~180 MB of answers.
+/// Before, 60 000 such requests queued ~180 MB of answers. (With the default
+/// `--max-requests-in-flight` the reader stops long before: the next test.)
 #[test]
 fn pipelined_requests_with_big_answers_are_bounded_by_the_hard_cap() {
     let r = RouterProc::start(&[
@@ -628,7 +629,33 @@ fn pipelined_requests_with_big_answers_are_bounded_by_the_hard_cap() {
         "65536",
         "--slow-consumer-timeout",
         "60",
+        "--max-requests-in-flight",
+        "1000000",
     ]);
+    let (mut a, n, rooms, writer) = pipeline_list_rooms(&r);
+    let (frames, _) = a.read_until_end(Duration::from_secs(20));
+    let answers = frames
+        .iter()
+        .filter(|f| matches!(&f.kind, Some(server_frame::Kind::RoomResult(res)) if res.rooms.len() == rooms))
+        .count();
+    let last = frames.last().and_then(|f| f.kind.clone());
+    match last {
+        Some(server_frame::Kind::Error(e)) => {
+            assert_eq!(e.code, Status::SlowConsumer as i32, "{e:?}");
+            // (A slow consumer's queue is dropped with the close: it gets the Error.)
+            assert!(answers < n, "{answers} answers");
+        }
+        other => panic!("not closed as a slow consumer after {answers} answers: {other:?}"),
+    }
+    drop(a);
+    let _ = writer.join();
+}
+
+/// Logs in a user in 40 rooms with long names and writes 60 000 ListRooms (~3 KB answers
+/// each, from the store) from a thread, reading nothing for 2.5 s; checks that the router's
+/// RSS grew by less than 80 MiB meanwhile. Gives the client, the requests written, the
+/// rooms and the writer.
+fn pipeline_list_rooms(r: &RouterProc) -> (Raw, usize, usize, thread::JoinHandle<()>) {
     let mut a = r.raw_login("bigask");
     let rooms = 40;
     for i in 0..rooms {
@@ -653,22 +680,78 @@ fn pipelined_requests_with_big_answers_are_bounded_by_the_hard_cap() {
         grown_mib < 80,
         "{grown_mib} MiB of answers queued for a client that reads nothing"
     );
-    let (frames, _) = a.read_until_end(Duration::from_secs(20));
-    let answers = frames
-        .iter()
-        .filter(|f| matches!(&f.kind, Some(server_frame::Kind::RoomResult(res)) if res.rooms.len() == rooms))
-        .count();
-    let last = frames.last().and_then(|f| f.kind.clone());
-    match last {
-        Some(server_frame::Kind::Error(e)) => {
-            assert_eq!(e.code, Status::SlowConsumer as i32, "{e:?}");
-            // (A slow consumer's queue is dropped with the close: it gets the Error.)
-            assert!(answers < n, "{answers} answers");
+    (a, n, rooms, writer)
+}
+
+/// The same pipeline at the default `--max-requests-in-flight` (64): the router stops
+/// reading the client once 64 of its requests wait on the store, and its answers stay
+/// within `--max-pending-bytes` plus those 64, so a client that reads late is not closed:
+/// every request is answered.
+#[test]
+fn pipelined_store_requests_are_paced_not_closed() {
+    let r = RouterProc::start(&[
+        "--max-pending-bytes",
+        "65536",
+        "--slow-consumer-timeout",
+        "60",
+    ]);
+    let (mut a, n, rooms, writer) = pipeline_list_rooms(&r);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut answers = 0;
+    while answers < n {
+        match a.next_kind(deadline.saturating_duration_since(Instant::now())) {
+            server_frame::Kind::RoomResult(res) => {
+                assert_eq!(res.status, Status::Ok as i32, "{res:?}");
+                assert_eq!(res.rooms.len(), rooms);
+                answers += 1;
+            }
+            server_frame::Kind::Ping(_) => {}
+            other => panic!("after {answers} answers: {other:?}"),
         }
-        other => panic!("not closed as a slow consumer after {answers} answers: {other:?}"),
     }
-    drop(a);
     let _ = writer.join();
+    assert_eq!(a.ping_pong(3).len(), 0, "nothing else was queued");
+}
+
+/// `--max-requests-in-flight`: with 4 of its requests waiting on the store, a session's
+/// next frames are not read until one is answered. A Ping written after 200 History
+/// requests in one write is answered (at once, on the shard) only after at least 196 of
+/// them; without the bound it would be handled with them and its Pong would come first.
+#[test]
+fn a_session_at_its_requests_in_flight_reads_nothing_more() {
+    let r = RouterProc::start(&["--max-requests-in-flight", "4"]);
+    let mut a = r.raw_login("asker");
+    let _peer = r.raw_login("peer");
+    let n = 200usize;
+    let mut all = Vec::new();
+    for i in 0..n {
+        all.extend_from_slice(&client_frame_bytes(client_frame::Kind::History(
+            ringrouter_proto::v1::History {
+                request_id: i as u64 + 1,
+                user: "peer".into(),
+                ..Default::default()
+            },
+        )));
+    }
+    all.extend_from_slice(&client_frame_bytes(client_frame::Kind::Ping(Ping {
+        nonce: 9,
+    })));
+    a.write(&all).expect("the requests fit the socket buffers");
+    let mut before_pong = 0;
+    let mut pong_at = None;
+    while pong_at.is_none() || before_pong < n {
+        match a.next_kind(T) {
+            server_frame::Kind::HistoryResult(h) => {
+                assert_eq!(h.status, Status::Ok as i32, "{h:?}");
+                before_pong += 1;
+                assert_eq!(h.request_id, before_pong as u64, "answered in order");
+            }
+            server_frame::Kind::Pong(p) if p.nonce == 9 => pong_at = Some(before_pong),
+            other => panic!("{other:?}"),
+        }
+    }
+    let at = pong_at.unwrap_or(0);
+    assert!(at >= n - 4, "the Pong came after {at} of {n} answers");
 }
 
 /// A session that stops handling a chunk's frames at its budget (its answers over
