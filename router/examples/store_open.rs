@@ -46,6 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 version: 1,
                 ..ContactRecord::default()
             },
+            blocked_by: Vec::new(),
             upserts: vec![ContactEntry {
                 user: format!("v{i}"),
                 state: 1,

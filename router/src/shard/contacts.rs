@@ -399,7 +399,7 @@ impl Shard {
         self.with_contacts(
             &u,
             Box::new(move |sh: &mut Shard| {
-                if sh.contacts.update(&user, |r| r.set_blocked_by(&peer, on)) == Some(true) {
+                if sh.contacts.set_blocked_by(&user, &peer, on) == Some(true) {
                     sh.save_contacts(&user);
                 }
             }),

@@ -255,9 +255,7 @@ fn blocked_senders_and_strangers_under_the_contacts_policy_are_forbidden() {
         !s.dm_gate(),
         "nobody blocked, open policy: the DM path does not look"
     );
-    s.contacts
-        .update("a", |r| r.set_blocked_by("b", true))
-        .unwrap();
+    s.contacts.set_blocked_by("a", "b", true).unwrap();
     assert!(s.dm_gate());
     let mut blocked = Vec::new();
     s.on_frame(a, send("b", b"hi", true), Instant::now(), 0, &mut blocked);
@@ -273,9 +271,7 @@ fn blocked_senders_and_strangers_under_the_contacts_policy_are_forbidden() {
         &drain(&mut s, a)[0].kind,
         Some(server_frame::Kind::Deliver(d)) if d.payload == "yo"
     ));
-    s.contacts
-        .update("a", |r| r.set_blocked_by("b", false))
-        .unwrap();
+    s.contacts.set_blocked_by("a", "b", false).unwrap();
     assert!(!s.dm_gate());
     // --dm-policy contacts: only accepted contacts (and oneself).
     let mut s = Shard::new(

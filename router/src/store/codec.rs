@@ -41,6 +41,9 @@ pub(crate) const CONTACTS_PREFIX: &[u8] = b"ctc:";
 /// Key prefix of contact list entries (`cte:` user 0x00 peer): a change writes its entry,
 /// not the whole list.
 pub(crate) const CONTACT_ENTRY_PREFIX: &[u8] = b"cte:";
+/// Key prefix of a contact list's blockers (`ctb:` user 0x00 blocker → empty): a block
+/// writes one key, not the blocked user's whole list of blockers.
+pub(crate) const CONTACT_BLOCKER_PREFIX: &[u8] = b"ctb:";
 
 /// One queued message for an offline user.
 ///

@@ -68,7 +68,9 @@ pub struct ContactRecord {
     #[prost(uint64, tag = "3")]
     pub floor: u64,
     /// Users who block this user (sorted; not part of the list a client sees, and no
-    /// version change): its direct messages and requests to them are refused.
+    /// version change): its direct messages and requests to them are refused. Stored as
+    /// keys of their own (one per blocker, see [`ContactSave::blocked_by`]); older
+    /// versions kept them here, in the record.
     #[prost(string, repeated, tag = "4")]
     pub blocked_by: Vec<String>,
     /// When the user's last session ended (µs since the epoch; 0: never), for its
@@ -81,8 +83,11 @@ pub struct ContactRecord {
 /// keys of their own (a change writes the entries it changed, not the whole list).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ContactSave {
-    /// The list without its entries (version, floor, blocked-by, last seen).
+    /// The list without its entries and blocked-by (version, floor, last seen).
     pub header: ContactRecord,
+    /// Blockers noted (`true`) or dropped (`false`) since the last write, in order: a
+    /// user blocked by many is not rewritten whole at every block.
+    pub blocked_by: Vec<(String, bool)>,
     /// Entries set since the last write (tombstones included).
     pub upserts: Vec<ContactEntry>,
     /// Entries pruned since the last write.
@@ -96,6 +101,7 @@ impl ContactSave {
     pub fn whole(rec: &ContactRecord) -> ContactSave {
         ContactSave {
             header: rec.header(),
+            blocked_by: rec.blocked_by.iter().map(|u| (u.clone(), true)).collect(),
             upserts: rec.entries.clone(),
             removed: Vec::new(),
             replace: true,
@@ -209,13 +215,13 @@ pub struct ContactView {
 }
 
 impl ContactRecord {
-    /// This list without its entries.
+    /// This list without its entries and blocked-by.
     pub fn header(&self) -> ContactRecord {
         ContactRecord {
             version: self.version,
             entries: Vec::new(),
             floor: self.floor,
-            blocked_by: self.blocked_by.clone(),
+            blocked_by: Vec::new(),
             last_seen_us: self.last_seen_us,
         }
     }
@@ -459,6 +465,8 @@ struct Saved {
     version: u64,
     /// Entries pruned since the last write (their keys are still stored).
     pruned: Vec<String>,
+    /// Blockers noted or dropped since the last write.
+    blocked_by: Vec<(String, bool)>,
     /// A write failed: the next one writes the whole list (until one succeeds, the list
     /// stays loaded: the store's copy may lack entries that only this one has).
     whole: bool,
@@ -577,10 +585,12 @@ impl<W> ContactCache<W> {
         };
         let save = if std::mem::take(&mut saved.whole) {
             saved.pruned.clear();
+            saved.blocked_by.clear();
             ContactSave::whole(rec)
         } else {
             ContactSave {
                 header: rec.header(),
+                blocked_by: std::mem::take(&mut saved.blocked_by),
                 upserts: rec
                     .entries
                     .iter()
@@ -613,17 +623,38 @@ impl<W> ContactCache<W> {
         saved.failures <= SAVE_RETRIES
     }
 
-    /// Runs `f` on `user`'s loaded list (keeping the count of lists with blocks right);
-    /// `None` if it is not loaded.
+    /// Runs `f` on `user`'s loaded list (its fields: blockers change through
+    /// [`ContactCache::set_blocked_by`], which the next write names); `None` if it is not
+    /// loaded.
     pub fn update<R>(&mut self, user: &str, f: impl FnOnce(&mut ContactRecord) -> R) -> Option<R> {
         let Some(Slot::Ready(rec, _)) = self.lists.get_mut(user) else {
             return None;
         };
-        let before = rec.has_blocks();
+        let blockers = rec.blocked_by.len();
         let r = f(rec);
+        debug_assert_eq!(
+            rec.blocked_by.len(),
+            blockers,
+            "blockers change by set_blocked_by"
+        );
+        Some(r)
+    }
+
+    /// Notes on `user`'s loaded list that `peer` blocks it (`on`) or not (see
+    /// [`ContactRecord::set_blocked_by`]; the next write names the change). `None` if it
+    /// is not loaded, else whether anything changed.
+    pub fn set_blocked_by(&mut self, user: &str, peer: &str, on: bool) -> Option<bool> {
+        let Some(Slot::Ready(rec, saved)) = self.lists.get_mut(user) else {
+            return None;
+        };
+        let before = rec.has_blocks();
+        let changed = rec.set_blocked_by(peer, on);
+        if changed {
+            saved.blocked_by.push((peer.to_owned(), on));
+        }
         let after = rec.has_blocks();
         self.with_blocks = self.with_blocks + usize::from(after) - usize::from(before);
-        Some(r)
+        Some(changed)
     }
 
     /// Forgets `user`'s loaded list (its last session ended; the store has it), unless a
@@ -822,13 +853,13 @@ mod tests {
         assert_eq!(c.wait("a", 3), Wait::Ready(3));
         // A late second answer does not replace the newer list.
         c.apply("a", "b", Block, LIM).unwrap().unwrap();
-        c.update("a", |r| r.set_blocked_by("x", true)).unwrap();
+        c.set_blocked_by("a", "x", true).unwrap();
         assert_eq!(c.with_blocks(), 1);
         assert!(c.loaded("a", ContactRecord::default()).is_empty());
         assert!(c.get("a").is_some_and(|r| r.blocks("b")));
-        c.update("a", |r| r.set_blocked_by("x", false)).unwrap();
+        c.set_blocked_by("a", "x", false).unwrap();
         assert_eq!(c.with_blocks(), 0);
-        c.update("a", |r| r.set_blocked_by("y", true)).unwrap();
+        c.set_blocked_by("a", "y", true).unwrap();
         c.evict("a");
         assert_eq!((c.with_blocks(), c.get("a")), (0, None));
         // A failed load hands its waiters back and loads again next time.
@@ -864,12 +895,19 @@ mod tests {
         let s = c.take_save("a").unwrap();
         assert_eq!(names(&s.upserts), ["p2", "p3"]);
         assert_eq!(s.removed, ["p1"]);
-        // Blocked-by and last seen: the fields only.
-        c.update("a", |r| r.set_blocked_by("z", true)).unwrap();
+        // Blocked-by: the blockers that changed, in order, not the others.
+        c.set_blocked_by("a", "z", true).unwrap();
+        c.set_blocked_by("a", "y", true).unwrap();
+        assert!(c.take_save("a").is_some());
+        c.set_blocked_by("a", "x", true).unwrap();
+        c.set_blocked_by("a", "y", false).unwrap();
+        assert_eq!(c.set_blocked_by("a", "y", false), Some(false), "no change");
         let s = c.take_save("a").unwrap();
         assert!(s.upserts.is_empty() && s.removed.is_empty());
-        assert_eq!(s.header.blocked_by, ["z"]);
-        for _ in 0..4 {
+        assert!(s.header.blocked_by.is_empty());
+        assert_eq!(s.blocked_by, [("x".into(), true), ("y".into(), false)]);
+        assert!(c.take_save("a").unwrap().blocked_by.is_empty());
+        for _ in 0..6 {
             assert!(!c.save_done("a", true));
         }
         // A failed write, with a later one (only what changed) in flight: the list is

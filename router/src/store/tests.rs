@@ -911,7 +911,7 @@ fn inline_member_lists_move_to_keys_when_the_store_opens() {
 }
 
 #[test]
-fn contact_entries_are_keys_written_by_change_and_moved_from_old_records() {
+fn contact_entries_and_blockers_are_keys_written_by_change_and_moved_from_old_records() {
     use super::contacts::{ContactEntry, ContactRecord, ContactSave};
     let entry = |user: &str, state: i32, version: u64| ContactEntry {
         user: user.into(),
@@ -929,9 +929,16 @@ fn contact_entries_are_keys_written_by_change_and_moved_from_old_records() {
             version: 2,
             entries: vec![entry("bo", 1, 1), entry("cy", 3, 2)],
             last_seen_us: 5,
+            blocked_by: vec!["bad1".into(), "bad2".into()],
             ..Default::default()
         };
         rooms.insert("ctc:al", codec::encode(&old)).unwrap();
+        // Blockers only, inline.
+        let blocked = ContactRecord {
+            blocked_by: vec!["bad3".into()],
+            ..Default::default()
+        };
+        rooms.insert("ctc:al4", codec::encode(&blocked)).unwrap();
         rooms.insert("ctc:broken", [1u8, 0x0a, 0x7f]).unwrap();
         // A list with a damaged entry beside a good one.
         rooms.insert("cte:al3\0bad", [0xffu8, 0xff]).unwrap();
@@ -943,13 +950,19 @@ fn contact_entries_are_keys_written_by_change_and_moved_from_old_records() {
     let h = open(dir.path(), Durability::Memory);
     let got = call(|cb| h.get_contacts("al", cb)).unwrap();
     assert_eq!((got.version, got.last_seen_us), (2, 5));
+    assert_eq!(got.blocked_by, ["bad1", "bad2"]);
+    assert_eq!(
+        call(|cb| h.get_contacts("al4", cb)).unwrap().blocked_by,
+        ["bad3"]
+    );
     // The damaged entry is left out, not the list.
     assert_eq!(
         call(|cb| h.get_contacts("al3", cb)).unwrap().entries,
         vec![entry("ok", 1, 1)]
     );
     assert_eq!(got.entries, vec![entry("bo", 1, 1), entry("cy", 3, 2)]);
-    // A change: one entry set, one pruned, the fields.
+    // A change: one entry set, one pruned, the fields; a blocker noted, one dropped
+    // (and one left in the fields by a caller: written as a key too).
     let save = ContactSave {
         header: ContactRecord {
             version: 3,
@@ -957,6 +970,7 @@ fn contact_entries_are_keys_written_by_change_and_moved_from_old_records() {
             blocked_by: vec!["zed".into()],
             ..Default::default()
         },
+        blocked_by: vec![("yan".into(), true), ("bad1".into(), false)],
         upserts: vec![entry("dee", 4, 3)],
         removed: vec!["bo".into()],
         replace: false,
@@ -965,12 +979,13 @@ fn contact_entries_are_keys_written_by_change_and_moved_from_old_records() {
     let got = call(|cb| h.get_contacts("al", cb)).unwrap();
     assert_eq!(
         (got.version, got.floor, got.blocked_by.clone()),
-        (3, 1, vec!["zed".into()])
+        (3, 1, vec!["bad2".into(), "yan".into(), "zed".into()])
     );
     assert_eq!(got.entries, vec![entry("cy", 3, 2), entry("dee", 4, 3)]);
     // Pruned and set again in one write: set.
     let again = ContactSave {
         header: got.header(),
+        blocked_by: Vec::new(),
         upserts: vec![entry("cy", 1, 4)],
         removed: vec!["cy".into()],
         replace: false,
@@ -1003,15 +1018,22 @@ fn contact_entries_are_keys_written_by_change_and_moved_from_old_records() {
     assert!(call(|cb| h.get_contacts("broken", cb)).is_err());
     h.shutdown().unwrap();
     drop(h);
-    // No record keeps its entries inline; al's keys are gone, al2's stay.
+    // No record keeps its entries or blockers inline; al's keys are gone, al2's and
+    // al4's stay.
     let (_db, rooms) = raw_rooms(dir.path());
     for g in rooms.prefix("ctc:al") {
         let v = g.value().unwrap();
         let rec = codec::decode::<ContactRecord>(&v, "contacts").unwrap();
-        assert!(rec.entries.is_empty(), "{rec:?}");
+        assert!(
+            rec.entries.is_empty() && rec.blocked_by.is_empty(),
+            "{rec:?}"
+        );
     }
     assert_eq!(rooms.prefix("cte:al\0").count(), 0);
+    assert_eq!(rooms.prefix("ctb:al\0").count(), 0);
     assert_eq!(rooms.prefix("cte:al2\0").count(), 2);
+    assert_eq!(rooms.prefix("ctb:al2\0").count(), 3);
+    assert_eq!(rooms.prefix("ctb:al4\0").count(), 1);
 }
 
 #[test]

@@ -12,8 +12,8 @@ use crate::shard::{NameMap, NameSet};
 
 use super::codec::{
     self, decode, encode, parse_queue_key, prefixed, queue_key, queue_prefix, validate_name,
-    validate_password, AccountRecord, CODE_PREFIX, CONTACTS_PREFIX, CONTACT_ENTRY_PREFIX,
-    MEMBER_PREFIX, ROOM_MEMBER_PREFIX, ROOM_PREFIX,
+    validate_password, AccountRecord, CODE_PREFIX, CONTACTS_PREFIX, CONTACT_BLOCKER_PREFIX,
+    CONTACT_ENTRY_PREFIX, MEMBER_PREFIX, ROOM_MEMBER_PREFIX, ROOM_PREFIX,
 };
 use super::contacts::{ContactEntry, ContactRecord, ContactSave};
 use super::hash::{HashJob, HashOutcome, HashPool};
@@ -240,6 +240,11 @@ fn room_member_key(room: &str, user: &str) -> Vec<u8> {
 /// list's entries in peer order, the order of [`ContactRecord::entries`]).
 fn contact_entry_key(user: &str, peer: &str) -> Vec<u8> {
     list_key(CONTACT_ENTRY_PREFIX, user, peer)
+}
+
+/// Key noting that `blocker` blocks `user`: `ctb:` user 0x00 blocker.
+fn contact_blocker_key(user: &str, blocker: &str) -> Vec<u8> {
+    list_key(CONTACT_BLOCKER_PREFIX, user, blocker)
 }
 
 /// Records whose inline lists one step of an open-time move rewrites.
@@ -1137,7 +1142,8 @@ impl Worker {
         self.commit()?;
         let had_account = self.dbs.accounts.contains_key(user.as_bytes())?;
         // Read before anything is queued: a failed read leaves no deletion half done.
-        let entry_keys = self.keys_under(&contact_entry_key(user, ""))?;
+        let mut entry_keys = self.keys_under(&contact_entry_key(user, ""))?;
+        entry_keys.extend(self.keys_under(&contact_blocker_key(user, ""))?);
         let (removed, _) = self.remove_range(user, u64::MAX)?;
         if !had_account && removed == 0 {
             return Err(StoreError::NotFound);
@@ -1247,7 +1253,8 @@ impl Worker {
     }
 
     /// Moves the lists held inside records written by older versions to keys of their
-    /// own: room members (`rmem:`) and contact list entries (`cte:`). Once, when the store
+    /// own: room members (`rmem:`), contact list entries (`cte:`) and blockers (`ctb:`).
+    /// Once, when the store
     /// opens, before its thread starts (an error fails the open).
     pub(crate) fn move_inline_lists(&mut self) -> StoreResult<()> {
         let rooms = self.move_inline(
@@ -1273,7 +1280,9 @@ impl Worker {
         let lists = self.move_inline(
             CONTACTS_PREFIX,
             |user, v| match decode::<ContactRecord>(v, "contact list") {
-                Ok(r) if !r.entries.is_empty() => Ok(Some((user.to_owned(), r))),
+                Ok(r) if !r.entries.is_empty() || !r.blocked_by.is_empty() => {
+                    Ok(Some((user.to_owned(), r)))
+                }
                 Ok(_) => Ok(None),
                 Err(e) => Err(e.to_string()),
             },
@@ -1401,6 +1410,18 @@ impl Worker {
                 Err(e) => tracing::warn!("contact entry {k:?} left out: {e}"),
             }
         }
+        // Blockers: keys of their own (an older record may still hold some inline, until
+        // the open-time move).
+        let prefix = contact_blocker_key(user, "");
+        for g in self.dbs.rooms.prefix(&prefix) {
+            let (k, _) = g.into_inner()?;
+            match std::str::from_utf8(&k[prefix.len()..]) {
+                Ok(blocker) => rec.blocked_by.push(blocker.to_owned()),
+                Err(_) => tracing::warn!("contact blocker {k:?} left out: not UTF-8"),
+            }
+        }
+        rec.blocked_by.sort_unstable();
+        rec.blocked_by.dedup();
         Ok(rec)
     }
 
@@ -1414,18 +1435,41 @@ impl Worker {
         for peer in &save.removed {
             validate_name("contact", peer)?;
         }
+        let mut header = save.header;
+        // Blockers a caller left in the fields are written as keys like the others.
+        let mut blocked_by = save.blocked_by;
+        blocked_by.extend(header.blocked_by.drain(..).map(|u| (u, true)));
+        for (u, _) in &blocked_by {
+            validate_name("blocker", u)?;
+        }
         if save.replace {
             self.commit()?;
             let kept: std::collections::HashSet<Vec<u8>> = save
                 .upserts
                 .iter()
                 .map(|e| contact_entry_key(user, &e.user))
+                .chain(
+                    blocked_by
+                        .iter()
+                        .filter(|(_, on)| *on)
+                        .map(|(u, _)| contact_blocker_key(user, u)),
+                )
                 .collect();
-            for k in self.keys_under(&contact_entry_key(user, ""))? {
+            let mut stored = self.keys_under(&contact_entry_key(user, ""))?;
+            stored.extend(self.keys_under(&contact_blocker_key(user, ""))?);
+            for k in stored {
                 if !kept.contains(&k) {
                     self.ops.push(Op::Del(Ks::Rooms, k));
                 }
             }
+        }
+        for (u, on) in blocked_by {
+            let key = contact_blocker_key(user, &u);
+            self.ops.push(if on {
+                Op::Put(Ks::Rooms, key, Vec::new())
+            } else {
+                Op::Del(Ks::Rooms, key)
+            });
         }
         // Removals first: an entry pruned and set again since the last write stays.
         for peer in &save.removed {
@@ -1440,7 +1484,6 @@ impl Worker {
             });
             self.ops.push(Op::Put(Ks::Rooms, key, value));
         }
-        let mut header = save.header;
         header.entries.clear();
         self.ops.push(Op::Put(
             Ks::Rooms,
