@@ -178,9 +178,10 @@ pub struct Args {
     /// is closed as a slow consumer and what it holds is queued for its next login.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64MiB", help_heading = LIMITS)]
     pub max_unacked_bytes_per_session: usize,
-    /// Most requests one session may have waiting on the store (History, ListRooms,
-    /// contacts, ...); past it the router reads nothing more from the session until one is
-    /// answered, so one client's pipeline cannot fill the shard's store queue.
+    /// Most requests one session may have waiting on the store or another shard (History,
+    /// ListRooms, room requests, contacts, ...); at it the router reads nothing more from
+    /// the session until one is answered, so one client's pipeline cannot fill the shard's
+    /// store queue or mailboxes.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), default_value_t = 64, help_heading = LIMITS)]
     pub max_requests_in_flight: u32,
     /// Most rooms one user may be a member of.

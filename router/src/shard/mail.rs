@@ -141,6 +141,32 @@ pub struct RoomReq {
     /// The user's own Create or Join, admitted by the user's home shard against
     /// `max_rooms_per_user`; its answer lets the user's next one through.
     pub quota: bool,
+    /// Counts against the asking session's `max_requests_in_flight` until the request
+    /// is done with (answered or dropped), wherever that is.
+    pub inflight: Option<InFlight>,
+}
+
+/// One request of a session counted against its `max_requests_in_flight` (see
+/// `store_link`) while it is away on another shard or parked: dropped, wherever it is, it
+/// hands the count back on the session's shard (through that shard's [`MailQueue`]).
+pub struct InFlight {
+    pub(crate) id: SessionId,
+    pub(crate) done: Arc<MailQueue>,
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("InFlight").field(&self.id).finish()
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let id = self.id;
+        self.done.push(Mail::Stored(Box::new(move |sh: &mut Shard| {
+            sh.request_done(id);
+        })));
+    }
 }
 
 /// What a request waiting in a room's queue or behind its user's Create/Join counts for
@@ -517,6 +543,7 @@ mod tests {
             request_id: 1,
             op,
             quota: true,
+            inflight: None,
         }
     }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use ringrouter_proto::Status;
 
-use super::mail::{Mail, MailQueue};
+use super::mail::{InFlight, Mail, MailQueue};
 use super::session::{SessionId, SessionKey};
 use super::Shard;
 use crate::config::DurabilityMode;
@@ -114,18 +114,46 @@ impl Shard {
         self.store_inflight -= 1;
         self.store_bytes -= bytes;
         if let Some(id) = requester {
-            if let Some(s) = self.sessions.get_mut(id.key as usize) {
-                if s.gen == id.gen {
-                    s.requests = s.requests.saturating_sub(1);
-                    if s.requests < self.cfg.max_requests_in_flight {
-                        s.wake_drain_waiters();
-                    }
-                }
-            }
+            self.request_done(id);
         }
         let outer = std::mem::replace(&mut self.requester, requester);
         then(self);
         self.requester = outer;
+    }
+
+    /// Counts one more request of session `id` in flight; at `max_requests_in_flight` its
+    /// reader stops at the end of the frame being handled (`net::session`).
+    fn request_taken(&mut self, id: SessionId) {
+        if let Some(s) = self.sessions.get_mut(id.key as usize) {
+            if s.gen == id.gen {
+                s.requests += 1;
+                if s.requests >= self.cfg.max_requests_in_flight {
+                    self.answers_over = true;
+                }
+            }
+        }
+    }
+
+    /// One request of session `id` is done; its reader, waiting at
+    /// `max_requests_in_flight`, is woken below it.
+    pub(crate) fn request_done(&mut self, id: SessionId) {
+        if let Some(s) = self.sessions.get_mut(id.key as usize) {
+            if s.gen == id.gen {
+                s.requests = s.requests.saturating_sub(1);
+                if s.requests < self.cfg.max_requests_in_flight {
+                    s.wake_drain_waiters();
+                }
+            }
+        }
+    }
+
+    /// A request of session `id` that goes to another shard (or waits on this one): it
+    /// counts against the session's `max_requests_in_flight` until the returned guard is
+    /// dropped. `None` without a store (unit tests: nowhere to hand the count back).
+    pub(crate) fn request_in_flight(&mut self, id: SessionId) -> Option<InFlight> {
+        let done = self.store.as_ref()?.done.clone();
+        self.request_taken(id);
+        Some(InFlight { id, done })
     }
 
     /// True when session `key` has `max_requests_in_flight` requests waiting on the
@@ -174,21 +202,13 @@ impl Shard {
             _answer: std::marker::PhantomData,
         };
         let cb = Box::new(move |r: StoreResult<T>| guard.complete(r));
-        self.store_inflight += 1;
-        self.store_bytes += bytes;
-        if let Some(id) = self.requester {
-            if let Some(s) = self.sessions.get_mut(id.key as usize) {
-                if s.gen == id.gen {
-                    s.requests += 1;
-                    if s.requests >= self.cfg.max_requests_in_flight {
-                        // Its reader stops at the end of this frame (`net::session`).
-                        self.answers_over = true;
-                    }
-                }
-            }
-        }
         // A request the store refuses (shut down) drops `cb` uncalled: the guard's drop
         // then queues `then` with `Closed`, like any other answer.
         let _ = submit(&link.handle, cb);
+        self.store_inflight += 1;
+        self.store_bytes += bytes;
+        if let Some(id) = self.requester {
+            self.request_taken(id);
+        }
     }
 }

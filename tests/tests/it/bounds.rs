@@ -754,6 +754,48 @@ fn a_session_at_its_requests_in_flight_reads_nothing_more() {
     assert!(at >= n - 4, "the Pong came after {at} of {n} answers");
 }
 
+/// Room requests count too, wherever they are answered: 200 RoomInfo for a room homed on
+/// the other shard, then a Ping, with `--max-requests-in-flight 4`: the Pong comes after
+/// at least 196 answers (before, at once).
+#[test]
+fn room_requests_to_another_shard_count_as_in_flight() {
+    let r = RouterProc::start(&["--shards", "2", "--max-requests-in-flight", "4"]);
+    let u = ringrouter_tests::users_on_shards("inflight", 2);
+    let mut a = r.raw_login(&u[0]);
+    // A room named like a user of shard 1 is homed there (one hash for both).
+    let room = u[1].clone();
+    assert_eq!(a.create_room(&room, "").status, Status::Ok as i32);
+    let n = 200usize;
+    let mut all = Vec::new();
+    for i in 0..n {
+        all.extend_from_slice(&client_frame_bytes(client_frame::Kind::RoomInfo(
+            ringrouter_proto::v1::RoomInfo {
+                request_id: i as u64 + 1,
+                room: room.clone(),
+            },
+        )));
+    }
+    all.extend_from_slice(&client_frame_bytes(client_frame::Kind::Ping(Ping {
+        nonce: 9,
+    })));
+    a.write(&all).expect("the requests fit the socket buffers");
+    let mut answers = 0;
+    let mut pong_at = None;
+    while pong_at.is_none() || answers < n {
+        match a.next_kind(T) {
+            server_frame::Kind::RoomResult(res) => {
+                assert_eq!(res.status, Status::Ok as i32, "{res:?}");
+                answers += 1;
+                assert_eq!(res.request_id, answers as u64, "answered in order");
+            }
+            server_frame::Kind::Pong(p) if p.nonce == 9 => pong_at = Some(answers),
+            other => panic!("{other:?}"),
+        }
+    }
+    let at = pong_at.unwrap_or(0);
+    assert!(at >= n - 4, "the Pong came after {at} of {n} answers");
+}
+
 /// A session that stops handling a chunk's frames at its budget (its answers over
 /// `--max-pending-bytes`) handles the rest of that chunk once it drains: thousands of
 /// pipelined pings, written at once and read afterwards, are all answered, in order.
