@@ -182,7 +182,7 @@ pub struct Args {
     /// ListRooms, room requests, contacts, ...); at it the router reads nothing more from
     /// the session until one is answered, so one client's pipeline cannot fill the shard's
     /// store queue or mailboxes.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), default_value_t = 64, help_heading = LIMITS)]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), default_value_t = 16, help_heading = LIMITS)]
     pub max_requests_in_flight: u32,
     /// Most rooms one user may be a member of.
     #[arg(long, value_name = "N", default_value_t = 1_000, help_heading = LIMITS)]

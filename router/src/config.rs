@@ -232,7 +232,7 @@ impl Default for Config {
             max_offline_per_user: 100_000,
             offline_overflow: OfflineOverflow::Reject,
             max_unacked_per_session: 262_144,
-            max_requests_in_flight: 64,
+            max_requests_in_flight: 16,
             resume_window: Duration::from_secs(60),
             max_resumable_sessions: 100_000,
             max_rooms_per_user: 1_000,

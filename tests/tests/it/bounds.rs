@@ -683,9 +683,9 @@ fn pipeline_list_rooms(r: &RouterProc) -> (Raw, usize, usize, thread::JoinHandle
     (a, n, rooms, writer)
 }
 
-/// The same pipeline at the default `--max-requests-in-flight` (64): the router stops
-/// reading the client once 64 of its requests wait on the store, and its answers stay
-/// within `--max-pending-bytes` plus those 64, so a client that reads late is not closed:
+/// The same pipeline at the default `--max-requests-in-flight` (16): the router stops
+/// reading the client once 16 of its requests wait on the store, and its answers stay
+/// within `--max-pending-bytes` plus those 16, so a client that reads late is not closed:
 /// every request is answered.
 #[test]
 fn pipelined_store_requests_are_paced_not_closed() {
@@ -752,6 +752,46 @@ fn a_session_at_its_requests_in_flight_reads_nothing_more() {
     }
     let at = pong_at.unwrap_or(0);
     assert!(at >= n - 4, "the Pong came after {at} of {n} answers");
+}
+
+/// Pipelined History pages of big messages (~0.9 MiB each) to a client that reads late:
+/// at the default `--max-requests-in-flight` (16) the answers in flight fit under the hard
+/// cap with the outbound bound, so all 80 are answered; without the bound (1 000 000)
+/// ~80 MiB of pages pile past the bound and the client is closed at the hard cap.
+#[test]
+fn pipelined_big_history_pages_are_paced_not_closed() {
+    let r = RouterProc::start(&["--shards", "1", "--slow-consumer-timeout", "60"]);
+    let mut a = r.client("pages-a");
+    let _b = r.client("pages-b");
+    for i in 0..60u8 {
+        a.send_wait("pages-b", &vec![i; 100_000]).unwrap();
+    }
+    let mut reader = r.raw_login("pages-a");
+    let n = 80u64;
+    let mut all = Vec::new();
+    for i in 1..=n {
+        all.extend_from_slice(&client_frame_bytes(client_frame::Kind::History(
+            ringrouter_proto::v1::History {
+                request_id: i,
+                user: "pages-b".into(),
+                limit: 50,
+                ..Default::default()
+            },
+        )));
+    }
+    reader
+        .write(&all)
+        .expect("the requests fit the socket buffers");
+    thread::sleep(Duration::from_millis(1500));
+    for want in 1..=n {
+        match reader.next_kind(T) {
+            server_frame::Kind::HistoryResult(h) => {
+                assert_eq!((h.request_id, h.status), (want, Status::Ok as i32));
+                assert!(h.messages.len() >= 5, "{} messages", h.messages.len());
+            }
+            other => panic!("answer {want}: {other:?}"),
+        }
+    }
 }
 
 /// Room requests count too, wherever they are answered: 200 RoomInfo for a room homed on
