@@ -179,7 +179,8 @@ pub struct Args {
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64MiB", help_heading = LIMITS)]
     pub max_unacked_bytes_per_session: usize,
     /// Most requests one session may have waiting on the store or another shard (History,
-    /// ListRooms, room requests, contacts, ...); at it the router reads nothing more from
+    /// ListRooms, room requests, contact list reads and writes, ...); at it the router
+    /// reads nothing more from
     /// the session until one is answered, so one client's pipeline cannot fill the shard's
     /// store queue or mailboxes.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), default_value_t = 16, help_heading = LIMITS)]

@@ -753,8 +753,16 @@ impl Shard {
         rooms + own
     }
 
-    /// Runs queued work until the room is busy again or its queue is empty.
+    /// Runs queued work until the room is busy again or its queue is empty. Others'
+    /// work: whatever it asks of the store does not count against the
+    /// `max_requests_in_flight` of a session whose request happens to run this.
     fn pump_room(&mut self, key: &Bytes) {
+        let outer = self.requester.take();
+        self.pump_room_queue(key);
+        self.requester = outer;
+    }
+
+    fn pump_room_queue(&mut self, key: &Bytes) {
         loop {
             let Some(slot) = self.rooms.get_mut(&key[..]) else {
                 return;

@@ -102,9 +102,11 @@ impl Shard {
             || self.store_bytes >= self.cfg.max_store_queue_bytes
     }
 
-    /// A store request was answered: its counts are taken back, then `then` runs with
-    /// the request's session as the requester (the requests it chains count for it too).
-    /// The session's reader, waiting at `max_requests_in_flight`, is woken below it.
+    /// A store request was answered: its counts are taken back (the session's reader,
+    /// waiting at `max_requests_in_flight`, is woken below it), then `then` runs with no
+    /// requester: a continuation often runs others' work (a room's queue once it is
+    /// loaded, the waiters of a contact list), which must not count for this session.
+    /// Room requests count whole through their [`InFlight`] guard.
     fn store_answered(
         &mut self,
         bytes: usize,
@@ -116,7 +118,7 @@ impl Shard {
         if let Some(id) = requester {
             self.request_done(id);
         }
-        let outer = std::mem::replace(&mut self.requester, requester);
+        let outer = self.requester.take();
         then(self);
         self.requester = outer;
     }

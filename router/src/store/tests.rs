@@ -939,6 +939,26 @@ fn contact_entries_and_blockers_are_keys_written_by_change_and_moved_from_old_re
             ..Default::default()
         };
         rooms.insert("ctc:al4", codec::encode(&blocked)).unwrap();
+        // The previous version's form: entries as keys, blockers inline (and one key
+        // blocker, as a downgrade and upgrade may leave): only the inline ones move.
+        let prev = ContactRecord {
+            version: 2,
+            blocked_by: vec!["bad".into()],
+            ..Default::default()
+        };
+        rooms.insert("ctc:zz", codec::encode(&prev)).unwrap();
+        rooms
+            .insert("cte:zz\0bo", codec::encode(&entry("", 1, 1)))
+            .unwrap();
+        rooms.insert("ctb:zz\0keyed", []).unwrap();
+        // Entries inline with a key blocker beside them: the whole write keeps it.
+        let inline = ContactRecord {
+            version: 1,
+            entries: vec![entry("cy", 1, 1)],
+            ..Default::default()
+        };
+        rooms.insert("ctc:yy", codec::encode(&inline)).unwrap();
+        rooms.insert("ctb:yy\0keyed", []).unwrap();
         rooms.insert("ctc:broken", [1u8, 0x0a, 0x7f]).unwrap();
         // A list with a damaged entry beside a good one.
         rooms.insert("cte:al3\0bad", [0xffu8, 0xff]).unwrap();
@@ -954,6 +974,20 @@ fn contact_entries_and_blockers_are_keys_written_by_change_and_moved_from_old_re
     assert_eq!(
         call(|cb| h.get_contacts("al4", cb)).unwrap().blocked_by,
         ["bad3"]
+    );
+    let zz = call(|cb| h.get_contacts("zz", cb)).unwrap();
+    assert_eq!(
+        (zz.version, zz.entries.clone(), zz.blocked_by.clone()),
+        (
+            2,
+            vec![entry("bo", 1, 1)],
+            vec!["bad".into(), "keyed".into()]
+        )
+    );
+    let yy = call(|cb| h.get_contacts("yy", cb)).unwrap();
+    assert_eq!(
+        (yy.entries.clone(), yy.blocked_by.clone()),
+        (vec![entry("cy", 1, 1)], vec!["keyed".into()])
     );
     // The damaged entry is left out, not the list.
     assert_eq!(

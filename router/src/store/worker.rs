@@ -1286,14 +1286,35 @@ impl Worker {
                 Ok(_) => Ok(None),
                 Err(e) => Err(e.to_string()),
             },
-            // (A whole write: entry keys an older version left beside the record go.) A
-            // name no longer valid is left as it is: no request can name it either.
-            |w, (user, r)| match w.save_contacts(&user, ContactSave::whole(&r)) {
-                Err(StoreError::Invalid(e)) => {
-                    tracing::warn!("contact list of {user:?} left as it is: {e}");
-                    Ok(())
+            // Entries inline (the oldest records): a whole write (entry keys an older
+            // version left beside the record go; blockers already keys stay). Blockers
+            // inline only (the entries are keys already): those move, nothing else is
+            // touched. A name no longer valid is left as it is: no request can name it
+            // either.
+            |w, (user, r)| {
+                let save = if r.entries.is_empty() {
+                    ContactSave {
+                        header: r.header(),
+                        blocked_by: r.blocked_by.iter().map(|u| (u.clone(), true)).collect(),
+                        ..ContactSave::default()
+                    }
+                } else {
+                    let mut save = ContactSave::whole(&r);
+                    let prefix = contact_blocker_key(&user, "");
+                    for k in w.keys_under(&prefix)? {
+                        if let Ok(b) = std::str::from_utf8(&k[prefix.len()..]) {
+                            save.blocked_by.push((b.to_owned(), true));
+                        }
+                    }
+                    save
+                };
+                match w.save_contacts(&user, save) {
+                    Err(StoreError::Invalid(e)) => {
+                        tracing::warn!("contact list of {user:?} left as it is: {e}");
+                        Ok(())
+                    }
+                    other => other,
                 }
-                other => other,
             },
         )?;
         if rooms + lists > 0 {
@@ -1439,9 +1460,15 @@ impl Worker {
         // Blockers a caller left in the fields are written as keys like the others.
         let mut blocked_by = save.blocked_by;
         blocked_by.extend(header.blocked_by.drain(..).map(|u| (u, true)));
-        for (u, _) in &blocked_by {
-            validate_name("blocker", u)?;
-        }
+        // A blocker whose name no longer passes the rules (kept by an older version) is
+        // left out, not a reason to refuse the user's list: it could never be written.
+        blocked_by.retain(|(u, _)| match validate_name("blocker", u) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("blocker {u:?} of {user:?} left out: {e}");
+                false
+            }
+        });
         if save.replace {
             self.commit()?;
             let kept: std::collections::HashSet<Vec<u8>> = save
