@@ -195,6 +195,15 @@ pub enum Overflow {
     DropOldest,
 }
 
+/// Why a user cannot become a member of a new room ([`StoreHandle::check_members`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberProblem {
+    /// No account by that name.
+    NoAccount(String),
+    /// In this many rooms already (the limit).
+    Full(String, usize),
+}
+
 /// Counters published by the storage thread (monotonic unless noted).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
@@ -405,6 +414,11 @@ pub(crate) enum Msg {
     RoomsOf {
         user: String,
         cb: Cb<Vec<String>>,
+    },
+    CheckMembers {
+        users: Vec<String>,
+        max_rooms: usize,
+        cb: Cb<Option<MemberProblem>>,
     },
     HistoryAppend {
         chunks: Vec<HistChunk>,
@@ -1003,6 +1017,22 @@ impl StoreHandle {
     ) -> StoreResult<()> {
         self.send(Msg::DeleteRoom {
             name: name.to_owned(),
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// The first of `users` (in order) that cannot become a member of a new room: no
+    /// account, or already in `max_rooms` rooms (each user's rooms are counted up to
+    /// `max_rooms`, not listed). `None`: all of them can.
+    pub fn check_members(
+        &self,
+        users: Vec<String>,
+        max_rooms: usize,
+        cb: impl FnOnce(StoreResult<Option<MemberProblem>>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::CheckMembers {
+            users,
+            max_rooms,
             cb: Cb::new(cb),
         })
     }

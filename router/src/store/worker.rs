@@ -22,8 +22,8 @@ use super::history::{FILE_TAG, NEXT_FILE_TAG};
 
 mod history;
 use super::{
-    Appended, Cb, Durability, Msg, Overflow, QueueCap, RoomRecord, StatCells, StoreError,
-    StoreOptions, StoreResult, StoredMsg,
+    Appended, Cb, Durability, MemberProblem, Msg, Overflow, QueueCap, RoomRecord, StatCells,
+    StoreError, StoreOptions, StoreResult, StoredMsg,
 };
 
 /// How long shutdown waits for outstanding password-hash answers before giving up on them
@@ -689,6 +689,14 @@ impl Worker {
             }
             Msg::RoomsOf { user, cb } => {
                 let r = self.rooms_of(&user);
+                self.done(cb, r, false);
+            }
+            Msg::CheckMembers {
+                users,
+                max_rooms,
+                cb,
+            } => {
+                let r = self.check_members(&users, max_rooms);
                 self.done(cb, r, false);
             }
             Msg::HistoryAppend { chunks, cb } => {
@@ -1650,6 +1658,32 @@ impl Worker {
         }
         self.ops.push(Op::Del(Ks::Rooms, key));
         Ok(())
+    }
+
+    /// See [`StoreHandle::check_members`](super::StoreHandle::check_members).
+    fn check_members(
+        &mut self,
+        users: &[String],
+        max_rooms: usize,
+    ) -> StoreResult<Option<MemberProblem>> {
+        for u in users {
+            validate_name("user", u)?;
+        }
+        self.commit()?;
+        for u in users {
+            if !self.account_exists(u)? {
+                return Ok(Some(MemberProblem::NoAccount(u.clone())));
+            }
+            let mut rooms = 0;
+            for g in self.dbs.rooms.prefix(member_key(u, "")) {
+                g.key()?;
+                rooms += 1;
+                if rooms >= max_rooms {
+                    return Ok(Some(MemberProblem::Full(u.clone(), rooms)));
+                }
+            }
+        }
+        Ok(None)
     }
 
     fn rooms_of(&mut self, user: &str) -> StoreResult<Vec<String>> {

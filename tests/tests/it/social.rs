@@ -302,6 +302,47 @@ fn room_info_and_create_with_members() {
         .expect("at the limit");
 }
 
+/// A room created with hundreds of initial members (checked a batch of 256 per store
+/// request): every member is checked, in order, and the first that cannot join (no
+/// account; already in `--max-rooms-per-user` rooms) refuses the whole room, named.
+#[test]
+fn many_initial_members_are_each_checked() {
+    let r = RouterProc::start(&["--max-rooms-per-user", "2"]);
+    let names: Vec<String> = (0..600).map(|i| format!("im-{i:03}")).collect();
+    for n in &names {
+        r.visit(n);
+    }
+    let mut a = r.client("im-owner");
+    let mut full = r.client("im-full");
+    full.create_room_with("im-f1", None, &[]).unwrap();
+    full.create_room_with("im-f2", None, &[]).unwrap();
+    let with = |extra: &'static str, at: usize| {
+        let mut v: Vec<&str> = names.iter().map(String::as_str).collect();
+        v.insert(at, extra);
+        v
+    };
+    // An unknown name late in the list.
+    let e = a
+        .create_room_with("im-room", None, &with("im-nobody", 550))
+        .unwrap_err();
+    assert_eq!(e.code(), Some(Status::NotFound), "{e}");
+    assert!(e.to_string().contains("im-nobody"), "{e}");
+    // A member at its room limit.
+    let e = a
+        .create_room_with("im-room", None, &with("im-full", 300))
+        .unwrap_err();
+    assert_eq!(e.code(), Some(Status::RateLimited), "{e}");
+    assert!(e.to_string().contains("im-full is in 2 rooms"), "{e}");
+    assert_eq!(
+        a.room_info("im-room").unwrap_err().code(),
+        Some(Status::NotFound),
+        "nothing created"
+    );
+    let all: Vec<&str> = names.iter().map(String::as_str).collect();
+    a.create_room_with("im-room", None, &all).unwrap();
+    assert_eq!(a.room_info("im-room").unwrap().members.len(), 601);
+}
+
 #[test]
 fn room_add_policy() {
     for (policy, member_may_add) in [("owner", false), ("members", true)] {
