@@ -12,22 +12,12 @@ entries are keys of their own, O(N). With `block`, each of the N peers blocks "h
 (each block notes the blocker on hub's list, on hub's home shard): a list of blockers
 rewritten whole on every block writes O(N^2) bytes, one blocker per key O(N).
 """
-import os
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 
 import ringrouter
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from routerproc import cpu_seconds, router
 
 
 def counters(pid):
@@ -36,51 +26,35 @@ def counters(pid):
         for line in f:
             k, x = line.split(":")
             v[k] = int(x)
-    with open(f"/proc/{pid}/stat") as f:
-        st = f.read().rsplit(")", 1)[1].split()
-    cpu = (int(st[11]) + int(st[12])) / os.sysconf("SC_CLK_TCK")
-    return v["wchar"], v["write_bytes"], cpu
+    return v["wchar"], v["write_bytes"], cpu_seconds(pid)
 
 
 def main():
-    router, n = sys.argv[1], int(sys.argv[2])
+    binary, n = sys.argv[1], int(sys.argv[2])
     blocks = len(sys.argv) > 3 and sys.argv[3] == "block"
-    with tempfile.TemporaryDirectory() as d:
-        port = free_port()
-        proc = subprocess.Popen(
-            [router, "--listen", f"127.0.0.1:{port}", "--http-listen", "off",
-             "--shards", "2", "--data-dir", d],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        try:
-            while "listening on" not in proc.stdout.readline():
-                if proc.poll() is not None:
-                    sys.exit("the router did not start")
-            addr = f"127.0.0.1:{port}"
-            if not blocks:
-                for i in range(n):
-                    ringrouter.Client(addr, f"peer{i}").close()
-            hub = ringrouter.Client(addr, "hub", timeout=30)
-            time.sleep(0.5)
-            w0, b0, c0 = counters(proc.pid)
-            t0 = time.time()
+    with router(binary) as (proc, addr):
+        if not blocks:
             for i in range(n):
-                if blocks:
-                    # (Its login and logout are in the loop too: the same for any build.)
-                    p = ringrouter.Client(addr, f"peer{i}", timeout=30)
-                    p.block("hub")
-                    p.close()
-                else:
-                    hub.contact_request(f"peer{i}")
-            t1 = time.time()
-            time.sleep(1.5)  # the last writes reach the store
-            w1, b1, c1 = counters(proc.pid)
-            what = "blocks" if blocks else "requests"
-            print(f"{n} {what}: {t1 - t0:.2f} s, {(w1 - w0) / 1e6:.1f} MB written "
-                  f"(write_bytes {(b1 - b0) / 1e6:.1f} MB), router CPU {c1 - c0:.2f} s")
-            hub.close()
-        finally:
-            proc.terminate()
-            proc.wait()
+                ringrouter.Client(addr, f"peer{i}").close()
+        hub = ringrouter.Client(addr, "hub", timeout=30)
+        time.sleep(0.5)
+        w0, b0, c0 = counters(proc.pid)
+        t0 = time.time()
+        for i in range(n):
+            if blocks:
+                # (Its login and logout are in the loop too: the same for any build.)
+                p = ringrouter.Client(addr, f"peer{i}", timeout=30)
+                p.block("hub")
+                p.close()
+            else:
+                hub.contact_request(f"peer{i}")
+        t1 = time.time()
+        time.sleep(1.5)  # the last writes reach the store
+        w1, b1, c1 = counters(proc.pid)
+        what = "blocks" if blocks else "requests"
+        print(f"{n} {what}: {t1 - t0:.2f} s, {(w1 - w0) / 1e6:.1f} MB written "
+              f"(write_bytes {(b1 - b0) / 1e6:.1f} MB), router CPU {c1 - c0:.2f} s")
+        hub.close()
 
 
 if __name__ == "__main__":
