@@ -235,7 +235,9 @@ async fn read_loop(
     let mut blocked: Vec<SessionKey> = Vec::new();
     // A chunk whose frames were not all handled: the session reached its budget
     // mid-chunk.
-    let mut held: Option<Held> = None;
+    // (Boxed: the reader future of every session, idle ones included, carries 8 bytes
+    // for it, not the chunk's 80.)
+    let mut held: Option<Box<Held>> = None;
     // A payload slice kept from a read chunk (queued by reference, unacked) keeps the
     // whole chunk alive while the bounds count only the payload. Once a chunk of this
     // session held mostly other bytes (padding, pings, acks: its Send payloads under a
@@ -251,7 +253,7 @@ async fn read_loop(
             // Every complete frame in one chunk: one reference count for all of
             // them; payloads become slices of it.
             let (chunk, start, framing_error) = match held.take() {
-                Some(h) => h,
+                Some(h) => *h,
                 None => {
                     let (chunk, e) = split_frames(&mut buf, max_frame);
                     sh.chunk_payload = 0;
@@ -294,7 +296,7 @@ async fn read_loop(
             }
             match rest {
                 Some(at) if flow == Flow::Continue && bad.is_none() => {
-                    held = Some((chunk, at, framing_error));
+                    held = Some(Box::new((chunk, at, framing_error)));
                 }
                 _ => {
                     bad = bad.or(framing_error);

@@ -106,7 +106,12 @@ impl Shard {
         let up = p.users.entry(user.to_owned()).or_default();
         match up.devices.iter_mut().find(|d| d.0 == key) {
             Some(d) => (d.1, d.2, d.3) = (status, text, at),
-            None => up.devices.push((key, status, text, at)),
+            None => {
+                // Most users have one device: room for one, not the four a first push
+                // would allocate (144 bytes less per logged-in user).
+                up.devices.reserve_exact(1);
+                up.devices.push((key, status, text, at));
+            }
         }
         self.presence_changed(user);
     }
