@@ -620,7 +620,7 @@ fn finished_connections_leave_no_memory_behind() {
 /// bounded: its frames are handled only while its answers are under
 /// `--max-pending-bytes` (the rest wait in the chunk read and in the socket), and past
 /// the hard cap (`--max-pending-bytes` + 32 MiB) it is closed as a slow consumer.
-/// Before, 60 000 such requests queued ~180 MB of answers. (With the default
+/// Before, 200 000 such requests would have queued ~600 MB of answers. (With the default
 /// `--max-requests-in-flight` the reader stops long before: the next test.)
 #[test]
 fn pipelined_requests_with_big_answers_are_bounded_by_the_hard_cap() {
@@ -632,10 +632,10 @@ fn pipelined_requests_with_big_answers_are_bounded_by_the_hard_cap() {
         "--max-requests-in-flight",
         "1000000",
     ]);
-    // Up to 40 MiB of queued answers, and as many again coming back from the store (the
-    // shard-wide mark, 16 384 requests, lets that many be in flight): well under the
-    // ~180 MB that 60 000 answers would take.
-    let (mut a, n, rooms, writer) = pipeline_list_rooms(&r, 128);
+    // Up to 40 MiB of queued answers, and those of up to 16 384 requests in flight (the
+    // shard-wide mark; ~3.5 KB each, ~57 MB, as they come back from the store): far
+    // under the ~600 MB that 200 000 answers would take.
+    let (mut a, n, rooms, writer) = pipeline_list_rooms(&r, 200_000, 256);
     let (frames, _) = a.read_until_end(Duration::from_secs(20));
     let answers = frames
         .iter()
@@ -654,12 +654,13 @@ fn pipelined_requests_with_big_answers_are_bounded_by_the_hard_cap() {
     let _ = writer.join();
 }
 
-/// Logs in a user in 40 rooms with long names and writes 60 000 ListRooms (~3 KB answers
+/// Logs in a user in 40 rooms with long names and writes `n` ListRooms (~3 KB answers
 /// each, from the store) from a thread, reading nothing for 2.5 s; checks that the router's
 /// RSS grew by less than `max_mib` meanwhile. Gives the client, the requests written, the
 /// rooms and the writer.
 fn pipeline_list_rooms(
     r: &RouterProc,
+    n: usize,
     max_mib: u64,
 ) -> (Raw, usize, usize, thread::JoinHandle<()>) {
     let mut a = r.raw_login("bigask");
@@ -669,7 +670,6 @@ fn pipeline_list_rooms(
         assert_eq!(a.create_room(&name, "").status, Status::Ok as i32);
     }
     let one = client_frame_bytes(client_frame::Kind::ListRooms(ListRooms { request_id: 7 }));
-    let n = 60_000usize;
     let before = r.rss_kib();
     let mut all = Vec::with_capacity(one.len() * n);
     for _ in 0..n {
@@ -702,7 +702,7 @@ fn pipelined_store_requests_are_paced_not_closed() {
         "60",
     ]);
     // Its 64 KiB bound and 16 answers in flight: a few MiB at most.
-    let (mut a, n, rooms, writer) = pipeline_list_rooms(&r, 16);
+    let (mut a, n, rooms, writer) = pipeline_list_rooms(&r, 60_000, 16);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut answers = 0;
     while answers < n {
