@@ -84,7 +84,7 @@ fn route_chunk(
 }
 
 /// Drains a session's OutBuf as the writer does (take, then recycle the batch).
-fn drain(sh: &mut Shard, key: SessionKey, spare: &mut Option<WriteBatch>) -> usize {
+fn drain(sh: &mut Shard, key: SessionKey, spare: &mut Option<Box<WriteBatch>>) -> usize {
     let s = sh.sessions.get_mut(key).expect("recipient session");
     let mut batch = s.out.take(spare.take());
     let n = black_box(batch.total());

@@ -243,7 +243,7 @@ struct Conn {
     uid: u32,
     user: usize,
     /// The batch the writer is writing: the batch, its bytes, bytes written.
-    batch: Option<(WriteBatch, Vec<u8>, usize)>,
+    batch: Option<(Box<WriteBatch>, Vec<u8>, usize)>,
     /// Bytes the client received and has not decoded yet.
     rx: BytesMut,
     got_login: bool,

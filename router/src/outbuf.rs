@@ -269,8 +269,9 @@ impl OutBuf {
     }
 
     /// Takes everything queued as one write batch, leaving the queue empty.
-    /// `spare` is a previously written batch whose allocations are reused.
-    pub fn take(&mut self, spare: Option<WriteBatch>) -> WriteBatch {
+    /// `spare` is a previously written batch whose allocations are reused. (Boxed: the
+    /// writer's future and the session keep 8 bytes for it, not 128, idle ones too.)
+    pub fn take(&mut self, spare: Option<Box<WriteBatch>>) -> Box<WriteBatch> {
         self.taken = true;
         let mut batch = spare.unwrap_or_default();
         batch.reset();
@@ -283,7 +284,7 @@ impl OutBuf {
         {
             let WriteBatch {
                 iov, parts, held, ..
-            } = &mut batch;
+            } = &mut *batch;
             let chunk = |k: usize| held.get(k).map_or(&data[..], |c| &c[..]);
             let (mut k, mut prev) = (0usize, 0usize);
             for seg in self.segs.drain(..) {
@@ -437,6 +438,17 @@ unsafe impl monoio::buf::IoVecBuf for WriteBatch {
 
     fn read_iovec_len(&self) -> usize {
         (self.iov.len() - self.start).min(IOV_MAX)
+    }
+}
+
+// SAFETY: the same iovecs as the batch it points to, which does not move with the box.
+unsafe impl monoio::buf::IoVecBuf for Box<WriteBatch> {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        (**self).read_iovec_ptr()
+    }
+
+    fn read_iovec_len(&self) -> usize {
+        (**self).read_iovec_len()
     }
 }
 

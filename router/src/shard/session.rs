@@ -148,7 +148,7 @@ pub struct Session {
     /// When an unanswered heartbeat ping was sent.
     pub ping_sent: Option<Instant>,
     /// A written batch kept for its allocations.
-    pub spare: Option<WriteBatch>,
+    pub spare: Option<Box<WriteBatch>>,
     /// When closing began.
     pub closed_at: Option<Instant>,
     /// Remote senders this session paused while over its bound; resumed when it drains.
