@@ -458,6 +458,9 @@ impl Worker {
             tracing::error!("store commit failed: {e}");
             // The history log files this batch would have emptied may still be pointed to.
             self.dbs.hlog.forget_doomed();
+            // Accounts this batch would have written are not there: what the cache of
+            // known accounts says is checked again.
+            self.known = NameSet::default();
             self.round_err.get_or_insert_with(|| e.clone());
             e
         })
