@@ -128,7 +128,25 @@ pub struct OutBuf {
     taken: bool,
 }
 
+/// Asks the CPU to start loading the cache line at `p` (no effect on other targets).
+#[inline(always)]
+pub(crate) fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 impl OutBuf {
+    /// Starts loading where the next frame will be written (see `Shard::deliver_fan`).
+    #[inline(always)]
+    pub fn prefetch_tail(&self) {
+        prefetch(self.data.as_ptr().wrapping_add(self.data.len()));
+    }
+
     /// Queued bytes.
     pub fn len(&self) -> usize {
         self.len

@@ -174,6 +174,15 @@ impl Retained {
         self.names_base + self.names.len() as u64 - 1
     }
 
+    /// Starts loading the slot the next room delivery's entry goes to (see
+    /// `Shard::deliver_fan`).
+    #[inline(always)]
+    pub fn prefetch_fan_tail(&self) {
+        let (a, b) = self.fan.as_slices();
+        let end = if b.is_empty() { a } else { b }.as_ptr_range().end;
+        crate::outbuf::prefetch(end);
+    }
+
     /// Keeps a live delivery (seq `seq`) until acked.
     #[inline]
     pub fn push(&mut self, seq: u64, m: &Outgoing<'_>) {
