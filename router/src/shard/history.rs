@@ -1,8 +1,10 @@
 //! History appends of this shard: every message accepted here for a direct conversation
 //! (on the recipient's home shard) or a room (on the room's home shard, members only) is
-//! added to its conversation's list for this loop turn, as a [`HistRec`] that shares the
-//! sender's name and the payload (`Bytes` handles: no copy here; the storage thread
-//! encodes it). The flusher hands the turn's lists to the store as one request
+//! added to its conversation's chunk for this loop turn as an encoded record: the
+//! sender's name and a small payload copied while the read buffer is hot (sharing them
+//! took a reference count here and released it on the storage thread, per message), a
+//! payload over `HistChunk::INLINE_MAX` shared. The flusher hands the turn's chunks to the
+//! store as one request
 //! (`store::history`). In `sync` durability the list goes out at once, before the
 //! message's own journal request, so it is in the same group commit or an earlier one:
 //! never behind a SendResult OK. Nothing at all when `--history-per-conversation` is 0.
@@ -13,11 +15,7 @@ use rustc_hash::FxHashMap;
 
 use super::{SessionKey, Shard};
 use crate::store::history::{dm_conv_into, room_conv_into};
-use crate::store::{HistChunk, HistRec};
-
-/// Bytes an appended message counts for against the shard's store budget besides its
-/// payload and name: the record itself.
-const RECORD_OVERHEAD: usize = std::mem::size_of::<HistRec>();
+use crate::store::HistChunk;
 
 /// The messages of the current loop turn, per conversation.
 #[derive(Default)]
@@ -35,19 +33,20 @@ pub struct HistBuf {
     /// `chunks[last]` is the conversation `scratch` names (no need to compare them).
     last_is_scratch: bool,
     bytes: usize,
-    /// The most messages one conversation got in the previous turn: a new chunk's
-    /// capacity, so a busy conversation's list is not grown (copied) message by message.
+    /// The most bytes one conversation got in the previous turn: a new chunk's
+    /// capacity, so a busy conversation's records are not grown (copied) message by message.
     hint: usize,
-    /// Records of capacity given to this turn's chunks so far (at most [`PREALLOC_MAX`]
+    /// Bytes of capacity given to this turn's chunks so far (at most [`PREALLOC_MAX`]
     /// go by the hint: a turn of many small conversations allocates little).
     prealloc: usize,
 }
 
-/// Bounds of [`HistBuf::hint`].
-const HINT_MIN: usize = 8;
-const HINT_MAX: usize = 4096;
-/// Records of capacity one turn's chunks get by the hint, in all.
-const PREALLOC_MAX: usize = 2 * HINT_MAX;
+/// Bounds of [`HistBuf::hint`], bytes.
+const HINT_MIN: usize = 256;
+const HINT_MAX: usize = 1 << 20;
+/// Bytes of capacity one turn's chunks get by the hint, in all (16 busy conversations
+/// of large messages in one turn are not grown by copies).
+const PREALLOC_MAX: usize = 4 * HINT_MAX;
 
 impl HistBuf {
     /// Whether messages wait for the flusher.
@@ -60,7 +59,7 @@ impl HistBuf {
         self.last_is_scratch = false;
     }
 
-    fn push(&mut self, rec: HistRec) {
+    fn push(&mut self, from_user: &[u8], payload: &Bytes, msg_id: u64, ts_us: u64) {
         let i = if self.last_is_scratch {
             self.last
         } else {
@@ -78,7 +77,8 @@ impl HistBuf {
                         self.prealloc += cap;
                         self.chunks.push(HistChunk {
                             conv: self.scratch.clone(),
-                            recs: Vec::with_capacity(cap),
+                            data: Vec::with_capacity(cap),
+                            ..Default::default()
                         });
                         self.index.insert(self.scratch.clone(), i);
                         i
@@ -88,8 +88,14 @@ impl HistBuf {
         };
         self.last = i;
         self.last_is_scratch = true;
-        self.bytes += RECORD_OVERHEAD + rec.from_user.len() + rec.payload.len();
-        self.chunks[i].recs.push(rec);
+        if let Some(c) = self.chunks.get_mut(i) {
+            let before = c.data.capacity();
+            c.push_shared(from_user, msg_id, ts_us, payload);
+            self.bytes += c.data.capacity() - before;
+            if payload.len() > HistChunk::INLINE_MAX {
+                self.bytes += payload.len() + std::mem::size_of::<Bytes>();
+            }
+        }
     }
 }
 
@@ -101,7 +107,7 @@ impl Shard {
     /// Keeps a direct message in the history of the conversation `from_user`–`to_user`.
     pub(crate) fn history_dm(
         &mut self,
-        from_user: &Bytes,
+        from_user: &[u8],
         to_user: &[u8],
         payload: &Bytes,
         msg_id: u64,
@@ -129,7 +135,7 @@ impl Shard {
     pub(crate) fn history_room(
         &mut self,
         room: &[u8],
-        from_user: &Bytes,
+        from_user: &[u8],
         payload: &Bytes,
         msg_id: u64,
         ts_us: u64,
@@ -142,14 +148,9 @@ impl Shard {
         self.history_push(from_user, payload, msg_id, ts_us);
     }
 
-    fn history_push(&mut self, from_user: &Bytes, payload: &Bytes, msg_id: u64, ts_us: u64) {
+    fn history_push(&mut self, from_user: &[u8], payload: &Bytes, msg_id: u64, ts_us: u64) {
         let was_empty = !self.hist.pending();
-        self.hist.push(HistRec {
-            from_user: from_user.clone(),
-            payload: payload.clone(),
-            msg_id,
-            ts_us,
-        });
+        self.hist.push(from_user, payload, msg_id, ts_us);
         if self.journaled() {
             self.flush_history();
         } else if was_empty {
@@ -188,8 +189,10 @@ impl Shard {
             return;
         }
         let chunks = std::mem::take(&mut self.hist.chunks);
-        let bytes = std::mem::take(&mut self.hist.bytes);
-        self.hist.hint = chunks.iter().map(|c| c.recs.len()).max().unwrap_or(0);
+        // The chunks' records (their capacity) and the chunks themselves.
+        let bytes = std::mem::take(&mut self.hist.bytes)
+            + chunks.len() * (std::mem::size_of::<HistChunk>() + self.hist.scratch.len());
+        self.hist.hint = chunks.iter().map(|c| c.data.len()).max().unwrap_or(0);
         self.hist.index.clear();
         self.hist.last = 0;
         self.hist.last_is_scratch = false;

@@ -25,8 +25,8 @@
 //!
 //! # Write path
 //! Shards hand the storage thread one request per loop turn: per conversation, the
-//! messages as [`HistRec`]s (shared `Bytes`, no copy on the shard). The storage thread
-//! encodes them into the conversation's in-memory tail of segments. Under
+//! messages as records ([`HistChunk`], encoded on the shard). The storage thread copies
+//! them into the conversation's in-memory tail of segments. Under
 //! `--durability memory` the tails are written (one key per segment) once per
 //! `--history-flush-ms`, as soon as they hold `--history-memory-bytes`, before a
 //! conversation list or an account deletion, and at shutdown: fjall sees a few large
@@ -60,25 +60,59 @@ pub(crate) const NEXT_FILE_TAG: u8 = b'F';
 /// Bytes of a chunk value's header (count u32, newest ts u64).
 pub(crate) const CHUNK_HEADER: usize = 12;
 
-/// One message handed to the storage thread: the sender's name and the payload are
-/// shared (`Bytes` handles of the session's name and of the read buffer), not copied;
-/// the storage thread encodes the record (one copy, [`push_record`]) when it takes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistRec {
-    /// The sender.
-    pub from_user: Bytes,
-    /// The payload.
-    pub payload: Bytes,
-    /// Message id.
-    pub msg_id: u64,
-    /// Router clock at acceptance, µs since the epoch.
-    pub ts_us: u64,
+/// Messages appended to one conversation (built by a shard in one loop turn): the
+/// records already encoded ([`push_record`]), oldest first. The shard copies a small
+/// message's sender and payload in here while its read buffer is hot, and the storage
+/// thread copies whole runs of records into its segments: sharing a 64-byte payload
+/// (a `Bytes` handle of the read buffer) took a reference count on the shard's core and
+/// released it on the storage thread's, which cost more than the copy. A payload over
+/// [`HistChunk::INLINE_MAX`] is still shared: its record in `data` has no payload bytes,
+/// its length has [`SHARED_BIT`] set, and the payload is the next of `shared`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistChunk {
+    /// Conversation id ([`dm_conv`] or [`room_conv`]).
+    pub conv: Vec<u8>,
+    /// The records, back to back.
+    pub data: Vec<u8>,
+    /// Records in `data`.
+    pub count: u32,
+    /// The payloads of the records marked shared, in order.
+    pub shared: Vec<Bytes>,
 }
 
-impl HistRec {
-    /// Bytes of the record once encoded.
-    pub fn encoded_len(&self) -> usize {
-        RECORD_FIXED + self.from_user.len() + self.payload.len()
+/// Set in a record's payload length, in a [`HistChunk`] only: the payload is not in the
+/// record but the chunk's next shared one. (Payloads are far below 2 GiB: frames are.)
+pub(crate) const SHARED_BIT: u32 = 1 << 31;
+
+impl HistChunk {
+    /// Payloads up to this many bytes are copied into the record; larger ones shared.
+    pub const INLINE_MAX: usize = 256;
+
+    /// Appends one message, its payload copied.
+    #[inline]
+    pub fn push(&mut self, from_user: &[u8], msg_id: u64, ts_us: u64, payload: &[u8]) {
+        push_record(&mut self.data, from_user, msg_id, ts_us, payload);
+        self.count += 1;
+    }
+
+    /// Appends one message: its payload copied if small, else shared.
+    #[inline]
+    pub fn push_shared(&mut self, from_user: &[u8], msg_id: u64, ts_us: u64, payload: &Bytes) {
+        if payload.len() <= Self::INLINE_MAX {
+            self.push(from_user, msg_id, ts_us, payload);
+        } else {
+            let len = u32::try_from(payload.len()).unwrap_or(u32::MAX) & !SHARED_BIT;
+            push_record_head(
+                &mut self.data,
+                from_user,
+                msg_id,
+                ts_us,
+                len | SHARED_BIT,
+                0,
+            );
+            self.shared.push(payload.clone());
+            self.count += 1;
+        }
     }
 }
 
@@ -86,26 +120,31 @@ impl HistRec {
 /// payload length).
 pub(crate) const RECORD_FIXED: usize = 21;
 
-/// Messages appended to one conversation (built by a shard in one loop turn).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HistChunk {
-    /// Conversation id ([`dm_conv`] or [`room_conv`]).
-    pub conv: Vec<u8>,
-    /// The messages, oldest first.
-    pub recs: Vec<HistRec>,
+/// A record of a [`HistChunk`]: its bytes in the chunk (header, and the payload unless
+/// shared), its sender, `ts_us`, and whether its payload is shared.
+pub(crate) struct ChunkRec<'a> {
+    pub(crate) len: usize,
+    pub(crate) from: &'a [u8],
+    pub(crate) ts: u64,
+    pub(crate) shared: bool,
 }
 
-impl HistChunk {
-    /// Appends one message, copying its sender and payload (tests and tools; a shard
-    /// pushes [`HistRec`]s that share them).
-    pub fn push(&mut self, from_user: &[u8], msg_id: u64, ts_us: u64, payload: &[u8]) {
-        self.recs.push(HistRec {
-            from_user: Bytes::copy_from_slice(from_user),
-            payload: Bytes::copy_from_slice(payload),
-            msg_id,
-            ts_us,
-        });
-    }
+/// The record of a [`HistChunk`] at the start of `b` (`None`: not a whole record).
+#[inline]
+pub(crate) fn chunk_rec(b: &[u8]) -> Option<ChunkRec<'_>> {
+    let n = usize::from(*b.first()?);
+    let from = b.get(1..1 + n)?;
+    let fixed = b.get(1 + n..n + RECORD_FIXED)?;
+    let ts = u64::from_be_bytes(fixed.get(8..16)?.try_into().ok()?);
+    let len = u32::from_be_bytes(fixed.get(16..20)?.try_into().ok()?);
+    let shared = len & SHARED_BIT != 0;
+    let total = RECORD_FIXED + n + if shared { 0 } else { len as usize };
+    (total <= b.len()).then_some(ChunkRec {
+        len: total,
+        from,
+        ts,
+        shared,
+    })
 }
 
 /// Consecutive messages of one conversation as the storage thread keeps them in memory
@@ -136,11 +175,25 @@ impl Segment {
         }
     }
 
-    /// Appends one message.
-    pub(crate) fn push(&mut self, r: &HistRec) {
-        push_record(&mut self.data, &r.from_user, r.msg_id, r.ts_us, &r.payload);
+    /// Appends `count` whole records (encoded), the newest `ts_us` among them `last_ts`.
+    pub(crate) fn push_records(&mut self, recs: &[u8], count: u32, last_ts: u64) {
+        self.data.extend_from_slice(recs);
+        self.count += count;
+        self.last_ts = self.last_ts.max(last_ts);
+    }
+
+    /// Appends one record whose payload a shard shared: `head` is its header as the
+    /// chunk had it (the length's [`SHARED_BIT`] set), `payload` the payload.
+    pub(crate) fn push_shared_record(&mut self, head: &[u8], payload: &[u8], ts: u64) {
+        self.data.reserve(head.len() + payload.len());
+        self.data.extend_from_slice(head);
+        let n = self.data.len();
+        if let Some(len) = self.data.get_mut(n.saturating_sub(4)..) {
+            len.copy_from_slice(&(payload.len() as u32).to_be_bytes());
+        }
+        self.data.extend_from_slice(payload);
         self.count += 1;
-        self.last_ts = self.last_ts.max(r.ts_us);
+        self.last_ts = self.last_ts.max(ts);
     }
 
     /// The records.
@@ -317,17 +370,32 @@ pub fn parse_conv(id: &[u8]) -> Option<ConvName<'_>> {
 /// Appends one record: sender (length byte, name), msg_id, ts_us, payload length (u32),
 /// payload.
 pub fn push_record(out: &mut Vec<u8>, from_user: &[u8], msg_id: u64, ts_us: u64, payload: &[u8]) {
+    let len = payload.len() as u32;
+    push_record_head(out, from_user, msg_id, ts_us, len, payload.len());
+    out.extend_from_slice(payload);
+}
+
+/// Appends a record's header (all but the payload), its length field `len`, with room
+/// reserved for `more` bytes after it.
+#[inline]
+pub(crate) fn push_record_head(
+    out: &mut Vec<u8>,
+    from_user: &[u8],
+    msg_id: u64,
+    ts_us: u64,
+    len: u32,
+    more: usize,
+) {
     // Names are at most 64 bytes (checked where frames are decoded); clamp anyway.
     let n = from_user.len().min(255);
-    out.reserve(RECORD_FIXED + n + payload.len());
+    out.reserve(RECORD_FIXED + n + more);
     out.push(n as u8);
     out.extend_from_slice(&from_user[..n]);
     let mut fixed = [0u8; RECORD_FIXED - 1];
     fixed[..8].copy_from_slice(&msg_id.to_be_bytes());
     fixed[8..16].copy_from_slice(&ts_us.to_be_bytes());
-    fixed[16..].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+    fixed[16..].copy_from_slice(&len.to_be_bytes());
     out.extend_from_slice(&fixed);
-    out.extend_from_slice(payload);
 }
 
 /// A record as read back: (sender, msg_id, ts_us, payload).
@@ -468,14 +536,29 @@ mod tests {
         let mut c = HistChunk::default();
         c.push(b"alice", 7, 100, b"hi");
         c.push(b"bob", 8, 90, b"");
-        let mut seg = Segment::new(1, 0);
-        for r in &c.recs {
-            seg.push(r);
-        }
+        let r = chunk_rec(&c.data).unwrap();
         assert_eq!(
-            seg.data.len(),
-            CHUNK_HEADER + c.recs.iter().map(HistRec::encoded_len).sum::<usize>()
+            (r.len, r.from, r.ts, r.shared),
+            (RECORD_FIXED + 7, &b"alice"[..], 100, false)
         );
+        assert!(chunk_rec(&c.data[..RECORD_FIXED + 6]).is_none());
+        // A big payload is shared: its record in the chunk is the header alone.
+        let mut big = HistChunk::default();
+        big.push_shared(
+            b"al",
+            9,
+            5,
+            &Bytes::from(vec![7u8; HistChunk::INLINE_MAX + 1]),
+        );
+        big.push_shared(b"al", 10, 6, &Bytes::from_static(b"small"));
+        let r = chunk_rec(&big.data).unwrap();
+        assert_eq!((r.len, r.ts, r.shared), (RECORD_FIXED + 2, 5, true));
+        let r2 = chunk_rec(&big.data[r.len..]).unwrap();
+        assert_eq!((r2.len, r2.shared), (RECORD_FIXED + 2 + 5, false));
+        assert_eq!((big.count, big.shared.len()), (2, 1));
+        let mut seg = Segment::new(1, 0);
+        seg.push_records(&c.data, c.count, 100);
+        assert_eq!(seg.data.len(), CHUNK_HEADER + 2 * RECORD_FIXED + 5 + 2 + 3);
         let v = seg.into_value();
         let (count, ts, data) = parse_chunk(&v).unwrap();
         assert_eq!((count, ts), (2, 100));

@@ -43,7 +43,7 @@ mod worker;
 mod tests;
 
 pub use codec::{glob_match, RoomRecord, StoredMsg, MAX_NAME_BYTES, MAX_PASSWORD_BYTES};
-pub use history::{ConvSummary, HistChunk, HistMsg, HistPage, HistQuery, HistRec, HistoryOptions};
+pub use history::{ConvSummary, HistChunk, HistMsg, HistPage, HistQuery, HistoryOptions};
 
 /// Why a store request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

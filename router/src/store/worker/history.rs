@@ -11,10 +11,10 @@ use rustc_hash::FxHashMap;
 
 use super::super::histlog;
 use super::super::history::{
-    chunk_key, chunk_prefix, chunk_seq, decode_u64, dm_conv, log_chunk_value, mark_key,
+    chunk_key, chunk_prefix, chunk_rec, chunk_seq, decode_u64, dm_conv, log_chunk_value, mark_key,
     mark_prefix, parse_chunk, parse_conv, records, room_conv, user_key, user_prefix, ChunkBody,
-    ConvName, ConvSummary, HistChunk, HistMsg, HistPage, HistQuery, HistRec, HistoryOptions,
-    RawRecord, Segment, PAGE_MSG_OVERHEAD, RECORD_FIXED,
+    ConvName, ConvSummary, HistChunk, HistMsg, HistPage, HistQuery, HistoryOptions, RawRecord,
+    Segment, PAGE_MSG_OVERHEAD, RECORD_FIXED,
 };
 use super::{member_key, now_us, Ks, Op, Worker, CACHE_MAX};
 use crate::store::{Durability, StoreError, StoreResult};
@@ -221,8 +221,11 @@ impl Worker {
         if self.hist.opts.per_conversation == 0 {
             return Ok(());
         }
-        for HistChunk { conv, recs } in chunks {
-            if recs.is_empty() {
+        for HistChunk {
+            conv, data, shared, ..
+        } in chunks
+        {
+            if data.is_empty() {
                 continue;
             }
             let Some(name) = parse_conv(&conv) else {
@@ -243,24 +246,34 @@ impl Worker {
                 st.indexed = true;
             }
             let first = st.next_seq;
-            // The last message each sender sent in this chunk (one or two senders in a
-            // direct conversation; the handles of one session's name share a pointer).
-            let mut senders: Vec<(&Bytes, u64)> = Vec::new();
-            for (i, r) in recs.iter().enumerate() {
-                let seq = first + i as u64;
-                let same = |f: &Bytes| {
-                    (f.as_ptr() == r.from_user.as_ptr() && f.len() == r.from_user.len())
-                        || *f == r.from_user
-                };
-                match senders.iter_mut().find(|(f, _)| same(f)) {
-                    Some(s) => s.1 = seq,
-                    None => senders.push((&r.from_user, seq)),
+            // The last message each sender sent in this chunk (most chunks have one or
+            // two senders: the previous record's is checked before the map), and the
+            // whole records (the shard encoded them; a torn one would end the chunk).
+            let mut senders: FxHashMap<&[u8], u64> = FxHashMap::default();
+            let mut last: Option<(&[u8], u64)> = None;
+            let mut count = 0u64;
+            let mut whole = 0usize;
+            while let Some(r) = data.get(whole..).and_then(chunk_rec) {
+                let seq = first + count;
+                match &mut last {
+                    Some((f, s)) if *f == r.from => *s = seq,
+                    _ => {
+                        if let Some((f, s)) = last {
+                            senders.insert(f, s);
+                        }
+                        last = Some((r.from, seq));
+                    }
                 }
+                whole += r.len;
+                count += 1;
+            }
+            if let Some((f, s)) = last {
+                senders.insert(f, s);
             }
             for (from, seq) in senders {
                 self.note_entry(from, &conv, seq);
             }
-            st.next_seq = first + recs.len() as u64;
+            st.next_seq = first + count;
             let keep_from = st.next_seq.saturating_sub(self.hist.opts.per_conversation);
             if let Some(c) = self.hist.convs.get_mut(&conv) {
                 *c = st;
@@ -270,34 +283,69 @@ impl Worker {
                 None => self.hist.tails.entry(conv).or_default(),
             };
             let before = tail.bytes;
+            // Bytes still to store: the records' and the shared payloads'.
+            let mut left = whole + shared.iter().map(Bytes::len).sum::<usize>();
+            let mut shared = shared.into_iter();
+            let data = data.get(..whole).unwrap_or_default();
             let mut seq = first;
-            let mut left: usize = recs.iter().map(HistRec::encoded_len).sum();
-            for r in &recs {
+            let mut p = 0usize;
+            while let Some(r) = data.get(p..).and_then(chunk_rec) {
                 let room = match tail.segs.back() {
                     Some(s) => s.count < SEGMENT_MAX_MSGS && s.data.len() < SEGMENT_MAX_BYTES,
                     None => false,
                 };
                 if !room {
                     // A segment after a full one is for a busy conversation: its full
-                    // size at once; else room for this request's messages (then it grows).
+                    // size at once; else room for this request's records (then it grows).
                     let want = if tail.segs.is_empty() {
                         left
                     } else {
                         SEGMENT_MAX_BYTES
                     };
-                    let seg = Segment::new(seq, want.min(SEGMENT_MAX_BYTES) + r.encoded_len());
+                    let own = r.len
+                        + if r.shared {
+                            shared.as_slice().first().map_or(0, Bytes::len)
+                        } else {
+                            0
+                        };
+                    let seg = Segment::new(seq, want.min(SEGMENT_MAX_BYTES) + own);
                     tail.bytes += seg.data.capacity();
                     tail.segs.push_back(seg);
                 }
-                left -= r.encoded_len();
                 let Some(seg) = tail.segs.back_mut() else {
-                    continue; // (pushed just above)
+                    break; // (pushed just above)
                 };
                 let cap = seg.data.capacity();
-                seg.push(r);
+                if r.shared {
+                    // Its header, then the payload the shard shared.
+                    let head = data.get(p..p + r.len).unwrap_or_default();
+                    let payload = shared.next().unwrap_or_default();
+                    seg.push_shared_record(head, &payload, r.ts);
+                    p += r.len;
+                    left = left.saturating_sub(r.len + payload.len());
+                    seq += 1;
+                } else {
+                    // The run of inline records this segment takes, copied at once.
+                    let (start, mut n, mut ts) = (p, 0u32, 0u64);
+                    while seg.count + n < SEGMENT_MAX_MSGS
+                        && seg.data.len() + (p - start) < SEGMENT_MAX_BYTES
+                    {
+                        match data.get(p..).and_then(chunk_rec) {
+                            Some(r) if !r.shared => {
+                                p += r.len;
+                                n += 1;
+                                ts = ts.max(r.ts);
+                            }
+                            _ => break,
+                        }
+                    }
+                    seg.push_records(data.get(start..p).unwrap_or_default(), n, ts);
+                    left = left.saturating_sub(p - start);
+                    seq += u64::from(n);
+                }
                 tail.bytes += seg.data.capacity() - cap;
-                seq += 1;
             }
+            debug_assert_eq!(seq, first + count, "the shard encodes whole records");
             // Whole segments no query may show any more are never written.
             while tail.segs.front().is_some_and(|s| s.end_seq() <= keep_from) {
                 if let Some(s) = tail.segs.pop_front() {
