@@ -1,6 +1,7 @@
 //! MarkRead{to_user | room, msg_id}: read receipts. A direct conversation's receipt
 //! goes to the peer's live sessions (on the peer's home shard) and to the reader's own
-//! other live sessions (here); a room's goes through the room's home shard, which checks
+//! other live sessions (here); the peer's is refused as a direct message would be (a
+//! block, `--dm-policy contacts`); a room's goes through the room's home shard, which checks
 //! membership and fans it out to every member's live sessions (the reading device
 //! excepted) like an ephemeral message (`shard::social`). With history on, the store
 //! keeps the reader's mark (`shard::history`): ListConversations counts unread after it.
@@ -51,8 +52,23 @@ impl Shard {
             ..Default::default()
         });
         let me = self.session_id(key);
-        // The reader's other devices (here), then the peer's (at its home).
+        // The reader's other devices (here), then the peer's (at its home), unless the
+        // peer blocks the reader or (--dm-policy contacts) is not a contact: a receipt
+        // is refused like a direct message.
         self.push_live_to(reader.as_bytes(), &frame, me);
+        if self.dm_gate() {
+            if let Some((status, reason)) = self.dm_refusal(reader.as_bytes(), m.to_user.as_bytes())
+            {
+                self.counters.reject(status);
+                let f = if m.request_id != 0 {
+                    reply::send_result(m.request_id, status, reason, m.msg_id)
+                } else {
+                    reply::error(status, reason, 0)
+                };
+                self.push_frame(key, &f);
+                return;
+            }
+        }
         if m.to_user != reader {
             self.route_live(LiveFrame {
                 users: vec![Bytes::from(m.to_user)],

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use ringrouter_client::{
-    Client, ClientError, ContactEvent, ContactEventKind, ContactState, Event, Status,
+    Client, ClientError, ContactEvent, ContactEventKind, ContactState, Event, Status, Target,
 };
 use ringrouter_tests::{users_on_shards, Driver, RouterProc, T};
 
@@ -249,6 +249,11 @@ fn block_refuses_dms_and_requests(driver: Driver) {
     no_contact_event(&mut ca, "alice");
     assert_eq!(code(ca.send_wait(b, b"blocked")), Status::Forbidden);
     assert_eq!(code(ca.contact_request(b)), Status::Forbidden);
+    // A read receipt is refused like a message: bob learns nothing.
+    assert_eq!(code(ca.mark_read(Target::User(b), 1)), Status::Forbidden);
+    while let Some(ev) = cb.next_event(Some(SHORT)).unwrap() {
+        assert!(!matches!(ev, Event::Receipt(_)), "bob: {ev:?}");
+    }
     assert!(ca.contacts().unwrap().outgoing.is_empty());
     // bob still writes to alice; others still write to bob.
     cb.send_wait(a, b"from bob").unwrap();
@@ -303,6 +308,7 @@ fn dm_policy_contacts(driver: Driver) {
     let mut ca = r.client(a);
     let mut cb = r.client(b);
     assert_eq!(code(ca.send_wait(b, b"stranger")), Status::Forbidden);
+    assert_eq!(code(ca.mark_read(Target::User(b), 1)), Status::Forbidden);
     ca.send_wait(a, b"to myself")
         .expect("a message to oneself is always fine");
     ca.contact_request(b).unwrap();
