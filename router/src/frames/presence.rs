@@ -49,6 +49,30 @@ impl Shard {
         let asker = String::from_utf8_lossy(&self.sessions[key].user).into_owned();
         let target = g.user;
         let request_id = g.request_id;
+        // Checked here first, from the asker's own list (loaded at login; an accepted
+        // contact is accepted on both lists): a stranger's GetPresence costs no mail and
+        // no load of the target's list on its home shard, so a client cannot make
+        // another shard load list after list for names it picks.
+        if target != asker {
+            let refusal = match self.contacts.get(&asker) {
+                None => Some((Status::Unavailable, "contact list not available")),
+                Some(rec)
+                    if rec.state_of(&target) != ContactState::Accepted
+                        || rec.is_blocked_by(&target) =>
+                {
+                    Some((Status::Forbidden, "not an accepted contact"))
+                }
+                Some(_) => None,
+            };
+            if let Some((status, reason)) = refusal {
+                self.counters.reject(status);
+                let f = reply::presence_result(request_id, status, reason, None);
+                self.push_frame(key, &f);
+                return;
+            }
+        }
+        // Counts against the asker's --max-requests-in-flight until answered.
+        let inflight = self.request_in_flight(id);
         self.on_home_of(
             &target.clone(),
             Box::new(move |sh: &mut Shard| {
@@ -86,6 +110,7 @@ impl Shard {
                             ),
                         };
                         sh.send_to_session(id, f);
+                        drop(inflight);
                     }),
                 );
             }),

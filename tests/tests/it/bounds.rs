@@ -843,6 +843,71 @@ fn room_requests_to_another_shard_count_as_in_flight() {
     assert!(at >= n - 4, "the Pong came after {at} of {n} answers");
 }
 
+/// Pipelines `n` GetPresence for `target` then a Ping, in one write, and returns after how
+/// many answers the Pong came and the answers' statuses.
+fn presence_burst(a: &mut Raw, target: &str, n: usize) -> (usize, Vec<i32>) {
+    let mut all = Vec::new();
+    for i in 0..n {
+        all.extend_from_slice(&client_frame_bytes(client_frame::Kind::GetPresence(
+            ringrouter_proto::v1::GetPresence {
+                request_id: i as u64 + 1,
+                user: target.to_owned(),
+            },
+        )));
+    }
+    all.extend_from_slice(&client_frame_bytes(client_frame::Kind::Ping(Ping {
+        nonce: 9,
+    })));
+    a.write(&all).expect("the requests fit the socket buffers");
+    let mut statuses = Vec::new();
+    let mut pong_at = None;
+    while pong_at.is_none() || statuses.len() < n {
+        match a.next_kind(T) {
+            server_frame::Kind::PresenceResult(res) => {
+                statuses.push(res.status);
+                assert_eq!(res.request_id, statuses.len() as u64, "answered in order");
+            }
+            server_frame::Kind::Pong(p) if p.nonce == 9 => pong_at = Some(statuses.len()),
+            server_frame::Kind::Presence(_) | server_frame::Kind::ContactEvent(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    (pong_at.unwrap_or(0), statuses)
+}
+
+/// GetPresence of a contact homed on the other shard counts against
+/// `--max-requests-in-flight` until answered (before, a client could pipeline any number,
+/// each a load of the target's contact list there); a stranger's is refused on the
+/// asker's shard, at once, from the asker's own list.
+#[test]
+fn presence_requests_count_as_in_flight_and_strangers_cost_nothing_elsewhere() {
+    let r = RouterProc::start(&["--shards", "2", "--max-requests-in-flight", "4"]);
+    let u = ringrouter_tests::users_on_shards("presfl", 2);
+    let (a, b) = (u[0].as_str(), u[1].as_str());
+    let mut ca = r.client(a);
+    let mut cb = r.client(b);
+    ca.contact_request(b).unwrap();
+    cb.contact_accept(a).unwrap();
+    thread::sleep(Duration::from_millis(200));
+    let mut raw = r.raw_login(a);
+    let n = 200;
+    let (at, statuses) = presence_burst(&mut raw, b, n);
+    assert!(
+        statuses.iter().all(|&s| s == Status::Ok as i32),
+        "{statuses:?}"
+    );
+    assert!(at >= n - 4, "the Pong came after {at} of {n} answers");
+    // Strangers (names homed on the other shard, most without an account): FORBIDDEN,
+    // answered here, so the Ping is not held behind them.
+    let stranger = ringrouter_tests::users_on_shards("presfl-x", 2)[1].clone();
+    let (at, statuses) = presence_burst(&mut raw, &stranger, n);
+    assert!(
+        statuses.iter().all(|&s| s == Status::Forbidden as i32),
+        "{statuses:?}"
+    );
+    assert_eq!(at, n, "answered in order, the Pong last");
+}
+
 /// A session that stops handling a chunk's frames at its budget (its answers over
 /// `--max-pending-bytes`) handles the rest of that chunk once it drains: thousands of
 /// pipelined pings, written at once and read afterwards, are all answered, in order.
