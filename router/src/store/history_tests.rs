@@ -225,6 +225,8 @@ fn history_of_a_room_is_for_members_and_conversations_list_it() {
     assert_eq!(cs[1].room.as_deref(), Some("r"));
     // alice sent seq 1, bob's seq 2 is after it.
     assert_eq!(cs[1].unread, 1);
+    // Listed from the tails in memory: nothing was written for it.
+    assert_eq!(h.stats().history_writes, 0);
     let older = call(|cb| h.conversations("alice", 10, cs[0].last.ts_us, usize::MAX, cb)).unwrap();
     assert!(older.iter().all(|c| c.peer.is_none()), "{older:?}");
     // Deleting carol removes the direct conversation for alice too.

@@ -740,14 +740,19 @@ impl Worker {
         Ok(())
     }
 
-    /// The newest stored message of a conversation, if one is visible (its tail is
-    /// written).
+    /// The newest message of a conversation, if one is visible: the last of its tail in
+    /// memory, else of its newest stored chunk.
     fn hist_last(&mut self, conv: &[u8]) -> StoreResult<Option<(HistMsg, ConvState)>> {
         let st = self.conv_state(conv)?;
         if st.next_seq <= self.visible_from(&st) {
             return Ok(None);
         }
         let cutoff = self.age_cutoff();
+        if let Some(seg) = self.hist.tails.get(conv).and_then(|t| t.segs.back()) {
+            if let Some(r) = records(seg.records()).last() {
+                return Ok((r.2 >= cutoff).then(|| (to_msg(r), st)));
+            }
+        }
         let prefix = chunk_prefix(conv);
         let Some(g) = self.dbs.history.prefix(&prefix).next_back() else {
             return Ok(None);
@@ -763,7 +768,7 @@ impl Worker {
         Ok(records(&data).last().map(|r| (to_msg(r), st)))
     }
 
-    /// `user`'s conversations, newest last message first (writes the tails first): at
+    /// `user`'s conversations, newest last message first: at
     /// most `limit`, their last messages within `max_bytes` (at least one). Each one's
     /// last message is kept without its payload while they are sorted, and read again for
     /// the ones answered: what is held is one page, however many conversations there are.
@@ -774,7 +779,10 @@ impl Worker {
         before_ts: u64,
         max_bytes: usize,
     ) -> StoreResult<Vec<ConvSummary>> {
-        self.hist_flush()?;
+        // The conversation entries and read marks noted since the last flush (small
+        // keys); the tails stay in memory (their last messages are read there): a client
+        // listing in a loop does not make every conversation's segments written small.
+        self.hist_flush_entries();
         self.commit()?;
         // conversation id → last sent seq.
         let mut convs: Vec<(Vec<u8>, u64)> = Vec::new();
