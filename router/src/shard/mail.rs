@@ -344,6 +344,16 @@ pub struct RoomNotice {
     pub users: Vec<Bytes>,
     /// The event.
     pub event: RoomEvent,
+    /// Each user is the event's subject (`event.user` is theirs): a new room's initial
+    /// members each learn they are in, in one notice per shard.
+    pub each: bool,
+}
+
+impl RoomNotice {
+    /// What it counts for in the cross-shard pipeline: a fixed part and its users.
+    pub fn weight(&self) -> usize {
+        64 + self.users.iter().map(|u| u.len() + 24).sum::<usize>()
+    }
 }
 
 /// A store answer: the continuation of a store request, run on the shard that made it.
@@ -402,6 +412,7 @@ impl Mail {
             Mail::RoomDeliver(r) => r.payload.len() + 64,
             Mail::Live(l) => l.weight,
             Mail::Room(r) => r.weight(),
+            Mail::RoomNotice(n) => n.weight(),
             _ => 64,
         }
     }

@@ -1155,11 +1155,15 @@ impl Shard {
             move |sh, r| match r {
                 Ok(()) => {
                     sh.answer(&req, Status::Ok, "", &rec.join_code);
-                    // Each initial member learns it is in (the owner from the answer).
-                    for m in rec.members.iter().skip(1) {
-                        let user = Bytes::copy_from_slice(m.as_bytes());
-                        sh.room_event(vec![user], RoomEventKind::RoomEventJoined, &rec.name, m);
-                    }
+                    // Each initial member learns it is in (the owner from the answer):
+                    // one notice per shard, each member the subject of its own event.
+                    let members: Vec<Bytes> = rec
+                        .members
+                        .iter()
+                        .skip(1)
+                        .map(|m| Bytes::copy_from_slice(m.as_bytes()))
+                        .collect();
+                    sh.room_event_to(members, RoomEventKind::RoomEventJoined, &rec.name, None);
                     sh.room_done(&key, After::Record(rec));
                 }
                 // The name is known to be free here (the room was Missing): the code clashed.
@@ -1243,10 +1247,21 @@ impl Shard {
     /// Sends a room event to the live sessions of `users`, wherever they are homed (and
     /// to the offline queues of those without one).
     fn room_event(&mut self, users: Vec<Bytes>, kind: RoomEventKind, room: &str, user: &str) {
+        self.room_event_to(users, kind, room, Some(user));
+    }
+
+    /// [`Shard::room_event`] about `subject`, or (`None`) each user about themself.
+    fn room_event_to(
+        &mut self,
+        users: Vec<Bytes>,
+        kind: RoomEventKind,
+        room: &str,
+        subject: Option<&str>,
+    ) {
         let event = RoomEvent {
             kind: kind as i32,
             room: room.to_owned(),
-            user: user.to_owned(),
+            user: subject.unwrap_or_default().to_owned(),
             seq: 0,
         };
         let mut groups: Vec<Vec<Bytes>> = (0..self.n).map(|_| Vec::new()).collect();
@@ -1261,6 +1276,7 @@ impl Shard {
             let notice = RoomNotice {
                 users,
                 event: event.clone(),
+                each: subject.is_none(),
             };
             if shard == self.id {
                 self.on_room_notice(&notice);
@@ -1278,18 +1294,32 @@ impl Shard {
     }
 
     /// A room event for users homed here: to their live sessions, or to the offline
-    /// queue of those without one.
+    /// queue of those without one (all of them in one store request).
     pub fn on_room_notice(&mut self, n: &RoomNotice) {
-        let frame = reply::room_event(n.event.clone());
+        let shared = (!n.each).then(|| reply::room_event(n.event.clone()));
+        let mut offline = Vec::new();
         for u in &n.users {
+            let own;
+            let (frame, event) = match &shared {
+                Some(f) => (f, &n.event),
+                None => {
+                    let ev = RoomEvent {
+                        user: String::from_utf8_lossy(u).into_owned(),
+                        ..n.event.clone()
+                    };
+                    own = (reply::room_event(ev.clone()), ev);
+                    (&own.0, &own.1)
+                }
+            };
             let keys = self.live_sessions(u);
             if keys.is_empty() {
-                self.store_room_event(u, &n.event);
+                offline.push((u.clone(), event.clone()));
             }
             for k in keys {
-                self.push_frame(k, &frame);
+                self.push_frame(k, frame);
             }
         }
+        self.store_room_events(offline);
     }
 
     /// The sessions here of each member of `users` (one list of a room's `fan`), from

@@ -26,7 +26,7 @@ use ringrouter_proto::Status;
 use super::mail::{Live, LiveFrame, Mail, RoomFan};
 use super::session::{SessionId, SessionKey};
 use super::Shard;
-use crate::store::{StoreError, StoredMsg};
+use crate::store::StoredMsg;
 
 /// Per-shard state of the social layer.
 #[derive(Debug, Default)]
@@ -191,26 +191,35 @@ pub(crate) fn stored_event(seq: u64, m: &StoredMsg) -> ServerFrame {
 }
 
 impl Shard {
-    /// Appends a room event to the offline queue of `user` (homed here, no live
-    /// session). Nothing waits for it; an unknown user or a full queue drops it.
-    pub(crate) fn store_room_event(&mut self, user: &[u8], ev: &RoomEvent) {
-        if !self.has_store() {
+    /// Appends room events to the offline queues of their users (homed here, no live
+    /// session), in one store request counted by its size. Nothing waits for it; an
+    /// unknown user or a full queue gets nothing.
+    pub(crate) fn store_room_events(&mut self, events: Vec<(Bytes, RoomEvent)>) {
+        if events.is_empty() || !self.has_store() {
             return;
         }
-        let stored = StoredMsg {
-            from_user: ev.user.clone(),
-            to_room: ev.room.clone(),
-            server_ts_us: super::now_us(),
-            room_event: ev.kind,
-            ..Default::default()
-        };
-        let user = String::from_utf8_lossy(user).into_owned();
+        let ts = super::now_us();
+        let mut bytes = 0;
+        let items: Vec<(String, StoredMsg)> = events
+            .into_iter()
+            .map(|(user, ev)| {
+                bytes += user.len() + ev.user.len() + ev.room.len() + 64;
+                let stored = StoredMsg {
+                    from_user: ev.user,
+                    to_room: ev.room,
+                    server_ts_us: ts,
+                    room_event: ev.kind,
+                    ..Default::default()
+                };
+                (String::from_utf8_lossy(&user).into_owned(), stored)
+            })
+            .collect();
         let cap = self.offline_cap();
         self.store_req_sized(
-            0,
-            |s, cb| s.enqueue(&user, vec![stored], cap, true, cb),
+            bytes,
+            |s, cb| s.enqueue_each(items, cap, cb),
             |_, r| match r {
-                Ok(_) | Err(StoreError::NotFound | StoreError::Full) => {}
+                Ok(()) => {}
                 Err(e) => tracing::warn!(error = %e, "storing a room event failed"),
             },
         );

@@ -316,6 +316,11 @@ pub(crate) enum Msg {
         require_account: bool,
         cb: Cb<Appended>,
     },
+    EnqueueEach {
+        items: Vec<(String, StoredMsg)>,
+        cap: Option<QueueCap>,
+        cb: Cb<()>,
+    },
     EnsureUser {
         user: String,
         cb: Cb<bool>,
@@ -686,6 +691,22 @@ impl StoreHandle {
             msgs,
             cap,
             require_account,
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// Appends each message to its user's queue (`cap` applies to each queue), in one
+    /// request: a user without an account or with a full queue gets nothing, and the
+    /// others still get theirs (room events for the offline members of a room).
+    pub fn enqueue_each(
+        &self,
+        items: Vec<(String, StoredMsg)>,
+        cap: Option<QueueCap>,
+        cb: impl FnOnce(StoreResult<()>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::EnqueueEach {
+            items,
+            cap,
             cb: Cb::new(cb),
         })
     }

@@ -577,6 +577,28 @@ impl Worker {
                 let wrote = r.is_ok() && n > 0;
                 self.done(cb, r, wrote);
             }
+            Msg::EnqueueEach { items, cap, cb } => {
+                let mut r = Ok(());
+                let mut wrote = false;
+                for (user, msg) in items {
+                    let one = self.account_exists(&user).and_then(|exists| {
+                        if exists {
+                            self.append(&user, vec![msg], cap).map(drop)
+                        } else {
+                            Err(StoreError::NotFound)
+                        }
+                    });
+                    match one {
+                        Ok(()) => wrote = true,
+                        Err(StoreError::NotFound | StoreError::Full) => {}
+                        Err(e) => {
+                            r = Err(e);
+                            break;
+                        }
+                    }
+                }
+                self.done(cb, r, wrote);
+            }
             Msg::EnsureUser { user, cb } => {
                 let r = self.ensure_user(&user);
                 let wrote = matches!(r, Ok(true));

@@ -1063,3 +1063,63 @@ fn room_messages_follow_member_sessions_that_come_and_go_between_messages() {
         got(&mut c, b"m4");
     }
 }
+
+/// A new room's initial members each learn they are in, and its deletion, whether live
+/// or offline (then at their next login, first thing), on both shards. The offline
+/// members of a shard get theirs in one store request (before, one each: a 10 000-member
+/// room made 10 000 requests that no session was charged for).
+#[test]
+fn initial_and_deleted_room_events_reach_live_and_offline_members_on_both_shards() {
+    let r = RouterProc::start(&["--shards", "2"]);
+    let live = ringrouter_tests::users_on_shards("ie-live", 2);
+    let offline = ringrouter_tests::users_on_shards("ie-off", 2);
+    let many: Vec<String> = (0..300).map(|i| format!("ie-many{i}")).collect();
+    for u in offline.iter().chain(&many) {
+        r.visit(u);
+    }
+    let mut o = r.raw_login("ie-owner");
+    let mut l: Vec<Raw> = live.iter().map(|u| r.raw_login(u)).collect();
+    let members: Vec<String> = live.iter().chain(&offline).chain(&many).cloned().collect();
+    let (res, _) = op(
+        &mut o,
+        C::CreateRoom(CreateRoom {
+            request_id: 0,
+            name: "ie-room".into(),
+            password: String::new(),
+            members: members.clone(),
+        }),
+    );
+    assert_eq!(res.status, Status::Ok as i32, "{res:?}");
+    let joined = RoomEventKind::RoomEventJoined as i32;
+    for (c, u) in l.iter_mut().zip(&live) {
+        let e = next_event(c);
+        assert_eq!(
+            (e.kind, e.room.as_str(), e.user.as_str()),
+            (joined, "ie-room", u.as_str())
+        );
+    }
+    let (res, _) = op(
+        &mut o,
+        C::DeleteRoom(DeleteRoom {
+            request_id: 0,
+            room: "ie-room".into(),
+        }),
+    );
+    assert_eq!(res.status, Status::Ok as i32);
+    let deleted = RoomEventKind::RoomEventDeleted as i32;
+    for c in l.iter_mut() {
+        let e = next_event(c);
+        assert_eq!((e.kind, e.user.as_str()), (deleted, "ie-owner"));
+    }
+    for u in offline.iter().chain(many.iter().step_by(37)) {
+        let mut c = r.raw_login(u);
+        let e = next_event(&mut c);
+        assert_eq!(
+            (e.kind, e.room.as_str(), e.user.as_str()),
+            (joined, "ie-room", u.as_str()),
+            "{u}"
+        );
+        let e = next_event(&mut c);
+        assert_eq!((e.kind, e.user.as_str()), (deleted, "ie-owner"), "{u}");
+    }
+}
