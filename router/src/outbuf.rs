@@ -423,16 +423,24 @@ impl WriteBatch {
         }
     }
 
-    /// Appends the bytes not yet written to `out` (a connection whose bytes are
-    /// encoded before writing: TLS, WebSocket).
-    pub fn gather_into(&self, out: &mut BytesMut) {
+    /// Appends up to `max` of the bytes not yet written to `out` (a connection whose
+    /// bytes are encoded before writing: TLS, WebSocket) and returns how many: the caller
+    /// advances past them.
+    pub fn gather_into(&self, out: &mut BytesMut, max: usize) -> usize {
+        let mut n = 0;
         for v in &self.iov[self.start..] {
+            if n >= max {
+                break;
+            }
+            let take = v.iov_len.min(max - n);
             // Safety: every iovec points into `parts`, `held` or `reclaim`, owned by the batch
-            // and unchanged while it is borrowed.
+            // and unchanged while it is borrowed; `take` is within it.
             out.extend_from_slice(unsafe {
-                std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
+                std::slice::from_raw_parts(v.iov_base as *const u8, take)
             });
+            n += take;
         }
+        n
     }
 
     /// The buffers of the batch in write order (before any `advance`), for tests.

@@ -223,6 +223,9 @@ type Held = (bytes::Bytes, usize, Option<(Status, String)>);
 /// session's payloads copied from then on (see `read_loop`).
 const SPARSE_CHUNK: usize = 8 << 10;
 
+/// Bytes of a write batch a TLS or WebSocket session encodes and writes at a time.
+const EGRESS_SLICE: usize = 256 << 10;
+
 async fn read_loop(
     shard: &Rc<RefCell<Shard>>,
     key: SessionKey,
@@ -583,16 +586,31 @@ async fn write_loop<W: AsyncWriteRent>(
         let mut ok = true;
         let mut writes = 0u64;
         if let Some(l) = &layers {
-            // TLS / WebSocket: the batch is encoded into one buffer.
-            wire.clear();
-            let mut app = BytesMut::with_capacity(total);
-            batch.gather_into(&mut app);
-            l.borrow_mut().egress(&app, &mut wire);
-            // Boxed: a plain session's writer future does not carry this state.
-            let (res, w) = Box::pin(writer.write_all(std::mem::take(&mut wire))).await;
-            wire = w;
-            writes += 1;
-            ok = res.is_ok();
+            // TLS / WebSocket: the batch is encoded and written a slice at a time, so
+            // what a session holds beyond its accounted queue is two slices (the copy
+            // and its encoding), not two more copies of the whole batch. A frame cut at
+            // a slice's end is carried over to the next.
+            let mut app = BytesMut::new();
+            loop {
+                let took = batch.gather_into(&mut app, EGRESS_SLICE);
+                batch.advance(took);
+                wire.clear();
+                let used = l.borrow_mut().egress(&app, &mut wire);
+                let _ = app.split_to(used.min(app.len()));
+                if !wire.is_empty() {
+                    // Boxed: a plain session's writer future does not carry this state.
+                    let (res, w) = Box::pin(writer.write_all(std::mem::take(&mut wire))).await;
+                    wire = w;
+                    writes += 1;
+                    if res.is_err() {
+                        ok = false;
+                        break;
+                    }
+                }
+                if batch.remaining() == 0 && (app.is_empty() || (took == 0 && used == 0)) {
+                    break;
+                }
+            }
             batch.advance(batch.remaining());
         }
         while batch.remaining() > 0 {

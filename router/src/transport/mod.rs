@@ -225,20 +225,27 @@ impl Layers {
 
     /// Encodes `app`, whole varint-framed server frames, for the socket, after the
     /// pending bytes, into `wire`.
-    pub(crate) fn egress(&mut self, app: &[u8], wire: &mut BytesMut) {
+    ///
+    /// Returns the bytes of `app` used: all of them without a WebSocket layer, else its
+    /// whole frames (a frame cut at the end waits for the rest: the caller keeps it).
+    pub(crate) fn egress(&mut self, app: &[u8], wire: &mut BytesMut) -> usize {
         self.take_pending(wire);
         if self.closed {
-            return;
+            return app.len();
         }
         match self.ws.as_ref() {
             // Plain WebSocket: framed straight onto the wire.
             Some(w) if self.tls.is_none() => ws_frames(w.protocol, app, wire),
             Some(w) => {
                 let mut framed = BytesMut::new();
-                ws_frames(w.protocol, app, &mut framed);
+                let used = ws_frames(w.protocol, app, &mut framed);
                 seal(self.tls.as_deref_mut(), &framed, wire);
+                used
             }
-            None => seal(self.tls.as_deref_mut(), app, wire),
+            None => {
+                seal(self.tls.as_deref_mut(), app, wire);
+                app.len()
+            }
         }
     }
 
@@ -286,14 +293,15 @@ fn max_message(protocol: Protocol, max_frame: usize) -> usize {
 }
 
 /// Wraps each varint-framed frame of `app` in a WebSocket message, onto `out`.
-fn ws_frames(protocol: Protocol, mut app: &[u8], out: &mut BytesMut) {
+fn ws_frames(protocol: Protocol, mut app: &[u8], out: &mut BytesMut) -> usize {
     out.reserve(app.len() + app.len() / 8 + 16);
-    // The router wrote these frames itself: whole, and within bounds.
+    let whole = app.len();
+    // The router wrote these frames itself: whole, and within bounds; the last may be
+    // cut where the caller's slice of its batch ends (the rest comes with the next).
     while let Ok(Some((len, used))) = peek_varint(app) {
         let end = used + len as usize;
         let Some(body) = app.get(used..end) else {
-            tracing::error!("a server frame runs past its batch");
-            return;
+            break;
         };
         match protocol {
             Protocol::Binary => ws::put_frame(ws::op::BINARY, body, out),
@@ -307,6 +315,7 @@ fn ws_frames(protocol: Protocol, mut app: &[u8], out: &mut BytesMut) {
         }
         app = &app[end..];
     }
+    whole - app.len()
 }
 
 /// Encrypts `plain` (no TLS: copies it) onto `wire`.
@@ -403,8 +412,16 @@ mod tests {
         assert_eq!(&app[..], &[3, 1, 2, 3]);
         assert!(l.has_pending(), "a pong");
         let mut wire = BytesMut::new();
-        l.egress(&[2, 9, 9, 1, 7], &mut wire);
+        assert_eq!(l.egress(&[2, 9, 9, 1, 7], &mut wire), 5);
         assert_eq!(&wire[..], &[0x8A, 0, 0x82, 2, 9, 9, 0x82, 1, 7]);
+        // A slice that ends inside a frame: the whole frames go, the cut one is left
+        // (the caller sends it with the next slice).
+        let mut wire = BytesMut::new();
+        assert_eq!(l.egress(&[1, 4, 3, 8, 8], &mut wire), 2);
+        assert_eq!(&wire[..], &[0x82, 1, 4]);
+        let mut wire = BytesMut::new();
+        assert_eq!(l.egress(&[3, 8, 8, 8], &mut wire), 4);
+        assert_eq!(&wire[..], &[0x82, 3, 8, 8, 8]);
         // A close frame is echoed and ends the stream; nothing goes out after it.
         let mut raw = BytesMut::from(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe9][..]);
         assert_eq!(l.ingest(&mut raw, &mut app), Ok(Ingested::End));
