@@ -11,7 +11,7 @@
 
 use bytes::Bytes;
 use ringrouter_proto::names::name_eq;
-use rustc_hash::FxHashMap;
+use crate::maps::NameMap;
 
 use super::{SessionKey, Shard};
 use crate::store::history::{dm_conv_into, room_conv_into};
@@ -22,7 +22,7 @@ use crate::store::HistChunk;
 pub struct HistBuf {
     chunks: Vec<HistChunk>,
     /// Conversation id → index in `chunks`.
-    index: FxHashMap<Vec<u8>, usize>,
+    index: NameMap<Vec<u8>, usize>,
     /// The chunk the previous message went to (consecutive messages of one
     /// conversation skip the map).
     last: usize,

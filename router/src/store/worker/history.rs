@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
-use rustc_hash::FxHashMap;
+use crate::maps::NameMap;
 
 use super::super::histlog;
 use super::super::history::{
@@ -74,22 +74,22 @@ pub(crate) struct HistState {
     write_through: bool,
     /// A write-through append of this round waits for the round's end.
     pub(crate) round_flush: bool,
-    convs: FxHashMap<Vec<u8>, ConvState>,
+    convs: NameMap<Vec<u8>, ConvState>,
     /// Messages not yet written, per conversation (every one has a `convs` entry).
-    tails: FxHashMap<Vec<u8>, Tail>,
+    tails: NameMap<Vec<u8>, Tail>,
     /// Bytes allocated by `tails`: past `opts.memory_bytes` they are written.
     tail_bytes: usize,
     /// When the tails are written next (set by the first append after a write).
     next_flush: Option<Instant>,
     /// Users' conversation entries to write with the tails (key → last sent seq; 0:
     /// create if missing). Merged here so one batch never writes a key twice.
-    pending: FxHashMap<Vec<u8>, u64>,
+    pending: NameMap<Vec<u8>, u64>,
     /// Read marks to write with the tails (key → seq; the larger of it and the stored
     /// one is kept).
-    marks: FxHashMap<Vec<u8>, u64>,
+    marks: NameMap<Vec<u8>, u64>,
     /// (conversation, msg_id) → seq of the oldest message of recently answered pages:
     /// the `before` of the next page back, found without scanning for it.
-    cursors: FxHashMap<(Vec<u8>, u64), u64>,
+    cursors: NameMap<(Vec<u8>, u64), u64>,
 }
 
 /// Most entries in [`HistState::cursors`] (then it is emptied).
@@ -101,13 +101,13 @@ impl HistState {
             opts,
             write_through: durability == Durability::Sync || opts.memory_bytes == 0,
             round_flush: false,
-            convs: FxHashMap::default(),
-            tails: FxHashMap::default(),
+            convs: NameMap::default(),
+            tails: NameMap::default(),
             tail_bytes: 0,
             next_flush: None,
-            pending: FxHashMap::default(),
-            marks: FxHashMap::default(),
-            cursors: FxHashMap::default(),
+            pending: NameMap::default(),
+            marks: NameMap::default(),
+            cursors: NameMap::default(),
         }
     }
 
@@ -249,7 +249,7 @@ impl Worker {
             // The last message each sender sent in this chunk (most chunks have one or
             // two senders: the previous record's is checked before the map), and the
             // whole records (the shard encoded them; a torn one would end the chunk).
-            let mut senders: FxHashMap<&[u8], u64> = FxHashMap::default();
+            let mut senders: NameMap<&[u8], u64> = NameMap::default();
             let mut last: Option<(&[u8], u64)> = None;
             let mut count = 0u64;
             let mut whole = 0usize;
@@ -900,7 +900,7 @@ impl Worker {
             && h.marks.is_empty()
             && h.tails.is_empty()
         {
-            self.hist.convs = FxHashMap::default();
+            self.hist.convs = NameMap::default();
         }
     }
 }
