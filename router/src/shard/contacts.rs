@@ -299,7 +299,7 @@ impl Shard {
             ..Default::default()
         };
         let u = user.to_owned();
-        let cap = self.offline_cap();
+        let cap = self.notice_cap();
         self.store_req_sized(
             0,
             |s, cb| s.enqueue(&u, vec![stored], cap, true, cb),

@@ -173,6 +173,18 @@ impl Shard {
         })
     }
 
+    /// The cap for notices stored for an offline user (room and contact events): half
+    /// the offline queue, refused past it whatever `--offline-overflow` says, so notices
+    /// that others cause (being added to rooms, contact requests) never fill a user's
+    /// queue, refuse its messages or push them out.
+    pub(crate) fn notice_cap(&self) -> Option<QueueCap> {
+        Some(QueueCap {
+            max_msgs: (self.cfg.max_offline_per_user / 2).max(1),
+            max_bytes: (self.cfg.max_offline_bytes_per_user / 2).max(1),
+            overflow: Overflow::Reject,
+        })
+    }
+
     /// The ceiling for messages a session gives back when it ends (accepted already, so
     /// never refused): the offline cap plus what one session may hold unacked. Only a
     /// user whose devices keep taking messages without acking them reaches it; the

@@ -9,9 +9,9 @@
 //! message's own journal request, so it is in the same group commit or an earlier one:
 //! never behind a SendResult OK. Nothing at all when `--history-per-conversation` is 0.
 
+use crate::maps::NameMap;
 use bytes::Bytes;
 use ringrouter_proto::names::name_eq;
-use crate::maps::NameMap;
 
 use super::{SessionKey, Shard};
 use crate::store::history::{dm_conv_into, room_conv_into};

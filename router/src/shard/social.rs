@@ -214,7 +214,7 @@ impl Shard {
                 (String::from_utf8_lossy(&user).into_owned(), stored)
             })
             .collect();
-        let cap = self.offline_cap();
+        let cap = self.notice_cap();
         self.store_req_sized(
             bytes,
             |s, cb| s.enqueue_each(items, cap, cb),

@@ -1123,3 +1123,55 @@ fn initial_and_deleted_room_events_reach_live_and_offline_members_on_both_shards
         assert_eq!((e.kind, e.user.as_str()), (deleted, "ie-owner"), "{u}");
     }
 }
+
+/// Room events for an offline user fill at most half of its offline queue: being added
+/// to rooms (which anyone may do to anyone) cannot make the user's messages refused or
+/// pushed out. With `--max-offline-per-user 10`, 12 rooms made with the user in them
+/// store 5 events; 5 messages are then still accepted, and the login delivers all 10.
+#[test]
+fn room_events_take_at_most_half_an_offline_queue() {
+    let r = RouterProc::start(&["--shards", "2", "--max-offline-per-user", "10"]);
+    r.visit("hq-victim");
+    let mut o = r.raw_login("hq-owner");
+    for i in 0..12 {
+        let (res, _) = op(
+            &mut o,
+            C::CreateRoom(CreateRoom {
+                request_id: 0,
+                name: format!("hq-room{i}"),
+                password: String::new(),
+                members: vec!["hq-victim".into()],
+            }),
+        );
+        assert_eq!(res.status, Status::Ok as i32, "{res:?}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 0..5u64 {
+        o.send_to("hq-victim", format!("dm{i}").as_bytes(), 100 + i);
+        assert_eq!(
+            o.wait_send_result(100 + i),
+            Status::Ok as i32,
+            "message {i}"
+        );
+    }
+    let mut v = r.raw_login("hq-victim");
+    let mut events = 0;
+    let mut dms = Vec::new();
+    while dms.len() < 5 {
+        match v.next_non_ping(T) {
+            S::RoomEvent(_) => events += 1,
+            S::Deliver(d) => {
+                v.ack(d.seq);
+                dms.push(d.payload);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(events, 5);
+    assert_eq!(
+        dms,
+        (0..5)
+            .map(|i| format!("dm{i}").into_bytes())
+            .collect::<Vec<_>>()
+    );
+}

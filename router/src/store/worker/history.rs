@@ -6,8 +6,8 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use bytes::Bytes;
 use crate::maps::NameMap;
+use bytes::Bytes;
 
 use super::super::histlog;
 use super::super::history::{
