@@ -73,6 +73,10 @@ pub(super) struct Shared {
     pub(super) senders_left: AtomicU64,
     /// Receiver sockets, cut by the watchdog when deliveries stop coming.
     pub(super) receiver_fds: Mutex<Vec<i32>>,
+    /// The senders' sockets (the stall watchdog shuts them down).
+    pub(super) sender_fds: Mutex<Vec<i32>>,
+    /// Set by the stall watchdog: senders stop, however much their quota has left.
+    stop: AtomicBool,
     /// The transport of ringrouter connections.
     pub(super) link: LinkConfig,
 }
@@ -94,6 +98,8 @@ impl Shared {
             failed: Mutex::new(None),
             senders_left: AtomicU64::new(senders as u64),
             receiver_fds: Mutex::new(Vec::new()),
+            sender_fds: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
         }
     }
 
@@ -407,6 +413,13 @@ async fn run_tasks(
                 .map(|c| std::os::fd::AsRawFd::as_raw_fd(&c.stream)),
         );
     }
+    if let Ok(mut fds) = shared.sender_fds.lock() {
+        fds.extend(
+            senders
+                .iter()
+                .map(|c| std::os::fd::AsRawFd::as_raw_fd(&c.stream)),
+        );
+    }
     let mut tasks = Vec::new();
     for (job, conn) in jobs.receivers.into_iter().zip(receivers) {
         tasks.push(monoio::spawn(receiver(
@@ -450,6 +463,7 @@ pub(super) fn monitor(
     let mut next_sample = start + sample;
     let mut last_progress = (0u64, Instant::now());
     let mut cut = false;
+    let mut stalled = false;
     let mut end_cpu = None;
     while !handles.iter().all(|h| h.is_finished()) {
         std::thread::sleep(Duration::from_millis(5));
@@ -463,6 +477,23 @@ pub(super) fn monitor(
         }
         if d != last_progress.0 {
             last_progress = (d, now);
+        } else if !stalled
+            && shared.senders_left.load(Ordering::Acquire) > 0
+            && now.duration_since(last_progress.1) >= STALL_FACTOR * shared.cfg.drain_timeout
+        {
+            // Nothing delivered for that long while senders still send: the server is
+            // stuck (or cut senders it no longer reads). Every socket is shut, so the
+            // run ends and reports what was lost instead of waiting forever.
+            stalled = true;
+            shared.stop.store(true, Ordering::Release);
+            eprintln!(
+                "ringrouter-load: nothing delivered for {:?} ({d} delivered of {} sent, senders still \
+                 sending): cutting every connection",
+                now.duration_since(last_progress.1),
+                shared.sent.load(Ordering::Relaxed),
+            );
+            cut_all(&shared.sender_fds);
+            cut_receivers(shared);
         } else if !cut
             && shared.senders_left.load(Ordering::Acquire) == 0
             && now.duration_since(last_progress.1) >= shared.cfg.drain_timeout
@@ -488,6 +519,19 @@ pub(super) fn monitor(
     }
     let end_cpu = end_cpu.unwrap_or_else(|| super::report::Cpu::now(shared.cfg.server_pid));
     (timeline, end_cpu)
+}
+
+/// No delivery for this many drain timeouts, senders or not: the run is cut.
+const STALL_FACTOR: u32 = 4;
+
+/// Shuts the sockets of `fds` down (wakes their readers, fails their writes).
+fn cut_all(fds: &Mutex<Vec<i32>>) {
+    if let Ok(fds) = fds.lock() {
+        for &fd in fds.iter() {
+            // Safety: shutdown(2) on a socket the engine still owns.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+    }
 }
 
 /// Shuts every receiver socket down, which wakes their readers.
@@ -711,7 +755,11 @@ impl Sending<'_> {
         // Room for at least `min_free` messages before the next write (ringrouter: 1).
         let min_free = t.min_free.min(window);
         let full = |s: &Self| s.in_flight() + min_free > window;
+        let stop = |s: &Self| s.shared.stop.load(Ordering::Acquire);
         loop {
+            if stop(self) {
+                return (buf, true);
+            }
             if quota.is_some_and(|q| self.sent >= q)
                 || deadline.is_some_and(|d| Instant::now() >= d)
             {
@@ -720,7 +768,7 @@ impl Sending<'_> {
             if full(self) {
                 poll_fn(|cx| {
                     self.flow.sender.register(cx.waker());
-                    if !full(self) {
+                    if !full(self) || stop(self) {
                         Poll::Ready(())
                     } else {
                         Poll::Pending
@@ -904,6 +952,9 @@ async fn receiver(
 ) -> RecvResult {
     let res = receive(&shared, &flow, conn, &hist).await;
     flow.receivers_done.fetch_add(1, Ordering::AcqRel);
+    // A sender waiting for window room learns that nothing more will free it (the
+    // stall watchdog cut the run).
+    flow.sender.wake();
     res
 }
 
