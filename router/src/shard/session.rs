@@ -64,6 +64,18 @@ pub enum CloseReason {
     Unacked,
 }
 
+/// Bytes received on socket `fd` and not read yet (0 if it cannot tell).
+fn unread_bytes(fd: std::os::fd::RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // Safety: FIONREAD writes one int; fd is the session's open socket.
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    if r == 0 {
+        n.max(0) as usize
+    } else {
+        0
+    }
+}
+
 /// How long a session cut for not reading (slow consumer, heartbeat timeout) has to take
 /// its closing Error frame before its socket is shut.
 pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
@@ -512,7 +524,15 @@ impl Shard {
             }
             match s.ping_sent {
                 Some(sent) if now.duration_since(sent) >= cfg.heartbeat_timeout => {
-                    to_close.push((k, CloseReason::HeartbeatTimeout));
+                    if unread_bytes(s.fd) > 0 {
+                        // The client did send: the router is not reading it (paused
+                        // by backpressure, the store, its requests in flight). Alive;
+                        // its Pong is behind what it sent.
+                        s.ping_sent = None;
+                        s.last_rx = now;
+                    } else {
+                        to_close.push((k, CloseReason::HeartbeatTimeout));
+                    }
                 }
                 None if now.duration_since(s.last_rx) >= cfg.heartbeat_interval => {
                     s.ping_sent = Some(now);

@@ -458,3 +458,87 @@ fn one_slow_reader_pauses_its_sender_not_the_other_shards_traffic() {
 fn one_slow_reader_pauses_its_same_shard_sender_not_the_others() {
     one_slow_reader_pauses_its_sender(1);
 }
+
+/// A sender the router stopped reading (its recipient is over its bound) is not cut at
+/// the heartbeat timeout: what it sent waits unread in its socket, so it is alive, and
+/// its Pong is behind that. Before, a pause longer than the heartbeat interval and
+/// timeout closed it (and the slow reader, which keeps writing, the same way).
+#[test]
+fn a_sender_the_router_does_not_read_is_not_cut_at_the_heartbeat_timeout() {
+    use ringrouter_proto::v1::{client_frame, Ping};
+    use ringrouter_tests::client_frame_bytes;
+    use std::io::Write;
+    let r = RouterProc::start(&[
+        "--max-pending-bytes",
+        "64k",
+        "--slow-consumer-timeout",
+        "60s",
+        "--heartbeat-interval",
+        "200ms",
+    ]);
+    let (flooder, slow_user) = ("hbp-flooder", "hbp-slow");
+    let mut slow = Raw::from_stream(connect_small_rcvbuf(r.connect_addr(), 8 * 1024));
+    assert_eq!(slow.login(slow_user).status, Status::Ok as i32);
+    // The slow reader keeps writing (pings) while it reads nothing.
+    let mut pinger = slow.stream.try_clone().expect("clone");
+    let pinging = thread::spawn(move || {
+        for nonce in 1..=40u64 {
+            let ping = client_frame_bytes(client_frame::Kind::Ping(Ping { nonce }));
+            if pinger.write_all(&ping).is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let f = r.raw_login(flooder);
+    f.stream
+        .set_write_timeout(Some(Duration::from_secs(1)))
+        .expect("set_write_timeout");
+    let Flood {
+        raw: mut f,
+        written,
+        frame_len,
+    } = flood_until_blocked(f, slow_user, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Paused for well past the heartbeat interval and timeout (200 + 400 ms).
+    pinging.join().expect("pinger");
+    let messages = written.div_ceil(frame_len);
+    let finish = thread::spawn(move || {
+        let rest = messages * frame_len - written;
+        let last = send_frame_bytes(slow_user, &numbered(messages - 1), false, 0);
+        f.stream
+            .set_write_timeout(Some(T))
+            .expect("set_write_timeout");
+        f.write(&last[last.len() - rest as usize..])
+            .expect("the rest of the last frame");
+        f.send_to(slow_user, b"fence", 1);
+        f.wait_send_result(1)
+    });
+    let mut got = 0u64;
+    loop {
+        let body = slow
+            .next_body(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("after {got} of {messages}: {e:?}"));
+        match ringrouter_proto::codec::decode_server(body)
+            .expect("a frame")
+            .kind
+        {
+            Some(server_frame::Kind::Deliver(d)) if d.payload[..] == b"fence"[..] => break,
+            Some(server_frame::Kind::Deliver(d)) => {
+                assert_eq!(number_of(&d.payload), got, "in order, none lost");
+                got += 1;
+                if got.is_multiple_of(1000) {
+                    slow.ack(d.seq);
+                }
+            }
+            Some(server_frame::Kind::Pong(_) | server_frame::Kind::Ping(_)) => {}
+            other => panic!("the slow reader got {other:?}"),
+        }
+    }
+    assert_eq!(got, messages);
+    assert_eq!(
+        finish.join().expect("flooder"),
+        Status::Ok as i32,
+        "the sender was kept"
+    );
+}
