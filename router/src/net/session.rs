@@ -358,7 +358,14 @@ async fn read_loop(
             if sh.sessions.get(key).is_none_or(|s| s.closing.is_some()) {
                 Poll::Ready(())
             } else {
-                sh.poll_intake(cx.waker())
+                let p = sh.poll_intake(cx.waker());
+                if p.is_pending() {
+                    // Also woken if the session closes meanwhile (closing wakes its
+                    // drain waiters), so it ends and frees its socket even while the
+                    // shard's intake stays paused.
+                    sh.wait_drain(key, cx.waker());
+                }
+                p
             }
         })
         .await;
