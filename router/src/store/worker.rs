@@ -1121,12 +1121,32 @@ impl Worker {
                 None => self.dbs.offline.prefix(queue_prefix(user)).next().is_some(),
             };
             let in_rooms = self.dbs.rooms.prefix(member_key(user, "")).next().is_some();
-            if !queued && !in_rooms {
+            // Contacts (or blockers) are kept like rooms: other users' lists name them.
+            let has_contacts = self
+                .dbs
+                .rooms
+                .prefix(contact_entry_key(user, ""))
+                .next()
+                .is_some()
+                || self
+                    .dbs
+                    .rooms
+                    .prefix(contact_blocker_key(user, ""))
+                    .next()
+                    .is_some();
+            if !queued && !in_rooms && !has_contacts {
                 doomed.push(k.to_vec());
             }
             if seen >= SWEEP_BATCH {
                 break;
             }
+        }
+        if !doomed.is_empty() {
+            // A forgotten user's direct conversations go with it, as at DeleteAccount
+            // (written tails first): otherwise every name ever seen would keep its
+            // history (up to --history-max-bytes-per-conversation each) for ever.
+            self.hist_flush()?;
+            self.commit()?;
         }
         for k in doomed {
             if let Ok(user) = std::str::from_utf8(&k) {
@@ -1134,6 +1154,9 @@ impl Worker {
                 if let Some(q) = self.queues.remove(user) {
                     self.evicted_next_seq = self.evicted_next_seq.max(q.next_seq);
                 }
+                self.hist_delete_user(user)?;
+                self.ops
+                    .push(Op::Del(Ks::Rooms, prefixed(CONTACTS_PREFIX, user)));
             }
             self.ops.push(Op::Del(Ks::Accounts, k));
             self.stats.forgotten.fetch_add(1, Ordering::Relaxed);
