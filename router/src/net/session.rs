@@ -603,7 +603,8 @@ async fn write_loop<W: AsyncWriteRent>(
                 batch.advance(took);
                 wire.clear();
                 let used = l.borrow_mut().egress(&app, &mut wire);
-                let _ = app.split_to(used.min(app.len()));
+                let used = used.min(app.len());
+                bytes::Buf::advance(&mut app, used);
                 if !wire.is_empty() {
                     // Boxed: a plain session's writer future does not carry this state.
                     let (res, w) = Box::pin(writer.write_all(std::mem::take(&mut wire))).await;

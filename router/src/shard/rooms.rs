@@ -866,10 +866,10 @@ impl Shard {
             }
             Plan::Add(req, target) => {
                 slot.busy = true;
-                self.check_user_exists(target.clone(), req, move |sh, req| {
-                    sh.check_room_limit(target.clone(), req, move |sh, req| {
-                        sh.write_member(key, req, target, RoomEventKind::RoomEventJoined);
-                    });
+                // One store request checks the account and its room count.
+                let checked = VecDeque::from([target.clone()]);
+                self.check_members(checked, req, move |sh, req| {
+                    sh.write_member(key, req, target, RoomEventKind::RoomEventJoined);
                 });
             }
             Plan::Remove(req, user, kind) => {
@@ -1012,26 +1012,6 @@ impl Shard {
         );
     }
 
-    fn check_user_exists(
-        &mut self,
-        user: String,
-        req: Box<RoomReq>,
-        then: impl FnOnce(&mut Shard, Box<RoomReq>) + Send + 'static,
-    ) {
-        let key = Bytes::copy_from_slice(req.op.key().as_bytes());
-        self.store_req(
-            |st, cb| st.user_exists(&user, cb),
-            move |sh, r| match r {
-                Ok(true) => then(sh, req),
-                Ok(false) => {
-                    sh.answer(&req, Status::NotFound, "no such user", "");
-                    sh.room_done(&key, After::Same);
-                }
-                Err(e) => sh.room_failed(&key, &req, &e),
-            },
-        );
-    }
-
     fn create_room(&mut self, key: Bytes, req: Box<RoomReq>) {
         let RoomOp::Create {
             name,
@@ -1048,7 +1028,7 @@ impl Shard {
         let initial = members.clone();
         let checked: VecDeque<String> = initial.iter().cloned().collect();
         // Admitted on the owner's home shard (quota), or checked here; then every
-        // initial member is checked as AddMember checks one.
+        // initial member is checked as AddMember checks its one.
         let admitted = move |sh: &mut Shard, req: Box<RoomReq>| {
             sh.check_members(checked, req, move |sh, req| {
                 sh.create_checked(key, req, name, password, owner, initial)
@@ -1061,7 +1041,7 @@ impl Shard {
         }
     }
 
-    /// Each of `members` exists and is under its room limit (as AddMember checks one),
+    /// Each of `members` exists and is under its room limit (AddMember: one member),
     /// [`MEMBER_CHECK_BATCH`] of them a store request; then `then`.
     fn check_members(
         &mut self,

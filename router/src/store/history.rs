@@ -74,8 +74,6 @@ pub struct HistChunk {
     pub conv: Vec<u8>,
     /// The records, back to back.
     pub data: Vec<u8>,
-    /// Records in `data`.
-    pub count: u32,
     /// The payloads of the records marked shared, in order.
     pub shared: Vec<Bytes>,
 }
@@ -92,7 +90,6 @@ impl HistChunk {
     #[inline]
     pub fn push(&mut self, from_user: &[u8], msg_id: u64, ts_us: u64, payload: &[u8]) {
         push_record(&mut self.data, from_user, msg_id, ts_us, payload);
-        self.count += 1;
     }
 
     /// Appends one message: its payload copied if small, else shared.
@@ -111,7 +108,6 @@ impl HistChunk {
                 0,
             );
             self.shared.push(payload.clone());
-            self.count += 1;
         }
     }
 }
@@ -555,9 +551,9 @@ mod tests {
         assert_eq!((r.len, r.ts, r.shared), (RECORD_FIXED + 2, 5, true));
         let r2 = chunk_rec(&big.data[r.len..]).unwrap();
         assert_eq!((r2.len, r2.shared), (RECORD_FIXED + 2 + 5, false));
-        assert_eq!((big.count, big.shared.len()), (2, 1));
+        assert_eq!((r.len + r2.len, big.shared.len()), (big.data.len(), 1));
         let mut seg = Segment::new(1, 0);
-        seg.push_records(&c.data, c.count, 100);
+        seg.push_records(&c.data, 2, 100);
         assert_eq!(seg.data.len(), CHUNK_HEADER + 2 * RECORD_FIXED + 5 + 2 + 3);
         let v = seg.into_value();
         let (count, ts, data) = parse_chunk(&v).unwrap();

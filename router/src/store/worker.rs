@@ -562,18 +562,7 @@ impl Worker {
                 cb,
             } => {
                 let n = msgs.len();
-                let r = if require_account {
-                    self.account_exists(&user).and_then(|exists| {
-                        if exists {
-                            Ok(())
-                        } else {
-                            Err(StoreError::NotFound)
-                        }
-                    })
-                } else {
-                    Ok(())
-                };
-                let r = r.and_then(|()| self.append(&user, msgs, cap));
+                let r = self.enqueue(&user, msgs, cap, require_account);
                 let wrote = r.is_ok() && n > 0;
                 self.done(cb, r, wrote);
             }
@@ -581,15 +570,8 @@ impl Worker {
                 let mut r = Ok(());
                 let mut wrote = false;
                 for (user, msg) in items {
-                    let one = self.account_exists(&user).and_then(|exists| {
-                        if exists {
-                            self.append(&user, vec![msg], cap).map(drop)
-                        } else {
-                            Err(StoreError::NotFound)
-                        }
-                    });
-                    match one {
-                        Ok(()) => wrote = true,
+                    match self.enqueue(&user, vec![msg], cap, true) {
+                        Ok(_) => wrote = true,
                         Err(StoreError::NotFound | StoreError::Full) => {}
                         Err(e) => {
                             r = Err(e);
@@ -1120,20 +1102,10 @@ impl Worker {
                 Some(q) => q,
                 None => self.dbs.offline.prefix(queue_prefix(user)).next().is_some(),
             };
-            let in_rooms = self.dbs.rooms.prefix(member_key(user, "")).next().is_some();
+            let in_rooms = self.any_under(&member_key(user, ""));
             // Contacts (or blockers) are kept like rooms: other users' lists name them.
-            let has_contacts = self
-                .dbs
-                .rooms
-                .prefix(contact_entry_key(user, ""))
-                .next()
-                .is_some()
-                || self
-                    .dbs
-                    .rooms
-                    .prefix(contact_blocker_key(user, ""))
-                    .next()
-                    .is_some();
+            let has_contacts = self.any_under(&contact_entry_key(user, ""))
+                || self.any_under(&contact_blocker_key(user, ""));
             if !queued && !in_rooms && !has_contacts {
                 doomed.push(k.to_vec());
             }
@@ -1271,6 +1243,27 @@ impl Worker {
     }
 
     /// Every `rooms` key that starts with `prefix`, in order.
+    /// Appends `msgs` to `user`'s queue; with `require_account`, a user without an
+    /// account gets [`StoreError::NotFound`] and nothing is stored.
+    fn enqueue(
+        &mut self,
+        user: &str,
+        msgs: Vec<StoredMsg>,
+        cap: Option<QueueCap>,
+        require_account: bool,
+    ) -> StoreResult<Appended> {
+        if require_account && !self.account_exists(user)? {
+            return Err(StoreError::NotFound);
+        }
+        self.append(user, msgs, cap)
+    }
+
+    /// Whether any `rooms` key starts with `prefix` (a failed read counts as one: the
+    /// caller then keeps what it would have deleted).
+    fn any_under(&self, prefix: &[u8]) -> bool {
+        self.dbs.rooms.prefix(prefix).next().is_some()
+    }
+
     fn keys_under(&self, prefix: &[u8]) -> StoreResult<Vec<Vec<u8>>> {
         let mut out = Vec::new();
         for g in self.dbs.rooms.prefix(prefix) {

@@ -737,35 +737,55 @@ fn a_session_at_its_requests_in_flight_reads_nothing_more() {
     let mut a = r.raw_login("asker");
     let _peer = r.raw_login("peer");
     let n = 200usize;
+    let (at, statuses) = requests_then_ping(&mut a, n, |id| {
+        client_frame::Kind::History(ringrouter_proto::v1::History {
+            request_id: id,
+            user: "peer".into(),
+            ..Default::default()
+        })
+    });
+    assert!(
+        statuses.iter().all(|&s| s == Status::Ok as i32),
+        "{statuses:?}"
+    );
+    assert!(at >= n - 4, "the Pong came after {at} of {n} answers");
+}
+
+/// Writes `n` requests (`make(request_id)`, ids 1 to `n`) then a Ping, in one write, and
+/// reads every answer (they come in order) and the Pong: how many answers came before the
+/// Pong, and their statuses. History, RoomInfo and GetPresence answers; presence and
+/// contact notices are skipped.
+fn requests_then_ping(
+    a: &mut Raw,
+    n: usize,
+    make: impl Fn(u64) -> client_frame::Kind,
+) -> (usize, Vec<i32>) {
     let mut all = Vec::new();
-    for i in 0..n {
-        all.extend_from_slice(&client_frame_bytes(client_frame::Kind::History(
-            ringrouter_proto::v1::History {
-                request_id: i as u64 + 1,
-                user: "peer".into(),
-                ..Default::default()
-            },
-        )));
+    for id in 1..=n as u64 {
+        all.extend_from_slice(&client_frame_bytes(make(id)));
     }
     all.extend_from_slice(&client_frame_bytes(client_frame::Kind::Ping(Ping {
         nonce: 9,
     })));
     a.write(&all).expect("the requests fit the socket buffers");
-    let mut before_pong = 0;
+    let mut statuses = Vec::new();
     let mut pong_at = None;
-    while pong_at.is_none() || before_pong < n {
-        match a.next_kind(T) {
-            server_frame::Kind::HistoryResult(h) => {
-                assert_eq!(h.status, Status::Ok as i32, "{h:?}");
-                before_pong += 1;
-                assert_eq!(h.request_id, before_pong as u64, "answered in order");
+    while pong_at.is_none() || statuses.len() < n {
+        let (id, status) = match a.next_kind(T) {
+            server_frame::Kind::HistoryResult(h) => (h.request_id, h.status),
+            server_frame::Kind::RoomResult(r) => (r.request_id, r.status),
+            server_frame::Kind::PresenceResult(p) => (p.request_id, p.status),
+            server_frame::Kind::Pong(p) if p.nonce == 9 => {
+                pong_at = Some(statuses.len());
+                continue;
             }
-            server_frame::Kind::Pong(p) if p.nonce == 9 => pong_at = Some(before_pong),
+            server_frame::Kind::Presence(_) | server_frame::Kind::ContactEvent(_) => continue,
             other => panic!("{other:?}"),
-        }
+        };
+        statuses.push(status);
+        assert_eq!(id, statuses.len() as u64, "answered in order");
     }
-    let at = pong_at.unwrap_or(0);
-    assert!(at >= n - 4, "the Pong came after {at} of {n} answers");
+    (pong_at.unwrap_or(0), statuses)
 }
 
 /// Pipelined History pages of big messages (~0.9 MiB each) to a client that reads late:
@@ -820,66 +840,27 @@ fn room_requests_to_another_shard_count_as_in_flight() {
     let room = u[1].clone();
     assert_eq!(a.create_room(&room, "").status, Status::Ok as i32);
     let n = 200usize;
-    let mut all = Vec::new();
-    for i in 0..n {
-        all.extend_from_slice(&client_frame_bytes(client_frame::Kind::RoomInfo(
-            ringrouter_proto::v1::RoomInfo {
-                request_id: i as u64 + 1,
-                room: room.clone(),
-            },
-        )));
-    }
-    all.extend_from_slice(&client_frame_bytes(client_frame::Kind::Ping(Ping {
-        nonce: 9,
-    })));
-    a.write(&all).expect("the requests fit the socket buffers");
-    let mut answers = 0;
-    let mut pong_at = None;
-    while pong_at.is_none() || answers < n {
-        match a.next_kind(T) {
-            server_frame::Kind::RoomResult(res) => {
-                assert_eq!(res.status, Status::Ok as i32, "{res:?}");
-                answers += 1;
-                assert_eq!(res.request_id, answers as u64, "answered in order");
-            }
-            server_frame::Kind::Pong(p) if p.nonce == 9 => pong_at = Some(answers),
-            other => panic!("{other:?}"),
-        }
-    }
-    let at = pong_at.unwrap_or(0);
+    let (at, statuses) = requests_then_ping(&mut a, n, |id| {
+        client_frame::Kind::RoomInfo(ringrouter_proto::v1::RoomInfo {
+            request_id: id,
+            room: room.clone(),
+        })
+    });
+    assert!(
+        statuses.iter().all(|&s| s == Status::Ok as i32),
+        "{statuses:?}"
+    );
     assert!(at >= n - 4, "the Pong came after {at} of {n} answers");
 }
 
-/// Pipelines `n` GetPresence for `target` then a Ping, in one write, and returns after how
-/// many answers the Pong came and the answers' statuses.
+/// [`requests_then_ping`] with `n` GetPresence for `target`.
 fn presence_burst(a: &mut Raw, target: &str, n: usize) -> (usize, Vec<i32>) {
-    let mut all = Vec::new();
-    for i in 0..n {
-        all.extend_from_slice(&client_frame_bytes(client_frame::Kind::GetPresence(
-            ringrouter_proto::v1::GetPresence {
-                request_id: i as u64 + 1,
-                user: target.to_owned(),
-            },
-        )));
-    }
-    all.extend_from_slice(&client_frame_bytes(client_frame::Kind::Ping(Ping {
-        nonce: 9,
-    })));
-    a.write(&all).expect("the requests fit the socket buffers");
-    let mut statuses = Vec::new();
-    let mut pong_at = None;
-    while pong_at.is_none() || statuses.len() < n {
-        match a.next_kind(T) {
-            server_frame::Kind::PresenceResult(res) => {
-                statuses.push(res.status);
-                assert_eq!(res.request_id, statuses.len() as u64, "answered in order");
-            }
-            server_frame::Kind::Pong(p) if p.nonce == 9 => pong_at = Some(statuses.len()),
-            server_frame::Kind::Presence(_) | server_frame::Kind::ContactEvent(_) => {}
-            other => panic!("{other:?}"),
-        }
-    }
-    (pong_at.unwrap_or(0), statuses)
+    requests_then_ping(a, n, |id| {
+        client_frame::Kind::GetPresence(ringrouter_proto::v1::GetPresence {
+            request_id: id,
+            user: target.to_owned(),
+        })
+    })
 }
 
 /// GetPresence of a contact homed on the other shard counts against

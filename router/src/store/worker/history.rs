@@ -221,10 +221,7 @@ impl Worker {
         if self.hist.opts.per_conversation == 0 {
             return Ok(());
         }
-        for HistChunk {
-            conv, data, shared, ..
-        } in chunks
-        {
+        for HistChunk { conv, data, shared } in chunks {
             if data.is_empty() {
                 continue;
             }
