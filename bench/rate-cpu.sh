@@ -29,3 +29,5 @@ for t in /proc/$PID/task/*; do echo "$(cat "$t/comm") $(awk '{print $14, $15}' "
       END {for (k in u) if (u[k] + s[k] > 0) printf "%s=%.2fs (user %.2f sys %.2f) ", k, (u[k] + s[k])/hz, u[k]/hz, s[k]/hz; print ""}'
 # Bytes the router wrote to files and sockets (write system calls), and to the disk.
 awk '/^(wchar|write_bytes)/ {printf "%s %.1f MB  ", $1, $2/1e6} END {print ""}' /proc/$PID/io
+# The router's peak RSS over its life.
+awk '/^VmHWM/ {printf "peak rss %.0f MiB\n", $2/1024}' /proc/$PID/status

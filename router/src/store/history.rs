@@ -28,7 +28,7 @@
 //! messages as records ([`HistChunk`], encoded on the shard). The storage thread copies
 //! them into the conversation's in-memory tail of segments. Under
 //! `--durability memory` the tails are written (one key per segment) once per
-//! `--history-flush-ms`, as soon as they hold `--history-memory-bytes`, before a
+//! `--history-flush-every`, as soon as they hold `--history-memory-bytes`, before a
 //! conversation list or an account deletion, and at shutdown: fjall sees a few large
 //! writes per second instead of one per message per turn, and a router crash loses at
 //! most that interval of history. Queries read the tail and the stored chunks. Under
