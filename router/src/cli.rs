@@ -295,10 +295,8 @@ pub struct Args {
     pub history_max_bytes_per_conversation: usize,
     /// Durability memory: bytes of history the storage thread holds in memory before it
     /// writes them to the store (sooner than --history-flush-every); a crash loses what is
-    /// held. 0: written at once, as under durability sync. Messages a conversation's
-    /// bounds drop while they are held are never written: a budget that holds the kept
-    /// window of each busy conversation writes it once per --history-flush-every.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256MiB", help_heading = STORAGE)]
+    /// held. 0: written at once, as under durability sync.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "32MiB", help_heading = STORAGE)]
     pub history_memory_bytes: usize,
     /// Durability memory: history held in memory is written at least this often.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s", help_heading = STORAGE)]

@@ -248,7 +248,7 @@ impl Default for Config {
             history_per_conversation: 10_000,
             history_max_age: None,
             history_max_bytes_per_conversation: 64 << 20,
-            history_memory_bytes: 256 << 20,
+            history_memory_bytes: 32 << 20,
             history_flush_every: Duration::from_secs(1),
             history_page_max: 500,
             argon2_cheap: false,
