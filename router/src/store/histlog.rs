@@ -32,11 +32,12 @@
 //! missing and is skipped, as memory mode may lose recent writes anyway.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, SyncSender};
 
 use rustc_hash::FxHashMap;
 
@@ -117,6 +118,21 @@ pub(crate) struct HistLog {
     dir_dirty: bool,
     /// Files compaction could not empty (see [`HistLog::mark_stuck`]).
     stuck: BTreeSet<u32>,
+    /// Appended ranges still in the page cache, oldest first (see
+    /// [`HistLog::drop_behind`]): (file id, file, from, to).
+    cached: VecDeque<(u32, File, u64, u64)>,
+    /// Bytes in `cached`.
+    cached_bytes: u64,
+    /// Most bytes in `cached` ([`CACHED_BEHIND`]; tests make it small).
+    cache_behind: u64,
+    /// Offset of the active file up to which its bytes are in `cached`.
+    noted: u64,
+    /// Bytes appended since the last [`HistLog::drop_behind`].
+    appended: u64,
+    /// Files with ranges dropped from the page cache: deleted when dead, not reused.
+    dropped: BTreeSet<u32>,
+    /// The thread that writes ranges back and drops them (started by the first drop).
+    behind: Option<SyncSender<(File, u64, u64)>>,
 }
 
 /// Entries up to this size are copied into one buffer and written with one `write`;
@@ -131,6 +147,20 @@ const STAGE_MAX: usize = 256 << 10;
 /// about half of what writing a new one does (no page or block allocation: `dd` of 1 GiB,
 /// 0.17 s of system time against 0.38–0.72 s).
 const FREE_MAX: usize = 2;
+
+/// [`HistLog::drop_behind`] runs after every this many bytes appended (and after each
+/// flush).
+const DROP_STEP: u64 = 16 << 20;
+/// Bytes of the log, the newest, left in the page cache: the rest is written back and
+/// dropped. Under a log's steady churn (16 × 1 KiB: each conversation's kept window
+/// rewritten every second or two) files die within it and are overwritten while
+/// cached; what outlives it (256 conversations × 10 000 × 1 KiB: GBs kept) leaves.
+const CACHED_BEHIND: u64 = 512 << 20;
+/// Most ranges in [`HistLog::cached`] (each holds a file descriptor): small files (tests)
+/// are dropped sooner.
+const CACHED_RANGES_MAX: usize = 64;
+/// Ranges waiting for the drop-behind thread; past it they are left to the kernel.
+const BEHIND_QUEUE: usize = 8;
 
 /// Prefix of a dead file kept for reuse.
 const FREE_PREFIX: &str = "free-";
@@ -161,6 +191,24 @@ fn write_all_vectored(f: &mut File, mut slices: &mut [IoSlice<'_>]) -> io::Resul
         }
     }
     Ok(())
+}
+
+/// Writes `[from, to)` of `f` back to disk, waits for it, and drops those pages from the
+/// page cache (errors ignored: the pages stay cached, and the kernel writes them back
+/// and reclaims them as any other).
+fn write_back_and_drop(f: &File, from: u64, to: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(len)) = (i64::try_from(from), i64::try_from(to - from)) else {
+        return;
+    };
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: plain system calls on the open file descriptor `f` owns; no memory passed.
+    unsafe {
+        libc::sync_file_range(f.as_raw_fd(), off, len, flags);
+        libc::posix_fadvise(f.as_raw_fd(), off, len, libc::POSIX_FADV_DONTNEED);
+    }
 }
 
 impl HistLog {
@@ -233,6 +281,13 @@ impl HistLog {
             next_saved: next_id,
             dir_dirty: false,
             stuck: BTreeSet::new(),
+            cached: VecDeque::new(),
+            cached_bytes: 0,
+            cache_behind: CACHED_BEHIND,
+            noted: 0,
+            appended: 0,
+            dropped: BTreeSet::new(),
+            behind: None,
         })
     }
 
@@ -250,7 +305,9 @@ impl HistLog {
             // nothing in it is live.
             let id = *id;
             self.write_stage()?;
-            self.active = None;
+            if let Some((_, f)) = self.active.take() {
+                self.note_cached(id, f);
+            }
             if self.files.get(&id).is_some_and(|s| s.live == 0) {
                 self.doomed.push(id);
                 self.changed.insert(id);
@@ -278,6 +335,7 @@ impl HistLog {
         };
         self.files.insert(id, FileStat::default());
         self.active = Some((id, f));
+        self.noted = 0;
         self.dir_dirty = true;
         Ok(id)
     }
@@ -348,6 +406,11 @@ impl HistLog {
             }
             if self.stage.len() >= STAGE_MAX {
                 self.write_stage()?;
+            }
+            self.appended += (ENTRY_HEADER + k.len() + d.len()) as u64;
+            if self.appended >= DROP_STEP {
+                self.write_stage()?;
+                self.drop_behind();
             }
         }
         self.write_stage()
@@ -480,7 +543,12 @@ impl HistLog {
             self.files.remove(&id);
             self.stuck.remove(&id);
             self.unsynced.retain(|&u| u != id);
-            if self.free.len() < FREE_MAX {
+            // (Its ranges name an inode that may be reused.)
+            self.cached.retain(|c| c.0 != id);
+            self.cached_bytes = self.cached.iter().map(|c| c.3 - c.2).sum();
+            // A file whose pages were dropped is not reused: a write that covers part of
+            // a page not cached reads that page from disk first.
+            if !self.dropped.remove(&id) && self.free.len() < FREE_MAX {
                 let to = self.dir.join(format!("{FREE_PREFIX}{}", file_name(id)));
                 match fs::rename(self.path(id), &to) {
                     Ok(()) => {
@@ -500,6 +568,74 @@ impl HistLog {
                 }
             }
         }
+    }
+
+    /// Notes `f`'s bytes (file `id`) not yet in `cached`: all of them, the file being
+    /// closed for appends.
+    fn note_cached(&mut self, id: u32, f: File) {
+        let size = self.files.get(&id).map_or(0, |s| s.size);
+        if size > self.noted {
+            self.cached_bytes += size - self.noted;
+            self.cached.push_back((id, f, self.noted, size));
+        }
+        self.noted = 0;
+    }
+
+    /// Keeps the log's footprint in the page cache at about [`CACHED_BEHIND`]: what was
+    /// appended before the newest `CACHED_BEHIND` bytes is handed to a thread of its
+    /// own, which writes it back (`sync_file_range`, waited for there, never on the
+    /// storage thread) and drops it from the page cache (`POSIX_FADV_DONTNEED`). Called
+    /// after each flush and every [`DROP_STEP`] bytes appended.
+    ///
+    /// History is written once and read rarely. Left in the page cache, a log that keeps
+    /// GBs grows it by every byte written, and each new page is memory the kernel must
+    /// find: on this VM fresh memory cost the storage thread 2.8 s of system time per GB
+    /// written, against 0.25 s for pages freed a moment before (BENCHMARKS.md). A slow
+    /// disk never stalls the storage thread: past [`BEHIND_QUEUE`] ranges waiting, the
+    /// rest are left to the kernel.
+    pub(crate) fn drop_behind(&mut self) {
+        self.appended = 0;
+        if let Some((id, f)) = &self.active {
+            let (id, size) = (*id, self.files.get(id).map_or(0, |s| s.size));
+            if size > self.noted {
+                if let Ok(dup) = f.try_clone() {
+                    self.cached_bytes += size - self.noted;
+                    self.cached.push_back((id, dup, self.noted, size));
+                    self.noted = size;
+                }
+            }
+        }
+        while self.cached_bytes > self.cache_behind || self.cached.len() > CACHED_RANGES_MAX {
+            let Some((id, f, from, to)) = self.cached.pop_front() else {
+                break;
+            };
+            self.cached_bytes -= to - from;
+            self.dropped.insert(id);
+            let Some(tx) = self.behind_thread() else {
+                continue;
+            };
+            // A full queue (the disk is behind): these pages are left to the kernel.
+            let _ = tx.try_send((f, from, to));
+        }
+    }
+
+    /// The drop-behind thread's queue (the thread started on first use).
+    fn behind_thread(&mut self) -> Option<&SyncSender<(File, u64, u64)>> {
+        if self.behind.is_none() {
+            let (tx, rx) = mpsc::sync_channel::<(File, u64, u64)>(BEHIND_QUEUE);
+            let spawned = std::thread::Builder::new()
+                .name("rr-hlog-drop".into())
+                .spawn(move || {
+                    for (f, from, to) in rx {
+                        write_back_and_drop(&f, from, to);
+                    }
+                });
+            match spawned {
+                Ok(_) => self.behind = Some(tx),
+                Err(e) => tracing::warn!(error = %e, "history log: no drop-behind thread"),
+            }
+        }
+        self.behind.as_ref()
     }
 
     /// fdatasyncs the files written since the last call (before the journal that points
@@ -727,6 +863,41 @@ mod tests {
         let log = HistLog::open(d.path(), [(2, 5)], 0, 100).unwrap();
         assert_eq!(log.read(next, b"new").unwrap().unwrap(), b"fresh");
         assert_eq!(log.file_count(), 1);
+    }
+
+    #[test]
+    fn the_oldest_bytes_leave_the_page_cache_and_their_files_are_not_reused() {
+        let d = dir();
+        let mut log = HistLog::open(d.path(), [], 0, 4096).unwrap();
+        log.cache_behind = 11_000;
+        let mut locs = Vec::new();
+        for i in 0..20u8 {
+            locs.push((i, log.append(&[(&[i][..], &vec![i; 1000][..])]).unwrap()[0]));
+            log.drop_behind();
+            assert!(log.cached_bytes <= 11_000, "{} cached", log.cached_bytes);
+        }
+        let (first, last) = (locs[0].1.file, locs[19].1.file);
+        assert!(log.dropped.contains(&first), "the oldest file was dropped");
+        assert!(!log.dropped.contains(&last), "the newest is still cached");
+        // Every entry reads back, dropped or not (the drop is a hint to the kernel).
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        for &(i, loc) in &locs {
+            assert_eq!(log.read(loc, &[i]).unwrap().unwrap(), vec![i; 1000], "entry {i}");
+        }
+        // Dead, the dropped file is deleted (not kept for reuse); a cached one is kept.
+        let second_last = locs.iter().rev().find(|l| l.1.file < last).unwrap().1.file;
+        assert!(!log.dropped.contains(&second_last));
+        for &(_, loc) in &locs {
+            if loc.file == first || loc.file == second_last {
+                log.release(loc);
+            }
+        }
+        log.take_changed();
+        log.unlink_doomed();
+        let kept = |id| d.path().join(format!("{FREE_PREFIX}{}", file_name(id))).exists();
+        assert!(!kept(first) && !log.path(first).exists(), "dropped: deleted");
+        assert!(kept(second_last), "cached: kept for reuse");
+        assert!(!log.dropped.contains(&first));
     }
 
     #[test]

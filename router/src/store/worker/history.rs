@@ -425,6 +425,7 @@ impl Worker {
         // After the gauges (`hist_compact`): a reader that sees the write sees its bytes.
         if wrote {
             self.stats.history_writes.fetch_add(1, Ordering::Release);
+            self.dbs.hlog.drop_behind();
         }
         compacted
     }
