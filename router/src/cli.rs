@@ -90,8 +90,8 @@ pub struct Args {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7878", help_heading = NETWORK)]
     pub listen: SocketAddr,
-    /// Number of shards (threads, one per core); 0 = one per available core.
-    #[arg(long, value_name = "N", default_value_t = 0, help_heading = NETWORK)]
+    /// Number of shards (threads, one per core); 0 = one per available core. At most 1022.
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = parse_shards, help_heading = NETWORK)]
     pub shards: usize,
     /// Do not pin shard threads to cores.
     #[arg(long, help_heading = NETWORK)]
@@ -653,6 +653,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
+/// `--shards`: 0 (one per core) to [`crate::config::MAX_SHARDS`].
+fn parse_shards(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid shard count {s:?}"))?;
+    if n > crate::config::MAX_SHARDS {
+        return Err(format!(
+            "at most {} shards (a message id holds its shard in 10 bits)",
+            crate::config::MAX_SHARDS
+        ));
+    }
+    Ok(n)
+}
+
 /// Parses a size in bytes with parse-size: `1048576`; `64KiB`, `8MiB`, `1GiB` (powers
 /// of 1024); `64KB`, `1MB` (powers of 1000); a bare prefix, `64k` `8M` `1G`, means
 /// KiB / MiB / GiB as in GNU coreutils (and as this flag always did). Case does not
@@ -808,6 +823,19 @@ mod tests {
             .expect("temp file");
         std::io::Write::write_all(&mut f, text.as_bytes()).expect("write");
         f
+    }
+
+    #[test]
+    fn shards_are_at_most_what_a_message_id_can_name() {
+        assert_eq!(parse_ok(&["--shards", "1022"]).config().shards, 1022);
+        let e = parse_err(&["--shards", "1023"]);
+        assert_eq!(e.exit_code(), EXIT_USAGE);
+        assert!(e.to_string().contains("at most 1022 shards"), "{e}");
+        let c = Config {
+            shards: 5000,
+            ..Config::default()
+        };
+        assert_eq!(c.effective_shards(), crate::config::MAX_SHARDS);
     }
 
     #[test]

@@ -62,6 +62,10 @@ pub enum DmPolicy {
     Contacts,
 }
 
+/// Most shards: a message id holds its shard + 1 in its top 10 bits
+/// (`shard::MSG_ID_SHARD_SHIFT`).
+pub const MAX_SHARDS: usize = 1022;
+
 /// Everything the router needs to start. `Config::default()` is the embedded
 /// default the bare `ringrouter` command runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,14 +289,16 @@ impl Config {
             .max(self.max_pending_bytes.saturating_add(32 << 20))
     }
 
-    /// The shard count to run: `shards`, or one per available core when 0.
+    /// The shard count to run: `shards`, or one per available core when 0; at most
+    /// [`MAX_SHARDS`].
     pub fn effective_shards(&self) -> usize {
-        if self.shards > 0 {
+        let n = if self.shards > 0 {
             self.shards
         } else {
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
-        }
+        };
+        n.min(MAX_SHARDS)
     }
 }

@@ -13,12 +13,14 @@ use ringrouter_proto::Status;
 
 use crate::shard::mail::Live;
 use crate::shard::retention::{Outgoing, OwnedMsg, NO_ROOM};
-use crate::shard::{Flow, LastDest, Mail, Routed, SessionKey, Shard};
+use crate::shard::{Flow, LastDest, Mail, Routed, SessionKey, Shard, MSG_ID_SHARD_SHIFT};
 
 impl Shard {
-    /// A new message id (the shard in the top 16 bits).
+    /// A new message id: the shard + 1 in the top bits, then a counter that each start
+    /// of the router seeds from the clock ([`crate::shard::msg_id_clock`]).
     pub(crate) fn next_msg_id(&mut self) -> u64 {
-        let id = ((self.id as u64 + 1) << 48) | (self.next_msg_id & 0xFFFF_FFFF_FFFF);
+        let id = ((self.id as u64 + 1) << MSG_ID_SHARD_SHIFT)
+            | (self.next_msg_id & ((1 << MSG_ID_SHARD_SHIFT) - 1));
         self.next_msg_id += 1;
         id
     }

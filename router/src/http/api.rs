@@ -274,7 +274,8 @@ async fn publish(body: &[u8], shard: &Rc<RefCell<Shard>>, shared: &Arc<Shared>) 
     match monoio::time::timeout(timeout, rx).await {
         Ok(Ok((Status::Ok, msg_id))) => Ok(Response::json(
             200,
-            &json!({ "msg_id": msg_id, "status": "OK" }),
+            // (`msg_id_str`: ids pass 2^53, past which JavaScript's numbers round.)
+            &json!({ "msg_id": msg_id, "msg_id_str": msg_id.to_string(), "status": "OK" }),
         )),
         Ok(Ok((status, _))) => Err(Response::status(
             status,

@@ -69,6 +69,29 @@ pub use session::{
 };
 use store_link::StoreLink;
 
+/// Bits of a message id below its shard's: the counter. The shard + 1 takes the top 10
+/// (so at most [`crate::config::MAX_SHARDS`] shards).
+pub(crate) const MSG_ID_SHARD_SHIFT: u32 = 54;
+
+/// 2026-01-01T00:00:00Z, in nanoseconds since the Unix epoch.
+const MSG_ID_EPOCH_NS: u128 = 1_767_225_600_000_000_000;
+
+/// Where a shard's message-id counter starts: 64 ns ticks since 2026-01-01 (54 bits
+/// last until 2062). Clients dedupe by (sender, msg_id), and a counter that started at
+/// 1 at every start gave a message sent after a restart the id of one sent before it:
+/// a reconnecting client that still remembered the old one dropped the new one as a
+/// copy. Seeded from the clock, ids stay unique across restarts while a shard issues
+/// fewer than 15.6M ids a second on average (one per tick; a shard does a few million
+/// at most) and the clock does not step back by more than the restart took.
+pub(crate) fn msg_id_clock() -> u64 {
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let ticks = ns.saturating_sub(MSG_ID_EPOCH_NS) >> 6;
+    // (At least 1: 0 is no id.)
+    (ticks as u64 & ((1 << MSG_ID_SHARD_SHIFT) - 1)).max(1)
+}
+
 /// One shard's state.
 pub struct Shard {
     /// This shard's index.
@@ -236,7 +259,7 @@ impl Shard {
             idle_waiters: Vec::new(),
             prelogin: 0,
             next_gen: 1,
-            next_msg_id: 1,
+            next_msg_id: msg_id_clock(),
             counters: Counters::default(),
             stats,
             shutting_down: false,

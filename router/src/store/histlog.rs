@@ -882,7 +882,11 @@ mod tests {
         // Every entry reads back, dropped or not (the drop is a hint to the kernel).
         std::thread::sleep(std::time::Duration::from_millis(50));
         for &(i, loc) in &locs {
-            assert_eq!(log.read(loc, &[i]).unwrap().unwrap(), vec![i; 1000], "entry {i}");
+            assert_eq!(
+                log.read(loc, &[i]).unwrap().unwrap(),
+                vec![i; 1000],
+                "entry {i}"
+            );
         }
         // Dead, the dropped file is deleted (not kept for reuse); a cached one is kept.
         let second_last = locs.iter().rev().find(|l| l.1.file < last).unwrap().1.file;
@@ -894,8 +898,15 @@ mod tests {
         }
         log.take_changed();
         log.unlink_doomed();
-        let kept = |id| d.path().join(format!("{FREE_PREFIX}{}", file_name(id))).exists();
-        assert!(!kept(first) && !log.path(first).exists(), "dropped: deleted");
+        let kept = |id| {
+            d.path()
+                .join(format!("{FREE_PREFIX}{}", file_name(id)))
+                .exists()
+        };
+        assert!(
+            !kept(first) && !log.path(first).exists(),
+            "dropped: deleted"
+        );
         assert!(kept(second_last), "cached: kept for reuse");
         assert!(!log.dropped.contains(&first));
     }

@@ -442,6 +442,7 @@ fn publish_reaches_online_and_offline_users_and_rooms() {
     );
     assert_eq!(ok.code, 200, "{}", ok.text());
     let msg_id = ok.json()["msg_id"].as_u64().expect("msg_id");
+    assert_eq!(ok.json()["msg_id_str"], msg_id.to_string().as_str());
     let m = on.recv(Some(T)).expect("recv").expect("published message");
     assert_eq!(
         (m.sender.as_str(), &m.payload[..], m.msg_id),

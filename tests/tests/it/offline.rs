@@ -517,3 +517,33 @@ fn requeued_messages_keep_their_sender_after_a_partial_ack() {
         "requeued live messages must keep their authenticated sender"
     );
 }
+
+/// Message ids never repeat across a restart. Clients dedupe by (sender, msg_id), and a
+/// counter that started at 1 at every start gave the first messages after a restart the
+/// ids of the first ones before it: a reconnecting client dropped them as copies.
+#[test]
+fn message_ids_never_repeat_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let ids = |r: &RouterProc| -> Vec<u64> {
+        let mut b = r.raw_login("erin");
+        let mut a = r.client("frank");
+        for i in 0..3u8 {
+            a.send_wait("erin", &[i]).unwrap();
+        }
+        let got = b.delivers(3, T);
+        b.ack(got.last().unwrap().seq);
+        b.ping_pong(7);
+        got.iter().map(|m| m.msg_id).collect()
+    };
+    let r = RouterProc::start(&["--shards", "2", "--data-dir", d]);
+    let before = ids(&r);
+    let (code, _) = r.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    let r = RouterProc::start(&["--shards", "2", "--data-dir", d]);
+    let after = ids(&r);
+    assert!(
+        after.iter().all(|id| !before.contains(id)),
+        "before {before:x?}, after {after:x?}"
+    );
+}
