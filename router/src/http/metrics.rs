@@ -262,7 +262,7 @@ impl prometheus_client::collector::Collector for Scrape {
             },
         )?;
         let st = &self.store;
-        let store_counters: [(&str, &str, f64); 7] = [
+        let store_counters: [(&str, &str, f64); 8] = [
             (
                 "store_requests",
                 "Requests handled by the storage thread.",
@@ -292,6 +292,11 @@ impl prometheus_client::collector::Collector for Scrape {
                 "history_writes",
                 "Times the history held in memory was written to the history log.",
                 st.history_writes as f64,
+            ),
+            (
+                "history_chunk_reads",
+                "Stored history chunks read for History, MarkRead and ListConversations.",
+                st.history_chunk_reads as f64,
             ),
             (
                 "history_compactions",

@@ -46,6 +46,7 @@
 use bytes::Bytes;
 
 use super::histlog::{Loc, LOC_BYTES};
+use crate::shard::MSG_ID_SHARD_SHIFT;
 
 /// Key tag of a chunk.
 pub(crate) const CHUNK_TAG: u8 = b'c';
@@ -121,6 +122,7 @@ pub(crate) const RECORD_FIXED: usize = 21;
 pub(crate) struct ChunkRec<'a> {
     pub(crate) len: usize,
     pub(crate) from: &'a [u8],
+    pub(crate) msg_id: u64,
     pub(crate) ts: u64,
     pub(crate) shared: bool,
 }
@@ -135,9 +137,11 @@ pub(crate) fn chunk_rec(b: &[u8]) -> Option<ChunkRec<'_>> {
     let len = u32::from_be_bytes(fixed.get(16..20)?.try_into().ok()?);
     let shared = len & SHARED_BIT != 0;
     let total = RECORD_FIXED + n + if shared { 0 } else { len as usize };
+    let msg_id = u64::from_be_bytes(fixed.get(..8)?.try_into().ok()?);
     (total <= b.len()).then_some(ChunkRec {
         len: total,
         from,
+        msg_id,
         ts,
         shared,
     })
@@ -156,6 +160,90 @@ pub(crate) struct Segment {
     /// Room for the stored value's header ([`CHUNK_HEADER`] bytes, filled when it is
     /// written), then the records, oldest first.
     pub(crate) data: Vec<u8>,
+    /// The msg_ids of its records, per shard.
+    pub(crate) ids: IdRanges,
+}
+
+/// Per shard that issued some of a chunk's msg_ids (their top bits), the smallest and
+/// the largest: a History `before` or a MarkRead looks for a msg_id only in the chunks
+/// whose ranges hold it, reading each chunk's pointer instead of its records. A shard's
+/// ids grow with time (its counter starts at the clock), so its range in a chunk is
+/// narrow. Kept in the chunk's value after its [`Loc`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct IdRanges {
+    /// (smallest, largest), one per shard.
+    ranges: Vec<(u64, u64)>,
+    /// More shards than [`ID_RANGES_MAX`]: may hold any id.
+    any: bool,
+}
+
+/// Most ranges kept in a chunk's [`IdRanges`].
+const ID_RANGES_MAX: usize = 64;
+
+impl IdRanges {
+    /// Counts `id` in.
+    #[inline]
+    pub(crate) fn note(&mut self, id: u64) {
+        let shard = id >> MSG_ID_SHARD_SHIFT;
+        if let Some(r) = self
+            .ranges
+            .iter_mut()
+            .find(|r| r.0 >> MSG_ID_SHARD_SHIFT == shard)
+        {
+            *r = (r.0.min(id), r.1.max(id));
+        } else if self.ranges.len() < ID_RANGES_MAX {
+            self.ranges.push((id, id));
+        } else {
+            self.any = true;
+        }
+    }
+
+    /// The ranges of encoded records' msg_ids.
+    pub(crate) fn of_records(data: &[u8]) -> IdRanges {
+        let mut ids = IdRanges::default();
+        for r in records(data) {
+            ids.note(r.1);
+        }
+        ids
+    }
+
+    /// False when no record has `id` (a range holds only its own shard's ids).
+    pub(crate) fn may_hold(&self, id: u64) -> bool {
+        self.any || self.ranges.iter().any(|&(lo, hi)| lo <= id && id <= hi)
+    }
+
+    /// Count (u16 BE; `u16::MAX`: any id), then (smallest, largest) as u64 BE each.
+    fn encode(&self, out: &mut Vec<u8>) {
+        if self.any {
+            out.extend_from_slice(&u16::MAX.to_be_bytes());
+            return;
+        }
+        out.extend_from_slice(&(self.ranges.len() as u16).to_be_bytes());
+        for (lo, hi) in &self.ranges {
+            out.extend_from_slice(&lo.to_be_bytes());
+            out.extend_from_slice(&hi.to_be_bytes());
+        }
+    }
+
+    /// `None`: not an encoding.
+    fn decode(b: &[u8]) -> Option<IdRanges> {
+        let n = u16::from_be_bytes(b.get(..2)?.try_into().ok()?);
+        if n == u16::MAX {
+            return (b.len() == 2).then(|| IdRanges {
+                ranges: Vec::new(),
+                any: true,
+            });
+        }
+        let body = b.get(2..)?;
+        if body.len() != usize::from(n) * 16 {
+            return None;
+        }
+        let ranges = body
+            .chunks_exact(16)
+            .map(|c| (be_u64(c).unwrap_or(0), be_u64(&c[8..]).unwrap_or(u64::MAX)))
+            .collect();
+        Some(IdRanges { ranges, any: false })
+    }
 }
 
 impl Segment {
@@ -168,6 +256,7 @@ impl Segment {
             count: 0,
             last_ts: 0,
             data,
+            ids: IdRanges::default(),
         }
     }
 
@@ -180,7 +269,8 @@ impl Segment {
 
     /// Appends one record whose payload a shard shared: `head` is its header as the
     /// chunk had it (the length's [`SHARED_BIT`] set), `payload` the payload.
-    pub(crate) fn push_shared_record(&mut self, head: &[u8], payload: &[u8], ts: u64) {
+    pub(crate) fn push_shared_record(&mut self, head: &[u8], payload: &[u8], ts: u64, msg_id: u64) {
+        self.ids.note(msg_id);
         self.data.reserve(head.len() + payload.len());
         self.data.extend_from_slice(head);
         let n = self.data.len();
@@ -437,15 +527,30 @@ pub(crate) fn parse_chunk(v: &[u8]) -> Option<(u32, u64, ChunkBody<'_>)> {
     if count & IN_LOG == 0 {
         return Some((count, ts, ChunkBody::Inline(rest)));
     }
-    Some((count & !IN_LOG, ts, ChunkBody::Log(Loc::decode(rest)?)))
+    Some((
+        count & !IN_LOG,
+        ts,
+        ChunkBody::Log(Loc::decode(rest.get(..LOC_BYTES)?)?),
+    ))
+}
+
+/// The msg_id ranges of a chunk's value (`None`: a value written before they were kept,
+/// or an inline chunk: it may hold any id).
+pub(crate) fn chunk_ids(v: &[u8]) -> Option<IdRanges> {
+    let count = u32::from_be_bytes(v.get(..4)?.try_into().ok()?);
+    if count & IN_LOG == 0 {
+        return None;
+    }
+    IdRanges::decode(v.get(CHUNK_HEADER + LOC_BYTES..)?)
 }
 
 /// The value of a chunk whose records are in the history log at `loc`.
-pub(crate) fn log_chunk_value(count: u32, last_ts: u64, loc: Loc) -> Vec<u8> {
-    let mut v = Vec::with_capacity(CHUNK_HEADER + LOC_BYTES);
+pub(crate) fn log_chunk_value(count: u32, last_ts: u64, loc: Loc, ids: &IdRanges) -> Vec<u8> {
+    let mut v = Vec::with_capacity(CHUNK_HEADER + LOC_BYTES + 2 + 16 * ids.ranges.len());
     v.extend_from_slice(&(count | IN_LOG).to_be_bytes());
     v.extend_from_slice(&last_ts.to_be_bytes());
     loc.encode(&mut v);
+    ids.encode(&mut v);
     v
 }
 
@@ -580,10 +685,33 @@ mod tests {
             offset: 1 << 40,
             len: 65_000,
         };
-        let v = log_chunk_value(512, 99, loc);
+        let mut ids = IdRanges::default();
+        let (a, b) = (2 << MSG_ID_SHARD_SHIFT, 1 << MSG_ID_SHARD_SHIFT);
+        for id in [a + 10, b + 7, a + 12, b + 5] {
+            ids.note(id);
+        }
+        let v = log_chunk_value(512, 99, loc, &ids);
         assert_eq!(parse_chunk(&v), Some((512, 99, ChunkBody::Log(loc))));
+        let back = chunk_ids(&v).unwrap();
+        assert_eq!(back, ids);
+        // Per shard: shard 2's range does not take shard 1's ids between them.
+        assert!(back.may_hold(a + 11) && back.may_hold(b + 6) && back.may_hold(b + 5));
+        assert!(!back.may_hold(a + 13) && !back.may_hold(b + 4) && !back.may_hold(b + 11));
+        // Past ID_RANGES_MAX shards: any id.
+        let mut many = IdRanges::default();
+        for s in 1..=ID_RANGES_MAX as u64 + 1 {
+            many.note(s << MSG_ID_SHARD_SHIFT);
+        }
+        let v = log_chunk_value(1, 1, loc, &many);
+        assert!(chunk_ids(&v).unwrap().may_hold(12345));
+        // A value from before the ranges: none (any id), and still a chunk.
+        let mut old = v[..CHUNK_HEADER + LOC_BYTES].to_vec();
+        assert!(chunk_ids(&old).is_none());
+        assert!(parse_chunk(&old).is_some());
+        old.push(0);
+        assert!(chunk_ids(&old).is_none(), "a torn encoding is none");
         assert_eq!(
-            parse_chunk(&v[..v.len() - 1]),
+            parse_chunk(&old[..CHUNK_HEADER + LOC_BYTES - 1]),
             None,
             "a short pointer is corrupt"
         );

@@ -141,6 +141,57 @@ fn pages_backwards(h: &StoreHandle) {
     assert_eq!(ids(page(h, "alice", "carol", 0, 5)), Vec::<u64>::new());
 }
 
+/// A History `before` or a MarkRead that no recent page ended at reads only the chunks
+/// whose msg_id ranges hold it (before: every chunk from the newest, up to the bytes
+/// bound, 64 MiB a request).
+#[test]
+fn a_before_or_a_mark_reads_only_the_chunks_that_may_hold_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Written at once: a stored chunk per append.
+    let h = open_with(dir.path(), 10_000, None, 0, Duration::from_secs(3600));
+    // Two senders homed on two shards, alternating chunks of 10.
+    let (a, b) = (1u64 << 54, 2u64 << 54);
+    for i in 0..50 {
+        dm(&h, "alice", "bob", a + i * 10..a + i * 10 + 10, 10);
+        dm(&h, "bob", "alice", b + i * 10..b + i * 10 + 10, 10);
+    }
+    let reads = || h.stats().history_chunk_reads;
+    let r0 = reads();
+    // In the oldest chunk: found in it, then the page reads it alone.
+    assert_eq!(
+        ids(page(&h, "alice", "bob", a + 5, 3)),
+        vec![a + 2, a + 3, a + 4]
+    );
+    assert!(reads() - r0 <= 2, "{} chunks read", reads() - r0);
+    // An id no chunk holds (in no range, or from a shard with none): nothing read.
+    let r1 = reads();
+    for missing in [a + 9999, b - 1, (3 << 54) + 5] {
+        assert_eq!(
+            page(&h, "alice", "bob", missing, 3),
+            HistPage::BeforeNotFound
+        );
+    }
+    assert_eq!(reads(), r1);
+    // MarkRead of an old message: its chunk alone.
+    let r2 = reads();
+    call(|cb| h.history_mark("bob", Some("alice".into()), None, b + 15, cb)).unwrap();
+    assert!(reads() - r2 <= 1, "{} chunks read", reads() - r2);
+    // The whole conversation still pages back in order.
+    let mut all = Vec::new();
+    let mut before = 0;
+    loop {
+        let p = ids(page(&h, "bob", "alice", before, 37));
+        if p.is_empty() {
+            break;
+        }
+        before = p[0];
+        all.splice(0..0, p);
+    }
+    assert_eq!(all.len(), 1000);
+    assert_eq!(all[0], a);
+    assert_eq!(all[999], b + 499);
+}
+
 #[test]
 fn history_keeps_the_last_n_and_trims_lazily() {
     let dir = tempfile::tempdir().unwrap();

@@ -231,6 +231,8 @@ pub struct StoreStats {
     pub history_writes: u64,
     /// History log files compacted (see `store::histlog`).
     pub history_compactions: u64,
+    /// Stored history chunks read for queries (History, MarkRead, ListConversations).
+    pub history_chunk_reads: u64,
     /// Bytes in the history log's files, and the live ones among them (gauges, as of
     /// the last history write).
     pub history_log_bytes: u64,
@@ -251,6 +253,7 @@ pub(crate) struct StatCells {
     forgotten: AtomicU64,
     history_writes: AtomicU64,
     history_compactions: AtomicU64,
+    history_chunk_reads: AtomicU64,
     history_log_bytes: AtomicU64,
     history_log_live_bytes: AtomicU64,
 }
@@ -631,6 +634,7 @@ impl StoreHandle {
             forgotten: l(&s.forgotten),
             history_writes: l(&s.history_writes),
             history_compactions: l(&s.history_compactions),
+            history_chunk_reads: l(&s.history_chunk_reads),
             history_log_bytes: l(&s.history_log_bytes),
             history_log_live_bytes: l(&s.history_log_live_bytes),
             hash_jobs: self.inner.hash_queued.load(Ordering::Relaxed) as u64,

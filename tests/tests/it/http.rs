@@ -298,6 +298,7 @@ fn metrics_parse_and_move_with_traffic() {
         "ringrouter_store_commit_seconds_total",
         "ringrouter_history_writes_total",
         "ringrouter_history_compactions_total",
+        "ringrouter_history_chunk_reads_total",
         "ringrouter_history_log_bytes",
         "ringrouter_history_log_live_bytes",
         "ringrouter_delivery_latency_seconds_count",

@@ -11,10 +11,10 @@ use bytes::Bytes;
 
 use super::super::histlog;
 use super::super::history::{
-    chunk_key, chunk_prefix, chunk_rec, chunk_seq, decode_u64, dm_conv, log_chunk_value, mark_key,
-    mark_prefix, parse_chunk, parse_conv, records, room_conv, user_key, user_prefix, ChunkBody,
-    ConvName, ConvSummary, HistChunk, HistMsg, HistPage, HistQuery, HistoryOptions, RawRecord,
-    Segment, PAGE_MSG_OVERHEAD, RECORD_FIXED,
+    chunk_ids, chunk_key, chunk_prefix, chunk_rec, chunk_seq, decode_u64, dm_conv, log_chunk_value,
+    mark_key, mark_prefix, parse_chunk, parse_conv, records, room_conv, user_key, user_prefix,
+    ChunkBody, ConvName, ConvSummary, HistChunk, HistMsg, HistPage, HistQuery, HistoryOptions,
+    IdRanges, RawRecord, Segment, PAGE_MSG_OVERHEAD, RECORD_FIXED,
 };
 use super::{member_key, now_us, Ks, Op, Worker, CACHE_MAX};
 use crate::store::{Durability, StoreError, StoreResult};
@@ -32,7 +32,9 @@ const SEGMENT_MAX_BYTES: usize = 64 * 1024;
 const COMPACT_PER_FLUSH: usize = 4;
 
 /// An entry compaction moves: key, count, newest ts, where it was, its data.
-type Move<'a> = (Vec<u8>, u32, u64, histlog::Loc, &'a [u8]);
+/// A chunk to put: key, count, newest ts, records, msg_id ranges.
+type PutChunk<'a> = (&'a [u8], u32, u64, &'a [u8], &'a IdRanges);
+type Move<'a> = (Vec<u8>, u32, u64, histlog::Loc, &'a [u8], IdRanges);
 
 /// Most conversation entries one ListConversations looks at (a bound on the work of one
 /// request, whatever the user's number of conversations).
@@ -317,7 +319,7 @@ impl Worker {
                     // Its header, then the payload the shard shared.
                     let head = data.get(p..p + r.len).unwrap_or_default();
                     let payload = shared.next().unwrap_or_default();
-                    seg.push_shared_record(head, &payload, r.ts);
+                    seg.push_shared_record(head, &payload, r.ts, r.msg_id);
                     p += r.len;
                     left = left.saturating_sub(r.len + payload.len());
                     seq += 1;
@@ -332,6 +334,7 @@ impl Worker {
                                 p += r.len;
                                 n += 1;
                                 ts = ts.max(r.ts);
+                                seg.ids.note(r.msg_id);
                             }
                             _ => break,
                         }
@@ -435,20 +438,20 @@ impl Worker {
     fn hist_write_chunks(&mut self, writes: Vec<(Vec<u8>, Segment)>) -> StoreResult<()> {
         let chunks = writes
             .iter()
-            .map(|(k, s)| (&k[..], s.count, s.last_ts, s.records()));
+            .map(|(k, s)| (&k[..], s.count, s.last_ts, s.records(), &s.ids));
         self.hist_put_chunks(chunks.collect())
     }
 
-    /// Appends chunks (key, count, newest ts, records) to the history log and puts their
-    /// keys, pointing there (new segments, and what compaction moves).
-    fn hist_put_chunks(&mut self, chunks: Vec<(&[u8], u32, u64, &[u8])>) -> StoreResult<()> {
+    /// Appends chunks (key, count, newest ts, records, msg_id ranges) to the history log
+    /// and puts their keys, pointing there (new segments, and what compaction moves).
+    fn hist_put_chunks(&mut self, chunks: Vec<PutChunk<'_>>) -> StoreResult<()> {
         if chunks.is_empty() {
             return Ok(());
         }
         let items: Vec<(&[u8], &[u8])> = chunks.iter().map(|c| (c.0, c.3)).collect();
         let locs = self.dbs.hlog.append(&items).map_err(log_err)?;
-        for ((key, count, ts, _), loc) in chunks.into_iter().zip(locs) {
-            let value = log_chunk_value(count, ts, loc);
+        for ((key, count, ts, _, ids), loc) in chunks.into_iter().zip(locs) {
+            let value = log_chunk_value(count, ts, loc, ids);
             self.ops.push(Op::Put(Ks::History, key.to_vec(), value));
         }
         Ok(())
@@ -476,11 +479,16 @@ impl Worker {
                 };
                 if let Some((count, ts, ChunkBody::Log(loc))) = parse_chunk(&v) {
                     if loc.file == id && loc.offset == offset && loc.len as usize == data.len() {
-                        moves.push((key.to_vec(), count, ts, loc, data));
+                        // (Ranges from the records: a value from before them has none.)
+                        let ids = IdRanges::of_records(data);
+                        moves.push((key.to_vec(), count, ts, loc, data, ids));
                     }
                 }
             }
-            let chunks = moves.iter().map(|m| (&m.0[..], m.1, m.2, m.4)).collect();
+            let chunks = moves
+                .iter()
+                .map(|m| (&m.0[..], m.1, m.2, m.4, &m.5))
+                .collect();
             self.hist_put_chunks(chunks)?;
             for m in &moves {
                 self.dbs.hlog.release(m.3);
@@ -516,6 +524,9 @@ impl Worker {
         key: &[u8],
         body: ChunkBody<'a>,
     ) -> StoreResult<Option<Cow<'a, [u8]>>> {
+        self.stats
+            .history_chunk_reads
+            .fetch_add(1, Ordering::Relaxed);
         match body {
             ChunkBody::Inline(d) => Ok(Some(Cow::Borrowed(d))),
             ChunkBody::Log(loc) => match self.dbs.hlog.read(loc, key).map_err(log_err)? {
@@ -606,6 +617,58 @@ impl Worker {
         Ok(())
     }
 
+    /// The seq of the visible message `msg_id` (seq ≥ `from`, not older than `cutoff`)
+    /// of a conversation, if it is kept: newest first, reading the records only of the
+    /// segments and chunks whose msg_id ranges hold it (each stored chunk's pointer is
+    /// read; chunks written before the ranges were kept are read whole).
+    fn hist_find_seq(
+        &self,
+        conv: &[u8],
+        msg_id: u64,
+        from: u64,
+        cutoff: u64,
+    ) -> StoreResult<Option<u64>> {
+        let found = |first: u64, data: &[u8]| {
+            let mut seq = None;
+            for (i, r) in records(data).enumerate() {
+                if r.1 == msg_id {
+                    seq = Some((first + i as u64, r.2));
+                }
+            }
+            seq.map(|(s, ts)| (s >= from && ts >= cutoff).then_some(s))
+        };
+        let tail = self.hist.tails.get(conv);
+        for s in tail.iter().flat_map(|t| t.segs.iter().rev()) {
+            if s.end_seq() <= from {
+                return Ok(None);
+            }
+            if s.ids.may_hold(msg_id) {
+                if let Some(r) = found(s.first_seq, s.records()) {
+                    return Ok(r);
+                }
+            }
+        }
+        let prefix = chunk_prefix(conv);
+        for g in self.dbs.history.prefix(&prefix).rev() {
+            let (k, v) = g.into_inner()?;
+            let seq = chunk_seq(&prefix, &k).ok_or_else(|| corrupt("key"))?;
+            let (count, _, body) = parse_chunk(&v).ok_or_else(|| corrupt("chunk"))?;
+            if seq + u64::from(count) <= from {
+                break;
+            }
+            if chunk_ids(&v).is_some_and(|ids| !ids.may_hold(msg_id)) {
+                continue;
+            }
+            let Some(data) = self.chunk_records(&k, body)? else {
+                continue;
+            };
+            if let Some(r) = found(seq, &data) {
+                return Ok(r);
+            }
+        }
+        Ok(None)
+    }
+
     /// The conversation `user` asks about (`None`: a room it is not a member of).
     fn asked_conv(
         &self,
@@ -635,13 +698,18 @@ impl Worker {
         let from = self.visible_from(&st);
         let cutoff = self.age_cutoff();
         let mut out = Vec::new();
-        // The seq of `before`, when a page that ended at it was answered recently: the
-        // scan then starts at its chunk instead of looking for it from the newest.
+        // The seq of `before`: from the pages answered recently, else looked for in the
+        // chunks whose msg_id ranges hold it. The page starts just before it.
         let start = match q.before {
             0 => None,
-            b => self.hist.cursors.get(&(conv.clone(), b)).copied(),
+            b => match self.hist.cursors.get(&(conv.clone(), b)).copied() {
+                Some(s) => Some(s),
+                None => match self.hist_find_seq(&conv, b, from, cutoff)? {
+                    Some(s) => Some(s),
+                    None => return Ok(HistPage::BeforeNotFound),
+                },
+            },
         };
-        let mut found = q.before == 0 || start.is_some();
         let mut oldest_seq = 0;
         let mut bytes = 0usize;
         self.hist_chunks_rev(
@@ -662,10 +730,6 @@ impl Worker {
                     if s < from || r.2 < cutoff {
                         return false;
                     }
-                    if !found {
-                        found = r.1 == q.before;
-                        continue;
-                    }
                     bytes += r.0.len() + r.3.len() + PAGE_MSG_OVERHEAD;
                     if bytes > q.max_bytes && !out.is_empty() {
                         return false;
@@ -679,9 +743,6 @@ impl Worker {
                 true
             },
         )?;
-        if !found {
-            return Ok(HistPage::BeforeNotFound);
-        }
         if let Some(m) = out.last() {
             if self.hist.cursors.len() >= CURSORS_MAX {
                 self.hist.cursors.clear();
@@ -709,19 +770,7 @@ impl Worker {
         };
         let st = self.conv_state(&conv)?;
         let from = self.visible_from(&st);
-        let mut seq = None;
-        self.hist_chunks_rev(&conv, u64::MAX, |first, count, _, data| {
-            if first + u64::from(count) <= from {
-                return false;
-            }
-            for (i, r) in records(data).enumerate() {
-                if r.1 == msg_id && first + i as u64 >= from {
-                    seq = Some(first + i as u64);
-                }
-            }
-            seq.is_none()
-        })?;
-        let Some(seq) = seq else {
+        let Some(seq) = self.hist_find_seq(&conv, msg_id, from, 0)? else {
             return Ok(());
         };
         let e = self
