@@ -483,7 +483,7 @@ fn open_log(dir: &std::path::Path, keep: u64, file_bytes: u64, d: Durability) ->
 }
 
 /// Bytes of the history log's files on disk (dead ones kept for reuse left out: at
-/// most two, checked here).
+/// most `FREE_MAX`, 8, checked here).
 fn log_disk_bytes(dir: &std::path::Path) -> u64 {
     let (mut live, mut free) = (0, 0);
     for e in std::fs::read_dir(dir.join("history")).unwrap() {
@@ -494,7 +494,7 @@ fn log_disk_bytes(dir: &std::path::Path) -> u64 {
             live += e.metadata().unwrap().len();
         }
     }
-    assert!(free <= 2, "{free} dead files kept");
+    assert!(free <= 8, "{free} dead files kept");
     live
 }
 
