@@ -122,9 +122,15 @@ pub(crate) const RECORD_FIXED: usize = 21;
 pub(crate) struct ChunkRec<'a> {
     pub(crate) len: usize,
     pub(crate) from: &'a [u8],
-    pub(crate) msg_id: u64,
     pub(crate) ts: u64,
     pub(crate) shared: bool,
+}
+
+/// The msg_id of the record at the start of `b`, whose sender is `from_len` bytes (0 if
+/// `b` is short: only whole records, checked by [`chunk_rec`], are asked).
+#[inline]
+pub(crate) fn rec_msg_id(b: &[u8], from_len: usize) -> u64 {
+    b.get(1 + from_len..).map_or(0, |r| be_u64(r).unwrap_or(0))
 }
 
 /// The record of a [`HistChunk`] at the start of `b` (`None`: not a whole record).
@@ -137,11 +143,9 @@ pub(crate) fn chunk_rec(b: &[u8]) -> Option<ChunkRec<'_>> {
     let len = u32::from_be_bytes(fixed.get(16..20)?.try_into().ok()?);
     let shared = len & SHARED_BIT != 0;
     let total = RECORD_FIXED + n + if shared { 0 } else { len as usize };
-    let msg_id = u64::from_be_bytes(fixed.get(..8)?.try_into().ok()?);
     (total <= b.len()).then_some(ChunkRec {
         len: total,
         from,
-        msg_id,
         ts,
         shared,
     })
@@ -184,6 +188,18 @@ impl IdRanges {
     /// Counts `id` in.
     #[inline]
     pub(crate) fn note(&mut self, id: u64) {
+        // Most records of a chunk come from the shard of the one before.
+        if let Some(r) = self.ranges.last_mut() {
+            if (r.0 ^ id) >> MSG_ID_SHARD_SHIFT == 0 {
+                *r = (r.0.min(id), r.1.max(id));
+                return;
+            }
+        }
+        self.note_other(id);
+    }
+
+    /// [`IdRanges::note`] of an id from another shard than the last one's.
+    fn note_other(&mut self, id: u64) {
         let shard = id >> MSG_ID_SHARD_SHIFT;
         if let Some(r) = self
             .ranges

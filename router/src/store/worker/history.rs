@@ -12,9 +12,9 @@ use bytes::Bytes;
 use super::super::histlog;
 use super::super::history::{
     chunk_ids, chunk_key, chunk_prefix, chunk_rec, chunk_seq, decode_u64, dm_conv, log_chunk_value,
-    mark_key, mark_prefix, parse_chunk, parse_conv, records, room_conv, user_key, user_prefix,
-    ChunkBody, ConvName, ConvSummary, HistChunk, HistMsg, HistPage, HistQuery, HistoryOptions,
-    IdRanges, RawRecord, Segment, PAGE_MSG_OVERHEAD, RECORD_FIXED,
+    mark_key, mark_prefix, parse_chunk, parse_conv, rec_msg_id, records, room_conv, user_key,
+    user_prefix, ChunkBody, ConvName, ConvSummary, HistChunk, HistMsg, HistPage, HistQuery,
+    HistoryOptions, IdRanges, RawRecord, Segment, PAGE_MSG_OVERHEAD, RECORD_FIXED,
 };
 use super::{member_key, now_us, Ks, Op, Worker, CACHE_MAX};
 use crate::store::{Durability, StoreError, StoreResult};
@@ -319,7 +319,7 @@ impl Worker {
                     // Its header, then the payload the shard shared.
                     let head = data.get(p..p + r.len).unwrap_or_default();
                     let payload = shared.next().unwrap_or_default();
-                    seg.push_shared_record(head, &payload, r.ts, r.msg_id);
+                    seg.push_shared_record(head, &payload, r.ts, rec_msg_id(head, r.from.len()));
                     p += r.len;
                     left = left.saturating_sub(r.len + payload.len());
                     seq += 1;
@@ -331,10 +331,13 @@ impl Worker {
                     {
                         match data.get(p..).and_then(chunk_rec) {
                             Some(r) if !r.shared => {
+                                seg.ids.note(rec_msg_id(
+                                    data.get(p..).unwrap_or_default(),
+                                    r.from.len(),
+                                ));
                                 p += r.len;
                                 n += 1;
                                 ts = ts.max(r.ts);
-                                seg.ids.note(r.msg_id);
                             }
                             _ => break,
                         }
