@@ -576,12 +576,28 @@ impl HistLog {
     /// Notes `f`'s bytes (file `id`) not yet in `cached`: all of them, the file being
     /// closed for appends.
     fn note_cached(&mut self, id: u32, f: File) {
-        let size = self.files.get(&id).map_or(0, |s| s.size);
-        if size > self.noted {
-            self.cached_bytes += size - self.noted;
-            self.cached.push_back((id, f, self.noted, size));
-        }
+        self.note_range(id, || Ok(f));
         self.noted = 0;
+    }
+
+    /// Adds what file `id` (the active one, or the one just closed) holds past `noted` to
+    /// `cached`: it extends the file's last range (the ranges of a file are contiguous),
+    /// else starts one with the handle `f` gives.
+    fn note_range(&mut self, id: u32, f: impl FnOnce() -> io::Result<File>) {
+        let size = self.files.get(&id).map_or(0, |s| s.size);
+        if size <= self.noted {
+            return;
+        }
+        match self.cached.back_mut() {
+            Some(last) if last.0 == id && last.3 == self.noted => last.3 = size,
+            _ => match f() {
+                Ok(f) => self.cached.push_back((id, f, self.noted, size)),
+                // (Left to the kernel.)
+                Err(_) => return,
+            },
+        }
+        self.cached_bytes += size - self.noted;
+        self.noted = size;
     }
 
     /// Keeps the log's footprint in the page cache at about [`CACHED_BEHIND`]: what was
@@ -599,14 +615,18 @@ impl HistLog {
     pub(crate) fn drop_behind(&mut self) {
         self.appended = 0;
         if let Some((id, f)) = &self.active {
-            let (id, size) = (*id, self.files.get(id).map_or(0, |s| s.size));
-            if size > self.noted {
-                if let Ok(dup) = f.try_clone() {
-                    self.cached_bytes += size - self.noted;
-                    self.cached.push_back((id, dup, self.noted, size));
-                    self.noted = size;
-                }
-            }
+            let id = *id;
+            // A handle of its own only for a new range (one per file, not per call).
+            let extends = self
+                .cached
+                .back()
+                .is_some_and(|l| l.0 == id && l.3 == self.noted);
+            let dup = if extends {
+                Err(io::ErrorKind::Unsupported.into())
+            } else {
+                f.try_clone()
+            };
+            self.note_range(id, || dup);
         }
         while self.cached_bytes > self.cache_behind || self.cached.len() > CACHED_RANGES_MAX {
             let Some((id, f, from, to)) = self.cached.pop_front() else {
@@ -878,6 +898,10 @@ mod tests {
             locs.push((i, log.append(&[(&[i][..], &vec![i; 1000][..])]).unwrap()[0]));
             log.drop_behind();
             assert!(log.cached_bytes <= 11_000, "{} cached", log.cached_bytes);
+            // One range (and one file handle) per file, however many calls.
+            let mut files: Vec<u32> = log.cached.iter().map(|c| c.0).collect();
+            files.dedup();
+            assert_eq!(files.len(), log.cached.len());
         }
         let (first, last) = (locs[0].1.file, locs[19].1.file);
         assert!(log.dropped.contains(&first), "the oldest file was dropped");
