@@ -54,7 +54,8 @@ fn stamp() -> DeliverStamp<'static> {
         from_user: b"user-sender-0042",
         to_room: b"",
         server_ts_us: 1_760_000_000_000_000,
-        msg_id: (1u64 << 48) | 987_654,
+        // (Shard 0's id layout: the shard + 1 in the top 10 bits, a clock-seeded counter.)
+        msg_id: (1u64 << 54) | 452_250_000_987_654,
     }
 }
 

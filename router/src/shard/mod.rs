@@ -87,6 +87,12 @@ pub(crate) fn msg_id_clock() -> u64 {
     let ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
+    if ns < MSG_ID_EPOCH_NS {
+        tracing::warn!(
+            "the clock is before 2026-01-01: message ids start at 1 and may repeat those of \
+             an earlier start (clients dedupe by sender and msg_id)"
+        );
+    }
     let ticks = ns.saturating_sub(MSG_ID_EPOCH_NS) >> 6;
     // (At least 1: 0 is no id.)
     (ticks as u64 & ((1 << MSG_ID_SHARD_SHIFT) - 1)).max(1)

@@ -134,6 +134,8 @@ pub(crate) struct HistLog {
     dropped: BTreeSet<u32>,
     /// The thread that writes ranges back and drops them (started by the first drop).
     behind: Option<SyncSender<(File, u64, u64)>>,
+    /// Starting that thread failed (not tried again).
+    behind_failed: bool,
 }
 
 /// Entries up to this size are copied into one buffer and written with one `write`;
@@ -291,6 +293,7 @@ impl HistLog {
             appended: 0,
             dropped: BTreeSet::new(),
             behind: None,
+            behind_failed: false,
         })
     }
 
@@ -633,18 +636,20 @@ impl HistLog {
                 break;
             };
             self.cached_bytes -= to - from;
-            self.dropped.insert(id);
-            let Some(tx) = self.behind_thread() else {
-                continue;
-            };
-            // A full queue (the disk is behind): these pages are left to the kernel.
-            let _ = tx.try_send((f, from, to));
+            // A full queue (the disk is behind), or no thread: these pages are left to
+            // the kernel, and the file may still be reused.
+            if self
+                .behind_thread()
+                .is_some_and(|tx| tx.try_send((f, from, to)).is_ok())
+            {
+                self.dropped.insert(id);
+            }
         }
     }
 
     /// The drop-behind thread's queue (the thread started on first use).
     fn behind_thread(&mut self) -> Option<&SyncSender<(File, u64, u64)>> {
-        if self.behind.is_none() {
+        if self.behind.is_none() && !self.behind_failed {
             let (tx, rx) = mpsc::sync_channel::<(File, u64, u64)>(BEHIND_QUEUE);
             let spawned = std::thread::Builder::new()
                 .name("rr-hlog-drop".into())
@@ -655,7 +660,10 @@ impl HistLog {
                 });
             match spawned {
                 Ok(_) => self.behind = Some(tx),
-                Err(e) => tracing::warn!(error = %e, "history log: no drop-behind thread"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "history log: no drop-behind thread");
+                    self.behind_failed = true;
+                }
             }
         }
         self.behind.as_ref()

@@ -200,6 +200,11 @@ impl IdRanges {
 
     /// [`IdRanges::note`] of an id from another shard than the last one's.
     fn note_other(&mut self, id: u64) {
+        if self.any {
+            // (Ids a client chose, as the web client's random ones, fill the ranges at
+            // once: past that, nothing more to look at per record.)
+            return;
+        }
         let shard = id >> MSG_ID_SHARD_SHIFT;
         if let Some(r) = self
             .ranges
