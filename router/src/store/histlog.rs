@@ -636,6 +636,10 @@ impl HistLog {
                 break;
             };
             self.cached_bytes -= to - from;
+            if self.files.get(&id).is_none_or(|s| s.live == 0) {
+                // Dead (its pages go with the file): nothing to write back.
+                continue;
+            }
             // A full queue (the disk is behind), or no thread: these pages are left to
             // the kernel, and the file may still be reused.
             if self
