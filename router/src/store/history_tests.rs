@@ -204,15 +204,7 @@ fn history_keeps_the_last_n_and_trims_lazily() {
     let h = open(dir.path(), 100, None);
     let p = ids(page(&h, "a", "b", 0, 500));
     assert_eq!(p, (901..1001).collect::<Vec<_>>());
-    let q = HistQuery {
-        user: "a".into(),
-        peer: Some("b".into()),
-        room: None,
-        before: 0,
-        limit: 1,
-        max_bytes: usize::MAX,
-    };
-    let _ = call(|cb| h.history_query(q, cb)).unwrap();
+    let _ = page(&h, "a", "b", 0, 1);
 }
 
 #[test]
@@ -618,15 +610,7 @@ fn shared_and_copied_payloads_read_back_in_order_across_segments() {
         }
         assert_eq!(c.shared.len(), 40);
         call(|cb| h.history_append(vec![c], cb)).unwrap();
-        let q = HistQuery {
-            user: "alice".into(),
-            peer: Some("bob".into()),
-            room: None,
-            before: 0,
-            limit: 500,
-            max_bytes: usize::MAX,
-        };
-        let HistPage::Messages(m) = call(|cb| h.history_query(q, cb)).unwrap() else {
+        let HistPage::Messages(m) = page(&h, "alice", "bob", 0, 500) else {
             panic!("no page");
         };
         assert_eq!(m.len(), 120);
