@@ -265,6 +265,11 @@ async fn read_loop(
             };
             let mut bad = None;
             let mut rest = None;
+            // Whether a frame of this chunk queued an answer on a session over its bound
+            // or took this session to `max_requests_in_flight` (a flag left by work done
+            // between chunks, a mailbox or a store answer, is not this chunk's).
+            let mut answered_over = false;
+            sh.answers_over = false;
             for r in frames(&chunk[start..]) {
                 let range = start + r.start..start + r.end;
                 let end = range.end;
@@ -284,8 +289,11 @@ async fn read_loop(
                 // `max_requests_in_flight` requests waiting on the store), the session's
                 // next frames wait for it to drain: a chunk of cheap requests with big
                 // answers queues at most one answer past the bound.
-                if sh.answers_over && end < chunk.len() {
+                if sh.answers_over {
                     sh.answers_over = false;
+                    answered_over = true;
+                }
+                if answered_over && end < chunk.len() {
                     if sh.sessions.get(key).is_none_or(|s| s.closing.is_some()) {
                         // Closed by that answer (past its hard cap).
                         flow = Flow::Stop;
@@ -316,9 +324,12 @@ async fn read_loop(
                 }
             }
             // The session's own answers (errors, Pongs, results) count against its
-            // budget like deliveries do: over it, this client is not read until its
-            // queue drains (or it is closed as a slow consumer).
-            if !sh.drained(key) && !blocked.contains(&key) {
+            // budget like deliveries do: a chunk that queued one while the session is
+            // over it is the last read until its queue drains (or it is closed as a slow
+            // consumer). A chunk that asked for nothing (acks) does not stop the reader:
+            // a receiver whose queue its senders keep at the bound must still have its
+            // acks taken, or it is cut at `max_unacked_per_session` while it keeps up.
+            if answered_over && !sh.drained(key) && !blocked.contains(&key) {
                 blocked.push(key);
             }
             if sh.sessions.get(key).is_none_or(|s| s.closing.is_some()) {

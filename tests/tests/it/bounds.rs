@@ -997,3 +997,56 @@ fn held_unacked_is_small(r: &RouterProc, keeper: &mut Raw, count: usize, before:
         "{grown_mib} MiB held for {count} unacked 300-byte deliveries"
     );
 }
+
+/// A receiver whose outbound queue stays over `--max-pending-bytes` (its sender
+/// outpaces it) still has its acks read: only its own answers count against its
+/// reading. (Before: its reader waited for its own queue to drain, and while the queue
+/// hovered at the bound — refilled by the sender each time it drained — it took no ack
+/// for as long as the flood lasted, until `--max-unacked-per-session` cut a consumer that
+/// was keeping up. The load generator hit it at one pair × 1 KiB on the epoll driver.)
+#[test]
+fn a_receiver_over_its_queue_bound_still_has_its_acks_read() {
+    const N: usize = 30_000;
+    const ACK_EVERY: usize = 256;
+    for driver in [Driver::Default, Driver::Legacy] {
+        let r = RouterProc::start_with(
+            &[
+                "--shards",
+                "1",
+                "--max-pending-bytes",
+                "64KiB",
+                "--max-unacked-per-session",
+                "8192",
+                "--history-per-conversation",
+                "0",
+            ],
+            driver,
+        );
+        let mut rcv = r.raw_login("drinker");
+        let mut snd = r.raw_login("firehose");
+        let payload = vec![b'p'; 1024];
+        let one = send_frame_bytes("drinker", &payload, false, 0);
+        let flood = thread::spawn(move || {
+            let mut chunk = Vec::with_capacity(one.len() * 1000);
+            for _ in 0..N / 1000 {
+                chunk.clear();
+                for _ in 0..1000 {
+                    chunk.extend_from_slice(&one);
+                }
+                snd.write(&chunk).expect("the sender is not cut");
+            }
+            snd
+        });
+        let mut got = 0;
+        while got < N {
+            let page = rcv.delivers(ACK_EVERY.min(N - got), T);
+            got += page.len();
+            rcv.ack(page.last().expect("a page").seq);
+        }
+        let mut snd = flood.join().expect("flood");
+        // Both still logged in: nobody was cut.
+        rcv.ping_pong(1);
+        snd.ping_pong(2);
+        assert_eq!(got, N, "{driver:?}");
+    }
+}
