@@ -108,6 +108,18 @@ def test_load_run_unreachable_router(closed_port_addr: str) -> None:
         load.run(closed_port_addr, pairs=1, messages=10)
 
 
+def test_a_run_whose_receiver_the_router_cuts_fails_at_once_with_the_reason(own_router) -> None:
+    # The router cuts a receiver past 1 000 unacked deliveries; the load acks every 1 024
+    # and its window is 16 000, so the cut comes early and the sender would wait for
+    # window room that nothing frees. (Before: the run sat there until the stall
+    # watchdog, 40 s, and once not even then.)
+    r = own_router("--max-unacked-per-session", "1000")
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="slow consumer"):
+        load.run(r.addr, pairs=1, size=1024, messages=200_000, window=16_000)
+    assert time.monotonic() - t0 < 10
+
+
 def test_cli_json(router: Router) -> None:
     p = run_python(
         "-m", "ringrouter.load", "--addr", router.addr, "--pairs", "2", "--size", "64",

@@ -110,6 +110,18 @@ impl Shared {
         }
     }
 
+    /// Ends the run now: a receiver's stream ended before its end marker (the server
+    /// closed it, or it sent bytes that are not the protocol) while senders may still
+    /// be sending, and nothing would free their windows. Every socket is shut down
+    /// (the same as the stall watchdog does, without waiting for it); the run then
+    /// reports what was lost and its failure.
+    fn abort(&self) {
+        if !self.stop.swap(true, Ordering::AcqRel) {
+            cut_all(&self.sender_fds);
+            cut_all(&self.receiver_fds);
+        }
+    }
+
     /// The first failure, if any.
     pub(super) fn failure(&self) -> Option<String> {
         self.failed.lock().ok().and_then(|f| f.clone())
@@ -493,13 +505,13 @@ pub(super) fn monitor(
                 shared.sent.load(Ordering::Relaxed),
             );
             cut_all(&shared.sender_fds);
-            cut_receivers(shared);
+            cut_all(&shared.receiver_fds);
         } else if !cut
             && shared.senders_left.load(Ordering::Acquire) == 0
             && now.duration_since(last_progress.1) >= shared.cfg.drain_timeout
         {
             cut = true;
-            cut_receivers(shared);
+            cut_all(&shared.receiver_fds);
         }
         if now >= next_sample {
             next_sample += sample;
@@ -529,16 +541,6 @@ fn cut_all(fds: &Mutex<Vec<i32>>) {
     if let Ok(fds) = fds.lock() {
         for &fd in fds.iter() {
             // Safety: shutdown(2) on a socket the engine still owns.
-            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-        }
-    }
-}
-
-/// Shuts every receiver socket down, which wakes their readers.
-fn cut_receivers(shared: &Shared) {
-    if let Ok(fds) = shared.receiver_fds.lock() {
-        for &fd in fds.iter() {
-            // Safety: shutdown(2) on a socket the engine still owns; it only wakes the reader.
             unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
         }
     }
@@ -950,7 +952,17 @@ async fn receiver(
     conn: Conn,
     hist: Rc<RefCell<Histogram<u64>>>,
 ) -> RecvResult {
-    let res = receive(&shared, &flow, conn, &hist).await;
+    let (res, ended) = receive(&shared, &flow, conn, &hist).await;
+    if !ended {
+        if !shared.stop.load(Ordering::Acquire) && shared.senders_left.load(Ordering::Acquire) > 0 {
+            shared.fail(format!(
+                "a receiver's connection ended after {} messages, before its end marker, \
+                 while senders were still sending",
+                res.delivered
+            ));
+        }
+        shared.abort();
+    }
     flow.receivers_done.fetch_add(1, Ordering::AcqRel);
     // A sender waiting for window room learns that nothing more will free it (the
     // stall watchdog cut the run).
@@ -966,6 +978,8 @@ struct Receiving {
     last_seq: u64,
     /// The end marker came (or the stream failed).
     done: bool,
+    /// The stream failed: the server sent an error or bytes that are not the protocol.
+    failed: bool,
 }
 
 async fn receive(
@@ -973,7 +987,7 @@ async fn receive(
     flow: &Flow,
     conn: Conn,
     hist: &RefCell<Histogram<u64>>,
-) -> RecvResult {
+) -> (RecvResult, bool) {
     let Conn {
         mut stream,
         mut buf,
@@ -990,6 +1004,7 @@ async fn receive(
         expect_seq: 1,
         last_seq: 0,
         done: false,
+        failed: false,
     };
     let mut acker = Acker::new();
     let protocol = shared.cfg.protocol;
@@ -1031,10 +1046,11 @@ async fn receive(
             }
         }
     }
-    if r.done {
+    let ended = r.done && !r.failed;
+    if ended {
         tx.finish(&mut stream).await;
     }
-    r.res
+    (r.res, ended)
 }
 
 impl Receiving {
@@ -1079,6 +1095,7 @@ impl Receiving {
                 Err(e) => {
                     shared.fail(e);
                     self.done = true;
+                    self.failed = true;
                     break;
                 }
             }
