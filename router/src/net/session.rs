@@ -345,11 +345,17 @@ async fn read_loop(
         // Remote recipients pause this reader through its shard's pause table
         // (`shard::pause`) and take the pause back with `Mail::Resume`.
         // A session at `max_requests_in_flight` waits for a store answer the same way.
+        // Its own queue (its answers went over the bound) is waited for until it drains
+        // once: senders may refill it before this reader runs, and a reader that waited
+        // for it to be found under the bound would not read (acks included) while they
+        // keep it there.
         let waits = |sh: &Shard| sh.paused(key) || sh.requests_full(key);
         if !blocked.is_empty() || waits(&shard.borrow()) {
+            let own_drains = shard.borrow().sessions.get(key).map_or(0, |s| s.drains);
             poll_fn(|cx| {
                 let mut sh = shard.borrow_mut();
-                blocked.retain(|&k| !sh.drained(k));
+                let drained_once = sh.sessions.get(key).is_some_and(|s| s.drains != own_drains);
+                blocked.retain(|&k| !sh.drained(k) && !(k == key && drained_once));
                 match blocked.last() {
                     Some(&k) => {
                         sh.wait_drain(k, cx.waker());
@@ -657,6 +663,7 @@ async fn write_loop<W: AsyncWriteRent>(
             s.spare = Some(batch);
             if s.pending() <= max {
                 s.over_since = None;
+                s.drains = s.drains.wrapping_add(1);
                 s.wake_drain_waiters();
                 sh.release_throttles(key);
                 sh.continue_loading(key);

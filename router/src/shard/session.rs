@@ -148,6 +148,10 @@ pub struct Session {
     pub writer: Option<Waker>,
     /// Tasks waiting for this session's queue to fall under its bound.
     pub drain_waiters: Vec<Waker>,
+    /// Times the writer found the queue under its bound after a write (wrapping): a
+    /// reader waiting on its own queue goes on once it moved, even if deliveries took
+    /// the queue back over the bound before it ran.
+    pub drains: u32,
     /// Requests of this session waiting on the store (bounded by
     /// `max_requests_in_flight`: at it, its reader waits).
     pub requests: u32,
@@ -326,6 +330,7 @@ impl Shard {
             acked: 0,
             writer: None,
             drain_waiters: Vec::new(),
+            drains: 0,
             requests: 0,
             closing: None,
             over_since: None,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ringrouter_proto::v1::{client_frame, server_frame, ListRooms, Ping};
+use ringrouter_proto::v1::{client_frame, server_frame, Ack, ListRooms, Ping};
 use ringrouter_proto::Status;
 use ringrouter_tests::{
     assert_error, cfg, client_frame_bytes, connect_small_rcvbuf, send_frame_bytes, Driver, Pair,
@@ -999,16 +999,23 @@ fn held_unacked_is_small(r: &RouterProc, keeper: &mut Raw, count: usize, before:
 }
 
 /// A receiver whose outbound queue stays over `--max-pending-bytes` (its sender
-/// outpaces it) still has its acks read: only its own answers count against its
-/// reading. (Before: its reader waited for its own queue to drain, and while the queue
-/// hovered at the bound — refilled by the sender each time it drained — it took no ack
-/// for as long as the flood lasted, until `--max-unacked-per-session` cut a consumer that
-/// was keeping up. The load generator hit it at one pair × 1 KiB on the epoll driver.)
+/// outpaces it) still has its acks read, pinging or not: a chunk of acks does not stop
+/// its reader, and a chunk whose Pong went over the bound stops it until the queue
+/// drains once, not until it is found drained (a queue kept at the bound is refilled
+/// before the reader runs). (Before: its reader waited until it found its own queue
+/// drained, and while the queue hovered at the bound it took no ack for as long as the
+/// flood lasted, until `--max-unacked-per-session` cut a consumer that was keeping up.
+/// The load generator hit it at one pair × 1 KiB on the epoll driver.)
 #[test]
 fn a_receiver_over_its_queue_bound_still_has_its_acks_read() {
     const N: usize = 30_000;
     const ACK_EVERY: usize = 256;
-    for driver in [Driver::Default, Driver::Legacy] {
+    for (driver, pings) in [
+        (Driver::Default, false),
+        (Driver::Legacy, false),
+        (Driver::Default, true),
+        (Driver::Legacy, true),
+    ] {
         let r = RouterProc::start_with(
             &[
                 "--shards",
@@ -1037,16 +1044,36 @@ fn a_receiver_over_its_queue_bound_still_has_its_acks_read() {
             }
             snd
         });
-        let mut got = 0;
+        let (mut got, mut last_seq, mut pongs) = (0, 0, 0);
         while got < N {
-            let page = rcv.delivers(ACK_EVERY.min(N - got), T);
-            got += page.len();
-            rcv.ack(page.last().expect("a page").seq);
+            match rcv.next_kind(T) {
+                server_frame::Kind::Deliver(d) => {
+                    got += 1;
+                    last_seq = d.seq;
+                }
+                server_frame::Kind::Pong(_) => pongs += 1,
+                server_frame::Kind::Ping(_) => {}
+                other => panic!("{driver:?}, pings {pings}: after {got} deliveries, {other:?}"),
+            }
+            if got % ACK_EVERY == 0 || got == N {
+                let mut b = client_frame_bytes(client_frame::Kind::Ack(Ack {
+                    up_to_seq: last_seq,
+                }));
+                if pings {
+                    b.extend(client_frame_bytes(client_frame::Kind::Ping(Ping {
+                        nonce: got as u64,
+                    })));
+                }
+                rcv.write(&b).expect("ack");
+            }
         }
         let mut snd = flood.join().expect("flood");
         // Both still logged in: nobody was cut.
-        rcv.ping_pong(1);
+        rcv.ping_pong(u64::MAX);
         snd.ping_pong(2);
         assert_eq!(got, N, "{driver:?}");
+        if pings {
+            assert!(pongs > 0, "{driver:?}: the pings were answered");
+        }
     }
 }
