@@ -355,7 +355,7 @@ async fn read_loop(
             poll_fn(|cx| {
                 let mut sh = shard.borrow_mut();
                 let drained_once = sh.sessions.get(key).is_some_and(|s| s.drains != own_drains);
-                blocked.retain(|&k| !sh.drained(k) && !(k == key && drained_once));
+                blocked.retain(|&k| !sh.drained(k) && (k != key || !drained_once));
                 match blocked.last() {
                     Some(&k) => {
                         sh.wait_drain(k, cx.waker());
