@@ -90,7 +90,7 @@ impl Shard {
                             request_id: 0,
                             op: RoomOp::Purge { room },
                             quota: false,
-                            inflight: None,
+                            inflight: Default::default(),
                         };
                         sh.post(home, Mail::Room(Box::new(req)));
                     }

@@ -109,8 +109,7 @@ impl Shard {
                                 Some(sh.presence_of(&target)),
                             ),
                         };
-                        sh.send_to_session(id, f);
-                        drop(inflight);
+                        sh.send_answer(id, f, inflight);
                     }),
                 );
             }),

@@ -99,7 +99,7 @@ impl Shard {
             request_id,
             op,
             quota: false,
-            inflight: self.request_in_flight(from),
+            inflight: crate::shard::mail::InFlightSlot::new(self.request_in_flight(from)),
         };
         let user = Bytes::copy_from_slice(req.user.as_bytes());
         if let Some(waiting) = self.room_quota.get_mut(&user) {

@@ -120,6 +120,9 @@ pub enum Mail {
         to: SessionId,
         /// The frame.
         frame: Box<ServerFrame>,
+        /// The request's count against the session's `max_requests_in_flight`, handed
+        /// back once the answer is queued.
+        inflight: Option<InFlight>,
     },
 }
 
@@ -142,8 +145,10 @@ pub struct RoomReq {
     /// `max_rooms_per_user`; its answer lets the user's next one through.
     pub quota: bool,
     /// Counts against the asking session's `max_requests_in_flight` until the request
-    /// is done with (answered or dropped), wherever that is.
-    pub inflight: Option<InFlight>,
+    /// is done with (answered or dropped), wherever that is. Its answer takes it along
+    /// (see [`Shard::send_answer`]); a `Cell`, so an answer given from a borrowed request
+    /// can.
+    pub inflight: InFlightSlot,
 }
 
 /// One request of a session counted against its `max_requests_in_flight` (see
@@ -157,6 +162,31 @@ pub struct InFlight {
 impl std::fmt::Debug for InFlight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("InFlight").field(&self.id).finish()
+    }
+}
+
+/// A request's [`InFlight`], taken by whoever answers it (from a borrowed request too).
+#[derive(Default)]
+pub struct InFlightSlot(std::cell::Cell<Option<InFlight>>);
+
+impl InFlightSlot {
+    /// A slot holding `inflight`.
+    pub fn new(inflight: Option<InFlight>) -> Self {
+        InFlightSlot(std::cell::Cell::new(inflight))
+    }
+
+    /// The count, if nobody took it yet.
+    pub fn take(&self) -> Option<InFlight> {
+        self.0.take()
+    }
+}
+
+impl std::fmt::Debug for InFlightSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self.0.take();
+        let r = f.debug_tuple("InFlightSlot").field(&held).finish();
+        self.0.set(held);
+        r
     }
 }
 
@@ -518,10 +548,16 @@ impl Shard {
                 self.push_live(&l);
                 None
             }
-            Mail::Reply { to, frame } => {
+            Mail::Reply {
+                to,
+                frame,
+                inflight,
+            } => {
                 if let Some(k) = self.resolve(to) {
                     self.push_frame(k, &frame);
                 }
+                // After the answer: the session's reader may go on.
+                drop(inflight);
                 None
             }
             Mail::Stored(then) | Mail::Call(then) => {
@@ -554,7 +590,7 @@ mod tests {
             request_id: 1,
             op,
             quota: true,
-            inflight: None,
+            inflight: InFlightSlot::default(),
         }
     }
 

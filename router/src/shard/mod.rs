@@ -384,16 +384,32 @@ impl Shard {
 
     /// Queues a frame on session `to`, on this shard or another.
     pub fn send_to_session(&mut self, to: SessionId, frame: ServerFrame) {
+        self.send_answer(to, frame, None);
+    }
+
+    /// Queues the answer to a request on session `to`, on this shard or another, and
+    /// hands the request's count against `max_requests_in_flight` back after it: from
+    /// another shard the count travels with the answer, so the asker's reader is not let
+    /// go (by a count handed back through the store's queue) while answers are still on
+    /// their way in the mailbox, to be overtaken by what it reads next.
+    pub fn send_answer(
+        &mut self,
+        to: SessionId,
+        frame: ServerFrame,
+        inflight: Option<mail::InFlight>,
+    ) {
         if to.shard as usize == self.id {
             if let Some(k) = self.resolve(to) {
                 self.push_frame(k, &frame);
             }
+            drop(inflight);
         } else {
             self.post(
                 to.shard as usize,
                 Mail::Reply {
                     to,
                     frame: Box::new(frame),
+                    inflight,
                 },
             );
         }

@@ -500,7 +500,7 @@ impl Shard {
                         req.op.key(),
                         "",
                     );
-                    sh.send_to_session(req.from, frame);
+                    sh.send_answer(req.from, frame, req.inflight.take());
                     sh.next_own(req.user.as_bytes());
                 }
                 Ok(_) => {
@@ -516,7 +516,7 @@ impl Shard {
                         req.op.key(),
                         "",
                     );
-                    sh.send_to_session(req.from, frame);
+                    sh.send_answer(req.from, frame, req.inflight.take());
                     sh.next_own(req.user.as_bytes());
                 }
             },
@@ -795,7 +795,7 @@ impl Shard {
             return;
         }
         let frame = reply::room_result(req.request_id, status, reason, req.op.key(), code);
-        self.send_to_session(req.from, frame);
+        self.send_answer(req.from, frame, req.inflight.take());
         if req.quota {
             let user = Bytes::copy_from_slice(req.user.as_bytes());
             if req.from.shard as usize == self.id {
@@ -880,7 +880,7 @@ impl Shard {
                 slot.busy = true;
                 self.delete_room(key, req, members);
             }
-            Plan::Reply(req, frame) => self.send_to_session(req.from, frame),
+            Plan::Reply(req, frame) => self.send_answer(req.from, frame, req.inflight.take()),
         }
     }
 
