@@ -191,6 +191,12 @@ pub struct Args {
     /// Most members in one room.
     #[arg(long, value_name = "N", default_value_t = 10_000, help_heading = LIMITS)]
     pub max_members_per_room: usize,
+    /// Members of the rooms one shard keeps loaded, summed (each costs about 160 B):
+    /// past it, idle rooms are dropped from memory (least recently used first; their
+    /// records are in the store and load again when asked for). Before, only the count
+    /// of rooms (100 000) was bounded: 100 000 rooms of 10 000 members.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, help_heading = LIMITS)]
+    pub max_loaded_room_members: usize,
     /// In a room of more members than this (counting the member concerned), a member
     /// joining, leaving or being removed is told to that member and the owner only, not
     /// to everyone (as Twitch chat does above 1 000 users): filling a room of n members
@@ -343,6 +349,7 @@ impl Args {
             max_requests_in_flight: self.max_requests_in_flight,
             max_rooms_per_user: self.max_rooms_per_user,
             max_members_per_room: self.max_members_per_room,
+            max_loaded_room_members: self.max_loaded_room_members,
             room_events_max_members: self.room_events_max_members,
             room_add_policy: self.room_add_policy,
             dm_policy: self.dm_policy,

@@ -132,6 +132,9 @@ pub struct Config {
     pub max_rooms_per_user: usize,
     /// Most members in one room.
     pub max_members_per_room: usize,
+    /// Members of the rooms one shard keeps loaded, summed (about 160 B each): past it,
+    /// the idle rooms are dropped from memory, the least recently used first.
+    pub max_loaded_room_members: usize,
     /// Above this many members, a room's joined / left / removed events go to the
     /// member concerned and the owner only.
     pub room_events_max_members: usize,
@@ -241,6 +244,7 @@ impl Default for Config {
             max_resumable_sessions: 100_000,
             max_rooms_per_user: 1_000,
             max_members_per_room: 10_000,
+            max_loaded_room_members: 1_000_000,
             room_events_max_members: 1_000,
             room_add_policy: RoomAddPolicy::Owner,
             dm_policy: DmPolicy::Open,

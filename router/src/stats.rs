@@ -125,6 +125,10 @@ pub struct Gauges {
     pub store_queue_requests: u64,
     /// What they count for in bytes (see `max_store_queue_bytes`).
     pub store_queue_bytes: u64,
+    /// Rooms loaded (homed here).
+    pub rooms_loaded: u64,
+    /// Their members, summed (see `max_loaded_room_members`).
+    pub room_members_loaded: u64,
 }
 
 macro_rules! shard_stats {
@@ -138,6 +142,8 @@ macro_rules! shard_stats {
             pub mailbox_depth: AtomicU64,
             pub store_queue_requests: AtomicU64,
             pub store_queue_bytes: AtomicU64,
+            pub rooms_loaded: AtomicU64,
+            pub room_members_loaded: AtomicU64,
             pub login_failures: [AtomicU64; STATUS_CODES],
             pub errors: [AtomicU64; STATUS_CODES],
             pub latency_buckets: [AtomicU64; LATENCY_BUCKETS],
@@ -154,6 +160,8 @@ macro_rules! shard_stats {
             pub mailbox_depth: u64,
             pub store_queue_requests: u64,
             pub store_queue_bytes: u64,
+            pub rooms_loaded: u64,
+            pub room_members_loaded: u64,
             pub login_failures: [u64; STATUS_CODES],
             pub errors: [u64; STATUS_CODES],
             pub latency: LatencyHist,
@@ -167,6 +175,8 @@ macro_rules! shard_stats {
                 self.mailbox_depth.store(g.mailbox_depth, Relaxed);
                 self.store_queue_requests.store(g.store_queue_requests, Relaxed);
                 self.store_queue_bytes.store(g.store_queue_bytes, Relaxed);
+                self.rooms_loaded.store(g.rooms_loaded, Relaxed);
+                self.room_members_loaded.store(g.room_members_loaded, Relaxed);
                 store_all(&self.login_failures, &c.login_failures);
                 store_all(&self.errors, &c.errors);
                 store_all(&self.latency_buckets, &c.latency.buckets);
@@ -181,6 +191,8 @@ macro_rules! shard_stats {
                 s.mailbox_depth += self.mailbox_depth.load(Relaxed);
                 s.store_queue_requests += self.store_queue_requests.load(Relaxed);
                 s.store_queue_bytes += self.store_queue_bytes.load(Relaxed);
+                s.rooms_loaded += self.rooms_loaded.load(Relaxed);
+                s.room_members_loaded += self.room_members_loaded.load(Relaxed);
                 add_all(&mut s.login_failures, &self.login_failures);
                 add_all(&mut s.errors, &self.errors);
                 add_all(&mut s.latency.buckets, &self.latency_buckets);

@@ -108,6 +108,12 @@ const GAUGES: &[(&str, &str, Get)] = &[
         "Bytes those store requests count for.",
         |s| s.store_queue_bytes,
     ),
+    ("rooms_loaded", "Rooms kept in memory.", |s| s.rooms_loaded),
+    (
+        "room_members_loaded",
+        "Members of the rooms kept in memory (bounded by --max-loaded-room-members).",
+        |s| s.room_members_loaded,
+    ),
 ];
 
 /// The status name without its `STATUS_` prefix (`NOT_FOUND`), as the API spells it.

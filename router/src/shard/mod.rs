@@ -157,6 +157,9 @@ pub struct Shard {
     /// What those requests count for (payloads plus a fixed overhead each), bounded by
     /// `max_store_queue_bytes`.
     pub store_bytes: usize,
+    /// Members of the rooms in `rooms`, summed when the ticker trims them (see
+    /// `Shard::trim_room_cache`).
+    pub room_members_loaded: usize,
     /// Room work parked behind a store round trip: messages and requests queued on a busy
     /// room of this shard, or behind a user's Create/Join in flight. Counts with
     /// `store_bytes` against `max_store_queue_bytes`.
@@ -272,6 +275,7 @@ impl Shard {
             store: None,
             store_inflight: 0,
             store_bytes: 0,
+            room_members_loaded: 0,
             parked_bytes: 0,
             parked_throttled: Vec::new(),
             local_mail: Vec::new(),

@@ -263,6 +263,23 @@ pub struct RoomSlot {
     /// A request is waiting for the store: queue the rest.
     busy: bool,
     queue: VecDeque<RoomWork>,
+    /// Work came since the ticker last trimmed the loaded rooms: dropped last.
+    used: bool,
+}
+
+impl RoomSlot {
+    /// Members held in memory (0 while loading or for a missing room).
+    fn members(&self) -> usize {
+        match &self.state {
+            RoomState::Ready(r) => r.members.len(),
+            RoomState::Loading | RoomState::Missing => 0,
+        }
+    }
+
+    /// Nothing queued and no store request in flight: it may be dropped from memory.
+    fn idle(&self) -> bool {
+        !self.busy && self.queue.is_empty()
+    }
 }
 
 /// What a finished room operation leaves behind.
@@ -623,6 +640,7 @@ impl Shard {
         };
         match self.rooms.get_mut(&key[..]) {
             Some(slot) => {
+                slot.used = true;
                 if !slot.busy && slot.queue.is_empty() {
                     self.process_room_work(&key, work);
                     self.pump_room(&key);
@@ -648,6 +666,7 @@ impl Shard {
                         state: RoomState::Loading,
                         busy: true,
                         queue,
+                        used: true,
                     },
                 );
                 let k = String::from_utf8_lossy(&key).into_owned();
@@ -729,14 +748,39 @@ impl Shard {
         }
     }
 
-    /// Keeps the rooms loaded on this shard at most [`ROOM_CACHE_MAX`]: past it, every
-    /// idle room (nothing queued, no store request in flight) is dropped from memory; its
-    /// record is in the store and is loaded again by the next request. Called by the ticker.
+    /// Keeps the rooms loaded on this shard at most [`ROOM_CACHE_MAX`] and their members
+    /// at most `max_loaded_room_members`: past either, idle rooms (nothing queued, no
+    /// store request in flight) are dropped from memory, first those no work came to
+    /// since the last trim, then any, until both hold again. A dropped room's record is
+    /// in the store and is loaded again by the next request. Called by the ticker.
     pub(crate) fn trim_room_cache(&mut self) {
-        if self.rooms.len() > ROOM_CACHE_MAX {
-            self.rooms
-                .retain(|_, slot| slot.busy || !slot.queue.is_empty());
+        let max_members = self.cfg.max_loaded_room_members;
+        let mut members = 0;
+        let mut over = self.rooms.len() > ROOM_CACHE_MAX;
+        for slot in self.rooms.values() {
+            members += slot.members();
         }
+        over |= members > max_members;
+        let mut rooms = self.rooms.len();
+        // First pass: rooms unused since the last trim; second: any idle room.
+        for pass in 0..2 {
+            if !over {
+                break;
+            }
+            self.rooms.retain(|_, slot| {
+                if !over || !slot.idle() || (pass == 0 && slot.used) {
+                    return true;
+                }
+                rooms -= 1;
+                members -= slot.members();
+                over = rooms > ROOM_CACHE_MAX || members > max_members;
+                false
+            });
+        }
+        for slot in self.rooms.values_mut() {
+            slot.used = false;
+        }
+        self.room_members_loaded = members;
     }
 
     /// What every parked room work item weighs, summed (must equal `parked_bytes`;

@@ -609,6 +609,8 @@ impl Shard {
             mailbox_depth: (in_flight + local) as u64,
             store_queue_requests: self.store_inflight as u64,
             store_queue_bytes: self.store_bytes as u64,
+            rooms_loaded: self.rooms.len() as u64,
+            room_members_loaded: self.room_members_loaded as u64,
         };
         self.stats.publish(&self.counters, gauges);
     }

@@ -909,3 +909,69 @@ fn readyz_is_503_while_draining() {
     assert_eq!(get(&r, "/healthz").code, 200);
     drop(stuck);
 }
+
+/// The rooms a shard keeps loaded are bounded by their members
+/// (`--max-loaded-room-members`), not only by their count: past it, idle rooms leave
+/// memory, and one asked for again loads with its members. (Before: only the count was
+/// bounded, 100 000 rooms of up to 10 000 members at ~160 B each: one client's RoomInfo
+/// for every big room after a restart pinned ~160 MB per million memberships.)
+#[test]
+fn loaded_rooms_are_bounded_by_their_members() {
+    use ringrouter_proto::v1::{client_frame::Kind as C, server_frame::Kind as S, CreateRoom};
+    let r = RouterProc::start(&[
+        "--shards",
+        "1",
+        "--max-loaded-room-members",
+        "250",
+        "--room-events-max-members",
+        "1",
+    ]);
+    let members: Vec<String> = (0..99).map(|i| format!("lrm-{i}")).collect();
+    for u in &members {
+        r.visit(u);
+    }
+    let mut owner = r.raw_login("lrm-owner");
+    for i in 0..10 {
+        let (res, _) = owner.call(
+            C::CreateRoom(CreateRoom {
+                request_id: 1,
+                name: format!("lrm-room{i}"),
+                password: String::new(),
+                members: members.clone(),
+            }),
+            1,
+        );
+        let res = ringrouter_tests::room_result(res);
+        assert_eq!(res.status, ringrouter_client::Status::Ok as i32, "{res:?}");
+    }
+    // 10 rooms of 100 members were loaded; the ticker keeps two.
+    // (Published on the tick after a trim: at least one room kept, and its members.)
+    metrics_until(&r, "the loaded rooms trimmed to the bound", |m| {
+        sample(m, "ringrouter_rooms_loaded").is_some_and(|n| (1.0..=2.0).contains(&n))
+            && sample(m, "ringrouter_room_members_loaded")
+                .is_some_and(|n| (100.0..=250.0).contains(&n))
+    });
+    // Every room still works: one dropped from memory loads again, members and all.
+    let mut member = r.raw_login("lrm-42");
+    for i in 0..10 {
+        let room = format!("lrm-room{i}");
+        assert_eq!(
+            owner.send_room(&room, b"still here", 10 + i),
+            ringrouter_client::Status::Ok as i32
+        );
+        // (Its joins, kept while it was offline, come first.)
+        loop {
+            match member.next_non_ping(T) {
+                S::Deliver(d) => {
+                    assert_eq!(
+                        (d.to_room.as_str(), &d.payload[..]),
+                        (room.as_str(), &b"still here"[..])
+                    );
+                    break;
+                }
+                S::RoomEvent(_) => {}
+                other => panic!("{room}: {other:?}"),
+            }
+        }
+    }
+}
