@@ -237,6 +237,14 @@ async fn serve_conn(
             );
             return close_with(&mut conn, r).await;
         }
+        let route = routes::route(&head.method, &head.path);
+        if route == Route::Ws && head.body_len > 0 {
+            // An upgrade has no body; its bytes would reach the WebSocket decoder as
+            // frames sent before the upgrade, past the pre-login frame bound (a 1 MiB body
+            // of tiny frames held ~1.5 MiB per connection before login).
+            let r = Response::status(Status::BadRequest, "GET /ws takes no body".to_owned());
+            return close_with(&mut conn, r).await;
+        }
         let end = head.len + head.body_len;
         if buf.len() < end && head.minor >= 1 && head.has_token("expect", "100-continue") {
             // The client waits for this before it sends the body (curl, for bodies over
@@ -254,7 +262,6 @@ async fn serve_conn(
                 Read::TimedOut { .. } => return close_with(&mut conn, request_timeout()).await,
             }
         }
-        let route = routes::route(&head.method, &head.path);
         if route == Route::Ws {
             if !head.has_token("upgrade", "websocket") {
                 let r =

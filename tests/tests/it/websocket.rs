@@ -336,6 +336,14 @@ fn bad_upgrades_get_http_errors() {
         let (head, _) = read_head(&mut s);
         assert!(head.starts_with(want), "{head}");
     }
+    // An upgrade with a body: refused before the body is read (its bytes would have
+    // reached the WebSocket decoder unbounded by the pre-login frame bound).
+    let mut s = tcp(r.http_addr());
+    let req = upgrade_request(Some("ringrouter.v1"), "13")
+        .replace("\r\n\r\n", "\r\ncontent-length: 1000000\r\n\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    let (head, _) = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
     // No subprotocol named: the binary one.
     let mut s = tcp(r.http_addr());
     s.write_all(upgrade_request(None, "13").as_bytes())
