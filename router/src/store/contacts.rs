@@ -517,6 +517,11 @@ impl<W> ContactCache<W> {
         }
     }
 
+    /// Whether `user`'s list is loaded or being loaded.
+    pub fn present(&self, user: &str) -> bool {
+        self.lists.contains_key(user)
+    }
+
     /// Users here whose loaded list blocks someone: while 0, the DM path need not look.
     pub fn with_blocks(&self) -> usize {
         self.with_blocks

@@ -419,6 +419,12 @@ pub(crate) enum Msg {
         save: contacts::ContactSave,
         cb: Cb<()>,
     },
+    NoteBlocker {
+        user: String,
+        blocker: String,
+        on: bool,
+        cb: Cb<()>,
+    },
     RoomsOf {
         user: String,
         cb: Cb<Vec<String>>,
@@ -1030,6 +1036,24 @@ impl StoreHandle {
         self.send(Msg::SaveContacts {
             user: user.to_owned(),
             save,
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// Notes (`on`) or drops that `blocker` blocks `user`, one key, without reading or
+    /// writing the rest of `user`'s list: for a list that is not loaded, so that a block
+    /// costs the same however many others block the user.
+    pub fn note_blocker(
+        &self,
+        user: &str,
+        blocker: &str,
+        on: bool,
+        cb: impl FnOnce(StoreResult<()>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::NoteBlocker {
+            user: user.to_owned(),
+            blocker: blocker.to_owned(),
+            on,
             cb: Cb::new(cb),
         })
     }

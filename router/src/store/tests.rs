@@ -1106,3 +1106,42 @@ fn contacts_get_put_survive_reopen_and_go_with_the_account() {
         Ok(ContactRecord::default())
     );
 }
+
+#[test]
+fn a_blocker_noted_alone_changes_one_key_and_leaves_the_list() {
+    use super::contacts::{ContactEntry, ContactRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(dir.path(), Durability::Memory);
+    let list = ContactRecord {
+        version: 3,
+        entries: vec![ContactEntry {
+            user: "pal".into(),
+            state: 1,
+            version: 3,
+        }],
+        last_seen_us: 9,
+        ..ContactRecord::default()
+    };
+    call(|cb| h.put_contacts("vic", list.clone(), cb)).unwrap();
+    call(|cb| h.note_blocker("vic", "b1", true, cb)).unwrap();
+    call(|cb| h.note_blocker("vic", "b2", true, cb)).unwrap();
+    // A user with no list yet: its blocker is kept all the same.
+    call(|cb| h.note_blocker("new", "b1", true, cb)).unwrap();
+    let got = call(|cb| h.get_contacts("vic", cb)).unwrap();
+    assert_eq!(got.blocked_by, ["b1", "b2"]);
+    assert_eq!(
+        (got.version, got.entries.clone(), got.last_seen_us),
+        (3, list.entries.clone(), 9)
+    );
+    call(|cb| h.note_blocker("vic", "b1", false, cb)).unwrap();
+    assert_eq!(
+        call(|cb| h.get_contacts("vic", cb)).unwrap().blocked_by,
+        ["b2"]
+    );
+    assert_eq!(
+        call(|cb| h.get_contacts("new", cb)).unwrap().blocked_by,
+        ["b1"]
+    );
+    // Names are checked like any other.
+    assert!(call(|cb| h.note_blocker("vic", "bad name\n", true, cb)).is_err());
+}

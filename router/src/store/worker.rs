@@ -678,6 +678,15 @@ impl Worker {
                 let r = self.save_contacts(&user, save);
                 self.done(cb, r, true);
             }
+            Msg::NoteBlocker {
+                user,
+                blocker,
+                on,
+                cb,
+            } => {
+                let r = self.note_blocker(&user, &blocker, on);
+                self.done(cb, r, true);
+            }
             Msg::DeleteRoom { name, cb } => {
                 let r = self.delete_room(&name);
                 self.done(cb, r, true);
@@ -1566,6 +1575,19 @@ impl Worker {
             prefixed(CONTACTS_PREFIX, user),
             encode(&header),
         ));
+        Ok(())
+    }
+
+    /// One blocker key of `user`'s list, put or deleted (see `Store::note_blocker`).
+    fn note_blocker(&mut self, user: &str, blocker: &str, on: bool) -> StoreResult<()> {
+        validate_name("user", user)?;
+        validate_name("blocker", blocker)?;
+        let key = contact_blocker_key(user, blocker);
+        self.ops.push(if on {
+            Op::Put(Ks::Rooms, key, Vec::new())
+        } else {
+            Op::Del(Ks::Rooms, key)
+        });
         Ok(())
     }
 
