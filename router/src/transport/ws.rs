@@ -156,6 +156,8 @@ pub mod code {
     pub const POLICY: u16 = 1008;
     /// A message over the size bound.
     pub const TOO_BIG: u16 = 1009;
+    /// The endpoint met a condition it did not expect.
+    pub const INTERNAL: u16 = 1011;
 }
 
 /// What the decoder found.
@@ -198,6 +200,22 @@ pub struct Decoder {
     max_message: usize,
     /// The message being reassembled from fragments: text?, bytes, frame count.
     partial: Option<(bool, BytesMut, usize)>,
+    /// A data frame whose payload is still arriving: its bytes are unmasked into
+    /// `partial` as they come, so the input never holds more than a read of them (a
+    /// frame kept whole in the input until it completed held the message twice, once
+    /// in the fragments so far and once in the frame on its way).
+    streaming: Option<Streaming>,
+}
+
+/// A data frame being received (see [`Decoder::streaming`]).
+#[derive(Debug, Clone, Copy)]
+struct Streaming {
+    /// Payload bytes still to come.
+    left: usize,
+    /// Its mask, turned so that `mask[0]` applies to the next byte.
+    mask: [u8; 4],
+    /// The last frame of its message.
+    fin: bool,
 }
 
 impl Decoder {
@@ -206,6 +224,7 @@ impl Decoder {
         Decoder {
             max_message,
             partial: None,
+            streaming: None,
         }
     }
 
@@ -222,6 +241,33 @@ impl Decoder {
     /// Takes the next event out of `input`, `Ok(None)` when it holds no whole frame.
     pub fn decode(&mut self, input: &mut BytesMut) -> Result<Option<Event>, Violation> {
         loop {
+            if let Some(mut st) = self.streaming {
+                let n = st.left.min(input.len());
+                if n == 0 {
+                    return Ok(None);
+                }
+                let mut data = input.split_to(n);
+                unmask(&mut data, st.mask);
+                st.mask.rotate_left(n % 4);
+                st.left -= n;
+                let Some((text, held, _)) = self.partial.as_mut() else {
+                    return Err(violation(code::INTERNAL, "a frame with no message"));
+                };
+                held.extend_from_slice(&data);
+                if st.left > 0 {
+                    self.streaming = Some(st);
+                    return Ok(None);
+                }
+                self.streaming = None;
+                if st.fin {
+                    let text = *text;
+                    let Some((_, held, _)) = self.partial.take() else {
+                        return Err(violation(code::INTERNAL, "a frame with no message"));
+                    };
+                    return finish(text, held).map(Some);
+                }
+                continue;
+            }
             if input.len() < 2 {
                 return Ok(None);
             }
@@ -277,6 +323,49 @@ impl Decoder {
                 }
             }
             let whole = at + 4 + len as usize;
+            if input.len() < whole && !control && input.len() >= at + 4 {
+                // A data frame not whole yet: its payload is taken as it comes.
+                let text = match (opcode, self.partial.take()) {
+                    (op::TEXT | op::BINARY, None) => opcode == op::TEXT,
+                    (op::CONT, Some((text, held, frames))) => {
+                        if frames + 1 > MAX_FRAGMENTS {
+                            return Err(violation(
+                                code::POLICY,
+                                format!("a message in more than {MAX_FRAGMENTS} frames"),
+                            ));
+                        }
+                        self.partial = Some((text, held, frames + 1));
+                        text
+                    }
+                    (op::TEXT | op::BINARY, Some(_)) => {
+                        return Err(violation(
+                            code::PROTOCOL,
+                            "a new message started inside a fragmented one",
+                        ))
+                    }
+                    (op::CONT, None) => {
+                        return Err(violation(code::PROTOCOL, "continuation without a message"))
+                    }
+                    (other, _) => {
+                        return Err(violation(
+                            code::PROTOCOL,
+                            format!("unknown opcode {other:#x}"),
+                        ))
+                    }
+                };
+                if self.partial.is_none() {
+                    // (Bounded: `len` passed the message bound above.)
+                    self.partial = Some((text, BytesMut::with_capacity(len as usize), 1));
+                }
+                let mask = [input[at], input[at + 1], input[at + 2], input[at + 3]];
+                input.advance(at + 4);
+                self.streaming = Some(Streaming {
+                    left: len as usize,
+                    mask,
+                    fin,
+                });
+                continue;
+            }
             if input.len() < whole {
                 input.reserve(whole - input.len());
                 return Ok(None);
@@ -468,6 +557,50 @@ mod tests {
             handshake(&hdrs(&base[1..])).expect_err("no upgrade").status,
             400
         );
+    }
+
+    #[test]
+    fn a_frame_on_its_way_is_unmasked_into_its_message_not_held_in_the_input() {
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let mut wire = masked(op::BINARY, false, &payload[..100_001]);
+        wire.extend(masked(op::PING, true, b"between"));
+        wire.extend(masked(op::CONT, true, &payload[100_001..]));
+        for cut in [1 << 16, 4093, 5] {
+            let mut d = Decoder::new(300_000);
+            let mut input = BytesMut::new();
+            let mut events = Vec::new();
+            for chunk in wire.chunks(cut) {
+                input.extend_from_slice(chunk);
+                while let Some(e) = d.decode(&mut input).expect("valid") {
+                    events.push(e);
+                }
+                // What is left is at most a header: the payload went to the message.
+                assert!(input.len() < 14, "cut {cut}: {} bytes held", input.len());
+            }
+            assert_eq!(events.len(), 2, "cut {cut}");
+            assert_eq!(events[0], Event::Ping(BytesMut::from(&b"between"[..])));
+            assert!(
+                matches!(&events[1], Event::Message { text: false, data } if data[..] == payload[..]),
+                "cut {cut}"
+            );
+            assert_eq!(d.buffered(), 0);
+        }
+        // The bound still holds for a frame that streams.
+        let mut d = Decoder::new(1000);
+        let mut input = BytesMut::from(&masked(op::BINARY, false, &payload[..600])[..600]);
+        assert_eq!(d.decode(&mut input), Ok(None));
+        input.extend_from_slice(&masked(op::BINARY, false, &payload[..600])[600..]);
+        assert_eq!(d.decode(&mut input), Ok(None));
+        let mut more = BytesMut::from(&masked(op::CONT, true, &payload[..600])[..]);
+        let e = d.decode(&mut more).expect_err("over the bound");
+        assert_eq!(e.code, code::TOO_BIG);
+        // A new message inside a streaming one is refused as before.
+        let mut d = Decoder::new(10_000);
+        let mut input = BytesMut::from(&masked(op::TEXT, false, b"abc")[..]);
+        assert_eq!(d.decode(&mut input), Ok(None));
+        let mut next = BytesMut::from(&masked(op::BINARY, true, &payload[..5000])[..100]);
+        let e = d.decode(&mut next).expect_err("a new message");
+        assert_eq!(e.code, code::PROTOCOL);
     }
 
     #[test]
