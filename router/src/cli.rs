@@ -135,6 +135,10 @@ pub struct Args {
     /// gets Error UNAUTHORIZED and is closed.
     #[arg(long, value_name = "N", default_value_t = 3, help_heading = AUTH)]
     pub max_failed_logins: u32,
+    /// Most Registers one connection may send before it logs in: past it each is
+    /// answered RATE_LIMITED (an account creator cannot script thousands per connection).
+    #[arg(long, value_name = "N", default_value_t = 3, help_heading = AUTH)]
+    pub max_registrations_per_connection: u32,
     /// Most password hashes (Register, password Login, room passwords) queued or running;
     /// past it those requests are refused with RATE_LIMITED.
     #[arg(long, value_name = "N", default_value_t = 256, help_heading = AUTH)]
@@ -366,6 +370,7 @@ impl Args {
             forget_idle_users_after: self.forget_idle_users_after,
             max_prelogin_frame_bytes: self.max_prelogin_frame_bytes,
             max_failed_logins: self.max_failed_logins,
+            max_registrations_per_connection: self.max_registrations_per_connection,
             jwt_leeway: self.jwt_leeway,
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,

@@ -190,6 +190,9 @@ pub struct Config {
     /// Most failed logins on one connection: the last one's LoginResult is followed by
     /// Error UNAUTHORIZED and the connection is closed.
     pub max_failed_logins: u32,
+    /// Most Registers one connection may send before its Login: past it each is answered
+    /// RATE_LIMITED (one connection created accounts as fast as passwords hashed).
+    pub max_registrations_per_connection: u32,
     /// Clock skew allowed when checking a JWT's `exp`, `nbf` and `iat`.
     pub jwt_leeway: Duration,
     /// Address of the HTTP port (health, metrics, WebSocket, the browser page, the
@@ -267,6 +270,7 @@ impl Default for Config {
             forget_idle_users_after: Duration::from_secs(30 * 24 * 3600),
             max_prelogin_frame_bytes: 16 << 10,
             max_failed_logins: 3,
+            max_registrations_per_connection: 3,
             jwt_leeway: Duration::from_secs(30),
             http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7880))),
             api_key_file: None,

@@ -1012,6 +1012,7 @@ pub fn check_prelogin(data: &[u8]) {
         max_frame_bytes: [64usize, 1024, 16 << 10]
             [usize::from(u.arbitrary::<u8>().unwrap_or(0) % 3)],
         max_failed_logins: u32::from(u.arbitrary::<u8>().unwrap_or(0) % 5),
+        max_registrations: u32::from(u.arbitrary::<u8>().unwrap_or(0) % 4),
         max_queued_bytes: [16usize, 512, 64 << 10]
             [usize::from(u.arbitrary::<u8>().unwrap_or(0) % 3)],
     };

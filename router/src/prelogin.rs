@@ -43,6 +43,10 @@ pub(crate) const LOGIN_TIMEOUT: &str = "no login within the login timeout";
 /// Reason of the UNAUTHORIZED error after the last allowed failed login.
 pub(crate) const TOO_MANY_FAILED_LOGINS: &str = "too many failed logins";
 
+/// Reason of the RATE_LIMITED answer to a Register past the connection's limit.
+pub(crate) const TOO_MANY_REGISTRATIONS: &str =
+    "too many registrations on one connection (--max-registrations-per-connection)";
+
 /// The bounds of a connection before login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Limits {
@@ -50,6 +54,8 @@ pub(crate) struct Limits {
     pub max_frame_bytes: usize,
     /// Refused Logins after which the connection is closed (0 counts as 1).
     pub max_failed_logins: u32,
+    /// Registers answered on one connection; past it each is refused RATE_LIMITED.
+    pub max_registrations: u32,
     /// See [`MAX_QUEUED_BYTES`].
     pub max_queued_bytes: usize,
 }
@@ -60,6 +66,7 @@ impl Limits {
         Limits {
             max_frame_bytes: cfg.max_prelogin_frame_bytes,
             max_failed_logins: cfg.max_failed_logins,
+            max_registrations: cfg.max_registrations_per_connection,
             max_queued_bytes: MAX_QUEUED_BYTES,
         }
     }
@@ -138,6 +145,8 @@ pub(crate) struct PreLogin {
     out: BytesMut,
     /// Refused Logins so far.
     failed: u32,
+    /// Registers taken so far.
+    registrations: u32,
     /// The Authenticate, Register or Start to hand out once `out` is written.
     next: Option<Action>,
     /// Set when the connection is to be closed: whether `out` may still be written.
@@ -158,6 +167,7 @@ impl PreLogin {
             inbuf: Some(BytesMut::new()),
             out: BytesMut::new(),
             failed: 0,
+            registrations: 0,
             next: None,
             closing: None,
             wait: Wait::Nothing,
@@ -369,6 +379,14 @@ impl PreLogin {
                     }
                     return;
                 }
+                if matches!(frame, Inbound::Other(Kind::Register(_))) {
+                    if self.registrations >= self.limits.max_registrations {
+                        let f = reply::refusal(&frame, Status::RateLimited, TOO_MANY_REGISTRATIONS);
+                        encode_frame(&f, &mut self.out);
+                        return;
+                    }
+                    self.registrations += 1;
+                }
                 match frame {
                     Inbound::Other(Kind::Login(l)) => self.next = Some(Action::Authenticate(l)),
                     Inbound::Other(Kind::Register(r)) => self.next = Some(Action::Register(r)),
@@ -396,6 +414,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_frame_bytes: 1024,
         max_failed_logins: 3,
+        max_registrations: 2,
         max_queued_bytes: 4096,
     };
 
@@ -524,6 +543,47 @@ mod tests {
             matches!(&w[..], [server_frame::Kind::AccountResult(a), server_frame::Kind::Pong(_)] if a.request_id == 4)
         );
         assert!(matches!(pl.next_action(), Action::Read { .. }));
+    }
+
+    #[test]
+    fn registers_past_the_connections_limit_are_rate_limited_without_the_store() {
+        let mut pl = PreLogin::new(LIMITS);
+        let register = |id: u64| {
+            frame(client_frame::Kind::Register(Register {
+                request_id: id,
+                user: format!("reg{id}"),
+                password: "pw".into(),
+            }))
+        };
+        let mut bytes = register(1);
+        bytes.extend(register(2));
+        bytes.extend(register(3));
+        bytes.extend(login("reg1", "d", 4));
+        feed(&mut pl, &bytes);
+        let mut w = Vec::new();
+        for id in [1, 2] {
+            let Action::Register(r) = pl.next_action() else {
+                panic!("register {id} goes to the store")
+            };
+            assert_eq!(r.request_id, id);
+            pl.registered(AccountResult {
+                request_id: id,
+                status: Status::Ok as i32,
+                ..Default::default()
+            });
+            w.extend(expect_write(&mut pl));
+        }
+        // The third is refused here; the Login after it still goes through.
+        let refused = w.iter().find_map(|k| match k {
+            server_frame::Kind::AccountResult(a) if a.request_id == 3 => Some(a.clone()),
+            _ => None,
+        });
+        let refused = refused.expect("an answer to the third");
+        assert_eq!(refused.status, Status::RateLimited as i32);
+        assert!(refused
+            .reason
+            .contains("--max-registrations-per-connection"));
+        assert!(matches!(pl.next_action(), Action::Authenticate(l) if l.request_id == 4));
     }
 
     #[test]

@@ -56,6 +56,46 @@ fn register_then_log_in_with_the_password() {
     assert_eq!(lr.status, Status::Ok as i32);
 }
 
+/// One connection registers at most `--max-registrations-per-connection` accounts
+/// before it logs in; past it each Register is answered RATE_LIMITED (no account made),
+/// and the connection may still log in. (Before: one connection created accounts as
+/// fast as passwords hashed, for as long as its login deadline.)
+#[test]
+fn registrations_per_connection_are_bounded() {
+    let r = RouterProc::start(&[
+        "--auth",
+        "accounts",
+        "--max-registrations-per-connection",
+        "2",
+    ]);
+    let mut c = r.raw();
+    let mut statuses = Vec::new();
+    for (i, user) in ["reg-a", "reg-b", "reg-c"].into_iter().enumerate() {
+        let id = 10 + i as u64;
+        let k = C::Register(Register {
+            request_id: id,
+            user: user.into(),
+            password: "pw".into(),
+        });
+        match c.call(k, id).0 {
+            S::AccountResult(a) => statuses.push(a.status),
+            other => panic!("{other:?}"),
+        }
+    }
+    let ok = Status::Ok as i32;
+    assert_eq!(statuses, [ok, ok, Status::RateLimited as i32]);
+    let lr = c.login_with(Login {
+        request_id: 1,
+        user: "reg-b".into(),
+        password: "pw".into(),
+        ..Default::default()
+    });
+    assert_eq!(lr.status, ok);
+    // The refused one was not made.
+    let (_c, lr) = r.login_password("reg-c", "pw");
+    assert_eq!(lr.status, Status::Unauthorized as i32);
+}
+
 #[test]
 fn register_needs_accounts_mode() {
     let r = RouterProc::start(&[]);
