@@ -6,8 +6,10 @@
 //!
 //! - [`PyClient`] wraps [`ThreadedClient`]: `send` queues the encoded frame and a
 //!   writer thread batches the writes, so a Python loop is not limited by one
-//!   syscall per message. Calls that can block release the GIL (`py.detach`) and
-//!   wait in slices of [`SLICE`], checking for signals (Ctrl-C) in between.
+//!   syscall per message. Calls that can block release the GIL (`py.detach`); `recv`
+//!   and `flush` wait in slices of [`SLICE`], checking for signals (Ctrl-C) in between.
+//!   Requests (`wait=True`, rooms, contacts, history) wait up to the client's timeout
+//!   without the GIL and see a Ctrl-C when they return.
 //! - Errors map to `RouterError` (attributes `code`, `status`, `reason`) and its subclasses
 //!   `AuthError` (a refused login, and any UNAUTHORIZED answer) and
 //!   `ConnectionClosed`; timeouts to the builtin `TimeoutError`, socket errors to
@@ -507,7 +509,8 @@ impl PyClient {
     /// Without wait the message is queued and written shortly after by the writer
     /// thread; the call blocks only while the 4 MiB send buffer is full. With
     /// wait=True it waits for the router's answer: RouterError if it is not OK
-    /// (e.g. code "NOT_FOUND": `to` has no session), TimeoutError if none comes
+    /// (e.g. code "NOT_FOUND": `to` is not a known user; a known user who is
+    /// offline has the message stored, and the answer is OK), TimeoutError if none comes
     /// within the client's timeout. ConnectionClosed once the connection is closed.
     ///
     /// With ephemeral=True (typing indicators and the like) the message reaches
@@ -600,7 +603,7 @@ impl PyClient {
     /// the router's --max-members-per-room. Each member gets an Event "joined".
     #[pyo3(
         signature = (name, *, password=None, members=Vec::new()),
-        text_signature = "(self, name, *, password=None, members=())"
+        text_signature = "($self, name, *, password=None, members=())"
     )]
     fn create_room(
         &self,
@@ -619,7 +622,7 @@ impl PyClient {
     /// `user`, or the room `room` (exactly one). The peer's live devices (every
     /// member's, for a room) and this user's other live devices get a Receipt from
     /// recv(). Waits for the router: RouterError "FORBIDDEN" for a room this user
-    /// is not in, "BAD_REQUEST" for neither or both of user and room.
+    /// is not in; ValueError for neither or both of user and room.
     #[pyo3(signature = (*, user=None, room=None, msg_id))]
     fn mark_read(
         &self,

@@ -91,7 +91,7 @@ pub(crate) fn mark_read(
     let to = match (&user, &room) {
         (Some(u), None) => Target::User(u),
         (None, Some(r)) => Target::Room(r),
-        _ => return Err(PyValueError::new_err("give user or room, not both")),
+        _ => return Err(PyValueError::new_err("give exactly one of user and room")),
     };
     py.detach(|| c.mark_read(to, msg_id))
         .map_err(|e| to_pyerr(py, e))

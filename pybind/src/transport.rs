@@ -30,11 +30,12 @@ pub(crate) fn transport(
     })
 }
 
-/// A TLS failure as `ssl.SSLCertVerificationError` (the certificate was not
-/// trusted or not valid for the host) or `ssl.SSLError` (anything else): both
-/// are `OSError`s, as for Python's own `ssl` module.
+/// A TLS failure as `ssl.SSLCertVerificationError` (the router's certificate was not
+/// trusted or not valid for the host: rustls's "invalid peer certificate") or
+/// `ssl.SSLError` (anything else, a CA file that cannot be used included): both are
+/// `OSError`s, as for Python's own `ssl` module.
 pub(crate) fn tls_error(py: Python<'_>, why: &str) -> PyErr {
-    let name = if why.contains("certificate") {
+    let name = if why.contains("invalid peer certificate") {
         "SSLCertVerificationError"
     } else {
         "SSLError"

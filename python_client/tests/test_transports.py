@@ -159,6 +159,7 @@ def test_wss_login_and_exchange(
 
 def test_a_certificate_not_trusted_is_refused(
     tls_router: Router, certs: Tuple[CertFiles, CertFiles], user: Callable[[str], str],
+    tmp_path: Path,
 ) -> None:
     _, (other, _) = certs
     for addr, kw in [
@@ -170,9 +171,16 @@ def test_a_certificate_not_trusted_is_refused(
             ringrouter.Client(addr, user("mallory"), tls=True, **kw)  # type: ignore[arg-type]
         assert "certificate" in str(e.value), str(e.value)
         assert isinstance(e.value, OSError)
-    # A CA file that does not exist: a clear TLS error naming it.
-    with pytest.raises(ssl.SSLError, match="nonexistent"):
+    # A CA file that does not exist, or holds no certificate: a clear TLS error naming
+    # it, not a verification failure (which names the router's certificate).
+    with pytest.raises(ssl.SSLError, match="nonexistent") as e:
         ringrouter.Client(tls_router.addr, user("m"), tls=True, ca_file="/nonexistent/ca.pem")
+    assert not isinstance(e.value, ssl.SSLCertVerificationError)
+    empty = tmp_path / "empty.pem"
+    empty.write_text("not a certificate\n")
+    with pytest.raises(ssl.SSLError, match="empty.pem") as e:
+        ringrouter.Client(tls_router.addr, user("m"), tls=True, ca_file=str(empty))
+    assert not isinstance(e.value, ssl.SSLCertVerificationError)
 
 
 def test_bad_transport_arguments(ws_router: Router, user: Callable[[str], str]) -> None:

@@ -368,7 +368,8 @@ class Client:
         i.e. when the router reads more slowly than the caller sends. With
         ``wait=True`` it waits (up to the client's ``timeout``) for the router's
         answer and raises :class:`RouterError` if the answer is not OK (e.g.
-        ``code == "NOT_FOUND"``: ``to`` has no session), :class:`TimeoutError` if
+        ``code == "NOT_FOUND"``: ``to`` is not a known user; a known user who is
+        offline has the message stored, and the answer is OK), :class:`TimeoutError` if
         none comes in time.
 
         With ``ephemeral=True`` (typing indicators and the like) it reaches the live
@@ -574,10 +575,12 @@ class Client:
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> bool: ...
-    def __iter__(self) -> Iterator[Union[Message, Event, Receipt]]:
-        """Yields messages, room events and receipts as they arrive; stops when the
-        connection closes."""
-    def __next__(self) -> Union[Message, Event, Receipt]: ...
+    def __iter__(
+        self,
+    ) -> Iterator[Union[Message, Event, Receipt, ContactEvent, Presence]]:
+        """Yields what :meth:`recv` returns (messages, room events, receipts, contact
+        events, presence) as it arrives; stops when the connection closes."""
+    def __next__(self) -> Union[Message, Event, Receipt, ContactEvent, Presence]: ...
 
 def load_run(
     addr: str,

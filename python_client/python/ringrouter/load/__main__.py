@@ -79,6 +79,8 @@ def format_table(r: LoadReport, title: str) -> str:
             f"{r.engine_cpu_seconds:.2f} s (router and engine share this machine's cores)",
         ),
     ]
+    if r.server_cpu_s is not None:
+        rows.append(("server CPU", f"{r.server_cpu_s:.2f} s over the measured phase"))
     width = max(len(k) for k, _ in rows)
     lines = [title, "-" * len(title)]
     lines += [f"{k:<{width}}  {v}" for k, v in rows]
