@@ -117,7 +117,16 @@ fn bad(reason: impl Into<String>) -> Response {
     Response::status(Status::BadRequest, reason)
 }
 
+/// A JSON object body as `T`. Only an object: serde's derive would also take an array
+/// of the fields in order (`["bob", null, "hi"]` published a message).
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Response> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        // (A BOM, an array, a string or nothing: the parser words the error.)
+        if let Err(e) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body) {
+            return Err(bad(format!("bad JSON body: {e}")));
+        }
+    }
     serde_json::from_slice(body).map_err(|e| bad(format!("bad JSON body: {e}")))
 }
 
@@ -197,10 +206,14 @@ struct PublishReq {
 /// any room). The answer waits for that outcome.
 async fn publish(body: &[u8], shard: &Rc<RefCell<Shard>>, shared: &Arc<Shared>) -> Answer {
     let req: PublishReq = parse_json(body)?;
+    if req.to_user.is_some() == req.to_room.is_some() {
+        return Err(bad("give one of to_user and to_room"));
+    }
+    // A name given empty is a bad name, not a missing one.
     let to_user = req.to_user.unwrap_or_default();
     let to_room = req.to_room.unwrap_or_default();
-    if to_user.is_empty() == to_room.is_empty() {
-        return Err(bad("give one of to_user and to_room"));
+    if to_user.is_empty() && to_room.is_empty() {
+        return Err(bad("to_user / to_room: a name may not be empty"));
     }
     check_send(to_user.as_bytes(), to_room.as_bytes()).map_err(refuse_name)?;
     let from_user = req.from_user.unwrap_or_else(|| "system".to_owned());

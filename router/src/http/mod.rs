@@ -245,6 +245,14 @@ async fn serve_conn(
             let r = Response::status(Status::BadRequest, "GET /ws takes no body".to_owned());
             return close_with(&mut conn, r).await;
         }
+        if head.body_len > 0 {
+            // Refused whatever its body says (the API off or the key wrong, a method or
+            // path that has no handler): answered before the body is asked for (no
+            // 100 Continue) or read, and the connection closed.
+            if let Some(r) = refusal(&route, &head, &ctx) {
+                return close_with(&mut conn, r).await;
+            }
+        }
         let end = head.len + head.body_len;
         if buf.len() < end && head.minor >= 1 && head.has_token("expect", "100-continue") {
             // The client waits for this before it sends the body (curl, for bodies over
@@ -267,8 +275,8 @@ async fn serve_conn(
                 let r =
                     Response::error(426, Status::BadRequest, "GET /ws needs Upgrade: websocket")
                         .with_header("upgrade", "websocket");
-                write_answer(&mut conn, &head, r, &cfg).await;
-                return;
+                // (Closed after it: the answer says so rather than keep-alive.)
+                return close_with(&mut conn, r).await;
             }
             buf.advance(head.len);
             let Head { headers, .. } = head;
@@ -312,6 +320,39 @@ async fn write_answer(
     keep
 }
 
+/// The answer to a request that is refused whatever its body: under `/api/`, the API off
+/// (404, every path) or the key missing or wrong (401), checked before the method and
+/// the path so that nobody without the key learns which routes and methods exist;
+/// elsewhere a method the path does not allow (405), a path that does not decode (400)
+/// or nothing there (404).
+fn refusal(route: &Route, head: &Head, ctx: &HttpCtx) -> Option<Response> {
+    if route.is_api() || head.path == "/api" || head.path.starts_with("/api/") {
+        let Some(api) = &ctx.api else {
+            return Some(Response::status(
+                Status::NotFound,
+                "the API is off (no --api-key-file)",
+            ));
+        };
+        if !api.allows(head) {
+            return Some(
+                Response::status(Status::Unauthorized, "missing or wrong API key")
+                    .with_header("www-authenticate", "Bearer"),
+            );
+        }
+    }
+    match route {
+        Route::MethodNotAllowed(allow) => Some(
+            Response::error(405, Status::BadRequest, "method not allowed")
+                .with_header("allow", *allow),
+        ),
+        Route::BadPath(why) => Some(Response::status(Status::BadRequest, why.clone())),
+        Route::NotFound | Route::ApiNotFound => {
+            Some(Response::status(Status::NotFound, "not found"))
+        }
+        _ => None,
+    }
+}
+
 /// The answer to one request.
 async fn answer(
     route: Route,
@@ -322,15 +363,13 @@ async fn answer(
     ctx: &HttpCtx,
 ) -> Response {
     const TEXT: &str = "text/plain; charset=utf-8";
+    if let Some(r) = refusal(&route, head, ctx) {
+        return r;
+    }
     if route.is_api() {
-        let Some(api) = &ctx.api else {
-            return Response::status(Status::NotFound, "the API is off (no --api-key-file)");
-        };
-        if !api.allows(head) {
-            return Response::status(Status::Unauthorized, "missing or wrong API key")
-                .with_header("www-authenticate", "Bearer");
+        if let Some(api) = &ctx.api {
+            return api::handle(route, body, api, shard, shared).await;
         }
-        return api::handle(route, body, api, shard, shared).await;
     }
     match route {
         Route::Healthz => Response::new(200, TEXT, "ok\n"),
@@ -353,11 +392,6 @@ async fn answer(
             Some((content_type, bytes)) => Response::new(200, content_type, bytes),
             None => Response::status(Status::NotFound, "not found"),
         },
-        Route::MethodNotAllowed(allow) => {
-            Response::error(405, Status::BadRequest, "method not allowed")
-                .with_header("allow", allow)
-        }
-        Route::BadPath(why) => Response::status(Status::BadRequest, why),
         _ => Response::status(Status::NotFound, "not found"),
     }
 }

@@ -425,6 +425,58 @@ fn the_api_is_off_without_a_key_file_and_needs_the_key() {
     }
     api(&r, "GET", "/api/v1/users/someone", None).assert_error(404, "NOT_FOUND");
     api(&r, "GET", "/api/v1/nothing", None).assert_error(404, "NOT_FOUND");
+    // Without the key nothing tells which routes and methods exist (before: 405 with
+    // Allow, 400 for a path that does not decode); with it, they do.
+    for (method, path) in [
+        ("GET", "/api/v1/publish"),
+        ("DELETE", "/api/v1/users/ann"),
+        ("GET", "/api/v1/users/%ZZ"),
+    ] {
+        let resp = Http::connect(addr).request(method, path, &[], b"");
+        resp.assert_error(401, "UNAUTHORIZED");
+    }
+    api(&r, "GET", "/api/v1/publish", None).assert_error(405, "BAD_REQUEST");
+    api(&r, "GET", "/api/v1/users/%ZZ", None).assert_error(400, "BAD_REQUEST");
+    // And with the API off, every path under /api/ is 404.
+    let off = RouterProc::start(&[]);
+    for (method, path) in [("GET", "/api/v1/publish"), ("GET", "/api/v1/users/%ZZ")] {
+        let resp = Http::connect(http_addr(&off)).request(method, path, &[], b"");
+        resp.assert_error(404, "NOT_FOUND");
+    }
+}
+
+/// A request refused whatever its body (no key, a method the path does not allow) is
+/// answered before the body is read, with no `100 Continue` first; a JSON body must be
+/// an object (an array of the fields in order published a message), and a name given
+/// empty is refused, not taken as absent.
+#[test]
+fn refusals_come_before_the_body_and_bodies_are_objects() {
+    let (r, _key) = with_api(&[]);
+    let addr = http_addr(&r);
+    for raw in [
+        "POST /api/v1/publish HTTP/1.1\r\nhost: x\r\ncontent-length: 900000\r\nexpect: 100-continue\r\n\r\n",
+        "POST /healthz HTTP/1.1\r\nhost: x\r\ncontent-length: 900000\r\nexpect: 100-continue\r\n\r\n",
+    ] {
+        let mut c = Http::connect(addr);
+        c.write(raw.as_bytes());
+        let resp = c.response().expect("an answer");
+        assert!(matches!(resp.code, 401 | 405), "{raw}: {}", resp.code);
+    }
+    r.visit("bob");
+    for body in [
+        json!(["bob", null, "x"]),
+        json!({"to_user": "", "to_room": "lobby", "payload": "x"}),
+        json!({"to_user": "", "payload": "x"}),
+    ] {
+        api(&r, "POST", "/api/v1/publish", Some(body.clone())).assert_error(400, "BAD_REQUEST");
+    }
+    // A /ws request without Upgrade says the connection closes, and it does.
+    let mut c = Http::connect(addr);
+    c.write(b"GET /ws HTTP/1.1\r\nhost: x\r\n\r\nGET /healthz HTTP/1.1\r\nhost: x\r\n\r\n");
+    let resp = c.response().expect("an answer");
+    assert_eq!(resp.code, 426);
+    assert_eq!(resp.header("connection"), Some("close"));
+    assert!(c.closed_within(T));
 }
 
 #[test]
