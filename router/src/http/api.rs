@@ -238,11 +238,13 @@ async fn publish(body: &[u8], shard: &Rc<RefCell<Shard>>, shared: &Arc<Shared>) 
         ));
     }
     check_serving(shared)?;
-    let timeout = shared.cfg.http_api_timeout;
+    // One deadline for the wait for room and the wait for the outcome.
+    let deadline = std::time::Instant::now() + shared.cfg.http_api_timeout;
+    let left = || deadline.saturating_duration_since(std::time::Instant::now());
     // Backpressure as for a session's reader: wait while the pipeline to the other
     // shards or the store requests are over their marks.
     let room = poll_fn(|cx| shard.borrow_mut().poll_intake(cx.waker()));
-    if monoio::time::timeout(timeout, room).await.is_err() {
+    if monoio::time::timeout(left(), room).await.is_err() {
         return Err(timed_out());
     }
     let (tx, rx) = oneshot::channel();
@@ -284,7 +286,7 @@ async fn publish(body: &[u8], shard: &Rc<RefCell<Shard>>, shared: &Arc<Shared>) 
         }
         id
     };
-    match monoio::time::timeout(timeout, rx).await {
+    match monoio::time::timeout(left(), rx).await {
         Ok(Ok((Status::Ok, msg_id))) => Ok(Response::json(
             200,
             // (`msg_id_str`: ids pass 2^53, past which JavaScript's numbers round.)
@@ -383,15 +385,19 @@ async fn user_info(user: String, shard: &Rc<RefCell<Shard>>, shared: &Arc<Shared
     let sessions = call(shard, home, move |sh| sh.user_sessions(name.as_bytes()));
     let exists = store_call(|cb| shared.store.user_exists(&user, cb))?;
     let queued = store_call(|cb| shared.store.count(&user, cb))?;
-    let sessions = within(t, sessions).await?;
+    // One deadline for the three answers: the request waits `--http-api-timeout` at
+    // most, not once per answer.
+    let deadline = std::time::Instant::now() + t;
+    let left = || deadline.saturating_duration_since(std::time::Instant::now());
+    let sessions = within(left(), sessions).await?;
     let store_err = |e: crate::store::StoreError| {
         Response::status(
             crate::shard::store_link::store_status(&e),
             format!("store: {e}"),
         )
     };
-    let exists = within(t, exists).await?.map_err(store_err)?;
-    let queued = within(t, queued).await?.map_err(store_err)?;
+    let exists = within(left(), exists).await?.map_err(store_err)?;
+    let queued = within(left(), queued).await?.map_err(store_err)?;
     if !exists && sessions == 0 {
         return Err(Response::status(Status::NotFound, "no such user"));
     }
