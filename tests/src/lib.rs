@@ -268,6 +268,17 @@ impl RouterProc {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// The router's `/metrics` exposition (the HTTP answer, head included).
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(self.http_addr()).expect("http");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
     /// The router's resident memory (VmRSS), in KiB.
     pub fn rss_kib(&self) -> u64 {
         rss_kib(self.pid())

@@ -266,9 +266,12 @@ async fn read_loop(
             let mut bad = None;
             let mut rest = None;
             // Whether a frame of this chunk queued an answer on a session over its bound
-            // or took this session to `max_requests_in_flight` (a flag left by work done
-            // between chunks, a mailbox or a store answer, is not this chunk's).
-            let mut answered_over = false;
+            // or took this session to `max_requests_in_flight` (the shard's flag, left by
+            // work done between chunks, is not this chunk's), or this session got an
+            // answer over its bound since its queue last drained (`answered_over`: also
+            // one from the store, between chunks).
+            let own = |sh: &Shard| sh.sessions.get(key).is_some_and(|s| s.answered_over);
+            let mut answered_over = own(&sh);
             sh.answers_over = false;
             for r in frames(&chunk[start..]) {
                 let range = start + r.start..start + r.end;
@@ -289,7 +292,7 @@ async fn read_loop(
                 // `max_requests_in_flight` requests waiting on the store), the session's
                 // next frames wait for it to drain: a chunk of cheap requests with big
                 // answers queues at most one answer past the bound.
-                if sh.answers_over {
+                if sh.answers_over || own(&sh) {
                     sh.answers_over = false;
                     answered_over = true;
                 }
@@ -664,6 +667,7 @@ async fn write_loop<W: AsyncWriteRent>(
             if s.pending() <= max {
                 s.over_since = None;
                 s.drains = s.drains.wrapping_add(1);
+                s.answered_over = false;
                 s.wake_drain_waiters();
                 sh.release_throttles(key);
                 sh.continue_loading(key);

@@ -345,8 +345,10 @@ impl Shard {
         s.push_frame(f);
         let (pending, open) = (s.pending(), s.closing.is_none());
         if pending > self.cfg.max_pending_bytes {
-            // Its reader stops handling the frames of the chunk it is in.
+            // Its reader stops handling the frames of the chunk it is in, and reads no
+            // more until the queue drains.
             self.answers_over = true;
+            s.answered_over = true;
         }
         if open && pending > self.cfg.hard_pending_bytes() {
             // Answers to requests it pipelined and does not read: past the hard cap it

@@ -152,6 +152,11 @@ pub struct Session {
     /// reader waiting on its own queue goes on once it moved, even if deliveries took
     /// the queue back over the bound before it ran.
     pub drains: u32,
+    /// An answer (a result, an error, a Pong, a notice: any frame but a delivery) was
+    /// queued on this session while it was over `max_pending_bytes`, since the writer
+    /// last drained it: its reader stops until it drains (`net::session`). Set by
+    /// `Shard::push_frame` whenever the answer comes, at once or from the store.
+    pub answered_over: bool,
     /// Requests of this session waiting on the store (bounded by
     /// `max_requests_in_flight`: at it, its reader waits).
     pub requests: u32,
@@ -331,6 +336,7 @@ impl Shard {
             writer: None,
             drain_waiters: Vec::new(),
             drains: 0,
+            answered_over: false,
             requests: 0,
             closing: None,
             over_since: None,

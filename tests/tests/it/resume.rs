@@ -87,7 +87,7 @@ fn a_send_numbered_again_is_dropped_and_acknowledged_again() {
     // Counters are published on the shards' tick.
     let deadline = Instant::now() + T;
     loop {
-        let text = metrics(&r);
+        let text = r.metrics();
         if text
             .lines()
             .any(|l| l == "ringrouter_duplicate_sends_total 1")
@@ -97,15 +97,6 @@ fn a_send_numbered_again_is_dropped_and_acknowledged_again() {
         assert!(Instant::now() < deadline, "{text}");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn metrics(r: &RouterProc) -> String {
-    let mut s = TcpStream::connect(r.http_addr()).expect("http");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .expect("write");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
 }
 
 #[test]
