@@ -10,6 +10,7 @@
 //!   ticks and disconnects, with the router's invariants checked after every step.
 //! - [`check_store_codec`]: the store's record and key encodings on arbitrary bytes.
 //! - [`check_prelogin`]: the pre-login state machine under an arbitrary driver.
+//! - [`check_ws_decoder`]: the WebSocket decoder on arbitrary bytes cut anywhere.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1186,6 +1187,51 @@ fn count_refused_logins(frames: &[server_frame::Kind]) -> u32 {
         .count() as u32
 }
 
+/// The WebSocket decoder (`transport::ws::Decoder`) on arbitrary bytes: the first byte
+/// picks the message bound, the second where the rest is cut into reads. Fed whole or
+/// cut, it gives the same events and the same violation (a frame's payload is taken as
+/// it arrives, so cutting must not change what it means); a message never exceeds the
+/// bound; the input never keeps a data frame's payload (at most a header, 14 bytes, or
+/// a control frame, 131).
+pub fn check_ws_decoder(data: &[u8]) {
+    use crate::transport::ws::{Decoder, Event};
+    let (Some(&b0), Some(&b1)) = (data.first(), data.get(1)) else {
+        return;
+    };
+    let max = [16usize, 125, 1000, 70_000][usize::from(b0 % 4)];
+    let cut = usize::from(b1 % 17) + 1;
+    let wire = &data[2..];
+    let run = |cut: usize| {
+        let mut d = Decoder::new(max);
+        let mut input = BytesMut::new();
+        let mut events = Vec::new();
+        for chunk in wire.chunks(cut) {
+            input.extend_from_slice(chunk);
+            loop {
+                match d.decode(&mut input) {
+                    Ok(Some(e)) => {
+                        if let Event::Message { data, .. } = &e {
+                            assert!(data.len() <= max, "a message over the bound");
+                        }
+                        events.push(e);
+                    }
+                    Ok(None) => break,
+                    Err(v) => return (events, Some(v)),
+                }
+            }
+            assert!(
+                input.len() <= 131,
+                "{} bytes kept in the input",
+                input.len()
+            );
+        }
+        (events, None)
+    };
+    let whole = run(wire.len().max(1));
+    let pieces = run(cut);
+    assert_eq!(whole, pieces, "fed whole and cut every {cut} bytes");
+}
+
 /// Runs `check` on every file of the committed corpus of `target` (`fuzz/corpus/<target>`);
 /// returns how many there were.
 pub fn replay_corpus(target: &str, check: fn(&[u8])) -> usize {
@@ -1236,6 +1282,7 @@ mod tests {
             check_shard_frames(&data);
             check_store_codec(&data);
             check_prelogin(&data);
+            check_ws_decoder(&data);
         }
     }
 }

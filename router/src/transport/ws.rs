@@ -367,7 +367,10 @@ impl Decoder {
                 continue;
             }
             if input.len() < whole {
-                input.reserve(whole - input.len());
+                // Room for what is missing of a control frame, or of a data frame's header
+                // (its payload is taken as it comes, above).
+                let want = if control { whole } else { at + 4 };
+                input.reserve(want.saturating_sub(input.len()));
                 return Ok(None);
             }
             let mask = [input[at], input[at + 1], input[at + 2], input[at + 3]];
