@@ -13,7 +13,7 @@ use ringrouter_proto::v1::{client_frame, server_frame, Ack, ListRooms, Ping};
 use ringrouter_proto::Status;
 use ringrouter_tests::{
     assert_error, cfg, client_frame_bytes, connect_small_rcvbuf, send_frame_bytes, Driver, Pair,
-    Raw, ReadEnd, RouterProc, T,
+    Raw, RouterProc, T,
 };
 
 const MIB: u64 = 1024;
@@ -643,34 +643,19 @@ fn pipelined_requests_with_big_answers_are_bounded_by_the_hard_cap() {
     // shard-wide mark; ~3.5 KB each, ~57 MB, as they come back from the store): far
     // under the ~600 MB that 200 000 answers would take.
     let (mut a, n, rooms, writer) = pipeline_list_rooms(&r, 200_000, 256);
-    let (frames, end) = a.read_until_end(Duration::from_secs(60));
+    let (frames, _) = a.read_until_end(Duration::from_secs(60));
     let answers = frames
         .iter()
         .filter(|f| matches!(&f.kind, Some(server_frame::Kind::RoomResult(res)) if res.rooms.len() == rooms))
         .count();
-    assert!(answers < n, "{answers} answers");
     let last = frames.last().and_then(|f| f.kind.clone());
     match last {
         Some(server_frame::Kind::Error(e)) => {
-            // (A slow consumer's queue is dropped with the close: it gets the Error.)
             assert_eq!(e.code, Status::SlowConsumer as i32, "{e:?}");
+            // (A slow consumer's queue is dropped with the close: it gets the Error.)
+            assert!(answers < n, "{answers} answers");
         }
-        other => {
-            // The Error goes ahead of the dropped queue, but a client that has not read
-            // for 2.5 s may have no receive window left for it when the cap is reached
-            // early (a loaded host): the socket is shut 100 ms later with the requests it
-            // did not read, and the reset takes the Error with it. The close is still the
-            // slow-consumer one.
-            // (The reset may cut the last answer: "inside a frame".)
-            assert!(!matches!(end, ReadEnd::Timeout), "{end:?} after {other:?}");
-            let m = r.metrics();
-            assert!(
-                m.lines()
-                    .any(|l| l.starts_with("ringrouter_slow_consumer_closes_total ")
-                        && !l.ends_with(" 0")),
-                "not closed as a slow consumer after {answers} answers: {other:?}"
-            );
-        }
+        other => panic!("not closed as a slow consumer after {answers} answers: {other:?}"),
     }
     drop(a);
     let _ = writer.join();
