@@ -270,8 +270,7 @@ async fn read_loop(
             // work done between chunks, is not this chunk's), or this session got an
             // answer over its bound since its queue last drained (`answered_over`: also
             // one from the store, between chunks).
-            let own = |sh: &Shard| sh.sessions.get(key).is_some_and(|s| s.answered_over);
-            let mut answered_over = own(&sh);
+            let mut answered_over = sh.sessions.get(key).is_some_and(|s| s.answered_over);
             sh.answers_over = false;
             for r in frames(&chunk[start..]) {
                 let range = start + r.start..start + r.end;
@@ -292,7 +291,9 @@ async fn read_loop(
                 // `max_requests_in_flight` requests waiting on the store), the session's
                 // next frames wait for it to drain: a chunk of cheap requests with big
                 // answers queues at most one answer past the bound.
-                if sh.answers_over || own(&sh) {
+                // (An answer queued on this session over its bound sets the shard's flag
+                // too: the session's own mark is read once, at the chunk's start.)
+                if sh.answers_over {
                     sh.answers_over = false;
                     answered_over = true;
                 }
