@@ -247,6 +247,16 @@ fn contact_blocker_key(user: &str, blocker: &str) -> Vec<u8> {
     list_key(CONTACT_BLOCKER_PREFIX, user, blocker)
 }
 
+/// The write noting (`on`) or dropping that `blocker` blocks `user`.
+fn blocker_op(user: &str, blocker: &str, on: bool) -> Op {
+    let key = contact_blocker_key(user, blocker);
+    if on {
+        Op::Put(Ks::Rooms, key, Vec::new())
+    } else {
+        Op::Del(Ks::Rooms, key)
+    }
+}
+
 /// Records whose inline lists one step of an open-time move rewrites.
 const MIGRATE_BATCH: usize = 256;
 #[cfg(test)]
@@ -1549,12 +1559,7 @@ impl Worker {
             }
         }
         for (u, on) in blocked_by {
-            let key = contact_blocker_key(user, &u);
-            self.ops.push(if on {
-                Op::Put(Ks::Rooms, key, Vec::new())
-            } else {
-                Op::Del(Ks::Rooms, key)
-            });
+            self.ops.push(blocker_op(user, &u, on));
         }
         // Removals first: an entry pruned and set again since the last write stays.
         for peer in &save.removed {
@@ -1582,12 +1587,7 @@ impl Worker {
     fn note_blocker(&mut self, user: &str, blocker: &str, on: bool) -> StoreResult<()> {
         validate_name("user", user)?;
         validate_name("blocker", blocker)?;
-        let key = contact_blocker_key(user, blocker);
-        self.ops.push(if on {
-            Op::Put(Ks::Rooms, key, Vec::new())
-        } else {
-            Op::Del(Ks::Rooms, key)
-        });
+        self.ops.push(blocker_op(user, blocker, on));
         Ok(())
     }
 

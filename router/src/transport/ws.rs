@@ -156,8 +156,6 @@ pub mod code {
     pub const POLICY: u16 = 1008;
     /// A message over the size bound.
     pub const TOO_BIG: u16 = 1009;
-    /// The endpoint met a condition it did not expect.
-    pub const INTERNAL: u16 = 1011;
 }
 
 /// What the decoder found.
@@ -198,18 +196,28 @@ fn violation(code: u16, reason: impl Into<String>) -> Violation {
 #[derive(Debug)]
 pub struct Decoder {
     max_message: usize,
-    /// The message being reassembled from fragments: text?, bytes, frame count.
-    partial: Option<(bool, BytesMut, usize)>,
-    /// A data frame whose payload is still arriving: its bytes are unmasked into
-    /// `partial` as they come, so the input never holds more than a read of them (a
-    /// frame kept whole in the input until it completed held the message twice, once
-    /// in the fragments so far and once in the frame on its way).
-    streaming: Option<Streaming>,
+    /// The message being reassembled from its frames.
+    partial: Option<Partial>,
 }
 
-/// A data frame being received (see [`Decoder::streaming`]).
+/// A message in progress.
+#[derive(Debug)]
+struct Partial {
+    text: bool,
+    /// Its bytes so far, unmasked.
+    held: BytesMut,
+    /// Its frames so far (the one arriving included).
+    frames: usize,
+    /// A data frame of it whose payload is still arriving: its bytes are unmasked into
+    /// `held` as they come, so the input never holds more than a read of them (a frame
+    /// kept whole in the input until it completed held the message twice, once in the
+    /// frames so far and once in the frame on its way).
+    arriving: Option<Arriving>,
+}
+
+/// A data frame being received (see [`Partial::arriving`]).
 #[derive(Debug, Clone, Copy)]
-struct Streaming {
+struct Arriving {
     /// Payload bytes still to come.
     left: usize,
     /// Its mask, turned so that `mask[0]` applies to the next byte.
@@ -224,7 +232,6 @@ impl Decoder {
         Decoder {
             max_message,
             partial: None,
-            streaming: None,
         }
     }
 
@@ -235,38 +242,68 @@ impl Decoder {
 
     /// Bytes held for a message in progress.
     pub fn buffered(&self) -> usize {
-        self.partial.as_ref().map_or(0, |p| p.1.len())
+        self.partial.as_ref().map_or(0, |p| p.held.len())
+    }
+
+    /// A data frame (TEXT, BINARY or CONT) starts: the message it belongs to, taken out
+    /// of `partial` (a CONT: its frame counted) or new (TEXT, BINARY: empty, `first`
+    /// bytes reserved).
+    fn data_frame(&mut self, opcode: u8, first: usize) -> Result<Partial, Violation> {
+        match (opcode, self.partial.take()) {
+            (op::TEXT | op::BINARY, None) => Ok(Partial {
+                text: opcode == op::TEXT,
+                held: BytesMut::with_capacity(first),
+                frames: 1,
+                arriving: None,
+            }),
+            (op::CONT, Some(mut p)) => {
+                p.frames += 1;
+                if p.frames > MAX_FRAGMENTS {
+                    return Err(violation(
+                        code::POLICY,
+                        format!("a message in more than {MAX_FRAGMENTS} frames"),
+                    ));
+                }
+                Ok(p)
+            }
+            (op::CONT, None) => Err(violation(code::PROTOCOL, "continuation without a message")),
+            (op::TEXT | op::BINARY, Some(_)) => Err(violation(
+                code::PROTOCOL,
+                "a new message started inside a fragmented one",
+            )),
+            (other, _) => Err(violation(
+                code::PROTOCOL,
+                format!("unknown opcode {other:#x}"),
+            )),
+        }
     }
 
     /// Takes the next event out of `input`, `Ok(None)` when it holds no whole frame.
     pub fn decode(&mut self, input: &mut BytesMut) -> Result<Option<Event>, Violation> {
         loop {
-            if let Some(mut st) = self.streaming {
-                let n = st.left.min(input.len());
-                if n == 0 {
-                    return Ok(None);
+            if let Some(mut p) = self.partial.take() {
+                match p.arriving.take() {
+                    // Between frames: the next one's header follows.
+                    None => self.partial = Some(p),
+                    Some(mut a) => {
+                        let n = a.left.min(input.len());
+                        let mut data = input.split_to(n);
+                        unmask(&mut data, a.mask);
+                        p.held.extend_from_slice(&data);
+                        a.mask.rotate_left(n % 4);
+                        a.left -= n;
+                        if a.left > 0 {
+                            p.arriving = Some(a);
+                            self.partial = Some(p);
+                            return Ok(None);
+                        }
+                        if a.fin {
+                            return finish(p.text, p.held).map(Some);
+                        }
+                        self.partial = Some(p);
+                        continue;
+                    }
                 }
-                let mut data = input.split_to(n);
-                unmask(&mut data, st.mask);
-                st.mask.rotate_left(n % 4);
-                st.left -= n;
-                let Some((text, held, _)) = self.partial.as_mut() else {
-                    return Err(violation(code::INTERNAL, "a frame with no message"));
-                };
-                held.extend_from_slice(&data);
-                if st.left > 0 {
-                    self.streaming = Some(st);
-                    return Ok(None);
-                }
-                self.streaming = None;
-                if st.fin {
-                    let text = *text;
-                    let Some((_, held, _)) = self.partial.take() else {
-                        return Err(violation(code::INTERNAL, "a frame with no message"));
-                    };
-                    return finish(text, held).map(Some);
-                }
-                continue;
             }
             if input.len() < 2 {
                 return Ok(None);
@@ -325,45 +362,16 @@ impl Decoder {
             let whole = at + 4 + len as usize;
             if input.len() < whole && !control && input.len() >= at + 4 {
                 // A data frame not whole yet: its payload is taken as it comes.
-                let text = match (opcode, self.partial.take()) {
-                    (op::TEXT | op::BINARY, None) => opcode == op::TEXT,
-                    (op::CONT, Some((text, held, frames))) => {
-                        if frames + 1 > MAX_FRAGMENTS {
-                            return Err(violation(
-                                code::POLICY,
-                                format!("a message in more than {MAX_FRAGMENTS} frames"),
-                            ));
-                        }
-                        self.partial = Some((text, held, frames + 1));
-                        text
-                    }
-                    (op::TEXT | op::BINARY, Some(_)) => {
-                        return Err(violation(
-                            code::PROTOCOL,
-                            "a new message started inside a fragmented one",
-                        ))
-                    }
-                    (op::CONT, None) => {
-                        return Err(violation(code::PROTOCOL, "continuation without a message"))
-                    }
-                    (other, _) => {
-                        return Err(violation(
-                            code::PROTOCOL,
-                            format!("unknown opcode {other:#x}"),
-                        ))
-                    }
-                };
-                if self.partial.is_none() {
-                    // (Bounded: `len` passed the message bound above.)
-                    self.partial = Some((text, BytesMut::with_capacity(len as usize), 1));
-                }
+                // (Reserved for a new message: bounded, `len` passed the bound above.)
+                let mut p = self.data_frame(opcode, len as usize)?;
                 let mask = [input[at], input[at + 1], input[at + 2], input[at + 3]];
                 input.advance(at + 4);
-                self.streaming = Some(Streaming {
+                p.arriving = Some(Arriving {
                     left: len as usize,
                     mask,
                     fin,
                 });
+                self.partial = Some(p);
                 continue;
             }
             if input.len() < whole {
@@ -378,34 +386,18 @@ impl Decoder {
             let mut data = input.split_to(len as usize);
             unmask(&mut data, mask);
             match opcode {
-                op::TEXT | op::BINARY => {
-                    if self.partial.is_some() {
-                        return Err(violation(
-                            code::PROTOCOL,
-                            "a new message started inside a fragmented one",
-                        ));
+                op::TEXT | op::BINARY | op::CONT => {
+                    let mut p = self.data_frame(opcode, 0)?;
+                    if p.held.is_empty() {
+                        // A whole first frame: the message is its bytes, not a copy.
+                        p.held = data;
+                    } else {
+                        p.held.extend_from_slice(&data);
                     }
-                    let text = opcode == op::TEXT;
                     if fin {
-                        return finish(text, data).map(Some);
+                        return finish(p.text, p.held).map(Some);
                     }
-                    self.partial = Some((text, data, 1));
-                }
-                op::CONT => {
-                    let Some((text, mut held, frames)) = self.partial.take() else {
-                        return Err(violation(code::PROTOCOL, "continuation without a message"));
-                    };
-                    if frames + 1 > MAX_FRAGMENTS {
-                        return Err(violation(
-                            code::POLICY,
-                            format!("a message in more than {MAX_FRAGMENTS} frames"),
-                        ));
-                    }
-                    held.extend_from_slice(&data);
-                    if fin {
-                        return finish(text, held).map(Some);
-                    }
-                    self.partial = Some((text, held, frames + 1));
+                    self.partial = Some(p);
                 }
                 op::PING => return Ok(Some(Event::Ping(data))),
                 op::PONG => return Ok(Some(Event::Pong)),
