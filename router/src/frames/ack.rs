@@ -20,19 +20,44 @@ impl Shard {
                 a.up_to_seq, s.last_seq
             );
             self.push_error(key, Status::BadRequest, reason, 0);
-        } else if a.up_to_seq > s.acked {
-            s.acked = a.up_to_seq;
-            let top = s.unacked.ack(a.up_to_seq);
-            if top > 0 {
-                let user = s.user.clone();
-                let top = self.removable_up_to(&user, key, top);
-                if top > 0 {
-                    self.remove_stored(&user, top);
-                }
-            }
-            self.continue_loading(key);
+        } else {
+            self.take_ack(key, a.up_to_seq);
         }
         Flow::Continue
+    }
+
+    /// An Ack read ahead of the frames before it (its reader waits on a recipient, see
+    /// `net::session`): taken now if it is valid, else left for its turn (in order,
+    /// where an invalid one is answered). Acks are cumulative: taking it again in its
+    /// turn changes nothing.
+    pub(crate) fn ack_ahead(&mut self, key: SessionKey, up_to_seq: u64) {
+        if self
+            .sessions
+            .get(key)
+            .is_some_and(|s| up_to_seq <= s.last_seq && s.closing.is_none())
+        {
+            self.take_ack(key, up_to_seq);
+        }
+    }
+
+    /// Forgets session `key`'s deliveries up to `up_to_seq` (at most its last seq).
+    fn take_ack(&mut self, key: SessionKey, up_to_seq: u64) {
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if up_to_seq <= s.acked {
+            return;
+        }
+        s.acked = up_to_seq;
+        let top = s.unacked.ack(up_to_seq);
+        if top > 0 {
+            let user = s.user.clone();
+            let top = self.removable_up_to(&user, key, top);
+            if top > 0 {
+                self.remove_stored(&user, top);
+            }
+        }
+        self.continue_loading(key);
     }
 
     /// How far an ack of session `key` that covers store seqs up to `top` may remove

@@ -59,8 +59,7 @@ impl Shard {
         blocked: &mut Vec<SessionKey>,
     ) -> Flow {
         if let Some(s) = self.sessions.get_mut(key) {
-            s.last_rx = now;
-            s.ping_sent = None;
+            s.heard(now);
         }
         // A direct message to the user this session last sent to: its name was checked
         // and its home found then (`LastDest`).

@@ -8,9 +8,10 @@
 //! loop turn and each target shard gets one batch.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::Instant;
@@ -19,10 +20,11 @@ use bytes::BytesMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::tcp::TcpOwnedReadHalf;
 use monoio::net::TcpStream;
+use prost::Message;
 use ringrouter_proto::codec::{encode_frame, frame_bytes_needed, frames, split_frames};
 use ringrouter_proto::fast::parse_client_in;
 use ringrouter_proto::reply;
-use ringrouter_proto::v1::{server_frame, LoginResult, ServerFrame};
+use ringrouter_proto::v1::{client_frame, server_frame, ClientFrame, LoginResult, ServerFrame};
 use ringrouter_proto::Status;
 use tracing::Instrument;
 
@@ -247,6 +249,8 @@ async fn read_loop(
     // quarter of it), its payloads are copied out of their chunks from then on: at most
     // one chunk per session is ever kept by few payload bytes.
     let mut copy = false;
+    // How the connection ended, when a read ahead found it (see `read_acks_ahead`).
+    let mut end: Option<io::Result<usize>> = None;
     loop {
         let flow = {
             let mut sh = shard.borrow_mut();
@@ -353,10 +357,13 @@ async fn read_loop(
         // once: senders may refill it before this reader runs, and a reader that waited
         // for it to be found under the bound would not read (acks included) while they
         // keep it there.
+        // Meanwhile the socket is read ahead (see `read_acks_ahead`): bytes read then are
+        // handled in order once the wait ends, before the next read.
         let waits = |sh: &Shard| sh.paused(key) || sh.requests_full(key);
+        let mut ahead = false;
         if !blocked.is_empty() || waits(&shard.borrow()) {
             let own_drains = shard.borrow().sessions.get(key).map_or(0, |s| s.drains);
-            poll_fn(|cx| {
+            let mut wait = std::pin::pin!(poll_fn(|cx| {
                 let mut sh = shard.borrow_mut();
                 let drained_once = sh.sessions.get(key).is_some_and(|s| s.drains != own_drains);
                 blocked.retain(|&k| !sh.drained(k) && (k != key || !drained_once));
@@ -371,8 +378,40 @@ async fn read_loop(
                     }
                     None => Poll::Ready(()),
                 }
+            }));
+            // Until the session holds deliveries to ack, a plain wait (its own writer's
+            // writes wake it to look again); then a wait that reads ahead.
+            let read_ahead = poll_fn(|cx| {
+                if wait.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(false);
+                }
+                if held.is_some() {
+                    return Poll::Pending;
+                }
+                let mut sh = shard.borrow_mut();
+                if sh
+                    .sessions
+                    .get(key)
+                    .is_some_and(|s| s.closing.is_none() && !s.unacked.is_empty())
+                {
+                    return Poll::Ready(true);
+                }
+                sh.wait_drain(key, cx.waker());
+                Poll::Pending
             })
             .await;
+            if read_ahead {
+                let read = Reading {
+                    shard,
+                    key,
+                    fd,
+                    reader: &reader,
+                    layers,
+                };
+                let found;
+                (ahead, found) = Box::pin(read_acks_ahead(read, &mut buf, wait)).await;
+                end = end.or(found);
+            }
         }
         poll_fn(|cx| {
             let mut sh = shard.borrow_mut();
@@ -390,8 +429,8 @@ async fn read_loop(
             }
         })
         .await;
-        if held.is_some() {
-            // The rest of the chunk first; no read meanwhile. A session closed while it
+        if held.is_some() || ahead {
+            // The rest of the chunk first, or what was read ahead; no read meanwhile. A session closed while it
             // waited (kicked, slow consumer, shutdown) handles none of it.
             if shard
                 .borrow()
@@ -403,7 +442,10 @@ async fn read_loop(
             }
             continue;
         }
-        let res = if let Some(layers) = layers {
+        let res = if let Some(end) = end.take() {
+            // Found by a read ahead (the bytes before it are handled).
+            end
+        } else if let Some(layers) = layers {
             // Boxed: a plain session's reader future does not carry its state.
             Box::pin(read_layered(shard, key, fd, &reader, layers, &mut buf)).await
         } else if buf.is_empty() {
@@ -437,6 +479,131 @@ async fn read_loop(
             }
             Ok(0) | Err(_) => return,
             Ok(n) => shard.borrow_mut().counters.bytes_in += n as u64,
+        }
+    }
+}
+
+/// What a read of a session's socket needs.
+struct Reading<'a> {
+    shard: &'a Rc<RefCell<Shard>>,
+    key: SessionKey,
+    fd: RawFd,
+    reader: &'a TcpOwnedReadHalf,
+    layers: Option<&'a Rc<RefCell<Layers>>>,
+}
+
+/// Bytes a waiting reader reads ahead, at most (beyond them it only waits).
+const READ_AHEAD_MAX: usize = READ_BUF;
+
+/// Waits for `wait` (the recipients or the store a reader waits on) while reading the
+/// socket ahead into `buf`, up to [`READ_AHEAD_MAX`] bytes, and taking the valid Acks
+/// of the complete frames read (`Shard::ack_ahead`); the frames stay in `buf`, to be
+/// handled in order after the wait (an Ack again, which changes nothing). A session
+/// sending to a stalled recipient keeps receiving meanwhile: without its acks it would
+/// reach `--max-unacked-per-session` and be cut while keeping up. It reads ahead only
+/// while it holds deliveries not acked (a sender that receives nothing waits as
+/// before, holding no buffer); a client whose frames before its acks exceed the
+/// read-ahead (no window on its sends) is not helped. Returns whether bytes were read,
+/// and how the connection ended if a read found it ended (for the reader to handle
+/// after the bytes before it).
+async fn read_acks_ahead<W: Future<Output = ()>>(
+    r: Reading<'_>,
+    buf: &mut BytesMut,
+    mut wait: Pin<&mut W>,
+) -> (bool, Option<io::Result<usize>>) {
+    // `buf[..scanned]`: complete frames whose acks were taken (bytes before the wait
+    // are a partial frame, if any: they are scanned with the rest once complete).
+    let (mut scanned, mut ahead) = (0, false);
+    loop {
+        if buf.len() >= READ_AHEAD_MAX {
+            wait.as_mut().await;
+            return (ahead, None);
+        }
+        let (unacked, drains) = match r.shard.borrow().sessions.get(r.key) {
+            Some(s) if s.closing.is_none() => (!s.unacked.is_empty(), s.drains),
+            // Closed meanwhile: its reader ends.
+            _ => return (ahead, None),
+        };
+        if !unacked {
+            // Nothing to ack: until the wait ends or this session's writer writes
+            // (deliveries, maybe).
+            let written = poll_fn(|cx| {
+                let mut sh = r.shard.borrow_mut();
+                match sh.sessions.get(r.key) {
+                    Some(s) if s.drains == drains && s.closing.is_none() => {
+                        sh.wait_drain(r.key, cx.waker());
+                        Poll::Pending
+                    }
+                    _ => Poll::Ready(()),
+                }
+            });
+            monoio::select! {
+                () = wait.as_mut() => return (ahead, None),
+                () = written => continue,
+            }
+        }
+        let before = buf.len();
+        let read = async {
+            match r.layers {
+                Some(l) => read_layered(r.shard, r.key, r.fd, r.reader, l, buf).await,
+                None => read_some(r.fd, r.reader, buf).await,
+            }
+        };
+        monoio::select! {
+            () = wait.as_mut() => return (ahead || buf.len() > before, None),
+            res = read => match res {
+                Ok(n) if n > 0 => {
+                    ahead = true;
+                    r.shard.borrow_mut().counters.bytes_in += n as u64;
+                }
+                end => {
+                    wait.as_mut().await;
+                    return (ahead, Some(end));
+                }
+            },
+        }
+        let mut sh = r.shard.borrow_mut();
+        if let Some(s) = sh.sessions.get_mut(r.key) {
+            s.heard(Instant::now());
+        }
+        let base = scanned;
+        for f in frames(&buf[base..]) {
+            if let Some(up_to) = buf.get(base + f.start..base + f.end).and_then(ack_of) {
+                sh.ack_ahead(r.key, up_to);
+            }
+            scanned = base + f.end;
+        }
+    }
+}
+
+/// The `up_to_seq` of a client frame body that is an Ack (field 3), else `None`.
+fn ack_of(body: &[u8]) -> Option<u64> {
+    const ACK_TAG: u8 = (3 << 3) | 2;
+    if body.first() != Some(&ACK_TAG) {
+        return None;
+    }
+    match ClientFrame::decode(body).ok()?.kind? {
+        client_frame::Kind::Ack(a) => Some(a.up_to_seq),
+        _ => None,
+    }
+}
+
+/// One read of a plain socket onto the end of `buf` (grown when nearly full): at once
+/// if bytes are there, else once the socket is readable.
+async fn read_some(fd: RawFd, reader: &TcpOwnedReadHalf, buf: &mut BytesMut) -> io::Result<usize> {
+    if buf.is_empty() && buf.capacity() < MIN_READ {
+        // No buffer held while nothing arrives.
+        wait_readable(reader).await?;
+    }
+    loop {
+        if buf.capacity() - buf.len() < MIN_READ {
+            buf.reserve(READ_BUF);
+        }
+        match recv_into(fd, buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_readable(reader).await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }

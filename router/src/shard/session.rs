@@ -252,6 +252,14 @@ impl Session {
         }
     }
 
+    /// The client was heard from (a frame, or bytes read ahead, or bytes waiting unread
+    /// in its socket): alive, whatever heartbeat was unanswered.
+    #[inline]
+    pub fn heard(&mut self, now: Instant) {
+        self.last_rx = now;
+        self.ping_sent = None;
+    }
+
     /// Wakes every task waiting for this session to drain.
     pub fn wake_drain_waiters(&mut self) {
         for w in self.drain_waiters.drain(..) {
@@ -539,8 +547,7 @@ impl Shard {
                         // The client did send: the router is not reading it (paused
                         // by backpressure, the store, its requests in flight). Alive;
                         // its Pong is behind what it sent.
-                        s.ping_sent = None;
-                        s.last_rx = now;
+                        s.heard(now);
                     } else {
                         to_close.push((k, CloseReason::HeartbeatTimeout));
                     }

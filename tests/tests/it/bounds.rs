@@ -1077,3 +1077,108 @@ fn a_receiver_over_its_queue_bound_still_has_its_acks_read() {
         }
     }
 }
+
+/// A session whose reader waits on a stalled recipient (its Sends to it are over the
+/// recipient's bound) still has its acks read: it keeps receiving from others, and is
+/// not cut at `--max-unacked-per-session` while the recipient stays under the
+/// slow-consumer timeout. (Before, its acks sat unread behind the wait and it was cut.)
+#[test]
+fn a_sender_waiting_on_a_stalled_recipient_still_has_its_acks_read() {
+    const N: usize = 20_000;
+    const ACK_EVERY: usize = 256;
+    for (driver, shards) in [
+        (Driver::Default, "1"),
+        (Driver::Legacy, "1"),
+        (Driver::Default, "2"),
+    ] {
+        let r = RouterProc::start_with(
+            &[
+                "--shards",
+                shards,
+                "--max-pending-bytes",
+                "64KiB",
+                "--max-unacked-per-session",
+                "4096",
+                "--slow-consumer-timeout",
+                "30s",
+                "--history-per-conversation",
+                "0",
+            ],
+            driver,
+        );
+        // A recipient that logs in and never reads again, with a small receive buffer.
+        let mut stalled = Raw::from_stream(connect_small_rcvbuf(r.connect_addr(), 8 * 1024));
+        stalled.login("stalled");
+        let mut waiter = r.raw_login("waiter");
+        let mut firehose = r.raw_login("firehose");
+        // The waiter sends to the stalled recipient one message at a time, each
+        // answered, until one is not answered: its reader now waits on the recipient.
+        let payload = vec![b's'; 32 * 1024];
+        let mut blocked = false;
+        for id in 1..=2_000u64 {
+            waiter
+                .write(&send_frame_bytes("stalled", &payload, true, id))
+                .expect("send");
+            match waiter.next(Duration::from_millis(300)) {
+                Ok(f) => match f.kind {
+                    Some(server_frame::Kind::SendResult(res)) => {
+                        assert_eq!(res.status, Status::Ok as i32, "{driver:?}: {res:?}")
+                    }
+                    other => panic!("{driver:?}: {other:?}"),
+                },
+                Err(_) => {
+                    blocked = true;
+                    break;
+                }
+            }
+        }
+        assert!(blocked, "{driver:?}: the waiter's reader never waited");
+        // Meanwhile another user keeps sending to the waiter, which acks what it gets;
+        // the sender stays at most 1 000 messages ahead of the acks written, so the
+        // router holds fewer than the 4 096 unacked that cut a session if it reads them.
+        let one = send_frame_bytes("waiter", b"to the waiter", false, 0);
+        let acked = Arc::new(AtomicU64::new(0));
+        let flood = {
+            let acked = acked.clone();
+            thread::spawn(move || {
+                let mut chunk = Vec::new();
+                for i in 0..N / 250 {
+                    let start = Instant::now();
+                    while acked.load(Ordering::Relaxed) + 1_000 < (i * 250) as u64 {
+                        assert!(start.elapsed() < T, "the waiter stopped acking");
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                    chunk.clear();
+                    for _ in 0..250 {
+                        chunk.extend_from_slice(&one);
+                    }
+                    firehose.write(&chunk).expect("the firehose is not cut");
+                }
+                firehose
+            })
+        };
+        let (mut got, mut last_seq) = (0, 0);
+        while got < N {
+            match waiter.next_kind(T) {
+                server_frame::Kind::Deliver(d) => {
+                    got += 1;
+                    last_seq = d.seq;
+                }
+                server_frame::Kind::Ping(_) | server_frame::Kind::SendResult(_) => {}
+                other => panic!("{driver:?} shards {shards}: after {got} deliveries, {other:?}"),
+            }
+            if got % ACK_EVERY == 0 {
+                waiter
+                    .write(&client_frame_bytes(client_frame::Kind::Ack(Ack {
+                        up_to_seq: last_seq,
+                    })))
+                    .unwrap_or_else(|e| panic!("{driver:?} shards {shards}: ack after {got}: {e}"));
+                acked.store(got as u64, Ordering::Relaxed);
+            }
+        }
+        let mut firehose = flood.join().expect("flood");
+        firehose.ping_pong(1);
+        assert_eq!(got, N, "{driver:?}");
+        drop(stalled);
+    }
+}
