@@ -363,6 +363,10 @@ async fn read_loop(
         let mut ahead = false;
         if !blocked.is_empty() || waits(&shard.borrow()) {
             let own_drains = shard.borrow().sessions.get(key).map_or(0, |s| s.drains);
+            // Read ahead only for a wait on others: a session waiting on its own queue
+            // goes on after one drain (above), and one waiting on the store soon.
+            let on_others =
+                held.is_none() && (blocked.iter().any(|&k| k != key) || shard.borrow().paused(key));
             let mut wait = std::pin::pin!(poll_fn(|cx| {
                 let mut sh = shard.borrow_mut();
                 let drained_once = sh.sessions.get(key).is_some_and(|s| s.drains != own_drains);
@@ -385,7 +389,7 @@ async fn read_loop(
                 if wait.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(false);
                 }
-                if held.is_some() {
+                if !on_others {
                     return Poll::Pending;
                 }
                 let mut sh = shard.borrow_mut();
@@ -495,7 +499,7 @@ struct Reading<'a> {
 /// Bytes a waiting reader reads ahead, at most (beyond them it only waits).
 const READ_AHEAD_MAX: usize = READ_BUF;
 
-/// Waits for `wait` (the recipients or the store a reader waits on) while reading the
+/// Waits for `wait` (the recipients a reader waits on, other sessions) while reading the
 /// socket ahead into `buf`, up to [`READ_AHEAD_MAX`] bytes, and taking the valid Acks
 /// of the complete frames read (`Shard::ack_ahead`); the frames stay in `buf`, to be
 /// handled in order after the wait (an Ack again, which changes nothing). A session
