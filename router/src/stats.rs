@@ -81,6 +81,9 @@ pub struct Counters {
     pub offline_delivered: u64,
     /// Unacked messages moved to the offline queue when their session ended.
     pub requeued: u64,
+    /// Unacked messages of ended sessions dropped before the store, past the requeue
+    /// ceiling (the queue would have dropped them).
+    pub requeue_dropped: u64,
     /// Room messages accepted (each fans out to the members' sessions).
     pub room_msgs: u64,
     /// Bytes read from sessions' sockets.
@@ -245,6 +248,7 @@ shard_stats!(
     journaled,
     offline_delivered,
     requeued,
+    requeue_dropped,
     room_msgs,
     bytes_in,
     api_publishes,

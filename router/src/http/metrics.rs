@@ -84,6 +84,11 @@ const COUNTERS: &[(&str, &str, Get)] = &[
         |s| s.requeued,
     ),
     (
+        "requeue_dropped",
+        "Unacked messages of ended sessions dropped past the requeue ceiling (the oldest).",
+        |s| s.requeue_dropped,
+    ),
+    (
         "journaled",
         "Messages written to the store before delivery (sync durability).",
         |s| s.journaled,

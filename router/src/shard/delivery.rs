@@ -185,23 +185,6 @@ impl Shard {
         })
     }
 
-    /// The ceiling for messages a session gives back when it ends (accepted already, so
-    /// never refused): the offline cap plus what one session may hold unacked. Only a
-    /// user whose devices keep taking messages without acking them reaches it; the
-    /// oldest are then dropped.
-    pub(crate) fn requeue_cap(&self) -> QueueCap {
-        let c = &self.cfg;
-        QueueCap {
-            max_msgs: c
-                .max_offline_per_user
-                .saturating_add(c.max_unacked_per_session as u64),
-            max_bytes: c
-                .max_offline_bytes_per_user
-                .saturating_add(c.max_unacked_bytes_per_session as u64),
-            overflow: Overflow::DropOldest,
-        }
-    }
-
     /// Stores a message for `to_user`, who has no live session, and answers the sender
     /// once it is stored (OK), or why not (NOT_FOUND: no such user; RATE_LIMITED: the
     /// queue is full).
@@ -295,44 +278,6 @@ impl Shard {
         }
     }
 
-    /// A session is ending: its retained live deliveries and deferred messages go to
-    /// the user's offline queue, in order (they were accepted already: only the ceiling of
-    /// [`Shard::requeue_cap`] applies).
-    pub(crate) fn requeue(&mut self, key: SessionKey) {
-        let Some(s) = self.sessions.get_mut(key) else {
-            return;
-        };
-        let mut msgs = s.unacked.take_unstored();
-        let deferred = std::mem::take(&mut s.deferred);
-        s.deferred_bytes = 0;
-        s.load_next = None;
-        if s.discard_unacked || self.store.is_none() {
-            return;
-        }
-        msgs.extend(deferred.iter().map(OwnedMsg::to_stored));
-        if msgs.is_empty() {
-            return;
-        }
-        self.counters.requeued += msgs.len() as u64;
-        let user = String::from_utf8_lossy(&s.user).into_owned();
-        let (user_bytes, gen, device) = (s.user.clone(), s.gen, s.device.clone());
-        // An account deleted meanwhile gets nothing back (NOT_FOUND): its messages must
-        // not wait for whoever registers the name next.
-        let bytes = msgs.iter().map(|m| m.payload.len()).sum();
-        let cap = Some(self.requeue_cap());
-        self.store_req_sized(
-            bytes,
-            |st, cb| st.enqueue(&user, msgs, cap, true, cb),
-            move |sh, r| match r {
-                Ok(a) if a.stored > 0 => {
-                    sh.requeued_for_later_logins(&user_bytes, &device, gen, a.first_seq)
-                }
-                Ok(_) | Err(StoreError::NotFound) => {}
-                Err(e) => tracing::warn!(error = %e, "requeueing unacked messages failed"),
-            },
-        );
-    }
-
     /// What the session of generation `gen` (from `device`) gave back is in `user`'s
     /// queue from `first_seq` on. Sessions of the same device that logged in after that
     /// one started are "the next login" that gets it (a device that reconnected before
@@ -341,7 +286,13 @@ impl Shard {
     /// next page (store answers come in request order, so a page asked for before the
     /// append was answered already). The user's other devices had their own live copies:
     /// they get the queue at their next login, as before.
-    fn requeued_for_later_logins(&mut self, user: &[u8], device: &str, gen: u32, first_seq: u64) {
+    pub(super) fn requeued_for_later_logins(
+        &mut self,
+        user: &[u8],
+        device: &str,
+        gen: u32,
+        first_seq: u64,
+    ) {
         let later: Vec<SessionKey> = self
             .user_session_keys(user)
             .iter()

@@ -51,6 +51,7 @@ pub mod history;
 pub mod mail;
 pub mod pause;
 pub mod presence;
+pub mod requeue;
 pub mod resume;
 pub mod retention;
 pub mod rooms;
@@ -157,6 +158,8 @@ pub struct Shard {
     /// What those requests count for (payloads plus a fixed overhead each), bounded by
     /// `max_store_queue_bytes`.
     pub store_bytes: usize,
+    /// Ended sessions' unacked messages on their way to the store (`shard::requeue`).
+    pub requeues: std::collections::VecDeque<requeue::Requeue>,
     /// Members of the rooms in `rooms`, summed when the ticker trims them (see
     /// `Shard::trim_room_cache`).
     pub room_members_loaded: usize,
@@ -275,6 +278,7 @@ impl Shard {
             store: None,
             store_inflight: 0,
             store_bytes: 0,
+            requeues: std::collections::VecDeque::new(),
             room_members_loaded: 0,
             parked_bytes: 0,
             parked_throttled: Vec::new(),

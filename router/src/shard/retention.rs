@@ -39,15 +39,32 @@ pub struct OwnedMsg {
 
 impl OwnedMsg {
     pub(crate) fn to_stored(&self) -> StoredMsg {
-        StoredMsg {
-            from_user: String::from_utf8_lossy(&self.from_user).into_owned(),
-            to_room: String::from_utf8_lossy(&self.to_room).into_owned(),
-            payload: self.payload.clone(),
-            server_ts_us: self.ts_us,
-            msg_id: self.msg_id,
-            room_event: 0,
-            contact_event: 0,
-        }
+        stored_msg(
+            &self.from_user,
+            &self.to_room,
+            self.payload.clone(),
+            self.ts_us,
+            self.msg_id,
+        )
+    }
+}
+
+/// A message as a store record (an offline queue's).
+fn stored_msg(
+    from_user: &[u8],
+    to_room: &[u8],
+    payload: Bytes,
+    ts_us: u64,
+    msg_id: u64,
+) -> StoredMsg {
+    StoredMsg {
+        from_user: String::from_utf8_lossy(from_user).into_owned(),
+        to_room: String::from_utf8_lossy(to_room).into_owned(),
+        payload,
+        server_ts_us: ts_us,
+        msg_id,
+        room_event: 0,
+        contact_event: 0,
     }
 }
 
@@ -259,41 +276,68 @@ impl Retained {
 
     /// Empties the queue; returns the live (not stored) messages as store records, in order.
     pub fn take_unstored(&mut self) -> Vec<StoredMsg> {
-        let q = std::mem::take(&mut self.q);
-        let mut fan = std::mem::take(&mut self.fan).into_iter().peekable();
-        self.bytes = 0;
-        let mut out = Vec::with_capacity(q.len() + fan.len());
-        let fanned = |(_, m): (u64, Rc<FanMsg>)| StoredMsg {
-            from_user: String::from_utf8_lossy(&m.from_user).into_owned(),
-            to_room: String::from_utf8_lossy(&m.to_room).into_owned(),
-            payload: m.payload.clone(),
-            server_ts_us: m.ts_us,
-            msg_id: m.msg_id,
-            room_event: 0,
-            contact_event: 0,
-        };
-        for u in q {
+        self.pop_oldest(usize::MAX, true)
+    }
+
+    /// Takes the oldest `n` messages (fewer if it holds fewer): the live (not stored)
+    /// ones come back as store records, in order (those in the store already are left
+    /// out, and count in `n`).
+    pub fn take_oldest(&mut self, n: usize) -> Vec<StoredMsg> {
+        self.pop_oldest(n, true)
+    }
+
+    /// Forgets the oldest `n` messages.
+    pub fn drop_oldest(&mut self, n: usize) {
+        self.pop_oldest(n, false);
+    }
+
+    fn pop_oldest(&mut self, n: usize, keep: bool) -> Vec<StoredMsg> {
+        let mut out = Vec::with_capacity(if keep { n.min(self.len()) } else { 0 });
+        for _ in 0..n {
             // The two queues merge by seq.
-            while let Some(f) = fan.next_if(|(s, _)| *s < u.seq) {
-                out.push(fanned(f));
+            let room_first = match (self.q.front(), self.fan.front()) {
+                (Some(u), Some((s, _))) => *s < u.seq,
+                (None, Some(_)) => true,
+                (_, None) => false,
+            };
+            if room_first {
+                let Some((_, m)) = self.fan.pop_front() else {
+                    break;
+                };
+                self.bytes -= m.payload.len();
+                if keep {
+                    out.push(stored_msg(
+                        &m.from_user,
+                        &m.to_room,
+                        m.payload.clone(),
+                        m.ts_us,
+                        m.msg_id,
+                    ));
+                }
+                continue;
             }
-            if u.store_seq != 0 {
+            let Some(u) = self.q.pop_front() else {
+                break;
+            };
+            self.bytes -= u.payload.len();
+            if !keep || u.store_seq != 0 {
                 continue;
             }
             let idx = u.name.saturating_sub(self.names_base) as usize;
             let (from_user, to_room) = self.names.get(idx).cloned().unwrap_or_default();
-            out.push(StoredMsg {
-                from_user: String::from_utf8_lossy(&from_user).into_owned(),
-                to_room: String::from_utf8_lossy(&to_room).into_owned(),
-                payload: u.payload.into_bytes(),
-                server_ts_us: u.ts_us,
-                msg_id: u.msg_id,
-                room_event: 0,
-                contact_event: 0,
-            });
+            out.push(stored_msg(
+                &from_user,
+                &to_room,
+                u.payload.into_bytes(),
+                u.ts_us,
+                u.msg_id,
+            ));
         }
-        out.extend(fan.map(fanned));
-        self.names.clear();
+        if self.q.is_empty() {
+            // (Names are dropped with the queue: entries only refer to names behind them.)
+            self.names.clear();
+            self.names_base = 0;
+        }
         out
     }
 }
@@ -319,15 +363,13 @@ pub struct Outgoing<'a> {
 
 impl Outgoing<'_> {
     pub(crate) fn to_stored(self) -> StoredMsg {
-        StoredMsg {
-            from_user: String::from_utf8_lossy(self.from_user).into_owned(),
-            to_room: String::from_utf8_lossy(self.to_room).into_owned(),
-            payload: self.payload.clone(),
-            server_ts_us: self.ts_us,
-            msg_id: self.msg_id,
-            room_event: 0,
-            contact_event: 0,
-        }
+        stored_msg(
+            self.from_user,
+            self.to_room,
+            self.payload.clone(),
+            self.ts_us,
+            self.msg_id,
+        )
     }
 }
 
@@ -429,5 +471,66 @@ mod tests {
         r.push_stored(6, 40);
         r.push_stored(7, 41);
         assert_eq!(r.ack(7), 41);
+    }
+
+    #[test]
+    fn the_oldest_are_taken_or_dropped_a_slice_at_a_time_in_seq_order() {
+        let (bob, empty) = (Bytes::from_static(b"bob"), Bytes::new());
+        let payload = Bytes::from_static(b"p");
+        let fill = || {
+            // Seqs 1..=8: direct on odd seqs, room on even ones, seq 5 in the store.
+            let mut r = Retained::default();
+            let fans: Vec<_> = (1..=8u64).map(fan).collect();
+            for seq in 1..=8u64 {
+                let m = Outgoing {
+                    from_user: &bob,
+                    to_room: &empty,
+                    payload: &payload,
+                    msg_id: seq,
+                    ts_us: seq,
+                    store_seq: 0,
+                    fanned: None,
+                };
+                match seq {
+                    5 => r.push_stored(5, 99),
+                    s if s % 2 == 1 => r.push(s, &m),
+                    s => r.push(
+                        s,
+                        &Outgoing {
+                            fanned: Some(&fans[s as usize - 1]),
+                            ..m
+                        },
+                    ),
+                }
+            }
+            r
+        };
+        let ids = |v: Vec<StoredMsg>| v.iter().map(|m| m.msg_id).collect::<Vec<_>>();
+        let mut r = fill();
+        assert_eq!(ids(r.take_oldest(3)), [1, 2, 3]);
+        // The stored entry (seq 5) counts in the slice and is left out.
+        assert_eq!(ids(r.take_oldest(3)), [4, 6]);
+        assert_eq!(r.len(), 2);
+        assert_eq!(ids(r.take_oldest(10)), [7, 8]);
+        assert!(r.is_empty() && r.bytes() == 0);
+        let mut r = fill();
+        r.drop_oldest(6);
+        assert_eq!(r.len(), 2);
+        assert_eq!(ids(r.take_unstored()), [7, 8]);
+        assert_eq!(r.bytes(), 0);
+        // Emptied, it takes new deliveries with their names.
+        r.push(
+            9,
+            &Outgoing {
+                from_user: &bob,
+                to_room: &empty,
+                payload: &payload,
+                msg_id: 9,
+                ts_us: 9,
+                store_seq: 0,
+                fanned: None,
+            },
+        );
+        assert_eq!(r.take_unstored()[0].from_user, "bob");
     }
 }

@@ -165,6 +165,7 @@ async fn drain_in_flight(shard: &Rc<RefCell<Shard>>, shared: &Shared, n: usize) 
             && sh.outbox_len == 0
             && sh.local_mail.is_empty()
             && sh.store_inflight == 0
+            && sh.requeues.is_empty()
             && sh.flight_in.iter().all(|f| f.load(Ordering::Acquire) == 0)
             && sh.flight_out.iter().all(|f| f.load(Ordering::Acquire) == 0);
         calm = if quiet { calm + 1 } else { 0 };

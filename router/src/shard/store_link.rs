@@ -121,6 +121,9 @@ impl Shard {
         let outer = self.requester.take();
         then(self);
         self.requester = outer;
+        if !self.requeues.is_empty() {
+            self.pump_requeues();
+        }
     }
 
     /// Counts one more request of session `id` in flight; at `max_requests_in_flight` its

@@ -1182,3 +1182,125 @@ fn a_sender_waiting_on_a_stalled_recipient_still_has_its_acks_read() {
         drop(stalled);
     }
 }
+
+/// The sum of the samples of metric `name` (all shards) in a `/metrics` answer.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Eight devices of one user leave 2 500 room messages each unacked and end together:
+/// 20 000 messages to give back, against a requeue ceiling of 4 000. Every one is
+/// accounted for (stored or dropped as the oldest), the user's queue holds the newest
+/// 4 000 at the next login, in order, and what the ceiling drops is dropped before it
+/// is made a store record.
+#[test]
+fn the_unacked_messages_of_many_ending_devices_are_requeued_within_the_ceiling() {
+    const DEVICES: usize = 8;
+    const MSGS: u64 = 2_500;
+    let r = RouterProc::start(&[
+        "--shards",
+        "1",
+        "--max-unacked-per-session",
+        "3000",
+        "--max-offline-per-user",
+        "1000",
+        "--max-store-queue-bytes",
+        "256KiB",
+        "--history-per-conversation",
+        "0",
+    ]);
+    let mut poster = r.raw_login("poster");
+    assert_eq!(
+        poster.create_room("hoard", "").status,
+        Status::Ok as i32,
+        "create"
+    );
+    let mut devices: Vec<Raw> = (0..DEVICES)
+        .map(|i| {
+            let mut d = r.raw();
+            let lr = d.login_password("hoarder", "", &format!("d{i}"));
+            assert_eq!(lr.status, Status::Ok as i32, "{lr:?}");
+            d
+        })
+        .collect();
+    assert_eq!(
+        devices[0].join_room("hoard", "").status,
+        Status::Ok as i32,
+        "join"
+    );
+    // Every device reads what comes (a queue over its bound would be cut), acks nothing.
+    let mut chunk = Vec::new();
+    for i in 0..MSGS {
+        chunk.extend(ringrouter_tests::room_send_frame_bytes(
+            "hoard",
+            &i.to_be_bytes(),
+            false,
+            0,
+        ));
+    }
+    poster.write(&chunk).expect("posting");
+    poster.ping_pong(1);
+    for d in &mut devices {
+        let got = d.room_delivers(MSGS as usize, T);
+        assert_eq!(got.len() as u64, MSGS);
+    }
+    drop(devices);
+    let total = (DEVICES as u64 * MSGS) as f64;
+    let deadline = Instant::now() + T;
+    let (requeued, dropped) = loop {
+        let m = r.metrics();
+        let (q, d) = (
+            metric_sum(&m, "ringrouter_requeued_total"),
+            metric_sum(&m, "ringrouter_requeue_dropped_total"),
+        );
+        if q + d >= total {
+            break (q, d);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "requeued {q} + dropped {d} of {total}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(requeued + dropped, total, "each message once");
+    assert!(requeued >= 4_000.0, "requeued {requeued}");
+    // The devices ended together while the store queue (256 KiB) had room for one
+    // device's messages: the others waited in their compact form, and what the ceiling
+    // would drop was dropped there (6 500 stored, 13 500 dropped in every run here).
+    assert!(
+        dropped > 0.0,
+        "nothing dropped before the store: requeued {requeued}"
+    );
+    // The next login of a device gets the newest 4 000, oldest first.
+    let mut again = r.raw();
+    assert_eq!(
+        again.login_password("hoarder", "", "d0").status,
+        Status::Ok as i32
+    );
+    let mut got = Vec::new();
+    loop {
+        let batch = again.collect_delivers(1_000, Duration::from_millis(500));
+        if batch.is_empty() {
+            break;
+        }
+        if let Some(last) = batch.last() {
+            again.ack(last.seq);
+        }
+        got.extend(batch);
+    }
+    assert_eq!(got.len(), 4_000, "the ceiling's worth");
+    let numbers: Vec<u64> = got
+        .iter()
+        .map(|d| u64::from_be_bytes(d.payload[..8].try_into().expect("8 bytes")))
+        .collect();
+    // The newest: the last device's 2 500 and the 1 500 newest of the one before it.
+    let mut want: Vec<u64> = (1_000..MSGS).collect();
+    want.extend(0..MSGS);
+    assert_eq!(numbers, want);
+}

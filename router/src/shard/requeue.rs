@@ -1,0 +1,172 @@
+//! What a session leaves unacked when it ends goes to its user's offline queue, in
+//! order (accepted messages are never refused: only the ceiling of
+//! [`Shard::requeue_cap`] applies, the oldest dropped past it).
+//!
+//! The messages wait here in the compact form the session held them in (16 bytes a
+//! room message, a shared payload) and go to the store a slice at a time while the
+//! store queue has room: 64 devices of one user that each left 250 000 room messages
+//! unacked used to hand the store 16 million records at once (1.9 GiB of them, the
+//! storage thread busy for 37 s while every other request waited). What the queue's
+//! ceiling would drop anyway is dropped here before it is ever encoded: a user's
+//! requeues waiting here hold at most the ceiling.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use super::retention::Retained;
+use super::session::SessionKey;
+use super::store_link::STORE_HIGH_WATER;
+use super::Shard;
+use crate::store::{Overflow, QueueCap, StoreError, StoredMsg};
+
+/// Messages per store request of a requeue.
+const SLICE: usize = 4096;
+
+/// One ended session's messages on their way to its user's offline queue.
+#[derive(Debug)]
+pub struct Requeue {
+    user: Bytes,
+    device: String,
+    gen: u32,
+    /// Delivered and not acked, oldest first (entries in the store already are skipped).
+    unacked: Retained,
+    /// Deferred behind a login backlog: after `unacked`.
+    deferred: VecDeque<StoredMsg>,
+}
+
+impl Requeue {
+    fn len(&self) -> usize {
+        self.unacked.len() + self.deferred.len()
+    }
+
+    /// The oldest `n` (at most) as store records, in order.
+    fn take(&mut self, n: usize) -> Vec<StoredMsg> {
+        let mut msgs = self.unacked.take_oldest(n);
+        if self.unacked.is_empty() {
+            let more = n.saturating_sub(msgs.len()).min(self.deferred.len());
+            msgs.extend(self.deferred.drain(..more));
+        }
+        msgs
+    }
+
+    /// Forgets the oldest `n`.
+    fn drop_oldest(&mut self, n: usize) {
+        let from_unacked = n.min(self.unacked.len());
+        self.unacked.drop_oldest(from_unacked);
+        let rest = (n - from_unacked).min(self.deferred.len());
+        self.deferred.drain(..rest);
+    }
+}
+
+/// What a record counts for in the shard's store queue bytes: its encoded fields and
+/// its own size (a small payload does not make a record free).
+fn record_bytes(m: &StoredMsg) -> usize {
+    std::mem::size_of::<StoredMsg>() + m.from_user.len() + m.to_room.len() + m.payload.len()
+}
+
+impl Shard {
+    /// The ceiling for messages a session gives back when it ends (accepted already, so
+    /// never refused): the offline cap plus what one session may hold unacked. Only a
+    /// user whose devices keep taking messages without acking them reaches it; the
+    /// oldest are then dropped.
+    pub(crate) fn requeue_cap(&self) -> QueueCap {
+        let c = &self.cfg;
+        QueueCap {
+            max_msgs: c
+                .max_offline_per_user
+                .saturating_add(c.max_unacked_per_session as u64),
+            max_bytes: c
+                .max_offline_bytes_per_user
+                .saturating_add(c.max_unacked_bytes_per_session as u64),
+            overflow: Overflow::DropOldest,
+        }
+    }
+
+    /// A session is ending: its retained live deliveries and deferred messages are to go
+    /// to the user's offline queue, in order.
+    pub(crate) fn requeue(&mut self, key: SessionKey) {
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let unacked = std::mem::take(&mut s.unacked);
+        let deferred = std::mem::take(&mut s.deferred);
+        s.deferred_bytes = 0;
+        s.load_next = None;
+        if s.discard_unacked || self.store.is_none() || (unacked.is_empty() && deferred.is_empty())
+        {
+            return;
+        }
+        let user = s.user.clone();
+        self.requeues.push_back(Requeue {
+            user: user.clone(),
+            device: s.device.clone(),
+            gen: s.gen,
+            unacked,
+            deferred: deferred.iter().map(|m| m.to_stored()).collect(),
+        });
+        self.trim_requeues(&user);
+        self.pump_requeues();
+    }
+
+    /// Drops the oldest of `user`'s waiting requeues past the requeue ceiling: the
+    /// store would drop them from the queue as the newer ones arrive.
+    fn trim_requeues(&mut self, user: &Bytes) {
+        let cap = usize::try_from(self.requeue_cap().max_msgs).unwrap_or(usize::MAX);
+        let held: usize = self
+            .requeues
+            .iter()
+            .filter(|r| r.user == *user)
+            .map(Requeue::len)
+            .sum();
+        let mut excess = held.saturating_sub(cap);
+        for r in self.requeues.iter_mut().filter(|r| r.user == *user) {
+            if excess == 0 {
+                break;
+            }
+            let n = excess.min(r.len());
+            r.drop_oldest(n);
+            excess -= n;
+            self.counters.requeue_dropped += n as u64;
+        }
+        self.requeues.retain(|r| r.len() > 0);
+    }
+
+    /// Hands waiting requeues to the store, a slice per request, while its queue is
+    /// under half its bound (the other half stays for live traffic: a full store queue
+    /// stops the shard's readers). Run again as store answers come back.
+    pub(crate) fn pump_requeues(&mut self) {
+        while self.store_inflight < STORE_HIGH_WATER / 2
+            && self.store_bytes < self.cfg.max_store_queue_bytes / 2
+        {
+            let Some(r) = self.requeues.front_mut() else {
+                return;
+            };
+            let msgs = r.take(SLICE);
+            let (user, device, gen) = (r.user.clone(), r.device.clone(), r.gen);
+            if r.len() == 0 {
+                self.requeues.pop_front();
+            }
+            if msgs.is_empty() {
+                continue;
+            }
+            self.counters.requeued += msgs.len() as u64;
+            let name = String::from_utf8_lossy(&user).into_owned();
+            let bytes = msgs.iter().map(record_bytes).sum();
+            let cap = Some(self.requeue_cap());
+            // An account deleted meanwhile gets nothing back (NOT_FOUND): its messages
+            // must not wait for whoever registers the name next.
+            self.store_req_sized(
+                bytes,
+                |st, cb| st.enqueue(&name, msgs, cap, true, cb),
+                move |sh, r| match r {
+                    Ok(a) if a.stored > 0 => {
+                        sh.requeued_for_later_logins(&user, &device, gen, a.first_seq)
+                    }
+                    Ok(_) | Err(StoreError::NotFound) => {}
+                    Err(e) => tracing::warn!(error = %e, "requeueing unacked messages failed"),
+                },
+            );
+        }
+    }
+}
