@@ -238,6 +238,12 @@ pub struct Args {
     /// answers; a request asking for more is BAD_REQUEST.
     #[arg(long, value_name = "N", default_value_t = 500, help_heading = LIMITS)]
     pub history_page_max: u32,
+    /// Most history chunks (up to 64 KiB each) one lookup of a msg_id reads: a History
+    /// `before` that is not the oldest msg_id of a recent page, or a MarkRead. It looks at
+    /// the pointers of 64 times as many, newest first; past either the id counts as not
+    /// found (History: NOT_FOUND). Paging back from each page's oldest msg_id never looks.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..), help_heading = LIMITS)]
+    pub history_lookup_chunks: u32,
     /// Largest HTTP request head (request line and headers); past it: 431 and close.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16KiB", help_heading = LIMITS)]
     pub http_max_head_bytes: usize,
@@ -386,6 +392,7 @@ impl Args {
             history_max_bytes_per_conversation: self.history_max_bytes_per_conversation as u64,
             history_flush_every: self.history_flush_every,
             history_page_max: self.history_page_max,
+            history_lookup_chunks: self.history_lookup_chunks as usize,
         }
     }
 }

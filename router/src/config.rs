@@ -168,6 +168,10 @@ pub struct Config {
     /// Most messages in one History answer (and conversations in one ListConversations
     /// answer); a larger `limit` is BAD_REQUEST.
     pub history_page_max: u32,
+    /// Most history chunks one lookup of a msg_id reads (a History `before` that no
+    /// recent page ended at, a MarkRead); it looks at 64 times as many chunks' pointers.
+    /// Past it the id counts as not found.
+    pub history_lookup_chunks: usize,
     /// Cheapest legal Argon2id parameters (tests and benchmarks only).
     pub argon2_cheap: bool,
     /// Most password hashes (Register, password Login, room passwords) queued or running;
@@ -262,6 +266,7 @@ impl Default for Config {
             history_memory_bytes: 32 << 20,
             history_flush_every: Duration::from_secs(1),
             history_page_max: 500,
+            history_lookup_chunks: crate::store::LOOKUP_CHUNKS_DEFAULT,
             argon2_cheap: false,
             max_password_jobs: 256,
             max_unacked_bytes_per_session: 64 << 20,

@@ -186,6 +186,7 @@ impl Router {
                     memory_bytes: cfg.history_memory_bytes,
                     flush_every: cfg.history_flush_every,
                     log_file_bytes: 0,
+                    lookup_chunks: cfg.history_lookup_chunks,
                 },
                 ..StoreOptions::default()
             },

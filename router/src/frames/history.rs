@@ -92,6 +92,13 @@ impl Shard {
                         "before: no such message in the history kept",
                         vec![],
                     ),
+                    Ok(HistPage::BeforeBeyondLookup) => reply::history_result(
+                        rid,
+                        Status::NotFound,
+                        "before: not found within --history-lookup-chunks of the newest \
+                         chunks; page back with the oldest msg_id of the previous page",
+                        vec![],
+                    ),
                     Err(e) => reply::history_result(rid, store_status(&e), &e.to_string(), vec![]),
                 };
                 if let Some(k) = sh.resolve(sid) {

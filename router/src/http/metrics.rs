@@ -273,7 +273,7 @@ impl prometheus_client::collector::Collector for Scrape {
             },
         )?;
         let st = &self.store;
-        let store_counters: [(&str, &str, f64); 8] = [
+        let store_counters: [(&str, &str, f64); 10] = [
             (
                 "store_requests",
                 "Requests handled by the storage thread.",
@@ -308,6 +308,16 @@ impl prometheus_client::collector::Collector for Scrape {
                 "history_chunk_reads",
                 "Stored history chunks read for History, MarkRead and ListConversations.",
                 st.history_chunk_reads as f64,
+            ),
+            (
+                "history_lookup_pointers",
+                "History chunk pointers looked at by lookups of a msg_id (History before, MarkRead).",
+                st.history_lookup_pointers as f64,
+            ),
+            (
+                "history_lookups_cut",
+                "Lookups of a msg_id stopped by --history-lookup-chunks (answered NOT_FOUND).",
+                st.history_lookups_cut as f64,
             ),
             (
                 "history_compactions",

@@ -370,6 +370,9 @@ pub enum HistPage {
     Forbidden,
     /// `before` is not in the history kept.
     BeforeNotFound,
+    /// `before` is no page's cursor and not in the chunks a lookup may look at
+    /// ([`HistoryOptions::lookup_chunks`]): it may be kept, further back.
+    BeforeBeyondLookup,
 }
 
 /// One conversation of a user's list.
@@ -403,6 +406,34 @@ pub struct HistoryOptions {
     /// Size at which a history log file is closed for appends (0: 32 MiB; tests make it
     /// small to see files roll, die and compact).
     pub log_file_bytes: u64,
+    /// Most chunks (stored ones, or segments in memory) whose records one lookup of a
+    /// msg_id reads: a History `before` that no recent page ended at, a MarkRead. It
+    /// looks at the pointers of at most [`LOOKUP_POINTERS_PER_READ`] times as many,
+    /// newest first; past either bound the id counts as not found. 0:
+    /// [`LOOKUP_CHUNKS_DEFAULT`]. (The msg_ids are the clients': ids that make every
+    /// chunk's ranges hold any id cost one request this much, not the conversation.)
+    pub lookup_chunks: usize,
+}
+
+/// [`HistoryOptions::lookup_chunks`] when it is 0: about the chunks a page of large
+/// messages reads.
+pub const LOOKUP_CHUNKS_DEFAULT: usize = 16;
+
+/// Chunk pointers (key and value: count, ts, location, msg_id ranges) a lookup may look
+/// at per chunk whose records it may read: skipping a chunk by its ranges costs about a
+/// fiftieth of reading it (measured: 700 pointers in 0.3 ms, 12 chunks of a 1 MiB page
+/// in 0.7 ms).
+pub const LOOKUP_POINTERS_PER_READ: usize = 64;
+
+impl HistoryOptions {
+    /// (Most chunks one msg_id lookup reads, most chunk pointers it looks at.)
+    pub(crate) fn lookup_bounds(&self) -> (usize, usize) {
+        let reads = match self.lookup_chunks {
+            0 => LOOKUP_CHUNKS_DEFAULT,
+            n => n,
+        };
+        (reads, reads.saturating_mul(LOOKUP_POINTERS_PER_READ))
+    }
 }
 
 fn push_name(out: &mut Vec<u8>, name: &[u8]) {

@@ -30,6 +30,7 @@ fn open_with(
             flush_every,
             max_bytes: 0,
             log_file_bytes: 0,
+            lookup_chunks: 0,
         },
         ..StoreOptions::default()
     };
@@ -434,6 +435,7 @@ fn history_past_its_byte_bound_loses_its_oldest_chunks() {
             flush_every: Duration::from_secs(3600),
             max_bytes: 64 << 10,
             log_file_bytes: 0,
+            lookup_chunks: 0,
         },
         ..StoreOptions::default()
     };
@@ -468,6 +470,7 @@ fn open_log(dir: &std::path::Path, keep: u64, file_bytes: u64, d: Durability) ->
             flush_every: Duration::from_secs(3600),
             max_bytes: 0,
             log_file_bytes: file_bytes,
+            lookup_chunks: 0,
         },
         ..StoreOptions::default()
     };
@@ -624,4 +627,140 @@ fn shared_and_copied_payloads_read_back_in_order_across_segments() {
             );
         }
     }
+}
+
+/// A store keeping 10 000 messages per conversation, every append written at once (a
+/// stored chunk per append), whose lookups of a msg_id read at most `lookup_chunks`.
+fn open_lookup(dir: &std::path::Path, lookup_chunks: usize) -> StoreHandle {
+    let opts = StoreOptions {
+        argon2_cheap: true,
+        history: HistoryOptions {
+            per_conversation: 10_000,
+            max_age: None,
+            memory_bytes: 0,
+            flush_every: Duration::from_secs(3600),
+            max_bytes: 0,
+            log_file_bytes: 0,
+            lookup_chunks,
+        },
+        ..StoreOptions::default()
+    };
+    Store::open_with(dir, Durability::Memory, opts).unwrap()
+}
+
+/// Client-chosen msg_ids that alternate low and high in one shard make every chunk's
+/// ranges hold any id of it: a `before` or a MarkRead of an id that is not there reads
+/// at most `lookup_chunks` chunks (History: NOT_FOUND), not the whole conversation;
+/// paging back from each page's oldest msg_id still walks the whole history.
+#[test]
+fn a_lookup_of_an_absent_id_reads_at_most_its_bound_of_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open_lookup(dir.path(), 4);
+    let high = (1u64 << 54) - 1;
+    // 100 chunks of 10, ids 1, high-1, 3, high-3, ...
+    let id = |i: u64| if i % 2 == 1 { i } else { high - i + 1 };
+    call(|cb| h.ensure_user("a", cb)).unwrap();
+    call(|cb| h.ensure_user("b", cb)).unwrap();
+    for c in 0..100u64 {
+        let mut chunk = HistChunk {
+            conv: dm_conv(b"a", b"b"),
+            ..Default::default()
+        };
+        for i in c * 10 + 1..=c * 10 + 10 {
+            chunk.push(b"a", id(i), now(), b"x");
+        }
+        call(|cb| h.history_append(vec![chunk], cb)).unwrap();
+    }
+    let st = || h.stats();
+    let s0 = st();
+    let absent = 1 << 40;
+    for _ in 0..10 {
+        assert_eq!(page(&h, "b", "a", absent, 5), HistPage::BeforeBeyondLookup);
+        call(|cb| h.history_mark("b", Some("a".into()), None, absent, cb)).unwrap();
+    }
+    let s1 = st();
+    assert_eq!(s1.history_lookups_cut - s0.history_lookups_cut, 20);
+    assert!(
+        s1.history_chunk_reads - s0.history_chunk_reads <= 20 * 4,
+        "{} chunks read",
+        s1.history_chunk_reads - s0.history_chunk_reads
+    );
+    // An id of the newest 4 chunks is found (and its page read).
+    assert_eq!(ids(page(&h, "b", "a", id(975), 2)), vec![id(973), id(974)]);
+    // Paging back page by page never looks: every `before` is a page's cursor.
+    let all = all_ids(&h, "b", "a");
+    assert_eq!(all, (1..=1000).map(id).collect::<Vec<_>>());
+    assert_eq!(st().history_lookups_cut, s1.history_lookups_cut);
+}
+
+/// With the router's own msg_ids (narrow ranges per shard) a lookup skips the chunks by
+/// their pointers: an old message is found far back, reading its chunk alone, and an
+/// absent one stops after 64 pointers per chunk it may read.
+#[test]
+fn a_lookup_looks_at_a_bounded_number_of_chunk_pointers() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open_lookup(dir.path(), 1);
+    let a = 1u64 << 54;
+    dm(&h, "a", "b", a..a + 1000, 5); // 200 chunks
+    let s0 = h.stats();
+    // 41 chunks back (fewer than 64): found, one chunk read for it.
+    let found = ids(page(&h, "b", "a", a + 800, 2));
+    assert_eq!(found, vec![a + 798, a + 799]);
+    let s1 = h.stats();
+    assert_eq!(s1.history_lookups_cut, s0.history_lookups_cut);
+    // Absent (in no range): cut after 64 pointers, none read.
+    assert_eq!(
+        page(&h, "b", "a", a + 5000, 2),
+        HistPage::BeforeBeyondLookup
+    );
+    let s2 = h.stats();
+    assert_eq!(
+        s2.history_lookup_pointers - s1.history_lookup_pointers,
+        LOOKUP_POINTERS_PER_READ as u64
+    );
+    assert_eq!(s2.history_chunk_reads, s1.history_chunk_reads);
+    assert_eq!(s2.history_lookups_cut, s1.history_lookups_cut + 1);
+    // Beyond 64 chunks back: cut too (a client pages from a page's oldest msg_id).
+    assert_eq!(page(&h, "b", "a", a + 10, 2), HistPage::BeforeBeyondLookup);
+}
+
+/// ListConversations sorts by each conversation's newest timestamp from its state (its
+/// newest chunk's header after a restart): it reads the newest chunk of the `limit`
+/// conversations it answers, not of every conversation; and pages by `before_ts`.
+#[test]
+fn conversations_read_only_the_chunks_of_those_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open_lookup(dir.path(), 0);
+    let peers: Vec<String> = (0..50).map(|i| format!("p{i:02}")).collect();
+    for (i, p) in peers.iter().enumerate() {
+        dm(&h, p, "me", i as u64 * 10 + 1..i as u64 * 10 + 4, 3);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let check = |h: &StoreHandle| {
+        let r0 = h.stats().history_chunk_reads;
+        let cs = call(|cb| h.conversations("me", 3, 0, usize::MAX, cb)).unwrap();
+        assert!(h.stats().history_chunk_reads - r0 <= 3);
+        let got: Vec<_> = cs.iter().map(|c| c.peer.clone().unwrap()).collect();
+        assert_eq!(got, ["p49", "p48", "p47"]);
+        assert_eq!(cs[0].last.msg_id, 493);
+        assert_eq!(cs[0].last.payload, &b"m493"[..]);
+        assert_eq!(cs[0].unread, 3);
+        // Paging by the last one's timestamp lists every conversation once.
+        let mut seen = Vec::new();
+        let mut before = 0;
+        loop {
+            let cs = call(|cb| h.conversations("me", 7, before, usize::MAX, cb)).unwrap();
+            let Some(last) = cs.last() else { break };
+            before = last.last.ts_us;
+            seen.extend(cs.iter().map(|c| c.peer.clone().unwrap()));
+        }
+        let mut want = peers.clone();
+        want.reverse();
+        assert_eq!(seen, want);
+    };
+    check(&h);
+    // After a restart: the states are read again (the chunks' headers).
+    drop(h);
+    let h = open_lookup(dir.path(), 0);
+    check(&h);
 }

@@ -43,7 +43,10 @@ mod worker;
 mod tests;
 
 pub use codec::{glob_match, RoomRecord, StoredMsg, MAX_NAME_BYTES, MAX_PASSWORD_BYTES};
-pub use history::{ConvSummary, HistChunk, HistMsg, HistPage, HistQuery, HistoryOptions};
+pub use history::{
+    ConvSummary, HistChunk, HistMsg, HistPage, HistQuery, HistoryOptions, LOOKUP_CHUNKS_DEFAULT,
+    LOOKUP_POINTERS_PER_READ,
+};
 
 /// Why a store request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -233,6 +236,12 @@ pub struct StoreStats {
     pub history_compactions: u64,
     /// Stored history chunks read for queries (History, MarkRead, ListConversations).
     pub history_chunk_reads: u64,
+    /// Chunk pointers (and segments in memory) looked at by lookups of a msg_id (a
+    /// History `before` no recent page ended at, a MarkRead).
+    pub history_lookup_pointers: u64,
+    /// Lookups of a msg_id stopped by their bound (`HistoryOptions::lookup_chunks`): a
+    /// History answered NOT_FOUND, a MarkRead that marks nothing.
+    pub history_lookups_cut: u64,
     /// Bytes in the history log's files, and the live ones among them (gauges, as of
     /// the last history write).
     pub history_log_bytes: u64,
@@ -254,6 +263,8 @@ pub(crate) struct StatCells {
     history_writes: AtomicU64,
     history_compactions: AtomicU64,
     history_chunk_reads: AtomicU64,
+    history_lookup_pointers: AtomicU64,
+    history_lookups_cut: AtomicU64,
     history_log_bytes: AtomicU64,
     history_log_live_bytes: AtomicU64,
 }
@@ -641,6 +652,8 @@ impl StoreHandle {
             history_writes: l(&s.history_writes),
             history_compactions: l(&s.history_compactions),
             history_chunk_reads: l(&s.history_chunk_reads),
+            history_lookup_pointers: l(&s.history_lookup_pointers),
+            history_lookups_cut: l(&s.history_lookups_cut),
             history_log_bytes: l(&s.history_log_bytes),
             history_log_live_bytes: l(&s.history_log_live_bytes),
             hash_jobs: self.inner.hash_queued.load(Ordering::Relaxed) as u64,

@@ -2,11 +2,15 @@
 //! backwards, both directions of a direct conversation in one history, rooms for current
 //! members only, the retention bounds (count and age), history on by default and off,
 //! restarts in memory and sync durability, the memory budget of durability memory (past
-//! it history is written early), read marks and unread counts, deleted accounts.
+//! it history is written early), read marks and unread counts, deleted accounts, and the
+//! bounds on what one History `before`, MarkRead or ListConversations costs the storage
+//! thread whatever the clients' msg_ids and number of conversations.
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use ringrouter_client::{Client, Message, Status, Target};
+use ringrouter_proto::v1::{client_frame, server_frame, History, Send};
 use ringrouter_tests::{users_on_shards, Driver, RouterProc};
 
 const T: Option<Duration> = Some(Duration::from_secs(5));
@@ -474,4 +478,105 @@ fn a_conversation_list_of_big_last_messages_stays_within_the_frame_limit() {
     }
     seen.sort();
     assert_eq!(seen, peers);
+}
+
+/// A counter of the router's /metrics (0 when absent).
+fn metric(r: &RouterProc, name: &str) -> f64 {
+    r.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Client-chosen msg_ids alternating low and high make every chunk's id ranges hold any
+/// id: a History `before` (or a MarkRead) of an id that is not there is answered
+/// NOT_FOUND after at most `--history-lookup-chunks` chunks read, not the whole
+/// conversation; paging back from each page's oldest msg_id still walks it all.
+#[test]
+fn a_before_not_in_recent_pages_reads_a_bounded_number_of_chunks() {
+    // Every append written at once: about a chunk per Send.
+    let r = RouterProc::start(&[
+        "--shards",
+        "1",
+        "--history-memory-bytes",
+        "0",
+        "--history-lookup-chunks",
+        "4",
+    ]);
+    let _peer = r.client("lookup-peer");
+    let mut raw = r.raw_login("lookup-attacker");
+    let high = (1u64 << 54) - 1;
+    let n = 300u64;
+    let id = |i: u64| if i % 2 == 1 { i } else { high - i };
+    for i in 1..=n {
+        raw.send(client_frame::Kind::Send(Send {
+            request_id: i,
+            to_user: "lookup-peer".into(),
+            payload: Bytes::from(vec![b'x'; 2000]),
+            want_result: true,
+            msg_id: id(i),
+            ..Default::default()
+        }));
+        assert_eq!(raw.wait_send_result(i), Status::Ok as i32);
+    }
+    let reads0 = metric(&r, "ringrouter_history_chunk_reads_total");
+    let cut0 = metric(&r, "ringrouter_history_lookups_cut_total");
+    let asks = 20u64;
+    for k in 0..asks {
+        raw.send(client_frame::Kind::History(History {
+            request_id: 1000 + k,
+            user: "lookup-peer".into(),
+            before: 1 << 40, // in every chunk's range, in none
+            limit: 50,
+            ..Default::default()
+        }));
+        loop {
+            if let server_frame::Kind::HistoryResult(h) = raw.next_non_ping(Duration::from_secs(5))
+            {
+                assert_eq!(h.request_id, 1000 + k);
+                assert_eq!(h.status, Status::NotFound as i32, "{h:?}");
+                assert!(h.reason.contains("history-lookup-chunks"), "{h:?}");
+                break;
+            }
+        }
+    }
+    let reads = metric(&r, "ringrouter_history_chunk_reads_total") - reads0;
+    assert!(reads <= (asks * 4) as f64, "{reads} chunks read");
+    // A MarkRead of it marks nothing, bounded the same (answered once routed: counted
+    // by the time the pages below, behind it on the storage thread, are answered).
+    let mut c = r.client("lookup-attacker");
+    c.mark_read(Target::User("lookup-peer"), 1 << 40).unwrap();
+    // The whole history still pages back (each `before` a page's cursor), none cut.
+    let all = walk_back(&mut c, "lookup-peer", 37);
+    let got: Vec<u64> = all.iter().map(|m| m.msg_id).collect();
+    assert_eq!(got, (1..=n).map(id).collect::<Vec<_>>());
+    let cut = metric(&r, "ringrouter_history_lookups_cut_total") - cut0;
+    assert_eq!(cut, (asks + 1) as f64);
+    // A recent message that no page ended at is found by a lookup.
+    let page = c.history_with("lookup-peer", id(n), 3).unwrap();
+    let got: Vec<u64> = page.iter().map(|m| m.msg_id).collect();
+    assert_eq!(got, [id(n - 3), id(n - 2), id(n - 1)]);
+}
+
+/// ListConversations reads the newest chunk of the conversations it answers only: a
+/// user with many conversations of big last messages asking for one costs one chunk
+/// read, not one per conversation.
+#[test]
+fn listing_one_of_many_conversations_reads_one_chunk() {
+    let r = RouterProc::start(&["--shards", "1", "--history-memory-bytes", "0"]);
+    let mut a = r.client("many-a");
+    let peers: Vec<String> = (0..40).map(|i| format!("many-p{i:02}")).collect();
+    for p in &peers {
+        let _ = r.client(p);
+        a.send_wait(p, &vec![b'y'; 30_000]).unwrap();
+    }
+    let reads0 = metric(&r, "ringrouter_history_chunk_reads_total");
+    for _ in 0..10 {
+        let cs = a.conversations(1, 0).expect("conversations");
+        assert_eq!(cs.len(), 1);
+        assert_eq!(cs[0].user.as_deref(), Some("many-p39"));
+        assert_eq!(cs[0].last.payload.len(), 30_000);
+    }
+    let reads = metric(&r, "ringrouter_history_chunk_reads_total") - reads0;
+    assert!(reads <= 10.0, "{reads} chunks read for 10 lists of 1");
 }

@@ -299,6 +299,8 @@ fn metrics_parse_and_move_with_traffic() {
         "ringrouter_history_writes_total",
         "ringrouter_history_compactions_total",
         "ringrouter_history_chunk_reads_total",
+        "ringrouter_history_lookup_pointers_total",
+        "ringrouter_history_lookups_cut_total",
         "ringrouter_history_log_bytes",
         "ringrouter_history_log_live_bytes",
         "ringrouter_delivery_latency_seconds_count",

@@ -2,7 +2,7 @@
 //! `store::history`).
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -52,6 +52,10 @@ struct ConvState {
     since_trim: u32,
     /// The participants' entries of a direct conversation are known to exist.
     indexed: bool,
+    /// Newest `server_ts_us` of its messages (0: none): its newest stored chunk's, when
+    /// the state was read, then the newest appended. What ListConversations sorts by,
+    /// with no chunk read.
+    last_ts: u64,
     /// Bytes of the chunks this process wrote and has not trimmed (what
     /// `HistoryOptions::max_bytes` bounds). It starts at 0 when the state is read from
     /// the store (after a restart, or after the cache of states was emptied past
@@ -90,12 +94,77 @@ pub(crate) struct HistState {
     /// one is kept).
     marks: NameMap<Vec<u8>, u64>,
     /// (conversation, msg_id) → seq of the oldest message of recently answered pages:
-    /// the `before` of the next page back, found without scanning for it.
+    /// the `before` of the next page back, found without scanning for it (a lookup that
+    /// scans is bounded: `HistoryOptions::lookup_chunks`).
     cursors: NameMap<(Vec<u8>, u64), u64>,
+    /// The cursors `cursors` held when it last filled up, still looked up: the last
+    /// [`CURSORS_MAX`] / 2 pages answered always have theirs, however many came before.
+    cursors_old: NameMap<(Vec<u8>, u64), u64>,
 }
 
-/// Most entries in [`HistState::cursors`] (then it is emptied).
+/// Most entries in [`HistState::cursors`] and [`HistState::cursors_old`] together.
 const CURSORS_MAX: usize = 65_536;
+
+/// What a lookup of a msg_id in a conversation found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Found {
+    /// The seq of the visible message.
+    Seq(u64),
+    /// No visible message of the conversation has it.
+    Absent,
+    /// Not in the chunks one lookup may look at (`HistoryOptions::lookup_bounds`).
+    Beyond,
+}
+
+/// What one msg_id lookup may still do.
+struct LookupBudget {
+    /// Chunks (or segments) whose records it may still read.
+    reads: usize,
+    /// Chunk pointers (or segments) it may still look at.
+    looks: usize,
+    /// Chunk pointers (or segments) it looked at.
+    looked: u64,
+}
+
+impl LookupBudget {
+    /// Takes one look at a chunk's pointer (false: none left).
+    fn look(&mut self) -> bool {
+        let Some(n) = self.looks.checked_sub(1) else {
+            return false;
+        };
+        self.looks = n;
+        self.looked += 1;
+        true
+    }
+
+    /// Takes one read of a chunk's records (false: none left).
+    fn read(&mut self) -> bool {
+        self.reads = match self.reads.checked_sub(1) {
+            Some(n) => n,
+            None => return false,
+        };
+        true
+    }
+}
+
+impl HistState {
+    /// The seq of the page cursor (`conv`, `msg_id`), if a recent page ended there.
+    fn cursor(&self, conv: &[u8], msg_id: u64) -> Option<u64> {
+        let k = (conv.to_vec(), msg_id);
+        self.cursors
+            .get(&k)
+            .or_else(|| self.cursors_old.get(&k))
+            .copied()
+    }
+
+    /// Notes that a page of `conv` ended at `msg_id`, whose seq is `seq`.
+    fn note_cursor(&mut self, conv: Vec<u8>, msg_id: u64, seq: u64) {
+        if self.cursors.len() >= CURSORS_MAX / 2 {
+            self.cursors_old = std::mem::take(&mut self.cursors);
+        }
+        self.cursors.insert((conv, msg_id), seq);
+    }
+}
 
 impl HistState {
     pub(crate) fn new(opts: HistoryOptions, durability: Durability) -> Self {
@@ -110,6 +179,7 @@ impl HistState {
             pending: NameMap::default(),
             marks: NameMap::default(),
             cursors: NameMap::default(),
+            cursors_old: NameMap::default(),
         }
     }
 
@@ -158,12 +228,14 @@ impl Worker {
         }
         let prefix = chunk_prefix(conv);
         let mut next_seq = 1;
+        let mut last_ts = 0;
         let mut oldest = None;
         if let Some(g) = self.dbs.history.prefix(&prefix).next_back() {
             let (k, v) = g.into_inner()?;
             let seq = chunk_seq(&prefix, &k).ok_or_else(|| corrupt("key"))?;
-            let (count, _, _) = parse_chunk(&v).ok_or_else(|| corrupt("chunk"))?;
+            let (count, ts, _) = parse_chunk(&v).ok_or_else(|| corrupt("chunk"))?;
             next_seq = seq + u64::from(count);
+            last_ts = ts;
         }
         if let Some(g) = self.dbs.history.prefix(&prefix).next() {
             let k = g.key()?;
@@ -174,6 +246,7 @@ impl Worker {
             oldest: oldest.unwrap_or(next_seq),
             since_trim: 0,
             indexed: false,
+            last_ts,
             bytes: 0,
         };
         self.hist.convs.insert(conv.to_vec(), st);
@@ -254,6 +327,7 @@ impl Worker {
             let mut whole = 0usize;
             while let Some(r) = data.get(whole..).and_then(chunk_rec) {
                 let seq = first + count;
+                st.last_ts = st.last_ts.max(r.ts);
                 match &mut last {
                     Some((f, s)) if *f == r.from => *s = seq,
                     _ => {
@@ -623,14 +697,44 @@ impl Worker {
     /// The seq of the visible message `msg_id` (seq ≥ `from`, not older than `cutoff`)
     /// of a conversation, if it is kept: newest first, reading the records only of the
     /// segments and chunks whose msg_id ranges hold it (each stored chunk's pointer is
-    /// read; chunks written before the ranges were kept are read whole).
+    /// read; chunks written before the ranges were kept are read whole). Bounded
+    /// (`HistoryOptions::lookup_bounds`): the ids are the clients', and ids that make
+    /// every chunk's ranges hold any id would make a lookup of one that is not there read
+    /// the whole conversation (64 MiB) for a 20-byte request.
     fn hist_find_seq(
         &self,
         conv: &[u8],
         msg_id: u64,
         from: u64,
         cutoff: u64,
-    ) -> StoreResult<Option<u64>> {
+    ) -> StoreResult<Found> {
+        let (max_reads, max_looks) = self.hist.opts.lookup_bounds();
+        let mut budget = LookupBudget {
+            reads: max_reads,
+            looks: max_looks,
+            looked: 0,
+        };
+        let found = self.hist_find_in(conv, msg_id, from, cutoff, &mut budget);
+        self.stats
+            .history_lookup_pointers
+            .fetch_add(budget.looked, Ordering::Relaxed);
+        if let Ok(Found::Beyond) = found {
+            self.stats
+                .history_lookups_cut
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
+    /// [`Worker::hist_find_seq`] within `budget`.
+    fn hist_find_in(
+        &self,
+        conv: &[u8],
+        msg_id: u64,
+        from: u64,
+        cutoff: u64,
+        budget: &mut LookupBudget,
+    ) -> StoreResult<Found> {
         let found = |first: u64, data: &[u8]| {
             let mut seq = None;
             for (i, r) in records(data).enumerate() {
@@ -638,14 +742,23 @@ impl Worker {
                     seq = Some((first + i as u64, r.2));
                 }
             }
-            seq.map(|(s, ts)| (s >= from && ts >= cutoff).then_some(s))
+            seq.map(|(s, ts)| match s >= from && ts >= cutoff {
+                true => Found::Seq(s),
+                false => Found::Absent,
+            })
         };
         let tail = self.hist.tails.get(conv);
         for s in tail.iter().flat_map(|t| t.segs.iter().rev()) {
             if s.end_seq() <= from {
-                return Ok(None);
+                return Ok(Found::Absent);
+            }
+            if !budget.look() {
+                return Ok(Found::Beyond);
             }
             if s.ids.may_hold(msg_id) {
+                if !budget.read() {
+                    return Ok(Found::Beyond);
+                }
                 if let Some(r) = found(s.first_seq, s.records()) {
                     return Ok(r);
                 }
@@ -653,6 +766,9 @@ impl Worker {
         }
         let prefix = chunk_prefix(conv);
         for g in self.dbs.history.prefix(&prefix).rev() {
+            if !budget.look() {
+                return Ok(Found::Beyond);
+            }
             let (k, v) = g.into_inner()?;
             let seq = chunk_seq(&prefix, &k).ok_or_else(|| corrupt("key"))?;
             let (count, _, body) = parse_chunk(&v).ok_or_else(|| corrupt("chunk"))?;
@@ -662,6 +778,9 @@ impl Worker {
             if chunk_ids(&v).is_some_and(|ids| !ids.may_hold(msg_id)) {
                 continue;
             }
+            if !budget.read() {
+                return Ok(Found::Beyond);
+            }
             let Some(data) = self.chunk_records(&k, body)? else {
                 continue;
             };
@@ -669,7 +788,7 @@ impl Worker {
                 return Ok(r);
             }
         }
-        Ok(None)
+        Ok(Found::Absent)
     }
 
     /// The conversation `user` asks about (`None`: a room it is not a member of).
@@ -705,11 +824,12 @@ impl Worker {
         // chunks whose msg_id ranges hold it. The page starts just before it.
         let start = match q.before {
             0 => None,
-            b => match self.hist.cursors.get(&(conv.clone(), b)).copied() {
+            b => match self.hist.cursor(&conv, b) {
                 Some(s) => Some(s),
                 None => match self.hist_find_seq(&conv, b, from, cutoff)? {
-                    Some(s) => Some(s),
-                    None => return Ok(HistPage::BeforeNotFound),
+                    Found::Seq(s) => Some(s),
+                    Found::Absent => return Ok(HistPage::BeforeNotFound),
+                    Found::Beyond => return Ok(HistPage::BeforeBeyondLookup),
                 },
             },
         };
@@ -747,10 +867,7 @@ impl Worker {
             },
         )?;
         if let Some(m) = out.last() {
-            if self.hist.cursors.len() >= CURSORS_MAX {
-                self.hist.cursors.clear();
-            }
-            self.hist.cursors.insert((conv, m.msg_id), oldest_seq);
+            self.hist.note_cursor(conv, m.msg_id, oldest_seq);
         }
         out.reverse();
         Ok(HistPage::Messages(out))
@@ -773,7 +890,8 @@ impl Worker {
         };
         let st = self.conv_state(&conv)?;
         let from = self.visible_from(&st);
-        let Some(seq) = self.hist_find_seq(&conv, msg_id, from, 0)? else {
+        // (Not kept, or further back than a lookup looks: nothing either way.)
+        let Found::Seq(seq) = self.hist_find_seq(&conv, msg_id, from, 0)? else {
             return Ok(());
         };
         let e = self
@@ -818,10 +936,12 @@ impl Worker {
         Ok(records(&data).last().map(|r| (to_msg(r), st)))
     }
 
-    /// `user`'s conversations, newest last message first: at
-    /// most `limit`, their last messages within `max_bytes` (at least one). Each one's
-    /// last message is kept without its payload while they are sorted, and read again for
-    /// the ones answered: what is held is one page, however many conversations there are.
+    /// `user`'s conversations, newest last message first: at most `limit`, their last
+    /// messages within `max_bytes` (at least one). They are sorted by their newest
+    /// timestamp as their cached states hold it (a conversation's newest chunk's header,
+    /// read once): no chunk is read but the `limit` answered ones' newest, so a user with
+    /// thousands of conversations of large messages costs a look at each one's state,
+    /// not a read of each one's newest chunk.
     pub(crate) fn hist_conversations(
         &mut self,
         user: &str,
@@ -842,67 +962,71 @@ impl Worker {
             convs.push((k[prefix.len()..].to_vec(), decode_u64(&v)));
         }
         let rooms = self.rooms_of(user)?;
-        let mut out = Vec::new();
+        let member: HashSet<&[u8]> = rooms.iter().map(|r| r.as_bytes()).collect();
+        let listed: HashSet<Vec<u8>> = convs.iter().map(|(c, _)| c.clone()).collect();
         for room in rooms.iter().take(CONV_SCAN_MAX) {
             let conv = room_conv(room.as_bytes());
-            if !convs.iter().any(|(c, _)| *c == conv) {
+            if !listed.contains(&conv) {
                 convs.push((conv, 0));
             }
         }
+        let cutoff = self.age_cutoff();
+        // (newest ts, conversation, last sent seq) of those with a visible message.
+        let mut newest: Vec<(u64, Vec<u8>, u64)> = Vec::with_capacity(convs.len());
         for (conv, sent) in convs {
+            match parse_conv(&conv) {
+                Some(ConvName::Direct(..)) => {}
+                // Left the room: its history is no longer the user's.
+                Some(ConvName::Room(r)) if member.contains(r) => {}
+                _ => continue,
+            }
+            let st = self.conv_state(&conv)?;
+            if st.next_seq <= self.visible_from(&st) || st.last_ts < cutoff {
+                continue;
+            }
+            if before_ts != 0 && st.last_ts >= before_ts {
+                continue;
+            }
+            newest.push((st.last_ts, conv, sent));
+        }
+        newest.sort_by_key(|(ts, _, _)| std::cmp::Reverse(*ts));
+        newest.truncate(limit);
+        let mut page = Vec::with_capacity(newest.len());
+        let mut bytes = 0usize;
+        for (ts, conv, sent) in newest {
             let (peer, room) = match parse_conv(&conv) {
                 Some(ConvName::Direct(a, b)) => {
                     let peer = if a == user.as_bytes() { b } else { a };
                     (Some(String::from_utf8_lossy(peer).into_owned()), None)
                 }
-                Some(ConvName::Room(r)) => {
-                    let r = String::from_utf8_lossy(r).into_owned();
-                    // Left the room: its history is no longer the user's.
-                    if !rooms.contains(&r) {
-                        continue;
-                    }
-                    (None, Some(r))
-                }
+                Some(ConvName::Room(r)) => (None, Some(String::from_utf8_lossy(r).into_owned())),
                 None => continue,
             };
             let Some((mut last, st)) = self.hist_last(&conv)? else {
                 continue;
             };
-            last.payload = Bytes::new();
-            if before_ts != 0 && last.ts_us >= before_ts {
-                continue;
-            }
+            // The timestamp it was sorted by (the newest; the last message's but when two
+            // shards' messages reached the storage thread out of their clocks' order):
+            // the next page's `before_ts` is compared with it.
+            last.ts_us = ts;
             // Read up to the read mark; without one, up to the user's last own message.
             let mark = self.dbs.history.get(mark_key(user.as_bytes(), &conv))?;
             let read = mark.map_or(sent, |v| decode_u64(&v));
             let seen = read.max(self.visible_from(&st) - 1);
             let unread = (st.next_seq - 1).saturating_sub(seen);
-            out.push((
-                conv,
-                ConvSummary {
-                    peer,
-                    room,
-                    last,
-                    unread,
-                },
-            ));
-        }
-        out.sort_by_key(|(_, c)| std::cmp::Reverse(c.last.ts_us));
-        out.truncate(limit);
-        let mut page = Vec::with_capacity(out.len());
-        let mut bytes = 0usize;
-        for (conv, mut c) in out {
-            if let Some((last, _)) = self.hist_last(&conv)? {
-                c.last.payload = last.payload;
-            }
-            bytes += c.last.payload.len()
-                + c.last.from_user.len()
-                + c.peer.as_ref().or(c.room.as_ref()).map_or(0, String::len)
+            bytes += last.payload.len()
+                + last.from_user.len()
+                + peer.as_ref().or(room.as_ref()).map_or(0, String::len)
                 + PAGE_MSG_OVERHEAD;
             if bytes > max_bytes && !page.is_empty() {
                 break;
             }
-            page.push(c);
+            page.push(ConvSummary {
+                peer,
+                room,
+                last,
+                unread,
+            });
         }
         Ok(page)
     }
@@ -914,6 +1038,7 @@ impl Worker {
         let prefix = user_prefix(user.as_bytes());
         // Seqs of deleted conversations start again at 1.
         self.hist.cursors.clear();
+        self.hist.cursors_old.clear();
         let mut entries = Vec::new();
         for g in self.dbs.history.prefix(&prefix) {
             entries.push(g.key()?.to_vec());
@@ -952,5 +1077,50 @@ impl Worker {
         {
             self.hist.convs = NameMap::default();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cursors_of_the_last_half_of_the_bound_are_always_kept() {
+        let mut h = HistState::new(HistoryOptions::default(), Durability::Memory);
+        let half = CURSORS_MAX as u64 / 2;
+        for id in 1..=3 * half + 7 {
+            h.note_cursor(b"c".to_vec(), id, id * 10);
+            // Every one of the last `half` noted is still there.
+            let oldest_kept = id.saturating_sub(half - 1).max(1);
+            for probe in [oldest_kept, (oldest_kept + id) / 2, id] {
+                assert_eq!(h.cursor(b"c", probe), Some(probe * 10), "{id} {probe}");
+            }
+        }
+        // Bounded: the two generations hold at most CURSORS_MAX; the oldest are gone.
+        assert!(h.cursors.len() + h.cursors_old.len() <= CURSORS_MAX);
+        assert_eq!(h.cursor(b"c", 1), None);
+        assert_eq!(h.cursor(b"d", 3 * half), None);
+    }
+
+    #[test]
+    fn a_lookup_budget_counts_looks_and_reads_apart() {
+        let mut b = LookupBudget {
+            reads: 2,
+            looks: 3,
+            looked: 0,
+        };
+        assert!(b.look() && b.read() && b.look() && b.read());
+        assert!(!b.read(), "a third read");
+        assert!(b.look());
+        assert!(!b.look(), "a fourth look");
+        assert_eq!(b.looked, 3);
+        let (reads, looks) = HistoryOptions::default().lookup_bounds();
+        assert_eq!(
+            (reads, looks),
+            (
+                crate::store::LOOKUP_CHUNKS_DEFAULT,
+                crate::store::LOOKUP_CHUNKS_DEFAULT * crate::store::LOOKUP_POINTERS_PER_READ
+            )
+        );
     }
 }
