@@ -1253,6 +1253,13 @@ impl Shard {
     }
 
     fn delete_room(&mut self, key: Bytes, req: Box<RoomReq>, members: Vec<Bytes>) {
+        // The room's messages accepted so far (this is its home shard: all of them are
+        // here) go to the store before the deletion, which removes them with the rest of
+        // its history: the store takes one shard's requests in order. Held back until
+        // the flusher's turn, they would land after it and start the deleted room's
+        // history again (readable by whoever made a room with its name). A message
+        // accepted after this finds the room gone, or belongs to a room made later.
+        self.flush_history();
         let name = String::from_utf8_lossy(&key).into_owned();
         let n = name.clone();
         self.store_req(

@@ -19,6 +19,8 @@
 //! - A history log file's live bytes: `f` + file id (u32) → bytes of chunk records in
 //!   it that a chunk still points to (u64; `store::histlog`).
 //! - The next history log file id: `F` → u32.
+//! - `R` → empty: the history left behind by rooms deleted before a room's deletion
+//!   removed its conversation was cleaned (once, when the store opened).
 //! - A user's read mark: `m` + length byte + user + conversation id → the seq of the
 //!   message the user last marked read (MarkRead) in it (u64): the unread count is the
 //!   messages after it (after the user's last own message when there is no mark).
@@ -42,6 +44,13 @@
 //! lazily, when a conversation is over its bound by a slack (a quarter of the bound, at
 //! least 256 messages) or every 64 chunks with a max age, so trimming costs no work per
 //! message.
+//!
+//! Deleting a room removes its conversation in the batch that deletes the room (its
+//! chunks, their log records released, the entries and read marks of its members and
+//! senders, and the storage thread's tail and caches of it); an append that reaches the
+//! storage thread after the room is gone keeps nothing, and making a room removes
+//! whatever its name's conversation still holds. So a room never shows messages older
+//! than itself.
 
 use bytes::Bytes;
 
@@ -58,6 +67,9 @@ pub(crate) const MARK_TAG: u8 = b'm';
 pub(crate) const FILE_TAG: u8 = b'f';
 /// Key of the next history log file id (`F` → u32): ids never repeat across restarts.
 pub(crate) const NEXT_FILE_TAG: u8 = b'F';
+/// Key of the mark that the conversations of rooms deleted by older versions (which
+/// left them behind) were cleaned (`R` → empty): the open-time sweep runs once.
+pub(crate) const ROOMS_SWEPT_TAG: u8 = b'R';
 /// Bytes of a chunk value's header (count u32, newest ts u64).
 pub(crate) const CHUNK_HEADER: usize = 12;
 
@@ -655,6 +667,13 @@ pub(crate) fn mark_key(user: &[u8], conv: &[u8]) -> Vec<u8> {
     let mut k = mark_prefix(user);
     k.extend_from_slice(conv);
     k
+}
+
+/// The conversation id of a conversation entry or read mark key (`u`/`m` + length byte +
+/// user + conversation id; `None`: not such a key).
+pub(crate) fn entry_conv(key: &[u8]) -> Option<&[u8]> {
+    let n = usize::from(*key.get(1)?);
+    key.get(2 + n..)
 }
 
 pub(crate) fn decode_u64(v: &[u8]) -> u64 {

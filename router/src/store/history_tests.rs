@@ -764,3 +764,270 @@ fn conversations_read_only_the_chunks_of_those_answered() {
     let h = open_lookup(dir.path(), 0);
     check(&h);
 }
+
+/// A room record for `name` owned by `owner` with `members` (the owner among them).
+fn room_rec(name: &str, owner: &str, members: &[&str], code: &str) -> RoomRecord {
+    RoomRecord {
+        name: name.into(),
+        owner: owner.into(),
+        password_hash: None,
+        join_code: code.into(),
+        members: members.iter().map(|m| (*m).to_owned()).collect(),
+        created_us: now(),
+    }
+}
+
+/// `n` messages to room `room` from `from` (msg_ids from `first`), `per_chunk` an append.
+fn room_msgs(h: &StoreHandle, room: &str, from: &str, first: u64, n: u64, per_chunk: u64) {
+    let mut id = first;
+    while id < first + n {
+        let mut c = HistChunk {
+            conv: room_conv(room.as_bytes()),
+            ..Default::default()
+        };
+        for _ in 0..per_chunk.min(first + n - id) {
+            c.push(
+                from.as_bytes(),
+                id,
+                now(),
+                format!("{room}-{id}").as_bytes(),
+            );
+            id += 1;
+        }
+        call(|cb| h.history_append(vec![c], cb)).unwrap();
+    }
+}
+
+fn room_page(h: &StoreHandle, user: &str, room: &str) -> HistPage {
+    let q = HistQuery {
+        user: user.into(),
+        peer: None,
+        room: Some(room.into()),
+        before: 0,
+        limit: 500,
+        max_bytes: usize::MAX,
+    };
+    call(|cb| h.history_query(q, cb)).unwrap()
+}
+
+/// Keys of the `history` keyspace of a closed store that start with `prefix`.
+fn raw_history_keys(dir: &std::path::Path, prefix: &[u8]) -> Vec<Vec<u8>> {
+    let db = fjall::Database::builder(dir).open().unwrap();
+    let ks = db
+        .keyspace("history", fjall::KeyspaceCreateOptions::default)
+        .unwrap();
+    ks.prefix(prefix)
+        .map(|g| g.key().unwrap().to_vec())
+        .collect()
+}
+
+#[test]
+fn deleting_a_room_removes_its_history_and_a_room_made_with_its_name_starts_empty() {
+    // Sync (every append written to the log at once) and memory (held in memory: the
+    // deletion drops the tail, and nothing of it is written at shutdown).
+    for d in [Durability::Sync, Durability::Memory] {
+        let dir = tempfile::tempdir().unwrap();
+        let file = 16 << 10;
+        let h = match d {
+            Durability::Sync => open_log(dir.path(), 10_000, file, d),
+            Durability::Memory => open(dir.path(), 10_000, None),
+        };
+        for u in ["alice", "bob", "mallory", "s-c", "s-d"] {
+            call(|cb| h.ensure_user(u, cb)).unwrap();
+        }
+        call(|cb| h.create_room(room_rec("r", "alice", &["alice", "bob"], "#code0001"), cb))
+            .unwrap();
+        room_msgs(&h, "r", "alice", 1, 1000, 100);
+        room_msgs(&h, "r", "bob", 1001, 500, 50);
+        // A name that is no member (the HTTP API publishes as any name).
+        room_msgs(&h, "r", "system", 1501, 3, 3);
+        call(|cb| h.history_mark("bob", None, Some("r".into()), 1200, cb)).unwrap();
+        assert_eq!(ids(room_page(&h, "bob", "r")).len(), 500);
+        assert_eq!(
+            call(|cb| h.conversations("bob", 10, 0, usize::MAX, cb))
+                .unwrap()
+                .len(),
+            1
+        );
+        // A page cached a `before` cursor: it goes too.
+        assert_eq!(
+            ids(call(|cb| h.history_query(
+                HistQuery {
+                    user: "alice".into(),
+                    peer: None,
+                    room: Some("r".into()),
+                    before: 1400,
+                    limit: 2,
+                    max_bytes: usize::MAX,
+                },
+                cb
+            ))
+            .unwrap()),
+            vec![1398, 1399]
+        );
+        let before = log_disk_bytes(dir.path());
+        call(|cb| h.delete_room("r", cb)).unwrap();
+        // mallory makes a room of that name, with a password: it has no history.
+        let mut rec = room_rec("r", "mallory", &["mallory"], "#code0002");
+        rec.password_hash = Some("$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into());
+        call(|cb| h.create_room(rec, cb)).unwrap();
+        assert_eq!(ids(room_page(&h, "mallory", "r")), Vec::<u64>::new());
+        // Not through a cursor of the old room either.
+        let q = HistQuery {
+            user: "mallory".into(),
+            peer: None,
+            room: Some("r".into()),
+            before: 1398,
+            limit: 10,
+            max_bytes: usize::MAX,
+        };
+        assert_eq!(
+            call(|cb| h.history_query(q, cb)).unwrap(),
+            HistPage::BeforeNotFound
+        );
+        for u in ["alice", "bob", "system", "mallory"] {
+            let cs = call(|cb| h.conversations(u, 10, 0, usize::MAX, cb)).unwrap();
+            assert!(cs.is_empty(), "{u}: {cs:?}");
+        }
+        // The new room's own history is kept as usual, from seq 1.
+        room_msgs(&h, "r", "mallory", 5000, 2, 2);
+        assert_eq!(ids(room_page(&h, "mallory", "r")), vec![5000, 5001]);
+        call(|cb| h.delete_room("r", cb)).unwrap();
+        assert_eq!(h.stats().history_log_live_bytes, 0, "{:?}", h.stats());
+        // An append that was on its way when the room went keeps nothing.
+        room_msgs(&h, "r", "bob", 6000, 3, 3);
+        let cs = call(|cb| h.conversations("bob", 10, 0, usize::MAX, cb)).unwrap();
+        assert!(cs.is_empty(), "{cs:?}");
+        if d == Durability::Sync {
+            // The log's records were released: every file but the active one goes.
+            dm(&h, "s-c", "s-d", 1..2, 1);
+            let after = log_disk_bytes(dir.path());
+            assert!(before > 40_000, "{before}");
+            assert!(after < file + 4096, "{before} → {after}");
+        }
+        drop(h);
+        // Nothing of the room is left on disk: chunks, entries, read marks.
+        let conv = room_conv(b"r");
+        let mut chunks = vec![CHUNK_TAG];
+        chunks.extend_from_slice(&conv);
+        assert!(raw_history_keys(dir.path(), &chunks).is_empty());
+        for tag in [USER_TAG, MARK_TAG] {
+            let left: Vec<_> = raw_history_keys(dir.path(), &[tag])
+                .into_iter()
+                .filter(|k| entry_conv(k) == Some(&conv[..]))
+                .collect();
+            assert!(left.is_empty(), "{d:?} {left:?}");
+        }
+        // And after a restart the name is still free of it.
+        let h = open(dir.path(), 10_000, None);
+        call(|cb| h.create_room(room_rec("r", "mallory", &["mallory"], "#code0003"), cb)).unwrap();
+        assert_eq!(ids(room_page(&h, "mallory", "r")), Vec::<u64>::new());
+    }
+}
+
+#[test]
+fn create_fill_delete_rounds_keep_no_history() {
+    // The attack on disk: a room made, filled to its bound, deleted, again and again.
+    let dir = tempfile::tempdir().unwrap();
+    let file = 64 << 10;
+    let h = open_log(dir.path(), 300, file, Durability::Sync);
+    call(|cb| h.ensure_user("m", cb)).unwrap();
+    let payload = vec![b'x'; 1000];
+    for round in 0..30u64 {
+        let name = format!("r{}", round % 3);
+        let code = format!("#round{round:03}");
+        call(|cb| h.create_room(room_rec(&name, "m", &["m"], &code), cb)).unwrap();
+        for part in 0..4u64 {
+            let mut c = HistChunk {
+                conv: room_conv(name.as_bytes()),
+                ..Default::default()
+            };
+            for i in 0..100 {
+                c.push(b"m", round * 1000 + part * 100 + i + 1, now(), &payload);
+            }
+            call(|cb| h.history_append(vec![c], cb)).unwrap();
+        }
+        call(|cb| h.delete_room(&name, cb)).unwrap();
+    }
+    // 12 MB written; nothing of it live, and the log is back to about a file.
+    call(|cb| h.flush(cb)).unwrap();
+    let s = h.stats();
+    assert_eq!(s.history_log_live_bytes, 0, "{s:?}");
+    assert!(log_disk_bytes(dir.path()) <= 2 * file, "{s:?}");
+}
+
+#[test]
+fn history_left_by_rooms_deleted_by_older_versions_is_never_shown_and_is_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = 16 << 10;
+    {
+        let h = open_log(dir.path(), 10_000, file, Durability::Sync);
+        call(|cb| h.ensure_user("alice", cb)).unwrap();
+        for (r, code) in [
+            ("old1", "#oldcode1"),
+            ("old2", "#oldcode2"),
+            ("live", "#livecode"),
+        ] {
+            call(|cb| h.create_room(room_rec(r, "alice", &["alice"], code), cb)).unwrap();
+            room_msgs(&h, r, "alice", 1, 300, 100);
+        }
+        h.shutdown().unwrap();
+    }
+    // Deleted the old way: the room's keys only (its history left behind). The sweep's
+    // mark is taken away too, as a store of an older version never had it.
+    let orphan = |names: &[&str], unmark: bool| {
+        let db = fjall::Database::builder(dir.path()).open().unwrap();
+        let rooms = db
+            .keyspace("rooms", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        let history = db
+            .keyspace("history", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        for n in names {
+            let keys: Vec<Vec<u8>> = rooms
+                .iter()
+                .map(|g| g.key().unwrap().to_vec())
+                .filter(|k| {
+                    let s = String::from_utf8_lossy(k);
+                    s == format!("room:{n}") || s.contains(&format!(":{n}")) || s.ends_with(n)
+                })
+                .collect();
+            for k in keys {
+                rooms.remove(k).unwrap();
+            }
+        }
+        if unmark {
+            history.remove([ROOMS_SWEPT_TAG]).unwrap();
+        }
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    };
+    // 1. With the sweep done (marked), a room made with the name starts empty anyway.
+    orphan(&["old1"], false);
+    {
+        let h = open_log(dir.path(), 10_000, file, Durability::Sync);
+        call(|cb| h.ensure_user("mallory", cb)).unwrap();
+        call(|cb| h.create_room(room_rec("old1", "mallory", &["mallory"], "#newcode1"), cb))
+            .unwrap();
+        assert_eq!(ids(room_page(&h, "mallory", "old1")), Vec::<u64>::new());
+        assert_eq!(ids(room_page(&h, "alice", "live")).len(), 300);
+        h.shutdown().unwrap();
+    }
+    // 2. A store of an older version (no mark): the open sweeps what no room owns.
+    orphan(&["old2"], true);
+    let mut old2 = vec![CHUNK_TAG];
+    old2.extend_from_slice(&room_conv(b"old2"));
+    assert!(!raw_history_keys(dir.path(), &old2).is_empty());
+    {
+        let h = open_log(dir.path(), 10_000, file, Durability::Sync);
+        assert_eq!(ids(room_page(&h, "alice", "live")).len(), 300);
+        assert_eq!(ids(room_page(&h, "mallory", "old1")), Vec::<u64>::new());
+        h.shutdown().unwrap();
+    }
+    assert!(raw_history_keys(dir.path(), &old2).is_empty());
+    let entries: Vec<_> = raw_history_keys(dir.path(), &[USER_TAG])
+        .into_iter()
+        .filter_map(|k| entry_conv(&k).map(<[u8]>::to_vec))
+        .collect();
+    assert_eq!(entries, vec![room_conv(b"live")], "alice's entries");
+    assert_eq!(raw_history_keys(dir.path(), &[ROOMS_SWEPT_TAG]).len(), 1);
+}

@@ -523,6 +523,11 @@ impl Store {
         .map_err(|e| StoreError::Io(format!("cannot start hashing threads: {e}")))?;
         let mut w = worker::Worker::new(dbs, durability, options, pool, Arc::clone(&stats));
         w.move_inline_lists()?;
+        if let Err(e) = w.hist_sweep_deleted_rooms() {
+            // Tried again at the next open; a room made with such a name still starts
+            // empty (`create_room` removes what its conversation holds).
+            tracing::warn!(error = %e, "cleaning the history of deleted rooms failed");
+        }
         let thread = std::thread::Builder::new()
             .name("rr-store".into())
             .spawn(move || w.run(rx))

@@ -1451,6 +1451,11 @@ impl Worker {
         if self.dbs.rooms.contains_key(&room_key)? || self.dbs.rooms.contains_key(&code_key)? {
             return Err(StoreError::Conflict);
         }
+        // A new room has no history: whatever its name's conversation still holds (left
+        // by a version that kept a deleted room's history, or by an append that raced
+        // the deletion) goes in this batch, before anyone can read it.
+        let who: Vec<&str> = people(&record).into_iter().collect();
+        self.hist_delete_room(record.name.as_bytes(), &who)?;
         self.ops.push(Op::Put(
             Ks::Rooms,
             code_key,
@@ -1694,25 +1699,43 @@ impl Worker {
         Ok(())
     }
 
+    /// Deletes a room: its record, join code, member keys and membership index keys, and
+    /// its conversation (`hist_delete_room`), in one batch.
     fn delete_room(&mut self, name: &str) -> StoreResult<()> {
         validate_name("room name", name)?;
         self.commit()?;
         let key = prefixed(ROOM_PREFIX, name);
         let v = self.dbs.rooms.get(&key)?.ok_or(StoreError::NotFound)?;
-        // A corrupt record can still be deleted (its join code then stays dangling and
-        // finds nothing).
+        // Everything read before anything is queued: a failed read leaves no deletion
+        // half done. A corrupt record can still be deleted (its join code then stays
+        // dangling and finds nothing).
         let members = self.room_members(name)?;
-        match decode::<RoomRecord>(&v, "room") {
+        let (owner, code_key) = match decode::<RoomRecord>(&v, "room") {
             Ok(old) => {
                 let code_key = prefixed(CODE_PREFIX, &old.join_code);
-                if self.dbs.rooms.get(&code_key)?.as_deref() == Some(name.as_bytes()) {
-                    self.ops.push(Op::Del(Ks::Rooms, code_key));
-                }
-                // The owner's index key (a member's goes below).
-                self.ops
-                    .push(Op::Del(Ks::Rooms, member_key(&old.owner, name)));
+                let ours = self.dbs.rooms.get(&code_key)?.as_deref() == Some(name.as_bytes());
+                (Some(old.owner), ours.then_some(code_key))
             }
-            Err(e) => tracing::warn!("deleting room {name:?}: {e}"),
+            Err(e) => {
+                tracing::warn!("deleting room {name:?}: {e}");
+                (None, None)
+            }
+        };
+        // Its conversation goes with it: chunks, log records, entries, read marks, and
+        // what is cached of it. (The room's home shard handed over the appends it
+        // accepted before this request: `Shard::delete_room`.)
+        let who: Vec<&str> = members
+            .iter()
+            .map(String::as_str)
+            .chain(owner.as_deref())
+            .collect();
+        self.hist_delete_room(name.as_bytes(), &who)?;
+        if let Some(code_key) = code_key {
+            self.ops.push(Op::Del(Ks::Rooms, code_key));
+        }
+        // The owner's index key (a member's goes below).
+        if let Some(owner) = &owner {
+            self.ops.push(Op::Del(Ks::Rooms, member_key(owner, name)));
         }
         // Member keys go whatever the record says, with their membership index keys.
         for u in members {

@@ -580,3 +580,124 @@ fn listing_one_of_many_conversations_reads_one_chunk() {
     let reads = metric(&r, "ringrouter_history_chunk_reads_total") - reads0;
     assert!(reads <= 10.0, "{reads} chunks read for 10 lists of 1");
 }
+
+/// A gauge or counter of the router's /metrics.
+fn gauge(r: &RouterProc, name: &str) -> u64 {
+    let m = r.metrics();
+    m.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{m}")) as u64
+}
+
+/// A deleted room's history goes with it: whoever makes a room with its name (with a
+/// password even) reads nothing of it, before and after a restart, and nobody's
+/// conversation list shows it. The messages are sent without waiting and the room
+/// deleted right behind them: their history, still held by the room's shard, reaches
+/// the store before the deletion and goes with it.
+#[test]
+fn a_deleted_rooms_history_is_not_read_by_a_room_made_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let args = [
+        "--history-per-conversation",
+        "10000",
+        "--shards",
+        "2",
+        "--data-dir",
+        d,
+    ];
+    let r = RouterProc::start(&args);
+    let mut a = r.client("hdel-alice");
+    let mut b = r.client("hdel-bob");
+    let mut m = r.client("hdel-mallory");
+    a.create_room("hdel-room", None).unwrap();
+    b.join_room("hdel-room", None).unwrap();
+    for i in 0..20 {
+        a.send_room_wait("hdel-room", format!("secret{i}").as_bytes())
+            .unwrap();
+    }
+    b.send_room_wait("hdel-room", b"bob's secret").unwrap();
+    assert_eq!(b.room_history("hdel-room", 0, 100).unwrap().len(), 21);
+    for i in 0..200 {
+        a.send_room("hdel-room", format!("late{i}").as_bytes())
+            .unwrap();
+    }
+    a.delete_room("hdel-room").unwrap();
+    m.create_room("hdel-room", Some("pw")).unwrap();
+    let h = m.room_history("hdel-room", 0, 500).unwrap();
+    assert!(h.is_empty(), "{:?}", payloads(&h));
+    for c in [&mut a, &mut b, &mut m] {
+        let cs = c.conversations(0, 0).unwrap();
+        assert!(cs.is_empty(), "{cs:?}");
+    }
+    // The new room's history is its own.
+    m.send_room_wait("hdel-room", b"mine").unwrap();
+    assert_eq!(
+        payloads(&m.room_history("hdel-room", 0, 500).unwrap()),
+        ["mine"]
+    );
+    drop((a, b, m));
+    let (code, _) = r.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    // Nothing of the old room was written at shutdown either (the tails are).
+    let r = RouterProc::start(&args);
+    let mut m = r.client("hdel-mallory");
+    assert_eq!(
+        payloads(&m.room_history("hdel-room", 0, 500).unwrap()),
+        ["mine"]
+    );
+}
+
+/// Create a room, fill it, delete it, again and again: the history kept (the log's live
+/// bytes, and the log's files on disk) does not grow with the rounds. Before, every
+/// deleted room kept its history (up to the per-conversation bound) for ever, and
+/// `--max-rooms-per-user` counts only live rooms.
+#[test]
+fn create_fill_delete_rounds_do_not_grow_the_history_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let r = RouterProc::start(&[
+        "--history-per-conversation",
+        "10000",
+        "--shards",
+        "2",
+        "--data-dir",
+        d,
+        // Written at once: what a room holds is in the log before it is deleted.
+        "--history-memory-bytes",
+        "0",
+    ]);
+    let mut a = r.client("hfill-a");
+    let payload = vec![b'x'; 2000];
+    let rounds = 12;
+    let mut live = Vec::new();
+    for round in 0..rounds {
+        let room = format!("hfill-{round}");
+        a.create_room(&room, None).unwrap();
+        for _ in 0..99 {
+            a.send_room(&room, &payload).unwrap();
+        }
+        a.send_room_wait(&room, &payload).unwrap();
+        assert_eq!(a.room_history(&room, 0, 500).unwrap().len(), 100);
+        let full = gauge(&r, "ringrouter_history_log_live_bytes");
+        assert!(full >= 100 * 2000, "round {round}: {full} live bytes");
+        a.delete_room(&room).unwrap();
+        live.push(gauge(&r, "ringrouter_history_log_live_bytes"));
+    }
+    // 2.4 MB of room history written, none of it kept.
+    assert!(
+        live.iter().all(|&l| l == 0),
+        "live bytes per round {live:?}"
+    );
+    let log_dir = dir.path().join("history");
+    let on_disk: u64 = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    // The active log file (dead records wait for it to roll) holds what was written; a
+    // room's bound alone is 10 000 messages.
+    assert!(on_disk <= (rounds as u64 + 1) * 100 * 2100, "{on_disk}");
+    assert!(a.conversations(0, 0).unwrap().is_empty());
+}

@@ -11,13 +11,22 @@ use bytes::Bytes;
 
 use super::super::histlog;
 use super::super::history::{
-    chunk_ids, chunk_key, chunk_prefix, chunk_rec, chunk_seq, decode_u64, dm_conv, log_chunk_value,
-    mark_key, mark_prefix, parse_chunk, parse_conv, rec_msg_id, records, room_conv, user_key,
-    user_prefix, ChunkBody, ConvName, ConvSummary, HistChunk, HistMsg, HistPage, HistQuery,
-    HistoryOptions, IdRanges, RawRecord, Segment, PAGE_MSG_OVERHEAD, RECORD_FIXED,
+    chunk_ids, chunk_key, chunk_prefix, chunk_rec, chunk_seq, decode_u64, dm_conv, entry_conv,
+    log_chunk_value, mark_key, mark_prefix, parse_chunk, parse_conv, rec_msg_id, records,
+    room_conv, user_key, user_prefix, ChunkBody, ConvName, ConvSummary, HistChunk, HistMsg,
+    HistPage, HistQuery, HistoryOptions, IdRanges, RawRecord, Segment, CHUNK_TAG,
+    PAGE_MSG_OVERHEAD, RECORD_FIXED, ROOMS_SWEPT_TAG,
 };
-use super::{member_key, now_us, Ks, Op, Worker, CACHE_MAX};
+use super::{member_key, now_us, Ks, Op, Worker, CACHE_MAX, ROOM_PREFIX};
 use crate::store::{Durability, StoreError, StoreResult};
+
+/// The `rooms` key of the room record of `name` (the bytes of a room conversation id).
+fn room_key(name: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(ROOM_PREFIX.len() + name.len());
+    k.extend_from_slice(ROOM_PREFIX);
+    k.extend_from_slice(name);
+    k
+}
 
 /// Chunks appended to a conversation between two age trims (with a max age).
 const AGE_TRIM_EVERY: u32 = 64;
@@ -315,6 +324,17 @@ impl Worker {
                 }
                 self.note_entry(a.as_bytes(), &conv, 0);
                 self.note_entry(b.as_bytes(), &conv, 0);
+                st.indexed = true;
+            }
+            if let (false, ConvName::Room(r)) = (st.indexed, &name) {
+                // A room that is gone (deleted while this append was on its way) keeps
+                // no history: its conversation was removed with it, and must not come
+                // back (a room made later with the name starts empty). Checked once per
+                // conversation and process; deleting the room drops the state.
+                self.commit()?;
+                if !self.dbs.rooms.contains_key(room_key(r))? {
+                    continue;
+                }
                 st.indexed = true;
             }
             let first = st.next_seq;
@@ -1062,6 +1082,120 @@ impl Worker {
         }
         for g in self.dbs.history.prefix(mark_prefix(user.as_bytes())) {
             self.ops.push(Op::Del(Ks::History, g.key()?.to_vec()));
+        }
+        Ok(())
+    }
+
+    /// Removes the conversation of room `name`: its tail in memory, its stored chunks
+    /// (their history log records released, so the log's live bytes drop and its files
+    /// get compacted or deleted), the conversation entries and read marks of `people`
+    /// and of every sender found in its messages, and what is cached of it (state,
+    /// `before` cursors, entries and marks not yet written). Called when the room is
+    /// deleted, and when a room is made with a name whose conversation is still there
+    /// (left by a version that did not remove it): a room starts with no history. Call
+    /// with every write committed.
+    pub(crate) fn hist_delete_room(&mut self, name: &[u8], people: &[&str]) -> StoreResult<()> {
+        let conv = room_conv(name);
+        let room = String::from_utf8_lossy(name);
+        // Whose entries may exist: those asked, and every sender (an entry is written
+        // for the sender of a message; the HTTP API may publish as any name).
+        let mut users: std::collections::BTreeSet<Vec<u8>> =
+            people.iter().map(|p| p.as_bytes().to_vec()).collect();
+        if let Some(tail) = self.hist.tails.remove(&conv) {
+            self.hist.tail_bytes = self.hist.tail_bytes.saturating_sub(tail.bytes);
+            for seg in &tail.segs {
+                users.extend(records(seg.records()).map(|r| r.0.to_vec()));
+            }
+        }
+        // Entries and marks not yet written are noted only for a conversation with a
+        // state (the cache of states is emptied only while none are pending): the maps
+        // are looked through only then, not at every room made.
+        if self.hist.convs.remove(&conv).is_some() {
+            let of_conv = |k: &Vec<u8>| entry_conv(k) == Some(&conv[..]);
+            self.hist.pending.retain(|k, _| !of_conv(k));
+            self.hist.marks.retain(|k, _| !of_conv(k));
+        }
+        // (Cursors outlive the states: at most `CURSORS_MAX` to look through.)
+        self.hist.cursors.retain(|(c, _), _| *c != conv);
+        let mut chunks = Vec::new();
+        for g in self.dbs.history.prefix(chunk_prefix(&conv)) {
+            let (k, v) = g.into_inner()?;
+            chunks.push((k.to_vec(), v));
+        }
+        for (k, v) in chunks {
+            match parse_chunk(&v) {
+                Some((_, _, body)) => {
+                    // Read for its senders only: a chunk whose records are lost or
+                    // unreadable names no one, and is deleted all the same (a room whose
+                    // log cannot be read can still be deleted).
+                    match self.chunk_records(&k, body) {
+                        Ok(Some(data)) => users.extend(records(&data).map(|r| r.0.to_vec())),
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(error = %e, "room {room:?}: chunk unread"),
+                    }
+                    if let ChunkBody::Log(loc) = body {
+                        self.dbs.hlog.release(loc);
+                    }
+                }
+                None => tracing::warn!("deleting a corrupt history chunk of room {room:?}"),
+            }
+            self.ops.push(Op::Del(Ks::History, k));
+        }
+        for u in users {
+            // Only the keys there (no tombstone for every member of every new room).
+            for k in [user_key(&u, &conv), mark_key(&u, &conv)] {
+                if self.dbs.history.contains_key(&k)? {
+                    self.ops.push(Op::Del(Ks::History, k));
+                }
+            }
+        }
+        self.hist_log_gauges();
+        Ok(())
+    }
+
+    /// Removes the conversations of rooms that no longer exist: versions before
+    /// [`Worker::hist_delete_room`] left a deleted room's history behind (readable by
+    /// whoever made a room with its name, and never freed). Once per store (marked by
+    /// the `R` key), when it opens, before its thread starts: one seek per room
+    /// conversation, and the records of the orphaned ones read for their senders.
+    pub(crate) fn hist_sweep_deleted_rooms(&mut self) -> StoreResult<()> {
+        if self.dbs.history.contains_key([ROOMS_SWEPT_TAG])? {
+            return Ok(());
+        }
+        let start = [CHUNK_TAG, b'r'];
+        let mut from = start.to_vec();
+        let mut swept = 0u64;
+        loop {
+            let Some(g) = self.dbs.history.range(from.clone()..).next() else {
+                break;
+            };
+            let k = g.key()?;
+            if !k.starts_with(&start) {
+                break;
+            }
+            // `c` + conversation id + seq (8 bytes).
+            let conv = k.get(1..k.len().saturating_sub(8)).unwrap_or_default();
+            let Some(ConvName::Room(name)) = parse_conv(conv) else {
+                // Not a chunk key of a room: past it.
+                from = k.to_vec();
+                from.push(0);
+                continue;
+            };
+            let name = name.to_vec();
+            from = chunk_key(conv, u64::MAX);
+            from.push(0);
+            if !self.dbs.rooms.contains_key(room_key(&name))? {
+                self.hist_delete_room(&name, &[])?;
+                self.commit()?;
+                swept += 1;
+            }
+        }
+        // (Not a counted commit: a new store opens with none. Lost in a crash, the
+        // sweep runs again, finding nothing.)
+        self.dbs.history.insert([ROOMS_SWEPT_TAG], [])?;
+        if swept > 0 {
+            tracing::info!(rooms = swept, "removed the history of deleted rooms");
+            self.hist_log_gauges();
         }
         Ok(())
     }
