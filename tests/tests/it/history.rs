@@ -581,15 +581,6 @@ fn listing_one_of_many_conversations_reads_one_chunk() {
     assert!(reads <= 10.0, "{reads} chunks read for 10 lists of 1");
 }
 
-/// A gauge or counter of the router's /metrics.
-fn gauge(r: &RouterProc, name: &str) -> u64 {
-    let m = r.metrics();
-    m.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{m}")) as u64
-}
-
 /// A deleted room's history goes with it: whoever makes a room with its name (with a
 /// password even) reads nothing of it, before and after a restart, and nobody's
 /// conversation list shows it. The messages are sent without waiting and the room
@@ -680,10 +671,10 @@ fn create_fill_delete_rounds_do_not_grow_the_history_kept() {
         }
         a.send_room_wait(&room, &payload).unwrap();
         assert_eq!(a.room_history(&room, 0, 500).unwrap().len(), 100);
-        let full = gauge(&r, "ringrouter_history_log_live_bytes");
+        let full = metric(&r, "ringrouter_history_log_live_bytes") as u64;
         assert!(full >= 100 * 2000, "round {round}: {full} live bytes");
         a.delete_room(&room).unwrap();
-        live.push(gauge(&r, "ringrouter_history_log_live_bytes"));
+        live.push(metric(&r, "ringrouter_history_log_live_bytes") as u64);
     }
     // 2.4 MB of room history written, none of it kept.
     assert!(
