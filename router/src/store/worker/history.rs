@@ -1117,6 +1117,7 @@ impl Worker {
         }
         // (Cursors outlive the states: at most `CURSORS_MAX` to look through.)
         self.hist.cursors.retain(|(c, _), _| *c != conv);
+        self.hist.cursors_old.retain(|(c, _), _| *c != conv);
         let mut chunks = Vec::new();
         for g in self.dbs.history.prefix(chunk_prefix(&conv)) {
             let (k, v) = g.into_inner()?;
