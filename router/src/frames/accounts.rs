@@ -107,6 +107,9 @@ impl Shard {
     }
 
     fn delete_account_record(&mut self, from: SessionId, request_id: u64, user: String) {
+        // What its ended sessions left unacked and the store has not got yet goes with it
+        // (what it has got goes with the queue).
+        self.drop_requeues_of(user.as_bytes());
         let u = user.clone();
         self.store_req(
             |st, cb| st.delete_account(&u, cb),
@@ -127,6 +130,8 @@ impl Shard {
                     // hold, even if the answer below closes the asking one (a slow
                     // consumer past its hard cap).
                     sh.contacts.forget(&user);
+                    // (Sessions that ended while the deletion was on its way.)
+                    sh.drop_requeues_of(user.as_bytes());
                     for k in sh.live_sessions(user.as_bytes()) {
                         if let Some(s) = sh.sessions.get_mut(k) {
                             s.discard_unacked = true;

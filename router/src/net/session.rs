@@ -550,7 +550,7 @@ async fn read_acks_ahead<W: Future<Output = ()>>(
         let read = async {
             match r.layers {
                 Some(l) => read_layered(r.shard, r.key, r.fd, r.reader, l, buf).await,
-                None => read_some(r.fd, r.reader, buf).await,
+                None => read_some(r.fd, r.reader, buf, READ_AHEAD_MAX - before).await,
             }
         };
         monoio::select! {
@@ -592,9 +592,14 @@ fn ack_of(body: &[u8]) -> Option<u64> {
     }
 }
 
-/// One read of a plain socket onto the end of `buf` (grown when nearly full): at once
-/// if bytes are there, else once the socket is readable.
-async fn read_some(fd: RawFd, reader: &TcpOwnedReadHalf, buf: &mut BytesMut) -> io::Result<usize> {
+/// One read of at most `max` bytes of a plain socket onto the end of `buf` (grown when
+/// nearly full): at once if bytes are there, else once the socket is readable.
+async fn read_some(
+    fd: RawFd,
+    reader: &TcpOwnedReadHalf,
+    buf: &mut BytesMut,
+    max: usize,
+) -> io::Result<usize> {
     if buf.is_empty() && buf.capacity() < MIN_READ {
         // No buffer held while nothing arrives.
         wait_readable(reader).await?;
@@ -603,7 +608,7 @@ async fn read_some(fd: RawFd, reader: &TcpOwnedReadHalf, buf: &mut BytesMut) -> 
         if buf.capacity() - buf.len() < MIN_READ {
             buf.reserve(READ_BUF);
         }
-        match recv_into(fd, buf) {
+        match recv_at_most(fd, buf, max) {
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_readable(reader).await?,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -713,7 +718,14 @@ async fn read_layered(
 
 /// One nonblocking recv into the spare capacity of `buf`.
 fn recv_into(fd: RawFd, buf: &mut BytesMut) -> io::Result<usize> {
+    recv_at_most(fd, buf, usize::MAX)
+}
+
+/// One nonblocking recv of at most `max` bytes into the spare capacity of `buf`.
+fn recv_at_most(fd: RawFd, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
     let spare = buf.spare_capacity_mut();
+    let len = max.min(spare.len());
+    let spare = &mut spare[..len];
     // Safety: recv writes at most `spare.len()` bytes into the buffer's spare
     // capacity; the socket stays open while its session's reader runs.
     let n = unsafe {

@@ -298,6 +298,7 @@ impl Shard {
             contact_event: kind as i32,
             ..Default::default()
         };
+        self.flush_requeues_of(user.as_bytes());
         let u = user.to_owned();
         let cap = self.notice_cap();
         self.store_req_sized(

@@ -194,6 +194,7 @@ impl Shard {
             return;
         }
         self.counters.offline_stored += 1;
+        self.flush_requeues_of(to_user);
         let user = String::from_utf8_lossy(to_user).into_owned();
         let msg_id = m.msg_id;
         let stored = m.to_stored();
@@ -227,6 +228,7 @@ impl Shard {
         sender: SessionId,
         skip: Option<SessionId>,
     ) {
+        self.flush_requeues_of(&to_user);
         let user = String::from_utf8_lossy(&to_user).into_owned();
         let stored = msg.to_stored();
         let cap = self.offline_cap();
@@ -378,6 +380,8 @@ impl Shard {
     }
 
     fn load_page(&mut self, id: SessionId, user: String, from: u64) {
+        // What the user's ended sessions left unacked is in the queue before it is read.
+        self.flush_requeues_of(user.as_bytes());
         let page = self.backlog_page();
         let max_bytes = self.backlog_page_bytes();
         self.store_req(

@@ -160,6 +160,8 @@ pub struct Shard {
     pub store_bytes: usize,
     /// Ended sessions' unacked messages on their way to the store (`shard::requeue`).
     pub requeues: std::collections::VecDeque<requeue::Requeue>,
+    /// Messages waiting in `requeues`, per user.
+    pub requeue_held: std::collections::HashMap<Bytes, usize>,
     /// Members of the rooms in `rooms`, summed when the ticker trims them (see
     /// `Shard::trim_room_cache`).
     pub room_members_loaded: usize,
@@ -279,6 +281,7 @@ impl Shard {
             store_inflight: 0,
             store_bytes: 0,
             requeues: std::collections::VecDeque::new(),
+            requeue_held: std::collections::HashMap::new(),
             room_members_loaded: 0,
             parked_bytes: 0,
             parked_throttled: Vec::new(),

@@ -9,6 +9,14 @@
 //! storage thread busy for 37 s while every other request waited). What the queue's
 //! ceiling would drop anyway is dropped here before it is ever encoded: a user's
 //! requeues waiting here hold at most the ceiling.
+//!
+//! Order: anything else that goes to a user's offline queue (a message stored for them,
+//! a contact event, a login's backlog read) first hands over that user's waiting requeues
+//! whole ([`Shard::flush_requeues_of`]): the store takes one shard's requests in order,
+//! and a user's requests all come from their home shard, so a sender's messages reach
+//! the queue in the order sent. A deleted account's waiting requeues are dropped before
+//! the deletion goes to the store ([`Shard::drop_requeues_of`]): they must not wait for
+//! whoever registers the name next.
 
 use std::collections::VecDeque;
 
@@ -22,6 +30,10 @@ use crate::store::{Overflow, QueueCap, StoreError, StoredMsg};
 
 /// Messages per store request of a requeue.
 const SLICE: usize = 4096;
+
+/// Payload bytes per store request of a requeue, at most (one message past it): a
+/// slice of big messages must not fill the store queue by itself.
+const SLICE_BYTES: usize = 4 << 20;
 
 /// One ended session's messages on their way to its user's offline queue.
 #[derive(Debug)]
@@ -40,12 +52,19 @@ impl Requeue {
         self.unacked.len() + self.deferred.len()
     }
 
-    /// The oldest `n` (at most) as store records, in order.
-    fn take(&mut self, n: usize) -> Vec<StoredMsg> {
-        let mut msgs = self.unacked.take_oldest(n);
+    /// The oldest `n` (at most, and payloads of about `max_bytes`) as store records, in
+    /// order.
+    fn take(&mut self, n: usize, max_bytes: usize) -> Vec<StoredMsg> {
+        let mut msgs = self.unacked.take_oldest(n, max_bytes);
         if self.unacked.is_empty() {
-            let more = n.saturating_sub(msgs.len()).min(self.deferred.len());
-            msgs.extend(self.deferred.drain(..more));
+            let mut bytes: usize = msgs.iter().map(|m| m.payload.len()).sum();
+            while msgs.len() < n && bytes < max_bytes {
+                let Some(m) = self.deferred.pop_front() else {
+                    break;
+                };
+                bytes += m.payload.len();
+                msgs.push(m);
+            }
         }
         msgs
     }
@@ -98,13 +117,18 @@ impl Shard {
             return;
         }
         let user = s.user.clone();
-        self.requeues.push_back(Requeue {
+        let mut unacked = unacked;
+        // Entries in the store already are never stored again: they count for nothing.
+        unacked.forget_stored();
+        let r = Requeue {
             user: user.clone(),
             device: s.device.clone(),
             gen: s.gen,
             unacked,
             deferred: deferred.iter().map(|m| m.to_stored()).collect(),
-        });
+        };
+        *self.requeue_held.entry(user.clone()).or_default() += r.len();
+        self.requeues.push_back(r);
         self.trim_requeues(&user);
         self.pump_requeues();
     }
@@ -113,13 +137,11 @@ impl Shard {
     /// store would drop them from the queue as the newer ones arrive.
     fn trim_requeues(&mut self, user: &Bytes) {
         let cap = usize::try_from(self.requeue_cap().max_msgs).unwrap_or(usize::MAX);
-        let held: usize = self
-            .requeues
-            .iter()
-            .filter(|r| r.user == *user)
-            .map(Requeue::len)
-            .sum();
+        let held = self.requeue_held.get(user).copied().unwrap_or(0);
         let mut excess = held.saturating_sub(cap);
+        if excess == 0 {
+            return;
+        }
         for r in self.requeues.iter_mut().filter(|r| r.user == *user) {
             if excess == 0 {
                 break;
@@ -128,6 +150,9 @@ impl Shard {
             r.drop_oldest(n);
             excess -= n;
             self.counters.requeue_dropped += n as u64;
+        }
+        if let Some(h) = self.requeue_held.get_mut(user) {
+            *h = cap;
         }
         self.requeues.retain(|r| r.len() > 0);
     }
@@ -139,34 +164,75 @@ impl Shard {
         while self.store_inflight < STORE_HIGH_WATER / 2
             && self.store_bytes < self.cfg.max_store_queue_bytes / 2
         {
-            let Some(r) = self.requeues.front_mut() else {
+            let Some(mut r) = self.requeues.pop_front() else {
                 return;
             };
-            let msgs = r.take(SLICE);
-            let (user, device, gen) = (r.user.clone(), r.device.clone(), r.gen);
-            if r.len() == 0 {
-                self.requeues.pop_front();
+            self.submit_slice(&mut r);
+            if r.len() > 0 {
+                self.requeues.push_front(r);
             }
-            if msgs.is_empty() {
-                continue;
-            }
-            self.counters.requeued += msgs.len() as u64;
-            let name = String::from_utf8_lossy(&user).into_owned();
-            let bytes = msgs.iter().map(record_bytes).sum();
-            let cap = Some(self.requeue_cap());
-            // An account deleted meanwhile gets nothing back (NOT_FOUND): its messages
-            // must not wait for whoever registers the name next.
-            self.store_req_sized(
-                bytes,
-                |st, cb| st.enqueue(&name, msgs, cap, true, cb),
-                move |sh, r| match r {
-                    Ok(a) if a.stored > 0 => {
-                        sh.requeued_for_later_logins(&user, &device, gen, a.first_seq)
-                    }
-                    Ok(_) | Err(StoreError::NotFound) => {}
-                    Err(e) => tracing::warn!(error = %e, "requeueing unacked messages failed"),
-                },
-            );
         }
+    }
+
+    /// Hands `user`'s waiting requeues to the store now, whole, whatever its queue holds:
+    /// called before anything else goes to their offline queue (or is read from it), so
+    /// what they left unacked comes before it (see the module's doc).
+    pub(crate) fn flush_requeues_of(&mut self, user: &[u8]) {
+        if !self.requeue_held.contains_key(user) {
+            return;
+        }
+        let all = std::mem::take(&mut self.requeues);
+        let (mine, rest): (VecDeque<Requeue>, VecDeque<Requeue>) =
+            all.into_iter().partition(|r| r.user == user);
+        self.requeues = rest;
+        for mut r in mine {
+            while r.len() > 0 {
+                self.submit_slice(&mut r);
+            }
+        }
+    }
+
+    /// Forgets `user`'s waiting requeues (the account is being deleted).
+    pub(crate) fn drop_requeues_of(&mut self, user: &[u8]) {
+        if self.requeue_held.remove(user).is_some() {
+            self.requeues.retain(|r| r.user != user);
+        }
+    }
+
+    /// Hands the oldest slice of `r` to the store.
+    fn submit_slice(&mut self, r: &mut Requeue) {
+        let before = r.len();
+        let msgs = r.take(SLICE, SLICE_BYTES);
+        let taken = before - r.len();
+        if let Some(h) = self.requeue_held.get_mut(&r.user) {
+            *h = h.saturating_sub(taken);
+            if *h == 0 {
+                self.requeue_held.remove(&r.user);
+            }
+        }
+        if msgs.is_empty() {
+            return;
+        }
+        self.counters.requeued += msgs.len() as u64;
+        let (user, device, gen) = (r.user.clone(), r.device.clone(), r.gen);
+        let name = String::from_utf8_lossy(&user).into_owned();
+        let bytes = msgs.iter().map(record_bytes).sum();
+        let cap = Some(self.requeue_cap());
+        // Not counted for the session whose request is being handled (a close while
+        // handling it may requeue another's).
+        let requester = self.requester.take();
+        // An account deleted meanwhile gets nothing back (NOT_FOUND).
+        self.store_req_sized(
+            bytes,
+            |st, cb| st.enqueue(&name, msgs, cap, true, cb),
+            move |sh, r| match r {
+                Ok(a) if a.stored > 0 => {
+                    sh.requeued_for_later_logins(&user, &device, gen, a.first_seq)
+                }
+                Ok(_) | Err(StoreError::NotFound) => {}
+                Err(e) => tracing::warn!(error = %e, "requeueing unacked messages failed"),
+            },
+        );
+        self.requester = requester;
     }
 }

@@ -276,24 +276,38 @@ impl Retained {
 
     /// Empties the queue; returns the live (not stored) messages as store records, in order.
     pub fn take_unstored(&mut self) -> Vec<StoredMsg> {
-        self.pop_oldest(usize::MAX, true)
+        self.pop_oldest(usize::MAX, true, usize::MAX)
     }
 
-    /// Takes the oldest `n` messages (fewer if it holds fewer): the live (not stored)
-    /// ones come back as store records, in order (those in the store already are left
-    /// out, and count in `n`).
-    pub fn take_oldest(&mut self, n: usize) -> Vec<StoredMsg> {
-        self.pop_oldest(n, true)
+    /// Takes the oldest `n` messages (fewer if it holds fewer, or once their payloads
+    /// reach `max_bytes`): the live (not stored) ones come back as store records, in
+    /// order (those in the store already are left out, and count in `n`).
+    pub fn take_oldest(&mut self, n: usize, max_bytes: usize) -> Vec<StoredMsg> {
+        self.pop_oldest(n, true, max_bytes)
     }
 
     /// Forgets the oldest `n` messages.
     pub fn drop_oldest(&mut self, n: usize) {
-        self.pop_oldest(n, false);
+        self.pop_oldest(n, false, usize::MAX);
     }
 
-    fn pop_oldest(&mut self, n: usize, keep: bool) -> Vec<StoredMsg> {
+    /// Forgets the messages that are in the store (they are removed from it by acks,
+    /// never stored again).
+    pub fn forget_stored(&mut self) {
+        self.q.retain(|u| u.store_seq == 0);
+        if self.q.is_empty() {
+            self.names.clear();
+            self.names_base = 0;
+        }
+    }
+
+    fn pop_oldest(&mut self, n: usize, keep: bool, max_bytes: usize) -> Vec<StoredMsg> {
         let mut out = Vec::with_capacity(if keep { n.min(self.len()) } else { 0 });
+        let mut bytes = 0usize;
         for _ in 0..n {
+            if bytes >= max_bytes {
+                break;
+            }
             // The two queues merge by seq.
             let room_first = match (self.q.front(), self.fan.front()) {
                 (Some(u), Some((s, _))) => *s < u.seq,
@@ -305,6 +319,7 @@ impl Retained {
                     break;
                 };
                 self.bytes -= m.payload.len();
+                bytes += m.payload.len();
                 if keep {
                     out.push(stored_msg(
                         &m.from_user,
@@ -320,6 +335,7 @@ impl Retained {
                 break;
             };
             self.bytes -= u.payload.len();
+            bytes += u.payload.len();
             if !keep || u.store_seq != 0 {
                 continue;
             }
@@ -507,14 +523,18 @@ mod tests {
         };
         let ids = |v: Vec<StoredMsg>| v.iter().map(|m| m.msg_id).collect::<Vec<_>>();
         let mut r = fill();
-        assert_eq!(ids(r.take_oldest(3)), [1, 2, 3]);
+        assert_eq!(ids(r.take_oldest(3, usize::MAX)), [1, 2, 3]);
         // The stored entry (seq 5) counts in the slice and is left out.
-        assert_eq!(ids(r.take_oldest(3)), [4, 6]);
+        assert_eq!(ids(r.take_oldest(3, usize::MAX)), [4, 6]);
         assert_eq!(r.len(), 2);
-        assert_eq!(ids(r.take_oldest(10)), [7, 8]);
+        // A slice ends once its payloads reach the byte bound (one-byte payloads).
+        assert_eq!(ids(r.take_oldest(10, 1)), [7]);
+        assert_eq!(ids(r.take_oldest(10, usize::MAX)), [8]);
         assert!(r.is_empty() && r.bytes() == 0);
         let mut r = fill();
-        r.drop_oldest(6);
+        r.forget_stored();
+        assert_eq!(r.len(), 7);
+        r.drop_oldest(5);
         assert_eq!(r.len(), 2);
         assert_eq!(ids(r.take_unstored()), [7, 8]);
         assert_eq!(r.bytes(), 0);

@@ -420,8 +420,9 @@ pub struct HistoryOptions {
     pub log_file_bytes: u64,
     /// Most chunks (stored ones, or segments in memory) whose records one lookup of a
     /// msg_id reads: a History `before` that no recent page ended at, a MarkRead. It
-    /// looks at the pointers of at most [`LOOKUP_POINTERS_PER_READ`] times as many,
-    /// newest first; past either bound the id counts as not found. 0:
+    /// looks at the pointers of at most [`LOOKUP_POINTERS_PER_READ`] times as many, or of
+    /// every chunk a conversation can keep (`per_conversation`) if that is more, newest
+    /// first; past either bound the id counts as not found. 0:
     /// [`LOOKUP_CHUNKS_DEFAULT`]. (The msg_ids are the clients': ids that make every
     /// chunk's ranges hold any id cost one request this much, not the conversation.)
     pub lookup_chunks: usize,
@@ -444,7 +445,14 @@ impl HistoryOptions {
             0 => LOOKUP_CHUNKS_DEFAULT,
             n => n,
         };
-        (reads, reads.saturating_mul(LOOKUP_POINTERS_PER_READ))
+        // Every chunk of a conversation kept whole (one message each at most
+        // `per_conversation`) may be looked at: an id the ranges place in one chunk is
+        // found however far back; only chunks whose ranges may hold it are read.
+        let all = usize::try_from(self.per_conversation).unwrap_or(usize::MAX);
+        (
+            reads,
+            reads.saturating_mul(LOOKUP_POINTERS_PER_READ).max(all),
+        )
     }
 }
 

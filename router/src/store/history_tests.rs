@@ -694,8 +694,8 @@ fn a_lookup_of_an_absent_id_reads_at_most_its_bound_of_chunks() {
 }
 
 /// With the router's own msg_ids (narrow ranges per shard) a lookup skips the chunks by
-/// their pointers: an old message is found far back, reading its chunk alone, and an
-/// absent one stops after 64 pointers per chunk it may read.
+/// their pointers: an old message is found however far back, reading its chunk alone; an
+/// absent one looks at every pointer and reads nothing.
 #[test]
 fn a_lookup_looks_at_a_bounded_number_of_chunk_pointers() {
     let dir = tempfile::tempdir().unwrap();
@@ -708,20 +708,19 @@ fn a_lookup_looks_at_a_bounded_number_of_chunk_pointers() {
     assert_eq!(found, vec![a + 798, a + 799]);
     let s1 = h.stats();
     assert_eq!(s1.history_lookups_cut, s0.history_lookups_cut);
-    // Absent (in no range): cut after 64 pointers, none read.
-    assert_eq!(
-        page(&h, "b", "a", a + 5000, 2),
-        HistPage::BeforeBeyondLookup
-    );
+    // Absent (in no range): every pointer looked at (200), no chunk read, NOT_FOUND.
+    assert_eq!(page(&h, "b", "a", a + 5000, 2), HistPage::BeforeNotFound);
     let s2 = h.stats();
-    assert_eq!(
-        s2.history_lookup_pointers - s1.history_lookup_pointers,
-        LOOKUP_POINTERS_PER_READ as u64
-    );
+    assert_eq!(s2.history_lookup_pointers - s1.history_lookup_pointers, 200);
     assert_eq!(s2.history_chunk_reads, s1.history_chunk_reads);
-    assert_eq!(s2.history_lookups_cut, s1.history_lookups_cut + 1);
-    // Beyond 64 chunks back: cut too (a client pages from a page's oldest msg_id).
-    assert_eq!(page(&h, "b", "a", a + 10, 2), HistPage::BeforeBeyondLookup);
+    assert_eq!(s2.history_lookups_cut, s1.history_lookups_cut);
+    // 199 chunks back (past 64 pointers per chunk read): found all the same, its chunk
+    // alone read for the lookup (a conversation's chunks are at most its message bound,
+    // 10 000 here), then the page's.
+    assert_eq!(ids(page(&h, "b", "a", a + 10, 2)), vec![a + 8, a + 9]);
+    let s3 = h.stats();
+    assert!(s3.history_chunk_reads - s2.history_chunk_reads <= 3);
+    assert_eq!(s3.history_lookups_cut, s2.history_lookups_cut);
 }
 
 /// ListConversations sorts by each conversation's newest timestamp from its state (its

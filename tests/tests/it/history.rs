@@ -494,7 +494,7 @@ fn metric(r: &RouterProc, name: &str) -> f64 {
 /// conversation; paging back from each page's oldest msg_id still walks it all.
 #[test]
 fn a_before_not_in_recent_pages_reads_a_bounded_number_of_chunks() {
-    // Every append written at once: about a chunk per Send.
+    // Every append written at once: a chunk per flush.
     let r = RouterProc::start(&[
         "--shards",
         "1",
@@ -508,16 +508,22 @@ fn a_before_not_in_recent_pages_reads_a_bounded_number_of_chunks() {
     let high = (1u64 << 54) - 1;
     let n = 300u64;
     let id = |i: u64| if i % 2 == 1 { i } else { high - i };
-    for i in 1..=n {
-        raw.send(client_frame::Kind::Send(Send {
-            request_id: i,
-            to_user: "lookup-peer".into(),
-            payload: Bytes::from(vec![b'x'; 2000]),
-            want_result: true,
-            msg_id: id(i),
-            ..Default::default()
-        }));
-        assert_eq!(raw.wait_send_result(i), Status::Ok as i32);
+    // Ten at a time: a chunk holds several, low and high ids, so its ranges span both.
+    for batch in 0..n / 10 {
+        let ids = batch * 10 + 1..=batch * 10 + 10;
+        for i in ids.clone() {
+            raw.send(client_frame::Kind::Send(Send {
+                request_id: i,
+                to_user: "lookup-peer".into(),
+                payload: Bytes::from(vec![b'x'; 2000]),
+                want_result: true,
+                msg_id: id(i),
+                ..Default::default()
+            }));
+        }
+        for i in ids {
+            assert_eq!(raw.wait_send_result(i), Status::Ok as i32);
+        }
     }
     let reads0 = metric(&r, "ringrouter_history_chunk_reads_total");
     let cut0 = metric(&r, "ringrouter_history_lookups_cut_total");
@@ -691,4 +697,39 @@ fn create_fill_delete_rounds_do_not_grow_the_history_kept() {
     // room's bound alone is 10 000 messages.
     assert!(on_disk <= (rounds as u64 + 1) * 100 * 2100, "{on_disk}");
     assert!(a.conversations(0, 0).unwrap().is_empty());
+}
+
+/// A History `before` an existing msg_id far back in a conversation of one chunk per
+/// message, with no recent page ending there (the oldest message a client keeps
+/// locally, a page from before a restart): found, whatever the number of chunks after
+/// it. (Found by review: with a bound on the chunk pointers one lookup looked at, an id
+/// 1 100 chunks back was NOT_FOUND.)
+#[test]
+fn a_before_far_back_with_the_routers_ids_is_found() {
+    use bytes::Bytes;
+    use ringrouter_proto::v1::{client_frame, Send};
+    use ringrouter_proto::Status;
+    let r = RouterProc::start(&["--shards", "1", "--history-memory-bytes", "0"]);
+    let _peer = r.client("hb-bob");
+    let mut raw = r.raw_login("hb-alice");
+    for i in 1..=1_200u64 {
+        raw.send(client_frame::Kind::Send(Send {
+            request_id: i,
+            to_user: "hb-bob".into(),
+            payload: Bytes::from(format!("m{i}")),
+            want_result: true,
+            msg_id: i,
+            ..Default::default()
+        }));
+        assert_eq!(raw.wait_send_result(i), Status::Ok as i32);
+    }
+    let mut c = r.client("hb-alice");
+    assert_eq!(
+        payloads(&c.history_with("hb-bob", 1_100, 2).unwrap()),
+        ["m1098", "m1099"]
+    );
+    assert_eq!(
+        payloads(&c.history_with("hb-bob", 100, 2).unwrap()),
+        ["m98", "m99"]
+    );
 }
