@@ -1101,7 +1101,9 @@ impl Worker {
         // for the sender of a message; the HTTP API may publish as any name).
         let mut users: std::collections::BTreeSet<Vec<u8>> =
             people.iter().map(|p| p.as_bytes().to_vec()).collect();
+        let mut had = false;
         if let Some(tail) = self.hist.tails.remove(&conv) {
+            had = true;
             self.hist.tail_bytes = self.hist.tail_bytes.saturating_sub(tail.bytes);
             for seg in &tail.segs {
                 users.extend(records(seg.records()).map(|r| r.0.to_vec()));
@@ -1111,17 +1113,21 @@ impl Worker {
         // state (the cache of states is emptied only while none are pending): the maps
         // are looked through only then, not at every room made.
         if self.hist.convs.remove(&conv).is_some() {
+            had = true;
             let of_conv = |k: &Vec<u8>| entry_conv(k) == Some(&conv[..]);
             self.hist.pending.retain(|k, _| !of_conv(k));
             self.hist.marks.retain(|k, _| !of_conv(k));
         }
-        // (Cursors outlive the states: at most `CURSORS_MAX` to look through.)
-        self.hist.cursors.retain(|(c, _), _| *c != conv);
-        self.hist.cursors_old.retain(|(c, _), _| *c != conv);
         let mut chunks = Vec::new();
         for g in self.dbs.history.prefix(chunk_prefix(&conv)) {
             let (k, v) = g.into_inner()?;
             chunks.push((k.to_vec(), v));
+        }
+        // Cursors outlive the states (at most `CURSORS_MAX` to look through), not the
+        // messages: a room made with a new name skips them.
+        if had || !chunks.is_empty() {
+            self.hist.cursors.retain(|(c, _), _| *c != conv);
+            self.hist.cursors_old.retain(|(c, _), _| *c != conv);
         }
         for (k, v) in chunks {
             match parse_chunk(&v) {
