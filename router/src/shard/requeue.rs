@@ -11,12 +11,13 @@
 //! requeues waiting here hold at most the ceiling.
 //!
 //! Order: anything else that goes to a user's offline queue (a message stored for them,
-//! a contact event, a login's backlog read) first hands over that user's waiting requeues
+//! a contact or room event, a login's backlog read) first hands over that user's waiting requeues
 //! whole ([`Shard::flush_requeues_of`]): the store takes one shard's requests in order,
 //! and a user's requests all come from their home shard, so a sender's messages reach
 //! the queue in the order sent. A deleted account's waiting requeues are dropped before
 //! the deletion goes to the store ([`Shard::drop_requeues_of`]): they must not wait for
-//! whoever registers the name next.
+//! whoever registers the name next; a session of it that ends while the deletion is
+//! under way gives nothing back.
 
 use std::collections::VecDeque;
 
@@ -120,6 +121,15 @@ impl Shard {
         let mut unacked = unacked;
         // Entries in the store already are never stored again: they count for nothing.
         unacked.forget_stored();
+        // An account being deleted gets nothing back (its deletion may be in the store's
+        // queue already, and a Register of the name behind it).
+        if (unacked.is_empty() && deferred.is_empty())
+            || self
+                .deleting
+                .contains(String::from_utf8_lossy(&user).as_ref())
+        {
+            return;
+        }
         let r = Requeue {
             user: user.clone(),
             device: s.device.clone(),
@@ -161,8 +171,11 @@ impl Shard {
     /// under half its bound (the other half stays for live traffic: a full store queue
     /// stops the shard's readers). Run again as store answers come back.
     pub(crate) fn pump_requeues(&mut self) {
-        while self.store_inflight < STORE_HIGH_WATER / 2
-            && self.store_bytes < self.cfg.max_store_queue_bytes / 2
+        // (With nothing in flight, one slice goes whatever the bound: no answer would
+        // come to pump again.)
+        while self.store_inflight == 0
+            || (self.store_inflight < STORE_HIGH_WATER / 2
+                && self.store_bytes < self.cfg.max_store_queue_bytes / 2)
         {
             let Some(mut r) = self.requeues.pop_front() else {
                 return;
@@ -190,6 +203,7 @@ impl Shard {
                 self.submit_slice(&mut r);
             }
         }
+        self.requeue_held.remove(user);
     }
 
     /// Forgets `user`'s waiting requeues (the account is being deleted).

@@ -198,6 +198,9 @@ impl Shard {
         if events.is_empty() || !self.has_store() {
             return;
         }
+        for (user, _) in &events {
+            self.flush_requeues_of(user);
+        }
         let ts = super::now_us();
         let mut bytes = 0;
         let items: Vec<(String, StoredMsg)> = events

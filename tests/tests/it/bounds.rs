@@ -1330,14 +1330,9 @@ fn backlog_numbers(r: &RouterProc, user: &str, password: Option<&str>) -> Vec<u6
     nums
 }
 
-/// What a session left unacked reaches the user's queue before anything sent to the
-/// user after it ended, even while it waits for room in the store queue: a sender's
-/// messages come back in the order sent. (Found by review: with the requeue paced by the
-/// store queue, later messages overtook it: 0..12287, 20000..23699, 12288..19999.)
-#[test]
-fn a_requeue_waiting_for_the_store_is_not_overtaken_by_later_messages() {
-    const FIRST: u64 = 20_000;
-    const MORE: u64 = 5_000;
+/// A router whose store queue (2 MiB) makes an ended session's requeue wait, with a
+/// session of `to` and one of `from`.
+fn requeue_pair(to: &str, from: &str) -> (RouterProc, Raw, Raw) {
     let r = RouterProc::start(&[
         "--shards",
         "1",
@@ -1346,13 +1341,30 @@ fn a_requeue_waiting_for_the_store_is_not_overtaken_by_later_messages() {
         "--history-per-conversation",
         "0",
     ]);
-    let mut alice = r.raw_login("ord-alice");
-    let mut bob = r.raw_login("ord-bob");
+    let to_session = r.raw_login(to);
+    let sender = r.raw_login(from);
+    (r, to_session, sender)
+}
+
+/// Sends `n` messages numbered from 0 (big-endian u64 payloads) from `sender` to `to`.
+fn send_numbered(sender: &mut Raw, to: &str, n: u64) {
     let mut chunk = Vec::new();
-    for i in 0..FIRST {
-        chunk.extend(send_frame_bytes("ord-alice", &i.to_be_bytes(), false, 0));
+    for i in 0..n {
+        chunk.extend(send_frame_bytes(to, &i.to_be_bytes(), false, 0));
     }
-    bob.write(&chunk).expect("bob");
+    sender.write(&chunk).expect("sending");
+}
+
+/// What a session left unacked reaches the user's queue before anything sent to the
+/// user after it ended, even while it waits for room in the store queue: a sender's
+/// messages come back in the order sent. (Found by review: with the requeue paced by the
+/// store queue, later messages overtook it: 0..12287, 20000..23699, 12288..19999.)
+#[test]
+fn a_requeue_waiting_for_the_store_is_not_overtaken_by_later_messages() {
+    const FIRST: u64 = 20_000;
+    const MORE: u64 = 5_000;
+    let (r, mut alice, mut bob) = requeue_pair("ord-alice", "ord-bob");
+    send_numbered(&mut bob, "ord-alice", FIRST);
     assert_eq!(alice.delivers(FIRST as usize, T).len() as u64, FIRST);
     drop(alice);
     thread::sleep(Duration::from_millis(5));
@@ -1453,4 +1465,53 @@ fn a_requeue_waiting_for_the_store_goes_with_a_deleted_account() {
     );
     drop(newcomer);
     let _ = flood.join();
+}
+
+/// A room event stored for a user (the room deleted while they are offline) comes after
+/// what their ended session left unacked, even while that waits for room in the store
+/// queue. (Found by review: the event came after 24 576 of the 40 000.)
+#[test]
+fn a_room_event_does_not_overtake_a_waiting_requeue() {
+    use ringrouter_proto::v1::DeleteRoom;
+    const FIRST: u64 = 40_000;
+    let (r, mut alice, mut bob) = requeue_pair("rev-alice", "rev-bob");
+    assert_eq!(bob.create_room("rev-club", "").status, Status::Ok as i32);
+    assert_eq!(alice.join_room("rev-club", "").status, Status::Ok as i32);
+    send_numbered(&mut bob, "rev-alice", FIRST);
+    assert_eq!(alice.room_delivers(FIRST as usize, T).len() as u64, FIRST);
+    drop(alice);
+    thread::sleep(Duration::from_millis(5));
+    let (res, _) = bob.call(
+        client_frame::Kind::DeleteRoom(DeleteRoom {
+            request_id: 77,
+            room: "rev-club".into(),
+        }),
+        77,
+    );
+    assert!(
+        matches!(&res, server_frame::Kind::RoomResult(rr) if rr.status == Status::Ok as i32),
+        "{res:?}"
+    );
+    bob.ping_pong(1);
+    thread::sleep(Duration::from_millis(500));
+    let mut again = r.raw_login("rev-alice");
+    let mut seen = 0u64;
+    let mut event_at = None;
+    while let Ok(f) = again.next(Duration::from_millis(1500)) {
+        match f.kind {
+            Some(server_frame::Kind::Deliver(d)) => {
+                seen += 1;
+                if seen.is_multiple_of(500) {
+                    again.ack(d.seq);
+                }
+            }
+            Some(server_frame::Kind::RoomEvent(e)) => {
+                event_at = Some(seen);
+                again.ack(e.seq);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(seen, FIRST);
+    assert_eq!(event_at, Some(FIRST));
 }
