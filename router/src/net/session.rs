@@ -356,9 +356,9 @@ async fn read_loop(
         // Its own queue (its answers went over the bound) is waited for until it drains
         // once: senders may refill it before this reader runs, and a reader that waited
         // for it to be found under the bound would not read (acks included) while they
-        // keep it there.
-        // Meanwhile the socket is read ahead (see `read_acks_ahead`): bytes read then are
-        // handled in order once the wait ends, before the next read.
+        // keep it there. Waiting on others, it reads its socket ahead (see
+        // `read_acks_ahead`): bytes read then are handled in order once the wait ends,
+        // before the next read.
         let waits = |sh: &Shard| sh.paused(key) || sh.requests_full(key);
         let mut ahead = false;
         if !blocked.is_empty() || waits(&shard.borrow()) {
@@ -434,8 +434,9 @@ async fn read_loop(
         })
         .await;
         if held.is_some() || ahead {
-            // The rest of the chunk first, or what was read ahead; no read meanwhile. A session closed while it
-            // waited (kicked, slow consumer, shutdown) handles none of it.
+            // The rest of the chunk first, or what was read ahead; no read meanwhile. A
+            // session closed while it waited (kicked, slow consumer, shutdown) handles
+            // none of it.
             if shard
                 .borrow()
                 .sessions

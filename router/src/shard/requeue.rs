@@ -11,10 +11,10 @@
 //! requeues waiting here hold at most the ceiling.
 //!
 //! Order: anything else that goes to a user's offline queue (a message stored for them,
-//! a contact or room event, a login's backlog read) first hands over that user's waiting requeues
-//! whole ([`Shard::flush_requeues_of`]): the store takes one shard's requests in order,
-//! and a user's requests all come from their home shard, so a sender's messages reach
-//! the queue in the order sent. A deleted account's waiting requeues are dropped before
+//! a contact or room event, a login's backlog read) first hands over that user's
+//! waiting requeues whole ([`Shard::flush_requeues_of`]): the store takes one shard's
+//! requests in order, and a user's requests all come from their home shard, so a
+//! sender's messages reach the queue in the order sent. A deleted account's waiting requeues are dropped before
 //! the deletion goes to the store ([`Shard::drop_requeues_of`]): they must not wait for
 //! whoever registers the name next; a session of it that ends while the deletion is
 //! under way gives nothing back.
