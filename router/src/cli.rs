@@ -239,9 +239,10 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 500, help_heading = LIMITS)]
     pub history_page_max: u32,
     /// Most history chunks (up to 64 KiB each) one lookup of a msg_id reads: a History
-    /// `before` that is not the oldest msg_id of a recent page, or a MarkRead. It looks at
-    /// the pointers of 64 times as many, newest first; past either the id counts as not
-    /// found (History: NOT_FOUND). Paging back from each page's oldest msg_id never looks.
+    /// `before` that is not the oldest msg_id of a recent page, or a MarkRead: newest
+    /// first, chunks whose msg_id ranges cannot hold it are skipped by their pointers;
+    /// past it the id counts as not found (History: NOT_FOUND). Paging back from each
+    /// page's oldest msg_id never looks.
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..), help_heading = LIMITS)]
     pub history_lookup_chunks: u32,
     /// Largest HTTP request head (request line and headers); past it: 431 and close.

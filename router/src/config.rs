@@ -169,7 +169,7 @@ pub struct Config {
     /// answer); a larger `limit` is BAD_REQUEST.
     pub history_page_max: u32,
     /// Most history chunks one lookup of a msg_id reads (a History `before` that no
-    /// recent page ended at, a MarkRead); it looks at 64 times as many chunks' pointers.
+    /// recent page ended at, a MarkRead) among those whose msg_id ranges may hold it.
     /// Past it the id counts as not found.
     pub history_lookup_chunks: usize,
     /// Cheapest legal Argon2id parameters (tests and benchmarks only).

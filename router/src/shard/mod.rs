@@ -162,6 +162,9 @@ pub struct Shard {
     pub requeues: std::collections::VecDeque<requeue::Requeue>,
     /// Messages waiting in `requeues`, per user.
     pub requeue_held: std::collections::HashMap<Bytes, usize>,
+    /// What `requeues` count for (`Requeue::weight`): with `store_bytes` against
+    /// `max_store_queue_bytes`.
+    pub requeue_bytes: usize,
     /// Members of the rooms in `rooms`, summed when the ticker trims them (see
     /// `Shard::trim_room_cache`).
     pub room_members_loaded: usize,
@@ -282,6 +285,7 @@ impl Shard {
             store_bytes: 0,
             requeues: std::collections::VecDeque::new(),
             requeue_held: std::collections::HashMap::new(),
+            requeue_bytes: 0,
             room_members_loaded: 0,
             parked_bytes: 0,
             parked_throttled: Vec::new(),

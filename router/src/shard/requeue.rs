@@ -8,7 +8,10 @@
 //! unacked used to hand the store 16 million records at once (1.9 GiB of them, the
 //! storage thread busy for 37 s while every other request waited). What the queue's
 //! ceiling would drop anyway is dropped here before it is ever encoded: a user's
-//! requeues waiting here hold at most the ceiling.
+//! requeues waiting here hold at most the ceiling. What waits counts in the shard's
+//! store queue bytes (its entries and payloads, `Requeue::weight`): past
+//! `--max-store-queue-bytes` the shard's readers pause as for the store queue itself, so
+//! sessions that keep ending while the store is busy cannot pile requeues up.
 //!
 //! Order: anything else that goes to a user's offline queue (a message stored for them,
 //! a contact or room event, a login's backlog read) first hands over that user's
@@ -46,11 +49,28 @@ pub struct Requeue {
     unacked: Retained,
     /// Deferred behind a login backlog: after `unacked`.
     deferred: VecDeque<StoredMsg>,
+    /// What `deferred` holds ([`record_bytes`] each).
+    deferred_bytes: usize,
 }
+
+/// What a waiting entry of `unacked` counts for besides its payload (its entry, a
+/// share of the names): waiting requeues count in the shard's store queue bytes.
+const ENTRY_BYTES: usize = 64;
 
 impl Requeue {
     fn len(&self) -> usize {
         self.unacked.len() + self.deferred.len()
+    }
+
+    /// What it counts for in the shard's store queue bytes while it waits.
+    fn weight(&self) -> usize {
+        self.unacked.bytes() + self.unacked.len() * ENTRY_BYTES + self.deferred_bytes
+    }
+
+    fn pop_deferred(&mut self) -> Option<StoredMsg> {
+        let m = self.deferred.pop_front()?;
+        self.deferred_bytes -= record_bytes(&m);
+        Some(m)
     }
 
     /// The oldest `n` (at most, and payloads of about `max_bytes`) as store records, in
@@ -60,7 +80,7 @@ impl Requeue {
         if self.unacked.is_empty() {
             let mut bytes: usize = msgs.iter().map(|m| m.payload.len()).sum();
             while msgs.len() < n && bytes < max_bytes {
-                let Some(m) = self.deferred.pop_front() else {
+                let Some(m) = self.pop_deferred() else {
                     break;
                 };
                 bytes += m.payload.len();
@@ -74,8 +94,11 @@ impl Requeue {
     fn drop_oldest(&mut self, n: usize) {
         let from_unacked = n.min(self.unacked.len());
         self.unacked.drop_oldest(from_unacked);
-        let rest = (n - from_unacked).min(self.deferred.len());
-        self.deferred.drain(..rest);
+        for _ in from_unacked..n {
+            if self.pop_deferred().is_none() {
+                break;
+            }
+        }
     }
 }
 
@@ -130,14 +153,17 @@ impl Shard {
         {
             return;
         }
+        let deferred: VecDeque<StoredMsg> = deferred.iter().map(|m| m.to_stored()).collect();
         let r = Requeue {
             user: user.clone(),
             device: s.device.clone(),
             gen: s.gen,
             unacked,
-            deferred: deferred.iter().map(|m| m.to_stored()).collect(),
+            deferred_bytes: deferred.iter().map(record_bytes).sum(),
+            deferred,
         };
         *self.requeue_held.entry(user.clone()).or_default() += r.len();
+        self.requeue_bytes += r.weight();
         self.requeues.push_back(r);
         self.trim_requeues(&user);
         self.pump_requeues();
@@ -157,7 +183,9 @@ impl Shard {
                 break;
             }
             let n = excess.min(r.len());
+            let before = r.weight();
             r.drop_oldest(n);
+            self.requeue_bytes -= before - r.weight();
             excess -= n;
             self.counters.requeue_dropped += n as u64;
         }
@@ -191,7 +219,7 @@ impl Shard {
     /// called before anything else goes to their offline queue (or is read from it), so
     /// what they left unacked comes before it (see the module's doc).
     pub(crate) fn flush_requeues_of(&mut self, user: &[u8]) {
-        if !self.requeue_held.contains_key(user) {
+        if self.requeue_held.is_empty() || !self.requeue_held.contains_key(user) {
             return;
         }
         let all = std::mem::take(&mut self.requeues);
@@ -209,15 +237,24 @@ impl Shard {
     /// Forgets `user`'s waiting requeues (the account is being deleted).
     pub(crate) fn drop_requeues_of(&mut self, user: &[u8]) {
         if self.requeue_held.remove(user).is_some() {
-            self.requeues.retain(|r| r.user != user);
+            let mut freed = 0;
+            self.requeues.retain(|r| {
+                let theirs = r.user == user;
+                if theirs {
+                    freed += r.weight();
+                }
+                !theirs
+            });
+            self.requeue_bytes -= freed;
         }
     }
 
     /// Hands the oldest slice of `r` to the store.
     fn submit_slice(&mut self, r: &mut Requeue) {
-        let before = r.len();
+        let (before, weight) = (r.len(), r.weight());
         let msgs = r.take(SLICE, SLICE_BYTES);
         let taken = before - r.len();
+        self.requeue_bytes -= weight - r.weight();
         if let Some(h) = self.requeue_held.get_mut(&r.user) {
             *h = h.saturating_sub(taken);
             if *h == 0 {

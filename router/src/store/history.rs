@@ -420,9 +420,9 @@ pub struct HistoryOptions {
     pub log_file_bytes: u64,
     /// Most chunks (stored ones, or segments in memory) whose records one lookup of a
     /// msg_id reads: a History `before` that no recent page ended at, a MarkRead. It
-    /// looks at the pointers of at most [`LOOKUP_POINTERS_PER_READ`] times as many, or of
-    /// every chunk a conversation can keep (`per_conversation`) if that is more, newest
-    /// first; past either bound the id counts as not found. 0:
+    /// looks at the pointers of every chunk a conversation can keep (`per_conversation`),
+    /// newest first, reading those whose ranges may hold the id; past either bound the
+    /// id counts as not found. 0:
     /// [`LOOKUP_CHUNKS_DEFAULT`]. (The msg_ids are the clients': ids that make every
     /// chunk's ranges hold any id cost one request this much, not the conversation.)
     pub lookup_chunks: usize,
@@ -432,27 +432,20 @@ pub struct HistoryOptions {
 /// messages reads.
 pub const LOOKUP_CHUNKS_DEFAULT: usize = 16;
 
-/// Chunk pointers (key and value: count, ts, location, msg_id ranges) a lookup may look
-/// at per chunk whose records it may read: skipping a chunk by its ranges costs about a
-/// fiftieth of reading it (measured: 700 pointers in 0.3 ms, 12 chunks of a 1 MiB page
-/// in 0.7 ms).
-pub const LOOKUP_POINTERS_PER_READ: usize = 64;
-
 impl HistoryOptions {
-    /// (Most chunks one msg_id lookup reads, most chunk pointers it looks at.)
+    /// (Most chunks one msg_id lookup reads, most chunk pointers it looks at.) Every
+    /// chunk of a conversation kept whole (at most `per_conversation`, one message each)
+    /// may be looked at: skipping a chunk by its ranges costs about a fiftieth of reading
+    /// it (measured: 700 pointers in 0.3 ms, 12 chunks of a 1 MiB page in 0.7 ms), so
+    /// an id the ranges place in one chunk is found however far back; only chunks whose
+    /// ranges may hold it are read.
     pub(crate) fn lookup_bounds(&self) -> (usize, usize) {
         let reads = match self.lookup_chunks {
             0 => LOOKUP_CHUNKS_DEFAULT,
             n => n,
         };
-        // Every chunk of a conversation kept whole (one message each at most
-        // `per_conversation`) may be looked at: an id the ranges place in one chunk is
-        // found however far back; only chunks whose ranges may hold it are read.
         let all = usize::try_from(self.per_conversation).unwrap_or(usize::MAX);
-        (
-            reads,
-            reads.saturating_mul(LOOKUP_POINTERS_PER_READ).max(all),
-        )
+        (reads, all.max(reads))
     }
 }
 

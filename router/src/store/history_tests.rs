@@ -426,20 +426,7 @@ fn history_past_its_byte_bound_loses_its_oldest_chunks() {
     // 4 KiB messages, 10 000 kept by count, at most 64 KiB of chunks by bytes; every
     // append written at once (budget 0), so each message is a chunk of its own.
     let dir = tempfile::tempdir().unwrap();
-    let opts = StoreOptions {
-        argon2_cheap: true,
-        history: HistoryOptions {
-            per_conversation: 10_000,
-            max_age: None,
-            memory_bytes: 0,
-            flush_every: Duration::from_secs(3600),
-            max_bytes: 64 << 10,
-            log_file_bytes: 0,
-            lookup_chunks: 0,
-        },
-        ..StoreOptions::default()
-    };
-    let h = Store::open_with(dir.path(), Durability::Memory, opts).unwrap();
+    let h = open_each_append_written(dir.path(), 64 << 10, 0);
     call(|cb| h.ensure_user("big-a", cb)).unwrap();
     call(|cb| h.ensure_user("big-b", cb)).unwrap();
     let payload = vec![b'p'; 4096];
@@ -632,6 +619,16 @@ fn shared_and_copied_payloads_read_back_in_order_across_segments() {
 /// A store keeping 10 000 messages per conversation, every append written at once (a
 /// stored chunk per append), whose lookups of a msg_id read at most `lookup_chunks`.
 fn open_lookup(dir: &std::path::Path, lookup_chunks: usize) -> StoreHandle {
+    open_each_append_written(dir, 0, lookup_chunks)
+}
+
+/// A store keeping 10 000 messages per conversation (and at most `max_bytes` of
+/// chunks, 0: unbounded), every append written at once.
+fn open_each_append_written(
+    dir: &std::path::Path,
+    max_bytes: u64,
+    lookup_chunks: usize,
+) -> StoreHandle {
     let opts = StoreOptions {
         argon2_cheap: true,
         history: HistoryOptions {
@@ -639,7 +636,7 @@ fn open_lookup(dir: &std::path::Path, lookup_chunks: usize) -> StoreHandle {
             max_age: None,
             memory_bytes: 0,
             flush_every: Duration::from_secs(3600),
-            max_bytes: 0,
+            max_bytes,
             log_file_bytes: 0,
             lookup_chunks,
         },

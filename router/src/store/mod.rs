@@ -45,7 +45,6 @@ mod tests;
 pub use codec::{glob_match, RoomRecord, StoredMsg, MAX_NAME_BYTES, MAX_PASSWORD_BYTES};
 pub use history::{
     ConvSummary, HistChunk, HistMsg, HistPage, HistQuery, HistoryOptions, LOOKUP_CHUNKS_DEFAULT,
-    LOOKUP_POINTERS_PER_READ,
 };
 
 /// Why a store request failed.

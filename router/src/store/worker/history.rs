@@ -1255,13 +1255,13 @@ mod tests {
         assert!(b.look());
         assert!(!b.look(), "a fourth look");
         assert_eq!(b.looked, 3);
-        let (reads, looks) = HistoryOptions::default().lookup_bounds();
+        let opts = HistoryOptions {
+            per_conversation: 10_000,
+            ..HistoryOptions::default()
+        };
         assert_eq!(
-            (reads, looks),
-            (
-                crate::store::LOOKUP_CHUNKS_DEFAULT,
-                crate::store::LOOKUP_CHUNKS_DEFAULT * crate::store::LOOKUP_POINTERS_PER_READ
-            )
+            opts.lookup_bounds(),
+            (crate::store::LOOKUP_CHUNKS_DEFAULT, 10_000)
         );
     }
 }
