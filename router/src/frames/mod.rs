@@ -95,8 +95,40 @@ impl Shard {
         }
     }
 
+    /// A request that would leave state under the user's name (a room membership or
+    /// room, a contact entry, a read mark), from a session whose user's DeleteAccount is
+    /// under way: refused CONFLICT. The deletion read the user's rooms and list when it
+    /// began; what such a request made after that outlived the account, and the next
+    /// owner of the name inherited it (memberships with the rooms' history, rooms, a
+    /// pending contact request).
+    fn refused_while_deleting(&mut self, key: SessionKey, frame: &Inbound) -> bool {
+        let creates = matches!(
+            frame,
+            Inbound::Other(
+                Kind::CreateRoom(_)
+                    | Kind::JoinRoom(_)
+                    | Kind::AddMember(_)
+                    | Kind::ContactOp(_)
+                    | Kind::MarkRead(_)
+            )
+        );
+        let Some(s) = self.sessions.get(key) else {
+            return false;
+        };
+        if !creates || !self.deleting.contains(String::from_utf8_lossy(&s.user).as_ref()) {
+            return false;
+        }
+        self.counters.reject(Status::Conflict);
+        let f = reply::refusal(frame, Status::Conflict, "a deletion of this account is under way");
+        self.push_frame(key, &f);
+        true
+    }
+
     /// A frame other than Send, Ack, Ping and Pong.
     fn on_request(&mut self, key: SessionKey, frame: Inbound, ts_us: u64) -> Flow {
+        if !self.deleting.is_empty() && self.refused_while_deleting(key, &frame) {
+            return Flow::Continue;
+        }
         match frame {
             Inbound::Other(Kind::Logout(_)) => self.on_logout(key),
             Inbound::Other(Kind::Login(l)) => self.on_login_again(key, l),

@@ -398,3 +398,48 @@ fn pipelined_delete_account_runs_once() {
         .count();
     assert_eq!((ok, conflict), (1, n as usize - 1), "{statuses:?}");
 }
+
+/// Requests pipelined behind DeleteAccount (a JoinRoom, a CreateRoom, a contact request)
+/// ran after the deletion had read the user's rooms and list: they outlived the account,
+/// and whoever took the name next was a member of the joined room (its messages and
+/// history), owned the new room, and had the old owner's pending request to carol.
+#[test]
+fn requests_pipelined_behind_delete_account_leave_nothing_to_the_next_owner() {
+    use ringrouter_proto::v1::{ContactAction, ContactOp};
+    let r = RouterProc::start(&["--shards", "2"]);
+    let mut bob = r.client("pd-bob");
+    bob.create_room("pd-public", None).unwrap();
+    let mut carol = r.client("pd-carol");
+    let mut a = r.raw_login("pd-alice");
+    let mut bytes = ringrouter_tests::client_frame_bytes(C::DeleteAccount(DeleteAccount {
+        request_id: 1,
+    }));
+    for k in [
+        C::JoinRoom(JoinRoom {
+            request_id: 2,
+            room: "pd-public".into(),
+            password: String::new(),
+        }),
+        C::CreateRoom(CreateRoom {
+            request_id: 3,
+            name: "pd-late".into(),
+            password: String::new(),
+            members: Vec::new(),
+        }),
+        C::ContactOp(ContactOp {
+            request_id: 4,
+            user: "pd-carol".into(),
+            op: ContactAction::Request as i32,
+        }),
+    ] {
+        bytes.extend_from_slice(&ringrouter_tests::client_frame_bytes(k));
+    }
+    a.write(&bytes).unwrap();
+    a.read_until_closed(T);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut next = r.client("pd-alice");
+    assert_eq!(next.rooms().unwrap(), Vec::<String>::new(), "rooms inherited");
+    assert_eq!(bob.room_info("pd-public").unwrap().members, ["pd-bob"]);
+    assert!(carol.contacts().unwrap().incoming.is_empty(), "a request of the old owner");
+    assert!(next.contacts().unwrap().outgoing.is_empty());
+}
