@@ -430,3 +430,23 @@ fn a_user_blocked_by_many_is_not_rewritten_at_every_block() {
         assert_eq!(code(hub.send_wait(&to, b"x")), Status::Forbidden, "{to}");
     }
 }
+
+/// A block is in force once it is answered: a DM the blocked user sends right after the
+/// OK is refused (the note on the blocked user's home shard came after the answer, and
+/// about half such DMs across two shards got through).
+#[test]
+fn a_block_is_in_force_when_it_is_answered() {
+    let r = RouterProc::start(&["--shards", "2"]);
+    let mut through = 0;
+    for i in 0..20 {
+        let u = users_on_shards(&format!("ctbr{i}-"), 2);
+        let (a, b) = (u[0].as_str(), u[1].as_str());
+        let mut ca = r.client(a);
+        let mut cb = r.client(b);
+        cb.block(a).expect("block");
+        if ca.send_wait(b, b"right after").is_ok() {
+            through += 1;
+        }
+    }
+    assert_eq!(through, 0, "DMs accepted after the block was answered");
+}
