@@ -115,11 +115,19 @@ impl Shard {
         let Some(s) = self.sessions.get(key) else {
             return false;
         };
-        if !creates || !self.deleting.contains(String::from_utf8_lossy(&s.user).as_ref()) {
+        if !creates
+            || !self
+                .deleting
+                .contains(String::from_utf8_lossy(&s.user).as_ref())
+        {
             return false;
         }
         self.counters.reject(Status::Conflict);
-        let f = reply::refusal(frame, Status::Conflict, "a deletion of this account is under way");
+        let f = reply::refusal(
+            frame,
+            Status::Conflict,
+            "a deletion of this account is under way",
+        );
         self.push_frame(key, &f);
         true
     }

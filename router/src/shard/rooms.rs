@@ -1324,9 +1324,15 @@ impl Shard {
             .any(|&k| self.session_id(k) != Some(except))
     }
 
-    /// A room event for users homed here: to their live sessions, or to the offline
-    /// queue of those without one (all of them in one store request).
+    /// A room event for users homed here: to their live sessions, or, when it concerns
+    /// the user (it joined, left or was removed, or the room was deleted), to the offline
+    /// queue of those without one (all of them in one store request). Another member's
+    /// join, leave or removal reaches live sessions only: stored, every join and leave
+    /// wrote a record for every offline member (a pair of accounts joining and leaving
+    /// in a loop wrote 8.2 M records, 776 MiB, in 40 s into a room of 998 offline
+    /// members); `RoomInfo` is the authority on who is in a room.
     pub fn on_room_notice(&mut self, n: &RoomNotice) {
+        let deleted = n.event.kind == RoomEventKind::RoomEventDeleted as i32;
         let shared = (!n.each).then(|| reply::room_event(n.event.clone()));
         let mut offline = Vec::new();
         for u in &n.users {
@@ -1343,7 +1349,7 @@ impl Shard {
                 }
             };
             let keys = self.live_sessions(u);
-            if keys.is_empty() {
+            if keys.is_empty() && (n.each || deleted || event.user.as_bytes() == &u[..]) {
                 offline.push((u.clone(), event.clone()));
             }
             for k in keys {

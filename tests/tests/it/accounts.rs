@@ -411,9 +411,8 @@ fn requests_pipelined_behind_delete_account_leave_nothing_to_the_next_owner() {
     bob.create_room("pd-public", None).unwrap();
     let mut carol = r.client("pd-carol");
     let mut a = r.raw_login("pd-alice");
-    let mut bytes = ringrouter_tests::client_frame_bytes(C::DeleteAccount(DeleteAccount {
-        request_id: 1,
-    }));
+    let mut bytes =
+        ringrouter_tests::client_frame_bytes(C::DeleteAccount(DeleteAccount { request_id: 1 }));
     for k in [
         C::JoinRoom(JoinRoom {
             request_id: 2,
@@ -438,8 +437,15 @@ fn requests_pipelined_behind_delete_account_leave_nothing_to_the_next_owner() {
     a.read_until_closed(T);
     std::thread::sleep(std::time::Duration::from_millis(500));
     let mut next = r.client("pd-alice");
-    assert_eq!(next.rooms().unwrap(), Vec::<String>::new(), "rooms inherited");
+    assert_eq!(
+        next.rooms().unwrap(),
+        Vec::<String>::new(),
+        "rooms inherited"
+    );
     assert_eq!(bob.room_info("pd-public").unwrap().members, ["pd-bob"]);
-    assert!(carol.contacts().unwrap().incoming.is_empty(), "a request of the old owner");
+    assert!(
+        carol.contacts().unwrap().incoming.is_empty(),
+        "a request of the old owner"
+    );
     assert!(next.contacts().unwrap().outgoing.is_empty());
 }

@@ -1175,3 +1175,71 @@ fn room_events_take_at_most_half_an_offline_queue() {
             .collect::<Vec<_>>()
     );
 }
+
+/// Another member's joins and leaves reach live sessions only; what concerns the member
+/// (added, removed) waits in its offline queue. Stored, each join and leave wrote a
+/// record for every offline member: two accounts joining and leaving in a loop wrote
+/// 8.2 M records (776 MiB) in 40 s into a room of 998 offline members.
+#[test]
+fn others_joins_and_leaves_are_not_stored_for_offline_members() {
+    let r = RouterProc::start(&["--shards", "2"]);
+    drop(r.raw_login("ojl-away"));
+    let mut o = r.raw_login("ojl-owner");
+    let (res, _) = op(
+        &mut o,
+        C::CreateRoom(CreateRoom {
+            request_id: 0,
+            name: "ojl".into(),
+            password: String::new(),
+            members: vec!["ojl-away".into()],
+        }),
+    );
+    assert_eq!(res.status, Status::Ok as i32, "{res:?}");
+    let mut j = r.raw_login("ojl-joiner");
+    for _ in 0..20 {
+        assert_eq!(j.join_room("ojl", "").status, Status::Ok as i32);
+        let (res, _) = op(
+            &mut j,
+            C::LeaveRoom(LeaveRoom {
+                request_id: 0,
+                room: "ojl".into(),
+            }),
+        );
+        assert_eq!(res.status, Status::Ok as i32, "{res:?}");
+    }
+    // The live owner heard every one of them.
+    let owner_heard = (0..40).map(|_| next_event(&mut o).user).collect::<Vec<_>>();
+    assert!(
+        owner_heard.iter().all(|u| u == "ojl-joiner"),
+        "{owner_heard:?}"
+    );
+    let (res, _) = op(
+        &mut o,
+        C::RemoveMember(RemoveMember {
+            request_id: 0,
+            room: "ojl".into(),
+            user: "ojl-away".into(),
+        }),
+    );
+    assert_eq!(res.status, Status::Ok as i32, "{res:?}");
+    let mut a = r.raw_login("ojl-away");
+    let mut stored = Vec::new();
+    while let Ok(f) = a.next(Duration::from_millis(700)) {
+        if let Some(S::RoomEvent(e)) = f.kind {
+            stored.push((e.kind, e.user));
+        }
+    }
+    assert_eq!(
+        stored,
+        [
+            (
+                RoomEventKind::RoomEventJoined as i32,
+                "ojl-away".to_string()
+            ),
+            (
+                RoomEventKind::RoomEventRemoved as i32,
+                "ojl-away".to_string()
+            )
+        ]
+    );
+}
