@@ -208,6 +208,11 @@ pub struct Args {
     /// RoomInfo still lists everyone.
     #[arg(long, value_name = "N", default_value_t = 1_000, help_heading = LIMITS)]
     pub room_events_max_members: usize,
+    /// Live-only deliveries (typing indicators, read receipts) one room makes per second
+    /// (one per member for each such frame, up to a second's worth at once); past it the
+    /// frame is refused RATE_LIMITED (a receipt's read mark is still kept).
+    #[arg(long, value_name = "N", default_value_t = 200_000, help_heading = LIMITS)]
+    pub room_live_per_second: u64,
     /// Who may add members to a room: the owner only, or any member.
     #[arg(long, value_name = "POLICY", value_enum, default_value_t = RoomAddPolicy::Owner, help_heading = LIMITS)]
     pub room_add_policy: RoomAddPolicy,
@@ -362,6 +367,7 @@ impl Args {
             max_members_per_room: self.max_members_per_room,
             max_loaded_room_members: self.max_loaded_room_members,
             room_events_max_members: self.room_events_max_members,
+            room_live_per_second: self.room_live_per_second,
             room_add_policy: self.room_add_policy,
             dm_policy: self.dm_policy,
             max_contacts_per_user: self.max_contacts_per_user,

@@ -138,6 +138,9 @@ pub struct Config {
     /// Above this many members, a room's joined / left / removed events go to the
     /// member concerned and the owner only.
     pub room_events_max_members: usize,
+    /// Live-only deliveries (typing indicators, read receipts) one room makes per second,
+    /// each frame costing its member count; past it such a frame is refused RATE_LIMITED.
+    pub room_live_per_second: u64,
     /// Who may add members to a room.
     pub room_add_policy: RoomAddPolicy,
     /// Who may send a user direct messages.
@@ -253,6 +256,7 @@ impl Default for Config {
             max_members_per_room: 10_000,
             max_loaded_room_members: 1_000_000,
             room_events_max_members: 1_000,
+            room_live_per_second: 200_000,
             room_add_policy: RoomAddPolicy::Owner,
             dm_policy: DmPolicy::Open,
             max_contacts_per_user: 5_000,

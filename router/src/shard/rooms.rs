@@ -171,6 +171,9 @@ pub struct Room {
     /// Per shard, its group as sent with a message: built at the first message after the
     /// group changed (the list's address keys the members' shard's resolved sessions).
     fan: Vec<std::cell::OnceCell<Arc<[Bytes]>>>,
+    /// Live-only deliveries this room may still make, in millionths, and when that was
+    /// counted (router µs): see [`Room::take_live`].
+    live: std::cell::Cell<(u64, u64)>,
 }
 
 impl Room {
@@ -180,12 +183,36 @@ impl Room {
             groups: (0..shards).map(|_| Vec::new()).collect(),
             fan: (0..shards).map(|_| std::cell::OnceCell::new()).collect(),
             rec: RoomRecord::default(),
+            live: std::cell::Cell::new((u64::MAX, 0)),
         };
         for m in std::mem::take(&mut rec.members) {
             room.add(m.as_bytes());
         }
         room.rec = rec;
         Box::new(room)
+    }
+
+    /// Takes a live-only frame's deliveries (`cost`, its member count) from the room's
+    /// budget of `rate` a second, of which a second's worth can be saved up (a frame
+    /// costing more than that takes all of it); false, taking nothing, when too little is
+    /// left. `rate` 0: no limit. A typing indicator or read receipt goes to every member:
+    /// unpaced, one client's loop of them into a room of 500 took the shards' cores and
+    /// held other users' messages 0.5–5.7 s.
+    fn take_live(&self, cost: u64, rate: u64, now_us: u64) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        const MICRO: u64 = 1_000_000;
+        let full = rate.saturating_mul(MICRO);
+        let (left, at) = self.live.get();
+        let left = left
+            .saturating_add(now_us.saturating_sub(at).saturating_mul(rate))
+            .min(full);
+        let cost = cost.min(rate).saturating_mul(MICRO);
+        let ok = left >= cost;
+        self.live
+            .set((if ok { left - cost } else { left }, now_us.max(at)));
+        ok
     }
 
     fn is_member(&self, user: &str) -> bool {
@@ -936,8 +963,14 @@ impl Shard {
             self.reply_send(s.reply, s.msg_id, Status::Forbidden);
             return;
         }
-        self.counters.room_msgs += 1;
         let live = s.live != Live::No;
+        let rate = self.cfg.room_live_per_second;
+        if live && !room.take_live(room.members.len() as u64, rate, s.ts_us) {
+            self.counters.reject(Status::RateLimited);
+            self.reply_send(s.reply, s.msg_id, Status::RateLimited);
+            return;
+        }
+        self.counters.room_msgs += 1;
         if !live {
             // Kept in the room's history (never an ephemeral message or a receipt).
             self.history_room(key, &s.from_user, &s.payload, s.msg_id, s.ts_us);
@@ -1477,6 +1510,32 @@ impl Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_budget_refills_at_its_rate_and_saves_up_a_second() {
+        let room = Room::new(RoomRecord::default(), 1);
+        assert!(room.take_live(1, 0, 0), "rate 0: no limit");
+        // A second's worth at first (100), then nothing left at the same instant.
+        assert!(room.take_live(60, 100, 5_000_000));
+        assert!(room.take_live(40, 100, 5_000_000));
+        assert!(!room.take_live(1, 100, 5_000_000));
+        // 10 ms at 100 a second: one more; refused frames take nothing.
+        assert!(!room.take_live(2, 100, 5_010_000));
+        assert!(room.take_live(1, 100, 5_010_000));
+        assert!(!room.take_live(1, 100, 5_010_000));
+        // Fractions add up across calls (never rounded away).
+        for t in 1..=9 {
+            assert!(!room.take_live(1, 100, 5_010_000 + t * 1_000));
+        }
+        assert!(room.take_live(1, 100, 5_020_000));
+        // Saved up for a second at most; a frame costing more takes all of it.
+        assert!(room.take_live(100, 100, 60_000_000));
+        assert!(!room.take_live(1, 100, 60_000_000));
+        assert!(room.take_live(5_000, 100, 61_000_000));
+        assert!(!room.take_live(1, 100, 61_000_000));
+        // A clock behind the last one (another shard's) adds nothing.
+        assert!(!room.take_live(1, 100, 60_500_000));
+    }
 
     fn set(members: &[&str]) -> NameSet<Bytes> {
         members

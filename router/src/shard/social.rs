@@ -34,6 +34,8 @@ pub struct Social {
     /// Users homed here with two or more live sessions (copies of sent direct messages
     /// are only looked for when there are some).
     pub multi_device: usize,
+    /// Live-only frames queued on sessions (see [`Shard::fan_work`]).
+    pub live_pushed: u64,
 }
 
 /// Bytes a live frame counts for besides its payload.
@@ -117,7 +119,16 @@ impl Shard {
             s.push_frame(frame);
             n += 1;
         }
+        self.social.live_pushed += n as u64;
         n
+    }
+
+    /// Frames queued on sessions for others so far (deliveries and live-only frames): a
+    /// reader's share of the shard's turn is measured with it.
+    pub(crate) fn fan_work(&self) -> u64 {
+        self.counters
+            .delivered
+            .wrapping_add(self.social.live_pushed)
     }
 
     /// A room's ephemeral message or read receipt for its members homed here.
