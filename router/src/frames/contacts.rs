@@ -1,6 +1,7 @@
 //! ContactOp{user, op} and ListContacts{since_version}: a user's contact list (the
 //! exchange between the two users' home shards is in `shard::contacts`). A request,
-//! accept, decline or remove is answered once both users' lists have changed.
+//! accept, decline or remove is answered once both users' lists have changed. A user's
+//! ops and lists run one at a time, in the order sent (`Shard::in_contact_turn`).
 //!
 //! Statuses: BAD_REQUEST (no op, oneself), FORBIDDEN (a request to a user who blocked
 //! the sender), NOT_FOUND (nothing to accept, decline, remove or unblock; a request to,
@@ -11,9 +12,12 @@ use ringrouter_proto::reply;
 use ringrouter_proto::v1::{ContactAction, ContactOp as ContactOpFrame, ListContacts};
 use ringrouter_proto::Status;
 
-use crate::shard::contacts::{wire_entry, Asker, ContactWaiter, Then};
+use crate::shard::contacts::{wire_entry, Asker, Then, Turn};
 use crate::shard::{SessionKey, Shard};
 use crate::store::contacts::{ContactOp, ContactState, Outcome};
+
+/// A step of a contact op that needs its asker (and so its turn).
+type AskerStep = Box<dyn FnOnce(&mut Shard, Asker) + Send>;
 
 impl Shard {
     /// A ContactOp from session `key`.
@@ -21,7 +25,7 @@ impl Shard {
         let Some(id) = self.session_id(key) else {
             return;
         };
-        let asker: Asker = (id, c.request_id);
+        let asker = Asker::new(id, c.request_id);
         let user = String::from_utf8_lossy(&self.sessions[key].user).into_owned();
         let op = match ContactAction::try_from(c.op) {
             Ok(ContactAction::Request) => ContactOp::RequestOut,
@@ -40,30 +44,39 @@ impl Shard {
             return;
         }
         let peer = c.user;
-        let named = peer.clone();
-        let then: ContactWaiter = Box::new(move |sh: &mut Shard| {
-            let u = user.clone();
-            sh.with_contacts(
-                &u,
-                Box::new(move |sh: &mut Shard| sh.contact_op(user, peer, op, asker)),
-            )
-        });
-        if op == ContactOp::Block {
-            // A block names a user that exists: no list is written for a made-up name.
-            self.if_user_exists(&named, asker, then);
-        } else {
-            then(self);
-        }
+        let actor = user.clone();
+        self.in_contact_turn(
+            &actor,
+            id,
+            Box::new(move |sh: &mut Shard, turn: Turn| {
+                let asker = asker.in_turn(turn);
+                let named = peer.clone();
+                let then: AskerStep = Box::new(move |sh: &mut Shard, asker: Asker| {
+                    let u = user.clone();
+                    sh.with_contacts(
+                        &u,
+                        Box::new(move |sh: &mut Shard| sh.contact_op(user, peer, op, asker)),
+                    )
+                });
+                if op == ContactOp::Block {
+                    // A block names a user that exists: no list is written for a made-up
+                    // name.
+                    sh.if_user_exists(&named, asker, then);
+                } else {
+                    then(sh, asker);
+                }
+            }),
+        );
     }
 
-    /// Runs `then` if `user` exists (an account, or a user seen at login); else answers
-    /// `asker` NOT_FOUND.
-    fn if_user_exists(&mut self, user: &str, asker: Asker, then: ContactWaiter) {
+    /// Runs `then` with `asker` if `user` exists (an account, or a user seen at login);
+    /// else answers `asker` NOT_FOUND.
+    fn if_user_exists(&mut self, user: &str, asker: Asker, then: AskerStep) {
         let u = user.to_owned();
         self.store_req(
             move |st, cb| st.user_exists(&u, cb),
             move |sh, r| match r {
-                Ok(true) => then(sh),
+                Ok(true) => then(sh, asker),
                 Ok(false) => sh.refuse_contact(asker, (Status::NotFound, "no such user")),
                 Err(e) => {
                     let status = crate::shard::store_link::store_status(&e);
@@ -94,7 +107,7 @@ impl Shard {
             Err(e) => self.refuse_contact(asker, e),
             Ok(Outcome::Unchanged) => self.answer_contact(asker, &user, &peer),
             Ok(Outcome::Changed(v)) => {
-                self.tell_contact(&user, &peer, op, v, Some(asker.0), false);
+                self.tell_contact(&user, &peer, op, v, Some(asker.id), false);
                 let home_op = match op {
                     ContactOp::AcceptOut => Some(ContactOp::AcceptIn),
                     ContactOp::DeclineOut => Some(ContactOp::DeclineIn),
@@ -134,7 +147,7 @@ impl Shard {
     /// or a user seen at login), then its side is applied there.
     fn request_peer(&mut self, user: String, peer: String, asker: Asker) {
         let p = peer.clone();
-        let then: ContactWaiter = Box::new(move |sh: &mut Shard| {
+        let then: AskerStep = Box::new(move |sh: &mut Shard, asker: Asker| {
             sh.on_home_of(
                 &peer.clone(),
                 Box::new(move |sh: &mut Shard| {
@@ -152,38 +165,47 @@ impl Shard {
         };
         let user = String::from_utf8_lossy(&self.sessions[key].user).into_owned();
         let u = user.clone();
-        self.with_contacts(
+        // In turn: a list asked for after an op shows it.
+        self.in_contact_turn(
             &u,
-            Box::new(move |sh: &mut Shard| {
-                let Some(rec) = sh.contacts.get(&user) else {
-                    sh.refuse_contact(
-                        (id, l.request_id),
-                        (Status::Unavailable, "contact list not available"),
-                    );
-                    return;
-                };
-                let changes = match l.since_version {
-                    0 => None,
-                    v => rec.changes_since(v),
-                };
-                let full = changes.is_none();
-                let entries = changes.unwrap_or_else(|| {
-                    rec.entries
-                        .iter()
-                        .filter(|e| e.state() != ContactState::None)
-                        .cloned()
-                        .collect()
-                });
-                let f = reply::contact_result(
-                    l.request_id,
-                    Status::Ok,
-                    "",
-                    rec.version,
-                    entries.into_iter().map(wire_entry).collect(),
-                    full,
-                );
-                sh.send_to_session(id, f);
+            id,
+            Box::new(move |sh: &mut Shard, turn: Turn| {
+                let asker = Asker::new(id, l.request_id).in_turn(turn);
+                let u = user.clone();
+                sh.with_contacts(
+                    &u,
+                    Box::new(move |sh: &mut Shard| sh.list_contacts(&user, l, asker)),
+                )
             }),
         );
+    }
+
+    /// Answers ListContacts `l` of `asker` from `user`'s list (loaded).
+    fn list_contacts(&mut self, user: &str, l: ListContacts, asker: Asker) {
+        let Some(rec) = self.contacts.get(user) else {
+            self.refuse_contact(asker, (Status::Unavailable, "contact list not available"));
+            return;
+        };
+        let changes = match l.since_version {
+            0 => None,
+            v => rec.changes_since(v),
+        };
+        let full = changes.is_none();
+        let entries = changes.unwrap_or_else(|| {
+            rec.entries
+                .iter()
+                .filter(|e| e.state() != ContactState::None)
+                .cloned()
+                .collect()
+        });
+        let f = reply::contact_result(
+            l.request_id,
+            Status::Ok,
+            "",
+            rec.version,
+            entries.into_iter().map(wire_entry).collect(),
+            full,
+        );
+        self.send_to_session(asker.id, f);
     }
 }

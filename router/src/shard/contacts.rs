@@ -14,6 +14,16 @@
 //! - Accept, decline and remove change the actor's side, then the peer's side (which
 //!   cannot refuse them), and are answered after both.
 //!
+//! # One op of a user at a time
+//! A user's contact ops (and ListContacts) run in the order sent: one that comes while
+//! another of the user's is in flight waits behind it in [`Shard::contact_turns`], and
+//! runs when that one's [`Turn`] ends (it is answered). A REMOVE pipelined behind its
+//! REQUEST used to run before the request's own side was applied (after the round trip
+//! to the peer's home shard), got NOT_FOUND, and the request stood. What waits is
+//! bounded by the sessions' `max_requests_in_flight`: each waiting op counts as one
+//! request of its session until answered. Ops whose session ends meanwhile still run
+//! in turn (their answers go nowhere), so the queue drains.
+//!
 //! Each side that changed tells its user: the peer's live sessions get a ContactEvent,
 //! or (none live) its offline queue keeps one for the next login; the actor's other
 //! live sessions get one too (never stored: its list has the change).
@@ -30,7 +40,9 @@ use ringrouter_proto::reply;
 use ringrouter_proto::v1::{self as pb, ContactEventKind, ServerFrame};
 use ringrouter_proto::Status;
 
-use super::mail::Mail;
+use std::sync::Arc;
+
+use super::mail::{InFlight, Mail, MailQueue};
 use super::session::{SessionId, SessionKey};
 use super::Shard;
 use crate::config::DmPolicy;
@@ -46,14 +58,85 @@ pub type ContactWaiter = Box<dyn FnOnce(&mut Shard) + Send>;
 /// The contact lists of the users homed on one shard.
 pub type Contacts = crate::store::contacts::ContactCache<ContactWaiter>;
 
-/// Who waits for the answer to a contact request: the session and its request id.
-pub type Asker = (SessionId, u64);
+/// Who waits for the answer to a contact op or list: the session and its request id,
+/// and the op's [`Turn`], which ends when this is dropped (answered).
+#[derive(Debug)]
+pub struct Asker {
+    /// The session.
+    pub id: SessionId,
+    /// The request id to answer.
+    pub request_id: u64,
+    turn: Option<Turn>,
+}
+
+impl Asker {
+    /// Session `id`'s request `request_id`, in no turn.
+    pub fn new(id: SessionId, request_id: u64) -> Asker {
+        Asker {
+            id,
+            request_id,
+            turn: None,
+        }
+    }
+
+    /// This request, holding `turn` until it is answered.
+    pub fn in_turn(mut self, turn: Turn) -> Asker {
+        self.turn = Some(turn);
+        self
+    }
+
+    /// Takes the turn out: whoever holds it decides when the user's next op goes on.
+    pub fn take_turn(&mut self) -> Option<Turn> {
+        self.turn.take()
+    }
+}
+
+/// A user's contact op from its start to its answer: dropped (answered, or lost with
+/// the mail that carried it), the user's next op goes on, on the user's home shard
+/// (posted there: it may be dropped on another). It holds the op's count against its
+/// session's `max_requests_in_flight`.
+pub struct Turn {
+    user: String,
+    /// The user's home shard's queue; `None` without a store (nothing waits).
+    home: Option<Arc<MailQueue>>,
+    _inflight: Option<InFlight>,
+}
+
+impl std::fmt::Debug for Turn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Turn").field(&self.user).finish()
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if let Some(home) = self.home.take() {
+            let user = std::mem::take(&mut self.user);
+            home.push(Mail::Stored(Box::new(move |sh: &mut Shard| {
+                sh.next_contact_turn(&user)
+            })));
+        }
+    }
+}
+
+/// A user's contact op or list, run in its [`Turn`].
+pub type ContactTask = Box<dyn FnOnce(&mut Shard, Turn) + Send>;
+
+/// A task waiting for its turn in [`Shard::contact_turns`], counted as a request of its
+/// session meanwhile.
+pub struct Waiting {
+    task: ContactTask,
+    inflight: Option<InFlight>,
+}
 
 /// What the actor's side does once the peer's side of an exchange is done.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub enum Then {
-    /// Nothing (a side effect of an account deletion, a request taken back).
+    /// Nothing (a side effect of an account deletion).
     Nothing,
+    /// Nothing, but the actor's next op waits until this side is done (a request taken
+    /// back).
+    Release(Turn),
     /// A request: apply the actor's side, then answer the asker.
     Request(Asker),
     /// Accept, decline, remove (the actor's side done): answer the asker, so that its
@@ -155,6 +238,51 @@ impl Shard {
         None
     }
 
+    /// Runs `task`, a contact op or list of `user` (homed here) from session `from`, in
+    /// its turn: now if no op of `user` is in flight, else after those before it.
+    pub(crate) fn in_contact_turn(&mut self, user: &str, from: SessionId, task: ContactTask) {
+        let Some(home) = self.store.as_ref().map(|l| l.done.clone()) else {
+            let turn = Turn {
+                user: String::new(),
+                home: None,
+                _inflight: None,
+            };
+            task(self, turn);
+            return;
+        };
+        let inflight = self.request_in_flight(from);
+        if let Some(waiting) = self.contact_turns.get_mut(user) {
+            waiting.push_back(Waiting { task, inflight });
+            return;
+        }
+        self.contact_turns
+            .insert(user.to_owned(), std::collections::VecDeque::new());
+        let turn = Turn {
+            user: user.to_owned(),
+            home: Some(home),
+            _inflight: inflight,
+        };
+        task(self, turn);
+    }
+
+    /// The turn of `user`'s op in flight ended: its next one runs, if any.
+    pub(crate) fn next_contact_turn(&mut self, user: &str) {
+        let next = match self.contact_turns.get_mut(user) {
+            Some(waiting) => waiting.pop_front(),
+            None => return,
+        };
+        let (Some(w), Some(link)) = (next, self.store.as_ref()) else {
+            self.contact_turns.remove(user);
+            return;
+        };
+        let turn = Turn {
+            user: user.to_owned(),
+            home: Some(link.done.clone()),
+            _inflight: w.inflight,
+        };
+        (w.task)(self, turn);
+    }
+
     /// Runs `then` once `user`'s list (homed here) is loaded: now, or after the load
     /// (after any other work already waiting for it). A failed load runs it too, and it
     /// finds the list missing.
@@ -249,15 +377,15 @@ impl Shard {
     /// Answers a contact request with `user`'s list as it is now about `peer`.
     pub(crate) fn answer_contact(&mut self, to: Asker, user: &str, peer: &str) {
         let (version, entry) = self.contact_entry(user, peer);
-        let f = reply::contact_result(to.1, Status::Ok, "", version, vec![entry], false);
-        self.send_to_session(to.0, f);
+        let f = reply::contact_result(to.request_id, Status::Ok, "", version, vec![entry], false);
+        self.send_to_session(to.id, f);
     }
 
     /// Answers a contact request with a refusal.
     pub(crate) fn refuse_contact(&mut self, to: Asker, (status, reason): (Status, &str)) {
         self.counters.reject(status);
-        let f = reply::contact_result(to.1, status, reason, 0, Vec::new(), false);
-        self.send_to_session(to.0, f);
+        let f = reply::contact_result(to.request_id, status, reason, 0, Vec::new(), false);
+        self.send_to_session(to.id, f);
     }
 
     /// Tells `user` (homed here) that its list changed about `peer` (now at `version`):
@@ -330,7 +458,7 @@ impl Shard {
                     sh.tell_contact(&user, &peer, op, v, None, true);
                 }
                 match then {
-                    Then::Nothing => {}
+                    Then::Nothing | Then::Release(_) => {}
                     Then::Request(asker) => {
                         let done = r.map(drop);
                         sh.on_home_of(
@@ -363,6 +491,7 @@ impl Shard {
             return;
         }
         let u = user.clone();
+        let mut asker = asker;
         self.with_contacts(
             &u,
             Box::new(move |sh: &mut Shard| {
@@ -373,19 +502,21 @@ impl Shard {
                             &peer,
                             ContactOp::RequestOut,
                             v,
-                            Some(asker.0),
+                            Some(asker.id),
                             false,
                         );
                         sh.answer_contact(asker, &user, &peer);
                     }
                     Ok(Outcome::Unchanged) => sh.answer_contact(asker, &user, &peer),
                     Err(e) => {
-                        // This side changed meanwhile (filled up): take the request back.
+                        // This side changed meanwhile (filled up): take the request back,
+                        // the user's next op behind that.
+                        let then = asker.take_turn().map_or(Then::Nothing, Then::Release);
                         sh.refuse_contact(asker, e);
                         sh.on_home_of(
                             &peer.clone(),
                             Box::new(move |sh: &mut Shard| {
-                                sh.contact_in(peer, user, ContactOp::RemoveIn, Then::Nothing)
+                                sh.contact_in(peer, user, ContactOp::RemoveIn, then)
                             }),
                         );
                     }

@@ -211,6 +211,9 @@ pub struct Shard {
     pub hist: history::HistBuf,
     /// Contact lists of users homed here ([`contacts`]).
     pub contacts: contacts::Contacts,
+    /// Users homed here with a contact op in flight, and their next ones (see
+    /// [`contacts::Turn`]).
+    pub contact_turns: NameMap<String, std::collections::VecDeque<contacts::Waiting>>,
     /// Presence of users homed here ([`presence`]).
     pub presence: presence::Presences,
     /// Sessions that ended and may be resumed ([`resume`]).
@@ -304,6 +307,7 @@ impl Shard {
             api_waiters: api::ApiWaiters::default(),
             social: social::Social::default(),
             contacts: contacts::Contacts::default(),
+            contact_turns: NameMap::default(),
             presence: presence::Presences::default(),
         }
     }

@@ -8,7 +8,10 @@ use std::time::Duration;
 use ringrouter_client::{
     Client, ClientError, ContactEvent, ContactEventKind, ContactState, Event, Status, Target,
 };
-use ringrouter_tests::{users_on_shards, Driver, RouterProc, T};
+use ringrouter_proto::v1::{
+    client_frame::Kind as C, server_frame::Kind as S, ContactAction, ContactOp,
+};
+use ringrouter_tests::{client_frame_bytes, users_on_shards, Driver, RouterProc, T};
 
 const SHORT: Duration = Duration::from_millis(300);
 
@@ -449,4 +452,51 @@ fn a_block_is_in_force_when_it_is_answered() {
         }
     }
     assert_eq!(through, 0, "DMs accepted after the block was answered");
+}
+
+/// A user's contact ops are applied in the order sent: REQUEST then REMOVE, pipelined
+/// to an offline user in one write, are each answered OK and leave both lists empty.
+/// (The REMOVE used to run before the REQUEST's own side was applied, after its round
+/// trip to the peer's home shard: it got NOT_FOUND, 9 999 of 20 000, and the request
+/// stood.)
+#[test]
+fn pipelined_requests_and_withdrawals_apply_in_order() {
+    let r = RouterProc::start(&["--shards", "2"]);
+    let u = users_on_shards("ctpw", 2);
+    let (a, b) = (u[0].as_str(), u[1].as_str());
+    r.visit(b);
+    let mut ra = r.raw_login(a);
+    // Well past `max_requests_in_flight` (16): the later ones wait for room.
+    const PAIRS: u64 = 100;
+    let mut bytes = Vec::new();
+    for i in 0..PAIRS {
+        for (k, op) in [(1, ContactAction::Request), (2, ContactAction::Remove)] {
+            bytes.extend(client_frame_bytes(C::ContactOp(ContactOp {
+                request_id: 2 * i + k,
+                user: b.to_owned(),
+                op: op as i32,
+            })));
+        }
+    }
+    ra.write(&bytes).expect("one write");
+    let (mut answered, mut refused) = (0, Vec::new());
+    while answered < 2 * PAIRS {
+        if let S::ContactResult(cr) = ra.next_non_ping(T) {
+            answered += 1;
+            if cr.status != Status::Ok as i32 {
+                refused.push((cr.request_id, cr.status, cr.reason));
+            }
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "{} of {} refused, first {:?}",
+        refused.len(),
+        2 * PAIRS,
+        refused.first()
+    );
+    let la = r.client(a).contacts().unwrap();
+    assert_eq!((la.outgoing.len(), la.accepted.len()), (0, 0), "{la:?}");
+    let lb = r.client(b).contacts().unwrap();
+    assert_eq!((lb.incoming.len(), lb.accepted.len()), (0, 0), "{lb:?}");
 }
