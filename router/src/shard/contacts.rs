@@ -315,10 +315,14 @@ impl Shard {
         }
     }
 
-    /// Forgets `user`'s list if nobody here needs it (no live session): the store has it.
+    /// `user`'s list is done with for now: with no live session here it is idle, kept
+    /// loaded for the next change (least recently used out first, see
+    /// `ContactCache::release`; the store has it), else held.
     pub(crate) fn release_contacts(&mut self, user: &str) {
         if self.user_sessions(user.as_bytes()) == 0 {
-            self.contacts.evict(user);
+            self.contacts.release(user);
+        } else {
+            self.contacts.hold(user);
         }
     }
 

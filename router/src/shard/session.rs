@@ -478,7 +478,7 @@ impl Shard {
             let name = String::from_utf8_lossy(&user).into_owned();
             self.presence_left(&name, key);
             if gone {
-                self.contacts.evict(&name);
+                self.contacts.release(&name);
             }
         }
         tracing::debug!(shard = self.id, user = %String::from_utf8_lossy(&user), ?reason, "session closing");

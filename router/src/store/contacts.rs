@@ -23,7 +23,8 @@
 //! [`ContactCache`] is the home shard's copy of its users' lists: changes that arrive
 //! while a list is loading wait behind the load, and it counts the users whose list
 //! says someone blocks them, so the direct-message path can skip the lookup while that
-//! is 0.
+//! is 0. Lists nobody needs (their users offline) stay for a while, least recently used
+//! first out, within [`IDLE_LISTS`] and [`IDLE_BYTES`]: see [`ContactCache::release`].
 
 /// Where a peer stands in a user's list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
@@ -450,6 +451,43 @@ impl ContactRecord {
 pub struct ContactCache<W> {
     lists: std::collections::HashMap<String, Slot<W>>,
     with_blocks: usize,
+    /// The loaded lists nobody needs (see [`ContactCache::release`]), by when they were
+    /// last released: the first is the least recently used.
+    idle: std::collections::BTreeMap<u64, String>,
+    /// What the lists in `idle` weigh ([`list_weight`]), summed.
+    idle_bytes: usize,
+    /// Counts releases: the key of the next one in `idle`.
+    tick: u64,
+}
+
+/// Most lists a shard keeps loaded while nobody needs them (their users offline). Each
+/// change to an offline user's list (a request to it, its withdrawal) needs the list;
+/// loading it walks every key of the list, and in the store's memtable every version of
+/// every key not yet compacted away: a request and its withdrawal repeated to one
+/// offline user made each load, and so each op, slower (5 000 rounds 4.9 s, 20 000
+/// 50.4 s). Kept, a list is loaded once while it is in use.
+pub const IDLE_LISTS: usize = 256;
+
+/// Most bytes ([`list_weight`]) the idle lists of one shard weigh together: at most 1 MiB
+/// per shard, some 20 000 entries of 10-byte names (a list at the default limits, 5 000
+/// contacts and 1 000 tombstones, weighs ~0.3 MiB; a list heavier than this is not kept).
+pub const IDLE_BYTES: usize = 1 << 20;
+
+/// What a loaded list weighs in memory, roughly: its slot in the map and in the idle
+/// order (with the user's name in each), its entries and blockers with their names.
+pub fn list_weight(user: &str, rec: &ContactRecord) -> usize {
+    const SLOT: usize = 192;
+    let entries: usize = rec
+        .entries
+        .iter()
+        .map(|e| std::mem::size_of::<ContactEntry>() + e.user.len())
+        .sum();
+    let blockers: usize = rec
+        .blocked_by
+        .iter()
+        .map(|b| std::mem::size_of::<String>() + b.len())
+        .sum();
+    SLOT + 2 * user.len() + entries + blockers
 }
 
 #[derive(Debug)]
@@ -473,6 +511,8 @@ struct Saved {
     inflight: u32,
     /// Whole writes that failed in a row.
     failures: u32,
+    /// Its key in [`ContactCache::idle`] and its weight there, while nobody needs it.
+    idle: Option<(u64, usize)>,
 }
 
 /// See [`Saved::unsaved`].
@@ -504,6 +544,9 @@ impl<W> Default for ContactCache<W> {
         Self {
             lists: Default::default(),
             with_blocks: 0,
+            idle: Default::default(),
+            idle_bytes: 0,
+            tick: 0,
         }
     }
 }
@@ -672,18 +715,66 @@ impl<W> ContactCache<W> {
         Some(changed)
     }
 
-    /// Forgets `user`'s loaded list (its last session ended; the store has it), unless a
-    /// write of it is unanswered or failed: call again once it is answered.
-    pub fn evict(&mut self, user: &str) {
-        if let Some(Slot::Ready(_, saved)) = self.lists.get(user) {
+    /// Nobody here needs `user`'s loaded list now (its user has no live session): it
+    /// stays loaded as the most recently used idle list, and the least recently used
+    /// ones past [`IDLE_LISTS`] or [`IDLE_BYTES`] are forgotten (the store has them).
+    /// One whose write is unanswered or failed is not forgotten but stops counting as
+    /// idle: release it again once its write is answered.
+    pub fn release(&mut self, user: &str) {
+        let Some(Slot::Ready(rec, saved)) = self.lists.get_mut(user) else {
+            return;
+        };
+        if let Some((at, weight)) = saved.idle.take() {
+            self.idle.remove(&at);
+            self.idle_bytes -= weight;
+        }
+        let weight = list_weight(user, rec);
+        if weight > IDLE_BYTES {
+            // Kept, it would push every other idle list out.
             if saved.inflight == 0 && !saved.whole {
                 self.forget(user);
+            }
+            return;
+        }
+        self.tick += 1;
+        saved.idle = Some((self.tick, weight));
+        self.idle.insert(self.tick, user.to_owned());
+        self.idle_bytes += weight;
+        while self.idle.len() > IDLE_LISTS || self.idle_bytes > IDLE_BYTES {
+            let Some((_, oldest)) = self.idle.pop_first() else {
+                break;
+            };
+            let Some(Slot::Ready(_, saved)) = self.lists.get_mut(&oldest) else {
+                continue;
+            };
+            if let Some((_, weight)) = saved.idle.take() {
+                self.idle_bytes -= weight;
+            }
+            if saved.inflight == 0 && !saved.whole {
+                self.forget(&oldest);
             }
         }
     }
 
+    /// `user`'s list is needed (its user has a live session): loaded, it stays so
+    /// whatever the idle lists (until [`ContactCache::release`]).
+    pub fn hold(&mut self, user: &str) {
+        if let Some(Slot::Ready(_, saved)) = self.lists.get_mut(user) {
+            if let Some((at, weight)) = saved.idle.take() {
+                self.idle.remove(&at);
+                self.idle_bytes -= weight;
+            }
+        }
+    }
+
+    /// The idle lists ([`ContactCache::release`]): how many, and what they weigh.
+    pub fn idle(&self) -> (usize, usize) {
+        (self.idle.len(), self.idle_bytes)
+    }
+
     /// Forgets `user`'s loaded list whatever its writes (the account is gone).
     pub fn forget(&mut self, user: &str) {
+        self.hold(user);
         if let Some(Slot::Ready(r, _)) = self.lists.get(user) {
             self.with_blocks -= usize::from(r.has_blocks());
             self.lists.remove(user);
@@ -875,13 +966,83 @@ mod tests {
         c.set_blocked_by("a", "x", false).unwrap();
         assert_eq!(c.with_blocks(), 0);
         c.set_blocked_by("a", "y", true).unwrap();
-        c.evict("a");
+        c.forget("a");
         assert_eq!((c.with_blocks(), c.get("a")), (0, None));
         // A failed load hands its waiters back and loads again next time.
         assert_eq!(c.wait("x", 7), Wait::Load);
         assert_eq!(c.load_failed("x"), vec![7]);
         assert_eq!(c.wait("x", 8), Wait::Load);
     }
+    /// Loads and releases [`IDLE_LISTS`] empty lists: every list idle before goes.
+    fn crowd_out(c: &mut ContactCache<u32>) {
+        for i in 0..IDLE_LISTS {
+            let u = format!("crowd{i}");
+            if c.wait(&u, 0) == Wait::Load {
+                c.loaded(&u, ContactRecord::default());
+            }
+            c.release(&u);
+        }
+    }
+
+    #[test]
+    fn idle_lists_stay_within_their_bounds_least_recently_used_first_out() {
+        let mut c: ContactCache<u32> = ContactCache::default();
+        let load = |c: &mut ContactCache<u32>, u: &str, rec: ContactRecord| {
+            assert_eq!(c.wait(u, 0), Wait::Load);
+            c.loaded(u, rec);
+        };
+        load(&mut c, "old", ContactRecord::default());
+        load(&mut c, "live", ContactRecord::default());
+        c.release("old");
+        c.release("live");
+        c.hold("live");
+        assert_eq!(c.idle().0, 1, "held: not idle");
+        // Used again, "old" is the most recently used: one more list pushes out the
+        // least recently used other one instead.
+        for i in 0..IDLE_LISTS - 1 {
+            load(&mut c, &format!("u{i}"), ContactRecord::default());
+            c.release(&format!("u{i}"));
+        }
+        assert_eq!(c.idle().0, IDLE_LISTS);
+        c.release("old");
+        load(&mut c, "new", ContactRecord::default());
+        c.release("new");
+        assert!(c.get("old").is_some() && c.get("new").is_some());
+        assert!(c.get("u0").is_none(), "the least recently used went");
+        assert!(
+            c.get("live").is_some(),
+            "a held list stays whatever the idle ones"
+        );
+        assert_eq!(c.idle().0, IDLE_LISTS);
+        // Bytes: a list heavier than the bound is not kept, and pushes out nothing.
+        let heavy = ContactRecord {
+            entries: (0..IDLE_BYTES / 32)
+                .map(|i| ContactEntry {
+                    user: format!("peer{i:08}"),
+                    state: ContactState::Outgoing as i32,
+                    version: 1,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        assert!(list_weight("heavy", &heavy) > IDLE_BYTES);
+        load(&mut c, "heavy", heavy);
+        let before = c.idle();
+        c.release("heavy");
+        assert!(c.get("heavy").is_none());
+        assert_eq!(c.idle(), before, "it pushed out nothing");
+        assert!(c.idle().1 <= IDLE_BYTES);
+        // Forgotten, an idle list no longer counts.
+        c.forget("old");
+        assert_eq!(c.idle().0, before.0 - 1);
+        let sum: usize = c
+            .idle
+            .values()
+            .map(|u| list_weight(u, c.get(u).unwrap()))
+            .sum();
+        assert_eq!(sum, c.idle().1);
+    }
+
     #[test]
     fn a_save_names_only_what_changed_since_the_last_one() {
         let mut c: ContactCache<u32> = ContactCache::default();
@@ -933,7 +1094,8 @@ mod tests {
         assert_eq!(names(&c.take_save("a").unwrap().upserts), ["p5"]);
         assert!(c.save_done("a", false), "write it again");
         assert!(!c.save_done("a", true));
-        c.evict("a");
+        c.release("a");
+        crowd_out(&mut c);
         assert!(
             c.get("a").is_some(),
             "not evicted with a failed write unrepaired"
@@ -941,12 +1103,14 @@ mod tests {
         let s = c.take_save("a").unwrap();
         assert!(s.replace);
         assert_eq!(names(&s.upserts), ["p2", "p3", "p4", "p5"]);
-        c.evict("a");
+        c.release("a");
+        crowd_out(&mut c);
         assert!(c.get("a").is_some(), "not evicted with a write in flight");
         assert!(!c.save_done("a", true));
         assert!(!c.take_save("a").unwrap().replace, "once");
         assert!(!c.save_done("a", true));
-        c.evict("a");
+        c.release("a");
+        crowd_out(&mut c);
         assert!(c.get("a").is_none());
         // Failures in a row are tried again a bounded number of times.
         c.wait("b", 1);
