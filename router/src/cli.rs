@@ -105,9 +105,10 @@ pub struct Args {
     /// the backend API (port 0 picks a free port); `off`: no HTTP port.
     #[arg(long, value_name = "ADDR", value_parser = parse_http_listen, default_value = "127.0.0.1:7880", help_heading = NETWORK)]
     pub http_listen: HttpListen,
-    /// Leave transparent huge pages on for the router's memory (default: off, see
-    /// BENCHMARKS.md: THP page zeroing cost 10-40% of CPU with many sessions).
-    #[arg(long, hide = true, help_heading = NETWORK)]
+    /// Leave transparent huge pages as the system sets them, as MIMALLOC_ALLOW_THP does
+    /// (default: the router turns them off for itself; see BENCHMARKS.md: THP page
+    /// zeroing cost 10-40% of CPU with many sessions).
+    #[arg(long, help_heading = NETWORK)]
     pub allow_thp: bool,
     /// TLS certificate chain (PEM): with --tls-key, TLS on the TCP listener and the HTTP port.
     #[arg(long, value_name = "FILE", help_heading = NETWORK)]
@@ -143,8 +144,9 @@ pub struct Args {
     /// past it those requests are refused with RATE_LIMITED.
     #[arg(long, value_name = "N", default_value_t = 256, help_heading = AUTH)]
     pub max_password_jobs: u64,
-    /// Cheapest Argon2id parameters (for tests and benchmarks; never in production).
-    #[arg(long, hide = true, help_heading = AUTH)]
+    /// For tests and benchmarks only, never in production: the cheapest Argon2id
+    /// parameters, so password hashes are fast to compute and to crack.
+    #[arg(long, help_heading = AUTH)]
     pub argon2_cheap: bool,
 
     /// Largest frame accepted.
@@ -234,7 +236,7 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 1_000, help_heading = LIMITS)]
     pub max_contact_tombstones: usize,
     /// Longest presence text (SetPresence.text), in bytes; longer is BAD_REQUEST.
-    #[arg(long, value_name = "BYTES", default_value_t = 256, help_heading = LIMITS)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256", help_heading = LIMITS)]
     pub max_presence_text_bytes: usize,
     /// Most names one ListUsers answers.
     #[arg(long, value_name = "N", default_value_t = 1_000, help_heading = LIMITS)]
@@ -1151,6 +1153,11 @@ mod tests {
         assert_eq!(back.config(), Config::default(), "\n{text}");
         assert_eq!(back.to_toml(), text);
         assert!(back.args.max_payload_bytes.is_none());
+        // A byte count prints like the other sizes: a plain integer, unquoted.
+        assert!(
+            text.lines().any(|l| l == "max-presence-text-bytes = 256"),
+            "\n{text}"
+        );
     }
 
     #[test]
@@ -1172,9 +1179,13 @@ mod tests {
         ] {
             assert!(help.contains(needle), "{needle}:\n{help}");
         }
-        // Every setting has a heading and (unless a switch) a value name.
+        // Every setting has a heading and (unless a switch) a value name, and --help
+        // shows it (the README says it lists every flag).
         for a in cmd.get_arguments().filter(|a| is_setting(a)) {
             assert!(a.get_help_heading().is_some(), "{:?}", a.get_id());
+            assert!(!a.is_hide_set(), "{:?} is hidden from --help", a.get_id());
+            let long = format!("--{}", a.get_long().unwrap());
+            assert!(help.contains(&long), "{long} missing from --help:\n{help}");
             assert!(
                 is_switch(a) || a.get_value_names().is_some(),
                 "{:?}",

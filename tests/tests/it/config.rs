@@ -98,6 +98,8 @@ fn help_and_version_exit_0() {
         "--listen <ADDR>",
         "--config <FILE>",
         "--shards <N>",
+        "--allow-thp",
+        "--argon2-cheap",
         "RUST_LOG",
         "MONOIO_FORCE_LEGACY_DRIVER=1",
         "Exit status",
