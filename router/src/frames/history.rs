@@ -53,8 +53,10 @@ impl Shard {
                 &reply::history_result(rid, Status::BadRequest, reason, vec![]),
             );
         };
-        if h.user.is_empty() == h.room.is_empty() {
-            return bad(self, "set user or room, not both");
+        match (h.user.is_empty(), h.room.is_empty()) {
+            (true, true) => return bad(self, "set user or room"),
+            (false, false) => return bad(self, "set user or room, not both"),
+            _ => {}
         }
         let limit = match self.page_limit(h.limit) {
             Ok(l) => l,

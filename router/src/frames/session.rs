@@ -24,7 +24,7 @@ impl Shard {
         self.push_error(
             key,
             Status::BadRequest,
-            "register on a connection that is not logged in",
+            "register on a connection that is logged in already (Register comes before Login)",
             r.request_id,
         );
         Flow::Continue

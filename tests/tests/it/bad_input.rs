@@ -6,7 +6,7 @@
 //! request-level errors (a well-formed frame with bad content) leave it usable.
 
 use ringrouter_client::{ClientError, Status};
-use ringrouter_proto::v1::{client_frame, server_frame, Ack, Login, Ping};
+use ringrouter_proto::v1::{client_frame, server_frame, Ack, History, Login, Ping, Register};
 use ringrouter_tests::{assert_error, cfg, send_frame_bytes, wire, Pair, Raw, RouterProc, T};
 
 const MAX_FRAME: usize = 64 * 1024;
@@ -321,4 +321,42 @@ fn ack_beyond_last_delivered_seq_is_bad_request() {
         server_frame::Kind::Deliver(d) => assert_eq!((d.seq, &d.payload[..]), (3, &b"more"[..])),
         other => panic!("expected a Deliver, got {other:?}"),
     }
+}
+
+#[test]
+fn register_after_login_and_history_without_a_conversation_say_why() {
+    let (r, mut pair) = setup("reasons");
+    let mut c = r.raw_login("reasons-user");
+    // Register on a logged-in connection: an Error that says it is logged in.
+    c.send(client_frame::Kind::Register(Register {
+        request_id: 41,
+        user: "reasons-other".into(),
+        password: "correct horse".into(),
+    }));
+    let e = c.expect_error(T);
+    assert_error(&e, Status::BadRequest);
+    assert_eq!(e.request_id, 41);
+    assert!(e.reason.contains("logged in already"), "{:?}", e.reason);
+    expect_usable(&mut c, "register after login");
+    // History naming neither a user nor a room, or both: each reason says which.
+    for (case, user, room, want) in [
+        ("neither", "", "", "set user or room"),
+        ("both", "someone", "some-room", "set user or room, not both"),
+    ] {
+        c.send(client_frame::Kind::History(History {
+            request_id: 42,
+            user: user.into(),
+            room: room.into(),
+            ..Default::default()
+        }));
+        match c.next_kind(T) {
+            server_frame::Kind::HistoryResult(h) => {
+                assert_eq!(h.status, Status::BadRequest as i32, "{case}: {h:?}");
+                assert_eq!(h.reason, want, "{case}");
+            }
+            other => panic!("{case}: expected a HistoryResult, got {other:?}"),
+        }
+        expect_usable(&mut c, case);
+    }
+    pair.exchange("reasons");
 }
