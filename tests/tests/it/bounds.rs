@@ -652,11 +652,21 @@ fn pipelined_requests_with_big_answers_are_bounded_by_the_hard_cap() {
     match last {
         Some(server_frame::Kind::Error(e)) => {
             assert_eq!(e.code, Status::SlowConsumer as i32, "{e:?}");
-            // (A slow consumer's queue is dropped with the close: it gets the Error.)
-            assert!(answers < n, "{answers} answers");
         }
-        other => panic!("not closed as a slow consumer after {answers} answers: {other:?}"),
+        // The closing Error is queued ahead of the dropped queue, but a socket already
+        // full when the cut comes may take only the close (a loaded host: 2 of 8 runs).
+        other => {
+            let cut = ringrouter_tests::wait_until(T, || {
+                metric_sum(&r.metrics(), "ringrouter_slow_consumer_closes_total") >= 1.0
+            });
+            assert!(
+                cut,
+                "not closed as a slow consumer after {answers} answers: {other:?}"
+            );
+        }
     }
+    // (A slow consumer's queue is dropped with the close.)
+    assert!(answers < n, "{answers} answers");
     drop(a);
     let _ = writer.join();
 }
