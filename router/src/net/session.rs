@@ -234,6 +234,23 @@ const TURN_DELIVERIES: u64 = 16 * 1024;
 /// Bytes of a write batch a TLS or WebSocket session encodes and writes at a time.
 const EGRESS_SLICE: usize = 256 << 10;
 
+/// Reads a session's reader makes (socket reads, or passes of the TLS / WebSocket layers)
+/// before it lets the rest of its shard run ([`let_the_shard_run`]). Its reads do not wait
+/// while bytes are there: a client that keeps its socket full (sends faster than the shard
+/// takes its bytes: a WebSocket stream of many-frame messages or pings, ...) kept its
+/// reader always ready, and so every other task of the shard (other sessions, accept
+/// loops, logins handed over, mail, timers) from running for as long as it sent.
+const READS_PER_YIELD: u32 = 16;
+
+/// Waits until the shard's runtime has run its other ready tasks and looked at its I/O
+/// completions and timers. Not `run::yield_now`: monoio queues a task that wakes itself
+/// during its poll at the front of its run queue (so it runs again first), and parks (the
+/// only place timers fire) only once that queue is empty. A timer due at once fires at the
+/// next park.
+async fn let_the_shard_run() {
+    monoio::time::sleep(std::time::Duration::ZERO).await;
+}
+
 async fn read_loop(
     shard: &Rc<RefCell<Shard>>,
     key: SessionKey,
@@ -257,6 +274,8 @@ async fn read_loop(
     let mut copy = false;
     // How the connection ended, when a read ahead found it (see `read_acks_ahead`).
     let mut end: Option<io::Result<usize>> = None;
+    // Reads since the reader started (see READS_PER_YIELD).
+    let mut reads: u32 = 0;
     loop {
         // This chunk's frames made a turn's worth of deliveries (see `TURN_DELIVERIES`).
         let mut turn_over = false;
@@ -464,6 +483,10 @@ async fn read_loop(
                 return;
             }
             continue;
+        }
+        reads = reads.wrapping_add(1);
+        if reads % READS_PER_YIELD == 0 {
+            let_the_shard_run().await;
         }
         let res = if let Some(end) = end.take() {
             // Found by a read ahead (the bytes before it are handled).
@@ -685,7 +708,14 @@ async fn read_layered(
     buf: &mut BytesMut,
 ) -> io::Result<usize> {
     let before = buf.len();
+    let mut passes: u32 = 0;
     loop {
+        // Control frames only (pings, empty fragments) give the caller nothing: this loop
+        // goes on reading them, so it yields on its own too (see READS_PER_YIELD).
+        passes += 1;
+        if passes % READS_PER_YIELD == 0 {
+            let_the_shard_run().await;
+        }
         let step = {
             let mut l = layers.borrow_mut();
             let l = &mut *l;

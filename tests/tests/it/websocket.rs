@@ -423,3 +423,102 @@ fn json_subprotocol_speaks_the_protobuf_json_mapping() {
     ws.frame(0x1, true, true, br#"{"login":{"requestId":[]}}"#);
     assert_eq!(ws.close_code(), 1007);
 }
+
+/// Names of `n` users whose home shard, of `shards`, is `shard`.
+fn names_on_shard(prefix: &str, shard: usize, shards: usize, n: usize) -> Vec<String> {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .filter(|u| ringrouter::shard::home_shard(u.as_bytes(), shards) == shard)
+        .take(n)
+        .collect()
+}
+
+/// A client frame with a zero mask (the payload goes as it is).
+fn zero_masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut v = vec![if fin { 0x80 } else { 0 } | opcode, 0x80 | payload.len() as u8];
+    v.extend_from_slice(&[0, 0, 0, 0]);
+    v.extend_from_slice(payload);
+    v
+}
+
+/// One WebSocket client that keeps its socket full (messages of 1 022 frames each, a
+/// Ping split up: cheap to send, dearer to decode than to send) does not stop the rest of
+/// its shard: a session of the shard is still answered, and a login homed on the shard
+/// still completes, within a fraction of a second. The session reader's reads do not wait
+/// while bytes are there; before, it never let the shard's other tasks (sessions, accept
+/// loops, handed-over logins, timers) run for as long as the client sent (both took the
+/// whole 10 s of the stream).
+#[test]
+fn a_websocket_client_that_keeps_its_socket_full_does_not_stall_its_shard() {
+    use ringrouter_proto::v1::Ping;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let r = RouterProc::start(&["--shards", "2"]);
+    let names = names_on_shard("full", 1, 2, 8);
+    let mut honest = r.raw_login(&names[1]);
+    let s = TcpStream::connect(r.http_addr()).expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    let mut ws = Ws::open(s, "ringrouter.v1");
+    assert_eq!(ws.login(&names[0]), 1, "the streamer lives on shard 1");
+    let body = ClientFrame {
+        kind: Some(client_frame::Kind::Ping(Ping { nonce: 7 })),
+    }
+    .encode_to_vec();
+    let mut msg = zero_masked(0x2, false, &body[..1]);
+    for _ in 0..1020 {
+        msg.extend(zero_masked(0x0, false, b""));
+    }
+    msg.extend(zero_masked(0x0, true, &body[1..]));
+    let burst: Vec<u8> = msg.repeat(16);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut reader = ws.s.try_clone().expect("clone");
+    reader
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let drain_stop = stop.clone();
+    // The streamer reads its Pongs, so its own queue never holds it back.
+    let drain = std::thread::spawn(move || {
+        let mut sink = vec![0u8; 1 << 16];
+        while !drain_stop.load(Ordering::Relaxed) {
+            if let Ok(0) = reader.read(&mut sink) {
+                return;
+            }
+        }
+    });
+    let stream_stop = stop.clone();
+    let mut writer = ws.s;
+    let streamer = std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(10);
+        while !stream_stop.load(Ordering::Relaxed) && Instant::now() < end {
+            if writer.write_all(&burst).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let mut worst = Duration::ZERO;
+    for nonce in 1..=5 {
+        let t = Instant::now();
+        honest.send(client_frame::Kind::Ping(Ping { nonce }));
+        loop {
+            match honest.next_kind(Duration::from_secs(15)) {
+                server_frame::Kind::Pong(p) if p.nonce == nonce => break,
+                _ => {}
+            }
+        }
+        worst = worst.max(t.elapsed());
+        let t = Instant::now();
+        let _newcomer = r.raw_login(&names[1 + nonce as usize]);
+        worst = worst.max(t.elapsed());
+    }
+    let streaming = !streamer.is_finished();
+    stop.store(true, Ordering::Relaxed);
+    streamer.join().expect("streamer");
+    drain.join().expect("drain");
+    assert!(
+        worst < Duration::from_millis(1000),
+        "a ping or a login on the streamer's shard took {worst:?}"
+    );
+    assert!(streaming, "the client stopped streaming early");
+}
