@@ -238,11 +238,17 @@ async fn serve_conn(
             return close_with(&mut conn, r).await;
         }
         let route = routes::route(&head.method, &head.path);
-        if route == Route::Ws && head.body_len > 0 {
+        if head.body_len > 0 && takes_no_body(&route, &head) {
             // An upgrade has no body; its bytes would reach the WebSocket decoder as
             // frames sent before the upgrade, past the pre-login frame bound (a 1 MiB body
-            // of tiny frames held ~1.5 MiB per connection before login).
-            let r = Response::status(Status::BadRequest, "GET /ws takes no body".to_owned());
+            // of tiny frames held ~1.5 MiB per connection before login). Nor do health,
+            // metrics or the page's assets take one: their bodies were read whole and
+            // dropped, so anyone could make each connection hold `--http-max-body-bytes`
+            // (500 connections sending a 1 MiB body to GET /healthz: 607 MiB RSS).
+            let r = Response::status(
+                Status::BadRequest,
+                format!("{} {} takes no body", head.method, head.path),
+            );
             return close_with(&mut conn, r).await;
         }
         if head.body_len > 0 {
@@ -290,6 +296,16 @@ async fn serve_conn(
             return;
         }
     }
+}
+
+/// True for a request whose route never reads a body: every one outside the API (the API
+/// checks its key first, see [`refusal`]).
+fn takes_no_body(route: &Route, head: &Head) -> bool {
+    let api = route.is_api() || head.path == "/api" || head.path.starts_with("/api/");
+    !api && matches!(
+        route,
+        Route::Ws | Route::Healthz | Route::Readyz | Route::Metrics | Route::Asset(_)
+    )
 }
 
 fn request_timeout() -> Response {

@@ -711,6 +711,50 @@ fn a_head_over_the_limit_gets_431() {
     );
 }
 
+/// Health, metrics and the page's assets take no body: one is refused (400) before it is
+/// read, and the connection closed, so a client cannot make each connection hold
+/// `--http-max-body-bytes`. Before, the body was read whole and dropped: 64 connections
+/// each sending 1 MiB to GET /healthz grew the router by ~1.2 MiB a connection.
+#[test]
+fn routes_without_a_body_refuse_one_before_reading_it() {
+    let r = RouterProc::start(&[]);
+    let addr = http_addr(&r);
+    for path in ["/healthz", "/readyz", "/metrics", "/", "/app.js"] {
+        let mut c = Http::connect(addr);
+        c.write(format!("GET {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 1048576\r\n\r\n").as_bytes());
+        c.response()
+            .expect("an answer before the body")
+            .assert_error(400, "BAD_REQUEST");
+        assert!(c.closed_within(T), "{path}");
+    }
+    // Memory: connections that send all but the last byte of a 1 MiB body and wait.
+    let before = r.rss_kib();
+    let body = vec![b'x'; (1 << 20) - 1];
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let mut c = Http::connect(addr);
+        c.write(b"GET /healthz HTTP/1.1\r\nhost: x\r\ncontent-length: 1048576\r\n\r\n");
+        c.s.set_nonblocking(true).expect("nonblocking");
+        let (mut sent, until) = (0, Instant::now() + Duration::from_millis(100));
+        while sent < body.len() && Instant::now() < until {
+            match c.s.write(&body[sent..]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => break,
+            }
+        }
+        held.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let grown = r.rss_kib().saturating_sub(before);
+    assert!(
+        grown < 24 * 1024,
+        "64 bodies sent to GET /healthz grew the router by {grown} KiB"
+    );
+}
+
 #[test]
 fn a_body_over_the_limit_gets_413() {
     let (r, _key) = with_api(&["--http-max-body-bytes", "1KiB"]);
