@@ -383,7 +383,7 @@ async fn read_loop(
         }
         if turn_over {
             // The rest of the chunk after the shard's other ready tasks.
-            crate::shard::run::yield_now().await;
+            let_the_shard_run().await;
         }
         // Backpressure: stop reading while a local recipient is over its bound,
         // or while the outgoing batches to other shards are piling up.
@@ -485,7 +485,7 @@ async fn read_loop(
             continue;
         }
         reads = reads.wrapping_add(1);
-        if reads % READS_PER_YIELD == 0 {
+        if reads.is_multiple_of(READS_PER_YIELD) {
             let_the_shard_run().await;
         }
         let res = if let Some(end) = end.take() {
@@ -713,7 +713,7 @@ async fn read_layered(
         // Control frames only (pings, empty fragments) give the caller nothing: this loop
         // goes on reading them, so it yields on its own too (see READS_PER_YIELD).
         passes += 1;
-        if passes % READS_PER_YIELD == 0 {
+        if passes.is_multiple_of(READS_PER_YIELD) {
             let_the_shard_run().await;
         }
         let step = {

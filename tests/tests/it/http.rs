@@ -721,7 +721,9 @@ fn routes_without_a_body_refuse_one_before_reading_it() {
     let addr = http_addr(&r);
     for path in ["/healthz", "/readyz", "/metrics", "/", "/app.js"] {
         let mut c = Http::connect(addr);
-        c.write(format!("GET {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 1048576\r\n\r\n").as_bytes());
+        c.write(
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 1048576\r\n\r\n").as_bytes(),
+        );
         c.response()
             .expect("an answer before the body")
             .assert_error(400, "BAD_REQUEST");

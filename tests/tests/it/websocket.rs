@@ -436,7 +436,10 @@ fn names_on_shard(prefix: &str, shard: usize, shards: usize, n: usize) -> Vec<St
 /// A client frame with a zero mask (the payload goes as it is).
 fn zero_masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
     assert!(payload.len() < 126);
-    let mut v = vec![if fin { 0x80 } else { 0 } | opcode, 0x80 | payload.len() as u8];
+    let mut v = vec![
+        if fin { 0x80 } else { 0 } | opcode,
+        0x80 | payload.len() as u8,
+    ];
     v.extend_from_slice(&[0, 0, 0, 0]);
     v.extend_from_slice(payload);
     v
