@@ -18,7 +18,8 @@ from routerproc import cpu_seconds, router
 
 def main():
     binary, n = sys.argv[1], int(sys.argv[2])
-    with router(binary) as (proc, addr):
+    # Three rooms of n members in a row: past the default --max-member-adds-per-minute.
+    with router(binary, args=("--max-member-adds-per-minute", str(3 * n))) as (proc, addr):
         for i in range(n):
             ringrouter.Client(addr, f"m{i}").close()
         owner = ringrouter.Client(addr, "owner", timeout=120)

@@ -25,13 +25,14 @@ def cpu_seconds(pid):
 
 
 @contextlib.contextmanager
-def router(binary, shards=2):
-    """Yields (process, "127.0.0.1:PORT") once the router says it is listening."""
+def router(binary, shards=2, args=()):
+    """Yields (process, "127.0.0.1:PORT") once the router says it is listening (`args`:
+    more flags)."""
     with tempfile.TemporaryDirectory() as d:
         port = free_port()
         proc = subprocess.Popen(
             [binary, "--listen", f"127.0.0.1:{port}", "--http-listen", "off",
-             "--shards", str(shards), "--data-dir", d],
+             "--shards", str(shards), "--data-dir", d, *args],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:
             while "listening on" not in proc.stdout.readline():

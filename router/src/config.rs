@@ -143,6 +143,9 @@ pub struct Config {
     pub room_live_per_second: u64,
     /// Who may add members to a room.
     pub room_add_policy: RoomAddPolicy,
+    /// Most users one user may add to rooms a minute (initial members and AddMember),
+    /// a burst of as many; past it RATE_LIMITED (see `shard::adds`).
+    pub max_member_adds_per_minute: u32,
     /// Who may send a user direct messages.
     pub dm_policy: DmPolicy,
     /// Most entries (accepted, pending either way, blocked) in one contact list.
@@ -258,6 +261,7 @@ impl Default for Config {
             room_events_max_members: 1_000,
             room_live_per_second: 200_000,
             room_add_policy: RoomAddPolicy::Owner,
+            max_member_adds_per_minute: 600,
             dm_policy: DmPolicy::Open,
             max_contacts_per_user: 5_000,
             max_contact_requests: 500,

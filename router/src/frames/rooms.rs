@@ -3,6 +3,7 @@
 //! shard, see `shard::rooms`) and ListRooms (answered from the store).
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use bytes::Bytes;
 use ringrouter_proto::reply;
@@ -85,11 +86,15 @@ impl Shard {
             }
             _ => None,
         };
-        if let Some(reason) = bad {
-            self.counters.reject(Status::BadRequest);
+        let refused = match bad {
+            Some(reason) => Some((Status::BadRequest, reason)),
+            None => self.add_refusal(&user, &op),
+        };
+        if let Some((status, reason)) = refused {
+            self.counters.reject(status);
             self.push_frame(
                 key,
-                &reply::room_result(request_id, Status::BadRequest, &reason, op.key(), ""),
+                &reply::room_result(request_id, status, &reason, op.key(), ""),
             );
             return;
         }
@@ -112,6 +117,45 @@ impl Shard {
         } else {
             let home = self.home(req.op.key().as_bytes());
             self.post(home, Mail::Room(Box::new(req)));
+        }
+    }
+
+    /// Why `user` (homed here, live) may not add the users `op` adds (a CreateRoom's
+    /// initial members, an AddMember's user), if so; otherwise takes them from its
+    /// allowance (`max_member_adds_per_minute`, [`AddRate`](crate::shard::adds::AddRate)).
+    ///
+    /// A user who blocks `user`, or under `--dm-policy contacts` one that is not its
+    /// accepted contact, refuses it FORBIDDEN, named (as a direct message is refused:
+    /// `Shard::dm_refusal`, from `user`'s loaded list, no store read); before, a blocked
+    /// user put its blocker into rooms and wrote to it there.
+    fn add_refusal(&mut self, user: &str, op: &RoomOp) -> Option<(Status, String)> {
+        let added: &[String] = match op {
+            RoomOp::Create { members, .. } => members,
+            RoomOp::Add { user: target, .. } => std::slice::from_ref(target),
+            _ => return None,
+        };
+        if self.dm_gate() {
+            for m in added {
+                if let Some((status, reason)) = self.dm_refusal(user.as_bytes(), m.as_bytes()) {
+                    return Some((status, format!("{reason}: {m}")));
+                }
+            }
+        }
+        let per_minute = self.cfg.max_member_adds_per_minute;
+        match self
+            .add_rate
+            .take(user.as_bytes(), added.len(), per_minute, Instant::now())
+        {
+            Ok(()) => None,
+            Err(wait) => Some((
+                Status::RateLimited,
+                format!(
+                    "adding members too fast: {per_minute} a minute \
+                     (--max-member-adds-per-minute), {} more in {} ms",
+                    added.len(),
+                    wait.as_millis()
+                ),
+            )),
         }
     }
 

@@ -43,6 +43,7 @@ use ringrouter_proto::Status;
 use crate::config::Config;
 use crate::stats::{Counters, ShardStats};
 
+pub mod adds;
 pub mod answer;
 pub mod api;
 pub mod contacts;
@@ -203,6 +204,8 @@ pub struct Shard {
     pub touched_at: Instant,
     /// Users homed here with a Create or Join in flight, and their next ones.
     pub room_quota: NameMap<Bytes, std::collections::VecDeque<rooms::OwnItem>>,
+    /// How fast each user homed here adds others to rooms (`max_member_adds_per_minute`).
+    pub add_rate: adds::AddRate,
     /// HTTP API requests waiting for the outcome of a message they published.
     pub api_waiters: api::ApiWaiters,
     /// The social layer's state of the users homed here (see `social`).
@@ -304,6 +307,7 @@ impl Shard {
             stored_floor: NameMap::default(),
             touched_at: Instant::now(),
             room_quota: NameMap::default(),
+            add_rate: adds::AddRate::default(),
             api_waiters: api::ApiWaiters::default(),
             social: social::Social::default(),
             contacts: contacts::Contacts::default(),

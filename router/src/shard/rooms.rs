@@ -17,6 +17,15 @@
 //! each against `max_rooms_per_user` and holds the user's later room requests and
 //! messages until it is answered, so they keep their order.
 //!
+//! # Adding others
+//! Only the rooms a user created or joined count against its `max_rooms_per_user`;
+//! those others added it to (initial members, AddMember) count apart, against the same
+//! number, and past it the adder is refused, so that nobody can use up someone else's
+//! quota. The adder's home shard refuses an add to a user who blocks the adder (or,
+//! under `--dm-policy contacts`, has not accepted it) and paces each user's adds
+//! (`--max-member-adds-per-minute`, [`adds`](super::adds)): see
+//! `Shard::add_refusal`.
+//!
 //! # Fan-out
 //! The room keeps its members grouped by their home shard; each group's `Arc<[Bytes]>`
 //! is built at the first message after a change of that group (a join or leave costs
@@ -524,19 +533,18 @@ impl Shard {
             .is_some_and(|l| l.handle.stats().hash_jobs >= self.cfg.max_password_jobs)
     }
 
+    /// Admits the user's own Create or Join against `max_rooms_per_user` (the rooms it
+    /// created or joined; those others added it to count apart, at AddMember), then mails
+    /// it to the room's home shard.
     pub(crate) fn admit_own(&mut self, mut req: RoomReq) {
         let max = self.cfg.max_rooms_per_user;
-        let user = req.user.clone();
+        let (user, room) = (req.user.clone(), req.op.key().to_owned());
         self.store_req(
-            |st, cb| st.rooms_of(&user, cb),
+            |st, cb| st.own_rooms(&user, &room, cb),
             move |sh, r| match r {
-                // Joining a room one is in already is answered by the room (OK).
-                Ok(rooms) if rooms.len() >= max && !rooms.iter().any(|n| n == req.op.key()) => {
-                    let reason = format!(
-                        "{} is in {} rooms, the limit is {max}",
-                        req.user,
-                        rooms.len()
-                    );
+                // Joining a room one is in already is answered by the room (OK): `None`.
+                Ok(Some(own)) if own >= max => {
+                    let reason = format!("{} is in {own} rooms, the limit is {max}", req.user);
                     let frame = reply::room_result(
                         req.request_id,
                         Status::RateLimited,
@@ -1065,7 +1073,8 @@ impl Shard {
         );
     }
 
-    /// Refuses (RATE_LIMITED) when `user` is in `max_rooms_per_user` rooms already.
+    /// Refuses (RATE_LIMITED) when `user` created or joined `max_rooms_per_user` rooms
+    /// already.
     fn check_room_limit(
         &mut self,
         user: String,
@@ -1074,12 +1083,12 @@ impl Shard {
     ) {
         let key = Bytes::copy_from_slice(req.op.key().as_bytes());
         let max = self.cfg.max_rooms_per_user;
-        let u = user.clone();
+        let (u, room) = (user.clone(), req.op.key().to_owned());
         self.store_req(
-            |st, cb| st.rooms_of(&u, cb),
+            |st, cb| st.own_rooms(&u, &room, cb),
             move |sh, r| match r {
-                Ok(rooms) if rooms.len() >= max => {
-                    let reason = format!("{user} is in {} rooms, the limit is {max}", rooms.len());
+                Ok(Some(own)) if own >= max => {
+                    let reason = format!("{user} is in {own} rooms, the limit is {max}");
                     sh.answer(&req, Status::RateLimited, &reason, "");
                     sh.room_done(&key, After::Same);
                 }
@@ -1143,7 +1152,8 @@ impl Shard {
                     sh.room_done(&key, After::Same);
                 }
                 Ok(Some(MemberProblem::Full(user, rooms))) => {
-                    let reason = format!("{user} is in {rooms} rooms, the limit is {max}");
+                    let reason =
+                        format!("{user} was added to {rooms} rooms by others, the limit is {max}");
                     sh.answer(&req, Status::RateLimited, &reason, "");
                     sh.room_done(&key, After::Same);
                 }
@@ -1245,11 +1255,12 @@ impl Shard {
     fn write_member(&mut self, key: Bytes, req: Box<RoomReq>, user: String, kind: RoomEventKind) {
         let joined = kind == RoomEventKind::RoomEventJoined;
         let room = String::from_utf8_lossy(&key).into_owned();
-        let u = user.clone();
+        let (u, by) = (user.clone(), req.user.clone());
         self.store_req(
             |st, cb| {
                 if joined {
-                    st.add_member(&room, &u, cb)
+                    // A join (`by` is `user`) counts in the user's own quota, an add not.
+                    st.add_member(&room, &u, &by, cb)
                 } else {
                     st.remove_member(&room, &u, cb)
                 }

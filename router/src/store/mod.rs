@@ -413,6 +413,7 @@ pub(crate) enum Msg {
     AddMember {
         room: String,
         user: String,
+        by: String,
         cb: Cb<()>,
     },
     RemoveMember {
@@ -438,6 +439,11 @@ pub(crate) enum Msg {
     RoomsOf {
         user: String,
         cb: Cb<Vec<String>>,
+    },
+    OwnRooms {
+        user: String,
+        room: String,
+        cb: Cb<Option<usize>>,
     },
     CheckMembers {
         users: Vec<String>,
@@ -989,17 +995,21 @@ impl StoreHandle {
         })
     }
 
-    /// Makes `user` a member of `room` (one key written, whatever the room's size; a
-    /// member already is one). [`StoreError::NotFound`] if there is no room of that name.
+    /// Makes `user` a member of `room`, added by `by` (`user` itself for a join: the
+    /// room then counts in its own quota, see [`StoreHandle::own_rooms`]; otherwise in
+    /// [`StoreHandle::check_members`]'s). One key written, whatever the room's size; a
+    /// member already is one. [`StoreError::NotFound`] if there is no room of that name.
     pub fn add_member(
         &self,
         room: &str,
         user: &str,
+        by: &str,
         cb: impl FnOnce(StoreResult<()>) + Send + 'static,
     ) -> StoreResult<()> {
         self.send(Msg::AddMember {
             room: room.to_owned(),
             user: user.to_owned(),
+            by: by.to_owned(),
             cb: Cb::new(cb),
         })
     }
@@ -1087,8 +1097,9 @@ impl StoreHandle {
         })
     }
 
-    /// The first of `users` (in order) that cannot become a member of a new room: no
-    /// account, or already in `max_rooms` rooms (each user's rooms are counted up to
+    /// The first of `users` (in order) that cannot be added to a room by someone else: no
+    /// account, or already added by others to `max_rooms` rooms (its own, created or
+    /// joined, do not count: [`StoreHandle::own_rooms`]; each user's are counted up to
     /// `max_rooms`, not listed). `None`: all of them can.
     pub fn check_members(
         &self,
@@ -1099,6 +1110,22 @@ impl StoreHandle {
         self.send(Msg::CheckMembers {
             users,
             max_rooms,
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// How many rooms `user` created or joined itself (rooms others added it to not
+    /// counted: a stranger cannot use up its quota), or `None` if it is in `room`
+    /// already (either way). A full scan of its membership index.
+    pub fn own_rooms(
+        &self,
+        user: &str,
+        room: &str,
+        cb: impl FnOnce(StoreResult<Option<usize>>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::OwnRooms {
+            user: user.to_owned(),
+            room: room.to_owned(),
             cb: Cb::new(cb),
         })
     }

@@ -793,7 +793,7 @@ fn members_join_and_leave_by_key_and_follow_the_room() {
     let h = open(dir.path(), Durability::Memory);
     call(|cb| h.create_room(room("r1", "c1", "own", &["own", "cy"]), cb)).unwrap();
     assert_eq!(
-        call(|cb| h.add_member("nope", "ann", cb)),
+        call(|cb| h.add_member("nope", "ann", "own", cb)),
         Err(StoreError::NotFound)
     );
     assert_eq!(
@@ -801,12 +801,12 @@ fn members_join_and_leave_by_key_and_follow_the_room() {
         Err(StoreError::NotFound)
     );
     assert!(matches!(
-        call(|cb| h.add_member("r1", "bad\0name", cb)),
+        call(|cb| h.add_member("r1", "bad\0name", "own", cb)),
         Err(StoreError::Invalid(_))
     ));
-    call(|cb| h.add_member("r1", "ann", cb)).unwrap();
+    call(|cb| h.add_member("r1", "ann", "own", cb)).unwrap();
     // Twice is once.
-    call(|cb| h.add_member("r1", "ann", cb)).unwrap();
+    call(|cb| h.add_member("r1", "ann", "own", cb)).unwrap();
     // A member name that extends another room's name is not that room's member.
     call(|cb| h.create_room(room("r", "c0", "zed", &["zed"]), cb)).unwrap();
     let members = |name: &str| {
@@ -843,6 +843,35 @@ fn members_join_and_leave_by_key_and_follow_the_room() {
     let raw = rooms.get("room:r1").unwrap().expect("record");
     let rec = codec::decode::<RoomRecord>(&raw, "room").unwrap();
     assert!(rec.members.is_empty(), "{rec:?}");
+}
+
+/// Rooms others added a user to count against `check_members` only; rooms it created
+/// or joined against `own_rooms` only: a stranger's adds cannot use up its own quota.
+#[test]
+fn rooms_one_was_added_to_and_ones_own_are_counted_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(dir.path(), Durability::Memory);
+    call(|cb| h.register("vic", "pw", cb)).unwrap();
+    call(|cb| h.create_room(room("a1", "ca1", "mal", &["mal", "vic"]), cb)).unwrap();
+    call(|cb| h.create_room(room("a2", "ca2", "mal", &["mal"]), cb)).unwrap();
+    call(|cb| h.add_member("a2", "vic", "mal", cb)).unwrap();
+    assert_eq!(
+        call(|cb| h.check_members(vec!["vic".into()], 2, cb)),
+        Ok(Some(MemberProblem::Full("vic".into(), 2)))
+    );
+    assert_eq!(call(|cb| h.own_rooms("vic", "new", cb)), Ok(Some(0)));
+    // In the room already: the room answers it.
+    assert_eq!(call(|cb| h.own_rooms("vic", "a1", cb)), Ok(None));
+    call(|cb| h.create_room(room("v1", "cv1", "vic", &["vic"]), cb)).unwrap();
+    call(|cb| h.create_room(room("o1", "co1", "ot", &["ot"]), cb)).unwrap();
+    call(|cb| h.add_member("o1", "vic", "vic", cb)).unwrap();
+    assert_eq!(call(|cb| h.own_rooms("vic", "new", cb)), Ok(Some(2)));
+    assert_eq!(
+        call(|cb| h.check_members(vec!["vic".into()], 3, cb)),
+        Ok(None)
+    );
+    assert_eq!(call(|cb| h.rooms_of("vic", cb)).unwrap().len(), 4);
+    assert_eq!(call(|cb| h.own_rooms("mal", "new", cb)), Ok(Some(2)));
 }
 
 #[test]
@@ -884,14 +913,14 @@ fn inline_member_lists_move_to_keys_when_the_store_opens() {
     assert_eq!(call(|cb| h.get_room("elsewhere", cb)), Ok(None));
     assert!(call(|cb| h.get_room("broken", cb)).is_err());
     // Deleting a room whose record does not decode takes its members' index keys too.
-    call(|cb| h.add_member("broken", "dan", cb)).unwrap();
+    call(|cb| h.add_member("broken", "dan", "own", cb)).unwrap();
     assert_eq!(call(|cb| h.rooms_of("dan", cb)), Ok(vec!["broken".into()]));
     call(|cb| h.delete_room("broken", cb)).unwrap();
     assert_eq!(call(|cb| h.rooms_of("dan", cb)), Ok(vec![]));
     assert_eq!(get("c7").members, vec!["ann", "bo", "own"], "by join code");
     let last = format!("old{}", worker::MIGRATE_BATCH_FOR_TESTS + 2);
     call(|cb| h.remove_member(&last, "bo", cb)).unwrap();
-    call(|cb| h.add_member(&last, "cy", cb)).unwrap();
+    call(|cb| h.add_member(&last, "cy", "own", cb)).unwrap();
     assert_eq!(get(&last).members, vec!["ann", "cy", "own"]);
     assert_eq!(
         call(|cb| h.rooms_of("bo", cb)).unwrap().len(),

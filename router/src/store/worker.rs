@@ -226,9 +226,26 @@ fn list_key(prefix: &[u8], a: &str, b: &str) -> Vec<u8> {
 }
 
 /// Key of the membership index entry "`user` is in `room`" (owner included):
-/// `mem:` user 0x00 room, so a prefix scan lists one user's rooms in name order.
+/// `mem:` user 0x00 room, so a prefix scan lists one user's rooms in name order. Its
+/// value is empty for a room the user created or joined, [`ADDED`] for one someone else
+/// added it to (the two count against `max_rooms_per_user` separately).
 fn member_key(user: &str, room: &str) -> Vec<u8> {
     list_key(MEMBER_PREFIX, user, room)
+}
+
+/// Value of a membership index entry for a room someone else added the user to (as an
+/// initial member or by AddMember); entries written before it are counted as the
+/// user's own.
+const ADDED: &[u8] = b"a";
+
+/// The value of `user`'s membership index entry for a room of `owner`, which `added_by`
+/// added it to (itself: it created or joined the room).
+fn membership(user: &str, added_by: &str) -> Vec<u8> {
+    if user == added_by {
+        Vec::new()
+    } else {
+        ADDED.to_vec()
+    }
 }
 
 /// Key of the room member entry "`room` has member `user`": `rmem:` room 0x00 user.
@@ -705,8 +722,8 @@ impl Worker {
                 let r = self.room_by_code(&code);
                 self.done(cb, r, false);
             }
-            Msg::AddMember { room, user, cb } => {
-                let r = self.add_member(&room, &user);
+            Msg::AddMember { room, user, by, cb } => {
+                let r = self.add_member(&room, &user, &by);
                 self.done(cb, r, true);
             }
             Msg::RemoveMember { room, user, cb } => {
@@ -715,6 +732,10 @@ impl Worker {
             }
             Msg::RoomsOf { user, cb } => {
                 let r = self.rooms_of(&user);
+                self.done(cb, r, false);
+            }
+            Msg::OwnRooms { user, room, cb } => {
+                let r = self.own_rooms(&user, &room);
                 self.done(cb, r, false);
             }
             Msg::CheckMembers {
@@ -1469,9 +1490,13 @@ impl Worker {
                 Vec::new(),
             ));
         }
+        // The initial members were added by the owner.
         for u in people(&record) {
-            self.ops
-                .push(Op::Put(Ks::Rooms, member_key(u, &record.name), Vec::new()));
+            self.ops.push(Op::Put(
+                Ks::Rooms,
+                member_key(u, &record.name),
+                membership(u, &record.owner),
+            ));
         }
         Ok(())
     }
@@ -1663,24 +1688,32 @@ impl Worker {
                 .push(Op::Del(Ks::Rooms, member_key(u, &record.name)));
         }
         for u in after.difference(&before) {
-            self.ops
-                .push(Op::Put(Ks::Rooms, member_key(u, &record.name), Vec::new()));
+            self.ops.push(Op::Put(
+                Ks::Rooms,
+                member_key(u, &record.name),
+                membership(u, &record.owner),
+            ));
         }
         Ok(())
     }
 
-    /// One member in: its two index keys, whatever the room's size.
-    fn add_member(&mut self, room: &str, user: &str) -> StoreResult<()> {
+    /// One member in (added by `by`; itself for a join): its two index keys, whatever
+    /// the room's size.
+    fn add_member(&mut self, room: &str, user: &str, by: &str) -> StoreResult<()> {
         validate_name("room name", room)?;
         validate_name("member", user)?;
+        validate_name("member", by)?;
         self.commit()?;
         if !self.dbs.rooms.contains_key(prefixed(ROOM_PREFIX, room))? {
             return Err(StoreError::NotFound);
         }
         self.ops
             .push(Op::Put(Ks::Rooms, room_member_key(room, user), Vec::new()));
-        self.ops
-            .push(Op::Put(Ks::Rooms, member_key(user, room), Vec::new()));
+        self.ops.push(Op::Put(
+            Ks::Rooms,
+            member_key(user, room),
+            membership(user, by),
+        ));
         Ok(())
     }
 
@@ -1760,9 +1793,13 @@ impl Worker {
             if !self.account_exists(u)? {
                 return Ok(Some(MemberProblem::NoAccount(u.clone())));
             }
+            // Only the rooms others added it to count: its own are its own quota's.
             let mut rooms = 0;
             for g in self.dbs.rooms.prefix(member_key(u, "")) {
-                g.key()?;
+                let (_, v) = g.into_inner()?;
+                if &v[..] != ADDED {
+                    continue;
+                }
                 rooms += 1;
                 if rooms >= max_rooms {
                     return Ok(Some(MemberProblem::Full(u.clone(), rooms)));
@@ -1770,6 +1807,24 @@ impl Worker {
             }
         }
         Ok(None)
+    }
+
+    /// See [`StoreHandle::own_rooms`](super::StoreHandle::own_rooms).
+    fn own_rooms(&mut self, user: &str, room: &str) -> StoreResult<Option<usize>> {
+        validate_name("user", user)?;
+        self.commit()?;
+        // (A join code is no room name: never found, as before.)
+        if self.dbs.rooms.contains_key(member_key(user, room))? {
+            return Ok(None);
+        }
+        let mut own = 0;
+        for g in self.dbs.rooms.prefix(member_key(user, "")) {
+            let (_, v) = g.into_inner()?;
+            if &v[..] != ADDED {
+                own += 1;
+            }
+        }
+        Ok(Some(own))
     }
 
     fn rooms_of(&mut self, user: &str) -> StoreResult<Vec<String>> {

@@ -1025,6 +1025,9 @@ fn loaded_rooms_are_bounded_by_their_members() {
         "250",
         "--room-events-max-members",
         "1",
+        // 990 members added at once.
+        "--max-member-adds-per-minute",
+        "10000",
     ]);
     let members: Vec<String> = (0..99).map(|i| format!("lrm-{i}")).collect();
     for u in &members {

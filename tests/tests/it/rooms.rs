@@ -1243,3 +1243,212 @@ fn others_joins_and_leaves_are_not_stored_for_offline_members() {
         ]
     );
 }
+
+fn create_with(c: &mut Raw, name: &str, members: &[&str]) -> RoomResult {
+    op(
+        c,
+        C::CreateRoom(CreateRoom {
+            request_id: 0,
+            name: name.into(),
+            password: String::new(),
+            members: members.iter().map(|m| m.to_string()).collect(),
+        }),
+    )
+    .0
+}
+
+fn add_member(c: &mut Raw, room: &str, user: &str) -> RoomResult {
+    op(
+        c,
+        C::AddMember(AddMember {
+            request_id: 0,
+            room: room.into(),
+            user: user.into(),
+        }),
+    )
+    .0
+}
+
+/// The next room event, other frames (contact events of one's own list) skipped.
+fn next_room_event(c: &mut Raw) -> RoomEvent {
+    loop {
+        if let S::RoomEvent(e) = c.next_non_ping(T) {
+            return e;
+        }
+    }
+}
+
+/// Panics if `c` gets a room event or a message within half a second.
+fn hears_nothing(c: &mut Raw, who: &str) {
+    while let Ok(f) = c.next(Duration::from_millis(500)) {
+        assert!(
+            !matches!(f.kind, Some(S::RoomEvent(_)) | Some(S::Deliver(_))),
+            "{who}: {f:?}"
+        );
+    }
+}
+
+/// A user who blocks the adder cannot be put into a room by it: as an initial member or
+/// by AddMember (the owner's, or a member's under `--room-add-policy members`), FORBIDDEN
+/// and named, as its direct messages are. Before, the blocked user created rooms with
+/// its blocker in them (1 000 in 0.5 s, using up the blocker's room quota) and wrote
+/// to it there.
+#[test]
+fn a_user_who_blocked_the_adder_cannot_be_added_to_its_rooms() {
+    let r = RouterProc::start(&["--shards", "2", "--room-add-policy", "members"]);
+    let u = users_on_shards("rbk", 2);
+    let (m, v) = (u[0].as_str(), u[1].as_str());
+    r.visit("rbk-friend");
+    r.visit(m);
+    let mut vc = r.client(v);
+    vc.block(m).expect("block");
+    let mut vr = r.raw_login(v);
+    let mut mr = r.raw_login(m);
+    let res = create_with(&mut mr, "rbk-1", &["rbk-friend", v]);
+    assert_eq!(res.status, Status::Forbidden as i32, "{res:?}");
+    assert!(res.reason.contains(v), "{res:?}");
+    let res = create_with(&mut mr, "rbk-1", &["rbk-friend"]);
+    assert_eq!(
+        res.status,
+        Status::Ok as i32,
+        "nothing was created: {res:?}"
+    );
+    let res = add_member(&mut mr, "rbk-1", v);
+    assert_eq!(res.status, Status::Forbidden as i32, "{res:?}");
+    // A member of someone else's room (any member may add) cannot either.
+    let mut o = r.raw_login("rbk-owner");
+    let res = create_with(&mut o, "rbk-2", &[m]);
+    assert_eq!(res.status, Status::Ok as i32, "{res:?}");
+    let res = add_member(&mut mr, "rbk-2", v);
+    assert_eq!(res.status, Status::Forbidden as i32, "{res:?}");
+    hears_nothing(&mut vr, v);
+    // Others still can, and so can the blocked user once unblocked.
+    let res = add_member(&mut o, "rbk-2", v);
+    assert_eq!(res.status, Status::Ok as i32, "{res:?}");
+    assert_eq!(next_room_event(&mut vr).room, "rbk-2");
+    vc.unblock(m).expect("unblock");
+    let res = add_member(&mut mr, "rbk-1", v);
+    assert_eq!(res.status, Status::Ok as i32, "{res:?}");
+    assert_eq!(next_room_event(&mut vr).room, "rbk-1");
+}
+
+/// Under `--dm-policy contacts` only an accepted contact may put a user into a room, as
+/// only one may write to it.
+#[test]
+fn under_dm_policy_contacts_only_accepted_contacts_can_add_one_to_a_room() {
+    let r = RouterProc::start(&["--shards", "2", "--dm-policy", "contacts"]);
+    let u = users_on_shards("rcp", 2);
+    let (a, b) = (u[0].as_str(), u[1].as_str());
+    r.visit(b);
+    let mut ar = r.raw_login(a);
+    let res = create_with(&mut ar, "rcp-1", &[b]);
+    assert_eq!(res.status, Status::Forbidden as i32, "{res:?}");
+    assert!(res.reason.contains("contact"), "{res:?}");
+    let res = create_with(&mut ar, "rcp-1", &[]);
+    assert_eq!(res.status, Status::Ok as i32, "{res:?}");
+    let res = add_member(&mut ar, "rcp-1", b);
+    assert_eq!(res.status, Status::Forbidden as i32, "{res:?}");
+    let mut ac = r.client(a);
+    let mut bc = r.client(b);
+    ac.contact_request(b).unwrap();
+    bc.contact_accept(a).unwrap();
+    let res = add_member(&mut ar, "rcp-1", b);
+    assert_eq!(res.status, Status::Ok as i32, "{res:?}");
+    let res = create_with(&mut ar, "rcp-2", &[b]);
+    assert_eq!(res.status, Status::Ok as i32, "{res:?}");
+}
+
+/// Rooms others added a user to do not use up its own `--max-rooms-per-user`: they
+/// count apart, against the same number (past it the adder gets RATE_LIMITED). Before,
+/// a stranger put a user into 1 000 rooms in 0.5 s and the user's own CreateRoom and
+/// JoinRoom were RATE_LIMITED.
+#[test]
+fn rooms_others_add_one_to_do_not_use_up_ones_own_quota() {
+    let r = RouterProc::start(&["--shards", "2", "--max-rooms-per-user", "2"]);
+    r.visit("rq-vic");
+    for i in 1..=2 {
+        let mut a = r.raw_login(&format!("rq-a{i}"));
+        let res = create_with(&mut a, &format!("rq-{i}"), &["rq-vic"]);
+        assert_eq!(res.status, Status::Ok as i32, "{res:?}");
+    }
+    let mut a3 = r.raw_login("rq-a3");
+    let res = create_with(&mut a3, "rq-3", &["rq-vic"]);
+    assert_eq!(res.status, Status::RateLimited as i32, "{res:?}");
+    assert!(
+        res.reason.contains("rq-vic was added to 2 rooms"),
+        "{res:?}"
+    );
+    assert_eq!(a3.create_room("rq-3", "").status, Status::Ok as i32);
+    let res = add_member(&mut a3, "rq-3", "rq-vic");
+    assert_eq!(res.status, Status::RateLimited as i32, "{res:?}");
+    let mut v = r.raw_login("rq-vic");
+    let own = v.create_room("rq-own", "");
+    assert_eq!(own.status, Status::Ok as i32, "{own:?}");
+    let joined = v.join_room("rq-3", "");
+    assert_eq!(joined.status, Status::Ok as i32, "{joined:?}");
+    let over = v.create_room("rq-own2", "");
+    assert_eq!(over.status, Status::RateLimited as i32, "{over:?}");
+    assert_eq!(
+        list_rooms(&mut v),
+        ["rq-1", "rq-2", "rq-3", "rq-own"].map(String::from)
+    );
+}
+
+/// `--max-member-adds-per-minute`: one account adds at most so many users to rooms a
+/// minute (initial members and AddMember); past it RATE_LIMITED, and a room of more
+/// initial members goes through once the allowance is whole. Each add stores a joined
+/// event in an offline member's queue, and a DeleteRoom a deleted one: CreateRoom with
+/// members and DeleteRoom in a loop stored 7 763 events per listed user in 25 s.
+#[test]
+fn member_adds_past_the_rate_are_refused_and_bound_what_churn_stores() {
+    let r = RouterProc::start(&["--shards", "2", "--max-member-adds-per-minute", "10"]);
+    let victims: Vec<String> = (0..5).map(|i| format!("ra-v{i}")).collect();
+    let many: Vec<String> = (0..12).map(|i| format!("ra-w{i}")).collect();
+    for n in victims.iter().chain(&many) {
+        r.visit(n);
+    }
+    let vs: Vec<&str> = victims.iter().map(String::as_str).collect();
+    let mut m = r.raw_login("ra-mal");
+    let mut created = 0;
+    for i in 0..20 {
+        let res = create_with(&mut m, &format!("ra-c{i}"), &vs);
+        if res.status == Status::Ok as i32 {
+            created += 1;
+            let (d, _) = op(
+                &mut m,
+                C::DeleteRoom(DeleteRoom {
+                    request_id: 0,
+                    room: format!("ra-c{i}"),
+                }),
+            );
+            assert_eq!(d.status, Status::Ok as i32, "{d:?}");
+        } else {
+            assert_eq!(res.status, Status::RateLimited as i32, "{res:?}");
+            assert!(
+                res.reason.contains("--max-member-adds-per-minute"),
+                "{res:?}"
+            );
+        }
+    }
+    assert_eq!(created, 2, "10 adds a minute, 5 a room");
+    // A room without members costs nothing; an AddMember does.
+    assert_eq!(m.create_room("ra-x", "").status, Status::Ok as i32);
+    let res = add_member(&mut m, "ra-x", "ra-v0");
+    assert_eq!(res.status, Status::RateLimited as i32, "{res:?}");
+    // Another account has its own allowance; 12 members when 10 fit: once, in debt.
+    let mut b = r.raw_login("ra-big");
+    let ws: Vec<&str> = many.iter().map(String::as_str).collect();
+    let res = create_with(&mut b, "ra-big", &ws);
+    assert_eq!(res.status, Status::Ok as i32, "{res:?}");
+    let res = add_member(&mut b, "ra-big", "ra-v0");
+    assert_eq!(res.status, Status::RateLimited as i32, "{res:?}");
+    // What the churn stored for one victim: two joined, two deleted.
+    let mut v = r.raw_login("ra-v1");
+    let mut stored = 0;
+    while let Ok(f) = v.next(Duration::from_millis(700)) {
+        if let Some(S::RoomEvent(_)) = f.kind {
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 4);
+}

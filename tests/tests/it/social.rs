@@ -342,18 +342,25 @@ fn room_info_and_create_with_members() {
 
 /// A room created with hundreds of initial members (checked a batch of 256 per store
 /// request): every member is checked, in order, and the first that cannot join (no
-/// account; already in `--max-rooms-per-user` rooms) refuses the whole room, named.
+/// account; already added by others to `--max-rooms-per-user` rooms) refuses the whole
+/// room, named.
 #[test]
 fn many_initial_members_are_each_checked() {
-    let r = RouterProc::start(&["--max-rooms-per-user", "2"]);
+    let r = RouterProc::start(&[
+        "--max-rooms-per-user",
+        "2",
+        "--max-member-adds-per-minute",
+        "10000",
+    ]);
     let names: Vec<String> = (0..600).map(|i| format!("im-{i:03}")).collect();
     for n in &names {
         r.visit(n);
     }
     let mut a = r.client("im-owner");
-    let mut full = r.client("im-full");
-    full.create_room_with("im-f1", None, &[]).unwrap();
-    full.create_room_with("im-f2", None, &[]).unwrap();
+    r.visit("im-full");
+    let mut adder = r.client("im-adder");
+    adder.create_room_with("im-f1", None, &["im-full"]).unwrap();
+    adder.create_room_with("im-f2", None, &["im-full"]).unwrap();
     let with = |extra: &'static str, at: usize| {
         let mut v: Vec<&str> = names.iter().map(String::as_str).collect();
         v.insert(at, extra);
@@ -370,7 +377,10 @@ fn many_initial_members_are_each_checked() {
         .create_room_with("im-room", None, &with("im-full", 300))
         .unwrap_err();
     assert_eq!(e.code(), Some(Status::RateLimited), "{e}");
-    assert!(e.to_string().contains("im-full is in 2 rooms"), "{e}");
+    assert!(
+        e.to_string().contains("im-full was added to 2 rooms"),
+        "{e}"
+    );
     assert_eq!(
         a.room_info("im-room").unwrap_err().code(),
         Some(Status::NotFound),
