@@ -140,9 +140,22 @@ pub struct Args {
     /// answered RATE_LIMITED (an account creator cannot script thousands per connection).
     #[arg(long, value_name = "N", default_value_t = 3, help_heading = AUTH)]
     pub max_registrations_per_connection: u32,
+    /// Most Registers from one address (IPv4, or an IPv6 /64) per --registration-window:
+    /// this many at once, then one every window / N; past it RATE_LIMITED. Behind a proxy
+    /// every client has the proxy's address.
+    #[arg(long, value_name = "N", default_value_t = 30, help_heading = AUTH)]
+    pub max_registrations_per_ip: u32,
+    /// The window of --max-registrations-per-ip (0 turns that limit off).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10min", help_heading = AUTH)]
+    pub registration_window: Duration,
+    /// Most Registers a second from all addresses together; past it RATE_LIMITED.
+    #[arg(long, value_name = "N", default_value_t = 20, help_heading = AUTH)]
+    pub max_registrations_per_second: u32,
     /// Most password hashes (Register, password Login, room passwords) queued or running;
-    /// past it those requests are refused with RATE_LIMITED.
-    #[arg(long, value_name = "N", default_value_t = 256, help_heading = AUTH)]
+    /// past it those requests are refused with RATE_LIMITED. Registers get at most a
+    /// quarter, and password checks are served before new hashes: a login waits for at
+    /// most N checks (64 x ~35 ms = 2.3 s on one thread), keep it well under --login-timeout.
+    #[arg(long, value_name = "N", default_value_t = 64, help_heading = AUTH)]
     pub max_password_jobs: u64,
     /// For tests and benchmarks only, never in production: the cheapest Argon2id
     /// parameters, so password hashes are fast to compute and to crack.
@@ -395,6 +408,9 @@ impl Args {
             max_prelogin_frame_bytes: self.max_prelogin_frame_bytes,
             max_failed_logins: self.max_failed_logins,
             max_registrations_per_connection: self.max_registrations_per_connection,
+            max_registrations_per_ip: self.max_registrations_per_ip,
+            registration_window: self.registration_window,
+            max_registrations_per_second: self.max_registrations_per_second,
             jwt_leeway: self.jwt_leeway,
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,

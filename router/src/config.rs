@@ -181,7 +181,11 @@ pub struct Config {
     /// Cheapest legal Argon2id parameters (tests and benchmarks only).
     pub argon2_cheap: bool,
     /// Most password hashes (Register, password Login, room passwords) queued or running;
-    /// past it such requests get RATE_LIMITED instead of queueing.
+    /// past it such requests get RATE_LIMITED instead of queueing. Registers get at most a
+    /// quarter of it (rounded up), and the pool checks passwords before it hashes new ones,
+    /// so a login waits for at most this many checks ahead of it and one hash per hashing
+    /// thread: at the default 64 and ≈ 35 ms a hash, ≈ 2.3 s on one thread, well under
+    /// `login_timeout` (10 s). Keep it below `login_timeout` / the hash time / 2.
     pub max_password_jobs: u64,
     /// Most payload bytes one session may hold delivered and not yet acked; past it the
     /// session is closed as a slow consumer (what it holds goes to its offline queue).
@@ -203,6 +207,15 @@ pub struct Config {
     /// Most Registers one connection may send before its Login: past it each is answered
     /// RATE_LIMITED (one connection created accounts as fast as passwords hashed).
     pub max_registrations_per_connection: u32,
+    /// Most Registers from one address (IPv4, or an IPv6 /64) per `registration_window`
+    /// (a token bucket: this many at once, then one every window / this many); past it
+    /// RATE_LIMITED. Behind a proxy every client has the proxy's address.
+    pub max_registrations_per_ip: u32,
+    /// The window of `max_registrations_per_ip`; zero turns that limit off.
+    pub registration_window: Duration,
+    /// Most Registers a second from everyone together (a token bucket of this many);
+    /// past it RATE_LIMITED.
+    pub max_registrations_per_second: u32,
     /// Clock skew allowed when checking a JWT's `exp`, `nbf` and `iat`.
     pub jwt_leeway: Duration,
     /// Address of the HTTP port (health, metrics, WebSocket, the browser page, the
@@ -276,7 +289,7 @@ impl Default for Config {
             history_page_max: 500,
             history_lookup_chunks: crate::store::LOOKUP_CHUNKS_DEFAULT,
             argon2_cheap: false,
-            max_password_jobs: 256,
+            max_password_jobs: 64,
             max_unacked_bytes_per_session: 64 << 20,
             max_store_queue_bytes: 64 << 20,
             max_offline_bytes_per_user: 256 << 20,
@@ -284,6 +297,9 @@ impl Default for Config {
             max_prelogin_frame_bytes: 16 << 10,
             max_failed_logins: 3,
             max_registrations_per_connection: 3,
+            max_registrations_per_ip: 30,
+            registration_window: Duration::from_secs(600),
+            max_registrations_per_second: 20,
             jwt_leeway: Duration::from_secs(30),
             http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7880))),
             api_key_file: None,

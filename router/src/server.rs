@@ -13,6 +13,7 @@ use crate::auth::Authenticator;
 use crate::config::{Config, DurabilityMode};
 use crate::http::HttpCtx;
 use crate::mailbox::mesh;
+use crate::net::signup::SignupGate;
 use crate::shard::mail::{Mail, MailQueue};
 use crate::shard::run::{run_shard, ShardThread};
 use crate::shared::Shared;
@@ -215,6 +216,7 @@ impl Router {
             bells,
             store: store.clone(),
             tls,
+            signup: SignupGate::new(&cfg),
         });
         let flights: Arc<Vec<Vec<Arc<AtomicUsize>>>> = Arc::new(
             (0..n)

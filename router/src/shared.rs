@@ -13,6 +13,7 @@ use slab::Slab;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::mailbox::Doorbell;
+use crate::net::signup::SignupGate;
 use crate::store::StoreHandle;
 
 /// State shared by every shard thread (read-mostly).
@@ -30,6 +31,8 @@ pub(crate) struct Shared {
     pub(crate) store: StoreHandle,
     /// TLS on every listener (`--tls-cert`).
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    /// Admission of Registers: in flight, per address, per second.
+    pub(crate) signup: SignupGate,
 }
 
 /// Counts one open connection; dropping it frees the slot.

@@ -5,6 +5,7 @@
 
 use crate::shard::resume::ResumeAsk;
 use std::cell::RefCell;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -124,6 +125,8 @@ pub(crate) async fn prelogin(
 ) {
     let _counted = Counted::new(&shard);
     let deadline = Instant::now() + shared.cfg.login_timeout;
+    // Registers are counted by address; unknown (no address) counts as one address.
+    let peer = conn.tcp.peer_addr().ok().map(|a| a.ip());
     let mut pl = PreLogin::new(Limits::from_config(&shared.cfg));
     loop {
         if shared.shutdown.load(std::sync::atomic::Ordering::Acquire) || local.fired() {
@@ -159,7 +162,7 @@ pub(crate) async fn prelogin(
                 a.then(&mut pl, PreLogin::authenticated);
             }
             Action::Register(r) => {
-                let a = bounded(left, &local, register_account(&shared, &r)).await;
+                let a = bounded(left, &local, register_account(&shared, &r, peer)).await;
                 a.then(&mut pl, PreLogin::registered);
             }
             Action::Start(s) => {
@@ -253,9 +256,10 @@ async fn authenticate(shared: &Shared, l: &Login) -> Result<String, AuthError> {
     Ok(user)
 }
 
-/// Register (accounts mode): hashes the password off the shard threads and stores the
-/// account.
-async fn register_account(shared: &Shared, r: &Register) -> AccountResult {
+/// Register (accounts mode) from `peer`: admitted by [`super::signup::SignupGate`]
+/// (RATE_LIMITED past its bounds, before any store work), hashes the password off the
+/// shard threads and stores the account.
+async fn register_account(shared: &Shared, r: &Register, peer: Option<IpAddr>) -> AccountResult {
     let answer = |status: Status, reason: &str| {
         let user = if status == Status::Ok {
             r.user.clone()
@@ -280,6 +284,11 @@ async fn register_account(shared: &Shared, r: &Register) -> AccountResult {
             "too many password operations in progress",
         );
     }
+    // Held until the answer (or until the connection gives up on it).
+    let _admitted = match shared.signup.admit(peer, Instant::now()) {
+        Ok(a) => a,
+        Err(why) => return answer(Status::RateLimited, why.reason()),
+    };
     let (tx, rx) = oneshot::channel();
     if shared
         .store

@@ -11,6 +11,7 @@ use monoio::net::TcpStream;
 
 pub(crate) mod accept;
 pub(crate) mod session;
+pub(crate) mod signup;
 pub(crate) mod stream;
 pub(crate) mod ws;
 

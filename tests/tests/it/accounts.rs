@@ -308,6 +308,163 @@ fn password_work_past_its_limit_is_rate_limited() {
     }
 }
 
+/// A Register from a flood connection: sends three, reads their answers; their statuses
+/// (empty when the connection failed).
+fn register_three(addr: std::net::SocketAddr, names: [String; 3]) -> Vec<(i32, String)> {
+    let Ok(s) = std::net::TcpStream::connect_timeout(&addr, T) else {
+        return Vec::new();
+    };
+    let _ = s.set_nodelay(true);
+    let mut c = Raw::from_stream(s);
+    let mut bytes = Vec::new();
+    for (i, user) in names.into_iter().enumerate() {
+        bytes.extend_from_slice(&ringrouter_tests::client_frame_bytes(C::Register(
+            Register {
+                request_id: i as u64 + 1,
+                user,
+                password: "p".repeat(64),
+            },
+        )));
+    }
+    if c.write(&bytes).is_err() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    while out.len() < 3 {
+        match c.next(T) {
+            Ok(f) => {
+                if let Some(S::AccountResult(a)) = f.kind {
+                    out.push((a.status, a.reason));
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Many connections register three accounts each and reconnect, over and over (real
+/// Argon2id, the per-address and total rates raised so that all of it reaches the hashing
+/// pool): an honest password login is still answered OK within a bound, never
+/// RATE_LIMITED. Registers get only a quarter of `--max-password-jobs` and the pool checks
+/// passwords before it hashes new ones. (Before: Registers and Logins shared one FIFO and
+/// one limit; 64 flooding connections held each login behind ≈ 64 hashes, and a flood of
+/// 200 had logins take 7 s, then refused them RATE_LIMITED.)
+#[test]
+fn honest_logins_are_served_during_a_register_flood() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    let r = RouterProc::start_real_argon2(&[
+        "--shards",
+        "2",
+        "--auth",
+        "accounts",
+        "--max-registrations-per-ip",
+        "1000000",
+        "--max-registrations-per-second",
+        "1000000",
+    ]);
+    assert_eq!(r.register("alice", "pw-alice").status, Status::Ok as i32);
+    // One unloaded login: what one hash costs here.
+    let t0 = Instant::now();
+    let (_c, lr) = r.login_password("alice", "pw-alice");
+    assert_eq!(lr.status, Status::Ok as i32, "{lr:?}");
+    let one = t0.elapsed();
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let addr = r.connect_addr();
+    let flood: Vec<_> = (0..64)
+        .map(|t| {
+            let (stop, seen) = (stop.clone(), seen.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let names = [0, 1, 2].map(|_| {
+                        n += 1;
+                        format!("flood{t}x{n}")
+                    });
+                    let got = register_three(addr, names);
+                    let refused = got.iter().any(|(s, _)| *s != Status::Ok as i32);
+                    seen.lock().unwrap().extend(got);
+                    if refused {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            })
+        })
+        .collect();
+    // Let the flood fill the queue.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut took = Vec::new();
+    for _ in 0..8 {
+        let t = Instant::now();
+        let (_c, lr) = r.login_password("alice", "pw-alice");
+        took.push(t.elapsed());
+        assert_eq!(lr.status, Status::Ok as i32, "{lr:?} after {took:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for f in flood {
+        f.join().expect("flood thread");
+    }
+    // A login waits for at most the hash each thread is running, then its own check
+    // (generous for a loaded 2-core machine; before the fix it waited for dozens).
+    let bound = (one * 6).max(Duration::from_millis(1500));
+    let worst = took.iter().max().copied().unwrap_or_default();
+    assert!(
+        worst < bound,
+        "a login took {worst:?} during the flood (unloaded {one:?}): {took:?}"
+    );
+    let seen = seen.lock().unwrap();
+    let made = seen.iter().filter(|(s, _)| *s == Status::Ok as i32).count();
+    let busy = seen
+        .iter()
+        .filter(|(s, why)| *s == Status::RateLimited as i32 && why.contains("in progress"))
+        .count();
+    // The flood did keep the pool busy, and hit the Registers' share of it.
+    assert!(made > 10 && busy > 0, "made {made}, refused busy {busy}");
+}
+
+/// Registers from one address are bounded per `--registration-window`, and all
+/// addresses together per second; past either they are answered RATE_LIMITED, no account
+/// is made, and logins are not affected. (Before: a client that reconnected registered as
+/// fast as passwords hashed, ~30 accounts a second.)
+#[test]
+fn registrations_past_the_address_and_total_rates_are_rate_limited() {
+    let r = RouterProc::start(&[
+        "--auth",
+        "accounts",
+        "--max-registrations-per-ip",
+        "3",
+        "--registration-window",
+        "1h",
+    ]);
+    // Each on a connection of its own: reconnecting does not help.
+    for u in ["ip-a", "ip-b", "ip-c"] {
+        assert_eq!(r.register(u, "pw").status, Status::Ok as i32, "{u}");
+    }
+    let a = r.register("ip-d", "pw");
+    assert_eq!(a.status, Status::RateLimited as i32, "{a:?}");
+    assert!(a.reason.contains("address"), "{a:?}");
+    let (_c, lr) = r.login_password("ip-d", "pw");
+    assert_eq!(
+        lr.status,
+        Status::Unauthorized as i32,
+        "the refused one was not made"
+    );
+    let (_c, lr) = r.login_password("ip-c", "pw");
+    assert_eq!(lr.status, Status::Ok as i32, "{lr:?}");
+
+    let r = RouterProc::start(&["--auth", "accounts", "--max-registrations-per-second", "1"]);
+    assert_eq!(r.register("rate-a", "pw").status, Status::Ok as i32);
+    let a = r.register("rate-b", "pw");
+    assert_eq!(a.status, Status::RateLimited as i32, "{a:?}");
+    assert!(a.reason.contains("right now"), "{a:?}");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(r.register("rate-b", "pw").status, Status::Ok as i32);
+}
+
 fn spin(d: std::time::Duration) {
     let t = std::time::Instant::now();
     while t.elapsed() < d {
@@ -322,7 +479,17 @@ fn spin(d: std::time::Duration) {
 fn a_deleted_accounts_messages_never_reach_the_next_owner_of_the_name() {
     use ringrouter_tests::ReadEnd;
     use std::time::Duration;
-    let r = RouterProc::start(&["--shards", "1", "--auth", "accounts"]);
+    // 300 Registers from one address, as fast as they go.
+    let r = RouterProc::start(&[
+        "--shards",
+        "1",
+        "--auth",
+        "accounts",
+        "--max-registrations-per-ip",
+        "1000",
+        "--max-registrations-per-second",
+        "1000",
+    ]);
     assert_eq!(r.register("sender", "pw").status, Status::Ok as i32);
     let mut y = r.raw_login_password("sender", "pw", "d");
     let mut leaked = Vec::new();
