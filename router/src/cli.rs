@@ -142,13 +142,14 @@ pub struct Args {
     pub max_registrations_per_connection: u32,
     /// Most Registers from one address (IPv4, or an IPv6 /64) per --registration-window:
     /// this many at once, then one every window / N; past it RATE_LIMITED. Behind a proxy
-    /// every client has the proxy's address.
+    /// every client has the proxy's address. 0: no Register is taken.
     #[arg(long, value_name = "N", default_value_t = 30, help_heading = AUTH)]
     pub max_registrations_per_ip: u32,
     /// The window of --max-registrations-per-ip (0 turns that limit off).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10min", help_heading = AUTH)]
     pub registration_window: Duration,
-    /// Most Registers a second from all addresses together; past it RATE_LIMITED.
+    /// Most Registers a second from all addresses together; past it RATE_LIMITED. 0: no
+    /// Register is taken (registration closed).
     #[arg(long, value_name = "N", default_value_t = 20, help_heading = AUTH)]
     pub max_registrations_per_second: u32,
     /// Most password hashes (Register, password Login, room passwords) queued or running;

@@ -242,14 +242,7 @@ const EGRESS_SLICE: usize = 256 << 10;
 /// loops, logins handed over, mail, timers) from running for as long as it sent.
 const READS_PER_YIELD: u32 = 16;
 
-/// Waits until the shard's runtime has run its other ready tasks and looked at its I/O
-/// completions and timers. Not `run::yield_now`: monoio queues a task that wakes itself
-/// during its poll at the front of its run queue (so it runs again first), and parks (the
-/// only place timers fire) only once that queue is empty. A timer due at once fires at the
-/// next park.
-async fn let_the_shard_run() {
-    monoio::time::sleep(std::time::Duration::ZERO).await;
-}
+use crate::shard::run::let_the_shard_run;
 
 async fn read_loop(
     shard: &Rc<RefCell<Shard>>,
@@ -486,7 +479,12 @@ async fn read_loop(
         }
         reads = reads.wrapping_add(1);
         if reads.is_multiple_of(READS_PER_YIELD) {
-            let_the_shard_run().await;
+            if layers.is_some() {
+                // Decoding what is read already: no I/O to wait on (see the function).
+                crate::shard::run::let_the_runtime_park().await;
+            } else {
+                let_the_shard_run().await;
+            }
         }
         let res = if let Some(end) = end.take() {
             // Found by a read ahead (the bytes before it are handled).
@@ -714,7 +712,7 @@ async fn read_layered(
         // goes on reading them, so it yields on its own too (see READS_PER_YIELD).
         passes += 1;
         if passes.is_multiple_of(READS_PER_YIELD) {
-            let_the_shard_run().await;
+            crate::shard::run::let_the_runtime_park().await;
         }
         let step = {
             let mut l = layers.borrow_mut();

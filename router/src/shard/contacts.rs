@@ -122,6 +122,11 @@ impl Drop for Turn {
 /// A user's contact op or list, run in its [`Turn`].
 pub type ContactTask = Box<dyn FnOnce(&mut Shard, Turn) + Send>;
 
+/// Waiting contact ops of one user past which those of ended sessions are dropped (at
+/// least; the user's live sessions may have `max_sessions_per_user` ×
+/// `max_requests_in_flight`).
+const CONTACT_WAITING_MIN: usize = 1024;
+
 /// A task waiting for its turn in [`Shard::contact_turns`], counted as a request of its
 /// session meanwhile.
 pub struct Waiting {
@@ -251,6 +256,24 @@ impl Shard {
             return;
         };
         let inflight = self.request_in_flight(from);
+        let max = CONTACT_WAITING_MIN.max(
+            self.cfg
+                .max_sessions_per_user
+                .saturating_mul(self.cfg.max_requests_in_flight as usize),
+        );
+        if self.contact_turns.get(user).is_some_and(|w| w.len() >= max) {
+            // Ops of sessions that ended can no longer be answered: they go, so sessions
+            // that pipeline ops and leave, again and again, behind a slow op, do not grow
+            // the queue (the live sessions' ops are bounded by their requests in flight).
+            if let Some(mut w) = self.contact_turns.remove(user) {
+                w.retain(|t| {
+                    t.inflight
+                        .as_ref()
+                        .is_none_or(|f| self.resolve(f.id).is_some())
+                });
+                self.contact_turns.insert(user.to_owned(), w);
+            }
+        }
         if let Some(waiting) = self.contact_turns.get_mut(user) {
             waiting.push_back(Waiting { task, inflight });
             return;
@@ -267,6 +290,13 @@ impl Shard {
 
     /// The turn of `user`'s op in flight ended: its next one runs, if any.
     pub(crate) fn next_contact_turn(&mut self, user: &str) {
+        if self.deleting.contains(user) {
+            // The deletion read the list when it began: ops queued before it would leave
+            // entries and requests the next owner of the name inherits. Their sessions are
+            // being closed with the account; unanswered, they hand their counts back.
+            self.contact_turns.remove(user);
+            return;
+        }
         let next = match self.contact_turns.get_mut(user) {
             Some(waiting) => waiting.pop_front(),
             None => return,

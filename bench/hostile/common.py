@@ -1,0 +1,47 @@
+import sys, os, time, threading, urllib.request, statistics
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from wire import *
+
+def metrics(http, names=("store_queue_requests","store_queue_bytes","store_requests_total","offline_stored_total","sessions")):
+    try:
+        t = urllib.request.urlopen(f"http://{http}/metrics", timeout=5).read().decode()
+    except Exception as e:
+        return {"err": str(e)}
+    out = {}
+    for l in t.splitlines():
+        if l.startswith("#"): continue
+        for n in names:
+            if l.startswith("ringrouter_"+n+" ") or l.startswith("ringrouter_"+n+"{") and "shard=" not in l:
+                try: out[n] = float(l.split()[-1])
+                except: pass
+    return out
+
+class Probe:
+    """An honest user measuring round trips: kind 'ping' (shard only) or 'store' (ListRooms)."""
+    def __init__(self, addr, user="honest", kind="store", every=0.02):
+        self.c = Conn(addr, user); self.kind = kind; self.every = every
+        self.lat = []; self.stop = False; self.errors = 0
+        self.t = threading.Thread(target=self.run, daemon=True); self.t.start()
+    def run(self):
+        i = 0
+        while not self.stop:
+            i += 1; t0 = time.time()
+            try:
+                if self.kind == "ping":
+                    self.c.send_frame(4, {1: i}); self.c.wait("pong", 30)
+                else:
+                    self.c.send_frame(16, {1: i}); self.c.wait("room_result", 30)
+                self.lat.append((time.time()-t0)*1000)
+            except Exception as e:
+                self.errors += 1
+            time.sleep(self.every)
+    def take(self):
+        l = self.lat; self.lat = []
+        if not l: return "no samples"
+        l = sorted(l)
+        return f"n={len(l)} p50={l[len(l)//2]:.2f}ms p99={l[int(len(l)*0.99)]:.2f}ms max={l[-1]:.2f}ms"
+    def close(self):
+        self.stop = True; self.t.join(5)
+
+def state(pid, ddir, http):
+    return f"rss={rss(pid)/1024:.1f}MiB cpu={cpu(pid):.2f}s disk={du(ddir)/2**20:.1f}MiB {metrics(http)}"
