@@ -41,6 +41,7 @@ mod shared;
 pub mod stats;
 pub mod store;
 pub mod transport;
+mod turns;
 mod web;
 
 pub use config::{AuthMode, Config};

@@ -228,8 +228,9 @@ const SPARSE_CHUNK: usize = 8 << 10;
 /// Deliveries (and live frames) one reader's frames may make before the rest of its
 /// chunk waits for the shard's other ready tasks: a 64 KiB chunk of small room messages
 /// to a room of 500 is 1.3 M deliveries, which held every other session of the shard
-/// (their reads, writes and answers) for up to seconds. About 5 ms of work.
-const TURN_DELIVERIES: u64 = 16 * 1024;
+/// (their reads, writes and answers) for up to seconds. About 20 ms of work at most; a
+/// fan-out benchmark chunk (64 KiB to 64 members, ~51 000 deliveries) is not split.
+const TURN_DELIVERIES: u64 = 64 * 1024;
 
 /// Bytes of a write batch a TLS or WebSocket session encodes and writes at a time.
 const EGRESS_SLICE: usize = 256 << 10;
@@ -242,7 +243,7 @@ const EGRESS_SLICE: usize = 256 << 10;
 /// loops, logins handed over, mail, timers) from running for as long as it sent.
 const READS_PER_YIELD: u32 = 16;
 
-use crate::shard::run::let_the_shard_run;
+use crate::turns::let_the_shard_run;
 
 async fn read_loop(
     shard: &Rc<RefCell<Shard>>,
@@ -481,7 +482,7 @@ async fn read_loop(
         if reads.is_multiple_of(READS_PER_YIELD) {
             if layers.is_some() {
                 // Decoding what is read already: no I/O to wait on (see the function).
-                crate::shard::run::let_the_runtime_park().await;
+                crate::turns::let_the_runtime_park().await;
             } else {
                 let_the_shard_run().await;
             }
@@ -712,7 +713,7 @@ async fn read_layered(
         // goes on reading them, so it yields on its own too (see READS_PER_YIELD).
         passes += 1;
         if passes.is_multiple_of(READS_PER_YIELD) {
-            crate::shard::run::let_the_runtime_park().await;
+            crate::turns::let_the_runtime_park().await;
         }
         let step = {
             let mut l = layers.borrow_mut();
