@@ -99,7 +99,14 @@ struct Queues {
     hash: VecDeque<HashJob>,
     /// No more jobs will come (set by [`HashPool::cancel`]).
     closed: bool,
+    /// Checks served in a row while hashes waited (see [`CHECKS_PER_HASH`]).
+    checks_in_a_row: u32,
 }
+
+/// While both queues wait, a hash goes after this many checks: a steady stream of logins
+/// (or of password guesses) would otherwise keep every Register waiting, holding its
+/// admission slot, and so refusing every later one.
+const CHECKS_PER_HASH: u32 = 8;
 
 impl Queues {
     fn push(&mut self, job: HashJob) {
@@ -109,9 +116,17 @@ impl Queues {
         }
     }
 
-    /// The next job: the oldest check, else the oldest hash.
+    /// The next job: the oldest check, else the oldest hash; a hash after
+    /// [`CHECKS_PER_HASH`] checks in a row while hashes wait.
     fn pop(&mut self) -> Option<HashJob> {
-        self.verify.pop_front().or_else(|| self.hash.pop_front())
+        if self.hash.is_empty() || self.checks_in_a_row < CHECKS_PER_HASH {
+            if let Some(job) = self.verify.pop_front() {
+                self.checks_in_a_row += u32::from(!self.hash.is_empty());
+                return Some(job);
+            }
+        }
+        self.checks_in_a_row = 0;
+        self.hash.pop_front()
     }
 }
 
@@ -300,6 +315,14 @@ mod tests {
             q.push(job);
         }
         assert_eq!(ids(&mut q), [3, 5, 1, 2, 4]);
+        // A stream of checks lets a waiting hash through every CHECKS_PER_HASH.
+        q.push(hash(100));
+        for id in 0..20 {
+            q.push(verify(id));
+        }
+        let order = ids(&mut q);
+        let at = order.iter().position(|&i| i == 100);
+        assert_eq!(at, Some(CHECKS_PER_HASH as usize), "{order:?}");
     }
 
     /// Every job queued before the pool is cancelled is answered (hashed, or `Closed`),
