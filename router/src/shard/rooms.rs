@@ -525,6 +525,26 @@ fn told_of_member_change(
 }
 
 impl Shard {
+    /// A Create or Join of a user whose DeleteAccount is under way, queued (behind the
+    /// user's earlier room requests) or admitted before it began: refused CONFLICT (the
+    /// caller goes on with the user's next queued request). The deletion read the user's rooms when it
+    /// began; a membership made after that outlived the account, and the next owner of
+    /// the name was in the room (its messages and history).
+    fn room_refused_while_deleting(&mut self, req: &mut RoomReq) -> bool {
+        if self.deleting.is_empty() || !self.deleting.contains(req.user.as_str()) {
+            return false;
+        }
+        let frame = reply::room_result(
+            req.request_id,
+            Status::Conflict,
+            "a deletion of this account is under way",
+            req.op.key(),
+            "",
+        );
+        self.send_answer(req.from, frame, req.inflight.take());
+        true
+    }
+
     /// True when the password hashing pool has as much queued as it should take
     /// (Argon2id is slow on purpose: a flood of guesses must not queue without bound).
     fn hashing_busy(&self) -> bool {
@@ -553,6 +573,9 @@ impl Shard {
                         "",
                     );
                     sh.send_answer(req.from, frame, req.inflight.take());
+                    sh.next_own(req.user.as_bytes());
+                }
+                Ok(_) if sh.room_refused_while_deleting(&mut req) => {
                     sh.next_own(req.user.as_bytes());
                 }
                 Ok(_) => {
@@ -587,9 +610,12 @@ impl Shard {
                 self.parked_bytes -= item.weight();
             }
             match next {
-                Some(OwnItem::Req(req))
+                Some(OwnItem::Req(mut req))
                     if matches!(req.op, RoomOp::Create { .. } | RoomOp::Join { .. }) =>
                 {
+                    if self.room_refused_while_deleting(&mut req) {
+                        continue;
+                    }
                     self.admit_own(req);
                     return;
                 }

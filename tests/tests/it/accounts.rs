@@ -619,3 +619,48 @@ fn requests_pipelined_behind_delete_account_leave_nothing_to_the_next_owner() {
     );
     assert!(next.contacts().unwrap().outgoing.is_empty());
 }
+
+/// Room requests sent just before DeleteAccount, still waiting (on the store for the
+/// user's room count, or queued behind each other) when the deletion begins, are refused
+/// CONFLICT: let through, they made memberships after the deletion had read the user's
+/// rooms, and the next owner of the name was in them.
+#[test]
+fn room_requests_waiting_when_delete_account_begins_leave_nothing_to_the_next_owner() {
+    let r = RouterProc::start(&["--shards", "2"]);
+    let mut bob = r.client("pw-bob");
+    bob.create_room("pw-public", None).unwrap();
+    let mut a = r.raw_login("pw-alice");
+    let mut bytes = Vec::new();
+    for k in [
+        C::CreateRoom(CreateRoom {
+            request_id: 1,
+            name: "pw-early".into(),
+            password: String::new(),
+            members: Vec::new(),
+        }),
+        C::JoinRoom(JoinRoom {
+            request_id: 2,
+            room: "pw-public".into(),
+            password: String::new(),
+        }),
+        C::JoinRoom(JoinRoom {
+            request_id: 3,
+            room: "pw-early".into(),
+            password: String::new(),
+        }),
+        C::DeleteAccount(DeleteAccount { request_id: 4 }),
+    ] {
+        bytes.extend_from_slice(&ringrouter_tests::client_frame_bytes(k));
+    }
+    a.write(&bytes).unwrap();
+    a.read_until_closed(T);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut next = r.client("pw-alice");
+    let rooms = next.rooms().unwrap();
+    let info = bob.room_info("pw-public").unwrap();
+    assert!(
+        rooms.is_empty() && info.members == ["pw-bob"],
+        "inherited: rooms {rooms:?}, pw-public's members {:?}",
+        info.members
+    );
+}
