@@ -407,6 +407,14 @@ impl Decoder {
                         1 => Err(violation(code::PROTOCOL, "a close frame of one byte")),
                         _ => {
                             let c = u16::from_be_bytes([data[0], data[1]]);
+                            // RFC 6455 7.4: codes a peer may send (1004-1006 and 1015 are
+                            // never on the wire; below 1000 and 1016-2999 unassigned).
+                            if !matches!(c, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+                                return Err(violation(
+                                    code::PROTOCOL,
+                                    format!("close code {c} is not one a peer may send"),
+                                ));
+                            }
                             let reason = std::str::from_utf8(&data[2..]).map_err(|_| {
                                 violation(code::INVALID, "close reason is not UTF-8")
                             })?;
@@ -696,6 +704,21 @@ mod tests {
         );
         close = masked(op::CLOSE, true, &[0x03]);
         assert_eq!(check(close, 100), Some(code::PROTOCOL));
+        // Codes a peer may not send (they were echoed back).
+        for c in [999u16, 1005, 1006, 1015, 2999, 5000] {
+            let close = masked(op::CLOSE, true, &c.to_be_bytes());
+            assert_eq!(check(close, 100), Some(code::PROTOCOL), "{c}");
+        }
+        for c in [1000u16, 1001, 1011, 3000, 4999] {
+            let close = masked(op::CLOSE, true, &c.to_be_bytes());
+            let mut d = Decoder::new(100);
+            let mut input = BytesMut::from(&close[..]);
+            assert_eq!(
+                d.decode(&mut input).expect("close"),
+                Some(Event::Close(c, String::new())),
+                "{c}"
+            );
+        }
     }
 
     #[test]
