@@ -35,6 +35,7 @@ pub mod maps;
 mod net;
 pub mod outbuf;
 mod prelogin;
+mod rate;
 pub mod server;
 pub mod shard;
 mod shared;

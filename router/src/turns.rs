@@ -9,27 +9,41 @@ use std::future::poll_fn;
 use std::task::Poll;
 use std::time::Duration;
 
+/// This thread's tasks waiting behind its other ready tasks, and its pump.
+struct Behind {
+    /// Tasks waiting for the pump ([`let_the_shard_run`]).
+    waiting: Vec<std::task::Waker>,
+    /// The waker of this thread's [`yield_pump`] (`None` while it is woken, or before it
+    /// first runs).
+    pump: Option<std::task::Waker>,
+    /// The pump runs on this thread.
+    pumping: bool,
+}
+
 thread_local! {
-    /// Tasks waiting behind the shard's other ready tasks ([`let_the_shard_run`]), and the
-    /// waker of this thread's [`yield_pump`] (`None` while it is woken or not running).
-    static BEHIND: RefCell<(Vec<std::task::Waker>, Option<std::task::Waker>, bool)> =
-        const { RefCell::new((Vec::new(), None, false)) };
+    static BEHIND: RefCell<Behind> = const {
+        RefCell::new(Behind {
+            waiting: Vec::new(),
+            pump: None,
+            pumping: false,
+        })
+    };
 }
 
 /// Wakes the tasks that asked to go behind the others: woken from this task, not from
 /// their own poll, monoio queues them last (a task that wakes itself while it runs is
 /// queued first, and runs again before anything else). One per shard thread.
 pub(crate) async fn yield_pump() {
-    BEHIND.with(|b| b.borrow_mut().2 = true);
+    BEHIND.with(|b| b.borrow_mut().pumping = true);
     poll_fn(|cx| {
-        let waiting = BEHIND.with(|b| {
+        BEHIND.with(|b| {
             let mut b = b.borrow_mut();
-            b.1 = Some(cx.waker().clone());
-            std::mem::take(&mut b.0)
+            b.pump = Some(cx.waker().clone());
+            // A wake only queues the task (it runs later): the list keeps its capacity.
+            for w in b.waiting.drain(..) {
+                w.wake();
+            }
         });
-        for w in waiting {
-            w.wake();
-        }
         Poll::<()>::Pending
     })
     .await
@@ -42,7 +56,7 @@ pub(crate) async fn yield_pump() {
 /// the rest of its shard for as long as it sent. Without a pump (a runtime that has
 /// none) a zero timer: up to a millisecond, at the runtime's next park.
 pub(crate) async fn let_the_shard_run() {
-    if !BEHIND.with(|b| b.borrow().2) {
+    if !BEHIND.with(|b| b.borrow().pumping) {
         let_the_runtime_park().await;
         return;
     }
@@ -53,8 +67,8 @@ pub(crate) async fn let_the_shard_run() {
         }
         BEHIND.with(|b| {
             let mut b = b.borrow_mut();
-            b.0.push(cx.waker().clone());
-            if let Some(p) = b.1.take() {
+            b.waiting.push(cx.waker().clone());
+            if let Some(p) = b.pump.take() {
                 p.wake();
             }
         });

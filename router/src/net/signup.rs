@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::maps::NameMap;
+use crate::rate::Bucket;
 
 /// Most addresses whose Registers are counted. Past it, addresses whose bucket is full
 /// again are forgotten first (that changes nothing), then the least recently seen half;
@@ -42,40 +43,6 @@ impl Refused {
             Refused::Address => "too many registrations from this address, try again later",
             Refused::Total => "too many registrations right now, try again later",
         }
-    }
-}
-
-/// A token bucket: holds up to `cap` tokens and gains `per_sec` a second (both kept by
-/// its owner).
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    /// Tokens at `at`.
-    tokens: f64,
-    /// When it was last used (and refilled).
-    at: Instant,
-}
-
-impl Bucket {
-    fn full(cap: f64, now: Instant) -> Self {
-        Bucket {
-            tokens: cap,
-            at: now,
-        }
-    }
-
-    /// The tokens it holds at `now` (never more than `cap`; `cap` at an infinite rate).
-    fn tokens_at(&self, cap: f64, per_sec: f64, now: Instant) -> f64 {
-        if per_sec.is_infinite() {
-            return cap;
-        }
-        let gained = now.saturating_duration_since(self.at).as_secs_f64() * per_sec;
-        (self.tokens + gained).min(cap)
-    }
-
-    /// Brings it to `now`.
-    fn refill(&mut self, cap: f64, per_sec: f64, now: Instant) {
-        self.tokens = self.tokens_at(cap, per_sec, now);
-        self.at = now;
     }
 }
 

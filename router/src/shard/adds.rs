@@ -14,18 +14,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::NameMap;
+use crate::rate::Bucket;
 
 /// Users below which the map is never swept for full buckets.
 const SWEEP_MIN: usize = 1_024;
-
-/// One user's allowance.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    /// Adds it may make now (negative: in debt after a big CreateRoom).
-    tokens: f64,
-    /// When `tokens` was last brought up to date.
-    at: Instant,
-}
 
 /// The buckets of the users homed on one shard that added someone lately (a full
 /// bucket is the same as none, and is swept out as the map grows).
@@ -48,8 +40,7 @@ impl Default for AddRate {
 /// `b`'s tokens at `now`, refilled at `per_minute` up to `per_minute`.
 fn refilled(b: &Bucket, per_minute: u32, now: Instant) -> f64 {
     let cap = f64::from(per_minute);
-    let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
-    (b.tokens + elapsed * cap / 60.0).min(cap)
+    b.tokens_at(cap, cap / 60.0, now)
 }
 
 impl AddRate {

@@ -22,7 +22,9 @@
 //! to the peer's home shard), got NOT_FOUND, and the request stood. What waits is
 //! bounded by the sessions' `max_requests_in_flight`: each waiting op counts as one
 //! request of its session until answered. Ops whose session ends meanwhile still run
-//! in turn (their answers go nowhere), so the queue drains.
+//! in turn (their answers go nowhere), so the queue drains; past `CONTACT_WAITING_MIN`
+//! waiting (or the user's sessions × in-flight, if more) they are dropped instead, and
+//! all of them once the user's DeleteAccount has begun.
 //!
 //! Each side that changed tells its user: the peer's live sessions get a ContactEvent,
 //! or (none live) its offline queue keeps one for the next login; the actor's other

@@ -527,9 +527,9 @@ fn told_of_member_change(
 impl Shard {
     /// A Create or Join of a user whose DeleteAccount is under way, queued (behind the
     /// user's earlier room requests) or admitted before it began: refused CONFLICT (the
-    /// caller goes on with the user's next queued request). The deletion read the user's rooms when it
-    /// began; a membership made after that outlived the account, and the next owner of
-    /// the name was in the room (its messages and history).
+    /// caller goes on with the user's next queued request). The deletion read the user's
+    /// rooms when it began; a membership made after that outlived the account, and the
+    /// next owner of the name was in the room (its messages and history).
     fn room_refused_while_deleting(&mut self, req: &mut RoomReq) -> bool {
         if self.deleting.is_empty() || !self.deleting.contains(req.user.as_str()) {
             return false;
