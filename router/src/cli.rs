@@ -324,6 +324,11 @@ pub struct Args {
     /// past it the readers feeding it pause (TCP backpressure).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64MiB", help_heading = STORAGE)]
     pub max_store_queue_bytes: usize,
+    /// Most bytes one shard may hold of what ended sessions left unacked while it waits
+    /// to go to the store (their entries and a share of the payloads they hold); past it
+    /// the shard's readers pause until the store has taken some.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256MiB", help_heading = STORAGE)]
+    pub max_requeue_bytes: usize,
     /// Open/jwt auth: a user with nothing queued and no rooms, not seen this long, is forgotten.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30d", help_heading = STORAGE)]
     pub forget_idle_users_after: Duration,
@@ -404,6 +409,7 @@ impl Args {
             max_password_jobs: self.max_password_jobs,
             max_unacked_bytes_per_session: self.max_unacked_bytes_per_session,
             max_store_queue_bytes: self.max_store_queue_bytes,
+            max_requeue_bytes: self.max_requeue_bytes,
             max_offline_bytes_per_user: self.max_offline_bytes_per_user as u64,
             forget_idle_users_after: self.forget_idle_users_after,
             max_prelogin_frame_bytes: self.max_prelogin_frame_bytes,
@@ -1123,6 +1129,8 @@ mod tests {
             "drop-oldest",
             "--max-store-queue-bytes",
             "13MiB",
+            "--max-requeue-bytes",
+            "17MiB",
             "--forget-idle-users-after",
             "30d",
             "--history-per-conversation",

@@ -193,6 +193,9 @@ pub struct Config {
     /// Most bytes of store requests (payloads included) one shard may have queued for the
     /// storage thread; past it the shard's readers pause.
     pub max_store_queue_bytes: usize,
+    /// Most bytes one shard may hold of what ended sessions left unacked, waiting for
+    /// the store (`shard::requeue`); past it the shard's readers pause.
+    pub max_requeue_bytes: usize,
     /// Most payload bytes in one user's offline queue (same overflow policy as the count).
     pub max_offline_bytes_per_user: u64,
     /// A user record of open/jwt auth with nothing queued and no rooms, not seen for this
@@ -292,6 +295,7 @@ impl Default for Config {
             max_password_jobs: 64,
             max_unacked_bytes_per_session: 64 << 20,
             max_store_queue_bytes: 64 << 20,
+            max_requeue_bytes: 256 << 20,
             max_offline_bytes_per_user: 256 << 20,
             forget_idle_users_after: Duration::from_secs(30 * 24 * 3600),
             max_prelogin_frame_bytes: 16 << 10,

@@ -128,6 +128,8 @@ pub struct Gauges {
     pub store_queue_requests: u64,
     /// What they count for in bytes (see `max_store_queue_bytes`).
     pub store_queue_bytes: u64,
+    /// What ended sessions left unacked, waiting for the store (see `max_requeue_bytes`).
+    pub requeue_bytes: u64,
     /// Rooms loaded (homed here).
     pub rooms_loaded: u64,
     /// Their members, summed (see `max_loaded_room_members`).
@@ -145,6 +147,7 @@ macro_rules! shard_stats {
             pub mailbox_depth: AtomicU64,
             pub store_queue_requests: AtomicU64,
             pub store_queue_bytes: AtomicU64,
+            pub requeue_bytes: AtomicU64,
             pub rooms_loaded: AtomicU64,
             pub room_members_loaded: AtomicU64,
             pub login_failures: [AtomicU64; STATUS_CODES],
@@ -163,6 +166,7 @@ macro_rules! shard_stats {
             pub mailbox_depth: u64,
             pub store_queue_requests: u64,
             pub store_queue_bytes: u64,
+            pub requeue_bytes: u64,
             pub rooms_loaded: u64,
             pub room_members_loaded: u64,
             pub login_failures: [u64; STATUS_CODES],
@@ -178,6 +182,7 @@ macro_rules! shard_stats {
                 self.mailbox_depth.store(g.mailbox_depth, Relaxed);
                 self.store_queue_requests.store(g.store_queue_requests, Relaxed);
                 self.store_queue_bytes.store(g.store_queue_bytes, Relaxed);
+                self.requeue_bytes.store(g.requeue_bytes, Relaxed);
                 self.rooms_loaded.store(g.rooms_loaded, Relaxed);
                 self.room_members_loaded.store(g.room_members_loaded, Relaxed);
                 store_all(&self.login_failures, &c.login_failures);
@@ -194,6 +199,7 @@ macro_rules! shard_stats {
                 s.mailbox_depth += self.mailbox_depth.load(Relaxed);
                 s.store_queue_requests += self.store_queue_requests.load(Relaxed);
                 s.store_queue_bytes += self.store_queue_bytes.load(Relaxed);
+                s.requeue_bytes += self.requeue_bytes.load(Relaxed);
                 s.rooms_loaded += self.rooms_loaded.load(Relaxed);
                 s.room_members_loaded += self.room_members_loaded.load(Relaxed);
                 add_all(&mut s.login_failures, &self.login_failures);

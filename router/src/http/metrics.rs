@@ -113,6 +113,11 @@ const GAUGES: &[(&str, &str, Get)] = &[
         "Bytes those store requests count for.",
         |s| s.store_queue_bytes,
     ),
+    (
+        "requeue_bytes",
+        "What ended sessions left unacked, waiting for the store (bounded by --max-requeue-bytes).",
+        |s| s.requeue_bytes,
+    ),
     ("rooms_loaded", "Rooms kept in memory.", |s| s.rooms_loaded),
     (
         "room_members_loaded",

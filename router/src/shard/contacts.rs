@@ -462,9 +462,12 @@ impl Shard {
             contact_event: kind as i32,
             ..Default::default()
         };
-        self.flush_requeues_of(user.as_bytes());
-        let u = user.to_owned();
         let cap = self.notice_cap();
+        let max = cap.map_or(u64::MAX, |c| c.max_msgs);
+        let Err(stored) = self.behind_requeues(user.as_bytes(), stored, max) else {
+            return;
+        };
+        let u = user.to_owned();
         self.store_req_sized(
             0,
             |s, cb| s.enqueue(&u, vec![stored], cap, true, cb),

@@ -194,11 +194,26 @@ impl Shard {
             return;
         }
         self.counters.offline_stored += 1;
-        self.flush_requeues_of(to_user);
-        let user = String::from_utf8_lossy(to_user).into_owned();
         let msg_id = m.msg_id;
         let stored = m.to_stored();
         let cap = self.offline_cap();
+        let max = match cap {
+            Some(c) if c.overflow == Overflow::Reject => c.max_msgs,
+            _ => u64::MAX,
+        };
+        let stored = match self.behind_requeues(to_user, stored, max) {
+            Ok(taken) => {
+                let status = if taken {
+                    Status::Ok
+                } else {
+                    Status::RateLimited
+                };
+                self.answer_send(reply, msg_id, status);
+                return;
+            }
+            Err(stored) => stored,
+        };
+        let user = String::from_utf8_lossy(to_user).into_owned();
         self.store_req_sized(
             stored.payload.len(),
             |s, cb| s.enqueue(&user, vec![stored], cap, true, cb),

@@ -163,8 +163,7 @@ pub struct Shard {
     pub requeues: std::collections::VecDeque<requeue::Requeue>,
     /// Messages waiting in `requeues`, per user.
     pub requeue_held: std::collections::HashMap<Bytes, usize>,
-    /// What `requeues` count for (`Requeue::weight`): with `store_bytes` against
-    /// `max_store_queue_bytes`.
+    /// What `requeues` count for (`Requeue::weight`), against `max_requeue_bytes`.
     pub requeue_bytes: usize,
     /// Members of the rooms in `rooms`, summed when the ticker trims them (see
     /// `Shard::trim_room_cache`).

@@ -8,16 +8,23 @@
 //! unacked used to hand the store 16 million records at once (1.9 GiB of them, the
 //! storage thread busy for 37 s while every other request waited). What the queue's
 //! ceiling would drop anyway is dropped here before it is ever encoded: a user's
-//! requeues waiting here hold at most the ceiling. What waits counts in the shard's
-//! store queue bytes (its entries and payloads, `Requeue::weight`): past
-//! `--max-store-queue-bytes` the shard's readers pause as for the store queue itself, so
-//! sessions that keep ending while the store is busy cannot pile requeues up.
+//! requeues waiting here hold at most the ceiling. What waits counts the memory it holds
+//! in the shard's requeue bytes (`Requeue::weight`: its entries, a direct message's
+//! payload, a room message's share of its one copy): past `--max-requeue-bytes` the
+//! shard's readers pause, so sessions that keep ending while the store is busy cannot
+//! pile requeues up. It has its own bound, not the store queue's: 450 members of a room
+//! cut together held 37 M room messages (600 MB of entries; their payloads were counted
+//! once for each holder), and every reader of the shard paused while the store wrote
+//! them.
 //!
-//! Order: anything else that goes to a user's offline queue (a message stored for them,
-//! a contact or room event, a login's backlog read) first hands over that user's
-//! waiting requeues whole ([`Shard::flush_requeues_of`]): the store takes one shard's
-//! requests in order, and a user's requests all come from their home shard, so a
-//! sender's messages reach the queue in the order sent. A deleted account's waiting requeues are dropped before
+//! Order: anything else that goes to a user's offline queue while requeues of theirs
+//! wait (a message stored for them, a contact or room event) goes behind them, in the
+//! last one's deferred messages ([`Shard::behind_requeues`]), paced with them; what
+//! reads the queue (a login's backlog page) or needs its seq at once (a journaled
+//! message) first hands the user's waiting requeues over whole
+//! ([`Shard::flush_requeues_of`]): the store takes one shard's requests in order, and a
+//! user's requests all come from their home shard, so a sender's messages reach the
+//! queue in the order sent. A deleted account's waiting requeues are dropped before
 //! the deletion goes to the store ([`Shard::drop_requeues_of`]): they must not wait for
 //! whoever registers the name next; a session of it that ends while the deletion is
 //! under way gives nothing back.
@@ -49,28 +56,34 @@ pub struct Requeue {
     unacked: Retained,
     /// Deferred behind a login backlog: after `unacked`.
     deferred: VecDeque<StoredMsg>,
-    /// What `deferred` holds ([`record_bytes`] each).
-    deferred_bytes: usize,
+    /// What it still counts for in the shard's requeue bytes: the memory it held when
+    /// the session ended ([`Retained::held_bytes`], [`record_bytes`] of each deferred
+    /// one), taken back in proportion as its messages go ([`Requeue::shed`]), so that
+    /// what is taken back sums to what was counted.
+    weight: usize,
 }
-
-/// What a waiting entry of `unacked` counts for besides its payload (its entry, a
-/// share of the names): waiting requeues count in the shard's store queue bytes.
-const ENTRY_BYTES: usize = 64;
 
 impl Requeue {
     fn len(&self) -> usize {
         self.unacked.len() + self.deferred.len()
     }
 
-    /// What it counts for in the shard's store queue bytes while it waits.
-    fn weight(&self) -> usize {
-        self.unacked.bytes() + self.unacked.len() * ENTRY_BYTES + self.deferred_bytes
+    /// Its messages went from `before` to [`Requeue::len`]: their share of the weight,
+    /// which it no longer counts for.
+    fn shed(&mut self, before: usize) -> usize {
+        let now = self.len();
+        let gone = if now == 0 || before == 0 {
+            self.weight
+        } else {
+            // (u128: weight × count could overflow a usize on a 32-bit target.)
+            (self.weight as u128 * (before - now) as u128 / before as u128) as usize
+        };
+        self.weight -= gone;
+        gone
     }
 
     fn pop_deferred(&mut self) -> Option<StoredMsg> {
-        let m = self.deferred.pop_front()?;
-        self.deferred_bytes -= record_bytes(&m);
-        Some(m)
+        self.deferred.pop_front()
     }
 
     /// The oldest `n` (at most, and payloads of about `max_bytes`) as store records, in
@@ -158,12 +171,12 @@ impl Shard {
             user: user.clone(),
             device: s.device.clone(),
             gen: s.gen,
+            weight: unacked.held_bytes() + deferred.iter().map(record_bytes).sum::<usize>(),
             unacked,
-            deferred_bytes: deferred.iter().map(record_bytes).sum(),
             deferred,
         };
         *self.requeue_held.entry(user.clone()).or_default() += r.len();
-        self.requeue_bytes += r.weight();
+        self.requeue_bytes += r.weight;
         self.requeues.push_back(r);
         self.trim_requeues(&user);
         self.pump_requeues();
@@ -182,10 +195,9 @@ impl Shard {
             if excess == 0 {
                 break;
             }
-            let n = excess.min(r.len());
-            let before = r.weight();
+            let (n, before) = (excess.min(r.len()), r.len());
             r.drop_oldest(n);
-            self.requeue_bytes -= before - r.weight();
+            self.requeue_bytes -= r.shed(before);
             excess -= n;
             self.counters.requeue_dropped += n as u64;
         }
@@ -234,6 +246,37 @@ impl Shard {
         self.requeue_held.remove(user);
     }
 
+    /// Puts `m`, on its way to `user`'s offline queue, behind the user's waiting
+    /// requeues (their order kept, and the store's pacing: flushing them whole for each
+    /// message stored for a member cut with many others put 2 GB of records in the store
+    /// queue at once). `Err(m)`: nothing of theirs waits, store it as usual;
+    /// `Ok(false)`: what waits holds `max` messages already (refused, as a full queue
+    /// refuses, with `max` the queue's cap); `Ok(true)`: it goes after them.
+    pub(crate) fn behind_requeues(
+        &mut self,
+        user: &[u8],
+        m: StoredMsg,
+        max: u64,
+    ) -> Result<bool, StoredMsg> {
+        let Some(&held) = self.requeue_held.get(user) else {
+            return Err(m);
+        };
+        if held as u64 >= max {
+            return Ok(false);
+        }
+        let Some(r) = self.requeues.iter_mut().rev().find(|r| r.user == user) else {
+            return Err(m);
+        };
+        let w = record_bytes(&m);
+        r.deferred.push_back(m);
+        r.weight += w;
+        let user = r.user.clone();
+        self.requeue_bytes += w;
+        *self.requeue_held.entry(user.clone()).or_default() += 1;
+        self.trim_requeues(&user);
+        Ok(true)
+    }
+
     /// Forgets `user`'s waiting requeues (the account is being deleted).
     pub(crate) fn drop_requeues_of(&mut self, user: &[u8]) {
         if self.requeue_held.remove(user).is_some() {
@@ -241,7 +284,7 @@ impl Shard {
             self.requeues.retain(|r| {
                 let theirs = r.user == user;
                 if theirs {
-                    freed += r.weight();
+                    freed += r.weight;
                 }
                 !theirs
             });
@@ -251,10 +294,10 @@ impl Shard {
 
     /// Hands the oldest slice of `r` to the store.
     fn submit_slice(&mut self, r: &mut Requeue) {
-        let (before, weight) = (r.len(), r.weight());
+        let before = r.len();
         let msgs = r.take(SLICE, SLICE_BYTES);
         let taken = before - r.len();
-        self.requeue_bytes -= weight - r.weight();
+        self.requeue_bytes -= r.shed(before);
         if let Some(h) = self.requeue_held.get_mut(&r.user) {
             *h = h.saturating_sub(taken);
             if *h == 0 {
@@ -285,5 +328,46 @@ impl Shard {
             },
         );
         self.requester = requester;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a requeue takes back as its messages go sums to what it counted, however
+    /// they go (dropped past the ceiling, a slice at a time), so the shard's count
+    /// returns to zero.
+    #[test]
+    fn shed_weight_sums_to_what_was_counted() {
+        let msg = |i: u64| StoredMsg {
+            from_user: "ann".into(),
+            to_room: String::new(),
+            payload: Bytes::from(vec![0u8; i as usize]),
+            server_ts_us: i,
+            msg_id: i,
+            room_event: 0,
+            contact_event: 0,
+        };
+        let mut r = Requeue {
+            user: Bytes::from_static(b"bob"),
+            device: "phone".into(),
+            gen: 1,
+            unacked: Retained::default(),
+            deferred: (1..=7).map(msg).collect(),
+            weight: 1_003,
+        };
+        let mut shed = 0;
+        let before = r.len();
+        r.drop_oldest(2);
+        shed += r.shed(before);
+        while r.len() > 0 {
+            let before = r.len();
+            let taken = r.take(2, usize::MAX);
+            assert!(!taken.is_empty());
+            shed += r.shed(before);
+        }
+        assert_eq!(shed, 1_003);
+        assert_eq!(r.weight, 0);
     }
 }

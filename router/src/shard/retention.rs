@@ -173,6 +173,34 @@ impl Retained {
         self.bytes
     }
 
+    /// The memory its messages hold: each entry, each name, a direct message's shared
+    /// payload, and a room message's share of its one copy (its size over the number of
+    /// holders now: the members that keep it count it once between them). What a
+    /// session gives back when it ends counts this while it waits for the store.
+    pub fn held_bytes(&self) -> usize {
+        let entries = self.q.len() * std::mem::size_of::<RetainedEntry>()
+            + self.fan.len() * std::mem::size_of::<(u64, Rc<FanMsg>)>()
+            + self.names.len() * 2 * std::mem::size_of::<Bytes>();
+        let direct: usize = self
+            .q
+            .iter()
+            .map(|u| match &u.payload {
+                RetainedPayload::Shared(b) => b.len(),
+                RetainedPayload::Inline(..) => 0,
+            })
+            .sum();
+        let names: usize = self.names.iter().map(|(a, b)| a.len() + b.len()).sum();
+        let rooms: usize = self
+            .fan
+            .iter()
+            .map(|(_, m)| {
+                let one = std::mem::size_of::<FanMsg>() + m.payload.len() + m.from_user.len();
+                one / Rc::strong_count(m).max(1)
+            })
+            .sum();
+        entries + direct + names + rooms
+    }
+
     /// The lowest offline-queue seq among the kept messages that are in the store (0:
     /// none). O(1): stored entries come first (a login backlog, in memory mode) or are
     /// all of them (sync mode), in store order, so the front entry has it.
@@ -404,6 +432,19 @@ mod tests {
         ))
     }
 
+    /// A live delivery of room message `m`.
+    fn fanned(m: &Rc<FanMsg>) -> Outgoing<'_> {
+        Outgoing {
+            from_user: &m.from_user,
+            to_room: &m.to_room,
+            payload: &m.payload,
+            msg_id: m.msg_id,
+            ts_us: m.ts_us,
+            store_seq: 0,
+            fanned: Some(m),
+        }
+    }
+
     #[test]
     fn retained_keeps_direct_and_room_messages_in_seq_order_until_acked() {
         let mut r = Retained::default();
@@ -444,16 +485,7 @@ mod tests {
         };
         push_direct(&mut r, 1, &small);
         let f2 = fan(2);
-        let m2 = Outgoing {
-            from_user: &f2.from_user,
-            to_room: &f2.to_room,
-            payload: &f2.payload,
-            msg_id: 2,
-            ts_us: 2,
-            store_seq: 0,
-            fanned: Some(&f2),
-        };
-        r.push(2, &m2);
+        r.push(2, &fanned(&f2));
         push_direct(&mut r, 3, &big);
         r.push_stored(4, 17);
         let f5 = fan(5);
@@ -463,7 +495,7 @@ mod tests {
                 fanned: Some(&f5),
                 msg_id: 5,
                 ts_us: 5,
-                ..m2
+                ..fanned(&f2)
             },
         );
         assert_eq!(r.len(), 5);
@@ -552,5 +584,51 @@ mod tests {
             },
         );
         assert_eq!(r.take_unstored()[0].from_user, "bob");
+    }
+
+    /// A room message kept by many sessions counts its one copy once between them; a
+    /// direct message's payload counts whole for its only holder.
+    #[test]
+    fn held_bytes_count_a_shared_room_message_once_between_its_holders() {
+        let big = Rc::new(FanMsg::new(
+            Bytes::from(vec![1u8; 64 << 10]),
+            Bytes::from_static(b"ann"),
+            Bytes::from_static(b"lobby"),
+            1,
+            1,
+        ));
+        let mut holders: Vec<Retained> = (0..64).map(|_| Retained::default()).collect();
+        for r in &mut holders {
+            r.push(1, &fanned(&big));
+        }
+        let total: usize = holders.iter().map(Retained::held_bytes).sum();
+        assert!(
+            (64 << 10..(64 << 10) + 64 * 64 + 512).contains(&total),
+            "64 holders of one 64 KiB room message: {total}"
+        );
+        // Alone, a holder counts the whole copy.
+        holders.truncate(1);
+        drop(big);
+        assert!(holders[0].held_bytes() > 64 << 10);
+        // A direct message's shared payload counts whole, its entry too.
+        let (bob, empty, p) = (
+            Bytes::from_static(b"bob"),
+            Bytes::new(),
+            Bytes::from(vec![2u8; 1000]),
+        );
+        let mut d = Retained::default();
+        d.push(
+            1,
+            &Outgoing {
+                from_user: &bob,
+                to_room: &empty,
+                payload: &p,
+                msg_id: 1,
+                ts_us: 1,
+                store_seq: 0,
+                fanned: None,
+            },
+        );
+        assert!(d.held_bytes() >= 1000 + std::mem::size_of::<RetainedEntry>());
     }
 }

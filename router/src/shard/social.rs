@@ -209,26 +209,29 @@ impl Shard {
         if events.is_empty() || !self.has_store() {
             return;
         }
-        for (user, _) in &events {
-            self.flush_requeues_of(user);
-        }
         let ts = super::now_us();
-        let mut bytes = 0;
-        let items: Vec<(String, StoredMsg)> = events
-            .into_iter()
-            .map(|(user, ev)| {
-                bytes += user.len() + ev.user.len() + ev.room.len() + 64;
-                let stored = StoredMsg {
-                    from_user: ev.user,
-                    to_room: ev.room,
-                    server_ts_us: ts,
-                    room_event: ev.kind,
-                    ..Default::default()
-                };
-                (String::from_utf8_lossy(&user).into_owned(), stored)
-            })
-            .collect();
         let cap = self.notice_cap();
+        let max = cap.map_or(u64::MAX, |c| c.max_msgs);
+        let mut bytes = 0;
+        let mut items: Vec<(String, StoredMsg)> = Vec::with_capacity(events.len());
+        for (user, ev) in events {
+            let stored = StoredMsg {
+                from_user: ev.user,
+                to_room: ev.room,
+                server_ts_us: ts,
+                room_event: ev.kind,
+                ..Default::default()
+            };
+            // Behind what the user's ended sessions left, if any waits (refused past
+            // the notice cap, as the queue would).
+            if let Err(stored) = self.behind_requeues(&user, stored, max) {
+                bytes += user.len() + stored.from_user.len() + stored.to_room.len() + 64;
+                items.push((String::from_utf8_lossy(&user).into_owned(), stored));
+            }
+        }
+        if items.is_empty() {
+            return;
+        }
         self.store_req_sized(
             bytes,
             |s, cb| s.enqueue_each(items, cap, cb),

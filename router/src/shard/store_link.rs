@@ -99,7 +99,8 @@ impl Shard {
         // Not `parked_bytes`: this gates the rings too, and the mail that drains parked
         // work (a user's RoomQuota, a room's store completion) must keep flowing.
         self.store_inflight >= STORE_HIGH_WATER
-            || self.store_bytes + self.requeue_bytes >= self.cfg.max_store_queue_bytes
+            || self.store_bytes >= self.cfg.max_store_queue_bytes
+            || self.requeue_bytes >= self.cfg.max_requeue_bytes
     }
 
     /// A store request was answered: its counts are taken back (the session's reader,

@@ -1222,6 +1222,8 @@ fn the_unacked_messages_of_many_ending_devices_are_requeued_within_the_ceiling()
         "1000",
         "--max-store-queue-bytes",
         "256KiB",
+        "--max-requeue-bytes",
+        "64KiB",
         "--history-per-conversation",
         "0",
     ]);
@@ -1287,13 +1289,15 @@ fn the_unacked_messages_of_many_ending_devices_are_requeued_within_the_ceiling()
         dropped > 0.0,
         "nothing dropped before the store: requeued {requeued}"
     );
-    // What waited counted in the shard's store queue bytes (20 000 entries: past the
-    // 256 KiB bound, the shard's readers paused meanwhile); it is all gone now, and the
+    // What waited counted in the shard's requeue bytes (20 000 entries: past the
+    // 64 KiB bound, the shard's readers paused meanwhile); it is all gone now, and the
     // poster is read again.
     poster.ping_pong(2);
     let deadline = Instant::now() + T;
     loop {
-        let queued = metric_sum(&r.metrics(), "ringrouter_store_queue_bytes");
+        let m = r.metrics();
+        let queued = metric_sum(&m, "ringrouter_store_queue_bytes")
+            + metric_sum(&m, "ringrouter_requeue_bytes");
         if queued == 0.0 {
             break;
         }
