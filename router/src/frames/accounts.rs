@@ -5,7 +5,8 @@ use ringrouter_proto::reply;
 use ringrouter_proto::v1::{ListUsers, ServerFrame};
 use ringrouter_proto::Status;
 
-use crate::shard::mail::{Mail, RoomOp, RoomReq};
+use crate::shard::mail::{AfterAll, Mail, RoomOp, RoomReq};
+use crate::shard::rooms::OwnItem;
 use crate::shard::store_link::store_status;
 use crate::shard::{CloseReason, SessionId, SessionKey, Shard};
 
@@ -57,7 +58,10 @@ impl Shard {
 
     /// DeleteAccount: leaves every room (deleting the ones the user owns), removes the
     /// account and its offline queue, answers, then ends every session of the user (what
-    /// they had not acked is dropped with the account).
+    /// they had not acked is dropped with the account). Behind a Create or Join of the
+    /// user in flight, it begins once that is answered ([`OwnItem::Delete`]); the user's
+    /// Create and Join after it are refused CONFLICT (`Shard::refused_while_deleting`,
+    /// and the room module's own check for those queued behind that one).
     pub fn on_delete_account(&mut self, key: SessionKey, request_id: u64) {
         let Some(from) = self.session_id(key) else {
             return;
@@ -76,25 +80,60 @@ impl Shard {
             self.push_frame(key, &frame);
             return;
         }
+        if self.room_quota.contains_key(user.as_bytes()) {
+            let item = OwnItem::Delete {
+                from,
+                request_id,
+                inflight: self.request_in_flight(from),
+            };
+            if let Some(waiting) = self.room_quota.get_mut(user.as_bytes()) {
+                self.parked_bytes += item.weight();
+                waiting.push_back(item);
+            }
+            return;
+        }
+        self.begin_delete_account(from, request_id, user);
+    }
+
+    /// DeleteAccount once no Create or Join of `user` is on its way: reads the user's
+    /// rooms, mails a purge to each room's home, then deletes the account record.
+    pub(crate) fn begin_delete_account(&mut self, from: SessionId, request_id: u64, user: String) {
         let u = user.clone();
         self.store_req(
             |st, cb| st.rooms_of(&u, cb),
             move |sh, r| match r {
                 Ok(rooms) => {
                     sh.forget_contacts_of(&user);
+                    let Some(done) = sh.store.as_ref().map(|l| l.done.clone()) else {
+                        sh.delete_account_record(from, request_id, user);
+                        return;
+                    };
+                    // The account record goes (and the deletion is answered) once every
+                    // room is done with its purge: before, whoever took the name at once
+                    // could still find the rooms listed as its own, and read their history
+                    // (the store's membership keys), until the purges landed.
+                    let u = user.clone();
+                    let after = AfterAll::new(
+                        Box::new(move |sh: &mut Shard| {
+                            sh.delete_account_record(from, request_id, u)
+                        }),
+                        done,
+                    );
                     for room in rooms {
                         let home = sh.home(room.as_bytes());
                         let req = RoomReq {
                             user: user.clone(),
                             from,
                             request_id: 0,
-                            op: RoomOp::Purge { room },
+                            op: RoomOp::Purge {
+                                room,
+                                after: after.clone(),
+                            },
                             quota: false,
                             inflight: Default::default(),
                         };
                         sh.post(home, Mail::Room(Box::new(req)));
                     }
-                    sh.delete_account_record(from, request_id, user);
                 }
                 Err(e) => {
                     sh.deleting.remove(&user);

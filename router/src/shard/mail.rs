@@ -14,7 +14,7 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::{Bytes, BytesMut};
 use ringrouter_proto::reply;
@@ -199,6 +199,41 @@ impl Drop for InFlight {
     }
 }
 
+/// Work for one shard that waits for requests on other shards: each holds a clone, and
+/// when the last is dropped (wherever that is) `then` runs on the shard, through its
+/// [`MailQueue`]. A DeleteAccount deletes the account record once every room it purges
+/// is done (`frames::accounts`).
+pub struct AfterAll {
+    /// (In a mutex only to be `Sync`: it is taken once, by the drop.)
+    then: Mutex<Option<StoreDone>>,
+    done: Arc<MailQueue>,
+}
+
+impl AfterAll {
+    /// `then`, to run on the shard whose queue `done` is.
+    pub fn new(then: StoreDone, done: Arc<MailQueue>) -> Arc<AfterAll> {
+        Arc::new(AfterAll {
+            then: Mutex::new(Some(then)),
+            done,
+        })
+    }
+}
+
+impl std::fmt::Debug for AfterAll {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AfterAll")
+    }
+}
+
+impl Drop for AfterAll {
+    fn drop(&mut self) {
+        let then = self.then.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(then) = then.take() {
+            self.done.push(Mail::Stored(then));
+        }
+    }
+}
+
 /// What a request waiting in a room's queue or behind its user's Create/Join counts for
 /// in the shard's `parked_bytes` (besides its initial members: [`RoomReq::weight`]).
 pub(crate) const PARKED_REQ: usize = 256;
@@ -268,6 +303,9 @@ pub enum RoomOp {
     Purge {
         /// Room name.
         room: String,
+        /// Held until the room is done with it (the deletion goes on once every purge
+        /// dropped its own).
+        after: Arc<AfterAll>,
     },
 }
 
@@ -281,7 +319,7 @@ impl RoomOp {
             | RoomOp::Remove { room, .. }
             | RoomOp::Delete { room }
             | RoomOp::Info { room }
-            | RoomOp::Purge { room } => room,
+            | RoomOp::Purge { room, .. } => room,
         }
     }
 
@@ -294,7 +332,7 @@ impl RoomOp {
             | RoomOp::Remove { room, .. }
             | RoomOp::Delete { room }
             | RoomOp::Info { room }
-            | RoomOp::Purge { room } => *room = name.to_owned(),
+            | RoomOp::Purge { room, .. } => *room = name.to_owned(),
         }
     }
 }

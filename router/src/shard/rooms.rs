@@ -15,7 +15,9 @@
 //!
 //! A user's own CreateRoom and JoinRoom run one at a time: the user's home shard admits
 //! each against `max_rooms_per_user` and holds the user's later room requests and
-//! messages until it is answered, so they keep their order.
+//! messages until it is answered, so they keep their order. The user's DeleteAccount
+//! waits there too (see [`OwnItem::Delete`]): it reads the user's rooms only once no
+//! Create or Join of the user is anywhere on its way.
 //!
 //! # Adding others
 //! Only the rooms a user created or joined count against its `max_rooms_per_user`;
@@ -49,7 +51,9 @@ use ringrouter_proto::Status;
 
 use super::answer::{Answer, FanPart, RoomAck};
 use super::api::is_api;
-use super::mail::{Live, Mail, RoomFan, RoomNotice, RoomOp, RoomReq, RoomSend, CODE_MARK};
+use super::mail::{
+    InFlight, Live, Mail, RoomFan, RoomNotice, RoomOp, RoomReq, RoomSend, CODE_MARK,
+};
 use super::retention::{Outgoing, OwnedMsg};
 use super::session::{SessionId, SessionKey};
 use super::store_link::store_status;
@@ -64,6 +68,21 @@ pub enum OwnItem {
     Req(RoomReq),
     /// A message.
     Send(RoomSend),
+    /// The user's DeleteAccount (`frames::accounts`), begun once the Create or Join ahead
+    /// of it is answered: that answer comes after the room's home wrote the room or the
+    /// membership, so the deletion's read of the user's rooms finds it (and the purge
+    /// mailed then reaches the room's home after it). Begun at once, the deletion read
+    /// them while a Create or Join was still at the room's home (hashing or checking a
+    /// password, waiting on the store): the room or membership written after that
+    /// outlived the account, and whoever took the name next owned or was in it.
+    Delete {
+        /// The session that asked (the answer goes there).
+        from: SessionId,
+        /// Echoed in the AccountResult.
+        request_id: u64,
+        /// Counts against the session's `max_requests_in_flight` while it waits.
+        inflight: Option<InFlight>,
+    },
 }
 
 /// Work queued on a room.
@@ -81,10 +100,12 @@ pub const ROOM_CACHE_MAX: usize = 100_000;
 pub(crate) use super::mail::PARKED_REQ;
 
 impl OwnItem {
-    fn weight(&self) -> usize {
+    /// What it counts for in the shard's `parked_bytes` while it waits.
+    pub(crate) fn weight(&self) -> usize {
         match self {
             OwnItem::Req(r) => r.weight(),
             OwnItem::Send(s) => s.payload.len() + PARKED_REQ,
+            OwnItem::Delete { .. } => PARKED_REQ,
         }
     }
 }
@@ -630,6 +651,18 @@ impl Shard {
                     } else {
                         self.post(home, Mail::RoomSend(work));
                     }
+                }
+                Some(OwnItem::Delete {
+                    from,
+                    request_id,
+                    inflight,
+                }) => {
+                    // Counted from here as if asked now (`store_req`).
+                    drop(inflight);
+                    let outer = self.requester.replace(from);
+                    let user = String::from_utf8_lossy(user).into_owned();
+                    self.begin_delete_account(from, request_id, user);
+                    self.requester = outer;
                 }
                 None => {
                     self.room_quota.remove(user);

@@ -664,3 +664,133 @@ fn room_requests_waiting_when_delete_account_begins_leave_nothing_to_the_next_ow
         info.members
     );
 }
+
+/// A CreateRoom or JoinRoom already at the room's home shard (hashing or checking the
+/// room's password there) when its user's DeleteAccount begins: the deletion reads the
+/// user's rooms once it is answered. Before, it read them first, and whoever took the
+/// name next owned the room made, and was in the room joined, after that read.
+#[test]
+fn room_requests_at_the_rooms_home_when_delete_account_begins_leave_nothing_to_the_next_owner() {
+    use ringrouter_tests::users_on_shards;
+    let r = RouterProc::start_real_argon2(&["--shards", "2"]);
+    // The users on shard 0, the rooms on shard 1.
+    let on = |prefix: &str, shard: usize| users_on_shards(prefix, 2).swap_remove(shard);
+    let (creator, joiner, bob) = (on("rh-creator", 0), on("rh-joiner", 0), on("rh-bob", 0));
+    let (made, locked) = (on("rh-made", 1), on("rh-locked", 1));
+    let mut owner = r.client(&bob);
+    owner.create_room(&locked, Some("pw-locked")).unwrap();
+    let requests = [
+        (
+            &creator,
+            C::CreateRoom(CreateRoom {
+                request_id: 1,
+                name: made.clone(),
+                password: "pw-made".into(),
+                members: Vec::new(),
+            }),
+        ),
+        (
+            &joiner,
+            C::JoinRoom(JoinRoom {
+                request_id: 1,
+                room: locked.clone(),
+                password: "pw-locked".into(),
+            }),
+        ),
+    ];
+    let mut answers = Vec::new();
+    for (user, request) in requests {
+        // (The previous one's is done.)
+        wait_for_password_jobs(&r, false);
+        let mut a = r.raw_login(user);
+        a.send(request);
+        // At the room's home: its password is being hashed or checked (~35 ms).
+        wait_for_password_jobs(&r, true);
+        a.send(C::DeleteAccount(DeleteAccount { request_id: 2 }));
+        let statuses: Vec<(&str, i32)> = a
+            .read_until_closed(T)
+            .into_iter()
+            .filter_map(|f| match f.kind? {
+                S::RoomResult(rr) => Some(("room", rr.status)),
+                S::AccountResult(ar) => Some(("account", ar.status)),
+                _ => None,
+            })
+            .collect();
+        answers.push((user, statuses));
+    }
+    // (No wait: the deletion was answered once its rooms were purged.)
+    let inherited: Vec<(&String, Vec<String>)> = [&creator, &joiner]
+        .into_iter()
+        .map(|user| (user, r.client(user).rooms().unwrap()))
+        .filter(|(_, rooms)| !rooms.is_empty())
+        .collect();
+    let members = owner.room_info(&locked).unwrap().members;
+    assert!(
+        inherited.is_empty() && members == [bob.clone()],
+        "inherited: {inherited:?}; {locked}'s members {members:?}"
+    );
+    // The request was let through (it was past its user's shard) and answered before
+    // the deletion, which then took it back.
+    let ok = Status::Ok as i32;
+    for (user, statuses) in &answers {
+        assert_eq!(statuses, &[("room", ok), ("account", ok)], "{user}");
+    }
+    // The room made by the deleted account is gone: its name is free.
+    owner.create_room(&made, None).unwrap();
+}
+
+/// Waits until a password hash or check is running (`busy`), or none is.
+fn wait_for_password_jobs(r: &RouterProc, busy: bool) {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let jobs: f64 = r
+            .metrics()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("ringrouter_store_password_jobs ")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0);
+        if (jobs > 0.0) == busy {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "password jobs busy: {busy}"
+        );
+    }
+}
+
+/// DeleteAccount is answered once every room of the user has been left (or deleted, if
+/// owned): before, it was answered as soon as the purges were mailed, and whoever took
+/// the name at once still found a room whose purge waited behind other work there (here
+/// a JoinRoom checking its password) listed as its own, and could read its history.
+#[test]
+fn delete_account_is_answered_once_the_users_rooms_are_left() {
+    use ringrouter_tests::users_on_shards;
+    let r = RouterProc::start_real_argon2(&["--shards", "2"]);
+    // The users on shard 0, the room on shard 1.
+    let on = |prefix: &str, shard: usize| users_on_shards(prefix, 2).swap_remove(shard);
+    let (bob, carol, victim) = (on("rl-bob", 0), on("rl-carol", 0), on("rl-victim", 0));
+    let locked = on("rl-locked", 1);
+    let mut owner = r.client(&bob);
+    owner.create_room(&locked, Some("pw-locked")).unwrap();
+    let mut a = r.raw_login(&victim);
+    assert_eq!(a.join_room(&locked, "pw-locked").status, Status::Ok as i32);
+    let mut c = r.raw_login(&carol);
+    wait_for_password_jobs(&r, false);
+    c.send(C::JoinRoom(JoinRoom {
+        request_id: 1,
+        room: locked.clone(),
+        password: "pw-locked".into(),
+    }));
+    // Carol's password is being checked at the room's home: the purge waits behind it.
+    wait_for_password_jobs(&r, true);
+    a.send(C::DeleteAccount(DeleteAccount { request_id: 2 }));
+    a.read_until_closed(T);
+    let rooms = r.client(&victim).rooms().unwrap();
+    assert!(rooms.is_empty(), "the next {victim} has {rooms:?}");
+    let members = owner.room_info(&locked).unwrap().members;
+    assert_eq!(members, [bob.clone(), carol.clone()]);
+}
