@@ -1523,3 +1523,57 @@ fn a_room_event_does_not_overtake_a_waiting_requeue() {
     assert_eq!(seen, FIRST);
     assert_eq!(event_at, Some(FIRST));
 }
+
+/// A chunk of room messages to a room whose members are offline is a store request per
+/// message and member (40 000 here, in one write): the poster's reader stops mid-chunk
+/// once the shard's store queue is at its bound (16 384 requests) and goes on as it
+/// drains, instead of checking only between chunks (every request of the chunk queued
+/// at once). Nothing is lost: every member gets every message at its next login.
+#[test]
+fn a_chunk_of_room_messages_to_offline_members_stops_at_the_store_queue_bound() {
+    const MEMBERS: usize = 100;
+    const MSGS: u64 = 400;
+    const HIGH_WATER: f64 = 16_384.0;
+    let r = RouterProc::start(&["--shards", "1"]);
+    let mut poster = r.raw_login("poster");
+    assert_eq!(
+        poster.create_room("crowd", "").status,
+        Status::Ok as i32,
+        "create"
+    );
+    for i in 0..MEMBERS {
+        let mut m = r.raw_login(&format!("away{i}"));
+        assert_eq!(m.join_room("crowd", "").status, Status::Ok as i32, "join");
+    }
+    let mut chunk = Vec::new();
+    for i in 0..MSGS {
+        chunk.extend(ringrouter_tests::room_send_frame_bytes(
+            "crowd",
+            &i.to_be_bytes(),
+            false,
+            0,
+        ));
+    }
+    poster.write(&chunk).expect("posting");
+    let (mut peak, deadline) = (0.0f64, Instant::now() + T);
+    loop {
+        let m = r.metrics();
+        let queued = metric_sum(&m, "ringrouter_store_queue_requests");
+        peak = peak.max(queued);
+        if metric_sum(&m, "ringrouter_offline_stored_total") >= (MSGS as usize * MEMBERS) as f64
+            && queued == 0.0
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{queued} store requests left");
+        thread::sleep(Duration::from_millis(2));
+    }
+    // One frame's requests may go past the bound (the check follows each frame).
+    assert!(
+        peak <= HIGH_WATER + MEMBERS as f64,
+        "{peak} store requests queued at once"
+    );
+    poster.ping_pong(1);
+    let numbers = backlog_numbers(&r, "away7", None);
+    assert_eq!(numbers, (0..MSGS).collect::<Vec<_>>());
+}
