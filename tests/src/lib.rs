@@ -270,13 +270,7 @@ impl RouterProc {
 
     /// The router's `/metrics` exposition (the HTTP answer, head included).
     pub fn metrics(&self) -> String {
-        use std::io::{Read, Write};
-        let mut s = TcpStream::connect(self.http_addr()).expect("http");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .expect("write");
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out
+        metrics_at(self.http_addr())
     }
 
     /// The router's resident memory (VmRSS), in KiB.
@@ -1298,4 +1292,16 @@ pub fn assert_survivors(
         "{who}: {} confirmed messages lost by the crash: {lost:?}",
         lost.len()
     );
+}
+
+/// The `/metrics` exposition of the router whose HTTP port is `http` (the HTTP answer,
+/// head included): for a thread that samples it while the test drives the router.
+pub fn metrics_at(http: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(http).expect("http");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
 }

@@ -394,9 +394,12 @@ impl Shard {
         (self.cfg.max_pending_bytes / 2).max(1)
     }
 
-    fn load_page(&mut self, id: SessionId, user: String, from: u64) {
-        // What the user's ended sessions left unacked is in the queue before it is read.
-        self.flush_requeues_of(user.as_bytes());
+    pub(super) fn load_page(&mut self, id: SessionId, user: String, from: u64) {
+        // What the user's ended sessions left unacked is in the queue before it is read:
+        // the page is read once they are handed to the store.
+        let Err(user) = self.load_behind_requeues(id, user, from) else {
+            return;
+        };
         let page = self.backlog_page();
         let max_bytes = self.backlog_page_bytes();
         self.store_req(

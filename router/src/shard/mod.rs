@@ -163,6 +163,9 @@ pub struct Shard {
     pub requeues: std::collections::VecDeque<requeue::Requeue>,
     /// Messages waiting in `requeues`, per user.
     pub requeue_held: std::collections::HashMap<Bytes, usize>,
+    /// Backlog pages of users whose requeues wait, to be read once those are handed to
+    /// the store (`Shard::load_behind_requeues`): session, user, from seq.
+    pub requeue_loads: Vec<(session::SessionId, String, u64)>,
     /// What `requeues` count for (`Requeue::weight`), against `max_requeue_bytes`.
     pub requeue_bytes: usize,
     /// Members of the rooms in `rooms`, summed when the ticker trims them (see
@@ -290,6 +293,7 @@ impl Shard {
             store_bytes: 0,
             requeues: std::collections::VecDeque::new(),
             requeue_held: std::collections::HashMap::new(),
+            requeue_loads: Vec::new(),
             requeue_bytes: 0,
             room_members_loaded: 0,
             parked_bytes: 0,

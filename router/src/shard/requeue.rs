@@ -19,12 +19,12 @@
 //!
 //! Order: anything else that goes to a user's offline queue while requeues of theirs
 //! wait (a message stored for them, a contact or room event) goes behind them, in the
-//! last one's deferred messages ([`Shard::behind_requeues`]), paced with them; what
-//! reads the queue (a login's backlog page) or needs its seq at once (a journaled
-//! message) first hands the user's waiting requeues over whole
-//! ([`Shard::flush_requeues_of`]): the store takes one shard's requests in order, and a
-//! user's requests all come from their home shard, so a sender's messages reach the
-//! queue in the order sent. A deleted account's waiting requeues are dropped before
+//! last one's deferred messages ([`Shard::behind_requeues`]), paced with them; a login's
+//! backlog page waits until they are handed to the store, put at the front of the line
+//! ([`Shard::load_behind_requeues`]); a journaled message, which needs its seq at once,
+//! first hands them over whole ([`Shard::flush_requeues_of`]). The store takes one
+//! shard's requests in order, and a user's requests all come from their home shard, so
+//! a sender's messages reach the queue in the order sent. A deleted account's waiting requeues are dropped before
 //! the deletion goes to the store ([`Shard::drop_requeues_of`]): they must not wait for
 //! whoever registers the name next; a session of it that ends while the deletion is
 //! under way gives nothing back.
@@ -34,7 +34,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 use super::retention::Retained;
-use super::session::SessionKey;
+use super::session::{SessionId, SessionKey};
 use super::store_link::STORE_HIGH_WATER;
 use super::Shard;
 use crate::store::{Overflow, QueueCap, StoreError, StoredMsg};
@@ -243,7 +243,9 @@ impl Shard {
                 self.submit_slice(&mut r);
             }
         }
-        self.requeue_held.remove(user);
+        if self.requeue_held.remove(user).is_some() {
+            self.requeues_gone(user);
+        }
     }
 
     /// Puts `m`, on its way to `user`'s offline queue, behind the user's waiting
@@ -277,6 +279,46 @@ impl Shard {
         Ok(true)
     }
 
+    /// A backlog page of `user` is to be read: `Err(user)` when nothing of theirs waits
+    /// (read it now); else their requeues go to the front of the line and the read
+    /// waits until the last of them is handed to the store (the store takes a shard's
+    /// requests in order, so the page then sees them). Handing them over whole for the
+    /// read, as before, put what many members cut together held into the store queue at
+    /// once when they logged in again.
+    pub(crate) fn load_behind_requeues(
+        &mut self,
+        id: SessionId,
+        user: String,
+        from: u64,
+    ) -> Result<(), String> {
+        if !self.requeue_held.contains_key(user.as_bytes()) {
+            return Err(user);
+        }
+        let all = std::mem::take(&mut self.requeues);
+        let (mut first, rest): (VecDeque<Requeue>, VecDeque<Requeue>) =
+            all.into_iter().partition(|r| r.user == user.as_bytes());
+        first.extend(rest);
+        self.requeues = first;
+        self.requeue_loads.push((id, user, from));
+        self.pump_requeues();
+        Ok(())
+    }
+
+    /// `user` has no requeue waiting any more: the backlog pages waiting for that are
+    /// read now.
+    fn requeues_gone(&mut self, user: &[u8]) {
+        if self.requeue_loads.is_empty() {
+            return;
+        }
+        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.requeue_loads)
+            .into_iter()
+            .partition(|(_, u, _)| u.as_bytes() == user);
+        self.requeue_loads = later;
+        for (id, user, from) in now {
+            self.load_page(id, user, from);
+        }
+    }
+
     /// Forgets `user`'s waiting requeues (the account is being deleted).
     pub(crate) fn drop_requeues_of(&mut self, user: &[u8]) {
         if self.requeue_held.remove(user).is_some() {
@@ -289,6 +331,7 @@ impl Shard {
                 !theirs
             });
             self.requeue_bytes -= freed;
+            self.requeues_gone(user);
         }
     }
 
@@ -298,13 +341,18 @@ impl Shard {
         let msgs = r.take(SLICE, SLICE_BYTES);
         let taken = before - r.len();
         self.requeue_bytes -= r.shed(before);
+        let mut gone = false;
         if let Some(h) = self.requeue_held.get_mut(&r.user) {
             *h = h.saturating_sub(taken);
             if *h == 0 {
                 self.requeue_held.remove(&r.user);
+                gone = true;
             }
         }
         if msgs.is_empty() {
+            if gone {
+                self.requeues_gone(&r.user);
+            }
             return;
         }
         self.counters.requeued += msgs.len() as u64;
@@ -327,6 +375,10 @@ impl Shard {
                 Err(e) => tracing::warn!(error = %e, "requeueing unacked messages failed"),
             },
         );
+        if gone {
+            // Behind the last slice in the store's queue.
+            self.requeues_gone(&r.user);
+        }
         self.requester = requester;
     }
 }

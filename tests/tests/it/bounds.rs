@@ -1227,41 +1227,8 @@ fn the_unacked_messages_of_many_ending_devices_are_requeued_within_the_ceiling()
         "--history-per-conversation",
         "0",
     ]);
-    let mut poster = r.raw_login("poster");
-    assert_eq!(
-        poster.create_room("hoard", "").status,
-        Status::Ok as i32,
-        "create"
-    );
-    let mut devices: Vec<Raw> = (0..DEVICES)
-        .map(|i| {
-            let mut d = r.raw();
-            let lr = d.login_password("hoarder", "", &format!("d{i}"));
-            assert_eq!(lr.status, Status::Ok as i32, "{lr:?}");
-            d
-        })
-        .collect();
-    assert_eq!(
-        devices[0].join_room("hoard", "").status,
-        Status::Ok as i32,
-        "join"
-    );
     // Every device reads what comes (a queue over its bound would be cut), acks nothing.
-    let mut chunk = Vec::new();
-    for i in 0..MSGS {
-        chunk.extend(ringrouter_tests::room_send_frame_bytes(
-            "hoard",
-            &i.to_be_bytes(),
-            false,
-            0,
-        ));
-    }
-    poster.write(&chunk).expect("posting");
-    poster.ping_pong(1);
-    for d in &mut devices {
-        let got = d.room_delivers(MSGS as usize, T);
-        assert_eq!(got.len() as u64, MSGS);
-    }
+    let (mut poster, devices) = hoarding_devices(&r, DEVICES, MSGS);
     drop(devices);
     let total = (DEVICES as u64 * MSGS) as f64;
     let deadline = Instant::now() + T;
@@ -1576,4 +1543,94 @@ fn a_chunk_of_room_messages_to_offline_members_stops_at_the_store_queue_bound() 
     poster.ping_pong(1);
     let numbers = backlog_numbers(&r, "away7", None);
     assert_eq!(numbers, (0..MSGS).collect::<Vec<_>>());
+}
+
+/// Eight devices of one user leave 2 500 room messages each unacked and end together; the
+/// user logs in again at once. The login's backlog read waits for the user's requeues to
+/// be handed to the store at their pace (first in line), instead of handing the store all
+/// 20 000 records at once past its bound; the backlog is whole and in order.
+#[test]
+fn a_login_behind_waiting_requeues_does_not_put_them_in_the_store_queue_at_once() {
+    const DEVICES: usize = 8;
+    const MSGS: u64 = 2_500;
+    const BOUND: f64 = 256.0 * 1024.0;
+    let r = RouterProc::start(&[
+        "--shards",
+        "1",
+        "--max-unacked-per-session",
+        "3000",
+        "--max-store-queue-bytes",
+        "256KiB",
+        "--history-per-conversation",
+        "0",
+    ]);
+    let (_poster, devices) = hoarding_devices(&r, DEVICES, MSGS);
+    // Sample the store queue from now until the backlog is read.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (stop, addr) = (stop.clone(), r.http_addr());
+        thread::spawn(move || {
+            let mut peak = 0.0f64;
+            while !stop.load(Ordering::Relaxed) {
+                let m = ringrouter_tests::metrics_at(addr);
+                peak = peak.max(metric_sum(&m, "ringrouter_store_queue_bytes"));
+                thread::sleep(Duration::from_millis(1));
+            }
+            peak
+        })
+    };
+    drop(devices);
+    let numbers = backlog_numbers(&r, "hoarder", Some(""));
+    stop.store(true, Ordering::Relaxed);
+    let peak = sampler.join().expect("sampler");
+    let mut want = Vec::new();
+    for _ in 0..DEVICES {
+        want.extend(0..MSGS);
+    }
+    assert_eq!(numbers, want, "every device's messages, in order");
+    // Half the bound for requeues, plus one slice (4 096 records) past it.
+    assert!(
+        peak <= BOUND / 2.0 + 4_096.0 * 200.0,
+        "{peak} store queue bytes at once"
+    );
+}
+
+/// `devices` sessions of user "hoarder" in room "hoard", each delivered the `msgs` room
+/// messages (big-endian numbers 0..msgs) that "poster" sent, none acked: the poster and
+/// the devices.
+fn hoarding_devices(r: &RouterProc, devices: usize, msgs: u64) -> (Raw, Vec<Raw>) {
+    let mut poster = r.raw_login("poster");
+    assert_eq!(
+        poster.create_room("hoard", "").status,
+        Status::Ok as i32,
+        "create"
+    );
+    let mut hoarders: Vec<Raw> = (0..devices)
+        .map(|i| {
+            let mut d = r.raw();
+            let lr = d.login_password("hoarder", "", &format!("d{i}"));
+            assert_eq!(lr.status, Status::Ok as i32, "{lr:?}");
+            d
+        })
+        .collect();
+    assert_eq!(
+        hoarders[0].join_room("hoard", "").status,
+        Status::Ok as i32,
+        "join"
+    );
+    let mut chunk = Vec::new();
+    for i in 0..msgs {
+        chunk.extend(ringrouter_tests::room_send_frame_bytes(
+            "hoard",
+            &i.to_be_bytes(),
+            false,
+            0,
+        ));
+    }
+    poster.write(&chunk).expect("posting");
+    poster.ping_pong(1);
+    for d in &mut hoarders {
+        assert_eq!(d.room_delivers(msgs as usize, T).len() as u64, msgs);
+    }
+    (poster, hoarders)
 }
