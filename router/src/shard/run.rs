@@ -4,12 +4,15 @@
 //! rings), a ticker (heartbeats, slow consumers, counters), and the shutdown drain.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use super::mail::{Mail, MailQueue};
 use super::pause::PauseTables;
@@ -251,6 +254,18 @@ async fn flusher(shard: Rc<RefCell<Shard>>, mut outs: Outboxes<Vec<Mail>>) {
     }
 }
 
+/// What is left of a ring's batch when the store went over its mark in the middle of
+/// it: handled, in order, before any other mail of the rings once the store is under
+/// it again. Its weight stays in the ring's flight until then, so the sending shard's
+/// pipeline stays full and its readers paused.
+struct HeldMail {
+    ring: usize,
+    mails: VecDeque<Mail>,
+    /// The batch's elided names at the point it was held (see `Shard::begin_batch`).
+    to: Bytes,
+    from: Bytes,
+}
+
 /// Drains the inbound rings, delivers, adopts handed-over connections, and
 /// sleeps on the doorbell when there is nothing to do.
 async fn consumer(
@@ -268,6 +283,8 @@ async fn consumer(
     let mut handovers = Vec::new();
     let mut answers: Vec<Mail> = Vec::new();
     let mut local_mail = Vec::new();
+    // The rest of a ring's batch, held back once the store went over its mark.
+    let mut held: Option<HeldMail> = None;
     loop {
         if shared.shutdown.load(Ordering::Acquire) && !local.fired() {
             shard.borrow_mut().begin_shutdown();
@@ -279,21 +296,72 @@ async fn consumer(
             // While this shard's store requests are over their mark, mail from other
             // shards waits in the rings: their pipeline fills and their readers pause,
             // so senders on any shard are held back by a store that cannot keep up.
-            let rings = if sh.store_full() { 0 } else { rings };
-            for i in 0..rings {
+            // Looked at after each mail that made store requests, too: a batch of room
+            // messages for members offline here is a store request per message and
+            // member. What is left of the batch then waits in `held`, first in line.
+            if let Some(h) = held.as_mut() {
+                if !sh.store_full() {
+                    got += 1;
+                    sh.batch_to = std::mem::take(&mut h.to);
+                    sh.batch_from = std::mem::take(&mut h.from);
+                    let mut done = 0;
+                    while !sh.store_full() {
+                        let Some(mail) = h.mails.pop_front() else {
+                            break;
+                        };
+                        done += mail.weight();
+                        if let Some(h) = sh.on_mail(mail, &mut blocked) {
+                            handovers.push(h);
+                        }
+                    }
+                    sh.flight_in[h.ring].fetch_sub(done, Ordering::AcqRel);
+                    blocked.clear();
+                    h.to = sh.batch_to.clone();
+                    h.from = sh.batch_from.clone();
+                }
+                if h.mails.is_empty() {
+                    held = None;
+                }
+            }
+            let rings = if sh.store_full() || held.is_some() {
+                0
+            } else {
+                rings
+            };
+            'rings: for i in 0..rings {
                 for _ in 0..64 {
                     let Some(mut batch) = inbox.pop(i) else { break };
                     got += 1;
                     let weight: usize = batch.iter().map(Mail::weight).sum();
                     sh.begin_batch();
-                    for mail in batch.drain(..) {
+                    let inflight = sh.store_inflight;
+                    let mut rest = VecDeque::new();
+                    let mut mails = batch.drain(..);
+                    while let Some(mail) = mails.next() {
                         if let Some(h) = sh.on_mail(mail, &mut blocked) {
                             handovers.push(h);
                         }
+                        if sh.store_inflight != inflight && sh.store_full() {
+                            rest.extend(mails.by_ref());
+                            break;
+                        }
                     }
+                    drop(mails);
                     inbox.give_back(i, batch);
-                    sh.flight_in[i].fetch_sub(weight, Ordering::AcqRel);
+                    let left: usize = rest.iter().map(Mail::weight).sum();
+                    sh.flight_in[i].fetch_sub(weight - left, Ordering::AcqRel);
                     blocked.clear();
+                    if !rest.is_empty() {
+                        held = Some(HeldMail {
+                            ring: i,
+                            mails: rest,
+                            to: sh.batch_to.clone(),
+                            from: sh.batch_from.clone(),
+                        });
+                    }
+                    if sh.store_full() {
+                        break 'rings;
+                    }
                 }
             }
             store_answers.take_into(&mut answers);
