@@ -162,7 +162,8 @@ impl Shard {
                 store_seq: 0,
                 fanned: None,
             };
-            let (n, overflowed) = self.deliver_local(&v.to_user, m, None, blocked);
+            let named = known_home.is_some();
+            let (n, overflowed) = self.deliver_dm(key, &v.to_user, named, m, blocked);
             if n == 0 && self.has_store() {
                 let reply = self
                     .session_id(key)

@@ -59,6 +59,26 @@ impl Shard {
         self.deliver_to_sessions(to_user, m, remote_sender, None, blocked)
     }
 
+    /// [`Shard::deliver_local`] of a direct message from the session `from` (homed here)
+    /// to `to_user`. `named`: `from`'s [`LastDest`](super::session::LastDest) named
+    /// `to_user` when the frame arrived. A recipient with one session here is remembered
+    /// there with the user map's generation: until a session of this shard registers or
+    /// closes (which changes the map), the next messages to it skip the map lookup.
+    pub(crate) fn deliver_dm(
+        &mut self,
+        from: SessionKey,
+        to_user: &[u8],
+        named: bool,
+        m: Outgoing<'_>,
+        blocked: &mut Vec<SessionKey>,
+    ) -> (usize, Option<SessionKey>) {
+        let gen = self.users_gen;
+        let peer = named
+            .then(|| self.sessions.get(from)?.last_dest.as_deref()?.peer(gen))
+            .flatten();
+        self.deliver_user(to_user, peer, Some(from), m, None, None, blocked)
+    }
+
     /// [`Shard::deliver_local`], skipping the session `skip` (a room message is not
     /// echoed to the device that sent it).
     pub(crate) fn deliver_to_sessions(
@@ -70,8 +90,46 @@ impl Shard {
         blocked: &mut Vec<SessionKey>,
     ) -> (usize, Option<SessionKey>) {
         let skip = self.skip_key(skip);
-        let Some(keys) = self.users.get(to_user) else {
-            return (0, None);
+        self.deliver_user(to_user, None, None, m, remote_sender, skip, blocked)
+    }
+
+    /// The sessions of `to_user`: `peer` (its one session, remembered at the user map's
+    /// current generation), else the map's list; a sender `learner` whose `LastDest` names
+    /// `to_user` remembers the one session the map lists.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn deliver_user(
+        &mut self,
+        to_user: &[u8],
+        peer: Option<SessionKey>,
+        learner: Option<SessionKey>,
+        m: Outgoing<'_>,
+        remote_sender: Option<SessionId>,
+        skip: Option<(SessionKey, u32)>,
+        blocked: &mut Vec<SessionKey>,
+    ) -> (usize, Option<SessionKey>) {
+        let one;
+        let keys: &[SessionKey] = match peer {
+            Some(k) => {
+                one = k;
+                std::slice::from_ref(&one)
+            }
+            None => {
+                let Some(keys) = self.users.get(to_user) else {
+                    return (0, None);
+                };
+                if let (Some(from), &[k]) = (learner, &keys[..]) {
+                    // Remembered only next to the name it is for.
+                    let d = self
+                        .sessions
+                        .get_mut(from)
+                        .and_then(|s| s.last_dest.as_deref_mut());
+                    if let Some(d) = d.filter(|d| d.home_of(to_user).is_some()) {
+                        d.set_peer(self.users_gen, k);
+                    }
+                }
+                keys
+            }
         };
         let d = deliver_keys(
             &mut self.sessions,
@@ -721,9 +779,10 @@ impl<'b> Sink<'b> {
     }
 }
 
-/// The body of [`Shard::deliver_to_sessions`] over the sessions `keys` (the shard's
+/// The body of `Shard::deliver_user` over the sessions `keys` (the shard's
 /// fields it needs passed apart, so `keys` may be borrowed from the shard's user map).
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn deliver_keys(
     sessions: &mut slab::Slab<super::session::Session>,
     cfg: &crate::config::Config,

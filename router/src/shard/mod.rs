@@ -112,7 +112,8 @@ pub struct Shard {
     pub sessions: Slab<Session>,
     users: NameMap<Bytes, Vec<SessionKey>>,
     /// Bumped whenever `users` changes (a session registered or ended here): what
-    /// `fan_cache` resolved is valid while it has not moved.
+    /// `fan_cache` resolved, and the session a `LastDest` found, are valid while it has
+    /// not moved.
     users_gen: u64,
     /// Room member lists resolved to their sessions here (see `rooms::FanResolved`).
     fan_cache: rooms::FanCache,

@@ -209,6 +209,11 @@ pub struct LastDest {
     len: u8,
     home: u16,
     name: [u8; MAX_NAME_BYTES],
+    /// The destination's one session on this shard, found in the shard's user map when
+    /// the map's generation (`Shard::users_gen`) was the first field: while no session
+    /// registered or closed since, the map still lists that session alone for the name,
+    /// and the next message skips the lookup (see `Shard::deliver_dm`).
+    peer: Option<(u64, usize)>,
 }
 
 impl LastDest {
@@ -217,6 +222,18 @@ impl LastDest {
     pub fn home_of(&self, to_user: &[u8]) -> Option<usize> {
         ringrouter_proto::names::name_eq(&self.name[..usize::from(self.len)], to_user)
             .then_some(usize::from(self.home))
+    }
+
+    /// The destination's session remembered at the user map's generation `gen`, if any.
+    #[inline]
+    pub fn peer(&self, gen: u64) -> Option<usize> {
+        self.peer.filter(|&(g, _)| g == gen).map(|(_, k)| k)
+    }
+
+    /// Remembers `key`, the one session the user map listed for this destination at
+    /// its generation `gen`.
+    pub fn set_peer(&mut self, gen: u64, key: usize) {
+        self.peer = Some((gen, key));
     }
 
     /// Remembers `to_user` (a name that passed the checks) and its `home`.
@@ -232,8 +249,11 @@ impl LastDest {
                 len: 0,
                 home: 0,
                 name: [0; MAX_NAME_BYTES],
+                peer: None,
             })
         });
+        // The session found for the previous name is not this name's.
+        d.peer = None;
         d.name[..to_user.len()].copy_from_slice(to_user);
         d.len = to_user.len() as u8; // at most MAX_NAME_BYTES (64)
         d.home = home;

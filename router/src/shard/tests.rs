@@ -93,6 +93,47 @@ fn local_dm_reaches_every_device_with_router_stamped_sender() {
 }
 
 #[test]
+fn a_remembered_recipient_session_is_looked_up_again_after_a_login_or_a_close() {
+    // A sender's LastDest keeps the recipient's one session while the shard's user map
+    // is unchanged: a login or a close on the shard makes the next message look again.
+    let mut s = shard(1);
+    let a = s.register("alice", "phone".into(), -1).unwrap();
+    let b1 = s.register("bob", "phone".into(), -1).unwrap();
+    let mut blocked = Vec::new();
+    let mut ts = 0;
+    let mut to_bob = |s: &mut Shard| {
+        ts += 1;
+        s.on_frame(
+            a,
+            send("bob", b"hi", false),
+            Instant::now(),
+            ts,
+            &mut blocked,
+        );
+    };
+    to_bob(&mut s);
+    to_bob(&mut s);
+    assert_eq!(drain(&mut s, b1).len(), 2);
+    // A second device of the recipient.
+    let b2 = s.register("bob", "laptop".into(), -1).unwrap();
+    to_bob(&mut s);
+    assert_eq!((drain(&mut s, b1).len(), drain(&mut s, b2).len()), (1, 1));
+    // Both gone; a new one, in a freed slot.
+    s.remove(b1);
+    s.remove(b2);
+    let b3 = s.register("bob", "tablet".into(), -1).unwrap();
+    to_bob(&mut s);
+    to_bob(&mut s);
+    assert_eq!(drain(&mut s, b3).len(), 2);
+    // The recipient gone, another user in its slot gets nothing of its messages.
+    s.remove(b3);
+    let c = s.register("carol", "phone".into(), -1).unwrap();
+    assert_eq!(c, b3);
+    to_bob(&mut s);
+    assert!(drain(&mut s, c).is_empty());
+}
+
+#[test]
 fn send_to_nobody_is_not_found_and_bad_sends_are_refused() {
     let mut s = shard(1);
     let a = s.register("alice", "d".into(), -1).unwrap();
