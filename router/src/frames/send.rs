@@ -133,10 +133,12 @@ impl Shard {
             }
         };
         if home == self.id {
-            let from = std::mem::take(&mut self.sessions[key].user);
-            self.history_dm(&from, &v.to_user, &v.payload, msg_id, ts_us);
-            self.sessions[key].user = from;
+            // The sender's name is lent by move, not cloned: no refcount per message
+            // (taken out once for the history and the delivery).
+            let from_user = std::mem::take(&mut self.sessions[key].user);
+            self.history_dm(&from_user, &v.to_user, &v.payload, msg_id, ts_us);
             if self.journaled() {
+                self.sessions[key].user = from_user;
                 let Some(sender) = self.session_id(key) else {
                     return;
                 };
@@ -151,8 +153,6 @@ impl Shard {
                 self.journal(v.to_user, msg, reply.into(), sender, None);
                 return;
             }
-            // The sender's name is lent by move, not cloned: no refcount per message.
-            let from_user = std::mem::take(&mut self.sessions[key].user);
             let m = Outgoing {
                 from_user: &from_user,
                 to_room: &NO_ROOM,
