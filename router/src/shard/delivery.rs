@@ -133,7 +133,7 @@ impl Shard {
         };
         let d = deliver_keys(
             &mut self.sessions,
-            &self.cfg,
+            &self.bounds,
             self.store.is_some(),
             keys,
             m,
@@ -163,7 +163,7 @@ impl Shard {
     ) {
         let skip = self.skip_key(skip);
         let mut sink = Sink::new(
-            &self.cfg,
+            &self.bounds,
             self.store.is_some(),
             remote_sender,
             skip,
@@ -647,14 +647,33 @@ struct Delivered {
     pause: Option<(SessionId, u32)>,
 }
 
-/// One message's delivery to sessions (see [`deliver_keys`]): the bounds it checks, read
-/// from the config once per message, and what it did so far.
-struct Sink<'b> {
+/// The bounds a delivery checks on each session, read from the config once, when the
+/// shard is made (the config does not change).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
     max_unacked: usize,
     max_unacked_bytes: usize,
     max_pending: usize,
     hard_cap: usize,
     inline_max: usize,
+}
+
+impl Bounds {
+    pub(crate) fn of(cfg: &crate::config::Config) -> Self {
+        Bounds {
+            max_unacked: cfg.max_unacked_per_session,
+            max_unacked_bytes: cfg.max_unacked_bytes_per_session,
+            max_pending: cfg.max_pending_bytes,
+            hard_cap: cfg.hard_pending_bytes(),
+            inline_max: cfg.inline_payload_max,
+        }
+    }
+}
+
+/// One message's delivery to sessions (see [`deliver_keys`]): the bounds it checks (the
+/// shard's, by reference: nothing copied per message), and what it did so far.
+struct Sink<'b> {
+    b: &'b Bounds,
     retain: bool,
     remote_sender: Option<SessionId>,
     skip_key: Option<(SessionKey, u32)>,
@@ -664,18 +683,14 @@ struct Sink<'b> {
 
 impl<'b> Sink<'b> {
     fn new(
-        cfg: &crate::config::Config,
+        b: &'b Bounds,
         retain: bool,
         remote_sender: Option<SessionId>,
         skip_key: Option<(SessionKey, u32)>,
         blocked: &'b mut Vec<SessionKey>,
     ) -> Self {
         Sink {
-            max_unacked: cfg.max_unacked_per_session,
-            max_unacked_bytes: cfg.max_unacked_bytes_per_session,
-            max_pending: cfg.max_pending_bytes,
-            hard_cap: cfg.hard_pending_bytes(),
-            inline_max: cfg.inline_payload_max,
+            b,
             retain,
             remote_sender,
             skip_key,
@@ -722,7 +737,8 @@ impl<'b> Sink<'b> {
                     msg_id: m.msg_id,
                     ts_us: m.ts_us,
                 });
-                if s.deferred.len() > self.max_unacked || s.deferred_bytes > self.max_unacked_bytes
+                if s.deferred.len() > self.b.max_unacked
+                    || s.deferred_bytes > self.b.max_unacked_bytes
                 {
                     self.d.overflowed = Some(k);
                 }
@@ -733,7 +749,7 @@ impl<'b> Sink<'b> {
                 s.oldest_ts_us = m.ts_us;
             }
             match m.fanned {
-                Some(fm) => s.out.push_fanned(fm, s.last_seq, self.inline_max),
+                Some(fm) => s.out.push_fanned(fm, s.last_seq, self.b.inline_max),
                 None => {
                     let stamp = DeliverStamp {
                         seq: s.last_seq,
@@ -742,19 +758,20 @@ impl<'b> Sink<'b> {
                         server_ts_us: m.ts_us,
                         msg_id: m.msg_id,
                     };
-                    s.out.push_deliver(&stamp, m.payload, self.inline_max);
+                    s.out.push_deliver(&stamp, m.payload, self.b.inline_max);
                 }
             }
             s.wake_writer();
             if self.retain {
                 s.unacked.push(s.last_seq, m);
-                if s.unacked.len() > self.max_unacked || s.unacked.bytes() > self.max_unacked_bytes
+                if s.unacked.len() > self.b.max_unacked
+                    || s.unacked.bytes() > self.b.max_unacked_bytes
                 {
                     self.d.overflowed = Some(k);
                 }
             }
         }
-        if s.pending() > self.max_pending {
+        if s.pending() > self.b.max_pending {
             match self.remote_sender {
                 // A sender on another shard: ask its shard to stop reading it
                 // until this session drains (once per sender and episode).
@@ -772,7 +789,7 @@ impl<'b> Sink<'b> {
                 }
             }
         }
-        if s.pending() > self.hard_cap {
+        if s.pending() > self.b.hard_cap {
             self.d.overflowed = Some(k);
         }
         self.d.n += 1;
@@ -785,7 +802,7 @@ impl<'b> Sink<'b> {
 #[inline(always)]
 fn deliver_keys(
     sessions: &mut slab::Slab<super::session::Session>,
-    cfg: &crate::config::Config,
+    bounds: &Bounds,
     retain: bool,
     keys: &[SessionKey],
     m: Outgoing<'_>,
@@ -793,7 +810,7 @@ fn deliver_keys(
     skip_key: Option<(SessionKey, u32)>,
     blocked: &mut Vec<SessionKey>,
 ) -> Delivered {
-    let mut sink = Sink::new(cfg, retain, remote_sender, skip_key, blocked);
+    let mut sink = Sink::new(bounds, retain, remote_sender, skip_key, blocked);
     for &k in keys {
         sink.one(sessions, k, &m);
     }

@@ -115,6 +115,8 @@ pub struct Shard {
     /// `fan_cache` resolved, and the session a `LastDest` found, are valid while it has
     /// not moved.
     users_gen: u64,
+    /// The bounds every delivery checks, from `cfg`.
+    bounds: delivery::Bounds,
     /// Room member lists resolved to their sessions here (see `rooms::FanResolved`).
     fan_cache: rooms::FanCache,
     /// Pending outgoing batches, per target shard.
@@ -265,6 +267,7 @@ impl Shard {
         Shard {
             id,
             n,
+            bounds: delivery::Bounds::of(&cfg),
             cfg,
             sessions: Slab::new(),
             users: NameMap::default(),
