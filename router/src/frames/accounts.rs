@@ -100,7 +100,7 @@ impl Shard {
     pub(crate) fn begin_delete_account(&mut self, from: SessionId, request_id: u64, user: String) {
         let u = user.clone();
         self.store_req(
-            |st, cb| st.rooms_of(&u, cb),
+            |st, cb| st.rooms_of_leaving(&u, cb),
             move |sh, r| match r {
                 Ok(rooms) => {
                     sh.forget_contacts_of(&user);

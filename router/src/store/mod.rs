@@ -438,6 +438,8 @@ pub(crate) enum Msg {
     },
     RoomsOf {
         user: String,
+        /// The account is being deleted (see [`StoreHandle::rooms_of_leaving`]).
+        leaving: bool,
         cb: Cb<Vec<String>>,
     },
     OwnRooms {
@@ -1136,8 +1138,31 @@ impl StoreHandle {
         user: &str,
         cb: impl FnOnce(StoreResult<Vec<String>>) + Send + 'static,
     ) -> StoreResult<()> {
+        self.rooms_of_msg(user, false, cb)
+    }
+
+    /// [`StoreHandle::rooms_of`] for a DeleteAccount of `user`: from this read until its
+    /// [`StoreHandle::delete_account`], no new membership of `user` is written (an
+    /// AddMember, or a CreateRoom or PutRoom that names it, is NOT_FOUND), so none can
+    /// be left, unpurged, to whoever registers the name next (another user's AddMember
+    /// checked before the deletion and written after this read would be).
+    pub fn rooms_of_leaving(
+        &self,
+        user: &str,
+        cb: impl FnOnce(StoreResult<Vec<String>>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.rooms_of_msg(user, true, cb)
+    }
+
+    fn rooms_of_msg(
+        &self,
+        user: &str,
+        leaving: bool,
+        cb: impl FnOnce(StoreResult<Vec<String>>) + Send + 'static,
+    ) -> StoreResult<()> {
         self.send(Msg::RoomsOf {
             user: user.to_owned(),
+            leaving,
             cb: Cb::new(cb),
         })
     }

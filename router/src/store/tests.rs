@@ -756,6 +756,44 @@ fn enqueue_answers_seqs_and_can_require_an_account() {
     );
 }
 
+/// Between a DeleteAccount's read of the user's rooms and the account's deletion, no
+/// membership of the user is written (another user's AddMember, a CreateRoom or PutRoom
+/// naming it): it would be left, unpurged, to the next owner of the name. Once the
+/// account is deleted, the name can be added again.
+#[test]
+fn no_membership_of_an_account_is_written_while_its_deletion_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(dir.path(), Durability::Memory);
+    call(|cb| h.create_room(room("r1", "c1", "own", &["own", "vic"]), cb)).unwrap();
+    call(|cb| h.create_room(room("r2", "c2", "own", &["own"]), cb)).unwrap();
+    assert_eq!(
+        call(|cb| h.rooms_of_leaving("vic", cb)),
+        Ok(vec!["r1".into()])
+    );
+    assert_eq!(
+        call(|cb| h.add_member("r2", "vic", "own", cb)),
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(
+        call(|cb| h.create_room(room("r3", "c3", "own", &["own", "vic"]), cb)),
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(
+        call(|cb| h.put_room(room("r2", "c2", "own", &["own", "vic"]), cb)),
+        Err(StoreError::NotFound)
+    );
+    // Others are added as before, and a room it is in already may be rewritten.
+    call(|cb| h.add_member("r2", "amy", "own", cb)).unwrap();
+    call(|cb| h.put_room(room("r1", "c9", "own", &["own", "vic"]), cb)).unwrap();
+    assert_eq!(call(|cb| h.rooms_of("vic", cb)), Ok(vec!["r1".into()]));
+    call(|cb| h.remove_member("r1", "vic", cb)).unwrap();
+    call(|cb| h.delete_account("vic", cb)).ok();
+    assert_eq!(call(|cb| h.rooms_of("vic", cb)), Ok(vec![]));
+    // The name's next owner can be added.
+    call(|cb| h.add_member("r2", "vic", "own", cb)).unwrap();
+    assert_eq!(call(|cb| h.rooms_of("vic", cb)), Ok(vec!["r2".into()]));
+}
+
 #[test]
 fn membership_index_follows_create_put_and_delete() {
     let dir = tempfile::tempdir().unwrap();

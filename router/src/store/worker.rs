@@ -177,6 +177,9 @@ pub(crate) struct Worker {
     queues: NameMap<String, QueueState>,
     waiting: FxHashMap<u64, Waiting>,
     registering: NameSet<String>,
+    /// Accounts whose deletion has read their rooms and not yet deleted the record: no
+    /// membership of theirs is written meanwhile ([`StoreHandle::rooms_of_leaving`]).
+    leaving: NameSet<String>,
     /// Accounts known to exist (looked up or written by this thread, not deleted since):
     /// an offline append for one of them needs no commit-then-read.
     known: NameSet<String>,
@@ -319,6 +322,7 @@ impl Worker {
             queues: NameMap::default(),
             waiting: FxHashMap::default(),
             registering: NameSet::default(),
+            leaving: NameSet::default(),
             known: NameSet::default(),
             evicted_next_seq: 0,
             sweep_cursor: None,
@@ -730,8 +734,11 @@ impl Worker {
                 let r = self.remove_member(&room, &user);
                 self.done(cb, r, true);
             }
-            Msg::RoomsOf { user, cb } => {
+            Msg::RoomsOf { user, leaving, cb } => {
                 let r = self.rooms_of(&user);
+                if leaving && r.is_ok() {
+                    self.leaving.insert(user);
+                }
                 self.done(cb, r, false);
             }
             Msg::OwnRooms { user, room, cb } => {
@@ -1205,6 +1212,7 @@ impl Worker {
 
     fn delete_account(&mut self, user: &str) -> StoreResult<()> {
         validate_name("user", user)?;
+        self.leaving.remove(user);
         self.known.remove(user);
         self.hist_flush()?;
         self.commit()?;
@@ -1472,6 +1480,9 @@ impl Worker {
         if self.dbs.rooms.contains_key(&room_key)? || self.dbs.rooms.contains_key(&code_key)? {
             return Err(StoreError::Conflict);
         }
+        if people(&record).iter().any(|u| self.leaving.contains(*u)) {
+            return Err(StoreError::NotFound);
+        }
         // A new room has no history: whatever its name's conversation still holds (left
         // by a version that kept a deleted room's history, or by an append that raced
         // the deletion) goes in this batch, before anyone can read it.
@@ -1653,6 +1664,10 @@ impl Worker {
         validate_room(&record)?;
         self.commit()?;
         let old = self.room(&record.name)?.ok_or(StoreError::NotFound)?;
+        let (was, now) = (people(&old), people(&record));
+        if now.difference(&was).any(|u| self.leaving.contains(*u)) {
+            return Err(StoreError::NotFound);
+        }
         if old.join_code != record.join_code {
             let new_code = prefixed(CODE_PREFIX, &record.join_code);
             if self.dbs.rooms.contains_key(&new_code)? {
@@ -1682,7 +1697,7 @@ impl Worker {
                 Vec::new(),
             ));
         }
-        let (before, after) = (people(&old), people(&record));
+        let (before, after) = (was, now);
         for u in before.difference(&after) {
             self.ops
                 .push(Op::Del(Ks::Rooms, member_key(u, &record.name)));
@@ -1704,7 +1719,8 @@ impl Worker {
         validate_name("member", user)?;
         validate_name("member", by)?;
         self.commit()?;
-        if !self.dbs.rooms.contains_key(prefixed(ROOM_PREFIX, room))? {
+        if !self.dbs.rooms.contains_key(prefixed(ROOM_PREFIX, room))? || self.leaving.contains(user)
+        {
             return Err(StoreError::NotFound);
         }
         self.ops
