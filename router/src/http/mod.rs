@@ -284,6 +284,15 @@ async fn serve_conn(
                 // (Closed after it: the answer says so rather than keep-alive.)
                 return close_with(&mut conn, r).await;
             }
+            if head.minor == 0 {
+                // RFC 6455 4.1: the opening handshake is HTTP/1.1 or higher.
+                let r = Response::error(
+                    400,
+                    Status::BadRequest,
+                    "a WebSocket upgrade needs HTTP/1.1 (RFC 6455 4.1)",
+                );
+                return close_with(&mut conn, r).await;
+            }
             buf.advance(head.len);
             let Head { headers, .. } = head;
             crate::net::ws::serve(shard, shared, conn, headers, buf, guard, local).await;

@@ -344,6 +344,12 @@ fn bad_upgrades_get_http_errors() {
     s.write_all(req.as_bytes()).expect("write");
     let (head, _) = read_head(&mut s);
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    // Over HTTP/1.0 (RFC 6455 4.1 asks for 1.1 or higher).
+    let mut s = tcp(r.http_addr());
+    let req = upgrade_request(Some("ringrouter.v1"), "13").replacen("HTTP/1.1", "HTTP/1.0", 1);
+    s.write_all(req.as_bytes()).expect("write");
+    let (head, _) = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
     // No subprotocol named: the binary one.
     let mut s = tcp(r.http_addr());
     s.write_all(upgrade_request(None, "13").as_bytes())
