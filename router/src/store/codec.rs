@@ -127,6 +127,20 @@ pub(crate) fn encode<M: Message>(msg: &M) -> Vec<u8> {
     out
 }
 
+/// Encodes `msg` as [`encode`] does into `out`, which is emptied first (a buffer kept for
+/// many records).
+pub(crate) fn encode_into<M: Message>(msg: &M, out: &mut Vec<u8>) {
+    out.clear();
+    out.push(FORMAT_V1);
+    // Encoding into a Vec cannot run out of space.
+    let _ = msg.encode(out);
+}
+
+/// The length of `msg`'s [`encode`]d value, without encoding it.
+pub(crate) fn record_len<M: Message>(msg: &M) -> u64 {
+    1 + msg.encoded_len() as u64
+}
+
 /// Decodes a tagged value; `what` names the record in the error.
 pub(crate) fn decode<M: Message + Default>(value: &[u8], what: &str) -> Result<M, StoreError> {
     match value.split_first() {
@@ -173,6 +187,12 @@ pub(crate) fn queue_key(prefix: &[u8], seq: u64) -> Vec<u8> {
     k.extend_from_slice(prefix);
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// Makes `key`, a [`queue_key`], the key of `seq` in the same queue.
+pub(crate) fn set_queue_key_seq(key: &mut [u8], seq: u64) {
+    let at = key.len() - 8;
+    key[at..].copy_from_slice(&seq.to_be_bytes());
 }
 
 /// The seq of an offline key that starts with `prefix`.
@@ -262,5 +282,37 @@ mod tests {
         assert!(decode::<StoredMsg>(&[], "x").is_err());
         assert!(decode::<StoredMsg>(&[7, 1, 2], "x").is_err());
         assert!(decode::<StoredMsg>(&[FORMAT_V1, 0xff, 0xff, 0xff], "x").is_err());
+    }
+
+    #[test]
+    fn reused_key_and_buffer_encode_as_fresh_ones() {
+        let prefix = queue_prefix("bob");
+        let mut key = queue_key(&prefix, 0);
+        let mut buf = Vec::new();
+        let big = StoredMsg {
+            from_user: "someone".into(),
+            to_room: "room".into(),
+            payload: Bytes::from(vec![7u8; 300]),
+            server_ts_us: u64::MAX,
+            msg_id: 1 << 40,
+            room_event: 2,
+            contact_event: 0,
+        };
+        // A short record after a long one: the buffer holds only the short one.
+        let small = StoredMsg {
+            from_user: "a".into(),
+            ..StoredMsg::default()
+        };
+        for (seq, m) in [
+            (1u64, &big),
+            (256, &small),
+            (u64::MAX, &StoredMsg::default()),
+        ] {
+            set_queue_key_seq(&mut key, seq);
+            assert_eq!(key, queue_key(&prefix, seq));
+            encode_into(m, &mut buf);
+            assert_eq!(buf, encode(m));
+            assert_eq!(record_len(m), buf.len() as u64);
+        }
     }
 }

@@ -5,15 +5,16 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode, Slice};
 use rustc_hash::FxHashMap;
 
 use crate::shard::{NameMap, NameSet};
 
 use super::codec::{
-    self, decode, encode, parse_queue_key, prefixed, queue_key, queue_prefix, validate_name,
-    validate_password, AccountRecord, CODE_PREFIX, CONTACTS_PREFIX, CONTACT_BLOCKER_PREFIX,
-    CONTACT_ENTRY_PREFIX, MEMBER_PREFIX, ROOM_MEMBER_PREFIX, ROOM_PREFIX,
+    self, decode, encode, encode_into, parse_queue_key, prefixed, queue_key, queue_prefix,
+    record_len, set_queue_key_seq, validate_name, validate_password, AccountRecord, CODE_PREFIX,
+    CONTACTS_PREFIX, CONTACT_BLOCKER_PREFIX, CONTACT_ENTRY_PREFIX, MEMBER_PREFIX,
+    ROOM_MEMBER_PREFIX, ROOM_PREFIX,
 };
 use super::contacts::{ContactEntry, ContactRecord, ContactSave};
 use super::hash::{HashJob, HashOutcome, HashPool};
@@ -59,12 +60,24 @@ impl Dbs {
         // No journal compression: lz4 over every history chunk was half of the storage
         // thread's instructions per message (callgrind, bench/ir.sh), for payloads that
         // seldom compress.
+        //
+        // One background worker: with two or more, fjall's worker 0 hands every compaction
+        // request back to the pool and, while another worker compacts, receives its own
+        // request again at once: it spins (a whole core during a requeue flood, on a 2-core
+        // host half the CPU the storage thread could have had; perf: 62% of the process's
+        // samples on the two fjall workers, 31% on the storage thread). One worker flushes
+        // and compacts in turn.
         let db = Database::builder(dir)
             .cache_size(STORE_CACHE_BYTES)
             .journal_compression(fjall::CompressionType::None)
+            .worker_threads(1)
             .open()?;
         let sized = |bytes: u64| move || KeyspaceCreateOptions::default().max_memtable_size(bytes);
-        let offline = db.keyspace("offline", sized(OFFLINE_MEMTABLE_BYTES))?;
+        // Queues are only scanned (prefix and range reads), never looked up by key: no bloom
+        // filters to build at every flush and compaction (taken at the keyspace's creation).
+        let offline = db.keyspace("offline", || {
+            sized(OFFLINE_MEMTABLE_BYTES)().filter_policy(fjall::config::FilterPolicy::disabled())
+        })?;
         let accounts = db.keyspace("accounts", sized(SMALL_MEMTABLE_BYTES))?;
         let rooms = db.keyspace("rooms", sized(SMALL_MEMTABLE_BYTES))?;
         // History chunks keep a 28-byte pointer here; their records are in the history
@@ -111,7 +124,6 @@ impl Dbs {
 
     fn ks(&self, ks: Ks) -> &Keyspace {
         match ks {
-            Ks::Offline => &self.offline,
             Ks::Accounts => &self.accounts,
             Ks::Rooms => &self.rooms,
             Ks::History => &self.history,
@@ -121,7 +133,6 @@ impl Dbs {
 
 #[derive(Clone, Copy)]
 enum Ks {
-    Offline,
     Accounts,
     Rooms,
     History,
@@ -131,6 +142,10 @@ enum Ks {
 enum Op {
     Put(Ks, Vec<u8>, Vec<u8>),
     Del(Ks, Vec<u8>),
+    /// An offline record (key, value), built as the store's slices (no `Vec` in between).
+    Enqueued(Slice, Slice),
+    /// An offline record's removal, by the key a scan gave.
+    Dequeued(Slice),
 }
 
 /// Cached per-user queue position.
@@ -472,11 +487,16 @@ impl Worker {
             return Ok(());
         }
         let t = Instant::now();
-        let mut batch = self.dbs.db.batch();
+        // As `Database::batch` (journal handed to the OS at commit), sized for the round's
+        // writes at once instead of grown item by item (a requeue round is ~10^4 items).
+        let mut batch = OwnedWriteBatch::with_capacity(self.dbs.db.clone(), self.ops.len())
+            .durability(Some(PersistMode::Buffer));
         for op in self.ops.drain(..) {
             match op {
                 Op::Put(ks, k, v) => batch.insert(self.dbs.ks(ks), k, v),
                 Op::Del(ks, k) => batch.remove(self.dbs.ks(ks), k),
+                Op::Enqueued(k, v) => batch.insert(&self.dbs.offline, k, v),
+                Op::Dequeued(k) => batch.remove(&self.dbs.offline, k),
             }
         }
         let r = batch.commit();
@@ -844,11 +864,10 @@ impl Worker {
         validate_name("user", user)?;
         let prefix = queue_prefix(user);
         let mut st = self.queue_state(user, &prefix)?;
-        let mut records: Vec<Vec<u8>> = msgs.iter().map(encode).collect();
-        drop(msgs);
+        let mut msgs = msgs;
         if let Some(cap) = cap {
-            let n = records.len() as u64;
-            let new_bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
+            let n = msgs.len() as u64;
+            let new_bytes: u64 = msgs.iter().map(record_len).sum();
             if st.count.saturating_add(n) > cap.max_msgs
                 || st.bytes.saturating_add(new_bytes) > cap.max_bytes
             {
@@ -858,27 +877,35 @@ impl Worker {
                 // The newest that fit on their own (at least none, at most all).
                 let mut keep = 0usize;
                 let mut kept_bytes = 0u64;
-                for r in records.iter().rev() {
-                    let b = kept_bytes + r.len() as u64;
+                for m in msgs.iter().rev() {
+                    let b = kept_bytes + record_len(m);
                     if keep as u64 >= cap.max_msgs || b > cap.max_bytes {
                         break;
                     }
                     keep += 1;
                     kept_bytes = b;
                 }
-                let excess = records.len() - keep;
-                records.drain(..excess);
-                self.drop_oldest(&prefix, &mut st, records.len() as u64, kept_bytes, cap)?;
+                let excess = msgs.len() - keep;
+                msgs.drain(..excess);
+                self.drop_oldest(&prefix, &mut st, msgs.len() as u64, kept_bytes, cap)?;
             }
         }
-        let n = records.len() as u64;
+        let n = msgs.len() as u64;
         let first_seq = st.next_seq;
-        for r in records {
-            st.bytes += r.len() as u64;
+        // One key and one encoding buffer for the request, each record copied once from
+        // them into the store's slices.
+        let mut key = queue_key(&prefix, 0);
+        let mut value = Vec::new();
+        self.ops.reserve(msgs.len());
+        for m in &msgs {
+            set_queue_key_seq(&mut key, st.next_seq);
+            encode_into(m, &mut value);
+            st.bytes += value.len() as u64;
             self.ops
-                .push(Op::Put(Ks::Offline, queue_key(&prefix, st.next_seq), r));
+                .push(Op::Enqueued(Slice::from(&key[..]), Slice::from(&value[..])));
             st.next_seq += 1;
         }
+        drop(msgs);
         st.count += n;
         self.set_queue_state(user, st);
         self.stats.appended.fetch_add(n, Ordering::Relaxed);
@@ -911,7 +938,7 @@ impl Worker {
         for g in self.dbs.offline.range(start..=end) {
             let (k, v) = g.into_inner()?;
             st.head = parse_queue_key(prefix, &k)?.saturating_add(1);
-            self.ops.push(Op::Del(Ks::Offline, k.to_vec()));
+            self.ops.push(Op::Dequeued(k));
             st.count = st.count.saturating_sub(1);
             st.bytes = st.bytes.saturating_sub(v.len() as u64);
             if fits(st) {
@@ -978,7 +1005,7 @@ impl Worker {
         for g in self.dbs.offline.range(start..=end) {
             let (k, v) = g.into_inner()?;
             parse_queue_key(&prefix, &k)?;
-            self.ops.push(Op::Del(Ks::Offline, k.to_vec()));
+            self.ops.push(Op::Dequeued(k));
             removed += 1;
             removed_bytes += v.len() as u64;
         }
