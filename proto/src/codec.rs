@@ -257,8 +257,11 @@ pub(crate) fn varint_into(buf: &mut [u8], mut at: usize, mut v: u64) -> usize {
 
 /// Number of bytes `v` takes as a varint.
 pub const fn varint_len(v: u64) -> usize {
-    // 1 + floor(log2(v|1)) / 7
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+    // ceil(bits / 7) of its 1..=64 significant bits (`v | 1`: 0 takes a byte), as
+    // (9 * bits + 64) / 64, exact over that range: a multiply-add and a shift where
+    // `div_ceil(7)` took a division and a remainder by 7 (a Deliver sizes six varints).
+    let bits = 64 - (v | 1).leading_zeros() as usize;
+    (9 * bits + 64) >> 6
 }
 
 /// Decodes one client frame body (after [`next_frame`]).
