@@ -275,7 +275,7 @@ async fn read_loop(
         let mut turn_over = false;
         let flow = {
             let mut sh = shard.borrow_mut();
-            let (work, inflight) = (sh.fan_work(), sh.store_inflight);
+            let (work, stored) = (sh.fan_work(), sh.store_work());
             let now = Instant::now();
             let ts = now_us();
             let mut flow = Flow::Continue;
@@ -344,8 +344,9 @@ async fn read_loop(
                 // room whose members are offline is a store request per message and
                 // member: checked only between chunks, one chunk put 96 000 requests in
                 // a queue bounded at 16 384. (Looked at only once this chunk has made
-                // store requests: a plain message makes none.)
-                if end < chunk.len() && sh.store_inflight != inflight && sh.store_full() {
+                // store requests or put records behind waiting requeues: a plain message
+                // does neither.)
+                if end < chunk.len() && sh.store_work() != stored && sh.store_full() {
                     rest = Some(end);
                     break;
                 }

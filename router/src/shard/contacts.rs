@@ -45,6 +45,7 @@ use ringrouter_proto::Status;
 use std::sync::Arc;
 
 use super::mail::{InFlight, Mail, MailQueue};
+use super::requeue::Behind;
 use super::session::{SessionId, SessionKey};
 use super::Shard;
 use crate::config::DmPolicy;
@@ -463,8 +464,12 @@ impl Shard {
             ..Default::default()
         };
         let cap = self.notice_cap();
-        let max = cap.map_or(u64::MAX, |c| c.max_msgs);
-        let Err(stored) = self.behind_requeues(user.as_bytes(), stored, max) else {
+        let b = Behind {
+            msg: stored,
+            cap,
+            reply: None,
+        };
+        let Some(Behind { msg: stored, .. }) = self.behind_requeues(user.as_bytes(), b) else {
             return;
         };
         let u = user.to_owned();

@@ -29,6 +29,7 @@ use ringrouter_proto::Status;
 use super::answer::Answer;
 use super::api::is_api;
 use super::mail::Mail;
+use super::requeue::Behind;
 use super::retention::{Outgoing, OwnedMsg};
 use super::session::{CloseReason, SessionId, SessionKey};
 use super::store_link::store_status;
@@ -252,29 +253,24 @@ impl Shard {
             return;
         }
         self.counters.offline_stored += 1;
-        let msg_id = m.msg_id;
-        let stored = m.to_stored();
-        let cap = self.offline_cap();
-        let max = match cap {
-            Some(c) if c.overflow == Overflow::Reject => c.max_msgs,
-            _ => u64::MAX,
+        let b = Behind {
+            msg: m.to_stored(),
+            cap: self.offline_cap(),
+            reply: Some((reply, m.msg_id)),
         };
-        let stored = match self.behind_requeues(to_user, stored, max) {
-            Ok(taken) => {
-                let status = if taken {
-                    Status::Ok
-                } else {
-                    Status::RateLimited
-                };
-                self.answer_send(reply, msg_id, status);
-                return;
-            }
-            Err(stored) => stored,
-        };
-        let user = String::from_utf8_lossy(to_user).into_owned();
+        // Behind what the user's ended sessions left, if any waits (see `shard::requeue`).
+        if let Some(b) = self.behind_requeues(to_user, b) {
+            self.enqueue_offline(String::from_utf8_lossy(to_user).into_owned(), b);
+        }
+    }
+
+    /// Appends `b` to `user`'s offline queue (with its cap), then answers its sender
+    /// with how that went, if it has one.
+    pub(crate) fn enqueue_offline(&mut self, user: String, b: Behind) {
+        let Behind { msg, cap, reply } = b;
         self.store_req_sized(
-            stored.payload.len(),
-            |s, cb| s.enqueue(&user, vec![stored], cap, true, cb),
+            msg.payload.len(),
+            |s, cb| s.enqueue(&user, vec![msg], cap, true, cb),
             move |sh, r| {
                 let status = match r {
                     Ok(_) => Status::Ok,
@@ -285,7 +281,9 @@ impl Shard {
                         store_status(&e)
                     }
                 };
-                sh.answer_send(reply, msg_id, status);
+                if let Some((reply, msg_id)) = reply {
+                    sh.answer_send(reply, msg_id, status);
+                }
             },
         );
     }

@@ -19,7 +19,8 @@
 //!
 //! Order: anything else that goes to a user's offline queue while requeues of theirs
 //! wait (a message stored for them, a contact or room event) goes behind them, in the
-//! last one's deferred messages ([`Shard::behind_requeues`]), paced with them; a login's
+//! last one's `behind` ([`Shard::behind_requeues`]), paced with them and stored with
+//! its own cap (its sender answered then); a login's
 //! backlog page waits until they are handed to the store, put at the front of the line
 //! ([`Shard::load_behind_requeues`]); a journaled message, which needs its seq at once,
 //! first hands them over whole ([`Shard::flush_requeues_of`]). The store takes one
@@ -33,6 +34,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+use super::answer::Answer;
 use super::retention::Retained;
 use super::session::{SessionId, SessionKey};
 use super::store_link::STORE_HIGH_WATER;
@@ -56,6 +58,10 @@ pub struct Requeue {
     unacked: Retained,
     /// Deferred behind a login backlog: after `unacked`.
     deferred: VecDeque<StoredMsg>,
+    /// What else came for the user's offline queue while this waited (the last requeue
+    /// of the user's holds them): after `deferred`, each stored with its own cap and
+    /// answered then ([`Shard::behind_requeues`]). Not under the requeue ceiling.
+    behind: VecDeque<Behind>,
     /// What it still counts for in the shard's requeue bytes: the memory it held when
     /// the session ended ([`Retained::held_bytes`], [`record_bytes`] of each deferred
     /// one), taken back in proportion as its messages go ([`Requeue::shed`]), so that
@@ -63,8 +69,27 @@ pub struct Requeue {
     weight: usize,
 }
 
+/// A message or notice for a user's offline queue that waits behind the user's
+/// requeues: stored as it would have been (its cap: the offline queue's for a message, the
+/// notice cap for a notice), and its sender answered then.
+#[derive(Debug)]
+pub(crate) struct Behind {
+    /// The record.
+    pub msg: StoredMsg,
+    /// The queue's cap for it.
+    pub cap: Option<QueueCap>,
+    /// A message's sender, answered once it is stored (with the message id); a notice
+    /// has none.
+    pub reply: Option<(Answer, u64)>,
+}
+
 impl Requeue {
     fn len(&self) -> usize {
+        self.unacked.len() + self.deferred.len() + self.behind.len()
+    }
+
+    /// What the requeue ceiling applies to (not what waits behind).
+    fn ceiling_len(&self) -> usize {
         self.unacked.len() + self.deferred.len()
     }
 
@@ -103,7 +128,7 @@ impl Requeue {
         msgs
     }
 
-    /// Forgets the oldest `n`.
+    /// Forgets the oldest `n` (of what the ceiling applies to).
     fn drop_oldest(&mut self, n: usize) {
         let from_unacked = n.min(self.unacked.len());
         self.unacked.drop_oldest(from_unacked);
@@ -115,8 +140,8 @@ impl Requeue {
     }
 }
 
-/// What a record counts for in the shard's store queue bytes: its encoded fields and
-/// its own size (a small payload does not make a record free).
+/// What a record counts for in the shard's requeue bytes: its encoded fields and its
+/// own size (a small payload does not make a record free).
 fn record_bytes(m: &StoredMsg) -> usize {
     std::mem::size_of::<StoredMsg>() + m.from_user.len() + m.to_room.len() + m.payload.len()
 }
@@ -174,37 +199,55 @@ impl Shard {
             weight: unacked.held_bytes() + deferred.iter().map(record_bytes).sum::<usize>(),
             unacked,
             deferred,
+            behind: VecDeque::new(),
         };
         *self.requeue_held.entry(user.clone()).or_default() += r.len();
         self.requeue_bytes += r.weight;
-        self.requeues.push_back(r);
+        // Right after the user's others, if any wait (a login of the user may be waiting
+        // for them all, and must not wait behind everyone else's), else last.
+        match self.requeues.iter().rposition(|q| q.user == user) {
+            Some(i) => self.requeues.insert(i + 1, r),
+            None => self.requeues.push_back(r),
+        }
         self.trim_requeues(&user);
         self.pump_requeues();
     }
 
     /// Drops the oldest of `user`'s waiting requeues past the requeue ceiling: the
-    /// store would drop them from the queue as the newer ones arrive.
+    /// store would drop them from the queue as the newer ones arrive. (What waits behind
+    /// them has its own cap, applied when it is stored.)
     fn trim_requeues(&mut self, user: &Bytes) {
         let cap = usize::try_from(self.requeue_cap().max_msgs).unwrap_or(usize::MAX);
-        let held = self.requeue_held.get(user).copied().unwrap_or(0);
+        let held: usize = self
+            .requeues
+            .iter()
+            .filter(|r| r.user == *user)
+            .map(Requeue::ceiling_len)
+            .sum();
         let mut excess = held.saturating_sub(cap);
         if excess == 0 {
             return;
         }
+        let mut dropped = 0;
         for r in self.requeues.iter_mut().filter(|r| r.user == *user) {
             if excess == 0 {
                 break;
             }
-            let (n, before) = (excess.min(r.len()), r.len());
+            let (n, before) = (excess.min(r.ceiling_len()), r.len());
             r.drop_oldest(n);
             self.requeue_bytes -= r.shed(before);
             excess -= n;
-            self.counters.requeue_dropped += n as u64;
+            dropped += n;
         }
+        self.counters.requeue_dropped += dropped as u64;
         if let Some(h) = self.requeue_held.get_mut(user) {
-            *h = cap;
+            *h = h.saturating_sub(dropped);
         }
         self.requeues.retain(|r| r.len() > 0);
+        if self.requeue_held.get(user) == Some(&0) {
+            self.requeue_held.remove(user);
+            self.requeues_gone(user);
+        }
     }
 
     /// Hands waiting requeues to the store, a slice per request, while its queue is
@@ -248,35 +291,27 @@ impl Shard {
         }
     }
 
-    /// Puts `m`, on its way to `user`'s offline queue, behind the user's waiting
-    /// requeues (their order kept, and the store's pacing: flushing them whole for each
+    /// Puts `b`, on its way to `user`'s offline queue, behind the user's waiting
+    /// requeues: their order kept, and the store's pacing (flushing them whole for each
     /// message stored for a member cut with many others put 2 GB of records in the store
-    /// queue at once). `Err(m)`: nothing of theirs waits, store it as usual;
-    /// `Ok(false)`: what waits holds `max` messages already (refused, as a full queue
-    /// refuses, with `max` the queue's cap); `Ok(true)`: it goes after them.
-    pub(crate) fn behind_requeues(
-        &mut self,
-        user: &[u8],
-        m: StoredMsg,
-        max: u64,
-    ) -> Result<bool, StoredMsg> {
-        let Some(&held) = self.requeue_held.get(user) else {
-            return Err(m);
-        };
-        if held as u64 >= max {
-            return Ok(false);
+    /// queue at once). It is stored with its own cap, and its sender answered, when its
+    /// turn comes. Gives `b` back when nothing of theirs waits: store it as usual.
+    #[must_use]
+    pub(crate) fn behind_requeues(&mut self, user: &[u8], b: Behind) -> Option<Behind> {
+        if !self.requeue_held.contains_key(user) {
+            return Some(b);
         }
         let Some(r) = self.requeues.iter_mut().rev().find(|r| r.user == user) else {
-            return Err(m);
+            return Some(b);
         };
-        let w = record_bytes(&m);
-        r.deferred.push_back(m);
+        let w = record_bytes(&b.msg) + std::mem::size_of::<Behind>();
+        r.behind.push_back(b);
         r.weight += w;
-        let user = r.user.clone();
         self.requeue_bytes += w;
-        *self.requeue_held.entry(user.clone()).or_default() += 1;
-        self.trim_requeues(&user);
-        Ok(true)
+        if let Some(h) = self.requeue_held.get_mut(user) {
+            *h += 1;
+        }
+        None
     }
 
     /// A backlog page of `user` is to be read: `Err(user)` when nothing of theirs waits
@@ -299,7 +334,12 @@ impl Shard {
             all.into_iter().partition(|r| r.user == user.as_bytes());
         first.extend(rest);
         self.requeues = first;
-        self.requeue_loads.push((id, user, from));
+        // (Loads of sessions gone meanwhile are dropped: a client that logs in and out
+        // again while its requeues wait leaves one entry at most.)
+        let mut loads = std::mem::take(&mut self.requeue_loads);
+        loads.retain(|&(i, ..)| i != id && self.resolve(i).is_some());
+        loads.push((id, user, from));
+        self.requeue_loads = loads;
         self.pump_requeues();
         Ok(())
     }
@@ -335,48 +375,48 @@ impl Shard {
         }
     }
 
-    /// Hands the oldest slice of `r` to the store.
+    /// Hands the oldest slice of `r` to the store, or the first of what waits behind it
+    /// once the slices are out.
     fn submit_slice(&mut self, r: &mut Requeue) {
+        // Not counted for the session whose request is being handled (a close while
+        // handling it may requeue another's), nor are the backlog reads it lets go.
+        let requester = self.requester.take();
         let before = r.len();
-        let msgs = r.take(SLICE, SLICE_BYTES);
+        if r.ceiling_len() == 0 {
+            if let Some(b) = r.behind.pop_front() {
+                self.enqueue_offline(String::from_utf8_lossy(&r.user).into_owned(), b);
+            }
+        } else {
+            let msgs = r.take(SLICE, SLICE_BYTES);
+            if !msgs.is_empty() {
+                self.counters.requeued += msgs.len() as u64;
+                let (user, device, gen) = (r.user.clone(), r.device.clone(), r.gen);
+                let name = String::from_utf8_lossy(&user).into_owned();
+                let bytes = msgs.iter().map(record_bytes).sum();
+                let cap = Some(self.requeue_cap());
+                // An account deleted meanwhile gets nothing back (NOT_FOUND).
+                self.store_req_sized(
+                    bytes,
+                    |st, cb| st.enqueue(&name, msgs, cap, true, cb),
+                    move |sh, r| match r {
+                        Ok(a) if a.stored > 0 => {
+                            sh.requeued_for_later_logins(&user, &device, gen, a.first_seq)
+                        }
+                        Ok(_) | Err(StoreError::NotFound) => {}
+                        Err(e) => tracing::warn!(error = %e, "requeueing unacked messages failed"),
+                    },
+                );
+            }
+        }
         let taken = before - r.len();
         self.requeue_bytes -= r.shed(before);
-        let mut gone = false;
-        if let Some(h) = self.requeue_held.get_mut(&r.user) {
+        let gone = self.requeue_held.get_mut(&r.user).is_some_and(|h| {
             *h = h.saturating_sub(taken);
-            if *h == 0 {
-                self.requeue_held.remove(&r.user);
-                gone = true;
-            }
-        }
-        if msgs.is_empty() {
-            if gone {
-                self.requeues_gone(&r.user);
-            }
-            return;
-        }
-        self.counters.requeued += msgs.len() as u64;
-        let (user, device, gen) = (r.user.clone(), r.device.clone(), r.gen);
-        let name = String::from_utf8_lossy(&user).into_owned();
-        let bytes = msgs.iter().map(record_bytes).sum();
-        let cap = Some(self.requeue_cap());
-        // Not counted for the session whose request is being handled (a close while
-        // handling it may requeue another's).
-        let requester = self.requester.take();
-        // An account deleted meanwhile gets nothing back (NOT_FOUND).
-        self.store_req_sized(
-            bytes,
-            |st, cb| st.enqueue(&name, msgs, cap, true, cb),
-            move |sh, r| match r {
-                Ok(a) if a.stored > 0 => {
-                    sh.requeued_for_later_logins(&user, &device, gen, a.first_seq)
-                }
-                Ok(_) | Err(StoreError::NotFound) => {}
-                Err(e) => tracing::warn!(error = %e, "requeueing unacked messages failed"),
-            },
-        );
+            *h == 0
+        });
         if gone {
-            // Behind the last slice in the store's queue.
+            // Behind the last request in the store's queue.
+            self.requeue_held.remove(&r.user);
             self.requeues_gone(&r.user);
         }
         self.requester = requester;
@@ -407,6 +447,7 @@ mod tests {
             gen: 1,
             unacked: Retained::default(),
             deferred: (1..=7).map(msg).collect(),
+            behind: VecDeque::new(),
             weight: 1_003,
         };
         let mut shed = 0;

@@ -334,14 +334,14 @@ async fn consumer(
                     got += 1;
                     let weight: usize = batch.iter().map(Mail::weight).sum();
                     sh.begin_batch();
-                    let inflight = sh.store_inflight;
+                    let stored = sh.store_work();
                     let mut rest = VecDeque::new();
                     let mut mails = batch.drain(..);
                     while let Some(mail) = mails.next() {
                         if let Some(h) = sh.on_mail(mail, &mut blocked) {
                             handovers.push(h);
                         }
-                        if sh.store_inflight != inflight && sh.store_full() {
+                        if sh.store_work() != stored && sh.store_full() {
                             rest.extend(mails.by_ref());
                             break;
                         }

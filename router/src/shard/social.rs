@@ -24,6 +24,7 @@ use ringrouter_proto::v1::{Deliver, Receipt, RoomEvent, ServerFrame};
 use ringrouter_proto::Status;
 
 use super::mail::{Live, LiveFrame, Mail, RoomFan};
+use super::requeue::Behind;
 use super::session::{SessionId, SessionKey};
 use super::Shard;
 use crate::store::StoredMsg;
@@ -211,7 +212,6 @@ impl Shard {
         }
         let ts = super::now_us();
         let cap = self.notice_cap();
-        let max = cap.map_or(u64::MAX, |c| c.max_msgs);
         let mut bytes = 0;
         let mut items: Vec<(String, StoredMsg)> = Vec::with_capacity(events.len());
         for (user, ev) in events {
@@ -222,9 +222,15 @@ impl Shard {
                 room_event: ev.kind,
                 ..Default::default()
             };
-            // Behind what the user's ended sessions left, if any waits (refused past
-            // the notice cap, as the queue would).
-            if let Err(stored) = self.behind_requeues(&user, stored, max) {
+            // Behind what the user's ended sessions left, if any waits (stored then,
+            // with the notice cap).
+            let b = Behind {
+                msg: stored,
+                cap,
+                reply: None,
+            };
+            if let Some(b) = self.behind_requeues(&user, b) {
+                let stored = b.msg;
                 bytes += user.len() + stored.from_user.len() + stored.to_room.len() + 64;
                 items.push((String::from_utf8_lossy(&user).into_owned(), stored));
             }

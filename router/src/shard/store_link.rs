@@ -94,6 +94,15 @@ impl Shard {
         self.store.is_some() && self.cfg.durability == DurabilityMode::Sync
     }
 
+    /// What this shard has given the store so far, as a mark that moves with every
+    /// request and every record put behind waiting requeues: a reader or a mail batch
+    /// looks at [`Shard::store_full`] again only once it moved (a plain message moves
+    /// it not).
+    #[inline]
+    pub fn store_work(&self) -> (usize, usize) {
+        (self.store_inflight, self.requeue_bytes)
+    }
+
     /// True when readers should wait for the store to catch up.
     pub fn store_full(&self) -> bool {
         // Not `parked_bytes`: this gates the rings too, and the mail that drains parked

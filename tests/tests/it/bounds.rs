@@ -1605,6 +1605,15 @@ fn a_login_behind_waiting_requeues_does_not_put_them_in_the_store_queue_at_once(
         })
     };
     drop(devices);
+    // The devices' sessions have ended (their requeues made) before the login.
+    let deadline = Instant::now() + T;
+    while metric_sum(&r.metrics(), "ringrouter_sessions") > 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the devices' sessions did not end"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
     let numbers = backlog_numbers(&r, "hoarder", Some(""));
     stop.store(true, Ordering::Relaxed);
     let peak = sampler.join().expect("sampler");
