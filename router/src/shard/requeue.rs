@@ -33,6 +33,7 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
+use ringrouter_proto::Status;
 
 use super::answer::Answer;
 use super::retention::Retained;
@@ -360,17 +361,23 @@ impl Shard {
     }
 
     /// Forgets `user`'s waiting requeues (the account is being deleted).
+    /// (The senders of messages waiting behind them are answered NOT_FOUND, as the store
+    /// would have: no such user.)
     pub(crate) fn drop_requeues_of(&mut self, user: &[u8]) {
         if self.requeue_held.remove(user).is_some() {
-            let mut freed = 0;
-            self.requeues.retain(|r| {
-                let theirs = r.user == user;
-                if theirs {
-                    freed += r.weight;
+            let (mine, rest): (VecDeque<Requeue>, VecDeque<Requeue>) =
+                std::mem::take(&mut self.requeues)
+                    .into_iter()
+                    .partition(|r| r.user == user);
+            self.requeues = rest;
+            for r in mine {
+                self.requeue_bytes -= r.weight;
+                for b in r.behind {
+                    if let Some((reply, msg_id)) = b.reply {
+                        self.answer_send(reply, msg_id, Status::NotFound);
+                    }
                 }
-                !theirs
-            });
-            self.requeue_bytes -= freed;
+            }
             self.requeues_gone(user);
         }
     }
