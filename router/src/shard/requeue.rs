@@ -19,14 +19,14 @@
 //!
 //! Order: anything else that goes to a user's offline queue while requeues of theirs
 //! wait (a message stored for them, a contact or room event) goes behind them, in the
-//! last one's `behind` ([`Shard::behind_requeues`]), paced with them and stored with
-//! its own cap (its sender answered then); a login's
-//! backlog page waits until they are handed to the store, put at the front of the line
-//! ([`Shard::load_behind_requeues`]); a journaled message, which needs its seq at once,
-//! first hands them over whole ([`Shard::flush_requeues_of`]). The store takes one
-//! shard's requests in order, and a user's requests all come from their home shard, so
-//! a sender's messages reach the queue in the order sent. A deleted account's waiting requeues are dropped before
-//! the deletion goes to the store ([`Shard::drop_requeues_of`]): they must not wait for
+//! last one's `behind` ([`Shard::behind_requeues`]), paced with them and stored with its
+//! own cap (its sender answered then); a login's backlog page waits until they are
+//! handed to the store, put at the front of the line ([`Shard::load_behind_requeues`]);
+//! a journaled message, which needs its seq at once, first hands them over whole
+//! ([`Shard::flush_requeues_of`]). The store takes one shard's requests in order, and a
+//! user's requests all come from their home shard, so a sender's messages reach the
+//! queue in the order sent. A deleted account's waiting requeues are dropped before the
+//! deletion goes to the store ([`Shard::drop_requeues_of`]): they must not wait for
 //! whoever registers the name next; a session of it that ends while the deletion is
 //! under way gives nothing back.
 
