@@ -348,7 +348,18 @@ impl HistLog {
 
     /// Appends entries (key, data) in order and returns where each one's data is. The
     /// data counts as live at once (see [`HistLog::release`]).
+    #[cfg(test)]
     pub(crate) fn append(&mut self, items: &[(&[u8], &[u8])]) -> io::Result<Vec<Loc>> {
+        let items: Vec<(&[u8], &[&[u8]])> = items
+            .iter()
+            .map(|(k, d)| (*k, std::slice::from_ref(d)))
+            .collect();
+        self.append_pieces(&items)
+    }
+
+    /// [`HistLog::append`] of entries whose data comes in pieces (written from where
+    /// they are, not joined first).
+    pub(crate) fn append_pieces(&mut self, items: &[(&[u8], &[&[u8]])]) -> io::Result<Vec<Loc>> {
         let mut locs = Vec::with_capacity(items.len());
         if let Err(e) = self.append_inner(items, &mut locs) {
             // Nothing points to what this call wrote: its live bytes do not count.
@@ -365,30 +376,38 @@ impl HistLog {
     }
 
     /// [`HistLog::append`]'s work: `locs` gets each entry counted live so far.
-    fn append_inner(&mut self, items: &[(&[u8], &[u8])], locs: &mut Vec<Loc>) -> io::Result<()> {
+    fn append_inner(&mut self, items: &[(&[u8], &[&[u8]])], locs: &mut Vec<Loc>) -> io::Result<()> {
         let mut heads: Vec<[u8; ENTRY_HEADER]> = Vec::with_capacity(items.len());
+        let mut lens: Vec<usize> = Vec::with_capacity(items.len());
         for (k, d) in items {
+            let len = d.iter().map(|p| p.len()).sum::<usize>();
+            lens.push(len);
             let klen = u16::try_from(k.len()).map_err(|_| io::Error::other("key too long"))?;
-            let dlen = u32::try_from(d.len()).map_err(|_| io::Error::other("chunk too long"))?;
+            let dlen = u32::try_from(len).map_err(|_| io::Error::other("chunk too long"))?;
             let mut h = [0u8; ENTRY_HEADER];
             h[..2].copy_from_slice(&klen.to_be_bytes());
             h[2..].copy_from_slice(&dlen.to_be_bytes());
             heads.push(h);
         }
-        for (i, (k, d)) in items.iter().enumerate() {
+        for (i, ((k, pieces), dlen)) in items.iter().zip(lens).enumerate() {
             let id = self.active()?;
             // (`size` counts the staged bytes too.)
             let start = self.files.get(&id).map_or(0, |s| s.size);
-            if ENTRY_HEADER + k.len() + d.len() <= STAGE_ENTRY_MAX {
+            if ENTRY_HEADER + k.len() + dlen <= STAGE_ENTRY_MAX {
                 self.stage.extend_from_slice(&heads[i]);
                 self.stage.extend_from_slice(k);
-                self.stage.extend_from_slice(d);
+                for p in pieces.iter() {
+                    self.stage.extend_from_slice(p);
+                }
             } else {
                 self.write_stage()?;
                 let Some((_, f)) = self.active.as_mut() else {
                     return Err(io::Error::other("no active history log file"));
                 };
-                let mut slices = [IoSlice::new(&heads[i]), IoSlice::new(k), IoSlice::new(d)];
+                let mut slices = Vec::with_capacity(2 + pieces.len());
+                slices.push(IoSlice::new(&heads[i]));
+                slices.push(IoSlice::new(k));
+                slices.extend(pieces.iter().map(|p| IoSlice::new(p)));
                 if let Err(e) = write_all_vectored(f, &mut slices) {
                     // What was written of the entry is garbage nothing points to; the
                     // next append starts a new file.
@@ -398,13 +417,13 @@ impl HistLog {
             }
             let offset = start + (ENTRY_HEADER + k.len()) as u64;
             if let Some(s) = self.files.get_mut(&id) {
-                s.size = offset + d.len() as u64;
-                s.live += d.len() as u64;
+                s.size = offset + dlen as u64;
+                s.live += dlen as u64;
             }
             locs.push(Loc {
                 file: id,
                 offset,
-                len: d.len() as u32,
+                len: dlen as u32,
             });
             self.changed.insert(id);
             if self.unsynced.last() != Some(&id) {
@@ -413,7 +432,7 @@ impl HistLog {
             if self.stage.len() >= STAGE_MAX {
                 self.write_stage()?;
             }
-            self.appended += (ENTRY_HEADER + k.len() + d.len()) as u64;
+            self.appended += (ENTRY_HEADER + k.len() + dlen) as u64;
             if self.appended >= DROP_STEP {
                 self.write_stage()?;
                 self.drop_behind();
@@ -815,6 +834,25 @@ mod tests {
         assert!(
             log.stage.is_empty(),
             "everything written when append returns"
+        );
+    }
+
+    #[test]
+    fn data_in_pieces_reads_back_joined_staged_or_written_apart() {
+        let d = dir();
+        let mut log = HistLog::open(d.path(), [], 0, 1 << 20).unwrap();
+        let big = vec![3u8; STAGE_ENTRY_MAX];
+        let small: [&[u8]; 3] = [b"he", b"", b"llo"];
+        let large: [&[u8]; 3] = [b"head", &big, b"tail"];
+        let locs = log
+            .append_pieces(&[(b"s", &small), (b"l", &large), (b"e", &[])])
+            .unwrap();
+        assert_eq!(log.read(locs[0], b"s").unwrap().unwrap(), b"hello");
+        assert_eq!(log.read(locs[1], b"l").unwrap().unwrap(), large.concat());
+        assert_eq!(log.read(locs[2], b"e").unwrap().unwrap(), b"");
+        assert_eq!(
+            (locs[0].len, locs[1].len),
+            (5, (STAGE_ENTRY_MAX + 8) as u32)
         );
     }
 

@@ -41,8 +41,8 @@ const SEGMENT_MAX_BYTES: usize = 64 * 1024;
 const COMPACT_PER_FLUSH: usize = 4;
 
 /// An entry compaction moves: key, count, newest ts, where it was, its data.
-/// A chunk to put: key, count, newest ts, records, msg_id ranges.
-type PutChunk<'a> = (&'a [u8], u32, u64, &'a [u8], &'a IdRanges);
+/// A chunk to put: key, count, newest ts, records (in pieces), msg_id ranges.
+type PutChunk<'a> = (&'a [u8], u32, u64, Vec<&'a [u8]>, &'a IdRanges);
 type Move<'a> = (Vec<u8>, u32, u64, histlog::Loc, &'a [u8], IdRanges);
 
 /// Most conversation entries one ListConversations looks at (a bound on the work of one
@@ -376,7 +376,8 @@ impl Worker {
                 None => self.hist.tails.entry(conv).or_default(),
             };
             let before = tail.bytes;
-            // Bytes still to store: the records' and the shared payloads'.
+            // Bytes still to store: the records' (in `data`) and the shared payloads'.
+            let mut left_recs = whole;
             let mut left = whole + shared.iter().map(Bytes::len).sum::<usize>();
             let mut shared = shared.into_iter();
             let data = data.get(..whole).unwrap_or_default();
@@ -384,44 +385,42 @@ impl Worker {
             let mut p = 0usize;
             while let Some(r) = data.get(p..).and_then(chunk_rec) {
                 let room = match tail.segs.back() {
-                    Some(s) => s.count < SEGMENT_MAX_MSGS && s.data.len() < SEGMENT_MAX_BYTES,
+                    Some(s) => s.count < SEGMENT_MAX_MSGS && s.records_len() < SEGMENT_MAX_BYTES,
                     None => false,
                 };
                 if !room {
                     // A segment after a full one is for a busy conversation: its full
                     // size at once; else room for this request's records (then it grows).
+                    // `data` holds the records but not the shared payloads: its share
+                    // of that size is the records' share of what is left.
                     let want = if tail.segs.is_empty() {
-                        left
+                        left_recs
                     } else {
-                        SEGMENT_MAX_BYTES
+                        SEGMENT_MAX_BYTES * left_recs / left.max(1)
                     };
-                    let own = r.len
-                        + if r.shared {
-                            shared.as_slice().first().map_or(0, Bytes::len)
-                        } else {
-                            0
-                        };
-                    let seg = Segment::new(seq, want.min(SEGMENT_MAX_BYTES) + own);
-                    tail.bytes += seg.data.capacity();
+                    let seg = Segment::new(seq, want.min(SEGMENT_MAX_BYTES) + r.len);
+                    tail.bytes += seg.held();
                     tail.segs.push_back(seg);
                 }
                 let Some(seg) = tail.segs.back_mut() else {
                     break; // (pushed just above)
                 };
-                let cap = seg.data.capacity();
+                let held = seg.held();
                 if r.shared {
                     // Its header, then the payload the shard shared.
                     let head = data.get(p..p + r.len).unwrap_or_default();
                     let payload = shared.next().unwrap_or_default();
-                    seg.push_shared_record(head, &payload, r.ts, rec_msg_id(head, r.from.len()));
+                    let plen = payload.len();
+                    seg.push_shared_record(head, payload, r.ts, rec_msg_id(head, r.from.len()));
                     p += r.len;
-                    left = left.saturating_sub(r.len + payload.len());
+                    left = left.saturating_sub(r.len + plen);
+                    left_recs = left_recs.saturating_sub(r.len);
                     seq += 1;
                 } else {
                     // The run of inline records this segment takes, copied at once.
                     let (start, mut n, mut ts) = (p, 0u32, 0u64);
                     while seg.count + n < SEGMENT_MAX_MSGS
-                        && seg.data.len() + (p - start) < SEGMENT_MAX_BYTES
+                        && seg.records_len() + (p - start) < SEGMENT_MAX_BYTES
                     {
                         match data.get(p..).and_then(chunk_rec) {
                             Some(r) if !r.shared => {
@@ -438,15 +437,16 @@ impl Worker {
                     }
                     seg.push_records(data.get(start..p).unwrap_or_default(), n, ts);
                     left = left.saturating_sub(p - start);
+                    left_recs = left_recs.saturating_sub(p - start);
                     seq += u64::from(n);
                 }
-                tail.bytes += seg.data.capacity() - cap;
+                tail.bytes += seg.held() - held;
             }
             debug_assert_eq!(seq, first + count, "the shard encodes whole records");
             // Whole segments no query may show any more are never written.
             while tail.segs.front().is_some_and(|s| s.end_seq() <= keep_from) {
                 if let Some(s) = tail.segs.pop_front() {
-                    tail.bytes -= s.data.capacity();
+                    tail.bytes -= s.held();
                 }
             }
             self.hist.tail_bytes = self.hist.tail_bytes - before + tail.bytes;
@@ -504,7 +504,7 @@ impl Worker {
                     continue;
                 }
                 st.since_trim += 1;
-                st.bytes += seg.records().len() as u64;
+                st.bytes += seg.records_len() as u64;
                 writes.push((chunk_key(&conv, seg.first_seq), seg));
             }
             let slack = (limit / 4).max(256);
@@ -535,7 +535,7 @@ impl Worker {
     fn hist_write_chunks(&mut self, writes: Vec<(Vec<u8>, Segment)>) -> StoreResult<()> {
         let chunks = writes
             .iter()
-            .map(|(k, s)| (&k[..], s.count, s.last_ts, s.records(), &s.ids));
+            .map(|(k, s)| (&k[..], s.count, s.last_ts, s.record_pieces(), &s.ids));
         self.hist_put_chunks(chunks.collect())
     }
 
@@ -545,8 +545,8 @@ impl Worker {
         if chunks.is_empty() {
             return Ok(());
         }
-        let items: Vec<(&[u8], &[u8])> = chunks.iter().map(|c| (c.0, c.3)).collect();
-        let locs = self.dbs.hlog.append(&items).map_err(log_err)?;
+        let items: Vec<(&[u8], &[&[u8]])> = chunks.iter().map(|c| (c.0, &c.3[..])).collect();
+        let locs = self.dbs.hlog.append_pieces(&items).map_err(log_err)?;
         for ((key, count, ts, _, ids), loc) in chunks.into_iter().zip(locs) {
             let value = log_chunk_value(count, ts, loc, ids);
             self.ops.push(Op::Put(Ks::History, key.to_vec(), value));
@@ -584,7 +584,7 @@ impl Worker {
             }
             let chunks = moves
                 .iter()
-                .map(|m| (&m.0[..], m.1, m.2, m.4, &m.5))
+                .map(|m| (&m.0[..], m.1, m.2, vec![m.4], &m.5))
                 .collect();
             self.hist_put_chunks(chunks)?;
             for m in &moves {
@@ -689,7 +689,7 @@ impl Worker {
     ) -> StoreResult<()> {
         if let Some(t) = self.hist.tails.get(conv) {
             for s in t.segs.iter().rev().filter(|s| s.first_seq <= upper) {
-                if !f(s.first_seq, s.count, s.last_ts, s.records()) {
+                if !f(s.first_seq, s.count, s.last_ts, &s.records()) {
                     return Ok(());
                 }
             }
@@ -779,7 +779,7 @@ impl Worker {
                 if !budget.read() {
                     return Ok(Found::Beyond);
                 }
-                if let Some(r) = found(s.first_seq, s.records()) {
+                if let Some(r) = found(s.first_seq, &s.records()) {
                     return Ok(r);
                 }
             }
@@ -937,7 +937,7 @@ impl Worker {
         }
         let cutoff = self.age_cutoff();
         if let Some(seg) = self.hist.tails.get(conv).and_then(|t| t.segs.back()) {
-            if let Some(r) = records(seg.records()).last() {
+            if let Some(r) = records(&seg.records()).last() {
                 return Ok((r.2 >= cutoff).then(|| (to_msg(r), st)));
             }
         }
@@ -1106,7 +1106,7 @@ impl Worker {
             had = true;
             self.hist.tail_bytes = self.hist.tail_bytes.saturating_sub(tail.bytes);
             for seg in &tail.segs {
-                users.extend(records(seg.records()).map(|r| r.0.to_vec()));
+                users.extend(records(&seg.records()).map(|r| r.0.to_vec()));
             }
         }
         // Entries and marks not yet written are noted only for a conversation with a
