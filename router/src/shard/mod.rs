@@ -163,9 +163,7 @@ pub struct Shard {
     /// `max_store_queue_bytes`.
     pub store_bytes: usize,
     /// Ended sessions' unacked messages on their way to the store (`shard::requeue`).
-    pub requeues: std::collections::VecDeque<requeue::Requeue>,
-    /// Messages waiting in `requeues`, per user.
-    pub requeue_held: std::collections::HashMap<Bytes, usize>,
+    pub requeues: requeue::Requeues,
     /// Backlog pages of users whose requeues wait, to be read once those are handed to
     /// the store (`Shard::load_behind_requeues`): session, user, from seq.
     pub requeue_loads: Vec<(session::SessionId, String, u64)>,
@@ -295,8 +293,7 @@ impl Shard {
             store: None,
             store_inflight: 0,
             store_bytes: 0,
-            requeues: std::collections::VecDeque::new(),
-            requeue_held: std::collections::HashMap::new(),
+            requeues: requeue::Requeues::default(),
             requeue_loads: Vec::new(),
             requeue_bytes: 0,
             room_members_loaded: 0,

@@ -147,6 +147,122 @@ fn record_bytes(m: &StoredMsg) -> usize {
     std::mem::size_of::<StoredMsg>() + m.from_user.len() + m.to_room.len() + m.payload.len()
 }
 
+/// A user's waiting requeues.
+#[derive(Debug)]
+struct UserRequeues {
+    /// Oldest first.
+    queue: VecDeque<Requeue>,
+    /// Messages they hold (with what waits behind them).
+    held: usize,
+    /// The user's turn: the entry of [`Requeues::line`] that stands for them.
+    turn: u64,
+}
+
+/// The shard's waiting requeues, a queue per user, and the users in line for the store.
+/// Each user's are handed over together, oldest first, and a user's requeues (and what
+/// waits behind them) are found without a scan: with 450 members cut at once, every
+/// message stored for one of them looked for its requeues through all the others.
+#[derive(Debug, Default)]
+pub struct Requeues {
+    users: std::collections::HashMap<Bytes, UserRequeues>,
+    /// Users in the order their turns come: (user, turn). An entry whose turn is not the
+    /// user's any more (they were moved to the front, or their requeues are gone) is
+    /// skipped, and such entries are swept out once they are half of the line.
+    line: VecDeque<(Bytes, u64)>,
+    /// Entries of `line` that are skipped.
+    stale: usize,
+    next_turn: u64,
+}
+
+impl Requeues {
+    /// Nothing waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// Whether requeues of `user`'s wait.
+    fn holds(&self, user: &[u8]) -> bool {
+        self.users.contains_key(user)
+    }
+
+    fn turn(&mut self) -> u64 {
+        self.next_turn += 1;
+        self.next_turn
+    }
+
+    /// Puts `r` behind `user`'s others, or the user last in line.
+    fn push(&mut self, r: Requeue) {
+        if let Some(u) = self.users.get_mut(&r.user) {
+            u.held += r.len();
+            u.queue.push_back(r);
+            return;
+        }
+        let turn = self.turn();
+        self.line.push_back((r.user.clone(), turn));
+        let user = r.user.clone();
+        let held = r.len();
+        self.users.insert(
+            user,
+            UserRequeues {
+                queue: VecDeque::from([r]),
+                held,
+                turn,
+            },
+        );
+    }
+
+    /// Moves `user`'s turn to the front of the line.
+    fn move_to_front(&mut self, user: &[u8]) {
+        let turn = self.turn();
+        let Some(u) = self.users.get_mut(user) else {
+            return;
+        };
+        u.turn = turn;
+        self.line.push_front((Bytes::copy_from_slice(user), turn));
+        self.gone_from_line();
+    }
+
+    /// One entry of the line is skipped from now on.
+    fn gone_from_line(&mut self) {
+        self.stale += 1;
+        if self.stale > self.line.len() / 2 {
+            let users = &self.users;
+            self.line
+                .retain(|(u, t)| users.get(u).is_some_and(|x| x.turn == *t));
+            self.stale = 0;
+        }
+    }
+
+    /// Takes `user`'s requeues out (their turn is skipped).
+    fn remove(&mut self, user: &[u8]) -> Option<UserRequeues> {
+        let u = self.users.remove(user)?;
+        self.gone_from_line();
+        Some(u)
+    }
+
+    /// The first requeue of the user whose turn it is, taken out of its queue (given
+    /// back with [`Requeues::push_front`] if it still holds messages).
+    /// (`None` also while that user's first requeue is out: it keeps its turn.)
+    fn pop_front(&mut self) -> Option<Requeue> {
+        loop {
+            let (user, turn) = self.line.front()?;
+            if let Some(u) = self.users.get_mut(user).filter(|u| u.turn == *turn) {
+                return u.queue.pop_front();
+            }
+            self.stale = self.stale.saturating_sub(1);
+            self.line.pop_front();
+        }
+    }
+
+    /// Gives back what [`Requeues::pop_front`] took, first of its user's.
+    fn push_front(&mut self, r: Requeue) {
+        match self.users.get_mut(&r.user) {
+            Some(u) => u.queue.push_front(r),
+            None => self.push(r),
+        }
+    }
+}
+
 impl Shard {
     /// The ceiling for messages a session gives back when it ends (accepted already, so
     /// never refused): the offline cap plus what one session may hold unacked. Only a
@@ -202,14 +318,10 @@ impl Shard {
             deferred,
             behind: VecDeque::new(),
         };
-        *self.requeue_held.entry(user.clone()).or_default() += r.len();
         self.requeue_bytes += r.weight;
         // Right after the user's others, if any wait (a login of the user may be waiting
         // for them all, and must not wait behind everyone else's), else last.
-        match self.requeues.iter().rposition(|q| q.user == user) {
-            Some(i) => self.requeues.insert(i + 1, r),
-            None => self.requeues.push_back(r),
-        }
+        self.requeues.push(r);
         self.trim_requeues(&user);
         self.pump_requeues();
     }
@@ -219,34 +331,32 @@ impl Shard {
     /// them has its own cap, applied when it is stored.)
     fn trim_requeues(&mut self, user: &Bytes) {
         let cap = usize::try_from(self.requeue_cap().max_msgs).unwrap_or(usize::MAX);
-        let held: usize = self
-            .requeues
-            .iter()
-            .filter(|r| r.user == *user)
-            .map(Requeue::ceiling_len)
-            .sum();
+        let Some(u) = self.requeues.users.get_mut(user) else {
+            return;
+        };
+        let held: usize = u.queue.iter().map(Requeue::ceiling_len).sum();
         let mut excess = held.saturating_sub(cap);
         if excess == 0 {
             return;
         }
-        let mut dropped = 0;
-        for r in self.requeues.iter_mut().filter(|r| r.user == *user) {
+        let (mut dropped, mut shed) = (0, 0);
+        for r in u.queue.iter_mut() {
             if excess == 0 {
                 break;
             }
             let (n, before) = (excess.min(r.ceiling_len()), r.len());
             r.drop_oldest(n);
-            self.requeue_bytes -= r.shed(before);
+            shed += r.shed(before);
             excess -= n;
             dropped += n;
         }
+        u.held = u.held.saturating_sub(dropped);
+        u.queue.retain(|r| r.len() > 0);
+        let gone = u.held == 0;
+        self.requeue_bytes -= shed;
         self.counters.requeue_dropped += dropped as u64;
-        if let Some(h) = self.requeue_held.get_mut(user) {
-            *h = h.saturating_sub(dropped);
-        }
-        self.requeues.retain(|r| r.len() > 0);
-        if self.requeue_held.get(user) == Some(&0) {
-            self.requeue_held.remove(user);
+        if gone {
+            self.requeues.remove(user);
             self.requeues_gone(user);
         }
     }
@@ -275,21 +385,18 @@ impl Shard {
     /// called before anything else goes to their offline queue (or is read from it), so
     /// what they left unacked comes before it (see the module's doc).
     pub(crate) fn flush_requeues_of(&mut self, user: &[u8]) {
-        if self.requeue_held.is_empty() || !self.requeue_held.contains_key(user) {
+        if self.requeues.is_empty() {
             return;
         }
-        let all = std::mem::take(&mut self.requeues);
-        let (mine, rest): (VecDeque<Requeue>, VecDeque<Requeue>) =
-            all.into_iter().partition(|r| r.user == user);
-        self.requeues = rest;
-        for mut r in mine {
+        let Some(mine) = self.requeues.remove(user) else {
+            return;
+        };
+        for mut r in mine.queue {
             while r.len() > 0 {
                 self.submit_slice(&mut r);
             }
         }
-        if self.requeue_held.remove(user).is_some() {
-            self.requeues_gone(user);
-        }
+        self.requeues_gone(user);
     }
 
     /// Puts `b`, on its way to `user`'s offline queue, behind the user's waiting
@@ -299,19 +406,17 @@ impl Shard {
     /// turn comes. Gives `b` back when nothing of theirs waits: store it as usual.
     #[must_use]
     pub(crate) fn behind_requeues(&mut self, user: &[u8], b: Behind) -> Option<Behind> {
-        if !self.requeue_held.contains_key(user) {
+        let Some(u) = self.requeues.users.get_mut(user) else {
             return Some(b);
-        }
-        let Some(r) = self.requeues.iter_mut().rev().find(|r| r.user == user) else {
+        };
+        let Some(r) = u.queue.back_mut() else {
             return Some(b);
         };
         let w = record_bytes(&b.msg) + std::mem::size_of::<Behind>();
         r.behind.push_back(b);
         r.weight += w;
+        u.held += 1;
         self.requeue_bytes += w;
-        if let Some(h) = self.requeue_held.get_mut(user) {
-            *h += 1;
-        }
         None
     }
 
@@ -327,14 +432,10 @@ impl Shard {
         user: String,
         from: u64,
     ) -> Result<(), String> {
-        if !self.requeue_held.contains_key(user.as_bytes()) {
+        if !self.requeues.holds(user.as_bytes()) {
             return Err(user);
         }
-        let all = std::mem::take(&mut self.requeues);
-        let (mut first, rest): (VecDeque<Requeue>, VecDeque<Requeue>) =
-            all.into_iter().partition(|r| r.user == user.as_bytes());
-        first.extend(rest);
-        self.requeues = first;
+        self.requeues.move_to_front(user.as_bytes());
         // (Loads of sessions gone meanwhile are dropped: a client that logs in and out
         // again while its requeues wait leaves one entry at most.)
         let mut loads = std::mem::take(&mut self.requeue_loads);
@@ -364,13 +465,8 @@ impl Shard {
     /// (The senders of messages waiting behind them are answered NOT_FOUND, as the store
     /// would have: no such user.)
     pub(crate) fn drop_requeues_of(&mut self, user: &[u8]) {
-        if self.requeue_held.remove(user).is_some() {
-            let (mine, rest): (VecDeque<Requeue>, VecDeque<Requeue>) =
-                std::mem::take(&mut self.requeues)
-                    .into_iter()
-                    .partition(|r| r.user == user);
-            self.requeues = rest;
-            for r in mine {
+        if let Some(mine) = self.requeues.remove(user) {
+            for r in mine.queue {
                 self.requeue_bytes -= r.weight;
                 for b in r.behind {
                     if let Some((reply, msg_id)) = b.reply {
@@ -417,13 +513,13 @@ impl Shard {
         }
         let taken = before - r.len();
         self.requeue_bytes -= r.shed(before);
-        let gone = self.requeue_held.get_mut(&r.user).is_some_and(|h| {
-            *h = h.saturating_sub(taken);
-            *h == 0
+        let gone = self.requeues.users.get_mut(&r.user).is_some_and(|u| {
+            u.held = u.held.saturating_sub(taken);
+            u.held == 0
         });
         if gone {
             // Behind the last request in the store's queue.
-            self.requeue_held.remove(&r.user);
+            self.requeues.remove(&r.user);
             self.requeues_gone(&r.user);
         }
         self.requester = requester;
@@ -437,9 +533,8 @@ mod tests {
     /// What a requeue takes back as its messages go sums to what it counted, however
     /// they go (dropped past the ceiling, a slice at a time), so the shard's count
     /// returns to zero.
-    #[test]
-    fn shed_weight_sums_to_what_was_counted() {
-        let msg = |i: u64| StoredMsg {
+    fn msg(i: u64) -> StoredMsg {
+        StoredMsg {
             from_user: "ann".into(),
             to_room: String::new(),
             payload: Bytes::from(vec![0u8; i as usize]),
@@ -447,16 +542,77 @@ mod tests {
             msg_id: i,
             room_event: 0,
             contact_event: 0,
-        };
-        let mut r = Requeue {
-            user: Bytes::from_static(b"bob"),
+        }
+    }
+
+    fn requeue_of(user: &'static str, ids: std::ops::RangeInclusive<u64>) -> Requeue {
+        Requeue {
+            user: Bytes::from_static(user.as_bytes()),
             device: "phone".into(),
             gen: 1,
             unacked: Retained::default(),
-            deferred: (1..=7).map(msg).collect(),
+            deferred: ids.map(msg).collect(),
             behind: VecDeque::new(),
-            weight: 1_003,
-        };
+            weight: 0,
+        }
+    }
+
+    /// Pops every requeue in turn order: (user, first msg_id) of each.
+    fn drain(q: &mut Requeues) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        while let Some(r) = q.pop_front() {
+            out.push((
+                String::from_utf8_lossy(&r.user).into_owned(),
+                r.deferred[0].msg_id,
+            ));
+            let u = q.users.get_mut(&r.user).unwrap();
+            u.held -= r.len();
+            if u.held == 0 {
+                q.remove(&r.user.clone());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_users_requeues_go_together_in_turn_and_a_turn_moves_to_the_front() {
+        let mut q = Requeues::default();
+        q.push(requeue_of("a", 1..=2));
+        q.push(requeue_of("b", 10..=10));
+        q.push(requeue_of("c", 20..=21));
+        q.push(requeue_of("a", 3..=3));
+        q.move_to_front(b"c");
+        assert!(q.holds(b"a") && !q.holds(b"z"));
+        assert_eq!(q.users[&b"a"[..]].held, 3);
+        let order = drain(&mut q);
+        let want = [("c", 20), ("a", 1), ("a", 3), ("b", 10)];
+        let want: Vec<(String, u64)> = want.iter().map(|(u, i)| (u.to_string(), *i)).collect();
+        assert_eq!(order, want);
+        assert!(q.is_empty() && q.line.is_empty());
+    }
+
+    /// A user moved to the front again and again (a client logging in and out while its
+    /// requeues wait) leaves at most half the line stale.
+    #[test]
+    fn stale_turns_are_swept_out_of_the_line() {
+        let mut q = Requeues::default();
+        for u in ["a", "b", "c"] {
+            q.push(requeue_of(u, 1..=1));
+        }
+        for _ in 0..1000 {
+            q.move_to_front(b"b");
+            assert!(q.line.len() <= 2 * 3 + 1, "{}", q.line.len());
+        }
+        q.remove(b"a");
+        assert!(q.line.len() <= 2 * 2 + 1);
+        let users: Vec<String> = drain(&mut q).into_iter().map(|(u, _)| u).collect();
+        assert_eq!(users, ["b", "c"]);
+    }
+
+    #[test]
+    fn shed_weight_sums_to_what_was_counted() {
+        let mut r = requeue_of("bob", 1..=7);
+        r.weight = 1_003;
         let mut shed = 0;
         let before = r.len();
         r.drop_oldest(2);
