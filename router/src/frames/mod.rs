@@ -80,7 +80,12 @@ impl Shard {
             }
         }
         match frame {
-            Inbound::Send(v) => self.on_send(key, v, ts_us, known_home, blocked),
+            Inbound::Send(v) => {
+                self.sender = Some(key);
+                let flow = self.on_send(key, v, ts_us, known_home, blocked);
+                self.sender = None;
+                flow
+            }
             Inbound::Other(Kind::Ack(a)) => self.on_ack(key, a),
             Inbound::Other(Kind::Ping(p)) => self.on_ping(key, p),
             Inbound::Other(Kind::Pong(_)) => Flow::Continue,

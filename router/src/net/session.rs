@@ -298,7 +298,14 @@ async fn read_loop(
             // one from the store, between chunks).
             let mut answered_over = sh.sessions.get(key).is_some_and(|s| s.answered_over);
             sh.answers_over = false;
-            for r in frames(&chunk[start..]) {
+            // The intake was open when this read began, but other readers may have
+            // filled the store queue since: all of them woken together, each handled a
+            // chunk's first frame past the bound. So a chunk waits whole now.
+            let waits = start < chunk.len() && !sh.store_open_to(key);
+            if waits {
+                rest = Some(start);
+            }
+            for r in frames(&chunk[start..]).take_while(|_| !waits) {
                 let range = start + r.start..start + r.end;
                 let end = range.end;
                 match parse_client_in(&chunk, range, copy) {
@@ -464,7 +471,7 @@ async fn read_loop(
             if sh.sessions.get(key).is_none_or(|s| s.closing.is_some()) {
                 Poll::Ready(())
             } else {
-                let p = sh.poll_intake(cx.waker());
+                let p = sh.poll_session_intake(key, cx.waker());
                 if p.is_pending() {
                     // Also woken if the session closes meanwhile (closing wakes its
                     // drain waiters), so it ends and frees its socket even while the

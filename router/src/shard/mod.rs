@@ -187,6 +187,9 @@ pub struct Shard {
     /// The session whose request is being handled: the store requests made meanwhile
     /// count against its `max_requests_in_flight` (see `store_link`).
     pub(crate) requester: Option<SessionId>,
+    /// The session whose Send is being handled: the store requests made meanwhile count
+    /// in its `store_sends` (see `store_link`).
+    pub(crate) sender: Option<SessionKey>,
     /// Payload bytes of the Sends handled since a reader took its current chunk (see
     /// `net::session`: a chunk mostly of other bytes makes its session copy payloads).
     pub chunk_payload: usize,
@@ -302,6 +305,7 @@ impl Shard {
             local_mail: Vec::new(),
             answers_over: false,
             requester: None,
+            sender: None,
             chunk_payload: 0,
             deleting: NameSet::default(),
             bell: None,

@@ -106,6 +106,51 @@ impl Shard {
         }
     }
 
+    /// [`Shard::poll_intake`] for the reader of session `key`. A full store queue stops
+    /// every reader of the shard, and one session that floods it (room messages to
+    /// hundreds of offline members) kept the others from being read for seconds, pings
+    /// and messages to live users included. So a session with no store request in
+    /// flight is read while the queue is under its bound plus a reserve
+    /// ([`Shard::store_over_reserve`]); once its frames make a request it waits with the
+    /// others (the reader stops mid-chunk: `net::session`), so each such session adds
+    /// about one frame's requests at a time, and all of them together at most the
+    /// reserve.
+    pub fn poll_session_intake(
+        &mut self,
+        key: SessionKey,
+        waker: &std::task::Waker,
+    ) -> std::task::Poll<()> {
+        if self.store_full() && self.store_lane_open(key) {
+            if self.parked_full() {
+                self.store_waiters.push(waker.clone());
+                return std::task::Poll::Pending;
+            }
+            if self.pipeline_full() {
+                self.outbox_waiters.push(waker.clone());
+                return std::task::Poll::Pending;
+            }
+            return std::task::Poll::Ready(());
+        }
+        self.poll_intake(waker)
+    }
+
+    /// Whether session `key`'s frames may be handled as far as the store is concerned:
+    /// its queue is under its bounds, or the session may go past them (see
+    /// [`Shard::poll_session_intake`]).
+    pub fn store_open_to(&self, key: SessionKey) -> bool {
+        !self.store_full() || self.store_lane_open(key)
+    }
+
+    /// Whether session `key` may be read past a full store queue (see
+    /// [`Shard::poll_session_intake`]).
+    pub(crate) fn store_lane_open(&self, key: SessionKey) -> bool {
+        !self.store_over_reserve()
+            && self
+                .sessions
+                .get(key)
+                .is_some_and(|s| s.requests == 0 && s.store_sends == 0)
+    }
+
     /// Resumes every remote sender session `key` paused (it drained or is closing).
     pub fn release_throttles(&mut self, key: SessionKey) {
         let Some(s) = self.sessions.get_mut(key) else {

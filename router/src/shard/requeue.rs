@@ -483,7 +483,7 @@ impl Shard {
     fn submit_slice(&mut self, r: &mut Requeue) {
         // Not counted for the session whose request is being handled (a close while
         // handling it may requeue another's), nor are the backlog reads it lets go.
-        let requester = self.requester.take();
+        let (requester, sender) = (self.requester.take(), self.sender.take());
         let before = r.len();
         if r.ceiling_len() == 0 {
             if let Some(b) = r.behind.pop_front() {
@@ -522,7 +522,7 @@ impl Shard {
             self.requeues.remove(&r.user);
             self.requeues_gone(&r.user);
         }
-        self.requester = requester;
+        (self.requester, self.sender) = (requester, sender);
     }
 }
 

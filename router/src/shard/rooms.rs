@@ -899,9 +899,9 @@ impl Shard {
     /// work: whatever it asks of the store does not count against the
     /// `max_requests_in_flight` of a session whose request happens to run this.
     fn pump_room(&mut self, key: &Bytes) {
-        let outer = self.requester.take();
+        let (outer, sender) = (self.requester.take(), self.sender.take());
         self.pump_room_queue(key);
-        self.requester = outer;
+        (self.requester, self.sender) = (outer, sender);
     }
 
     fn pump_room_queue(&mut self, key: &Bytes) {

@@ -160,6 +160,10 @@ pub struct Session {
     /// Requests of this session waiting on the store (bounded by
     /// `max_requests_in_flight`: at it, its reader waits).
     pub requests: u32,
+    /// Store requests its Sends made that are not answered yet (offline messages, room
+    /// messages to offline members): not limited, but a session with any is not read
+    /// past a full store queue (`Shard::poll_session_intake`).
+    pub store_sends: u32,
     /// Set once the session is closing.
     pub closing: Option<CloseReason>,
     /// Since when the queue has been over its bound.
@@ -366,6 +370,7 @@ impl Shard {
             drains: 0,
             answered_over: false,
             requests: 0,
+            store_sends: 0,
             closing: None,
             over_since: None,
             last_rx: Instant::now(),

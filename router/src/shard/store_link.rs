@@ -24,6 +24,9 @@ use crate::store::{StoreError, StoreHandle, StoreResult};
 /// Store requests one shard may have outstanding before its readers pause (besides
 /// `max_store_queue_bytes`, which bounds their bytes).
 pub const STORE_HIGH_WATER: usize = 16 * 1024;
+/// Past the store queue's bounds, a reserve of 1/this of each (requests and bytes) is
+/// kept for sessions with no store request in flight (see [`Shard::poll_session_intake`]).
+pub const STORE_RESERVE: usize = 8;
 
 /// What a store request counts for in `max_store_queue_bytes` besides its payloads.
 const STORE_REQ_OVERHEAD: usize = 128;
@@ -37,6 +40,8 @@ struct Completion<T, F: FnOnce(&mut Shard, StoreResult<T>) + Send + 'static> {
     bytes: usize,
     /// The session whose request this is (see [`Shard::requester`]).
     requester: Option<SessionId>,
+    /// The session whose Send made it (see [`Shard::sender`]), when no requester.
+    sender: Option<SessionId>,
     done: Arc<MailQueue>,
     _answer: std::marker::PhantomData<fn(T)>,
 }
@@ -44,9 +49,9 @@ struct Completion<T, F: FnOnce(&mut Shard, StoreResult<T>) + Send + 'static> {
 impl<T: Send + 'static, F: FnOnce(&mut Shard, StoreResult<T>) + Send + 'static> Completion<T, F> {
     fn complete(&mut self, r: StoreResult<T>) {
         if let Some(then) = self.then.take() {
-            let (bytes, requester) = (self.bytes, self.requester);
+            let (bytes, who) = (self.bytes, (self.requester, self.sender));
             self.done.push(Mail::Stored(Box::new(move |sh: &mut Shard| {
-                sh.store_answered(bytes, requester, |sh| then(sh, r));
+                sh.store_answered(bytes, who, |sh| then(sh, r));
             })));
         }
     }
@@ -55,9 +60,9 @@ impl<T: Send + 'static, F: FnOnce(&mut Shard, StoreResult<T>) + Send + 'static> 
 impl<T, F: FnOnce(&mut Shard, StoreResult<T>) + Send + 'static> Drop for Completion<T, F> {
     fn drop(&mut self) {
         if let Some(then) = self.then.take() {
-            let (bytes, requester) = (self.bytes, self.requester);
+            let (bytes, who) = (self.bytes, (self.requester, self.sender));
             self.done.push(Mail::Stored(Box::new(move |sh: &mut Shard| {
-                sh.store_answered(bytes, requester, |sh| then(sh, Err(StoreError::Closed)));
+                sh.store_answered(bytes, who, |sh| then(sh, Err(StoreError::Closed)));
             })));
         }
     }
@@ -103,6 +108,16 @@ impl Shard {
         (self.store_inflight, self.requeue_bytes)
     }
 
+    /// True when not even a session with nothing in the store's queue may be read: the
+    /// queue, or the requeues, are past their bounds by the reserve kept for such
+    /// sessions ([`Shard::poll_session_intake`]).
+    pub fn store_over_reserve(&self) -> bool {
+        let (bytes, requeue) = (self.cfg.max_store_queue_bytes, self.cfg.max_requeue_bytes);
+        self.store_inflight >= STORE_HIGH_WATER + STORE_HIGH_WATER / STORE_RESERVE
+            || self.store_bytes >= bytes.saturating_add(bytes / STORE_RESERVE)
+            || self.requeue_bytes >= requeue.saturating_add(requeue / STORE_RESERVE)
+    }
+
     /// True when readers should wait for the store to catch up.
     pub fn store_full(&self) -> bool {
         // Not `parked_bytes`: this gates the rings too, and the mail that drains parked
@@ -120,13 +135,16 @@ impl Shard {
     fn store_answered(
         &mut self,
         bytes: usize,
-        requester: Option<SessionId>,
+        (requester, sender): (Option<SessionId>, Option<SessionId>),
         then: impl FnOnce(&mut Shard),
     ) {
         self.store_inflight -= 1;
         self.store_bytes -= bytes;
         if let Some(id) = requester {
             self.request_done(id);
+        }
+        if let Some(id) = sender {
+            self.store_send_done(id);
         }
         let outer = self.requester.take();
         then(self);
@@ -144,6 +162,19 @@ impl Shard {
                 s.requests += 1;
                 if s.requests >= self.cfg.max_requests_in_flight {
                     self.answers_over = true;
+                }
+            }
+        }
+    }
+
+    /// One store request of session `id`'s Sends was answered; at none left, its reader
+    /// is woken (it may be read past a full store queue again).
+    fn store_send_done(&mut self, id: SessionId) {
+        if let Some(s) = self.sessions.get_mut(id.key as usize) {
+            if s.gen == id.gen {
+                s.store_sends = s.store_sends.saturating_sub(1);
+                if s.store_sends == 0 {
+                    s.wake_drain_waiters();
                 }
             }
         }
@@ -209,10 +240,15 @@ impl Shard {
             return;
         };
         let bytes = payload + STORE_REQ_OVERHEAD;
+        let sender = match self.requester {
+            Some(_) => None,
+            None => self.sender.and_then(|k| self.session_id(k)),
+        };
         let mut guard = Completion {
             then: Some(then),
             bytes,
             requester: self.requester,
+            sender,
             done: link.done.clone(),
             _answer: std::marker::PhantomData,
         };
@@ -224,6 +260,9 @@ impl Shard {
         self.store_bytes += bytes;
         if let Some(id) = self.requester {
             self.request_taken(id);
+        }
+        if let Some(s) = sender.and_then(|id| self.sessions.get_mut(id.key as usize)) {
+            s.store_sends += 1;
         }
     }
 }

@@ -343,3 +343,34 @@ fn blocked_senders_and_strangers_under_the_contacts_policy_are_forbidden() {
     assert_eq!(s.dm_refusal(b"a", b"b"), None);
     let _ = a;
 }
+
+/// Past a full store queue, a session with nothing of its own in the store's queue is
+/// still read, up to the reserve; one with a request or a Send's store work in flight
+/// waits.
+#[test]
+fn a_session_with_nothing_in_the_store_queue_is_read_past_its_bound_up_to_the_reserve() {
+    use super::store_link::{STORE_HIGH_WATER, STORE_RESERVE};
+    let mut s = shard(1);
+    let a = s.register("alice", "phone".into(), -1).unwrap();
+    assert!(s.store_open_to(a) && !s.store_full());
+    s.store_inflight = STORE_HIGH_WATER;
+    assert!(s.store_full() && s.store_open_to(a));
+    s.sessions.get_mut(a).unwrap().store_sends = 1;
+    assert!(!s.store_open_to(a), "its Sends' store work is in flight");
+    s.sessions.get_mut(a).unwrap().store_sends = 0;
+    s.sessions.get_mut(a).unwrap().requests = 1;
+    assert!(!s.store_open_to(a), "its request is in flight");
+    s.sessions.get_mut(a).unwrap().requests = 0;
+    s.store_inflight = STORE_HIGH_WATER + STORE_HIGH_WATER / STORE_RESERVE;
+    assert!(!s.store_open_to(a), "past the reserve");
+    s.store_inflight = 0;
+    let max = s.cfg.max_requeue_bytes;
+    s.requeue_bytes = max;
+    assert!(s.store_full() && s.store_open_to(a));
+    s.requeue_bytes = max + max / STORE_RESERVE;
+    assert!(!s.store_open_to(a), "requeues past theirs");
+    s.requeue_bytes = 0;
+    let bytes = s.cfg.max_store_queue_bytes;
+    s.store_bytes = bytes + bytes / STORE_RESERVE;
+    assert!(!s.store_open_to(a), "bytes past the reserve");
+}
