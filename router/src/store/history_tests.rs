@@ -1027,3 +1027,57 @@ fn history_left_by_rooms_deleted_by_older_versions_is_never_shown_and_is_swept()
     assert_eq!(entries, vec![room_conv(b"live")], "alice's entries");
     assert_eq!(raw_history_keys(dir.path(), &[ROOMS_SWEPT_TAG]).len(), 1);
 }
+
+/// History appends that come closer together than the nap leave the storage thread
+/// napping (an append then waits for the nap's end), and any other request ends the
+/// nap at once, answered after the appends queued before it.
+#[test]
+fn dense_appends_let_the_thread_nap_and_any_other_request_wakes_it() {
+    let d = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        argon2_cheap: true,
+        history: HistoryOptions {
+            per_conversation: 100,
+            memory_bytes: 1 << 20,
+            flush_every: Duration::from_secs(3600),
+            ..HistoryOptions::default()
+        },
+        nap: Duration::from_secs(20),
+        ..StoreOptions::default()
+    };
+    let h = Store::open_with(d.path(), Durability::Memory, opts).unwrap();
+    // Two appends in a row: the thread naps after the second (once it has found
+    // nothing more queued: give it that moment).
+    dm(&h, "ann", "bob", 1..3, 1);
+    let t = std::time::Instant::now();
+    while !h.inner.napping.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(t.elapsed() < Duration::from_secs(10), "no nap");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut c = HistChunk {
+        conv: dm_conv(b"ann", b"bob"),
+        ..Default::default()
+    };
+    c.push(b"ann", 3, now(), b"m3");
+    let (tx, rx) = mpsc::channel();
+    h.history_append(vec![c], move |r| {
+        let _ = tx.send(r);
+    })
+    .unwrap();
+    assert!(
+        rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "an append does not end the nap"
+    );
+    let t = std::time::Instant::now();
+    let p = page(&h, "bob", "ann", 0, 10);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(
+        ids(p),
+        [1, 2, 3],
+        "the append queued before the query is in it"
+    );
+    assert!(
+        rx.try_recv().unwrap().is_ok(),
+        "answered with the query's round"
+    );
+}

@@ -116,6 +116,9 @@ pub struct StoreOptions {
     pub forget_idle_after: Option<std::time::Duration>,
     /// Conversation history retention (default: off).
     pub history: HistoryOptions,
+    /// How long the storage thread waits unwoken by history appends that come closer
+    /// together than this (default 1 ms; see `worker::NAP`).
+    pub nap: std::time::Duration,
 }
 
 impl Default for StoreOptions {
@@ -127,6 +130,7 @@ impl Default for StoreOptions {
             round_hook: None,
             forget_idle_after: None,
             history: HistoryOptions::default(),
+            nap: worker::NAP,
         }
     }
 }
@@ -508,6 +512,7 @@ impl Store {
             .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
         let dbs = worker::Dbs::open(dir, options.history.log_file_bytes)?;
         let (tx, rx) = mpsc::channel::<Msg>();
+        let napping = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(StatCells::default());
         let hash_queued = Arc::new(AtomicUsize::new(0));
         let threads = match options.hash_threads {
@@ -528,7 +533,14 @@ impl Store {
             Arc::clone(&hash_queued),
         )
         .map_err(|e| StoreError::Io(format!("cannot start hashing threads: {e}")))?;
-        let mut w = worker::Worker::new(dbs, durability, options, pool, Arc::clone(&stats));
+        let mut w = worker::Worker::new(
+            dbs,
+            durability,
+            options,
+            pool,
+            Arc::clone(&stats),
+            Arc::clone(&napping),
+        );
         w.move_inline_lists()?;
         if let Err(e) = w.hist_sweep_deleted_rooms() {
             // Tried again at the next open; a room made with such a name still starts
@@ -540,9 +552,12 @@ impl Store {
             .spawn(move || w.run(rx))
             .map_err(|e| StoreError::Io(format!("cannot start the storage thread: {e}")))?;
         let thread_id = thread.thread().id();
+        let store_thread = thread.thread().clone();
         Ok(StoreHandle {
             inner: Arc::new(Inner {
                 tx,
+                napping,
+                store_thread,
                 closed: AtomicBool::new(false),
                 thread: Mutex::new(Some(thread)),
                 thread_id,
@@ -557,6 +572,10 @@ impl Store {
 
 struct Inner {
     tx: Sender<Msg>,
+    /// The storage thread naps (see `worker::NAP`): requests other than history appends
+    /// unpark it.
+    napping: Arc<AtomicBool>,
+    store_thread: std::thread::Thread,
     closed: AtomicBool,
     thread: Mutex<Option<JoinHandle<StoreResult<()>>>>,
     thread_id: ThreadId,
@@ -570,6 +589,8 @@ impl Inner {
     fn shutdown(&self) -> StoreResult<()> {
         if !self.closed.swap(true, Ordering::AcqRel) {
             let _ = self.tx.send(Msg::Shutdown);
+            self.napping.store(false, Ordering::SeqCst);
+            self.store_thread.unpark();
         }
         if std::thread::current().id() == self.thread_id {
             // Called from a completion callback: the thread exits after this round.
@@ -626,10 +647,20 @@ impl StoreHandle {
             drop_disarmed(msg);
             return Err(StoreError::Closed);
         }
+        // History appends do not end the storage thread's nap (`worker::NAP`).
+        let quiet = matches!(msg, Msg::HistoryAppend { .. });
         self.inner.tx.send(msg).map_err(|mpsc::SendError(msg)| {
             drop_disarmed(msg);
             StoreError::Closed
-        })
+        })?;
+        if !quiet {
+            std::sync::atomic::fence(Ordering::SeqCst);
+            let n = &self.inner.napping;
+            if n.load(Ordering::Relaxed) && n.swap(false, Ordering::AcqRel) {
+                self.inner.store_thread.unpark();
+            }
+        }
+        Ok(())
     }
 
     /// The directory the store was opened in.
