@@ -367,7 +367,7 @@ async fn consumer(
             store_answers.take_into(&mut answers);
             if !answers.is_empty() {
                 got += 1;
-                let was_full = sh.store_full();
+                let (was_full, was_over) = (sh.store_full(), sh.store_over_reserve());
                 // Store answers (`Mail::Stored`) go through the same match as all mail.
                 for mail in answers.drain(..) {
                     if let Some(h) = sh.on_mail(mail, &mut blocked) {
@@ -375,7 +375,8 @@ async fn consumer(
                     }
                 }
                 blocked.clear();
-                if was_full && !sh.store_full() {
+                // (Back within the reserve: the sessions that may use it look again.)
+                if (was_full && !sh.store_full()) || (was_over && !sh.store_over_reserve()) {
                     for w in sh.store_waiters.drain(..) {
                         w.wake();
                     }

@@ -340,6 +340,22 @@ impl Segment {
             + self.shared_bytes
     }
 
+    /// Copies the shared payloads into `data` (the records then are `data`'s) and lets
+    /// go of them.
+    pub(crate) fn unshare(&mut self) {
+        if self.shared.is_empty() {
+            return;
+        }
+        let mut data = Vec::with_capacity(CHUNK_HEADER + self.records_len());
+        data.extend_from_slice(self.data.get(..CHUNK_HEADER).unwrap_or_default());
+        for p in self.record_pieces() {
+            data.extend_from_slice(p);
+        }
+        self.data = data;
+        self.shared = Vec::new();
+        self.shared_bytes = 0;
+    }
+
     /// The records, in pieces, in order: what [`Segment::records`] joins.
     pub(crate) fn record_pieces(&self) -> Vec<&[u8]> {
         let mut v = Vec::with_capacity(2 * self.shared.len() + 1);
@@ -781,6 +797,14 @@ mod tests {
         assert_eq!(seg.record_pieces().concat(), want);
         assert!(seg.held() >= a.len() + b.len() + seg.data.len());
         assert_eq!(records(&seg.records()).count(), 4);
+        let mut copied = seg.clone();
+        copied.unshare();
+        assert!(copied.shared.is_empty() && copied.shared_bytes == 0);
+        assert_eq!(
+            (&copied.records()[..], copied.records_len()),
+            (&want[..], want.len())
+        );
+        assert!(matches!(copied.records(), std::borrow::Cow::Borrowed(_)));
         let v = seg.clone().into_value();
         let (count, ts, body) = parse_chunk(&v).unwrap();
         assert_eq!((count, ts), (4, 13));

@@ -1081,3 +1081,52 @@ fn dense_appends_let_the_thread_nap_and_any_other_request_wakes_it() {
         "answered with the query's round"
     );
 }
+
+/// A payload a shard shared is kept by reference only briefly: it is a slice of the read
+/// buffer it came in, which it keeps alive whole. Past `PIN_MAX` the tail copies it (and
+/// the message reads back the same), long before the tail is written.
+#[test]
+fn a_tail_lets_go_of_a_shared_payloads_read_buffer_soon() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    struct ReadBuf(Vec<u8>, Arc<AtomicBool>);
+    impl AsRef<[u8]> for ReadBuf {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+    impl Drop for ReadBuf {
+        fn drop(&mut self) {
+            self.1.store(true, Ordering::SeqCst);
+        }
+    }
+    let d = tempfile::tempdir().unwrap();
+    let h = open(d.path(), 100, None);
+    call(|cb| h.ensure_user("ann", cb)).unwrap();
+    call(|cb| h.ensure_user("bob", cb)).unwrap();
+    let freed = Arc::new(AtomicBool::new(false));
+    let payload = {
+        let buf = Bytes::from_owner(ReadBuf(vec![7u8; 1 << 20], freed.clone()));
+        buf.slice(0..HistChunk::INLINE_MAX + 1)
+    };
+    let mut c = HistChunk {
+        conv: dm_conv(b"ann", b"bob"),
+        ..Default::default()
+    };
+    c.push_shared(b"ann", 1, now(), &payload);
+    drop(payload);
+    call(|cb| h.history_append(vec![c], cb)).unwrap();
+    let t = std::time::Instant::now();
+    while !freed.load(Ordering::SeqCst) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the read buffer is kept"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let HistPage::Messages(m) = page(&h, "bob", "ann", 0, 10) else {
+        panic!("no page")
+    };
+    assert_eq!(m.len(), 1);
+    assert_eq!(&m[0].payload[..], &[7u8; HistChunk::INLINE_MAX + 1][..]);
+}

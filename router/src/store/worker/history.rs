@@ -36,6 +36,14 @@ const SEGMENT_MAX_MSGS: u32 = 512;
 /// ... or about this many bytes; past either the conversation starts a new one.
 const SEGMENT_MAX_BYTES: usize = 64 * 1024;
 
+/// Longest a tail keeps a payload by reference. A shared payload is a slice of the read
+/// buffer it came in, which it keeps whole: a small payload from a buffer of other bytes
+/// (padding, pings, a big ephemeral Send) kept for the whole `--history-flush-every`
+/// would hold far more memory than the tail counts. Past this age the tails copy their
+/// payloads (`Segment::unshare`); under load their budget writes them sooner (16 × 1 KiB:
+/// every ~30 ms), uncopied.
+const PIN_MAX: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Most history log files compacted per flush (each at most about `histlog::FILE_MAX`
 /// bytes): compaction keeps up with the writes, as each byte it moves frees another.
 const COMPACT_PER_FLUSH: usize = 4;
@@ -96,6 +104,8 @@ pub(crate) struct HistState {
     tail_bytes: usize,
     /// When the tails are written next (set by the first append after a write).
     next_flush: Option<Instant>,
+    /// Since when the tails hold payloads by reference (see [`PIN_MAX`]).
+    pinned_since: Option<Instant>,
     /// Users' conversation entries to write with the tails (key → last sent seq; 0:
     /// create if missing). Merged here so one batch never writes a key twice.
     pending: NameMap<Vec<u8>, u64>,
@@ -185,6 +195,7 @@ impl HistState {
             tails: NameMap::default(),
             tail_bytes: 0,
             next_flush: None,
+            pinned_since: None,
             pending: NameMap::default(),
             marks: NameMap::default(),
             cursors: NameMap::default(),
@@ -194,7 +205,10 @@ impl HistState {
 
     /// When the storage thread must wake up to write the tails, if any are held.
     pub(crate) fn next_flush(&self) -> Option<Instant> {
-        self.next_flush
+        match (self.next_flush, self.pinned_since) {
+            (Some(a), Some(b)) => Some(a.min(b + PIN_MAX)),
+            (a, b) => a.or(b.map(|b| b + PIN_MAX)),
+        }
     }
 }
 
@@ -411,6 +425,7 @@ impl Worker {
                     let head = data.get(p..p + r.len).unwrap_or_default();
                     let payload = shared.next().unwrap_or_default();
                     let plen = payload.len();
+                    self.hist.pinned_since.get_or_insert_with(Instant::now);
                     seg.push_shared_record(head, payload, r.ts, rec_msg_id(head, r.from.len()));
                     p += r.len;
                     left = left.saturating_sub(r.len + plen);
@@ -469,6 +484,13 @@ impl Worker {
 
     /// Writes the tails if they are due (called between rounds).
     pub(crate) fn hist_tick(&mut self) {
+        if self
+            .hist
+            .pinned_since
+            .is_some_and(|t| t + PIN_MAX <= Instant::now())
+        {
+            self.hist_unshare();
+        }
         if self.hist.next_flush.is_some_and(|t| t <= Instant::now()) {
             let r = self.hist_flush().and_then(|()| self.commit());
             match r {
@@ -483,10 +505,26 @@ impl Worker {
         }
     }
 
+    /// Copies the payloads the tails keep by reference (see [`PIN_MAX`]).
+    fn hist_unshare(&mut self) {
+        self.hist.pinned_since = None;
+        let mut total = 0;
+        for tail in self.hist.tails.values_mut() {
+            for seg in tail.segs.iter_mut() {
+                let before = seg.held();
+                seg.unshare();
+                tail.bytes = tail.bytes.saturating_sub(before) + seg.held();
+            }
+            total += tail.bytes;
+        }
+        self.hist.tail_bytes = total;
+    }
+
     /// Writes every conversation's tail (one key per segment), the conversation entries
     /// and the read marks, then trims the conversations over their bounds.
     pub(crate) fn hist_flush(&mut self) -> StoreResult<()> {
         self.hist.next_flush = None;
+        self.hist.pinned_since = None;
         let tails = std::mem::take(&mut self.hist.tails);
         self.hist.tail_bytes = 0;
         let cutoff = self.age_cutoff();
