@@ -378,6 +378,30 @@ impl Segment {
         std::borrow::Cow::Owned(self.record_pieces().concat())
     }
 
+    /// Its records in order, payloads read where they are (what [`records`] of
+    /// [`Segment::records`] gives, without joining them: a lookup by msg_id in a tail
+    /// copied the segment, up to 64 KiB, for each one it looked at).
+    pub(crate) fn iter_records(&self) -> impl Iterator<Item = RawRecord<'_>> {
+        let mut at = CHUNK_HEADER;
+        let mut shared = self.shared.iter().peekable();
+        std::iter::from_fn(move || {
+            let rest = self.data.get(at..).filter(|r| !r.is_empty())?;
+            let (from, r) = take_name(rest)?;
+            let msg_id = be_u64(r)?;
+            let ts = be_u64(r.get(8..)?)?;
+            let len = u32::from_be_bytes(r.get(16..20)?.try_into().ok()?) as usize;
+            let head_end = at + (rest.len() - r.len()) + 20;
+            if shared.peek().is_some_and(|(p, _)| *p == head_end) {
+                let (_, payload) = shared.next()?;
+                at = head_end;
+                return Some((from, msg_id, ts, &payload[..]));
+            }
+            let payload = self.data.get(head_end..head_end + len)?;
+            at = head_end + len;
+            Some((from, msg_id, ts, payload))
+        })
+    }
+
     /// Seq after its last message.
     pub(crate) fn end_seq(&self) -> u64 {
         self.first_seq + u64::from(self.count)
@@ -797,6 +821,7 @@ mod tests {
         assert_eq!(seg.record_pieces().concat(), want);
         assert!(seg.held() >= a.len() + b.len() + seg.data.len());
         assert_eq!(records(&seg.records()).count(), 4);
+        assert!(seg.iter_records().eq(records(&want)), "read in place");
         let mut copied = seg.clone();
         copied.unshare();
         assert!(copied.shared.is_empty() && copied.shared_bytes == 0);

@@ -793,9 +793,13 @@ impl Worker {
         cutoff: u64,
         budget: &mut LookupBudget,
     ) -> StoreResult<Found> {
-        let found = |first: u64, data: &[u8]| {
+        fn found<'a>(
+            (msg_id, from, cutoff): (u64, u64, u64),
+            first: u64,
+            recs: impl Iterator<Item = RawRecord<'a>>,
+        ) -> Option<Found> {
             let mut seq = None;
-            for (i, r) in records(data).enumerate() {
+            for (i, r) in recs.enumerate() {
                 if r.1 == msg_id {
                     seq = Some((first + i as u64, r.2));
                 }
@@ -804,7 +808,8 @@ impl Worker {
                 true => Found::Seq(s),
                 false => Found::Absent,
             })
-        };
+        }
+        let what = (msg_id, from, cutoff);
         let tail = self.hist.tails.get(conv);
         for s in tail.iter().flat_map(|t| t.segs.iter().rev()) {
             if s.end_seq() <= from {
@@ -817,7 +822,7 @@ impl Worker {
                 if !budget.read() {
                     return Ok(Found::Beyond);
                 }
-                if let Some(r) = found(s.first_seq, &s.records()) {
+                if let Some(r) = found(what, s.first_seq, s.iter_records()) {
                     return Ok(r);
                 }
             }
@@ -842,7 +847,7 @@ impl Worker {
             let Some(data) = self.chunk_records(&k, body)? else {
                 continue;
             };
-            if let Some(r) = found(seq, &data) {
+            if let Some(r) = found(what, seq, records(&data)) {
                 return Ok(r);
             }
         }
@@ -975,7 +980,7 @@ impl Worker {
         }
         let cutoff = self.age_cutoff();
         if let Some(seg) = self.hist.tails.get(conv).and_then(|t| t.segs.back()) {
-            if let Some(r) = records(&seg.records()).last() {
+            if let Some(r) = seg.iter_records().last() {
                 return Ok((r.2 >= cutoff).then(|| (to_msg(r), st)));
             }
         }
@@ -1144,7 +1149,7 @@ impl Worker {
             had = true;
             self.hist.tail_bytes = self.hist.tail_bytes.saturating_sub(tail.bytes);
             for seg in &tail.segs {
-                users.extend(records(&seg.records()).map(|r| r.0.to_vec()));
+                users.extend(seg.iter_records().map(|r| r.0.to_vec()));
             }
         }
         // Entries and marks not yet written are noted only for a conversation with a
