@@ -342,17 +342,25 @@ impl Segment {
 
     /// Copies the shared payloads into `data` (the records then are `data`'s) and lets
     /// go of them.
+    /// What comes before the first shared payload stays where it is, and `data` grows
+    /// as a `Vec` does (a segment still filling is copied this way every `PIN_MAX`: a
+    /// buffer of exactly its size was copied whole again by the next append).
     pub(crate) fn unshare(&mut self) {
-        if self.shared.is_empty() {
+        let Some(&(first, _)) = self.shared.first() else {
             return;
+        };
+        let after = self.data.split_off(first.min(self.data.len()));
+        self.data.reserve(after.len() + self.shared_bytes);
+        let mut from = 0;
+        for (at, p) in std::mem::take(&mut self.shared) {
+            let to = at.saturating_sub(first);
+            self.data
+                .extend_from_slice(after.get(from..to).unwrap_or_default());
+            self.data.extend_from_slice(&p);
+            from = to;
         }
-        let mut data = Vec::with_capacity(CHUNK_HEADER + self.records_len());
-        data.extend_from_slice(self.data.get(..CHUNK_HEADER).unwrap_or_default());
-        for p in self.record_pieces() {
-            data.extend_from_slice(p);
-        }
-        self.data = data;
-        self.shared = Vec::new();
+        self.data
+            .extend_from_slice(after.get(from..).unwrap_or_default());
         self.shared_bytes = 0;
     }
 

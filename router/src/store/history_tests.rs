@@ -1065,7 +1065,7 @@ fn dense_appends_let_the_thread_nap_and_any_other_request_wakes_it() {
     })
     .unwrap();
     assert!(
-        rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        rx.recv_timeout(Duration::from_millis(200)).is_err(),
         "an append does not end the nap"
     );
     let t = std::time::Instant::now();

@@ -388,7 +388,7 @@ impl Worker {
                 let idle_wake = Instant::now() + IDLE_COLLECT_AFTER;
                 let at = wake.map_or(idle_wake, |w| w.min(idle_wake));
                 let napped = match std::mem::take(&mut self.nap_due) {
-                    true => self.nap(&rx),
+                    true => self.nap(&rx, at),
                     false => Err(TryRecvError::Empty),
                 };
                 match napped {
@@ -461,7 +461,7 @@ impl Worker {
     /// (other requests wake it: `StoreHandle::send`), so that appends that come every
     /// few hundred microseconds are handled a batch per nap, not each with a wake-up of
     /// this thread and then of the shard its answer goes to.
-    fn nap(&self, rx: &Receiver<Msg>) -> Result<Msg, TryRecvError> {
+    fn nap(&self, rx: &Receiver<Msg>, until: Instant) -> Result<Msg, TryRecvError> {
         self.napping.store(true, Ordering::SeqCst);
         // (Pairs with the sender's fence: either it sees `napping` and unparks, or this
         // sees its request.)
@@ -475,7 +475,9 @@ impl Worker {
         }
         // Until a sender clears `napping` (spurious wake-ups do not end it) or the nap
         // is over.
-        let deadline = Instant::now() + self.opts.nap;
+        // (Not past the loop's own deadline: a flush, a sweep, a pinned payload's copy.)
+        let now = Instant::now();
+        let deadline = now.checked_add(self.opts.nap).unwrap_or(until).min(until);
         while self.napping.load(Ordering::Acquire) {
             let now = Instant::now();
             if now >= deadline {

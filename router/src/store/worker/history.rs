@@ -87,6 +87,8 @@ struct Tail {
     segs: VecDeque<Segment>,
     /// Bytes allocated by `segs`.
     bytes: usize,
+    /// Named in [`HistState::pinned`].
+    pinned: bool,
 }
 
 /// History state of the storage thread.
@@ -106,6 +108,8 @@ pub(crate) struct HistState {
     next_flush: Option<Instant>,
     /// Since when the tails hold payloads by reference (see [`PIN_MAX`]).
     pinned_since: Option<Instant>,
+    /// The conversations whose tails hold payloads by reference (each once).
+    pinned: Vec<Vec<u8>>,
     /// Users' conversation entries to write with the tails (key → last sent seq; 0:
     /// create if missing). Merged here so one batch never writes a key twice.
     pending: NameMap<Vec<u8>, u64>,
@@ -196,6 +200,7 @@ impl HistState {
             tail_bytes: 0,
             next_flush: None,
             pinned_since: None,
+            pinned: Vec::new(),
             pending: NameMap::default(),
             marks: NameMap::default(),
             cursors: NameMap::default(),
@@ -385,10 +390,15 @@ impl Worker {
             if let Some(c) = self.hist.convs.get_mut(&conv) {
                 *c = st;
             }
+            let key = (!shared.is_empty()).then(|| conv.clone());
             let tail = match self.hist.tails.get_mut(&conv) {
                 Some(t) => t,
                 None => self.hist.tails.entry(conv).or_default(),
             };
+            if let Some(key) = key.filter(|_| !tail.pinned) {
+                tail.pinned = true;
+                self.hist.pinned.push(key);
+            }
             let before = tail.bytes;
             // Bytes still to store: the records' (in `data`) and the shared payloads'.
             let mut left_recs = whole;
@@ -484,13 +494,7 @@ impl Worker {
 
     /// Writes the tails if they are due (called between rounds).
     pub(crate) fn hist_tick(&mut self) {
-        if self
-            .hist
-            .pinned_since
-            .is_some_and(|t| t + PIN_MAX <= Instant::now())
-        {
-            self.hist_unshare();
-        }
+        // (A flush due now writes the payloads kept by reference: no copy first.)
         if self.hist.next_flush.is_some_and(|t| t <= Instant::now()) {
             let r = self.hist_flush().and_then(|()| self.commit());
             match r {
@@ -503,21 +507,31 @@ impl Worker {
             // The one moment under steady load when no tail is held.
             self.hist_trim_cache();
         }
+        if self
+            .hist
+            .pinned_since
+            .is_some_and(|t| t + PIN_MAX <= Instant::now())
+        {
+            self.hist_unshare();
+        }
     }
 
     /// Copies the payloads the tails keep by reference (see [`PIN_MAX`]).
     fn hist_unshare(&mut self) {
         self.hist.pinned_since = None;
-        let mut total = 0;
-        for tail in self.hist.tails.values_mut() {
-            for seg in tail.segs.iter_mut() {
-                let before = seg.held();
+        for conv in std::mem::take(&mut self.hist.pinned) {
+            let Some(tail) = self.hist.tails.get_mut(&conv) else {
+                continue; // (written, or the conversation deleted, since)
+            };
+            tail.pinned = false;
+            let before = tail.bytes;
+            for seg in tail.segs.iter_mut().filter(|s| !s.shared.is_empty()) {
+                let held = seg.held();
                 seg.unshare();
-                tail.bytes = tail.bytes.saturating_sub(before) + seg.held();
+                tail.bytes = tail.bytes.saturating_sub(held) + seg.held();
             }
-            total += tail.bytes;
+            self.hist.tail_bytes = self.hist.tail_bytes.saturating_sub(before) + tail.bytes;
         }
-        self.hist.tail_bytes = total;
     }
 
     /// Writes every conversation's tail (one key per segment), the conversation entries
@@ -525,6 +539,7 @@ impl Worker {
     pub(crate) fn hist_flush(&mut self) -> StoreResult<()> {
         self.hist.next_flush = None;
         self.hist.pinned_since = None;
+        self.hist.pinned.clear();
         let tails = std::mem::take(&mut self.hist.tails);
         self.hist.tail_bytes = 0;
         let cutoff = self.age_cutoff();
