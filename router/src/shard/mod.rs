@@ -143,6 +143,9 @@ pub struct Shard {
     pub outbox_waiters: Vec<Waker>,
     /// Readers waiting for the store requests in flight to fall under their mark.
     pub store_waiters: Vec<Waker>,
+    /// Readers of sessions with no store work in flight waiting for the store queue to
+    /// come back within its reserve (`Shard::poll_session_intake`).
+    pub lane_waiters: Vec<Waker>,
     /// Tasks waiting for the last session and connection to end (shutdown).
     pub idle_waiters: Vec<Waker>,
     /// Connections accepted here that have not become sessions yet.
@@ -286,6 +289,7 @@ impl Shard {
             flusher: None,
             outbox_waiters: Vec::new(),
             store_waiters: Vec::new(),
+            lane_waiters: Vec::new(),
             idle_waiters: Vec::new(),
             prelogin: 0,
             next_gen: 1,

@@ -120,9 +120,11 @@ impl Shard {
         key: SessionKey,
         waker: &std::task::Waker,
     ) -> std::task::Poll<()> {
-        if self.store_full() && self.store_lane_open(key) {
-            if self.parked_full() {
-                self.store_waiters.push(waker.clone());
+        if self.store_full() && self.lane_eligible(key) && !self.parked_full() {
+            if self.store_over_reserve() {
+                // (Woken once the queue is back within the reserve: not with every
+                // reader waiting for it to fall under the bound.)
+                self.lane_waiters.push(waker.clone());
                 return std::task::Poll::Pending;
             }
             if self.pipeline_full() {
@@ -144,11 +146,29 @@ impl Shard {
     /// Whether session `key` may be read past a full store queue (see
     /// [`Shard::poll_session_intake`]).
     pub(crate) fn store_lane_open(&self, key: SessionKey) -> bool {
-        !self.store_over_reserve()
-            && self
-                .sessions
-                .get(key)
-                .is_some_and(|s| s.requests == 0 && s.store_sends == 0)
+        !self.store_over_reserve() && self.lane_eligible(key)
+    }
+
+    /// Session `key` has no store work in flight (see [`Shard::poll_session_intake`]).
+    fn lane_eligible(&self, key: SessionKey) -> bool {
+        self.sessions
+            .get(key)
+            .is_some_and(|s| s.requests == 0 && s.store_sends == 0)
+    }
+
+    /// Wakes the readers waiting for the store: all of them once its queue is under its
+    /// bound, those of the lane once it is back within the reserve.
+    pub(crate) fn wake_store_waiters(&mut self, was_full: bool, was_over: bool) {
+        if was_full && !self.store_full() {
+            for w in self.store_waiters.drain(..) {
+                w.wake();
+            }
+        }
+        if (was_full || was_over) && !self.store_over_reserve() {
+            for w in self.lane_waiters.drain(..) {
+                w.wake();
+            }
+        }
     }
 
     /// Resumes every remote sender session `key` paused (it drained or is closing).
@@ -212,9 +232,7 @@ impl Shard {
             return;
         }
         if !self.store_full() {
-            for w in self.store_waiters.drain(..) {
-                w.wake();
-            }
+            self.wake_store_waiters(true, true);
         }
         for id in std::mem::take(&mut self.parked_throttled) {
             self.post(id.shard as usize, Mail::Resume { sender: id });

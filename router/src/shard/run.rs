@@ -375,12 +375,7 @@ async fn consumer(
                     }
                 }
                 blocked.clear();
-                // (Back within the reserve: the sessions that may use it look again.)
-                if (was_full && !sh.store_full()) || (was_over && !sh.store_over_reserve()) {
-                    for w in sh.store_waiters.drain(..) {
-                        w.wake();
-                    }
-                }
+                sh.wake_store_waiters(was_full, was_over);
             }
             std::mem::swap(&mut local_mail, &mut sh.local_mail);
             if !local_mail.is_empty() {

@@ -374,3 +374,50 @@ fn a_session_with_nothing_in_the_store_queue_is_read_past_its_bound_up_to_the_re
     s.store_bytes = bytes + bytes / STORE_RESERVE;
     assert!(!s.store_open_to(a), "bytes past the reserve");
 }
+
+/// A reader of a session with no store work that finds the queue past the reserve waits
+/// for the queue to come back within it (the lane's own waiters), not for it to fall
+/// under the bound; the other readers wait for that.
+#[test]
+fn lane_readers_are_woken_back_within_the_reserve_the_others_under_the_bound() {
+    use super::store_link::{STORE_HIGH_WATER, STORE_RESERVE};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Poll, Wake, Waker};
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let mut s = shard(1);
+    let a = s.register("alice", "phone".into(), -1).unwrap();
+    let b = s.register("bob", "phone".into(), -1).unwrap();
+    s.sessions.get_mut(b).unwrap().store_sends = 1;
+    let (wa, wb) = (
+        Arc::new(Count(AtomicUsize::new(0))),
+        Arc::new(Count(AtomicUsize::new(0))),
+    );
+    s.store_inflight = STORE_HIGH_WATER + STORE_HIGH_WATER / STORE_RESERVE;
+    assert!(s
+        .poll_session_intake(a, &Waker::from(wa.clone()))
+        .is_pending());
+    assert!(s
+        .poll_session_intake(b, &Waker::from(wb.clone()))
+        .is_pending());
+    assert_eq!((s.lane_waiters.len(), s.store_waiters.len()), (1, 1));
+    // Back within the reserve, still past the bound: the lane's reader only.
+    s.store_inflight = STORE_HIGH_WATER;
+    s.wake_store_waiters(true, true);
+    assert_eq!(
+        (wa.0.load(Ordering::SeqCst), wb.0.load(Ordering::SeqCst)),
+        (1, 0)
+    );
+    assert_eq!(
+        s.poll_session_intake(a, &Waker::from(wa.clone())),
+        Poll::Ready(())
+    );
+    // Under the bound: everyone.
+    s.store_inflight = 0;
+    s.wake_store_waiters(true, false);
+    assert_eq!(wb.0.load(Ordering::SeqCst), 1);
+}
