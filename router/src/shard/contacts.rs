@@ -468,6 +468,7 @@ impl Shard {
             msg: stored,
             cap,
             reply: None,
+            origin: None,
         };
         let Some(Behind { msg: stored, .. }) = self.behind_requeues(user.as_bytes(), b) else {
             return;

@@ -257,6 +257,7 @@ impl Shard {
             msg: m.to_stored(),
             cap: self.offline_cap(),
             reply: Some((reply, m.msg_id)),
+            origin: None,
         };
         // Behind what the user's ended sessions left, if any waits (see `shard::requeue`).
         if let Some(b) = self.behind_requeues(to_user, b) {
@@ -267,7 +268,12 @@ impl Shard {
     /// Appends `b` to `user`'s offline queue (with its cap), then answers its sender
     /// with how that went, if it has one.
     pub(crate) fn enqueue_offline(&mut self, user: String, b: Behind) {
-        let Behind { msg, cap, reply } = b;
+        let Behind {
+            msg,
+            cap,
+            reply,
+            origin,
+        } = b;
         self.store_req_sized(
             msg.payload.len(),
             |s, cb| s.enqueue(&user, vec![msg], cap, true, cb),
@@ -283,6 +289,9 @@ impl Shard {
                 };
                 if let Some((reply, msg_id)) = reply {
                     sh.answer_send(reply, msg_id, status);
+                }
+                if let Some(id) = origin {
+                    sh.store_send_done(id);
                 }
             },
         );

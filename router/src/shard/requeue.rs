@@ -82,6 +82,10 @@ pub(crate) struct Behind {
     /// A message's sender, answered once it is stored (with the message id); a notice
     /// has none.
     pub reply: Option<(Answer, u64)>,
+    /// The session of this shard whose Send put it here: it counts in that session's
+    /// `store_sends` until stored (or dropped), as the store request it stands for would
+    /// (set by [`Shard::behind_requeues`]).
+    pub origin: Option<SessionId>,
 }
 
 impl Requeue {
@@ -405,7 +409,7 @@ impl Shard {
     /// queue at once). It is stored with its own cap, and its sender answered, when its
     /// turn comes. Gives `b` back when nothing of theirs waits: store it as usual.
     #[must_use]
-    pub(crate) fn behind_requeues(&mut self, user: &[u8], b: Behind) -> Option<Behind> {
+    pub(crate) fn behind_requeues(&mut self, user: &[u8], mut b: Behind) -> Option<Behind> {
         let Some(u) = self.requeues.users.get_mut(user) else {
             return Some(b);
         };
@@ -413,10 +417,22 @@ impl Shard {
             return Some(b);
         };
         let w = record_bytes(&b.msg) + std::mem::size_of::<Behind>();
+        let origin = self.sender.and_then(|k| {
+            let s = self.sessions.get(k)?;
+            Some((k, s.gen))
+        });
+        b.origin = origin.map(|(k, gen)| SessionId {
+            shard: self.id as u16,
+            gen,
+            key: k as u32,
+        });
         r.behind.push_back(b);
         r.weight += w;
         u.held += 1;
         self.requeue_bytes += w;
+        if let Some(s) = origin.and_then(|(k, _)| self.sessions.get_mut(k)) {
+            s.store_sends += 1;
+        }
         None
     }
 
@@ -471,6 +487,9 @@ impl Shard {
                 for b in r.behind {
                     if let Some((reply, msg_id)) = b.reply {
                         self.answer_send(reply, msg_id, Status::NotFound);
+                    }
+                    if let Some(id) = b.origin {
+                        self.store_send_done(id);
                     }
                 }
             }
@@ -607,6 +626,43 @@ mod tests {
         assert!(q.line.len() <= 2 * 2 + 1);
         let users: Vec<String> = drain(&mut q).into_iter().map(|(u, _)| u).collect();
         assert_eq!(users, ["b", "c"]);
+    }
+
+    /// A Send's message put behind waiting requeues counts in the sending session's
+    /// store work (as the store request it stands for would), until it is stored or
+    /// dropped: such a session is not read past a full store queue meanwhile.
+    #[test]
+    fn a_message_behind_requeues_counts_for_its_sender_until_it_goes() {
+        use std::sync::Arc;
+        let mut s = Shard::new(
+            0,
+            1,
+            Arc::new(crate::config::Config::default()),
+            Arc::new(crate::stats::ShardStats::default()),
+        );
+        let a = s.register("alice", "phone".into(), -1).unwrap();
+        s.requeues.push(requeue_of("bob", 1..=1));
+        let b = |i| Behind {
+            msg: msg(i),
+            cap: None,
+            reply: None,
+            origin: None,
+        };
+        // Not from a Send: counts for nobody.
+        assert!(s.behind_requeues(b"bob", b(2)).is_none());
+        assert_eq!(s.sessions[a].store_sends, 0);
+        s.sender = Some(a);
+        assert!(s.behind_requeues(b"bob", b(3)).is_none());
+        assert!(
+            s.behind_requeues(b"carol", b(4)).is_some(),
+            "nothing waits for carol"
+        );
+        s.sender = None;
+        assert_eq!(s.sessions[a].store_sends, 1);
+        // Dropped with bob's account: taken back.
+        s.drop_requeues_of(b"bob");
+        assert_eq!(s.sessions[a].store_sends, 0);
+        assert!(s.requeues.is_empty() && s.requeue_bytes == 0);
     }
 
     #[test]

@@ -228,6 +228,7 @@ impl Shard {
                 msg: stored,
                 cap,
                 reply: None,
+                origin: None,
             };
             if let Some(b) = self.behind_requeues(&user, b) {
                 let stored = b.msg;

@@ -169,7 +169,7 @@ impl Shard {
 
     /// One store request of session `id`'s Sends was answered; at none left, its reader
     /// is woken (it may be read past a full store queue again).
-    fn store_send_done(&mut self, id: SessionId) {
+    pub(crate) fn store_send_done(&mut self, id: SessionId) {
         if let Some(s) = self.sessions.get_mut(id.key as usize) {
             if s.gen == id.gen {
                 s.store_sends = s.store_sends.saturating_sub(1);
