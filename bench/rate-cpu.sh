@@ -7,6 +7,7 @@
 #   bench/rate-cpu.sh target/release/ringrouter target/release/ringrouter-load "" \
 #       "--pairs 16 --size 1024 --messages 1000000 --window 16000"      # (the default)
 #   bench/rate-cpu.sh A LOAD "--history-per-conversation 0"              # history off
+#   bench/rate-cpu.sh A LOAD "" "--pairs 1 --size 64 --rate 10000 --duration 3"   # paced: latency, CPU per message at a low rate
 #   LEGACY=1 bench/rate-cpu.sh A LOAD   # (any value) the router on its epoll driver, the generator not
 set -euo pipefail
 RR=$1; LOAD=$2; RA=${3:-}; LA=${4:-"--pairs 16 --size 1024 --messages 1000000 --window 16000"}
@@ -21,7 +22,7 @@ t0=$(awk '{print $14+$15}' /proc/$PID/stat)
 # shellcheck disable=SC2086
 "$LOAD" --addr 127.0.0.1:"$P" --protocol ringrouter $LA --json >"$T/j"
 t1=$(awk '{print $14+$15}' /proc/$PID/stat)
-python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('rate %.0fk lost %d router cpu %.2fs' % (d['msgs_per_sec']/1e3, d['lost'], (int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4])))" "$T/j" "$t0" "$t1" "$(getconf CLK_TCK)"
+python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('rate %.0fk lost %d router cpu %.2fs p50 %.0f us p99 %.0f us' % (d['msgs_per_sec']/1e3, d['lost'], (int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4]), d['p50_us'], d['p99_us']))" "$T/j" "$t0" "$t1" "$(getconf CLK_TCK)"
 # Per thread kind: CPU seconds, user + system (system time bounds what any I/O mechanism can
 # save: io_uring against epoll), over the router's life (start-up and logins included).
 for t in /proc/$PID/task/*; do echo "$(cat "$t/comm") $(awk '{print $14, $15}' "$t/stat")"; done \

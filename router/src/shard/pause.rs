@@ -96,14 +96,29 @@ impl Shard {
     /// as it drains) are over their marks.
     pub fn poll_intake(&mut self, waker: &std::task::Waker) -> std::task::Poll<()> {
         if self.store_full() || self.parked_full() {
-            self.store_waiters.push(waker.clone());
+            let max = self.waiters_max();
+            wait_in(&mut self.store_waiters, waker, max);
             std::task::Poll::Pending
-        } else if self.pipeline_full() {
-            self.outbox_waiters.push(waker.clone());
+        } else {
+            self.poll_pipeline(waker)
+        }
+    }
+
+    /// The pipeline part of [`Shard::poll_intake`].
+    fn poll_pipeline(&mut self, waker: &std::task::Waker) -> std::task::Poll<()> {
+        if self.pipeline_full() {
+            let max = self.waiters_max();
+            wait_in(&mut self.outbox_waiters, waker, max);
             std::task::Poll::Pending
         } else {
             std::task::Poll::Ready(())
         }
+    }
+
+    /// Most wakers a list of intake waiters holds (see [`wait_in`]): twice the sessions,
+    /// and room for the HTTP API's publishers.
+    fn waiters_max(&self) -> usize {
+        2 * self.sessions.len() + 64
     }
 
     /// [`Shard::poll_intake`] for the reader of session `key`. A full store queue stops
@@ -120,20 +135,17 @@ impl Shard {
         key: SessionKey,
         waker: &std::task::Waker,
     ) -> std::task::Poll<()> {
-        if self.store_full() && self.lane_eligible(key) && !self.parked_full() {
-            if self.store_over_reserve() {
-                // (Woken once the queue is back within the reserve: not with every
-                // reader waiting for it to fall under the bound.)
-                self.lane_waiters.push(waker.clone());
-                return std::task::Poll::Pending;
-            }
-            if self.pipeline_full() {
-                self.outbox_waiters.push(waker.clone());
-                return std::task::Poll::Pending;
-            }
-            return std::task::Poll::Ready(());
+        if !(self.store_full() && self.lane_eligible(key) && !self.parked_full()) {
+            return self.poll_intake(waker);
         }
-        self.poll_intake(waker)
+        if self.store_over_reserve() {
+            // (Woken once the queue is back within the reserve: not with every reader
+            // waiting for it to fall under the bound.)
+            let max = self.waiters_max();
+            wait_in(&mut self.lane_waiters, waker, max);
+            return std::task::Poll::Pending;
+        }
+        self.poll_pipeline(waker)
     }
 
     /// Whether session `key`'s frames may be handled as far as the store is concerned:
@@ -238,6 +250,19 @@ impl Shard {
             self.post(id.shard as usize, Mail::Resume { sender: id });
         }
     }
+}
+
+/// Registers `waker` in an intake waiters' list. A waiting reader is also woken for its
+/// own reasons (its writer drained, a request answered), polls again and registers again:
+/// over a long stall its list grew by one waker per such wake-up. Past `max` the list is
+/// woken whole and emptied instead (each reader still waiting registers once more).
+fn wait_in(list: &mut Vec<std::task::Waker>, waker: &std::task::Waker, max: usize) {
+    if list.len() >= max {
+        for w in list.drain(..) {
+            w.wake();
+        }
+    }
+    list.push(waker.clone());
 }
 
 #[cfg(test)]

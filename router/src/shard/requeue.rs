@@ -410,6 +410,10 @@ impl Shard {
     /// turn comes. Gives `b` back when nothing of theirs waits: store it as usual.
     #[must_use]
     pub(crate) fn behind_requeues(&mut self, user: &[u8], mut b: Behind) -> Option<Behind> {
+        if !self.requeues.holds(user) {
+            return Some(b);
+        }
+        let origin = self.sender.and_then(|k| self.session_id(k));
         let Some(u) = self.requeues.users.get_mut(user) else {
             return Some(b);
         };
@@ -417,20 +421,12 @@ impl Shard {
             return Some(b);
         };
         let w = record_bytes(&b.msg) + std::mem::size_of::<Behind>();
-        let origin = self.sender.and_then(|k| {
-            let s = self.sessions.get(k)?;
-            Some((k, s.gen))
-        });
-        b.origin = origin.map(|(k, gen)| SessionId {
-            shard: self.id as u16,
-            gen,
-            key: k as u32,
-        });
+        b.origin = origin;
         r.behind.push_back(b);
         r.weight += w;
         u.held += 1;
         self.requeue_bytes += w;
-        if let Some(s) = origin.and_then(|(k, _)| self.sessions.get_mut(k)) {
+        if let Some(s) = origin.and_then(|id| self.sessions.get_mut(id.key as usize)) {
             s.store_sends += 1;
         }
         None

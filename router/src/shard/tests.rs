@@ -375,6 +375,15 @@ fn a_session_with_nothing_in_the_store_queue_is_read_past_its_bound_up_to_the_re
     assert!(!s.store_open_to(a), "bytes past the reserve");
 }
 
+/// A waker that counts its wake-ups.
+struct Count(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for Count {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// A reader of a session with no store work that finds the queue past the reserve waits
 /// for the queue to come back within it (the lane's own waiters), not for it to fall
 /// under the bound; the other readers wait for that.
@@ -382,13 +391,7 @@ fn a_session_with_nothing_in_the_store_queue_is_read_past_its_bound_up_to_the_re
 fn lane_readers_are_woken_back_within_the_reserve_the_others_under_the_bound() {
     use super::store_link::{STORE_HIGH_WATER, STORE_RESERVE};
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::{Poll, Wake, Waker};
-    struct Count(AtomicUsize);
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use std::task::{Poll, Waker};
     let mut s = shard(1);
     let a = s.register("alice", "phone".into(), -1).unwrap();
     let b = s.register("bob", "phone".into(), -1).unwrap();
@@ -420,4 +423,27 @@ fn lane_readers_are_woken_back_within_the_reserve_the_others_under_the_bound() {
     s.store_inflight = 0;
     s.wake_store_waiters(true, false);
     assert_eq!(wb.0.load(Ordering::SeqCst), 1);
+}
+
+/// A reader woken for its own reasons polls the intake again and registers again: over a
+/// long stall the waiters' list stays bounded (woken whole past its bound).
+#[test]
+fn intake_waiters_stay_bounded_however_often_a_reader_polls_again() {
+    use super::store_link::STORE_HIGH_WATER;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Waker;
+    let mut s = shard(1);
+    let a = s.register("alice", "phone".into(), -1).unwrap();
+    s.sessions.get_mut(a).unwrap().store_sends = 1;
+    s.store_inflight = STORE_HIGH_WATER;
+    let c = Arc::new(Count(AtomicUsize::new(0)));
+    let w = Waker::from(c.clone());
+    for _ in 0..10_000 {
+        assert!(s.poll_session_intake(a, &w).is_pending());
+        assert!(s.store_waiters.len() <= 2 * s.sessions.len() + 64);
+    }
+    assert!(
+        c.0.load(Ordering::SeqCst) > 0,
+        "woken when the list was emptied"
+    );
 }
