@@ -183,6 +183,7 @@ impl HashPool {
         n: usize,
         cheap: bool,
         reply: Sender<Msg>,
+        nap: super::NapEnd,
         queued: Arc<AtomicUsize>,
     ) -> std::io::Result<HashPool> {
         let jobs = Arc::new(Jobs::default());
@@ -196,11 +197,12 @@ impl HashPool {
         for i in 0..n.max(1) {
             let jobs = Arc::clone(&pool.jobs);
             let reply = reply.clone();
+            let nap = nap.clone();
             let cancel = Arc::clone(&pool.cancel);
             let queued = Arc::clone(&pool.queued);
             let spawned = std::thread::Builder::new()
                 .name(format!("rr-hash-{i}"))
-                .spawn(move || worker(&jobs, &reply, &cancel, &queued, cheap));
+                .spawn(move || worker(&jobs, &reply, &nap, &cancel, &queued, cheap));
             match spawned {
                 Ok(t) => pool.threads.push(t),
                 Err(e) => {
@@ -245,6 +247,7 @@ impl HashPool {
 fn worker(
     jobs: &Jobs,
     reply: &Sender<Msg>,
+    nap: &super::NapEnd,
     cancel: &AtomicBool,
     queued: &AtomicUsize,
     cheap: bool,
@@ -282,6 +285,8 @@ fn worker(
         if reply.send(Msg::Hashed { id, result }).is_err() {
             return;
         }
+        // The answer is due at once, not after the storage thread's nap.
+        nap.end();
     }
 }
 
@@ -331,7 +336,8 @@ mod tests {
     fn queued_jobs_are_answered_at_cancel() {
         let (tx, rx) = std::sync::mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        let mut pool = HashPool::start(1, true, tx, Arc::clone(&queued)).expect("pool");
+        let nap = super::super::NapEnd::default();
+        let mut pool = HashPool::start(1, true, tx, nap, Arc::clone(&queued)).expect("pool");
         for id in 0..5 {
             assert!(pool.submit(HashJob::Hash {
                 id,
@@ -353,5 +359,28 @@ mod tests {
         answered.sort_unstable();
         assert_eq!(answered, [0, 1, 2, 3, 4]);
         assert_eq!(queued.load(Ordering::Relaxed), 0);
+    }
+
+    /// A hash's answer ends the storage thread's nap (it is due at once: a login waits
+    /// for it), where a history append would not.
+    #[test]
+    fn an_answer_ends_the_storage_threads_nap() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let nap = super::super::NapEnd::default();
+        let _ = nap.thread.set(std::thread::current());
+        nap.napping.store(true, Ordering::SeqCst);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let mut pool =
+            HashPool::start(1, true, tx, nap.clone(), Arc::clone(&queued)).expect("pool");
+        assert!(pool.submit(HashJob::Hash {
+            id: 1,
+            password: "p".into(),
+        }));
+        assert!(matches!(
+            rx.recv_timeout(std::time::Duration::from_secs(30)),
+            Ok(Msg::Hashed { id: 1, .. })
+        ));
+        pool.join();
+        assert!(!nap.napping.load(Ordering::SeqCst), "the nap is over");
     }
 }

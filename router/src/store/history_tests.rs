@@ -1050,7 +1050,12 @@ fn dense_appends_let_the_thread_nap_and_any_other_request_wakes_it() {
     // nothing more queued: give it that moment).
     dm(&h, "ann", "bob", 1..3, 1);
     let t = std::time::Instant::now();
-    while !h.inner.napping.load(std::sync::atomic::Ordering::SeqCst) {
+    while !h
+        .inner
+        .nap
+        .napping
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
         assert!(t.elapsed() < Duration::from_secs(10), "no nap");
         std::thread::sleep(Duration::from_millis(1));
     }

@@ -512,7 +512,7 @@ impl Store {
             .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
         let dbs = worker::Dbs::open(dir, options.history.log_file_bytes)?;
         let (tx, rx) = mpsc::channel::<Msg>();
-        let napping = Arc::new(AtomicBool::new(false));
+        let nap = NapEnd::default();
         let stats = Arc::new(StatCells::default());
         let hash_queued = Arc::new(AtomicUsize::new(0));
         let threads = match options.hash_threads {
@@ -530,6 +530,7 @@ impl Store {
             threads,
             options.argon2_cheap,
             tx.clone(),
+            nap.clone(),
             Arc::clone(&hash_queued),
         )
         .map_err(|e| StoreError::Io(format!("cannot start hashing threads: {e}")))?;
@@ -539,7 +540,7 @@ impl Store {
             options,
             pool,
             Arc::clone(&stats),
-            Arc::clone(&napping),
+            Arc::clone(&nap.napping),
         );
         w.move_inline_lists()?;
         if let Err(e) = w.hist_sweep_deleted_rooms() {
@@ -552,12 +553,11 @@ impl Store {
             .spawn(move || w.run(rx))
             .map_err(|e| StoreError::Io(format!("cannot start the storage thread: {e}")))?;
         let thread_id = thread.thread().id();
-        let store_thread = thread.thread().clone();
+        let _ = nap.thread.set(thread.thread().clone());
         Ok(StoreHandle {
             inner: Arc::new(Inner {
                 tx,
-                napping,
-                store_thread,
+                nap,
                 closed: AtomicBool::new(false),
                 thread: Mutex::new(Some(thread)),
                 thread_id,
@@ -570,12 +570,33 @@ impl Store {
     }
 }
 
+/// Ends the storage thread's nap (`worker::NAP`): what a request other than a history
+/// append does once it is queued, and the hashing threads once their answer is.
+#[derive(Clone, Default)]
+pub(crate) struct NapEnd {
+    napping: Arc<AtomicBool>,
+    /// Set once the thread is started (nothing is queued for it before).
+    thread: Arc<std::sync::OnceLock<std::thread::Thread>>,
+}
+
+impl NapEnd {
+    pub(crate) fn end(&self) {
+        // (Pairs with the nap's fence: either this sees `napping` and unparks, or the
+        // thread sees the message queued before.)
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.napping.load(Ordering::Relaxed) && self.napping.swap(false, Ordering::AcqRel) {
+            if let Some(t) = self.thread.get() {
+                t.unpark();
+            }
+        }
+    }
+}
+
 struct Inner {
     tx: Sender<Msg>,
     /// The storage thread naps (see `worker::NAP`): requests other than history appends
-    /// unpark it.
-    napping: Arc<AtomicBool>,
-    store_thread: std::thread::Thread,
+    /// end the nap.
+    nap: NapEnd,
     closed: AtomicBool,
     thread: Mutex<Option<JoinHandle<StoreResult<()>>>>,
     thread_id: ThreadId,
@@ -589,8 +610,7 @@ impl Inner {
     fn shutdown(&self) -> StoreResult<()> {
         if !self.closed.swap(true, Ordering::AcqRel) {
             let _ = self.tx.send(Msg::Shutdown);
-            self.napping.store(false, Ordering::SeqCst);
-            self.store_thread.unpark();
+            self.nap.end();
         }
         if std::thread::current().id() == self.thread_id {
             // Called from a completion callback: the thread exits after this round.
@@ -654,11 +674,7 @@ impl StoreHandle {
             StoreError::Closed
         })?;
         if !quiet {
-            std::sync::atomic::fence(Ordering::SeqCst);
-            let n = &self.inner.napping;
-            if n.load(Ordering::Relaxed) && n.swap(false, Ordering::AcqRel) {
-                self.inner.store_thread.unpark();
-            }
+            self.inner.nap.end();
         }
         Ok(())
     }
