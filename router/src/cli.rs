@@ -116,6 +116,10 @@ pub struct Args {
     /// TLS private key (PEM) for --tls-cert.
     #[arg(long, value_name = "FILE", help_heading = NETWORK)]
     pub tls_key: Option<PathBuf>,
+    /// Threads TLS handshakes run on, at a lower priority than the shards, so a flood of
+    /// new connections slows the sessions already in little (0: one per four cores, at least one).
+    #[arg(long, value_name = "N", default_value_t = 0, help_heading = NETWORK)]
+    pub tls_handshake_threads: usize,
 
     /// Authentication: open (any user name; loopback only), jwt, or accounts (Register + password).
     #[arg(long, value_name = "MODE", value_enum, default_value_t = AuthMode::Open, help_heading = AUTH)]
@@ -179,6 +183,10 @@ pub struct Args {
     /// Most open connections.
     #[arg(long, value_name = "N", default_value_t = 100_000, help_heading = LIMITS)]
     pub max_connections: usize,
+    /// Most TLS handshake steps queued or running (on --tls-handshake-threads); past it a
+    /// new connection's handshake is refused and the connection closed.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..), help_heading = LIMITS)]
+    pub max_tls_handshakes: u64,
     /// Most sessions (devices) per user.
     #[arg(long, value_name = "N", default_value_t = 64, help_heading = LIMITS)]
     pub max_sessions_per_user: usize,
@@ -421,6 +429,8 @@ impl Args {
             jwt_leeway: self.jwt_leeway,
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
+            tls_handshake_threads: self.tls_handshake_threads,
+            max_tls_handshakes: usize::try_from(self.max_tls_handshakes).unwrap_or(usize::MAX),
             http_listen: self.http_listen.0,
             api_key_file: self.api_key_file,
             http_max_head_bytes: self.http_max_head_bytes,
@@ -1149,6 +1159,10 @@ mod tests {
             "/etc/ringrouter/cert.pem",
             "--tls-key",
             "/etc/ringrouter/key.pem",
+            "--tls-handshake-threads",
+            "3",
+            "--max-tls-handshakes",
+            "9",
             "--api-key-file",
             secret,
             "--http-max-head-bytes",

@@ -107,6 +107,12 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
     pub tls_key: Option<PathBuf>,
+    /// Threads TLS handshakes run on, below the shards' priority (0: one per four
+    /// cores, at least one).
+    pub tls_handshake_threads: usize,
+    /// Most TLS handshake steps queued or running; past it a new connection's
+    /// handshake is refused (the connection closed).
+    pub max_tls_handshakes: usize,
     /// Allow open auth on a non-loopback address.
     pub allow_open_auth_on_public: bool,
     /// Pin each shard thread to a core.
@@ -261,6 +267,8 @@ impl Default for Config {
             jwt_secret_file: None,
             tls_cert: None,
             tls_key: None,
+            tls_handshake_threads: 0,
+            max_tls_handshakes: 256,
             allow_open_auth_on_public: false,
             pin_threads: true,
             data_dir: PathBuf::from("./data"),

@@ -152,6 +152,16 @@ impl Router {
                 ))
             }
         };
+        let handshakes = match &tls {
+            Some(_) => Some(Arc::new(
+                crate::transport::tls::Handshakes::start(
+                    cfg.tls_handshake_threads,
+                    cfg.max_tls_handshakes,
+                )
+                .map_err(|e| StartError::Config(format!("cannot start TLS threads: {e}")))?,
+            )),
+            None => None,
+        };
         let n = cfg.effective_shards();
         if n > 256 {
             return Err(StartError::Config("at most 256 shards".into()));
@@ -216,6 +226,7 @@ impl Router {
             bells,
             store: store.clone(),
             tls,
+            handshakes,
             signup: SignupGate::new(&cfg),
         });
         let flights: Arc<Vec<Vec<Arc<AtomicUsize>>>> = Arc::new(
@@ -353,6 +364,9 @@ impl RouterHandle {
         }
         for t in self.threads {
             let _ = t.join();
+        }
+        if let Some(h) = &self.shared.handshakes {
+            h.stop();
         }
         // The shards queued the unacked messages of their sessions: persist them.
         let stored = match self.store.shutdown() {

@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub(crate) store: StoreHandle,
     /// TLS on every listener (`--tls-cert`).
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    /// Where TLS handshakes run (with `tls`).
+    pub(crate) handshakes: Option<Arc<crate::transport::tls::Handshakes>>,
     /// Admission of Registers: in flight, per address, per second.
     pub(crate) signup: SignupGate,
 }

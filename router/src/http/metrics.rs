@@ -146,6 +146,16 @@ struct Scrape {
     shards: Vec<StatsSnapshot>,
     total: StatsSnapshot,
     store: StoreStats,
+    tls: Option<TlsStats>,
+}
+
+/// The TLS handshake threads' figures (with `--tls-cert`).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct TlsStats {
+    /// Handshake steps queued or running.
+    pub in_progress: u64,
+    /// Handshake steps refused at `--max-tls-handshakes`.
+    pub refused: u64,
 }
 
 /// Per shard (`shard_<name>{shard}`) and in total (`<name>`): each series `emit` writes
@@ -357,12 +367,32 @@ impl prometheus_client::collector::Collector for Scrape {
             enc.encode_descriptor(name, help, None, MetricType::Gauge)?
                 .encode_gauge(&v)?;
         }
+        if let Some(t) = self.tls {
+            enc.encode_descriptor(
+                "tls_handshakes_in_progress",
+                "TLS handshake steps queued or running on the handshake threads.",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&t.in_progress)?;
+            enc.encode_descriptor(
+                "tls_handshakes_refused",
+                "TLS handshakes refused at --max-tls-handshakes (their connections closed).",
+                None,
+                MetricType::Counter,
+            )?
+            .encode_counter::<NoLabelSet, f64, f64>(&(t.refused as f64), None)?;
+        }
         Ok(())
     }
 }
 
 /// The exposition of every shard's published figures and the store's.
-pub(crate) fn render(stats: &[Arc<ShardStats>], store: StoreStats) -> String {
+pub(crate) fn render(
+    stats: &[Arc<ShardStats>],
+    store: StoreStats,
+    tls: Option<TlsStats>,
+) -> String {
     let mut total = StatsSnapshot::default();
     let shards = stats
         .iter()
@@ -376,6 +406,7 @@ pub(crate) fn render(stats: &[Arc<ShardStats>], store: StoreStats) -> String {
         shards,
         total,
         store,
+        tls,
     }));
     let mut out = String::with_capacity(32 << 10);
     // Writing into a String cannot fail.
@@ -401,7 +432,7 @@ mod tests {
         for st in &stats {
             st.publish(&c, Gauges::default());
         }
-        let text = render(&stats, StoreStats::default());
+        let text = render(&stats, StoreStats::default(), None);
         let has = |line: &str| text.lines().any(|l| l == line);
         assert!(has("ringrouter_messages_in_total 10"), "{text}");
         assert!(

@@ -411,7 +411,14 @@ async fn answer(
         Route::Metrics => Response::new(
             200,
             metrics::CONTENT_TYPE,
-            metrics::render(&ctx.stats, shared.store.stats()),
+            metrics::render(
+                &ctx.stats,
+                shared.store.stats(),
+                shared.handshakes.as_ref().map(|h| metrics::TlsStats {
+                    in_progress: h.in_progress() as u64,
+                    refused: h.refused(),
+                }),
+            ),
         ),
         Route::Asset(path) => match crate::web::asset(&path) {
             Some((content_type, bytes)) => Response::new(200, content_type, bytes),

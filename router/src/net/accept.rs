@@ -183,6 +183,7 @@ pub(crate) async fn prelogin(
                 let Conn {
                     tcp: stream,
                     layers,
+                    ..
                 } = conn;
                 let home = shard.borrow().home(s.user.as_bytes());
                 let me = shard.borrow().id;

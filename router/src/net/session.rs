@@ -96,10 +96,7 @@ pub(super) fn start_session(
             let f = reply::login_result_frame(request_id, e.status(), e.to_string());
             let mut out = BytesMut::new();
             encode_frame(&f, &mut out);
-            let mut conn = Conn {
-                tcp: stream,
-                layers,
-            };
+            let mut conn = Conn::with_layers(stream, layers);
             monoio::spawn(async move {
                 conn.close_bounded(out).await;
                 drop(guard);

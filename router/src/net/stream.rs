@@ -10,8 +10,11 @@ use bytes::BytesMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+use std::sync::Arc;
+
 use super::CLOSE_FLUSH;
 use crate::shared::Shared;
+use crate::transport::tls::Handshakes;
 use crate::transport::{ws, Ingested, Layers};
 
 /// Raw bytes read at a time through layers.
@@ -21,12 +24,33 @@ const RAW_READ: usize = 16 * 1024;
 pub(crate) struct Conn {
     pub(crate) tcp: TcpStream,
     pub(crate) layers: Option<Box<Layers>>,
+    /// Where TLS handshake steps run (a TLS connection; see [`Handshakes`]).
+    handshakes: Option<Arc<Handshakes>>,
+    /// The layers went to a handshake thread and did not come back (the read was
+    /// dropped, or refused at the bound): nothing more is written or read.
+    lost: bool,
 }
 
 impl Conn {
     /// A plain TCP connection (refusals over `--max-connections`).
     pub(crate) fn plain(tcp: TcpStream) -> Self {
-        Conn { tcp, layers: None }
+        Conn {
+            tcp,
+            layers: None,
+            handshakes: None,
+            lost: false,
+        }
+    }
+
+    /// A connection with its layers (a session's, to close it; TLS is past its
+    /// handshake).
+    pub(crate) fn with_layers(tcp: TcpStream, layers: Option<Box<Layers>>) -> Self {
+        Conn {
+            tcp,
+            layers,
+            handshakes: None,
+            lost: false,
+        }
     }
 
     /// A new accepted connection: TLS when the router has a certificate, else plain.
@@ -35,7 +59,12 @@ impl Conn {
             Some(cfg) => Some(Box::new(Layers::tls(cfg).map_err(io::Error::other)?)),
             None => None,
         };
-        Ok(Conn { tcp, layers })
+        Ok(Conn {
+            tcp,
+            layers,
+            handshakes: shared.handshakes.clone(),
+            lost: false,
+        })
     }
 
     /// Frames are WebSocket messages from now on; `early` are bytes read past the
@@ -53,6 +82,9 @@ impl Conn {
         mut buf: BytesMut,
         max: usize,
     ) -> (io::Result<usize>, BytesMut) {
+        if self.lost {
+            return (Err(lost()), buf);
+        }
         let Some(layers) = self.layers.as_deref_mut() else {
             buf.reserve(max);
             let len = buf.len();
@@ -71,6 +103,9 @@ impl Conn {
             _ => {}
         }
         loop {
+            let Some(layers) = self.layers.as_deref_mut() else {
+                return (Err(lost()), buf);
+            };
             if layers.has_pending() {
                 let mut wire = BytesMut::new();
                 layers.take_pending(&mut wire);
@@ -78,19 +113,25 @@ impl Conn {
                     return (Err(e), buf);
                 }
             }
+            let Some(layers) = self.layers.as_deref_mut() else {
+                return (Err(lost()), buf);
+            };
             let mut raw = std::mem::take(&mut layers.raw);
             let want = max.clamp(1, RAW_READ);
             raw.reserve(want);
             let len = raw.len();
             let slice = monoio::buf::IoBufMut::slice_mut(raw, len..len + want);
             let (r, b) = self.tcp.read(slice).await;
-            let mut raw = b.into_inner();
+            let raw = b.into_inner();
             let eof = match r {
                 Ok(n) => n == 0,
                 Err(e) => return (Err(e), buf),
             };
-            let res = layers.ingest(&mut raw, &mut buf);
-            layers.raw = raw;
+            let (res, b) = self.ingest(raw, buf).await;
+            buf = b;
+            let Some(layers) = self.layers.as_deref_mut() else {
+                return (Err(lost()), buf);
+            };
             let got = buf.len() - before;
             match res {
                 Err(reason) => {
@@ -108,8 +149,52 @@ impl Conn {
         }
     }
 
+    /// Passes `raw` through the layers (which keep what they cannot use yet) onto
+    /// `buf`. While TLS is handshaking this runs on a handshake thread: the layers go
+    /// there and come back with the result. If they do not come back (refused at the
+    /// bound, or this future dropped), the connection is lost.
+    async fn ingest(
+        &mut self,
+        mut raw: BytesMut,
+        mut buf: BytesMut,
+    ) -> (Result<Ingested, String>, BytesMut) {
+        let Some(mut layers) = self.layers.take() else {
+            return (Err("connection lost".into()), buf);
+        };
+        let hs = self.handshakes.as_ref().filter(|_| layers.handshaking());
+        let Some(hs) = hs else {
+            let r = layers.ingest(&mut raw, &mut buf);
+            layers.raw = raw;
+            self.layers = Some(layers);
+            return (r, buf);
+        };
+        let hs = Arc::clone(hs);
+        self.lost = true;
+        let step = hs
+            .run(move || {
+                let r = layers.ingest(&mut raw, &mut buf);
+                layers.raw = raw;
+                (layers, buf, r)
+            })
+            .await;
+        match step {
+            Some((layers, buf, r)) => {
+                self.layers = Some(layers);
+                self.lost = false;
+                (r, buf)
+            }
+            None => (
+                Err("too many TLS handshakes in progress (--max-tls-handshakes)".into()),
+                BytesMut::new(),
+            ),
+        }
+    }
+
     /// Writes all of `data` (whole frames when a WebSocket layer is on).
     pub(crate) async fn write_all(&mut self, data: BytesMut) -> io::Result<()> {
+        if self.lost {
+            return Err(lost());
+        }
         let wire = match self.layers.as_deref_mut() {
             None => data,
             Some(l) => {
@@ -128,6 +213,9 @@ impl Conn {
     /// Writes raw bytes, outside the WebSocket framing (the HTTP answer to an
     /// upgrade); TLS still applies.
     pub(crate) async fn write_raw(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.lost {
+            return Err(lost());
+        }
         let wire = match self.layers.as_deref_mut() {
             None => BytesMut::from(data),
             Some(l) => {
@@ -162,4 +250,12 @@ impl Conn {
         }
         self.shutdown().await;
     }
+}
+
+/// The error of a connection whose layers were lost (see [`Conn::ingest`]).
+fn lost() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "TLS handshake not completed",
+    )
 }

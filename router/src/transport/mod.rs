@@ -103,6 +103,12 @@ impl Layers {
         }
     }
 
+    /// TLS is still handshaking (its steps cost the server its key exchange and
+    /// signature: see [`tls::Handshakes`]).
+    pub(crate) fn handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.is_handshaking())
+    }
+
     /// Bytes waiting to be written.
     pub(crate) fn has_pending(&self) -> bool {
         !self.pending.is_empty()

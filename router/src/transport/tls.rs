@@ -32,3 +32,218 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
+
+/// The threads TLS handshakes run on (`--tls-handshake-threads`), and their bound
+/// (`--max-tls-handshakes`).
+///
+/// A handshake's first flight costs the server its key exchange and a signature
+/// (~0.6 ms with an RSA-2048 key), and a client can ask for it with one ClientHello
+/// that costs it nothing. On a shard thread every such step delayed the sessions of
+/// that shard; here the steps of a handshake (the bytes read while rustls is
+/// handshaking) run on threads of their own, at a lower priority than the shards
+/// (nice +10), so a flood of new connections takes what CPU the shards leave and waits
+/// in a bounded queue. Past the bound a new step is refused and its connection closed.
+pub(crate) struct Handshakes {
+    q: Arc<Queue>,
+    max: usize,
+    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+#[derive(Default)]
+struct Queue {
+    jobs: std::sync::Mutex<(std::collections::VecDeque<Job>, bool)>,
+    ready: std::sync::Condvar,
+    /// Steps queued or running.
+    in_progress: std::sync::atomic::AtomicUsize,
+    /// Steps refused at the bound.
+    refused: std::sync::atomic::AtomicU64,
+}
+
+/// Counts a step until it is answered (or dropped unrun at shutdown).
+struct InProgress(Arc<Queue>);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0
+            .in_progress
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl Handshakes {
+    /// Starts `threads` (0: one per four cores, at least one) threads, with at most
+    /// `max` steps queued or running.
+    pub(crate) fn start(threads: usize, max: usize) -> std::io::Result<Handshakes> {
+        let n = match threads {
+            0 => std::thread::available_parallelism().map_or(1, |c| (c.get() / 4).max(1)),
+            n => n,
+        };
+        let h = Handshakes {
+            q: Arc::new(Queue::default()),
+            max: max.max(1),
+            threads: std::sync::Mutex::new(Vec::with_capacity(n)),
+        };
+        for i in 0..n {
+            let q = Arc::clone(&h.q);
+            let t = std::thread::Builder::new()
+                .name(format!("rr-tls-{i}"))
+                .spawn(move || {
+                    // Below the shards: a handshake flood gets what they leave.
+                    // SAFETY: setpriority on the calling thread (who = 0 is this thread's
+                    // id for PRIO_PROCESS on Linux) has no memory effects.
+                    unsafe {
+                        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+                    }
+                    worker(&q);
+                });
+            match t {
+                Ok(t) => h.lock_threads().push(t),
+                Err(e) => {
+                    h.stop();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(h)
+    }
+
+    fn lock_threads(&self) -> std::sync::MutexGuard<'_, Vec<std::thread::JoinHandle<()>>> {
+        self.threads.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on a handshake thread and gives its result; `None` when the bound is
+    /// reached (counted as refused) or the threads have stopped.
+    pub(crate) async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        use std::sync::atomic::Ordering;
+        if self.q.in_progress.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.q.in_progress.fetch_sub(1, Ordering::AcqRel);
+            self.q.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let counted = InProgress(Arc::clone(&self.q));
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let r = f();
+            drop(counted);
+            // The receiver is gone only when the connection's task was dropped.
+            let _ = tx.send(r);
+        });
+        {
+            let mut g = self.q.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            if g.1 {
+                return None;
+            }
+            g.0.push_back(job);
+        }
+        self.q.ready.notify_one();
+        rx.await.ok()
+    }
+
+    /// Steps queued or running now.
+    pub(crate) fn in_progress(&self) -> usize {
+        self.q
+            .in_progress
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Steps refused at the bound so far.
+    pub(crate) fn refused(&self) -> u64 {
+        self.q.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Drops the queued steps (their connections see the end of their read) and waits
+    /// for the threads (at most one step each).
+    pub(crate) fn stop(&self) {
+        let dropped = {
+            let mut g = self.q.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            g.1 = true;
+            std::mem::take(&mut g.0)
+        };
+        drop(dropped);
+        self.q.ready.notify_all();
+        for t in std::mem::take(&mut *self.lock_threads()) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Handshakes {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn worker(q: &Queue) {
+    loop {
+        let job = {
+            let mut g = q.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if let Some(j) = g.0.pop_front() {
+                    break j;
+                }
+                if g.1 {
+                    return;
+                }
+                g = q.ready.wait(g).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        job();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Steps run off the calling thread; past the bound a step is refused (and
+    /// counted) until one in progress is done.
+    #[test]
+    fn steps_run_on_the_threads_and_the_bound_refuses_more() {
+        let h = Arc::new(Handshakes::start(1, 2).expect("threads"));
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async {
+            let me = std::thread::current().id();
+            let there = h.run(|| std::thread::current().id()).await;
+            assert!(there.is_some_and(|t| t != me));
+            // Two steps held on the thread: a third is refused.
+            let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+            let go_rx = Arc::new(std::sync::Mutex::new(go_rx));
+            let hold = |rx: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>| {
+                move || {
+                    let _ = rx.lock().map(|r| r.recv());
+                    7
+                }
+            };
+            let a = monoio::spawn({
+                let h = h.clone();
+                let f = hold(go_rx.clone());
+                async move { h.run(f).await }
+            });
+            let b = monoio::spawn({
+                let h = h.clone();
+                let f = hold(go_rx.clone());
+                async move { h.run(f).await }
+            });
+            while h.in_progress() < 2 {
+                monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            assert_eq!(h.run(|| 1).await, None, "past the bound");
+            assert_eq!(h.refused(), 1);
+            go_tx.send(()).expect("held");
+            go_tx.send(()).expect("held");
+            assert_eq!(a.await, Some(7));
+            assert_eq!(b.await, Some(7));
+            assert_eq!(h.in_progress(), 0);
+            assert_eq!(h.run(|| 2).await, Some(2), "room again");
+        });
+        h.stop();
+    }
+}

@@ -193,3 +193,57 @@ fn bad_tls_files_exit_2() {
     };
     assert_eq!(out.code, Some(2), "{}", out.stderr);
 }
+
+/// Handshakes run on threads of their own, with at most `--max-tls-handshakes` steps
+/// queued or running: a burst of ClientHellos past it is refused (those connections
+/// are closed without an answer), the others are answered, and a whole handshake and a
+/// login work once the burst is over.
+#[test]
+fn handshakes_past_the_bound_are_refused_and_the_router_serves_on() {
+    let (_dir, cert, key, der) = self_signed();
+    let r = RouterProc::start(&[
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--tls-handshake-threads",
+        "1",
+        "--max-tls-handshakes",
+        "1",
+    ]);
+    let cfg = client_config(&der);
+    // One ClientHello, sent on every connection (the router answers each with its key
+    // exchange and signature).
+    let hello = {
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut c = rustls::ClientConnection::new(cfg.clone(), name).expect("client conn");
+        let mut v = Vec::new();
+        c.write_tls(&mut v).expect("a ClientHello");
+        v
+    };
+    let socks: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = TcpStream::connect(r.connect_addr()).expect("connect");
+            s.write_all(&hello).expect("hello");
+            s
+        })
+        .collect();
+    let (mut answered, mut refused) = (0, 0);
+    for mut s in socks {
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut b = [0u8; 5];
+        match s.read(&mut b) {
+            // A handshake record: the ServerHello.
+            Ok(n) if n > 0 && b[0] == 22 => answered += 1,
+            Ok(0) => refused += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => refused += 1,
+            other => panic!("neither answered nor closed: {other:?} {b:?}"),
+        }
+    }
+    assert!(answered >= 1, "answered {answered}, refused {refused}");
+    assert!(refused >= 1, "answered {answered}, refused {refused}");
+    let mut a = connect_tls(r.connect_addr(), &cfg);
+    let mut buf = BytesMut::new();
+    login(&mut a, &mut buf, "after_the_burst");
+}
