@@ -360,6 +360,11 @@ pub struct Args {
     /// Durability memory: history held in memory is written at least this often.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s", help_heading = STORAGE)]
     pub history_flush_every: Duration,
+    /// Durability memory: bytes the history of hot conversations (through their
+    /// --history-per-conversation twice within --history-flush-every) may hold in memory past
+    /// --history-memory-bytes, so that what each drops meanwhile is never written. 0: none.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256MiB", help_heading = STORAGE)]
+    pub history_hot_memory_bytes: usize,
 
     /// Log filter (tracing EnvFilter directives, e.g. debug or info,ringrouter=trace);
     /// the RUST_LOG environment variable, when set, replaces it.
@@ -442,6 +447,7 @@ impl Args {
             history_memory_bytes: self.history_memory_bytes,
             history_max_bytes_per_conversation: self.history_max_bytes_per_conversation as u64,
             history_flush_every: self.history_flush_every,
+            history_hot_memory_bytes: self.history_hot_memory_bytes,
             history_page_max: self.history_page_max,
             history_lookup_chunks: self.history_lookup_chunks as usize,
         }
@@ -1149,6 +1155,8 @@ mod tests {
             "2days",
             "--history-max-bytes-per-conversation",
             "5MiB",
+            "--history-hot-memory-bytes",
+            "9MiB",
             "--history-page-max",
             "33",
             "--log-filter",

@@ -177,6 +177,10 @@ pub struct Config {
     pub history_memory_bytes: usize,
     /// Durability memory: history held in memory is written at least this often.
     pub history_flush_every: Duration,
+    /// Bytes the history tails of hot conversations (through their
+    /// `history_per_conversation` twice within `history_flush_every`) may hold past
+    /// `history_memory_bytes`: what their window drops meanwhile is never written.
+    pub history_hot_memory_bytes: usize,
     /// Most messages in one History answer (and conversations in one ListConversations
     /// answer); a larger `limit` is BAD_REQUEST.
     pub history_page_max: u32,
@@ -297,6 +301,7 @@ impl Default for Config {
             history_max_bytes_per_conversation: 64 << 20,
             history_memory_bytes: 32 << 20,
             history_flush_every: Duration::from_secs(1),
+            history_hot_memory_bytes: 256 << 20,
             history_page_max: 500,
             history_lookup_chunks: crate::store::LOOKUP_CHUNKS_DEFAULT,
             argon2_cheap: false,

@@ -196,6 +196,7 @@ impl Router {
                     max_bytes: cfg.history_max_bytes_per_conversation,
                     memory_bytes: cfg.history_memory_bytes,
                     flush_every: cfg.history_flush_every,
+                    hot_bytes: cfg.history_hot_memory_bytes,
                     log_file_bytes: 0,
                     lookup_chunks: cfg.history_lookup_chunks,
                 },

@@ -506,6 +506,11 @@ pub struct HistoryOptions {
     pub memory_bytes: usize,
     /// Under `Durability::Memory`: history held in memory is written at least this often.
     pub flush_every: std::time::Duration,
+    /// Under `Durability::Memory`: bytes the tails of hot conversations (through their
+    /// window of `per_conversation` messages twice within `flush_every`) may hold past
+    /// `memory_bytes`, so that what their window drops within the interval is never
+    /// written (0: none; every tail is written at `memory_bytes`).
+    pub hot_bytes: usize,
     /// Size at which a history log file is closed for appends (0: 32 MiB; tests make it
     /// small to see files roll, die and compact).
     pub log_file_bytes: u64,

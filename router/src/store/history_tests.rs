@@ -28,6 +28,7 @@ fn open_with(
             max_age,
             memory_bytes,
             flush_every,
+            hot_bytes: 0,
             max_bytes: 0,
             log_file_bytes: 0,
             lookup_chunks: 0,
@@ -455,6 +456,7 @@ fn open_log(dir: &std::path::Path, keep: u64, file_bytes: u64, d: Durability) ->
             max_age: None,
             memory_bytes: 0,
             flush_every: Duration::from_secs(3600),
+            hot_bytes: 0,
             max_bytes: 0,
             log_file_bytes: file_bytes,
             lookup_chunks: 0,
@@ -636,6 +638,7 @@ fn open_each_append_written(
             max_age: None,
             memory_bytes: 0,
             flush_every: Duration::from_secs(3600),
+            hot_bytes: 0,
             max_bytes,
             log_file_bytes: 0,
             lookup_chunks,
@@ -1134,4 +1137,92 @@ fn a_tail_lets_go_of_a_shared_payloads_read_buffer_soon() {
     };
     assert_eq!(m.len(), 1);
     assert_eq!(&m[0].payload[..], &[7u8; HistChunk::INLINE_MAX + 1][..]);
+}
+
+/// A store whose tails may hold `hot` bytes of hot conversations past `memory_bytes`.
+fn open_hot(dir: &std::path::Path, keep: u64, memory_bytes: usize, hot: usize) -> StoreHandle {
+    let opts = StoreOptions {
+        argon2_cheap: true,
+        history: HistoryOptions {
+            per_conversation: keep,
+            memory_bytes,
+            hot_bytes: hot,
+            flush_every: Duration::from_secs(3600),
+            ..HistoryOptions::default()
+        },
+        ..StoreOptions::default()
+    };
+    Store::open_with(dir, Durability::Memory, opts).unwrap()
+}
+
+/// Appends messages 1..=n from a to b, 10 a chunk, of `size` bytes, stamped 250 µs
+/// apart (4 000 a second as the shards saw them, however fast this runs).
+fn dm_stamped(h: &StoreHandle, n: u64, size: usize) {
+    call(|cb| h.ensure_user("a", cb)).unwrap();
+    call(|cb| h.ensure_user("b", cb)).unwrap();
+    let t0 = now();
+    let payload = vec![7u8; size];
+    for part in 0..n.div_ceil(10) {
+        let mut c = HistChunk {
+            conv: dm_conv(b"a", b"b"),
+            ..Default::default()
+        };
+        for id in (part * 10 + 1)..=(part * 10 + 10).min(n) {
+            c.push(b"a", id, t0 + id * 250, &payload);
+        }
+        call(|cb| h.history_append(vec![c], cb)).unwrap();
+    }
+}
+
+/// A conversation that goes through its window many times over (here within the hour
+/// of the flush interval) keeps its tail in memory past the memory budget: whole
+/// segments past the window are dropped there, and only the window is ever written.
+/// With no room for hot tails, the budget writes everything that came.
+#[test]
+fn a_hot_conversations_history_past_its_window_is_never_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open_hot(dir.path(), 100, 16 << 10, 1 << 20);
+    dm_stamped(&h, 20_000, 100);
+    // 20 000 records of ~125 B (2.5 MB) against a 16 KiB budget: nothing written yet.
+    assert_eq!(h.stats().history_writes, 0);
+    assert_eq!(
+        ids(page(&h, "a", "b", 0, 500)),
+        (19_901..20_001).collect::<Vec<_>>()
+    );
+    call(|cb| h.flush(cb)).unwrap();
+    let hot = h.stats();
+    assert_eq!(hot.history_writes, 1);
+    // The window's segments at most (two of 512 records).
+    assert!(hot.history_log_bytes < 200_000, "{hot:?}");
+    assert_eq!(
+        ids(page(&h, "a", "b", 0, 500)),
+        (19_901..20_001).collect::<Vec<_>>()
+    );
+    drop(h);
+
+    let dir = tempfile::tempdir().unwrap();
+    let h = open_hot(dir.path(), 100, 16 << 10, 0);
+    dm_stamped(&h, 20_000, 100);
+    call(|cb| h.flush(cb)).unwrap();
+    let cold = h.stats();
+    assert!(cold.history_writes > 100, "{cold:?}");
+    assert_eq!(
+        ids(page(&h, "a", "b", 0, 500)),
+        (19_901..20_001).collect::<Vec<_>>()
+    );
+}
+
+/// Hot tails are bounded too: past the hot bytes every tail is written.
+#[test]
+fn hot_tails_past_their_bound_are_written() {
+    // A window of 1 000 records of ~30 B (~30 KB, in whole segments of 512) fits in
+    // 1 MiB of hot tails, not in 16 KiB.
+    for (hot, writes) in [(1 << 20, 0..=0), (16 << 10, 5..=1_000)] {
+        let dir = tempfile::tempdir().unwrap();
+        let h = open_hot(dir.path(), 1_000, 4 << 10, hot);
+        dm_stamped(&h, 5_000, 4);
+        let s = h.stats();
+        assert!(writes.contains(&s.history_writes), "{hot}: {s:?}");
+        assert_eq!(ids(page(&h, "a", "b", 0, 3)), vec![4_998, 4_999, 5_000]);
+    }
 }

@@ -82,14 +82,63 @@ struct ConvState {
 }
 
 /// A conversation's messages not yet written, oldest segment first.
-#[derive(Default)]
 struct Tail {
     segs: VecDeque<Segment>,
     /// Bytes allocated by `segs`.
     bytes: usize,
     /// Named in [`HistState::pinned`].
     pinned: bool,
+    /// Messages appended since the tail was made (the ones dropped in memory too).
+    appended: u64,
+    /// The router's timestamps (`server_ts_us`) of the first and of the newest of them:
+    /// the conversation's rate as the shards saw it (appends reach this thread in
+    /// bursts when its queue backs up).
+    first_ts: u64,
+    last_ts: u64,
+    /// Kept past the memory budget (see [`Worker::hist_relieve`]); counted in
+    /// [`HistState::hot_bytes`].
+    hot: bool,
 }
+
+impl Tail {
+    fn new() -> Self {
+        Tail {
+            segs: VecDeque::new(),
+            bytes: 0,
+            pinned: false,
+            appended: 0,
+            first_ts: 0,
+            last_ts: 0,
+            hot: false,
+        }
+    }
+
+    /// Notes `count` messages appended, sent from `first_ts` to `last_ts`.
+    fn note(&mut self, count: u64, first_ts: u64, last_ts: u64) {
+        if self.appended == 0 {
+            self.first_ts = first_ts;
+        }
+        self.appended += count;
+        self.last_ts = self.last_ts.max(last_ts);
+    }
+
+    /// It holds enough to tell a rate (64 messages, sent over 10 ms at least: a shard
+    /// stamps a read buffer's messages, hundreds, with about the same time), and at
+    /// that rate its conversation goes through its window of `keep` messages [`CHURN`]
+    /// times within `every` (the flush interval): most of what it holds would be
+    /// dropped before the next flush, were it not written now.
+    fn churns(&self, keep: u64, every: std::time::Duration) -> bool {
+        let span_us = u128::from(self.last_ts.saturating_sub(self.first_ts));
+        self.appended >= 64
+            && span_us >= 10_000
+            && u128::from(self.appended) * every.as_micros() >= CHURN * u128::from(keep) * span_us
+    }
+}
+
+/// A tail is hot (kept past the memory budget) when its conversation goes through its
+/// window this many times a flush interval: half of what it holds, at least, is
+/// dropped in memory before it would be written.
+const CHURN: u128 = 2;
 
 /// History state of the storage thread.
 pub(crate) struct HistState {
@@ -104,6 +153,9 @@ pub(crate) struct HistState {
     tails: NameMap<Vec<u8>, Tail>,
     /// Bytes allocated by `tails`: past `opts.memory_bytes` they are written.
     tail_bytes: usize,
+    /// The part of `tail_bytes` of hot tails (kept past the budget, up to
+    /// `opts.hot_bytes`: see [`Worker::hist_relieve`]).
+    hot_bytes: usize,
     /// When the tails are written next (set by the first append after a write).
     next_flush: Option<Instant>,
     /// Since when the tails hold payloads by reference (see [`PIN_MAX`]).
@@ -198,6 +250,7 @@ impl HistState {
             convs: NameMap::default(),
             tails: NameMap::default(),
             tail_bytes: 0,
+            hot_bytes: 0,
             next_flush: None,
             pinned_since: None,
             pinned: Vec::new(),
@@ -364,9 +417,12 @@ impl Worker {
             let mut last: Option<(&[u8], u64)> = None;
             let mut count = 0u64;
             let mut whole = 0usize;
+            let (mut first_ts, mut last_ts) = (u64::MAX, 0u64);
             while let Some(r) = data.get(whole..).and_then(chunk_rec) {
                 let seq = first + count;
                 st.last_ts = st.last_ts.max(r.ts);
+                first_ts = first_ts.min(r.ts);
+                last_ts = last_ts.max(r.ts);
                 match &mut last {
                     Some((f, s)) if *f == r.from => *s = seq,
                     _ => {
@@ -393,8 +449,9 @@ impl Worker {
             let key = (!shared.is_empty()).then(|| conv.clone());
             let tail = match self.hist.tails.get_mut(&conv) {
                 Some(t) => t,
-                None => self.hist.tails.entry(conv).or_default(),
+                None => self.hist.tails.entry(conv).or_insert_with(Tail::new),
             };
+            tail.note(count, first_ts, last_ts);
             if let Some(key) = key.filter(|_| !tail.pinned) {
                 tail.pinned = true;
                 self.hist.pinned.push(key);
@@ -475,9 +532,15 @@ impl Worker {
                 }
             }
             self.hist.tail_bytes = self.hist.tail_bytes - before + tail.bytes;
+            if tail.hot {
+                self.hist.hot_bytes = self.hist.hot_bytes - before + tail.bytes;
+            }
         }
         let budget = self.hist.opts.memory_bytes;
-        if budget > 0 && self.hist.tail_bytes >= budget {
+        let hot_max = self.hist.opts.hot_bytes;
+        if budget > 0 && self.hist.tail_bytes - self.hist.hot_bytes >= budget {
+            self.hist_relieve()?;
+        } else if hot_max > 0 && self.hist.hot_bytes > hot_max {
             self.hist_flush()?;
         } else if self.durability == Durability::Sync {
             // Sync durability: written once at the end of the round, before its commit
@@ -531,17 +594,75 @@ impl Worker {
                 tail.bytes = tail.bytes.saturating_sub(held) + seg.held();
             }
             self.hist.tail_bytes = self.hist.tail_bytes.saturating_sub(before) + tail.bytes;
+            if tail.hot {
+                self.hist.hot_bytes = self.hist.hot_bytes.saturating_sub(before) + tail.bytes;
+            }
         }
+    }
+
+    /// The tails are at the memory budget. A conversation that goes through its whole
+    /// window (`per_conversation`) [`CHURN`] times within a flush interval drops most of what its
+    /// tail holds before the next flush (whole segments past the window go in memory,
+    /// never written): its tail stays (hot), while the hot tails fit in
+    /// `opts.hot_bytes`; the others are written now. Without this, 16 pairs of 1 KiB
+    /// messages wrote every message, 2 GB for 2M, to keep 160 MB of them (BENCHMARKS.md,
+    /// sixteenth pass). A hot tail is written at the next flush (`flush_every`), like any.
+    fn hist_relieve(&mut self) -> StoreResult<()> {
+        // (Written in every round anyway under sync durability.)
+        let hot_max = match self.hist.write_through {
+            true => 0,
+            false => self.hist.opts.hot_bytes,
+        };
+        let (keep, every) = (self.hist.opts.per_conversation, self.hist.opts.flush_every);
+        let mut hot = 0usize;
+        if hot_max > 0 {
+            for t in self.hist.tails.values_mut() {
+                t.hot = t.hot || t.churns(keep, every);
+                if t.hot {
+                    hot += t.bytes;
+                }
+            }
+        }
+        if hot == 0 || hot > hot_max {
+            return self.hist_flush();
+        }
+        self.hist.hot_bytes = hot;
+        self.hist_write_tails(false)
     }
 
     /// Writes every conversation's tail (one key per segment), the conversation entries
     /// and the read marks, then trims the conversations over their bounds.
     pub(crate) fn hist_flush(&mut self) -> StoreResult<()> {
-        self.hist.next_flush = None;
-        self.hist.pinned_since = None;
-        self.hist.pinned.clear();
-        let tails = std::mem::take(&mut self.hist.tails);
-        self.hist.tail_bytes = 0;
+        self.hist_write_tails(true)
+    }
+
+    /// [`Worker::hist_flush`] of every tail (`all`), or of those not hot (the hot ones
+    /// stay, with the flush that is due).
+    fn hist_write_tails(&mut self, all: bool) -> StoreResult<()> {
+        let tails = if all {
+            self.hist.next_flush = None;
+            self.hist.pinned_since = None;
+            self.hist.pinned.clear();
+            self.hist.tail_bytes = 0;
+            self.hist.hot_bytes = 0;
+            std::mem::take(&mut self.hist.tails)
+        } else {
+            let mut cold = NameMap::default();
+            for (conv, t) in std::mem::take(&mut self.hist.tails) {
+                if t.hot {
+                    self.hist.tails.insert(conv, t);
+                } else {
+                    cold.insert(conv, t);
+                }
+            }
+            self.hist.tail_bytes = self.hist.hot_bytes;
+            let tails = &self.hist.tails;
+            self.hist.pinned.retain(|c| tails.contains_key(c));
+            if self.hist.pinned.is_empty() {
+                self.hist.pinned_since = None;
+            }
+            cold
+        };
         let cutoff = self.age_cutoff();
         let limit = self.hist.opts.per_conversation;
         let mut trim = Vec::new();
@@ -1163,6 +1284,9 @@ impl Worker {
         if let Some(tail) = self.hist.tails.remove(&conv) {
             had = true;
             self.hist.tail_bytes = self.hist.tail_bytes.saturating_sub(tail.bytes);
+            if tail.hot {
+                self.hist.hot_bytes = self.hist.hot_bytes.saturating_sub(tail.bytes);
+            }
             for seg in &tail.segs {
                 users.extend(seg.iter_records().map(|r| r.0.to_vec()));
             }
@@ -1282,6 +1406,33 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tail_churns_when_its_rate_goes_through_its_window_twice_per_interval() {
+        let sec = std::time::Duration::from_secs(1);
+        let t0 = 1_000_000_000;
+        // Keeping 100 per conversation, flushed every second: 200 a second or more.
+        let mut t = Tail::new();
+        t.note(100, t0, t0 + 500_000);
+        assert!(t.churns(100, sec), "200/s");
+        t.note(0, t0, t0 + 1_000_000);
+        assert!(!t.churns(100, sec), "100/s");
+        t.note(1_900, t0, t0 + 10_000_000);
+        assert!(t.churns(100, sec));
+        t.note(0, t0, t0 + 11_000_000);
+        assert!(!t.churns(100, sec));
+        // The same rate against a longer interval churns.
+        assert!(t.churns(100, sec * 100));
+        // Too few, or over too short a time, to tell.
+        let mut t = Tail::new();
+        t.note(63, t0, t0 + 10_000);
+        assert!(!t.churns(100, sec));
+        t.note(1, t0, t0 + 10_000);
+        assert!(t.churns(100, sec));
+        let mut t = Tail::new();
+        t.note(1_000, t0, t0 + 9_999);
+        assert!(!t.churns(100, sec), "under 10 ms");
+    }
 
     #[test]
     fn the_cursors_of_the_last_half_of_the_bound_are_always_kept() {
