@@ -1141,13 +1141,23 @@ fn a_tail_lets_go_of_a_shared_payloads_read_buffer_soon() {
 
 /// A store whose tails may hold `hot` bytes of hot conversations past `memory_bytes`.
 fn open_hot(dir: &std::path::Path, keep: u64, memory_bytes: usize, hot: usize) -> StoreHandle {
+    open_hot_every(dir, keep, memory_bytes, hot, Duration::from_secs(3600))
+}
+
+fn open_hot_every(
+    dir: &std::path::Path,
+    keep: u64,
+    memory_bytes: usize,
+    hot: usize,
+    flush_every: Duration,
+) -> StoreHandle {
     let opts = StoreOptions {
         argon2_cheap: true,
         history: HistoryOptions {
             per_conversation: keep,
             memory_bytes,
             hot_bytes: hot,
-            flush_every: Duration::from_secs(3600),
+            flush_every,
             ..HistoryOptions::default()
         },
         ..StoreOptions::default()
@@ -1158,16 +1168,20 @@ fn open_hot(dir: &std::path::Path, keep: u64, memory_bytes: usize, hot: usize) -
 /// Appends messages 1..=n from a to b, 10 a chunk, of `size` bytes, stamped 250 µs
 /// apart (4 000 a second as the shards saw them, however fast this runs).
 fn dm_stamped(h: &StoreHandle, n: u64, size: usize) {
+    dm_stamped_in(h, n, size, 10);
+}
+
+fn dm_stamped_in(h: &StoreHandle, n: u64, size: usize, per_chunk: u64) {
     call(|cb| h.ensure_user("a", cb)).unwrap();
     call(|cb| h.ensure_user("b", cb)).unwrap();
     let t0 = now();
     let payload = vec![7u8; size];
-    for part in 0..n.div_ceil(10) {
+    for part in 0..n.div_ceil(per_chunk) {
         let mut c = HistChunk {
             conv: dm_conv(b"a", b"b"),
             ..Default::default()
         };
-        for id in (part * 10 + 1)..=(part * 10 + 10).min(n) {
+        for id in (part * per_chunk + 1)..=(part * per_chunk + per_chunk).min(n) {
             c.push(b"a", id, t0 + id * 250, &payload);
         }
         call(|cb| h.history_append(vec![c], cb)).unwrap();
@@ -1225,4 +1239,28 @@ fn hot_tails_past_their_bound_are_written() {
         assert!(writes.contains(&s.history_writes), "{hot}: {s:?}");
         assert_eq!(ids(page(&h, "a", "b", 0, 3)), vec![4_998, 4_999, 5_000]);
     }
+}
+
+/// A write of the cold tails that leaves hot ones schedules the flush that writes them,
+/// even when it comes first after a flush (nothing due yet): a hot tail is written
+/// within `flush_every` like any, with no other request to wake the thread.
+#[test]
+fn hot_tails_are_written_within_the_flush_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open_hot_every(
+        dir.path(),
+        100,
+        16 << 10,
+        1 << 20,
+        Duration::from_millis(100),
+    );
+    // 4 000 a second as stamped: twice the window of 100 within 0.1 s; in one request,
+    // the first after the store opened, past the budget at once.
+    dm_stamped_in(&h, 3_000, 100, 3_000);
+    let t = std::time::Instant::now();
+    while h.stats().history_writes == 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "never written");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(ids(page(&h, "a", "b", 0, 3)), vec![2_998, 2_999, 3_000]);
 }

@@ -576,6 +576,13 @@ impl Worker {
             .is_some_and(|t| t + PIN_MAX <= Instant::now())
         {
             self.hist_unshare();
+            // A copy may take more room than the slices did: the hot tails' bound holds.
+            let hot_max = self.hist.opts.hot_bytes;
+            if hot_max > 0 && self.hist.hot_bytes > hot_max {
+                if let Err(e) = self.hist_flush().and_then(|()| self.commit()) {
+                    tracing::warn!(error = %e, "history write failed");
+                }
+            }
         }
     }
 
@@ -661,7 +668,29 @@ impl Worker {
             if self.hist.pinned.is_empty() {
                 self.hist.pinned_since = None;
             }
+            // The hot tails are written at the next flush at the latest (a partial write
+            // may come first, with no flush due yet).
+            let every = self.hist.opts.flush_every;
+            self.hist
+                .next_flush
+                .get_or_insert_with(|| Instant::now() + every);
             cold
+        };
+        // Entries and read marks of the conversations whose tails stay wait for them: a
+        // crash must not leave a mark or a last seq ahead of the messages written.
+        let (held_pending, held_marks) = match all {
+            true => (Vec::new(), Vec::new()),
+            false => {
+                let tails = &self.hist.tails;
+                let hot = |k: &Vec<u8>| entry_conv(k).is_some_and(|c| tails.contains_key(c));
+                let held = |m: &mut NameMap<Vec<u8>, u64>| {
+                    let (keep, go): (Vec<_>, Vec<_>) =
+                        std::mem::take(m).into_iter().partition(|(k, _)| hot(k));
+                    m.extend(go);
+                    keep
+                };
+                (held(&mut self.hist.pending), held(&mut self.hist.marks))
+            }
         };
         let cutoff = self.age_cutoff();
         let limit = self.hist.opts.per_conversation;
@@ -690,8 +719,13 @@ impl Worker {
                 trim.push(conv);
             }
         }
-        self.hist_write_chunks(writes)?;
-        self.hist_flush_entries();
+        let written = self.hist_write_chunks(writes);
+        if written.is_ok() {
+            self.hist_flush_entries();
+        }
+        self.hist.pending.extend(held_pending);
+        self.hist.marks.extend(held_marks);
+        written?;
         for conv in trim {
             self.hist_trim(&conv)?;
         }
