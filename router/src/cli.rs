@@ -117,7 +117,7 @@ pub struct Args {
     #[arg(long, value_name = "FILE", help_heading = NETWORK)]
     pub tls_key: Option<PathBuf>,
     /// Threads TLS handshakes run on, at a lower priority than the shards, so a flood of
-    /// new connections slows the sessions already in little (0: one per four cores, at least one).
+    /// new connections slows the sessions already in little (0: one per two cores, at least one).
     #[arg(long, value_name = "N", default_value_t = 0, help_heading = NETWORK)]
     pub tls_handshake_threads: usize,
 

@@ -107,7 +107,7 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
     pub tls_key: Option<PathBuf>,
-    /// Threads TLS handshakes run on, below the shards' priority (0: one per four
+    /// Threads TLS handshakes run on, below the shards' priority (0: one per two
     /// cores, at least one).
     pub tls_handshake_threads: usize,
     /// Most TLS handshake steps queued or running; past it a new connection's

@@ -359,6 +359,9 @@ impl RouterHandle {
         let deadline = Instant::now() + timeout;
         while !self.is_finished() {
             if Instant::now() >= deadline {
+                if let Some(h) = &self.shared.handshakes {
+                    h.stop();
+                }
                 return false;
             }
             std::thread::sleep(Duration::from_millis(5));

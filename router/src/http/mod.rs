@@ -149,7 +149,7 @@ async fn serve(
     guard: ConnGuard,
     local: Rc<LocalSignal>,
 ) {
-    match Conn::accepted(stream, &shared) {
+    match Conn::accepted(stream, &shared, true) {
         Ok(conn) => serve_conn(shard, shared, ctx, conn, guard, local).await,
         Err(e) => tracing::warn!(error = %e, "cannot start TLS on an HTTP connection"),
     }

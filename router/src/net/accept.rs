@@ -119,7 +119,7 @@ pub(crate) async fn serve(
     guard: ConnGuard,
     local: Rc<LocalSignal>,
 ) {
-    match Conn::accepted(stream, &shared) {
+    match Conn::accepted(stream, &shared, false) {
         Ok(conn) => prelogin(shard, shared, conn, guard, local).await,
         Err(e) => tracing::warn!(error = %e, "cannot start TLS on a connection"),
     }

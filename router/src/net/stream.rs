@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use super::CLOSE_FLUSH;
 use crate::shared::Shared;
-use crate::transport::tls::Handshakes;
+use crate::transport::tls::{Admit, Handshakes};
 use crate::transport::{ws, Ingested, Layers};
 
 /// Raw bytes read at a time through layers.
@@ -26,6 +26,9 @@ pub(crate) struct Conn {
     pub(crate) layers: Option<Box<Layers>>,
     /// Where TLS handshake steps run (a TLS connection; see [`Handshakes`]).
     handshakes: Option<Arc<Handshakes>>,
+    /// The bound its next handshake step is held to (its first, on which port; then
+    /// none).
+    admit: Admit,
     /// The layers went to a handshake thread and did not come back (the read was
     /// dropped, or refused at the bound): nothing more is written or read.
     lost: bool,
@@ -38,6 +41,7 @@ impl Conn {
             tcp,
             layers: None,
             handshakes: None,
+            admit: Admit::Started,
             lost: false,
         }
     }
@@ -49,12 +53,14 @@ impl Conn {
             tcp,
             layers,
             handshakes: None,
+            admit: Admit::Started,
             lost: false,
         }
     }
 
-    /// A new accepted connection: TLS when the router has a certificate, else plain.
-    pub(crate) fn accepted(tcp: TcpStream, shared: &Shared) -> io::Result<Self> {
+    /// A new accepted connection (on the HTTP port: `http`): TLS when the router has a
+    /// certificate, else plain.
+    pub(crate) fn accepted(tcp: TcpStream, shared: &Shared, http: bool) -> io::Result<Self> {
         let layers = match &shared.tls {
             Some(cfg) => Some(Box::new(Layers::tls(cfg).map_err(io::Error::other)?)),
             None => None,
@@ -63,6 +69,7 @@ impl Conn {
             tcp,
             layers,
             handshakes: shared.handshakes.clone(),
+            admit: if http { Admit::NewHttp } else { Admit::New },
             lost: false,
         })
     }
@@ -161,7 +168,11 @@ impl Conn {
         let Some(mut layers) = self.layers.take() else {
             return (Err("connection lost".into()), buf);
         };
-        let hs = self.handshakes.as_ref().filter(|_| layers.handshaking());
+        // (An end of stream, nothing read, costs rustls nothing.)
+        let hs = self
+            .handshakes
+            .as_ref()
+            .filter(|_| layers.handshaking() && !raw.is_empty());
         let Some(hs) = hs else {
             let r = layers.ingest(&mut raw, &mut buf);
             layers.raw = raw;
@@ -171,7 +182,7 @@ impl Conn {
         let hs = Arc::clone(hs);
         self.lost = true;
         let step = hs
-            .run(move || {
+            .run(self.admit, move || {
                 let r = layers.ingest(&mut raw, &mut buf);
                 layers.raw = raw;
                 (layers, buf, r)
@@ -181,6 +192,7 @@ impl Conn {
             Some((layers, buf, r)) => {
                 self.layers = Some(layers);
                 self.lost = false;
+                self.admit = Admit::Started;
                 (r, buf)
             }
             None => (

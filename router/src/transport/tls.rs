@@ -51,6 +51,40 @@ pub(crate) struct Handshakes {
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// Which bound a handshake step is held to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// A connection's first step (its ClientHello) on the chat port:
+    /// `--max-tls-handshakes`.
+    New,
+    /// The same on the HTTP port: an eighth more.
+    NewHttp,
+    /// A later step of a handshake already admitted: never refused (refusing it would
+    /// throw away the first step's work and an honest client).
+    Started,
+}
+
+/// Puts the calling thread ten steps of nice below where it is (on Linux, where the
+/// nice value is per thread), so the shards come first.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: nice(2) takes an integer and changes only this thread's scheduling
+        // priority (glibc: setpriority on the calling thread's id).
+        let r = unsafe {
+            *libc::__errno_location() = 0;
+            libc::nice(10)
+        };
+        // SAFETY: reads this thread's errno.
+        if r == -1 && unsafe { *libc::__errno_location() } != 0 {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                "cannot lower the TLS threads' priority"
+            );
+        }
+    }
+}
+
 #[derive(Default)]
 struct Queue {
     jobs: std::sync::Mutex<(std::collections::VecDeque<Job>, bool)>,
@@ -73,11 +107,11 @@ impl Drop for InProgress {
 }
 
 impl Handshakes {
-    /// Starts `threads` (0: one per four cores, at least one) threads, with at most
+    /// Starts `threads` (0: one per two cores, at least one) threads, with at most
     /// `max` steps queued or running.
     pub(crate) fn start(threads: usize, max: usize) -> std::io::Result<Handshakes> {
         let n = match threads {
-            0 => std::thread::available_parallelism().map_or(1, |c| (c.get() / 4).max(1)),
+            0 => std::thread::available_parallelism().map_or(1, |c| (c.get() / 2).max(1)),
             n => n,
         };
         let h = Handshakes {
@@ -90,12 +124,7 @@ impl Handshakes {
             let t = std::thread::Builder::new()
                 .name(format!("rr-tls-{i}"))
                 .spawn(move || {
-                    // Below the shards: a handshake flood gets what they leave.
-                    // SAFETY: setpriority on the calling thread (who = 0 is this thread's
-                    // id for PRIO_PROCESS on Linux) has no memory effects.
-                    unsafe {
-                        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
-                    }
+                    lower_priority();
                     worker(&q);
                 });
             match t {
@@ -113,14 +142,22 @@ impl Handshakes {
         self.threads.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `f` on a handshake thread and gives its result; `None` when the bound is
-    /// reached (counted as refused) or the threads have stopped.
+    /// Runs `f` on a handshake thread and gives its result; `None` when the bound
+    /// for `admit` is reached (counted as refused) or the threads have stopped.
     pub(crate) async fn run<T: Send + 'static>(
         &self,
+        admit: Admit,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Option<T> {
         use std::sync::atomic::Ordering;
-        if self.q.in_progress.fetch_add(1, Ordering::AcqRel) >= self.max {
+        let limit = match admit {
+            Admit::New => self.max,
+            // The HTTP port's own eighth on top: a flood on the chat port leaves it
+            // health checks and scrapes.
+            Admit::NewHttp => self.max + self.max.div_ceil(8),
+            Admit::Started => usize::MAX,
+        };
+        if self.q.in_progress.fetch_add(1, Ordering::AcqRel) >= limit {
             self.q.in_progress.fetch_sub(1, Ordering::AcqRel);
             self.q.refused.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -128,6 +165,10 @@ impl Handshakes {
         let counted = InProgress(Arc::clone(&self.q));
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move || {
+            // A connection that gave up (its read dropped) costs no crypto.
+            if tx.is_closed() {
+                return;
+            }
             let r = f();
             drop(counted);
             // The receiver is gone only when the connection's task was dropped.
@@ -192,7 +233,11 @@ fn worker(q: &Queue) {
                 g = q.ready.wait(g).unwrap_or_else(|p| p.into_inner());
             }
         };
-        job();
+        // A step that panics (rustls should not) answers nothing: its connection sees the
+        // end of its read. The thread goes on with the next.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+            tracing::error!("a TLS handshake step panicked");
+        }
     }
 }
 
@@ -211,38 +256,55 @@ mod tests {
             .expect("a runtime");
         rt.block_on(async {
             let me = std::thread::current().id();
-            let there = h.run(|| std::thread::current().id()).await;
+            let there = h.run(Admit::New, || std::thread::current().id()).await;
             assert!(there.is_some_and(|t| t != me));
             // Two steps held on the thread: a third is refused.
             let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
             let go_rx = Arc::new(std::sync::Mutex::new(go_rx));
-            let hold = |rx: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>| {
-                move || {
-                    let _ = rx.lock().map(|r| r.recv());
-                    7
+            // A step held on the thread until `go_tx` sends.
+            let held = |admit: Admit| {
+                let h = h.clone();
+                let rx = go_rx.clone();
+                monoio::spawn(async move {
+                    h.run(admit, move || {
+                        let _ = rx.lock().map(|r| r.recv());
+                        7
+                    })
+                    .await
+                })
+            };
+            let until = |n: usize| {
+                let h = h.clone();
+                async move {
+                    while h.in_progress() < n {
+                        monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    }
                 }
             };
-            let a = monoio::spawn({
-                let h = h.clone();
-                let f = hold(go_rx.clone());
-                async move { h.run(f).await }
-            });
-            let b = monoio::spawn({
-                let h = h.clone();
-                let f = hold(go_rx.clone());
-                async move { h.run(f).await }
-            });
-            while h.in_progress() < 2 {
-                monoio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
-            assert_eq!(h.run(|| 1).await, None, "past the bound");
+            let (a, b) = (held(Admit::New), held(Admit::New));
+            until(2).await;
+            assert_eq!(h.run(Admit::New, || 1).await, None, "past the bound");
             assert_eq!(h.refused(), 1);
-            go_tx.send(()).expect("held");
-            go_tx.send(()).expect("held");
+            // The HTTP port has an eighth more (here one), a started handshake no bound.
+            let c = held(Admit::NewHttp);
+            until(3).await;
+            assert_eq!(
+                h.run(Admit::NewHttp, || 1).await,
+                None,
+                "past the HTTP bound"
+            );
+            let d = held(Admit::Started);
+            until(4).await;
+            assert_eq!(h.refused(), 2);
+            for _ in 0..4 {
+                go_tx.send(()).expect("held");
+            }
             assert_eq!(a.await, Some(7));
             assert_eq!(b.await, Some(7));
+            assert_eq!(c.await, Some(7));
+            assert_eq!(d.await, Some(7));
             assert_eq!(h.in_progress(), 0);
-            assert_eq!(h.run(|| 2).await, Some(2), "room again");
+            assert_eq!(h.run(Admit::New, || 2).await, Some(2), "room again");
         });
         h.stop();
     }

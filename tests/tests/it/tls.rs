@@ -194,13 +194,10 @@ fn bad_tls_files_exit_2() {
     assert_eq!(out.code, Some(2), "{}", out.stderr);
 }
 
-/// Handshakes run on threads of their own, with at most `--max-tls-handshakes` steps
-/// queued or running: a burst of ClientHellos past it is refused (those connections
-/// are closed without an answer), the others are answered, and a whole handshake and a
-/// login work once the burst is over.
-#[test]
-fn handshakes_past_the_bound_are_refused_and_the_router_serves_on() {
-    let (_dir, cert, key, der) = self_signed();
+/// A TLS router with one handshake thread and `--max-tls-handshakes max`, and a client
+/// configuration that trusts it.
+fn bounded_router(max: &str) -> (tempfile::TempDir, RouterProc, Arc<rustls::ClientConfig>) {
+    let (dir, cert, key, der) = self_signed();
     let r = RouterProc::start(&[
         "--tls-cert",
         &cert,
@@ -209,18 +206,29 @@ fn handshakes_past_the_bound_are_refused_and_the_router_serves_on() {
         "--tls-handshake-threads",
         "1",
         "--max-tls-handshakes",
-        "1",
+        max,
     ]);
-    let cfg = client_config(&der);
-    // One ClientHello, sent on every connection (the router answers each with its key
-    // exchange and signature).
-    let hello = {
-        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        let mut c = rustls::ClientConnection::new(cfg.clone(), name).expect("client conn");
-        let mut v = Vec::new();
-        c.write_tls(&mut v).expect("a ClientHello");
-        v
-    };
+    (dir, r, client_config(&der))
+}
+
+/// A ClientHello's bytes, made once and sent on many connections (the router answers
+/// each with its key exchange and signature).
+fn client_hello(cfg: &Arc<rustls::ClientConfig>) -> Vec<u8> {
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut c = rustls::ClientConnection::new(cfg.clone(), name).expect("client conn");
+    let mut v = Vec::new();
+    c.write_tls(&mut v).expect("a ClientHello");
+    v
+}
+
+/// Handshakes run on threads of their own, with at most `--max-tls-handshakes` steps
+/// queued or running: a burst of ClientHellos past it is refused (those connections
+/// are closed without an answer), the others are answered, and a whole handshake and a
+/// login work once the burst is over.
+#[test]
+fn handshakes_past_the_bound_are_refused_and_the_router_serves_on() {
+    let (_dir, r, cfg) = bounded_router("1");
+    let hello = client_hello(&cfg);
     let socks: Vec<TcpStream> = (0..200)
         .map(|_| {
             let mut s = TcpStream::connect(r.connect_addr()).expect("connect");
@@ -246,4 +254,109 @@ fn handshakes_past_the_bound_are_refused_and_the_router_serves_on() {
     let mut a = connect_tls(r.connect_addr(), &cfg);
     let mut buf = BytesMut::new();
     login(&mut a, &mut buf, "after_the_burst");
+}
+
+/// Drives a whole handshake by hand, then logs in: `Ok(false)` when the router refused
+/// the ClientHello (closed before answering anything), `Ok(true)` once logged in, `Err`
+/// when it was cut after answering.
+fn honest_handshake(
+    addr: std::net::SocketAddr,
+    cfg: &Arc<rustls::ClientConfig>,
+    user: &str,
+) -> Result<bool, String> {
+    let mut tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut c = rustls::ClientConnection::new(cfg.clone(), name).expect("client conn");
+    let mut answered = false;
+    while c.is_handshaking() {
+        if c.wants_write() {
+            if let Err(e) = c.write_tls(&mut tcp) {
+                return if answered {
+                    Err(e.to_string())
+                } else {
+                    Ok(false)
+                };
+            }
+            continue;
+        }
+        match c.read_tls(&mut tcp) {
+            Ok(0) | Err(_) if !answered => return Ok(false),
+            Ok(0) => return Err("closed after the ServerHello".into()),
+            Err(e) => return Err(format!("cut after the ServerHello: {e}")),
+            Ok(_) => answered = true,
+        }
+        c.process_new_packets().map_err(|e| e.to_string())?;
+    }
+    let mut s = rustls::StreamOwned::new(c, tcp);
+    let mut buf = BytesMut::new();
+    login(&mut s, &mut buf, user);
+    Ok(true)
+}
+
+/// A handshake the router answered is never cut by the bound, however many new ones
+/// come meanwhile: the bound refuses ClientHellos, not the later steps of a handshake
+/// already admitted.
+#[test]
+fn an_admitted_handshake_is_never_cut_by_the_bound() {
+    let (_dir, r, cfg) = bounded_router("4");
+    let addr = r.connect_addr();
+    let hello = client_hello(&cfg);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut open = std::collections::VecDeque::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(mut s) = TcpStream::connect(addr) {
+                    let _ = s.write_all(&hello);
+                    open.push_back(s);
+                }
+                if open.len() > 64 {
+                    open.pop_front();
+                }
+            }
+        })
+    };
+    // Each honest client tries again while its ClientHello is refused, until the router
+    // answers one: that handshake must then complete.
+    let honest: Vec<_> = (0..8)
+        .map(|i| {
+            let cfg = cfg.clone();
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut refused = 0u32;
+                loop {
+                    match honest_handshake(addr, &cfg, &format!("honest{i}")) {
+                        Ok(false) if Instant::now() < deadline => refused += 1,
+                        Ok(false) => return Err(format!("refused {refused} times")),
+                        Ok(true) => return Ok(refused),
+                        Err(e) => return Err(e),
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect();
+    let results: Vec<Result<u32, String>> = honest
+        .into_iter()
+        .map(|t| t.join().expect("honest thread"))
+        .collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flood.join().expect("flood thread");
+    for r in &results {
+        assert!(r.is_ok(), "{results:?}");
+    }
+    // After the flood (once the steps it left queued are done), a handshake is admitted
+    // and completes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match honest_handshake(addr, &cfg, "after") {
+            Ok(true) => break,
+            Ok(false) => assert!(Instant::now() < deadline, "still refused"),
+            Err(e) => panic!("cut: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
