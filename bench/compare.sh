@@ -27,6 +27,9 @@
 #   FANOUT_WINDOW=4000 bench/compare.sh       # in-flight window of the fan-out sender
 #   LOAD_ARGS="--threads 1" bench/compare.sh  # extra ringrouter-load flags, every target
 #   ROUTER_ARGS="--history-per-conversation 0" bench/compare.sh   # extra router flags
+#   SCALE=3 bench/compare.sh                  # every scenario's message count (and the paced
+#                                             # ones' duration) times 3: runs of ~3 s instead
+#                                             # of ~1 s, less start-up in the figures
 #   RR=/path/ringrouter LOAD=/path/ringrouter-load bench/compare.sh   # these binaries, no build
 #   RR_KEEP=1 bench/compare.sh                # one router for every scenario (default: a
 #                                             # fresh one, and data directory, per scenario)
@@ -85,8 +88,27 @@ SCENARIOS=${scen# }
 [ -n "$SCENARIOS" ] || SCENARIOS=$DEFAULT_SCENARIOS
 case "$REDIS" in 0|"") REDIS=0 ;; *) REDIS=1 ;; esac
 case "$REDIS_REPLY" in on|off) ;; *) echo "REDIS_REPLY is on or off" >&2; exit 2 ;; esac
+case "${SCALE:-1}" in ''|*[!0-9]*|0) echo "SCALE is a whole number, 1 or more" >&2; exit 2 ;; esac
 
 args_for() {
+  local a
+  a=$(args_for_1 "$1") || return 1
+  scaled "$a"
+}
+
+# Multiplies the --messages and --duration values of a scenario's arguments by $SCALE.
+scaled() {
+  local out=() prev=""
+  for a in $1; do
+    if [ "$prev" = "--messages" ] || [ "$prev" = "--duration" ]; then
+      a=$((a * ${SCALE:-1}))
+    fi
+    out+=("$a"); prev=$a
+  done
+  echo "${out[*]}"
+}
+
+args_for_1() {
   case "$1" in
     pairs1_64)         echo "--pairs 1 --size 64 --messages 1000000 $PAIR_WINDOW" ;;
     pairs1_1k)         echo "--pairs 1 --size 1024 --messages 500000 $PAIR_WINDOW" ;;
@@ -270,7 +292,8 @@ names = {"rr": "ringrouter", "nats": "nats-server", "redis": "redis"}
 cols = [names[t] for t in targets]
 print(f"ringrouter ({shards} shards) vs {' and '.join(cols[1:])}, loopback, {runs} alternating runs, "
       f"load generator on the same {os.cpu_count()}-core machine (load average {lb} before, {la} after)"
-      + (f"; redis publishers with CLIENT REPLY {reply.upper()}" if redis else "") + "\n")
+      + (f"; redis publishers with CLIENT REPLY {reply.upper()}" if redis else "")
+      + (f"; message counts and durations × {os.environ['SCALE']}" if os.environ.get("SCALE", "1") != "1" else "") + "\n")
 hdr = ["scenario"] + [f"{c} msgs/s" for c in cols] + [f"rr/{t}" for t in targets[1:]]
 hdr += ["server CPU-s per M deliveries (" + " / ".join(targets) + ")",
         "generator CPU-s per M deliveries (" + " / ".join(targets) + ")",
