@@ -41,8 +41,10 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
 /// that costs it nothing. On a shard thread every such step delayed the sessions of
 /// that shard; here the steps of a handshake (the bytes read while rustls is
 /// handshaking) run on threads of their own, at a lower priority than the shards
-/// (nice +10), so a flood of new connections takes what CPU the shards leave and waits
-/// in a bounded queue. Past the bound a new step is refused and its connection closed.
+/// (ten nice steps below), so a flood of new connections takes what CPU the shards leave
+/// and waits in a bounded queue. Past the bound a connection's first step (its
+/// ClientHello) is refused and the connection closed; a handshake once admitted is not
+/// (see [`Admit`]).
 pub(crate) struct Handshakes {
     q: Arc<Queue>,
     max: usize,

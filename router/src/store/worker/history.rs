@@ -538,7 +538,7 @@ impl Worker {
         }
         let budget = self.hist.opts.memory_bytes;
         let hot_max = self.hist.opts.hot_bytes;
-        if budget > 0 && self.hist.tail_bytes - self.hist.hot_bytes >= budget {
+        if budget > 0 && self.hist.tail_bytes.saturating_sub(self.hist.hot_bytes) >= budget {
             self.hist_relieve()?;
         } else if hot_max > 0 && self.hist.hot_bytes > hot_max {
             self.hist_flush()?;
