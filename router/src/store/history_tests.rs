@@ -1165,13 +1165,15 @@ fn open_hot_every(
     Store::open_with(dir, Durability::Memory, opts).unwrap()
 }
 
-/// Appends messages 1..=n from a to b, 10 a chunk, of `size` bytes, stamped 250 µs
-/// apart (4 000 a second as the shards saw them, however fast this runs).
+/// Appends messages 1..=n from a to b, 10 a chunk, of `size` bytes, stamped 2 ms apart
+/// (500 a second as the shards saw them, however fast this runs: the rate is known from
+/// the first budget on).
 fn dm_stamped(h: &StoreHandle, n: u64, size: usize) {
-    dm_stamped_in(h, n, size, 10);
+    dm_stamped_in(h, n, size, 10, 2_000);
 }
 
-fn dm_stamped_in(h: &StoreHandle, n: u64, size: usize, per_chunk: u64) {
+/// [`dm_stamped`], `per_chunk` a chunk, stamped `gap_us` apart.
+fn dm_stamped_in(h: &StoreHandle, n: u64, size: usize, per_chunk: u64, gap_us: u64) {
     call(|cb| h.ensure_user("a", cb)).unwrap();
     call(|cb| h.ensure_user("b", cb)).unwrap();
     let t0 = now();
@@ -1182,7 +1184,7 @@ fn dm_stamped_in(h: &StoreHandle, n: u64, size: usize, per_chunk: u64) {
             ..Default::default()
         };
         for id in (part * per_chunk + 1)..=(part * per_chunk + per_chunk).min(n) {
-            c.push(b"a", id, t0 + id * 250, &payload);
+            c.push(b"a", id, t0 + id * gap_us, &payload);
         }
         call(|cb| h.history_append(vec![c], cb)).unwrap();
     }
@@ -1256,7 +1258,7 @@ fn hot_tails_are_written_within_the_flush_interval() {
     );
     // 4 000 a second as stamped: twice the window of 100 within 0.1 s; in one request,
     // the first after the store opened, past the budget at once.
-    dm_stamped_in(&h, 3_000, 100, 3_000);
+    dm_stamped_in(&h, 3_000, 100, 3_000, 250);
     let t = std::time::Instant::now();
     while h.stats().history_writes == 0 {
         assert!(t.elapsed() < Duration::from_secs(10), "never written");

@@ -79,6 +79,37 @@ struct ConvState {
     /// `CACHE_MAX` conversations): older chunks count only once trimming reads them, so
     /// the bound can be exceeded by what was on disk then.
     bytes: u64,
+    /// The conversation's rate as the shards saw it (router timestamps; appends reach
+    /// the storage thread in bursts when its queue backs up): messages appended since
+    /// `rate_from_ts`, a start renewed every two flush intervals or so.
+    rate_from_ts: u64,
+    rate_count: u64,
+}
+
+impl ConvState {
+    /// Notes `count` messages sent from `first_ts` on for the rate.
+    fn note_rate(&mut self, count: u64, first_ts: u64, every: std::time::Duration) {
+        let window = u64::try_from(every.as_micros().saturating_mul(2)).unwrap_or(u64::MAX);
+        if self.rate_count == 0 || self.last_ts.saturating_sub(self.rate_from_ts) > window {
+            self.rate_from_ts = first_ts;
+            self.rate_count = 0;
+        }
+        self.rate_count += count;
+    }
+
+    /// Its rate is known (64 messages over a tenth of `every` at least, at most 100 ms:
+    /// a shard stamps a read buffer's messages, hundreds, with about the same time, and
+    /// a sender's writes come in bursts), and at that rate it goes through its window
+    /// of `keep` messages [`CHURN`] times within `every` (the flush interval): most of
+    /// what its tail holds would be dropped before the next flush, were it not written
+    /// now.
+    fn churns(&self, keep: u64, every: std::time::Duration) -> bool {
+        let span_us = u128::from(self.last_ts.saturating_sub(self.rate_from_ts));
+        let every_us = every.as_micros();
+        self.rate_count >= 64
+            && span_us >= (every_us / 10).min(100_000)
+            && u128::from(self.rate_count) * every_us >= CHURN * u128::from(keep) * span_us
+    }
 }
 
 /// A conversation's messages not yet written, oldest segment first.
@@ -88,13 +119,6 @@ struct Tail {
     bytes: usize,
     /// Named in [`HistState::pinned`].
     pinned: bool,
-    /// Messages appended since the tail was made (the ones dropped in memory too).
-    appended: u64,
-    /// The router's timestamps (`server_ts_us`) of the first and of the newest of them:
-    /// the conversation's rate as the shards saw it (appends reach this thread in
-    /// bursts when its queue backs up).
-    first_ts: u64,
-    last_ts: u64,
     /// Kept past the memory budget (see [`Worker::hist_relieve`]); counted in
     /// [`HistState::hot_bytes`].
     hot: bool,
@@ -106,32 +130,8 @@ impl Tail {
             segs: VecDeque::new(),
             bytes: 0,
             pinned: false,
-            appended: 0,
-            first_ts: 0,
-            last_ts: 0,
             hot: false,
         }
-    }
-
-    /// Notes `count` messages appended, sent from `first_ts` to `last_ts`.
-    fn note(&mut self, count: u64, first_ts: u64, last_ts: u64) {
-        if self.appended == 0 {
-            self.first_ts = first_ts;
-        }
-        self.appended += count;
-        self.last_ts = self.last_ts.max(last_ts);
-    }
-
-    /// It holds enough to tell a rate (64 messages, sent over 10 ms at least: a shard
-    /// stamps a read buffer's messages, hundreds, with about the same time), and at
-    /// that rate its conversation goes through its window of `keep` messages [`CHURN`]
-    /// times within `every` (the flush interval): most of what it holds would be
-    /// dropped before the next flush, were it not written now.
-    fn churns(&self, keep: u64, every: std::time::Duration) -> bool {
-        let span_us = u128::from(self.last_ts.saturating_sub(self.first_ts));
-        self.appended >= 64
-            && span_us >= 10_000
-            && u128::from(self.appended) * every.as_micros() >= CHURN * u128::from(keep) * span_us
     }
 }
 
@@ -329,6 +329,8 @@ impl Worker {
             indexed: false,
             last_ts,
             bytes: 0,
+            rate_from_ts: 0,
+            rate_count: 0,
         };
         self.hist.convs.insert(conv.to_vec(), st);
         Ok(st)
@@ -417,12 +419,11 @@ impl Worker {
             let mut last: Option<(&[u8], u64)> = None;
             let mut count = 0u64;
             let mut whole = 0usize;
-            let (mut first_ts, mut last_ts) = (u64::MAX, 0u64);
+            let mut first_ts = u64::MAX;
             while let Some(r) = data.get(whole..).and_then(chunk_rec) {
                 let seq = first + count;
                 st.last_ts = st.last_ts.max(r.ts);
                 first_ts = first_ts.min(r.ts);
-                last_ts = last_ts.max(r.ts);
                 match &mut last {
                     Some((f, s)) if *f == r.from => *s = seq,
                     _ => {
@@ -441,6 +442,7 @@ impl Worker {
             for (from, seq) in senders {
                 self.note_entry(from, &conv, seq);
             }
+            st.note_rate(count, first_ts, self.hist.opts.flush_every);
             st.next_seq = first + count;
             let keep_from = st.next_seq.saturating_sub(self.hist.opts.per_conversation);
             if let Some(c) = self.hist.convs.get_mut(&conv) {
@@ -451,7 +453,6 @@ impl Worker {
                 Some(t) => t,
                 None => self.hist.tails.entry(conv).or_insert_with(Tail::new),
             };
-            tail.note(count, first_ts, last_ts);
             if let Some(key) = key.filter(|_| !tail.pinned) {
                 tail.pinned = true;
                 self.hist.pinned.push(key);
@@ -623,8 +624,9 @@ impl Worker {
         let (keep, every) = (self.hist.opts.per_conversation, self.hist.opts.flush_every);
         let mut hot = 0usize;
         if hot_max > 0 {
-            for t in self.hist.tails.values_mut() {
-                t.hot = t.hot || t.churns(keep, every);
+            let convs = &self.hist.convs;
+            for (conv, t) in self.hist.tails.iter_mut() {
+                t.hot = t.hot || convs.get(conv).is_some_and(|st| st.churns(keep, every));
                 if t.hot {
                     hot += t.bytes;
                 }
@@ -1442,30 +1444,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_tail_churns_when_its_rate_goes_through_its_window_twice_per_interval() {
+    fn a_conversation_churns_when_it_goes_through_its_window_twice_per_interval() {
         let sec = std::time::Duration::from_secs(1);
         let t0 = 1_000_000_000;
+        let st = |count: u64, span_us: u64| ConvState {
+            next_seq: 1,
+            oldest: 1,
+            since_trim: 0,
+            indexed: true,
+            last_ts: t0 + span_us,
+            bytes: 0,
+            rate_from_ts: t0,
+            rate_count: count,
+        };
         // Keeping 100 per conversation, flushed every second: 200 a second or more.
-        let mut t = Tail::new();
-        t.note(100, t0, t0 + 500_000);
-        assert!(t.churns(100, sec), "200/s");
-        t.note(0, t0, t0 + 1_000_000);
-        assert!(!t.churns(100, sec), "100/s");
-        t.note(1_900, t0, t0 + 10_000_000);
-        assert!(t.churns(100, sec));
-        t.note(0, t0, t0 + 11_000_000);
-        assert!(!t.churns(100, sec));
+        assert!(st(100, 500_000).churns(100, sec), "200/s");
+        assert!(!st(100, 1_000_000).churns(100, sec), "100/s");
+        assert!(st(2_000, 10_000_000).churns(100, sec));
+        assert!(!st(2_000, 11_000_000).churns(100, sec));
         // The same rate against a longer interval churns.
-        assert!(t.churns(100, sec * 100));
-        // Too few, or over too short a time, to tell.
-        let mut t = Tail::new();
-        t.note(63, t0, t0 + 10_000);
-        assert!(!t.churns(100, sec));
-        t.note(1, t0, t0 + 10_000);
-        assert!(t.churns(100, sec));
-        let mut t = Tail::new();
-        t.note(1_000, t0, t0 + 9_999);
-        assert!(!t.churns(100, sec), "under 10 ms");
+        assert!(st(2_000, 11_000_000).churns(100, sec * 100));
+        // Too few, or over too short a time, to tell (a tenth of the interval, at most
+        // 100 ms).
+        assert!(!st(63, 100_000).churns(100, sec));
+        assert!(st(64, 100_000).churns(100, sec));
+        assert!(!st(1_000, 99_999).churns(100, sec), "under 100 ms");
+        assert!(st(1_000, 10_000).churns(100, sec / 10), "a tenth of 100 ms");
+        // The rate's start is renewed past two intervals.
+        let mut s = st(0, 0);
+        s.note_rate(10, t0, sec);
+        s.last_ts = t0 + 2_500_000;
+        s.note_rate(5, t0 + 2_400_000, sec);
+        assert_eq!((s.rate_from_ts, s.rate_count), (t0 + 2_400_000, 5));
+        s.note_rate(5, t0 + 2_450_000, sec);
+        assert_eq!((s.rate_from_ts, s.rate_count), (t0 + 2_400_000, 10));
     }
 
     #[test]
