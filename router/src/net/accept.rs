@@ -48,6 +48,12 @@ pub(crate) async fn accept_loop(
         let Some(res) = accepted else { break };
         match res {
             Ok((stream, _peer)) => {
+                // TLS handshakes at their bound: its ClientHello would be refused; the
+                // connection goes now, before its task, its TLS state and its read.
+                if shared.handshakes.as_ref().is_some_and(|h| h.refuse_new()) {
+                    drop(stream);
+                    continue;
+                }
                 let _ = stream.set_nodelay(true);
                 match ConnGuard::try_new(&shared) {
                     Some(guard) => {

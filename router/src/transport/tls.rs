@@ -187,6 +187,17 @@ impl Handshakes {
         rx.await.ok()
     }
 
+    /// Whether a new chat-port connection's first step would be refused now; if so it
+    /// is counted as refused (the accept loop closes such a connection at once).
+    pub(crate) fn refuse_new(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let full = self.q.in_progress.load(Ordering::Acquire) >= self.max;
+        if full {
+            self.q.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        full
+    }
+
     /// Steps queued or running now.
     pub(crate) fn in_progress(&self) -> usize {
         self.q
@@ -287,6 +298,8 @@ mod tests {
             until(2).await;
             assert_eq!(h.run(Admit::New, || 1).await, None, "past the bound");
             assert_eq!(h.refused(), 1);
+            assert!(h.refuse_new(), "and a new connection at accept");
+            assert_eq!(h.refused(), 2);
             // The HTTP port has an eighth more (here one), a started handshake no bound.
             let c = held(Admit::NewHttp);
             until(3).await;
@@ -297,7 +310,7 @@ mod tests {
             );
             let d = held(Admit::Started);
             until(4).await;
-            assert_eq!(h.refused(), 2);
+            assert_eq!(h.refused(), 3);
             for _ in 0..4 {
                 go_tx.send(()).expect("held");
             }
@@ -306,6 +319,7 @@ mod tests {
             assert_eq!(c.await, Some(7));
             assert_eq!(d.await, Some(7));
             assert_eq!(h.in_progress(), 0);
+            assert!(!h.refuse_new());
             assert_eq!(h.run(Admit::New, || 2).await, Some(2), "room again");
         });
         h.stop();
