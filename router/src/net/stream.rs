@@ -29,9 +29,6 @@ pub(crate) struct Conn {
     /// The bound its next handshake step is held to (its first, on which port; then
     /// none).
     admit: Admit,
-    /// The layers went to a handshake thread and did not come back (the read was
-    /// dropped, or refused at the bound): nothing more is written or read.
-    lost: bool,
 }
 
 impl Conn {
@@ -42,7 +39,6 @@ impl Conn {
             layers: None,
             handshakes: None,
             admit: Admit::Started,
-            lost: false,
         }
     }
 
@@ -54,7 +50,6 @@ impl Conn {
             layers,
             handshakes: None,
             admit: Admit::Started,
-            lost: false,
         }
     }
 
@@ -70,7 +65,6 @@ impl Conn {
             layers,
             handshakes: shared.handshakes.clone(),
             admit: if http { Admit::NewHttp } else { Admit::New },
-            lost: false,
         })
     }
 
@@ -89,8 +83,8 @@ impl Conn {
         mut buf: BytesMut,
         max: usize,
     ) -> (io::Result<usize>, BytesMut) {
-        if self.lost {
-            return (Err(lost()), buf);
+        if self.lost() {
+            return (Err(lost_error()), buf);
         }
         let Some(layers) = self.layers.as_deref_mut() else {
             buf.reserve(max);
@@ -111,7 +105,7 @@ impl Conn {
         }
         loop {
             let Some(layers) = self.layers.as_deref_mut() else {
-                return (Err(lost()), buf);
+                return (Err(lost_error()), buf);
             };
             if layers.has_pending() {
                 let mut wire = BytesMut::new();
@@ -121,7 +115,7 @@ impl Conn {
                 }
             }
             let Some(layers) = self.layers.as_deref_mut() else {
-                return (Err(lost()), buf);
+                return (Err(lost_error()), buf);
             };
             let mut raw = std::mem::take(&mut layers.raw);
             let want = max.clamp(1, RAW_READ);
@@ -137,7 +131,7 @@ impl Conn {
             let (res, b) = self.ingest(raw, buf).await;
             buf = b;
             let Some(layers) = self.layers.as_deref_mut() else {
-                return (Err(lost()), buf);
+                return (Err(lost_error()), buf);
             };
             let got = buf.len() - before;
             match res {
@@ -154,6 +148,12 @@ impl Conn {
                 Ok(Ingested::More) => {}
             }
         }
+    }
+
+    /// The layers (TLS) went to a handshake thread and did not come back (the read was
+    /// dropped, or refused at the bound): nothing more is written or read.
+    fn lost(&self) -> bool {
+        self.handshakes.is_some() && self.layers.is_none()
     }
 
     /// Passes `raw` through the layers (which keep what they cannot use yet) onto
@@ -180,7 +180,6 @@ impl Conn {
             return (r, buf);
         };
         let hs = Arc::clone(hs);
-        self.lost = true;
         let step = hs
             .run(self.admit, move || {
                 let r = layers.ingest(&mut raw, &mut buf);
@@ -191,7 +190,6 @@ impl Conn {
         match step {
             Some((layers, buf, r)) => {
                 self.layers = Some(layers);
-                self.lost = false;
                 self.admit = Admit::Started;
                 (r, buf)
             }
@@ -204,8 +202,8 @@ impl Conn {
 
     /// Writes all of `data` (whole frames when a WebSocket layer is on).
     pub(crate) async fn write_all(&mut self, data: BytesMut) -> io::Result<()> {
-        if self.lost {
-            return Err(lost());
+        if self.lost() {
+            return Err(lost_error());
         }
         let wire = match self.layers.as_deref_mut() {
             None => data,
@@ -225,8 +223,8 @@ impl Conn {
     /// Writes raw bytes, outside the WebSocket framing (the HTTP answer to an
     /// upgrade); TLS still applies.
     pub(crate) async fn write_raw(&mut self, data: &[u8]) -> io::Result<()> {
-        if self.lost {
-            return Err(lost());
+        if self.lost() {
+            return Err(lost_error());
         }
         let wire = match self.layers.as_deref_mut() {
             None => BytesMut::from(data),
@@ -265,7 +263,7 @@ impl Conn {
 }
 
 /// The error of a connection whose layers were lost (see [`Conn::ingest`]).
-fn lost() -> io::Error {
+fn lost_error() -> io::Error {
     io::Error::new(
         io::ErrorKind::ConnectionAborted,
         "TLS handshake not completed",

@@ -21,18 +21,23 @@ fn open_with(
     memory_bytes: usize,
     flush_every: Duration,
 ) -> StoreHandle {
-    let opts = StoreOptions {
-        argon2_cheap: true,
-        history: HistoryOptions {
+    open_history(
+        dir,
+        HistoryOptions {
             per_conversation: keep,
             max_age,
             memory_bytes,
             flush_every,
-            hot_bytes: 0,
-            max_bytes: 0,
-            log_file_bytes: 0,
-            lookup_chunks: 0,
+            ..HistoryOptions::default()
         },
+    )
+}
+
+/// A store (memory durability, cheap hashes) with these history options.
+fn open_history(dir: &std::path::Path, history: HistoryOptions) -> StoreHandle {
+    let opts = StoreOptions {
+        argon2_cheap: true,
+        history,
         ..StoreOptions::default()
     };
     Store::open_with(dir, Durability::Memory, opts).unwrap()
@@ -1151,18 +1156,16 @@ fn open_hot_every(
     hot: usize,
     flush_every: Duration,
 ) -> StoreHandle {
-    let opts = StoreOptions {
-        argon2_cheap: true,
-        history: HistoryOptions {
+    open_history(
+        dir,
+        HistoryOptions {
             per_conversation: keep,
             memory_bytes,
             hot_bytes: hot,
             flush_every,
             ..HistoryOptions::default()
         },
-        ..StoreOptions::default()
-    };
-    Store::open_with(dir, Durability::Memory, opts).unwrap()
+    )
 }
 
 /// Appends messages 1..=n from a to b, 10 a chunk, of `size` bytes, stamped 2 ms apart

@@ -113,6 +113,7 @@ impl ConvState {
 }
 
 /// A conversation's messages not yet written, oldest segment first.
+#[derive(Default)]
 struct Tail {
     segs: VecDeque<Segment>,
     /// Bytes allocated by `segs`.
@@ -122,17 +123,6 @@ struct Tail {
     /// Kept past the memory budget (see [`Worker::hist_relieve`]); counted in
     /// [`HistState::hot_bytes`].
     hot: bool,
-}
-
-impl Tail {
-    fn new() -> Self {
-        Tail {
-            segs: VecDeque::new(),
-            bytes: 0,
-            pinned: false,
-            hot: false,
-        }
-    }
 }
 
 /// A tail is hot (kept past the memory budget) when its conversation goes through its
@@ -451,7 +441,7 @@ impl Worker {
             let key = (!shared.is_empty()).then(|| conv.clone());
             let tail = match self.hist.tails.get_mut(&conv) {
                 Some(t) => t,
-                None => self.hist.tails.entry(conv).or_insert_with(Tail::new),
+                None => self.hist.tails.entry(conv).or_default(),
             };
             if let Some(key) = key.filter(|_| !tail.pinned) {
                 tail.pinned = true;
@@ -656,14 +646,7 @@ impl Worker {
             self.hist.hot_bytes = 0;
             std::mem::take(&mut self.hist.tails)
         } else {
-            let mut cold = NameMap::default();
-            for (conv, t) in std::mem::take(&mut self.hist.tails) {
-                if t.hot {
-                    self.hist.tails.insert(conv, t);
-                } else {
-                    cold.insert(conv, t);
-                }
-            }
+            let cold: NameMap<Vec<u8>, Tail> = self.hist.tails.extract_if(|_, t| !t.hot).collect();
             self.hist.tail_bytes = self.hist.hot_bytes;
             let tails = &self.hist.tails;
             self.hist.pinned.retain(|c| tails.contains_key(c));
@@ -685,12 +668,8 @@ impl Worker {
             false => {
                 let tails = &self.hist.tails;
                 let hot = |k: &Vec<u8>| entry_conv(k).is_some_and(|c| tails.contains_key(c));
-                let held = |m: &mut NameMap<Vec<u8>, u64>| {
-                    let (keep, go): (Vec<_>, Vec<_>) =
-                        std::mem::take(m).into_iter().partition(|(k, _)| hot(k));
-                    m.extend(go);
-                    keep
-                };
+                let held =
+                    |m: &mut NameMap<Vec<u8>, u64>| m.extract_if(|k, _| hot(k)).collect::<Vec<_>>();
                 (held(&mut self.hist.pending), held(&mut self.hist.marks))
             }
         };
