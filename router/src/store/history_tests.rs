@@ -1102,17 +1102,6 @@ fn dense_appends_let_the_thread_nap_and_any_other_request_wakes_it() {
 fn a_tail_lets_go_of_a_shared_payloads_read_buffer_soon() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    struct ReadBuf(Vec<u8>, Arc<AtomicBool>);
-    impl AsRef<[u8]> for ReadBuf {
-        fn as_ref(&self) -> &[u8] {
-            &self.0
-        }
-    }
-    impl Drop for ReadBuf {
-        fn drop(&mut self) {
-            self.1.store(true, Ordering::SeqCst);
-        }
-    }
     let d = tempfile::tempdir().unwrap();
     let h = open(d.path(), 100, None);
     call(|cb| h.ensure_user("ann", cb)).unwrap();
@@ -1142,6 +1131,80 @@ fn a_tail_lets_go_of_a_shared_payloads_read_buffer_soon() {
     };
     assert_eq!(m.len(), 1);
     assert_eq!(&m[0].payload[..], &[7u8; HistChunk::INLINE_MAX + 1][..]);
+}
+
+/// A read buffer that tells when it is freed.
+struct ReadBuf(Vec<u8>, std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl AsRef<[u8]> for ReadBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for ReadBuf {
+    fn drop(&mut self) {
+        self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A hot tail keeps its shared payloads by reference past `PIN_MAX` (no copy): its
+/// conversation's window drops them soon, and that lets their read buffer go. The
+/// messages still in the window read back the same.
+#[test]
+fn a_hot_tail_keeps_shared_payloads_until_its_window_drops_them() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let h = open_hot(dir.path(), 100, 16 << 10, 1 << 20);
+    // Hot: 4 000 records of 100 B stamped 500 a second, through a window of 100.
+    dm_stamped(&h, 4_000, 100);
+    let freed = Arc::new(AtomicBool::new(false));
+    let size = HistChunk::INLINE_MAX + 1;
+    let mut c = HistChunk {
+        conv: dm_conv(b"a", b"b"),
+        ..Default::default()
+    };
+    {
+        let buf = Bytes::from_owner(ReadBuf(vec![9u8; 1 << 20], freed.clone()));
+        let t0 = now();
+        for id in 4_001..=4_010u64 {
+            let at = (id as usize - 4_001) * size;
+            c.push_shared(b"a", id, t0 + id, &buf.slice(at..at + size));
+        }
+    }
+    call(|cb| h.history_append(vec![c], cb)).unwrap();
+    // Ten times PIN_MAX: a tail that is not hot would have copied them by now.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !freed.load(Ordering::SeqCst),
+        "the hot tail copied its payloads"
+    );
+    assert_eq!(h.stats().history_writes, 0);
+    let HistPage::Messages(m) = page(&h, "b", "a", 0, 100) else {
+        panic!("no page")
+    };
+    assert_eq!(m.len(), 100);
+    assert!(m[90..]
+        .iter()
+        .all(|m| m.payload[..] == [9u8; HistChunk::INLINE_MAX + 1][..]));
+    // A window's worth more (whole segments past it are dropped): the buffer goes.
+    call(|cb| h.ensure_user("a", cb)).unwrap();
+    let payload = vec![7u8; 100];
+    let t0 = now();
+    for part in 0..200u64 {
+        let mut c = HistChunk {
+            conv: dm_conv(b"a", b"b"),
+            ..Default::default()
+        };
+        for id in 0..10u64 {
+            let id = 4_011 + part * 10 + id;
+            c.push(b"a", id, t0 + id, &payload);
+        }
+        call(|cb| h.history_append(vec![c], cb)).unwrap();
+    }
+    assert!(freed.load(Ordering::SeqCst), "the window dropped them");
+    assert_eq!(ids(page(&h, "a", "b", 0, 1)), vec![6_010]);
 }
 
 /// A store whose tails may hold `hot` bytes of hot conversations past `memory_bytes`.

@@ -36,12 +36,16 @@ const SEGMENT_MAX_MSGS: u32 = 512;
 /// ... or about this many bytes; past either the conversation starts a new one.
 const SEGMENT_MAX_BYTES: usize = 64 * 1024;
 
-/// Longest a tail keeps a payload by reference. A shared payload is a slice of the read
-/// buffer it came in, which it keeps whole: a small payload from a buffer of other bytes
-/// (padding, pings, a big ephemeral Send) kept for the whole `--history-flush-every`
-/// would hold far more memory than the tail counts. Past this age the tails copy their
-/// payloads (`Segment::unshare`); under load their budget writes them sooner (16 × 1 KiB:
-/// every ~30 ms), uncopied.
+/// Longest a tail that is not hot keeps a payload by reference. A shared payload is a
+/// slice of the read buffer it came in, which it keeps whole: a small payload from a
+/// buffer of other bytes (padding, pings, a big ephemeral Send) kept for the whole
+/// `--history-flush-every` would hold far more memory than the tail counts. Past this age
+/// the tails copy their payloads (`Segment::unshare`); under load their budget writes
+/// them sooner, uncopied. A hot tail is not copied: its conversation goes through its
+/// window twice a flush interval, so the window drops its segments (and their read
+/// buffers) within half an interval, and the flush writes what is left; the budgets
+/// bound its bytes as they bound any tail's. Copying them cost the storage thread half
+/// its user time at 16 × 1 KiB (BENCHMARKS.md, seventeenth pass).
 const PIN_MAX: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Most history log files compacted per flush (each at most about `histlog::FILE_MAX`
@@ -566,24 +570,23 @@ impl Worker {
             .pinned_since
             .is_some_and(|t| t + PIN_MAX <= Instant::now())
         {
+            // (Hot tails are not copied: the hot bound is not moved by this.)
             self.hist_unshare();
-            // A copy may take more room than the slices did: the hot tails' bound holds.
-            let hot_max = self.hist.opts.hot_bytes;
-            if hot_max > 0 && self.hist.hot_bytes > hot_max {
-                if let Err(e) = self.hist_flush().and_then(|()| self.commit()) {
-                    tracing::warn!(error = %e, "history write failed");
-                }
-            }
         }
     }
 
-    /// Copies the payloads the tails keep by reference (see [`PIN_MAX`]).
+    /// Copies the payloads the tails that are not hot keep by reference (see [`PIN_MAX`]).
     fn hist_unshare(&mut self) {
         self.hist.pinned_since = None;
+        let mut hot = Vec::new();
         for conv in std::mem::take(&mut self.hist.pinned) {
             let Some(tail) = self.hist.tails.get_mut(&conv) else {
                 continue; // (written, or the conversation deleted, since)
             };
+            if tail.hot {
+                hot.push(conv);
+                continue;
+            }
             tail.pinned = false;
             let before = tail.bytes;
             for seg in tail.segs.iter_mut().filter(|s| !s.shared.is_empty()) {
@@ -592,10 +595,12 @@ impl Worker {
                 tail.bytes = tail.bytes.saturating_sub(held) + seg.held();
             }
             self.hist.tail_bytes = self.hist.tail_bytes.saturating_sub(before) + tail.bytes;
-            if tail.hot {
-                self.hist.hot_bytes = self.hist.hot_bytes.saturating_sub(before) + tail.bytes;
-            }
         }
+        // (Looked at again every PIN_MAX: a tail written meanwhile leaves the list.)
+        if !hot.is_empty() {
+            self.hist.pinned_since = Some(Instant::now());
+        }
+        self.hist.pinned = hot;
     }
 
     /// The tails are at the memory budget. A conversation that goes through its whole
