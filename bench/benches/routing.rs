@@ -135,10 +135,13 @@ fn remote_post(c: &mut Criterion) {
         g.bench_function(BenchmarkId::from_parameter(name), |bn| {
             bn.iter(|| {
                 route_chunk(&mut sh, a, black_box(&chunk), &ranges, &mut blocked);
-                let n = sh.outbox[1].len();
-                black_box(&sh.outbox[1]);
-                sh.outbox[1].clear();
-                sh.outbox_len = 0;
+                // What the flusher hands the ring, given back emptied.
+                let mut n = 0;
+                while let Some((batch, weight)) = sh.next_batch(1) {
+                    n += batch.len();
+                    sh.batch_sent(1, batch.len(), weight);
+                    sh.spare_batch(black_box(batch));
+                }
                 n
             });
             assert_eq!(sh.counters.frames_rejected, 0);
@@ -162,12 +165,15 @@ fn remote_deliver(c: &mut Criterion) {
         g.bench_function(BenchmarkId::from_parameter(name), |bn| {
             bn.iter(|| {
                 route_chunk(&mut s0, a, black_box(&chunk), &ranges, &mut blocked);
-                // What the flusher hands the ring: the whole batch, a fresh Vec left behind.
-                let batch = std::mem::take(&mut s0.outbox[1]);
-                s0.outbox_len = 0;
-                for mail in batch {
-                    let h = s1.on_mail(mail, &mut blocked);
-                    debug_assert!(h.is_none());
+                // What the flusher hands the ring, and the consumer gives back emptied.
+                while let Some((mut batch, weight)) = s0.next_batch(1) {
+                    s0.batch_sent(1, batch.len(), weight);
+                    s1.begin_batch();
+                    for mail in batch.drain(..) {
+                        let h = s1.on_mail(mail, &mut blocked);
+                        debug_assert!(h.is_none());
+                    }
+                    s0.spare_batch(batch);
                 }
                 blocked.clear();
                 drain(&mut s1, b, &mut spare)

@@ -782,15 +782,14 @@ impl Sim {
     fn flush(&mut self, from: usize) {
         let sh = &mut self.shards[from];
         for to in 0..sh.n {
-            if sh.outbox[to].is_empty() || self.rings[from][to].len() >= RING_BATCHES {
-                continue;
+            while let Some((batch, weight)) = sh.next_batch(to) {
+                if self.rings[from][to].len() >= RING_BATCHES {
+                    sh.batch_unsent(to, batch, weight);
+                    break;
+                }
+                sh.batch_sent(to, batch.len(), weight);
+                self.rings[from][to].push_back(batch);
             }
-            let batch = std::mem::take(&mut sh.outbox[to]);
-            sh.outbox_len -= batch.len();
-            sh.outbox_last[to] = None;
-            let w = std::mem::take(&mut sh.outbox_bytes[to]);
-            sh.flight_out[to].fetch_add(w, Ordering::AcqRel);
-            self.rings[from][to].push_back(batch);
         }
     }
 
@@ -914,10 +913,10 @@ impl Sim {
                 }
                 assert!(keys.len() <= sh.cfg.max_sessions_per_user);
             }
-            let len: usize = sh.outbox.iter().map(Vec::len).sum();
+            let len: usize = (0..sh.n).map(|to| sh.outbox_mails(to).count()).sum();
             assert_eq!(sh.outbox_len, len, "outbox_len");
             for to in 0..sh.n {
-                let w: usize = sh.outbox[to].iter().map(Mail::weight).sum();
+                let w: usize = sh.outbox_mails(to).map(Mail::weight).sum();
                 assert_eq!(sh.outbox_bytes[to], w, "outbox_bytes[{to}]");
                 let ring: usize = self.rings[id][to].iter().flatten().map(Mail::weight).sum();
                 assert_eq!(

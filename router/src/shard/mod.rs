@@ -28,7 +28,8 @@
 //!
 //! Client frames are handled in `crate::frames`, connection I/O in `crate::net`.
 
-use std::sync::atomic::AtomicUsize;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Instant;
@@ -76,6 +77,16 @@ use store_link::StoreLink;
 pub(crate) const MSG_ID_SHARD_SHIFT: u32 = 54;
 
 /// 2026-01-01T00:00:00Z, in nanoseconds since the Unix epoch.
+/// Most mails in one batch between shards: a batch is sealed when full, the rest of the
+/// loop turn's mail goes in the next. Batches come back emptied and are filled again, so
+/// with one size they never grow: a batch that grew with its turn (to 70 000 mails of 168
+/// bytes at 256 × 64 B) faulted in fresh pages at every doubling, 39% of the router's
+/// page faults (BENCHMARKS.md, seventeenth pass).
+pub const BATCH_MAILS: usize = 1024;
+
+/// Emptied batches kept for reuse per shard (each [`BATCH_MAILS`] mails).
+const SPARE_BATCHES: usize = 16;
+
 const MSG_ID_EPOCH_NS: u128 = 1_767_225_600_000_000_000;
 
 /// Where a shard's message-id counter starts: 64 ns ticks since 2026-01-01 (54 bits
@@ -119,9 +130,16 @@ pub struct Shard {
     bounds: delivery::Bounds,
     /// Room member lists resolved to their sessions here (see `rooms::FanResolved`).
     fan_cache: rooms::FanCache,
-    /// Pending outgoing batches, per target shard.
+    /// The outgoing batch being filled, per target shard.
     pub outbox: Vec<Vec<Mail>>,
-    /// Items in `outbox`.
+    /// Full batches waiting for the flusher, oldest first, with their weights, per target
+    /// shard (see [`BATCH_MAILS`]).
+    outbox_sealed: Vec<VecDeque<(Vec<Mail>, usize)>>,
+    /// Weight of the batch being filled, per target shard.
+    outbox_cur: Vec<usize>,
+    /// Emptied batches the other shards gave back, to fill again.
+    spare_batches: Vec<Vec<Mail>>,
+    /// Items in `outbox` and `outbox_sealed`.
     pub outbox_len: usize,
     /// Per target shard: sender session and recipient of the last Deliver put in
     /// its outbox batch (what the next one may elide); cleared when the batch leaves.
@@ -131,7 +149,7 @@ pub struct Shard {
     /// Recipient and sender of the previous Deliver of the batch being handled.
     batch_to: Bytes,
     batch_from: Bytes,
-    /// Weight (see [`Mail::weight`]) waiting in `outbox`, per target shard.
+    /// Weight (see [`Mail::weight`]) waiting in `outbox` and `outbox_sealed`, per target shard.
     pub outbox_bytes: Vec<usize>,
     /// Weight pushed into the ring to each target shard and not yet processed there.
     pub flight_out: Vec<Arc<AtomicUsize>>,
@@ -278,6 +296,9 @@ impl Shard {
             users_gen: 0,
             fan_cache: rooms::FanCache::default(),
             outbox: (0..n).map(|_| Vec::new()).collect(),
+            outbox_sealed: (0..n).map(|_| VecDeque::new()).collect(),
+            outbox_cur: vec![0; n],
+            spare_batches: Vec::new(),
             outbox_len: 0,
             outbox_bytes: vec![0; n],
             outbox_last: vec![None; n],
@@ -411,11 +432,74 @@ impl Shard {
             }
             return;
         }
-        self.outbox_bytes[to] += mail.weight();
+        let w = mail.weight();
+        self.outbox_bytes[to] += w;
+        self.outbox_cur[to] += w;
         self.outbox[to].push(mail);
         self.outbox_len += 1;
+        if self.outbox[to].len() >= BATCH_MAILS {
+            self.seal_batch(to);
+        }
         if let Some(w) = self.flusher.take() {
             w.wake();
+        }
+    }
+
+    /// Ends the batch being filled for shard `to` (it waits for the flusher) and starts
+    /// another in a spare one.
+    fn seal_batch(&mut self, to: usize) {
+        let next = self
+            .spare_batches
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BATCH_MAILS));
+        let full = std::mem::replace(&mut self.outbox[to], next);
+        let weight = std::mem::take(&mut self.outbox_cur[to]);
+        self.outbox_sealed[to].push_back((full, weight));
+        // The next Deliver names its users again: elided names refer to the previous
+        // Deliver of the same batch.
+        self.outbox_last[to] = None;
+    }
+
+    /// The next batch for shard `to`'s ring, oldest first (the one being filled is
+    /// sealed when no full one waits), and its weight. The caller pushes it into the
+    /// ring and counts it out with [`Shard::batch_sent`], or gives it back with
+    /// [`Shard::batch_unsent`].
+    pub fn next_batch(&mut self, to: usize) -> Option<(Vec<Mail>, usize)> {
+        if self.outbox_sealed[to].is_empty() {
+            if self.outbox[to].is_empty() {
+                return None;
+            }
+            self.seal_batch(to);
+        }
+        self.outbox_sealed[to].pop_front()
+    }
+
+    /// A batch of [`Shard::next_batch`] of `len` mails and `weight` went into shard
+    /// `to`'s ring.
+    pub fn batch_sent(&mut self, to: usize, len: usize, weight: usize) {
+        self.outbox_len -= len;
+        self.outbox_bytes[to] -= weight;
+        self.flight_out[to].fetch_add(weight, Ordering::AcqRel);
+    }
+
+    /// A batch of [`Shard::next_batch`] did not fit in shard `to`'s ring: first in line
+    /// again.
+    pub fn batch_unsent(&mut self, to: usize, batch: Vec<Mail>, weight: usize) {
+        self.outbox_sealed[to].push_front((batch, weight));
+    }
+
+    /// Every mail waiting for shard `to`'s ring, oldest first.
+    pub fn outbox_mails(&self, to: usize) -> impl Iterator<Item = &Mail> {
+        let sealed = self.outbox_sealed[to].iter().flat_map(|(b, _)| b.iter());
+        sealed.chain(self.outbox[to].iter())
+    }
+
+    /// Keeps an emptied batch another shard gave back, for the next ones (past
+    /// [`SPARE_BATCHES`] it is freed).
+    pub fn spare_batch(&mut self, mut batch: Vec<Mail>) {
+        if self.spare_batches.len() < SPARE_BATCHES && batch.capacity() >= BATCH_MAILS {
+            batch.clear();
+            self.spare_batches.push(batch);
         }
     }
 

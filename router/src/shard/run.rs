@@ -213,29 +213,28 @@ async fn flusher(shard: Rc<RefCell<Shard>>, mut outs: Outboxes<Vec<Mail>>) {
             sh.flush_history();
             let mut stuck = false;
             for to in 0..sh.n {
-                if sh.outbox[to].is_empty() {
-                    continue;
+                // Batches the target shard emptied and gave back are filled again: no
+                // allocation (and no fresh pages) per batch.
+                while let Some(b) = outs.reuse(to) {
+                    sh.spare_batch(b);
                 }
-                // The next batch reuses a Vec the target shard emptied and gave
-                // back: no allocation (and no fresh pages) per batch.
-                let next = outs
-                    .reuse(to)
-                    .unwrap_or_else(|| Vec::with_capacity(sh.outbox[to].len()));
-                let batch = std::mem::replace(&mut sh.outbox[to], next);
-                let len = batch.len();
-                match outs.push(to, batch) {
-                    Ok(()) => {
-                        sh.outbox_len -= len;
-                        sh.outbox_last[to] = None;
-                        let w = std::mem::take(&mut sh.outbox_bytes[to]);
-                        sh.flight_out[to].fetch_add(w, Ordering::AcqRel);
-                        outs.ring(to);
+                let mut pushed = false;
+                while let Some((batch, weight)) = sh.next_batch(to) {
+                    let len = batch.len();
+                    match outs.push(to, batch) {
+                        Ok(()) => {
+                            sh.batch_sent(to, len, weight);
+                            pushed = true;
+                        }
+                        Err(back) => {
+                            sh.batch_unsent(to, back, weight);
+                            stuck = true;
+                            break;
+                        }
                     }
-                    Err(back) => {
-                        // Nothing was appended meanwhile (no await since the take).
-                        sh.outbox[to] = back;
-                        stuck = true;
-                    }
+                }
+                if pushed {
+                    outs.ring(to);
                 }
             }
             let full = sh.pipeline_full();

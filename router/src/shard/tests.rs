@@ -241,6 +241,83 @@ fn repeated_names_are_elided_within_a_batch_and_restored() {
     assert_eq!(senders(&mut b, rd), ["alice", "alice"]);
 }
 
+/// A turn's mail to another shard leaves in batches of at most [`BATCH_MAILS`], in
+/// order, each naming its users in its first Deliver (elided names refer to the same
+/// batch); batches given back are filled again.
+#[test]
+fn mail_to_a_shard_goes_in_batches_of_one_size_that_each_name_their_users() {
+    let mut a = shard(2);
+    let mut b = Shard::new(
+        1,
+        2,
+        Arc::new(Config::default()),
+        Arc::new(ShardStats::default()),
+    );
+    let bob = (0..)
+        .map(|k| format!("r{k}"))
+        .find(|u| home_shard(u.as_bytes(), 2) == 1)
+        .unwrap();
+    let alice = a.register("alice", "d".into(), -1).unwrap();
+    let rb = b.register(&bob, "d".into(), -1).unwrap();
+    let mut blocked = Vec::new();
+    let n = BATCH_MAILS + 10;
+    for _ in 0..n {
+        a.on_frame(
+            alice,
+            send(&bob, b"x", false),
+            Instant::now(),
+            1,
+            &mut blocked,
+        );
+    }
+    assert_eq!(a.outbox_len, n);
+    let total = a.outbox_bytes[1];
+    let mut batches = Vec::new();
+    while let Some((batch, weight)) = a.next_batch(1) {
+        a.batch_sent(1, batch.len(), weight);
+        batches.push(batch);
+    }
+    assert_eq!(
+        batches.iter().map(Vec::len).collect::<Vec<_>>(),
+        [BATCH_MAILS, 10]
+    );
+    assert_eq!((a.outbox_len, a.outbox_bytes[1]), (0, 0));
+    assert_eq!(a.flight_out[1].load(Ordering::Acquire), total);
+    for batch in &batches {
+        let Some(Mail::Deliver(first)) = batch.first() else {
+            panic!("not a deliver")
+        };
+        assert!(first.to_user.is_some() && first.from_user.is_some());
+    }
+    for mut batch in batches {
+        b.begin_batch();
+        for m in batch.drain(..) {
+            b.on_mail(m, &mut blocked);
+        }
+        a.spare_batch(batch);
+    }
+    let got = drain(&mut b, rb);
+    assert_eq!(got.len(), n);
+    assert!(got.iter().all(|f| matches!(&f.kind,
+        Some(server_frame::Kind::Deliver(d)) if d.from_user == "alice")));
+    // Both were given back and kept; sealing the next batch takes one of them.
+    assert_eq!(a.spare_batches.len(), 2);
+    a.on_frame(
+        alice,
+        send(&bob, b"x", false),
+        Instant::now(),
+        1,
+        &mut blocked,
+    );
+    let (batch, _) = a.next_batch(1).unwrap();
+    assert_eq!((batch.len(), batch.capacity()), (1, BATCH_MAILS));
+    assert_eq!(a.spare_batches.len(), 1);
+    assert!(a.next_batch(1).is_none());
+    // One that is not of the batch size is let go.
+    a.spare_batch(Vec::with_capacity(3));
+    assert_eq!(a.spare_batches.len(), 1);
+}
+
 #[test]
 fn session_limit_per_user() {
     let mut s = Shard::new(
