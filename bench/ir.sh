@@ -4,8 +4,10 @@
 #
 #   bench/ir.sh BIN [load args...]        (default: --pairs 4 --size 64 --messages 200000)
 #   ROUTER_ARGS="--history-per-conversation 0" bench/ir.sh BIN   (extra router flags)
+#   SHARDS=2 bench/ir.sh BIN ...   (two shards: cross-shard mail counted too; the counts then
+#                                   vary ±5% run to run with how the turns fall)
 #
-# Runs BIN (--shards 1, fresh store, epoll driver: valgrind does not emulate io_uring) under callgrind, drives it with ringrouter-load, stops
+# Runs BIN (--shards 1 unless SHARDS, fresh store, epoll driver: valgrind does not emulate io_uring) under callgrind, drives it with ringrouter-load, stops
 # it with SIGTERM and prints total instructions / messages delivered. Compare two binaries
 # in the same run: bench/ir.sh A; bench/ir.sh B. CG_OUT=FILE keeps the callgrind output
 # (callgrind_annotate FILE: where the instructions go).
@@ -20,7 +22,7 @@ command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install va
 dir=$(mktemp -d); trap 'rm -rf "$dir"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 MONOIO_FORCE_LEGACY_DRIVER=1 valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" --dump-instr=no \
-  "$BIN" --listen 127.0.0.1:"$port" $(no_http "$BIN") --shards 1 --no-pin --data-dir "$dir/data" ${ROUTER_ARGS:-} \
+  "$BIN" --listen 127.0.0.1:"$port" $(no_http "$BIN") --shards ${SHARDS:-1} --no-pin --data-dir "$dir/data" ${ROUTER_ARGS:-} \
   >"$dir/out" 2>"$dir/err" &
 pid=$!
 for _ in $(seq 600); do grep -q "listening on" "$dir/out" 2>/dev/null && break; sleep 0.1; done

@@ -116,40 +116,20 @@ impl Counters {
     }
 }
 
-/// Levels of a shard's queues, published with its counters.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Gauges {
-    /// Live sessions.
-    pub sessions: u64,
-    /// Mail weight (≈ bytes) in flight to this shard from the others plus its own
-    /// local mail: its mailbox depth.
-    pub mailbox_depth: u64,
-    /// Store requests made and not answered.
-    pub store_queue_requests: u64,
-    /// What they count for in bytes (see `max_store_queue_bytes`).
-    pub store_queue_bytes: u64,
-    /// What ended sessions left unacked, waiting for the store (see `max_requeue_bytes`).
-    pub requeue_bytes: u64,
-    /// Rooms loaded (homed here).
-    pub rooms_loaded: u64,
-    /// Their members, summed (see `max_loaded_room_members`).
-    pub room_members_loaded: u64,
-}
-
 macro_rules! shard_stats {
-    ($($f:ident),* $(,)?) => {
+    (counters: $($f:ident),* $(,)?; gauges: $($(#[$gdoc:meta])* $g:ident),* $(,)?) => {
+        /// Levels of a shard's queues, published with its counters.
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct Gauges {
+            $($(#[$gdoc])* pub $g: u64,)*
+        }
+
         /// Published counters of one shard (see [`Counters`] for the meaning of each).
         #[derive(Debug, Default)]
         #[allow(missing_docs)]
         pub struct ShardStats {
             $(pub $f: AtomicU64,)*
-            pub sessions: AtomicU64,
-            pub mailbox_depth: AtomicU64,
-            pub store_queue_requests: AtomicU64,
-            pub store_queue_bytes: AtomicU64,
-            pub requeue_bytes: AtomicU64,
-            pub rooms_loaded: AtomicU64,
-            pub room_members_loaded: AtomicU64,
+            $(pub $g: AtomicU64,)*
             pub login_failures: [AtomicU64; STATUS_CODES],
             pub errors: [AtomicU64; STATUS_CODES],
             pub latency_buckets: [AtomicU64; LATENCY_BUCKETS],
@@ -162,13 +142,7 @@ macro_rules! shard_stats {
         #[allow(missing_docs)]
         pub struct StatsSnapshot {
             $(pub $f: u64,)*
-            pub sessions: u64,
-            pub mailbox_depth: u64,
-            pub store_queue_requests: u64,
-            pub store_queue_bytes: u64,
-            pub requeue_bytes: u64,
-            pub rooms_loaded: u64,
-            pub room_members_loaded: u64,
+            $(pub $g: u64,)*
             pub login_failures: [u64; STATUS_CODES],
             pub errors: [u64; STATUS_CODES],
             pub latency: LatencyHist,
@@ -178,13 +152,7 @@ macro_rules! shard_stats {
             /// Copies `c` and `g` in.
             pub fn publish(&self, c: &Counters, g: Gauges) {
                 $(self.$f.store(c.$f, Relaxed);)*
-                self.sessions.store(g.sessions, Relaxed);
-                self.mailbox_depth.store(g.mailbox_depth, Relaxed);
-                self.store_queue_requests.store(g.store_queue_requests, Relaxed);
-                self.store_queue_bytes.store(g.store_queue_bytes, Relaxed);
-                self.requeue_bytes.store(g.requeue_bytes, Relaxed);
-                self.rooms_loaded.store(g.rooms_loaded, Relaxed);
-                self.room_members_loaded.store(g.room_members_loaded, Relaxed);
+                $(self.$g.store(g.$g, Relaxed);)*
                 store_all(&self.login_failures, &c.login_failures);
                 store_all(&self.errors, &c.errors);
                 store_all(&self.latency_buckets, &c.latency.buckets);
@@ -195,13 +163,7 @@ macro_rules! shard_stats {
             /// Adds this shard's figures to `s`.
             pub fn add_to(&self, s: &mut StatsSnapshot) {
                 $(s.$f += self.$f.load(Relaxed);)*
-                s.sessions += self.sessions.load(Relaxed);
-                s.mailbox_depth += self.mailbox_depth.load(Relaxed);
-                s.store_queue_requests += self.store_queue_requests.load(Relaxed);
-                s.store_queue_bytes += self.store_queue_bytes.load(Relaxed);
-                s.requeue_bytes += self.requeue_bytes.load(Relaxed);
-                s.rooms_loaded += self.rooms_loaded.load(Relaxed);
-                s.room_members_loaded += self.room_members_loaded.load(Relaxed);
+                $(s.$g += self.$g.load(Relaxed);)*
                 add_all(&mut s.login_failures, &self.login_failures);
                 add_all(&mut s.errors, &self.errors);
                 add_all(&mut s.latency.buckets, &self.latency_buckets);
@@ -239,6 +201,7 @@ fn add_all(to: &mut [u64], from: &[AtomicU64]) {
 }
 
 shard_stats!(
+    counters:
     msgs_in,
     delivered,
     bytes_out,
@@ -259,7 +222,31 @@ shard_stats!(
     bytes_in,
     api_publishes,
     resumes,
-    duplicate_sends,
+    duplicate_sends;
+    gauges:
+    /// Live sessions.
+    sessions,
+    /// Mail weight (≈ bytes) in flight to this shard from the others plus its own
+    /// local mail: its mailbox depth.
+    mailbox_depth,
+    /// Store requests made and not answered.
+    store_queue_requests,
+    /// What they count for in bytes (see `max_store_queue_bytes`).
+    store_queue_bytes,
+    /// What ended sessions left unacked, waiting for the store (see `max_requeue_bytes`).
+    requeue_bytes,
+    /// Rooms loaded (homed here).
+    rooms_loaded,
+    /// Their members, summed (see `max_loaded_room_members`).
+    room_members_loaded,
+    /// Bytes queued for the sessions' sockets and not written yet (each bounded by
+    /// `max_pending_bytes`), as of the last tick.
+    pending_bytes,
+    /// Deliveries the sessions keep until their clients ack them, as of the last tick.
+    unacked_messages,
+    /// Their payload bytes kept in memory (each session's bounded by
+    /// `max_unacked_bytes_per_session`), as of the last tick.
+    unacked_bytes,
 );
 
 #[cfg(test)]

@@ -118,6 +118,21 @@ const GAUGES: &[(&str, &str, Get)] = &[
         "What ended sessions left unacked, waiting for the store (bounded by --max-requeue-bytes).",
         |s| s.requeue_bytes,
     ),
+    (
+        "pending_bytes",
+        "Bytes queued for the sessions' sockets and not written yet.",
+        |s| s.pending_bytes,
+    ),
+    (
+        "unacked_messages",
+        "Deliveries the sessions keep until their clients ack them.",
+        |s| s.unacked_messages,
+    ),
+    (
+        "unacked_bytes",
+        "Payload bytes of those deliveries kept in memory.",
+        |s| s.unacked_bytes,
+    ),
     ("rooms_loaded", "Rooms kept in memory.", |s| s.rooms_loaded),
     (
         "room_members_loaded",

@@ -135,6 +135,8 @@ pub struct Shard {
     /// Full batches waiting for the flusher, oldest first, with their weights, per target
     /// shard (see [`BATCH_MAILS`]).
     outbox_sealed: Vec<VecDeque<(Vec<Mail>, usize)>>,
+    /// What the sessions hold, as of the last tick (gauges).
+    held: session::Held,
     /// Weight of the batch being filled, per target shard.
     outbox_cur: Vec<usize>,
     /// Emptied batches the other shards gave back, to fill again.
@@ -298,6 +300,7 @@ impl Shard {
             outbox: (0..n).map(|_| Vec::new()).collect(),
             outbox_sealed: (0..n).map(|_| VecDeque::new()).collect(),
             outbox_cur: vec![0; n],
+            held: session::Held::default(),
             spare_batches: Vec::new(),
             outbox_len: 0,
             outbox_bytes: vec![0; n],

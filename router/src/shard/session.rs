@@ -321,6 +321,17 @@ impl Session {
     }
 }
 
+/// What the sessions of a shard hold, summed by the last tick (published as gauges).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Held {
+    /// Bytes queued for the sockets, not written yet.
+    pub pending: u64,
+    /// Deliveries not acked yet.
+    pub unacked: u64,
+    /// Their payload bytes in memory.
+    pub unacked_bytes: u64,
+}
+
 const SLOW_CONSUMER: (Status, &str) = (
     Status::SlowConsumer,
     "slow consumer: outbound queue over its bound too long",
@@ -537,7 +548,11 @@ impl Shard {
     pub fn tick(&mut self, now: Instant) {
         let cfg = self.cfg.clone();
         let mut to_close = Vec::new();
+        let mut held = Held::default();
         for (k, s) in self.sessions.iter_mut() {
+            held.pending += s.pending() as u64;
+            held.unacked += s.unacked.len() as u64;
+            held.unacked_bytes += s.unacked.bytes() as u64;
             if let Some(at) = s.closed_at {
                 // A closing session whose peer stopped reading cannot flush: cut it.
                 let grace = match s.closing {
@@ -601,6 +616,7 @@ impl Shard {
             tracing::info!(shard = self.id, ?reason, "closing session");
             self.close(k, reason, Some(msg));
         }
+        self.held = held;
         self.publish();
     }
 
@@ -650,6 +666,9 @@ impl Shard {
             requeue_bytes: self.requeue_bytes as u64,
             rooms_loaded: self.rooms.len() as u64,
             room_members_loaded: self.room_members_loaded as u64,
+            pending_bytes: self.held.pending,
+            unacked_messages: self.held.unacked,
+            unacked_bytes: self.held.unacked_bytes,
         };
         self.stats.publish(&self.counters, gauges);
     }
