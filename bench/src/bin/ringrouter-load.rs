@@ -176,11 +176,13 @@ fn main() {
             if a.server_pid.is_some() && r.server_cpu_s.is_none() {
                 eprintln!("ringrouter-load: cannot read the CPU of --server-pid (no such process on this machine?)");
             }
+            // (A reader that went away, `| head`, is not an error of the run.)
+            let mut out = std::io::stdout().lock();
             if a.json {
-                println!("{}", r.to_json());
+                let _ = writeln!(out, "{}", r.to_json());
             } else {
                 eprintln!();
-                println!("{}", r.table());
+                let _ = writeln!(out, "{}", r.table());
             }
             if r.lost > 0 {
                 std::process::exit(1);
