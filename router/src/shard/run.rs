@@ -444,6 +444,7 @@ async fn ticker(shard: Rc<RefCell<Shard>>, local: Rc<LocalSignal>) {
         sh.tick(now);
         let c = &sh.counters;
         if idle.due(c.msgs_in + c.writes + c.logins, now) {
+            sh.drop_spare_batches();
             crate::alloc::collect_idle();
         }
         if local.fired() {
