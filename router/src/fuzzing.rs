@@ -916,6 +916,7 @@ impl Sim {
             let len: usize = (0..sh.n).map(|to| sh.outbox_mails(to).count()).sum();
             assert_eq!(sh.outbox_len, len, "outbox_len");
             for to in 0..sh.n {
+                assert!(sh.outbox_weights_hold(to), "batch weights to {to}");
                 let w: usize = sh.outbox_mails(to).map(Mail::weight).sum();
                 assert_eq!(sh.outbox_bytes[to], w, "outbox_bytes[{to}]");
                 let ring: usize = self.rings[id][to].iter().flatten().map(Mail::weight).sum();

@@ -140,8 +140,6 @@ pub struct Shard {
     /// Full batches waiting for the flusher, oldest first, with their weights, per target
     /// shard (see [`BATCH_MAILS`]).
     outbox_sealed: Vec<VecDeque<(Vec<Mail>, usize)>>,
-    /// What the sessions hold, as of the last tick (gauges).
-    held: session::Held,
     /// Weight of the batch being filled, per target shard.
     outbox_cur: Vec<usize>,
     /// Emptied batches the other shards gave back, to fill again.
@@ -305,7 +303,6 @@ impl Shard {
             outbox: (0..n).map(|_| Vec::new()).collect(),
             outbox_sealed: (0..n).map(|_| VecDeque::new()).collect(),
             outbox_cur: vec![0; n],
-            held: session::Held::default(),
             spare_batches: Vec::new(),
             outbox_len: 0,
             outbox_bytes: vec![0; n],
@@ -469,13 +466,24 @@ impl Shard {
     }
 
     /// The next batch for shard `to`'s ring, oldest first (the one being filled is
-    /// sealed when no full one waits), and its weight. The caller pushes it into the
+    /// sealed when no full one waits; a short one is copied out), and its weight. The caller pushes it into the
     /// ring and counts it out with [`Shard::batch_sent`], or gives it back with
     /// [`Shard::batch_unsent`].
     pub fn next_batch(&mut self, to: usize) -> Option<(Vec<Mail>, usize)> {
         if self.outbox_sealed[to].is_empty() {
-            if self.outbox[to].is_empty() {
+            let cur = &mut self.outbox[to];
+            if cur.is_empty() {
                 return None;
+            }
+            if cur.len() < BATCH_MAILS / 4 {
+                // A short batch leaves in a Vec of its own size, and the one being
+                // filled stays: a ring never holds a full-size allocation for a few
+                // mails (the ring of a stalled shard fills with one batch a turn).
+                let mut batch = Vec::with_capacity(cur.len());
+                batch.append(cur);
+                let weight = std::mem::take(&mut self.outbox_cur[to]);
+                self.outbox_last[to] = None;
+                return Some((batch, weight));
             }
             self.seal_batch(to);
         }
@@ -500,6 +508,14 @@ impl Shard {
     pub fn outbox_mails(&self, to: usize) -> impl Iterator<Item = &Mail> {
         let sealed = self.outbox_sealed[to].iter().flat_map(|(b, _)| b.iter());
         sealed.chain(self.outbox[to].iter())
+    }
+
+    /// Whether the weights kept for shard `to`'s batches (the one being filled, each
+    /// sealed one) are their mails' (a check for the fuzzing model).
+    pub fn outbox_weights_hold(&self, to: usize) -> bool {
+        let sum = |b: &[Mail]| b.iter().map(Mail::weight).sum::<usize>();
+        self.outbox_cur[to] == sum(&self.outbox[to])
+            && self.outbox_sealed[to].iter().all(|(b, w)| sum(b) == *w)
     }
 
     /// Frees the spare batches (an idle shard: see `shard::run::ticker`).

@@ -321,15 +321,15 @@ impl Session {
     }
 }
 
-/// What the sessions of a shard hold, summed by the last tick (published as gauges).
+/// What the sessions of a shard hold, summed when its counters are published (gauges).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Held {
+struct Held {
     /// Bytes queued for the sockets, not written yet.
-    pub pending: u64,
+    pending: u64,
     /// Deliveries not acked yet.
-    pub unacked: u64,
+    unacked: u64,
     /// Their payload bytes in memory.
-    pub unacked_bytes: u64,
+    unacked_bytes: u64,
 }
 
 const SLOW_CONSUMER: (Status, &str) = (
@@ -548,11 +548,7 @@ impl Shard {
     pub fn tick(&mut self, now: Instant) {
         let cfg = self.cfg.clone();
         let mut to_close = Vec::new();
-        let mut held = Held::default();
         for (k, s) in self.sessions.iter_mut() {
-            held.pending += s.pending() as u64;
-            held.unacked += s.unacked.len() as u64;
-            held.unacked_bytes += s.unacked.bytes() as u64;
             if let Some(at) = s.closed_at {
                 // A closing session whose peer stopped reading cannot flush: cut it.
                 let grace = match s.closing {
@@ -616,7 +612,6 @@ impl Shard {
             tracing::info!(shard = self.id, ?reason, "closing session");
             self.close(k, reason, Some(msg));
         }
-        self.held = held;
         self.publish();
     }
 
@@ -658,6 +653,13 @@ impl Shard {
             .map(|f| f.load(Ordering::Relaxed))
             .sum();
         let local: usize = self.local_mail.iter().map(|m| m.weight()).sum();
+        // (Once a tick: a pass over the sessions.)
+        let mut held = Held::default();
+        for (_, s) in self.sessions.iter() {
+            held.pending += s.pending() as u64;
+            held.unacked += s.unacked.len() as u64;
+            held.unacked_bytes += s.unacked.bytes() as u64;
+        }
         let gauges = crate::stats::Gauges {
             sessions: self.sessions.len() as u64,
             mailbox_depth: (in_flight + local) as u64,
@@ -666,9 +668,9 @@ impl Shard {
             requeue_bytes: self.requeue_bytes as u64,
             rooms_loaded: self.rooms.len() as u64,
             room_members_loaded: self.room_members_loaded as u64,
-            pending_bytes: self.held.pending,
-            unacked_messages: self.held.unacked,
-            unacked_bytes: self.held.unacked_bytes,
+            pending_bytes: held.pending,
+            unacked_messages: held.unacked,
+            unacked_bytes: held.unacked_bytes,
         };
         self.stats.publish(&self.counters, gauges);
     }

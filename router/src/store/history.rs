@@ -184,6 +184,8 @@ pub(crate) struct Segment {
     pub(crate) shared: Vec<(usize, Bytes)>,
     /// Bytes of the payloads in `shared`.
     pub(crate) shared_bytes: usize,
+    /// When its oldest payload in `shared` came (`None`: `shared` is empty).
+    pub(crate) shared_since: Option<std::time::Instant>,
     /// The msg_ids of its records, per shard.
     pub(crate) ids: IdRanges,
 }
@@ -299,6 +301,7 @@ impl Segment {
             data,
             shared: Vec::new(),
             shared_bytes: 0,
+            shared_since: None,
             ids: IdRanges::default(),
         }
     }
@@ -322,6 +325,8 @@ impl Segment {
         }
         self.shared_bytes += payload.len();
         self.shared.push((n, payload));
+        self.shared_since
+            .get_or_insert_with(std::time::Instant::now);
         self.count += 1;
         self.last_ts = self.last_ts.max(ts);
     }
@@ -362,6 +367,7 @@ impl Segment {
         self.data
             .extend_from_slice(after.get(from..).unwrap_or_default());
         self.shared_bytes = 0;
+        self.shared_since = None;
     }
 
     /// The records, in pieces, in order: what [`Segment::records`] joins.

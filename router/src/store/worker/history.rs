@@ -41,12 +41,17 @@ const SEGMENT_MAX_BYTES: usize = 64 * 1024;
 /// buffer of other bytes (padding, pings, a big ephemeral Send) kept for the whole
 /// `--history-flush-every` would hold far more memory than the tail counts. Past this age
 /// the tails copy their payloads (`Segment::unshare`); under load their budget writes
-/// them sooner, uncopied. A hot tail is not copied: its conversation goes through its
-/// window twice a flush interval, so the window drops its segments (and their read
-/// buffers) within half an interval, and the flush writes what is left; the budgets
-/// bound its bytes as they bound any tail's. Copying them cost the storage thread half
-/// its user time at 16 × 1 KiB (BENCHMARKS.md, seventeenth pass).
+/// them sooner, uncopied.
 const PIN_MAX: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Longest a hot tail keeps a segment's payloads by reference. Its conversation goes
+/// through its window twice a flush interval, so the window mostly drops a segment (and
+/// lets its read buffers go) before this age, and the copy is never made: copying every
+/// payload at `PIN_MAX` cost the storage thread half its user time at 16 × 1 KiB
+/// (BENCHMARKS.md, seventeenth pass). Bounded all the same: a segment that outlives it
+/// (a hot conversation gone quiet, the newest of its window) is copied, so a read buffer
+/// stays held by a tail for at most this long.
+const HOT_PIN_MAX: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Most history log files compacted per flush (each at most about `histlog::FILE_MAX`
 /// bytes): compaction keeps up with the writes, as each byte it moves frees another.
@@ -487,8 +492,20 @@ impl Worker {
                     let head = data.get(p..p + r.len).unwrap_or_default();
                     let payload = shared.next().unwrap_or_default();
                     let plen = payload.len();
-                    self.hist.pinned_since.get_or_insert_with(Instant::now);
+                    let first = seg.shared_since.is_none();
                     seg.push_shared_record(head, payload, r.ts, rec_msg_id(head, r.from.len()));
+                    // The unshare tick (at `pinned_since + PIN_MAX`) comes when this
+                    // segment's first shared payload is due: after PIN_MAX in a tail that
+                    // is not hot, after HOT_PIN_MAX in a hot one.
+                    if let Some(t) = seg.shared_since.filter(|_| first) {
+                        let due = if tail.hot {
+                            t + HOT_PIN_MAX - PIN_MAX
+                        } else {
+                            t
+                        };
+                        let at = self.hist.pinned_since.map_or(due, |p| p.min(due));
+                        self.hist.pinned_since = Some(at);
+                    }
                     p += r.len;
                     left = left.saturating_sub(r.len + plen);
                     left_recs = left_recs.saturating_sub(r.len);
@@ -570,37 +587,58 @@ impl Worker {
             .pinned_since
             .is_some_and(|t| t + PIN_MAX <= Instant::now())
         {
-            // (Hot tails are not copied: the hot bound is not moved by this.)
             self.hist_unshare();
+            // A copy may take more room than the slices did: the hot tails' bound holds.
+            let hot_max = self.hist.opts.hot_bytes;
+            if hot_max > 0 && self.hist.hot_bytes > hot_max {
+                if let Err(e) = self.hist_flush().and_then(|()| self.commit()) {
+                    tracing::warn!(error = %e, "history write failed");
+                }
+            }
         }
     }
 
-    /// Copies the payloads the tails that are not hot keep by reference (see [`PIN_MAX`]).
+    /// Copies the payloads the tails keep by reference: all of them in a tail that is not
+    /// hot (see [`PIN_MAX`]), those of a hot tail's segments past [`HOT_PIN_MAX`].
     fn hist_unshare(&mut self) {
-        self.hist.pinned_since = None;
-        let mut hot = Vec::new();
+        let now = Instant::now();
+        // The oldest payload kept by reference after this, in a hot tail.
+        let mut oldest: Option<Instant> = None;
+        let mut kept = Vec::new();
         for conv in std::mem::take(&mut self.hist.pinned) {
             let Some(tail) = self.hist.tails.get_mut(&conv) else {
                 continue; // (written, or the conversation deleted, since)
             };
-            if tail.hot {
-                hot.push(conv);
-                continue;
-            }
-            tail.pinned = false;
             let before = tail.bytes;
+            let mut keeps = None;
             for seg in tail.segs.iter_mut().filter(|s| !s.shared.is_empty()) {
+                if let Some(t) = seg
+                    .shared_since
+                    .filter(|&t| tail.hot && now < t + HOT_PIN_MAX)
+                {
+                    keeps = Some(keeps.map_or(t, |k: Instant| k.min(t)));
+                    continue;
+                }
                 let held = seg.held();
                 seg.unshare();
                 tail.bytes = tail.bytes.saturating_sub(held) + seg.held();
             }
             self.hist.tail_bytes = self.hist.tail_bytes.saturating_sub(before) + tail.bytes;
+            if tail.hot {
+                self.hist.hot_bytes = self.hist.hot_bytes.saturating_sub(before) + tail.bytes;
+            }
+            match keeps {
+                Some(t) => {
+                    oldest = Some(oldest.map_or(t, |o| o.min(t)));
+                    kept.push(conv);
+                }
+                None => tail.pinned = false,
+            }
         }
-        // (Looked at again every PIN_MAX: a tail written meanwhile leaves the list.)
-        if !hot.is_empty() {
-            self.hist.pinned_since = Some(Instant::now());
-        }
-        self.hist.pinned = hot;
+        self.hist.pinned = kept;
+        // Looked at again when the oldest kept payload reaches HOT_PIN_MAX (the tick
+        // comes at `pinned_since + PIN_MAX`).
+        self.hist.pinned_since = oldest.map(|t| t + HOT_PIN_MAX - PIN_MAX);
     }
 
     /// The tails are at the memory budget. A conversation that goes through its whole
