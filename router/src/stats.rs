@@ -239,13 +239,13 @@ shard_stats!(
     rooms_loaded,
     /// Their members, summed (see `max_loaded_room_members`).
     room_members_loaded,
-    /// Bytes queued for the sessions' sockets and not written yet (each bounded by
+    /// Bytes queued for the sessions' sockets and not written yet (see
     /// `max_pending_bytes`), as of the last tick.
     pending_bytes,
     /// Deliveries the sessions keep until their clients ack them, as of the last tick.
     unacked_messages,
-    /// Their payload bytes kept in memory (each session's bounded by
-    /// `max_unacked_bytes_per_session`), as of the last tick.
+    /// Their payload bytes kept in memory (see `max_unacked_bytes_per_session`), as of
+    /// the last tick.
     unacked_bytes,
 );
 

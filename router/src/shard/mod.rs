@@ -76,12 +76,11 @@ use store_link::StoreLink;
 /// (so at most [`crate::config::MAX_SHARDS`] shards).
 pub(crate) const MSG_ID_SHARD_SHIFT: u32 = 54;
 
-/// 2026-01-01T00:00:00Z, in nanoseconds since the Unix epoch.
 /// Most mails in one batch between shards: a batch is sealed when full, the rest of the
 /// loop turn's mail goes in the next. Batches come back emptied and are filled again, so
 /// with one size they never grow: a batch that grew with its turn (to 70 000 mails of 168
-/// bytes at 256 × 64 B) faulted in fresh pages at every doubling, 39% of the router's
-/// page faults (BENCHMARKS.md, seventeenth pass).
+/// bytes at 256 × 64 B) was copied into fresh memory at every doubling, and the return
+/// ring kept up to 512 of any size (BENCHMARKS.md, seventeenth pass).
 pub const BATCH_MAILS: usize = 1024;
 
 /// Emptied batches kept for reuse per shard (each [`BATCH_MAILS`] mails): enough for
@@ -92,6 +91,7 @@ pub const BATCH_MAILS: usize = 1024;
 /// ([`Shard::drop_spare_batches`]).
 const SPARE_BATCHES: usize = pause::PIPELINE_HIGH_WATER / (128 * BATCH_MAILS);
 
+/// 2026-01-01T00:00:00Z, in nanoseconds since the Unix epoch.
 const MSG_ID_EPOCH_NS: u128 = 1_767_225_600_000_000_000;
 
 /// Where a shard's message-id counter starts: 64 ns ticks since 2026-01-01 (54 bits
@@ -465,10 +465,10 @@ impl Shard {
         self.outbox_last[to] = None;
     }
 
-    /// The next batch for shard `to`'s ring, oldest first (the one being filled is
-    /// sealed when no full one waits; a short one is copied out), and its weight. The caller pushes it into the
-    /// ring and counts it out with [`Shard::batch_sent`], or gives it back with
-    /// [`Shard::batch_unsent`].
+    /// The next batch for shard `to`'s ring, oldest first, and its weight: a sealed one,
+    /// else the one being filled (sealed; a short one is moved into a Vec of its size).
+    /// The caller pushes it into the ring and counts it out with [`Shard::batch_sent`],
+    /// or gives it back with [`Shard::batch_unsent`].
     pub fn next_batch(&mut self, to: usize) -> Option<(Vec<Mail>, usize)> {
         if self.outbox_sealed[to].is_empty() {
             let cur = &mut self.outbox[to];
