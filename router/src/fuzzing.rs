@@ -140,6 +140,9 @@ const SLOTS: usize = 8;
 const MAGIC: u8 = 0xf7;
 /// Batches a ring between two shards holds before the flusher is stuck.
 const RING_BATCHES: usize = 4;
+
+/// Mails a batch holds in the model (the router's are `shard::BATCH_MAILS`).
+const BATCH_MAILS_MODEL: usize = 8;
 /// Bytes a deferred message counts for besides its payload (`shard::DEFERRED_OVERHEAD`).
 const DEFERRED_OVERHEAD: usize = 128;
 /// Bit set in the request ids of the frames the simulation makes, whose answers it
@@ -354,7 +357,7 @@ impl Sim {
                     .filter(|&from| from != id)
                     .map(|from| flights[from][id].clone())
                     .collect();
-                Shard::with_pipeline(
+                let mut sh = Shard::with_pipeline(
                     id,
                     n,
                     cfg.clone(),
@@ -362,7 +365,10 @@ impl Sim {
                     flight_out,
                     flight_in,
                     pause.clone(),
-                )
+                );
+                // Batches of a few mails: the model's turns seal some, and send short ones.
+                sh.set_batch_mails(BATCH_MAILS_MODEL);
+                sh
             })
             .collect();
         Sim {

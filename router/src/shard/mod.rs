@@ -144,6 +144,9 @@ pub struct Shard {
     outbox_cur: Vec<usize>,
     /// Emptied batches the other shards gave back, to fill again.
     spare_batches: Vec<Vec<Mail>>,
+    /// Mails a batch holds when sealed: [`BATCH_MAILS`] (the fuzzing model takes fewer, so
+    /// that its turns seal batches).
+    batch_mails: usize,
     /// Items in `outbox` and `outbox_sealed`.
     pub outbox_len: usize,
     /// Per target shard: sender session and recipient of the last Deliver put in
@@ -304,6 +307,7 @@ impl Shard {
             outbox_sealed: (0..n).map(|_| VecDeque::new()).collect(),
             outbox_cur: vec![0; n],
             spare_batches: Vec::new(),
+            batch_mails: BATCH_MAILS,
             outbox_len: 0,
             outbox_bytes: vec![0; n],
             outbox_last: vec![None; n],
@@ -442,7 +446,7 @@ impl Shard {
         self.outbox_cur[to] += w;
         self.outbox[to].push(mail);
         self.outbox_len += 1;
-        if self.outbox[to].len() >= BATCH_MAILS {
+        if self.outbox[to].len() >= self.batch_mails {
             self.seal_batch(to);
         }
         if let Some(w) = self.flusher.take() {
@@ -456,7 +460,7 @@ impl Shard {
         let next = self
             .spare_batches
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(BATCH_MAILS));
+            .unwrap_or_else(|| Vec::with_capacity(self.batch_mails));
         let full = std::mem::replace(&mut self.outbox[to], next);
         let weight = std::mem::take(&mut self.outbox_cur[to]);
         self.outbox_sealed[to].push_back((full, weight));
@@ -475,7 +479,7 @@ impl Shard {
             if cur.is_empty() {
                 return None;
             }
-            if cur.len() < BATCH_MAILS / 4 {
+            if cur.len() < self.batch_mails / 4 {
                 // A short batch leaves in a Vec of its own size, and the one being
                 // filled stays: a ring never holds a full-size allocation for a few
                 // mails (the ring of a stalled shard fills with one batch a turn).
@@ -518,6 +522,12 @@ impl Shard {
             && self.outbox_sealed[to].iter().all(|(b, w)| sum(b) == *w)
     }
 
+    /// Seals batches at `n` mails instead of [`BATCH_MAILS`] (the fuzzing model).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn set_batch_mails(&mut self, n: usize) {
+        self.batch_mails = n.max(1);
+    }
+
     /// Frees the spare batches (an idle shard: see `shard::run::ticker`).
     pub fn drop_spare_batches(&mut self) {
         self.spare_batches = Vec::new();
@@ -526,7 +536,7 @@ impl Shard {
     /// Keeps an emptied batch another shard gave back, for the next ones (past
     /// [`SPARE_BATCHES`] it is freed).
     pub fn spare_batch(&mut self, mut batch: Vec<Mail>) {
-        if self.spare_batches.len() < SPARE_BATCHES && batch.capacity() >= BATCH_MAILS {
+        if self.spare_batches.len() < SPARE_BATCHES && batch.capacity() >= self.batch_mails {
             batch.clear();
             self.spare_batches.push(batch);
         }
