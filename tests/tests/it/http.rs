@@ -404,6 +404,29 @@ fn metrics_parse_and_move_with_traffic() {
     assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
 }
 
+/// The gauges of what sessions hold follow a session that does not ack: its deliveries
+/// and their payload bytes are counted until it acks them.
+#[test]
+fn unacked_gauges_follow_a_session_that_does_not_ack() {
+    let r = RouterProc::start(&["--shards", "2"]);
+    let mut bob = r.raw_login("gauge-bob");
+    let mut alice = Client::connect(r.addr, ClientConfig::new("gauge-alice")).expect("login");
+    for _ in 0..30 {
+        alice.send_wait("gauge-bob", &[7u8; 100]).expect("send");
+    }
+    let got = bob.delivers(30, T);
+    let m = metrics_until(&r, "the unacked deliveries", |m| {
+        sample(m, "ringrouter_unacked_messages") == Some(30.0)
+            && sample(m, "ringrouter_unacked_bytes") == Some(3000.0)
+    });
+    assert!(sample(&m, "ringrouter_pending_bytes").is_some(), "{m}");
+    bob.ack(got.last().map_or(0, |d| d.seq));
+    metrics_until(&r, "the acked deliveries", |m| {
+        sample(m, "ringrouter_unacked_messages") == Some(0.0)
+            && sample(m, "ringrouter_unacked_bytes") == Some(0.0)
+    });
+}
+
 #[test]
 fn the_api_is_off_without_a_key_file_and_needs_the_key() {
     let r = RouterProc::start(&[]);
