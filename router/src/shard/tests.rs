@@ -15,8 +15,13 @@ use ringrouter_proto::codec::{decode_server, next_frame};
 use ringrouter_proto::fast::Inbound;
 
 fn shard(n: usize) -> Shard {
+    shard_at(0, n)
+}
+
+/// Shard `id` of `n`, default config.
+fn shard_at(id: usize, n: usize) -> Shard {
     Shard::new(
-        0,
+        id,
         n,
         Arc::new(Config::default()),
         Arc::new(ShardStats::default()),
@@ -179,12 +184,7 @@ fn remote_recipient_goes_to_the_outbox_of_its_home() {
 #[test]
 fn repeated_names_are_elided_within_a_batch_and_restored() {
     let mut a = shard(2);
-    let mut b = Shard::new(
-        1,
-        2,
-        Arc::new(Config::default()),
-        Arc::new(ShardStats::default()),
-    );
+    let mut b = shard_at(1, 2);
     let remote = |i: usize| {
         (0..)
             .map(|k| format!("r{i}-{k}"))
@@ -247,12 +247,7 @@ fn repeated_names_are_elided_within_a_batch_and_restored() {
 #[test]
 fn mail_to_a_shard_goes_in_batches_of_one_size_that_each_name_their_users() {
     let mut a = shard(2);
-    let mut b = Shard::new(
-        1,
-        2,
-        Arc::new(Config::default()),
-        Arc::new(ShardStats::default()),
-    );
+    let mut b = shard_at(1, 2);
     let bob = (0..)
         .map(|k| format!("r{k}"))
         .find(|u| home_shard(u.as_bytes(), 2) == 1)

@@ -21,16 +21,24 @@ fn open_with(
     memory_bytes: usize,
     flush_every: Duration,
 ) -> StoreHandle {
-    open_history(
-        dir,
-        HistoryOptions {
-            per_conversation: keep,
-            max_age,
-            memory_bytes,
-            flush_every,
-            ..HistoryOptions::default()
-        },
-    )
+    open_history(dir, history_opts(keep, max_age, memory_bytes, flush_every))
+}
+
+/// History options keeping `keep` messages per conversation, `memory_bytes` of them in
+/// memory, written every `flush_every`.
+fn history_opts(
+    keep: u64,
+    max_age: Option<Duration>,
+    memory_bytes: usize,
+    flush_every: Duration,
+) -> HistoryOptions {
+    HistoryOptions {
+        per_conversation: keep,
+        max_age,
+        memory_bytes,
+        flush_every,
+        ..HistoryOptions::default()
+    }
 }
 
 /// A store (memory durability, cheap hashes) with these history options.
@@ -1232,14 +1240,12 @@ fn open_hot_every(
     hot: usize,
     flush_every: Duration,
 ) -> StoreHandle {
+    let opts = history_opts(keep, None, memory_bytes, flush_every);
     open_history(
         dir,
         HistoryOptions {
-            per_conversation: keep,
-            memory_bytes,
             hot_bytes: hot,
-            flush_every,
-            ..HistoryOptions::default()
+            ..opts
         },
     )
 }

@@ -157,8 +157,9 @@ pub(crate) struct HistState {
     hot_bytes: usize,
     /// When the tails are written next (set by the first append after a write).
     next_flush: Option<Instant>,
-    /// Since when the tails hold payloads by reference (see [`PIN_MAX`]).
-    pinned_since: Option<Instant>,
+    /// When the payloads the tails hold by reference are next due to be copied: the
+    /// oldest one's age past [`PIN_MAX`], or [`HOT_PIN_MAX`] in a hot tail.
+    unshare_at: Option<Instant>,
     /// The conversations whose tails hold payloads by reference (each once).
     pinned: Vec<Vec<u8>>,
     /// Users' conversation entries to write with the tails (key → last sent seq; 0:
@@ -251,7 +252,7 @@ impl HistState {
             tail_bytes: 0,
             hot_bytes: 0,
             next_flush: None,
-            pinned_since: None,
+            unshare_at: None,
             pinned: Vec::new(),
             pending: NameMap::default(),
             marks: NameMap::default(),
@@ -262,9 +263,9 @@ impl HistState {
 
     /// When the storage thread must wake up to write the tails, if any are held.
     pub(crate) fn next_flush(&self) -> Option<Instant> {
-        match (self.next_flush, self.pinned_since) {
-            (Some(a), Some(b)) => Some(a.min(b + PIN_MAX)),
-            (a, b) => a.or(b.map(|b| b + PIN_MAX)),
+        match (self.next_flush, self.unshare_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 }
@@ -494,17 +495,12 @@ impl Worker {
                     let plen = payload.len();
                     let first = seg.shared_since.is_none();
                     seg.push_shared_record(head, payload, r.ts, rec_msg_id(head, r.from.len()));
-                    // The unshare tick (at `pinned_since + PIN_MAX`) comes when this
-                    // segment's first shared payload is due: after PIN_MAX in a tail that
-                    // is not hot, after HOT_PIN_MAX in a hot one.
+                    // The copy comes when this segment's first shared payload is due:
+                    // after PIN_MAX in a tail that is not hot, after HOT_PIN_MAX in a hot one.
                     if let Some(t) = seg.shared_since.filter(|_| first) {
-                        let due = if tail.hot {
-                            t + HOT_PIN_MAX - PIN_MAX
-                        } else {
-                            t
-                        };
-                        let at = self.hist.pinned_since.map_or(due, |p| p.min(due));
-                        self.hist.pinned_since = Some(at);
+                        let due = t + if tail.hot { HOT_PIN_MAX } else { PIN_MAX };
+                        let at = self.hist.unshare_at.map_or(due, |u| u.min(due));
+                        self.hist.unshare_at = Some(at);
                     }
                     p += r.len;
                     left = left.saturating_sub(r.len + plen);
@@ -582,11 +578,7 @@ impl Worker {
             // The one moment under steady load when no tail is held.
             self.hist_trim_cache();
         }
-        if self
-            .hist
-            .pinned_since
-            .is_some_and(|t| t + PIN_MAX <= Instant::now())
-        {
+        if self.hist.unshare_at.is_some_and(|t| t <= Instant::now()) {
             self.hist_unshare();
             // A copy may take more room than the slices did: the hot tails' bound holds.
             let hot_max = self.hist.opts.hot_bytes;
@@ -636,9 +628,8 @@ impl Worker {
             }
         }
         self.hist.pinned = kept;
-        // Looked at again when the oldest kept payload reaches HOT_PIN_MAX (the tick
-        // comes at `pinned_since + PIN_MAX`).
-        self.hist.pinned_since = oldest.map(|t| t + HOT_PIN_MAX - PIN_MAX);
+        // Looked at again when the oldest kept payload reaches HOT_PIN_MAX.
+        self.hist.unshare_at = oldest.map(|t| t + HOT_PIN_MAX);
     }
 
     /// The tails are at the memory budget. A conversation that goes through its whole
@@ -683,7 +674,7 @@ impl Worker {
     fn hist_write_tails(&mut self, all: bool) -> StoreResult<()> {
         let tails = if all {
             self.hist.next_flush = None;
-            self.hist.pinned_since = None;
+            self.hist.unshare_at = None;
             self.hist.pinned.clear();
             self.hist.tail_bytes = 0;
             self.hist.hot_bytes = 0;
@@ -694,7 +685,7 @@ impl Worker {
             let tails = &self.hist.tails;
             self.hist.pinned.retain(|c| tails.contains_key(c));
             if self.hist.pinned.is_empty() {
-                self.hist.pinned_since = None;
+                self.hist.unshare_at = None;
             }
             // The hot tails are written at the next flush at the latest (a partial write
             // may come first, with no flush due yet).
