@@ -183,6 +183,11 @@ pub struct Args {
     /// Most open connections.
     #[arg(long, value_name = "N", default_value_t = 100_000, help_heading = LIMITS)]
     pub max_connections: usize,
+    /// Most open connections from one address (IPv4, or an IPv6 /64; TCP, HTTP and
+    /// WebSocket together); past it refused like past --max-connections. Behind a proxy
+    /// every client has the proxy's address. 0: no per-address limit.
+    #[arg(long, value_name = "N", default_value_t = 0, help_heading = LIMITS)]
+    pub max_connections_per_ip: usize,
     /// Most TLS handshake steps queued or running (on --tls-handshake-threads); past it a
     /// new connection's handshake is refused and the connection closed.
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..), help_heading = LIMITS)]
@@ -391,6 +396,7 @@ impl Args {
             login_timeout: self.login_timeout,
             shutdown_timeout: self.shutdown_timeout,
             max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
             max_sessions_per_user: self.max_sessions_per_user,
             resume_window: self.resume_window,
             max_resumable_sessions: self.max_resumable_sessions,
@@ -1107,6 +1113,8 @@ mod tests {
             "2MB",
             "--max-connections",
             "9",
+            "--max-connections-per-ip",
+            "4",
             "--max-sessions-per-user",
             "2",
             "--max-unacked-per-session",

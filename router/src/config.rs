@@ -92,6 +92,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Most connections open at once (logged in or not), over all shards.
     pub max_connections: usize,
+    /// Most connections open at once from one address (IPv4, or an IPv6 /64); 0: no
+    /// per-address limit. Behind a proxy every client has the proxy's address.
+    pub max_connections_per_ip: usize,
     /// Most sessions (devices) one user may have at once.
     pub max_sessions_per_user: usize,
     /// Payloads up to this size are copied into the session's contiguous write
@@ -265,6 +268,7 @@ impl Default for Config {
             login_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
             max_connections: 100_000,
+            max_connections_per_ip: 0,
             max_sessions_per_user: 64,
             inline_payload_max: 256,
             auth: AuthMode::Open,

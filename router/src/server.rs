@@ -16,7 +16,7 @@ use crate::mailbox::mesh;
 use crate::net::signup::SignupGate;
 use crate::shard::mail::{Mail, MailQueue};
 use crate::shard::run::{run_shard, ShardThread};
-use crate::shared::Shared;
+use crate::shared::{ConnSlots, Shared};
 use crate::stats::{ShardStats, StatsSnapshot};
 use crate::store::{Durability, Store, StoreHandle, StoreOptions};
 
@@ -220,7 +220,10 @@ impl Router {
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
             auth,
-            connections: AtomicUsize::new(0),
+            conns: Arc::new(ConnSlots::new(
+                cfg.max_connections,
+                cfg.max_connections_per_ip,
+            )),
             shutdown: AtomicBool::new(false),
             quiesced: AtomicUsize::new(0),
             drain_cut: AtomicBool::new(false),

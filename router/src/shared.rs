@@ -1,11 +1,12 @@
-//! What every shard thread shares (read-mostly), the connection count, and the local
+//! What every shard thread shares (read-mostly), the connection slots, and the local
 //! shutdown signal of one shard.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use slab::Slab;
@@ -13,6 +14,7 @@ use slab::Slab;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::mailbox::Doorbell;
+use crate::maps::NameMap;
 use crate::net::signup::SignupGate;
 use crate::store::StoreHandle;
 
@@ -20,7 +22,9 @@ use crate::store::StoreHandle;
 pub(crate) struct Shared {
     pub(crate) cfg: Arc<Config>,
     pub(crate) auth: Authenticator,
-    pub(crate) connections: AtomicUsize,
+    /// `--max-connections` and `--max-connections-per-ip` (in an `Arc` of their own:
+    /// the guards hold it, and tests make one without a router).
+    pub(crate) conns: Arc<ConnSlots>,
     pub(crate) shutdown: AtomicBool,
     /// Shards whose sessions have all ended during shutdown.
     pub(crate) quiesced: AtomicUsize,
@@ -37,25 +41,118 @@ pub(crate) struct Shared {
     pub(crate) signup: SignupGate,
 }
 
+/// What an address counts as: an IPv4 address (also when mapped into IPv6), or the /64
+/// prefix of an IPv6 one (one host usually holds a whole /64).
+pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
+    }
+}
+
+/// The connection slots: `--max-connections` in all, `--max-connections-per-ip` from
+/// one address (TCP, HTTP and WebSocket connections alike).
+pub(crate) struct ConnSlots {
+    open: AtomicUsize,
+    max: usize,
+    /// 0: no per-address limit, and `by_address` is never touched.
+    max_per_address: usize,
+    /// Open connections by [`address_key`]; an entry goes at zero, so there are never
+    /// more entries than open connections. Behind a lock: accepts are rare next to
+    /// messages. Seeded hashing: clients choose their IPv6 prefixes.
+    by_address: Mutex<NameMap<IpAddr, usize>>,
+}
+
+impl ConnSlots {
+    pub(crate) fn new(max: usize, max_per_address: usize) -> Self {
+        ConnSlots {
+            open: AtomicUsize::new(0),
+            max,
+            max_per_address,
+            by_address: Mutex::new(NameMap::default()),
+        }
+    }
+
+    fn by_address(&self) -> std::sync::MutexGuard<'_, NameMap<IpAddr, usize>> {
+        self.by_address.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Addresses counted now (tests).
+    #[cfg(test)]
+    fn addresses(&self) -> usize {
+        self.by_address().len()
+    }
+}
+
+/// Which bound refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Full {
+    /// `--max-connections`.
+    All,
+    /// `--max-connections-per-ip`.
+    Address,
+}
+
+impl Full {
+    /// The reason given to the client.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Full::All => "too many connections",
+            Full::Address => "too many connections from this address",
+        }
+    }
+}
+
 /// Counts one open connection; dropping it frees the slot.
-pub(crate) struct ConnGuard(Arc<Shared>);
+pub(crate) struct ConnGuard {
+    slots: Arc<ConnSlots>,
+    /// The address key it counts under (`None`: no per-address limit).
+    address: Option<IpAddr>,
+}
 
 impl ConnGuard {
-    /// Takes a connection slot, or `None` when `max_connections` are open.
-    pub(crate) fn try_new(shared: &Arc<Shared>) -> Option<Self> {
-        let prev = shared.connections.fetch_add(1, Ordering::AcqRel);
-        if prev >= shared.cfg.max_connections {
-            shared.connections.fetch_sub(1, Ordering::AcqRel);
-            None
-        } else {
-            Some(ConnGuard(shared.clone()))
+    /// Takes a connection slot for a connection from `peer`, or says which bound is
+    /// full (then nothing is taken).
+    pub(crate) fn try_new(slots: &Arc<ConnSlots>, peer: IpAddr) -> Result<Self, Full> {
+        let prev = slots.open.fetch_add(1, Ordering::AcqRel);
+        if prev >= slots.max {
+            slots.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(Full::All);
         }
+        // From here, dropping `guard` gives the slot back (and the address's, once set).
+        let mut guard = ConnGuard {
+            slots: slots.clone(),
+            address: None,
+        };
+        if slots.max_per_address > 0 {
+            let key = address_key(peer);
+            let mut by_address = slots.by_address();
+            let n = by_address.entry(key).or_insert(0);
+            if *n >= slots.max_per_address {
+                return Err(Full::Address);
+            }
+            *n += 1;
+            guard.address = Some(key);
+        }
+        Ok(guard)
     }
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+        if let Some(key) = self.address {
+            let mut by_address = self.slots.by_address();
+            if let Some(n) = by_address.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    by_address.remove(&key);
+                }
+            }
+        }
+        self.slots.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -150,6 +247,82 @@ mod tests {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("address")
+    }
+
+    fn open(slots: &ConnSlots) -> usize {
+        slots.open.load(Ordering::SeqCst)
+    }
+
+    /// Two connections from one address, the third refused (its global slot given
+    /// back); another address is still admitted; a dropped guard frees its slot and an
+    /// address with none open is forgotten.
+    #[test]
+    fn an_address_gets_its_connections() {
+        let slots = Arc::new(ConnSlots::new(100, 2));
+        let a1 = ConnGuard::try_new(&slots, ip("10.0.0.1")).expect("1st");
+        let a2 = ConnGuard::try_new(&slots, ip("10.0.0.1")).expect("2nd");
+        assert_eq!(
+            ConnGuard::try_new(&slots, ip("10.0.0.1")).err(),
+            Some(Full::Address)
+        );
+        // An IPv4-mapped IPv6 address is the IPv4 one.
+        assert_eq!(
+            ConnGuard::try_new(&slots, ip("::ffff:10.0.0.1")).err(),
+            Some(Full::Address)
+        );
+        assert_eq!(open(&slots), 2);
+        let b = ConnGuard::try_new(&slots, ip("10.0.0.2")).expect("another address");
+        assert_eq!((open(&slots), slots.addresses()), (3, 2));
+
+        drop(a1);
+        let a3 = ConnGuard::try_new(&slots, ip("10.0.0.1")).expect("a freed slot");
+        drop(b);
+        assert_eq!((open(&slots), slots.addresses()), (2, 1));
+        drop((a2, a3));
+        assert_eq!((open(&slots), slots.addresses()), (0, 0));
+    }
+
+    /// An IPv6 host's /64 is one address.
+    #[test]
+    fn an_ipv6_64_is_one_address() {
+        let slots = Arc::new(ConnSlots::new(100, 2));
+        let _a = ConnGuard::try_new(&slots, ip("2001:db8::1")).expect("1st");
+        let _b = ConnGuard::try_new(&slots, ip("2001:db8::ffff:2")).expect("2nd");
+        assert_eq!(
+            ConnGuard::try_new(&slots, ip("2001:db8::3")).err(),
+            Some(Full::Address)
+        );
+        let _c = ConnGuard::try_new(&slots, ip("2001:db8:0:1::1")).expect("another /64");
+        assert_eq!(slots.addresses(), 2);
+    }
+
+    /// Past `--max-connections` nothing is counted for the address either.
+    #[test]
+    fn the_total_is_checked_first() {
+        let slots = Arc::new(ConnSlots::new(2, 5));
+        let _a = ConnGuard::try_new(&slots, ip("10.0.0.1")).expect("1st");
+        let _b = ConnGuard::try_new(&slots, ip("10.0.0.2")).expect("2nd");
+        assert_eq!(
+            ConnGuard::try_new(&slots, ip("10.0.0.3")).err(),
+            Some(Full::All)
+        );
+        assert_eq!((open(&slots), slots.addresses()), (2, 2));
+    }
+
+    /// 0: no per-address limit, and the table stays empty.
+    #[test]
+    fn no_per_address_limit_at_zero() {
+        let slots = Arc::new(ConnSlots::new(1000, 0));
+        let all: Vec<_> = (0..1000)
+            .map(|_| ConnGuard::try_new(&slots, ip("127.0.0.1")).expect("admitted"))
+            .collect();
+        assert_eq!((open(&slots), slots.addresses()), (1000, 0));
+        drop(all);
+        assert_eq!(open(&slots), 0);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! loop; a connection is served by a task of the shard that accepted it, on
 //! `crate::net::stream::Conn` (plain TCP, or TLS). HTTP/1.1 with keep-alive and
 //! pipelining, hand-written on `httparse`; every connection holds a [`ConnGuard`]
-//! (the `--max-connections` shared with the TCP listener, carried on by a WebSocket).
+//! (the `--max-connections` and `--max-connections-per-ip` shared with the TCP listener,
+//! carried on by a WebSocket).
 //!
 //! Bounds: the head (`--http-max-head-bytes`, 431), the body (`--http-max-body-bytes`,
 //! 413), the time to send a whole request once one is awaited, which also bounds an idle
@@ -81,10 +82,10 @@ pub(crate) async fn accept_loop(
 ) {
     loop {
         match listener.accept().await {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                match ConnGuard::try_new(&shared) {
-                    Some(guard) => {
+                match ConnGuard::try_new(&shared.conns, peer.ip()) {
+                    Ok(guard) => {
                         monoio::spawn(serve(
                             shard.clone(),
                             shared.clone(),
@@ -95,9 +96,9 @@ pub(crate) async fn accept_loop(
                         ));
                     }
                     // Over TLS the answer would need a handshake: just close.
-                    None if shared.tls.is_some() => drop(stream),
-                    None => {
-                        monoio::spawn(refuse(stream));
+                    Err(_) if shared.tls.is_some() => drop(stream),
+                    Err(full) => {
+                        monoio::spawn(refuse(stream, full.reason()));
                     }
                 }
             }
@@ -155,10 +156,10 @@ async fn serve(
     }
 }
 
-/// Over `--max-connections` (plain TCP): 503 and close.
-async fn refuse(stream: TcpStream) {
+/// Over `--max-connections` or `--max-connections-per-ip` (plain TCP): 503 and close.
+async fn refuse(stream: TcpStream, reason: &'static str) {
     let mut conn = Conn::plain(stream);
-    let r = Response::status(Status::Unavailable, "too many connections");
+    let r = Response::status(Status::Unavailable, reason);
     close_with(&mut conn, r).await;
 }
 

@@ -47,7 +47,7 @@ pub(crate) async fn accept_loop(
         };
         let Some(res) = accepted else { break };
         match res {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 // TLS handshakes at their bound: its ClientHello would be refused; the
                 // connection goes now, before its task, its TLS state and its read.
                 if shared.handshakes.as_ref().is_some_and(|h| h.refuse_new()) {
@@ -55,8 +55,8 @@ pub(crate) async fn accept_loop(
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
-                match ConnGuard::try_new(&shared) {
-                    Some(guard) => {
+                match ConnGuard::try_new(&shared.conns, peer.ip()) {
+                    Ok(guard) => {
                         monoio::spawn(serve(
                             shard.clone(),
                             shared.clone(),
@@ -66,9 +66,9 @@ pub(crate) async fn accept_loop(
                         ));
                     }
                     // Over TLS the refusal would need a handshake: just close.
-                    None if shared.tls.is_some() => drop(stream),
-                    None => {
-                        monoio::spawn(refuse(stream, Status::Unavailable, "too many connections"));
+                    Err(_) if shared.tls.is_some() => drop(stream),
+                    Err(full) => {
+                        monoio::spawn(refuse(stream, Status::Unavailable, full.reason()));
                     }
                 }
             }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::maps::NameMap;
 use crate::rate::Bucket;
+use crate::shared::address_key;
 
 /// Most addresses whose Registers are counted. Past it, addresses whose bucket is full
 /// again are forgotten first (that changes nothing), then the least recently seen half;
@@ -48,7 +49,7 @@ impl Refused {
 
 /// The rates, behind one lock (Registers are rare next to everything else).
 struct Rates {
-    /// Registers per address, by [`key`].
+    /// Registers per address, by [`address_key`].
     by_address: NameMap<IpAddr, Bucket>,
     /// Registers of everyone.
     total: Bucket,
@@ -79,18 +80,6 @@ pub(crate) struct Admitted(Arc<AtomicU64>);
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// What an address counts as: an IPv4 address (also when mapped into IPv6), or the /64
-/// prefix of an IPv6 one (one host usually holds a whole /64).
-fn key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(prefix.into())
-        }
-        v4 => v4,
     }
 }
 
@@ -142,7 +131,7 @@ impl SignupGate {
         if prev >= self.max_in_flight {
             return Err(Refused::Busy);
         }
-        let ip = key(peer.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)));
+        let ip = address_key(peer.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)));
         let mut rates = match self.rates.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),

@@ -1,11 +1,15 @@
-//! Configured limits: connections, sessions per user, user-name length, and the
-//! login timeout.
+//! Configured limits: connections (in all and per address), sessions per user,
+//! user-name length, and the login timeout.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use ringrouter_client::{Client, ClientConfig, ClientError, Status};
 use ringrouter_proto::v1::{client_frame, server_frame, Ping};
-use ringrouter_tests::{assert_error, cfg, client_frame_bytes, wait_until, ReadEnd, RouterProc, T};
+use ringrouter_tests::{
+    assert_error, cfg, client_frame_bytes, wait_until, Raw, ReadEnd, RouterProc, T,
+};
 
 #[test]
 fn connection_over_max_connections_is_refused() {
@@ -52,6 +56,71 @@ fn connection_over_max_connections_is_refused() {
     let mut c = c.expect("connected");
     a.send_wait("conn-c", b"hello c").expect("send");
     assert!(c.recv(Some(T)).expect("recv").is_some());
+}
+
+#[test]
+fn connection_over_max_connections_per_ip_is_refused() {
+    let r = RouterProc::start(&["--shards", "2", "--max-connections-per-ip", "2"]);
+    let mut a = r.client_with(cfg("ip-a")).expect("1st connection");
+    let b = r.client_with(cfg("ip-b")).expect("2nd connection");
+
+    // The 3rd from 127.0.0.1 gets UNAVAILABLE and is closed, and cannot log in.
+    let mut third = r.raw();
+    let e = third.expect_error(T);
+    assert_error(&e, Status::Unavailable);
+    assert!(e.reason.contains("address"), "{e:?}");
+    let rest = third.read_until_closed(T);
+    assert!(rest.is_empty(), "{rest:?}");
+    match r.client_with(cfg("ip-c")) {
+        Err(ClientError::Auth { code, .. }) => assert_eq!(code, Status::Unavailable),
+        Err(e) => panic!("expected UNAVAILABLE, got {e}"),
+        Ok(_) => panic!("a 3rd connection from one address logged in"),
+    }
+    // The HTTP port (and so WebSocket) counts in the same slots: 503.
+    let answer = http_get(r.http_addr(), "/healthz");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("from this address"), "{answer}");
+
+    // Another address is not limited by it.
+    let mut other = Raw::from_stream(connect_from("127.0.0.2", r.connect_addr()));
+    other.login("ip-other");
+
+    // Closing one frees its slot (the router notices asynchronously).
+    b.close().expect("logout");
+    let mut c = None;
+    assert!(
+        wait_until(T, || {
+            c = r.client_with(cfg("ip-c")).ok();
+            c.is_some()
+        }),
+        "an address's slot was not freed after a logout"
+    );
+    let mut c = c.expect("connected");
+    a.send_wait("ip-c", b"hello c").expect("send");
+    assert!(c.recv(Some(T)).expect("recv").is_some());
+}
+
+/// A TCP connection to `to` from the local address `from` (any of 127/8 is loopback).
+fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
+    let local: SocketAddr = format!("{from}:0").parse().expect("address");
+    s.bind(&local.into()).expect("bind");
+    s.connect_timeout(&to.into(), T)
+        .unwrap_or_else(|e| panic!("connect to {to} from {from}: {e}"));
+    s.set_nodelay(true).expect("TCP_NODELAY");
+    s.into()
+}
+
+/// The whole answer to `GET path` (the connection is closed after it).
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, T).expect("connect");
+    s.set_read_timeout(Some(T)).expect("read timeout");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nconnection: close\r\n\r\n").as_bytes())
+        .expect("request");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 #[test]
