@@ -22,7 +22,7 @@ t0=$(awk '{print $14+$15}' /proc/$PID/stat)
 # shellcheck disable=SC2086
 "$LOAD" --addr 127.0.0.1:"$P" --protocol ringrouter $LA --json >"$T/j"
 t1=$(awk '{print $14+$15}' /proc/$PID/stat)
-python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('rate %.0fk lost %d router cpu %.2fs p50 %.0f us p99 %.0f us' % (d['msgs_per_sec']/1e3, d['lost'], (int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4]), d['p50_us'], d['p99_us']))" "$T/j" "$t0" "$t1" "$(getconf CLK_TCK)"
+python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('rate %.0fk lost %d router cpu %.2fs generator cpu %.2fs p50 %.0f us p99 %.0f us' % (d['msgs_per_sec']/1e3, d['lost'], (int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4]), d.get('client_cpu_s', float('nan')), d['p50_us'], d['p99_us']))" "$T/j" "$t0" "$t1" "$(getconf CLK_TCK)"
 # Per thread kind: CPU seconds, user + system (system time bounds what any I/O mechanism can
 # save: io_uring against epoll), over the router's life (start-up and logins included).
 for t in /proc/$PID/task/*; do echo "$(cat "$t/comm") $(awk '{print $14, $15}' "$t/stat")"; done \

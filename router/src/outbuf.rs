@@ -208,26 +208,51 @@ impl OutBuf {
     /// Appends the Deliver of a room message with this session's `seq`: the shard's
     /// header copied and its seq slot filled in (no per-field encoding), the payload
     /// by reference (or copied when at most `inline_max` bytes).
-    #[inline]
+    #[inline(always)]
     pub fn push_fanned(&mut self, m: &Rc<FanMsg>, seq: u64, inline_max: usize) {
         if seq > TEMPLATE_MAX_SEQ {
-            let stamp = DeliverStamp {
-                seq,
-                from_user: &m.from_user,
-                to_room: &m.to_room,
-                server_ts_us: m.ts_us,
-                msg_id: m.msg_id,
-            };
-            return self.push_deliver(&stamp, &m.payload, inline_max);
+            return self.push_fanned_encoded(m, seq, inline_max);
         }
-        let header = &m.header.bytes;
+        let header = &m.header.bytes[..];
         let inline = m.payload.len() <= inline_max;
-        self.ensure(header.len() + inline_len(&m.payload, inline));
+        let copied = inline_len(&m.payload, inline);
+        self.ensure(header.len() + copied);
         let start = self.data.len();
-        self.data.put_slice(header);
+        // Header and copied payload with one length update (not `put_slice`'s checks
+        // twice): this runs once per member and message.
+        // SAFETY: `ensure` left room for both in the spare capacity; both are written
+        // before the length covers them, and neither source is in `data`.
+        unsafe {
+            let dst = self.data.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+            std::ptr::copy_nonoverlapping(header.as_ptr(), dst, header.len());
+            std::ptr::copy_nonoverlapping(m.payload.as_ptr(), dst.add(header.len()), copied);
+            self.data.set_len(start + header.len() + copied);
+        }
         m.header.put_seq(&mut self.data[start..], seq);
-        self.len += header.len();
-        self.push_payload(&m.payload, inline, || Part::Fanned(m.clone()));
+        self.len += header.len() + m.payload.len();
+        if inline {
+            self.copied_bytes += copied as u64;
+        } else {
+            self.segs.push(Seg {
+                local_end: self.data.len(),
+                payload: Part::Fanned(m.clone()),
+            });
+            self.zero_copy_bytes += m.payload.len() as u64;
+        }
+    }
+
+    /// [`OutBuf::push_fanned`] past the template's seqs: the header encoded field by field.
+    #[cold]
+    #[inline(never)]
+    fn push_fanned_encoded(&mut self, m: &Rc<FanMsg>, seq: u64, inline_max: usize) {
+        let stamp = DeliverStamp {
+            seq,
+            from_user: &m.from_user,
+            to_room: &m.to_room,
+            server_ts_us: m.ts_us,
+            msg_id: m.msg_id,
+        };
+        self.push_deliver(&stamp, &m.payload, inline_max);
     }
 
     /// The payload after its header: copied (`inline`), or queued by reference.
@@ -252,10 +277,17 @@ impl OutBuf {
     /// when the queue holds no buffer at all (a new or released, idle session). A full
     /// buffer of [`CLOSE_AT`] bytes or more is closed, not grown: what it holds is
     /// written from where it is, never copied to a bigger one.
+    #[inline(always)]
     fn ensure(&mut self, n: usize) {
-        if self.data.capacity() - self.data.len() >= n {
-            return;
+        if self.data.capacity() - self.data.len() < n {
+            self.grow(n);
         }
+    }
+
+    /// [`OutBuf::ensure`] when the buffer has less than `n` bytes free.
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self, n: usize) {
         if self.data.len() >= CLOSE_AT {
             let full = self.data.split().freeze();
             self.segs.push(Seg {
@@ -685,16 +717,30 @@ mod tests {
         assert_eq!(b.read_iovec_len(), IOV_MAX);
     }
 
+    /// The Delivers in `bytes`, which hold whole frames and nothing else.
+    fn delivers(bytes: &[u8]) -> Vec<ringrouter_proto::v1::Deliver> {
+        let mut stream = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(f) = next_frame(&mut stream, 1 << 20).unwrap() {
+            let Some(server_frame::Kind::Deliver(d)) = decode_server(f).unwrap().kind else {
+                panic!("not a deliver")
+            };
+            out.push(d);
+        }
+        assert!(stream.is_empty(), "a partial frame");
+        out
+    }
+
+    /// A room message from ann to lobby.
+    fn lobby_msg(payload: &Bytes, msg_id: u64, ts_us: u64) -> Rc<FanMsg> {
+        let (from, room) = (Bytes::from_static(b"ann"), Bytes::from_static(b"lobby"));
+        Rc::new(FanMsg::new(payload.clone(), from, room, msg_id, ts_us))
+    }
+
     #[test]
     fn fanned_deliveries_share_the_payload_and_carry_each_sessions_seq() {
         let payload = Bytes::from(vec![3u8; 200]);
-        let m = Rc::new(FanMsg::new(
-            payload.clone(),
-            Bytes::from_static(b"ann"),
-            Bytes::from_static(b"lobby"),
-            9,
-            1234,
-        ));
+        let m = lobby_msg(&payload, 9, 1234);
         let mut q = OutBuf::default();
         q.push_fanned(&m, 1, 0);
         q.push_fanned(&m, 300, 0);
@@ -711,12 +757,8 @@ mod tests {
                 .count()
                 == 3
         );
-        let mut stream = BytesMut::from(&gather(&batch)[..]);
         let mut seqs = Vec::new();
-        while let Some(f) = next_frame(&mut stream, 1 << 20).unwrap() {
-            let Some(server_frame::Kind::Deliver(d)) = decode_server(f).unwrap().kind else {
-                panic!("not a deliver")
-            };
+        for d in delivers(&gather(&batch)) {
             assert_eq!(
                 (d.from_user.as_str(), d.to_room.as_str(), d.msg_id),
                 ("ann", "lobby", 9)
@@ -727,5 +769,32 @@ mod tests {
         assert_eq!(seqs, [1, 300, TEMPLATE_MAX_SEQ + 1]);
         drop(batch);
         assert_eq!(Rc::strong_count(&m), 1);
+    }
+
+    /// A copied payload goes out right after its header, each copy with its session's seq.
+    #[test]
+    fn fanned_deliveries_with_copied_payloads_are_whole_frames() {
+        let payload = Bytes::from(vec![5u8; 100]);
+        let m = lobby_msg(&payload, 7, 99);
+        let mut q = OutBuf::default();
+        for seq in 1..=3 {
+            q.push_fanned(&m, seq, 256);
+        }
+        assert_eq!((q.copied_bytes, q.zero_copy_bytes), (300, 0));
+        assert_eq!(Rc::strong_count(&m), 1);
+        let total = q.len();
+        let batch = q.take(None);
+        let bytes = gather(&batch);
+        assert_eq!(bytes.len(), total);
+        let mut seqs = Vec::new();
+        for d in delivers(&bytes) {
+            assert_eq!(
+                (d.from_user.as_str(), d.msg_id, d.server_ts_us),
+                ("ann", 7, 99)
+            );
+            assert_eq!(d.payload, payload);
+            seqs.push(d.seq);
+        }
+        assert_eq!(seqs, [1, 2, 3]);
     }
 }

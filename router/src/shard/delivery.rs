@@ -778,7 +778,8 @@ impl<'b> Sink<'b> {
                 }
             }
         }
-        if s.pending() > self.b.max_pending {
+        let pending = s.pending();
+        if pending > self.b.max_pending {
             match self.remote_sender {
                 // A sender on another shard: ask its shard to stop reading it
                 // until this session drains (once per sender and episode).
@@ -796,7 +797,7 @@ impl<'b> Sink<'b> {
                 }
             }
         }
-        if s.pending() > self.b.hard_cap {
+        if pending > self.b.hard_cap {
             self.d.overflowed = Some(k);
         }
         self.d.n += 1;

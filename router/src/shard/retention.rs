@@ -331,14 +331,20 @@ impl Retained {
         crate::outbuf::prefetch(end);
     }
 
-    /// Keeps a live delivery (seq `seq`) until acked.
-    #[inline]
+    /// Keeps a live delivery (seq `seq`) until acked. A room message's (once per member
+    /// and message) is inlined where deliveries are made; the others are not.
+    #[inline(always)]
     pub fn push(&mut self, seq: u64, m: &Outgoing<'_>) {
         if let (Some(fm), 0) = (m.fanned, m.store_seq) {
             self.bytes += fm.payload.len();
             self.fan.push_back((seq, fm.clone()));
             return;
         }
+        self.push_entry(seq, m);
+    }
+
+    #[inline(never)]
+    fn push_entry(&mut self, seq: u64, m: &Outgoing<'_>) {
         let name = self.name_of(m.from_user, m.to_room);
         let payload = if m.store_seq == 0 {
             RetainedPayload::of(m.payload)
