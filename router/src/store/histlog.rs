@@ -25,6 +25,13 @@
 //! what the history bounds keep, plus up to [`FREE_MAX`] dead files (256 MiB) kept to be
 //! overwritten.
 //!
+//! # Writes
+//! Where the filesystem allows it, files are written with `O_DIRECT`, from an aligned
+//! stage of up to 1 MiB (`store::direct`): no page cache, no write-back by kernel
+//! threads. A file's physical end is then rounded up to 4 KiB with zeros, which
+//! [`entries`] stops at. Elsewhere (tmpfs) they are written through the page cache,
+//! whose oldest pages are written back and dropped ([`HistLog::drop_behind`]).
+//!
 //! # Crashes
 //! Data is written before the pointers that name it are committed: a crash between the
 //! two leaves unreferenced bytes (a file with no `f` entry is deleted at open). Under
@@ -41,6 +48,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, SyncSender};
 
 use rustc_hash::FxHashMap;
+
+use super::direct::{self, DirectStage};
 
 /// A file is closed for appends once it holds this many bytes.
 pub(crate) const FILE_MAX: u64 = 32 << 20;
@@ -113,6 +122,11 @@ pub(crate) struct HistLog {
     free: Vec<PathBuf>,
     /// Small entries of the append under way, written together (see [`STAGE_ENTRY_MAX`]).
     stage: Vec<u8>,
+    /// Files are opened with `O_DIRECT` and written through `dstage` (the filesystem
+    /// takes it: `direct::supported`); else through the page cache.
+    direct: bool,
+    /// The active file's end not yet written in whole blocks (with `direct`).
+    dstage: DirectStage,
     /// The `next_id` the keyspace has (see [`HistLog::take_next_id`]).
     next_saved: u32,
     /// A file was created, renamed or deleted since the last [`HistLog::sync`].
@@ -271,7 +285,10 @@ impl HistLog {
             }
         }
         let changed = known.keys().filter(|id| !files.contains_key(id)).copied();
+        let direct = direct::supported(dir);
         Ok(HistLog {
+            direct,
+            dstage: DirectStage::default(),
             dir: dir.to_path_buf(),
             file_max: file_max.max(1),
             changed: changed.collect(),
@@ -311,8 +328,11 @@ impl HistLog {
             // nothing in it is live.
             let id = *id;
             self.write_stage()?;
+            self.dstage.reset();
             if let Some((_, f)) = self.active.take() {
-                self.note_cached(id, f);
+                if !self.direct {
+                    self.note_cached(id, f);
+                }
             }
             if self.files.get(&id).is_some_and(|s| s.live == 0) {
                 self.doomed.push(id);
@@ -325,20 +345,23 @@ impl HistLog {
             .ok_or_else(|| io::Error::other("history log file ids exhausted"))?;
         // Written from offset 0 on, sequentially (no O_APPEND: a recycled file is
         // overwritten in place).
-        let f = match self.free.pop() {
+        let reused = match self.free.pop() {
             Some(old) => {
                 fs::rename(&old, self.path(id))?;
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(self.path(id))?
+                true
             }
-            None => OpenOptions::new()
+            None => false,
+        };
+        let f = if self.direct {
+            direct::open(&self.path(id), !reused)?
+        } else {
+            OpenOptions::new()
                 .read(true)
                 .write(true)
-                .create_new(true)
-                .open(self.path(id))?,
+                .create_new(!reused)
+                .open(self.path(id))?
         };
+        self.dstage.reset();
         self.files.insert(id, FileStat::default());
         self.active = Some((id, f));
         self.noted = 0;
@@ -364,6 +387,12 @@ impl HistLog {
         if let Err(e) = self.append_inner(items, &mut locs) {
             // Nothing points to what this call wrote: its live bytes do not count.
             self.stage.clear();
+            if self.direct {
+                // Whatever failed, the stage may no longer match the file's end: the
+                // next append starts a new file (as after a failed write).
+                self.active = None;
+                self.dstage.reset();
+            }
             for loc in &locs {
                 if let Some(s) = self.files.get_mut(&loc.file) {
                     s.live = s.live.saturating_sub(u64::from(loc.len));
@@ -393,7 +422,18 @@ impl HistLog {
             let id = self.active()?;
             // (`size` counts the staged bytes too.)
             let start = self.files.get(&id).map_or(0, |s| s.size);
-            if ENTRY_HEADER + k.len() + dlen <= STAGE_ENTRY_MAX {
+            if self.direct {
+                let Some((_, f)) = self.active.as_ref() else {
+                    return Err(io::Error::other("no active history log file"));
+                };
+                let mut r = self.dstage.push(f, &heads[i]);
+                r = r.and_then(|()| self.dstage.push(f, k));
+                for p in pieces.iter() {
+                    r = r.and_then(|()| self.dstage.push(f, p));
+                }
+                // (On an error the caller starts a new file.)
+                r?;
+            } else if ENTRY_HEADER + k.len() + dlen <= STAGE_ENTRY_MAX {
                 self.stage.extend_from_slice(&heads[i]);
                 self.stage.extend_from_slice(k);
                 for p in pieces.iter() {
@@ -433,7 +473,7 @@ impl HistLog {
                 self.write_stage()?;
             }
             self.appended += (ENTRY_HEADER + k.len() + dlen) as u64;
-            if self.appended >= DROP_STEP {
+            if self.appended >= DROP_STEP && !self.direct {
                 self.write_stage()?;
                 self.drop_behind();
             }
@@ -441,8 +481,20 @@ impl HistLog {
         self.write_stage()
     }
 
-    /// Writes the staged small entries to the active file (one `write`).
+    /// Writes the staged small entries to the active file (one `write`); with `direct`,
+    /// what the active file's stage holds (its last block padded, see `store::direct`).
     fn write_stage(&mut self) -> io::Result<()> {
+        if self.direct {
+            let r = match self.active.as_ref() {
+                Some((_, f)) => self.dstage.write(f, true),
+                None => Ok(()),
+            };
+            if r.is_err() {
+                self.active = None;
+                self.dstage.reset();
+            }
+            return r;
+        }
         if self.stage.is_empty() {
             return Ok(());
         }
@@ -636,6 +688,11 @@ impl HistLog {
     /// rest are left to the kernel.
     pub(crate) fn drop_behind(&mut self) {
         self.appended = 0;
+        if self.direct {
+            // Nothing of the log is in the page cache (what compaction reads is left to
+            // the kernel).
+            return;
+        }
         if let Some((id, f)) = &self.active {
             let id = *id;
             // A handle of its own only for a new range (one per file, not per call).
@@ -739,6 +796,13 @@ impl HistLog {
             .fold((0, 0), |(a, b), s| (a + s.size, b + s.live))
     }
 
+    /// Writes through the page cache whatever the filesystem takes (tests of that path).
+    #[cfg(test)]
+    pub(crate) fn buffered(mut self) -> Self {
+        self.direct = false;
+        self
+    }
+
     /// Number of files.
     #[cfg(test)]
     pub(crate) fn file_count(&self) -> usize {
@@ -764,6 +828,10 @@ pub(crate) fn entries(buf: &[u8]) -> impl Iterator<Item = (&[u8], u64, &[u8])> {
         let h = buf.get(at..at + ENTRY_HEADER)?;
         let klen = u16::from_be_bytes([h[0], h[1]]) as usize;
         let dlen = u32::from_be_bytes([h[2], h[3], h[4], h[5]]) as usize;
+        if klen == 0 {
+            // No key is empty: the zeros that pad a directly written file's end.
+            return None;
+        }
         let kstart = at + ENTRY_HEADER;
         let key = buf.get(kstart..kstart + klen)?;
         let dstart = kstart + klen;
@@ -816,7 +884,7 @@ mod tests {
     #[test]
     fn small_entries_are_staged_and_big_ones_written_apart_in_order() {
         let d = dir();
-        let mut log = HistLog::open(d.path(), [], 0, 1 << 20).unwrap();
+        let mut log = HistLog::open(d.path(), [], 0, 1 << 20).unwrap().buffered();
         let big = vec![5u8; STAGE_ENTRY_MAX + 1];
         let many: Vec<Vec<u8>> = (0..300u32).map(|i| vec![i as u8; 1000]).collect();
         let mut items: Vec<(&[u8], &[u8])> = vec![(b"s1", b"small"), (b"b1", &big)];
@@ -840,7 +908,7 @@ mod tests {
     #[test]
     fn data_in_pieces_reads_back_joined_staged_or_written_apart() {
         let d = dir();
-        let mut log = HistLog::open(d.path(), [], 0, 1 << 20).unwrap();
+        let mut log = HistLog::open(d.path(), [], 0, 1 << 20).unwrap().buffered();
         let big = vec![3u8; STAGE_ENTRY_MAX];
         let small: [&[u8]; 3] = [b"he", b"", b"llo"];
         let large: [&[u8]; 3] = [b"head", &big, b"tail"];
@@ -905,7 +973,7 @@ mod tests {
     #[test]
     fn dead_files_are_overwritten_by_the_next_ones_and_their_old_bytes_never_read() {
         let d = dir();
-        let mut log = HistLog::open(d.path(), [], 0, 100).unwrap();
+        let mut log = HistLog::open(d.path(), [], 0, 100).unwrap().buffered();
         let old = log.append(&[(b"old", &[9u8; 200])]).unwrap()[0];
         let small = log.append(&[(b"s", b"first")]).unwrap()[0];
         log.release(old);
@@ -933,7 +1001,9 @@ mod tests {
         assert_eq!(e, vec![b"new".to_vec()]);
         // At open, kept files are reused or deleted, never read as live ones.
         drop(log);
-        let log = HistLog::open(d.path(), [(2, 5)], 0, 100).unwrap();
+        let log = HistLog::open(d.path(), [(2, 5)], 0, 100)
+            .unwrap()
+            .buffered();
         assert_eq!(log.read(next, b"new").unwrap().unwrap(), b"fresh");
         assert_eq!(log.file_count(), 1);
     }
@@ -941,7 +1011,7 @@ mod tests {
     #[test]
     fn the_oldest_bytes_leave_the_page_cache_and_their_files_are_not_reused() {
         let d = dir();
-        let mut log = HistLog::open(d.path(), [], 0, 4096).unwrap();
+        let mut log = HistLog::open(d.path(), [], 0, 4096).unwrap().buffered();
         log.cache_behind = 11_000;
         let mut locs = Vec::new();
         for i in 0..20u8 {
@@ -1089,5 +1159,56 @@ mod tests {
         let c = log.compaction_candidate().unwrap();
         log.mark_stuck(c);
         assert_ne!(log.compaction_candidate(), Some(c));
+    }
+
+    /// With `O_DIRECT`: entries of any size read back, the files end in whole blocks whose
+    /// padding the walk stops at, and a dead file is reused with its old bytes never read.
+    #[test]
+    fn direct_files_read_back_end_in_blocks_and_are_reused() {
+        let Some(d) = direct::direct_dir() else {
+            return;
+        };
+        let mut log = HistLog::open(d.path(), [], 0, 3 * direct::STAGE_MAX as u64).unwrap();
+        assert!(log.direct);
+        let big = vec![4u8; direct::STAGE_MAX + 10];
+        let pieces: [&[u8]; 3] = [b"he", &big, b"llo"];
+        let locs = log
+            .append_pieces(&[(b"a", &[b"first"]), (b"b", &pieces), (b"c", &[b"last"])])
+            .unwrap();
+        let more = log.append(&[(b"d", b"after")]).unwrap()[0];
+        assert_eq!(log.read(locs[0], b"a").unwrap().unwrap(), b"first");
+        assert_eq!(log.read(locs[1], b"b").unwrap().unwrap(), pieces.concat());
+        assert_eq!(log.read(locs[2], b"c").unwrap().unwrap(), b"last");
+        assert_eq!(log.read(more, b"d").unwrap().unwrap(), b"after");
+        let raw = std::fs::read(log.path(locs[0].file)).unwrap();
+        assert_eq!(raw.len() % direct::BLOCK, 0, "{}", raw.len());
+        let keys: Vec<Vec<u8>> = entries(&raw).map(|e| e.0.to_vec()).collect();
+        assert_eq!(
+            keys,
+            [&b"a"[..], b"b", b"c", b"d"],
+            "the padding is no entry"
+        );
+        // Reopened: the entries still read (a new file is started for appends).
+        drop(log);
+        let known = [(locs[0].file, u64::MAX)];
+        let mut log = HistLog::open(d.path(), known, 0, 100).unwrap();
+        assert_eq!(log.read(locs[2], b"c").unwrap().unwrap(), b"last");
+        // A dead file is kept and overwritten by a later one: only its new entries count.
+        let x = log.append(&[(b"x", &[9u8; 200])]).unwrap()[0];
+        let y = log.append(&[(b"y", b"y")]).unwrap()[0];
+        assert_ne!(x.file, y.file);
+        log.release(x);
+        log.unlink_doomed();
+        let kept = d.path().join(format!("{FREE_PREFIX}{}", file_name(x.file)));
+        assert!(kept.exists(), "kept for reuse");
+        log.append(&[(b"f", &[1u8; 100])]).unwrap();
+        let z = log.append(&[(b"z", b"fresh")]).unwrap()[0];
+        assert!(!kept.exists(), "reused");
+        assert_eq!(log.read(z, b"z").unwrap().unwrap(), b"fresh");
+        let walked: Vec<Vec<u8>> = entries(&log.read_file(z.file).unwrap())
+            .map(|e| e.0.to_vec())
+            .collect();
+        assert_eq!(walked, [b"z".to_vec()]);
+        assert_eq!(log.read(y, b"y").unwrap().unwrap(), b"y");
     }
 }

@@ -34,6 +34,7 @@ use std::thread::{JoinHandle, ThreadId};
 
 pub mod codec;
 pub mod contacts;
+mod direct;
 mod hash;
 mod histlog;
 pub mod history;
