@@ -160,12 +160,16 @@ impl DirectStage {
 
     /// Takes back one buffer from the writer (into `spare`), with how its write went.
     fn wait_one(&mut self) -> io::Result<()> {
-        let Some(Some(w)) = &self.writer else {
+        let (Some(Some(w)), 1..) = (&self.writer, self.inflight) else {
             self.inflight = 0;
-            return Ok(());
+            return Err(io::Error::other("no buffer with the history log writer"));
         };
         let Ok((buf, r)) = w.done.recv() else {
+            // The thread is gone, with the buffers it had: full ones are written here
+            // from now on.
+            self.writer = Some(None);
             self.inflight = 0;
+            self.allocated = self.spare.len() + usize::from(self.buf.is_some());
             return Err(io::Error::other("history log writer thread ended"));
         };
         self.inflight -= 1;
@@ -195,37 +199,43 @@ impl DirectStage {
         if !matches!(self.writer, Some(Some(_))) {
             return self.write(f, false);
         }
-        let next = match self.spare.pop() {
-            Some(b) => b,
-            None if self.allocated < BUFFERS => {
-                self.allocated += 1;
-                Aligned::new(STAGE_MAX)
-            }
-            None => {
-                self.wait_one()?;
-                self.spare
-                    .pop()
-                    .ok_or_else(|| io::Error::other("no buffer back"))?
-            }
-        };
+        // Everything that can fail before a buffer moves.
+        let file = f.try_clone()?;
+        if self.spare.is_empty() && self.allocated >= BUFFERS {
+            self.wait_one()?;
+        }
+        let next = self.spare.pop().unwrap_or_else(|| {
+            self.allocated += 1;
+            Aligned::new(STAGE_MAX)
+        });
         let Some(full) = self.buf.replace(next) else {
-            return Err(io::Error::other("no stage buffer"));
+            // (Not reached: `push` filled the buffer it had.)
+            return Ok(());
         };
         let job = Job {
-            file: f.try_clone()?,
+            file,
             buf: full,
             at: self.at,
         };
-        let Some(Some(w)) = &self.writer else {
-            return Err(io::Error::other("no writer thread"));
+        let sent = match &self.writer {
+            Some(Some(w)) => w.jobs.send(job).map_err(|e| e.0),
+            _ => Err(job),
         };
-        w.jobs
-            .send(job)
-            .map_err(|_| io::Error::other("history log writer thread ended"))?;
-        self.inflight += 1;
         self.at += STAGE_MAX as u64;
         self.len = 0;
-        Ok(())
+        match sent {
+            Ok(()) => {
+                self.inflight += 1;
+                Ok(())
+            }
+            Err(job) => {
+                // The thread is gone: written here, and from now on.
+                self.writer = Some(None);
+                let r = job.file.write_all_at(job.buf.block(STAGE_MAX), job.at);
+                self.spare.push(job.buf);
+                r
+            }
+        }
     }
 
     /// Bytes staged (tests).
@@ -271,7 +281,9 @@ impl DirectStage {
             return Ok(());
         }
         let b = buf.block_mut(STAGE_MAX);
-        b[self.len..n].fill(0);
+        if tail {
+            b[self.len..n].fill(0);
+        }
         f.write_all_at(&b[..n], self.at)?;
         if full > 0 {
             b.copy_within(full..self.len, 0);

@@ -286,6 +286,11 @@ impl HistLog {
         }
         let changed = known.keys().filter(|id| !files.contains_key(id)).copied();
         let direct = direct::supported(dir);
+        tracing::info!(
+            dir = %dir.display(),
+            direct,
+            "history log opened (direct: written with O_DIRECT, past the page cache)"
+        );
         Ok(HistLog {
             direct,
             dstage: DirectStage::default(),
@@ -385,17 +390,16 @@ impl HistLog {
     pub(crate) fn append_pieces(&mut self, items: &[(&[u8], &[&[u8]])]) -> io::Result<Vec<Loc>> {
         let mut locs = Vec::with_capacity(items.len());
         if let Err(e) = self.append_inner(items, &mut locs) {
-            // Nothing points to what this call wrote: its live bytes do not count.
+            // Nothing points to what this call wrote: its live bytes do not count, and a
+            // file left with none (not the active one) goes.
             self.stage.clear();
-            if self.direct {
-                // Whatever failed, the stage may no longer match the file's end: the
-                // next append starts a new file (as after a failed write).
-                self.active = None;
-                self.dstage.reset();
-            }
+            let active = self.active.as_ref().map(|(id, _)| *id);
             for loc in &locs {
                 if let Some(s) = self.files.get_mut(&loc.file) {
                     s.live = s.live.saturating_sub(u64::from(loc.len));
+                    if s.live == 0 && active != Some(loc.file) && !self.doomed.contains(&loc.file) {
+                        self.doomed.push(loc.file);
+                    }
                 }
                 self.changed.insert(loc.file);
             }
@@ -431,8 +435,10 @@ impl HistLog {
                 for p in pieces.iter() {
                     r = r.and_then(|()| self.dstage.push(f, p));
                 }
-                // (On an error the caller starts a new file.)
-                r?;
+                if let Err(e) = r {
+                    self.drop_active();
+                    return Err(e);
+                }
             } else if ENTRY_HEADER + k.len() + dlen <= STAGE_ENTRY_MAX {
                 self.stage.extend_from_slice(&heads[i]);
                 self.stage.extend_from_slice(k);
@@ -449,9 +455,7 @@ impl HistLog {
                 slices.push(IoSlice::new(k));
                 slices.extend(pieces.iter().map(|p| IoSlice::new(p)));
                 if let Err(e) = write_all_vectored(f, &mut slices) {
-                    // What was written of the entry is garbage nothing points to; the
-                    // next append starts a new file.
-                    self.active = None;
+                    self.drop_active();
                     return Err(e);
                 }
             }
@@ -490,8 +494,7 @@ impl HistLog {
                 None => Ok(()),
             };
             if r.is_err() {
-                self.active = None;
-                self.dstage.reset();
+                self.drop_active();
             }
             return r;
         }
@@ -504,10 +507,23 @@ impl HistLog {
         };
         self.stage.clear();
         if r.is_err() {
-            // Garbage nothing points to; the next append starts a new file.
-            self.active = None;
+            self.drop_active();
         }
         r
+    }
+
+    /// After a failed write: what the active file holds past its last whole entry is
+    /// garbage nothing points to, so the next append starts a new file. This one goes
+    /// once nothing in it is live (now, or when the failed append's entries are taken
+    /// back).
+    fn drop_active(&mut self) {
+        self.dstage.reset();
+        if let Some((id, _)) = self.active.take() {
+            if self.files.get(&id).is_some_and(|s| s.live == 0) && !self.doomed.contains(&id) {
+                self.doomed.push(id);
+                self.changed.insert(id);
+            }
+        }
     }
 
     /// The data of `key`'s entry at `loc` (`None`: its file is gone or shorter than
@@ -849,36 +865,62 @@ mod tests {
         tempfile::tempdir().unwrap()
     }
 
+    /// The two ways files are written, for the tests of what both must do: buffered,
+    /// and direct where a filesystem here takes it.
+    fn modes() -> Vec<(tempfile::TempDir, bool)> {
+        let mut modes = vec![(dir(), false)];
+        modes.extend(direct::direct_dir().map(|d| (d, true)));
+        modes
+    }
+
+    /// [`HistLog::open`] written the way `direct` says.
+    fn open_as(
+        direct: bool,
+        dir: &Path,
+        known: impl IntoIterator<Item = (u32, u64)>,
+        next_hint: u32,
+        file_max: u64,
+    ) -> HistLog {
+        let log = HistLog::open(dir, known, next_hint, file_max).unwrap();
+        assert!(log.direct || !direct);
+        if direct {
+            log
+        } else {
+            log.buffered()
+        }
+    }
+
     #[test]
     fn appended_data_reads_back_and_files_roll_at_their_size() {
-        let d = dir();
-        let mut log = HistLog::open(d.path(), [], 0, 100).unwrap();
-        let big = vec![7u8; 90];
-        let locs = log
-            .append(&[(b"k1", b"hello"), (b"k2", &big), (b"k3", b"x")])
-            .unwrap();
-        // k1 and k2 fill the first file past 100 bytes: k3 starts the second.
-        assert_eq!((locs[0].file, locs[1].file, locs[2].file), (0, 0, 1));
-        assert_eq!(log.read(locs[0], b"k1").unwrap().unwrap(), b"hello");
-        assert_eq!(log.read(locs[1], b"k2").unwrap().unwrap(), big);
-        assert_eq!(log.read(locs[2], b"k3").unwrap().unwrap(), b"x");
-        assert_eq!(
-            log.read(locs[2], b"k2").unwrap(),
-            None,
-            "another key's entry"
-        );
-        assert_eq!(log.totals().1, 96);
-        let buf = log.read_file(0).unwrap();
-        let e: Vec<_> = entries(&buf)
-            .map(|(k, o, d)| (k.to_vec(), o, d.len()))
-            .collect();
-        assert_eq!(
-            e,
-            vec![(b"k1".to_vec(), 8, 5), (b"k2".to_vec(), 21, 90)],
-            "each entry names its key"
-        );
-        // A torn entry ends the walk.
-        assert_eq!(entries(&buf[..buf.len() - 1]).count(), 1);
+        for (d, direct) in modes() {
+            let mut log = open_as(direct, d.path(), [], 0, 100);
+            let big = vec![7u8; 90];
+            let locs = log
+                .append(&[(b"k1", b"hello"), (b"k2", &big), (b"k3", b"x")])
+                .unwrap();
+            // k1 and k2 fill the first file past 100 bytes: k3 starts the second.
+            assert_eq!((locs[0].file, locs[1].file, locs[2].file), (0, 0, 1));
+            assert_eq!(log.read(locs[0], b"k1").unwrap().unwrap(), b"hello");
+            assert_eq!(log.read(locs[1], b"k2").unwrap().unwrap(), big);
+            assert_eq!(log.read(locs[2], b"k3").unwrap().unwrap(), b"x");
+            assert_eq!(
+                log.read(locs[2], b"k2").unwrap(),
+                None,
+                "another key's entry"
+            );
+            assert_eq!(log.totals().1, 96);
+            let buf = log.read_file(0).unwrap();
+            let e: Vec<_> = entries(&buf)
+                .map(|(k, o, d)| (k.to_vec(), o, d.len()))
+                .collect();
+            assert_eq!(
+                e,
+                vec![(b"k1".to_vec(), 8, 5), (b"k2".to_vec(), 21, 90)],
+                "each entry names its key"
+            );
+            // A torn entry ends the walk.
+            assert_eq!(entries(&buf[..buf.len() - 1]).count(), 1);
+        }
     }
 
     #[test]
@@ -926,48 +968,50 @@ mod tests {
 
     #[test]
     fn a_file_with_nothing_live_is_deleted_after_the_commit_and_not_before() {
-        let d = dir();
-        let mut log = HistLog::open(d.path(), [], 0, 10).unwrap();
-        let a = log.append(&[(b"a", b"0123456789ab")]).unwrap()[0];
-        let b = log.append(&[(b"b", b"zz")]).unwrap()[0];
-        assert_ne!(a.file, b.file, "the first file was full");
-        log.release(a);
-        assert!(log.path(a.file).exists(), "deleted only by unlink_doomed");
-        let changed = log.take_changed();
-        assert!(changed.contains(&(a.file, None)), "{changed:?}");
-        assert!(changed.contains(&(b.file, Some(2))), "{changed:?}");
-        log.unlink_doomed();
-        assert!(!log.path(a.file).exists());
-        assert_eq!(
-            log.read(a, b"a").unwrap(),
-            None,
-            "a deleted file reads as missing"
-        );
-        // The active file is never deleted, even with nothing live.
-        log.release(b);
-        log.unlink_doomed();
-        assert!(log.path(b.file).exists());
+        for (d, direct) in modes() {
+            let mut log = open_as(direct, d.path(), [], 0, 10);
+            let a = log.append(&[(b"a", b"0123456789ab")]).unwrap()[0];
+            let b = log.append(&[(b"b", b"zz")]).unwrap()[0];
+            assert_ne!(a.file, b.file, "the first file was full");
+            log.release(a);
+            assert!(log.path(a.file).exists(), "deleted only by unlink_doomed");
+            let changed = log.take_changed();
+            assert!(changed.contains(&(a.file, None)), "{changed:?}");
+            assert!(changed.contains(&(b.file, Some(2))), "{changed:?}");
+            log.unlink_doomed();
+            assert!(!log.path(a.file).exists());
+            assert_eq!(
+                log.read(a, b"a").unwrap(),
+                None,
+                "a deleted file reads as missing"
+            );
+            // The active file is never deleted, even with nothing live.
+            log.release(b);
+            log.unlink_doomed();
+            assert!(log.path(b.file).exists());
+        }
     }
 
     #[test]
     fn open_keeps_known_files_and_deletes_the_others() {
-        let d = dir();
-        let mut log = HistLog::open(d.path(), [], 0, 1 << 20).unwrap();
-        let a = log.append(&[(b"a", b"kept")]).unwrap()[0];
-        drop(log);
-        let mut log = HistLog::open(d.path(), [(a.file, 4)], 0, 1 << 20).unwrap();
-        let b = log.append(&[(b"b", b"orphan")]).unwrap()[0];
-        assert_ne!(a.file, b.file, "a new file at every open");
-        drop(log);
-        // `b`'s pointer was never committed (no `f` entry): its file goes; a known file
-        // that is missing is reported so its entry goes too.
-        let log = HistLog::open(d.path(), [(a.file, 4), (99, 10)], 0, 1 << 20).unwrap();
-        assert_eq!(log.read(a, b"a").unwrap().unwrap(), b"kept");
-        assert!(!log.path(b.file).exists());
-        let mut log = log;
-        assert_eq!(log.take_changed(), vec![(99, None)]);
-        let c = log.append(&[(b"c", b"new")]).unwrap()[0];
-        assert!(c.file > 99, "ids never repeat");
+        for (d, direct) in modes() {
+            let mut log = open_as(direct, d.path(), [], 0, 1 << 20);
+            let a = log.append(&[(b"a", b"kept")]).unwrap()[0];
+            drop(log);
+            let mut log = open_as(direct, d.path(), [(a.file, 4)], 0, 1 << 20);
+            let b = log.append(&[(b"b", b"orphan")]).unwrap()[0];
+            assert_ne!(a.file, b.file, "a new file at every open");
+            drop(log);
+            // `b`'s pointer was never committed (no `f` entry): its file goes; a known file
+            // that is missing is reported so its entry goes too.
+            let log = open_as(direct, d.path(), [(a.file, 4), (99, 10)], 0, 1 << 20);
+            assert_eq!(log.read(a, b"a").unwrap().unwrap(), b"kept");
+            assert!(!log.path(b.file).exists());
+            let mut log = log;
+            assert_eq!(log.take_changed(), vec![(99, None)]);
+            let c = log.append(&[(b"c", b"new")]).unwrap()[0];
+            assert!(c.file > 99, "ids never repeat");
+        }
     }
 
     #[test]
@@ -1060,105 +1104,115 @@ mod tests {
 
     #[test]
     fn a_failed_append_counts_nothing_live_and_the_next_one_starts_a_new_file() {
-        let d = dir();
-        let mut log = HistLog::open(d.path(), [], 0, 1 << 20).unwrap();
-        let a = log.append(&[(b"a", b"kept")]).unwrap()[0];
-        let big = vec![3u8; STAGE_ENTRY_MAX + 1];
-        // A staged entry, then one written apart.
-        for items in [&[(&b"s"[..], &b"staged"[..])][..], &[(b"b", &big[..])]] {
-            // The active file, as a handle that cannot write: every write fails.
-            let ro = File::open(log.path(a.file)).unwrap();
-            log.active = Some((a.file, ro));
-            assert!(log.append(items).is_err());
-            assert_eq!(log.live(a.file), 4, "only what a pointer names is live");
+        for (d, direct) in modes() {
+            let mut log = open_as(direct, d.path(), [], 0, 1 << 20);
+            let a = log.append(&[(b"a", b"kept")]).unwrap()[0];
+            let big = vec![3u8; STAGE_ENTRY_MAX + 1];
+            let huge = vec![4u8; 2 * direct::STAGE_MAX];
+            // A staged entry, one written apart, one past a direct stage (its full buffers
+            // fail on the writer thread).
+            for items in [
+                &[(&b"s"[..], &b"staged"[..])][..],
+                &[(b"b", &big[..])],
+                &[(b"h", &huge[..])],
+            ] {
+                // The active file, as a handle that cannot write: every write fails.
+                let ro = File::open(log.path(a.file)).unwrap();
+                log.active = Some((a.file, ro));
+                assert!(log.append(items).is_err());
+                assert_eq!(log.live(a.file), 4, "only what a pointer names is live");
+            }
+            let n = log.append(&[(b"n", b"next")]).unwrap()[0];
+            assert_ne!(n.file, a.file);
+            assert_eq!(log.read(n, b"n").unwrap().unwrap(), b"next");
+            assert_eq!(log.read(a, b"a").unwrap().unwrap(), b"kept");
         }
-        let n = log.append(&[(b"n", b"next")]).unwrap()[0];
-        assert_ne!(n.file, a.file);
-        assert_eq!(log.read(n, b"n").unwrap().unwrap(), b"next");
-        assert_eq!(log.read(a, b"a").unwrap().unwrap(), b"kept");
     }
 
     #[test]
     fn file_ids_never_repeat_across_opens() {
-        let d = dir();
-        // The id the keyspace kept, and a dead file kept for reuse, both count.
-        let mut log = HistLog::open(d.path(), [], 7, 1 << 20).unwrap();
-        assert_eq!(log.append(&[(b"a", b"x")]).unwrap()[0].file, 7);
-        assert_eq!(log.take_next_id(), Some(8));
-        assert_eq!(log.take_next_id(), None, "reported once");
-        drop(log);
-        std::fs::write(
-            d.path().join(format!("{FREE_PREFIX}{}", file_name(12))),
-            b"old",
-        )
-        .unwrap();
-        std::fs::create_dir(d.path().join("00000020.hlog")).unwrap();
-        std::fs::write(d.path().join("+5.hlog"), b"").unwrap();
-        let mut log = HistLog::open(d.path(), [], 8, 1 << 20).unwrap();
-        // (A directory or an odd name is left alone, not taken for a file.)
-        assert_eq!(log.append(&[(b"b", b"y")]).unwrap()[0].file, 13);
+        for (d, direct) in modes() {
+            // The id the keyspace kept, and a dead file kept for reuse, both count.
+            let mut log = open_as(direct, d.path(), [], 7, 1 << 20);
+            assert_eq!(log.append(&[(b"a", b"x")]).unwrap()[0].file, 7);
+            assert_eq!(log.take_next_id(), Some(8));
+            assert_eq!(log.take_next_id(), None, "reported once");
+            drop(log);
+            std::fs::write(
+                d.path().join(format!("{FREE_PREFIX}{}", file_name(12))),
+                b"old",
+            )
+            .unwrap();
+            std::fs::create_dir(d.path().join("00000020.hlog")).unwrap();
+            std::fs::write(d.path().join("+5.hlog"), b"").unwrap();
+            let mut log = open_as(direct, d.path(), [], 8, 1 << 20);
+            // (A directory or an odd name is left alone, not taken for a file.)
+            assert_eq!(log.append(&[(b"b", b"y")]).unwrap()[0].file, 13);
+        }
     }
 
     #[test]
     fn a_pointer_past_the_end_of_its_file_reads_as_missing() {
-        let d = dir();
-        let mut log = HistLog::open(d.path(), [], 0, 1 << 20).unwrap();
-        let a = log.append(&[(b"a", b"data")]).unwrap()[0];
-        let past = Loc {
-            offset: a.offset + 2,
-            ..a
-        };
-        assert_eq!(log.read(past, b"a").unwrap(), None);
+        for (d, direct) in modes() {
+            let mut log = open_as(direct, d.path(), [], 0, 1 << 20);
+            let a = log.append(&[(b"a", b"data")]).unwrap()[0];
+            let past = Loc {
+                offset: a.offset + 2,
+                ..a
+            };
+            assert_eq!(log.read(past, b"a").unwrap(), None);
+        }
     }
 
     #[test]
     fn compaction_is_asked_for_only_past_twice_the_live_bytes() {
-        let d = dir();
-        let mut log = HistLog::open(d.path(), [], 0, 100).unwrap();
-        let data = vec![1u8; 100];
-        let mut locs = Vec::new();
-        for _ in 0..8 {
-            locs.extend(log.append(&[(b"k", &data)]).unwrap());
+        for (d, direct) in modes() {
+            let mut log = open_as(direct, d.path(), [], 0, 100);
+            let data = vec![1u8; 100];
+            let mut locs = Vec::new();
+            for _ in 0..8 {
+                locs.extend(log.append(&[(b"k", &data)]).unwrap());
+            }
+            assert_eq!(log.file_count(), 8);
+            assert_eq!(log.compaction_candidate(), None, "all live");
+            // Half of each closed file's data goes (files hold one entry: release some).
+            for l in &locs[..3] {
+                log.release(*l);
+            }
+            log.unlink_doomed();
+            assert_eq!(
+                log.file_count(),
+                5,
+                "empty files are deleted, not compacted"
+            );
+            assert_eq!(log.compaction_candidate(), None);
+            // Files of two entries, 150 and 40 bytes (10 in file 6); the 150s go.
+            let mut log = open_as(direct, &d.path().join("b"), [], 0, 200);
+            let (a, b, c) = (vec![1u8; 150], vec![2u8; 40], vec![3u8; 10]);
+            let mut locs = Vec::new();
+            for f in 0..16 {
+                let second = if f == 6 { &c } else { &b };
+                locs.push(log.append(&[(b"k", &a), (b"k", second)]).unwrap());
+            }
+            assert_eq!(log.file_count(), 16);
+            assert_eq!(log.compaction_candidate(), None, "all live");
+            for l in &locs {
+                log.release(l[0]);
+            }
+            log.release(locs[3][1]);
+            // 14 closed files of ~204 bytes with 40 live (file 3 empty, going): compact the
+            // one with the fewest, never the empty one or the active one.
+            assert_eq!(log.compaction_candidate(), Some(locs[6][1].file));
+            log.release(locs[6][1]);
+            log.unlink_doomed();
+            assert_eq!(log.file_count(), 14);
+            assert_eq!(log.read(locs[5][1], b"k").unwrap().unwrap(), b);
+            assert_eq!(log.read(locs[6][1], b"k").unwrap(), None);
+            // A file compaction could not empty is not picked again.
+            let c = log.compaction_candidate().unwrap();
+            log.mark_stuck(c);
+            assert_ne!(log.compaction_candidate(), Some(c));
         }
-        assert_eq!(log.file_count(), 8);
-        assert_eq!(log.compaction_candidate(), None, "all live");
-        // Half of each closed file's data goes (files hold one entry: release some).
-        for l in &locs[..3] {
-            log.release(*l);
-        }
-        log.unlink_doomed();
-        assert_eq!(
-            log.file_count(),
-            5,
-            "empty files are deleted, not compacted"
-        );
-        assert_eq!(log.compaction_candidate(), None);
-        // Files of two entries, 150 and 40 bytes (10 in file 6); the 150s go.
-        let mut log = HistLog::open(&d.path().join("b"), [], 0, 200).unwrap();
-        let (a, b, c) = (vec![1u8; 150], vec![2u8; 40], vec![3u8; 10]);
-        let mut locs = Vec::new();
-        for f in 0..16 {
-            let second = if f == 6 { &c } else { &b };
-            locs.push(log.append(&[(b"k", &a), (b"k", second)]).unwrap());
-        }
-        assert_eq!(log.file_count(), 16);
-        assert_eq!(log.compaction_candidate(), None, "all live");
-        for l in &locs {
-            log.release(l[0]);
-        }
-        log.release(locs[3][1]);
-        // 14 closed files of ~204 bytes with 40 live (file 3 empty, going): compact the
-        // one with the fewest, never the empty one or the active one.
-        assert_eq!(log.compaction_candidate(), Some(locs[6][1].file));
-        log.release(locs[6][1]);
-        log.unlink_doomed();
-        assert_eq!(log.file_count(), 14);
-        assert_eq!(log.read(locs[5][1], b"k").unwrap().unwrap(), b);
-        assert_eq!(log.read(locs[6][1], b"k").unwrap(), None);
-        // A file compaction could not empty is not picked again.
-        let c = log.compaction_candidate().unwrap();
-        log.mark_stuck(c);
-        assert_ne!(log.compaction_candidate(), Some(c));
     }
 
     /// With `O_DIRECT`: entries of any size read back, the files end in whole blocks whose
