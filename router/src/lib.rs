@@ -21,6 +21,7 @@
 //! with are built by `ringrouter_proto::reply`.
 #![warn(missing_docs, unreachable_pub)]
 
+mod address;
 pub mod alloc;
 pub mod auth;
 mod bufpool;

@@ -11,6 +11,7 @@ use std::task::{Context, Poll, Waker};
 
 use slab::Slab;
 
+use crate::address::address_key;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::mailbox::Doorbell;
@@ -39,18 +40,6 @@ pub(crate) struct Shared {
     pub(crate) handshakes: Option<Arc<crate::transport::tls::Handshakes>>,
     /// Admission of Registers: in flight, per address, per second.
     pub(crate) signup: SignupGate,
-}
-
-/// What an address counts as: an IPv4 address (also when mapped into IPv6), or the /64
-/// prefix of an IPv6 one (one host usually holds a whole /64).
-pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(prefix.into())
-        }
-        v4 => v4,
-    }
 }
 
 /// The connection slots: `--max-connections` in all, `--max-connections-per-ip` from

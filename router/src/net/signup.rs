@@ -14,10 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::address::address_key;
 use crate::config::Config;
 use crate::maps::NameMap;
 use crate::rate::Bucket;
-use crate::shared::address_key;
 
 /// Most addresses whose Registers are counted. Past it, addresses whose bucket is full
 /// again are forgotten first (that changes nothing), then the least recently seen half;
