@@ -106,6 +106,10 @@ fn start_router() -> Running {
             "--shards",
             "2",
             "--no-pin",
+            // No HTTP port: a router already on the default one (another bench, a
+            // leftover) would make this one exit before its ready line.
+            "--http-listen",
+            "off",
             "--data-dir",
         ])
         .arg(data.path())
