@@ -5,7 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -46,6 +46,8 @@ pub(crate) struct Shared {
 /// one address (TCP, HTTP and WebSocket connections alike).
 pub(crate) struct ConnSlots {
     open: AtomicUsize,
+    /// Connections refused at `max` and at `max_per_address` (for `/metrics`).
+    refused: [AtomicU64; 2],
     max: usize,
     /// 0: no per-address limit, and `by_address` is never touched.
     max_per_address: usize,
@@ -59,10 +61,27 @@ impl ConnSlots {
     pub(crate) fn new(max: usize, max_per_address: usize) -> Self {
         ConnSlots {
             open: AtomicUsize::new(0),
+            refused: [AtomicU64::new(0), AtomicU64::new(0)],
             max,
             max_per_address,
             by_address: Mutex::new(NameMap::default()),
         }
+    }
+
+    /// Open connections, and those refused at `--max-connections` and at
+    /// `--max-connections-per-ip` so far.
+    pub(crate) fn figures(&self) -> (u64, u64, u64) {
+        let [all, address] = &self.refused;
+        (
+            self.open.load(Ordering::Relaxed) as u64,
+            all.load(Ordering::Relaxed),
+            address.load(Ordering::Relaxed),
+        )
+    }
+
+    fn refuse(&self, why: Full) -> Full {
+        self.refused[why as usize].fetch_add(1, Ordering::Relaxed);
+        why
     }
 
     fn by_address(&self) -> std::sync::MutexGuard<'_, NameMap<IpAddr, usize>> {
@@ -80,9 +99,9 @@ impl ConnSlots {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Full {
     /// `--max-connections`.
-    All,
+    All = 0,
     /// `--max-connections-per-ip`.
-    Address,
+    Address = 1,
 }
 
 impl Full {
@@ -109,7 +128,7 @@ impl ConnGuard {
         let prev = slots.open.fetch_add(1, Ordering::AcqRel);
         if prev >= slots.max {
             slots.open.fetch_sub(1, Ordering::AcqRel);
-            return Err(Full::All);
+            return Err(slots.refuse(Full::All));
         }
         // From here, dropping `guard` gives the slot back (and the address's, once set).
         let mut guard = ConnGuard {
@@ -121,7 +140,7 @@ impl ConnGuard {
             let mut by_address = slots.by_address();
             let n = by_address.entry(key).or_insert(0);
             if *n >= slots.max_per_address {
-                return Err(Full::Address);
+                return Err(slots.refuse(Full::Address));
             }
             *n += 1;
             guard.address = Some(key);
@@ -264,6 +283,7 @@ mod tests {
             Some(Full::Address)
         );
         assert_eq!(open(&slots), 2);
+        assert_eq!(slots.figures(), (2, 0, 2), "refusals counted by bound");
         let b = ConnGuard::try_new(&slots, ip("10.0.0.2")).expect("another address");
         assert_eq!((open(&slots), slots.addresses()), (3, 2));
 
@@ -300,6 +320,7 @@ mod tests {
             Some(Full::All)
         );
         assert_eq!((open(&slots), slots.addresses()), (2, 2));
+        assert_eq!(slots.figures(), (2, 1, 0));
     }
 
     /// 0: no per-address limit, and the table stays empty.

@@ -162,6 +162,18 @@ struct Scrape {
     total: StatsSnapshot,
     store: StoreStats,
     tls: Option<TlsStats>,
+    conns: ConnStats,
+}
+
+/// The connection slots' figures (`shared::ConnSlots`).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ConnStats {
+    /// Open connections (TCP, HTTP and WebSocket).
+    pub open: u64,
+    /// Refused at `--max-connections`.
+    pub refused_all: u64,
+    /// Refused at `--max-connections-per-ip`.
+    pub refused_address: u64,
 }
 
 /// The TLS handshake threads' figures (with `--tls-cert`).
@@ -382,6 +394,25 @@ impl prometheus_client::collector::Collector for Scrape {
             enc.encode_descriptor(name, help, None, MetricType::Gauge)?
                 .encode_gauge(&v)?;
         }
+        let c = self.conns;
+        enc.encode_descriptor(
+            "connections_open",
+            "Open connections (TCP, HTTP and WebSocket), as --max-connections counts them.",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&c.open)?;
+        {
+            let mut m = enc.encode_descriptor(
+                "connections_refused",
+                "Connections refused at a bound: --max-connections (limit=\"total\") or \
+                 --max-connections-per-ip (limit=\"per_ip\").",
+                None,
+                MetricType::Counter,
+            )?;
+            counter(&mut m, &[("limit", "total".into())], c.refused_all)?;
+            counter(&mut m, &[("limit", "per_ip".into())], c.refused_address)?;
+        }
         if let Some(t) = self.tls {
             enc.encode_descriptor(
                 "tls_handshakes_in_progress",
@@ -407,6 +438,7 @@ pub(crate) fn render(
     stats: &[Arc<ShardStats>],
     store: StoreStats,
     tls: Option<TlsStats>,
+    conns: ConnStats,
 ) -> String {
     let mut total = StatsSnapshot::default();
     let shards = stats
@@ -422,6 +454,7 @@ pub(crate) fn render(
         total,
         store,
         tls,
+        conns,
     }));
     let mut out = String::with_capacity(32 << 10);
     // Writing into a String cannot fail.
@@ -447,7 +480,12 @@ mod tests {
         for st in &stats {
             st.publish(&c, Gauges::default());
         }
-        let text = render(&stats, StoreStats::default(), None);
+        let conns = ConnStats {
+            open: 3,
+            refused_all: 1,
+            refused_address: 7,
+        };
+        let text = render(&stats, StoreStats::default(), None, conns);
         let has = |line: &str| text.lines().any(|l| l == line);
         assert!(has("ringrouter_messages_in_total 10"), "{text}");
         assert!(
@@ -471,6 +509,15 @@ mod tests {
             "{text}"
         );
         assert!(has("ringrouter_delivery_latency_seconds_count 4"), "{text}");
+        assert!(has("ringrouter_connections_open 3"), "{text}");
+        assert!(
+            has("ringrouter_connections_refused_total{limit=\"per_ip\"} 7"),
+            "{text}"
+        );
+        assert!(
+            has("ringrouter_connections_refused_total{limit=\"total\"} 1"),
+            "{text}"
+        );
         assert!(!text.contains("{}"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }

@@ -84,6 +84,13 @@ fn connection_over_max_connections_per_ip_is_refused() {
     // Another address is not limited by it.
     let mut other = Raw::from_stream(connect_from("127.0.0.2", r.connect_addr()));
     other.login("ip-other");
+    // The three refusals are counted, by bound (read from the other address).
+    let metrics = http_get_on(connect_from("127.0.0.2", r.http_addr()), "/metrics");
+    let refused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ringrouter_connections_refused_total{limit=\"per_ip\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert_eq!(refused, Some(3.0), "{metrics}");
 
     // Closing one frees its slot (the router notices asynchronously).
     b.close().expect("logout");
@@ -114,7 +121,11 @@ fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
 
 /// The whole answer to `GET path` (the connection is closed after it).
 fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect_timeout(&addr, T).expect("connect");
+    http_get_on(TcpStream::connect_timeout(&addr, T).expect("connect"), path)
+}
+
+/// [`http_get`] on a connection already made.
+fn http_get_on(mut s: TcpStream, path: &str) -> String {
     s.set_read_timeout(Some(T)).expect("read timeout");
     s.write_all(format!("GET {path} HTTP/1.1\r\nconnection: close\r\n\r\n").as_bytes())
         .expect("request");
