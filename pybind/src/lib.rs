@@ -922,7 +922,7 @@ impl PyClient {
 
 /// Runs the Rust load engine; returns the report as a JSON string.
 #[pyfunction]
-#[pyo3(signature = (addr, *, pairs, size, messages, duration, fanout, rate, window=None, threads=None, progress=None, every=1.0, transport=String::from("tcp"), tls=false, ca_file=None, server_pid=None))]
+#[pyo3(signature = (addr, *, pairs, size, messages, duration, fanout, rate, window=None, threads=None, progress=None, every=1.0, transport=String::from("tcp"), tls=false, ca_file=None, server_pid=None, user_prefix=None))]
 #[allow(clippy::too_many_arguments)]
 fn load_run(
     py: Python<'_>,
@@ -941,6 +941,7 @@ fn load_run(
     tls: bool,
     ca_file: Option<std::path::PathBuf>,
     server_pid: Option<u32>,
+    user_prefix: Option<String>,
 ) -> PyResult<String> {
     let d = LoadConfig::default();
     let transport = transport::transport(&addr, tls, ca_file, &transport)?;
@@ -959,6 +960,7 @@ fn load_run(
         window: window.unwrap_or(d.window),
         threads: threads.unwrap_or(d.threads),
         server_pid,
+        user_prefix: user_prefix.unwrap_or_else(|| d.user_prefix.clone()),
         ..d
     };
     let every = self::duration("every", every)?;

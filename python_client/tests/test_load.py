@@ -98,6 +98,24 @@ def test_fanout_load_run(router: Router) -> None:
     assert_exact(report, sent=8_000, receivers=4)
 
 
+def test_user_prefix_names_the_runs_users(router: Router) -> None:
+    # A device of the run's first receiver, logged in before it, gets that user's copies
+    # from the run's first sender: the names are the prefix's.
+    prefix = f"pfx{time.monotonic_ns()}-"
+    with ringrouter.Client(router.addr, f"{prefix}r0-0") as device:
+        report = load.run(router.addr, pairs=1, size=64, messages=50, user_prefix=prefix)
+        assert_exact(report, 50, 1)
+        m = device.recv(timeout=5.0)
+        assert isinstance(m, ringrouter.Message), m
+        assert m.sender == f"{prefix}s0"
+    p = run_python(
+        "-m", "ringrouter.load", "--addr", router.addr, "--pairs", "1", "--messages", "10",
+        "--user-prefix", prefix, "--json",
+    )
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["lost"] == 0
+
+
 def test_load_run_bad_arguments(router: Router) -> None:
     with pytest.raises(ValueError):
         load.run(router.addr, size=0, messages=10)

@@ -599,6 +599,7 @@ def load_run(
     tls: bool = False,
     ca_file: Optional[Union[str, "PathLike[str]"]] = None,
     server_pid: Optional[int] = None,
+    user_prefix: Optional[str] = None,
 ) -> str:
     """Runs the Rust load engine without the GIL; returns its report as JSON.
 

@@ -199,6 +199,7 @@ def run(
     tls: bool = False,
     ca_file: Optional[Union[str, "PathLike[str]"]] = None,
     server_pid: Optional[int] = None,
+    user_prefix: Optional[str] = None,
 ) -> LoadReport:
     """Runs a load against the router at ``addr`` and returns what it measured.
 
@@ -226,6 +227,10 @@ def run(
         ca_file: PEM file of the certificates to trust (with ``tls``).
         server_pid: the router's process id, when it runs on this machine: the report's
             ``server_cpu_s`` is then its CPU over the measured span.
+        user_prefix: prefix of the run's user names (senders ``<prefix>s<i>``,
+            receivers ``<prefix>r<i>-<j>``; ``None``: one per process). Users live on
+            the shard their name picks, so fixing it fixes which pairs cross shards:
+            runs compare like for like.
 
     Raises:
         ValueError: an invalid combination of arguments.
@@ -248,5 +253,6 @@ def run(
         tls=tls,
         ca_file=ca_file,
         server_pid=server_pid,
+        user_prefix=user_prefix,
     )
     return LoadReport.from_json(report)

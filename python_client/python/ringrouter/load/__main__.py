@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=None, metavar="R", help="paced total send rate, msgs/s")
     p.add_argument("--window", type=int, default=None, help="most messages in flight per pair")
     p.add_argument("--threads", type=int, default=None, help="engine threads (default: one per core)")
+    p.add_argument("--user-prefix", default=None, metavar="P",
+                   help="prefix of the run's user names (default: one per process); fixing it "
+                   "fixes which shards the senders and receivers live on")
     p.add_argument("--server-pid", type=int, default=None, metavar="PID",
                    help="the router's pid (on this machine): report its CPU over the run (server_cpu_s)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -154,6 +157,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             tls=args.tls,
             ca_file=args.ca_file,
             server_pid=args.server_pid,
+            user_prefix=args.user_prefix,
         )
     except (ValueError, OverflowError, ConnectionError, RuntimeError) as e:
         if progress is not None:
