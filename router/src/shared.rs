@@ -68,15 +68,14 @@ impl ConnSlots {
         }
     }
 
-    /// Open connections, and those refused at `--max-connections` and at
-    /// `--max-connections-per-ip` so far.
-    pub(crate) fn figures(&self) -> (u64, u64, u64) {
+    /// Open connections, and those refused so far (for `/metrics`).
+    pub(crate) fn figures(&self) -> ConnStats {
         let [all, address] = &self.refused;
-        (
-            self.open.load(Ordering::Relaxed) as u64,
-            all.load(Ordering::Relaxed),
-            address.load(Ordering::Relaxed),
-        )
+        ConnStats {
+            open: self.open.load(Ordering::Relaxed) as u64,
+            refused_all: all.load(Ordering::Relaxed),
+            refused_address: address.load(Ordering::Relaxed),
+        }
     }
 
     fn refuse(&self, why: Full) -> Full {
@@ -93,6 +92,17 @@ impl ConnSlots {
     fn addresses(&self) -> usize {
         self.by_address().len()
     }
+}
+
+/// The connection slots' figures ([`ConnSlots::figures`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConnStats {
+    /// Open connections (TCP, HTTP and WebSocket).
+    pub open: u64,
+    /// Refused at `--max-connections`.
+    pub refused_all: u64,
+    /// Refused at `--max-connections-per-ip`.
+    pub refused_address: u64,
 }
 
 /// Which bound refused a connection.
@@ -261,8 +271,13 @@ mod tests {
         s.parse().expect("address")
     }
 
-    fn open(slots: &ConnSlots) -> usize {
-        slots.open.load(Ordering::SeqCst)
+    fn open(slots: &ConnSlots) -> u64 {
+        slots.figures().open
+    }
+
+    /// Which bound refuses one more connection from `from` (`None`: admitted, and let go).
+    fn refused(slots: &Arc<ConnSlots>, from: &str) -> Option<Full> {
+        ConnGuard::try_new(slots, ip(from)).err()
     }
 
     /// Two connections from one address, the third refused (its global slot given
@@ -273,17 +288,12 @@ mod tests {
         let slots = Arc::new(ConnSlots::new(100, 2));
         let a1 = ConnGuard::try_new(&slots, ip("10.0.0.1")).expect("1st");
         let a2 = ConnGuard::try_new(&slots, ip("10.0.0.1")).expect("2nd");
-        assert_eq!(
-            ConnGuard::try_new(&slots, ip("10.0.0.1")).err(),
-            Some(Full::Address)
-        );
+        assert_eq!(refused(&slots, "10.0.0.1"), Some(Full::Address));
         // An IPv4-mapped IPv6 address is the IPv4 one.
-        assert_eq!(
-            ConnGuard::try_new(&slots, ip("::ffff:10.0.0.1")).err(),
-            Some(Full::Address)
-        );
+        assert_eq!(refused(&slots, "::ffff:10.0.0.1"), Some(Full::Address));
         assert_eq!(open(&slots), 2);
-        assert_eq!(slots.figures(), (2, 0, 2), "refusals counted by bound");
+        let refusals = |s: &ConnSlots| (s.figures().refused_all, s.figures().refused_address);
+        assert_eq!(refusals(&slots), (0, 2), "refusals counted by bound");
         let b = ConnGuard::try_new(&slots, ip("10.0.0.2")).expect("another address");
         assert_eq!((open(&slots), slots.addresses()), (3, 2));
 
@@ -301,10 +311,7 @@ mod tests {
         let slots = Arc::new(ConnSlots::new(100, 2));
         let _a = ConnGuard::try_new(&slots, ip("2001:db8::1")).expect("1st");
         let _b = ConnGuard::try_new(&slots, ip("2001:db8::ffff:2")).expect("2nd");
-        assert_eq!(
-            ConnGuard::try_new(&slots, ip("2001:db8::3")).err(),
-            Some(Full::Address)
-        );
+        assert_eq!(refused(&slots, "2001:db8::3"), Some(Full::Address));
         let _c = ConnGuard::try_new(&slots, ip("2001:db8:0:1::1")).expect("another /64");
         assert_eq!(slots.addresses(), 2);
     }
@@ -315,12 +322,10 @@ mod tests {
         let slots = Arc::new(ConnSlots::new(2, 5));
         let _a = ConnGuard::try_new(&slots, ip("10.0.0.1")).expect("1st");
         let _b = ConnGuard::try_new(&slots, ip("10.0.0.2")).expect("2nd");
-        assert_eq!(
-            ConnGuard::try_new(&slots, ip("10.0.0.3")).err(),
-            Some(Full::All)
-        );
+        assert_eq!(refused(&slots, "10.0.0.3"), Some(Full::All));
         assert_eq!((open(&slots), slots.addresses()), (2, 2));
-        assert_eq!(slots.figures(), (2, 1, 0));
+        let f = slots.figures();
+        assert_eq!((f.refused_all, f.refused_address), (1, 0));
     }
 
     /// 0: no per-address limit, and the table stays empty.

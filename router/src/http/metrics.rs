@@ -12,6 +12,7 @@ use ringrouter_proto::Status;
 
 use std::sync::Arc;
 
+use crate::shared::ConnStats;
 use crate::stats::{ShardStats, StatsSnapshot, LATENCY_BOUNDS_US, STATUS_CODES};
 use crate::store::StoreStats;
 
@@ -163,17 +164,6 @@ struct Scrape {
     store: StoreStats,
     tls: Option<TlsStats>,
     conns: ConnStats,
-}
-
-/// The connection slots' figures (`shared::ConnSlots`).
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct ConnStats {
-    /// Open connections (TCP, HTTP and WebSocket).
-    pub open: u64,
-    /// Refused at `--max-connections`.
-    pub refused_all: u64,
-    /// Refused at `--max-connections-per-ip`.
-    pub refused_address: u64,
 }
 
 /// The TLS handshake threads' figures (with `--tls-cert`).

@@ -419,14 +419,7 @@ async fn answer(
                     in_progress: h.in_progress() as u64,
                     refused: h.refused(),
                 }),
-                {
-                    let (open, refused_all, refused_address) = shared.conns.figures();
-                    metrics::ConnStats {
-                        open,
-                        refused_all,
-                        refused_address,
-                    }
-                },
+                shared.conns.figures(),
             ),
         ),
         Route::Asset(path) => match crate::web::asset(&path) {

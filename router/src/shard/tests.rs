@@ -255,16 +255,14 @@ fn mail_to_a_shard_goes_in_batches_of_one_size_that_each_name_their_users() {
     let alice = a.register("alice", "d".into(), -1).unwrap();
     let rb = b.register(&bob, "d".into(), -1).unwrap();
     let mut blocked = Vec::new();
+    // `n` messages from alice to bob, each its own Send.
+    let sends = |a: &mut Shard, n: usize, blocked: &mut Vec<_>| {
+        for _ in 0..n {
+            a.on_frame(alice, send(&bob, b"x", false), Instant::now(), 1, blocked);
+        }
+    };
     let n = BATCH_MAILS + 10;
-    for _ in 0..n {
-        a.on_frame(
-            alice,
-            send(&bob, b"x", false),
-            Instant::now(),
-            1,
-            &mut blocked,
-        );
-    }
+    sends(&mut a, n, &mut blocked);
     assert_eq!(a.outbox_len, n);
     let total = a.outbox_bytes[1];
     let mut batches = Vec::new();
@@ -298,15 +296,7 @@ fn mail_to_a_shard_goes_in_batches_of_one_size_that_each_name_their_users() {
     // The full one given back is kept for the next; the short one (a Vec of its own
     // size) is let go.
     assert_eq!(a.spare_batches.len(), 1);
-    for _ in 0..BATCH_MAILS {
-        a.on_frame(
-            alice,
-            send(&bob, b"x", false),
-            Instant::now(),
-            1,
-            &mut blocked,
-        );
-    }
+    sends(&mut a, BATCH_MAILS, &mut blocked);
     assert!(
         a.spare_batches.is_empty(),
         "the sealed batch took the spare"

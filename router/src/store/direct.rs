@@ -140,8 +140,6 @@ pub(crate) struct DirectStage {
     at: u64,
     /// Buffers back from the writer, to be filled next.
     spare: Vec<Aligned>,
-    /// Buffers allocated (at most [`BUFFERS`]).
-    allocated: usize,
     /// Buffers with the writer.
     inflight: usize,
     /// Started by the first full buffer (`None` after that: it could not be started,
@@ -158,6 +156,12 @@ impl DirectStage {
         self.at = 0;
     }
 
+    /// Buffers held: the one being filled, the writer's, the spare ones (at most
+    /// [`BUFFERS`]).
+    fn buffers(&self) -> usize {
+        usize::from(self.buf.is_some()) + self.inflight + self.spare.len()
+    }
+
     /// Takes back one buffer from the writer (into `spare`), with how its write went.
     fn wait_one(&mut self) -> io::Result<()> {
         let (Some(Some(w)), 1..) = (&self.writer, self.inflight) else {
@@ -169,7 +173,6 @@ impl DirectStage {
             // from now on.
             self.writer = Some(None);
             self.inflight = 0;
-            self.allocated = self.spare.len() + usize::from(self.buf.is_some());
             return Err(io::Error::other("history log writer thread ended"));
         };
         self.inflight -= 1;
@@ -201,13 +204,10 @@ impl DirectStage {
         }
         // Everything that can fail before a buffer moves.
         let file = f.try_clone()?;
-        if self.spare.is_empty() && self.allocated >= BUFFERS {
+        if self.spare.is_empty() && self.buffers() >= BUFFERS {
             self.wait_one()?;
         }
-        let next = self.spare.pop().unwrap_or_else(|| {
-            self.allocated += 1;
-            Aligned::new(STAGE_MAX)
-        });
+        let next = self.spare.pop().unwrap_or_else(|| Aligned::new(STAGE_MAX));
         let Some(full) = self.buf.replace(next) else {
             // (Not reached: `push` filled the buffer it had.)
             return Ok(());
@@ -248,9 +248,6 @@ impl DirectStage {
     /// [`STAGE_MAX`] are staged.
     pub(crate) fn push(&mut self, f: &File, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
-            if self.buf.is_none() {
-                self.allocated += 1;
-            }
             let buf = self.buf.get_or_insert_with(|| Aligned::new(STAGE_MAX));
             let n = (STAGE_MAX - self.len).min(bytes.len());
             buf.block_mut(STAGE_MAX)[self.len..self.len + n].copy_from_slice(&bytes[..n]);
@@ -341,6 +338,7 @@ mod tests {
             .collect();
         s.push(&f, &big).unwrap();
         assert!(s.len() < STAGE_MAX);
+        assert!(s.buffers() <= BUFFERS, "{} buffers", s.buffers());
         s.write(&f, true).unwrap();
         let on_disk = std::fs::read(&path).unwrap();
         let logical = 5 + big.len();

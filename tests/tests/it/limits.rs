@@ -43,19 +43,7 @@ fn connection_over_max_connections_is_refused() {
     pending.send(client_frame::Kind::Ping(Ping { nonce: 2 }));
     assert!(matches!(pending.next_kind(T), server_frame::Kind::Pong(_)));
 
-    // Closing one frees its slot (the router notices asynchronously).
-    b.close().expect("logout");
-    let mut c = None;
-    assert!(
-        wait_until(T, || {
-            c = r.client_with(cfg("conn-c")).ok();
-            c.is_some()
-        }),
-        "a slot was not freed after a logout"
-    );
-    let mut c = c.expect("connected");
-    a.send_wait("conn-c", b"hello c").expect("send");
-    assert!(c.recv(Some(T)).expect("recv").is_some());
+    slot_frees_after_a_logout(&r, &mut a, b, "conn-c");
 }
 
 #[test]
@@ -92,18 +80,23 @@ fn connection_over_max_connections_per_ip_is_refused() {
         .and_then(|v| v.trim().parse::<f64>().ok());
     assert_eq!(refused, Some(3.0), "{metrics}");
 
-    // Closing one frees its slot (the router notices asynchronously).
+    slot_frees_after_a_logout(&r, &mut a, b, "ip-c");
+}
+
+/// Once `b` logs out, its slot is freed (the router notices asynchronously): a client
+/// `user` connects and gets a message from `a`.
+fn slot_frees_after_a_logout(r: &RouterProc, a: &mut Client, b: Client, user: &str) {
     b.close().expect("logout");
     let mut c = None;
     assert!(
         wait_until(T, || {
-            c = r.client_with(cfg("ip-c")).ok();
+            c = r.client_with(cfg(user)).ok();
             c.is_some()
         }),
-        "an address's slot was not freed after a logout"
+        "a slot was not freed after a logout"
     );
     let mut c = c.expect("connected");
-    a.send_wait("ip-c", b"hello c").expect("send");
+    a.send_wait(user, b"hello c").expect("send");
     assert!(c.recv(Some(T)).expect("recv").is_some());
 }
 
