@@ -9,7 +9,9 @@ use bytes::{Bytes, BytesMut};
 use prost::Message;
 
 use crate::codec::{frame_bytes_needed, frames, next_frame, split_frames, FrameError};
-use crate::fast::{parse_client, parse_client_at, parse_server, Inbound, ServerView};
+use crate::fast::{
+    deliver_seq_payload, parse_client, parse_client_at, parse_server, Inbound, ServerView,
+};
 use crate::v1::{client_frame, server_frame, ClientFrame, ServerFrame};
 
 /// The `frame_decode` target: `data` is checked three ways.
@@ -17,7 +19,8 @@ use crate::v1::{client_frame, server_frame, ClientFrame, ServerFrame};
 /// 1. As one client frame body: the fast parser ([`parse_client`], and [`parse_client_at`]
 ///    on the same body inside a bigger chunk) and prost (`ClientFrame::decode`) agree:
 ///    both refuse it, or both accept it with the same content. [`parse_server`] does not
-///    panic and agrees with prost on every Deliver prost accepts.
+///    panic and agrees with prost on every Deliver prost accepts; [`deliver_seq_payload`]
+///    answers only where [`parse_server`] reads a Deliver, with its seq and payload.
 /// 2. As a byte stream (after a two-byte header choosing the frame size limit and where
 ///    the stream is cut): [`next_frame`] and [`split_frames`]/[`frames`] fed the stream in
 ///    pieces find the same frames, and stop at the same error, as one [`next_frame`] pass
@@ -51,6 +54,17 @@ pub fn check_body(data: &[u8]) {
 /// router's own output, which validates nothing it does not use).
 fn check_server_body(data: &[u8]) {
     let fast = parse_server(data);
+    if let Some((seq, payload)) = deliver_seq_payload(data) {
+        match fast {
+            Ok(ServerView::Deliver {
+                seq: s, payload: p, ..
+            }) => assert!(
+                (s, p) == (seq, payload),
+                "deliver_seq_payload and parse_server disagree on {data:02x?}"
+            ),
+            _ => panic!("deliver_seq_payload reads what parse_server does not: {data:02x?}"),
+        }
+    }
     let Ok(ServerFrame {
         kind: Some(server_frame::Kind::Deliver(d)),
     }) = ServerFrame::decode(data)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use monoio::net::TcpStream;
 use ringrouter_proto::codec::{decode_server, peek_varint};
-use ringrouter_proto::fast::{parse_server, ServerView};
+use ringrouter_proto::fast::{deliver_seq_payload, parse_server, ServerView};
 use ringrouter_proto::send::{put_send_header, SendHeader, Target};
 use ringrouter_proto::v1::{client_frame, server_frame, JoinRoom, Login};
 
@@ -79,6 +79,11 @@ pub(super) fn next_item<'a>(
     }
     let body = &rest[n..end];
     *pos += end;
+    // The router's own layout first: seq and payload only (what the engine reads of
+    // a delivery); anything else through the full parse.
+    if let Some((seq, payload)) = deliver_seq_payload(body) {
+        return Ok(Some(Item::Msg(payload, seq)));
+    }
     match parse_server(body).map_err(|e| e.to_string())? {
         ServerView::Deliver { seq, payload, .. } => Ok(Some(Item::Msg(payload, seq))),
         ServerView::Other => {
