@@ -255,8 +255,15 @@ fn parse_send(
         pos: range.start,
     };
     let mut s = SendView::default();
-    while c.pos < range.end {
-        let (field, wt) = c.key()?;
+    while let Some(&tag) = c.buf.get(c.pos) {
+        // Every field of Send has a one-byte tag: read as it is, not decoded (a tag of
+        // more bytes, or field 0, goes through `key`).
+        let (field, wt) = if (8..0x80).contains(&tag) {
+            c.pos += 1;
+            (u32::from(tag >> 3), tag & 7)
+        } else {
+            c.key()?
+        };
         match (field, wt) {
             (1, WT_VARINT) => s.request_id = c.varint()?,
             (2, WT_LEN) => s.to_user = utf8(body, c.len_delimited()?)?,
