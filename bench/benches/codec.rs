@@ -15,7 +15,8 @@ use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use ringrouter_proto::codec::{encode_frame, frames, next_frame, split_frames};
 use ringrouter_proto::fast::{
-    parse_client_at, parse_server, put_deliver_header, DeliverStamp, Inbound, ServerView,
+    deliver_seq_payload, parse_client_at, parse_server, put_deliver_header, DeliverStamp, Inbound,
+    ServerView,
 };
 use ringrouter_proto::v1::{client_frame, ClientFrame, Send};
 use ringrouter_proto::DEFAULT_MAX_FRAME_BYTES;
@@ -161,6 +162,13 @@ fn parse_deliver(c: &mut Criterion) {
                 }) => black_box((seq, payload, msg_id)),
                 other => panic!("not a deliver: {other:?}"),
             })
+        });
+        // What the load engine reads of each delivery: the seq and the payload only.
+        g.bench_with_input(BenchmarkId::new("seq_payload", name), &body, |b, body| {
+            match deliver_seq_payload(black_box(&body[..])) {
+                Some(_) => b.iter(|| black_box(deliver_seq_payload(black_box(&body[..])))),
+                None => panic!("not the router's layout: {v:?}", v = parse_server(body)),
+            }
         });
     }
     g.finish();
