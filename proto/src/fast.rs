@@ -1063,7 +1063,7 @@ mod tests {
                 server_ts_us: ts,
                 msg_id: id,
             };
-            let mut out = bytes::BytesMut::new();
+            let mut out = BytesMut::new();
             put_deliver_header(&mut out, &stamp, payload.len());
             assert_eq!(out.len(), deliver_header_len(&stamp, payload.len()));
             out.extend_from_slice(&payload);
