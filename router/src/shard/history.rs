@@ -32,6 +32,7 @@ pub struct HistBuf {
     last_pair: (Vec<u8>, Vec<u8>),
     /// `chunks[last]` is the conversation `scratch` names (no need to compare them).
     last_is_scratch: bool,
+    /// The payloads the chunks share (the records' capacity is counted at the flush).
     bytes: usize,
     /// The most bytes one conversation got in the previous turn: a new chunk's
     /// capacity, so a busy conversation's records are not grown (copied) message by message.
@@ -86,16 +87,57 @@ impl HistBuf {
                 },
             }
         };
+        let i = self.room_for(i, HistChunk::record_len(from_user, payload));
         self.last = i;
         self.last_is_scratch = true;
         if let Some(c) = self.chunks.get_mut(i) {
-            let before = c.data.capacity();
             c.push_shared(from_user, msg_id, ts_us, payload);
-            self.bytes += c.data.capacity() - before;
             if payload.len() > HistChunk::INLINE_MAX {
                 self.bytes += payload.len() + std::mem::size_of::<Bytes>();
             }
         }
+    }
+
+    /// The chunk a record of `need` bytes goes to: chunk `i`, or, when it is full, a
+    /// new chunk of the same conversation after it, twice its size (up to
+    /// [`HINT_MAX`]). A full chunk is never grown: growing copied everything it held
+    /// (a realloc per doubling, 2% of the router's CPU at 256 pairs × 64 B). The store
+    /// takes a conversation's chunks in order, as one after the other.
+    fn room_for(&mut self, i: usize, need: usize) -> usize {
+        let Some(c) = self.chunks.get(i) else {
+            return i;
+        };
+        if c.data.capacity() - c.data.len() >= need || c.data.is_empty() {
+            return i;
+        }
+        let cap = c
+            .data
+            .capacity()
+            .saturating_mul(2)
+            .clamp(HINT_MIN, HINT_MAX)
+            .max(need);
+        let conv = c.conv.clone();
+        let j = self.chunks.len();
+        self.chunks.push(HistChunk {
+            conv,
+            data: Vec::with_capacity(cap),
+            ..Default::default()
+        });
+        if let Some(slot) = self.index.get_mut(&self.scratch) {
+            *slot = j;
+        }
+        j
+    }
+
+    /// What the turn's chunks hold: their records' capacity, their conversation ids and
+    /// themselves, and the payloads they share.
+    fn held_bytes(&self) -> usize {
+        let chunks: usize = self
+            .chunks
+            .iter()
+            .map(|c| c.data.capacity() + c.conv.len() + std::mem::size_of::<HistChunk>())
+            .sum();
+        chunks + self.bytes
     }
 }
 
@@ -188,10 +230,9 @@ impl Shard {
         if !self.hist.pending() {
             return;
         }
+        let bytes = self.hist.held_bytes();
+        self.hist.bytes = 0;
         let chunks = std::mem::take(&mut self.hist.chunks);
-        // The chunks' records (their capacity) and the chunks themselves.
-        let bytes = std::mem::take(&mut self.hist.bytes)
-            + chunks.len() * (std::mem::size_of::<HistChunk>() + self.hist.scratch.len());
         self.hist.hint = chunks.iter().map(|c| c.data.len()).max().unwrap_or(0);
         self.hist.index.clear();
         self.hist.last = 0;
@@ -205,6 +246,83 @@ impl Shard {
                     tracing::warn!(error = %e, "history append failed");
                 }
             },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::history::records;
+
+    fn push_dm(h: &mut HistBuf, from: &[u8], to: &[u8], id: u64, len: usize) {
+        dm_conv_into(&mut h.scratch, from, to);
+        h.renamed();
+        h.push(from, &Bytes::from(vec![id as u8; len]), id, 1_000 + id);
+    }
+
+    #[test]
+    fn a_full_chunk_is_followed_by_a_bigger_one_of_its_conversation_never_grown() {
+        let mut h = HistBuf::default();
+        let mut caps: Vec<usize> = Vec::new();
+        for id in 1..=5_000u64 {
+            push_dm(&mut h, b"alice", b"bob", id, 40);
+            if id % 1_000 == 0 {
+                // Another conversation in between: its own chunk.
+                push_dm(&mut h, b"carol", b"dave", 100_000 + id, 40);
+            }
+            for (i, c) in h.chunks.iter().enumerate() {
+                match caps.get(i) {
+                    Some(&cap) => assert_eq!(c.data.capacity(), cap, "chunk {i} was grown"),
+                    None => caps.push(c.data.capacity()),
+                }
+            }
+        }
+        let conv = |from: &[u8], to: &[u8]| {
+            let mut c = Vec::new();
+            dm_conv_into(&mut c, from, to);
+            c
+        };
+        let ids = |conv: &[u8]| -> Vec<u64> {
+            h.chunks
+                .iter()
+                .filter(|c| c.conv == conv)
+                .flat_map(|c| records(&c.data).map(|r| r.1).collect::<Vec<_>>())
+                .collect()
+        };
+        // Every message once, in order, in the conversation's chunks.
+        assert_eq!(
+            ids(&conv(b"alice", b"bob")),
+            (1..=5_000).collect::<Vec<_>>()
+        );
+        let other: Vec<u64> = (1..=5).map(|k| 100_000 + k * 1_000).collect();
+        assert_eq!(ids(&conv(b"carol", b"dave")), other);
+        let mine: Vec<usize> = h
+            .chunks
+            .iter()
+            .filter(|c| c.conv == conv(b"alice", b"bob"))
+            .map(|c| c.data.capacity())
+            .collect();
+        assert!(mine.len() > 2, "{mine:?}");
+        // Each next chunk twice the one before (a record's size at least), up to the cap.
+        for w in mine.windows(2) {
+            assert_eq!(w[1], (w[0] * 2).clamp(HINT_MIN, HINT_MAX), "{mine:?}");
+        }
+        // What the flush counts covers every chunk's capacity.
+        let total: usize = h.chunks.iter().map(|c| c.data.capacity()).sum();
+        assert!(h.held_bytes() >= total);
+    }
+
+    #[test]
+    fn a_shared_payload_counts_beside_the_chunks() {
+        let mut h = HistBuf::default();
+        push_dm(&mut h, b"alice", b"bob", 1, HistChunk::INLINE_MAX + 1);
+        let c = &h.chunks[0];
+        assert_eq!(c.shared.len(), 1);
+        assert!(
+            h.held_bytes() > c.data.capacity() + HistChunk::INLINE_MAX,
+            "{}",
+            h.held_bytes()
         );
     }
 }

@@ -100,6 +100,17 @@ impl HistChunk {
     /// Payloads up to this many bytes are copied into the record; larger ones shared.
     pub const INLINE_MAX: usize = 256;
 
+    /// Bytes [`HistChunk::push_shared`] appends for this message.
+    #[inline]
+    pub fn record_len(from_user: &[u8], payload: &[u8]) -> usize {
+        let copied = if payload.len() <= Self::INLINE_MAX {
+            payload.len()
+        } else {
+            0
+        };
+        RECORD_FIXED + from_user.len().min(255) + copied
+    }
+
     /// Appends one message, its payload copied.
     #[inline]
     pub fn push(&mut self, from_user: &[u8], msg_id: u64, ts_us: u64, payload: &[u8]) {
