@@ -103,13 +103,23 @@ impl HistBuf {
     /// [`HINT_MAX`]). A full chunk is never grown: growing copied everything it held
     /// (a realloc per doubling, 2% of the router's CPU at 256 pairs × 64 B). The store
     /// takes a conversation's chunks in order, as one after the other.
+    #[inline(always)]
     fn room_for(&mut self, i: usize, need: usize) -> usize {
+        match self.chunks.get(i) {
+            Some(c) if c.data.capacity() - c.data.len() < need && !c.data.is_empty() => {
+                self.next_chunk(i, need)
+            }
+            _ => i,
+        }
+    }
+
+    /// [`HistBuf::room_for`] when chunk `i` is full: the new chunk's index.
+    #[cold]
+    #[inline(never)]
+    fn next_chunk(&mut self, i: usize, need: usize) -> usize {
         let Some(c) = self.chunks.get(i) else {
             return i;
         };
-        if c.data.capacity() - c.data.len() >= need || c.data.is_empty() {
-            return i;
-        }
         let cap = c
             .data
             .capacity()
