@@ -237,6 +237,12 @@ pub(crate) fn varint_into(buf: &mut [u8], mut at: usize, mut v: u64) -> usize {
         buf[at] = v as u8;
         return at + 1;
     }
+    if v < 1 << 14 {
+        // Two bytes (the lengths of payloads from 128 B to 16 KiB, and of their frames).
+        buf[at] = (v as u8) | 0x80;
+        buf[at + 1] = (v >> 7) as u8;
+        return at + 2;
+    }
     if v < 1 << 56 {
         // Up to eight 7-bit groups spread into eight bytes at once, continuation bits on
         // all but the last used byte, and one 8-byte store (the bytes past the varint are

@@ -84,13 +84,21 @@ struct Cursor<'a> {
 }
 
 impl Cursor<'_> {
+    /// A varint of one byte (tags, short lengths, small numbers) or two (the lengths of
+    /// payloads from 128 B to 16 KiB) without a call; longer ones through
+    /// [`Cursor::varint_slow`].
     #[inline(always)]
     fn varint(&mut self) -> Result<u64, FrameError> {
-        // One-byte varints (tags, short lengths, small numbers) without a call.
         if let Some(&b0) = self.buf.get(self.pos) {
             if b0 < 0x80 {
                 self.pos += 1;
                 return Ok(u64::from(b0));
+            }
+            if let Some(&b1) = self.buf.get(self.pos + 1) {
+                if b1 < 0x80 {
+                    self.pos += 2;
+                    return Ok(u64::from(b0 & 0x7f) | (u64::from(b1) << 7));
+                }
             }
         }
         self.varint_slow()
@@ -1696,5 +1704,55 @@ mod conformance_tests {
         let mut b = Vec::new();
         crate::codec::put_varint(&mut b, v);
         b
+    }
+
+    #[test]
+    fn lengths_of_one_two_and_three_bytes_read_as_prost_reads_them() {
+        for n in [0usize, 1, 127, 128, 129, 1024, 16_383, 16_384, 70_000] {
+            let payload = vec![0xA5u8; n];
+            let inner = Send {
+                request_id: 3,
+                to_user: "bob".into(),
+                payload: Bytes::from(payload.clone()),
+                ..Default::default()
+            }
+            .encode_to_vec();
+            let body = wrap(2, &inner);
+            let got = parse_client(body.clone());
+            assert_agree(&got, &body, &body);
+            let Ok(Inbound::Send(v)) = got else {
+                panic!("refused a Send of {n} bytes");
+            };
+            assert_eq!(&v.payload[..], &payload[..], "{n} bytes");
+            // A Deliver of the same payload: the quick read and the full one agree.
+            let pieces = deliver_pieces(9);
+            let mut d = pieces[..5].concat();
+            d.push(0x22);
+            d.extend(varint_bytes(n as u64));
+            d.extend_from_slice(&payload);
+            let mut body = vec![0x1a];
+            body.extend(varint_bytes(d.len() as u64));
+            body.extend(d);
+            // (It declines when fewer than 8 bytes follow the id: parse_server decides.)
+            let quick = same_as_parse_server(&body);
+            if n >= 8 {
+                assert_eq!(quick, Some((1_234_567, payload)), "{n} bytes");
+            }
+        }
+        // Non-minimal two-byte lengths (a continuation byte, then 0 or the rest) and a
+        // length whose second byte runs past the end: as prost has them.
+        for extra in [
+            [key(F, WT_LEN), vec![0x80, 0x00]].concat(),
+            [key(F, WT_LEN), vec![0x81, 0x00, 0x41]].concat(),
+            [key(F, WT_LEN), vec![0x82, 0x00, 0x41]].concat(),
+        ] {
+            let ok = extra[1..] != [0x82, 0x00, 0x41];
+            if ok {
+                assert_accepted(&extra);
+            } else {
+                assert_refused(&extra);
+            }
+        }
+        assert!(send_with(&[key(F, WT_LEN), vec![0x80]].concat()).is_err());
     }
 }
