@@ -37,9 +37,15 @@ pub struct HistBuf {
     /// The most bytes one conversation got in the previous turn: a new chunk's
     /// capacity, so a busy conversation's records are not grown (copied) message by message.
     hint: usize,
-    /// Bytes of capacity given to this turn's chunks so far (at most [`PREALLOC_MAX`]
-    /// go by the hint: a turn of many small conversations allocates little).
+    /// Bytes of capacity given to this turn's chunks so far (at most `prealloc_max` go by
+    /// the hint: a turn of many small conversations allocates little).
     prealloc: usize,
+    /// At most [`PREALLOC_MAX`], and a sixteenth of the store queue's bound: the capacity
+    /// a flush counts towards that bound is never mostly room the hint reserved.
+    prealloc_max: usize,
+    /// Per chunk: the bytes its conversation has in the chunks before it this turn (a
+    /// full chunk is followed by another), so that the hint is a conversation's total.
+    earlier: Vec<usize>,
 }
 
 /// Bounds of [`HistBuf::hint`], bytes.
@@ -50,6 +56,14 @@ const HINT_MAX: usize = 1 << 20;
 const PREALLOC_MAX: usize = 4 * HINT_MAX;
 
 impl HistBuf {
+    /// The buffer of a shard whose store queue holds at most `store_queue_bytes`.
+    pub fn new(store_queue_bytes: usize) -> Self {
+        HistBuf {
+            prealloc_max: PREALLOC_MAX.min(store_queue_bytes / 16),
+            ..Default::default()
+        }
+    }
+
     /// Whether messages wait for the flusher.
     pub fn pending(&self) -> bool {
         !self.chunks.is_empty()
@@ -73,7 +87,7 @@ impl HistBuf {
                         let cap = self
                             .hint
                             .min(HINT_MAX)
-                            .min(PREALLOC_MAX.saturating_sub(self.prealloc))
+                            .min(self.prealloc_max.saturating_sub(self.prealloc))
                             .max(HINT_MIN);
                         self.prealloc += cap;
                         self.chunks.push(HistChunk {
@@ -81,6 +95,7 @@ impl HistBuf {
                             data: Vec::with_capacity(cap),
                             ..Default::default()
                         });
+                        self.earlier.push(0);
                         self.index.insert(self.scratch.clone(), i);
                         i
                     }
@@ -127,7 +142,9 @@ impl HistBuf {
             .clamp(HINT_MIN, HINT_MAX)
             .max(need);
         let conv = c.conv.clone();
+        let before = self.earlier.get(i).copied().unwrap_or(0) + c.data.len();
         let j = self.chunks.len();
+        self.earlier.push(before);
         self.chunks.push(HistChunk {
             conv,
             data: Vec::with_capacity(cap),
@@ -137,6 +154,16 @@ impl HistBuf {
             *slot = j;
         }
         j
+    }
+
+    /// The most bytes one conversation has in `chunks` (this turn's, taken for the flush).
+    fn busiest(&self, chunks: &[HistChunk]) -> usize {
+        chunks
+            .iter()
+            .zip(self.earlier.iter().chain(std::iter::repeat(&0)))
+            .map(|(c, before)| before + c.data.len())
+            .max()
+            .unwrap_or(0)
     }
 
     /// What the turn's chunks hold: their records' capacity, their conversation ids and
@@ -243,7 +270,8 @@ impl Shard {
         let bytes = self.hist.held_bytes();
         self.hist.bytes = 0;
         let chunks = std::mem::take(&mut self.hist.chunks);
-        self.hist.hint = chunks.iter().map(|c| c.data.len()).max().unwrap_or(0);
+        self.hist.hint = self.hist.busiest(&chunks);
+        self.hist.earlier.clear();
         self.hist.index.clear();
         self.hist.last = 0;
         self.hist.last_is_scratch = false;
@@ -321,6 +349,42 @@ mod tests {
         // What the flush counts covers every chunk's capacity.
         let total: usize = h.chunks.iter().map(|c| c.data.capacity()).sum();
         assert!(h.held_bytes() >= total);
+    }
+
+    #[test]
+    fn the_hint_is_a_conversations_total_over_its_chunks() {
+        let mut h = HistBuf::default();
+        for id in 1..=300u64 {
+            push_dm(&mut h, b"alice", b"bob", id, 40);
+        }
+        push_dm(&mut h, b"carol", b"dave", 1_000, 40);
+        let alice: usize = h
+            .chunks
+            .iter()
+            .filter(|c| c.conv != h.chunks[h.last].conv)
+            .map(|c| c.data.len())
+            .sum();
+        assert!(h.chunks.len() > 3, "{}", h.chunks.len());
+        assert_eq!(h.busiest(&h.chunks), alice);
+    }
+
+    #[test]
+    fn what_the_hint_reserves_in_a_turn_is_a_sixteenth_of_the_store_queue_at_most() {
+        let held = |store_queue: usize| {
+            let mut h = HistBuf::new(store_queue);
+            h.hint = HINT_MAX;
+            for k in 0..20u64 {
+                let peer = format!("peer-{k}");
+                push_dm(&mut h, b"alice", peer.as_bytes(), k + 1, 10);
+            }
+            h.held_bytes()
+        };
+        // A 256 KiB queue: 16 KiB by the hint, then the smallest chunks.
+        let small = held(256 << 10);
+        assert!(small <= (16 << 10) + 20 * (HINT_MIN + 200), "{small}");
+        // The default queue (64 MiB): up to PREALLOC_MAX.
+        let big = held(64 << 20);
+        assert!(big >= PREALLOC_MAX, "{big}");
     }
 
     #[test]

@@ -294,6 +294,7 @@ impl Shard {
         flight_in: Vec<Arc<AtomicUsize>>,
         pause: PauseTables,
     ) -> Self {
+        let store_queue_bytes = cfg.max_store_queue_bytes;
         Shard {
             id,
             n,
@@ -343,7 +344,7 @@ impl Shard {
             chunk_payload: 0,
             deleting: NameSet::default(),
             bell: None,
-            hist: history::HistBuf::default(),
+            hist: history::HistBuf::new(store_queue_bytes),
             resumable: resume::Resumable::default(),
             rooms: NameMap::default(),
             stored_floor: NameMap::default(),

@@ -655,7 +655,7 @@ pub(crate) fn push_record_head(
     // What the writes below cover: the name's length, the name, msg_id, ts and len.
     const _: () = assert!(RECORD_FIXED == 1 + 8 + 8 + 4);
     let head = RECORD_FIXED + n;
-    out.reserve(head + more);
+    out.reserve(head.saturating_add(more));
     let start = out.len();
     // Written in place with one capacity check (this runs once per message kept in
     // history; four checked appends cost ~40 instructions more, `bench/ir.sh`).
