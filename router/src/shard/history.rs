@@ -156,11 +156,11 @@ impl HistBuf {
         j
     }
 
-    /// The most bytes one conversation has in `chunks` (this turn's, taken for the flush).
-    fn busiest(&self, chunks: &[HistChunk]) -> usize {
-        chunks
+    /// The most bytes one conversation has in this turn's chunks.
+    fn busiest(&self) -> usize {
+        self.chunks
             .iter()
-            .zip(self.earlier.iter().chain(std::iter::repeat(&0)))
+            .zip(&self.earlier)
             .map(|(c, before)| before + c.data.len())
             .max()
             .unwrap_or(0)
@@ -269,8 +269,8 @@ impl Shard {
         }
         let bytes = self.hist.held_bytes();
         self.hist.bytes = 0;
+        self.hist.hint = self.hist.busiest();
         let chunks = std::mem::take(&mut self.hist.chunks);
-        self.hist.hint = self.hist.busiest(&chunks);
         self.hist.earlier.clear();
         self.hist.index.clear();
         self.hist.last = 0;
@@ -365,7 +365,7 @@ mod tests {
             .map(|c| c.data.len())
             .sum();
         assert!(h.chunks.len() > 3, "{}", h.chunks.len());
-        assert_eq!(h.busiest(&h.chunks), alice);
+        assert_eq!(h.busiest(), alice);
     }
 
     #[test]

@@ -939,6 +939,15 @@ mod tests {
             ]
         );
         assert_eq!(out.len(), 3 * RECORD_FIXED + 255 + 1 + 1 + 200);
+        // `record_len` is what `push_shared` appends: a copied payload, or a shared one.
+        for payload in [
+            vec![1u8; HistChunk::INLINE_MAX],
+            vec![2u8; HistChunk::INLINE_MAX + 1],
+        ] {
+            let mut c = HistChunk::default();
+            c.push_shared(b"alice", 1, 2, &Bytes::from(payload.clone()));
+            assert_eq!(c.data.len(), HistChunk::record_len(b"alice", &payload));
+        }
     }
 
     #[test]
