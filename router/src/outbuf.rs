@@ -109,20 +109,24 @@ const CLOSE_AT: usize = 4096;
 
 /// Outbound queue of one session. Appending never blocks; the writer task takes
 /// everything queued at once ([`OutBuf::take`]) for one writev.
+///
+/// `repr(C)`: what an append reads and writes (`data`, `len`, `copied_bytes`) comes
+/// first, in the cache line the session's fan-out prefetch asks for (see `Session`).
 #[derive(Debug, Default)]
+#[repr(C)]
 pub struct OutBuf {
     data: BytesMut,
+    len: usize,
+    /// Payload bytes copied into the contiguous buffer (at or below the inline threshold).
+    pub copied_bytes: u64,
+    /// Payload bytes queued by reference (never copied).
+    pub zero_copy_bytes: u64,
+    segs: Vec<Seg>,
     /// Full buffers of local bytes queued before `data`, oldest first (each ended by a
     /// `Part::ChunkEnd` seg).
     closed: Vec<Bytes>,
     /// A written-out buffer, uniquely owned again, kept for reuse.
     spare: Option<BytesMut>,
-    segs: Vec<Seg>,
-    len: usize,
-    /// Payload bytes queued by reference (never copied).
-    pub zero_copy_bytes: u64,
-    /// Payload bytes copied into the contiguous buffer (at or below the inline threshold).
-    pub copied_bytes: u64,
     /// A writer has taken a batch (so the session's first frame, its LoginResult, is
     /// on its way).
     taken: bool,

@@ -175,8 +175,7 @@ impl Shard {
         // session two ahead are asked for now, its struct's four ahead.
         let ahead = |j: usize, sessions: &slab::Slab<super::session::Session>| {
             if let Some(s) = keys.get(j + 4).and_then(|&k| sessions.get(k)) {
-                crate::outbuf::prefetch(&s.out);
-                crate::outbuf::prefetch(&s.unacked);
+                s.prefetch();
             }
             if let Some(s) = keys.get(j + 2).and_then(|&k| sessions.get(k)) {
                 s.out.prefetch_tail();

@@ -124,48 +124,58 @@ impl RegisterError {
 }
 
 /// One logged-in connection (a device of a user).
+///
+/// Laid out by hand (`repr(C)`, a cache line aligned): what a delivery reads and writes
+/// of a session is its first line (the fields before `out`), then `out` and `unacked`,
+/// so that a room's fan-out can ask for those lines ahead of the member it is at
+/// (`Session::prefetch`); the rest follows. Fields in the first line are ordered
+/// largest first so that none is padded. `layout_keeps_the_hot_fields_in_the_first_line`
+/// checks it.
+#[repr(C, align(64))]
 pub struct Session {
-    /// Slab slot generation.
-    pub gen: u32,
-    /// Authenticated user.
-    pub user: Bytes,
-    /// Device name from Login.
-    pub device: String,
-    /// The socket, for shutdown(2) when the session is closed.
-    pub fd: RawFd,
-    /// Frames waiting for the writer.
-    pub out: OutBuf,
-    /// Bytes handed to the writer and not yet written.
-    pub inflight: usize,
     /// Last sequence number assigned to a Deliver.
     pub last_seq: u64,
     /// Acceptance time (µs since the epoch) of the oldest live delivery queued since the
     /// writer last took the queue (0: none): the delivery latency of the next writev.
     pub oldest_ts_us: u64,
-    /// Highest sequence number acked by the client.
-    pub acked: u64,
+    /// Bytes handed to the writer and not yet written.
+    pub inflight: usize,
+    /// What `deferred` counts for: payload bytes plus `DEFERRED_OVERHEAD` each.
+    pub deferred_bytes: usize,
     /// The writer task, parked until something is queued.
     pub writer: Option<Waker>,
-    /// Tasks waiting for this session's queue to fall under its bound.
-    pub drain_waiters: Vec<Waker>,
-    /// Times the writer found the queue under its bound after a write (wrapping): a
-    /// reader waiting on its own queue goes on once it moved, even if deliveries took
-    /// the queue back over the bound before it ran.
-    pub drains: u32,
+    /// Slab slot generation.
+    pub gen: u32,
+    /// Set once the session is closing.
+    pub closing: Option<CloseReason>,
+    /// The login backlog (offline queue) is being delivered.
+    pub loading: bool,
     /// An answer (a result, an error, a Pong, a notice: any frame but a delivery) was
     /// queued on this session while it was over `max_pending_bytes`, since the writer
     /// last drained it: its reader stops until it drains (`net::session`). Set by
     /// `Shard::push_frame` whenever the answer comes, at once or from the store.
     pub answered_over: bool,
+    /// The account was deleted: what is unacked is dropped, not queued.
+    pub discard_unacked: bool,
+    /// Times the writer found the queue under its bound after a write (wrapping): a
+    /// reader waiting on its own queue goes on once it moved, even if deliveries took
+    /// the queue back over the bound before it ran.
+    pub drains: u32,
     /// Requests of this session waiting on the store (bounded by
     /// `max_requests_in_flight`: at it, its reader waits).
     pub requests: u32,
-    /// Store requests its Sends made that are not answered yet (offline messages, room
-    /// messages to offline members): not limited, but a session with any is not read
-    /// past a full store queue (`Shard::poll_session_intake`).
-    pub store_sends: u32,
-    /// Set once the session is closing.
-    pub closing: Option<CloseReason>,
+    /// Frames waiting for the writer.
+    pub out: OutBuf,
+    /// Retained: delivered and not yet acked, in seq order.
+    pub unacked: Retained,
+    /// Authenticated user.
+    pub user: Bytes,
+    /// Device name from Login.
+    pub device: String,
+    /// Highest sequence number acked by the client.
+    pub acked: u64,
+    /// Tasks waiting for this session's queue to fall under its bound.
+    pub drain_waiters: Vec<Waker>,
     /// Since when the queue has been over its bound.
     pub over_since: Option<Instant>,
     /// Last time a frame arrived.
@@ -178,10 +188,6 @@ pub struct Session {
     pub closed_at: Option<Instant>,
     /// Remote senders this session paused while over its bound; resumed when it drains.
     pub throttled: Vec<SessionId>,
-    /// Retained: delivered and not yet acked, in seq order.
-    pub unacked: Retained,
-    /// The login backlog (offline queue) is being delivered.
-    pub loading: bool,
     /// The next backlog page to load, once the session has drained.
     pub load_next: Option<u64>,
     /// The store seq after the last backlog message this session got (0: none).
@@ -189,10 +195,6 @@ pub struct Session {
     /// Deferred: live messages that arrived during the backlog, delivered after it
     /// (memory mode).
     pub deferred: Vec<OwnedMsg>,
-    /// What `deferred` counts for: payload bytes plus `DEFERRED_OVERHEAD` each.
-    pub deferred_bytes: usize,
-    /// The account was deleted: what is unacked is dropped, not queued.
-    pub discard_unacked: bool,
     /// The LoginResult, until the first backlog page goes out with it.
     pub login_frame: Option<Box<ServerFrame>>,
     /// Resume: this session's token (None: resume not asked for).
@@ -203,6 +205,12 @@ pub struct Session {
     pub client_seq_acked: u64,
     /// The user this session last sent a direct message to ([`LastDest`]).
     pub last_dest: Option<Box<LastDest>>,
+    /// The socket, for shutdown(2) when the session is closed.
+    pub fd: RawFd,
+    /// Store requests its Sends made that are not answered yet (offline messages, room
+    /// messages to offline members): not limited, but a session with any is not read
+    /// past a full store queue (`Shard::poll_session_intake`).
+    pub store_sends: u32,
 }
 
 /// The user a session last sent a direct message to, its name checked and its home
@@ -268,6 +276,16 @@ impl Session {
     /// Bytes queued or being written.
     pub fn pending(&self) -> usize {
         self.out.len() + self.inflight + self.deferred_bytes
+    }
+
+    /// Starts loading what a delivery to it reads and writes: its first line (the
+    /// fields before `out`), the line `out` starts in, and `unacked`'s first two (see
+    /// the layout note on [`Session`]).
+    #[inline(always)]
+    pub(crate) fn prefetch(&self) {
+        crate::outbuf::prefetch(std::ptr::from_ref(self));
+        crate::outbuf::prefetch(std::ptr::from_ref(&self.out));
+        self.unacked.prefetch();
     }
 
     pub(crate) fn wake_writer(&mut self) {
@@ -691,8 +709,38 @@ impl Shard {
 
 #[cfg(test)]
 mod tests {
-    use super::LastDest;
+    use super::{LastDest, Session};
     use ringrouter_proto::names::MAX_NAME_BYTES;
+    use std::mem::{align_of, offset_of, size_of};
+
+    #[test]
+    fn layout_keeps_the_hot_fields_in_the_first_line() {
+        // What `Sink::one` reads and writes of every member of a room, besides `out`
+        // and `unacked`: one line, which `Session::prefetch` asks for.
+        assert_eq!(align_of::<Session>(), 64);
+        for end in [
+            offset_of!(Session, last_seq) + 8,
+            offset_of!(Session, oldest_ts_us) + 8,
+            offset_of!(Session, inflight) + 8,
+            offset_of!(Session, deferred_bytes) + 8,
+            offset_of!(Session, writer) + size_of::<Option<std::task::Waker>>(),
+            offset_of!(Session, gen) + 4,
+            offset_of!(Session, closing) + 1,
+            offset_of!(Session, loading) + 1,
+        ] {
+            assert!(end <= 64, "a hot field ends at {end}");
+        }
+        // `out` starts the second line; `unacked` follows it.
+        assert_eq!(offset_of!(Session, out), 64);
+        assert_eq!(
+            offset_of!(Session, unacked),
+            64 + size_of::<crate::outbuf::OutBuf>()
+        );
+        // What the alignment costs an idle session: at most the line it rounds up to,
+        // and a slab slot no bigger than the session (its tag in a niche).
+        assert!(size_of::<Session>() <= 704, "{}", size_of::<Session>());
+        assert_eq!(size_of::<Option<Session>>(), size_of::<Session>());
+    }
 
     #[test]
     fn last_destination_matches_only_the_same_name() {
