@@ -230,35 +230,54 @@ pub(crate) fn gather7(w: u64) -> Option<(u64, usize)> {
 }
 
 /// Writes `v` as a varint into `buf` at `at`; returns the position after it. `buf` must
-/// have 10 bytes of room from `at` (the longest varint).
+/// have 10 bytes of room from `at` (the longest varint; the 8-byte store of
+/// [`varint_at`] needs 8): it panics otherwise.
 #[inline(always)]
-pub(crate) fn varint_into(buf: &mut [u8], mut at: usize, mut v: u64) -> usize {
-    if v < 0x80 {
-        buf[at] = v as u8;
-        return at + 1;
+pub(crate) fn varint_into(buf: &mut [u8], at: usize, v: u64) -> usize {
+    let room = &mut buf[at..at + 10];
+    // SAFETY: `room` is 10 writable bytes.
+    at + unsafe { varint_at(room.as_mut_ptr(), v) }
+}
+
+/// Writes `v` as a varint at `p`; returns its length. Below 2^14 it stores exactly the
+/// varint's one or two bytes; above, the bytes after it up to `p + 8` may be overwritten
+/// too (scratch: the next write covers them).
+///
+/// # Safety
+/// `p` must be valid for writes of 10 bytes.
+#[inline(always)]
+pub(crate) unsafe fn varint_at(p: *mut u8, mut v: u64) -> usize {
+    // SAFETY (all writes below): at most 10 bytes from `p`, as the caller guarantees.
+    unsafe {
+        if v < 0x80 {
+            p.write(v as u8);
+            return 1;
+        }
+        if v < 1 << 14 {
+            // Two bytes (the lengths of payloads from 128 B to 16 KiB, and of their frames).
+            p.write((v as u8) | 0x80);
+            p.add(1).write((v >> 7) as u8);
+            return 2;
+        }
+        if v < 1 << 56 {
+            // Up to eight 7-bit groups spread into eight bytes at once, continuation bits
+            // on all but the last used byte, and one 8-byte store (the bytes past the
+            // varint are scratch the next write covers).
+            let len = varint_len(v);
+            let cont = 0x8080_8080_8080_8080u64 & ((1u64 << (8 * (len - 1))) - 1);
+            p.cast::<[u8; 8]>()
+                .write_unaligned((spread7(v) | cont).to_le_bytes());
+            return len;
+        }
+        let mut n = 0;
+        while v >= 0x80 {
+            p.add(n).write((v as u8) | 0x80);
+            v >>= 7;
+            n += 1;
+        }
+        p.add(n).write(v as u8);
+        n + 1
     }
-    if v < 1 << 14 {
-        // Two bytes (the lengths of payloads from 128 B to 16 KiB, and of their frames).
-        buf[at] = (v as u8) | 0x80;
-        buf[at + 1] = (v >> 7) as u8;
-        return at + 2;
-    }
-    if v < 1 << 56 {
-        // Up to eight 7-bit groups spread into eight bytes at once, continuation bits on
-        // all but the last used byte, and one 8-byte store (the bytes past the varint are
-        // scratch the next write covers).
-        let len = varint_len(v);
-        let cont = 0x8080_8080_8080_8080u64 & ((1u64 << (8 * (len - 1))) - 1);
-        buf[at..at + 8].copy_from_slice(&(spread7(v) | cont).to_le_bytes());
-        return at + len;
-    }
-    while v >= 0x80 {
-        buf[at] = (v as u8) | 0x80;
-        v >>= 7;
-        at += 1;
-    }
-    buf[at] = v as u8;
-    at + 1
 }
 
 /// Number of bytes `v` takes as a varint.

@@ -10,9 +10,9 @@
 //! buffer to the recipient's socket untouched. Every router-owned field is
 //! written by the router: nothing of the sender's frame is forwarded but the payload.
 
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::codec::{gather7, put_varint, spread7, varint_into, varint_len, FrameError};
+use crate::codec::{gather7, put_varint, spread7, varint_at, varint_into, varint_len, FrameError};
 use crate::names::MAX_NAME_BYTES;
 use crate::v1::{client_frame, ClientFrame};
 use prost::Message;
@@ -484,6 +484,95 @@ pub fn put_deliver_header(out: &mut impl BufMut, stamp: &DeliverStamp<'_>, paylo
     let from = BODY_AT - pn;
     b[from..BODY_AT].copy_from_slice(&p[..pn]);
     out.put_slice(&b[from..n]);
+}
+
+/// Spare bytes [`put_deliver_header_bytes`] needs past the end of `out` besides the
+/// names: the prefix (21), four tagged varints (44), the names' tags and lengths (4) and
+/// the 8-byte store that may end up to 9 bytes past the last varint's start (10).
+/// Callers that manage their buffer's growth (`OutBuf::ensure`) reserve this much
+/// plus the names first, so that no write reallocates.
+pub const DELIVER_HEADER_ROOM: usize = 80;
+
+/// [`put_deliver_header`] into a `BytesMut`, written in place in its spare capacity: the
+/// fields from where the prefix (the frame's length, its tag and the Deliver's length)
+/// is expected to end, then the prefix before them. The expectation comes from the
+/// payload's length and the fields' longest (no size pass over the fields); when the
+/// prefix turns out shorter (a frame whose lengths are near a varint boundary) the
+/// fields move back to it. The generic version builds the header in a stack buffer
+/// (205 bytes zeroed) and copies it into `out`. The bytes are the same.
+pub fn put_deliver_header_bytes(out: &mut BytesMut, stamp: &DeliverStamp<'_>, payload_len: usize) {
+    let names = stamp.from_user.len() + stamp.to_room.len();
+    if stamp.from_user.len() > MAX_NAME_BYTES || stamp.to_room.len() > MAX_NAME_BYTES {
+        return put_deliver_header(out, stamp, payload_len);
+    }
+    // The longest the fields can be: four tagged varints of 11 bytes and the names with
+    // their tags and lengths. The prefix of that frame is at least as long as the real
+    // one's (lengths only grow with it).
+    let inner_max = (4 * 11 + 4 + names + payload_len) as u64;
+    let guess = 2 * varint_len(inner_max + 1 + varint_len(inner_max) as u64) + 1;
+    out.reserve(DELIVER_HEADER_ROOM + names);
+    let start = out.len();
+    let p = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+    // SAFETY: `reserve` left DELIVER_HEADER_ROOM + the names' bytes of spare capacity
+    // from `p`. The fields start at `guess` (at most 21: two varints of a `u64` and a
+    // tag) and take at most 48 bytes + the names (four tagged varints of at most 11
+    // bytes, the names with a tag and a one-byte length each: MAX_NAME_BYTES < 128);
+    // each varint may store up to 10 bytes from its start (`varint_at`), so nothing is
+    // written past `p + 21 + 48 + names + 9`. The prefix goes right before the fields'
+    // final place, from `p`, and `copy` moves the fields within what was written.
+    // So every byte `set_len` covers was written (the checks against
+    // `put_deliver_header` in the tests cover every prefix length).
+    unsafe {
+        let f = p.add(guess);
+        let mut at = 0;
+        if stamp.seq != 0 {
+            f.add(at).write(1 << 3);
+            at += 1 + varint_at(f.add(at + 1), stamp.seq);
+        }
+        for (tag, name) in [(2u8, stamp.from_user), (3, stamp.to_room)] {
+            if !name.is_empty() {
+                f.add(at).write((tag << 3) | WT_LEN);
+                f.add(at + 1).write(name.len() as u8);
+                std::ptr::copy_nonoverlapping(name.as_ptr(), f.add(at + 2), name.len());
+                at += 2 + name.len();
+            }
+        }
+        if stamp.server_ts_us != 0 {
+            f.add(at).write(5 << 3);
+            at += 1 + varint_at(f.add(at + 1), stamp.server_ts_us);
+        }
+        if stamp.msg_id != 0 {
+            f.add(at).write(6 << 3);
+            at += 1 + varint_at(f.add(at + 1), stamp.msg_id);
+        }
+        if payload_len != 0 {
+            f.add(at).write((4 << 3) | WT_LEN);
+            at += 1 + varint_at(f.add(at + 1), payload_len as u64);
+        }
+        let inner = (at + payload_len) as u64;
+        let outer = 1 + varint_len(inner) as u64 + inner;
+        let prefix = varint_len(outer) + 1 + varint_len(inner);
+        debug_assert!(prefix <= guess, "the prefix is never longer than guessed");
+        if prefix != guess {
+            std::ptr::copy(f, p.add(prefix), at);
+        }
+        // The prefix last, before the fields. `varint_at` stores exactly the varint's
+        // bytes below 2^14 (frames under 16 KiB); past that its 8-byte store could land
+        // on the fields, so the prefix is built in a small buffer first.
+        let tag = ((SERVER_FRAME_DELIVER << 3) as u8) | WT_LEN;
+        if outer < 1 << 14 {
+            let n = varint_at(p, outer);
+            p.add(n).write(tag);
+            varint_at(p.add(n + 1), inner);
+        } else {
+            let mut pre = [0u8; 32];
+            let mut n = varint_into(&mut pre, 0, outer);
+            pre[n] = tag;
+            n = varint_into(&mut pre, n + 1, inner);
+            std::ptr::copy_nonoverlapping(pre.as_ptr(), p, n);
+        }
+        out.set_len(start + prefix + at);
+    }
 }
 
 /// [`put_deliver_header`] for names longer than [`MAX_NAME_BYTES`] (never on the wire:
@@ -995,12 +1084,30 @@ mod tests {
         assert_eq!(parse_client(Bytes::new()).unwrap(), Inbound::Empty);
     }
 
-    #[test]
-    fn one_pass_deliver_header_is_byte_for_byte_the_field_by_field_one() {
+    /// Calls `f` with stamps of every name length class (none, short, the longest, too
+    /// long) and the values of `numbers` in each varint field.
+    fn each_stamp(numbers: &[u64], mut f: impl FnMut(&DeliverStamp<'_>)) {
         let long = [b'n'; MAX_NAME_BYTES + 1];
         let names: [&[u8]; 5] = [b"", b"a", b"alice", &long[..MAX_NAME_BYTES], &long];
+        for from_user in names {
+            for to_room in names {
+                for (i, &v) in numbers.iter().enumerate() {
+                    f(&DeliverStamp {
+                        seq: v,
+                        from_user,
+                        to_room,
+                        server_ts_us: numbers[(i + 3) % numbers.len()],
+                        msg_id: numbers[(i + 5) % numbers.len()],
+                    });
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn one_pass_deliver_header_is_byte_for_byte_the_field_by_field_one() {
         let numbers = [
-            0u64,
+            0,
             1,
             127,
             128,
@@ -1009,26 +1116,46 @@ mod tests {
             1 << 56,
             u64::MAX,
         ];
-        for from_user in names {
-            for to_room in names {
-                for (i, &v) in numbers.iter().enumerate() {
-                    let stamp = DeliverStamp {
-                        seq: v,
-                        from_user,
-                        to_room,
-                        server_ts_us: numbers[(i + 3) % numbers.len()],
-                        msg_id: numbers[(i + 5) % numbers.len()],
-                    };
-                    for payload_len in [0usize, 1, 64, 200_000] {
-                        let (mut fast, mut slow) = (BytesMut::new(), BytesMut::new());
-                        put_deliver_header(&mut fast, &stamp, payload_len);
-                        put_deliver_header_long(&mut slow, &stamp, payload_len);
-                        assert_eq!(fast, slow, "{stamp:?} {payload_len}");
-                        assert_eq!(fast.len(), deliver_header_len(&stamp, payload_len));
-                    }
+        each_stamp(&numbers, |stamp| {
+            for payload_len in [0usize, 1, 64, 200_000] {
+                let (mut fast, mut slow) = (BytesMut::new(), BytesMut::new());
+                put_deliver_header(&mut fast, stamp, payload_len);
+                put_deliver_header_long(&mut slow, stamp, payload_len);
+                assert_eq!(fast, slow, "{stamp:?} {payload_len}");
+                assert_eq!(fast.len(), deliver_header_len(stamp, payload_len));
+            }
+        });
+    }
+
+    #[test]
+    fn in_place_deliver_header_is_byte_for_byte_the_field_by_field_one() {
+        let numbers = [0, 1, 127, 128, 16_383, 16_384, 1 << 35, 1 << 56, u64::MAX];
+        // Payload lengths around every prefix length (the frame's and the Deliver's
+        // lengths of one, two and three bytes), where the expected prefix is too long.
+        let payloads = [
+            0usize, 1, 20, 50, 64, 70, 90, 100, 127, 128, 200, 16_250, 16_300, 16_383, 16_384,
+            16_500, 70_000, 2_097_200,
+        ];
+        each_stamp(&numbers, |stamp| {
+            for payload_len in payloads {
+                let mut want = BytesMut::from(&b"before"[..]);
+                put_deliver_header_long(&mut want, stamp, payload_len);
+                // Into an empty buffer, and after bytes with just the room the callers
+                // reserve: nothing reallocated, nothing else touched.
+                let mut empty = BytesMut::new();
+                put_deliver_header_bytes(&mut empty, stamp, payload_len);
+                assert_eq!(empty, want[6..], "{stamp:?} {payload_len}");
+                let names = stamp.from_user.len() + stamp.to_room.len();
+                let mut tight = BytesMut::with_capacity(6 + DELIVER_HEADER_ROOM + names);
+                tight.extend_from_slice(b"before");
+                let at = tight.as_ptr();
+                put_deliver_header_bytes(&mut tight, stamp, payload_len);
+                assert_eq!(tight, want, "{stamp:?} {payload_len}");
+                if stamp.from_user.len().max(stamp.to_room.len()) <= MAX_NAME_BYTES {
+                    assert_eq!(tight.as_ptr(), at, "reallocated: {stamp:?}");
                 }
             }
-        }
+        });
     }
 
     #[test]

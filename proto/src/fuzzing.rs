@@ -10,7 +10,8 @@ use prost::Message;
 
 use crate::codec::{frame_bytes_needed, frames, next_frame, split_frames, FrameError};
 use crate::fast::{
-    deliver_seq_payload, parse_client, parse_client_at, parse_server, Inbound, ServerView,
+    deliver_seq_payload, parse_client, parse_client_at, parse_server, put_deliver_header,
+    put_deliver_header_bytes, DeliverStamp, Inbound, ServerView,
 };
 use crate::v1::{client_frame, server_frame, ClientFrame, ServerFrame};
 
@@ -71,6 +72,21 @@ fn check_server_body(data: &[u8]) {
     else {
         return;
     };
+    // The two header writers agree on whatever a Deliver holds.
+    let stamp = DeliverStamp {
+        seq: d.seq,
+        from_user: d.from_user.as_bytes(),
+        to_room: d.to_room.as_bytes(),
+        server_ts_us: d.server_ts_us,
+        msg_id: d.msg_id,
+    };
+    let (mut generic, mut in_place) = (BytesMut::new(), BytesMut::new());
+    put_deliver_header(&mut generic, &stamp, d.payload.len());
+    put_deliver_header_bytes(&mut in_place, &stamp, d.payload.len());
+    assert_eq!(
+        generic, in_place,
+        "the header writers disagree on {stamp:?}"
+    );
     match fast {
         Ok(ServerView::Deliver {
             seq,

@@ -9,7 +9,9 @@ use std::rc::Rc;
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use ringrouter_proto::codec::encode_frame;
-use ringrouter_proto::fast::{put_deliver_header, DeliverStamp, DeliverTemplate, TEMPLATE_MAX_SEQ};
+use ringrouter_proto::fast::{
+    put_deliver_header_bytes, DeliverStamp, DeliverTemplate, DELIVER_HEADER_ROOM, TEMPLATE_MAX_SEQ,
+};
 
 /// Smallest allocation of the contiguous write buffer of a busy session.
 const CHUNK: usize = 64 * 1024;
@@ -202,9 +204,14 @@ impl OutBuf {
     /// reference; shorter ones are copied next to their header.
     pub fn push_deliver(&mut self, stamp: &DeliverStamp<'_>, payload: &Bytes, inline_max: usize) {
         let inline = payload.len() <= inline_max;
-        self.ensure(64 + stamp.from_user.len() + stamp.to_room.len() + inline_len(payload, inline));
+        self.ensure(
+            DELIVER_HEADER_ROOM
+                + stamp.from_user.len()
+                + stamp.to_room.len()
+                + inline_len(payload, inline),
+        );
         let before = self.data.len();
-        put_deliver_header(&mut self.data, stamp, payload.len());
+        put_deliver_header_bytes(&mut self.data, stamp, payload.len());
         self.len += self.data.len() - before;
         self.push_payload(payload, inline, || Part::Bytes(payload.clone()));
     }
