@@ -488,6 +488,11 @@ impl Mail {
 
 impl Shard {
     /// Handles one item that arrived from another shard (or this one).
+    ///
+    /// Inlined into the consumer's loops: called, it took each mail (168 bytes) by a
+    /// copy into its argument, 30 instructions a cross-shard message in `memcpy` alone
+    /// (`SHARDS=2 bench/ir.sh BIN --pairs 16 --size 64 --messages 200000`).
+    #[inline(always)]
     pub fn on_mail(&mut self, mail: Mail, blocked: &mut Vec<SessionKey>) -> Option<Box<Handover>> {
         match mail {
             Mail::Deliver(r) => {
