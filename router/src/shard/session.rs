@@ -128,9 +128,9 @@ impl RegisterError {
 /// Laid out by hand (`repr(C)`, a cache line aligned): what a delivery reads and writes
 /// of a session is its first line (the fields before `out`), then `out` and `unacked`,
 /// so that a room's fan-out can ask for those lines ahead of the member it is at
-/// (`Session::prefetch`); the rest follows. Fields in the first line are ordered
-/// largest first so that none is padded. `layout_keeps_the_hot_fields_in_the_first_line`
-/// checks it.
+/// (`Session::prefetch`); the rest follows. The first line's fields are ordered so that
+/// none is padded (the 8-byte ones, then `gen`, the four 1-byte ones, `drains` and
+/// `requests`). `layout_keeps_the_hot_fields_in_the_first_line` checks it.
 #[repr(C, align(64))]
 pub struct Session {
     /// Last sequence number assigned to a Deliver.
@@ -736,6 +736,9 @@ mod tests {
             offset_of!(Session, unacked),
             64 + size_of::<crate::outbuf::OutBuf>()
         );
+        // `Retained::prefetch` asks for the line `unacked` starts in and the next: its
+        // first 80 bytes (what a delivery touches of it) must end within them.
+        assert!(offset_of!(Session, unacked) % 64 + 80 <= 128);
         // What the alignment costs an idle session: at most the line it rounds up to,
         // and a slab slot no bigger than the session (its tag in a niche).
         assert!(size_of::<Session>() <= 704, "{}", size_of::<Session>());
