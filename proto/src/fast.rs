@@ -436,98 +436,33 @@ fn deliver_sizes(stamp: &DeliverStamp<'_>, payload_len: usize) -> (usize, usize)
     (inner, 0)
 }
 
-/// Writes a length-delimited `ServerFrame{deliver: Deliver{..}}` up to and
-/// including the payload's tag and length. The caller must follow it with exactly
-/// `payload_len` payload bytes. Field order differs from prost's (payload last),
-/// which protobuf decoders accept.
-pub fn put_deliver_header(out: &mut impl BufMut, stamp: &DeliverStamp<'_>, payload_len: usize) {
-    if stamp.from_user.len() > MAX_NAME_BYTES || stamp.to_room.len() > MAX_NAME_BYTES {
-        return put_deliver_header_long(out, stamp, payload_len);
-    }
-    // Built on the stack in one pass and appended with one slice: the fields first,
-    // from BODY_AT on, then the three prefix varints (whose values depend on the fields'
-    // length) right before them. No size pass over the fields.
-    const PREFIX_MAX: usize = 21; // outer length (10), the ServerFrame tag (1), inner length (10)
-    const BODY_AT: usize = PREFIX_MAX;
-    let mut b = [0u8; BODY_AT + 4 * 11 + 2 * (2 + MAX_NAME_BYTES) + 8];
-    let mut n = BODY_AT;
-    if stamp.seq != 0 {
-        b[n] = 1 << 3;
-        n = varint_into(&mut b, n + 1, stamp.seq);
-    }
-    for (tag, name) in [(2u8, stamp.from_user), (3, stamp.to_room)] {
-        if !name.is_empty() {
-            b[n] = (tag << 3) | WT_LEN;
-            b[n + 1] = name.len() as u8; // at most MAX_NAME_BYTES (< 128): one byte
-            b[n + 2..n + 2 + name.len()].copy_from_slice(name);
-            n += 2 + name.len();
-        }
-    }
-    if stamp.server_ts_us != 0 {
-        b[n] = 5 << 3;
-        n = varint_into(&mut b, n + 1, stamp.server_ts_us);
-    }
-    if stamp.msg_id != 0 {
-        b[n] = 6 << 3;
-        n = varint_into(&mut b, n + 1, stamp.msg_id);
-    }
-    if payload_len != 0 {
-        b[n] = (4 << 3) | WT_LEN;
-        n = varint_into(&mut b, n + 1, payload_len as u64);
-    }
-    let inner = (n - BODY_AT) as u64 + payload_len as u64;
-    let outer = 1 + varint_len(inner) as u64 + inner;
-    let mut p = [0u8; PREFIX_MAX + 8];
-    let mut pn = varint_into(&mut p, 0, outer);
-    p[pn] = ((SERVER_FRAME_DELIVER << 3) as u8) | WT_LEN;
-    pn = varint_into(&mut p, pn + 1, inner);
-    let from = BODY_AT - pn;
-    b[from..BODY_AT].copy_from_slice(&p[..pn]);
-    out.put_slice(&b[from..n]);
-}
+/// The longest prefix of a Deliver frame: its length (10), the ServerFrame tag (1), the
+/// Deliver's length (10).
+const PREFIX_MAX: usize = 21;
 
-/// Spare bytes [`put_deliver_header_bytes`] needs past the end of `out` besides the
-/// names: the prefix (21), four tagged varints (44), the names' tags and lengths (4) and
-/// the 8-byte store that may end up to 9 bytes past the last varint's start (10).
-/// Callers that manage their buffer's growth (`OutBuf::ensure`) reserve this much
-/// plus the names first, so that no write reallocates.
-pub const DELIVER_HEADER_ROOM: usize = 80;
+/// The most bytes [`write_deliver_fields`] writes besides the names: four tagged varints
+/// of at most 11 bytes (a varint's own stores never pass its tenth byte) and the names'
+/// tags and one-byte lengths.
+const FIELDS_MAX: usize = 4 * 11 + 4;
 
-/// [`put_deliver_header`] into a `BytesMut`, written in place in its spare capacity: the
-/// fields from where the prefix (the frame's length, its tag and the Deliver's length)
-/// is expected to end, then the prefix before them. The expectation comes from the
-/// payload's length and the fields' longest (no size pass over the fields); when the
-/// prefix turns out shorter (a frame whose lengths are near a varint boundary) the
-/// fields move back to it. The generic version builds the header in a stack buffer
-/// (205 bytes zeroed) and copies it into `out`. The bytes are the same.
-pub fn put_deliver_header_bytes(out: &mut BytesMut, stamp: &DeliverStamp<'_>, payload_len: usize) {
-    let names = stamp.from_user.len() + stamp.to_room.len();
-    if stamp.from_user.len() > MAX_NAME_BYTES || stamp.to_room.len() > MAX_NAME_BYTES {
-        return put_deliver_header(out, stamp, payload_len);
-    }
-    // The longest the fields can be: four tagged varints of 11 bytes and the names with
-    // their tags and lengths. The prefix of that frame is at least as long as the real
-    // one's (lengths only grow with it).
-    let inner_max = (4 * 11 + 4 + names + payload_len) as u64;
-    let guess = 2 * varint_len(inner_max + 1 + varint_len(inner_max) as u64) + 1;
-    out.reserve(DELIVER_HEADER_ROOM + names);
-    let start = out.len();
-    let p = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
-    // SAFETY: `reserve` left DELIVER_HEADER_ROOM + the names' bytes of spare capacity
-    // from `p`. The fields start at `guess` (at most 21: two varints of a `u64` and a
-    // tag) and take at most 48 bytes + the names (four tagged varints of at most 11
-    // bytes, the names with a tag and a one-byte length each: MAX_NAME_BYTES < 128);
-    // each varint may store up to 10 bytes from its start (`varint_at`), so nothing is
-    // written past `p + 21 + 48 + names + 9`. The prefix goes right before the fields'
-    // final place, from `p`, and `copy` moves the fields within what was written.
-    // So every byte `set_len` covers was written (the checks against
-    // `put_deliver_header` in the tests cover every prefix length).
+/// Writes a Deliver's fields at `f` (seq, sender, room, time, id, then the payload's tag
+/// and length: field order differs from prost's, payload last, which protobuf decoders
+/// accept); returns their length. The one place that order is written, for both header
+/// writers.
+///
+/// # Safety
+/// `f` must be valid for writes of [`FIELDS_MAX`] + the names' lengths, and neither name
+/// longer than [`MAX_NAME_BYTES`] (< 128: a one-byte length).
+#[inline(always)]
+unsafe fn write_deliver_fields(f: *mut u8, stamp: &DeliverStamp<'_>, payload_len: usize) -> usize {
+    // SAFETY: each field writes its tag and `varint_at`'s at most 10 bytes after it (or
+    // a name's tag, length and bytes): within FIELDS_MAX + the names, as the caller
+    // guarantees.
     unsafe {
-        let f = p.add(guess);
         let mut at = 0;
         if stamp.seq != 0 {
-            f.add(at).write(1 << 3);
-            at += 1 + varint_at(f.add(at + 1), stamp.seq);
+            f.write(1 << 3);
+            at = 1 + varint_at(f.add(1), stamp.seq);
         }
         for (tag, name) in [(2u8, stamp.from_user), (3, stamp.to_room)] {
             if !name.is_empty() {
@@ -549,6 +484,70 @@ pub fn put_deliver_header_bytes(out: &mut BytesMut, stamp: &DeliverStamp<'_>, pa
             f.add(at).write((4 << 3) | WT_LEN);
             at += 1 + varint_at(f.add(at + 1), payload_len as u64);
         }
+        at
+    }
+}
+
+/// Writes a length-delimited `ServerFrame{deliver: Deliver{..}}` up to and
+/// including the payload's tag and length. The caller must follow it with exactly
+/// `payload_len` payload bytes.
+pub fn put_deliver_header(out: &mut impl BufMut, stamp: &DeliverStamp<'_>, payload_len: usize) {
+    if stamp.from_user.len() > MAX_NAME_BYTES || stamp.to_room.len() > MAX_NAME_BYTES {
+        return put_deliver_header_long(out, stamp, payload_len);
+    }
+    // Built on the stack in one pass and appended with one slice: the fields first,
+    // from PREFIX_MAX on, then the three prefix varints (whose values depend on the
+    // fields' length) right before them. No size pass over the fields.
+    let mut b = [0u8; PREFIX_MAX + FIELDS_MAX + 2 * MAX_NAME_BYTES];
+    // SAFETY: `b` has FIELDS_MAX + 2 * MAX_NAME_BYTES bytes from PREFIX_MAX on, and the
+    // names are at most MAX_NAME_BYTES (checked above).
+    let n = PREFIX_MAX
+        + unsafe { write_deliver_fields(b.as_mut_ptr().add(PREFIX_MAX), stamp, payload_len) };
+    let inner = (n - PREFIX_MAX) as u64 + payload_len as u64;
+    let outer = 1 + varint_len(inner) as u64 + inner;
+    let mut p = [0u8; PREFIX_MAX + 8];
+    let mut pn = varint_into(&mut p, 0, outer);
+    p[pn] = ((SERVER_FRAME_DELIVER << 3) as u8) | WT_LEN;
+    pn = varint_into(&mut p, pn + 1, inner);
+    let from = PREFIX_MAX - pn;
+    b[from..PREFIX_MAX].copy_from_slice(&p[..pn]);
+    out.put_slice(&b[from..n]);
+}
+
+/// Spare bytes [`put_deliver_header_bytes`] writes at most past the end of `out` besides
+/// the names: the longest prefix and the longest fields. Callers that manage their
+/// buffer's growth (`OutBuf::ensure`) reserve this much plus the names first, so that no
+/// write reallocates.
+pub const DELIVER_HEADER_ROOM: usize = PREFIX_MAX + FIELDS_MAX;
+
+/// [`put_deliver_header`] into a `BytesMut`, written in place in its spare capacity: the
+/// fields from where the prefix (the frame's length, its tag and the Deliver's length)
+/// is expected to end, then the prefix before them. The expectation comes from the
+/// payload's length and the fields' longest (no size pass over the fields); when the
+/// prefix turns out shorter (a frame whose lengths are near a varint boundary) the
+/// fields move back to it. The generic version builds the header in a stack buffer
+/// (197 bytes zeroed) and copies it into `out`. The bytes are the same.
+pub fn put_deliver_header_bytes(out: &mut BytesMut, stamp: &DeliverStamp<'_>, payload_len: usize) {
+    let names = stamp.from_user.len() + stamp.to_room.len();
+    if stamp.from_user.len() > MAX_NAME_BYTES || stamp.to_room.len() > MAX_NAME_BYTES {
+        return put_deliver_header(out, stamp, payload_len);
+    }
+    // The prefix of the longest fields is at least as long as the real one's (lengths
+    // only grow with the fields).
+    let inner_max = (FIELDS_MAX + names + payload_len) as u64;
+    let guess = 2 * varint_len(inner_max + 1 + varint_len(inner_max) as u64) + 1;
+    out.reserve(DELIVER_HEADER_ROOM + names);
+    let start = out.len();
+    let p = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+    // SAFETY: `reserve` left DELIVER_HEADER_ROOM + the names' bytes of spare capacity
+    // from `p`. The fields go from `guess` (at most PREFIX_MAX: two varints of a `u64`
+    // and a tag) and take at most FIELDS_MAX + the names (`write_deliver_fields`). The
+    // prefix goes right before the fields' final place, from `p`, and `copy` moves the
+    // fields within what was written. So every byte `set_len` covers was written (the
+    // tests check the bytes against `put_deliver_header` at every prefix length).
+    unsafe {
+        let f = p.add(guess);
+        let at = write_deliver_fields(f, stamp, payload_len);
         let inner = (at + payload_len) as u64;
         let outer = 1 + varint_len(inner) as u64 + inner;
         let prefix = varint_len(outer) + 1 + varint_len(inner);
@@ -565,7 +564,7 @@ pub fn put_deliver_header_bytes(out: &mut BytesMut, stamp: &DeliverStamp<'_>, pa
             p.add(n).write(tag);
             varint_at(p.add(n + 1), inner);
         } else {
-            let mut pre = [0u8; 32];
+            let mut pre = [0u8; PREFIX_MAX + 8];
             let mut n = varint_into(&mut pre, 0, outer);
             pre[n] = tag;
             n = varint_into(&mut pre, n + 1, inner);
