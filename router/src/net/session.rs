@@ -737,7 +737,15 @@ async fn read_layered(
             if raw.capacity() - raw.len() < MIN_READ {
                 raw.reserve(READ_BUF);
             }
-            match recv_into(fd, &mut raw) {
+            // What the pre-login decode left (frames pipelined behind the Login), or
+            // the peer's end seen in the read before, is taken before the socket is
+            // read: no more bytes may come for it.
+            let read = if passes == 1 && l.has_unread() {
+                Ok(usize::MAX)
+            } else {
+                recv_into(fd, &mut raw)
+            };
+            match read {
                 Ok(n) => {
                     let res = l.ingest(&mut raw, buf);
                     l.raw = raw;

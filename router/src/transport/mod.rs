@@ -35,6 +35,11 @@ pub(crate) struct Layers {
     pending: BytesMut,
     /// A WebSocket close frame was sent: nothing more goes out.
     closed: bool,
+    /// The peer ended the stream (a WebSocket close frame, TLS close_notify): nothing
+    /// it sent after that is decoded, and every later [`Layers::ingest`] says `End`.
+    /// Bytes decoded in the same read as the close are still handed on (the reader
+    /// returns them first; its next read sees the end).
+    ended: bool,
 }
 
 struct WsLayer {
@@ -43,6 +48,11 @@ struct WsLayer {
     /// Decrypted bytes not yet decoded into frames.
     input: BytesMut,
     max_frame: usize,
+    /// Before Login: one message decoded per [`Layers::ingest`], the rest left in
+    /// `input` (as a TCP connection's pre-login parse stops at its Login), so that what
+    /// a client pipelines behind its Login meets the session's bounds, not the
+    /// pre-login one. Cleared by [`Layers::set_max_frame`].
+    one_at_a_time: bool,
 }
 
 /// How reading went: bytes were added (maybe none yet), or the peer ended the stream.
@@ -68,6 +78,7 @@ impl Layers {
             ws: None,
             pending: BytesMut::new(),
             closed: false,
+            ended: false,
         })
     }
 
@@ -80,6 +91,7 @@ impl Layers {
             ws: None,
             pending: BytesMut::new(),
             closed: false,
+            ended: false,
         }
     }
 
@@ -91,13 +103,23 @@ impl Layers {
             decoder: ws::Decoder::new(max_message(protocol, max_frame)),
             input: early,
             max_frame,
+            one_at_a_time: true,
         });
+    }
+
+    /// What an [`Layers::ingest`] with no new bytes would still give: decrypted
+    /// WebSocket bytes not decoded yet (left by the pre-login decode, see
+    /// `WsLayer::one_at_a_time`), or the peer's end (reached in a read that also gave
+    /// frames, which the reader took first).
+    pub(crate) fn has_unread(&self) -> bool {
+        self.ended || self.ws.as_ref().is_some_and(|w| !w.input.is_empty())
     }
 
     /// The frame bound from now on (the pre-login bound is smaller).
     pub(crate) fn set_max_frame(&mut self, max_frame: usize) {
         if let Some(w) = self.ws.as_mut() {
             w.max_frame = max_frame;
+            w.one_at_a_time = false;
             w.decoder
                 .set_max_message(max_message(w.protocol, max_frame));
         }
@@ -133,6 +155,11 @@ impl Layers {
         raw: &mut BytesMut,
         app: &mut BytesMut,
     ) -> Result<Ingested, String> {
+        if self.ended {
+            // After the peer's close nothing of its is acted on.
+            raw.clear();
+            return Ok(Ingested::End);
+        }
         let mut end = false;
         if let Some(tls) = self.tls.as_deref_mut() {
             let plain = match self.ws.as_mut() {
@@ -164,6 +191,7 @@ impl Layers {
                 }
             }
         }
+        self.ended = end;
         Ok(if end { Ingested::End } else { Ingested::More })
     }
 
@@ -184,6 +212,9 @@ impl Layers {
                         }
                         put_varint(app, data.len() as u64);
                         app.extend_from_slice(&data);
+                        if w.one_at_a_time {
+                            return Ok(Ingested::More);
+                        }
                     }
                     (Protocol::Json, true) => {
                         let frame = json::client_frame_from_json(&data).map_err(|e| Violation {
@@ -191,6 +222,9 @@ impl Layers {
                             reason: e.to_string(),
                         })?;
                         encode_frame(&frame, app);
+                        if w.one_at_a_time {
+                            return Ok(Ingested::More);
+                        }
                     }
                     (p, _) => {
                         return Err(Violation {
@@ -223,6 +257,11 @@ impl Layers {
                     // Echo the peer's code (none given: a normal closure).
                     let c = if c == 1005 { code::NORMAL } else { c };
                     self.close(c, "");
+                    // What follows a close is not part of the connection (RFC 6455
+                    // 5.5.1): dropped, never decoded.
+                    if let Some(w) = self.ws.as_mut() {
+                        w.input.clear();
+                    }
                     return Ok(Ingested::End);
                 }
             }
@@ -406,11 +445,46 @@ fn tls_read(
 mod tests {
     use super::*;
 
+    /// Before Login one message is decoded per read (what follows it meets the
+    /// session's bound once the Login is taken); a close ends the stream even in the
+    /// read that gave frames before it, and nothing after it is decoded.
+    #[test]
+    fn before_login_one_message_at_a_time_and_nothing_after_a_close() {
+        let mut l = Layers::none();
+        l.start_ws(Protocol::Binary, 16, BytesMut::new());
+        // A Login-sized message, one over the pre-login bound (20 bytes), a close and
+        // another message, in one read.
+        let mut raw = BytesMut::from(&[0x82, 0x81, 0, 0, 0, 0, 5][..]);
+        raw.extend_from_slice(&[0x82, 0x94, 0, 0, 0, 0]);
+        raw.extend_from_slice(&[9u8; 20]);
+        raw.extend_from_slice(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]);
+        raw.extend_from_slice(&[0x82, 0x81, 0, 0, 0, 0, 6]);
+        let mut app = BytesMut::new();
+        assert_eq!(l.ingest(&mut raw, &mut app), Ok(Ingested::More));
+        assert_eq!(&app[..], &[1, 5]);
+        assert!(l.has_unread(), "the rest waits, undecoded");
+        // The Login was taken: the session's bound from now on.
+        l.set_max_frame(1024);
+        assert_eq!(l.ingest(&mut BytesMut::new(), &mut app), Ok(Ingested::End));
+        assert_eq!(
+            app.len(),
+            2 + 1 + 20,
+            "the big message, and nothing after the close"
+        );
+        assert!(l.has_unread(), "the end, for the reader's next read");
+        let mut raw = BytesMut::from(&[0x82, 0x81, 0, 0, 0, 0, 7][..]);
+        assert_eq!(l.ingest(&mut raw, &mut app), Ok(Ingested::End));
+        assert_eq!(app.len(), 23, "nothing read after the close is decoded");
+        assert!(raw.is_empty());
+    }
+
     #[test]
     fn plain_websocket_layers_frame_both_ways() {
         let mut l = Layers::none();
         l.start_ws(Protocol::Binary, 1024, BytesMut::new());
-        // Client: one masked binary message with frame bytes [1,2,3] and a ping.
+        l.set_max_frame(1024);
+        // Client (logged in): one masked binary message with frame bytes [1,2,3] and a
+        // ping.
         let mut raw =
             BytesMut::from(&[0x82, 0x83, 0, 0, 0, 0, 1, 2, 3, 0x89, 0x80, 0, 0, 0, 0][..]);
         let mut app = BytesMut::new();

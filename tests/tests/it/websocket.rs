@@ -80,25 +80,7 @@ impl<S: Read + Write> Ws<S> {
     }
 
     pub(crate) fn frame(&mut self, opcode: u8, fin: bool, masked: bool, payload: &[u8]) {
-        let mask = [0xa1u8, 0x07, 0x5c, 0xe3];
-        let mut v = vec![if fin { 0x80 } else { 0 } | opcode];
-        let m = if masked { 0x80 } else { 0 };
-        let n = payload.len();
-        if n < 126 {
-            v.push(m | n as u8);
-        } else if n <= 65535 {
-            v.push(m | 126);
-            v.extend_from_slice(&(n as u16).to_be_bytes());
-        } else {
-            v.push(m | 127);
-            v.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-        if masked {
-            v.extend_from_slice(&mask);
-            v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        } else {
-            v.extend_from_slice(payload);
-        }
+        let v = frame_bytes(opcode, fin, masked, payload);
         // The router may close while a large frame is being written.
         let _ = self.s.write_all(&v);
     }
@@ -196,6 +178,40 @@ impl<S: Read + Write> Ws<S> {
             }
         }
     }
+}
+
+/// A client frame's bytes (masked with a fixed key when `masked`).
+pub(crate) fn frame_bytes(opcode: u8, fin: bool, masked: bool, payload: &[u8]) -> Vec<u8> {
+    let mask = [0xa1u8, 0x07, 0x5c, 0xe3];
+    let mut v = vec![if fin { 0x80 } else { 0 } | opcode];
+    let m = if masked { 0x80 } else { 0 };
+    let n = payload.len();
+    if n < 126 {
+        v.push(m | n as u8);
+    } else if n <= 65535 {
+        v.push(m | 126);
+        v.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        v.push(m | 127);
+        v.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+    if masked {
+        v.extend_from_slice(&mask);
+        v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    } else {
+        v.extend_from_slice(payload);
+    }
+    v
+}
+
+/// A binary message carrying `kind`, as a client sends it.
+fn message_bytes(kind: client_frame::Kind) -> Vec<u8> {
+    frame_bytes(
+        0x2,
+        true,
+        true,
+        &ClientFrame { kind: Some(kind) }.encode_to_vec(),
+    )
 }
 
 fn tcp(addr: SocketAddr) -> TcpStream {
@@ -530,4 +546,101 @@ fn a_websocket_client_that_keeps_its_socket_full_does_not_stall_its_shard() {
         "a ping or a login on the streamer's shard took {worst:?}"
     );
     assert!(streaming, "the client stopped streaming early");
+}
+
+/// A close frame ends the connection even when other frames came in the same read:
+/// what preceded it is acted on, nothing that follows it is (RFC 6455 5.5.1), and the
+/// router closes the TCP connection. Before, the close was echoed but the session went
+/// on decoding and routing what came after it, and one that logged in in the same
+/// write as its close stayed logged in.
+#[test]
+fn a_close_in_the_same_write_as_other_frames_ends_the_connection() {
+    let r = RouterProc::start(&[]);
+    let mut peer = r.client("closepeer");
+    let send = |text: &[u8]| {
+        message_bytes(client_frame::Kind::Send(Send {
+            to_user: "closepeer".into(),
+            payload: text.to_vec().into(),
+            ..Default::default()
+        }))
+    };
+    let mut ws = open(&r);
+    ws.login("closer");
+    let mut burst = send(b"before");
+    burst.extend(frame_bytes(0x8, true, true, &[0x03, 0xe8]));
+    burst.extend(send(b"after"));
+    ws.s.write_all(&burst).expect("write");
+    assert_eq!(ws.close_code(), 1000);
+    assert_eq!(ws.next(), Got::Eof, "the router closes the connection");
+    let m = peer
+        .recv(Some(T))
+        .expect("recv")
+        .expect("the message before the close");
+    assert_eq!(&m.payload[..], b"before");
+    let late = peer.recv(Some(Duration::from_millis(500))).expect("recv");
+    assert!(
+        late.is_none(),
+        "a message sent after the close was routed: {late:?}"
+    );
+    // A Login and a close in one write: the session it starts ends at once.
+    let mut ws = open(&r);
+    let mut burst = message_bytes(client_frame::Kind::Login(Login {
+        request_id: 1,
+        user: "closer2".into(),
+        device: "ws".into(),
+        ..Default::default()
+    }));
+    burst.extend(frame_bytes(0x8, true, true, &[0x03, 0xe8]));
+    burst.extend(send(b"after login"));
+    ws.s.write_all(&burst).expect("write");
+    assert_eq!(ws.close_code(), 1000);
+    assert_eq!(ws.next(), Got::Eof, "the router closes the connection");
+    let late = peer.recv(Some(Duration::from_millis(500))).expect("recv");
+    assert!(
+        late.is_none(),
+        "a message sent after the close was routed: {late:?}"
+    );
+}
+
+/// Frames pipelined behind a Login meet the session's bounds, not the pre-login one
+/// (as over TCP): a 100 KB Send written with the Login is answered, where it closed the
+/// connection 1009 "message over 16384 bytes" before the Login was answered.
+#[test]
+fn a_big_message_pipelined_behind_the_login_meets_the_session_bound() {
+    let r = RouterProc::start(&[]);
+    let mut peer = r.client("bigpeer");
+    let mut ws = open(&r);
+    let big = vec![7u8; 100_000];
+    let mut burst = message_bytes(client_frame::Kind::Login(Login {
+        request_id: 1,
+        user: "pipeliner".into(),
+        device: "ws".into(),
+        ..Default::default()
+    }));
+    burst.extend(message_bytes(client_frame::Kind::Send(Send {
+        request_id: 2,
+        to_user: "bigpeer".into(),
+        payload: big.clone().into(),
+        want_result: true,
+        ..Default::default()
+    })));
+    ws.s.write_all(&burst).expect("write");
+    match ws.next_frame().kind {
+        Some(server_frame::Kind::LoginResult(lr)) => {
+            assert_eq!(lr.status, Status::Ok as i32, "{}", lr.reason)
+        }
+        other => panic!("expected LoginResult, got {other:?}"),
+    }
+    match ws.next_frame().kind {
+        Some(server_frame::Kind::SendResult(sr)) => {
+            assert_eq!(sr.status, Status::Ok as i32, "{}", sr.reason)
+        }
+        other => panic!("expected SendResult, got {other:?}"),
+    }
+    let m = peer.recv(Some(T)).expect("recv").expect("the big message");
+    assert!(m.payload[..] == big[..]);
+    // Before the Login the pre-login bound still holds for a message on its own.
+    let mut ws = open(&r);
+    ws.frame(0x2, true, true, &vec![0u8; 20 * 1024]);
+    assert_eq!(ws.close_code(), 1009);
 }
