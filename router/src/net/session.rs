@@ -787,6 +787,20 @@ async fn read_layered(
     }
 }
 
+/// The WebSocket close code and reason a session's end gives (a violation of the
+/// client's keeps its own): a browser sees why it was cut, not a normal closure.
+fn ws_close(why: Option<CloseReason>) -> (u16, &'static str) {
+    match why {
+        Some(CloseReason::Shutdown) => (ws::code::GOING_AWAY, "shutting down"),
+        Some(CloseReason::HeartbeatTimeout) => (ws::code::POLICY, "heartbeat timeout"),
+        Some(CloseReason::SlowConsumer | CloseReason::Unacked) => {
+            (ws::code::POLICY, "slow consumer")
+        }
+        Some(CloseReason::Kicked) => (ws::code::POLICY, "session ended by the router"),
+        _ => (ws::code::NORMAL, ""),
+    }
+}
+
 /// One nonblocking recv into the spare capacity of `buf`.
 fn recv_into(fd: RawFd, buf: &mut BytesMut) -> io::Result<usize> {
     recv_at_most(fd, buf, usize::MAX)
@@ -935,19 +949,12 @@ async fn write_loop<W: AsyncWriteRent>(
     }
     if let Some(l) = &layers {
         // The WebSocket close frame and TLS close_notify, best effort.
-        let going_away = shard
-            .borrow()
-            .sessions
-            .get(key)
-            .is_some_and(|s| s.closing == Some(CloseReason::Shutdown));
+        let why = shard.borrow().sessions.get(key).and_then(|s| s.closing);
+        let (code, reason) = ws_close(why);
         wire.clear();
         {
             let mut l = l.borrow_mut();
-            l.end(if going_away {
-                ws::code::GOING_AWAY
-            } else {
-                ws::code::NORMAL
-            });
+            l.end(code, reason);
             l.take_pending(&mut wire);
         }
         if !wire.is_empty() {

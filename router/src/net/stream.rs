@@ -136,7 +136,7 @@ impl Conn {
             let got = buf.len() - before;
             match res {
                 Err(reason) => {
-                    layers.end(ws::code::NORMAL);
+                    layers.end(ws::code::NORMAL, "");
                     let mut wire = BytesMut::new();
                     layers.take_pending(&mut wire);
                     let _ = monoio::time::timeout(CLOSE_FLUSH, self.tcp.write_all(wire)).await;
@@ -242,7 +242,7 @@ impl Conn {
     /// sending side down.
     pub(crate) async fn shutdown(&mut self) {
         if let Some(l) = self.layers.as_deref_mut() {
-            l.end(ws::code::NORMAL);
+            l.end(ws::code::NORMAL, "");
             let mut wire = BytesMut::new();
             l.take_pending(&mut wire);
             if !wire.is_empty() {

@@ -221,6 +221,15 @@ impl Layers {
                             code: code::INVALID,
                             reason: e.to_string(),
                         })?;
+                        // As over the binary subprotocol: a frame over the bound
+                        // closes 1009 (it went through as TOO_LARGE, then a close 1000).
+                        let len = prost::Message::encoded_len(&frame);
+                        if len > w.max_frame {
+                            return Err(Violation {
+                                code: code::TOO_BIG,
+                                reason: format!("frame over {} bytes", w.max_frame),
+                            });
+                        }
                         encode_frame(&frame, app);
                         if w.one_at_a_time {
                             return Ok(Ingested::More);
@@ -301,11 +310,11 @@ impl Layers {
     }
 
     /// Queues the end of the conversation with the close code a violation asked for,
-    /// else `code`.
-    pub(crate) fn end(&mut self, code: u16) {
+    /// else `code` and `reason`.
+    pub(crate) fn end(&mut self, code: u16, reason: &str) {
         match self.violation.take() {
-            Some((c, reason)) => self.close(c, &reason),
-            None => self.close(code, ""),
+            Some((c, why)) => self.close(c, &why),
+            None => self.close(code, reason),
         }
     }
 
@@ -558,7 +567,7 @@ mod tests {
         // JSON that is not a frame closes with 1007.
         let mut raw = masked_text(r#"{"login":{"requestId":true}}"#);
         assert!(l.ingest(&mut raw, &mut app).is_err());
-        l.end(ws::code::NORMAL);
+        l.end(ws::code::NORMAL, "");
         let mut wire = BytesMut::new();
         l.take_pending(&mut wire);
         assert_eq!(&wire[2..4], &[0x03, 0xef]);
@@ -599,7 +608,7 @@ mod tests {
         let mut app = BytesMut::new();
         assert!(l.ingest(&mut raw, &mut app).is_err());
         // The close code is sent when the conversation ends.
-        l.end(ws::code::NORMAL);
+        l.end(ws::code::NORMAL, "");
         let mut wire = BytesMut::new();
         l.take_pending(&mut wire);
         assert_eq!(&wire[..4], &[0x88, wire[1], 0x03, 0xeb]);

@@ -405,12 +405,9 @@ fn websocket_over_tls() {
 #[test]
 fn json_subprotocol_speaks_the_protobuf_json_mapping() {
     let r = RouterProc::start(&["--shards", "2"]);
-    let mut ws = Ws::open(tcp(r.http_addr()), "ringrouter.v1.json");
-    ws.frame(
-        0x1,
-        true,
-        true,
-        br#"{"login":{"requestId":"5","user":"jay","device":"browser"}}"#,
+    let mut ws = json_login(
+        &r,
+        r#"{"login":{"requestId":"5","user":"jay","device":"browser"}}"#,
     );
     let Got::Text(t) = ws.next() else {
         panic!("expected a text message")
@@ -444,6 +441,13 @@ fn json_subprotocol_speaks_the_protobuf_json_mapping() {
     let mut ws = Ws::open(tcp(r.http_addr()), "ringrouter.v1.json");
     ws.frame(0x1, true, true, br#"{"login":{"requestId":[]}}"#);
     assert_eq!(ws.close_code(), 1007);
+}
+
+/// A session on the JSON subprotocol that has sent `login` (its answer not read).
+fn json_login(r: &RouterProc, login: &str) -> Ws<TcpStream> {
+    let mut ws = Ws::open(tcp(r.http_addr()), "ringrouter.v1.json");
+    ws.frame(0x1, true, true, login.as_bytes());
+    ws
 }
 
 /// Names of `n` users whose home shard, of `shards`, is `shard`.
@@ -642,5 +646,40 @@ fn a_big_message_pipelined_behind_the_login_meets_the_session_bound() {
     // Before the Login the pre-login bound still holds for a message on its own.
     let mut ws = open(&r);
     ws.frame(0x2, true, true, &vec![0u8; 20 * 1024]);
+    assert_eq!(ws.close_code(), 1009);
+}
+
+/// A session the router ends says why in its close frame: a heartbeat timeout closes
+/// 1008 (it was a normal closure, 1000, with no reason: a browser could not tell it
+/// from a Logout), and a JSON message whose frame is over `--max-frame-bytes` closes
+/// 1009 as a binary one does (it was answered TOO_LARGE, then closed 1000).
+#[test]
+fn the_routers_own_closes_say_why() {
+    let r = RouterProc::start(&[
+        "--max-frame-bytes",
+        "64KiB",
+        "--heartbeat-interval",
+        "200ms",
+        "--heartbeat-timeout",
+        "400ms",
+    ]);
+    let mut quiet = open(&r);
+    quiet.login("quiet");
+    assert_eq!(quiet.close_code(), 1008, "a heartbeat timeout");
+    let mut ws = json_login(
+        &r,
+        r#"{"login":{"requestId":"1","user":"jsonbig","device":"browser"}}"#,
+    );
+    assert!(matches!(ws.next(), Got::Text(_)), "the LoginResult");
+    let send = ClientFrame {
+        kind: Some(client_frame::Kind::Send(Send {
+            to_user: "quiet".into(),
+            payload: vec![b'x'; 70 * 1024].into(),
+            ..Default::default()
+        })),
+    };
+    let text = ringrouter_proto::json::client_frame_to_json(&send);
+    assert!(text.len() < 2 * 64 * 1024, "within the JSON message bound");
+    ws.frame(0x1, true, true, text.as_bytes());
     assert_eq!(ws.close_code(), 1009);
 }
