@@ -99,9 +99,12 @@ impl Conn {
         let early = layers.ingest(&mut raw, &mut buf);
         layers.raw = raw;
         match early {
+            // A violation in what was buffered (before Login, messages behind the first
+            // are decoded here): closed with its code now, as one found in a new read.
+            Err(reason) => return self.refuse(reason, buf).await,
             Ok(_) if buf.len() > before => return (Ok(buf.len() - before), buf),
             Ok(Ingested::End) => return (Ok(0), buf),
-            _ => {}
+            Ok(Ingested::More) => {}
         }
         loop {
             let Some(layers) = self.layers.as_deref_mut() else {
@@ -130,24 +133,30 @@ impl Conn {
             };
             let (res, b) = self.ingest(raw, buf).await;
             buf = b;
-            let Some(layers) = self.layers.as_deref_mut() else {
+            if self.layers.is_none() {
                 return (Err(lost_error()), buf);
-            };
+            }
             let got = buf.len() - before;
             match res {
-                Err(reason) => {
-                    layers.end(ws::code::NORMAL, "");
-                    let mut wire = BytesMut::new();
-                    layers.take_pending(&mut wire);
-                    let _ = monoio::time::timeout(CLOSE_FLUSH, self.tcp.write_all(wire)).await;
-                    return (Err(io::Error::new(io::ErrorKind::InvalidData, reason)), buf);
-                }
+                Err(reason) => return self.refuse(reason, buf).await,
                 Ok(_) if got > 0 => return (Ok(got), buf),
                 Ok(Ingested::End) => return (Ok(0), buf),
                 Ok(Ingested::More) if eof => return (Ok(0), buf),
                 Ok(Ingested::More) => {}
             }
         }
+    }
+
+    /// Ends the conversation over a violation of the peer's (its close code, or a TLS
+    /// alert, is queued by the layers) and gives the read its error.
+    async fn refuse(&mut self, reason: String, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
+        if let Some(layers) = self.layers.as_deref_mut() {
+            layers.end(ws::code::NORMAL, "");
+            let mut wire = BytesMut::new();
+            layers.take_pending(&mut wire);
+            let _ = monoio::time::timeout(CLOSE_FLUSH, self.tcp.write_all(wire)).await;
+        }
+        (Err(io::Error::new(io::ErrorKind::InvalidData, reason)), buf)
     }
 
     /// The layers (TLS) went to a handshake thread and did not come back (the read was

@@ -191,6 +191,10 @@ impl Layers {
                 }
             }
         }
+        // The end counts once nothing the peer sent before it waits undecoded (before
+        // Login one message is decoded per call: a TLS close_notify read with several
+        // messages ends the stream after the last of them, not after the first).
+        let end = end && self.ws.as_ref().is_none_or(|w| w.input.is_empty());
         self.ended = end;
         Ok(if end { Ingested::End } else { Ingested::More })
     }

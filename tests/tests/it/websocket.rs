@@ -381,14 +381,8 @@ fn websocket_over_tls() {
     let (_dir, cert, key, der) = crate::tls::self_signed();
     let r = RouterProc::start(&["--tls-cert", &cert, "--tls-key", &key]);
     let cfg = crate::tls::client_config(&der);
-    let mut ws = Ws::open(
-        crate::tls::connect_tls(r.http_addr(), &cfg),
-        "ringrouter.v1",
-    );
-    let mut other = Ws::open(
-        crate::tls::connect_tls(r.http_addr(), &cfg),
-        "ringrouter.v1",
-    );
+    let mut ws = open_tls(&r, &cfg);
+    let mut other = open_tls(&r, &cfg);
     ws.login("secure");
     other.login("other");
     other.send(client_frame::Kind::Send(Send {
@@ -441,6 +435,14 @@ fn json_subprotocol_speaks_the_protobuf_json_mapping() {
     let mut ws = Ws::open(tcp(r.http_addr()), "ringrouter.v1.json");
     ws.frame(0x1, true, true, br#"{"login":{"requestId":[]}}"#);
     assert_eq!(ws.close_code(), 1007);
+}
+
+/// A WebSocket over TLS on the HTTP port.
+fn open_tls(
+    r: &RouterProc,
+    cfg: &std::sync::Arc<rustls::ClientConfig>,
+) -> Ws<crate::tls::TlsStream> {
+    Ws::open(crate::tls::connect_tls(r.http_addr(), cfg), "ringrouter.v1")
 }
 
 /// A session on the JSON subprotocol that has sent `login` (its answer not read).
@@ -682,4 +684,54 @@ fn the_routers_own_closes_say_why() {
     assert!(text.len() < 2 * 64 * 1024, "within the JSON message bound");
     ws.frame(0x1, true, true, text.as_bytes());
     assert_eq!(ws.close_code(), 1009);
+}
+
+/// Frames and the end of the stream in one flight, before Login: over TLS, a Login, a
+/// Send and the close_notify in one write log in and route the Send (the Send was
+/// dropped: the close ended the stream after the first message); and a violation behind
+/// a first message closes with its code at once (it was missed until the login timeout).
+#[test]
+fn what_comes_with_the_first_message_before_login_is_not_lost_or_missed() {
+    let (_dir, cert, key, der) = crate::tls::self_signed();
+    let r = RouterProc::start(&["--tls-cert", &cert, "--tls-key", &key]);
+    let cfg = crate::tls::client_config(&der);
+    let mut peer = open_tls(&r, &cfg);
+    peer.login("flightpeer");
+    let mut ws = open_tls(&r, &cfg);
+    let mut flight = message_bytes(client_frame::Kind::Login(Login {
+        request_id: 1,
+        user: "flight".into(),
+        device: "ws".into(),
+        ..Default::default()
+    }));
+    flight.extend(message_bytes(client_frame::Kind::Send(Send {
+        to_user: "flightpeer".into(),
+        payload: b"in the last flight".to_vec().into(),
+        ..Default::default()
+    })));
+    ws.s.conn.writer().write_all(&flight).expect("plaintext");
+    ws.s.conn.send_close_notify();
+    while ws.s.conn.wants_write() {
+        ws.s.conn.write_tls(&mut ws.s.sock).expect("flight");
+    }
+    let (from, payload) = deliver_of(peer.next_frame());
+    assert_eq!(
+        (from.as_str(), &payload[..]),
+        ("flight", &b"in the last flight"[..])
+    );
+    // Binary subprotocol: a Ping, text (a violation) and a Login in one write.
+    let mut ws = open_tls(&r, &cfg);
+    let mut burst = message_bytes(client_frame::Kind::Ping(ringrouter_proto::v1::Ping {
+        nonce: 1,
+    }));
+    burst.extend(frame_bytes(0x1, true, true, b"x"));
+    burst.extend(message_bytes(client_frame::Kind::Login(Login {
+        request_id: 1,
+        user: "violator".into(),
+        device: "ws".into(),
+        ..Default::default()
+    })));
+    ws.s.write_all(&burst).expect("write");
+    ws.s.flush().expect("flush");
+    assert_eq!(ws.close_code(), 1003, "closed before the login timeout");
 }
