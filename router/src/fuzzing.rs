@@ -1238,6 +1238,63 @@ pub fn check_ws_decoder(data: &[u8]) {
     assert_eq!(whole, pieces, "fed whole and cut every {cut} bytes");
 }
 
+/// The WebSocket layer (`transport::Layers`, binary subprotocol) as the readers drive it:
+/// before Login one message a call, the socket read only when nothing decoded waits,
+/// the session's bound from the first message on (the "Login"), then every message a
+/// call, and the end or a violation as the last word. The first byte picks the two
+/// bounds, the second where the rest is cut into reads. Fed whole or cut, the frames
+/// handed on and the last word are the same; nothing is handed on after the end; what
+/// waits undecoded before Login is at most one read more than a message's header and
+/// one control frame.
+pub fn check_ws_layers(data: &[u8]) {
+    use crate::transport::{ws::Protocol, Ingested, Layers};
+    let (Some(&b0), Some(&b1)) = (data.first(), data.get(1)) else {
+        return;
+    };
+    let (pre, session) =
+        [(16usize, 64usize), (16, 1000), (125, 70_000), (64, 64)][usize::from(b0 % 4)];
+    let cut = usize::from(b1 % 17) + 1;
+    let wire = &data[2..];
+    let run = |cut: usize| {
+        let mut l = Layers::none();
+        l.start_ws(Protocol::Binary, pre, BytesMut::new());
+        let mut app = BytesMut::new();
+        let mut chunks = wire.chunks(cut);
+        let mut logged_in = false;
+        let last = loop {
+            // What is buffered first (the readers' early ingest), then a new read.
+            let before = app.len();
+            let r = l.ingest(&mut BytesMut::new(), &mut app);
+            let r = match r {
+                Ok(Ingested::More) if app.len() == before => match chunks.next() {
+                    Some(c) => l.ingest(&mut BytesMut::from(c), &mut app),
+                    None => break "more",
+                },
+                r => r,
+            };
+            match r {
+                Err(_) => break "violation",
+                Ok(Ingested::End) => {
+                    let n = app.len();
+                    let again = l.ingest(&mut BytesMut::from(&b"\x82\x80\0\0\0\0"[..]), &mut app);
+                    assert_eq!(again, Ok(Ingested::End), "the end holds");
+                    assert_eq!(app.len(), n, "nothing handed on after the end");
+                    break "end";
+                }
+                Ok(Ingested::More) => {}
+            }
+            if !logged_in && app.len() > before {
+                logged_in = true;
+                l.set_max_frame(session);
+            }
+        };
+        (app.to_vec(), last)
+    };
+    let whole = run(wire.len().max(1));
+    let pieces = run(cut);
+    assert_eq!(whole, pieces, "fed whole and cut every {cut} bytes");
+}
+
 /// Runs `check` on every file of the committed corpus of `target` (`fuzz/corpus/<target>`);
 /// returns how many there were.
 pub fn replay_corpus(target: &str, check: fn(&[u8])) -> usize {
@@ -1275,6 +1332,12 @@ mod tests {
     #[test]
     fn committed_ws_decode_corpus_passes() {
         let n = replay_corpus("ws_decode", check_ws_decoder);
+        assert!(n > 0, "no committed ws_decode corpus");
+    }
+
+    #[test]
+    fn committed_ws_decode_corpus_passes_the_layers_check() {
+        let n = replay_corpus("ws_decode", check_ws_layers);
         assert!(n > 0, "no committed ws_decode corpus");
     }
 
