@@ -1243,9 +1243,9 @@ pub fn check_ws_decoder(data: &[u8]) {
 /// the session's bound from the first message on (the "Login"), then every message a
 /// call, and the end or a violation as the last word. The first byte picks the two
 /// bounds, the second where the rest is cut into reads. Fed whole or cut, the frames
-/// handed on and the last word are the same; nothing is handed on after the end; what
-/// waits undecoded before Login is at most one read more than a message's header and
-/// one control frame.
+/// handed on and the last word are the same; nothing is handed on after the end. (Plain
+/// WebSocket only: a TLS end, and the JSON subprotocol, are covered by tests in
+/// `tests/tests/it/websocket.rs`.)
 pub fn check_ws_layers(data: &[u8]) {
     use crate::transport::{ws::Protocol, Ingested, Layers};
     let (Some(&b0), Some(&b1)) = (data.first(), data.get(1)) else {

@@ -64,6 +64,16 @@ pub(crate) enum Ingested {
     End,
 }
 
+/// How far [`Layers::ws_decode`] went.
+enum Decoded {
+    /// Every whole message of the input (what is left is part of one, or nothing).
+    Drained,
+    /// One message, before Login: more may wait whole in the input.
+    Stopped,
+    /// The peer's close frame (the input after it dropped).
+    Closed,
+}
+
 impl Layers {
     /// TLS on a new connection (the handshake runs as bytes arrive).
     pub(crate) fn tls(config: &std::sync::Arc<rustls::ServerConfig>) -> Result<Self, String> {
@@ -168,7 +178,15 @@ impl Layers {
             };
             let r = tls_read(tls, raw, plain);
             flush_tls(tls, &mut self.pending);
-            end = r?;
+            end = match r {
+                Ok(end) => end,
+                Err(e) => {
+                    // Its fatal alert is pending: nothing goes out after it (no
+                    // WebSocket close sealed behind the alert, no close_notify).
+                    self.closed = true;
+                    return Err(e);
+                }
+            };
         } else if let Some(w) = self.ws.as_mut() {
             if w.input.is_empty() {
                 std::mem::swap(&mut w.input, raw);
@@ -180,10 +198,12 @@ impl Layers {
             app.extend_from_slice(raw);
             raw.clear();
         }
+        let mut stopped = false;
         if self.ws.is_some() {
             match self.ws_decode(app) {
-                Ok(Ingested::End) => end = true,
-                Ok(Ingested::More) => {}
+                Ok(Decoded::Closed) => end = true,
+                Ok(Decoded::Stopped) => stopped = true,
+                Ok(Decoded::Drained) => {}
                 Err(v) => {
                     let reason = v.reason.clone();
                     self.violation = Some((v.code, v.reason));
@@ -191,21 +211,22 @@ impl Layers {
                 }
             }
         }
-        // The end counts once nothing the peer sent before it waits undecoded (before
-        // Login one message is decoded per call: a TLS close_notify read with several
-        // messages ends the stream after the last of them, not after the first).
-        let end = end && self.ws.as_ref().is_none_or(|w| w.input.is_empty());
+        // Before Login one message is decoded per call: a TLS close_notify read with
+        // several messages ends the stream after the last of them, not after the first.
+        // What is left once no whole message is (a frame cut short by the peer's end)
+        // never completes: the end counts then.
+        let end = end && !stopped;
         self.ended = end;
         Ok(if end { Ingested::End } else { Ingested::More })
     }
 
-    fn ws_decode(&mut self, app: &mut BytesMut) -> Result<Ingested, Violation> {
+    fn ws_decode(&mut self, app: &mut BytesMut) -> Result<Decoded, Violation> {
         let Some(w) = self.ws.as_mut() else {
-            return Ok(Ingested::More);
+            return Ok(Decoded::Drained);
         };
         loop {
             match w.decoder.decode(&mut w.input)? {
-                None => return Ok(Ingested::More),
+                None => return Ok(Decoded::Drained),
                 Some(Event::Message { text, data }) => match (w.protocol, text) {
                     (Protocol::Binary, false) => {
                         if data.len() > w.max_frame {
@@ -217,7 +238,7 @@ impl Layers {
                         put_varint(app, data.len() as u64);
                         app.extend_from_slice(&data);
                         if w.one_at_a_time {
-                            return Ok(Ingested::More);
+                            return Ok(Decoded::Stopped);
                         }
                     }
                     (Protocol::Json, true) => {
@@ -236,7 +257,7 @@ impl Layers {
                         }
                         encode_frame(&frame, app);
                         if w.one_at_a_time {
-                            return Ok(Ingested::More);
+                            return Ok(Decoded::Stopped);
                         }
                     }
                     (p, _) => {
@@ -275,7 +296,7 @@ impl Layers {
                     if let Some(w) = self.ws.as_mut() {
                         w.input.clear();
                     }
-                    return Ok(Ingested::End);
+                    return Ok(Decoded::Closed);
                 }
             }
         }

@@ -735,3 +735,32 @@ fn what_comes_with_the_first_message_before_login_is_not_lost_or_missed() {
     ws.s.flush().expect("flush");
     assert_eq!(ws.close_code(), 1003, "closed before the login timeout");
 }
+
+/// A TLS close_notify after part of a WebSocket frame (no TCP FIN) ends the connection
+/// at once, before and after Login: nothing can complete that frame. (Once the end
+/// waited for the frame, the stream ran on to the login or heartbeat timeout, and the
+/// bytes read meanwhile were kept.)
+#[test]
+fn a_tls_close_after_part_of_a_frame_ends_the_connection() {
+    let (_dir, cert, key, der) = crate::tls::self_signed();
+    let r = RouterProc::start(&["--tls-cert", &cert, "--tls-key", &key]);
+    let cfg = crate::tls::client_config(&der);
+    for login in [false, true] {
+        let mut ws = open_tls(&r, &cfg);
+        if login {
+            ws.login("cut");
+        }
+        ws.s.conn.writer().write_all(&[0x82]).expect("plaintext");
+        ws.s.conn.send_close_notify();
+        while ws.s.conn.wants_write() {
+            ws.s.conn.write_tls(&mut ws.s.sock).expect("flight");
+        }
+        let t = Instant::now();
+        let _ = ws.close_code();
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "ended after {:?} (login: {login})",
+            t.elapsed()
+        );
+    }
+}
