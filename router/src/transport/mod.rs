@@ -53,6 +53,10 @@ struct WsLayer {
     /// a client pipelines behind its Login meets the session's bounds, not the
     /// pre-login one. Cleared by [`Layers::set_max_frame`].
     one_at_a_time: bool,
+    /// The last decode stopped after one message (`one_at_a_time`): whole messages may
+    /// wait in `input`. (What is left otherwise is part of a frame, which only new
+    /// bytes complete.)
+    stopped: bool,
 }
 
 /// How reading went: bytes were added (maybe none yet), or the peer ended the stream.
@@ -114,15 +118,16 @@ impl Layers {
             input: early,
             max_frame,
             one_at_a_time: true,
+            stopped: false,
         });
     }
 
-    /// What an [`Layers::ingest`] with no new bytes would still give: decrypted
-    /// WebSocket bytes not decoded yet (left by the pre-login decode, see
-    /// `WsLayer::one_at_a_time`), or the peer's end (reached in a read that also gave
-    /// frames, which the reader took first).
+    /// What an [`Layers::ingest`] with no new bytes would still give: messages the
+    /// pre-login decode left whole in the input (see `WsLayer::one_at_a_time`), or the
+    /// peer's end (reached in a read that also gave frames, which the reader took
+    /// first). Part of a frame left in the input is not: only new bytes complete it.
     pub(crate) fn has_unread(&self) -> bool {
-        self.ended || self.ws.as_ref().is_some_and(|w| !w.input.is_empty())
+        self.ended || self.ws.as_ref().is_some_and(|w| w.stopped)
     }
 
     /// The frame bound from now on (the pre-login bound is smaller).
@@ -209,6 +214,9 @@ impl Layers {
                     self.violation = Some((v.code, v.reason));
                     return Err(reason);
                 }
+            }
+            if let Some(w) = self.ws.as_mut() {
+                w.stopped = stopped;
             }
         }
         // Before Login one message is decoded per call: a TLS close_notify read with

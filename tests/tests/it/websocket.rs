@@ -153,12 +153,7 @@ impl<S: Read + Write> Ws<S> {
     }
 
     pub(crate) fn login(&mut self, user: &str) -> u32 {
-        self.send(client_frame::Kind::Login(Login {
-            request_id: 1,
-            user: user.into(),
-            device: "ws".into(),
-            ..Default::default()
-        }));
+        self.send(login_kind(user));
         match self.next_frame().kind {
             Some(server_frame::Kind::LoginResult(lr)) => {
                 assert_eq!(lr.status, Status::Ok as i32, "{}", lr.reason);
@@ -202,6 +197,16 @@ pub(crate) fn frame_bytes(opcode: u8, fin: bool, masked: bool, payload: &[u8]) -
         v.extend_from_slice(payload);
     }
     v
+}
+
+/// A Login of `user` from device "ws" (request 1).
+fn login_kind(user: &str) -> client_frame::Kind {
+    client_frame::Kind::Login(Login {
+        request_id: 1,
+        user: user.into(),
+        device: "ws".into(),
+        ..Default::default()
+    })
 }
 
 /// A binary message carrying `kind`, as a client sends it.
@@ -590,12 +595,7 @@ fn a_close_in_the_same_write_as_other_frames_ends_the_connection() {
     );
     // A Login and a close in one write: the session it starts ends at once.
     let mut ws = open(&r);
-    let mut burst = message_bytes(client_frame::Kind::Login(Login {
-        request_id: 1,
-        user: "closer2".into(),
-        device: "ws".into(),
-        ..Default::default()
-    }));
+    let mut burst = message_bytes(login_kind("closer2"));
     burst.extend(frame_bytes(0x8, true, true, &[0x03, 0xe8]));
     burst.extend(send(b"after login"));
     ws.s.write_all(&burst).expect("write");
@@ -617,12 +617,7 @@ fn a_big_message_pipelined_behind_the_login_meets_the_session_bound() {
     let mut peer = r.client("bigpeer");
     let mut ws = open(&r);
     let big = vec![7u8; 100_000];
-    let mut burst = message_bytes(client_frame::Kind::Login(Login {
-        request_id: 1,
-        user: "pipeliner".into(),
-        device: "ws".into(),
-        ..Default::default()
-    }));
+    let mut burst = message_bytes(login_kind("pipeliner"));
     burst.extend(message_bytes(client_frame::Kind::Send(Send {
         request_id: 2,
         to_user: "bigpeer".into(),
@@ -698,12 +693,7 @@ fn what_comes_with_the_first_message_before_login_is_not_lost_or_missed() {
     let mut peer = open_tls(&r, &cfg);
     peer.login("flightpeer");
     let mut ws = open_tls(&r, &cfg);
-    let mut flight = message_bytes(client_frame::Kind::Login(Login {
-        request_id: 1,
-        user: "flight".into(),
-        device: "ws".into(),
-        ..Default::default()
-    }));
+    let mut flight = message_bytes(login_kind("flight"));
     flight.extend(message_bytes(client_frame::Kind::Send(Send {
         to_user: "flightpeer".into(),
         payload: b"in the last flight".to_vec().into(),
@@ -725,12 +715,7 @@ fn what_comes_with_the_first_message_before_login_is_not_lost_or_missed() {
         nonce: 1,
     }));
     burst.extend(frame_bytes(0x1, true, true, b"x"));
-    burst.extend(message_bytes(client_frame::Kind::Login(Login {
-        request_id: 1,
-        user: "violator".into(),
-        device: "ws".into(),
-        ..Default::default()
-    })));
+    burst.extend(message_bytes(login_kind("violator")));
     ws.s.write_all(&burst).expect("write");
     ws.s.flush().expect("flush");
     assert_eq!(ws.close_code(), 1003, "closed before the login timeout");
