@@ -1,6 +1,7 @@
 //! Account requests of a logged-in session: DeleteAccount and ListUsers. (Register and
 //! password Login happen before a session exists: `prelogin`, driven by `net::accept`.)
 
+use ringrouter_proto::names::MAX_NAME_BYTES;
 use ringrouter_proto::reply;
 use ringrouter_proto::v1::{ListUsers, ServerFrame};
 use ringrouter_proto::Status;
@@ -36,6 +37,14 @@ impl Shard {
             0 => page,
             n => n.min(page),
         };
+        if l.pattern.len() > MAX_NAME_BYTES {
+            // A pattern matches names, so it is no longer than one: refused here, with
+            // the bound, before it costs the storage thread anything.
+            let reason = format!("pattern is longer than {MAX_NAME_BYTES} bytes");
+            let frame = account_result(l.request_id, Status::BadRequest, &reason, Vec::new());
+            self.send_to_session(from, frame);
+            return;
+        }
         let pattern = if l.pattern.is_empty() {
             "*".to_owned()
         } else {

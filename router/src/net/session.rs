@@ -797,6 +797,8 @@ fn ws_close(why: Option<CloseReason>) -> (u16, &'static str) {
             (ws::code::POLICY, "slow consumer")
         }
         Some(CloseReason::Kicked) => (ws::code::POLICY, "session ended by the router"),
+        // A message that is not a frame of its subprotocol (its Error frame says why).
+        Some(CloseReason::BadFrame) => (ws::code::INVALID, "bad frame"),
         _ => (ws::code::NORMAL, ""),
     }
 }

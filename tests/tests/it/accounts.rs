@@ -151,6 +151,18 @@ fn list_users_globs() {
     assert_eq!(list(&mut c, "al?", 0), Vec::<String>::new());
     assert_eq!(list(&mut c, "*", 2), ["al", "alan"]);
     assert_eq!(list(&mut c, "", 0), ["al", "alan", "alice", "bob"]);
+    // A pattern longer than a name is refused with the bound, and the session goes on.
+    let long = account_call(
+        &mut c,
+        C::ListUsers(ListUsers {
+            request_id: 0,
+            pattern: "a".repeat(65),
+            limit: 0,
+        }),
+    );
+    assert_eq!(long.status, Status::BadRequest as i32);
+    assert_eq!(long.reason, "pattern is longer than 64 bytes");
+    assert_eq!(list(&mut c, "b*", 0), ["bob"]);
 }
 
 #[test]

@@ -663,6 +663,11 @@ fn the_routers_own_closes_say_why() {
     let mut quiet = open(&r);
     quiet.login("quiet");
     assert_eq!(quiet.close_code(), 1008, "a heartbeat timeout");
+    // A binary message that is not a frame, after login: 1007, not a normal closure.
+    let mut garbled = open(&r);
+    garbled.login("garbled");
+    garbled.frame(0x2, true, true, &[0xff, 0xff, 0xff]);
+    assert_eq!(garbled.close_code(), 1007, "a bad frame");
     let mut ws = json_login(
         &r,
         r#"{"login":{"requestId":"1","user":"jsonbig","device":"browser"}}"#,
