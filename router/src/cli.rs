@@ -90,7 +90,7 @@ pub struct Args {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7878", help_heading = NETWORK)]
     pub listen: SocketAddr,
-    /// Number of shards (threads, one per core); 0 = one per available core. At most 1022.
+    /// Number of shards (threads, one per core); 0 = one per available core. At most 256.
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = parse_shards, help_heading = NETWORK)]
     pub shards: usize,
     /// Do not pin shard threads to cores.
@@ -743,7 +743,7 @@ fn parse_shards(s: &str) -> Result<usize, String> {
         .map_err(|_| format!("invalid shard count {s:?}"))?;
     if n > crate::config::MAX_SHARDS {
         return Err(format!(
-            "at most {} shards (a message id holds its shard in 10 bits)",
+            "at most {} shards (each has a mailbox to every other)",
             crate::config::MAX_SHARDS
         ));
     }
@@ -908,11 +908,11 @@ mod tests {
     }
 
     #[test]
-    fn shards_are_at_most_what_a_message_id_can_name() {
-        assert_eq!(parse_ok(&["--shards", "1022"]).config().shards, 1022);
-        let e = parse_err(&["--shards", "1023"]);
+    fn shards_are_at_most_max_shards() {
+        assert_eq!(parse_ok(&["--shards", "256"]).config().shards, 256);
+        let e = parse_err(&["--shards", "257"]);
         assert_eq!(e.exit_code(), EXIT_USAGE);
-        assert!(e.to_string().contains("at most 1022 shards"), "{e}");
+        assert!(e.to_string().contains("at most 256 shards"), "{e}");
         let c = Config {
             shards: 5000,
             ..Config::default()

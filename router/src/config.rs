@@ -62,9 +62,10 @@ pub enum DmPolicy {
     Contacts,
 }
 
-/// Most shards: a message id holds its shard + 1 in its top 10 bits
-/// (`shard::MSG_ID_SHARD_SHIFT`).
-pub const MAX_SHARDS: usize = 1022;
+/// Most shards. A message id could name 1022 (its shard + 1 in its top 10 bits,
+/// `shard::MSG_ID_SHARD_SHIFT`); every shard has a mailbox to every other, so the
+/// router stops at 256 (65 280 mailboxes), and `--shards 0` on a bigger machine too.
+pub const MAX_SHARDS: usize = 256;
 
 /// Everything the router needs to start. `Config::default()` is the embedded
 /// default the bare `ringrouter` command runs with.

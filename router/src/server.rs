@@ -119,14 +119,17 @@ impl Router {
     /// Validates `cfg`, binds the listeners, starts every shard, and returns once
     /// all of them accept connections.
     pub fn start(cfg: Config) -> Result<RouterHandle, StartError> {
-        if cfg.auth == crate::config::AuthMode::Open
-            && !cfg.listen.ip().is_loopback()
-            && !cfg.allow_open_auth_on_public
+        // Both ports take logins (the HTTP port's `/ws`): neither may be public with
+        // open auth unless that is asked for.
+        let public = std::iter::once(cfg.listen)
+            .chain(cfg.http_listen)
+            .find(|a| !a.ip().is_loopback());
+        if let Some(addr) = public
+            .filter(|_| cfg.auth == crate::config::AuthMode::Open && !cfg.allow_open_auth_on_public)
         {
             return Err(StartError::Config(format!(
-                "refusing to listen on non-loopback address {} with --auth open (anyone could log in as anyone); \
-                 use --auth jwt, or pass --allow-open-auth-on-public",
-                cfg.listen
+                "refusing to listen on non-loopback address {addr} with --auth open (anyone could log in as anyone); \
+                 use --auth jwt, or pass --allow-open-auth-on-public"
             )));
         }
         if cfg.max_payload_bytes >= cfg.max_frame_bytes {
@@ -163,8 +166,9 @@ impl Router {
             None => None,
         };
         let n = cfg.effective_shards();
-        if n > 256 {
-            return Err(StartError::Config("at most 256 shards".into()));
+        if n > crate::config::MAX_SHARDS {
+            let most = crate::config::MAX_SHARDS;
+            return Err(StartError::Config(format!("at most {most} shards")));
         }
         let stats: Vec<Arc<ShardStats>> = (0..n).map(|_| Arc::new(ShardStats::default())).collect();
         let http_ctx = Arc::new(HttpCtx::new(&cfg, stats.clone()).map_err(StartError::Config)?);

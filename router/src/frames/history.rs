@@ -75,6 +75,7 @@ impl Shard {
             limit,
             max_bytes: self.page_bytes(),
         };
+        self.big_answer_begun(key);
         self.store_req(
             |s, cb| s.history_query(query, cb),
             move |sh, r| {
@@ -103,9 +104,7 @@ impl Shard {
                     ),
                     Err(e) => reply::history_result(rid, store_status(&e), &e.to_string(), vec![]),
                 };
-                if let Some(k) = sh.resolve(sid) {
-                    sh.push_frame(k, &f);
-                }
+                sh.push_big_answer(sid, &f);
             },
         );
     }

@@ -98,13 +98,20 @@ impl Shard {
             );
             return;
         }
+        let mut inflight = self.request_in_flight(from);
+        if let (RoomOp::Info { .. }, Some(f)) = (&op, &mut inflight) {
+            // A big room's member list is a big answer: nothing more is read from this
+            // session until it is written.
+            f.big = true;
+            self.big_answer_begun(key);
+        }
         let req = RoomReq {
             user,
             from,
             request_id,
             op,
             quota: false,
-            inflight: crate::shard::mail::InFlightSlot::new(self.request_in_flight(from)),
+            inflight: crate::shard::mail::InFlightSlot::new(inflight),
         };
         let user = Bytes::copy_from_slice(req.user.as_bytes());
         if let Some(waiting) = self.room_quota.get_mut(&user) {

@@ -333,7 +333,7 @@ async fn read_loop(
                         flow = Flow::Stop;
                         break;
                     }
-                    if !sh.drained(key) || sh.requests_full(key) {
+                    if !sh.drained(key) || sh.requests_full(key) || sh.answer_waits(key) {
                         rest = Some(end);
                         break;
                     }
@@ -398,14 +398,15 @@ async fn read_loop(
         // or while the outgoing batches to other shards are piling up.
         // Remote recipients pause this reader through its shard's pause table
         // (`shard::pause`) and take the pause back with `Mail::Resume`.
-        // A session at `max_requests_in_flight` waits for a store answer the same way.
+        // A session at `max_requests_in_flight` waits for a store answer the same way,
+        // and one that asked for a big answer (a History page) until it is written.
         // Its own queue (its answers went over the bound) is waited for until it drains
         // once: senders may refill it before this reader runs, and a reader that waited
         // for it to be found under the bound would not read (acks included) while they
         // keep it there. Waiting on others, it reads its socket ahead (see
         // `read_acks_ahead`): bytes read then are handled in order once the wait ends,
         // before the next read.
-        let waits = |sh: &Shard| sh.paused(key) || sh.requests_full(key);
+        let waits = |sh: &Shard| sh.paused(key) || sh.requests_full(key) || sh.answer_waits(key);
         let mut ahead = false;
         if !blocked.is_empty() || waits(&shard.borrow()) {
             let own_drains = shard.borrow().sessions.get(key).map_or(0, |s| s.drains);
@@ -935,6 +936,13 @@ async fn write_loop<W: AsyncWriteRent>(
             s.inflight -= total;
             s.out.recycle(&mut batch);
             s.spare = Some(batch);
+            if s.answer_unwritten > 0 {
+                let left = (s.answer_unwritten as usize).saturating_sub(total);
+                s.answer_unwritten = left as u32; // at most what it was
+                if left == 0 {
+                    s.wake_drain_waiters();
+                }
+            }
             if s.pending() <= max {
                 s.over_since = None;
                 s.drains = s.drains.wrapping_add(1);

@@ -157,6 +157,9 @@ pub struct RoomReq {
 pub struct InFlight {
     pub(crate) id: SessionId,
     pub(crate) done: Arc<MailQueue>,
+    /// A big-answer request (RoomInfo): dropped after its answer was queued, it lets the
+    /// session's reader go on once that answer is written ([`Shard::big_answer_queued`]).
+    pub(crate) big: bool,
 }
 
 impl std::fmt::Debug for InFlight {
@@ -192,9 +195,12 @@ impl std::fmt::Debug for InFlightSlot {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let id = self.id;
+        let (id, big) = (self.id, self.big);
         self.done.push(Mail::Stored(Box::new(move |sh: &mut Shard| {
             sh.request_done(id);
+            if big {
+                sh.big_answer_queued(id);
+            }
         })));
     }
 }

@@ -211,6 +211,14 @@ pub struct Session {
     /// messages to offline members): not limited, but a session with any is not read
     /// past a full store queue (`Shard::poll_session_intake`).
     pub store_sends: u32,
+    /// Bytes the writer has still to write before the last big answer (a History page,
+    /// a RoomInfo) is out, that answer's included. A session's reader reads nothing past
+    /// a big-answer request until it is answered and this is 0 ([`Shard::answer_waits`]):
+    /// requests that cost a few bytes and are answered with a megabyte must not pile up
+    /// answers on a socket that is not read.
+    pub answer_unwritten: u32,
+    /// A big-answer request of this session is waiting for its answer.
+    pub big_answer: bool,
 }
 
 /// The user a session last sent a direct message to, its name checked and its home
@@ -400,6 +408,8 @@ impl Shard {
             answered_over: false,
             requests: 0,
             store_sends: 0,
+            answer_unwritten: 0,
+            big_answer: false,
             closing: None,
             over_since: None,
             last_rx: Instant::now(),
@@ -465,6 +475,50 @@ impl Shard {
             Some(s) => s.closing.is_some() || s.pending() <= self.cfg.max_pending_bytes,
             None => true,
         }
+    }
+
+    /// A request of session `key` whose answer may be big (up to a frame) was taken: its
+    /// reader handles no more frames until that answer is written ([`Self::answer_waits`]).
+    pub fn big_answer_begun(&mut self, key: SessionKey) {
+        if let Some(s) = self.sessions.get_mut(key) {
+            s.big_answer = true;
+            // The reader looks at its waits after this frame.
+            self.answers_over = true;
+        }
+    }
+
+    /// Queues a big-answer request's answer on session `id` (if it is still there): its
+    /// reader goes on once the writer has written up to the answer's end.
+    pub fn push_big_answer(&mut self, id: SessionId, f: &ServerFrame) {
+        let Some(key) = self.resolve(id) else {
+            return;
+        };
+        self.push_frame(key, f);
+        self.big_answer_queued(id);
+    }
+
+    /// Session `id`'s big answer is queued (or its request was dropped): its reader goes
+    /// on once the writer has written what is queued now.
+    pub fn big_answer_queued(&mut self, id: SessionId) {
+        let Some(key) = self.resolve(id) else {
+            return;
+        };
+        if let Some(s) = self.sessions.get_mut(key) {
+            s.big_answer = false;
+            let ahead = s.out.len() + s.inflight;
+            s.answer_unwritten = u32::try_from(ahead).unwrap_or(u32::MAX);
+            if s.answer_unwritten == 0 {
+                s.wake_drain_waiters();
+            }
+        }
+    }
+
+    /// True while session `key`'s reader waits for a big answer: asked for and not yet
+    /// answered, or answered and not yet written (see [`Session::answer_unwritten`]).
+    pub fn answer_waits(&self, key: SessionKey) -> bool {
+        self.sessions
+            .get(key)
+            .is_some_and(|s| s.closing.is_none() && (s.big_answer || s.answer_unwritten > 0))
     }
 
     /// Registers `waker` to run when session `key` drains or closes.

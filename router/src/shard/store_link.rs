@@ -199,7 +199,11 @@ impl Shard {
     pub(crate) fn request_in_flight(&mut self, id: SessionId) -> Option<InFlight> {
         let done = self.store.as_ref()?.done.clone();
         self.request_taken(id);
-        Some(InFlight { id, done })
+        Some(InFlight {
+            id,
+            done,
+            big: false,
+        })
     }
 
     /// True when session `key` has `max_requests_in_flight` requests waiting on the

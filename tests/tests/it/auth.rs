@@ -17,6 +17,20 @@ fn open_auth_on_a_public_address_refuses_to_start() {
         exit.stderr.contains("--allow-open-auth-on-public"),
         "the refusal names the flag that overrides it: {exit}"
     );
+    // The HTTP port takes logins too (its `/ws`): public with open auth, it is refused.
+    let args = ["--listen", "127.0.0.1:0", "--http-listen", "0.0.0.0:0"];
+    let exit = match RouterProc::launch(&args, Driver::Default) {
+        Ok(r) => panic!(
+            "router started with open auth on HTTP 0.0.0.0: {}",
+            r.banner
+        ),
+        Err(e) => e,
+    };
+    assert_eq!(exit.code, Some(2), "{exit}");
+    assert!(
+        exit.stderr.contains("0.0.0.0:0"),
+        "names the address: {exit}"
+    );
 }
 
 #[test]

@@ -805,28 +805,43 @@ fn requests_then_ping(
 #[test]
 fn pipelined_big_history_pages_are_paced_not_closed() {
     let r = RouterProc::start(&["--shards", "1", "--slow-consumer-timeout", "60"]);
-    let mut a = r.client("pages-a");
-    let _b = r.client("pages-b");
-    for i in 0..60u8 {
-        a.send_wait("pages-b", &vec![i; 100_000]).unwrap();
-    }
+    seed_big_history(&r, "pages-a", "pages-b", 60);
     let mut reader = r.raw_login("pages-a");
     let n = 80u64;
+    reader
+        .write(&history_requests("pages-b", n))
+        .expect("the requests fit the socket buffers");
+    thread::sleep(Duration::from_millis(1500));
+    read_history_answers(&mut reader, n);
+}
+
+/// `from` sends `to` `count` messages of 100 kB (History pages of ~0.9 MiB).
+fn seed_big_history(r: &RouterProc, from: &str, to: &str, count: u8) {
+    let mut a = r.client(from);
+    let _b = r.client(to);
+    for i in 0..count {
+        a.send_wait(to, &vec![i; 100_000]).unwrap();
+    }
+}
+
+/// `n` History requests (ids 1..=n, 50 messages each) of the conversation with `peer`.
+fn history_requests(peer: &str, n: u64) -> Vec<u8> {
     let mut all = Vec::new();
     for i in 1..=n {
         all.extend_from_slice(&client_frame_bytes(client_frame::Kind::History(
             ringrouter_proto::v1::History {
                 request_id: i,
-                user: "pages-b".into(),
+                user: peer.into(),
                 limit: 50,
                 ..Default::default()
             },
         )));
     }
-    reader
-        .write(&all)
-        .expect("the requests fit the socket buffers");
-    thread::sleep(Duration::from_millis(1500));
+    all
+}
+
+/// Reads the answers to [`history_requests`]: all `n`, in order, each a page.
+fn read_history_answers(reader: &mut Raw, n: u64) {
     for want in 1..=n {
         match reader.next_kind(T) {
             server_frame::Kind::HistoryResult(h) => {
@@ -835,6 +850,39 @@ fn pipelined_big_history_pages_are_paced_not_closed() {
             }
             other => panic!("answer {want}: {other:?}"),
         }
+    }
+}
+
+/// Requests that cost a few bytes and are answered with up to a frame (History pages) do
+/// not pile answers on a socket that is not read: the reader takes the next frame only
+/// once the last big answer is written. 16 pipelined History requests of ~0.9 MiB pages
+/// to a client that reads nothing held ~14 MiB of answers (16 in flight at once); now
+/// about one page, and every answer comes once the client reads, in order.
+#[test]
+fn big_answers_to_a_client_that_does_not_read_are_one_at_a_time() {
+    let r = RouterProc::start(&["--shards", "1", "--slow-consumer-timeout", "60"]);
+    seed_big_history(&r, "hoard-a", "hoard-b", 30);
+    let mut reader = Raw::from_stream(ringrouter_tests::connect_small_rcvbuf(r.addr, 4096));
+    assert_eq!(reader.login("hoard-a").status, Status::Ok as i32);
+    let n = 16u64;
+    let mut all = history_requests("hoard-b", n);
+    all.extend_from_slice(&client_frame_bytes(client_frame::Kind::Ping(Ping {
+        nonce: 99,
+    })));
+    reader
+        .write(&all)
+        .expect("the requests fit the socket buffers");
+    // Two ticks of the gauges (one a second).
+    thread::sleep(Duration::from_millis(2500));
+    let pending = metric_sum(&r.metrics(), "ringrouter_pending_bytes");
+    assert!(
+        pending > 0.0 && pending < 2.5 * 1024.0 * 1024.0,
+        "{pending} bytes of answers queued for a client that reads nothing"
+    );
+    read_history_answers(&mut reader, n);
+    match reader.next_kind(T) {
+        server_frame::Kind::Pong(p) => assert_eq!(p.nonce, 99),
+        other => panic!("the Pong: {other:?}"),
     }
 }
 
