@@ -126,6 +126,7 @@ impl Shard {
         };
         let user = String::from_utf8_lossy(&self.sessions[key].user).into_owned();
         let max_bytes = self.page_bytes();
+        self.big_answer_begun(key);
         self.store_req(
             |s, cb| s.conversations(&user, limit, l.before_ts_us, max_bytes, cb),
             move |sh, r| {
@@ -150,9 +151,7 @@ impl Shard {
                         reply::conversations_result(rid, store_status(&e), &e.to_string(), vec![])
                     }
                 };
-                if let Some(k) = sh.resolve(sid) {
-                    sh.push_frame(k, &f);
-                }
+                sh.push_big_answer(sid, &f);
             },
         );
     }

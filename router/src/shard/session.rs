@@ -211,8 +211,8 @@ pub struct Session {
     /// messages to offline members): not limited, but a session with any is not read
     /// past a full store queue (`Shard::poll_session_intake`).
     pub store_sends: u32,
-    /// Bytes the writer has still to write before the last big answer (a History page,
-    /// a RoomInfo) is out, that answer's included. A session's reader reads nothing past
+    /// Bytes the writer has still to write before the last big answer (a History or
+    /// ListConversations page, a RoomInfo) is out, that answer's included. A session's reader reads nothing past
     /// a big-answer request until it is answered and this is 0 ([`Shard::answer_waits`]):
     /// requests that cost a few bytes and are answered with a megabyte must not pile up
     /// answers on a socket that is not read.
