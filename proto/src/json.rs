@@ -95,7 +95,13 @@ fn from_json<T: DeserializeOwned>(text: &[u8], frame: &'static str) -> Result<T,
     // The generated parsers take `null` only for message fields; proto3 JSON allows it
     // for every field (it means the default). So once more without the members whose
     // value is null.
+    let mut kinds = Vec::new();
     if let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(text) {
+        if let serde_json::Value::Object(m) = &value {
+            // A frame's only members are its kinds (the oneof): two distinct ones are
+            // two kinds, which the generated parser calls a duplicate field.
+            kinds = m.keys().map(|k| format!("`{k}`")).collect();
+        }
         if strip_nulls(&mut value) {
             if let Ok(v) = serde_json::from_value::<T>(value) {
                 return Ok(v);
@@ -113,7 +119,15 @@ fn from_json<T: DeserializeOwned>(text: &[u8], frame: &'static str) -> Result<T,
                 "expected an integer in range, as a JSON number or a decimal string",
             );
             if path == "." || path.is_empty() {
-                inner
+                if kinds.len() > 1 && inner.starts_with("duplicate field") {
+                    format!(
+                        "a frame has one kind, this one has {}: {}",
+                        kinds.len(),
+                        kinds.join(", ")
+                    )
+                } else {
+                    inner
+                }
             } else {
                 format!("{path}: {inner}")
             }
@@ -479,7 +493,11 @@ mod tests {
         for (text, says) in [
             (r#"{"sned":{}}"#, "unknown field `sned`"),
             (r#"{"send":{"toUsr":"bob"}}"#, "unknown field `toUsr`"),
-            (r#"{"send":{},"ack":{}}"#, "duplicate field `ack`"),
+            (
+                r#"{"send":{},"ack":{}}"#,
+                "a frame has one kind, this one has 2: `ack`, `send`",
+            ),
+            (r#"{"ack":{},"ack":{}}"#, "duplicate field `ack`"),
             (
                 r#"{"send":{"toUser":"a","to_user":"b"}}"#,
                 "duplicate field `toUser`",

@@ -991,6 +991,11 @@ fn load_run(
         Ok(r) => Ok(r.to_json()),
         Err(e @ LoadError::Config(_)) => Err(PyValueError::new_err(e.to_string())),
         Err(e @ LoadError::Connect { .. }) => Err(PyConnectionError::new_err(e.to_string())),
+        // (message, the report up to the failure as JSON): `ringrouter.load.run` raises
+        // a RuntimeError carrying it as `report`.
+        Err(ref e @ LoadError::Failed { ref report, .. }) => {
+            Err(PyRuntimeError::new_err((e.to_string(), report.to_json())))
+        }
         Err(e) => Err(PyRuntimeError::new_err(e.to_string())),
     }
 }

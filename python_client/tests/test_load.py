@@ -119,6 +119,10 @@ def test_user_prefix_names_the_runs_users(router: Router) -> None:
 def test_load_run_bad_arguments(router: Router) -> None:
     with pytest.raises(ValueError):
         load.run(router.addr, size=0, messages=10)
+    # A payload too short to carry its send time and number is refused, not measured as
+    # 0 µs of latency.
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        load.run(router.addr, size=15, messages=10)
 
 
 def test_load_run_unreachable_router(closed_port_addr: str) -> None:
@@ -246,3 +250,18 @@ def test_package_is_typed() -> None:
     pkg = Path(ringrouter.__file__).parent
     assert (pkg / "py.typed").is_file()
     assert (pkg / "_native.pyi").is_file()
+
+
+def test_a_run_cut_by_the_router_reports_what_it_lost(own_router) -> None:
+    """A router killed mid-run: the run raises, and its ``report`` counts what was sent
+    and not delivered (``lost``) and says why (``error``)."""
+    import threading
+
+    r = own_router()
+    threading.Timer(1.0, r.proc.kill).start()
+    with pytest.raises(RuntimeError) as e:
+        load.run(r.addr, pairs=2, size=64, duration=5, window=64)
+    report = e.value.report  # type: ignore[attr-defined]
+    assert report.error, report
+    assert report.sent > 0 and report.lost == report.sent - report.delivered, report
+    assert report.lost > 0, report

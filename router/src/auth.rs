@@ -80,8 +80,9 @@ impl Authenticator {
                     .jwt_secret_file
                     .as_ref()
                     .ok_or("--auth jwt needs --jwt-secret-file")?;
-                let raw = std::fs::read(path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let raw = std::fs::read(path).map_err(|e| {
+                    format!("cannot read --jwt-secret-file {}: {e}", path.display())
+                })?;
                 let secret = trim_ascii(&raw);
                 if secret.is_empty() {
                     return Err(format!("{} is empty", path.display()));

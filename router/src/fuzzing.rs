@@ -632,7 +632,6 @@ impl Sim {
                     }
                 }
                 Err(e) => {
-                    sh.counters.reject(Status::BadFrame);
                     sh.close(
                         c.key,
                         CloseReason::BadFrame,

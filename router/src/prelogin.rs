@@ -152,6 +152,9 @@ pub(crate) struct PreLogin {
     /// Set when the connection is to be closed: whether `out` may still be written.
     closing: Option<bool>,
     wait: Wait,
+    /// Statuses of the Error frames queued since the driver last took them (for the
+    /// shard's `errors_total`; [`PreLogin::take_rejected`]).
+    rejected: Vec<Status>,
 }
 
 /// The reason of the BAD_FRAME error for a connection closed inside a frame.
@@ -171,7 +174,13 @@ impl PreLogin {
             next: None,
             closing: None,
             wait: Wait::Nothing,
+            rejected: Vec::new(),
         }
+    }
+
+    /// The statuses of the Error frames queued since the last call, to be counted.
+    pub(crate) fn take_rejected(&mut self) -> Vec<Status> {
+        std::mem::take(&mut self.rejected)
     }
 
     /// What to do next. Call it again after reporting how the last action went.
@@ -325,6 +334,7 @@ impl PreLogin {
             return;
         }
         encode_frame(&reply::error(code, reason, 0), &mut self.out);
+        self.rejected.push(code);
         self.closing = Some(true);
     }
 
@@ -402,6 +412,7 @@ impl PreLogin {
             &reply::error(Status::Unauthorized, "log in first", request_id),
             &mut self.out,
         );
+        self.rejected.push(Status::Unauthorized);
     }
 }
 

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::Parser;
-use ringrouter_client::load::{run_with_progress, LoadConfig, Protocol};
+use ringrouter_client::load::{run_with_progress, LoadConfig, LoadError, LoadReport, Protocol};
 use ringrouter_client::Transport;
 
 // No mimalloc here: measured on the 2-core machine, the engine with the system
@@ -36,7 +36,7 @@ struct Args {
     /// Sender/receiver pairs.
     #[arg(long, default_value_t = 16)]
     pairs: usize,
-    /// Payload size in bytes.
+    /// Payload size in bytes (at least 16: each payload carries its send time and number).
     #[arg(long, default_value_t = 64)]
     size: usize,
     /// Total messages to send.
@@ -171,24 +171,32 @@ fn main() {
             let _ = std::io::stderr().flush();
         }
     });
+    let print = |r: &LoadReport| {
+        if a.server_pid.is_some() && r.server_cpu_s.is_none() {
+            eprintln!("ringrouter-load: cannot read the CPU of --server-pid (no such process on this machine?)");
+        }
+        // (A reader that went away, `| head`, is not an error of the run.)
+        let mut out = std::io::stdout().lock();
+        if a.json {
+            let _ = writeln!(out, "{}", r.to_json());
+        } else {
+            eprintln!();
+            let _ = writeln!(out, "{}", r.table());
+        }
+    };
     match res {
         Ok(r) => {
-            if a.server_pid.is_some() && r.server_cpu_s.is_none() {
-                eprintln!("ringrouter-load: cannot read the CPU of --server-pid (no such process on this machine?)");
-            }
-            // (A reader that went away, `| head`, is not an error of the run.)
-            let mut out = std::io::stdout().lock();
-            if a.json {
-                let _ = writeln!(out, "{}", r.to_json());
-            } else {
-                eprintln!();
-                let _ = writeln!(out, "{}", r.table());
-            }
+            print(&r);
             if r.lost > 0 {
                 std::process::exit(1);
             }
         }
         Err(e) => {
+            // A run that failed while measuring still reports what it measured (its
+            // `lost`, and the `error`).
+            if let LoadError::Failed { report, .. } = &e {
+                print(report);
+            }
             eprintln!("ringrouter-load: {e}");
             std::process::exit(2);
         }

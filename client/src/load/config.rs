@@ -123,8 +123,14 @@ impl Plan {
         if cfg.messages.is_none() && cfg.duration.is_none() {
             return invalid("give messages or duration");
         }
-        if cfg.size == 0 {
-            return invalid("size must be at least 1 byte (an empty payload is the end marker)");
+        if cfg.size < super::engine::STAMP {
+            // A shorter payload could not carry what latency and order are measured from:
+            // its percentiles would read 0 and its order go unchecked.
+            return Err(LoadError::Config(format!(
+                "size must be at least {} bytes (each payload carries its send time and \
+                 its number)",
+                super::engine::STAMP
+            )));
         }
         if cfg.window == 0 {
             return invalid("window must be at least 1");

@@ -60,6 +60,15 @@ pub enum LoadError {
     /// An engine thread failed.
     #[error("load engine failed: {0}")]
     Engine(String),
+    /// The run failed once measuring had begun (a connection the router ended, say):
+    /// `report` holds what was measured up to then, `lost` included, and the error.
+    #[error("load engine failed: {error} (delivered {} of {}, lost {})", report.delivered, report.sent, report.lost)]
+    Failed {
+        /// What went wrong.
+        error: String,
+        /// The run's report up to the failure (its `error` set).
+        report: Box<LoadReport>,
+    },
 }
 
 /// A progress sample, passed to the callback of [`run_with_progress`].
@@ -142,24 +151,23 @@ pub fn run_with_progress(
     let cpu = cpu0.until(cpu1);
     let mut hist = engine::new_hist();
     let mut results = Vec::new();
+    let mut failed = None;
     for h in handles {
         match h.join() {
             Ok(Ok((r, hh))) => {
                 results.extend(r);
                 let _ = hist.add(&hh);
             }
-            Ok(Err(e)) => return Err(LoadError::Engine(e)),
-            Err(_) => return Err(LoadError::Engine("an engine thread panicked".into())),
+            Ok(Err(e)) => failed = failed.or(Some(e)),
+            Err(_) => failed = failed.or(Some("an engine thread panicked".into())),
         }
     }
-    if let Some(e) = shared.failure() {
-        return Err(LoadError::Engine(e));
-    }
+    let failed = shared.failure().or(failed);
     let sent = flows
         .iter()
         .map(|f| f.sent.load(Ordering::Relaxed) * f.fan)
         .sum();
-    Ok(Measured {
+    let mut report = Measured {
         sent,
         results,
         hist,
@@ -168,7 +176,18 @@ pub fn run_with_progress(
         cpu,
         size: cfg.size,
     }
-    .report())
+    .report();
+    match failed {
+        None => Ok(report),
+        // What was sent and not delivered by then is lost: the report says how much.
+        Some(error) => {
+            report.error = Some(error.clone());
+            Err(LoadError::Failed {
+                error,
+                report: Box::new(report),
+            })
+        }
+    }
 }
 
 #[cfg(test)]

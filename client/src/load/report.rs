@@ -55,6 +55,10 @@ pub struct LoadReport {
     /// all its threads, /proc/PID/stat) over the span of `client_cpu_s`, logins and room
     /// joins before it left out. `null` without `server_pid` or off Linux.
     pub server_cpu_s: Option<f64>,
+    /// Why the run failed (a connection the router ended, say); only in a failed run's
+    /// report, whose counts are those up to the failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The raw results of a run.
@@ -123,6 +127,9 @@ impl Measured {
             })
             .collect();
         let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
+        // The run ends at the last delivery; a sample the monitor took after it (it
+        // wakes every 100 ms) would put the end point out of time order.
+        timeline.retain(|&(t, _)| t < seconds);
         timeline.push((seconds, delivered));
         LoadReport {
             sent,
@@ -150,6 +157,7 @@ impl Measured {
             timeline,
             latency_buckets: latency_buckets(&hist),
             server_cpu_s: cpu.server,
+            error: None,
         }
     }
 }
@@ -249,6 +257,32 @@ fn clock_ticks_per_second() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The end point is the last delivery: a monitor sample taken after it is dropped,
+    /// so the timeline is in time order.
+    #[test]
+    fn the_timeline_ends_at_the_last_delivery_in_time_order() {
+        let start = Instant::now();
+        let last = start + std::time::Duration::from_millis(1001);
+        let r = Measured {
+            sent: 10,
+            results: vec![super::super::engine::RecvResult {
+                delivered: 10,
+                out_of_order: 0,
+                last: Some(last),
+            }],
+            hist: super::super::engine::new_hist(),
+            start,
+            timeline: vec![(0.5, 4), (1.0, 9), (1.0035, 10)],
+            cpu: Cpu::default(),
+            size: 64,
+        }
+        .report();
+        let times: Vec<f64> = r.timeline.iter().map(|&(t, _)| t).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+        assert_eq!(r.timeline.last(), Some(&(1.001, 10)));
+        assert_eq!(r.timeline.len(), 3);
+    }
 
     #[test]
     fn stat_fields_are_counted_after_the_name() {

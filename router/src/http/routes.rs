@@ -92,20 +92,18 @@ pub(crate) fn route(method: &str, path: &str) -> Route {
     }
     if let Some(rest) = path.strip_prefix("/api/") {
         let parts: Vec<&str> = rest.split('/').collect();
+        // A name given empty (`/api/v1/users/`) is a bad request, as in a JSON body.
         let named = |seg: &str, make: fn(String) -> Route| match decode_segment(seg) {
+            Ok(name) if name.is_empty() => Route::BadPath("the name is empty".into()),
             Ok(name) => make(name),
             Err(e) => Route::BadPath(e),
         };
         return match parts.as_slice() {
-            ["v1", "users", user, "sessions"] if !user.is_empty() => {
+            ["v1", "users", user, "sessions"] => {
                 only(method == "DELETE", "DELETE", named(user, Route::Disconnect))
             }
-            ["v1", "users", user] if !user.is_empty() => {
-                only(get, "GET, HEAD", named(user, Route::User))
-            }
-            ["v1", "rooms", room] if !room.is_empty() => {
-                only(get, "GET, HEAD", named(room, Route::Room))
-            }
+            ["v1", "users", user] => only(get, "GET, HEAD", named(user, Route::User)),
+            ["v1", "rooms", room] => only(get, "GET, HEAD", named(room, Route::Room)),
             _ => Route::ApiNotFound,
         };
     }
@@ -151,7 +149,14 @@ mod tests {
             route("GET", "/api/v1/rooms/%FF"),
             Route::BadPath(_)
         ));
-        assert_eq!(route("GET", "/api/v1/rooms/"), Route::ApiNotFound);
+        for empty in ["/api/v1/rooms/", "/api/v1/users/"] {
+            assert!(matches!(route("GET", empty), Route::BadPath(_)), "{empty}");
+        }
+        assert!(matches!(
+            route("DELETE", "/api/v1/users//sessions"),
+            Route::BadPath(_)
+        ));
+        assert_eq!(route("GET", "/api/v1/rooms/a/b"), Route::ApiNotFound);
         assert_eq!(route("GET", "/api/v2/x"), Route::ApiNotFound);
         assert_eq!(route("GET", "/"), Route::Asset("/".into()));
         assert_eq!(route("GET", "/app.js"), Route::Asset("/app.js".into()));

@@ -146,6 +146,9 @@ pub(crate) async fn prelogin(
     let peer = conn.tcp.peer_addr().ok().map(|a| a.ip());
     let mut pl = PreLogin::new(Limits::from_config(&shared.cfg));
     loop {
+        for status in pl.take_rejected() {
+            shard.borrow_mut().counters.reject(status);
+        }
         if shared.shutdown.load(std::sync::atomic::Ordering::Acquire) || local.fired() {
             pl.shutting_down();
         }
@@ -222,6 +225,10 @@ pub(crate) async fn prelogin(
                 return;
             }
             Action::Close(out) => {
+                // (The closing Error may have come with this turn: a timeout, shutdown.)
+                for status in pl.take_rejected() {
+                    shard.borrow_mut().counters.reject(status);
+                }
                 conn.close_bounded(out).await;
                 return;
             }

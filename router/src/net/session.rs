@@ -368,7 +368,6 @@ async fn read_loop(
             }
             if let Some((code, reason)) = bad {
                 if flow == Flow::Continue {
-                    sh.counters.reject(code);
                     sh.close(key, CloseReason::BadFrame, Some((code, &reason)));
                     flow = Flow::Stop;
                 }
@@ -529,7 +528,6 @@ async fn read_loop(
                 // The peer closed its sending side inside a frame: a truncated
                 // frame is a BAD_FRAME like any other (it may still read it).
                 let mut sh = shard.borrow_mut();
-                sh.counters.reject(Status::BadFrame);
                 let reason = truncated_reason(buf.len());
                 sh.close(
                     key,

@@ -548,6 +548,7 @@ impl Shard {
         }
         if let Some((code, msg)) = error {
             s.out.push_frame(&reply::error(code, msg, 0));
+            self.counters.reject(code);
         }
         let user = s.user.clone();
         let fd = s.fd;

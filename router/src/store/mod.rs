@@ -73,7 +73,13 @@ pub enum StoreError {
 
 impl From<fjall::Error> for StoreError {
     fn from(e: fjall::Error) -> Self {
-        StoreError::Io(e.to_string())
+        match e {
+            // (At open: fjall's lock file is held.)
+            fjall::Error::Locked => StoreError::Io(
+                "the data directory is in use by another process (another router?)".into(),
+            ),
+            e => StoreError::Io(e.to_string()),
+        }
     }
 }
 

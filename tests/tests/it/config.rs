@@ -209,3 +209,21 @@ fn failures_at_run_time_exit_1() {
     };
     assert_eq!(exit.code, Some(1), "{exit}");
 }
+
+/// A second router on a data directory another router holds exits 1 and says so (it
+/// said `storage error: FjallError: Locked`).
+#[test]
+fn a_data_directory_in_use_is_named_as_such() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().to_str().expect("UTF-8 temp path");
+    let _first = RouterProc::start(&["--data-dir", path]);
+    let exit = match RouterProc::launch(&["--data-dir", path], Driver::Default) {
+        Ok(r) => panic!(
+            "a second router started on the same data directory: {}",
+            r.banner
+        ),
+        Err(e) => e,
+    };
+    assert_eq!(exit.code, Some(1), "{exit}");
+    assert!(exit.stderr.contains("in use by another process"), "{exit}");
+}

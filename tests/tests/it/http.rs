@@ -341,9 +341,19 @@ fn metrics_parse_and_move_with_traffic() {
         raw.wait_send_result_any(9),
         ringrouter_proto::Status::BadRequest as i32
     );
+    // An Error before login counts too.
+    let mut early = ringrouter_tests::Raw::connect(r.addr);
+    early.send_to("hm-bad", b"x", 3);
+    match early.next_kind(T) {
+        ringrouter_proto::v1::server_frame::Kind::Error(e) => {
+            assert_eq!(e.code, ringrouter_proto::Status::Unauthorized as i32)
+        }
+        other => panic!("expected Error, got {other:?}"),
+    }
 
     let m = metrics_until(&r, "the traffic", |m| {
-        sample(m, "ringrouter_messages_in_total") >= Some(21.0)
+        sample(m, "ringrouter_errors_total{status=\"UNAUTHORIZED\"}") >= Some(1.0)
+            && sample(m, "ringrouter_messages_in_total") >= Some(21.0)
             && sample(m, "ringrouter_delivery_latency_seconds_count") >= Some(1.0)
             && sample(m, "ringrouter_errors_total{status=\"BAD_REQUEST\"}") >= Some(1.0)
             && sample(m, "ringrouter_offline_stored_total") >= Some(1.0)

@@ -206,7 +206,7 @@ def run(
     Args:
         addr: router address, ``"host:port"``.
         pairs: sender/receiver pairs (ignored with ``fanout``).
-        size: payload bytes per message (16 or more carry a timestamp for latency).
+        size: payload bytes per message, at least 16 (each carries its send time and number).
         messages: messages to send in total (with ``fanout``: sent by the one sender).
         fanout: one sender to this many receivers, instead of pairs.
         duration: send for this many seconds instead of a number of messages
@@ -235,24 +235,34 @@ def run(
     Raises:
         ValueError: an invalid combination of arguments.
         ConnectionError: the engine could not connect or log in.
-        RuntimeError: the engine failed while running.
+        RuntimeError: the engine failed while running. When it failed once sending
+            had begun (a connection the router ended, say), its ``report`` attribute
+            is the :class:`LoadReport` up to then: ``lost`` counts what was sent and
+            not delivered, ``report.error`` says why.
     """
-    report = _load_run(
-        addr,
-        pairs=pairs,
-        size=size,
-        messages=None if duration is not None else messages,
-        duration=duration,
-        fanout=fanout,
-        rate=rate,
-        window=window,
-        threads=threads,
-        progress=progress,
-        every=progress_every,
-        transport=transport,
-        tls=tls,
-        ca_file=ca_file,
-        server_pid=server_pid,
-        user_prefix=user_prefix,
-    )
+    try:
+        report = _load_run(
+            addr,
+            pairs=pairs,
+            size=size,
+            messages=None if duration is not None else messages,
+            duration=duration,
+            fanout=fanout,
+            rate=rate,
+            window=window,
+            threads=threads,
+            progress=progress,
+            every=progress_every,
+            transport=transport,
+            tls=tls,
+            ca_file=ca_file,
+            server_pid=server_pid,
+            user_prefix=user_prefix,
+        )
+    except RuntimeError as e:
+        if len(e.args) == 2 and isinstance(e.args[1], str):
+            failed = RuntimeError(e.args[0])
+            failed.report = LoadReport.from_json(e.args[1])  # type: ignore[attr-defined]
+            raise failed from None
+        raise
     return LoadReport.from_json(report)

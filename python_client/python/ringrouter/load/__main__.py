@@ -162,10 +162,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, OverflowError, ConnectionError, RuntimeError) as e:
         if progress is not None:
             progress.done()
+        # A run that failed while measuring still reports what it measured (its
+        # ``lost``, and the ``error``), as ``ringrouter-load --json`` does.
+        failed = getattr(e, "report", None)
+        if failed is not None and args.json:
+            print(failed.to_json())
         print(f"error: {e}", file=sys.stderr)
         return 2
     if progress is not None:
         progress.done()
+    if args.server_pid is not None and report.server_cpu_s is None:
+        print(
+            "warning: cannot read the CPU of --server-pid (no such process on this machine?)",
+            file=sys.stderr,
+        )
     if args.json:
         print(report.to_json())
     else:
