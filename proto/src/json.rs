@@ -100,7 +100,16 @@ fn from_json<T: DeserializeOwned>(text: &[u8], frame: &'static str) -> Result<T,
         if let serde_json::Value::Object(m) = &value {
             // A frame's only members are its kinds (the oneof): two distinct ones are
             // two kinds, which the generated parser calls a duplicate field.
-            kinds = m.keys().map(|k| format!("`{k}`")).collect();
+            // (`mark_read` and `markRead` are one kind, given twice.)
+            let mut seen: Vec<String> = m
+                .keys()
+                .map(|k| k.replace('_', "").to_lowercase())
+                .collect();
+            seen.sort_unstable();
+            seen.dedup();
+            if seen.len() == m.len() {
+                kinds = m.keys().map(|k| format!("`{k}`")).collect();
+            }
         }
         if strip_nulls(&mut value) {
             if let Ok(v) = serde_json::from_value::<T>(value) {
@@ -498,6 +507,7 @@ mod tests {
                 "a frame has one kind, this one has 2: `ack`, `send`",
             ),
             (r#"{"ack":{},"ack":{}}"#, "duplicate field `ack`"),
+            (r#"{"markRead":{},"mark_read":{}}"#, "duplicate field"),
             (
                 r#"{"send":{"toUser":"a","to_user":"b"}}"#,
                 "duplicate field `toUser`",

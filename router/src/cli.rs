@@ -917,7 +917,12 @@ mod tests {
             shards: 5000,
             ..Config::default()
         };
-        assert_eq!(c.effective_shards(), crate::config::MAX_SHARDS);
+        assert_eq!(c.effective_shards(), 5000, "refused at start, not cut down");
+        let auto = Config {
+            shards: 0,
+            ..Config::default()
+        };
+        assert!((1..=crate::config::MAX_SHARDS).contains(&auto.effective_shards()));
     }
 
     #[test]

@@ -348,16 +348,16 @@ impl Config {
             .max(self.max_pending_bytes.saturating_add(32 << 20))
     }
 
-    /// The shard count to run: `shards`, or one per available core when 0; at most
-    /// [`MAX_SHARDS`].
+    /// The shard count to run: `shards`, or one per available core (at most
+    /// [`MAX_SHARDS`]) when 0. `Router::start` refuses more than [`MAX_SHARDS`].
     pub fn effective_shards(&self) -> usize {
-        let n = if self.shards > 0 {
-            self.shards
-        } else {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        };
-        n.min(MAX_SHARDS)
+        if self.shards > 0 {
+            // (Over the bound it is refused at start, not cut down unsaid.)
+            return self.shards;
+        }
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(MAX_SHARDS)
     }
 }

@@ -155,6 +155,8 @@ pub(crate) struct PreLogin {
     /// Statuses of the Error frames queued since the driver last took them (for the
     /// shard's `errors_total`; [`PreLogin::take_rejected`]).
     rejected: Vec<Status>,
+    /// The status the conversation was closed with (its closing Error's).
+    closed_with: Option<Status>,
 }
 
 /// The reason of the BAD_FRAME error for a connection closed inside a frame.
@@ -175,7 +177,14 @@ impl PreLogin {
             closing: None,
             wait: Wait::Nothing,
             rejected: Vec::new(),
+            closed_with: None,
         }
+    }
+
+    /// The status the router closed the conversation with, if it did (a WebSocket's
+    /// close code says it too).
+    pub(crate) fn closed_with(&self) -> Option<Status> {
+        self.closed_with
     }
 
     /// The statuses of the Error frames queued since the last call, to be counted.
@@ -335,6 +344,7 @@ impl PreLogin {
         }
         encode_frame(&reply::error(code, reason, 0), &mut self.out);
         self.rejected.push(code);
+        self.closed_with = Some(code);
         self.closing = Some(true);
     }
 
@@ -384,6 +394,7 @@ impl PreLogin {
                 if let Err(e) = check_inbound(&frame) {
                     let f = reply::refusal(&frame, Status::BadRequest, &e.to_string());
                     encode_frame(&f, &mut self.out);
+                    self.rejected.push(Status::BadRequest);
                     if matches!(frame, Inbound::Other(Kind::Login(_))) {
                         self.login_failed();
                     }
@@ -393,6 +404,7 @@ impl PreLogin {
                     if self.registrations >= self.limits.max_registrations {
                         let f = reply::refusal(&frame, Status::RateLimited, TOO_MANY_REGISTRATIONS);
                         encode_frame(&f, &mut self.out);
+                        self.rejected.push(Status::RateLimited);
                         return;
                     }
                     self.registrations += 1;

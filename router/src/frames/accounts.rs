@@ -41,6 +41,7 @@ impl Shard {
             // A pattern matches names, so it is no longer than one: refused here, with
             // the bound, before it costs the storage thread anything.
             let reason = format!("pattern is longer than {MAX_NAME_BYTES} bytes");
+            self.counters.reject(Status::BadRequest);
             let frame = account_result(l.request_id, Status::BadRequest, &reason, Vec::new());
             self.send_to_session(from, frame);
             return;

@@ -229,10 +229,26 @@ pub(crate) async fn prelogin(
                 for status in pl.take_rejected() {
                     shard.borrow_mut().counters.reject(status);
                 }
-                conn.close_bounded(out).await;
+                let (code, reason) = prelogin_ws_close(pl.closed_with());
+                conn.close_bounded_with(out, code, reason).await;
                 return;
             }
         }
+    }
+}
+
+/// The WebSocket close code and reason of a conversation the router ends before login:
+/// the closing Error's status, as a browser sees it (`ws_close` after login).
+fn prelogin_ws_close(status: Option<Status>) -> (u16, &'static str) {
+    use crate::transport::ws::code;
+    match status {
+        Some(Status::BadFrame) => (code::INVALID, "bad frame"),
+        Some(Status::TooLarge) => (code::TOO_BIG, "frame too large"),
+        Some(Status::Unavailable) => (code::GOING_AWAY, "shutting down"),
+        Some(Status::Timeout) => (code::POLICY, "login timeout"),
+        Some(Status::Unauthorized) => (code::POLICY, "too many failed logins"),
+        Some(_) => (code::POLICY, "refused"),
+        None => (code::NORMAL, ""),
     }
 }
 

@@ -98,7 +98,8 @@ pub(super) fn start_session(
             encode_frame(&f, &mut out);
             let mut conn = Conn::with_layers(stream, layers);
             monoio::spawn(async move {
-                conn.close_bounded(out).await;
+                conn.close_bounded_with(out, ws::code::POLICY, "login refused")
+                    .await;
                 drop(guard);
             });
             return;
@@ -411,8 +412,13 @@ async fn read_loop(
             let own_drains = shard.borrow().sessions.get(key).map_or(0, |s| s.drains);
             // Read ahead only for a wait on others: a session waiting on its own queue
             // goes on after one drain (above), and one waiting on the store soon.
-            let on_others =
-                held.is_none() && (blocked.iter().any(|&k| k != key) || shard.borrow().paused(key));
+            // A wait for its own big answer reads acks ahead too: it lasts the store's
+            // answer and the writing of what is queued ahead of it, while deliveries go on.
+            let on_others = held.is_none()
+                && (blocked.iter().any(|&k| k != key) || {
+                    let sh = shard.borrow();
+                    sh.paused(key) || sh.answer_waits(key)
+                });
             let mut wait = std::pin::pin!(poll_fn(|cx| {
                 let mut sh = shard.borrow_mut();
                 let drained_once = sh.sessions.get(key).is_some_and(|s| s.drains != own_drains);

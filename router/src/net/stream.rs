@@ -250,8 +250,13 @@ impl Conn {
     /// Ends the conversation (WebSocket close frame, TLS close_notify) and shuts the
     /// sending side down.
     pub(crate) async fn shutdown(&mut self) {
+        self.shutdown_with(ws::code::NORMAL, "").await;
+    }
+
+    /// [`Self::shutdown`], a WebSocket closing with `code` and `reason`.
+    pub(crate) async fn shutdown_with(&mut self, code: u16, reason: &str) {
         if let Some(l) = self.layers.as_deref_mut() {
-            l.end(ws::code::NORMAL, "");
+            l.end(code, reason);
             let mut wire = BytesMut::new();
             l.take_pending(&mut wire);
             if !wire.is_empty() {
@@ -264,10 +269,16 @@ impl Conn {
     /// Writes `out` (usually ending in an Error frame) with a bounded wait, then shuts
     /// the connection down.
     pub(crate) async fn close_bounded(&mut self, out: BytesMut) {
+        self.close_bounded_with(out, ws::code::NORMAL, "").await;
+    }
+
+    /// [`Self::close_bounded`], a WebSocket closing with `code` and `reason` (why the
+    /// router ends the conversation, as the Error frame in `out` says).
+    pub(crate) async fn close_bounded_with(&mut self, out: BytesMut, code: u16, reason: &str) {
         if !out.is_empty() {
             let _ = monoio::time::timeout(CLOSE_FLUSH, self.write_all(out)).await;
         }
-        self.shutdown().await;
+        self.shutdown_with(code, reason).await;
     }
 }
 

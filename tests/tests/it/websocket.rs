@@ -340,6 +340,14 @@ fn violations_close_with_their_codes() {
     }
     // Then a close that says so (1007, not a normal closure), unless the socket went first.
     assert!(matches!(ws.close_code(), 1007 | 1006));
+    // The same before login.
+    let mut ws = open(&r);
+    ws.frame(0x2, true, true, &[0xff, 0xff, 0xff]);
+    match ws.next_frame().kind {
+        Some(server_frame::Kind::Error(e)) => assert_eq!(e.code, Status::BadFrame as i32),
+        other => panic!("expected Error, got {other:?}"),
+    }
+    assert!(matches!(ws.close_code(), 1007 | 1006));
     // The router still serves.
     let mut ws = open(&r);
     ws.login("after");
