@@ -33,7 +33,7 @@ use super::CLOSE_FLUSH;
 use crate::bufpool::{self, MIN_READ, READ_BUF};
 use crate::prelogin::truncated_reason;
 use crate::shard::resume::ResumeAsk;
-use crate::shard::{now_us, CloseReason, Flow, Handover, SessionKey, Shard};
+use crate::shard::{now_us, CloseReason, Flow, Handover, LastDest, SessionKey, Shard};
 use crate::shared::ConnGuard;
 use crate::transport::{ws, Ingested, Layers};
 
@@ -306,7 +306,14 @@ async fn read_loop(
             for r in frames(&chunk[start..]).take_while(|_| !waits) {
                 let range = start + r.start..start + r.end;
                 let end = range.end;
-                match parse_client_in(&chunk, range, copy) {
+                // The session's last recipient is known to be valid: a Send to it again
+                // skips the parser's UTF-8 check.
+                let checked = sh
+                    .sessions
+                    .get(key)
+                    .and_then(|s| s.last_dest.as_deref())
+                    .map_or(&[][..], LastDest::name);
+                match parse_client_in(&chunk, range, copy, checked) {
                     Ok(frame) => {
                         if sh.on_frame(key, frame, now, ts, &mut blocked) == Flow::Stop {
                             flow = Flow::Stop;

@@ -237,6 +237,12 @@ pub struct LastDest {
 }
 
 impl LastDest {
+    /// The destination's name (it passed the name checks).
+    #[inline]
+    pub fn name(&self) -> &[u8] {
+        &self.name[..usize::from(self.len)]
+    }
+
     /// The home shard of `to_user` if it is this destination.
     #[inline]
     pub fn home_of(&self, to_user: &[u8]) -> Option<usize> {
