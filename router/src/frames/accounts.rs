@@ -52,6 +52,8 @@ impl Shard {
             l.pattern
         };
         let request_id = l.request_id;
+        // A page of names: a big answer.
+        self.big_answer_begun(key);
         self.store_req(
             |st, cb| st.list_users(&pattern, limit, cb),
             move |sh, r| {
@@ -61,7 +63,7 @@ impl Shard {
                         account_result(request_id, store_status(&e), &e.to_string(), Vec::new())
                     }
                 };
-                sh.send_to_session(from, frame);
+                sh.push_big_answer(from, &frame);
             },
         );
     }

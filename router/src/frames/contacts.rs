@@ -165,6 +165,14 @@ impl Shard {
         };
         let user = String::from_utf8_lossy(&self.sessions[key].user).into_owned();
         let u = user.clone();
+        // A full list is a big answer: the session's reader waits for it to be written.
+        // The guard goes with the request; dropped (answered, or dropped unanswered
+        // anywhere), it lets the reader go on once what is queued is written.
+        let mut big = self.request_in_flight(id);
+        if let Some(g) = &mut big {
+            g.big = true;
+            self.big_answer_begun(key);
+        }
         // In turn: a list asked for after an op shows it.
         self.in_contact_turn(
             &u,
@@ -174,7 +182,10 @@ impl Shard {
                 let u = user.clone();
                 sh.with_contacts(
                     &u,
-                    Box::new(move |sh: &mut Shard| sh.list_contacts(&user, l, asker)),
+                    Box::new(move |sh: &mut Shard| {
+                        sh.list_contacts(&user, l, asker);
+                        drop(big);
+                    }),
                 )
             }),
         );

@@ -58,6 +58,8 @@ impl Shard {
             Kind::DeleteRoom(d) => (d.request_id, RoomOp::Delete { room: d.room }),
             Kind::RoomInfo(i) => (i.request_id, RoomOp::Info { room: i.room }),
             Kind::ListRooms(l) => {
+                // Up to every room of the user, each with its name: a big answer.
+                self.big_answer_begun(key);
                 self.list_rooms(from, l.request_id, user);
                 return;
             }
@@ -177,7 +179,7 @@ impl Shard {
                         reply::room_result(request_id, store_status(&e), &e.to_string(), "", "")
                     }
                 };
-                sh.send_to_session(from, frame);
+                sh.push_big_answer(from, &frame);
             },
         );
     }

@@ -212,7 +212,7 @@ pub struct Session {
     /// past a full store queue (`Shard::poll_session_intake`).
     pub store_sends: u32,
     /// Bytes the writer has still to write before the last big answer (a History or
-    /// ListConversations page, a RoomInfo) is out, that answer's included. A session's reader reads nothing past
+    /// ListConversations page, a RoomInfo, ListRooms, ListUsers, ListContacts) is out, that answer's included. A session's reader reads nothing past
     /// a big-answer request until it is answered and this is 0 ([`Shard::answer_waits`]):
     /// requests that cost a few bytes and are answered with a megabyte must not pile up
     /// answers on a socket that is not read.

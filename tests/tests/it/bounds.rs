@@ -623,14 +623,12 @@ fn finished_connections_leave_no_memory_behind() {
 }
 
 /// A client that pipelines many cheap requests with big answers (ListRooms, ~3 KB each)
-/// and reads none. Answered at once or later (from the store), what waits for it is
-/// bounded: its frames are handled only while its answers are under
-/// `--max-pending-bytes` (the rest wait in the chunk read and in the socket), and past
-/// the hard cap (`--max-pending-bytes` + 32 MiB) it is closed as a slow consumer.
-/// Before, 200 000 such requests would have queued ~600 MB of answers. (With the default
-/// `--max-requests-in-flight` the reader stops long before: the next test.)
+/// and reads none. Each is the last frame read until its answer is written, so what
+/// waits for it is one answer, whatever `--max-requests-in-flight` allows. Before, the
+/// answers piled up to the hard cap (`--max-pending-bytes` + 32 MiB) and it was closed as
+/// a slow consumer; before that, 200 000 such requests would have queued ~600 MB.
 #[test]
-fn pipelined_requests_with_big_answers_are_bounded_by_the_hard_cap() {
+fn pipelined_requests_with_big_answers_hold_one_answer() {
     let r = RouterProc::start(&[
         "--max-pending-bytes",
         "65536",
@@ -639,34 +637,20 @@ fn pipelined_requests_with_big_answers_are_bounded_by_the_hard_cap() {
         "--max-requests-in-flight",
         "1000000",
     ]);
-    // Up to 40 MiB of queued answers, and those of up to 16 384 requests in flight (the
-    // shard-wide mark; ~3.5 KB each, ~57 MB, as they come back from the store): far
-    // under the ~600 MB that 200 000 answers would take.
-    let (mut a, n, rooms, writer) = pipeline_list_rooms(&r, 200_000, 256);
-    let (frames, _) = a.read_until_end(Duration::from_secs(60));
-    let answers = frames
-        .iter()
-        .filter(|f| matches!(&f.kind, Some(server_frame::Kind::RoomResult(res)) if res.rooms.len() == rooms))
-        .count();
-    let last = frames.last().and_then(|f| f.kind.clone());
-    match last {
-        Some(server_frame::Kind::Error(e)) => {
-            assert_eq!(e.code, Status::SlowConsumer as i32, "{e:?}");
-        }
-        // The closing Error is queued ahead of the dropped queue, but a socket already
-        // full when the cut comes may take only the close (a loaded host: 2 of 8 runs).
-        other => {
-            let cut = ringrouter_tests::wait_until(T, || {
-                metric_sum(&r.metrics(), "ringrouter_slow_consumer_closes_total") >= 1.0
-            });
-            assert!(
-                cut,
-                "not closed as a slow consumer after {answers} answers: {other:?}"
-            );
+    let (mut a, _n, rooms, writer) = pipeline_list_rooms(&r, 200_000, 64);
+    // (The gauges are a tick old: 2.5 s into the pipeline, at least one has passed.)
+    let pending = metric_sum(&r.metrics(), "ringrouter_pending_bytes");
+    assert!(
+        pending < 64.0 * 1024.0,
+        "{pending} bytes of answers queued for a client that reads nothing"
+    );
+    // Not cut: it reads, and its answers come, in order.
+    for _ in 0..100 {
+        match a.next_kind(T) {
+            server_frame::Kind::RoomResult(res) => assert_eq!(res.rooms.len(), rooms),
+            other => panic!("{other:?}"),
         }
     }
-    // (A slow consumer's queue is dropped with the close.)
-    assert!(answers < n, "{answers} answers");
     drop(a);
     let _ = writer.join();
 }
@@ -799,9 +783,9 @@ fn requests_then_ping(
 }
 
 /// Pipelined History pages of big messages (~0.9 MiB each) to a client that reads late:
-/// at the default `--max-requests-in-flight` (16) the answers in flight fit under the hard
-/// cap with the outbound bound, so all 80 are answered; without the bound (1 000 000)
-/// ~80 MiB of pages pile past the bound and the client is closed at the hard cap.
+/// it is paced (each page is written before the next request is read), not closed, and
+/// all 80 are answered in order. (Before pages were big answers, 16 in flight fit under
+/// the hard cap with the outbound bound; without that bound they piled past it.)
 #[test]
 fn pipelined_big_history_pages_are_paced_not_closed() {
     let r = RouterProc::start(&["--shards", "1", "--slow-consumer-timeout", "60"]);
