@@ -258,6 +258,8 @@ async fn read_loop(
     // (Boxed: the reader future of every session, idle ones included, carries 8 bytes
     // for it, not the chunk's 80.)
     let mut held: Option<Box<Held>> = None;
+    // How far the held chunk's Acks were taken ahead (its frames are scanned once).
+    let mut acks_taken_to = 0;
     // A payload slice kept from a read chunk (queued by reference, unacked) keeps the
     // whole chunk alive while the bounds count only the payload. Once a chunk of this
     // session held mostly other bytes (padding, pings, acks: its Send payloads under a
@@ -282,6 +284,7 @@ async fn read_loop(
             let (chunk, start, framing_error) = match held.take() {
                 Some(h) => *h,
                 None => {
+                    acks_taken_to = 0;
                     let (chunk, e) = split_frames(&mut buf, max_frame);
                     sh.chunk_payload = 0;
                     (chunk, 0, e.map(|e| (e.status(), e.to_string())))
@@ -419,13 +422,24 @@ async fn read_loop(
             let own_drains = shard.borrow().sessions.get(key).map_or(0, |s| s.drains);
             // Read ahead only for a wait on others: a session waiting on its own queue
             // goes on after one drain (above), and one waiting on the store soon.
-            // A wait for its own big answer reads acks ahead too: it lasts the store's
-            // answer and the writing of what is queued ahead of it, while deliveries go on.
-            let on_others = held.is_none()
-                && (blocked.iter().any(|&k| k != key) || {
-                    let sh = shard.borrow();
-                    sh.paused(key) || sh.answer_waits(key)
-                });
+            // A wait for its own big answer reads acks ahead too, a chunk held or not: it
+            // lasts the store's answer and the writing of what is queued ahead of it,
+            // while deliveries go on. The held chunk's own Acks are taken first (they
+            // are handled again, in order, after the wait: an Ack again changes nothing).
+            let answer_wait = shard.borrow().answer_waits(key);
+            if let (true, Some(h)) = (answer_wait, held.as_deref()) {
+                let (chunk, at) = (&h.0, h.1.max(acks_taken_to));
+                let mut sh = shard.borrow_mut();
+                for f in frames(chunk.get(at..).unwrap_or_default()) {
+                    if let Some(up_to) = chunk.get(at + f.start..at + f.end).and_then(ack_of) {
+                        sh.ack_ahead(key, up_to);
+                    }
+                }
+                acks_taken_to = chunk.len();
+            }
+            let on_others = answer_wait
+                || (held.is_none()
+                    && (blocked.iter().any(|&k| k != key) || shard.borrow().paused(key)));
             let mut wait = std::pin::pin!(poll_fn(|cx| {
                 let mut sh = shard.borrow_mut();
                 let drained_once = sh.sessions.get(key).is_some_and(|s| s.drains != own_drains);
