@@ -260,6 +260,9 @@ async fn read_loop(
     let mut held: Option<Box<Held>> = None;
     // How far the held chunk's Acks were taken ahead (its frames are scanned once).
     let mut acks_taken_to = 0;
+    // Bytes were read ahead into `buf` while a chunk was held: once the held chunk is
+    // done, they are handled before the socket is read again (they may be all there is).
+    let mut read_ahead_left = false;
     // A payload slice kept from a read chunk (queued by reference, unacked) keeps the
     // whole chunk alive while the bounds count only the payload. Once a chunk of this
     // session held mostly other bytes (padding, pings, acks: its Send payloads under a
@@ -285,6 +288,7 @@ async fn read_loop(
                 Some(h) => *h,
                 None => {
                     acks_taken_to = 0;
+                    read_ahead_left = false;
                     let (chunk, e) = split_frames(&mut buf, max_frame);
                     sh.chunk_payload = 0;
                     (chunk, 0, e.map(|e| (e.status(), e.to_string())))
@@ -506,7 +510,8 @@ async fn read_loop(
             }
         })
         .await;
-        if held.is_some() || ahead {
+        read_ahead_left |= ahead;
+        if held.is_some() || read_ahead_left {
             // The rest of the chunk first, or what was read ahead; no read meanwhile. A
             // session closed while it waited (kicked, slow consumer, shutdown) handles
             // none of it.
