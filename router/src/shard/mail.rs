@@ -157,8 +157,9 @@ pub struct RoomReq {
 pub struct InFlight {
     pub(crate) id: SessionId,
     pub(crate) done: Arc<MailQueue>,
-    /// A big-answer request (RoomInfo): dropped after its answer was queued, it lets the
-    /// session's reader go on once that answer is written ([`Shard::big_answer_queued`]).
+    /// A big-answer request (RoomInfo, ListContacts): dropped after its answer was queued
+    /// (or with the request, unanswered), it lets the session's reader go on once what is
+    /// queued then is written ([`Shard::big_answer_queued`]).
     pub(crate) big: bool,
 }
 

@@ -211,11 +211,11 @@ pub struct Session {
     /// messages to offline members): not limited, but a session with any is not read
     /// past a full store queue (`Shard::poll_session_intake`).
     pub store_sends: u32,
-    /// Bytes the writer has still to write before the last big answer (a History or
-    /// ListConversations page, a RoomInfo, ListRooms, ListUsers, ListContacts) is out, that answer's included. A session's reader reads nothing past
-    /// a big-answer request until it is answered and this is 0 ([`Shard::answer_waits`]):
-    /// requests that cost a few bytes and are answered with a megabyte must not pile up
-    /// answers on a socket that is not read.
+    /// Bytes the writer has still to write before the last big answer is out, that
+    /// answer's included (History, ListConversations, RoomInfo, ListRooms, ListUsers,
+    /// ListContacts: a few bytes asking for up to a frame). A session's reader reads
+    /// nothing past a big-answer request until it is answered and this is 0
+    /// ([`Shard::answer_waits`]): answers must not pile up on a socket that is not read.
     pub answer_unwritten: u32,
     /// A big-answer request of this session is waiting for its answer.
     pub big_answer: bool,
