@@ -870,6 +870,70 @@ fn big_answers_to_a_client_that_does_not_read_are_one_at_a_time() {
     }
 }
 
+/// A reader waiting for its own big answer still takes the Ack that came behind the
+/// request in the same write. The answer (an 8 MB History page) waits on a socket the
+/// client does not read for a while; meanwhile deliveries come, and without that Ack they
+/// would take the session past `--max-unacked-per-session` (it was cut, Unacked).
+#[test]
+fn an_ack_behind_a_big_request_is_taken_while_the_answer_waits() {
+    let r = RouterProc::start(&[
+        "--shards",
+        "1",
+        "--max-frame-bytes",
+        "16MiB",
+        "--max-payload-bytes",
+        "1MiB",
+        "--max-pending-bytes",
+        "64MiB",
+        "--slow-consumer-timeout",
+        "60",
+        "--max-unacked-per-session",
+        "100",
+    ]);
+    seed_big_history(&r, "held-a", "held-peer", 80);
+    let mut a = Raw::from_stream(connect_small_rcvbuf(r.addr, 4096));
+    assert_eq!(a.login("held-a").status, Status::Ok as i32);
+    let mut b = r.raw_login("held-b");
+    for i in 0..90u64 {
+        b.send_to("held-a", b"before", 1000 + i);
+    }
+    let got = a.delivers(90, T);
+    let last = got.last().map(|d| d.seq).expect("90 deliveries");
+    // The big request and the Ack of all 90 in one write.
+    let mut both = client_frame_bytes(client_frame::Kind::History(ringrouter_proto::v1::History {
+        request_id: 7,
+        user: "held-peer".into(),
+        limit: 80,
+        ..Default::default()
+    }));
+    both.extend_from_slice(&client_frame_bytes(client_frame::Kind::Ack(Ack {
+        up_to_seq: last,
+    })));
+    a.write(&both).expect("write");
+    thread::sleep(Duration::from_millis(300));
+    // 20 more while the page waits unread: 110 unacked without the Ack.
+    for i in 0..20u64 {
+        b.send_to("held-a", b"during", 2000 + i);
+    }
+    thread::sleep(Duration::from_millis(700));
+    let mut page = false;
+    let mut during = 0;
+    while !page || during < 20 {
+        match a.next_kind(T) {
+            server_frame::Kind::HistoryResult(h) => {
+                assert_eq!(h.status, Status::Ok as i32, "{h:?}");
+                page = true;
+            }
+            server_frame::Kind::Deliver(d) => {
+                assert_eq!(&d.payload[..], b"during");
+                during += 1;
+            }
+            server_frame::Kind::Ping(_) => {}
+            other => panic!("after the page {page}, {during} deliveries: {other:?}"),
+        }
+    }
+}
+
 /// Room requests count too, wherever they are answered: 200 RoomInfo for a room homed on
 /// the other shard, then a Ping, with `--max-requests-in-flight 4`: the Pong comes after
 /// at least 196 answers (before, at once).
