@@ -79,7 +79,8 @@ pub fn send_result(request_id: u64, status: Status, reason: &str, msg_id: u64) -
 pub fn send_status_reason(status: Status) -> &'static str {
     match status {
         Status::Ok => "",
-        Status::NotFound => "no such user or room",
+        // (A room's NOT_FOUND says "no such room" where it is decided.)
+        Status::NotFound => "no such user",
         Status::RateLimited => "the recipient's offline queue is full",
         Status::Unavailable => "the store is shut down",
         Status::Forbidden => "not a member of the room",
@@ -466,7 +467,7 @@ mod tests {
         };
         assert_eq!(
             (r.request_id, r.msg_id, r.reason.as_str()),
-            (3, 8, "no such user or room")
+            (3, 8, "no such user")
         );
     }
 }

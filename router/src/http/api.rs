@@ -247,6 +247,7 @@ async fn publish(body: &[u8], shard: &Rc<RefCell<Shard>>, shared: &Arc<Shared>) 
     if monoio::time::timeout(left(), room).await.is_err() {
         return Err(timed_out());
     }
+    let to_a_room = !to_room.is_empty();
     let (tx, rx) = oneshot::channel();
     let id = {
         let mut sh = shard.borrow_mut();
@@ -255,7 +256,7 @@ async fn publish(body: &[u8], shard: &Rc<RefCell<Shard>>, shared: &Arc<Shared>) 
         let msg_id = sh.next_msg_id();
         let ts_us = now_us();
         let from_user = Bytes::from(from_user.into_bytes());
-        if to_room.is_empty() {
+        if !to_a_room {
             let home = sh.home(to_user.as_bytes());
             let m = Routed {
                 to_user: Some(Bytes::from(to_user.into_bytes())),
@@ -294,7 +295,10 @@ async fn publish(body: &[u8], shard: &Rc<RefCell<Shard>>, shared: &Arc<Shared>) 
         )),
         Ok(Ok((status, _))) => Err(Response::status(
             status,
-            ringrouter_proto::reply::send_status_reason(status),
+            match status {
+                Status::NotFound if to_a_room => "no such room",
+                other => ringrouter_proto::reply::send_status_reason(other),
+            },
         )),
         Ok(Err(_)) => Err(Response::status(
             Status::Unavailable,

@@ -617,6 +617,17 @@ impl Shard {
 
     /// Answers a sender (on this shard or another) about a message.
     pub fn reply_send(&mut self, reply: Option<(SessionId, u64)>, msg_id: u64, status: Status) {
+        self.reply_send_why(reply, msg_id, status, reply::send_status_reason(status));
+    }
+
+    /// [`Self::reply_send`] with the reason given (a room's NOT_FOUND: "no such room").
+    pub fn reply_send_why(
+        &mut self,
+        reply: Option<(SessionId, u64)>,
+        msg_id: u64,
+        status: Status,
+        reason: &'static str,
+    ) {
         let Some((to, request_id)) = reply else {
             return;
         };
@@ -624,7 +635,7 @@ impl Shard {
             if is_api(to) {
                 self.answer_api(to, status, msg_id);
             } else if let Some(key) = self.resolve(to) {
-                self.push_frame(key, &reply::send_status(request_id, status, msg_id));
+                self.push_frame(key, &reply::send_result(request_id, status, reason, msg_id));
             }
         } else {
             self.post(
@@ -634,6 +645,7 @@ impl Shard {
                     request_id,
                     msg_id,
                     status,
+                    reason,
                 },
             );
         }

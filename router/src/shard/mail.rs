@@ -85,6 +85,8 @@ pub enum Mail {
         msg_id: u64,
         /// OK or NOT_FOUND.
         status: Status,
+        /// The SendResult's reason (a room's NOT_FOUND: "no such room").
+        reason: &'static str,
     },
     /// A connection moving to its user's home shard.
     Handover(Box<Handover>),
@@ -557,13 +559,14 @@ impl Shard {
                 request_id,
                 msg_id,
                 status,
+                reason,
             } => {
                 if is_api(to) {
                     self.answer_api(to, status, msg_id);
                 } else if let Some(key) = self.resolve(to) {
                     let reason = match status {
                         Status::NotFound if !self.has_store() => "user has no session",
-                        other => reply::send_status_reason(other),
+                        _ => reason,
                     };
                     self.push_frame(key, &reply::send_result(request_id, status, reason, msg_id));
                 }

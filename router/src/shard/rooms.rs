@@ -835,10 +835,10 @@ impl Shard {
         }
     }
 
-    fn fail_room_work(&mut self, w: RoomWork, status: Status, reason: &str) {
+    fn fail_room_work(&mut self, w: RoomWork, status: Status, reason: &'static str) {
         match w {
             RoomWork::Req(req) => self.answer(&req, status, reason, ""),
-            RoomWork::Send(s) => self.reply_send(s.reply, s.msg_id, status),
+            RoomWork::Send(s) => self.reply_send_why(s.reply, s.msg_id, status, reason),
         }
     }
 

@@ -1452,3 +1452,28 @@ fn member_adds_past_the_rate_are_refused_and_bound_what_churn_stores() {
     }
     assert_eq!(stored, 4);
 }
+
+/// A Send to a room that does not exist says so, whichever shard the room's name is
+/// homed on (the reason travels with the answer; it said "no such user or room").
+#[test]
+fn a_send_to_no_such_room_says_no_such_room() {
+    let r = RouterProc::start(&[]);
+    let mut a = r.raw_login("nr-sender");
+    for (i, room) in users_on_shards("nr-room", 2).iter().enumerate() {
+        let id = 10 + i as u64;
+        let send = C::Send(ringrouter_proto::v1::Send {
+            request_id: id,
+            to_room: room.clone(),
+            payload: b"x".to_vec().into(),
+            want_result: true,
+            ..Default::default()
+        });
+        match a.call(send, id).0 {
+            S::SendResult(res) => {
+                assert_eq!(res.status, Status::NotFound as i32, "{res:?}");
+                assert_eq!(res.reason, "no such room", "{room}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
