@@ -911,10 +911,8 @@ mod tests {
             };
             assert_eq!((&v.to_user[..], &v.payload[..]), (&b"bob"[..], &b"hi"[..]));
         }
-        // Field 2 (to_user) with the bytes 0xff 0xfe: not UTF-8.
-        let mut bad = vec![0x12u8, 4, 0x12, 2, 0xff, 0xfe];
-        bad[1] = (bad.len() - 2) as u8;
-        let bad = Bytes::from(bad);
+        // A Send (field 2, 4 bytes) whose to_user (field 2) is 0xff 0xfe: not UTF-8.
+        let bad = Bytes::from_static(&[0x12, 4, 0x12, 2, 0xff, 0xfe]);
         for checked in [&b""[..], b"bob"] {
             assert!(parse_client_in(&bad, 0..bad.len(), false, checked).is_err());
         }

@@ -146,9 +146,6 @@ pub(crate) async fn prelogin(
     let peer = conn.tcp.peer_addr().ok().map(|a| a.ip());
     let mut pl = PreLogin::new(Limits::from_config(&shared.cfg));
     loop {
-        for status in pl.take_rejected() {
-            shard.borrow_mut().counters.reject(status);
-        }
         if shared.shutdown.load(std::sync::atomic::Ordering::Acquire) || local.fired() {
             pl.shutting_down();
         }
@@ -158,7 +155,12 @@ pub(crate) async fn prelogin(
         }
         // Dropping a read, a write or a password check on timeout or shutdown is fine:
         // the connection is closed right after (after a dropped write, without writing).
-        match pl.next_action() {
+        let action = pl.next_action();
+        // The Error frames queued since the last turn (a refusal, a timeout, a close).
+        for status in pl.take_rejected() {
+            shard.borrow_mut().counters.reject(status);
+        }
+        match action {
             Action::Write(out) => {
                 let w = bounded(left, &local, conn.write_all(out)).await;
                 w.then(&mut pl, |pl, r| match r {
@@ -225,10 +227,6 @@ pub(crate) async fn prelogin(
                 return;
             }
             Action::Close(out) => {
-                // (The closing Error may have come with this turn: a timeout, shutdown.)
-                for status in pl.take_rejected() {
-                    shard.borrow_mut().counters.reject(status);
-                }
                 let (code, reason) = prelogin_ws_close(pl.closed_with());
                 conn.close_bounded_with(out, code, reason).await;
                 return;
