@@ -23,7 +23,7 @@ pub enum FrameError {
     #[error("malformed frame length prefix")]
     BadLength,
     /// The declared body length is over the configured limit.
-    #[error("frame of {len} bytes exceeds max_frame_bytes {max}")]
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
     TooLarge {
         /// The declared length.
         len: u64,

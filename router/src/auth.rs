@@ -85,7 +85,7 @@ impl Authenticator {
                 })?;
                 let secret = trim_ascii(&raw);
                 if secret.is_empty() {
-                    return Err(format!("{} is empty", path.display()));
+                    return Err(format!("--jwt-secret-file {} is empty", path.display()));
                 }
                 Ok(Self::jwt_from_secret(secret, cfg.jwt_leeway))
             }

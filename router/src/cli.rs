@@ -373,7 +373,7 @@ pub struct Args {
 
     /// Log filter (tracing EnvFilter directives, e.g. debug or info,ringrouter=trace);
     /// the RUST_LOG environment variable, when set, replaces it.
-    #[arg(long, value_name = "FILTER", default_value = DEFAULT_LOG_FILTER, help_heading = LOGGING)]
+    #[arg(long, value_name = "FILTER", value_parser = parse_log_filter, default_value = DEFAULT_LOG_FILTER, help_heading = LOGGING)]
     pub log_filter: String,
 }
 
@@ -782,18 +782,31 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     usize::try_from(n).map_err(|_| format!("size {s:?} is too large"))
 }
 
-/// Sets up logging on stderr: `RUST_LOG` if set, else `filter`; colour only when
-/// stderr is a terminal.
+/// `--log-filter`: tracing `EnvFilter` directives, refused (exit 2) when they do not parse.
+fn parse_log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| {
+            format!("invalid log filter {s:?}: {e} (examples: info, debug, info,ringrouter=trace)")
+        })
+}
+
+/// Sets up logging on stderr: `RUST_LOG` if set, else `filter` (checked when parsed);
+/// colour only when stderr is a terminal.
 fn init_logging(filter: &str) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|e| {
-            eprintln!(
-                "ringrouter: bad --log-filter {filter:?} ({e}); using {DEFAULT_LOG_FILTER:?}"
-            );
-            tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)
+    let env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let parsed = env.as_deref().map(|v| {
+        tracing_subscriber::EnvFilter::try_new(v).map_err(|e| {
+            // The environment is not the command line: said, not refused.
+            eprintln!("ringrouter: RUST_LOG {v:?} is not a log filter ({e}); using --log-filter");
         })
     });
+    let filter = match parsed {
+        Some(Ok(f)) => f,
+        _ => tracing_subscriber::EnvFilter::try_new(filter)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -816,6 +829,12 @@ pub fn main() -> i32 {
     };
     if parsed.args.print_config {
         use std::io::Write;
+        // A configuration the router would refuse is refused here too (exit 2), not
+        // printed as if it were good.
+        if let Err(e) = parsed.config().check() {
+            eprintln!("ringrouter: {e}");
+            return EXIT_USAGE;
+        }
         let mut out = std::io::stdout().lock();
         return match out
             .write_all(parsed.to_toml().as_bytes())
@@ -996,6 +1015,37 @@ mod tests {
         }
         assert!(parse_size("99999999999999999999g").is_err());
         assert!(parse_size("20EiB").is_err());
+    }
+
+    #[test]
+    fn a_bad_log_filter_and_configurations_the_router_refuses_are_refused_at_once() {
+        let e = parse_err(&["--log-filter", "==="]);
+        assert_eq!(e.exit_code(), EXIT_USAGE);
+        assert!(e.to_string().contains("log filter"), "{e}");
+        assert!(parse_ok(&["--log-filter", "debug,ringrouter=trace"])
+            .config()
+            .check()
+            .is_ok());
+        // What `Router::start` refuses, `--print-config` refuses too (`Config::check`):
+        // a frame limit that leaves no payload, a payload limit over the frame limit, jwt
+        // without a secret; the message names the flags.
+        for (args, says) in [
+            (
+                &["--max-frame-bytes", "1000"][..],
+                "--max-payload-bytes is 0",
+            ),
+            (&["--max-frame-bytes", "0"][..], "--max-payload-bytes"),
+            (
+                &["--max-frame-bytes", "64KiB", "--max-payload-bytes", "64KiB"][..],
+                "--max-frame-bytes",
+            ),
+            (&["--auth", "jwt"][..], "--jwt-secret-file"),
+        ] {
+            match parse_ok(args).config().check() {
+                Err(e) => assert!(e.contains(says), "{args:?}: {e}"),
+                Ok(()) => panic!("{args:?} passed the check"),
+            }
+        }
     }
 
     #[test]

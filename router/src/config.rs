@@ -333,7 +333,60 @@ impl Default for Config {
     }
 }
 
+/// The smallest `--http-max-head-bytes` the router starts with (a request line and a
+/// few headers).
+pub(crate) const MIN_HEAD_BYTES: usize = 256;
+
 impl Config {
+    /// The checks of this configuration that need neither a file nor a socket (what
+    /// `Router::start` refuses before it reads or binds anything; `--print-config` too):
+    /// the message names the flags.
+    pub fn check(&self) -> Result<(), String> {
+        // Both ports take logins (the HTTP port's `/ws`): neither may be public with
+        // open auth unless that is asked for.
+        let public = std::iter::once(self.listen)
+            .chain(self.http_listen)
+            .find(|a| !a.ip().is_loopback());
+        if let Some(addr) =
+            public.filter(|_| self.auth == AuthMode::Open && !self.allow_open_auth_on_public)
+        {
+            return Err(format!(
+                "refusing to listen on non-loopback address {addr} with --auth open (anyone could log in as anyone); \
+                 use --auth jwt, or pass --allow-open-auth-on-public"
+            ));
+        }
+        if self.max_payload_bytes >= self.max_frame_bytes {
+            return Err(format!(
+                "--max-payload-bytes ({}) must be smaller than --max-frame-bytes ({}): a Send \
+                 frame holds the payload and its header",
+                self.max_payload_bytes, self.max_frame_bytes
+            ));
+        }
+        if self.max_payload_bytes == 0 {
+            return Err(format!(
+                "--max-payload-bytes is 0: no message could be sent (unset, it is \
+                 --max-frame-bytes minus 1 KiB; --max-frame-bytes is {})",
+                self.max_frame_bytes
+            ));
+        }
+        if self.http_max_head_bytes < MIN_HEAD_BYTES {
+            return Err(format!(
+                "--http-max-head-bytes must be at least {} bytes",
+                MIN_HEAD_BYTES
+            ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("--tls-cert and --tls-key go together".into());
+        }
+        if self.auth == AuthMode::Jwt && self.jwt_secret_file.is_none() {
+            return Err("--auth jwt needs --jwt-secret-file".into());
+        }
+        if self.effective_shards() > MAX_SHARDS {
+            return Err(format!("at most {MAX_SHARDS} shards"));
+        }
+        Ok(())
+    }
+
     /// Hard cap on a session's outbound queue. Past `max_pending_bytes`, every
     /// sender feeding the session stops being read (same shard: at once; other
     /// shards: when their Pause arrives), while the rings between shards keep

@@ -374,7 +374,7 @@ impl PreLogin {
                 Ok(None) => return,
                 Err(FrameError::TooLarge { len, max }) => {
                     let reason = format!(
-                        "frame of {len} bytes exceeds max_prelogin_frame_bytes {max} \
+                        "frame of {len} bytes exceeds --max-prelogin-frame-bytes {max} \
                          (the bound before login)"
                     );
                     self.close_with(Status::TooLarge, &reason);

@@ -119,41 +119,14 @@ impl Router {
     /// Validates `cfg`, binds the listeners, starts every shard, and returns once
     /// all of them accept connections.
     pub fn start(cfg: Config) -> Result<RouterHandle, StartError> {
-        // Both ports take logins (the HTTP port's `/ws`): neither may be public with
-        // open auth unless that is asked for.
-        let public = std::iter::once(cfg.listen)
-            .chain(cfg.http_listen)
-            .find(|a| !a.ip().is_loopback());
-        if let Some(addr) = public
-            .filter(|_| cfg.auth == crate::config::AuthMode::Open && !cfg.allow_open_auth_on_public)
-        {
-            return Err(StartError::Config(format!(
-                "refusing to listen on non-loopback address {addr} with --auth open (anyone could log in as anyone); \
-                 use --auth jwt, or pass --allow-open-auth-on-public"
-            )));
-        }
-        if cfg.max_payload_bytes >= cfg.max_frame_bytes {
-            return Err(StartError::Config(
-                "max_payload_bytes must be smaller than max_frame_bytes".into(),
-            ));
-        }
-        if cfg.http_max_head_bytes < crate::http::MIN_HEAD_BYTES {
-            return Err(StartError::Config(format!(
-                "--http-max-head-bytes must be at least {} bytes",
-                crate::http::MIN_HEAD_BYTES
-            )));
-        }
+        cfg.check().map_err(StartError::Config)?;
         let auth = Authenticator::from_config(&cfg).map_err(StartError::Config)?;
         let tls = match (&cfg.tls_cert, &cfg.tls_key) {
             (Some(cert), Some(key)) => {
                 Some(crate::transport::tls::server_config(cert, key).map_err(StartError::Config)?)
             }
-            (None, None) => None,
-            _ => {
-                return Err(StartError::Config(
-                    "--tls-cert and --tls-key go together".into(),
-                ))
-            }
+            // One without the other: refused by `Config::check`.
+            _ => None,
         };
         let handshakes = match &tls {
             Some(_) => Some(Arc::new(
@@ -166,10 +139,6 @@ impl Router {
             None => None,
         };
         let n = cfg.effective_shards();
-        if n > crate::config::MAX_SHARDS {
-            let most = crate::config::MAX_SHARDS;
-            return Err(StartError::Config(format!("at most {most} shards")));
-        }
         let stats: Vec<Arc<ShardStats>> = (0..n).map(|_| Arc::new(ShardStats::default())).collect();
         let http_ctx = Arc::new(HttpCtx::new(&cfg, stats.clone()).map_err(StartError::Config)?);
         let (addr, listeners) = bind_listeners(cfg.listen, n)?;

@@ -114,12 +114,14 @@ fn main() {
         (None, None) => Some(1_000_000),
         (m, _) => m,
     };
-    if let Some(d) = a.duration {
-        if !(d.is_finite() && d > 0.0) {
+    let duration = match a.duration.map(Duration::try_from_secs_f64) {
+        None => None,
+        Some(Ok(d)) if !d.is_zero() => Some(d),
+        Some(_) => {
             eprintln!("ringrouter-load: --duration must be a positive number of seconds");
             std::process::exit(2);
         }
-    }
+    };
     let mut transport = match a.transport {
         TransportArg::Tcp => Transport::tcp(),
         TransportArg::Ws => Transport::websocket(),
@@ -133,7 +135,7 @@ fn main() {
         pairs: a.pairs,
         size: a.size,
         messages,
-        duration: a.duration.map(Duration::from_secs_f64),
+        duration,
         fanout: a.fanout,
         rate: a.rate,
         window: a.window,

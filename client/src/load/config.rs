@@ -116,8 +116,20 @@ pub(super) struct Plan {
     pub(super) link: LinkConfig,
 }
 
+/// Largest payload a run sends (a router's frame limit is far below it).
+const MAX_SIZE: usize = 64 << 20;
+/// Largest in-flight window per sender.
+const MAX_WINDOW: usize = 100_000_000;
+/// Most engine threads.
+const MAX_THREADS: usize = 1024;
+/// Most connections a run opens (senders and receivers).
+const MAX_CONNECTIONS: usize = 1_000_000;
+/// Longest run by duration (a year).
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl Plan {
-    /// Checks `cfg` and resolves its address.
+    /// Checks `cfg` (every count and size within what one process can run: a clear
+    /// error, not an allocation that aborts) and plans the run.
     pub(super) fn new(cfg: &LoadConfig) -> Result<Plan, LoadError> {
         let invalid = |why: &str| Err(LoadError::Config(why.into()));
         if cfg.messages.is_none() && cfg.duration.is_none() {
@@ -132,13 +144,53 @@ impl Plan {
                 super::engine::STAMP
             )));
         }
+        if cfg.size > MAX_SIZE {
+            return Err(LoadError::Config(format!(
+                "size must be at most {MAX_SIZE} bytes (the largest frame a router takes)"
+            )));
+        }
         if cfg.window == 0 {
             return invalid("window must be at least 1");
         }
+        if cfg.window > MAX_WINDOW {
+            return Err(LoadError::Config(format!(
+                "window must be at most {MAX_WINDOW}"
+            )));
+        }
+        if cfg.threads > MAX_THREADS {
+            return Err(LoadError::Config(format!(
+                "threads must be at most {MAX_THREADS} (0: one per core)"
+            )));
+        }
+        if cfg.messages == Some(0) {
+            return invalid("messages must be at least 1");
+        }
+        if cfg
+            .duration
+            .is_some_and(|d| d.is_zero() || d > MAX_DURATION)
+        {
+            return Err(LoadError::Config(format!(
+                "duration must be more than 0 and at most {} seconds",
+                MAX_DURATION.as_secs()
+            )));
+        }
+        // Every receiver and sender is a connection of this process: past these the
+        // run could never start (and its tables would not fit in memory).
         let (senders, fan) = match cfg.fanout {
             Some(0) => return invalid("fanout must be at least 1"),
+            Some(m) if m > MAX_CONNECTIONS => {
+                return Err(LoadError::Config(format!(
+                    "fanout must be at most {MAX_CONNECTIONS}"
+                )))
+            }
             Some(m) => (1usize, m),
             None if cfg.pairs == 0 => return invalid("pairs must be at least 1"),
+            None if cfg.pairs > MAX_CONNECTIONS / 2 => {
+                return Err(LoadError::Config(format!(
+                    "pairs must be at most {}",
+                    MAX_CONNECTIONS / 2
+                )))
+            }
             None => (cfg.pairs, 1usize),
         };
         if cfg.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {

@@ -416,6 +416,82 @@ mod tests {
     }
 
     #[test]
+    fn counts_and_sizes_past_what_a_process_can_run_are_refused() {
+        let base = LoadConfig {
+            messages: Some(10),
+            ..LoadConfig::default()
+        };
+        let huge = 1_000_000_000_000usize;
+        let cases = [
+            (
+                "pairs",
+                LoadConfig {
+                    pairs: huge,
+                    ..base.clone()
+                },
+            ),
+            (
+                "fanout",
+                LoadConfig {
+                    fanout: Some(huge),
+                    ..base.clone()
+                },
+            ),
+            (
+                "size",
+                LoadConfig {
+                    size: huge,
+                    ..base.clone()
+                },
+            ),
+            (
+                "window",
+                LoadConfig {
+                    window: huge,
+                    ..base.clone()
+                },
+            ),
+            (
+                "threads",
+                LoadConfig {
+                    threads: huge,
+                    ..base.clone()
+                },
+            ),
+            (
+                "messages",
+                LoadConfig {
+                    messages: Some(0),
+                    ..base.clone()
+                },
+            ),
+            (
+                "duration",
+                LoadConfig {
+                    messages: None,
+                    duration: Some(Duration::ZERO),
+                    ..base.clone()
+                },
+            ),
+            (
+                "duration",
+                LoadConfig {
+                    messages: None,
+                    duration: Some(Duration::from_secs(1 << 40)),
+                    ..base.clone()
+                },
+            ),
+        ];
+        for (name, cfg) in cases {
+            match config::Plan::new(&cfg) {
+                Err(LoadError::Config(why)) => assert!(why.starts_with(name), "{name}: {why}"),
+                other => panic!("{name}: {:?}", other.map(|_| ())),
+            }
+        }
+        assert!(config::Plan::new(&base).is_ok());
+    }
+
+    #[test]
     fn fan_out_rooms_are_named_after_the_prefix() {
         assert_eq!(room_name("load42-", 0), "load42-room0");
         assert_ne!(room_name("load42-", 0), room_name("load43-", 0));

@@ -81,7 +81,7 @@ impl Shard {
             RoomOp::Join { key, .. } if key.starts_with(CODE_MARK) => check_join_code(key).err(),
             RoomOp::Create { members, .. } if members.len() >= self.cfg.max_members_per_room => {
                 Some(format!(
-                    "members: {} initial members and the owner exceed max_members_per_room {}",
+                    "members: {} initial members and the owner exceed --max-members-per-room {}",
                     members.len(),
                     self.cfg.max_members_per_room
                 ))

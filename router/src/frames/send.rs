@@ -35,7 +35,6 @@ impl Shard {
         known_home: Option<usize>,
         blocked: &mut Vec<SessionKey>,
     ) -> Flow {
-        self.chunk_payload += v.payload.len();
         if v.client_seq != 0 {
             let Some(s) = self.sessions.get_mut(key) else {
                 return Flow::Continue;
@@ -75,7 +74,7 @@ impl Shard {
             Some((
                 Status::TooLarge,
                 format!(
-                    "payload of {} bytes exceeds max_payload_bytes {}",
+                    "payload of {} bytes exceeds --max-payload-bytes {}",
                     v.payload.len(),
                     self.cfg.max_payload_bytes
                 ),
@@ -113,11 +112,19 @@ impl Shard {
                 return;
             }
         }
+        // `chunk_payload` counts the payloads that stay slices of their read chunk
+        // beyond it (held until acked, written or kept in history), so that a chunk
+        // mostly of bytes nobody keeps makes this session's payloads copied (see
+        // `read_loop`): a 300-byte message held unacked kept its whole 64 KiB chunk
+        // alive while the rest of the chunk (ephemeral or stored sends, refused ones)
+        // made it look dense. An ephemeral payload is encoded into its frames, a stored
+        // one copied by the store.
         if v.ephemeral {
             self.send_ephemeral(key, v, msg_id, ts_us);
             return;
         }
         if !v.to_room.is_empty() {
+            self.chunk_payload += v.payload.len();
             self.send_to_room(key, v, msg_id, ts_us, Live::No);
             return;
         }
@@ -164,6 +171,9 @@ impl Shard {
             };
             let named = known_home.is_some();
             let (n, overflowed) = self.deliver_dm(key, &v.to_user, named, m, blocked);
+            if n > 0 || self.history_on() {
+                self.chunk_payload += v.payload.len();
+            }
             if n == 0 && self.has_store() {
                 let reply = self
                     .session_id(key)
@@ -186,6 +196,8 @@ impl Shard {
                 return;
             };
             let reply = v.want_result.then_some((sender, v.request_id));
+            // (Kept by the home shard if its user has a session or history is on.)
+            self.chunk_payload += v.payload.len();
             let (same_from, same_to) = match &self.outbox_last[home] {
                 Some((id, to)) => (*id == sender, name_eq(to, &v.to_user)),
                 None => (false, false),

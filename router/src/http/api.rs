@@ -232,7 +232,7 @@ async fn publish(body: &[u8], shard: &Rc<RefCell<Shard>>, shared: &Arc<Shared>) 
         return Err(Response::status(
             Status::TooLarge,
             format!(
-                "payload of {} bytes exceeds max_payload_bytes {max}",
+                "payload of {} bytes exceeds --max-payload-bytes {max}",
                 payload.len()
             ),
         ));

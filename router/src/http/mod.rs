@@ -40,9 +40,6 @@ pub(crate) mod routes;
 use request::{parse_head, Head, Response};
 use routes::Route;
 
-/// The smallest `--http-max-head-bytes` the router starts with (a request line and a
-/// few headers).
-pub(crate) const MIN_HEAD_BYTES: usize = 256;
 
 /// Bytes asked of one read.
 const READ_CHUNK: usize = 16 << 10;

@@ -13,6 +13,7 @@ use super::stream::Conn;
 use crate::shard::Shard;
 use crate::shared::{ConnGuard, LocalSignal, Shared};
 use crate::transport::ws;
+use ringrouter_proto::Status;
 
 /// Takes over an HTTP connection whose request was `GET /ws`: `headers` are the
 /// request's headers (names lower-case), `rest` the bytes read past the request head.
@@ -28,21 +29,14 @@ pub(crate) async fn serve(
 ) {
     match ws::handshake(&headers) {
         Err(r) => {
-            let mut answer = format!(
-                "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n",
-                r.status,
-                if r.status == 426 { "Upgrade Required" } else { "Bad Request" },
-                r.reason.len() + 1
-            );
-            for h in &r.headers {
-                answer.push_str(h);
-                answer.push_str("\r\n");
+            // The same JSON `{code, reason}` as the HTTP port's other refusals.
+            let mut answer =
+                crate::http::request::Response::error(r.status, Status::BadRequest, r.reason);
+            for (name, value) in r.headers {
+                answer = answer.with_header(name, value);
             }
-            answer.push_str("\r\n");
-            answer.push_str(&r.reason);
-            answer.push('\n');
-            let _ =
-                monoio::time::timeout(super::CLOSE_FLUSH, conn.write_raw(answer.as_bytes())).await;
+            let bytes = answer.encode(false, false);
+            let _ = monoio::time::timeout(super::CLOSE_FLUSH, conn.write_raw(&bytes)).await;
             conn.shutdown().await;
         }
         Ok((answer, protocol)) => {

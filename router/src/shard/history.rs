@@ -179,7 +179,7 @@ impl HistBuf {
 }
 
 impl Shard {
-    fn history_on(&self) -> bool {
+    pub(crate) fn history_on(&self) -> bool {
         self.cfg.history_per_conversation > 0 && self.store.is_some()
     }
 

@@ -42,10 +42,10 @@ impl Protocol {
 pub struct Refusal {
     /// HTTP status code.
     pub status: u16,
-    /// Plain-text reason.
+    /// Why (the answer's JSON `reason`).
     pub reason: String,
-    /// Extra response header lines (without CRLF).
-    pub headers: Vec<String>,
+    /// Extra response headers (name, value).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 fn refuse(status: u16, reason: impl Into<String>) -> Refusal {
@@ -81,7 +81,7 @@ pub fn handshake(headers: &[(String, String)]) -> Result<(Vec<u8>, Protocol), Re
     }
     if header(headers, "sec-websocket-version").map(str::trim) != Some("13") {
         let mut r = refuse(426, "WebSocket version 13 is required");
-        r.headers.push("sec-websocket-version: 13".into());
+        r.headers.push(("sec-websocket-version", "13".into()));
         return Err(r);
     }
     let key = header(headers, "sec-websocket-key")
@@ -549,7 +549,7 @@ mod tests {
         v8[2].1 = "8";
         let r = handshake(&hdrs(&v8)).expect_err("old version");
         assert_eq!(r.status, 426);
-        assert_eq!(r.headers, vec!["sec-websocket-version: 13".to_string()]);
+        assert_eq!(r.headers, vec![("sec-websocket-version", "13".to_string())]);
         let mut badkey = base;
         badkey[3].1 = "short";
         assert_eq!(handshake(&hdrs(&badkey)).expect_err("key").status, 400);

@@ -1764,3 +1764,40 @@ fn hoarding_devices(r: &RouterProc, devices: usize, msgs: u64) -> (Raw, Vec<Raw>
     }
     (poster, hoarders)
 }
+
+/// A small message held unacked does not keep its whole read chunk alive when the rest of
+/// the chunk is bytes nobody keeps. The attacker's writes are [an ephemeral 60 KB Send to a
+/// user with no session][a 300-byte Send to a session that acks nothing]: the 300 bytes
+/// were a slice of a 64 KiB chunk that the ephemeral payload (encoded into nothing) made
+/// look dense, so each held message kept ~64 KiB: 3 000 of them held ~190 MiB of RSS for
+/// 0.9 MB counted unacked. Now the session's payloads are copied out once a chunk is
+/// sparse in what is kept.
+#[test]
+fn a_small_unacked_message_does_not_keep_its_read_chunk() {
+    let r = RouterProc::start(&["--shards", "1", "--slow-consumer-timeout", "60"]);
+    drop(r.raw_login("pin-nobody"));
+    let mut victim = r.raw_login("pin-victim");
+    let mut attacker = r.raw_login("pin-attacker");
+    let pad = vec![7u8; 60_000];
+    let mut block = client_frame_bytes(client_frame::Kind::Send(ringrouter_proto::v1::Send {
+        to_user: "pin-nobody".into(),
+        payload: pad.into(),
+        ephemeral: true,
+        ..Default::default()
+    }));
+    block.extend_from_slice(&send_frame_bytes("pin-victim", &[1u8; 300], false, 0));
+    let before = r.rss_kib();
+    let n = 3000;
+    for _ in 0..n {
+        attacker
+            .write(&block)
+            .expect("the router reads the attacker");
+    }
+    // Every one delivered (and held unacked) before RSS is read.
+    assert_eq!(victim.delivers(n, T).len(), n);
+    let grown = r.rss_kib().saturating_sub(before);
+    assert!(
+        grown < 64 * MIB,
+        "{grown} KiB of RSS held for {n} unacked 300-byte messages"
+    );
+}
