@@ -78,6 +78,22 @@ def test_load_run_duration_too_large_names_the_argument(router: Router) -> None:
         load.run(router.addr, pairs=1, duration=-1)
 
 
+# -------------------------------------------------------------- load CLI flags
+
+
+@pytest.mark.parametrize(
+    "flag,value",
+    [("--pairs", "-1"), ("--messages", "-5"), ("--pairs", "0"), ("--size", "-3"),
+     ("--fanout", "0"), ("--window", "-2"), ("--threads", "-1"), ("--duration", "-1"),
+     ("--rate", "0"), ("--pairs", "many")],
+)
+def test_load_cli_refuses_bad_numbers_naming_the_flag(flag: str, value: str) -> None:
+    p = run_python("-m", "ringrouter.load", flag, value, "--quiet")
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert f"argument {flag}" in p.stderr, p.stderr
+    assert "convert" not in p.stderr, p.stderr
+
+
 # ------------------------------------------------------------------ create_room
 
 
