@@ -115,6 +115,8 @@ pub struct Client {
     acks: Acks,
     closed: Option<String>,
     resume: ResumeInfo,
+    /// Largest frame the router accepts (its LoginResult's; 0: not said).
+    router_max_frame_bytes: usize,
 }
 
 impl std::fmt::Debug for Client {
@@ -203,6 +205,7 @@ impl Client {
             pending: Pending::default(),
             closed: None,
             resume: ResumeInfo::default(),
+            router_max_frame_bytes: 0,
         }
     }
 
@@ -232,6 +235,7 @@ impl Client {
             self.user = r.user;
             self.session_id = r.session_id;
             self.shard = r.shard;
+            self.router_max_frame_bytes = r.max_frame_bytes as usize;
             self.resume = ResumeInfo {
                 token: r.resume_token.to_vec(),
                 resumed: r.resumed,
@@ -254,6 +258,12 @@ impl Client {
     /// The user's home shard.
     pub fn shard(&self) -> u32 {
         self.shard
+    }
+
+    /// The largest frame the router accepts, as its LoginResult said (0: not said):
+    /// a bigger one makes it close the connection.
+    pub fn router_max_frame_bytes(&self) -> usize {
+        self.router_max_frame_bytes
     }
 
     /// The resume part of the login's answer.

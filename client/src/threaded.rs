@@ -41,7 +41,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -207,6 +207,9 @@ struct Inner {
     acked_seq: AtomicU64,
     acks: AckPolicy,
     max_frame_bytes: usize,
+    /// Largest frame the router takes (its LoginResult's; 0: not said). A bigger one
+    /// would make it close the connection: it is refused here instead.
+    router_max_frame: AtomicUsize,
     limits: ThreadedLimits,
 }
 
@@ -262,6 +265,51 @@ struct In {
     reader_waiting: bool,
     /// `close` was called: drop whatever still arrives.
     discard: bool,
+    /// Reconnecting clients: an Error frame that may announce the end of the
+    /// connection (shutdown, heartbeat timeout, slow consumer), and since when. It is
+    /// dropped if the connection ends and the client resumes; handed to `recv` if
+    /// more comes on the connection, or [`HOLD_ENDING_ERROR`] passes, or the client
+    /// gives up reconnecting.
+    held: Option<(Event, Instant)>,
+}
+
+/// How long an Error frame that may announce the end of the connection is held back
+/// (see `In::held`): the router closes right after sending one.
+const HOLD_ENDING_ERROR: Duration = Duration::from_millis(500);
+
+/// Whether an Error frame is one a router sends right before it ends the session:
+/// not the answer to a request, and a status that ends sessions.
+fn may_end_session(ev: &Event) -> bool {
+    matches!(
+        ev,
+        Event::Error {
+            code: ringrouter_proto::v1::Status::Unavailable
+                | ringrouter_proto::v1::Status::Timeout
+                | ringrouter_proto::v1::Status::SlowConsumer,
+            request_id: 0,
+            ..
+        }
+    )
+}
+
+/// Hands a held Error (see `In::held`) to `recv`.
+fn release_held(inner: &Inner, g: &mut In) {
+    if let Some((ev, _)) = g.held.take() {
+        g.queued_bytes += EVENT_OVERHEAD;
+        g.events.push_back(ev);
+        if g.consumers > 0 {
+            inner.ev_cv.notify_all();
+        }
+    }
+}
+
+/// The length of a frame's body (what the router compares with its max frame) from
+/// its length on the wire (the body behind its varint length prefix).
+fn frame_body_len(wire_len: usize) -> usize {
+    (1..=10)
+        .map(|p| wire_len.saturating_sub(p))
+        .find(|&body| body + ringrouter_proto::codec::varint_len(body as u64) == wire_len)
+        .unwrap_or(wire_len)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -330,6 +378,7 @@ impl ThreadedClient {
             (Client::connect(addr, cfg.clone())?, None)
         };
         let user = client.user().to_owned();
+        let router_max_frame = client.router_max_frame_bytes();
         let session_id = client.session_id();
         let shard = client.shard();
         let resend = reconnect.as_ref().map(|_| Resend {
@@ -380,6 +429,7 @@ impl ThreadedClient {
                 consumers: 0,
                 reader_waiting: false,
                 discard: false,
+                held: None,
             }),
             ev_cv: Condvar::new(),
             room_cv: Condvar::new(),
@@ -387,6 +437,7 @@ impl ThreadedClient {
             acked_seq: AtomicU64::new(0),
             acks: cfg.ack_policy(),
             max_frame_bytes: cfg.max_frame_bytes,
+            router_max_frame: AtomicUsize::new(router_max_frame),
             limits,
         });
         let mut threads = Vec::with_capacity(2);
@@ -460,6 +511,7 @@ impl ThreadedClient {
         frame_len: usize,
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<bool, ClientError> {
+        self.check_frame_len(frame_len)?;
         let mut g = lock(&self.inner.out);
         Self::check_open(&g)?;
         if g.used() != 0 && g.used() + frame_len > self.inner.limits.max_buffer_bytes {
@@ -472,6 +524,29 @@ impl ThreadedClient {
             self.inner.out_cv.notify_one();
         }
         Ok(true)
+    }
+
+    /// Refuses a frame of `wire_len` bytes (on the wire) that is bigger than the
+    /// router takes, as the router would refuse it (TOO_LARGE) but without sending
+    /// it: the router would close the connection.
+    fn check_frame_len(&self, wire_len: usize) -> Result<(), ClientError> {
+        let max = self.inner.router_max_frame.load(Ordering::Relaxed);
+        let body = frame_body_len(wire_len);
+        if max == 0 || body <= max {
+            return Ok(());
+        }
+        Err(ClientError::Router {
+            code: ringrouter_proto::v1::Status::TooLarge,
+            reason: format!(
+                "frame of {body} bytes is over the router's max frame of {max} bytes (not sent)"
+            ),
+            request_id: 0,
+        })
+    }
+
+    /// The largest frame the router takes, as its login answer said (0: not said).
+    pub fn router_max_frame_bytes(&self) -> usize {
+        self.inner.router_max_frame.load(Ordering::Relaxed)
     }
 
     fn check_open(g: &Out) -> Result<(), ClientError> {
@@ -566,7 +641,7 @@ impl ThreadedClient {
         if self.inner.reconnect.is_some() {
             let mut g = lock(&self.inner.out);
             Self::check_open(&g)?;
-            return Ok(self.put_numbered(&mut g, to, payload));
+            return self.put_numbered(&mut g, to, payload);
         }
         let h = SendHeader::to(to);
         let len = send_frame_len(&h, payload.len());
@@ -575,10 +650,15 @@ impl ThreadedClient {
 
     /// Reconnecting clients: queues a Send numbered with the next client_seq (its
     /// msg_id made from it) and keeps it until the router acknowledges it. False: no
-    /// room (nothing queued).
-    fn put_numbered(&self, g: &mut Out, to: Target<'_>, payload: &[u8]) -> bool {
+    /// room (nothing queued); an error for a frame bigger than the router takes.
+    fn put_numbered(
+        &self,
+        g: &mut Out,
+        to: Target<'_>,
+        payload: &[u8],
+    ) -> Result<bool, ClientError> {
         let Some(r) = g.resend.as_ref() else {
-            return false;
+            return Ok(false);
         };
         let client_seq = r.last_seq + 1;
         let h = SendHeader {
@@ -587,8 +667,9 @@ impl ThreadedClient {
             ..SendHeader::to(to)
         };
         let len = send_frame_len(&h, payload.len());
+        self.check_frame_len(len)?;
         if g.used() != 0 && g.used() + len > self.inner.limits.max_buffer_bytes {
-            return false;
+            return Ok(false);
         }
         let at = g.buf.len();
         put_send(&mut g.buf, &h, payload);
@@ -603,7 +684,7 @@ impl ThreadedClient {
             g.writer_idle = false;
             self.inner.out_cv.notify_one();
         }
-        true
+        Ok(true)
     }
 
     fn send_to_timeout(
@@ -637,37 +718,64 @@ impl ThreadedClient {
         to: &str,
         payloads: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<usize, ClientError> {
+        self.send_many_timeout(to, &mut payloads.into_iter().peekable(), None)
+    }
+
+    /// [`ThreadedClient::send_many`] that waits for room in the send buffer up to
+    /// `timeout` (None: as long as it takes): returns how many it queued, taken from
+    /// `payloads`; the rest stay in it (all were queued when it is empty). A payload
+    /// too big for the router is an error, and it and the ones after it stay in
+    /// `payloads`.
+    pub fn send_many_timeout<'a, I: Iterator<Item = &'a [u8]>>(
+        &self,
+        to: &str,
+        payloads: &mut std::iter::Peekable<I>,
+        timeout: Option<Duration>,
+    ) -> Result<usize, ClientError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
         let h = SendHeader::to(Target::User(to));
-        let mut it = payloads.into_iter().peekable();
         let mut n = 0;
         if self.inner.reconnect.is_some() {
-            for p in it {
-                self.send_to_timeout(Target::User(to), p, None)?;
+            while let Some(p) = payloads.peek() {
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                if !self.send_to_timeout(Target::User(to), p, left)? {
+                    return Ok(n);
+                }
+                payloads.next();
                 n += 1;
             }
             return Ok(n);
         }
-        while it.peek().is_some() {
+        while payloads.peek().is_some() {
             {
                 let mut g = lock(&self.inner.out);
                 Self::check_open(&g)?;
-                while let Some(p) = it.peek() {
+                while let Some(p) = payloads.peek() {
                     let len = send_frame_len(&h, p.len());
+                    if let Err(e) = self.check_frame_len(len) {
+                        if g.writer_idle && n > 0 {
+                            g.writer_idle = false;
+                            self.inner.out_cv.notify_one();
+                        }
+                        return Err(e);
+                    }
                     if !g.buf.is_empty() && g.buf.len() + len > self.inner.limits.max_buffer_bytes {
                         break;
                     }
                     put_send(&mut g.buf, &h, p);
                     g.queued += len as u64;
                     n += 1;
-                    it.next();
+                    payloads.next();
                 }
                 if g.writer_idle {
                     g.writer_idle = false;
                     self.inner.out_cv.notify_one();
                 }
             }
-            if let Some(p) = it.peek() {
-                self.wait_room(send_frame_len(&h, p.len()), None)?;
+            if let Some(p) = payloads.peek() {
+                if !self.wait_room(send_frame_len(&h, p.len()), deadline)? {
+                    return Ok(n);
+                }
             }
         }
         Ok(n)
@@ -1225,6 +1333,8 @@ fn read_connection(
     scratch: &mut [u8],
     batch: &mut Vec<Event>,
 ) -> String {
+    // A read timeout is set while an Error is held (see `In::held`).
+    let mut timed = false;
     'outer: loop {
         // Decode everything buffered.
         let mut protocol_error = None;
@@ -1250,10 +1360,20 @@ fn read_connection(
             let _ = stream.shutdown(Shutdown::Both);
             break 'outer e;
         }
+        if inner.reconnect.is_some() {
+            let wake = held_error_wake(inner);
+            if wake.is_some() || timed {
+                timed = wake.is_some();
+                let _ = stream.set_read_timeout(wake);
+            }
+        }
         let n = match stream.read(scratch) {
             Ok(0) => break 'outer "closed by the router".to_string(),
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if timed && matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                continue
+            }
             Err(e) if is_disconnect(&e) => break 'outer format!("connection lost: {e}"),
             Err(e) => break 'outer format!("read failed: {e}"),
         };
@@ -1310,7 +1430,9 @@ fn reconnect(inner: &Inner, rc: &Reconnect) -> Option<(TcpStream, BytesMut, Opti
         let cfg = lock(&rc.cfg).clone();
         match Client::connect(&rc.addr[..], cfg) {
             Ok(c) => break c,
-            Err(ClientError::Auth { .. }) => return None,
+            // A router shutting down (or restarting, busy) refuses the login for now:
+            // try again. Other refusals (credentials) are for good.
+            Err(ClientError::Auth { code, .. }) if !login_refused_for_now(code) => return None,
             Err(_) => {}
         }
         // Sleep in slices, so that a close does not wait for the whole backoff.
@@ -1325,6 +1447,9 @@ fn reconnect(inner: &Inner, rc: &Reconnect) -> Option<(TcpStream, BytesMut, Opti
     };
     let info = client.resume().clone();
     let session_id = client.session_id();
+    inner
+        .router_max_frame
+        .store(client.router_max_frame_bytes(), Ordering::Relaxed);
     let (stream, wire, rbuf) = client.into_wire_parts();
     let (wire_rx, wire_tx) = wire.map(Wire::split).unzip();
     let (Ok(()), Ok(writer_stream), Ok(kept)) = (
@@ -1345,6 +1470,8 @@ fn reconnect(inner: &Inner, rc: &Reconnect) -> Option<(TcpStream, BytesMut, Opti
         g.events.retain(|ev| matches!(ev, Event::Error { .. }));
         g.queued_bytes = 0;
         g.last_error = None;
+        // The Error that announced the end of the old connection: resumed from.
+        g.held = None;
     }
     {
         let mut o = lock(&inner.out);
@@ -1379,6 +1506,16 @@ fn reconnect(inner: &Inner, rc: &Reconnect) -> Option<(TcpStream, BytesMut, Opti
     Some((stream, rbuf, wire_rx))
 }
 
+/// Whether a refused login may succeed if tried again: the router is shutting down or
+/// busy, not refusing the credentials.
+fn login_refused_for_now(code: ringrouter_proto::v1::Status) -> bool {
+    use ringrouter_proto::v1::Status;
+    matches!(
+        code,
+        Status::Unavailable | Status::RateLimited | Status::Timeout | Status::Internal
+    )
+}
+
 /// The read side is over for good: tell senders and receivers why.
 fn reader_end(inner: &Inner, why: String) {
     let last_error = lock(&inner.inq).last_error.clone();
@@ -1400,8 +1537,23 @@ fn reader_end(inner: &Inner, why: String) {
         inner.out_cv.notify_one();
     }
     let mut g = lock(&inner.inq);
+    // Not resumed from after all: the Error that announced the end is reported.
+    release_held(inner, &mut g);
     g.closed = Some(why);
     inner.ev_cv.notify_all();
+}
+
+/// Hands a held Error (see `In::held`) to `recv` once [`HOLD_ENDING_ERROR`] passed;
+/// else how long the reader may wait for the connection to end (None: nothing held).
+fn held_error_wake(inner: &Inner) -> Option<Duration> {
+    let mut g = lock(&inner.inq);
+    let at = g.held.as_ref()?.1;
+    let left = HOLD_ENDING_ERROR.saturating_sub(at.elapsed());
+    if left.is_zero() {
+        release_held(inner, &mut g);
+        return None;
+    }
+    Some(left)
 }
 
 /// Hands decoded frames over: answers to the callers waiting for them, the
@@ -1445,6 +1597,12 @@ fn dispatch(inner: &Inner, batch: &mut Vec<Event>) {
             },
         };
         if g.discard {
+            continue;
+        }
+        // An earlier held Error goes first; this one may be held in its turn.
+        release_held(inner, &mut g);
+        if inner.reconnect.is_some() && may_end_session(&ev) {
+            g.held = Some((ev, Instant::now()));
             continue;
         }
         g.queued_bytes += match &ev {
@@ -1684,6 +1842,25 @@ mod tests {
         assert!(c.flush(Some(T)).expect("flush"));
         c.close().expect("close");
         server.join().expect("server");
+    }
+
+    #[test]
+    fn a_frames_body_length_is_its_wire_length_less_the_prefix() {
+        for body in [
+            0usize,
+            1,
+            126,
+            127,
+            128,
+            16_383,
+            16_384,
+            1 << 20,
+            (1 << 21) - 1,
+            1 << 21,
+        ] {
+            let prefix = ringrouter_proto::codec::varint_len(body as u64);
+            assert_eq!(frame_body_len(body + prefix), body, "body {body}");
+        }
     }
 
     #[test]

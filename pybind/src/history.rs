@@ -74,19 +74,52 @@ fn before_id(before: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
         .map_err(|_| PyValueError::new_err("before: a msg_id (int) or a Message"))
 }
 
+/// A page size: `min` (0 or 1) to the router's `--history-page-max` (the router
+/// answers BAD_REQUEST past it); ValueError otherwise, naming `limit` and the range.
+fn page_limit(limit: i64, min: i64) -> PyResult<u32> {
+    match u32::try_from(limit) {
+        Ok(l) if limit >= min => Ok(l),
+        _ => Err(PyValueError::new_err(format!(
+            "limit must be {} to the router's --history-page-max (500 by default){}, got {limit}",
+            min,
+            if min == 0 { "; 0 means 50" } else { "" }
+        ))),
+    }
+}
+
+/// `before_us` of `conversations`: microseconds since the Unix epoch, 0 or more.
+fn timestamp_us(b: &Bound<'_, PyAny>) -> PyResult<u64> {
+    b.extract::<u64>().map_err(|_| {
+        PyValueError::new_err(format!(
+            "before_us must be a timestamp in microseconds since the Unix epoch (an int, 0 or more), got {}",
+            b.repr().map_or_else(|_| "that".into(), |r| r.to_string())
+        ))
+    })
+}
+
 pub(crate) fn history(
     c: &PyClient,
     py: Python<'_>,
     user: Option<String>,
     room: Option<String>,
     before: Option<&Bound<'_, PyAny>>,
-    limit: u32,
+    limit: i64,
 ) -> PyResult<Vec<Py<PyMessage>>> {
+    let limit = page_limit(limit, 0)?;
     let before = before_id(before)?;
     let msgs = match (user, room) {
         (Some(u), None) => c.call(py, |t| t.history_with(&u, before, limit))?,
         (None, Some(r)) => c.call(py, |t| t.room_history(&r, before, limit))?,
-        _ => return Err(PyValueError::new_err("give user= or room=, not both")),
+        (None, None) => {
+            return Err(PyValueError::new_err(
+                "give user= (a direct conversation) or room=: neither was given",
+            ))
+        }
+        (Some(_), Some(_)) => {
+            return Err(PyValueError::new_err(
+                "give user= (a direct conversation) or room=, not both",
+            ))
+        }
     };
     msgs.into_iter()
         .map(|m| Py::new(py, PyMessage { m }))
@@ -96,9 +129,14 @@ pub(crate) fn history(
 pub(crate) fn conversations(
     c: &PyClient,
     py: Python<'_>,
-    limit: u32,
-    before_ts_us: u64,
+    limit: i64,
+    before_us: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Vec<Py<PyConversation>>> {
+    let limit = page_limit(limit, 1)?;
+    let before_ts_us = match before_us {
+        Some(b) if !b.is_none() => timestamp_us(b)?,
+        _ => 0,
+    };
     let cs = c.call(py, |t| t.conversations(limit, before_ts_us))?;
     cs.into_iter()
         .map(|c| {

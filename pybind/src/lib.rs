@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::create_exception;
 use pyo3::exceptions::{
-    PyConnectionError, PyException, PyRuntimeError, PyTimeoutError, PyValueError,
+    PyConnectionError, PyException, PyRuntimeError, PyTimeoutError, PyTypeError, PyValueError,
 };
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
@@ -120,12 +120,89 @@ fn to_pyerr(py: Python<'_>, e: ClientError) -> PyErr {
     }
 }
 
+/// The longest duration an argument may give, in seconds (about 31 years): deadlines
+/// further away than that would overflow the clock.
+const MAX_SECS: f64 = 1e9;
+
+/// `secs` (the argument `what`) as a Duration: ValueError for a negative number, NaN,
+/// or more than [`MAX_SECS`].
 fn duration(what: &str, secs: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(secs).map_err(|_| {
-        PyValueError::new_err(format!(
+    if secs.is_nan() || secs < 0.0 {
+        return Err(PyValueError::new_err(format!(
             "{what} must be a non-negative number of seconds, got {secs}"
+        )));
+    }
+    if secs > MAX_SECS {
+        return Err(PyValueError::new_err(format!(
+            "{what} is too large: at most {MAX_SECS:.0} seconds, got {secs}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A wait limit (`recv`, `flush`): None, or more than [`MAX_SECS`] (`float("inf")`),
+/// waits as long as it takes.
+fn wait_limit(what: &str, secs: Option<f64>) -> PyResult<Option<Duration>> {
+    match secs {
+        Some(s) if s > MAX_SECS => Ok(None),
+        Some(s) => duration(what, s).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The connect / request timeout of a Client (or `register`): more than zero, for
+/// every wait has a limit.
+fn client_timeout(secs: f64) -> PyResult<Duration> {
+    let d = duration("timeout", secs)?;
+    if d.is_zero() {
+        return Err(PyValueError::new_err(format!(
+            "timeout must be more than 0 seconds (the limit of every wait for the router), got {secs}"
+        )));
+    }
+    Ok(d)
+}
+
+/// ValueError for an empty `name` (the argument `what`: a user or a room name).
+fn non_empty(what: &str, name: &Bound<'_, PyString>) -> PyResult<()> {
+    if name.len()? == 0 {
+        return Err(PyValueError::new_err(format!(
+            "{what} must not be empty (a {} name)",
+            if what == "room" { "room" } else { "user" }
+        )));
+    }
+    Ok(())
+}
+
+/// The user names of the iterable `names` (the argument `what`): any iterable of
+/// str but a str itself (whose characters would be taken for names).
+fn user_names(what: &str, names: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    if names.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be an iterable of user names (str), not a str: [{}]?",
+            names.repr()?
+        )));
+    }
+    let it = names.try_iter().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{what} must be an iterable of user names (str), not {}",
+            names
+                .get_type()
+                .name()
+                .map_or_else(|_| "that".into(), |n| n.to_string())
         ))
+    })?;
+    it.map(|name| {
+        let name = name?;
+        name.extract::<String>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "{what} must hold user names (str), not {}",
+                name.get_type()
+                    .name()
+                    .map_or_else(|_| "that".into(), |n| n.to_string())
+            ))
+        })
     })
+    .collect()
 }
 
 /// A message delivered to this session.
@@ -323,8 +400,11 @@ fn incoming(py: Python<'_>, ev: Event) -> PyResult<Option<Py<PyAny>>> {
 /// manager; close() when done. send() queues the message for a writer thread
 /// that batches writes; a reader thread receives, acks and answers heartbeats.
 ///
+/// timeout: seconds, more than 0 (at most 1e9); it also bounds every request waiting
+/// for the router's answer.
+///
 /// reconnect=True: a dropped connection is resumed transparently (send() and recv()
-/// keep working; sends are kept until the router acknowledges them and sent again
+/// keep working, the router's Error announcing the end resumed from is not raised; sends are kept until the router acknowledges them and sent again
 /// if it had not taken them; recv() never returns the same (sender, msg_id) twice);
 /// the reconnects property counts the reconnections.
 #[pyclass(frozen, module = "ringrouter", name = "Client")]
@@ -470,7 +550,7 @@ impl PyClient {
         cfg.password = password;
         cfg.token = token;
         cfg.device = device;
-        cfg.timeout = duration("timeout", timeout)?;
+        cfg.timeout = client_timeout(timeout)?;
         let c = py
             .detach(|| ThreadedClient::connect(addr.as_str(), cfg))
             .map_err(|e| to_pyerr(py, e))?;
@@ -512,6 +592,8 @@ impl PyClient {
     /// (e.g. code "NOT_FOUND": `to` is not a known user; a known user who is
     /// offline has the message stored, and the answer is OK), TimeoutError if none comes
     /// within the client's timeout. ConnectionClosed once the connection is closed.
+    /// ValueError for an empty `to`; RouterError "TOO_LARGE", nothing sent, for a
+    /// frame larger than the router takes (its login answer's max_frame_bytes).
     ///
     /// With ephemeral=True (typing indicators and the like) the message reaches
     /// the live sessions of `to` only: never stored, never redelivered, and it
@@ -525,6 +607,7 @@ impl PyClient {
         wait: bool,
         ephemeral: bool,
     ) -> PyResult<()> {
+        non_empty("to", to)?;
         if ephemeral {
             let to = self.to_text(to)?;
             return social::send_ephemeral(py, &self.c, Target::User(&to), payload, wait);
@@ -541,7 +624,8 @@ impl PyClient {
     ///
     /// Like send(): queued without wait; with wait=True it waits for the
     /// router's answer and raises RouterError if it is not OK (e.g. "NOT_FOUND":
-    /// no such room, "FORBIDDEN": not a member).
+    /// no such room, "FORBIDDEN": not a member). ValueError for an empty `room`;
+    /// RouterError "TOO_LARGE" for a frame larger than the router takes.
     ///
     /// With ephemeral=True the message reaches the members' live sessions only
     /// (see send()).
@@ -554,6 +638,7 @@ impl PyClient {
         wait: bool,
         ephemeral: bool,
     ) -> PyResult<()> {
+        non_empty("room", room)?;
         if ephemeral {
             let room = self.to_text(room)?;
             return social::send_ephemeral(py, &self.c, Target::Room(&room), payload, wait);
@@ -574,22 +659,26 @@ impl PyClient {
     /// RouterError "CONFLICT" if the user exists, "BAD_REQUEST" for a name or
     /// password the router refuses.
     ///
-    /// tls, ca_file and transport as for Client().
+    /// timeout, tls, ca_file and transport as for Client(): TimeoutError if
+    /// connecting or the router's answer takes longer than timeout seconds.
     #[staticmethod]
     #[pyo3(
-        signature = (addr, user, password, *, tls=false, ca_file=None, transport=String::from("tcp")),
-        text_signature = "(addr, user, password, *, tls=False, ca_file=None, transport='tcp')"
+        signature = (addr, user, password, *, timeout=5.0, tls=false, ca_file=None, transport=String::from("tcp")),
+        text_signature = "(addr, user, password, *, timeout=5.0, tls=False, ca_file=None, transport='tcp')"
     )]
+    #[allow(clippy::too_many_arguments)]
     fn register(
         py: Python<'_>,
         addr: String,
         user: String,
         password: String,
+        timeout: f64,
         tls: bool,
         ca_file: Option<std::path::PathBuf>,
         transport: String,
     ) -> PyResult<()> {
         let mut cfg = ClientConfig::new(user.as_str());
+        cfg.timeout = client_timeout(timeout)?;
         cfg.transport = transport::transport(&addr, tls, ca_file, &transport)?;
         py.detach(|| Client::register_with(addr.as_str(), &user, &password, cfg))
             .map(drop)
@@ -598,11 +687,12 @@ impl PyClient {
 
     /// Creates room `name` owned by this user (its first member), protected by
     /// `password` if given, with `members` (user names) as members from the start.
+    /// `members`: any iterable of str (a str itself is a TypeError).
     /// Returns the room's join code. RouterError "CONFLICT" if the name is taken,
     /// "NOT_FOUND" if a member does not exist, "BAD_REQUEST" for more members than
     /// the router's --max-members-per-room. Each member gets an Event "joined".
     #[pyo3(
-        signature = (name, *, password=None, members=Vec::new()),
+        signature = (name, *, password=None, members=None),
         text_signature = "($self, name, *, password=None, members=())"
     )]
     fn create_room(
@@ -610,8 +700,12 @@ impl PyClient {
         py: Python<'_>,
         name: String,
         password: Option<String>,
-        members: Vec<String>,
+        members: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<String> {
+        let members = match members {
+            Some(m) => user_names("members", m)?,
+            None => Vec::new(),
+        };
         let members: Vec<&str> = members.iter().map(String::as_str).collect();
         self.call(py, |c| {
             c.create_room_with(&name, password.as_deref(), &members)
@@ -741,7 +835,7 @@ impl PyClient {
 
     /// Messages of a conversation, oldest first: the direct one with `user`, or a
     /// `room` this user is a member of (else RouterError "FORBIDDEN"); at most `limit`
-    /// (1..500; 0: 50), just before the message `before` (a msg_id or a Message; None:
+    /// (0: 50; up to the router's --history-page-max; negative: ValueError), just before the message `before` (a msg_id or a Message; None:
     /// the newest). Page back with `before=msgs[0]` until a page is empty. Each is a
     /// Message with seq 0.
     #[pyo3(signature = (*, user=None, room=None, before=None, limit=50))]
@@ -751,20 +845,24 @@ impl PyClient {
         user: Option<String>,
         room: Option<String>,
         before: Option<&Bound<'_, PyAny>>,
-        limit: u32,
+        limit: i64,
     ) -> PyResult<Vec<Py<PyMessage>>> {
         history::history(self, py, user, room, before, limit)
     }
 
     /// This user's conversations with a message kept (direct ones and rooms it is a
-    /// member of), newest last message first, at most `limit` (1..500); `before_us`
+    /// member of), newest last message first, at most `limit` (1 to the router's
+    /// --history-page-max; less than 1: ValueError); `before_us`
     /// pages on: only those whose last message is older (`last.timestamp_us`).
-    #[pyo3(signature = (limit=50, *, before_us=0))]
+    #[pyo3(
+        signature = (limit=50, *, before_us=None),
+        text_signature = "($self, limit=50, *, before_us=0)"
+    )]
     fn conversations(
         &self,
         py: Python<'_>,
-        limit: u32,
-        before_us: u64,
+        limit: i64,
+        before_us: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<Py<history::PyConversation>>> {
         history::conversations(self, py, limit, before_us)
     }
@@ -790,6 +888,8 @@ impl PyClient {
 
     /// Sends every payload (bytes) of the iterable `payloads` to `to`, in order
     /// (fire and forget); faster than a send() loop. Returns how many were queued.
+    /// Waits for room in the send buffer without the GIL in slices, checking for
+    /// signals (Ctrl-C) in between; errors as for send().
     fn send_many(
         &self,
         py: Python<'_>,
@@ -797,14 +897,24 @@ impl PyClient {
         payloads: &Bound<'_, PyAny>,
     ) -> PyResult<usize> {
         const CHUNK: usize = 4096;
+        non_empty("to", to)?;
         let to = self.to_text(to)?;
         let mut chunk: Vec<PyBackedBytes> = Vec::with_capacity(CHUNK);
         let mut n = 0;
+        // Queues the chunk, waiting for room without the GIL in slices, checking
+        // for signals (Ctrl-C) in between.
         let mut flush = |chunk: &mut Vec<PyBackedBytes>| -> PyResult<()> {
-            let r = py.detach(|| self.c.send_many(&to, chunk.iter().map(|b| &b[..])));
+            let mut it = chunk.iter().map(|b| &b[..]).peekable();
+            loop {
+                let r = py.detach(|| self.c.send_many_timeout(&to, &mut it, Some(SLICE)));
+                n += r.map_err(|e| to_pyerr(py, e))?;
+                py.check_signals()?;
+                if it.peek().is_none() {
+                    break;
+                }
+            }
             chunk.clear();
-            n += r.map_err(|e| to_pyerr(py, e))?;
-            py.check_signals()
+            Ok(())
         };
         for p in payloads.try_iter()? {
             chunk.push(p?.extract::<PyBackedBytes>()?);
@@ -822,10 +932,7 @@ impl PyClient {
     /// `timeout` seconds passed first (None: no limit).
     #[pyo3(signature = (timeout=None))]
     fn flush(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
-        let deadline = match timeout {
-            Some(t) => Some(Instant::now() + duration("timeout", t)?),
-            None => None,
-        };
+        let deadline = wait_limit("timeout", timeout)?.map(|t| Instant::now() + t);
         loop {
             let slice = match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()).min(SLICE),
@@ -851,10 +958,7 @@ impl PyClient {
     /// and every message received before it was returned.
     #[pyo3(signature = (timeout=None))]
     fn recv(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<PyAny>>> {
-        let timeout = match timeout {
-            Some(t) => Some(duration("timeout", t)?),
-            None => None,
-        };
+        let timeout = wait_limit("timeout", timeout)?;
         // Fast path, GIL held: something already received.
         loop {
             match self.c.try_recv_event() {

@@ -34,6 +34,9 @@ pub(crate) fn transport(
 /// trusted or not valid for the host: rustls's "invalid peer certificate") or
 /// `ssl.SSLError` (anything else, a CA file that cannot be used included): both are
 /// `OSError`s, as for Python's own `ssl` module.
+///
+/// Built as `ssl` builds them, from `(errno, message)` (errno `ssl.SSL_ERROR_SSL`):
+/// `str(err)` is then the message (`err.strerror`), not the tuple of the arguments.
 pub(crate) fn tls_error(py: Python<'_>, why: &str) -> PyErr {
     let name = if why.contains("invalid peer certificate") {
         "SSLCertVerificationError"
@@ -41,11 +44,10 @@ pub(crate) fn tls_error(py: Python<'_>, why: &str) -> PyErr {
         "SSLError"
     };
     let msg = format!("TLS error: {why}");
-    match py
-        .import("ssl")
-        .and_then(|m| m.getattr(name))
-        .and_then(|cls| cls.call1((msg.clone(),)))
-    {
+    match py.import("ssl").and_then(|m| {
+        let errno = m.getattr("SSL_ERROR_SSL")?;
+        m.getattr(name)?.call1((errno, msg.clone()))
+    }) {
         Ok(exc) => PyErr::from_value(exc),
         Err(_) => pyo3::exceptions::PyOSError::new_err(msg),
     }

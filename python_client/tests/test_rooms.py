@@ -213,7 +213,8 @@ def test_api_contract() -> None:
     kw = "KEYWORD_ONLY"
     transport_kw = [("tls", kw, False), ("ca_file", kw, None), ("transport", kw, "tcp")]
     assert params(C.register) == [
-        ("addr", pos, None), ("user", pos, None), ("password", pos, None), *transport_kw,
+        ("addr", pos, None), ("user", pos, None), ("password", pos, None),
+        ("timeout", kw, 5.0), *transport_kw,
     ]
     assert params(C.create_room) == [
         ("name", pos, None), ("password", kw, None), ("members", kw, ()),

@@ -170,12 +170,16 @@ def test_a_certificate_not_trusted_is_refused(
         with pytest.raises(ssl.SSLCertVerificationError) as e:
             ringrouter.Client(addr, user("mallory"), tls=True, **kw)  # type: ignore[arg-type]
         assert "certificate" in str(e.value), str(e.value)
+        # The plain message, as Python's own ssl errors print (not a tuple of args).
+        assert str(e.value).startswith("TLS error: "), str(e.value)
+        assert e.value.strerror == str(e.value)
         assert isinstance(e.value, OSError)
     # A CA file that does not exist, or holds no certificate: a clear TLS error naming
     # it, not a verification failure (which names the router's certificate).
     with pytest.raises(ssl.SSLError, match="nonexistent") as e:
         ringrouter.Client(tls_router.addr, user("m"), tls=True, ca_file="/nonexistent/ca.pem")
     assert not isinstance(e.value, ssl.SSLCertVerificationError)
+    assert str(e.value).startswith("TLS error: "), str(e.value)
     empty = tmp_path / "empty.pem"
     empty.write_text("not a certificate\n")
     with pytest.raises(ssl.SSLError, match="empty.pem") as e:

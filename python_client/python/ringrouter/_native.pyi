@@ -289,7 +289,9 @@ class Client:
     connects to ``addr`` (``"host:port"``) and logs in; it raises :class:`AuthError`
     if the router refuses the login, :class:`TimeoutError` if connecting or logging
     in takes longer than ``timeout`` seconds, and :class:`OSError` (e.g.
-    :class:`ConnectionRefusedError`) if the router cannot be reached.
+    :class:`ConnectionRefusedError`) if the router cannot be reached. ``timeout``
+    (seconds, more than 0 and at most 1e9, else :class:`ValueError`) also bounds every
+    request that waits for the router's answer (``wait=True``, rooms, history, ...).
 
     Transports: ``tls=True`` connects over TLS (a router started with
     ``--tls-cert``/``--tls-key``) and verifies the router's certificate against
@@ -319,7 +321,10 @@ class Client:
     With ``reconnect=True`` a dropped connection is resumed transparently:
     :meth:`send` and :meth:`recv` keep working while the client reconnects (backoff
     from 20 ms doubling to 2 s, for up to 60 s; then :class:`ConnectionClosed`) and
-    logs in again with the router's resume token. Messages sent without ``wait`` are
+    logs in again with the router's resume token; the router's Error frame that announces
+    the end it resumes from (``UNAVAILABLE`` "shutting down", a heartbeat ``TIMEOUT``,
+    ``SLOW_CONSUMER``) is not raised by :meth:`recv` (it is if the client gives up).
+    Messages sent without ``wait`` are
     kept until the router acknowledges them and sent again if it had not taken them
     (the router drops copies), so nothing is lost; up to 4 MiB of them are kept, and
     past that :meth:`send` waits for the router. :meth:`recv` never returns the same
@@ -372,6 +377,14 @@ class Client:
         offline has the message stored, and the answer is OK), :class:`TimeoutError` if
         none comes in time.
 
+        ``to`` must not be empty (:class:`ValueError`). A message whose frame is larger
+        than the router takes (``max_frame_bytes`` of its login answer: 1 MiB by
+        default) raises :class:`RouterError` ``"TOO_LARGE"`` at once, with or without
+        ``wait``, and nothing is sent (the router would close the connection); one
+        within the frame but over the router's ``--max-payload-bytes`` is refused by
+        the router (``"TOO_LARGE"`` too: raised with ``wait=True``, else from
+        :meth:`recv`).
+
         With ``ephemeral=True`` (typing indicators and the like) it reaches the live
         sessions of ``to`` only: never stored or redelivered, no copy for the other
         devices; it arrives as a :class:`Message` with ``ephemeral=True`` and
@@ -383,6 +396,12 @@ class Client:
         """Sends every payload of ``payloads`` to ``to`` (fire and forget), in order.
 
         Faster than calling :meth:`send` in a loop. Returns how many were queued.
+        Like :meth:`send` without ``wait``, it blocks while the send buffer is full
+        (the router reads more slowly) and sees signals meanwhile (Ctrl-C raises
+        :class:`KeyboardInterrupt`; what was queued before stays queued).
+        ``to`` must not be empty (:class:`ValueError`); a payload too large for the
+        router's frame raises :class:`RouterError` ``"TOO_LARGE"`` (see
+        :meth:`send`) and neither it nor the ones after it are sent.
         """
     def send_room(
         self, room: str, payload: bytes, *, wait: bool = False, ephemeral: bool = False
@@ -394,7 +413,9 @@ class Client:
         router's answer and raises :class:`RouterError` if it is not OK (e.g.
         ``"NOT_FOUND"``: no such room, ``"FORBIDDEN"``: not a member).
         With ``ephemeral=True`` it reaches the members' live sessions only (see
-        :meth:`send`).
+        :meth:`send`). ``room`` must not be empty (:class:`ValueError`); a payload too
+        large for the router's frame raises :class:`RouterError` ``"TOO_LARGE"``
+        before anything is sent (see :meth:`send`).
         """
     @staticmethod
     def register(
@@ -402,6 +423,7 @@ class Client:
         user: str,
         password: str,
         *,
+        timeout: float = 5.0,
         tls: bool = False,
         ca_file: Optional[Union[str, "PathLike[str]"]] = None,
         transport: Literal["tcp", "ws"] = "tcp",
@@ -411,8 +433,9 @@ class Client:
         Uses a connection of its own, closed again; log in afterwards with
         ``Client(addr, user, password=password)``. Raises :class:`RouterError` with
         ``code == "CONFLICT"`` if the user exists, ``"BAD_REQUEST"`` for a name or
-        password the router does not accept. ``tls``, ``ca_file`` and ``transport``
-        as for :class:`Client`.
+        password the router does not accept, :class:`TimeoutError` if connecting or
+        the router's answer takes longer than ``timeout`` seconds. ``timeout``,
+        ``tls``, ``ca_file`` and ``transport`` as for :class:`Client`.
         """
     def create_room(
         self, name: str, *, password: Optional[str] = None, members: Iterable[str] = ()
@@ -420,7 +443,9 @@ class Client:
         """Creates room ``name``, owned by this user (its first member), protected
         by ``password`` if given, with ``members`` as members from the start. Returns
         the room's join code. Each initial member gets an :class:`Event` ``"joined"``
-        naming itself (at its next login if it is offline).
+        naming itself (at its next login if it is offline). ``members`` is any iterable
+        of user names (a list, tuple, set, generator, ...); a ``str`` itself, or an item
+        that is not one, is a :class:`TypeError`.
 
         Raises :class:`RouterError` ``"CONFLICT"`` if the name is taken,
         ``"NOT_FOUND"`` if a member does not exist, ``"RATE_LIMITED"`` if a member is
@@ -522,16 +547,20 @@ class Client:
 
         ``before``: a ``msg_id`` (or a :class:`Message`) of the conversation; the page
         ends just before it (``None``: the newest messages). ``RouterError`` ``NOT_FOUND``
-        if it is not in the history kept. ``limit``: 1 to 500 (0: 50; more is
-        ``BAD_REQUEST``). Page back with ``before=page[0]`` until a page is empty.
+        if it is not in the history kept. ``limit``: 1 to the router's
+        ``--history-page-max`` (500 by default; more is ``BAD_REQUEST``), 0: 50; a
+        negative one is a :class:`ValueError`. Page back with ``before=page[0]`` until a page is empty.
         Each is a :class:`Message` with ``seq`` 0. The router keeps the last
         ``--history-per-conversation`` messages (10 000) per conversation."""
     def conversations(self, limit: int = 50, *, before_us: int = 0) -> List[Conversation]:
         """This user's conversations with a message kept (direct ones, and rooms it is a
-        member of), newest last message first, at most ``limit`` (1 to 500).
+        member of), newest last message first, at most ``limit`` (1 to the router's
+        ``--history-page-max``, 500 by default; less than 1 is a :class:`ValueError`,
+        more ``BAD_REQUEST``).
 
         ``before_us`` pages on: only conversations whose last message is older than it
-        (pass the last one's ``last.timestamp_us``)."""
+        (pass the last one's ``last.timestamp_us``; 0: from the newest; negative: a
+        :class:`ValueError`)."""
     def list_users(self, pattern: str = "*") -> List[str]:
         """User names matching the glob ``pattern`` (``*`` any run, ``?`` one
         character), in byte order, at most the router's page size of them."""
@@ -546,7 +575,8 @@ class Client:
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Waits until everything sent so far is written to the socket.
 
-        Returns ``False`` if ``timeout`` seconds passed first (``None``: no limit).
+        Returns ``False`` if ``timeout`` seconds passed first (``None``, or
+        ``float("inf")``: no limit).
         """
     def recv(
         self, timeout: Optional[float] = None
@@ -554,8 +584,8 @@ class Client:
         """The next message, :class:`Event` for a room event, :class:`Receipt` for a
         read receipt, :class:`ContactEvent` for a change to the contact list or
         :class:`Presence` for a contact's presence, waiting up to
-        ``timeout`` seconds (``None``: forever). Both come in the order the router
-        sent them.
+        ``timeout`` seconds (``None``, or ``float("inf")``: forever). Both come in the
+        order the router sent them.
 
         Returns ``None`` on timeout (``timeout=0`` polls). Raises
         :class:`RouterError` when the router reports an error about this session

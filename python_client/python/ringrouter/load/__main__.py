@@ -17,6 +17,39 @@ from typing import List, Optional, TextIO
 from . import LoadReport, run
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer of 1 or more (argparse names the flag)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return n
+
+
+def _non_negative_int(text: str) -> int:
+    """An argparse type: an integer of 0 or more (argparse names the flag)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer of 0 or more, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer of 0 or more, got {text!r}")
+    return n
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number more than 0 (argparse names the flag)."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not (0 < x < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return x
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m ringrouter.load",
@@ -30,24 +63,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tls", action="store_true",
                    help="connect over TLS, verifying the router's certificate (--ca-file or the built-in roots)")
     p.add_argument("--ca-file", default=None, metavar="PEM", help="with --tls: the certificates to trust")
-    p.add_argument("--pairs", type=int, default=16, help="sender/receiver pairs (default %(default)s)")
-    p.add_argument("--size", type=int, default=64, help="payload bytes (default %(default)s)")
+    p.add_argument("--pairs", type=_positive_int, default=16, help="sender/receiver pairs (default %(default)s)")
+    p.add_argument("--size", type=_positive_int, default=64, help="payload bytes (default %(default)s)")
     p.add_argument(
         "--messages",
-        type=int,
+        type=_positive_int,
         default=None,
         help="messages to send in total (default 1000000, or unlimited with --duration)",
     )
-    p.add_argument("--duration", type=float, default=None, metavar="S",
+    p.add_argument("--duration", type=_positive_float, default=None, metavar="S",
                    help="send for S seconds instead of a message count (--messages is ignored)")
-    p.add_argument("--fanout", type=int, default=None, metavar="M", help="one sender to M receivers")
-    p.add_argument("--rate", type=float, default=None, metavar="R", help="paced total send rate, msgs/s")
-    p.add_argument("--window", type=int, default=None, help="most messages in flight per pair")
-    p.add_argument("--threads", type=int, default=None, help="engine threads (default: one per core)")
+    p.add_argument("--fanout", type=_positive_int, default=None, metavar="M", help="one sender to M receivers")
+    p.add_argument("--rate", type=_positive_float, default=None, metavar="R", help="paced total send rate, msgs/s")
+    p.add_argument("--window", type=_positive_int, default=None, help="most messages in flight per pair")
+    p.add_argument("--threads", type=_non_negative_int, default=None,
+                   help="engine threads (default or 0: one per core)")
     p.add_argument("--user-prefix", default=None, metavar="P",
                    help="prefix of the run's user names (default: one per process); fixing it "
                    "fixes which shards the senders and receivers live on")
-    p.add_argument("--server-pid", type=int, default=None, metavar="PID",
+    p.add_argument("--server-pid", type=_positive_int, default=None, metavar="PID",
                    help="the router's pid (on this machine): report its CPU over the run (server_cpu_s)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--plot", metavar="OUT.png", default=None, help="write a PNG of msgs/s over time and latencies")
