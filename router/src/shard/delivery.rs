@@ -166,13 +166,10 @@ impl Shard {
         overflowed: &mut Vec<SessionKey>,
     ) {
         let skip = self.skip_key(skip);
-        let mut sink = Sink::new(
-            &self.bounds,
-            self.store.is_some(),
-            remote_sender,
-            skip,
-            blocked,
-        );
+        // A copy on this frame: the pass reads each bound at a fixed stack offset, not
+        // through the shard's pointer reloaded for each session.
+        let bounds = self.bounds;
+        let mut sink = Sink::new(&bounds, self.store.is_some(), remote_sender, skip, blocked);
         // The sessions of a room are all over memory and each delivery writes to two
         // lines no cache holds (its queue's tail, its retention entry): those of the
         // session two ahead are asked for now, its struct's four ahead.
