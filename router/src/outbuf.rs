@@ -839,6 +839,58 @@ mod tests {
         assert_eq!(Rc::strong_count(&m), 1);
     }
 
+    /// Small room messages (whole frame at most `WHOLE` bytes) are copied in one
+    /// fixed-size move: every frame comes out exact, back to back (nothing of the move's
+    /// tail left in between), with its session's seq, and counted as copied.
+    #[test]
+    fn small_fanned_frames_are_copied_whole_and_exact() {
+        let mut q = OutBuf::default();
+        let (mut want, mut fits, mut copied) = (Vec::new(), 0, 0u64);
+        for size in 0..=130usize {
+            let payload = Bytes::from((0..size).map(|i| i as u8 ^ 0x5a).collect::<Vec<_>>());
+            let m = lobby_msg(&payload, size as u64, 1_000 + size as u64);
+            fits += usize::from(m.whole_len != 0);
+            for seq in [
+                size as u64 + 1,
+                300_000,
+                TEMPLATE_MAX_SEQ,
+                TEMPLATE_MAX_SEQ + 1,
+            ] {
+                q.push_fanned(&m, seq, 256);
+                want.push((seq, payload.clone(), size as u64));
+                copied += size as u64;
+            }
+            // A frame pushed by another writer right after: not overwritten.
+            q.push_frame(&ServerFrame {
+                kind: Some(server_frame::Kind::Pong(Pong { nonce: 7 })),
+            });
+        }
+        assert!(
+            fits > 60,
+            "the small ones take the whole-frame copy: {fits}"
+        );
+        assert_eq!((q.copied_bytes, q.zero_copy_bytes), (copied, 0));
+        let total = q.len();
+        let batch = q.take(None);
+        let bytes = gather(&batch);
+        assert_eq!(bytes.len(), total);
+        let mut stream = BytesMut::from(&bytes[..]);
+        let mut got = Vec::new();
+        while let Some(f) = next_frame(&mut stream, 1 << 20).unwrap() {
+            match decode_server(f).unwrap().kind {
+                Some(server_frame::Kind::Deliver(d)) => {
+                    assert_eq!((d.from_user.as_str(), d.to_room.as_str()), ("ann", "lobby"));
+                    assert_eq!(d.server_ts_us, 1_000 + d.msg_id);
+                    got.push((d.seq, d.payload, d.msg_id));
+                }
+                Some(server_frame::Kind::Pong(p)) => assert_eq!(p.nonce, 7),
+                k => panic!("unexpected {k:?}"),
+            }
+        }
+        assert!(stream.is_empty(), "a partial frame");
+        assert_eq!(got, want);
+    }
+
     /// A copied payload goes out right after its header, each copy with its session's seq.
     #[test]
     fn fanned_deliveries_with_copied_payloads_are_whole_frames() {

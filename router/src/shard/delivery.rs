@@ -203,7 +203,10 @@ impl Shard {
         }
         for (x, &j) in over.iter().enumerate() {
             // One per member, its last (as when a member's sessions were a pass).
-            if over.get(x + 1).is_none_or(|&next| member(next) != member(j)) {
+            if over
+                .get(x + 1)
+                .is_none_or(|&next| member(next) != member(j))
+            {
                 overflowed.push(keys[j]);
             }
         }
@@ -870,4 +873,31 @@ fn deliver_keys(
         sink.one(sessions, k, &m);
     }
     sink.d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missed_members;
+
+    /// A member is absent when every one of its sessions missed the message; members
+    /// with some session that took it are not.
+    #[test]
+    fn missed_members_are_those_all_of_whose_sessions_missed() {
+        // Members: 0 → keys 0..2, 1 → none, 2 → 2..3, 3 → 3..6, 4 → 6..7.
+        let spans = [(0, 2), (2, 2), (2, 3), (3, 6), (6, 7)];
+        let member = |j: usize| spans.partition_point(|&(_, b)| b as usize <= j);
+        assert_eq!(
+            (0..7).map(member).collect::<Vec<_>>(),
+            [0, 0, 2, 3, 3, 3, 4]
+        );
+        assert_eq!(missed_members(&[], &spans, member), Vec::<usize>::new());
+        assert_eq!(missed_members(&[1], &spans, member), Vec::<usize>::new());
+        assert_eq!(missed_members(&[0, 1], &spans, member), [0]);
+        assert_eq!(missed_members(&[1, 2, 3, 5, 6], &spans, member), [2, 4]);
+        assert_eq!(missed_members(&[3, 4, 5], &spans, member), [3]);
+        assert_eq!(
+            missed_members(&[0, 1, 2, 3, 4, 5, 6], &spans, member),
+            [0, 2, 3, 4]
+        );
+    }
 }
