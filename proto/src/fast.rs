@@ -662,11 +662,17 @@ impl DeliverTemplate {
     /// copy starts). `seq` must be at most [`TEMPLATE_MAX_SEQ`].
     #[inline]
     pub fn put_seq(&self, header: &mut [u8], seq: u64) {
+        header[self.seq_at..self.seq_at + SEQ_SLOT].copy_from_slice(&Self::seq_slot(seq));
+    }
+
+    /// The bytes of the seq slot for `seq` (at most [`TEMPLATE_MAX_SEQ`]): the five
+    /// 7-bit groups in five bytes, continuation bits on all but the last (a padded
+    /// varint), computed without a loop.
+    #[inline(always)]
+    pub fn seq_slot(seq: u64) -> [u8; SEQ_SLOT] {
         debug_assert!(seq <= TEMPLATE_MAX_SEQ);
-        // The five 7-bit groups in five bytes, continuation bits on all but the last (a
-        // padded varint): one 5-byte store, no loop.
-        let bytes = (spread7(seq & TEMPLATE_MAX_SEQ) | 0x8080_8080).to_le_bytes();
-        header[self.seq_at..self.seq_at + SEQ_SLOT].copy_from_slice(&bytes[..SEQ_SLOT]);
+        let b = (spread7(seq & TEMPLATE_MAX_SEQ) | 0x8080_8080).to_le_bytes();
+        [b[0], b[1], b[2], b[3], b[4]]
     }
 }
 

@@ -146,15 +146,18 @@ impl Shard {
     }
 
     /// A room message to every session of its members here, `keys` (member `i`'s sessions
-    /// are `keys[spans[i]]`): one pass with the bounds read once per message, not once
-    /// per member. Members with no session here (their offline copy is the caller's)
-    /// go to `absent`, sessions past a bound to `overflowed` (the caller closes them
-    /// once the pass is done).
+    /// are `keys[spans[i]]`; `empty`: the members with none, in order): one pass over the
+    /// sessions with the bounds read once per message, not once per member. Members
+    /// with no session here, or whose sessions are all gone or closing (their offline
+    /// copy is the caller's), go to `absent` in member order; the last session of each
+    /// member that went past a bound to `overflowed` (the caller closes them once the
+    /// pass is done).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn deliver_fan(
         &mut self,
         keys: &[SessionKey],
         spans: &[(u32, u32)],
+        empty: &[u32],
         m: Outgoing<'_>,
         remote_sender: Option<SessionId>,
         skip: Option<SessionId>,
@@ -163,13 +166,10 @@ impl Shard {
         overflowed: &mut Vec<SessionKey>,
     ) {
         let skip = self.skip_key(skip);
-        let mut sink = Sink::new(
-            &self.bounds,
-            self.store.is_some(),
-            remote_sender,
-            skip,
-            blocked,
-        );
+        // A copy on this frame: the pass reads each bound at a fixed stack offset, not
+        // through the shard's pointer reloaded for each session.
+        let bounds = self.bounds;
+        let mut sink = Sink::new(&bounds, self.store.is_some(), remote_sender, skip, blocked);
         // The sessions of a room are all over memory and each delivery writes to two
         // lines no cache holds (its queue's tail, its retention entry): those of the
         // session two ahead are asked for now, its struct's four ahead.
@@ -182,18 +182,32 @@ impl Shard {
                 s.unacked.prefetch_fan_tail();
             }
         };
-        for (i, &(a, b)) in spans.iter().enumerate() {
-            let before = sink.d.n + sink.d.skipped;
-            for j in a as usize..b as usize {
-                let Some(&k) = keys.get(j) else { break };
-                ahead(j, &self.sessions);
-                sink.one(&mut self.sessions, k, &m);
+        // One flat pass (no per-member bookkeeping: most members have one session). The
+        // sessions that did not take it and those past a bound (both rare) are noted by
+        // their index in `keys` and sorted out by member after the pass.
+        let (mut missed, mut over) = (Vec::new(), Vec::new());
+        for (j, &k) in keys.iter().enumerate() {
+            ahead(j, &self.sessions);
+            if !sink.one(&mut self.sessions, k, &m) {
+                missed.push(j);
             }
-            if sink.d.n + sink.d.skipped == before {
-                absent.push(i);
+            if sink.d.overflowed.take().is_some() {
+                over.push(j);
             }
-            if let Some(k) = sink.d.overflowed.take() {
-                overflowed.push(k);
+        }
+        let member = |j: usize| spans.partition_point(|&(_, b)| b as usize <= j);
+        absent.extend(empty.iter().map(|&i| i as usize));
+        if !missed.is_empty() {
+            absent.extend(missed_members(&missed, spans, member));
+            absent.sort_unstable();
+        }
+        for (x, &j) in over.iter().enumerate() {
+            // One per member, its last (as when a member's sessions were a pass).
+            if over
+                .get(x + 1)
+                .is_none_or(|&next| member(next) != member(j))
+            {
+                overflowed.push(keys[j]);
             }
         }
         let d = sink.d;
@@ -652,6 +666,29 @@ impl Shard {
     }
 }
 
+/// The members none of whose sessions took a room message: `missed` holds the indexes
+/// (in the fan's `keys`, ascending) of the sessions that did not, `member` the member of
+/// an index.
+#[cold]
+fn missed_members(
+    missed: &[usize],
+    spans: &[(u32, u32)],
+    member: impl Fn(usize) -> usize,
+) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut x = 0;
+    while let Some(&j) = missed.get(x) {
+        let i = member(j);
+        let (a, b) = spans[i];
+        let n = missed[x..].iter().take_while(|&&j| j < b as usize).count();
+        if n == (b - a) as usize {
+            out.push(i);
+        }
+        x += n;
+    }
+    out
+}
+
 /// What delivering one message to a user's sessions did (see [`deliver_keys`]).
 struct Delivered {
     /// Sessions that got it.
@@ -722,24 +759,25 @@ impl<'b> Sink<'b> {
         }
     }
 
-    /// The message to the session `k` (nothing if it is gone or closing).
+    /// The message to the session `k` (nothing if it is gone or closing). False when
+    /// the session does not count as having it (gone or closing).
     #[inline(always)]
     fn one(
         &mut self,
         sessions: &mut slab::Slab<super::session::Session>,
         k: SessionKey,
         m: &Outgoing<'_>,
-    ) {
+    ) -> bool {
         let Some(s) = sessions.get_mut(k) else {
-            return;
+            return false;
         };
         if s.closing.is_some() {
-            return;
+            return false;
         }
         if self.skip_key == Some((k, s.gen)) {
             // The sending device has it: it counts as a live session of the user.
             self.d.skipped += 1;
-            return;
+            return true;
         }
         if s.loading {
             // The backlog goes first. In sync mode this message is in the queue
@@ -812,6 +850,7 @@ impl<'b> Sink<'b> {
             self.d.overflowed = Some(k);
         }
         self.d.n += 1;
+        true
     }
 }
 
@@ -834,4 +873,31 @@ fn deliver_keys(
         sink.one(sessions, k, &m);
     }
     sink.d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missed_members;
+
+    /// A member is absent when every one of its sessions missed the message; members
+    /// with some session that took it are not.
+    #[test]
+    fn missed_members_are_those_all_of_whose_sessions_missed() {
+        // Members: 0 → keys 0..2, 1 → none, 2 → 2..3, 3 → 3..6, 4 → 6..7.
+        let spans = [(0, 2), (2, 2), (2, 3), (3, 6), (6, 7)];
+        let member = |j: usize| spans.partition_point(|&(_, b)| b as usize <= j);
+        assert_eq!(
+            (0..7).map(member).collect::<Vec<_>>(),
+            [0, 0, 2, 3, 3, 3, 4]
+        );
+        assert_eq!(missed_members(&[], &spans, member), Vec::<usize>::new());
+        assert_eq!(missed_members(&[1], &spans, member), Vec::<usize>::new());
+        assert_eq!(missed_members(&[0, 1], &spans, member), [0]);
+        assert_eq!(missed_members(&[1, 2, 3, 5, 6], &spans, member), [2, 4]);
+        assert_eq!(missed_members(&[3, 4, 5], &spans, member), [3]);
+        assert_eq!(
+            missed_members(&[0, 1, 2, 3, 4, 5, 6], &spans, member),
+            [0, 2, 3, 4]
+        );
+    }
 }

@@ -460,12 +460,16 @@ impl Retained {
     pub fn ack(&mut self, seq: u64) -> u64 {
         let (top, freed) = self.q.drop_through(seq);
         self.bytes -= freed;
-        // Room entries (in seq order): how many go, by a binary search, then one drain
-        // (a room delivery's ack cost 17 instructions of `pop_front` bookkeeping).
+        // Room entries (in seq order): how many go, by a binary search; their bytes
+        // summed over the queue's two slices, then one drain that drops them slice by
+        // slice (iterating the drain cost 19 instructions an entry, its ring index
+        // computed for each).
         let k = self.fan.partition_point(|(s, _)| *s <= seq);
-        for (_, m) in self.fan.drain(..k) {
-            self.bytes -= m.payload.len();
-        }
+        let (x, y) = self.fan.as_slices();
+        let (x, y) = (&x[..k.min(x.len())], &y[..k.saturating_sub(x.len())]);
+        let freed: usize = x.iter().chain(y).map(|(_, m)| m.payload.len()).sum();
+        self.bytes -= freed;
+        self.fan.drain(..k);
         // Names no kept message refers to any more (the last one stays: the next
         // message is most likely from the same sender). Entries without a name (loaded
         // from the store) only come at the front, from a login backlog, so the scan

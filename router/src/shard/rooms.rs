@@ -137,6 +137,8 @@ pub(crate) struct FanResolved {
     /// Per member, its range in `keys`.
     spans: Vec<(u32, u32)>,
     keys: Vec<SessionKey>,
+    /// The members with no session here (an empty span), in order.
+    empty: Vec<u32>,
 }
 
 /// Resolved member lists, by the address of the list.
@@ -1467,16 +1469,20 @@ impl Shard {
     fn fan_resolved(&mut self, users: &Arc<[Bytes]>) -> FanResolved {
         // A stale entry's vectors are refilled: sessions coming and going cost no
         // allocation per room message.
-        let (mut spans, mut keys) = match self.fan_cache.take(users) {
+        let (mut spans, mut keys, mut empty) = match self.fan_cache.take(users) {
             Some(f) if f.gen == self.users_gen => return f,
-            Some(f) => (f.spans, f.keys),
-            None => (Vec::with_capacity(users.len()), Vec::new()),
+            Some(f) => (f.spans, f.keys, f.empty),
+            None => (Vec::with_capacity(users.len()), Vec::new(), Vec::new()),
         };
         spans.clear();
         keys.clear();
-        for u in users.iter() {
+        empty.clear();
+        for (i, u) in users.iter().enumerate() {
             let start = keys.len() as u32;
             keys.extend_from_slice(self.user_session_keys(u));
+            if keys.len() as u32 == start {
+                empty.push(i as u32);
+            }
             spans.push((start, keys.len() as u32));
         }
         FanResolved {
@@ -1484,6 +1490,7 @@ impl Shard {
             gen: self.users_gen,
             spans,
             keys,
+            empty,
         }
     }
 
@@ -1552,6 +1559,7 @@ impl Shard {
             self.deliver_fan(
                 &fan.keys,
                 &fan.spans,
+                &fan.empty,
                 m,
                 Some(sender),
                 Some(sender),
