@@ -40,7 +40,6 @@ pub(crate) mod routes;
 use request::{parse_head, Head, Response};
 use routes::Route;
 
-
 /// Bytes asked of one read.
 const READ_CHUNK: usize = 16 << 10;
 
