@@ -765,6 +765,10 @@ async fn read_layered(
             let mut l = layers.borrow_mut();
             let l = &mut *l;
             let mut raw = std::mem::take(&mut l.raw);
+            if raw.is_empty() && raw.capacity() > 2 * READ_BUF {
+                // (The layers' buffers trade places: one grown past a read is let go.)
+                raw = BytesMut::new();
+            }
             if raw.capacity() - raw.len() < MIN_READ {
                 raw.reserve(READ_BUF);
             }
@@ -774,7 +778,9 @@ async fn read_layered(
             let read = if passes == 1 && l.has_unread() {
                 Ok(usize::MAX)
             } else {
-                recv_into(fd, &mut raw)
+                // At most a read buffer's worth: what one pass decodes, and the
+                // WebSocket input it is appended to, stay that size.
+                recv_at_most(fd, &mut raw, READ_BUF)
             };
             match read {
                 Ok(n) => {

@@ -22,6 +22,10 @@ use ws::{code, Event, Protocol, Violation};
 /// Bytes of control answers (pongs) that may wait to be written; see [`Layers::ingest`].
 const MAX_PENDING_PONGS: usize = 16 * 1024;
 
+/// Capacity of the WebSocket input past which it is reallocated to what it holds (see
+/// [`Layers::ingest`]).
+const INPUT_KEEP: usize = 256 * 1024;
+
 /// The layers of one connection.
 pub(crate) struct Layers {
     /// Bytes read from the socket and not yet taken by TLS.
@@ -217,6 +221,14 @@ impl Layers {
             }
             if let Some(w) = self.ws.as_mut() {
                 w.stopped = stopped;
+                // What decoding leaves is part of a frame; the buffer it sits in is let
+                // go once grown far past it. Appending a read to a buffer whose front was
+                // split off (a fragment's bytes) grows it by the split-off front too:
+                // 1-byte fragments between pings took it to 32 MiB per session, each
+                // growth a copy.
+                if w.input.capacity() > INPUT_KEEP && w.input.len() <= INPUT_KEEP / 4 {
+                    w.input = BytesMut::from(&w.input[..]);
+                }
             }
         }
         // Before Login one message is decoded per call: a TLS close_notify read with
@@ -604,6 +616,44 @@ mod tests {
         let mut wire = BytesMut::new();
         l.take_pending(&mut wire);
         assert_eq!(&wire[2..4], &[0x03, 0xef]);
+    }
+
+    #[test]
+    fn the_websocket_input_kept_between_reads_stays_small() {
+        let mut l = Layers::none();
+        l.start_ws(Protocol::Binary, 1 << 20, BytesMut::new());
+        l.set_max_frame(1 << 20);
+        // Pings, then a message in 1-byte fragments (each split off the input's front),
+        // read in big pieces: the input was appended to with its front split off, and
+        // grew to 32 MiB per session while holding a partial frame.
+        let mut block = Vec::new();
+        for _ in 0..50 {
+            block.extend_from_slice(&[0x89u8, 0xfd, 0, 0, 0, 0]);
+            block.extend_from_slice(&[7u8; 125]);
+        }
+        for i in 0..1000 {
+            let op = if i == 0 { 0x02u8 } else { 0x00 };
+            let fin = if i == 999 { 0x80u8 } else { 0 };
+            block.extend_from_slice(&[op | fin, 0x81, 0, 0, 0, 0, 0x0a]);
+        }
+        let stream: Vec<u8> = block
+            .iter()
+            .copied()
+            .cycle()
+            .take(block.len() * 400)
+            .collect();
+        let mut app = BytesMut::new();
+        let mut messages = 0;
+        for piece in stream.chunks(700_001) {
+            let mut raw = BytesMut::from(piece);
+            assert_eq!(l.ingest(&mut raw, &mut app), Ok(Ingested::More));
+            messages += ringrouter_proto::codec::frames(&app).count();
+            app.clear();
+            let input = &l.ws.as_ref().expect("a WebSocket layer").input;
+            assert!(input.len() < 200, "{} bytes left", input.len());
+            assert!(input.capacity() <= INPUT_KEEP, "{}", input.capacity());
+        }
+        assert_eq!(messages, 400);
     }
 
     #[test]
