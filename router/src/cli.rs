@@ -203,6 +203,11 @@ pub struct Args {
     /// first is forgotten (its resume becomes a normal login).
     #[arg(long, value_name = "N", default_value_t = 100_000, help_heading = LIMITS)]
     pub max_resumable_sessions: usize,
+    /// How long the messages an ended session gave back to its user's offline queue are
+    /// remembered (per shard, at most 262 144 of them): the same messages other devices
+    /// of the user leave unacked in that time are not queued again (0: every copy is).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s", help_heading = LIMITS)]
+    pub requeue_dedup_window: Duration,
     /// Most delivered-but-unacked messages per session; past it the session is closed as a
     /// slow consumer and its unacked messages are queued for its next login.
     #[arg(long, value_name = "N", default_value_t = 262_144, help_heading = LIMITS)]
@@ -399,6 +404,7 @@ impl Args {
             max_connections_per_ip: self.max_connections_per_ip,
             max_sessions_per_user: self.max_sessions_per_user,
             resume_window: self.resume_window,
+            requeue_dedup_window: self.requeue_dedup_window,
             max_resumable_sessions: self.max_resumable_sessions,
             inline_payload_max: self.inline_payload_max,
             auth: self.auth,

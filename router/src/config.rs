@@ -133,6 +133,9 @@ pub struct Config {
     pub resume_window: Duration,
     /// Most ended sessions one shard keeps resumable (the one that ended first goes first).
     pub max_resumable_sessions: usize,
+    /// How long what an ended session gave back to its user's offline queue is
+    /// remembered, so that other devices' copies of it are not queued again (0: off).
+    pub requeue_dedup_window: Duration,
     /// Most delivered-but-unacked messages one session may hold; past it the session is
     /// closed as a slow consumer (its unacked messages go to the offline queue).
     pub max_unacked_per_session: usize,
@@ -287,6 +290,7 @@ impl Default for Config {
             max_unacked_per_session: 262_144,
             max_requests_in_flight: 16,
             resume_window: Duration::from_secs(60),
+            requeue_dedup_window: Duration::from_secs(30),
             max_resumable_sessions: 100_000,
             max_rooms_per_user: 1_000,
             max_members_per_room: 10_000,

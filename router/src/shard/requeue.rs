@@ -45,6 +45,90 @@ use crate::store::{Overflow, QueueCap, StoreError, StoredMsg};
 /// Messages per store request of a requeue.
 const SLICE: usize = 4096;
 
+/// Keys kept in all (a shard's), at most: past it the stale users' are let go (a copy
+/// then goes to the queue as before: the dedup is a saving, never needed for delivery).
+const RECENT_MAX: usize = 1 << 18;
+
+/// The messages ended sessions gave back to their user's offline queue lately, by a
+/// keyed hash of (sender, room, msg_id, router timestamp): the same message delivered to
+/// D devices of a user that all end without acking it is queued once, not D times (each
+/// device that came back got all D copies: 8 devices cut with 50 messages each, one
+/// device back got 400; in a loop of cuts and resumes 3 000 sends became a million
+/// deliveries). A copy another device acked is not in here: only what was given back.
+#[derive(Debug, Default)]
+struct Recent {
+    users: std::collections::HashMap<Bytes, (std::time::Instant, std::collections::HashSet<u64>)>,
+    keys: usize,
+    hasher: std::hash::RandomState,
+}
+
+impl Recent {
+    fn key(&self, from: &[u8], room: &[u8], msg_id: u64, ts_us: u64) -> u64 {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = self.hasher.build_hasher();
+        from.hash(&mut h);
+        room.hash(&mut h);
+        msg_id.hash(&mut h);
+        ts_us.hash(&mut h);
+        h.finish()
+    }
+
+    /// Drops from `unacked` what `user`'s other devices gave back within `window`
+    /// (`--requeue-dedup-window`; zero: nothing), and notes what it keeps.
+    fn dedup(
+        &mut self,
+        user: &Bytes,
+        unacked: &mut Retained,
+        now: std::time::Instant,
+        window: std::time::Duration,
+    ) {
+        if window.is_zero() {
+            return;
+        }
+        let fresh = |at: &std::time::Instant| now.saturating_duration_since(*at) < window;
+        let mut kept = Vec::new();
+        {
+            let empty = std::collections::HashSet::new();
+            let seen = match self.users.get(user) {
+                Some((at, seen)) if fresh(at) => seen,
+                _ => &empty,
+            };
+            let this = &*self;
+            unacked.forget_seen(|f, r, id, ts| this.key(f, r, id, ts), seen, &mut kept);
+        }
+        if kept.is_empty() {
+            return;
+        }
+        if self.keys + kept.len() > RECENT_MAX {
+            let before = self.users.len();
+            self.users.retain(|_, (at, _)| fresh(at));
+            if self.users.len() == before || self.keys_now() + kept.len() > RECENT_MAX {
+                self.users.clear();
+            }
+            self.keys = self.keys_now();
+            if kept.len() > RECENT_MAX {
+                return;
+            }
+        }
+        let e = self
+            .users
+            .entry(user.clone())
+            .or_insert_with(|| (now, Default::default()));
+        if !fresh(&e.0) {
+            self.keys -= e.1.len();
+            e.1.clear();
+        }
+        e.0 = now;
+        let before = e.1.len();
+        e.1.extend(kept);
+        self.keys += e.1.len() - before;
+    }
+
+    fn keys_now(&self) -> usize {
+        self.users.values().map(|(_, s)| s.len()).sum()
+    }
+}
+
 /// Payload bytes per store request of a requeue, at most (one message past it): a
 /// slice of big messages must not fill the store queue by itself.
 const SLICE_BYTES: usize = 4 << 20;
@@ -169,6 +253,8 @@ struct UserRequeues {
 #[derive(Debug, Default)]
 pub struct Requeues {
     users: std::collections::HashMap<Bytes, UserRequeues>,
+    /// What ended sessions gave back lately, per user (see [`Recent`]).
+    recent: Recent,
     /// Users in the order their turns come: (user, turn). An entry whose turn is not the
     /// user's any more (they were moved to the front, or their requeues are gone) is
     /// skipped, and such entries are swept out once they are half of the line.
@@ -303,6 +389,11 @@ impl Shard {
         let mut unacked = unacked;
         // Entries in the store already are never stored again: they count for nothing.
         unacked.forget_stored();
+        // Nor are copies another device of the user gave back already.
+        let window = self.cfg.requeue_dedup_window;
+        self.requeues
+            .recent
+            .dedup(&user, &mut unacked, std::time::Instant::now(), window);
         // An account being deleted gets nothing back (its deletion may be in the store's
         // queue already, and a Register of the name behind it).
         if (unacked.is_empty() && deferred.is_empty())
@@ -677,5 +768,69 @@ mod tests {
         }
         assert_eq!(shed, 1_003);
         assert_eq!(r.weight, 0);
+    }
+}
+
+#[cfg(test)]
+mod dedup_tests {
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+
+    use super::{Recent, Retained};
+    use crate::shard::retention::Outgoing;
+
+    /// A session's unacked messages `ids` from `from` (payloads of 100 bytes, shared).
+    fn unacked(from: &str, ids: std::ops::Range<u64>) -> Retained {
+        let (from, room) = (Bytes::from(from.to_owned()), Bytes::new());
+        let payload = Bytes::from(vec![1u8; 100]);
+        let mut r = Retained::default();
+        for (seq, id) in ids.enumerate() {
+            r.push(
+                seq as u64 + 1,
+                &Outgoing {
+                    from_user: &from,
+                    to_room: &room,
+                    payload: &payload,
+                    msg_id: id,
+                    ts_us: 1_000 + id,
+                    store_seq: 0,
+                    fanned: None,
+                },
+            );
+        }
+        r
+    }
+
+    /// What one device gave back is not given back again by another within the window;
+    /// other messages, other senders, other users, a window passed or off are.
+    #[test]
+    fn copies_other_devices_gave_back_are_dropped_within_the_window() {
+        let (w, now) = (Duration::from_secs(30), Instant::now());
+        let (u, v) = (Bytes::from_static(b"u"), Bytes::from_static(b"v"));
+        let mut recent = Recent::default();
+        let mut a = unacked("s", 0..10);
+        recent.dedup(&u, &mut a, now, w);
+        assert_eq!(
+            (a.len(), a.bytes()),
+            (10, 1000),
+            "the first copy stays whole"
+        );
+        let mut b = unacked("s", 5..15);
+        recent.dedup(&u, &mut b, now, w);
+        assert_eq!((b.len(), b.bytes()), (5, 500), "5..10 dropped, 10..15 kept");
+        let mut c = unacked("t", 0..10);
+        recent.dedup(&u, &mut c, now, w);
+        assert_eq!(c.len(), 10, "another sender's ids are other messages");
+        let mut d = unacked("s", 0..10);
+        recent.dedup(&v, &mut d, now, w);
+        assert_eq!(d.len(), 10, "another user's queue");
+        let mut e = unacked("s", 0..15);
+        recent.dedup(&u, &mut e, now + w, w);
+        assert_eq!(e.len(), 15, "the window passed");
+        let mut f = unacked("s", 0..15);
+        recent.dedup(&u, &mut f, now + w, Duration::ZERO);
+        assert_eq!(f.len(), 15, "off");
+        assert_eq!(recent.keys, recent.keys_now());
     }
 }

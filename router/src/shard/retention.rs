@@ -507,6 +507,49 @@ impl Retained {
         self.pop_oldest(n, false, usize::MAX);
     }
 
+    /// Forgets the messages whose key (`key(from_user, to_room, msg_id, ts_us)`) is in
+    /// `seen`: copies of messages another device of the user gave back already (see
+    /// `Shard::requeue`). The keys of those it keeps go to `kept`.
+    pub fn forget_seen(
+        &mut self,
+        key: impl Fn(&[u8], &[u8], u64, u64) -> u64,
+        seen: &std::collections::HashSet<u64>,
+        kept: &mut Vec<u64>,
+    ) {
+        let mut freed = 0usize;
+        let names = &self.names;
+        let base = self.names_base;
+        self.q.retain(|u| {
+            let idx = u.name.saturating_sub(base) as usize;
+            let (from, room) = names
+                .get(idx)
+                .map_or((&[][..], &[][..]), |(f, r)| (&f[..], &r[..]));
+            let k = key(from, room, u.msg_id, u.ts_us);
+            if seen.contains(&k) {
+                freed += u.payload.len();
+                false
+            } else {
+                kept.push(k);
+                true
+            }
+        });
+        self.fan.retain(|(_, m)| {
+            let k = key(&m.from_user, &m.to_room, m.msg_id, m.ts_us);
+            if seen.contains(&k) {
+                freed += m.payload.len();
+                false
+            } else {
+                kept.push(k);
+                true
+            }
+        });
+        self.bytes -= freed;
+        if self.q.is_empty() {
+            self.names.clear();
+            self.names_base = 0;
+        }
+    }
+
     /// Forgets the messages that are in the store (they are removed from it by acks,
     /// never stored again).
     pub fn forget_stored(&mut self) {

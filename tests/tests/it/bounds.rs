@@ -1322,6 +1322,9 @@ fn the_unacked_messages_of_many_ending_devices_are_requeued_within_the_ceiling()
         "64KiB",
         "--history-per-conversation",
         "0",
+        // Every device's copy given back (the volume this test needs).
+        "--requeue-dedup-window",
+        "0",
     ]);
     // Every device reads what comes (a queue over its bound would be cut), acks nothing.
     let (mut poster, devices) = hoarding_devices(&r, DEVICES, MSGS);
@@ -1683,6 +1686,9 @@ fn a_login_behind_waiting_requeues_does_not_put_them_in_the_store_queue_at_once(
         "--max-store-queue-bytes",
         "256KiB",
         "--history-per-conversation",
+        "0",
+        // Every device's copy given back (the volume this test needs).
+        "--requeue-dedup-window",
         "0",
     ]);
     let (_poster, devices) = hoarding_devices(&r, DEVICES, MSGS);

@@ -547,3 +547,51 @@ fn message_ids_never_repeat_across_a_restart() {
         "before {before:x?}, after {after:x?}"
     );
 }
+
+/// The same messages delivered to several devices of a user that all end without acking
+/// them go to the user's offline queue once, not once per device: the device that comes
+/// back gets each once (it got every device's copy, 4 × 20).
+#[test]
+fn what_several_devices_leave_unacked_is_queued_once() {
+    use ringrouter_proto::v1::Login;
+    let r = RouterProc::start(&["--shards", "1"]);
+    let login = |device: &str| {
+        let mut c = r.raw();
+        let lr = c.login_with(Login {
+            request_id: 1,
+            user: "dup-u".into(),
+            device: device.into(),
+            ..Default::default()
+        });
+        assert_eq!(lr.status, Status::Ok as i32, "{lr:?}");
+        c
+    };
+    let mut devices: Vec<Raw> = (0..4).map(|i| login(&format!("d{i}"))).collect();
+    let mut sender = r.raw_login("dup-sender");
+    for i in 0..20u64 {
+        sender.send_to("dup-u", format!("m{i}").as_bytes(), 100 + i);
+    }
+    for d in &mut devices {
+        assert_eq!(d.delivers(20, T).len(), 20);
+    }
+    drop(devices);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut back = login("d0");
+    let got: Vec<Vec<u8>> = back
+        .delivers(20, T)
+        .into_iter()
+        .map(|d| d.payload.to_vec())
+        .collect();
+    let want: Vec<Vec<u8>> = (0..20).map(|i| format!("m{i}").into_bytes()).collect();
+    assert_eq!(got, want, "each message once, in order");
+    loop {
+        match back.next(Duration::from_millis(800)) {
+            Err(ringrouter_tests::ReadEnd::Timeout) => break,
+            Ok(f) => assert!(
+                !matches!(f.kind, Some(S::Deliver(_))),
+                "a copy came again: {f:?}"
+            ),
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+}
