@@ -6,12 +6,12 @@
 
 use std::rc::Rc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use prost::Message;
 use ringrouter_proto::codec::encode_frame;
 use ringrouter_proto::fast::{
-    put_deliver_header_bytes, DeliverStamp, DeliverTemplate, DELIVER_HEADER_ROOM, SEQ_SLOT,
-    TEMPLATE_MAX_SEQ,
+    copy_short, put_deliver_header_bytes, DeliverStamp, DeliverTemplate, DELIVER_HEADER_ROOM,
+    SEQ_SLOT, TEMPLATE_MAX_SEQ,
 };
 
 /// Smallest allocation of the contiguous write buffer of a busy session.
@@ -238,8 +238,28 @@ impl OutBuf {
         );
         let before = self.data.len();
         put_deliver_header_bytes(&mut self.data, stamp, payload.len());
-        self.len += self.data.len() - before;
-        self.push_payload(payload, inline, || Part::Bytes(payload.clone()));
+        self.len += self.data.len() - before + payload.len();
+        if inline {
+            // (Room was made above for the header and the payload; this check, which
+            // never grows the buffer then, is what the copy's safety rests on.)
+            self.ensure(payload.len());
+            let at = self.data.len();
+            // SAFETY: `ensure` just left at least `payload.len()` bytes of spare
+            // capacity; the length covers them once written. The payload is not in
+            // `data` (another buffer: the sender's).
+            unsafe {
+                let dst = self.data.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+                copy_short(payload.as_ptr(), dst, payload.len());
+                self.data.set_len(at + payload.len());
+            }
+            self.copied_bytes += payload.len() as u64;
+        } else {
+            self.segs.push(Seg {
+                local_end: self.data.len(),
+                payload: Part::Bytes(payload.clone()),
+            });
+            self.zero_copy_bytes += payload.len() as u64;
+        }
     }
 
     /// Appends the Deliver of a room message with this session's `seq`: the shard's
@@ -269,7 +289,7 @@ impl OutBuf {
             self.data.set_len(start + header.len() + copied);
         }
         m.header.put_seq(&mut self.data[start..], seq);
-        // Counted here as `push_payload` counts: through a helper shared with it, a
+        // Counted here as `push_deliver` counts: through a helper shared with it, a
         // delivery cost 8 instructions more (`bench/ir.sh`, fan-out 1 → 64).
         self.len += header.len() + m.payload.len();
         if inline {
@@ -321,22 +341,6 @@ impl OutBuf {
             msg_id: m.msg_id,
         };
         self.push_deliver(&stamp, &m.payload, inline_max);
-    }
-
-    /// The payload after its header: copied (`inline`), or queued by reference.
-    #[inline]
-    fn push_payload(&mut self, payload: &[u8], inline: bool, by_ref: impl FnOnce() -> Part) {
-        self.len += payload.len();
-        if inline {
-            self.data.put_slice(payload);
-            self.copied_bytes += payload.len() as u64;
-        } else {
-            self.segs.push(Seg {
-                local_end: self.data.len(),
-                payload: by_ref(),
-            });
-            self.zero_copy_bytes += payload.len() as u64;
-        }
     }
 
     /// Makes room for `n` more bytes in the contiguous buffer: a buffer given back
@@ -594,6 +598,33 @@ mod tests {
             });
         }
         v
+    }
+
+    #[test]
+    fn copied_deliver_payloads_are_exact_at_every_length_around_the_copy_thresholds() {
+        // `push_deliver` copies payloads of up to `inline_max` bytes after the header
+        // (`copy_short`: moves of 4 to 64 bytes up to 128, a call past that); the frames
+        // are byte for byte the field-by-field header and the payload, one after the
+        // other in one queue (each copy lands right after the frame before).
+        let lens: Vec<usize> = (0..=140).chain([255, 256, 1000]).collect();
+        let mut q = OutBuf::default();
+        let mut want = Vec::new();
+        for (i, &n) in lens.iter().enumerate() {
+            let payload = Bytes::from((0..n).map(|k| (k * 13 + i) as u8).collect::<Vec<_>>());
+            let name = "u".repeat(1 + i % 40);
+            let stamp = DeliverStamp {
+                seq: i as u64 + 1,
+                from_user: name.as_bytes(),
+                to_room: b"",
+                server_ts_us: 1_700_000_000_000_000 + i as u64,
+                msg_id: (i as u64) << 20,
+            };
+            q.push_deliver(&stamp, &payload, 2048);
+            ringrouter_proto::fast::put_deliver_header(&mut want, &stamp, n);
+            want.extend_from_slice(&payload);
+        }
+        assert_eq!(q.len(), want.len());
+        assert_eq!(gather(&q.take(None)), want);
     }
 
     #[test]
