@@ -117,8 +117,9 @@ impl Shard {
         // mostly of bytes nobody keeps makes this session's payloads copied (see
         // `read_loop`): a 300-byte message held unacked kept its whole 64 KiB chunk
         // alive while the rest of the chunk (ephemeral or stored sends, refused ones)
-        // made it look dense. An ephemeral payload is encoded into its frames, a stored
-        // one copied by the store.
+        // made it look dense. An ephemeral payload is encoded into its frames; a stored
+        // one is held only until the storage thread writes it (history, when on, keeps
+        // its payloads: those count).
         if v.ephemeral {
             self.send_ephemeral(key, v, msg_id, ts_us);
             return;
