@@ -15,10 +15,7 @@ M = ("sessions","pending_bytes","slow_consumer_closes_total","store_queue_bytes"
 PAD = "x"*58
 def U(i): return f"u{i:05d}{PAD}"          # 64 bytes
 A = "amp" + "a"*61                           # 64 bytes
-def hwm():
-    for l in open(f"/proc/{pid}/status"):
-        if l.startswith("VmHWM"): return int(l.split()[1])
-def st(tag): print(f"[{tag}] rss={rss(pid)/1024:.0f}MiB hwm={hwm()/1024:.0f}MiB {metrics(http, M)}", flush=True)
+def st(tag): status(tag, pid, http, M)
 
 def login_many(names, batch=200):
     host, port = tcp.rsplit(":",1)

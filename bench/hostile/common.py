@@ -45,3 +45,24 @@ class Probe:
 
 def state(pid, ddir, http):
     return f"rss={rss(pid)/1024:.1f}MiB cpu={cpu(pid):.2f}s disk={du(ddir)/2**20:.1f}MiB {metrics(http)}"
+
+def hwm(pid):
+    """Peak RSS (VmHWM) of process `pid`, KiB."""
+    for l in open(f"/proc/{pid}/status"):
+        if l.startswith("VmHWM"): return int(l.split()[1])
+
+def status(tag, pid, http, names, with_cpu=False):
+    """One line: RSS, peak RSS, CPU (with_cpu) and the gauges `names` of the router."""
+    c = f" cpu={cpu(pid):.1f}s" if with_cpu else ""
+    print(f"[{tag}] rss={rss(pid)/1024:.0f}MiB hwm={hwm(pid)/1024:.0f}MiB{c} {metrics(http, names)}", flush=True)
+
+class HonestPair:
+    """Two honest users of their own timing a direct message: `dm_ms()` one round trip,
+    `lat(n)` the p50 and max of n."""
+    def __init__(self, tcp):
+        self.a = Conn(tcp, "hon1"); self.b = Conn(tcp, "hon2")
+    def dm_ms(self):
+        t0 = time.time(); self.a.send_frame(2, {1: 1, 2: "hon2", 4: b"hi"}); self.b.wait("deliver", 30); self.b.ack()
+        return (time.time()-t0)*1000
+    def lat(self, n=10):
+        l = sorted(self.dm_ms() for _ in range(n)); return f"p50={l[n//2]:.1f}ms max={l[-1]:.1f}ms"

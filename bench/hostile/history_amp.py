@@ -9,10 +9,7 @@ from common import *
 tcp, pid, http, SESS = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 ROUNDS = int(sys.argv[5]) if len(sys.argv) > 5 else 1
 M = ("sessions","pending_bytes","slow_consumer_closes_total","store_queue_bytes")
-def hwm():
-    for l in open(f"/proc/{pid}/status"):
-        if l.startswith("VmHWM"): return int(l.split()[1])
-def st(tag): print(f"[{tag}] rss={rss(pid)/1024:.0f}MiB hwm={hwm()/1024:.0f}MiB {metrics(http, M)}", flush=True)
+def st(tag): status(tag, pid, http, M)
 Conn(tcp, "peer").close()
 a = Conn(tcp, "amp")
 for i in range(600):

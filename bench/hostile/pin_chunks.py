@@ -9,10 +9,7 @@ tcp, pid, http = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 N, PAD, SMALL = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 CAP = int(sys.argv[7]) if len(sys.argv) > 7 else 1800
 M = ("sessions","requeue_bytes","unacked_messages","unacked_bytes","pending_bytes","slow_consumer_closes_total")
-def hwm():
-    for l in open(f"/proc/{pid}/status"):
-        if l.startswith("VmHWM"): return int(l.split()[1])
-def st(tag): print(f"[{tag}] rss={rss(pid)/1024:.0f}MiB hwm={hwm()/1024:.0f}MiB {metrics(http, M)}", flush=True)
+def st(tag): status(tag, pid, http, M)
 Conn(tcp, "nobody").close()
 v = Conn(tcp, "vic", auto_ack=False)
 a = Conn(tcp, "att")
@@ -26,9 +23,7 @@ def rd():
         if r and r[0] == 'deliver': got[0] += 1
 if not os.environ.get("NOREAD"): threading.Thread(target=rd, daemon=True).start()
 # an honest pair measuring latency
-h1 = Conn(tcp, "hon1"); h2 = Conn(tcp, "hon2")
-def hlat():
-    t0 = time.time(); h1.send_frame(2, {1: 1, 2: "hon2", 4: b"hi"}); h2.wait("deliver", 30); h2.ack(); return (time.time()-t0)*1000
+honest = HonestPair(tcp); hlat = honest.dm_ms; lat = honest.lat
 st("start"); print("honest dm ms", round(hlat(),2)); print("shards: vic", v.login_result.get(6), "att", a.login_result.get(6))
 pad = os.urandom(PAD); small = os.urandom(SMALL)
 blk = frame(2, {2: "nobody", 4: pad, 7: True}) + frame(2, {2: "vic", 4: small})

@@ -5,16 +5,9 @@ import sys, os, time, socket
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import *
 tcp, http, pid, N, LEN, mode, secs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], float(sys.argv[7])
-def hwm():
-    for l in open(f"/proc/{pid}/status"):
-        if l.startswith("VmHWM"): return int(l.split()[1])
 M = ("sessions","connections","pending_bytes","heartbeat_closes_total","connections_refused_total")
-def st(tag): print(f"[{tag}] rss={rss(pid)/1024:.0f}MiB hwm={hwm()/1024:.0f}MiB cpu={cpu(pid):.1f}s {metrics(http, M)}", flush=True)
-h1 = Conn(tcp, "hon1"); h2 = Conn(tcp, "hon2")
-def hlat():
-    t0 = time.time(); h1.send_frame(2, {1: 1, 2: "hon2", 4: b"hi"}); h2.wait("deliver", 30); h2.ack(); return (time.time()-t0)*1000
-def lat(n=10):
-    l = sorted(hlat() for _ in range(n)); return f"p50={l[n//2]:.1f}ms max={l[-1]:.1f}ms"
+def st(tag): status(tag, pid, http, M, with_cpu=True)
+honest = HonestPair(tcp); hlat = honest.dm_ms; lat = honest.lat
 st("start"); print("honest idle", lat(20), flush=True)
 host, port = tcp.rsplit(":", 1)
 socks = []

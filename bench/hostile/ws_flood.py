@@ -7,14 +7,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import *
 from transports import T, ws_frame, cf
 tcp, http, pid, K, secs, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6]
-def hwm():
-    for l in open(f"/proc/{pid}/status"):
-        if l.startswith("VmHWM"): return int(l.split()[1])
 M = ("sessions","pending_bytes","slow_consumer_closes_total","heartbeat_closes_total")
-def st(tag): print(f"[{tag}] rss={rss(pid)/1024:.0f}MiB hwm={hwm()/1024:.0f}MiB cpu={cpu(pid):.1f}s {metrics(http, M)}", flush=True)
-h1 = Conn(tcp, "hon1"); h2 = Conn(tcp, "hon2")
-def hlat():
-    t0 = time.time(); h1.send_frame(2, {1: 1, 2: "hon2", 4: b"hi"}); h2.wait("deliver", 30); h2.ack(); return (time.time()-t0)*1000
+def st(tag): status(tag, pid, http, M, with_cpu=True)
+honest = HonestPair(tcp); hlat = honest.dm_ms; lat = honest.lat
 def frag_msg(m, n):
     # m split into fragments: first BINARY non-fin, then CONT
     out = b""; pieces = [m[i:i+1] for i in range(len(m))]

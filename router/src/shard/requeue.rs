@@ -833,4 +833,29 @@ mod dedup_tests {
         assert_eq!(f.len(), 15, "off");
         assert_eq!(recent.keys, recent.keys_now());
     }
+
+    /// What is remembered stays under `RECENT_MAX` keys however many users give back
+    /// messages: past it the stale users go, then all but the newest; the newest one's
+    /// keys are remembered.
+    #[test]
+    fn the_remembered_keys_stay_under_their_bound() {
+        let (w, now) = (Duration::from_secs(30), Instant::now());
+        let mut recent = Recent::default();
+        let per = super::RECENT_MAX as u64 / 3;
+        // Users 0 and 1 are stale when user 3 passes the bound (they go); when user 5
+        // does, none is (all go but user 5).
+        for i in 0..6u64 {
+            let user = Bytes::from(format!("u{i}"));
+            let at = if i < 2 { now } else { now + w };
+            let mut r = unacked("s", 0..per);
+            recent.dedup(&user, &mut r, at, w);
+            assert_eq!(r.len() as u64, per, "user {i}: nothing dropped");
+            assert!(recent.keys <= super::RECENT_MAX, "{}", recent.keys);
+            assert_eq!(recent.keys, recent.keys_now());
+        }
+        assert_eq!(recent.users.len(), 1);
+        let mut again = unacked("s", 0..per);
+        recent.dedup(&Bytes::from_static(b"u5"), &mut again, now + w, w);
+        assert!(again.is_empty(), "the newest user's copies are still known");
+    }
 }

@@ -517,6 +517,16 @@ impl Retained {
         kept: &mut Vec<u64>,
     ) {
         let mut freed = 0usize;
+        // Whether the message keyed `k`, of `len` payload bytes, stays.
+        let mut stays = |k: u64, len: usize| {
+            if seen.contains(&k) {
+                freed += len;
+                false
+            } else {
+                kept.push(k);
+                true
+            }
+        };
         let names = &self.names;
         let base = self.names_base;
         self.q.retain(|u| {
@@ -524,24 +534,13 @@ impl Retained {
             let (from, room) = names
                 .get(idx)
                 .map_or((&[][..], &[][..]), |(f, r)| (&f[..], &r[..]));
-            let k = key(from, room, u.msg_id, u.ts_us);
-            if seen.contains(&k) {
-                freed += u.payload.len();
-                false
-            } else {
-                kept.push(k);
-                true
-            }
+            stays(key(from, room, u.msg_id, u.ts_us), u.payload.len())
         });
         self.fan.retain(|(_, m)| {
-            let k = key(&m.from_user, &m.to_room, m.msg_id, m.ts_us);
-            if seen.contains(&k) {
-                freed += m.payload.len();
-                false
-            } else {
-                kept.push(k);
-                true
-            }
+            stays(
+                key(&m.from_user, &m.to_room, m.msg_id, m.ts_us),
+                m.payload.len(),
+            )
         });
         self.bytes -= freed;
         if self.q.is_empty() {

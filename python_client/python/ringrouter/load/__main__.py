@@ -12,42 +12,31 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional, TextIO
+from typing import Any, Callable, List, Optional, TextIO
 
 from . import LoadReport, run
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: an integer of 1 or more (argparse names the flag)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return n
+def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
+    """An argparse type: `convert` of the text, refused (argparse names the flag) unless
+    it converts and is `ok`, as "must be <what>"."""
+
+    def parse(text: str) -> Any:
+        try:
+            x = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not ok(x):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return x
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    """An argparse type: an integer of 0 or more (argparse names the flag)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer of 0 or more, got {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer of 0 or more, got {text!r}")
-    return n
-
-
-def _positive_float(text: str) -> float:
-    """An argparse type: a finite number more than 0 (argparse names the flag)."""
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not (0 < x < float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return x
+_positive_int = _checked(int, lambda n: n >= 1, "a positive integer")
+_non_negative_int = _checked(int, lambda n: n >= 0, "an integer of 0 or more")
+# (A finite number more than 0.)
+_positive_float = _checked(float, lambda x: 0 < x < float("inf"), "a positive number")
 
 
 def _parser() -> argparse.ArgumentParser:
