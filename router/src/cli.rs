@@ -347,6 +347,11 @@ pub struct Args {
     /// the shard's readers pause until the store has taken some.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256MiB", help_heading = STORAGE)]
     pub max_requeue_bytes: usize,
+    /// Most bytes one shard's connections may hold of client frames still arriving that
+    /// do not fit a read buffer (64 KiB); past it the connections whose frame began
+    /// first are closed with an Error UNAVAILABLE. At least twice --max-frame-bytes.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256MiB", help_heading = LIMITS)]
+    pub max_input_bytes: usize,
     /// Open/jwt auth: a user with nothing queued and no rooms, not seen this long, is forgotten.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30d", help_heading = STORAGE)]
     pub forget_idle_users_after: Duration,
@@ -435,6 +440,7 @@ impl Args {
             max_unacked_bytes_per_session: self.max_unacked_bytes_per_session,
             max_store_queue_bytes: self.max_store_queue_bytes,
             max_requeue_bytes: self.max_requeue_bytes,
+            max_input_bytes: self.max_input_bytes,
             max_offline_bytes_per_user: self.max_offline_bytes_per_user as u64,
             forget_idle_users_after: self.forget_idle_users_after,
             max_prelogin_frame_bytes: self.max_prelogin_frame_bytes,

@@ -213,6 +213,10 @@ pub struct Config {
     /// Most bytes one shard may hold of what ended sessions left unacked, waiting for
     /// the store (`shard::requeue`); past it the shard's readers pause.
     pub max_requeue_bytes: usize,
+    /// Most bytes one shard's connections may hold of client frames still arriving that
+    /// do not fit a read buffer (64 KiB); past it the connections whose frame began
+    /// first are closed (`shard::input`).
+    pub max_input_bytes: usize,
     /// Most payload bytes in one user's offline queue (same overflow policy as the count).
     pub max_offline_bytes_per_user: u64,
     /// A user record of open/jwt auth with nothing queued and no rooms, not seen for this
@@ -318,6 +322,7 @@ impl Default for Config {
             max_unacked_bytes_per_session: 64 << 20,
             max_store_queue_bytes: 64 << 20,
             max_requeue_bytes: 256 << 20,
+            max_input_bytes: 256 << 20,
             max_offline_bytes_per_user: 256 << 20,
             forget_idle_users_after: Duration::from_secs(30 * 24 * 3600),
             max_prelogin_frame_bytes: 16 << 10,
@@ -371,6 +376,16 @@ impl Config {
                 "--max-payload-bytes is 0: no message could be sent (unset, it is \
                  --max-frame-bytes minus 1 KiB; --max-frame-bytes is {})",
                 self.max_frame_bytes
+            ));
+        }
+        // A WebSocket message is held twice as it completes (in its decoder, then as
+        // the frame it carries): a budget under two frames could close every sender of
+        // a frame at the bound.
+        if self.max_input_bytes < self.max_frame_bytes.saturating_mul(2) {
+            return Err(format!(
+                "--max-input-bytes ({}) must be at least twice --max-frame-bytes ({}): \
+                 a frame being read must fit in it",
+                self.max_input_bytes, self.max_frame_bytes
             ));
         }
         if self.http_max_head_bytes < MIN_HEAD_BYTES {

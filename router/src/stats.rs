@@ -67,6 +67,8 @@ pub struct Counters {
     pub slow_consumer_closes: u64,
     /// Sessions closed for heartbeat timeout.
     pub heartbeat_closes: u64,
+    /// Sessions closed past `--max-input-bytes` (their big frame began first).
+    pub input_budget_closes: u64,
     /// Payload bytes written by reference (zero copy).
     pub payload_zero_copy_bytes: u64,
     /// Payload bytes copied into a write buffer.
@@ -210,6 +212,7 @@ shard_stats!(
     frames_rejected,
     slow_consumer_closes,
     heartbeat_closes,
+    input_budget_closes,
     payload_zero_copy_bytes,
     payload_copied_bytes,
     writes,
@@ -247,6 +250,9 @@ shard_stats!(
     /// Their payload bytes kept in memory (see `max_unacked_bytes_per_session`), as of
     /// the last tick.
     unacked_bytes,
+    /// Bytes the readers hold of frames bigger than a read buffer (see
+    /// `max_input_bytes`).
+    input_bytes,
 );
 
 #[cfg(test)]

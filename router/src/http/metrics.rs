@@ -70,6 +70,11 @@ const COUNTERS: &[(&str, &str, Get)] = &[
         |s| s.heartbeat_closes,
     ),
     (
+        "input_budget_closes",
+        "Sessions closed past --max-input-bytes: the shard held that much of frames still arriving, theirs begun first.",
+        |s| s.input_budget_closes,
+    ),
+    (
         "offline_stored",
         "Messages stored for a recipient with no session.",
         |s| s.offline_stored,
@@ -118,6 +123,11 @@ const GAUGES: &[(&str, &str, Get)] = &[
         "requeue_bytes",
         "What ended sessions left unacked, waiting for the store (bounded by --max-requeue-bytes).",
         |s| s.requeue_bytes,
+    ),
+    (
+        "input_bytes",
+        "Bytes held of client frames still arriving that do not fit a read buffer (bounded by --max-input-bytes).",
+        |s| s.input_bytes,
     ),
     (
         "pending_bytes",

@@ -273,6 +273,9 @@ async fn read_loop(
     let mut end: Option<io::Result<usize>> = None;
     // Reads since the reader started (see READS_PER_YIELD).
     let mut reads: u32 = 0;
+    // The shard counts bytes this reader holds of a frame bigger than a read buffer
+    // (`account_input`).
+    let mut input_counted = false;
     loop {
         // This chunk's frames made a turn's worth of deliveries (see `TURN_DELIVERIES`).
         let mut turn_over = false;
@@ -290,6 +293,11 @@ async fn read_loop(
                     acks_taken_to = 0;
                     read_ahead_left = false;
                     let (chunk, e) = split_frames(&mut buf, max_frame);
+                    if input_counted {
+                        // A big frame completed: what is left is the next one's start.
+                        input_counted = false;
+                        sh.hold_input(key, big_input(&buf, layers));
+                    }
                     sh.chunk_payload = 0;
                     (chunk, 0, e.map(|e| (e.status(), e.to_string())))
                 }
@@ -488,6 +496,7 @@ async fn read_loop(
                     fd,
                     reader: &reader,
                     layers,
+                    input_counted: &mut input_counted,
                 };
                 let found;
                 (ahead, found) = Box::pin(read_acks_ahead(read, &mut buf, wait)).await;
@@ -539,7 +548,11 @@ async fn read_loop(
             end
         } else if let Some(layers) = layers {
             // Boxed: a plain session's reader future does not carry its state.
-            Box::pin(read_layered(shard, key, fd, &reader, layers, &mut buf)).await
+            let counted = &mut input_counted;
+            Box::pin(read_layered(
+                shard, key, fd, &reader, layers, &mut buf, counted,
+            ))
+            .await
         } else if buf.is_empty() {
             read_fresh(fd, &reader, &mut buf).await
         } else {
@@ -571,7 +584,37 @@ async fn read_loop(
             Ok(0) | Err(_) => return,
             Ok(n) => shard.borrow_mut().counters.bytes_in += n as u64,
         }
+        if !account_input(shard, key, &buf, layers, &mut input_counted) {
+            return;
+        }
     }
+}
+
+/// Bytes a reader holds of a frame bigger than a read buffer (`shard::input`): its
+/// buffer once grown past one (such a frame's bytes so far), and a WebSocket message
+/// still arriving. What fits a read buffer is not counted: a connection holds that much
+/// anyway, like its socket's receive buffer.
+fn big_input(buf: &BytesMut, layers: Option<&Rc<RefCell<Layers>>>) -> usize {
+    let own = if buf.len() > READ_BUF { buf.len() } else { 0 };
+    own + layers.map_or(0, |l| l.borrow().message_held())
+}
+
+/// Tells the shard what this reader holds of big frames after a read, when it holds
+/// some or did before (`counted`). False once the session is closed (past the shard's
+/// `--max-input-bytes`, its frame among the first begun).
+fn account_input(
+    shard: &Rc<RefCell<Shard>>,
+    key: SessionKey,
+    buf: &BytesMut,
+    layers: Option<&Rc<RefCell<Layers>>>,
+    counted: &mut bool,
+) -> bool {
+    let bytes = big_input(buf, layers);
+    if bytes == 0 && !*counted {
+        return true;
+    }
+    *counted = bytes > 0;
+    shard.borrow_mut().hold_input(key, bytes)
 }
 
 /// What a read of a session's socket needs.
@@ -581,6 +624,8 @@ struct Reading<'a> {
     fd: RawFd,
     reader: &'a TcpOwnedReadHalf,
     layers: Option<&'a Rc<RefCell<Layers>>>,
+    /// The reader's `input_counted` (see `account_input`).
+    input_counted: &'a mut bool,
 }
 
 /// Bytes a waiting reader reads ahead, at most (beyond them it only waits).
@@ -636,7 +681,10 @@ async fn read_acks_ahead<W: Future<Output = ()>>(
         let before = buf.len();
         let read = async {
             match r.layers {
-                Some(l) => read_layered(r.shard, r.key, r.fd, r.reader, l, buf).await,
+                Some(l) => {
+                    let counted = &mut *r.input_counted;
+                    read_layered(r.shard, r.key, r.fd, r.reader, l, buf, counted).await
+                }
                 None => read_some(r.fd, r.reader, buf, READ_AHEAD_MAX - before).await,
             }
         };
@@ -646,6 +694,10 @@ async fn read_acks_ahead<W: Future<Output = ()>>(
                 Ok(n) if n > 0 => {
                     ahead = true;
                     r.shard.borrow_mut().counters.bytes_in += n as u64;
+                    if !account_input(r.shard, r.key, buf, r.layers, &mut *r.input_counted) {
+                        // Closed past the input budget: its reader ends.
+                        return (true, None);
+                    }
                 }
                 end => {
                     wait.as_mut().await;
@@ -744,6 +796,8 @@ async fn read_fresh(fd: RawFd, reader: &TcpOwnedReadHalf, buf: &mut BytesMut) ->
 /// A read through TLS / WebSocket layers: raw bytes into the layers' buffer, the
 /// client frames they carry appended to `buf`. Bytes the layers want written
 /// (handshake records, pongs, a close answer) wake the writer.
+/// What a WebSocket message still arriving holds is told to the shard as it grows
+/// (`account_input`, `input_counted`).
 async fn read_layered(
     shard: &Rc<RefCell<Shard>>,
     key: SessionKey,
@@ -751,6 +805,7 @@ async fn read_layered(
     reader: &TcpOwnedReadHalf,
     layers: &Rc<RefCell<Layers>>,
     buf: &mut BytesMut,
+    input_counted: &mut bool,
 ) -> io::Result<usize> {
     let before = buf.len();
     let mut passes: u32 = 0;
@@ -819,7 +874,12 @@ async fn read_layered(
             Ok(_) if got > 0 => return Ok(got),
             Ok(Ingested::End) => return Ok(0),
             Ok(Ingested::More) if eof => return Ok(0),
-            Ok(Ingested::More) => {}
+            Ok(Ingested::More) => {
+                // A message still arriving (its frames so far held in the decoder).
+                if !account_input(shard, key, buf, Some(layers), input_counted) {
+                    return Err(io::Error::other("closed past --max-input-bytes"));
+                }
+            }
         }
     }
 }
@@ -834,6 +894,7 @@ fn ws_close(why: Option<CloseReason>) -> (u16, &'static str) {
             (ws::code::POLICY, "slow consumer")
         }
         Some(CloseReason::Kicked) => (ws::code::POLICY, "session ended by the router"),
+        Some(CloseReason::InputBudget) => (ws::code::TRY_AGAIN_LATER, "input budget"),
         // A message that is not a frame of its subprotocol (its Error frame says why).
         Some(CloseReason::BadFrame) => (ws::code::INVALID, "bad frame"),
         _ => (ws::code::NORMAL, ""),

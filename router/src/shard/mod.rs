@@ -20,6 +20,7 @@
 //! - [`delivery`]: delivering to sessions, offline queues, journaling, login backlog.
 //! - [`answer`]: SendResults for messages that went through other shards or the store.
 //! - [`api`]: outcomes of messages published through the HTTP API.
+//! - [`input`]: the budget for big frames being read (`--max-input-bytes`).
 //! - [`store_link`]: store round trips (answers come back as [`mail::Mail::Stored`]).
 //! - [`rooms`]: rooms on their home shard.
 //! - [`contacts`]: contact lists on their users' home shard.
@@ -50,6 +51,7 @@ pub mod api;
 pub mod contacts;
 pub mod delivery;
 pub mod history;
+pub mod input;
 pub mod mail;
 pub mod pause;
 pub mod presence;
@@ -198,6 +200,8 @@ pub struct Shard {
     pub requeue_loads: Vec<(session::SessionId, String, u64)>,
     /// What `requeues` count for (`Requeue::weight`), against `max_requeue_bytes`.
     pub requeue_bytes: usize,
+    /// What the readers hold of frames bigger than a read buffer (`shard::input`).
+    pub input: input::InputBudget,
     /// Members of the rooms in `rooms`, summed when the ticker trims them (see
     /// `Shard::trim_room_cache`).
     pub room_members_loaded: usize,
@@ -295,6 +299,7 @@ impl Shard {
         pause: PauseTables,
     ) -> Self {
         let store_queue_bytes = cfg.max_store_queue_bytes;
+        let max_input_bytes = cfg.max_input_bytes;
         Shard {
             id,
             n,
@@ -334,6 +339,7 @@ impl Shard {
             requeues: requeue::Requeues::default(),
             requeue_loads: Vec::new(),
             requeue_bytes: 0,
+            input: input::InputBudget::new(max_input_bytes),
             room_members_loaded: 0,
             parked_bytes: 0,
             parked_throttled: Vec::new(),

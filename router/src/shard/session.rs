@@ -62,6 +62,9 @@ pub enum CloseReason {
     /// The client let more deliveries go unacked than `max_unacked_per_session`
     /// (a slow consumer whose socket still drains: its error is flushed first).
     Unacked,
+    /// The frame it was sending began before the others the shard was reading, past
+    /// `--max-input-bytes` (`shard::input`).
+    InputBudget,
 }
 
 /// Bytes received on socket `fd` and not read yet (0 if it cannot tell).
@@ -92,7 +95,10 @@ impl CloseReason {
     fn stalled(self) -> bool {
         matches!(
             self,
-            CloseReason::SlowConsumer | CloseReason::HeartbeatTimeout | CloseReason::PeerClosing
+            CloseReason::SlowConsumer
+                | CloseReason::HeartbeatTimeout
+                | CloseReason::PeerClosing
+                | CloseReason::InputBudget
         )
     }
 }
@@ -548,6 +554,7 @@ impl Shard {
         }
         s.closing = Some(reason);
         s.closed_at = Some(Instant::now());
+        self.input.release(key);
         // Dropped only behind the LoginResult: a client must see it before anything else.
         if reason.stalled() && s.out.taken() {
             s.out.clear();
@@ -750,6 +757,7 @@ impl Shard {
             pending_bytes: held.pending,
             unacked_messages: held.unacked,
             unacked_bytes: held.unacked_bytes,
+            input_bytes: self.input.held() as u64,
         };
         self.stats.publish(&self.counters, gauges);
     }

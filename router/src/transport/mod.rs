@@ -150,6 +150,11 @@ impl Layers {
         self.tls.as_ref().is_some_and(|t| t.is_handshaking())
     }
 
+    /// Bytes held of a WebSocket message still arriving (its frames so far).
+    pub(crate) fn message_held(&self) -> usize {
+        self.ws.as_ref().map_or(0, |w| w.decoder.buffered())
+    }
+
     /// Bytes waiting to be written.
     pub(crate) fn has_pending(&self) -> bool {
         !self.pending.is_empty()

@@ -156,6 +156,8 @@ pub mod code {
     pub const POLICY: u16 = 1008;
     /// A message over the size bound.
     pub const TOO_BIG: u16 = 1009;
+    /// The server cannot take it now (RFC 6455 registry: Try Again Later).
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// What the decoder found.

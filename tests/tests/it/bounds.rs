@@ -1807,3 +1807,97 @@ fn a_small_unacked_message_does_not_keep_its_read_chunk() {
         "{grown} KiB of RSS held for {n} unacked 300-byte messages"
     );
 }
+
+/// Waits until the router has read everything `raw` sent (its socket's receive queue in
+/// the router is empty, and nothing is in flight to it).
+fn router_read_all(r: &RouterProc, raw: &Raw) {
+    let local = raw.stream.local_addr().expect("local address");
+    let read = ringrouter_tests::wait_until(T, || {
+        let client = ringrouter_tests::tcp_queues(local, r.connect_addr()).map(|(tx, _)| tx);
+        let router = ringrouter_tests::tcp_queues(r.connect_addr(), local).map(|(_, rx)| rx);
+        client == Some(0) && router == Some(0)
+    });
+    assert!(read, "the router did not read what {local} sent");
+}
+
+/// Connections each sending all but the last byte of a big frame (a slowloris with
+/// bytes): 1 500 of them held 1.5 GiB until heartbeats cut them ~45 s later. Past
+/// `--max-input-bytes` the connection whose frame began first is closed with an Error
+/// UNAVAILABLE; the others, a big frame completed after it, and an honest pair go on.
+#[test]
+fn big_frames_still_arriving_are_bounded_per_shard() {
+    let r = RouterProc::start(&["--shards", "1", "--max-input-bytes", "4MiB"]);
+    let mut pair = Pair::new(&r, "inb", 1);
+    let mut rx = r.raw_login("inb-rx");
+    let payload = vec![3u8; 900_000];
+    let frame = send_frame_bytes("inb-rx", &payload, false, 0);
+    let (most, last) = frame.split_at(frame.len() - 1);
+    let mut slow: Vec<Raw> = (0..5)
+        .map(|i| r.raw_login(&format!("inb-slow{i}")))
+        .collect();
+    for s in &mut slow[..4] {
+        s.write(most).expect("the router reads a frame's start");
+        router_read_all(&r, s);
+    }
+    // 3.6 MB held: within the budget, nobody is closed.
+    assert!(matches!(
+        slow[0].next_body(Duration::from_millis(300)),
+        Err(ringrouter_tests::ReadEnd::Timeout)
+    ));
+    slow[4]
+        .write(most)
+        .expect("the router reads a frame's start");
+    let e = slow[0].expect_error(T);
+    assert_error(&e, Status::Unavailable);
+    assert!(e.reason.contains("--max-input-bytes"), "{}", e.reason);
+    assert!(matches!(
+        slow[0].read_until_end(T).1,
+        ringrouter_tests::ReadEnd::Closed(_)
+    ));
+    // The next oldest finishes its frame: delivered whole.
+    slow[1].write(last).expect("the last byte");
+    let d = rx.delivers(1, T);
+    assert_eq!(d[0].payload.len(), payload.len());
+    assert_eq!(d[0].from_user, "inb-slow1");
+    pair.exchange("past the input budget");
+    let closed = ringrouter_tests::wait_until(T, || {
+        metric_sum(&r.metrics(), "ringrouter_input_budget_closes_total") == 1.0
+    });
+    assert!(closed, "input_budget_closes_total is not 1");
+}
+
+/// Many connections each holding 900 KB of a frame that never completes: the router's
+/// RSS grows by about the budget, not by what they sent (72 MB).
+#[test]
+fn big_frames_that_never_complete_hold_no_more_than_the_budget() {
+    let r = RouterProc::start(&["--shards", "1", "--max-input-bytes", "8MiB"]);
+    let mut pair = Pair::new(&r, "inm", 1);
+    drop(r.raw_login("inm-rx"));
+    let frame = send_frame_bytes("inm-rx", &vec![5u8; 900_000], false, 0);
+    let most = &frame[..frame.len() - 1];
+    let before = r.rss_kib();
+    let rss = RssPeak::start(r.pid());
+    let mut slow = Vec::new();
+    for i in 0..80 {
+        let mut s = r.raw_login(&format!("inm-slow{i}"));
+        // A closed connection (past the budget) may refuse the rest: that is the point.
+        let _ = s.write(most);
+        slow.push(s);
+    }
+    for s in &slow {
+        let local = s.stream.local_addr().expect("local address");
+        ringrouter_tests::wait_until(T, || {
+            ringrouter_tests::tcp_queues(r.connect_addr(), local).is_none_or(|(_, rx)| rx == 0)
+        });
+    }
+    pair.exchange("80 big frames arriving");
+    let grown = rss.stop().saturating_sub(before);
+    assert!(
+        grown < 40 * MIB,
+        "{grown} KiB of RSS for 80 connections holding 900 KB each, budget 8 MiB"
+    );
+    let closed = ringrouter_tests::wait_until(T, || {
+        metric_sum(&r.metrics(), "ringrouter_input_budget_closes_total") >= 60.0
+    });
+    assert!(closed, "fewer than 60 connections closed past the budget");
+}

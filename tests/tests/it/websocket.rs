@@ -758,3 +758,37 @@ fn a_tls_close_after_part_of_a_frame_ends_the_connection() {
         );
     }
 }
+
+/// A WebSocket message still arriving counts against `--max-input-bytes` as a TCP
+/// frame does: past it, the connection whose message began first is closed 1013 (Try
+/// Again Later); the next one's message, completed, is delivered.
+#[test]
+fn big_messages_still_arriving_meet_the_input_budget() {
+    let r = RouterProc::start(&["--shards", "1", "--max-input-bytes", "2MiB"]);
+    let mut peer = r.client("wsin-peer");
+    let payload = vec![9u8; 900_000];
+    let msg = message_bytes(client_frame::Kind::Send(Send {
+        to_user: "wsin-peer".into(),
+        payload: payload.clone().into(),
+        ..Default::default()
+    }));
+    let (most, last) = msg.split_at(msg.len() - 1);
+    let mut conns = Vec::new();
+    for i in 0..3 {
+        let mut ws = open(&r);
+        ws.login(&format!("wsin-{i}"));
+        ws.s.write_all(most)
+            .expect("the router reads a message's start");
+        let local = ws.s.local_addr().expect("local address");
+        let read = ringrouter_tests::wait_until(T, || {
+            ringrouter_tests::tcp_queues(r.http_addr(), local).is_some_and(|(_, rx)| rx == 0)
+        });
+        assert!(read, "the router did not read the message's start");
+        conns.push(ws);
+    }
+    assert_eq!(conns[0].close_code(), 1013);
+    conns[1].s.write_all(last).expect("the last byte");
+    let m = peer.recv(Some(T)).expect("recv").expect("the big message");
+    assert_eq!(m.sender, "wsin-1");
+    assert!(m.payload[..] == payload[..]);
+}
