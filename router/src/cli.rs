@@ -352,6 +352,12 @@ pub struct Args {
     /// first are closed with an Error UNAVAILABLE. At least twice --max-frame-bytes.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256MiB", help_heading = LIMITS)]
     pub max_input_bytes: usize,
+    /// Resident memory past which each shard closes the sessions holding the most (queued
+    /// for their sockets plus delivered and not acked; at least 1 MiB each) as slow
+    /// consumers until they make its share of the excess. auto: 80% of the machine's
+    /// memory or of the cgroup's limit; 0: none.
+    #[arg(long, value_name = "SIZE|auto", value_parser = parse_memory, default_value = "auto", help_heading = LIMITS)]
+    pub max_memory: usize,
     /// Open/jwt auth: a user with nothing queued and no rooms, not seen this long, is forgotten.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30d", help_heading = STORAGE)]
     pub forget_idle_users_after: Duration,
@@ -441,6 +447,7 @@ impl Args {
             max_store_queue_bytes: self.max_store_queue_bytes,
             max_requeue_bytes: self.max_requeue_bytes,
             max_input_bytes: self.max_input_bytes,
+            max_memory: self.max_memory,
             max_offline_bytes_per_user: self.max_offline_bytes_per_user as u64,
             forget_idle_users_after: self.forget_idle_users_after,
             max_prelogin_frame_bytes: self.max_prelogin_frame_bytes,
@@ -760,6 +767,16 @@ fn parse_shards(s: &str) -> Result<usize, String> {
         ));
     }
     Ok(n)
+}
+
+/// `--max-memory`: a size, or `auto` (see [`crate::config::auto_max_memory`]; 0 where
+/// it cannot be read).
+fn parse_memory(s: &str) -> Result<usize, String> {
+    if s.trim().eq_ignore_ascii_case("auto") {
+        Ok(crate::config::auto_max_memory().unwrap_or(0))
+    } else {
+        parse_size(s)
+    }
 }
 
 /// Parses a size in bytes with parse-size: `1048576`; `64KiB`, `8MiB`, `1GiB` (powers

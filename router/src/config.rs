@@ -217,6 +217,9 @@ pub struct Config {
     /// do not fit a read buffer (64 KiB); past it the connections whose frame began
     /// first are closed (`shard::input`).
     pub max_input_bytes: usize,
+    /// Resident memory past which each shard closes the sessions holding the most
+    /// (`shard::memory`); 0: none.
+    pub max_memory: usize,
     /// Most payload bytes in one user's offline queue (same overflow policy as the count).
     pub max_offline_bytes_per_user: u64,
     /// A user record of open/jwt auth with nothing queued and no rooms, not seen for this
@@ -323,6 +326,7 @@ impl Default for Config {
             max_store_queue_bytes: 64 << 20,
             max_requeue_bytes: 256 << 20,
             max_input_bytes: 256 << 20,
+            max_memory: auto_max_memory().unwrap_or(0),
             max_offline_bytes_per_user: 256 << 20,
             forget_idle_users_after: Duration::from_secs(30 * 24 * 3600),
             max_prelogin_frame_bytes: 16 << 10,
@@ -388,6 +392,13 @@ impl Config {
                 self.max_input_bytes, self.max_frame_bytes
             ));
         }
+        if self.max_memory != 0 && self.max_memory < MIN_MAX_MEMORY {
+            return Err(format!(
+                "--max-memory must be 0 (none), auto, or at least {} MiB: the router \
+                 itself takes tens of MiB",
+                MIN_MAX_MEMORY >> 20
+            ));
+        }
         if self.http_max_head_bytes < MIN_HEAD_BYTES {
             return Err(format!(
                 "--http-max-head-bytes must be at least {} bytes",
@@ -432,4 +443,32 @@ impl Config {
             .unwrap_or(1)
             .min(MAX_SHARDS)
     }
+}
+
+/// The lowest `--max-memory` taken (but 0: none).
+pub const MIN_MAX_MEMORY: usize = 64 << 20;
+
+/// The default ceiling: 80% of the memory the router may use (the machine's, or its
+/// cgroup's limit if lower). `None` if neither can be read.
+pub fn auto_max_memory() -> Option<usize> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    let total = meminfo.as_deref().and_then(|m| {
+        let kib: usize = m
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib.saturating_mul(1024))
+    });
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok());
+    let limit = match (total, cgroup) {
+        (Some(t), Some(c)) => t.min(c),
+        (t, c) => t.or(c)?,
+    };
+    Some(limit / 5 * 4)
 }

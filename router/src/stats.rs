@@ -69,6 +69,8 @@ pub struct Counters {
     pub heartbeat_closes: u64,
     /// Sessions closed past `--max-input-bytes` (their big frame began first).
     pub input_budget_closes: u64,
+    /// Sessions closed over `--max-memory` (they held the most).
+    pub memory_closes: u64,
     /// Payload bytes written by reference (zero copy).
     pub payload_zero_copy_bytes: u64,
     /// Payload bytes copied into a write buffer.
@@ -213,6 +215,7 @@ shard_stats!(
     slow_consumer_closes,
     heartbeat_closes,
     input_budget_closes,
+    memory_closes,
     payload_zero_copy_bytes,
     payload_copied_bytes,
     writes,

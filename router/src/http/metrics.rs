@@ -75,6 +75,11 @@ const COUNTERS: &[(&str, &str, Get)] = &[
         |s| s.input_budget_closes,
     ),
     (
+        "memory_closes",
+        "Sessions closed as slow consumers because resident memory was over --max-memory (they held the most).",
+        |s| s.memory_closes,
+    ),
+    (
         "offline_stored",
         "Messages stored for a recipient with no session.",
         |s| s.offline_stored,

@@ -21,6 +21,7 @@
 //! - [`answer`]: SendResults for messages that went through other shards or the store.
 //! - [`api`]: outcomes of messages published through the HTTP API.
 //! - [`input`]: the budget for big frames being read (`--max-input-bytes`).
+//! - [`memory`]: the memory ceiling (`--max-memory`).
 //! - [`store_link`]: store round trips (answers come back as [`mail::Mail::Stored`]).
 //! - [`rooms`]: rooms on their home shard.
 //! - [`contacts`]: contact lists on their users' home shard.
@@ -53,6 +54,7 @@ pub mod delivery;
 pub mod history;
 pub mod input;
 pub mod mail;
+pub mod memory;
 pub mod pause;
 pub mod presence;
 pub mod requeue;
@@ -202,6 +204,9 @@ pub struct Shard {
     pub requeue_bytes: usize,
     /// What the readers hold of frames bigger than a read buffer (`shard::input`).
     pub input: input::InputBudget,
+    /// Until when the memory ceiling is not looked at (sessions closed for it are
+    /// letting go of what they held: `shard::memory`).
+    pub memory_settle_until: Option<Instant>,
     /// Members of the rooms in `rooms`, summed when the ticker trims them (see
     /// `Shard::trim_room_cache`).
     pub room_members_loaded: usize,
@@ -340,6 +345,7 @@ impl Shard {
             requeue_loads: Vec::new(),
             requeue_bytes: 0,
             input: input::InputBudget::new(max_input_bytes),
+            memory_settle_until: None,
             room_members_loaded: 0,
             parked_bytes: 0,
             parked_throttled: Vec::new(),

@@ -698,6 +698,7 @@ impl Shard {
             tracing::info!(shard = self.id, ?reason, "closing session");
             self.close(k, reason, Some(msg));
         }
+        self.keep_under_max_memory(now);
         self.publish();
     }
 

@@ -1901,3 +1901,83 @@ fn big_frames_that_never_complete_hold_no_more_than_the_budget() {
     });
     assert!(closed, "fewer than 60 connections closed past the budget");
 }
+
+/// Sessions that never read, each sent 6 MB (under their own queue bound): together
+/// they hold more than `--max-memory`. The shard closes the ones holding the most as
+/// slow consumers (never one holding under 1 MiB), an honest pair goes on, and a closed
+/// user who logs in again gets every message it had not acked. (How far resident
+/// memory comes down is measured with a release build: README, "Limits"; a debug
+/// build's store lets go of it more slowly.)
+#[test]
+fn sessions_holding_the_most_are_closed_over_the_memory_ceiling() {
+    const USERS: usize = 40;
+    const MSGS: usize = 100;
+    let r = RouterProc::start(&[
+        "--shards",
+        "1",
+        "--max-memory",
+        "128MiB",
+        "--slow-consumer-timeout",
+        "60",
+        "--history-per-conversation",
+        "0",
+    ]);
+    let mut pair = Pair::new(&r, "mem", 1);
+    let sink = |user: &str| {
+        let mut raw = Raw::from_stream(connect_small_rcvbuf(r.connect_addr(), 4096));
+        raw.login(user);
+        raw
+    };
+    let mut sinks: Vec<(String, Raw)> = (0..USERS)
+        .map(|i| {
+            let user = format!("mem-sink{i}");
+            let raw = sink(&user);
+            (user, raw)
+        })
+        .collect();
+    // Each holds 300 KB: not what fills memory.
+    let small: Vec<Raw> = (0..4).map(|i| sink(&format!("mem-small{i}"))).collect();
+    let mut sender = r.raw_login("mem-sender");
+    for i in 0..small.len() {
+        let mut burst = Vec::new();
+        for m in 0..5 {
+            burst.extend(send_frame_bytes(
+                &format!("mem-small{i}"),
+                &[m; 60_000],
+                false,
+                0,
+            ));
+        }
+        sender.write(&burst).expect("the router reads the sender");
+    }
+    for (user, _) in &sinks {
+        let mut burst = Vec::new();
+        for m in 0..MSGS {
+            burst.extend(send_frame_bytes(user, &[m as u8; 60_000], false, 0));
+        }
+        sender.write(&burst).expect("the router reads the sender");
+    }
+    let closed = ringrouter_tests::wait_until(T, || {
+        metric_sum(&r.metrics(), "ringrouter_memory_closes_total") >= 1.0
+    });
+    assert!(closed, "no session closed over the memory ceiling");
+    pair.exchange("over the memory ceiling");
+    let open = |raw: &Raw| {
+        let local = raw.stream.local_addr().expect("local address");
+        // The router's side: the client's stays open while the router's FIN waits
+        // behind what its small receive buffer has not taken.
+        ringrouter_tests::tcp_state(r.connect_addr(), local)
+            == Some(ringrouter_tests::TCP_ESTABLISHED)
+    };
+    assert!(
+        small.iter().all(open),
+        "a session holding 300 KB was closed"
+    );
+    // A closed one (its socket ended by the router) gets all of it at its next login.
+    let victim = sinks.iter().position(|(_, raw)| !open(raw));
+    let (user, raw) = sinks.swap_remove(victim.expect("a sink closed by the router"));
+    drop(raw);
+    let mut again = r.raw_login(&user);
+    let got = again.collect_delivers(MSGS, T);
+    assert_eq!(got.len(), MSGS, "{user} got back what it had not acked");
+}

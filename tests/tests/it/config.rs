@@ -81,6 +81,33 @@ fn a_refused_configuration_exits_2() {
     assert!(exit.stderr.contains("--jwt-secret-file"), "{exit}");
 }
 
+/// The memory budgets are checked against what they must hold: a frame being read
+/// (WebSocket: twice) within `--max-input-bytes`, the router itself under `--max-memory`.
+#[test]
+fn memory_budgets_too_small_to_work_are_refused() {
+    assert_usage_error(
+        &run(&["--print-config", "--max-input-bytes", "1MiB"]),
+        &["--max-input-bytes", "--max-frame-bytes"],
+    );
+    assert_usage_error(
+        &run(&["--print-config", "--max-memory", "8MiB"]),
+        &["--max-memory", "64 MiB"],
+    );
+    assert_usage_error(
+        &run(&["--print-config", "--max-memory", "lots"]),
+        &["--max-memory"],
+    );
+    for ok in ["0", "auto", "64MiB"] {
+        let out = run(&["--print-config", "--max-memory", ok]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "--max-memory {ok}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn help_and_version_exit_0() {
     let out = run(&["--help"]);

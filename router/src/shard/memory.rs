@@ -1,0 +1,141 @@
+//! The router's memory ceiling (`--max-memory`): what sessions hold together.
+//!
+//! Every session's holdings have bounds of their own (`--max-pending-bytes` queued for
+//! its socket, `--max-unacked-bytes-per-session` delivered and not acked, a login's
+//! backlog page), but those multiply by the sessions: 64 devices of four users that
+//! never read held 1.1 GB of backlog pages, and a thousand sessions at their queue
+//! bound hold 8 GB. Like Redis closing the clients over `maxmemory-clients`, when the
+//! process's resident memory is over the ceiling, each shard closes the sessions that
+//! hold the most (queued plus unacked bytes, at least [`MIN_VICTIM_BYTES`] each) until
+//! they account for its share of the excess, as slow consumers: what they held unacked
+//! goes to their offline queues, as when any session ends. Then it waits
+//! [`SETTLE`] for the memory to come back before it looks again, and what it is still
+//! handing to the store is not counted as over.
+//!
+//! Resident memory, not the sessions' counts, decides whether to act: a room message's
+//! payload is one copy that every member's count includes, so counts add up to far more
+//! than is held under a big room's fan-out. The counts only choose whom to close.
+
+use std::time::{Duration, Instant};
+
+use ringrouter_proto::Status;
+
+use super::session::{CloseReason, SessionKey};
+use super::Shard;
+
+/// A session holding less is never closed for the ceiling: it is not what fills memory
+/// (with 100 000 sessions, 1 MiB each is 100 GB).
+pub const MIN_VICTIM_BYTES: usize = 1 << 20;
+
+/// How long a shard waits after closing sessions for the ceiling before it looks again:
+/// what they held is let go (the store takes what was unacked) over a few ticks.
+pub const SETTLE: Duration = Duration::from_millis(500);
+
+/// The process's resident memory in bytes (`/proc/self/statm`), if it can be read.
+pub fn resident_bytes() -> Option<usize> {
+    let s = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: usize = s.split_whitespace().nth(1)?.parse().ok()?;
+    // Safety: sysconf only reads a constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages.saturating_mul(usize::try_from(page).ok()?))
+}
+
+/// Whom to close: of `held` (session, bytes), the biggest holders of at least
+/// [`MIN_VICTIM_BYTES`], biggest first, until they hold `share` bytes (all of them if
+/// they hold less).
+pub fn victims(mut held: Vec<(SessionKey, usize)>, share: usize) -> Vec<SessionKey> {
+    held.retain(|&(_, b)| b >= MIN_VICTIM_BYTES);
+    held.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut freed = 0;
+    held.into_iter()
+        .take_while(|&(_, b)| {
+            let more = freed < share;
+            freed += b;
+            more
+        })
+        .map(|(k, _)| k)
+        .collect()
+}
+
+impl Shard {
+    /// Called by the ticker: over the ceiling, closes this shard's share of the sessions
+    /// that hold the most (see the module).
+    pub(crate) fn keep_under_max_memory(&mut self, now: Instant) {
+        let limit = self.cfg.max_memory;
+        if limit == 0 || self.memory_settle_until.is_some_and(|t| now < t) {
+            return;
+        }
+        let Some(rss) = resident_bytes() else {
+            return;
+        };
+        // What this shard is handing to the store (sessions closed before left it
+        // unacked) is on its way out: not a reason to close more.
+        let leaving = self.requeue_bytes + self.store_bytes;
+        let staying = rss.saturating_sub(leaving);
+        if staying <= limit {
+            return;
+        }
+        let share = (staying - limit).div_ceil(self.n.max(1));
+        let held = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.closing.is_none())
+            .map(|(k, s)| (k, s.pending() + s.unacked.bytes()))
+            .collect();
+        let gone = victims(held, share);
+        if gone.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            shard = self.id,
+            rss,
+            limit,
+            sessions = gone.len(),
+            "resident memory over --max-memory: closing the sessions holding the most"
+        );
+        let reason = format!(
+            "the router's memory is over --max-memory ({limit} bytes); this session held \
+             more than the others"
+        );
+        for k in gone {
+            self.counters.memory_closes += 1;
+            self.close(
+                k,
+                CloseReason::SlowConsumer,
+                Some((Status::SlowConsumer, &reason)),
+            );
+        }
+        self.memory_settle_until = Some(now + SETTLE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: usize = MIN_VICTIM_BYTES;
+
+    #[test]
+    fn the_biggest_holders_go_until_they_make_the_share() {
+        let held = vec![(1, 2 * M), (2, 8 * M), (3, 5 * M), (4, M / 2)];
+        assert_eq!(victims(held.clone(), 1), vec![2]);
+        assert_eq!(victims(held.clone(), 8 * M), vec![2]);
+        assert_eq!(victims(held.clone(), 8 * M + 1), vec![2, 3]);
+        // Small holders are never closed, even if the share is not made.
+        assert_eq!(victims(held, 100 * M), vec![2, 3, 1]);
+    }
+
+    #[test]
+    fn nobody_holding_much_means_nobody_goes() {
+        assert!(victims(vec![(1, M - 1), (2, 0)], 10 * M).is_empty());
+        assert!(victims(Vec::new(), 10 * M).is_empty());
+    }
+
+    #[test]
+    fn resident_memory_and_the_default_ceiling_are_read() {
+        let rss = resident_bytes().expect("/proc/self/statm");
+        assert!(rss > 0);
+        let auto = crate::config::auto_max_memory().expect("/proc/meminfo");
+        assert!(auto > rss, "{auto} against {rss}");
+    }
+}
