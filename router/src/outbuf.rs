@@ -189,6 +189,16 @@ impl OutBuf {
         self.len == 0
     }
 
+    /// Bytes of `len` that are room payloads shared with the shard's other sessions (a
+    /// pass over the queue: for the memory ceiling's rare choice, not per delivery).
+    pub fn shared_bytes(&self) -> usize {
+        self.segs
+            .iter()
+            .filter(|s| matches!(s.payload, Part::Fanned(_)))
+            .map(|s| s.payload.as_slice().len())
+            .sum()
+    }
+
     /// True once a writer has taken a batch from this queue.
     pub fn taken(&self) -> bool {
         self.taken

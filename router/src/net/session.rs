@@ -293,6 +293,17 @@ async fn read_loop(
                     acks_taken_to = 0;
                     read_ahead_left = false;
                     let (chunk, e) = split_frames(&mut buf, max_frame);
+                    if chunk.len() > READ_BUF {
+                        // `buf` is the rest of a big frame's allocation, which it would
+                        // keep (reads and the layers' frames go on in it: 1 MiB an idle
+                        // WebSocket or TLS session after one big frame, counted nowhere):
+                        // what follows the frame is moved out, if anything.
+                        buf = if buf.is_empty() {
+                            BytesMut::new()
+                        } else {
+                            BytesMut::from(&buf[..])
+                        };
+                    }
                     if input_counted {
                         // A big frame completed: what is left is the next one's start.
                         input_counted = false;
@@ -595,7 +606,13 @@ async fn read_loop(
 /// still arriving. What fits a read buffer is not counted: a connection holds that much
 /// anyway, like its socket's receive buffer.
 fn big_input(buf: &BytesMut, layers: Option<&Rc<RefCell<Layers>>>) -> usize {
-    let own = if buf.len() > READ_BUF { buf.len() } else { 0 };
+    // Only a frame still arriving: complete frames waiting in `buf` (decoded by the
+    // layers during a read ahead) are not an input held open.
+    let own = if buf.len() > READ_BUF && frame_bytes_needed(buf).is_some_and(|n| n > 0) {
+        buf.len()
+    } else {
+        0
+    };
     own + layers.map_or(0, |l| l.borrow().message_held())
 }
 
@@ -825,7 +842,10 @@ async fn read_layered(
                 raw = BytesMut::new();
             }
             if raw.capacity() - raw.len() < MIN_READ {
-                raw.reserve(READ_BUF);
+                match bufpool::take_pooled().filter(|_| raw.is_empty()) {
+                    Some(b) => raw = b,
+                    None => raw.reserve(READ_BUF),
+                }
             }
             // What the pre-login decode left (frames pipelined behind the Login), or
             // the peer's end seen in the read before, is taken before the socket is
@@ -852,6 +872,10 @@ async fn read_layered(
         let (eof, res, pending) = match step {
             Ok(v) => v,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                layers.borrow_mut().release_idle_buffers();
+                if buf.is_empty() {
+                    *buf = BytesMut::new();
+                }
                 wait_readable(reader).await?;
                 continue;
             }

@@ -31,6 +31,12 @@ pub const MIN_VICTIM_BYTES: usize = 1 << 20;
 /// what they held is let go (the store takes what was unacked) over a few ticks.
 pub const SETTLE: Duration = Duration::from_millis(500);
 
+/// For how long what the sessions closed for the ceiling held is taken off the excess
+/// (the store's memtables take what they left unacked before it is written, and the
+/// allocator gives freed memory back later): without it a shard closed twice as many
+/// as needed, the memory not yet down when it looked again.
+pub const RECENT: Duration = Duration::from_secs(3);
+
 /// The process's resident memory in bytes (`/proc/self/statm`), if it can be read.
 pub fn resident_bytes() -> Option<usize> {
     let s = std::fs::read_to_string("/proc/self/statm").ok()?;
@@ -42,8 +48,8 @@ pub fn resident_bytes() -> Option<usize> {
 
 /// Whom to close: of `held` (session, bytes), the biggest holders of at least
 /// [`MIN_VICTIM_BYTES`], biggest first, until they hold `share` bytes (all of them if
-/// they hold less).
-pub fn victims(mut held: Vec<(SessionKey, usize)>, share: usize) -> Vec<SessionKey> {
+/// they hold less), with what each holds.
+pub fn victims(mut held: Vec<(SessionKey, usize)>, share: usize) -> Vec<(SessionKey, usize)> {
     held.retain(|&(_, b)| b >= MIN_VICTIM_BYTES);
     held.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let mut freed = 0;
@@ -53,7 +59,6 @@ pub fn victims(mut held: Vec<(SessionKey, usize)>, share: usize) -> Vec<SessionK
             freed += b;
             more
         })
-        .map(|(k, _)| k)
         .collect()
 }
 
@@ -62,28 +67,72 @@ impl Shard {
     /// that hold the most (see the module).
     pub(crate) fn keep_under_max_memory(&mut self, now: Instant) {
         let limit = self.cfg.max_memory;
-        if limit == 0 || self.memory_settle_until.is_some_and(|t| now < t) {
+        // Looked within RECENT: what was closed then is on its way out, and a warning
+        // that no session holds the excess was given.
+        let looked = self
+            .memory_closed
+            .is_some_and(|(at, _)| now.duration_since(at) < RECENT);
+        let recent = match self.memory_closed {
+            Some((at, _)) if now.duration_since(at) < SETTLE => return,
+            Some((at, bytes)) if now.duration_since(at) < RECENT => bytes,
+            _ => 0,
+        };
+        if limit == 0 {
             return;
         }
-        let Some(rss) = resident_bytes() else {
+        let Some(mut rss) = resident_bytes() else {
             return;
         };
+        if rss > limit {
+            // Memory freed (by sessions closed before, say) is purged a second later:
+            // given back first, then measured again.
+            crate::alloc::collect_now();
+            rss = resident_bytes().unwrap_or(rss);
+        }
         // What this shard is handing to the store (sessions closed before left it
         // unacked) is on its way out: not a reason to close more.
-        let leaving = self.requeue_bytes + self.store_bytes;
+        // Nor are big frames still arriving: `--max-input-bytes` bounds them.
+        let leaving = self.requeue_bytes + self.store_bytes + self.input.held();
         let staying = rss.saturating_sub(leaving);
         if staying <= limit {
             return;
         }
-        let share = (staying - limit).div_ceil(self.n.max(1));
-        let held = self
+        let share = (staying - limit)
+            .div_ceil(self.n.max(1))
+            .saturating_sub(recent);
+        if share == 0 {
+            return;
+        }
+        // What a session holds of its own: a room payload is one copy for all the
+        // members (closing one frees nothing of it, and puts a copy of it in the
+        // member's offline queue). Counted with a pass over its queues, so only for the
+        // sessions whose counts could make them candidates.
+        let held: Vec<(SessionKey, usize)> = self
             .sessions
             .iter()
-            .filter(|(_, s)| s.closing.is_none())
-            .map(|(k, s)| (k, s.pending() + s.unacked.bytes()))
+            .filter(|(_, s)| {
+                s.closing.is_none() && s.pending() + s.unacked.bytes() >= MIN_VICTIM_BYTES
+            })
+            .map(|(k, s)| {
+                let shared = s.out.shared_bytes() + s.unacked.shared_bytes();
+                (k, (s.pending() + s.unacked.bytes()).saturating_sub(shared))
+            })
             .collect();
         let gone = victims(held, share);
-        if gone.is_empty() {
+        let closed: usize = gone.iter().map(|&(_, b)| b).sum();
+        if closed < share / 2 {
+            // Most of the excess is not the sessions' (caches, buffers the bounds
+            // above cover): closing them would not bring it down.
+            if !looked {
+                tracing::warn!(
+                    shard = self.id,
+                    rss,
+                    limit,
+                    sessions_hold = closed,
+                    "resident memory over --max-memory, but not held by sessions: none closed"
+                );
+            }
+            self.memory_closed = Some((now, recent));
             return;
         }
         tracing::warn!(
@@ -97,7 +146,7 @@ impl Shard {
             "the router's memory is over --max-memory ({limit} bytes); this session held \
              more than the others"
         );
-        for k in gone {
+        for (k, _) in gone {
             self.counters.memory_closes += 1;
             self.close(
                 k,
@@ -105,7 +154,7 @@ impl Shard {
                 Some((Status::SlowConsumer, &reason)),
             );
         }
-        self.memory_settle_until = Some(now + SETTLE);
+        self.memory_closed = Some((now, recent + closed));
     }
 }
 
@@ -115,9 +164,15 @@ mod tests {
 
     const M: usize = MIN_VICTIM_BYTES;
 
+    fn keys(v: Vec<(SessionKey, usize)>) -> Vec<SessionKey> {
+        v.into_iter().map(|(k, _)| k).collect()
+    }
+
     #[test]
     fn the_biggest_holders_go_until_they_make_the_share() {
         let held = vec![(1, 2 * M), (2, 8 * M), (3, 5 * M), (4, M / 2)];
+        assert_eq!(victims(held.clone(), 1), vec![(2, 8 * M)]);
+        let victims = |h, s| keys(victims(h, s));
         assert_eq!(victims(held.clone(), 1), vec![2]);
         assert_eq!(victims(held.clone(), 8 * M), vec![2]);
         assert_eq!(victims(held.clone(), 8 * M + 1), vec![2, 3]);

@@ -204,9 +204,9 @@ pub struct Shard {
     pub requeue_bytes: usize,
     /// What the readers hold of frames bigger than a read buffer (`shard::input`).
     pub input: input::InputBudget,
-    /// Until when the memory ceiling is not looked at (sessions closed for it are
-    /// letting go of what they held: `shard::memory`).
-    pub memory_settle_until: Option<Instant>,
+    /// When sessions were last closed for the memory ceiling, and what those closed
+    /// within `memory::RECENT` held (`shard::memory`).
+    pub memory_closed: Option<(Instant, usize)>,
     /// Members of the rooms in `rooms`, summed when the ticker trims them (see
     /// `Shard::trim_room_cache`).
     pub room_members_loaded: usize,
@@ -345,7 +345,7 @@ impl Shard {
             requeue_loads: Vec::new(),
             requeue_bytes: 0,
             input: input::InputBudget::new(max_input_bytes),
-            memory_settle_until: None,
+            memory_closed: None,
             room_members_loaded: 0,
             parked_bytes: 0,
             parked_throttled: Vec::new(),

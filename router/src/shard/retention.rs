@@ -341,6 +341,12 @@ impl Retained {
         }
     }
 
+    /// Bytes of `bytes` that are room payloads, one copy shared by the shard's member
+    /// sessions (a pass over them: for the memory ceiling's rare choice).
+    pub fn shared_bytes(&self) -> usize {
+        self.fan.iter().map(|(_, m)| m.payload.len()).sum()
+    }
+
     /// Payload bytes kept in memory.
     pub fn bytes(&self) -> usize {
         self.bytes
