@@ -703,6 +703,11 @@ fn setting_line(arg: &Arg, m: &ArgMatches, cfg: &Config) -> String {
             Ok(n) => format!("{key} = {}  # {n} bytes", toml_str(&raw)),
             Err(_) => format!("{key} = {}", toml_str(&raw)),
         },
+        Some("SIZE|auto") => match parse_memory(&raw) {
+            Ok(0) => format!("{key} = {}  # none", toml_str(&raw)),
+            Ok(n) => format!("{key} = {}  # {n} bytes", toml_str(&raw)),
+            Err(_) => format!("{key} = {}", toml_str(&raw)),
+        },
         Some("DURATION") => match parse_duration(&raw) {
             Ok(d) => {
                 let norm = humantime::format_duration(d).to_string();
