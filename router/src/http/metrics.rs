@@ -10,6 +10,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use ringrouter_proto::Status;
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::shared::ConnStats;
@@ -172,7 +174,7 @@ fn failure_statuses() -> impl Iterator<Item = (usize, &'static str)> {
 }
 
 /// What one scrape shows: every shard's published figures and the store's.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Scrape {
     shards: Vec<StatsSnapshot>,
     total: StatsSnapshot,
@@ -182,7 +184,7 @@ struct Scrape {
 }
 
 /// The TLS handshake threads' figures (with `--tls-cert`).
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TlsStats {
     /// Handshake steps queued or running.
     pub in_progress: u64,
@@ -444,7 +446,7 @@ pub(crate) fn render(
     store: StoreStats,
     tls: Option<TlsStats>,
     conns: ConnStats,
-) -> String {
+) -> Rc<str> {
     let mut total = StatsSnapshot::default();
     let shards = stats
         .iter()
@@ -453,24 +455,60 @@ pub(crate) fn render(
             st.snapshot()
         })
         .collect();
-    let mut reg = Registry::with_prefix("ringrouter");
-    reg.register_collector(Box::new(Scrape {
+    let scrape = Scrape {
         shards,
         total,
         store,
         tls,
         conns,
-    }));
-    let mut out = String::with_capacity(32 << 10);
-    // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
-    out
+    };
+    // The figures change once a ticker period (and with the store's and the
+    // connections'): the text is made again only when they did. Made for every request,
+    // a client pipelining thousands of `GET /metrics` on connection after connection
+    // took 1.7 of 2 cores (an honest DM's p50 0.1 → 5–9 ms).
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((seen, text)) = &*last {
+            if *seen == scrape {
+                return text.clone();
+            }
+        }
+        let mut reg = Registry::with_prefix("ringrouter");
+        reg.register_collector(Box::new(scrape.clone()));
+        let mut out = String::with_capacity(32 << 10);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
+        let text: Rc<str> = out.into();
+        *last = Some((scrape, text.clone()));
+        text
+    })
+}
+
+thread_local! {
+    /// This shard's last scrape and its text.
+    static LAST: RefCell<Option<(Scrape, Rc<str>)>> = const { RefCell::new(None) };
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::stats::{Counters, Gauges};
+
+    #[test]
+    fn the_text_is_made_again_only_when_the_figures_changed() {
+        let stats: Vec<Arc<ShardStats>> = (0..2).map(|_| Arc::new(ShardStats::default())).collect();
+        let scrape = || render(&stats, StoreStats::default(), None, ConnStats::default());
+        let (a, b) = (scrape(), scrape());
+        assert!(Rc::ptr_eq(&a, &b), "the same figures, the same text");
+        let c = Counters {
+            msgs_in: 7,
+            ..Counters::default()
+        };
+        stats[1].publish(&c, Gauges::default());
+        let d = scrape();
+        assert!(!Rc::ptr_eq(&a, &d));
+        assert!(d.contains("ringrouter_messages_in_total 7"), "{d}");
+    }
 
     #[test]
     fn exposition_has_shards_totals_and_a_cumulative_histogram() {

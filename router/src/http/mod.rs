@@ -416,7 +416,8 @@ async fn answer(
                     refused: h.refused(),
                 }),
                 shared.conns.figures(),
-            ),
+            )
+            .as_bytes(),
         ),
         Route::Asset(path) => match crate::web::asset(&path) {
             Some((content_type, bytes)) => Response::new(200, content_type, bytes),
