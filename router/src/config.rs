@@ -463,9 +463,19 @@ pub fn auto_max_memory() -> Option<usize> {
             .ok()?;
         Some(kib.saturating_mul(1024))
     });
-    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
-        .ok()
-        .and_then(|s| s.trim().parse::<usize>().ok());
+    // cgroup v2, else v1 (whose "no limit" is a huge number: the machine's is lower).
+    let cgroup = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|p| {
+        std::fs::read_to_string(p)
+            .ok()?
+            .trim()
+            .parse::<usize>()
+            .ok()
+    });
     let limit = match (total, cgroup) {
         (Some(t), Some(c)) => t.min(c),
         (t, c) => t.or(c)?,
