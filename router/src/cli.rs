@@ -347,11 +347,12 @@ pub struct Args {
     /// the shard's readers pause until the store has taken some.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256MiB", help_heading = STORAGE)]
     pub max_requeue_bytes: usize,
-    /// Most bytes one shard's connections may hold of client frames still arriving that
-    /// do not fit a read buffer (64 KiB); past it the connections whose frame began
-    /// first are closed with an Error UNAVAILABLE. At least twice --max-frame-bytes.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256MiB", help_heading = LIMITS)]
-    pub max_input_bytes: usize,
+    /// Most bytes one shard's connections may hold of client frames still arriving (each
+    /// counted from 16 KiB); past it the connections whose frame began first are closed
+    /// with an Error UNAVAILABLE. At least twice --max-frame-bytes (default: 256 MiB, or
+    /// twice --max-frame-bytes if that is more).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = LIMITS)]
+    pub max_input_bytes: Option<usize>,
     /// Resident memory past which each shard closes the sessions holding the most (queued
     /// for their sockets plus delivered and not acked; at least 1 MiB each) as slow
     /// consumers until they make its share of the excess. auto: 80% of the machine's
@@ -446,7 +447,9 @@ impl Args {
             max_unacked_bytes_per_session: self.max_unacked_bytes_per_session,
             max_store_queue_bytes: self.max_store_queue_bytes,
             max_requeue_bytes: self.max_requeue_bytes,
-            max_input_bytes: self.max_input_bytes,
+            max_input_bytes: self.max_input_bytes.unwrap_or(
+                crate::config::DEFAULT_MAX_INPUT_BYTES.max(self.max_frame_bytes.saturating_mul(2)),
+            ),
             max_memory: self.max_memory,
             max_offline_bytes_per_user: self.max_offline_bytes_per_user as u64,
             forget_idle_users_after: self.forget_idle_users_after,
@@ -684,6 +687,10 @@ fn setting_line(arg: &Arg, m: &ArgMatches, cfg: &Config) -> String {
             "max-payload-bytes" => format!(
                 "# {key} = {}  # unset: max-frame-bytes minus 1 KiB",
                 cfg.max_payload_bytes
+            ),
+            "max-input-bytes" => format!(
+                "# {key} = {}  # unset: 256 MiB, or twice max-frame-bytes if more",
+                cfg.max_input_bytes
             ),
             "heartbeat-timeout" => format!(
                 "# {key} = {}  # unset: twice heartbeat-interval",
@@ -1278,6 +1285,10 @@ mod tests {
             "2s",
             "--http-api-timeout",
             "1s",
+            "--max-input-bytes",
+            "3MiB",
+            "--max-memory",
+            "1GiB",
         ];
         let p = parse_ok(&every);
         // Every setting was given: none is at its default.

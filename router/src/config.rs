@@ -213,9 +213,9 @@ pub struct Config {
     /// Most bytes one shard may hold of what ended sessions left unacked, waiting for
     /// the store (`shard::requeue`); past it the shard's readers pause.
     pub max_requeue_bytes: usize,
-    /// Most bytes one shard's connections may hold of client frames still arriving that
-    /// do not fit a read buffer (64 KiB); past it the connections whose frame began
-    /// first are closed (`shard::input`).
+    /// Most bytes one shard's connections may hold of client frames still arriving (each
+    /// counted from 16 KiB); past it the connections whose frame began first are closed
+    /// (`shard::input`).
     pub max_input_bytes: usize,
     /// Resident memory past which each shard closes the sessions holding the most
     /// (`shard::memory`); 0: none.
@@ -325,7 +325,7 @@ impl Default for Config {
             max_unacked_bytes_per_session: 64 << 20,
             max_store_queue_bytes: 64 << 20,
             max_requeue_bytes: 256 << 20,
-            max_input_bytes: 256 << 20,
+            max_input_bytes: DEFAULT_MAX_INPUT_BYTES,
             max_memory: auto_max_memory().unwrap_or(0),
             max_offline_bytes_per_user: 256 << 20,
             forget_idle_users_after: Duration::from_secs(30 * 24 * 3600),
@@ -444,6 +444,9 @@ impl Config {
             .min(MAX_SHARDS)
     }
 }
+
+/// `--max-input-bytes` unless set (or twice `--max-frame-bytes`, if more).
+pub const DEFAULT_MAX_INPUT_BYTES: usize = 256 << 20;
 
 /// The lowest `--max-memory` taken (but 0: none).
 pub const MIN_MAX_MEMORY: usize = 64 << 20;

@@ -253,7 +253,7 @@ shard_stats!(
     /// Their payload bytes kept in memory (see `max_unacked_bytes_per_session`), as of
     /// the last tick.
     unacked_bytes,
-    /// Bytes the readers hold of frames bigger than a read buffer (see
+    /// Bytes the readers hold of frames still arriving (from 16 KiB) (see
     /// `max_input_bytes`).
     input_bytes,
 );

@@ -133,7 +133,7 @@ const GAUGES: &[(&str, &str, Get)] = &[
     ),
     (
         "input_bytes",
-        "Bytes held of client frames still arriving that do not fit a read buffer (bounded by --max-input-bytes).",
+        "Bytes held of client frames still arriving, each counted from 16 KiB (bounded by --max-input-bytes).",
         |s| s.input_bytes,
     ),
     (

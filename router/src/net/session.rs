@@ -285,6 +285,8 @@ async fn read_loop(
             let now = Instant::now();
             let ts = now_us();
             let mut flow = Flow::Continue;
+            // This session was closed past the input budget as its chunk was split.
+            let mut input_closed = false;
             // Every complete frame in one chunk: one reference count for all of
             // them; payloads become slices of it.
             let (chunk, start, framing_error) = match held.take() {
@@ -304,10 +306,12 @@ async fn read_loop(
                             BytesMut::from(&buf[..])
                         };
                     }
-                    if input_counted {
-                        // A big frame completed: what is left is the next one's start.
-                        input_counted = false;
-                        sh.hold_input(key, big_input(&buf, layers));
+                    if input_counted || buf.len() >= COUNTED_FROM {
+                        // What is left is the start of a frame still arriving: counted
+                        // from its size (a big frame that completed is not any more).
+                        let bytes = big_input(&buf, layers);
+                        input_counted = bytes > 0;
+                        input_closed = !sh.hold_input(key, bytes);
                     }
                     sh.chunk_payload = 0;
                     (chunk, 0, e.map(|e| (e.status(), e.to_string())))
@@ -325,7 +329,7 @@ async fn read_loop(
             // The intake was open when this read began, but other readers may have
             // filled the store queue since: all of them woken together, each handled a
             // chunk's first frame past the bound. So a chunk waits whole now.
-            let waits = start < chunk.len() && !sh.store_open_to(key);
+            let waits = input_closed || (start < chunk.len() && !sh.store_open_to(key));
             if waits {
                 rest = Some(start);
             }
@@ -601,19 +605,25 @@ async fn read_loop(
     }
 }
 
-/// Bytes a reader holds of a frame bigger than a read buffer (`shard::input`): its
-/// buffer once grown past one (such a frame's bytes so far), and a WebSocket message
-/// still arriving. What fits a read buffer is not counted: a connection holds that much
-/// anyway, like its socket's receive buffer.
+/// Bytes of a frame still arriving from which a reader's holding counts against the
+/// shard's `--max-input-bytes`. Under it, a connection holds about what its socket's
+/// receive buffer does; counted from 64 KiB, 100 000 connections each holding a 60 KB
+/// partial frame could hold 6 GB.
+const COUNTED_FROM: usize = 16 * 1024;
+
+/// Bytes a reader holds of a frame still arriving (`shard::input`), from
+/// [`COUNTED_FROM`]: its buffer when it starts with such a frame (its bytes so far),
+/// and a WebSocket message still arriving.
 fn big_input(buf: &BytesMut, layers: Option<&Rc<RefCell<Layers>>>) -> usize {
     // Only a frame still arriving: complete frames waiting in `buf` (decoded by the
     // layers during a read ahead) are not an input held open.
-    let own = if buf.len() > READ_BUF && frame_bytes_needed(buf).is_some_and(|n| n > 0) {
+    let own = if buf.len() >= COUNTED_FROM && frame_bytes_needed(buf).is_some_and(|n| n > 0) {
         buf.len()
     } else {
         0
     };
-    own + layers.map_or(0, |l| l.borrow().message_held())
+    let message = layers.map_or(0, |l| l.borrow().message_held());
+    own + if message >= COUNTED_FROM { message } else { 0 }
 }
 
 /// Tells the shard what this reader holds of big frames after a read, when it holds
@@ -842,7 +852,7 @@ async fn read_layered(
                 raw = BytesMut::new();
             }
             if raw.capacity() - raw.len() < MIN_READ {
-                match bufpool::take_pooled().filter(|_| raw.is_empty()) {
+                match raw.is_empty().then(bufpool::take_pooled).flatten() {
                     Some(b) => raw = b,
                     None => raw.reserve(READ_BUF),
                 }

@@ -1,14 +1,15 @@
-//! The shard's budget for client frames being read that do not fit a read buffer
-//! (`--max-input-bytes`).
+//! The shard's budget for client frames still arriving (`--max-input-bytes`).
 //!
-//! A frame up to a read buffer (`bufpool::READ_BUF`, 64 KiB) is read into one; a bigger
-//! one (up to `--max-frame-bytes`) is gathered in a buffer of its own, and a WebSocket
-//! message in its decoder, until its last byte comes. One connection holds at most
-//! a frame that way, but every connection can: 1 500 connections each sending all
-//! but the last byte of a 1 MiB frame held 1.5 GiB until heartbeats cut them ~45 s
-//! later, and `--max-connections` of them would take the machine's memory.
+//! A frame is gathered in its session's read buffer (a bigger one than a read buffer,
+//! 64 KiB, in a buffer of its own; a WebSocket message in its decoder) until its last
+//! byte comes. One connection holds at most a frame that way, but every connection can:
+//! 1 500 connections each sending all but the last byte of a 1 MiB frame held 1.5 GiB
+//! until heartbeats cut them ~45 s later, and `--max-connections` of them would take
+//! the machine's memory (100 000 holding 60 KB each, 6 GB).
 //!
-//! The bytes the shard's readers hold of such frames are counted here. Past the
+//! The bytes the shard's readers hold of such frames, each counted from 16 KiB
+//! (`net::session::COUNTED_FROM`: under it a connection holds about what its socket's
+//! receive buffer does), are counted here. Past the
 //! budget, the connections whose big frame began longest ago are closed (an Error
 //! UNAVAILABLE first, like Redis closing the clients over `maxmemory-clients`), until
 //! the rest fit: an honest client's big frame arrives in milliseconds, so the oldest
@@ -23,8 +24,8 @@ use ringrouter_proto::Status;
 use super::session::{CloseReason, SessionKey};
 use super::Shard;
 
-/// What the shard's connections hold of frames bigger than a read buffer, and in
-/// which order they began.
+/// What the shard's connections hold of frames still arriving, and in which order
+/// they began.
 #[derive(Debug)]
 pub struct InputBudget {
     limit: usize,
@@ -97,8 +98,8 @@ impl InputBudget {
 }
 
 impl Shard {
-    /// Records that session `key`'s reader holds `bytes` of a frame bigger than a read
-    /// buffer (0: none), and closes the sessions the budget lets go (see the module).
+    /// Records that session `key`'s reader holds `bytes` of a frame still arriving (0:
+    /// none), and closes the sessions the budget lets go (see the module).
     /// Returns whether `key` is still open. A closing session holds nothing.
     pub fn hold_input(&mut self, key: SessionKey, bytes: usize) -> bool {
         if self.sessions.get(key).is_none_or(|s| s.closing.is_some()) {

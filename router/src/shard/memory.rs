@@ -62,37 +62,50 @@ pub fn victims(mut held: Vec<(SessionKey, usize)>, share: usize) -> Vec<(Session
         .collect()
 }
 
+/// A shard's state of the ceiling.
+#[derive(Debug, Default)]
+pub struct MemoryWatch {
+    /// When it last gave memory back to measure (at most once per [`SETTLE`]).
+    looked: Option<Instant>,
+    /// When it last closed sessions, and what those closed within [`RECENT`] held.
+    closed: Option<(Instant, usize)>,
+    /// It said that the excess is not the sessions' (once until it closes some).
+    warned: bool,
+}
+
 impl Shard {
     /// Called by the ticker: over the ceiling, closes this shard's share of the sessions
     /// that hold the most (see the module).
     pub(crate) fn keep_under_max_memory(&mut self, now: Instant) {
         let limit = self.cfg.max_memory;
-        // Looked within RECENT: what was closed then is on its way out, and a warning
-        // that no session holds the excess was given.
-        let looked = self
-            .memory_closed
-            .is_some_and(|(at, _)| now.duration_since(at) < RECENT);
-        let recent = match self.memory_closed {
-            Some((at, _)) if now.duration_since(at) < SETTLE => return,
+        if limit == 0
+            || self
+                .memory
+                .looked
+                .is_some_and(|at| now.duration_since(at) < SETTLE)
+        {
+            return;
+        }
+        // What sessions closed within RECENT held is on its way out.
+        let recent = match self.memory.closed {
             Some((at, bytes)) if now.duration_since(at) < RECENT => bytes,
             _ => 0,
         };
-        if limit == 0 {
-            return;
-        }
         let Some(mut rss) = resident_bytes() else {
             return;
         };
-        if rss > limit {
+        // What this shard is handing to the store (sessions closed before left it
+        // unacked) is on its way out: not a reason to close more. Nor are frames still
+        // arriving: `--max-input-bytes` bounds them.
+        let leaving = self.requeue_bytes + self.store_bytes + self.input.held();
+        if rss.saturating_sub(leaving) > limit {
             // Memory freed (by sessions closed before, say) is purged a second later:
-            // given back first, then measured again.
+            // given back first (at most once per SETTLE: milliseconds), then measured
+            // again.
+            self.memory.looked = Some(now);
             crate::alloc::collect_now();
             rss = resident_bytes().unwrap_or(rss);
         }
-        // What this shard is handing to the store (sessions closed before left it
-        // unacked) is on its way out: not a reason to close more.
-        // Nor are big frames still arriving: `--max-input-bytes` bounds them.
-        let leaving = self.requeue_bytes + self.store_bytes + self.input.held();
         let staying = rss.saturating_sub(leaving);
         if staying <= limit {
             return;
@@ -123,7 +136,8 @@ impl Shard {
         if closed < share / 2 {
             // Most of the excess is not the sessions' (caches, buffers the bounds
             // above cover): closing them would not bring it down.
-            if !looked {
+            if !self.memory.warned {
+                self.memory.warned = true;
                 tracing::warn!(
                     shard = self.id,
                     rss,
@@ -132,7 +146,6 @@ impl Shard {
                     "resident memory over --max-memory, but not held by sessions: none closed"
                 );
             }
-            self.memory_closed = Some((now, recent));
             return;
         }
         tracing::warn!(
@@ -154,7 +167,8 @@ impl Shard {
                 Some((Status::SlowConsumer, &reason)),
             );
         }
-        self.memory_closed = Some((now, recent + closed));
+        self.memory.closed = Some((now, recent + closed));
+        self.memory.warned = false;
     }
 }
 

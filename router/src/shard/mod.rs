@@ -202,11 +202,10 @@ pub struct Shard {
     pub requeue_loads: Vec<(session::SessionId, String, u64)>,
     /// What `requeues` count for (`Requeue::weight`), against `max_requeue_bytes`.
     pub requeue_bytes: usize,
-    /// What the readers hold of frames bigger than a read buffer (`shard::input`).
+    /// What the readers hold of frames still arriving (`shard::input`).
     pub input: input::InputBudget,
-    /// When sessions were last closed for the memory ceiling, and what those closed
-    /// within `memory::RECENT` held (`shard::memory`).
-    pub memory_closed: Option<(Instant, usize)>,
+    /// The memory ceiling's state (`shard::memory`).
+    pub memory: memory::MemoryWatch,
     /// Members of the rooms in `rooms`, summed when the ticker trims them (see
     /// `Shard::trim_room_cache`).
     pub room_members_loaded: usize,
@@ -345,7 +344,7 @@ impl Shard {
             requeue_loads: Vec::new(),
             requeue_bytes: 0,
             input: input::InputBudget::new(max_input_bytes),
-            memory_closed: None,
+            memory: memory::MemoryWatch::default(),
             room_members_loaded: 0,
             parked_bytes: 0,
             parked_throttled: Vec::new(),

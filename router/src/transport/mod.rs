@@ -156,7 +156,12 @@ impl Layers {
     /// buffers go to the shard's pool, for the next read of any session.
     pub(crate) fn release_idle_buffers(&mut self) {
         if self.raw.is_empty() {
-            crate::bufpool::give_read(std::mem::take(&mut self.raw));
+            let raw = std::mem::take(&mut self.raw);
+            // (One grown past a read, by the WebSocket input it traded places with, is
+            // let go: the pool keeps read-sized buffers.)
+            if raw.capacity() <= 2 * crate::bufpool::READ_BUF {
+                crate::bufpool::give_read(raw);
+            }
         }
         if let Some(w) = self.ws.as_mut().filter(|w| w.input.is_empty()) {
             w.input = BytesMut::new();

@@ -1981,3 +1981,71 @@ fn sessions_holding_the_most_are_closed_over_the_memory_ceiling() {
     let got = again.collect_delivers(MSGS, T);
     assert_eq!(got.len(), MSGS, "{user} got back what it had not acked");
 }
+
+/// Connections each holding 60 KB of a frame that never completes (under a read buffer,
+/// but counted from 16 KiB): past `--max-input-bytes` the oldest are closed, as for
+/// bigger frames (100 000 such connections could hold 6 GB).
+#[test]
+fn partial_frames_under_a_read_buffer_count_too() {
+    let r = RouterProc::start(&["--shards", "1", "--max-input-bytes", "2MiB"]);
+    let mut pair = Pair::new(&r, "inp", 1);
+    drop(r.raw_login("inp-rx"));
+    let frame = send_frame_bytes("inp-rx", &vec![6u8; 60_000], false, 0);
+    let most = &frame[..frame.len() - 1];
+    let mut slow = Vec::new();
+    for i in 0..80 {
+        let mut s = r.raw_login(&format!("inp-slow{i}"));
+        // A closed connection (past the budget) may refuse the rest.
+        let _ = s.write(most);
+        router_read_all(&r, &s);
+        slow.push(s);
+    }
+    // 4.8 MB held, 2 MiB taken: the 45 or so oldest go.
+    let closed = ringrouter_tests::wait_until(T, || {
+        metric_sum(&r.metrics(), "ringrouter_input_budget_closes_total") >= 40.0
+    });
+    assert!(closed, "fewer than 40 connections closed past the budget");
+    let e = slow[0].expect_error(T);
+    assert_error(&e, Status::Unavailable);
+    pair.exchange("partial frames past the input budget");
+}
+
+/// A big frame sent in two writes is counted while it arrives and not once it is
+/// delivered: the charge went on after the frame completed (an idle honest session then
+/// held budget, and being the oldest was the first closed).
+#[test]
+fn a_big_frame_that_completes_holds_nothing_of_the_input_budget() {
+    let r = RouterProc::start(&["--shards", "1", "--max-input-bytes", "2MiB"]);
+    let mut rx = r.raw_login("inc-rx");
+    let frame = send_frame_bytes("inc-rx", &vec![8u8; 900_000], false, 0);
+    let (first, rest) = frame.split_at(500_000);
+    let input = |r: &RouterProc| metric_sum(&r.metrics(), "ringrouter_input_bytes");
+    let mut senders: Vec<Raw> = (0..3).map(|i| r.raw_login(&format!("inc-tx{i}"))).collect();
+    for s in &mut senders {
+        s.write(first).expect("the frame's first part");
+        router_read_all(&r, s);
+        assert!(
+            ringrouter_tests::wait_until(T, || input(&r) >= 500_000.0),
+            "the part read is counted"
+        );
+        s.write(rest).expect("the rest");
+        assert_eq!(rx.delivers(1, T)[0].payload.len(), 900_000);
+        assert!(
+            ringrouter_tests::wait_until(T, || input(&r) == 0.0),
+            "still counted once delivered: {}",
+            input(&r)
+        );
+    }
+    // None of them was closed: three completed frames hold nothing.
+    let mut late = r.raw_login("inc-late");
+    late.write(&frame[..700_000]).expect("a frame's start");
+    router_read_all(&r, &late);
+    assert_eq!(
+        metric_sum(&r.metrics(), "ringrouter_input_budget_closes_total"),
+        0.0
+    );
+    for s in &mut senders {
+        s.send(client_frame::Kind::Ping(Ping { nonce: 1 }));
+        assert!(matches!(s.next_kind(T), server_frame::Kind::Pong(_)));
+    }
+}
