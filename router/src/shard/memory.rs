@@ -123,12 +123,13 @@ impl Shard {
         let held: Vec<(SessionKey, usize)> = self
             .sessions
             .iter()
-            .filter(|(_, s)| {
-                s.closing.is_none() && s.pending() + s.unacked.bytes() >= MIN_VICTIM_BYTES
-            })
-            .map(|(k, s)| {
-                let shared = s.out.shared_bytes() + s.unacked.shared_bytes();
-                (k, (s.pending() + s.unacked.bytes()).saturating_sub(shared))
+            .filter(|(_, s)| s.closing.is_none())
+            .filter_map(|(k, s)| {
+                let counted = s.pending() + s.unacked.bytes();
+                (counted >= MIN_VICTIM_BYTES).then(|| {
+                    let shared = s.out.shared_bytes() + s.unacked.shared_bytes();
+                    (k, counted.saturating_sub(shared))
+                })
             })
             .collect();
         let gone = victims(held, share);
