@@ -5,6 +5,12 @@
 //! (`clear_page_erms` under `do_huge_pmd_anonymous_page`): memory that mimalloc
 //! purged came back as 2 MiB transparent huge pages, zeroed whole. With THP off
 //! for mimalloc's memory (4 KiB pages) 256 pairs ran +6–15% faster, 16 pairs the same.
+//!
+//! Freed memory goes back to the system after [`PURGE_DELAY_MS`], not mimalloc's 1 s: under
+//! load, memory a shard freed a second ago (history chunks, read buffers, queued frames)
+//! was purged and faulted in again, zeroed, at 256 pairs × 64 B 11% of the shards'
+//! samples in page faults (BENCHMARKS.md, twenty-sixth pass). Idle threads and a shard
+//! over `--max-memory` still return what they freed at once ([`collect_now`]).
 
 use std::os::raw::{c_int, c_long};
 
@@ -14,7 +20,6 @@ extern crate mimalloc;
 // Indices in mimalloc v3's `mi_option_e` (the version libmimalloc-sys 0.1.49
 // builds); `tests::option_indices_match_mimalloc` checks them through their
 // defaults.
-#[cfg(test)]
 const MI_OPTION_PURGE_DELAY: c_int = 15;
 const MI_OPTION_ALLOW_THP: c_int = 43;
 
@@ -25,10 +30,19 @@ extern "C" {
     fn mi_option_get(option: c_int) -> c_long;
 }
 
+/// How long memory freed under load stays with mimalloc before it goes back to the
+/// system, unless the environment sets `MIMALLOC_PURGE_DELAY` (see the module doc).
+pub const PURGE_DELAY_MS: c_long = 10_000;
+
 /// Turns transparent huge pages off for this process (mimalloc's option only
 /// covers memory it maps later; the prctl also covers the arena it reserved
-/// before `main`), unless the environment sets `MIMALLOC_ALLOW_THP`.
+/// before `main`), unless the environment sets `MIMALLOC_ALLOW_THP`; sets the purge
+/// delay to [`PURGE_DELAY_MS`] unless it sets `MIMALLOC_PURGE_DELAY`.
 pub fn tune_mimalloc() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // Safety: a plain option setter of the linked mimalloc; a delay in ms is valid.
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
+    }
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
         // Safety: a plain option setter of the linked mimalloc; 0 is a valid value.
         unsafe { mi_option_set(MI_OPTION_ALLOW_THP, 0) };
@@ -38,29 +52,23 @@ pub fn tune_mimalloc() {
     }
 }
 
-/// Returns what this thread freed to the operating system now. mimalloc purges freed
-/// memory only after `purge_delay` (1 s), and only when the thread allocates or frees
-/// again: a thread that went idle keeps it. With 10 000 idle sessions that was 1.4 KiB a
-/// session (`ringrouter-idle`: 4.95 KiB with the default, 3.58 KiB with
-/// `MIMALLOC_PURGE_DELAY=0`). Called by a shard once it has been idle for a while; under
-/// load it is never called, so freed memory is reused without page faults.
-pub fn collect_idle() {
-    // Safety: a plain call into the linked mimalloc (a no-op for memory another
-    // allocator owns); `false`: only what is due, nothing forced.
-    unsafe { mi_collect(false) };
-}
-
 /// Returns everything this thread freed to the operating system now, purge delay or not
-/// (`mi_collect(true)`: a walk of the thread's heap, milliseconds). For a shard over
-/// `--max-memory`, before it decides that sessions must go: freed memory counts in the
-/// resident size for a second otherwise.
+/// (`mi_collect(true)`: a walk of the thread's heap, milliseconds).
+/// - A thread idle for a while ([`IdleCollect`]): mimalloc purges only when the thread
+///   allocates or frees again, so an idle thread kept what it freed. With 10 000 idle
+///   sessions that was 1.4 KiB a session (`ringrouter-idle`: 4.95 KiB with mimalloc's
+///   1 s delay, 3.58 KiB with `MIMALLOC_PURGE_DELAY=0`). Under load it is not called, so
+///   freed memory is reused without page faults.
+/// - A shard over `--max-memory`, before it decides that sessions must go: freed memory
+///   counts in the resident size for the purge delay otherwise.
 pub fn collect_now() {
-    // Safety: as in `collect_idle`; `true`: everything freed, at once.
+    // Safety: a plain call into the linked mimalloc (a no-op for memory another
+    // allocator owns); `true`: everything freed, at once.
     unsafe { mi_collect(true) };
 }
 
 /// Tells when a thread has been idle long enough to return freed memory
-/// ([`collect_idle`]): once per idle stretch, after `after` without activity.
+/// ([`collect_now`]): once per idle stretch, after `after` without activity.
 #[derive(Debug)]
 pub struct IdleCollect {
     after: std::time::Duration,
@@ -120,7 +128,7 @@ mod tests {
         assert!(!c.due(5, t + 4 * s), "activity");
         assert!(!c.due(5, t + 4 * s + Duration::from_millis(999)));
         assert!(c.due(5, t + 5 * s), "a new stretch");
-        collect_idle();
+        collect_now();
     }
 
     #[test]

@@ -424,7 +424,7 @@ async fn consumer(
 }
 
 /// A shard that has done nothing for this long returns the memory it freed
-/// (`alloc::collect_idle`).
+/// (`alloc::collect_now`).
 const IDLE_COLLECT_AFTER: Duration = Duration::from_secs(1);
 
 /// Heartbeats, slow consumers, counters.
@@ -445,7 +445,7 @@ async fn ticker(shard: Rc<RefCell<Shard>>, local: Rc<LocalSignal>) {
         let c = &sh.counters;
         if idle.due(c.msgs_in + c.writes + c.logins, now) {
             sh.drop_spare_batches();
-            crate::alloc::collect_idle();
+            crate::alloc::collect_now();
         }
         if local.fired() {
             let since = *shutdown_seen.get_or_insert(now);

@@ -232,7 +232,7 @@ fn now_us() -> u64 {
 pub(crate) const NAP: Duration = Duration::from_millis(1);
 
 /// The storage thread returns the memory it freed once it has handled no request for
-/// this long (`alloc::collect_idle`).
+/// this long (`alloc::collect_now`).
 const IDLE_COLLECT_AFTER: Duration = Duration::from_secs(1);
 
 /// Most entries in each of the storage thread's caches (queue states, accounts known to
@@ -383,7 +383,7 @@ impl Worker {
                 };
                 // Idle: wake up once a second to return freed memory (once per stretch).
                 if idle.due(self.stats.requests.load(Ordering::Relaxed), Instant::now()) {
-                    crate::alloc::collect_idle();
+                    crate::alloc::collect_now();
                 }
                 let idle_wake = Instant::now() + IDLE_COLLECT_AFTER;
                 let at = wake.map_or(idle_wake, |w| w.min(idle_wake));
