@@ -82,7 +82,7 @@ pub fn send_status_reason(status: Status) -> &'static str {
         // (A room's NOT_FOUND says "no such room" where it is decided.)
         Status::NotFound => "no such user",
         Status::RateLimited => "the recipient's offline queue is full",
-        Status::Unavailable => "the store is shut down",
+        Status::Unavailable => "the store is shut down or its disk is full",
         Status::Forbidden => "not a member of the room",
         _ => "storage error",
     }

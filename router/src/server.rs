@@ -173,6 +173,10 @@ impl Router {
                     log_file_bytes: 0,
                     lookup_chunks: cfg.history_lookup_chunks,
                 },
+                disk: crate::store::disk::DiskLimits {
+                    min_free: cfg.min_free_disk_bytes,
+                    max_bytes: cfg.max_store_bytes,
+                },
                 ..StoreOptions::default()
             },
         )

@@ -148,6 +148,11 @@ impl RouterProc {
             cmd.arg("--data-dir").arg(d.path());
             Some(d)
         };
+        // No free-space floor unless the test sets one: a CI disk with little room must
+        // not make the store refuse offline messages (`store::disk`; tested on its own).
+        if !args.contains(&"--min-free-disk-bytes") {
+            cmd.args(["--min-free-disk-bytes", "0"]);
+        }
         cmd.args(args).arg("--no-pin");
         if cheap_argon2 {
             cmd.arg("--argon2-cheap");
@@ -271,6 +276,11 @@ impl RouterProc {
     /// The router's `/metrics` exposition (the HTTP answer, head included).
     pub fn metrics(&self) -> String {
         metrics_at(self.http_addr())
+    }
+
+    /// The answer (head included) to `GET path` on the router's HTTP port.
+    pub fn http_get(&self, path: &str) -> String {
+        http_get_at(self.http_addr(), path)
     }
 
     /// The router's resident memory (VmRSS), in KiB.
@@ -1297,10 +1307,18 @@ pub fn assert_survivors(
 /// The `/metrics` exposition of the router whose HTTP port is `http` (the HTTP answer,
 /// head included): for a thread that samples it while the test drives the router.
 pub fn metrics_at(http: SocketAddr) -> String {
+    http_get_at(http, "/metrics")
+}
+
+/// The answer (head included) to `GET path` on the HTTP port `http`.
+pub fn http_get_at(http: SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect(http).expect("http");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .expect("write");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out

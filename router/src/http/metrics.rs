@@ -322,7 +322,7 @@ impl prometheus_client::collector::Collector for Scrape {
             },
         )?;
         let st = &self.store;
-        let store_counters: [(&str, &str, f64); 10] = [
+        let store_counters: [(&str, &str, f64); 11] = [
             (
                 "store_requests",
                 "Requests handled by the storage thread.",
@@ -373,6 +373,11 @@ impl prometheus_client::collector::Collector for Scrape {
                 "History log files compacted (their live chunks moved, the file freed).",
                 st.history_compactions as f64,
             ),
+            (
+                "history_dropped",
+                "History messages not written because the store was full (--min-free-disk-bytes, --max-store-bytes).",
+                st.history_dropped as f64,
+            ),
         ];
         for (name, help, v) in store_counters {
             enc.encode_descriptor(name, help, None, MetricType::Counter)?
@@ -385,7 +390,27 @@ impl prometheus_client::collector::Collector for Scrape {
             MetricType::Gauge,
         )?
         .encode_gauge(&st.hash_jobs)?;
-        let gauges: [(&str, &str, u64); 2] = [
+        let gauges: [(&str, &str, u64); 6] = [
+            (
+                "store_disk_full",
+                "1 while the store is full (free space under --min-free-disk-bytes, or its files over --max-store-bytes): Sends to offline users are refused UNAVAILABLE, history is not written.",
+                st.disk_full,
+            ),
+            (
+                "store_disk_free_bytes",
+                "Free bytes of the data directory's filesystem (as of the storage thread's last look).",
+                st.disk_free_bytes,
+            ),
+            (
+                "store_disk_bytes",
+                "Bytes of the store's files: tables, journals and the history log (as of the last look).",
+                st.disk_used_bytes,
+            ),
+            (
+                "store_failed",
+                "1 after a store commit failed (/readyz then says 503), until one succeeds.",
+                st.failed,
+            ),
             (
                 "history_log_bytes",
                 "Bytes in the history log's files (at most about twice the live ones).",

@@ -399,6 +399,7 @@ async fn answer(
             if ctx.ready.load(Ordering::Acquire)
                 && !shared.shutdown.load(Ordering::Acquire)
                 && !shared.store.is_closed()
+                && !shared.store.failed()
             {
                 Response::new(200, TEXT, "ready\n")
             } else {

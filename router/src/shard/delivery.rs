@@ -259,10 +259,15 @@ impl Shard {
 
     /// Stores a message for `to_user`, who has no live session, and answers the sender
     /// once it is stored (OK), or why not (NOT_FOUND: no such user; RATE_LIMITED: the
-    /// queue is full).
+    /// queue is full; UNAVAILABLE: the store's disk is full, `store::disk`).
     pub(crate) fn store_offline(&mut self, to_user: &[u8], m: Outgoing<'_>, reply: Answer) {
         if !self.has_store() {
             self.answer_send(reply, m.msg_id, Status::NotFound);
+            return;
+        }
+        if self.store_disk_full() {
+            self.counters.reject(Status::Unavailable);
+            self.answer_send(reply, m.msg_id, Status::Unavailable);
             return;
         }
         self.counters.offline_stored += 1;
@@ -321,6 +326,12 @@ impl Shard {
         sender: SessionId,
         skip: Option<SessionId>,
     ) {
+        if self.store_disk_full() {
+            // Every message goes through the store first: none is taken (`store::disk`).
+            self.counters.reject(Status::Unavailable);
+            self.answer_send(reply, msg.msg_id, Status::Unavailable);
+            return;
+        }
         self.flush_requeues_of(&to_user);
         let user = String::from_utf8_lossy(&to_user).into_owned();
         let stored = msg.to_stored();

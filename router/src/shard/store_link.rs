@@ -94,6 +94,11 @@ impl Shard {
         self.store.is_some()
     }
 
+    /// True while the store's disk is full (`store::disk`): no new offline messages.
+    pub fn store_disk_full(&self) -> bool {
+        self.store.as_ref().is_some_and(|l| l.handle.disk_full())
+    }
+
     /// True in `sync` durability: every message goes through the store first.
     pub fn journaled(&self) -> bool {
         self.store.is_some() && self.cfg.durability == DurabilityMode::Sync

@@ -35,6 +35,7 @@ use std::thread::{JoinHandle, ThreadId};
 pub mod codec;
 pub mod contacts;
 mod direct;
+pub mod disk;
 mod hash;
 mod histlog;
 pub mod history;
@@ -126,6 +127,8 @@ pub struct StoreOptions {
     /// How long the storage thread waits unwoken by history appends that come closer
     /// together than this (default 1 ms; see `worker::NAP`).
     pub nap: std::time::Duration,
+    /// The store's bound on disk (default: none; see `store::disk`).
+    pub disk: disk::DiskLimits,
 }
 
 impl Default for StoreOptions {
@@ -138,6 +141,7 @@ impl Default for StoreOptions {
             forget_idle_after: None,
             history: HistoryOptions::default(),
             nap: worker::NAP,
+            disk: disk::DiskLimits::default(),
         }
     }
 }
@@ -150,6 +154,7 @@ impl std::fmt::Debug for StoreOptions {
             .field("max_round", &self.max_round)
             .field("round_hook", &self.round_hook.is_some())
             .field("forget_idle_after", &self.forget_idle_after)
+            .field("disk", &self.disk)
             .finish()
     }
 }
@@ -257,6 +262,17 @@ pub struct StoreStats {
     pub history_log_bytes: u64,
     /// See `history_log_bytes`.
     pub history_log_live_bytes: u64,
+    /// History messages not written because the store was full (`store::disk`).
+    pub history_dropped: u64,
+    /// Whether the store is full (a gauge: 0 or 1; `store::disk`).
+    pub disk_full: u64,
+    /// Free bytes of the data directory's filesystem, and the store's own files' bytes
+    /// (gauges, as of the last look).
+    pub disk_free_bytes: u64,
+    /// See `disk_free_bytes`.
+    pub disk_used_bytes: u64,
+    /// Whether the last commit failed (a gauge: 0 or 1).
+    pub failed: u64,
 }
 
 #[derive(Default)]
@@ -277,6 +293,11 @@ pub(crate) struct StatCells {
     history_lookups_cut: AtomicU64,
     history_log_bytes: AtomicU64,
     history_log_live_bytes: AtomicU64,
+    pub(crate) history_dropped: AtomicU64,
+    pub(crate) disk_full: AtomicU64,
+    pub(crate) disk_free_bytes: AtomicU64,
+    pub(crate) disk_used_bytes: AtomicU64,
+    pub(crate) failed: AtomicU64,
 }
 
 thread_local! {
@@ -541,9 +562,11 @@ impl Store {
             Arc::clone(&hash_queued),
         )
         .map_err(|e| StoreError::Io(format!("cannot start hashing threads: {e}")))?;
+        let disk = disk::DiskWatch::new(dir, options.disk);
         let mut w = worker::Worker::new(
             dbs,
             durability,
+            disk,
             options,
             pool,
             Arc::clone(&stats),
@@ -701,6 +724,16 @@ impl StoreHandle {
         self.inner.closed.load(Ordering::Acquire)
     }
 
+    /// Whether the store is full (`store::disk`): new offline messages are refused.
+    pub fn disk_full(&self) -> bool {
+        self.inner.stats.disk_full.load(Ordering::Relaxed) != 0
+    }
+
+    /// Whether the store's last commit failed (a poisoned engine: a full disk).
+    pub fn failed(&self) -> bool {
+        self.inner.stats.failed.load(Ordering::Relaxed) != 0
+    }
+
     /// A snapshot of the storage thread's counters.
     pub fn stats(&self) -> StoreStats {
         let s = &self.inner.stats;
@@ -722,6 +755,11 @@ impl StoreHandle {
             history_lookups_cut: l(&s.history_lookups_cut),
             history_log_bytes: l(&s.history_log_bytes),
             history_log_live_bytes: l(&s.history_log_live_bytes),
+            history_dropped: l(&s.history_dropped),
+            disk_full: l(&s.disk_full),
+            disk_free_bytes: l(&s.disk_free_bytes),
+            disk_used_bytes: l(&s.disk_used_bytes),
+            failed: l(&s.failed),
             hash_jobs: self.inner.hash_queued.load(Ordering::Relaxed) as u64,
         }
     }

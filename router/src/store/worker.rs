@@ -215,6 +215,8 @@ pub(crate) struct Worker {
     shutting_down: bool,
     /// Conversation history (`worker/history.rs`).
     hist: history::HistState,
+    /// Looks at the disk (`store::disk`).
+    disk: super::disk::DiskWatch,
 }
 
 fn now_us() -> u64 {
@@ -332,6 +334,7 @@ impl Worker {
     pub(crate) fn new(
         dbs: Dbs,
         durability: Durability,
+        disk: super::disk::DiskWatch,
         opts: StoreOptions,
         pool: HashPool,
         stats: Arc<StatCells>,
@@ -344,6 +347,7 @@ impl Worker {
             nap_due: false,
             dbs,
             durability,
+            disk,
             opts,
             pool,
             stats,
@@ -376,6 +380,7 @@ impl Worker {
                     self.maybe_sweep(forget);
                 }
                 self.hist_tick();
+                self.look_at_disk();
                 let sweep = self.opts.forget_idle_after.map(|_| self.next_sweep);
                 let wake = match (sweep, self.hist.next_flush()) {
                     (Some(a), Some(b)) => Some(a.min(b)),
@@ -564,6 +569,9 @@ impl Worker {
         self.stats
             .commit_us
             .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.stats
+            .failed
+            .store(u64::from(r.is_err()), Ordering::Relaxed);
         r.map_err(|e| {
             let e = StoreError::from(e);
             tracing::error!("store commit failed: {e}");
@@ -575,6 +583,23 @@ impl Worker {
             self.round_err.get_or_insert_with(|| e.clone());
             e
         })
+    }
+
+    /// Looks at the disk when a look is due (`store::disk`), and publishes what it saw.
+    fn look_at_disk(&mut self) {
+        let (db, hlog) = (&self.dbs.db, &self.dbs.hlog);
+        let used = || db.disk_space().unwrap_or(0).saturating_add(hlog.totals().0);
+        if let Some(seen) = self.disk.look(Instant::now(), used) {
+            let s = &self.stats;
+            s.disk_free_bytes.store(seen.free, Ordering::Relaxed);
+            s.disk_used_bytes.store(seen.used, Ordering::Relaxed);
+            s.disk_full.store(u64::from(seen.full), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the store is full (as of the last look at the disk).
+    pub(crate) fn disk_full(&self) -> bool {
+        self.stats.disk_full.load(Ordering::Relaxed) != 0
     }
 
     /// Empties a cache that passed [`CACHE_MAX`]. Only with every write committed: a user

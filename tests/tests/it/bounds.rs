@@ -2049,3 +2049,79 @@ fn a_big_frame_that_completes_holds_nothing_of_the_input_budget() {
         assert!(matches!(s.next_kind(T), server_frame::Kind::Pong(_)));
     }
 }
+
+/// Under `--min-free-disk-bytes` the store is full: a Send to an offline user is refused
+/// UNAVAILABLE (the sender keeps it), history is not written (counted), live delivery
+/// goes on, and `/readyz` stays 200 (nothing failed).
+#[test]
+fn a_store_under_its_free_space_floor_refuses_offline_messages_only() {
+    let r = RouterProc::start(&["--shards", "1", "--min-free-disk-bytes", "1000TiB"]);
+    let full = ringrouter_tests::wait_until(T, || {
+        metric_sum(&r.metrics(), "ringrouter_store_disk_full") == 1.0
+    });
+    assert!(full, "store_disk_full is not 1");
+    r.visit("dfl-away");
+    let mut s = r.client("dfl-sender");
+    let mut live = r.client("dfl-live");
+    let e = s
+        .send_wait("dfl-away", b"to an offline user")
+        .expect_err("refused while the disk is full");
+    assert_eq!(e.code(), Some(Status::Unavailable), "{e}");
+    assert!(e.to_string().contains("disk is full"), "{e}");
+    s.send_wait("dfl-live", b"live")
+        .expect("live delivery goes on");
+    let m = live.recv(Some(T)).expect("recv").expect("delivered");
+    assert_eq!(m.payload[..], b"live"[..]);
+    let dropped = ringrouter_tests::wait_until(T, || {
+        metric_sum(&r.metrics(), "ringrouter_history_dropped_total") >= 1.0
+    });
+    assert!(
+        dropped,
+        "history_dropped_total did not count the live message"
+    );
+    let text = r.metrics();
+    assert_eq!(metric_sum(&text, "ringrouter_store_failed"), 0.0);
+    assert!(metric_sum(&text, "ringrouter_store_disk_free_bytes") > 0.0);
+    assert!(r.http_get("/readyz").starts_with("HTTP/1.1 200"));
+    // Nothing was queued for the offline user.
+    let mut away = r.client("dfl-away");
+    assert!(away
+        .recv(Some(Duration::from_millis(300)))
+        .expect("recv")
+        .is_none());
+}
+
+/// Past `--max-store-bytes` the store is full: Sends to an offline user are refused
+/// UNAVAILABLE from then on, and every one accepted before is delivered at login.
+#[test]
+fn a_store_over_its_size_bound_refuses_offline_messages_and_keeps_the_accepted() {
+    // A fresh store is ~64 MiB (the history log's first file): 16 MiB of room.
+    let r = RouterProc::start(&["--shards", "1", "--max-store-bytes", "80MiB"]);
+    r.visit("dmx-away");
+    let mut s = r.client("dmx-sender");
+    let mut accepted = 0u32;
+    let mut refused = None;
+    for i in 0..800u32 {
+        let mut p = i.to_be_bytes().to_vec();
+        p.resize(256 << 10, b'.');
+        match s.send_wait("dmx-away", &p) {
+            Ok(_) => accepted += 1,
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refused.expect("refused within 200 MiB sent");
+    assert_eq!(e.code(), Some(Status::Unavailable), "{e}");
+    assert!(accepted > 0, "some were accepted before the bound");
+    let full = metric_sum(&r.metrics(), "ringrouter_store_disk_full");
+    assert_eq!(full, 1.0);
+    let mut away = r.client("dmx-away");
+    let mut got = 0u32;
+    while let Some(m) = away.recv(Some(Duration::from_secs(2))).expect("recv") {
+        assert_eq!(m.payload[..4], got.to_be_bytes(), "in order, none lost");
+        got += 1;
+    }
+    assert_eq!(got, accepted, "every accepted message is delivered");
+}

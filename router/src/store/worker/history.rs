@@ -287,6 +287,16 @@ fn to_msg(r: RawRecord<'_>) -> HistMsg {
     }
 }
 
+/// Whole records at the start of `data` (a shard's chunk).
+fn records_in(data: &[u8]) -> usize {
+    let (mut p, mut n) = (0, 0);
+    while let Some(r) = data.get(p..).and_then(chunk_rec) {
+        p += r.len;
+        n += 1;
+    }
+    n
+}
+
 impl Worker {
     fn age_cutoff(&self) -> u64 {
         match self.hist.opts.max_age {
@@ -377,6 +387,14 @@ impl Worker {
     /// writes the tails if the mode or the memory budget asks for it.
     pub(crate) fn hist_append(&mut self, chunks: Vec<HistChunk>) -> StoreResult<()> {
         if self.hist.opts.per_conversation == 0 {
+            return Ok(());
+        }
+        if self.disk_full() {
+            // Not written (`store::disk`); counted.
+            let n: usize = chunks.iter().map(|c| records_in(&c.data)).sum();
+            self.stats
+                .history_dropped
+                .fetch_add(n as u64, Ordering::Relaxed);
             return Ok(());
         }
         for HistChunk { conv, data, shared } in chunks {
