@@ -17,13 +17,78 @@ use crate::names::MAX_NAME_BYTES;
 use crate::v1::{client_frame, ClientFrame};
 use prost::Message;
 
-/// A parsed `Send` whose strings and payload share the frame's buffer.
+/// A name of a [`SendView`]: a slice of the frame's buffer, lent while the frame is
+/// handled (no reference count taken: a direct message's name cost two atomic
+/// operations on the read chunk's count, `bench/ir.sh`), or bytes of its own.
+#[derive(Clone)]
+pub enum Name<'a> {
+    /// A slice of the buffer `.0`.
+    In(&'a Bytes, &'a [u8]),
+    /// Bytes of its own.
+    Own(Bytes),
+}
+
+impl Name<'_> {
+    /// The name as [`Bytes`] of its own (a reference count on the frame's buffer).
+    pub fn to_bytes(&self) -> Bytes {
+        match self {
+            Name::In(buf, s) => buf.slice_ref(s),
+            Name::Own(b) => b.clone(),
+        }
+    }
+}
+
+impl std::ops::Deref for Name<'_> {
+    type Target = [u8];
+    #[inline(always)]
+    fn deref(&self) -> &[u8] {
+        match self {
+            Name::In(_, s) => s,
+            Name::Own(b) => b,
+        }
+    }
+}
+
+impl Default for Name<'_> {
+    fn default() -> Self {
+        Name::Own(Bytes::new())
+    }
+}
+
+impl From<Bytes> for Name<'_> {
+    fn from(b: Bytes) -> Self {
+        Name::Own(b)
+    }
+}
+
+impl From<&'static str> for Name<'_> {
+    fn from(s: &'static str) -> Self {
+        Name::Own(Bytes::from_static(s.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for Name<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&Bytes::copy_from_slice(self), f)
+    }
+}
+
+impl PartialEq for Name<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self[..] == other[..]
+    }
+}
+
+impl Eq for Name<'_> {}
+
+/// A parsed `Send` whose names and payload share the frame's buffer (its names lent:
+/// see [`Name`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SendView {
+pub struct SendView<'a> {
     /// Echoed in the SendResult.
     pub request_id: u64,
     /// Recipient user name, valid UTF-8 (may be empty: the caller rejects it).
-    pub to_user: Bytes,
+    pub to_user: Name<'a>,
     /// Recipient room, valid UTF-8 (may be empty).
     pub to_room: Bytes,
     /// The payload, a slice of the read buffer.
@@ -38,7 +103,7 @@ pub struct SendView {
     pub client_seq: u64,
 }
 
-impl SendView {
+impl SendView<'_> {
     /// `to_user` as text (validated UTF-8 at parse time).
     pub fn to_user_str(&self) -> &str {
         // Parse-time validation guarantees UTF-8; fall back to "" rather than panic.
@@ -51,11 +116,11 @@ impl SendView {
     }
 }
 
-/// One decoded client frame.
+/// One decoded client frame (a Send's names may be lent by the frame's buffer).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Inbound {
+pub enum Inbound<'a> {
     /// The hot path: a Send, parsed without allocating.
-    Send(SendView),
+    Send(SendView<'a>),
     /// Any other frame, decoded by prost.
     Other(client_frame::Kind),
     /// A frame with no kind set (empty body, or an unknown kind from a newer client).
@@ -242,23 +307,54 @@ impl Cursor<'_> {
 }
 
 fn utf8(body: &Bytes, r: std::ops::Range<usize>) -> Result<Bytes, FrameError> {
+    check_utf8(body, r.clone())?;
+    Ok(body.slice(r))
+}
+
+fn check_utf8(body: &Bytes, r: std::ops::Range<usize>) -> Result<(), FrameError> {
     // Printable ASCII (most names) is UTF-8: one word-wide pass instead of a decode.
     if !crate::names::printable_ascii_at(body, r.clone()) {
-        std::str::from_utf8(&body[r.clone()])
+        std::str::from_utf8(&body[r])
             .map_err(|_| FrameError::Malformed("string is not UTF-8".into()))?;
     }
-    Ok(body.slice(r))
+    Ok(())
+}
+
+/// How [`parse_send`] makes a Send's `to_user` from its range in the buffer: lent by
+/// it, or a slice of its own.
+trait Namer<'a> {
+    fn name(&self, r: std::ops::Range<usize>) -> Name<'a>;
+}
+
+/// Names lent by the buffer.
+struct Lend<'a>(&'a Bytes);
+
+impl<'a> Namer<'a> for Lend<'a> {
+    #[inline(always)]
+    fn name(&self, r: std::ops::Range<usize>) -> Name<'a> {
+        Name::In(self.0, &self.0[r])
+    }
+}
+
+/// Names of their own (a buffer the caller does not keep).
+struct Slice<'b>(&'b Bytes);
+
+impl<'a> Namer<'a> for Slice<'_> {
+    fn name(&self, r: std::ops::Range<usize>) -> Name<'a> {
+        Name::Own(self.0.slice(r))
+    }
 }
 
 /// Parses the body of a `Send` message located at `range` inside `body`
 /// (`body` may be a whole chunk of frames: only `range` is read). A `to_user` equal to
 /// `checked` (a name found valid before, or empty) is not checked again.
-fn parse_send(
+fn parse_send<'a>(
     body: &Bytes,
     range: std::ops::Range<usize>,
     copy: bool,
     checked: &[u8],
-) -> Result<SendView, FrameError> {
+    namer: impl Namer<'a>,
+) -> Result<SendView<'a>, FrameError> {
     let len = range.len();
     let mut c = Cursor {
         buf: &body[..range.end],
@@ -280,12 +376,10 @@ fn parse_send(
                 let r = c.len_delimited()?;
                 // The session's last recipient again (a conversation): its bytes were
                 // found UTF-8 then; the check cost a Send ~100 instructions.
-                s.to_user =
-                    if !checked.is_empty() && crate::names::name_eq(&body[r.clone()], checked) {
-                        body.slice(r)
-                    } else {
-                        utf8(body, r)?
-                    };
+                if checked.is_empty() || !crate::names::name_eq(&body[r.clone()], checked) {
+                    check_utf8(body, r.clone())?;
+                }
+                s.to_user = namer.name(r);
             }
             (3, WT_LEN) => s.to_room = utf8(body, c.len_delimited()?)?,
             (4, WT_LEN) => s.payload = body.slice(c.len_delimited()?),
@@ -324,9 +418,9 @@ fn unpad(payload: &mut Bytes, body: usize, copy: bool) {
 /// Decodes a client frame body. A frame whose only field is `send` takes the
 /// allocation-free path; anything else (including repeated or merged kinds) is
 /// decoded by prost with full protobuf semantics.
-pub fn parse_client(body: Bytes) -> Result<Inbound, FrameError> {
+pub fn parse_client(body: Bytes) -> Result<Inbound<'static>, FrameError> {
     let len = body.len();
-    parse_client_at(&body, 0..len)
+    parse_client_with(&body, 0..len, false, &[], Slice(&body))
 }
 
 /// Like [`parse_client`] for the frame body at `range` inside `chunk` (see
@@ -334,7 +428,7 @@ pub fn parse_client(body: Bytes) -> Result<Inbound, FrameError> {
 pub fn parse_client_at(
     chunk: &Bytes,
     range: std::ops::Range<usize>,
-) -> Result<Inbound, FrameError> {
+) -> Result<Inbound<'_>, FrameError> {
     parse_client_in(chunk, range, false, &[])
 }
 
@@ -342,12 +436,24 @@ pub fn parse_client_at(
 /// mostly of other bytes: a payload slice kept from it would keep them all alive).
 /// `checked`: a name already found to be UTF-8 (the session's last recipient), or
 /// empty; a Send's `to_user` equal to it is not checked again (the result is the same).
-pub fn parse_client_in(
+#[inline]
+pub fn parse_client_in<'a>(
+    chunk: &'a Bytes,
+    range: std::ops::Range<usize>,
+    copy: bool,
+    checked: &[u8],
+) -> Result<Inbound<'a>, FrameError> {
+    parse_client_with(chunk, range, copy, checked, Lend(chunk))
+}
+
+#[inline(always)]
+fn parse_client_with<'a>(
     chunk: &Bytes,
     range: std::ops::Range<usize>,
     copy: bool,
     checked: &[u8],
-) -> Result<Inbound, FrameError> {
+    namer: impl Namer<'a>,
+) -> Result<Inbound<'a>, FrameError> {
     {
         let mut c = Cursor {
             buf: &chunk[..range.end],
@@ -358,7 +464,7 @@ pub fn parse_client_in(
             if field == 2 && wt == WT_LEN {
                 let r = c.len_delimited()?;
                 if c.pos == range.end {
-                    return Ok(Inbound::Send(parse_send(chunk, r, copy, checked)?));
+                    return Ok(Inbound::Send(parse_send(chunk, r, copy, checked, namer)?));
                 }
             }
         }
@@ -371,7 +477,7 @@ pub fn parse_client_in(
             unpad(&mut payload, body, copy);
             Inbound::Send(SendView {
                 request_id: s.request_id,
-                to_user: Bytes::from(s.to_user),
+                to_user: Name::Own(Bytes::from(s.to_user)),
                 to_room: Bytes::from(s.to_room),
                 payload,
                 want_result: s.want_result,
@@ -1484,7 +1590,7 @@ mod conformance_tests {
     }
 
     /// A Send with `extra` appended inside it, checked against prost; returns the parse.
-    fn send_with(extra: &[u8]) -> Result<Inbound, FrameError> {
+    fn send_with(extra: &[u8]) -> Result<Inbound<'static>, FrameError> {
         let mut inner = send_bytes();
         inner.extend_from_slice(extra);
         let body = wrap(2, &inner);

@@ -519,7 +519,7 @@ mod tests {
     fn inbound_send_views_are_checked_like_sends() {
         let view = |to_user: &'static [u8]| {
             Inbound::Send(SendView {
-                to_user: bytes::Bytes::from_static(to_user),
+                to_user: bytes::Bytes::from_static(to_user).into(),
                 ..Default::default()
             })
         };

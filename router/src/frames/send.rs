@@ -158,7 +158,7 @@ impl Shard {
                     ts_us,
                 };
                 let reply = v.want_result.then_some((sender, v.request_id));
-                self.journal(v.to_user, msg, reply.into(), sender, None);
+                self.journal(v.to_user.to_bytes(), msg, reply.into(), sender, None);
                 return;
             }
             let m = Outgoing {
@@ -206,8 +206,9 @@ impl Shard {
             let to_user = if same_to {
                 None
             } else {
-                self.outbox_last[home] = Some((sender, v.to_user.clone()));
-                Some(v.to_user)
+                let to = v.to_user.to_bytes();
+                self.outbox_last[home] = Some((sender, to.clone()));
+                Some(to)
             };
             if !same_from {
                 if let Some((id, _)) = &mut self.outbox_last[home] {

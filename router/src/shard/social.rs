@@ -62,7 +62,7 @@ impl Shard {
         };
         let weight = d.payload.len() + LIVE_OVERHEAD;
         let live = LiveFrame {
-            users: vec![v.to_user],
+            users: vec![v.to_user.to_bytes()],
             frame: reply::deliver(d),
             skip: Some(sender),
             weight,
@@ -166,7 +166,7 @@ impl Shard {
     pub(crate) fn copy_to_own_devices(
         &mut self,
         key: SessionKey,
-        to_user: &Bytes,
+        to_user: &[u8],
         payload: &Bytes,
         msg_id: u64,
         ts_us: u64,
@@ -174,7 +174,7 @@ impl Shard {
         let Some(s) = self.sessions.get(key) else {
             return;
         };
-        if s.user == *to_user || self.users.get(&s.user[..]).is_none_or(|k| k.len() < 2) {
+        if s.user == to_user || self.users.get(&s.user[..]).is_none_or(|k| k.len() < 2) {
             return;
         }
         let user = s.user.clone();

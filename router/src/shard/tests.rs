@@ -42,10 +42,10 @@ fn drain(s: &mut Shard, key: SessionKey) -> Vec<ServerFrame> {
     out
 }
 
-fn send(to: &str, payload: &'static [u8], want: bool) -> Inbound {
+fn send(to: &str, payload: &'static [u8], want: bool) -> Inbound<'static> {
     Inbound::Send(SendView {
         request_id: 5,
-        to_user: Bytes::copy_from_slice(to.as_bytes()),
+        to_user: Bytes::copy_from_slice(to.as_bytes()).into(),
         payload: Bytes::from_static(payload),
         want_result: want,
         ..Default::default()
