@@ -9,10 +9,13 @@
 //! Freed memory goes back to the system after [`PURGE_DELAY_MS`], not mimalloc's 1 s: under
 //! load, memory a shard freed a second ago (history chunks, read buffers, queued frames)
 //! was purged and faulted in again, zeroed, at 256 pairs × 64 B 11% of the shards'
-//! samples in page faults (BENCHMARKS.md, twenty-sixth pass). Idle threads and a shard
-//! over `--max-memory` still return what they freed at once ([`collect_now`]).
+//! samples in page faults (BENCHMARKS.md, twenty-sixth pass). A process idle for a
+//! second and a shard over `--max-memory` still return what was freed at once
+//! ([`collect_now`]: it purges what every thread freed, so idleness is the process's,
+//! [`note_activity`]).
 
 use std::os::raw::{c_int, c_long};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 // Links mimalloc (and its C library) into every binary of this crate, tests included.
 extern crate mimalloc;
@@ -52,19 +55,36 @@ pub fn tune_mimalloc() {
     }
 }
 
-/// Returns everything this thread freed to the operating system now, purge delay or not
-/// (`mi_collect(true)`: a walk of the thread's heap, milliseconds).
-/// - A thread idle for a while ([`IdleCollect`]): mimalloc purges only when the thread
-///   allocates or frees again, so an idle thread kept what it freed. With 10 000 idle
-///   sessions that was 1.4 KiB a session (`ringrouter-idle`: 4.95 KiB with mimalloc's
-///   1 s delay, 3.58 KiB with `MIMALLOC_PURGE_DELAY=0`). Under load it is not called, so
-///   freed memory is reused without page faults.
+/// Returns everything freed to the operating system now, purge delay or not
+/// (`mi_collect(true)`: a walk of this thread's heap, milliseconds, and a purge of the
+/// arenas every thread shares: what busy threads freed too).
+/// - A process idle for a while ([`IdleCollect`] over [`activity`]): mimalloc purges
+///   only when a thread allocates or frees again, so an idle thread kept what it freed.
+///   With 10 000 idle sessions that was 1.4 KiB a session (`ringrouter-idle`: 4.95 KiB
+///   with mimalloc's 1 s delay, 3.58 KiB with `MIMALLOC_PURGE_DELAY=0`). Under load,
+///   on any thread, it is not called, so freed memory is reused without page faults.
 /// - A shard over `--max-memory`, before it decides that sessions must go: freed memory
 ///   counts in the resident size for the purge delay otherwise.
 pub fn collect_now() {
     // Safety: a plain call into the linked mimalloc (a no-op for memory another
     // allocator owns); `true`: everything freed, at once.
     unsafe { mi_collect(true) };
+}
+
+/// Work done by the process's threads (a shard's messages, writes and logins, the
+/// storage thread's requests): [`IdleCollect`] waits for all of them to be idle.
+static ACTIVITY: AtomicU64 = AtomicU64::new(0);
+
+/// Adds `n` to the process's [`activity`] (a thread's work since it last told).
+pub fn note_activity(n: u64) {
+    if n > 0 {
+        ACTIVITY.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// The process's work so far (see [`note_activity`]).
+pub fn activity() -> u64 {
+    ACTIVITY.load(Ordering::Relaxed)
 }
 
 /// Tells when a thread has been idle long enough to return freed memory

@@ -335,15 +335,12 @@ pub struct Args {
     /// Most payload bytes queued for one offline user (--offline-overflow applies).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256MiB", help_heading = STORAGE)]
     pub max_offline_bytes_per_user: usize,
-    /// Free space the data directory's filesystem must keep. Under it the store is full:
-    /// Sends to offline users are refused UNAVAILABLE and history is not written, until
-    /// there is room again (live delivery goes on). 0: no floor.
+    /// Free space the data directory's filesystem must keep. Under it the store is full
+    /// until an eighth more is free again: Sends to offline users (and to sessions
+    /// holding over 1 MiB unacked) are refused UNAVAILABLE, history is not written; with
+    /// --durability sync every Send is refused. 0: no floor.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256MiB", help_heading = STORAGE)]
     pub min_free_disk_bytes: usize,
-    /// Most bytes of the store's files (offline queues, accounts, rooms, journals, the
-    /// history log); past it the store is full as under --min-free-disk-bytes. 0: no bound.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "0", help_heading = STORAGE)]
-    pub max_store_bytes: usize,
     /// A full offline queue rejects new messages (the sender gets RATE_LIMITED) or drops its oldest.
     #[arg(long, value_name = "POLICY", value_enum, default_value_t = OfflineOverflow::Reject, help_heading = STORAGE)]
     pub offline_overflow: OfflineOverflow,
@@ -457,7 +454,6 @@ impl Args {
             max_store_queue_bytes: self.max_store_queue_bytes,
             max_requeue_bytes: self.max_requeue_bytes,
             min_free_disk_bytes: self.min_free_disk_bytes as u64,
-            max_store_bytes: self.max_store_bytes as u64,
             max_input_bytes: self.max_input_bytes.unwrap_or(
                 crate::config::DEFAULT_MAX_INPUT_BYTES.max(self.max_frame_bytes.saturating_mul(2)),
             ),
@@ -1302,8 +1298,6 @@ mod tests {
             "1GiB",
             "--min-free-disk-bytes",
             "1GiB",
-            "--max-store-bytes",
-            "10GiB",
         ];
         let p = parse_ok(&every);
         // Every setting was given: none is at its default.

@@ -217,9 +217,6 @@ pub struct Config {
     /// (`store::disk`): new offline messages are refused, history is not written.
     /// 0: no floor.
     pub min_free_disk_bytes: u64,
-    /// Most bytes of the store's files; past it the store is full as under
-    /// `min_free_disk_bytes`. 0: no bound.
-    pub max_store_bytes: u64,
     /// Most bytes one shard's connections may hold of client frames still arriving (each
     /// counted from 16 KiB); past it the connections whose frame began first are closed
     /// (`shard::input`).
@@ -333,7 +330,6 @@ impl Default for Config {
             max_store_queue_bytes: 64 << 20,
             max_requeue_bytes: 256 << 20,
             min_free_disk_bytes: 256 << 20,
-            max_store_bytes: 0,
             max_input_bytes: DEFAULT_MAX_INPUT_BYTES,
             max_memory: auto_max_memory().unwrap_or(0),
             max_offline_bytes_per_user: 256 << 20,

@@ -173,10 +173,7 @@ impl Router {
                     log_file_bytes: 0,
                     lookup_chunks: cfg.history_lookup_chunks,
                 },
-                disk: crate::store::disk::DiskLimits {
-                    min_free: cfg.min_free_disk_bytes,
-                    max_bytes: cfg.max_store_bytes,
-                },
+                min_free_disk: cfg.min_free_disk_bytes,
                 ..StoreOptions::default()
             },
         )

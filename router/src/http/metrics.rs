@@ -375,7 +375,7 @@ impl prometheus_client::collector::Collector for Scrape {
             ),
             (
                 "history_dropped",
-                "History messages not written because the store was full (--min-free-disk-bytes, --max-store-bytes).",
+                "History messages not written because the store was full (--min-free-disk-bytes).",
                 st.history_dropped as f64,
             ),
         ];
@@ -393,7 +393,7 @@ impl prometheus_client::collector::Collector for Scrape {
         let gauges: [(&str, &str, u64); 6] = [
             (
                 "store_disk_full",
-                "1 while the store is full (free space under --min-free-disk-bytes, or its files over --max-store-bytes): Sends to offline users are refused UNAVAILABLE, history is not written.",
+                "1 while the store is full (free space under --min-free-disk-bytes): Sends to offline users are refused UNAVAILABLE, history is not written.",
                 st.disk_full,
             ),
             (
@@ -408,7 +408,7 @@ impl prometheus_client::collector::Collector for Scrape {
             ),
             (
                 "store_failed",
-                "1 after a store commit failed (/readyz then says 503), until one succeeds.",
+                "1 after a store commit failed (/readyz then says 503; the engine stays failed until a restart).",
                 st.failed,
             ),
             (

@@ -714,21 +714,36 @@ struct Delivered {
 }
 
 /// The bounds a delivery checks on each session, read from the config once, when the
-/// shard is made (the config does not change).
+/// shard is made (the config does not change), and the full store's, set on each tick.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Bounds {
     max_unacked: usize,
     max_unacked_bytes: usize,
+    /// While the store is full ([`FULL_UNACKED_BYTES`]; else `usize::MAX`): a session
+    /// holding more than this unacked (and deferred) is not delivered to, as if offline.
+    full_unacked_bytes: usize,
     max_pending: usize,
     hard_cap: usize,
     inline_max: usize,
 }
 
+/// While the store's disk is full (`store::disk`), the most a session may hold delivered
+/// and not acked before messages to it are refused as to an offline user: what a
+/// session leaves unacked when it ends is stored, which sessions that never ack and
+/// disconnect could otherwise grow without bound.
+pub(crate) const FULL_UNACKED_BYTES: usize = 1 << 20;
+
 impl Bounds {
+    /// Sets the bound of a full store (`full`) or lifts it.
+    pub(crate) fn store_full(&mut self, full: bool) {
+        self.full_unacked_bytes = if full { FULL_UNACKED_BYTES } else { usize::MAX };
+    }
+
     pub(crate) fn of(cfg: &crate::config::Config) -> Self {
         Bounds {
             max_unacked: cfg.max_unacked_per_session,
             max_unacked_bytes: cfg.max_unacked_bytes_per_session,
+            full_unacked_bytes: usize::MAX,
             max_pending: cfg.max_pending_bytes,
             hard_cap: cfg.hard_pending_bytes(),
             inline_max: cfg.inline_payload_max,
@@ -783,6 +798,10 @@ impl<'b> Sink<'b> {
             return false;
         };
         if s.closing.is_some() {
+            return false;
+        }
+        if s.unacked.bytes() + s.deferred_bytes > self.b.full_unacked_bytes {
+            // The store is full: as if offline (refused there).
             return false;
         }
         if self.skip_key == Some((k, s.gen)) {

@@ -423,8 +423,8 @@ async fn consumer(
     }
 }
 
-/// A shard that has done nothing for this long returns the memory it freed
-/// (`alloc::collect_now`).
+/// Once no thread of the process has done anything for this long, a shard returns the
+/// memory freed (`alloc::collect_now`).
 const IDLE_COLLECT_AFTER: Duration = Duration::from_secs(1);
 
 /// Heartbeats, slow consumers, counters.
@@ -437,13 +437,17 @@ async fn ticker(shard: Rc<RefCell<Shard>>, local: Rc<LocalSignal>) {
     };
     let mut shutdown_seen: Option<Instant> = None;
     let mut idle = crate::alloc::IdleCollect::new(IDLE_COLLECT_AFTER, Instant::now());
+    let mut told = 0;
     loop {
         monoio::time::sleep(period).await;
         let now = Instant::now();
         let mut sh = shard.borrow_mut();
         sh.tick(now);
         let c = &sh.counters;
-        if idle.due(c.msgs_in + c.writes + c.logins, now) {
+        let work = c.msgs_in + c.writes + c.logins;
+        crate::alloc::note_activity(work.saturating_sub(told));
+        told = work;
+        if idle.due(crate::alloc::activity(), now) {
             sh.drop_spare_batches();
             crate::alloc::collect_now();
         }

@@ -632,6 +632,8 @@ impl Shard {
 
     /// Periodic duties: heartbeats, slow consumers, publishing counters.
     pub fn tick(&mut self, now: Instant) {
+        let full = self.store_disk_full();
+        self.bounds.store_full(full);
         let cfg = self.cfg.clone();
         let mut to_close = Vec::new();
         for (k, s) in self.sessions.iter_mut() {

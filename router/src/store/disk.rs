@@ -1,19 +1,28 @@
-//! The store's bound on disk (`--min-free-disk-bytes`, `--max-store-bytes`).
+//! The store's floor on disk (`--min-free-disk-bytes`).
 //!
 //! Offline queues, history and journals are each bounded per user or per conversation,
 //! but users are free to make (a login in open auth): one client grew a data directory
 //! by 300–600 MB a second with 1 MB messages to 64 users, and a full disk poisoned the
 //! embedded store (every later write failed until a restart). So the storage thread
-//! looks at the filesystem's free space and at the store's own files every
-//! [`CHECK_EVERY`]: while the free space is under the floor, or the store's files are
-//! over their bound, the store is *full*. Then new messages for offline queues are
-//! refused UNAVAILABLE (their senders keep them: nothing accepted is lost) and history
-//! is not written (counted); live delivery goes on, and what was accepted before (a
-//! closing session's unacked messages) is still stored, within the room the floor
-//! leaves. Room and contact records are small and rate-bounded: they go on too.
+//! looks at the free space of the data directory's filesystem every [`CHECK_EVERY`];
+//! under the floor the store is *full* until an eighth more than the floor is free
+//! again (no flapping at the line). While it is full:
+//! - a Send to an offline user is refused UNAVAILABLE (its sender keeps it), and so is
+//!   one to a user whose sessions hold over 1 MiB (`shard::delivery::FULL_UNACKED_BYTES`) delivered and not acked
+//!   (what a closing session leaves unacked is stored: unbounded otherwise, by sessions
+//!   that never ack and disconnect); a room message gets UNAVAILABLE when a member was
+//!   refused, though its live members have it;
+//! - with `--durability sync` every Send is refused (each goes through the store);
+//! - history is not written (counted);
+//! - live delivery goes on, and what was accepted before (a closing session's unacked
+//!   messages) is still stored, as are small room, contact and account records.
+//!
+//! The store's own deletes free space only as its engine compacts: the floor is about
+//! the filesystem, which the operator can free, not about what the store holds.
 //!
 //! A store whose commit failed anyway (the disk filled by someone else) is marked
-//! failed: `/readyz` says 503 and `ringrouter_store_failed` is 1 until a commit succeeds.
+//! failed: `/readyz` says 503 and `ringrouter_store_failed` is 1 (a failed engine stays
+//! failed until the router restarts).
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -25,22 +34,16 @@ use std::time::{Duration, Instant};
 /// the default floor.
 pub(crate) const CHECK_EVERY: Duration = Duration::from_millis(100);
 
-/// The bounds (0: none).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DiskLimits {
-    /// Free bytes the filesystem of the data directory must keep.
-    pub min_free: u64,
-    /// Most bytes of the store's files (its engine's tables and journals, and the
-    /// history log).
-    pub max_bytes: u64,
-}
-
-impl DiskLimits {
-    /// Whether a store using `used` bytes on a filesystem with `free` bytes free is full.
-    pub(crate) fn full(&self, free: u64, used: u64) -> bool {
-        (self.min_free > 0 && free < self.min_free)
-            || (self.max_bytes > 0 && used >= self.max_bytes)
-    }
+/// Whether a filesystem with `free` bytes free is full under the floor `min_free`
+/// (0: none), given whether it was (`was`): full under the floor, and until an eighth
+/// more than the floor is free again.
+pub(crate) fn full(min_free: u64, free: u64, was: bool) -> bool {
+    let line = if was {
+        min_free.saturating_add(min_free / 8)
+    } else {
+        min_free
+    };
+    min_free > 0 && free < line
 }
 
 /// What the storage thread last saw.
@@ -54,16 +57,16 @@ pub(crate) struct DiskSeen {
 /// The storage thread's looks at the disk.
 pub(crate) struct DiskWatch {
     dir: Option<CString>,
-    limits: DiskLimits,
+    min_free: u64,
     next: Instant,
     seen: DiskSeen,
 }
 
 impl DiskWatch {
-    pub(crate) fn new(dir: &Path, limits: DiskLimits) -> Self {
+    pub(crate) fn new(dir: &Path, min_free: u64) -> Self {
         DiskWatch {
             dir: CString::new(dir.as_os_str().as_bytes()).ok(),
-            limits,
+            min_free,
             next: Instant::now(),
             seen: DiskSeen::default(),
         }
@@ -80,15 +83,14 @@ impl DiskWatch {
         // errors still say when it has none).
         let free = self.dir.as_deref().and_then(free_bytes).unwrap_or(u64::MAX);
         let used = used();
-        let full = self.limits.full(free, used);
+        let full = full(self.min_free, free, self.seen.full);
         if full != self.seen.full {
             if full {
                 tracing::warn!(
                     free,
                     used,
-                    min_free = self.limits.min_free,
-                    max_bytes = self.limits.max_bytes,
-                    "store disk full: offline messages refused, history not written"
+                    min_free = self.min_free,
+                    "store disk full (--min-free-disk-bytes): offline messages refused, history not written"
                 );
             } else {
                 tracing::info!(free, used, "store disk has room again");
@@ -118,33 +120,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn full_below_the_floor_or_over_the_bound() {
-        let none = DiskLimits::default();
-        assert!(!none.full(0, u64::MAX), "no bounds: never full");
-        let floor = DiskLimits {
-            min_free: 100,
-            max_bytes: 0,
-        };
-        assert!(floor.full(99, 0));
-        assert!(!floor.full(100, u64::MAX));
-        let max = DiskLimits {
-            min_free: 0,
-            max_bytes: 1000,
-        };
-        assert!(max.full(u64::MAX, 1000));
-        assert!(!max.full(0, 999));
+    fn full_under_the_floor_until_an_eighth_more_is_free() {
+        assert!(!full(0, 0, false), "no floor: never full");
+        assert!(!full(0, 0, true));
+        assert!(full(800, 799, false));
+        assert!(!full(800, 800, false));
+        assert!(full(800, 899, true), "still full under floor + 1/8");
+        assert!(!full(800, 900, true));
     }
 
     #[test]
     fn looks_at_most_every_interval_and_sees_the_real_filesystem() {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut w = DiskWatch::new(
-            dir.path(),
-            DiskLimits {
-                min_free: u64::MAX,
-                max_bytes: 0,
-            },
-        );
+        let mut w = DiskWatch::new(dir.path(), u64::MAX);
         let t = Instant::now();
         let seen = w.look(t, || 5).expect("the first look is due");
         assert!(seen.free > 0 && seen.free < u64::MAX, "{seen:?}");

@@ -127,8 +127,9 @@ pub struct StoreOptions {
     /// How long the storage thread waits unwoken by history appends that come closer
     /// together than this (default 1 ms; see `worker::NAP`).
     pub nap: std::time::Duration,
-    /// The store's bound on disk (default: none; see `store::disk`).
-    pub disk: disk::DiskLimits,
+    /// Free bytes the data directory's filesystem must keep (default 0: none; see
+    /// `store::disk`).
+    pub min_free_disk: u64,
 }
 
 impl Default for StoreOptions {
@@ -141,7 +142,7 @@ impl Default for StoreOptions {
             forget_idle_after: None,
             history: HistoryOptions::default(),
             nap: worker::NAP,
-            disk: disk::DiskLimits::default(),
+            min_free_disk: 0,
         }
     }
 }
@@ -154,7 +155,7 @@ impl std::fmt::Debug for StoreOptions {
             .field("max_round", &self.max_round)
             .field("round_hook", &self.round_hook.is_some())
             .field("forget_idle_after", &self.forget_idle_after)
-            .field("disk", &self.disk)
+            .field("min_free_disk", &self.min_free_disk)
             .finish()
     }
 }
@@ -562,7 +563,7 @@ impl Store {
             Arc::clone(&hash_queued),
         )
         .map_err(|e| StoreError::Io(format!("cannot start hashing threads: {e}")))?;
-        let disk = disk::DiskWatch::new(dir, options.disk);
+        let disk = disk::DiskWatch::new(dir, options.min_free_disk);
         let mut w = worker::Worker::new(
             dbs,
             durability,

@@ -2091,37 +2091,33 @@ fn a_store_under_its_free_space_floor_refuses_offline_messages_only() {
         .is_none());
 }
 
-/// Past `--max-store-bytes` the store is full: Sends to an offline user are refused
-/// UNAVAILABLE from then on, and every one accepted before is delivered at login.
+/// While the store is full, a session holding over 1 MiB delivered and not acked is
+/// not delivered to (what it leaves unacked at its end would be stored): Sends to it are
+/// refused UNAVAILABLE until it acks, then go through again.
 #[test]
-fn a_store_over_its_size_bound_refuses_offline_messages_and_keeps_the_accepted() {
-    // A fresh store is ~64 MiB (the history log's first file): 16 MiB of room.
-    let r = RouterProc::start(&["--shards", "1", "--max-store-bytes", "80MiB"]);
-    r.visit("dmx-away");
-    let mut s = r.client("dmx-sender");
-    let mut accepted = 0u32;
-    let mut refused = None;
-    for i in 0..800u32 {
-        let mut p = i.to_be_bytes().to_vec();
-        p.resize(256 << 10, b'.');
-        match s.send_wait("dmx-away", &p) {
+fn a_full_store_refuses_sends_to_sessions_that_hold_too_much_unacked() {
+    let r = RouterProc::start(&["--shards", "1", "--min-free-disk-bytes", "1000TiB"]);
+    let full = ringrouter_tests::wait_until(T, || {
+        metric_sum(&r.metrics(), "ringrouter_store_disk_full") == 1.0
+    });
+    assert!(full, "store_disk_full is not 1");
+    // (The shard reads the store's state on its tick.)
+    std::thread::sleep(Duration::from_millis(300));
+    let mut rx = r.raw_login("dfu-rx");
+    let mut s = r.client("dfu-sender");
+    let payload = vec![7u8; 256 << 10];
+    let mut accepted = 0;
+    let e = loop {
+        match s.send_wait("dfu-rx", &payload) {
             Ok(_) => accepted += 1,
-            Err(e) => {
-                refused = Some(e);
-                break;
-            }
+            Err(e) => break e,
         }
-    }
-    let e = refused.expect("refused within 200 MiB sent");
+        assert!(accepted <= 8, "still accepted past 2 MiB unacked");
+    };
     assert_eq!(e.code(), Some(Status::Unavailable), "{e}");
-    assert!(accepted > 0, "some were accepted before the bound");
-    let full = metric_sum(&r.metrics(), "ringrouter_store_disk_full");
-    assert_eq!(full, 1.0);
-    let mut away = r.client("dmx-away");
-    let mut got = 0u32;
-    while let Some(m) = away.recv(Some(Duration::from_secs(2))).expect("recv") {
-        assert_eq!(m.payload[..4], got.to_be_bytes(), "in order, none lost");
-        got += 1;
-    }
-    assert_eq!(got, accepted, "every accepted message is delivered");
+    assert_eq!(accepted, 5, "delivered while it held at most 1 MiB");
+    let d = rx.delivers(accepted, T);
+    rx.ack(d.last().expect("delivered").seq);
+    let ok = ringrouter_tests::wait_until(T, || s.send_wait("dfu-rx", b"after the ack").is_ok());
+    assert!(ok, "not delivered again after the ack");
 }
