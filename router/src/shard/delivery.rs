@@ -132,6 +132,13 @@ impl Shard {
                 keys
             }
         };
+        let kept;
+        let keys = if self.bounds.full_unacked_bytes == usize::MAX {
+            keys
+        } else {
+            kept = self.not_over_full(keys);
+            &kept[..]
+        };
         let d = deliver_keys(
             &mut self.sessions,
             &self.bounds,
@@ -143,6 +150,22 @@ impl Shard {
             blocked,
         );
         self.delivered(d)
+    }
+
+    /// Whether session `k` holds more than a full store lets it (`FULL_UNACKED_BYTES`):
+    /// it is then not delivered to, as if offline (refused there).
+    fn over_full(&self, k: SessionKey) -> bool {
+        self.sessions
+            .get(k)
+            .is_some_and(|s| s.unacked.bytes() + s.deferred_bytes > self.bounds.full_unacked_bytes)
+    }
+
+    /// `keys` but those [`Shard::over_full`] (only while the store is full).
+    fn not_over_full(&self, keys: &[SessionKey]) -> Vec<SessionKey> {
+        keys.iter()
+            .copied()
+            .filter(|&k| !self.over_full(k))
+            .collect()
     }
 
     /// A room message to every session of its members here, `keys` (member `i`'s sessions
@@ -186,14 +209,32 @@ impl Shard {
         // sessions that did not take it and those past a bound (both rare) are noted by
         // their index in `keys` and sorted out by member after the pass.
         let (mut missed, mut over) = (Vec::new(), Vec::new());
-        for (j, &k) in keys.iter().enumerate() {
-            ahead(j, &self.sessions);
-            if !sink.one(&mut self.sessions, k, &m) {
-                missed.push(j);
-            }
-            if sink.d.overflowed.take().is_some() {
-                over.push(j);
-            }
+        // While the store is full, the sessions that hold too much are not delivered to
+        // (marked here, before the pass: the pass itself is not slowed by the check).
+        macro_rules! pass {
+            ($pairs:expr) => {
+                for (j, k) in $pairs {
+                    ahead(j, &self.sessions);
+                    if !sink.one(&mut self.sessions, k, &m) {
+                        missed.push(j);
+                    }
+                    if sink.d.overflowed.take().is_some() {
+                        over.push(j);
+                    }
+                }
+            };
+        }
+        if bounds.full_unacked_bytes == usize::MAX {
+            pass!(keys.iter().copied().enumerate());
+        } else {
+            let (fit, held): (Vec<_>, Vec<_>) = keys
+                .iter()
+                .copied()
+                .enumerate()
+                .partition(|&(_, k)| !self.over_full(k));
+            missed.extend(held.into_iter().map(|(j, _)| j));
+            pass!(fit);
+            missed.sort_unstable();
         }
         let member = |j: usize| spans.partition_point(|&(_, b)| b as usize <= j);
         absent.extend(empty.iter().map(|&i| i as usize));
@@ -798,10 +839,6 @@ impl<'b> Sink<'b> {
             return false;
         };
         if s.closing.is_some() {
-            return false;
-        }
-        if s.unacked.bytes() + s.deferred_bytes > self.b.full_unacked_bytes {
-            // The store is full: as if offline (refused there).
             return false;
         }
         if self.skip_key == Some((k, s.gen)) {

@@ -2121,3 +2121,33 @@ fn a_full_store_refuses_sends_to_sessions_that_hold_too_much_unacked() {
     let ok = ringrouter_tests::wait_until(T, || s.send_wait("dfu-rx", b"after the ack").is_ok());
     assert!(ok, "not delivered again after the ack");
 }
+
+/// The same in a room: while the store is full, a member session holding over 1 MiB
+/// unacked is not delivered to (the sender gets UNAVAILABLE), the others still are.
+#[test]
+fn a_full_store_skips_room_members_that_hold_too_much_unacked() {
+    let r = RouterProc::start(&["--shards", "1", "--min-free-disk-bytes", "1000TiB"]);
+    let full = ringrouter_tests::wait_until(T, || {
+        metric_sum(&r.metrics(), "ringrouter_store_disk_full") == 1.0
+    });
+    assert!(full, "store_disk_full is not 1");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut o = r.raw_login("dfr-owner");
+    let mut live = r.raw_login("dfr-live");
+    let mut hold = r.raw_login("dfr-hold");
+    assert_eq!(o.create_room("dfr-room", "").status, Status::Ok as i32);
+    assert_eq!(live.join_room("dfr-room", "").status, Status::Ok as i32);
+    assert_eq!(hold.join_room("dfr-room", "").status, Status::Ok as i32);
+    let payload = vec![5u8; 256 << 10];
+    let mut statuses = Vec::new();
+    for i in 0..7u64 {
+        statuses.push(o.send_room("dfr-room", &payload, 100 + i));
+        let d = live.room_delivers(1, T);
+        live.ack(d[0].seq);
+    }
+    let ok = Status::Ok as i32;
+    let unavailable = Status::Unavailable as i32;
+    assert_eq!(statuses[..5], [ok; 5], "{statuses:?}");
+    assert_eq!(statuses[5..], [unavailable; 2], "{statuses:?}");
+    assert_eq!(hold.room_delivers(5, T).len(), 5);
+}
