@@ -2050,16 +2050,24 @@ fn a_big_frame_that_completes_holds_nothing_of_the_input_budget() {
     }
 }
 
-/// Under `--min-free-disk-bytes` the store is full: a Send to an offline user is refused
-/// UNAVAILABLE (the sender keeps it), history is not written (counted), live delivery
-/// goes on, and `/readyz` stays 200 (nothing failed).
-#[test]
-fn a_store_under_its_free_space_floor_refuses_offline_messages_only() {
+/// A router whose store is full from the start (a free-space floor no disk meets),
+/// once its shards have read that (on their tick).
+fn full_store_router() -> RouterProc {
     let r = RouterProc::start(&["--shards", "1", "--min-free-disk-bytes", "1000TiB"]);
     let full = ringrouter_tests::wait_until(T, || {
         metric_sum(&r.metrics(), "ringrouter_store_disk_full") == 1.0
     });
     assert!(full, "store_disk_full is not 1");
+    std::thread::sleep(Duration::from_millis(300));
+    r
+}
+
+/// Under `--min-free-disk-bytes` the store is full: a Send to an offline user is refused
+/// UNAVAILABLE (the sender keeps it), history is not written (counted), live delivery
+/// goes on, and `/readyz` stays 200 (nothing failed).
+#[test]
+fn a_store_under_its_free_space_floor_refuses_offline_messages_only() {
+    let r = full_store_router();
     r.visit("dfl-away");
     let mut s = r.client("dfl-sender");
     let mut live = r.client("dfl-live");
@@ -2096,13 +2104,7 @@ fn a_store_under_its_free_space_floor_refuses_offline_messages_only() {
 /// refused UNAVAILABLE until it acks, then go through again.
 #[test]
 fn a_full_store_refuses_sends_to_sessions_that_hold_too_much_unacked() {
-    let r = RouterProc::start(&["--shards", "1", "--min-free-disk-bytes", "1000TiB"]);
-    let full = ringrouter_tests::wait_until(T, || {
-        metric_sum(&r.metrics(), "ringrouter_store_disk_full") == 1.0
-    });
-    assert!(full, "store_disk_full is not 1");
-    // (The shard reads the store's state on its tick.)
-    std::thread::sleep(Duration::from_millis(300));
+    let r = full_store_router();
     let mut rx = r.raw_login("dfu-rx");
     let mut s = r.client("dfu-sender");
     let payload = vec![7u8; 256 << 10];
@@ -2126,12 +2128,7 @@ fn a_full_store_refuses_sends_to_sessions_that_hold_too_much_unacked() {
 /// unacked is not delivered to (the sender gets UNAVAILABLE), the others still are.
 #[test]
 fn a_full_store_skips_room_members_that_hold_too_much_unacked() {
-    let r = RouterProc::start(&["--shards", "1", "--min-free-disk-bytes", "1000TiB"]);
-    let full = ringrouter_tests::wait_until(T, || {
-        metric_sum(&r.metrics(), "ringrouter_store_disk_full") == 1.0
-    });
-    assert!(full, "store_disk_full is not 1");
-    std::thread::sleep(Duration::from_millis(300));
+    let r = full_store_router();
     let mut o = r.raw_login("dfr-owner");
     let mut live = r.raw_login("dfr-live");
     let mut hold = r.raw_login("dfr-hold");
