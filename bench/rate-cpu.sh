@@ -19,9 +19,11 @@ PID=$!
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$T"' EXIT
 for _ in $(seq 100); do grep -q "listening on" "$T/out" 2>/dev/null && break; sleep 0.05; done
 t0=$(awk '{print $14+$15}' /proc/$PID/stat)
+f0=$(awk '{print $10}' /proc/$PID/stat)
 # shellcheck disable=SC2086
 "$LOAD" --addr 127.0.0.1:"$P" --protocol ringrouter $LA --json >"$T/j"
 t1=$(awk '{print $14+$15}' /proc/$PID/stat)
+f1=$(awk '{print $10}' /proc/$PID/stat)
 python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('rate %.0fk lost %d router cpu %.2fs generator cpu %.2fs p50 %.0f us p99 %.0f us' % (d['msgs_per_sec']/1e3, d['lost'], (int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4]), d.get('client_cpu_s', float('nan')), d['p50_us'], d['p99_us']))" "$T/j" "$t0" "$t1" "$(getconf CLK_TCK)"
 # Per thread kind: CPU seconds, user + system (system time bounds what any I/O mechanism can
 # save: io_uring against epoll), over the router's life (start-up and logins included).
@@ -30,5 +32,7 @@ for t in /proc/$PID/task/*; do echo "$(cat "$t/comm") $(awk '{print $14, $15}' "
       END {for (k in u) if (u[k] + s[k] > 0) printf "%s=%.2fs (user %.2f sys %.2f) ", k, (u[k] + s[k])/hz, u[k]/hz, s[k]/hz; print ""}'
 # Bytes the router wrote to files and sockets (write system calls), and to the disk.
 awk '/^(wchar|write_bytes)/ {printf "%s %.1f MB  ", $1, $2/1e6} END {print ""}' /proc/$PID/io
+# Minor page faults over the run (memory faulted in: first touch, or purged and touched again).
+echo "minor faults $((f1 - f0))"
 # The router's peak RSS over its life.
 awk '/^VmHWM/ {printf "peak rss %.0f MiB\n", $2/1024}' /proc/$PID/status
