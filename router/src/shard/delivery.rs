@@ -132,13 +132,11 @@ impl Shard {
                 keys
             }
         };
-        let kept;
-        let keys = if self.bounds.full_unacked_bytes == usize::MAX {
-            keys
-        } else {
-            kept = self.not_over_full(keys);
-            &kept[..]
-        };
+        // While the store is full, a user one of whose sessions holds too much gets it
+        // on none (as if offline: refused there), not on some only.
+        if self.bounds.full_unacked_bytes != usize::MAX && keys.iter().any(|&k| self.over_full(k)) {
+            return (0, None);
+        }
         let d = deliver_keys(
             &mut self.sessions,
             &self.bounds,
@@ -158,14 +156,6 @@ impl Shard {
         self.sessions
             .get(k)
             .is_some_and(|s| s.unacked.bytes() + s.deferred_bytes > self.bounds.full_unacked_bytes)
-    }
-
-    /// `keys` but those [`Shard::over_full`] (only while the store is full).
-    fn not_over_full(&self, keys: &[SessionKey]) -> Vec<SessionKey> {
-        keys.iter()
-            .copied()
-            .filter(|&k| !self.over_full(k))
-            .collect()
     }
 
     /// A room message to every session of its members here, `keys` (member `i`'s sessions
@@ -209,8 +199,10 @@ impl Shard {
         // sessions that did not take it and those past a bound (both rare) are noted by
         // their index in `keys` and sorted out by member after the pass.
         let (mut missed, mut over) = (Vec::new(), Vec::new());
-        // While the store is full, the sessions that hold too much are not delivered to
-        // (marked here, before the pass: the pass itself is not slowed by the check).
+        let member = |j: usize| spans.partition_point(|&(_, b)| b as usize <= j);
+        // While the store is full, a member one of whose sessions holds too much is not
+        // delivered to (as if offline; marked here, before the pass: the pass itself is
+        // not slowed by the check).
         macro_rules! pass {
             ($pairs:expr) => {
                 for (j, k) in $pairs {
@@ -227,16 +219,22 @@ impl Shard {
         if bounds.full_unacked_bytes == usize::MAX {
             pass!(keys.iter().copied().enumerate());
         } else {
-            let (fit, held): (Vec<_>, Vec<_>) = keys
+            let held: Vec<bool> = spans
+                .iter()
+                .map(|&(a, b)| {
+                    let of = keys.get(a as usize..b as usize).unwrap_or_default();
+                    of.iter().any(|&k| self.over_full(k))
+                })
+                .collect();
+            let (held, fit): (Vec<_>, Vec<_>) = keys
                 .iter()
                 .copied()
                 .enumerate()
-                .partition(|&(_, k)| !self.over_full(k));
+                .partition(|&(j, _)| held.get(member(j)) == Some(&true));
             missed.extend(held.into_iter().map(|(j, _)| j));
             pass!(fit);
             missed.sort_unstable();
         }
-        let member = |j: usize| spans.partition_point(|&(_, b)| b as usize <= j);
         absent.extend(empty.iter().map(|&i| i as usize));
         if !missed.is_empty() {
             absent.extend(missed_members(&missed, spans, member));

@@ -2118,10 +2118,20 @@ fn a_full_store_refuses_sends_to_sessions_that_hold_too_much_unacked() {
     };
     assert_eq!(e.code(), Some(Status::Unavailable), "{e}");
     assert_eq!(accepted, 5, "delivered while it held at most 1 MiB");
+    // Another device of the user gets nothing either (not some devices only).
+    let mut rx2 = r.raw_login("dfu-rx");
+    let e = s.send_wait("dfu-rx", b"two devices").expect_err("refused");
+    assert_eq!(e.code(), Some(Status::Unavailable), "{e}");
     let d = rx.delivers(accepted, T);
     rx.ack(d.last().expect("delivered").seq);
     let ok = ringrouter_tests::wait_until(T, || s.send_wait("dfu-rx", b"after the ack").is_ok());
     assert!(ok, "not delivered again after the ack");
+    let d2 = rx2.delivers(1, T);
+    assert_eq!(
+        d2[0].payload[..],
+        b"after the ack"[..],
+        "the second device's first message"
+    );
 }
 
 /// The same in a room: while the store is full, a member session holding over 1 MiB
