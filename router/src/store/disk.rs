@@ -8,9 +8,10 @@
 //! under the floor the store is *full* until an eighth more than the floor is free
 //! again (no flapping at the line). While it is full:
 //! - a Send to an offline user is refused UNAVAILABLE (its sender keeps it), and so is
-//!   one to a user one of whose sessions holds over 1 MiB (`shard::delivery::FULL_UNACKED_BYTES`) delivered and not acked
-//!   (what a closing session leaves unacked is stored: unbounded otherwise, by sessions
-//!   that never ack and disconnect); a room message gets UNAVAILABLE when a member was
+//!   one to a user one of whose sessions holds over 1 MiB delivered and not acked
+//!   (`shard::delivery::FULL_UNACKED_BYTES`; none of its devices gets it): what a
+//!   closing session leaves unacked is stored, unbounded otherwise by sessions that
+//!   never ack and disconnect. A room message gets UNAVAILABLE when a member was
 //!   refused, though its live members have it;
 //! - with `--durability sync` every Send is refused (each goes through the store);
 //! - history is not written (counted);
