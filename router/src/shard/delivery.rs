@@ -133,8 +133,8 @@ impl Shard {
             }
         };
         // While the store is full, a user one of whose sessions holds too much gets it
-        // on none (as if offline: refused there), not on some only.
-        if self.bounds.full_unacked_bytes != usize::MAX && keys.iter().any(|&k| self.over_full(k)) {
+        // on none (as if offline: refused there), not on some only (`held`).
+        if self.bounds.full() && self.held(keys, &m, skip) {
             return (0, None);
         }
         let d = deliver_keys(
@@ -150,12 +150,22 @@ impl Shard {
         self.delivered(d)
     }
 
-    /// Whether session `k` holds more than a full store lets it (`FULL_UNACKED_BYTES`):
-    /// it is then not delivered to, as if offline (refused there).
+    /// Whether session `k` holds more than a full store lets it (`FULL_UNACKED_BYTES`).
     fn over_full(&self, k: SessionKey) -> bool {
         self.sessions
             .get(k)
             .is_some_and(|s| s.unacked.bytes() + s.deferred_bytes > self.bounds.full_unacked_bytes)
+    }
+
+    /// While the store is full, whether the user (or room member) whose sessions are
+    /// `keys` does not get `m`, as if offline (refused there): one of its sessions holds
+    /// too much ([`Shard::over_full`]). Never a message in the store already (sync mode, a
+    /// backlog: acks remove it from there, nothing is requeued), nor the sender's own
+    /// member (`skip`: its message is not refused for a copy to its other devices).
+    fn held(&self, keys: &[SessionKey], m: &Outgoing<'_>, skip: Option<(SessionKey, u32)>) -> bool {
+        m.store_seq == 0
+            && !skip.is_some_and(|(k, _)| keys.contains(&k))
+            && keys.iter().any(|&k| self.over_full(k))
     }
 
     /// A room message to every session of its members here, `keys` (member `i`'s sessions
@@ -216,14 +226,14 @@ impl Shard {
                 }
             };
         }
-        if bounds.full_unacked_bytes == usize::MAX {
+        if !bounds.full() {
             pass!(keys.iter().copied().enumerate());
         } else {
             let held: Vec<bool> = spans
                 .iter()
                 .map(|&(a, b)| {
                     let of = keys.get(a as usize..b as usize).unwrap_or_default();
-                    of.iter().any(|&k| self.over_full(k))
+                    self.held(of, &m, skip)
                 })
                 .collect();
             let (held, fit): (Vec<_>, Vec<_>) = keys
@@ -776,6 +786,12 @@ impl Bounds {
     /// Sets the bound of a full store (`full`) or lifts it.
     pub(crate) fn store_full(&mut self, full: bool) {
         self.full_unacked_bytes = if full { FULL_UNACKED_BYTES } else { usize::MAX };
+    }
+
+    /// Whether the store was full at the shard's last tick (the one reading every
+    /// decision of the shard goes by: a session held back and an offline Send refused).
+    pub(crate) fn full(&self) -> bool {
+        self.full_unacked_bytes != usize::MAX
     }
 
     pub(crate) fn of(cfg: &crate::config::Config) -> Self {

@@ -632,7 +632,7 @@ impl Shard {
 
     /// Periodic duties: heartbeats, slow consumers, publishing counters.
     pub fn tick(&mut self, now: Instant) {
-        let full = self.store_disk_full();
+        let full = self.store.as_ref().is_some_and(|l| l.handle.disk_full());
         self.bounds.store_full(full);
         let cfg = self.cfg.clone();
         let mut to_close = Vec::new();

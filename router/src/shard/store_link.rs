@@ -94,9 +94,10 @@ impl Shard {
         self.store.is_some()
     }
 
-    /// True while the store's disk is full (`store::disk`): no new offline messages.
+    /// True while the store's disk is full (`store::disk`): no new offline messages. As
+    /// of the shard's last tick, as the deliveries' check (`delivery::Bounds::full`).
     pub fn store_disk_full(&self) -> bool {
-        self.store.as_ref().is_some_and(|l| l.handle.disk_full())
+        self.bounds.full()
     }
 
     /// True in `sync` durability: every message goes through the store first.

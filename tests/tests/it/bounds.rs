@@ -2157,4 +2157,8 @@ fn a_full_store_skips_room_members_that_hold_too_much_unacked() {
     assert_eq!(statuses[..5], [ok; 5], "{statuses:?}");
     assert_eq!(statuses[5..], [unavailable; 2], "{statuses:?}");
     assert_eq!(hold.room_delivers(5, T).len(), 5);
+    // A sender that holds too much itself is not refused for its own member.
+    assert_eq!(hold.send_room("dfr-room", b"from hold", 200), ok);
+    let d = live.room_delivers(1, T);
+    assert_eq!(d[0].payload[..], b"from hold"[..]);
 }
