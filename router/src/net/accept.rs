@@ -347,6 +347,7 @@ async fn register_account(shared: &Shared, r: &Register, peer: Option<IpAddr>) -
         Some(Err(StoreError::Closed)) | None => {
             answer(Status::Unavailable, "the store is shut down")
         }
+        Some(Err(StoreError::DiskFull)) => answer(Status::Unavailable, "the store's disk is full"),
         Some(Err(e)) => {
             tracing::warn!(error = %e, "register failed");
             answer(Status::Internal, "storage error")

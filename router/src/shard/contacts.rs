@@ -456,6 +456,11 @@ impl Shard {
         if n > 0 || !store || !self.has_store() || self.user_sessions(user.as_bytes()) > 0 {
             return;
         }
+        if self.store_disk_full() {
+            // A notice, not stored while the store is full (`store::disk`); the contact
+            // list itself has the change.
+            return;
+        }
         let stored = StoredMsg {
             from_user: peer.to_owned(),
             server_ts_us: super::now_us(),

@@ -489,8 +489,10 @@ impl Shard {
             self.store_req(
                 |st, cb| st.ensure_user(&u, cb),
                 |_, r| {
-                    if let Err(e) = r {
-                        tracing::warn!(error = %e, "recording a user failed");
+                    // (Not while the store is full: `store_disk_full` says it.)
+                    match r {
+                        Ok(_) | Err(StoreError::DiskFull) => {}
+                        Err(e) => tracing::warn!(error = %e, "recording a user failed"),
                     }
                 },
             );

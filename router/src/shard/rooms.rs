@@ -1099,6 +1099,7 @@ impl Shard {
         let (status, reason) = match e {
             StoreError::Conflict => (Status::Conflict, "room already exists".to_owned()),
             StoreError::NotFound => (Status::NotFound, "no such room".to_owned()),
+            StoreError::DiskFull => (Status::Unavailable, e.to_string()),
             other => {
                 tracing::warn!(error = %other, "room operation failed");
                 (store_status(other), other.to_string())

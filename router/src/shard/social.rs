@@ -27,7 +27,7 @@ use super::mail::{Live, LiveFrame, Mail, RoomFan};
 use super::requeue::Behind;
 use super::session::{SessionId, SessionKey};
 use super::Shard;
-use crate::store::StoredMsg;
+use crate::store::{StoreError, StoredMsg};
 
 /// Per-shard state of the social layer.
 #[derive(Debug, Default)]
@@ -244,6 +244,8 @@ impl Shard {
             |s, cb| s.enqueue_each(items, cap, cb),
             |_, r| match r {
                 Ok(()) => {}
+                // (Not while the store is full: `store_disk_full` says it.)
+                Err(StoreError::DiskFull) => {}
                 Err(e) => tracing::warn!(error = %e, "storing a room event failed"),
             },
         );

@@ -16,7 +16,9 @@
 //! - with `--durability sync` every Send is refused (each goes through the store);
 //! - history is not written (counted);
 //! - live delivery goes on, and what was accepted before (a closing session's unacked
-//!   messages) is still stored, as are small room, contact and account records.
+//!   messages) is still stored, as are removals and updates; what only grows the store
+//!   is refused (`Worker::refused_when_full`: new accounts and user records, rooms,
+//!   members, contact lists, notices for offline users).
 //!
 //! The store's own deletes free space only as its engine compacts: the floor is about
 //! the filesystem, which the operator can free, not about what the store holds.

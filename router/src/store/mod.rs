@@ -70,6 +70,9 @@ pub enum StoreError {
     /// The store is shut down (or its storage thread is gone).
     #[error("store closed")]
     Closed,
+    /// The store's disk is under its floor (`store::disk`): nothing new is written.
+    #[error("the store's disk is full")]
+    DiskFull,
 }
 
 impl From<fjall::Error> for StoreError {

@@ -602,6 +602,27 @@ impl Worker {
         }
     }
 
+    /// While the store is full (`store::disk`), the requests that only make it grow are
+    /// answered [`StoreError::DiskFull`] here: new user records, accounts, rooms, room
+    /// members, contact lists, notices for offline users (each small, but users are free
+    /// to make: a room record cost ~550 B, 1.8 MB/s from one client). What removes,
+    /// updates or keeps what was accepted goes on. `None`: answered.
+    fn refused_when_full(&mut self, msg: Msg) -> Option<Msg> {
+        if !self.disk_full() {
+            return Some(msg);
+        }
+        match msg {
+            Msg::EnsureUser { cb, .. } => self.done(cb, Err(StoreError::DiskFull), false),
+            Msg::Register { cb, .. }
+            | Msg::CreateRoom { cb, .. }
+            | Msg::AddMember { cb, .. }
+            | Msg::SaveContacts { cb, .. }
+            | Msg::EnqueueEach { cb, .. } => self.done(cb, Err(StoreError::DiskFull), false),
+            msg => return Some(msg),
+        }
+        None
+    }
+
     /// Whether the store is full (as of the last look at the disk).
     pub(crate) fn disk_full(&self) -> bool {
         self.stats.disk_full.load(Ordering::Relaxed) != 0
@@ -683,6 +704,9 @@ impl Worker {
     }
 
     fn handle(&mut self, msg: Msg) {
+        let Some(msg) = self.refused_when_full(msg) else {
+            return;
+        };
         match msg {
             Msg::Append {
                 user,

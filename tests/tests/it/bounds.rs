@@ -2053,7 +2053,14 @@ fn a_big_frame_that_completes_holds_nothing_of_the_input_budget() {
 /// A router whose store is full from the start (a free-space floor no disk meets),
 /// once its shards have read that (on their tick).
 fn full_store_router() -> RouterProc {
-    let r = RouterProc::start(&["--shards", "1", "--min-free-disk-bytes", "1000TiB"]);
+    full_store_router_on(&[])
+}
+
+/// [`full_store_router`] with more arguments (`--data-dir`: a store made before).
+fn full_store_router_on(args: &[&str]) -> RouterProc {
+    let mut all = vec!["--shards", "1", "--min-free-disk-bytes", "1000TiB"];
+    all.extend_from_slice(args);
+    let r = RouterProc::start(&all);
     let full = ringrouter_tests::wait_until(T, || {
         metric_sum(&r.metrics(), "ringrouter_store_disk_full") == 1.0
     });
@@ -2138,13 +2145,28 @@ fn a_full_store_refuses_sends_to_sessions_that_hold_too_much_unacked() {
 /// unacked is not delivered to (the sender gets UNAVAILABLE), the others still are.
 #[test]
 fn a_full_store_skips_room_members_that_hold_too_much_unacked() {
-    let r = full_store_router();
+    // The room is made before (a full store makes no rooms), then the router restarts
+    // on its store with the floor.
+    let dir = tempfile::tempdir().expect("a data dir");
+    let data = dir.path().to_str().expect("a UTF-8 path");
+    {
+        let r = RouterProc::start(&["--shards", "1", "--data-dir", data]);
+        let mut o = r.raw_login("dfr-owner");
+        assert_eq!(o.create_room("dfr-room", "").status, Status::Ok as i32);
+        for m in ["dfr-live", "dfr-hold"] {
+            let mut c = r.raw_login(m);
+            assert_eq!(c.join_room("dfr-room", "").status, Status::Ok as i32);
+        }
+    }
+    let r = full_store_router_on(&["--data-dir", data]);
     let mut o = r.raw_login("dfr-owner");
     let mut live = r.raw_login("dfr-live");
     let mut hold = r.raw_login("dfr-hold");
-    assert_eq!(o.create_room("dfr-room", "").status, Status::Ok as i32);
-    assert_eq!(live.join_room("dfr-room", "").status, Status::Ok as i32);
-    assert_eq!(hold.join_room("dfr-room", "").status, Status::Ok as i32);
+    // A full store makes no rooms (nor members, accounts, user records).
+    assert_eq!(
+        o.create_room("dfr-other", "").status,
+        Status::Unavailable as i32
+    );
     let payload = vec![5u8; 256 << 10];
     let mut statuses = Vec::new();
     for i in 0..7u64 {
