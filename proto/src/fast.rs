@@ -22,7 +22,7 @@ use prost::Message;
 /// operations on the read chunk's count, `bench/ir.sh`), or bytes of its own.
 #[derive(Clone)]
 pub enum Name<'a> {
-    /// A slice of the buffer `.0`.
+    /// A slice of the buffer `.0` (one that is not is copied by [`Name::to_bytes`]).
     In(&'a Bytes, &'a [u8]),
     /// Bytes of its own.
     Own(Bytes),
@@ -32,10 +32,17 @@ impl Name<'_> {
     /// The name as [`Bytes`] of its own (a reference count on the frame's buffer).
     pub fn to_bytes(&self) -> Bytes {
         match self {
-            Name::In(buf, s) => buf.slice_ref(s),
+            Name::In(buf, s) if within(buf, s) => buf.slice_ref(s),
+            Name::In(_, s) => Bytes::copy_from_slice(s),
             Name::Own(b) => b.clone(),
         }
     }
+}
+
+/// Whether `s` lies within `buf` (what `Bytes::slice_ref` needs, or it panics).
+fn within(buf: &Bytes, s: &[u8]) -> bool {
+    let (b, r) = (buf.as_ptr_range(), s.as_ptr_range());
+    s.is_empty() || (b.start <= r.start && r.end <= b.end)
 }
 
 impl std::ops::Deref for Name<'_> {
@@ -1021,6 +1028,23 @@ mod tests {
     use crate::send::{put_send_header, SendHeader, Target};
     use crate::v1::{server_frame, Deliver, Login, Send, ServerFrame};
     use bytes::BytesMut;
+
+    #[test]
+    fn a_lent_name_becomes_bytes_of_its_buffer_or_a_copy() {
+        let buf = Bytes::from_static(b"hello bob");
+        let n = Name::In(&buf, &buf[6..]);
+        let b = n.to_bytes();
+        assert_eq!(&b[..], b"bob");
+        assert_eq!(
+            b.as_ptr(),
+            buf[6..].as_ptr(),
+            "a slice of the buffer, not a copy"
+        );
+        // A slice of another buffer (a caller's mistake) is copied, not a panic.
+        let other = Bytes::from_static(b"ann");
+        assert_eq!(&Name::In(&buf, &other[..]).to_bytes()[..], b"ann");
+        assert!(Name::In(&buf, &[]).to_bytes().is_empty());
+    }
 
     #[test]
     fn short_copies_are_exact_at_every_length_and_touch_nothing_around() {
