@@ -87,7 +87,7 @@ pub fn activity() -> u64 {
     ACTIVITY.load(Ordering::Relaxed)
 }
 
-/// Tells when a thread has been idle long enough to return freed memory
+/// Tells when the process (its [`activity`]) has been idle long enough to return freed memory
 /// ([`collect_now`]): once per idle stretch, after `after` without activity.
 #[derive(Debug)]
 pub struct IdleCollect {

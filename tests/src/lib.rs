@@ -1310,16 +1310,20 @@ pub fn metrics_at(http: SocketAddr) -> String {
     http_get_at(http, "/metrics")
 }
 
-/// The answer (head included) to `GET path` on the HTTP port `http`.
+/// The whole answer (head included) to `GET path` on the HTTP port `http` (the
+/// connection is closed after it).
 pub fn http_get_at(http: SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = TcpStream::connect(http).expect("http");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
+    let t = Duration::from_secs(10);
+    http_get_on(TcpStream::connect_timeout(&http, t).expect("http"), path)
+}
+
+/// [`http_get_at`] on a connection already made.
+pub fn http_get_on(mut s: TcpStream, path: &str) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .expect("request");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
 }

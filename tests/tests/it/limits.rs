@@ -1,7 +1,6 @@
 //! Configured limits: connections (in all and per address), sessions per user,
 //! user-name length, and the login timeout.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -65,7 +64,7 @@ fn connection_over_max_connections_per_ip_is_refused() {
         Ok(_) => panic!("a 3rd connection from one address logged in"),
     }
     // The HTTP port (and so WebSocket) counts in the same slots: 503.
-    let answer = http_get(r.http_addr(), "/healthz");
+    let answer = r.http_get("/healthz");
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("from this address"), "{answer}");
 
@@ -73,7 +72,8 @@ fn connection_over_max_connections_per_ip_is_refused() {
     let mut other = Raw::from_stream(connect_from("127.0.0.2", r.connect_addr()));
     other.login("ip-other");
     // The three refusals are counted, by bound (read from the other address).
-    let metrics = http_get_on(connect_from("127.0.0.2", r.http_addr()), "/metrics");
+    let metrics =
+        ringrouter_tests::http_get_on(connect_from("127.0.0.2", r.http_addr()), "/metrics");
     let refused = metrics
         .lines()
         .find_map(|l| l.strip_prefix("ringrouter_connections_refused_total{limit=\"per_ip\"} "))
@@ -110,21 +110,6 @@ fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
         .unwrap_or_else(|e| panic!("connect to {to} from {from}: {e}"));
     s.set_nodelay(true).expect("TCP_NODELAY");
     s.into()
-}
-
-/// The whole answer to `GET path` (the connection is closed after it).
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    http_get_on(TcpStream::connect_timeout(&addr, T).expect("connect"), path)
-}
-
-/// [`http_get`] on a connection already made.
-fn http_get_on(mut s: TcpStream, path: &str) -> String {
-    s.set_read_timeout(Some(T)).expect("read timeout");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nconnection: close\r\n\r\n").as_bytes())
-        .expect("request");
-    let mut answer = Vec::new();
-    let _ = s.read_to_end(&mut answer);
-    String::from_utf8_lossy(&answer).into_owned()
 }
 
 #[test]
