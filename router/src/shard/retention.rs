@@ -15,6 +15,7 @@ use std::mem::MaybeUninit;
 use std::rc::Rc;
 
 use bytes::Bytes;
+use ringrouter_proto::fast::copy_short;
 
 use crate::outbuf::FanMsg;
 use crate::store::StoredMsg;
@@ -144,12 +145,15 @@ impl Blocks {
         self.full.capacity() != 0 || self.tail.capacity() != 0
     }
 
+    /// Appends `e`; returns it in its place (an inline payload is copied there, not
+    /// into a temporary that is then moved).
     #[inline(always)]
-    fn push_back(&mut self, e: RetainedEntry) {
+    fn push_back(&mut self, e: RetainedEntry) -> Option<&mut RetainedEntry> {
         if self.tail.len() == self.tail.capacity() {
             self.new_tail();
         }
         self.tail.push_back(e);
+        self.tail.back_mut()
     }
 
     #[cold]
@@ -267,7 +271,8 @@ impl std::fmt::Debug for RetainedPayload {
 }
 
 impl RetainedPayload {
-    /// No payload (the message is in the store).
+    /// No payload (the message is in the store), or none yet (`push_entry` copies a
+    /// small one into the entry in its place).
     const NONE: RetainedPayload =
         RetainedPayload::Inline(0, [MaybeUninit::uninit(); RETAIN_INLINE]);
 
@@ -286,25 +291,6 @@ impl RetainedPayload {
                 std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), *n as usize)
             },
             RetainedPayload::Shared(b) => b,
-        }
-    }
-
-    #[inline]
-    fn of(payload: &Bytes) -> RetainedPayload {
-        if payload.len() <= RETAIN_INLINE {
-            let mut buf = [MaybeUninit::uninit(); RETAIN_INLINE];
-            // SAFETY: `payload.len() <= RETAIN_INLINE` bytes into the array, from a
-            // slice that does not overlap it.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    payload.as_ptr(),
-                    buf.as_mut_ptr().cast::<u8>(),
-                    payload.len(),
-                );
-            }
-            RetainedPayload::Inline(payload.len() as u8, buf)
-        } else {
-            RetainedPayload::Shared(payload.clone())
         }
     }
 
@@ -433,13 +419,17 @@ impl Retained {
     #[inline(never)]
     fn push_entry(&mut self, seq: u64, m: &Outgoing<'_>) {
         let name = self.name_of(m.from_user, m.to_room);
-        let payload = if m.store_seq == 0 {
-            RetainedPayload::of(m.payload)
-        } else {
+        let len = if m.store_seq == 0 { m.payload.len() } else { 0 };
+        let payload = if len <= RETAIN_INLINE {
+            // (Its bytes are copied below, in the entry's place: built in a temporary
+            // by a `memcpy` call and then moved, the entry was 7% of the shards'
+            // samples at 16 pairs × 64 B, 4% so.)
             RetainedPayload::NONE
+        } else {
+            RetainedPayload::Shared(m.payload.clone())
         };
-        self.bytes += payload.len();
-        self.q.push_back(RetainedEntry {
+        self.bytes += len;
+        let e = self.q.push_back(RetainedEntry {
             seq,
             store_seq: m.store_seq,
             payload,
@@ -447,6 +437,16 @@ impl Retained {
             ts_us: m.ts_us,
             name,
         });
+        if let Some(RetainedEntry {
+            payload: RetainedPayload::Inline(n, buf),
+            ..
+        }) = e
+        {
+            // SAFETY: `len <= RETAIN_INLINE` bytes into the array, from the payload (a
+            // slice that does not overlap the queue's entry).
+            unsafe { copy_short(m.payload.as_ptr(), buf.as_mut_ptr().cast::<u8>(), len) };
+            *n = len as u8;
+        }
     }
 
     /// Keeps a delivery that is in the store (`store_seq`) until acked.
@@ -724,6 +724,33 @@ mod tests {
         assert_eq!(q.len(), seqs.len());
         while q.pop_front().is_some() {}
         assert!(q.is_empty() && q.full.is_empty());
+    }
+
+    /// A small payload is copied into its entry in place (`push_entry`): what comes
+    /// back is its bytes, for every size up to the inline bound and one past it.
+    #[test]
+    fn retained_small_payloads_come_back_whole() {
+        let mut r = Retained::default();
+        let (bob, empty) = (Bytes::from_static(b"bob"), Bytes::new());
+        let payloads: Vec<Bytes> = (0..=RETAIN_INLINE + 1)
+            .map(|n| Bytes::from((0..n).map(|i| (i * 7 + n) as u8).collect::<Vec<u8>>()))
+            .collect();
+        for (seq, p) in payloads.iter().enumerate() {
+            let m = Outgoing {
+                from_user: &bob,
+                to_room: &empty,
+                payload: p,
+                msg_id: seq as u64,
+                ts_us: 1,
+                store_seq: 0,
+                fanned: None,
+            };
+            r.push(seq as u64 + 1, &m);
+        }
+        let total: usize = payloads.iter().map(Bytes::len).sum();
+        assert_eq!(r.bytes(), total);
+        let back: Vec<Bytes> = r.take_unstored().into_iter().map(|m| m.payload).collect();
+        assert_eq!(back, payloads);
     }
 
     #[test]
