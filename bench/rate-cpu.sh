@@ -9,6 +9,11 @@
 #   bench/rate-cpu.sh A LOAD "--history-per-conversation 0"              # history off
 #   bench/rate-cpu.sh A LOAD "" "--pairs 1 --size 64 --rate 10000 --duration 3"   # paced: latency, CPU per message at a low rate
 #   LEGACY=1 bench/rate-cpu.sh A LOAD   # (any value) the router on its epoll driver, the generator not
+#
+# For A/B, fix the generator's user names (`--user-prefix ab21-` in the load args: 16 pairs'
+# 32 users 16 / 16 on 2 shards). By default they change per process, and so does which shard
+# each user lives on: the busier shard bounds a run, and runs of one build spread ±8% where
+# with fixed names they spread ±2% (BENCHMARKS.md, twenty-seventh pass).
 set -euo pipefail
 RR=$1; LOAD=$2; RA=${3:-}; LA=${4:-"--pairs 16 --size 1024 --messages 1000000 --window 16000"}
 T=$(mktemp -d)
