@@ -576,20 +576,12 @@ async fn read_loop(
             if buf.capacity() - buf.len() < want {
                 buf.reserve(want.max(READ_BUF));
             }
-            // Bytes already there are read at once (a nonblocking recv); the read op
-            // (io_uring: a RECV the reader waits on, letting every writer run in
-            // between) only when there are none.
-            match recv_into(fd, &mut buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let (len, cap) = (buf.len(), buf.capacity());
-                    let (res, slice) = reader
-                        .read(monoio::buf::IoBufMut::slice_mut(buf, len..cap))
-                        .await;
-                    buf = slice.into_inner();
-                    res
-                }
-                res => res,
-            }
+            let (len, cap) = (buf.len(), buf.capacity());
+            let (res, slice) = reader
+                .read(monoio::buf::IoBufMut::slice_mut(buf, len..cap))
+                .await;
+            buf = slice.into_inner();
+            res
         };
         match res {
             Ok(0) if !buf.is_empty() => {
