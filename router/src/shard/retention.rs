@@ -285,8 +285,8 @@ impl RetainedPayload {
 
     fn bytes(&self) -> &[u8] {
         match self {
-            // SAFETY: an inline payload's first `n` bytes were written (`of`; `NONE` has
-            // none), and `n <= RETAIN_INLINE`.
+            // SAFETY: an inline payload's first `n` bytes were written (`push_entry`
+            // copies them before it sets `n`; `NONE` has none), and `n <= RETAIN_INLINE`.
             RetainedPayload::Inline(n, buf) => unsafe {
                 std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), *n as usize)
             },
