@@ -92,6 +92,8 @@ pub fn activity() -> u64 {
 #[derive(Debug)]
 pub struct IdleCollect {
     after: std::time::Duration,
+    /// This thread's work as last reported ([`IdleCollect::due_after`]).
+    told: u64,
     last: u64,
     since: std::time::Instant,
     done: bool,
@@ -102,10 +104,20 @@ impl IdleCollect {
     pub fn new(after: std::time::Duration, now: std::time::Instant) -> Self {
         IdleCollect {
             after,
+            told: 0,
             last: 0,
             since: now,
             done: false,
         }
+    }
+
+    /// `work`: this thread's count of work done (messages, writes, logins, requests; it
+    /// only grows). What it did since the last call counts in the process's
+    /// [`activity`]; true once that has not moved for `after` (see [`IdleCollect::due`]).
+    pub fn due_after(&mut self, work: u64, now: std::time::Instant) -> bool {
+        note_activity(work.saturating_sub(self.told));
+        self.told = work;
+        self.due(activity(), now)
     }
 
     /// `activity`: a count that moves with any work (messages, writes, logins). True

@@ -488,13 +488,7 @@ impl Shard {
             let u = user.clone();
             self.store_req(
                 |st, cb| st.ensure_user(&u, cb),
-                |_, r| {
-                    // (Not while the store is full: `store_disk_full` says it.)
-                    match r {
-                        Ok(_) | Err(StoreError::DiskFull) => {}
-                        Err(e) => tracing::warn!(error = %e, "recording a user failed"),
-                    }
-                },
+                |_, r| super::store_link::warn_unless_full(&r, "recording a user"),
             );
         } else {
             // The password was checked before the session existed: an account deleted in

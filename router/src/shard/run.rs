@@ -437,17 +437,13 @@ async fn ticker(shard: Rc<RefCell<Shard>>, local: Rc<LocalSignal>) {
     };
     let mut shutdown_seen: Option<Instant> = None;
     let mut idle = crate::alloc::IdleCollect::new(IDLE_COLLECT_AFTER, Instant::now());
-    let mut told = 0;
     loop {
         monoio::time::sleep(period).await;
         let now = Instant::now();
         let mut sh = shard.borrow_mut();
         sh.tick(now);
         let c = &sh.counters;
-        let work = c.msgs_in + c.writes + c.logins;
-        crate::alloc::note_activity(work.saturating_sub(told));
-        told = work;
-        if idle.due(crate::alloc::activity(), now) {
+        if idle.due_after(c.msgs_in + c.writes + c.logins, now) {
             sh.drop_spare_batches();
             crate::alloc::collect_now();
         }

@@ -724,10 +724,7 @@ impl Shard {
         for u in users {
             self.store_req(
                 |st, cb| st.ensure_user(&u, cb),
-                |_, r| match r {
-                    Ok(_) | Err(crate::store::StoreError::DiskFull) => {}
-                    Err(e) => tracing::warn!(error = %e, "marking a user seen failed"),
-                },
+                |_, r| super::store_link::warn_unless_full(&r, "marking a user seen"),
             );
         }
     }

@@ -27,7 +27,7 @@ use super::mail::{Live, LiveFrame, Mail, RoomFan};
 use super::requeue::Behind;
 use super::session::{SessionId, SessionKey};
 use super::Shard;
-use crate::store::{StoreError, StoredMsg};
+use crate::store::StoredMsg;
 
 /// Per-shard state of the social layer.
 #[derive(Debug, Default)]
@@ -242,12 +242,7 @@ impl Shard {
         self.store_req_sized(
             bytes,
             |s, cb| s.enqueue_each(items, cap, cb),
-            |_, r| match r {
-                Ok(()) => {}
-                // (Not while the store is full: `store_disk_full` says it.)
-                Err(StoreError::DiskFull) => {}
-                Err(e) => tracing::warn!(error = %e, "storing a room event failed"),
-            },
+            |_, r| super::store_link::warn_unless_full(&r, "storing a room event"),
         );
     }
 }

@@ -374,7 +374,6 @@ impl Worker {
     pub(crate) fn run(&mut self, rx: Receiver<Msg>) -> StoreResult<()> {
         let max_round = self.opts.max_round.max(1);
         let mut idle = crate::alloc::IdleCollect::new(IDLE_COLLECT_AFTER, Instant::now());
-        let mut told = 0;
         loop {
             let first = if !self.shutting_down {
                 if let Some(forget) = self.opts.forget_idle_after {
@@ -390,9 +389,7 @@ impl Worker {
                 // Idle (the whole process): wake up once a second to return freed memory
                 // (once per stretch).
                 let work = self.stats.requests.load(Ordering::Relaxed);
-                crate::alloc::note_activity(work.saturating_sub(told));
-                told = work;
-                if idle.due(crate::alloc::activity(), Instant::now()) {
+                if idle.due_after(work, Instant::now()) {
                     crate::alloc::collect_now();
                 }
                 let idle_wake = Instant::now() + IDLE_COLLECT_AFTER;
