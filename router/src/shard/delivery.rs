@@ -488,7 +488,7 @@ impl Shard {
             let u = user.clone();
             self.store_req(
                 |st, cb| st.ensure_user(&u, cb),
-                |_, r| super::store_link::warn_unless_full(&r, "recording a user"),
+                |_, r| crate::store::warn_unless_full(&r, "recording a user"),
             );
         } else {
             // The password was checked before the session existed: an account deleted in

@@ -724,7 +724,7 @@ impl Shard {
         for u in users {
             self.store_req(
                 |st, cb| st.ensure_user(&u, cb),
-                |_, r| super::store_link::warn_unless_full(&r, "marking a user seen"),
+                |_, r| crate::store::warn_unless_full(&r, "marking a user seen"),
             );
         }
     }

@@ -242,7 +242,7 @@ impl Shard {
         self.store_req_sized(
             bytes,
             |s, cb| s.enqueue_each(items, cap, cb),
-            |_, r| super::store_link::warn_unless_full(&r, "storing a room event"),
+            |_, r| crate::store::warn_unless_full(&r, "storing a room event"),
         );
     }
 }

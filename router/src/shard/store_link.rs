@@ -88,15 +88,6 @@ pub fn store_status(e: &StoreError) -> Status {
     }
 }
 
-/// Logs a failed store request that nothing waits on (`what` failed), unless it failed
-/// for the store being full: that one is expected, and said by `store_disk_full`.
-pub(crate) fn warn_unless_full<T>(r: &Result<T, StoreError>, what: &str) {
-    match r {
-        Ok(_) | Err(StoreError::DiskFull) => {}
-        Err(e) => tracing::warn!(error = %e, "{what} failed"),
-    }
-}
-
 impl Shard {
     /// True when this shard has a store (always, in a running router).
     pub fn has_store(&self) -> bool {

@@ -49,6 +49,15 @@ pub use history::{
     ConvSummary, HistChunk, HistMsg, HistPage, HistQuery, HistoryOptions, LOOKUP_CHUNKS_DEFAULT,
 };
 
+/// Logs a failed store request that nothing waits on (`what` failed), unless it failed
+/// for the store being full: that one is expected, and said by the shard's `store_disk_full`.
+pub(crate) fn warn_unless_full<T>(r: &Result<T, StoreError>, what: &str) {
+    match r {
+        Ok(_) | Err(StoreError::DiskFull) => {}
+        Err(e) => tracing::warn!(error = %e, "{what} failed"),
+    }
+}
+
 /// Why a store request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
