@@ -43,6 +43,14 @@ impl Doorbell {
     }
 }
 
+/// Rung while its consumer was parked (see `turns::watch`: a busy shard's runtime does
+/// not take the wake-up in until it parks).
+impl crate::turns::Fired for Doorbell {
+    fn fired(&self) -> bool {
+        !self.parked.load(Ordering::Acquire)
+    }
+}
+
 /// Producer side held by shard `from`: one ring to every other shard.
 pub struct Outboxes<T> {
     rings: Vec<Option<rtrb::Producer<T>>>,
@@ -250,6 +258,40 @@ mod tests {
         in1.give_back(0, 9);
         assert_eq!(out0.reuse(1), Some(9));
         assert_eq!(out0.reuse(1), None);
+    }
+
+    /// A consumer parked on its doorbell (as the shard's is, watched) gets mail from
+    /// another thread while its shard's runtime never parks.
+    #[test]
+    fn a_busy_shard_takes_in_its_doorbell() {
+        let mut m = mesh::<u32>(2, 8);
+        let (_, mut inbox) = m.remove(1);
+        let (mut out, _) = m.remove(0);
+        let producer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            out.push(1, 5).expect("an empty ring");
+            out.ring(1);
+        });
+        let got = crate::turns::finishes_while_busy(async move {
+            let bell: Arc<dyn crate::turns::Fired> = inbox.bell().clone();
+            let mail = std::future::poll_fn(|cx| {
+                if let Some(v) = inbox.pop(0) {
+                    inbox.unpark();
+                    return std::task::Poll::Ready(v);
+                }
+                if inbox.park(cx.waker(), |_| true) {
+                    crate::turns::watch(&bell, cx.waker());
+                    std::task::Poll::Pending
+                } else {
+                    cx.waker().wake_by_ref();
+                    std::task::Poll::Pending
+                }
+            })
+            .await;
+            assert_eq!(mail, 5);
+        });
+        producer.join().expect("producer thread");
+        assert_ne!(got, Some(false), "the mail waited for the busy task to end");
     }
 
     #[test]

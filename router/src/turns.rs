@@ -3,10 +3,18 @@
 //! so a plain self-wake never yields; these go behind the others, or wait for the
 //! runtime's park. A leaf module: the readers (`net::session`) and the shard's loop
 //! (`shard::run`) both use it.
+//!
+//! It also takes in what other threads woke on this one while the shard is busy
+//! ([`watch`]): monoio's io_uring driver hands a wake from another thread (a cross-shard
+//! mail's doorbell, a store's answer) to its task only at the runtime's park, and a
+//! shard whose readers always find bytes never parks. Its epoll driver looks every round.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
-use std::task::Poll;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 /// This thread's tasks waiting behind its other ready tasks, and its pump.
@@ -18,6 +26,139 @@ struct Behind {
     pump: Option<std::task::Waker>,
     /// The pump runs on this thread.
     pumping: bool,
+    /// Tasks the pump let go on in its last run (see [`taking_turns`]).
+    last_turns: usize,
+    /// Tasks of this thread waiting on another thread, with what tells that it woke them
+    /// (see [`watch`]).
+    watched: Vec<(Arc<dyn Fired>, Waker)>,
+}
+
+/// Something another thread does that wakes a task of this one: true once it did (a
+/// doorbell rung, an answer sent). Read on this thread by the pump (a relaxed load is not
+/// enough for what follows; implementations use Acquire or stronger).
+pub(crate) trait Fired: Send + Sync {
+    fn fired(&self) -> bool;
+}
+
+/// Registers a task (`waker`, of this thread) that waits on `what` another thread does:
+/// while the shard is busy (its tasks call [`let_the_shard_run`]) the pump wakes it here
+/// once `what` fired, without the runtime's park. The other thread still wakes it its
+/// own way (the wake-up the park takes in later finds it done: a spurious poll). One
+/// entry per `what`: a newer waker replaces the older.
+pub(crate) fn watch(what: &Arc<dyn Fired>, waker: &Waker) {
+    BEHIND.with(|b| {
+        let mut b = b.borrow_mut();
+        let key = Arc::as_ptr(what).cast::<()>();
+        match b
+            .watched
+            .iter_mut()
+            .find(|(w, _)| Arc::as_ptr(w).cast::<()>() == key)
+        {
+            Some(entry) => entry.1.clone_from(waker),
+            None => b.watched.push((what.clone(), waker.clone())),
+        }
+    });
+}
+
+/// Wakes the watched tasks whose event fired, and forgets them.
+fn wake_fired(watched: &mut Vec<(Arc<dyn Fired>, Waker)>) {
+    watched.retain(|(what, waker)| {
+        if what.fired() {
+            waker.wake_by_ref();
+            false
+        } else {
+            true
+        }
+    });
+}
+
+/// Set by another thread once it sent its answer ([`answer`]).
+#[derive(Default)]
+struct Sent(AtomicBool);
+
+impl Fired for Sent {
+    fn fired(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// A one-shot answer another thread sends to a task of a shard, taken in while the shard
+/// is busy too ([`watch`]): a login's password check, an API call run on another shard.
+pub(crate) fn answer<T>() -> (AnswerTx<T>, AnswerRx<T>) {
+    let (tx, rx) = oneshot::channel();
+    let sent: Arc<Sent> = Arc::default();
+    (
+        AnswerTx {
+            tx: Some(tx),
+            sent: sent.clone(),
+        },
+        AnswerRx { rx, sent },
+    )
+}
+
+/// The sending half of [`answer`]. Dropped unsent, it wakes the receiver too (which
+/// then reads `Err`).
+pub(crate) struct AnswerTx<T> {
+    tx: Option<oneshot::Sender<T>>,
+    sent: Arc<Sent>,
+}
+
+impl<T> AnswerTx<T> {
+    /// Sends the answer; false when the receiver is gone.
+    pub(crate) fn send(mut self, v: T) -> bool {
+        self.tx.take().is_some_and(|tx| tx.send(v).is_ok())
+        // Dropped here: the flag is set after the value is in.
+    }
+}
+
+impl<T> Drop for AnswerTx<T> {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        self.sent.0.store(true, Ordering::Release);
+    }
+}
+
+/// The receiving half of [`answer`]: `Err` when the sender was dropped unsent.
+pub(crate) struct AnswerRx<T> {
+    rx: oneshot::Receiver<T>,
+    sent: Arc<Sent>,
+}
+
+impl<T> Future for AnswerRx<T> {
+    type Output = Result<T, oneshot::RecvError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        match Pin::new(&mut this.rx).poll(cx) {
+            Poll::Pending => {
+                let sent: Arc<dyn Fired> = this.sent.clone();
+                watch(&sent, cx.waker());
+                Poll::Pending
+            }
+            ready => ready,
+        }
+    }
+}
+
+impl<T> AnswerRx<T> {
+    /// The answer if it is there (`Err` also when the sender is gone unsent).
+    #[cfg(test)]
+    pub(crate) fn try_recv(&self) -> Result<T, oneshot::TryRecvError> {
+        self.rx.try_recv()
+    }
+}
+
+impl<T> Drop for AnswerRx<T> {
+    fn drop(&mut self) {
+        // A receiver given up on (a timeout) leaves no entry behind.
+        let key = Arc::as_ptr(&self.sent).cast::<()>();
+        let _ = BEHIND.try_with(|b| {
+            if let Ok(mut b) = b.try_borrow_mut() {
+                b.watched
+                    .retain(|(w, _)| Arc::as_ptr(w).cast::<()>() != key);
+            }
+        });
+    }
 }
 
 thread_local! {
@@ -26,6 +167,8 @@ thread_local! {
             waiting: Vec::new(),
             pump: None,
             pumping: false,
+            last_turns: 0,
+            watched: Vec::new(),
         })
     };
 }
@@ -39,10 +182,12 @@ pub(crate) async fn yield_pump() {
         BEHIND.with(|b| {
             let mut b = b.borrow_mut();
             b.pump = Some(cx.waker().clone());
+            b.last_turns = b.waiting.len();
             // A wake only queues the task (it runs later): the list keeps its capacity.
             for w in b.waiting.drain(..) {
                 w.wake();
             }
+            wake_fired(&mut b.watched);
         });
         Poll::<()>::Pending
     })
@@ -78,6 +223,12 @@ pub(crate) async fn let_the_shard_run() {
     .await
 }
 
+/// How many tasks went behind the others in the pump's last run: about how many of the
+/// shard's tasks are always ready (readers whose clients keep their sockets full).
+pub(crate) fn taking_turns() -> usize {
+    BEHIND.with(|b| b.borrow().last_turns)
+}
+
 /// Waits for the runtime's next park (a zero timer fires there, rounded up to the next
 /// millisecond): what other threads woke on this one (mail handed over, a login moved
 /// here) is taken in only at a park, which comes only once no task is ready. For a reader
@@ -87,4 +238,87 @@ pub(crate) async fn let_the_shard_run() {
 pub(crate) async fn let_the_runtime_park() {
     // Boxed: a timer entry is big, and every session's reader future would carry it.
     Box::pin(monoio::time::sleep(Duration::ZERO)).await;
+}
+
+/// Runs `wait` on an io_uring runtime beside a task that is always ready (it lets the
+/// shard run and never waits, as a reader whose client keeps its socket full), for at
+/// most 5 s. `Some(true)` when `wait` finished while that task still ran; `None` where
+/// io_uring is not available (the epoll driver takes wake-ups from other threads every
+/// round: nothing to test there).
+#[cfg(test)]
+pub(crate) fn finishes_while_busy(wait: impl Future<Output = ()> + 'static) -> Option<bool> {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .enable_timer()
+        .build()
+        .ok()?;
+    Some(rt.block_on(async move {
+        monoio::spawn(yield_pump());
+        let done = Rc::new(Cell::new(false));
+        let d = done.clone();
+        monoio::spawn(async move {
+            wait.await;
+            d.set(true);
+        });
+        let busy = monoio::spawn(async move {
+            let start = std::time::Instant::now();
+            while !done.get() && start.elapsed() < Duration::from_secs(5) {
+                let_the_shard_run().await;
+            }
+            done.get()
+        });
+        busy.await
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An answer sent from another thread reaches a task of a shard whose runtime never
+    /// parks (monoio's io_uring driver alone would hand it over only at a park).
+    #[test]
+    fn an_answer_from_another_thread_reaches_a_busy_shard() {
+        let (tx, rx) = answer::<u32>();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            tx.send(7)
+        });
+        let got = finishes_while_busy(async move {
+            assert_eq!(rx.await.ok(), Some(7));
+        });
+        assert!(sender.join().expect("sender thread"));
+        assert_ne!(
+            got,
+            Some(false),
+            "the answer waited for the busy task to end"
+        );
+        // Dropped unsent: the receiver hears of it while the shard is busy too.
+        let (tx, rx) = answer::<u32>();
+        let dropper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            drop(tx);
+        });
+        let got = finishes_while_busy(async move {
+            assert!(rx.await.is_err());
+        });
+        dropper.join().expect("dropping thread");
+        assert_ne!(got, Some(false), "the drop waited for the busy task to end");
+    }
+
+    /// A receiver given up on leaves no entry in the watch list.
+    #[test]
+    fn a_dropped_receiver_is_not_watched() {
+        let (_tx, rx) = answer::<u32>();
+        let mut rx = Box::pin(rx);
+        let waker = Waker::noop();
+        assert!(rx
+            .as_mut()
+            .poll(&mut Context::from_waker(waker))
+            .is_pending());
+        assert_eq!(BEHIND.with(|b| b.borrow().watched.len()), 1);
+        drop(rx);
+        assert_eq!(BEHIND.with(|b| b.borrow().watched.len()), 0);
+    }
 }

@@ -6,7 +6,7 @@
 //! user's home shard; a published message travels the normal routing as
 //! [`Mail::Deliver`] / [`Mail::RoomSend`] with a pseudo sender, `shard::api`); what it
 //! needs from the store is a store request. Every answer comes back through a
-//! `oneshot` awaited with `--http-api-timeout`: a shard thread never blocks.
+//! one-shot answer (`turns::answer`) awaited with `--http-api-timeout`: a shard thread never blocks.
 
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -28,6 +28,7 @@ use crate::config::{AuthMode, Config};
 use crate::shard::mail::RoomSend;
 use crate::shard::{now_us, CloseReason, Mail, Routed, Shard};
 use crate::shared::Shared;
+use crate::turns::{answer, AnswerRx};
 
 /// Longest token lifetime `POST /api/v1/tokens` issues (one year).
 pub(crate) const MAX_TOKEN_TTL_S: u64 = 366 * 24 * 3600;
@@ -131,7 +132,7 @@ fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Response> {
 }
 
 /// Awaits an answer for at most `--http-api-timeout`.
-async fn within<T>(t: Duration, rx: oneshot::Receiver<T>) -> Result<T, Response> {
+async fn within<T>(t: Duration, rx: AnswerRx<T>) -> Result<T, Response> {
     match monoio::time::timeout(t, rx).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(_)) => Err(Response::status(
@@ -151,8 +152,8 @@ fn call<T: Send + 'static>(
     shard: &Rc<RefCell<Shard>>,
     home: usize,
     f: impl FnOnce(&mut Shard) -> T + Send + 'static,
-) -> oneshot::Receiver<T> {
-    let (tx, rx) = oneshot::channel();
+) -> AnswerRx<T> {
+    let (tx, rx) = answer();
     let job = Box::new(move |sh: &mut Shard| {
         // The receiver is gone only when the request timed out.
         let _ = tx.send(f(sh));
@@ -161,11 +162,11 @@ fn call<T: Send + 'static>(
     rx
 }
 
-/// A store request answered through a oneshot.
+/// A store request answered through a one-shot answer.
 fn store_call<T: Send + 'static>(
     submit: impl FnOnce(Box<dyn FnOnce(T) + Send>) -> crate::store::StoreResult<()>,
-) -> Result<oneshot::Receiver<T>, Response> {
-    let (tx, rx) = oneshot::channel();
+) -> Result<AnswerRx<T>, Response> {
+    let (tx, rx) = answer();
     submit(Box::new(move |r| {
         // The receiver is gone only when the request timed out.
         let _ = tx.send(r);
@@ -248,7 +249,7 @@ async fn publish(body: &[u8], shard: &Rc<RefCell<Shard>>, shared: &Arc<Shared>) 
         return Err(timed_out());
     }
     let to_a_room = !to_room.is_empty();
-    let (tx, rx) = oneshot::channel();
+    let (tx, rx) = answer();
     let id = {
         let mut sh = shard.borrow_mut();
         sh.counters.api_publishes += 1;
@@ -449,17 +450,17 @@ mod tests {
 
     #[monoio::test(driver = "legacy", timer_enabled = true)]
     async fn answers_not_back_within_the_api_timeout_are_503() {
-        let (tx, rx) = oneshot::channel::<u32>();
+        let (tx, rx) = answer::<u32>();
         let resp = within(Duration::from_millis(20), rx)
             .await
             .expect_err("no answer came");
         assert_eq!(resp.code, 503);
         assert!(String::from_utf8_lossy(&resp.body).contains("UNAVAILABLE"));
         drop(tx);
-        let (tx, rx) = oneshot::channel::<u32>();
-        tx.send(7).expect("the receiver waits");
+        let (tx, rx) = answer::<u32>();
+        assert!(tx.send(7), "the receiver waits");
         assert_eq!(within(Duration::from_millis(20), rx).await.ok(), Some(7));
-        let (tx, rx) = oneshot::channel::<u32>();
+        let (tx, rx) = answer::<u32>();
         drop(tx);
         let dropped = within(Duration::from_secs(5), rx).await;
         assert_eq!(dropped.map_err(|r| r.code).err(), Some(503));

@@ -328,7 +328,7 @@ async fn register_account(shared: &Shared, r: &Register, peer: Option<IpAddr>) -
         Ok(a) => a,
         Err(why) => return answer(Status::RateLimited, why.reason()),
     };
-    let (tx, rx) = oneshot::channel();
+    let (tx, rx) = crate::turns::answer();
     if shared
         .store
         .register(&r.user, &r.password, move |res| {
@@ -373,7 +373,7 @@ async fn check_password(shared: &Shared, user: &str, password: &str) -> Result<(
             reason: "too many password operations in progress".into(),
         });
     }
-    let (tx, rx) = oneshot::channel();
+    let (tx, rx) = crate::turns::answer();
     if shared
         .store
         .verify(user, password, move |res| {

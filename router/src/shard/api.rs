@@ -20,7 +20,7 @@ pub const API_GEN: u32 = 0;
 const API_KEY_BIT: u32 = 1 << 31;
 
 /// Where the outcome of a published message goes: its status and message id.
-pub type ApiTx = oneshot::Sender<(Status, u64)>;
+pub(crate) type ApiTx = crate::turns::AnswerTx<(Status, u64)>;
 
 /// The API requests of one shard waiting for the outcome of a message.
 #[derive(Default)]
@@ -44,7 +44,7 @@ pub fn is_api(id: SessionId) -> bool {
 impl Shard {
     /// A pseudo sender id for a message published through the API; its outcome is sent
     /// to `tx` (see [`Shard::api_forget`] for a request that stops waiting).
-    pub fn api_sender(&mut self, tx: ApiTx) -> SessionId {
+    pub(crate) fn api_sender(&mut self, tx: ApiTx) -> SessionId {
         let w = &mut self.api_waiters;
         // Keys wrap after 2^31 requests; one still waiting then is long timed out.
         let key = API_KEY_BIT | (w.next & !API_KEY_BIT);
@@ -92,19 +92,19 @@ mod tests {
             Arc::new(Config::default()),
             Arc::new(ShardStats::default()),
         );
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = crate::turns::answer();
         let id = sh.api_sender(tx);
         assert!(is_api(id));
         assert_eq!(sh.resolve(id), None);
         assert_eq!(sh.api_waiting(), 1);
         sh.reply_send(Some((id, 0)), 7, Status::NotFound);
-        assert_eq!(rx.recv().ok(), Some((Status::NotFound, 7)));
+        assert_eq!(rx.try_recv().ok(), Some((Status::NotFound, 7)));
         assert_eq!(sh.api_waiting(), 0);
         // A forgotten request's late outcome goes nowhere.
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = crate::turns::answer();
         let id = sh.api_sender(tx);
         sh.api_forget(id);
         sh.reply_send(Some((id, 0)), 8, Status::Ok);
-        assert!(rx.recv().is_err());
+        assert!(rx.try_recv().is_err());
     }
 }

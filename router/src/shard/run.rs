@@ -284,6 +284,7 @@ async fn consumer(
     let mut local_mail = Vec::new();
     // The rest of a ring's batch, held back once the store went over its mark.
     let mut held: Option<HeldMail> = None;
+    let bell: Arc<dyn crate::turns::Fired> = inbox.bell().clone();
     loop {
         if shared.shutdown.load(Ordering::Acquire) && !local.fired() {
             shard.borrow_mut().begin_shutdown();
@@ -413,6 +414,8 @@ async fn consumer(
                     inbox.unpark();
                     return Poll::Ready(());
                 }
+                // Taken in while this shard is busy, too (see the function).
+                crate::turns::watch(&bell, cx.waker());
                 Poll::Pending
             } else {
                 Poll::Ready(())
