@@ -550,12 +550,14 @@ async fn read_loop(
             continue;
         }
         // As many reads in a row as the shard has always-ready tasks taking turns, up to
-        // READS_PER_YIELD: with one busy connection a turn of the shard is short, and the
+        // READS_PER_YIELD. With one busy connection a turn of the shard is short, and the
         // writers' turn after each of its chunks is what its latency (and a windowed
-        // sender's rate) needs (1 pair x 64 B: 16 reads a turn -10% msgs/s, and also
-        // when a read that waited did not count); with many, a turn is long, and reads
-        // in a row save turns (16 x 64 B +4%, 256 x 64 B +6%). The layers' readers wait
-        // for the runtime's park instead, a millisecond: READS_PER_YIELD reads.
+        // sender's rate) needs: it goes behind the others after every read (16 reads a
+        // turn: 1 pair x 64 B -10% msgs/s). With many, a turn is long, reads in a row save
+        // turns, and a read that waited for bytes (the shard's other tasks ran meanwhile)
+        // starts the count again: 16 x 64 B +7%, 256 x 64 B +6%, 16 x 1 KiB +8%. The
+        // layers' readers wait for the runtime's park instead, a millisecond:
+        // READS_PER_YIELD reads of any kind.
         let every = if layers.is_some() {
             READS_PER_YIELD
         } else {
@@ -571,6 +573,8 @@ async fn read_loop(
                 let_the_shard_run().await;
             }
         }
+        // The read waited for bytes (the shard's other tasks ran meanwhile).
+        let mut waited = false;
         let res = if let Some(end) = end.take() {
             // Found by a read ahead (the bytes before it are handled).
             end
@@ -582,7 +586,7 @@ async fn read_loop(
             ))
             .await
         } else if buf.is_empty() {
-            read_fresh(fd, &reader, &mut buf).await
+            read_fresh(fd, &reader, &mut buf, &mut waited).await
         } else {
             // The rest of a frame: it is on its way, the buffer is needed.
             let want = frame_bytes_needed(&buf).unwrap_or(0).max(MIN_READ);
@@ -594,6 +598,7 @@ async fn read_loop(
             // between) only when there are none.
             match recv_into(fd, &mut buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    waited = true;
                     let (len, cap) = (buf.len(), buf.capacity());
                     let (res, slice) = reader
                         .read(monoio::buf::IoBufMut::slice_mut(buf, len..cap))
@@ -604,6 +609,9 @@ async fn read_loop(
                 res => res,
             }
         };
+        if waited && every > 1 {
+            reads = 0;
+        }
         match res {
             Ok(0) if !buf.is_empty() => {
                 // The peer closed its sending side inside a frame: a truncated
@@ -809,7 +817,13 @@ async fn read_some(
 /// the buffer goes back to the pool and the reader waits for readability holding no
 /// buffer (io_uring: a poll op; epoll: the fd's readiness), so an idle session keeps
 /// no read buffer.
-async fn read_fresh(fd: RawFd, reader: &TcpOwnedReadHalf, buf: &mut BytesMut) -> io::Result<usize> {
+/// `waited`: set when it waited for the socket to be readable.
+async fn read_fresh(
+    fd: RawFd,
+    reader: &TcpOwnedReadHalf,
+    buf: &mut BytesMut,
+    waited: &mut bool,
+) -> io::Result<usize> {
     // Whether the socket was seen readable: a fresh buffer is only allocated then.
     let mut ready = false;
     loop {
@@ -820,7 +834,7 @@ async fn read_fresh(fd: RawFd, reader: &TcpOwnedReadHalf, buf: &mut BytesMut) ->
                 None => {
                     *buf = BytesMut::new();
                     wait_readable(reader).await?;
-                    ready = true;
+                    (ready, *waited) = (true, true);
                     continue;
                 }
             }
@@ -833,7 +847,7 @@ async fn read_fresh(fd: RawFd, reader: &TcpOwnedReadHalf, buf: &mut BytesMut) ->
             io::ErrorKind::WouldBlock => {
                 bufpool::give_read(std::mem::take(buf));
                 wait_readable(reader).await?;
-                ready = true;
+                (ready, *waited) = (true, true);
             }
             io::ErrorKind::Interrupted => {}
             _ => return Err(e),
