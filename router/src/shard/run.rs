@@ -66,11 +66,26 @@ pub(crate) fn run_shard(
     let flight_in: Vec<Arc<AtomicUsize>> = (0..inbox.len())
         .map(|i| flights[inbox.source(i)][id].clone())
         .collect();
-    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+    // COOP_TASKRUN: the kernel runs a completion's work when the shard next enters the
+    // ring (every round while it is busy, or its park) instead of interrupting it;
+    // SINGLE_ISSUER: only this thread submits. Alternating, 16 x 64 B +1-4% msgs/s (three
+    // sets, at the edge of their spread), 256 x 64 B +2%, 16 x 1 KiB and 1 pair the same.
+    // A kernel without them (before 5.19 / 6.0) gets a ring without them.
+    let mut urb = io_uring::IoUring::builder();
+    urb.setup_coop_taskrun().setup_single_issuer();
+    let mut rt = match monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .with_entries(4096)
+        .uring_builder(urb)
         .build()
-        .map_err(|e| format!("runtime: {e}"))?;
+    {
+        Ok(rt) => rt,
+        Err(_) => monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .with_entries(4096)
+            .build()
+            .map_err(|e| format!("runtime: {e}"))?,
+    };
     rt.block_on(async move {
         let listener =
             monoio::net::TcpListener::from_std(listener).map_err(|e| format!("listener: {e}"))?;
