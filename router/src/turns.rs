@@ -230,11 +230,11 @@ pub(crate) fn taking_turns() -> usize {
 }
 
 /// Waits for the runtime's next park (a zero timer fires there, rounded up to the next
-/// millisecond): what other threads woke on this one (mail handed over, a login moved
-/// here) is taken in only at a park, which comes only once no task is ready. For a reader
-/// that decodes bytes already read (TLS, WebSocket: no I/O to wait on) and would
-/// otherwise always be ready; not for the plain readers' hot path (a millisecond each
-/// time: +300 µs at p99 of 1 pair at 10k/s).
+/// millisecond): on io_uring what other threads woke on this one is taken in at a park
+/// (which comes only once no task is ready), or by the pump for the tasks [`watch`]ed.
+/// For a reader that decodes bytes already read (TLS, WebSocket: no I/O to wait on) and
+/// would otherwise always be ready; not for the plain readers' hot path (a millisecond
+/// each time: +300 µs at p99 of 1 pair at 10k/s).
 pub(crate) async fn let_the_runtime_park() {
     // Boxed: a timer entry is big, and every session's reader future would carry it.
     Box::pin(monoio::time::sleep(Duration::ZERO)).await;

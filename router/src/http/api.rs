@@ -5,8 +5,9 @@
 //! needs from another shard travels as mail ([`Mail::Call`] runs a closure on the
 //! user's home shard; a published message travels the normal routing as
 //! [`Mail::Deliver`] / [`Mail::RoomSend`] with a pseudo sender, `shard::api`); what it
-//! needs from the store is a store request. Every answer comes back through a
-//! one-shot answer (`turns::answer`) awaited with `--http-api-timeout`: a shard thread never blocks.
+//! needs from the store is a store request. Every answer comes back through a one-shot
+//! answer (`turns::answer`, taken in while the shard is busy too) awaited with
+//! `--http-api-timeout`: a shard thread never blocks.
 
 use std::cell::RefCell;
 use std::future::poll_fn;
