@@ -9,6 +9,7 @@
 #   bench/rate-cpu.sh A LOAD "--history-per-conversation 0"              # history off
 #   bench/rate-cpu.sh A LOAD "" "--pairs 1 --size 64 --rate 10000 --duration 3"   # paced: latency, CPU per message at a low rate
 #   LEGACY=1 bench/rate-cpu.sh A LOAD   # (any value) the router on its epoll driver, the generator not
+#   WS=1 bench/rate-cpu.sh A LOAD       # (any value) over WebSocket, on the router's HTTP port
 #
 # For A/B, fix the generator's user names (`--user-prefix ab21-` in the load args: 16 pairs'
 # 32 users 16 / 16 on 2 shards). By default they change per process, and so does which shard
@@ -18,15 +19,20 @@ set -euo pipefail
 RR=$1; LOAD=$2; RA=${3:-}; LA=${4:-"--pairs 16 --size 1024 --messages 1000000 --window 16000"}
 T=$(mktemp -d)
 P=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+HTTP=off; LP=$P; LT=""
+if [ -n "${WS:-}" ]; then
+  LP=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  HTTP=127.0.0.1:$LP; LT="--transport ws"
+fi
 # shellcheck disable=SC2086
-${LEGACY:+env MONOIO_FORCE_LEGACY_DRIVER=1} "$RR" --listen 127.0.0.1:"$P" --http-listen off --shards "${SHARDS:-2}" --data-dir "$T/data" $RA >"$T/out" 2>"$T/err" &
+${LEGACY:+env MONOIO_FORCE_LEGACY_DRIVER=1} "$RR" --listen 127.0.0.1:"$P" --http-listen "$HTTP" --shards "${SHARDS:-2}" --data-dir "$T/data" $RA >"$T/out" 2>"$T/err" &
 PID=$!
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$T"' EXIT
 for _ in $(seq 100); do grep -q "listening on" "$T/out" 2>/dev/null && break; sleep 0.05; done
 t0=$(awk '{print $14+$15}' /proc/$PID/stat)
 f0=$(awk '{print $10}' /proc/$PID/stat)
 # shellcheck disable=SC2086
-"$LOAD" --addr 127.0.0.1:"$P" --protocol ringrouter $LA --json >"$T/j"
+"$LOAD" --addr 127.0.0.1:"$LP" --protocol ringrouter $LT $LA --json >"$T/j"
 t1=$(awk '{print $14+$15}' /proc/$PID/stat)
 f1=$(awk '{print $10}' /proc/$PID/stat)
 python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('rate %.0fk lost %d router cpu %.2fs generator cpu %.2fs p50 %.0f us p99 %.0f us' % (d['msgs_per_sec']/1e3, d['lost'], (int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4]), d.get('client_cpu_s', float('nan')), d['p50_us'], d['p99_us']))" "$T/j" "$t0" "$t1" "$(getconf CLK_TCK)"

@@ -556,8 +556,8 @@ async fn read_loop(
         // turn: 1 pair x 64 B -10% msgs/s). With many, a turn is long, reads in a row save
         // turns, and a read that waited for bytes (the shard's other tasks ran meanwhile)
         // starts the count again: 16 x 64 B +7%, 256 x 64 B +6%, 16 x 1 KiB +8%. The
-        // layers' readers wait for the runtime's park instead, a millisecond:
-        // READS_PER_YIELD reads of any kind.
+        // layers' readers (TLS, WebSocket), whose reads may only decode bytes already
+        // read: READS_PER_YIELD reads of any kind.
         let every = if layers.is_some() {
             READS_PER_YIELD
         } else {
@@ -566,12 +566,7 @@ async fn read_loop(
         reads = reads.wrapping_add(1);
         if reads >= every {
             reads = 0;
-            if layers.is_some() {
-                // Decoding what is read already: no I/O to wait on (see the function).
-                crate::turns::let_the_runtime_park().await;
-            } else {
-                let_the_shard_run().await;
-            }
+            let_the_shard_run().await;
         }
         // The read waited for bytes (the shard's other tasks ran meanwhile).
         let mut waited = false;
@@ -876,7 +871,7 @@ async fn read_layered(
         // goes on reading them, so it yields on its own too (see READS_PER_YIELD).
         passes += 1;
         if passes.is_multiple_of(READS_PER_YIELD) {
-            crate::turns::let_the_runtime_park().await;
+            let_the_shard_run().await;
         }
         let step = {
             let mut l = layers.borrow_mut();

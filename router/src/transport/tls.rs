@@ -165,7 +165,8 @@ impl Handshakes {
             return None;
         }
         let counted = InProgress(Arc::clone(&self.q));
-        let (tx, rx) = oneshot::channel();
+        // Taken in while the shard is busy too (`turns::answer`).
+        let (tx, rx) = crate::turns::answer();
         let job: Job = Box::new(move || {
             // A connection that gave up (its read dropped) costs no crypto.
             if tx.is_closed() {
