@@ -44,7 +44,8 @@ impl Doorbell {
 }
 
 /// Rung while its consumer was parked (see `turns::watch`: a busy shard's runtime does
-/// not take the wake-up in until it parks).
+/// not take the wake-up in until it parks). Also true while the consumer runs (after a
+/// ring, `force`, or its own `unpark`): a watched entry left then costs one spurious poll.
 impl crate::turns::Fired for Doorbell {
     fn fired(&self) -> bool {
         !self.parked.load(Ordering::Acquire)

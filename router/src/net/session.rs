@@ -233,12 +233,14 @@ const TURN_DELIVERIES: u64 = 64 * 1024;
 /// Bytes of a write batch a TLS or WebSocket session encodes and writes at a time.
 const EGRESS_SLICE: usize = 256 << 10;
 
-/// Reads a session's reader makes (socket reads, or passes of the TLS / WebSocket layers)
-/// before it lets the rest of its shard run ([`let_the_shard_run`]). Its reads do not wait
-/// while bytes are there: a client that keeps its socket full (sends faster than the shard
-/// takes its bytes: a WebSocket stream of many-frame messages or pings, ...) kept its
-/// reader always ready, and so every other task of the shard (other sessions, accept
-/// loops, logins handed over, mail, timers) from running for as long as it sent.
+/// Most reads a session's reader makes (socket reads, or passes of the TLS / WebSocket
+/// layers) before it lets the rest of its shard run ([`let_the_shard_run`]; a plain
+/// reader fewer, see `read_loop`). Its reads do not wait while bytes are there: a client
+/// that keeps its socket full (sends faster than the shard takes its bytes: a WebSocket
+/// stream of many-frame messages or pings, ...) kept its reader always ready, and so every
+/// other task of the shard (other sessions, accept loops, logins handed over, mail) from
+/// running for as long as it sent. (Timers, and what other threads wake, come in at the
+/// runtime's park: `turns` makes a busy shard park every millisecond.)
 const READS_PER_YIELD: u32 = 16;
 
 use crate::turns::let_the_shard_run;
@@ -568,7 +570,7 @@ async fn read_loop(
             reads = 0;
             let_the_shard_run().await;
         }
-        // The read waited for bytes (the shard's other tasks ran meanwhile).
+        // The read waited for bytes: the task was suspended, the shard's other tasks ran.
         let mut waited = false;
         let res = if let Some(end) = end.take() {
             // Found by a read ahead (the bytes before it are handled).
@@ -593,11 +595,9 @@ async fn read_loop(
             // between) only when there are none.
             match recv_into(fd, &mut buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    waited = true;
                     let (len, cap) = (buf.len(), buf.capacity());
-                    let (res, slice) = reader
-                        .read(monoio::buf::IoBufMut::slice_mut(buf, len..cap))
-                        .await;
+                    let read = reader.read(monoio::buf::IoBufMut::slice_mut(buf, len..cap));
+                    let (res, slice) = crate::turns::noting_wait(read, &mut waited).await;
                     buf = slice.into_inner();
                     res
                 }
@@ -812,7 +812,8 @@ async fn read_some(
 /// the buffer goes back to the pool and the reader waits for readability holding no
 /// buffer (io_uring: a poll op; epoll: the fd's readiness), so an idle session keeps
 /// no read buffer.
-/// `waited`: set when it waited for the socket to be readable.
+/// `waited`: set when it waited for the socket to be readable (the task was suspended:
+/// on epoll a readiness wait may finish at once).
 async fn read_fresh(
     fd: RawFd,
     reader: &TcpOwnedReadHalf,
@@ -828,8 +829,8 @@ async fn read_fresh(
                 None if ready => *buf = BytesMut::with_capacity(READ_BUF),
                 None => {
                     *buf = BytesMut::new();
-                    wait_readable(reader).await?;
-                    (ready, *waited) = (true, true);
+                    crate::turns::noting_wait(wait_readable(reader), waited).await?;
+                    ready = true;
                     continue;
                 }
             }
@@ -841,8 +842,8 @@ async fn read_fresh(
         match e.kind() {
             io::ErrorKind::WouldBlock => {
                 bufpool::give_read(std::mem::take(buf));
-                wait_readable(reader).await?;
-                (ready, *waited) = (true, true);
+                crate::turns::noting_wait(wait_readable(reader), waited).await?;
+                ready = true;
             }
             io::ErrorKind::Interrupted => {}
             _ => return Err(e),

@@ -411,7 +411,12 @@ async fn consumer(
             crate::net::session::adopt(&shard, *h);
         }
         if got > 0 {
-            yield_now().await;
+            if crate::turns::park_due() {
+                // Held behind the others until the runtime parked (timers fire there).
+                crate::turns::let_the_shard_run().await;
+            } else {
+                yield_now().await;
+            }
             continue;
         }
         poll_fn(|cx| {
