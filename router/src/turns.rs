@@ -232,12 +232,16 @@ async fn pump() {
     // past its deadline would fire at once).
     let mut armed = false;
     poll_fn(|cx| {
+        // Armed only while tasks go behind the others: an idle shard is not woken by it.
+        let busy = BEHIND.with(|b| !b.borrow().waiting.is_empty());
         if park.is_elapsed() {
-            park.as_mut()
-                .reset(monoio::time::Instant::now() + PARK_EVERY);
             armed = false;
+            if busy {
+                park.as_mut()
+                    .reset(monoio::time::Instant::now() + PARK_EVERY);
+            }
         }
-        if !armed {
+        if !armed && busy {
             armed = park.as_mut().poll(cx).is_pending();
         }
         // Held once the timer wheel's tick for the deadline has passed too (it rounds up
