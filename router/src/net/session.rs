@@ -240,7 +240,7 @@ const EGRESS_SLICE: usize = 256 << 10;
 /// stream of many-frame messages or pings, ...) kept its reader always ready, and so every
 /// other task of the shard (other sessions, accept loops, logins handed over, mail) from
 /// running for as long as it sent. (Timers, and what other threads wake, come in at the
-/// runtime's park: `turns` makes a busy shard park every millisecond.)
+/// runtime's park, or the pump: `turns` makes a busy shard park every 10 ms.)
 const READS_PER_YIELD: u32 = 16;
 
 use crate::turns::let_the_shard_run;
@@ -557,7 +557,8 @@ async fn read_loop(
         // sender's rate) needs: it goes behind the others after every read (16 reads a
         // turn: 1 pair x 64 B -10% msgs/s). With many, a turn is long, reads in a row save
         // turns, and a read that waited for bytes (the shard's other tasks ran meanwhile)
-        // starts the count again: 16 x 64 B +7%, 256 x 64 B +6%, 16 x 1 KiB +8%. The
+        // starts the count again: 16 x 64 B +4%, 256 x 64 B +2% (with the parks of
+        // `turns`). The
         // layers' readers (TLS, WebSocket), whose reads may only decode bytes already
         // read: READS_PER_YIELD reads of any kind.
         let every = if layers.is_some() {
@@ -594,7 +595,12 @@ async fn read_loop(
             // (io_uring: a RECV the reader waits on, letting every writer run in
             // between) only when there are none.
             match recv_into(fd, &mut buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
                     let (len, cap) = (buf.len(), buf.capacity());
                     let read = reader.read(monoio::buf::IoBufMut::slice_mut(buf, len..cap));
                     let (res, slice) = crate::turns::noting_wait(read, &mut waited).await;

@@ -71,20 +71,16 @@ pub(crate) fn run_shard(
     // SINGLE_ISSUER: only this thread submits. Alternating, 16 x 64 B +1-4% msgs/s (three
     // sets, at the edge of their spread), 256 x 64 B +2%, 16 x 1 KiB and 1 pair the same.
     // A kernel without them (before 5.19 / 6.0) gets a ring without them.
-    let mut urb = io_uring::IoUring::builder();
-    urb.setup_coop_taskrun().setup_single_issuer();
-    let mut rt = match monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .with_entries(4096)
-        .uring_builder(urb)
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(_) => monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+    let builder = || {
+        monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
             .enable_timer()
             .with_entries(4096)
-            .build()
-            .map_err(|e| format!("runtime: {e}"))?,
+    };
+    let mut urb = io_uring::IoUring::builder();
+    urb.setup_coop_taskrun().setup_single_issuer();
+    let mut rt = match builder().uring_builder(urb).build() {
+        Ok(rt) => rt,
+        Err(_) => builder().build().map_err(|e| format!("runtime: {e}"))?,
     };
     rt.block_on(async move {
         let listener =
