@@ -96,6 +96,11 @@ pub struct Args {
     /// Do not pin shard threads to cores.
     #[arg(long, help_heading = NETWORK)]
     pub no_pin: bool,
+    /// After its last read or mail a shard keeps polling for new work this long before
+    /// it sleeps (yielding its core to other threads between polls): a quiet connection's
+    /// latency without a sleeping thread's wake-up, for CPU. 0: off. At most 100ms.
+    #[arg(long, value_name = "DURATION", value_parser = parse_busy_poll, default_value = "0", help_heading = NETWORK)]
+    pub busy_poll: Duration,
     /// Payloads up to this size are copied into the recipient's write buffer (cheaper
     /// than a reference and an iovec of their own); larger ones are written straight
     /// from the sender's read buffer (writev). 0: every payload by reference.
@@ -429,6 +434,7 @@ impl Args {
             jwt_secret_file: self.jwt_secret_file,
             allow_open_auth_on_public: self.allow_open_auth_on_public,
             pin_threads: !self.no_pin,
+            busy_poll: self.busy_poll,
             data_dir: self.data_dir,
             durability: self.durability,
             max_offline_per_user: self.max_offline_per_user,
@@ -773,6 +779,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
+/// `--busy-poll`: a duration up to [`crate::config::MAX_BUSY_POLL`].
+fn parse_busy_poll(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > crate::config::MAX_BUSY_POLL {
+        return Err(format!(
+            "at most {:?} (a shard polls this long after each read)",
+            crate::config::MAX_BUSY_POLL
+        ));
+    }
+    Ok(d)
+}
+
 /// `--shards`: 0 (one per core) to [`crate::config::MAX_SHARDS`].
 fn parse_shards(s: &str) -> Result<usize, String> {
     let n: usize = s
@@ -972,6 +990,28 @@ mod tests {
             .expect("temp file");
         std::io::Write::write_all(&mut f, text.as_bytes()).expect("write");
         f
+    }
+
+    #[test]
+    fn busy_poll_is_off_by_default_and_at_most_100ms() {
+        assert_eq!(parse_ok(&[]).config().busy_poll, Duration::ZERO);
+        assert_eq!(
+            parse_ok(&["--busy-poll", "250us"]).config().busy_poll,
+            Duration::from_micros(250)
+        );
+        assert_eq!(
+            parse_ok(&["--busy-poll", "100ms"]).config().busy_poll,
+            Duration::from_millis(100)
+        );
+        for bad in ["101ms", "1s", "1.5", "soon"] {
+            let e = parse_err(&["--busy-poll", bad]);
+            assert_eq!(e.exit_code(), EXIT_USAGE, "{bad}");
+            assert!(e.to_string().contains("--busy-poll"), "{bad}: {e}");
+        }
+        let f = file("busy-poll = \"2s\"\n");
+        let e = parse_err(&["--config", f.path().to_str().unwrap()]);
+        assert_eq!(e.exit_code(), EXIT_USAGE);
+        assert!(e.to_string().contains("at most 100ms"), "{e}");
     }
 
     #[test]
@@ -1191,6 +1231,8 @@ mod tests {
             "--shards",
             "3",
             "--no-pin",
+            "--busy-poll",
+            "300us",
             "--inline-payload-max",
             "256",
             "--allow-thp",

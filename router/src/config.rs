@@ -67,6 +67,10 @@ pub enum DmPolicy {
 /// router stops at 256 (65 280 mailboxes), and `--shards 0` on a bigger machine too.
 pub const MAX_SHARDS: usize = 256;
 
+/// Longest `--busy-poll`: a shard that polls longer than this after each read is one that
+/// never sleeps.
+pub const MAX_BUSY_POLL: Duration = Duration::from_millis(100);
+
 /// Everything the router needs to start. `Config::default()` is the embedded
 /// default the bare `ringrouter` command runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +125,9 @@ pub struct Config {
     pub allow_open_auth_on_public: bool,
     /// Pin each shard thread to a core.
     pub pin_threads: bool,
+    /// How long a shard keeps polling for work after its last before it sleeps
+    /// (`--busy-poll`; zero: off).
+    pub busy_poll: Duration,
     /// Directory of the embedded store (accounts, rooms, offline queues).
     pub data_dir: PathBuf,
     /// When SendResult OK is sent: see [`DurabilityMode`].
@@ -294,6 +301,7 @@ impl Default for Config {
             max_tls_handshakes: 256,
             allow_open_auth_on_public: false,
             pin_threads: true,
+            busy_poll: Duration::ZERO,
             data_dir: PathBuf::from("./data"),
             durability: DurabilityMode::Memory,
             max_offline_per_user: 100_000,

@@ -331,6 +331,71 @@ pub(crate) async fn noting_wait<F: Future>(f: F, waited: &mut bool) -> F::Output
     .await
 }
 
+thread_local! {
+    /// Reads and mail this thread's shard took in (a counter: [`busy_poll`] looks for a
+    /// change).
+    static WORK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// [`busy_poll`]'s waker while it sleeps (no work in its window).
+    static POLLER: RefCell<Option<Waker>> = const { RefCell::new(None) };
+}
+
+/// The shard took in work (bytes read, mail): a [`busy_poll`] sleeping since its last
+/// window polls again. A counter and a thread-local look when nothing polls.
+#[inline]
+pub(crate) fn note_work() {
+    WORK.with(|w| w.set(w.get().wrapping_add(1)));
+    if let Some(w) = POLLER.with(|p| p.borrow_mut().take()) {
+        w.wake();
+    }
+}
+
+/// `--busy-poll`: after the shard's last read or mail, keeps it polling for new work for
+/// `window` instead of sleeping in the kernel, so that what arrives meanwhile is taken in
+/// without the wake-up of a sleeping thread (tens of µs on a virtual machine, the most of
+/// a quiet pair's latency; twice over for a pair split across shards). Each round of
+/// polling goes behind the shard's other tasks (the pump: the runtime reaps completions,
+/// and takes in other threads' wake-ups, between rounds) and offers the core to other
+/// threads (`sched_yield`), and counts as a busy shard's for the parks (timers still fire
+/// every [`PARK_EVERY`]). Past `window` without work it sleeps until the next. One per
+/// shard thread with a pump; `window` zero: returns at once.
+pub(crate) async fn busy_poll(window: Duration) {
+    /// Forgets the sleeping poller's waker when it ends (a later runtime on the thread).
+    struct Polling;
+    impl Drop for Polling {
+        fn drop(&mut self) {
+            let _ = POLLER.try_with(|p| p.borrow_mut().take());
+        }
+    }
+    if window.is_zero() {
+        return;
+    }
+    let _polling = Polling;
+    let mut seen = WORK.with(std::cell::Cell::get);
+    let mut last = std::time::Instant::now();
+    loop {
+        let work = WORK.with(std::cell::Cell::get);
+        let now = std::time::Instant::now();
+        if work != seen {
+            seen = work;
+            last = now;
+        }
+        if now.duration_since(last) < window {
+            // SAFETY: sched_yield takes no arguments and only reschedules this thread.
+            unsafe { libc::sched_yield() };
+            let_the_shard_run().await;
+            continue;
+        }
+        poll_fn(|cx| {
+            if WORK.with(std::cell::Cell::get) != seen {
+                return Poll::Ready(());
+            }
+            POLLER.with(|p| *p.borrow_mut() = Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await;
+    }
+}
+
 /// Waits for the runtime's next park (a zero timer fires there, rounded up to the next
 /// millisecond), for a thread without a pump. The readers of TLS and WebSocket sessions,
 /// which may only decode bytes read already, waited here before the pump took in what
@@ -437,6 +502,75 @@ mod tests {
                 monoio::time::sleep(Duration::from_millis(10)).await;
             });
             assert_ne!(got, Some(false), "legacy {legacy}: the timer waited 5 s");
+        }
+    }
+
+    /// This thread's CPU time.
+    fn thread_cpu() -> Duration {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `t` is a valid timespec for the call to fill.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+        assert_eq!(rc, 0, "clock_gettime");
+        Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    }
+
+    /// `--busy-poll`: after work the shard polls (its thread takes CPU time while its
+    /// tasks wait on a timer) for its window, timers still fire meanwhile, and past the
+    /// window it sleeps until the next work. On both drivers.
+    #[test]
+    fn a_busy_poll_polls_for_its_window_then_sleeps() {
+        for legacy in [true, false] {
+            let run = async {
+                monoio::spawn(yield_pump());
+                monoio::spawn(busy_poll(Duration::from_millis(300)));
+                // Work, then a timer inside the window: it fires while the shard polls,
+                // and the thread was busy meanwhile (a sleeping one takes ~0).
+                note_work();
+                let (wall, cpu) = (std::time::Instant::now(), thread_cpu());
+                monoio::time::sleep(Duration::from_millis(50)).await;
+                let (waited, polled) = (wall.elapsed(), thread_cpu() - cpu);
+                assert!(
+                    waited < Duration::from_millis(250),
+                    "legacy {legacy}: a 50 ms timer took {waited:?} while polling"
+                );
+                assert!(
+                    polled >= Duration::from_millis(2),
+                    "legacy {legacy}: {polled:?} of CPU in 50 ms of polling"
+                );
+                // Past the window: asleep.
+                monoio::time::sleep(Duration::from_millis(400)).await;
+                let cpu = thread_cpu();
+                monoio::time::sleep(Duration::from_millis(100)).await;
+                let slept = thread_cpu() - cpu;
+                assert!(
+                    slept < Duration::from_millis(10),
+                    "legacy {legacy}: {slept:?} of CPU in 100 ms with no work"
+                );
+                // New work: polling again.
+                note_work();
+                let cpu = thread_cpu();
+                monoio::time::sleep(Duration::from_millis(50)).await;
+                let polled = thread_cpu() - cpu;
+                assert!(
+                    polled >= Duration::from_millis(2),
+                    "legacy {legacy}: {polled:?} of CPU after new work"
+                );
+            };
+            if legacy {
+                let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                    .enable_timer()
+                    .build()
+                    .expect("an epoll runtime builds everywhere");
+                rt.block_on(run);
+            } else if let Ok(mut rt) = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .enable_timer()
+                .build()
+            {
+                rt.block_on(run);
+            }
         }
     }
 

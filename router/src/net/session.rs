@@ -627,7 +627,10 @@ async fn read_loop(
                 return;
             }
             Ok(0) | Err(_) => return,
-            Ok(n) => shard.borrow_mut().counters.bytes_in += n as u64,
+            Ok(n) => {
+                crate::turns::note_work();
+                shard.borrow_mut().counters.bytes_in += n as u64;
+            }
         }
         if !account_input(shard, key, &buf, layers, &mut input_counted) {
             return;

@@ -109,6 +109,7 @@ pub(crate) fn run_shard(
         let shard = Rc::new(RefCell::new(sh));
         let local = Rc::new(LocalSignal::default());
         monoio::spawn(crate::turns::yield_pump());
+        monoio::spawn(crate::turns::busy_poll(shared.cfg.busy_poll));
         monoio::spawn(flusher(shard.clone(), outs));
         monoio::spawn(consumer(
             shard.clone(),
@@ -407,6 +408,7 @@ async fn consumer(
             crate::net::session::adopt(&shard, *h);
         }
         if got > 0 {
+            crate::turns::note_work();
             if crate::turns::park_due() {
                 // Held behind the others until the runtime parked (timers fire there).
                 crate::turns::let_the_shard_run().await;
