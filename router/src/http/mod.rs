@@ -94,7 +94,13 @@ pub(crate) async fn accept_loop(
                     // Over TLS the answer would need a handshake: just close.
                     Err(_) if shared.tls.is_some() => drop(stream),
                     Err(full) => {
-                        monoio::spawn(refuse(stream, full.reason()));
+                        // At most MAX_REFUSING at a time; past it, closed unanswered.
+                        if let Some(refusing) = crate::net::Refusing::try_new() {
+                            monoio::spawn(async move {
+                                refuse(stream, full.reason()).await;
+                                drop(refusing);
+                            });
+                        }
                     }
                 }
             }

@@ -68,7 +68,13 @@ pub(crate) async fn accept_loop(
                     // Over TLS the refusal would need a handshake: just close.
                     Err(_) if shared.tls.is_some() => drop(stream),
                     Err(full) => {
-                        monoio::spawn(refuse(stream, Status::Unavailable, full.reason()));
+                        // At most MAX_REFUSING at a time; past it, closed unanswered.
+                        if let Some(refusing) = super::Refusing::try_new() {
+                            monoio::spawn(async move {
+                                refuse(stream, Status::Unavailable, full.reason()).await;
+                                drop(refusing);
+                            });
+                        }
                     }
                 }
             }

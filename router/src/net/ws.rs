@@ -40,7 +40,12 @@ pub(crate) async fn serve(
             conn.shutdown().await;
         }
         Ok((answer, protocol)) => {
-            if conn.write_raw(&answer).await.is_err() {
+            // Under the HTTP port's deadline, as its other answers: a client that does
+            // not read (its earlier pipelined answers filled the socket) held its
+            // connection slot with no deadline at all, never logging in.
+            let wrote =
+                monoio::time::timeout(shared.cfg.http_idle_timeout, conn.write_raw(&answer)).await;
+            if !matches!(wrote, Ok(Ok(()))) {
                 return;
             }
             // Until Login, frames are bounded like a TCP connection's pre-login frames.

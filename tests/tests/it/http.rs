@@ -1114,3 +1114,53 @@ fn loaded_rooms_are_bounded_by_their_members() {
         }
     }
 }
+
+/// Connections past `--max-connections` are refused by a bounded number of tasks (256 a
+/// shard thread); past them, closed at once. Each refusal holds no connection slot while
+/// it answers 503 and reads what the client still sends (up to 350 ms), so a flood of
+/// them held thousands of sockets and hundreds of MiB at `--max-connections 2`.
+#[test]
+fn a_flood_of_refused_connections_holds_a_bounded_number_of_sockets() {
+    let r = RouterProc::start(&["--shards", "2", "--max-connections", "2"]);
+    let addr = http_addr(&r);
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", r.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let before = fds();
+    let request = format!("GET /healthz HTTP/1.1\r\nx: {}\r\n", "y".repeat(30_000));
+    let mut held = Vec::new();
+    let mut peak = 0;
+    for i in 0..3000 {
+        let Ok(mut c) = TcpStream::connect(addr) else {
+            continue;
+        };
+        let _ = c.set_nonblocking(true);
+        let _ = c.write(request.as_bytes());
+        held.push(c);
+        if i % 50 == 0 {
+            peak = peak.max(fds());
+        }
+    }
+    peak = peak.max(fds());
+    assert!(
+        peak < before + 2 * 256 + 64,
+        "the router held {peak} descriptors refusing 3000 connections ({before} before)"
+    );
+    drop(held);
+    // Still serving once the flood is over.
+    let deadline = Instant::now() + T;
+    loop {
+        let mut c = TcpStream::connect(addr).expect("connect");
+        c.write_all(b"GET /healthz HTTP/1.1\r\nconnection: close\r\n\r\n")
+            .expect("write");
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        if out.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no 200 after the flood: {out}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
