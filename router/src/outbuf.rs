@@ -91,6 +91,19 @@ impl FanMsg {
     }
 }
 
+impl FanMsg {
+    /// The same message with its payload and names copied: it keeps no read buffer.
+    pub fn unpinned(&self) -> FanMsg {
+        FanMsg {
+            payload: Bytes::copy_from_slice(&self.payload),
+            from_user: Bytes::copy_from_slice(&self.from_user),
+            to_room: Bytes::copy_from_slice(&self.to_room),
+            header: self.header.clone(),
+            ..*self
+        }
+    }
+}
+
 /// Bytes of `payload` that go into the contiguous buffer.
 fn inline_len(payload: &[u8], inline: bool) -> usize {
     if inline {
@@ -158,6 +171,10 @@ pub struct OutBuf {
     /// A writer has taken a batch (so the session's first frame, its LoginResult, is
     /// on its way).
     taken: bool,
+    /// `segs[..unpinned]` keep no read buffer ([`OutBuf::unpin_aged`]).
+    unpinned: usize,
+    /// How many segs there were at the last [`OutBuf::unpin_aged`].
+    aged: usize,
 }
 
 /// Asks the CPU to start loading the cache line at `p` (no effect on other targets).
@@ -199,6 +216,30 @@ impl OutBuf {
             .sum()
     }
 
+    /// Gives the payloads queued by reference since before the last call (a ticker's
+    /// period: 100 ms by default) and still not taken by the writer a copy of their own,
+    /// so that they keep no read buffer: a session that does not read would keep a 64
+    /// KiB read chunk for each 300-byte payload queued under `--max-pending-bytes` (see
+    /// `retention::PIN_MAX_US`). A queue the writer keeps taking is never copied.
+    pub fn unpin_aged(&mut self) {
+        let aged = self.aged.min(self.segs.len());
+        for seg in self.segs.get_mut(self.unpinned..aged).into_iter().flatten() {
+            match &mut seg.payload {
+                Part::Bytes(b) => *b = Bytes::copy_from_slice(b),
+                Part::Fanned(m) => seg.payload = Part::Bytes(Bytes::copy_from_slice(&m.payload)),
+                Part::ChunkEnd => {}
+            }
+        }
+        self.unpinned = self.unpinned.max(aged);
+        self.aged = self.segs.len();
+    }
+
+    /// [`OutBuf::unpin_aged`] for every payload queued.
+    pub fn unpin_all(&mut self) {
+        self.aged = self.segs.len();
+        self.unpin_aged();
+    }
+
     /// True once a writer has taken a batch from this queue.
     pub fn taken(&self) -> bool {
         self.taken
@@ -211,6 +252,7 @@ impl OutBuf {
         self.closed.clear();
         self.segs.clear();
         self.len = 0;
+        (self.unpinned, self.aged) = (0, 0);
     }
 
     /// Frees the buffers of an empty queue, so that an idle session holds none (the
@@ -226,6 +268,7 @@ impl OutBuf {
         if self.segs.capacity() != 0 {
             self.segs = Vec::new();
         }
+        (self.unpinned, self.aged) = (0, 0);
     }
 
     /// Appends a protobuf frame (length-delimited).
@@ -437,6 +480,7 @@ impl OutBuf {
         }
         batch.total = self.len;
         self.len = 0;
+        (self.unpinned, self.aged) = (0, 0);
         batch.reclaim = Some(data);
         batch
     }
@@ -598,6 +642,15 @@ mod tests {
     use ringrouter_proto::codec::{decode_server, next_frame};
     use ringrouter_proto::v1::{server_frame, Pong, ServerFrame};
 
+    /// A direct message's stamp (seq 1).
+    const STAMP: DeliverStamp<'static> = DeliverStamp {
+        seq: 1,
+        from_user: b"a",
+        to_room: b"",
+        server_ts_us: 9,
+        msg_id: 3,
+    };
+
     fn gather(b: &WriteBatch) -> Vec<u8> {
         let mut v = Vec::new();
         for i in b.start..b.iov.len() {
@@ -645,13 +698,7 @@ mod tests {
         q.push_frame(&ServerFrame {
             kind: Some(server_frame::Kind::Pong(Pong { nonce: 5 })),
         });
-        let stamp = DeliverStamp {
-            seq: 1,
-            from_user: b"a",
-            to_room: b"",
-            server_ts_us: 9,
-            msg_id: 3,
-        };
+        let stamp = STAMP;
         q.push_deliver(&stamp, &payload, 64);
         q.push_deliver(
             &DeliverStamp { seq: 2, ..stamp },
@@ -680,6 +727,61 @@ mod tests {
             Some(server_frame::Kind::Deliver(d)) => assert_eq!(&d.payload[..], &payload[..]),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Payloads queued by reference since before the last sweep get copies of their own
+    /// (their read buffer goes); a younger one stays a reference until the next; the
+    /// queue writes the same bytes either way.
+    #[test]
+    fn payloads_queued_across_a_sweep_let_their_read_buffer_go() {
+        let chunk = Bytes::from(vec![7u8; 64 << 10]);
+        let stamp = STAMP;
+        let room = Rc::new(FanMsg::new(
+            chunk.slice(1000..1400),
+            Bytes::from_static(b"a"),
+            Bytes::from_static(b"lobby"),
+            4,
+            9,
+        ));
+        let fill = |q: &mut OutBuf| {
+            q.push_deliver(&stamp, &chunk.slice(0..300), 256);
+            q.push_fanned(&room, 2, 256);
+        };
+        let mut want = OutBuf::default();
+        fill(&mut want);
+        let want = gather(&want.take(None));
+        let mut q = OutBuf::default();
+        fill(&mut q);
+        drop(room);
+        q.unpin_aged();
+        q.push_deliver(
+            &DeliverStamp { seq: 3, ..stamp },
+            &chunk.slice(500..800),
+            256,
+        );
+        q.unpin_aged();
+        // The first two were queued before the first sweep: copied. The third not yet.
+        let third = chunk.slice(500..800);
+        drop(third);
+        assert!(
+            !chunk.is_unique(),
+            "the third payload still refers to the chunk"
+        );
+        q.unpin_aged();
+        assert!(chunk.is_unique(), "a queued payload still keeps the chunk");
+        let mut full = want.clone();
+        ringrouter_proto::fast::put_deliver_header(
+            &mut full,
+            &DeliverStamp { seq: 3, ..stamp },
+            300,
+        );
+        full.extend_from_slice(&chunk[500..800]);
+        assert_eq!(gather(&q.take(None)), full);
+        // Everything queued, at once (resident memory over `--max-memory`).
+        let mut q = OutBuf::default();
+        q.push_deliver(&stamp, &chunk.slice(0..300), 256);
+        q.unpin_all();
+        assert!(chunk.is_unique());
     }
 
     #[test]

@@ -99,6 +99,9 @@ impl Shard {
         // arriving: `--max-input-bytes` bounds them.
         let leaving = self.requeue_bytes + self.store_bytes + self.input.held();
         if rss.saturating_sub(leaving) > limit {
+            // Read buffers kept whole by a few payload bytes each (see
+            // `retention::PIN_MAX_US`) are let go first: the payloads are copied.
+            self.unpin_payloads(true);
             // Memory freed (by sessions closed before, say) is purged a second later:
             // given back first (at most once per SETTLE: milliseconds), then measured
             // again.

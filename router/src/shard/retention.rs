@@ -109,7 +109,27 @@ pub struct Retained {
     names: VecDeque<(Bytes, Bytes)>,
     /// Absolute index of `names[0]`.
     names_base: u64,
+    /// The entries of `q` up to this seq keep no read buffer ([`Retained::unpin`]).
+    unpinned_q: u64,
+    /// The same for `fan`.
+    unpinned_fan: u64,
 }
+
+/// How long an unacked message may keep the read buffer its payload is a slice of.
+/// A payload over [`RETAIN_INLINE`] bytes is kept by reference, and the reference keeps
+/// the sender's whole read chunk (up to 64 KiB) alive while the bounds count only the
+/// payload: a client that padded each chunk with payloads nobody keeps (sends to a
+/// missing room or user, or to a session that acks at once) and sent one 100-byte message
+/// a chunk to a session that never acks held ~91 KiB a message, 1.8 GB at 20 000
+/// unacked, past `--max-memory` (a hostile review). Past this age, found by the shard's
+/// ticker, the payload is copied out (once); an ack under it (any client keeping up)
+/// never costs the copy.
+pub const PIN_MAX_US: u64 = 200_000;
+
+/// Room messages given a copy of their own in one sweep of a shard's sessions
+/// ([`Retained::unpin`]): every member holding one gets the same copy. Keyed by the
+/// old record, which the map keeps alive (its address is not reused meanwhile).
+pub type FanCopies = std::collections::HashMap<*const FanMsg, (Rc<FanMsg>, Rc<FanMsg>)>;
 
 /// Retained entries in blocks: the queue grows a block at a time, never by copying what
 /// it holds, and each block goes as soon as its entries are acked. A `VecDeque` of them
@@ -234,6 +254,32 @@ impl Blocks {
 
     fn iter(&self) -> impl Iterator<Item = &RetainedEntry> {
         self.full.iter().flatten().chain(self.tail.iter())
+    }
+
+    /// Copies the shared payloads of the entries after seq `after` accepted before
+    /// `before_us`, up to the first accepted later; returns the seq of the last entry
+    /// it went past (`after` if none).
+    fn unpin(&mut self, after: u64, before_us: u64) -> u64 {
+        let mut last = after;
+        let first = self
+            .full
+            .partition_point(|b| b.back().is_some_and(|e| e.seq <= after));
+        let blocks = self
+            .full
+            .range_mut(first..)
+            .chain(std::iter::once(&mut self.tail));
+        for b in blocks {
+            for e in b.iter_mut().filter(|e| e.seq > after) {
+                if e.ts_us >= before_us {
+                    return last;
+                }
+                if let RetainedPayload::Shared(p) = &mut e.payload {
+                    *p = Bytes::copy_from_slice(p);
+                }
+                last = e.seq;
+            }
+        }
+        last
     }
 
     /// Keeps the entries `keep` accepts (rare: `Retained::forget_stored`).
@@ -461,6 +507,26 @@ impl Retained {
         });
     }
 
+    /// Gives the payloads of the messages accepted before `before_us` that it still
+    /// holds by reference a copy of their own, so that they keep no read buffer (see
+    /// [`PIN_MAX_US`]). Each message is looked at once (the queues are in seq order; a
+    /// cursor in each says how far they were done); `copies` shares a room message's
+    /// copy between the members holding it.
+    pub fn unpin(&mut self, before_us: u64, copies: &mut FanCopies) {
+        self.unpinned_q = self.q.unpin(self.unpinned_q, before_us);
+        let first = self.fan.partition_point(|(s, _)| *s <= self.unpinned_fan);
+        for (seq, m) in self.fan.range_mut(first..) {
+            if m.ts_us >= before_us {
+                break;
+            }
+            let (_, copy) = copies
+                .entry(Rc::as_ptr(m))
+                .or_insert_with(|| (m.clone(), Rc::new(m.unpinned())));
+            *m = copy.clone();
+            self.unpinned_fan = *seq;
+        }
+    }
+
     /// Forgets everything up to `seq` (a cumulative ack). Returns the highest store seq
     /// among them (0: none was stored), to remove from the store.
     pub fn ack(&mut self, seq: u64) -> u64 {
@@ -679,6 +745,80 @@ mod tests {
             store_seq: 0,
             fanned: Some(m),
         }
+    }
+
+    /// The shared payload of entry `seq` of `q`.
+    fn shared_at(r: &Retained, seq: u64) -> *const u8 {
+        match r.q.iter().find(|e| e.seq == seq).map(|e| &e.payload) {
+            Some(RetainedPayload::Shared(b)) => b.as_ptr(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Payloads kept by reference past their age get copies of their own, so that their
+    /// read buffer goes; younger ones stay references; each is copied once; the members
+    /// holding a room message share one copy; what comes back is the same.
+    #[test]
+    fn unpin_copies_the_old_shared_payloads_once() {
+        let chunk = Bytes::from(vec![7u8; 64 << 10]);
+        let (bob, empty) = (Bytes::from_static(b"bob"), Bytes::new());
+        let mut r = Retained::default();
+        for i in 0..200u64 {
+            let p = chunk.slice(i as usize * 100..i as usize * 100 + 100);
+            let m = Outgoing {
+                from_user: &bob,
+                to_room: &empty,
+                payload: &p,
+                msg_id: i,
+                ts_us: i + 1,
+                store_seq: 0,
+                fanned: None,
+            };
+            r.push(i + 1, &m);
+        }
+        let room = Rc::new(FanMsg::new(
+            chunk.slice(30_000..30_200),
+            bob.clone(),
+            Bytes::from_static(b"lobby"),
+            9,
+            50,
+        ));
+        r.push(201, &fanned(&room));
+        let mut other = Retained::default();
+        other.push(1, &fanned(&room));
+        drop(room);
+        let want: Vec<Bytes> =
+            r.q.iter()
+                .map(|e| Bytes::copy_from_slice(e.payload.bytes()))
+                .collect();
+        // Accepted before 101: seqs 1 to 100 and the room message.
+        let mut copies = FanCopies::new();
+        r.unpin(101, &mut copies);
+        other.unpin(101, &mut copies);
+        drop(copies);
+        assert!(
+            Rc::ptr_eq(&r.fan[0].1, &other.fan[0].1),
+            "one copy for the members"
+        );
+        assert_ne!(r.fan[0].1.payload.as_ptr(), chunk[30_000..].as_ptr());
+        assert_ne!(shared_at(&r, 100), chunk[9_900..].as_ptr());
+        assert_eq!(
+            shared_at(&r, 101),
+            chunk[10_000..].as_ptr(),
+            "younger: a reference"
+        );
+        let copied = shared_at(&r, 1);
+        assert!(!chunk.is_unique());
+        r.unpin(u64::MAX, &mut FanCopies::new());
+        assert_eq!(shared_at(&r, 1), copied, "copied once");
+        assert!(
+            chunk.is_unique(),
+            "a retained payload still keeps the chunk"
+        );
+        let back: Vec<Bytes> = r.take_unstored().into_iter().map(|m| m.payload).collect();
+        assert_eq!(back.len(), 201);
+        assert_eq!(&back[..200], &want[..]);
+        assert_eq!(&back[200][..], &[7u8; 200][..]);
     }
 
     /// The block queue keeps its entries in order through pushes, pops and a retain; a

@@ -630,12 +630,36 @@ impl Shard {
         }
     }
 
+    /// Gives the payloads this shard's sessions hold by reference (slices of the read
+    /// buffers they came in, which they keep whole) copies of their own: those unacked
+    /// for [`super::retention::PIN_MAX_US`] and those queued since the last call (the
+    /// ticker's), or with `all` every one of them (resident memory over
+    /// `--max-memory`).
+    pub(crate) fn unpin_payloads(&mut self, all: bool) {
+        let before_us = if all {
+            u64::MAX
+        } else {
+            super::now_us().saturating_sub(super::retention::PIN_MAX_US)
+        };
+        let mut copies = super::retention::FanCopies::new();
+        for (_, s) in self.sessions.iter_mut() {
+            s.unacked.unpin(before_us, &mut copies);
+            if all {
+                s.out.unpin_all();
+            } else {
+                s.out.unpin_aged();
+            }
+        }
+    }
+
     /// Periodic duties: heartbeats, slow consumers, publishing counters.
     pub fn tick(&mut self, now: Instant) {
         let full = self.store.as_ref().is_some_and(|l| l.handle.disk_full());
         self.bounds.store_full(full);
         let cfg = self.cfg.clone();
         let mut to_close = Vec::new();
+        // Payloads held by reference past their age get copies of their own.
+        self.unpin_payloads(false);
         for (k, s) in self.sessions.iter_mut() {
             if let Some(at) = s.closed_at {
                 // A closing session whose peer stopped reading cannot flush: cut it.

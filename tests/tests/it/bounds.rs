@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use ringrouter_proto::v1::{client_frame, server_frame, Ack, ListRooms, Ping};
 use ringrouter_proto::Status;
 use ringrouter_tests::{
-    assert_error, cfg, client_frame_bytes, connect_small_rcvbuf, send_frame_bytes, Driver, Pair,
-    Raw, RouterProc, T,
+    assert_error, cfg, client_frame_bytes, connect_small_rcvbuf, room_send_frame_bytes,
+    send_frame_bytes, Driver, Pair, Raw, RouterProc, T,
 };
 
 const MIB: u64 = 1024;
@@ -2183,4 +2183,62 @@ fn a_full_store_skips_room_members_that_hold_too_much_unacked() {
     assert_eq!(hold.send_room("dfr-room", b"from hold", 200), ok);
     let d = live.room_delivers(1, T);
     assert_eq!(d[0].payload[..], b"from hold"[..]);
+}
+
+/// An unacked message keeps no more than its own bytes for long. A payload over 64 bytes
+/// is kept by reference, a slice of the sender's read buffer, which it kept whole (up
+/// to 64 KiB) until the ack while the bounds counted only the payload: a sender that
+/// padded each chunk with sends nobody keeps (here to a missing room) and one 300-byte
+/// message to a session that reads but never acks held ~91 KiB a message (20 000: 1.8
+/// GB, past `--max-memory`; a hostile review). Past 200 ms unacked, the payload is
+/// copied out and the buffer goes.
+#[test]
+fn unacked_small_payloads_do_not_keep_their_read_buffers() {
+    const N: usize = 3000;
+    let r = RouterProc::start(&["--shards", "1"]);
+    let mut hoarder = r.raw_login("hoarder");
+    let mut sender = r.raw_login("sender");
+    let mut chunk = send_frame_bytes("hoarder", &[b'm'; 300], false, 0);
+    chunk.extend(room_send_frame_bytes(
+        "no-such-room",
+        &[b'p'; 60 << 10],
+        false,
+        0,
+    ));
+    let base = r.rss_kib();
+    let writer = thread::spawn(move || {
+        for _ in 0..N {
+            sender.write(&chunk).expect("write");
+        }
+        sender
+    });
+    // Everything delivered, nothing acked.
+    let mut got = 0;
+    while got < N {
+        match hoarder.next(T).expect("a frame").kind {
+            Some(server_frame::Kind::Deliver(_)) => got += 1,
+            Some(server_frame::Kind::Ping(p)) => {
+                hoarder.send(client_frame::Kind::Pong(ringrouter_proto::v1::Pong {
+                    nonce: p.nonce,
+                }))
+            }
+            _ => {}
+        }
+    }
+    let _sender = writer.join().expect("writer");
+    // Past the age (and the idle second after which freed memory is given back).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let held = loop {
+        thread::sleep(Duration::from_millis(500));
+        let held = r.rss_kib().saturating_sub(base);
+        if held < 40 * MIB || Instant::now() > deadline {
+            break held;
+        }
+    };
+    assert!(
+        held < 40 * MIB,
+        "{N} unacked 300-byte messages held {} MiB (their chunks: {} MiB)",
+        held / MIB,
+        N * 64 / 1024
+    );
 }
