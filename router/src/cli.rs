@@ -197,6 +197,11 @@ pub struct Args {
     /// new connection's handshake is refused and the connection closed.
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..), help_heading = LIMITS)]
     pub max_tls_handshakes: u64,
+    /// Most bytes a TLS client may send before its handshake is done (a ClientHello is a
+    /// few KiB); past it the connection is closed. Each connection's TLS state holds a
+    /// handshake message arriving whole (up to 64 KiB) until its login deadline.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16KiB", help_heading = LIMITS)]
+    pub max_tls_handshake_bytes: usize,
     /// Most sessions (devices) per user.
     #[arg(long, value_name = "N", default_value_t = 64, help_heading = LIMITS)]
     pub max_sessions_per_user: usize,
@@ -477,6 +482,7 @@ impl Args {
             tls_key: self.tls_key,
             tls_handshake_threads: self.tls_handshake_threads,
             max_tls_handshakes: usize::try_from(self.max_tls_handshakes).unwrap_or(usize::MAX),
+            max_tls_handshake_bytes: self.max_tls_handshake_bytes,
             http_listen: self.http_listen.0,
             api_key_file: self.api_key_file,
             http_max_head_bytes: self.http_max_head_bytes,
@@ -1233,6 +1239,8 @@ mod tests {
             "--no-pin",
             "--busy-poll",
             "300us",
+            "--max-tls-handshake-bytes",
+            "20KiB",
             "--inline-payload-max",
             "256",
             "--allow-thp",

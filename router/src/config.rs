@@ -121,6 +121,8 @@ pub struct Config {
     /// Most TLS handshake steps queued or running; past it a new connection's
     /// handshake is refused (the connection closed).
     pub max_tls_handshakes: usize,
+    /// Most bytes a TLS client may send before its handshake is done.
+    pub max_tls_handshake_bytes: usize,
     /// Allow open auth on a non-loopback address.
     pub allow_open_auth_on_public: bool,
     /// Pin each shard thread to a core.
@@ -299,6 +301,7 @@ impl Default for Config {
             tls_key: None,
             tls_handshake_threads: 0,
             max_tls_handshakes: 256,
+            max_tls_handshake_bytes: 16 << 10,
             allow_open_auth_on_public: false,
             pin_threads: true,
             busy_poll: Duration::ZERO,

@@ -57,7 +57,9 @@ impl Conn {
     /// certificate, else plain.
     pub(crate) fn accepted(tcp: TcpStream, shared: &Shared, http: bool) -> io::Result<Self> {
         let layers = match &shared.tls {
-            Some(cfg) => Some(Box::new(Layers::tls(cfg).map_err(io::Error::other)?)),
+            Some(cfg) => Some(Box::new(
+                Layers::tls(cfg, shared.cfg.max_tls_handshake_bytes).map_err(io::Error::other)?,
+            )),
             None => None,
         };
         Ok(Conn {

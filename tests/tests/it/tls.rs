@@ -360,3 +360,51 @@ fn an_admitted_handshake_is_never_cut_by_the_bound() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A TLS client may send at most `--max-tls-handshake-bytes` before its handshake is
+/// done: a ClientHello announced at 65 000 bytes and stalled after 6 000 (which rustls
+/// holds whole, up to 64 KiB, until the login deadline) is closed at once past a 4 KiB
+/// bound, and an honest handshake under it still logs in.
+#[test]
+fn a_handshake_past_its_byte_bound_is_closed() {
+    let (_dir, cert, key, der) = self_signed();
+    let r = RouterProc::start(&[
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--max-tls-handshake-bytes",
+        "4KiB",
+    ]);
+    let cfg = client_config(&der);
+    assert_eq!(honest_handshake(r.connect_addr(), &cfg, "honest"), Ok(true));
+    let record = |body: &[u8]| {
+        let mut v = vec![22, 3, 1];
+        v.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    };
+    // A ClientHello of 65 000 bytes, its first 5 996 in two records.
+    let mut first = vec![1, 0, 0xfd, 0xe8];
+    first.extend_from_slice(&[0u8; 2996]);
+    let mut s = TcpStream::connect(r.connect_addr()).expect("connect");
+    s.write_all(&record(&first)).expect("first record");
+    s.write_all(&record(&[0u8; 3000])).expect("second record");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let t0 = std::time::Instant::now();
+    let mut b = [0u8; 64];
+    let end = loop {
+        match s.read(&mut b) {
+            Ok(0) => break Ok(()),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(
+        end.is_ok() && t0.elapsed() < Duration::from_secs(4),
+        "the stalled handshake was not closed: {end:?} after {:?}",
+        t0.elapsed()
+    );
+}
