@@ -93,7 +93,7 @@ impl FanMsg {
 
 impl FanMsg {
     /// The same message with its payload and names copied: it keeps no read buffer.
-    pub fn unpinned(&self) -> FanMsg {
+    fn unpinned(&self) -> FanMsg {
         FanMsg {
             payload: Bytes::copy_from_slice(&self.payload),
             from_user: Bytes::copy_from_slice(&self.from_user),
@@ -101,6 +101,38 @@ impl FanMsg {
             header: self.header.clone(),
             ..*self
         }
+    }
+}
+
+/// Copies of payloads made in one sweep of a shard's sessions (see
+/// `retention::PIN_MAX_US`): a payload several holders shared (a room message's members,
+/// a user's devices, a session's unacked entry and its queued write) gets one copy that
+/// they share again, not a copy each (a room's 1 000 members not reading would hold
+/// 1 000 copies of what was one). Keyed by the old payload, which the map keeps alive
+/// (its address is not reused during the sweep).
+#[derive(Default)]
+pub struct Unpinning {
+    fans: std::collections::HashMap<*const FanMsg, (Rc<FanMsg>, Rc<FanMsg>)>,
+    bytes: std::collections::HashMap<(usize, usize), (Bytes, Bytes)>,
+}
+
+impl Unpinning {
+    /// `b`'s copy.
+    pub fn bytes(&mut self, b: &Bytes) -> Bytes {
+        let (_, copy) = self
+            .bytes
+            .entry((b.as_ptr() as usize, b.len()))
+            .or_insert_with(|| (b.clone(), Bytes::copy_from_slice(b)));
+        copy.clone()
+    }
+
+    /// `m`'s copy.
+    pub fn fan(&mut self, m: &Rc<FanMsg>) -> Rc<FanMsg> {
+        let (_, copy) = self
+            .fans
+            .entry(Rc::as_ptr(m))
+            .or_insert_with(|| (m.clone(), Rc::new(m.unpinned())));
+        copy.clone()
     }
 }
 
@@ -221,12 +253,12 @@ impl OutBuf {
     /// so that they keep no read buffer: a session that does not read would keep a 64
     /// KiB read chunk for each 300-byte payload queued under `--max-pending-bytes` (see
     /// `retention::PIN_MAX_US`). A queue the writer keeps taking is never copied.
-    pub fn unpin_aged(&mut self) {
+    pub fn unpin_aged(&mut self, copies: &mut Unpinning) {
         let aged = self.aged.min(self.segs.len());
         for seg in self.segs.get_mut(self.unpinned..aged).into_iter().flatten() {
             match &mut seg.payload {
-                Part::Bytes(b) => *b = Bytes::copy_from_slice(b),
-                Part::Fanned(m) => seg.payload = Part::Bytes(Bytes::copy_from_slice(&m.payload)),
+                Part::Bytes(b) => *b = copies.bytes(b),
+                Part::Fanned(m) => *m = copies.fan(m),
                 Part::ChunkEnd => {}
             }
         }
@@ -235,9 +267,9 @@ impl OutBuf {
     }
 
     /// [`OutBuf::unpin_aged`] for every payload queued.
-    pub fn unpin_all(&mut self) {
+    pub fn unpin_all(&mut self, copies: &mut Unpinning) {
         self.aged = self.segs.len();
-        self.unpin_aged();
+        self.unpin_aged(copies);
     }
 
     /// True once a writer has taken a batch from this queue.
@@ -753,21 +785,19 @@ mod tests {
         let mut q = OutBuf::default();
         fill(&mut q);
         drop(room);
-        q.unpin_aged();
+        q.unpin_aged(&mut Unpinning::default());
         q.push_deliver(
             &DeliverStamp { seq: 3, ..stamp },
             &chunk.slice(500..800),
             256,
         );
-        q.unpin_aged();
+        q.unpin_aged(&mut Unpinning::default());
         // The first two were queued before the first sweep: copied. The third not yet.
-        let third = chunk.slice(500..800);
-        drop(third);
         assert!(
             !chunk.is_unique(),
             "the third payload still refers to the chunk"
         );
-        q.unpin_aged();
+        q.unpin_aged(&mut Unpinning::default());
         assert!(chunk.is_unique(), "a queued payload still keeps the chunk");
         let mut full = want.clone();
         ringrouter_proto::fast::put_deliver_header(
@@ -780,7 +810,7 @@ mod tests {
         // Everything queued, at once (resident memory over `--max-memory`).
         let mut q = OutBuf::default();
         q.push_deliver(&stamp, &chunk.slice(0..300), 256);
-        q.unpin_all();
+        q.unpin_all(&mut Unpinning::default());
         assert!(chunk.is_unique());
     }
 

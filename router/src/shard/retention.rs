@@ -17,7 +17,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use ringrouter_proto::fast::copy_short;
 
-use crate::outbuf::FanMsg;
+use crate::outbuf::{FanMsg, Unpinning};
 use crate::store::StoredMsg;
 
 /// The room of a direct message (none).
@@ -125,11 +125,6 @@ pub struct Retained {
 /// ticker, the payload is copied out (once); an ack under it (any client keeping up)
 /// never costs the copy.
 pub const PIN_MAX_US: u64 = 200_000;
-
-/// Room messages given a copy of their own in one sweep of a shard's sessions
-/// ([`Retained::unpin`]): every member holding one gets the same copy. Keyed by the
-/// old record, which the map keeps alive (its address is not reused meanwhile).
-pub type FanCopies = std::collections::HashMap<*const FanMsg, (Rc<FanMsg>, Rc<FanMsg>)>;
 
 /// Retained entries in blocks: the queue grows a block at a time, never by copying what
 /// it holds, and each block goes as soon as its entries are acked. A `VecDeque` of them
@@ -259,7 +254,7 @@ impl Blocks {
     /// Copies the shared payloads of the entries after seq `after` accepted before
     /// `before_us`, up to the first accepted later; returns the seq of the last entry
     /// it went past (`after` if none).
-    fn unpin(&mut self, after: u64, before_us: u64) -> u64 {
+    fn unpin(&mut self, after: u64, before_us: u64, copies: &mut Unpinning) -> u64 {
         let mut last = after;
         let first = self
             .full
@@ -274,7 +269,7 @@ impl Blocks {
                     return last;
                 }
                 if let RetainedPayload::Shared(p) = &mut e.payload {
-                    *p = Bytes::copy_from_slice(p);
+                    *p = copies.bytes(p);
                 }
                 last = e.seq;
             }
@@ -510,19 +505,16 @@ impl Retained {
     /// Gives the payloads of the messages accepted before `before_us` that it still
     /// holds by reference a copy of their own, so that they keep no read buffer (see
     /// [`PIN_MAX_US`]). Each message is looked at once (the queues are in seq order; a
-    /// cursor in each says how far they were done); `copies` shares a room message's
-    /// copy between the members holding it.
-    pub fn unpin(&mut self, before_us: u64, copies: &mut FanCopies) {
-        self.unpinned_q = self.q.unpin(self.unpinned_q, before_us);
+    /// cursor in each says how far they were done); `copies` shares a payload's copy
+    /// between its holders.
+    pub fn unpin(&mut self, before_us: u64, copies: &mut Unpinning) {
+        self.unpinned_q = self.q.unpin(self.unpinned_q, before_us, copies);
         let first = self.fan.partition_point(|(s, _)| *s <= self.unpinned_fan);
         for (seq, m) in self.fan.range_mut(first..) {
             if m.ts_us >= before_us {
                 break;
             }
-            let (_, copy) = copies
-                .entry(Rc::as_ptr(m))
-                .or_insert_with(|| (m.clone(), Rc::new(m.unpinned())));
-            *m = copy.clone();
+            *m = copies.fan(m);
             self.unpinned_fan = *seq;
         }
     }
@@ -757,7 +749,8 @@ mod tests {
 
     /// Payloads kept by reference past their age get copies of their own, so that their
     /// read buffer goes; younger ones stay references; each is copied once; the members
-    /// holding a room message share one copy; what comes back is the same.
+    /// holding a room message (the devices holding a message) share one copy; what comes
+    /// back is the same.
     #[test]
     fn unpin_copies_the_old_shared_payloads_once() {
         let chunk = Bytes::from(vec![7u8; 64 << 10]);
@@ -787,18 +780,38 @@ mod tests {
         let mut other = Retained::default();
         other.push(1, &fanned(&room));
         drop(room);
+        // Another device of the user holds the first message too.
+        let first = chunk.slice(0..100);
+        other.push(
+            2,
+            &Outgoing {
+                from_user: &bob,
+                to_room: &empty,
+                payload: &first,
+                msg_id: 0,
+                ts_us: 1,
+                store_seq: 0,
+                fanned: None,
+            },
+        );
+        drop(first);
         let want: Vec<Bytes> =
             r.q.iter()
                 .map(|e| Bytes::copy_from_slice(e.payload.bytes()))
                 .collect();
         // Accepted before 101: seqs 1 to 100 and the room message.
-        let mut copies = FanCopies::new();
+        let mut copies = Unpinning::default();
         r.unpin(101, &mut copies);
         other.unpin(101, &mut copies);
         drop(copies);
         assert!(
             Rc::ptr_eq(&r.fan[0].1, &other.fan[0].1),
             "one copy for the members"
+        );
+        assert_eq!(
+            shared_at(&r, 1),
+            shared_at(&other, 2),
+            "one copy for the devices"
         );
         assert_ne!(r.fan[0].1.payload.as_ptr(), chunk[30_000..].as_ptr());
         assert_ne!(shared_at(&r, 100), chunk[9_900..].as_ptr());
@@ -809,7 +822,7 @@ mod tests {
         );
         let copied = shared_at(&r, 1);
         assert!(!chunk.is_unique());
-        r.unpin(u64::MAX, &mut FanCopies::new());
+        r.unpin(u64::MAX, &mut Unpinning::default());
         assert_eq!(shared_at(&r, 1), copied, "copied once");
         assert!(
             chunk.is_unique(),

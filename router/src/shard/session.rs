@@ -641,13 +641,13 @@ impl Shard {
         } else {
             super::now_us().saturating_sub(super::retention::PIN_MAX_US)
         };
-        let mut copies = super::retention::FanCopies::new();
+        let mut copies = crate::outbuf::Unpinning::default();
         for (_, s) in self.sessions.iter_mut() {
             s.unacked.unpin(before_us, &mut copies);
             if all {
-                s.out.unpin_all();
+                s.out.unpin_all(&mut copies);
             } else {
-                s.out.unpin_aged();
+                s.out.unpin_aged(&mut copies);
             }
         }
     }
