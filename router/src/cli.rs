@@ -1134,6 +1134,10 @@ mod tests {
                 "--max-frame-bytes",
             ),
             (&["--auth", "jwt"][..], "--jwt-secret-file"),
+            (
+                &["--max-tls-handshake-bytes", "1KiB"][..],
+                "--max-tls-handshake-bytes",
+            ),
         ] {
             match parse_ok(args).config().check() {
                 Err(e) => assert!(e.contains(says), "{args:?}: {e}"),

@@ -421,6 +421,16 @@ impl Config {
                 MIN_HEAD_BYTES
             ));
         }
+        if self.max_tls_handshake_bytes < MIN_TLS_HANDSHAKE_BYTES {
+            return Err(format!(
+                "--max-tls-handshake-bytes must be at least {} KiB: a client's first \
+                 handshake flight (its ClientHello) takes a few KiB",
+                MIN_TLS_HANDSHAKE_BYTES >> 10
+            ));
+        }
+        if self.busy_poll > MAX_BUSY_POLL {
+            return Err(format!("--busy-poll is at most {MAX_BUSY_POLL:?}"));
+        }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("--tls-cert and --tls-key go together".into());
         }
@@ -463,6 +473,10 @@ impl Config {
 
 /// `--max-input-bytes` unless set (or twice `--max-frame-bytes`, if more).
 pub const DEFAULT_MAX_INPUT_BYTES: usize = 256 << 20;
+
+/// The lowest `--max-tls-handshake-bytes` taken: under it, clients whose ClientHello
+/// carries a post-quantum key share (~1.9 KB) and many extensions could not connect.
+pub const MIN_TLS_HANDSHAKE_BYTES: usize = 4 << 10;
 
 /// The lowest `--max-memory` taken (but 0: none).
 pub const MIN_MAX_MEMORY: usize = 64 << 20;

@@ -116,9 +116,19 @@ pub struct Unpinning {
     bytes: std::collections::HashMap<(usize, usize), (Bytes, Bytes)>,
 }
 
+/// A payload held by reference is copied out of its read buffer (see
+/// `retention::PIN_MAX_US`) only up to this long: a longer one keeps at most four times
+/// its own bytes alive (read chunks are 64 KiB; a bigger frame is read into a buffer of
+/// its own), and copying it would only add its bytes again, at the moment memory is
+/// short (`--max-memory`).
+pub const COPY_MAX: usize = 16 << 10;
+
 impl Unpinning {
-    /// `b`'s copy.
+    /// `b`'s copy (`b` itself past [`COPY_MAX`]).
     pub fn bytes(&mut self, b: &Bytes) -> Bytes {
+        if b.len() > COPY_MAX {
+            return b.clone();
+        }
         let (_, copy) = self
             .bytes
             .entry((b.as_ptr() as usize, b.len()))
@@ -126,8 +136,11 @@ impl Unpinning {
         copy.clone()
     }
 
-    /// `m`'s copy.
+    /// `m`'s copy (`m` itself past [`COPY_MAX`]).
     pub fn fan(&mut self, m: &Rc<FanMsg>) -> Rc<FanMsg> {
+        if m.payload.len() > COPY_MAX {
+            return m.clone();
+        }
         let (_, copy) = self
             .fans
             .entry(Rc::as_ptr(m))
@@ -490,7 +503,11 @@ impl OutBuf {
         let data = self.data.split().freeze();
         {
             let WriteBatch {
-                iov, parts, held, ..
+                iov,
+                parts,
+                held,
+                pinning,
+                ..
             } = &mut *batch;
             let chunk = |k: usize| held.get(k).map_or(&data[..], |c| &c[..]);
             let (mut k, mut prev) = (0usize, 0usize);
@@ -502,8 +519,11 @@ impl OutBuf {
                     (k, prev) = (k + 1, 0);
                 } else {
                     prev = seg.local_end;
-                    iov.push(iovec_of(seg.payload.as_slice()));
-                    parts.push(seg.payload);
+                    let v = iovec_of(seg.payload.as_slice());
+                    *pinning |= v.iov_len <= COPY_MAX;
+                    // (A batch has fewer iovecs than u32::MAX: each is a queued frame's.)
+                    parts.push((iov.len() as u32, seg.payload));
+                    iov.push(v);
                 }
             }
             if chunk(k).len() > prev {
@@ -554,8 +574,9 @@ fn iovec_of(s: &[u8]) -> libc::iovec {
 /// alive, so the iovec pointers stay valid however the batch itself is moved.
 #[derive(Default)]
 pub struct WriteBatch {
-    /// Owners of the payload iovecs (header iovecs point into `reclaim`).
-    parts: Vec<Part>,
+    /// Owners of the payload iovecs, each with its iovec's index (header iovecs point
+    /// into `reclaim`).
+    parts: Vec<(u32, Part)>,
     iov: Vec<libc::iovec>,
     /// First iovec not yet fully written.
     start: usize,
@@ -564,6 +585,8 @@ pub struct WriteBatch {
     reclaim: Option<Bytes>,
     /// Closed chunks of local bytes before `reclaim`'s (a queue that outgrew one buffer).
     held: Vec<Bytes>,
+    /// Some of `parts` may keep a read buffer many times their size ([`COPY_MAX`]).
+    pinning: bool,
 }
 
 impl std::fmt::Debug for WriteBatch {
@@ -584,6 +607,67 @@ impl WriteBatch {
         self.written = 0;
         self.reclaim = None;
         self.held.clear();
+        self.pinning = false;
+    }
+
+    /// True when what is left to write holds payloads by reference that may keep a read
+    /// buffer many times their size: a write of it that waits on a peer not reading
+    /// is cancelled past `retention::PIN_MAX_US`, and the batch [`compact`]ed.
+    ///
+    /// [`compact`]: WriteBatch::compact
+    pub fn pins(&self) -> bool {
+        self.pinning && self.remaining() > 0
+    }
+
+    /// Copies what is left to write into one buffer of its own, but for payloads past
+    /// [`COPY_MAX`], and lets go of every other buffer it was a slice of (the small
+    /// payloads' read buffers above all): a write the peer does not take keeps little
+    /// more than its own bytes, however long it waits.
+    pub fn compact(&mut self) {
+        let mut rest = BytesMut::with_capacity(self.remaining());
+        let start = self.start;
+        let mut big = std::mem::take(&mut self.parts)
+            .into_iter()
+            .filter(|(k, p)| *k as usize >= start && p.as_slice().len() > COPY_MAX)
+            .peekable();
+        let (mut iov, mut parts) = (Vec::new(), Vec::new());
+        // Where the run of copied iovecs being gathered starts in `rest`.
+        let mut run: Option<usize> = None;
+        let base = rest.as_ptr();
+        let end_run = |iov: &mut Vec<libc::iovec>, run: &mut Option<usize>, len: usize| {
+            if let Some(at) = run.take() {
+                iov.push(libc::iovec {
+                    // Safety: `at` <= `len` <= the capacity reserved above, which
+                    // `rest` never grows past (it takes exactly what is left).
+                    iov_base: unsafe { base.add(at) } as *mut libc::c_void,
+                    iov_len: len - at,
+                });
+            }
+        };
+        for (i, v) in self.iov.iter().enumerate().skip(start) {
+            if big.peek().is_some_and(|(k, _)| *k as usize == i) {
+                end_run(&mut iov, &mut run, rest.len());
+                if let Some((_, p)) = big.next() {
+                    parts.push((iov.len() as u32, p));
+                }
+                iov.push(*v);
+            } else {
+                run.get_or_insert(rest.len());
+                // Safety: every iovec points into `parts`, `held` or `reclaim`, owned by
+                // the batch and unchanged until `reset` below.
+                rest.extend_from_slice(unsafe {
+                    std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
+                });
+            }
+        }
+        end_run(&mut iov, &mut run, rest.len());
+        debug_assert_eq!(rest.as_ptr(), base, "`rest` never grows past its capacity");
+        let (total, written) = (self.total, self.written);
+        self.reset();
+        (self.iov, self.parts) = (iov, parts);
+        self.reclaim = Some(rest.freeze());
+        // What was written stays counted; what is left is `rest` and the big payloads.
+        (self.total, self.written) = (total, written);
     }
 
     /// Bytes in the batch.
@@ -720,6 +804,54 @@ mod tests {
         }
         assert_eq!(q.len(), want.len());
         assert_eq!(gather(&q.take(None)), want);
+    }
+
+    /// A batch a peer does not take, compacted after any partial write: what is left
+    /// to write is unchanged byte for byte; small payloads (and every header) are
+    /// copied and their read buffers let go, a big one is still written from its own.
+    #[test]
+    fn a_compacted_batch_writes_the_same_bytes_and_keeps_only_big_payloads() {
+        let big = Bytes::from(vec![9u8; COPY_MAX + 1]);
+        for cut in [0, 1, 30, 350, 1000, COPY_MAX, COPY_MAX + 700] {
+            let chunk = Bytes::from((0..64 << 10).map(|k| k as u8).collect::<Vec<_>>());
+            let mut q = OutBuf::default();
+            let (mut want, mut big_end) = (Vec::new(), 0);
+            for i in 0..6u64 {
+                let payload = if i == 3 {
+                    big.clone()
+                } else {
+                    let at = i as usize * 1000;
+                    chunk.slice(at..at + 300)
+                };
+                let stamp = DeliverStamp {
+                    seq: i + 1,
+                    ..STAMP
+                };
+                q.push_deliver(&stamp, &payload, 64);
+                ringrouter_proto::fast::put_deliver_header(&mut want, &stamp, payload.len());
+                want.extend_from_slice(&payload);
+                if i == 3 {
+                    big_end = want.len();
+                }
+            }
+            let mut batch = q.take(None);
+            assert!(batch.pins());
+            batch.advance(cut);
+            batch.compact();
+            assert_eq!(gather(&batch), want[cut..], "cut at {cut}");
+            assert_eq!(batch.remaining(), want.len() - cut);
+            assert!(!batch.pins());
+            // The read chunk is no longer held by the batch; the big payload is (by
+            // reference, not copied) while its bytes are still to be written.
+            assert!(chunk.try_into_mut().is_ok(), "cut at {cut}");
+            let big_left = batch
+                .parts
+                .iter()
+                .any(|(_, p)| p.as_slice().as_ptr() == big.as_ptr());
+            assert_eq!(big_left, cut < big_end, "cut at {cut}");
+            batch.advance(batch.remaining());
+            assert_eq!(batch.remaining(), 0);
+        }
     }
 
     #[test]

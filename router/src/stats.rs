@@ -77,6 +77,9 @@ pub struct Counters {
     pub payload_copied_bytes: u64,
     /// writev calls.
     pub writes: u64,
+    /// Writes cancelled after waiting on a peer past `retention::PIN_MAX_US` while they
+    /// held small payloads by reference; their batches were compacted.
+    pub writes_compacted: u64,
     /// Messages appended to an offline queue because the recipient had no session.
     pub offline_stored: u64,
     /// Messages appended to the store before delivery (sync durability).
@@ -219,6 +222,7 @@ shard_stats!(
     payload_zero_copy_bytes,
     payload_copied_bytes,
     writes,
+    writes_compacted,
     offline_stored,
     journaled,
     offline_delivered,

@@ -57,6 +57,11 @@ const COUNTERS: &[(&str, &str, Get)] = &[
     }),
     ("writes", "writev calls of session writers.", |s| s.writes),
     (
+        "writes_compacted",
+        "Writes a peer did not take for 200 ms while they held small payloads by reference (their read buffers): cancelled, what was left copied.",
+        |s| s.writes_compacted,
+    ),
+    (
         "handovers_in",
         "Connections moved in from another shard after Login.",
         |s| s.handovers_in,

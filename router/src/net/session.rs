@@ -17,7 +17,9 @@ use std::task::Poll;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncWriteRent, Canceller, Splitable,
+};
 use monoio::net::tcp::TcpOwnedReadHalf;
 use monoio::net::TcpStream;
 use prost::Message;
@@ -31,9 +33,12 @@ use tracing::Instrument;
 use super::stream::Conn;
 use super::CLOSE_FLUSH;
 use crate::bufpool::{self, MIN_READ, READ_BUF};
+use crate::outbuf::WriteBatch;
 use crate::prelogin::truncated_reason;
 use crate::shard::resume::ResumeAsk;
-use crate::shard::{now_us, CloseReason, Flow, Handover, LastDest, SessionKey, Shard};
+use crate::shard::{
+    now_us, CloseReason, Flow, Handover, LastDest, PinningWrite, SessionKey, Shard,
+};
 use crate::shared::ConnGuard;
 use crate::transport::{ws, Ingested, Layers};
 
@@ -1013,7 +1018,65 @@ async fn wait_readable(reader: &TcpOwnedReadHalf) -> io::Result<()> {
     stream.readable(false).await
 }
 
-async fn write_loop<W: AsyncWriteRent>(
+/// A write of a batch that keeps payloads by reference ([`WriteBatch::pins`]) is
+/// about to wait: the handle that lets the shard's ticker cancel it once the batch has
+/// been written for `retention::PIN_MAX_US` (the peer does not read, or reads a
+/// trickle; `Shard::unpin_payloads`), after which the writer goes on with a copy of
+/// what is left ([`WriteBatch::compact`]). A peer that stopped reading kept a read
+/// buffer (up to 64 KiB) for each small payload the batch held, and the batch as long
+/// as the connection lived (a hostile review: 100 senders each sending one 300-byte
+/// message a chunk to a session that stopped reading, ~100 MiB; its queue's bounds
+/// counted 480 KB). The age is the batch's, from its first such write, not the write's:
+/// a peer reading a little every 100 ms ends each write quickly. None: the session is
+/// gone.
+fn pinning_write_start(shard: &Rc<RefCell<Shard>>, key: SessionKey) -> Option<CancelHandle> {
+    let mut sh = shard.borrow_mut();
+    let s = sh.sessions.get_mut(key)?;
+    let p = s.pinning.get_or_insert_with(|| {
+        Box::new(PinningWrite {
+            since: None,
+            cancel: Canceller::new(),
+        })
+    });
+    p.since.get_or_insert_with(Instant::now);
+    Some(p.cancel.handle())
+}
+
+/// True for the error of a write the ticker cancelled.
+fn cancelled(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ECANCELED)
+}
+
+/// Writes all of `wire` (a TLS / WebSocket encoding of `batch`'s bytes), cancellable
+/// while `batch` still keeps payloads by reference: a cancelled write compacts `batch`
+/// and goes on. Gives `wire` back for reuse.
+async fn write_wire<W: CancelableAsyncWriteRent>(
+    shard: &Rc<RefCell<Shard>>,
+    key: SessionKey,
+    writer: &mut W,
+    mut wire: BytesMut,
+    batch: &mut WriteBatch,
+) -> (io::Result<()>, BytesMut) {
+    while !wire.is_empty() {
+        let (res, w) = match batch.pins().then(|| pinning_write_start(shard, key)) {
+            Some(Some(h)) => writer.cancelable_write(wire, h).await,
+            _ => writer.write(wire).await,
+        };
+        wire = w;
+        match res {
+            Ok(n) if n > 0 => bytes::Buf::advance(&mut wire, n),
+            Err(e) if cancelled(&e) => {
+                batch.compact();
+                shard.borrow_mut().counters.writes_compacted += 1;
+            }
+            Err(e) => return (Err(e), wire),
+            Ok(_) => return (Err(io::ErrorKind::WriteZero.into()), wire),
+        }
+    }
+    (Ok(()), wire)
+}
+
+async fn write_loop<W: CancelableAsyncWriteRent>(
     shard: Rc<RefCell<Shard>>,
     key: SessionKey,
     mut writer: W,
@@ -1070,7 +1133,14 @@ async fn write_loop<W: AsyncWriteRent>(
                 bytes::Buf::advance(&mut app, used);
                 if !wire.is_empty() {
                     // Boxed: a plain session's writer future does not carry this state.
-                    let (res, w) = Box::pin(writer.write_all(std::mem::take(&mut wire))).await;
+                    let (res, w) = Box::pin(write_wire(
+                        &shard,
+                        key,
+                        &mut writer,
+                        std::mem::take(&mut wire),
+                        &mut batch,
+                    ))
+                    .await;
                     wire = w;
                     writes += 1;
                     if res.is_err() {
@@ -1085,11 +1155,20 @@ async fn write_loop<W: AsyncWriteRent>(
             batch.advance(batch.remaining());
         }
         while batch.remaining() > 0 {
-            let (res, b) = writer.writev(batch).await;
+            let (res, b) = match batch.pins().then(|| pinning_write_start(&shard, key)) {
+                Some(Some(h)) => writer.cancelable_writev(batch, h).await,
+                _ => writer.writev(batch).await,
+            };
             batch = b;
             writes += 1;
             match res {
                 Ok(n) if n > 0 => batch.advance(n),
+                // Held too long by a peer not reading (`Shard::unpin_payloads`): what is
+                // left keeps only its own bytes from now on.
+                Err(e) if cancelled(&e) => {
+                    batch.compact();
+                    shard.borrow_mut().counters.writes_compacted += 1;
+                }
                 _ => {
                     ok = false;
                     break;
@@ -1105,6 +1184,9 @@ async fn write_loop<W: AsyncWriteRent>(
         let max = sh.cfg.max_pending_bytes;
         if let Some(s) = sh.sessions.get_mut(key) {
             s.inflight -= total;
+            if let Some(p) = s.pinning.as_deref_mut() {
+                p.since = None;
+            }
             s.out.recycle(&mut batch);
             s.spare = Some(batch);
             if s.answer_unwritten > 0 {

@@ -72,7 +72,8 @@ pub use crate::maps::{NameMap, NameSet};
 pub use mail::{Handover, Mail, Routed};
 pub use pause::{pause_tables, PauseTable, PauseTables, PIPELINE_HIGH_WATER};
 pub use session::{
-    CloseReason, Flow, LastDest, RegisterError, Session, SessionId, SessionKey, CLOSE_GRACE,
+    CloseReason, Flow, LastDest, PinningWrite, RegisterError, Session, SessionId, SessionKey,
+    CLOSE_GRACE,
 };
 use store_link::StoreLink;
 

@@ -225,6 +225,18 @@ pub struct Session {
     pub answer_unwritten: u32,
     /// A big-answer request of this session is waiting for its answer.
     pub big_answer: bool,
+    /// The writer's batch that keeps payloads by reference ([`WriteBatch::pins`]): how
+    /// long it has been written and what cancels its write. Boxed (made at the first
+    /// such batch, let go with the idle buffers): an idle session keeps a pointer.
+    pub pinning: Option<Box<PinningWrite>>,
+}
+
+/// See [`Session::pinning`].
+pub struct PinningWrite {
+    /// Since when the writer has been writing such a batch (None: it is not).
+    pub since: Option<Instant>,
+    /// Cancels its write ([`Shard::unpin_payloads`]).
+    pub cancel: monoio::io::Canceller,
 }
 
 /// The user a session last sent a direct message to, its name checked and its home
@@ -336,6 +348,7 @@ impl Session {
         self.out.release();
         self.last_dest = None;
         self.spare = None;
+        self.pinning = None;
         self.unacked.release();
         if self.throttled.is_empty() {
             self.throttled.shrink_to_fit();
@@ -422,6 +435,7 @@ impl Shard {
             store_sends: 0,
             answer_unwritten: 0,
             big_answer: false,
+            pinning: None,
             closing: None,
             over_since: None,
             last_rx: Instant::now(),
@@ -642,7 +656,20 @@ impl Shard {
             super::now_us().saturating_sub(super::retention::PIN_MAX_US)
         };
         let mut copies = crate::outbuf::Unpinning::default();
+        let now = Instant::now();
         for (_, s) in self.sessions.iter_mut() {
+            // A batch the peer does not take, holding payloads by reference: its write
+            // is cancelled; the writer copies what is left and writes that
+            // ([`WriteBatch::compact`]).
+            if let Some(p) = s.pinning.as_deref_mut() {
+                let waited = p
+                    .since
+                    .map(|t| now.saturating_duration_since(t).as_micros());
+                if waited.is_some_and(|w| all || w >= u128::from(super::retention::PIN_MAX_US)) {
+                    p.since = None;
+                    p.cancel = std::mem::take(&mut p.cancel).cancel();
+                }
+            }
             s.unacked.unpin(before_us, &mut copies);
             if all {
                 s.out.unpin_all(&mut copies);

@@ -2242,3 +2242,51 @@ fn unacked_small_payloads_do_not_keep_their_read_buffers() {
         N * 64 / 1024
     );
 }
+
+/// A write the peer does not take keeps no read buffers for long. A write batch holds
+/// the small payloads it writes by reference, slices of their senders' read buffers
+/// (up to 64 KiB each); a peer that stopped reading kept them as long as its
+/// connection lived while the bounds counted the payloads alone (a hostile review).
+/// Past 200 ms such a write is cancelled and what is left copied out; the peer that
+/// reads again gets every message, in order, byte for byte (both drivers).
+#[test]
+fn a_write_the_peer_does_not_take_is_compacted_and_loses_nothing() {
+    // 4.8 MB: past what the kernel's socket buffers take (up to 4 MiB of send buffer on
+    // loopback), under --max-pending-bytes (8 MiB).
+    const N: u64 = 15_000;
+    let payload = |i: u64| -> Vec<u8> {
+        let mut p = vec![(i % 251) as u8; 300];
+        p[..8].copy_from_slice(&i.to_le_bytes());
+        p
+    };
+    for driver in [Driver::Default, Driver::Legacy] {
+        let r = RouterProc::start_with(&["--shards", "1"], driver);
+        let mut stuck = Raw::from_stream(connect_small_rcvbuf(r.connect_addr(), 4096));
+        assert_eq!(stuck.login("stuck").status, Status::Ok as i32);
+        let mut sender = r.raw_login("sender");
+        let mut all = Vec::new();
+        for i in 0..N {
+            all.extend(send_frame_bytes("stuck", &payload(i), false, 0));
+        }
+        sender
+            .write(&all)
+            .expect("the sends fit the socket buffers");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while metric_sum(&r.metrics(), "ringrouter_writes_compacted_total") < 1.0 {
+            assert!(
+                Instant::now() < deadline,
+                "{driver:?}: no write was compacted in 10 s"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        let got = stuck.delivers(N as usize, T);
+        for (i, d) in got.iter().enumerate() {
+            assert_eq!(d.seq, i as u64 + 1, "{driver:?}");
+            assert_eq!(
+                d.payload[..],
+                payload(i as u64)[..],
+                "{driver:?}: message {i}"
+            );
+        }
+    }
+}
