@@ -123,6 +123,15 @@ pub struct Unpinning {
 /// short (`--max-memory`).
 pub const COPY_MAX: usize = 16 << 10;
 
+/// A copy of `b` that keeps no read buffer (`b` itself past [`COPY_MAX`]).
+pub fn unpinned(b: &Bytes) -> Bytes {
+    if b.len() > COPY_MAX {
+        b.clone()
+    } else {
+        Bytes::copy_from_slice(b)
+    }
+}
+
 impl Unpinning {
     /// `b`'s copy (`b` itself past [`COPY_MAX`]).
     pub fn bytes(&mut self, b: &Bytes) -> Bytes {
@@ -626,35 +635,42 @@ impl WriteBatch {
     pub fn compact(&mut self) {
         let mut rest = BytesMut::with_capacity(self.remaining());
         let start = self.start;
-        let mut big = std::mem::take(&mut self.parts)
-            .into_iter()
-            .filter(|(k, p)| *k as usize >= start && p.as_slice().len() > COPY_MAX)
+        // Every part stays alive until its bytes are copied (a payload the batch alone
+        // still holds would be freed under its iovec): the big ones are picked here, by
+        // their iovecs' indices, and moved out after the copy.
+        let old = std::mem::take(&mut self.parts);
+        let big = |(k, p): &(u32, Part)| *k as usize >= start && p.as_slice().len() > COPY_MAX;
+        let mut bigs = old
+            .iter()
+            .filter(|e| big(e))
+            .map(|(k, _)| *k as usize)
             .peekable();
-        let (mut iov, mut parts) = (Vec::new(), Vec::new());
+        let mut iov = Vec::new();
+        // The big payloads' new iovec indices, in order.
+        let mut at = Vec::new();
         // Where the run of copied iovecs being gathered starts in `rest`.
         let mut run: Option<usize> = None;
         let base = rest.as_ptr();
         let end_run = |iov: &mut Vec<libc::iovec>, run: &mut Option<usize>, len: usize| {
-            if let Some(at) = run.take() {
+            if let Some(from) = run.take() {
                 iov.push(libc::iovec {
-                    // Safety: `at` <= `len` <= the capacity reserved above, which
+                    // Safety: `from` <= `len` <= the capacity reserved above, which
                     // `rest` never grows past (it takes exactly what is left).
-                    iov_base: unsafe { base.add(at) } as *mut libc::c_void,
-                    iov_len: len - at,
+                    iov_base: unsafe { base.add(from) } as *mut libc::c_void,
+                    iov_len: len - from,
                 });
             }
         };
         for (i, v) in self.iov.iter().enumerate().skip(start) {
-            if big.peek().is_some_and(|(k, _)| *k as usize == i) {
+            if bigs.next_if_eq(&i).is_some() {
                 end_run(&mut iov, &mut run, rest.len());
-                if let Some((_, p)) = big.next() {
-                    parts.push((iov.len() as u32, p));
-                }
+                // (Fewer iovecs than the batch had: each is one of its.)
+                at.push(iov.len() as u32);
                 iov.push(*v);
             } else {
                 run.get_or_insert(rest.len());
-                // Safety: every iovec points into `parts`, `held` or `reclaim`, owned by
-                // the batch and unchanged until `reset` below.
+                // Safety: every iovec points into `parts` (now `old`), `held` or
+                // `reclaim`, owned by the batch and unchanged until `reset` below.
                 rest.extend_from_slice(unsafe {
                     std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
                 });
@@ -662,6 +678,12 @@ impl WriteBatch {
         }
         end_run(&mut iov, &mut run, rest.len());
         debug_assert_eq!(rest.as_ptr(), base, "`rest` never grows past its capacity");
+        let parts = old
+            .into_iter()
+            .filter(big)
+            .zip(at)
+            .map(|((_, p), k)| (k, p))
+            .collect();
         let (total, written) = (self.total, self.written);
         self.reset();
         (self.iov, self.parts) = (iov, parts);
@@ -806,6 +828,21 @@ mod tests {
         assert_eq!(gather(&q.take(None)), want);
     }
 
+    /// Bytes overwritten as they are dropped (a use after free shows).
+    struct Poisoned(Vec<u8>);
+
+    impl AsRef<[u8]> for Poisoned {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl Drop for Poisoned {
+        fn drop(&mut self) {
+            self.0.fill(0xEE);
+        }
+    }
+
     /// A batch a peer does not take, compacted after any partial write: what is left
     /// to write is unchanged byte for byte; small payloads (and every header) are
     /// copied and their read buffers let go, a big one is still written from its own.
@@ -816,12 +853,15 @@ mod tests {
             let chunk = Bytes::from((0..64 << 10).map(|k| k as u8).collect::<Vec<_>>());
             let mut q = OutBuf::default();
             let (mut want, mut big_end) = (Vec::new(), 0);
-            for i in 0..6u64 {
-                let payload = if i == 3 {
-                    big.clone()
-                } else {
-                    let at = i as usize * 1000;
-                    chunk.slice(at..at + 300)
+            for i in 0..8u64 {
+                let payload = match i {
+                    3 => big.clone(),
+                    // Held by the batch alone: its bytes are overwritten when it goes.
+                    6 | 7 => Bytes::from_owner(Poisoned(vec![i as u8; 300])),
+                    _ => {
+                        let at = i as usize * 1000;
+                        chunk.slice(at..at + 300)
+                    }
                 };
                 let stamp = DeliverStamp {
                     seq: i + 1,
@@ -838,7 +878,10 @@ mod tests {
             assert!(batch.pins());
             batch.advance(cut);
             batch.compact();
-            assert_eq!(gather(&batch), want[cut..], "cut at {cut}");
+            assert!(
+                gather(&batch) == want[cut..],
+                "cut at {cut}: not the same bytes"
+            );
             assert_eq!(batch.remaining(), want.len() - cut);
             assert!(!batch.pins());
             // The read chunk is no longer held by the batch; the big payload is (by

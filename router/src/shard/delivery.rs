@@ -863,10 +863,13 @@ impl<'b> Sink<'b> {
                 // Counted with its bookkeeping, so that even empty payloads meet
                 // the session's bounds (backpressure and the hard cap below).
                 s.deferred_bytes += m.payload.len() + DEFERRED_OVERHEAD;
+                // Copied (those of up to `COPY_MAX`): held until the backlog is out, a
+                // slice of the sender's read buffer would keep it whole.
+                use crate::outbuf::unpinned;
                 s.deferred.push(OwnedMsg {
-                    from_user: m.from_user.clone(),
-                    to_room: m.to_room.clone(),
-                    payload: m.payload.clone(),
+                    from_user: unpinned(m.from_user),
+                    to_room: unpinned(m.to_room),
+                    payload: unpinned(m.payload),
                     msg_id: m.msg_id,
                     ts_us: m.ts_us,
                 });

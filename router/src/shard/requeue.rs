@@ -389,6 +389,9 @@ impl Shard {
         let mut unacked = unacked;
         // Entries in the store already are never stored again: they count for nothing.
         unacked.forget_stored();
+        // Those still held by reference (younger than `PIN_MAX_US`) are copied: a
+        // requeue may wait on the store, out of reach of the ticker's sweeps.
+        unacked.unpin(u64::MAX, &mut crate::outbuf::Unpinning::default());
         // Nor are copies another device of the user gave back already.
         let window = self.cfg.requeue_dedup_window;
         self.requeues

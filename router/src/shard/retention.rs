@@ -126,6 +126,14 @@ pub struct Retained {
 /// never costs the copy.
 pub const PIN_MAX_US: u64 = 200_000;
 
+/// A message accepted at `ts_us` is not yet to be unpinned by a sweep that unpins those
+/// accepted before `before_us` (now less [`PIN_MAX_US`]). Stamps are the wall clock's:
+/// one in the future (the clock stepped back since) counts as old, or unpinning would
+/// stop behind it until the clock caught up.
+fn too_young(ts_us: u64, before_us: u64) -> bool {
+    ts_us >= before_us && ts_us - before_us <= PIN_MAX_US
+}
+
 /// Retained entries in blocks: the queue grows a block at a time, never by copying what
 /// it holds, and each block goes as soon as its entries are acked. A `VecDeque` of them
 /// doubled (a session with 500 000 unacked copied 56 MB at once, on the shard's thread,
@@ -265,7 +273,7 @@ impl Blocks {
             .chain(std::iter::once(&mut self.tail));
         for b in blocks {
             for e in b.iter_mut().filter(|e| e.seq > after) {
-                if e.ts_us >= before_us {
+                if too_young(e.ts_us, before_us) {
                     return last;
                 }
                 if let RetainedPayload::Shared(p) = &mut e.payload {
@@ -511,7 +519,7 @@ impl Retained {
         self.unpinned_q = self.q.unpin(self.unpinned_q, before_us, copies);
         let first = self.fan.partition_point(|(s, _)| *s <= self.unpinned_fan);
         for (seq, m) in self.fan.range_mut(first..) {
-            if m.ts_us >= before_us {
+            if too_young(m.ts_us, before_us) {
                 break;
             }
             *m = copies.fan(m);
@@ -751,6 +759,42 @@ mod tests {
     /// read buffer goes; younger ones stay references; each is copied once; the members
     /// holding a room message (the devices holding a message) share one copy; what comes
     /// back is the same.
+    /// Stamps are the wall clock's: after it stepped back, a message stamped before
+    /// the step is in the future. It is unpinned as an old one, and so is what follows
+    /// it; a message younger than the age is not.
+    #[test]
+    fn unpin_takes_a_message_stamped_in_the_future_as_old() {
+        let chunk = Bytes::from(vec![7u8; 64 << 10]);
+        let (bob, empty) = (Bytes::from_static(b"bob"), Bytes::new());
+        let now = 1_000_000_000u64;
+        let mut r = Retained::default();
+        // Stamped 10 s ahead (before the step back), then 1 s ago, then just now.
+        for (i, ts) in [now + 10_000_000, now - 1_000_000, now]
+            .into_iter()
+            .enumerate()
+        {
+            let p = chunk.slice(i * 100..i * 100 + 100);
+            let m = Outgoing {
+                from_user: &bob,
+                to_room: &empty,
+                payload: &p,
+                msg_id: i as u64,
+                ts_us: ts,
+                store_seq: 0,
+                fanned: None,
+            };
+            r.push(i as u64 + 1, &m);
+        }
+        r.unpin(now - PIN_MAX_US, &mut Unpinning::default());
+        assert_ne!(shared_at(&r, 1), chunk.as_ptr(), "in the future: copied");
+        assert_ne!(shared_at(&r, 2), chunk[100..].as_ptr(), "old: copied");
+        assert_eq!(
+            shared_at(&r, 3),
+            chunk[200..].as_ptr(),
+            "young: a reference"
+        );
+    }
+
     #[test]
     fn unpin_copies_the_old_shared_payloads_once() {
         let chunk = Bytes::from(vec![7u8; 64 << 10]);

@@ -834,3 +834,56 @@ fn an_idle_websocket_session_keeps_nothing_of_its_last_big_message() {
         r.rss_kib().saturating_sub(before)
     );
 }
+
+/// The bound on a write the peer does not take (`bounds::a_write_the_peer_does_not_take_is_compacted_and_loses_nothing`)
+/// over WebSocket, whose writer encodes a batch a slice at a time (256 KiB): past 200 ms
+/// the write of an encoded slice is cancelled and what is left of the batch copied; the
+/// client that reads again gets every message, in order, byte for byte. The client
+/// reads nothing while MBs queue, then a few thousand messages: the next batch (what
+/// queued, MBs) meets a full socket again after a slice or two.
+#[test]
+fn a_websocket_write_the_peer_does_not_take_is_compacted_and_loses_nothing() {
+    const N: u64 = 20_000;
+    let payload = crate::bounds::numbered;
+    let r = RouterProc::start(&["--shards", "1"]);
+    let s = ringrouter_tests::connect_small_rcvbuf(r.http_addr(), 4096);
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut stuck = Ws::open(s, "ringrouter.v1");
+    stuck.login("ws-stuck");
+    let mut sender = r.raw_login("ws-sender");
+    let mut all = Vec::new();
+    for i in 0..N {
+        all.extend(ringrouter_tests::send_frame_bytes(
+            "ws-stuck",
+            &payload(i),
+            false,
+            0,
+        ));
+    }
+    sender
+        .write(&all)
+        .expect("the sends fit the socket buffers");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut next = |i: u64| match stuck.next_frame().kind {
+        Some(server_frame::Kind::Deliver(d)) => {
+            assert_eq!(d.seq, i + 1);
+            assert!(
+                d.payload[..] == payload(i)[..],
+                "message {i} is not its bytes"
+            );
+        }
+        other => panic!("expected message {i}, got {other:?}"),
+    };
+    for i in 0..4000 {
+        next(i);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crate::bounds::metric_sum(&r.metrics(), "ringrouter_writes_compacted_total") < 1.0 {
+        assert!(Instant::now() < deadline, "no write was compacted in 10 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for i in 4000..N {
+        next(i);
+    }
+}
