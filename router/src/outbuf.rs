@@ -596,6 +596,8 @@ pub struct WriteBatch {
     held: Vec<Bytes>,
     /// Some of `parts` may keep a read buffer many times their size ([`COPY_MAX`]).
     pinning: bool,
+    /// `parts[..parts_done]` are written and let go (each now a `Part::ChunkEnd`).
+    parts_done: usize,
 }
 
 impl std::fmt::Debug for WriteBatch {
@@ -617,6 +619,7 @@ impl WriteBatch {
         self.reclaim = None;
         self.held.clear();
         self.pinning = false;
+        self.parts_done = 0;
     }
 
     /// True when what is left to write holds payloads by reference that may keep a read
@@ -633,18 +636,20 @@ impl WriteBatch {
     /// payloads' read buffers above all): a write the peer does not take keeps little
     /// more than its own bytes, however long it waits.
     pub fn compact(&mut self) {
-        let mut rest = BytesMut::with_capacity(self.remaining());
         let start = self.start;
         // Every part stays alive until its bytes are copied (a payload the batch alone
         // still holds would be freed under its iovec): the big ones are picked here, by
         // their iovecs' indices, and moved out after the copy.
         let old = std::mem::take(&mut self.parts);
         let big = |(k, p): &(u32, Part)| *k as usize >= start && p.as_slice().len() > COPY_MAX;
-        let mut bigs = old
+        let big_at: Vec<usize> = old
             .iter()
             .filter(|e| big(e))
             .map(|(k, _)| *k as usize)
-            .peekable();
+            .collect();
+        let big_len: usize = big_at.iter().map(|&k| self.iov[k].iov_len).sum();
+        let mut rest = BytesMut::with_capacity(self.remaining() - big_len);
+        let mut bigs = big_at.into_iter().peekable();
         let mut iov = Vec::new();
         // The big payloads' new iovec indices, in order.
         let mut at = Vec::new();
@@ -655,7 +660,7 @@ impl WriteBatch {
             if let Some(from) = run.take() {
                 iov.push(libc::iovec {
                     // Safety: `from` <= `len` <= the capacity reserved above, which
-                    // `rest` never grows past (it takes exactly what is left).
+                    // `rest` never grows past (it takes what is left but the big payloads).
                     iov_base: unsafe { base.add(from) } as *mut libc::c_void,
                     iov_len: len - from,
                 });
@@ -716,6 +721,15 @@ impl WriteBatch {
                 v.iov_len -= n;
                 n = 0;
             }
+        }
+        // The payloads written (or copied out: TLS, WebSocket) go now, not when the
+        // whole batch is out: a peer that stops reading keeps only what is left.
+        while let Some((k, p)) = self.parts.get_mut(self.parts_done) {
+            if *k as usize >= self.start {
+                break;
+            }
+            *p = Part::ChunkEnd;
+            self.parts_done += 1;
         }
     }
 
@@ -841,6 +855,45 @@ mod tests {
         fn drop(&mut self) {
             self.0.fill(0xEE);
         }
+    }
+
+    /// 300 bytes that count their drops.
+    struct Counted(Vec<u8>, std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl AsRef<[u8]> for Counted {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// A payload written (or copied out for TLS / WebSocket) is let go at once, not
+    /// with the whole batch: a peer that stops reading mid-batch keeps only what is left.
+    #[test]
+    fn written_payloads_are_let_go_as_the_batch_advances() {
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut q = OutBuf::default();
+        let mut ends = Vec::new();
+        for i in 0..4u64 {
+            let payload = Bytes::from_owner(Counted(vec![i as u8; 300], dropped.clone()));
+            q.push_deliver(&DeliverStamp { seq: i + 1, ..STAMP }, &payload, 64);
+            ends.push(q.len());
+        }
+        let mut batch = q.take(None);
+        let gone = || dropped.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(gone(), 0);
+        // Into the second payload: the first is gone, the second is half written.
+        batch.advance(ends[0] + 30);
+        assert_eq!(gone(), 1);
+        batch.advance(ends[1] - ends[0] - 30);
+        assert_eq!(gone(), 2);
+        batch.advance(batch.remaining());
+        assert_eq!(gone(), 4);
     }
 
     /// A batch a peer does not take, compacted after any partial write: what is left

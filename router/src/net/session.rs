@@ -1042,9 +1042,26 @@ fn pinning_write_start(shard: &Rc<RefCell<Shard>>, key: SessionKey) -> Option<Ca
     Some(p.cancel.handle())
 }
 
-/// True for the error of a write the ticker cancelled.
+/// True for the error of a write the ticker cancelled: ECANCELED, or EINTR from a
+/// write io_uring had handed to a worker thread (kernels before 5.19), which the cancel
+/// interrupts.
 fn cancelled(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::ECANCELED)
+    matches!(e.raw_os_error(), Some(libc::ECANCELED | libc::EINTR))
+}
+
+/// What is left of `batch` is compacted ([`WriteBatch::compact`]): the ticker no longer
+/// cancels its writes.
+fn compacted(shard: &Rc<RefCell<Shard>>, key: SessionKey, batch: &mut WriteBatch) {
+    batch.compact();
+    let mut sh = shard.borrow_mut();
+    sh.counters.writes_compacted += 1;
+    if let Some(p) = sh
+        .sessions
+        .get_mut(key)
+        .and_then(|s| s.pinning.as_deref_mut())
+    {
+        p.since = None;
+    }
 }
 
 /// Writes all of `wire` (a TLS / WebSocket encoding of `batch`'s bytes), cancellable
@@ -1065,10 +1082,7 @@ async fn write_wire<W: CancelableAsyncWriteRent>(
         wire = w;
         match res {
             Ok(n) if n > 0 => bytes::Buf::advance(&mut wire, n),
-            Err(e) if cancelled(&e) => {
-                batch.compact();
-                shard.borrow_mut().counters.writes_compacted += 1;
-            }
+            Err(e) if cancelled(&e) => compacted(shard, key, batch),
             Err(e) => return (Err(e), wire),
             Ok(_) => return (Err(io::ErrorKind::WriteZero.into()), wire),
         }
@@ -1165,10 +1179,7 @@ async fn write_loop<W: CancelableAsyncWriteRent>(
                 Ok(n) if n > 0 => batch.advance(n),
                 // Held too long by a peer not reading (`Shard::unpin_payloads`): what is
                 // left keeps only its own bytes from now on.
-                Err(e) if cancelled(&e) => {
-                    batch.compact();
-                    shard.borrow_mut().counters.writes_compacted += 1;
-                }
+                Err(e) if cancelled(&e) => compacted(&shard, key, &mut batch),
                 _ => {
                     ok = false;
                     break;

@@ -389,14 +389,14 @@ impl Shard {
         let mut unacked = unacked;
         // Entries in the store already are never stored again: they count for nothing.
         unacked.forget_stored();
-        // Those still held by reference (younger than `PIN_MAX_US`) are copied: a
-        // requeue may wait on the store, out of reach of the ticker's sweeps.
-        unacked.unpin(u64::MAX, &mut crate::outbuf::Unpinning::default());
         // Nor are copies another device of the user gave back already.
         let window = self.cfg.requeue_dedup_window;
         self.requeues
             .recent
             .dedup(&user, &mut unacked, std::time::Instant::now(), window);
+        // Those still held by reference (younger than `PIN_MAX_US`) are copied: a
+        // requeue may wait on the store, out of reach of the ticker's sweeps.
+        unacked.unpin(u64::MAX, &mut crate::outbuf::Unpinning::default());
         // An account being deleted gets nothing back (its deletion may be in the store's
         // queue already, and a Register of the name behind it).
         if (unacked.is_empty() && deferred.is_empty())

@@ -665,8 +665,9 @@ impl Shard {
                 let waited = p
                     .since
                     .map(|t| now.saturating_duration_since(t).as_micros());
+                // (Again each tick until the writer has compacted the batch: a cancel
+                // the ring could not take is not lost.)
                 if waited.is_some_and(|w| all || w >= u128::from(super::retention::PIN_MAX_US)) {
-                    p.since = None;
                     p.cancel = std::mem::take(&mut p.cancel).cancel();
                 }
             }
