@@ -881,7 +881,14 @@ mod tests {
         let mut ends = Vec::new();
         for i in 0..4u64 {
             let payload = Bytes::from_owner(Counted(vec![i as u8; 300], dropped.clone()));
-            q.push_deliver(&DeliverStamp { seq: i + 1, ..STAMP }, &payload, 64);
+            q.push_deliver(
+                &DeliverStamp {
+                    seq: i + 1,
+                    ..STAMP
+                },
+                &payload,
+                64,
+            );
             ends.push(q.len());
         }
         let mut batch = q.take(None);
