@@ -184,8 +184,9 @@ struct Reader {
 
 impl Reader {
     /// Runs the reader until the connection ends; then waits for the writer and
-    /// forgets the session.
-    async fn run(self, writer: monoio::task::JoinHandle<()>) {
+    /// forgets the session. (An `async move` block, not an `async fn`: see `read_loop`.)
+    #[allow(clippy::manual_async_fn)] // on purpose: see the note above
+    fn run(self, writer: monoio::task::JoinHandle<()>) -> impl Future<Output = ()> {
         let Reader {
             shard,
             key,
@@ -195,28 +196,33 @@ impl Reader {
             layers,
             _guard,
         } = self;
-        // Frames pipelined after the Login are answered after the LoginResult.
-        poll_fn(|cx| {
-            let mut sh = shard.borrow_mut();
-            match sh.sessions.get_mut(key) {
-                Some(s) if s.login_frame.is_some() && s.closing.is_none() => {
-                    s.drain_waiters.push(cx.waker().clone());
-                    Poll::Pending
+        async move {
+            // Frames pipelined after the Login are answered after the LoginResult.
+            poll_fn(|cx| {
+                let mut sh = shard.borrow_mut();
+                match sh.sessions.get_mut(key) {
+                    Some(s) if s.login_frame.is_some() && s.closing.is_none() => {
+                        s.drain_waiters.push(cx.waker().clone());
+                        Poll::Pending
+                    }
+                    _ => Poll::Ready(()),
                 }
-                _ => Poll::Ready(()),
-            }
-        })
-        .await;
-        read_loop(&shard, key, fd, reader, buf, layers.as_ref()).await;
-        // Over TLS / WebSocket the writer answers the close (close frame, close_notify).
-        let reason = if layers.is_some() {
-            CloseReason::PeerClosing
-        } else {
-            CloseReason::PeerClosed
-        };
-        shard.borrow_mut().close(key, reason, None);
-        let _ = writer.await;
-        shard.borrow_mut().remove(key);
+            })
+            .await;
+            read_loop(&shard, key, fd, reader, buf, layers.as_ref()).await;
+            // Over TLS / WebSocket the writer answers the close (close frame,
+            // close_notify).
+            let reason = if layers.is_some() {
+                CloseReason::PeerClosing
+            } else {
+                CloseReason::PeerClosed
+            };
+            shard.borrow_mut().close(key, reason, None);
+            let _ = writer.await;
+            shard.borrow_mut().remove(key);
+            // Counted until here.
+            drop(_guard);
+        }
     }
 }
 
@@ -250,395 +256,402 @@ const READS_PER_YIELD: u32 = 16;
 
 use crate::turns::let_the_shard_run;
 
-async fn read_loop(
-    shard: &Rc<RefCell<Shard>>,
+/// (A plain fn returning an `async move` block, not an `async fn`: an async fn's future
+/// keeps its arguments twice, as they came and as the body's locals, and this one is
+/// in every session's reader: 64 bytes.)
+#[allow(clippy::manual_async_fn)] // on purpose: see the note above
+fn read_loop<'a>(
+    shard: &'a Rc<RefCell<Shard>>,
     key: SessionKey,
     fd: RawFd,
     mut reader: TcpOwnedReadHalf,
     mut buf: BytesMut,
-    layers: Option<&Rc<RefCell<Layers>>>,
-) {
-    let max_frame = shard.borrow().cfg.max_frame_bytes;
-    let mut blocked: Vec<SessionKey> = Vec::new();
-    // A chunk whose frames were not all handled: the session reached its budget
-    // mid-chunk.
-    // (Boxed: the reader future of every session, idle ones included, carries 8 bytes
-    // for it, not the chunk's 80.)
-    let mut held: Option<Box<Held>> = None;
-    // How far the held chunk's Acks were taken ahead (its frames are scanned once).
-    let mut acks_taken_to = 0;
-    // Bytes were read ahead into `buf` while a chunk was held: once the held chunk is
-    // done, they are handled before the socket is read again (they may be all there is).
-    let mut read_ahead_left = false;
-    // A payload slice kept from a read chunk (queued by reference, unacked) keeps the
-    // whole chunk alive while the bounds count only the payload. Once a chunk of this
-    // session held mostly other bytes (padding, pings, acks: its Send payloads under a
-    // quarter of it), its payloads are copied out of their chunks from then on: at most
-    // one chunk per session is ever kept by few payload bytes.
-    let mut copy = false;
-    // How the connection ended, when a read ahead found it (see `read_acks_ahead`).
-    let mut end: Option<io::Result<usize>> = None;
-    // Reads since the reader last let its shard run (see READS_PER_YIELD).
-    let mut reads: u32 = 0;
-    // The shard counts bytes this reader holds of a frame bigger than a read buffer
-    // (`account_input`).
-    let mut input_counted = false;
-    loop {
-        // This chunk's frames made a turn's worth of deliveries (see `TURN_DELIVERIES`).
-        let mut turn_over = false;
-        let flow = {
-            let mut sh = shard.borrow_mut();
-            let (work, stored) = (sh.fan_work(), sh.store_work());
-            let now = Instant::now();
-            let ts = now_us();
-            let mut flow = Flow::Continue;
-            // This session was closed past the input budget as its chunk was split.
-            let mut input_closed = false;
-            // Every complete frame in one chunk: one reference count for all of
-            // them; payloads become slices of it.
-            let (chunk, start, framing_error) = match held.take() {
-                Some(h) => *h,
-                None => {
-                    acks_taken_to = 0;
-                    read_ahead_left = false;
-                    let (chunk, e) = split_frames(&mut buf, max_frame);
-                    if chunk.len() > READ_BUF {
-                        // `buf` is the rest of a big frame's allocation, which it would
-                        // keep (reads and the layers' frames go on in it: 1 MiB an idle
-                        // WebSocket or TLS session after one big frame, counted nowhere):
-                        // what follows the frame is moved out, if anything.
-                        buf = if buf.is_empty() {
-                            BytesMut::new()
-                        } else {
-                            BytesMut::from(&buf[..])
-                        };
+    layers: Option<&'a Rc<RefCell<Layers>>>,
+) -> impl Future<Output = ()> + 'a {
+    async move {
+        let max_frame = shard.borrow().cfg.max_frame_bytes;
+        let mut blocked: Vec<SessionKey> = Vec::new();
+        // A chunk whose frames were not all handled: the session reached its budget
+        // mid-chunk.
+        // (Boxed: the reader future of every session, idle ones included, carries 8 bytes
+        // for it, not the chunk's 80.)
+        let mut held: Option<Box<Held>> = None;
+        // How far the held chunk's Acks were taken ahead (its frames are scanned once).
+        let mut acks_taken_to = 0;
+        // Bytes were read ahead into `buf` while a chunk was held: once the held chunk is
+        // done, they are handled before the socket is read again (they may be all there is).
+        let mut read_ahead_left = false;
+        // A payload slice kept from a read chunk (queued by reference, unacked) keeps the
+        // whole chunk alive while the bounds count only the payload. Once a chunk of this
+        // session held mostly other bytes (padding, pings, acks: its Send payloads under a
+        // quarter of it), its payloads are copied out of their chunks from then on: at most
+        // one chunk per session is ever kept by few payload bytes.
+        let mut copy = false;
+        // How the connection ended, when a read ahead found it (see `read_acks_ahead`).
+        let mut end: Option<io::Result<usize>> = None;
+        // Reads since the reader last let its shard run (see READS_PER_YIELD).
+        let mut reads: u32 = 0;
+        // The shard counts bytes this reader holds of a frame bigger than a read buffer
+        // (`account_input`).
+        let mut input_counted = false;
+        loop {
+            // This chunk's frames made a turn's worth of deliveries (see `TURN_DELIVERIES`).
+            let mut turn_over = false;
+            let flow = {
+                let mut sh = shard.borrow_mut();
+                let (work, stored) = (sh.fan_work(), sh.store_work());
+                let now = Instant::now();
+                let ts = now_us();
+                let mut flow = Flow::Continue;
+                // This session was closed past the input budget as its chunk was split.
+                let mut input_closed = false;
+                // Every complete frame in one chunk: one reference count for all of
+                // them; payloads become slices of it.
+                let (chunk, start, framing_error) = match held.take() {
+                    Some(h) => *h,
+                    None => {
+                        acks_taken_to = 0;
+                        read_ahead_left = false;
+                        let (chunk, e) = split_frames(&mut buf, max_frame);
+                        if chunk.len() > READ_BUF {
+                            // `buf` is the rest of a big frame's allocation, which it would
+                            // keep (reads and the layers' frames go on in it: 1 MiB an idle
+                            // WebSocket or TLS session after one big frame, counted nowhere):
+                            // what follows the frame is moved out, if anything.
+                            buf = if buf.is_empty() {
+                                BytesMut::new()
+                            } else {
+                                BytesMut::from(&buf[..])
+                            };
+                        }
+                        if input_counted || buf.len() >= COUNTED_FROM {
+                            // What is left is the start of a frame still arriving: counted
+                            // from its size (a big frame that completed is not any more).
+                            let bytes = big_input(&buf, layers);
+                            input_counted = bytes > 0;
+                            input_closed = !sh.hold_input(key, bytes);
+                        }
+                        sh.chunk_payload = 0;
+                        (chunk, 0, e.map(|e| (e.status(), e.to_string())))
                     }
-                    if input_counted || buf.len() >= COUNTED_FROM {
-                        // What is left is the start of a frame still arriving: counted
-                        // from its size (a big frame that completed is not any more).
-                        let bytes = big_input(&buf, layers);
-                        input_counted = bytes > 0;
-                        input_closed = !sh.hold_input(key, bytes);
-                    }
-                    sh.chunk_payload = 0;
-                    (chunk, 0, e.map(|e| (e.status(), e.to_string())))
+                };
+                let mut bad = None;
+                let mut rest = None;
+                // Whether a frame of this chunk queued an answer on a session over its bound
+                // or took this session to `max_requests_in_flight` (the shard's flag, left by
+                // work done between chunks, is not this chunk's), or this session got an
+                // answer over its bound since its queue last drained (`answered_over`: also
+                // one from the store, between chunks).
+                let mut answered_over = sh.sessions.get(key).is_some_and(|s| s.answered_over);
+                sh.answers_over = false;
+                // The intake was open when this read began, but other readers may have
+                // filled the store queue since: all of them woken together, each handled a
+                // chunk's first frame past the bound. So a chunk waits whole now.
+                let waits = input_closed || (start < chunk.len() && !sh.store_open_to(key));
+                if waits {
+                    rest = Some(start);
                 }
-            };
-            let mut bad = None;
-            let mut rest = None;
-            // Whether a frame of this chunk queued an answer on a session over its bound
-            // or took this session to `max_requests_in_flight` (the shard's flag, left by
-            // work done between chunks, is not this chunk's), or this session got an
-            // answer over its bound since its queue last drained (`answered_over`: also
-            // one from the store, between chunks).
-            let mut answered_over = sh.sessions.get(key).is_some_and(|s| s.answered_over);
-            sh.answers_over = false;
-            // The intake was open when this read began, but other readers may have
-            // filled the store queue since: all of them woken together, each handled a
-            // chunk's first frame past the bound. So a chunk waits whole now.
-            let waits = input_closed || (start < chunk.len() && !sh.store_open_to(key));
-            if waits {
-                rest = Some(start);
-            }
-            for r in frames(&chunk[start..]).take_while(|_| !waits) {
-                let range = start + r.start..start + r.end;
-                let end = range.end;
-                // The session's last recipient is known to be valid: a Send to it again
-                // skips the parser's UTF-8 check.
-                let checked = sh
-                    .sessions
-                    .get(key)
-                    .and_then(|s| s.last_dest.as_deref())
-                    .map_or(&[][..], LastDest::name);
-                match parse_client_in(&chunk, range, copy, checked) {
-                    Ok(frame) => {
-                        if sh.on_frame(key, frame, now, ts, &mut blocked) == Flow::Stop {
-                            flow = Flow::Stop;
+                for r in frames(&chunk[start..]).take_while(|_| !waits) {
+                    let range = start + r.start..start + r.end;
+                    let end = range.end;
+                    // The session's last recipient is known to be valid: a Send to it again
+                    // skips the parser's UTF-8 check.
+                    let checked = sh
+                        .sessions
+                        .get(key)
+                        .and_then(|s| s.last_dest.as_deref())
+                        .map_or(&[][..], LastDest::name);
+                    match parse_client_in(&chunk, range, copy, checked) {
+                        Ok(frame) => {
+                            if sh.on_frame(key, frame, now, ts, &mut blocked) == Flow::Stop {
+                                flow = Flow::Stop;
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            bad = Some((Status::BadFrame, e.to_string()));
                             break;
                         }
                     }
-                    Err(e) => {
-                        bad = Some((Status::BadFrame, e.to_string()));
+                    // Past its budget (its own answers queued over `max_pending_bytes`, or
+                    // `max_requests_in_flight` requests waiting on the store), the session's
+                    // next frames wait for it to drain: a chunk of cheap requests with big
+                    // answers queues at most one answer past the bound.
+                    // (An answer queued on this session over its bound sets the shard's flag
+                    // too: the session's own mark is read once, at the chunk's start.)
+                    if sh.answers_over {
+                        sh.answers_over = false;
+                        answered_over = true;
+                    }
+                    if answered_over && end < chunk.len() {
+                        if sh.sessions.get(key).is_none_or(|s| s.closing.is_some()) {
+                            // Closed by that answer (past its hard cap).
+                            flow = Flow::Stop;
+                            break;
+                        }
+                        if !sh.drained(key) || sh.requests_full(key) || sh.answer_waits(key) {
+                            rest = Some(end);
+                            break;
+                        }
+                    }
+                    if end < chunk.len() && sh.fan_work().wrapping_sub(work) >= TURN_DELIVERIES {
+                        rest = Some(end);
+                        turn_over = true;
                         break;
                     }
-                }
-                // Past its budget (its own answers queued over `max_pending_bytes`, or
-                // `max_requests_in_flight` requests waiting on the store), the session's
-                // next frames wait for it to drain: a chunk of cheap requests with big
-                // answers queues at most one answer past the bound.
-                // (An answer queued on this session over its bound sets the shard's flag
-                // too: the session's own mark is read once, at the chunk's start.)
-                if sh.answers_over {
-                    sh.answers_over = false;
-                    answered_over = true;
-                }
-                if answered_over && end < chunk.len() {
-                    if sh.sessions.get(key).is_none_or(|s| s.closing.is_some()) {
-                        // Closed by that answer (past its hard cap).
-                        flow = Flow::Stop;
-                        break;
-                    }
-                    if !sh.drained(key) || sh.requests_full(key) || sh.answer_waits(key) {
+                    // The store's queue reached its bound: the rest of the chunk once it is
+                    // under it again (the intake wait below). A chunk of room messages to a
+                    // room whose members are offline is a store request per message and
+                    // member: checked only between chunks, one chunk put 96 000 requests in
+                    // a queue bounded at 16 384. (Looked at only once this chunk has made
+                    // store requests or put records behind waiting requeues: a plain message
+                    // does neither.)
+                    if end < chunk.len() && sh.store_work() != stored && sh.store_full() {
                         rest = Some(end);
                         break;
                     }
                 }
-                if end < chunk.len() && sh.fan_work().wrapping_sub(work) >= TURN_DELIVERIES {
-                    rest = Some(end);
-                    turn_over = true;
-                    break;
-                }
-                // The store's queue reached its bound: the rest of the chunk once it is
-                // under it again (the intake wait below). A chunk of room messages to a
-                // room whose members are offline is a store request per message and
-                // member: checked only between chunks, one chunk put 96 000 requests in
-                // a queue bounded at 16 384. (Looked at only once this chunk has made
-                // store requests or put records behind waiting requeues: a plain message
-                // does neither.)
-                if end < chunk.len() && sh.store_work() != stored && sh.store_full() {
-                    rest = Some(end);
-                    break;
-                }
-            }
-            match rest {
-                Some(at) if flow == Flow::Continue && bad.is_none() => {
-                    held = Some(Box::new((chunk, at, framing_error)));
-                }
-                _ => {
-                    bad = bad.or(framing_error);
-                    if chunk.len() > SPARSE_CHUNK && sh.chunk_payload * 4 < chunk.len() {
-                        copy = true;
+                match rest {
+                    Some(at) if flow == Flow::Continue && bad.is_none() => {
+                        held = Some(Box::new((chunk, at, framing_error)));
+                    }
+                    _ => {
+                        bad = bad.or(framing_error);
+                        if chunk.len() > SPARSE_CHUNK && sh.chunk_payload * 4 < chunk.len() {
+                            copy = true;
+                        }
                     }
                 }
-            }
-            if let Some((code, reason)) = bad {
-                if flow == Flow::Continue {
-                    sh.close(key, CloseReason::BadFrame, Some((code, &reason)));
+                if let Some((code, reason)) = bad {
+                    if flow == Flow::Continue {
+                        sh.close(key, CloseReason::BadFrame, Some((code, &reason)));
+                        flow = Flow::Stop;
+                    }
+                }
+                // The session's own answers (errors, Pongs, results) count against its
+                // budget like deliveries do: a chunk that queued one while the session is
+                // over it is the last read until its queue drains (or it is closed as a slow
+                // consumer). A chunk that asked for nothing (acks) does not stop the reader:
+                // a receiver whose queue its senders keep at the bound must still have its
+                // acks taken, or it is cut at `max_unacked_per_session` while it keeps up.
+                if answered_over && !sh.drained(key) && !blocked.contains(&key) {
+                    blocked.push(key);
+                }
+                if sh.sessions.get(key).is_none_or(|s| s.closing.is_some()) {
                     flow = Flow::Stop;
                 }
+                flow
+            };
+            if flow == Flow::Stop {
+                return;
             }
-            // The session's own answers (errors, Pongs, results) count against its
-            // budget like deliveries do: a chunk that queued one while the session is
-            // over it is the last read until its queue drains (or it is closed as a slow
-            // consumer). A chunk that asked for nothing (acks) does not stop the reader:
-            // a receiver whose queue its senders keep at the bound must still have its
-            // acks taken, or it is cut at `max_unacked_per_session` while it keeps up.
-            if answered_over && !sh.drained(key) && !blocked.contains(&key) {
-                blocked.push(key);
+            if turn_over {
+                // The rest of the chunk after the shard's other ready tasks.
+                let_the_shard_run().await;
             }
-            if sh.sessions.get(key).is_none_or(|s| s.closing.is_some()) {
-                flow = Flow::Stop;
-            }
-            flow
-        };
-        if flow == Flow::Stop {
-            return;
-        }
-        if turn_over {
-            // The rest of the chunk after the shard's other ready tasks.
-            let_the_shard_run().await;
-        }
-        // Backpressure: stop reading while a local recipient is over its bound,
-        // or while the outgoing batches to other shards are piling up.
-        // Remote recipients pause this reader through its shard's pause table
-        // (`shard::pause`) and take the pause back with `Mail::Resume`.
-        // A session at `max_requests_in_flight` waits for a store answer the same way,
-        // and one that asked for a big answer (a History page) until it is written.
-        // Its own queue (its answers went over the bound) is waited for until it drains
-        // once: senders may refill it before this reader runs, and a reader that waited
-        // for it to be found under the bound would not read (acks included) while they
-        // keep it there. Waiting on others, it reads its socket ahead (see
-        // `read_acks_ahead`): bytes read then are handled in order once the wait ends,
-        // before the next read.
-        let waits = |sh: &Shard| sh.paused(key) || sh.requests_full(key) || sh.answer_waits(key);
-        let mut ahead = false;
-        if !blocked.is_empty() || waits(&shard.borrow()) {
-            let own_drains = shard.borrow().sessions.get(key).map_or(0, |s| s.drains);
-            // Read ahead only for a wait on others: a session waiting on its own queue
-            // goes on after one drain (above), and one waiting on the store soon.
-            // A wait for its own big answer reads acks ahead too, a chunk held or not: it
-            // lasts the store's answer and the writing of what is queued ahead of it,
-            // while deliveries go on. The held chunk's own Acks are taken first (they
-            // are handled again, in order, after the wait: an Ack again changes nothing).
-            let answer_wait = shard.borrow().answer_waits(key);
-            if let (true, Some(h)) = (answer_wait, held.as_deref()) {
-                let (chunk, at) = (&h.0, h.1.max(acks_taken_to));
-                let mut sh = shard.borrow_mut();
-                for f in frames(chunk.get(at..).unwrap_or_default()) {
-                    if let Some(up_to) = chunk.get(at + f.start..at + f.end).and_then(ack_of) {
-                        sh.ack_ahead(key, up_to);
+            // Backpressure: stop reading while a local recipient is over its bound,
+            // or while the outgoing batches to other shards are piling up.
+            // Remote recipients pause this reader through its shard's pause table
+            // (`shard::pause`) and take the pause back with `Mail::Resume`.
+            // A session at `max_requests_in_flight` waits for a store answer the same way,
+            // and one that asked for a big answer (a History page) until it is written.
+            // Its own queue (its answers went over the bound) is waited for until it drains
+            // once: senders may refill it before this reader runs, and a reader that waited
+            // for it to be found under the bound would not read (acks included) while they
+            // keep it there. Waiting on others, it reads its socket ahead (see
+            // `read_acks_ahead`): bytes read then are handled in order once the wait ends,
+            // before the next read.
+            let waits =
+                |sh: &Shard| sh.paused(key) || sh.requests_full(key) || sh.answer_waits(key);
+            let mut ahead = false;
+            if !blocked.is_empty() || waits(&shard.borrow()) {
+                let own_drains = shard.borrow().sessions.get(key).map_or(0, |s| s.drains);
+                // Read ahead only for a wait on others: a session waiting on its own queue
+                // goes on after one drain (above), and one waiting on the store soon.
+                // A wait for its own big answer reads acks ahead too, a chunk held or not: it
+                // lasts the store's answer and the writing of what is queued ahead of it,
+                // while deliveries go on. The held chunk's own Acks are taken first (they
+                // are handled again, in order, after the wait: an Ack again changes nothing).
+                let answer_wait = shard.borrow().answer_waits(key);
+                if let (true, Some(h)) = (answer_wait, held.as_deref()) {
+                    let (chunk, at) = (&h.0, h.1.max(acks_taken_to));
+                    let mut sh = shard.borrow_mut();
+                    for f in frames(chunk.get(at..).unwrap_or_default()) {
+                        if let Some(up_to) = chunk.get(at + f.start..at + f.end).and_then(ack_of) {
+                            sh.ack_ahead(key, up_to);
+                        }
                     }
+                    acks_taken_to = chunk.len();
                 }
-                acks_taken_to = chunk.len();
-            }
-            let on_others = answer_wait
-                || (held.is_none()
-                    && (blocked.iter().any(|&k| k != key) || shard.borrow().paused(key)));
-            let mut wait = std::pin::pin!(poll_fn(|cx| {
-                let mut sh = shard.borrow_mut();
-                let drained_once = sh.sessions.get(key).is_some_and(|s| s.drains != own_drains);
-                blocked.retain(|&k| !sh.drained(k) && (k != key || !drained_once));
-                match blocked.last() {
-                    Some(&k) => {
-                        sh.wait_drain(k, cx.waker());
-                        Poll::Pending
+                let on_others = answer_wait
+                    || (held.is_none()
+                        && (blocked.iter().any(|&k| k != key) || shard.borrow().paused(key)));
+                let mut wait = std::pin::pin!(poll_fn(|cx| {
+                    let mut sh = shard.borrow_mut();
+                    let drained_once = sh.sessions.get(key).is_some_and(|s| s.drains != own_drains);
+                    blocked.retain(|&k| !sh.drained(k) && (k != key || !drained_once));
+                    match blocked.last() {
+                        Some(&k) => {
+                            sh.wait_drain(k, cx.waker());
+                            Poll::Pending
+                        }
+                        None if waits(&sh) => {
+                            sh.wait_drain(key, cx.waker());
+                            Poll::Pending
+                        }
+                        None => Poll::Ready(()),
                     }
-                    None if waits(&sh) => {
+                }));
+                // Until the session holds deliveries to ack, a plain wait (its own writer's
+                // writes wake it to look again); then a wait that reads ahead.
+                let read_ahead = poll_fn(|cx| {
+                    if wait.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(false);
+                    }
+                    if !on_others {
+                        return Poll::Pending;
+                    }
+                    let mut sh = shard.borrow_mut();
+                    if sh
+                        .sessions
+                        .get(key)
+                        .is_some_and(|s| s.closing.is_none() && !s.unacked.is_empty())
+                    {
+                        return Poll::Ready(true);
+                    }
+                    sh.wait_drain(key, cx.waker());
+                    Poll::Pending
+                })
+                .await;
+                if read_ahead {
+                    let read = Reading {
+                        shard,
+                        key,
+                        fd,
+                        reader: &reader,
+                        layers,
+                        input_counted: &mut input_counted,
+                    };
+                    let found;
+                    (ahead, found) = Box::pin(read_acks_ahead(read, &mut buf, wait)).await;
+                    end = end.or(found);
+                }
+            }
+            poll_fn(|cx| {
+                let mut sh = shard.borrow_mut();
+                if sh.sessions.get(key).is_none_or(|s| s.closing.is_some()) {
+                    Poll::Ready(())
+                } else {
+                    let p = sh.poll_session_intake(key, cx.waker());
+                    if p.is_pending() {
+                        // Also woken if the session closes meanwhile (closing wakes its
+                        // drain waiters), so it ends and frees its socket even while the
+                        // shard's intake stays paused.
                         sh.wait_drain(key, cx.waker());
-                        Poll::Pending
                     }
-                    None => Poll::Ready(()),
+                    p
                 }
-            }));
-            // Until the session holds deliveries to ack, a plain wait (its own writer's
-            // writes wake it to look again); then a wait that reads ahead.
-            let read_ahead = poll_fn(|cx| {
-                if wait.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(false);
-                }
-                if !on_others {
-                    return Poll::Pending;
-                }
-                let mut sh = shard.borrow_mut();
-                if sh
-                    .sessions
-                    .get(key)
-                    .is_some_and(|s| s.closing.is_none() && !s.unacked.is_empty())
-                {
-                    return Poll::Ready(true);
-                }
-                sh.wait_drain(key, cx.waker());
-                Poll::Pending
             })
             .await;
-            if read_ahead {
-                let read = Reading {
-                    shard,
-                    key,
-                    fd,
-                    reader: &reader,
-                    layers,
-                    input_counted: &mut input_counted,
-                };
-                let found;
-                (ahead, found) = Box::pin(read_acks_ahead(read, &mut buf, wait)).await;
-                end = end.or(found);
-            }
-        }
-        poll_fn(|cx| {
-            let mut sh = shard.borrow_mut();
-            if sh.sessions.get(key).is_none_or(|s| s.closing.is_some()) {
-                Poll::Ready(())
-            } else {
-                let p = sh.poll_session_intake(key, cx.waker());
-                if p.is_pending() {
-                    // Also woken if the session closes meanwhile (closing wakes its
-                    // drain waiters), so it ends and frees its socket even while the
-                    // shard's intake stays paused.
-                    sh.wait_drain(key, cx.waker());
-                }
-                p
-            }
-        })
-        .await;
-        read_ahead_left |= ahead;
-        if held.is_some() || read_ahead_left {
-            // The rest of the chunk first, or what was read ahead; no read meanwhile. A
-            // session closed while it waited (kicked, slow consumer, shutdown) handles
-            // none of it.
-            if shard
-                .borrow()
-                .sessions
-                .get(key)
-                .is_none_or(|s| s.closing.is_some())
-            {
-                return;
-            }
-            continue;
-        }
-        // As many reads in a row as the shard has always-ready tasks taking turns, up to
-        // READS_PER_YIELD. With one busy connection a turn of the shard is short, and the
-        // writers' turn after each of its chunks is what its latency (and a windowed
-        // sender's rate) needs: it goes behind the others after every read (16 reads a
-        // turn: 1 pair x 64 B -10% msgs/s). With many, a turn is long, reads in a row save
-        // turns, and a read that waited for bytes (the shard's other tasks ran meanwhile)
-        // starts the count again: 16 x 64 B +4%, 256 x 64 B +2% (with the parks of
-        // `turns`). The
-        // layers' readers (TLS, WebSocket), whose reads may only decode bytes already
-        // read: READS_PER_YIELD reads of any kind.
-        let every = if layers.is_some() {
-            READS_PER_YIELD
-        } else {
-            (crate::turns::taking_turns() as u32).clamp(1, READS_PER_YIELD)
-        };
-        reads = reads.wrapping_add(1);
-        if reads >= every {
-            reads = 0;
-            let_the_shard_run().await;
-        }
-        // The read waited for bytes: the task was suspended, the shard's other tasks ran.
-        let mut waited = false;
-        let res = if let Some(end) = end.take() {
-            // Found by a read ahead (the bytes before it are handled).
-            end
-        } else if let Some(layers) = layers {
-            // Boxed: a plain session's reader future does not carry its state.
-            let counted = &mut input_counted;
-            Box::pin(read_layered(
-                shard, key, fd, &reader, layers, &mut buf, counted,
-            ))
-            .await
-        } else if buf.is_empty() {
-            read_fresh(fd, &reader, &mut buf, &mut waited).await
-        } else {
-            // The rest of a frame: it is on its way, the buffer is needed.
-            let want = frame_bytes_needed(&buf).unwrap_or(0).max(MIN_READ);
-            if buf.capacity() - buf.len() < want {
-                buf.reserve(want.max(READ_BUF));
-            }
-            // Bytes already there are read at once (a nonblocking recv); the read op
-            // (io_uring: a RECV the reader waits on, letting every writer run in
-            // between) only when there are none.
-            match recv_into(fd, &mut buf) {
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) =>
+            read_ahead_left |= ahead;
+            if held.is_some() || read_ahead_left {
+                // The rest of the chunk first, or what was read ahead; no read meanwhile. A
+                // session closed while it waited (kicked, slow consumer, shutdown) handles
+                // none of it.
+                if shard
+                    .borrow()
+                    .sessions
+                    .get(key)
+                    .is_none_or(|s| s.closing.is_some())
                 {
-                    let (len, cap) = (buf.len(), buf.capacity());
-                    let read = reader.read(monoio::buf::IoBufMut::slice_mut(buf, len..cap));
-                    let (res, slice) = crate::turns::noting_wait(read, &mut waited).await;
-                    buf = slice.into_inner();
-                    res
+                    return;
                 }
-                res => res,
+                continue;
             }
-        };
-        if waited && every > 1 {
-            reads = 0;
-        }
-        match res {
-            Ok(0) if !buf.is_empty() => {
-                // The peer closed its sending side inside a frame: a truncated
-                // frame is a BAD_FRAME like any other (it may still read it).
-                let mut sh = shard.borrow_mut();
-                let reason = truncated_reason(buf.len());
-                sh.close(
-                    key,
-                    CloseReason::BadFrame,
-                    Some((Status::BadFrame, &reason)),
-                );
+            // As many reads in a row as the shard has always-ready tasks taking turns, up to
+            // READS_PER_YIELD. With one busy connection a turn of the shard is short, and the
+            // writers' turn after each of its chunks is what its latency (and a windowed
+            // sender's rate) needs: it goes behind the others after every read (16 reads a
+            // turn: 1 pair x 64 B -10% msgs/s). With many, a turn is long, reads in a row save
+            // turns, and a read that waited for bytes (the shard's other tasks ran meanwhile)
+            // starts the count again: 16 x 64 B +4%, 256 x 64 B +2% (with the parks of
+            // `turns`). The
+            // layers' readers (TLS, WebSocket), whose reads may only decode bytes already
+            // read: READS_PER_YIELD reads of any kind.
+            let every = if layers.is_some() {
+                READS_PER_YIELD
+            } else {
+                (crate::turns::taking_turns() as u32).clamp(1, READS_PER_YIELD)
+            };
+            reads = reads.wrapping_add(1);
+            if reads >= every {
+                reads = 0;
+                let_the_shard_run().await;
+            }
+            // The read waited for bytes: the task was suspended, the shard's other tasks ran.
+            let mut waited = false;
+            let res = if let Some(end) = end.take() {
+                // Found by a read ahead (the bytes before it are handled).
+                end
+            } else if let Some(layers) = layers {
+                // Boxed: a plain session's reader future does not carry its state.
+                let counted = &mut input_counted;
+                Box::pin(read_layered(
+                    shard, key, fd, &reader, layers, &mut buf, counted,
+                ))
+                .await
+            } else if buf.is_empty() {
+                read_fresh(fd, &reader, &mut buf, &mut waited).await
+            } else {
+                // The rest of a frame: it is on its way, the buffer is needed.
+                let want = frame_bytes_needed(&buf).unwrap_or(0).max(MIN_READ);
+                if buf.capacity() - buf.len() < want {
+                    buf.reserve(want.max(READ_BUF));
+                }
+                // Bytes already there are read at once (a nonblocking recv); the read op
+                // (io_uring: a RECV the reader waits on, letting every writer run in
+                // between) only when there are none.
+                match recv_into(fd, &mut buf) {
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                        ) =>
+                    {
+                        let (len, cap) = (buf.len(), buf.capacity());
+                        let read = reader.read(monoio::buf::IoBufMut::slice_mut(buf, len..cap));
+                        let (res, slice) = crate::turns::noting_wait(read, &mut waited).await;
+                        buf = slice.into_inner();
+                        res
+                    }
+                    res => res,
+                }
+            };
+            if waited && every > 1 {
+                reads = 0;
+            }
+            match res {
+                Ok(0) if !buf.is_empty() => {
+                    // The peer closed its sending side inside a frame: a truncated
+                    // frame is a BAD_FRAME like any other (it may still read it).
+                    let mut sh = shard.borrow_mut();
+                    let reason = truncated_reason(buf.len());
+                    sh.close(
+                        key,
+                        CloseReason::BadFrame,
+                        Some((Status::BadFrame, &reason)),
+                    );
+                    return;
+                }
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    crate::turns::note_work();
+                    shard.borrow_mut().counters.bytes_in += n as u64;
+                }
+            }
+            if !account_input(shard, key, &buf, layers, &mut input_counted) {
                 return;
             }
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                crate::turns::note_work();
-                shard.borrow_mut().counters.bytes_in += n as u64;
-            }
-        }
-        if !account_input(shard, key, &buf, layers, &mut input_counted) {
-            return;
         }
     }
 }
@@ -1090,157 +1103,162 @@ async fn write_wire<W: CancelableAsyncWriteRent>(
     (Ok(()), wire)
 }
 
-async fn write_loop<W: CancelableAsyncWriteRent>(
+/// A session's writer. (An `async move` block, not an `async fn`: see `read_loop`.)
+#[allow(clippy::manual_async_fn)] // on purpose: see the note above
+fn write_loop<W: CancelableAsyncWriteRent>(
     shard: Rc<RefCell<Shard>>,
     key: SessionKey,
     mut writer: W,
     layers: Option<Rc<RefCell<Layers>>>,
-) {
-    let mut wire = BytesMut::new();
-    loop {
-        let next = poll_fn(|cx| {
-            let mut sh = shard.borrow_mut();
-            let sh = &mut *sh;
-            let Some(s) = sh.sessions.get_mut(key) else {
-                return Poll::Ready(None);
+) -> impl Future<Output = ()> {
+    async move {
+        let mut wire = BytesMut::new();
+        loop {
+            let next = poll_fn(|cx| {
+                let mut sh = shard.borrow_mut();
+                let sh = &mut *sh;
+                let Some(s) = sh.sessions.get_mut(key) else {
+                    return Poll::Ready(None);
+                };
+                let control = layers.as_ref().is_some_and(|l| l.borrow().has_pending());
+                // Resume: one SendAck per write batch, when the client_seq taken moved.
+                if s.client_seq_acked != s.client_seq_taken && s.login_frame.is_none() {
+                    s.client_seq_acked = s.client_seq_taken;
+                    s.out.push_frame(&reply::send_ack(s.client_seq_taken));
+                }
+                if !s.out.is_empty() || control {
+                    let spare = s.spare.take();
+                    let batch = s.out.take(spare);
+                    s.inflight += batch.total();
+                    let oldest = std::mem::take(&mut s.oldest_ts_us);
+                    sh.counters.payload_zero_copy_bytes +=
+                        std::mem::take(&mut s.out.zero_copy_bytes);
+                    sh.counters.payload_copied_bytes += std::mem::take(&mut s.out.copied_bytes);
+                    Poll::Ready(Some((batch, oldest)))
+                } else if s.closing.is_some() {
+                    Poll::Ready(None)
+                } else {
+                    s.writer = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await;
+            let Some((mut batch, oldest)) = next else {
+                break;
             };
-            let control = layers.as_ref().is_some_and(|l| l.borrow().has_pending());
-            // Resume: one SendAck per write batch, when the client_seq taken moved.
-            if s.client_seq_acked != s.client_seq_taken && s.login_frame.is_none() {
-                s.client_seq_acked = s.client_seq_taken;
-                s.out.push_frame(&reply::send_ack(s.client_seq_taken));
+            let total = batch.total();
+            let mut ok = true;
+            let mut writes = 0u64;
+            if let Some(l) = &layers {
+                // TLS / WebSocket: the batch is encoded and written a slice at a time, so
+                // what a session holds beyond its accounted queue is two slices (the copy
+                // and its encoding), not two more copies of the whole batch. A frame cut at
+                // a slice's end is carried over to the next.
+                let mut app = BytesMut::new();
+                loop {
+                    let took = batch.gather_into(&mut app, EGRESS_SLICE);
+                    batch.advance(took);
+                    wire.clear();
+                    let used = l.borrow_mut().egress(&app, &mut wire);
+                    let used = used.min(app.len());
+                    bytes::Buf::advance(&mut app, used);
+                    if !wire.is_empty() {
+                        // Boxed: a plain session's writer future does not carry this state.
+                        let (res, w) = Box::pin(write_wire(
+                            &shard,
+                            key,
+                            &mut writer,
+                            std::mem::take(&mut wire),
+                            &mut batch,
+                        ))
+                        .await;
+                        wire = w;
+                        writes += 1;
+                        if res.is_err() {
+                            ok = false;
+                            break;
+                        }
+                    }
+                    if batch.remaining() == 0 && (app.is_empty() || (took == 0 && used == 0)) {
+                        break;
+                    }
+                }
+                batch.advance(batch.remaining());
             }
-            if !s.out.is_empty() || control {
-                let spare = s.spare.take();
-                let batch = s.out.take(spare);
-                s.inflight += batch.total();
-                let oldest = std::mem::take(&mut s.oldest_ts_us);
-                sh.counters.payload_zero_copy_bytes += std::mem::take(&mut s.out.zero_copy_bytes);
-                sh.counters.payload_copied_bytes += std::mem::take(&mut s.out.copied_bytes);
-                Poll::Ready(Some((batch, oldest)))
-            } else if s.closing.is_some() {
-                Poll::Ready(None)
-            } else {
-                s.writer = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await;
-        let Some((mut batch, oldest)) = next else {
-            break;
-        };
-        let total = batch.total();
-        let mut ok = true;
-        let mut writes = 0u64;
-        if let Some(l) = &layers {
-            // TLS / WebSocket: the batch is encoded and written a slice at a time, so
-            // what a session holds beyond its accounted queue is two slices (the copy
-            // and its encoding), not two more copies of the whole batch. A frame cut at
-            // a slice's end is carried over to the next.
-            let mut app = BytesMut::new();
-            loop {
-                let took = batch.gather_into(&mut app, EGRESS_SLICE);
-                batch.advance(took);
-                wire.clear();
-                let used = l.borrow_mut().egress(&app, &mut wire);
-                let used = used.min(app.len());
-                bytes::Buf::advance(&mut app, used);
-                if !wire.is_empty() {
-                    // Boxed: a plain session's writer future does not carry this state.
-                    let (res, w) = Box::pin(write_wire(
-                        &shard,
-                        key,
-                        &mut writer,
-                        std::mem::take(&mut wire),
-                        &mut batch,
-                    ))
-                    .await;
-                    wire = w;
-                    writes += 1;
-                    if res.is_err() {
+            while batch.remaining() > 0 {
+                let (res, b) = match batch.pins().then(|| pinning_write_start(&shard, key)) {
+                    // Boxed: the writer's future (every session's, idle ones too) does not
+                    // carry this op's state (~70 bytes more).
+                    Some(Some(h)) => Box::pin(writer.cancelable_writev(batch, h)).await,
+                    _ => writer.writev(batch).await,
+                };
+                batch = b;
+                writes += 1;
+                match res {
+                    Ok(n) if n > 0 => batch.advance(n),
+                    // Held too long by a peer not reading (`Shard::unpin_payloads`): what is
+                    // left keeps only its own bytes from now on.
+                    Err(e) if cancelled(&e) => compacted(&shard, key, &mut batch),
+                    _ => {
                         ok = false;
                         break;
                     }
                 }
-                if batch.remaining() == 0 && (app.is_empty() || (took == 0 && used == 0)) {
-                    break;
+            }
+            let mut sh = shard.borrow_mut();
+            if ok && oldest != 0 {
+                sh.counters.latency.record(now_us().saturating_sub(oldest));
+            }
+            sh.counters.bytes_out += total as u64;
+            sh.counters.writes += writes;
+            let max = sh.cfg.max_pending_bytes;
+            if let Some(s) = sh.sessions.get_mut(key) {
+                s.inflight -= total;
+                if let Some(p) = s.pinning.as_deref_mut() {
+                    p.since = None;
                 }
-            }
-            batch.advance(batch.remaining());
-        }
-        while batch.remaining() > 0 {
-            let (res, b) = match batch.pins().then(|| pinning_write_start(&shard, key)) {
-                // Boxed: the writer's future (every session's, idle ones too) does not
-                // carry this op's state (~70 bytes more).
-                Some(Some(h)) => Box::pin(writer.cancelable_writev(batch, h)).await,
-                _ => writer.writev(batch).await,
-            };
-            batch = b;
-            writes += 1;
-            match res {
-                Ok(n) if n > 0 => batch.advance(n),
-                // Held too long by a peer not reading (`Shard::unpin_payloads`): what is
-                // left keeps only its own bytes from now on.
-                Err(e) if cancelled(&e) => compacted(&shard, key, &mut batch),
-                _ => {
-                    ok = false;
-                    break;
+                s.out.recycle(&mut batch);
+                s.spare = Some(batch);
+                if s.answer_unwritten > 0 {
+                    let left = (s.answer_unwritten as usize).saturating_sub(total);
+                    s.answer_unwritten = left as u32; // at most what it was
+                    if left == 0 {
+                        s.wake_drain_waiters();
+                    }
                 }
-            }
-        }
-        let mut sh = shard.borrow_mut();
-        if ok && oldest != 0 {
-            sh.counters.latency.record(now_us().saturating_sub(oldest));
-        }
-        sh.counters.bytes_out += total as u64;
-        sh.counters.writes += writes;
-        let max = sh.cfg.max_pending_bytes;
-        if let Some(s) = sh.sessions.get_mut(key) {
-            s.inflight -= total;
-            if let Some(p) = s.pinning.as_deref_mut() {
-                p.since = None;
-            }
-            s.out.recycle(&mut batch);
-            s.spare = Some(batch);
-            if s.answer_unwritten > 0 {
-                let left = (s.answer_unwritten as usize).saturating_sub(total);
-                s.answer_unwritten = left as u32; // at most what it was
-                if left == 0 {
+                if s.pending() <= max {
+                    s.over_since = None;
+                    s.drains = s.drains.wrapping_add(1);
+                    s.answered_over = false;
                     s.wake_drain_waiters();
+                    sh.release_throttles(key);
+                    sh.continue_loading(key);
                 }
             }
-            if s.pending() <= max {
-                s.over_since = None;
-                s.drains = s.drains.wrapping_add(1);
-                s.answered_over = false;
-                s.wake_drain_waiters();
-                sh.release_throttles(key);
-                sh.continue_loading(key);
+            if !ok {
+                sh.close(key, CloseReason::PeerClosed, None);
+                break;
             }
         }
-        if !ok {
-            sh.close(key, CloseReason::PeerClosed, None);
-            break;
+        if let Some(l) = &layers {
+            // The WebSocket close frame and TLS close_notify, best effort.
+            let why = shard.borrow().sessions.get(key).and_then(|s| s.closing);
+            let (code, reason) = ws_close(why);
+            wire.clear();
+            {
+                let mut l = l.borrow_mut();
+                l.end(code, reason);
+                l.take_pending(&mut wire);
+            }
+            if !wire.is_empty() {
+                let _ = Box::pin(monoio::time::timeout(CLOSE_FLUSH, writer.write_all(wire))).await;
+            }
         }
-    }
-    if let Some(l) = &layers {
-        // The WebSocket close frame and TLS close_notify, best effort.
-        let why = shard.borrow().sessions.get(key).and_then(|s| s.closing);
-        let (code, reason) = ws_close(why);
-        wire.clear();
-        {
-            let mut l = l.borrow_mut();
-            l.end(code, reason);
-            l.take_pending(&mut wire);
+        let sh = shard.borrow();
+        if let Some(s) = sh.sessions.get(key) {
+            // Wakes the reader if the peer is still connected.
+            // Safety: the session's socket stays open until the session is removed.
+            unsafe { libc::shutdown(s.fd, libc::SHUT_RDWR) };
         }
-        if !wire.is_empty() {
-            let _ = Box::pin(monoio::time::timeout(CLOSE_FLUSH, writer.write_all(wire))).await;
-        }
-    }
-    let sh = shard.borrow();
-    if let Some(s) = sh.sessions.get(key) {
-        // Wakes the reader if the peer is still connected.
-        // Safety: the session's socket stays open until the session is removed.
-        unsafe { libc::shutdown(s.fd, libc::SHUT_RDWR) };
     }
 }
