@@ -841,39 +841,42 @@ async fn read_some(
 /// no read buffer.
 /// `waited`: set when it waited for the socket to be readable (the task was suspended:
 /// on epoll a readiness wait may finish at once).
-async fn read_fresh(
+#[allow(clippy::manual_async_fn)] // on purpose: see `read_loop`
+fn read_fresh<'a>(
     fd: RawFd,
-    reader: &TcpOwnedReadHalf,
-    buf: &mut BytesMut,
-    waited: &mut bool,
-) -> io::Result<usize> {
-    // Whether the socket was seen readable: a fresh buffer is only allocated then.
-    let mut ready = false;
-    loop {
-        if buf.capacity() - buf.len() < MIN_READ {
-            match bufpool::take_pooled() {
-                Some(b) => *buf = b,
-                None if ready => *buf = BytesMut::with_capacity(READ_BUF),
-                None => {
-                    *buf = BytesMut::new();
-                    crate::turns::noting_wait(wait_readable(reader), waited).await?;
-                    ready = true;
-                    continue;
+    reader: &'a TcpOwnedReadHalf,
+    buf: &'a mut BytesMut,
+    waited: &'a mut bool,
+) -> impl Future<Output = io::Result<usize>> + 'a {
+    async move {
+        // Whether the socket was seen readable: a fresh buffer is only allocated then.
+        let mut ready = false;
+        loop {
+            if buf.capacity() - buf.len() < MIN_READ {
+                match bufpool::take_pooled() {
+                    Some(b) => *buf = b,
+                    None if ready => *buf = BytesMut::with_capacity(READ_BUF),
+                    None => {
+                        *buf = BytesMut::new();
+                        crate::turns::noting_wait(wait_readable(reader), waited).await?;
+                        ready = true;
+                        continue;
+                    }
                 }
             }
-        }
-        let e = match recv_into(fd, buf) {
-            Ok(n) => return Ok(n),
-            Err(e) => e,
-        };
-        match e.kind() {
-            io::ErrorKind::WouldBlock => {
-                bufpool::give_read(std::mem::take(buf));
-                crate::turns::noting_wait(wait_readable(reader), waited).await?;
-                ready = true;
+            let e = match recv_into(fd, buf) {
+                Ok(n) => return Ok(n),
+                Err(e) => e,
+            };
+            match e.kind() {
+                io::ErrorKind::WouldBlock => {
+                    bufpool::give_read(std::mem::take(buf));
+                    crate::turns::noting_wait(wait_readable(reader), waited).await?;
+                    ready = true;
+                }
+                io::ErrorKind::Interrupted => {}
+                _ => return Err(e),
             }
-            io::ErrorKind::Interrupted => {}
-            _ => return Err(e),
         }
     }
 }
