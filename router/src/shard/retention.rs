@@ -40,6 +40,19 @@ pub struct OwnedMsg {
 }
 
 impl OwnedMsg {
+    /// The message with copies of its small payload and names
+    /// ([`crate::outbuf::unpinned`]): kept while the store answers, a slice of the
+    /// sender's read buffer would keep it whole (up to 64 KiB for a 1-byte message).
+    pub(crate) fn unpinned(self) -> OwnedMsg {
+        use crate::outbuf::unpinned;
+        OwnedMsg {
+            from_user: unpinned(&self.from_user),
+            to_room: unpinned(&self.to_room),
+            payload: unpinned(&self.payload),
+            ..self
+        }
+    }
+
     pub(crate) fn to_stored(&self) -> StoredMsg {
         stored_msg(
             &self.from_user,
@@ -708,11 +721,13 @@ pub struct Outgoing<'a> {
 }
 
 impl Outgoing<'_> {
+    /// The message as a store record, its small payload copied (it waits in the store's
+    /// queue: see [`OwnedMsg::unpinned`]).
     pub(crate) fn to_stored(self) -> StoredMsg {
         stored_msg(
             self.from_user,
             self.to_room,
-            self.payload.clone(),
+            crate::outbuf::unpinned(self.payload),
             self.ts_us,
             self.msg_id,
         )
