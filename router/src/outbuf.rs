@@ -842,32 +842,19 @@ mod tests {
         assert_eq!(gather(&q.take(None)), want);
     }
 
-    /// Bytes overwritten as they are dropped (a use after free shows).
-    struct Poisoned(Vec<u8>);
+    /// A payload's own bytes, overwritten and counted as they are dropped (a use after
+    /// free shows; so does when it goes).
+    struct Tracked(Vec<u8>, std::sync::Arc<std::sync::atomic::AtomicUsize>);
 
-    impl AsRef<[u8]> for Poisoned {
+    impl AsRef<[u8]> for Tracked {
         fn as_ref(&self) -> &[u8] {
             &self.0
         }
     }
 
-    impl Drop for Poisoned {
+    impl Drop for Tracked {
         fn drop(&mut self) {
             self.0.fill(0xEE);
-        }
-    }
-
-    /// 300 bytes that count their drops.
-    struct Counted(Vec<u8>, std::sync::Arc<std::sync::atomic::AtomicUsize>);
-
-    impl AsRef<[u8]> for Counted {
-        fn as_ref(&self) -> &[u8] {
-            &self.0
-        }
-    }
-
-    impl Drop for Counted {
-        fn drop(&mut self) {
             self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
@@ -880,7 +867,7 @@ mod tests {
         let mut q = OutBuf::default();
         let mut ends = Vec::new();
         for i in 0..4u64 {
-            let payload = Bytes::from_owner(Counted(vec![i as u8; 300], dropped.clone()));
+            let payload = Bytes::from_owner(Tracked(vec![i as u8; 300], dropped.clone()));
             q.push_deliver(
                 &DeliverStamp {
                     seq: i + 1,
@@ -917,7 +904,7 @@ mod tests {
                 let payload = match i {
                     3 => big.clone(),
                     // Held by the batch alone: its bytes are overwritten when it goes.
-                    6 | 7 => Bytes::from_owner(Poisoned(vec![i as u8; 300])),
+                    6 | 7 => Bytes::from_owner(Tracked(vec![i as u8; 300], Default::default())),
                     _ => {
                         let at = i as usize * 1000;
                         chunk.slice(at..at + 300)

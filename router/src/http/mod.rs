@@ -95,12 +95,7 @@ pub(crate) async fn accept_loop(
                     Err(_) if shared.tls.is_some() => drop(stream),
                     Err(full) => {
                         // At most MAX_REFUSING at a time; past it, closed unanswered.
-                        if let Some(refusing) = crate::net::Refusing::try_new() {
-                            monoio::spawn(async move {
-                                refuse(stream, full.reason()).await;
-                                drop(refusing);
-                            });
-                        }
+                        crate::net::Refusing::spawn(refuse(stream, full.reason()));
                     }
                 }
             }

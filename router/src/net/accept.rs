@@ -69,12 +69,7 @@ pub(crate) async fn accept_loop(
                     Err(_) if shared.tls.is_some() => drop(stream),
                     Err(full) => {
                         // At most MAX_REFUSING at a time; past it, closed unanswered.
-                        if let Some(refusing) = super::Refusing::try_new() {
-                            monoio::spawn(async move {
-                                refuse(stream, Status::Unavailable, full.reason()).await;
-                                drop(refusing);
-                            });
-                        }
+                        super::Refusing::spawn(refuse(stream, Status::Unavailable, full.reason()));
                     }
                 }
             }

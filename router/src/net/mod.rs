@@ -33,6 +33,18 @@ thread_local! {
 pub(crate) struct Refusing(());
 
 impl Refusing {
+    /// Runs `refusal` (the answer to a connection past a limit) as a task of its own if
+    /// fewer than [`MAX_REFUSING`] are under way on this thread; else drops it (and with
+    /// it the connection, closed unanswered).
+    pub(crate) fn spawn(refusal: impl std::future::Future<Output = ()> + 'static) {
+        if let Some(slot) = Refusing::try_new() {
+            monoio::spawn(async move {
+                refusal.await;
+                drop(slot);
+            });
+        }
+    }
+
     /// A refusal may start, or `None`: [`MAX_REFUSING`] are under way on this thread.
     pub(crate) fn try_new() -> Option<Refusing> {
         REFUSING.with(|n| {

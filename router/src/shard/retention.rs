@@ -770,10 +770,6 @@ mod tests {
         }
     }
 
-    /// Payloads kept by reference past their age get copies of their own, so that their
-    /// read buffer goes; younger ones stay references; each is copied once; the members
-    /// holding a room message (the devices holding a message) share one copy; what comes
-    /// back is the same.
     /// Stamps are the wall clock's: after it stepped back, a message stamped before
     /// the step is in the future. It is unpinned as an old one, and so is what follows
     /// it; a message younger than the age is not.
@@ -810,6 +806,10 @@ mod tests {
         );
     }
 
+    /// Payloads kept by reference past their age get copies of their own, so that their
+    /// read buffer goes; younger ones stay references; each is copied once; the members
+    /// holding a room message (the devices holding a message) share one copy; what comes
+    /// back is the same.
     #[test]
     fn unpin_copies_the_old_shared_payloads_once() {
         let chunk = Bytes::from(vec![7u8; 64 << 10]);

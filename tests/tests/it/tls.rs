@@ -194,21 +194,19 @@ fn bad_tls_files_exit_2() {
     assert_eq!(out.code, Some(2), "{}", out.stderr);
 }
 
-/// A TLS router with one handshake thread and `--max-tls-handshakes max`, and a client
+/// A TLS router (a self-signed certificate) with `extra` flags, and a client
 /// configuration that trusts it.
-fn bounded_router(max: &str) -> (tempfile::TempDir, RouterProc, Arc<rustls::ClientConfig>) {
+fn tls_router(extra: &[&str]) -> (tempfile::TempDir, RouterProc, Arc<rustls::ClientConfig>) {
     let (dir, cert, key, der) = self_signed();
-    let r = RouterProc::start(&[
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-        "--tls-handshake-threads",
-        "1",
-        "--max-tls-handshakes",
-        max,
-    ]);
+    let mut args = vec!["--tls-cert", &cert, "--tls-key", &key];
+    args.extend_from_slice(extra);
+    let r = RouterProc::start(&args);
     (dir, r, client_config(&der))
+}
+
+/// A TLS router with one handshake thread and `--max-tls-handshakes max`.
+fn bounded_router(max: &str) -> (tempfile::TempDir, RouterProc, Arc<rustls::ClientConfig>) {
+    tls_router(&["--tls-handshake-threads", "1", "--max-tls-handshakes", max])
 }
 
 /// A ClientHello's bytes, made once and sent on many connections (the router answers
@@ -367,16 +365,7 @@ fn an_admitted_handshake_is_never_cut_by_the_bound() {
 /// bound, and an honest handshake under it still logs in.
 #[test]
 fn a_handshake_past_its_byte_bound_is_closed() {
-    let (_dir, cert, key, der) = self_signed();
-    let r = RouterProc::start(&[
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-        "--max-tls-handshake-bytes",
-        "4KiB",
-    ]);
-    let cfg = client_config(&der);
+    let (_dir, r, cfg) = tls_router(&["--max-tls-handshake-bytes", "4KiB"]);
     assert_eq!(honest_handshake(r.connect_addr(), &cfg, "honest"), Ok(true));
     let record = |body: &[u8]| {
         let mut v = vec![22, 3, 1];
