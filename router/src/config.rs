@@ -200,6 +200,9 @@ pub struct Config {
     /// Most messages in one History answer (and conversations in one ListConversations
     /// answer); a larger `limit` is BAD_REQUEST.
     pub history_page_max: u32,
+    /// History and ListConversations requests one shard has at the store at once; more
+    /// wait in the shard, in order (`shard::store_link::PageReads`).
+    pub max_page_reads_in_flight: u32,
     /// Most history chunks one lookup of a msg_id reads (a History `before` that no
     /// recent page ended at, a MarkRead) among those whose msg_id ranges may hold it.
     /// Past it the id counts as not found.
@@ -334,6 +337,7 @@ impl Default for Config {
             history_flush_every: Duration::from_secs(1),
             history_hot_memory_bytes: 256 << 20,
             history_page_max: 500,
+            max_page_reads_in_flight: 4,
             history_lookup_chunks: crate::store::LOOKUP_CHUNKS_DEFAULT,
             argon2_cheap: false,
             max_password_jobs: 64,

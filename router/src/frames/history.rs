@@ -75,9 +75,9 @@ impl Shard {
             limit,
             max_bytes: self.page_bytes(),
         };
-        self.big_answer_begun(key);
-        self.store_req(
-            |s, cb| s.history_query(query, cb),
+        self.page_read(
+            key,
+            move |s, cb| s.history_query(query, cb),
             move |sh, r| {
                 let f = match r {
                     Ok(HistPage::Messages(ms)) => reply::history_result(
@@ -126,9 +126,9 @@ impl Shard {
         };
         let user = String::from_utf8_lossy(&self.sessions[key].user).into_owned();
         let max_bytes = self.page_bytes();
-        self.big_answer_begun(key);
-        self.store_req(
-            |s, cb| s.conversations(&user, limit, l.before_ts_us, max_bytes, cb),
+        self.page_read(
+            key,
+            move |s, cb| s.conversations(&user, limit, l.before_ts_us, max_bytes, cb),
             move |sh, r| {
                 let f = match r {
                     Ok(cs) => reply::conversations_result(

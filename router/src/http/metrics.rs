@@ -132,6 +132,11 @@ const GAUGES: &[(&str, &str, Get)] = &[
         |s| s.store_queue_bytes,
     ),
     (
+        "page_reads_waiting",
+        "History and ListConversations reads waiting for their turn at the store (--max-page-reads-in-flight per shard).",
+        |s| s.page_reads_waiting,
+    ),
+    (
         "requeue_bytes",
         "What ended sessions left unacked, waiting for the store (bounded by --max-requeue-bytes).",
         |s| s.requeue_bytes,

@@ -196,6 +196,9 @@ pub struct Shard {
     /// What those requests count for (payloads plus a fixed overhead each), bounded by
     /// `max_store_queue_bytes`.
     pub store_bytes: usize,
+    /// History and ListConversations reads in the store's queue, and those waiting for
+    /// their turn (`store_link::PageReads`).
+    pub page_reads: store_link::PageReads,
     /// Ended sessions' unacked messages on their way to the store (`shard::requeue`).
     pub requeues: requeue::Requeues,
     /// Backlog pages of users whose requeues wait, to be read once those are handed to
@@ -340,6 +343,7 @@ impl Shard {
             shutting_down: false,
             store: None,
             store_inflight: 0,
+            page_reads: store_link::PageReads::default(),
             store_bytes: 0,
             requeues: requeue::Requeues::default(),
             requeue_loads: Vec::new(),

@@ -802,6 +802,7 @@ impl Shard {
             mailbox_depth: (in_flight + local) as u64,
             store_queue_requests: self.store_inflight as u64,
             store_queue_bytes: self.store_bytes as u64,
+            page_reads_waiting: self.page_reads.waiting() as u64,
             requeue_bytes: self.requeue_bytes as u64,
             rooms_loaded: self.rooms.len() as u64,
             room_members_loaded: self.room_members_loaded as u64,

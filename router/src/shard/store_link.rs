@@ -276,3 +276,97 @@ impl Shard {
         }
     }
 }
+
+/// A page read waiting for its turn: the session it is for, and what makes it.
+struct WaitingRead {
+    id: SessionId,
+    issue: Box<dyn FnOnce(&mut Shard) + Send>,
+}
+
+/// The store reads whose work grows with their page (History and ListConversations:
+/// up to `--history-page-max` messages or conversations, a history chunk read each):
+/// at most `max_page_reads_in_flight` of this shard's are in the store's queue at once;
+/// the others wait here, in order. The one storage thread answers every shard's requests
+/// in order: 1 024 sessions each asking for a 500-conversation page (8-10 ms of the
+/// storage thread each) held every other user's login and ListRooms 7-10 s behind
+/// them. Each session has at most one page read at a time (a big answer stops its
+/// reader, [`Shard::big_answer_begun`]), so what waits here is bounded by the sessions.
+#[derive(Default)]
+pub struct PageReads {
+    /// This shard's page reads in the store's queue.
+    pub(super) in_store: usize,
+    waiting: std::collections::VecDeque<WaitingRead>,
+    /// Set while waiting reads are being issued (one answered without a store runs the
+    /// next at once: the loop, not a recursion, issues it).
+    issuing: bool,
+}
+
+impl PageReads {
+    /// Page reads waiting for their turn.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+}
+
+impl Shard {
+    /// [`Shard::store_req`] for a page read of session `key` (a big answer,
+    /// [`Shard::big_answer_begun`]): made now, or once fewer than
+    /// `max_page_reads_in_flight` of this shard's are in the store's queue (see
+    /// [`PageReads`]). Nothing is made for a session that ends meanwhile.
+    pub fn page_read<T: Send + 'static>(
+        &mut self,
+        key: SessionKey,
+        submit: impl FnOnce(
+                &StoreHandle,
+                Box<dyn FnOnce(StoreResult<T>) + Send + 'static>,
+            ) -> StoreResult<()>
+            + Send
+            + 'static,
+        then: impl FnOnce(&mut Shard, StoreResult<T>) + Send + 'static,
+    ) {
+        let Some(id) = self.session_id(key) else {
+            return;
+        };
+        self.big_answer_begun(key);
+        let issue = move |sh: &mut Shard| {
+            sh.page_reads.in_store += 1;
+            sh.store_req(submit, move |sh, r| {
+                then(sh, r);
+                sh.page_read_done();
+            });
+        };
+        let max = (self.cfg.max_page_reads_in_flight as usize).max(1);
+        if self.page_reads.in_store < max && self.page_reads.waiting.is_empty() {
+            issue(self);
+        } else {
+            self.page_reads.waiting.push_back(WaitingRead {
+                id,
+                issue: Box::new(issue),
+            });
+        }
+    }
+
+    /// A page read was answered: the next ones waiting are made, those of sessions
+    /// still there.
+    pub(super) fn page_read_done(&mut self) {
+        self.page_reads.in_store = self.page_reads.in_store.saturating_sub(1);
+        if self.page_reads.issuing {
+            return;
+        }
+        self.page_reads.issuing = true;
+        let max = (self.cfg.max_page_reads_in_flight as usize).max(1);
+        // Made for their sessions, as their frames' requests were: not counted against
+        // whoever's request or Send is being handled now.
+        let (requester, sender) = (self.requester.take(), self.sender.take());
+        while self.page_reads.in_store < max {
+            let Some(w) = self.page_reads.waiting.pop_front() else {
+                break;
+            };
+            if self.resolve(w.id).is_some() {
+                (w.issue)(self);
+            }
+        }
+        (self.requester, self.sender) = (requester, sender);
+        self.page_reads.issuing = false;
+    }
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ringrouter_client::{Client, Message, Status, Target};
-use ringrouter_proto::v1::{client_frame, server_frame, History, Send};
+use ringrouter_proto::v1::{client_frame, server_frame, History, ListConversations, Send};
 use ringrouter_tests::{users_on_shards, Driver, RouterProc};
 
 const T: Option<Duration> = Some(Duration::from_secs(5));
@@ -585,6 +585,74 @@ fn listing_one_of_many_conversations_reads_one_chunk() {
     }
     let reads = metric(&r, "ringrouter_history_chunk_reads_total") - reads0;
     assert!(reads <= 10.0, "{reads} chunks read for 10 lists of 1");
+}
+
+/// Page reads past `--max-page-reads-in-flight` wait in their shard and are all answered,
+/// each with its own user's page; a session gone while its read waits (or is at the
+/// store) takes nothing with it, and nothing is left waiting after.
+#[test]
+fn page_reads_past_their_bound_are_all_answered() {
+    let r = RouterProc::start(&["--shards", "1", "--max-page-reads-in-flight", "1"]);
+    let n = 24;
+    let mut raws = Vec::new();
+    for i in 0..n {
+        let user = format!("pagers-{i:02}");
+        let mut c = r.client(&user);
+        for p in 0..3 {
+            let peer = format!("pagers-{i:02}-peer{p}");
+            let _ = r.client(&peer);
+            c.send_wait(&peer, format!("to {peer}").as_bytes()).unwrap();
+        }
+        raws.push((user, r.raw_login(&format!("pagers-{i:02}"))));
+    }
+    // One more, gone as soon as it asked.
+    let mut quitter = Some(r.raw_login("pagers-00"));
+    for (k, (_, raw)) in raws.iter_mut().enumerate() {
+        raw.send(client_frame::Kind::ListConversations(ListConversations {
+            request_id: 7,
+            limit: 500,
+            before_ts_us: 0,
+        }));
+        if k == 1 {
+            if let Some(mut q) = quitter.take() {
+                q.send(client_frame::Kind::ListConversations(ListConversations {
+                    request_id: 7,
+                    limit: 500,
+                    before_ts_us: 0,
+                }));
+            }
+        }
+    }
+    for (user, raw) in &mut raws {
+        let server_frame::Kind::ConversationsResult(cs) =
+            raw.next_non_ping(Duration::from_secs(10))
+        else {
+            panic!("{user}: not a ConversationsResult");
+        };
+        assert_eq!(cs.status, Status::Ok as i32, "{cs:?}");
+        let mut peers: Vec<&str> = cs.conversations.iter().map(|c| &c.user[..]).collect();
+        peers.sort();
+        let want: Vec<String> = (0..3).map(|p| format!("{user}-peer{p}")).collect();
+        assert_eq!(peers, want);
+        // And a History page after it, through the same gate.
+        raw.send(client_frame::Kind::History(History {
+            request_id: 8,
+            user: format!("{user}-peer2"),
+            limit: 10,
+            ..Default::default()
+        }));
+        let server_frame::Kind::HistoryResult(h) = raw.next_non_ping(Duration::from_secs(10))
+        else {
+            panic!("{user}: not a HistoryResult");
+        };
+        assert_eq!(h.messages.len(), 1, "{h:?}");
+    }
+    let waiting = |r: &RouterProc| metric(r, "ringrouter_page_reads_waiting");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while waiting(&r) != 0.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(waiting(&r), 0.0);
 }
 
 /// A deleted room's history goes with it: whoever makes a room with its name (with a
