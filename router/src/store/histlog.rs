@@ -526,10 +526,18 @@ impl HistLog {
         }
     }
 
-    /// The data of `key`'s entry at `loc` (`None`: its file is gone or shorter than
-    /// `loc` says, or the entry there is not `key`'s of that length, as when an
-    /// operating-system crash lost a write into a reused file).
+    /// The data of `key`'s entry at `loc`.
+    #[cfg(test)]
     pub(crate) fn read(&self, loc: Loc, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        self.read_from(loc, key, 0)
+    }
+
+    /// The data of `key`'s entry at `loc` from byte `from` on (0: whole; else, as for a
+    /// chunk's last record, the entry's header is read and checked, then only that part
+    /// of the data). `None`: its file is gone or shorter than `loc` says, the entry there
+    /// is not `key`'s of that length (as when an operating-system crash lost a write
+    /// into a reused file), or `from` is past its end.
+    pub(crate) fn read_from(&self, loc: Loc, key: &[u8], from: u32) -> io::Result<Option<Vec<u8>>> {
         let head = (ENTRY_HEADER + key.len()) as u64;
         let Some(stat) = self.files.get(&loc.file) else {
             return Ok(None);
@@ -537,7 +545,7 @@ impl HistLog {
         let Some(start) = loc.offset.checked_sub(head) else {
             return Ok(None);
         };
-        if loc.offset.saturating_add(u64::from(loc.len)) > stat.size {
+        if loc.offset.saturating_add(u64::from(loc.len)) > stat.size || from > loc.len {
             return Ok(None);
         }
         let mut readers = self.readers.borrow_mut();
@@ -555,7 +563,9 @@ impl HistLog {
         let Some(f) = readers.get(&loc.file) else {
             return Ok(None);
         };
-        let mut buf = vec![0u8; head as usize + loc.len as usize];
+        // The header and the data in one read when the data is read whole.
+        let whole = if from == 0 { loc.len as usize } else { 0 };
+        let mut buf = vec![0u8; head as usize + whole];
         match f.read_exact_at(&mut buf, start) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
@@ -566,8 +576,16 @@ impl HistLog {
         if klen != key.len() || dlen != loc.len || buf[ENTRY_HEADER..head as usize] != *key {
             return Ok(None);
         }
-        buf.drain(..head as usize);
-        Ok(Some(buf))
+        if from == 0 {
+            buf.drain(..head as usize);
+            return Ok(Some(buf));
+        }
+        let mut data = vec![0u8; (loc.len - from) as usize];
+        match f.read_exact_at(&mut data, loc.offset + u64::from(from)) {
+            Ok(()) => Ok(Some(data)),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The data at `loc` is no longer pointed to.
@@ -908,6 +926,20 @@ mod tests {
                 None,
                 "another key's entry"
             );
+            // Part of an entry: its header checked, the data from a byte on.
+            assert_eq!(log.read_from(locs[0], b"k1", 3).unwrap().unwrap(), b"lo");
+            assert_eq!(log.read_from(locs[0], b"k1", 5).unwrap().unwrap(), b"");
+            assert_eq!(
+                log.read_from(locs[0], b"k1", 6).unwrap(),
+                None,
+                "past its end"
+            );
+            assert_eq!(
+                log.read_from(locs[0], b"k2", 3).unwrap(),
+                None,
+                "another key"
+            );
+            assert_eq!(log.read_from(locs[1], b"k2", 89).unwrap().unwrap(), [7]);
             assert_eq!(log.totals().1, 96);
             let buf = log.read_file(0).unwrap();
             let e: Vec<_> = entries(&buf)

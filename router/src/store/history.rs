@@ -200,6 +200,9 @@ pub(crate) struct Segment {
     pub(crate) shared_since: Option<std::time::Instant>,
     /// The msg_ids of its records, per shard.
     pub(crate) ids: IdRanges,
+    /// Where its last record starts in its records as written (what ListConversations
+    /// reads of a stored chunk: [`chunk_last_at`]).
+    pub(crate) last_at: u32,
 }
 
 /// Per shard that issued some of a chunk's msg_ids (their top bits), the smallest and
@@ -280,24 +283,23 @@ impl IdRanges {
         }
     }
 
-    /// `None`: not an encoding.
-    fn decode(b: &[u8]) -> Option<IdRanges> {
+    /// The encoding at the start of `b`, and the bytes it takes (`None`: not one).
+    fn decode(b: &[u8]) -> Option<(IdRanges, usize)> {
         let n = u16::from_be_bytes(b.get(..2)?.try_into().ok()?);
         if n == u16::MAX {
-            return (b.len() == 2).then(|| IdRanges {
+            let any = IdRanges {
                 ranges: Vec::new(),
                 any: true,
-            });
+            };
+            return Some((any, 2));
         }
-        let body = b.get(2..)?;
-        if body.len() != usize::from(n) * 16 {
-            return None;
-        }
+        let len = usize::from(n) * 16;
+        let body = b.get(2..2 + len)?;
         let ranges = body
             .chunks_exact(16)
             .map(|c| (be_u64(c).unwrap_or(0), be_u64(&c[8..]).unwrap_or(u64::MAX)))
             .collect();
-        Some(IdRanges { ranges, any: false })
+        Some((IdRanges { ranges, any: false }, 2 + len))
     }
 }
 
@@ -315,11 +317,21 @@ impl Segment {
             shared_bytes: 0,
             shared_since: None,
             ids: IdRanges::default(),
+            last_at: 0,
         }
     }
 
-    /// Appends `count` whole records (encoded), the newest `ts_us` among them `last_ts`.
-    pub(crate) fn push_records(&mut self, recs: &[u8], count: u32, last_ts: u64) {
+    /// Where a record appended now starts in the records as written.
+    fn end_at(&self) -> usize {
+        self.data.len() - CHUNK_HEADER + self.shared_bytes
+    }
+
+    /// Appends `count` whole records (encoded), the newest `ts_us` among them `last_ts`,
+    /// the last one `last` bytes into `recs`.
+    pub(crate) fn push_records(&mut self, recs: &[u8], count: u32, last_ts: u64, last: usize) {
+        if count > 0 {
+            self.last_at = (self.end_at() + last) as u32;
+        }
         self.data.extend_from_slice(recs);
         self.count += count;
         self.last_ts = self.last_ts.max(last_ts);
@@ -330,6 +342,7 @@ impl Segment {
     /// The payload is kept by reference, not copied (see [`Segment::shared`]).
     pub(crate) fn push_shared_record(&mut self, head: &[u8], payload: Bytes, ts: u64, msg_id: u64) {
         self.ids.note(msg_id);
+        self.last_at = self.end_at() as u32;
         self.data.extend_from_slice(head);
         let n = self.data.len();
         if let Some(len) = self.data.get_mut(n.saturating_sub(4)..) {
@@ -733,24 +746,62 @@ pub(crate) fn parse_chunk(v: &[u8]) -> Option<(u32, u64, ChunkBody<'_>)> {
     ))
 }
 
-/// The msg_id ranges of a chunk's value (`None`: a value written before they were kept,
-/// or an inline chunk: it may hold any id).
-pub(crate) fn chunk_ids(v: &[u8]) -> Option<IdRanges> {
+/// What a log chunk's value holds after its pointer: its msg_id ranges, and where its
+/// last record starts (`None`: an inline chunk, a value written before the ranges were
+/// kept, or a torn one; a value written before the last record's place was kept has
+/// the ranges only).
+fn chunk_tail(v: &[u8]) -> Option<(IdRanges, Option<u32>)> {
     let count = u32::from_be_bytes(v.get(..4)?.try_into().ok()?);
     if count & IN_LOG == 0 {
         return None;
     }
-    IdRanges::decode(v.get(CHUNK_HEADER + LOC_BYTES..)?)
+    let b = v.get(CHUNK_HEADER + LOC_BYTES..)?;
+    let (ids, n) = IdRanges::decode(b)?;
+    match b.get(n..)? {
+        [] => Some((ids, None)),
+        &[a, b, c, d] => Some((ids, Some(u32::from_be_bytes([a, b, c, d])))),
+        _ => None,
+    }
 }
 
-/// The value of a chunk whose records are in the history log at `loc`.
-pub(crate) fn log_chunk_value(count: u32, last_ts: u64, loc: Loc, ids: &IdRanges) -> Vec<u8> {
-    let mut v = Vec::with_capacity(CHUNK_HEADER + LOC_BYTES + 2 + 16 * ids.ranges.len());
+/// The msg_id ranges of a chunk's value (`None`: a value written before they were kept,
+/// or an inline chunk: it may hold any id).
+pub(crate) fn chunk_ids(v: &[u8]) -> Option<IdRanges> {
+    chunk_tail(v).map(|(ids, _)| ids)
+}
+
+/// Where the last record of a log chunk starts in its records (`None`: not kept; the
+/// records are read whole to find it).
+pub(crate) fn chunk_last_at(v: &[u8]) -> Option<u32> {
+    chunk_tail(v).and_then(|(_, at)| at)
+}
+
+/// The value of a chunk whose records are in the history log at `loc`, its last record
+/// `last_at` bytes into them.
+pub(crate) fn log_chunk_value(
+    count: u32,
+    last_ts: u64,
+    loc: Loc,
+    ids: &IdRanges,
+    last_at: u32,
+) -> Vec<u8> {
+    let mut v = Vec::with_capacity(CHUNK_HEADER + LOC_BYTES + 2 + 16 * ids.ranges.len() + 4);
     v.extend_from_slice(&(count | IN_LOG).to_be_bytes());
     v.extend_from_slice(&last_ts.to_be_bytes());
     loc.encode(&mut v);
     ids.encode(&mut v);
+    v.extend_from_slice(&last_at.to_be_bytes());
     v
+}
+
+/// Where the last whole record of `records` (as written) starts.
+pub(crate) fn last_record_at(records: &[u8]) -> usize {
+    let (mut p, mut last) = (0, 0);
+    while let Some(r) = records.get(p..).and_then(chunk_rec) {
+        last = p;
+        p += r.len;
+    }
+    last
 }
 
 /// `c` + conversation id: the prefix of its chunks.
@@ -862,7 +913,7 @@ mod tests {
             let head = &c.data[p..p + r.len];
             match r.shared {
                 true => seg.push_shared_record(head, shared.next().unwrap(), r.ts, 0),
-                false => seg.push_records(head, 1, r.ts),
+                false => seg.push_records(head, 1, r.ts, 0),
             }
             p += r.len;
         }
@@ -870,12 +921,18 @@ mod tests {
         assert_eq!(seg.records_len(), want.len());
         assert_eq!(&seg.records()[..], &want[..]);
         assert_eq!(seg.record_pieces().concat(), want);
+        // Where the last record starts, as written: what ListConversations reads.
+        let at = seg.last_at as usize;
+        assert_eq!(at, last_record_at(&want));
+        let tail: Vec<_> = records(&want[at..]).collect();
+        assert_eq!(tail, [(&b"x"[..], 4, 13, &b"last"[..])]);
         assert!(seg.held() >= a.len() + b.len() + seg.data.len());
         assert_eq!(records(&seg.records()).count(), 4);
         assert!(seg.iter_records().eq(records(&want)), "read in place");
         let mut copied = seg.clone();
         copied.unshare();
         assert!(copied.shared.is_empty() && copied.shared_bytes == 0);
+        assert_eq!(copied.last_at, seg.last_at);
         assert_eq!(
             (&copied.records()[..], copied.records_len()),
             (&want[..], want.len())
@@ -934,7 +991,7 @@ mod tests {
         assert_eq!((r2.len, r2.shared), (RECORD_FIXED + 2 + 5, false));
         assert_eq!((r.len + r2.len, big.shared.len()), (big.data.len(), 1));
         let mut seg = Segment::new(1, 0);
-        seg.push_records(&c.data, 2, 100);
+        seg.push_records(&c.data, 2, 100, last_record_at(&c.data));
         assert_eq!(seg.data.len(), CHUNK_HEADER + 2 * RECORD_FIXED + 5 + 2 + 3);
         let v = seg.into_value();
         let (count, ts, data) = parse_chunk(&v).unwrap();
@@ -992,10 +1049,18 @@ mod tests {
         for id in [a + 10, b + 7, a + 12, b + 5] {
             ids.note(id);
         }
-        let v = log_chunk_value(512, 99, loc, &ids);
+        let v = log_chunk_value(512, 99, loc, &ids, 64_001);
         assert_eq!(parse_chunk(&v), Some((512, 99, ChunkBody::Log(loc))));
         let back = chunk_ids(&v).unwrap();
         assert_eq!(back, ids);
+        assert_eq!(chunk_last_at(&v), Some(64_001));
+        // A value from before the last record's place was kept: the ranges, no place.
+        let before = &v[..v.len() - 4];
+        assert_eq!(
+            (chunk_ids(before), chunk_last_at(before)),
+            (Some(ids.clone()), None)
+        );
+        assert_eq!(chunk_ids(&v[..v.len() - 1]), None, "a torn place is torn");
         // Per shard: shard 2's range does not take shard 1's ids between them.
         assert!(back.may_hold(a + 11) && back.may_hold(b + 6) && back.may_hold(b + 5));
         assert!(!back.may_hold(a + 13) && !back.may_hold(b + 4) && !back.may_hold(b + 11));
@@ -1004,8 +1069,9 @@ mod tests {
         for s in 1..=ID_RANGES_MAX as u64 + 1 {
             many.note(s << MSG_ID_SHARD_SHIFT);
         }
-        let v = log_chunk_value(1, 1, loc, &many);
+        let v = log_chunk_value(1, 1, loc, &many, 0);
         assert!(chunk_ids(&v).unwrap().may_hold(12345));
+        assert_eq!(chunk_last_at(&v), Some(0));
         // A value from before the ranges: none (any id), and still a chunk.
         let mut old = v[..CHUNK_HEADER + LOC_BYTES].to_vec();
         assert!(chunk_ids(&old).is_none());

@@ -552,9 +552,26 @@ fn history_log_space_stays_bounded_while_a_quiet_conversation_pins_old_files() {
         all_ids(&h, "quiet-b", "quiet-a"),
         (1..=100).collect::<Vec<u64>>()
     );
+    // Each conversation's last message, as the list reads it (its newest chunk's last
+    // record only, where the chunk's value says it starts, compacted or not).
+    let last = |h: &StoreHandle, u: &str| -> Vec<(u64, usize)> {
+        let cs = call(|cb| h.conversations(u, 10, 0, usize::MAX, cb)).unwrap();
+        cs.iter()
+            .map(|c| (c.last.msg_id, c.last.payload.len()))
+            .collect()
+    };
+    let lasts = [(20_000, 1024)];
+    assert_eq!(
+        (last(&h, "busy-b"), last(&h, "quiet-b")),
+        (lasts.to_vec(), vec![(100, 2)])
+    );
     drop(h);
     // After a restart, from the log files and the pointers alone.
     let h = open_log(dir.path(), 300, file, Durability::Memory);
+    assert_eq!(
+        (last(&h, "busy-a"), last(&h, "quiet-a")),
+        (lasts.to_vec(), vec![(100, 2)])
+    );
     assert_eq!(all_ids(&h, "busy-a", "busy-b"), busy);
     assert_eq!(
         all_ids(&h, "quiet-a", "quiet-b"),
