@@ -252,8 +252,9 @@ impl Shard {
         let user = String::from_utf8_lossy(&s.user).into_owned();
         let peer = (!to_user.is_empty()).then(|| to_user.to_owned());
         let room = (!room.is_empty()).then(|| room.to_owned());
-        self.store_req(
-            |s, cb| s.history_mark(&user, peer, room, msg_id, cb),
+        self.lookup_req(
+            key,
+            move |s, cb| s.history_mark(&user, peer, room, msg_id, cb),
             |_, r| {
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "read mark not kept");

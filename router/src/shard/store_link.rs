@@ -277,20 +277,28 @@ impl Shard {
     }
 }
 
-/// A page read waiting for its turn: the session it is for, and what makes it.
+/// A store lookup waiting for its turn.
 struct WaitingRead {
+    /// The session it is for.
     id: SessionId,
+    /// Made only if the session is still there (its answer is all it is for).
+    answered: bool,
+    /// What makes it.
     issue: Box<dyn FnOnce(&mut Shard) + Send>,
+    /// Its count against the session's `max_requests_in_flight` while it waits.
+    _count: Option<InFlight>,
 }
 
-/// The store reads whose work grows with their page (History and ListConversations:
-/// up to `--history-page-max` messages or conversations, a history chunk read each):
-/// at most `max_page_reads_in_flight` of this shard's are in the store's queue at once;
-/// the others wait here, in order. The one storage thread answers every shard's requests
-/// in order: 1 024 sessions each asking for a 500-conversation page (8-10 ms of the
-/// storage thread each) held every other user's login and ListRooms 7-10 s behind
-/// them. Each session has at most one page read at a time (a big answer stops its
-/// reader, [`Shard::big_answer_begun`]), so what waits here is bounded by the sessions.
+/// The store requests whose work grows with what they look at: History and
+/// ListConversations pages (up to `--history-page-max` messages or conversations, a
+/// history chunk read each) and MarkRead's lookup of a msg_id (up to
+/// `--history-lookup-chunks` chunks of 64 KiB). At most `max_page_reads_in_flight` of
+/// this shard's are in the store's queue at once; the others wait here, in order. The one
+/// storage thread answers every shard's requests in order: 1 024 sessions each asking
+/// for a 500-conversation page (8-10 ms of the storage thread each) held every other
+/// user's login and ListRooms 7-10 s behind them. Each one waiting counts against its
+/// session's `max_requests_in_flight` (a page read also stops its reader until
+/// answered, [`Shard::big_answer_begun`]), so what waits here is bounded by the sessions.
 #[derive(Default)]
 pub struct PageReads {
     /// This shard's page reads in the store's queue.
@@ -308,26 +316,57 @@ impl PageReads {
     }
 }
 
+/// What makes a store request (as [`Shard::store_req`] takes it), sent to wait.
+pub trait Submit<T>:
+    FnOnce(&StoreHandle, Box<dyn FnOnce(StoreResult<T>) + Send + 'static>) -> StoreResult<()>
+    + Send
+    + 'static
+{
+}
+
+impl<T, F> Submit<T> for F where
+    F: FnOnce(&StoreHandle, Box<dyn FnOnce(StoreResult<T>) + Send + 'static>) -> StoreResult<()>
+        + Send
+        + 'static
+{
+}
+
 impl Shard {
-    /// [`Shard::store_req`] for a page read of session `key` (a big answer,
-    /// [`Shard::big_answer_begun`]): made now, or once fewer than
-    /// `max_page_reads_in_flight` of this shard's are in the store's queue (see
-    /// [`PageReads`]). Nothing is made for a session that ends meanwhile.
+    /// [`Shard::store_req`] for a page read of session `key` (History,
+    /// ListConversations: a big answer, [`Shard::big_answer_begun`]): made now, or once
+    /// its turn comes (see [`PageReads`]); not at all if the session ends before.
     pub fn page_read<T: Send + 'static>(
         &mut self,
         key: SessionKey,
-        submit: impl FnOnce(
-                &StoreHandle,
-                Box<dyn FnOnce(StoreResult<T>) + Send + 'static>,
-            ) -> StoreResult<()>
-            + Send
-            + 'static,
+        submit: impl Submit<T>,
+        then: impl FnOnce(&mut Shard, StoreResult<T>) + Send + 'static,
+    ) {
+        self.big_answer_begun(key);
+        self.gated_req(key, true, submit, then);
+    }
+
+    /// [`Shard::store_req`] for a lookup of session `key` with no answer to wait for
+    /// (MarkRead's): made now, or once its turn comes (see [`PageReads`]), whether or not
+    /// the session is still there then.
+    pub fn lookup_req<T: Send + 'static>(
+        &mut self,
+        key: SessionKey,
+        submit: impl Submit<T>,
+        then: impl FnOnce(&mut Shard, StoreResult<T>) + Send + 'static,
+    ) {
+        self.gated_req(key, false, submit, then);
+    }
+
+    fn gated_req<T: Send + 'static>(
+        &mut self,
+        key: SessionKey,
+        answered: bool,
+        submit: impl Submit<T>,
         then: impl FnOnce(&mut Shard, StoreResult<T>) + Send + 'static,
     ) {
         let Some(id) = self.session_id(key) else {
             return;
         };
-        self.big_answer_begun(key);
         let issue = move |sh: &mut Shard| {
             sh.page_reads.in_store += 1;
             sh.store_req(submit, move |sh, r| {
@@ -339,15 +378,18 @@ impl Shard {
         if self.page_reads.in_store < max && self.page_reads.waiting.is_empty() {
             issue(self);
         } else {
+            let count = self.request_in_flight(id);
             self.page_reads.waiting.push_back(WaitingRead {
                 id,
+                answered,
                 issue: Box::new(issue),
+                _count: count,
             });
         }
     }
 
-    /// A page read was answered: the next ones waiting are made, those of sessions
-    /// still there.
+    /// A page read was answered: the next ones waiting are made (a page read only for
+    /// a session still there), each counted against its own session's requests.
     pub(super) fn page_read_done(&mut self) {
         self.page_reads.in_store = self.page_reads.in_store.saturating_sub(1);
         if self.page_reads.issuing {
@@ -355,14 +397,14 @@ impl Shard {
         }
         self.page_reads.issuing = true;
         let max = (self.cfg.max_page_reads_in_flight as usize).max(1);
-        // Made for their sessions, as their frames' requests were: not counted against
-        // whoever's request or Send is being handled now.
         let (requester, sender) = (self.requester.take(), self.sender.take());
         while self.page_reads.in_store < max {
             let Some(w) = self.page_reads.waiting.pop_front() else {
                 break;
             };
-            if self.resolve(w.id).is_some() {
+            let live = self.resolve(w.id).is_some();
+            if live || !w.answered {
+                self.requester = live.then_some(w.id);
                 (w.issue)(self);
             }
         }

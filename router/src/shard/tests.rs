@@ -568,9 +568,9 @@ fn intake_waiters_stay_bounded_however_often_a_reader_polls_again() {
     );
 }
 
-/// Past `max_page_reads_in_flight`, page reads wait in the shard, in order, and are made
-/// as those in the store are answered; one of a session that ended meanwhile is never
-/// made.
+/// Past `max_page_reads_in_flight`, page reads and lookups wait in the shard, in order,
+/// and are made as those in the store are answered; a page read of a session that ended
+/// meanwhile is never made (its answer is all it is for), a lookup (a MarkRead's) is.
 #[test]
 fn page_reads_past_their_bound_wait_in_order_and_skip_ended_sessions() {
     use std::sync::Mutex;
@@ -583,41 +583,43 @@ fn page_reads_past_their_bound_wait_in_order_and_skip_ended_sessions() {
         }),
         Arc::new(ShardStats::default()),
     );
-    let keys: Vec<SessionKey> = (0..4)
+    let keys: Vec<SessionKey> = (0..5)
         .map(|i| s.register(&format!("pager{i}"), "d".into(), -1).unwrap())
         .collect();
     let made = Arc::new(Mutex::new(Vec::new()));
-    let read = |s: &mut Shard, k: SessionKey, made: &Arc<Mutex<Vec<SessionKey>>>| {
+    let read = |s: &mut Shard, k: SessionKey, page: bool, made: &Arc<Mutex<Vec<SessionKey>>>| {
         let made = made.clone();
-        s.page_read(
-            k,
-            |_, _| Ok(()),
-            move |_, r: crate::store::StoreResult<()>| {
-                // (No store in a unit test: made is answered at once, Closed.)
-                assert!(r.is_err());
-                made.lock().unwrap().push(k);
-            },
-        );
+        let then = move |_: &mut Shard, r: crate::store::StoreResult<()>| {
+            // (No store in a unit test: made is answered at once, Closed.)
+            assert!(r.is_err());
+            made.lock().unwrap().push(k);
+        };
+        match page {
+            true => s.page_read(k, |_, _| Ok(()), then),
+            false => s.lookup_req(k, |_, _| Ok(()), then),
+        }
     };
-    // Two in the store (as if unanswered): the next three wait.
+    // Two in the store (as if unanswered): the next four wait.
     s.page_reads.in_store = 2;
     for &k in &keys[..3] {
-        read(&mut s, k, &made);
+        read(&mut s, k, true, &made);
     }
-    assert_eq!(s.page_reads.waiting(), 3);
+    read(&mut s, keys[3], false, &made);
+    assert_eq!(s.page_reads.waiting(), 4);
     assert!(made.lock().unwrap().is_empty());
     assert!(
         s.answer_waits(keys[0]),
         "a waiting page read holds its reader"
     );
-    // The second waiting one's session ends before its turn.
+    // A waiting page read's session and the lookup's end before their turn.
     s.close(keys[1], CloseReason::PeerClosed, None);
+    s.close(keys[3], CloseReason::PeerClosed, None);
     // One answered: the waiting ones are made (each answered at once here), in order,
-    // but the ended session's.
+    // but the ended session's page read.
     s.page_read_done();
-    assert_eq!(*made.lock().unwrap(), [keys[0], keys[2]]);
+    assert_eq!(*made.lock().unwrap(), [keys[0], keys[2], keys[3]]);
     assert_eq!(s.page_reads.waiting(), 0);
     // Below the bound, a read is made at once.
-    read(&mut s, keys[3], &made);
-    assert_eq!(made.lock().unwrap().last(), Some(&keys[3]));
+    read(&mut s, keys[4], true, &made);
+    assert_eq!(made.lock().unwrap().last(), Some(&keys[4]));
 }
