@@ -154,7 +154,7 @@ pub struct Config {
     pub max_rooms_per_user: usize,
     /// Most members in one room.
     pub max_members_per_room: usize,
-    /// Members of the rooms one shard keeps loaded, summed (about 160 B each): past it,
+    /// Members of the rooms one shard keeps loaded, summed (about 270 B each): past it,
     /// the idle rooms are dropped from memory, the least recently used first.
     pub max_loaded_room_members: usize,
     /// Above this many members, a room's joined / left / removed events go to the
