@@ -11,7 +11,10 @@
 //! context beside the code that uses it (rooms chain several round trips), and the
 //! store is off the hot path of a live delivery.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+
+use bytes::Bytes;
 
 use ringrouter_proto::Status;
 
@@ -19,6 +22,7 @@ use super::mail::{InFlight, Mail, MailQueue};
 use super::session::{SessionId, SessionKey};
 use super::Shard;
 use crate::config::DurabilityMode;
+use crate::maps::NameMap;
 use crate::store::{StoreError, StoreHandle, StoreResult};
 
 /// Store requests one shard may have outstanding before its readers pause (besides
@@ -299,11 +303,20 @@ struct WaitingRead {
 /// user's login and ListRooms 7-10 s behind them. Each one waiting counts against its
 /// session's `max_requests_in_flight` (a page read also stops its reader until
 /// answered, [`Shard::big_answer_begun`]), so what waits here is bounded by the sessions.
+///
+/// Turns go round the users with reads waiting, one read each: one user's 64 devices
+/// asking in a loop (or many users' sessions) no longer put another user's page behind
+/// all of theirs (a FIFO held it 1.45 s behind 1 024 such sessions).
 #[derive(Default)]
 pub struct PageReads {
     /// This shard's page reads in the store's queue.
     pub(super) in_store: usize,
-    waiting: std::collections::VecDeque<WaitingRead>,
+    /// Per user, its reads waiting, oldest first (no empty queue).
+    waiting: NameMap<Bytes, VecDeque<WaitingRead>>,
+    /// The users in `waiting`, in turn order.
+    turns: VecDeque<Bytes>,
+    /// Reads in `waiting`.
+    count: usize,
     /// Set while waiting reads are being issued (one answered without a store runs the
     /// next at once: the loop, not a recursion, issues it).
     issuing: bool,
@@ -312,7 +325,30 @@ pub struct PageReads {
 impl PageReads {
     /// Page reads waiting for their turn.
     pub fn waiting(&self) -> usize {
-        self.waiting.len()
+        self.count
+    }
+
+    fn push(&mut self, user: Bytes, w: WaitingRead) {
+        let q = self.waiting.entry(user.clone()).or_default();
+        if q.is_empty() {
+            self.turns.push_back(user);
+        }
+        q.push_back(w);
+        self.count += 1;
+    }
+
+    /// The next read: the oldest of the user whose turn it is.
+    fn pop(&mut self) -> Option<WaitingRead> {
+        let user = self.turns.pop_front()?;
+        let q = self.waiting.get_mut(&user)?;
+        let w = q.pop_front();
+        if q.is_empty() {
+            self.waiting.remove(&user);
+        } else {
+            self.turns.push_back(user);
+        }
+        self.count -= usize::from(w.is_some());
+        w
     }
 }
 
@@ -364,6 +400,10 @@ impl Shard {
         submit: impl Submit<T>,
         then: impl FnOnce(&mut Shard, StoreResult<T>) + Send + 'static,
     ) {
+        let Some(s) = self.sessions.get(key) else {
+            return;
+        };
+        let user = s.user.clone();
         let Some(id) = self.session_id(key) else {
             return;
         };
@@ -375,16 +415,17 @@ impl Shard {
             });
         };
         let max = (self.cfg.max_page_reads_in_flight as usize).max(1);
-        if self.page_reads.in_store < max && self.page_reads.waiting.is_empty() {
+        if self.page_reads.in_store < max && self.page_reads.count == 0 {
             issue(self);
         } else {
             let count = self.request_in_flight(id);
-            self.page_reads.waiting.push_back(WaitingRead {
+            let w = WaitingRead {
                 id,
                 answered,
                 issue: Box::new(issue),
                 _count: count,
-            });
+            };
+            self.page_reads.push(user, w);
         }
     }
 
@@ -399,7 +440,7 @@ impl Shard {
         let max = (self.cfg.max_page_reads_in_flight as usize).max(1);
         let (requester, sender) = (self.requester.take(), self.sender.take());
         while self.page_reads.in_store < max {
-            let Some(w) = self.page_reads.waiting.pop_front() else {
+            let Some(w) = self.page_reads.pop() else {
                 break;
             };
             let live = self.resolve(w.id).is_some();

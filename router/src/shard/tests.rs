@@ -568,9 +568,10 @@ fn intake_waiters_stay_bounded_however_often_a_reader_polls_again() {
     );
 }
 
-/// Past `max_page_reads_in_flight`, page reads and lookups wait in the shard, in order,
-/// and are made as those in the store are answered; a page read of a session that ended
-/// meanwhile is never made (its answer is all it is for), a lookup (a MarkRead's) is.
+/// Past `max_page_reads_in_flight`, page reads and lookups wait in the shard, in order
+/// (turns going round the users), and are made as those in the store are answered; a
+/// page read of a session that ended meanwhile is never made (its answer is all it is
+/// for), a lookup (a MarkRead's) is.
 #[test]
 fn page_reads_past_their_bound_wait_in_order_and_skip_ended_sessions() {
     use std::sync::Mutex;
@@ -622,4 +623,17 @@ fn page_reads_past_their_bound_wait_in_order_and_skip_ended_sessions() {
     // Below the bound, a read is made at once.
     read(&mut s, keys[4], true, &made);
     assert_eq!(made.lock().unwrap().last(), Some(&keys[4]));
+    // Turns go round the users: three reads of one user's devices do not hold another
+    // user's behind all of them.
+    let hog: Vec<SessionKey> = (0..3)
+        .map(|i| s.register("hog", format!("d{i}"), -1).unwrap())
+        .collect();
+    s.page_reads.in_store = 2;
+    made.lock().unwrap().clear();
+    for &k in &hog {
+        read(&mut s, k, true, &made);
+    }
+    read(&mut s, keys[2], true, &made);
+    s.page_read_done();
+    assert_eq!(*made.lock().unwrap(), [hog[0], keys[2], hog[1], hog[2]]);
 }
