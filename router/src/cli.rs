@@ -297,13 +297,14 @@ pub struct Args {
     /// answers; a request asking for more is BAD_REQUEST.
     #[arg(long, value_name = "N", default_value_t = 500, help_heading = LIMITS)]
     pub history_page_max: u32,
-    /// History, ListConversations and MarkRead requests one shard has at the store at once
-    /// (their work grows with what they look at: up to 500 messages or conversations, or
-    /// --history-lookup-chunks chunks of a MarkRead's lookup); more wait in the shard, in
-    /// order, each counted in its session's --max-requests-in-flight. The one storage
-    /// thread answers every shard's requests in order: without this, a thousand sessions
-    /// each asking for a page kept every other user's login and room request waiting
-    /// seconds behind theirs.
+    /// History, ListConversations, MarkRead, ListRooms and ListUsers requests one shard
+    /// has at the store at once (their work grows with what they look at: up to 500
+    /// messages or conversations, --history-lookup-chunks chunks of a MarkRead's lookup,
+    /// a user's rooms, 64 account names per name asked for); more wait in the shard,
+    /// taking turns by user, each counted in its session's --max-requests-in-flight. The
+    /// one storage thread answers every shard's requests in order: without this, a
+    /// thousand sessions each asking for a page kept every other user's login and room
+    /// request waiting seconds behind theirs.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), default_value_t = 4, help_heading = LIMITS)]
     pub max_page_reads_in_flight: u32,
     /// Most history chunks (up to 64 KiB each) one lookup of a msg_id reads: a History

@@ -200,8 +200,9 @@ pub struct Config {
     /// Most messages in one History answer (and conversations in one ListConversations
     /// answer); a larger `limit` is BAD_REQUEST.
     pub history_page_max: u32,
-    /// History, ListConversations and MarkRead requests one shard has at the store at
-    /// once; more wait in the shard, in order (`shard::store_link::PageReads`).
+    /// History, ListConversations, MarkRead, ListRooms and ListUsers requests one shard
+    /// has at the store at once; more wait in the shard, taking turns by user
+    /// (`shard::store_link::PageReads`).
     pub max_page_reads_in_flight: u32,
     /// Most history chunks one lookup of a msg_id reads (a History `before` that no
     /// recent page ended at, a MarkRead) among those whose msg_id ranges may hold it.

@@ -52,10 +52,11 @@ impl Shard {
             l.pattern
         };
         let request_id = l.request_id;
-        // A page of names: a big answer.
-        self.big_answer_begun(key);
-        self.store_req(
-            |st, cb| st.list_users(&pattern, limit, cb),
+        // A page of names: a big answer, and a page read (a scan of up to 64 keys a name
+        // asked for).
+        self.page_read(
+            key,
+            move |st, cb| st.list_users(&pattern, limit, cb),
             move |sh, r| {
                 let frame = match r {
                     Ok(users) => account_result(request_id, Status::Ok, "", users),

@@ -58,9 +58,9 @@ impl Shard {
             Kind::DeleteRoom(d) => (d.request_id, RoomOp::Delete { room: d.room }),
             Kind::RoomInfo(i) => (i.request_id, RoomOp::Info { room: i.room }),
             Kind::ListRooms(l) => {
-                // Up to every room of the user, each with its name: a big answer.
-                self.big_answer_begun(key);
-                self.list_rooms(from, l.request_id, user);
+                // Up to every room of the user, each with its name: a big answer, and a
+                // page read (a scan of up to --max-rooms-per-user keys).
+                self.list_rooms(key, from, l.request_id, user);
                 return;
             }
             _ => return,
@@ -169,9 +169,10 @@ impl Shard {
     }
 
     /// ListRooms: the rooms the user is in.
-    pub(crate) fn list_rooms(&mut self, from: SessionId, request_id: u64, user: String) {
-        self.store_req(
-            |st, cb| st.rooms_of(&user, cb),
+    fn list_rooms(&mut self, key: SessionKey, from: SessionId, request_id: u64, user: String) {
+        self.page_read(
+            key,
+            move |st, cb| st.rooms_of(&user, cb),
             move |sh, r| {
                 let frame = match r {
                     Ok(rooms) => reply::room_list(request_id, rooms),

@@ -295,8 +295,9 @@ struct WaitingRead {
 
 /// The store requests whose work grows with what they look at: History and
 /// ListConversations pages (up to `--history-page-max` messages or conversations, a
-/// history chunk read each) and MarkRead's lookup of a msg_id (up to
-/// `--history-lookup-chunks` chunks of 64 KiB). At most `max_page_reads_in_flight` of
+/// history chunk read each), MarkRead's lookup of a msg_id (up to
+/// `--history-lookup-chunks` chunks of 64 KiB), ListRooms (a key per room of the user)
+/// and ListUsers (up to 64 account keys per name asked for). At most `max_page_reads_in_flight` of
 /// this shard's are in the store's queue at once; the others wait here, in order. The one
 /// storage thread answers every shard's requests in order: 1 024 sessions each asking
 /// for a 500-conversation page (8-10 ms of the storage thread each) held every other
