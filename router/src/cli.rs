@@ -241,7 +241,7 @@ pub struct Args {
     pub max_members_per_room: usize,
     /// Members of the rooms one shard keeps loaded, summed (each costs about 270 B with
     /// a 64-byte name: the name, its entries in the member set, its shard group and the
-    /// group as sent):
+    /// group as sent; 32 B more in a room RoomInfo listed since its last change):
     /// past it, idle rooms are dropped from memory (least recently used first; their
     /// records are in the store and load again when asked for). Before, only the count
     /// of rooms (100 000) was bounded: 100 000 rooms of 10 000 members.
