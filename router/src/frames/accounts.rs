@@ -163,8 +163,9 @@ impl Shard {
         // (what it has got goes with the queue).
         self.drop_requeues_of(user.as_bytes());
         let u = user.clone();
-        self.store_req(
-            |st, cb| st.delete_account(&u, cb),
+        self.deletion_req(
+            bytes::Bytes::from(user.clone().into_bytes()),
+            move |st, cb| st.delete_account(&u, cb),
             move |sh, r| {
                 sh.deleting.remove(&user);
                 let status = match &r {

@@ -199,6 +199,9 @@ pub struct Shard {
     /// History and ListConversations reads in the store's queue, and those waiting for
     /// their turn (`store_link::PageReads`).
     pub page_reads: store_link::PageReads,
+    /// DeleteAccount and DeleteRoom requests in the store's queue (one at most), and those
+    /// waiting for their turn (`store_link::PageReads`).
+    pub deletions: store_link::PageReads,
     /// Ended sessions' unacked messages on their way to the store (`shard::requeue`).
     pub requeues: requeue::Requeues,
     /// Backlog pages of users whose requeues wait, to be read once those are handed to
@@ -344,6 +347,7 @@ impl Shard {
             store: None,
             store_inflight: 0,
             page_reads: store_link::PageReads::default(),
+            deletions: store_link::PageReads::default(),
             store_bytes: 0,
             requeues: requeue::Requeues::default(),
             requeue_loads: Vec::new(),

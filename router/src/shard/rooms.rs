@@ -1382,8 +1382,9 @@ impl Shard {
         self.flush_history();
         let name = String::from_utf8_lossy(&key).into_owned();
         let n = name.clone();
-        self.store_req(
-            |st, cb| st.delete_room(&n, cb),
+        self.deletion_req(
+            key.clone(),
+            move |st, cb| st.delete_room(&n, cb),
             move |sh, r| match r {
                 Ok(()) => {
                     sh.answer(&req, Status::Ok, "", "");

@@ -636,4 +636,24 @@ fn page_reads_past_their_bound_wait_in_order_and_skip_ended_sessions() {
     read(&mut s, keys[2], true, &made);
     s.page_read_done();
     assert_eq!(*made.lock().unwrap(), [hog[0], keys[2], hog[1], hog[2]]);
+    // Deletions: one at a time, at their own gate, in turn by name.
+    let deleted = Arc::new(Mutex::new(Vec::new()));
+    let delete = |s: &mut Shard, name: &'static str| {
+        let deleted = deleted.clone();
+        s.deletion_req(
+            Bytes::from_static(name.as_bytes()),
+            |_, _| Ok(()),
+            move |_, _: crate::store::StoreResult<()>| deleted.lock().unwrap().push(name),
+        );
+    };
+    s.deletions.in_store = 1;
+    delete(&mut s, "room-a");
+    delete(&mut s, "user-b");
+    assert_eq!(
+        (s.deletions.waiting(), deleted.lock().unwrap().len()),
+        (2, 0)
+    );
+    s.gate_done_deletion();
+    assert_eq!(*deleted.lock().unwrap(), ["room-a", "user-b"]);
+    assert_eq!(s.deletions.waiting(), 0);
 }
