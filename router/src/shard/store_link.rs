@@ -295,14 +295,14 @@ struct WaitingRead {
 /// ListConversations pages (up to `--history-page-max` messages or conversations, a
 /// history chunk read each), MarkRead's lookup of a msg_id (up to
 /// `--history-lookup-chunks` chunks of 64 KiB), ListRooms (a key per room of the user)
-/// and ListUsers (up to 64 account keys per name asked for). At most `max_page_reads_in_flight` of
-/// this shard's are in the store's queue at once; the others wait here, in order. The one
-/// storage thread answers every shard's requests in order: 1 024 sessions each asking
-/// for a 500-conversation page (8-10 ms of the storage thread each) held every other
-/// user's login and ListRooms 7-10 s behind them. Each one waiting counts against its
-/// session's `max_requests_in_flight` (a page read also stops its reader until
-/// answered, [`Shard::big_answer_begun`]) and is dropped when its session ends (a
-/// MarkRead then is a read mark not kept), so what waits here is bounded by the live
+/// and ListUsers (up to 64 account keys per name asked for). At most
+/// `max_page_reads_in_flight` of this shard's are in the store's queue at once; the others
+/// wait here. The one storage thread answers every shard's requests in order: 1 024
+/// sessions each asking for a 500-conversation page (8-10 ms of the storage thread each)
+/// held every other user's login and ListRooms 7-10 s behind them. Each one waiting
+/// counts against its session's `max_requests_in_flight` (a page read also stops its
+/// reader until answered, [`Shard::big_answer_begun`]) and is dropped when its session
+/// ends (a MarkRead then is a read mark not kept), so what waits here is bounded by the live
 /// sessions: kept for sessions that ended, a client reconnecting in a loop with 64
 /// MarkReads each left 800 000 waiting in 30 s.
 ///
@@ -505,7 +505,7 @@ impl Shard {
         g.issuing = true;
         let (requester, sender) = (self.requester.take(), self.sender.take());
         loop {
-            let (g, max) = (self.gate(gate).0, max);
+            let g = self.gate(gate).0;
             if g.in_store >= max {
                 break;
             }
