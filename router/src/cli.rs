@@ -1034,6 +1034,18 @@ mod tests {
     }
 
     #[test]
+    fn page_reads_in_flight_are_at_least_one() {
+        let c = parse_ok(&["--max-page-reads-in-flight", "1"]).config();
+        assert_eq!(c.max_page_reads_in_flight, 1);
+        assert_eq!(Config::default().max_page_reads_in_flight, 4);
+        let e = parse_err(&["--max-page-reads-in-flight", "0"]);
+        assert_eq!(e.exit_code(), EXIT_USAGE);
+        let f = file("max-page-reads-in-flight = 0\n");
+        let e = parse_err(&["--config", f.path().to_str().unwrap()]);
+        assert_eq!(e.exit_code(), EXIT_USAGE, "{e}");
+    }
+
+    #[test]
     fn shards_are_at_most_max_shards() {
         assert_eq!(parse_ok(&["--shards", "256"]).config().shards, 256);
         let e = parse_err(&["--shards", "257"]);
@@ -1337,6 +1349,8 @@ mod tests {
             "9MiB",
             "--history-page-max",
             "33",
+            "--max-page-reads-in-flight",
+            "3",
             "--log-filter",
             "debug,fjall=warn",
             "--http-listen",
