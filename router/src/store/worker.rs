@@ -603,6 +603,12 @@ impl Worker {
             // Accounts this batch would have written are not there: what the cache of
             // known accounts says is checked again.
             self.known = NameSet::default();
+            // Nor are its queue writes: the queues' states are read again from the disk
+            // (their seqs never going back). Kept, a big queue's (kept past the cache's
+            // trims) would count messages that are not there until a restart.
+            let top = self.queues.values().map(|q| q.next_seq).max().unwrap_or(0);
+            self.evicted_next_seq = self.evicted_next_seq.max(top);
+            self.queues = NameMap::default();
             self.round_err.get_or_insert_with(|| e.clone());
             e
         })
