@@ -580,14 +580,11 @@ impl Shard {
         let user = s.user.clone();
         let fd = s.fd;
         let left_stored = s.unacked.lowest_store_seq();
-        let id = SessionId {
-            shard: self.id as u16,
-            gen: s.gen,
-            key: key as u32,
-        };
         s.wake_writer();
         s.wake_drain_waiters();
-        self.page_reads.drop_session(&user, id);
+        if let Some(id) = self.session_id(key) {
+            self.page_reads.drop_session(&user, id);
+        }
         self.release_throttles(key);
         self.keep_resumable(key, reason);
         self.requeue(key);

@@ -28,6 +28,11 @@ fn shard_at(id: usize, n: usize) -> Shard {
     )
 }
 
+/// The one shard of one, with `cfg`.
+fn shard_with(cfg: Config) -> Shard {
+    Shard::new(0, 1, Arc::new(cfg), Arc::new(ShardStats::default()))
+}
+
 fn drain(s: &mut Shard, key: SessionKey) -> Vec<ServerFrame> {
     let sess = s.sessions.get_mut(key).unwrap();
     let batch = sess.out.take(None);
@@ -363,15 +368,10 @@ fn a_tick_publishes_what_the_sessions_hold() {
 
 #[test]
 fn session_limit_per_user() {
-    let mut s = Shard::new(
-        0,
-        1,
-        Arc::new(Config {
-            max_sessions_per_user: 2,
-            ..Config::default()
-        }),
-        Arc::new(ShardStats::default()),
-    );
+    let mut s = shard_with(Config {
+        max_sessions_per_user: 2,
+        ..Config::default()
+    });
     s.register("a", "1".into(), -1).unwrap();
     s.register("a", "2".into(), -1).unwrap();
     assert_eq!(
@@ -435,15 +435,10 @@ fn blocked_senders_and_strangers_under_the_contacts_policy_are_forbidden() {
     s.contacts.set_blocked_by("a", "b", false).unwrap();
     assert!(!s.dm_gate());
     // --dm-policy contacts: only accepted contacts (and oneself).
-    let mut s = Shard::new(
-        0,
-        1,
-        Arc::new(Config {
-            dm_policy: crate::config::DmPolicy::Contacts,
-            ..Config::default()
-        }),
-        Arc::new(ShardStats::default()),
-    );
+    let mut s = shard_with(Config {
+        dm_policy: crate::config::DmPolicy::Contacts,
+        ..Config::default()
+    });
     let a = s.register("a", "1".into(), -1).unwrap();
     load_contacts(&mut s, "a", ContactRecord::default());
     assert_eq!(
@@ -575,15 +570,10 @@ fn intake_waiters_stay_bounded_however_often_a_reader_polls_again() {
 #[test]
 fn page_reads_past_their_bound_wait_in_order_and_skip_ended_sessions() {
     use std::sync::Mutex;
-    let mut s = Shard::new(
-        0,
-        1,
-        Arc::new(Config {
-            max_page_reads_in_flight: 2,
-            ..Config::default()
-        }),
-        Arc::new(ShardStats::default()),
-    );
+    let mut s = shard_with(Config {
+        max_page_reads_in_flight: 2,
+        ..Config::default()
+    });
     let keys: Vec<SessionKey> = (0..5)
         .map(|i| s.register(&format!("pager{i}"), "d".into(), -1).unwrap())
         .collect();

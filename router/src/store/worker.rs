@@ -603,15 +603,21 @@ impl Worker {
             // Accounts this batch would have written are not there: what the cache of
             // known accounts says is checked again.
             self.known = NameSet::default();
-            // Nor are its queue writes: the queues' states are read again from the disk
-            // (their seqs never going back). Kept, a big queue's (kept past the cache's
-            // trims) would count messages that are not there until a restart.
-            let top = self.queues.values().map(|q| q.next_seq).max().unwrap_or(0);
-            self.evicted_next_seq = self.evicted_next_seq.max(top);
-            self.queues = NameMap::default();
+            // Nor are its queue writes: the queues' states are read again from the disk.
+            // Kept, a big queue's (kept past the cache's trims) would count messages that
+            // are not there until a restart.
+            self.take_queue_states();
             self.round_err.get_or_insert_with(|| e.clone());
             e
         })
+    }
+
+    /// Empties the cache of queue states, handing back what it held: a queue read again
+    /// never reuses a seq of theirs (`evicted_next_seq`).
+    fn take_queue_states(&mut self) -> NameMap<String, QueueState> {
+        let top = self.queues.values().map(|q| q.next_seq).max().unwrap_or(0);
+        self.evicted_next_seq = self.evicted_next_seq.max(top);
+        std::mem::take(&mut self.queues)
     }
 
     /// Looks at the disk when a look is due (`store::disk`), and publishes what it saw.
@@ -659,13 +665,12 @@ impl Worker {
             return;
         }
         if self.queues.len() > CACHE_MAX {
-            let top = self.queues.values().map(|q| q.next_seq).max().unwrap_or(0);
-            self.evicted_next_seq = self.evicted_next_seq.max(top);
             // The states of big queues stay: one read again is a scan of the whole queue
             // (~18 ms per 100 000 messages), and a storm of messages to new names emptied
             // the cache every 100 000 of them, so that each big queue's next message paid
             // it. Past half the bound even so, all go.
-            self.queues = kept_queue_states(std::mem::take(&mut self.queues), CACHE_MAX);
+            let all = self.take_queue_states();
+            self.queues = kept_queue_states(all, CACHE_MAX);
         }
         if self.known.len() > CACHE_MAX {
             self.known = NameSet::default();
