@@ -463,7 +463,7 @@ impl MailQueue {
     pub fn push(&self, m: Mail) {
         lock(&self.q).push(m);
         self.queued.store(true, Ordering::Release);
-        self.bell.ring();
+        self.bell.ring_or_hold();
     }
 
     /// Moves everything queued into `out` (in order).

@@ -377,6 +377,48 @@ fn history_in_memory_is_written_every_flush_interval() {
     assert_eq!(ids(page(&h, "a", "b", 0, 10)), vec![1, 2, 3]);
 }
 
+/// A due flush of more tails than one slice writes them a slice at a time (the requests
+/// that came meanwhile answered between slices), the conversation entries with the last.
+#[test]
+fn a_due_flush_of_many_tails_is_written_in_slices() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open_with(dir.path(), 100, None, 64 << 20, Duration::from_millis(50));
+    let n = 2 * crate::store::worker::FLUSH_SLICE_FOR_TESTS + 100;
+    call(|cb| h.ensure_user("s", cb)).unwrap();
+    for i in 0..n {
+        call(|cb| h.ensure_user(&format!("p{i}"), cb)).unwrap();
+    }
+    let chunks: Vec<HistChunk> = (0..n)
+        .map(|i| {
+            let peer = format!("p{i}");
+            let mut c = HistChunk {
+                conv: dm_conv(b"s", peer.as_bytes()),
+                ..Default::default()
+            };
+            c.push(b"s", i as u64 + 1, now(), b"hi");
+            c
+        })
+        .collect();
+    call(|cb| h.history_append(chunks, cb)).unwrap();
+    let t = std::time::Instant::now();
+    while h.stats().history_writes < 3 {
+        assert!(t.elapsed() < Duration::from_secs(10), "never written");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(h.stats().history_writes, 3, "two slices, then the rest");
+    for i in [0, n / 2, n - 1] {
+        assert_eq!(
+            ids(page(&h, "s", &format!("p{i}"), 0, 10)),
+            vec![i as u64 + 1]
+        );
+    }
+    let cs = call(|cb| h.conversations("s", n, 0, usize::MAX, cb)).unwrap();
+    assert_eq!(cs.len(), n);
+    let cs = call(|cb| h.conversations("p7", 10, 0, usize::MAX, cb)).unwrap();
+    assert_eq!(cs.len(), 1);
+}
+
 #[test]
 fn history_keeps_only_the_last_n_in_memory_too() {
     let dir = tempfile::tempdir().unwrap();

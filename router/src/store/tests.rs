@@ -423,6 +423,48 @@ fn accounts_register_verify_conflict_delete() {
     // The name is free again.
     assert_eq!(call(|cb| h.register("alice", "new", cb)), Ok(()));
     assert_eq!(call(|cb| h.verify("alice", "new", cb)), Ok(true));
+    // A message to an account deleted just before (in its round or the next) is
+    // refused, as is one to a name never seen; one to an account made just before is
+    // kept. (A lookup commits only while a deletion is pending.)
+    for round in 0..3 {
+        let (gone, made) = (format!("gone{round}"), format!("made{round}"));
+        call(|cb| h.ensure_user(&gone, cb)).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let t = tx.clone();
+        h.delete_account(&gone, move |r| t.send(("delete", r.map(|_| 0))).unwrap())
+            .unwrap();
+        let t = tx.clone();
+        h.enqueue(&gone, vec![msg(1)], None, true, move |r| {
+            t.send(("to gone", r.map(|a| a.stored as usize))).unwrap()
+        })
+        .unwrap();
+        let t = tx.clone();
+        h.ensure_user(&made, move |r| {
+            t.send(("make", r.map(usize::from))).unwrap()
+        })
+        .unwrap();
+        let t = tx.clone();
+        h.enqueue(&made, vec![msg(2)], None, true, move |r| {
+            t.send(("to made", r.map(|a| a.stored as usize))).unwrap()
+        })
+        .unwrap();
+        h.enqueue("never-seen", vec![msg(3)], None, true, move |r| {
+            tx.send(("to nobody", r.map(|a| a.stored as usize)))
+                .unwrap()
+        })
+        .unwrap();
+        let got: Vec<_> = rx.iter().collect();
+        assert_eq!(
+            got,
+            vec![
+                ("delete", Ok(0)),
+                ("to gone", Err(StoreError::NotFound)),
+                ("make", Ok(1)),
+                ("to made", Ok(1)),
+                ("to nobody", Err(StoreError::NotFound)),
+            ]
+        );
+    }
 
     // Room passwords go through the same pool.
     let phc = call(|cb| h.hash_password("roompw", cb)).unwrap();

@@ -135,6 +135,25 @@ struct Tail {
     hot: bool,
 }
 
+/// Which tails [`Worker::hist_write_tails`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tails {
+    /// Every one, with every conversation entry and read mark.
+    All,
+    /// Those not hot (the hot ones stay, with the flush that is due), with the entries
+    /// and read marks of their conversations.
+    Cold,
+    /// At most this many (a slice of a flush that is due), without entries or read
+    /// marks: they wait for the flush's last slice, which is `All`.
+    Some(usize),
+}
+
+/// Most tails one slice of a due flush writes (~4 µs each): the requests that came
+/// meanwhile are handled between slices.
+const FLUSH_SLICE: usize = 2_048;
+#[cfg(test)]
+pub(crate) const FLUSH_SLICE_FOR_TESTS: usize = FLUSH_SLICE;
+
 /// A tail is hot (kept past the memory budget) when its conversation goes through its
 /// window this many times a flush interval: half of what it holds, at least, is
 /// dropped in memory before it would be written.
@@ -327,16 +346,23 @@ impl Worker {
         let mut next_seq = 1;
         let mut last_ts = 0;
         let mut oldest = None;
-        if let Some(g) = self.dbs.history.prefix(&prefix).next_back() {
-            let (k, v) = g.into_inner()?;
+        // Its oldest chunk first, then its newest from the other end of the same scan:
+        // a conversation with none (most, under a storm of messages to new names) costs
+        // one forward seek, and one with chunks one scan, not two (a reverse seek costs
+        // about twice a forward one: half of the storage thread's time went to the two
+        // scans under such a storm).
+        let mut chunks = self.dbs.history.prefix(&prefix);
+        if let Some(g) = chunks.next() {
+            let (first_k, first_v) = g.into_inner()?;
+            oldest = Some(chunk_seq(&prefix, &first_k).ok_or_else(|| corrupt("key"))?);
+            let (k, v) = match chunks.next_back() {
+                Some(g) => g.into_inner()?,
+                None => (first_k, first_v),
+            };
             let seq = chunk_seq(&prefix, &k).ok_or_else(|| corrupt("key"))?;
             let (count, ts, _) = parse_chunk(&v).ok_or_else(|| corrupt("chunk"))?;
             next_seq = seq + u64::from(count);
             last_ts = ts;
-        }
-        if let Some(g) = self.dbs.history.prefix(&prefix).next() {
-            let k = g.key()?;
-            oldest = Some(chunk_seq(&prefix, &k).ok_or_else(|| corrupt("key"))?);
         }
         let st = ConvState {
             next_seq,
@@ -599,6 +625,19 @@ impl Worker {
     pub(crate) fn hist_tick(&mut self) {
         // (A flush due now writes the payloads kept by reference: no copy first.)
         if self.hist.next_flush.is_some_and(|t| t <= Instant::now()) {
+            if self.hist.tails.len() > FLUSH_SLICE {
+                // A slice now, the rest after the requests that came meanwhile (the
+                // flush stays due, so the loop does not wait for one): a storm of
+                // messages to new names left ~40 000 tails a second, whose write held
+                // every request 130–160 ms.
+                let r = self
+                    .hist_write_tails(Tails::Some(FLUSH_SLICE))
+                    .and_then(|()| self.commit());
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "history write failed");
+                }
+                return;
+            }
             let r = self.hist_flush().and_then(|()| self.commit());
             match r {
                 // (Memory mode only: sync mode writes history in its rounds.) Files the
@@ -692,19 +731,41 @@ impl Worker {
             return self.hist_flush();
         }
         self.hist.hot_bytes = hot;
-        self.hist_write_tails(false)
+        self.hist_write_tails(Tails::Cold)
     }
 
     /// Writes every conversation's tail (one key per segment), the conversation entries
     /// and the read marks, then trims the conversations over their bounds.
     pub(crate) fn hist_flush(&mut self) -> StoreResult<()> {
-        self.hist_write_tails(true)
+        self.hist_write_tails(Tails::All)
     }
 
-    /// [`Worker::hist_flush`] of every tail (`all`), or of those not hot (the hot ones
-    /// stay, with the flush that is due).
-    fn hist_write_tails(&mut self, all: bool) -> StoreResult<()> {
-        let tails = if all {
+    /// [`Worker::hist_flush`] of the tails `which` names.
+    fn hist_write_tails(&mut self, which: Tails) -> StoreResult<()> {
+        let all = which == Tails::All;
+        let tails = if let Tails::Some(n) = which {
+            let mut taken = 0;
+            let some: NameMap<Vec<u8>, Tail> = self
+                .hist
+                .tails
+                .extract_if(|_, _| {
+                    taken += 1;
+                    taken <= n
+                })
+                .collect();
+            for t in some.values() {
+                self.hist.tail_bytes -= t.bytes;
+                if t.hot {
+                    self.hist.hot_bytes -= t.bytes;
+                }
+            }
+            let tails = &self.hist.tails;
+            self.hist.pinned.retain(|c| tails.contains_key(c));
+            if self.hist.pinned.is_empty() {
+                self.hist.unshare_at = None;
+            }
+            some
+        } else if all {
             self.hist.next_flush = None;
             self.hist.unshare_at = None;
             self.hist.pinned.clear();
@@ -728,10 +789,12 @@ impl Worker {
             cold
         };
         // Entries and read marks of the conversations whose tails stay wait for them: a
-        // crash must not leave a mark or a last seq ahead of the messages written.
-        let (held_pending, held_marks) = match all {
-            true => (Vec::new(), Vec::new()),
-            false => {
+        // crash must not leave a mark or a last seq ahead of the messages written. A
+        // slice's wait for the flush's last one (all of them: finding its own would cost
+        // a pass over every entry per slice).
+        let (held_pending, held_marks) = match which {
+            Tails::All | Tails::Some(_) => (Vec::new(), Vec::new()),
+            Tails::Cold => {
                 let tails = &self.hist.tails;
                 let hot = |k: &Vec<u8>| entry_conv(k).is_some_and(|c| tails.contains_key(c));
                 let held =
@@ -767,7 +830,7 @@ impl Worker {
             }
         }
         let written = self.hist_write_chunks(writes);
-        if written.is_ok() {
+        if written.is_ok() && !matches!(which, Tails::Some(_)) {
             self.hist_flush_entries();
         }
         self.hist.pending.extend(held_pending);
