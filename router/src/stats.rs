@@ -243,8 +243,8 @@ shard_stats!(
     store_queue_requests,
     /// What they count for in bytes (see `max_store_queue_bytes`).
     store_queue_bytes,
-    /// History and ListConversations reads waiting in the shard for their turn at the
-    /// store (see `max_page_reads_in_flight`).
+    /// Page reads (History, ListConversations, MarkRead, ListRooms, ListUsers) waiting
+    /// in the shard for their turn at the store (see `max_page_reads_in_flight`).
     page_reads_waiting,
     /// What ended sessions left unacked, waiting for the store (see `max_requeue_bytes`).
     requeue_bytes,

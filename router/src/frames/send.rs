@@ -153,7 +153,7 @@ impl Shard {
                 let msg = OwnedMsg {
                     from_user: self.sessions[key].user.clone(),
                     to_room: Bytes::new(),
-                    payload: v.payload,
+                    payload: crate::outbuf::unpinned(&v.payload),
                     msg_id,
                     ts_us,
                 };

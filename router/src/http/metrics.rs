@@ -133,7 +133,7 @@ const GAUGES: &[(&str, &str, Get)] = &[
     ),
     (
         "page_reads_waiting",
-        "History and ListConversations reads waiting for their turn at the store (--max-page-reads-in-flight per shard).",
+        "Page reads (History, ListConversations, MarkRead, ListRooms, ListUsers) waiting for their turn at the store (--max-page-reads-in-flight per shard).",
         |s| s.page_reads_waiting,
     ),
     (

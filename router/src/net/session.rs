@@ -194,7 +194,7 @@ impl Reader {
             reader,
             buf,
             layers,
-            _guard,
+            _guard: guard,
         } = self;
         async move {
             // Frames pipelined after the Login are answered after the LoginResult.
@@ -220,8 +220,9 @@ impl Reader {
             shard.borrow_mut().close(key, reason, None);
             let _ = writer.await;
             shard.borrow_mut().remove(key);
-            // Counted until here.
-            drop(_guard);
+            // Counted until here. (This use also moves the guard into the block: without
+            // it the guard would go when `run` returns, before the task starts.)
+            drop(guard);
         }
     }
 }

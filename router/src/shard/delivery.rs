@@ -310,20 +310,32 @@ impl Shard {
     /// once it is stored (OK), or why not (NOT_FOUND: no such user; RATE_LIMITED: the
     /// queue is full; UNAVAILABLE: the store's disk is full, `store::disk`).
     pub(crate) fn store_offline(&mut self, to_user: &[u8], m: Outgoing<'_>, reply: Answer) {
+        self.store_offline_record(to_user, m.to_stored(), reply);
+    }
+
+    /// [`Shard::store_offline`] of a store record made already (one for a room
+    /// message's offline members: each holds the one copy of its payload).
+    pub(crate) fn store_offline_record(
+        &mut self,
+        to_user: &[u8],
+        msg: crate::store::StoredMsg,
+        reply: Answer,
+    ) {
+        let msg_id = msg.msg_id;
         if !self.has_store() {
-            self.answer_send(reply, m.msg_id, Status::NotFound);
+            self.answer_send(reply, msg_id, Status::NotFound);
             return;
         }
         if self.store_disk_full() {
             self.counters.reject(Status::Unavailable);
-            self.answer_send(reply, m.msg_id, Status::Unavailable);
+            self.answer_send(reply, msg_id, Status::Unavailable);
             return;
         }
         self.counters.offline_stored += 1;
         let b = Behind {
-            msg: m.to_stored(),
+            msg,
             cap: self.offline_cap(),
-            reply: Some((reply, m.msg_id)),
+            reply: Some((reply, msg_id)),
             origin: None,
         };
         // Behind what the user's ended sessions left, if any waits (see `shard::requeue`).
@@ -366,7 +378,11 @@ impl Shard {
 
     /// Sync durability: appends the message to `to_user`'s queue, then delivers it to
     /// the user's live sessions (with its store seq, so the ack removes it) and answers
-    /// the sender.
+    /// the sender. `msg` is held until the store answers, and queued for it: its small
+    /// payload and names must be no slices of a read buffer (a slow store kept a read
+    /// buffer for each small message: 90 -> 349 MiB under `--durability sync` in a
+    /// hostile review): the callers copy them once a message ([`OwnedMsg::unpinned`]),
+    /// not once a room member.
     pub(crate) fn journal(
         &mut self,
         to_user: Bytes,
@@ -383,10 +399,8 @@ impl Shard {
         }
         self.flush_requeues_of(&to_user);
         let user = String::from_utf8_lossy(&to_user).into_owned();
-        // Held until the store answers, and queued for it: a slow store kept a read
-        // buffer for each small message (a hostile review: 90 -> 349 MiB under
-        // `--durability sync`, the store queue counting 4.9 MB).
-        let msg = msg.unpinned();
+        // (A name is small: copied here, it keeps no read buffer while the store answers.)
+        let to_user = crate::outbuf::unpinned(&to_user);
         let stored = msg.to_stored();
         let cap = self.offline_cap();
         self.counters.journaled += 1;

@@ -524,7 +524,8 @@ impl Shard {
                         payload: r.payload,
                         msg_id: r.msg_id,
                         ts_us: r.ts_us,
-                    };
+                    }
+                    .unpinned();
                     self.journal(self.batch_to.clone(), msg, r.reply.into(), r.sender, None);
                     return None;
                 }

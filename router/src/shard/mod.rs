@@ -196,8 +196,8 @@ pub struct Shard {
     /// What those requests count for (payloads plus a fixed overhead each), bounded by
     /// `max_store_queue_bytes`.
     pub store_bytes: usize,
-    /// History and ListConversations reads in the store's queue, and those waiting for
-    /// their turn (`store_link::PageReads`).
+    /// Page reads (History, ListConversations, MarkRead, ListRooms, ListUsers) in the
+    /// store's queue, and those waiting for their turn (`store_link::PageReads`).
     pub page_reads: store_link::PageReads,
     /// DeleteAccount and DeleteRoom requests in the store's queue (one at most), and those
     /// waiting for their turn (`store_link::PageReads`).

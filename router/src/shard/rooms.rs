@@ -1526,19 +1526,22 @@ impl Shard {
             None => Answer::Nobody,
         };
         if self.journaled() {
+            // One copy of the small payload and names for every member's record.
+            let msg = OwnedMsg {
+                from_user: f.from_user.clone(),
+                to_room: f.room.clone(),
+                payload: f.payload.clone(),
+                msg_id: f.msg_id,
+                ts_us: f.ts_us,
+            }
+            .unpinned();
             for user in f.users.iter() {
                 // The sender's own copy is only for the sender's other devices: with
                 // none online it is not stored (it would come back at the next login).
                 if *user == f.from_user && !self.has_other_session(user, f.sender) {
                     continue;
                 }
-                let msg = OwnedMsg {
-                    from_user: f.from_user.clone(),
-                    to_room: f.room.clone(),
-                    payload: f.payload.clone(),
-                    msg_id: f.msg_id,
-                    ts_us: f.ts_us,
-                };
+                let msg = msg.clone();
                 self.journal(user.clone(), msg, answer(&part), f.sender, Some(f.sender));
             }
         } else {
@@ -1583,9 +1586,13 @@ impl Shard {
                 &mut absent,
                 &mut overflowed,
             );
-            for i in absent {
-                if let Some(user) = users.get(i) {
-                    self.store_offline(user, m, answer(&part));
+            if !absent.is_empty() {
+                // One record (one copy of its small payload) for every offline member.
+                let stored = m.to_stored();
+                for i in absent {
+                    if let Some(user) = users.get(i) {
+                        self.store_offline_record(user, stored.clone(), answer(&part));
+                    }
                 }
             }
             // Closed after the pass: a close bumps `users_gen`, and the list is then

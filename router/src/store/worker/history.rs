@@ -145,7 +145,7 @@ enum Tails {
     Cold,
     /// At most this many (a slice of a flush that is due), without entries or read
     /// marks: they wait for the flush's last slice, which is `All`.
-    Some(usize),
+    Slice(usize),
 }
 
 /// Most tails one slice of a due flush writes (~4 µs each): the requests that came
@@ -631,7 +631,7 @@ impl Worker {
                 // messages to new names left ~40 000 tails a second, whose write held
                 // every request 130–160 ms.
                 let r = self
-                    .hist_write_tails(Tails::Some(FLUSH_SLICE))
+                    .hist_write_tails(Tails::Slice(FLUSH_SLICE))
                     .and_then(|()| self.commit());
                 if let Err(e) = r {
                     tracing::warn!(error = %e, "history write failed");
@@ -742,58 +742,55 @@ impl Worker {
 
     /// [`Worker::hist_flush`] of the tails `which` names.
     fn hist_write_tails(&mut self, which: Tails) -> StoreResult<()> {
-        let all = which == Tails::All;
-        let tails = if let Tails::Some(n) = which {
-            let mut taken = 0;
-            let some: NameMap<Vec<u8>, Tail> = self
-                .hist
-                .tails
-                .extract_if(|_, _| {
-                    taken += 1;
-                    taken <= n
-                })
-                .collect();
-            for t in some.values() {
-                self.hist.tail_bytes -= t.bytes;
-                if t.hot {
-                    self.hist.hot_bytes -= t.bytes;
+        let tails = match which {
+            Tails::All => {
+                self.hist.next_flush = None;
+                self.hist.unshare_at = None;
+                self.hist.pinned.clear();
+                self.hist.tail_bytes = 0;
+                self.hist.hot_bytes = 0;
+                std::mem::take(&mut self.hist.tails)
+            }
+            Tails::Cold | Tails::Slice(_) => {
+                let mut taken = 0;
+                let some: NameMap<Vec<u8>, Tail> = self
+                    .hist
+                    .tails
+                    .extract_if(|_, t| match which {
+                        Tails::Slice(n) => {
+                            taken += 1;
+                            taken <= n
+                        }
+                        _ => !t.hot,
+                    })
+                    .collect();
+                for t in some.values() {
+                    let h = &mut self.hist;
+                    h.tail_bytes = h.tail_bytes.saturating_sub(t.bytes);
+                    if t.hot {
+                        h.hot_bytes = h.hot_bytes.saturating_sub(t.bytes);
+                    }
                 }
+                let tails = &self.hist.tails;
+                self.hist.pinned.retain(|c| tails.contains_key(c));
+                if self.hist.pinned.is_empty() {
+                    self.hist.unshare_at = None;
+                }
+                // The tails left are written at the next flush at the latest (a partial
+                // write may come first, with no flush due yet; a slice's flush is due).
+                let every = self.hist.opts.flush_every;
+                self.hist
+                    .next_flush
+                    .get_or_insert_with(|| Instant::now() + every);
+                some
             }
-            let tails = &self.hist.tails;
-            self.hist.pinned.retain(|c| tails.contains_key(c));
-            if self.hist.pinned.is_empty() {
-                self.hist.unshare_at = None;
-            }
-            some
-        } else if all {
-            self.hist.next_flush = None;
-            self.hist.unshare_at = None;
-            self.hist.pinned.clear();
-            self.hist.tail_bytes = 0;
-            self.hist.hot_bytes = 0;
-            std::mem::take(&mut self.hist.tails)
-        } else {
-            let cold: NameMap<Vec<u8>, Tail> = self.hist.tails.extract_if(|_, t| !t.hot).collect();
-            self.hist.tail_bytes = self.hist.hot_bytes;
-            let tails = &self.hist.tails;
-            self.hist.pinned.retain(|c| tails.contains_key(c));
-            if self.hist.pinned.is_empty() {
-                self.hist.unshare_at = None;
-            }
-            // The hot tails are written at the next flush at the latest (a partial write
-            // may come first, with no flush due yet).
-            let every = self.hist.opts.flush_every;
-            self.hist
-                .next_flush
-                .get_or_insert_with(|| Instant::now() + every);
-            cold
         };
         // Entries and read marks of the conversations whose tails stay wait for them: a
         // crash must not leave a mark or a last seq ahead of the messages written. A
-        // slice's wait for the flush's last one (all of them: finding its own would cost
-        // a pass over every entry per slice).
+        // slice writes none: they all wait for the flush's last slice (finding a slice's
+        // own would cost a pass over every entry per slice).
         let (held_pending, held_marks) = match which {
-            Tails::All | Tails::Some(_) => (Vec::new(), Vec::new()),
+            Tails::All | Tails::Slice(_) => (Vec::new(), Vec::new()),
             Tails::Cold => {
                 let tails = &self.hist.tails;
                 let hot = |k: &Vec<u8>| entry_conv(k).is_some_and(|c| tails.contains_key(c));
@@ -830,7 +827,7 @@ impl Worker {
             }
         }
         let written = self.hist_write_chunks(writes);
-        if written.is_ok() && !matches!(which, Tails::Some(_)) {
+        if written.is_ok() && !matches!(which, Tails::Slice(_)) {
             self.hist_flush_entries();
         }
         self.hist.pending.extend(held_pending);
