@@ -250,6 +250,9 @@ pub struct StoreStats {
     pub fsyncs: u64,
     /// Largest number of requests in one round.
     pub max_round: u64,
+    /// Most memtable bytes not yet flushed after a commit (kept near
+    /// `worker::UNFLUSHED_MAX`, see `Dbs::seal_memtables`).
+    pub max_unflushed: u64,
     /// Time spent committing batches, µs.
     pub commit_us: u64,
     /// Time spent in fsync, µs.
@@ -296,6 +299,7 @@ pub(crate) struct StatCells {
     commits: AtomicU64,
     fsyncs: AtomicU64,
     max_round: AtomicU64,
+    pub(crate) max_unflushed: AtomicU64,
     commit_us: AtomicU64,
     fsync_us: AtomicU64,
     forgotten: AtomicU64,
@@ -758,6 +762,7 @@ impl StoreHandle {
             commits: l(&s.commits),
             fsyncs: l(&s.fsyncs),
             max_round: l(&s.max_round),
+            max_unflushed: l(&s.max_unflushed),
             commit_us: l(&s.commit_us),
             fsync_us: l(&s.fsync_us),
             forgotten: l(&s.forgotten),

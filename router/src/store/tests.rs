@@ -1254,3 +1254,36 @@ fn a_blocker_noted_alone_changes_one_key_and_leaves_the_list() {
     // Names are checked like any other.
     assert!(call(|cb| h.note_blocker("vic", "bad name\n", true, cb)).is_err());
 }
+
+/// fjall seals a memtable past its size on its one worker thread, and holds writes back
+/// only while a keyspace has 4 sealed: while that worker flushed, the offline keyspace's
+/// memtable grew without bound (776 MiB not flushed under a room's fan-out to offline
+/// members). Offline records written far faster than they are flushed (320 MiB sent
+/// without waiting) leave a bounded amount not flushed.
+#[test]
+fn offline_records_written_faster_than_flushed_stay_bounded_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(dir.path(), Durability::Memory);
+    let rec = StoredMsg {
+        from_user: "sender".into(),
+        payload: Bytes::from(vec![7u8; 8 << 10]),
+        ..Default::default()
+    };
+    let (tx, rx) = mpsc::channel();
+    for u in 0..120 {
+        let tx = tx.clone();
+        let msgs = vec![rec.clone(); 1000];
+        h.append(&format!("u{u}"), msgs, move |r| tx.send(r).unwrap())
+            .unwrap();
+    }
+    drop(tx);
+    let stored: Vec<_> = rx.iter().collect();
+    assert_eq!(stored, vec![Ok(1000); 120]);
+    let most = h.stats().max_unflushed;
+    assert!(
+        most <= 2 * worker::UNFLUSHED_MAX_FOR_TESTS,
+        "{} MiB not flushed at most",
+        most >> 20
+    );
+    assert_eq!(call(|cb| h.count("u119", cb)), Ok(1000));
+}

@@ -37,6 +37,10 @@ const OFFLINE_MEMTABLE_BYTES: u64 = 16 << 20;
 const SMALL_MEMTABLE_BYTES: u64 = 8 << 20;
 /// The block cache shared by the keyspaces.
 const STORE_CACHE_BYTES: u64 = 16 << 20;
+/// Memtable bytes not yet flushed past which the storage thread seals the keyspaces'
+/// memtables itself after a commit (see [`Dbs::seal_memtables`]): about two of each
+/// keyspace's (offline and history 16 MiB, accounts and rooms 8 MiB).
+const UNFLUSHED_MAX: u64 = 96 << 20;
 
 /// The database and its keyspaces.
 pub(crate) struct Dbs {
@@ -122,6 +126,27 @@ impl Dbs {
         })
     }
 
+    /// Seals every keyspace's memtable that holds anything, when more than
+    /// [`UNFLUSHED_MAX`] is not flushed. fjall seals a memtable past its size on its one
+    /// worker thread, and only holds writes back while a keyspace has 4 sealed ones: while
+    /// that worker flushed and compacted, the offline keyspace's memtable grew without
+    /// bound (a room message to 5 000 offline members, 8 KiB each, 30 times: 776 MiB not
+    /// flushed, 1 sealed; the router at 1.2 GiB). Sealed here, the 4 sealed come and
+    /// fjall holds the storage thread until its worker has flushed them.
+    /// Answers the bytes not flushed it found.
+    fn seal_memtables(&self) -> u64 {
+        let unflushed = self.db.write_buffer_size();
+        if unflushed <= UNFLUSHED_MAX {
+            return unflushed;
+        }
+        for ks in [&self.offline, &self.accounts, &self.rooms, &self.history] {
+            if let Err(e) = ks.rotate_memtable() {
+                tracing::warn!(error = %e, "sealing a memtable failed");
+            }
+        }
+        unflushed
+    }
+
     fn ks(&self, ks: Ks) -> &Keyspace {
         match ks {
             Ks::Accounts => &self.accounts,
@@ -188,6 +213,8 @@ pub(crate) struct Worker {
     stats: Arc<StatCells>,
     /// Writes not yet committed.
     ops: Vec<Op>,
+    /// Bytes of the offline records in `ops` (see [`ROUND_RECORD_BYTES`]).
+    ops_bytes: usize,
     /// A request of this round wrote something.
     round_wrote: bool,
     /// A commit of this round failed: every writing request of the round gets it.
@@ -267,6 +294,14 @@ fn kept_queue_states(
     }
 }
 
+/// A round ends (its writes committed, its requests answered) once it has this many
+/// bytes of offline records to write. fjall checks a memtable's size after a whole batch
+/// is applied: a round of a room message's records for 5 000 offline members (8 KiB each)
+/// made memtables of hundreds of MiB, four of them sealed and waiting for their flush:
+/// 30 such messages took the router to 1.2 GiB (linear in the messages sent). Half the
+/// offline memtable's size: it is sealed at most this much past it.
+const ROUND_RECORD_BYTES: usize = OFFLINE_MEMTABLE_BYTES as usize / 2;
+
 /// Accounts one idle-user sweep step looks at (steps run between rounds).
 const SWEEP_BATCH: usize = 1024;
 
@@ -339,6 +374,8 @@ const MIGRATE_BATCH: usize = 256;
 pub(crate) const MIGRATE_BATCH_FOR_TESTS: usize = MIGRATE_BATCH;
 #[cfg(test)]
 pub(crate) use history::FLUSH_SLICE_FOR_TESTS;
+#[cfg(test)]
+pub(crate) const UNFLUSHED_MAX_FOR_TESTS: u64 = UNFLUSHED_MAX;
 
 /// The owner and the members of a room.
 fn people(r: &RoomRecord) -> std::collections::BTreeSet<&str> {
@@ -379,6 +416,7 @@ impl Worker {
             pool,
             stats,
             ops: Vec::new(),
+            ops_bytes: 0,
             round_wrote: false,
             round_err: None,
             flush_requested: false,
@@ -458,7 +496,7 @@ impl Worker {
             };
             self.handle(first);
             let mut n = 1usize;
-            while n < max_round {
+            while n < max_round && self.ops_bytes < ROUND_RECORD_BYTES {
                 match rx.try_recv() {
                     Ok(m) => {
                         self.handle(m);
@@ -583,6 +621,7 @@ impl Worker {
         }
         // (Committed or lost with a failed batch: either way no longer pending.)
         self.accounts_dropped = false;
+        self.ops_bytes = 0;
         let t = Instant::now();
         // As `Database::batch` (journal handed to the OS at commit), sized for the round's
         // writes at once instead of grown item by item (a requeue round is ~10^4 items).
@@ -597,6 +636,12 @@ impl Worker {
             }
         }
         let r = batch.commit();
+        if r.is_ok() {
+            let unflushed = self.dbs.seal_memtables();
+            self.stats
+                .max_unflushed
+                .fetch_max(unflushed, Ordering::Relaxed);
+        }
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.stats
             .commit_us
@@ -1065,6 +1110,7 @@ impl Worker {
             set_queue_key_seq(&mut key, st.next_seq);
             encode_into(m, &mut value);
             st.bytes += value.len() as u64;
+            self.ops_bytes += key.len() + value.len();
             self.ops
                 .push(Op::Enqueued(Slice::from(&key[..]), Slice::from(&value[..])));
             st.next_seq += 1;
