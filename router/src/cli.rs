@@ -145,6 +145,13 @@ pub struct Args {
     /// gets Error UNAUTHORIZED and is closed.
     #[arg(long, value_name = "N", default_value_t = 3, help_heading = AUTH)]
     pub max_failed_logins: u32,
+    /// Most refused password Logins per user name a minute (--auth accounts), from any
+    /// connection or address: this many at once, then one every 60 s / N. Past it a Login
+    /// for the name is refused RATE_LIMITED before its password is checked, so reconnecting
+    /// does not buy more guesses; while someone keeps guessing, the name's own password
+    /// Logins are refused too. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 10, help_heading = AUTH)]
+    pub max_failed_logins_per_user: u32,
     /// Most Registers one connection may send before it logs in: past it each is
     /// answered RATE_LIMITED (an account creator cannot script thousands per connection).
     #[arg(long, value_name = "N", default_value_t = 3, help_heading = AUTH)]
@@ -182,7 +189,8 @@ pub struct Args {
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16KiB", help_heading = LIMITS)]
     pub max_prelogin_frame_bytes: usize,
     /// Bound on one session's outbound queue: past it, local senders pause (TCP backpressure);
-    /// at twice it, or after --slow-consumer-timeout over it, the session is closed as a slow consumer.
+    /// at twice it (and at least it plus 32 MiB), or after --slow-consumer-timeout over it, the
+    /// session is closed as a slow consumer.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "8MiB", help_heading = LIMITS)]
     pub max_pending_bytes: usize,
     /// Most open connections.
@@ -233,7 +241,8 @@ pub struct Args {
     /// store queue or mailboxes.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), default_value_t = 16, help_heading = LIMITS)]
     pub max_requests_in_flight: u32,
-    /// Most rooms one user may be a member of.
+    /// Most rooms one user may have created or joined, and apart from them, most rooms
+    /// others may have added it to (N each).
     #[arg(long, value_name = "N", default_value_t = 1_000, help_heading = LIMITS)]
     pub max_rooms_per_user: usize,
     /// Most members in one room.
@@ -387,7 +396,8 @@ pub struct Args {
     /// memory or of the cgroup's limit; 0: none.
     #[arg(long, value_name = "SIZE|auto", value_parser = parse_memory, default_value = "auto", help_heading = LIMITS)]
     pub max_memory: usize,
-    /// Open/jwt auth: a user with nothing queued and no rooms, not seen this long, is forgotten.
+    /// Open/jwt auth: a user with nothing queued, no rooms and no contacts, not seen this long,
+    /// is forgotten.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30d", help_heading = STORAGE)]
     pub forget_idle_users_after: Duration,
     /// Messages kept per conversation (a pair of users, or a room) for History; 0: no
@@ -485,6 +495,7 @@ impl Args {
             forget_idle_users_after: self.forget_idle_users_after,
             max_prelogin_frame_bytes: self.max_prelogin_frame_bytes,
             max_failed_logins: self.max_failed_logins,
+            max_failed_logins_per_user: self.max_failed_logins_per_user,
             max_registrations_per_connection: self.max_registrations_per_connection,
             max_registrations_per_ip: self.max_registrations_per_ip,
             registration_window: self.registration_window,

@@ -239,8 +239,8 @@ pub struct Config {
     pub max_memory: usize,
     /// Most payload bytes in one user's offline queue (same overflow policy as the count).
     pub max_offline_bytes_per_user: u64,
-    /// A user record of open/jwt auth with nothing queued and no rooms, not seen for this
-    /// long, is forgotten.
+    /// A user record of open/jwt auth with nothing queued, no rooms and no contacts, not
+    /// seen for this long, is forgotten.
     pub forget_idle_users_after: Duration,
     /// Largest frame accepted before Login (Login, Register, Ping), in bytes; a larger
     /// one is answered TOO_LARGE and closes the connection.
@@ -248,6 +248,10 @@ pub struct Config {
     /// Most failed logins on one connection: the last one's LoginResult is followed by
     /// Error UNAUTHORIZED and the connection is closed.
     pub max_failed_logins: u32,
+    /// Most refused password Logins per user name a minute, from any connection or
+    /// address (a token bucket: this many at once); past it a Login for the name is
+    /// refused RATE_LIMITED before its password is checked. 0: no limit.
+    pub max_failed_logins_per_user: u32,
     /// Most Registers one connection may send before its Login: past it each is answered
     /// RATE_LIMITED (one connection created accounts as fast as passwords hashed).
     pub max_registrations_per_connection: u32,
@@ -352,6 +356,7 @@ impl Default for Config {
             forget_idle_users_after: Duration::from_secs(30 * 24 * 3600),
             max_prelogin_frame_bytes: 16 << 10,
             max_failed_logins: 3,
+            max_failed_logins_per_user: 10,
             max_registrations_per_connection: 3,
             max_registrations_per_ip: 30,
             registration_window: Duration::from_secs(600),
@@ -445,7 +450,25 @@ impl Config {
         if self.effective_shards() > MAX_SHARDS {
             return Err(format!("at most {MAX_SHARDS} shards"));
         }
+        if self.max_prelogin_frame_bytes == 0 {
+            return Err(
+                "--max-prelogin-frame-bytes is 0: no Login or Register could be read".into(),
+            );
+        }
+        if self.history_page_max == 0 {
+            return Err(
+                "--history-page-max is 0: no History or ListConversations page could be answered \
+                 (turn history off with --history-per-conversation 0)"
+                    .into(),
+            );
+        }
         Ok(())
+    }
+
+    /// The bound on a frame before login: `max_prelogin_frame_bytes`, and never more
+    /// than `max_frame_bytes` (the bound on every frame; the pre-login one only lowers it).
+    pub fn prelogin_frame_bytes(&self) -> usize {
+        self.max_prelogin_frame_bytes.min(self.max_frame_bytes)
     }
 
     /// Hard cap on a session's outbound queue. Past `max_pending_bytes`, every

@@ -64,7 +64,7 @@ impl Limits {
     /// The limits `cfg` sets.
     pub(crate) fn from_config(cfg: &Config) -> Self {
         Limits {
-            max_frame_bytes: cfg.max_prelogin_frame_bytes,
+            max_frame_bytes: cfg.prelogin_frame_bytes(),
             max_failed_logins: cfg.max_failed_logins,
             max_registrations: cfg.max_registrations_per_connection,
             max_queued_bytes: MAX_QUEUED_BYTES,
@@ -374,8 +374,8 @@ impl PreLogin {
                 Ok(None) => return,
                 Err(FrameError::TooLarge { len, max }) => {
                     let reason = format!(
-                        "frame of {len} bytes exceeds --max-prelogin-frame-bytes {max} \
-                         (the bound before login)"
+                        "frame of {len} bytes exceeds {max}, the bound before login \
+                         (--max-prelogin-frame-bytes, at most --max-frame-bytes)"
                     );
                     self.close_with(Status::TooLarge, &reason);
                 }

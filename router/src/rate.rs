@@ -1,5 +1,6 @@
 //! A token bucket, for the rates that bound what one client may ask for: Registers per
-//! address and in all (`net::signup`), adds of others to rooms per user (`shard::adds`).
+//! address and in all, refused Logins per user name (`net::signup`), adds of others to
+//! rooms per user (`shard::adds`).
 
 use std::time::Instant;
 
@@ -35,5 +36,71 @@ impl Bucket {
     pub(crate) fn refill(&mut self, cap: f64, per_sec: f64, now: Instant) {
         self.tokens = self.tokens_at(cap, per_sec, now);
         self.at = now;
+    }
+}
+
+/// Token buckets by key (an address, a user name), all of one size and rate, in a table of
+/// at most `max` keys. A key not in the table has a full bucket. When the table is full,
+/// the keys whose bucket is full again are forgotten first (that changes nothing), then,
+/// if that freed less than a quarter, the least recently used half: a key forgotten
+/// starts over full, so a client with more keys than `max` is bounded by what else
+/// bounds it (amortised O(1) an insert).
+pub(crate) struct Buckets<K> {
+    map: crate::maps::NameMap<K, Bucket>,
+    /// Tokens a bucket holds at most.
+    cap: f64,
+    /// Tokens it gains a second (infinite: always full).
+    per_sec: f64,
+    max: usize,
+}
+
+impl<K: std::hash::Hash + Eq> Buckets<K> {
+    /// Buckets of `cap` tokens that gain `per_sec` a second, at most `max` keys tracked.
+    pub(crate) fn new(cap: f64, per_sec: f64, max: usize) -> Self {
+        Buckets {
+            map: crate::maps::NameMap::default(),
+            cap,
+            per_sec,
+            max: max.max(1),
+        }
+    }
+
+    /// The tokens `key` holds at `now`.
+    pub(crate) fn tokens(&self, key: &K, now: Instant) -> f64 {
+        self.map
+            .get(key)
+            .map_or(self.cap, |b| b.tokens_at(self.cap, self.per_sec, now))
+    }
+
+    /// `key`'s bucket brought to `now` (tracked from now on; room made first when the
+    /// table is full).
+    pub(crate) fn at(&mut self, key: K, now: Instant) -> &mut Bucket {
+        if self.map.len() >= self.max && !self.map.contains_key(&key) {
+            self.forget_some(now);
+        }
+        let (cap, per_sec) = (self.cap, self.per_sec);
+        let b = self
+            .map
+            .entry(key)
+            .or_insert_with(|| Bucket::full(cap, now));
+        b.refill(cap, per_sec, now);
+        b
+    }
+
+    fn forget_some(&mut self, now: Instant) {
+        let (cap, per_sec) = (self.cap, self.per_sec);
+        self.map.retain(|_, b| b.tokens_at(cap, per_sec, now) < cap);
+        if self.map.len() > self.max - self.max / 4 {
+            let mut seen: Vec<Instant> = self.map.values().map(|b| b.at).collect();
+            let mid = seen.len() / 2;
+            let (_, &mut cut, _) = seen.select_nth_unstable(mid);
+            self.map.retain(|_, b| b.at > cut);
+        }
+    }
+
+    /// Keys tracked now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
     }
 }

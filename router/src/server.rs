@@ -13,7 +13,7 @@ use crate::auth::Authenticator;
 use crate::config::{Config, DurabilityMode};
 use crate::http::HttpCtx;
 use crate::mailbox::mesh;
-use crate::net::signup::SignupGate;
+use crate::net::signup::{FailedLogins, SignupGate};
 use crate::shard::mail::{Mail, MailQueue};
 use crate::shard::run::{run_shard, ShardThread};
 use crate::shared::{ConnSlots, Shared};
@@ -206,6 +206,7 @@ impl Router {
             tls,
             handshakes,
             signup: SignupGate::new(&cfg),
+            failed_logins: FailedLogins::new(&cfg),
         });
         let flights: Arc<Vec<Vec<Arc<AtomicUsize>>>> = Arc::new(
             (0..n)

@@ -16,7 +16,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::mailbox::Doorbell;
 use crate::maps::NameMap;
-use crate::net::signup::SignupGate;
+use crate::net::signup::{FailedLogins, SignupGate};
 use crate::store::StoreHandle;
 
 /// State shared by every shard thread (read-mostly).
@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     pub(crate) handshakes: Option<Arc<crate::transport::tls::Handshakes>>,
     /// Admission of Registers: in flight, per address, per second.
     pub(crate) signup: SignupGate,
+    /// Password Logins per user name (`--max-failed-logins-per-user`).
+    pub(crate) failed_logins: FailedLogins,
 }
 
 /// The connection slots: `--max-connections` in all, `--max-connections-per-ip` from

@@ -1,6 +1,8 @@
 """Type stubs for ``ringrouter._native``, the Rust extension (crate ``pybind/``).
 
-Everything here is re-exported by :mod:`ringrouter`; import it from there.
+Everything here but :func:`load_run` is re-exported by :mod:`ringrouter`; import it
+from there. :func:`load_run` is the engine behind :func:`ringrouter.load.run`, which
+wraps it (use that one).
 """
 
 from enum import IntEnum
@@ -153,9 +155,14 @@ class Conversation:
 class Event:
     """A room event, returned by :meth:`Client.recv` among the messages.
 
-    Sent by the router to every live session of every member of the room (the
-    user concerned included); a member without a live session gets it at its next
-    login, in order with its messages. Immutable; equal when all fields are equal.
+    Sent to the live sessions of every member of the room (the user concerned
+    included). A member without a live session finds the events that concern it
+    (it joined, was added or removed, the room was deleted) in its offline queue at
+    its next login, in order with its messages; another member's join, leave or
+    removal is not stored (:meth:`Client.room_info` tells who is in). In a room of
+    more than ``--room-events-max-members`` members, a join, leave or removal goes
+    only to the member concerned and the owner. Immutable; equal when all fields are
+    equal.
     """
 
     @property
@@ -246,7 +253,8 @@ class ContactEvent:
     @property
     def kind(self) -> str:
         """``"request"``, ``"accepted"``, ``"declined"``, ``"removed"`` (and, on the
-        blocking user's other devices only, ``"blocked"``, ``"unblocked"``)."""
+        blocking user's other devices only, ``"blocked"``, ``"unblocked"``);
+        ``"unknown"`` for a kind this client does not know."""
     @property
     def user(self) -> str:
         """The other user."""

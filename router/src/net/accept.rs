@@ -374,6 +374,13 @@ async fn check_password(shared: &Shared, user: &str, password: &str) -> Result<(
             reason: "too many password operations in progress".into(),
         });
     }
+    // (A refusal above takes no token: nothing was guessed.)
+    let Some(attempt) = shared.failed_logins.admit(user, Instant::now()) else {
+        return Err(AuthError {
+            status: Status::RateLimited,
+            reason: super::signup::TOO_MANY_FAILED_LOGINS.into(),
+        });
+    };
     let (tx, rx) = crate::turns::answer();
     if shared
         .store
@@ -390,7 +397,10 @@ async fn check_password(shared: &Shared, user: &str, password: &str) -> Result<(
     }
     // A dropped sender (the store lost the request) reads as `None`.
     match rx.await.ok() {
-        Some(Ok(true)) => Ok(()),
+        Some(Ok(true)) => {
+            attempt.succeeded(Instant::now());
+            Ok(())
+        }
         Some(Ok(false)) | Some(Err(StoreError::NotFound)) => Err(refused()),
         Some(Err(StoreError::Invalid(_))) => Err(refused()),
         Some(Err(e)) => {

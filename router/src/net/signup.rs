@@ -8,6 +8,11 @@
 //! did not stop a client that reconnects: 200 connections registering 3 accounts each
 //! and reconnecting kept 256 hashes queued, made ~30 accounts a second and held an honest
 //! password login 7 s, then had it refused RATE_LIMITED.
+//!
+//! Password Logins have the same kind of gate per user name ([`FailedLogins`],
+//! `--max-failed-logins-per-user` a minute): `--max-failed-logins` closes a connection
+//! after its third wrong password, but a client that reconnected could guess one
+//! account's password as fast as the hashing pool went.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,8 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::address::address_key;
 use crate::config::Config;
-use crate::maps::NameMap;
-use crate::rate::Bucket;
+use crate::rate::{Bucket, Buckets};
 
 /// Most addresses whose Registers are counted. Past it, addresses whose bucket is full
 /// again are forgotten first (that changes nothing), then the least recently seen half;
@@ -50,7 +54,7 @@ impl Refused {
 /// The rates, behind one lock (Registers are rare next to everything else).
 struct Rates {
     /// Registers per address, by [`address_key`].
-    by_address: NameMap<IpAddr, Bucket>,
+    by_address: Buckets<IpAddr>,
     /// Registers of everyone.
     total: Bucket,
 }
@@ -61,15 +65,8 @@ pub(crate) struct SignupGate {
     in_flight: Arc<AtomicU64>,
     /// Most of them: a quarter of `--max-password-jobs`, rounded up.
     max_in_flight: u64,
-    /// `--max-registrations-per-ip` (the bucket's size).
-    per_address: f64,
-    /// Tokens an address gains a second (`per_address` per `--registration-window`);
-    /// infinite for a zero window (no per-address limit).
-    address_refill: f64,
     /// `--max-registrations-per-second` (the bucket's size and its refill).
     per_second: f64,
-    /// Most addresses tracked.
-    max_addresses: usize,
     rates: Mutex<Rates>,
 }
 
@@ -112,12 +109,11 @@ impl SignupGate {
         SignupGate {
             in_flight: Arc::new(AtomicU64::new(0)),
             max_in_flight,
-            per_address,
-            address_refill,
             per_second: f64::from(per_second),
-            max_addresses: max_addresses.max(1),
             rates: Mutex::new(Rates {
-                by_address: NameMap::default(),
+                // Each address gains `per_address` per `--registration-window` (always full
+                // for a zero window: no per-address limit).
+                by_address: Buckets::new(per_address, address_refill, max_addresses),
                 total: Bucket::full(f64::from(per_second), now),
             }),
         }
@@ -138,13 +134,7 @@ impl SignupGate {
         };
         let Rates { by_address, total } = &mut *rates;
         total.refill(self.per_second, self.per_second, now);
-        if by_address.len() >= self.max_addresses && !by_address.contains_key(&ip) {
-            self.forget_some(by_address, now);
-        }
-        let bucket = by_address
-            .entry(ip)
-            .or_insert_with(|| Bucket::full(self.per_address, now));
-        bucket.refill(self.per_address, self.address_refill, now);
+        let bucket = by_address.at(ip, now);
         if bucket.tokens < 1.0 {
             return Err(Refused::Address);
         }
@@ -156,24 +146,97 @@ impl SignupGate {
         Ok(admitted)
     }
 
-    /// Makes room in a full table: forgets the addresses whose bucket is full again, and
-    /// if that frees less than a quarter, the least recently seen half (amortised O(1) an
-    /// insert).
-    fn forget_some(&self, by_address: &mut NameMap<IpAddr, Bucket>, now: Instant) {
-        let (cap, refill) = (self.per_address, self.address_refill);
-        by_address.retain(|_, b| b.tokens_at(cap, refill, now) < cap);
-        if by_address.len() > self.max_addresses - self.max_addresses / 4 {
-            let mut seen: Vec<Instant> = by_address.values().map(|b| b.at).collect();
-            let mid = seen.len() / 2;
-            let (_, &mut cut, _) = seen.select_nth_unstable(mid);
-            by_address.retain(|_, b| b.at > cut);
-        }
-    }
-
     /// Addresses tracked now.
     #[cfg(test)]
     fn tracked(&self) -> usize {
         self.rates.lock().map_or(0, |r| r.by_address.len())
+    }
+}
+
+/// Most user names whose refused Logins are counted ([`FailedLogins`]); past it, as
+/// for addresses (`rate::Buckets`). ≈ 100 B an entry: ≈ 1.6 MiB.
+pub(crate) const MAX_TRACKED_NAMES: usize = 16_384;
+
+/// The reason of a Login refused by [`FailedLogins`] (RATE_LIMITED).
+pub(crate) const TOO_MANY_FAILED_LOGINS: &str =
+    "too many failed logins for this user, try again later";
+
+/// Password Logins per user name, shared by every shard: each takes a token of the
+/// name's bucket (`--max-failed-logins-per-user` at once, then as many a minute) before
+/// its password is checked, and a Login that succeeds gives it back; a name with no
+/// token left is refused RATE_LIMITED without a hash. So a name gets at most that many
+/// wrong passwords a minute, from any connection or address, and as many checks at
+/// once. Names without an account count the same (a refusal must not tell who has
+/// one). What it costs: while someone keeps guessing a name's password, that name's
+/// own password Logins are refused too (as with Matrix's per-account login limit).
+pub(crate) struct FailedLogins {
+    /// 0: no limit.
+    per_minute: u32,
+    names: Mutex<Buckets<String>>,
+}
+
+/// A password check admitted by [`FailedLogins::admit`]: its token is given back by
+/// [`Attempt::succeeded`], and kept otherwise (a refusal, an error, a dropped Login).
+pub(crate) struct Attempt<'a> {
+    gate: &'a FailedLogins,
+    user: Option<String>,
+}
+
+impl Attempt<'_> {
+    /// The password was right (at `now`): the token goes back.
+    pub(crate) fn succeeded(mut self, now: Instant) {
+        if let Some(user) = self.user.take() {
+            self.gate.give_back(user, now);
+        }
+    }
+}
+
+impl FailedLogins {
+    /// The gate for `cfg`'s limit.
+    pub(crate) fn new(cfg: &Config) -> Self {
+        Self::with(cfg.max_failed_logins_per_user, MAX_TRACKED_NAMES)
+    }
+
+    fn with(per_minute: u32, max_names: usize) -> Self {
+        let cap = f64::from(per_minute);
+        FailedLogins {
+            per_minute,
+            names: Mutex::new(Buckets::new(cap, cap / 60.0, max_names)),
+        }
+    }
+
+    fn names(&self) -> std::sync::MutexGuard<'_, Buckets<String>> {
+        match self.names.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Admits a password check for `user` at `now` (taking one of its tokens), or `None`:
+    /// the name has none left.
+    pub(crate) fn admit(&self, user: &str, now: Instant) -> Option<Attempt<'_>> {
+        if self.per_minute == 0 {
+            return Some(Attempt {
+                gate: self,
+                user: None,
+            });
+        }
+        let mut names = self.names();
+        if names.tokens(&user.to_owned(), now) < 1.0 {
+            return None;
+        }
+        names.at(user.to_owned(), now).tokens -= 1.0;
+        Some(Attempt {
+            gate: self,
+            user: Some(user.to_owned()),
+        })
+    }
+
+    fn give_back(&self, user: String, now: Instant) {
+        let cap = f64::from(self.per_minute);
+        let mut names = self.names();
+        let b = names.at(user, now);
+        b.tokens = (b.tokens + 1.0).min(cap);
     }
 }
 
@@ -248,6 +311,33 @@ mod tests {
         // None at all with no password jobs.
         let g = SignupGate::with(0, 100, Duration::from_secs(60), 100, 100);
         assert_eq!(g.admit(ip("10.0.0.1"), t0).err(), Some(Refused::Busy));
+    }
+
+    /// A name gets `--max-failed-logins-per-user` password checks at once and as many a
+    /// minute, whatever the connection; a right password gives its token back; other
+    /// names are not affected; 0 is no limit; the table of names stays bounded.
+    #[test]
+    fn a_name_gets_its_failed_logins_per_minute() {
+        let g = FailedLogins::with(3, 100);
+        let t0 = Instant::now();
+        let refused: Vec<_> = (0..3).map(|_| g.admit("alice", t0).is_some()).collect();
+        assert_eq!(refused, [true; 3]);
+        assert!(g.admit("alice", t0).is_none(), "the fourth in the minute");
+        assert!(g.admit("bob", t0).is_some(), "each name its own");
+        // One more every 20 s; a right password gives its token back.
+        let t1 = t0 + Duration::from_secs(21);
+        g.admit("alice", t1).expect("refilled").succeeded(t1);
+        assert!(g.admit("alice", t1).is_some());
+        assert!(g.admit("alice", t1).is_none());
+        let off = FailedLogins::with(0, 100);
+        assert!((0..100).all(|_| off.admit("alice", t0).is_some()));
+        let g = FailedLogins::with(2, 64);
+        for i in 0..10_000u64 {
+            let t = t0 + Duration::from_millis(i);
+            assert!(g.admit(&format!("u{i}"), t).is_some());
+        }
+        let n = g.names().len();
+        assert!((1..=64).contains(&n), "{n} names tracked");
     }
 
     /// The table of addresses stays bounded; an address forgotten starts over.

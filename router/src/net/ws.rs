@@ -49,7 +49,7 @@ pub(crate) async fn serve(
                 return;
             }
             // Until Login, frames are bounded like a TCP connection's pre-login frames.
-            conn.start_ws(protocol, shared.cfg.max_prelogin_frame_bytes, rest);
+            conn.start_ws(protocol, shared.cfg.prelogin_frame_bytes(), rest);
             prelogin(shard, shared, conn, guard, local).await;
         }
     }

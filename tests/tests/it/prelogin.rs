@@ -223,6 +223,140 @@ fn third_failed_login_closes_the_connection() {
     );
 }
 
+/// A Login one byte over `bound` gets TOO_LARGE (naming the bound) and the connection
+/// closed; one of `bound` bytes is answered OK.
+fn assert_prelogin_bound(r: &RouterProc, bound: usize) {
+    let mut c = r.raw();
+    c.write(&login_of_size("big", bound + 1)).expect("write");
+    let e = c.expect_error(T);
+    assert_error(&e, Status::TooLarge);
+    assert!(e.reason.contains(&bound.to_string()), "{e:?}");
+    assert!(c.read_until_closed(T).is_empty());
+    let mut c = r.raw();
+    c.write(&login_of_size("big", bound)).expect("write");
+    match c.next_kind(T) {
+        server_frame::Kind::LoginResult(lr) => assert_eq!(lr.status, Status::Ok as i32, "{lr:?}"),
+        other => panic!("expected a LoginResult, got {other:?}"),
+    }
+}
+
+/// The flags themselves, away from their defaults. Before: `--max-prelogin-frame-bytes`
+/// above `--max-frame-bytes` let a Login larger than every frame's bound in (60 000 bytes
+/// against 4 096), and these flags were tested only at their defaults.
+#[test]
+fn prelogin_bounds_follow_their_flags_and_never_pass_the_frame_bound() {
+    let r = RouterProc::start(&["--shards", "1", "--max-prelogin-frame-bytes", "1024"]);
+    assert_prelogin_bound(&r, 1024);
+    drop(r);
+    // A pre-login bound over the frame bound: the frame bound holds.
+    let r = RouterProc::start(&[
+        "--shards",
+        "1",
+        "--max-frame-bytes",
+        "4096",
+        "--max-payload-bytes",
+        "2048",
+        "--max-prelogin-frame-bytes",
+        "65536",
+    ]);
+    assert_prelogin_bound(&r, 4096);
+    drop(r);
+
+    // `--max-failed-logins 1`: the first refused Login closes the connection.
+    let r = RouterProc::start(&[
+        "--shards",
+        "1",
+        "--auth",
+        "accounts",
+        "--max-failed-logins",
+        "1",
+    ]);
+    assert_eq!(r.register("alice", "right").status, Status::Ok as i32);
+    let mut c = r.raw();
+    let lr = c.login_password("alice", "wrong", "");
+    assert_eq!(lr.status, Status::Unauthorized as i32, "{lr:?}");
+    assert_error(&c.expect_error(T), Status::Unauthorized);
+    assert!(c.read_until_closed(T).is_empty());
+}
+
+/// Settings that would leave the router unable to serve are refused at start, with
+/// the flag named (exit 2). Before: both were accepted, and every Login (or every
+/// History page) was then refused.
+#[test]
+fn bounds_that_refuse_everything_are_refused_at_start() {
+    for (flag, value) in [
+        ("--max-prelogin-frame-bytes", "0"),
+        ("--history-page-max", "0"),
+    ] {
+        let out = std::process::Command::new(ringrouter_tests::router_bin())
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "off",
+                flag,
+                value,
+            ])
+            .output()
+            .expect("run the router");
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag), "{flag} {value}: {err}");
+    }
+}
+
+/// Before: `--max-failed-logins` closed a connection after its third wrong password, and a
+/// client that reconnected guessed on, as fast as the hashing pool went.
+#[test]
+fn wrong_passwords_for_one_name_are_bounded_across_connections() {
+    let r = RouterProc::start(&[
+        "--shards",
+        "2",
+        "--auth",
+        "accounts",
+        "--max-failed-logins-per-user",
+        "4",
+    ]);
+    assert_eq!(r.register("alice", "right").status, Status::Ok as i32);
+    assert_eq!(r.register("bob", "right").status, Status::Ok as i32);
+    // A right password gives its token back: it never counts.
+    for _ in 0..6 {
+        let (_c, lr) = r.login_password("alice", "right");
+        assert_eq!(lr.status, Status::Ok as i32, "{lr:?}");
+    }
+    for i in 0..4 {
+        let (_c, lr) = r.login_password("alice", &format!("wrong{i}"));
+        assert_eq!(
+            lr.status,
+            Status::Unauthorized as i32,
+            "attempt {i}: {lr:?}"
+        );
+    }
+    // The fifth, on a fresh connection, is refused before its password is checked (the
+    // right one too), and a name without an account counts the same.
+    for password in ["wrong", "right"] {
+        let (_c, lr) = r.login_password("alice", password);
+        assert_eq!(lr.status, Status::RateLimited as i32, "{lr:?}");
+        assert_eq!(
+            lr.reason,
+            "too many failed logins for this user, try again later"
+        );
+    }
+    for i in 0..4 {
+        let (_c, lr) = r.login_password("nobody", &format!("wrong{i}"));
+        assert_eq!(
+            lr.status,
+            Status::Unauthorized as i32,
+            "attempt {i}: {lr:?}"
+        );
+    }
+    let (_c, lr) = r.login_password("nobody", "wrong");
+    assert_eq!(lr.status, Status::RateLimited as i32, "{lr:?}");
+    // Other names are not affected.
+    let (_c, lr) = r.login_password("bob", "right");
+    assert_eq!(lr.status, Status::Ok as i32, "{lr:?}");
+}
+
 /// Milliseconds from sending a password Login on a fresh connection to its LoginResult
 /// (which must be UNAUTHORIZED).
 fn refused_login_ms(r: &RouterProc, user: &str, password: &str) -> f64 {
@@ -262,8 +396,17 @@ fn unknown_user_login_costs_what_a_wrong_password_costs() {
         let (code, err) = r.terminate(3 * T);
         assert_eq!(code, Some(0), "{err}");
     }
-    let r =
-        RouterProc::start_real_argon2(&["--shards", "1", "--auth", "accounts", "--data-dir", dir]);
+    // (Ten wrong passwords for one name: at the per-name bound, which is not measured here.)
+    let r = RouterProc::start_real_argon2(&[
+        "--shards",
+        "1",
+        "--auth",
+        "accounts",
+        "--data-dir",
+        dir,
+        "--max-failed-logins-per-user",
+        "0",
+    ]);
     assert_eq!(r.register("known", "right").status, Status::Ok as i32);
     let (mut known, mut unknown, mut nopw) = (Vec::new(), Vec::new(), Vec::new());
     // Warm up (connection setup, the hashing thread's dummy hash).
