@@ -392,8 +392,9 @@ pub struct Args {
     pub max_input_bytes: Option<usize>,
     /// Resident memory past which each shard closes the sessions holding the most (queued
     /// for their sockets plus delivered and not acked; at least 1 MiB each) as slow
-    /// consumers until they make its share of the excess. auto: 80% of the machine's
-    /// memory or of the cgroup's limit; 0: none.
+    /// consumers until they make its share of the excess; if they do not hold it, new
+    /// logins are refused UNAVAILABLE until it is under. auto: 80% of the machine's memory
+    /// or of the cgroup's limit; 0: none.
     #[arg(long, value_name = "SIZE|auto", value_parser = parse_memory, default_value = "auto", help_heading = LIMITS)]
     pub max_memory: usize,
     /// Open/jwt auth: a user with nothing queued, no rooms and no contacts, not seen this long,

@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -286,9 +287,19 @@ async fn bounded<T>(
     }
 }
 
+/// The reason of a Login refused while resident memory is over `--max-memory`.
+pub(crate) const MEMORY_FULL: &str =
+    "the router's memory is over --max-memory: no new session now, try again later";
+
 /// Checks a Login's credentials (the name rule, the token, the password); returns the
-/// user the session will carry.
+/// user the session will carry. Refused first while memory is over the ceiling.
 async fn authenticate(shared: &Shared, l: &Login) -> Result<String, AuthError> {
+    if shared.memory_full.load(Ordering::Relaxed) {
+        return Err(AuthError {
+            status: Status::Unavailable,
+            reason: MEMORY_FULL.into(),
+        });
+    }
     let user = shared.auth.login(&l.user, &l.token)?;
     if shared.cfg.auth == AuthMode::Accounts {
         check_password(shared, &user, &l.password).await?;

@@ -15,7 +15,16 @@
 //! Resident memory, not the sessions' counts, decides whether to act: a room message's
 //! payload is one copy that every member's count includes, so counts add up to far more
 //! than is held under a big room's fan-out. The counts only choose whom to close.
+//!
+//! When the sessions do not hold the excess (loaded contact lists and rooms, history
+//! held for its write), closing them would not help, and each new session brings more:
+//! new logins are then refused UNAVAILABLE ([`MemoryWatch::full`], read before a
+//! Login's credentials are checked) until a shard measures memory under the ceiling, or
+//! finds sessions holding the excess to close. Like Redis refusing writes past
+//! `maxmemory`. (While closed sessions' holdings move to the store, their users may log
+//! in again at once: what they held is on its way out.)
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ringrouter_proto::Status;
@@ -65,6 +74,9 @@ pub fn victims(mut held: Vec<(SessionKey, usize)>, share: usize) -> Vec<(Session
 /// A shard's state of the ceiling.
 #[derive(Debug, Default)]
 pub struct MemoryWatch {
+    /// Set while the last shard to measure found resident memory over the ceiling and
+    /// not held by sessions: logins are refused meanwhile (the router's shards share one).
+    pub full: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// When it last gave memory back to measure (at most once per [`SETTLE`]).
     looked: Option<Instant>,
     /// When it last closed sessions, and what those closed within [`RECENT`] held.
@@ -111,6 +123,7 @@ impl Shard {
         }
         let staying = rss.saturating_sub(leaving);
         if staying <= limit {
+            self.memory.full.store(false, Ordering::Relaxed);
             return;
         }
         let share = (staying - limit)
@@ -139,7 +152,9 @@ impl Shard {
         let closed: usize = gone.iter().map(|&(_, b)| b).sum();
         if closed < share / 2 {
             // Most of the excess is not the sessions' (caches, buffers the bounds
-            // above cover): closing them would not bring it down.
+            // above cover): closing them would not bring it down. No new session
+            // adds to it meanwhile.
+            self.memory.full.store(true, Ordering::Relaxed);
             if !self.memory.warned {
                 self.memory.warned = true;
                 tracing::warn!(
@@ -163,6 +178,8 @@ impl Shard {
             "the router's memory is over --max-memory ({limit} bytes); this session held \
              more than the others"
         );
+        // Closing these brings it down: logins go on.
+        self.memory.full.store(false, Ordering::Relaxed);
         for (k, _) in gone {
             self.counters.memory_closes += 1;
             self.close(

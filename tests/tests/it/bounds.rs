@@ -2292,3 +2292,60 @@ fn a_write_the_peer_does_not_take_is_compacted_and_loses_nothing() {
         }
     }
 }
+
+/// Before: resident memory over `--max-memory` that the sessions did not hold (history
+/// waiting for its write here; loaded contact lists or rooms in a router with many users)
+/// only made a warning, and every new login added to it. Now a Login is refused
+/// UNAVAILABLE while the sessions do not hold the excess, and logins are taken again once
+/// memory is back under the ceiling (here: once the history is written, within its flush
+/// interval). The sessions already in go on meanwhile.
+#[test]
+fn logins_are_refused_while_memory_is_over_the_ceiling() {
+    const N: usize = 160;
+    let r = RouterProc::start(&[
+        "--shards",
+        "1",
+        "--max-memory",
+        "96MiB",
+        "--history-memory-bytes",
+        "1GiB",
+        "--history-hot-memory-bytes",
+        "1GiB",
+        "--history-max-bytes-per-conversation",
+        "1GiB",
+        "--history-flush-every",
+        "5s",
+    ]);
+    let reason = "the router's memory is over --max-memory: no new session now, try again later";
+    let mut sender = r.raw_login("mf-sender");
+    let mut receiver = r.raw_login("mf-receiver");
+    // 160 MB of messages, received and acked: the sessions hold none of them, the
+    // history holds them all until its flush.
+    let payload = vec![7u8; 1_000_000];
+    let mut got = 0;
+    for _ in 0..N / 16 {
+        let mut burst = Vec::new();
+        for _ in 0..16 {
+            burst.extend(send_frame_bytes("mf-receiver", &payload, false, 0));
+        }
+        sender.write(&burst).expect("the router reads the sender");
+        let d = receiver.collect_delivers(16, T);
+        assert_eq!(d.len(), 16, "after {got}");
+        got += d.len();
+        receiver.ack(d.last().map_or(0, |d| d.seq));
+    }
+    let refused = ringrouter_tests::wait_until(T, || {
+        let lr = r.raw().login("mf-late");
+        lr.status == Status::Unavailable as i32 && lr.reason == reason
+    });
+    assert!(refused, "a login was taken over the memory ceiling");
+    sender
+        .write(&send_frame_bytes("mf-receiver", b"still here", false, 0))
+        .expect("write");
+    let d = receiver.collect_delivers(1, T);
+    assert_eq!(d.first().map(|d| &d.payload[..]), Some(&b"still here"[..]));
+    let back = ringrouter_tests::wait_until(Duration::from_secs(60), || {
+        r.raw().login("mf-late").status == Status::Ok as i32
+    });
+    assert!(back, "logins still refused after the history was written");
+}
