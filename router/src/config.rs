@@ -455,7 +455,7 @@ impl Config {
                 "--max-prelogin-frame-bytes is 0: no Login or Register could be read".into(),
             );
         }
-        if self.history_page_max == 0 {
+        if self.history_page_max == 0 && self.history_per_conversation > 0 {
             return Err(
                 "--history-page-max is 0: no History or ListConversations page could be answered \
                  (turn history off with --history-per-conversation 0)"

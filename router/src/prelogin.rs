@@ -295,9 +295,14 @@ impl PreLogin {
                 }));
             }
             Err(e) => {
+                // A busy router (RATE_LIMITED, UNAVAILABLE) is not a failed login: the
+                // client may try again on this connection, within its login deadline.
+                let failed = !matches!(e.status, Status::RateLimited | Status::Unavailable);
                 let f = reply::login_result_frame(request_id, e.status, e.reason);
                 encode_frame(&f, &mut self.out);
-                self.login_failed();
+                if failed {
+                    self.login_failed();
+                }
                 // The client may retry on the same connection: look at what else it sent.
                 self.parse();
             }

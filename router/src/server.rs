@@ -207,7 +207,7 @@ impl Router {
             handshakes,
             signup: SignupGate::new(&cfg),
             failed_logins: FailedLogins::new(&cfg),
-            memory_full: Arc::new(AtomicBool::new(false)),
+            memory: Arc::new(crate::shard::memory::MemoryGate::new(n)),
         });
         let flights: Arc<Vec<Vec<Arc<AtomicUsize>>>> = Arc::new(
             (0..n)

@@ -42,9 +42,9 @@ pub(crate) struct Shared {
     pub(crate) signup: SignupGate,
     /// Password Logins per user name (`--max-failed-logins-per-user`).
     pub(crate) failed_logins: FailedLogins,
-    /// Resident memory is over `--max-memory`: logins are refused (set by the shards'
-    /// memory watch, `shard::memory`).
-    pub(crate) memory_full: Arc<AtomicBool>,
+    /// Resident memory is over `--max-memory` and not the sessions': logins are refused
+    /// (`shard::memory`).
+    pub(crate) memory: Arc<crate::shard::memory::MemoryGate>,
 }
 
 /// The connection slots: `--max-connections` in all, `--max-connections-per-ip` from

@@ -8,7 +8,6 @@ use std::cell::RefCell;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -294,7 +293,7 @@ pub(crate) const MEMORY_FULL: &str =
 /// Checks a Login's credentials (the name rule, the token, the password); returns the
 /// user the session will carry. Refused first while memory is over the ceiling.
 async fn authenticate(shared: &Shared, l: &Login) -> Result<String, AuthError> {
-    if shared.memory_full.load(Ordering::Relaxed) {
+    if shared.memory.refuses() {
         return Err(AuthError {
             status: Status::Unavailable,
             reason: MEMORY_FULL.into(),
@@ -369,10 +368,6 @@ async fn register_account(shared: &Shared, r: &Register, peer: Option<IpAddr>) -
 
 /// Login in accounts mode: the password must match the stored Argon2id hash.
 async fn check_password(shared: &Shared, user: &str, password: &str) -> Result<(), AuthError> {
-    let refused = || AuthError {
-        status: Status::Unauthorized,
-        reason: "wrong user name or password".into(),
-    };
     if password.is_empty() {
         return Err(AuthError {
             status: Status::Unauthorized,
@@ -385,12 +380,19 @@ async fn check_password(shared: &Shared, user: &str, password: &str) -> Result<(
             reason: "too many password operations in progress".into(),
         });
     }
-    // (A refusal above takes no token: nothing was guessed.)
-    let Some(attempt) = shared.failed_logins.admit(user, Instant::now()) else {
+    if !shared.failed_logins.allowed(user, Instant::now()) {
         return Err(AuthError {
             status: Status::RateLimited,
             reason: super::signup::TOO_MANY_FAILED_LOGINS.into(),
         });
+    }
+    // A wrong password (or an unknown name) takes one of the name's tokens.
+    let refused = || {
+        shared.failed_logins.failed(user, Instant::now());
+        AuthError {
+            status: Status::Unauthorized,
+            reason: "wrong user name or password".into(),
+        }
     };
     let (tx, rx) = crate::turns::answer();
     if shared
@@ -408,10 +410,7 @@ async fn check_password(shared: &Shared, user: &str, password: &str) -> Result<(
     }
     // A dropped sender (the store lost the request) reads as `None`.
     match rx.await.ok() {
-        Some(Ok(true)) => {
-            attempt.succeeded(Instant::now());
-            Ok(())
-        }
+        Some(Ok(true)) => Ok(()),
         Some(Ok(false)) | Some(Err(StoreError::NotFound)) => Err(refused()),
         Some(Err(StoreError::Invalid(_))) => Err(refused()),
         Some(Err(e)) => {

@@ -161,34 +161,21 @@ pub(crate) const MAX_TRACKED_NAMES: usize = 16_384;
 pub(crate) const TOO_MANY_FAILED_LOGINS: &str =
     "too many failed logins for this user, try again later";
 
-/// Password Logins per user name, shared by every shard: each takes a token of the
-/// name's bucket (`--max-failed-logins-per-user` at once, then as many a minute) before
-/// its password is checked, and a Login that succeeds gives it back; a name with no
-/// token left is refused RATE_LIMITED without a hash. So a name gets at most that many
-/// wrong passwords a minute, from any connection or address, and as many checks at
-/// once. Names without an account count the same (a refusal must not tell who has
-/// one). What it costs: while someone keeps guessing a name's password, that name's
-/// own password Logins are refused too (as with Matrix's per-account login limit).
+/// Refused password Logins per user name, shared by every shard: each refusal (a wrong
+/// password, an unknown name) takes a token of the name's bucket
+/// (`--max-failed-logins-per-user` at once, then as many a minute), and a Login for a
+/// name with no token left is refused RATE_LIMITED without a hash. So a name gets at most
+/// that many wrong passwords a minute, from any connection or address. Checks already
+/// under way when the bucket empties may take it into debt, at most one bucket deep
+/// (they are bounded by `--max-password-jobs`). Right passwords take nothing: a user's
+/// many devices logging in at once are never refused for it. Names without an account
+/// count the same (a refusal must not tell who has one). What it costs: while someone
+/// keeps guessing a name's password, that name's own password Logins are refused too
+/// (as with Matrix's per-account limit on failed logins).
 pub(crate) struct FailedLogins {
     /// 0: no limit.
     per_minute: u32,
     names: Mutex<Buckets<String>>,
-}
-
-/// A password check admitted by [`FailedLogins::admit`]: its token is given back by
-/// [`Attempt::succeeded`], and kept otherwise (a refusal, an error, a dropped Login).
-pub(crate) struct Attempt<'a> {
-    gate: &'a FailedLogins,
-    user: Option<String>,
-}
-
-impl Attempt<'_> {
-    /// The password was right (at `now`): the token goes back.
-    pub(crate) fn succeeded(mut self, now: Instant) {
-        if let Some(user) = self.user.take() {
-            self.gate.give_back(user, now);
-        }
-    }
 }
 
 impl FailedLogins {
@@ -212,31 +199,20 @@ impl FailedLogins {
         }
     }
 
-    /// Admits a password check for `user` at `now` (taking one of its tokens), or `None`:
-    /// the name has none left.
-    pub(crate) fn admit(&self, user: &str, now: Instant) -> Option<Attempt<'_>> {
-        if self.per_minute == 0 {
-            return Some(Attempt {
-                gate: self,
-                user: None,
-            });
-        }
-        let mut names = self.names();
-        if names.tokens(&user.to_owned(), now) < 1.0 {
-            return None;
-        }
-        names.at(user.to_owned(), now).tokens -= 1.0;
-        Some(Attempt {
-            gate: self,
-            user: Some(user.to_owned()),
-        })
+    /// Whether `user`'s password may be checked at `now` (a token left).
+    pub(crate) fn allowed(&self, user: &str, now: Instant) -> bool {
+        self.per_minute == 0 || self.names().tokens(&user.to_owned(), now) >= 1.0
     }
 
-    fn give_back(&self, user: String, now: Instant) {
+    /// A Login for `user` was refused at `now`: one token goes.
+    pub(crate) fn failed(&self, user: &str, now: Instant) {
+        if self.per_minute == 0 {
+            return;
+        }
         let cap = f64::from(self.per_minute);
         let mut names = self.names();
-        let b = names.at(user, now);
-        b.tokens = (b.tokens + 1.0).min(cap);
+        let b = names.at(user.to_owned(), now);
+        b.tokens = (b.tokens - 1.0).max(-cap);
     }
 }
 
@@ -313,28 +289,37 @@ mod tests {
         assert_eq!(g.admit(ip("10.0.0.1"), t0).err(), Some(Refused::Busy));
     }
 
-    /// A name gets `--max-failed-logins-per-user` password checks at once and as many a
-    /// minute, whatever the connection; a right password gives its token back; other
-    /// names are not affected; 0 is no limit; the table of names stays bounded.
+    /// A name gets `--max-failed-logins-per-user` refused Logins at once and as many a
+    /// minute, whatever the connection; other names are not affected; 0 is no limit; the
+    /// table of names stays bounded.
     #[test]
     fn a_name_gets_its_failed_logins_per_minute() {
         let g = FailedLogins::with(3, 100);
         let t0 = Instant::now();
-        let refused: Vec<_> = (0..3).map(|_| g.admit("alice", t0).is_some()).collect();
-        assert_eq!(refused, [true; 3]);
-        assert!(g.admit("alice", t0).is_none(), "the fourth in the minute");
-        assert!(g.admit("bob", t0).is_some(), "each name its own");
-        // One more every 20 s; a right password gives its token back.
+        for _ in 0..3 {
+            assert!(g.allowed("alice", t0));
+            g.failed("alice", t0);
+        }
+        assert!(!g.allowed("alice", t0), "the fourth in the minute");
+        assert!(g.allowed("bob", t0), "each name its own");
+        // One more every 20 s.
         let t1 = t0 + Duration::from_secs(21);
-        g.admit("alice", t1).expect("refilled").succeeded(t1);
-        assert!(g.admit("alice", t1).is_some());
-        assert!(g.admit("alice", t1).is_none());
+        assert!(g.allowed("alice", t1));
+        g.failed("alice", t1);
+        assert!(!g.allowed("alice", t1));
+        // Checks under way when it emptied take it into debt, one bucket deep at most.
+        for _ in 0..100 {
+            g.failed("alice", t1);
+        }
+        assert!(!g.allowed("alice", t1 + Duration::from_secs(61)));
+        assert!(g.allowed("alice", t1 + Duration::from_secs(81)));
         let off = FailedLogins::with(0, 100);
-        assert!((0..100).all(|_| off.admit("alice", t0).is_some()));
+        off.failed("alice", t0);
+        assert!(off.allowed("alice", t0));
         let g = FailedLogins::with(2, 64);
         for i in 0..10_000u64 {
             let t = t0 + Duration::from_millis(i);
-            assert!(g.admit(&format!("u{i}"), t).is_some());
+            g.failed(&format!("u{i}"), t);
         }
         let n = g.names().len();
         assert!((1..=64).contains(&n), "{n} names tracked");

@@ -18,13 +18,13 @@
 //!
 //! When the sessions do not hold the excess (loaded contact lists and rooms, history
 //! held for its write), closing them would not help, and each new session brings more:
-//! new logins are then refused UNAVAILABLE ([`MemoryWatch::full`], read before a
-//! Login's credentials are checked) until a shard measures memory under the ceiling, or
-//! finds sessions holding the excess to close. Like Redis refusing writes past
+//! new logins are then refused UNAVAILABLE ([`MemoryGate`], read before a Login's
+//! credentials are checked) until a shard measures memory under the ceiling, or finds
+//! sessions holding the excess to close. Like Redis refusing writes past
 //! `maxmemory`. (While closed sessions' holdings move to the store, their users may log
 //! in again at once: what they held is on its way out.)
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ringrouter_proto::Status;
@@ -71,12 +71,61 @@ pub fn victims(mut held: Vec<(SessionKey, usize)>, share: usize) -> Vec<(Session
         .collect()
 }
 
+/// Whether logins are refused for memory: every shard found resident memory over the
+/// ceiling at its last look and its own sessions not holding the excess. (One shard's
+/// word is not enough: when another shard's sessions hold the excess, that shard is
+/// closing them, and what it hands to the store counts as leaving only there.)
+#[derive(Debug)]
+pub struct MemoryGate {
+    /// Shards that say so.
+    full: AtomicUsize,
+    shards: usize,
+}
+
+impl MemoryGate {
+    /// The gate of a router of `shards` shards.
+    pub fn new(shards: usize) -> Self {
+        MemoryGate {
+            full: AtomicUsize::new(0),
+            shards: shards.max(1),
+        }
+    }
+
+    /// True while logins are refused.
+    pub fn refuses(&self) -> bool {
+        self.full.load(Ordering::Relaxed) >= self.shards
+    }
+}
+
+impl Default for MemoryGate {
+    fn default() -> Self {
+        MemoryGate::new(1)
+    }
+}
+
+impl MemoryWatch {
+    /// This shard's word in the gate.
+    fn set_full(&mut self, full: bool) {
+        if full != self.full {
+            self.full = full;
+            if full {
+                self.gate.full.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.gate.full.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 /// A shard's state of the ceiling.
 #[derive(Debug, Default)]
 pub struct MemoryWatch {
-    /// Set while the last shard to measure found resident memory over the ceiling and
-    /// not held by sessions: logins are refused meanwhile (the router's shards share one).
-    pub full: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The router's [`MemoryGate`] (each shard has one of its own until the router
+    /// gives it the shared one).
+    pub gate: std::sync::Arc<MemoryGate>,
+    /// This shard counts in `gate` as finding memory over the ceiling and not the
+    /// sessions'.
+    full: bool,
     /// When it last gave memory back to measure (at most once per [`SETTLE`]).
     looked: Option<Instant>,
     /// When it last closed sessions, and what those closed within [`RECENT`] held.
@@ -123,7 +172,7 @@ impl Shard {
         }
         let staying = rss.saturating_sub(leaving);
         if staying <= limit {
-            self.memory.full.store(false, Ordering::Relaxed);
+            self.memory.set_full(false);
             return;
         }
         let share = (staying - limit)
@@ -154,7 +203,7 @@ impl Shard {
             // Most of the excess is not the sessions' (caches, buffers the bounds
             // above cover): closing them would not bring it down. No new session
             // adds to it meanwhile.
-            self.memory.full.store(true, Ordering::Relaxed);
+            self.memory.set_full(true);
             if !self.memory.warned {
                 self.memory.warned = true;
                 tracing::warn!(
@@ -179,7 +228,7 @@ impl Shard {
              more than the others"
         );
         // Closing these brings it down: logins go on.
-        self.memory.full.store(false, Ordering::Relaxed);
+        self.memory.set_full(false);
         for (k, _) in gone {
             self.counters.memory_closes += 1;
             self.close(
@@ -213,6 +262,30 @@ mod tests {
         assert_eq!(victims(held.clone(), 8 * M + 1), vec![2, 3]);
         // Small holders are never closed, even if the share is not made.
         assert_eq!(victims(held, 100 * M), vec![2, 3, 1]);
+    }
+
+    /// Logins are refused only while every shard says the excess is not its sessions'.
+    #[test]
+    fn the_gate_refuses_when_every_shard_says_so() {
+        let gate = std::sync::Arc::new(MemoryGate::new(2));
+        let mut a = MemoryWatch {
+            gate: gate.clone(),
+            ..Default::default()
+        };
+        let mut b = MemoryWatch {
+            gate: gate.clone(),
+            ..Default::default()
+        };
+        a.set_full(true);
+        a.set_full(true);
+        assert!(!gate.refuses(), "one shard of two");
+        b.set_full(true);
+        assert!(gate.refuses());
+        a.set_full(false);
+        assert!(!gate.refuses());
+        a.set_full(false);
+        b.set_full(false);
+        assert_eq!(gate.full.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -106,7 +106,7 @@ pub(crate) fn run_shard(
             done: store_answers.clone(),
         });
         sh.bell = Some(inbox.bell().clone());
-        sh.memory.full = shared.memory_full.clone();
+        sh.memory.gate = shared.memory.clone();
         let shard = Rc::new(RefCell::new(sh));
         let local = Rc::new(LocalSignal::default());
         monoio::spawn(crate::turns::yield_pump());

@@ -288,21 +288,27 @@ fn bounds_that_refuse_everything_are_refused_at_start() {
         ("--max-prelogin-frame-bytes", "0"),
         ("--history-page-max", "0"),
     ] {
+        // (`--print-config` answers what a start would, and exits either way.)
         let out = std::process::Command::new(ringrouter_tests::router_bin())
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "off",
-                flag,
-                value,
-            ])
+            .args(["--print-config", flag, value])
             .output()
             .expect("run the router");
         assert_eq!(out.status.code(), Some(2), "{flag} {value}: {out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(flag), "{flag} {value}: {err}");
     }
+    // With history off, no page is asked for: a page bound of 0 is fine.
+    let out = std::process::Command::new(ringrouter_tests::router_bin())
+        .args([
+            "--print-config",
+            "--history-per-conversation",
+            "0",
+            "--history-page-max",
+            "0",
+        ])
+        .output()
+        .expect("run the router");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
 
 /// Before: `--max-failed-logins` closed a connection after its third wrong password, and a
@@ -341,6 +347,13 @@ fn wrong_passwords_for_one_name_are_bounded_across_connections() {
             lr.reason,
             "too many failed logins for this user, try again later"
         );
+    }
+    // A busy answer is not a failed login: the connection stays open past
+    // --max-failed-logins (3), for a retry within the login deadline.
+    let mut c = r.raw();
+    for _ in 0..4 {
+        let lr = c.login_password("alice", "right", "");
+        assert_eq!(lr.status, Status::RateLimited as i32, "{lr:?}");
     }
     for i in 0..4 {
         let (_c, lr) = r.login_password("nobody", &format!("wrong{i}"));
