@@ -37,10 +37,14 @@ const OFFLINE_MEMTABLE_BYTES: u64 = 16 << 20;
 const SMALL_MEMTABLE_BYTES: u64 = 8 << 20;
 /// The block cache shared by the keyspaces.
 const STORE_CACHE_BYTES: u64 = 16 << 20;
-/// Memtable bytes not yet flushed past which the storage thread seals the keyspaces'
-/// memtables itself after a commit (see [`Dbs::seal_memtables`]): about two of each
-/// keyspace's (offline and history 16 MiB, accounts and rooms 8 MiB).
-const UNFLUSHED_MAX: u64 = 96 << 20;
+/// Sealed memtables of one keyspace past which the storage thread seals it no more (fjall
+/// holds writes at 4).
+const MAX_SEALED: usize = 4;
+
+/// Bytes counted for each write besides its key and value (fjall's memtable keeps a
+/// sequence number, a type and a skiplist node with each), so that `Dbs::since_seal`
+/// does not fall short of what fjall measures.
+const WRITE_OVERHEAD: usize = 64;
 
 /// The database and its keyspaces.
 pub(crate) struct Dbs {
@@ -51,6 +55,9 @@ pub(crate) struct Dbs {
     history: Keyspace,
     /// The records of history chunks (`store::histlog`).
     hlog: HistLog,
+    /// Bytes the storage thread wrote to each keyspace (offline, accounts, rooms,
+    /// history) since it last sealed its memtable: about what its memtable holds.
+    since_seal: [u64; 4],
 }
 
 impl Dbs {
@@ -123,28 +130,55 @@ impl Dbs {
             rooms,
             history,
             hlog,
+            since_seal: [0; 4],
         })
     }
 
-    /// Seals every keyspace's memtable that holds anything, when more than
-    /// [`UNFLUSHED_MAX`] is not flushed. fjall seals a memtable past its size on its one
-    /// worker thread, and only holds writes back while a keyspace has 4 sealed ones: while
-    /// that worker flushed and compacted, the offline keyspace's memtable grew without
-    /// bound (a room message to 5 000 offline members, 8 KiB each, 30 times: 776 MiB not
-    /// flushed, 1 sealed; the router at 1.2 GiB). Sealed here, the 4 sealed come and
-    /// fjall holds the storage thread until its worker has flushed them.
-    /// Answers the bytes not flushed it found.
-    fn seal_memtables(&self) -> u64 {
-        let unflushed = self.db.write_buffer_size();
-        if unflushed <= UNFLUSHED_MAX {
-            return unflushed;
-        }
-        for ks in [&self.offline, &self.accounts, &self.rooms, &self.history] {
-            if let Err(e) = ks.rotate_memtable() {
-                tracing::warn!(error = %e, "sealing a memtable failed");
+    /// The keyspaces, in the order of `since_seal`.
+    fn keyspaces(&self) -> [&Keyspace; 4] {
+        [&self.offline, &self.accounts, &self.rooms, &self.history]
+    }
+
+    /// Seals each keyspace's memtable once half its size was written to it, from the
+    /// storage thread, so that fjall's one worker never has to.
+    ///
+    /// fjall asks its worker to seal a memtable past its size, through a bounded queue
+    /// (1 000 messages), once at every write batch until it is done; the worker, when it
+    /// seals, queues a flush on that same queue, waiting for room. Behind a long flush or
+    /// compaction, 20 000 small commits a second filled the queue with those requests,
+    /// and the worker then waited on its own queue for ever: every write stopped (a
+    /// contact REQUEST/REMOVE loop hung the store, 1 run in 3; the last version of this
+    /// sealing, every keyspace at every commit while more than 96 MiB was not flushed,
+    /// queued flushes the same way). Sealed here before it is full, a memtable
+    /// never makes fjall ask; each seal queues one flush (one per 4–8 MiB written), and
+    /// a keyspace with [`MAX_SEALED`] waiting is not sealed more (fjall holds its writes).
+    /// It also bounds memory while the worker is behind: a memtable no longer grows past
+    /// its size, as the offline one did (776 MiB not flushed under a room's fan-out to
+    /// offline members). Answers the bytes not flushed (active memtables) it found.
+    fn seal_memtables(&mut self) -> u64 {
+        for i in 0..self.since_seal.len() {
+            let half = match i {
+                1 | 2 => SMALL_MEMTABLE_BYTES,
+                _ => OFFLINE_MEMTABLE_BYTES,
+            } / 2;
+            if self.since_seal[i] < half {
+                continue;
+            }
+            let ks = self.keyspaces()[i];
+            if ks.sealed_memtable_count() >= MAX_SEALED {
+                continue;
+            }
+            match ks.rotate_memtable() {
+                Ok(_) => self.since_seal[i] = 0,
+                Err(e) => tracing::warn!(error = %e, "sealing a memtable failed"),
             }
         }
-        unflushed
+        self.db.write_buffer_size()
+    }
+
+    /// Notes `bytes` written to keyspace `ks` (see `since_seal`).
+    fn wrote(&mut self, ks: usize, bytes: usize) {
+        self.since_seal[ks] = self.since_seal[ks].saturating_add(bytes as u64);
     }
 
     fn ks(&self, ks: Ks) -> &Keyspace {
@@ -156,11 +190,13 @@ impl Dbs {
     }
 }
 
+/// A keyspace written by `Op::Put` and `Op::Del` (its value: its index in
+/// `Dbs::since_seal`; the offline keyspace is 0).
 #[derive(Clone, Copy)]
 enum Ks {
-    Accounts,
-    Rooms,
-    History,
+    Accounts = 1,
+    Rooms = 2,
+    History = 3,
 }
 
 /// A write waiting for the next commit.
@@ -374,8 +410,11 @@ const MIGRATE_BATCH: usize = 256;
 pub(crate) const MIGRATE_BATCH_FOR_TESTS: usize = MIGRATE_BATCH;
 #[cfg(test)]
 pub(crate) use history::FLUSH_SLICE_FOR_TESTS;
+/// Memtable bytes not flushed the store stays under (the keyspaces' memtables, 16 + 8 +
+/// 8 + 16 MiB, twice over): [`Dbs::seal_memtables`] seals each at half its size, and
+/// fjall holds writes at 4 sealed.
 #[cfg(test)]
-pub(crate) const UNFLUSHED_MAX_FOR_TESTS: u64 = UNFLUSHED_MAX;
+pub(crate) const UNFLUSHED_MAX_FOR_TESTS: u64 = 96 << 20;
 
 /// The owner and the members of a room.
 fn people(r: &RoomRecord) -> std::collections::BTreeSet<&str> {
@@ -627,13 +666,29 @@ impl Worker {
         // writes at once instead of grown item by item (a requeue round is ~10^4 items).
         let mut batch = OwnedWriteBatch::with_capacity(self.dbs.db.clone(), self.ops.len())
             .durability(Some(PersistMode::Buffer));
+        let mut written = [0usize; 4];
         for op in self.ops.drain(..) {
             match op {
-                Op::Put(ks, k, v) => batch.insert(self.dbs.ks(ks), k, v),
-                Op::Del(ks, k) => batch.remove(self.dbs.ks(ks), k),
-                Op::Enqueued(k, v) => batch.insert(&self.dbs.offline, k, v),
-                Op::Dequeued(k) => batch.remove(&self.dbs.offline, k),
+                Op::Put(ks, k, v) => {
+                    written[ks as usize] += k.len() + v.len() + WRITE_OVERHEAD;
+                    batch.insert(self.dbs.ks(ks), k, v)
+                }
+                Op::Del(ks, k) => {
+                    written[ks as usize] += k.len() + WRITE_OVERHEAD;
+                    batch.remove(self.dbs.ks(ks), k)
+                }
+                Op::Enqueued(k, v) => {
+                    written[0] += k.len() + v.len() + WRITE_OVERHEAD;
+                    batch.insert(&self.dbs.offline, k, v)
+                }
+                Op::Dequeued(k) => {
+                    written[0] += k.len() + WRITE_OVERHEAD;
+                    batch.remove(&self.dbs.offline, k)
+                }
             }
+        }
+        for (ks, bytes) in written.into_iter().enumerate() {
+            self.dbs.wrote(ks, bytes);
         }
         let r = batch.commit();
         if r.is_ok() {
@@ -2115,5 +2170,53 @@ mod tests {
         assert_eq!(names, ["b", "d"]);
         // More big queues than half the bound: none kept.
         assert!(kept_queue_states(states, 3).is_empty());
+    }
+
+    /// Before: fjall asked its worker to seal a full memtable at every write batch, and
+    /// every commit sealed every keyspace while much was not flushed, each seal queueing
+    /// a flush: behind a long flush the worker's bounded queue (1 000) filled and the
+    /// worker waited on itself for ever (a contact-op loop hung the store). Now the
+    /// storage thread seals each memtable at half its size: thousands of small commits
+    /// leave a few flushes waiting, and no memtable reaches the size at which fjall asks.
+    #[test]
+    fn small_commits_while_much_is_unflushed_queue_few_flushes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut dbs = Dbs::open(dir.path(), 0).expect("open");
+        // 120 MiB in one batch (fjall looks at a memtable's size only after a batch).
+        let mut batch = dbs.db.batch();
+        let value = vec![5u8; 64 << 10];
+        for i in 0..1920u32 {
+            batch.insert(&dbs.offline, i.to_be_bytes(), value.clone());
+        }
+        batch.commit().expect("commit");
+        dbs.wrote(0, 1920 * (64 << 10));
+        dbs.seal_memtables();
+        assert_eq!(dbs.since_seal[0], 0, "the big memtable was not sealed");
+        // 24 MiB in 60 000 small commits to every keyspace (the rooms' memtable is 8 MiB).
+        let mut most = 0;
+        let value = [1u8; 64];
+        for i in 0..60_000u32 {
+            let mut batch = dbs.db.batch();
+            let k = (100_000 + i).to_be_bytes();
+            for ks in dbs.keyspaces() {
+                batch.insert(ks, k, value);
+            }
+            batch.commit().expect("commit");
+            for n in 0..4 {
+                dbs.wrote(n, k.len() + value.len() + WRITE_OVERHEAD);
+            }
+            dbs.seal_memtables();
+            most = most.max(dbs.db.outstanding_flushes());
+            // No keyspace's memtable nears its size (fjall would ask its worker).
+            assert!(
+                dbs.since_seal.iter().all(|&b| b < 8 << 20),
+                "{:?}",
+                dbs.since_seal
+            );
+        }
+        assert!(
+            most <= 4 * MAX_SEALED,
+            "{most} flushes waited on fjall's worker"
+        );
     }
 }
