@@ -279,6 +279,12 @@ pub struct Args {
     /// loop stored 7 763 events per listed user in 25 s.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), default_value_t = 600, help_heading = LIMITS)]
     pub max_member_adds_per_minute: u32,
+    /// Most contact ops (request, accept, decline, remove, block, unblock) one user may
+    /// make a minute, with a burst of as many (a whole list at once, at the default);
+    /// past it RATE_LIMITED. Each op is a store write and may store an event in an
+    /// offline peer's queue: a request/remove loop made 20 000 a second.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), default_value_t = 5_000, help_heading = LIMITS)]
+    pub max_contact_ops_per_minute: u32,
     /// Who may send a user direct messages: anyone (open), or its accepted contacts
     /// only (contacts; others get FORBIDDEN). Users a recipient blocked are refused
     /// either way.
@@ -471,6 +477,7 @@ impl Args {
             max_requests_in_flight: self.max_requests_in_flight,
             max_rooms_per_user: self.max_rooms_per_user,
             max_member_adds_per_minute: self.max_member_adds_per_minute,
+            max_contact_ops_per_minute: self.max_contact_ops_per_minute,
             max_members_per_room: self.max_members_per_room,
             max_loaded_room_members: self.max_loaded_room_members,
             room_events_max_members: self.room_events_max_members,

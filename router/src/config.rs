@@ -168,6 +168,9 @@ pub struct Config {
     /// Most users one user may add to rooms a minute (initial members and AddMember),
     /// a burst of as many; past it RATE_LIMITED (see `shard::adds`).
     pub max_member_adds_per_minute: u32,
+    /// Most contact ops (request, accept, decline, remove, block, unblock) one user may
+    /// make a minute, a burst of as many; past it RATE_LIMITED (see `shard::adds`).
+    pub max_contact_ops_per_minute: u32,
     /// Who may send a user direct messages.
     pub dm_policy: DmPolicy,
     /// Most entries (accepted, pending either way, blocked) in one contact list.
@@ -329,6 +332,7 @@ impl Default for Config {
             room_live_per_second: 200_000,
             room_add_policy: RoomAddPolicy::Owner,
             max_member_adds_per_minute: 600,
+            max_contact_ops_per_minute: 5_000,
             dm_policy: DmPolicy::Open,
             max_contacts_per_user: 5_000,
             max_contact_requests: 500,

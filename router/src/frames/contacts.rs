@@ -5,8 +5,9 @@
 //!
 //! Statuses: BAD_REQUEST (no op, oneself), FORBIDDEN (a request to a user who blocked
 //! the sender), NOT_FOUND (nothing to accept, decline, remove or unblock; a request to,
-//! or a block of, an unknown user), RATE_LIMITED (a list at `--max-contacts-per-user`, or the peer at
-//! `--max-contact-requests` pending requests), UNAVAILABLE (the store failed).
+//! or a block of, an unknown user), RATE_LIMITED (a list at `--max-contacts-per-user`, the peer at
+//! `--max-contact-requests` pending requests, or the user past
+//! `--max-contact-ops-per-minute`), UNAVAILABLE (the store failed).
 
 use ringrouter_proto::reply;
 use ringrouter_proto::v1::{ContactAction, ContactOp as ContactOpFrame, ListContacts};
@@ -15,6 +16,10 @@ use ringrouter_proto::Status;
 use crate::shard::contacts::{wire_entry, Asker, Then, Turn};
 use crate::shard::{SessionKey, Shard};
 use crate::store::contacts::{ContactOp, ContactState, Outcome};
+
+/// The reason of a contact op past `--max-contact-ops-per-minute`.
+const TOO_MANY_CONTACT_OPS: &str =
+    "changing contacts too fast, try again later (--max-contact-ops-per-minute)";
 
 /// A step of a contact op that needs its asker (and so its turn).
 type AskerStep = Box<dyn FnOnce(&mut Shard, Asker) + Send>;
@@ -41,6 +46,15 @@ impl Shard {
         };
         if c.user == user {
             self.refuse_contact(asker, (Status::BadRequest, "user: cannot name oneself"));
+            return;
+        }
+        let per_minute = self.cfg.max_contact_ops_per_minute;
+        if self
+            .contact_rate
+            .take(user.as_bytes(), 1, per_minute, std::time::Instant::now())
+            .is_err()
+        {
+            self.refuse_contact(asker, (Status::RateLimited, TOO_MANY_CONTACT_OPS));
             return;
         }
         let peer = c.user;

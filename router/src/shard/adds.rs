@@ -1,5 +1,6 @@
-//! How fast one user may add others to rooms (`--max-member-adds-per-minute`): a token
-//! bucket per user, on the user's home shard, where its CreateRoom and AddMember frames
+//! How fast one user may add others to rooms (`--max-member-adds-per-minute`), and change
+//! its contact list (`--max-contact-ops-per-minute`, one token an op): a token bucket per
+//! user, on the user's home shard, where its CreateRoom, AddMember and ContactOp frames
 //! arrive. An initial member or an AddMember takes one token; a CreateRoom with more
 //! initial members than the bucket holds is let through when the bucket is full and
 //! leaves it in debt, so one big room is always possible and the long-run rate still

@@ -256,6 +256,9 @@ pub struct Shard {
     pub room_quota: NameMap<Bytes, std::collections::VecDeque<rooms::OwnItem>>,
     /// How fast each user homed here adds others to rooms (`max_member_adds_per_minute`).
     pub add_rate: adds::AddRate,
+    /// How fast each user homed here changes its contact list
+    /// (`max_contact_ops_per_minute`).
+    pub contact_rate: adds::AddRate,
     /// HTTP API requests waiting for the outcome of a message they published.
     pub api_waiters: api::ApiWaiters,
     /// The social layer's state of the users homed here (see `social`).
@@ -371,6 +374,7 @@ impl Shard {
             touched_at: Instant::now(),
             room_quota: NameMap::default(),
             add_rate: adds::AddRate::default(),
+            contact_rate: adds::AddRate::default(),
             api_waiters: api::ApiWaiters::default(),
             social: social::Social::default(),
             contacts: contacts::Contacts::default(),

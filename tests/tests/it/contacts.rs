@@ -378,6 +378,29 @@ fn limits_past_their_bounds_are_rate_limited() {
     cb.contact_request("ctl-z").expect("room again");
 }
 
+/// Before: nothing bounded how fast one user changed its list: a REQUEST/REMOVE loop made
+/// 20 000 ops a second, each a store write and an event in an offline peer's queue (and,
+/// with fjall's worker behind, it hung the store).
+#[test]
+fn contact_ops_past_their_rate_are_rate_limited() {
+    let r = RouterProc::start(&["--shards", "2", "--max-contact-ops-per-minute", "4"]);
+    for p in ["crt-b", "crt-c"] {
+        r.visit(p);
+    }
+    let mut ca = r.client("crt-a");
+    ca.contact_request("crt-b").unwrap();
+    ca.contact_remove("crt-b").unwrap();
+    ca.contact_request("crt-b").unwrap();
+    ca.block("crt-c").unwrap();
+    assert_eq!(code(ca.contact_remove("crt-b")), Status::RateLimited);
+    assert_eq!(code(ca.unblock("crt-c")), Status::RateLimited);
+    // Nothing changed past the rate; listing is not an op; other users have their own.
+    let l = ca.contacts().unwrap();
+    assert_eq!((l.version, names(&["crt-b"])), (4, l.outgoing));
+    let mut cb = r.client("crt-b");
+    cb.contact_accept("crt-a").unwrap();
+}
+
 #[test]
 fn account_deletion_removes_the_peers_entries() {
     let r = RouterProc::start(&["--shards", "2"]);
