@@ -2319,19 +2319,16 @@ fn logins_are_refused_while_memory_is_over_the_ceiling() {
     let reason = "the router's memory is over --max-memory: no new session now, try again later";
     let mut sender = r.raw_login("mf-sender");
     let mut receiver = r.raw_login("mf-receiver");
-    // 160 MB of messages, received and acked: the sessions hold none of them, the
-    // history holds them all until its flush.
+    // 160 MB of messages, one at a time, received and acked: no session ever holds
+    // 1 MiB (the ceiling's victims hold more), the history holds them all until its
+    // flush.
     let payload = vec![7u8; 1_000_000];
-    let mut got = 0;
-    for _ in 0..N / 16 {
-        let mut burst = Vec::new();
-        for _ in 0..16 {
-            burst.extend(send_frame_bytes("mf-receiver", &payload, false, 0));
-        }
-        sender.write(&burst).expect("the router reads the sender");
-        let d = receiver.collect_delivers(16, T);
-        assert_eq!(d.len(), 16, "after {got}");
-        got += d.len();
+    for got in 0..N {
+        sender
+            .write(&send_frame_bytes("mf-receiver", &payload, false, 0))
+            .expect("the router reads the sender");
+        let d = receiver.collect_delivers(1, T);
+        assert_eq!(d.len(), 1, "after {got}");
         receiver.ack(d.last().map_or(0, |d| d.seq));
     }
     let refused = ringrouter_tests::wait_until(T, || {
