@@ -250,8 +250,8 @@ pub struct StoreStats {
     pub fsyncs: u64,
     /// Largest number of requests in one round.
     pub max_round: u64,
-    /// Most active memtable bytes after a commit (each keyspace's is sealed at half its
-    /// size, see `Dbs::seal_memtables`).
+    /// Most memtable bytes not flushed (active and sealed) after a commit (each
+    /// keyspace's is sealed at half its size, see `Dbs::seal_memtables`).
     pub max_unflushed: u64,
     /// Time spent committing batches, µs.
     pub commit_us: u64,

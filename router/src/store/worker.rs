@@ -123,6 +123,12 @@ impl Dbs {
         };
         let hlog = HistLog::open(&dir.join("history"), known, next_hint, file_max)
             .map_err(|e| StoreError::Io(format!("cannot open the history log: {e}")))?;
+        // fjall fills the memtables again from the journal (up to 64 MB of it) without
+        // sealing them: sealed now, while its worker's queue is empty, so that `since_seal`
+        // starting at 0 says what they hold (see `seal_memtables`).
+        for ks in [&offline, &accounts, &rooms, &history] {
+            ks.rotate_memtable()?;
+        }
         Ok(Dbs {
             db,
             offline,
@@ -154,7 +160,8 @@ impl Dbs {
     /// a keyspace with [`MAX_SEALED`] waiting is not sealed more (fjall holds its writes).
     /// It also bounds memory while the worker is behind: a memtable no longer grows past
     /// its size, as the offline one did (776 MiB not flushed under a room's fan-out to
-    /// offline members). Answers the bytes not flushed (active memtables) it found.
+    /// offline members). Answers the memtable bytes not flushed (active and sealed) it
+    /// found.
     fn seal_memtables(&mut self) -> u64 {
         for i in 0..self.since_seal.len() {
             let half = match i {
@@ -168,10 +175,12 @@ impl Dbs {
             if ks.sealed_memtable_count() >= MAX_SEALED {
                 continue;
             }
-            match ks.rotate_memtable() {
-                Ok(_) => self.since_seal[i] = 0,
-                Err(e) => tracing::warn!(error = %e, "sealing a memtable failed"),
+            if let Err(e) = ks.rotate_memtable() {
+                tracing::warn!(error = %e, "sealing a memtable failed");
             }
+            // (Counted as sealed even when it failed: fjall may have sealed it before
+            // failing, and a failure is not retried at every commit.)
+            self.since_seal[i] = 0;
         }
         self.db.write_buffer_size()
     }
@@ -410,9 +419,9 @@ const MIGRATE_BATCH: usize = 256;
 pub(crate) const MIGRATE_BATCH_FOR_TESTS: usize = MIGRATE_BATCH;
 #[cfg(test)]
 pub(crate) use history::FLUSH_SLICE_FOR_TESTS;
-/// Memtable bytes not flushed the store stays under (the keyspaces' memtables, 16 + 8 +
-/// 8 + 16 MiB, twice over): [`Dbs::seal_memtables`] seals each at half its size, and
-/// fjall holds writes at 4 sealed.
+/// Memtable bytes not flushed the store stays near: [`Dbs::seal_memtables`] seals each
+/// keyspace's at half its size (8 + 4 + 4 + 8 MiB), and fjall holds writes at 4 sealed,
+/// so at most 5 × 24 = 120 MiB.
 #[cfg(test)]
 pub(crate) const UNFLUSHED_MAX_FOR_TESTS: u64 = 96 << 20;
 
@@ -2170,6 +2179,37 @@ mod tests {
         assert_eq!(names, ["b", "d"]);
         // More big queues than half the bound: none kept.
         assert!(kept_queue_states(states, 3).is_empty());
+    }
+
+    /// fjall fills the memtables again from the journal at open, without sealing them; with
+    /// `since_seal` at 0 the storage thread would not seal them until as much again was
+    /// written, while fjall asked its worker at every batch (the hang below). Sealed at
+    /// open, they are flushed at once.
+    #[test]
+    fn memtables_filled_from_the_journal_at_open_are_sealed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let dbs = Dbs::open(dir.path(), 0).expect("open");
+            let mut batch = dbs.db.batch();
+            for i in 0..160u32 {
+                batch.insert(&dbs.offline, i.to_be_bytes(), vec![3u8; 64 << 10]);
+            }
+            batch.commit().expect("commit");
+            dbs.db
+                .persist(fjall::PersistMode::SyncAll)
+                .expect("persist");
+        }
+        let dbs = Dbs::open(dir.path(), 0).expect("open again");
+        let flushed = (0..500).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            dbs.db.write_buffer_size() < 1 << 20
+        });
+        assert!(
+            flushed,
+            "{} MiB still in memtables after open",
+            dbs.db.write_buffer_size() >> 20
+        );
+        assert_eq!(dbs.offline.len().expect("len"), 160);
     }
 
     /// Before: fjall asked its worker to seal a full memtable at every write batch, and
