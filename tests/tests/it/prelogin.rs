@@ -325,19 +325,23 @@ fn wrong_passwords_for_one_name_are_bounded_across_connections() {
     ]);
     assert_eq!(r.register("alice", "right").status, Status::Ok as i32);
     assert_eq!(r.register("bob", "right").status, Status::Ok as i32);
-    // A right password gives its token back: it never counts.
+    // Four wrong passwords for `name`, each on a fresh connection, each checked.
+    let four_wrong = |name: &str| {
+        for i in 0..4 {
+            let (_c, lr) = r.login_password(name, &format!("wrong{i}"));
+            assert_eq!(
+                lr.status,
+                Status::Unauthorized as i32,
+                "{name}, attempt {i}: {lr:?}"
+            );
+        }
+    };
+    // A right password takes no token: it never counts.
     for _ in 0..6 {
         let (_c, lr) = r.login_password("alice", "right");
         assert_eq!(lr.status, Status::Ok as i32, "{lr:?}");
     }
-    for i in 0..4 {
-        let (_c, lr) = r.login_password("alice", &format!("wrong{i}"));
-        assert_eq!(
-            lr.status,
-            Status::Unauthorized as i32,
-            "attempt {i}: {lr:?}"
-        );
-    }
+    four_wrong("alice");
     // The fifth, on a fresh connection, is refused before its password is checked (the
     // right one too), and a name without an account counts the same.
     for password in ["wrong", "right"] {
@@ -355,14 +359,7 @@ fn wrong_passwords_for_one_name_are_bounded_across_connections() {
         let lr = c.login_password("alice", "right", "");
         assert_eq!(lr.status, Status::RateLimited as i32, "{lr:?}");
     }
-    for i in 0..4 {
-        let (_c, lr) = r.login_password("nobody", &format!("wrong{i}"));
-        assert_eq!(
-            lr.status,
-            Status::Unauthorized as i32,
-            "attempt {i}: {lr:?}"
-        );
-    }
+    four_wrong("nobody");
     let (_c, lr) = r.login_password("nobody", "wrong");
     assert_eq!(lr.status, Status::RateLimited as i32, "{lr:?}");
     // Other names are not affected.
