@@ -883,16 +883,13 @@ impl<'b> Sink<'b> {
                 s.deferred_bytes += m.payload.len() + DEFERRED_OVERHEAD;
                 // Copied (those of up to `COPY_MAX`): held until the backlog is out, a
                 // slice of the sender's read buffer would keep it whole.
-                // (Copied from the borrowed fields, not cloned first: three reference
-                // counts fewer.)
-                let unpinned = crate::outbuf::unpinned;
-                s.deferred.push(OwnedMsg {
-                    from_user: unpinned(m.from_user),
-                    to_room: unpinned(m.to_room),
-                    payload: unpinned(m.payload),
-                    msg_id: m.msg_id,
-                    ts_us: m.ts_us,
-                });
+                s.deferred.push(OwnedMsg::unpinned_of(
+                    m.from_user,
+                    m.to_room,
+                    m.payload,
+                    m.msg_id,
+                    m.ts_us,
+                ));
                 if s.deferred.len() > self.b.max_unacked
                     || s.deferred_bytes > self.b.max_unacked_bytes
                 {

@@ -1527,14 +1527,7 @@ impl Shard {
         };
         if self.journaled() {
             // One copy of the small payload and names for every member's record.
-            let msg = OwnedMsg {
-                from_user: f.from_user.clone(),
-                to_room: f.room.clone(),
-                payload: f.payload.clone(),
-                msg_id: f.msg_id,
-                ts_us: f.ts_us,
-            }
-            .unpinned();
+            let msg = OwnedMsg::unpinned_of(&f.from_user, &f.room, &f.payload, f.msg_id, f.ts_us);
             for user in f.users.iter() {
                 // The sender's own copy is only for the sender's other devices: with
                 // none online it is not stored (it would come back at the next login).

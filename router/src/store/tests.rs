@@ -1281,7 +1281,7 @@ fn offline_records_written_faster_than_flushed_stay_bounded_in_memory() {
     assert_eq!(stored, vec![Ok(1000); 120]);
     let most = h.stats().max_unflushed;
     assert!(
-        most <= 2 * worker::UNFLUSHED_MAX_FOR_TESTS,
+        most <= worker::UNFLUSHED_MAX_FOR_TESTS,
         "{} MiB not flushed at most",
         most >> 20
     );
