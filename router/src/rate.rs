@@ -1,6 +1,6 @@
 //! A token bucket, for the rates that bound what one client may ask for: Registers per
 //! address and in all, refused Logins per user name (`net::signup`), adds of others to
-//! rooms per user (`shard::adds`).
+//! rooms per user (`shard::adds`), live-only room deliveries per user (`shard::rooms`).
 
 use std::time::Instant;
 
@@ -72,6 +72,19 @@ impl<K: std::hash::Hash + Eq> Buckets<K> {
             .map_or(self.cap, |b| b.tokens_at(self.cap, self.per_sec, now))
     }
 
+    /// Whether `key` holds `cost` tokens at `now` (a full bucket when `cost` is more).
+    pub(crate) fn holds(&self, key: &K, cost: f64, now: Instant) -> bool {
+        self.tokens(key, now) >= cost.min(self.cap)
+    }
+
+    /// Takes `cost` tokens from `key` at `now` (a full bucket's worth at most; see
+    /// [`Buckets::holds`]).
+    pub(crate) fn take(&mut self, key: K, cost: f64, now: Instant) {
+        let cost = cost.min(self.cap);
+        let b = self.at(key, now);
+        b.tokens -= cost;
+    }
+
     /// `key`'s bucket brought to `now` (tracked from now on; room made first when the
     /// table is full).
     pub(crate) fn at(&mut self, key: K, now: Instant) -> &mut Bucket {
@@ -102,5 +115,40 @@ impl<K: std::hash::Hash + Eq> Buckets<K> {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_cost_is_taken_only_while_held_and_never_more_than_a_full_bucket() {
+        let t0 = Instant::now();
+        let mut b: Buckets<&str> = Buckets::new(10.0, 1.0, 4);
+        assert!(b.holds(&"a", 10.0, t0));
+        b.take("a", 6.0, t0);
+        assert!(!b.holds(&"a", 6.0, t0), "4 left");
+        assert!(b.holds(&"a", 4.0, t0));
+        // Others are untouched; a cost past a full bucket needs (and takes) a full one.
+        assert!(b.holds(&"b", 1_000.0, t0));
+        b.take("b", 1_000.0, t0);
+        assert_eq!(b.tokens(&"b", t0), 0.0);
+        // Refilled at 1 a second, up to the cap.
+        assert!(b.holds(&"a", 6.0, t0 + Duration::from_secs(2)));
+        assert_eq!(b.tokens(&"a", t0 + Duration::from_secs(60)), 10.0);
+    }
+
+    #[test]
+    fn the_table_stays_within_its_bound() {
+        let t0 = Instant::now();
+        let mut b: Buckets<u32> = Buckets::new(10.0, 1.0, 8);
+        for k in 0..100u32 {
+            b.take(k, 5.0, t0 + Duration::from_millis(u64::from(k)));
+            assert!(b.len() <= 8, "{} keys", b.len());
+        }
+        // The newest key is still tracked.
+        assert!(!b.holds(&99, 6.0, t0 + Duration::from_millis(99)));
     }
 }

@@ -259,6 +259,9 @@ pub struct Shard {
     /// How fast each user homed here changes its contact list
     /// (`max_contact_ops_per_minute`).
     pub contact_rate: adds::AddRate,
+    /// What each user's live-only frames into the rooms here may still deliver
+    /// (`room_live_per_user_per_second`; None: no limit but the rooms').
+    pub(crate) live_rate: Option<crate::rate::Buckets<Bytes>>,
     /// HTTP API requests waiting for the outcome of a message they published.
     pub api_waiters: api::ApiWaiters,
     /// The social layer's state of the users homed here (see `social`).
@@ -314,6 +317,7 @@ impl Shard {
     ) -> Self {
         let store_queue_bytes = cfg.max_store_queue_bytes;
         let max_input_bytes = cfg.max_input_bytes;
+        let live_rate = rooms::live_rate(&cfg);
         Shard {
             id,
             n,
@@ -375,6 +379,7 @@ impl Shard {
             room_quota: NameMap::default(),
             add_rate: adds::AddRate::default(),
             contact_rate: adds::AddRate::default(),
+            live_rate,
             api_waiters: api::ApiWaiters::default(),
             social: social::Social::default(),
             contacts: contacts::Contacts::default(),

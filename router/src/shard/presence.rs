@@ -53,6 +53,9 @@ struct UserPresence {
     last_seen_us: u64,
     /// A change waits for the tick.
     held: bool,
+    /// Offline, kept until a second has passed since the contacts were told (in
+    /// `Presences::fading`), so a login right after is coalesced too.
+    fading: bool,
 }
 
 impl UserPresence {
@@ -76,6 +79,9 @@ pub struct Presences {
     users: HashMap<String, UserPresence>,
     /// Users with a held change.
     held: Vec<String>,
+    /// Offline users told less than a second ago (their entry kept for the coalescing;
+    /// dropped by the tick).
+    fading: Vec<String>,
     next_at: u64,
 }
 
@@ -172,12 +178,25 @@ impl Shard {
         self.forget_presence(user);
     }
 
-    /// Drops what is kept of an offline user once nothing is held for it.
+    /// Drops what is kept of an offline user once nothing is held for it and its
+    /// contacts were told more than a second ago (until then the tick looks again: a
+    /// user logging in and out in a loop made two notices a second, its told time going
+    /// with the entry at each offline notice).
     fn forget_presence(&mut self, user: &str) {
-        if let Some(up) = self.presence.users.get(user) {
-            if up.devices.is_empty() && !up.held {
-                self.presence.users.remove(user);
+        let p = &mut self.presence;
+        let Some(up) = p.users.get_mut(user) else {
+            return;
+        };
+        if !up.devices.is_empty() || up.held {
+            return;
+        }
+        if up.told_at.is_some_and(|t| t.elapsed() < PRESENCE_INTERVAL) {
+            if !up.fading {
+                up.fading = true;
+                p.fading.push(user.to_owned());
             }
+        } else {
+            p.users.remove(user);
         }
     }
 
@@ -214,8 +233,17 @@ impl Shard {
         });
     }
 
-    /// The tick: sends the held changes whose second is up.
+    /// The tick: sends the held changes whose second is up, and forgets the offline
+    /// users whose second is.
     pub(crate) fn presence_tick(&mut self) {
+        if !self.presence.fading.is_empty() {
+            for user in std::mem::take(&mut self.presence.fading) {
+                if let Some(up) = self.presence.users.get_mut(&user) {
+                    up.fading = false;
+                    self.forget_presence(&user);
+                }
+            }
+        }
         if self.presence.held.is_empty() {
             return;
         }

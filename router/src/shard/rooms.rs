@@ -42,6 +42,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use ringrouter_proto::fast::SendView;
@@ -58,7 +59,7 @@ use super::retention::{Outgoing, OwnedMsg};
 use super::session::{SessionId, SessionKey};
 use super::store_link::store_status;
 use super::{NameSet, Shard};
-use crate::config::RoomAddPolicy;
+use crate::config::{Config, RoomAddPolicy};
 use crate::store::{MemberProblem, RoomRecord, StoreError, StoreResult};
 
 /// A room request or message of a user, waiting behind the user's Create or Join.
@@ -190,6 +191,21 @@ impl FanCache {
         self.held += size;
         self.map.insert(list_id(&f.users), f);
     }
+}
+
+/// Users whose live-only room frames one shard tracks at most (past it, those whose
+/// bucket is full again are forgotten first: see [`crate::rate::Buckets`]).
+const LIVE_RATE_USERS: usize = 16_384;
+/// Seconds of a user's live-only deliveries saved up.
+const LIVE_RATE_BURST_SECS: u64 = 10;
+
+/// The buckets of `room_live_per_user_per_second` (None when 0: no limit but a room's).
+pub(super) fn live_rate(cfg: &Config) -> Option<crate::rate::Buckets<Bytes>> {
+    let rate = cfg.room_live_per_user_per_second;
+    (rate > 0).then(|| {
+        let cap = rate.saturating_mul(LIVE_RATE_BURST_SECS) as f64;
+        crate::rate::Buckets::new(cap, rate as f64, LIVE_RATE_USERS)
+    })
 }
 
 /// A loaded room.
@@ -1047,8 +1063,7 @@ impl Shard {
             return;
         }
         let live = s.live != Live::No;
-        let rate = self.cfg.room_live_per_second;
-        if live && !room.take_live(room.members.len() as u64, rate, s.ts_us) {
+        if live && !self.take_live(room, &s) {
             self.counters.reject(Status::RateLimited);
             self.reply_send(s.reply, s.msg_id, Status::RateLimited);
             return;
@@ -1088,6 +1103,27 @@ impl Shard {
                 self.post(shard, Mail::RoomDeliver(f));
             }
         }
+    }
+
+    /// Takes a live-only frame's deliveries (one per member) from the room's budget and
+    /// its sender's (the HTTP API's: the room's only); false, taking nothing, when
+    /// either holds too little.
+    fn take_live(&mut self, room: &Room, s: &RoomSend) -> bool {
+        let cost = room.members.len() as u64;
+        let now = Instant::now();
+        let sender = self.live_rate.as_mut().filter(|_| !is_api(s.sender));
+        if let Some(rate) = &sender {
+            if !rate.holds(&s.from_user, cost as f64, now) {
+                return false;
+            }
+        }
+        if !room.take_live(cost, self.cfg.room_live_per_second, s.ts_us) {
+            return false;
+        }
+        if let Some(rate) = sender {
+            rate.take(s.from_user.clone(), cost as f64, now);
+        }
+        true
     }
 
     /// Ends a busy room operation: applies its outcome and runs the queued work.

@@ -209,3 +209,36 @@ fn flapping_is_coalesced_io_uring() {
 fn flapping_is_coalesced_epoll() {
     flapping_is_coalesced(Driver::Legacy);
 }
+
+/// A device logging in and out in a loop is coalesced as a flapping status is: at most
+/// one notice a second reaches a contact (the offline notice's time used to go with the
+/// user's entry, and the next login was told at once: two a second).
+#[test]
+fn login_churn_is_coalesced() {
+    let r = RouterProc::start(&["--shards", "2"]);
+    let (a, _b, ca, mut cb) = contacts(&r, "prc");
+    drop(ca);
+    assert_eq!(presence(&mut cb, "bob").status, PresenceStatus::Offline);
+    let t0 = Instant::now();
+    let mut logins = 0;
+    while t0.elapsed() < Duration::from_millis(3500) {
+        drop(r.client(&a));
+        logins += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // One notice a second while it churns, and the one held at its end.
+    let secs = t0.elapsed().as_secs_f64();
+    let got = notices(&mut cb, Duration::from_millis(2500));
+    assert!(logins >= 20, "only {logins} logins");
+    assert!(
+        !got.is_empty() && got.len() as f64 <= secs.ceil() + 1.0,
+        "{} notices for {secs:.1} s of {logins} logins: {:?}",
+        got.len(),
+        got.iter().map(|p| p.status).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        got.last().map(|p| p.status),
+        Some(PresenceStatus::Offline),
+        "the latest is kept"
+    );
+}

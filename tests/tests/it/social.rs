@@ -126,6 +126,34 @@ fn ephemeral_in_a_room_epoll() {
     ephemeral_in_a_room(Driver::Legacy);
 }
 
+/// Two members on different shards of a room `room` on a router started with `flags`:
+/// the router and both clients (the creator first).
+fn room_of_two(flags: &[&str], room: &str) -> (RouterProc, Client, Client) {
+    let r = RouterProc::start(flags);
+    let u = users_on_shards(room, 2);
+    let mut ca = r.client(&u[0]);
+    let mut cb = r.client(&u[1]);
+    ca.create_room(room, None).unwrap();
+    cb.join_room(room, None).unwrap();
+    while ca.next_event(Some(SHORT)).unwrap().is_some() {}
+    (r, ca, cb)
+}
+
+/// Sends `n` ephemeral frames into `room` one at a time: how many were taken, and the
+/// whole seconds that took (every other answer must be RATE_LIMITED).
+fn live_frames(c: &mut Client, room: &str, n: u8) -> (u64, u64) {
+    let t = std::time::Instant::now();
+    let mut ok = 0u64;
+    for i in 0..n {
+        match c.send_ephemeral_wait(Target::Room(room), &[i]) {
+            Ok(_) => ok += 1,
+            Err(e) if e.code() == Some(Status::RateLimited) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    (ok, t.elapsed().as_secs())
+}
+
 /// A room's live-only frames (typing indicators, read receipts) spend a budget of
 /// deliveries a second (each frame one per member): past it they are refused
 /// RATE_LIMITED and reach no one; ordinary messages are not counted. Unpaced, one
@@ -133,26 +161,10 @@ fn ephemeral_in_a_room_epoll() {
 #[test]
 fn a_rooms_live_frames_are_refused_past_its_budget() {
     // Two members: each frame costs 2 of the 2 a second, one frame a second.
-    let r = RouterProc::start(&["--shards", "2", "--room-live-per-second", "2"]);
-    let u = users_on_shards("rlive", 2);
-    let (a, b) = (&u[0], &u[1]);
-    let mut ca = r.client(a);
-    let mut cb = r.client(b);
-    ca.create_room("rl-room", None).unwrap();
-    cb.join_room("rl-room", None).unwrap();
-    while ca.next_event(Some(SHORT)).unwrap().is_some() {}
-    let t = std::time::Instant::now();
-    let (mut ok, mut limited) = (0u64, 0u64);
-    for i in 0..8u8 {
-        match ca.send_ephemeral_wait(Target::Room("rl-room"), &[i]) {
-            Ok(_) => ok += 1,
-            Err(e) if e.code() == Some(Status::RateLimited) => limited += 1,
-            Err(e) => panic!("{e}"),
-        }
-    }
-    let secs = t.elapsed().as_secs();
+    let (_r, mut ca, mut cb) =
+        room_of_two(&["--shards", "2", "--room-live-per-second", "2"], "rl-room");
+    let (ok, secs) = live_frames(&mut ca, "rl-room", 8);
     assert!(ok >= 1 && ok <= 1 + secs, "{ok} OK in {secs} s");
-    assert_eq!(ok + limited, 8);
     for _ in 0..ok {
         assert!(next(&mut cb, "bob").ephemeral);
     }
@@ -162,6 +174,34 @@ fn a_rooms_live_frames_are_refused_past_its_budget() {
         ca.send_room_wait("rl-room", b"kept").unwrap();
         assert_eq!(&next(&mut cb, "bob").payload[..], b"kept");
     }
+}
+
+/// A user's live-only frames have their own share besides the room's budget
+/// (`--room-live-per-user-per-second`, ten seconds' worth saved up): one user looping
+/// typing indicators is refused while the other members still reach the room.
+#[test]
+fn a_users_live_frames_are_refused_past_its_own_share() {
+    // Two members: each frame costs 2 of a's 10 saved up (1 a second): 5 frames, then
+    // one every 2 s; the room's budget (the default) is far from spent.
+    let (_r, mut ca, mut cb) = room_of_two(
+        &["--shards", "2", "--room-live-per-user-per-second", "1"],
+        "ul-room",
+    );
+    let (ok, secs) = live_frames(&mut ca, "ul-room", 12);
+    assert!(ok >= 5 && ok <= 5 + secs.div_ceil(2), "{ok} OK in {secs} s");
+    for _ in 0..ok {
+        assert!(next(&mut cb, "b").ephemeral);
+    }
+    nothing(&mut cb, "b: a refused frame reached no one");
+    // The other member's share is its own, and the room's budget is not spent.
+    for i in 0..5u8 {
+        cb.send_ephemeral_wait(Target::Room("ul-room"), &[i])
+            .unwrap_or_else(|e| panic!("b's frame {i}: {e}"));
+        assert!(next(&mut ca, "a").ephemeral);
+    }
+    // Ordinary messages are not counted against it.
+    ca.send_room_wait("ul-room", b"kept").unwrap();
+    assert_eq!(&next(&mut cb, "b").payload[..], b"kept");
 }
 
 #[test]
