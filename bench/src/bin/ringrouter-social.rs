@@ -44,7 +44,9 @@ struct Args {
     /// Presence changes timed (one a second).
     #[arg(long, default_value_t = 20)]
     changes: usize,
-    /// Read receipts timed.
+    /// Read receipts timed. Each goes to every member: past ~200 into a room of 1 000
+    /// the router's `--room-live-per-user-per-second` (ten seconds' worth: 200 000
+    /// deliveries, then 20 000 a second) refuses them RATE_LIMITED; raise it for more.
     #[arg(long, default_value_t = 200)]
     receipts: usize,
     /// Print one JSON object instead of text.

@@ -15,7 +15,7 @@
 //!   after a notice is held (only the latest kept) and sent by the shard's tick once
 //!   the second is up, if it still differs from what the contacts were last told.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -79,9 +79,10 @@ pub struct Presences {
     users: HashMap<String, UserPresence>,
     /// Users with a held change.
     held: Vec<String>,
-    /// Offline users told less than a second ago (their entry kept for the coalescing;
-    /// dropped by the tick).
-    fading: Vec<String>,
+    /// Offline users told less than a second ago, with when they were told, about in
+    /// that order (their entry kept for the coalescing; dropped by the tick once the
+    /// second is up).
+    fading: VecDeque<(Instant, String)>,
     next_at: u64,
 }
 
@@ -190,13 +191,16 @@ impl Shard {
         if !up.devices.is_empty() || up.held {
             return;
         }
-        if up.told_at.is_some_and(|t| t.elapsed() < PRESENCE_INTERVAL) {
-            if !up.fading {
-                up.fading = true;
-                p.fading.push(user.to_owned());
+        match up.told_at {
+            Some(t) if t.elapsed() < PRESENCE_INTERVAL => {
+                if !up.fading {
+                    up.fading = true;
+                    p.fading.push_back((t, user.to_owned()));
+                }
             }
-        } else {
-            p.users.remove(user);
+            _ => {
+                p.users.remove(user);
+            }
         }
     }
 
@@ -236,12 +240,17 @@ impl Shard {
     /// The tick: sends the held changes whose second is up, and forgets the offline
     /// users whose second is.
     pub(crate) fn presence_tick(&mut self) {
-        if !self.presence.fading.is_empty() {
-            for user in std::mem::take(&mut self.presence.fading) {
-                if let Some(up) = self.presence.users.get_mut(&user) {
-                    up.fading = false;
-                    self.forget_presence(&user);
-                }
+        while let Some((t, _)) = self.presence.fading.front() {
+            if t.elapsed() < PRESENCE_INTERVAL {
+                break;
+            }
+            let Some((_, user)) = self.presence.fading.pop_front() else {
+                break;
+            };
+            if let Some(up) = self.presence.users.get_mut(&user) {
+                up.fading = false;
+                // Dropped, or queued again if told since.
+                self.forget_presence(&user);
             }
         }
         if self.presence.held.is_empty() {

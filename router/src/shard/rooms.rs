@@ -1065,7 +1065,8 @@ impl Shard {
         let live = s.live != Live::No;
         if live && !self.take_live(room, &s) {
             self.counters.reject(Status::RateLimited);
-            self.reply_send(s.reply, s.msg_id, Status::RateLimited);
+            let why = "live-only frames (typing, receipts) over the room's or the sender's budget";
+            self.reply_send_why(s.reply, s.msg_id, Status::RateLimited, why);
             return;
         }
         self.counters.room_msgs += 1;
@@ -1106,13 +1107,12 @@ impl Shard {
     }
 
     /// Takes a live-only frame's deliveries (one per member) from the room's budget and
-    /// its sender's (the HTTP API's: the room's only); false, taking nothing, when
-    /// either holds too little.
+    /// its sender's (the HTTP API publishes no live-only frames); false, taking
+    /// nothing, when either holds too little.
     fn take_live(&mut self, room: &Room, s: &RoomSend) -> bool {
         let cost = room.members.len() as u64;
         let now = Instant::now();
-        let sender = self.live_rate.as_mut().filter(|_| !is_api(s.sender));
-        if let Some(rate) = &sender {
+        if let Some(rate) = &self.live_rate {
             if !rate.holds(&s.from_user, cost as f64, now) {
                 return false;
             }
@@ -1120,7 +1120,7 @@ impl Shard {
         if !room.take_live(cost, self.cfg.room_live_per_second, s.ts_us) {
             return false;
         }
-        if let Some(rate) = sender {
+        if let Some(rate) = &mut self.live_rate {
             rate.take(s.from_user.clone(), cost as f64, now);
         }
         true
