@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashSet, VecDeque};
+use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -17,6 +18,7 @@ use super::super::history::{
     HistChunk, HistMsg, HistPage, HistQuery, HistoryOptions, IdRanges, RawRecord, Segment,
     CHUNK_TAG, PAGE_MSG_OVERHEAD, RECORD_FIXED, ROOMS_SWEPT_TAG,
 };
+use super::deletion::Budget;
 use super::{member_key, now_us, Ks, Op, Worker, CACHE_MAX, ROOM_PREFIX};
 use crate::store::{Durability, StoreError, StoreResult};
 
@@ -196,6 +198,22 @@ pub(crate) struct HistState {
     /// [`CURSORS_MAX`] / 2 pages answered always have theirs, however many came before.
     cursors_old: NameMap<(Vec<u8>, u64), u64>,
 }
+
+/// Where a user's history deletion is ([`Worker::hist_delete_user_slice`]).
+#[derive(Default)]
+pub(super) struct HistCursor {
+    /// The last of the user's conversation entries deleted (the next is after it).
+    entry: Option<Vec<u8>>,
+    /// The direct conversation under way: its last chunk deleted (its entries go once
+    /// its chunks are gone).
+    chunk: Option<Vec<u8>>,
+    /// Every entry is deleted: its read marks go, after `mark`.
+    entries_done: bool,
+    mark: Option<Vec<u8>>,
+}
+
+/// Conversation entries read at a time by [`Worker::hist_delete_user_slice`].
+const ENTRIES_PER_READ: usize = 256;
 
 /// Most entries in [`HistState::cursors`] and [`HistState::cursors_old`] together.
 const CURSORS_MAX: usize = 65_536;
@@ -411,6 +429,10 @@ impl Worker {
     }
 
     fn note_entry(&mut self, user: &[u8], conv: &[u8], seq: u64) {
+        // None for a user being deleted (`worker::deletion`): its entries are.
+        if self.deleting_bytes(user) {
+            return;
+        }
         let e = self.hist.pending.entry(user_key(user, conv)).or_insert(0);
         *e = (*e).max(seq);
     }
@@ -436,6 +458,14 @@ impl Worker {
             let Some(name) = parse_conv(&conv) else {
                 return Err(StoreError::Invalid("bad conversation id".into()));
             };
+            if let ConvName::Direct(a, b) = &name {
+                // A conversation with an account being deleted is being deleted: its
+                // messages make none (as with an account already deleted), so that a
+                // later owner of the name never finds them (`worker::deletion`).
+                if self.deleting_bytes(a) || self.deleting_bytes(b) {
+                    continue;
+                }
+            }
             let mut st = self.conv_state(&conv)?;
             if let (false, ConvName::Direct(a, b)) = (st.indexed, &name) {
                 // A message to a user without an account (refused NOT_FOUND) or to one
@@ -1256,6 +1286,11 @@ impl Worker {
         let Some(conv) = self.asked_conv(user, peer, room)? else {
             return Ok(());
         };
+        // No mark of a user being deleted, nor in a conversation with one: those are
+        // being deleted (`worker::deletion`).
+        if self.deleting(user) || peer.is_some_and(|p| self.deleting(p)) {
+            return Ok(());
+        }
         let st = self.conv_state(&conv)?;
         let from = self.visible_from(&st);
         // (Not kept, or further back than a lookup looks: nothing either way.)
@@ -1403,38 +1438,124 @@ impl Worker {
     }
 
     /// Removes `user`'s direct conversations (both sides' entries and read marks and
-    /// their messages) and its own conversation entries and read marks. Call with every
-    /// write committed and the tails written.
+    /// their messages) and its own conversation entries and read marks, in one go (the
+    /// idle-user sweep's users). Call with every write committed and the tails written.
     pub(crate) fn hist_delete_user(&mut self, user: &str) -> StoreResult<()> {
-        let prefix = user_prefix(user.as_bytes());
-        // Seqs of deleted conversations start again at 1.
+        self.hist_forget_cursors();
+        let mut cur = HistCursor::default();
+        self.hist_delete_user_slice(user, &mut cur, &mut Budget::unlimited())?;
+        Ok(())
+    }
+
+    /// Seqs of deleted conversations start again at 1: the `before` cursors go.
+    pub(super) fn hist_forget_cursors(&mut self) {
         self.hist.cursors.clear();
         self.hist.cursors_old.clear();
-        let mut entries = Vec::new();
-        for g in self.dbs.history.prefix(&prefix) {
-            entries.push(g.key()?.to_vec());
-        }
-        for k in entries {
-            let conv = k[prefix.len()..].to_vec();
-            if let Some(ConvName::Direct(a, b)) = parse_conv(&conv) {
-                let peer = if a == user.as_bytes() { b } else { a };
-                self.ops.push(Op::Del(Ks::History, user_key(peer, &conv)));
-                self.ops.push(Op::Del(Ks::History, mark_key(peer, &conv)));
-                for g in self.dbs.history.prefix(chunk_prefix(&conv)) {
-                    let (k, v) = g.into_inner()?;
-                    if let Some((_, _, ChunkBody::Log(loc))) = parse_chunk(&v) {
-                        self.dbs.hlog.release(loc);
-                    }
-                    self.ops.push(Op::Del(Ks::History, k.to_vec()));
+    }
+
+    /// [`Worker::hist_delete_user`] a slice at a time: goes on from `cur` and deletes
+    /// within `budget` (each conversation's chunks, then its entries, so that what is
+    /// left is found again by the same scans after a restart); true once all is
+    /// deleted. Call with every write committed and with no tail of the user's direct
+    /// conversations in memory (none is made while the user is being deleted:
+    /// `hist_append`).
+    pub(super) fn hist_delete_user_slice(
+        &mut self,
+        user: &str,
+        cur: &mut HistCursor,
+        budget: &mut Budget,
+    ) -> StoreResult<bool> {
+        let u = user.as_bytes();
+        while !cur.entries_done {
+            let prefix = user_prefix(u);
+            // The next entries (read before the conversations' scans).
+            let from = match cur.entry.clone() {
+                Some(k) => Bound::Excluded(k),
+                None => Bound::Included(prefix.clone()),
+            };
+            let mut entries = Vec::new();
+            for g in self.dbs.history.range((from, Bound::Unbounded)) {
+                let k = g.key()?;
+                if !k.starts_with(&prefix) || entries.len() == ENTRIES_PER_READ {
+                    break;
                 }
-                self.hist.convs.remove(&conv);
+                entries.push(k.to_vec());
             }
-            self.ops.push(Op::Del(Ks::History, k));
+            if entries.is_empty() {
+                cur.entries_done = true;
+                break;
+            }
+            for k in entries {
+                if budget.spent() {
+                    return Ok(false);
+                }
+                let conv = &k[prefix.len()..];
+                if let Some(ConvName::Direct(a, b)) = parse_conv(conv) {
+                    let peer = if a == u { b } else { a };
+                    if !self.hist_delete_chunks(conv, &mut cur.chunk, budget)? {
+                        return Ok(false);
+                    }
+                    self.ops.push(Op::Del(Ks::History, user_key(peer, conv)));
+                    self.ops.push(Op::Del(Ks::History, mark_key(peer, conv)));
+                    self.hist.convs.remove(conv);
+                    budget.take(2);
+                }
+                self.ops.push(Op::Del(Ks::History, k.clone()));
+                budget.take(1);
+                cur.entry = Some(k);
+            }
         }
-        for g in self.dbs.history.prefix(mark_prefix(user.as_bytes())) {
-            self.ops.push(Op::Del(Ks::History, g.key()?.to_vec()));
+        // Its own read marks.
+        let prefix = mark_prefix(u);
+        let from = match cur.mark.clone() {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Included(prefix.clone()),
+        };
+        for g in self.dbs.history.range((from, Bound::Unbounded)) {
+            let k = g.key()?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if budget.spent() {
+                return Ok(false);
+            }
+            self.ops.push(Op::Del(Ks::History, k.to_vec()));
+            budget.take(1);
+            cur.mark = Some(k.to_vec());
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Deletes the stored chunks of `conv` after `after` (their log records released)
+    /// within `budget`: true once none is left (`after` then emptied for the next).
+    fn hist_delete_chunks(
+        &mut self,
+        conv: &[u8],
+        after: &mut Option<Vec<u8>>,
+        budget: &mut Budget,
+    ) -> StoreResult<bool> {
+        let prefix = chunk_prefix(conv);
+        let from = match after.clone() {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Included(prefix.clone()),
+        };
+        for g in self.dbs.history.range((from, Bound::Unbounded)) {
+            let (k, v) = g.into_inner()?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if budget.spent() {
+                return Ok(false);
+            }
+            if let Some((_, _, ChunkBody::Log(loc))) = parse_chunk(&v) {
+                self.dbs.hlog.release(loc);
+            }
+            self.ops.push(Op::Del(Ks::History, k.to_vec()));
+            budget.take(1);
+            *after = Some(k.to_vec());
+        }
+        *after = None;
+        Ok(true)
     }
 
     /// Removes the conversation of room `name`: its tail in memory, its stored chunks
