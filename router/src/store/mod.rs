@@ -42,6 +42,8 @@ pub mod history;
 mod worker;
 
 #[cfg(test)]
+mod deletion_tests;
+#[cfg(test)]
 mod tests;
 
 pub use codec::{glob_match, RoomRecord, StoredMsg, MAX_NAME_BYTES, MAX_PASSWORD_BYTES};

@@ -23,12 +23,12 @@ use super::history::{FILE_TAG, NEXT_FILE_TAG};
 
 mod deletion;
 mod history;
-#[cfg(test)]
-pub(crate) use deletion::SLICE_KEYS_FOR_TESTS;
 use super::{
     Appended, Cb, Durability, MemberProblem, Msg, Overflow, QueueCap, RoomRecord, StatCells,
     StoreError, StoreOptions, StoreResult, StoredMsg,
 };
+#[cfg(test)]
+pub(crate) use deletion::SLICE_KEYS_FOR_TESTS;
 
 /// How long shutdown waits for outstanding password-hash answers before giving up on them
 /// (they are then answered `Closed`).

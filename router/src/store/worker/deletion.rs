@@ -1,7 +1,8 @@
 //! Account deletions, a bounded slice at a time (see [`Worker::delete_account`]).
 //!
 //! A deletion's first step, in the round of its request, removes what makes the name
-//! exist (the account record and the contact list's record) and runs a first slice; a
+//! exist (the account record and the contact list's record), drops what memory holds
+//! of its history (`Worker::hist_forget_user`), and runs a first slice; a
 //! deletion that does not finish there is marked (`del:` user, in the `rooms` keyspace)
 //! in the same batch and goes on in the queue of deletions: one slice per turn of the
 //! storage thread's loop, after the requests queued meanwhile. Its request is answered
@@ -54,10 +55,16 @@ pub(crate) const SLICE_KEYS_FOR_TESTS: usize = SLICE_KEYS;
 /// it must finish).
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// Keys a slice deletes (when there are) before its time is looked at: each makes
+/// progress, however slow its reads.
+const SLICE_MIN_KEYS: usize = 64;
+
 /// What a slice may still do: keys to delete, and until when.
 pub(super) struct Budget {
     keys: usize,
     until: Option<Instant>,
+    /// Keys deleted so far.
+    used: usize,
 }
 
 impl Budget {
@@ -66,6 +73,7 @@ impl Budget {
         Budget {
             keys: SLICE_KEYS,
             until: Instant::now().checked_add(SLICE_TIME),
+            used: 0,
         }
     }
 
@@ -74,17 +82,21 @@ impl Budget {
         Budget {
             keys: usize::MAX,
             until: None,
+            used: 0,
         }
     }
 
-    /// Nothing left: the slice stops before its next key.
+    /// Nothing left: the slice stops before its next key (not before its first
+    /// [`SLICE_MIN_KEYS`]: each slice makes progress).
     pub(super) fn spent(&self) -> bool {
-        self.keys == 0 || self.until.is_some_and(|t| Instant::now() >= t)
+        self.keys == 0
+            || (self.used >= SLICE_MIN_KEYS && self.until.is_some_and(|t| Instant::now() >= t))
     }
 
     /// Counts `n` keys deleted.
     pub(super) fn take(&mut self, n: usize) {
         self.keys = self.keys.saturating_sub(n);
+        self.used = self.used.saturating_add(n);
     }
 }
 
@@ -114,6 +126,10 @@ pub(super) struct Deletion {
     after: Option<Vec<u8>>,
     /// Its mark is stored (removed with its last slice).
     marked: bool,
+    /// The direct conversations whose entries were only in memory when it began
+    /// ([`Worker::hist_forget_user`]): kept in its mark, so that a restart deletes them
+    /// too.
+    extra: Vec<Vec<u8>>,
     /// Its requests, answered when it is done (or failed).
     cbs: Vec<Cb<()>>,
     /// A slice failed: the next is tried no sooner.
@@ -121,24 +137,28 @@ pub(super) struct Deletion {
 }
 
 impl Deletion {
-    fn new(user: String) -> Deletion {
-        Deletion {
+    fn new(user: String, extra: Vec<Vec<u8>>) -> Deletion {
+        let mut d = Deletion {
             user,
             phase: Phase::Queue,
             queue_from: 0,
             hist: HistCursor::default(),
             after: None,
             marked: false,
+            extra,
             cbs: Vec::new(),
             retry_at: None,
-        }
+        };
+        d.restart();
+        d
     }
 
-    /// From the beginning again (after a failed slice: the scans find what is left).
+    /// From the beginning (again, after a failed slice: the scans find what is left).
     fn restart(&mut self) {
         self.phase = Phase::Queue;
         self.queue_from = 0;
         self.hist = HistCursor::default();
+        self.hist.extra = self.extra.iter().cloned().collect();
         self.after = None;
     }
 }
@@ -156,6 +176,33 @@ pub(super) struct Deletions {
 /// The mark of `user`'s deletion under way.
 fn mark_key(user: &str) -> Vec<u8> {
     prefixed(DELETING_PREFIX, user)
+}
+
+/// A mark's value: the conversation ids of [`Deletion::extra`], each a length (u16 BE)
+/// and the id.
+fn encode_convs(convs: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(convs.iter().map(|c| 2 + c.len()).sum());
+    for c in convs {
+        // (An id is at most 1 + 2 × 256 bytes.)
+        let n = u16::try_from(c.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&n.to_be_bytes());
+        out.extend_from_slice(&c[..usize::from(n)]);
+    }
+    out
+}
+
+/// [`encode_convs`] read back (a torn end is left out).
+fn decode_convs(mut v: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some((n, rest)) = v.split_first_chunk::<2>() {
+        let n = usize::from(u16::from_be_bytes(*n));
+        let Some((c, rest)) = rest.split_at_checked(n) else {
+            break;
+        };
+        out.push(c.to_vec());
+        v = rest;
+    }
+    out
 }
 
 impl Worker {
@@ -205,10 +252,11 @@ impl Worker {
             d.cbs.push(cb);
             return;
         }
-        if let Err(e) = self.begin_deletion(&user) {
-            return self.done(cb, Err(e), false);
-        }
-        let mut d = Deletion::new(user);
+        let extra = match self.begin_deletion(&user) {
+            Ok(extra) => extra,
+            Err(e) => return self.done(cb, Err(e), false),
+        };
+        let mut d = Deletion::new(user, extra);
         d.cbs.push(cb);
         self.deletions.sliced = true;
         let mut budget = Budget::slice();
@@ -216,8 +264,11 @@ impl Worker {
         let finished = matches!(sliced, Ok(true));
         if !finished {
             // Marked in the batch that removes the account: a restart finishes it.
-            self.ops
-                .push(Op::Put(Ks::Rooms, mark_key(&d.user), Vec::new()));
+            self.ops.push(Op::Put(
+                Ks::Rooms,
+                mark_key(&d.user),
+                encode_convs(&d.extra),
+            ));
         }
         if let Err(e) = self.commit() {
             // Nothing of it is stored (a batch is all or nothing): the name is as it was.
@@ -233,13 +284,12 @@ impl Worker {
     /// A deletion's first step: reads what it needs (a failed read leaves nothing done),
     /// then queues the removal of what makes the name exist (the account record, read by
     /// logins, UserExists, ListUsers and every "has an account" check; the contact
-    /// list's record) and notes the name as being deleted. [`StoreError::NotFound`] with
-    /// neither an account nor a queued message, as before deletions were sliced.
-    fn begin_deletion(&mut self, user: &str) -> StoreResult<()> {
+    /// list's record) and notes the name as being deleted; drops what memory holds of
+    /// its history ([`Worker::hist_forget_user`], whose answer it answers).
+    /// [`StoreError::NotFound`] with neither an account nor a queued message, as before
+    /// deletions were sliced.
+    fn begin_deletion(&mut self, user: &str) -> StoreResult<Vec<Vec<u8>>> {
         self.known.remove(user);
-        // The tails hold messages of its conversations: written, so that the slices'
-        // scans find them.
-        self.hist_flush()?;
         self.commit()?;
         // Read before anything is queued: a failed read leaves no deletion half done.
         let had_account = self.dbs.accounts.contains_key(user.as_bytes())?;
@@ -259,8 +309,10 @@ impl Worker {
         self.ops
             .push(Op::Del(Ks::Rooms, prefixed(CONTACTS_PREFIX, user)));
         self.deletions.names.insert(user.to_owned());
-        self.hist_forget_cursors();
-        Ok(())
+        // Its direct conversations' tails are dropped, not written (a write of every
+        // tail, as this did before, held the thread for as long as the history in
+        // memory took to write).
+        Ok(self.hist_forget_user(user))
     }
 
     /// One slice of the first deletion due, in a batch of its own (called by the loop
@@ -281,8 +333,7 @@ impl Worker {
             let mut budget = Budget::slice();
             let finished = self.deletion_slice(&mut d, &mut budget)?;
             if finished && d.marked {
-                self.ops
-                    .push(Op::Del(Ks::Rooms, mark_key(&d.user)));
+                self.ops.push(Op::Del(Ks::Rooms, mark_key(&d.user)));
             }
             self.commit()?;
             Ok(finished)
@@ -447,9 +498,9 @@ impl Worker {
     pub(crate) fn resume_deletions(&mut self) -> StoreResult<()> {
         let mut users = Vec::new();
         for g in self.dbs.rooms.prefix(DELETING_PREFIX) {
-            let k = g.key()?;
+            let (k, v) = g.into_inner()?;
             match std::str::from_utf8(&k[DELETING_PREFIX.len()..]) {
-                Ok(u) => users.push(u.to_owned()),
+                Ok(u) => users.push((u.to_owned(), decode_convs(&v))),
                 Err(_) => tracing::warn!("deletion mark {k:?} left: not UTF-8"),
             }
         }
@@ -459,9 +510,9 @@ impl Worker {
                 "finishing the account deletions a restart cut short"
             );
         }
-        for u in users {
+        for (u, extra) in users {
             self.deletions.names.insert(u.clone());
-            let mut d = Deletion::new(u);
+            let mut d = Deletion::new(u, extra);
             d.marked = true;
             self.deletions.jobs.push_back(d);
         }

@@ -13,10 +13,10 @@ use bytes::Bytes;
 use super::super::histlog;
 use super::super::history::{
     chunk_ids, chunk_key, chunk_last_at, chunk_prefix, chunk_rec, chunk_seq, decode_u64, dm_conv,
-    entry_conv, last_record_at, log_chunk_value, mark_key, mark_prefix, parse_chunk, parse_conv,
-    rec_msg_id, records, room_conv, user_key, user_prefix, ChunkBody, ConvName, ConvSummary,
-    HistChunk, HistMsg, HistPage, HistQuery, HistoryOptions, IdRanges, RawRecord, Segment,
-    CHUNK_TAG, PAGE_MSG_OVERHEAD, RECORD_FIXED, ROOMS_SWEPT_TAG,
+    entry_conv, entry_user, last_record_at, log_chunk_value, mark_key, mark_prefix, parse_chunk,
+    parse_conv, rec_msg_id, records, room_conv, user_key, user_prefix, ChunkBody, ConvName,
+    ConvSummary, HistChunk, HistMsg, HistPage, HistQuery, HistoryOptions, IdRanges, RawRecord,
+    Segment, CHUNK_TAG, PAGE_MSG_OVERHEAD, RECORD_FIXED, ROOMS_SWEPT_TAG,
 };
 use super::deletion::Budget;
 use super::{member_key, now_us, Ks, Op, Worker, CACHE_MAX, ROOM_PREFIX};
@@ -204,6 +204,14 @@ pub(crate) struct HistState {
 pub(super) struct HistCursor {
     /// The last of the user's conversation entries deleted (the next is after it).
     entry: Option<Vec<u8>>,
+    /// The next entries, read ahead.
+    entries: VecDeque<Vec<u8>>,
+    /// Direct conversations to delete before the entries are scanned: those whose
+    /// entries were only in memory ([`Worker::hist_forget_user`]) ...
+    pub(super) extra: VecDeque<Vec<u8>>,
+    /// ... and those of them deleted already (the scan deletes only their entries: a
+    /// chunk's log record is released once).
+    extra_done: HashSet<Vec<u8>>,
     /// The direct conversation under way: its last chunk deleted (its entries go once
     /// its chunks are gone).
     chunk: Option<Vec<u8>>,
@@ -1447,6 +1455,47 @@ impl Worker {
         Ok(())
     }
 
+    /// What memory holds of `user`'s history, at the start of its deletion: the tails
+    /// of its direct conversations (never written now: they are being deleted), and the
+    /// entries and read marks waiting for a flush that are its own or in those
+    /// conversations; the cached states of those conversations (one started again after
+    /// the deletion starts from seq 1, and checks its accounts again). Answers the direct
+    /// conversations named by the entries it dropped: a slice of a flush may have written
+    /// their chunks before their entries, so the deletion's scan of the user's entries
+    /// would not find them ([`HistCursor::extra`]). O(conversations cached), instead of
+    /// a write of every tail.
+    pub(super) fn hist_forget_user(&mut self, user: &str) -> Vec<Vec<u8>> {
+        let u = user.as_bytes();
+        let with_user = |conv: &[u8]| matches!(parse_conv(conv), Some(ConvName::Direct(a, b)) if a == u || b == u);
+        let h = &mut self.hist;
+        for (_, tail) in h.tails.extract_if(|conv, _| with_user(conv)) {
+            h.tail_bytes = h.tail_bytes.saturating_sub(tail.bytes);
+            if tail.hot {
+                h.hot_bytes = h.hot_bytes.saturating_sub(tail.bytes);
+            }
+        }
+        let tails = &h.tails;
+        h.pinned.retain(|c| tails.contains_key(c));
+        if h.pinned.is_empty() {
+            h.unshare_at = None;
+        }
+        let mut extra: Vec<Vec<u8>> = Vec::new();
+        let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        let ours =
+            |k: &Vec<u8>| entry_user(k) == Some(u) || entry_conv(k).is_some_and(|c| with_user(c));
+        for (k, _) in h.pending.extract_if(|k, _| ours(k)) {
+            if let Some(conv) = entry_conv(&k).filter(|c| with_user(c)) {
+                if seen.insert(conv.to_vec()) {
+                    extra.push(conv.to_vec());
+                }
+            }
+        }
+        h.marks.retain(|k, _| !ours(k));
+        h.convs.retain(|conv, _| !with_user(conv));
+        self.hist_forget_cursors();
+        extra
+    }
+
     /// Seqs of deleted conversations start again at 1: the `before` cursors go.
     pub(super) fn hist_forget_cursors(&mut self) {
         self.hist.cursors.clear();
@@ -1466,32 +1515,57 @@ impl Worker {
         budget: &mut Budget,
     ) -> StoreResult<bool> {
         let u = user.as_bytes();
+        let prefix = user_prefix(u);
+        while let Some(conv) = cur.extra.front().cloned() {
+            if budget.spent() {
+                return Ok(false);
+            }
+            if let Some(ConvName::Direct(a, b)) = parse_conv(&conv) {
+                let peer = if a == u { b } else { a };
+                if !self.hist_delete_chunks(&conv, &mut cur.chunk, budget)? {
+                    return Ok(false);
+                }
+                // (Entries written before may be on disk.)
+                self.ops.push(Op::Del(Ks::History, user_key(peer, &conv)));
+                self.ops.push(Op::Del(Ks::History, mark_key(peer, &conv)));
+                self.hist.convs.remove(&conv);
+                budget.take(2);
+            }
+            cur.extra.pop_front();
+            cur.extra_done.insert(conv);
+        }
         while !cur.entries_done {
-            let prefix = user_prefix(u);
-            // The next entries (read before the conversations' scans).
-            let from = match cur.entry.clone() {
-                Some(k) => Bound::Excluded(k),
-                None => Bound::Included(prefix.clone()),
-            };
-            let mut entries = Vec::new();
-            for g in self.dbs.history.range((from, Bound::Unbounded)) {
-                let k = g.key()?;
-                if !k.starts_with(&prefix) || entries.len() == ENTRIES_PER_READ {
+            if cur.entries.is_empty() {
+                // The next entries, read before the conversations' scans (none is
+                // written meanwhile: `note_entry`).
+                let from = match cur.entry.clone() {
+                    Some(k) => Bound::Excluded(k),
+                    None => Bound::Included(prefix.clone()),
+                };
+                for g in self.dbs.history.range((from, Bound::Unbounded)) {
+                    let k = g.key()?;
+                    if !k.starts_with(&prefix) || cur.entries.len() == ENTRIES_PER_READ {
+                        break;
+                    }
+                    cur.entries.push_back(k.to_vec());
+                }
+                if cur.entries.is_empty() {
+                    cur.entries_done = true;
                     break;
                 }
-                entries.push(k.to_vec());
             }
-            if entries.is_empty() {
-                cur.entries_done = true;
-                break;
-            }
-            for k in entries {
+            while let Some(k) = cur.entries.front().cloned() {
                 if budget.spent() {
                     return Ok(false);
                 }
                 let conv = &k[prefix.len()..];
-                if let Some(ConvName::Direct(a, b)) = parse_conv(conv) {
-                    let peer = if a == u { b } else { a };
+                let direct = match parse_conv(conv) {
+                    Some(ConvName::Direct(a, b)) if !cur.extra_done.contains(conv) => {
+                        Some(if a == u { b } else { a })
+                    }
+                    _ => None,
+                };
+                if let Some(peer) = direct {
                     if !self.hist_delete_chunks(conv, &mut cur.chunk, budget)? {
                         return Ok(false);
                     }
@@ -1502,6 +1576,7 @@ impl Worker {
                 }
                 self.ops.push(Op::Del(Ks::History, k.clone()));
                 budget.take(1);
+                cur.entries.pop_front();
                 cur.entry = Some(k);
             }
         }
