@@ -1481,8 +1481,7 @@ impl Worker {
         }
         let mut extra: Vec<Vec<u8>> = Vec::new();
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
-        let ours =
-            |k: &Vec<u8>| entry_user(k) == Some(u) || entry_conv(k).is_some_and(|c| with_user(c));
+        let ours = |k: &Vec<u8>| entry_user(k) == Some(u) || entry_conv(k).is_some_and(&with_user);
         for (k, _) in h.pending.extract_if(|k, _| ours(k)) {
             if let Some(conv) = entry_conv(&k).filter(|c| with_user(c)) {
                 if seen.insert(conv.to_vec()) {
