@@ -579,12 +579,16 @@ impl Worker {
                     }
                 }
             }
-            // One slice of a deletion under way per round, after the round's requests
-            // (not while shutting down: it is finished at the next open).
-            if !self.shutting_down {
-                self.deletion_step();
+            if n > 0 {
+                self.finish_round(n);
             }
-            self.finish_round(n);
+            // One slice of a deletion under way per turn, in a round of its own after
+            // the requests' (answered first: a request waits for at most the slice
+            // that was running when it came). Not while shutting down: finished at the
+            // next open.
+            if !self.shutting_down && self.deletion_step() {
+                self.finish_round(0);
+            }
         }
         // Anything still waiting for the pool is answered `Closed` (Cb's drop), and so
         // are the deletions under way (marked: finished at the next open).

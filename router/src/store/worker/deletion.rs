@@ -27,8 +27,14 @@
 //!
 //! A restart in the middle: the mark is read when the store opens
 //! ([`Worker::resume_deletions`]) and the deletion starts again from the beginning
-//! (every slice finds what is left by its prefix scans), the name refused meanwhile as
-//! above. The mark goes in the batch of the last slice.
+//! (every slice finds what is left by its prefix scans; the mark's value names the
+//! direct conversations no scan would find, whose entries were only in memory), the
+//! name refused meanwhile as above. The mark goes in the batch of the last slice.
+//!
+//! Slices: at most [`SLICE_KEYS`] keys and about [`SLICE_TIME`] of reads, then their
+//! commit (~1.5 ms for 4 096 deletions): 2–5 ms each, measured. The range scans end at
+//! their prefix's end ([`past`]), so that the tombstones a deletion leaves past it
+//! (those of its peers' entries and marks) are never walked.
 
 use std::collections::VecDeque;
 use std::ops::Bound;
@@ -171,6 +177,20 @@ pub(super) struct Deletions {
     names: crate::maps::NameSet<String>,
     /// A first slice ran in this round: the loop's slice waits for the next.
     sliced: bool,
+}
+
+/// The end of a range scan of the keys under `prefix`: bounded, so that the scan stops
+/// there instead of walking on through what follows (the tombstones a deletion leaves
+/// under the next names: 50 000 of them held a scan for 35 ms).
+pub(super) fn past(prefix: &[u8]) -> Bound<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Bound::Excluded(end);
+        }
+    }
+    Bound::Unbounded
 }
 
 /// The mark of `user`'s deletion under way.
@@ -316,17 +336,18 @@ impl Worker {
     }
 
     /// One slice of the first deletion due, in a batch of its own (called by the loop
-    /// once the requests queued before it are handled, not in a round whose request
-    /// began a deletion: one slice a round).
-    pub(super) fn deletion_step(&mut self) {
+    /// once the requests queued before it are answered; not in a turn whose request
+    /// began a deletion, which ran its first slice). Whether a slice ran (its round is
+    /// to be finished: its answers, a sync).
+    pub(super) fn deletion_step(&mut self) -> bool {
         if self.deletions.sliced {
-            return;
+            return false;
         }
         let Some(i) = self.jobs_due(Instant::now()) else {
-            return;
+            return false;
         };
         let Some(mut d) = self.deletions.jobs.remove(i) else {
-            return;
+            return false;
         };
         d.retry_at = None;
         let sliced = self.commit().and_then(|()| {
@@ -340,6 +361,7 @@ impl Worker {
         });
         self.stats.deletion_slices.fetch_add(1, Ordering::Relaxed);
         self.deletion_went(d, sliced);
+        true
     }
 
     /// After a slice of `d` is committed: answered if it is done, queued again if not
@@ -478,7 +500,7 @@ impl Worker {
             Some(k) => Bound::Excluded(k),
             None => Bound::Included(prefix.to_vec()),
         };
-        for g in self.dbs.rooms.range((from, Bound::Unbounded)) {
+        for g in self.dbs.rooms.range((from, past(prefix))) {
             let k = g.key()?;
             if !k.starts_with(prefix) {
                 break;
@@ -526,5 +548,26 @@ impl Worker {
     /// their requests are answered [`StoreError::Closed`] (`Cb`'s drop).
     pub(super) fn drop_deletions(&mut self) {
         self.deletions.jobs.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scan_of_a_prefix_ends_past_its_last_key() {
+        assert_eq!(past(b"ab"), Bound::Excluded(b"ac".to_vec()));
+        assert_eq!(past(b"a\xff"), Bound::Excluded(b"b".to_vec()));
+        assert_eq!(past(b"\xff\xff"), Bound::Unbounded);
+    }
+
+    #[test]
+    fn a_marks_conversations_read_back() {
+        let convs = vec![b"d\x01a\x01b".to_vec(), Vec::new(), vec![7u8; 300]];
+        assert_eq!(decode_convs(&encode_convs(&convs)), convs);
+        // A torn end is left out.
+        let v = encode_convs(&convs);
+        assert_eq!(decode_convs(&v[..v.len() - 1]), convs[..2]);
     }
 }

@@ -18,7 +18,7 @@ use super::super::history::{
     ConvSummary, HistChunk, HistMsg, HistPage, HistQuery, HistoryOptions, IdRanges, RawRecord,
     Segment, CHUNK_TAG, PAGE_MSG_OVERHEAD, RECORD_FIXED, ROOMS_SWEPT_TAG,
 };
-use super::deletion::Budget;
+use super::deletion::{past, Budget};
 use super::{member_key, now_us, Ks, Op, Worker, CACHE_MAX, ROOM_PREFIX};
 use crate::store::{Durability, StoreError, StoreResult};
 
@@ -1541,7 +1541,7 @@ impl Worker {
                     Some(k) => Bound::Excluded(k),
                     None => Bound::Included(prefix.clone()),
                 };
-                for g in self.dbs.history.range((from, Bound::Unbounded)) {
+                for g in self.dbs.history.range((from, past(&prefix))) {
                     let k = g.key()?;
                     if !k.starts_with(&prefix) || cur.entries.len() == ENTRIES_PER_READ {
                         break;
@@ -1585,7 +1585,7 @@ impl Worker {
             Some(k) => Bound::Excluded(k),
             None => Bound::Included(prefix.clone()),
         };
-        for g in self.dbs.history.range((from, Bound::Unbounded)) {
+        for g in self.dbs.history.range((from, past(&prefix))) {
             let k = g.key()?;
             if !k.starts_with(&prefix) {
                 break;
@@ -1613,7 +1613,7 @@ impl Worker {
             Some(k) => Bound::Excluded(k),
             None => Bound::Included(prefix.clone()),
         };
-        for g in self.dbs.history.range((from, Bound::Unbounded)) {
+        for g in self.dbs.history.range((from, past(&prefix))) {
             let (k, v) = g.into_inner()?;
             if !k.starts_with(&prefix) {
                 break;
