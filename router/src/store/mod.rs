@@ -52,10 +52,11 @@ pub use history::{
 };
 
 /// Logs a failed store request that nothing waits on (`what` failed), unless it failed
-/// for the store being full: that one is expected, and said by the shard's `store_disk_full`.
+/// for the store being full (expected, and said by the shard's `store_disk_full`) or for
+/// the user's account being deleted (its own live sessions' "seen" marks meanwhile).
 pub(crate) fn warn_unless_full<T>(r: &Result<T, StoreError>, what: &str) {
     match r {
-        Ok(_) | Err(StoreError::DiskFull) => {}
+        Ok(_) | Err(StoreError::DiskFull | StoreError::Deleting) => {}
         Err(e) => tracing::warn!(error = %e, "{what} failed"),
     }
 }
