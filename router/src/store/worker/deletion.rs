@@ -291,7 +291,8 @@ impl Worker {
             ));
         }
         if let Err(e) = self.commit() {
-            // Nothing of it is stored (a batch is all or nothing): the name is as it was.
+            // Nothing of it is stored (a batch is all or nothing): the name is as it was
+            // (but for its history not yet written, dropped from memory).
             self.deletions.names.remove(&d.user);
             self.answer_deletion(&mut d, Err(e));
             return;
@@ -378,9 +379,14 @@ impl Worker {
             }
             Ok(false) => self.deletions.jobs.push_front(d),
             Err(e) => {
-                // Marked (or its first batch failed above): it is tried again, from the
+                // Marked (its first batch, which holds the mark, is committed: a failed
+                // one is answered in `delete_account`): it is tried again, from the
                 // beginning, until it is done; its requests get the error now.
-                tracing::warn!(user = %d.user, error = %e, "deleting an account failed; trying again");
+                tracing::warn!(
+                    user = %d.user,
+                    error = %e,
+                    "deleting an account failed; trying again"
+                );
                 self.answer_deletion(&mut d, Err(e));
                 d.marked = true;
                 d.restart();

@@ -1466,7 +1466,10 @@ impl Worker {
     /// a write of every tail.
     pub(super) fn hist_forget_user(&mut self, user: &str) -> Vec<Vec<u8>> {
         let u = user.as_bytes();
-        let with_user = |conv: &[u8]| matches!(parse_conv(conv), Some(ConvName::Direct(a, b)) if a == u || b == u);
+        let with_user = |conv: &[u8]| match parse_conv(conv) {
+            Some(ConvName::Direct(a, b)) => a == u || b == u,
+            _ => false,
+        };
         let h = &mut self.hist;
         for (_, tail) in h.tails.extract_if(|conv, _| with_user(conv)) {
             h.tail_bytes = h.tail_bytes.saturating_sub(tail.bytes);
