@@ -45,12 +45,12 @@ use super::super::codec::{
     parse_queue_key, prefixed, queue_key, queue_prefix, validate_name, CONTACTS_PREFIX,
     DELETING_PREFIX,
 };
-use super::history::HistCursor;
+use super::history::{past, Budget, HistCursor};
 use super::{contact_blocker_key, contact_entry_key, Ks, Op, QueueState, Worker};
 use crate::store::{Cb, StoreError, StoreResult};
 
 /// Most keys one slice of a deletion deletes ...
-pub(super) const SLICE_KEYS: usize = 4096;
+const SLICE_KEYS: usize = 4096;
 /// ... and longest it reads for (its commit comes after): other requests wait at most
 /// about this long, plus the commit, for a slice.
 const SLICE_TIME: Duration = Duration::from_millis(3);
@@ -60,51 +60,6 @@ pub(crate) const SLICE_KEYS_FOR_TESTS: usize = SLICE_KEYS;
 /// How long a deletion whose slice failed waits before it is tried again (it is marked:
 /// it must finish).
 const RETRY_AFTER: Duration = Duration::from_secs(1);
-
-/// Keys a slice deletes (when there are) before its time is looked at: each makes
-/// progress, however slow its reads.
-const SLICE_MIN_KEYS: usize = 64;
-
-/// What a slice may still do: keys to delete, and until when.
-pub(super) struct Budget {
-    keys: usize,
-    until: Option<Instant>,
-    /// Keys deleted so far.
-    used: usize,
-}
-
-impl Budget {
-    /// One slice's: [`SLICE_KEYS`] keys, for [`SLICE_TIME`].
-    pub(super) fn slice() -> Budget {
-        Budget {
-            keys: SLICE_KEYS,
-            until: Instant::now().checked_add(SLICE_TIME),
-            used: 0,
-        }
-    }
-
-    /// No bound (the idle-user sweep's deletions of users with little to delete).
-    pub(super) fn unlimited() -> Budget {
-        Budget {
-            keys: usize::MAX,
-            until: None,
-            used: 0,
-        }
-    }
-
-    /// Nothing left: the slice stops before its next key (not before its first
-    /// [`SLICE_MIN_KEYS`]: each slice makes progress).
-    pub(super) fn spent(&self) -> bool {
-        self.keys == 0
-            || (self.used >= SLICE_MIN_KEYS && self.until.is_some_and(|t| Instant::now() >= t))
-    }
-
-    /// Counts `n` keys deleted.
-    pub(super) fn take(&mut self, n: usize) {
-        self.keys = self.keys.saturating_sub(n);
-        self.used = self.used.saturating_add(n);
-    }
-}
 
 /// What a deletion deletes, in this order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,20 +132,6 @@ pub(super) struct Deletions {
     names: crate::maps::NameSet<String>,
     /// A first slice ran in this round: the loop's slice waits for the next.
     sliced: bool,
-}
-
-/// The end of a range scan of the keys under `prefix`: bounded, so that the scan stops
-/// there instead of walking on through what follows (the tombstones a deletion leaves
-/// under the next names: 50 000 of them held a scan for 35 ms).
-pub(super) fn past(prefix: &[u8]) -> Bound<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return Bound::Excluded(end);
-        }
-    }
-    Bound::Unbounded
 }
 
 /// The mark of `user`'s deletion under way.
@@ -279,7 +220,7 @@ impl Worker {
         let mut d = Deletion::new(user, extra);
         d.cbs.push(cb);
         self.deletions.sliced = true;
-        let mut budget = Budget::slice();
+        let mut budget = Budget::new(SLICE_KEYS, SLICE_TIME);
         let sliced = self.deletion_slice(&mut d, &mut budget);
         let finished = matches!(sliced, Ok(true));
         if !finished {
@@ -352,7 +293,7 @@ impl Worker {
         };
         d.retry_at = None;
         let sliced = self.commit().and_then(|()| {
-            let mut budget = Budget::slice();
+            let mut budget = Budget::new(SLICE_KEYS, SLICE_TIME);
             let finished = self.deletion_slice(&mut d, &mut budget)?;
             if finished && d.marked {
                 self.ops.push(Op::Del(Ks::Rooms, mark_key(&d.user)));
