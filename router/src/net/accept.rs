@@ -359,6 +359,10 @@ async fn register_account(shared: &Shared, r: &Register, peer: Option<IpAddr>) -
             answer(Status::Unavailable, "the store is shut down")
         }
         Some(Err(StoreError::DiskFull)) => answer(Status::Unavailable, "the store's disk is full"),
+        Some(Err(StoreError::Deleting)) => answer(
+            Status::Unavailable,
+            "the name is being deleted, try again shortly",
+        ),
         Some(Err(e)) => {
             tracing::warn!(error = %e, "register failed");
             answer(Status::Internal, "storage error")

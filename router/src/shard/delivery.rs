@@ -506,7 +506,25 @@ impl Shard {
             let u = user.clone();
             self.store_req(
                 |st, cb| st.ensure_user(&u, cb),
-                |_, r| crate::store::warn_unless_full(&r, "recording a user"),
+                move |sh, r| match r {
+                    // The name's account is still being deleted: the session does not
+                    // start on what is left of it (its backlog page, answered after
+                    // this, finds it closed).
+                    Err(StoreError::Deleting) => {
+                        if let Some(key) = sh.resolve(id) {
+                            sh.sessions[key].discard_unacked = true;
+                            sh.close(
+                                key,
+                                CloseReason::Kicked,
+                                Some((
+                                    Status::Unavailable,
+                                    "the name is being deleted, try again shortly",
+                                )),
+                            );
+                        }
+                    }
+                    r => crate::store::warn_unless_full(&r, "recording a user"),
+                },
             );
         } else {
             // The password was checked before the session existed: an account deleted in

@@ -85,7 +85,7 @@ pub fn store_status(e: &StoreError) -> Status {
     match e {
         StoreError::NotFound => Status::NotFound,
         StoreError::Full => Status::RateLimited,
-        StoreError::Closed | StoreError::DiskFull => Status::Unavailable,
+        StoreError::Closed | StoreError::DiskFull | StoreError::Deleting => Status::Unavailable,
         StoreError::Invalid(_) => Status::BadRequest,
         StoreError::Conflict => Status::Conflict,
         StoreError::Io(_) => Status::Internal,

@@ -9,7 +9,8 @@
 //! - `accounts`: `user bytes` → an account record (the Argon2id PHC string).
 //! - `rooms`: `"room:" name` → [`RoomRecord`], `"code:" join_code` → room name (UTF-8), and
 //!   `"mem:" user 0x00 room` → empty (the rooms a user owns or is a member of), and
-//!   `"ctc:" user` → the user's [`ContactRecord`](super::contacts::ContactRecord).
+//!   `"ctc:" user` → the user's [`ContactRecord`](super::contacts::ContactRecord), and
+//!   `"del:" user` → empty while the account's deletion is under way.
 
 use bytes::Bytes;
 use prost::Message;
@@ -44,6 +45,12 @@ pub(crate) const CONTACT_ENTRY_PREFIX: &[u8] = b"cte:";
 /// Key prefix of a contact list's blockers (`ctb:` user 0x00 blocker → empty): a block
 /// writes one key, not the blocked user's whole list of blockers.
 pub(crate) const CONTACT_BLOCKER_PREFIX: &[u8] = b"ctb:";
+/// Key prefix of the marks of account deletions under way (`del:` user → empty; see
+/// `Worker::delete_account`): written with the deletion's first batch when it takes more
+/// than one, removed with its last, and read when the store opens to finish the ones a
+/// restart cut short. In the `rooms` keyspace, which ListUsers does not read (it scans
+/// `accounts`), under a prefix no other scan of that keyspace covers.
+pub(crate) const DELETING_PREFIX: &[u8] = b"del:";
 
 /// One queued message for an offline user.
 ///

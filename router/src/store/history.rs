@@ -862,6 +862,12 @@ pub(crate) fn entry_conv(key: &[u8]) -> Option<&[u8]> {
     key.get(2 + n..)
 }
 
+/// The user of an entry or read mark key (`u`/`m` + length byte + user + conversation).
+pub(crate) fn entry_user(key: &[u8]) -> Option<&[u8]> {
+    let n = usize::from(*key.get(1)?);
+    key.get(2..2 + n)
+}
+
 pub(crate) fn decode_u64(v: &[u8]) -> u64 {
     be_u64(v).unwrap_or(0)
 }

@@ -42,6 +42,8 @@ pub mod history;
 mod worker;
 
 #[cfg(test)]
+mod deletion_tests;
+#[cfg(test)]
 mod tests;
 
 pub use codec::{glob_match, RoomRecord, StoredMsg, MAX_NAME_BYTES, MAX_PASSWORD_BYTES};
@@ -50,10 +52,11 @@ pub use history::{
 };
 
 /// Logs a failed store request that nothing waits on (`what` failed), unless it failed
-/// for the store being full: that one is expected, and said by the shard's `store_disk_full`.
+/// for the store being full (expected, and said by the shard's `store_disk_full`) or for
+/// the user's account being deleted (its own live sessions' "seen" marks meanwhile).
 pub(crate) fn warn_unless_full<T>(r: &Result<T, StoreError>, what: &str) {
     match r {
-        Ok(_) | Err(StoreError::DiskFull) => {}
+        Ok(_) | Err(StoreError::DiskFull | StoreError::Deleting) => {}
         Err(e) => tracing::warn!(error = %e, "{what} failed"),
     }
 }
@@ -82,6 +85,10 @@ pub enum StoreError {
     /// The store's disk is under its floor (`store::disk`): nothing new is written.
     #[error("the store's disk is full")]
     DiskFull,
+    /// The name's account is being deleted (its data is removed a slice at a time): no
+    /// new account is made under it until that is done (`Worker::delete_account`).
+    #[error("the name is being deleted, try again shortly")]
+    Deleting,
 }
 
 impl From<fjall::Error> for StoreError {
@@ -289,6 +296,10 @@ pub struct StoreStats {
     pub disk_used_bytes: u64,
     /// Whether the last commit failed (a gauge: 0 or 1).
     pub failed: u64,
+    /// Slices of account deletions run (see [`StoreHandle::delete_account`]).
+    pub deletion_slices: u64,
+    /// Account deletions under way (a gauge).
+    pub deletions_pending: u64,
 }
 
 #[derive(Default)]
@@ -315,6 +326,8 @@ pub(crate) struct StatCells {
     pub(crate) disk_free_bytes: AtomicU64,
     pub(crate) disk_used_bytes: AtomicU64,
     pub(crate) failed: AtomicU64,
+    pub(crate) deletion_slices: AtomicU64,
+    pub(crate) deletions_pending: AtomicU64,
 }
 
 thread_local! {
@@ -589,6 +602,9 @@ impl Store {
             Arc::clone(&stats),
             Arc::clone(&nap.napping),
         );
+        // First: the names of deletions a restart cut short are refused from now on
+        // (the moves below write contact lists).
+        w.resume_deletions()?;
         w.move_inline_lists()?;
         if let Err(e) = w.hist_sweep_deleted_rooms() {
             // Tried again at the next open; a room made with such a name still starts
@@ -778,6 +794,8 @@ impl StoreHandle {
             disk_free_bytes: l(&s.disk_free_bytes),
             disk_used_bytes: l(&s.disk_used_bytes),
             failed: l(&s.failed),
+            deletion_slices: l(&s.deletion_slices),
+            deletions_pending: l(&s.deletions_pending),
             hash_jobs: self.inner.hash_queued.load(Ordering::Relaxed) as u64,
         }
     }
@@ -995,10 +1013,20 @@ impl StoreHandle {
         })
     }
 
-    /// Removes `user`'s account and offline queue in one atomic batch (room memberships are
-    /// the caller's, through [`StoreHandle::remove_member`] and
-    /// [`StoreHandle::delete_room`]). [`StoreError::NotFound`] if there was neither an
-    /// account nor a queued message.
+    /// Removes `user`'s account, offline queue, direct conversations, history entries and
+    /// read marks, and contact list (room memberships are the caller's, through
+    /// [`StoreHandle::remove_member`] and [`StoreHandle::delete_room`]), and answers once
+    /// all of it is gone. [`StoreError::NotFound`] if there was neither an account nor a
+    /// queued message.
+    ///
+    /// The account record (what makes the name exist) goes in the first batch; the rest
+    /// goes a bounded slice at a time, the storage thread handling the requests queued
+    /// meanwhile between slices (a user with 100 000 queued messages or 50 000 direct
+    /// conversations no longer holds it for the whole deletion). Until the deletion is
+    /// done, nothing new is written under the name: a Register (or a first login under
+    /// open or jwt auth) gets [`StoreError::Deleting`], appends to its queue
+    /// [`StoreError::NotFound`], and history and contact writes under it are dropped. A
+    /// deletion a restart cut short is finished after the store opens again.
     pub fn delete_account(
         &self,
         user: &str,

@@ -21,11 +21,14 @@ use super::hash::{HashJob, HashOutcome, HashPool};
 use super::histlog::{self, HistLog};
 use super::history::{FILE_TAG, NEXT_FILE_TAG};
 
+mod deletion;
 mod history;
 use super::{
     Appended, Cb, Durability, MemberProblem, Msg, Overflow, QueueCap, RoomRecord, StatCells,
     StoreError, StoreOptions, StoreResult, StoredMsg,
 };
+#[cfg(test)]
+pub(crate) use deletion::SLICE_KEYS_FOR_TESTS;
 
 /// How long shutdown waits for outstanding password-hash answers before giving up on them
 /// (they are then answered `Closed`).
@@ -296,6 +299,8 @@ pub(crate) struct Worker {
     shutting_down: bool,
     /// Conversation history (`worker/history.rs`).
     hist: history::HistState,
+    /// Account deletions under way, a slice at a time (`worker/deletion.rs`).
+    deletions: deletion::Deletions,
     /// Looks at the disk (`store::disk`).
     disk: super::disk::DiskWatch,
 }
@@ -487,6 +492,7 @@ impl Worker {
             next_job: 0,
             shutting_down: false,
             hist: history::HistState::new(opts_history, durability),
+            deletions: deletion::Deletions::default(),
         }
     }
 
@@ -495,6 +501,7 @@ impl Worker {
         let max_round = self.opts.max_round.max(1);
         let mut idle = crate::alloc::IdleCollect::new(IDLE_COLLECT_AFTER, Instant::now());
         loop {
+            self.deletion_round();
             let first = if !self.shutting_down {
                 if let Some(forget) = self.opts.forget_idle_after {
                     self.maybe_sweep(forget);
@@ -502,10 +509,10 @@ impl Worker {
                 self.hist_tick();
                 self.look_at_disk();
                 let sweep = self.opts.forget_idle_after.map(|_| self.next_sweep);
-                let wake = match (sweep, self.hist.next_flush()) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                let wake = [sweep, self.hist.next_flush(), self.next_deletion_retry()]
+                    .into_iter()
+                    .flatten()
+                    .min();
                 // Idle (the whole process): wake up once a second to return freed memory
                 // (once per stretch).
                 let work = self.stats.requests.load(Ordering::Relaxed);
@@ -514,30 +521,40 @@ impl Worker {
                 }
                 let idle_wake = Instant::now() + IDLE_COLLECT_AFTER;
                 let at = wake.map_or(idle_wake, |w| w.min(idle_wake));
-                let napped = match std::mem::take(&mut self.nap_due) {
-                    true => self.nap(&rx, at),
-                    false => Err(TryRecvError::Empty),
-                };
-                match napped {
-                    Ok(m) => m,
-                    Err(TryRecvError::Disconnected) => break,
-                    Err(TryRecvError::Empty) => {
-                        match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                            Ok(m) => m,
-                            Err(RecvTimeoutError::Timeout) => continue,
-                            Err(RecvTimeoutError::Disconnected) => break,
+                if self.deletion_due(Instant::now()) {
+                    // A deletion under way: what is queued is handled (none: no wait),
+                    // then its next slice (`worker::deletion`).
+                    match rx.try_recv() {
+                        Ok(m) => Some(m),
+                        Err(TryRecvError::Empty) => None,
+                        Err(TryRecvError::Disconnected) => break,
+                    }
+                } else {
+                    let napped = match std::mem::take(&mut self.nap_due) {
+                        true => self.nap(&rx, at),
+                        false => Err(TryRecvError::Empty),
+                    };
+                    match napped {
+                        Ok(m) => Some(m),
+                        Err(TryRecvError::Disconnected) => break,
+                        Err(TryRecvError::Empty) => {
+                            match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                                Ok(m) => Some(m),
+                                Err(RecvTimeoutError::Timeout) => continue,
+                                Err(RecvTimeoutError::Disconnected) => break,
+                            }
                         }
                     }
                 }
             } else if self.waiting.is_empty() {
                 // Shutting down: finish what is queued, then stop.
                 match rx.try_recv() {
-                    Ok(m) => m,
+                    Ok(m) => Some(m),
                     Err(_) => break,
                 }
             } else {
                 match rx.recv_timeout(SHUTDOWN_GRACE) {
-                    Ok(m) => m,
+                    Ok(m) => Some(m),
                     Err(RecvTimeoutError::Timeout) => {
                         tracing::warn!(
                             "store shutdown: {} password jobs unanswered",
@@ -548,21 +565,35 @@ impl Worker {
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             };
-            self.handle(first);
-            let mut n = 1usize;
-            while n < max_round && self.ops_bytes < ROUND_RECORD_BYTES {
-                match rx.try_recv() {
-                    Ok(m) => {
-                        self.handle(m);
-                        n += 1;
+            let mut n = 0usize;
+            if let Some(first) = first {
+                self.handle(first);
+                n = 1;
+                while n < max_round && self.ops_bytes < ROUND_RECORD_BYTES {
+                    match rx.try_recv() {
+                        Ok(m) => {
+                            self.handle(m);
+                            n += 1;
+                        }
+                        Err(_) => break,
                     }
-                    Err(_) => break,
                 }
             }
-            self.finish_round(n);
+            if n > 0 {
+                self.finish_round(n);
+            }
+            // One slice of a deletion under way per turn, in a round of its own after
+            // the requests' (answered first: a request waits for at most the slice
+            // that was running when it came). Not while shutting down: finished at the
+            // next open.
+            if !self.shutting_down && self.deletion_step() {
+                self.finish_round(0);
+            }
         }
-        // Anything still waiting for the pool is answered `Closed` (Cb's drop).
+        // Anything still waiting for the pool is answered `Closed` (Cb's drop), and so
+        // are the deletions under way (marked: finished at the next open).
         self.waiting.clear();
+        self.drop_deletions();
         let commit = self.hist_flush().and_then(|()| self.commit());
         let persist = self
             .dbs
@@ -964,10 +995,7 @@ impl Worker {
                     .and_then(|()| Ok(self.dbs.accounts.contains_key(user.as_bytes())?));
                 self.done(cb, r, false);
             }
-            Msg::DeleteAccount { user, cb } => {
-                let r = self.delete_account(&user);
-                self.done(cb, r, true);
-            }
+            Msg::DeleteAccount { user, cb } => self.delete_account(user, cb),
             Msg::ListUsers { pattern, limit, cb } => {
                 let r = self.list_users(&pattern, limit);
                 self.done(cb, r, false);
@@ -1141,6 +1169,11 @@ impl Worker {
         cap: Option<QueueCap>,
     ) -> StoreResult<Appended> {
         validate_name("user", user)?;
+        // A queue being deleted takes nothing more: as to any name without an account
+        // (`worker::deletion`).
+        if self.deleting(user) {
+            return Err(StoreError::NotFound);
+        }
         let prefix = queue_prefix(user);
         let mut st = self.queue_state(user, &prefix)?;
         let mut msgs = msgs;
@@ -1330,7 +1363,10 @@ impl Worker {
             .and_then(|()| validate_password(&password))
             .and_then(|()| self.commit())
             .and_then(|()| {
-                if self.registering.contains(&user)
+                if self.deleting(&user) {
+                    // Its old account's data is still being deleted (`worker::deletion`).
+                    Err(StoreError::Deleting)
+                } else if self.registering.contains(&user)
                     || self.dbs.accounts.contains_key(user.as_bytes())?
                 {
                     Err(StoreError::Conflict)
@@ -1504,6 +1540,12 @@ impl Worker {
     }
 
     fn insert_account(&mut self, user: &str, phc: String) -> StoreResult<()> {
+        // Not while the name's old account is being deleted (a Register whose hash was
+        // under way when the deletion began, a first login under open or jwt auth):
+        // `worker::deletion`.
+        if self.deleting(user) {
+            return Err(StoreError::Deleting);
+        }
         self.commit()?;
         if self.dbs.accounts.contains_key(user.as_bytes())? {
             return Err(StoreError::Conflict);
@@ -1519,34 +1561,6 @@ impl Worker {
             encode(&rec),
         ));
         self.known.insert(user.to_owned());
-        Ok(())
-    }
-
-    fn delete_account(&mut self, user: &str) -> StoreResult<()> {
-        validate_name("user", user)?;
-        self.leaving.remove(user);
-        self.known.remove(user);
-        self.hist_flush()?;
-        self.commit()?;
-        let had_account = self.dbs.accounts.contains_key(user.as_bytes())?;
-        // Read before anything is queued: a failed read leaves no deletion half done.
-        let mut entry_keys = self.keys_under(&contact_entry_key(user, ""))?;
-        entry_keys.extend(self.keys_under(&contact_blocker_key(user, ""))?);
-        let (removed, _) = self.remove_range(user, u64::MAX)?;
-        if !had_account && removed == 0 {
-            return Err(StoreError::NotFound);
-        }
-        self.hist_delete_user(user)?;
-        if had_account {
-            self.ops
-                .push(Op::Del(Ks::Accounts, user.as_bytes().to_vec()));
-            self.accounts_dropped = true;
-        }
-        self.ops
-            .push(Op::Del(Ks::Rooms, prefixed(CONTACTS_PREFIX, user)));
-        for k in entry_keys {
-            self.ops.push(Op::Del(Ks::Rooms, k));
-        }
         Ok(())
     }
 
@@ -1793,7 +1807,7 @@ impl Worker {
         if self.dbs.rooms.contains_key(&room_key)? || self.dbs.rooms.contains_key(&code_key)? {
             return Err(StoreError::Conflict);
         }
-        if people(&record).iter().any(|u| self.leaving.contains(*u)) {
+        if people(&record).iter().any(|u| self.gone(u)) {
             return Err(StoreError::NotFound);
         }
         // A new room has no history: whatever its name's conversation still holds (left
@@ -1871,6 +1885,11 @@ impl Worker {
     /// Writes a change of `user`'s contact list: its fields, and the entries it names.
     fn save_contacts(&mut self, user: &str, save: ContactSave) -> StoreResult<()> {
         validate_name("user", user)?;
+        // The list of an account being deleted: dropped, as if written just before the
+        // deletion that removes it (`worker::deletion`).
+        if self.deleting(user) {
+            return Ok(());
+        }
         // Everything checked and read before anything is queued.
         for e in &save.upserts {
             validate_name("contact", &e.user)?;
@@ -1941,6 +1960,10 @@ impl Worker {
     fn note_blocker(&mut self, user: &str, blocker: &str, on: bool) -> StoreResult<()> {
         validate_name("user", user)?;
         validate_name("blocker", blocker)?;
+        // (Dropped for an account being deleted, as in `save_contacts`.)
+        if self.deleting(user) {
+            return Ok(());
+        }
         self.ops.push(blocker_op(user, blocker, on));
         Ok(())
     }
@@ -1978,7 +2001,7 @@ impl Worker {
         self.commit()?;
         let old = self.room(&record.name)?.ok_or(StoreError::NotFound)?;
         let (was, now) = (people(&old), people(&record));
-        if now.difference(&was).any(|u| self.leaving.contains(*u)) {
+        if now.difference(&was).any(|u| self.gone(u)) {
             return Err(StoreError::NotFound);
         }
         if old.join_code != record.join_code {
@@ -2032,8 +2055,7 @@ impl Worker {
         validate_name("member", user)?;
         validate_name("member", by)?;
         self.commit()?;
-        if !self.dbs.rooms.contains_key(prefixed(ROOM_PREFIX, room))? || self.leaving.contains(user)
-        {
+        if !self.dbs.rooms.contains_key(prefixed(ROOM_PREFIX, room))? || self.gone(user) {
             return Err(StoreError::NotFound);
         }
         self.ops
@@ -2154,6 +2176,12 @@ impl Worker {
             }
         }
         Ok(Some(own))
+    }
+
+    /// No membership of `user` may be written: its account is being deleted (or about
+    /// to be: [`StoreHandle::rooms_of_leaving`](super::StoreHandle::rooms_of_leaving)).
+    fn gone(&self, user: &str) -> bool {
+        self.leaving.contains(user) || self.deleting(user)
     }
 
     fn rooms_of(&mut self, user: &str) -> StoreResult<Vec<String>> {

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashSet, VecDeque};
+use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -12,10 +13,10 @@ use bytes::Bytes;
 use super::super::histlog;
 use super::super::history::{
     chunk_ids, chunk_key, chunk_last_at, chunk_prefix, chunk_rec, chunk_seq, decode_u64, dm_conv,
-    entry_conv, last_record_at, log_chunk_value, mark_key, mark_prefix, parse_chunk, parse_conv,
-    rec_msg_id, records, room_conv, user_key, user_prefix, ChunkBody, ConvName, ConvSummary,
-    HistChunk, HistMsg, HistPage, HistQuery, HistoryOptions, IdRanges, RawRecord, Segment,
-    CHUNK_TAG, PAGE_MSG_OVERHEAD, RECORD_FIXED, ROOMS_SWEPT_TAG,
+    entry_conv, entry_user, last_record_at, log_chunk_value, mark_key, mark_prefix, parse_chunk,
+    parse_conv, rec_msg_id, records, room_conv, user_key, user_prefix, ChunkBody, ConvName,
+    ConvSummary, HistChunk, HistMsg, HistPage, HistQuery, HistoryOptions, IdRanges, RawRecord,
+    Segment, CHUNK_TAG, PAGE_MSG_OVERHEAD, RECORD_FIXED, ROOMS_SWEPT_TAG,
 };
 use super::{member_key, now_us, Ks, Op, Worker, CACHE_MAX, ROOM_PREFIX};
 use crate::store::{Durability, StoreError, StoreResult};
@@ -196,6 +197,89 @@ pub(crate) struct HistState {
     /// [`CURSORS_MAX`] / 2 pages answered always have theirs, however many came before.
     cursors_old: NameMap<(Vec<u8>, u64), u64>,
 }
+
+/// Where a user's history deletion is ([`Worker::hist_delete_user_slice`]).
+#[derive(Default)]
+pub(super) struct HistCursor {
+    /// The last of the user's conversation entries deleted (the next is after it).
+    entry: Option<Vec<u8>>,
+    /// The next entries, read ahead.
+    entries: VecDeque<Vec<u8>>,
+    /// Direct conversations to delete before the entries are scanned: those whose
+    /// entries were only in memory ([`Worker::hist_forget_user`]) ...
+    pub(super) extra: VecDeque<Vec<u8>>,
+    /// ... and those of them deleted already (the scan deletes only their entries: a
+    /// chunk's log record is released once).
+    extra_done: HashSet<Vec<u8>>,
+    /// The direct conversation under way: its last chunk deleted (its entries go once
+    /// its chunks are gone).
+    chunk: Option<Vec<u8>>,
+    /// Every entry is deleted: its read marks go, after `mark`.
+    entries_done: bool,
+    mark: Option<Vec<u8>>,
+}
+
+/// Keys a slice deletes (when there are) before its time is looked at: each makes
+/// progress, however slow its reads.
+const SLICE_MIN_KEYS: usize = 64;
+
+/// What a slice of a deletion may still do: keys to delete, and until when.
+pub(super) struct Budget {
+    keys: usize,
+    until: Option<Instant>,
+    /// Keys deleted so far.
+    used: usize,
+}
+
+impl Budget {
+    /// `keys` keys, for `time` (a deletion's slice: `worker::deletion`).
+    pub(super) fn new(keys: usize, time: std::time::Duration) -> Budget {
+        Budget {
+            keys,
+            until: Instant::now().checked_add(time),
+            used: 0,
+        }
+    }
+
+    /// No bound (the idle-user sweep's deletions of users with little to delete).
+    pub(super) fn unlimited() -> Budget {
+        Budget {
+            keys: usize::MAX,
+            until: None,
+            used: 0,
+        }
+    }
+
+    /// Nothing left: the slice stops before its next key (not before its first
+    /// [`SLICE_MIN_KEYS`]: each slice makes progress).
+    pub(super) fn spent(&self) -> bool {
+        self.keys == 0
+            || (self.used >= SLICE_MIN_KEYS && self.until.is_some_and(|t| Instant::now() >= t))
+    }
+
+    /// Counts `n` keys deleted.
+    pub(super) fn take(&mut self, n: usize) {
+        self.keys = self.keys.saturating_sub(n);
+        self.used = self.used.saturating_add(n);
+    }
+}
+
+/// The end of a range scan of the keys under `prefix`: bounded, so that the scan stops
+/// there instead of walking on through what follows (the tombstones a deletion leaves
+/// under the next names: 50 000 of them held a scan for 35 ms).
+pub(super) fn past(prefix: &[u8]) -> Bound<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Bound::Excluded(end);
+        }
+    }
+    Bound::Unbounded
+}
+
+/// Conversation entries read at a time by [`Worker::hist_delete_user_slice`].
+const ENTRIES_PER_READ: usize = 256;
 
 /// Most entries in [`HistState::cursors`] and [`HistState::cursors_old`] together.
 const CURSORS_MAX: usize = 65_536;
@@ -411,6 +495,10 @@ impl Worker {
     }
 
     fn note_entry(&mut self, user: &[u8], conv: &[u8], seq: u64) {
+        // None for a user being deleted (`worker::deletion`): its entries are.
+        if self.deleting_bytes(user) {
+            return;
+        }
         let e = self.hist.pending.entry(user_key(user, conv)).or_insert(0);
         *e = (*e).max(seq);
     }
@@ -436,6 +524,14 @@ impl Worker {
             let Some(name) = parse_conv(&conv) else {
                 return Err(StoreError::Invalid("bad conversation id".into()));
             };
+            if let ConvName::Direct(a, b) = &name {
+                // A conversation with an account being deleted is being deleted: its
+                // messages make none (as with an account already deleted), so that a
+                // later owner of the name never finds them (`worker::deletion`).
+                if self.deleting_bytes(a) || self.deleting_bytes(b) {
+                    continue;
+                }
+            }
             let mut st = self.conv_state(&conv)?;
             if let (false, ConvName::Direct(a, b)) = (st.indexed, &name) {
                 // A message to a user without an account (refused NOT_FOUND) or to one
@@ -1256,6 +1352,11 @@ impl Worker {
         let Some(conv) = self.asked_conv(user, peer, room)? else {
             return Ok(());
         };
+        // No mark of a user being deleted, nor in a conversation with one: those are
+        // being deleted (`worker::deletion`).
+        if self.deleting(user) || peer.is_some_and(|p| self.deleting(p)) {
+            return Ok(());
+        }
         let st = self.conv_state(&conv)?;
         let from = self.visible_from(&st);
         // (Not kept, or further back than a lookup looks: nothing either way.)
@@ -1403,38 +1504,193 @@ impl Worker {
     }
 
     /// Removes `user`'s direct conversations (both sides' entries and read marks and
-    /// their messages) and its own conversation entries and read marks. Call with every
-    /// write committed and the tails written.
+    /// their messages) and its own conversation entries and read marks, in one go (the
+    /// idle-user sweep's users). Call with every write committed and the tails written.
     pub(crate) fn hist_delete_user(&mut self, user: &str) -> StoreResult<()> {
-        let prefix = user_prefix(user.as_bytes());
-        // Seqs of deleted conversations start again at 1.
+        self.hist_forget_cursors();
+        let mut cur = HistCursor::default();
+        self.hist_delete_user_slice(user, &mut cur, &mut Budget::unlimited())?;
+        Ok(())
+    }
+
+    /// What memory holds of `user`'s history, at the start of its deletion: the tails
+    /// of its direct conversations (never written now: they are being deleted), and the
+    /// entries and read marks waiting for a flush that are its own or in those
+    /// conversations; the cached states of those conversations (one started again after
+    /// the deletion starts from seq 1, and checks its accounts again). Answers the direct
+    /// conversations named by the entries it dropped: a slice of a flush may have written
+    /// their chunks before their entries, so the deletion's scan of the user's entries
+    /// would not find them ([`HistCursor::extra`]). O(conversations cached), instead of
+    /// a write of every tail.
+    pub(super) fn hist_forget_user(&mut self, user: &str) -> Vec<Vec<u8>> {
+        let u = user.as_bytes();
+        let with_user = |conv: &[u8]| match parse_conv(conv) {
+            Some(ConvName::Direct(a, b)) => a == u || b == u,
+            _ => false,
+        };
+        let h = &mut self.hist;
+        for (_, tail) in h.tails.extract_if(|conv, _| with_user(conv)) {
+            h.tail_bytes = h.tail_bytes.saturating_sub(tail.bytes);
+            if tail.hot {
+                h.hot_bytes = h.hot_bytes.saturating_sub(tail.bytes);
+            }
+        }
+        let tails = &h.tails;
+        h.pinned.retain(|c| tails.contains_key(c));
+        if h.pinned.is_empty() {
+            h.unshare_at = None;
+        }
+        let mut extra: Vec<Vec<u8>> = Vec::new();
+        let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        let ours = |k: &Vec<u8>| entry_user(k) == Some(u) || entry_conv(k).is_some_and(&with_user);
+        for (k, _) in h.pending.extract_if(|k, _| ours(k)) {
+            if let Some(conv) = entry_conv(&k).filter(|c| with_user(c)) {
+                if seen.insert(conv.to_vec()) {
+                    extra.push(conv.to_vec());
+                }
+            }
+        }
+        h.marks.retain(|k, _| !ours(k));
+        h.convs.retain(|conv, _| !with_user(conv));
+        self.hist_forget_cursors();
+        extra
+    }
+
+    /// Seqs of deleted conversations start again at 1: the `before` cursors go.
+    pub(super) fn hist_forget_cursors(&mut self) {
         self.hist.cursors.clear();
         self.hist.cursors_old.clear();
-        let mut entries = Vec::new();
-        for g in self.dbs.history.prefix(&prefix) {
-            entries.push(g.key()?.to_vec());
-        }
-        for k in entries {
-            let conv = k[prefix.len()..].to_vec();
+    }
+
+    /// [`Worker::hist_delete_user`] a slice at a time: goes on from `cur` and deletes
+    /// within `budget` (each conversation's chunks, then its entries, so that what is
+    /// left is found again by the same scans after a restart); true once all is
+    /// deleted. Call with every write committed and with no tail of the user's direct
+    /// conversations in memory (none is made while the user is being deleted:
+    /// `hist_append`).
+    pub(super) fn hist_delete_user_slice(
+        &mut self,
+        user: &str,
+        cur: &mut HistCursor,
+        budget: &mut Budget,
+    ) -> StoreResult<bool> {
+        let u = user.as_bytes();
+        let prefix = user_prefix(u);
+        while let Some(conv) = cur.extra.front().cloned() {
+            if budget.spent() {
+                return Ok(false);
+            }
             if let Some(ConvName::Direct(a, b)) = parse_conv(&conv) {
-                let peer = if a == user.as_bytes() { b } else { a };
+                let peer = if a == u { b } else { a };
+                if !self.hist_delete_chunks(&conv, &mut cur.chunk, budget)? {
+                    return Ok(false);
+                }
+                // (Entries written before may be on disk.)
                 self.ops.push(Op::Del(Ks::History, user_key(peer, &conv)));
                 self.ops.push(Op::Del(Ks::History, mark_key(peer, &conv)));
-                for g in self.dbs.history.prefix(chunk_prefix(&conv)) {
-                    let (k, v) = g.into_inner()?;
-                    if let Some((_, _, ChunkBody::Log(loc))) = parse_chunk(&v) {
-                        self.dbs.hlog.release(loc);
-                    }
-                    self.ops.push(Op::Del(Ks::History, k.to_vec()));
-                }
                 self.hist.convs.remove(&conv);
+                budget.take(2);
             }
-            self.ops.push(Op::Del(Ks::History, k));
+            cur.extra.pop_front();
+            cur.extra_done.insert(conv);
         }
-        for g in self.dbs.history.prefix(mark_prefix(user.as_bytes())) {
-            self.ops.push(Op::Del(Ks::History, g.key()?.to_vec()));
+        while !cur.entries_done {
+            if cur.entries.is_empty() {
+                // The next entries, read before the conversations' scans (none is
+                // written meanwhile: `note_entry`).
+                let from = match cur.entry.clone() {
+                    Some(k) => Bound::Excluded(k),
+                    None => Bound::Included(prefix.clone()),
+                };
+                for g in self.dbs.history.range((from, past(&prefix))) {
+                    let k = g.key()?;
+                    if !k.starts_with(&prefix) || cur.entries.len() == ENTRIES_PER_READ {
+                        break;
+                    }
+                    cur.entries.push_back(k.to_vec());
+                }
+                if cur.entries.is_empty() {
+                    cur.entries_done = true;
+                    break;
+                }
+            }
+            while let Some(k) = cur.entries.front().cloned() {
+                if budget.spent() {
+                    return Ok(false);
+                }
+                let conv = &k[prefix.len()..];
+                let direct = match parse_conv(conv) {
+                    Some(ConvName::Direct(a, b)) if !cur.extra_done.contains(conv) => {
+                        Some(if a == u { b } else { a })
+                    }
+                    _ => None,
+                };
+                if let Some(peer) = direct {
+                    if !self.hist_delete_chunks(conv, &mut cur.chunk, budget)? {
+                        return Ok(false);
+                    }
+                    self.ops.push(Op::Del(Ks::History, user_key(peer, conv)));
+                    self.ops.push(Op::Del(Ks::History, mark_key(peer, conv)));
+                    self.hist.convs.remove(conv);
+                    budget.take(2);
+                }
+                self.ops.push(Op::Del(Ks::History, k.clone()));
+                budget.take(1);
+                cur.entries.pop_front();
+                cur.entry = Some(k);
+            }
         }
-        Ok(())
+        // Its own read marks.
+        let prefix = mark_prefix(u);
+        let from = match cur.mark.clone() {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Included(prefix.clone()),
+        };
+        for g in self.dbs.history.range((from, past(&prefix))) {
+            let k = g.key()?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if budget.spent() {
+                return Ok(false);
+            }
+            self.ops.push(Op::Del(Ks::History, k.to_vec()));
+            budget.take(1);
+            cur.mark = Some(k.to_vec());
+        }
+        Ok(true)
+    }
+
+    /// Deletes the stored chunks of `conv` after `after` (their log records released)
+    /// within `budget`: true once none is left (`after` then emptied for the next).
+    fn hist_delete_chunks(
+        &mut self,
+        conv: &[u8],
+        after: &mut Option<Vec<u8>>,
+        budget: &mut Budget,
+    ) -> StoreResult<bool> {
+        let prefix = chunk_prefix(conv);
+        let from = match after.clone() {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Included(prefix.clone()),
+        };
+        for g in self.dbs.history.range((from, past(&prefix))) {
+            let (k, v) = g.into_inner()?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if budget.spent() {
+                return Ok(false);
+            }
+            if let Some((_, _, ChunkBody::Log(loc))) = parse_chunk(&v) {
+                self.dbs.hlog.release(loc);
+            }
+            self.ops.push(Op::Del(Ks::History, k.to_vec()));
+            budget.take(1);
+            *after = Some(k.to_vec());
+        }
+        *after = None;
+        Ok(true)
     }
 
     /// Removes the conversation of room `name`: its tail in memory, its stored chunks

@@ -1,0 +1,495 @@
+//! Account deletions a slice at a time (`worker/deletion.rs`), through a real store.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::codec::queue_prefix;
+use super::contacts::{ContactEntry, ContactRecord};
+use super::history::{chunk_prefix, dm_conv, mark_prefix, room_conv, user_prefix};
+use super::*;
+
+/// Messages queued for the deleted user: a dozen slices' worth.
+const QUEUED: u64 = 50_000;
+/// Peers it has a direct conversation with.
+const PEERS: usize = 3_000;
+/// Users blocking it.
+const BLOCKERS: usize = 5_000;
+/// Peers whose conversation with it is in memory only (not written yet) when it is
+/// deleted, and old conversations with messages in memory.
+const IN_MEMORY: usize = 100;
+
+fn open(dir: &Path) -> StoreHandle {
+    let opts = StoreOptions {
+        argon2_cheap: true,
+        history: HistoryOptions {
+            per_conversation: 100,
+            memory_bytes: 64 << 20,
+            flush_every: Duration::from_secs(3600),
+            ..HistoryOptions::default()
+        },
+        ..StoreOptions::default()
+    };
+    Store::open_with(dir, Durability::Memory, opts).expect("open store")
+}
+
+fn call<T: Send + 'static>(f: impl FnOnce(Callback<T>) -> StoreResult<()>) -> StoreResult<T> {
+    let (tx, rx) = mpsc::channel();
+    f(Box::new(move |r| {
+        let _ = tx.send(r);
+    }))
+    .expect("queued");
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("no answer from the store")
+}
+
+fn small(id: u64) -> StoredMsg {
+    StoredMsg {
+        from_user: "sender".into(),
+        payload: Bytes::from(format!("m{id}")),
+        msg_id: id,
+        ..StoredMsg::default()
+    }
+}
+
+fn peer(i: usize) -> String {
+    format!("peer{i}")
+}
+
+fn dm_chunk(from: &str, to: &str, id: u64) -> HistChunk {
+    let mut c = HistChunk {
+        conv: dm_conv(from.as_bytes(), to.as_bytes()),
+        ..Default::default()
+    };
+    c.push(
+        from.as_bytes(),
+        id,
+        crate::shard::now_us(),
+        format!("hi {id}").as_bytes(),
+    );
+    c
+}
+
+fn page(h: &StoreHandle, user: &str, peer: &str) -> HistPage {
+    let q = HistQuery {
+        user: user.into(),
+        peer: Some(peer.into()),
+        room: None,
+        before: 0,
+        limit: 10,
+        max_bytes: usize::MAX,
+    };
+    call(|cb| h.history_query(q, cb)).expect("history page")
+}
+
+/// Runs `n` requests made by `f` without waiting for each, then waits for them all.
+fn all<T: Send + 'static>(n: usize, f: impl Fn(usize, Callback<T>) -> StoreResult<()>) {
+    let (tx, rx) = mpsc::channel();
+    for i in 0..n {
+        let tx = tx.clone();
+        f(
+            i,
+            Box::new(move |r| {
+                let _ = tx.send(r.is_ok());
+            }),
+        )
+        .expect("queued");
+    }
+    drop(tx);
+    let ok = rx.iter().filter(|ok| *ok).count();
+    assert_eq!(ok, n, "requests failed");
+}
+
+/// "big": an account with [`QUEUED`] queued messages, a direct conversation (and read
+/// marks) with each of [`PEERS`] peers, a room message, a contact list, and
+/// [`BLOCKERS`] blockers. "other" has an account and a queue of its own.
+fn fill(h: &StoreHandle) {
+    call(|cb| h.register("big", "pw", cb)).expect("register");
+    call(|cb| h.register("other", "pw", cb)).expect("register");
+    call(|cb| h.append("other", vec![small(1)], cb)).expect("append");
+    all(QUEUED as usize / 1000, |i, cb| {
+        let base = i as u64 * 1000;
+        h.append("big", (base..base + 1000).map(small).collect(), cb)
+    });
+    all(PEERS, |i, cb| h.ensure_user(&peer(i), cb));
+    all(PEERS / 100, |i, cb| {
+        let chunks = (i * 100..i * 100 + 100)
+            .map(|p| dm_chunk("big", &peer(p), p as u64 + 1))
+            .collect();
+        h.history_append(chunks, cb)
+    });
+    // Read marks on both sides.
+    all(PEERS, |i, cb| {
+        h.history_mark(&peer(i), Some("big".into()), None, i as u64 + 1, cb)
+    });
+    all(10, |i, cb| {
+        h.history_mark("big", Some(peer(i)), None, i as u64 + 1, cb)
+    });
+    // A room conversation it sent to (its entry is the user's; it is no member: the
+    // router's rooms are left before the store's deletion).
+    call(|cb| {
+        h.create_room(
+            RoomRecord {
+                name: "r".into(),
+                owner: "other".into(),
+                join_code: "rc".into(),
+                ..RoomRecord::default()
+            },
+            cb,
+        )
+    })
+    .expect("room");
+    let mut c = HistChunk {
+        conv: room_conv(b"r"),
+        ..Default::default()
+    };
+    c.push(b"big", 1_000_000, crate::shard::now_us(), b"to the room");
+    call(|cb| h.history_append(vec![c], cb)).expect("room message");
+    let list = ContactRecord {
+        version: 2,
+        entries: (0..20)
+            .map(|i| ContactEntry {
+                user: peer(i),
+                state: 1,
+                version: 2,
+            })
+            .collect(),
+        ..ContactRecord::default()
+    };
+    call(|cb| h.put_contacts("big", list, cb)).expect("contacts");
+    all(BLOCKERS, |i, cb| {
+        h.note_blocker("big", &format!("blocker{i}"), true, cb)
+    });
+    call(|cb| h.flush(cb)).expect("flush");
+    // In memory only: new conversations (their tails, entries and marks), and newer
+    // messages of old ones.
+    all(IN_MEMORY, |i, cb| h.ensure_user(&peer(PEERS + i), cb));
+    let chunks = (0..IN_MEMORY)
+        .map(|i| dm_chunk("big", &peer(PEERS + i), 2_000_000 + i as u64))
+        .chain((0..IN_MEMORY).map(|i| dm_chunk(&peer(i), "big", 3_000_000 + i as u64)))
+        .collect();
+    call(|cb| h.history_append(chunks, cb)).expect("append");
+    all(IN_MEMORY, |i, cb| {
+        h.history_mark(
+            &peer(PEERS + i),
+            Some("big".into()),
+            None,
+            2_000_000 + i as u64,
+            cb,
+        )
+    });
+    assert_eq!(call(|cb| h.count("big", cb)), Ok(QUEUED));
+    assert_eq!(page_ids(page(h, &peer(7), "big")), [8, 3_000_007]);
+    assert_eq!(page_ids(page(h, &peer(PEERS + 7), "big")), [2_000_007]);
+}
+
+fn page_ids(p: HistPage) -> Vec<u64> {
+    match p {
+        HistPage::Messages(m) => m.iter().map(|m| m.msg_id).collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// What the store holds under "big" (raw keys), once it is shut down.
+fn raw_left(dir: &Path) -> Vec<String> {
+    let db = fjall::Database::builder(dir).open().expect("open raw");
+    let ks = |name: &str| {
+        db.keyspace(name, fjall::KeyspaceCreateOptions::default)
+            .expect("keyspace")
+    };
+    let (offline, accounts, rooms, history) =
+        (ks("offline"), ks("accounts"), ks("rooms"), ks("history"));
+    let mut left = Vec::new();
+    let mut look = |what: &str, ks: &fjall::Keyspace, prefix: &[u8]| {
+        let n = ks.prefix(prefix).count();
+        if n > 0 {
+            left.push(format!("{n} {what}"));
+        }
+    };
+    look("queued", &offline, &queue_prefix("big"));
+    look("entries", &history, &user_prefix(b"big"));
+    look("marks", &history, &mark_prefix(b"big"));
+    for i in 0..PEERS + IN_MEMORY {
+        let conv = dm_conv(b"big", peer(i).as_bytes());
+        look("chunks", &history, &chunk_prefix(&conv));
+        look("peer entries", &history, &user_prefix(peer(i).as_bytes()));
+        look("peer marks", &history, &mark_prefix(peer(i).as_bytes()));
+    }
+    look("contact list", &rooms, b"ctc:big");
+    look("contact entries", &rooms, b"cte:big\0");
+    look("blockers", &rooms, b"ctb:big\0");
+    look("deletion mark", &rooms, b"del:big");
+    if accounts.contains_key("big").expect("read") {
+        left.push("account".into());
+    }
+    left
+}
+
+/// After the deletion: nothing of "big" answers, and the name starts empty; "other"
+/// still has its `other_queued` messages.
+fn assert_gone(h: &StoreHandle, other_queued: u64) {
+    assert_eq!(call(|cb| h.user_exists("big", cb)), Ok(false));
+    assert_eq!(call(|cb| h.count("big", cb)), Ok(0));
+    assert!(call(|cb| h.load("big", 10, cb)).expect("load").is_empty());
+    for i in [0, 7, PEERS - 1, PEERS, PEERS + IN_MEMORY - 1] {
+        assert_eq!(page_ids(page(h, &peer(i), "big")), Vec::<u64>::new());
+        let cs = call(|cb| h.conversations(&peer(i), 10, 0, usize::MAX, cb)).expect("list");
+        assert!(cs.is_empty(), "{cs:?}");
+    }
+    let cs = call(|cb| h.conversations("big", 10, 0, usize::MAX, cb)).expect("list");
+    assert!(cs.is_empty(), "{cs:?}");
+    assert_eq!(
+        call(|cb| h.get_contacts("big", cb)),
+        Ok(ContactRecord::default())
+    );
+    // The name is free again, and its new owner finds nothing of the old one.
+    assert_eq!(call(|cb| h.register("big", "new", cb)), Ok(()));
+    assert_eq!(call(|cb| h.verify("big", "new", cb)), Ok(true));
+    assert_eq!(call(|cb| h.count("big", cb)), Ok(0));
+    assert_eq!(page_ids(page(h, "big", &peer(7))), Vec::<u64>::new());
+    assert_eq!(
+        call(|cb| h.get_contacts("big", cb)),
+        Ok(ContactRecord::default())
+    );
+    // The other user's data is untouched.
+    assert_eq!(call(|cb| h.count("other", cb)), Ok(other_queued));
+}
+
+/// A user with 50 000 queued messages, 3 000 direct conversations and 5 000 blockers is
+/// deleted in many slices; requests sent after the DeleteAccount are answered before it
+/// (the storage thread serves them between slices), the name is refused and takes no
+/// new data meanwhile, and afterwards nothing of the user is left.
+#[test]
+fn a_big_deletion_runs_in_slices_and_other_requests_are_answered_meanwhile() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let h = open(dir.path());
+    fill(&h);
+    let slices_before = h.stats().deletion_slices;
+    let t0 = Instant::now();
+    let (tx, rx) = mpsc::channel::<(&str, StoreResult<()>)>();
+    let t = tx.clone();
+    h.delete_account("big", move |r| {
+        let _ = t.send(("delete", r));
+    })
+    .expect("queued");
+    // Behind it, in the queue: another user's requests, and writes under the name.
+    let t = tx.clone();
+    h.count("other", move |r| {
+        let r = r.and_then(|n| match n {
+            1 => Ok(()),
+            n => Err(StoreError::Io(format!("{n} queued"))),
+        });
+        let _ = t.send(("count other", r));
+    })
+    .expect("queued");
+    let t = tx.clone();
+    h.enqueue("other", vec![small(2)], None, true, move |r| {
+        let _ = t.send(("enqueue other", r.map(|_| ())));
+    })
+    .expect("queued");
+    let t = tx.clone();
+    h.user_exists("big", move |r| {
+        // (The account record goes first.)
+        let r = r.and_then(|e| match e {
+            false => Ok(()),
+            true => Err(StoreError::Conflict),
+        });
+        let _ = t.send(("big exists", r));
+    })
+    .expect("queued");
+    let t = tx.clone();
+    h.register("big", "again", move |r| {
+        let _ = t.send(("register big", r));
+    })
+    .expect("queued");
+    let t = tx.clone();
+    h.append("big", vec![small(9)], move |r| {
+        let _ = t.send(("append big", r.map(|_| ())));
+    })
+    .expect("queued");
+    let t = tx.clone();
+    h.enqueue("big", vec![small(9)], None, true, move |r| {
+        let _ = t.send(("enqueue big", r.map(|_| ())));
+    })
+    .expect("queued");
+    // A direct message with it, a read mark in a conversation with it, a blocker and a
+    // contact list of it: none stays.
+    let t = tx.clone();
+    h.history_append(vec![dm_chunk(&peer(7), "big", 77)], move |r| {
+        let _ = t.send(("history", r));
+    })
+    .expect("queued");
+    let t = tx.clone();
+    h.history_mark(&peer(8), Some("big".into()), None, 9, move |r| {
+        let _ = t.send(("mark", r));
+    })
+    .expect("queued");
+    let t = tx.clone();
+    h.note_blocker("big", "late", true, move |r| {
+        let _ = t.send(("blocker", r));
+    })
+    .expect("queued");
+    let t = tx.clone();
+    let list = ContactRecord {
+        version: 9,
+        entries: vec![ContactEntry {
+            user: "late".into(),
+            state: 1,
+            version: 9,
+        }],
+        ..ContactRecord::default()
+    };
+    h.put_contacts("big", list, move |r| {
+        let _ = t.send(("contacts", r));
+    })
+    .expect("queued");
+    drop(tx);
+    // Requests made one after another while it runs are answered too, each within a
+    // slice or so.
+    let mut got = Vec::new();
+    let mut meanwhile = 0;
+    let mut slowest = Duration::ZERO;
+    let deleted_at = loop {
+        match rx.recv_timeout(Duration::from_millis(1)) {
+            Ok(("delete", r)) => {
+                got.push(("delete", r));
+                break t0.elapsed();
+            }
+            Ok(answer) => got.push(answer),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let t = Instant::now();
+                assert_eq!(call(|cb| h.count("other", cb)).map(|n| n > 0), Ok(true));
+                slowest = slowest.max(t.elapsed());
+                meanwhile += 1;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("no answer to the deletion"),
+        }
+    };
+    let mut names: Vec<&str> = got.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names.pop(), Some("delete"), "{names:?}");
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "append big",
+            "big exists",
+            "blocker",
+            "contacts",
+            "count other",
+            "enqueue big",
+            "enqueue other",
+            "history",
+            "mark",
+            "register big"
+        ]
+    );
+    for (name, r) in got {
+        let want = match name {
+            "register big" => Err(StoreError::Deleting),
+            "append big" | "enqueue big" => Err(StoreError::NotFound),
+            _ => Ok(()),
+        };
+        assert_eq!(r, want, "{name}");
+    }
+    let stats = h.stats();
+    let slices = stats.deletion_slices - slices_before;
+    assert!(
+        slices >= (QUEUED as usize / super::worker::SLICE_KEYS_FOR_TESTS) as u64,
+        "{slices} slices"
+    );
+    assert_eq!(stats.deletions_pending, 0);
+    assert!(meanwhile > 0, "nothing was answered during the deletion");
+    eprintln!(
+        "deleted in {deleted_at:?}, {slices} slices; {meanwhile} requests answered meanwhile, \
+         the slowest in {slowest:?}"
+    );
+    assert_gone(&h, 2);
+    // The new owner's account is the only thing under the name.
+    call(|cb| h.delete_account("big", cb)).expect("delete the new one");
+    h.shutdown().expect("shutdown");
+    drop(h);
+    assert_eq!(raw_left(dir.path()), Vec::<String>::new());
+}
+
+/// A restart in the middle of a deletion: the mark it left is found when the store
+/// opens, the name is refused until the deletion is finished, and it finishes.
+#[test]
+fn a_deletion_a_restart_cut_short_is_finished_at_open() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let h = open(dir.path());
+        fill(&h);
+        // The storage thread is held in a callback while the deletion and the shutdown
+        // are queued behind it: the deletion's first slice runs, then the shutdown
+        // stops the rest.
+        let (held_tx, held_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        h.count("other", move |_| {
+            let _ = held_tx.send(());
+            let _ = go_rx.recv_timeout(Duration::from_secs(30));
+        })
+        .expect("queued");
+        held_rx.recv_timeout(Duration::from_secs(30)).expect("held");
+        let (tx, rx) = mpsc::channel();
+        h.delete_account("big", move |r| {
+            let _ = tx.send(r);
+        })
+        .expect("queued");
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = go_tx.send(());
+        });
+        h.shutdown().expect("shutdown");
+        release.join().expect("release");
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(30)),
+            Ok(Err(StoreError::Closed))
+        );
+    }
+    // Cut short: the account is gone, the mark is there, and so is most of the rest.
+    let left = raw_left(dir.path());
+    assert!(left.contains(&"1 deletion mark".to_owned()), "{left:?}");
+    assert!(!left.contains(&"account".to_owned()), "{left:?}");
+    assert!(left.iter().any(|l| l.ends_with(" queued")), "{left:?}");
+    let h = open(dir.path());
+    // Refused until it is finished ...
+    assert_eq!(
+        call(|cb| h.register("big", "new", cb)),
+        Err(StoreError::Deleting)
+    );
+    // ... which another DeleteAccount waits for.
+    assert_eq!(call(|cb| h.delete_account("big", cb)), Ok(()));
+    assert!(h.stats().deletion_slices > 1);
+    assert_gone(&h, 1);
+    call(|cb| h.delete_account("big", cb)).expect("delete the new one");
+    h.shutdown().expect("shutdown");
+    drop(h);
+    assert_eq!(raw_left(dir.path()), Vec::<String>::new());
+}
+
+/// A deletion with little to delete is done in the batch of its request, as before
+/// deletions were sliced: no mark is written, and what comes after it in the queue sees
+/// it done.
+#[test]
+fn a_small_deletion_is_done_in_its_own_round() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let h = open(dir.path());
+    call(|cb| h.register("few", "pw", cb)).expect("register");
+    call(|cb| h.append("few", (0..10).map(small).collect(), cb)).expect("append");
+    let (tx, rx) = mpsc::channel();
+    let t = tx.clone();
+    h.delete_account("few", move |r| {
+        let _ = t.send(("delete", r));
+    })
+    .expect("queued");
+    h.register("few", "new", move |r| {
+        let _ = tx.send(("register", r));
+    })
+    .expect("queued");
+    let got: Vec<_> = rx.iter().collect();
+    assert_eq!(got, [("delete", Ok(())), ("register", Ok(()))]);
+    assert_eq!(h.stats().deletion_slices, 1);
+    assert_eq!(call(|cb| h.count("few", cb)), Ok(0));
+}
