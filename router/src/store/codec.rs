@@ -10,7 +10,8 @@
 //! - `rooms`: `"room:" name` → [`RoomRecord`], `"code:" join_code` → room name (UTF-8), and
 //!   `"mem:" user 0x00 room` → empty (the rooms a user owns or is a member of), and
 //!   `"ctc:" user` → the user's [`ContactRecord`](super::contacts::ContactRecord), and
-//!   `"del:" user` → empty while the account's deletion is under way.
+//!   `"del:" user` → the direct conversations only memory named when it began (see
+//!   [`DELETING_PREFIX`]) while the account's deletion is under way.
 
 use bytes::Bytes;
 use prost::Message;
@@ -45,7 +46,8 @@ pub(crate) const CONTACT_ENTRY_PREFIX: &[u8] = b"cte:";
 /// Key prefix of a contact list's blockers (`ctb:` user 0x00 blocker → empty): a block
 /// writes one key, not the blocked user's whole list of blockers.
 pub(crate) const CONTACT_BLOCKER_PREFIX: &[u8] = b"ctb:";
-/// Key prefix of the marks of account deletions under way (`del:` user → empty; see
+/// Key prefix of the marks of account deletions under way (`del:` user → the ids of
+/// the direct conversations whose entries were only in memory when it began; see
 /// `Worker::delete_account`): written with the deletion's first batch when it takes more
 /// than one, removed with its last, and read when the store opens to finish the ones a
 /// restart cut short. In the `rooms` keyspace, which ListUsers does not read (it scans

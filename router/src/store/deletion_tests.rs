@@ -22,8 +22,14 @@ const BLOCKERS: usize = 5_000;
 const IN_MEMORY: usize = 100;
 
 fn open(dir: &Path) -> StoreHandle {
+    open_with(dir, None)
+}
+
+/// [`open`] with idle users forgotten after `forget`.
+fn open_with(dir: &Path, forget: Option<Duration>) -> StoreHandle {
     let opts = StoreOptions {
         argon2_cheap: true,
+        forget_idle_after: forget,
         history: HistoryOptions {
             per_conversation: 100,
             memory_bytes: 64 << 20,
@@ -492,4 +498,193 @@ fn a_small_deletion_is_done_in_its_own_round() {
     assert_eq!(got, [("delete", Ok(())), ("register", Ok(()))]);
     assert_eq!(h.stats().deletion_slices, 1);
     assert_eq!(call(|cb| h.count("few", cb)), Ok(0));
+}
+
+// ---------------------------------------------------------------- found in review
+
+fn register(h: &StoreHandle, u: &str) {
+    call(|cb| h.register(u, "pw", cb)).expect("register");
+}
+
+fn conversations(h: &StoreHandle, u: &str) -> Vec<String> {
+    let cs = call(|cb| h.conversations(u, 100, 0, usize::MAX, cb)).expect("list");
+    let mut v: Vec<String> = cs
+        .into_iter()
+        .map(|c| c.peer.or(c.room).unwrap_or_default())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Deleting "bob" (in several slices) touches nothing of "bobby" nor "bo".
+#[test]
+fn deleting_a_name_leaves_names_it_is_a_prefix_of_untouched() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let h = open(dir.path());
+    for u in ["bob", "bobby", "bo", "carol"] {
+        register(&h, u);
+    }
+    all(10, |i, cb| {
+        let base = i as u64 * 1000;
+        h.append("bob", (base..base + 1000).map(small).collect(), cb)
+    });
+    call(|cb| h.append("bobby", (0..5).map(small).collect(), cb)).expect("append");
+    call(|cb| h.append("bo", (0..3).map(small).collect(), cb)).expect("append");
+    let chunks = vec![
+        dm_chunk("bob", "carol", 1),
+        dm_chunk("bobby", "carol", 2),
+        dm_chunk("bob", "bobby", 3),
+        dm_chunk("bo", "carol", 4),
+        dm_chunk("carol", "bobby", 5),
+    ];
+    call(|cb| h.history_append(chunks, cb)).expect("dm");
+    call(|cb| h.history_mark("carol", Some("bobby".into()), None, 5, cb)).expect("mark");
+    call(|cb| h.history_mark("bobby", Some("carol".into()), None, 5, cb)).expect("mark");
+    call(|cb| h.history_mark("carol", Some("bob".into()), None, 1, cb)).expect("mark");
+    call(|cb| h.history_mark("bobby", Some("bob".into()), None, 3, cb)).expect("mark");
+    let list = |peer: &str| ContactRecord {
+        version: 2,
+        entries: vec![ContactEntry {
+            user: peer.into(),
+            state: 1,
+            version: 2,
+        }],
+        ..ContactRecord::default()
+    };
+    call(|cb| h.put_contacts("bobby", list("carol"), cb)).expect("contacts");
+    call(|cb| h.put_contacts("bob", list("carol"), cb)).expect("contacts");
+    call(|cb| h.note_blocker("bobby", "x", true, cb)).expect("blocker");
+    call(|cb| h.note_blocker("bob", "x", true, cb)).expect("blocker");
+    call(|cb| h.flush(cb)).expect("flush");
+    let before = h.stats().deletion_slices;
+    call(|cb| h.delete_account("bob", cb)).expect("delete");
+    assert!(h.stats().deletion_slices - before > 1, "one slice only");
+    assert_eq!(call(|cb| h.count("bobby", cb)), Ok(5));
+    assert_eq!(call(|cb| h.count("bo", cb)), Ok(3));
+    assert_eq!(call(|cb| h.count("bob", cb)), Ok(0));
+    assert_eq!(page_ids(page(&h, "bobby", "carol")), [2, 5]);
+    assert_eq!(page_ids(page(&h, "carol", "bobby")), [2, 5]);
+    assert_eq!(page_ids(page(&h, "carol", "bo")), [4]);
+    assert_eq!(page_ids(page(&h, "bobby", "bob")), Vec::<u64>::new());
+    assert_eq!(conversations(&h, "bobby"), ["carol"]);
+    assert_eq!(conversations(&h, "carol"), ["bo", "bobby"]);
+    assert_eq!(conversations(&h, "bo"), ["carol"]);
+    let c = call(|cb| h.get_contacts("bobby", cb)).expect("contacts");
+    assert_eq!(c.entries.len(), 1);
+    assert_eq!(c.blocked_by, ["x"]);
+    assert_eq!(
+        call(|cb| h.get_contacts("bob", cb)),
+        Ok(ContactRecord::default())
+    );
+    h.shutdown().expect("shutdown");
+    drop(h);
+    let db = fjall::Database::builder(dir.path())
+        .open()
+        .expect("open raw");
+    let hist = db
+        .keyspace("history", fjall::KeyspaceCreateOptions::default)
+        .expect("ks");
+    assert_eq!(hist.prefix(mark_prefix(b"bobby")).count(), 1);
+    assert_eq!(hist.prefix(mark_prefix(b"carol")).count(), 1);
+    assert_eq!(hist.prefix(mark_prefix(b"bob")).count(), 0);
+    assert_eq!(hist.prefix(user_prefix(b"bob")).count(), 0);
+}
+
+/// Acks between slices, then the name taken again: the new queue's seqs go on past the
+/// old ones (cached state, and not cached: after a reopen).
+#[test]
+fn acks_between_slices_and_seqs_after_the_name_is_taken_again() {
+    for reopen in [false, true] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut h = open(dir.path());
+        register(&h, "bob");
+        let mut last = 0;
+        for i in 0..12u64 {
+            let a = call(|cb| {
+                h.enqueue(
+                    "bob",
+                    (i * 1000..i * 1000 + 1000).map(small).collect(),
+                    None,
+                    true,
+                    cb,
+                )
+            })
+            .expect("enqueue");
+            last = a.first_seq + a.stored - 1;
+        }
+        if reopen {
+            h.shutdown().expect("shutdown");
+            drop(h);
+            h = open(dir.path());
+        }
+        let (tx, rx) = mpsc::channel::<(String, String)>();
+        let t = tx.clone();
+        h.delete_account("bob", move |r| {
+            let _ = t.send(("delete".into(), format!("{r:?}")));
+        })
+        .expect("queued");
+        for s in [100u64, 5000, 9000, 20_000] {
+            let t = tx.clone();
+            h.remove_up_to("bob", s, move |r| {
+                let _ = t.send((format!("ack {s}"), format!("{r:?}")));
+            })
+            .expect("queued");
+            let t = tx.clone();
+            h.count("bob", move |r| {
+                let _ = t.send(("count".into(), format!("{r:?}")));
+            })
+            .expect("queued");
+        }
+        drop(tx);
+        let got: Vec<_> = rx.iter().collect();
+        assert_eq!(got.last().map(|g| g.0.as_str()), Some("delete"));
+        assert_eq!(call(|cb| h.count("bob", cb)), Ok(0));
+        register(&h, "bob");
+        let a = call(|cb| h.enqueue("bob", vec![small(1)], None, true, cb)).expect("enqueue");
+        assert!(
+            a.first_seq > last,
+            "reopen={reopen}: seq {} after {last}",
+            a.first_seq
+        );
+        assert_eq!(call(|cb| h.count("bob", cb)), Ok(1));
+        let l = call(|cb| h.load("bob", 10, cb)).expect("load");
+        assert_eq!(l.len(), 1);
+        h.shutdown().expect("shutdown");
+    }
+}
+
+/// The idle-user sweep: two forgotten users who talked, in one sweep step, released their
+/// conversation's chunks twice (fixed: a commit after each user).
+#[test]
+fn a_sweep_of_two_users_who_talked_releases_their_chunks_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let h = open_with(dir.path(), Some(Duration::from_millis(100)));
+    register(&h, "p");
+    register(&h, "q");
+    call(|cb| h.ensure_user("x", cb)).expect("x");
+    call(|cb| h.ensure_user("y", cb)).expect("y");
+    let mut c = HistChunk {
+        conv: dm_conv(b"p", b"q"),
+        ..Default::default()
+    };
+    c.push(b"p", 1, crate::shard::now_us(), &[1u8; 1000]);
+    let mut d = HistChunk {
+        conv: dm_conv(b"x", b"y"),
+        ..Default::default()
+    };
+    d.push(b"x", 2, crate::shard::now_us(), &[2u8; 3000]);
+    call(|cb| h.history_append(vec![c, d], cb)).expect("dm");
+    call(|cb| h.flush(cb)).expect("flush");
+    let live0 = h.stats().history_log_live_bytes;
+    std::thread::sleep(Duration::from_millis(600));
+    call(|cb| h.flush(cb)).expect("flush");
+    let s = h.stats();
+
+    assert_eq!(s.forgotten, 2);
+    assert_eq!(page_ids(page(&h, "p", "q")), [1]);
+    assert!(
+        s.history_log_live_bytes >= 1000,
+        "live {} (before {live0})",
+        s.history_log_live_bytes
+    );
 }

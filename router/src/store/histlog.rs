@@ -116,6 +116,9 @@ pub(crate) struct HistLog {
     changed: BTreeSet<u32>,
     /// Files with nothing live: deleted by [`HistLog::unlink_doomed`].
     doomed: Vec<u32>,
+    /// What was released since the last commit ([`HistLog::committed`]): undone if that
+    /// commit fails ([`HistLog::forget_doomed`]).
+    released: Vec<Loc>,
     /// Files written since the last [`HistLog::sync`].
     unsynced: Vec<u32>,
     /// Dead files kept to be overwritten by the next active ones (at most [`FREE_MAX`]).
@@ -302,6 +305,7 @@ impl HistLog {
             next_id,
             readers: RefCell::new(FxHashMap::default()),
             doomed: Vec::new(),
+            released: Vec::new(),
             unsynced: Vec::new(),
             free,
             stage: Vec::new(),
@@ -594,6 +598,7 @@ impl HistLog {
         if let Some(s) = self.files.get_mut(&loc.file) {
             s.live = s.live.saturating_sub(u64::from(loc.len));
             self.changed.insert(loc.file);
+            self.released.push(loc);
             if s.live == 0 && active != Some(loc.file) && !self.doomed.contains(&loc.file) {
                 self.doomed.push(loc.file);
             }
@@ -629,9 +634,24 @@ impl HistLog {
     }
 
     /// A commit failed: the pointers the doomed files held may still be on disk, so they
-    /// are kept (the counts on disk decide at the next open).
+    /// are kept (the counts on disk decide at the next open), and what was released
+    /// since the last commit counts as live again: its pointers are still there, and the
+    /// work retried (a deletion's slice, a trim) releases it again. Counted twice, a
+    /// file's count reached 0 while other chunks still pointed into it, and the file
+    /// went.
     pub(crate) fn forget_doomed(&mut self) {
         self.doomed.clear();
+        for loc in self.released.drain(..) {
+            if let Some(s) = self.files.get_mut(&loc.file) {
+                s.live = s.live.saturating_add(u64::from(loc.len));
+                self.changed.insert(loc.file);
+            }
+        }
+    }
+
+    /// A commit succeeded: what was released is released for good.
+    pub(crate) fn committed(&mut self) {
+        self.released.clear();
     }
 
     /// The next file id, if it moved since the last call (kept in the keyspace, so ids
@@ -1022,6 +1042,29 @@ mod tests {
             log.unlink_doomed();
             assert!(log.path(b.file).exists());
         }
+    }
+
+    #[test]
+    fn releases_of_a_failed_commit_count_again_and_twice_never_empty_a_file() {
+        let d = dir();
+        let mut log = HistLog::open(d.path(), [], 0, 1 << 20).unwrap().buffered();
+        let locs = log
+            .append(&[(b"a", b"0123456789"), (b"b", b"xyz")])
+            .unwrap();
+        let (a, b) = (locs[0], locs[1]);
+        assert_eq!(a.file, b.file);
+        let live = log.live(a.file);
+        // A deletion releases `a`, its commit fails, and the retry releases it again.
+        log.release(a);
+        log.forget_doomed();
+        assert_eq!(log.live(a.file), live, "counted live again");
+        log.release(a);
+        log.committed();
+        assert_eq!(log.live(a.file), live - u64::from(a.len));
+        // What a commit made for good is not undone by a later failure.
+        log.forget_doomed();
+        assert_eq!(log.live(a.file), live - u64::from(a.len));
+        assert_eq!(log.read(b, b"b").unwrap().unwrap(), b"xyz");
     }
 
     #[test]

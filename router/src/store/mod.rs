@@ -1017,7 +1017,10 @@ impl StoreHandle {
     /// read marks, and contact list (room memberships are the caller's, through
     /// [`StoreHandle::remove_member`] and [`StoreHandle::delete_room`]), and answers once
     /// all of it is gone. [`StoreError::NotFound`] if there was neither an account nor a
-    /// queued message.
+    /// queued message; an error if its first batch (the account record, the mark) was not
+    /// written, in which case nothing was deleted. A later slice that fails is tried
+    /// again until it is done (answered then, or [`StoreError::Closed`] if the store
+    /// closes first: the next open finishes it).
     ///
     /// The account record (what makes the name exist) goes in the first batch; the rest
     /// goes a bounded slice at a time, the storage thread handling the requests queued

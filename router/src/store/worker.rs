@@ -738,6 +738,7 @@ impl Worker {
         }
         let r = batch.commit();
         if r.is_ok() {
+            self.dbs.hlog.committed();
             let unflushed = self.dbs.seal_memtables();
             self.stats
                 .max_unflushed
@@ -1523,6 +1524,11 @@ impl Worker {
                 self.hist_delete_user(user)?;
                 self.ops
                     .push(Op::Del(Ks::Rooms, prefixed(CONTACTS_PREFIX, user)));
+                // Committed before the next user's: two forgotten users who talked to
+                // each other would otherwise both find their conversation's chunks and
+                // release them twice (a history log file then went while other
+                // conversations still pointed into it).
+                self.commit()?;
             }
             self.ops.push(Op::Del(Ks::Accounts, k));
             self.accounts_dropped = true;

@@ -13,8 +13,8 @@
 //! (the slices delete every key under the name's prefixes, whoever wrote it):
 //! - Register, and a first login's record under open or jwt auth (`insert_account`), get
 //!   [`StoreError::Deleting`] ("try again shortly"): nobody takes the name meanwhile.
-//! - An append to its offline queue gets [`StoreError::NotFound`] (as a message to any
-//!   user without an account; the shards' own appends already require one).
+//! - An append to its offline queue gets [`StoreError::NotFound`] (the shards' own
+//!   appends already require an account, which is gone).
 //! - History under the name is not written: a direct conversation's messages with it
 //!   make no conversation (as with a deleted account), its entries (a room message it
 //!   sent) and read marks (its own, and its peers' in conversations with it) are
@@ -47,6 +47,7 @@ use super::super::codec::{
 };
 use super::history::{past, Budget, HistCursor};
 use super::{contact_blocker_key, contact_entry_key, Ks, Op, QueueState, Worker};
+use crate::store::history::{parse_conv, ConvName};
 use crate::store::{Cb, StoreError, StoreResult};
 
 /// Most keys one slice of a deletion deletes ...
@@ -322,13 +323,15 @@ impl Worker {
             Err(e) => {
                 // Marked (its first batch, which holds the mark, is committed: a failed
                 // one is answered in `delete_account`): it is tried again, from the
-                // beginning, until it is done; its requests get the error now.
+                // beginning, until it is done, and its requests are answered then. An
+                // error now would tell the shard nothing was deleted (its sessions kept,
+                // its contact list kept and written again) while the account is gone and
+                // the rest goes on being deleted.
                 tracing::warn!(
                     user = %d.user,
                     error = %e,
                     "deleting an account failed; trying again"
                 );
-                self.answer_deletion(&mut d, Err(e));
                 d.marked = true;
                 d.restart();
                 d.retry_at = Instant::now().checked_add(RETRY_AFTER);
@@ -466,13 +469,34 @@ impl Worker {
     /// starts: their names are refused from now on, and their slices run once it has.
     pub(crate) fn resume_deletions(&mut self) -> StoreResult<()> {
         let mut users = Vec::new();
+        let mut stale = Vec::new();
         for g in self.dbs.rooms.prefix(DELETING_PREFIX) {
             let (k, v) = g.into_inner()?;
-            match std::str::from_utf8(&k[DELETING_PREFIX.len()..]) {
-                Ok(u) => users.push((u.to_owned(), decode_convs(&v))),
-                Err(_) => tracing::warn!("deletion mark {k:?} left: not UTF-8"),
+            let Ok(u) = std::str::from_utf8(&k[DELETING_PREFIX.len()..]) else {
+                tracing::warn!("deletion mark {k:?} left: not UTF-8");
+                continue;
+            };
+            if self.dbs.accounts.contains_key(u.as_bytes())? {
+                // The name has an account again (it cannot while marked: Register is
+                // refused; a build without deletions in slices could have made it): its
+                // data is not deleted, the mark goes.
+                tracing::warn!(user = u, "deletion mark of a name with an account: dropped");
+                stale.push(k.to_vec());
+                continue;
             }
+            // Only the user's own direct conversations (a damaged value naming others'
+            // would delete theirs).
+            let mut convs = decode_convs(&v);
+            convs.retain(|c| match parse_conv(c) {
+                Some(ConvName::Direct(a, b)) => a == u.as_bytes() || b == u.as_bytes(),
+                _ => false,
+            });
+            users.push((u.to_owned(), convs));
         }
+        for k in stale {
+            self.ops.push(Op::Del(Ks::Rooms, k));
+        }
+        self.commit()?;
         if !users.is_empty() {
             tracing::info!(
                 accounts = users.len(),
