@@ -332,7 +332,7 @@ impl prometheus_client::collector::Collector for Scrape {
             },
         )?;
         let st = &self.store;
-        let store_counters: [(&str, &str, f64); 11] = [
+        let store_counters: [(&str, &str, f64); 12] = [
             (
                 "store_requests",
                 "Requests handled by the storage thread.",
@@ -388,6 +388,11 @@ impl prometheus_client::collector::Collector for Scrape {
                 "History messages not written because the store was full (--min-free-disk-bytes).",
                 st.history_dropped as f64,
             ),
+            (
+                "store_deletion_slices",
+                "Slices of account deletions run (a deletion goes a bounded slice at a time, other requests answered between).",
+                st.deletion_slices as f64,
+            ),
         ];
         for (name, help, v) in store_counters {
             enc.encode_descriptor(name, help, None, MetricType::Counter)?
@@ -400,7 +405,7 @@ impl prometheus_client::collector::Collector for Scrape {
             MetricType::Gauge,
         )?
         .encode_gauge(&st.hash_jobs)?;
-        let gauges: [(&str, &str, u64); 6] = [
+        let gauges: [(&str, &str, u64); 7] = [
             (
                 "store_disk_full",
                 "1 while the store is full (free space under --min-free-disk-bytes): Sends to offline users are refused UNAVAILABLE, history is not written.",
@@ -430,6 +435,11 @@ impl prometheus_client::collector::Collector for Scrape {
                 "history_log_live_bytes",
                 "Bytes of history chunks in the history log that a conversation still keeps.",
                 st.history_log_live_bytes,
+            ),
+            (
+                "store_deletions_pending",
+                "Account deletions under way (their names refused until done).",
+                st.deletions_pending,
             ),
         ];
         for (name, help, v) in gauges {

@@ -283,6 +283,14 @@ fn delete_account_removes_its_data_rooms_and_sessions() {
         S::SendResult(s) => assert_eq!(s.status, Status::NotFound as i32),
         other => panic!("{other:?}"),
     }
+    // The deletion is counted (a small account: one slice) and none is under way.
+    let m = r.metrics();
+    let slices = crate::bounds::metric_sum(&m, "ringrouter_store_deletion_slices_total");
+    assert!(slices >= 1.0, "{slices} deletion slices");
+    assert_eq!(
+        crate::bounds::metric_sum(&m, "ringrouter_store_deletions_pending"),
+        0.0
+    );
     // The new owner of the name gets none of the old owner's messages: the first
     // thing it receives is a message sent to it after it logged in.
     assert_eq!(r.register("gus", "new").status, Status::Ok as i32);
