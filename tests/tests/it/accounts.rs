@@ -8,6 +8,32 @@ use ringrouter_proto::v1::{
 };
 use ringrouter_tests::{Raw, RouterProc, T};
 
+/// Accounts on 2 shards, Registers from one address not limited.
+const MANY_REGISTERS: [&str; 8] = [
+    "--shards",
+    "2",
+    "--auth",
+    "accounts",
+    "--max-registrations-per-ip",
+    "1000000",
+    "--max-registrations-per-second",
+    "1000000",
+];
+
+/// `user`'s new owner (password "new") logs in and gets nothing of the old one's: the
+/// first thing it receives is a message `sender` sends it now, with seq 1.
+fn first_delivery_is_new(r: &RouterProc, sender: &mut Raw, user: &str) {
+    let mut new = r.raw_login_password(user, "new", "d");
+    sender.send_to(user, b"for the new owner", 5);
+    assert_eq!(sender.wait_send_result(5), Status::Ok as i32);
+    let d = new.delivers(1, T).remove(0);
+    assert_eq!(
+        (d.seq, &d.payload[..]),
+        (1, &b"for the new owner"[..]),
+        "the old owner's queued messages reached the new owner"
+    );
+}
+
 fn accounts_router() -> RouterProc {
     RouterProc::start(&["--shards", "2", "--auth", "accounts"])
 }
@@ -294,15 +320,7 @@ fn delete_account_removes_its_data_rooms_and_sessions() {
     // The new owner of the name gets none of the old owner's messages: the first
     // thing it receives is a message sent to it after it logged in.
     assert_eq!(r.register("gus", "new").status, Status::Ok as i32);
-    let mut new_gus = r.raw_login_password("gus", "new", "d");
-    i.send_to("gus", b"for the new gus", 5);
-    assert_eq!(i.wait_send_result(5), Status::Ok as i32);
-    let d = new_gus.delivers(1, T).remove(0);
-    assert_eq!(
-        (d.seq, d.from_user.as_str(), &d.payload[..]),
-        (1, "ike", &b"for the new gus"[..]),
-        "the old owner's queued messages reached the new owner"
-    );
+    first_delivery_is_new(&r, &mut i, "gus");
 }
 
 #[test]
@@ -375,16 +393,7 @@ fn honest_logins_are_served_during_a_register_flood() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
-    let r = RouterProc::start_real_argon2(&[
-        "--shards",
-        "2",
-        "--auth",
-        "accounts",
-        "--max-registrations-per-ip",
-        "1000000",
-        "--max-registrations-per-second",
-        "1000000",
-    ]);
+    let r = RouterProc::start_real_argon2(&MANY_REGISTERS);
     assert_eq!(r.register("alice", "pw-alice").status, Status::Ok as i32);
     // One unloaded login: what one hash costs here.
     let t0 = Instant::now();
@@ -813,4 +822,85 @@ fn delete_account_is_answered_once_the_users_rooms_are_left() {
     assert!(rooms.is_empty(), "the next {victim} has {rooms:?}");
     let members = owner.room_info(&locked).unwrap().members;
     assert_eq!(members, [bob.clone(), carol.clone()]);
+}
+
+/// A heavy account is deleted a slice at a time (`store::worker::deletion`): a Register
+/// of its name racing the deletion is refused (CONFLICT while the account is there,
+/// UNAVAILABLE "the name is being deleted" while the rest goes) until it is done, and
+/// the new owner then finds nothing of the old one.
+#[test]
+fn a_name_registered_again_during_a_heavy_deletion_gets_nothing_of_the_old_account() {
+    const N: u64 = 30_000;
+    let r = RouterProc::start(&MANY_REGISTERS);
+    for u in ["hv-heavy", "hv-sender"] {
+        assert_eq!(r.register(u, "pw").status, Status::Ok as i32);
+    }
+    // N messages wait for hv-heavy (its queue, and their conversation's history).
+    let mut s = r.raw_login_password("hv-sender", "pw", "d");
+    let mut bytes = Vec::new();
+    for i in 0..N {
+        bytes.extend(ringrouter_tests::send_frame_bytes(
+            "hv-heavy",
+            &i.to_be_bytes(),
+            false,
+            0,
+        ));
+    }
+    s.write(&bytes).unwrap();
+    s.send_to("hv-heavy", b"last", 1);
+    assert_eq!(s.wait_send_result(1), Status::Ok as i32);
+    let mut heavy = r.raw_login_password("hv-heavy", "pw", "d");
+    // Registers of the name while the deletion runs, from another thread.
+    let racing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let racer = {
+        let (racing, addr) = (racing.clone(), r.connect_addr());
+        std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            while racing.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut c = Raw::connect(addr);
+                let k = C::Register(Register {
+                    request_id: 9,
+                    user: "hv-heavy".into(),
+                    password: "new".into(),
+                });
+                let S::AccountResult(a) = c.call(k, 9).0 else {
+                    panic!("expected an AccountResult");
+                };
+                let ok = a.status == Status::Ok as i32;
+                answers.push((a.status, a.reason));
+                if ok {
+                    break;
+                }
+            }
+            answers
+        })
+    };
+    let a = account_call(
+        &mut heavy,
+        C::DeleteAccount(DeleteAccount { request_id: 0 }),
+    );
+    assert_eq!(a.status, Status::Ok as i32, "{a:?}");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    racing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let answers = racer.join().expect("racer");
+    let refused = |st: Status| answers.iter().filter(|a| a.0 == st as i32).count();
+    eprintln!(
+        "registers racing the deletion: {} CONFLICT, {} UNAVAILABLE, then {:?}",
+        refused(Status::Conflict),
+        refused(Status::Unavailable),
+        answers.last()
+    );
+    for (status, reason) in &answers {
+        let being_deleted =
+            *status == Status::Unavailable as i32 && reason.contains("being deleted");
+        assert!(
+            *status == Status::Ok as i32 || *status == Status::Conflict as i32 || being_deleted,
+            "{status} {reason}"
+        );
+    }
+    if answers.last().is_none_or(|a| a.0 != Status::Ok as i32) {
+        assert_eq!(r.register("hv-heavy", "new").status, Status::Ok as i32);
+    }
+    // The new owner: nothing queued; the first delivery is a message sent now.
+    first_delivery_is_new(&r, &mut s, "hv-heavy");
 }
