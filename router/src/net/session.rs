@@ -607,7 +607,11 @@ fn read_loop<'a>(
                 // The rest of a frame: it is on its way, the buffer is needed.
                 let want = frame_bytes_needed(&buf).unwrap_or(0).max(MIN_READ);
                 if buf.capacity() - buf.len() < want {
-                    buf.reserve(want.max(READ_BUF));
+                    // Room for a read buffer's worth in all, not on top of what is there:
+                    // a buffer whose front was taken then moves the partial frame to its
+                    // start in place (asking for READ_BUF more made `bytes` reallocate and
+                    // copy the whole 64 KiB, the taken front included).
+                    buf.reserve(want.max(READ_BUF.saturating_sub(buf.len())));
                 }
                 // Bytes already there are read at once (a nonblocking recv); the read op
                 // (io_uring: a RECV the reader waits on, letting every writer run in
