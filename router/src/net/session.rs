@@ -828,7 +828,8 @@ async fn read_some(
     }
     loop {
         if buf.capacity() - buf.len() < MIN_READ {
-            buf.reserve(READ_BUF);
+            // (A read buffer's worth in all, as in the read loop.)
+            buf.reserve(READ_BUF.saturating_sub(buf.len()).max(MIN_READ));
         }
         match recv_at_most(fd, buf, max) {
             Ok(n) => return Ok(n),
@@ -920,7 +921,8 @@ async fn read_layered(
             if raw.capacity() - raw.len() < MIN_READ {
                 match raw.is_empty().then(bufpool::take_pooled).flatten() {
                     Some(b) => raw = b,
-                    None => raw.reserve(READ_BUF),
+                    // (A read buffer's worth in all, as in the read loop.)
+                    None => raw.reserve(READ_BUF.saturating_sub(raw.len()).max(MIN_READ)),
                 }
             }
             // What the pre-login decode left (frames pipelined behind the Login), or
