@@ -37,7 +37,6 @@
 //! (those of its peers' entries and marks) are never walked.
 
 use std::collections::VecDeque;
-use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -45,7 +44,7 @@ use super::super::codec::{
     parse_queue_key, prefixed, queue_key, queue_prefix, validate_name, CONTACTS_PREFIX,
     DELETING_PREFIX,
 };
-use super::history::{past, Budget, HistCursor};
+use super::history::{under, Budget, HistCursor};
 use super::{contact_blocker_key, contact_entry_key, Ks, Op, QueueState, Worker};
 use crate::store::history::{parse_conv, ConvName};
 use crate::store::{Cb, StoreError, StoreResult};
@@ -446,11 +445,7 @@ impl Worker {
         after: &mut Option<Vec<u8>>,
         budget: &mut Budget,
     ) -> StoreResult<bool> {
-        let from = match after.clone() {
-            Some(k) => Bound::Excluded(k),
-            None => Bound::Included(prefix.to_vec()),
-        };
-        for g in self.dbs.rooms.range((from, past(prefix))) {
+        for g in self.dbs.rooms.range(under(prefix, after.as_deref())) {
             let k = g.key()?;
             if !k.starts_with(prefix) {
                 break;
@@ -524,7 +519,9 @@ impl Worker {
 
 #[cfg(test)]
 mod tests {
+    use super::super::history::past;
     use super::*;
+    use std::ops::Bound;
 
     #[test]
     fn a_scan_of_a_prefix_ends_past_its_last_key() {

@@ -278,6 +278,16 @@ pub(super) fn past(prefix: &[u8]) -> Bound<Vec<u8>> {
     Bound::Unbounded
 }
 
+/// The keys under `prefix` after `after` (all of them: None), as a range to scan; it ends
+/// at the prefix's end ([`past`]).
+pub(super) fn under(prefix: &[u8], after: Option<&[u8]>) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let from = match after {
+        Some(k) => Bound::Excluded(k.to_vec()),
+        None => Bound::Included(prefix.to_vec()),
+    };
+    (from, past(prefix))
+}
+
 /// Conversation entries read at a time by [`Worker::hist_delete_user_slice`].
 const ENTRIES_PER_READ: usize = 256;
 
@@ -1598,11 +1608,7 @@ impl Worker {
             if cur.entries.is_empty() {
                 // The next entries, read before the conversations' scans (none is
                 // written meanwhile: `note_entry`).
-                let from = match cur.entry.clone() {
-                    Some(k) => Bound::Excluded(k),
-                    None => Bound::Included(prefix.clone()),
-                };
-                for g in self.dbs.history.range((from, past(&prefix))) {
+                for g in self.dbs.history.range(under(&prefix, cur.entry.as_deref())) {
                     let k = g.key()?;
                     if !k.starts_with(&prefix) || cur.entries.len() == ENTRIES_PER_READ {
                         break;
@@ -1642,11 +1648,7 @@ impl Worker {
         }
         // Its own read marks.
         let prefix = mark_prefix(u);
-        let from = match cur.mark.clone() {
-            Some(k) => Bound::Excluded(k),
-            None => Bound::Included(prefix.clone()),
-        };
-        for g in self.dbs.history.range((from, past(&prefix))) {
+        for g in self.dbs.history.range(under(&prefix, cur.mark.as_deref())) {
             let k = g.key()?;
             if !k.starts_with(&prefix) {
                 break;
@@ -1670,11 +1672,7 @@ impl Worker {
         budget: &mut Budget,
     ) -> StoreResult<bool> {
         let prefix = chunk_prefix(conv);
-        let from = match after.clone() {
-            Some(k) => Bound::Excluded(k),
-            None => Bound::Included(prefix.clone()),
-        };
-        for g in self.dbs.history.range((from, past(&prefix))) {
+        for g in self.dbs.history.range(under(&prefix, after.as_deref())) {
             let (k, v) = g.into_inner()?;
             if !k.starts_with(&prefix) {
                 break;
