@@ -195,7 +195,7 @@ fn list_users_globs() {
 fn list_users_is_bounded_by_the_page_size() {
     let r = RouterProc::start(&["--list-users-page", "3"]);
     for i in 0..5 {
-        drop(r.raw_login(&format!("p{i}")));
+        r.visit(&format!("p{i}"));
     }
     let mut c = r.raw_login("q");
     let a = account_call(

@@ -1781,7 +1781,7 @@ fn hoarding_devices(r: &RouterProc, devices: usize, msgs: u64) -> (Raw, Vec<Raw>
 #[test]
 fn a_small_unacked_message_does_not_keep_its_read_chunk() {
     let r = RouterProc::start(&["--shards", "1", "--slow-consumer-timeout", "60"]);
-    drop(r.raw_login("pin-nobody"));
+    r.visit("pin-nobody");
     let mut victim = r.raw_login("pin-victim");
     let mut attacker = r.raw_login("pin-attacker");
     let pad = vec![7u8; 60_000];
@@ -1872,7 +1872,7 @@ fn big_frames_still_arriving_are_bounded_per_shard() {
 fn big_frames_that_never_complete_hold_no_more_than_the_budget() {
     let r = RouterProc::start(&["--shards", "1", "--max-input-bytes", "8MiB"]);
     let mut pair = Pair::new(&r, "inm", 1);
-    drop(r.raw_login("inm-rx"));
+    r.visit("inm-rx");
     let frame = send_frame_bytes("inm-rx", &vec![5u8; 900_000], false, 0);
     let most = &frame[..frame.len() - 1];
     let before = r.rss_kib();
@@ -1989,7 +1989,7 @@ fn sessions_holding_the_most_are_closed_over_the_memory_ceiling() {
 fn partial_frames_under_a_read_buffer_count_too() {
     let r = RouterProc::start(&["--shards", "1", "--max-input-bytes", "2MiB"]);
     let mut pair = Pair::new(&r, "inp", 1);
-    drop(r.raw_login("inp-rx"));
+    r.visit("inp-rx");
     let frame = send_frame_bytes("inp-rx", &vec![6u8; 60_000], false, 0);
     let most = &frame[..frame.len() - 1];
     let mut slow = Vec::new();

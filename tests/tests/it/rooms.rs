@@ -1183,7 +1183,7 @@ fn room_events_take_at_most_half_an_offline_queue() {
 #[test]
 fn others_joins_and_leaves_are_not_stored_for_offline_members() {
     let r = RouterProc::start(&["--shards", "2"]);
-    drop(r.raw_login("ojl-away"));
+    r.visit("ojl-away");
     let mut o = r.raw_login("ojl-owner");
     let (res, _) = op(
         &mut o,
