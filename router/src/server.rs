@@ -228,6 +228,7 @@ impl Router {
             let ready = ready_tx.clone();
             let flights = flights.clone();
             let pause = pause.clone();
+            let queues = done.clone();
             let done = done[id].clone();
             let t = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
@@ -246,6 +247,7 @@ impl Router {
                         flights,
                         pause,
                         store_answers: done,
+                        answer_queues: queues,
                         http,
                     };
                     if let Err(e) = run_shard(setup, &ready) {

@@ -405,7 +405,7 @@ impl prometheus_client::collector::Collector for Scrape {
             MetricType::Gauge,
         )?
         .encode_gauge(&st.hash_jobs)?;
-        let gauges: [(&str, &str, u64); 7] = [
+        let gauges: [(&str, &str, u64); 8] = [
             (
                 "store_disk_full",
                 "1 while the store is full (free space under --min-free-disk-bytes): Sends to offline users are refused UNAVAILABLE, history is not written.",
@@ -440,6 +440,11 @@ impl prometheus_client::collector::Collector for Scrape {
                 "store_deletions_pending",
                 "Account deletions under way (their names refused until done).",
                 st.deletions_pending,
+            ),
+            (
+                "store_bulk_waiting",
+                "Appends to offline queues waiting behind the storage thread's other requests.",
+                st.bulk_waiting,
             ),
         ];
         for (name, help, v) in gauges {

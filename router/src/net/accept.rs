@@ -466,7 +466,20 @@ fn hand_over(
         layers,
         guard,
     };
-    shard.borrow_mut().post(home, Mail::Handover(Box::new(h)));
+    // Not through the rings: those wait while the home shard's store requests are over
+    // their mark, and a burst of room messages to offline members kept them there for
+    // seconds, with every login homed there behind it (`worker::lanes`).
+    let queue = {
+        let sh = shard.borrow();
+        sh.answer_queues
+            .get(home)
+            .filter(|_| home != sh.id)
+            .cloned()
+    };
+    match queue {
+        Some(q) => q.push(Mail::Handover(Box::new(h))),
+        None => shard.borrow_mut().post(home, Mail::Handover(Box::new(h))),
+    }
 }
 
 #[cfg(test)]

@@ -196,6 +196,14 @@ pub struct Shard {
     /// What those requests count for (payloads plus a fixed overhead each), bounded by
     /// `max_store_queue_bytes`.
     pub store_bytes: usize,
+    /// A room message held in the rings has waited [`run`]'s `HELD_MAX` for room in the
+    /// store's queue (`Shard::store_takes`): the readers wait too, until it goes, so that
+    /// the shard's own sessions cannot keep the queue too full for it.
+    pub store_yield: bool,
+    /// Each shard's queue of mail from outside the rings (its store answers, and
+    /// connections handed over to it): taken in every turn, even while its store
+    /// requests are over their mark and its rings wait (`shard::run`). Empty in unit tests.
+    pub answer_queues: Vec<std::sync::Arc<mail::MailQueue>>,
     /// Page reads (History, ListConversations, MarkRead, ListRooms, ListUsers) in the
     /// store's queue, and those waiting for their turn (`store_link::PageReads`).
     pub page_reads: store_link::PageReads,
@@ -356,6 +364,8 @@ impl Shard {
             page_reads: store_link::PageReads::default(),
             deletions: store_link::PageReads::default(),
             store_bytes: 0,
+            store_yield: false,
+            answer_queues: Vec::new(),
             requeues: requeue::Requeues::default(),
             requeue_loads: Vec::new(),
             requeue_bytes: 0,

@@ -354,7 +354,7 @@ pub struct RoomSlot {
 
 impl RoomSlot {
     /// Members held in memory (0 while loading or for a missing room).
-    fn members(&self) -> usize {
+    pub(crate) fn members(&self) -> usize {
         match &self.state {
             RoomState::Ready(r) => r.members.len(),
             RoomState::Loading | RoomState::Missing => 0,

@@ -38,6 +38,8 @@ pub(crate) struct ShardThread {
     pub(crate) pause: PauseTables,
     /// Where the storage thread posts this shard's store answers.
     pub(crate) store_answers: Arc<MailQueue>,
+    /// Every shard's `store_answers` (see `Shard::answer_queues`).
+    pub(crate) answer_queues: Vec<Arc<MailQueue>>,
     /// This shard's HTTP listener and what the HTTP servers share (`--http-listen`).
     pub(crate) http: Option<(std::net::TcpListener, Arc<crate::http::HttpCtx>)>,
 }
@@ -59,6 +61,7 @@ pub(crate) fn run_shard(
         flights,
         pause,
         store_answers,
+        answer_queues,
         http,
     } = t;
     // flights[from][to]: weight in the pipeline from shard `from` to shard `to`.
@@ -106,6 +109,7 @@ pub(crate) fn run_shard(
             done: store_answers.clone(),
         });
         sh.bell = Some(inbox.bell().clone());
+        sh.answer_queues = answer_queues;
         sh.memory.gate = shared.memory.clone();
         let shard = Rc::new(RefCell::new(sh));
         let local = Rc::new(LocalSignal::default());
@@ -276,7 +280,16 @@ struct HeldMail {
     /// The batch's elided names at the point it was held (see `Shard::begin_batch`).
     to: Bytes,
     from: Bytes,
+    /// Since when its first mail waits for room in the store's queue
+    /// (`Shard::store_takes`): past [`HELD_MAX`] the shard's readers wait too
+    /// (`Shard::store_yield`) until it goes, so that its own sessions, keeping the
+    /// queue between a quarter and the bound, cannot hold it (and the rings behind it)
+    /// for ever.
+    since: std::time::Instant,
 }
+
+/// See [`HeldMail::since`] (and `Shard::store_yield`).
+const HELD_MAX: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Drains the inbound rings, delivers, adopts handed-over connections, and
 /// sleeps on the doorbell when there is nothing to do.
@@ -313,19 +326,31 @@ async fn consumer(
             // messages for members offline here is a store request per message and
             // member. What is left of the batch then waits in `held`, first in line.
             if let Some(h) = held.as_mut() {
-                if !sh.store_full() {
-                    got += 1;
+                if !sh.store_queue_full() {
                     sh.batch_to = std::mem::take(&mut h.to);
                     sh.batch_from = std::mem::take(&mut h.from);
                     let mut done = 0;
-                    while !sh.store_full() {
+                    while let Some(cost) = h.mails.front().map(|m| sh.mail_store_cost(m)) {
+                        if !sh.store_takes(cost) {
+                            if !sh.store_yield && h.since.elapsed() >= HELD_MAX {
+                                sh.store_yield = true;
+                            }
+                            break;
+                        }
+                        if std::mem::take(&mut sh.store_yield) {
+                            sh.wake_store_waiters(true, true);
+                        }
                         let Some(mail) = h.mails.pop_front() else {
                             break;
                         };
+                        h.since = std::time::Instant::now();
                         done += mail.weight();
                         if let Some(h) = sh.on_mail(mail, &mut blocked) {
                             handovers.push(h);
                         }
+                    }
+                    if done > 0 {
+                        got += 1;
                     }
                     sh.flight_in[h.ring].fetch_sub(done, Ordering::AcqRel);
                     blocked.clear();
@@ -334,6 +359,9 @@ async fn consumer(
                 }
                 if h.mails.is_empty() {
                     held = None;
+                    if std::mem::take(&mut sh.store_yield) {
+                        sh.wake_store_waiters(true, true);
+                    }
                 }
             }
             let rings = if sh.store_full() || held.is_some() {
@@ -351,6 +379,14 @@ async fn consumer(
                     let mut rest = VecDeque::new();
                     let mut mails = batch.drain(..);
                     while let Some(mail) = mails.next() {
+                        if !matches!(mail, Mail::Deliver(_))
+                            && !sh.store_takes(sh.mail_store_cost(&mail))
+                        {
+                            // (Too many offline members for what the queue has left.)
+                            rest.push_back(mail);
+                            rest.extend(mails.by_ref());
+                            break;
+                        }
                         if let Some(h) = sh.on_mail(mail, &mut blocked) {
                             handovers.push(h);
                         }
@@ -370,6 +406,7 @@ async fn consumer(
                             mails: rest,
                             to: sh.batch_to.clone(),
                             from: sh.batch_from.clone(),
+                            since: std::time::Instant::now(),
                         });
                     }
                     if sh.store_full() {
@@ -424,7 +461,9 @@ async fn consumer(
             }
             // Rings are not work while the store is over its mark (see above): the
             // completions ring the doorbell.
-            let store_full = shard.borrow().store_full();
+            // (Nor while mail is held: it goes once store answers make room, and they
+            // ring the doorbell.)
+            let store_full = shard.borrow().store_full() || held.is_some();
             if inbox.park(cx.waker(), |_| !store_full) {
                 if (shared.shutdown.load(Ordering::Acquire) && !local.fired())
                     || !store_answers.is_empty()

@@ -128,8 +128,40 @@ impl Shard {
             || self.requeue_bytes >= requeue.saturating_add(requeue / STORE_RESERVE)
     }
 
-    /// True when readers should wait for the store to catch up.
+    /// Whether a mail that may make `cost` store requests is handled now. A room message
+    /// for members offline here is a store request per member: taken at the bound's edge,
+    /// one of a room of 10 000 took the queue past the reserve kept for sessions with
+    /// nothing in flight ([`Shard::store_over_reserve`]) again after every drain, so
+    /// that during a burst of them no such session was read, its Ping, Logout or close
+    /// included. So such a mail waits until it fits under the bound (or the queue is
+    /// under a quarter of it: a mail bigger than the bound goes then).
+    pub fn store_takes(&self, cost: usize) -> bool {
+        !self.store_queue_full()
+            && (cost <= 1
+                || self.store_inflight + cost <= STORE_HIGH_WATER
+                || self.store_inflight <= STORE_HIGH_WATER / 4)
+    }
+
+    /// The store requests handling `mail` may make, at most (see [`Shard::store_takes`]):
+    /// a request per member for room messages and notices, else one.
+    pub fn mail_store_cost(&self, mail: &Mail) -> usize {
+        match mail {
+            Mail::RoomDeliver(f) => f.users.len(),
+            Mail::RoomNotice(n) => n.users.len(),
+            Mail::RoomSend(r) => self.rooms.get(&r.room).map_or(1, |s| s.members()),
+            _ => 1,
+        }
+    }
+
+    /// True when readers should wait for the store to catch up (its queue is over its
+    /// bounds, or a room message waits for room in it: `Shard::store_yield`).
+    #[inline]
     pub fn store_full(&self) -> bool {
+        self.store_yield || self.store_queue_full()
+    }
+
+    /// True when the store's queue is over its bounds.
+    pub fn store_queue_full(&self) -> bool {
         // Not `parked_bytes`: this gates the rings too, and the mail that drains parked
         // work (a user's RoomQuota, a room's store completion) must keep flowing.
         self.store_inflight >= STORE_HIGH_WATER

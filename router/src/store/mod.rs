@@ -300,6 +300,9 @@ pub struct StoreStats {
     pub deletion_slices: u64,
     /// Account deletions under way (a gauge).
     pub deletions_pending: u64,
+    /// Appends to offline queues waiting behind other requests (a gauge, as of the
+    /// last round; `worker::lanes`).
+    pub bulk_waiting: u64,
 }
 
 #[derive(Default)]
@@ -328,6 +331,7 @@ pub(crate) struct StatCells {
     pub(crate) failed: AtomicU64,
     pub(crate) deletion_slices: AtomicU64,
     pub(crate) deletions_pending: AtomicU64,
+    pub(crate) bulk_waiting: AtomicU64,
 }
 
 thread_local! {
@@ -796,6 +800,7 @@ impl StoreHandle {
             failed: l(&s.failed),
             deletion_slices: l(&s.deletion_slices),
             deletions_pending: l(&s.deletions_pending),
+            bulk_waiting: l(&s.bulk_waiting),
             hash_jobs: self.inner.hash_queued.load(Ordering::Relaxed) as u64,
         }
     }

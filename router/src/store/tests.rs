@@ -18,6 +18,15 @@ fn open(dir: &Path, d: Durability) -> StoreHandle {
     Store::open_with(dir, d, cheap()).expect("open store")
 }
 
+/// A store (memory durability) that calls `hook` after each round.
+fn open_hooked(dir: &Path, hook: RoundHook) -> StoreHandle {
+    let opts = StoreOptions {
+        round_hook: Some(hook),
+        ..cheap()
+    };
+    Store::open_with(dir, Durability::Memory, opts).expect("open store")
+}
+
 /// Runs one request and waits for its answer (tests only: never block a shard like this).
 fn call<T: Send + 'static>(f: impl FnOnce(Callback<T>) -> StoreResult<()>) -> StoreResult<T> {
     let (tx, rx) = mpsc::channel();
@@ -453,13 +462,16 @@ fn accounts_register_verify_conflict_delete() {
                 .unwrap()
         })
         .unwrap();
-        let got: Vec<_> = rx.iter().collect();
+        // (Answered in this order but for the appends, which other users' requests
+        // may pass: `worker::lanes`.)
+        let mut got: Vec<_> = rx.iter().collect();
+        got.sort_by_key(|(what, _)| *what);
         assert_eq!(
             got,
             vec![
                 ("delete", Ok(0)),
-                ("to gone", Err(StoreError::NotFound)),
                 ("make", Ok(1)),
+                ("to gone", Err(StoreError::NotFound)),
                 ("to made", Ok(1)),
                 ("to nobody", Err(StoreError::NotFound)),
             ]
@@ -716,18 +728,12 @@ fn round_hook_and_flush() {
     let dir = tempfile::tempdir().unwrap();
     let rounds = Arc::new(AtomicUsize::new(0));
     let r = Arc::clone(&rounds);
-    let h = Store::open_with(
+    let h = open_hooked(
         dir.path(),
-        Durability::Memory,
-        StoreOptions {
-            argon2_cheap: true,
-            round_hook: Some(Arc::new(move || {
-                r.fetch_add(1, Ordering::SeqCst);
-            })),
-            ..StoreOptions::default()
-        },
-    )
-    .unwrap();
+        Arc::new(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        }),
+    );
     call(|cb| h.append("u", vec![msg(1)], cb)).unwrap();
     assert_eq!(call(|cb| h.flush(cb)), Ok(()));
     let s = h.stats();
@@ -1286,4 +1292,90 @@ fn offline_records_written_faster_than_flushed_stay_bounded_in_memory() {
         most >> 20
     );
     assert_eq!(call(|cb| h.count("u119", cb)), Ok(1000));
+}
+
+/// Appends wait behind the other requests (`worker::lanes`): with 40 room messages'
+/// appends to 500 offline members queued (held at the storage thread's round hook
+/// until every request below is in its queue), a request for a user none of them is for
+/// is answered before all of them, and a Load of a member named by the last of them
+/// (a login) finds every message queued before it, in order.
+#[test]
+fn appends_wait_behind_other_users_requests_but_not_behind_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    // (closed, a round stopped at it)
+    let gate = Arc::new((
+        std::sync::Mutex::new((false, false)),
+        std::sync::Condvar::new(),
+    ));
+    let g = Arc::clone(&gate);
+    let h = open_hooked(
+        dir.path(),
+        Arc::new(move || {
+            let (lock, cv) = &*g;
+            let mut st = lock.lock().unwrap();
+            while st.0 {
+                st.1 = true;
+                cv.notify_all();
+                st = cv.wait(st).unwrap();
+            }
+            st.1 = false;
+        }),
+    );
+    let members: Vec<String> = (0..500).map(|i| format!("m{i}")).collect();
+    for u in members
+        .iter()
+        .chain(["late".to_string(), "other".to_string()].iter())
+    {
+        call(|cb| h.ensure_user(u, cb)).unwrap();
+    }
+    call(|cb| h.enqueue("other", vec![msg(0)], None, true, cb)).unwrap();
+    // The storage thread stops at the end of its next round (one is asked for).
+    let (lock, cv) = &*gate;
+    lock.lock().unwrap().0 = true;
+    h.count("other", |_| {}).unwrap();
+    drop(cv.wait_while(lock.lock().unwrap(), |st| !st.1).unwrap());
+    let (tx, rx) = mpsc::channel::<(String, StoreResult<u64>)>();
+    for i in 1..=40u64 {
+        let items: Vec<(String, StoredMsg)> = members
+            .iter()
+            .chain((i == 40).then(|| "late".to_string()).iter())
+            .map(|u| (u.clone(), msg(i * 2)))
+            .collect();
+        let tx = tx.clone();
+        h.enqueue_each(items, None, move |r| {
+            let _ = tx.send((format!("append {i}"), r.map(|()| 0)));
+        })
+        .unwrap();
+    }
+    let t = tx.clone();
+    h.count("other", move |r| {
+        let _ = t.send(("other".into(), r));
+    })
+    .unwrap();
+    let (ltx, lrx) = mpsc::channel();
+    h.load("late", 100, move |r| {
+        let _ = ltx.send(r);
+    })
+    .unwrap();
+    lock.lock().unwrap().0 = false;
+    cv.notify_all();
+    let mut order = Vec::new();
+    while order.len() < 41 {
+        let (what, r) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert!(r.is_ok(), "{what}: {r:?}");
+        order.push(what);
+    }
+    assert_eq!(order[0], "other", "answered before the appends: {order:?}");
+    let appends: Vec<&String> = order[1..].iter().collect();
+    let want: Vec<String> = (1..=40).map(|i| format!("append {i}")).collect();
+    assert_eq!(appends, want.iter().collect::<Vec<_>>(), "appends in order");
+    let got = lrx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
+    assert_eq!(
+        got.iter().map(|(_, m)| m.msg_id).collect::<Vec<_>>(),
+        vec![80],
+        "the append the Load came after is found"
+    );
+    assert_eq!(call(|cb| h.count("m7", cb)), Ok(40));
+    assert_eq!(h.stats().bulk_waiting, 0);
+    h.shutdown().unwrap();
 }

@@ -23,6 +23,7 @@ use super::history::{FILE_TAG, NEXT_FILE_TAG};
 
 mod deletion;
 mod history;
+mod lanes;
 use super::{
     Appended, Cb, Durability, MemberProblem, Msg, Overflow, QueueCap, RoomRecord, StatCells,
     StoreError, StoreOptions, StoreResult, StoredMsg,
@@ -301,6 +302,8 @@ pub(crate) struct Worker {
     hist: history::HistState,
     /// Account deletions under way, a slice at a time (`worker/deletion.rs`).
     deletions: deletion::Deletions,
+    /// Appends to offline queues waiting behind the other requests (`worker::lanes`).
+    lanes: lanes::Lanes,
     /// Looks at the disk (`store::disk`).
     disk: super::disk::DiskWatch,
 }
@@ -493,6 +496,7 @@ impl Worker {
             shutting_down: false,
             hist: history::HistState::new(opts_history, durability),
             deletions: deletion::Deletions::default(),
+            lanes: lanes::Lanes::default(),
         }
     }
 
@@ -521,12 +525,23 @@ impl Worker {
                 }
                 let idle_wake = Instant::now() + IDLE_COLLECT_AFTER;
                 let at = wake.map_or(idle_wake, |w| w.min(idle_wake));
-                if self.deletion_due(Instant::now()) {
-                    // A deletion under way: what is queued is handled (none: no wait),
-                    // then its next slice (`worker::deletion`).
-                    match rx.try_recv() {
+                if self.deletion_due(Instant::now()) || !self.lanes.is_empty() {
+                    // A deletion under way, or appends waiting: what is queued is
+                    // handled (none: no wait), then the deletion's next slice
+                    // (`worker::deletion`) or the next appends (`worker::lanes`).
+                    let got = if self.bulk_held() && !self.deletion_due(Instant::now()) {
+                        // (The appends wait for fjall's flushes: not a spin meanwhile.)
+                        rx.recv_timeout(lanes::BULK_HOLD_WAIT).map_err(|e| match e {
+                            RecvTimeoutError::Timeout => TryRecvError::Empty,
+                            RecvTimeoutError::Disconnected => TryRecvError::Disconnected,
+                        })
+                    } else {
+                        rx.try_recv()
+                    };
+                    match got {
                         Ok(m) => Some(m),
                         Err(TryRecvError::Empty) => None,
+                        Err(TryRecvError::Disconnected) if !self.lanes.is_empty() => None,
                         Err(TryRecvError::Disconnected) => break,
                     }
                 } else {
@@ -550,6 +565,7 @@ impl Worker {
                 // Shutting down: finish what is queued, then stop.
                 match rx.try_recv() {
                     Ok(m) => Some(m),
+                    Err(_) if !self.lanes.is_empty() => None,
                     Err(_) => break,
                 }
             } else {
@@ -567,18 +583,35 @@ impl Worker {
             };
             let mut n = 0usize;
             if let Some(first) = first {
-                self.handle(first);
-                n = 1;
-                while n < max_round && self.ops_bytes < ROUND_RECORD_BYTES {
+                // Everything queued is looked at (appends wait in `lanes`: a request
+                // behind them is found and handled now, `worker::lanes`).
+                let mut taken = 1;
+                n += self.take(first);
+                while taken < max_round && self.ops_bytes < ROUND_RECORD_BYTES {
                     match rx.try_recv() {
                         Ok(m) => {
-                            self.handle(m);
-                            n += 1;
+                            n += self.take(m);
+                            taken += 1;
                         }
                         Err(_) => break,
                     }
                 }
             }
+            // Then a round's worth of the appends, unless they wait for fjall's flushes.
+            let (mut appends, mut weight) = (0, 0);
+            let held = self.bulk_held();
+            while !held && weight < lanes::BULK_ROUND && self.ops_bytes < ROUND_RECORD_BYTES {
+                let Some(m) = self.lanes.pop() else {
+                    break;
+                };
+                weight += m.bulk_weight();
+                self.handle(m);
+                appends += 1;
+            }
+            n += appends;
+            self.stats
+                .bulk_waiting
+                .store(self.lanes.len() as u64, Ordering::Relaxed);
             if n > 0 {
                 self.finish_round(n);
             }
@@ -893,6 +926,36 @@ impl Worker {
         s.rounds.fetch_add(1, Ordering::Relaxed);
         s.requests.fetch_add(n as u64, Ordering::Relaxed);
         s.max_round.fetch_max(n as u64, Ordering::Relaxed);
+    }
+
+    /// Whether the appends waiting are held back: fjall's flushes of the offline queues'
+    /// memtables are behind (`lanes::BULK_SEALED_MAX`), and fjall would soon hold every
+    /// write (`MAX_SEALED`), this thread with it, 100 ms at a time. Not while shutting
+    /// down (then everything is handled).
+    fn bulk_held(&self) -> bool {
+        !self.shutting_down
+            && !self.lanes.is_empty()
+            && self.dbs.offline.sealed_memtable_count() >= lanes::BULK_SEALED_MAX
+    }
+
+    /// Handles `msg` now, after the appends it must follow, or (an append) queues it
+    /// behind the other requests (`worker::lanes`). Returns how many were handled.
+    fn take(&mut self, msg: Msg) -> usize {
+        let lane = msg.lane();
+        if matches!(lane, lanes::Lane::Bulk) {
+            self.lanes.push(msg);
+            return 0;
+        }
+        let mut n = 1;
+        while self.lanes.must_wait(&lane) {
+            let Some(before) = self.lanes.pop() else {
+                break;
+            };
+            self.handle(before);
+            n += 1;
+        }
+        self.handle(msg);
+        n
     }
 
     fn handle(&mut self, msg: Msg) {

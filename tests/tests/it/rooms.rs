@@ -1477,3 +1477,79 @@ fn a_send_to_no_such_room_says_no_such_room() {
         }
     }
 }
+
+/// A burst of room messages to many offline members is a store append per message
+/// and member, which the storage thread handles behind other users' requests
+/// (`store::worker::lanes`), and room mail waits in the rings for room in the store's
+/// queue (`Shard::store_takes`). A member who logs in during the burst still gets
+/// every message once, in order (its login's backlog load comes after the appends
+/// queued for it), and a user outside the room logs in and is answered meanwhile.
+#[test]
+fn a_member_logging_in_during_a_burst_to_offline_members_gets_every_message_in_order() {
+    const MEMBERS: usize = 300;
+    const MSGS: usize = 150;
+    let r = RouterProc::start(&["--shards", "2", "--max-member-adds-per-minute", "100000"]);
+    let members: Vec<String> = (0..MEMBERS).map(|i| format!("burst-m{i}")).collect();
+    for m in &members {
+        r.visit(m);
+    }
+    r.visit("burst-late");
+    let mut o = r.raw_login("burst-owner");
+    let mut all = members.clone();
+    all.push("burst-late".into());
+    let (res, _) = op(
+        &mut o,
+        C::CreateRoom(CreateRoom {
+            request_id: 0,
+            name: "burst".into(),
+            password: String::new(),
+            members: all,
+        }),
+    );
+    assert_eq!(res.status, Status::Ok as i32, "{res:?}");
+    let mut bytes = Vec::new();
+    for i in 0..MSGS as u64 {
+        bytes.extend(room_send_frame_bytes(
+            "burst",
+            &i.to_be_bytes(),
+            i + 1 == MSGS as u64,
+            i + 1,
+        ));
+    }
+    o.write(&bytes).unwrap();
+    // Logged in while the appends are under way (the last send's result comes after).
+    let mut late = r.raw_login("burst-late");
+    let mut other = r.raw_login("burst-outsider");
+    other.ping_pong(1);
+    let got: Vec<u64> = late
+        .room_delivers(MSGS, Duration::from_secs(60))
+        .into_iter()
+        .map(|d| {
+            assert_eq!(d.to_room, "burst");
+            u64::from_be_bytes(d.payload[..].try_into().expect("an 8-byte payload"))
+        })
+        .collect();
+    assert_eq!(
+        got,
+        (0..MSGS as u64).collect::<Vec<_>>(),
+        "every message, in order"
+    );
+    loop {
+        match o.next_non_ping(Duration::from_secs(60)) {
+            S::SendResult(res) => {
+                assert_eq!(res.status, Status::Ok as i32, "{res:?}");
+                break;
+            }
+            S::RoomEvent(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    // Nothing more for the late member: each message came once.
+    late.ping_pong(2).iter().for_each(|k| {
+        assert!(!matches!(k, S::Deliver(_)), "delivered twice: {k:?}");
+    });
+    // An offline member gets all of them at its next login.
+    let mut m = r.raw_login("burst-m7");
+    let n = m.room_delivers(MSGS, Duration::from_secs(60)).len();
+    assert_eq!(n, MSGS);
+}
