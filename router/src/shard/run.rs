@@ -409,7 +409,9 @@ async fn consumer(
                             since: std::time::Instant::now(),
                         });
                     }
-                    if sh.store_full() {
+                    // (Held mail is first in line: no other batch before it goes, nor
+                    // may another batch's rest take its place.)
+                    if held.is_some() || sh.store_full() {
                         break 'rings;
                     }
                 }

@@ -4,8 +4,10 @@
 //! A shard never waits for the disk. [`Shard::store_req`] queues a request on the
 //! storage thread; its answer comes back as [`Mail::Stored`] (a continuation) posted to the
 //! shard's [`MailQueue`] (ringing the shard's doorbell), and the consumer handles it
-//! like any other mail, on the shard thread with the shard borrowed. Requests are answered in the order
-//! they were made, which is what keeps a user's messages in order across the store.
+//! like any other mail, on the shard thread with the shard borrowed. A user's requests
+//! are answered in the order they were made, which is what keeps its messages in order
+//! across the store (appends to offline queues may be passed by other users' requests:
+//! `store::worker::lanes`).
 //!
 //! The answers are continuations (closures), not a typed enum: each request keeps its
 //! context beside the code that uses it (rooms chain several round trips), and the
@@ -143,12 +145,16 @@ impl Shard {
     }
 
     /// The store requests handling `mail` may make, at most (see [`Shard::store_takes`]):
-    /// a request per member for room messages and notices, else one.
+    /// a request per member for room messages and notices (not for live-only ones:
+    /// typing, receipts), else one.
     pub fn mail_store_cost(&self, mail: &Mail) -> usize {
+        use super::mail::Live;
         match mail {
-            Mail::RoomDeliver(f) => f.users.len(),
+            Mail::RoomDeliver(f) if f.live == Live::No => f.users.len(),
             Mail::RoomNotice(n) => n.users.len(),
-            Mail::RoomSend(r) => self.rooms.get(&r.room).map_or(1, |s| s.members()),
+            Mail::RoomSend(r) if r.live == Live::No => {
+                self.rooms.get(&r.room).map_or(1, |s| s.members())
+            }
             _ => 1,
         }
     }

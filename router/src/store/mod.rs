@@ -14,8 +14,12 @@
 //!   [`StoreOptions::max_round`]), applies their writes as few fjall write batches as
 //!   read-your-writes allows (a request that reads first commits what is pending, without
 //!   fsync), persists once — `fdatasync` in [`Durability::Sync`] — and only then runs the
-//!   round's completions, in request order. A callback therefore never sees a write that is
-//!   not yet as durable as the mode promises. [`StoreHandle::stats`] counts rounds and fsyncs.
+//!   round's completions, in the order the requests were handled. A callback therefore
+//!   never sees a write that is not yet as durable as the mode promises.
+//!   [`StoreHandle::stats`] counts rounds and fsyncs.
+//! - Handled in the order they came, except appends to offline queues: those wait behind
+//!   requests that concern none of their users (`worker::lanes`), at most a slice of them
+//!   a round. A user's own requests never pass its appends.
 //! - A completion callback must be quick: it holds up every other completion of the round.
 //!   [`StoreOptions::round_hook`] runs once after each round's completions (ring doorbells
 //!   there, once, instead of in every callback).

@@ -1,0 +1,253 @@
+"""Other users' logins and store requests while one user's burst of room messages to a
+room of offline members is stored (an offline-queue append per message and member).
+
+    python3 bench/offline-storm.py ROUTER_BIN [MEMBERS] [MESSAGES] [SHARDS]
+
+MEMBERS (default 9 999) users are made (one login each, open auth) and put in one room
+by its owner; then two probes start, each in its own process: `login` logs a user outside
+the room in and out in a loop, `store` sends ListConversations (a store request) in a
+loop from a logged-in user. The owner then writes MESSAGES (default 300) room messages
+in one write, and the script waits until the router's `offline_stored_total` shows all
+MEMBERS x MESSAGES appends. Prints the burst's duration, each probe's samples before and
+during it (n, p50 / p99 / max), and the router's CPU. Python stdlib only.
+"""
+import multiprocessing as mp
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+
+# ---------------------------------------------------------------- protobuf, by hand
+def varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def field(num, v):
+    if isinstance(v, int):
+        return varint(num << 3) + varint(v)
+    if isinstance(v, str):
+        v = v.encode()
+    return varint(num << 3 | 2) + varint(len(v)) + v
+
+
+def frame(kind, body):
+    """A length-delimited ClientFrame whose oneof field `kind` holds `body` (bytes)."""
+    m = field(kind, body)
+    return varint(len(m)) + m
+
+
+def read_varint(b, i):
+    shift = n = 0
+    while True:
+        c = b[i]
+        i += 1
+        n |= (c & 0x7F) << shift
+        if c < 0x80:
+            return n, i
+        shift += 7
+
+
+def first_field(m):
+    """The field number of a message's first field (a ServerFrame's kind)."""
+    key, _ = read_varint(m, 0)
+    return key >> 3
+
+
+class Conn:
+    """A connection that reads whole ServerFrames, answering Pings."""
+
+    def __init__(self, addr, user=None):
+        host, port = addr.rsplit(":", 1)
+        self.s = socket.create_connection((host, int(port)))
+        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+        if user:
+            self.send(frame(1, field(2, user)))
+            self.wait(1)
+
+    def send(self, data):
+        self.s.sendall(data)
+
+    def next_kind(self, timeout):
+        end = time.time() + timeout
+        while True:
+            if self.buf:
+                try:
+                    n, i = read_varint(self.buf, 0)
+                    if len(self.buf) >= i + n:
+                        m = bytes(self.buf[i:i + n])
+                        del self.buf[:i + n]
+                        k = first_field(m)
+                        if k == 6:  # Ping: a Pong with its nonce (field 1 of both)
+                            _, j = read_varint(m, 0)
+                            ln, j = read_varint(m, j)
+                            inner = m[j:j + ln]
+                            nonce = read_varint(inner, 1)[0] if inner[:1] == b"\x08" else 0
+                            self.send(frame(5, field(1, nonce) if nonce else b""))
+                            continue
+                        return k
+                except IndexError:
+                    pass
+            left = end - time.time()
+            if left <= 0:
+                raise TimeoutError("no frame")
+            self.s.settimeout(left)
+            d = self.s.recv(1 << 20)
+            if not d:
+                raise EOFError("closed")
+            self.buf += d
+
+    def wait(self, kind, timeout=120):
+        end = time.time() + timeout
+        while self.next_kind(end - time.time()) != kind:
+            pass
+
+    def close(self):
+        self.s.close()
+
+
+# ---------------------------------------------------------------- the router
+def start(binary, ddir, shards):
+    log = open(os.path.join(ddir, "log"), "w+")
+    p = subprocess.Popen(
+        [binary, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+         "--data-dir", os.path.join(ddir, "data"), "--shards", str(shards),
+         "--max-member-adds-per-minute", "1000000", "--max-frame-bytes", "4194304"],
+        stdout=log, stderr=subprocess.STDOUT)
+    for _ in range(400):
+        time.sleep(0.05)
+        log.seek(0)
+        t = log.read()
+        m = re.search(r"listening on (\S+)", t)
+        h = re.search(r"http on (\S+)", t)
+        if m and h:
+            return p, m.group(1), h.group(1)
+    p.kill()
+    sys.exit("the router did not start:\n" + t)
+
+
+def metric(http, name):
+    t = urllib.request.urlopen(f"http://{http}/metrics", timeout=10).read().decode()
+    for line in t.splitlines():
+        if line.startswith(f"ringrouter_{name} "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        st = f.read().rsplit(")", 1)[1].split()
+    return int(st[11]), int(st[12])
+
+
+# ---------------------------------------------------------------- the probes
+def probe(addr, kind, stop, out):
+    samples = []
+    c = Conn(addr, "storm-probe-store") if kind == "store" else None
+    i = 0
+    while not stop.is_set():
+        i += 1
+        t0 = time.time()
+        try:
+            if kind == "login":
+                Conn(addr, "storm-probe-login").close()
+            else:
+                c.send(frame(41, field(1, i) + field(2, 10)))
+                c.wait(41, 60)
+            samples.append((t0, (time.time() - t0) * 1000))
+        except (OSError, TimeoutError, EOFError) as e:
+            print("probe error", kind, e, flush=True)
+            time.sleep(0.05)
+        time.sleep(0.001)
+    out.put((kind, samples))
+
+
+def summary(samples, a, b=None):
+    ms = sorted(m for t, m in samples if (t >= a and (b is None or t <= b)) or
+                (b is not None and t < a and t + m / 1000 > a))
+    if not ms:
+        return "no samples"
+    return (f"n={len(ms)} p50={ms[len(ms) // 2]:.2f} p99={ms[min(len(ms) - 1, int(len(ms) * 0.99))]:.2f} "
+            f"max={ms[-1]:.2f} ms")
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    binary = sys.argv[1]
+    members = int(sys.argv[2]) if len(sys.argv) > 2 else 9999
+    msgs = int(sys.argv[3]) if len(sys.argv) > 3 else 300
+    shards = int(sys.argv[4]) if len(sys.argv) > 4 else 2
+    with tempfile.TemporaryDirectory() as ddir:
+        p, addr, http = start(binary, ddir, shards)
+        try:
+            for i in range(members):
+                Conn(addr, f"storm-m{i}").close()
+            o = Conn(addr, "storm-owner")
+            create = field(1, 5) + field(2, "storm") + b"".join(
+                field(4, f"storm-m{i}") for i in range(members))
+            o.send(frame(10, create))
+            o.wait(10)
+            time.sleep(3)
+            stop, q = mp.Event(), mp.Queue()
+            procs = [mp.Process(target=probe, args=(addr, k, stop, q), daemon=True)
+                     for k in ("login", "store")]
+            for pr in procs:
+                pr.start()
+            time.sleep(2)
+            base = metric(http, "offline_stored_total")
+            cpu0 = cpu_ticks(p.pid)
+            t0 = time.time()
+            o.send(b"".join(frame(2, field(3, "storm") + field(4, b"%015d " % i))
+                            for i in range(msgs)))
+            want = base + members * msgs
+            last = 0.0
+            while (stored := metric(http, "offline_stored_total")) < want:
+                if time.time() - t0 > 600:
+                    sys.exit(f"only {stored - base:.0f} of {want - base:.0f} appends stored in 600 s")
+                if os.environ.get("VERBOSE") and time.time() - last > 1:
+                    last = time.time()
+                    print(f"  {last - t0:5.1f} s: {stored - base:.0f} stored, store queue "
+                          f"{metric(http, 'store_queue_requests'):.0f} requests, "
+                          f"{metric(http, 'store_bulk_waiting'):.0f} appends waiting", flush=True)
+                try:
+                    o.next_kind(0.05)
+                except TimeoutError:
+                    pass
+            t1 = time.time()
+            cpu1 = cpu_ticks(p.pid)
+            time.sleep(1)
+            stop.set()
+            got = dict(q.get(timeout=60) for _ in procs)
+            print(f"{msgs} room messages x {members} offline members: "
+                  f"{members * msgs} appends stored in {t1 - t0:.2f} s ({shards} shards)")
+            for k in ("login", "store"):
+                print(f"  {k:5} before: {summary(got[k], t0 - 2, t0)}")
+                print(f"  {k:5} during: {summary(got[k], t0, t1)}")
+            hz = os.sysconf("SC_CLK_TCK")
+            print(f"  router CPU during the burst: user {(cpu1[0] - cpu0[0]) / hz:.2f} s, "
+                  f"system {(cpu1[1] - cpu0[1]) / hz:.2f} s")
+        except BaseException:
+            with open(os.path.join(ddir, "log")) as f:
+                print("router log (end):\n" + f.read()[-3000:], file=sys.stderr)
+            raise
+        finally:
+            p.terminate()
+            p.wait(60)
+
+
+if __name__ == "__main__":
+    main()
