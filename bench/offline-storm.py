@@ -9,12 +9,12 @@ the room in and out in a loop, `store` sends ListConversations (a store request)
 loop from a logged-in user. The owner then writes MESSAGES (default 300) room messages
 in one write, and the script waits until the router's `offline_stored_total` shows all
 MEMBERS x MESSAGES appends. Prints the burst's duration, each probe's samples before and
-during it (n, p50 / p99 / max), and the router's CPU. Python stdlib only.
+during it (n, p50 / p99 / max), and the router's CPU. Python stdlib only (the wire
+protocol by hand: bench/hostile/wire.py).
 """
 import multiprocessing as mp
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,101 +22,8 @@ import time
 import urllib.request
 
 
-# ---------------------------------------------------------------- protobuf, by hand
-def varint(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def field(num, v):
-    if isinstance(v, int):
-        return varint(num << 3) + varint(v)
-    if isinstance(v, str):
-        v = v.encode()
-    return varint(num << 3 | 2) + varint(len(v)) + v
-
-
-def frame(kind, body):
-    """A length-delimited ClientFrame whose oneof field `kind` holds `body` (bytes)."""
-    m = field(kind, body)
-    return varint(len(m)) + m
-
-
-def read_varint(b, i):
-    shift = n = 0
-    while True:
-        c = b[i]
-        i += 1
-        n |= (c & 0x7F) << shift
-        if c < 0x80:
-            return n, i
-        shift += 7
-
-
-def first_field(m):
-    """The field number of a message's first field (a ServerFrame's kind)."""
-    key, _ = read_varint(m, 0)
-    return key >> 3
-
-
-class Conn:
-    """A connection that reads whole ServerFrames, answering Pings."""
-
-    def __init__(self, addr, user=None):
-        host, port = addr.rsplit(":", 1)
-        self.s = socket.create_connection((host, int(port)))
-        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = bytearray()
-        if user:
-            self.send(frame(1, field(2, user)))
-            self.wait(1)
-
-    def send(self, data):
-        self.s.sendall(data)
-
-    def next_kind(self, timeout):
-        end = time.time() + timeout
-        while True:
-            if self.buf:
-                try:
-                    n, i = read_varint(self.buf, 0)
-                    if len(self.buf) >= i + n:
-                        m = bytes(self.buf[i:i + n])
-                        del self.buf[:i + n]
-                        k = first_field(m)
-                        if k == 6:  # Ping: a Pong with its nonce (field 1 of both)
-                            _, j = read_varint(m, 0)
-                            ln, j = read_varint(m, j)
-                            inner = m[j:j + ln]
-                            nonce = read_varint(inner, 1)[0] if inner[:1] == b"\x08" else 0
-                            self.send(frame(5, field(1, nonce) if nonce else b""))
-                            continue
-                        return k
-                except IndexError:
-                    pass
-            left = end - time.time()
-            if left <= 0:
-                raise TimeoutError("no frame")
-            self.s.settimeout(left)
-            d = self.s.recv(1 << 20)
-            if not d:
-                raise EOFError("closed")
-            self.buf += d
-
-    def wait(self, kind, timeout=120):
-        end = time.time() + timeout
-        while self.next_kind(end - time.time()) != kind:
-            pass
-
-    def close(self):
-        self.s.close()
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "hostile"))
+from wire import Conn, frame  # noqa: E402  (bench/hostile/wire.py: the protocol by hand)
 
 
 # ---------------------------------------------------------------- the router
@@ -165,8 +72,8 @@ def probe(addr, kind, stop, out):
             if kind == "login":
                 Conn(addr, "storm-probe-login").close()
             else:
-                c.send(frame(41, field(1, i) + field(2, 10)))
-                c.wait(41, 60)
+                c.send_frame(41, {1: i, 2: 10})
+                c.wait("conversations_result", 60)
             samples.append((t0, (time.time() - t0) * 1000))
         except (OSError, TimeoutError, EOFError) as e:
             print("probe error", kind, e, flush=True)
@@ -197,10 +104,8 @@ def main():
             for i in range(members):
                 Conn(addr, f"storm-m{i}").close()
             o = Conn(addr, "storm-owner")
-            create = field(1, 5) + field(2, "storm") + b"".join(
-                field(4, f"storm-m{i}") for i in range(members))
-            o.send(frame(10, create))
-            o.wait(10)
+            o.send_frame(10, {1: 5, 2: "storm", 4: [f"storm-m{i}" for i in range(members)]})
+            o.wait("room_result", 120)
             time.sleep(3)
             stop, q = mp.Event(), mp.Queue()
             procs = [mp.Process(target=probe, args=(addr, k, stop, q), daemon=True)
@@ -211,8 +116,7 @@ def main():
             base = metric(http, "offline_stored_total")
             cpu0 = cpu_ticks(p.pid)
             t0 = time.time()
-            o.send(b"".join(frame(2, field(3, "storm") + field(4, b"%015d " % i))
-                            for i in range(msgs)))
+            o.raw(b"".join(frame(2, {3: "storm", 4: b"%015d " % i}) for i in range(msgs)))
             want = base + members * msgs
             last = 0.0
             while (stored := metric(http, "offline_stored_total")) < want:
@@ -223,10 +127,7 @@ def main():
                     print(f"  {last - t0:5.1f} s: {stored - base:.0f} stored, store queue "
                           f"{metric(http, 'store_queue_requests'):.0f} requests, "
                           f"{metric(http, 'store_bulk_waiting'):.0f} appends waiting", flush=True)
-                try:
-                    o.next_kind(0.05)
-                except TimeoutError:
-                    pass
+                o.drain(0.05)
             t1 = time.time()
             cpu1 = cpu_ticks(p.pid)
             time.sleep(1)

@@ -471,9 +471,10 @@ fn hand_over(
     // seconds, with every login homed there behind it (`worker::lanes`).
     let queue = {
         let sh = shard.borrow();
+        // (Shutting down: through the rings, whose drain waits for what is in flight.)
         sh.answer_queues
             .get(home)
-            .filter(|_| home != sh.id)
+            .filter(|_| home != sh.id && !sh.shutting_down)
             .cloned()
     };
     match queue {

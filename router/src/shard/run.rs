@@ -289,7 +289,7 @@ struct HeldMail {
 }
 
 /// See [`HeldMail::since`] (and `Shard::store_yield`).
-const HELD_MAX: std::time::Duration = std::time::Duration::from_millis(20);
+const HELD_MAX: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Drains the inbound rings, delivers, adopts handed-over connections, and
 /// sleeps on the doorbell when there is nothing to do.

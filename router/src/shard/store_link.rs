@@ -125,7 +125,10 @@ impl Shard {
     /// sessions ([`Shard::poll_session_intake`]).
     pub fn store_over_reserve(&self) -> bool {
         let (bytes, requeue) = (self.cfg.max_store_queue_bytes, self.cfg.max_requeue_bytes);
-        self.store_inflight >= STORE_HIGH_WATER + STORE_HIGH_WATER / STORE_RESERVE
+        // (A room message waiting for room, `store_yield`: no session is read, or those
+        // with nothing in flight could keep the queue too full for it for ever.)
+        self.store_yield
+            || self.store_inflight >= STORE_HIGH_WATER + STORE_HIGH_WATER / STORE_RESERVE
             || self.store_bytes >= bytes.saturating_add(bytes / STORE_RESERVE)
             || self.requeue_bytes >= requeue.saturating_add(requeue / STORE_RESERVE)
     }

@@ -561,8 +561,8 @@ impl Worker {
                         }
                     }
                 }
-            } else if self.waiting.is_empty() {
-                // Shutting down: finish what is queued, then stop.
+            } else if self.waiting.is_empty() || !self.lanes.is_empty() {
+                // Shutting down: finish what is queued (appends included), then stop.
                 match rx.try_recv() {
                     Ok(m) => Some(m),
                     Err(_) if !self.lanes.is_empty() => None,
@@ -953,6 +953,12 @@ impl Worker {
             };
             self.handle(before);
             n += 1;
+            if self.ops_bytes >= ROUND_RECORD_BYTES {
+                // (A commit, answers still at the round's end: the appends before a
+                // request are never one batch of everything the lane held, which could be
+                // the shards' whole store queues, 64 MiB each.)
+                let _ = self.commit();
+            }
         }
         self.handle(msg);
         n
@@ -1555,7 +1561,11 @@ impl Worker {
             let Ok(user) = std::str::from_utf8(&k) else {
                 continue;
             };
-            let queued = self.queues.get(user).map(|q| q.count > 0);
+            // (Appends waiting in the lane count as queued: `worker::lanes`.)
+            let queued = match self.lanes.pending(user) {
+                true => Some(true),
+                false => self.queues.get(user).map(|q| q.count > 0),
+            };
             let queued = match queued {
                 Some(q) => q,
                 None => self.dbs.offline.prefix(queue_prefix(user)).next().is_some(),

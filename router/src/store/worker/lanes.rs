@@ -17,9 +17,10 @@
 //!   (a login's `Load` must find the messages queued for it before it came, a
 //!   DeleteAccount must come after them).
 //!
-//! Anything else ([`Lane::InOrder`]: rooms and accounts changed as a whole, `Flush`,
-//! shutdown), and a request naming a user with an append waiting, is handled after every
-//! append that came before it, as before. Appends keep their own order. Users are noted
+//! `Flush` and shutdown ([`Lane::InOrder`]), and a request naming a user with an append
+//! waiting, are handled after every append that came before them, as before (committed
+//! a round's bytes at a time). Appends keep their own order. The idle-user sweep counts
+//! a user's waiting appends as queued. Users are noted
 //! by a hash of their name: two names with one hash cost an append's wait, never its
 //! order.
 
@@ -73,7 +74,13 @@ impl Msg {
             | Msg::CheckPassword { .. }
             | Msg::Hashed { .. }
             | Msg::GetRoom { .. }
-            | Msg::RoomByCode { .. } => Lane::Free,
+            | Msg::RoomByCode { .. }
+            // Rooms as a whole and the account list: no queue, no account an append
+            // changes (an append reads accounts, never writes them).
+            | Msg::ListUsers { .. }
+            | Msg::CreateRoom { .. }
+            | Msg::PutRoom { .. }
+            | Msg::DeleteRoom { .. } => Lane::Free,
             Msg::Append { user, .. }
             | Msg::EnsureUser { user, .. }
             | Msg::Load { user, .. }
@@ -93,12 +100,7 @@ impl Msg {
             | Msg::RemoveMember { user, .. }
             | Msg::Conversations { user, .. } => Lane::User(user),
             Msg::CheckMembers { users, .. } => Lane::Users(users),
-            Msg::ListUsers { .. }
-            | Msg::CreateRoom { .. }
-            | Msg::PutRoom { .. }
-            | Msg::DeleteRoom { .. }
-            | Msg::Flush { .. }
-            | Msg::Shutdown => Lane::InOrder,
+            Msg::Flush { .. } | Msg::Shutdown => Lane::InOrder,
         }
     }
 
@@ -172,6 +174,11 @@ impl Lanes {
         Some(msg)
     }
 
+    /// Whether `user` has an append waiting.
+    pub(crate) fn pending(&self, user: &str) -> bool {
+        !self.bulk.is_empty() && self.pending.contains_key(&name_hash(user))
+    }
+
     /// Whether a request in `lane` must wait for the appends before it (see the module
     /// doc).
     pub(crate) fn must_wait(&self, lane: &Lane<'_>) -> bool {
@@ -181,8 +188,8 @@ impl Lanes {
         match lane {
             Lane::Bulk => false,
             Lane::Free => false,
-            Lane::User(u) => self.pending.contains_key(&name_hash(u)),
-            Lane::Users(us) => us.iter().any(|u| self.pending.contains_key(&name_hash(u))),
+            Lane::User(u) => self.pending(u),
+            Lane::Users(us) => us.iter().any(|u| self.pending(u)),
             Lane::InOrder => true,
         }
     }
