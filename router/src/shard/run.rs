@@ -330,8 +330,8 @@ async fn consumer(
                     sh.batch_to = std::mem::take(&mut h.to);
                     sh.batch_from = std::mem::take(&mut h.from);
                     let mut done = 0;
-                    while let Some(cost) = h.mails.front().map(|m| sh.mail_store_cost(m)) {
-                        if !sh.store_takes(cost) {
+                    while let Some(front) = h.mails.front() {
+                        if !sh.store_takes(front) {
                             if !sh.store_yield && h.since.elapsed() >= HELD_MAX {
                                 sh.store_yield = true;
                             }
@@ -379,9 +379,7 @@ async fn consumer(
                     let mut rest = VecDeque::new();
                     let mut mails = batch.drain(..);
                     while let Some(mail) = mails.next() {
-                        if !matches!(mail, Mail::Deliver(_))
-                            && !sh.store_takes(sh.mail_store_cost(&mail))
-                        {
+                        if !matches!(mail, Mail::Deliver(_)) && !sh.store_takes(&mail) {
                             // (Too many offline members for what the queue has left.)
                             rest.push_back(mail);
                             rest.extend(mails.by_ref());

@@ -133,33 +133,32 @@ impl Shard {
             || self.requeue_bytes >= requeue.saturating_add(requeue / STORE_RESERVE)
     }
 
-    /// Whether a mail that may make `cost` store requests is handled now. A room message
-    /// for members offline here is a store request per member: taken at the bound's edge,
-    /// one of a room of 10 000 took the queue past the reserve kept for sessions with
-    /// nothing in flight ([`Shard::store_over_reserve`]) again after every drain, so
-    /// that during a burst of them no such session was read, its Ping, Logout or close
-    /// included. So such a mail waits until it fits under the bound (or the queue is
-    /// under a quarter of it: a mail bigger than the bound goes then).
-    pub fn store_takes(&self, cost: usize) -> bool {
-        !self.store_queue_full()
-            && (cost <= 1
-                || self.store_inflight + cost <= STORE_HIGH_WATER
-                || self.store_inflight <= STORE_HIGH_WATER / 4)
-    }
-
-    /// The store requests handling `mail` may make, at most (see [`Shard::store_takes`]):
-    /// a request per member for room messages and notices (not for live-only ones:
-    /// typing, receipts), else one.
-    pub fn mail_store_cost(&self, mail: &Mail) -> usize {
+    /// Whether `mail` is handled now. A room message for members offline here is a store
+    /// request per member: taken at the bound's edge, one of a room of 10 000 took the
+    /// queue past the reserve kept for sessions with nothing in flight
+    /// ([`Shard::store_over_reserve`]) again after every drain, so that during a burst
+    /// of them no such session was read, its Ping, Logout or close included. So such a
+    /// mail waits until its requests fit under the bound (or the queue is under a
+    /// quarter of it: a mail bigger than the bound goes then; its cost is not looked at).
+    pub fn store_takes(&self, mail: &Mail) -> bool {
+        if self.store_queue_full() {
+            return false;
+        }
+        if self.store_inflight <= STORE_HIGH_WATER / 4 {
+            return true;
+        }
+        // At most: a request per member for room messages and notices (none for
+        // live-only ones: typing, receipts), else one.
         use super::mail::Live;
-        match mail {
+        let cost = match mail {
             Mail::RoomDeliver(f) if f.live == Live::No => f.users.len(),
             Mail::RoomNotice(n) => n.users.len(),
             Mail::RoomSend(r) if r.live == Live::No => {
                 self.rooms.get(&r.room).map_or(1, |s| s.members())
             }
             _ => 1,
-        }
+        };
+        cost <= 1 || self.store_inflight + cost <= STORE_HIGH_WATER
     }
 
     /// True when readers should wait for the store to catch up (its queue is over its
