@@ -108,6 +108,21 @@ fn all<T: Send + 'static>(n: usize, f: impl Fn(usize, Callback<T>) -> StoreResul
     assert_eq!(ok, n, "requests failed");
 }
 
+/// [`PEERS`] peers (passwordless) and a direct conversation of "big" with each, read by
+/// the peer.
+fn talk_to_peers(h: &StoreHandle) {
+    all(PEERS, |i, cb| h.ensure_user(&peer(i), cb));
+    all(PEERS / 100, |i, cb| {
+        let chunks = (i * 100..i * 100 + 100)
+            .map(|p| dm_chunk("big", &peer(p), p as u64 + 1))
+            .collect();
+        h.history_append(chunks, cb)
+    });
+    all(PEERS, |i, cb| {
+        h.history_mark(&peer(i), Some("big".into()), None, i as u64 + 1, cb)
+    });
+}
+
 /// "big": an account with [`QUEUED`] queued messages, a direct conversation (and read
 /// marks) with each of [`PEERS`] peers, a room message, a contact list, and
 /// [`BLOCKERS`] blockers. "other" has an account and a queue of its own.
@@ -119,17 +134,8 @@ fn fill(h: &StoreHandle) {
         let base = i as u64 * 1000;
         h.append("big", (base..base + 1000).map(small).collect(), cb)
     });
-    all(PEERS, |i, cb| h.ensure_user(&peer(i), cb));
-    all(PEERS / 100, |i, cb| {
-        let chunks = (i * 100..i * 100 + 100)
-            .map(|p| dm_chunk("big", &peer(p), p as u64 + 1))
-            .collect();
-        h.history_append(chunks, cb)
-    });
-    // Read marks on both sides.
-    all(PEERS, |i, cb| {
-        h.history_mark(&peer(i), Some("big".into()), None, i as u64 + 1, cb)
-    });
+    talk_to_peers(h);
+    // Read marks on the user's side too.
     all(10, |i, cb| {
         h.history_mark("big", Some(peer(i)), None, i as u64 + 1, cb)
     });
@@ -686,5 +692,44 @@ fn a_sweep_of_two_users_who_talked_releases_their_chunks_once() {
         s.history_log_live_bytes >= 1000,
         "live {} (before {live0})",
         s.history_log_live_bytes
+    );
+}
+
+/// The idle-user sweep forgets a user with a long history as DeleteAccount deletes one:
+/// a slice at a time (it deleted all of it in one go, the storage thread held
+/// meanwhile), with at most one such deletion under way.
+#[test]
+fn a_swept_user_with_a_long_history_is_deleted_in_slices() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let h = open_with(dir.path(), Some(Duration::from_millis(500)));
+    call(|cb| h.ensure_user("big", cb)).expect("big");
+    talk_to_peers(&h);
+    call(|cb| h.flush(cb)).expect("flush");
+    assert_eq!(page_ids(page(&h, &peer(7), "big")), [8]);
+    let slices0 = h.stats().deletion_slices;
+    let t0 = Instant::now();
+    let mut most_pending = 0;
+    while h.stats().forgotten < PEERS as u64 + 1 || h.stats().deletions_pending > 0 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", h.stats());
+        most_pending = most_pending.max(h.stats().deletions_pending);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let s = h.stats();
+    assert!(
+        most_pending <= 1,
+        "{most_pending} deletions under way at once"
+    );
+    assert!(
+        s.deletion_slices - slices0 > s.forgotten,
+        "{} slices for {} users: one of them in more than one",
+        s.deletion_slices - slices0,
+        s.forgotten
+    );
+    assert_eq!(call(|cb| h.user_exists("big", cb)), Ok(false));
+    h.shutdown().expect("shutdown");
+    assert!(
+        raw_left(dir.path()).is_empty(),
+        "{:?}",
+        raw_left(dir.path())
     );
 }

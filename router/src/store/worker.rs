@@ -360,8 +360,11 @@ fn kept_queue_states(
 /// offline memtable's size: it is sealed at most this much past it.
 const ROUND_RECORD_BYTES: usize = OFFLINE_MEMTABLE_BYTES as usize / 2;
 
-/// Accounts one idle-user sweep step looks at (steps run between rounds).
+/// Accounts one idle-user sweep step looks at (steps run between rounds) ...
 const SWEEP_BATCH: usize = 1024;
+/// ... and about the longest it deletes for (each forgotten user is a commit of its
+/// own: 1 024 of them held the storage thread ~10 ms).
+const SWEEP_STEP_TIME: Duration = Duration::from_millis(3);
 
 /// Fewest account names a ListUsers request may scan (see `list_users`).
 const LIST_SCAN_MIN: usize = 65_536;
@@ -1540,14 +1543,24 @@ impl Worker {
     /// One step of the idle-user sweep: looks at up to [`SWEEP_BATCH`] accounts from the
     /// cursor and deletes the passwordless ones not seen for `forget_idle_after` that have
     /// nothing queued and no rooms. Returns true when the pass reached the end.
+    ///
+    /// A forgotten user is deleted as by DeleteAccount (`worker::deletion`), its direct
+    /// conversations' history with it: a slice at a time, the step ending at one that
+    /// takes more than its first slice, and none begun while a deletion is under way
+    /// (a user with a long history held the storage thread for all of it, and each
+    /// forgotten user's tails in memory were written first, all of them); the step
+    /// ends past [`SWEEP_STEP_TIME`] too.
     fn sweep_step(&mut self, forget: Duration) -> StoreResult<bool> {
+        if self.deletions_pending() {
+            return Ok(false);
+        }
         self.commit()?;
         let now = now_us();
         let cutoff = now.saturating_sub(forget.as_micros() as u64);
         let start = self.sweep_cursor.take().unwrap_or_default();
         let mut seen = 0usize;
         let mut last: Option<Vec<u8>> = None;
-        let mut doomed: Vec<Vec<u8>> = Vec::new();
+        let mut doomed: Vec<String> = Vec::new();
         for g in self.dbs.accounts.range(start..) {
             let (k, v) = g.into_inner()?;
             seen += 1;
@@ -1575,39 +1588,24 @@ impl Worker {
             let has_contacts = self.any_under(&contact_entry_key(user, ""))
                 || self.any_under(&contact_blocker_key(user, ""));
             if !queued && !in_rooms && !has_contacts {
-                doomed.push(k.to_vec());
+                doomed.push(user.to_owned());
             }
             if seen >= SWEEP_BATCH {
                 break;
             }
         }
-        if !doomed.is_empty() {
-            // A forgotten user's direct conversations go with it, as at DeleteAccount
-            // (written tails first): otherwise every name ever seen would keep its
-            // history (up to --history-max-bytes-per-conversation each) for ever.
-            self.hist_flush()?;
-            self.commit()?;
-        }
-        for k in doomed {
-            if let Ok(user) = std::str::from_utf8(&k) {
-                self.known.remove(user);
-                if let Some(q) = self.queues.remove(user) {
-                    self.evicted_next_seq = self.evicted_next_seq.max(q.next_seq);
-                }
-                self.hist_delete_user(user)?;
-                self.ops
-                    .push(Op::Del(Ks::Rooms, prefixed(CONTACTS_PREFIX, user)));
-                // Committed before the next user's: two forgotten users who talked to
-                // each other would otherwise both find their conversation's chunks and
-                // release them twice (a history log file then went while other
-                // conversations still pointed into it).
-                self.commit()?;
-            }
-            self.ops.push(Op::Del(Ks::Accounts, k));
-            self.accounts_dropped = true;
+        let began = Instant::now();
+        for (i, user) in doomed.iter().enumerate() {
             self.stats.forgotten.fetch_add(1, Ordering::Relaxed);
+            let done = self.forget_user(user);
+            if (!done || began.elapsed() >= SWEEP_STEP_TIME) && i + 1 < doomed.len() {
+                // The next step (after this deletion) goes on from the next user.
+                let mut k = user.as_bytes().to_vec();
+                k.push(0);
+                self.sweep_cursor = Some(k);
+                return Ok(false);
+            }
         }
-        self.commit()?;
         if seen >= SWEEP_BATCH {
             if let Some(mut k) = last {
                 k.push(0);

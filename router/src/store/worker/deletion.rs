@@ -213,12 +213,39 @@ impl Worker {
             d.cbs.push(cb);
             return;
         }
+        self.start_deletion(user, Some(cb));
+    }
+
+    /// The idle-user sweep forgets `user` (an account no other user's list or room
+    /// names, with nothing queued): deleted as by DeleteAccount, a slice at a time, with
+    /// no one to answer. True if it is done (its first slice was all of it).
+    pub(super) fn forget_user(&mut self, user: &str) -> bool {
+        if self.deleting(user) {
+            return false;
+        }
+        self.start_deletion(user.to_owned(), None);
+        !self.deleting(user)
+    }
+
+    /// Deletions are under way (the idle-user sweep waits for them: it starts at most
+    /// one that takes more than a slice).
+    pub(super) fn deletions_pending(&self) -> bool {
+        !self.deletions.jobs.is_empty()
+    }
+
+    /// A deletion's first step and first slice, in one batch (see [`Worker::delete_account`]).
+    fn start_deletion(&mut self, user: String, cb: Option<Cb<()>>) {
         let extra = match self.begin_deletion(&user) {
             Ok(extra) => extra,
-            Err(e) => return self.done(cb, Err(e), false),
+            Err(e) => {
+                if let Some(cb) = cb {
+                    self.done(cb, Err(e), false);
+                }
+                return;
+            }
         };
         let mut d = Deletion::new(user, extra);
-        d.cbs.push(cb);
+        d.cbs.extend(cb);
         self.deletions.sliced = true;
         let mut budget = Budget::new(SLICE_KEYS, SLICE_TIME);
         let sliced = self.deletion_slice(&mut d, &mut budget);

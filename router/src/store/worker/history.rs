@@ -241,15 +241,6 @@ impl Budget {
         }
     }
 
-    /// No bound (the idle-user sweep's deletions of users with little to delete).
-    pub(super) fn unlimited() -> Budget {
-        Budget {
-            keys: usize::MAX,
-            until: None,
-            used: 0,
-        }
-    }
-
     /// Nothing left: the slice stops before its next key (not before its first
     /// [`SLICE_MIN_KEYS`]: each slice makes progress).
     pub(super) fn spent(&self) -> bool {
@@ -1513,16 +1504,6 @@ impl Worker {
         Ok(page)
     }
 
-    /// Removes `user`'s direct conversations (both sides' entries and read marks and
-    /// their messages) and its own conversation entries and read marks, in one go (the
-    /// idle-user sweep's users). Call with every write committed and the tails written.
-    pub(crate) fn hist_delete_user(&mut self, user: &str) -> StoreResult<()> {
-        self.hist_forget_cursors();
-        let mut cur = HistCursor::default();
-        self.hist_delete_user_slice(user, &mut cur, &mut Budget::unlimited())?;
-        Ok(())
-    }
-
     /// What memory holds of `user`'s history, at the start of its deletion: the tails
     /// of its direct conversations (never written now: they are being deleted), and the
     /// entries and read marks waiting for a flush that are its own or in those
@@ -1572,8 +1553,9 @@ impl Worker {
         self.hist.cursors_old.clear();
     }
 
-    /// [`Worker::hist_delete_user`] a slice at a time: goes on from `cur` and deletes
-    /// within `budget` (each conversation's chunks, then its entries, so that what is
+    /// Removes `user`'s direct conversations (both sides' entries and read marks and
+    /// their messages) and its own conversation entries and read marks, a slice at a
+    /// time (`worker::deletion`): goes on from `cur` and deletes within `budget` (each conversation's chunks, then its entries, so that what is
     /// left is found again by the same scans after a restart); true once all is
     /// deleted. Call with every write committed and with no tail of the user's direct
     /// conversations in memory (none is made while the user is being deleted:
