@@ -1516,6 +1516,28 @@ impl Shard {
         self.store_room_events(offline);
     }
 
+    /// This shard's member list of `room` (homed here), if it is loaded and has members
+    /// here.
+    pub(crate) fn local_fan_of(&self, room: &[u8]) -> Option<Arc<[Bytes]>> {
+        match &self.rooms.get(room)?.state {
+            RoomState::Ready(r) => r.fan().find(|&(i, _)| i == self.id).map(|(_, l)| l),
+            RoomState::Loading | RoomState::Missing => None,
+        }
+    }
+
+    /// The store requests a room message to `users` (one list of a room's `fan`) makes
+    /// here: one per member with no session here (resolved once and kept in the fan
+    /// cache, which the delivery then uses), or one per member when journaled.
+    pub(crate) fn store_requests_of_fan(&mut self, users: &Arc<[Bytes]>) -> usize {
+        if self.journaled() {
+            return users.len();
+        }
+        let fan = self.fan_resolved(users);
+        let n = fan.empty.len();
+        self.fan_cache.keep(fan);
+        n
+    }
+
     /// The sessions here of each member of `users` (one list of a room's `fan`), from
     /// the cache if no session registered or ended here since it was resolved.
     fn fan_resolved(&mut self, users: &Arc<[Bytes]>) -> FanResolved {

@@ -140,7 +140,10 @@ impl Shard {
     /// of them no such session was read, its Ping, Logout or close included. So such a
     /// mail waits until its requests fit under the bound (or the queue is under a
     /// quarter of it: a mail bigger than the bound goes then; its cost is not looked at).
-    pub fn store_takes(&self, mail: &Mail) -> bool {
+    /// Its cost is what it asks of the store: the members with no session here (every
+    /// member when journaled), so a big room whose members are mostly online is not
+    /// held back for the ones that are.
+    pub fn store_takes(&mut self, mail: &Mail) -> bool {
         if self.store_queue_full() {
             return false;
         }
@@ -148,17 +151,25 @@ impl Shard {
             return true;
         }
         // At most: a request per member for room messages and notices (none for
-        // live-only ones: typing, receipts), else one.
+        // live-only ones: typing, receipts), else one; the members with no session
+        // here are counted only when that does not fit.
         use super::mail::Live;
-        let cost = match mail {
-            Mail::RoomDeliver(f) if f.live == Live::No => f.users.len(),
-            Mail::RoomNotice(n) => n.users.len(),
-            Mail::RoomSend(r) if r.live == Live::No => {
-                self.rooms.get(&r.room).map_or(1, |s| s.members())
+        let inflight = self.store_inflight;
+        let fits = |cost: usize| cost <= 1 || inflight + cost <= STORE_HIGH_WATER;
+        match mail {
+            Mail::RoomDeliver(f) if f.live == Live::No => {
+                fits(f.users.len()) || fits(self.store_requests_of_fan(&f.users))
             }
-            _ => 1,
-        };
-        cost <= 1 || self.store_inflight + cost <= STORE_HIGH_WATER
+            Mail::RoomNotice(n) => fits(n.users.len()),
+            Mail::RoomSend(r) if r.live == Live::No => {
+                // (And one for the room's history.)
+                fits(self.rooms.get(&r.room).map_or(1, |s| 1 + s.members()))
+                    || self
+                        .local_fan_of(&r.room)
+                        .is_none_or(|users| fits(1 + self.store_requests_of_fan(&users)))
+            }
+            _ => true,
+        }
     }
 
     /// True when readers should wait for the store to catch up (its queue is over its

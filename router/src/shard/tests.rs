@@ -490,6 +490,56 @@ fn a_session_with_nothing_in_the_store_queue_is_read_past_its_bound_up_to_the_re
     assert!(!s.store_open_to(a), "bytes past the reserve");
 }
 
+/// Near the store queue's bound, a room message is taken when its members with no
+/// session here fit under it: its members online here cost the store nothing.
+#[test]
+fn a_room_message_near_the_store_bound_counts_only_its_members_offline_here() {
+    use super::mail::{Live, RoomFan};
+    use super::store_link::STORE_HIGH_WATER;
+    let mut s = shard(1);
+    let users: Arc<[Bytes]> = (0..100)
+        .map(|i| Bytes::from(format!("member{i}")))
+        .collect();
+    let keys: Vec<SessionKey> = (0..90)
+        .map(|i| s.register(&format!("member{i}"), "d".into(), -1).unwrap())
+        .collect();
+    let sender = s.session_id(keys[0]).unwrap();
+    let fan = |live| {
+        Mail::RoomDeliver(RoomFan {
+            room: Bytes::from_static(b"big"),
+            from_user: Bytes::from_static(b"member0"),
+            payload: Bytes::from_static(b"hi"),
+            msg_id: 1,
+            ts_us: 1,
+            users: users.clone(),
+            sender,
+            ack: None,
+            live,
+        })
+    };
+    s.store_inflight = STORE_HIGH_WATER - 50;
+    assert!(
+        s.store_takes(&fan(Live::No)),
+        "10 offline members fit in 50"
+    );
+    for &k in &keys[40..] {
+        s.close(k, CloseReason::PeerClosed, None);
+    }
+    assert!(
+        !s.store_takes(&fan(Live::No)),
+        "60 offline members do not fit in 50"
+    );
+    assert!(
+        s.store_takes(&fan(Live::Ephemeral)),
+        "live-only: nothing stored"
+    );
+    s.store_inflight = STORE_HIGH_WATER / 4;
+    assert!(
+        s.store_takes(&fan(Live::No)),
+        "under a quarter: not counted"
+    );
+}
+
 /// A waker that counts its wake-ups.
 struct Count(std::sync::atomic::AtomicUsize);
 
