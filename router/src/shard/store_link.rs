@@ -158,7 +158,7 @@ impl Shard {
         let fits = |cost: usize| cost <= 1 || inflight + cost <= STORE_HIGH_WATER;
         match mail {
             Mail::RoomDeliver(f) if f.live == Live::No => {
-                fits(f.users.len()) || fits(self.store_requests_of_fan(&f.users))
+                fits(f.users.len()) || self.fan_store_fits(&f.users, fits)
             }
             Mail::RoomNotice(n) => fits(n.users.len()),
             Mail::RoomSend(r) if r.live == Live::No => {
@@ -166,7 +166,7 @@ impl Shard {
                 fits(self.rooms.get(&r.room).map_or(1, |s| 1 + s.members()))
                     || self
                         .local_fan_of(&r.room)
-                        .is_none_or(|users| fits(1 + self.store_requests_of_fan(&users)))
+                        .is_none_or(|users| self.fan_store_fits(&users, |n| fits(1 + n)))
             }
             _ => true,
         }

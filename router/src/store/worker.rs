@@ -362,9 +362,11 @@ const ROUND_RECORD_BYTES: usize = OFFLINE_MEMTABLE_BYTES as usize / 2;
 
 /// Accounts one idle-user sweep step looks at (steps run between rounds) ...
 const SWEEP_BATCH: usize = 1024;
-/// ... and about the longest it deletes for (each forgotten user is a commit of its
-/// own: 1 024 of them held the storage thread ~10 ms).
-const SWEEP_STEP_TIME: Duration = Duration::from_millis(3);
+/// ... and most it forgets: each is a commit of its own, and what memory holds of their
+/// history is walked once for all of them.
+const SWEEP_FORGET: usize = 64;
+#[cfg(test)]
+pub(crate) const SWEEP_FORGET_FOR_TESTS: usize = SWEEP_FORGET;
 
 /// Fewest account names a ListUsers request may scan (see `list_users`).
 const LIST_SCAN_MIN: usize = 65_536;
@@ -1542,16 +1544,16 @@ impl Worker {
 
     /// One step of the idle-user sweep: looks at up to [`SWEEP_BATCH`] accounts from the
     /// cursor and deletes the passwordless ones not seen for `forget_idle_after` that have
-    /// nothing queued and no rooms. Returns true when the pass reached the end.
+    /// nothing queued and no rooms, at most [`SWEEP_FORGET`] of them. Returns true when
+    /// the pass reached the end.
     ///
     /// A forgotten user is deleted as by DeleteAccount (`worker::deletion`), its direct
-    /// conversations' history with it: a slice at a time, the step ending at one that
-    /// takes more than its first slice, and none begun while a deletion is under way
-    /// (a user with a long history held the storage thread for all of it, and each
-    /// forgotten user's tails in memory were written first, all of them); the step
-    /// ends past [`SWEEP_STEP_TIME`] too.
+    /// conversations' history with it: a slice at a time, and no step begins while
+    /// deletions an earlier one began are under way. (Each user's history was deleted in
+    /// one go, the storage thread held for all of it, and every history tail in memory
+    /// was written first.)
     fn sweep_step(&mut self, forget: Duration) -> StoreResult<bool> {
-        if self.deletions_pending() {
+        if self.sweep_deleting() {
             return Ok(false);
         }
         self.commit()?;
@@ -1590,23 +1592,16 @@ impl Worker {
             if !queued && !in_rooms && !has_contacts {
                 doomed.push(user.to_owned());
             }
-            if seen >= SWEEP_BATCH {
+            if seen >= SWEEP_BATCH || doomed.len() >= SWEEP_FORGET {
                 break;
             }
         }
-        let began = Instant::now();
-        for (i, user) in doomed.iter().enumerate() {
-            self.stats.forgotten.fetch_add(1, Ordering::Relaxed);
-            let done = self.forget_user(user);
-            if (!done || began.elapsed() >= SWEEP_STEP_TIME) && i + 1 < doomed.len() {
-                // The next step (after this deletion) goes on from the next user.
-                let mut k = user.as_bytes().to_vec();
-                k.push(0);
-                self.sweep_cursor = Some(k);
-                return Ok(false);
-            }
-        }
-        if seen >= SWEEP_BATCH {
+        let full = doomed.len() >= SWEEP_FORGET;
+        let began = self.forget_users(doomed);
+        self.stats
+            .forgotten
+            .fetch_add(began as u64, Ordering::Relaxed);
+        if seen >= SWEEP_BATCH || full {
             if let Some(mut k) = last {
                 k.push(0);
                 self.sweep_cursor = Some(k);

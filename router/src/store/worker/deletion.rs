@@ -1,4 +1,5 @@
-//! Account deletions, a bounded slice at a time (see [`Worker::delete_account`]).
+//! Account deletions, a bounded slice at a time (see [`Worker::delete_account`]); the
+//! idle-user sweep's forgotten users go the same way ([`Worker::forget_users`]).
 //!
 //! A deletion's first step, in the round of its request, removes what makes the name
 //! exist (the account record and the contact list's record), drops what memory holds
@@ -95,6 +96,8 @@ pub(super) struct Deletion {
     cbs: Vec<Cb<()>>,
     /// A slice failed: the next is tried no sooner.
     retry_at: Option<Instant>,
+    /// Begun by the idle-user sweep.
+    swept: bool,
 }
 
 impl Deletion {
@@ -109,6 +112,7 @@ impl Deletion {
             extra,
             cbs: Vec::new(),
             retry_at: None,
+            swept: false,
         };
         d.restart();
         d
@@ -213,42 +217,62 @@ impl Worker {
             d.cbs.push(cb);
             return;
         }
-        self.start_deletion(user, Some(cb));
+        self.start_deletion(user, cb);
     }
 
-    /// The idle-user sweep forgets `user` (an account no other user's list or room
-    /// names, with nothing queued): deleted as by DeleteAccount, a slice at a time, with
-    /// no one to answer. True if it is done (its first slice was all of it).
-    pub(super) fn forget_user(&mut self, user: &str) -> bool {
-        if self.deleting(user) {
-            return false;
+    /// The idle-user sweep forgets `users` (accounts no other user's list or room names,
+    /// with nothing queued, just read so): each deleted as by DeleteAccount, with no one
+    /// to answer; what memory holds of their history dropped in one walk for all of
+    /// them. First slices share one slice's budget; the rest wait in the queue of
+    /// deletions (see [`Worker::sweep_deleting`]). Answers how many deletions began.
+    pub(super) fn forget_users(&mut self, users: Vec<String>) -> usize {
+        let users: Vec<String> = users.into_iter().filter(|u| !self.deleting(u)).collect();
+        let extras = self.hist_forget_users(&users);
+        let mut budget = Budget::new(SLICE_KEYS, SLICE_TIME);
+        let mut began = 0;
+        for (user, extra) in users.into_iter().zip(extras) {
+            self.known.remove(&user);
+            self.ops
+                .push(Op::Del(Ks::Accounts, user.as_bytes().to_vec()));
+            self.accounts_dropped = true;
+            self.ops
+                .push(Op::Del(Ks::Rooms, prefixed(CONTACTS_PREFIX, &user)));
+            self.deletions.names.insert(user.clone());
+            let mut d = Deletion::new(user, extra);
+            d.swept = true;
+            let user = d.user.clone();
+            match self.first_slice(d, &mut budget) {
+                Ok(()) => began += 1,
+                Err(e) => tracing::warn!(%user, error = %e, "forgetting an idle user failed"),
+            }
         }
-        self.start_deletion(user.to_owned(), None);
-        !self.deleting(user)
+        began
     }
 
-    /// Deletions are under way (the idle-user sweep waits for them: it starts at most
-    /// one that takes more than a slice).
-    pub(super) fn deletions_pending(&self) -> bool {
-        !self.deletions.jobs.is_empty()
+    /// Deletions the idle-user sweep began are under way (it waits for them).
+    pub(super) fn sweep_deleting(&self) -> bool {
+        self.deletions.jobs.iter().any(|d| d.swept)
     }
 
     /// A deletion's first step and first slice, in one batch (see [`Worker::delete_account`]).
-    fn start_deletion(&mut self, user: String, cb: Option<Cb<()>>) {
+    fn start_deletion(&mut self, user: String, cb: Cb<()>) {
         let extra = match self.begin_deletion(&user) {
             Ok(extra) => extra,
-            Err(e) => {
-                if let Some(cb) = cb {
-                    self.done(cb, Err(e), false);
-                }
-                return;
-            }
+            Err(e) => return self.done(cb, Err(e), false),
         };
         let mut d = Deletion::new(user, extra);
-        d.cbs.extend(cb);
-        self.deletions.sliced = true;
+        d.cbs.push(cb);
         let mut budget = Budget::new(SLICE_KEYS, SLICE_TIME);
-        let sliced = self.deletion_slice(&mut d, &mut budget);
+        // (A failed commit is answered to `cb`.)
+        let _ = self.first_slice(d, &mut budget);
+    }
+
+    /// Runs `d`'s first slice within `budget` and commits it with what its first step
+    /// queued (and its mark, if it does not finish there). An error if that commit
+    /// failed: nothing of it is stored.
+    fn first_slice(&mut self, mut d: Deletion, budget: &mut Budget) -> StoreResult<()> {
+        self.deletions.sliced = true;
+        let sliced = self.deletion_slice(&mut d, budget);
         let finished = matches!(sliced, Ok(true));
         if !finished {
             // Marked in the batch that removes the account: a restart finishes it.
@@ -262,12 +286,13 @@ impl Worker {
             // Nothing of it is stored (a batch is all or nothing): the name is as it was
             // (but for its history not yet written, dropped from memory).
             self.deletions.names.remove(&d.user);
-            self.answer_deletion(&mut d, Err(e));
-            return;
+            self.answer_deletion(&mut d, Err(e.clone()));
+            return Err(e);
         }
         d.marked = !finished;
         self.stats.deletion_slices.fetch_add(1, Ordering::Relaxed);
         self.deletion_went(d, sliced);
+        Ok(())
     }
 
     /// A deletion's first step: reads what it needs (a failed read leaves nothing done),

@@ -2,7 +2,7 @@
 //! `store::history`).
 
 use std::borrow::Cow;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -1514,11 +1514,25 @@ impl Worker {
     /// would not find them ([`HistCursor::extra`]). O(conversations cached), instead of
     /// a write of every tail.
     pub(super) fn hist_forget_user(&mut self, user: &str) -> Vec<Vec<u8>> {
-        let u = user.as_bytes();
-        let with_user = |conv: &[u8]| match parse_conv(conv) {
-            Some(ConvName::Direct(a, b)) => a == u || b == u,
-            _ => false,
+        self.hist_forget_users(&[user.to_owned()])
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// [`Worker::hist_forget_user`] for several users in one walk of what memory holds
+    /// (the idle-user sweep's; one walk a user took ~7 ms each with 100 000
+    /// conversations cached). Answers each user's conversations, in `users`' order.
+    pub(super) fn hist_forget_users(&mut self, users: &[String]) -> Vec<Vec<Vec<u8>>> {
+        let index: HashMap<&[u8], usize> = users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.as_bytes(), i))
+            .collect();
+        let direct = |conv: &[u8]| match parse_conv(conv) {
+            Some(ConvName::Direct(a, b)) => Some((index.get(a).copied(), index.get(b).copied())),
+            _ => None,
         };
+        let with_user = |conv: &[u8]| direct(conv).is_some_and(|(a, b)| a.is_some() || b.is_some());
         let h = &mut self.hist;
         for (_, tail) in h.tails.extract_if(|conv, _| with_user(conv)) {
             h.tail_bytes = h.tail_bytes.saturating_sub(tail.bytes);
@@ -1531,13 +1545,23 @@ impl Worker {
         if h.pinned.is_empty() {
             h.unshare_at = None;
         }
-        let mut extra: Vec<Vec<u8>> = Vec::new();
+        let mut extra: Vec<Vec<Vec<u8>>> = vec![Vec::new(); users.len()];
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
-        let ours = |k: &Vec<u8>| entry_user(k) == Some(u) || entry_conv(k).is_some_and(&with_user);
+        let ours = |k: &Vec<u8>| {
+            entry_user(k).is_some_and(|u| index.contains_key(u))
+                || entry_conv(k).is_some_and(&with_user)
+        };
         for (k, _) in h.pending.extract_if(|k, _| ours(k)) {
-            if let Some(conv) = entry_conv(&k).filter(|c| with_user(c)) {
-                if seen.insert(conv.to_vec()) {
-                    extra.push(conv.to_vec());
+            let Some(conv) = entry_conv(&k) else {
+                continue;
+            };
+            if let Some((a, b)) = direct(conv) {
+                if (a.is_some() || b.is_some()) && seen.insert(conv.to_vec()) {
+                    // (A conversation of a user with itself is its once.)
+                    let b = b.filter(|_| a != b);
+                    for i in [a, b].into_iter().flatten() {
+                        extra[i].push(conv.to_vec());
+                    }
                 }
             }
         }
