@@ -123,6 +123,28 @@ fn talk_to_peers(h: &StoreHandle) {
     });
 }
 
+/// "big" sends message `id` to room "r", made now (owned by "other").
+fn to_room_of_other(h: &StoreHandle, id: u64) {
+    call(|cb| {
+        h.create_room(
+            RoomRecord {
+                name: "r".into(),
+                owner: "other".into(),
+                join_code: "rc".into(),
+                ..RoomRecord::default()
+            },
+            cb,
+        )
+    })
+    .expect("room");
+    let mut c = HistChunk {
+        conv: room_conv(b"r"),
+        ..Default::default()
+    };
+    c.push(b"big", id, crate::shard::now_us(), b"to the room");
+    call(|cb| h.history_append(vec![c], cb)).expect("room message");
+}
+
 /// "big": an account with [`QUEUED`] queued messages, a direct conversation (and read
 /// marks) with each of [`PEERS`] peers, a room message, a contact list, and
 /// [`BLOCKERS`] blockers. "other" has an account and a queue of its own.
@@ -141,24 +163,7 @@ fn fill(h: &StoreHandle) {
     });
     // A room conversation it sent to (its entry is the user's; it is no member: the
     // router's rooms are left before the store's deletion).
-    call(|cb| {
-        h.create_room(
-            RoomRecord {
-                name: "r".into(),
-                owner: "other".into(),
-                join_code: "rc".into(),
-                ..RoomRecord::default()
-            },
-            cb,
-        )
-    })
-    .expect("room");
-    let mut c = HistChunk {
-        conv: room_conv(b"r"),
-        ..Default::default()
-    };
-    c.push(b"big", 1_000_000, crate::shard::now_us(), b"to the room");
-    call(|cb| h.history_append(vec![c], cb)).expect("room message");
+    to_room_of_other(h, 1_000_000);
     let list = ContactRecord {
         version: 2,
         entries: (0..20)
@@ -726,6 +731,26 @@ fn a_swept_user_with_a_long_history_is_deleted_in_slices() {
         s.forgotten
     );
     assert_eq!(call(|cb| h.user_exists("big", cb)), Ok(false));
+    h.shutdown().expect("shutdown");
+    assert!(
+        raw_left(dir.path()).is_empty(),
+        "{:?}",
+        raw_left(dir.path())
+    );
+}
+
+/// A deletion finds what memory holds of the user when nothing else names it there: its
+/// entry of a room conversation (the history cache's names of the users it holds let
+/// a deletion skip its walk: `NamesSeen`).
+#[test]
+fn a_deletion_finds_a_room_entry_only_memory_holds() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let h = open(dir.path());
+    register(&h, "big");
+    register(&h, "other");
+    to_room_of_other(&h, 1);
+    call(|cb| h.delete_account("big", cb)).expect("delete");
+    call(|cb| h.flush(cb)).expect("flush");
     h.shutdown().expect("shutdown");
     assert!(
         raw_left(dir.path()).is_empty(),

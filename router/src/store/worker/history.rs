@@ -196,6 +196,64 @@ pub(crate) struct HistState {
     /// The cursors `cursors` held when it last filled up, still looked up: the last
     /// [`CURSORS_MAX`] / 2 pages answered always have theirs, however many came before.
     cursors_old: NameMap<(Vec<u8>, u64), u64>,
+    /// The users `convs`, `tails`, `pending` and `marks` may name (see [`NamesSeen`]).
+    names: NamesSeen,
+}
+
+/// Most names [`NamesSeen`] holds (~4 MiB); past it, every forget walks.
+const NAMES_SEEN_MAX: usize = 1 << 18;
+
+/// A superset of the users the history cache names (its direct conversations' two
+/// users, its entries' and marks' users), by hash: forgetting users none of whom it may
+/// name needs no walk of the whole cache ([`Worker::hist_forget_users`]; with 100 000
+/// conversations cached a walk took 70-90 ms). Noted as keys are added; made exact again
+/// by each walk; past [`NAMES_SEEN_MAX`] it gives up (`all`) until the next walk.
+#[derive(Default)]
+struct NamesSeen {
+    set: rustc_hash::FxHashSet<u64>,
+    /// Gave up: it may name anyone.
+    all: bool,
+}
+
+impl NamesSeen {
+    fn hash(name: &[u8]) -> u64 {
+        use std::hash::BuildHasher;
+        rustc_hash::FxBuildHasher.hash_one(name)
+    }
+
+    fn note(&mut self, name: &[u8]) {
+        if self.all {
+            return;
+        }
+        self.set.insert(Self::hash(name));
+        if self.set.len() > NAMES_SEEN_MAX {
+            self.set = Default::default();
+            self.all = true;
+        }
+    }
+
+    /// The users of a conversation id (a direct conversation's two).
+    fn note_conv(&mut self, conv: &[u8]) {
+        if let Some(ConvName::Direct(a, b)) = parse_conv(conv) {
+            self.note(a);
+            self.note(b);
+        }
+    }
+
+    /// The users of an entry or read mark key.
+    fn note_key(&mut self, key: &[u8]) {
+        if let Some(u) = entry_user(key) {
+            self.note(u);
+        }
+        if let Some(conv) = entry_conv(key) {
+            self.note_conv(conv);
+        }
+    }
+
+    /// Whether the cache may name `name`.
+    fn may_name(&self, name: &[u8]) -> bool {
+        self.all || self.set.contains(&Self::hash(name))
+    }
 }
 
 /// Where a user's history deletion is ([`Worker::hist_delete_user_slice`]).
@@ -363,6 +421,7 @@ impl HistState {
             marks: NameMap::default(),
             cursors: NameMap::default(),
             cursors_old: NameMap::default(),
+            names: NamesSeen::default(),
         }
     }
 
@@ -459,6 +518,7 @@ impl Worker {
             rate_from_ts: 0,
             rate_count: 0,
         };
+        self.hist.names.note_conv(conv);
         self.hist.convs.insert(conv.to_vec(), st);
         Ok(st)
     }
@@ -500,7 +560,12 @@ impl Worker {
         if self.deleting_bytes(user) {
             return;
         }
-        let e = self.hist.pending.entry(user_key(user, conv)).or_insert(0);
+        let h = &mut self.hist;
+        let e = h.pending.entry(user_key(user, conv)).or_insert_with(|| {
+            h.names.note(user);
+            h.names.note_conv(conv);
+            0
+        });
         *e = (*e).max(seq);
     }
 
@@ -605,7 +670,10 @@ impl Worker {
             let key = (!shared.is_empty()).then(|| conv.clone());
             let tail = match self.hist.tails.get_mut(&conv) {
                 Some(t) => t,
-                None => self.hist.tails.entry(conv).or_default(),
+                None => {
+                    self.hist.names.note_conv(&conv);
+                    self.hist.tails.entry(conv).or_default()
+                }
             };
             if let Some(key) = key.filter(|_| !tail.pinned) {
                 tail.pinned = true;
@@ -1114,6 +1182,7 @@ impl Worker {
         }
         st.oldest = oldest;
         st.since_trim = 0;
+        self.hist.names.note_conv(conv);
         self.hist.convs.insert(conv.to_vec(), st);
         Ok(())
     }
@@ -1364,11 +1433,15 @@ impl Worker {
         let Found::Seq(seq) = self.hist_find_seq(&conv, msg_id, from, 0)? else {
             return Ok(());
         };
-        let e = self
-            .hist
+        let h = &mut self.hist;
+        let e = h
             .marks
             .entry(mark_key(user.as_bytes(), &conv))
-            .or_insert(0);
+            .or_insert_with(|| {
+                h.names.note(user.as_bytes());
+                h.names.note_conv(&conv);
+                0
+            });
         *e = (*e).max(seq);
         if self.hist.write_through {
             self.hist_flush_entries();
@@ -1523,6 +1596,14 @@ impl Worker {
     /// (the idle-user sweep's; one walk a user took ~7 ms each with 100 000
     /// conversations cached). Answers each user's conversations, in `users`' order.
     pub(super) fn hist_forget_users(&mut self, users: &[String]) -> Vec<Vec<Vec<u8>>> {
+        let mut extra: Vec<Vec<Vec<u8>>> = vec![Vec::new(); users.len()];
+        if !users.iter().any(|u| self.hist.names.may_name(u.as_bytes())) {
+            // Nothing in memory names them (checked by a walk in debug tests).
+            #[cfg(all(test, debug_assertions))]
+            self.hist_assert_unnamed(users);
+            self.hist_forget_cursors();
+            return extra;
+        }
         let index: HashMap<&[u8], usize> = users
             .iter()
             .enumerate()
@@ -1533,8 +1614,16 @@ impl Worker {
             _ => None,
         };
         let with_user = |conv: &[u8]| direct(conv).is_some_and(|(a, b)| a.is_some() || b.is_some());
+        // What stays is noted again: the names are exact after the walk.
+        let mut names = NamesSeen::default();
         let h = &mut self.hist;
-        for (_, tail) in h.tails.extract_if(|conv, _| with_user(conv)) {
+        let gone = h.tails.extract_if(|conv, _| {
+            with_user(conv) || {
+                names.note_conv(conv);
+                false
+            }
+        });
+        for (_, tail) in gone {
             h.tail_bytes = h.tail_bytes.saturating_sub(tail.bytes);
             if tail.hot {
                 h.hot_bytes = h.hot_bytes.saturating_sub(tail.bytes);
@@ -1545,13 +1634,18 @@ impl Worker {
         if h.pinned.is_empty() {
             h.unshare_at = None;
         }
-        let mut extra: Vec<Vec<Vec<u8>>> = vec![Vec::new(); users.len()];
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         let ours = |k: &Vec<u8>| {
             entry_user(k).is_some_and(|u| index.contains_key(u))
                 || entry_conv(k).is_some_and(&with_user)
         };
-        for (k, _) in h.pending.extract_if(|k, _| ours(k)) {
+        let gone = h.pending.extract_if(|k, _| {
+            ours(k) || {
+                names.note_key(k);
+                false
+            }
+        });
+        for (k, _) in gone {
             let Some(conv) = entry_conv(&k) else {
                 continue;
             };
@@ -1565,10 +1659,45 @@ impl Worker {
                 }
             }
         }
-        h.marks.retain(|k, _| !ours(k));
-        h.convs.retain(|conv, _| !with_user(conv));
+        h.marks.retain(|k, _| {
+            !ours(k) && {
+                names.note_key(k);
+                true
+            }
+        });
+        h.convs.retain(|conv, _| {
+            !with_user(conv) && {
+                names.note_conv(conv);
+                true
+            }
+        });
+        h.names = names;
         self.hist_forget_cursors();
         extra
+    }
+
+    /// Nothing the history cache holds names any of `users` (what
+    /// [`Worker::hist_forget_users`] relies on when [`NamesSeen`] says so).
+    #[cfg(all(test, debug_assertions))]
+    fn hist_assert_unnamed(&self, users: &[String]) {
+        let h = &self.hist;
+        let named = |conv: &[u8]| match parse_conv(conv) {
+            Some(ConvName::Direct(a, b)) => {
+                users.iter().any(|u| u.as_bytes() == a || u.as_bytes() == b)
+            }
+            _ => false,
+        };
+        let key = |k: &Vec<u8>| {
+            entry_user(k).is_some_and(|e| users.iter().any(|u| u.as_bytes() == e))
+                || entry_conv(k).is_some_and(named)
+        };
+        assert!(
+            !h.tails.keys().any(|c| named(c))
+                && !h.convs.keys().any(|c| named(c))
+                && !h.pending.keys().any(key)
+                && !h.marks.keys().any(key),
+            "the history cache names one of {users:?}, not noted"
+        );
     }
 
     /// Seqs of deleted conversations start again at 1: the `before` cursors go.
