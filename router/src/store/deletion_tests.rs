@@ -758,3 +758,38 @@ fn a_deletion_finds_a_room_entry_only_memory_holds() {
         raw_left(dir.path())
     );
 }
+
+/// The idle-user sweep's steps (every 50 ms here) keep the history pages' cursors of the
+/// conversations of users they do not delete: a step that forgot no one dropped all of
+/// them, and the next page back had to look its place up again (found in review).
+#[test]
+fn sweep_steps_keep_other_conversations_page_cursors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let h = open_with(dir.path(), Some(Duration::from_millis(200)));
+    register(&h, "a");
+    register(&h, "b");
+    let chunks = (1..=50u64).map(|id| dm_chunk("a", "b", id)).collect();
+    call(|cb| h.history_append(chunks, cb)).expect("append");
+    // An idle user forgotten meanwhile, too.
+    call(|cb| h.ensure_user("idle", cb)).expect("idle");
+    let q = |before| HistQuery {
+        user: "a".into(),
+        peer: Some("b".into()),
+        room: None,
+        before,
+        limit: 10,
+        max_bytes: usize::MAX,
+    };
+    let first = page_ids(call(|cb| h.history_query(q(0), cb)).expect("page"));
+    assert_eq!(first, (41..=50).collect::<Vec<u64>>());
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(h.stats().forgotten, 1);
+    let looked = h.stats().history_lookup_pointers;
+    let second = page_ids(call(|cb| h.history_query(q(first[0]), cb)).expect("page"));
+    assert_eq!(second, (31..=40).collect::<Vec<u64>>());
+    assert_eq!(
+        h.stats().history_lookup_pointers,
+        looked,
+        "the page's cursor was dropped"
+    );
+}

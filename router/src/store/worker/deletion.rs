@@ -227,6 +227,9 @@ impl Worker {
     /// deletions (see [`Worker::sweep_deleting`]). Answers how many deletions began.
     pub(super) fn forget_users(&mut self, users: Vec<String>) -> usize {
         let users: Vec<String> = users.into_iter().filter(|u| !self.deleting(u)).collect();
+        if users.is_empty() {
+            return 0;
+        }
         let extras = self.hist_forget_users(&users);
         let mut budget = Budget::new(SLICE_KEYS, SLICE_TIME);
         let mut began = 0;
@@ -359,17 +362,20 @@ impl Worker {
     }
 
     /// After a slice of `d` is committed: answered if it is done, queued again if not
-    /// (first: it goes on next), tried again later if the slice failed.
+    /// (first: it goes on next; the sweep's last), tried again later if the slice failed.
     fn deletion_went(&mut self, mut d: Deletion, sliced: StoreResult<bool>) {
         match sliced {
             Ok(true) => {
                 self.deletions.names.remove(&d.user);
                 // (Seqs of its deleted conversations start again at 1.)
-                self.hist_forget_cursors();
+                self.hist_forget_cursors(&[d.user.as_bytes()]);
                 for cb in d.cbs.drain(..) {
                     self.done(cb, Ok(()), true);
                 }
             }
+            // (The sweep's go last: a DeleteAccount, which someone waits for, never
+            // waits behind a step's worth of them.)
+            Ok(false) if d.swept => self.deletions.jobs.push_back(d),
             Ok(false) => self.deletions.jobs.push_front(d),
             Err(e) => {
                 // Marked (its first batch, which holds the mark, is committed: a failed

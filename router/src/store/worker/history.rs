@@ -1597,11 +1597,12 @@ impl Worker {
     /// conversations cached). Answers each user's conversations, in `users`' order.
     pub(super) fn hist_forget_users(&mut self, users: &[String]) -> Vec<Vec<Vec<u8>>> {
         let mut extra: Vec<Vec<Vec<u8>>> = vec![Vec::new(); users.len()];
-        if !users.iter().any(|u| self.hist.names.may_name(u.as_bytes())) {
+        let names: Vec<&[u8]> = users.iter().map(|u| u.as_bytes()).collect();
+        self.hist_forget_cursors(&names);
+        if !names.iter().any(|u| self.hist.names.may_name(u)) {
             // Nothing in memory names them (checked by a walk in debug tests).
             #[cfg(all(test, debug_assertions))]
             self.hist_assert_unnamed(users);
-            self.hist_forget_cursors();
             return extra;
         }
         let index: HashMap<&[u8], usize> = users
@@ -1672,7 +1673,6 @@ impl Worker {
             }
         });
         h.names = names;
-        self.hist_forget_cursors();
         extra
     }
 
@@ -1700,10 +1700,16 @@ impl Worker {
         );
     }
 
-    /// Seqs of deleted conversations start again at 1: the `before` cursors go.
-    pub(super) fn hist_forget_cursors(&mut self) {
-        self.hist.cursors.clear();
-        self.hist.cursors_old.clear();
+    /// Seqs of deleted conversations start again at 1: the `before` cursors of the
+    /// direct conversations of `users` go (those of other conversations stay: the
+    /// idle-user sweep deletes users all the time).
+    pub(super) fn hist_forget_cursors(&mut self, users: &[&[u8]]) {
+        let named = |(conv, _): &(Vec<u8>, u64)| match parse_conv(conv) {
+            Some(ConvName::Direct(a, b)) => users.iter().any(|&u| u == a || u == b),
+            _ => false,
+        };
+        self.hist.cursors.retain(|k, _| !named(k));
+        self.hist.cursors_old.retain(|k, _| !named(k));
     }
 
     /// Removes `user`'s direct conversations (both sides' entries and read marks and
@@ -1960,6 +1966,8 @@ impl Worker {
             && h.tails.is_empty()
         {
             self.hist.convs = NameMap::default();
+            // (Nothing in memory names anyone now.)
+            self.hist.names = NamesSeen::default();
         }
     }
 }
