@@ -234,13 +234,7 @@ impl Worker {
         let mut budget = Budget::new(SLICE_KEYS, SLICE_TIME);
         let mut began = 0;
         for (user, extra) in users.into_iter().zip(extras) {
-            self.known.remove(&user);
-            self.ops
-                .push(Op::Del(Ks::Accounts, user.as_bytes().to_vec()));
-            self.accounts_dropped = true;
-            self.ops
-                .push(Op::Del(Ks::Rooms, prefixed(CONTACTS_PREFIX, &user)));
-            self.deletions.names.insert(user.clone());
+            self.unname(&user, true);
             let mut d = Deletion::new(user, extra);
             d.swept = true;
             let user = d.user.clone();
@@ -318,7 +312,19 @@ impl Worker {
         if !had_account && !queued {
             return Err(StoreError::NotFound);
         }
-        if had_account {
+        self.unname(user, had_account);
+        // Its direct conversations' tails are dropped, not written (a write of every
+        // tail, as this did before, held the thread for as long as the history in
+        // memory took to write).
+        Ok(self.hist_forget_user(user))
+    }
+
+    /// Queues the removal of what makes `user` exist (its account, if it has one, read
+    /// by logins, UserExists, ListUsers and every "has an account" check; its contact
+    /// list's record) and notes the name as being deleted.
+    fn unname(&mut self, user: &str, account: bool) {
+        self.known.remove(user);
+        if account {
             self.ops
                 .push(Op::Del(Ks::Accounts, user.as_bytes().to_vec()));
             self.accounts_dropped = true;
@@ -326,10 +332,6 @@ impl Worker {
         self.ops
             .push(Op::Del(Ks::Rooms, prefixed(CONTACTS_PREFIX, user)));
         self.deletions.names.insert(user.to_owned());
-        // Its direct conversations' tails are dropped, not written (a write of every
-        // tail, as this did before, held the thread for as long as the history in
-        // memory took to write).
-        Ok(self.hist_forget_user(user))
     }
 
     /// One slice of the first deletion due, in a batch of its own (called by the loop
