@@ -332,7 +332,7 @@ impl prometheus_client::collector::Collector for Scrape {
             },
         )?;
         let st = &self.store;
-        let store_counters: [(&str, &str, f64); 12] = [
+        let store_counters: [(&str, &str, f64); 13] = [
             (
                 "store_requests",
                 "Requests handled by the storage thread.",
@@ -392,6 +392,11 @@ impl prometheus_client::collector::Collector for Scrape {
                 "store_deletion_slices",
                 "Slices of account deletions run (a deletion goes a bounded slice at a time, other requests answered between).",
                 st.deletion_slices as f64,
+            ),
+            (
+                "store_users_forgotten",
+                "Idle passwordless users deleted by the sweep (--forget-idle-users-after).",
+                st.forgotten as f64,
             ),
         ];
         for (name, help, v) in store_counters {

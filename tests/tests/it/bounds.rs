@@ -353,6 +353,11 @@ fn idle_users_are_forgotten() {
         forgotten,
         "an idle user with nothing queued was not forgotten"
     );
+    assert_eq!(
+        metric_sum(&r.metrics(), "ringrouter_store_users_forgotten_total"),
+        1.0,
+        "the sweep's counter"
+    );
     let e = s.send_wait("ghost", b"anyone?").expect_err("ghost is gone");
     assert_eq!(e.code(), Some(Status::NotFound), "{e}");
     // Its direct conversation went with it (history is on by default): nothing of it
