@@ -1270,11 +1270,7 @@ fn a_blocker_noted_alone_changes_one_key_and_leaves_the_list() {
 fn offline_records_written_faster_than_flushed_stay_bounded_in_memory() {
     let dir = tempfile::tempdir().unwrap();
     let h = open(dir.path(), Durability::Memory);
-    let rec = StoredMsg {
-        from_user: "sender".into(),
-        payload: Bytes::from(vec![7u8; 8 << 10]),
-        ..Default::default()
-    };
+    let rec = record_8k();
     let (tx, rx) = mpsc::channel();
     for u in 0..120 {
         let tx = tx.clone();
@@ -1292,6 +1288,15 @@ fn offline_records_written_faster_than_flushed_stay_bounded_in_memory() {
         most >> 20
     );
     assert_eq!(call(|cb| h.count("u119", cb)), Ok(1000));
+}
+
+/// An offline record of 8 KiB.
+fn record_8k() -> StoredMsg {
+    StoredMsg {
+        from_user: "sender".into(),
+        payload: Bytes::from(vec![7u8; 8 << 10]),
+        ..Default::default()
+    }
 }
 
 /// Holds a store's thread at the end of a round ([`StoreOptions::round_hook`]) while
@@ -1414,11 +1419,7 @@ fn appends_handled_before_a_request_are_committed_a_rounds_bytes_at_a_time() {
         call(|cb| h.ensure_user(u, cb)).unwrap();
     }
     gate.close(&h);
-    let rec = StoredMsg {
-        from_user: "sender".into(),
-        payload: Bytes::from(vec![7u8; 8 << 10]),
-        ..Default::default()
-    };
+    let rec = record_8k();
     let (tx, rx) = mpsc::channel();
     for _ in 0..40 {
         let items = members.iter().map(|u| (u.clone(), rec.clone())).collect();

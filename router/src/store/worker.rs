@@ -1229,6 +1229,15 @@ impl Worker {
         Ok(st)
     }
 
+    /// Whether `user`'s offline queue holds a message (from its cached state, else one
+    /// key read; a failed read counts as one).
+    fn has_queued(&self, user: &str) -> bool {
+        match self.queues.get(user) {
+            Some(q) => q.count > 0,
+            None => self.dbs.offline.prefix(queue_prefix(user)).next().is_some(),
+        }
+    }
+
     fn set_queue_state(&mut self, user: &str, st: QueueState) {
         if let Some(s) = self.queues.get_mut(user) {
             *s = st;
@@ -1577,14 +1586,7 @@ impl Worker {
                 continue;
             };
             // (Appends waiting in the lane count as queued: `worker::lanes`.)
-            let queued = match self.lanes.pending(user) {
-                true => Some(true),
-                false => self.queues.get(user).map(|q| q.count > 0),
-            };
-            let queued = match queued {
-                Some(q) => q,
-                None => self.dbs.offline.prefix(queue_prefix(user)).next().is_some(),
-            };
+            let queued = self.lanes.pending(user) || self.has_queued(user);
             let in_rooms = self.any_under(&member_key(user, ""));
             // Contacts (or blockers) are kept like rooms: other users' lists name them.
             let has_contacts = self.any_under(&contact_entry_key(user, ""))

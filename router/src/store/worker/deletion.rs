@@ -304,11 +304,8 @@ impl Worker {
         self.commit()?;
         // Read before anything is queued: a failed read leaves no deletion half done.
         let had_account = self.dbs.accounts.contains_key(user.as_bytes())?;
-        let queued = match self.queues.get(user) {
-            Some(q) => q.count > 0,
-            // (A failed read counts as one: the queue's slices read it again.)
-            None => self.dbs.offline.prefix(queue_prefix(user)).next().is_some(),
-        };
+        // (A failed read counts as one: the queue's slices read it again.)
+        let queued = self.has_queued(user);
         if !had_account && !queued {
             return Err(StoreError::NotFound);
         }
