@@ -17,10 +17,13 @@
 //! Prints the time from the moment the users are idle until the sweep is done, and the
 //! other requests' waits meanwhile (n, p50 / p99 / max).
 
+mod common;
+
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use common::call;
 use ringrouter::store::history::{dm_conv, HistChunk, HistoryOptions};
 use ringrouter::store::{Durability, Store, StoreHandle, StoreOptions, StoreResult};
 
@@ -43,20 +46,6 @@ struct Args {
 
 /// Users are forgotten this long after they were last seen.
 const FORGET: Duration = Duration::from_millis(1500);
-
-/// Waits for the store's answer to the request `f` makes.
-fn call<T: Send + 'static>(
-    f: impl FnOnce(Box<dyn FnOnce(StoreResult<T>) + Send>) -> StoreResult<()>,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    f(Box::new(move |r| {
-        let _ = tx.send(r);
-    }))
-    .expect("queued");
-    rx.recv_timeout(Duration::from_secs(120))
-        .expect("no answer from the store")
-        .expect("the store refused the request")
-}
 
 /// Sends `n` requests made by `f` without waiting for each, then waits for them all.
 fn all<T: Send + 'static>(

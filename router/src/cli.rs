@@ -311,6 +311,12 @@ pub struct Args {
     /// a device behind the oldest gets the whole list.
     #[arg(long, value_name = "N", default_value_t = 1_000, help_heading = LIMITS)]
     pub max_contact_tombstones: usize,
+    /// Most of the users that block one user kept in memory with its contact list, the
+    /// first by name; past them, whether another peer blocks it is read from the store
+    /// when it writes to that peer (once: the last 256 answers are kept with the list).
+    /// Blocks past it hold all the same.
+    #[arg(long, value_name = "N", default_value_t = 1_024, help_heading = LIMITS)]
+    pub max_loaded_blockers: usize,
     /// Longest presence text (SetPresence.text), in bytes; longer is BAD_REQUEST.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256", help_heading = LIMITS)]
     pub max_presence_text_bytes: usize,
@@ -497,6 +503,7 @@ impl Args {
             max_contacts_per_user: self.max_contacts_per_user,
             max_contact_requests: self.max_contact_requests,
             max_contact_tombstones: self.max_contact_tombstones,
+            max_loaded_blockers: self.max_loaded_blockers,
             max_presence_text_bytes: self.max_presence_text_bytes,
             list_users_page: self.list_users_page,
             argon2_cheap: self.argon2_cheap,

@@ -183,6 +183,10 @@ pub struct Config {
     /// Removed entries one contact list remembers for "changed since" (older ones make
     /// a device fetch the whole list).
     pub max_contact_tombstones: usize,
+    /// Most of the users that block one user kept in memory with its list (the first
+    /// by name); past them a DM, receipt or room add to another peer reads the store
+    /// for that peer once (`shard::blocks`).
+    pub max_loaded_blockers: usize,
     /// Longest presence text, in bytes.
     pub max_presence_text_bytes: usize,
     /// Most names one ListUsers answers.
@@ -341,6 +345,7 @@ impl Default for Config {
             max_contacts_per_user: 5_000,
             max_contact_requests: 500,
             max_contact_tombstones: 1_000,
+            max_loaded_blockers: 1_024,
             max_presence_text_bytes: 256,
             list_users_page: 1_000,
             history_per_conversation: 10_000,

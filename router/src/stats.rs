@@ -101,6 +101,9 @@ pub struct Counters {
     pub resumes: u64,
     /// Sends dropped as copies of ones already taken (resume, by client_seq).
     pub duplicate_sends: u64,
+    /// Peers read from the store to learn whether they block a user whose blockers are
+    /// not all loaded (`--max-loaded-blockers`, `shard::blocks`).
+    pub blocker_lookups: u64,
     /// Refused logins, per status code (successful ones are `logins`).
     pub login_failures: [u64; STATUS_CODES],
     /// Error answers and refusals (the frames counted in `frames_rejected`), per status code.
@@ -232,7 +235,8 @@ shard_stats!(
     bytes_in,
     api_publishes,
     resumes,
-    duplicate_sends;
+    duplicate_sends,
+    blocker_lookups;
     gauges:
     /// Live sessions.
     sessions,

@@ -116,8 +116,8 @@ impl Shard {
             |st, cb| st.rooms_of_leaving(&u, cb),
             move |sh, r| match r {
                 Ok(rooms) => {
-                    sh.forget_contacts_of(&user);
                     let Some(done) = sh.store.as_ref().map(|l| l.done.clone()) else {
+                        sh.forget_contacts_of(&user, None);
                         sh.delete_account_record(from, request_id, user);
                         return;
                     };
@@ -132,6 +132,10 @@ impl Shard {
                         }),
                         done,
                     );
+                    // (And once the users that block it, which its list may not all
+                    // hold, are told: before the record, and the keys that name them,
+                    // go.)
+                    sh.forget_contacts_of(&user, Some(after.clone()));
                     for room in rooms {
                         let home = sh.home(room.as_bytes());
                         let req = RoomReq {

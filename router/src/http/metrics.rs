@@ -40,6 +40,11 @@ const COUNTERS: &[(&str, &str, Get)] = &[
         |s| s.duplicate_sends,
     ),
     (
+        "blocker_lookups",
+        "Peers read from the store to learn whether they block a user whose blockers are not all loaded (--max-loaded-blockers).",
+        |s| s.blocker_lookups,
+    ),
+    (
         "room_messages",
         "Room messages accepted (before fan-out).",
         |s| s.room_msgs,

@@ -352,9 +352,12 @@ fn read_loop<'a>(
                 if waits {
                     rest = Some(start);
                 }
+                let mut frame_at = start;
                 for r in frames(&chunk[start..]).take_while(|_| !waits) {
                     let range = start + r.start..start + r.end;
                     let end = range.end;
+                    // Where the frame's length prefix begins.
+                    let begin = std::mem::replace(&mut frame_at, end);
                     // The session's last recipient is known to be valid: a Send to it again
                     // skips the parser's UTF-8 check.
                     let checked = sh
@@ -363,12 +366,18 @@ fn read_loop<'a>(
                         .and_then(|s| s.last_dest.as_deref())
                         .map_or(&[][..], LastDest::name);
                     match parse_client_in(&chunk, range, copy, checked) {
-                        Ok(frame) => {
-                            if sh.on_frame(key, frame, now, ts, &mut blocked) == Flow::Stop {
+                        Ok(frame) => match sh.on_frame(key, frame, now, ts, &mut blocked) {
+                            Flow::Continue => {}
+                            Flow::Stop => {
                                 flow = Flow::Stop;
                                 break;
                             }
-                        }
+                            Flow::Again => {
+                                // Handled again once the session's wait (below) ends.
+                                rest = Some(begin);
+                                break;
+                            }
+                        },
                         Err(e) => {
                             bad = Some((Status::BadFrame, e.to_string()));
                             break;

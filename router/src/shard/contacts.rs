@@ -36,7 +36,9 @@
 //! messages and requests are refused (FORBIDDEN) where they start, from a list that is
 //! loaded (at login, before the session's first frame is read) and without a round trip.
 //! The direct-message path looks only while some list here has such a note or
-//! `--dm-policy contacts` is on ([`Shard::dm_gate`]).
+//! `--dm-policy contacts` is on ([`Shard::dm_gate`]). At most `--max-loaded-blockers`
+//! notes are loaded; a frame to a peer past them waits for a store read first
+//! (`shard::blocks`).
 
 use ringrouter_proto::reply;
 use ringrouter_proto::v1::{self as pb, ContactEventKind, ServerFrame};
@@ -44,7 +46,7 @@ use ringrouter_proto::Status;
 
 use std::sync::Arc;
 
-use super::mail::{InFlight, Mail, MailQueue};
+use super::mail::{AfterAll, InFlight, Mail, MailQueue};
 use super::requeue::Behind;
 use super::session::{SessionId, SessionKey};
 use super::Shard;
@@ -53,6 +55,10 @@ use crate::store::contacts::{
     ContactError, ContactLimits, ContactOp, ContactRecord, ContactState, Outcome, Wait,
 };
 use crate::store::{StoreError, StoredMsg};
+
+/// Blockers of a deleted user read from the store at a time (those its list did not
+/// load: see [`Shard::forget_contacts_of`]).
+const BLOCKERS_PAGE: usize = 512;
 
 /// Work waiting for a user's list to be loaded; it runs with the shard borrowed and
 /// finds the list in [`Shard::contacts`] (missing if the load failed).
@@ -234,8 +240,12 @@ impl Shard {
             // Loaded at login; only a failed load leaves it missing.
             return Some((Status::Unavailable, "contact list not loaded"));
         };
-        if rec.is_blocked_by(to) {
-            return Some((Status::Forbidden, "forbidden"));
+        match self.known_blocker(from, to) {
+            Some(true) => return Some((Status::Forbidden, "forbidden")),
+            Some(false) => {}
+            // Looked up before the frame was handled (`Shard::blockers_known`): only a
+            // failed lookup leaves it unknown.
+            None => return Some((Status::Unavailable, "blocks could not be read")),
         }
         if self.cfg.dm_policy == DmPolicy::Contacts && rec.state_of(to) != ContactState::Accepted {
             return Some((
@@ -328,8 +338,9 @@ impl Shard {
             Wait::Queued => {}
             Wait::Load => {
                 let (u, load) = (user.to_owned(), user.to_owned());
+                let max_blockers = self.cfg.max_loaded_blockers;
                 self.store_req(
-                    move |st, cb| st.get_contacts(&load, cb),
+                    move |st, cb| st.get_contacts(&load, max_blockers, cb),
                     move |sh, r| {
                         let waiters = match r {
                             Ok(rec) => sh.contacts.loaded(&u, rec),
@@ -596,15 +607,18 @@ impl Shard {
         self.with_contacts(
             &u,
             Box::new(move |sh: &mut Shard| {
-                if sh.contacts.set_blocked_by(&user, &peer, on) == Some(true) {
+                let max = sh.cfg.max_loaded_blockers;
+                if sh.contacts.set_blocked_by(&user, &peer, on, max) == Some(true) {
                     sh.save_contacts(&user);
                 }
             }),
         );
     }
 
-    /// A user (homed here) is deleting its account: every peer its list names forgets it.
-    pub(crate) fn forget_contacts_of(&mut self, user: &str) {
+    /// A user (homed here) is deleting its account: every peer its list names forgets it,
+    /// and every user that blocks it, the ones its list did not load too (read a page at
+    /// a time; `hold` is let go once all are told).
+    pub(crate) fn forget_contacts_of(&mut self, user: &str, hold: Option<Arc<AfterAll>>) {
         let u = user.to_owned();
         self.with_contacts(
             user,
@@ -612,17 +626,74 @@ impl Shard {
                 let Some(rec) = sh.contacts.get(&u) else {
                     return;
                 };
+                let unloaded = rec.blockers_unloaded;
                 for peer in rec.peers() {
-                    let gone = u.clone();
-                    sh.on_home_of(
-                        &peer.clone(),
-                        Box::new(move |sh: &mut Shard| {
-                            sh.set_blocked_by(peer.clone(), gone.clone(), false);
-                            sh.contact_in(peer, gone, ContactOp::Forget, Then::Nothing);
-                        }),
-                    );
+                    sh.tell_forgotten(peer, u.clone(), None);
+                }
+                if let (true, Some(hold)) = (unloaded, hold) {
+                    sh.tell_blockers_after(u, String::new(), hold);
                 }
             }),
+        );
+    }
+
+    /// On `peer`'s home shard, `gone` (deleted) neither blocks it nor is in its list.
+    /// `hold` is let go once that is under way.
+    fn tell_forgotten(&mut self, peer: String, gone: String, hold: Option<Arc<AfterAll>>) {
+        self.on_home_of(
+            &peer.clone(),
+            Box::new(move |sh: &mut Shard| {
+                sh.set_blocked_by(peer.clone(), gone.clone(), false);
+                sh.contact_in(peer, gone, ContactOp::Forget, Then::Nothing);
+                drop(hold);
+            }),
+        );
+    }
+
+    /// The users that block `user` (being deleted) after `after` by name, told a page
+    /// at a time: the next page is read once the last one is under way, and `hold` is let
+    /// go after the last.
+    fn tell_blockers_after(&mut self, user: String, after: String, hold: Arc<AfterAll>) {
+        let u = user.clone();
+        self.store_req(
+            move |st, cb| st.blockers_after(&u, &after, BLOCKERS_PAGE, cb),
+            move |sh, r| {
+                let page = match r {
+                    Ok(page) => page,
+                    Err(e) => {
+                        // The deletion goes on; the blockers not told keep their entry.
+                        tracing::warn!(error = %e, "reading the blockers of a deleted user failed");
+                        drop(hold);
+                        return;
+                    }
+                };
+                let Some(done) = sh.store.as_ref().map(|l| l.done.clone()) else {
+                    return;
+                };
+                let last = match page.last() {
+                    Some(last) if page.len() == BLOCKERS_PAGE => Some(last.clone()),
+                    _ => None,
+                };
+                let u = user.clone();
+                let next = AfterAll::new(
+                    Box::new(move |sh: &mut Shard| {
+                        if let Some(last) = last {
+                            sh.tell_blockers_after(u, last, hold);
+                        }
+                    }),
+                    done,
+                );
+                for peer in page {
+                    // (Those its list loaded were told with its other peers.)
+                    if !sh
+                        .contacts
+                        .get(&user)
+                        .is_some_and(|r| r.is_blocked_by(&peer))
+                    {
+                        sh.tell_forgotten(peer, user.clone(), Some(next.clone()));
+                    }
+                }
+            },
         );
     }
 

@@ -49,6 +49,7 @@ use crate::stats::{Counters, ShardStats};
 pub mod adds;
 pub mod answer;
 pub mod api;
+pub mod blocks;
 pub mod contacts;
 pub mod delivery;
 pub mod history;
@@ -242,6 +243,12 @@ pub struct Shard {
     /// The session whose Send is being handled: the store requests made meanwhile count
     /// in its `store_sends` (see `store_link`).
     pub(crate) sender: Option<SessionKey>,
+    /// What the blockers lookup of the frame being handled found, if it waited for one
+    /// (`shard::blocks`).
+    pub(crate) looked_up: Option<blocks::Found>,
+    /// Lookups answered whose frames are still to be handled again, by session (at most
+    /// one each; those of sessions that ended go with the next answer).
+    pub(crate) blocker_answers: Vec<(SessionId, blocks::Found)>,
     /// Payload bytes of the Sends handled since a reader took its current chunk (see
     /// `net::session`: a chunk mostly of other bytes makes its session copy payloads).
     pub chunk_payload: usize,
@@ -378,6 +385,8 @@ impl Shard {
             answers_over: false,
             requester: None,
             sender: None,
+            looked_up: None,
+            blocker_answers: Vec::new(),
             chunk_payload: 0,
             deleting: NameSet::default(),
             bell: None,

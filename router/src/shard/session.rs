@@ -395,6 +395,9 @@ pub enum Flow {
     Continue,
     /// Stop reading: the session is closing.
     Stop,
+    /// Not handled: the session's reader waits (see [`Shard::answer_waits`]), then
+    /// hands the same frame again (`shard::blocks`).
+    Again,
 }
 
 impl Shard {

@@ -416,7 +416,7 @@ fn blocked_senders_and_strangers_under_the_contacts_policy_are_forbidden() {
         !s.dm_gate(),
         "nobody blocked, open policy: the DM path does not look"
     );
-    s.contacts.set_blocked_by("a", "b", true).unwrap();
+    s.contacts.set_blocked_by("a", "b", true, 8).unwrap();
     assert!(s.dm_gate());
     let mut blocked = Vec::new();
     s.on_frame(a, send("b", b"hi", true), Instant::now(), 0, &mut blocked);
@@ -432,7 +432,7 @@ fn blocked_senders_and_strangers_under_the_contacts_policy_are_forbidden() {
         &drain(&mut s, a)[0].kind,
         Some(server_frame::Kind::Deliver(d)) if d.payload == "yo"
     ));
-    s.contacts.set_blocked_by("a", "b", false).unwrap();
+    s.contacts.set_blocked_by("a", "b", false, 8).unwrap();
     assert!(!s.dm_gate());
     // --dm-policy contacts: only accepted contacts (and oneself).
     let mut s = shard_with(Config {

@@ -78,6 +78,12 @@ pub struct ContactRecord {
     /// presence while it is offline. Kept here: read with the list, by the same shard.
     #[prost(uint64, tag = "5")]
     pub last_seen_us: u64,
+    /// The store holds more blockers than `blocked_by` (set when the list is loaded: at
+    /// most `--max-loaded-blockers` are, the first by name; or when a block past that
+    /// many is noted). A peer not in `blocked_by` may then block this user or not: see
+    /// [`ContactRecord::blocked_by_state`]. Never stored (a write leaves it out).
+    #[prost(bool, tag = "6")]
+    pub blockers_unloaded: bool,
 }
 
 /// What one write of a contact list stores: the list's own fields, and its entries as
@@ -224,6 +230,7 @@ impl ContactRecord {
             floor: self.floor,
             blocked_by: Vec::new(),
             last_seen_us: self.last_seen_us,
+            blockers_unloaded: self.blockers_unloaded,
         }
     }
 
@@ -240,32 +247,51 @@ impl ContactRecord {
         self.state_of(peer) == ContactState::Blocked
     }
 
-    /// True if `peer` blocks this user (noted by [`ContactRecord::set_blocked_by`]).
+    /// True if `peer` is among the blockers loaded (noted by
+    /// [`ContactRecord::set_blocked_by`]). With [`blockers_unloaded`](Self::blockers_unloaded)
+    /// a `false` does not say that `peer` does not block this user: only for checks the
+    /// peer's own list makes again (a contact request, a presence query).
     pub fn is_blocked_by(&self, peer: &str) -> bool {
         self.blocked_by
             .binary_search_by(|u| u.as_str().cmp(peer))
             .is_ok()
     }
 
-    /// Notes that `peer` blocks (`on`) or no longer blocks this user. No version
-    /// change: the list a client sees is the same. Returns whether anything changed.
-    pub fn set_blocked_by(&mut self, peer: &str, on: bool) -> bool {
+    /// Whether `peer` blocks this user, if the blockers loaded can tell: `None` when
+    /// more are stored than loaded and `peer` is not among those loaded.
+    pub fn blocked_by_state(&self, peer: &str) -> Option<bool> {
+        match self.is_blocked_by(peer) {
+            false if self.blockers_unloaded => None,
+            known => Some(known),
+        }
+    }
+
+    /// Notes that `peer` blocks (`on`) or no longer blocks this user, keeping at most
+    /// `max_loaded` blockers in memory (a block past them marks the list
+    /// [`blockers_unloaded`](Self::blockers_unloaded)). No version change: the list a
+    /// client sees is the same. Returns whether the store must be told (the blockers
+    /// loaded changed, or the store may hold one not loaded).
+    pub fn set_blocked_by(&mut self, peer: &str, on: bool, max_loaded: usize) -> bool {
         match (
             self.blocked_by.binary_search_by(|u| u.as_str().cmp(peer)),
             on,
         ) {
+            (Err(_), true) if self.blocked_by.len() >= max_loaded => {
+                self.blockers_unloaded = true;
+            }
             (Err(i), true) => self.blocked_by.insert(i, peer.to_owned()),
             (Ok(i), false) => {
                 self.blocked_by.remove(i);
             }
-            _ => return false,
+            (Err(_), false) => return self.blockers_unloaded,
+            (Ok(_), true) => return false,
         }
         true
     }
 
     /// True if the direct-message path must look at this list: someone blocks the user.
     pub fn has_blocks(&self) -> bool {
-        !self.blocked_by.is_empty()
+        !self.blocked_by.is_empty() || self.blockers_unloaded
     }
 
     /// `peer`'s entry (state NONE, version 0 if the list never named it).
@@ -513,6 +539,33 @@ struct Saved {
     failures: u32,
     /// Its key in [`ContactCache::idle`] and its weight there, while nobody needs it.
     idle: Option<(u64, usize)>,
+    /// Blockers noted ([`ContactCache::set_blocked_by`]) since the list was loaded: a
+    /// lookup asked before one is not kept (its answer may be older than the note).
+    blocker_notes: u32,
+    /// What lookups of blockers not loaded found, `(peer, blocks)`, oldest first, at
+    /// most [`CHECKS_PER_LIST`] (only lists with
+    /// [`ContactRecord::blockers_unloaded`] have any).
+    checks: Option<Box<Checks>>,
+}
+
+/// See [`Saved::checks`] (boxed there: most lists have none, and each costs 8 bytes).
+#[derive(Debug, Default)]
+struct Checks(std::collections::VecDeque<(String, bool)>);
+
+/// Lookups of blockers not loaded that one list keeps ([`ContactCache::checked`]): the
+/// peers its user last wrote to, so that a conversation does not read the store at
+/// every message.
+pub const CHECKS_PER_LIST: usize = 256;
+
+impl Saved {
+    /// What the lookups kept weigh, roughly (see [`list_weight`]).
+    fn checks_weight(&self) -> usize {
+        self.checks.as_ref().map_or(0, |c| {
+            c.0.iter()
+                .map(|(p, _)| std::mem::size_of::<(String, bool)>() + p.len())
+                .sum()
+        })
+    }
 }
 
 /// See [`Saved::unsaved`].
@@ -697,15 +750,70 @@ impl<W> ContactCache<W> {
         Some(r)
     }
 
-    /// Notes on `user`'s loaded list that `peer` blocks it (`on`) or not (see
-    /// [`ContactRecord::set_blocked_by`]; the next write names the change). `None` if it
-    /// is not loaded, else whether anything changed.
-    pub fn set_blocked_by(&mut self, user: &str, peer: &str, on: bool) -> Option<bool> {
+    /// Whether `peer` blocks `user`, if `user`'s list is loaded and can tell: from the
+    /// blockers loaded, or from what a lookup of the others found since
+    /// ([`ContactCache::checked`]). `None`: not loaded, or look it up.
+    pub fn known_blocker(&self, user: &str, peer: &str) -> Option<bool> {
+        let Some(Slot::Ready(rec, saved)) = self.lists.get(user) else {
+            return None;
+        };
+        rec.blocked_by_state(peer).or_else(|| {
+            let checks = saved.checks.as_ref()?;
+            checks.0.iter().find(|(p, _)| p == peer).map(|&(_, on)| on)
+        })
+    }
+
+    /// A mark for [`ContactCache::checked`], taken when a lookup of `user`'s blockers is
+    /// asked: the notes of blockers so far (`None` if the list is not loaded).
+    pub fn blocker_mark(&self, user: &str) -> Option<u32> {
+        match self.lists.get(user) {
+            Some(Slot::Ready(_, saved)) => Some(saved.blocker_notes),
+            _ => None,
+        }
+    }
+
+    /// Keeps what a lookup of `user`'s blockers asked at `mark` found (`(peer, blocks)`),
+    /// unless the list was loaded again or a blocker was noted since (it may be newer
+    /// than the answer). Past [`CHECKS_PER_LIST`] the oldest go.
+    pub fn checked(&mut self, user: &str, mark: u32, found: &[(String, bool)]) {
+        let Some(Slot::Ready(rec, saved)) = self.lists.get_mut(user) else {
+            return;
+        };
+        if saved.blocker_notes != mark || !rec.blockers_unloaded {
+            return;
+        }
+        let checks = &mut saved.checks.get_or_insert_with(Box::default).0;
+        for (peer, on) in found {
+            if rec.is_blocked_by(peer) || checks.iter().any(|(p, _)| p == peer) {
+                continue;
+            }
+            if checks.len() >= CHECKS_PER_LIST {
+                checks.pop_front();
+            }
+            checks.push_back((peer.clone(), *on));
+        }
+    }
+
+    /// Notes on `user`'s loaded list that `peer` blocks it (`on`) or not, keeping at
+    /// most `max_loaded` blockers in memory (see [`ContactRecord::set_blocked_by`]; the
+    /// next write names the change). `None` if it is not loaded, else whether the store
+    /// must be written.
+    pub fn set_blocked_by(
+        &mut self,
+        user: &str,
+        peer: &str,
+        on: bool,
+        max_loaded: usize,
+    ) -> Option<bool> {
         let Some(Slot::Ready(rec, saved)) = self.lists.get_mut(user) else {
             return None;
         };
+        saved.blocker_notes = saved.blocker_notes.wrapping_add(1);
+        if let Some(checks) = saved.checks.as_mut() {
+            checks.0.retain(|(p, _)| p != peer);
+        }
         let before = rec.has_blocks();
-        let changed = rec.set_blocked_by(peer, on);
+        let changed = rec.set_blocked_by(peer, on, max_loaded);
         if changed {
             let unsaved = saved.unsaved.get_or_insert_with(Box::default);
             unsaved.blocked_by.push((peer.to_owned(), on));
@@ -728,7 +836,7 @@ impl<W> ContactCache<W> {
             self.idle.remove(&at);
             self.idle_bytes -= weight;
         }
-        let weight = list_weight(user, rec);
+        let weight = list_weight(user, rec) + saved.checks_weight();
         if weight > IDLE_BYTES {
             // Kept, it would push every other idle list out.
             if saved.inflight == 0 && !saved.whole {
@@ -874,8 +982,8 @@ mod tests {
     #[test]
     fn blocked_by_refuses_requests_out_and_is_not_listed() {
         let mut b = ContactRecord::default();
-        assert!(b.set_blocked_by("a", true));
-        assert!(!b.set_blocked_by("a", true));
+        assert!(b.set_blocked_by("a", true, 8));
+        assert!(!b.set_blocked_by("a", true, 8));
         assert!(b.has_blocks() && b.is_blocked_by("a"));
         assert_eq!(
             b.apply("b", "a", RequestOut, LIM),
@@ -883,11 +991,73 @@ mod tests {
         );
         assert_eq!(b.view(), ContactView::default());
         assert_eq!(b.peers(), vec!["a".to_owned()]);
-        assert!(b.set_blocked_by("a", false));
+        assert!(b.set_blocked_by("a", false, 8));
         assert!(!b.has_blocks());
         assert_eq!(b.apply("b", "a", RequestOut, LIM), Ok(Outcome::Changed(1)));
         assert_eq!(b.apply("b", "a", Forget, LIM), Ok(Outcome::Changed(2)));
         assert_eq!(b.apply("b", "a", Forget, LIM), Ok(Outcome::Unchanged));
+    }
+
+    #[test]
+    fn blockers_past_those_loaded_are_unknown_not_unblocked() {
+        let mut b = ContactRecord::default();
+        assert!(b.set_blocked_by("m", true, 2));
+        assert!(b.set_blocked_by("c", true, 2));
+        assert_eq!(
+            (b.blocked_by_state("x"), b.blockers_unloaded),
+            (Some(false), false)
+        );
+        // A third: noted in the store, not in memory.
+        assert!(b.set_blocked_by("a", true, 2));
+        assert_eq!(b.blocked_by, ["c", "m"]);
+        assert!(b.blockers_unloaded && b.has_blocks());
+        assert_eq!(b.blocked_by_state("m"), Some(true));
+        assert_eq!(b.blocked_by_state("a"), None);
+        assert_eq!(b.blocked_by_state("x"), None);
+        // Dropping one not loaded still writes (the store may hold it).
+        assert!(b.set_blocked_by("x", false, 2));
+        assert!(b.set_blocked_by("m", false, 2));
+        assert_eq!(b.blocked_by_state("m"), None, "others may still be stored");
+        // The flag is never stored.
+        assert!(b.header().blockers_unloaded);
+    }
+
+    #[test]
+    fn lookups_of_blockers_are_kept_until_a_note_and_bounded() {
+        let mut c: ContactCache<()> = ContactCache::default();
+        assert_eq!(c.wait("u", ()), Wait::Load);
+        let rec = ContactRecord {
+            blocked_by: vec!["b1".into()],
+            blockers_unloaded: true,
+            ..Default::default()
+        };
+        c.loaded("u", rec);
+        assert_eq!(c.with_blocks(), 1);
+        assert_eq!(c.known_blocker("u", "b1"), Some(true));
+        assert_eq!(c.known_blocker("u", "p"), None);
+        let mark = c.blocker_mark("u").unwrap();
+        c.checked("u", mark, &[("p".into(), false), ("q".into(), true)]);
+        assert_eq!(c.known_blocker("u", "p"), Some(false));
+        assert_eq!(c.known_blocker("u", "q"), Some(true));
+        // A note after the mark: an answer asked before it is not kept, and the note
+        // replaces what a lookup found for its peer.
+        let old = c.blocker_mark("u").unwrap();
+        assert_eq!(c.set_blocked_by("u", "p", true, 1), Some(true));
+        assert_eq!(c.known_blocker("u", "p"), None);
+        c.checked("u", old, &[("p".into(), false), ("r".into(), false)]);
+        assert_eq!(c.known_blocker("u", "p"), None);
+        assert_eq!(c.known_blocker("u", "r"), None);
+        let mark = c.blocker_mark("u").unwrap();
+        let many: Vec<(String, bool)> = (0..CHECKS_PER_LIST + 10)
+            .map(|i| (format!("n{i}"), false))
+            .collect();
+        c.checked("u", mark, &many);
+        assert_eq!(c.known_blocker("u", "n0"), None, "the oldest went");
+        assert_eq!(
+            c.known_blocker("u", &format!("n{}", CHECKS_PER_LIST + 9)),
+            Some(false)
+        );
+        assert_eq!(c.known_blocker("u", "q"), None);
     }
 
     #[test]
@@ -959,13 +1129,13 @@ mod tests {
         assert_eq!(c.wait("a", 3), Wait::Ready(3));
         // A late second answer does not replace the newer list.
         c.apply("a", "b", Block, LIM).unwrap().unwrap();
-        c.set_blocked_by("a", "x", true).unwrap();
+        c.set_blocked_by("a", "x", true, 8).unwrap();
         assert_eq!(c.with_blocks(), 1);
         assert!(c.loaded("a", ContactRecord::default()).is_empty());
         assert!(c.get("a").is_some_and(|r| r.blocks("b")));
-        c.set_blocked_by("a", "x", false).unwrap();
+        c.set_blocked_by("a", "x", false, 8).unwrap();
         assert_eq!(c.with_blocks(), 0);
-        c.set_blocked_by("a", "y", true).unwrap();
+        c.set_blocked_by("a", "y", true, 8).unwrap();
         c.forget("a");
         assert_eq!((c.with_blocks(), c.get("a")), (0, None));
         // A failed load hands its waiters back and loads again next time.
@@ -1072,12 +1242,16 @@ mod tests {
         assert_eq!(names(&s.upserts), ["p2", "p3"]);
         assert_eq!(s.removed, ["p1"]);
         // Blocked-by: the blockers that changed, in order, not the others.
-        c.set_blocked_by("a", "z", true).unwrap();
-        c.set_blocked_by("a", "y", true).unwrap();
+        c.set_blocked_by("a", "z", true, 8).unwrap();
+        c.set_blocked_by("a", "y", true, 8).unwrap();
         assert!(c.take_save("a").is_some());
-        c.set_blocked_by("a", "x", true).unwrap();
-        c.set_blocked_by("a", "y", false).unwrap();
-        assert_eq!(c.set_blocked_by("a", "y", false), Some(false), "no change");
+        c.set_blocked_by("a", "x", true, 8).unwrap();
+        c.set_blocked_by("a", "y", false, 8).unwrap();
+        assert_eq!(
+            c.set_blocked_by("a", "y", false, 8),
+            Some(false),
+            "no change"
+        );
         let s = c.take_save("a").unwrap();
         assert!(s.upserts.is_empty() && s.removed.is_empty());
         assert!(s.header.blocked_by.is_empty());

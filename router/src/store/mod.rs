@@ -493,7 +493,19 @@ pub(crate) enum Msg {
     },
     GetContacts {
         user: String,
+        max_blockers: usize,
         cb: Cb<contacts::ContactRecord>,
+    },
+    BlockersAmong {
+        user: String,
+        peers: Vec<String>,
+        cb: Cb<Vec<bool>>,
+    },
+    BlockersAfter {
+        user: String,
+        after: String,
+        limit: usize,
+        cb: Cb<Vec<String>>,
     },
     SaveContacts {
         user: String,
@@ -1181,14 +1193,50 @@ impl StoreHandle {
         })
     }
 
-    /// `user`'s contact list (an empty record, version 0, if it has none).
+    /// `user`'s contact list (an empty record, version 0, if it has none), with at
+    /// most `max_blockers` of the users that block it, the first by name (more stored:
+    /// [`ContactRecord::blockers_unloaded`](contacts::ContactRecord::blockers_unloaded)).
     pub fn get_contacts(
         &self,
         user: &str,
+        max_blockers: usize,
         cb: impl FnOnce(StoreResult<contacts::ContactRecord>) + Send + 'static,
     ) -> StoreResult<()> {
         self.send(Msg::GetContacts {
             user: user.to_owned(),
+            max_blockers,
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// For each of `peers`, whether it blocks `user` (one read a peer): for a list whose
+    /// blockers are not all loaded.
+    pub fn blockers_among(
+        &self,
+        user: &str,
+        peers: Vec<String>,
+        cb: impl FnOnce(StoreResult<Vec<bool>>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::BlockersAmong {
+            user: user.to_owned(),
+            peers,
+            cb: Cb::new(cb),
+        })
+    }
+
+    /// The users that block `user`, by name, after `after` (`""`: from the first), at
+    /// most `limit`: a page at a time, for a deletion that must tell them all.
+    pub fn blockers_after(
+        &self,
+        user: &str,
+        after: &str,
+        limit: usize,
+        cb: impl FnOnce(StoreResult<Vec<String>>) + Send + 'static,
+    ) -> StoreResult<()> {
+        self.send(Msg::BlockersAfter {
+            user: user.to_owned(),
+            after: after.to_owned(),
+            limit,
             cb: Cb::new(cb),
         })
     }

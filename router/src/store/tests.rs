@@ -1083,14 +1083,16 @@ fn contact_entries_and_blockers_are_keys_written_by_change_and_moved_from_old_re
         db.persist(fjall::PersistMode::SyncAll).unwrap();
     }
     let h = open(dir.path(), Durability::Memory);
-    let got = call(|cb| h.get_contacts("al", cb)).unwrap();
+    let got = call(|cb| h.get_contacts("al", usize::MAX, cb)).unwrap();
     assert_eq!((got.version, got.last_seen_us), (2, 5));
     assert_eq!(got.blocked_by, ["bad1", "bad2"]);
     assert_eq!(
-        call(|cb| h.get_contacts("al4", cb)).unwrap().blocked_by,
+        call(|cb| h.get_contacts("al4", usize::MAX, cb))
+            .unwrap()
+            .blocked_by,
         ["bad3"]
     );
-    let zz = call(|cb| h.get_contacts("zz", cb)).unwrap();
+    let zz = call(|cb| h.get_contacts("zz", usize::MAX, cb)).unwrap();
     assert_eq!(
         (zz.version, zz.entries.clone(), zz.blocked_by.clone()),
         (
@@ -1099,14 +1101,16 @@ fn contact_entries_and_blockers_are_keys_written_by_change_and_moved_from_old_re
             vec!["bad".into(), "keyed".into()]
         )
     );
-    let yy = call(|cb| h.get_contacts("yy", cb)).unwrap();
+    let yy = call(|cb| h.get_contacts("yy", usize::MAX, cb)).unwrap();
     assert_eq!(
         (yy.entries.clone(), yy.blocked_by.clone()),
         (vec![entry("cy", 1, 1)], vec!["keyed".into()])
     );
     // The damaged entry is left out, not the list.
     assert_eq!(
-        call(|cb| h.get_contacts("al3", cb)).unwrap().entries,
+        call(|cb| h.get_contacts("al3", usize::MAX, cb))
+            .unwrap()
+            .entries,
         vec![entry("ok", 1, 1)]
     );
     assert_eq!(got.entries, vec![entry("bo", 1, 1), entry("cy", 3, 2)]);
@@ -1125,7 +1129,7 @@ fn contact_entries_and_blockers_are_keys_written_by_change_and_moved_from_old_re
         replace: false,
     };
     call(|cb| h.save_contacts("al", save, cb)).unwrap();
-    let got = call(|cb| h.get_contacts("al", cb)).unwrap();
+    let got = call(|cb| h.get_contacts("al", usize::MAX, cb)).unwrap();
     assert_eq!(
         (got.version, got.floor, got.blocked_by.clone()),
         (3, 1, vec!["bad2".into(), "yan".into(), "zed".into()])
@@ -1141,7 +1145,9 @@ fn contact_entries_and_blockers_are_keys_written_by_change_and_moved_from_old_re
     };
     call(|cb| h.save_contacts("al", again, cb)).unwrap();
     assert_eq!(
-        call(|cb| h.get_contacts("al", cb)).unwrap().entries,
+        call(|cb| h.get_contacts("al", usize::MAX, cb))
+            .unwrap()
+            .entries,
         vec![entry("cy", 1, 4), entry("dee", 4, 3)]
     );
     // A whole list replaces every entry; a name that extends another user's is not its.
@@ -1152,19 +1158,21 @@ fn contact_entries_and_blockers_are_keys_written_by_change_and_moved_from_old_re
         ..Default::default()
     };
     call(|cb| h.put_contacts("al", whole.clone(), cb)).unwrap();
-    assert_eq!(call(|cb| h.get_contacts("al", cb)), Ok(whole));
+    assert_eq!(call(|cb| h.get_contacts("al", usize::MAX, cb)), Ok(whole));
     assert_eq!(
-        call(|cb| h.get_contacts("al2", cb)).unwrap().entries,
+        call(|cb| h.get_contacts("al2", usize::MAX, cb))
+            .unwrap()
+            .entries,
         got.entries
     );
     // The account's deletion takes its entries.
     call(|cb| h.register("al", "pw", cb)).unwrap();
     call(|cb| h.delete_account("al", cb)).unwrap();
     assert_eq!(
-        call(|cb| h.get_contacts("al", cb)),
+        call(|cb| h.get_contacts("al", usize::MAX, cb)),
         Ok(ContactRecord::default())
     );
-    assert!(call(|cb| h.get_contacts("broken", cb)).is_err());
+    assert!(call(|cb| h.get_contacts("broken", usize::MAX, cb)).is_err());
     h.shutdown().unwrap();
     drop(h);
     // No record keeps its entries or blockers inline; al's keys are gone, al2's and
@@ -1200,7 +1208,7 @@ fn contacts_get_put_survive_reopen_and_go_with_the_account() {
     {
         let h = open(dir.path(), Durability::Sync);
         assert_eq!(
-            call(|cb| h.get_contacts("alice", cb)),
+            call(|cb| h.get_contacts("alice", usize::MAX, cb)),
             Ok(ContactRecord::default())
         );
         assert_eq!(call(|cb| h.put_contacts("alice", rec.clone(), cb)), Ok(()));
@@ -1208,7 +1216,10 @@ fn contacts_get_put_survive_reopen_and_go_with_the_account() {
         h.shutdown().unwrap();
     }
     let h = open(dir.path(), Durability::Sync);
-    assert_eq!(call(|cb| h.get_contacts("alice", cb)), Ok(rec.clone()));
+    assert_eq!(
+        call(|cb| h.get_contacts("alice", usize::MAX, cb)),
+        Ok(rec.clone())
+    );
     // A room named like the key prefix does not collide with it.
     assert_eq!(call(|cb| h.get_room("ctc:alice", cb)), Ok(None));
     assert_eq!(
@@ -1217,7 +1228,7 @@ fn contacts_get_put_survive_reopen_and_go_with_the_account() {
     );
     assert_eq!(call(|cb| h.delete_account("alice", cb)), Ok(()));
     assert_eq!(
-        call(|cb| h.get_contacts("alice", cb)),
+        call(|cb| h.get_contacts("alice", usize::MAX, cb)),
         Ok(ContactRecord::default())
     );
 }
@@ -1242,7 +1253,7 @@ fn a_blocker_noted_alone_changes_one_key_and_leaves_the_list() {
     call(|cb| h.note_blocker("vic", "b2", true, cb)).unwrap();
     // A user with no list yet: its blocker is kept all the same.
     call(|cb| h.note_blocker("new", "b1", true, cb)).unwrap();
-    let got = call(|cb| h.get_contacts("vic", cb)).unwrap();
+    let got = call(|cb| h.get_contacts("vic", usize::MAX, cb)).unwrap();
     assert_eq!(got.blocked_by, ["b1", "b2"]);
     assert_eq!(
         (got.version, got.entries.clone(), got.last_seen_us),
@@ -1250,15 +1261,75 @@ fn a_blocker_noted_alone_changes_one_key_and_leaves_the_list() {
     );
     call(|cb| h.note_blocker("vic", "b1", false, cb)).unwrap();
     assert_eq!(
-        call(|cb| h.get_contacts("vic", cb)).unwrap().blocked_by,
+        call(|cb| h.get_contacts("vic", usize::MAX, cb))
+            .unwrap()
+            .blocked_by,
         ["b2"]
     );
     assert_eq!(
-        call(|cb| h.get_contacts("new", cb)).unwrap().blocked_by,
+        call(|cb| h.get_contacts("new", usize::MAX, cb))
+            .unwrap()
+            .blocked_by,
         ["b1"]
     );
     // Names are checked like any other.
     assert!(call(|cb| h.note_blocker("vic", "bad name\n", true, cb)).is_err());
+}
+
+/// A list is loaded with at most the blockers asked for, the first by name, and says
+/// there are more; the rest are read one by one or a page at a time, and a whole write
+/// of the list leaves the ones it did not load.
+#[test]
+fn blockers_past_those_loaded_are_read_on_demand_and_kept_by_whole_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(dir.path(), Durability::Memory);
+    for b in ["b3", "b1", "b5", "b2", "b4"] {
+        call(|cb| h.note_blocker("vic", b, true, cb)).unwrap();
+    }
+    // A name that sorts right after a blocker's prefix: not one of vic's.
+    call(|cb| h.note_blocker("vic2", "b0", true, cb)).unwrap();
+    let got = call(|cb| h.get_contacts("vic", 2, cb)).unwrap();
+    assert_eq!(
+        (got.blocked_by.clone(), got.blockers_unloaded),
+        (vec!["b1".to_owned(), "b2".into()], true)
+    );
+    let all = call(|cb| h.get_contacts("vic", 5, cb)).unwrap();
+    assert_eq!((all.blocked_by.len(), all.blockers_unloaded), (5, false));
+    let peers = vec!["b5".to_owned(), "b0".into(), "b1".into(), "zz".into()];
+    assert_eq!(
+        call(|cb| h.blockers_among("vic", peers, cb)),
+        Ok(vec![true, false, true, false])
+    );
+    assert_eq!(
+        call(|cb| h.blockers_after("vic", "", 2, cb)),
+        Ok(vec!["b1".to_owned(), "b2".into()])
+    );
+    assert_eq!(
+        call(|cb| h.blockers_after("vic", "b2", 2, cb)),
+        Ok(vec!["b3".to_owned(), "b4".into()])
+    );
+    assert_eq!(
+        call(|cb| h.blockers_after("vic", "b4", 2, cb)),
+        Ok(vec!["b5".to_owned()])
+    );
+    assert_eq!(call(|cb| h.blockers_after("vic", "b5", 2, cb)), Ok(vec![]));
+    // A whole write of the partly loaded list keeps b3..b5; the flag is not stored.
+    call(|cb| h.put_contacts("vic", got.clone(), cb)).unwrap();
+    let again = call(|cb| h.get_contacts("vic", usize::MAX, cb)).unwrap();
+    assert_eq!(
+        (again.blocked_by.len(), again.blockers_unloaded),
+        (5, false)
+    );
+    // One of all of them drops what it does not name.
+    let mut fewer = all.clone();
+    fewer.blocked_by.retain(|b| b != "b4");
+    call(|cb| h.put_contacts("vic", fewer, cb)).unwrap();
+    assert_eq!(
+        call(|cb| h.get_contacts("vic", usize::MAX, cb))
+            .unwrap()
+            .blocked_by,
+        ["b1", "b2", "b3", "b5"]
+    );
 }
 
 /// fjall seals a memtable past its size on its one worker thread, and holds writes back

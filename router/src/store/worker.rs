@@ -1098,8 +1098,25 @@ impl Worker {
                 let r = self.put_room(record);
                 self.done(cb, r, true);
             }
-            Msg::GetContacts { user, cb } => {
-                let r = self.get_contacts(&user);
+            Msg::GetContacts {
+                user,
+                max_blockers,
+                cb,
+            } => {
+                let r = self.get_contacts(&user, max_blockers);
+                self.done(cb, r, false);
+            }
+            Msg::BlockersAmong { user, peers, cb } => {
+                let r = self.blockers_among(&user, &peers);
+                self.done(cb, r, false);
+            }
+            Msg::BlockersAfter {
+                user,
+                after,
+                limit,
+                cb,
+            } => {
+                let r = self.blockers_after(&user, &after, limit);
                 self.done(cb, r, false);
             }
             Msg::SaveContacts { user, save, cb } => {
@@ -1913,7 +1930,7 @@ impl Worker {
         Ok(())
     }
 
-    fn get_contacts(&mut self, user: &str) -> StoreResult<ContactRecord> {
+    fn get_contacts(&mut self, user: &str, max_blockers: usize) -> StoreResult<ContactRecord> {
         validate_name("user", user)?;
         self.commit()?;
         let mut rec = match self.dbs.rooms.get(prefixed(CONTACTS_PREFIX, user))? {
@@ -1942,18 +1959,68 @@ impl Worker {
             }
         }
         // Blockers: keys of their own (an older record may still hold some inline, until
-        // the open-time move).
+        // the open-time move), the first `max_blockers` by name: a user blocked by a
+        // million loaded them all at every login.
+        let (blockers, more) = self.blockers_page(user, "", max_blockers)?;
+        rec.blocked_by.extend(blockers);
+        rec.blocked_by.sort_unstable();
+        rec.blocked_by.dedup();
+        rec.blockers_unloaded = more || rec.blocked_by.len() > max_blockers;
+        rec.blocked_by.truncate(max_blockers);
+        Ok(rec)
+    }
+
+    /// Up to `limit` users that block `user`, by name, after `after`, and whether
+    /// there are more.
+    fn blockers_page(
+        &mut self,
+        user: &str,
+        after: &str,
+        limit: usize,
+    ) -> StoreResult<(Vec<String>, bool)> {
         let prefix = contact_blocker_key(user, "");
-        for g in self.dbs.rooms.prefix(&prefix) {
+        let from = contact_blocker_key(user, after);
+        let mut out = Vec::new();
+        let mut more = false;
+        for g in self.dbs.rooms.range(from..) {
             let (k, _) = g.into_inner()?;
-            match std::str::from_utf8(&k[prefix.len()..]) {
-                Ok(blocker) => rec.blocked_by.push(blocker.to_owned()),
+            let Some(name) = k.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            if name == after.as_bytes() {
+                continue;
+            }
+            if out.len() >= limit {
+                more = true;
+                break;
+            }
+            match std::str::from_utf8(name) {
+                Ok(blocker) => out.push(blocker.to_owned()),
                 Err(_) => tracing::warn!("contact blocker {k:?} left out: not UTF-8"),
             }
         }
-        rec.blocked_by.sort_unstable();
-        rec.blocked_by.dedup();
-        Ok(rec)
+        Ok((out, more))
+    }
+
+    fn blockers_among(&mut self, user: &str, peers: &[String]) -> StoreResult<Vec<bool>> {
+        validate_name("user", user)?;
+        self.commit()?;
+        let mut out = Vec::with_capacity(peers.len());
+        for p in peers {
+            out.push(self.dbs.rooms.contains_key(contact_blocker_key(user, p))?);
+        }
+        Ok(out)
+    }
+
+    fn blockers_after(
+        &mut self,
+        user: &str,
+        after: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        validate_name("user", user)?;
+        self.commit()?;
+        Ok(self.blockers_page(user, after, limit)?.0)
     }
 
     /// Writes a change of `user`'s contact list: its fields, and the entries it names.
@@ -1998,7 +2065,11 @@ impl Worker {
                 )
                 .collect();
             let mut stored = self.keys_under(&contact_entry_key(user, ""))?;
-            stored.extend(self.keys_under(&contact_blocker_key(user, ""))?);
+            // A list with blockers it did not load cannot say which stored ones are
+            // stale: they stay (a drop lost with a failed write stays lost).
+            if !header.blockers_unloaded {
+                stored.extend(self.keys_under(&contact_blocker_key(user, ""))?);
+            }
             for k in stored {
                 if !kept.contains(&k) {
                     self.ops.push(Op::Del(Ks::Rooms, k));
@@ -2022,6 +2093,7 @@ impl Worker {
             self.ops.push(Op::Put(Ks::Rooms, key, value));
         }
         header.entries.clear();
+        header.blockers_unloaded = false;
         self.ops.push(Op::Put(
             Ks::Rooms,
             prefixed(CONTACTS_PREFIX, user),

@@ -13,6 +13,8 @@ use ringrouter_proto::v1::{
 };
 use ringrouter_tests::{client_frame_bytes, users_on_shards, Driver, RouterProc, T};
 
+use crate::bounds::metric_sum;
+
 const SHORT: Duration = Duration::from_millis(300);
 
 /// The next contact event (messages and other events are skipped).
@@ -522,4 +524,94 @@ fn pipelined_requests_and_withdrawals_apply_in_order() {
     assert_eq!((la.outgoing.len(), la.accepted.len()), (0, 0), "{la:?}");
     let lb = r.client(b).contacts().unwrap();
     assert_eq!((lb.incoming.len(), lb.accepted.len()), (0, 0), "{lb:?}");
+}
+
+/// A user blocked by more users than `--max-loaded-blockers` keeps only that many in
+/// memory with its list, and every block holds all the same: its DMs, receipts and
+/// room adds to the others are checked in the store (a peer once), a DM to a user that
+/// does not block it goes through, and an unblock of one not loaded lets it write to
+/// that one again. Loaded afresh (a restart) the list holds the first by name; deleting
+/// the account tells every blocker, not only those loaded.
+#[test]
+fn blocks_past_the_loaded_blockers_hold() {
+    let dir = tempfile::tempdir().expect("a data dir");
+    let data = dir.path().to_str().expect("a UTF-8 path");
+    let args = [
+        "--shards",
+        "2",
+        "--max-loaded-blockers",
+        "3",
+        "--data-dir",
+        data,
+    ];
+    let blockers: Vec<String> = (0..8).map(|i| format!("mlb-b{i}")).collect();
+    let refused = |spam: &mut Client, pass: &str| {
+        for b in &blockers {
+            assert_eq!(
+                code(spam.send_wait(b, b"x")),
+                Status::Forbidden,
+                "{pass}: DM to {b}"
+            );
+        }
+        assert_eq!(
+            code(spam.mark_read(Target::User(&blockers[7]), 1)),
+            Status::Forbidden,
+            "{pass}: receipt"
+        );
+        assert_eq!(
+            code(spam.create_room_with(&format!("mlb-{pass}"), None, &[&blockers[6]])),
+            Status::Forbidden,
+            "{pass}: a room with a blocker"
+        );
+    };
+    {
+        let r = RouterProc::start(&args);
+        let mut spam = r.client("mlb-spam");
+        for b in &blockers {
+            r.client(b).block("mlb-spam").expect("block");
+        }
+        // Noted while its list is loaded: 3 in memory, 5 past them.
+        refused(&mut spam, "live");
+        // (The shards publish their counters every tick, at most 100 ms.)
+        let lookups = |r: &RouterProc| {
+            std::thread::sleep(SHORT);
+            metric_sum(&r.metrics(), "ringrouter_blocker_lookups_total")
+        };
+        let first = lookups(&r);
+        assert!(first >= 5.0, "{first} lookups");
+        // A peer's answer is kept: asked again, no read.
+        refused(&mut spam, "again");
+        assert_eq!(lookups(&r), first);
+        drop(spam);
+        // Stopped cleanly: the store keeps every note.
+        let (status, _) = r.terminate(Duration::from_secs(20));
+        assert_eq!(status, Some(0));
+    }
+    let r = RouterProc::start(&args);
+    let mut spam = r.client("mlb-spam");
+    refused(&mut spam, "loaded");
+    let mut pal = r.client("mlb-pal");
+    spam.send_wait("mlb-pal", b"hi")
+        .expect("a DM to a user that does not block it");
+    assert_eq!(&pal.recv(Some(T)).unwrap().unwrap().payload[..], b"hi");
+    spam.create_room_with("mlb-room", None, &["mlb-pal"])
+        .expect("a room with a user that does not block it");
+    // mlb-b7 is past the three loaded (b0..b2, the first by name).
+    r.client("mlb-b7").unblock("mlb-spam").expect("unblock");
+    spam.send_wait("mlb-b7", b"after the unblock")
+        .expect("a DM after the unblock");
+    assert_eq!(code(spam.send_wait("mlb-b6", b"x")), Status::Forbidden);
+    spam.delete_account().expect("delete");
+    // (Each blocker's list is changed on its home shard, after the deletion began.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for b in &blockers[..7] {
+        let mut c = r.client(b);
+        while !c.contacts().unwrap().blocked.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{b} still lists the deleted user"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }

@@ -92,6 +92,8 @@ impl Msg {
             | Msg::UserExists { user, .. }
             | Msg::DeleteAccount { user, .. }
             | Msg::GetContacts { user, .. }
+            | Msg::BlockersAmong { user, .. }
+            | Msg::BlockersAfter { user, .. }
             | Msg::SaveContacts { user, .. }
             | Msg::NoteBlocker { user, .. }
             | Msg::RoomsOf { user, .. }

@@ -1,0 +1,118 @@
+//! Blockers past those loaded (`--max-loaded-blockers`).
+//!
+//! A user's list notes who blocks it, so that its direct messages, receipts and room
+//! adds are refused where they start ([`Shard::dm_refusal`]). Those notes grow with the
+//! users that block one user (a spammer blocked by a million), and were all loaded with
+//! its list at every login. Now at most `--max-loaded-blockers` are, the first by name;
+//! a list with more is marked
+//! ([`ContactRecord::blockers_unloaded`](crate::store::contacts::ContactRecord::blockers_unloaded)).
+//!
+//! For such a user a frame that writes to a peer the loaded notes cannot answer for
+//! waits, before it is handled ([`Shard::blockers_known`], called by `on_frame`): the
+//! store is asked about the peers it names (one key each), the session's reader waits
+//! for the answer (as for a big answer: acks are still read ahead), and the frame is
+//! handled again with the answer (`Flow::Again`). The answers are kept with the list
+//! ([`CHECKS_PER_LIST`](crate::store::contacts::CHECKS_PER_LIST), the latest), so a
+//! conversation reads the store once; a block or unblock of a peer replaces its
+//! answer, and an answer asked before a block was noted is not kept. A frame waits at
+//! most once: handled again, what is still unknown (a failed read) is refused
+//! UNAVAILABLE.
+//!
+//! Checks that the peer's own list makes again on its home shard (a contact request, a
+//! presence query) use the loaded notes only.
+
+use super::session::SessionKey;
+use super::Shard;
+
+/// What a lookup found: `(peer, blocks)`, sorted by peer.
+pub type Found = Vec<(String, bool)>;
+
+impl Shard {
+    /// Before session `key`'s next frame is handled: what the lookup it waited for found
+    /// becomes the frame's (see [`Shard::blockers_known`]).
+    pub(crate) fn take_blocker_answer(&mut self, key: SessionKey) {
+        if self.blocker_answers.is_empty() {
+            return;
+        }
+        let Some(id) = self.session_id(key) else {
+            return;
+        };
+        if let Some(i) = self.blocker_answers.iter().position(|(s, _)| *s == id) {
+            self.looked_up = Some(self.blocker_answers.swap_remove(i).1);
+        }
+    }
+
+    /// Whether `peer` blocks `user` (homed here, list loaded), as far as this shard
+    /// knows without the store: the blockers loaded, the lookups kept with the list,
+    /// and what the frame being handled waited for.
+    pub(crate) fn known_blocker(&self, user: &str, peer: &str) -> Option<bool> {
+        self.contacts.known_blocker(user, peer).or_else(|| {
+            let found = self.looked_up.as_ref()?;
+            let i = found.binary_search_by(|(p, _)| p.as_str().cmp(peer)).ok()?;
+            Some(found[i].1)
+        })
+    }
+
+    /// Before session `key`'s frame that writes to `peers` is handled: true if it may be
+    /// handled now. False if its user's list cannot say whether some of them block it:
+    /// those are read from the store, the session's reader waits for the answer, and
+    /// the frame is to be handled again then (see the module's notes).
+    pub(crate) fn blockers_known<'a>(
+        &mut self,
+        key: SessionKey,
+        peers: impl Iterator<Item = &'a [u8]>,
+    ) -> bool {
+        if self.looked_up.is_some() {
+            // Handled again after its lookup.
+            return true;
+        }
+        let (Some(id), Some(s)) = (self.session_id(key), self.sessions.get(key)) else {
+            return true;
+        };
+        let Ok(user) = std::str::from_utf8(&s.user) else {
+            return true;
+        };
+        if self.contacts.get(user).is_none_or(|r| !r.blockers_unloaded) {
+            return true;
+        }
+        let mut unknown: Vec<String> = peers
+            .filter_map(|p| std::str::from_utf8(p).ok())
+            .filter(|&p| p != user && self.contacts.known_blocker(user, p).is_none())
+            .map(str::to_owned)
+            .collect();
+        if unknown.is_empty() {
+            return true;
+        }
+        unknown.sort_unstable();
+        unknown.dedup();
+        let user = user.to_owned();
+        let mark = self.contacts.blocker_mark(&user);
+        self.counters.blocker_lookups += unknown.len() as u64;
+        self.big_answer_begun(key);
+        let asked = unknown.clone();
+        let u = user.clone();
+        self.store_req(
+            move |st, cb| st.blockers_among(&u, asked, cb),
+            move |sh, r| {
+                let found: Found = match r {
+                    Ok(blocks) => unknown.into_iter().zip(blocks).collect(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading a user's blockers failed");
+                        Vec::new()
+                    }
+                };
+                if let Some(mark) = mark {
+                    sh.contacts.checked(&user, mark, &found);
+                }
+                let mut answers = std::mem::take(&mut sh.blocker_answers);
+                answers.retain(|(s, _)| sh.resolve(*s).is_some());
+                if sh.resolve(id).is_some() {
+                    answers.push((id, found));
+                }
+                sh.blocker_answers = answers;
+                sh.big_answer_queued(id);
+            },
+        );
+        false
+    }
+}
