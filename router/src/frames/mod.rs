@@ -79,46 +79,6 @@ impl Shard {
                 return Flow::Continue;
             }
         }
-        // A user blocked by more than its list loaded: the frame's peers first
-        // (`shard::blocks`; one look at a counter on other shards).
-        if self.contacts.with_blocks() != 0 {
-            self.take_blocker_answer(key);
-            let known = match &frame {
-                Inbound::Send(v) => self.blockers_known(
-                    key,
-                    std::iter::once(&v.to_user[..]).filter(|u| !u.is_empty()),
-                ),
-                Inbound::Other(Kind::MarkRead(m)) if !m.to_user.is_empty() => {
-                    self.blockers_known(key, std::iter::once(m.to_user.as_bytes()))
-                }
-                Inbound::Other(Kind::CreateRoom(c)) => {
-                    self.blockers_known(key, c.members.iter().map(|m| m.as_bytes()))
-                }
-                Inbound::Other(Kind::AddMember(a)) => {
-                    self.blockers_known(key, std::iter::once(a.user.as_bytes()))
-                }
-                _ => true,
-            };
-            if !known {
-                return Flow::Again;
-            }
-            let flow = self.on_frame_now(key, frame, ts_us, known_home, blocked);
-            self.looked_up = None;
-            return flow;
-        }
-        self.on_frame_now(key, frame, ts_us, known_home, blocked)
-    }
-
-    /// [`Shard::on_frame`] once the frame may be handled.
-    #[inline]
-    fn on_frame_now(
-        &mut self,
-        key: SessionKey,
-        frame: Inbound,
-        ts_us: u64,
-        known_home: Option<usize>,
-        blocked: &mut Vec<SessionKey>,
-    ) -> Flow {
         match frame {
             Inbound::Send(v) => {
                 self.sender = Some(key);
@@ -196,15 +156,23 @@ impl Shard {
                 | Kind::ListRooms(_)
                 | Kind::RoomInfo(_)),
             ) => {
-                self.on_room_request(key, k);
-                Flow::Continue
+                let flow = self.on_room_request(key, k);
+                self.looked_up = None;
+                flow
             }
             Inbound::Other(Kind::DeleteAccount(d)) => {
                 self.on_delete_account(key, d.request_id);
                 Flow::Continue
             }
             Inbound::Other(Kind::MarkRead(m)) => {
+                if !m.to_user.is_empty()
+                    && self.dm_gate()
+                    && !self.blockers_known(key, std::iter::once(m.to_user.as_bytes()))
+                {
+                    return Flow::Again;
+                }
                 self.on_mark_read(key, m, ts_us);
+                self.looked_up = None;
                 Flow::Continue
             }
             Inbound::Other(Kind::ListUsers(l)) => {

@@ -13,15 +13,15 @@ use ringrouter_proto::Status;
 use crate::shard::mail::{RoomOp, RoomReq, CODE_MARK};
 use crate::shard::rooms::{check_join_code, OwnItem};
 use crate::shard::store_link::store_status;
-use crate::shard::{Mail, SessionId, SessionKey, Shard};
+use crate::shard::{Flow, Mail, SessionId, SessionKey, Shard};
 use crate::store::MAX_PASSWORD_BYTES;
 
 impl Shard {
     /// A room request from session `key` (CreateRoom .. ListRooms).
-    pub fn on_room_request(&mut self, key: SessionKey, kind: client_frame::Kind) {
+    pub fn on_room_request(&mut self, key: SessionKey, kind: client_frame::Kind) -> Flow {
         use client_frame::Kind;
         let Some(from) = self.session_id(key) else {
-            return;
+            return Flow::Continue;
         };
         let user = String::from_utf8_lossy(&self.sessions[key].user).into_owned();
         let (request_id, mut op) = match kind {
@@ -61,9 +61,9 @@ impl Shard {
                 // Up to every room of the user, each with its name: a big answer, and a
                 // page read (a scan of up to --max-rooms-per-user keys).
                 self.list_rooms(key, from, l.request_id, user);
-                return;
+                return Flow::Continue;
             }
-            _ => return,
+            _ => return Flow::Continue,
         };
         if let RoomOp::Create { members, .. } = &mut op {
             // The owner is a member anyway; each name once.
@@ -90,7 +90,10 @@ impl Shard {
         };
         let refused = match bad {
             Some(reason) => Some((Status::BadRequest, reason)),
-            None => self.add_refusal(&user, &op),
+            None => match self.add_refusal(key, &user, &op) {
+                Ok(refused) => refused,
+                Err(()) => return Flow::Again,
+            },
         };
         if let Some((status, reason)) = refused {
             self.counters.reject(status);
@@ -98,7 +101,7 @@ impl Shard {
                 key,
                 &reply::room_result(request_id, status, &reason, op.key(), ""),
             );
-            return;
+            return Flow::Continue;
         }
         let mut inflight = self.request_in_flight(from);
         if let (RoomOp::Info { .. }, Some(f)) = (&op, &mut inflight) {
@@ -127,6 +130,7 @@ impl Shard {
             let home = self.home(req.op.key().as_bytes());
             self.post(home, Mail::Room(Box::new(req)));
         }
+        Flow::Continue
     }
 
     /// Why `user` (homed here, live) may not add the users `op` adds (a CreateRoom's
@@ -137,26 +141,29 @@ impl Shard {
     /// accepted contact, refuses it FORBIDDEN, named (as a direct message is refused:
     /// `Shard::dm_refusal`, from `user`'s loaded list, no store read); before, a blocked
     /// user put its blocker into rooms and wrote to it there.
-    fn add_refusal(&mut self, user: &str, op: &RoomOp) -> Option<(Status, String)> {
+    ///
+    /// The allowance is looked at first, and taken last: a frame it refuses reads no
+    /// blocks from the store, and one refused FORBIDDEN takes nothing. `Err(())` when the
+    /// blocks of users it adds must be read from the store first (`shard::blocks`): the
+    /// frame waits and is handled again.
+    fn add_refusal(
+        &mut self,
+        key: SessionKey,
+        user: &str,
+        op: &RoomOp,
+    ) -> Result<Option<(Status, String)>, ()> {
         let added: &[String] = match op {
             RoomOp::Create { members, .. } => members,
             RoomOp::Add { user: target, .. } => std::slice::from_ref(target),
-            _ => return None,
+            _ => return Ok(None),
         };
-        if self.dm_gate() {
-            for m in added {
-                if let Some((status, reason)) = self.dm_refusal(user.as_bytes(), m.as_bytes()) {
-                    return Some((status, format!("{reason}: {m}")));
-                }
-            }
-        }
         let per_minute = self.cfg.max_member_adds_per_minute;
-        match self
+        let now = Instant::now();
+        if let Err(wait) = self
             .add_rate
-            .take(user.as_bytes(), added.len(), per_minute, Instant::now())
+            .check(user.as_bytes(), added.len(), per_minute, now)
         {
-            Ok(()) => None,
-            Err(wait) => Some((
+            return Ok(Some((
                 Status::RateLimited,
                 format!(
                     "adding members too fast: {per_minute} a minute \
@@ -164,8 +171,23 @@ impl Shard {
                     added.len(),
                     wait.as_millis()
                 ),
-            )),
+            )));
         }
+        if self.dm_gate() {
+            if !self.blockers_known(key, added.iter().map(|m| m.as_bytes())) {
+                return Err(());
+            }
+            for m in added {
+                if let Some((status, reason)) = self.dm_refusal(user.as_bytes(), m.as_bytes()) {
+                    return Ok(Some((status, format!("{reason}: {m}"))));
+                }
+            }
+        }
+        // (Checked above: it has them.)
+        let _ = self
+            .add_rate
+            .take(user.as_bytes(), added.len(), per_minute, now);
+        Ok(None)
     }
 
     /// ListRooms: the rooms the user is in.

@@ -43,6 +43,8 @@ impl Shard {
                 // Its resume point is taken already: the client sends it again.
                 return Flow::Continue;
             }
+            // (Given back if the Send waits for a lookup of blockers.)
+            self.seq_taken_before = s.client_seq_taken;
             if !Shard::take_client_seq(s, v.client_seq) {
                 self.counters.duplicate_sends += 1;
                 if v.want_result {
@@ -52,8 +54,7 @@ impl Shard {
                 return Flow::Continue;
             }
         }
-        self.route_send(key, v, ts_us, known_home, blocked);
-        Flow::Continue
+        self.route_send(key, v, ts_us, known_home, blocked)
     }
 
     fn route_send(
@@ -63,7 +64,7 @@ impl Shard {
         ts_us: u64,
         known_home: Option<usize>,
         blocked: &mut Vec<SessionKey>,
-    ) {
+    ) -> Flow {
         self.counters.msgs_in += 1;
         let reject = if !v.to_room.is_empty() && !v.to_user.is_empty() {
             Some((
@@ -90,10 +91,10 @@ impl Shard {
                 reply::error(status, reason, v.request_id)
             };
             self.push_frame(key, &f);
-            return;
+            return Flow::Continue;
         }
         if !self.sessions.contains(key) {
-            return;
+            return Flow::Continue;
         }
         let msg_id = if v.msg_id != 0 {
             v.msg_id
@@ -101,7 +102,18 @@ impl Shard {
             self.next_msg_id()
         };
         if self.dm_gate() && !v.to_user.is_empty() {
-            if let Some((status, reason)) = self.dm_refusal(&self.sessions[key].user, &v.to_user) {
+            if !self.blockers_known(key, std::iter::once(&v.to_user[..])) {
+                // Handled again once looked up, counted then, its client_seq taken then
+                // (`shard::blocks`).
+                self.counters.msgs_in -= 1;
+                if v.client_seq != 0 {
+                    self.sessions[key].client_seq_taken = self.seq_taken_before;
+                }
+                return Flow::Again;
+            }
+            let refusal = self.dm_refusal(&self.sessions[key].user, &v.to_user);
+            self.looked_up = None;
+            if let Some((status, reason)) = refusal {
                 self.counters.reject(status);
                 let f = if v.want_result {
                     reply::send_result(v.request_id, status, reason, msg_id)
@@ -109,7 +121,7 @@ impl Shard {
                     reply::error(status, reason, v.request_id)
                 };
                 self.push_frame(key, &f);
-                return;
+                return Flow::Continue;
             }
         }
         // `chunk_payload` counts the payloads that stay slices of their read chunk
@@ -122,12 +134,12 @@ impl Shard {
         // its payloads: those count).
         if v.ephemeral {
             self.send_ephemeral(key, v, msg_id, ts_us);
-            return;
+            return Flow::Continue;
         }
         if !v.to_room.is_empty() {
             self.chunk_payload += v.payload.len();
             self.send_to_room(key, v, msg_id, ts_us, Live::No);
-            return;
+            return Flow::Continue;
         }
         if self.social.multi_device > 0 {
             self.copy_to_own_devices(key, &v.to_user, &v.payload, msg_id, ts_us);
@@ -148,7 +160,7 @@ impl Shard {
             if self.journaled() {
                 self.sessions[key].user = from_user;
                 let Some(sender) = self.session_id(key) else {
-                    return;
+                    return Flow::Continue;
                 };
                 let msg = OwnedMsg {
                     from_user: self.sessions[key].user.clone(),
@@ -159,7 +171,7 @@ impl Shard {
                 };
                 let reply = v.want_result.then_some((sender, v.request_id));
                 self.journal(v.to_user.to_bytes(), msg, reply.into(), sender, None);
-                return;
+                return Flow::Continue;
             }
             let m = Outgoing {
                 from_user: &from_user,
@@ -194,7 +206,7 @@ impl Shard {
             }
         } else {
             let Some(sender) = self.session_id(key) else {
-                return;
+                return Flow::Continue;
             };
             let reply = v.want_result.then_some((sender, v.request_id));
             // (Kept by the home shard if its user has a session or history is on.)
@@ -228,5 +240,6 @@ impl Shard {
                 }),
             );
         }
+        Flow::Continue
     }
 }

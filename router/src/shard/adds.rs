@@ -58,17 +58,7 @@ impl AddRate {
             return Ok(());
         }
         let per_minute = per_minute.max(1);
-        let cap = f64::from(per_minute);
-        let tokens = self
-            .buckets
-            .get(user)
-            .map_or(cap, |b| refilled(b, per_minute, now));
-        // More than a full bucket: let through once full.
-        let need = (n as f64).min(cap);
-        if tokens < need {
-            let wait = (need - tokens) * 60.0 / cap;
-            return Err(Duration::from_secs_f64(wait));
-        }
+        let tokens = self.check(user, n, per_minute, now)?;
         let b = Bucket {
             tokens: tokens - n as f64,
             at: now,
@@ -83,6 +73,30 @@ impl AddRate {
             }
         }
         Ok(())
+    }
+
+    /// `user`'s tokens at `now` if they allow `n` adds (see [`AddRate::take`]), else how
+    /// long until they would; nothing taken.
+    pub fn check(
+        &self,
+        user: &[u8],
+        n: usize,
+        per_minute: u32,
+        now: Instant,
+    ) -> Result<f64, Duration> {
+        let per_minute = per_minute.max(1);
+        let cap = f64::from(per_minute);
+        let tokens = self
+            .buckets
+            .get(user)
+            .map_or(cap, |b| refilled(b, per_minute, now));
+        // More than a full bucket: let through once full.
+        let need = (n as f64).min(cap);
+        if tokens < need {
+            let wait = (need - tokens) * 60.0 / cap;
+            return Err(Duration::from_secs_f64(wait));
+        }
+        Ok(tokens)
     }
 
     /// Drops the buckets that are full again; the next sweep runs at twice what is left.

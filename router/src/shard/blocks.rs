@@ -8,7 +8,8 @@
 //! ([`ContactRecord::blockers_unloaded`](crate::store::contacts::ContactRecord::blockers_unloaded)).
 //!
 //! For such a user a frame that writes to a peer the loaded notes cannot answer for
-//! waits, before it is handled ([`Shard::blockers_known`], called by `on_frame`): the
+//! waits, before it is checked ([`Shard::blockers_known`], where the DM, receipt and
+//! room-add paths look for blocks): the
 //! store is asked about the peers it names (one key each), the session's reader waits
 //! for the answer (as for a big answer: acks are still read ahead), and the frame is
 //! handled again with the answer (`Flow::Again`). The answers are kept with the list
@@ -37,8 +38,15 @@ impl Shard {
         let Some(id) = self.session_id(key) else {
             return;
         };
-        if let Some(i) = self.blocker_answers.iter().position(|(s, _)| *s == id) {
-            self.looked_up = Some(self.blocker_answers.swap_remove(i).1);
+        let Some(i) = self.blocker_answers.iter().position(|(s, ..)| *s == id) else {
+            return;
+        };
+        let (_, mark, found) = self.blocker_answers.swap_remove(i);
+        // A blocker noted since it was asked (the answer may be older than the note): the
+        // frame looks again.
+        let user = std::str::from_utf8(&self.sessions[key].user).unwrap_or_default();
+        if self.contacts.blocker_mark(user) == mark {
+            self.looked_up = Some(found);
         }
     }
 
@@ -53,15 +61,20 @@ impl Shard {
         })
     }
 
-    /// Before session `key`'s frame that writes to `peers` is handled: true if it may be
-    /// handled now. False if its user's list cannot say whether some of them block it:
-    /// those are read from the store, the session's reader waits for the answer, and
-    /// the frame is to be handled again then (see the module's notes).
+    /// Before session `key`'s frame that writes to `peers` is checked for blocks
+    /// (`dm_refusal`, where the DM, receipt and room-add paths already look while
+    /// [`Shard::dm_gate`]): true if it may be handled now, with what the lookup it
+    /// waited for found, if it did (in [`Shard::looked_up`](Shard), which the caller
+    /// clears once it checked). False if its user's list cannot say whether some of them
+    /// block it: those are read from the store, the session's reader waits for the
+    /// answer, and the frame is to be handled again then (`Flow::Again`; see the
+    /// module's notes).
     pub(crate) fn blockers_known<'a>(
         &mut self,
         key: SessionKey,
         peers: impl Iterator<Item = &'a [u8]>,
     ) -> bool {
+        self.take_blocker_answer(key);
         if self.looked_up.is_some() {
             // Handled again after its lookup.
             return true;
@@ -105,9 +118,9 @@ impl Shard {
                     sh.contacts.checked(&user, mark, &found);
                 }
                 let mut answers = std::mem::take(&mut sh.blocker_answers);
-                answers.retain(|(s, _)| sh.resolve(*s).is_some());
+                answers.retain(|(s, ..)| sh.resolve(*s).is_some());
                 if sh.resolve(id).is_some() {
-                    answers.push((id, found));
+                    answers.push((id, mark, found));
                 }
                 sh.blocker_answers = answers;
                 sh.big_answer_queued(id);

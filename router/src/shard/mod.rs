@@ -248,7 +248,10 @@ pub struct Shard {
     pub(crate) looked_up: Option<blocks::Found>,
     /// Lookups answered whose frames are still to be handled again, by session (at most
     /// one each; those of sessions that ended go with the next answer).
-    pub(crate) blocker_answers: Vec<(SessionId, blocks::Found)>,
+    pub(crate) blocker_answers: Vec<(SessionId, Option<u32>, blocks::Found)>,
+    /// The client_seq the session had taken before the Send being handled (given back
+    /// if it waits for a lookup of blockers: `frames::send`).
+    pub(crate) seq_taken_before: u64,
     /// Payload bytes of the Sends handled since a reader took its current chunk (see
     /// `net::session`: a chunk mostly of other bytes makes its session copy payloads).
     pub chunk_payload: usize,
@@ -387,6 +390,7 @@ impl Shard {
             sender: None,
             looked_up: None,
             blocker_answers: Vec::new(),
+            seq_taken_before: 0,
             chunk_payload: 0,
             deleting: NameSet::default(),
             bell: None,

@@ -542,15 +542,22 @@ struct Saved {
     /// Blockers noted ([`ContactCache::set_blocked_by`]) since the list was loaded: a
     /// lookup asked before one is not kept (its answer may be older than the note).
     blocker_notes: u32,
-    /// What lookups of blockers not loaded found, `(peer, blocks)`, oldest first, at
-    /// most [`CHECKS_PER_LIST`] (only lists with
-    /// [`ContactRecord::blockers_unloaded`] have any).
+    /// What a list with [`ContactRecord::blockers_unloaded`] keeps of the blockers it
+    /// did not load (boxed: most lists have none).
     checks: Option<Box<Checks>>,
 }
 
-/// See [`Saved::checks`] (boxed there: most lists have none, and each costs 8 bytes).
+/// See [`Saved::checks`].
 #[derive(Debug, Default)]
-struct Checks(std::collections::VecDeque<(String, bool)>);
+struct Checks {
+    /// What lookups (and notes) of blockers not loaded found, `(peer, blocks)`, oldest
+    /// first, at most [`CHECKS_PER_LIST`].
+    found: std::collections::VecDeque<(String, bool)>,
+    /// The blocker changes written since the list's last write that succeeded with none
+    /// in flight, in order. A whole write (after a failed one) names them again: the
+    /// blockers it did not load are not in the list for it to write.
+    sent: Vec<(String, bool)>,
+}
 
 /// Lookups of blockers not loaded that one list keeps ([`ContactCache::checked`]): the
 /// peers its user last wrote to, so that a conversation does not read the store at
@@ -561,7 +568,9 @@ impl Saved {
     /// What the lookups kept weigh, roughly (see [`list_weight`]).
     fn checks_weight(&self) -> usize {
         self.checks.as_ref().map_or(0, |c| {
-            c.0.iter()
+            c.found
+                .iter()
+                .chain(&c.sent)
                 .map(|(p, _)| std::mem::size_of::<(String, bool)>() + p.len())
                 .sum()
         })
@@ -694,10 +703,20 @@ impl<W> ContactCache<W> {
             return None;
         };
         let save = if std::mem::take(&mut saved.whole) {
-            saved.unsaved = None;
-            ContactSave::whole(rec)
+            let unsaved = saved.unsaved.take().map(|u| *u).unwrap_or_default();
+            let mut save = ContactSave::whole(rec);
+            if rec.blockers_unloaded {
+                let sent = &mut saved.checks.get_or_insert_with(Box::default).sent;
+                sent.extend(unsaved.blocked_by);
+                save.blocked_by.extend(sent.iter().cloned());
+            }
+            save
         } else {
             let unsaved = saved.unsaved.take().map(|u| *u).unwrap_or_default();
+            if rec.blockers_unloaded && !unsaved.blocked_by.is_empty() {
+                let sent = &mut saved.checks.get_or_insert_with(Box::default).sent;
+                sent.extend(unsaved.blocked_by.iter().cloned());
+            }
             ContactSave {
                 header: rec.header(),
                 blocked_by: unsaved.blocked_by,
@@ -726,6 +745,13 @@ impl<W> ContactCache<W> {
         saved.inflight = saved.inflight.saturating_sub(1);
         if ok {
             saved.failures = 0;
+            if let Some(c) = saved
+                .checks
+                .as_mut()
+                .filter(|_| saved.inflight == 0 && !saved.whole)
+            {
+                c.sent = Vec::new();
+            }
             return false;
         }
         saved.whole = true;
@@ -759,7 +785,11 @@ impl<W> ContactCache<W> {
         };
         rec.blocked_by_state(peer).or_else(|| {
             let checks = saved.checks.as_ref()?;
-            checks.0.iter().find(|(p, _)| p == peer).map(|&(_, on)| on)
+            checks
+                .found
+                .iter()
+                .find(|(p, _)| p == peer)
+                .map(|&(_, on)| on)
         })
     }
 
@@ -782,7 +812,7 @@ impl<W> ContactCache<W> {
         if saved.blocker_notes != mark || !rec.blockers_unloaded {
             return;
         }
-        let checks = &mut saved.checks.get_or_insert_with(Box::default).0;
+        let checks = &mut saved.checks.get_or_insert_with(Box::default).found;
         for (peer, on) in found {
             if rec.is_blocked_by(peer) || checks.iter().any(|(p, _)| p == peer) {
                 continue;
@@ -810,10 +840,18 @@ impl<W> ContactCache<W> {
         };
         saved.blocker_notes = saved.blocker_notes.wrapping_add(1);
         if let Some(checks) = saved.checks.as_mut() {
-            checks.0.retain(|(p, _)| p != peer);
+            checks.found.retain(|(p, _)| p != peer);
         }
         let before = rec.has_blocks();
         let changed = rec.set_blocked_by(peer, on, max_loaded);
+        if rec.blockers_unloaded && !rec.is_blocked_by(peer) {
+            // What the note says replaces any lookup's answer (newer than all of them).
+            let checks = &mut saved.checks.get_or_insert_with(Box::default).found;
+            if checks.len() >= CHECKS_PER_LIST {
+                checks.pop_front();
+            }
+            checks.push_back((peer.to_owned(), on));
+        }
         if changed {
             let unsaved = saved.unsaved.get_or_insert_with(Box::default);
             unsaved.blocked_by.push((peer.to_owned(), on));
@@ -1043,10 +1081,12 @@ mod tests {
         // replaces what a lookup found for its peer.
         let old = c.blocker_mark("u").unwrap();
         assert_eq!(c.set_blocked_by("u", "p", true, 1), Some(true));
-        assert_eq!(c.known_blocker("u", "p"), None);
+        assert_eq!(c.known_blocker("u", "p"), Some(true));
         c.checked("u", old, &[("p".into(), false), ("r".into(), false)]);
-        assert_eq!(c.known_blocker("u", "p"), None);
+        assert_eq!(c.known_blocker("u", "p"), Some(true));
         assert_eq!(c.known_blocker("u", "r"), None);
+        assert_eq!(c.set_blocked_by("u", "p", false, 1), Some(true));
+        assert_eq!(c.known_blocker("u", "p"), Some(false));
         let mark = c.blocker_mark("u").unwrap();
         let many: Vec<(String, bool)> = (0..CHECKS_PER_LIST + 10)
             .map(|i| (format!("n{i}"), false))
@@ -1058,6 +1098,41 @@ mod tests {
             Some(false)
         );
         assert_eq!(c.known_blocker("u", "q"), None);
+    }
+
+    #[test]
+    fn a_whole_write_after_a_failed_one_names_the_blockers_not_loaded() {
+        let mut c: ContactCache<()> = ContactCache::default();
+        assert_eq!(c.wait("u", ()), Wait::Load);
+        let rec = ContactRecord {
+            blocked_by: vec!["b1".into()],
+            blockers_unloaded: true,
+            ..Default::default()
+        };
+        c.loaded("u", rec);
+        c.set_blocked_by("u", "b9", true, 1).unwrap();
+        let first = c.take_save("u").unwrap();
+        assert_eq!(first.blocked_by, [("b9".to_owned(), true)]);
+        // It failed; another note comes before the whole write.
+        assert!(c.save_done("u", false));
+        c.set_blocked_by("u", "b8", true, 1).unwrap();
+        let whole = c.take_save("u").unwrap();
+        assert!(whole.replace);
+        assert_eq!(
+            whole.blocked_by,
+            [
+                ("b1".to_owned(), true),
+                ("b9".into(), true),
+                ("b8".into(), true)
+            ]
+        );
+        // Written: the next change names only itself.
+        assert!(!c.save_done("u", true));
+        c.set_blocked_by("u", "b7", false, 1).unwrap();
+        assert_eq!(
+            c.take_save("u").unwrap().blocked_by,
+            [("b7".to_owned(), false)]
+        );
     }
 
     #[test]

@@ -1961,12 +1961,13 @@ impl Worker {
         // Blockers: keys of their own (an older record may still hold some inline, until
         // the open-time move), the first `max_blockers` by name: a user blocked by a
         // million loaded them all at every login.
+        // (Those an older record holds inline, until the open-time move, are all kept:
+        // they have no key to read when asked.)
         let (blockers, more) = self.blockers_page(user, "", max_blockers)?;
         rec.blocked_by.extend(blockers);
         rec.blocked_by.sort_unstable();
         rec.blocked_by.dedup();
-        rec.blockers_unloaded = more || rec.blocked_by.len() > max_blockers;
-        rec.blocked_by.truncate(max_blockers);
+        rec.blockers_unloaded = more;
         Ok(rec)
     }
 
