@@ -14,44 +14,20 @@ protocol by hand: bench/hostile/wire.py).
 """
 import multiprocessing as mp
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "hostile"))
-from wire import Conn, frame  # noqa: E402  (bench/hostile/wire.py: the protocol by hand)
+from wire import Conn, frame, metric, start_router  # noqa: E402  (bench/hostile/wire.py: the protocol by hand)
 
 
 # ---------------------------------------------------------------- the router
 def start(binary, ddir, shards):
-    log = open(os.path.join(ddir, "log"), "w+")
-    p = subprocess.Popen(
-        [binary, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
-         "--data-dir", os.path.join(ddir, "data"), "--shards", str(shards),
-         "--max-member-adds-per-minute", "1000000", "--max-frame-bytes", "4194304"],
-        stdout=log, stderr=subprocess.STDOUT)
-    for _ in range(400):
-        time.sleep(0.05)
-        log.seek(0)
-        t = log.read()
-        m = re.search(r"listening on (\S+)", t)
-        h = re.search(r"http on (\S+)", t)
-        if m and h:
-            return p, m.group(1), h.group(1)
-    p.kill()
-    sys.exit("the router did not start:\n" + t)
-
-
-def metric(http, name):
-    t = urllib.request.urlopen(f"http://{http}/metrics", timeout=10).read().decode()
-    for line in t.splitlines():
-        if line.startswith(f"ringrouter_{name} "):
-            return float(line.split()[-1])
-    return 0.0
+    return start_router(binary, ddir, [
+        "--shards", str(shards), "--max-member-adds-per-minute", "1000000",
+        "--max-frame-bytes", "4194304"])
 
 
 def cpu_ticks(pid):

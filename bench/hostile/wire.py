@@ -1,5 +1,5 @@
 """Minimal hand-rolled protobuf wire client for ringrouter (audit scripts)."""
-import socket, struct, time, os, select
+import socket, struct, time, os, select, re, subprocess, sys, urllib.request
 
 def varint(n):
     out = bytearray()
@@ -135,3 +135,31 @@ def du(path):
             try: tot += os.path.getsize(os.path.join(root, f))
             except OSError: pass
     return tot
+
+def start_router(binary, ddir, args):
+    """Starts BINARY with its store in DDIR/data and ARGS, both ports on free ones; returns
+    (process, tcp address, http address). Its output goes to DDIR/log."""
+    log = open(os.path.join(ddir, "log"), "w+")
+    p = subprocess.Popen(
+        [binary, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+         "--data-dir", os.path.join(ddir, "data")] + list(args),
+        stdout=log, stderr=subprocess.STDOUT)
+    t = ""
+    for _ in range(600):
+        time.sleep(0.05)
+        log.seek(0)
+        t = log.read()
+        m = re.search(r"listening on (\S+)", t)
+        h = re.search(r"http on (\S+)", t)
+        if m and h:
+            return p, m.group(1), h.group(1)
+    p.kill()
+    sys.exit("the router did not start:\n" + t)
+
+def metric(http, name):
+    """The router's total of metric NAME (0 when absent)."""
+    t = urllib.request.urlopen(f"http://{http}/metrics", timeout=10).read().decode()
+    for line in t.splitlines():
+        if line.startswith(f"ringrouter_{name} "):
+            return float(line.split()[-1])
+    return 0.0

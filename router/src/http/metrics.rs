@@ -337,7 +337,7 @@ impl prometheus_client::collector::Collector for Scrape {
             },
         )?;
         let st = &self.store;
-        let store_counters: [(&str, &str, f64); 13] = [
+        let store_counters: [(&str, &str, f64); 14] = [
             (
                 "store_requests",
                 "Requests handled by the storage thread.",
@@ -397,6 +397,11 @@ impl prometheus_client::collector::Collector for Scrape {
                 "store_deletion_slices",
                 "Slices of account deletions run (a deletion goes a bounded slice at a time, other requests answered between).",
                 st.deletion_slices as f64,
+            ),
+            (
+                "history_entry_slices",
+                "Steps that wrote conversation entries and read marks after a history write, a bounded slice at a time (other requests answered between).",
+                st.history_entry_slices as f64,
             ),
             (
                 "store_users_forgotten",

@@ -302,6 +302,9 @@ pub struct StoreStats {
     pub failed: u64,
     /// Slices of account deletions run (see [`StoreHandle::delete_account`]).
     pub deletion_slices: u64,
+    /// Steps that wrote conversation entries and read marks after a history flush, a
+    /// bounded slice at a time (`worker::history`).
+    pub history_entry_slices: u64,
     /// Account deletions under way (a gauge).
     pub deletions_pending: u64,
     /// Appends to offline queues waiting behind other requests (a gauge, as of the
@@ -334,6 +337,7 @@ pub(crate) struct StatCells {
     pub(crate) disk_used_bytes: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) deletion_slices: AtomicU64,
+    pub(crate) history_entry_slices: AtomicU64,
     pub(crate) deletions_pending: AtomicU64,
     pub(crate) bulk_waiting: AtomicU64,
 }
@@ -815,6 +819,7 @@ impl StoreHandle {
             disk_used_bytes: l(&s.disk_used_bytes),
             failed: l(&s.failed),
             deletion_slices: l(&s.deletion_slices),
+            history_entry_slices: l(&s.history_entry_slices),
             deletions_pending: l(&s.deletions_pending),
             bulk_waiting: l(&s.bulk_waiting),
             hash_jobs: self.inner.hash_queued.load(Ordering::Relaxed) as u64,

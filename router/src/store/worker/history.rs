@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::maps::NameMap;
 use bytes::Bytes;
@@ -155,6 +155,44 @@ const FLUSH_SLICE: usize = 2_048;
 #[cfg(test)]
 pub(crate) const FLUSH_SLICE_FOR_TESTS: usize = FLUSH_SLICE;
 
+/// A conversation entry or read mark noted in memory, not yet written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Noted {
+    /// An entry's last sent seq (0: create it if missing), a mark's seq.
+    seq: u64,
+    /// The messages up to `seq` are written: it may be, a slice at a time
+    /// ([`Worker::hist_write_noted`]).
+    ready: bool,
+    /// An entry of a conversation with nothing stored when it was noted: written without
+    /// a read of the stored one. One left from an earlier conversation of the two
+    /// (deleted, or trimmed away whole) names a seq of that one, which numbered from 1
+    /// too: nothing to keep. (The reads were what a storm of new conversations cost.)
+    blind: bool,
+}
+
+impl Noted {
+    /// Notes `seq`: a larger one waits for its messages to be written.
+    fn note(&mut self, seq: u64) {
+        if seq > self.seq {
+            self.seq = seq;
+            self.ready = false;
+        }
+    }
+}
+
+/// Entries and marks one step of [`Worker::hist_write_noted`] writes (each a read of the
+/// stored one first).
+const NOTED_SLICE: usize = 256;
+
+/// Entries and marks waiting to be written past which they are written without a time
+/// budget, down to half (each ~100 bytes in memory: ~100 MiB).
+const NOTED_MAX: usize = 1 << 20;
+
+/// How long the noted entries and marks that are due are written for at a time: a
+/// flush after a storm of new conversations wrote 1.3 million of them in one go (a
+/// read each) and held every other request 9–25 s.
+const NOTED_BUDGET: Duration = Duration::from_millis(5);
+
 /// A tail is hot (kept past the memory budget) when its conversation goes through its
 /// window this many times a flush interval: half of what it holds, at least, is
 /// dropped in memory before it would be written.
@@ -185,10 +223,13 @@ pub(crate) struct HistState {
     pinned: Vec<Vec<u8>>,
     /// Users' conversation entries to write with the tails (key → last sent seq; 0:
     /// create if missing). Merged here so one batch never writes a key twice.
-    pending: NameMap<Vec<u8>, u64>,
+    pending: NameMap<Vec<u8>, Noted>,
     /// Read marks to write with the tails (key → seq; the larger of it and the stored
     /// one is kept).
-    marks: NameMap<Vec<u8>, u64>,
+    marks: NameMap<Vec<u8>, Noted>,
+    /// Some of `pending` and `marks` are [`Noted::ready`]: written a slice at a time
+    /// ([`Worker::hist_write_noted`]), between requests.
+    noted_ready: bool,
     /// (conversation, msg_id) → seq of the oldest message of recently answered pages:
     /// the `before` of the next page back, found without scanning for it (a lookup that
     /// scans is bounded: `HistoryOptions::lookup_chunks`).
@@ -427,6 +468,7 @@ impl HistState {
             pinned: Vec::new(),
             pending: NameMap::default(),
             marks: NameMap::default(),
+            noted_ready: false,
             cursors: NameMap::default(),
             cursors_old: NameMap::default(),
             names: NamesSeen::default(),
@@ -435,6 +477,9 @@ impl HistState {
 
     /// When the storage thread must wake up to write the tails, if any are held.
     pub(crate) fn next_flush(&self) -> Option<Instant> {
+        if self.noted_ready {
+            return Some(Instant::now());
+        }
         match (self.next_flush, self.unshare_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -531,10 +576,73 @@ impl Worker {
         Ok(st)
     }
 
-    /// Writes the merged conversation entries and read marks (with the tails).
-    fn hist_flush_entries(&mut self) {
-        for (k, seq) in std::mem::take(&mut self.hist.pending) {
-            if seq == 0 {
+    /// Every noted entry and mark left in the maps (their conversations' tails are
+    /// written) is ready to be written ([`Worker::hist_write_noted`]).
+    fn hist_ready_noted(&mut self) {
+        let h = &mut self.hist;
+        for e in h.pending.values_mut().chain(h.marks.values_mut()) {
+            e.ready = true;
+        }
+        h.noted_ready = !h.pending.is_empty() || !h.marks.is_empty();
+    }
+
+    /// Writes the conversation entries and read marks that are ready: all of them, or
+    /// (`budget`) slices of [`NOTED_SLICE`] until it has passed, the rest at the next
+    /// ticks (requests are answered between). Each is a read of the stored one first.
+    fn hist_write_noted(&mut self, budget: Option<Duration>) {
+        let t0 = Instant::now();
+        let n = if budget.is_some() {
+            NOTED_SLICE
+        } else {
+            usize::MAX
+        };
+        // Past NOTED_MAX waiting, no time budget down to half of it: what waits in memory
+        // stays bounded however fast conversations come (each slice answers nothing
+        // meanwhile, as the whole write did).
+        let waiting = |h: &HistState| h.pending.len() + h.marks.len();
+        let mut unbounded = budget.is_none() || waiting(&self.hist) > NOTED_MAX;
+        while self.hist.noted_ready {
+            let h = &mut self.hist;
+            let entries: Vec<(Vec<u8>, Noted)> =
+                h.pending.extract_if(|_, e| e.ready).take(n).collect();
+            let left = n - entries.len();
+            let marks: Vec<(Vec<u8>, u64)> = h
+                .marks
+                .extract_if(|_, e| e.ready)
+                .take(left)
+                .map(|(k, e)| (k, e.seq))
+                .collect();
+            h.noted_ready = entries.len() + marks.len() == n;
+            self.hist_write_entries(entries, marks);
+            self.stats
+                .history_entry_slices
+                .fetch_add(1, Ordering::Relaxed);
+            unbounded = unbounded && (budget.is_none() || waiting(&self.hist) > NOTED_MAX / 2);
+            if !unbounded && budget.is_some_and(|b| t0.elapsed() >= b) {
+                return;
+            }
+        }
+    }
+
+    /// Writes `user`'s noted entries and marks, ready or not (a ListConversations reads
+    /// them from the store).
+    fn hist_write_noted_of(&mut self, user: &[u8]) {
+        let h = &mut self.hist;
+        let of_user = |k: &Vec<u8>, _: &mut Noted| entry_user(k) == Some(user);
+        let entries: Vec<(Vec<u8>, Noted)> = h.pending.extract_if(of_user).collect();
+        let marks = h
+            .marks
+            .extract_if(of_user)
+            .map(|(k, e)| (k, e.seq))
+            .collect();
+        self.hist_write_entries(entries, marks);
+    }
+
+    /// Writes conversation entries (key, last sent seq; 0: only if missing, unless
+    /// blind) and read marks (key, seq: the larger of it and the stored one).
+    fn hist_write_entries(&mut self, entries: Vec<(Vec<u8>, Noted)>, marks: Vec<(Vec<u8>, u64)>) {
+        for (k, Noted { seq, blind, .. }) in entries {
+            if seq == 0 && !blind {
                 // Only "exists": keep a value already on disk.
                 match self.dbs.history.contains_key(&k) {
                     Ok(true) => continue,
@@ -548,7 +656,7 @@ impl Worker {
             self.ops
                 .push(Op::Put(Ks::History, k, seq.to_be_bytes().to_vec()));
         }
-        for (k, seq) in std::mem::take(&mut self.hist.marks) {
+        for (k, seq) in marks {
             let stored = match self.dbs.history.get(&k) {
                 Ok(v) => v.map_or(0, |v| decode_u64(&v)),
                 Err(e) => {
@@ -563,7 +671,9 @@ impl Worker {
         }
     }
 
-    fn note_entry(&mut self, user: &[u8], conv: &[u8], seq: u64) {
+    /// Notes `user`'s entry of `conv` with its last sent `seq` (0: only that it exists;
+    /// `blind`: see [`Noted::blind`]).
+    fn note_entry(&mut self, user: &[u8], conv: &[u8], seq: u64, blind: bool) {
         // None for a user being deleted (`worker::deletion`): its entries are.
         if self.deleting_bytes(user) {
             return;
@@ -572,9 +682,12 @@ impl Worker {
         let e = h.pending.entry(user_key(user, conv)).or_insert_with(|| {
             h.names.note(user);
             h.names.note_conv(conv);
-            0
+            Noted {
+                blind,
+                ..Noted::default()
+            }
         });
-        *e = (*e).max(seq);
+        e.note(seq);
     }
 
     /// Appends a loop turn's messages of one shard to their conversations' tails, and
@@ -616,8 +729,10 @@ impl Worker {
                 if !self.account_exists(&a)? || !self.account_exists(&b)? {
                     continue;
                 }
-                self.note_entry(a.as_bytes(), &conv, 0);
-                self.note_entry(b.as_bytes(), &conv, 0);
+                // (Nothing stored of the conversation: no entry to keep.)
+                let blind = st.next_seq == 1;
+                self.note_entry(a.as_bytes(), &conv, 0, blind);
+                self.note_entry(b.as_bytes(), &conv, 0, blind);
                 st.indexed = true;
             }
             if let (false, ConvName::Room(r)) = (st.indexed, &name) {
@@ -667,7 +782,7 @@ impl Worker {
                 senders.insert(f, s);
             }
             for (from, seq) in senders {
-                self.note_entry(from, &conv, seq);
+                self.note_entry(from, &conv, seq, false);
             }
             st.note_rate(count, first_ts, self.hist.opts.flush_every);
             st.next_seq = first + count;
@@ -780,7 +895,7 @@ impl Worker {
         if budget > 0 && self.hist.tail_bytes.saturating_sub(self.hist.hot_bytes) >= budget {
             self.hist_relieve()?;
         } else if hot_max > 0 && self.hist.hot_bytes > hot_max {
-            self.hist_flush()?;
+            self.hist_flush_sliced()?;
         } else if self.durability == Durability::Sync {
             // Sync durability: written once at the end of the round, before its commit
             // (`finish_round`), so in the group commit of the messages it holds. Flushing
@@ -796,6 +911,13 @@ impl Worker {
 
     /// Writes the tails if they are due (called between rounds).
     pub(crate) fn hist_tick(&mut self) {
+        if self.hist.noted_ready {
+            self.hist_write_noted(Some(NOTED_BUDGET));
+            match self.commit() {
+                Ok(()) => self.hist_trim_cache(),
+                Err(e) => tracing::warn!(error = %e, "history write failed"),
+            }
+        }
         // (A flush due now writes the payloads kept by reference: no copy first.)
         if self.hist.next_flush.is_some_and(|t| t <= Instant::now()) {
             if self.hist.tails.len() > FLUSH_SLICE {
@@ -811,7 +933,7 @@ impl Worker {
                 }
                 return;
             }
-            let r = self.hist_flush().and_then(|()| self.commit());
+            let r = self.hist_flush_sliced().and_then(|()| self.commit());
             match r {
                 // (Memory mode only: sync mode writes history in its rounds.) Files the
                 // trims and compactions emptied go now, not at the next request.
@@ -827,7 +949,7 @@ impl Worker {
             // A copy may take more room than the slices did: the hot tails' bound holds.
             let hot_max = self.hist.opts.hot_bytes;
             if hot_max > 0 && self.hist.hot_bytes > hot_max {
-                if let Err(e) = self.hist_flush().and_then(|()| self.commit()) {
+                if let Err(e) = self.hist_flush_sliced().and_then(|()| self.commit()) {
                     tracing::warn!(error = %e, "history write failed");
                 }
             }
@@ -901,7 +1023,7 @@ impl Worker {
             }
         }
         if hot == 0 || hot > hot_max {
-            return self.hist_flush();
+            return self.hist_flush_sliced();
         }
         self.hist.hot_bytes = hot;
         self.hist_write_tails(Tails::Cold)
@@ -910,6 +1032,14 @@ impl Worker {
     /// Writes every conversation's tail (one key per segment), the conversation entries
     /// and the read marks, then trims the conversations over their bounds.
     pub(crate) fn hist_flush(&mut self) -> StoreResult<()> {
+        self.hist_write_tails(Tails::All)?;
+        self.hist_write_noted(None);
+        Ok(())
+    }
+
+    /// [`Worker::hist_flush`] for a flush that is due or the memory budget: the entries
+    /// and marks a slice at a time, the rest at the next ticks.
+    fn hist_flush_sliced(&mut self) -> StoreResult<()> {
         self.hist_write_tails(Tails::All)
     }
 
@@ -967,8 +1097,9 @@ impl Worker {
             Tails::Cold => {
                 let tails = &self.hist.tails;
                 let hot = |k: &Vec<u8>| entry_conv(k).is_some_and(|c| tails.contains_key(c));
-                let held =
-                    |m: &mut NameMap<Vec<u8>, u64>| m.extract_if(|k, _| hot(k)).collect::<Vec<_>>();
+                let held = |m: &mut NameMap<Vec<u8>, Noted>| {
+                    m.extract_if(|k, _| hot(k)).collect::<Vec<_>>()
+                };
                 (held(&mut self.hist.pending), held(&mut self.hist.marks))
             }
         };
@@ -1001,7 +1132,9 @@ impl Worker {
         }
         let written = self.hist_write_chunks(writes);
         if written.is_ok() && !matches!(which, Tails::Slice(_)) {
-            self.hist_flush_entries();
+            // Written a slice now, the rest at the next ticks.
+            self.hist_ready_noted();
+            self.hist_write_noted(Some(NOTED_BUDGET));
         }
         self.hist.pending.extend(held_pending);
         self.hist.marks.extend(held_marks);
@@ -1448,11 +1581,13 @@ impl Worker {
             .or_insert_with(|| {
                 h.names.note(user.as_bytes());
                 h.names.note_conv(&conv);
-                0
+                Noted::default()
             });
-        *e = (*e).max(seq);
+        e.note(seq);
         if self.hist.write_through {
-            self.hist_flush_entries();
+            // (Its messages are written with their round.)
+            self.hist_ready_noted();
+            self.hist_write_noted(None);
         } else if self.hist.next_flush.is_none() {
             self.hist.next_flush = Some(Instant::now() + self.hist.opts.flush_every);
         }
@@ -1503,10 +1638,11 @@ impl Worker {
         before_ts: u64,
         max_bytes: usize,
     ) -> StoreResult<Vec<ConvSummary>> {
-        // The conversation entries and read marks noted since the last flush (small
-        // keys); the tails stay in memory (their last messages are read there): a client
-        // listing in a loop does not make every conversation's segments written small.
-        self.hist_flush_entries();
+        // The user's conversation entries and read marks noted since the last flush
+        // (small keys); the tails stay in memory (their last messages are read there): a
+        // client listing in a loop does not make every conversation's segments written
+        // small. (Only the user's: all of them were 1.3 million reads after a storm.)
+        self.hist_write_noted_of(user.as_bytes());
         self.commit()?;
         // conversation id → last sent seq.
         let mut convs: Vec<(Vec<u8>, u64)> = Vec::new();
@@ -1961,16 +2097,35 @@ impl Worker {
     /// Empties the conversation cache past [`CACHE_MAX`] (every write committed, the
     /// tails written).
     pub(crate) fn hist_trim_cache(&mut self) {
-        let h = &self.hist;
-        if h.convs.len() > CACHE_MAX
-            && h.pending.is_empty()
-            && h.marks.is_empty()
-            && h.tails.is_empty()
-        {
-            self.hist.convs = NameMap::default();
-            // (Nothing in memory names anyone now.)
-            self.hist.names = NamesSeen::default();
+        let h = &mut self.hist;
+        if h.convs.len() <= CACHE_MAX || !h.tails.is_empty() {
+            return;
         }
+        if h.pending.is_empty() && h.marks.is_empty() {
+            h.convs = NameMap::default();
+            // (Nothing in memory names anyone now.)
+            h.names = NamesSeen::default();
+            return;
+        }
+        // The states of conversations with entries or marks still to write stay (a
+        // conversation's deletion looks for those only where it has a state), and so do
+        // the names those name: under a storm of new conversations some always wait
+        // (written a slice at a time), and the cache grew past its bound (1.9 million
+        // states).
+        let mut names = NamesSeen::default();
+        let mut kept = NameMap::default();
+        for k in h.pending.keys().chain(h.marks.keys()) {
+            names.note_key(k);
+            let Some(conv) = entry_conv(k) else {
+                continue;
+            };
+            if let Some((c, st)) = h.convs.remove_entry(conv) {
+                names.note_conv(&c);
+                kept.insert(c, st);
+            }
+        }
+        h.convs = kept;
+        h.names = names;
     }
 }
 
