@@ -191,7 +191,11 @@ const NOTED_MAX: usize = 1 << 20;
 /// How long the noted entries and marks that are due are written for at a time: a
 /// flush after a storm of new conversations wrote 1.3 million of them in one go (a
 /// read each) and held every other request 9–25 s.
+#[cfg(not(test))]
 const NOTED_BUDGET: Duration = Duration::from_millis(5);
+/// (Tests: one slice a step, so that the ticks write the rest.)
+#[cfg(test)]
+const NOTED_BUDGET: Duration = Duration::ZERO;
 
 /// A tail is hot (kept past the memory budget) when its conversation goes through its
 /// window this many times a flush interval: half of what it holds, at least, is
@@ -227,9 +231,13 @@ pub(crate) struct HistState {
     /// Read marks to write with the tails (key → seq; the larger of it and the stored
     /// one is kept).
     marks: NameMap<Vec<u8>, Noted>,
-    /// Some of `pending` and `marks` are [`Noted::ready`]: written a slice at a time
-    /// ([`Worker::hist_write_noted`]), between requests.
-    noted_ready: bool,
+    /// The keys of `pending` (false) and `marks` (true) that became [`Noted::ready`] and
+    /// need a read of the stored one: written a slice at a time
+    /// ([`Worker::hist_write_noted`]), between requests. (A key whose entry went since,
+    /// deleted or written, or is no longer ready, is passed over.)
+    ready_keys: std::collections::VecDeque<(bool, Vec<u8>)>,
+    /// `convs` is trimmed past this many states ([`Worker::hist_trim_cache`]).
+    trim_at: usize,
     /// (conversation, msg_id) → seq of the oldest message of recently answered pages:
     /// the `before` of the next page back, found without scanning for it (a lookup that
     /// scans is bounded: `HistoryOptions::lookup_chunks`).
@@ -468,7 +476,8 @@ impl HistState {
             pinned: Vec::new(),
             pending: NameMap::default(),
             marks: NameMap::default(),
-            noted_ready: false,
+            ready_keys: Default::default(),
+            trim_at: CACHE_MAX,
             cursors: NameMap::default(),
             cursors_old: NameMap::default(),
             names: NamesSeen::default(),
@@ -477,7 +486,7 @@ impl HistState {
 
     /// When the storage thread must wake up to write the tails, if any are held.
     pub(crate) fn next_flush(&self) -> Option<Instant> {
-        if self.noted_ready {
+        if !self.ready_keys.is_empty() {
             return Some(Instant::now());
         }
         match (self.next_flush, self.unshare_at) {
@@ -576,14 +585,30 @@ impl Worker {
         Ok(st)
     }
 
-    /// Every noted entry and mark left in the maps (their conversations' tails are
-    /// written) is ready to be written ([`Worker::hist_write_noted`]).
+    /// Every noted entry and mark left in the maps is ready to be written (their
+    /// conversations' tails are). Those that need no read of the stored one (an entry
+    /// with a seq, or blind) are written now, with the messages; the others are queued
+    /// for [`Worker::hist_write_noted`].
     fn hist_ready_noted(&mut self) {
         let h = &mut self.hist;
-        for e in h.pending.values_mut().chain(h.marks.values_mut()) {
+        let mut now = Vec::new();
+        for (k, e) in h.pending.iter_mut().filter(|(_, e)| !e.ready) {
             e.ready = true;
+            if e.seq > 0 || e.blind {
+                now.push(k.clone());
+            } else {
+                h.ready_keys.push_back((false, k.clone()));
+            }
         }
-        h.noted_ready = !h.pending.is_empty() || !h.marks.is_empty();
+        for (k, e) in h.marks.iter_mut().filter(|(_, e)| !e.ready) {
+            e.ready = true;
+            h.ready_keys.push_back((true, k.clone()));
+        }
+        let entries = now
+            .into_iter()
+            .filter_map(|k| h.pending.remove_entry(&k))
+            .collect();
+        self.hist_write_entries(entries, Vec::new());
     }
 
     /// Writes the conversation entries and read marks that are ready: all of them, or
@@ -599,20 +624,28 @@ impl Worker {
         // Past NOTED_MAX waiting, no time budget down to half of it: what waits in memory
         // stays bounded however fast conversations come (each slice answers nothing
         // meanwhile, as the whole write did).
-        let waiting = |h: &HistState| h.pending.len() + h.marks.len();
+        let waiting = |h: &HistState| h.ready_keys.len();
         let mut unbounded = budget.is_none() || waiting(&self.hist) > NOTED_MAX;
-        while self.hist.noted_ready {
+        while !self.hist.ready_keys.is_empty() {
             let h = &mut self.hist;
-            let entries: Vec<(Vec<u8>, Noted)> =
-                h.pending.extract_if(|_, e| e.ready).take(n).collect();
-            let left = n - entries.len();
-            let marks: Vec<(Vec<u8>, u64)> = h
-                .marks
-                .extract_if(|_, e| e.ready)
-                .take(left)
-                .map(|(k, e)| (k, e.seq))
-                .collect();
-            h.noted_ready = entries.len() + marks.len() == n;
+            let (mut entries, mut marks) = (Vec::new(), Vec::new());
+            for _ in 0..n {
+                let Some((mark, k)) = h.ready_keys.pop_front() else {
+                    break;
+                };
+                let map = if mark { &mut h.marks } else { &mut h.pending };
+                if !map.get(&k).is_some_and(|e| e.ready) {
+                    continue;
+                }
+                let Some((k, e)) = map.remove_entry(&k) else {
+                    continue;
+                };
+                if mark {
+                    marks.push((k, e.seq));
+                } else {
+                    entries.push((k, e));
+                }
+            }
             self.hist_write_entries(entries, marks);
             self.stats
                 .history_entry_slices
@@ -911,7 +944,7 @@ impl Worker {
 
     /// Writes the tails if they are due (called between rounds).
     pub(crate) fn hist_tick(&mut self) {
-        if self.hist.noted_ready {
+        if !self.hist.ready_keys.is_empty() {
             self.hist_write_noted(Some(NOTED_BUDGET));
             match self.commit() {
                 Ok(()) => self.hist_trim_cache(),
@@ -1040,6 +1073,10 @@ impl Worker {
     /// [`Worker::hist_flush`] for a flush that is due or the memory budget: the entries
     /// and marks a slice at a time, the rest at the next ticks.
     fn hist_flush_sliced(&mut self) -> StoreResult<()> {
+        if self.hist.write_through {
+            // (Sync durability: entries go with their messages' commit.)
+            return self.hist_flush();
+        }
         self.hist_write_tails(Tails::All)
     }
 
@@ -2098,13 +2135,14 @@ impl Worker {
     /// tails written).
     pub(crate) fn hist_trim_cache(&mut self) {
         let h = &mut self.hist;
-        if h.convs.len() <= CACHE_MAX || !h.tails.is_empty() {
+        if h.convs.len() <= h.trim_at || !h.tails.is_empty() {
             return;
         }
         if h.pending.is_empty() && h.marks.is_empty() {
             h.convs = NameMap::default();
             // (Nothing in memory names anyone now.)
             h.names = NamesSeen::default();
+            h.trim_at = CACHE_MAX;
             return;
         }
         // The states of conversations with entries or marks still to write stay (a
@@ -2124,6 +2162,9 @@ impl Worker {
                 kept.insert(c, st);
             }
         }
+        // Walked again only once the cache has doubled: each walk is of every entry and
+        // mark waiting (it ran at every round while over 100 000 of them waited: 1.5 s).
+        h.trim_at = CACHE_MAX.max(2 * kept.len());
         h.convs = kept;
         h.names = names;
     }
