@@ -180,8 +180,8 @@ impl Noted {
     }
 }
 
-/// Entries and marks one step of [`Worker::hist_write_noted`] writes (each a read of the
-/// stored one first).
+/// Entries and marks one step of [`Worker::hist_write_noted`] writes (each but a blind
+/// entry a read of the stored one first).
 const NOTED_SLICE: usize = 256;
 
 /// Entries and marks waiting to be written past which they are written without a time
@@ -231,10 +231,9 @@ pub(crate) struct HistState {
     /// Read marks to write with the tails (key → seq; the larger of it and the stored
     /// one is kept).
     marks: NameMap<Vec<u8>, Noted>,
-    /// The keys of `pending` (false) and `marks` (true) that became [`Noted::ready`] and
-    /// need a read of the stored one: written a slice at a time
-    /// ([`Worker::hist_write_noted`]), between requests. (A key whose entry went since,
-    /// deleted or written, or is no longer ready, is passed over.)
+    /// The keys of `pending` (false) and `marks` (true) that became [`Noted::ready`]:
+    /// written a slice at a time ([`Worker::hist_write_noted`]), between requests. (A key
+    /// whose entry went since, deleted or written, or is no longer ready, is passed over.)
     ready_keys: std::collections::VecDeque<(bool, Vec<u8>)>,
     /// `convs` is trimmed past this many states ([`Worker::hist_trim_cache`]).
     trim_at: usize,
@@ -603,7 +602,8 @@ impl Worker {
 
     /// Writes the conversation entries and read marks that are ready: all of them, or
     /// (`budget`) slices of [`NOTED_SLICE`] until it has passed, the rest at the next
-    /// ticks (requests are answered between). Each is a read of the stored one first.
+    /// ticks (requests are answered between). Each but a blind entry is a read of the
+    /// stored one first.
     fn hist_write_noted(&mut self, budget: Option<Duration>) {
         let t0 = Instant::now();
         let n = if budget.is_some() {
