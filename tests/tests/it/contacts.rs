@@ -459,6 +459,20 @@ fn a_user_blocked_by_many_is_not_rewritten_at_every_block() {
         let to = format!("blocker-{i:04}");
         assert_eq!(code(hub.send_wait(&to, b"x")), Status::Forbidden, "{to}");
     }
+    // Deleted, it is forgotten by every blocker: 1 024 loaded with its list, the rest
+    // read from the store 512 at a time (three pages).
+    hub.delete_account().expect("delete");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for i in [0, 1023, 1024, 1300, n - 1] {
+        let mut c = r.client(&format!("blocker-{i:04}"));
+        while !c.contacts().unwrap().blocked.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "blocker-{i:04} still lists hub"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// A block is in force once it is answered: a DM the blocked user sends right after the
