@@ -564,6 +564,26 @@ struct Checks {
 /// every message.
 pub const CHECKS_PER_LIST: usize = 256;
 
+impl Checks {
+    /// What was found for `peer`, if it is kept.
+    fn of(&self, peer: &str) -> Option<bool> {
+        self.found
+            .iter()
+            .find(|(p, _)| p == peer)
+            .map(|&(_, on)| on)
+    }
+
+    /// Keeps `on` for `peer` as the newest answer (replacing one kept), the oldest going
+    /// past [`CHECKS_PER_LIST`].
+    fn keep(&mut self, peer: &str, on: bool) {
+        self.found.retain(|(p, _)| p != peer);
+        if self.found.len() >= CHECKS_PER_LIST {
+            self.found.pop_front();
+        }
+        self.found.push_back((peer.to_owned(), on));
+    }
+}
+
 impl Saved {
     /// What the lookups kept weigh, roughly (see [`list_weight`]).
     fn checks_weight(&self) -> usize {
@@ -785,11 +805,7 @@ impl<W> ContactCache<W> {
         };
         rec.blocked_by_state(peer).or_else(|| {
             let checks = saved.checks.as_ref()?;
-            checks
-                .found
-                .iter()
-                .find(|(p, _)| p == peer)
-                .map(|&(_, on)| on)
+            checks.of(peer)
         })
     }
 
@@ -812,15 +828,11 @@ impl<W> ContactCache<W> {
         if saved.blocker_notes != mark || !rec.blockers_unloaded {
             return;
         }
-        let checks = &mut saved.checks.get_or_insert_with(Box::default).found;
+        let checks = saved.checks.get_or_insert_with(Box::default);
         for (peer, on) in found {
-            if rec.is_blocked_by(peer) || checks.iter().any(|(p, _)| p == peer) {
-                continue;
+            if !rec.is_blocked_by(peer) && checks.of(peer).is_none() {
+                checks.keep(peer, *on);
             }
-            if checks.len() >= CHECKS_PER_LIST {
-                checks.pop_front();
-            }
-            checks.push_back((peer.clone(), *on));
         }
     }
 
@@ -846,11 +858,7 @@ impl<W> ContactCache<W> {
         let changed = rec.set_blocked_by(peer, on, max_loaded);
         if rec.blockers_unloaded && !rec.is_blocked_by(peer) {
             // What the note says replaces any lookup's answer (newer than all of them).
-            let checks = &mut saved.checks.get_or_insert_with(Box::default).found;
-            if checks.len() >= CHECKS_PER_LIST {
-                checks.pop_front();
-            }
-            checks.push_back((peer.to_owned(), on));
+            saved.checks.get_or_insert_with(Box::default).keep(peer, on);
         }
         if changed {
             let unsaved = saved.unsaved.get_or_insert_with(Box::default);
@@ -1060,8 +1068,8 @@ mod tests {
         assert!(b.header().blockers_unloaded);
     }
 
-    #[test]
-    fn lookups_of_blockers_are_kept_until_a_note_and_bounded() {
+    /// A cache with `u`'s list loaded: blocked by `b1` and by more, not loaded.
+    fn loaded_past_its_bound() -> ContactCache<()> {
         let mut c: ContactCache<()> = ContactCache::default();
         assert_eq!(c.wait("u", ()), Wait::Load);
         let rec = ContactRecord {
@@ -1070,6 +1078,12 @@ mod tests {
             ..Default::default()
         };
         c.loaded("u", rec);
+        c
+    }
+
+    #[test]
+    fn lookups_of_blockers_are_kept_until_a_note_and_bounded() {
+        let mut c = loaded_past_its_bound();
         assert_eq!(c.with_blocks(), 1);
         assert_eq!(c.known_blocker("u", "b1"), Some(true));
         assert_eq!(c.known_blocker("u", "p"), None);
@@ -1102,14 +1116,7 @@ mod tests {
 
     #[test]
     fn a_whole_write_after_a_failed_one_names_the_blockers_not_loaded() {
-        let mut c: ContactCache<()> = ContactCache::default();
-        assert_eq!(c.wait("u", ()), Wait::Load);
-        let rec = ContactRecord {
-            blocked_by: vec!["b1".into()],
-            blockers_unloaded: true,
-            ..Default::default()
-        };
-        c.loaded("u", rec);
+        let mut c = loaded_past_its_bound();
         c.set_blocked_by("u", "b9", true, 1).unwrap();
         let first = c.take_save("u").unwrap();
         assert_eq!(first.blocked_by, [("b9".to_owned(), true)]);

@@ -409,11 +409,7 @@ fn a_due_flush_of_many_tails_is_written_in_slices() {
     assert_eq!(h.stats().history_writes, 3, "two slices, then the rest");
     // The conversation entries (two a conversation) go after the last, a slice of 256 a
     // step (in tests), with nothing else asked meanwhile.
-    let t = std::time::Instant::now();
-    while h.stats().history_entry_slices < (2 * n as u64).div_ceil(256) {
-        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", h.stats());
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_entry_slices(&h, 2 * n);
     for i in [0, n / 2, n - 1] {
         assert_eq!(
             ids(page(&h, "s", &format!("p{i}"), 0, 10)),
@@ -424,6 +420,16 @@ fn a_due_flush_of_many_tails_is_written_in_slices() {
     assert_eq!(cs.len(), n);
     let cs = call(|cb| h.conversations("p7", 10, 0, usize::MAX, cb)).unwrap();
     assert_eq!(cs.len(), 1);
+}
+
+/// Waits (up to 10 s) until the storage thread has written `entries` conversation entries
+/// and read marks a slice of 256 at a time (in tests one slice a step: see `NOTED_BUDGET`).
+fn wait_entry_slices(h: &StoreHandle, entries: usize) {
+    let t = std::time::Instant::now();
+    while h.stats().history_entry_slices < entries.div_ceil(256) as u64 {
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", h.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Conversation entries that need a read of the stored one (of conversations stored
@@ -458,11 +464,7 @@ fn entries_that_need_a_read_are_written_by_the_ticks() {
     let h = open_with(dir.path(), 100, None, 64 << 20, Duration::from_millis(50));
     call(|cb| h.history_append(chunks(10_000), cb)).unwrap();
     // Each peer's entry (it sent nothing) needs a read: 3 000 in slices of 256, one a step.
-    let t = std::time::Instant::now();
-    while h.stats().history_entry_slices < N.div_ceil(256) as u64 {
-        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", h.stats());
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_entry_slices(&h, N);
     let cs = call(|cb| h.conversations("p7", 10, 0, usize::MAX, cb)).unwrap();
     assert_eq!(cs.len(), 1);
 }
