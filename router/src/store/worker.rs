@@ -2067,7 +2067,8 @@ impl Worker {
                 .collect();
             let mut stored = self.keys_under(&contact_entry_key(user, ""))?;
             // A list with blockers it did not load cannot say which stored ones are
-            // stale: they stay (a drop lost with a failed write stays lost).
+            // stale: they stay (the changes a failed write held come again in this one:
+            // `ContactCache::take_save`).
             if !header.blockers_unloaded {
                 stored.extend(self.keys_under(&contact_blocker_key(user, ""))?);
             }
