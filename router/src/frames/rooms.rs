@@ -142,8 +142,8 @@ impl Shard {
     /// `Shard::dm_refusal`, from `user`'s loaded list, no store read); before, a blocked
     /// user put its blocker into rooms and wrote to it there.
     ///
-    /// The allowance is looked at first, and taken last: a frame it refuses reads no
-    /// blocks from the store, and one refused FORBIDDEN takes nothing. `Err(())` when the
+    /// The allowance is looked at first, and taken once the blocks are known: a frame it
+    /// refuses reads no blocks from the store; one refused FORBIDDEN takes it too. `Err(())` when the
     /// blocks of users it adds must be read from the store first (`shard::blocks`): the
     /// frame waits and is handled again.
     fn add_refusal(
@@ -173,20 +173,22 @@ impl Shard {
                 ),
             )));
         }
+        if self.dm_gate() && !self.blockers_known(key, added.iter().map(|m| m.as_bytes())) {
+            return Err(());
+        }
+        // Taken whatever the blocks say (checked above: it has them): the checks cost
+        // as much for a frame refused FORBIDDEN, which a client could send again and
+        // again (10 000 members a frame held its shard 25 ms each).
+        let _ = self
+            .add_rate
+            .take(user.as_bytes(), added.len(), per_minute, now);
         if self.dm_gate() {
-            if !self.blockers_known(key, added.iter().map(|m| m.as_bytes())) {
-                return Err(());
-            }
             for m in added {
                 if let Some((status, reason)) = self.dm_refusal(user.as_bytes(), m.as_bytes()) {
                     return Ok(Some((status, format!("{reason}: {m}"))));
                 }
             }
         }
-        // (Checked above: it has them.)
-        let _ = self
-            .add_rate
-            .take(user.as_bytes(), added.len(), per_minute, now);
         Ok(None)
     }
 

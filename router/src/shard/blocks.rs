@@ -10,7 +10,8 @@
 //! For such a user a frame that writes to a peer the loaded notes cannot answer for
 //! waits, before it is checked ([`Shard::blockers_known`], where the DM, receipt and
 //! room-add paths look for blocks): the
-//! store is asked about the peers it names (one key each), the session's reader waits
+//! store is asked about every peer it names past those loaded (one key each; kept
+//! answers too, which the answer's own may push out), the session's reader waits
 //! for the answer (as for a big answer: acks are still read ahead), and the frame is
 //! handled again with the answer (`Flow::Again`). The answers are kept with the list
 //! ([`CHECKS_PER_LIST`](crate::store::contacts::CHECKS_PER_LIST), the latest), so a
@@ -85,15 +86,23 @@ impl Shard {
         let Ok(user) = std::str::from_utf8(&s.user) else {
             return true;
         };
-        if self.contacts.get(user).is_none_or(|r| !r.blockers_unloaded) {
+        let Some(rec) = self.contacts.get(user).filter(|r| r.blockers_unloaded) else {
             return true;
+        };
+        // Every peer the loaded blockers cannot answer for, those whose lookups are kept
+        // too: kept ones may go while the lookup is under way (the answer's own are kept,
+        // the latest 256), and the frame handled again must find each peer it names
+        // (a CreateRoom of 300 members was refused UNAVAILABLE at every retry).
+        let mut unknown: Vec<String> = Vec::new();
+        let mut some_unknown = false;
+        for p in peers.filter_map(|p| std::str::from_utf8(p).ok()) {
+            if p == user || rec.blocked_by_state(p).is_some() {
+                continue;
+            }
+            some_unknown = some_unknown || self.contacts.known_blocker(user, p).is_none();
+            unknown.push(p.to_owned());
         }
-        let mut unknown: Vec<String> = peers
-            .filter_map(|p| std::str::from_utf8(p).ok())
-            .filter(|&p| p != user && self.contacts.known_blocker(user, p).is_none())
-            .map(str::to_owned)
-            .collect();
-        if unknown.is_empty() {
+        if !some_unknown {
             return true;
         }
         unknown.sort_unstable();

@@ -550,9 +550,18 @@ struct Saved {
 /// See [`Saved::checks`].
 #[derive(Debug, Default)]
 struct Checks {
-    /// What lookups (and notes) of blockers not loaded found, `(peer, blocks)`, oldest
-    /// first, at most [`CHECKS_PER_LIST`].
-    found: std::collections::VecDeque<(String, bool)>,
+    /// What lookups (and notes) of blockers not loaded found: `peer → (blocks, when
+    /// kept)`, at most [`CHECKS_PER_LIST`]. A map: a frame naming 10 000 members looked
+    /// each up in a list of 256 by compare, three times (25 ms of its shard a frame,
+    /// found by a hostile probe).
+    found: crate::maps::NameMap<String, (bool, u64)>,
+    /// The peers in the order they were kept, `(when, peer)`, oldest first: the oldest
+    /// go past [`CHECKS_PER_LIST`]. An entry whose `when` is not its peer's in `found`
+    /// any more (kept again, or replaced) is stale and skipped; at most as many stale as
+    /// live ones are kept (then they are dropped in one pass).
+    order: std::collections::VecDeque<(u64, String)>,
+    /// The next `when`.
+    next: u64,
     /// The blocker changes written since the list's last write that succeeded with none
     /// in flight, in order. A whole write (after a failed one) names them again: the
     /// blockers it did not load are not in the list for it to write.
@@ -567,20 +576,35 @@ pub const CHECKS_PER_LIST: usize = 256;
 impl Checks {
     /// What was found for `peer`, if it is kept.
     fn of(&self, peer: &str) -> Option<bool> {
-        self.found
-            .iter()
-            .find(|(p, _)| p == peer)
-            .map(|&(_, on)| on)
+        self.found.get(peer).map(|&(on, _)| on)
     }
 
     /// Keeps `on` for `peer` as the newest answer (replacing one kept), the oldest going
     /// past [`CHECKS_PER_LIST`].
     fn keep(&mut self, peer: &str, on: bool) {
-        self.found.retain(|(p, _)| p != peer);
-        if self.found.len() >= CHECKS_PER_LIST {
-            self.found.pop_front();
+        let when = self.next;
+        self.next += 1;
+        self.found.insert(peer.to_owned(), (on, when));
+        self.order.push_back((when, peer.to_owned()));
+        while self.found.len() > CHECKS_PER_LIST {
+            let Some((w, p)) = self.order.pop_front() else {
+                break;
+            };
+            if self.found.get(p.as_str()).is_some_and(|&(_, at)| at == w) {
+                self.found.remove(p.as_str());
+            }
         }
-        self.found.push_back((peer.to_owned(), on));
+        if self.order.len() > 2 * CHECKS_PER_LIST {
+            let found = &self.found;
+            self.order
+                .retain(|(w, p)| found.get(p.as_str()).is_some_and(|&(_, at)| at == *w));
+        }
+    }
+
+    /// Forgets what was found for `peer`.
+    fn forget(&mut self, peer: &str) {
+        // (Its place in `order` goes stale.)
+        self.found.remove(peer);
     }
 }
 
@@ -588,11 +612,10 @@ impl Saved {
     /// What the lookups kept weigh, roughly (see [`list_weight`]).
     fn checks_weight(&self) -> usize {
         self.checks.as_ref().map_or(0, |c| {
-            c.found
-                .iter()
-                .chain(&c.sent)
-                .map(|(p, _)| std::mem::size_of::<(String, bool)>() + p.len())
-                .sum()
+            let each = std::mem::size_of::<(String, bool)>();
+            let found: usize = c.found.keys().map(|p| 2 * (each + p.len()) + 16).sum();
+            let sent: usize = c.sent.iter().map(|(p, _)| each + p.len()).sum();
+            found + sent
         })
     }
 }
@@ -852,7 +875,7 @@ impl<W> ContactCache<W> {
         };
         saved.blocker_notes = saved.blocker_notes.wrapping_add(1);
         if let Some(checks) = saved.checks.as_mut() {
-            checks.found.retain(|(p, _)| p != peer);
+            checks.forget(peer);
         }
         let before = rec.has_blocks();
         let changed = rec.set_blocked_by(peer, on, max_loaded);
@@ -1112,6 +1135,33 @@ mod tests {
             Some(false)
         );
         assert_eq!(c.known_blocker("u", "q"), None);
+    }
+
+    /// Kept answers: replacing one neither evicts another nor grows the order past
+    /// twice the bound; past the bound the oldest kept goes.
+    #[test]
+    fn checks_keep_the_latest_answers_by_peer() {
+        let mut k = Checks::default();
+        for i in 0..CHECKS_PER_LIST {
+            k.keep(&format!("p{i}"), i % 2 == 0);
+        }
+        for round in 0..10 * CHECKS_PER_LIST {
+            k.keep("p1", round % 2 == 0);
+            assert!(k.order.len() <= 2 * CHECKS_PER_LIST + 1);
+        }
+        assert_eq!(k.found.len(), CHECKS_PER_LIST);
+        assert_eq!(k.of("p0"), Some(true));
+        assert_eq!(k.of("p1"), Some(false));
+        // p1 is the newest now: the next new peer makes p0 go, then p2.
+        k.keep("new0", true);
+        assert_eq!(
+            (k.of("p0"), k.of("p1"), k.of("new0")),
+            (None, Some(false), Some(true))
+        );
+        k.forget("p2");
+        k.keep("new1", true);
+        assert_eq!((k.of("p3"), k.of("p2")), (Some(false), None));
+        assert_eq!(k.found.len(), CHECKS_PER_LIST);
     }
 
     #[test]

@@ -557,6 +557,8 @@ fn blocks_past_the_loaded_blockers_hold() {
         "2",
         "--max-loaded-blockers",
         "3",
+        "--max-member-adds-per-minute",
+        "100000",
         "--data-dir",
         data,
     ];
@@ -638,6 +640,20 @@ fn blocks_past_the_loaded_blockers_hold() {
     // A peer's answer is kept: asked again, no read.
     refused(&mut spam, "again");
     assert_eq!(lookups(&r), first);
+    // A room of more members than a list keeps answers for (256), with a blocker past
+    // those loaded among them: every peer is asked for again at each try, so that none
+    // kept before is missing when the frame is handled again (each retry was refused
+    // UNAVAILABLE, "blocks could not be read", when only the unkept ones were asked).
+    let mut members: Vec<String> = (0..300).map(|i| format!("mlb-n{i:03}")).collect();
+    members.insert(0, blockers[5].clone());
+    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+    for attempt in 0..3 {
+        assert_eq!(
+            code(spam.create_room_with("mlb-big", None, &members)),
+            Status::Forbidden,
+            "try {attempt}"
+        );
+    }
     spam.send_wait("mlb-pal", b"hi")
         .expect("a DM to a user that does not block it");
     assert_eq!(&pal.recv(Some(T)).unwrap().unwrap().payload[..], b"hi");
