@@ -277,6 +277,16 @@ pub struct Args {
     /// it refuses still cost the router about as much CPU as those deliveries did.
     #[arg(long, value_name = "N", default_value_t = 20_000, help_heading = LIMITS)]
     pub room_live_per_user_per_second: u64,
+    /// Live-only deliveries one user's typing indicators and read receipts to other
+    /// users may make per second on the recipients' shard (each shard counts its own),
+    /// one per session of the recipient reached, with ten seconds' worth saved up; past
+    /// it the frame reaches no one (its sender was told OK already: it is best-effort,
+    /// as for a recipient without a session; `ringrouter_direct_live_refused_total`). 0:
+    /// no limit. Without it one client's loop of typing indicators to a user with 63
+    /// devices made ~150 M deliveries a second of work for that user's shard and held
+    /// everyone else there 1-2.7 s.
+    #[arg(long, value_name = "N", default_value_t = 20_000, help_heading = LIMITS)]
+    pub direct_live_per_user_per_second: u64,
     /// Who may add members to a room: the owner only, or any member.
     #[arg(long, value_name = "POLICY", value_enum, default_value_t = RoomAddPolicy::Owner, help_heading = LIMITS)]
     pub room_add_policy: RoomAddPolicy,
@@ -498,6 +508,7 @@ impl Args {
             room_events_max_members: self.room_events_max_members,
             room_live_per_second: self.room_live_per_second,
             room_live_per_user_per_second: self.room_live_per_user_per_second,
+            direct_live_per_user_per_second: self.direct_live_per_user_per_second,
             room_add_policy: self.room_add_policy,
             dm_policy: self.dm_policy,
             max_contacts_per_user: self.max_contacts_per_user,

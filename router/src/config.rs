@@ -166,6 +166,10 @@ pub struct Config {
     /// Live-only deliveries one user's frames make per second in the rooms of one shard
     /// (ten seconds' worth saved up); 0: no limit but the room's.
     pub room_live_per_user_per_second: u64,
+    /// Live-only deliveries (sessions reached) one user's typing indicators and read
+    /// receipts to users homed on one shard may make per second (ten seconds' worth saved
+    /// up); 0: no limit.
+    pub direct_live_per_user_per_second: u64,
     /// Who may add members to a room.
     pub room_add_policy: RoomAddPolicy,
     /// Most users one user may add to rooms a minute (initial members and AddMember),
@@ -338,6 +342,7 @@ impl Default for Config {
             room_events_max_members: 1_000,
             room_live_per_second: 200_000,
             room_live_per_user_per_second: 20_000,
+            direct_live_per_user_per_second: 20_000,
             room_add_policy: RoomAddPolicy::Owner,
             max_member_adds_per_minute: 600,
             max_contact_ops_per_minute: 5_000,

@@ -75,6 +75,7 @@ impl Shard {
                 frame,
                 skip: None,
                 weight: 128,
+                from: Some(Bytes::from(reader)),
             });
         }
         if m.request_id != 0 {

@@ -45,6 +45,11 @@ const COUNTERS: &[(&str, &str, Get)] = &[
         |s| s.blocker_lookups,
     ),
     (
+        "direct_live_refused",
+        "Typing indicators and read receipts to a user dropped: their sender's direct live deliveries were spent (--direct-live-per-user-per-second).",
+        |s| s.direct_live_refused,
+    ),
+    (
         "room_messages",
         "Room messages accepted (before fan-out).",
         |s| s.room_msgs,

@@ -412,6 +412,10 @@ pub struct LiveFrame {
     pub skip: Option<SessionId>,
     /// What it counts for in the cross-shard pipeline bound.
     pub weight: usize,
+    /// The user whose typing indicator or read receipt it is: each session it reaches
+    /// takes one from that user's direct live deliveries on the recipients' shard
+    /// (`direct_live_per_user_per_second`). None: the router's own notices (presence).
+    pub from: Option<Bytes>,
 }
 
 /// A room event for the live sessions of some users homed on one shard.

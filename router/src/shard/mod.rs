@@ -280,6 +280,9 @@ pub struct Shard {
     /// What each user's live-only frames into the rooms here may still deliver
     /// (`room_live_per_user_per_second`; None: no limit but the rooms').
     pub(crate) live_rate: Option<crate::rate::Buckets<Bytes>>,
+    /// What each user's typing indicators and read receipts to users homed here may still
+    /// deliver (`direct_live_per_user_per_second`; None: no limit).
+    pub(crate) direct_live_rate: Option<crate::rate::Buckets<Bytes>>,
     /// HTTP API requests waiting for the outcome of a message they published.
     pub api_waiters: api::ApiWaiters,
     /// The social layer's state of the users homed here (see `social`).
@@ -335,7 +338,8 @@ impl Shard {
     ) -> Self {
         let store_queue_bytes = cfg.max_store_queue_bytes;
         let max_input_bytes = cfg.max_input_bytes;
-        let live_rate = rooms::live_rate(&cfg);
+        let live_rate = rooms::live_rate(&cfg, false);
+        let direct_live_rate = rooms::live_rate(&cfg, true);
         Shard {
             id,
             n,
@@ -403,6 +407,7 @@ impl Shard {
             add_rate: adds::AddRate::default(),
             contact_rate: adds::AddRate::default(),
             live_rate,
+            direct_live_rate,
             api_waiters: api::ApiWaiters::default(),
             social: social::Social::default(),
             contacts: contacts::Contacts::default(),

@@ -221,6 +221,7 @@ impl Shard {
                 frame: frame.clone(),
                 skip: None,
                 weight,
+                from: None,
             });
         }
     }
@@ -234,6 +235,7 @@ impl Shard {
             frame,
             skip: None,
             weight: 128,
+            from: None,
         });
     }
 

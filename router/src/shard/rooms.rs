@@ -207,9 +207,14 @@ const LIVE_RATE_USERS: usize = 16_384;
 /// Seconds of a user's live-only deliveries saved up.
 const LIVE_RATE_BURST_SECS: u64 = 10;
 
-/// The buckets of `room_live_per_user_per_second` (None when 0: no limit but a room's).
-pub(super) fn live_rate(cfg: &Config) -> Option<crate::rate::Buckets<Bytes>> {
-    let rate = cfg.room_live_per_user_per_second;
+/// The buckets of `room_live_per_user_per_second` (None when 0: no limit but a room's),
+/// or of `direct_live_per_user_per_second` (`direct`; None when 0: no limit).
+pub(super) fn live_rate(cfg: &Config, direct: bool) -> Option<crate::rate::Buckets<Bytes>> {
+    let rate = if direct {
+        cfg.direct_live_per_user_per_second
+    } else {
+        cfg.room_live_per_user_per_second
+    };
     (rate > 0).then(|| {
         let cap = rate.saturating_mul(LIVE_RATE_BURST_SECS) as f64;
         crate::rate::Buckets::new(cap, rate as f64, LIVE_RATE_USERS)

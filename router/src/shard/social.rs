@@ -52,8 +52,9 @@ impl Shard {
         let Some(sender) = self.session_id(key) else {
             return;
         };
+        let from = self.sessions[key].user.clone();
         let d = Deliver {
-            from_user: String::from_utf8_lossy(&self.sessions[key].user).into_owned(),
+            from_user: String::from_utf8_lossy(&from).into_owned(),
             payload: v.payload,
             server_ts_us: ts_us,
             msg_id,
@@ -66,6 +67,7 @@ impl Shard {
             frame: reply::deliver(d),
             skip: Some(sender),
             weight,
+            from: Some(from),
         };
         self.route_live(live);
         if v.want_result {
@@ -86,11 +88,39 @@ impl Shard {
         }
     }
 
-    /// Queues a live-only frame on every live session of its users homed here.
+    /// Queues a live-only frame on every live session of its users homed here: none if
+    /// it is a user's and that user's direct live deliveries here are spent.
     pub fn push_live(&mut self, live: &LiveFrame) {
+        if let Some(from) = &live.from {
+            if !self.take_direct_live(from, &live.users) {
+                self.counters.direct_live_refused += 1;
+                return;
+            }
+        }
         for u in &live.users {
             self.push_live_to(u, &live.frame, live.skip);
         }
+    }
+
+    /// Takes one of `from`'s direct live deliveries (`direct_live_per_user_per_second`)
+    /// for each session of `users` here; false, taking nothing, when it holds too few.
+    /// One client's typing loop to a user with 63 devices made 63 pushes a frame on
+    /// the recipient's shard, unpaced (the frames are dropped for sessions over their
+    /// pending bound, so nothing pauses the sender): everyone there waited 1-2.7 s.
+    fn take_direct_live(&mut self, from: &Bytes, users: &[Bytes]) -> bool {
+        let cost: usize = users
+            .iter()
+            .map(|u| self.users.get(&u[..]).map_or(0, |k| k.len()))
+            .sum();
+        let Some(rate) = self.direct_live_rate.as_mut().filter(|_| cost > 0) else {
+            return true;
+        };
+        let now = std::time::Instant::now();
+        if !rate.holds(from, cost as f64, now) {
+            return false;
+        }
+        rate.take(from.clone(), cost as f64, now);
+        true
     }
 
     /// Queues `frame` on every live session of `user` homed here but `skip`, unless

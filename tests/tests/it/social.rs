@@ -204,6 +204,47 @@ fn a_users_live_frames_are_refused_past_its_own_share() {
     assert_eq!(&next(&mut cb, "b").payload[..], b"kept");
 }
 
+/// A user's typing indicators and read receipts to another user spend its direct live
+/// deliveries on the recipient's shard (`--direct-live-per-user-per-second`, ten
+/// seconds' worth saved up), one per session reached: past them a frame reaches no one
+/// (its sender was told OK: best-effort). Unpaced, one client's loop to a user with 63
+/// devices held everyone on that user's shard 1-2.7 s. Others' budgets are their own,
+/// and direct messages are not counted.
+#[test]
+fn a_users_direct_live_frames_stop_past_its_share() {
+    let r = RouterProc::start(&["--shards", "2", "--direct-live-per-user-per-second", "1"]);
+    let u = users_on_shards("dl", 2);
+    let (a, b) = (&u[0], &u[1]);
+    let mut devices = [r.device(b, "one"), r.device(b, "two")];
+    let mut ca = r.client(a);
+    // Two sessions: each frame costs 2 of a's 10 saved up (1 a second).
+    let t = std::time::Instant::now();
+    for i in 0..12u8 {
+        ca.send_ephemeral_wait(Target::User(b), &[i])
+            .unwrap_or_else(|e| panic!("frame {i}: {e}"));
+    }
+    let most = 5 + t.elapsed().as_secs().div_ceil(2);
+    for (i, d) in devices.iter_mut().enumerate() {
+        let mut got = 0;
+        while let Some(m) = d.recv(Some(SHORT)).unwrap() {
+            assert!(m.ephemeral, "{m:?}");
+            got += 1;
+        }
+        assert!((5..=most).contains(&got), "device {i}: {got} of 12");
+    }
+    std::thread::sleep(SHORT);
+    let refused = crate::bounds::metric_sum(&r.metrics(), "ringrouter_direct_live_refused_total");
+    assert!(refused >= 12.0 - most as f64, "{refused} refused");
+    // Another user's frames, and a's direct messages, still reach both devices.
+    let mut cc = r.client("dl-other");
+    cc.send_ephemeral_wait(Target::User(b), b"c").unwrap();
+    ca.send_wait(b, b"kept").unwrap();
+    for d in devices.iter_mut() {
+        assert_eq!(&next(d, "b").payload[..], b"c");
+        assert_eq!(&next(d, "b").payload[..], b"kept");
+    }
+}
+
 #[test]
 fn ephemeral_never_grows_a_queue_past_its_bound() {
     // bob reads nothing (a small receive buffer): once his outbound queue is over
