@@ -107,7 +107,7 @@ pub(crate) async fn handle(
         Route::Tokens => tokens(body, api),
         Route::Disconnect(user) => disconnect(user, shard, shared).await,
         Route::User(user) => user_info(user, shard, shared).await,
-        Route::Room(room) => room_info(room, shared).await,
+        Route::Room(room) => room_info(room, shard, shared).await,
         _ => Err(Response::status(Status::NotFound, "no such API path")),
     };
     r.unwrap_or_else(|e| e)
@@ -163,17 +163,18 @@ fn call<T: Send + 'static>(
     rx
 }
 
-/// A store request answered through a one-shot answer.
-fn store_call<T: Send + 'static>(
-    submit: impl FnOnce(Box<dyn FnOnce(T) + Send>) -> crate::store::StoreResult<()>,
-) -> Result<AnswerRx<T>, Response> {
+/// A store request of the API, its answer sent back to the HTTP task, through the
+/// shard's page-read gate ([`Shard::api_read`]).
+fn gated_store_call<T: Send + 'static>(
+    shard: &Rc<RefCell<Shard>>,
+    submit: impl crate::shard::store_link::Submit<T>,
+) -> AnswerRx<crate::store::StoreResult<T>> {
     let (tx, rx) = answer();
-    submit(Box::new(move |r| {
+    shard.borrow_mut().api_read(submit, move |_, r| {
         // The receiver is gone only when the request timed out.
         let _ = tx.send(r);
-    }))
-    .map_err(|_| Response::status(Status::Unavailable, "the store is shut down"))?;
-    Ok(rx)
+    });
+    rx
 }
 
 fn refuse_name(e: ringrouter_proto::names::NameError) -> Response {
@@ -389,8 +390,10 @@ async fn user_info(user: String, shard: &Rc<RefCell<Shard>>, shared: &Arc<Shared
     let home = shard.borrow().home(user.as_bytes());
     let name = user.clone();
     let sessions = call(shard, home, move |sh| sh.user_sessions(name.as_bytes()));
-    let exists = store_call(|cb| shared.store.user_exists(&user, cb))?;
-    let queued = store_call(|cb| shared.store.count(&user, cb))?;
+    let u = user.clone();
+    let exists = gated_store_call(shard, move |st, cb| st.user_exists(&u, cb));
+    let u = user.clone();
+    let queued = gated_store_call(shard, move |st, cb| st.count(&u, cb));
     // One deadline for the three answers: the request waits `--http-api-timeout` at
     // most, not once per answer.
     let deadline = std::time::Instant::now() + t;
@@ -415,9 +418,10 @@ async fn user_info(user: String, shard: &Rc<RefCell<Shard>>, shared: &Arc<Shared
 
 /// `GET /api/v1/rooms/{room}`: owner and members (from the store, which every change of
 /// a room reaches before its members hear of it).
-async fn room_info(room: String, shared: &Arc<Shared>) -> Answer {
+async fn room_info(room: String, shard: &Rc<RefCell<Shard>>, shared: &Arc<Shared>) -> Answer {
     check_room_name("room", &room).map_err(refuse_name)?;
-    let rx = store_call(|cb| shared.store.get_room(&room, cb))?;
+    let name = room.clone();
+    let rx = gated_store_call(shard, move |st, cb| st.get_room(&name, cb));
     let rec = within(shared.cfg.http_api_timeout, rx)
         .await?
         .map_err(|e| {

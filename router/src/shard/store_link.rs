@@ -482,6 +482,20 @@ impl Shard {
         self.gated_req(Gate::Reads, user, Some(id), submit, then);
     }
 
+    /// [`Shard::store_req`] for a read of the HTTP API (a room's members, a user's
+    /// queue): made now, or once its turn comes, taking turns with the users of this
+    /// shard's page reads as one more user (see [`PageReads`]). Unpaced, 1 024 API
+    /// requests for a room of 9 999 members in flight held everyone's ListRooms 0.6 s.
+    pub fn api_read<T: Send + 'static>(
+        &mut self,
+        submit: impl Submit<T>,
+        then: impl FnOnce(&mut Shard, StoreResult<T>) + Send + 'static,
+    ) {
+        // (No user name holds a NUL.)
+        let turn = Bytes::from_static(b"\0api");
+        self.gated_req(Gate::Reads, turn, None, submit, then);
+    }
+
     /// [`Shard::store_req`] for a deletion whose work grows with what it deletes, of
     /// `name` (a user's, a room's): made now, or once this shard's one before it is
     /// answered, taking turns by name (see [`PageReads`]).
