@@ -59,10 +59,21 @@ def status(tag, pid, http, names, with_cpu=False):
 class HonestPair:
     """Two honest users of their own timing a direct message: `dm_ms()` one round trip,
     `lat(n)` the p50 and max of n."""
-    def __init__(self, tcp):
-        self.a = Conn(tcp, "hon1"); self.b = Conn(tcp, "hon2")
+    def __init__(self, tcp, a="hon1", b="hon2"):
+        self.a = Conn(tcp, a); self.b = Conn(tcp, b); self.bn = b
     def dm_ms(self):
-        t0 = time.time(); self.a.send_frame(2, {1: 1, 2: "hon2", 4: b"hi"}); self.b.wait("deliver", 30); self.b.ack()
+        t0 = time.time(); self.a.send_frame(2, {1: 1, 2: self.bn, 4: b"hi"}); self.b.wait("deliver", 30); self.b.ack()
         return (time.time()-t0)*1000
     def lat(self, n=10):
         l = sorted(self.dm_ms() for _ in range(n)); return f"p50={l[n//2]:.1f}ms max={l[-1]:.1f}ms"
+    def loop(self, running, every=0.05):
+        """Times a DM every `every` s in a thread of its own while `running()`; returns the
+        list the round trips (ms; 99999 for a failure) are appended to."""
+        out = []
+        def run():
+            while running():
+                try: out.append(self.dm_ms())
+                except Exception: out.append(99999)
+                time.sleep(every)
+        threading.Thread(target=run, daemon=True).start()
+        return out

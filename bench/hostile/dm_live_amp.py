@@ -42,13 +42,7 @@ if READ: threading.Thread(target=reader, args=(vs,), daemon=True).start()
 threading.Thread(target=reader, args=(atts,), daemon=True).start()
 ths = [threading.Thread(target=att, args=(s,), daemon=True) for s in atts]
 [t.start() for t in ths]
-dms = []
-def dmloop():
-    while not stop:
-        try: dms.append(hp.dm_ms())
-        except Exception: dms.append(99999)
-        time.sleep(0.05)
-threading.Thread(target=dmloop, daemon=True).start()
+dms = hp.loop(lambda: not stop)
 c0 = cpu(pid); t0 = time.time(); s0 = 0; r0 = 0
 m0 = metrics(http, MN)
 while time.time() - t0 < secs:

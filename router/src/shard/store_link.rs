@@ -492,8 +492,21 @@ impl Shard {
         then: impl FnOnce(&mut Shard, StoreResult<T>) + Send + 'static,
     ) {
         // (No user name holds a NUL.)
-        let turn = Bytes::from_static(b"\0api");
-        self.gated_req(Gate::Reads, turn, None, submit, then);
+        self.read_in_turn(Bytes::from_static(b"\0api"), submit, then);
+    }
+
+    /// [`Shard::store_req`] for a read of `user`'s whose work grows with what it looks
+    /// at and that no session waits for (a room's member checks, on the room's shard):
+    /// made now, or once `user`'s turn comes (see [`PageReads`]). Unpaced, 32 new
+    /// accounts each creating a room of 2 000 members in ~440 rooms each held everyone's
+    /// logins 0.6 s.
+    pub fn read_in_turn<T: Send + 'static>(
+        &mut self,
+        user: Bytes,
+        submit: impl Submit<T>,
+        then: impl FnOnce(&mut Shard, StoreResult<T>) + Send + 'static,
+    ) {
+        self.gated_req(Gate::Reads, user, None, submit, then);
     }
 
     /// [`Shard::store_req`] for a deletion whose work grows with what it deletes, of

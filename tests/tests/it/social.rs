@@ -243,6 +243,25 @@ fn a_users_direct_live_frames_stop_past_its_share() {
         assert_eq!(&next(d, "b").payload[..], b"c");
         assert_eq!(&next(d, "b").payload[..], b"kept");
     }
+    // The copies of a's direct messages for its other devices come from its own budget
+    // on its home shard (10 there, 1 a second): the messages all go, the copies stop.
+    let mut a2 = r.device(a, "two");
+    let t = std::time::Instant::now();
+    for i in 0..14u8 {
+        ca.send_wait(b, &[i]).unwrap();
+    }
+    let most = 10 + t.elapsed().as_secs();
+    let mut copies = 0;
+    while let Some(m) = a2.recv(Some(SHORT)).unwrap() {
+        assert!(m.outgoing, "{m:?}");
+        copies += 1;
+    }
+    assert!((10..=most).contains(&copies), "{copies} copies of 14");
+    for d in devices.iter_mut() {
+        for i in 0..14u8 {
+            assert_eq!(&next(d, "b").payload[..], &[i]);
+        }
+    }
 }
 
 #[test]
