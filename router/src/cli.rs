@@ -280,7 +280,7 @@ pub struct Args {
     /// Live-only deliveries one user's typing indicators and read receipts to other
     /// users may make per second on the recipients' shard (each shard counts its own),
     /// one per session of the recipient reached, and the copies of its direct messages
-    /// for its own other devices, with ten seconds' worth saved up; past
+    /// and receipts for its own other devices, with ten seconds' worth saved up; past
     /// it the frame reaches no one (its sender was told OK already: it is best-effort,
     /// as for a recipient without a session; `ringrouter_direct_live_refused_total`). 0:
     /// no limit. Without it one client's loop of typing indicators to a user with 63

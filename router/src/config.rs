@@ -167,7 +167,8 @@ pub struct Config {
     /// (ten seconds' worth saved up); 0: no limit but the room's.
     pub room_live_per_user_per_second: u64,
     /// Live-only deliveries (sessions reached) one user's typing indicators and read
-    /// receipts to users homed on one shard may make per second (ten seconds' worth saved
+    /// receipts to users homed on one shard, and the copies of its direct messages and
+    /// receipts for its own other devices, may make per second (ten seconds' worth saved
     /// up); 0: no limit.
     pub direct_live_per_user_per_second: u64,
     /// Who may add members to a room.

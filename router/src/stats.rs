@@ -104,8 +104,9 @@ pub struct Counters {
     /// Peers read from the store to learn whether they block a user whose blockers are
     /// not all loaded (`--max-loaded-blockers`, `shard::blocks`).
     pub blocker_lookups: u64,
-    /// Typing indicators and read receipts to a user that reached none of its sessions:
-    /// their sender's direct live deliveries were spent (`--direct-live-per-user-per-second`).
+    /// Typing indicators and read receipts to a user, and copies of a user's direct
+    /// messages and receipts for its other devices, dropped: their sender's direct live
+    /// deliveries were spent (`--direct-live-per-user-per-second`).
     pub direct_live_refused: u64,
     /// Refused logins, per status code (successful ones are `logins`).
     pub login_failures: [u64; STATUS_CODES],

@@ -55,7 +55,9 @@ impl Shard {
         // The reader's other devices (here), then the peer's (at its home), unless the
         // peer blocks the reader or (--dm-policy contacts) is not a contact: a receipt
         // is refused like a direct message.
-        self.push_live_to(reader.as_bytes(), &frame, me);
+        if self.take_own_copies(reader.as_bytes()) {
+            self.push_live_to(reader.as_bytes(), &frame, me);
+        }
         if self.dm_gate() {
             if let Some((status, reason)) = self.dm_refusal(reader.as_bytes(), m.to_user.as_bytes())
             {

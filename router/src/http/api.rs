@@ -164,17 +164,34 @@ fn call<T: Send + 'static>(
 }
 
 /// A store request of the API, its answer sent back to the HTTP task, through the
-/// shard's page-read gate ([`Shard::api_read`]).
+/// shard's page-read gate ([`Shard::api_read`]); 503 when too many wait there. The
+/// request is not made if the HTTP task gave up meanwhile (timed out: it dropped the
+/// returned token), so that a waiting read nobody will see takes no turn's work.
 fn gated_store_call<T: Send + 'static>(
     shard: &Rc<RefCell<Shard>>,
     submit: impl crate::shard::store_link::Submit<T>,
-) -> AnswerRx<crate::store::StoreResult<T>> {
+) -> Result<(AnswerRx<crate::store::StoreResult<T>>, Arc<()>), Response> {
     let (tx, rx) = answer();
-    shard.borrow_mut().api_read(submit, move |_, r| {
+    let alive = Arc::new(());
+    let asker = Arc::downgrade(&alive);
+    let submit = move |st: &crate::store::StoreHandle, cb| {
+        if asker.strong_count() == 0 {
+            // (`cb` dropped uncalled: answered Closed, its turn given back.)
+            return Err(crate::store::StoreError::Closed);
+        }
+        submit(st, cb)
+    };
+    let made = shard.borrow_mut().api_read(submit, move |_, r| {
         // The receiver is gone only when the request timed out.
         let _ = tx.send(r);
     });
-    rx
+    if !made {
+        return Err(Response::status(
+            Status::Unavailable,
+            "too many API reads wait for the store on this shard",
+        ));
+    }
+    Ok((rx, alive))
 }
 
 fn refuse_name(e: ringrouter_proto::names::NameError) -> Response {
@@ -391,9 +408,9 @@ async fn user_info(user: String, shard: &Rc<RefCell<Shard>>, shared: &Arc<Shared
     let name = user.clone();
     let sessions = call(shard, home, move |sh| sh.user_sessions(name.as_bytes()));
     let u = user.clone();
-    let exists = gated_store_call(shard, move |st, cb| st.user_exists(&u, cb));
+    let (exists, _asking) = gated_store_call(shard, move |st, cb| st.user_exists(&u, cb))?;
     let u = user.clone();
-    let queued = gated_store_call(shard, move |st, cb| st.count(&u, cb));
+    let (queued, _asking_too) = gated_store_call(shard, move |st, cb| st.count(&u, cb))?;
     // One deadline for the three answers: the request waits `--http-api-timeout` at
     // most, not once per answer.
     let deadline = std::time::Instant::now() + t;
@@ -421,7 +438,7 @@ async fn user_info(user: String, shard: &Rc<RefCell<Shard>>, shared: &Arc<Shared
 async fn room_info(room: String, shard: &Rc<RefCell<Shard>>, shared: &Arc<Shared>) -> Answer {
     check_room_name("room", &room).map_err(refuse_name)?;
     let name = room.clone();
-    let rx = gated_store_call(shard, move |st, cb| st.get_room(&name, cb));
+    let (rx, _asking) = gated_store_call(shard, move |st, cb| st.get_room(&name, cb))?;
     let rec = within(shared.cfg.http_api_timeout, rx)
         .await?
         .map_err(|e| {

@@ -46,7 +46,7 @@ const COUNTERS: &[(&str, &str, Get)] = &[
     ),
     (
         "direct_live_refused",
-        "Typing indicators and read receipts to a user dropped: their sender's direct live deliveries were spent (--direct-live-per-user-per-second).",
+        "Typing indicators and read receipts to a user, and copies of a user's direct messages and receipts for its other devices, dropped: their sender's direct live deliveries were spent (--direct-live-per-user-per-second).",
         |s| s.direct_live_refused,
     ),
     (

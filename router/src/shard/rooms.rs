@@ -1271,12 +1271,19 @@ impl Shard {
             .collect();
         let key = Bytes::copy_from_slice(req.op.key().as_bytes());
         let max = self.cfg.max_rooms_per_user;
-        // Each member's room index is read: taking turns with other users' page reads.
-        let user = Bytes::copy_from_slice(req.user.as_bytes());
-        self.read_in_turn(
-            user,
-            move |st, cb| st.check_members(batch, max, cb),
-            move |sh, r| match r {
+        let one = batch.len() == 1 && members.is_empty();
+        // Each member's room index is read: batches take turns with users' page reads,
+        // as their adder's member checks (a turn of their own: not behind the adder's
+        // page reads, while the room waits). One member (an AddMember) is one short
+        // read: made at once.
+        let turn = (!one).then(|| {
+            let mut t = b"\0m".to_vec();
+            t.extend_from_slice(req.user.as_bytes());
+            Bytes::from(t)
+        });
+        let submit = move |st: &crate::store::StoreHandle, cb| st.check_members(batch, max, cb);
+        let done =
+            move |sh: &mut Shard, r: crate::store::StoreResult<Option<MemberProblem>>| match r {
                 Ok(None) => sh.check_members(members, req, then),
                 Ok(Some(MemberProblem::NoAccount(user))) => {
                     sh.answer(&req, Status::NotFound, &format!("no such user: {user}"), "");
@@ -1289,8 +1296,11 @@ impl Shard {
                     sh.room_done(&key, After::Same);
                 }
                 Err(e) => sh.room_failed(&key, &req, &e),
-            },
-        );
+            };
+        match turn {
+            Some(turn) => self.read_in_turn(turn, submit, done),
+            None => self.store_req(submit, done),
+        }
     }
 
     /// A room checked for creation: draws its code, hashes its password, writes it.

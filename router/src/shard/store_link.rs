@@ -332,6 +332,13 @@ impl Shard {
     }
 }
 
+/// The turn of the HTTP API's reads at the page-read gate (no user name holds a NUL).
+const API_TURN: &[u8] = b"\0api";
+
+/// The HTTP API's reads that wait for their turn on one shard at most
+/// ([`Shard::api_read`]); past them a request is answered 503 at once.
+pub const API_READS_WAITING_MAX: usize = 256;
+
 /// A store request waiting for its turn at a [`PageReads`] gate.
 struct WaitingRead {
     /// The session it is for (dropped when that ends); none for a deletion.
@@ -385,6 +392,11 @@ impl PageReads {
     /// Page reads waiting for their turn.
     pub fn waiting(&self) -> usize {
         self.count
+    }
+
+    /// Page reads of `name`'s waiting for its turn.
+    pub fn waiting_of(&self, name: &Bytes) -> usize {
+        self.waiting.get(name).map_or(0, VecDeque::len)
     }
 
     fn push(&mut self, user: Bytes, w: WaitingRead) {
@@ -486,27 +498,33 @@ impl Shard {
     /// queue): made now, or once its turn comes, taking turns with the users of this
     /// shard's page reads as one more user (see [`PageReads`]). Unpaced, 1 024 API
     /// requests for a room of 9 999 members in flight held everyone's ListRooms 0.6 s.
+    /// False, making nothing, when [`API_READS_WAITING_MAX`] wait already (they count
+    /// against no session: a backend polling faster than its turns come would queue
+    /// them without bound).
     pub fn api_read<T: Send + 'static>(
         &mut self,
         submit: impl Submit<T>,
         then: impl FnOnce(&mut Shard, StoreResult<T>) + Send + 'static,
-    ) {
-        // (No user name holds a NUL.)
-        self.read_in_turn(Bytes::from_static(b"\0api"), submit, then);
+    ) -> bool {
+        let turn = Bytes::from_static(API_TURN);
+        if self.page_reads.waiting_of(&turn) >= API_READS_WAITING_MAX {
+            return false;
+        }
+        self.read_in_turn(turn, submit, then);
+        true
     }
 
-    /// [`Shard::store_req`] for a read of `user`'s whose work grows with what it looks
-    /// at and that no session waits for (a room's member checks, on the room's shard):
-    /// made now, or once `user`'s turn comes (see [`PageReads`]). Unpaced, 32 new
-    /// accounts each creating a room of 2 000 members in ~440 rooms each held everyone's
-    /// logins 0.6 s.
+    /// [`Shard::store_req`] for a read whose work grows with what it looks at and that
+    /// no session waits for (a room's member checks, on the room's shard): made now, or
+    /// once `turn`'s turn comes (see [`PageReads`]). Unpaced, 32 new accounts each
+    /// creating a room of 2 000 members in ~440 rooms each held everyone's logins 0.6 s.
     pub fn read_in_turn<T: Send + 'static>(
         &mut self,
-        user: Bytes,
+        turn: Bytes,
         submit: impl Submit<T>,
         then: impl FnOnce(&mut Shard, StoreResult<T>) + Send + 'static,
     ) {
-        self.gated_req(Gate::Reads, user, None, submit, then);
+        self.gated_req(Gate::Reads, turn, None, submit, then);
     }
 
     /// [`Shard::store_req`] for a deletion whose work grows with what it deletes, of

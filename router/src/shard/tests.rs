@@ -613,6 +613,49 @@ fn intake_waiters_stay_bounded_however_often_a_reader_polls_again() {
     );
 }
 
+/// The HTTP API's reads and a creator's member checks wait at the page-read gate as one
+/// more user each, taking turns with the users' page reads; past
+/// `API_READS_WAITING_MAX` an API read is refused (nothing made).
+#[test]
+fn api_reads_and_member_checks_take_turns_at_the_page_read_gate() {
+    use crate::shard::store_link::API_READS_WAITING_MAX;
+    use std::sync::Mutex;
+    let mut s = shard_with(Config {
+        max_page_reads_in_flight: 1,
+        ..Config::default()
+    });
+    let k = s.register("pager", "d".into(), -1).unwrap();
+    let made = Arc::new(Mutex::new(Vec::new()));
+    let note = |made: &Arc<Mutex<Vec<&'static str>>>, what: &'static str| {
+        let made = made.clone();
+        move |_: &mut Shard, _: crate::store::StoreResult<()>| made.lock().unwrap().push(what)
+    };
+    s.page_reads.in_store = 1;
+    s.page_read(k, |_, _| Ok(()), note(&made, "page 1"));
+    s.page_read(k, |_, _| Ok(()), note(&made, "page 2"));
+    assert!(s.api_read(|_, _| Ok(()), note(&made, "api")));
+    s.read_in_turn(
+        Bytes::from_static(b"\0mowner"),
+        |_, _| Ok(()),
+        note(&made, "members"),
+    );
+    assert_eq!(s.page_reads.waiting(), 4);
+    s.page_read_done();
+    assert_eq!(
+        *made.lock().unwrap(),
+        ["page 1", "api", "members", "page 2"]
+    );
+    // A backend polling faster than its turns come: refused past the bound.
+    s.page_reads.in_store = 1;
+    for _ in 0..API_READS_WAITING_MAX {
+        assert!(s.api_read(|_, _| Ok(()), note(&made, "api")));
+    }
+    assert!(!s.api_read(|_, _| Ok(()), note(&made, "refused")));
+    s.page_read_done();
+    assert_eq!(s.page_reads.waiting(), 0);
+    assert!(!made.lock().unwrap().contains(&"refused"));
+}
+
 /// Past `max_page_reads_in_flight`, page reads and lookups wait in the shard, in order
 /// (turns going round the users), and are made as those in the store are answered;
 /// those of a session that ended meanwhile are dropped when it ends (kept, a client

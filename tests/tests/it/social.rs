@@ -577,6 +577,40 @@ fn no_receipt(c: &mut Client, who: &str) {
     }
 }
 
+/// The copies of a user's read receipts for its other devices come from its direct live
+/// deliveries (`--direct-live-per-user-per-second`), one per device: past them the other
+/// devices miss the receipt; the peer still gets each (from its own count on its shard).
+#[test]
+fn own_device_receipts_stop_past_the_users_share() {
+    let r = RouterProc::start(&["--shards", "2", "--direct-live-per-user-per-second", "1"]);
+    let u = users_on_shards("orr", 2);
+    let (a, b) = (&u[0], &u[1]);
+    let mut phone = r.device(a, "phone");
+    let mut others = [r.device(a, "laptop"), r.device(a, "tablet")];
+    let mut cb = r.client(b);
+    let id = cb.send_wait(a, b"read me").unwrap();
+    // Two other devices: each receipt's copies cost 2 of a's 10 saved up (1 a second).
+    let t = std::time::Instant::now();
+    for _ in 0..8 {
+        phone.mark_read(Target::User(b), id).expect("mark_read");
+    }
+    let most = 5 + t.elapsed().as_secs().div_ceil(2) as usize;
+    for (i, d) in others.iter_mut().enumerate() {
+        let mut got = 0;
+        while let Some(ev) = d.next_event(Some(SHORT)).unwrap() {
+            if matches!(ev, Event::Receipt(_)) {
+                got += 1;
+            }
+        }
+        assert!((5..=most).contains(&got), "device {i}: {got} of 8");
+    }
+    // The peer's receipts are from a's count on the peer's shard, 10 there: 8 receipts
+    // to one session all arrive.
+    for _ in 0..8 {
+        next_receipt(&mut cb, "b");
+    }
+}
+
 fn read_receipts(driver: Driver) {
     let r = RouterProc::start_with(&["--shards", "2"], driver);
     let u = users_on_shards("rr", 2);
