@@ -44,7 +44,8 @@ impl Shard {
         let Some(s) = self.sessions.get(key) else {
             return;
         };
-        let reader = String::from_utf8_lossy(&s.user).into_owned();
+        let reader_bytes = s.user.clone();
+        let reader = String::from_utf8_lossy(&reader_bytes).into_owned();
         let frame = reply::receipt(Receipt {
             user: reader.clone(),
             to_user: m.to_user.clone(),
@@ -55,7 +56,7 @@ impl Shard {
         // The reader's other devices (here), then the peer's (at its home), unless the
         // peer blocks the reader or (--dm-policy contacts) is not a contact: a receipt
         // is refused like a direct message.
-        if self.take_own_copies(reader.as_bytes()) {
+        if self.take_own_copies(&reader_bytes) {
             self.push_live_to(reader.as_bytes(), &frame, me);
         }
         if self.dm_gate() {

@@ -203,15 +203,15 @@ impl Shard {
     /// from its direct live deliveries; false, counted, when it holds too few. 8 of 64
     /// devices writing DMs in a loop made 63 copies each, unpaced, and held everyone on
     /// their shard 0.3-0.5 s.
-    pub(crate) fn take_own_copies(&mut self, user: &[u8]) -> bool {
+    pub(crate) fn take_own_copies(&mut self, user: &Bytes) -> bool {
         let others = self
             .users
-            .get(user)
+            .get(&user[..])
             .map_or(0, |k| k.len().saturating_sub(1));
         if others == 0 {
             return true;
         }
-        if self.take_direct_live(&Bytes::copy_from_slice(user), others) {
+        if self.take_direct_live(user, others) {
             return true;
         }
         self.counters.direct_live_refused += 1;
