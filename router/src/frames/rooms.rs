@@ -143,9 +143,9 @@ impl Shard {
     /// user put its blocker into rooms and wrote to it there.
     ///
     /// The allowance is looked at first, and taken once the blocks are known: a frame it
-    /// refuses reads no blocks from the store; one refused FORBIDDEN takes it too. `Err(())` when the
-    /// blocks of users it adds must be read from the store first (`shard::blocks`): the
-    /// frame waits and is handled again.
+    /// refuses reads no blocks from the store; one refused FORBIDDEN takes it too.
+    /// `Err(())` when the blocks of users it adds must be read from the store first
+    /// (`shard::blocks`): the frame waits and is handled again.
     fn add_refusal(
         &mut self,
         key: SessionKey,
