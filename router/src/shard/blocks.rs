@@ -73,7 +73,7 @@ impl Shard {
     pub(crate) fn blockers_known<'a>(
         &mut self,
         key: SessionKey,
-        peers: impl Iterator<Item = &'a [u8]>,
+        peers: impl Iterator<Item = &'a [u8]> + Clone,
     ) -> bool {
         self.take_blocker_answer(key);
         if self.looked_up.is_some() {
@@ -89,22 +89,23 @@ impl Shard {
         let Some(rec) = self.contacts.get(user).filter(|r| r.blockers_unloaded) else {
             return true;
         };
-        // Every peer the loaded blockers cannot answer for, those whose lookups are kept
-        // too: kept ones may go while the lookup is under way (the answer's own are kept,
-        // the latest 256), and the frame handled again must find each peer it names
-        // (a CreateRoom of 300 members was refused UNAVAILABLE at every retry).
-        let mut unknown: Vec<String> = Vec::new();
-        let mut some_unknown = false;
-        for p in peers.filter_map(|p| std::str::from_utf8(p).ok()) {
-            if p == user || rec.blocked_by_state(p).is_some() {
-                continue;
-            }
-            some_unknown = some_unknown || self.contacts.known_blocker(user, p).is_none();
-            unknown.push(p.to_owned());
-        }
-        if !some_unknown {
+        // The peers the loaded blockers cannot answer for.
+        let past_loaded = peers
+            .filter_map(|p| std::str::from_utf8(p).ok())
+            .filter(|&p| p != user && rec.blocked_by_state(p).is_none());
+        // Nothing is read (nor allocated: a conversation's every DM asks) while the kept
+        // lookups answer for them all.
+        if past_loaded
+            .clone()
+            .all(|p| self.contacts.known_blocker(user, p).is_some())
+        {
             return true;
         }
+        // Else every one of them is asked, kept ones too: kept ones may go while the
+        // lookup is under way (the answer's own are kept, the latest 256), and the frame
+        // handled again must find each peer it names (a CreateRoom of 300 members was
+        // refused UNAVAILABLE at every retry).
+        let mut unknown: Vec<String> = past_loaded.map(str::to_owned).collect();
         unknown.sort_unstable();
         unknown.dedup();
         let user = user.to_owned();
