@@ -250,6 +250,9 @@ shard_stats!(
     mailbox_depth,
     /// Store requests made and not answered.
     store_queue_requests,
+    /// The most store requests made and not answered at once since the start (the queue's
+    /// bound, `STORE_HIGH_WATER`, plus the reserve kept for sessions with nothing in it).
+    store_queue_requests_peak,
     /// What they count for in bytes (see `max_store_queue_bytes`).
     store_queue_bytes,
     /// Page reads (History, ListConversations, MarkRead, ListRooms, ListUsers) waiting

@@ -57,6 +57,24 @@ impl Shard {
         self.route_send(key, v, ts_us, known_home, blocked)
     }
 
+    /// A stored message to a room, validated (see `route_send`): it waits while the room
+    /// is homed here and its store requests do not fit (`Shard::room_send_waits`).
+    #[inline(never)]
+    fn route_room_send(&mut self, key: SessionKey, v: SendView, msg_id: u64, ts_us: u64) -> Flow {
+        if self.room_send_waits(key, &v.to_room) {
+            // Handled again once the store's queue has room for it, counted then, its
+            // client_seq taken then (`Shard::room_send_may_go`).
+            self.counters.msgs_in -= 1;
+            if v.client_seq != 0 {
+                self.sessions[key].client_seq_taken = self.seq_taken_before;
+            }
+            return Flow::Again;
+        }
+        self.chunk_payload += v.payload.len();
+        self.send_to_room(key, v, msg_id, ts_us, Live::No);
+        Flow::Continue
+    }
+
     fn route_send(
         &mut self,
         key: SessionKey,
@@ -137,9 +155,7 @@ impl Shard {
             return Flow::Continue;
         }
         if !v.to_room.is_empty() {
-            self.chunk_payload += v.payload.len();
-            self.send_to_room(key, v, msg_id, ts_us, Live::No);
-            return Flow::Continue;
+            return self.route_room_send(key, v, msg_id, ts_us);
         }
         if self.social.multi_device > 0 {
             self.copy_to_own_devices(key, &v.to_user, &v.payload, msg_id, ts_us);

@@ -137,6 +137,11 @@ const GAUGES: &[(&str, &str, Get)] = &[
         |s| s.store_queue_requests,
     ),
     (
+        "store_queue_requests_peak",
+        "The most store requests in flight at once since the start (bounded at 16 384 a shard plus a reserve of 2 048 for sessions with nothing in flight).",
+        |s| s.store_queue_requests_peak,
+    ),
+    (
         "store_queue_bytes",
         "Bytes those store requests count for.",
         |s| s.store_queue_bytes,

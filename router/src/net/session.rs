@@ -300,7 +300,7 @@ fn read_loop<'a>(
             let mut turn_over = false;
             let flow = {
                 let mut sh = shard.borrow_mut();
-                let (work, stored) = (sh.fan_work(), sh.store_work());
+                let (work, stored, posted) = (sh.fan_work(), sh.store_work(), sh.posted);
                 let now = Instant::now();
                 let ts = now_us();
                 let mut flow = Flow::Continue;
@@ -446,6 +446,10 @@ fn read_loop<'a>(
                 // acks taken, or it is cut at `max_unacked_per_session` while it keeps up.
                 if answered_over && !sh.drained(key) && !blocked.contains(&key) {
                     blocked.push(key);
+                }
+                if sh.posted != posted && sh.pipe_was_full {
+                    // (See `Shard::pipe_lane_open`.)
+                    sh.pipe_posted.insert(key);
                 }
                 if sh.sessions.get(key).is_none_or(|s| s.closing.is_some()) {
                     flow = Flow::Stop;

@@ -122,6 +122,18 @@ pub(crate) fn msg_id_clock() -> u64 {
     (ticks as u64 & ((1 << MSG_ID_SHARD_SHIFT) - 1)).max(1)
 }
 
+/// A session's room message waiting for room in the store's queue (see
+/// [`Shard::room_send_may_go`]).
+#[derive(Debug)]
+pub struct RoomWait {
+    /// The session.
+    pub id: SessionId,
+    /// When it first found no room.
+    pub since: std::time::Instant,
+    /// Store answers came in since it last looked: its reader may try again.
+    pub retry: bool,
+}
+
 /// One shard's state.
 pub struct Shard {
     /// This shard's index.
@@ -173,6 +185,15 @@ pub struct Shard {
     pub flusher: Option<Waker>,
     /// Readers waiting for `outbox` to drain.
     pub outbox_waiters: Vec<Waker>,
+    /// Mails put in the outboxes to other shards so far (wrapping): whether a chunk of a
+    /// session's did.
+    pub posted: u32,
+    /// The sessions a chunk of which put mail in the outboxes to other shards since the
+    /// pipeline was last found over its mark (`pipe_was_full`): they are not read past it
+    /// (`Shard::pipe_lane_open`). Emptied when it is found under it.
+    pub pipe_posted: std::collections::HashSet<SessionKey>,
+    /// Whether the pipeline was over its mark when last looked at.
+    pub pipe_was_full: bool,
     /// Readers waiting for the store requests in flight to fall under their mark.
     pub store_waiters: Vec<Waker>,
     /// Readers of sessions with no store work in flight waiting for the store queue to
@@ -198,9 +219,24 @@ pub struct Shard {
     /// `max_store_queue_bytes`.
     pub store_bytes: usize,
     /// A room message held in the rings has waited [`run`]'s `HELD_MAX` for room in the
-    /// store's queue (`Shard::store_takes`): the readers wait too, until it goes, so that
-    /// the shard's own sessions cannot keep the queue too full for it.
+    /// store's queue (`Shard::store_takes`): until it goes, only sessions with nothing in
+    /// the store's queue are read, and only until [`YIELD_LANE_BUDGET`] requests were
+    /// made since it began (`yield_from`), so that the shard's own sessions cannot keep
+    /// the queue too full for it, while those that ask nothing of the store (a Ping, a
+    /// DM to someone online) go on being answered.
     pub store_yield: bool,
+    /// Sessions whose room message waits for room in the store's queue
+    /// ([`Shard::room_send_may_go`]), at most one entry each, and their readers' wakers:
+    /// woken to try again as store answers come in.
+    pub room_waits: Vec<RoomWait>,
+    /// The wakers of the readers in `room_waits`.
+    pub room_wakers: Vec<Waker>,
+    /// The most store requests in flight at once (`store_inflight`) so far.
+    pub store_peak: usize,
+    /// Store requests made so far (a count that only grows: see `store_yield`).
+    pub store_made: u64,
+    /// `store_made` when `store_yield` began.
+    pub yield_from: u64,
     /// Each shard's queue of mail from outside the rings (its store answers, and
     /// connections handed over to it): taken in every turn, even while its store
     /// requests are over their mark and its rings wait (`shard::run`). Empty in unit tests.
@@ -364,6 +400,9 @@ impl Shard {
             pause,
             flusher: None,
             outbox_waiters: Vec::new(),
+            posted: 0,
+            pipe_posted: std::collections::HashSet::new(),
+            pipe_was_full: false,
             store_waiters: Vec::new(),
             lane_waiters: Vec::new(),
             idle_waiters: Vec::new(),
@@ -379,6 +418,11 @@ impl Shard {
             deletions: store_link::PageReads::default(),
             store_bytes: 0,
             store_yield: false,
+            room_waits: Vec::new(),
+            room_wakers: Vec::new(),
+            store_peak: 0,
+            store_made: 0,
+            yield_from: 0,
             answer_queues: Vec::new(),
             requeues: requeue::Requeues::default(),
             requeue_loads: Vec::new(),
@@ -500,6 +544,7 @@ impl Shard {
             return;
         }
         let w = mail.weight();
+        self.posted = self.posted.wrapping_add(1);
         self.outbox_bytes[to] += w;
         self.outbox_cur[to] += w;
         self.outbox[to].push(mail);

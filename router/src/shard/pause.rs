@@ -95,29 +95,74 @@ impl Shard {
     /// (woken as store answers bring them down) or the pipeline to other shards (woken
     /// as it drains) are over their marks.
     pub fn poll_intake(&mut self, waker: &std::task::Waker) -> std::task::Poll<()> {
+        self.poll_intake_of(None, waker)
+    }
+
+    /// [`Shard::poll_intake`] for the reader of session `key`, if any: past a full
+    /// pipeline, see [`Shard::pipe_lane_open`].
+    fn poll_intake_of(
+        &mut self,
+        key: Option<SessionKey>,
+        waker: &std::task::Waker,
+    ) -> std::task::Poll<()> {
         if self.store_full() || self.parked_full() {
             let max = self.waiters_max();
             wait_in(&mut self.store_waiters, waker, max);
             std::task::Poll::Pending
         } else {
-            self.poll_pipeline(waker)
+            self.poll_pipeline(key, waker)
         }
     }
 
     /// The pipeline part of [`Shard::poll_intake`].
-    fn poll_pipeline(&mut self, waker: &std::task::Waker) -> std::task::Poll<()> {
-        if self.pipeline_full() {
-            let max = self.waiters_max();
-            wait_in(&mut self.outbox_waiters, waker, max);
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
+    pub(crate) fn poll_pipeline(
+        &mut self,
+        key: Option<SessionKey>,
+        waker: &std::task::Waker,
+    ) -> std::task::Poll<()> {
+        if !self.pipeline_full() {
+            self.pipe_drained();
+            return std::task::Poll::Ready(());
+        }
+        self.pipe_was_full = true;
+        if key.is_some_and(|k| self.pipe_lane_open(k)) {
+            return std::task::Poll::Ready(());
+        }
+        let max = self.waiters_max();
+        wait_in(&mut self.outbox_waiters, waker, max);
+        std::task::Poll::Pending
+    }
+
+    /// Whether session `key` may be read past a full pipeline to other shards. The
+    /// pipeline fills when another shard is behind (its store, say, holding its rings),
+    /// and every reader here waited for it, Pings and messages to users of this shard
+    /// included: a loop of room messages to a room of 10 000 offline members held
+    /// others' Pings for up to 1.2 s. So a session none of whose chunks put mail in the
+    /// outboxes since the pipeline went full is read, while each outbox is within a
+    /// reserve past the mark; a chunk that puts mail in them ends that (`pipe_posted`),
+    /// so each session adds about a chunk's mail at a time, and all of them together at
+    /// most the reserve.
+    fn pipe_lane_open(&self, key: SessionKey) -> bool {
+        let reserve = PIPELINE_HIGH_WATER + PIPELINE_HIGH_WATER / 8;
+        !self.pipe_posted.contains(&key)
+            && self
+                .outbox_bytes
+                .iter()
+                .zip(&self.flight_out)
+                .all(|(q, f)| q + f.load(Ordering::Acquire) <= reserve)
+    }
+
+    /// The pipeline was found under its mark: the next time it is full, every session
+    /// may be read past it again (see [`Shard::pipe_lane_open`]).
+    pub(crate) fn pipe_drained(&mut self) {
+        if std::mem::take(&mut self.pipe_was_full) {
+            self.pipe_posted.clear();
         }
     }
 
     /// Most wakers a list of intake waiters holds (see [`wait_in`]): twice the sessions,
     /// and room for the HTTP API's publishers.
-    fn waiters_max(&self) -> usize {
+    pub(crate) fn waiters_max(&self) -> usize {
         2 * self.sessions.len() + 64
     }
 
@@ -135,8 +180,13 @@ impl Shard {
         key: SessionKey,
         waker: &std::task::Waker,
     ) -> std::task::Poll<()> {
+        if !self.room_waits.is_empty() {
+            if let Some(p) = self.poll_room_wait(key, waker) {
+                return p;
+            }
+        }
         if !(self.store_full() && self.lane_eligible(key) && !self.parked_full()) {
-            return self.poll_intake(waker);
+            return self.poll_intake_of(Some(key), waker);
         }
         if self.store_over_reserve() {
             // (Woken once the queue is back within the reserve: not with every reader
@@ -145,7 +195,7 @@ impl Shard {
             wait_in(&mut self.lane_waiters, waker, max);
             return std::task::Poll::Pending;
         }
-        self.poll_pipeline(waker)
+        self.poll_pipeline(Some(key), waker)
     }
 
     /// Whether session `key`'s frames may be handled as far as the store is concerned:
@@ -256,7 +306,7 @@ impl Shard {
 /// own reasons (its writer drained, a request answered), polls again and registers again:
 /// over a long stall its list grew by one waker per such wake-up. Past `max` the list is
 /// woken whole and emptied instead (each reader still waiting registers once more).
-fn wait_in(list: &mut Vec<std::task::Waker>, waker: &std::task::Waker, max: usize) {
+pub(crate) fn wait_in(list: &mut Vec<std::task::Waker>, waker: &std::task::Waker, max: usize) {
     if list.len() >= max {
         for w in list.drain(..) {
             w.wake();

@@ -256,6 +256,7 @@ async fn flusher(shard: Rc<RefCell<Shard>>, mut outs: Outboxes<Vec<Mail>>) {
             }
             let full = sh.pipeline_full();
             if !full {
+                sh.pipe_drained();
                 for w in sh.outbox_waiters.drain(..) {
                     w.wake();
                 }
@@ -282,9 +283,9 @@ struct HeldMail {
     from: Bytes,
     /// Since when its first mail waits for room in the store's queue
     /// (`Shard::store_takes`): past [`HELD_MAX`] the shard's readers wait too
-    /// (`Shard::store_yield`) until it goes, so that its own sessions, keeping the
-    /// queue between a quarter and the bound, cannot hold it (and the rings behind it)
-    /// for ever.
+    /// (`Shard::store_yield`: those with nothing in the queue, up to a budget) until it
+    /// goes, so that its own sessions, keeping the queue between a quarter and the bound,
+    /// cannot hold it (and the rings behind it) for ever.
     since: std::time::Instant,
 }
 
@@ -333,7 +334,7 @@ async fn consumer(
                     while let Some(front) = h.mails.front() {
                         if !sh.store_takes(front) {
                             if !sh.store_yield && h.since.elapsed() >= HELD_MAX {
-                                sh.store_yield = true;
+                                sh.begin_store_yield();
                             }
                             break;
                         }
@@ -425,7 +426,15 @@ async fn consumer(
                     }
                 }
                 blocked.clear();
+                if !sh.room_waits.is_empty() {
+                    sh.room_waits_answered(HELD_MAX);
+                }
                 sh.wake_store_waiters(was_full, was_over);
+            }
+            if sh.store_yield && held.is_none() && sh.room_waits.is_empty() {
+                // (The room message of a session's that was waited for went.)
+                sh.store_yield = false;
+                sh.wake_store_waiters(true, true);
             }
             std::mem::swap(&mut local_mail, &mut sh.local_mail);
             if !local_mail.is_empty() {

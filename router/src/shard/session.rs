@@ -602,6 +602,14 @@ impl Shard {
             CloseReason::HeartbeatTimeout => self.counters.heartbeat_closes += 1,
             _ => {}
         }
+        if !self.room_waits.is_empty() {
+            self.room_waits.retain(|w| w.id.key as usize != key);
+            if self.room_waits.is_empty() && self.store_yield {
+                // (Held mail that waits past `HELD_MAX` makes the readers yield again.)
+                self.store_yield = false;
+                self.wake_store_waiters(true, true);
+            }
+        }
         self.users_gen += 1;
         if let Some(list) = self.users.get_mut(&user) {
             let before = list.len();
@@ -807,6 +815,7 @@ impl Shard {
             sessions: self.sessions.len() as u64,
             mailbox_depth: (in_flight + local) as u64,
             store_queue_requests: self.store_inflight as u64,
+            store_queue_requests_peak: self.store_peak as u64,
             store_queue_bytes: self.store_bytes as u64,
             page_reads_waiting: self.page_reads.waiting() as u64,
             requeue_bytes: self.requeue_bytes as u64,

@@ -34,6 +34,12 @@ pub const STORE_HIGH_WATER: usize = 16 * 1024;
 /// kept for sessions with no store request in flight (see [`Shard::poll_session_intake`]).
 pub const STORE_RESERVE: usize = 8;
 
+/// While a held room message waits for room in the store's queue (`Shard::store_yield`),
+/// the requests sessions with nothing in flight may still make, all of them together,
+/// before no session is read until it goes: the reserve's worth. Bounded so, they cannot
+/// keep the queue too full for it, whatever the number of such sessions.
+pub const YIELD_LANE_BUDGET: u64 = (STORE_HIGH_WATER / STORE_RESERVE) as u64;
+
 /// What a store request counts for in `max_store_queue_bytes` besides its payloads.
 const STORE_REQ_OVERHEAD: usize = 128;
 
@@ -125,9 +131,10 @@ impl Shard {
     /// sessions ([`Shard::poll_session_intake`]).
     pub fn store_over_reserve(&self) -> bool {
         let (bytes, requeue) = (self.cfg.max_store_queue_bytes, self.cfg.max_requeue_bytes);
-        // (A room message waiting for room, `store_yield`: no session is read, or those
-        // with nothing in flight could keep the queue too full for it for ever.)
-        self.store_yield
+        // (A room message waiting for room, `store_yield`: sessions with nothing in
+        // flight are read until they made the lane's budget of requests, or they could
+        // keep the queue too full for it for ever.)
+        (self.store_yield && self.store_made - self.yield_from >= YIELD_LANE_BUDGET)
             || self.store_inflight >= STORE_HIGH_WATER + STORE_HIGH_WATER / STORE_RESERVE
             || self.store_bytes >= bytes.saturating_add(bytes / STORE_RESERVE)
             || self.requeue_bytes >= requeue.saturating_add(requeue / STORE_RESERVE)
@@ -161,15 +168,125 @@ impl Shard {
                 fits(f.users.len()) || self.fan_store_fits(&f.users, fits)
             }
             Mail::RoomNotice(n) => fits(n.users.len()),
-            Mail::RoomSend(r) if r.live == Live::No => {
-                // (And one for the room's history.)
-                fits(self.rooms.get(&r.room).map_or(1, |s| 1 + s.members()))
-                    || self
-                        .local_fan_of(&r.room)
-                        .is_none_or(|users| self.fan_store_fits(&users, |n| fits(1 + n)))
-            }
+            Mail::RoomSend(r) if r.live == Live::No => self.room_send_fits(&r.room),
             _ => true,
         }
+    }
+
+    /// [`Shard::store_takes`] for a message to room `room`, homed here, handled now.
+    fn room_send_fits(&mut self, room: &[u8]) -> bool {
+        if self.store_queue_full() {
+            return false;
+        }
+        let inflight = self.store_inflight;
+        if inflight <= STORE_HIGH_WATER / 4 {
+            return true;
+        }
+        let fits = |cost: usize| cost <= 1 || inflight + cost <= STORE_HIGH_WATER;
+        // (And one for the room's history.)
+        fits(self.rooms.get(room).map_or(1, |s| 1 + s.members()))
+            || self
+                .local_fan_of(room)
+                .is_none_or(|users| self.fan_store_fits(&users, |n| fits(1 + n)))
+    }
+
+    /// Whether a message of session `key` to room `room` waits ([`Shard::room_send_may_go`]
+    /// if the room is homed here; nothing is looked up while the store's queue is under a
+    /// quarter of its bound and no such message waits).
+    #[inline]
+    pub fn room_send_waits(&mut self, key: SessionKey, room: &[u8]) -> bool {
+        if self.room_waits.is_empty()
+            && self.store_inflight <= STORE_HIGH_WATER / 4
+            && !self.store_queue_full()
+        {
+            return false;
+        }
+        self.home(room) == self.id && !self.room_send_may_go(key, room)
+    }
+
+    /// Whether a message of session `key` to room `room`, homed here, is handled now: as
+    /// a room message from another shard waits in its ring ([`Shard::store_takes`]), it
+    /// waits, its frame handled again, until its requests fit in the store's queue.
+    /// Handled as it came, each of a loop of them to a room of 10 000 offline members
+    /// took the queue 5 000 requests past its bound, past the reserve kept for sessions
+    /// with nothing in flight, so that no other session of the shard was read (Pings
+    /// included) while the store was behind: for up to 1.2 s. Its reader waits for the
+    /// store's next answers ([`Shard::poll_room_wait`]); past `HELD_MAX` it is given
+    /// way as held mail is (`Shard::store_yield`).
+    pub fn room_send_may_go(&mut self, key: SessionKey, room: &[u8]) -> bool {
+        let Some(id) = self.session_id(key) else {
+            return true;
+        };
+        let at = self.room_waits.iter().position(|w| w.id == id);
+        if self.room_send_fits(room) {
+            if let Some(at) = at {
+                self.room_waits.swap_remove(at);
+            }
+            return true;
+        }
+        if at.is_none() {
+            self.room_waits.push(super::RoomWait {
+                id,
+                since: std::time::Instant::now(),
+                retry: false,
+            });
+        }
+        false
+    }
+
+    /// The intake of session `key` while its room message waits for room in the store's
+    /// queue ([`Shard::room_send_may_go`]): `None` if it does not; else `Pending` until
+    /// store answers came in since it last looked (then its other waits as usual, but not
+    /// the readers' yield to it: the message it would wait for is its own).
+    pub(crate) fn poll_room_wait(
+        &mut self,
+        key: SessionKey,
+        waker: &std::task::Waker,
+    ) -> Option<std::task::Poll<()>> {
+        let at = self
+            .room_waits
+            .iter()
+            .position(|w| w.id.key as usize == key)?;
+        let retry = std::mem::take(&mut self.room_waits[at].retry);
+        if !retry || self.store_queue_full() || self.parked_full() {
+            let max = self.waiters_max();
+            super::pause::wait_in(&mut self.room_wakers, waker, max);
+            return Some(std::task::Poll::Pending);
+        }
+        Some(self.poll_pipeline(Some(key), waker))
+    }
+
+    /// Store answers came in: the readers of waiting room messages try again; those of
+    /// sessions gone are forgotten. One of them waiting past `held_max` makes the readers
+    /// yield (`Shard::store_yield`).
+    pub(crate) fn room_waits_answered(&mut self, held_max: std::time::Duration) {
+        let sessions = &self.sessions;
+        self.room_waits.retain(|w| {
+            sessions
+                .get(w.id.key as usize)
+                .is_some_and(|s| s.gen == w.id.gen && s.closing.is_none())
+        });
+        for w in &mut self.room_waits {
+            w.retry = true;
+        }
+        for w in self.room_wakers.drain(..) {
+            w.wake();
+        }
+        if !self.store_yield
+            && self
+                .room_waits
+                .iter()
+                .any(|w| w.since.elapsed() >= held_max)
+        {
+            self.begin_store_yield();
+        }
+    }
+
+    /// A held room message has waited too long for room in the store's queue: see
+    /// `Shard::store_yield`.
+    pub fn begin_store_yield(&mut self) {
+        self.store_yield = true;
+        self.yield_from = self.store_made;
     }
 
     /// True when readers should wait for the store to catch up (its queue is over its
@@ -322,6 +439,8 @@ impl Shard {
         // then queues `then` with `Closed`, like any other answer.
         let _ = submit(&link.handle, cb);
         self.store_inflight += 1;
+        self.store_peak = self.store_peak.max(self.store_inflight);
+        self.store_made += 1;
         self.store_bytes += bytes;
         if let Some(id) = self.requester {
             self.request_taken(id);

@@ -1590,3 +1590,171 @@ fn a_member_logging_in_during_a_burst_to_offline_members_gets_every_message_in_o
         assert_eq!(got, want, "{name}");
     }
 }
+
+/// A value of the router's metrics text: the line `name` (with its labels) exactly.
+fn metric_line(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Room messages from a session to a room homed on its shard wait, like those from other
+/// shards, until their store requests fit in the store's queue: a pipelined loop of them
+/// to a room of 6 000 offline members took the queue 6 000 requests past its bound (16 384),
+/// past the reserve kept for sessions with nothing in flight (2 048), so that no other
+/// session of the shard was read, Pings included, while the store was behind. Every
+/// message still reaches every member, in order.
+#[test]
+fn a_loop_of_room_messages_to_offline_members_keeps_the_store_queue_within_its_bound() {
+    const MEMBERS: usize = 6000;
+    const MSGS: u64 = 30;
+    let r = RouterProc::start(&["--shards", "1", "--max-member-adds-per-minute", "100000"]);
+    let members: Vec<String> = (0..MEMBERS).map(|i| format!("qb-m{i}")).collect();
+    for m in &members {
+        r.visit(m);
+    }
+    let mut o = r.raw_login("qb-owner");
+    let (res, _) = op(
+        &mut o,
+        C::CreateRoom(CreateRoom {
+            request_id: 0,
+            name: "qb".into(),
+            password: String::new(),
+            members: members.clone(),
+        }),
+    );
+    assert_eq!(res.status, Status::Ok as i32, "{res:?}");
+    let mut bytes = Vec::new();
+    for i in 0..MSGS {
+        bytes.extend(room_send_frame_bytes(
+            "qb",
+            &i.to_be_bytes(),
+            i + 1 == MSGS,
+            i + 1,
+        ));
+    }
+    o.write(&bytes).unwrap();
+    loop {
+        match o.next_non_ping(Duration::from_secs(120)) {
+            S::SendResult(res) => {
+                assert_eq!(res.status, Status::Ok as i32, "{res:?}");
+                break;
+            }
+            S::RoomEvent(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let peak = metric_line(
+        &r.metrics(),
+        "ringrouter_shard_store_queue_requests_peak{shard=\"0\"}",
+    );
+    // (The queue did reach its bound: else this test shows nothing.)
+    assert!(peak >= 12_000.0, "the burst never filled the queue: {peak}");
+    assert!(
+        peak <= (16_384 + 2_048) as f64,
+        "store queue past its bound and reserve: {peak}"
+    );
+    for name in ["qb-m0", "qb-m5999"] {
+        let mut m = r.raw_login(name);
+        let got: Vec<u64> = m
+            .room_delivers(MSGS as usize, Duration::from_secs(60))
+            .into_iter()
+            .map(|d| u64::from_be_bytes(d.payload[..].try_into().expect("an 8-byte payload")))
+            .collect();
+        assert_eq!(got, (0..MSGS).collect::<Vec<_>>(), "{name}");
+    }
+}
+
+/// A loop of room messages from a session on one shard to a room whose offline members
+/// all live on the other: that shard keeps the messages in its rings while its store is
+/// behind, and the pipeline between the two fills. Every reader of the sender's shard
+/// waited for it to drain, and the sender refilled it first: another user's Pings there
+/// went unanswered for as long as the loop lasted. Now a session that put nothing in the
+/// pipeline since it filled is read past it (up to a reserve): its Pings are answered.
+#[test]
+fn pings_on_a_senders_shard_are_answered_while_its_pipeline_to_a_busy_shard_is_full() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const MEMBERS: usize = 2000;
+    let r = RouterProc::start(&["--shards", "2", "--max-member-adds-per-minute", "100000"]);
+    let on = |prefix: &'static str, shard: usize| {
+        (0..)
+            .map(move |i| format!("{prefix}{i}"))
+            .filter(move |u| ringrouter::shard::home_shard(u.as_bytes(), 2) == shard)
+    };
+    let members: Vec<String> = on("pq-m", 0).take(MEMBERS).collect();
+    for m in &members {
+        r.visit(m);
+    }
+    let mut names = on("pq-x", 1);
+    let (owner, pinger) = (names.next().unwrap(), names.next().unwrap());
+    let mut o = r.raw_login(&owner);
+    let (res, _) = op(
+        &mut o,
+        C::CreateRoom(CreateRoom {
+            request_id: 0,
+            name: "pq".into(),
+            password: String::new(),
+            members,
+        }),
+    );
+    assert_eq!(res.status, Status::Ok as i32, "{res:?}");
+    let mut p = r.raw_login(&pinger);
+    let block: Vec<u8> = (0..64)
+        .flat_map(|i| room_send_frame_bytes("pq", b"hello", false, i))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut w = o.stream.try_clone().expect("clone");
+    w.set_write_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let looping = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut at = 0;
+            while !stop.load(Ordering::Relaxed) {
+                match w.write(&block[at..]) {
+                    Ok(n) => at = (at + n) % block.len(),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        })
+    };
+    let depth = "ringrouter_shard_mailbox_depth{shard=\"0\"}";
+    let mut deepest = 0.0f64;
+    let mut worst = Duration::ZERO;
+    let started = std::time::Instant::now();
+    let mut nonce = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        nonce += 1;
+        let t0 = std::time::Instant::now();
+        p.send(C::Ping(ringrouter_proto::v1::Ping { nonce }));
+        loop {
+            match p.next(Duration::from_secs(5)) {
+                Ok(f) => {
+                    if matches!(f.kind, Some(S::Pong(ref g)) if g.nonce == nonce) {
+                        break;
+                    }
+                }
+                Err(e) => panic!("ping {nonce} unanswered after 5 s: {e:?}"),
+            }
+        }
+        worst = worst.max(t0.elapsed());
+        deepest = deepest.max(metric_line(&r.metrics(), depth));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    looping.join().expect("the loop");
+    let _ = o.stream.flush();
+    // (The pipeline did fill, to its 8 MiB mark: else this test shows nothing.)
+    assert!(
+        deepest >= (8 << 20) as f64,
+        "pipeline never full: {deepest}"
+    );
+    assert!(worst < Duration::from_secs(3), "a Ping took {worst:?}");
+}
