@@ -229,7 +229,8 @@ pub struct Shard {
     /// ([`Shard::room_send_may_go`]), at most one entry each, and their readers' wakers:
     /// woken to try again as store answers come in.
     pub room_waits: Vec<RoomWait>,
-    /// The wakers of the readers in `room_waits`.
+    /// The wakers of the readers in `room_waits`, and of the HTTP API's messages to rooms
+    /// homed here that wait the same way (`Shard::poll_api_room_send`).
     pub room_wakers: Vec<Waker>,
     /// The most store requests in flight at once (`store_inflight`) so far.
     pub store_peak: usize,

@@ -426,7 +426,7 @@ async fn consumer(
                     }
                 }
                 blocked.clear();
-                if !sh.room_waits.is_empty() {
+                if !sh.room_waits.is_empty() || !sh.room_wakers.is_empty() {
                     sh.room_waits_answered(HELD_MAX);
                 }
                 sh.wake_store_waiters(was_full, was_over);

@@ -234,6 +234,22 @@ impl Shard {
         false
     }
 
+    /// Whether the HTTP API's message to room `room` may be handled now: `Pending`, with
+    /// `waker` woken by the store's next answers, while the room is homed here and its
+    /// store requests do not fit (see [`Shard::room_send_may_go`]).
+    pub fn poll_api_room_send(
+        &mut self,
+        room: &[u8],
+        waker: &std::task::Waker,
+    ) -> std::task::Poll<()> {
+        if self.home(room) != self.id || self.room_send_fits(room) {
+            return std::task::Poll::Ready(());
+        }
+        let max = self.waiters_max();
+        super::pause::wait_in(&mut self.room_wakers, waker, max);
+        std::task::Poll::Pending
+    }
+
     /// The intake of session `key` while its room message waits for room in the store's
     /// queue ([`Shard::room_send_may_go`]): `None` if it does not; else `Pending` until
     /// store answers came in since it last looked (then its other waits as usual, but not
