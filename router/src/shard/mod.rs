@@ -128,9 +128,7 @@ pub(crate) fn msg_id_clock() -> u64 {
 pub struct RoomWait {
     /// The session.
     pub id: SessionId,
-    /// When it first found no room.
-    pub since: std::time::Instant,
-    /// Store answers came in since it last looked: its reader may try again.
+    /// Store answers came in since it last tried: its reader may try again.
     pub retry: bool,
 }
 
@@ -232,6 +230,11 @@ pub struct Shard {
     /// The wakers of the readers in `room_waits`, and of the HTTP API's messages to rooms
     /// homed here that wait the same way (`Shard::poll_api_room_send`).
     pub room_wakers: Vec<Waker>,
+    /// Rooms homed here whose first queued message waits for room in the store's queue
+    /// (a message the room's work released all at once, after a request or its load,
+    /// made its requests regardless: 100 sent while a Join kept the room busy put
+    /// 200 000 requests in the queue): pumped again as store answers come in.
+    pub rooms_waiting: Vec<Bytes>,
     /// The most store requests in flight at once (`store_inflight`) so far.
     pub store_peak: usize,
     /// Store requests made so far (a count that only grows: see `store_yield`).
@@ -421,6 +424,7 @@ impl Shard {
             store_yield: false,
             room_waits: Vec::new(),
             room_wakers: Vec::new(),
+            rooms_waiting: Vec::new(),
             store_peak: 0,
             store_made: 0,
             yield_from: 0,

@@ -366,6 +366,9 @@ pub struct RoomSlot {
     queue: VecDeque<RoomWork>,
     /// Work came since the ticker last trimmed the loaded rooms: dropped last.
     used: bool,
+    /// The message first in its queue waits for room in the store's queue: the room is
+    /// in `Shard::rooms_waiting`.
+    waiting_store: bool,
 }
 
 impl RoomSlot {
@@ -776,10 +779,19 @@ impl Shard {
             Some((k, _)) => k.clone(),
             None => key,
         };
-        match self.rooms.get_mut(&key[..]) {
+        let free = match self.rooms.get_mut(&key[..]) {
             Some(slot) => {
                 slot.used = true;
-                if !slot.busy && slot.queue.is_empty() {
+                Some(!slot.busy && slot.queue.is_empty())
+            }
+            None => None,
+        };
+        // A message that finds the room free waits, first in its queue, while its store
+        // requests do not fit (see `Shard::rooms_waiting`).
+        let waits = free == Some(true) && self.room_work_waits(&key, &work);
+        match self.rooms.get_mut(&key[..]) {
+            Some(slot) => {
+                if free == Some(true) && !waits {
                     self.process_room_work(&key, work);
                     self.pump_room(&key);
                 } else {
@@ -789,6 +801,9 @@ impl Shard {
                         RoomWork::Req(_) => None,
                     };
                     slot.queue.push_back(work);
+                    if waits {
+                        self.wait_for_store_room(&key);
+                    }
                     if let Some(sender) = sender {
                         self.throttle_parked(sender);
                     }
@@ -805,6 +820,7 @@ impl Shard {
                         busy: true,
                         queue,
                         used: true,
+                        waiting_store: false,
                     },
                 );
                 let k = String::from_utf8_lossy(&key).into_owned();
@@ -953,9 +969,18 @@ impl Shard {
             let Some(slot) = self.rooms.get_mut(&key[..]) else {
                 return;
             };
-            if slot.busy {
+            if slot.busy || slot.waiting_store {
                 return;
             }
+            if let Some(RoomWork::Send(s)) = slot.queue.front() {
+                if s.live == Live::No && !self.room_send_fits(key) {
+                    self.wait_for_store_room(key);
+                    return;
+                }
+            }
+            let Some(slot) = self.rooms.get_mut(&key[..]) else {
+                return;
+            };
             let Some(w) = slot
                 .queue
                 .pop_front()
@@ -972,6 +997,36 @@ impl Shard {
                 return;
             };
             self.process_room_work(key, w);
+        }
+    }
+
+    /// Whether `work` for room `key`, free, waits for room in the store's queue: a stored
+    /// message whose requests do not fit ([`Shard::room_send_fits`]).
+    fn room_work_waits(&mut self, key: &Bytes, work: &RoomWork) -> bool {
+        matches!(work, RoomWork::Send(s) if s.live == Live::No) && !self.room_send_fits(key)
+    }
+
+    /// The message first in room `key`'s queue waits for room in the store's queue: the
+    /// room is pumped again as store answers come in ([`Shard::rooms_answered`]).
+    fn wait_for_store_room(&mut self, key: &Bytes) {
+        let Some(slot) = self.rooms.get_mut(&key[..]) else {
+            return;
+        };
+        if !std::mem::replace(&mut slot.waiting_store, true) {
+            self.rooms_waiting.push(key.clone());
+        }
+    }
+
+    /// Store answers came in: the rooms whose first message waited for room in the store's
+    /// queue are pumped again. (They make no reader yield: while they wait, what is sent
+    /// to them waits behind, parked, and past `max_store_queue_bytes` of it every reader
+    /// of the shard waits.)
+    pub(crate) fn rooms_answered(&mut self) {
+        for key in std::mem::take(&mut self.rooms_waiting) {
+            if let Some(slot) = self.rooms.get_mut(&key[..]) {
+                slot.waiting_store = false;
+                self.pump_room(&key);
+            }
         }
     }
 

@@ -427,14 +427,12 @@ async fn consumer(
                 }
                 blocked.clear();
                 if !sh.room_waits.is_empty() || !sh.room_wakers.is_empty() {
-                    sh.room_waits_answered(HELD_MAX);
+                    sh.room_waits_answered();
+                }
+                if !sh.rooms_waiting.is_empty() {
+                    sh.rooms_answered();
                 }
                 sh.wake_store_waiters(was_full, was_over);
-            }
-            if sh.store_yield && held.is_none() && sh.room_waits.is_empty() {
-                // (The room message of a session's that was waited for went.)
-                sh.store_yield = false;
-                sh.wake_store_waiters(true, true);
             }
             std::mem::swap(&mut local_mail, &mut sh.local_mail);
             if !local_mail.is_empty() {

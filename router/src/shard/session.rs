@@ -604,11 +604,6 @@ impl Shard {
         }
         if !self.room_waits.is_empty() {
             self.room_waits.retain(|w| w.id.key as usize != key);
-            if self.room_waits.is_empty() && self.store_yield {
-                // (Held mail that waits past `HELD_MAX` makes the readers yield again.)
-                self.store_yield = false;
-                self.wake_store_waiters(true, true);
-            }
         }
         self.users_gen += 1;
         if let Some(list) = self.users.get_mut(&user) {

@@ -174,7 +174,7 @@ impl Shard {
     }
 
     /// [`Shard::store_takes`] for a message to room `room`, homed here, handled now.
-    fn room_send_fits(&mut self, room: &[u8]) -> bool {
+    pub(crate) fn room_send_fits(&mut self, room: &[u8]) -> bool {
         if self.store_queue_full() {
             return false;
         }
@@ -211,8 +211,10 @@ impl Shard {
     /// took the queue 5 000 requests past its bound, past the reserve kept for sessions
     /// with nothing in flight, so that no other session of the shard was read (Pings
     /// included) while the store was behind: for up to 1.2 s. Its reader waits for the
-    /// store's next answers ([`Shard::poll_room_wait`]); past `HELD_MAX` it is given
-    /// way as held mail is (`Shard::store_yield`).
+    /// store's next answers ([`Shard::poll_room_wait`]). (It does not make the others
+    /// yield to it, as held ring mail does: a session that keeps the store busy waits on
+    /// it, not everyone else. Others' store work is paced by the queue's bound, and a
+    /// quarter of the bound always takes it.)
     pub fn room_send_may_go(&mut self, key: SessionKey, room: &[u8]) -> bool {
         let Some(id) = self.session_id(key) else {
             return true;
@@ -224,12 +226,10 @@ impl Shard {
             }
             return true;
         }
-        if at.is_none() {
-            self.room_waits.push(super::RoomWait {
-                id,
-                since: std::time::Instant::now(),
-                retry: false,
-            });
+        match at {
+            // (Tried again for nothing: it waits for the next answers.)
+            Some(at) => self.room_waits[at].retry = false,
+            None => self.room_waits.push(super::RoomWait { id, retry: false }),
         }
         false
     }
@@ -251,31 +251,26 @@ impl Shard {
     }
 
     /// The intake of session `key` while its room message waits for room in the store's
-    /// queue ([`Shard::room_send_may_go`]): `None` if it does not; else `Pending` until
-    /// store answers came in since it last looked (then its other waits as usual, but not
-    /// the readers' yield to it: the message it would wait for is its own).
+    /// queue ([`Shard::room_send_may_go`]): `Pending` until store answers came in since it
+    /// last tried; `None` (its other waits, as any reader's) if it does not wait, or may
+    /// try again.
     pub(crate) fn poll_room_wait(
         &mut self,
         key: SessionKey,
         waker: &std::task::Waker,
     ) -> Option<std::task::Poll<()>> {
-        let at = self
-            .room_waits
-            .iter()
-            .position(|w| w.id.key as usize == key)?;
-        let retry = std::mem::take(&mut self.room_waits[at].retry);
-        if !retry || self.store_queue_full() || self.parked_full() {
-            let max = self.waiters_max();
-            super::pause::wait_in(&mut self.room_wakers, waker, max);
-            return Some(std::task::Poll::Pending);
+        let w = self.room_waits.iter().find(|w| w.id.key as usize == key)?;
+        if w.retry {
+            return None;
         }
-        Some(self.poll_pipeline(Some(key), waker))
+        let max = self.waiters_max();
+        super::pause::wait_in(&mut self.room_wakers, waker, max);
+        Some(std::task::Poll::Pending)
     }
 
-    /// Store answers came in: the readers of waiting room messages try again; those of
-    /// sessions gone are forgotten. One of them waiting past `held_max` makes the readers
-    /// yield (`Shard::store_yield`).
-    pub(crate) fn room_waits_answered(&mut self, held_max: std::time::Duration) {
+    /// Store answers came in: the readers of waiting room messages (and the HTTP API's
+    /// publishes waiting the same way) try again; those of sessions gone are forgotten.
+    pub(crate) fn room_waits_answered(&mut self) {
         let sessions = &self.sessions;
         self.room_waits.retain(|w| {
             sessions
@@ -287,14 +282,6 @@ impl Shard {
         }
         for w in self.room_wakers.drain(..) {
             w.wake();
-        }
-        if !self.store_yield
-            && self
-                .room_waits
-                .iter()
-                .any(|w| w.since.elapsed() >= held_max)
-        {
-            self.begin_store_yield();
         }
     }
 

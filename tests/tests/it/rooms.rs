@@ -1758,3 +1758,153 @@ fn pings_on_a_senders_shard_are_answered_while_its_pipeline_to_a_busy_shard_is_f
     );
     assert!(worst < Duration::from_secs(3), "a Ping took {worst:?}");
 }
+
+/// Two members pipeline room messages to one room of 10 000 offline members homed on
+/// their shard while a third session pings: each message waits for room in the store's
+/// queue in turn, every one is answered, and so is every Ping. (A first version made the
+/// shard's readers yield to a waiting message, and the waiting reader then waited on that
+/// yield itself: the shard stopped for good, found by a review.)
+#[test]
+fn two_members_looping_room_messages_to_a_big_room_leave_their_shard_answering() {
+    use std::io::Write;
+    const MEMBERS: usize = 10_000;
+    const MSGS: u64 = 40;
+    let r = RouterProc::start(&[
+        "--shards",
+        "1",
+        "--max-member-adds-per-minute",
+        "100000",
+        "--max-members-per-room",
+        "20000",
+    ]);
+    let mut all: Vec<String> = (0..MEMBERS).map(|i| format!("tw-m{i}")).collect();
+    for m in &all {
+        r.visit(m);
+    }
+    r.visit("tw-t");
+    all.push("tw-t".into());
+    let mut s = r.raw_login("tw-s");
+    let (res, _) = op(
+        &mut s,
+        C::CreateRoom(CreateRoom {
+            request_id: 0,
+            name: "tw".into(),
+            password: String::new(),
+            members: all,
+        }),
+    );
+    assert_eq!(res.status, Status::Ok as i32, "{res:?}");
+    let t = r.raw_login("tw-t");
+    let mut p = r.raw_login("tw-p");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let loops: Vec<_> = [(b's', s), (b't', t)]
+        .into_iter()
+        .map(|(tag, mut c)| {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let bytes: Vec<u8> = (0..MSGS)
+                    .flat_map(|i| {
+                        let mut payload = vec![tag];
+                        payload.extend(i.to_be_bytes());
+                        room_send_frame_bytes("tw", &payload, i + 1 == MSGS, 1000 + i)
+                    })
+                    .collect();
+                let mut w = c.stream.try_clone().expect("clone");
+                w.write_all(&bytes).expect("write");
+                loop {
+                    if let S::SendResult(res) = c.next_non_ping(Duration::from_secs(60)) {
+                        assert_eq!(res.status, Status::Ok as i32, "{res:?}");
+                        break;
+                    }
+                }
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })
+        })
+        .collect();
+    let mut nonce = 0;
+    while done.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        nonce += 1;
+        p.send(C::Ping(ringrouter_proto::v1::Ping { nonce }));
+        loop {
+            match p.next(Duration::from_secs(10)) {
+                Ok(f) if matches!(f.kind, Some(S::Pong(ref g)) if g.nonce == nonce) => break,
+                Ok(_) => {}
+                Err(e) => panic!("ping {nonce} unanswered after 10 s: {e:?}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for l in loops {
+        l.join().expect("a loop");
+    }
+}
+
+/// Messages that wait behind a request (here the sender's own JoinRoom, which holds its
+/// later room frames until answered) are released together, then one by one as their
+/// store requests fit: released as they came, 20 of them to a room of 3 000 offline
+/// members put 60 000 requests in a queue bounded at 16 384. Every member gets every
+/// message, in order.
+#[test]
+fn room_messages_released_together_still_wait_for_room_in_the_store_queue() {
+    const MEMBERS: usize = 3000;
+    const MSGS: u64 = 20;
+    let r = RouterProc::start(&["--shards", "1", "--max-member-adds-per-minute", "100000"]);
+    let members: Vec<String> = (0..MEMBERS).map(|i| format!("rt-m{i}")).collect();
+    for m in &members {
+        r.visit(m);
+    }
+    let mut o = r.raw_login("rt-owner");
+    let (res, _) = op(
+        &mut o,
+        C::CreateRoom(CreateRoom {
+            request_id: 0,
+            name: "rt".into(),
+            password: String::new(),
+            members,
+        }),
+    );
+    assert_eq!(res.status, Status::Ok as i32, "{res:?}");
+    let mut bytes = client_frame_bytes(C::JoinRoom(JoinRoom {
+        request_id: 7,
+        room: "rt".into(),
+        password: String::new(),
+    }));
+    for i in 0..MSGS {
+        bytes.extend(room_send_frame_bytes(
+            "rt",
+            &i.to_be_bytes(),
+            i + 1 == MSGS,
+            i + 100,
+        ));
+    }
+    o.write(&bytes).unwrap();
+    loop {
+        match o.next_non_ping(Duration::from_secs(60)) {
+            S::SendResult(res) => {
+                assert_eq!(res.status, Status::Ok as i32, "{res:?}");
+                break;
+            }
+            S::RoomResult(_) | S::RoomEvent(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let peak = metric_line(
+        &r.metrics(),
+        "ringrouter_shard_store_queue_requests_peak{shard=\"0\"}",
+    );
+    assert!(
+        peak >= 12_000.0,
+        "the messages never filled the queue: {peak}"
+    );
+    assert!(
+        peak <= (16_384 + 2_048) as f64,
+        "store queue past its bound and reserve: {peak}"
+    );
+    let mut m = r.raw_login("rt-m2999");
+    let got: Vec<u64> = m
+        .room_delivers(MSGS as usize, Duration::from_secs(60))
+        .into_iter()
+        .map(|d| u64::from_be_bytes(d.payload[..].try_into().expect("an 8-byte payload")))
+        .collect();
+    assert_eq!(got, (0..MSGS).collect::<Vec<_>>());
+}
