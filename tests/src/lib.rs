@@ -1327,3 +1327,20 @@ pub fn http_get_on(mut s: TcpStream, path: &str) -> String {
     let _ = s.read_to_end(&mut answer);
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+/// Asserts that shard 0's store queue reached its bound (else the test showed nothing)
+/// and never went past it and the reserve kept for sessions with nothing in flight
+/// (16 384 + 2 048 requests; the gauge `ringrouter_shard_store_queue_requests_peak`).
+pub fn assert_store_queue_filled_within_its_bound(r: &RouterProc) {
+    let name = "ringrouter_shard_store_queue_requests_peak{shard=\"0\"}";
+    let peak: f64 = r
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(peak >= 12_000.0, "the queue never filled: {peak}");
+    assert!(
+        peak <= (16_384 + 2_048) as f64,
+        "store queue past its bound and reserve: {peak}"
+    );
+}

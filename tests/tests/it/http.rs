@@ -1215,20 +1215,7 @@ fn api_publishes_to_a_room_of_offline_members_keep_the_store_queue_within_its_bo
             });
         }
     });
-    let peak = sample(
-        &metrics(&r),
-        "ringrouter_shard_store_queue_requests_peak{shard=\"0\"}",
-    )
-    .expect("the peak gauge");
-    // (The queue did reach its bound: else this test shows nothing.)
-    assert!(
-        peak >= 12_000.0,
-        "the publishes never filled the queue: {peak}"
-    );
-    assert!(
-        peak <= (16_384 + 2_048) as f64,
-        "store queue past its bound and reserve: {peak}"
-    );
+    ringrouter_tests::assert_store_queue_filled_within_its_bound(&r);
     let mut m = r.raw_login("apq-m2999");
     let got = m.room_delivers(PUBLISHERS * EACH, T);
     assert_eq!(got.len(), PUBLISHERS * EACH);

@@ -1644,16 +1644,7 @@ fn a_loop_of_room_messages_to_offline_members_keeps_the_store_queue_within_its_b
             other => panic!("{other:?}"),
         }
     }
-    let peak = metric_line(
-        &r.metrics(),
-        "ringrouter_shard_store_queue_requests_peak{shard=\"0\"}",
-    );
-    // (The queue did reach its bound: else this test shows nothing.)
-    assert!(peak >= 12_000.0, "the burst never filled the queue: {peak}");
-    assert!(
-        peak <= (16_384 + 2_048) as f64,
-        "store queue past its bound and reserve: {peak}"
-    );
+    ringrouter_tests::assert_store_queue_filled_within_its_bound(&r);
     for name in ["qb-m0", "qb-m5999"] {
         let mut m = r.raw_login(name);
         let got: Vec<u64> = m
@@ -1888,18 +1879,7 @@ fn room_messages_released_together_still_wait_for_room_in_the_store_queue() {
             other => panic!("{other:?}"),
         }
     }
-    let peak = metric_line(
-        &r.metrics(),
-        "ringrouter_shard_store_queue_requests_peak{shard=\"0\"}",
-    );
-    assert!(
-        peak >= 12_000.0,
-        "the messages never filled the queue: {peak}"
-    );
-    assert!(
-        peak <= (16_384 + 2_048) as f64,
-        "store queue past its bound and reserve: {peak}"
-    );
+    ringrouter_tests::assert_store_queue_filled_within_its_bound(&r);
     let mut m = r.raw_login("rt-m2999");
     let got: Vec<u64> = m
         .room_delivers(MSGS as usize, Duration::from_secs(60))
