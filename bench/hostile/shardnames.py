@@ -1,0 +1,42 @@
+"""Helpers of the room-queue probes (busy_room.py, quota_park.py, loading.py, api_once.py):
+names homed on a shard (the router's home_shard, 2 shards), logins in bulk, per-shard gauges."""
+import sys, os, time, socket, urllib.request
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import *
+
+def home(name, n=2):
+    if isinstance(name, str): name = name.encode()
+    M = (1 << 64) - 1
+    h = 0xcbf29ce484222325 ^ 0x9e3779b97f4a7c15
+    for b in name:
+        h ^= b; h = (h * 0x00000100000001b3) & M
+    h ^= h >> 33; h = (h * 0xff51afd7ed558ccd) & M; h ^= h >> 33
+    return h % n
+
+def names_on(prefix, shard, count, n=2, start=0):
+    out = []; i = start
+    while len(out) < count:
+        nm = f"{prefix}{i:06d}"; i += 1
+        if home(nm, n) == shard: out.append(nm)
+    return out
+
+def login_all(tcp, names, B=200):
+    host, port = tcp.rsplit(":", 1)
+    for k in range(0, len(names), B):
+        ss = []
+        for n in names[k:k+B]:
+            s = socket.create_connection((host, int(port))); s.sendall(frame(1, {2: n})); ss.append(s)
+        for s in ss:
+            s.settimeout(10)
+            try: s.recv(100)
+            except Exception: pass
+            s.close()
+
+def gauges(http, name="store_queue_requests_peak"):
+    try: t = urllib.request.urlopen(f"http://{http}/metrics", timeout=3).read().decode()
+    except Exception as e: return "metrics-timeout"
+    out = {}
+    for l in t.splitlines():
+        if l.startswith(f"ringrouter_shard_{name}{{"):
+            sh = l.split('shard="')[1].split('"')[0]; out[int(sh)] = float(l.split()[-1])
+    return out
