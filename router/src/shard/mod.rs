@@ -128,6 +128,8 @@ pub(crate) fn msg_id_clock() -> u64 {
 pub struct RoomWait {
     /// The session.
     pub id: SessionId,
+    /// When its message first found no room.
+    pub since: std::time::Instant,
     /// Store answers came in since it last tried: its reader may try again.
     pub retry: bool,
 }
@@ -235,6 +237,13 @@ pub struct Shard {
     /// made its requests regardless: 100 sent while a Join kept the room busy put
     /// 200 000 requests in the queue): pumped again as store answers come in.
     pub rooms_waiting: Vec<Bytes>,
+    /// Since when none of `rooms_waiting` made progress.
+    pub rooms_waiting_since: Option<std::time::Instant>,
+    /// A room message of this shard's own (a session's in `room_waits`, a room's in
+    /// `rooms_waiting`) has waited `store_link::LOCAL_WAIT_MAX` for room in the store's
+    /// queue: the readers yield as to held ring mail (`store_yield`), except the waiting
+    /// sessions' own, so that others' store work cannot keep it waiting for ever.
+    pub local_yield: bool,
     /// The most store requests in flight at once (`store_inflight`) so far.
     pub store_peak: usize,
     /// Store requests made so far (a count that only grows: see `store_yield`).
@@ -425,6 +434,8 @@ impl Shard {
             room_waits: Vec::new(),
             room_wakers: Vec::new(),
             rooms_waiting: Vec::new(),
+            rooms_waiting_since: None,
+            local_yield: false,
             store_peak: 0,
             store_made: 0,
             yield_from: 0,

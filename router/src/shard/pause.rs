@@ -202,7 +202,9 @@ impl Shard {
     /// its queue is under its bounds, or the session may go past them (see
     /// [`Shard::poll_session_intake`]).
     pub fn store_open_to(&self, key: SessionKey) -> bool {
-        !self.store_full() || self.store_lane_open(key)
+        !self.store_full()
+            || self.store_lane_open(key)
+            || (!self.store_queue_full() && self.room_wait_retry(key))
     }
 
     /// Whether session `key` may be read past a full store queue (see

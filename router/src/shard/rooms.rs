@@ -1014,20 +1014,28 @@ impl Shard {
         };
         if !std::mem::replace(&mut slot.waiting_store, true) {
             self.rooms_waiting.push(key.clone());
+            self.rooms_waiting_since
+                .get_or_insert_with(std::time::Instant::now);
         }
     }
 
     /// Store answers came in: the rooms whose first message waited for room in the store's
-    /// queue are pumped again. (They make no reader yield: while they wait, what is sent
-    /// to them waits behind, parked, and past `max_store_queue_bytes` of it every reader
-    /// of the shard waits.)
+    /// queue are pumped again. While none of them makes progress, the readers yield to
+    /// them past `LOCAL_WAIT_MAX` (`Shard::local_yield`).
     pub(crate) fn rooms_answered(&mut self) {
+        let made = self.store_made;
         for key in std::mem::take(&mut self.rooms_waiting) {
             if let Some(slot) = self.rooms.get_mut(&key[..]) {
                 slot.waiting_store = false;
                 self.pump_room(&key);
             }
         }
+        if self.rooms_waiting.is_empty() {
+            self.rooms_waiting_since = None;
+        } else if self.store_made != made {
+            self.rooms_waiting_since = Some(std::time::Instant::now());
+        }
+        self.local_waits_changed();
     }
 
     /// Answers a room request (nobody to answer for a purge).

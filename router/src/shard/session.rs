@@ -604,6 +604,7 @@ impl Shard {
         }
         if !self.room_waits.is_empty() {
             self.room_waits.retain(|w| w.id.key as usize != key);
+            self.local_waits_changed();
         }
         self.users_gen += 1;
         if let Some(list) = self.users.get_mut(&user) {

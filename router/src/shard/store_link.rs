@@ -40,6 +40,10 @@ pub const STORE_RESERVE: usize = 8;
 /// keep the queue too full for it, whatever the number of such sessions.
 pub const YIELD_LANE_BUDGET: u64 = (STORE_HIGH_WATER / STORE_RESERVE) as u64;
 
+/// How long a room message of the shard's own may wait for room in the store's queue
+/// before the readers yield to it (`Shard::local_yield`), as to held ring mail.
+pub const LOCAL_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What a store request counts for in `max_store_queue_bytes` besides its payloads.
 const STORE_REQ_OVERHEAD: usize = 128;
 
@@ -134,7 +138,8 @@ impl Shard {
         // (A room message waiting for room, `store_yield`: sessions with nothing in
         // flight are read until they made the lane's budget of requests, or they could
         // keep the queue too full for it for ever.)
-        (self.store_yield && self.store_made - self.yield_from >= YIELD_LANE_BUDGET)
+        ((self.store_yield || self.local_yield)
+            && self.store_made - self.yield_from >= YIELD_LANE_BUDGET)
             || self.store_inflight >= STORE_HIGH_WATER + STORE_HIGH_WATER / STORE_RESERVE
             || self.store_bytes >= bytes.saturating_add(bytes / STORE_RESERVE)
             || self.requeue_bytes >= requeue.saturating_add(requeue / STORE_RESERVE)
@@ -211,10 +216,8 @@ impl Shard {
     /// took the queue 5 000 requests past its bound, past the reserve kept for sessions
     /// with nothing in flight, so that no other session of the shard was read (Pings
     /// included) while the store was behind: for up to 1.2 s. Its reader waits for the
-    /// store's next answers ([`Shard::poll_room_wait`]). (It does not make the others
-    /// yield to it, as held ring mail does: a session that keeps the store busy waits on
-    /// it, not everyone else. Others' store work is paced by the queue's bound, and a
-    /// quarter of the bound always takes it.)
+    /// store's next answers ([`Shard::poll_room_wait`]); past [`LOCAL_WAIT_MAX`] the
+    /// others yield to it (`Shard::local_yield`), its own reader excepted.
     pub fn room_send_may_go(&mut self, key: SessionKey, room: &[u8]) -> bool {
         let Some(id) = self.session_id(key) else {
             return true;
@@ -223,13 +226,18 @@ impl Shard {
         if self.room_send_fits(room) {
             if let Some(at) = at {
                 self.room_waits.swap_remove(at);
+                self.local_waits_changed();
             }
             return true;
         }
         match at {
             // (Tried again for nothing: it waits for the next answers.)
             Some(at) => self.room_waits[at].retry = false,
-            None => self.room_waits.push(super::RoomWait { id, retry: false }),
+            None => self.room_waits.push(super::RoomWait {
+                id,
+                since: std::time::Instant::now(),
+                retry: false,
+            }),
         }
         false
     }
@@ -251,21 +259,34 @@ impl Shard {
     }
 
     /// The intake of session `key` while its room message waits for room in the store's
-    /// queue ([`Shard::room_send_may_go`]): `Pending` until store answers came in since it
-    /// last tried; `None` (its other waits, as any reader's) if it does not wait, or may
-    /// try again.
+    /// queue ([`Shard::room_send_may_go`]): `None` if it does not wait; else `Pending`
+    /// until store answers came in since it last tried, then as any reader's but past
+    /// the readers' yield (`store_yield`, `local_yield`: it would wait on itself). The
+    /// try is kept until it is made: a wait on the queue, parked work or the pipeline
+    /// does not use it up.
     pub(crate) fn poll_room_wait(
         &mut self,
         key: SessionKey,
         waker: &std::task::Waker,
     ) -> Option<std::task::Poll<()>> {
         let w = self.room_waits.iter().find(|w| w.id.key as usize == key)?;
-        if w.retry {
-            return None;
+        if !w.retry || self.store_queue_full() || self.parked_full() {
+            // (Answers are due: the queue or the parked work is over its bound, or the
+            // message did not fit, which it does under a quarter of the bound.)
+            let max = self.waiters_max();
+            super::pause::wait_in(&mut self.room_wakers, waker, max);
+            return Some(std::task::Poll::Pending);
         }
-        let max = self.waiters_max();
-        super::pause::wait_in(&mut self.room_wakers, waker, max);
-        Some(std::task::Poll::Pending)
+        Some(self.poll_pipeline(Some(key), waker))
+    }
+
+    /// Whether session `key`'s room message waits for room and may try again now.
+    pub(crate) fn room_wait_retry(&self, key: SessionKey) -> bool {
+        !self.room_waits.is_empty()
+            && self
+                .room_waits
+                .iter()
+                .any(|w| w.id.key as usize == key && w.retry)
     }
 
     /// Store answers came in: the readers of waiting room messages (and the HTTP API's
@@ -283,20 +304,49 @@ impl Shard {
         for w in self.room_wakers.drain(..) {
             w.wake();
         }
+        self.local_waits_changed();
+    }
+
+    /// Starts or ends the readers' yield to the shard's own waiting room messages
+    /// (`Shard::local_yield`): on while one of them has waited [`LOCAL_WAIT_MAX`]
+    /// without progress. Ended, the readers waiting on it are woken, and the consumer,
+    /// which leaves the rings alone during it.
+    pub(crate) fn local_waits_changed(&mut self) {
+        let oldest = self
+            .room_waits
+            .iter()
+            .map(|w| w.since)
+            .chain(self.rooms_waiting_since)
+            .min();
+        let want = oldest.is_some_and(|t| t.elapsed() >= LOCAL_WAIT_MAX);
+        if want && !self.local_yield {
+            if !self.store_yield {
+                self.yield_from = self.store_made;
+            }
+            self.local_yield = true;
+        } else if !want && self.local_yield {
+            self.local_yield = false;
+            self.wake_store_waiters(true, true);
+            if let Some(b) = &self.bell {
+                b.force();
+            }
+        }
     }
 
     /// A held room message has waited too long for room in the store's queue: see
     /// `Shard::store_yield`.
     pub fn begin_store_yield(&mut self) {
+        if !self.local_yield {
+            self.yield_from = self.store_made;
+        }
         self.store_yield = true;
-        self.yield_from = self.store_made;
     }
 
     /// True when readers should wait for the store to catch up (its queue is over its
     /// bounds, or a room message waits for room in it: `Shard::store_yield`).
     #[inline]
     pub fn store_full(&self) -> bool {
-        self.store_yield || self.store_queue_full()
+        self.store_yield || self.local_yield || self.store_queue_full()
     }
 
     /// True when the store's queue is over its bounds.

@@ -619,38 +619,55 @@ fn during_a_yield_sessions_with_nothing_in_the_store_queue_are_read_up_to_a_budg
 }
 
 /// A session whose room message waits for room in the store's queue
-/// (`Shard::room_send_may_go`) is read again once store answers came in, then as any
-/// reader (the try is not used up by a wait on something else); it is forgotten when it
-/// closes.
+/// (`Shard::room_send_may_go`) is read again once store answers came in; past
+/// `LOCAL_WAIT_MAX` the other readers yield to it, not its own (it would wait on itself),
+/// and the yield ends when it stops waiting (here, it closes).
 #[test]
-fn a_waiting_room_message_is_tried_again_after_store_answers() {
-    use super::store_link::STORE_HIGH_WATER;
+fn a_waiting_room_message_is_tried_again_after_store_answers_and_past_the_yield_to_it() {
+    use super::store_link::{STORE_HIGH_WATER, YIELD_LANE_BUDGET};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::{Poll, Waker};
+    use std::time::Duration;
     let mut s = shard(1);
     let a = s.register("alice", "phone".into(), -1).unwrap();
     let b = s.register("bob", "phone".into(), -1).unwrap();
+    let c = s.register("carol", "phone".into(), -1).unwrap();
     s.sessions.get_mut(a).unwrap().store_sends = 1;
+    s.sessions.get_mut(b).unwrap().store_sends = 1;
     s.store_inflight = STORE_HIGH_WATER / 2;
     s.room_waits.push(RoomWait {
         id: s.session_id(a).unwrap(),
+        since: Instant::now() - Duration::from_millis(200),
         retry: false,
     });
-    let c = Arc::new(Count(AtomicUsize::new(0)));
-    let w = Waker::from(c.clone());
+    let n = Arc::new(Count(AtomicUsize::new(0)));
+    let w = Waker::from(n.clone());
     assert!(s.poll_session_intake(a, &w).is_pending(), "no answer yet");
     assert_eq!(s.poll_session_intake(b, &w), Poll::Ready(()));
     s.store_inflight = STORE_HIGH_WATER;
     s.room_waits_answered();
-    assert_eq!(c.0.load(Ordering::SeqCst), 1, "woken by the answers");
+    assert_eq!(n.0.load(Ordering::SeqCst), 1, "woken by the answers");
     assert!(
-        s.poll_session_intake(a, &w).is_pending(),
-        "the queue is full: it waits for that, as any reader"
+        s.local_yield,
+        "waited past LOCAL_WAIT_MAX: the readers yield"
+    );
+    assert!(
+        s.poll_session_intake(a, &w).is_pending() && !s.store_open_to(a),
+        "the queue is full: it waits for answers, its try kept"
     );
     s.store_inflight = STORE_HIGH_WATER / 2;
     assert_eq!(s.poll_session_intake(a, &w), Poll::Ready(()), "tried again");
+    assert!(s.store_open_to(a), "past the yield to itself");
+    assert!(!s.store_open_to(b) && s.poll_session_intake(b, &w).is_pending());
+    assert!(
+        s.store_open_to(c),
+        "nothing in flight: read up to the budget"
+    );
+    s.store_made += YIELD_LANE_BUDGET;
+    assert!(!s.store_open_to(c));
     s.close(a, CloseReason::PeerClosed, None);
-    assert!(s.room_waits.is_empty());
+    assert!(s.room_waits.is_empty() && !s.local_yield);
+    assert_eq!(s.poll_session_intake(b, &w), Poll::Ready(()));
 }
 
 /// A reader woken for its own reasons polls the intake again and registers again: over a
