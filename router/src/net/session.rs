@@ -447,7 +447,7 @@ fn read_loop<'a>(
                 if answered_over && !sh.drained(key) && !blocked.contains(&key) {
                     blocked.push(key);
                 }
-                if sh.posted != posted && sh.pipe_was_full {
+                if sh.posted != posted && sh.pipe_filling() {
                     // (See `Shard::pipe_lane_open`.)
                     sh.pipe_posted.insert(key);
                 }
