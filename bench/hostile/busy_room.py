@@ -24,17 +24,10 @@ if pw: jf[3] = pw
 jblk = (frame(11, jf) + frame(12, {1: 2, 2: room})) * 8
 print("peak before", gauges(http), flush=True)
 stop = False; sent = [0]
-import os
 MAXS = int(os.environ.get('MAXSENDS', '1000000000'))
 def joiner():
     j.s.setblocking(True)
-    def rd():
-        while not stop:
-            try:
-                r,_,_ = select.select([j.s],[],[],0.5)
-                if r: j.s.recv(1 << 20)
-            except Exception: pass
-    threading.Thread(target=rd, daemon=True).start()
+    keep_reading(j.s, lambda: stop)
     while not stop:
         j.s.sendall(jblk)
 if not os.environ.get('NOJOIN'): threading.Thread(target=joiner, daemon=True).start()
@@ -47,13 +40,7 @@ if keyf:
     NC = int(os.environ.get("APICONNS", "50"))
     xs = [socket.create_connection((host, int(port))) for _ in range(NC)]
     def api(x):
-        def rd():
-            while not stop:
-                try:
-                    r,_,_ = select.select([x],[],[],0.5)
-                    if r: x.recv(1 << 20)
-                except Exception: pass
-        threading.Thread(target=rd, daemon=True).start()
+        keep_reading(x, lambda: stop)
         while not stop and sent[0] < MAXS:
             x.sendall(req); sent[0] += APIPIPE
     for x in xs: threading.Thread(target=api, args=(x,), daemon=True).start()
@@ -64,15 +51,7 @@ else:
         while not stop and sent[0] < MAXS:
             try: o.s.sendall(blk); sent[0] += 20
             except Exception as e: print("att", e); return
-    def rd():
-        while not stop:
-            try:
-                r,_,_ = select.select([o.s],[],[],0.5)
-                if r: o.s.recv(1 << 20)
-            except Exception: pass
-    threading.Thread(target=att, daemon=True).start(); threading.Thread(target=rd, daemon=True).start()
-t0 = time.time()
-while time.time() - t0 < secs:
-    time.sleep(2)
-    print(f"t={time.time()-t0:.0f} sent={sent[0]} peak={gauges(http)} now={gauges(http,'store_queue_requests')}", flush=True)
+    keep_reading(o.s, lambda: stop)
+    threading.Thread(target=att, daemon=True).start()
+watch(http, secs, lambda: f"sent={sent[0]}")
 stop = True

@@ -9,18 +9,10 @@ blk = b"".join(frame(2, {2: targets[i % NT], 4: b"x"}) for i in range(3000))
 stop = False; sent = [0]
 def att(c):
     c.s.setblocking(True)
-    def rd():
-        while not stop:
-            try:
-                r,_,_ = select.select([c.s],[],[],0.5)
-                if r: c.s.recv(1 << 20)
-            except Exception: return
-    threading.Thread(target=rd, daemon=True).start()
+    keep_reading(c.s, lambda: stop)
     while not stop:
         try: c.s.sendall(blk); sent[0] += 3000
         except Exception: return
 for c in cs: threading.Thread(target=att, args=(c,), daemon=True).start()
-t0 = time.time()
-while time.time() - t0 < secs:
-    time.sleep(2); print(f"t={time.time()-t0:.0f} sent={sent[0]} peak={gauges(http)} now={gauges(http,'store_queue_requests')}", flush=True)
+watch(http, secs, lambda: f"sent={sent[0]}")
 stop = True

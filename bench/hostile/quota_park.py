@@ -1,7 +1,7 @@
 """Owner (homed on the room's shard) pipelines [JoinRoom(room it owns), K x Send(room)]: the
 Sends park behind the Join in room_quota and are released at once by next_own.
 usage: quota_park.py TCP HTTP M K SECS [MODE]   MODE: join (default) | create"""
-import sys, threading, time, select
+import os, sys, threading, time, select
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from shardnames import *
 tcp, http, M, K, secs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
@@ -17,21 +17,12 @@ o.s.setblocking(True)
 if mode == "join":
     blk = frame(11, {1: 7, 2: room}) + b"".join(frame(2, {3: room, 4: b"hello"}) for _ in range(K))
 stop = False; sent = [0]
-import os
 MAXB = int(os.environ.get('MAXBLOCKS','1000000000'))
 def att():
     while not stop and sent[0] < MAXB:
         try: o.s.sendall(blk); sent[0] += 1
         except Exception as e: print("att", e); return
-def rd():
-    while not stop:
-        try:
-                r,_,_ = select.select([o.s],[],[],0.5)
-                if r: o.s.recv(1 << 20)
-        except Exception: pass
-threading.Thread(target=att, daemon=True).start(); threading.Thread(target=rd, daemon=True).start()
-t0 = time.time()
-while time.time() - t0 < secs:
-    time.sleep(2)
-    print(f"t={time.time()-t0:.0f} blocks={sent[0]} peak={gauges(http)} now={gauges(http,'store_queue_requests')} parked?", flush=True)
+keep_reading(o.s, lambda: stop)
+threading.Thread(target=att, daemon=True).start()
+watch(http, secs, lambda: f"blocks={sent[0]}")
 stop = True

@@ -1,6 +1,6 @@
 """Helpers of the room-queue probes (busy_room.py, quota_park.py, loading.py, api_once.py):
 names homed on a shard (the router's home_shard, 2 shards), logins in bulk, per-shard gauges."""
-import sys, os, time, socket, urllib.request
+import sys, os, time, socket, select, threading, urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import *
 
@@ -40,3 +40,20 @@ def gauges(http, name="store_queue_requests_peak"):
         if l.startswith(f"ringrouter_shard_{name}{{"):
             sh = l.split('shard="')[1].split('"')[0]; out[int(sh)] = float(l.split()[-1])
     return out
+
+def keep_reading(sock, stopped):
+    """Reads and drops what the router sends on `sock`, in a thread, until stopped()."""
+    def rd():
+        while not stopped():
+            try:
+                r, _, _ = select.select([sock], [], [], 0.5)
+                if r: sock.recv(1 << 20)
+            except Exception: pass
+    threading.Thread(target=rd, daemon=True).start()
+
+def watch(http, secs, what):
+    """Every 2 s for `secs`: what() and the store queue's peak and depth per shard."""
+    t0 = time.time()
+    while time.time() - t0 < secs:
+        time.sleep(2)
+        print(f"t={time.time()-t0:.0f} {what()} peak={gauges(http)} now={gauges(http, 'store_queue_requests')}", flush=True)

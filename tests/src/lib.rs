@@ -278,6 +278,14 @@ impl RouterProc {
         metrics_at(self.http_addr())
     }
 
+    /// The value of the metrics line `name` (labels included, as in the text), 0 if none.
+    pub fn metric(&self, name: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// The answer (head included) to `GET path` on the router's HTTP port.
     pub fn http_get(&self, path: &str) -> String {
         http_get_at(self.http_addr(), path)
@@ -1332,12 +1340,7 @@ pub fn http_get_on(mut s: TcpStream, path: &str) -> String {
 /// and never went past it and the reserve kept for sessions with nothing in flight
 /// (16 384 + 2 048 requests; the gauge `ringrouter_shard_store_queue_requests_peak`).
 pub fn assert_store_queue_filled_within_its_bound(r: &RouterProc) {
-    let name = "ringrouter_shard_store_queue_requests_peak{shard=\"0\"}";
-    let peak: f64 = r
-        .metrics()
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0);
+    let peak = r.metric("ringrouter_shard_store_queue_requests_peak{shard=\"0\"}");
     assert!(peak >= 12_000.0, "the queue never filled: {peak}");
     assert!(
         peak <= (16_384 + 2_048) as f64,

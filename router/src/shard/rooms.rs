@@ -779,19 +779,15 @@ impl Shard {
             Some((k, _)) => k.clone(),
             None => key,
         };
-        let free = match self.rooms.get_mut(&key[..]) {
-            Some(slot) => {
-                slot.used = true;
-                Some(!slot.busy && slot.queue.is_empty())
-            }
-            None => None,
-        };
         // A message that finds the room free waits, first in its queue, while its store
-        // requests do not fit (see `Shard::rooms_waiting`).
-        let waits = free == Some(true) && self.room_work_waits(&key, &work);
+        // requests do not fit (see `Shard::rooms_waiting`). (Nothing is looked up while
+        // the store's queue is under a quarter of its bound.)
+        let waits = self.room_work_waits(&key, &work);
         match self.rooms.get_mut(&key[..]) {
             Some(slot) => {
-                if free == Some(true) && !waits {
+                slot.used = true;
+                let free = !slot.busy && slot.queue.is_empty();
+                if free && !waits {
                     self.process_room_work(&key, work);
                     self.pump_room(&key);
                 } else {
@@ -801,7 +797,7 @@ impl Shard {
                         RoomWork::Req(_) => None,
                     };
                     slot.queue.push_back(work);
-                    if waits {
+                    if free {
                         self.wait_for_store_room(&key);
                     }
                     if let Some(sender) = sender {

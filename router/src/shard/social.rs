@@ -91,7 +91,11 @@ impl Shard {
     /// Queues a live-only frame on every live session of its users homed here: none if
     /// it is a user's and that user's direct live deliveries here are spent.
     pub fn push_live(&mut self, live: &LiveFrame) {
-        if let Some(from) = &live.from {
+        if let Some(from) = live
+            .from
+            .as_ref()
+            .filter(|_| self.direct_live_rate.is_some())
+        {
             let all: usize = live
                 .users
                 .iter()

@@ -481,13 +481,6 @@ fn a_conversation_list_of_big_last_messages_stays_within_the_frame_limit() {
 }
 
 /// A counter of the router's /metrics (0 when absent).
-fn metric(r: &RouterProc, name: &str) -> f64 {
-    r.metrics()
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Client-chosen msg_ids alternating low and high make every chunk's id ranges hold any
 /// id: a History `before` (or a MarkRead) of an id that is not there is answered
 /// NOT_FOUND after at most `--history-lookup-chunks` chunks read, not the whole
@@ -525,8 +518,8 @@ fn a_before_not_in_recent_pages_reads_a_bounded_number_of_chunks() {
             assert_eq!(raw.wait_send_result(i), Status::Ok as i32);
         }
     }
-    let reads0 = metric(&r, "ringrouter_history_chunk_reads_total");
-    let cut0 = metric(&r, "ringrouter_history_lookups_cut_total");
+    let reads0 = r.metric("ringrouter_history_chunk_reads_total");
+    let cut0 = r.metric("ringrouter_history_lookups_cut_total");
     let asks = 20u64;
     for k in 0..asks {
         raw.send(client_frame::Kind::History(History {
@@ -546,7 +539,7 @@ fn a_before_not_in_recent_pages_reads_a_bounded_number_of_chunks() {
             }
         }
     }
-    let reads = metric(&r, "ringrouter_history_chunk_reads_total") - reads0;
+    let reads = r.metric("ringrouter_history_chunk_reads_total") - reads0;
     assert!(reads <= (asks * 4) as f64, "{reads} chunks read");
     // A MarkRead of it marks nothing, bounded the same (answered once routed: counted
     // by the time the pages below, behind it on the storage thread, are answered).
@@ -556,7 +549,7 @@ fn a_before_not_in_recent_pages_reads_a_bounded_number_of_chunks() {
     let all = walk_back(&mut c, "lookup-peer", 37);
     let got: Vec<u64> = all.iter().map(|m| m.msg_id).collect();
     assert_eq!(got, (1..=n).map(id).collect::<Vec<_>>());
-    let cut = metric(&r, "ringrouter_history_lookups_cut_total") - cut0;
+    let cut = r.metric("ringrouter_history_lookups_cut_total") - cut0;
     assert_eq!(cut, (asks + 1) as f64);
     // A recent message that no page ended at is found by a lookup.
     let page = c.history_with("lookup-peer", id(n), 3).unwrap();
@@ -576,14 +569,14 @@ fn listing_one_of_many_conversations_reads_one_chunk() {
         let _ = r.client(p);
         a.send_wait(p, &vec![b'y'; 30_000]).unwrap();
     }
-    let reads0 = metric(&r, "ringrouter_history_chunk_reads_total");
+    let reads0 = r.metric("ringrouter_history_chunk_reads_total");
     for _ in 0..10 {
         let cs = a.conversations(1, 0).expect("conversations");
         assert_eq!(cs.len(), 1);
         assert_eq!(cs[0].user.as_deref(), Some("many-p39"));
         assert_eq!(cs[0].last.payload.len(), 30_000);
     }
-    let reads = metric(&r, "ringrouter_history_chunk_reads_total") - reads0;
+    let reads = r.metric("ringrouter_history_chunk_reads_total") - reads0;
     assert!(reads <= 10.0, "{reads} chunks read for 10 lists of 1");
 }
 
@@ -647,7 +640,7 @@ fn page_reads_past_their_bound_are_all_answered() {
         };
         assert_eq!(h.messages.len(), 1, "{h:?}");
     }
-    let waiting = |r: &RouterProc| metric(r, "ringrouter_page_reads_waiting");
+    let waiting = |r: &RouterProc| r.metric("ringrouter_page_reads_waiting");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while waiting(&r) != 0.0 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -745,10 +738,10 @@ fn create_fill_delete_rounds_do_not_grow_the_history_kept() {
         }
         a.send_room_wait(&room, &payload).unwrap();
         assert_eq!(a.room_history(&room, 0, 500).unwrap().len(), 100);
-        let full = metric(&r, "ringrouter_history_log_live_bytes") as u64;
+        let full = r.metric("ringrouter_history_log_live_bytes") as u64;
         assert!(full >= 100 * 2000, "round {round}: {full} live bytes");
         a.delete_room(&room).unwrap();
-        live.push(metric(&r, "ringrouter_history_log_live_bytes") as u64);
+        live.push(r.metric("ringrouter_history_log_live_bytes") as u64);
     }
     // 2.4 MB of room history written, none of it kept.
     assert!(

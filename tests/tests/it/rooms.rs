@@ -1591,13 +1591,6 @@ fn a_member_logging_in_during_a_burst_to_offline_members_gets_every_message_in_o
     }
 }
 
-/// A value of the router's metrics text: the line `name` (with its labels) exactly.
-fn metric_line(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Room messages from a session to a room homed on its shard wait, like those from other
 /// shards, until their store requests fit in the store's queue: a pipelined loop of them
 /// to a room of 6 000 offline members took the queue 6 000 requests past its bound (16 384),
@@ -1736,7 +1729,7 @@ fn pings_on_a_senders_shard_are_answered_while_its_pipeline_to_a_busy_shard_is_f
             }
         }
         worst = worst.max(t0.elapsed());
-        deepest = deepest.max(metric_line(&r.metrics(), depth));
+        deepest = deepest.max(r.metric(depth));
         std::thread::sleep(Duration::from_millis(50));
     }
     stop.store(true, Ordering::Relaxed);
