@@ -380,6 +380,31 @@ impl RoomSlot {
         }
     }
 
+    /// A loaded room that `user` is not a member of: a message of theirs is refused
+    /// FORBIDDEN without a store request, so it need not wait for room in the store's
+    /// queue (a Join of theirs still queued is ahead of it there, and that queue waits).
+    pub(crate) fn refuses(&self, user: &[u8]) -> bool {
+        matches!(&self.state, RoomState::Ready(r) if !r.members.contains(user))
+    }
+
+    /// A loaded room with `members` (for the shard's tests).
+    #[cfg(test)]
+    pub(crate) fn ready_with(members: &[&str], shards: usize) -> RoomSlot {
+        let rec = RoomRecord {
+            name: "r".into(),
+            owner: members.first().map_or("o", |m| m).into(),
+            members: members.iter().map(|m| m.to_string()).collect(),
+            ..RoomRecord::default()
+        };
+        RoomSlot {
+            state: RoomState::Ready(Room::new(rec, shards)),
+            busy: false,
+            queue: VecDeque::new(),
+            used: false,
+            waiting_store: false,
+        }
+    }
+
     /// Nothing queued and no store request in flight: it may be dropped from memory.
     fn idle(&self) -> bool {
         !self.busy && self.queue.is_empty()

@@ -223,7 +223,11 @@ impl Shard {
             return true;
         };
         let at = self.room_waits.iter().position(|w| w.id == id);
-        if self.room_send_fits(room) {
+        let refused = |s: &Shard| {
+            let user = &s.sessions[key].user;
+            s.rooms.get(room).is_some_and(|r| r.refuses(user))
+        };
+        if refused(self) || self.room_send_fits(room) {
             if let Some(at) = at {
                 self.room_waits.swap_remove(at);
                 self.local_waits_changed();

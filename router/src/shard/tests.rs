@@ -670,6 +670,30 @@ fn a_waiting_room_message_is_tried_again_after_store_answers_and_past_the_yield_
     assert_eq!(s.poll_session_intake(b, &w), Poll::Ready(()));
 }
 
+/// A non-member's message to a loaded room is refused without a store request: it does
+/// not wait for room in the store's queue (nor start the readers' yield), a member's does.
+#[test]
+fn a_non_members_room_message_does_not_wait_for_the_store() {
+    use super::rooms::RoomSlot;
+    use super::store_link::STORE_HIGH_WATER;
+    let mut s = shard(1);
+    let a = s.register("alice", "phone".into(), -1).unwrap();
+    let m = s.register("mallory", "phone".into(), -1).unwrap();
+    let members: Vec<String> = std::iter::once("alice".to_string())
+        .chain((0..2 * STORE_HIGH_WATER).map(|i| format!("u{i}")))
+        .collect();
+    let members: Vec<&str> = members.iter().map(|m| m.as_str()).collect();
+    s.rooms.insert(
+        Bytes::from_static(b"big"),
+        RoomSlot::ready_with(&members, 1),
+    );
+    s.store_inflight = STORE_HIGH_WATER / 2;
+    assert!(s.room_send_waits(a, b"big"), "a member's goes when it fits");
+    assert_eq!(s.room_waits.len(), 1);
+    assert!(!s.room_send_waits(m, b"big"), "refused FORBIDDEN at once");
+    assert_eq!(s.room_waits.len(), 1, "the non-member did not wait");
+}
+
 /// A reader woken for its own reasons polls the intake again and registers again: over a
 /// long stall the waiters' list stays bounded (woken whole past its bound).
 #[test]
