@@ -22,6 +22,18 @@ def _xor(p, mask):
     n = len(p); m = (mask * ((n + 3) // 4))[:n]
     return (int.from_bytes(p, "little") ^ int.from_bytes(m, "little")).to_bytes(n, "little")
 
+def ws_open(http, proto):
+    """A WebSocket on HTTP (host:port) with subprotocol PROTO: (socket, bytes read past the 101)."""
+    hh, hp = http.rsplit(":", 1)
+    s = socket.create_connection((hh, int(hp))); s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+               f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {proto}\r\n\r\n").encode())
+    b = b""
+    while b"\r\n\r\n" not in b: b += s.recv(4096)
+    assert b" 101 " in b, b
+    return s, b.split(b"\r\n\r\n", 1)[1]
+
 class T:
     def __init__(self, addr, kind, rcvbuf=None):
         host, port = addr.rsplit(":", 1)

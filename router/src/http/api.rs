@@ -220,6 +220,23 @@ struct PublishReq {
     from_user: Option<String>,
 }
 
+/// A publish's place among the messages waiting for room in the store's queue
+/// (`Shard::poll_api_room_send`), given back when dropped.
+struct ApiRoomWait<'a> {
+    shard: &'a Rc<RefCell<Shard>>,
+    ticket: Option<u64>,
+}
+
+impl Drop for ApiRoomWait<'_> {
+    fn drop(&mut self) {
+        // (Never dropped inside a borrow of the shard; were it, the ticket would go
+        // past `--http-api-timeout`: `Shard::local_waits_changed`.)
+        if let (Some(t), Ok(mut sh)) = (self.ticket.take(), self.shard.try_borrow_mut()) {
+            sh.api_room_wait_done(t);
+        }
+    }
+}
+
 /// `POST /api/v1/publish`: a message from `from_user` (default `system`) to a user or
 /// a room, routed like a client's Send with a result: delivered to every session, or
 /// stored for a user with none; a room's members each get it (the API may publish to
@@ -263,7 +280,11 @@ async fn publish(body: &[u8], shard: &Rc<RefCell<Shard>>, shared: &Arc<Shared>) 
     let left = || deadline.saturating_duration_since(std::time::Instant::now());
     // Backpressure as for a session's reader: wait while the pipeline to the other
     // shards or the store requests are over their marks.
-    let room = poll_fn(|cx| shard.borrow_mut().poll_intake(cx.waker()));
+    let room = poll_fn(|cx| {
+        shard
+            .borrow_mut()
+            .poll_api_intake(to_room.as_bytes(), cx.waker())
+    });
     if monoio::time::timeout(left(), room).await.is_err() {
         return Err(timed_out());
     }
@@ -274,12 +295,19 @@ async fn publish(body: &[u8], shard: &Rc<RefCell<Shard>>, shared: &Arc<Shared>) 
         // (`Shard::room_send_may_go`): handled as they came, 20 publishers pipelining to a
         // room of 10 000 offline members took a shard's queue to 59 462 requests, past
         // its bound (16 384) and the reserve kept for sessions with nothing in it.
+        // (Its ticket is given back however the wait ends: this future dropped too.)
+        let mut wait = ApiRoomWait {
+            shard,
+            ticket: None,
+        };
         let room = poll_fn(|cx| {
             shard
                 .borrow_mut()
-                .poll_api_room_send(to_room.as_bytes(), cx.waker())
+                .poll_api_room_send(to_room.as_bytes(), cx.waker(), &mut wait.ticket)
         });
-        if monoio::time::timeout(left(), room).await.is_err() {
+        let waited = monoio::time::timeout(left(), room).await;
+        drop(wait);
+        if waited.is_err() {
             return Err(timed_out());
         }
     }

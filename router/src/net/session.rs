@@ -242,6 +242,13 @@ const SPARSE_CHUNK: usize = 8 << 10;
 /// fan-out benchmark chunk (64 KiB to 64 members, ~51 000 deliveries) is not split.
 const TURN_DELIVERIES: u64 = 64 * 1024;
 
+/// Bytes of frames other than Sends (decoded whole by prost: a CreateRoom's member list
+/// is a string each) one reader's chunks may hold before the rest waits for the shard's
+/// other ready tasks. A CreateRoom of 500 000 empty member names is 1 MB, under
+/// `--max-frame-bytes`, and took ~6 ms to decode before its count was refused: 16 reads
+/// of them a turn, 4 connections sending them held others' Pings 150 ms (p50).
+const SLOW_TURN_BYTES: usize = 64 << 10;
+
 /// Bytes of a write batch a TLS or WebSocket session encodes and writes at a time.
 const EGRESS_SLICE: usize = 256 << 10;
 
@@ -256,6 +263,16 @@ const EGRESS_SLICE: usize = 256 << 10;
 const READS_PER_YIELD: u32 = 16;
 
 use crate::turns::let_the_shard_run;
+use ringrouter_proto::fast::Inbound;
+
+/// `frame`, its `len` bytes counted in `slow` unless it is a Send (see SLOW_TURN_BYTES).
+#[inline(always)]
+fn weigh<'a>(frame: Inbound<'a>, slow: &mut usize, len: usize) -> Inbound<'a> {
+    if !matches!(frame, Inbound::Send(_)) {
+        *slow += len;
+    }
+    frame
+}
 
 /// (A plain fn returning an `async move` block, not an `async fn`: an async fn's future
 /// keeps its arguments twice, as they came and as the body's locals, and this one is
@@ -353,6 +370,8 @@ fn read_loop<'a>(
                     rest = Some(start);
                 }
                 let mut frame_at = start;
+                // Bytes of frames decoded whole (see SLOW_TURN_BYTES).
+                let mut slow = 0usize;
                 for r in frames(&chunk[start..]).take_while(|_| !waits) {
                     let range = start + r.start..start + r.end;
                     let end = range.end;
@@ -365,8 +384,15 @@ fn read_loop<'a>(
                         .get(key)
                         .and_then(|s| s.last_dest.as_deref())
                         .map_or(&[][..], LastDest::name);
+                    let len = range.len();
                     match parse_client_in(&chunk, range, copy, checked) {
-                        Ok(frame) => match sh.on_frame(key, frame, now, ts, &mut blocked) {
+                        Ok(frame) => match sh.on_frame(
+                            key,
+                            weigh(frame, &mut slow, len),
+                            now,
+                            ts,
+                            &mut blocked,
+                        ) {
                             Flow::Continue => {}
                             Flow::Stop => {
                                 flow = Flow::Stop;
@@ -404,7 +430,10 @@ fn read_loop<'a>(
                             break;
                         }
                     }
-                    if end < chunk.len() && sh.fan_work().wrapping_sub(work) >= TURN_DELIVERIES {
+                    if end < chunk.len()
+                        && (sh.fan_work().wrapping_sub(work) >= TURN_DELIVERIES
+                            || slow >= SLOW_TURN_BYTES)
+                    {
                         rest = Some(end);
                         turn_over = true;
                         break;
@@ -421,6 +450,8 @@ fn read_loop<'a>(
                         break;
                     }
                 }
+                // (A chunk of one big such frame: the shard's other tasks before the next.)
+                turn_over |= slow >= SLOW_TURN_BYTES;
                 match rest {
                     Some(at) if flow == Flow::Continue && bad.is_none() => {
                         held = Some(Box::new((chunk, at, framing_error)));

@@ -232,6 +232,12 @@ pub struct Shard {
     /// The wakers of the readers in `room_waits`, and of the HTTP API's messages to rooms
     /// homed here that wait the same way (`Shard::poll_api_room_send`).
     pub room_wakers: Vec<Waker>,
+    /// The HTTP API's messages to rooms homed here that wait the same way, a ticket each
+    /// and since when: they count for `local_yield` as sessions' do (one request at a
+    /// time per HTTP connection: as many as those at most).
+    pub api_room_waits: Vec<(u64, std::time::Instant)>,
+    /// The last ticket given in `api_room_waits`.
+    pub api_room_ticket: u64,
     /// Rooms homed here whose first queued message waits for room in the store's queue
     /// (a message the room's work released all at once, after a request or its load,
     /// made its requests regardless: 100 sent while a Join kept the room busy put
@@ -239,8 +245,8 @@ pub struct Shard {
     pub rooms_waiting: Vec<Bytes>,
     /// Since when none of `rooms_waiting` made progress.
     pub rooms_waiting_since: Option<std::time::Instant>,
-    /// A room message of this shard's own (a session's in `room_waits`, a room's in
-    /// `rooms_waiting`) has waited `store_link::LOCAL_WAIT_MAX` for room in the store's
+    /// A room message of this shard's own (a session's in `room_waits`, the HTTP API's in
+    /// `api_room_waits`, a room's in `rooms_waiting`) has waited `store_link::LOCAL_WAIT_MAX` for room in the store's
     /// queue: the readers yield as to held ring mail (`store_yield`), except the waiting
     /// sessions' own, so that others' store work cannot keep it waiting for ever.
     pub local_yield: bool,
@@ -433,6 +439,8 @@ impl Shard {
             store_yield: false,
             room_waits: Vec::new(),
             room_wakers: Vec::new(),
+            api_room_waits: Vec::new(),
+            api_room_ticket: 0,
             rooms_waiting: Vec::new(),
             rooms_waiting_since: None,
             local_yield: false,

@@ -1210,7 +1210,8 @@ impl Shard {
     /// its sender's (the HTTP API publishes no live-only frames); false, taking
     /// nothing, when either holds too little.
     fn take_live(&mut self, room: &Room, s: &RoomSend) -> bool {
-        let cost = room.members.len() as u64;
+        let units = super::social::live_units(s.payload.len());
+        let cost = (room.members.len() * units) as u64;
         let now = Instant::now();
         if let Some(rate) = &self.live_rate {
             if !rate.holds(&s.from_user, cost as f64, now) {

@@ -248,14 +248,29 @@ impl Shard {
 
     /// Whether the HTTP API's message to room `room` may be handled now: `Pending`, with
     /// `waker` woken by the store's next answers, while the room is homed here and its
-    /// store requests do not fit (see [`Shard::room_send_may_go`]).
+    /// store requests do not fit (see [`Shard::room_send_may_go`]). While it waits it
+    /// holds `ticket` in `api_room_waits`: past [`LOCAL_WAIT_MAX`] the readers yield to
+    /// it (`Shard::local_yield`), so that others' store work cannot keep it waiting past
+    /// `--http-api-timeout` (under a flood of offline DMs, 2 publishes in 5 to a room of
+    /// 9 999 offline members were answered 503). The caller gives the ticket back with
+    /// [`Shard::api_room_wait_done`] if it stops waiting before `Ready`.
     pub fn poll_api_room_send(
         &mut self,
         room: &[u8],
         waker: &std::task::Waker,
+        ticket: &mut Option<u64>,
     ) -> std::task::Poll<()> {
         if self.home(room) != self.id || self.room_send_fits(room) {
+            if let Some(t) = ticket.take() {
+                self.api_room_wait_done(t);
+            }
             return std::task::Poll::Ready(());
+        }
+        if ticket.is_none() {
+            self.api_room_ticket += 1;
+            *ticket = Some(self.api_room_ticket);
+            let since = std::time::Instant::now();
+            self.api_room_waits.push((self.api_room_ticket, since));
         }
         let max = self.waiters_max();
         super::pause::wait_in(&mut self.room_wakers, waker, max);
@@ -282,6 +297,15 @@ impl Shard {
             return Some(std::task::Poll::Pending);
         }
         Some(self.poll_pipeline(Some(key), waker))
+    }
+
+    /// The HTTP API's message holding `ticket` (`Shard::poll_api_room_send`) waits no
+    /// more: gone, or handled.
+    pub fn api_room_wait_done(&mut self, ticket: u64) {
+        if let Some(at) = self.api_room_waits.iter().position(|w| w.0 == ticket) {
+            self.api_room_waits.swap_remove(at);
+            self.local_waits_changed();
+        }
     }
 
     /// Whether session `key`'s room message waits for room and may try again now.
@@ -316,10 +340,17 @@ impl Shard {
     /// without progress. Ended, the readers waiting on it are woken, and the consumer,
     /// which leaves the rings alone during it.
     pub(crate) fn local_waits_changed(&mut self) {
+        if !self.api_room_waits.is_empty() {
+            // (A wait is given back when it ends, at `--http-api-timeout` at the latest:
+            // one older has lost its way.)
+            let stale = self.cfg.http_api_timeout + std::time::Duration::from_secs(1);
+            self.api_room_waits.retain(|w| w.1.elapsed() < stale);
+        }
         let oldest = self
             .room_waits
             .iter()
             .map(|w| w.since)
+            .chain(self.api_room_waits.iter().map(|w| w.1))
             .chain(self.rooms_waiting_since)
             .min();
         let want = oldest.is_some_and(|t| t.elapsed() >= LOCAL_WAIT_MAX);

@@ -694,6 +694,60 @@ fn a_non_members_room_message_does_not_wait_for_the_store() {
     assert_eq!(s.room_waits.len(), 1, "the non-member did not wait");
 }
 
+/// The HTTP API's message to a room homed here waits for room in the store's queue as a
+/// session's does, holding a ticket: past `LOCAL_WAIT_MAX` the readers yield to it, and
+/// the yield ends when it goes or gives its ticket back (a ticket older than
+/// `--http-api-timeout` is dropped: a wait ends by then).
+#[test]
+fn an_api_room_message_waiting_past_its_bound_makes_the_readers_yield() {
+    use super::rooms::RoomSlot;
+    use super::store_link::STORE_HIGH_WATER;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::{Poll, Waker};
+    use std::time::Duration;
+    let mut s = shard(1);
+    let members: Vec<String> = (0..2 * STORE_HIGH_WATER).map(|i| format!("u{i}")).collect();
+    let members: Vec<&str> = members.iter().map(|m| m.as_str()).collect();
+    s.rooms.insert(
+        Bytes::from_static(b"big"),
+        RoomSlot::ready_with(&members, 1),
+    );
+    s.store_inflight = STORE_HIGH_WATER / 2;
+    let w = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
+    let mut ticket = None;
+    assert!(s.poll_api_room_send(b"big", &w, &mut ticket).is_pending());
+    assert!(ticket.is_some() && s.api_room_waits.len() == 1);
+    assert!(s.poll_api_room_send(b"big", &w, &mut ticket).is_pending());
+    assert_eq!(s.api_room_waits.len(), 1, "one ticket a wait");
+    s.room_waits_answered();
+    assert!(!s.local_yield, "not waited long yet");
+    s.api_room_waits[0].1 -= Duration::from_millis(200);
+    s.room_waits_answered();
+    assert!(
+        s.local_yield && s.store_full(),
+        "waited past LOCAL_WAIT_MAX"
+    );
+    s.store_inflight = 0;
+    assert_eq!(
+        s.poll_api_room_send(b"big", &w, &mut ticket),
+        Poll::Ready(())
+    );
+    assert!(ticket.is_none() && s.api_room_waits.is_empty() && !s.local_yield);
+    // Given back without going (its request timed out, its connection went).
+    s.store_inflight = STORE_HIGH_WATER / 2;
+    assert!(s.poll_api_room_send(b"big", &w, &mut ticket).is_pending());
+    s.api_room_waits[0].1 -= Duration::from_millis(200);
+    s.room_waits_answered();
+    assert!(s.local_yield);
+    s.api_room_wait_done(ticket.take().unwrap());
+    assert!(s.api_room_waits.is_empty() && !s.local_yield);
+    // Lost (never given back): dropped past --http-api-timeout.
+    assert!(s.poll_api_room_send(b"big", &w, &mut ticket).is_pending());
+    s.api_room_waits[0].1 -= s.cfg.http_api_timeout + Duration::from_secs(2);
+    s.room_waits_answered();
+    assert!(s.api_room_waits.is_empty() && !s.local_yield);
+}
+
 /// A reader woken for its own reasons polls the intake again and registers again: over a
 /// long stall the waiters' list stays bounded (woken whole past its bound).
 #[test]

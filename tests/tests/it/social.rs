@@ -204,6 +204,55 @@ fn a_users_live_frames_are_refused_past_its_own_share() {
     assert_eq!(&next(&mut cb, "b").payload[..], b"kept");
 }
 
+/// A live-only frame counts once a session or member per KiB of its payload: big
+/// ephemeral payloads spend a budget as fast as they cost to write. (One sender's loop of
+/// 1 MB ephemeral messages to 32 devices of a user was 3 GB a second for the shard.)
+#[test]
+fn big_live_frames_spend_the_budgets_by_the_kib() {
+    const KIB: usize = 1024;
+    // a's share: 100 a second, 1 000 saved up. A 100-KiB frame to b's one session costs
+    // 100: 10 of them, then one a second; one of 1 KiB would have cost 1.
+    let r = RouterProc::start(&["--shards", "2", "--direct-live-per-user-per-second", "100"]);
+    let u = users_on_shards("lk", 2);
+    let (a, b) = (&u[0], &u[1]);
+    let mut cb = r.client(b);
+    let mut ca = r.client(a);
+    let big = vec![5u8; 100 * KIB];
+    let t = std::time::Instant::now();
+    for i in 0..16 {
+        ca.send_ephemeral_wait(Target::User(b), &big)
+            .unwrap_or_else(|e| panic!("frame {i}: {e}"));
+    }
+    let most = 10 + t.elapsed().as_secs() + 1;
+    let mut got = 0;
+    while let Some(m) = cb.recv(Some(SHORT)).unwrap() {
+        assert!(m.ephemeral && m.payload.len() == big.len());
+        got += 1;
+    }
+    assert!((10..=most).contains(&got), "{got} of 16 100-KiB frames");
+    // In a room of two: 2 x 100 a frame from a's 1 000 saved up (the room's budget, the
+    // default, is far from spent).
+    let (_r, mut ca, mut cb) = room_of_two(
+        &["--shards", "2", "--room-live-per-user-per-second", "100"],
+        "lk-room",
+    );
+    let t = std::time::Instant::now();
+    let mut ok = 0u64;
+    for _ in 0..10 {
+        match ca.send_ephemeral_wait(Target::Room("lk-room"), &big) {
+            Ok(_) => ok += 1,
+            Err(e) if e.code() == Some(Status::RateLimited) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let secs = t.elapsed().as_secs();
+    assert!(ok >= 5 && ok <= 5 + secs.div_ceil(2), "{ok} OK in {secs} s");
+    for _ in 0..ok {
+        assert!(next(&mut cb, "b").ephemeral);
+    }
+    nothing(&mut cb, "b: a refused frame reached no one");
+}
+
 /// A user's typing indicators and read receipts to another user spend its direct live
 /// deliveries on the recipient's shard (`--direct-live-per-user-per-second`, ten
 /// seconds' worth saved up), one per session reached: past them a frame reaches no one
@@ -434,6 +483,12 @@ fn room_info_and_create_with_members() {
             None,
             &["ri-bob", "ri-carol", "ri-dave", "ri-erin"],
         )
+        .unwrap_err();
+    assert_eq!(e.code(), Some(Status::BadRequest), "{e}");
+    // More names listed than a room holds, even the same one: refused as listed (not
+    // sorted and deduplicated first: a frame may carry 500 000 names).
+    let e = a
+        .create_room_with("ri-room3", None, &["ri-bob"; 5])
         .unwrap_err();
     assert_eq!(e.code(), Some(Status::BadRequest), "{e}");
     a.create_room_with("ri-room3", None, &["ri-bob", "ri-carol", "ri-dave"])
