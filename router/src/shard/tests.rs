@@ -701,7 +701,7 @@ fn a_non_members_room_message_does_not_wait_for_the_store() {
 #[test]
 fn an_api_room_message_waiting_past_its_bound_makes_the_readers_yield() {
     use super::rooms::RoomSlot;
-    use super::store_link::STORE_HIGH_WATER;
+    use super::store_link::{STORE_HIGH_WATER, STORE_RESERVE};
     use std::sync::atomic::AtomicUsize;
     use std::task::{Poll, Waker};
     use std::time::Duration;
@@ -746,6 +746,15 @@ fn an_api_room_message_waiting_past_its_bound_makes_the_readers_yield() {
     s.api_room_waits[0].1 -= s.cfg.http_api_timeout + Duration::from_secs(2);
     s.room_waits_answered();
     assert!(s.api_room_waits.is_empty() && !s.local_yield);
+    // Past a full queue, a publish to a user goes as a session with nothing in it does:
+    // within the reserve; one to a room homed here waits for room above instead.
+    s.store_inflight = STORE_HIGH_WATER;
+    assert!(s.store_full());
+    assert_eq!(s.poll_api_intake(b"", &w), Poll::Ready(()));
+    assert_eq!(s.poll_api_intake(b"big", &w), Poll::Ready(()));
+    s.store_inflight = STORE_HIGH_WATER + STORE_HIGH_WATER / STORE_RESERVE;
+    assert!(s.poll_api_intake(b"", &w).is_pending(), "past the reserve");
+    assert_eq!(s.lane_waiters.len(), 1);
 }
 
 /// A reader woken for its own reasons polls the intake again and registers again: over a
