@@ -2,7 +2,8 @@
 decode: CreateRoom with M empty-named members (~2 B each, within --max-frame-bytes), answered
 BAD_REQUEST (too many members); they read their answers. TRANSPORT tcp | bin (WS) | json (WS).
 usage: fat_frames.py TCP HTTP PID K SECONDS TRANSPORT [M] [SHARD]
-VALID=1: distinct valid member names (m0, m1, ...) instead of empty ones."""
+VALID=1: distinct valid member names (m0, m1, ...) instead of empty ones.
+SEND_FIRST=1 (tcp): each frame begins with an empty Send."""
 import sys, os, time, socket, threading, base64, json, select, subprocess
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import *
@@ -24,6 +25,9 @@ elif tr == "bin":
     blob = ws_frame(cf(10, body), 2)
 else:
     blob = frame(10, body)
+    if os.environ.get("SEND_FIRST"):
+        # An empty Send first: prost decodes the frame as the CreateRoom (the last kind).
+        m = b"\x12\x00" + field(10, body); blob = varint(len(m)) + m
 print(f"wire bytes per frame {len(blob)}", flush=True)
 users = names_on("fat", SH, K)
 conns = []

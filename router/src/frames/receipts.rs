@@ -56,7 +56,7 @@ impl Shard {
         // The reader's other devices (here), then the peer's (at its home), unless the
         // peer blocks the reader or (--dm-policy contacts) is not a contact: a receipt
         // is refused like a direct message.
-        if self.take_own_copies(&reader_bytes) {
+        if self.take_own_copies(&reader_bytes, 0) {
             self.push_live_to(reader.as_bytes(), &frame, me);
         }
         if self.dm_gate() {

@@ -249,6 +249,9 @@ const TURN_DELIVERIES: u64 = 64 * 1024;
 /// of them a turn, 4 connections sending them held others' Pings 150 ms (p50).
 const SLOW_TURN_BYTES: usize = 64 << 10;
 
+/// Frames from this size on count for [`SLOW_TURN_BYTES`].
+const SLOW_FRAME_MIN: usize = 4 << 10;
+
 /// Bytes of a write batch a TLS or WebSocket session encodes and writes at a time.
 const EGRESS_SLICE: usize = 256 << 10;
 
@@ -264,10 +267,22 @@ const READS_PER_YIELD: u32 = 16;
 
 use crate::turns::let_the_shard_run;
 
-/// The first byte of a Send's frame: its kind's tag (field 2, length-delimited). Frames
-/// that begin otherwise count for SLOW_TURN_BYTES (looked at before the frame is parsed:
-/// matched on the parsed frame, the Send path took 50 instructions more a message).
-const SEND_TAG: u8 = (2 << 3) | 2;
+/// Whether `frame` is one Send and nothing else (its kind's tag, field 2 length-delimited,
+/// whose length ends the frame): any other frame counts for SLOW_TURN_BYTES. Told from the
+/// bytes before the frame is parsed (matched on the parsed frame, the Send path took ~50
+/// instructions more a message); a frame that only begins as a Send (an empty Send, then a
+/// CreateRoom that prost decodes whole, the last kind winning) counts.
+#[inline(always)]
+fn one_send(frame: &[u8]) -> bool {
+    const SEND_TAG: u8 = (2 << 3) | 2;
+    match frame.split_first() {
+        Some((&SEND_TAG, rest)) => matches!(
+            ringrouter_proto::codec::peek_varint(rest),
+            Ok(Some((len, n))) if (n as u64).checked_add(len) == Some(rest.len() as u64)
+        ),
+        _ => false,
+    }
+}
 
 /// (A plain fn returning an `async move` block, not an `async fn`: an async fn's future
 /// keeps its arguments twice, as they came and as the body's locals, and this one is
@@ -379,7 +394,9 @@ fn read_loop<'a>(
                         .get(key)
                         .and_then(|s| s.last_dest.as_deref())
                         .map_or(&[][..], LastDest::name);
-                    if chunk.get(range.start) != Some(&SEND_TAG) {
+                    // (Smaller ones cost at most what a read buffer's worth of them does,
+                    // READS_PER_YIELD times a turn, as before.)
+                    if range.len() >= SLOW_FRAME_MIN && !one_send(&chunk[range.clone()]) {
                         slow += range.len();
                     }
                     match parse_client_in(&chunk, range, copy, checked) {

@@ -99,8 +99,9 @@ impl Shard {
     }
 
     /// [`Shard::poll_intake`] for the HTTP API's message to `room` (empty: to a user).
-    /// One to a room homed here does not wait for the store's queue here: it waits for
-    /// room in it next, past the readers' yield ([`Shard::poll_api_room_send`]). Woken
+    /// One to a room homed here does not wait for the store's queue here (only for the
+    /// readers' yields to end): it waits for room in it next, past the readers' yield
+    /// ([`Shard::poll_api_room_send`]). Woken
     /// with every reader as the queue went under its bound, 200 of them pipelining offline
     /// DMs took the room each time before it was polled: 4 publishes in 8 to a room of
     /// 9 999 offline members were answered 503 after `--http-api-timeout`. Any other
@@ -113,9 +114,11 @@ impl Shard {
     ) -> std::task::Poll<()> {
         if !self.parked_full() {
             if !room.is_empty() && self.home(room) == self.id {
-                return self.poll_pipeline(None, waker);
-            }
-            if self.store_full() {
+                // (Not during the readers' yields: what they yield to goes first.)
+                if !(self.store_yield || self.local_yield) {
+                    return self.poll_pipeline(None, waker);
+                }
+            } else if self.store_full() {
                 return self.poll_lane(None, waker);
             }
         }

@@ -1022,9 +1022,21 @@ impl Shard {
     }
 
     /// Whether `work` for room `key`, free, waits for room in the store's queue: a stored
-    /// message whose requests do not fit ([`Shard::room_send_fits`]).
+    /// message whose requests do not fit ([`Shard::room_send_fits`]), but a non-member's
+    /// (refused FORBIDDEN with no store request: waiting, it held the room's queue and
+    /// started the readers' yield).
     fn room_work_waits(&mut self, key: &Bytes, work: &RoomWork) -> bool {
-        matches!(work, RoomWork::Send(s) if s.live == Live::No) && !self.room_send_fits(key)
+        let RoomWork::Send(s) = work else {
+            return false;
+        };
+        let refused = || {
+            !is_api(s.sender)
+                && self
+                    .rooms
+                    .get(&key[..])
+                    .is_some_and(|r| r.refuses(&s.from_user))
+        };
+        s.live == Live::No && !refused() && !self.room_send_fits(key)
     }
 
     /// The message first in room `key`'s queue waits for room in the store's queue: the

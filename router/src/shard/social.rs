@@ -216,11 +216,11 @@ impl Shard {
         }
     }
 
-    /// Takes the copies of one of `user`'s frames for its other live sessions (one each)
-    /// from its direct live deliveries; false, counted, when it holds too few. 8 of 64
-    /// devices writing DMs in a loop made 63 copies each, unpaced, and held everyone on
-    /// their shard 0.3-0.5 s.
-    pub(crate) fn take_own_copies(&mut self, user: &Bytes) -> bool {
+    /// Takes the copies of one of `user`'s frames, of `payload` bytes, for its other live
+    /// sessions (one each, per KiB: see [`live_units`]) from its direct live deliveries;
+    /// false, counted, when it holds too few. 8 of 64 devices writing DMs in a loop made
+    /// 63 copies each, unpaced, and held everyone on their shard 0.3-0.5 s.
+    pub(crate) fn take_own_copies(&mut self, user: &Bytes, payload: usize) -> bool {
         let others = self
             .users
             .get(&user[..])
@@ -228,7 +228,7 @@ impl Shard {
         if others == 0 {
             return true;
         }
-        if self.take_direct_live(user, others) {
+        if self.take_direct_live(user, others * live_units(payload)) {
             return true;
         }
         self.counters.direct_live_refused += 1;
@@ -252,7 +252,7 @@ impl Shard {
             return;
         }
         let user = s.user.clone();
-        if !self.take_own_copies(&user) {
+        if !self.take_own_copies(&user, payload.len()) {
             return;
         }
         let d = Deliver {

@@ -688,10 +688,38 @@ fn a_non_members_room_message_does_not_wait_for_the_store() {
         RoomSlot::ready_with(&members, 1),
     );
     s.store_inflight = STORE_HIGH_WATER / 2;
-    assert!(s.room_send_waits(a, b"big"), "a member's goes when it fits");
+    assert!(
+        s.room_send_waits(a, b"big"),
+        "a member's waits until it fits"
+    );
     assert_eq!(s.room_waits.len(), 1);
     assert!(!s.room_send_waits(m, b"big"), "refused FORBIDDEN at once");
     assert_eq!(s.room_waits.len(), 1, "the non-member did not wait");
+    // Nor does it wait in the room's queue: answered FORBIDDEN, nothing parked.
+    drain(&mut s, m);
+    let send = |s: &Shard, key| super::mail::RoomSend {
+        room: Bytes::from_static(b"big"),
+        from_user: s.sessions[key].user.clone(),
+        payload: Bytes::from_static(b"hi"),
+        msg_id: 1,
+        ts_us: 1,
+        reply: Some((s.session_id(key).unwrap(), 9)),
+        sender: s.session_id(key).unwrap(),
+        live: super::mail::Live::No,
+    };
+    let w = send(&s, m);
+    s.on_room_work(super::rooms::RoomWork::Send(w));
+    assert_eq!((s.parked_bytes, s.rooms_waiting.len()), (0, 0));
+    let answer = drain(&mut s, m);
+    assert!(
+        answer.iter().any(|f| matches!(&f.kind,
+            Some(server_frame::Kind::SendResult(r)) if r.status == Status::Forbidden as i32)),
+        "{answer:?}"
+    );
+    // A member's waits there.
+    let w = send(&s, a);
+    s.on_room_work(super::rooms::RoomWork::Send(w));
+    assert!(s.parked_bytes > 0 && s.rooms_waiting.len() == 1);
 }
 
 /// The HTTP API's message to a room homed here waits for room in the store's queue as a
@@ -741,11 +769,18 @@ fn an_api_room_message_waiting_past_its_bound_makes_the_readers_yield() {
     assert!(s.local_yield);
     s.api_room_wait_done(ticket.take().unwrap());
     assert!(s.api_room_waits.is_empty() && !s.local_yield);
-    // Lost (never given back): dropped past --http-api-timeout.
+    // Lost (never given back): dropped past --http-api-timeout, and the yield with it.
     assert!(s.poll_api_room_send(b"big", &w, &mut ticket).is_pending());
+    s.api_room_waits[0].1 -= Duration::from_millis(200);
+    s.room_waits_answered();
+    assert!(s.local_yield);
+    // Meanwhile another publish to the room waits for the yield to end before its own
+    // wait for room (what the readers yield to goes first).
+    assert!(s.poll_api_intake(b"big", &w).is_pending());
     s.api_room_waits[0].1 -= s.cfg.http_api_timeout + Duration::from_secs(2);
     s.room_waits_answered();
     assert!(s.api_room_waits.is_empty() && !s.local_yield);
+    assert_eq!(s.poll_api_intake(b"big", &w), Poll::Ready(()));
     // Past a full queue, a publish to a user goes as a session with nothing in it does:
     // within the reserve; one to a room homed here waits for room above instead.
     s.store_inflight = STORE_HIGH_WATER;

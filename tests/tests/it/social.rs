@@ -230,6 +230,23 @@ fn big_live_frames_spend_the_budgets_by_the_kib() {
         got += 1;
     }
     assert!((10..=most).contains(&got), "{got} of 16 100-KiB frames");
+    // The copies of a's 100-KiB direct messages for its other device cost 100 each too,
+    // from its own budget on its home shard: 10, then one a second; the messages all go.
+    let mut a2 = r.device(a, "two");
+    let t = std::time::Instant::now();
+    for _ in 0..14 {
+        ca.send_wait(b, &big).unwrap();
+    }
+    let most = 10 + t.elapsed().as_secs() + 1;
+    let mut copies = 0;
+    while let Some(m) = a2.recv(Some(SHORT)).unwrap() {
+        assert!(m.outgoing, "{m:?}");
+        copies += 1;
+    }
+    assert!((10..=most).contains(&copies), "{copies} copies of 14");
+    for _ in 0..14 {
+        assert_eq!(next(&mut cb, "b").payload.len(), big.len());
+    }
     // In a room of two: 2 x 100 a frame from a's 1 000 saved up (the room's budget, the
     // default, is far from spent).
     let (_r, mut ca, mut cb) = room_of_two(
