@@ -331,7 +331,6 @@ impl Shard {
             self.answer_send(reply, msg_id, Status::Unavailable);
             return;
         }
-        self.counters.offline_stored += 1;
         let b = Behind {
             msg,
             cap: self.offline_cap(),
@@ -367,6 +366,11 @@ impl Shard {
                     }
                 };
                 if let Some((reply, msg_id)) = reply {
+                    // (A message, stored: not one refused past the queue's bound, which
+                    // was counted as stored when it was sent.)
+                    if status == Status::Ok {
+                        sh.counters.offline_stored += 1;
+                    }
                     sh.answer_send(reply, msg_id, status);
                 }
                 if let Some(id) = origin {

@@ -231,6 +231,18 @@ fn full_offline_queue_rejects_and_drop_oldest_keeps_the_newest() {
             .iter()
             .filter(|(_, s)| *s == Status::RateLimited as i32)
             .count();
+        // The metric counts the messages stored, not the one refused (published by the
+        // shard's ticker: looked at until it has them, then once more a while later).
+        let want = if expect_reject { 5.0 } else { 6.0 };
+        let deadline = std::time::Instant::now() + T;
+        while r.metric("ringrouter_offline_stored_total") < want
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let stored = r.metric("ringrouter_offline_stored_total");
+        assert_eq!(stored, want, "{mode}: messages stored");
         if expect_reject {
             assert_eq!(statuses[5], (6, Status::RateLimited as i32), "{mode}");
             assert_eq!(rate_limited, 1, "{mode}: {statuses:?}");
