@@ -500,11 +500,58 @@ fn put_json(mut f: ServerFrame, out: &mut BytesMut) {
     out.extend_from_slice(head.as_bytes());
     out.extend_from_slice(comma.as_bytes());
     out.extend_from_slice(KEY.as_bytes());
-    let at = out.len();
-    out.resize(at + len, 0);
-    // (The length was computed for this encoding: it fits.)
-    let _ = b64.encode_slice(&payload, &mut out[at..]);
+    match base64_kept(&payload) {
+        Some(text) => out.extend_from_slice(&text),
+        None => {
+            let at = out.len();
+            out.resize(at + len, 0);
+            // (The length was computed for this encoding: it fits.)
+            let _ = b64.encode_slice(&payload, &mut out[at..]);
+            keep_base64(payload, &out[at..]);
+        }
+    }
     out.extend_from_slice(b"\"}}");
+}
+
+/// Bytes of payloads and their base64 a shard keeps (see [`B64_KEPT`]).
+const B64_KEPT_BYTES: usize = 8 << 20;
+
+thread_local! {
+    /// The base64 of the last big payloads this thread (a shard) wrote as JSON, with the
+    /// payloads, newest last, at most [`B64_KEPT_BYTES`] in all: a message to many
+    /// WebSocket JSON devices (or a room's members) is encoded once, not once a device.
+    static B64_KEPT: std::cell::RefCell<std::collections::VecDeque<(bytes::Bytes, bytes::Bytes)>> =
+        const { std::cell::RefCell::new(std::collections::VecDeque::new()) };
+}
+
+/// The base64 of `payload` if this thread wrote it lately.
+fn base64_kept(payload: &[u8]) -> Option<bytes::Bytes> {
+    B64_KEPT.with(|k| {
+        k.borrow()
+            .iter()
+            .rev()
+            .find(|(p, _)| p.len() == payload.len() && p[..] == payload[..])
+            .map(|(_, b)| b.clone())
+    })
+}
+
+/// Keeps `text`, the base64 of `payload`, for the next devices it goes to.
+fn keep_base64(payload: bytes::Bytes, text: &[u8]) {
+    let size = payload.len() + text.len();
+    if size > B64_KEPT_BYTES / 2 {
+        return;
+    }
+    B64_KEPT.with(|k| {
+        let mut k = k.borrow_mut();
+        let mut held: usize = k.iter().map(|(p, b)| p.len() + b.len()).sum();
+        while held + size > B64_KEPT_BYTES {
+            match k.pop_front() {
+                Some((p, b)) => held -= p.len() + b.len(),
+                None => break,
+            }
+        }
+        k.push_back((payload, bytes::Bytes::copy_from_slice(text)));
+    });
 }
 
 /// Encrypts `plain` (no TLS: copies it) onto `wire`.
@@ -634,7 +681,22 @@ mod tests {
             assert_eq!(va, vb);
             let back = ringrouter_proto::json::server_frame_from_json(&a[skip..]).unwrap();
             assert_eq!(back, f);
+            // Written again (its base64 kept this time): the same bytes.
+            let mut again = BytesMut::new();
+            put_json(f.clone(), &mut again);
+            assert_eq!(again, out);
         }
+        // What is kept stays within its bound, newest kept.
+        for i in 0..8u8 {
+            let p = bytes::Bytes::from(vec![i; 1 << 20]);
+            let text = vec![b'A'; 1_400_000];
+            keep_base64(p, &text);
+        }
+        let held: usize =
+            B64_KEPT.with(|k| k.borrow().iter().map(|(p, b)| p.len() + b.len()).sum());
+        assert!(held <= B64_KEPT_BYTES, "{held}");
+        assert!(base64_kept(&[7u8; 1 << 20]).is_some());
+        assert!(base64_kept(&[0u8; 1 << 20]).is_none());
     }
 
     /// Before Login one message is decoded per read (what follows it meets the
