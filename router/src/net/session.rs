@@ -246,7 +246,7 @@ const TURN_DELIVERIES: u64 = 64 * 1024;
 /// is a string each) one reader's chunks may hold before the rest waits for the shard's
 /// other ready tasks. A CreateRoom of 500 000 empty member names is 1 MB, under
 /// `--max-frame-bytes`, and took ~6 ms to decode before its count was refused: 16 reads
-/// of them a turn, 4 connections sending them held others' Pings 150 ms (p50).
+/// of them a turn, 4 connections sending them held others' Pings 25-38 ms (p50).
 const SLOW_TURN_BYTES: usize = 64 << 10;
 
 /// Frames from this size on count for [`SLOW_TURN_BYTES`].

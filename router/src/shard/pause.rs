@@ -99,14 +99,14 @@ impl Shard {
     }
 
     /// [`Shard::poll_intake`] for the HTTP API's message to `room` (empty: to a user).
-    /// One to a room homed here does not wait for the store's queue here (only for the
-    /// readers' yields to end): it waits for room in it next, past the readers' yield
-    /// ([`Shard::poll_api_room_send`]). Woken
-    /// with every reader as the queue went under its bound, 200 of them pipelining offline
-    /// DMs took the room each time before it was polled: 4 publishes in 8 to a room of
-    /// 9 999 offline members were answered 503 after `--http-api-timeout`. Any other
-    /// goes past a full queue as a session with nothing in it does (an HTTP connection
-    /// has one request at a time): 3 in 8 to an offline user were answered 503 so.
+    /// One to a room homed here waits here only while the readers yield to something
+    /// else; it waits for room in the store's queue next, holding its place
+    /// ([`Shard::poll_api_room_send`]). Waiting here for the queue too, woken with every
+    /// reader as it went under its bound, 200 of them pipelining offline DMs took the
+    /// room each time before it was polled: 4 publishes in 8 to a room of 9 999 offline
+    /// members were answered 503 after `--http-api-timeout`. Any other goes past a full
+    /// queue as a session with nothing in it does (an HTTP connection has one request at
+    /// a time): 3 in 8 to an offline user were answered 503 so.
     pub fn poll_api_intake(
         &mut self,
         room: &[u8],

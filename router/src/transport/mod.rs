@@ -472,24 +472,27 @@ const JSON_SPLICE_MIN: usize = 16 << 10;
 fn put_json(mut f: ServerFrame, out: &mut BytesMut) {
     use base64::Engine;
     use ringrouter_proto::v1::server_frame::Kind;
+    let whole = |f: &ServerFrame, out: &mut BytesMut| {
+        let text = json::server_frame_to_json(f);
+        ws::put_frame(ws::op::TEXT, text.as_bytes(), out);
+    };
     let (payload, len) = match &mut f.kind {
         Some(Kind::Deliver(d)) if d.payload.len() >= JSON_SPLICE_MIN => {
             match base64::encoded_len(d.payload.len(), true) {
                 Some(len) => (std::mem::take(&mut d.payload), len),
-                None => return,
+                None => return whole(&f, out),
             }
         }
-        _ => {
-            let text = json::server_frame_to_json(&f);
-            ws::put_frame(ws::op::TEXT, text.as_bytes(), out);
-            return;
-        }
+        _ => return whole(&f, out),
     };
     // `{"deliver":{...}}`: the payload member goes last in the inner object.
     let text = json::server_frame_to_json(&f);
     let Some(head) = text.strip_suffix("}}") else {
-        tracing::error!("a Deliver's JSON text does not end its objects");
-        return;
+        // (Not the text a Deliver makes: written whole.)
+        if let Some(Kind::Deliver(d)) = &mut f.kind {
+            d.payload = payload;
+        }
+        return whole(&f, out);
     };
     let comma = if head.ends_with('{') { "" } else { "," };
     const KEY: &str = "\"payload\":\"";
