@@ -286,6 +286,18 @@ impl RouterProc {
             .unwrap_or(0.0)
     }
 
+    /// The value of counter `name` once it reached `want` (or `within` passed), read again
+    /// 300 ms later (the shards publish their counters on a tick): so a count past `want`
+    /// shows too.
+    pub fn metric_settled(&self, name: &str, want: f64, within: Duration) -> f64 {
+        let deadline = Instant::now() + within;
+        while self.metric(name) < want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        self.metric(name)
+    }
+
     /// The answer (head included) to `GET path` on the router's HTTP port.
     pub fn http_get(&self, path: &str) -> String {
         http_get_at(self.http_addr(), path)

@@ -357,6 +357,9 @@ impl Shard {
             |s, cb| s.enqueue(&user, vec![msg], cap, true, cb),
             move |sh, r| {
                 let status = match r {
+                    // (Under drop-oldest, a message over the queue's byte bound by itself
+                    // keeps nothing, itself included: refused as under reject.)
+                    Ok(a) if a.stored == 0 => Status::RateLimited,
                     Ok(_) => Status::Ok,
                     Err(e) => {
                         if !matches!(e, StoreError::NotFound | StoreError::Full) {
@@ -366,8 +369,8 @@ impl Shard {
                     }
                 };
                 if let Some((reply, msg_id)) = reply {
-                    // (A message, stored: not one refused past the queue's bound, which
-                    // was counted as stored when it was sent.)
+                    // (A message, counted once stored: not when it was sent, to be
+                    // refused past the queue's bound.)
                     if status == Status::Ok {
                         sh.counters.offline_stored += 1;
                     }

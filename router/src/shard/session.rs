@@ -660,6 +660,8 @@ impl Shard {
     /// ticker's), or with `all` every one of them (resident memory over
     /// `--max-memory`).
     pub(crate) fn unpin_payloads(&mut self, all: bool) {
+        // (And the WebSocket JSON encodings kept for the next devices.)
+        crate::transport::trim_base64_kept(all);
         let before_us = if all {
             u64::MAX
         } else {

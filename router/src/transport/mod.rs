@@ -519,11 +519,22 @@ fn put_json(mut f: ServerFrame, out: &mut BytesMut) {
 /// Bytes of payloads and their base64 a shard keeps (see [`B64_KEPT`]).
 const B64_KEPT_BYTES: usize = 8 << 20;
 
+/// Encodings a shard keeps at most: a miss compares the payload with each kept one of
+/// its length (a fan-out's devices come one after another).
+const B64_KEPT_MAX: usize = 8;
+
+/// How long an encoding is kept (dropped by the shard's ticker: [`trim_base64_kept`]).
+const B64_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A payload, its base64, and when it was made.
+type Kept = (bytes::Bytes, bytes::Bytes, std::time::Instant);
+
 thread_local! {
     /// The base64 of the last big payloads this thread (a shard) wrote as JSON, with the
-    /// payloads, newest last, at most [`B64_KEPT_BYTES`] in all: a message to many
-    /// WebSocket JSON devices (or a room's members) is encoded once, not once a device.
-    static B64_KEPT: std::cell::RefCell<std::collections::VecDeque<(bytes::Bytes, bytes::Bytes)>> =
+    /// payloads, newest last: at most [`B64_KEPT_MAX`] of them and [`B64_KEPT_BYTES`] in
+    /// all, for [`B64_KEPT_FOR`]. A message to many WebSocket JSON devices (or a room's
+    /// members) is encoded once, not once a device.
+    static B64_KEPT: std::cell::RefCell<std::collections::VecDeque<Kept>> =
         const { std::cell::RefCell::new(std::collections::VecDeque::new()) };
 }
 
@@ -533,12 +544,13 @@ fn base64_kept(payload: &[u8]) -> Option<bytes::Bytes> {
         k.borrow()
             .iter()
             .rev()
-            .find(|(p, _)| p.len() == payload.len() && p[..] == payload[..])
-            .map(|(_, b)| b.clone())
+            .find(|(p, ..)| p.len() == payload.len() && p[..] == payload[..])
+            .map(|(_, b, _)| b.clone())
     })
 }
 
-/// Keeps `text`, the base64 of `payload`, for the next devices it goes to.
+/// Keeps `text`, the base64 of `payload`, for the next devices it goes to (not for a
+/// payload over ~1.8 MiB: with its base64 over half the bound).
 fn keep_base64(payload: bytes::Bytes, text: &[u8]) {
     let size = payload.len() + text.len();
     if size > B64_KEPT_BYTES / 2 {
@@ -546,14 +558,24 @@ fn keep_base64(payload: bytes::Bytes, text: &[u8]) {
     }
     B64_KEPT.with(|k| {
         let mut k = k.borrow_mut();
-        let mut held: usize = k.iter().map(|(p, b)| p.len() + b.len()).sum();
-        while held + size > B64_KEPT_BYTES {
+        let mut held: usize = k.iter().map(|(p, b, _)| p.len() + b.len()).sum();
+        while held + size > B64_KEPT_BYTES || k.len() >= B64_KEPT_MAX {
             match k.pop_front() {
-                Some((p, b)) => held -= p.len() + b.len(),
+                Some((p, b, _)) => held -= p.len() + b.len(),
                 None => break,
             }
         }
-        k.push_back((payload, bytes::Bytes::copy_from_slice(text)));
+        let now = std::time::Instant::now();
+        k.push_back((payload, bytes::Bytes::copy_from_slice(text), now));
+    });
+}
+
+/// Drops this thread's kept encodings made [`B64_KEPT_FOR`] ago, or with `all` every
+/// one (the shard's ticker; resident memory over `--max-memory`).
+pub(crate) fn trim_base64_kept(all: bool) {
+    B64_KEPT.with(|k| {
+        let mut k = k.borrow_mut();
+        k.retain(|(.., at)| !all && at.elapsed() < B64_KEPT_FOR);
     });
 }
 
@@ -696,10 +718,22 @@ mod tests {
             keep_base64(p, &text);
         }
         let held: usize =
-            B64_KEPT.with(|k| k.borrow().iter().map(|(p, b)| p.len() + b.len()).sum());
+            B64_KEPT.with(|k| k.borrow().iter().map(|(p, b, _)| p.len() + b.len()).sum());
         assert!(held <= B64_KEPT_BYTES, "{held}");
         assert!(base64_kept(&[7u8; 1 << 20]).is_some());
         assert!(base64_kept(&[0u8; 1 << 20]).is_none());
+        for i in 0..20u8 {
+            keep_base64(bytes::Bytes::from(vec![i; 16 << 10]), b"AAAA");
+        }
+        assert_eq!(B64_KEPT.with(|k| k.borrow().len()), B64_KEPT_MAX);
+        trim_base64_kept(false);
+        assert_eq!(
+            B64_KEPT.with(|k| k.borrow().len()),
+            B64_KEPT_MAX,
+            "made just now"
+        );
+        trim_base64_kept(true);
+        assert_eq!(B64_KEPT.with(|k| k.borrow().len()), 0);
     }
 
     /// Before Login one message is decoded per read (what follows it meets the

@@ -234,14 +234,7 @@ fn full_offline_queue_rejects_and_drop_oldest_keeps_the_newest() {
         // The metric counts the messages stored, not the one refused (published by the
         // shard's ticker: looked at until it has them, then once more a while later).
         let want = if expect_reject { 5.0 } else { 6.0 };
-        let deadline = std::time::Instant::now() + T;
-        while r.metric("ringrouter_offline_stored_total") < want
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        let stored = r.metric("ringrouter_offline_stored_total");
+        let stored = r.metric_settled("ringrouter_offline_stored_total", want, T);
         assert_eq!(stored, want, "{mode}: messages stored");
         if expect_reject {
             assert_eq!(statuses[5], (6, Status::RateLimited as i32), "{mode}");
@@ -258,6 +251,42 @@ fn full_offline_queue_rejects_and_drop_oldest_keeps_the_newest() {
         };
         assert_eq!(got, want, "{mode}");
     }
+}
+
+/// Under drop-oldest, a message bigger than the offline queue's byte bound by itself is
+/// refused RATE_LIMITED (the store keeps nothing of it), not answered OK and counted
+/// stored; the queue and the next messages are untouched.
+#[test]
+fn a_message_over_the_offline_byte_bound_by_itself_is_refused_under_drop_oldest() {
+    let r = RouterProc::start(&[
+        "--max-offline-bytes-per-user",
+        "64KiB",
+        "--offline-overflow",
+        "drop-oldest",
+    ]);
+    r.visit("ola");
+    let mut a = r.raw_login("pim");
+    a.send_to("ola", b"first", 1);
+    a.send_to("ola", &vec![9u8; 100 << 10], 2);
+    a.send_to("ola", b"third", 3);
+    let statuses: Vec<_> = (0..3).map(|_| send_result(a.next_non_ping(T))).collect();
+    assert_eq!(
+        statuses,
+        [
+            (1, Status::Ok as i32),
+            (2, Status::RateLimited as i32),
+            (3, Status::Ok as i32)
+        ]
+    );
+    let stored = r.metric_settled("ringrouter_offline_stored_total", 2.0, T);
+    assert_eq!(stored, 2.0);
+    let mut o = r.raw_login("ola");
+    let got: Vec<Vec<u8>> = o
+        .delivers(2, T)
+        .iter()
+        .map(|d| d.payload.to_vec())
+        .collect();
+    assert_eq!(got, [b"first".to_vec(), b"third".to_vec()]);
 }
 
 #[test]
