@@ -45,13 +45,7 @@ if keyf:
             x.sendall(req); sent[0] += APIPIPE
     for x in xs: threading.Thread(target=api, args=(x,), daemon=True).start()
 else:
-    o.s.setblocking(True)
     blk = b"".join(frame(2, {3: room, 4: b"hello"}) for _ in range(20))
-    def att():
-        while not stop and sent[0] < MAXS:
-            try: o.s.sendall(blk); sent[0] += 20
-            except Exception as e: print("att", e); return
-    keep_reading(o.s, lambda: stop)
-    threading.Thread(target=att, daemon=True).start()
+    write_loop(o.s, blk, 20, sent, lambda: stop, MAXS)
 watch(http, secs, lambda: f"sent={sent[0]}")
 stop = True

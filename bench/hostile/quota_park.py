@@ -18,11 +18,6 @@ if mode == "join":
     blk = frame(11, {1: 7, 2: room}) + b"".join(frame(2, {3: room, 4: b"hello"}) for _ in range(K))
 stop = False; sent = [0]
 MAXB = int(os.environ.get('MAXBLOCKS','1000000000'))
-def att():
-    while not stop and sent[0] < MAXB:
-        try: o.s.sendall(blk); sent[0] += 1
-        except Exception as e: print("att", e); return
-keep_reading(o.s, lambda: stop)
-threading.Thread(target=att, daemon=True).start()
+write_loop(o.s, blk, 1, sent, lambda: stop, MAXB)
 watch(http, secs, lambda: f"blocks={sent[0]}")
 stop = True

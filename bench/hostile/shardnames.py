@@ -51,6 +51,17 @@ def keep_reading(sock, stopped):
             except Exception: pass
     threading.Thread(target=rd, daemon=True).start()
 
+def write_loop(sock, blk, n, sent, stopped, most):
+    """Writes `blk` (n counted in sent[0] each time) to `sock` in a thread until stopped() or
+    sent[0] reaches `most`, reading and dropping the answers meanwhile."""
+    sock.setblocking(True)
+    def att():
+        while not stopped() and sent[0] < most:
+            try: sock.sendall(blk); sent[0] += n
+            except Exception as e: print("att", e); return
+    keep_reading(sock, stopped)
+    threading.Thread(target=att, daemon=True).start()
+
 def watch(http, secs, what):
     """Every 2 s for `secs`: what() and the store queue's peak and depth per shard."""
     t0 = time.time()

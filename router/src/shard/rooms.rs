@@ -993,20 +993,7 @@ impl Shard {
             if slot.busy || slot.waiting_store {
                 return;
             }
-            if let Some(RoomWork::Send(s)) = slot.queue.front() {
-                if s.live == Live::No && !self.room_send_fits(key) {
-                    self.wait_for_store_room(key);
-                    return;
-                }
-            }
-            let Some(slot) = self.rooms.get_mut(&key[..]) else {
-                return;
-            };
-            let Some(w) = slot
-                .queue
-                .pop_front()
-                .inspect(|w| self.parked_bytes -= w.weight())
-            else {
+            let Some(w) = slot.queue.pop_front() else {
                 // Unknown names are not cached: probing names costs no memory.
                 if matches!(slot.state, RoomState::Missing) {
                     self.rooms.remove(&key[..]);
@@ -1017,6 +1004,15 @@ impl Shard {
                 }
                 return;
             };
+            if self.room_work_waits(key, &w) {
+                // First in its queue again, until its requests fit.
+                if let Some(slot) = self.rooms.get_mut(&key[..]) {
+                    slot.queue.push_front(w);
+                }
+                self.wait_for_store_room(key);
+                return;
+            }
+            self.parked_bytes -= w.weight();
             self.process_room_work(key, w);
         }
     }
@@ -1029,14 +1025,13 @@ impl Shard {
         let RoomWork::Send(s) = work else {
             return false;
         };
-        let refused = || {
-            !is_api(s.sender)
-                && self
+        s.live == Live::No
+            && !self.room_send_fits(key)
+            && (is_api(s.sender)
+                || !self
                     .rooms
                     .get(&key[..])
-                    .is_some_and(|r| r.refuses(&s.from_user))
-        };
-        s.live == Live::No && !refused() && !self.room_send_fits(key)
+                    .is_some_and(|r| r.refuses(&s.from_user)))
     }
 
     /// The message first in room `key`'s queue waits for room in the store's queue: the
