@@ -480,7 +480,6 @@ fn a_conversation_list_of_big_last_messages_stays_within_the_frame_limit() {
     assert_eq!(seen, peers);
 }
 
-/// A counter of the router's /metrics (0 when absent).
 /// Client-chosen msg_ids alternating low and high make every chunk's id ranges hold any
 /// id: a History `before` (or a MarkRead) of an id that is not there is answered
 /// NOT_FOUND after at most `--history-lookup-chunks` chunks read, not the whole
