@@ -278,8 +278,18 @@ impl Shard {
 
     /// `user`'s presence as it is now (homed here; its list loaded for `last_seen`).
     pub(crate) fn presence_of(&self, user: &str) -> Presence {
+        self.presence_with(user, self.contacts.get(user))
+    }
+
+    /// [`Shard::presence_of`] with `user`'s contact list `rec` (when it has no session
+    /// here, its last-seen time is the list's).
+    pub(crate) fn presence_with(
+        &self,
+        user: &str,
+        rec: Option<&crate::store::contacts::ContactRecord>,
+    ) -> Presence {
         let (status, text, last_seen_us) = self.presence.get(user).unwrap_or_else(|| {
-            let seen = self.contacts.get(user).map_or(0, |r| r.last_seen_us);
+            let seen = rec.map_or(0, |r| r.last_seen_us);
             (PresenceStatus::Offline, String::new(), seen)
         });
         Presence {

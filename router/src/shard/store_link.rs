@@ -15,6 +15,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -546,6 +547,9 @@ const API_TURN: &[u8] = b"\0api";
 /// ([`Shard::api_read`]); past them a request is answered 503 at once.
 pub const API_READS_WAITING_MAX: usize = 256;
 
+/// A gated request's answer, with what it cost the storage thread.
+struct Costed<T>(StoreResult<T>, Duration);
+
 /// A store request waiting for its turn at a [`PageReads`] gate.
 struct WaitingRead {
     /// The session it is for (dropped when that ends); none for a deletion.
@@ -573,7 +577,13 @@ struct WaitingRead {
 ///
 /// Turns go round the users with reads waiting, one read each: one user's 64 devices
 /// asking in a loop (or many users' sessions) no longer put another user's page behind
-/// all of theirs (a FIFO held it 1.45 s behind 1 024 such sessions).
+/// all of theirs (a FIFO held it 1.45 s behind 1 024 such sessions). The next turn is
+/// the waiting user's whose reads cost the storage thread least lately (each read is
+/// charged what it took there, [`crate::store::answer_cost`], decaying by half every
+/// [`SPENT_HALF_LIFE`]; ties in turn order): round the users alone, 200 users each
+/// looping a ListUsers scan of 13 ms put everyone else's ListRooms 2.3-3.1 s behind
+/// them (one of each of theirs first); a user whose reads are cheap now goes ahead of
+/// those whose reads are not.
 ///
 /// A second gate of the same kind takes the deletions whose work grows with what they
 /// delete (DeleteAccount: every conversation of the user and its offline queue;
@@ -593,7 +603,44 @@ pub struct PageReads {
     /// Set while waiting reads are being issued (one answered without a store runs the
     /// next at once: the loop, not a recursion, issues it).
     issuing: bool,
+    /// What the reads of users cost lately (at most [`SPENT_KEPT`] users, and those
+    /// waiting).
+    spent: NameMap<Bytes, Spent>,
+    /// What the reads in the store's queue were guessed to cost, in µs.
+    in_store_us: f64,
 }
+
+/// Microseconds of the storage thread that a gate's reads in the store's queue may be
+/// guessed to cost together, past the first (see [`PageReads::may_issue`]): reads of 13
+/// ms each, 4 of each shard at the store, held another user's ListRooms 120 ms (it
+/// waited for its turn no longer, but for the 8 before it).
+pub const IN_STORE_BUDGET_US: f64 = 5_000.0;
+
+/// What one user's reads cost the storage thread lately (see [`PageReads`]).
+#[derive(Clone, Copy, Debug)]
+struct Spent {
+    /// Microseconds, decayed as of `at`.
+    us: f64,
+    at: Instant,
+    /// What its last read cost: charged when its next read is made (the read's own cost
+    /// replaces it once answered), so that reads in the store count before they return.
+    last_us: f64,
+}
+
+impl Spent {
+    fn now(&self, now: Instant) -> f64 {
+        let age = now.saturating_duration_since(self.at).as_secs_f64();
+        self.us * 0.5f64.powf(age / SPENT_HALF_LIFE.as_secs_f64())
+    }
+}
+
+/// How fast what a user's reads cost is forgotten (see [`PageReads`]).
+pub const SPENT_HALF_LIFE: Duration = Duration::from_secs(2);
+
+/// Users whose reads' cost a gate keeps, besides those waiting: past it, those whose
+/// cost decayed under a microsecond go, then all but the waiting (each user is one entry
+/// of ~80 bytes; the names are the live sessions' users and the rooms asked about).
+const SPENT_KEPT: usize = 16_384;
 
 impl PageReads {
     /// Page reads waiting for their turn.
@@ -629,9 +676,91 @@ impl PageReads {
         }
     }
 
-    /// The next read: the oldest of the user whose turn it is.
+    /// What `user`'s reads cost lately, in microseconds.
+    fn spent_now(&self, user: &Bytes, now: Instant) -> f64 {
+        self.spent.get(user).map_or(0.0, |s| s.now(now))
+    }
+
+    /// A read of `user`'s is made: charged what its last one cost, which is returned
+    /// (to be corrected with [`PageReads::charged`] once answered).
+    fn charge_guess(&mut self, user: &Bytes, now: Instant) -> f64 {
+        let guess = self.spent.get(user).map_or(0.0, |s| s.last_us);
+        self.add(user, guess, now);
+        guess
+    }
+
+    /// A read of `user`'s that was charged `guess` took `cost` of the storage thread.
+    fn charged(&mut self, user: &Bytes, guess: f64, cost: Duration, now: Instant) {
+        let us = cost.as_secs_f64() * 1e6;
+        self.add(user, us - guess, now);
+        if let Some(s) = self.spent.get_mut(user) {
+            s.last_us = us;
+        }
+    }
+
+    fn add(&mut self, user: &Bytes, us: f64, now: Instant) {
+        if let Some(s) = self.spent.get_mut(user) {
+            s.us = (s.now(now) + us).max(0.0);
+            s.at = now;
+            return;
+        }
+        if self.spent.len() >= SPENT_KEPT {
+            let waiting = &self.waiting;
+            self.spent
+                .retain(|u, s| s.now(now) >= 1.0 || waiting.contains_key(u));
+            if self.spent.len() >= SPENT_KEPT {
+                self.spent.retain(|u, _| waiting.contains_key(u));
+            }
+        }
+        let s = Spent {
+            us: us.max(0.0),
+            at: now,
+            last_us: 0.0,
+        };
+        self.spent.insert(user.clone(), s);
+    }
+
+    /// What a read of `user`'s is guessed to cost (what its last one did), in µs.
+    fn guess_of(&self, user: &Bytes) -> f64 {
+        self.spent.get(user).map_or(0.0, |s| s.last_us)
+    }
+
+    /// Whether a read guessed to cost `guess` µs may go to the store now: one may when
+    /// none of the gate's is there; more, up to `max`, while what those there are guessed
+    /// to cost stays within [`IN_STORE_BUDGET_US`].
+    fn may_issue(&self, guess: f64, max: usize) -> bool {
+        self.in_store == 0
+            || (self.in_store < max && self.in_store_us + guess <= IN_STORE_BUDGET_US)
+    }
+
+    /// Where in `turns` the next read's user is: the waiting user whose reads cost least
+    /// lately (of those, the one whose turn comes first).
+    fn next_turn(&self) -> Option<usize> {
+        let now = Instant::now();
+        let mut at = None;
+        let mut least = f64::INFINITY;
+        for (i, u) in self.turns.iter().enumerate() {
+            let v = self.spent_now(u, now);
+            if v < least {
+                (at, least) = (Some(i), v);
+                if v <= 0.0 {
+                    break;
+                }
+            }
+        }
+        at
+    }
+
+    /// The next read (see [`PageReads::next_turn`]).
+    #[cfg(test)]
     fn pop(&mut self) -> Option<WaitingRead> {
-        let user = self.turns.pop_front()?;
+        let at = self.next_turn()?;
+        self.pop_at(at)
+    }
+
+    /// The oldest read of the user at `at` in `turns`.
+    fn pop_at(&mut self, at: usize) -> Option<WaitingRead> {
+        let user = self.turns.remove(at)?;
         let q = self.waiting.get_mut(&user)?;
         let w = q.pop_front();
         if q.is_empty() {
@@ -764,15 +893,34 @@ impl Shard {
         submit: impl Submit<T>,
         then: impl FnOnce(&mut Shard, StoreResult<T>) + Send + 'static,
     ) {
+        let turn = name.clone();
         let issue = move |sh: &mut Shard| {
-            sh.gate(gate).0.in_store += 1;
-            sh.store_req(submit, move |sh, r| {
+            let g = sh.gate(gate).0;
+            g.in_store += 1;
+            let guess = g.charge_guess(&turn, Instant::now());
+            g.in_store_us += guess;
+            // The answer comes with what it cost the storage thread (read there).
+            let costed =
+                move |st: &StoreHandle, cb: Box<dyn FnOnce(StoreResult<Costed<T>>) + Send>| {
+                    submit(
+                        st,
+                        Box::new(move |r| cb(Ok(Costed(r, crate::store::answer_cost())))),
+                    )
+                };
+            sh.store_req(costed, move |sh, r: StoreResult<Costed<T>>| {
+                let (r, cost) = match r {
+                    Ok(Costed(r, cost)) => (r, cost),
+                    Err(e) => (Err(e), Duration::ZERO),
+                };
+                let g = sh.gate(gate).0;
+                g.in_store_us = (g.in_store_us - guess).max(0.0);
+                g.charged(&turn, guess, cost, Instant::now());
                 then(sh, r);
                 sh.gate_done(gate);
             });
         };
         let (g, max) = self.gate(gate);
-        if g.in_store < max && g.count == 0 {
+        if g.count == 0 && g.may_issue(g.guess_of(&name), max) {
             issue(self);
         } else {
             let count = id.and_then(|id| self.request_in_flight(id));
@@ -809,10 +957,13 @@ impl Shard {
         let (requester, sender) = (self.requester.take(), self.sender.take());
         loop {
             let g = self.gate(gate).0;
-            if g.in_store >= max {
+            let Some(at) = g.next_turn() else {
+                break;
+            };
+            if !g.may_issue(g.guess_of(&g.turns[at]), max) {
                 break;
             }
-            let Some(w) = g.pop() else {
+            let Some(w) = g.pop_at(at) else {
                 break;
             };
             // (Those of ended sessions were dropped: `PageReads::drop_session`.)
@@ -823,5 +974,101 @@ impl Shard {
         }
         (self.requester, self.sender) = (requester, sender);
         self.gate(gate).0.issuing = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read() -> WaitingRead {
+        WaitingRead {
+            id: None,
+            issue: Box::new(|_| {}),
+            _count: None,
+        }
+    }
+
+    /// The user whose reads cost the storage thread least lately goes first; equals take
+    /// turns in order; what a user spent halves every half-life.
+    #[test]
+    fn the_user_whose_reads_cost_least_lately_goes_first() {
+        let (heavy, light, other) = (
+            Bytes::from_static(b"heavy"),
+            Bytes::from_static(b"light"),
+            Bytes::from_static(b"other"),
+        );
+        let mut g = PageReads::default();
+        let t0 = Instant::now();
+        // `heavy` made a read of 13 ms; its next read is charged that when made.
+        let guess = g.charge_guess(&heavy, t0);
+        assert_eq!(guess, 0.0);
+        g.charged(&heavy, guess, Duration::from_millis(13), t0);
+        assert_eq!(g.charge_guess(&heavy, t0), 13_000.0);
+        assert!((g.spent_now(&heavy, t0) - 26_000.0).abs() < 1.0);
+        let later = t0 + SPENT_HALF_LIFE;
+        assert!((g.spent_now(&heavy, later) - 13_000.0).abs() < 1.0);
+        // Answered at 1 ms: the guess is taken back, the cost put in its place.
+        g.charged(&heavy, 13_000.0, Duration::from_millis(1), t0);
+        assert!((g.spent_now(&heavy, t0) - 14_000.0).abs() < 1.0);
+        g.charged(&light, 0.0, Duration::from_micros(200), t0);
+        // Queued first, `heavy` still waits behind the two others.
+        g.push(heavy.clone(), read());
+        g.push(heavy.clone(), read());
+        g.push(light.clone(), read());
+        g.push(other.clone(), read());
+        assert!(g.pop().is_some());
+        assert_eq!(g.waiting_of(&other), 0, "never charged: first");
+        assert!(g.pop().is_some());
+        assert_eq!(g.waiting_of(&light), 0);
+        assert_eq!(g.waiting_of(&heavy), 2);
+        assert!(g.pop().is_some() && g.pop().is_some() && g.pop().is_none());
+        assert_eq!(g.waiting(), 0);
+    }
+
+    /// Past the first, reads go to the store while what those there are guessed to cost
+    /// stays within the budget.
+    #[test]
+    fn reads_guessed_costly_go_to_the_store_one_at_a_time() {
+        let mut g = PageReads::default();
+        let now = Instant::now();
+        let (heavy, light) = (Bytes::from_static(b"heavy"), Bytes::from_static(b"light"));
+        g.charged(&heavy, 0.0, Duration::from_millis(13), now);
+        g.charged(&light, 0.0, Duration::from_micros(300), now);
+        assert!(g.may_issue(g.guess_of(&heavy), 4), "the first always may");
+        g.in_store = 1;
+        g.in_store_us = g.guess_of(&heavy);
+        assert!(!g.may_issue(g.guess_of(&light), 4), "behind a costly one");
+        g.in_store_us = 3.0 * g.guess_of(&light);
+        assert!(g.may_issue(g.guess_of(&light), 4));
+        g.in_store = 4;
+        assert!(!g.may_issue(0.0, 4), "never past the bound");
+    }
+
+    /// Users never charged keep the turn order of before.
+    #[test]
+    fn users_not_charged_take_turns_in_order() {
+        let mut g = PageReads::default();
+        let (a, b) = (Bytes::from_static(b"a"), Bytes::from_static(b"b"));
+        g.push(a.clone(), read());
+        g.push(a.clone(), read());
+        g.push(b.clone(), read());
+        let mut order = Vec::new();
+        while g.pop().is_some() {
+            order.push((g.waiting_of(&a), g.waiting_of(&b)));
+        }
+        assert_eq!(order, [(1, 1), (1, 0), (0, 0)]);
+    }
+
+    /// What a gate keeps of users' costs stays bounded.
+    #[test]
+    fn the_costs_kept_are_bounded() {
+        let mut g = PageReads::default();
+        let now = Instant::now();
+        for i in 0..3 * SPENT_KEPT {
+            let u = Bytes::from(format!("u{i}"));
+            g.charged(&u, 0.0, Duration::from_millis(5), now);
+        }
+        assert!(g.spent.len() <= SPENT_KEPT);
     }
 }

@@ -44,6 +44,7 @@ mod hash;
 mod histlog;
 pub mod history;
 mod worker;
+pub use worker::answer_cost;
 
 #[cfg(test)]
 mod deletion_tests;

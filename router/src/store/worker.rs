@@ -1,5 +1,6 @@
 //! The storage thread: owns the fjall database, drains the request queue, group-commits.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
@@ -368,6 +369,22 @@ const SWEEP_FORGET: usize = 64;
 #[cfg(test)]
 pub(crate) const SWEEP_FORGET_FOR_TESTS: usize = SWEEP_FORGET;
 
+thread_local! {
+    /// When the request [`Worker::handle`] runs began (none outside it).
+    static HANDLING_SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// While an answer's callback runs: how long its request's `handle` had run when
+    /// the answer was made (see [`answer_cost`]).
+    static ANSWER_COST: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+}
+
+/// Called from a store answer's callback (on the storage thread): the storage thread's
+/// time its request took, from the start of its handling to its answer (zero for an
+/// answer made outside a request's handling, such as a password hash's). What the shards'
+/// gates charge the user whose read it was (`PageReads`).
+pub fn answer_cost() -> Duration {
+    ANSWER_COST.with(Cell::get)
+}
+
 /// Fewest account names a ListUsers request may scan (see `list_users`).
 const LIST_SCAN_MIN: usize = 65_536;
 
@@ -708,16 +725,24 @@ impl Worker {
     }
 
     /// Queues `cb`'s answer for the end of the round. A request that wrote (`wrote`) gets
-    /// the round's commit error instead of `r` if a commit fails.
+    /// the round's commit error instead of `r` if a commit fails. The answer is called
+    /// with [`answer_cost`] telling how long the request's [`Worker::handle`] had run.
     fn done<T: Send + 'static>(&mut self, cb: Cb<T>, r: StoreResult<T>, wrote: bool) {
         let wrote = wrote && r.is_ok();
         if wrote {
             self.round_wrote = true;
         }
+        let cost = HANDLING_SINCE
+            .with(Cell::get)
+            .map_or(Duration::ZERO, |t| t.elapsed());
         self.deferred
-            .push(Box::new(move |err: Option<&StoreError>| match err {
-                Some(e) if wrote => cb.call(Err(e.clone())),
-                _ => cb.call(r),
+            .push(Box::new(move |err: Option<&StoreError>| {
+                ANSWER_COST.with(|c| c.set(cost));
+                match err {
+                    Some(e) if wrote => cb.call(Err(e.clone())),
+                    _ => cb.call(r),
+                }
+                ANSWER_COST.with(|c| c.set(Duration::ZERO));
             }));
     }
 
@@ -970,6 +995,14 @@ impl Worker {
     }
 
     fn handle(&mut self, msg: Msg) {
+        struct Handling;
+        impl Drop for Handling {
+            fn drop(&mut self) {
+                HANDLING_SINCE.with(|t| t.set(None));
+            }
+        }
+        HANDLING_SINCE.with(|t| t.set(Some(Instant::now())));
+        let _handling = Handling;
         let Some(msg) = self.refused_when_full(msg) else {
             return;
         };

@@ -85,6 +85,34 @@ fn online_then_offline(driver: Driver) {
     );
 }
 
+/// An offline contact whose list is not in memory (a fresh router on the store): asked
+/// for, its list is read for the answer at the page-read gate, and the answer is the
+/// same: offline, since the time the list kept.
+#[test]
+fn an_offline_contact_not_in_memory_is_answered_from_the_store() {
+    let dir = tempfile::tempdir().expect("a data dir");
+    let data = dir.path().to_str().expect("a UTF-8 path");
+    let args = ["--shards", "2", "--data-dir", data];
+    let (a, b, seen) = {
+        let r = RouterProc::start(&args);
+        let (a, b, ca, mut cb) = contacts(&r, "pst");
+        drop(ca);
+        let p = presence(&mut cb, "bob");
+        assert_eq!(p.status, PresenceStatus::Offline);
+        (a, b, p.last_seen_us)
+    };
+    assert!(seen > 0);
+    let r = RouterProc::start(&args);
+    let mut cb = r.client(&b);
+    for _ in 0..3 {
+        let q = cb.presence(&a).unwrap();
+        assert_eq!((q.status, q.last_seen_us), (PresenceStatus::Offline, seen));
+    }
+    // A stranger still learns nothing.
+    let mut cs = r.client("pst-stranger");
+    assert_eq!(cs.presence(&a).unwrap_err().code(), Some(Status::Forbidden));
+}
+
 #[test]
 fn online_then_offline_io_uring() {
     online_then_offline(Driver::Default);
