@@ -625,6 +625,8 @@ struct Spent {
     /// What its last read cost: charged when its next read is made (the read's own cost
     /// replaces it once answered), so that reads in the store count before they return.
     last_us: f64,
+    /// [`Spent::order_key`] as of the last change.
+    key: f64,
 }
 
 impl Spent {
@@ -632,6 +634,25 @@ impl Spent {
         let age = now.saturating_duration_since(self.at).as_secs_f64();
         self.us * 0.5f64.powf(age / SPENT_HALF_LIFE.as_secs_f64())
     }
+
+    /// A key that orders users as what they spent does at any one time, without a
+    /// power a user: log2 of it as of [`spent_epoch`] (decay halves every user's alike).
+    fn order_key(&self) -> f64 {
+        if self.us <= 0.0 {
+            return f64::NEG_INFINITY;
+        }
+        let since = self
+            .at
+            .saturating_duration_since(spent_epoch())
+            .as_secs_f64();
+        self.us.log2() + since / SPENT_HALF_LIFE.as_secs_f64()
+    }
+}
+
+/// The time [`Spent::order_key`] counts from (the first use).
+fn spent_epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 /// How fast what a user's reads cost is forgotten (see [`PageReads`]).
@@ -677,6 +698,7 @@ impl PageReads {
     }
 
     /// What `user`'s reads cost lately, in microseconds.
+    #[cfg(test)]
     fn spent_now(&self, user: &Bytes, now: Instant) -> f64 {
         self.spent.get(user).map_or(0.0, |s| s.now(now))
     }
@@ -702,6 +724,7 @@ impl PageReads {
         if let Some(s) = self.spent.get_mut(user) {
             s.us = (s.now(now) + us).max(0.0);
             s.at = now;
+            s.key = s.order_key();
             return;
         }
         if self.spent.len() >= SPENT_KEPT {
@@ -712,11 +735,13 @@ impl PageReads {
                 self.spent.retain(|u, _| waiting.contains_key(u));
             }
         }
-        let s = Spent {
+        let mut s = Spent {
             us: us.max(0.0),
             at: now,
             last_us: 0.0,
+            key: 0.0,
         };
+        s.key = s.order_key();
         self.spent.insert(user.clone(), s);
     }
 
@@ -736,14 +761,13 @@ impl PageReads {
     /// Where in `turns` the next read's user is: the waiting user whose reads cost least
     /// lately (of those, the one whose turn comes first).
     fn next_turn(&self) -> Option<usize> {
-        let now = Instant::now();
         let mut at = None;
         let mut least = f64::INFINITY;
         for (i, u) in self.turns.iter().enumerate() {
-            let v = self.spent_now(u, now);
-            if v < least {
-                (at, least) = (Some(i), v);
-                if v <= 0.0 {
+            let k = self.spent.get(u).map_or(f64::NEG_INFINITY, |s| s.key);
+            if k < least || at.is_none() {
+                (at, least) = (Some(i), k);
+                if k == f64::NEG_INFINITY {
                     break;
                 }
             }
@@ -1043,6 +1067,24 @@ mod tests {
         assert!(g.may_issue(g.guess_of(&light), 4));
         g.in_store = 4;
         assert!(!g.may_issue(0.0, 4), "never past the bound");
+    }
+
+    /// Costs charged at different times compare as they stand now: 10 ms two seconds ago
+    /// counts as 5.
+    #[test]
+    fn older_costs_count_for_less() {
+        let t0 = Instant::now();
+        for (b_ms, first) in [(4, "b"), (6, "a")] {
+            let mut g = PageReads::default();
+            let (a, b) = (Bytes::from_static(b"a"), Bytes::from_static(b"b"));
+            g.charged(&a, 0.0, Duration::from_millis(10), t0);
+            g.charged(&b, 0.0, Duration::from_millis(b_ms), t0 + SPENT_HALF_LIFE);
+            g.push(a.clone(), read());
+            g.push(b.clone(), read());
+            assert!(g.pop().is_some());
+            let went = if g.waiting_of(&a) == 0 { "a" } else { "b" };
+            assert_eq!(went, first, "b charged {b_ms} ms");
+        }
     }
 
     /// Users never charged keep the turn order of before.
