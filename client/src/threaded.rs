@@ -60,8 +60,9 @@ use crate::{Client, ClientConfig, ClientError, Event, Message};
 pub struct ThreadedLimits {
     /// Encoded frames waiting for the writer; a send past this waits.
     pub max_buffer_bytes: usize,
-    /// Received messages waiting for `recv` (payload bytes plus 64 per message);
-    /// past this the reader stops reading the socket.
+    /// Received messages and events waiting for `recv` (what each holds: payload,
+    /// names, texts, plus 64 bytes), counted until `recv` hands them out; past this
+    /// the reader stops reading the socket.
     pub max_queued_bytes: usize,
 }
 
@@ -77,6 +78,25 @@ impl Default for ThreadedLimits {
 
 /// Accounting overhead per queued message.
 const EVENT_OVERHEAD: usize = 64;
+
+/// The bytes a queued event holds (counted against `max_queued_bytes`): its payload
+/// (its own copy, see `handle_frame`), its strings' allocations, and
+/// [`EVENT_OVERHEAD`].
+fn held_size(ev: &Event) -> usize {
+    let s = |x: &String| x.capacity();
+    let o = |x: &Option<String>| x.as_ref().map_or(0, String::capacity);
+    EVENT_OVERHEAD
+        + match ev {
+            Event::Message(m) => m.payload.len() + s(&m.sender) + o(&m.room) + o(&m.to_user),
+            Event::Room { room, user, .. } => s(room) + s(user),
+            Event::Receipt(r) => s(&r.user) + o(&r.room) + o(&r.to_user),
+            Event::Contact(c) => s(&c.user),
+            Event::Presence(p) => s(&p.user) + s(&p.text),
+            Event::Error { reason, .. } => s(reason),
+            // Answers go to the callers waiting for them, not to the queue.
+            _ => 0,
+        }
+}
 
 /// A connection to the router, logged in, usable from many threads at once.
 ///
@@ -185,6 +205,9 @@ struct Inner {
     session_id: AtomicU64,
     /// Messages taken from the shared queue in one go, handed out one by one.
     local: Mutex<VecDeque<Event>>,
+    /// What the events in `In::events` and in `local` hold ([`held_size`]): counted
+    /// from when they are queued until `recv` hands them out.
+    held_bytes: AtomicUsize,
     /// Reconnecting clients: what was handed out (lock order: `local`, then `seen`).
     seen: Mutex<Seen>,
     /// Set for reconnecting clients.
@@ -253,7 +276,6 @@ impl Out {
 struct In {
     /// Messages, room events and Error frames for `recv`.
     events: VecDeque<Event>,
-    queued_bytes: usize,
     /// The requests callers wait for.
     pending: Pending,
     /// Why the read side ended (EOF, error).
@@ -295,7 +317,9 @@ fn may_end_session(ev: &Event) -> bool {
 /// Hands a held Error (see `In::held`) to `recv`.
 fn release_held(inner: &Inner, g: &mut In) {
     if let Some((ev, _)) = g.held.take() {
-        g.queued_bytes += EVENT_OVERHEAD;
+        inner
+            .held_bytes
+            .fetch_add(held_size(&ev), Ordering::Relaxed);
         g.events.push_back(ev);
         if g.consumers > 0 {
             inner.ev_cv.notify_all();
@@ -395,6 +419,7 @@ impl ThreadedClient {
             stream: Mutex::new(stream.try_clone()?),
             session_id: AtomicU64::new(session_id),
             local: Mutex::new(VecDeque::new()),
+            held_bytes: AtomicUsize::new(0),
             seen: Mutex::new(Seen::with_capacity(if reconnect.is_some() {
                 cfg.dedupe_window
             } else {
@@ -422,7 +447,6 @@ impl ThreadedClient {
             space_cv: Condvar::new(),
             inq: Mutex::new(In {
                 events: VecDeque::new(),
-                queued_bytes: 0,
                 pending: Pending::default(),
                 closed: None,
                 last_error: None,
@@ -996,15 +1020,12 @@ impl ThreadedClient {
                     let mut g = lock(&self.inner.inq);
                     if !g.events.is_empty() {
                         // `local` is empty: the queue keeps its allocation.
+                        // Still counted (`held_bytes`) until handed out.
                         std::mem::swap(&mut *local, &mut g.events);
-                        g.queued_bytes = 0;
-                        if g.reader_waiting {
-                            self.inner.room_cv.notify_one();
-                        }
                     }
                 }
                 let gen = self.inner.gen.load(Ordering::Relaxed);
-                match local.pop_front() {
+                match self.pop_local(&mut local) {
                     Some(Event::Message(m)) => {
                         let copy = self.inner.reconnect.is_some()
                             && m.seq != 0
@@ -1061,6 +1082,22 @@ impl ThreadedClient {
                 }
             }
         }
+    }
+
+    /// Takes the next event from `local` (locked by the caller) and stops counting
+    /// it; wakes the reader if that brings the queue back under its bound.
+    fn pop_local(&self, local: &mut VecDeque<Event>) -> Option<Event> {
+        let ev = local.pop_front()?;
+        let n = held_size(&ev);
+        let before = self.inner.held_bytes.fetch_sub(n, Ordering::Relaxed);
+        let max = self.inner.limits.max_queued_bytes;
+        if before > max && before - n <= max {
+            let g = lock(&self.inner.inq);
+            if g.reader_waiting {
+                self.inner.room_cv.notify_one();
+            }
+        }
+        Some(ev)
     }
 
     /// Records that the caller got message `seq` of connection generation `gen`; acks
@@ -1142,8 +1179,7 @@ impl ThreadedClient {
         {
             let mut g = lock(&inner.inq);
             g.discard = true;
-            g.events.clear();
-            g.queued_bytes = 0;
+            drop_events(inner, &mut g.events, |_| false);
             inner.room_cv.notify_all();
             // The router closes its side once it has read the Logout.
             while g.closed.is_none() {
@@ -1157,7 +1193,7 @@ impl ThreadedClient {
                 let _ = lock(&inner.stream).shutdown(Shutdown::Both);
             }
         }
-        lock(&inner.local).clear();
+        drop_events(inner, &mut lock(&inner.local), |_| false);
         let threads = std::mem::take(&mut *lock(&self.threads));
         for t in threads {
             let _ = t.join();
@@ -1170,6 +1206,19 @@ impl Drop for ThreadedClient {
     fn drop(&mut self) {
         let _ = self.close();
     }
+}
+
+/// Drops the events of `q` that `keep` rejects and stops counting them.
+fn drop_events(inner: &Inner, q: &mut VecDeque<Event>, keep: impl Fn(&Event) -> bool) {
+    let mut dropped = 0;
+    q.retain(|ev| {
+        let k = keep(ev);
+        if !k {
+            dropped += held_size(ev);
+        }
+        k
+    });
+    inner.held_bytes.fetch_sub(dropped, Ordering::Relaxed);
 }
 
 fn stop_writer(inner: &Inner) {
@@ -1466,9 +1515,8 @@ fn reconnect(inner: &Inner, rc: &Reconnect) -> Option<(TcpStream, BytesMut, Opti
     {
         let mut local = lock(&inner.local);
         let mut g = lock(&inner.inq);
-        local.retain(|ev| matches!(ev, Event::Error { .. }));
-        g.events.retain(|ev| matches!(ev, Event::Error { .. }));
-        g.queued_bytes = 0;
+        drop_events(inner, &mut local, |ev| matches!(ev, Event::Error { .. }));
+        drop_events(inner, &mut g.events, |ev| matches!(ev, Event::Error { .. }));
         g.last_error = None;
         // The Error that announced the end of the old connection: resumed from.
         g.held = None;
@@ -1605,11 +1653,9 @@ fn dispatch(inner: &Inner, batch: &mut Vec<Event>) {
             g.held = Some((ev, Instant::now()));
             continue;
         }
-        g.queued_bytes += match &ev {
-            Event::Message(m) => m.payload.len() + EVENT_OVERHEAD,
-            Event::Room { room, user, .. } => room.len() + user.len() + EVENT_OVERHEAD,
-            _ => EVENT_OVERHEAD,
-        };
+        inner
+            .held_bytes
+            .fetch_add(held_size(&ev), Ordering::Relaxed);
         g.events.push_back(ev);
         pushed = true;
     }
@@ -1617,9 +1663,15 @@ fn dispatch(inner: &Inner, batch: &mut Vec<Event>) {
         inner.ev_cv.notify_all();
     }
     // Backpressure: stop reading while the caller is behind.
-    while g.queued_bytes > inner.limits.max_queued_bytes && !g.discard {
+    // (`recv` wakes it when it brings the count under the bound; the timeout is a
+    // safety net only.)
+    while inner.held_bytes.load(Ordering::Relaxed) > inner.limits.max_queued_bytes && !g.discard {
         g.reader_waiting = true;
-        g = inner.room_cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        g = inner
+            .room_cv
+            .wait_timeout(g, Duration::from_millis(100))
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
         g.reader_waiting = false;
     }
 }
@@ -1628,6 +1680,14 @@ fn dispatch(inner: &Inner, batch: &mut Vec<Event>) {
 /// queues the Pong a Ping asks for.
 fn handle_frame(inner: &Inner, body: Bytes, batch: &mut Vec<Event>) -> Result<(), String> {
     match core::decode(body).map_err(|e| e.to_string())? {
+        Inbound::Event(Event::Message(mut m)) => {
+            // The payload is a slice of the frame, which is a slice of the read
+            // buffer: kept as is, it would keep all of that alive (names, unknown
+            // fields, the frames around it) while only the payload is counted. Its
+            // own copy is what the queue's bound counts.
+            m.payload = Bytes::copy_from_slice(&m.payload);
+            batch.push(Event::Message(m));
+        }
         Inbound::Event(ev) => batch.push(ev),
         Inbound::Ping(nonce) => {
             let mut g = lock(&inner.out);
@@ -2293,5 +2353,111 @@ mod tests {
         assert!(c.try_recv_event().expect("try_recv_event").is_none());
         c.close().expect("close");
         server.join().expect("server");
+    }
+
+    /// Connects "alice" with `limits` to a fake router that writes `frames`, all in
+    /// one go, right after the login, and then reads (and drops) whatever comes.
+    fn flooded(frames: Vec<server_frame::Kind>, limits: ThreadedLimits) -> ThreadedClient {
+        let (addr, _server) = serve_logged_in("alice", vec![], move |f| {
+            let mut out = BytesMut::new();
+            for k in frames {
+                ringrouter_proto::codec::encode_frame(
+                    &ringrouter_proto::v1::ServerFrame { kind: Some(k) },
+                    &mut out,
+                );
+            }
+            let mut reader = f.stream.try_clone().expect("clone");
+            std::thread::spawn(move || {
+                let mut b = [0u8; 65536];
+                while matches!(reader.read(&mut b), Ok(n) if n > 0) {}
+            });
+            let _ = f.stream.write_all(&out);
+        });
+        let mut cfg = ClientConfig::new("alice");
+        cfg.timeout = T;
+        ThreadedClient::connect_with(addr, cfg, limits).expect("connect")
+    }
+
+    /// Events queued or taken out for `recv` and not handed out yet.
+    fn held_events(c: &ThreadedClient) -> usize {
+        let local = lock(&c.inner.local);
+        local.len() + lock(&c.inner.inq).events.len()
+    }
+
+    fn one_mib() -> ThreadedLimits {
+        ThreadedLimits {
+            max_queued_bytes: 1 << 20,
+            ..ThreadedLimits::default()
+        }
+    }
+
+    #[test]
+    fn the_queue_bound_counts_names_texts_and_reasons() {
+        // 60 kB each, little of it payload: 200 of them are 12 MB.
+        let big = "s".repeat(60_000);
+        let kinds: Vec<Box<dyn Fn(u64) -> server_frame::Kind>> = vec![
+            Box::new(|seq| {
+                server_frame::Kind::Deliver(ringrouter_proto::v1::Deliver {
+                    seq,
+                    from_user: big.clone(),
+                    payload: Bytes::from_static(b"p"),
+                    msg_id: seq,
+                    ..Default::default()
+                })
+            }),
+            Box::new(|_| error(Status::Internal, &big, 0)),
+            Box::new(|_| {
+                server_frame::Kind::Presence(ringrouter_proto::v1::Presence {
+                    user: "bob".into(),
+                    status: 1,
+                    text: big.clone(),
+                    ..Default::default()
+                })
+            }),
+        ];
+        for make in kinds {
+            let c = flooded((1..=200).map(&make).collect(), one_mib());
+            std::thread::sleep(Duration::from_millis(300));
+            let n = held_events(&c);
+            // The bound, and what one read may bring past it.
+            assert!(
+                n * 60_000 <= (1 << 20) + (600 << 10),
+                "{n} events of 60 kB held"
+            );
+            assert!(n >= 10, "only {n} events queued");
+            drop(c);
+        }
+    }
+
+    #[test]
+    fn events_taken_out_for_recv_count_until_handed_out() {
+        let frames = (1..=200)
+            .map(|seq| {
+                server_frame::Kind::Deliver(ringrouter_proto::v1::Deliver {
+                    seq,
+                    from_user: "bob".into(),
+                    payload: Bytes::from(vec![b'p'; 60_000]),
+                    msg_id: seq,
+                    ..Default::default()
+                })
+            })
+            .collect();
+        let c = flooded(frames, one_mib());
+        std::thread::sleep(Duration::from_millis(200));
+        // The first recv takes the whole queue out; the reader must not fill another.
+        let m = c.recv(Some(T)).expect("recv").expect("a message");
+        assert_eq!((m.seq, m.payload.len()), (1, 60_000));
+        std::thread::sleep(Duration::from_millis(300));
+        let n = held_events(&c);
+        assert!(
+            n * 60_000 <= (1 << 20) + (600 << 10),
+            "{n} messages of 60 kB held"
+        );
+        // Handed out, they make room for the rest, in order.
+        for seq in 2..=200 {
+            let m = c.recv(Some(T)).expect("recv").expect("a message");
+            assert_eq!(m.seq, seq);
+        }
+        assert_eq!(c.inner.held_bytes.load(Ordering::Relaxed), 0);
     }
 }
