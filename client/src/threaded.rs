@@ -254,6 +254,9 @@ struct Out {
     /// The reader asks the writer to write what the wire owes the router
     /// (a WebSocket pong or close answer, TLS records).
     kick: bool,
+    /// The Pong owed for the latest Ping (its nonce), written with the next batch:
+    /// one at most, however many Pings come while the router does not read.
+    pong: Option<u64>,
     /// Reconnecting clients: the Sends the router has not acknowledged.
     resend: Option<Resend>,
     /// The connection is being replaced: the writer waits.
@@ -438,6 +441,7 @@ impl ThreadedClient {
                 dead: None,
                 last_ack: Instant::now(),
                 kick: false,
+                pong: None,
                 resend,
                 reconnecting: false,
                 conn_gen: 0,
@@ -1116,6 +1120,7 @@ impl ThreadedClient {
             if inner.acks.due_by_count(seq, acked)
                 && !g.closing
                 && !g.reconnecting
+                && g.buf.len() < inner.limits.max_buffer_bytes
                 && queue_ack(inner, &mut g, true)
                 && g.writer_idle
             {
@@ -1128,7 +1133,14 @@ impl ThreadedClient {
         let acked = inner.acked_seq.load(Ordering::Relaxed);
         if inner.acks.due_by_count(seq, acked) {
             let mut g = lock(&inner.out);
-            if g.dead.is_none() && !g.closing && queue_ack(inner, &mut g, true) && g.writer_idle {
+            // Past the output bound (a router that does not read) the writer acks
+            // once it has written what is queued: acks do not pile up.
+            if g.dead.is_none()
+                && !g.closing
+                && g.buf.len() < inner.limits.max_buffer_bytes
+                && queue_ack(inner, &mut g, true)
+                && g.writer_idle
+            {
                 g.writer_idle = false;
                 inner.out_cv.notify_one();
             }
@@ -1268,7 +1280,8 @@ fn writer_loop(inner: &Inner, mut stream: TcpStream, mut wire: Option<WireTx>) {
                 }
             } else {
                 queue_ack(inner, &mut g, false);
-                if !g.buf.is_empty() || g.closing || g.dead.is_some() || g.kick {
+                if !g.buf.is_empty() || g.pong.is_some() || g.closing || g.dead.is_some() || g.kick
+                {
                     break;
                 }
             }
@@ -1281,6 +1294,13 @@ fn writer_loop(inner: &Inner, mut stream: TcpStream, mut wire: Option<WireTx>) {
             g.writer_idle = false;
         }
         let kicked = std::mem::take(&mut g.kick) && wire.is_some();
+        if let Some(nonce) = g.pong.take() {
+            if g.dead.is_none() && !g.reconnecting {
+                let before = g.buf.len();
+                core::put_pong(&mut g.buf, nonce);
+                g.queued += (g.buf.len() - before) as u64;
+            }
+        }
         if (g.buf.is_empty() && !kicked) || g.dead.is_some() || g.reconnecting {
             // Closing and everything is written, or the connection is gone.
             g.buf.clear();
@@ -1541,6 +1561,7 @@ fn reconnect(inner: &Inner, rc: &Reconnect) -> Option<(TcpStream, BytesMut, Opti
         // Frames queued for the old connection (acks of its seqs, requests) are not
         // for this one; the Sends among them are in `again`.
         o.buf = again;
+        o.pong = None;
         o.written = o.queued;
         o.queued += o.buf.len() as u64;
         o.next_conn = Some((writer_stream, wire_tx));
@@ -1692,9 +1713,7 @@ fn handle_frame(inner: &Inner, body: Bytes, batch: &mut Vec<Event>) -> Result<()
         Inbound::Ping(nonce) => {
             let mut g = lock(&inner.out);
             if g.dead.is_none() && !g.closing {
-                let before = g.buf.len();
-                core::put_pong(&mut g.buf, nonce);
-                g.queued += (g.buf.len() - before) as u64;
+                g.pong = Some(nonce);
                 if g.writer_idle {
                     g.writer_idle = false;
                     inner.out_cv.notify_one();
@@ -2459,5 +2478,42 @@ mod tests {
             assert_eq!(m.seq, seq);
         }
         assert_eq!(c.inner.held_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_ping_flood_from_a_router_that_does_not_read_owes_one_pong() {
+        // ~10 MB of Pings, more than the loopback socket's buffers hold of Pongs.
+        let mut out = BytesMut::new();
+        for nonce in 1..=1_500_000u64 {
+            ringrouter_proto::codec::encode_frame(
+                &ringrouter_proto::v1::ServerFrame {
+                    kind: Some(server_frame::Kind::Ping(Ping { nonce })),
+                },
+                &mut out,
+            );
+        }
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let (addr, _server) = serve_logged_in("alice", vec![], move |f| {
+            let _ = f.stream.write_all(&out);
+            let _ = done_tx.send(());
+            // Never reads: keeps the connection open until the client goes.
+            let _ = f.stream.set_read_timeout(Some(T));
+            std::thread::sleep(T);
+        });
+        let mut cfg = ClientConfig::new("alice");
+        cfg.timeout = Duration::from_millis(200);
+        let c = ThreadedClient::connect(addr, cfg).expect("connect");
+        done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the Pings were read");
+        let g = lock(&c.inner.out);
+        assert!(g.buf.len() < 64, "{} bytes of Pongs queued", g.buf.len());
+        assert!(
+            g.queued - g.written < 64 << 10,
+            "{} bytes owed",
+            g.queued - g.written
+        );
+        drop(g);
+        drop(c);
     }
 }

@@ -404,8 +404,19 @@ impl WireRx {
     }
 }
 
+/// Queues a control frame for the writer. A Pong replaces one still waiting (a
+/// Pong may answer the latest Ping only, RFC 6455 §5.5.3): a server that sends Pings
+/// and does not read grows nothing here.
 fn queue_control(shared: &Shared, opcode: u8, payload: Vec<u8>) {
-    lock(&shared.control).push((opcode, payload));
+    let mut q = lock(&shared.control);
+    match q
+        .iter_mut()
+        .find(|(op, _)| opcode == ws::op::PONG && *op == opcode)
+    {
+        Some(waiting) => waiting.1 = payload,
+        None => q.push((opcode, payload)),
+    }
+    drop(q);
     shared.wants_write.store(true, Ordering::Release);
 }
 
@@ -643,6 +654,29 @@ fn timeout_or_io(e: std::io::Error) -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pongs_owed_are_one_at_most() {
+        let shared = Shared {
+            tls: None,
+            control: Mutex::new(Vec::new()),
+            wants_write: AtomicBool::new(false),
+            close_sent: AtomicBool::new(false),
+        };
+        for i in 0..1000u32 {
+            queue_control(&shared, ws::op::PONG, i.to_be_bytes().to_vec());
+        }
+        queue_control(&shared, ws::op::CLOSE, vec![3, 232]);
+        queue_control(&shared, ws::op::PONG, b"last".to_vec());
+        assert_eq!(
+            *lock(&shared.control),
+            vec![
+                (ws::op::PONG, b"last".to_vec()),
+                (ws::op::CLOSE, vec![3, 232])
+            ]
+        );
+        assert!(shared.wants_write.load(Ordering::Acquire));
+    }
 
     #[test]
     fn hosts_of_addresses() {
