@@ -26,6 +26,15 @@ pub(crate) struct Fake {
 }
 
 impl Fake {
+    /// The router side of `stream`.
+    pub(crate) fn new(stream: TcpStream) -> Fake {
+        Fake {
+            stream,
+            rbuf: BytesMut::new(),
+            most_frames_per_read: 0,
+        }
+    }
+
     /// The next frame from the client; None once it closed the connection.
     pub(crate) fn frame(&mut self) -> Option<ClientFrame> {
         let mut frames_this_read = 0;

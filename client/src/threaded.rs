@@ -30,8 +30,12 @@
 //! until the router acknowledges them (`SendAck`); the kept bytes count against
 //! `max_buffer_bytes`, so a send waits (or `try_send` says full) while the router has
 //! not acknowledged that much. When the connection drops (EOF, error, a router Error
-//! that closes it), the reader thread reconnects with exponential backoff (20 ms
-//! doubling to 2 s, for `reconnect_for`), logs in with the resume token, and the
+//! that closes it), the reader thread reconnects with exponential backoff (it waits
+//! 20 ms doubling to 2 s before each attempt, and gives up `reconnect_for` after the
+//! drop; both carry over to the next drop unless the connection stayed up 2 s
+//! — a connection that delivered messages restarts the give-up
+//! clock only — so a router that takes each login and drops it at once gets a few
+//! logins a second, and the client closed in the end), logs in with the resume token, and the
 //! writer sends again every kept Send the router did not take. Messages received and
 //! not yet handed out are dropped (the router gives them back: they were not acked),
 //! and [`ThreadedClient::recv`] never hands out the same (sender, msg_id) twice (the
@@ -117,6 +121,53 @@ impl std::fmt::Debug for ThreadedClient {
             .field("user", &self.user)
             .field("session_id", &self.session_id())
             .finish()
+    }
+}
+
+/// How long a connection must stay up for the next drop to restart the reconnect
+/// backoff and its give-up deadline (see the module doc).
+const STABLE_CONNECTION: Duration = Duration::from_secs(2);
+
+/// The first reconnect backoff, doubled after each attempt up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The reconnect backoff and give-up deadline, kept across drops (see the module doc).
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    /// The wait before the next attempt.
+    backoff: Duration,
+    /// When reconnecting stops; None until a drop starts it.
+    give_up: Option<Instant>,
+}
+
+impl Retry {
+    fn new() -> Retry {
+        Retry {
+            backoff: FIRST_BACKOFF,
+            give_up: None,
+        }
+    }
+
+    /// A connection that was up `up` (and delivered messages, or not) dropped.
+    fn dropped(&mut self, up: Duration, delivered: bool) {
+        if up >= STABLE_CONNECTION {
+            *self = Retry::new();
+        } else if delivered {
+            self.give_up = None;
+        }
+    }
+
+    /// The wait before the next attempt (doubling the one after it); None once
+    /// `reconnect_for` passed since the drop that started this run.
+    fn next(&mut self, now: Instant, reconnect_for: Duration) -> Option<Duration> {
+        let give_up = *self.give_up.get_or_insert(now + reconnect_for);
+        if now >= give_up {
+            return None;
+        }
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        Some(wait)
     }
 }
 
@@ -1368,7 +1419,10 @@ fn writer_loop(inner: &Inner, mut stream: TcpStream, mut wire: Option<WireTx>) {
 fn reader_loop(inner: &Inner, mut stream: TcpStream, mut rbuf: BytesMut, mut wire: Option<WireRx>) {
     let mut scratch = vec![0u8; 256 * 1024];
     let mut batch: Vec<Event> = Vec::new();
+    let mut retry = Retry::new();
     let why = loop {
+        let up_since = Instant::now();
+        let mut delivered = false;
         let why = read_connection(
             inner,
             &stream,
@@ -1376,12 +1430,14 @@ fn reader_loop(inner: &Inner, mut stream: TcpStream, mut rbuf: BytesMut, mut wir
             &mut wire,
             &mut scratch,
             &mut batch,
+            &mut delivered,
         );
         let Some(rc) = &inner.reconnect else {
             break why;
         };
         let _ = stream.shutdown(Shutdown::Both);
-        match reconnect(inner, rc) {
+        retry.dropped(up_since.elapsed(), delivered);
+        match reconnect(inner, rc, &mut retry) {
             Some((s, r, w)) => {
                 stream = s;
                 rbuf = r;
@@ -1401,6 +1457,7 @@ fn read_connection(
     wire: &mut Option<WireRx>,
     scratch: &mut [u8],
     batch: &mut Vec<Event>,
+    delivered: &mut bool,
 ) -> String {
     // A read timeout is set while an Error is held (see `In::held`).
     let mut timed = false;
@@ -1423,6 +1480,7 @@ fn read_connection(
             }
         }
         if !batch.is_empty() {
+            *delivered = *delivered || batch.iter().any(|ev| matches!(ev, Event::Message(_)));
             dispatch(inner, batch);
         }
         if let Some(e) = protocol_error {
@@ -1481,7 +1539,11 @@ fn read_connection(
 /// Connects and logs in again, with backoff, resuming the session (see the module
 /// doc); installs the new connection for the writer. None: the caller closed the
 /// client, the login was refused, or `reconnect_for` passed.
-fn reconnect(inner: &Inner, rc: &Reconnect) -> Option<(TcpStream, BytesMut, Option<WireRx>)> {
+fn reconnect(
+    inner: &Inner,
+    rc: &Reconnect,
+    retry: &mut Retry,
+) -> Option<(TcpStream, BytesMut, Option<WireRx>)> {
     {
         let mut o = lock(&inner.out);
         if o.closing {
@@ -1493,9 +1555,21 @@ fn reconnect(inner: &Inner, rc: &Reconnect) -> Option<(TcpStream, BytesMut, Opti
         let cfg = lock(&rc.cfg);
         (cfg.reconnect_for, cfg.timeout)
     };
-    let give_up = Instant::now() + reconnect_for;
-    let mut backoff = Duration::from_millis(20);
     let client = loop {
+        // Wait first: a router that drops each connection at once is not hammered.
+        let backoff = retry.next(Instant::now(), reconnect_for)?;
+        let until = Instant::now() + backoff;
+        // Sleep in slices, so that a close does not wait for the whole backoff.
+        loop {
+            if lock(&inner.out).closing {
+                return None;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(10)).min(timeout));
+        }
         let cfg = lock(&rc.cfg).clone();
         match Client::connect(&rc.addr[..], cfg) {
             Ok(c) => break c,
@@ -1504,15 +1578,6 @@ fn reconnect(inner: &Inner, rc: &Reconnect) -> Option<(TcpStream, BytesMut, Opti
             Err(ClientError::Auth { code, .. }) if !login_refused_for_now(code) => return None,
             Err(_) => {}
         }
-        // Sleep in slices, so that a close does not wait for the whole backoff.
-        let until = Instant::now() + backoff;
-        while Instant::now() < until {
-            if lock(&inner.out).closing || Instant::now() >= give_up {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10).min(timeout));
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
     };
     let info = client.resume().clone();
     let session_id = client.session_id();
@@ -2515,5 +2580,75 @@ mod tests {
         );
         drop(g);
         drop(c);
+    }
+
+    #[test]
+    fn the_reconnect_backoff_and_deadline_carry_over_short_connections() {
+        let t0 = Instant::now();
+        let minute = Duration::from_secs(60);
+        let mut r = Retry::new();
+        r.dropped(Duration::ZERO, false);
+        assert_eq!(r.next(t0, minute), Some(Duration::from_millis(20)));
+        // Up 10 ms: the backoff goes on doubling, the deadline stays.
+        r.dropped(Duration::from_millis(10), false);
+        assert_eq!(r.next(t0, minute), Some(Duration::from_millis(40)));
+        for _ in 0..10 {
+            r.next(t0, minute);
+        }
+        assert_eq!(r.next(t0, minute), Some(MAX_BACKOFF));
+        assert_eq!(
+            r.next(t0 + minute, minute),
+            None,
+            "gave up a minute after the first drop"
+        );
+        // Something delivered: a new minute, the same backoff.
+        r.dropped(Duration::from_millis(10), true);
+        assert_eq!(r.next(t0 + minute, minute), Some(MAX_BACKOFF));
+        assert_eq!(r.next(t0 + minute * 2, minute), None);
+        // Up 2 s: everything from the start.
+        r.dropped(STABLE_CONNECTION, false);
+        assert_eq!(r.next(t0 + minute * 2, minute), Some(FIRST_BACKOFF));
+    }
+
+    #[test]
+    fn a_router_that_drops_every_login_is_not_hammered_and_the_client_gives_up() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let logins = Arc::new(AtomicU64::new(0));
+        let counted = logins.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let mut f = crate::testing::Fake::new(stream);
+                if f.frame().is_some() {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    f.write(&[login_ok("alice")]);
+                }
+                // Dropped at once.
+            }
+        });
+        let mut cfg = ClientConfig::new("alice");
+        cfg.timeout = T;
+        cfg.reconnect = true;
+        cfg.reconnect_for = Duration::from_millis(1500);
+        let c = ThreadedClient::connect(addr, cfg).expect("connect");
+        let t0 = Instant::now();
+        let err = loop {
+            match c.recv(Some(T)) {
+                Err(e) => break e,
+                Ok(m) => assert!(m.is_none(), "{m:?}"),
+            }
+            assert!(t0.elapsed() < T * 2, "never gave up");
+        };
+        assert!(matches!(err, ClientError::Closed(_)), "{err:?}");
+        assert!(c.is_closed());
+        // 20 + 40 + ... ms before each attempt: about 7 in 1.5 s (thousands before).
+        let n = logins.load(Ordering::Relaxed);
+        assert!((2..=12).contains(&n), "{n} logins");
+        assert!(
+            t0.elapsed() >= Duration::from_millis(1400),
+            "{:?}",
+            t0.elapsed()
+        );
     }
 }
