@@ -113,7 +113,13 @@ pub struct ThreadedClient {
     ids: RequestIds,
     threads: Mutex<Vec<JoinHandle<()>>>,
     closed_by_caller: AtomicBool,
+    /// See [`ThreadedClient::set_interrupt`].
+    interrupt: std::sync::OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
 }
+
+/// How often a request or `close` waiting calls the interrupt check
+/// ([`ThreadedClient::set_interrupt`]).
+const INTERRUPT_SLICE: Duration = Duration::from_millis(100);
 
 impl std::fmt::Debug for ThreadedClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -550,6 +556,7 @@ impl ThreadedClient {
             ids: RequestIds::starting_at(1 << 32),
             threads: Mutex::new(threads),
             closed_by_caller: AtomicBool::new(false),
+            interrupt: std::sync::OnceLock::new(),
         })
     }
 
@@ -880,6 +887,28 @@ impl ThreadedClient {
         })
     }
 
+    /// Sets a check that requests (`send_wait`, rooms, ...) and [`ThreadedClient::close`]
+    /// call every 100 ms while they wait: when it returns true, a request gives up
+    /// with [`ClientError::Timeout`] and `close` stops waiting for the router (it
+    /// shuts the connection). The Python binding checks for signals (Ctrl-C) with
+    /// it. Set once: later calls are ignored.
+    pub fn set_interrupt(&self, check: impl Fn() -> bool + Send + Sync + 'static) {
+        let _ = self.interrupt.set(Box::new(check));
+    }
+
+    fn interrupted(&self) -> bool {
+        self.interrupt.get().is_some_and(|check| check())
+    }
+
+    /// `deadline`, or sooner when an interrupt check must run before it.
+    fn slice_of(&self, deadline: Instant) -> Instant {
+        if self.interrupt.get().is_some() {
+            deadline.min(Instant::now() + INTERRUPT_SLICE)
+        } else {
+            deadline
+        }
+    }
+
     /// Queues `req` with a fresh request id and waits, up to the configured
     /// timeout, for its answer.
     pub(crate) fn call<R: Request>(&self, req: R) -> Result<R::Output, ClientError> {
@@ -889,10 +918,14 @@ impl ThreadedClient {
             .pending
             .insert(request_id, R::ANY_ERROR);
         let frame = req.frame(request_id);
-        let res = match self.queue_blocking(frame.len(), |b| frame.put(b), Some(deadline)) {
-            Ok(true) => self.wait_answer(request_id, deadline),
-            Ok(false) => Err(ClientError::Timeout),
-            Err(e) => Err(e),
+        let res = loop {
+            let until = self.slice_of(deadline);
+            match self.queue_blocking(frame.len(), |b| frame.put(b), Some(until)) {
+                Ok(true) => break self.wait_answer(request_id, deadline),
+                Ok(false) if until < deadline && !self.interrupted() => {}
+                Ok(false) => break Err(ClientError::Timeout),
+                Err(e) => break Err(e),
+            }
         };
         drop(frame);
         lock(&self.inner.inq).pending.remove(request_id);
@@ -908,10 +941,24 @@ impl ThreadedClient {
             if let Some(why) = &g.closed {
                 return Err(ClientError::Closed(why.clone()));
             }
-            let (g2, timed_out) = wait_until(&self.inner.ev_cv, g, Some(deadline));
+            // `close` (in another thread) wakes the waiters after setting this.
+            if self.closed_by_caller.load(Ordering::SeqCst) {
+                return Err(ClientError::Closed("client closed".into()));
+            }
+            let (g2, timed_out) = wait_until(&self.inner.ev_cv, g, Some(self.slice_of(deadline)));
             g = g2;
             if timed_out {
-                return g.pending.take(request_id).ok_or(ClientError::Timeout);
+                if let Some(answer) = g.pending.take(request_id) {
+                    return Ok(answer);
+                }
+                if Instant::now() >= deadline {
+                    return Err(ClientError::Timeout);
+                }
+                drop(g);
+                if self.interrupted() {
+                    return Err(ClientError::Timeout);
+                }
+                g = lock(&self.inner.inq);
             }
         }
     }
@@ -1218,6 +1265,12 @@ impl ThreadedClient {
         }
         let deadline = Instant::now() + self.timeout;
         let inner = &self.inner;
+        // Requests waiting in other threads end now (see `wait_answer`).
+        {
+            let _g = lock(&inner.inq);
+            inner.ev_cv.notify_all();
+        }
+        let mut interrupted = false;
         {
             let mut g = lock(&inner.out);
             if g.dead.is_none() {
@@ -1230,10 +1283,18 @@ impl ThreadedClient {
             inner.out_cv.notify_one();
             // The writer writes what is queued, shuts the write side, and stops.
             while !g.writer_done {
-                let (g2, timed_out) = wait_until(&inner.space_cv, g, Some(deadline));
+                let (g2, timed_out) = wait_until(&inner.space_cv, g, Some(self.slice_of(deadline)));
                 g = g2;
                 if timed_out && !g.writer_done {
-                    // The router does not read: give up on it.
+                    if Instant::now() < deadline {
+                        drop(g);
+                        interrupted = self.interrupted();
+                        g = lock(&inner.out);
+                        if !interrupted {
+                            continue;
+                        }
+                    }
+                    // The router does not read (or the caller gave up): give up on it.
                     let _ = lock(&inner.stream).shutdown(Shutdown::Both);
                     break;
                 }
@@ -1245,11 +1306,16 @@ impl ThreadedClient {
             drop_events(inner, &mut g.events, |_| false);
             inner.room_cv.notify_all();
             // The router closes its side once it has read the Logout.
-            while g.closed.is_none() {
-                let (g2, timed_out) = wait_until(&inner.ev_cv, g, Some(deadline));
+            while g.closed.is_none() && !interrupted {
+                let (g2, timed_out) = wait_until(&inner.ev_cv, g, Some(self.slice_of(deadline)));
                 g = g2;
                 if timed_out {
-                    break;
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    drop(g);
+                    interrupted = self.interrupted();
+                    g = lock(&inner.inq);
                 }
             }
             if g.closed.is_none() {
@@ -2650,5 +2716,64 @@ mod tests {
             "{:?}",
             t0.elapsed()
         );
+    }
+
+    /// A client of a fake router that reads requests and answers none.
+    fn unanswered() -> ThreadedClient {
+        let (addr, _server) = serve_logged_in("alice", vec![], |f| while f.frame().is_some() {});
+        let mut cfg = ClientConfig::new("alice");
+        cfg.timeout = T;
+        ThreadedClient::connect(addr, cfg).expect("connect")
+    }
+
+    #[test]
+    fn close_ends_a_request_waiting_in_another_thread() {
+        let c = Arc::new(unanswered());
+        let waiting = c.clone();
+        let t0 = Instant::now();
+        let request = std::thread::spawn(move || waiting.rooms());
+        std::thread::sleep(Duration::from_millis(100));
+        c.close().expect("close");
+        let r = request.join().expect("request");
+        assert!(matches!(r, Err(ClientError::Closed(_))), "{r:?}");
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn the_interrupt_check_ends_a_request_wait_and_close() {
+        let c = unanswered();
+        let stop = Arc::new(AtomicBool::new(false));
+        let check = stop.clone();
+        c.set_interrupt(move || check.load(Ordering::Relaxed));
+        // Not interrupted: the answer is waited for (the check runs meanwhile).
+        let stopper = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                stop.store(true, Ordering::Relaxed);
+            })
+        };
+        let t0 = Instant::now();
+        assert!(matches!(c.rooms(), Err(ClientError::Timeout)));
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(1),
+            "{took:?}"
+        );
+        stopper.join().expect("stopper");
+        let t0 = Instant::now();
+        assert!(matches!(
+            c.send_wait("bob", b"x"),
+            Err(ClientError::Timeout)
+        ));
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t0.elapsed()
+        );
+        // close does not wait for the router (which never closes) either.
+        let t0 = Instant::now();
+        c.close().expect("close");
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
     }
 }

@@ -8,8 +8,10 @@
 //!   writer thread batches the writes, so a Python loop is not limited by one
 //!   syscall per message. Calls that can block release the GIL (`py.detach`); `recv`
 //!   and `flush` wait in slices of [`SLICE`], checking for signals (Ctrl-C) in between.
-//!   Requests (`wait=True`, rooms, contacts, history) wait up to the client's timeout
-//!   without the GIL and see a Ctrl-C when they return.
+//!   Requests (`wait=True`, rooms, contacts, history) and `close` wait up to the
+//!   client's timeout without the GIL, checking for signals every [`SLICE`] too (the
+//!   client's interrupt check, [`interrupt_check`]); the login (`Client()`,
+//!   `Client.register`) runs on a thread of its own while the caller waits in slices.
 //! - Errors map to `RouterError` (attributes `code`, `status`, `reason`) and its subclasses
 //!   `AuthError` (a refused login, and any UNAUTHORIZED answer) and
 //!   `ConnectionClosed`; timeouts to the builtin `TimeoutError`, socket errors to
@@ -68,6 +70,69 @@ create_exception!(
 /// Longest time a blocking call waits without the GIL before checking for signals.
 const SLICE: Duration = Duration::from_millis(100);
 
+thread_local! {
+    /// The exception of a signal handler (Ctrl-C's KeyboardInterrupt) that the
+    /// interrupt check of a request waiting without the GIL got ([`interrupt_check`]):
+    /// raised instead of whatever the request returns.
+    static INTERRUPTED: std::cell::RefCell<Option<PyErr>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The clients' interrupt check ([`ThreadedClient::set_interrupt`]), called every
+/// 100 ms by a request or `close` waiting without the GIL: runs the signal handlers
+/// (main thread only); true if one raised (kept for [`take_interrupt`]).
+fn interrupt_check() -> bool {
+    Python::try_attach(|py| match py.check_signals() {
+        Ok(()) => false,
+        Err(e) => {
+            INTERRUPTED.with(|i| *i.borrow_mut() = Some(e));
+            true
+        }
+    })
+    .unwrap_or(false)
+}
+
+/// The exception [`interrupt_check`] got on this thread, if any.
+fn take_interrupt() -> Option<PyErr> {
+    INTERRUPTED.with(|i| i.borrow_mut().take())
+}
+
+/// Runs `f` on a thread of its own and waits for it without the GIL in slices of
+/// [`SLICE`], checking for signals in between: a Ctrl-C is raised at once (the thread
+/// finishes on its own, and what it returns is dropped: a client is closed).
+fn interruptible<T: Send + 'static>(
+    py: Python<'_>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> PyResult<T> {
+    use std::sync::mpsc::RecvTimeoutError;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("ringrouter-login".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| PyRuntimeError::new_err(format!("cannot start a thread: {e}")))?;
+    let mut rx = Some(rx);
+    loop {
+        // (A Receiver is not Sync: it goes into the closure and back.)
+        let (r, back) = py.detach(|| {
+            let rx = rx.take();
+            let r = rx.as_ref().map(|rx| rx.recv_timeout(SLICE));
+            (r, rx)
+        });
+        rx = back;
+        let Some(r) = r else {
+            return Err(PyRuntimeError::new_err("the login thread is gone"));
+        };
+        match r {
+            Ok(v) => return Ok(v),
+            Err(RecvTimeoutError::Timeout) => py.check_signals()?,
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(PyRuntimeError::new_err("the login thread panicked"))
+            }
+        }
+    }
+}
+
 /// A `T` (RouterError or a subclass) with `code`, `status` and `reason` set. `code`
 /// is the status name, or "CLOSED" / "PROTOCOL" (then `status` is None).
 fn router_error<T: pyo3::PyTypeInfo>(
@@ -96,6 +161,10 @@ fn status_error<T: pyo3::PyTypeInfo>(py: Python<'_>, status: Status, reason: &st
 }
 
 fn to_pyerr(py: Python<'_>, e: ClientError) -> PyErr {
+    // A request the interrupt check ended: the signal's exception.
+    if let Some(interrupt) = take_interrupt() {
+        return interrupt;
+    }
     match e {
         ClientError::Auth { code, reason }
         | ClientError::Router {
@@ -508,7 +577,11 @@ impl PyClient {
         py: Python<'_>,
         f: impl FnOnce(&ThreadedClient) -> Result<T, ClientError> + Send,
     ) -> PyResult<T> {
-        py.detach(|| f(&self.c)).map_err(|e| to_pyerr(py, e))
+        let r = py.detach(|| f(&self.c));
+        if let Some(interrupt) = take_interrupt() {
+            return Err(interrupt);
+        }
+        r.map_err(|e| to_pyerr(py, e))
     }
 }
 
@@ -519,6 +592,12 @@ impl Drop for PyClient {
         if !self.c.is_closed() {
             let c = &self.c;
             Python::attach(|py| py.detach(|| c.close())).ok();
+            if take_interrupt().is_some() {
+                // Ctrl-C during the close: nothing here can raise it; raised again
+                // at the next signal check.
+                // SAFETY: sets a flag; callable from any thread.
+                unsafe { pyo3::ffi::PyErr_SetInterrupt() };
+            }
         }
     }
 }
@@ -551,9 +630,9 @@ impl PyClient {
         cfg.token = token;
         cfg.device = device;
         cfg.timeout = client_timeout(timeout)?;
-        let c = py
-            .detach(|| ThreadedClient::connect(addr.as_str(), cfg))
+        let c = interruptible(py, move || ThreadedClient::connect(addr.as_str(), cfg))?
             .map_err(|e| to_pyerr(py, e))?;
+        c.set_interrupt(interrupt_check);
         Ok(PyClient {
             c,
             to_cache: Mutex::new(None),
@@ -680,9 +759,11 @@ impl PyClient {
         let mut cfg = ClientConfig::new(user.as_str());
         cfg.timeout = client_timeout(timeout)?;
         cfg.transport = transport::transport(&addr, tls, ca_file, &transport)?;
-        py.detach(|| Client::register_with(addr.as_str(), &user, &password, cfg))
-            .map(drop)
-            .map_err(|e| to_pyerr(py, e))
+        interruptible(py, move || {
+            Client::register_with(addr.as_str(), &user, &password, cfg)
+        })?
+        .map(drop)
+        .map_err(|e| to_pyerr(py, e))
     }
 
     /// Creates room `name` owned by this user (its first member), protected by
@@ -981,7 +1062,12 @@ impl PyClient {
     /// received but not yet returned by recv() are dropped (and, unacknowledged,
     /// redelivered by the router at the next login). Idempotent.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.c.close()).map_err(|e| to_pyerr(py, e))
+        let r = py.detach(|| self.c.close());
+        if let Some(interrupt) = take_interrupt() {
+            // Closed all the same (without waiting for the router any longer).
+            return Err(interrupt);
+        }
+        r.map_err(|e| to_pyerr(py, e))
     }
 
     fn __enter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
