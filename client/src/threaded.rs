@@ -340,6 +340,10 @@ struct In {
     pending: Pending,
     /// Why the read side ended (EOF, error).
     closed: Option<String>,
+    /// The read side ended on bytes that are not valid frames: `recv` reports it
+    /// once ([`ClientError::Protocol`]), after the events received before it and
+    /// before [`ClientError::Closed`].
+    protocol_error: Option<String>,
     /// Last Error frame seen, for the close reason.
     last_error: Option<String>,
     consumers: usize,
@@ -510,6 +514,7 @@ impl ThreadedClient {
                 events: VecDeque::new(),
                 pending: Pending::default(),
                 closed: None,
+                protocol_error: None,
                 last_error: None,
                 consumers: 0,
                 reader_waiting: false,
@@ -1172,6 +1177,9 @@ impl ThreadedClient {
                 if self.closed_by_caller.load(Ordering::Relaxed) {
                     return Err(ClientError::Closed("client closed".into()));
                 }
+                if let Some(why) = g.protocol_error.take() {
+                    return Err(ClientError::Protocol(why));
+                }
                 if let Some(why) = &g.closed {
                     return Err(ClientError::Closed(why.clone()));
                 }
@@ -1482,6 +1490,30 @@ fn writer_loop(inner: &Inner, mut stream: TcpStream, mut wire: Option<WireTx>) {
     let _ = stream.shutdown(Shutdown::Write);
 }
 
+/// Why a connection's read side ended.
+struct End {
+    why: String,
+    /// It sent bytes that are not valid frames (the detail, `why` without
+    /// "protocol error: ").
+    protocol: Option<String>,
+}
+
+impl End {
+    fn because(why: String) -> End {
+        End {
+            why,
+            protocol: None,
+        }
+    }
+
+    fn protocol(detail: String) -> End {
+        End {
+            why: format!("protocol error: {detail}"),
+            protocol: Some(detail),
+        }
+    }
+}
+
 fn reader_loop(inner: &Inner, mut stream: TcpStream, mut rbuf: BytesMut, mut wire: Option<WireRx>) {
     let mut scratch = vec![0u8; 256 * 1024];
     let mut batch: Vec<Event> = Vec::new();
@@ -1524,7 +1556,7 @@ fn read_connection(
     scratch: &mut [u8],
     batch: &mut Vec<Event>,
     delivered: &mut bool,
-) -> String {
+) -> End {
     // A read timeout is set while an Error is held (see `In::held`).
     let mut timed = false;
     'outer: loop {
@@ -1540,7 +1572,7 @@ fn read_connection(
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    protocol_error = Some(format!("protocol error: {e}"));
+                    protocol_error = Some(e.to_string());
                     break;
                 }
             }
@@ -1551,7 +1583,7 @@ fn read_connection(
         }
         if let Some(e) = protocol_error {
             let _ = stream.shutdown(Shutdown::Both);
-            break 'outer e;
+            break 'outer End::protocol(e);
         }
         if inner.reconnect.is_some() {
             let wake = held_error_wake(inner);
@@ -1561,14 +1593,16 @@ fn read_connection(
             }
         }
         let n = match stream.read(scratch) {
-            Ok(0) => break 'outer "closed by the router".to_string(),
+            Ok(0) => break 'outer End::because("closed by the router".to_string()),
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) if timed && matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 continue
             }
-            Err(e) if is_disconnect(&e) => break 'outer format!("connection lost: {e}"),
-            Err(e) => break 'outer format!("read failed: {e}"),
+            Err(e) if is_disconnect(&e) => {
+                break 'outer End::because(format!("connection lost: {e}"))
+            }
+            Err(e) => break 'outer End::because(format!("read failed: {e}")),
         };
         let Some(w) = wire.as_mut() else {
             rbuf.extend_from_slice(&scratch[..n]);
@@ -1592,11 +1626,11 @@ fn read_connection(
                 if !batch.is_empty() {
                     dispatch(inner, batch);
                 }
-                break 'outer why;
+                break 'outer End::because(why);
             }
             Err(e) => {
                 let _ = stream.shutdown(Shutdown::Read);
-                break 'outer format!("protocol error: {e}");
+                break 'outer End::protocol(e.to_string());
             }
         }
     }
@@ -1717,7 +1751,8 @@ fn login_refused_for_now(code: ringrouter_proto::v1::Status) -> bool {
 }
 
 /// The read side is over for good: tell senders and receivers why.
-fn reader_end(inner: &Inner, why: String) {
+fn reader_end(inner: &Inner, end: End) {
+    let End { why, protocol } = end;
     let last_error = lock(&inner.inq).last_error.clone();
     let why = match last_error {
         Some(err) if why == "closed by the router" => format!("closed by the router ({err})"),
@@ -1739,6 +1774,9 @@ fn reader_end(inner: &Inner, why: String) {
     let mut g = lock(&inner.inq);
     // Not resumed from after all: the Error that announced the end is reported.
     release_held(inner, &mut g);
+    if !g.discard {
+        g.protocol_error = protocol;
+    }
     g.closed = Some(why);
     inner.ev_cv.notify_all();
 }
@@ -1831,7 +1869,11 @@ fn dispatch(inner: &Inner, batch: &mut Vec<Event>) {
 /// Decodes one frame into `batch` (an event, or an answer to a request), or
 /// queues the Pong a Ping asks for.
 fn handle_frame(inner: &Inner, body: Bytes, batch: &mut Vec<Event>) -> Result<(), String> {
-    match core::decode(body).map_err(|e| e.to_string())? {
+    let decoded = core::decode(body).map_err(|e| match e {
+        ClientError::Protocol(detail) => detail,
+        e => e.to_string(),
+    })?;
+    match decoded {
         Inbound::Event(Event::Message(mut m)) => {
             // The payload is a slice of the frame, which is a slice of the read
             // buffer: kept as is, it would keep all of that alive (names, unknown
@@ -2775,5 +2817,30 @@ mod tests {
         let t0 = Instant::now();
         c.close().expect("close");
         assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn bad_bytes_mid_session_are_a_protocol_error_once_after_the_messages_before() {
+        let (addr, _server) = serve_logged_in("alice", vec![deliver(1, b"a")], |f| {
+            // A frame whose body is no ServerFrame, then silence.
+            let _ = f.stream.write_all(&[6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+            std::thread::sleep(T);
+        });
+        let mut cfg = ClientConfig::new("alice");
+        cfg.timeout = T;
+        let c = ThreadedClient::connect(addr, cfg).expect("connect");
+        let m = c
+            .recv(Some(T))
+            .expect("the message before")
+            .expect("a message");
+        assert_eq!(&m.payload[..], b"a");
+        let e = c.recv(Some(T)).expect_err("a protocol error");
+        assert!(matches!(e, ClientError::Protocol(_)), "{e:?}");
+        let e = c.recv(Some(T)).expect_err("closed");
+        assert!(
+            matches!(&e, ClientError::Closed(why) if why.starts_with("protocol error")),
+            "{e:?}"
+        );
+        assert!(matches!(c.try_recv(), Err(ClientError::Closed(_))));
     }
 }
