@@ -117,6 +117,8 @@ pub struct Client {
     resume: ResumeInfo,
     /// Largest frame the router accepts (its LoginResult's; 0: not said).
     router_max_frame_bytes: usize,
+    /// Set by [`Client::open`] until the first request (see [`Client::next_deadline`]).
+    open_deadline: Option<Instant>,
 }
 
 impl std::fmt::Debug for Client {
@@ -136,11 +138,15 @@ impl Client {
         Ok(c)
     }
 
-    /// Connects over `cfg.transport` (handshakes done), not logged in.
+    /// Connects over `cfg.transport` (handshakes done), not logged in. Connecting,
+    /// the handshakes and the first request (the login, a Register) share one
+    /// deadline, `cfg.timeout` from now.
     fn open(addr: impl ToSocketAddrs, cfg: ClientConfig) -> Result<Client, ClientError> {
+        let deadline = Instant::now() + cfg.timeout;
         let t = &cfg.transport;
-        let conn = transport::connect(addr, t, cfg.timeout, cfg.max_frame_bytes)?;
+        let conn = transport::connect(addr, t, deadline, cfg.max_frame_bytes)?;
         let mut c = Client::from_stream(conn.stream, cfg);
+        c.open_deadline = Some(deadline);
         c.wire = conn.wire;
         c.rbuf.extend_from_slice(&conn.frames);
         Ok(c)
@@ -206,7 +212,16 @@ impl Client {
             closed: None,
             resume: ResumeInfo::default(),
             router_max_frame_bytes: 0,
+            open_deadline: None,
         }
+    }
+
+    /// The deadline of a wait for the router: the connection's (see [`Client::open`])
+    /// for its first request, else the configured timeout from now.
+    fn next_deadline(&mut self) -> Instant {
+        self.open_deadline
+            .take()
+            .unwrap_or_else(|| Instant::now() + self.cfg.timeout)
     }
 
     /// Sends Login and waits for LoginResult.
@@ -221,9 +236,9 @@ impl Client {
             resume: self.cfg.reconnect,
             resume_token: self.cfg.resume_token.clone().into(),
         };
+        let deadline = self.next_deadline();
         Frame::of(client_frame::Kind::Login(login)).put(&mut self.wbuf);
         self.flush()?;
-        let deadline = Instant::now() + self.cfg.timeout;
         loop {
             let r = match self.read_inbound(Some(deadline))? {
                 Inbound::Login(r) => core::login_outcome(r)?,
@@ -403,7 +418,7 @@ impl Client {
     }
 
     fn wait_answer(&mut self, request_id: u64) -> Result<core::Answer, ClientError> {
-        let deadline = Instant::now() + self.cfg.timeout;
+        let deadline = self.next_deadline();
         loop {
             if let Some(answer) = self.pending.take(request_id) {
                 return Ok(answer);

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use ringrouter_proto::codec::put_varint;
@@ -192,7 +192,7 @@ fn client_frame(buf: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
 
 /// Sends frames of several sizes through the wire and expects them back.
 fn exchange(addr: SocketAddr, t: &Transport) -> Result<(), ClientError> {
-    let mut c = connect(addr, t, T, 1 << 20)?;
+    let mut c = connect(addr, t, Instant::now() + T, 1 << 20)?;
     let wire = c.wire.as_mut().expect("a wire");
     let mut frames = BytesMut::new();
     for (i, n) in [1usize, 100, 200, 70_000, 3].into_iter().enumerate() {
@@ -277,7 +277,7 @@ fn an_untrusted_certificate_is_refused() {
     let other = cert_other();
     let (addr, _server) = serve(Some(&cert), false);
     let t = Transport::tcp().with_tls(Some(other.pem_file.clone()));
-    match connect(addr, &t, T, 1 << 20) {
+    match connect(addr, &t, Instant::now() + T, 1 << 20) {
         Err(ClientError::Tls(why)) => assert!(why.contains("certificate"), "{why}"),
         Err(e) => panic!("expected a TLS error, got {e}"),
         Ok(_) => panic!("connected with the wrong CA"),
@@ -285,7 +285,12 @@ fn an_untrusted_certificate_is_refused() {
     // The webpki roots do not know a self-signed certificate either.
     let (addr, _server) = serve(Some(&cert), false);
     assert!(matches!(
-        connect(addr, &Transport::tcp().with_tls(None), T, 1 << 20),
+        connect(
+            addr,
+            &Transport::tcp().with_tls(None),
+            Instant::now() + T,
+            1 << 20
+        ),
         Err(ClientError::Tls(_))
     ));
     // Nor does a certificate for other names pass.
@@ -294,7 +299,7 @@ fn an_untrusted_certificate_is_refused() {
         .with_tls(Some(cert.pem_file.clone()))
         .with_server_name("example.org");
     assert!(matches!(
-        connect(addr, &t, T, 1 << 20),
+        connect(addr, &t, Instant::now() + T, 1 << 20),
         Err(ClientError::Tls(_))
     ));
 }
@@ -307,7 +312,12 @@ fn cert_other() -> Cert {
 fn a_missing_ca_file_is_a_clear_error() {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let t = Transport::tcp().with_tls(Some("/nonexistent/ca.pem".into()));
-    match connect(l.local_addr().expect("addr"), &t, T, 1 << 20) {
+    match connect(
+        l.local_addr().expect("addr"),
+        &t,
+        Instant::now() + T,
+        1 << 20,
+    ) {
         Err(ClientError::Tls(why)) => assert!(why.contains("/nonexistent/ca.pem"), "{why}"),
         other => panic!("expected a TLS error, got {:?}", other.err()),
     }
@@ -323,9 +333,52 @@ fn a_refused_upgrade_names_the_status() {
         let _ = s.read(&mut b);
         let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
     });
-    match connect(addr, &Transport::websocket(), T, 1 << 20) {
+    match connect(addr, &Transport::websocket(), Instant::now() + T, 1 << 20) {
         Err(ClientError::Protocol(why)) => assert!(why.contains("404"), "{why}"),
         other => panic!("expected a protocol error, got {:?}", other.err()),
     }
     h.join().expect("server");
+}
+
+#[test]
+fn connecting_the_upgrade_and_the_login_share_one_timeout() {
+    // The upgrade is answered after 600 ms, the Login never.
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let _server = std::thread::spawn(move || {
+        let (mut s, _): (TcpStream, _) = l.accept().expect("accept");
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut b).unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(b[0]);
+        }
+        let head = String::from_utf8(head).expect("utf8 head");
+        let key = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .expect("a key")
+            .to_owned();
+        std::thread::sleep(Duration::from_millis(600));
+        let answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: ringrouter.v1\r\n\r\n",
+            ws::accept_key(&key)
+        );
+        let _ = s.write_all(answer.as_bytes());
+        std::thread::sleep(T);
+    });
+    let mut cfg = crate::ClientConfig::new("alice");
+    cfg.transport = Transport::websocket();
+    cfg.timeout = Duration::from_secs(1);
+    let t0 = Instant::now();
+    let r = crate::Client::connect(addr, cfg);
+    let took = t0.elapsed();
+    assert!(r.is_err(), "logged in without an answer");
+    assert!(
+        took < Duration::from_millis(1300),
+        "took {took:?} with a 1 s timeout"
+    );
 }

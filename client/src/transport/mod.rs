@@ -513,14 +513,23 @@ pub(crate) struct Connected {
     pub(crate) frames: BytesMut,
 }
 
-/// Connects to the first address of `addr` that answers within `timeout`.
+/// Connects to the first address of `addr` that answers by `deadline` (all the
+/// addresses tried share it).
 pub(crate) fn connect_stream(
     addr: impl ToSocketAddrs,
-    timeout: Duration,
+    deadline: Instant,
 ) -> Result<TcpStream, ClientError> {
     let mut last = None;
     for a in addr.to_socket_addrs()? {
-        match TcpStream::connect_timeout(&a, timeout) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            last = Some(std::io::Error::new(
+                ErrorKind::TimedOut,
+                "no address answered in time",
+            ));
+            break;
+        }
+        match TcpStream::connect_timeout(&a, left) {
             Ok(s) => {
                 s.set_nodelay(true)?;
                 return Ok(s);
@@ -535,15 +544,14 @@ pub(crate) fn connect_stream(
 }
 
 /// Connects and runs the handshakes of `t` (TLS, WebSocket upgrade), all
-/// within `timeout`.
+/// by `deadline`.
 pub(crate) fn connect(
     addr: impl ToSocketAddrs,
     t: &Transport,
-    timeout: Duration,
+    deadline: Instant,
     max_message: usize,
 ) -> Result<Connected, ClientError> {
-    let deadline = Instant::now() + timeout;
-    let mut stream = connect_stream(addr, timeout)?;
+    let mut stream = connect_stream(addr, deadline)?;
     let mut frames = BytesMut::new();
     if t.is_plain() {
         return Ok(Connected {
