@@ -187,12 +187,17 @@ struct Reconnect {
     count: AtomicU64,
 }
 
-/// The (sender, msg_id) of the last messages handed out, to drop copies.
+/// The (sender, msg_id) of the last messages handed out, to drop copies. A sender is
+/// kept as a 64-bit keyed hash of its name: 32 bytes an entry (both copies),
+/// whatever the names' lengths (a router sending long names made the window hold
+/// up to `cap` of them).
 #[derive(Debug, Default)]
 pub(crate) struct Seen {
-    set: HashSet<(Box<str>, u64)>,
-    order: VecDeque<(Box<str>, u64)>,
+    set: HashSet<(u64, u64)>,
+    order: VecDeque<(u64, u64)>,
     cap: usize,
+    /// Random keys per client: two names that collide are as likely as 2^-64.
+    names: std::collections::hash_map::RandomState,
 }
 
 impl Seen {
@@ -205,7 +210,8 @@ impl Seen {
 
     /// Remembers (sender, msg_id); false if it is among the last `cap` remembered.
     pub(crate) fn first_time(&mut self, sender: &str, msg_id: u64) -> bool {
-        let key: (Box<str>, u64) = (sender.into(), msg_id);
+        use std::hash::BuildHasher;
+        let key = (self.names.hash_one(sender), msg_id);
         if self.set.contains(&key) {
             return false;
         }
@@ -214,7 +220,7 @@ impl Seen {
                 self.set.remove(&old);
             }
         }
-        self.order.push_back(key.clone());
+        self.order.push_back(key);
         self.set.insert(key);
         true
     }
@@ -2030,6 +2036,12 @@ mod tests {
         assert!(!seen.first_time("ann", 3));
         assert_eq!(seen.order.len(), 3);
         assert_eq!(seen.set.len(), 3);
+        // Long names are not kept: the window's size does not depend on them.
+        let long = "n".repeat(100_000);
+        assert!(seen.first_time(&long, 1));
+        assert!(!seen.first_time(&long, 1));
+        assert!(seen.first_time(&long[1..], 1));
+        let _: &VecDeque<(u64, u64)> = &seen.order;
     }
 
     #[test]
