@@ -50,11 +50,18 @@ impl PyContacts {
         self.c.blocked.clone()
     }
 
-    fn __repr__(&self) -> String {
-        format!(
-            "Contacts(version={}, accepted={:?}, incoming={:?}, outgoing={:?}, blocked={:?})",
-            self.c.version, self.c.accepted, self.c.incoming, self.c.outgoing, self.c.blocked
-        )
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let list = |v: &Vec<String>| -> PyResult<String> {
+            Ok(pyo3::types::PyList::new(py, v)?.repr()?.to_string())
+        };
+        Ok(format!(
+            "Contacts(version={}, accepted={}, incoming={}, outgoing={}, blocked={})",
+            self.c.version,
+            list(&self.c.accepted)?,
+            list(&self.c.incoming)?,
+            list(&self.c.outgoing)?,
+            list(&self.c.blocked)?
+        ))
     }
 }
 

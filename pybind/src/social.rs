@@ -72,11 +72,19 @@ impl PyRoomInfo {
         self.i.join_code.as_deref()
     }
 
-    fn __repr__(&self) -> String {
-        format!(
-            "RoomInfo(name={:?}, owner={:?}, members={:?}, created_us={}, join_code={:?})",
-            self.i.name, self.i.owner, self.i.members, self.i.created_us, self.i.join_code
-        )
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let join_code = match &self.i.join_code {
+            Some(c) => PyString::new(py, c).repr()?.to_string(),
+            None => "None".to_owned(),
+        };
+        Ok(format!(
+            "RoomInfo(name={}, owner={}, members={}, created_us={}, join_code={})",
+            PyString::new(py, &self.i.name).repr()?,
+            PyString::new(py, &self.i.owner).repr()?,
+            pyo3::types::PyList::new(py, &self.i.members)?.repr()?,
+            self.i.created_us,
+            join_code
+        ))
     }
 }
 
