@@ -969,6 +969,8 @@ impl PyClient {
 
     /// Sends every payload (bytes) of the iterable `payloads` to `to`, in order
     /// (fire and forget); faster than a send() loop. Returns how many were queued.
+    /// An item that is not bytes is a TypeError (an exception of the iterable is
+    /// raised as is) once every item before it is queued; none after it is.
     /// Waits for room in the send buffer without the GIL in slices, checking for
     /// signals (Ctrl-C) in between; errors as for send().
     fn send_many(
@@ -997,8 +999,24 @@ impl PyClient {
             chunk.clear();
             Ok(())
         };
-        for p in payloads.try_iter()? {
-            chunk.push(p?.extract::<PyBackedBytes>()?);
+        // An item that is not bytes (or the iterable raising) ends it: the items
+        // before it are all queued (the chunk converted so far too), none after.
+        for (index, p) in payloads.try_iter()?.enumerate() {
+            let item = p.and_then(|p| {
+                p.extract::<PyBackedBytes>().map_err(|e| {
+                    PyTypeError::new_err(format!(
+                        "send_many: payloads[{index}] is not bytes ({}); the {index} before it were queued",
+                        PyErr::from(e).value(py)
+                    ))
+                })
+            });
+            match item {
+                Ok(b) => chunk.push(b),
+                Err(e) => {
+                    flush(&mut chunk)?;
+                    return Err(e);
+                }
+            }
             if chunk.len() == CHUNK {
                 flush(&mut chunk)?;
             }

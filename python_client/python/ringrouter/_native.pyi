@@ -409,7 +409,10 @@ class Client:
         :class:`KeyboardInterrupt`; what was queued before stays queued).
         ``to`` must not be empty (:class:`ValueError`); a payload too large for the
         router's frame raises :class:`RouterError` ``"TOO_LARGE"`` (see
-        :meth:`send`) and neither it nor the ones after it are sent.
+        :meth:`send`) and neither it nor the ones after it are sent. Likewise an
+        item that is not bytes raises :class:`TypeError` (an exception the iterable
+        raises is raised as is) once every payload before it is queued, and none
+        after it is sent.
         """
     def send_room(
         self, room: str, payload: bytes, *, wait: bool = False, ephemeral: bool = False
