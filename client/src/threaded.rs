@@ -32,10 +32,10 @@
 //! not acknowledged that much. When the connection drops (EOF, error, a router Error
 //! that closes it), the reader thread reconnects with exponential backoff (it waits
 //! 20 ms doubling to 2 s before each attempt, and gives up `reconnect_for` after the
-//! drop; both carry over to the next drop unless the connection stayed up 2 s
-//! — a connection that delivered messages restarts the give-up
-//! clock only — so a router that takes each login and drops it at once gets a few
-//! logins a second, and the client closed in the end), logs in with the resume token, and the
+//! drop; both carry over to the next drop unless the connection stayed up 2 s or
+//! made progress (delivered a message, the router took a Send), so a router that takes
+//! each login and drops it at once gets a few logins a second, and the client closed
+//! in the end), logs in with the resume token, and the
 //! writer sends again every kept Send the router did not take. Messages received and
 //! not yet handed out are dropped (the router gives them back: they were not acked),
 //! and [`ThreadedClient::recv`] never hands out the same (sender, msg_id) twice (the
@@ -155,12 +155,10 @@ impl Retry {
         }
     }
 
-    /// A connection that was up `up` (and delivered messages, or not) dropped.
-    fn dropped(&mut self, up: Duration, delivered: bool) {
-        if up >= STABLE_CONNECTION {
+    /// A connection that was up `up` (and made progress, or not) dropped.
+    fn dropped(&mut self, up: Duration, progress: bool) {
+        if up >= STABLE_CONNECTION || progress {
             *self = Retry::new();
-        } else if delivered {
-            self.give_up = None;
         }
     }
 
@@ -1526,7 +1524,7 @@ fn reader_loop(inner: &Inner, mut stream: TcpStream, mut rbuf: BytesMut, mut wir
     let mut retry = Retry::new();
     let why = loop {
         let up_since = Instant::now();
-        let mut delivered = false;
+        let mut progress = false;
         let why = read_connection(
             inner,
             &stream,
@@ -1534,13 +1532,13 @@ fn reader_loop(inner: &Inner, mut stream: TcpStream, mut rbuf: BytesMut, mut wir
             &mut wire,
             &mut scratch,
             &mut batch,
-            &mut delivered,
+            &mut progress,
         );
         let Some(rc) = &inner.reconnect else {
             break why;
         };
         let _ = stream.shutdown(Shutdown::Both);
-        retry.dropped(up_since.elapsed(), delivered);
+        retry.dropped(up_since.elapsed(), progress);
         match reconnect(inner, rc, &mut retry) {
             Some((s, r, w)) => {
                 stream = s;
@@ -1561,7 +1559,7 @@ fn read_connection(
     wire: &mut Option<WireRx>,
     scratch: &mut [u8],
     batch: &mut Vec<Event>,
-    delivered: &mut bool,
+    progress: &mut bool,
 ) -> End {
     // A read timeout is set while an Error is held (see `In::held`).
     let mut timed = false;
@@ -1570,12 +1568,13 @@ fn read_connection(
         let mut protocol_error = None;
         loop {
             match next_frame(rbuf, inner.max_frame_bytes) {
-                Ok(Some(body)) => {
-                    if let Err(e) = handle_frame(inner, body, batch) {
+                Ok(Some(body)) => match handle_frame(inner, body, batch) {
+                    Ok(acked) => *progress |= acked,
+                    Err(e) => {
                         protocol_error = Some(e);
                         break;
                     }
-                }
+                },
                 Ok(None) => break,
                 Err(e) => {
                     protocol_error = Some(e.to_string());
@@ -1584,7 +1583,7 @@ fn read_connection(
             }
         }
         if !batch.is_empty() {
-            *delivered = *delivered || batch.iter().any(|ev| matches!(ev, Event::Message(_)));
+            *progress = *progress || batch.iter().any(|ev| matches!(ev, Event::Message(_)));
             dispatch(inner, batch);
         }
         if let Some(e) = protocol_error {
@@ -1723,7 +1722,13 @@ fn reconnect(
         let mut again = BytesMut::new();
         if let Some(r) = o.resend.as_mut() {
             if info.resumed {
+                let kept = r.frames.len();
                 r.ack(info.client_seq_acked);
+                if r.frames.len() < kept {
+                    // The router took Sends of the connection before (the cut came
+                    // before its SendAck): that was progress.
+                    *retry = Retry::new();
+                }
             }
             for (_, f) in &r.frames {
                 again.extend_from_slice(f);
@@ -1873,8 +1878,9 @@ fn dispatch(inner: &Inner, batch: &mut Vec<Event>) {
 }
 
 /// Decodes one frame into `batch` (an event, or an answer to a request), or
-/// queues the Pong a Ping asks for.
-fn handle_frame(inner: &Inner, body: Bytes, batch: &mut Vec<Event>) -> Result<(), String> {
+/// queues the Pong a Ping asks for. True: a SendAck acknowledged kept Sends.
+fn handle_frame(inner: &Inner, body: Bytes, batch: &mut Vec<Event>) -> Result<bool, String> {
+    let mut acked = false;
     let decoded = core::decode(body).map_err(|e| match e {
         ClientError::Protocol(detail) => detail,
         e => e.to_string(),
@@ -1902,7 +1908,9 @@ fn handle_frame(inner: &Inner, body: Bytes, batch: &mut Vec<Event>) -> Result<()
         Inbound::SendAck(client_seq) => {
             let mut g = lock(&inner.out);
             if let Some(r) = g.resend.as_mut() {
+                let kept = r.frames.len();
                 r.ack(client_seq);
+                acked = r.frames.len() < kept;
             }
             if g.waiters > 0 {
                 inner.space_cv.notify_all();
@@ -1911,7 +1919,7 @@ fn handle_frame(inner: &Inner, body: Bytes, batch: &mut Vec<Event>) -> Result<()
         // A stray LoginResult; an empty frame.
         Inbound::Login(_) | Inbound::Nothing => {}
     }
-    Ok(())
+    Ok(acked)
 }
 
 #[cfg(test)]
@@ -2721,11 +2729,15 @@ mod tests {
             None,
             "gave up a minute after the first drop"
         );
-        // Something delivered: a new minute, the same backoff.
+        // Progress (a message, a Send acknowledged): everything from the start.
         r.dropped(Duration::from_millis(10), true);
-        assert_eq!(r.next(t0 + minute, minute), Some(MAX_BACKOFF));
+        assert_eq!(r.next(t0 + minute, minute), Some(FIRST_BACKOFF));
+        assert_eq!(
+            r.next(t0 + minute * 2 - Duration::from_millis(1), minute),
+            Some(FIRST_BACKOFF * 2)
+        );
         assert_eq!(r.next(t0 + minute * 2, minute), None);
-        // Up 2 s: everything from the start.
+        // Up 2 s: likewise.
         r.dropped(STABLE_CONNECTION, false);
         assert_eq!(r.next(t0 + minute * 2, minute), Some(FIRST_BACKOFF));
     }
