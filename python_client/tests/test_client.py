@@ -291,3 +291,15 @@ def test_send_from_one_thread_recv_in_another(connect, user) -> None:
         b.send(a_name, b"pong %d" % i)
     t.join(T)
     assert got == [b"pong %d" % i for i in range(100)]
+
+
+def test_send_many_stops_at_an_item_that_is_not_bytes(connect, user) -> None:
+    # Everything before the bad item is queued (over a chunk of 4 096), nothing after.
+    a_name, b_name = user("a"), user("b")
+    a, b = connect(a_name), connect(b_name)
+    payloads = [b"m%d" % i for i in range(5000)]
+    with pytest.raises(TypeError, match=r"payloads\[5000\].*5000 before it were queued"):
+        a.send_many(b_name, [*payloads, "not bytes", b"after"])  # type: ignore[list-item]
+    assert a.flush(timeout=T)
+    assert [m.payload for m in recv_n(b, len(payloads), timeout=30)] == payloads
+    assert b.recv(timeout=0.5) is None

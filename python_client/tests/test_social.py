@@ -102,6 +102,13 @@ def test_room_info_and_create_with_members(connect, user) -> None:
     assert info.members == sorted([a_name, b_name, c_name])
     assert abs(info.created_us / 1e6 - time.time()) < 60
     assert bob.room_info(room).join_code is None
+    # Python's repr of each field: it evaluates back to the same values.
+    members = sorted([a_name, b_name, c_name])
+    assert repr(info) == (
+        f"RoomInfo(name={room!r}, owner={a_name!r}, members={members!r}, "
+        f"created_us={info.created_us}, join_code={code!r})"
+    )
+    assert repr(bob.room_info(room)).endswith(", join_code=None)")
     # carol was offline: her "joined" waited for her.
     carol = connect(c_name)
     wait_event(carol, "joined", room, c_name)
