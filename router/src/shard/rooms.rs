@@ -652,8 +652,13 @@ impl Shard {
     pub(crate) fn admit_own(&mut self, mut req: RoomReq) {
         let max = self.cfg.max_rooms_per_user;
         let (user, room) = (req.user.clone(), req.op.key().to_owned());
-        self.store_req(
-            |st, cb| st.own_rooms(&user, &room, cb),
+        // The count scans every membership of the user (up to 2 000 keys): at the
+        // page-read gate in the user's turn. As plain store requests, 128 users in 1 000
+        // rooms each looping JoinRooms held others' ListRooms 17-19 ms (p50).
+        let turn = Bytes::from(user.clone().into_bytes());
+        self.read_in_turn(
+            turn,
+            move |st, cb| st.own_rooms(&user, &room, cb),
             move |sh, r| match r {
                 // Joining a room one is in already is answered by the room (OK): `None`.
                 Ok(Some(own)) if own >= max => {
@@ -1304,8 +1309,10 @@ impl Shard {
         let key = Bytes::copy_from_slice(req.op.key().as_bytes());
         let max = self.cfg.max_rooms_per_user;
         let (u, room) = (user.clone(), req.op.key().to_owned());
-        self.store_req(
-            |st, cb| st.own_rooms(&u, &room, cb),
+        // (At the page-read gate, in the user's turn: see `admit_own`.)
+        self.read_in_turn(
+            Bytes::from(user.clone().into_bytes()),
+            move |st, cb| st.own_rooms(&u, &room, cb),
             move |sh, r| match r {
                 Ok(Some(own)) if own >= max => {
                     let reason = format!("{user} is in {own} rooms, the limit is {max}");
