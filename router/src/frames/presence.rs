@@ -2,7 +2,8 @@
 //!
 //! Statuses: BAD_REQUEST (an unknown status, a text over `--max-presence-text-bytes`),
 //! FORBIDDEN (GetPresence of a user who is not an accepted contact: strangers learn
-//! nothing, not even whether the user exists), UNAVAILABLE (the store failed).
+//! nothing, not even whether the user exists), UNAVAILABLE (the store failed),
+//! RATE_LIMITED (past [`PRESENCE_READS_WAITING_MAX`] reads of the asker's waiting).
 
 use ringrouter_proto::reply;
 use ringrouter_proto::v1::{GetPresence, PresenceStatus, SetPresence};
@@ -12,6 +13,17 @@ use crate::shard::{SessionKey, Shard};
 use bytes::Bytes;
 
 use crate::store::contacts::{ContactRecord, ContactState};
+
+/// GetPresence reads of offline contacts' lists one asker may have waiting at the
+/// page-read gate of one shard; past it, or past [`PAGE_READS_WAITING_MAX`] reads
+/// waiting there in all, RATE_LIMITED. A session that ends leaves its reads waiting
+/// there (they belong to no session of that shard); its user's live sessions keep at
+/// most 16 each in flight.
+pub const PRESENCE_READS_WAITING_MAX: usize = 256;
+
+/// Page reads a shard's gate may hold waiting in all before GetPresence reads (which
+/// no session of the shard bounds) are refused.
+pub const PAGE_READS_WAITING_MAX: usize = 65_536;
 
 impl Shard {
     /// A SetPresence from session `key`.
@@ -95,9 +107,25 @@ impl Shard {
                 // contacts with lists of 5 000 held others' logins 183 ms (p50) and
                 // their ListRooms 310-370 ms: no gate held them, and the loads evicted
                 // each other from the cache of idle lists.
+                // Waiting here, the read belongs to no session of this shard: an asker
+                // reconnecting in a loop could queue them without bound.
+                let turn = Bytes::from(asker.clone().into_bytes());
+                if sh.page_reads.waiting_of(&turn) >= PRESENCE_READS_WAITING_MAX
+                    || sh.page_reads.waiting() >= PAGE_READS_WAITING_MAX
+                {
+                    sh.counters.reject(Status::RateLimited);
+                    let f = reply::presence_result(
+                        request_id,
+                        Status::RateLimited,
+                        "too many presence requests of offline contacts waiting",
+                        None,
+                    );
+                    sh.send_answer(id, f, inflight);
+                    return;
+                }
                 let (t, max_blockers) = (target.clone(), sh.cfg.max_loaded_blockers);
                 sh.read_in_turn(
-                    Bytes::from(asker.clone().into_bytes()),
+                    turn,
                     move |st, cb| st.get_contacts(&t, max_blockers, cb),
                     move |sh: &mut Shard, r| {
                         let f = match r {

@@ -608,7 +608,27 @@ pub struct PageReads {
     spent: NameMap<Bytes, Spent>,
     /// What the reads in the store's queue were guessed to cost, in µs.
     in_store_us: f64,
+    /// Reads issued from the waiting ones (every [`ROUND_ROBIN_EVERY`]th is the turn
+    /// order's, whatever the costs).
+    picks: u32,
+    /// `spent`'s size after its last trim: it is trimmed again at twice that (and at
+    /// least at [`SPENT_KEPT`]).
+    trimmed_to: usize,
 }
+
+/// Every this many reads issued from those waiting, one goes to the user first in turn
+/// order, whatever what it spent: a user whose reads cost more still waits for at most
+/// this many reads per user ahead of it (names the gate never charged, new logins, come
+/// first otherwise).
+pub const ROUND_ROBIN_EVERY: u32 = 4;
+
+/// The least a read is charged when made (µs): a name never charged is taken to have
+/// spent this much now.
+const READ_FLOOR_US: f64 = 20.0;
+
+/// Costs within a factor of 2^this count as equal when the next turn is chosen (the
+/// turn order decides between them).
+const COST_TIE_LOG2: f64 = 1.0;
 
 /// Microseconds of the storage thread that a gate's reads in the store's queue may be
 /// guessed to cost together, past the first (see [`PageReads::may_issue`]): reads of 13
@@ -627,6 +647,8 @@ struct Spent {
     last_us: f64,
     /// [`Spent::order_key`] as of the last change.
     key: f64,
+    /// Its reads in the store's queue (kept through a trim while any are).
+    in_store: u32,
 }
 
 impl Spent {
@@ -637,16 +659,16 @@ impl Spent {
 
     /// A key that orders users as what they spent does at any one time, without a
     /// power a user: log2 of it as of [`spent_epoch`] (decay halves every user's alike).
+    /// A cost under [`READ_FLOOR_US`] counts as that.
     fn order_key(&self) -> f64 {
-        if self.us <= 0.0 {
-            return f64::NEG_INFINITY;
-        }
-        let since = self
-            .at
-            .saturating_duration_since(spent_epoch())
-            .as_secs_f64();
-        self.us.log2() + since / SPENT_HALF_LIFE.as_secs_f64()
+        key_at(self.us, self.at)
     }
+}
+
+/// [`Spent::order_key`] of `us` spent as of `at`.
+fn key_at(us: f64, at: Instant) -> f64 {
+    let since = at.saturating_duration_since(spent_epoch()).as_secs_f64();
+    us.max(READ_FLOOR_US).log2() + since / SPENT_HALF_LIFE.as_secs_f64()
 }
 
 /// The time [`Spent::order_key`] counts from (the first use).
@@ -703,20 +725,39 @@ impl PageReads {
         self.spent.get(user).map_or(0.0, |s| s.now(now))
     }
 
-    /// A read of `user`'s is made: charged what its last one cost, which is returned
-    /// (to be corrected with [`PageReads::charged`] once answered).
+    /// A read of `user`'s is made: charged what its last one cost (at least
+    /// [`READ_FLOOR_US`]), which is returned (to be corrected with
+    /// [`PageReads::charged`] once answered).
     fn charge_guess(&mut self, user: &Bytes, now: Instant) -> f64 {
-        let guess = self.spent.get(user).map_or(0.0, |s| s.last_us);
+        let guess = self.guess_of(user);
         self.add(user, guess, now);
+        if let Some(s) = self.spent.get_mut(user) {
+            s.in_store += 1;
+        }
         guess
     }
 
-    /// A read of `user`'s that was charged `guess` took `cost` of the storage thread.
-    fn charged(&mut self, user: &Bytes, guess: f64, cost: Duration, now: Instant) {
-        let us = cost.as_secs_f64() * 1e6;
-        self.add(user, us - guess, now);
-        if let Some(s) = self.spent.get_mut(user) {
-            s.last_us = us;
+    /// A read of `user`'s that was charged `guess` when made at `issued` took `cost` of
+    /// the storage thread: the guess, decayed since, is taken back and the cost put in.
+    fn charged(&mut self, user: &Bytes, guess: f64, issued: Instant, cost: Duration, now: Instant) {
+        let us = (cost.as_secs_f64() * 1e6).max(READ_FLOOR_US);
+        match self.spent.get_mut(user) {
+            Some(s) => {
+                let age = now.saturating_duration_since(issued).as_secs_f64();
+                let back = guess * 0.5f64.powf(age / SPENT_HALF_LIFE.as_secs_f64());
+                s.us = (s.now(now) + us - back).max(0.0);
+                s.at = now;
+                s.key = s.order_key();
+                s.in_store = s.in_store.saturating_sub(1);
+                s.last_us = us;
+            }
+            // (Trimmed meanwhile, with its guess.)
+            None => {
+                self.add(user, us, now);
+                if let Some(s) = self.spent.get_mut(user) {
+                    s.last_us = us;
+                }
+            }
         }
     }
 
@@ -727,27 +768,34 @@ impl PageReads {
             s.key = s.order_key();
             return;
         }
-        if self.spent.len() >= SPENT_KEPT {
+        if self.spent.len() >= SPENT_KEPT.max(2 * self.trimmed_to) {
             let waiting = &self.waiting;
-            self.spent
-                .retain(|u, s| s.now(now) >= 1.0 || waiting.contains_key(u));
+            self.spent.retain(|u, s| {
+                s.in_store > 0 || waiting.contains_key(u) || s.now(now) >= READ_FLOOR_US
+            });
             if self.spent.len() >= SPENT_KEPT {
-                self.spent.retain(|u, _| waiting.contains_key(u));
+                self.spent
+                    .retain(|u, s| s.in_store > 0 || waiting.contains_key(u));
             }
+            self.trimmed_to = self.spent.len();
         }
         let mut s = Spent {
             us: us.max(0.0),
             at: now,
             last_us: 0.0,
             key: 0.0,
+            in_store: 0,
         };
         s.key = s.order_key();
         self.spent.insert(user.clone(), s);
     }
 
-    /// What a read of `user`'s is guessed to cost (what its last one did), in µs.
+    /// What a read of `user`'s is guessed to cost (what its last one did, at least
+    /// [`READ_FLOOR_US`]), in µs.
     fn guess_of(&self, user: &Bytes) -> f64 {
-        self.spent.get(user).map_or(0.0, |s| s.last_us)
+        self.spent
+            .get(user)
+            .map_or(READ_FLOOR_US, |s| s.last_us.max(READ_FLOOR_US))
     }
 
     /// Whether a read guessed to cost `guess` µs may go to the store now: one may when
@@ -759,20 +807,26 @@ impl PageReads {
     }
 
     /// Where in `turns` the next read's user is: the waiting user whose reads cost least
-    /// lately (of those, the one whose turn comes first).
+    /// lately (one never charged counts as having spent [`READ_FLOOR_US`] now; of costs
+    /// within [`COST_TIE_LOG2`], the one whose turn comes first); every
+    /// [`ROUND_ROBIN_EVERY`]th, the first.
     fn next_turn(&self) -> Option<usize> {
-        let mut at = None;
+        if self.turns.is_empty() {
+            return None;
+        }
+        if self.picks % ROUND_ROBIN_EVERY == ROUND_ROBIN_EVERY - 1 {
+            return Some(0);
+        }
+        let unknown = key_at(READ_FLOOR_US, Instant::now());
+        let mut at = 0;
         let mut least = f64::INFINITY;
         for (i, u) in self.turns.iter().enumerate() {
-            let k = self.spent.get(u).map_or(f64::NEG_INFINITY, |s| s.key);
-            if k < least || at.is_none() {
-                (at, least) = (Some(i), k);
-                if k == f64::NEG_INFINITY {
-                    break;
-                }
+            let k = self.spent.get(u).map_or(unknown, |s| s.key);
+            if k < least - COST_TIE_LOG2 {
+                (at, least) = (i, k);
             }
         }
-        at
+        Some(at)
     }
 
     /// The next read (see [`PageReads::next_turn`]).
@@ -785,6 +839,7 @@ impl PageReads {
     /// The oldest read of the user at `at` in `turns`.
     fn pop_at(&mut self, at: usize) -> Option<WaitingRead> {
         let user = self.turns.remove(at)?;
+        self.picks = self.picks.wrapping_add(1);
         let q = self.waiting.get_mut(&user)?;
         let w = q.pop_front();
         if q.is_empty() {
@@ -921,7 +976,8 @@ impl Shard {
         let issue = move |sh: &mut Shard| {
             let g = sh.gate(gate).0;
             g.in_store += 1;
-            let guess = g.charge_guess(&turn, Instant::now());
+            let issued = Instant::now();
+            let guess = g.charge_guess(&turn, issued);
             g.in_store_us += guess;
             // The answer comes with what it cost the storage thread (read there).
             let costed =
@@ -938,7 +994,7 @@ impl Shard {
                 };
                 let g = sh.gate(gate).0;
                 g.in_store_us = (g.in_store_us - guess).max(0.0);
-                g.charged(&turn, guess, cost, Instant::now());
+                g.charged(&turn, guess, issued, cost, Instant::now());
                 then(sh, r);
                 sh.gate_done(gate);
             });
@@ -1013,8 +1069,12 @@ mod tests {
         }
     }
 
-    /// The user whose reads cost the storage thread least lately goes first; equals take
-    /// turns in order; what a user spent halves every half-life.
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1.0
+    }
+
+    /// The user whose reads cost the storage thread least lately goes first (one never
+    /// charged counts as the floor); what a user spent halves every half-life.
     #[test]
     fn the_user_whose_reads_cost_least_lately_goes_first() {
         let (heavy, light, other) = (
@@ -1026,16 +1086,16 @@ mod tests {
         let t0 = Instant::now();
         // `heavy` made a read of 13 ms; its next read is charged that when made.
         let guess = g.charge_guess(&heavy, t0);
-        assert_eq!(guess, 0.0);
-        g.charged(&heavy, guess, Duration::from_millis(13), t0);
+        assert_eq!(guess, READ_FLOOR_US);
+        g.charged(&heavy, guess, t0, Duration::from_millis(13), t0);
+        assert!(close(g.spent_now(&heavy, t0), 13_000.0));
         assert_eq!(g.charge_guess(&heavy, t0), 13_000.0);
-        assert!((g.spent_now(&heavy, t0) - 26_000.0).abs() < 1.0);
-        let later = t0 + SPENT_HALF_LIFE;
-        assert!((g.spent_now(&heavy, later) - 13_000.0).abs() < 1.0);
+        assert!(close(g.spent_now(&heavy, t0), 26_000.0));
+        assert!(close(g.spent_now(&heavy, t0 + SPENT_HALF_LIFE), 13_000.0));
         // Answered at 1 ms: the guess is taken back, the cost put in its place.
-        g.charged(&heavy, 13_000.0, Duration::from_millis(1), t0);
-        assert!((g.spent_now(&heavy, t0) - 14_000.0).abs() < 1.0);
-        g.charged(&light, 0.0, Duration::from_micros(200), t0);
+        g.charged(&heavy, 13_000.0, t0, Duration::from_millis(1), t0);
+        assert!(close(g.spent_now(&heavy, t0), 14_000.0));
+        g.charged(&light, 0.0, t0, Duration::from_micros(200), t0);
         // Queued first, `heavy` still waits behind the two others.
         g.push(heavy.clone(), read());
         g.push(heavy.clone(), read());
@@ -1050,6 +1110,29 @@ mod tests {
         assert_eq!(g.waiting(), 0);
     }
 
+    /// Every ROUND_ROBIN_EVERY-th read goes to the user first in turn order, however
+    /// much it spent: names never charged cannot hold it back for ever.
+    #[test]
+    fn the_first_in_turn_order_goes_every_few_reads_whatever_it_spent() {
+        let mut g = PageReads::default();
+        let now = Instant::now();
+        let heavy = Bytes::from_static(b"heavy");
+        g.charged(&heavy, 0.0, now, Duration::from_millis(50), now);
+        for _ in 0..4 {
+            g.push(heavy.clone(), read());
+        }
+        let fresh: Vec<Bytes> = (0..8).map(|i| Bytes::from(format!("new{i}"))).collect();
+        for f in &fresh {
+            g.push(f.clone(), read());
+        }
+        for _ in 0..ROUND_ROBIN_EVERY - 1 {
+            assert!(g.pop().is_some());
+            assert_eq!(g.waiting_of(&heavy), 4, "the cheaper ones first");
+        }
+        assert!(g.pop().is_some());
+        assert_eq!(g.waiting_of(&heavy), 3, "then the first in turn order");
+    }
+
     /// Past the first, reads go to the store while what those there are guessed to cost
     /// stays within the budget.
     #[test]
@@ -1057,8 +1140,8 @@ mod tests {
         let mut g = PageReads::default();
         let now = Instant::now();
         let (heavy, light) = (Bytes::from_static(b"heavy"), Bytes::from_static(b"light"));
-        g.charged(&heavy, 0.0, Duration::from_millis(13), now);
-        g.charged(&light, 0.0, Duration::from_micros(300), now);
+        g.charged(&heavy, 0.0, now, Duration::from_millis(13), now);
+        g.charged(&light, 0.0, now, Duration::from_micros(300), now);
         assert!(g.may_issue(g.guess_of(&heavy), 4), "the first always may");
         g.in_store = 1;
         g.in_store_us = g.guess_of(&heavy);
@@ -1069,22 +1152,28 @@ mod tests {
         assert!(!g.may_issue(0.0, 4), "never past the bound");
     }
 
-    /// Costs charged at different times compare as they stand now: 10 ms two seconds ago
-    /// counts as 5.
+    /// The guess taken back when a read is answered is the guess as decayed since: the
+    /// user ends up charged what it spent before, decayed, plus the read's cost.
     #[test]
-    fn older_costs_count_for_less() {
+    fn the_guess_taken_back_is_decayed_like_the_rest() {
+        let mut g = PageReads::default();
+        let u = Bytes::from_static(b"u");
         let t0 = Instant::now();
-        for (b_ms, first) in [(4, "b"), (6, "a")] {
-            let mut g = PageReads::default();
-            let (a, b) = (Bytes::from_static(b"a"), Bytes::from_static(b"b"));
-            g.charged(&a, 0.0, Duration::from_millis(10), t0);
-            g.charged(&b, 0.0, Duration::from_millis(b_ms), t0 + SPENT_HALF_LIFE);
-            g.push(a.clone(), read());
-            g.push(b.clone(), read());
-            assert!(g.pop().is_some());
-            let went = if g.waiting_of(&a) == 0 { "a" } else { "b" };
-            assert_eq!(went, first, "b charged {b_ms} ms");
-        }
+        g.charged(&u, 0.0, t0, Duration::from_millis(13), t0);
+        let t1 = t0 + 2 * SPENT_HALF_LIFE;
+        let guess = g.charge_guess(&u, t1);
+        assert!(close(g.spent_now(&u, t1), 3_250.0 + 13_000.0));
+        g.charged(
+            &u,
+            guess,
+            t1,
+            Duration::from_millis(13),
+            t1 + SPENT_HALF_LIFE,
+        );
+        assert!(close(
+            g.spent_now(&u, t1 + SPENT_HALF_LIFE),
+            1_625.0 + 13_000.0
+        ));
     }
 
     /// Users never charged keep the turn order of before.
@@ -1102,15 +1191,42 @@ mod tests {
         assert_eq!(order, [(1, 1), (1, 0), (0, 0)]);
     }
 
-    /// What a gate keeps of users' costs stays bounded.
+    /// Costs charged at different times compare as they stand now: 10 ms two seconds ago
+    /// counts as 5 (and 3 ms, within a factor of 2 of it, as a tie: turn order).
     #[test]
-    fn the_costs_kept_are_bounded() {
+    fn older_costs_count_for_less() {
+        let t0 = Instant::now();
+        // Without the decay, 10 ms against 3: `b` would go first.
+        for (b_ms, first) in [(2, "b"), (3, "a")] {
+            let mut g = PageReads::default();
+            let (a, b) = (Bytes::from_static(b"a"), Bytes::from_static(b"b"));
+            g.charged(&a, 0.0, t0, Duration::from_millis(10), t0);
+            let t1 = t0 + SPENT_HALF_LIFE;
+            g.charged(&b, 0.0, t1, Duration::from_millis(b_ms), t1);
+            g.push(a.clone(), read());
+            g.push(b.clone(), read());
+            assert!(g.pop().is_some());
+            let went = if g.waiting_of(&a) == 0 { "a" } else { "b" };
+            assert_eq!(went, first, "b charged {b_ms} ms");
+        }
+    }
+
+    /// What a gate keeps of users' costs stays bounded, but never drops a user with a
+    /// read in the store (its guess is taken back from what it was charged).
+    #[test]
+    fn the_costs_kept_are_bounded_but_for_reads_in_the_store() {
         let mut g = PageReads::default();
         let now = Instant::now();
+        let busy = Bytes::from_static(b"busy");
+        g.charged(&busy, 0.0, now, Duration::from_millis(13), now);
+        let guess = g.charge_guess(&busy, now);
         for i in 0..3 * SPENT_KEPT {
             let u = Bytes::from(format!("u{i}"));
-            g.charged(&u, 0.0, Duration::from_millis(5), now);
+            g.charged(&u, 0.0, now, Duration::from_millis(5), now);
         }
         assert!(g.spent.len() <= SPENT_KEPT);
+        assert!(close(g.spent_now(&busy, now), 26_000.0), "kept");
+        g.charged(&busy, guess, now, Duration::from_millis(13), now);
+        assert!(close(g.spent_now(&busy, now), 26_000.0));
     }
 }

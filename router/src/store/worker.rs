@@ -372,13 +372,16 @@ pub(crate) const SWEEP_FORGET_FOR_TESTS: usize = SWEEP_FORGET;
 thread_local! {
     /// When the request [`Worker::handle`] runs began (none outside it).
     static HANDLING_SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Time spent committing during that handling (not the request's own cost).
+    static COMMITTED: Cell<Duration> = const { Cell::new(Duration::ZERO) };
     /// While an answer's callback runs: how long its request's `handle` had run when
     /// the answer was made (see [`answer_cost`]).
     static ANSWER_COST: Cell<Duration> = const { Cell::new(Duration::ZERO) };
 }
 
 /// Called from a store answer's callback (on the storage thread): the storage thread's
-/// time its request took, from the start of its handling to its answer (zero for an
+/// time its request took, from the start of its handling to its answer, less what it
+/// spent committing the round's writes (zero for an
 /// answer made outside a request's handling, such as a password hash's). What the shards'
 /// gates charge the user whose read it was (`PageReads`).
 pub fn answer_cost() -> Duration {
@@ -732,9 +735,9 @@ impl Worker {
         if wrote {
             self.round_wrote = true;
         }
-        let cost = HANDLING_SINCE
-            .with(Cell::get)
-            .map_or(Duration::ZERO, |t| t.elapsed());
+        let cost = HANDLING_SINCE.with(Cell::get).map_or(Duration::ZERO, |t| {
+            t.elapsed().saturating_sub(COMMITTED.with(Cell::get))
+        });
         self.deferred
             .push(Box::new(move |err: Option<&StoreError>| {
                 ANSWER_COST.with(|c| c.set(cost));
@@ -746,8 +749,20 @@ impl Worker {
             }));
     }
 
-    /// Commits pending writes as one batch (handed to the OS, no fsync).
+    /// Commits pending writes as one batch (handed to the OS, no fsync). Inside a
+    /// request's handling, its time is not the request's (see [`answer_cost`]): a
+    /// read's commit first writes what others' requests left.
     fn commit(&mut self) -> StoreResult<()> {
+        if HANDLING_SINCE.with(Cell::get).is_none() {
+            return self.commit_now();
+        }
+        let t = Instant::now();
+        let r = self.commit_now();
+        COMMITTED.with(|c| c.set(c.get() + t.elapsed()));
+        r
+    }
+
+    fn commit_now(&mut self) -> StoreResult<()> {
         // History log files' live bytes, in the batch of the pointers that changed them.
         for (id, live) in self.dbs.hlog.take_changed() {
             let mut k = vec![FILE_TAG];
@@ -1002,6 +1017,7 @@ impl Worker {
             }
         }
         HANDLING_SINCE.with(|t| t.set(Some(Instant::now())));
+        COMMITTED.with(|c| c.set(Duration::ZERO));
         let _handling = Handling;
         let Some(msg) = self.refused_when_full(msg) else {
             return;
