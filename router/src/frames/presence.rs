@@ -5,13 +5,12 @@
 //! nothing, not even whether the user exists), UNAVAILABLE (the store failed),
 //! RATE_LIMITED (past [`PRESENCE_READS_WAITING_MAX`] reads of the asker's waiting).
 
+use bytes::Bytes;
 use ringrouter_proto::reply;
 use ringrouter_proto::v1::{GetPresence, PresenceStatus, SetPresence};
 use ringrouter_proto::Status;
 
 use crate::shard::{SessionKey, Shard};
-use bytes::Bytes;
-
 use crate::store::contacts::{ContactRecord, ContactState};
 
 /// GetPresence reads of offline contacts' lists one asker may have waiting at the

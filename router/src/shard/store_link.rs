@@ -580,10 +580,12 @@ struct WaitingRead {
 /// all of theirs (a FIFO held it 1.45 s behind 1 024 such sessions). The next turn is
 /// the waiting user's whose reads cost the storage thread least lately (each read is
 /// charged what it took there, [`crate::store::answer_cost`], decaying by half every
-/// [`SPENT_HALF_LIFE`]; ties in turn order): round the users alone, 200 users each
-/// looping a ListUsers scan of 13 ms put everyone else's ListRooms 2.3-3.1 s behind
-/// them (one of each of theirs first); a user whose reads are cheap now goes ahead of
-/// those whose reads are not.
+/// [`SPENT_HALF_LIFE`]; ties in turn order), and every [`ROUND_ROBIN_EVERY`]th is the
+/// first in turn order's: round the users alone, 200 users each looping a ListUsers
+/// scan of 13 ms put everyone else's ListRooms 2.0-2.5 s behind them (one of each of
+/// theirs first); a user whose reads are cheap now goes ahead of those whose reads are
+/// not, and past the first, reads go to the store while their guessed cost stays within
+/// [`IN_STORE_BUDGET_US`] (12-18 ms there).
 ///
 /// A second gate of the same kind takes the deletions whose work grows with what they
 /// delete (DeleteAccount: every conversation of the user and its offline queue;
@@ -604,7 +606,7 @@ pub struct PageReads {
     /// next at once: the loop, not a recursion, issues it).
     issuing: bool,
     /// What the reads of users cost lately (at most [`SPENT_KEPT`] users, and those
-    /// waiting).
+    /// waiting or with reads in the store).
     spent: NameMap<Bytes, Spent>,
     /// What the reads in the store's queue were guessed to cost, in µs.
     in_store_us: f64,
@@ -617,7 +619,7 @@ pub struct PageReads {
 }
 
 /// Every this many reads issued from those waiting, one goes to the user first in turn
-/// order, whatever what it spent: a user whose reads cost more still waits for at most
+/// order, whatever it spent: a user whose reads cost more still waits for at most
 /// this many reads per user ahead of it (names the gate never charged, new logins, come
 /// first otherwise).
 pub const ROUND_ROBIN_EVERY: u32 = 4;
@@ -680,9 +682,11 @@ fn spent_epoch() -> Instant {
 /// How fast what a user's reads cost is forgotten (see [`PageReads`]).
 pub const SPENT_HALF_LIFE: Duration = Duration::from_secs(2);
 
-/// Users whose reads' cost a gate keeps, besides those waiting: past it, those whose
-/// cost decayed under a microsecond go, then all but the waiting (each user is one entry
-/// of ~80 bytes; the names are the live sessions' users and the rooms asked about).
+/// Users whose reads' cost a gate keeps, besides those waiting or with reads in the
+/// store: past it (or twice what the last trim left), those whose cost decayed under
+/// [`READ_FLOOR_US`] go, then all but those (each user is one entry of ~90 bytes; the
+/// names are the live sessions' users, the askers of presence and the rooms asked
+/// about).
 const SPENT_KEPT: usize = 16_384;
 
 impl PageReads {

@@ -381,9 +381,9 @@ thread_local! {
 
 /// Called from a store answer's callback (on the storage thread): the storage thread's
 /// time its request took, from the start of its handling to its answer, less what it
-/// spent committing the round's writes (zero for an
-/// answer made outside a request's handling, such as a password hash's). What the shards'
-/// gates charge the user whose read it was (`PageReads`).
+/// spent committing the round's writes (zero for an answer made outside a request's
+/// handling, such as a password hash's). What the shards' gates charge the user whose
+/// read it was (`PageReads`).
 pub fn answer_cost() -> Duration {
     ANSWER_COST.with(Cell::get)
 }
