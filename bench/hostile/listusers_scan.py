@@ -18,14 +18,10 @@ go = os.environ.get("WAITGO")
 if go:
     while not os.path.exists(go): time.sleep(0.2)
 stop = [False]; n = [0]
-def att(j):
+blk = b"".join(frame(32, {1: i, 2: "*qqqq*", 3: 1000}) for i in range(16))
+for j in range(U):
     s = socket.create_connection((host, int(port))); s.sendall(frame(1, {2: f"lu{j:05d}"}))
-    keep_reading(s, lambda: stop[0])
-    blk = b"".join(frame(32, {1: i, 2: "*qqqq*", 3: 1000}) for i in range(16))
-    while not stop[0]:
-        try: s.sendall(blk); n[0] += 16
-        except Exception as e: print("att", e); return
-for j in range(U): threading.Thread(target=att, args=(j,), daemon=True).start()
+    write_loop(s, blk, 16, n, lambda: stop[0], float("inf"))
 ta = time.time()
 while time.time() - ta < secs:
     time.sleep(3)

@@ -46,16 +46,11 @@ input_ready = os.environ.get("WAITGO")
 if input_ready:
     while not os.path.exists(input_ready): time.sleep(0.2)
 stop = [False]; got = [0]; statuses = {}
-def attacker(j):
+for j in range(S):
     s = socket.create_connection((host, int(port)))
     s.sendall(frame(1, {2: att, 5: f"d{j}"}))
     blk = b"".join(frame(26, {1: i+1, 2: targets[(i*7 + j) % N]}) for i in range(4*N))
-    keep_reading(s, lambda: stop[0])
-    while not stop[0]:
-        try: s.sendall(blk)
-        except Exception as e: print("att", e); return
-ths = [threading.Thread(target=attacker, args=(j,), daemon=True) for j in range(S)]
-for t in ths: t.start()
+    write_loop(s, blk, 4*N, got, lambda: stop[0], float("inf"))
 ta = time.time()
 while time.time() - ta < secs:
     time.sleep(2)

@@ -28,15 +28,9 @@ if not os.environ.get("SKIP_SETUP"):
     print(f"setup done {time.time()-t0:.0f}s rss={rss(pid)/1024:.0f}MiB", flush=True)
 if secs <= 0: sys.exit()
 stop = [False]; sent = [0]
-def att(j):
-    c = Conn(tcp, users[j]); s = c.s
+for j in range(U):
     blk = b"".join(frame(11, {1: i+1, 2: f"nx{j}x{i}"}) for i in range(256))
-    keep_reading(s, lambda: stop[0])
-    while not stop[0]:
-        try: s.sendall(blk); sent[0] += 256
-        except Exception as e: print("att", e); return
-ths = [threading.Thread(target=att, args=(j,), daemon=True) for j in range(U)]
-for t in ths: t.start()
+    write_loop(Conn(tcp, users[j]).s, blk, 256, sent, lambda: stop[0], float("inf"))
 ta = time.time()
 while time.time() - ta < secs:
     time.sleep(2)

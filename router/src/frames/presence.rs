@@ -14,15 +14,11 @@ use crate::shard::{SessionKey, Shard};
 use crate::store::contacts::{ContactRecord, ContactState};
 
 /// GetPresence reads of offline contacts' lists one asker may have waiting at the
-/// page-read gate of one shard; past it, or past [`PAGE_READS_WAITING_MAX`] reads
-/// waiting there in all, RATE_LIMITED. A session that ends leaves its reads waiting
-/// there (they belong to no session of that shard); its user's live sessions keep at
-/// most 16 each in flight.
+/// page-read gate of one shard; past it, or past
+/// [`crate::shard::store_link::PAGE_READS_WAITING_MAX`] reads waiting there in all,
+/// RATE_LIMITED. A session that ends leaves its reads waiting there (they belong to no
+/// session of that shard); its user's live sessions keep at most 16 each in flight.
 pub const PRESENCE_READS_WAITING_MAX: usize = 256;
-
-/// Page reads a shard's gate may hold waiting in all before GetPresence reads (which
-/// no session of the shard bounds) are refused.
-pub const PAGE_READS_WAITING_MAX: usize = 65_536;
 
 impl Shard {
     /// A SetPresence from session `key`.
@@ -109,9 +105,7 @@ impl Shard {
                 // Waiting here, the read belongs to no session of this shard: an asker
                 // reconnecting in a loop could queue them without bound.
                 let turn = Bytes::from(asker.clone().into_bytes());
-                if sh.page_reads.waiting_of(&turn) >= PRESENCE_READS_WAITING_MAX
-                    || sh.page_reads.waiting() >= PAGE_READS_WAITING_MAX
-                {
+                if !sh.page_reads.may_wait(&turn, PRESENCE_READS_WAITING_MAX) {
                     sh.counters.reject(Status::RateLimited);
                     let f = reply::presence_result(
                         request_id,

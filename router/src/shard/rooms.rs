@@ -656,9 +656,7 @@ impl Shard {
         // page-read gate, in a turn of the user's own for it (its room messages queued
         // behind the op do not wait for its page reads). As plain store requests, 128
         // users in 1 000 rooms each looping JoinRooms held others' ListRooms 17-19 ms.
-        let mut turn = b"\0q".to_vec();
-        turn.extend_from_slice(user.as_bytes());
-        let turn = Bytes::from(turn);
+        let turn = super::store_link::side_turn(b"\0q", &user);
         self.read_in_turn(
             turn,
             move |st, cb| st.own_rooms(&user, &room, cb),
@@ -1376,11 +1374,7 @@ impl Shard {
         // as their adder's member checks (a turn of their own: not behind the adder's
         // page reads, while the room waits). One member (an AddMember) is one short
         // read: made at once.
-        let turn = (!one).then(|| {
-            let mut t = b"\0m".to_vec();
-            t.extend_from_slice(req.user.as_bytes());
-            Bytes::from(t)
-        });
+        let turn = (!one).then(|| super::store_link::side_turn(b"\0m", &req.user));
         let submit = move |st: &crate::store::StoreHandle, cb| st.check_members(batch, max, cb);
         let done =
             move |sh: &mut Shard, r: crate::store::StoreResult<Option<MemberProblem>>| match r {

@@ -547,6 +547,19 @@ const API_TURN: &[u8] = b"\0api";
 /// ([`Shard::api_read`]); past them a request is answered 503 at once.
 pub const API_READS_WAITING_MAX: usize = 256;
 
+/// Page reads a gate may hold waiting in all before those that no session of its shard
+/// bounds are refused ([`PageReads::may_wait`]).
+pub const PAGE_READS_WAITING_MAX: usize = 65_536;
+
+/// A turn of `user`'s own at the gate for one kind of its reads, `tag` (a NUL and a
+/// letter: no user name holds a NUL), so they do not wait behind its page reads.
+pub fn side_turn(tag: &[u8], user: &str) -> Bytes {
+    let mut t = Vec::with_capacity(tag.len() + user.len());
+    t.extend_from_slice(tag);
+    t.extend_from_slice(user.as_bytes());
+    Bytes::from(t)
+}
+
 /// A gated request's answer, with what it cost the storage thread.
 struct Costed<T>(StoreResult<T>, Duration);
 
@@ -647,8 +660,6 @@ struct Spent {
     /// What its last read cost: charged when its next read is made (the read's own cost
     /// replaces it once answered), so that reads in the store count before they return.
     last_us: f64,
-    /// [`Spent::order_key`] as of the last change.
-    key: f64,
     /// Its reads in the store's queue (kept through a trim while any are).
     in_store: u32,
 }
@@ -698,6 +709,13 @@ impl PageReads {
     /// Page reads of `name`'s waiting for its turn.
     pub fn waiting_of(&self, name: &Bytes) -> usize {
         self.waiting.get(name).map_or(0, VecDeque::len)
+    }
+
+    /// Whether one more read of `turn`'s that no session of this shard bounds (the HTTP
+    /// API's, a GetPresence from another shard) may wait: fewer than `max` of `turn`'s
+    /// and fewer than [`PAGE_READS_WAITING_MAX`] in all wait now.
+    pub fn may_wait(&self, turn: &Bytes, max: usize) -> bool {
+        self.waiting_of(turn) < max && self.count < PAGE_READS_WAITING_MAX
     }
 
     fn push(&mut self, user: Bytes, w: WaitingRead) {
@@ -751,7 +769,6 @@ impl PageReads {
                 let back = guess * 0.5f64.powf(age / SPENT_HALF_LIFE.as_secs_f64());
                 s.us = (s.now(now) + us - back).max(0.0);
                 s.at = now;
-                s.key = s.order_key();
                 s.in_store = s.in_store.saturating_sub(1);
                 s.last_us = us;
             }
@@ -769,7 +786,6 @@ impl PageReads {
         if let Some(s) = self.spent.get_mut(user) {
             s.us = (s.now(now) + us).max(0.0);
             s.at = now;
-            s.key = s.order_key();
             return;
         }
         if self.spent.len() >= SPENT_KEPT.max(2 * self.trimmed_to) {
@@ -783,14 +799,12 @@ impl PageReads {
             }
             self.trimmed_to = self.spent.len();
         }
-        let mut s = Spent {
+        let s = Spent {
             us: us.max(0.0),
             at: now,
             last_us: 0.0,
-            key: 0.0,
             in_store: 0,
         };
-        s.key = s.order_key();
         self.spent.insert(user.clone(), s);
     }
 
@@ -825,7 +839,7 @@ impl PageReads {
         let mut at = 0;
         let mut least = f64::INFINITY;
         for (i, u) in self.turns.iter().enumerate() {
-            let k = self.spent.get(u).map_or(unknown, |s| s.key);
+            let k = self.spent.get(u).map_or(unknown, Spent::order_key);
             if k < least - COST_TIE_LOG2 {
                 (at, least) = (i, k);
             }
@@ -926,7 +940,7 @@ impl Shard {
         then: impl FnOnce(&mut Shard, StoreResult<T>) + Send + 'static,
     ) -> bool {
         let turn = Bytes::from_static(API_TURN);
-        if self.page_reads.waiting_of(&turn) >= API_READS_WAITING_MAX {
+        if !self.page_reads.may_wait(&turn, API_READS_WAITING_MAX) {
             return false;
         }
         self.read_in_turn(turn, submit, then);
@@ -1178,6 +1192,28 @@ mod tests {
             g.spent_now(&u, t1 + SPENT_HALF_LIFE),
             1_625.0 + 13_000.0
         ));
+    }
+
+    /// Reads no session of the shard bounds may wait up to their turn's bound, and
+    /// while the gate holds fewer than PAGE_READS_WAITING_MAX in all.
+    #[test]
+    fn reads_of_no_session_wait_within_their_bounds() {
+        let mut g = PageReads::default();
+        let (asker, other) = (Bytes::from_static(b"asker"), Bytes::from_static(b"other"));
+        for _ in 0..3 {
+            assert!(g.may_wait(&asker, 3));
+            g.push(asker.clone(), read());
+        }
+        assert!(!g.may_wait(&asker, 3), "past the turn's bound");
+        assert!(g.may_wait(&other, 3));
+        while g.waiting() < PAGE_READS_WAITING_MAX {
+            g.push(other.clone(), read());
+        }
+        assert!(
+            !g.may_wait(&Bytes::from_static(b"new"), 3),
+            "past the gate's"
+        );
+        assert_eq!(side_turn(b"\0q", "bob"), Bytes::from_static(b"\0qbob"));
     }
 
     /// Users never charged keep the turn order of before.
