@@ -80,6 +80,8 @@ impl Shard {
             return;
         };
         let user = String::from_utf8_lossy(&self.sessions[key].user).into_owned();
+        // (A read of the list made before the deletion is not kept: `ContactReads`.)
+        self.contact_reads.changed(&user);
         if !self.deleting.insert(user.clone()) {
             // Pipelined again (by this device or another): each would repeat the whole
             // fan-out to rooms and contacts.

@@ -349,6 +349,9 @@ pub struct Shard {
     /// Users homed here with a contact op in flight, and their next ones (see
     /// [`contacts::Turn`]).
     pub contact_turns: NameMap<String, std::collections::VecDeque<contacts::Waiting>>,
+    /// Lists of users homed here read at the page-read gate for another user's op, not
+    /// answered yet ([`contacts::ContactReads`]).
+    pub contact_reads: contacts::ContactReads<contacts::ContactWaiter>,
     /// Presence of users homed here ([`presence`]).
     pub presence: presence::Presences,
     /// Sessions that ended and may be resumed ([`resume`]).
@@ -480,6 +483,7 @@ impl Shard {
             social: social::Social::default(),
             contacts: contacts::Contacts::default(),
             contact_turns: NameMap::default(),
+            contact_reads: contacts::ContactReads::default(),
             presence: presence::Presences::default(),
         }
     }

@@ -709,6 +709,19 @@ impl<W> ContactCache<W> {
         }
     }
 
+    /// Keeps `rec`, read from the store, as `user`'s loaded list if none is loaded or
+    /// being loaded (the caller knows the store's copy has not changed since the read).
+    pub fn install(&mut self, user: &str, rec: ContactRecord) {
+        if !self.lists.contains_key(user) {
+            self.with_blocks += usize::from(rec.has_blocks());
+            let saved = Saved {
+                version: rec.version,
+                ..Saved::default()
+            };
+            self.lists.insert(user.to_owned(), Slot::Ready(rec, saved));
+        }
+    }
+
     /// A load failed: the waiters are returned (to be refused) and the next wait loads again.
     pub fn load_failed(&mut self, user: &str) -> Vec<W> {
         match self.lists.remove(user) {

@@ -172,9 +172,14 @@ fn slow_consumer_is_cut(shards: usize) {
             other => panic!("unexpected frame for the slow consumer: {other:?}"),
         }
     }
+    // The cut itself is shown by the end of the connection (`read_until_end` fails on
+    // one still open) and by the flooder's RATE_LIMITED (only an offline queue gives it).
+    // What reached the consumer's socket before the cut may be everything that was
+    // sent: on a loaded host the shard can run its slow-consumer check after a stall
+    // before it reaps the write the kernel already took (seen 2 runs in ~20).
     assert!(
-        delivered < sent,
-        "the slow consumer was cut, not drained ({delivered} of {sent})"
+        delivered <= sent,
+        "no more delivered than sent ({delivered} of {sent})"
     );
 
     // The user comes back with a new session: it gets every message that was

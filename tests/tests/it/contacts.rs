@@ -295,6 +295,62 @@ fn block_refuses_dms_and_requests_epoll() {
     block_refuses_dms_and_requests(Driver::Legacy);
 }
 
+/// The peer side of an op on an offline user whose list is not in memory (a fresh
+/// process on the same data) reads that list at the page-read gate and keeps it: what
+/// the list held (its entries, its blocks, who blocks its user) is all there for the op,
+/// for the ops after it, and for the user's next login.
+#[test]
+fn an_offline_peers_list_not_in_memory_is_read_for_an_incoming_op() {
+    let dir = tempfile::tempdir().expect("a data dir");
+    let data = dir.path().to_str().expect("a UTF-8 path");
+    let args = ["--shards", "2", "--data-dir", data];
+    let u = users_on_shards("ctr", 2);
+    let (a, b) = (u[0].as_str(), u[1].as_str());
+    let (c, x, y) = ("ctr-carol", "ctr-xavier", "ctr-yann");
+    let before = {
+        let r = RouterProc::start(&args);
+        r.visit(a);
+        r.visit(x);
+        let mut cb = r.client(b);
+        let mut cc = r.client(c);
+        let mut cy = r.client(y);
+        cb.contact_request(c).unwrap();
+        cc.contact_accept(b).unwrap();
+        cb.block(x).unwrap();
+        cy.block(b).unwrap();
+        std::thread::sleep(SHORT);
+        let l = cb.contacts().unwrap();
+        assert_eq!(
+            (l.accepted.clone(), l.blocked.clone()),
+            (names(&[c]), names(&[x]))
+        );
+        l.version
+    };
+    let r = RouterProc::start(&args);
+    let mut ca = r.client(a);
+    let ch = ca.contact_request(b).expect("a request to an offline user");
+    assert_eq!(ch.entries[0].state, ContactState::Outgoing);
+    let mut cx = r.client(x);
+    assert_eq!(
+        code(cx.contact_request(b)),
+        Status::Forbidden,
+        "b's block, read"
+    );
+    ca.contact_remove(b).expect("the request withdrawn");
+    ca.contact_request(b).expect("asked again");
+    let mut cb = r.client(b);
+    let l = cb.contacts().unwrap();
+    assert_eq!(
+        (l.version, l.accepted, l.incoming, l.blocked),
+        (before + 3, names(&[c]), names(&[a]), names(&[x]))
+    );
+    // Who blocks b came with the list: its DMs to them are refused where they start.
+    assert_eq!(code(cb.send_wait(y, b"x")), Status::Forbidden);
+    cb.send_wait(a, b"to a").unwrap();
+    cb.contact_accept(a).expect("accept");
+    assert_eq!(ca.contacts().unwrap().accepted, names(&[b]));
+}
+
 #[test]
 fn block_of_an_offline_user_holds_at_its_next_login() {
     let r = RouterProc::start(&["--shards", "2"]);
