@@ -361,6 +361,11 @@ pub struct Args {
     /// Largest HTTP request body; past it: 413 and close.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1MiB", help_heading = LIMITS)]
     pub http_max_body_bytes: usize,
+    /// Most bytes of HTTP answers one shard holds not yet written (peers that do not
+    /// read their answers); past it a request is answered 503 and its connection closed,
+    /// and past half of it an answer must be written within a second.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16MiB", help_heading = LIMITS)]
+    pub http_max_unsent_bytes: usize,
 
     /// How long a session may stay over --max-pending-bytes before it is closed as a slow consumer.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2s", help_heading = TIMEOUTS)]
@@ -548,6 +553,7 @@ impl Args {
             http_max_head_bytes: self.http_max_head_bytes,
             http_max_body_bytes: self.http_max_body_bytes,
             http_idle_timeout: self.http_idle_timeout,
+            http_max_unsent_bytes: self.http_max_unsent_bytes,
             http_api_timeout: self.http_api_timeout,
             history_per_conversation: self.history_per_conversation,
             history_max_age: self.history_max_age,

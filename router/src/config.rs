@@ -297,6 +297,10 @@ pub struct Config {
     /// once it is waiting for one: an idle keep-alive connection is closed, a partial
     /// request (slowloris) is answered 408 and closed. Also bounds writing an answer.
     pub http_idle_timeout: Duration,
+    /// Most bytes of HTTP answers one shard holds not yet written (peers that do not read
+    /// their answers); past it a request is answered 503 and its connection closed, and
+    /// past half of it an answer must be written within a second.
+    pub http_max_unsent_bytes: usize,
     /// Longest an API request waits for the shards and the store to answer (503 past it).
     pub http_api_timeout: Duration,
 }
@@ -386,6 +390,7 @@ impl Default for Config {
             http_max_head_bytes: 16 << 10,
             http_max_body_bytes: 1 << 20,
             http_idle_timeout: Duration::from_secs(15),
+            http_max_unsent_bytes: 16 << 20,
             http_api_timeout: Duration::from_secs(5),
         }
     }

@@ -10,8 +10,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use ringrouter_proto::Status;
 
+use bytes::Bytes;
 use std::cell::RefCell;
-use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::shared::ConnStats;
@@ -521,7 +521,7 @@ pub(crate) fn render(
     store: StoreStats,
     tls: Option<TlsStats>,
     conns: ConnStats,
-) -> Rc<str> {
+) -> Bytes {
     let mut total = StatsSnapshot::default();
     let shards = stats
         .iter()
@@ -553,7 +553,8 @@ pub(crate) fn render(
         let mut out = String::with_capacity(32 << 10);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
-        let text: Rc<str> = out.into();
+        // Carried by the answers as it is, not copied.
+        let text = Bytes::from(out);
         *last = Some((scrape, text.clone()));
         text
     })
@@ -561,7 +562,7 @@ pub(crate) fn render(
 
 thread_local! {
     /// This shard's last scrape and its text.
-    static LAST: RefCell<Option<(Scrape, Rc<str>)>> = const { RefCell::new(None) };
+    static LAST: RefCell<Option<(Scrape, Bytes)>> = const { RefCell::new(None) };
 }
 
 #[cfg(test)]
@@ -574,14 +575,15 @@ mod tests {
         let stats: Vec<Arc<ShardStats>> = (0..2).map(|_| Arc::new(ShardStats::default())).collect();
         let scrape = || render(&stats, StoreStats::default(), None, ConnStats::default());
         let (a, b) = (scrape(), scrape());
-        assert!(Rc::ptr_eq(&a, &b), "the same figures, the same text");
+        assert_eq!(a.as_ptr(), b.as_ptr(), "the same figures, the same text");
         let c = Counters {
             msgs_in: 7,
             ..Counters::default()
         };
         stats[1].publish(&c, Gauges::default());
         let d = scrape();
-        assert!(!Rc::ptr_eq(&a, &d));
+        assert_ne!(a.as_ptr(), d.as_ptr());
+        let d = String::from_utf8_lossy(&d);
         assert!(d.contains("ringrouter_messages_in_total 7"), "{d}");
     }
 
@@ -604,6 +606,7 @@ mod tests {
             refused_address: 7,
         };
         let text = render(&stats, StoreStats::default(), None, conns);
+        let text = String::from_utf8_lossy(&text);
         let has = |line: &str| text.lines().any(|l| l == line);
         for line in [
             "ringrouter_messages_in_total 10",

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use monoio::net::{TcpListener, TcpStream};
 use ringrouter_proto::Status;
 
@@ -42,6 +42,48 @@ use routes::Route;
 
 /// Bytes asked of one read.
 const READ_CHUNK: usize = 16 << 10;
+
+/// A body up to this many bytes is written in one buffer with its head; a bigger one
+/// after it, as it is (a page asset from the binary, the `/metrics` text).
+const INLINE_BODY: usize = 4 << 10;
+
+/// How long an answer may take to be written when it begins while this shard's other
+/// answers not yet written are over half of `--http-max-unsent-bytes` (else
+/// `--http-idle-timeout`): a peer that does not read its answers is cut sooner while
+/// they pile up.
+const STALLED_WRITE: std::time::Duration = std::time::Duration::from_secs(1);
+
+thread_local! {
+    /// Bytes of answers this shard's HTTP connections hold not yet written (each shard
+    /// serves its own connections on its thread): see [`Unsent`].
+    static UNSENT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// An answer's bytes, counted in [`UNSENT`] while it is being written. 18 000
+/// connections each sending 8 pipelined `GET /metrics` and never reading held ~58 KiB
+/// each (1 GiB, with the body kept twice while written), past `--max-memory`, where every
+/// new login was refused; now the shard's answers not written are bounded by
+/// `--http-max-unsent-bytes`, past which a request is answered 503 and its connection
+/// closed.
+struct Unsent(usize);
+
+impl Unsent {
+    fn hold(n: usize) -> Unsent {
+        UNSENT.with(|u| u.set(u.get() + n));
+        Unsent(n)
+    }
+
+    /// This shard's answers not yet written, in bytes.
+    fn total() -> usize {
+        UNSENT.with(|u| u.get())
+    }
+}
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        UNSENT.with(|u| u.set(u.get().saturating_sub(self.0)));
+    }
+}
 
 /// What every shard's HTTP server shares.
 pub(crate) struct HttpCtx {
@@ -121,6 +163,15 @@ enum Read {
 async fn read_more(conn: &mut Conn, buf: &mut BytesMut, deadline: Instant) -> Read {
     let left = deadline.saturating_duration_since(Instant::now());
     let partial = !buf.is_empty();
+    if !partial {
+        // Waiting for the next request holds no read buffer (an idle keep-alive
+        // connection held 16 KiB: 10 000 of them asking for /healthz every 10 s, 110 MiB).
+        match monoio::time::timeout(left, conn.readable()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Read::Ended,
+            Err(_) => return Read::TimedOut { partial },
+        }
+    }
     let b = std::mem::take(buf);
     match monoio::time::timeout(left, conn.read(b, READ_CHUNK)).await {
         Ok((Ok(n), b)) => {
@@ -225,7 +276,13 @@ async fn serve_conn(
                 }
             }
         };
+        let route = routes::route(&head.method, &head.path);
         if head.body_len > cfg.http_max_body_bytes {
+            // A request refused whatever its body (no API key: 401, before anything else
+            // about it is told) is answered so before its size is.
+            if let Some(r) = refusal(&route, &head, &ctx) {
+                return close_with(&mut conn, r).await;
+            }
             let r = Response::status(
                 Status::TooLarge,
                 format!(
@@ -235,7 +292,6 @@ async fn serve_conn(
             );
             return close_with(&mut conn, r).await;
         }
-        let route = routes::route(&head.method, &head.path);
         if head.body_len > 0 && takes_no_body(&route, &head) {
             // An upgrade has no body; its bytes would reach the WebSocket decoder as
             // frames sent before the upgrade, past the pre-login frame bound (a 1 MiB body
@@ -296,9 +352,24 @@ async fn serve_conn(
             crate::net::ws::serve(shard, shared, conn, headers, buf, guard, local).await;
             return;
         }
+        if Unsent::total() >= cfg.http_max_unsent_bytes {
+            let r = Response::status(
+                Status::Unavailable,
+                "answers not read by their peers (--http-max-unsent-bytes), try again later",
+            );
+            return close_with(&mut conn, r).await;
+        }
         let mut request = buf.split_to(end);
         request.advance(head.len);
         let r = answer(route, &head, &request, &shard, &shared, &ctx).await;
+        drop(request);
+        // What is left of the read buffer is kept at its size (pipelined requests), not
+        // the read's whole allocation, while the answer is written.
+        buf = if buf.is_empty() {
+            BytesMut::new()
+        } else {
+            BytesMut::from(&buf[..])
+        };
         if !write_answer(&mut conn, &head, r, &cfg).await {
             return;
         }
@@ -332,8 +403,24 @@ async fn write_answer(
     cfg: &crate::config::Config,
 ) -> bool {
     let keep = head.keep_alive;
-    let out = r.encode(keep, head.method == "HEAD");
-    let w = monoio::time::timeout(cfg.http_idle_timeout, conn.write_all(out)).await;
+    let (mut out, body, own) = r.into_parts(keep, head.method == "HEAD");
+    // (Others' answers: one big answer alone is not hurried.)
+    let limit = if Unsent::total() > cfg.http_max_unsent_bytes / 2 {
+        STALLED_WRITE.min(cfg.http_idle_timeout)
+    } else {
+        cfg.http_idle_timeout
+    };
+    let held = Unsent::hold(own);
+    let write = async {
+        if body.len() <= INLINE_BODY {
+            out.extend_from_slice(&body);
+            return conn.write_all(out).await;
+        }
+        conn.write_all(out).await?;
+        conn.write_bytes(body).await
+    };
+    let w = monoio::time::timeout(limit, write).await;
+    drop(held);
     if !matches!(w, Ok(Ok(()))) {
         return false;
     }
@@ -407,6 +494,8 @@ async fn answer(
                 Response::new(503, TEXT, "not ready\n")
             }
         }
+        // (Counted as its own: the text is made again whenever a figure changed, the
+        // connections open among them, so stalled answers seldom share one.)
         Route::Metrics => Response::new(
             200,
             metrics::CONTENT_TYPE,
@@ -418,11 +507,12 @@ async fn answer(
                     refused: h.refused(),
                 }),
                 shared.conns.figures(),
-            )
-            .as_bytes(),
+            ),
         ),
         Route::Asset(path) => match crate::web::asset(&path) {
-            Some((content_type, bytes)) => Response::new(200, content_type, bytes),
+            Some((content_type, bytes)) => {
+                Response::shared(200, content_type, Bytes::from_static(bytes))
+            }
             None => Response::status(Status::NotFound, "not found"),
         },
         _ => Response::status(Status::NotFound, "not found"),

@@ -1,7 +1,7 @@
 //! HTTP/1.1 messages, sans-IO: a request head parsed with `httparse` from the bytes
 //! read so far ([`parse_head`]), and a response encoded into bytes ([`Response`]).
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use ringrouter_proto::Status;
 
 /// Most headers a request may have (past it: 431).
@@ -204,19 +204,32 @@ pub(crate) fn http_code(s: Status) -> u16 {
 pub(crate) struct Response {
     pub(crate) code: u16,
     pub(crate) content_type: &'static str,
-    pub(crate) body: Vec<u8>,
+    /// (Not copied into a second buffer while a slow peer takes it: a page asset is
+    /// served from the binary, `/metrics` from its text as made.)
+    pub(crate) body: Bytes,
+    /// The body is shared, not this answer's own (it costs no memory while written).
+    pub(crate) shared: bool,
     /// Extra headers (`allow`, `www-authenticate`, ...).
     pub(crate) headers: Vec<(&'static str, String)>,
 }
 
 impl Response {
     /// A response with a body.
-    pub(crate) fn new(code: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
+    pub(crate) fn new(code: u16, content_type: &'static str, body: impl Into<Bytes>) -> Self {
         Response {
             code,
             content_type,
             body: body.into(),
+            shared: false,
             headers: Vec::new(),
+        }
+    }
+
+    /// A response whose body costs no memory of its own (a page asset, in the binary).
+    pub(crate) fn shared(code: u16, content_type: &'static str, body: Bytes) -> Self {
+        Response {
+            shared: true,
+            ..Response::new(code, content_type, body)
         }
     }
 
@@ -248,6 +261,24 @@ impl Response {
     /// The bytes of the answer; `keep_alive` is what the connection will do, and
     /// `head_only` leaves the body out (a HEAD request).
     pub(crate) fn encode(&self, keep_alive: bool, head_only: bool) -> BytesMut {
+        let mut out = self.encode_head(keep_alive, self.body.len());
+        if !head_only {
+            out.extend_from_slice(&self.body);
+        }
+        out
+    }
+
+    /// The answer as its head and its body (none for a HEAD request), the body not
+    /// copied, and the bytes of them that are this answer's own.
+    pub(crate) fn into_parts(self, keep_alive: bool, head_only: bool) -> (BytesMut, Bytes, usize) {
+        let head = self.encode_head(keep_alive, 0);
+        let body = if head_only { Bytes::new() } else { self.body };
+        let own = head.len() + if self.shared { 0 } else { body.len() };
+        (head, body, own)
+    }
+
+    /// The status line and headers, with room for `room` more bytes.
+    fn encode_head(&self, keep_alive: bool, room: usize) -> BytesMut {
         use std::fmt::Write;
         let mut h = String::with_capacity(160);
         // Writing into a String cannot fail.
@@ -267,11 +298,8 @@ impl Response {
         } else {
             "connection: close\r\n\r\n"
         });
-        let mut out = BytesMut::with_capacity(h.len() + self.body.len());
+        let mut out = BytesMut::with_capacity(h.len() + room);
         out.extend_from_slice(h.as_bytes());
-        if !head_only {
-            out.extend_from_slice(&self.body);
-        }
         out
     }
 }

@@ -231,6 +231,27 @@ impl Conn {
         r.map(|_| ())
     }
 
+    /// [`Conn::write_all`] of shared bytes: written as they are on a plain connection.
+    pub(crate) async fn write_bytes(&mut self, data: bytes::Bytes) -> io::Result<()> {
+        if self.lost() {
+            return Err(lost_error());
+        }
+        if self.layers.is_some() {
+            return self.write_all(BytesMut::from(&data[..])).await;
+        }
+        let (r, _) = self.tcp.write_all(data).await;
+        r.map(|_| ())
+    }
+
+    /// Waits until the socket has bytes to read (or is closed), holding no buffer; at
+    /// once when layers (TLS) may hold bytes already read.
+    pub(crate) async fn readable(&mut self) -> io::Result<()> {
+        if self.layers.is_some() {
+            return Ok(());
+        }
+        self.tcp.readable(false).await
+    }
+
     /// Writes raw bytes, outside the WebSocket framing (the HTTP answer to an
     /// upgrade); TLS still applies.
     pub(crate) async fn write_raw(&mut self, data: &[u8]) -> io::Result<()> {

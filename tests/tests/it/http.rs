@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use ringrouter_client::{Client, ClientConfig};
-use ringrouter_tests::{users_on_shards, RouterProc, TempFile};
+use ringrouter_tests::{connect_small_rcvbuf, users_on_shards, RouterProc, TempFile};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(10);
@@ -728,6 +728,57 @@ fn user_and_room_info() {
     api(&r, "GET", "/api/v1/users/hr-never", None).assert_error(404, "NOT_FOUND");
 }
 
+/// Answers their peers do not read are bounded per shard (`--http-max-unsent-bytes`,
+/// what they hold of their own: a page asset, served from the binary, counts only its
+/// head): past it a request is answered 503 and its connection closed, and once the
+/// connection of the stalled answer goes, requests are answered again.
+#[test]
+fn answers_not_read_are_bounded() {
+    const HEALTH: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: test\r\n\r\n";
+    let (r, addr, _c) = served(&[
+        "--shards",
+        "1",
+        "--http-max-unsent-bytes",
+        "100",
+        "--http-idle-timeout",
+        "30s",
+    ]);
+    let mut stalled = connect_small_rcvbuf(addr, 4096);
+    let pipelined = b"GET /metrics HTTP/1.1\r\nhost: test\r\n\r\n".repeat(2000);
+    stalled.write_all(&pipelined).expect("pipelined requests");
+    // Once the kernel's buffers towards `stalled` are full, its answer waits (its head
+    // counted): another connection's request is refused.
+    let deadline = Instant::now() + T;
+    let (refused, mut h) = loop {
+        let mut h = Http::connect(addr);
+        h.write(HEALTH);
+        let resp = h.response().expect("an answer");
+        if resp.code == 503 {
+            break (resp, h);
+        }
+        assert_eq!(resp.code, 200, "{}", resp.text());
+        assert!(Instant::now() < deadline, "no answer stalled");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    refused.assert_error(503, "UNAVAILABLE");
+    assert!(
+        refused.text().contains("--http-max-unsent-bytes"),
+        "{}",
+        refused.text()
+    );
+    assert!(
+        h.closed_within(T),
+        "the refused request's connection is closed"
+    );
+    drop(stalled);
+    let (resp, _) = answer_when_free(addr, HEALTH);
+    assert_eq!(
+        resp.code, 200,
+        "answered again once the stalled peer is gone"
+    );
+    drop(r);
+}
+
 #[test]
 fn a_head_over_the_limit_gets_431() {
     let r = RouterProc::start(&["--http-max-head-bytes", "1KiB"]);
@@ -803,6 +854,13 @@ fn a_body_over_the_limit_gets_413() {
     c.response()
         .expect("an answer")
         .assert_error(413, "TOO_LARGE");
+    assert!(c.closed_within(T));
+    // Without the key, 401 first: nobody without it learns more about the request.
+    let mut c = Http::connect(http_addr(&r));
+    c.write(b"POST /api/v1/publish HTTP/1.1\r\ncontent-length: 5000000\r\n\r\n");
+    c.response()
+        .expect("an answer")
+        .assert_error(401, "UNAUTHORIZED");
     assert!(c.closed_within(T));
     let body = json!({"to_user": "x", "payload": "y".repeat(1100)}).to_string();
     let resp = Http::connect(http_addr(&r)).request(
