@@ -109,11 +109,10 @@ impl Shard {
                 self.refuse_contact(asker, (Status::Unavailable, "contact list not available"));
                 return;
             };
-            let mut probe = rec.clone();
-            match probe.apply(&user, &peer, op, lim) {
+            match rec.plan(&user, &peer, op, lim) {
                 Err(e) => self.refuse_contact(asker, crate::shard::contacts::contact_status(e)),
-                Ok(Outcome::Unchanged) => self.answer_contact(asker, &user, &peer),
-                Ok(Outcome::Changed(_)) => self.request_peer(user, peer, asker),
+                Ok(None) => self.answer_contact(asker, &user, &peer),
+                Ok(Some(_)) => self.request_peer(user, peer, asker),
             }
             return;
         }

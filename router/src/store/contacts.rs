@@ -384,6 +384,23 @@ impl ContactRecord {
         lim: ContactLimits,
         pruned: &mut Vec<String>,
     ) -> Result<Outcome, ContactError> {
+        match self.plan(me, peer, op, lim)? {
+            None => Ok(Outcome::Unchanged),
+            Some(next) => Ok(self.set(peer, next, lim, pruned)),
+        }
+    }
+
+    /// What [`ContactRecord::apply`] would do, the list unchanged: the peer's new state
+    /// (`None`: nothing changes), or why it is refused. (A request's actor side is
+    /// checked before the peer is asked: checking it on a copy cloned the whole list, up
+    /// to 5 000 entries, at every request.)
+    pub fn plan(
+        &self,
+        me: &str,
+        peer: &str,
+        op: ContactOp,
+        lim: ContactLimits,
+    ) -> Result<Option<ContactState>, ContactError> {
         if me == peer {
             return Err(ContactError::Oneself);
         }
@@ -392,7 +409,7 @@ impl ContactRecord {
             return Err(ContactError::Forbidden);
         }
         let Some(next) = op.next(now)? else {
-            return Ok(Outcome::Unchanged);
+            return Ok(None);
         };
         if now == ContactState::None
             && next != ContactState::None
@@ -403,7 +420,7 @@ impl ContactRecord {
         if next == ContactState::Incoming && self.incoming() >= lim.max_incoming {
             return Err(ContactError::Full);
         }
-        Ok(self.set(peer, next, lim, pruned))
+        Ok(Some(next))
     }
 
     fn find(&self, peer: &str) -> Result<usize, usize> {
