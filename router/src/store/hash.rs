@@ -5,11 +5,13 @@
 //! which gets every answer back as a [`Msg::Hashed`] on its own queue. Every job is answered,
 //! also during shutdown (then with [`StoreError::Closed`], without hashing).
 //!
-//! Two queues: checks of a password ([`HashJob::Verify`]: a password Login, joining a room
-//! with a password) are served before hashes of new ones ([`HashJob::Hash`]: Register, a
-//! room's new password), each queue in order. Someone waiting to log in therefore waits for
-//! the checks ahead of it and at most one hash per thread, never behind a flood of
-//! Registers (before: one FIFO, 256 queued Registers held a login ≈ 9 s).
+//! Three queues, by [`Class`]: password Logins are served first; Registers and room
+//! passwords (a JoinRoom's check, a CreateRoom's hash) after them, taking turns; each
+//! queue in order. Someone waiting to log in therefore waits for the logins ahead of it
+//! and at most one job per thread, never behind a flood of Registers (before: one FIFO,
+//! 256 queued Registers held a login ≈ 9 s) nor of wrong room passwords (when room checks
+//! shared the logins' queue, 80 users guessing room passwords held an honest login
+//! p50 0.9 s, `bench/hostile/room_pw.py`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -90,43 +92,67 @@ pub(crate) fn verify_password(
     }
 }
 
-/// The pool's two queues (see the module doc).
-#[derive(Default)]
-struct Queues {
-    /// Password checks, served first.
-    verify: VecDeque<HashJob>,
-    /// Hashes of new passwords.
-    hash: VecDeque<HashJob>,
-    /// No more jobs will come (set by [`HashPool::cancel`]).
-    closed: bool,
-    /// Checks served in a row while hashes waited (see [`CHECKS_PER_HASH`]).
-    checks_in_a_row: u32,
+/// Who a job is for: the order the pool serves them in (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// A password Login's check: first.
+    Login,
+    /// A Register's hash.
+    Register,
+    /// A room's password: a JoinRoom's check or a CreateRoom's hash.
+    Room,
 }
 
-/// While both queues wait, a hash goes after this many checks: a steady stream of logins
-/// (or of password guesses) would otherwise keep every Register waiting, holding its
-/// admission slot, and so refusing every later one.
-const CHECKS_PER_HASH: u32 = 8;
+/// The pool's queues (see the module doc).
+#[derive(Default)]
+struct Queues {
+    /// Password Logins' checks, served first.
+    login: VecDeque<HashJob>,
+    /// Registers' hashes.
+    register: VecDeque<HashJob>,
+    /// Room passwords' checks and hashes.
+    room: VecDeque<HashJob>,
+    /// The next job that is not a login's goes to a room's if both wait.
+    room_next: bool,
+    /// No more jobs will come (set by [`HashPool::cancel`]).
+    closed: bool,
+    /// Logins served in a row while other jobs waited (see [`LOGINS_PER_OTHER`]).
+    logins_in_a_row: u32,
+}
+
+/// While other jobs wait, one goes after this many logins: a steady stream of logins (or
+/// of guesses at a user's password) would otherwise keep every Register and room join
+/// waiting, holding its admission slot, and so refusing every later one.
+const LOGINS_PER_OTHER: u32 = 8;
 
 impl Queues {
-    fn push(&mut self, job: HashJob) {
-        match job {
-            HashJob::Verify { .. } => self.verify.push_back(job),
-            HashJob::Hash { .. } => self.hash.push_back(job),
+    fn push(&mut self, job: HashJob, class: Class) {
+        match class {
+            Class::Login => self.login.push_back(job),
+            Class::Register => self.register.push_back(job),
+            Class::Room => self.room.push_back(job),
         }
     }
 
-    /// The next job: the oldest check, else the oldest hash; a hash after
-    /// [`CHECKS_PER_HASH`] checks in a row while hashes wait.
+    /// The next job: the oldest login's, else a Register's or a room's, those two taking
+    /// turns; one of them after [`LOGINS_PER_OTHER`] logins in a row while they wait.
     fn pop(&mut self) -> Option<HashJob> {
-        if self.hash.is_empty() || self.checks_in_a_row < CHECKS_PER_HASH {
-            if let Some(job) = self.verify.pop_front() {
-                self.checks_in_a_row += u32::from(!self.hash.is_empty());
+        let others = !self.register.is_empty() || !self.room.is_empty();
+        if !others || self.logins_in_a_row < LOGINS_PER_OTHER {
+            if let Some(job) = self.login.pop_front() {
+                self.logins_in_a_row += u32::from(others);
                 return Some(job);
             }
         }
-        self.checks_in_a_row = 0;
-        self.hash.pop_front()
+        self.logins_in_a_row = 0;
+        let room = (self.room_next && !self.room.is_empty()) || self.register.is_empty();
+        if room {
+            self.room_next = false;
+            self.room.pop_front()
+        } else {
+            self.room_next = true;
+            self.register.pop_front()
+        }
     }
 }
 
@@ -215,14 +241,14 @@ impl HashPool {
         Ok(pool)
     }
 
-    /// Queues a job; `false` if the pool is closed.
-    pub(crate) fn submit(&self, job: HashJob) -> bool {
+    /// Queues a job of `class`; `false` if the pool is closed.
+    pub(crate) fn submit(&self, job: HashJob, class: Class) -> bool {
         let mut q = self.jobs.lock();
         if q.closed {
             return false;
         }
         self.queued.fetch_add(1, Ordering::Relaxed);
-        q.push(job);
+        q.push(job, class);
         drop(q);
         self.jobs.ready.notify_one();
         true
@@ -302,10 +328,10 @@ mod tests {
             .collect()
     }
 
-    /// Checks go before hashes, each kind in order: a login queued behind Registers is
-    /// served next.
+    /// Logins go first, each class in order; Registers and room jobs take turns after
+    /// them: a login queued behind Registers and wrong room passwords is served next.
     #[test]
-    fn checks_are_served_before_new_hashes() {
+    fn logins_are_served_first_then_registers_and_rooms_take_turns() {
         let mut q = Queues::default();
         let hash = |id| HashJob::Hash {
             id,
@@ -316,18 +342,23 @@ mod tests {
             password: "p".into(),
             phc: String::new(),
         };
-        for job in [hash(1), hash(2), verify(3), hash(4), verify(5)] {
-            q.push(job);
-        }
-        assert_eq!(ids(&mut q), [3, 5, 1, 2, 4]);
-        // A stream of checks lets a waiting hash through every CHECKS_PER_HASH.
-        q.push(hash(100));
+        q.push(hash(1), Class::Register);
+        q.push(hash(2), Class::Register);
+        q.push(verify(3), Class::Room);
+        q.push(verify(4), Class::Room);
+        q.push(verify(5), Class::Room);
+        q.push(verify(6), Class::Login);
+        q.push(hash(7), Class::Room);
+        q.push(verify(8), Class::Login);
+        assert_eq!(ids(&mut q), [6, 8, 1, 3, 2, 4, 5, 7]);
+        // A stream of logins lets a waiting job through every LOGINS_PER_OTHER.
+        q.push(verify(100), Class::Room);
         for id in 0..20 {
-            q.push(verify(id));
+            q.push(verify(id), Class::Login);
         }
         let order = ids(&mut q);
         let at = order.iter().position(|&i| i == 100);
-        assert_eq!(at, Some(CHECKS_PER_HASH as usize), "{order:?}");
+        assert_eq!(at, Some(LOGINS_PER_OTHER as usize), "{order:?}");
     }
 
     /// Every job queued before the pool is cancelled is answered (hashed, or `Closed`),
@@ -339,16 +370,22 @@ mod tests {
         let nap = super::super::NapEnd::default();
         let mut pool = HashPool::start(1, true, tx, nap, Arc::clone(&queued)).expect("pool");
         for id in 0..5 {
-            assert!(pool.submit(HashJob::Hash {
-                id,
-                password: "p".into(),
-            }));
+            assert!(pool.submit(
+                HashJob::Hash {
+                    id,
+                    password: "p".into(),
+                },
+                Class::Register
+            ));
         }
         pool.join();
-        assert!(!pool.submit(HashJob::Hash {
-            id: 9,
-            password: "p".into(),
-        }));
+        assert!(!pool.submit(
+            HashJob::Hash {
+                id: 9,
+                password: "p".into(),
+            },
+            Class::Register
+        ));
         let mut answered: Vec<u64> = rx
             .try_iter()
             .filter_map(|m| match m {
@@ -372,10 +409,13 @@ mod tests {
         let queued = Arc::new(AtomicUsize::new(0));
         let mut pool =
             HashPool::start(1, true, tx, nap.clone(), Arc::clone(&queued)).expect("pool");
-        assert!(pool.submit(HashJob::Hash {
-            id: 1,
-            password: "p".into(),
-        }));
+        assert!(pool.submit(
+            HashJob::Hash {
+                id: 1,
+                password: "p".into(),
+            },
+            Class::Room
+        ));
         assert!(matches!(
             rx.recv_timeout(std::time::Duration::from_secs(30)),
             Ok(Msg::Hashed { id: 1, .. })

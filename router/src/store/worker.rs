@@ -18,7 +18,7 @@ use super::codec::{
     ROOM_MEMBER_PREFIX, ROOM_PREFIX,
 };
 use super::contacts::{ContactEntry, ContactRecord, ContactSave};
-use super::hash::{HashJob, HashOutcome, HashPool};
+use super::hash::{Class, HashJob, HashOutcome, HashPool};
 use super::histlog::{self, HistLog};
 use super::history::{FILE_TAG, NEXT_FILE_TAG};
 
@@ -1491,7 +1491,12 @@ impl Worker {
     fn submit(&mut self, waiting: Waiting, job: impl FnOnce(u64) -> HashJob) {
         let id = self.next_job;
         self.next_job += 1;
-        if self.pool.submit(job(id)) {
+        let class = match waiting {
+            Waiting::Verify { .. } | Waiting::Unknown { .. } => Class::Login,
+            Waiting::Register { .. } => Class::Register,
+            Waiting::Hash { .. } | Waiting::Check { .. } => Class::Room,
+        };
+        if self.pool.submit(job(id), class) {
             self.waiting.insert(id, waiting);
             return;
         }
