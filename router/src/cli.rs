@@ -152,6 +152,18 @@ pub struct Args {
     /// Logins are refused too. 0: no limit.
     #[arg(long, value_name = "N", default_value_t = 10, help_heading = AUTH)]
     pub max_failed_logins_per_user: u32,
+    /// Most wrong room passwords (JoinRoom) of one user a minute, in all rooms together:
+    /// this many at once, then one every 60 s / N. Past it the user's joins of rooms with a
+    /// password are refused RATE_LIMITED before the password is checked (each check is an
+    /// Argon2id hash, ~35 ms of a hashing thread). 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 10, help_heading = AUTH)]
+    pub max_failed_room_joins_per_user: u32,
+    /// Most wrong passwords for one room a minute, from all users together (many accounts
+    /// cannot grind one room's password): this many at once, then one every 60 s / N. Past
+    /// it joins of the room with a password are refused RATE_LIMITED before the password
+    /// is checked, right ones too. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 60, help_heading = AUTH)]
+    pub max_failed_room_joins_per_room: u32,
     /// Most Registers one connection may send before it logs in: past it each is
     /// answered RATE_LIMITED (an account creator cannot script thousands per connection).
     #[arg(long, value_name = "N", default_value_t = 3, help_heading = AUTH)]
@@ -170,8 +182,9 @@ pub struct Args {
     pub max_registrations_per_second: u32,
     /// Most password hashes (Register, password Login, room passwords) queued or running;
     /// past it those requests are refused with RATE_LIMITED. Registers get at most a
-    /// quarter, and password checks are served before new hashes: a login waits for at
-    /// most N checks (64 x ~35 ms = 2.3 s on one thread), keep it well under --login-timeout.
+    /// quarter, room passwords another quarter, and password Logins are served before
+    /// them: a login waits for at most N checks (64 x ~35 ms = 2.3 s on one thread), keep
+    /// it well under --login-timeout.
     #[arg(long, value_name = "N", default_value_t = 64, help_heading = AUTH)]
     pub max_password_jobs: u64,
     /// For tests and benchmarks only, never in production: the cheapest Argon2id
@@ -538,6 +551,8 @@ impl Args {
             max_prelogin_frame_bytes: self.max_prelogin_frame_bytes,
             max_failed_logins: self.max_failed_logins,
             max_failed_logins_per_user: self.max_failed_logins_per_user,
+            max_failed_room_joins_per_user: self.max_failed_room_joins_per_user,
+            max_failed_room_joins_per_room: self.max_failed_room_joins_per_room,
             max_registrations_per_connection: self.max_registrations_per_connection,
             max_registrations_per_ip: self.max_registrations_per_ip,
             registration_window: self.registration_window,

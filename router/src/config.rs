@@ -267,6 +267,14 @@ pub struct Config {
     /// address (a token bucket: this many at once); past it a Login for the name is
     /// refused RATE_LIMITED before its password is checked. 0: no limit.
     pub max_failed_logins_per_user: u32,
+    /// Most wrong room passwords (JoinRoom) of one user a minute, in every room
+    /// (a token bucket: this many at once); past it the user's password joins are
+    /// refused RATE_LIMITED before the password is checked. 0: no limit.
+    pub max_failed_room_joins_per_user: u32,
+    /// Most wrong passwords for one room a minute, from every user together; past it
+    /// joins of the room with a password are refused RATE_LIMITED before the password is
+    /// checked. 0: no limit.
+    pub max_failed_room_joins_per_room: u32,
     /// Most Registers one connection may send before its Login: past it each is answered
     /// RATE_LIMITED (one connection created accounts as fast as passwords hashed).
     pub max_registrations_per_connection: u32,
@@ -380,6 +388,8 @@ impl Default for Config {
             max_prelogin_frame_bytes: 16 << 10,
             max_failed_logins: 3,
             max_failed_logins_per_user: 10,
+            max_failed_room_joins_per_user: 10,
+            max_failed_room_joins_per_room: 60,
             max_registrations_per_connection: 3,
             max_registrations_per_ip: 30,
             registration_window: Duration::from_secs(600),

@@ -13,7 +13,7 @@ use crate::auth::Authenticator;
 use crate::config::{Config, DurabilityMode};
 use crate::http::HttpCtx;
 use crate::mailbox::mesh;
-use crate::net::signup::{FailedLogins, SignupGate};
+use crate::net::signup::{FailedChecks, RoomPasswords, SignupGate};
 use crate::shard::mail::{Mail, MailQueue};
 use crate::shard::run::{run_shard, ShardThread};
 use crate::shared::{ConnSlots, Shared};
@@ -206,7 +206,8 @@ impl Router {
             tls,
             handshakes,
             signup: SignupGate::new(&cfg),
-            failed_logins: FailedLogins::new(&cfg),
+            failed_logins: FailedChecks::logins(&cfg),
+            room_passwords: Arc::new(RoomPasswords::new(&cfg)),
             memory: Arc::new(crate::shard::memory::MemoryGate::new(n)),
         });
         let flights: Arc<Vec<Vec<Arc<AtomicUsize>>>> = Arc::new(

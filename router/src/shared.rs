@@ -16,7 +16,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::mailbox::Doorbell;
 use crate::maps::NameMap;
-use crate::net::signup::{FailedLogins, SignupGate};
+use crate::net::signup::{FailedChecks, RoomPasswords, SignupGate};
 use crate::store::StoreHandle;
 
 /// State shared by every shard thread (read-mostly).
@@ -41,7 +41,10 @@ pub(crate) struct Shared {
     /// Admission of Registers: in flight, per address, per second.
     pub(crate) signup: SignupGate,
     /// Password Logins per user name (`--max-failed-logins-per-user`).
-    pub(crate) failed_logins: FailedLogins,
+    pub(crate) failed_logins: FailedChecks,
+    /// Room passwords' share of the hashing pool and their wrong guesses per user and
+    /// per room (each shard holds it too: `Shard::room_passwords`).
+    pub(crate) room_passwords: Arc<RoomPasswords>,
     /// Resident memory is over `--max-memory` and not the sessions': logins are refused
     /// (`shard::memory`).
     pub(crate) memory: Arc<crate::shard::memory::MemoryGate>,

@@ -71,6 +71,8 @@ pub struct Counters {
     pub input_budget_closes: u64,
     /// Sessions closed over `--max-memory` (they held the most).
     pub memory_closes: u64,
+    /// JoinRooms whose room password was not checked: their session had ended.
+    pub room_password_checks_dropped: u64,
     /// Payload bytes written by reference (zero copy).
     pub payload_zero_copy_bytes: u64,
     /// Payload bytes copied into a write buffer.
@@ -226,6 +228,7 @@ shard_stats!(
     heartbeat_closes,
     input_budget_closes,
     memory_closes,
+    room_password_checks_dropped,
     payload_zero_copy_bytes,
     payload_copied_bytes,
     writes,

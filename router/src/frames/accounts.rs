@@ -149,6 +149,7 @@ impl Shard {
                                 after: after.clone(),
                             },
                             quota: false,
+                            session_gone: false,
                             inflight: Default::default(),
                         };
                         sh.post(home, Mail::Room(Box::new(req)));

@@ -122,6 +122,7 @@ impl Shard {
             request_id,
             op,
             quota: false,
+            session_gone: false,
             inflight: crate::shard::mail::InFlightSlot::new(inflight),
         };
         let user = Bytes::copy_from_slice(req.user.as_bytes());

@@ -97,6 +97,11 @@ const COUNTERS: &[(&str, &str, Get)] = &[
         |s| s.memory_closes,
     ),
     (
+        "room_password_checks_dropped",
+        "JoinRooms of a room with a password whose session had ended before the password was checked: answered without a hash.",
+        |s| s.room_password_checks_dropped,
+    ),
+    (
         "offline_stored",
         "Messages stored for a recipient with no session.",
         |s| s.offline_stored,

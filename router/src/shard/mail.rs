@@ -146,6 +146,10 @@ pub struct RoomReq {
     /// The user's own Create or Join, admitted by the user's home shard against
     /// `max_rooms_per_user`; its answer lets the user's next one through.
     pub quota: bool,
+    /// The asking session had ended when its home shard sent the request on (it waited
+    /// there behind the user's earlier Create or Join): a room password is then not
+    /// checked for it (`Shard::check_room_password`).
+    pub session_gone: bool,
     /// Counts against the asking session's `max_requests_in_flight` until the request
     /// is done with (answered or dropped), wherever that is. Its answer takes it along
     /// (see [`Shard::send_answer`]); a `Cell`, so an answer given from a borrowed request
@@ -648,6 +652,7 @@ mod tests {
             request_id: 1,
             op,
             quota: true,
+            session_gone: false,
             inflight: InFlightSlot::default(),
         }
     }

@@ -277,6 +277,10 @@ pub struct Shard {
     pub input: input::InputBudget,
     /// The memory ceiling's state (`shard::memory`).
     pub memory: memory::MemoryWatch,
+    /// Room passwords' share of the hashing pool and wrong guesses per user and room
+    /// (the router's, shared by every shard; each shard has one of its own until the
+    /// router gives it the shared one).
+    pub(crate) room_passwords: std::sync::Arc<crate::net::signup::RoomPasswords>,
     /// Members of the rooms in `rooms`, summed when the ticker trims them (see
     /// `Shard::trim_room_cache`).
     pub room_members_loaded: usize,
@@ -395,6 +399,7 @@ impl Shard {
         pause: PauseTables,
     ) -> Self {
         let store_queue_bytes = cfg.max_store_queue_bytes;
+        let room_passwords = Arc::new(crate::net::signup::RoomPasswords::new(&cfg));
         let max_input_bytes = cfg.max_input_bytes;
         let live_rate = rooms::live_rate(&cfg, false);
         let direct_live_rate = rooms::live_rate(&cfg, true);
@@ -456,6 +461,7 @@ impl Shard {
             requeue_bytes: 0,
             input: input::InputBudget::new(max_input_bytes),
             memory: memory::MemoryWatch::default(),
+            room_passwords,
             room_members_loaded: 0,
             parked_bytes: 0,
             parked_throttled: Vec::new(),

@@ -679,6 +679,11 @@ impl Shard {
                 }
                 Ok(_) => {
                     req.quota = true;
+                    // Ended while it waited behind the user's earlier ones: its room
+                    // password, if any, is not checked (a client that reconnects and
+                    // leaves 16 joins each time kept the hashing pool busy 25-30 s
+                    // after it stopped).
+                    req.session_gone = sh.session_ended(req.from);
                     let home = sh.home(req.op.key().as_bytes());
                     sh.post(home, Mail::Room(Box::new(req)));
                 }
@@ -1269,6 +1274,18 @@ impl Shard {
         self.room_done(key, After::Same);
     }
 
+    /// Whether session `id`, homed here, has ended (or is closing). An API request's
+    /// pseudo sender and a session of another shard are never taken for ended.
+    fn session_ended(&self, id: SessionId) -> bool {
+        id.shard as usize == self.id && !is_api(id) && self.resolve(id).is_none()
+    }
+
+    /// Checks a JoinRoom's password against the room's hash (none: `then` at once). Not
+    /// for a session that has ended (answered UNAVAILABLE, to nobody), and refused
+    /// RATE_LIMITED without a hash past the joiner's or the room's wrong passwords a
+    /// minute, or while room passwords hold their quarter of the hashing pool
+    /// ([`RoomPasswords`](crate::net::signup::RoomPasswords)); a wrong one takes a token
+    /// of both buckets.
     fn check_room_password(
         &mut self,
         password: String,
@@ -1281,20 +1298,42 @@ impl Shard {
             return;
         };
         let key = Bytes::copy_from_slice(req.op.key().as_bytes());
+        if req.session_gone || self.session_ended(req.from) {
+            self.counters.room_password_checks_dropped += 1;
+            self.answer(&req, Status::Unavailable, "the session has ended", "");
+            self.room_done(&key, After::Same);
+            return;
+        }
         if self.hashing_busy() {
             self.answer(&req, Status::RateLimited, BUSY_HASHING, "");
             self.room_done(&key, After::Same);
             return;
         }
+        let admitted = match self
+            .room_passwords
+            .check(&req.user, req.op.key(), Instant::now())
+        {
+            Ok(a) => a,
+            Err(why) => {
+                self.answer(&req, Status::RateLimited, why.reason(), "");
+                self.room_done(&key, After::Same);
+                return;
+            }
+        };
         self.store_req(
             |st, cb| st.check_password(&password, &phc, cb),
-            move |sh, r| match r {
-                Ok(true) => then(sh, req),
-                Ok(false) => {
-                    sh.answer(&req, Status::Forbidden, "wrong room password", "");
-                    sh.room_done(&key, After::Same);
+            move |sh, r| {
+                drop(admitted);
+                match r {
+                    Ok(true) => then(sh, req),
+                    Ok(false) => {
+                        sh.room_passwords
+                            .failed(&req.user, req.op.key(), Instant::now());
+                        sh.answer(&req, Status::Forbidden, "wrong room password", "");
+                        sh.room_done(&key, After::Same);
+                    }
+                    Err(e) => sh.room_failed(&key, &req, &e),
                 }
-                Err(e) => sh.room_failed(&key, &req, &e),
             },
         );
     }
@@ -1427,13 +1466,27 @@ impl Shard {
             };
             if password.is_empty() {
                 sh.insert_room(key, req, rec, 3);
-            } else if sh.hashing_busy() {
+                return;
+            }
+            if sh.hashing_busy() {
                 sh.answer(&req, Status::RateLimited, BUSY_HASHING, "");
                 sh.room_done(&key, After::Same);
-            } else {
-                sh.store_req(
-                    |st, cb| st.hash_password(&password, cb),
-                    move |sh, r| match r {
+                return;
+            }
+            // Within room passwords' share of the pool, with the joins' checks.
+            let admitted = match sh.room_passwords.hash() {
+                Ok(a) => a,
+                Err(why) => {
+                    sh.answer(&req, Status::RateLimited, why.reason(), "");
+                    sh.room_done(&key, After::Same);
+                    return;
+                }
+            };
+            sh.store_req(
+                |st, cb| st.hash_password(&password, cb),
+                move |sh, r| {
+                    drop(admitted);
+                    match r {
                         Ok(phc) => {
                             let rec = RoomRecord {
                                 password_hash: Some(phc),
@@ -1442,9 +1495,9 @@ impl Shard {
                             sh.insert_room(key, req, rec, 3);
                         }
                         Err(e) => sh.room_failed(&key, &req, &e),
-                    },
-                );
-            }
+                    }
+                },
+            );
         };
         admitted(self, req);
     }

@@ -111,6 +111,7 @@ pub(crate) fn run_shard(
         sh.bell = Some(inbox.bell().clone());
         sh.answer_queues = answer_queues;
         sh.memory.gate = shared.memory.clone();
+        sh.room_passwords = shared.room_passwords.clone();
         let shard = Rc::new(RefCell::new(sh));
         let local = Rc::new(LocalSignal::default());
         monoio::spawn(crate::turns::yield_pump());

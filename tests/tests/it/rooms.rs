@@ -831,7 +831,15 @@ fn a_send_pipelined_after_a_create_reaches_the_room() {
 #[test]
 fn wrong_password_joins_do_not_hold_up_room_messages() {
     const JOINS: u64 = 100;
-    let r = RouterProc::start_real_argon2(&["--shards", "1"]);
+    // (Each wrong guess counted but never refused here: this is about the room's queue.)
+    let r = RouterProc::start_real_argon2(&[
+        "--shards",
+        "1",
+        "--max-failed-room-joins-per-user",
+        "0",
+        "--max-failed-room-joins-per-room",
+        "0",
+    ]);
     let mut o = r.raw_login("owner");
     let c = o.create_room("locked", "right");
     assert_eq!(c.status, Status::Ok as i32, "{c:?}");
@@ -1880,4 +1888,243 @@ fn room_messages_released_together_still_wait_for_room_in_the_store_queue() {
         .map(|d| u64::from_be_bytes(d.payload[..].try_into().expect("an 8-byte payload")))
         .collect();
     assert_eq!(got, (0..MSGS).collect::<Vec<_>>());
+}
+
+/// `n` JoinRooms of `room` with `password`, pipelined in one write; their answers, in order.
+fn pipelined_joins(c: &mut Raw, room: &str, password: &str, n: u64) -> Vec<RoomResult> {
+    let mut bytes = Vec::new();
+    for i in 0..n {
+        bytes.extend(client_frame_bytes(C::JoinRoom(JoinRoom {
+            request_id: 5000 + i,
+            room: room.into(),
+            password: password.into(),
+        })));
+    }
+    c.write(&bytes).unwrap();
+    let mut out = Vec::new();
+    while out.len() < n as usize {
+        if let S::RoomResult(x) = c.next_non_ping(Duration::from_secs(30)) {
+            out.push(x);
+        }
+    }
+    out
+}
+
+const USER_GUESSES: &str = "too many wrong room passwords from this user, try again later";
+const ROOM_GUESSES: &str = "too many wrong passwords for this room, try again later";
+
+/// Before: nothing bounded the wrong room passwords of a user but the hashing pool
+/// (each guess an Argon2id check): 80 accounts pipelining 16 wrong-password joins each
+/// kept it full, honest password logins took p50 0.9 s and some were refused
+/// (`bench/hostile/room_pw.py`). Now a user gets `--max-failed-room-joins-per-user` wrong
+/// guesses a minute in all rooms of every shard, then RATE_LIMITED without a hash (the
+/// right password too); other users are not affected.
+#[test]
+fn wrong_room_passwords_of_a_user_are_bounded_across_rooms_and_shards() {
+    let r = RouterProc::start(&[
+        "--shards",
+        "2",
+        "--max-failed-room-joins-per-user",
+        "3",
+        "--max-failed-room-joins-per-room",
+        "0",
+    ]);
+    let rooms = users_on_shards("vault", 2);
+    let mut o = r.raw_login("owner");
+    for room in &rooms {
+        assert_eq!(o.create_room(room, "right").status, Status::Ok as i32);
+    }
+    let mut eve = r.raw_login("eve");
+    // Twenty guesses pipelined at the room of shard 0: three are checked.
+    let got = pipelined_joins(&mut eve, &rooms[0], "wrong", 20);
+    let forbidden = got
+        .iter()
+        .filter(|x| x.status == Status::Forbidden as i32)
+        .count();
+    assert_eq!(forbidden, 3, "{got:?}");
+    for x in &got[3..] {
+        assert_eq!(x.status, Status::RateLimited as i32, "{x:?}");
+        assert_eq!(x.reason, USER_GUESSES);
+    }
+    // The bucket is the user's, whatever the room or its shard, and a reconnect does
+    // not refill it; the right password is refused too (it is not checked).
+    drop(eve);
+    let mut eve = r.raw_login("eve");
+    for room in &rooms {
+        let x = eve.join_room(room, "right");
+        assert_eq!(x.status, Status::RateLimited as i32, "{room}: {x:?}");
+        assert_eq!(x.reason, USER_GUESSES);
+    }
+    // Another user joins both.
+    let mut bob = r.raw_login("bob");
+    for room in &rooms {
+        assert_eq!(
+            bob.join_room(room, "wrong").status,
+            Status::Forbidden as i32
+        );
+        assert_eq!(bob.join_room(room, "right").status, Status::Ok as i32);
+    }
+}
+
+/// Many users cannot grind one room's password: the room gets
+/// `--max-failed-room-joins-per-room` wrong guesses a minute from all of them together;
+/// past it every join of that room with a password is refused RATE_LIMITED without a hash
+/// (the right one too: the price, as for a user's logins); other rooms are not affected.
+#[test]
+fn wrong_passwords_for_one_room_are_bounded_across_users() {
+    let r = RouterProc::start(&[
+        "--shards",
+        "2",
+        "--max-failed-room-joins-per-user",
+        "0",
+        "--max-failed-room-joins-per-room",
+        "4",
+    ]);
+    let mut o = r.raw_login("owner");
+    assert_eq!(o.create_room("target", "right").status, Status::Ok as i32);
+    assert_eq!(o.create_room("other", "right").status, Status::Ok as i32);
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let mut g = r.raw_login(&format!("guesser{i}"));
+        let x = g.join_room("target", &format!("guess{i}"));
+        statuses.push((x.status, x.reason));
+    }
+    let forbidden = statuses
+        .iter()
+        .filter(|(s, _)| *s == Status::Forbidden as i32)
+        .count();
+    assert_eq!(forbidden, 4, "{statuses:?}");
+    for (s, why) in &statuses[4..] {
+        assert_eq!(*s, Status::RateLimited as i32, "{statuses:?}");
+        assert_eq!(why, ROOM_GUESSES);
+    }
+    let mut m = r.raw_login("member");
+    let x = m.join_room("target", "right");
+    assert_eq!(x.status, Status::RateLimited as i32, "{x:?}");
+    assert_eq!(x.reason, ROOM_GUESSES);
+    assert_eq!(m.join_room("other", "right").status, Status::Ok as i32);
+}
+
+/// Room passwords (JoinRoom checks, CreateRoom hashes) hold at most a quarter of
+/// `--max-password-jobs`, so they cannot fill the pool's bound and have password logins
+/// refused: with a bound of 4, four users keeping wrong-password joins in flight at
+/// once (guess buckets off) used to take all 4 places; now one, and every honest login
+/// meanwhile is OK.
+#[test]
+fn room_passwords_hold_at_most_a_quarter_of_the_hashing_pool() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let r = Arc::new(RouterProc::start_real_argon2(&[
+        "--shards",
+        "2",
+        "--auth",
+        "accounts",
+        "--max-password-jobs",
+        "4",
+        "--max-failed-room-joins-per-user",
+        "0",
+        "--max-failed-room-joins-per-room",
+        "0",
+        "--max-failed-logins-per-user",
+        "0",
+    ]));
+    let users = ["owner", "honest", "g0", "g1", "g2", "g3"];
+    for u in users {
+        assert_eq!(r.register(u, "pw").status, Status::Ok as i32, "{u}");
+    }
+    let mut o = r.raw_login_password("owner", "pw", "d");
+    for i in 0..4 {
+        let x = o.create_room(&format!("locked{i}"), "right");
+        assert_eq!(x.status, Status::Ok as i32, "{x:?}");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (checked, busy) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let guessers: Vec<_> = (0..4)
+        .map(|i| {
+            let (r, stop) = (r.clone(), stop.clone());
+            let (checked, busy) = (checked.clone(), busy.clone());
+            std::thread::spawn(move || {
+                let mut g = r.raw_login_password(&format!("g{i}"), "pw", "d");
+                while !stop.load(Ordering::Relaxed) {
+                    for x in pipelined_joins(&mut g, &format!("locked{i}"), "wrong", 4) {
+                        if x.status == Status::Forbidden as i32 {
+                            checked.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            assert_eq!(x.status, Status::RateLimited as i32, "{x:?}");
+                            assert!(x.reason.contains("in progress"), "{x:?}");
+                            busy.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..10 {
+        let (_c, lr) = r.login_password("honest", "pw");
+        assert_eq!(lr.status, Status::Ok as i32, "{lr:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for g in guessers {
+        g.join().expect("guesser");
+    }
+    let (checked, busy) = (
+        checked.load(Ordering::Relaxed),
+        busy.load(Ordering::Relaxed),
+    );
+    // The guesses were checked, and went past their share.
+    assert!(
+        checked > 4 && busy > 0,
+        "checked {checked}, refused busy {busy}"
+    );
+}
+
+/// Before: a client that reconnected in a loop, each connection pipelining 16
+/// wrong-password JoinRooms and leaving at once, had them checked one after another
+/// after it left (a user's joins run one at a time): the hashing pool stayed busy
+/// 25-30 s after it stopped. Now a password join whose session ended while it waited
+/// is answered (to nobody) without a hash.
+#[test]
+fn password_joins_of_an_ended_session_are_not_checked() {
+    let r = RouterProc::start_real_argon2(&[
+        "--shards",
+        "1",
+        "--max-failed-room-joins-per-user",
+        "0",
+        "--max-failed-room-joins-per-room",
+        "0",
+    ]);
+    let mut o = r.raw_login("owner");
+    assert_eq!(o.create_room("locked", "right").status, Status::Ok as i32);
+    let mut eve = r.raw_login("eve");
+    let mut bytes = Vec::new();
+    for i in 0..16 {
+        bytes.extend(client_frame_bytes(C::JoinRoom(JoinRoom {
+            request_id: 100 + i,
+            room: "locked".into(),
+            password: "wrong".into(),
+        })));
+    }
+    eve.write(&bytes).unwrap();
+    drop(eve);
+    let name = "ringrouter_room_password_checks_dropped_total";
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            super::bounds::metric_sum(&r.metrics(), name) >= 12.0
+        }),
+        "{}",
+        r.metrics()
+            .lines()
+            .filter(|l| l.contains("password"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The user's next session is served as before.
+    let mut eve = r.raw_login("eve");
+    assert_eq!(
+        eve.join_room("locked", "wrong").status,
+        Status::Forbidden as i32
+    );
+    assert_eq!(eve.join_room("locked", "right").status, Status::Ok as i32);
 }
