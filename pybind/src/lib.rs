@@ -767,14 +767,15 @@ impl PyClient {
     }
 
     /// Creates room `name` owned by this user (its first member), protected by
-    /// `password` if given, with `members` (user names) as members from the start.
+    /// `password` if given (positional or keyword), with `members` (user names,
+    /// keyword only) as members from the start.
     /// `members`: any iterable of str (a str itself is a TypeError).
     /// Returns the room's join code. RouterError "CONFLICT" if the name is taken,
     /// "NOT_FOUND" if a member does not exist, "BAD_REQUEST" for more members than
     /// the router's --max-members-per-room. Each member gets an Event "joined".
     #[pyo3(
-        signature = (name, *, password=None, members=None),
-        text_signature = "($self, name, *, password=None, members=())"
+        signature = (name, password=None, *, members=None),
+        text_signature = "($self, name, password=None, *, members=())"
     )]
     fn create_room(
         &self,

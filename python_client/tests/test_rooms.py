@@ -94,6 +94,29 @@ def test_room_password(connect, user) -> None:
     assert carol.join_room(room, password="s3cret") == room
 
 
+def test_room_password_positional_or_keyword(connect, user) -> None:
+    """create_room(name, password=None, *, members=()): the password may be given
+    positionally (issue 5's create_room(name, password=None)) or by keyword."""
+    alice, bob, carol = connect(user("alice")), connect(user("bob")), connect(user("carol"))
+    positional, keyword = room_name(user), room_name(user)
+    codes = {
+        positional: alice.create_room(positional, "secret"),
+        keyword: alice.create_room(keyword, password="secret"),
+    }
+    for room, code in codes.items():
+        assert isinstance(code, str) and code and code != room
+        refused("FORBIDDEN", bob.join_room, room)
+        refused("FORBIDDEN", bob.join_room, room, "wrong")
+        refused("FORBIDDEN", bob.join_room, code, "wrong")
+        assert room not in bob.rooms()
+        assert bob.join_room(room, "secret") == room
+        assert carol.join_room(code, password="secret") == room
+        assert room in bob.rooms() and room in carol.rooms()
+    # members stays keyword-only: a third positional argument is a TypeError.
+    with pytest.raises(TypeError):
+        alice.create_room(room_name(user), "secret", [])  # type: ignore[misc]
+
+
 def test_owner_only_operations(connect, user) -> None:
     a_name, b_name, c_name = user("owner"), user("member"), user("other")
     owner, member, other = connect(a_name), connect(b_name), connect(c_name)
@@ -217,7 +240,7 @@ def test_api_contract() -> None:
         ("timeout", kw, 5.0), *transport_kw,
     ]
     assert params(C.create_room) == [
-        ("name", pos, None), ("password", kw, None), ("members", kw, ()),
+        ("name", pos, None), ("password", pos, None), ("members", kw, ()),
     ]
     assert params(C.join_room) == [("name_or_code", pos, None), ("password", pos, None)]
     assert params(C.leave_room) == [("room", pos, None)]

@@ -449,10 +449,12 @@ class Client:
         ``tls``, ``ca_file`` and ``transport`` as for :class:`Client`.
         """
     def create_room(
-        self, name: str, *, password: Optional[str] = None, members: Iterable[str] = ()
+        self, name: str, password: Optional[str] = None, *, members: Iterable[str] = ()
     ) -> str:
         """Creates room ``name``, owned by this user (its first member), protected
-        by ``password`` if given, with ``members`` as members from the start. Returns
+        by ``password`` if given (positional or keyword: ``create_room("r", "pw")``
+        and ``create_room("r", password="pw")`` are the same), with ``members``
+        (keyword only) as members from the start. Returns
         the room's join code. Each initial member gets an :class:`Event` ``"joined"``
         naming itself (at its next login if it is offline). ``members`` is any iterable
         of user names (a list, tuple, set, generator, ...); a ``str`` itself, or an item
