@@ -39,7 +39,7 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyString, PyTuple};
 
-use ringrouter_client::load::{self, LoadConfig, LoadError, Progress};
+use ringrouter_client::load::{self, LoadConfig, LoadError, Progress, Protocol};
 use ringrouter_client::threaded::ThreadedClient;
 use ringrouter_client::{
     Client, ClientConfig, ClientError, Event, Message, RoomEventKind, Status, Target,
@@ -1129,9 +1129,38 @@ impl PyClient {
     }
 }
 
+/// The server protocol of a load run: "ringrouter", "nats" or "redis" (as
+/// `ringrouter-load --protocol`), else ValueError.
+fn load_protocol(name: &str) -> PyResult<Protocol> {
+    match name {
+        "ringrouter" => Ok(Protocol::Ringrouter),
+        "nats" => Ok(Protocol::Nats),
+        "redis" => Ok(Protocol::Redis),
+        _ => Err(PyValueError::new_err(format!(
+            "protocol must be 'ringrouter', 'nats' or 'redis', got {name:?}"
+        ))),
+    }
+}
+
+/// `redis_reply` of a load run: "on" or "off" (as `ringrouter-load --redis-reply`),
+/// else ValueError; true for "off" (`LoadConfig::redis_reply_off`).
+fn load_redis_reply_off(value: &str) -> PyResult<bool> {
+    match value {
+        "on" => Ok(false),
+        "off" => Ok(true),
+        _ => Err(PyValueError::new_err(format!(
+            "redis_reply must be 'on' or 'off', got {value:?}"
+        ))),
+    }
+}
+
 /// Runs the Rust load engine; returns the report as a JSON string.
+///
+/// protocol, redis_reply, split_shards and client_seq as `ringrouter-load`'s
+/// --protocol, --redis-reply, --split-shards and --client-seq (ValueError for a
+/// protocol or redis_reply it does not take, or a negative split_shards).
 #[pyfunction]
-#[pyo3(signature = (addr, *, pairs, size, messages, duration, fanout, rate, window=None, threads=None, progress=None, every=1.0, transport=String::from("tcp"), tls=false, ca_file=None, server_pid=None, user_prefix=None))]
+#[pyo3(signature = (addr, *, pairs, size, messages, duration, fanout, rate, window=None, threads=None, progress=None, every=1.0, transport=String::from("tcp"), tls=false, ca_file=None, server_pid=None, user_prefix=None, protocol=String::from("ringrouter"), redis_reply=String::from("on"), split_shards=0, client_seq=false))]
 #[allow(clippy::too_many_arguments)]
 fn load_run(
     py: Python<'_>,
@@ -1151,9 +1180,20 @@ fn load_run(
     ca_file: Option<std::path::PathBuf>,
     server_pid: Option<u32>,
     user_prefix: Option<String>,
+    protocol: String,
+    redis_reply: String,
+    split_shards: i64,
+    client_seq: bool,
 ) -> PyResult<String> {
     let d = LoadConfig::default();
     let transport = transport::transport(&addr, tls, ca_file, &transport)?;
+    let protocol = load_protocol(&protocol)?;
+    let redis_reply_off = load_redis_reply_off(&redis_reply)?;
+    let split_shards = usize::try_from(split_shards).map_err(|_| {
+        PyValueError::new_err(format!(
+            "split_shards must be 0 or more, got {split_shards}"
+        ))
+    })?;
     let cfg = LoadConfig {
         transport,
         addr,
@@ -1168,6 +1208,10 @@ fn load_run(
         rate,
         window: window.unwrap_or(d.window),
         threads: threads.unwrap_or(d.threads),
+        protocol,
+        redis_reply_off,
+        split_shards,
+        client_seq,
         server_pid,
         user_prefix: user_prefix.unwrap_or_else(|| d.user_prefix.clone()),
         ..d

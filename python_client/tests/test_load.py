@@ -125,6 +125,80 @@ def test_load_run_bad_arguments(router: Router) -> None:
         load.run(router.addr, size=15, messages=10)
 
 
+def test_cli_takes_ringrouter_loads_protocol_and_shard_flags() -> None:
+    """``python -m ringrouter.load`` takes ringrouter-load's --protocol, --redis-reply,
+    --split-shards and --client-seq, with its defaults."""
+    from ringrouter.load.__main__ import _parser
+
+    a = _parser().parse_args([])
+    assert (a.protocol, a.redis_reply, a.split_shards, a.client_seq) == ("ringrouter", "on", 0, False)
+    a = _parser().parse_args([
+        "--protocol", "redis", "--redis-reply", "off", "--split-shards", "2", "--client-seq",
+    ])
+    assert (a.protocol, a.redis_reply, a.split_shards, a.client_seq) == ("redis", "off", 2, True)
+    assert _parser().parse_args(["--protocol", "nats"]).protocol == "nats"
+    help_text = _parser().format_help()
+    for flag in ("--protocol", "--redis-reply", "--split-shards", "--client-seq"):
+        assert flag in help_text, flag
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--protocol", "xmpp"], "--protocol: invalid choice"),
+        (["--redis-reply", "maybe"], "--redis-reply: invalid choice"),
+        (["--split-shards", "-1"], "--split-shards: must be an integer of 0 or more"),
+        (["--split-shards", "two"], "--split-shards: must be an integer of 0 or more"),
+        (["--client-seq", "yes"], "unrecognized arguments: yes"),
+    ],
+)
+def test_cli_refuses_bad_protocol_and_shard_flags(args: list, says: str) -> None:
+    # Refused before connecting anywhere (the address is not even listened on).
+    p = run_python("-m", "ringrouter.load", "--addr", "127.0.0.1:1", *args)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert says in p.stderr, p.stderr
+    assert p.stdout == ""
+
+
+def test_load_run_refuses_bad_protocol_and_shard_arguments() -> None:
+    # Checked before connecting: nothing listens at this address.
+    addr = "127.0.0.1:1"
+    with pytest.raises(ValueError, match="protocol must be 'ringrouter', 'nats' or 'redis'"):
+        load.run(addr, pairs=1, messages=10, protocol="xmpp")
+    with pytest.raises(ValueError, match="redis_reply must be 'on' or 'off'"):
+        load.run(addr, pairs=1, messages=10, protocol="redis", redis_reply="maybe")
+    with pytest.raises(ValueError, match="split_shards must be 0 or more"):
+        load.run(addr, pairs=1, messages=10, split_shards=-1)
+    # NATS and Redis are plain TCP only, as for ringrouter-load.
+    with pytest.raises(ValueError, match="ringrouter only"):
+        load.run(addr, pairs=1, messages=10, protocol="nats", transport="ws")
+    with pytest.raises(ValueError):
+        ringrouter._native.load_run(
+            addr, pairs=1, size=64, messages=10, duration=None, fanout=None, rate=None,
+            protocol="NATS",
+        )
+
+
+def test_split_shards_and_client_seq_runs_deliver_everything(own_router) -> None:
+    """--split-shards (each pair's receiver on another shard than its sender) and
+    --client-seq (numbered Sends, acknowledged with SendAck): every message arrives,
+    once, in order, through load.run and through the CLI."""
+    r = own_router("--shards", "2")
+    assert r.shards == 2
+    for kw in ({"split_shards": 2}, {"client_seq": True}, {"split_shards": 2, "client_seq": True}):
+        report = load.run(r.addr, pairs=4, size=64, messages=20_000, **kw)
+        assert_exact(report, sent=20_000, receivers=4)
+    for flags in (["--split-shards", "2"], ["--client-seq"], ["--split-shards", "2", "--client-seq"]):
+        p = run_python(
+            "-m", "ringrouter.load", "--addr", r.addr, "--pairs", "4", "--messages", "10000",
+            "--json", *flags,
+        )
+        assert p.returncode == 0, (flags, p.stderr)
+        d = json.loads(p.stdout)
+        assert (d["sent"], d["delivered"], d["lost"], d["out_of_order"]) == (10_000, 10_000, 0, 0), flags
+        assert d["receivers"] == 4
+
+
 def test_load_run_unreachable_router(closed_port_addr: str) -> None:
     with pytest.raises(ConnectionError):
         load.run(closed_port_addr, pairs=1, messages=10)

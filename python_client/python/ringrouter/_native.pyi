@@ -643,10 +643,17 @@ def load_run(
     ca_file: Optional[Union[str, "PathLike[str]"]] = None,
     server_pid: Optional[int] = None,
     user_prefix: Optional[str] = None,
+    protocol: Literal["ringrouter", "nats", "redis"] = "ringrouter",
+    redis_reply: Literal["on", "off"] = "on",
+    split_shards: int = 0,
+    client_seq: bool = False,
 ) -> str:
     """Runs the Rust load engine without the GIL; returns its report as JSON.
 
     Use :func:`ringrouter.load.run` instead. ``progress(elapsed_s, sent, delivered)``
     is called every ``every`` seconds while the run lasts; ``transport``, ``tls``
-    and ``ca_file`` as for :class:`Client`.
+    and ``ca_file`` as for :class:`Client`; ``protocol``, ``redis_reply``,
+    ``split_shards`` and ``client_seq`` as for :func:`ringrouter.load.run`
+    (:class:`ValueError` for a ``protocol`` or ``redis_reply`` not among those
+    named, or a negative ``split_shards``).
     """

@@ -200,6 +200,10 @@ def run(
     ca_file: Optional[Union[str, "PathLike[str]"]] = None,
     server_pid: Optional[int] = None,
     user_prefix: Optional[str] = None,
+    protocol: str = "ringrouter",
+    redis_reply: str = "on",
+    split_shards: int = 0,
+    client_seq: bool = False,
 ) -> LoadReport:
     """Runs a load against the router at ``addr`` and returns what it measured.
 
@@ -231,9 +235,27 @@ def run(
             receivers ``<prefix>r<i>-<j>``; ``None``: one per process). Users live on
             the shard their name picks, so fixing it fixes which pairs cross shards:
             runs compare like for like.
+        protocol: the server's protocol: ``"ringrouter"``, or ``"nats"`` (a
+            nats-server) or ``"redis"`` (redis pub/sub) for side-by-side
+            comparisons; those two over plain TCP only (``transport="tcp"``, no
+            ``tls``).
+        redis_reply: with ``protocol="redis"``: ``"on"``, pipelined PUBLISHes whose
+            replies are read in bulk; ``"off"``, every sender sends ``CLIENT REPLY
+            OFF`` first and reads no reply (the window then counts deliveries only).
+        split_shards: ringrouter, pairs: the router's shard count; every pair's
+            receiver is then named so that it lives on another shard than its
+            sender (0 or 1: names as usual).
+        client_seq: ringrouter: number the Sends (``Send.client_seq``), as a
+            resuming client does, so that the router acknowledges them with SendAck
+            (what resume costs).
+
+    ``protocol``, ``redis_reply``, ``split_shards`` and ``client_seq`` are
+    ``ringrouter-load``'s ``--protocol``, ``--redis-reply``, ``--split-shards`` and
+    ``--client-seq``.
 
     Raises:
-        ValueError: an invalid combination of arguments.
+        ValueError: an invalid combination of arguments, a ``protocol`` or
+            ``redis_reply`` not among those above, a negative ``split_shards``.
         ConnectionError: the engine could not connect or log in.
         RuntimeError: the engine failed while running. When it failed once sending
             had begun (a connection the router ended, say), its ``report`` attribute
@@ -258,6 +280,10 @@ def run(
             ca_file=ca_file,
             server_pid=server_pid,
             user_prefix=user_prefix,
+            protocol=protocol,
+            redis_reply=redis_reply,
+            split_shards=split_shards,
+            client_seq=client_seq,
         )
     except RuntimeError as e:
         if len(e.args) == 2 and isinstance(e.args[1], str):

@@ -70,6 +70,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--user-prefix", default=None, metavar="P",
                    help="prefix of the run's user names (default: one per process); fixing it "
                    "fixes which shards the senders and receivers live on")
+    p.add_argument("--protocol", choices=("ringrouter", "nats", "redis"), default="ringrouter",
+                   help="server protocol: ringrouter, or nats or redis (pub/sub) for side-by-side "
+                   "comparisons, over plain TCP (default %(default)s)")
+    p.add_argument("--redis-reply", choices=("on", "off"), default="on",
+                   help="redis: off makes every sender send CLIENT REPLY OFF first and never read "
+                   "a reply (the window then counts deliveries only); on: pipelined PUBLISHes "
+                   "whose replies are read in bulk (default %(default)s)")
+    p.add_argument("--split-shards", type=_non_negative_int, default=0, metavar="N",
+                   help="ringrouter, pairs: the router's shard count; every pair's receiver is "
+                   "then named so that it lives on another shard than its sender (default 0: "
+                   "names as usual)")
+    p.add_argument("--client-seq", action="store_true",
+                   help="ringrouter: number the Sends (Send.client_seq), as a resuming client "
+                   "does: the router acknowledges them with SendAck (what resume costs)")
     p.add_argument("--server-pid", type=_positive_int, default=None, metavar="PID",
                    help="the router's pid (on this machine): report its CPU over the run (server_cpu_s)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -181,6 +195,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             ca_file=args.ca_file,
             server_pid=args.server_pid,
             user_prefix=args.user_prefix,
+            protocol=args.protocol,
+            redis_reply=args.redis_reply,
+            split_shards=args.split_shards,
+            client_seq=args.client_seq,
         )
     except (ValueError, OverflowError, ConnectionError, RuntimeError) as e:
         if progress is not None:
@@ -207,7 +225,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
         amount = f"{args.duration:g} s" if args.duration is not None else f"{_fmt_int(messages or 0)} messages"
         over = "" if args.transport == "tcp" and not args.tls else f" over {args.transport}{'+tls' if args.tls else ''}"
-        print(format_table(report, f"ringrouter load @ {args.addr}{over}: {shape}, {args.size}-byte payloads, {amount}"))
+        print(format_table(report, f"{args.protocol} load @ {args.addr}{over}: {shape}, {args.size}-byte payloads, {amount}"))
     if args.plot is not None:
         from .plot import plot_report
 
