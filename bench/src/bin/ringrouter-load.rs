@@ -39,7 +39,7 @@ struct Args {
     /// Payload size in bytes (at least 16: each payload carries its send time and number).
     #[arg(long, default_value_t = 64)]
     size: usize,
-    /// Total messages to send.
+    /// Total messages to send (default 1 000 000, or unlimited with --duration).
     #[arg(long, conflicts_with = "duration")]
     messages: Option<u64>,
     /// Or: seconds to send for.
