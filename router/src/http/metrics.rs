@@ -514,7 +514,7 @@ impl prometheus_client::collector::Collector for Scrape {
                 None,
                 MetricType::Counter,
             )?
-            .encode_counter::<NoLabelSet, f64, f64>(&(t.refused as f64), None)?;
+            .encode_counter::<NoLabelSet, u64, u64>(&t.refused, None)?;
         }
         Ok(())
     }
@@ -610,7 +610,11 @@ mod tests {
             refused_all: 1,
             refused_address: 7,
         };
-        let text = render(&stats, StoreStats::default(), None, conns);
+        let tls = TlsStats {
+            in_progress: 2,
+            refused: 3,
+        };
+        let text = render(&stats, StoreStats::default(), Some(tls), conns);
         let text = String::from_utf8_lossy(&text);
         let has = |line: &str| text.lines().any(|l| l == line);
         for line in [
@@ -624,6 +628,9 @@ mod tests {
             "ringrouter_connections_open 3",
             "ringrouter_connections_refused_total{limit=\"per_ip\"} 7",
             "ringrouter_connections_refused_total{limit=\"total\"} 1",
+            "ringrouter_tls_handshakes_in_progress 2",
+            // A count, as an integer like the other counts (not "3.0").
+            "ringrouter_tls_handshakes_refused_total 3",
         ] {
             assert!(has(line), "no line {line:?} in:\n{text}");
         }
