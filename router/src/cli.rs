@@ -399,7 +399,9 @@ pub struct Args {
     /// Longest an HTTP API request waits for the shards and the store (503 past it).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s", help_heading = TIMEOUTS)]
     pub http_api_timeout: Duration,
-    /// Graceful shutdown waits at most this long for queues to flush.
+    /// Graceful shutdown waits at most this long for sessions to take what is queued for
+    /// them (one that does not is cut); what they leave unacked is then stored for as
+    /// long as the store makes progress (cut after this long without any, at least 5 s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s", help_heading = TIMEOUTS)]
     pub shutdown_timeout: Duration,
 

@@ -201,6 +201,7 @@ impl Router {
             shutdown: AtomicBool::new(false),
             quiesced: AtomicUsize::new(0),
             drain_cut: AtomicBool::new(false),
+            drain_progress: std::sync::atomic::AtomicU64::new(0),
             bells,
             store: store.clone(),
             tls,
@@ -334,12 +335,26 @@ impl RouterHandle {
         self.threads.iter().all(|t| t.is_finished())
     }
 
-    /// Waits up to `timeout` for the shard threads, then closes the store. True when
+    /// Waits up to `timeout` for the shard threads (longer while their shutdown drains
+    /// progress: `shard::run::drain_stall`, up to `drain_max`), then closes the store. True when
     /// the stop was clean: every thread finished, no shard's drain was cut by
     /// `--shutdown-timeout`, and the store persisted what the shards handed it.
     pub fn join(self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let mut deadline = start + timeout;
+        let most = start + timeout + crate::shard::run::drain_max(&self.shared.cfg);
+        let mut progress = self.shared.drain_progress.load(Ordering::SeqCst);
         while !self.is_finished() {
+            // A shard still storing what its sessions left (their unacked messages) is
+            // waited for while it makes progress: cut, they would be lost.
+            let now_progress = self.shared.drain_progress.load(Ordering::SeqCst);
+            if now_progress != progress {
+                progress = now_progress;
+                let stall = crate::shard::run::drain_stall(&self.shared.cfg);
+                deadline = deadline
+                    .max(Instant::now() + stall + Duration::from_secs(1))
+                    .min(most + Duration::from_secs(2));
+            }
             if Instant::now() >= deadline {
                 if let Some(h) = &self.shared.handshakes {
                     h.stop();

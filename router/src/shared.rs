@@ -32,6 +32,9 @@ pub(crate) struct Shared {
     /// Set by a shard whose shutdown drain ran past `--shutdown-timeout`: mail in
     /// flight between shards or to the store may not have been persisted.
     pub(crate) drain_cut: AtomicBool,
+    /// Bumped by a shard whose shutdown drain made progress (its store answered, its
+    /// requeues or mail moved): the wait for the shards goes on while it moves.
+    pub(crate) drain_progress: std::sync::atomic::AtomicU64,
     pub(crate) bells: Vec<Arc<Doorbell>>,
     pub(crate) store: StoreHandle,
     /// TLS on every listener (`--tls-cert`).

@@ -215,6 +215,8 @@ pub struct Shard {
     pub store: Option<StoreLink>,
     /// Store requests made and not yet answered.
     pub store_inflight: usize,
+    /// Store requests answered (the shutdown drain's sign of progress).
+    pub store_answers: u64,
     /// What those requests count for (payloads plus a fixed overhead each), bounded by
     /// `max_store_queue_bytes`.
     pub store_bytes: usize,
@@ -441,6 +443,7 @@ impl Shard {
             shutting_down: false,
             store: None,
             store_inflight: 0,
+            store_answers: 0,
             page_reads: store_link::PageReads::default(),
             deletions: store_link::PageReads::default(),
             store_bytes: 0,

@@ -143,14 +143,19 @@ pub(crate) fn run_shard(
         let _ = ready.send(Ok(id));
         local.wait().await;
         let timeout = shared.cfg.shutdown_timeout;
-        // Sessions that cannot be flushed are cut before the timeout (the ticker);
-        // reaching it means this shard stopped with work possibly unpersisted.
-        let drained = monoio::time::timeout(timeout, async {
-            wait_idle(&shard).await;
-            drain_in_flight(&shard, &shared, n).await;
-        })
-        .await;
-        if drained.is_err() {
+        // Sessions that cannot be flushed are cut before the timeout (the ticker). What
+        // they leave (their unacked messages, mail in flight) is then stored for as long
+        // as that makes progress: cut at the timeout, a shutdown with 100 members of a
+        // room holding 40 000 unacked messages each lost all of them for 20 members (the
+        // store takes ~2 µs a record). A drain that stops moving for the timeout (at least
+        // 5 s: a failed store) is cut: this shard stopped with work possibly unpersisted.
+        // (The ticker shuts the sockets of sessions still open 200 ms before the timeout;
+        // they end soon after.)
+        let ended = monoio::time::timeout(timeout + SESSIONS_END_GRACE, wait_idle(&shard, &shared))
+            .await
+            .is_ok();
+        let drained = drain_in_flight(&shard, &shared, n, drain_stall(&shared.cfg)).await;
+        if !ended || !drained {
             tracing::error!(shard = id, "shutdown drain cut by --shutdown-timeout");
             shared.drain_cut.store(true, Ordering::SeqCst);
         }
@@ -160,9 +165,34 @@ pub(crate) fn run_shard(
     })
 }
 
-async fn wait_idle(shard: &Rc<RefCell<Shard>>) {
+/// How long the shutdown drain may go without progress before it is cut: the shutdown
+/// timeout, but at least 5 s (one store request of 4 096 requeued records takes over
+/// 100 ms on a debug build; cut at a 100 ms timeout, it lost them).
+pub(crate) fn drain_stall(cfg: &crate::config::Config) -> Duration {
+    cfg.shutdown_timeout.max(Duration::from_secs(5))
+}
+
+/// The longest a shutdown drain goes on however it progresses: twelve times
+/// [`drain_stall`] (a minute at the defaults), so that nothing that keeps moving (work
+/// the shard makes for itself) holds a shutdown without end.
+pub(crate) fn drain_max(cfg: &crate::config::Config) -> Duration {
+    drain_stall(cfg) * 12
+}
+
+/// How long past `--shutdown-timeout` the sessions whose sockets were shut at it may take
+/// to end (their close: what they had not acked handed to the requeues).
+const SESSIONS_END_GRACE: Duration = Duration::from_secs(1);
+
+/// Waits until this shard has no session left; each one that ends counts as the
+/// shutdown's progress (`Shared::drain_progress`).
+async fn wait_idle(shard: &Rc<RefCell<Shard>>, shared: &Shared) {
+    let mut left = usize::MAX;
     poll_fn(|cx| {
         let mut sh = shard.borrow_mut();
+        if sh.sessions.len() != left {
+            left = sh.sessions.len();
+            shared.drain_progress.fetch_add(1, Ordering::SeqCst);
+        }
         if sh.idle() {
             Poll::Ready(())
         } else {
@@ -176,22 +206,57 @@ async fn wait_idle(shard: &Rc<RefCell<Shard>>) {
 /// Shutdown, after this shard's sessions ended: other shards may still be handing it
 /// mail (messages in flight, room fan-outs, their sessions' last sends). It keeps
 /// running its consumer, flusher and store completions until every shard is idle and
-/// nothing is in flight to or from it, so those messages are stored, not dropped.
-async fn drain_in_flight(shard: &Rc<RefCell<Shard>>, shared: &Shared, n: usize) {
+/// nothing is in flight to or from it, so those messages are stored, not dropped. False
+/// if nothing moved for `stall` (then it stops with work possibly unpersisted).
+async fn drain_in_flight(
+    shard: &Rc<RefCell<Shard>>,
+    shared: &Shared,
+    n: usize,
+    stall: Duration,
+) -> bool {
     shared.quiesced.fetch_add(1, Ordering::SeqCst);
     let mut calm = 0;
+    let mut seen = None;
+    let mut moved = Instant::now();
+    let began = moved;
+    let most = drain_max(&shared.cfg);
     while calm < 3 {
         monoio::time::sleep(Duration::from_millis(2)).await;
         let sh = shard.borrow();
-        let quiet = shared.quiesced.load(Ordering::SeqCst) == n
+        let flight: usize = sh
+            .flight_in
+            .iter()
+            .chain(&sh.flight_out)
+            .map(|f| f.load(Ordering::Acquire))
+            .sum();
+        let quiesced = shared.quiesced.load(Ordering::SeqCst);
+        let quiet = quiesced == n
             && sh.outbox_len == 0
             && sh.local_mail.is_empty()
             && sh.store_inflight == 0
             && sh.requeues.is_empty()
-            && sh.flight_in.iter().all(|f| f.load(Ordering::Acquire) == 0)
-            && sh.flight_out.iter().all(|f| f.load(Ordering::Acquire) == 0);
+            && flight == 0;
         calm = if quiet { calm + 1 } else { 0 };
+        let now = (
+            sh.store_answers,
+            sh.requeues.is_empty(),
+            sh.outbox_len,
+            sh.local_mail.len(),
+            flight,
+            quiesced,
+        );
+        if seen != Some(now) {
+            seen = Some(now);
+            moved = Instant::now();
+            shared.drain_progress.fetch_add(1, Ordering::SeqCst);
+        } else if moved.elapsed() >= stall {
+            return false;
+        }
+        if began.elapsed() >= most {
+            return false;
+        }
     }
+    true
 }
 
 /// Wakes this task and returns to the runtime once. monoio queues a task woken while it

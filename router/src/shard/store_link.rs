@@ -406,6 +406,7 @@ impl Shard {
         then: impl FnOnce(&mut Shard),
     ) {
         self.store_inflight -= 1;
+        self.store_answers += 1;
         self.store_bytes -= bytes;
         if let Some(id) = requester {
             self.request_done(id);
