@@ -69,7 +69,12 @@ impl Shard {
                 .get(key)
                 .and_then(|s| s.last_dest.as_deref())
                 .and_then(|d| d.home_of(&v.to_user)),
-            _ => None,
+            Inbound::Send(_) => None,
+            _ => {
+                // (Its weight in the reader's turn: `shard::social::OTHER_FRAME_WORK`.)
+                self.social.frames_work += crate::shard::social::OTHER_FRAME_WORK;
+                None
+            }
         };
         if known_home.is_none() {
             if let Err(e) = ringrouter_proto::names::check_inbound(&frame) {

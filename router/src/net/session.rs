@@ -24,7 +24,7 @@ use monoio::net::tcp::TcpOwnedReadHalf;
 use monoio::net::TcpStream;
 use prost::Message;
 use ringrouter_proto::codec::{encode_frame, frame_bytes_needed, frames, split_frames};
-use ringrouter_proto::fast::{parse_client_in, Inbound};
+use ringrouter_proto::fast::parse_client_in;
 use ringrouter_proto::reply;
 use ringrouter_proto::v1::{client_frame, server_frame, ClientFrame, LoginResult, ServerFrame};
 use ringrouter_proto::Status;
@@ -235,8 +235,9 @@ type Held = (bytes::Bytes, usize, Option<(Status, String)>);
 /// session's payloads copied from then on (see `read_loop`).
 const SPARSE_CHUNK: usize = 8 << 10;
 
-/// Deliveries (and live frames) one reader's frames may make before the rest of its
-/// chunk waits for the shard's other ready tasks: a 64 KiB chunk of small room messages
+/// Deliveries (and live frames, and frames other than Sends: `Shard::fan_work`) one
+/// reader's frames may make before the rest of its chunk waits for the shard's other
+/// ready tasks: a 64 KiB chunk of small room messages
 /// to a room of 500 is 1.3 M deliveries, which held every other session of the shard
 /// (their reads, writes and answers) for up to seconds. About 20 ms of work at most; a
 /// fan-out benchmark chunk (64 KiB to 64 members, ~51 000 deliveries) is not split.
@@ -251,13 +252,6 @@ const SLOW_TURN_BYTES: usize = 64 << 10;
 
 /// Frames from this size on count for [`SLOW_TURN_BYTES`].
 const SLOW_FRAME_MIN: usize = 4 << 10;
-
-/// Frames other than Sends (Pings, acks, requests: each answered or handled on its own)
-/// one reader's chunk may hand the shard before the rest waits for the shard's other
-/// ready tasks. A 64 KiB chunk of Pings is ~6 500 of them, ~8 ms of the shard: 20
-/// sessions pinging in a loop held another session's Ping p50 205 ms on their shard, a
-/// round of their chunks.
-const TURN_OTHER_FRAMES: u32 = 512;
 
 /// Bytes of a write batch a TLS or WebSocket session encodes and writes at a time.
 const EGRESS_SLICE: usize = 256 << 10;
@@ -389,8 +383,6 @@ fn read_loop<'a>(
                 let mut frame_at = start;
                 // Bytes of frames decoded whole (see SLOW_TURN_BYTES).
                 let mut slow = 0usize;
-                // Frames other than Sends (see TURN_OTHER_FRAMES).
-                let mut others = 0u32;
                 for r in frames(&chunk[start..]).take_while(|_| !waits) {
                     let range = start + r.start..start + r.end;
                     let end = range.end;
@@ -409,21 +401,18 @@ fn read_loop<'a>(
                         slow += range.len();
                     }
                     match parse_client_in(&chunk, range, copy, checked) {
-                        Ok(frame) => {
-                            others += u32::from(!matches!(frame, Inbound::Send(_)));
-                            match sh.on_frame(key, frame, now, ts, &mut blocked) {
-                                Flow::Continue => {}
-                                Flow::Stop => {
-                                    flow = Flow::Stop;
-                                    break;
-                                }
-                                Flow::Again => {
-                                    // Handled again once the session's wait (below) ends.
-                                    rest = Some(begin);
-                                    break;
-                                }
+                        Ok(frame) => match sh.on_frame(key, frame, now, ts, &mut blocked) {
+                            Flow::Continue => {}
+                            Flow::Stop => {
+                                flow = Flow::Stop;
+                                break;
                             }
-                        }
+                            Flow::Again => {
+                                // Handled again once the session's wait (below) ends.
+                                rest = Some(begin);
+                                break;
+                            }
+                        },
                         Err(e) => {
                             bad = Some((Status::BadFrame, e.to_string()));
                             break;
@@ -452,8 +441,7 @@ fn read_loop<'a>(
                     }
                     if end < chunk.len()
                         && (sh.fan_work().wrapping_sub(work) >= TURN_DELIVERIES
-                            || slow >= SLOW_TURN_BYTES
-                            || others >= TURN_OTHER_FRAMES)
+                            || slow >= SLOW_TURN_BYTES)
                     {
                         rest = Some(end);
                         turn_over = true;

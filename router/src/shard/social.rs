@@ -37,7 +37,18 @@ pub struct Social {
     pub multi_device: usize,
     /// Live-only frames queued on sessions (see [`Shard::fan_work`]).
     pub live_pushed: u64,
+    /// Frames other than Sends handled, each as [`OTHER_FRAME_WORK`] deliveries (see
+    /// [`Shard::fan_work`]).
+    pub frames_work: u64,
 }
+
+/// What a frame other than a Send (a Ping, an ack, a request: each handled and answered
+/// on its own) weighs in a reader's turn, in deliveries: 128, so a chunk hands the shard
+/// at most 512 of them before the rest waits for the shard's other ready tasks. A 64 KiB
+/// chunk of Pings is ~6 500 of them, ~8 ms of the shard: 20 sessions pinging in a loop
+/// held another session's Ping p50 226 ms on their shard (a round of their chunks); now
+/// 2.7 ms (`bench/hostile/ping_flood.py`).
+pub const OTHER_FRAME_WORK: u64 = 128;
 
 /// Bytes a live frame counts for besides its payload.
 const LIVE_OVERHEAD: usize = 64;
@@ -179,12 +190,14 @@ impl Shard {
         n
     }
 
-    /// Frames queued on sessions for others so far (deliveries and live-only frames): a
-    /// reader's share of the shard's turn is measured with it.
+    /// Frames queued on sessions for others so far (deliveries and live-only frames), and
+    /// frames other than Sends handled ([`OTHER_FRAME_WORK`] each): a reader's share of
+    /// the shard's turn is measured with it.
     pub(crate) fn fan_work(&self) -> u64 {
         self.counters
             .delivered
             .wrapping_add(self.social.live_pushed)
+            .wrapping_add(self.social.frames_work)
     }
 
     /// A room's ephemeral message or read receipt for its members homed here.
