@@ -218,6 +218,12 @@ pub struct Args {
     /// new connection's handshake is refused and the connection closed.
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..), help_heading = LIMITS)]
     pub max_tls_handshakes: u64,
+    /// Most of those steps one address (IPv4, or an IPv6 /64) may hold, so one client
+    /// replaying ClientHellos cannot fill them all; past it a new connection's handshake
+    /// from that address is refused and the connection closed. Behind a TCP proxy every
+    /// client has the proxy's address. 0: no per-address bound.
+    #[arg(long, value_name = "N", default_value_t = 32, help_heading = LIMITS)]
+    pub max_tls_handshakes_per_ip: usize,
     /// Most bytes a TLS client may send before its handshake is done (a ClientHello is a
     /// few KiB); past it the connection is closed. Each connection's TLS state holds a
     /// handshake message arriving whole (up to 64 KiB) until its login deadline.
@@ -564,6 +570,7 @@ impl Args {
             tls_key: self.tls_key,
             tls_handshake_threads: self.tls_handshake_threads,
             max_tls_handshakes: usize::try_from(self.max_tls_handshakes).unwrap_or(usize::MAX),
+            max_tls_handshakes_per_ip: self.max_tls_handshakes_per_ip,
             max_tls_handshake_bytes: self.max_tls_handshake_bytes,
             http_listen: self.http_listen.0,
             api_key_file: self.api_key_file,
@@ -1434,6 +1441,8 @@ mod tests {
             "3",
             "--max-tls-handshakes",
             "9",
+            "--max-tls-handshakes-per-ip",
+            "3",
             "--api-key-file",
             secret,
             "--http-max-head-bytes",

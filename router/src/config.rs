@@ -121,6 +121,10 @@ pub struct Config {
     /// Most TLS handshake steps queued or running; past it a new connection's
     /// handshake is refused (the connection closed).
     pub max_tls_handshakes: usize,
+    /// Most of those steps one address (IPv4, or an IPv6 /64) may hold; past it a new
+    /// connection's handshake from that address is refused like past
+    /// `max_tls_handshakes`. 0: no per-address bound.
+    pub max_tls_handshakes_per_ip: usize,
     /// Most bytes a TLS client may send before its handshake is done.
     pub max_tls_handshake_bytes: usize,
     /// Allow open auth on a non-loopback address.
@@ -336,6 +340,7 @@ impl Default for Config {
             tls_key: None,
             tls_handshake_threads: 0,
             max_tls_handshakes: 256,
+            max_tls_handshakes_per_ip: 32,
             max_tls_handshake_bytes: 16 << 10,
             allow_open_auth_on_public: false,
             pin_threads: true,

@@ -133,6 +133,7 @@ impl Router {
                 crate::transport::tls::Handshakes::start(
                     cfg.tls_handshake_threads,
                     cfg.max_tls_handshakes,
+                    cfg.max_tls_handshakes_per_ip,
                 )
                 .map_err(|e| StartError::Config(format!("cannot start TLS threads: {e}")))?,
             )),

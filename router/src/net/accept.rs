@@ -48,9 +48,15 @@ pub(crate) async fn accept_loop(
         let Some(res) = accepted else { break };
         match res {
             Ok((stream, peer)) => {
-                // TLS handshakes at their bound: its ClientHello would be refused; the
-                // connection goes now, before its task, its TLS state and its read.
-                if shared.handshakes.as_ref().is_some_and(|h| h.refuse_new()) {
+                // TLS handshakes at their bound (or its address at its share): its
+                // ClientHello would be refused; the connection goes now, before its
+                // task, its TLS state and its read.
+                let from = crate::address::address_key(peer.ip());
+                if shared
+                    .handshakes
+                    .as_ref()
+                    .is_some_and(|h| h.refuse_new(from))
+                {
                     drop(stream);
                     continue;
                 }

@@ -5,6 +5,7 @@
 //! writes the socket itself, see `net::session`).
 
 use std::io;
+use std::net::IpAddr;
 
 use bytes::BytesMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
@@ -29,6 +30,8 @@ pub(crate) struct Conn {
     /// The bound its next handshake step is held to (its first, on which port; then
     /// none).
     admit: Admit,
+    /// The peer's address as per-address bounds count it (`address_key`).
+    from: IpAddr,
 }
 
 impl Conn {
@@ -39,6 +42,7 @@ impl Conn {
             layers: None,
             handshakes: None,
             admit: Admit::Started,
+            from: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         }
     }
 
@@ -50,6 +54,7 @@ impl Conn {
             layers,
             handshakes: None,
             admit: Admit::Started,
+            from: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         }
     }
 
@@ -62,11 +67,17 @@ impl Conn {
             )),
             None => None,
         };
+        let from = tcp
+            .peer_addr()
+            .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| {
+                crate::address::address_key(a.ip())
+            });
         Ok(Conn {
             tcp,
             layers,
             handshakes: shared.handshakes.clone(),
             admit: if http { Admit::NewHttp } else { Admit::New },
+            from,
         })
     }
 
@@ -192,7 +203,7 @@ impl Conn {
         };
         let hs = Arc::clone(hs);
         let step = hs
-            .run(self.admit, move || {
+            .run(self.admit, self.from, move || {
                 let r = layers.ingest(&mut raw, &mut buf);
                 layers.raw = raw;
                 (layers, buf, r)

@@ -254,6 +254,58 @@ fn handshakes_past_the_bound_are_refused_and_the_router_serves_on() {
     login(&mut a, &mut buf, "after_the_burst");
 }
 
+/// One address holds at most `--max-tls-handshakes-per-ip` of the handshake steps: a
+/// burst of ClientHellos from it, far under `--max-tls-handshakes`, is refused past its
+/// share, and a login from another address (127.0.0.2) is admitted at once meanwhile.
+#[test]
+fn one_address_holds_at_most_its_share_of_handshakes() {
+    let (_dir, r, cfg) = tls_router(&[
+        "--tls-handshake-threads",
+        "1",
+        "--max-tls-handshakes",
+        "1000",
+        "--max-tls-handshakes-per-ip",
+        "1",
+    ]);
+    let hello = client_hello(&cfg);
+    // Connected first, then the ClientHellos at once: more than one queued at a time.
+    let mut socks: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(r.connect_addr()).expect("connect"))
+        .collect();
+    for s in &mut socks {
+        let _ = s.write_all(&hello);
+    }
+    let (mut answered, mut refused) = (0, 0);
+    for mut s in socks {
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut b = [0u8; 5];
+        match s.read(&mut b) {
+            Ok(n) if n > 0 && b[0] == 22 => answered += 1,
+            Ok(0) => refused += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => refused += 1,
+            other => panic!("neither answered nor closed: {other:?} {b:?}"),
+        }
+    }
+    // 200 is a fifth of the global bound: every refusal is the address's share.
+    assert!(answered >= 1, "answered {answered}, refused {refused}");
+    assert!(refused >= 1, "answered {answered}, refused {refused}");
+    // Another address is not held to 127.0.0.1's share (Linux routes all of
+    // 127.0.0.0/8 to loopback).
+    let addr = r.connect_addr();
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let from: std::net::SocketAddr = "127.0.0.2:0".parse().expect("addr");
+    sock.bind(&from.into()).expect("bind 127.0.0.2");
+    sock.connect(&addr.into()).expect("connect");
+    let tcp: TcpStream = sock.into();
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let c = rustls::ClientConnection::new(cfg.clone(), name).expect("client conn");
+    let mut s = rustls::StreamOwned::new(c, tcp);
+    let mut buf = BytesMut::new();
+    login(&mut s, &mut buf, "elsewhere");
+}
+
 /// Drives a whole handshake by hand, then logs in: `Ok(false)` when the router refused
 /// the ClientHello (closed before answering anything), `Ok(true)` once logged in, `Err`
 /// when it was cut after answering.
