@@ -118,7 +118,7 @@ const COUNTERS: &[(&str, &str, Get)] = &[
     ),
     (
         "requeue_dropped",
-        "Unacked messages of ended sessions dropped past the requeue ceiling (the oldest).",
+        "Unacked messages of ended sessions dropped past the requeue ceiling (never what the queue holds).",
         |s| s.requeue_dropped,
     ),
     (

@@ -1,6 +1,7 @@
 //! What a session leaves unacked when it ends goes to its user's offline queue, in
 //! order (accepted messages are never refused: only the ceiling of
-//! [`Shard::requeue_cap`] applies, the oldest dropped past it).
+//! [`Shard::requeue_cap`] applies: what is given back past it is dropped and counted,
+//! never what the queue holds already).
 //!
 //! The messages wait here in the compact form the session held them in (16 bytes a
 //! room message, a shared payload) and go to the store a slice at a time while the
@@ -36,7 +37,7 @@ use bytes::Bytes;
 use ringrouter_proto::Status;
 
 use super::answer::Answer;
-use super::retention::Retained;
+use super::retention::{OwnedMsg, Retained};
 use super::session::{SessionId, SessionKey};
 use super::store_link::STORE_HIGH_WATER;
 use super::Shard;
@@ -73,12 +74,16 @@ impl Recent {
         h.finish()
     }
 
-    /// Drops from `unacked` what `user`'s other devices gave back within `window`
-    /// (`--requeue-dedup-window`; zero: nothing), and notes what it keeps.
+    /// Drops from `unacked` and `deferred` what `user`'s other devices gave back within
+    /// `window` (`--requeue-dedup-window`; zero: nothing), and notes what it keeps. The
+    /// deferred ones too: two devices paging a backlog each held the same live messages
+    /// back, and both copies went to the queue, where the second pushed the oldest
+    /// undelivered messages out past the requeue ceiling (lost, counted nowhere).
     fn dedup(
         &mut self,
         user: &Bytes,
         unacked: &mut Retained,
+        deferred: &mut Vec<OwnedMsg>,
         now: std::time::Instant,
         window: std::time::Duration,
     ) {
@@ -95,6 +100,15 @@ impl Recent {
             };
             let this = &*self;
             unacked.forget_seen(|f, r, id, ts| this.key(f, r, id, ts), seen, &mut kept);
+            deferred.retain(|m| {
+                let k = this.key(&m.from_user, &m.to_room, m.msg_id, m.ts_us);
+                if seen.contains(&k) {
+                    false
+                } else {
+                    kept.push(k);
+                    true
+                }
+            });
         }
         if kept.is_empty() {
             return;
@@ -356,8 +370,10 @@ impl Requeues {
 impl Shard {
     /// The ceiling for messages a session gives back when it ends (accepted already, so
     /// never refused): the offline cap plus what one session may hold unacked. Only a
-    /// user whose devices keep taking messages without acking them reaches it; the
-    /// oldest are then dropped.
+    /// user whose devices keep taking messages without acking them reaches it; what is
+    /// given back past it is then dropped (counted in `requeue_dropped`), never what the
+    /// queue holds: that may never have been delivered (with `DropOldest` two devices'
+    /// copies of the same held-back messages pushed 2 400 undelivered ones out).
     pub(crate) fn requeue_cap(&self) -> QueueCap {
         let c = &self.cfg;
         QueueCap {
@@ -367,7 +383,7 @@ impl Shard {
             max_bytes: c
                 .max_offline_bytes_per_user
                 .saturating_add(c.max_unacked_bytes_per_session as u64),
-            overflow: Overflow::DropOldest,
+            overflow: Overflow::DropNewest,
         }
     }
 
@@ -386,14 +402,19 @@ impl Shard {
             return;
         }
         let user = s.user.clone();
-        let mut unacked = unacked;
+        let (mut unacked, mut deferred) = (unacked, deferred);
         // Entries in the store already are never stored again: they count for nothing.
         unacked.forget_stored();
-        // Nor are copies another device of the user gave back already.
+        // Nor are copies another device of the user gave back already (delivered or
+        // held back behind a backlog).
         let window = self.cfg.requeue_dedup_window;
-        self.requeues
-            .recent
-            .dedup(&user, &mut unacked, std::time::Instant::now(), window);
+        self.requeues.recent.dedup(
+            &user,
+            &mut unacked,
+            &mut deferred,
+            std::time::Instant::now(),
+            window,
+        );
         // Those still held by reference (younger than `PIN_MAX_US`) are copied: a
         // requeue may wait on the store, out of reach of the ticker's sweeps.
         unacked.unpin(u64::MAX, &mut crate::outbuf::Unpinning::default());
@@ -601,20 +622,27 @@ impl Shard {
         } else {
             let msgs = r.take(SLICE, SLICE_BYTES);
             if !msgs.is_empty() {
-                self.counters.requeued += msgs.len() as u64;
                 let (user, device, gen) = (r.user.clone(), r.device.clone(), r.gen);
                 let name = String::from_utf8_lossy(&user).into_owned();
                 let bytes = msgs.iter().map(record_bytes).sum();
                 let cap = Some(self.requeue_cap());
+                let n = msgs.len() as u64;
                 // An account deleted meanwhile gets nothing back (NOT_FOUND).
                 self.store_req_sized(
                     bytes,
                     |st, cb| st.enqueue(&name, msgs, cap, true, cb),
                     move |sh, r| match r {
-                        Ok(a) if a.stored > 0 => {
-                            sh.requeued_for_later_logins(&user, &device, gen, a.first_seq)
+                        Ok(a) => {
+                            // Past the ceiling the store keeps the slice's first that fit
+                            // (never what the queue holds): the rest are counted here.
+                            let dropped = n.saturating_sub(a.stored);
+                            sh.counters.requeue_dropped += dropped;
+                            sh.counters.requeued += a.stored;
+                            if a.stored > 0 {
+                                sh.requeued_for_later_logins(&user, &device, gen, a.first_seq)
+                            }
                         }
-                        Ok(_) | Err(StoreError::NotFound) => {}
+                        Err(StoreError::NotFound) => {}
                         Err(e) => tracing::warn!(error = %e, "requeueing unacked messages failed"),
                     },
                 );
@@ -780,7 +808,7 @@ mod dedup_tests {
 
     use bytes::Bytes;
 
-    use super::{Recent, Retained};
+    use super::{OwnedMsg, Recent, Retained};
     use crate::shard::retention::Outgoing;
 
     /// A session's unacked messages `ids` from `from` (payloads of 100 bytes, shared).
@@ -813,27 +841,62 @@ mod dedup_tests {
         let (u, v) = (Bytes::from_static(b"u"), Bytes::from_static(b"v"));
         let mut recent = Recent::default();
         let mut a = unacked("s", 0..10);
-        recent.dedup(&u, &mut a, now, w);
+        recent.dedup(&u, &mut a, &mut Vec::new(), now, w);
         assert_eq!(
             (a.len(), a.bytes()),
             (10, 1000),
             "the first copy stays whole"
         );
         let mut b = unacked("s", 5..15);
-        recent.dedup(&u, &mut b, now, w);
+        recent.dedup(&u, &mut b, &mut Vec::new(), now, w);
         assert_eq!((b.len(), b.bytes()), (5, 500), "5..10 dropped, 10..15 kept");
         let mut c = unacked("t", 0..10);
-        recent.dedup(&u, &mut c, now, w);
+        recent.dedup(&u, &mut c, &mut Vec::new(), now, w);
         assert_eq!(c.len(), 10, "another sender's ids are other messages");
         let mut d = unacked("s", 0..10);
-        recent.dedup(&v, &mut d, now, w);
+        recent.dedup(&v, &mut d, &mut Vec::new(), now, w);
         assert_eq!(d.len(), 10, "another user's queue");
         let mut e = unacked("s", 0..15);
-        recent.dedup(&u, &mut e, now + w, w);
+        recent.dedup(&u, &mut e, &mut Vec::new(), now + w, w);
         assert_eq!(e.len(), 15, "the window passed");
         let mut f = unacked("s", 0..15);
-        recent.dedup(&u, &mut f, now + w, Duration::ZERO);
+        recent.dedup(&u, &mut f, &mut Vec::new(), now + w, Duration::ZERO);
         assert_eq!(f.len(), 15, "off");
+        assert_eq!(recent.keys, recent.keys_now());
+    }
+
+    /// Messages held back behind a backlog (deferred) are checked as the delivered ones
+    /// are: two devices that held back the same live messages give them back once (both
+    /// copies used to go to the queue and push its oldest undelivered messages out).
+    #[test]
+    fn deferred_copies_other_devices_gave_back_are_dropped() {
+        let (w, now) = (Duration::from_secs(30), Instant::now());
+        let u = Bytes::from_static(b"u");
+        let held = |ids: std::ops::Range<u64>| -> Vec<OwnedMsg> {
+            ids.map(|id| OwnedMsg {
+                from_user: Bytes::from_static(b"s"),
+                to_room: Bytes::new(),
+                payload: Bytes::from_static(b"x"),
+                msg_id: id,
+                ts_us: 1_000 + id,
+            })
+            .collect()
+        };
+        let mut recent = Recent::default();
+        let (mut a, mut da) = (unacked("s", 0..5), held(5..10));
+        recent.dedup(&u, &mut a, &mut da, now, w);
+        assert_eq!((a.len(), da.len()), (5, 5), "the first device's stay whole");
+        let (mut b, mut db) = (unacked("s", 0..3), held(3..12));
+        recent.dedup(&u, &mut b, &mut db, now, w);
+        assert_eq!(b.len(), 0);
+        let ids: Vec<u64> = db.iter().map(|m| m.msg_id).collect();
+        assert_eq!(ids, [10, 11], "held back by both: given back once");
+        let mut dc = held(0..12);
+        recent.dedup(&u, &mut Retained::default(), &mut dc, now, w);
+        assert!(
+            dc.is_empty(),
+            "delivered to one, held back by the other: once"
+        );
         assert_eq!(recent.keys, recent.keys_now());
     }
 
@@ -851,14 +914,20 @@ mod dedup_tests {
             let user = Bytes::from(format!("u{i}"));
             let at = if i < 2 { now } else { now + w };
             let mut r = unacked("s", 0..per);
-            recent.dedup(&user, &mut r, at, w);
+            recent.dedup(&user, &mut r, &mut Vec::new(), at, w);
             assert_eq!(r.len() as u64, per, "user {i}: nothing dropped");
             assert!(recent.keys <= super::RECENT_MAX, "{}", recent.keys);
             assert_eq!(recent.keys, recent.keys_now());
         }
         assert_eq!(recent.users.len(), 1);
         let mut again = unacked("s", 0..per);
-        recent.dedup(&Bytes::from_static(b"u5"), &mut again, now + w, w);
+        recent.dedup(
+            &Bytes::from_static(b"u5"),
+            &mut again,
+            &mut Vec::new(),
+            now + w,
+            w,
+        );
         assert!(again.is_empty(), "the newest user's copies are still known");
     }
 }

@@ -200,7 +200,8 @@ pub struct Appended {
     /// Seq of the first stored message (the stored ones have consecutive seqs).
     pub first_seq: u64,
     /// How many of the given messages were stored: all of them, or with
-    /// [`Overflow::DropOldest`] and more messages than the cap, the last `stored`.
+    /// [`Overflow::DropOldest`] and more messages than the cap, the last `stored`; with
+    /// [`Overflow::DropNewest`] past the cap, the first `stored`.
     pub stored: u64,
     /// Queue length after the append.
     pub queued: u64,
@@ -236,6 +237,10 @@ pub enum Overflow {
     Reject,
     /// Drop the oldest queued messages to make room.
     DropOldest,
+    /// Store the oldest of the given messages that fit and drop the rest of them: never
+    /// removes anything queued (a requeue: what a queue holds may never have been
+    /// delivered, and pushing it out lost it). [`Appended::stored`] tells how many went.
+    DropNewest,
 }
 
 /// Why a user cannot become a member of a new room ([`StoreHandle::check_members`]).
@@ -848,7 +853,8 @@ impl StoreHandle {
     /// Like [`StoreHandle::append`], but keeps the queue at most `max` long: past it,
     /// either nothing is stored and the callback gets [`StoreError::Full`]
     /// ([`Overflow::Reject`]), or the oldest messages are removed ([`Overflow::DropOldest`];
-    /// if `msgs` alone is longer than `max`, only its last `max` are kept).
+    /// if `msgs` alone is longer than `max`, only its last `max` are kept), or only the
+    /// first of `msgs` that fit are stored ([`Overflow::DropNewest`]).
     pub fn append_capped(
         &self,
         user: &str,

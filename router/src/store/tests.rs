@@ -205,6 +205,17 @@ fn append_capped_rejects_or_drops_oldest() {
         .map(|(_, m)| m.msg_id)
         .collect();
     assert_eq!(ids, vec![13, 14, 15, 16, 17]);
+
+    // Past the cap only the first of the batch that fit go; what is queued stays.
+    assert_eq!(cap("k", 0..4, Overflow::DropNewest), Ok(4));
+    assert_eq!(cap("k", 4..7, Overflow::DropNewest), Ok(5));
+    assert_eq!(cap("k", 7..9, Overflow::DropNewest), Ok(5));
+    let ids: Vec<u64> = call(|cb| h.load("k", 10, cb))
+        .unwrap()
+        .into_iter()
+        .map(|(_, m)| m.msg_id)
+        .collect();
+    assert_eq!(ids, vec![0, 1, 2, 3, 4]);
 }
 
 #[test]

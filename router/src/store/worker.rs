@@ -1336,20 +1336,36 @@ impl Worker {
                 if cap.overflow == Overflow::Reject {
                     return Err(StoreError::Full);
                 }
-                // The newest that fit on their own (at least none, at most all).
-                let mut keep = 0usize;
-                let mut kept_bytes = 0u64;
-                for m in msgs.iter().rev() {
-                    let b = kept_bytes + record_len(m);
-                    if keep as u64 >= cap.max_msgs || b > cap.max_bytes {
-                        break;
+                if cap.overflow == Overflow::DropNewest {
+                    // The first that fit beside what is queued (which stays whole).
+                    let room = cap.max_msgs.saturating_sub(st.count);
+                    let room_bytes = cap.max_bytes.saturating_sub(st.bytes);
+                    let (mut keep, mut kept_bytes) = (0usize, 0u64);
+                    for m in &msgs {
+                        let b = kept_bytes + record_len(m);
+                        if keep as u64 >= room || b > room_bytes {
+                            break;
+                        }
+                        keep += 1;
+                        kept_bytes = b;
                     }
-                    keep += 1;
-                    kept_bytes = b;
+                    msgs.truncate(keep);
+                } else {
+                    // The newest that fit on their own (at least none, at most all).
+                    let mut keep = 0usize;
+                    let mut kept_bytes = 0u64;
+                    for m in msgs.iter().rev() {
+                        let b = kept_bytes + record_len(m);
+                        if keep as u64 >= cap.max_msgs || b > cap.max_bytes {
+                            break;
+                        }
+                        keep += 1;
+                        kept_bytes = b;
+                    }
+                    let excess = msgs.len() - keep;
+                    msgs.drain(..excess);
+                    self.drop_oldest(&prefix, &mut st, msgs.len() as u64, kept_bytes, cap)?;
                 }
-                let excess = msgs.len() - keep;
-                msgs.drain(..excess);
-                self.drop_oldest(&prefix, &mut st, msgs.len() as u64, kept_bytes, cap)?;
             }
         }
         let n = msgs.len() as u64;

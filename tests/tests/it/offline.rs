@@ -636,3 +636,107 @@ fn what_several_devices_leave_unacked_is_queued_once() {
         }
     }
 }
+
+/// Two devices of a user log in to a backlog longer than a page (2 048) and ack
+/// nothing: their paging stalls, and live messages that come meanwhile are held back
+/// behind it on both (deferred). Both are cut; a third device drains the queue. Every
+/// message answered OK arrives: the second device's copies of the held-back messages
+/// are not given back again (requeue dedup), and a requeue never pushes the queue's
+/// oldest (never delivered) out. Before, the second copy took the queue past the
+/// requeue ceiling (offline cap + unacked cap) and the store dropped its oldest: here
+/// #2049–#2400 (undelivered, counted nowhere).
+#[test]
+fn held_back_messages_of_cut_devices_never_push_undelivered_ones_out() {
+    use ringrouter_proto::v1::Login;
+    const Q: u64 = 2_100;
+    const L: u64 = 1_500;
+    let r = RouterProc::start(&[
+        "--shards",
+        "1",
+        "--max-offline-per-user",
+        "2100",
+        "--max-unacked-per-session",
+        "2600",
+    ]);
+    r.visit("rcv");
+    let mut snd = r.raw_login("snd");
+    let mut ok = std::collections::BTreeSet::new();
+    let send =
+        |snd: &mut Raw, ok: &mut std::collections::BTreeSet<u64>, nums: std::ops::Range<u64>| {
+            let mut buf = Vec::new();
+            for n in nums.clone() {
+                buf.extend(send_frame_bytes("rcv", &n.to_be_bytes(), true, n));
+            }
+            snd.write(&buf).unwrap();
+            let mut answered = 0;
+            while answered < nums.end - nums.start {
+                if let S::SendResult(s) = snd.next_non_ping(T) {
+                    answered += 1;
+                    if s.status == Status::Ok as i32 {
+                        ok.insert(s.request_id);
+                    }
+                }
+            }
+        };
+    send(&mut snd, &mut ok, 1..Q + 1);
+    assert_eq!(ok.len() as u64, Q, "the offline queue holds them all");
+    let mut devices: Vec<Raw> = (1..=2)
+        .map(|i| {
+            let mut d = r.raw();
+            let lr = d.login_with(Login {
+                request_id: 1,
+                user: "rcv".into(),
+                device: format!("d{i}"),
+                ..Default::default()
+            });
+            assert_eq!(lr.status, Status::Ok as i32, "{lr:?}");
+            d
+        })
+        .collect();
+    for d in &mut devices {
+        // The first page, not acked: the next one is not read.
+        let got = d.collect_delivers(3_000, Duration::from_millis(500));
+        assert!(!got.is_empty() && (got.len() as u64) < Q, "{}", got.len());
+    }
+    // Held back behind the backlog on both devices.
+    send(&mut snd, &mut ok, Q + 1..Q + L + 1);
+    for d in &mut devices {
+        assert!(d.collect_delivers(1, Duration::from_millis(300)).is_empty());
+    }
+    for d in devices {
+        let _ = socket2::SockRef::from(&d.stream).set_linger(Some(Duration::ZERO));
+        drop(d);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut d9 = r.raw();
+    let lr = d9.login_with(Login {
+        request_id: 1,
+        user: "rcv".into(),
+        device: "d9".into(),
+        ..Default::default()
+    });
+    assert_eq!(lr.status, Status::Ok as i32, "{lr:?}");
+    let mut got = std::collections::BTreeSet::new();
+    loop {
+        let batch = d9.collect_delivers(1_000, Duration::from_millis(1_500));
+        let Some(last) = batch.last() else {
+            break;
+        };
+        d9.ack(last.seq);
+        got.extend(
+            batch
+                .iter()
+                .map(|d| u64::from_be_bytes(d.payload[..8].try_into().expect("8 bytes"))),
+        );
+    }
+    let missing: Vec<u64> = ok.difference(&got).copied().collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} answered OK never delivered: {:?}..{:?}",
+        missing.len(),
+        ok.len(),
+        missing.first(),
+        missing.last()
+    );
+    assert_eq!(r.metric("ringrouter_requeue_dropped_total"), 0.0);
+}
