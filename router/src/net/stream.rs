@@ -229,11 +229,7 @@ impl Conn {
         }
         let wire = match self.layers.as_deref_mut() {
             None => data,
-            Some(l) => {
-                let mut wire = BytesMut::new();
-                l.egress(&data, &mut wire);
-                wire
-            }
+            Some(l) => egressed(l, &data),
         };
         if wire.is_empty() {
             return Ok(());
@@ -247,10 +243,13 @@ impl Conn {
         if self.lost() {
             return Err(lost_error());
         }
-        if self.layers.is_some() {
-            return self.write_all(BytesMut::from(&data[..])).await;
-        }
-        let (r, _) = self.tcp.write_all(data).await;
+        let (r, _) = match self.layers.as_deref_mut() {
+            None => self.tcp.write_all(data).await,
+            Some(l) => {
+                let wire = egressed(l, &data);
+                self.tcp.write_all(wire.freeze()).await
+            }
+        };
         r.map(|_| ())
     }
 
@@ -314,6 +313,13 @@ impl Conn {
         }
         self.shutdown_with(code, reason).await;
     }
+}
+
+/// `data` as the layers put it on the wire (TLS records, WebSocket frames).
+fn egressed(l: &mut Layers, data: &[u8]) -> BytesMut {
+    let mut wire = BytesMut::new();
+    l.egress(data, &mut wire);
+    wire
 }
 
 /// The error of a connection whose layers were lost (see [`Conn::ingest`]).

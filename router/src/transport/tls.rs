@@ -389,6 +389,59 @@ mod tests {
         Box::new(move || log.lock().expect("log").push(n))
     }
 
+    fn runtime() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>> {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("a runtime")
+    }
+
+    /// Steps held on the handshake thread until `release` lets them go, one each.
+    struct Holds {
+        go: std::sync::mpsc::Sender<()>,
+        rx: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>,
+    }
+
+    impl Holds {
+        fn new() -> Holds {
+            let (go, rx) = std::sync::mpsc::channel();
+            Holds {
+                go,
+                rx: Arc::new(std::sync::Mutex::new(rx)),
+            }
+        }
+
+        /// A step of `from` admitted as `admit`, held until released; it answers 7.
+        fn step(
+            &self,
+            h: &Arc<Handshakes>,
+            admit: Admit,
+            from: IpAddr,
+        ) -> monoio::task::JoinHandle<Option<i32>> {
+            let (h, rx) = (h.clone(), self.rx.clone());
+            monoio::spawn(async move {
+                h.run(admit, from, move || {
+                    let _ = rx.lock().map(|r| r.recv());
+                    7
+                })
+                .await
+            })
+        }
+
+        fn release(&self, n: usize) {
+            for _ in 0..n {
+                self.go.send(()).expect("held");
+            }
+        }
+    }
+
+    /// Waits until `n` steps are queued or running.
+    async fn until(h: &Handshakes, n: usize) {
+        while h.in_progress() < n {
+            monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
     /// The queue serves the addresses in turn, each one's steps in order; an address
     /// is forgotten once its last step is done.
     #[test]
@@ -427,34 +480,11 @@ mod tests {
     #[test]
     fn an_address_holds_at_most_its_share() {
         let h = Arc::new(Handshakes::start(1, 10, 2).expect("threads"));
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .expect("a runtime");
-        rt.block_on(async {
-            let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-            let go_rx = Arc::new(std::sync::Mutex::new(go_rx));
-            let held = |admit: Admit, from: IpAddr| {
-                let h = h.clone();
-                let rx = go_rx.clone();
-                monoio::spawn(async move {
-                    h.run(admit, from, move || {
-                        let _ = rx.lock().map(|r| r.recv());
-                        7
-                    })
-                    .await
-                })
-            };
-            let until = |n: usize| {
-                let h = h.clone();
-                async move {
-                    while h.in_progress() < n {
-                        monoio::time::sleep(std::time::Duration::from_millis(1)).await;
-                    }
-                }
-            };
+        runtime().block_on(async {
+            let holds = Holds::new();
+            let held = |admit, from| holds.step(&h, admit, from);
             let (a1, a2) = (held(Admit::New, A), held(Admit::New, A));
-            until(2).await;
+            until(&h, 2).await;
             assert_eq!(h.run(Admit::New, A, || 1).await, None, "past A's share");
             assert_eq!(h.run(Admit::NewHttp, A, || 1).await, None, "on either port");
             assert!(h.refuse_new(A), "and at accept");
@@ -469,12 +499,10 @@ mod tests {
             assert!(!h.refuse_new(v6));
             let b = held(Admit::New, B);
             let a3 = held(Admit::Started, A);
-            until(4).await;
+            until(&h, 4).await;
             assert_eq!(h.addresses(), 2);
             assert_eq!(h.refused(), 3);
-            for _ in 0..4 {
-                go_tx.send(()).expect("held");
-            }
+            holds.release(4);
             for t in [a1, a2, b, a3] {
                 assert_eq!(t.await, Some(7));
             }
@@ -490,57 +518,31 @@ mod tests {
     #[test]
     fn steps_run_on_the_threads_and_the_bound_refuses_more() {
         let h = Arc::new(Handshakes::start(1, 2, 0).expect("threads"));
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .expect("a runtime");
-        rt.block_on(async {
+        runtime().block_on(async {
             let me = std::thread::current().id();
             let there = h.run(Admit::New, A, || std::thread::current().id()).await;
             assert!(there.is_some_and(|t| t != me));
             // Two steps held on the thread: a third is refused.
-            let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-            let go_rx = Arc::new(std::sync::Mutex::new(go_rx));
-            // A step held on the thread until `go_tx` sends.
-            let held = |admit: Admit| {
-                let h = h.clone();
-                let rx = go_rx.clone();
-                monoio::spawn(async move {
-                    h.run(admit, A, move || {
-                        let _ = rx.lock().map(|r| r.recv());
-                        7
-                    })
-                    .await
-                })
-            };
-            let until = |n: usize| {
-                let h = h.clone();
-                async move {
-                    while h.in_progress() < n {
-                        monoio::time::sleep(std::time::Duration::from_millis(1)).await;
-                    }
-                }
-            };
+            let holds = Holds::new();
+            let held = |admit| holds.step(&h, admit, A);
             let (a, b) = (held(Admit::New), held(Admit::New));
-            until(2).await;
+            until(&h, 2).await;
             assert_eq!(h.run(Admit::New, A, || 1).await, None, "past the bound");
             assert_eq!(h.refused(), 1);
             assert!(h.refuse_new(A), "and a new connection at accept");
             assert_eq!(h.refused(), 2);
             // The HTTP port has an eighth more (here one), a started handshake no bound.
             let c = held(Admit::NewHttp);
-            until(3).await;
+            until(&h, 3).await;
             assert_eq!(
                 h.run(Admit::NewHttp, A, || 1).await,
                 None,
                 "past the HTTP bound"
             );
             let d = held(Admit::Started);
-            until(4).await;
+            until(&h, 4).await;
             assert_eq!(h.refused(), 3);
-            for _ in 0..4 {
-                go_tx.send(()).expect("held");
-            }
+            holds.release(4);
             assert_eq!(a.await, Some(7));
             assert_eq!(b.await, Some(7));
             assert_eq!(c.await, Some(7));

@@ -234,24 +234,30 @@ fn handshakes_past_the_bound_are_refused_and_the_router_serves_on() {
             s
         })
         .collect();
+    let (answered, refused) = answered_or_refused(socks);
+    assert!(answered >= 1, "answered {answered}, refused {refused}");
+    assert!(refused >= 1, "answered {answered}, refused {refused}");
+    let mut a = connect_tls(r.connect_addr(), &cfg);
+    let mut buf = BytesMut::new();
+    login(&mut a, &mut buf, "after_the_burst");
+}
+
+/// How many of `socks` (each sent a ClientHello) got a handshake record back (the
+/// ServerHello), and how many were closed unanswered; panics on anything else.
+fn answered_or_refused(socks: Vec<TcpStream>) -> (usize, usize) {
     let (mut answered, mut refused) = (0, 0);
     for mut s in socks {
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
         let mut b = [0u8; 5];
         match s.read(&mut b) {
-            // A handshake record: the ServerHello.
             Ok(n) if n > 0 && b[0] == 22 => answered += 1,
             Ok(0) => refused += 1,
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => refused += 1,
             other => panic!("neither answered nor closed: {other:?} {b:?}"),
         }
     }
-    assert!(answered >= 1, "answered {answered}, refused {refused}");
-    assert!(refused >= 1, "answered {answered}, refused {refused}");
-    let mut a = connect_tls(r.connect_addr(), &cfg);
-    let mut buf = BytesMut::new();
-    login(&mut a, &mut buf, "after_the_burst");
+    (answered, refused)
 }
 
 /// One address holds at most `--max-tls-handshakes-per-ip` of the handshake steps: a
@@ -275,18 +281,7 @@ fn one_address_holds_at_most_its_share_of_handshakes() {
     for s in &mut socks {
         let _ = s.write_all(&hello);
     }
-    let (mut answered, mut refused) = (0, 0);
-    for mut s in socks {
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        let mut b = [0u8; 5];
-        match s.read(&mut b) {
-            Ok(n) if n > 0 && b[0] == 22 => answered += 1,
-            Ok(0) => refused += 1,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => refused += 1,
-            other => panic!("neither answered nor closed: {other:?} {b:?}"),
-        }
-    }
+    let (answered, refused) = answered_or_refused(socks);
     // 200 is a fifth of the global bound: every refusal is the address's share.
     assert!(answered >= 1, "answered {answered}, refused {refused}");
     assert!(refused >= 1, "answered {answered}, refused {refused}");
